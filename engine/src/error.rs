@@ -1,0 +1,128 @@
+//! The engine's error type: one semantic enum for every library failure, with
+//! the user/external/internal split that restart strategies and (later) REST
+//! status codes branch on.
+
+use std::fmt;
+
+/// Result alias used across Sluice's library crates.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every failure Sluice reports.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The job graph is invalid: unknown column, type mismatch, missing watermark.
+    #[error("plan error in operator '{operator}': {message}")]
+    Plan {
+        /// The operator (DSL verb plus name) the problem was found at.
+        operator: String,
+        /// What is wrong, naming the column where there is one.
+        message: String,
+    },
+    /// Bad configuration or command-line value.
+    #[error("configuration error: {0}")]
+    Config(String),
+    /// An I/O failure (files, sockets).
+    #[error("I/O error: {context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An Arrow kernel failed.
+    #[error("arrow error: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// A record could not be decoded and the policy says fail.
+    #[error("decode error: {0}")]
+    Decode(String),
+    /// A connector failed talking to the outside world.
+    #[error("connector '{connector}': {message}")]
+    Connector {
+        /// Connector name (parquet, nexmark, csv ...).
+        connector: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A user closure or user-defined function failed.
+    #[error("user function failed: {0}")]
+    User(String),
+    /// A subtask failed; wraps the cause with where it happened.
+    #[error("subtask {subtask} of '{operator}' failed: {source}")]
+    Task {
+        /// Operator chain name of the failed task.
+        operator: String,
+        /// Subtask index.
+        subtask: usize,
+        /// The cause.
+        #[source]
+        source: Box<Error>,
+    },
+    /// A user function panicked.
+    #[error("panic: {0}")]
+    Panic(String),
+    /// The job was cancelled.
+    #[error("job cancelled")]
+    Cancelled,
+    /// An invariant did not hold; this is a Sluice bug.
+    #[error("internal error (this is a Sluice bug): {0}")]
+    Internal(String),
+}
+
+/// Who is responsible for an error: drives whether restarting can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The job or its input is wrong; restarting does not help.
+    User,
+    /// Something outside (disk, network, broker) failed; a restart may help.
+    External,
+    /// A Sluice bug.
+    Internal,
+}
+
+impl Error {
+    /// Builds a plan error for `operator`.
+    pub fn plan(operator: impl fmt::Display, message: impl fmt::Display) -> Self {
+        Error::Plan {
+            operator: operator.to_string(),
+            message: message.to_string(),
+        }
+    }
+
+    /// Builds an I/O error with context.
+    pub fn io(context: impl fmt::Display, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.to_string(),
+            source,
+        }
+    }
+
+    /// Builds a connector error.
+    pub fn connector(connector: impl fmt::Display, message: impl fmt::Display) -> Self {
+        Error::Connector {
+            connector: connector.to_string(),
+            message: message.to_string(),
+        }
+    }
+
+    /// Classifies the error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Plan { .. } | Error::Config(_) | Error::Decode(_) | Error::User(_) => {
+                ErrorKind::User
+            }
+            Error::Panic(_) => ErrorKind::User,
+            Error::Io { .. } | Error::Connector { .. } | Error::Cancelled => ErrorKind::External,
+            Error::Arrow(_) | Error::Internal(_) => ErrorKind::Internal,
+            Error::Task { source, .. } => source.kind(),
+        }
+    }
+
+    /// The innermost cause, unwrapping task context.
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::Task { source, .. } => source.root(),
+            e => e,
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The logical job graph the DSL builds: nodes (sources, operators, sinks)
+//! with their output schemas and factories, and edges with a partitioning
+//! kind. The planner (`plan`) turns it into the physical graph.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::SchemaRef;
+
+use crate::error::Result;
+use crate::operator::{Operator, OperatorContext, Sink, Source};
+
+/// Index of a node in the logical graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub usize);
+
+/// Builds one operator instance per subtask.
+pub type OperatorFactory = Arc<dyn Fn(&OperatorContext) -> Result<Box<dyn Operator>> + Send + Sync>;
+/// Builds one source instance per subtask.
+pub type SourceFactory = Arc<dyn Fn(&OperatorContext) -> Result<Box<dyn Source>> + Send + Sync>;
+/// Builds one sink instance per subtask.
+pub type SinkFactory = Arc<dyn Fn(&OperatorContext) -> Result<Box<dyn Sink>> + Send + Sync>;
+
+/// How records move along an edge from the upstream subtasks to the
+/// downstream ones (timely's "parallelization contract" as a value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EdgeKind {
+    /// Subtask i to subtask i; needs equal parallelism (else it becomes rebalance).
+    Forward,
+    /// By hash of these column indices, through key groups.
+    Hash(Vec<usize>),
+    /// Round-robin, a batch at a time.
+    Rebalance,
+    /// Every batch to every downstream subtask.
+    Broadcast,
+    /// Each batch to the downstream channel with the smallest backlog.
+    LoadAware,
+}
+
+/// How a source assigns watermarks: bounded out-of-orderness on an
+/// event-time column, tracked per split, with an optional idle timeout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatermarkStrategy {
+    /// The event-time column (Int64 epoch ms or a timestamp type).
+    pub column: String,
+    /// How far behind the largest timestamp seen the watermark trails (ms).
+    pub max_out_of_orderness_ms: i64,
+    /// A split silent this long stops holding back the watermark.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl WatermarkStrategy {
+    /// Watermark = max timestamp seen - `delay` - 1 ms (Flink's convention).
+    pub fn bounded_out_of_orderness(column: impl Into<String>, delay: Duration) -> Self {
+        WatermarkStrategy {
+            column: column.into(),
+            max_out_of_orderness_ms: delay.as_millis() as i64,
+            idle_timeout: None,
+        }
+    }
+
+    /// Timestamps never go backwards within a split.
+    pub fn ascending(column: impl Into<String>) -> Self {
+        Self::bounded_out_of_orderness(column, Duration::ZERO)
+    }
+
+    /// Declares a split idle after `timeout` without records.
+    pub fn idle_after(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = Some(timeout);
+        self
+    }
+}
+
+/// What a node does.
+#[derive(Clone)]
+pub enum NodeKind {
+    /// Produces records.
+    Source {
+        /// Instance factory.
+        factory: SourceFactory,
+        /// Watermark assignment applied by the source task, per split.
+        watermarks: Option<WatermarkStrategy>,
+    },
+    /// Transforms records.
+    Operator {
+        /// Instance factory.
+        factory: OperatorFactory,
+    },
+    /// Consumes records.
+    Sink {
+        /// Instance factory.
+        factory: SinkFactory,
+    },
+}
+
+/// An input edge of a node.
+#[derive(Debug, Clone)]
+pub struct Edge {
+    /// Upstream node.
+    pub from: NodeId,
+    /// Which output of the upstream node (0 main, 1.. side outputs).
+    pub port: usize,
+    /// Which input of this node (0 for single-input; 0/1 for joins).
+    pub input: usize,
+    /// Partitioning.
+    pub kind: EdgeKind,
+}
+
+/// A node of the logical graph.
+#[derive(Clone)]
+pub struct Node {
+    /// This node's id.
+    pub id: NodeId,
+    /// Display name (verb or user-given name), unique within the job.
+    pub name: String,
+    /// Source, operator or sink.
+    pub kind: NodeKind,
+    /// Explicit parallelism; `None` takes the job default.
+    pub parallelism: Option<usize>,
+    /// Output schemas: index 0 the main output, then side outputs.
+    pub outputs: Vec<SchemaRef>,
+    /// Input edges.
+    pub inputs: Vec<Edge>,
+    /// Number of logical inputs (1 for most, 2 for joins).
+    pub num_inputs: usize,
+    /// Must not be chained to its upstream (e.g. it needs its own thread).
+    pub chain_head: bool,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("parallelism", &self.parallelism)
+            .field("inputs", &self.inputs)
+            .finish()
+    }
+}
+
+/// The logical graph of a job.
+#[derive(Clone, Default, Debug)]
+pub struct LogicalGraph {
+    /// Nodes in creation order (a topological order: inputs exist first).
+    pub nodes: Vec<Node>,
+}
+
+impl LogicalGraph {
+    /// The node with this id.
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[id.0]
+    }
+
+    /// Edges leaving `id`, as (consumer, edge).
+    pub fn consumers(&self, id: NodeId) -> impl Iterator<Item = (&Node, &Edge)> {
+        self.nodes.iter().flat_map(move |n| {
+            n.inputs
+                .iter()
+                .filter(move |e| e.from == id)
+                .map(move |e| (n, e))
+        })
+    }
+}

@@ -1,0 +1,42 @@
+//! # sluice-engine
+//!
+//! The core of Sluice, a distributed dataflow stream processor over Apache
+//! Arrow. This crate knows no concrete operator or connector; it owns:
+//!
+//! - [`data`]: what flows on edges — `StreamMessage` (batches, watermarks,
+//!   barriers, end of stream) and event-time helpers.
+//! - [`operator`]: the `Operator`, `Source` and `Sink` traits and the
+//!   `Collector` operators emit into.
+//! - [`graph`]: the logical job graph and edge kinds (forward, hash,
+//!   rebalance, broadcast, load-aware) and watermark strategies.
+//! - [`dsl`]: `Env` and `Stream`, the primitives the DSL verbs in
+//!   `sluice-operators` build on; plan-time validation errors.
+//! - [`plan`]: logical → physical graph: parallelism and operator chaining.
+//! - [`exchange`]: partitioners and channels between subtasks (local bounded
+//!   channels today; the `ChannelSender` trait is what a network transport
+//!   implements).
+//! - [`state`]: key groups (key → group → subtask), fixed per job so state
+//!   can move when parallelism changes.
+//! - [`runtime`]: task threads, watermark combination and idleness, failure
+//!   propagation, the embedded cluster.
+//! - [`hash`]: the stable, vectorized row hash used for key routing.
+//! - [`error`]: the error enum shared by the library crates.
+#![warn(missing_docs)]
+
+pub mod data;
+pub mod dsl;
+pub mod error;
+pub mod exchange;
+pub mod graph;
+pub mod hash;
+pub mod operator;
+pub mod plan;
+pub mod runtime;
+pub mod state;
+
+pub use data::{EventTime, StreamMessage, Watermark};
+pub use dsl::{Collected, Env, SinkSpec, SourceSpec, Stream};
+pub use error::{Error, Result};
+pub use graph::{EdgeKind, WatermarkStrategy};
+pub use operator::{Collector, Operator, OperatorContext, Sink, Source, SourcePoll};
+pub use runtime::{JobConfig, JobResult};

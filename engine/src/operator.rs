@@ -1,0 +1,214 @@
+//! The traits user code and built-in operators implement: [`Operator`] (one or
+//! more inputs, batches in and out), [`Source`] (polled, non-blocking) and
+//! [`Sink`]; the [`Collector`] an operator emits into and the
+//! [`OperatorContext`] it is given. Operators never see channels: the runtime
+//! routes what they emit.
+
+use std::time::Duration;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+
+use crate::data::Watermark;
+use crate::error::Result;
+
+/// Where an operator instance runs: its subtask index and the operator's
+/// parallelism, plus the key-group layout for keyed state.
+#[derive(Debug, Clone)]
+pub struct OperatorContext {
+    /// Operator name from the job graph.
+    pub operator: String,
+    /// This instance's subtask index, `0..parallelism`.
+    pub subtask: usize,
+    /// How many subtasks the operator has.
+    pub parallelism: usize,
+    /// Number of key groups (fixed per job).
+    pub max_parallelism: usize,
+    /// Schemas of the operator's inputs, in input order.
+    pub input_schemas: Vec<SchemaRef>,
+    /// The current combined input watermark, if any arrived yet.
+    pub watermark: Option<i64>,
+}
+
+/// What an operator emits during one call: main output batches and batches for
+/// side outputs (port 1 and up, e.g. late data).
+#[derive(Debug, Default)]
+pub struct Collector {
+    pub(crate) main: Vec<RecordBatch>,
+    pub(crate) side: Vec<(usize, RecordBatch)>,
+    pub(crate) watermark: Option<Watermark>,
+}
+
+impl Collector {
+    /// Emits a batch on the main output. Empty batches are dropped.
+    pub fn emit(&mut self, batch: RecordBatch) {
+        if batch.num_rows() > 0 {
+            self.main.push(batch);
+        }
+    }
+
+    /// Emits a batch on side output `port` (1-based; 0 is the main output).
+    pub fn emit_side(&mut self, port: usize, batch: RecordBatch) {
+        if port == 0 {
+            self.emit(batch);
+        } else if batch.num_rows() > 0 {
+            self.side.push((port, batch));
+        }
+    }
+
+    /// Emits a watermark after the batches emitted so far (for operators that
+    /// generate event time rather than forward it).
+    pub fn emit_watermark(&mut self, watermark: Watermark) {
+        self.watermark = Some(watermark);
+    }
+
+    /// Takes the main-output batches emitted so far.
+    pub fn take_main(&mut self) -> Vec<RecordBatch> {
+        std::mem::take(&mut self.main)
+    }
+
+    /// Takes the side-output batches emitted so far.
+    pub fn take_side(&mut self) -> Vec<(usize, RecordBatch)> {
+        std::mem::take(&mut self.side)
+    }
+}
+
+/// A stream operator, driven synchronously by its task's loop. Only
+/// [`Operator::process`] is required.
+pub trait Operator: Send {
+    /// Called once before any input.
+    fn open(&mut self, _ctx: &OperatorContext) -> Result<()> {
+        Ok(())
+    }
+
+    /// Processes one batch that arrived on input `input` (0 for single-input
+    /// operators; 0 = left, 1 = right for joins).
+    fn process(
+        &mut self,
+        input: usize,
+        batch: RecordBatch,
+        ctx: &OperatorContext,
+        out: &mut Collector,
+    ) -> Result<()>;
+
+    /// Event time advanced to `watermark` (the minimum over all inputs).
+    /// Returns the watermark to forward downstream; by default the same one.
+    fn on_watermark(
+        &mut self,
+        watermark: Watermark,
+        _ctx: &OperatorContext,
+        _out: &mut Collector,
+    ) -> Result<Option<Watermark>> {
+        Ok(Some(watermark))
+    }
+
+    /// All channels of input `input` ended.
+    fn on_input_end(
+        &mut self,
+        _input: usize,
+        _ctx: &OperatorContext,
+        _out: &mut Collector,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// Every input ended: flush what is left. The final `Watermark::MAX` has
+    /// already been delivered through [`Operator::on_watermark`].
+    fn close(&mut self, _ctx: &OperatorContext, _out: &mut Collector) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// What a source poll produced.
+#[derive(Debug)]
+pub enum SourcePoll {
+    /// Records from split `split` (splits get their own watermark).
+    Batch {
+        /// Split (partition, file, generator stream) the records come from.
+        split: usize,
+        /// The records.
+        batch: RecordBatch,
+    },
+    /// Nothing available now; the runtime backs off and polls again.
+    Idle,
+    /// The source is exhausted (bounded input).
+    End,
+}
+
+/// A source subtask. Polling must not block for long: the runtime interleaves
+/// polls with control messages.
+pub trait Source: Send {
+    /// The splits this subtask owns; watermarks are tracked per split.
+    fn splits(&self) -> usize {
+        1
+    }
+
+    /// Called once before polling.
+    fn open(&mut self, _ctx: &OperatorContext) -> Result<()> {
+        Ok(())
+    }
+
+    /// Produces the next batch, or says there is none now, or that the input ended.
+    fn poll(&mut self, ctx: &OperatorContext) -> Result<SourcePoll>;
+
+    /// How long to back off after [`SourcePoll::Idle`].
+    fn idle_backoff(&self) -> Duration {
+        Duration::from_millis(5)
+    }
+
+    /// Records emitted so far (for metrics and progress reports).
+    fn records_emitted(&self) -> u64 {
+        0
+    }
+}
+
+/// A sink subtask.
+pub trait Sink: Send {
+    /// Called once before any input.
+    fn open(&mut self, _ctx: &OperatorContext) -> Result<()> {
+        Ok(())
+    }
+
+    /// Writes one batch.
+    fn write(&mut self, batch: RecordBatch, ctx: &OperatorContext) -> Result<()>;
+
+    /// Event time advanced (sinks that roll files by time may use it).
+    fn on_watermark(&mut self, _watermark: Watermark, _ctx: &OperatorContext) -> Result<()> {
+        Ok(())
+    }
+
+    /// The input ended: flush and close everything.
+    fn close(&mut self, _ctx: &OperatorContext) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs a [`Sink`] as the last operator of a chain.
+pub(crate) struct SinkOperator(pub Box<dyn Sink>);
+
+impl Operator for SinkOperator {
+    fn open(&mut self, ctx: &OperatorContext) -> Result<()> {
+        self.0.open(ctx)
+    }
+    fn process(
+        &mut self,
+        _input: usize,
+        batch: RecordBatch,
+        ctx: &OperatorContext,
+        _out: &mut Collector,
+    ) -> Result<()> {
+        self.0.write(batch, ctx)
+    }
+    fn on_watermark(
+        &mut self,
+        watermark: Watermark,
+        ctx: &OperatorContext,
+        _out: &mut Collector,
+    ) -> Result<Option<Watermark>> {
+        self.0.on_watermark(watermark, ctx)?;
+        Ok(None)
+    }
+    fn close(&mut self, ctx: &OperatorContext, _out: &mut Collector) -> Result<()> {
+        self.0.close(ctx)
+    }
+}

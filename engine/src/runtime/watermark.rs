@@ -1,0 +1,260 @@
+//! Watermark bookkeeping: per-split generation at sources (bounded
+//! out-of-orderness, idleness), the minimum over input channels at every
+//! task, and the operator that assigns watermarks mid-stream.
+
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+
+use crate::data::{event_times_ms, Watermark};
+use crate::error::{Error, Result};
+use crate::graph::WatermarkStrategy;
+use crate::operator::{Collector, Operator, OperatorContext};
+
+/// Generates watermarks for the splits of one source subtask.
+#[derive(Debug)]
+pub struct SplitWatermarks {
+    strategy: WatermarkStrategy,
+    column: usize,
+    max_ts: Vec<Option<i64>>,
+    last_active: Vec<Instant>,
+    emitted: Option<Watermark>,
+}
+
+impl SplitWatermarks {
+    /// Tracks `splits` splits of a source with `schema`.
+    pub fn new(strategy: WatermarkStrategy, schema: &SchemaRef, splits: usize) -> Result<Self> {
+        let column = schema.index_of(&strategy.column).map_err(|_| {
+            Error::plan(
+                "watermarks",
+                format!("unknown column '{}'", strategy.column),
+            )
+        })?;
+        let now = Instant::now();
+        Ok(SplitWatermarks {
+            strategy,
+            column,
+            max_ts: vec![None; splits.max(1)],
+            last_active: vec![now; splits.max(1)],
+            emitted: None,
+        })
+    }
+
+    /// Notes a batch from `split`.
+    pub fn observe(&mut self, split: usize, batch: &RecordBatch) -> Result<()> {
+        if split >= self.max_ts.len() {
+            self.max_ts.resize(split + 1, None);
+            self.last_active.resize(split + 1, Instant::now());
+        }
+        let ts = event_times_ms(batch.column(self.column))?;
+        if let Some(m) = ts.iter().max() {
+            let cur = &mut self.max_ts[split];
+            *cur = Some(cur.map_or(*m, |c| c.max(*m)));
+        }
+        self.last_active[split] = Instant::now();
+        Ok(())
+    }
+
+    /// The watermark to emit now, if it differs from the last one emitted.
+    pub fn poll(&mut self) -> Option<Watermark> {
+        let now = Instant::now();
+        let idle = |i: usize| {
+            self.strategy
+                .idle_timeout
+                .is_some_and(|t| now.duration_since(self.last_active[i]) >= t)
+        };
+        let mut min: Option<i64> = None;
+        let mut any_active = false;
+        for i in 0..self.max_ts.len() {
+            if idle(i) {
+                continue;
+            }
+            any_active = true;
+            // A split that has produced nothing yet holds time at its minimum.
+            let w = match self.max_ts[i] {
+                Some(m) => m
+                    .saturating_sub(self.strategy.max_out_of_orderness_ms)
+                    .saturating_sub(1),
+                None => return None,
+            };
+            min = Some(min.map_or(w, |m: i64| m.min(w)));
+        }
+        let wm = match (any_active, min) {
+            (false, _) => Watermark::Idle,
+            (true, Some(m)) => Watermark::EventTime(m),
+            (true, None) => return None,
+        };
+        let advance = match (self.emitted, wm) {
+            (Some(Watermark::EventTime(old)), Watermark::EventTime(new)) => new > old,
+            (old, new) => old != Some(new),
+        };
+        if advance {
+            self.emitted = Some(wm);
+            Some(wm)
+        } else {
+            None
+        }
+    }
+
+    /// How often the source loop should check idleness while nothing arrives.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        self.strategy.idle_timeout
+    }
+}
+
+/// The minimum watermark over a task's input channels.
+#[derive(Debug)]
+pub struct InputWatermarks {
+    channels: Vec<Option<Watermark>>,
+    ended: Vec<bool>,
+    current: Option<Watermark>,
+    last_event_time: Option<i64>,
+}
+
+impl InputWatermarks {
+    /// Tracks `n` input channels.
+    pub fn new(n: usize) -> Self {
+        InputWatermarks {
+            channels: vec![None; n],
+            ended: vec![false; n],
+            current: None,
+            last_event_time: None,
+        }
+    }
+
+    /// Channel `c` reported `wm`; returns the combined watermark if it advanced
+    /// (or changed between idle and active).
+    pub fn update(&mut self, c: usize, wm: Watermark) -> Option<Watermark> {
+        self.channels[c] = Some(wm);
+        self.recompute()
+    }
+
+    /// Channel `c` ended: it no longer holds time back. When every channel
+    /// ended, time jumps to the end.
+    pub fn end(&mut self, c: usize) -> Option<Watermark> {
+        self.ended[c] = true;
+        self.recompute()
+    }
+
+    fn recompute(&mut self) -> Option<Watermark> {
+        let mut min: Option<i64> = None;
+        let mut all_ended = true;
+        for (w, ended) in self.channels.iter().zip(&self.ended) {
+            if *ended {
+                continue;
+            }
+            all_ended = false;
+            match w {
+                None => return None,
+                Some(Watermark::Idle) => {}
+                Some(Watermark::EventTime(t)) => min = Some(min.map_or(*t, |m| m.min(*t))),
+            }
+        }
+        if all_ended {
+            min = Some(i64::MAX);
+        }
+        let new = min.map_or(Watermark::Idle, Watermark::EventTime);
+        let changed = match (self.current, new) {
+            (Some(Watermark::EventTime(old)), Watermark::EventTime(t)) => t > old,
+            // Going idle → active must not move time backwards.
+            (Some(Watermark::Idle), Watermark::EventTime(t)) => {
+                self.last_event_time.is_none_or(|old| t > old)
+            }
+            (old, n) => old != Some(n),
+        };
+        if changed {
+            if let Watermark::EventTime(t) = new {
+                self.last_event_time = Some(t);
+            }
+            self.current = Some(new);
+            Some(new)
+        } else {
+            None
+        }
+    }
+}
+
+/// Assigns watermarks in the middle of a stream (when the DSL's
+/// `assign_watermarks` does not follow a source directly). The subtask is
+/// one split; upstream watermarks are replaced by its own.
+pub struct WatermarkOperator {
+    gen: SplitWatermarks,
+}
+
+impl WatermarkOperator {
+    /// An assigner for input `schema`.
+    pub fn new(strategy: WatermarkStrategy, schema: &SchemaRef) -> Result<Self> {
+        Ok(WatermarkOperator {
+            gen: SplitWatermarks::new(strategy, schema, 1)?,
+        })
+    }
+}
+
+impl Operator for WatermarkOperator {
+    fn process(
+        &mut self,
+        _input: usize,
+        batch: RecordBatch,
+        _ctx: &OperatorContext,
+        out: &mut Collector,
+    ) -> Result<()> {
+        self.gen.observe(0, &batch)?;
+        out.emit(batch);
+        if let Some(wm) = self.gen.poll() {
+            out.emit_watermark(wm);
+        }
+        Ok(())
+    }
+
+    fn on_watermark(
+        &mut self,
+        wm: Watermark,
+        _ctx: &OperatorContext,
+        _out: &mut Collector,
+    ) -> Result<Option<Watermark>> {
+        // Upstream time is replaced by ours, except the final watermark that
+        // closes every window at the end of a bounded input.
+        if wm == Watermark::MAX {
+            return Ok(Some(wm));
+        }
+        Ok(self.gen.poll())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimum_over_channels_and_idle_channels_do_not_hold_time() {
+        let mut w = InputWatermarks::new(3);
+        assert_eq!(w.update(0, Watermark::EventTime(10)), None);
+        assert_eq!(w.update(1, Watermark::EventTime(5)), None);
+        assert_eq!(w.update(2, Watermark::Idle), Some(Watermark::EventTime(5)));
+        assert_eq!(
+            w.update(1, Watermark::EventTime(20)),
+            Some(Watermark::EventTime(10))
+        );
+        assert_eq!(w.update(0, Watermark::Idle), Some(Watermark::EventTime(20)));
+        assert_eq!(w.update(1, Watermark::Idle), Some(Watermark::Idle));
+        // back from idle but behind the last time: must not regress
+        assert_eq!(w.update(2, Watermark::EventTime(15)), None);
+        assert_eq!(
+            w.update(2, Watermark::EventTime(25)),
+            Some(Watermark::EventTime(25))
+        );
+        // the only active channel ends while others idle: idle, not the end of time
+        assert_eq!(w.end(2), Some(Watermark::Idle));
+        assert_eq!(w.end(0), None);
+        assert_eq!(w.end(1), Some(Watermark::MAX));
+    }
+
+    #[test]
+    fn ended_channels_release_time() {
+        let mut w = InputWatermarks::new(2);
+        w.update(0, Watermark::EventTime(7));
+        assert_eq!(w.end(1), Some(Watermark::EventTime(7)));
+        assert_eq!(w.end(0), Some(Watermark::MAX));
+    }
+}
