@@ -1,1 +1,14 @@
-//! placeholder
+//! # sluice-connectors
+//!
+//! Where records come from and go to:
+//!
+//! - [`nexmark`]: the Nexmark benchmark generator (persons, auctions, bids),
+//!   deterministic by seed and independent of parallelism.
+//! - [`file`]: bounded sources over Parquet, CSV and JSON-lines files.
+//! - [`parquet`]: the Parquet sink (a file per subtask, rolled by size/time).
+//! - [`sinks`]: the discarding sink and the print sink for demos.
+
+pub mod file;
+pub mod nexmark;
+pub mod parquet;
+pub mod sinks;
