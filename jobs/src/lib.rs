@@ -1,1 +1,10 @@
-//! placeholder
+//! # sluice-jobs
+//!
+//! The reference jobs, as library functions the binaries in `src/bin/` and
+//! the tests share: the Nexmark queries ([`nexmark`]) and the generic
+//! windowed aggregation over files ([`window_agg`]). They are also the
+//! examples people copy.
+
+pub mod cli;
+pub mod nexmark;
+pub mod window_agg;

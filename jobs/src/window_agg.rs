@@ -1,0 +1,87 @@
+//! The generic windowed aggregation job: a file in, windows per key, Parquet
+//! out. The `window_agg` binary is a thin command line over [`build`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sluice_connectors::file::FileSource;
+use sluice_engine::{Env, Error, Result, Stream, WatermarkStrategy};
+use sluice_operators::prelude::*;
+
+/// What to compute.
+#[derive(Debug, Clone)]
+pub struct WindowAggSpec {
+    /// Input file or directory (`.parquet`, `.csv` or `.jsonl`).
+    pub source: PathBuf,
+    /// Event-time column (epoch ms or a timestamp type).
+    pub time: String,
+    /// Key columns.
+    pub keys: Vec<String>,
+    /// Window.
+    pub window: WindowSpec,
+    /// Aggregates as `count`, `sum:COL`, `min:COL`, `max:COL`, `avg:COL`.
+    pub aggs: Vec<String>,
+    /// Watermark delay (bounded out-of-orderness).
+    pub watermark_delay: Duration,
+}
+
+/// Parses one `--agg` value.
+pub fn parse_agg(s: &str) -> Result<AggregateExpr> {
+    let (f, col) = match s.split_once(':') {
+        Some((f, c)) => (f, Some(c)),
+        None => (s, None),
+    };
+    Ok(match (f, col) {
+        ("count", None) => count(),
+        ("sum", Some(c)) => sum(c),
+        ("min", Some(c)) => min(c),
+        ("max", Some(c)) => max(c),
+        ("avg", Some(c)) => avg(c),
+        _ => {
+            return Err(Error::Config(format!(
+                "invalid aggregate '{s}'; expected count, sum:COL, min:COL, max:COL or avg:COL"
+            )))
+        }
+    })
+}
+
+fn file_source(path: &Path) -> Result<FileSource> {
+    let probe = if path.is_dir() {
+        std::fs::read_dir(path)
+            .map_err(|e| Error::io(format!("reading directory {}", path.display()), e))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .min()
+            .ok_or_else(|| Error::Config(format!("directory {} holds no input files", path.display())))?
+    } else {
+        path.to_path_buf()
+    };
+    match probe.extension().and_then(|e| e.to_str()) {
+        Some("parquet") => Ok(FileSource::parquet(path)),
+        Some("csv") => Ok(FileSource::csv(path)),
+        Some("jsonl") | Some("json") | Some("ndjson") => Ok(FileSource::jsonl(path)),
+        _ => Err(Error::Config(format!(
+            "cannot tell the format of {}: expected a .parquet, .csv or .jsonl file",
+            probe.display()
+        ))),
+    }
+}
+
+/// Builds the job in `env` and returns the aggregated stream.
+pub fn build(env: &Env, spec: &WindowAggSpec) -> Result<Stream> {
+    if !spec.source.exists() {
+        return Err(Error::Config(format!("source {} does not exist", spec.source.display())));
+    }
+    let aggs = spec.aggs.iter().map(|a| parse_agg(a)).collect::<Result<Vec<_>>>()?;
+    if aggs.is_empty() {
+        return Err(Error::Config("at least one --agg is needed".into()));
+    }
+    let keys: Vec<&str> = spec.keys.iter().map(String::as_str).collect();
+    Ok(env
+        .source(file_source(&spec.source)?)
+        .watermarks(WatermarkStrategy::bounded_out_of_orderness(&spec.time, spec.watermark_delay))
+        .key_by(keys)
+        .window(spec.window.clone())
+        .aggregate(aggs))
+}
