@@ -1,1 +1,34 @@
-//! placeholder
+//! Shared pieces of Sluice's benchmarks: an in-memory source of prepared
+//! batches, so micro-benchmarks measure operators rather than generation.
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use sluice_engine::{Env, OperatorContext, Result, Source, SourcePoll, Stream};
+
+/// Emits prepared batches, each subtask a disjoint share of them.
+pub struct PreparedSource {
+    batches: Arc<Vec<RecordBatch>>,
+    next: usize,
+    step: usize,
+}
+
+impl Source for PreparedSource {
+    fn poll(&mut self, _ctx: &OperatorContext) -> Result<SourcePoll> {
+        match self.batches.get(self.next) {
+            Some(b) => {
+                self.next += self.step;
+                Ok(SourcePoll::Batch { split: 0, batch: b.clone() })
+            }
+            None => Ok(SourcePoll::End),
+        }
+    }
+}
+
+/// A source over `batches`, split round-robin across its subtasks.
+pub fn prepared(env: &Env, schema: SchemaRef, batches: Arc<Vec<RecordBatch>>) -> Stream {
+    env.source_fn("prepared", schema, move |ctx| {
+        Ok(Box::new(PreparedSource { batches: batches.clone(), next: ctx.subtask, step: ctx.parallelism }))
+    })
+}

@@ -35,6 +35,18 @@ struct Args {
     /// Print the physical plan.
     #[arg(long)]
     explain: bool,
+    /// Run only the bid generator into a discarding sink (the baseline the
+    /// queries are compared with); `--query` is then only a label.
+    #[arg(long)]
+    generator_only: bool,
+}
+
+/// Peak resident memory of this process in MiB (Linux), for the benchmark report.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,7 +58,11 @@ fn main() -> anyhow::Result<()> {
     if let Some(p) = args.parallelism {
         env.set_parallelism(p);
     }
-    let out = build(&env, query, &cfg);
+    let out = if args.generator_only {
+        env.source(sluice_connectors::nexmark::NexmarkSource::bids(cfg.clone()))
+    } else {
+        build(&env, query, &cfg)
+    };
     match &args.output {
         Output::Blackhole => out.sink(DiscardSink::default()),
         Output::Print => out.sink(PrintSink::default()),
@@ -59,13 +75,14 @@ fn main() -> anyhow::Result<()> {
     let secs = result.duration.as_secs_f64();
     let records = result.source_records();
     println!(
-        "query={:?} events={} source_records={} wall_ms={} events_per_sec={:.0} records_per_sec={:.0}",
-        query,
+        "query={} events={} source_records={} wall_ms={} events_per_sec={:.0} records_per_sec={:.0} peak_rss_mib={:.0}",
+        if args.generator_only { "generator".to_string() } else { format!("{query:?}").to_lowercase() },
         args.events,
         records,
         result.duration.as_millis(),
         args.events as f64 / secs,
-        records as f64 / secs
+        records as f64 / secs,
+        peak_rss_mib().unwrap_or(f64::NAN)
     );
     Ok(())
 }
