@@ -1,1 +1,268 @@
-//! (in progress)
+//! Event-time windows with Flink's semantics: tumbling, sliding and session
+//! windows keyed by the stream's keys, aggregated with [`crate::aggregate`].
+//! A window [start, end) fires when the watermark reaches end - 1. Records
+//! for windows whose end - 1 + allowed lateness the watermark has passed are
+//! late: they go to the side output `late_data()`. Within allowed lateness a
+//! fired window fires again with its updated result.
+//!
+//! Output columns: the key columns, `window_start`, `window_end`
+//! (timestamp, ms), then one column per aggregate. The output's event time
+//! is `window_end`, so a window can feed another window.
+
+mod pane;
+mod session;
+mod state;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use sluice_engine::graph::OperatorFactory;
+use sluice_engine::{Error, Operator, Result, Stream};
+
+use crate::aggregate::AggregateExpr;
+use crate::plan_error;
+use pane::PaneWindowOperator;
+use session::SessionWindowOperator;
+use state::{Keys, Slots};
+
+/// Which windows records fall into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowSpec {
+    /// Fixed, non-overlapping windows.
+    Tumbling {
+        /// Window length (ms).
+        size_ms: i64,
+    },
+    /// Fixed windows starting every `slide_ms`.
+    Sliding {
+        /// Window length (ms).
+        size_ms: i64,
+        /// Distance between window starts (ms).
+        slide_ms: i64,
+    },
+    /// Per key, activity separated by gaps of at least `gap_ms`.
+    Session {
+        /// Inactivity that closes a session (ms).
+        gap_ms: i64,
+    },
+}
+
+fn ms(d: Duration) -> i64 {
+    d.as_millis() as i64
+}
+
+impl WindowSpec {
+    /// Tumbling windows of `size`.
+    pub fn tumbling(size: Duration) -> Self {
+        WindowSpec::Tumbling { size_ms: ms(size) }
+    }
+
+    /// Sliding windows of `size` every `slide`.
+    pub fn sliding(size: Duration, slide: Duration) -> Self {
+        WindowSpec::Sliding { size_ms: ms(size), slide_ms: ms(slide) }
+    }
+
+    /// Session windows closed by a `gap` of inactivity.
+    pub fn session(gap: Duration) -> Self {
+        WindowSpec::Session { gap_ms: ms(gap) }
+    }
+
+    /// Parses `tumbling:10s`, `sliding:10s,2s` or `session:5s` (units ms, s, m, h, d).
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = |why: &str| {
+            Error::Config(format!(
+                "invalid window '{s}': {why}; expected tumbling:SIZE, sliding:SIZE,SLIDE or session:GAP (e.g. tumbling:10s)"
+            ))
+        };
+        let (kind, args) = s.split_once(':').ok_or_else(|| bad("missing ':'"))?;
+        let parts: Vec<Duration> = args
+            .split(',')
+            .map(|a| humantime_lite(a.trim()).ok_or_else(|| bad(&format!("'{a}' is not a duration"))))
+            .collect::<Result<_>>()?;
+        let spec = match (kind, parts.as_slice()) {
+            ("tumbling", [size]) => WindowSpec::tumbling(*size),
+            ("sliding", [size, slide]) => WindowSpec::sliding(*size, *slide),
+            ("session", [gap]) => WindowSpec::session(*gap),
+            ("tumbling" | "sliding" | "session", _) => return Err(bad("wrong number of durations")),
+            (other, _) => return Err(bad(&format!("unknown window kind '{other}'"))),
+        };
+        spec.validate().map_err(|m| bad(&m))?;
+        Ok(spec)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        match *self {
+            WindowSpec::Tumbling { size_ms } if size_ms <= 0 => Err("window size must be positive".into()),
+            WindowSpec::Sliding { size_ms, slide_ms } if size_ms <= 0 || slide_ms <= 0 => {
+                Err("window size and slide must be positive".into())
+            }
+            WindowSpec::Sliding { size_ms, slide_ms } if slide_ms > size_ms => {
+                Err(format!("slide {slide_ms} ms is larger than size {size_ms} ms"))
+            }
+            WindowSpec::Session { gap_ms } if gap_ms <= 0 => Err("session gap must be positive".into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Parses `250ms`, `10s`, `5m`, `2h`, `1d`.
+fn humantime_lite(s: &str) -> Option<Duration> {
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n * 1000,
+        "m" | "min" => n * 60_000,
+        "h" => n * 3_600_000,
+        "d" => n * 86_400_000,
+        _ => return None,
+    };
+    Some(Duration::from_millis(ms))
+}
+
+/// A stream with a window assigned, waiting for its aggregates.
+pub struct WindowedStream {
+    stream: Stream,
+    spec: WindowSpec,
+    lateness: i64,
+}
+
+/// The `window` verb.
+pub trait Window {
+    /// Assigns event-time windows; follow with `.aggregate([...])`.
+    ///
+    /// ```
+    /// # use sluice_operators::prelude::*;
+    /// # use std::time::Duration;
+    /// # fn f(bids: Stream) -> Stream {
+    /// bids.key_by(["auction"])
+    ///     .window(WindowSpec::sliding(Duration::from_secs(10), Duration::from_secs(2)))
+    ///     .allowed_lateness(Duration::from_secs(1))
+    ///     .aggregate([count(), max("price")])
+    /// # }
+    /// ```
+    fn window(self, spec: WindowSpec) -> WindowedStream;
+}
+
+impl Window for Stream {
+    fn window(self, spec: WindowSpec) -> WindowedStream {
+        WindowedStream { stream: self, spec, lateness: 0 }
+    }
+}
+
+impl WindowedStream {
+    /// Keeps fired windows for `lateness` more event time; late records
+    /// within it update and re-fire their window.
+    pub fn allowed_lateness(mut self, lateness: Duration) -> Self {
+        self.lateness = ms(lateness);
+        self
+    }
+
+    /// Aggregates each window per key.
+    pub fn aggregate(self, aggs: impl IntoIterator<Item = AggregateExpr>) -> Stream {
+        let aggs: Vec<AggregateExpr> = aggs.into_iter().collect();
+        let WindowedStream { stream, spec, lateness } = self;
+        let err = |m: String| stream.report(plan_error(&stream, "window", m));
+        if let Err(m) = spec.validate() {
+            err(m);
+        }
+        if aggs.is_empty() {
+            err("aggregate needs at least one aggregate".into());
+        }
+        let input = stream.schema().clone();
+        let time = match stream.event_time() {
+            Some(t) => input.index_of(t).ok(),
+            None => {
+                err("no watermark strategy: call .watermarks(...) before window".into());
+                None
+            }
+        };
+        let keys: Vec<String> = stream.keys().map(|k| k.to_vec()).unwrap_or_default();
+        let key_idx: Vec<usize> = keys.iter().filter_map(|k| input.index_of(k).ok()).collect();
+        let mut fields: Vec<Field> = key_idx.iter().map(|i| input.field(*i).clone()).collect();
+        for n in ["window_start", "window_end"] {
+            fields.push(Field::new(n, DataType::Timestamp(TimeUnit::Millisecond, None), false));
+        }
+        for a in &aggs {
+            match a.resolve(&input) {
+                Ok((_, f)) => fields.push(f),
+                Err(e) => err(e.to_string().trim_start_matches("configuration error: ").to_string()),
+            }
+        }
+        let output: SchemaRef = Arc::new(Schema::new(fields));
+        let key_types: Vec<DataType> = key_idx.iter().map(|i| input.field(*i).data_type().clone()).collect();
+        let out = output.clone();
+        let in_schema = input.clone();
+        let factory: OperatorFactory = Arc::new(move |_ctx| {
+            let time = time.ok_or_else(|| Error::Internal("window without event time passed planning".into()))?;
+            let keys = Keys::new(key_idx.clone(), key_types.clone())?;
+            let slots = Slots::new(&aggs, &in_schema)?;
+            Ok(match spec {
+                WindowSpec::Tumbling { size_ms } => {
+                    Box::new(PaneWindowOperator::new(size_ms, size_ms, lateness, time, keys, slots, out.clone()))
+                        as Box<dyn Operator>
+                }
+                WindowSpec::Sliding { size_ms, slide_ms } => {
+                    Box::new(PaneWindowOperator::new(size_ms, slide_ms, lateness, time, keys, slots, out.clone()))
+                }
+                WindowSpec::Session { gap_ms } => {
+                    Box::new(SessionWindowOperator::new(gap_ms, lateness, time, keys, slots, out.clone()))
+                }
+            })
+        });
+        let name = match spec {
+            WindowSpec::Tumbling { .. } => "tumbling_window",
+            WindowSpec::Sliding { .. } => "sliding_window",
+            WindowSpec::Session { .. } => "session_window",
+        };
+        let keyed = !keys.is_empty();
+        let input_stream = if keyed {
+            let k: Vec<&str> = keys.iter().map(String::as_str).collect();
+            stream.clone().keyed_by(&k)
+        } else {
+            stream.clone()
+        };
+        let result = input_stream.transform_multi(name, &[], vec![output, input], factory);
+        let result = if keyed { result } else { result.set_parallelism(1) };
+        result.with_keys(if keyed { Some(keys) } else { None }).with_event_time(Some("window_end".into()))
+    }
+}
+
+/// The late-data side output of a window.
+pub trait LateData {
+    /// Records that arrived too late for their windows, unchanged.
+    fn late_data(&self) -> Stream;
+}
+
+impl LateData for Stream {
+    fn late_data(&self) -> Stream {
+        let name = self.node_name();
+        match self.side_output(1) {
+            Some(s) if name.contains("window") => s,
+            _ => {
+                self.report(plan_error(self, "late_data", "late_data() follows a window aggregate"));
+                self.clone()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_window_specs() {
+        assert_eq!(WindowSpec::parse("tumbling:10s").unwrap(), WindowSpec::Tumbling { size_ms: 10_000 });
+        assert_eq!(
+            WindowSpec::parse("sliding:1m,500ms").unwrap(),
+            WindowSpec::Sliding { size_ms: 60_000, slide_ms: 500 }
+        );
+        assert_eq!(WindowSpec::parse("session:5s").unwrap(), WindowSpec::Session { gap_ms: 5_000 });
+        for bad in ["weekly:1s", "tumbling", "tumbling:ten", "sliding:1s,2s", "session:0s", "sliding:10s"] {
+            assert!(WindowSpec::parse(bad).unwrap_err().to_string().contains(bad), "{bad}");
+        }
+    }
+}

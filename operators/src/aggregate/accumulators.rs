@@ -1,0 +1,244 @@
+//! Columnar accumulators: one value per slot in plain vectors.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, PrimitiveArray};
+use arrow::compute::cast;
+use arrow::datatypes::*;
+use arrow::buffer::NullBuffer;
+use sluice_engine::{Error, Result};
+
+use super::AggKind;
+
+/// Per-slot aggregate state, updated a batch at a time.
+pub(crate) trait Accumulator: Send {
+    /// Makes room for `slots` slots; new slots are empty.
+    fn resize(&mut self, slots: usize);
+    /// Adds `values[rows[i]]` to slot `slots[i]` for every i.
+    fn update(&mut self, values: Option<&ArrayRef>, rows: &[u32], slots: &[u32]) -> Result<()>;
+    /// Folds slot `src` into slot `dst`.
+    fn merge(&mut self, src: u32, dst: u32);
+    /// Empties a slot for reuse.
+    fn reset(&mut self, slot: u32);
+    /// The results of `slots`, in order.
+    fn evaluate(&self, slots: &[u32]) -> Result<ArrayRef>;
+}
+
+fn values_as<T: ArrowPrimitiveType>(values: Option<&ArrayRef>, t: &DataType) -> Result<PrimitiveArray<T>> {
+    let v = values.ok_or_else(|| Error::Internal("aggregate without its input column".into()))?;
+    let v = if v.data_type() == t { v.clone() } else { cast(v, t)? };
+    Ok(v.as_primitive::<T>().clone())
+}
+
+fn nulls_from(has: &[bool], slots: &[u32]) -> Option<NullBuffer> {
+    let valid: Vec<bool> = slots.iter().map(|s| has[*s as usize]).collect();
+    if valid.iter().all(|v| *v) {
+        None
+    } else {
+        Some(NullBuffer::from(valid))
+    }
+}
+
+#[derive(Default)]
+struct Count(Vec<i64>);
+
+impl Accumulator for Count {
+    fn resize(&mut self, slots: usize) {
+        self.0.resize(slots, 0);
+    }
+    fn update(&mut self, _values: Option<&ArrayRef>, _rows: &[u32], slots: &[u32]) -> Result<()> {
+        for s in slots {
+            self.0[*s as usize] += 1;
+        }
+        Ok(())
+    }
+    fn merge(&mut self, src: u32, dst: u32) {
+        self.0[dst as usize] += self.0[src as usize];
+    }
+    fn reset(&mut self, slot: u32) {
+        self.0[slot as usize] = 0;
+    }
+    fn evaluate(&self, slots: &[u32]) -> Result<ArrayRef> {
+        Ok(Arc::new(Int64Array::from_iter_values(slots.iter().map(|s| self.0[*s as usize]))))
+    }
+}
+
+/// Sum over Int64 (wrapping) or Float64; `avg` additionally counts.
+struct Sum<T: ArrowPrimitiveType> {
+    sums: Vec<T::Native>,
+    counts: Vec<i64>,
+    has: Vec<bool>,
+    average: bool,
+}
+
+impl<T: ArrowPrimitiveType> Sum<T> {
+    fn new(average: bool) -> Self {
+        Sum { sums: Vec::new(), counts: Vec::new(), has: Vec::new(), average }
+    }
+}
+
+impl<T> Accumulator for Sum<T>
+where
+    T: ArrowPrimitiveType,
+    T::Native: ArrowNativeTypeOp + AsF64,
+{
+    fn resize(&mut self, slots: usize) {
+        self.sums.resize(slots, T::Native::ZERO);
+        self.counts.resize(slots, 0);
+        self.has.resize(slots, false);
+    }
+    fn update(&mut self, values: Option<&ArrayRef>, rows: &[u32], slots: &[u32]) -> Result<()> {
+        let v = values_as::<T>(values, &T::DATA_TYPE)?;
+        let vals = v.values();
+        let nulls = v.nulls().filter(|n| n.null_count() > 0);
+        for (r, s) in rows.iter().zip(slots) {
+            let (r, s) = (*r as usize, *s as usize);
+            if nulls.is_some_and(|n| n.is_null(r)) {
+                continue;
+            }
+            self.sums[s] = self.sums[s].add_wrapping(vals[r]);
+            self.counts[s] += 1;
+            self.has[s] = true;
+        }
+        Ok(())
+    }
+    fn merge(&mut self, src: u32, dst: u32) {
+        let (src, dst) = (src as usize, dst as usize);
+        self.sums[dst] = self.sums[dst].add_wrapping(self.sums[src]);
+        self.counts[dst] += self.counts[src];
+        self.has[dst] |= self.has[src];
+    }
+    fn reset(&mut self, slot: u32) {
+        let s = slot as usize;
+        self.sums[s] = T::Native::ZERO;
+        self.counts[s] = 0;
+        self.has[s] = false;
+    }
+    fn evaluate(&self, slots: &[u32]) -> Result<ArrayRef> {
+        let nulls = nulls_from(&self.has, slots);
+        if self.average {
+            let v: Vec<f64> = slots
+                .iter()
+                .map(|s| {
+                    let s = *s as usize;
+                    if self.counts[s] == 0 {
+                        0.0
+                    } else {
+                        self.sums[s].as_f64() / self.counts[s] as f64
+                    }
+                })
+                .collect();
+            Ok(Arc::new(Float64Array::new(v.into(), nulls)))
+        } else {
+            let v: Vec<T::Native> = slots.iter().map(|s| self.sums[*s as usize]).collect();
+            Ok(Arc::new(PrimitiveArray::<T>::new(v.into(), nulls)))
+        }
+    }
+}
+
+/// Lossy conversion for averages.
+pub(crate) trait AsF64 {
+    fn as_f64(self) -> f64;
+}
+impl AsF64 for i64 {
+    fn as_f64(self) -> f64 {
+        self as f64
+    }
+}
+impl AsF64 for f64 {
+    fn as_f64(self) -> f64 {
+        self
+    }
+}
+
+struct MinMax<T: ArrowPrimitiveType> {
+    vals: Vec<T::Native>,
+    has: Vec<bool>,
+    max: bool,
+    data_type: DataType,
+}
+
+impl<T: ArrowPrimitiveType> Accumulator for MinMax<T> {
+    fn resize(&mut self, slots: usize) {
+        self.vals.resize(slots, T::Native::default());
+        self.has.resize(slots, false);
+    }
+    fn update(&mut self, values: Option<&ArrayRef>, rows: &[u32], slots: &[u32]) -> Result<()> {
+        let v = values.ok_or_else(|| Error::Internal("min/max without input".into()))?;
+        let v = v.as_primitive::<T>();
+        let vals = v.values();
+        let nulls = v.nulls().filter(|n| n.null_count() > 0);
+        for (r, s) in rows.iter().zip(slots) {
+            let (r, s) = (*r as usize, *s as usize);
+            if nulls.is_some_and(|n| n.is_null(r)) {
+                continue;
+            }
+            let x = vals[r];
+            let better = !self.has[s] || if self.max { x.is_gt(self.vals[s]) } else { x.is_lt(self.vals[s]) };
+            if better {
+                self.vals[s] = x;
+                self.has[s] = true;
+            }
+        }
+        Ok(())
+    }
+    fn merge(&mut self, src: u32, dst: u32) {
+        let (src, dst) = (src as usize, dst as usize);
+        if !self.has[src] {
+            return;
+        }
+        let x = self.vals[src];
+        let better = !self.has[dst] || if self.max { x.is_gt(self.vals[dst]) } else { x.is_lt(self.vals[dst]) };
+        if better {
+            self.vals[dst] = x;
+            self.has[dst] = true;
+        }
+    }
+    fn reset(&mut self, slot: u32) {
+        self.has[slot as usize] = false;
+    }
+    fn evaluate(&self, slots: &[u32]) -> Result<ArrayRef> {
+        let v: Vec<T::Native> = slots.iter().map(|s| self.vals[*s as usize]).collect();
+        let a = PrimitiveArray::<T>::new(v.into(), nulls_from(&self.has, slots)).with_data_type(self.data_type.clone());
+        Ok(Arc::new(a))
+    }
+}
+
+fn min_max(t: &DataType, max: bool) -> Result<Box<dyn Accumulator>> {
+    macro_rules! mm {
+        ($ty:ty) => {
+            Box::new(MinMax::<$ty> { vals: Vec::new(), has: Vec::new(), max, data_type: t.clone() })
+        };
+    }
+    Ok(match t {
+        DataType::Int8 => mm!(Int8Type),
+        DataType::Int16 => mm!(Int16Type),
+        DataType::Int32 => mm!(Int32Type),
+        DataType::Int64 => mm!(Int64Type),
+        DataType::UInt8 => mm!(UInt8Type),
+        DataType::UInt16 => mm!(UInt16Type),
+        DataType::UInt32 => mm!(UInt32Type),
+        DataType::UInt64 => mm!(UInt64Type),
+        DataType::Float32 => mm!(Float32Type),
+        DataType::Float64 => mm!(Float64Type),
+        DataType::Timestamp(TimeUnit::Second, _) => mm!(TimestampSecondType),
+        DataType::Timestamp(TimeUnit::Millisecond, _) => mm!(TimestampMillisecondType),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => mm!(TimestampMicrosecondType),
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => mm!(TimestampNanosecondType),
+        other => return Err(Error::Config(format!("min/max are not supported on {other}"))),
+    })
+}
+
+pub(super) fn create(kind: &AggKind, input: Option<&DataType>) -> Result<Box<dyn Accumulator>> {
+    let t = || input.ok_or_else(|| Error::Internal("aggregate without input type".into()));
+    Ok(match kind {
+        AggKind::Count => Box::new(Count::default()),
+        AggKind::Sum if t()?.is_floating() => Box::new(Sum::<Float64Type>::new(false)),
+        AggKind::Sum => Box::new(Sum::<Int64Type>::new(false)),
+        AggKind::Avg if t()?.is_floating() => Box::new(Sum::<Float64Type>::new(true)),
+        AggKind::Avg => Box::new(Sum::<Int64Type>::new(true)),
+        AggKind::Min => min_max(t()?, false)?,
+        AggKind::Max => min_max(t()?, true)?,
+        AggKind::Udaf(u) => u.accumulator(),
+    })
+}

@@ -1,0 +1,220 @@
+//! Tumbling and sliding windows by *panes*: a record updates exactly one
+//! pane (width gcd(size, slide)) per key, and a window is the merge of its
+//! size/pane panes when it fires. Per-record cost does not depend on how many
+//! windows overlap (unlike Flink, which copies a record into each of
+//! size/slide windows). Tumbling windows are the one-pane case.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use arrow::array::UInt32Array;
+use arrow::compute::take_record_batch;
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use hashbrown::HashMap;
+use sluice_engine::data::{event_times_ms, Watermark};
+use sluice_engine::{Collector, Operator, OperatorContext, Result};
+
+use super::state::{output, Keys, Slots};
+
+/// Key → slot within one pane.
+#[derive(Default)]
+struct Pane {
+    slots: HashMap<u32, u32>,
+}
+
+/// Event-time tumbling/sliding window aggregation.
+pub(crate) struct PaneWindowOperator {
+    pub(crate) size: i64,
+    pub(crate) slide: i64,
+    pub(crate) pane: i64,
+    pub(crate) lateness: i64,
+    pub(crate) time: usize,
+    pub(crate) keys: Keys,
+    pub(crate) slots: Slots,
+    pub(crate) output: SchemaRef,
+    panes: BTreeMap<i64, Pane>,
+    watermark: i64,
+    fired_upto: i64,
+}
+
+impl PaneWindowOperator {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(size: i64, slide: i64, lateness: i64, time: usize, keys: Keys, slots: Slots, output: SchemaRef) -> Self {
+        PaneWindowOperator {
+            size,
+            slide,
+            pane: gcd(size, slide),
+            lateness,
+            time,
+            keys,
+            slots,
+            output,
+            panes: BTreeMap::new(),
+            watermark: i64::MIN,
+            fired_upto: i64::MIN,
+        }
+    }
+
+    /// Start of the last window containing the pane starting at `p`.
+    fn last_window_start(&self, p: i64) -> i64 {
+        p - p.rem_euclid(self.slide)
+    }
+
+    /// Ends of every window containing the pane starting at `p`, ascending.
+    fn window_ends(&self, p: i64) -> impl Iterator<Item = i64> + '_ {
+        let last = self.last_window_start(p);
+        let first_allowed = p + self.pane - self.size;
+        let n = (last - first_allowed).div_euclid(self.slide) + 1;
+        (0..n.max(0)).rev().map(move |k| last - k * self.slide + self.size)
+    }
+
+    fn is_late(&self, end: i64) -> bool {
+        end.saturating_sub(1).saturating_add(self.lateness) <= self.watermark
+    }
+
+    /// Emits window [end - size, end) for `only` keys (all keys when None).
+    fn fire(&mut self, end: i64, only: Option<&[u32]>, out: &mut Collector) -> Result<()> {
+        let start = end - self.size;
+        let mut key_ids = Vec::new();
+        let mut result_slots = Vec::new();
+        let mut temps = Vec::new();
+        let single = self.pane == self.size;
+        let mut merged: HashMap<u32, u32> = HashMap::new();
+        for (_, pane) in self.panes.range(start..end) {
+            for (k, s) in &pane.slots {
+                if only.is_some_and(|o| !o.contains(k)) {
+                    continue;
+                }
+                if single {
+                    key_ids.push(*k);
+                    result_slots.push(*s);
+                    continue;
+                }
+                let slots = &mut self.slots;
+                let dst = *merged.entry(*k).or_insert_with(|| {
+                    let t = slots.alloc();
+                    key_ids.push(*k);
+                    result_slots.push(t);
+                    temps.push(t);
+                    t
+                });
+                self.slots.merge(*s, dst);
+            }
+        }
+        if !key_ids.is_empty() {
+            let keys = self.keys.columns_of(&key_ids)?;
+            let aggs = self.slots.evaluate(&result_slots)?;
+            let n = key_ids.len();
+            out.emit(output(&self.output, keys, vec![start; n], vec![end; n], aggs)?);
+        }
+        for t in temps {
+            self.slots.release(t);
+        }
+        Ok(())
+    }
+
+    fn purge(&mut self) {
+        let lateness = self.lateness;
+        let wm = self.watermark;
+        let done: Vec<i64> = self
+            .panes
+            .keys()
+            .copied()
+            .take_while(|p| (self.last_window_start(*p) + self.size).saturating_sub(1).saturating_add(lateness) <= wm)
+            .collect();
+        for p in done {
+            if let Some(pane) = self.panes.remove(&p) {
+                for (k, s) in pane.slots {
+                    self.slots.release(s);
+                    self.keys.release(k);
+                }
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn live_slots(&self) -> usize {
+        self.slots.in_use()
+    }
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+impl Operator for PaneWindowOperator {
+    fn process(&mut self, _input: usize, batch: RecordBatch, _ctx: &OperatorContext, out: &mut Collector) -> Result<()> {
+        let ts = event_times_ms(batch.column(self.time))?;
+        let ids = self.keys.intern(&batch)?;
+        let (mut rows, mut slots, mut late) = (Vec::with_capacity(ts.len()), Vec::with_capacity(ts.len()), Vec::new());
+        let mut refire: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        let mut cur: Option<(i64, Pane)> = None;
+        for (i, (t, k)) in ts.iter().zip(&ids).enumerate() {
+            let p = t - t.rem_euclid(self.pane);
+            if self.is_late(self.last_window_start(p) + self.size) {
+                late.push(i as u32);
+                continue;
+            }
+            if cur.as_ref().is_none_or(|(cp, _)| *cp != p) {
+                if let Some((cp, pane)) = cur.take() {
+                    self.panes.insert(cp, pane);
+                }
+                cur = Some((p, self.panes.remove(&p).unwrap_or_default()));
+            }
+            let pane = &mut cur.as_mut().expect("set above").1;
+            let slot = match pane.slots.get(k) {
+                Some(s) => *s,
+                None => {
+                    let s = self.slots.alloc();
+                    self.keys.retain(*k);
+                    pane.slots.insert(*k, s);
+                    s
+                }
+            };
+            rows.push(i as u32);
+            slots.push(slot);
+            // Within allowed lateness, windows that already fired fire again.
+            if p < self.fired_upto {
+                for e in self.window_ends(p).filter(|e| *e <= self.fired_upto && !self.is_late(*e)) {
+                    refire.entry(e).or_default().push(*k);
+                }
+            }
+        }
+        if let Some((cp, pane)) = cur.take() {
+            self.panes.insert(cp, pane);
+        }
+        self.slots.update(&batch, &rows, &slots)?;
+        if !late.is_empty() {
+            out.emit_side(1, take_record_batch(&batch, &UInt32Array::from(late))?);
+        }
+        for (end, mut keys) in refire {
+            keys.sort_unstable();
+            keys.dedup();
+            self.fire(end, Some(&keys), out)?;
+        }
+        Ok(())
+    }
+
+    fn on_watermark(&mut self, wm: Watermark, _ctx: &OperatorContext, out: &mut Collector) -> Result<Option<Watermark>> {
+        let Watermark::EventTime(t) = wm else { return Ok(Some(wm)) };
+        if t <= self.watermark {
+            return Ok(Some(wm));
+        }
+        self.watermark = t;
+        let limit = t.saturating_add(1);
+        let mut ends = BTreeSet::new();
+        for p in self.panes.range(..limit).map(|(p, _)| *p) {
+            ends.extend(self.window_ends(p).filter(|e| *e > self.fired_upto && *e <= limit));
+        }
+        for e in ends {
+            self.fire(e, None, out)?;
+        }
+        self.fired_upto = self.fired_upto.max(limit);
+        self.purge();
+        Ok(Some(wm))
+    }
+}

@@ -1,0 +1,195 @@
+//! State shared by the window operators: the key interner (group keys as
+//! Arrow row-format bytes, each given a small id), slot allocation over the
+//! columnar accumulators, and output assembly.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, TimestampMillisecondArray};
+use arrow::datatypes::{DataType, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use arrow_row::{RowConverter, SortField};
+use hashbrown::HashTable;
+use sluice_engine::Result;
+
+use crate::aggregate::{Accumulator, AggregateExpr};
+
+/// Interns group keys: equal keys get the same id while any slot uses them.
+pub(crate) struct Keys {
+    converter: Option<RowConverter>,
+    columns: Vec<usize>,
+    table: HashTable<u32>,
+    rows: Vec<Box<[u8]>>,
+    refs: Vec<u32>,
+    free: Vec<u32>,
+    hasher: ahash::RandomState,
+}
+
+impl Keys {
+    pub(crate) fn new(columns: Vec<usize>, types: Vec<DataType>) -> Result<Self> {
+        let converter = if columns.is_empty() {
+            None
+        } else {
+            Some(RowConverter::new(types.into_iter().map(SortField::new).collect())?)
+        };
+        Ok(Keys {
+            converter,
+            columns,
+            table: HashTable::new(),
+            rows: Vec::new(),
+            refs: Vec::new(),
+            free: Vec::new(),
+            hasher: ahash::RandomState::with_seeds(1, 2, 3, 4),
+        })
+    }
+
+    /// The key id of every row (not yet retained).
+    pub(crate) fn intern(&mut self, batch: &RecordBatch) -> Result<Vec<u32>> {
+        let Some(conv) = &self.converter else {
+            if self.rows.is_empty() {
+                self.rows.push(Box::new([]));
+                self.refs.push(0);
+            }
+            return Ok(vec![0; batch.num_rows()]);
+        };
+        let cols: Vec<ArrayRef> = self.columns.iter().map(|c| batch.column(*c).clone()).collect();
+        let rows = conv.convert_columns(&cols)?;
+        let mut ids = Vec::with_capacity(rows.num_rows());
+        for row in rows.iter() {
+            let bytes = row.as_ref();
+            let h = self.hasher.hash_one(bytes);
+            let found = self.table.find(h, |id| &*self.rows[*id as usize] == bytes).copied();
+            let id = match found {
+                Some(id) => id,
+                None => {
+                    let id = match self.free.pop() {
+                        Some(id) => {
+                            self.rows[id as usize] = bytes.into();
+                            id
+                        }
+                        None => {
+                            self.rows.push(bytes.into());
+                            self.refs.push(0);
+                            (self.rows.len() - 1) as u32
+                        }
+                    };
+                    let (rows, hasher) = (&self.rows, &self.hasher);
+                    self.table.insert_unique(h, id, |id| hasher.hash_one(&*rows[*id as usize]));
+                    id
+                }
+            };
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    /// A slot now uses key `id`.
+    pub(crate) fn retain(&mut self, id: u32) {
+        self.refs[id as usize] += 1;
+    }
+
+    /// A slot stopped using key `id`; the key is forgotten when none does.
+    pub(crate) fn release(&mut self, id: u32) {
+        let r = &mut self.refs[id as usize];
+        *r -= 1;
+        if *r == 0 && self.converter.is_some() {
+            let h = self.hasher.hash_one(&*self.rows[id as usize]);
+            if let Ok(e) = self.table.find_entry(h, |x| *x == id) {
+                e.remove();
+            }
+            self.rows[id as usize] = Box::new([]);
+            self.free.push(id);
+        }
+    }
+
+    /// The key columns for `ids`.
+    pub(crate) fn columns_of(&self, ids: &[u32]) -> Result<Vec<ArrayRef>> {
+        let Some(conv) = &self.converter else { return Ok(Vec::new()) };
+        let parser = conv.parser();
+        let rows = ids.iter().map(|id| parser.parse(&self.rows[*id as usize]));
+        Ok(conv.convert_rows(rows)?)
+    }
+
+    /// Distinct keys currently held (for tests and metrics).
+    #[cfg(test)]
+    pub(crate) fn live(&self) -> usize {
+        self.table.len()
+    }
+}
+
+/// Accumulator slots: one per (key, window or pane or session).
+pub(crate) struct Slots {
+    accs: Vec<Box<dyn Accumulator>>,
+    inputs: Vec<Option<usize>>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+impl Slots {
+    pub(crate) fn new(aggs: &[AggregateExpr], input: &SchemaRef) -> Result<Self> {
+        let mut accs = Vec::new();
+        let mut inputs = Vec::new();
+        for a in aggs {
+            let (idx, _) = a.resolve(input)?;
+            accs.push(a.accumulator(idx.map(|i| input.field(i).data_type()))?);
+            inputs.push(idx);
+        }
+        Ok(Slots { accs, inputs, free: Vec::new(), len: 0 })
+    }
+
+    pub(crate) fn alloc(&mut self) -> u32 {
+        if let Some(s) = self.free.pop() {
+            return s;
+        }
+        if self.len % 1024 == 0 {
+            for a in &mut self.accs {
+                a.resize(self.len + 1024);
+            }
+        }
+        self.len += 1;
+        (self.len - 1) as u32
+    }
+
+    pub(crate) fn release(&mut self, slot: u32) {
+        for a in &mut self.accs {
+            a.reset(slot);
+        }
+        self.free.push(slot);
+    }
+
+    pub(crate) fn update(&mut self, batch: &RecordBatch, rows: &[u32], slots: &[u32]) -> Result<()> {
+        for (a, idx) in self.accs.iter_mut().zip(&self.inputs) {
+            a.update(idx.map(|i| batch.column(i)), rows, slots)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn merge(&mut self, src: u32, dst: u32) {
+        for a in &mut self.accs {
+            a.merge(src, dst);
+        }
+    }
+
+    pub(crate) fn evaluate(&self, slots: &[u32]) -> Result<Vec<ArrayRef>> {
+        self.accs.iter().map(|a| a.evaluate(slots)).collect()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn in_use(&self) -> usize {
+        self.len - self.free.len()
+    }
+}
+
+/// Assembles an output batch: keys, window bounds, aggregates.
+pub(crate) fn output(
+    schema: &SchemaRef,
+    keys: Vec<ArrayRef>,
+    starts: Vec<i64>,
+    ends: Vec<i64>,
+    aggs: Vec<ArrayRef>,
+) -> Result<RecordBatch> {
+    let mut cols = keys;
+    cols.push(Arc::new(TimestampMillisecondArray::from(starts)));
+    cols.push(Arc::new(TimestampMillisecondArray::from(ends)));
+    cols.extend(aggs);
+    Ok(RecordBatch::try_new(schema.clone(), cols)?)
+}
