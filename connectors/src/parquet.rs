@@ -120,7 +120,7 @@ impl ParquetWriterTask {
             let in_progress = self.spec.dir.join(format!(".{name}.inprogress"));
             let file = File::create(&in_progress).map_err(|e| Error::io(format!("creating {}", in_progress.display()), e))?;
             let props = WriterProperties::builder()
-                .set_max_row_group_size(self.spec.row_group_size)
+                .set_max_row_group_row_count(Some(self.spec.row_group_size))
                 .set_compression(self.spec.compression)
                 .build();
             let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(props))
