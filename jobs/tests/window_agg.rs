@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringArray};
+use arrow::array::{AsArray, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, TimestampMillisecondType};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
@@ -157,7 +157,8 @@ fn read_output(dir: &Path) -> BTreeMap<Key, Agg> {
         let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap()).unwrap().build().unwrap();
         for b in reader {
             let b = b.unwrap();
-            let names: Vec<&str> = b.schema().fields().iter().map(|f| f.name().as_str()).collect();
+            let schema = b.schema();
+            let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
             assert_eq!(
                 names,
                 ["user", "window_start", "window_end", "count", "sum_amount", "min_amount", "max_amount", "avg_amount"]

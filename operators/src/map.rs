@@ -1,1 +1,216 @@
-//! (in progress)
+//! Row closures over typed records — `map`, `flat_map`, `try_map` — and
+//! `map_batches` over whole batches. Rows cross between Arrow and serde
+//! structs with `serde_arrow`: each batch is deserialized once into a `Vec`
+//! of the input type and the outputs are serialized back into one batch. The
+//! output schema is traced from the output type at plan time. Built-in
+//! operators never pay this cost; these verbs are for convenience.
+
+use std::fmt::Display;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use arrow::datatypes::{FieldRef, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_arrow::schema::{SchemaLike, TracingOptions};
+use sluice_engine::{Collector, Error, Operator, OperatorContext, Result, Stream};
+
+use crate::plan_error;
+
+type RowFn<I, O> = Arc<dyn Fn(I, &mut Vec<O>) -> std::result::Result<(), String> + Send + Sync>;
+
+/// Applies a row function to every record of a batch.
+struct RowMapOperator<I, O> {
+    f: RowFn<I, O>,
+    fields: Vec<FieldRef>,
+    schema: SchemaRef,
+    name: String,
+    _types: PhantomData<fn(I) -> O>,
+}
+
+impl<I, O> Operator for RowMapOperator<I, O>
+where
+    I: DeserializeOwned + 'static,
+    O: Serialize + 'static,
+{
+    fn process(&mut self, _input: usize, batch: RecordBatch, _ctx: &OperatorContext, out: &mut Collector) -> Result<()> {
+        let rows: Vec<I> = serde_arrow::from_record_batch(&batch)
+            .map_err(|e| Error::Decode(format!("{}: reading rows: {e}", self.name)))?;
+        let mut outputs = Vec::with_capacity(rows.len());
+        for r in rows {
+            (self.f)(r, &mut outputs).map_err(|e| Error::User(format!("{}: {e}", self.name)))?;
+        }
+        let b = serde_arrow::to_record_batch(&self.fields, &outputs)
+            .map_err(|e| Error::User(format!("{}: writing rows: {e}", self.name)))?;
+        let b = RecordBatch::try_new(self.schema.clone(), b.columns().to_vec())?;
+        out.emit(b);
+        Ok(())
+    }
+}
+
+fn traced<T: DeserializeOwned>(s: &Stream, verb: &str) -> Option<Vec<FieldRef>> {
+    let opts = TracingOptions::default().allow_null_fields(true).strings_as_large_utf8(false);
+    match Vec::<FieldRef>::from_type::<T>(opts) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            s.report(plan_error(s, verb, format!("cannot derive an Arrow schema for {}: {e}", std::any::type_name::<T>())));
+            None
+        }
+    }
+}
+
+fn add_row_map<I, O>(s: Stream, verb: &str, f: RowFn<I, O>) -> Stream
+where
+    I: DeserializeOwned + 'static,
+    O: Serialize + DeserializeOwned + 'static,
+{
+    if let Some(input) = traced::<I>(&s, verb) {
+        for field in input {
+            if s.schema().field_with_name(field.name()).is_err() && !field.is_nullable() {
+                s.report(plan_error(
+                    &s,
+                    verb,
+                    format!(
+                        "the closure reads field '{}' of {} but the stream has {}",
+                        field.name(),
+                        std::any::type_name::<I>(),
+                        s.column_list()
+                    ),
+                ));
+            }
+        }
+    }
+    let fields = traced::<O>(&s, verb).unwrap_or_default();
+    let schema: SchemaRef = Arc::new(Schema::new(fields.clone()));
+    let name = format!("{verb} after '{}'", s.node_name());
+    let out = schema.clone();
+    s.transform(verb, schema, move |_| {
+        Ok(Box::new(RowMapOperator::<I, O> {
+            f: f.clone(),
+            fields: fields.clone(),
+            schema: out.clone(),
+            name: name.clone(),
+            _types: PhantomData,
+        }))
+    })
+}
+
+/// Typed and batch closures.
+pub trait Map {
+    /// One output row per input row.
+    ///
+    /// ```
+    /// # use sluice_operators::prelude::*;
+    /// # use serde::{Deserialize, Serialize};
+    /// #[derive(Deserialize)]
+    /// struct Bid { auction: i64, price: i64 }
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Euro { auction: i64, euros: f64 }
+    /// # fn f(bids: Stream) -> Stream {
+    /// bids.map(|b: Bid| Euro { auction: b.auction, euros: b.price as f64 * 0.908 })
+    /// # }
+    /// ```
+    fn map<I, O, F>(self, f: F) -> Stream
+    where
+        I: DeserializeOwned + 'static,
+        O: Serialize + DeserializeOwned + 'static,
+        F: Fn(I) -> O + Send + Sync + 'static;
+
+    /// Any number of output rows per input row.
+    fn flat_map<I, O, F, It>(self, f: F) -> Stream
+    where
+        I: DeserializeOwned + 'static,
+        O: Serialize + DeserializeOwned + 'static,
+        It: IntoIterator<Item = O>,
+        F: Fn(I) -> It + Send + Sync + 'static;
+
+    /// Like `map`, but an `Err` fails the job with the error and the operator's name.
+    fn try_map<I, O, E, F>(self, f: F) -> Stream
+    where
+        I: DeserializeOwned + 'static,
+        O: Serialize + DeserializeOwned + 'static,
+        E: Display,
+        F: Fn(I) -> std::result::Result<O, E> + Send + Sync + 'static;
+
+    /// A function over whole batches producing batches of `schema`.
+    fn map_batches<F>(self, schema: SchemaRef, f: F) -> Stream
+    where
+        F: Fn(RecordBatch) -> Result<RecordBatch> + Send + Sync + 'static;
+}
+
+impl Map for Stream {
+    fn map<I, O, F>(self, f: F) -> Stream
+    where
+        I: DeserializeOwned + 'static,
+        O: Serialize + DeserializeOwned + 'static,
+        F: Fn(I) -> O + Send + Sync + 'static,
+    {
+        add_row_map::<I, O>(self, "map", Arc::new(move |i, out| {
+            out.push(f(i));
+            Ok(())
+        }))
+    }
+
+    fn flat_map<I, O, F, It>(self, f: F) -> Stream
+    where
+        I: DeserializeOwned + 'static,
+        O: Serialize + DeserializeOwned + 'static,
+        It: IntoIterator<Item = O>,
+        F: Fn(I) -> It + Send + Sync + 'static,
+    {
+        add_row_map::<I, O>(self, "flat_map", Arc::new(move |i, out| {
+            out.extend(f(i));
+            Ok(())
+        }))
+    }
+
+    fn try_map<I, O, E, F>(self, f: F) -> Stream
+    where
+        I: DeserializeOwned + 'static,
+        O: Serialize + DeserializeOwned + 'static,
+        E: Display,
+        F: Fn(I) -> std::result::Result<O, E> + Send + Sync + 'static,
+    {
+        add_row_map::<I, O>(self, "try_map", Arc::new(move |i, out| {
+            out.push(f(i).map_err(|e| e.to_string())?);
+            Ok(())
+        }))
+    }
+
+    fn map_batches<F>(self, schema: SchemaRef, f: F) -> Stream
+    where
+        F: Fn(RecordBatch) -> Result<RecordBatch> + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        let name = format!("map_batches after '{}'", self.node_name());
+        let declared = schema.clone();
+        self.transform("map_batches", schema, move |_| {
+            Ok(Box::new(BatchMapOperator { f: f.clone(), schema: declared.clone(), name: name.clone() }))
+        })
+    }
+}
+
+type BatchFn = Arc<dyn Fn(RecordBatch) -> Result<RecordBatch> + Send + Sync>;
+
+struct BatchMapOperator {
+    f: BatchFn,
+    schema: SchemaRef,
+    name: String,
+}
+
+impl Operator for BatchMapOperator {
+    fn process(&mut self, _input: usize, batch: RecordBatch, _ctx: &OperatorContext, out: &mut Collector) -> Result<()> {
+        let b = (self.f)(batch)?;
+        if b.schema().fields() != self.schema.fields() {
+            return Err(Error::User(format!(
+                "{}: the function returned columns {:?} but declared {:?}",
+                self.name,
+                b.schema().fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>(),
+                self.schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>()
+            )));
+        }
+        out.emit(b);
+        Ok(())
+    }
+}
