@@ -26,7 +26,11 @@ fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("auction", DataType::Int64, false),
         Field::new("price", DataType::Int64, false),
-        Field::new("date_time", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+        Field::new(
+            "date_time",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
     ]))
 }
 
@@ -58,8 +62,10 @@ fn hash_partitioning(c: &mut Criterion) {
     for p in [2usize, 8] {
         g.bench_with_input(BenchmarkId::from_parameter(p), &p, |b, &p| {
             let cancel = Arc::new(AtomicBool::new(false));
-            let (txs, rxs): (Vec<_>, Vec<_>) = (0..p).map(|_| channel(1024, cancel.clone())).unzip();
-            let txs: Vec<Box<dyn ChannelSender>> = txs.into_iter().map(|t| Box::new(t) as _).collect();
+            let (txs, rxs): (Vec<_>, Vec<_>) =
+                (0..p).map(|_| channel(1024, cancel.clone())).unzip();
+            let txs: Vec<Box<dyn ChannelSender>> =
+                txs.into_iter().map(|t| Box::new(t) as _).collect();
             let mut w = EdgeWriter::new(EdgeKind::Hash(vec![0]), txs, 128, 0);
             b.iter(|| {
                 w.send_batch(batch.clone()).expect("send");
@@ -77,9 +83,15 @@ fn expressions(c: &mut Criterion) {
     let mut g = c.benchmark_group("expr");
     g.throughput(Throughput::Elements(ROWS as u64));
     let conv = col("price").cast(DataType::Float64) * lit(0.908);
-    g.bench_function("price_to_euro", |b| b.iter(|| conv.evaluate(&batch).expect("eval")));
-    let pred = (col("auction") % lit(123i64)).eq(lit(0i64)).and(col("price").gt(lit(1000i64)));
-    g.bench_function("filter_predicate", |b| b.iter(|| pred.evaluate(&batch).expect("eval")));
+    g.bench_function("price_to_euro", |b| {
+        b.iter(|| conv.evaluate(&batch).expect("eval"))
+    });
+    let pred = (col("auction") % lit(123i64))
+        .eq(lit(0i64))
+        .and(col("price").gt(lit(1000i64)));
+    g.bench_function("filter_predicate", |b| {
+        b.iter(|| pred.evaluate(&batch).expect("eval"))
+    });
     g.finish();
 }
 
@@ -91,7 +103,7 @@ fn run_window(input: &Arc<Vec<RecordBatch>>, spec: WindowSpec) {
         .key_by(["auction"])
         .window(spec)
         .aggregate([count(), sum("price")])
-        .sink(DiscardSink::default());
+        .sink(DiscardSink);
     env.execute().expect("window job");
 }
 
@@ -101,13 +113,17 @@ fn windows(c: &mut Criterion) {
     g.sample_size(10);
     g.throughput(Throughput::Elements((64 * ROWS) as u64));
     let s = Duration::from_secs;
-    g.bench_function("tumbling_10s", |b| b.iter(|| run_window(&input, WindowSpec::tumbling(s(10)))));
+    g.bench_function("tumbling_10s", |b| {
+        b.iter(|| run_window(&input, WindowSpec::tumbling(s(10))))
+    });
     for size in [10u64, 60] {
         g.bench_function(BenchmarkId::new("sliding_2s", format!("{size}s")), |b| {
             b.iter(|| run_window(&input, WindowSpec::sliding(s(size), s(2))))
         });
     }
-    g.bench_function("session_1s", |b| b.iter(|| run_window(&input, WindowSpec::session(s(1)))));
+    g.bench_function("session_1s", |b| {
+        b.iter(|| run_window(&input, WindowSpec::session(s(1))))
+    });
     g.finish();
 }
 

@@ -19,7 +19,10 @@ impl Source for PreparedSource {
         match self.batches.get(self.next) {
             Some(b) => {
                 self.next += self.step;
-                Ok(SourcePoll::Batch { split: 0, batch: b.clone() })
+                Ok(SourcePoll::Batch {
+                    split: 0,
+                    batch: b.clone(),
+                })
             }
             None => Ok(SourcePoll::End),
         }
@@ -29,6 +32,10 @@ impl Source for PreparedSource {
 /// A source over `batches`, split round-robin across its subtasks.
 pub fn prepared(env: &Env, schema: SchemaRef, batches: Arc<Vec<RecordBatch>>) -> Stream {
     env.source_fn("prepared", schema, move |ctx| {
-        Ok(Box::new(PreparedSource { batches: batches.clone(), next: ctx.subtask, step: ctx.parallelism }))
+        Ok(Box::new(PreparedSource {
+            batches: batches.clone(),
+            next: ctx.subtask,
+            step: ctx.parallelism,
+        }))
     })
 }

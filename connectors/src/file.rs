@@ -53,7 +53,12 @@ impl FileSource {
         Self::new(path, Format::JsonLines)
     }
     fn new(path: impl AsRef<Path>, format: Format) -> Self {
-        FileSource { path: path.as_ref().to_path_buf(), format, batch_size: 8192, schema: None }
+        FileSource {
+            path: path.as_ref().to_path_buf(),
+            format,
+            batch_size: 8192,
+            schema: None,
+        }
     }
     /// Rows per batch.
     pub fn with_batch_size(mut self, n: usize) -> Self {
@@ -68,18 +73,27 @@ impl FileSource {
 
     /// The input files, sorted.
     pub fn files(&self) -> Result<Vec<PathBuf>> {
-        let meta = std::fs::metadata(&self.path).map_err(|e| Error::io(format!("reading {}", self.path.display()), e))?;
+        let meta = std::fs::metadata(&self.path)
+            .map_err(|e| Error::io(format!("reading {}", self.path.display()), e))?;
         if meta.is_file() {
             return Ok(vec![self.path.clone()]);
         }
         let mut files: Vec<PathBuf> = std::fs::read_dir(&self.path)
             .map_err(|e| Error::io(format!("listing {}", self.path.display()), e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+            .filter(|p| {
+                p.is_file()
+                    && !p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
             .collect();
         files.sort();
         if files.is_empty() {
-            return Err(Error::connector("file", format!("directory {} holds no files", self.path.display())));
+            return Err(Error::connector(
+                "file",
+                format!("directory {} holds no files", self.path.display()),
+            ));
         }
         Ok(files)
     }
@@ -95,9 +109,10 @@ impl FileSource {
     fn schema_of(&self, path: &Path) -> Result<SchemaRef> {
         let file = Self::open(path)?;
         Ok(match self.format {
-            Format::Parquet => {
-                ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Self::bad(path, e))?.schema().clone()
-            }
+            Format::Parquet => ParquetRecordBatchReaderBuilder::try_new(file)
+                .map_err(|e| Self::bad(path, e))?
+                .schema()
+                .clone(),
             Format::Csv => {
                 let (schema, _) = arrow::csv::reader::Format::default()
                     .with_header(true)
@@ -107,8 +122,9 @@ impl FileSource {
             }
             Format::JsonLines => {
                 let mut r = BufReader::new(file);
-                let (schema, _) = arrow::json::reader::infer_json_schema_from_seekable(&mut r, Some(INFER_ROWS))
-                    .map_err(|e| Self::bad(path, e))?;
+                let (schema, _) =
+                    arrow::json::reader::infer_json_schema_from_seekable(&mut r, Some(INFER_ROWS))
+                        .map_err(|e| Self::bad(path, e))?;
                 Arc::new(schema)
             }
         })
@@ -134,8 +150,14 @@ impl FileSource {
             ),
             Format::JsonLines => {
                 let mut r = BufReader::new(file);
-                r.rewind().map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-                Box::new(arrow::json::ReaderBuilder::new(schema.clone()).with_batch_size(self.batch_size).build(r).map_err(bad)?)
+                r.rewind()
+                    .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+                Box::new(
+                    arrow::json::ReaderBuilder::new(schema.clone())
+                        .with_batch_size(self.batch_size)
+                        .build(r)
+                        .map_err(bad)?,
+                )
             }
         })
     }
@@ -166,7 +188,13 @@ impl SourceSpec for FileSource {
                 .filter(|(i, _)| i % ctx.parallelism == ctx.subtask)
                 .map(|(_, f)| f)
                 .collect();
-            Ok(Box::new(FileSubtask { spec: me.clone(), schema, files, current: None, index: 0 }) as Box<dyn Source>)
+            Ok(Box::new(FileSubtask {
+                spec: me.clone(),
+                schema,
+                files,
+                current: None,
+                index: 0,
+            }) as Box<dyn Source>)
         })
     }
 }
@@ -187,7 +215,9 @@ impl Source for FileSubtask {
     fn poll(&mut self, _ctx: &OperatorContext) -> Result<SourcePoll> {
         loop {
             if self.current.is_none() {
-                let Some(path) = self.files.get(self.index) else { return Ok(SourcePoll::End) };
+                let Some(path) = self.files.get(self.index) else {
+                    return Ok(SourcePoll::End);
+                };
                 self.current = Some(self.spec.reader(path, &self.schema)?);
             }
             let path = &self.files[self.index];
@@ -196,10 +226,16 @@ impl Source for FileSubtask {
                     if batch.schema().fields() != self.schema.fields() {
                         return Err(Error::connector(
                             "file",
-                            format!("{} has a different schema from the first file", path.display()),
+                            format!(
+                                "{} has a different schema from the first file",
+                                path.display()
+                            ),
                         ));
                     }
-                    return Ok(SourcePoll::Batch { split: self.index, batch });
+                    return Ok(SourcePoll::Batch {
+                        split: self.index,
+                        batch,
+                    });
                 }
                 Some(Err(e)) => return Err(Error::Decode(format!("{}: {e}", path.display()))),
                 None => {

@@ -70,7 +70,13 @@ impl SinkSpec for ParquetSink {
     fn factory(&self, input: SchemaRef) -> SinkFactory {
         let spec = self.clone();
         Arc::new(move |_ctx| {
-            Ok(Box::new(ParquetWriterTask { spec: spec.clone(), schema: input.clone(), current: None, seq: 0, subtask: 0 }))
+            Ok(Box::new(ParquetWriterTask {
+                spec: spec.clone(),
+                schema: input.clone(),
+                current: None,
+                seq: 0,
+                subtask: 0,
+            }))
         })
     }
 }
@@ -118,23 +124,39 @@ impl ParquetWriterTask {
             self.seq += 1;
             let target = self.spec.dir.join(&name);
             let in_progress = self.spec.dir.join(format!(".{name}.inprogress"));
-            let file = File::create(&in_progress).map_err(|e| Error::io(format!("creating {}", in_progress.display()), e))?;
+            let file = File::create(&in_progress)
+                .map_err(|e| Error::io(format!("creating {}", in_progress.display()), e))?;
             let props = WriterProperties::builder()
                 .set_max_row_group_row_count(Some(self.spec.row_group_size))
                 .set_compression(self.spec.compression)
                 .build();
             let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(props))
                 .map_err(|e| Error::connector("parquet", e))?;
-            self.current = Some(OpenFile { writer, in_progress, target, opened: Instant::now() });
+            self.current = Some(OpenFile {
+                writer,
+                in_progress,
+                target,
+                opened: Instant::now(),
+            });
         }
         Ok(self.current.as_mut().expect("opened above"))
     }
 
     /// Finishes the current file; it is complete but not yet visible.
     fn close_file(&mut self) -> Result<Option<PendingFile>> {
-        let Some(f) = self.current.take() else { return Ok(None) };
-        f.writer.close().map_err(|e| Error::connector("parquet", format!("closing {}: {e}", f.in_progress.display())))?;
-        Ok(Some(PendingFile { in_progress: f.in_progress, target: f.target }))
+        let Some(f) = self.current.take() else {
+            return Ok(None);
+        };
+        f.writer.close().map_err(|e| {
+            Error::connector(
+                "parquet",
+                format!("closing {}: {e}", f.in_progress.display()),
+            )
+        })?;
+        Ok(Some(PendingFile {
+            in_progress: f.in_progress,
+            target: f.target,
+        }))
     }
 
     fn roll(&mut self) -> Result<()> {
@@ -153,9 +175,16 @@ impl Sink for ParquetWriterTask {
             .map_err(|e| Error::io(format!("creating {}", self.spec.dir.display()), e))?;
         // Continue numbering after files of earlier runs instead of overwriting them.
         let prefix = format!("part-{:03}-", self.subtask);
-        for e in std::fs::read_dir(&self.spec.dir).map_err(|e| Error::io("listing output", e))?.flatten() {
+        for e in std::fs::read_dir(&self.spec.dir)
+            .map_err(|e| Error::io("listing output", e))?
+            .flatten()
+        {
             let name = e.file_name().to_string_lossy().to_string();
-            if let Some(seq) = name.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".parquet")).and_then(|s| s.parse::<u64>().ok()) {
+            if let Some(seq) = name
+                .strip_prefix(&prefix)
+                .and_then(|r| r.strip_suffix(".parquet"))
+                .and_then(|s| s.parse::<u64>().ok())
+            {
                 self.seq = self.seq.max(seq + 1);
             }
         }
@@ -166,7 +195,9 @@ impl Sink for ParquetWriterTask {
         let max = self.spec.max_file_size;
         let rollover = self.spec.rollover;
         let f = self.open_file()?;
-        f.writer.write(&batch).map_err(|e| Error::connector("parquet", e))?;
+        f.writer
+            .write(&batch)
+            .map_err(|e| Error::connector("parquet", e))?;
         let size = f.writer.bytes_written() + f.writer.in_progress_size();
         if size >= max || rollover.is_some_and(|r| f.opened.elapsed() >= r) {
             self.roll()?;

@@ -15,7 +15,13 @@ use sluice_connectors::parquet::ParquetSink;
 use sluice_engine::Env;
 
 fn cfg(events: u64) -> NexmarkConfig {
-    NexmarkConfig { events, seed: 3, max_out_of_orderness_ms: 25, batch_size: 333, ..Default::default() }
+    NexmarkConfig {
+        events,
+        seed: 3,
+        max_out_of_orderness_ms: 25,
+        batch_size: 333,
+        ..Default::default()
+    }
 }
 
 fn bid_rows(p: usize, events: u64) -> Vec<(i64, i64, i64, i64)> {
@@ -26,7 +32,11 @@ fn bid_rows(p: usize, events: u64) -> Vec<(i64, i64, i64, i64)> {
     let mut v = Vec::new();
     for b in out.batches() {
         let i = |c: usize| b.column(c).as_primitive::<Int64Type>().values().to_vec();
-        let t = b.column(5).as_primitive::<TimestampMillisecondType>().values().to_vec();
+        let t = b
+            .column(5)
+            .as_primitive::<TimestampMillisecondType>()
+            .values()
+            .to_vec();
         let (a, bd, pr) = (i(0), i(1), i(2));
         v.extend((0..b.num_rows()).map(|r| (a[r], bd[r], pr[r], t[r])));
     }
@@ -71,7 +81,11 @@ fn nexmark_mix_ids_and_disorder_follow_the_model() {
             }
             Event::Bid(x) => {
                 b += 1;
-                assert!(x.auction <= max_auction + 10, "bid for auction {} beyond the lead", x.auction);
+                assert!(
+                    x.auction <= max_auction + 10,
+                    "bid for auction {} beyond the lead",
+                    x.auction
+                );
                 assert!(x.date_time >= base - 25 && x.date_time <= base);
             }
         }
@@ -82,11 +96,17 @@ fn nexmark_mix_ids_and_disorder_follow_the_model() {
         });
     }
     assert_eq!((p, a, b), (1_000, 3_000, 46_000));
-    assert_eq!(generate(&cfg(1000)).collect::<Vec<_>>(), generate(&cfg(1000)).collect::<Vec<_>>());
+    assert_eq!(
+        generate(&cfg(1000)).collect::<Vec<_>>(),
+        generate(&cfg(1000)).collect::<Vec<_>>()
+    );
 }
 
 fn int_schema() -> Arc<Schema> {
-    Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false), Field::new("y", DataType::Int64, false)]))
+    Arc::new(Schema::new(vec![
+        Field::new("x", DataType::Int64, false),
+        Field::new("y", DataType::Int64, false),
+    ]))
 }
 
 #[test]
@@ -99,35 +119,67 @@ fn parquet_sink_rolls_files_and_leaves_nothing_partial() {
     let batches: Vec<RecordBatch> = (0..20)
         .map(|b| {
             let x: Vec<i64> = (0..1000).map(|i| b * 1000 + i).collect();
-            RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(x.clone())), Arc::new(Int64Array::from(x))]).unwrap()
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from(x.clone())),
+                    Arc::new(Int64Array::from(x)),
+                ],
+            )
+            .unwrap()
         })
         .collect();
     let src = env.source_fn("ints", schema.clone(), move |ctx| {
         struct S(Vec<RecordBatch>);
         impl sluice_engine::Source for S {
-            fn poll(&mut self, _c: &sluice_engine::OperatorContext) -> sluice_engine::Result<sluice_engine::SourcePoll> {
+            fn poll(
+                &mut self,
+                _c: &sluice_engine::OperatorContext,
+            ) -> sluice_engine::Result<sluice_engine::SourcePoll> {
                 Ok(match self.0.pop() {
                     Some(batch) => sluice_engine::SourcePoll::Batch { split: 0, batch },
                     None => sluice_engine::SourcePoll::End,
                 })
             }
         }
-        let mine = batches.iter().skip(ctx.subtask).step_by(ctx.parallelism).cloned().collect();
+        let mine = batches
+            .iter()
+            .skip(ctx.subtask)
+            .step_by(ctx.parallelism)
+            .cloned()
+            .collect();
         Ok(Box::new(S(mine)))
     });
-    src.sink(ParquetSink::new(&out).max_file_size(20_000).row_group_size(500));
+    src.sink(
+        ParquetSink::new(&out)
+            .max_file_size(20_000)
+            .row_group_size(500),
+    );
     env.execute().unwrap();
     let mut seen = Vec::new();
     let mut files = 0;
     for e in std::fs::read_dir(&out).unwrap() {
         let path = e.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().to_string();
-        assert!(name.starts_with("part-") && name.ends_with(".parquet"), "unexpected file {name}");
+        assert!(
+            name.starts_with("part-") && name.ends_with(".parquet"),
+            "unexpected file {name}"
+        );
         files += 1;
         let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap()).unwrap();
-        assert!(reader.metadata().row_groups().iter().all(|g| g.num_rows() <= 500));
+        assert!(reader
+            .metadata()
+            .row_groups()
+            .iter()
+            .all(|g| g.num_rows() <= 500));
         for b in reader.build().unwrap() {
-            seen.extend(b.unwrap().column(0).as_primitive::<Int64Type>().values().to_vec());
+            seen.extend(
+                b.unwrap()
+                    .column(0)
+                    .as_primitive::<Int64Type>()
+                    .values()
+                    .to_vec(),
+            );
         }
     }
     assert!(files > 2, "expected rolled files, got {files}");
@@ -154,16 +206,24 @@ fn file_sources_read_csv_json_and_parquet_directories() {
     // Parquet input written by the sink, read back by the source.
     let pq = dir.path().join("pq");
     let env = Env::new();
-    env.source(FileSource::csv(&csv)).sink(ParquetSink::new(&pq));
+    env.source(FileSource::csv(&csv))
+        .sink(ParquetSink::new(&pq));
     env.execute().unwrap();
-    for source in [FileSource::csv(&csv), FileSource::jsonl(&json), FileSource::parquet(&pq)] {
+    for source in [
+        FileSource::csv(&csv),
+        FileSource::jsonl(&json),
+        FileSource::parquet(&pq),
+    ] {
         for p in [1, 2] {
             let env = Env::new();
             env.set_parallelism(p);
             let out = env.source(source.clone().with_batch_size(64)).collect();
             env.execute().unwrap();
-            let mut xs: Vec<i64> =
-                out.batches().iter().flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec()).collect();
+            let mut xs: Vec<i64> = out
+                .batches()
+                .iter()
+                .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+                .collect();
             xs.sort();
             assert_eq!(xs, (0..300).collect::<Vec<_>>(), "{source:?} at p={p}");
         }

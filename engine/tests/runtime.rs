@@ -23,7 +23,14 @@ fn schema() -> SchemaRef {
 }
 
 fn batch(keys: Vec<i64>, ts: Vec<i64>) -> RecordBatch {
-    RecordBatch::try_new(schema(), vec![Arc::new(Int64Array::from(keys)), Arc::new(Int64Array::from(ts))]).unwrap()
+    RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(Int64Array::from(keys)),
+            Arc::new(Int64Array::from(ts)),
+        ],
+    )
+    .unwrap()
 }
 
 /// Emits `batches` (split, batch) in order, sleeping `pause` between polls.
@@ -57,25 +64,41 @@ fn numbers(env: &Env, per_subtask: i64) -> sluice_engine::Stream {
         let base = ctx.subtask as i64 * 1_000_000;
         let batches = (0..10)
             .map(|b| {
-                let keys: Vec<i64> = (0..per_subtask).map(|i| base + b * per_subtask + i).collect();
+                let keys: Vec<i64> = (0..per_subtask)
+                    .map(|i| base + b * per_subtask + i)
+                    .collect();
                 let ts = keys.clone();
                 (0, batch(keys, ts))
             })
             .collect();
-        Ok(Box::new(VecSource { batches, splits: 1, pause: Duration::ZERO, produced: None }))
+        Ok(Box::new(VecSource {
+            batches,
+            splits: 1,
+            pause: Duration::ZERO,
+            produced: None,
+        }))
     })
 }
 
 struct Pass;
 impl Operator for Pass {
-    fn process(&mut self, _i: usize, b: RecordBatch, _c: &OperatorContext, out: &mut Collector) -> Result<()> {
+    fn process(
+        &mut self,
+        _i: usize,
+        b: RecordBatch,
+        _c: &OperatorContext,
+        out: &mut Collector,
+    ) -> Result<()> {
         out.emit(b);
         Ok(())
     }
 }
 
 fn keys_of(rows: &[RecordBatch]) -> Vec<i64> {
-    let mut v: Vec<i64> = rows.iter().flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec()).collect();
+    let mut v: Vec<i64> = rows
+        .iter()
+        .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+        .collect();
     v.sort();
     v
 }
@@ -83,7 +106,12 @@ fn keys_of(rows: &[RecordBatch]) -> Vec<i64> {
 #[test]
 fn every_edge_kind_delivers_each_record_once() {
     for p in [1, 4] {
-        for kind in [EdgeKind::Forward, EdgeKind::Hash(vec![0]), EdgeKind::Rebalance, EdgeKind::LoadAware] {
+        for kind in [
+            EdgeKind::Forward,
+            EdgeKind::Hash(vec![0]),
+            EdgeKind::Rebalance,
+            EdgeKind::LoadAware,
+        ] {
             let env = Env::new();
             env.set_parallelism(p);
             let out = numbers(&env, 100)
@@ -93,7 +121,9 @@ fn every_edge_kind_delivers_each_record_once() {
                 .collect();
             env.execute().unwrap();
             let got = keys_of(&out.batches());
-            let mut want: Vec<i64> = (0..p as i64).flat_map(|s| (0..1000).map(move |i| s * 1_000_000 + i)).collect();
+            let mut want: Vec<i64> = (0..p as i64)
+                .flat_map(|s| (0..1000).map(move |i| s * 1_000_000 + i))
+                .collect();
             want.sort();
             assert_eq!(got, want, "kind {kind:?} at parallelism {p}");
         }
@@ -117,7 +147,10 @@ struct Endless(i64);
 impl Source for Endless {
     fn poll(&mut self, _ctx: &OperatorContext) -> Result<SourcePoll> {
         self.0 += 1;
-        Ok(SourcePoll::Batch { split: 0, batch: batch(vec![self.0], vec![self.0]) })
+        Ok(SourcePoll::Batch {
+            split: 0,
+            batch: batch(vec![self.0], vec![self.0]),
+        })
     }
 }
 
@@ -125,7 +158,13 @@ struct Fail {
     panic: bool,
 }
 impl Operator for Fail {
-    fn process(&mut self, _i: usize, b: RecordBatch, ctx: &OperatorContext, out: &mut Collector) -> Result<()> {
+    fn process(
+        &mut self,
+        _i: usize,
+        b: RecordBatch,
+        ctx: &OperatorContext,
+        out: &mut Collector,
+    ) -> Result<()> {
         if ctx.subtask == 1 {
             if self.panic {
                 panic!("boom in user code");
@@ -149,7 +188,11 @@ fn a_failing_or_panicking_subtask_fails_the_job_with_its_error() {
             .transform("fail", schema(), move |_| Ok(Box::new(Fail { panic })))
             .collect();
         let err = env.execute().unwrap_err().to_string();
-        let want = if panic { "boom in user code" } else { "bad record" };
+        let want = if panic {
+            "boom in user code"
+        } else {
+            "bad record"
+        };
         assert!(err.contains(want), "{err}");
         assert!(err.contains("fail"), "error names the operator: {err}");
     }
@@ -180,7 +223,12 @@ fn a_slow_sink_slows_the_source_and_memory_stays_bounded() {
     let p = produced.clone();
     let s = env.source_fn("fast", schema(), move |_| {
         let batches = (0..300).map(|i| (0, batch(vec![i], vec![i]))).collect();
-        Ok(Box::new(VecSource { batches, splits: 1, pause: Duration::ZERO, produced: Some(p.clone()) }))
+        Ok(Box::new(VecSource {
+            batches,
+            splits: 1,
+            pause: Duration::ZERO,
+            produced: Some(p.clone()),
+        }))
     });
     let (p2, g2) = (produced.clone(), max_gap.clone());
     // Two exchanges between source and sink: two channels of 4 can hold 8
@@ -189,7 +237,11 @@ fn a_slow_sink_slows_the_source_and_memory_stays_bounded() {
         .transform("pass", schema(), |_| Ok(Box::new(Pass)))
         .partition(EdgeKind::Rebalance)
         .sink_fn("slow", move |_| {
-            Ok(Box::new(SlowSink { produced: p2.clone(), consumed: 0, max_gap: g2.clone() }))
+            Ok(Box::new(SlowSink {
+                produced: p2.clone(),
+                consumed: 0,
+                max_gap: g2.clone(),
+            }))
         });
     env.execute().unwrap();
     assert_eq!(produced.load(Ordering::SeqCst), 300);
@@ -200,11 +252,22 @@ fn a_slow_sink_slows_the_source_and_memory_stays_bounded() {
 /// Records the last event-time watermark it saw before the end of input.
 struct WatermarkProbe(Arc<AtomicI64>);
 impl Operator for WatermarkProbe {
-    fn process(&mut self, _i: usize, b: RecordBatch, _c: &OperatorContext, out: &mut Collector) -> Result<()> {
+    fn process(
+        &mut self,
+        _i: usize,
+        b: RecordBatch,
+        _c: &OperatorContext,
+        out: &mut Collector,
+    ) -> Result<()> {
         out.emit(b);
         Ok(())
     }
-    fn on_watermark(&mut self, wm: Watermark, _c: &OperatorContext, _o: &mut Collector) -> Result<Option<Watermark>> {
+    fn on_watermark(
+        &mut self,
+        wm: Watermark,
+        _c: &OperatorContext,
+        _o: &mut Collector,
+    ) -> Result<Option<Watermark>> {
         if let Watermark::EventTime(t) = wm {
             if t != i64::MAX {
                 self.0.fetch_max(t, Ordering::SeqCst);
@@ -222,16 +285,24 @@ fn run_two_splits(idle: Option<Duration>) -> i64 {
     let s = env.source_fn("splits", schema(), |_| {
         let mut batches = vec![(1, batch(vec![0], vec![0]))];
         batches.extend((1..40).map(|i| (0, batch(vec![i], vec![i * 1000]))));
-        Ok(Box::new(VecSource { batches, splits: 2, pause: Duration::from_millis(5), produced: None }))
+        Ok(Box::new(VecSource {
+            batches,
+            splits: 2,
+            pause: Duration::from_millis(5),
+            produced: None,
+        }))
     });
-    let mut strategy = WatermarkStrategy::bounded_out_of_orderness("ts", Duration::from_millis(100));
+    let mut strategy =
+        WatermarkStrategy::bounded_out_of_orderness("ts", Duration::from_millis(100));
     if let Some(t) = idle {
         strategy = strategy.idle_after(t);
     }
     let seen2 = seen.clone();
     s.assign_watermarks(strategy)
         .partition(EdgeKind::Rebalance)
-        .transform("probe", schema(), move |_| Ok(Box::new(WatermarkProbe(seen2.clone()))))
+        .transform("probe", schema(), move |_| {
+            Ok(Box::new(WatermarkProbe(seen2.clone())))
+        })
         .collect();
     env.execute().unwrap();
     seen.load(Ordering::SeqCst)
@@ -242,7 +313,10 @@ fn an_idle_split_holds_time_back_until_declared_idle() {
     // Without idleness the silent split pins the watermark at 0 - 100 - 1.
     assert_eq!(run_two_splits(None), -101);
     // With it, time follows the active split.
-    assert_eq!(run_two_splits(Some(Duration::from_millis(30))), 39_000 - 101);
+    assert_eq!(
+        run_two_splits(Some(Duration::from_millis(30))),
+        39_000 - 101
+    );
 }
 
 #[test]
@@ -250,7 +324,10 @@ fn plan_errors_name_the_operator_and_column() {
     let env = Env::new();
     numbers(&env, 1).keyed_by(&["nope"]).collect();
     let err = env.execute().unwrap_err().to_string();
-    assert!(err.contains("key_by after 'numbers'") && err.contains("'nope'"), "{err}");
+    assert!(
+        err.contains("key_by after 'numbers'") && err.contains("'nope'"),
+        "{err}"
+    );
 
     let env = Env::new();
     numbers(&env, 1).assign_watermarks(WatermarkStrategy::ascending("k2"));
@@ -270,10 +347,14 @@ fn chained_operators_share_a_task() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s2 = seen.clone();
     let f: OperatorFactory = Arc::new(move |ctx| {
-        s2.lock().unwrap().push(std::thread::current().name().unwrap_or("").to_string() + &ctx.operator);
+        s2.lock()
+            .unwrap()
+            .push(std::thread::current().name().unwrap_or("").to_string() + &ctx.operator);
         Ok(Box::new(Pass))
     });
-    numbers(&env, 5).transform_multi("a", &[], vec![schema()], f).collect();
+    numbers(&env, 5)
+        .transform_multi("a", &[], vec![schema()], f)
+        .collect();
     let r = env.execute().unwrap();
     assert_eq!(r.plan.vertices.len(), 1, "{}", r.plan.describe());
     assert_eq!(r.node("a").unwrap().records_in, 100);

@@ -53,7 +53,9 @@ fn file_source(path: &Path) -> Result<FileSource> {
             .map(|e| e.path())
             .filter(|p| p.is_file())
             .min()
-            .ok_or_else(|| Error::Config(format!("directory {} holds no input files", path.display())))?
+            .ok_or_else(|| {
+                Error::Config(format!("directory {} holds no input files", path.display()))
+            })?
     } else {
         path.to_path_buf()
     };
@@ -71,17 +73,27 @@ fn file_source(path: &Path) -> Result<FileSource> {
 /// Builds the job in `env` and returns the aggregated stream.
 pub fn build(env: &Env, spec: &WindowAggSpec) -> Result<Stream> {
     if !spec.source.exists() {
-        return Err(Error::Config(format!("source {} does not exist", spec.source.display())));
+        return Err(Error::Config(format!(
+            "source {} does not exist",
+            spec.source.display()
+        )));
     }
-    let aggs = spec.aggs.iter().map(|a| parse_agg(a)).collect::<Result<Vec<_>>>()?;
+    let aggs = spec
+        .aggs
+        .iter()
+        .map(|a| parse_agg(a))
+        .collect::<Result<Vec<_>>>()?;
     if aggs.is_empty() {
         return Err(Error::Config("at least one --agg is needed".into()));
     }
     let keys: Vec<&str> = spec.keys.iter().map(String::as_str).collect();
     Ok(env
         .source(file_source(&spec.source)?)
-        .watermarks(WatermarkStrategy::bounded_out_of_orderness(&spec.time, spec.watermark_delay))
+        .watermarks(WatermarkStrategy::bounded_out_of_orderness(
+            &spec.time,
+            spec.watermark_delay,
+        ))
         .key_by(keys)
-        .window(spec.window.clone())
+        .window(spec.window)
         .aggregate(aggs))
 }

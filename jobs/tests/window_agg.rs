@@ -39,7 +39,10 @@ struct Agg {
 
 type Key = (String, i64, i64);
 
-fn reference(recs: &[(String, i64, i64)], windows: impl Fn(i64) -> Vec<(i64, i64)>) -> BTreeMap<Key, Agg> {
+fn reference(
+    recs: &[(String, i64, i64)],
+    windows: impl Fn(i64) -> Vec<(i64, i64)>,
+) -> BTreeMap<Key, Agg> {
     let mut acc: BTreeMap<Key, Vec<i64>> = BTreeMap::new();
     for (u, ts, a) in recs {
         for (s, e) in windows(*ts) {
@@ -128,7 +131,9 @@ fn write_input(dir: &Path, format: &str, recs: &[(String, i64, i64)]) -> std::pa
             let batch = RecordBatch::try_new(
                 schema.clone(),
                 vec![
-                    Arc::new(StringArray::from_iter_values(recs.iter().map(|r| r.0.as_str()))),
+                    Arc::new(StringArray::from_iter_values(
+                        recs.iter().map(|r| r.0.as_str()),
+                    )),
                     Arc::new(Int64Array::from_iter_values(recs.iter().map(|r| r.1))),
                     Arc::new(Int64Array::from_iter_values(recs.iter().map(|r| r.2))),
                 ],
@@ -149,19 +154,34 @@ fn read_output(dir: &Path) -> BTreeMap<Key, Agg> {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().to_string();
-        assert!(!name.contains("inprogress"), "partial file left behind: {name}");
+        assert!(
+            !name.contains("inprogress"),
+            "partial file left behind: {name}"
+        );
         if !name.ends_with(".parquet") {
             continue;
         }
         files += 1;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap()).unwrap().build().unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
         for b in reader {
             let b = b.unwrap();
             let schema = b.schema();
             let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
             assert_eq!(
                 names,
-                ["user", "window_start", "window_end", "count", "sum_amount", "min_amount", "max_amount", "avg_amount"]
+                [
+                    "user",
+                    "window_start",
+                    "window_end",
+                    "count",
+                    "sum_amount",
+                    "min_amount",
+                    "max_amount",
+                    "avg_amount"
+                ]
             );
             let user = arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
             let user = user.as_string::<i32>();
@@ -172,8 +192,17 @@ fn read_output(dir: &Path) -> BTreeMap<Key, Agg> {
             let avg = b.column(7).as_primitive::<Float64Type>();
             for r in 0..b.num_rows() {
                 let key = (user.value(r).to_string(), ws.value(r), we.value(r));
-                let agg = Agg { count: c.value(r), sum: s.value(r), min: mn.value(r), max: mx.value(r), avg: avg.value(r) };
-                assert!(out.insert(key.clone(), agg).is_none(), "window {key:?} emitted twice");
+                let agg = Agg {
+                    count: c.value(r),
+                    sum: s.value(r),
+                    min: mn.value(r),
+                    max: mx.value(r),
+                    avg: avg.value(r),
+                };
+                assert!(
+                    out.insert(key.clone(), agg).is_none(),
+                    "window {key:?} emitted twice"
+                );
             }
         }
     }
@@ -183,9 +212,34 @@ fn read_output(dir: &Path) -> BTreeMap<Key, Agg> {
 
 fn run(input: &Path, window: &str, out: &Path, parallelism: usize) {
     let status = Command::new(env!("CARGO_BIN_EXE_window_agg"))
-        .args(["--source", input.to_str().unwrap(), "--time", "ts", "--key", "user", "--window", window])
-        .args(["--agg", "count", "--agg", "sum:amount", "--agg", "min:amount", "--agg", "max:amount", "--agg", "avg:amount"])
-        .args(["--watermark-delay", "3s", "--parallelism", &parallelism.to_string()])
+        .args([
+            "--source",
+            input.to_str().unwrap(),
+            "--time",
+            "ts",
+            "--key",
+            "user",
+            "--window",
+            window,
+        ])
+        .args([
+            "--agg",
+            "count",
+            "--agg",
+            "sum:amount",
+            "--agg",
+            "min:amount",
+            "--agg",
+            "max:amount",
+            "--agg",
+            "avg:amount",
+        ])
+        .args([
+            "--watermark-delay",
+            "3s",
+            "--parallelism",
+            &parallelism.to_string(),
+        ])
         .arg("--output")
         .arg(out)
         .status()
@@ -197,7 +251,11 @@ fn assert_same(got: &BTreeMap<Key, Agg>, want: &BTreeMap<Key, Agg>) {
     assert_eq!(got.len(), want.len(), "number of windows");
     for (k, w) in want {
         let g = got.get(k).unwrap_or_else(|| panic!("missing window {k:?}"));
-        assert_eq!((g.count, g.sum, g.min, g.max), (w.count, w.sum, w.min, w.max), "window {k:?}");
+        assert_eq!(
+            (g.count, g.sum, g.min, g.max),
+            (w.count, w.sum, w.min, w.max),
+            "window {k:?}"
+        );
         assert!((g.avg - w.avg).abs() < 1e-9, "avg of {k:?}");
     }
 }
@@ -212,7 +270,10 @@ fn window_agg_matches_a_brute_force_reference_on_every_format_and_window() {
     };
     let sliding = |ts: i64| {
         let last = ts - ts.rem_euclid(2_000);
-        (0..5).map(|i| last - i * 2_000).map(|s| (s, s + 10_000)).collect::<Vec<_>>()
+        (0..5)
+            .map(|i| last - i * 2_000)
+            .map(|s| (s, s + 10_000))
+            .collect::<Vec<_>>()
     };
     let cases: Vec<(&str, &str, BTreeMap<Key, Agg>)> = vec![
         ("csv", "tumbling:10s", reference(&recs, tumbling)),
@@ -233,22 +294,90 @@ fn window_agg_matches_a_brute_force_reference_on_every_format_and_window() {
 fn bad_arguments_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_window_agg")).args(args).output().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_window_agg"))
+            .args(args)
+            .output()
+            .unwrap();
         assert!(!out.status.success(), "{args:?} should fail");
         String::from_utf8_lossy(&out.stderr).to_string()
     };
     let o = dir.path().join("o");
     let o = o.to_str().unwrap();
-    let missing = run(&["--source", "/nonexistent.csv", "--time", "ts", "--key", "u", "--window", "tumbling:1s", "--agg", "count", "--output", o]);
+    let missing = run(&[
+        "--source",
+        "/nonexistent.csv",
+        "--time",
+        "ts",
+        "--key",
+        "u",
+        "--window",
+        "tumbling:1s",
+        "--agg",
+        "count",
+        "--output",
+        o,
+    ]);
     assert!(missing.contains("/nonexistent.csv"), "{missing}");
     let input = write_input(dir.path(), "csv", &records(2, 10));
     let input = input.to_str().unwrap();
-    let bad_window = run(&["--source", input, "--time", "ts", "--key", "user", "--window", "weekly:1s", "--agg", "count", "--output", o]);
+    let bad_window = run(&[
+        "--source",
+        input,
+        "--time",
+        "ts",
+        "--key",
+        "user",
+        "--window",
+        "weekly:1s",
+        "--agg",
+        "count",
+        "--output",
+        o,
+    ]);
     assert!(bad_window.contains("weekly"), "{bad_window}");
-    let bad_agg = run(&["--source", input, "--time", "ts", "--key", "user", "--window", "tumbling:1s", "--agg", "median:amount", "--output", o]);
+    let bad_agg = run(&[
+        "--source",
+        input,
+        "--time",
+        "ts",
+        "--key",
+        "user",
+        "--window",
+        "tumbling:1s",
+        "--agg",
+        "median:amount",
+        "--output",
+        o,
+    ]);
     assert!(bad_agg.contains("median"), "{bad_agg}");
-    let bad_col = run(&["--source", input, "--time", "ts", "--key", "nobody", "--window", "tumbling:1s", "--agg", "count", "--output", o]);
+    let bad_col = run(&[
+        "--source",
+        input,
+        "--time",
+        "ts",
+        "--key",
+        "nobody",
+        "--window",
+        "tumbling:1s",
+        "--agg",
+        "count",
+        "--output",
+        o,
+    ]);
     assert!(bad_col.contains("nobody"), "{bad_col}");
-    let bad_time = run(&["--source", input, "--time", "user", "--key", "user", "--window", "tumbling:1s", "--agg", "count", "--output", o]);
+    let bad_time = run(&[
+        "--source",
+        input,
+        "--time",
+        "user",
+        "--key",
+        "user",
+        "--window",
+        "tumbling:1s",
+        "--agg",
+        "count",
+        "--output",
+        o,
+    ]);
     assert!(bad_time.contains("'user'"), "{bad_time}");
 }

@@ -7,7 +7,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Datum, Float64Array, Int64Array, Scalar, StringArray};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Datum, Float64Array, Int64Array, Scalar, StringArray,
+};
 use arrow::compute::kernels::{boolean, cmp, numeric};
 use arrow::compute::{cast, is_not_null, is_null};
 use arrow::datatypes::{DataType, Schema};
@@ -109,10 +111,21 @@ impl BinaryOp {
         }
     }
     fn is_arithmetic(&self) -> bool {
-        matches!(self, BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div | BinaryOp::Rem)
+        matches!(
+            self,
+            BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div | BinaryOp::Rem
+        )
     }
     fn is_comparison(&self) -> bool {
-        matches!(self, BinaryOp::Eq | BinaryOp::NotEq | BinaryOp::Lt | BinaryOp::LtEq | BinaryOp::Gt | BinaryOp::GtEq)
+        matches!(
+            self,
+            BinaryOp::Eq
+                | BinaryOp::NotEq
+                | BinaryOp::Lt
+                | BinaryOp::LtEq
+                | BinaryOp::Gt
+                | BinaryOp::GtEq
+        )
     }
 }
 
@@ -198,19 +211,19 @@ macro_rules! binary_methods {
         }
     };
 }
-binary_methods!(add => Add, sub => Sub, mul => Mul, div => Div, rem => Rem, eq => Eq, not_eq => NotEq,
-    lt => Lt, lt_eq => LtEq, gt => Gt, gt_eq => GtEq, and => And, or => Or);
+binary_methods!(eq => Eq, not_eq => NotEq, lt => Lt, lt_eq => LtEq, gt => Gt, gt_eq => GtEq, and => And, or => Or);
 
 macro_rules! std_ops {
     ($($trait:ident $method:ident),*) => {$(
         impl std::ops::$trait for Expr {
             type Output = Expr;
             fn $method(self, rhs: Expr) -> Expr {
-                Expr::$method(self, rhs)
+                Expr::Binary(Box::new(self), BinaryOp::$trait, Box::new(rhs))
             }
         }
     )*};
 }
+// Arithmetic is `a + b`, `a * b`, ... through the std operator traits.
 std_ops!(Add add, Sub sub, Mul mul, Div div, Rem rem);
 
 impl std::ops::Not for Expr {
@@ -284,7 +297,10 @@ impl Expr {
                 Ok(f) => f.data_type().clone(),
                 Err(_) => {
                     let names: Vec<_> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-                    return Err(err(format!("unknown column '{c}'; the input has [{}]", names.join(", "))));
+                    return Err(err(format!(
+                        "unknown column '{c}'; the input has [{}]",
+                        names.join(", ")
+                    )));
                 }
             },
             Expr::Literal(l) => literal_type(l),
@@ -331,16 +347,24 @@ impl Expr {
                 let (lt, rt) = (l.data_type(schema)?, r.data_type(schema)?);
                 if op.is_arithmetic() {
                     numeric_result(&lt, &rt).ok_or_else(|| {
-                        err(format!("'{}' needs numbers: '{l}' is {lt}, '{r}' is {rt}", op.symbol()))
+                        err(format!(
+                            "'{}' needs numbers: '{l}' is {lt}, '{r}' is {rt}",
+                            op.symbol()
+                        ))
                     })?
                 } else if op.is_comparison() {
                     if comparison_type(&lt, &rt).is_none() {
-                        return Err(err(format!("cannot compare '{l}' ({lt}) with '{r}' ({rt})")));
+                        return Err(err(format!(
+                            "cannot compare '{l}' ({lt}) with '{r}' ({rt})"
+                        )));
                     }
                     DataType::Boolean
                 } else {
                     if lt != DataType::Boolean || rt != DataType::Boolean {
-                        return Err(err(format!("{} needs booleans: '{l}' is {lt}, '{r}' is {rt}", op.symbol())));
+                        return Err(err(format!(
+                            "{} needs booleans: '{l}' is {lt}, '{r}' is {rt}",
+                            op.symbol()
+                        )));
                     }
                     DataType::Boolean
                 }
@@ -364,14 +388,22 @@ impl Expr {
             Expr::Column(c) => Value::Array(
                 batch
                     .column_by_name(c)
-                    .ok_or_else(|| Error::Internal(format!("column '{c}' vanished after plan validation")))?
+                    .ok_or_else(|| {
+                        Error::Internal(format!("column '{c}' vanished after plan validation"))
+                    })?
                     .clone(),
             ),
             Expr::Literal(l) => Value::Scalar(literal_array(l)),
             Expr::Alias(e, _) => e.eval(batch)?,
-            Expr::Not(e) => e.eval(batch)?.map(|a| Ok(Arc::new(boolean::not(a.as_boolean())?) as ArrayRef))?,
+            Expr::Not(e) => e
+                .eval(batch)?
+                .map(|a| Ok(Arc::new(boolean::not(a.as_boolean())?) as ArrayRef))?,
             Expr::IsNull(e, null) => e.eval(batch)?.map(|a| {
-                let r = if *null { is_null(a.as_ref())? } else { is_not_null(a.as_ref())? };
+                let r = if *null {
+                    is_null(a.as_ref())?
+                } else {
+                    is_not_null(a.as_ref())?
+                };
                 Ok(Arc::new(r) as ArrayRef)
             })?,
             Expr::Cast(e, to) => e.eval(batch)?.map(|a| Ok(cast(&a, to)?))?,
@@ -387,17 +419,22 @@ impl Expr {
                     let a = cast(&p.evaluate(batch)?, &DataType::Utf8)?;
                     acc = Some(match acc {
                         None => a,
-                        Some(prev) => Arc::new(arrow::compute::kernels::concat_elements::concat_elements_utf8(
-                            prev.as_string::<i32>(),
-                            a.as_string::<i32>(),
-                        )?),
+                        Some(prev) => Arc::new(
+                            arrow::compute::kernels::concat_elements::concat_elements_utf8(
+                                prev.as_string::<i32>(),
+                                a.as_string::<i32>(),
+                            )?,
+                        ),
                     });
                 }
                 Value::Array(acc.unwrap_or_else(|| Arc::new(StringArray::from(vec![""; n]))))
             }
             Expr::Binary(l, op, r) => {
                 let (lv, rv) = (l.eval(batch)?, r.eval(batch)?);
-                let (lt, rt) = (lv.array().data_type().clone(), rv.array().data_type().clone());
+                let (lt, rt) = (
+                    lv.array().data_type().clone(),
+                    rv.array().data_type().clone(),
+                );
                 let target = if op.is_arithmetic() {
                     numeric_result(&lt, &rt)
                 } else if op.is_comparison() {
@@ -405,7 +442,11 @@ impl Expr {
                 } else {
                     Some(DataType::Boolean)
                 }
-                .ok_or_else(|| Error::Internal(format!("'{self}' passed plan validation with {lt} and {rt}")))?;
+                .ok_or_else(|| {
+                    Error::Internal(format!(
+                        "'{self}' passed plan validation with {lt} and {rt}"
+                    ))
+                })?;
                 let (lv, rv) = (lv.coerce(&target)?, rv.coerce(&target)?);
                 let scalar = lv.is_scalar() && rv.is_scalar();
                 let (ld, rd) = (lv.datum(), rv.datum());
@@ -478,7 +519,9 @@ impl Value {
     fn expand(&self, n: usize) -> Result<ArrayRef> {
         Ok(match self {
             Value::Array(a) => a.clone(),
-            Value::Scalar(a) => arrow::compute::take(a, &arrow::array::UInt32Array::from(vec![0u32; n]), None)?,
+            Value::Scalar(a) => {
+                arrow::compute::take(a, &arrow::array::UInt32Array::from(vec![0u32; n]), None)?
+            }
         })
     }
 }
@@ -542,7 +585,11 @@ fn comparison_type(l: &DataType, r: &DataType) -> Option<DataType> {
     // Timestamps compare with integers as epoch values of their unit.
     match (l, r) {
         (DataType::Timestamp(..), t) | (t, DataType::Timestamp(..)) if t.is_integer() => {
-            Some(if matches!(l, DataType::Timestamp(..)) { l.clone() } else { r.clone() })
+            Some(if matches!(l, DataType::Timestamp(..)) {
+                l.clone()
+            } else {
+                r.clone()
+            })
         }
         _ => None,
     }
@@ -552,8 +599,16 @@ fn string_fn(a: &ArrayRef, f: &StringFn) -> Result<ArrayRef> {
     let s = a.as_string::<i32>();
     let pattern = |p: &str| Scalar::new(StringArray::from(vec![p.to_string()]));
     Ok(match f {
-        StringFn::Lower => Arc::new(s.iter().map(|v| v.map(str::to_lowercase)).collect::<StringArray>()),
-        StringFn::Upper => Arc::new(s.iter().map(|v| v.map(str::to_uppercase)).collect::<StringArray>()),
+        StringFn::Lower => Arc::new(
+            s.iter()
+                .map(|v| v.map(str::to_lowercase))
+                .collect::<StringArray>(),
+        ),
+        StringFn::Upper => Arc::new(
+            s.iter()
+                .map(|v| v.map(str::to_uppercase))
+                .collect::<StringArray>(),
+        ),
         StringFn::Length => arrow::compute::kernels::length::length(a)?,
         StringFn::Contains(p) => Arc::new(arrow::compute::contains(s, &pattern(p))?),
         StringFn::StartsWith(p) => Arc::new(arrow::compute::starts_with(s, &pattern(p))?),
@@ -614,7 +669,9 @@ mod tests {
     }
 
     fn ints(a: ArrayRef) -> Vec<Option<i64>> {
-        a.as_primitive::<arrow::datatypes::Int64Type>().iter().collect()
+        a.as_primitive::<arrow::datatypes::Int64Type>()
+            .iter()
+            .collect()
     }
     fn bools(a: ArrayRef) -> Vec<Option<bool>> {
         a.as_boolean().iter().collect()
@@ -623,41 +680,93 @@ mod tests {
     #[test]
     fn arithmetic_with_scalars_and_coercion() {
         let b = batch();
-        assert_eq!(ints((col("a") * lit(2) + lit(1)).evaluate(&b).unwrap()), vec![Some(3), None, Some(15)]);
-        assert_eq!(ints((col("a") % lit(3)).evaluate(&b).unwrap()), vec![Some(1), None, Some(1)]);
+        assert_eq!(
+            ints((col("a") * lit(2) + lit(1)).evaluate(&b).unwrap()),
+            vec![Some(3), None, Some(15)]
+        );
+        assert_eq!(
+            ints((col("a") % lit(3)).evaluate(&b).unwrap()),
+            vec![Some(1), None, Some(1)]
+        );
         let r = (col("a") + col("f")).evaluate(&b).unwrap();
         assert_eq!(r.data_type(), &DataType::Float64);
-        let v: Vec<Option<f64>> = r.as_primitive::<arrow::datatypes::Float64Type>().iter().collect();
+        let v: Vec<Option<f64>> = r
+            .as_primitive::<arrow::datatypes::Float64Type>()
+            .iter()
+            .collect();
         assert_eq!(v, vec![Some(1.5), None, Some(9.0)]);
-        assert_eq!((col("a") + col("f")).data_type(b.schema().as_ref()).unwrap(), DataType::Float64);
+        assert_eq!(
+            (col("a") + col("f"))
+                .data_type(b.schema().as_ref())
+                .unwrap(),
+            DataType::Float64
+        );
     }
 
     #[test]
     fn comparisons_booleans_and_nulls() {
         let b = batch();
-        assert_eq!(bools(col("a").gt(lit(1)).evaluate(&b).unwrap()), vec![Some(false), None, Some(true)]);
+        assert_eq!(
+            bools(col("a").gt(lit(1)).evaluate(&b).unwrap()),
+            vec![Some(false), None, Some(true)]
+        );
         let e = col("a").gt(lit(1)).or(col("f").lt(lit(1.0)));
-        assert_eq!(bools(e.evaluate(&b).unwrap()), vec![Some(true), None, Some(true)]);
-        assert_eq!(bools(col("a").is_null().evaluate(&b).unwrap()), vec![Some(false), Some(true), Some(false)]);
-        assert_eq!(bools((!col("a").is_null()).evaluate(&b).unwrap()), vec![Some(true), Some(false), Some(true)]);
-        assert_eq!(bools(col("a").in_list(vec![lit(7), lit(9)]).evaluate(&b).unwrap()), vec![Some(false), None, Some(true)]);
-        assert_eq!(bools(lit(1).lt(lit(2)).evaluate(&b).unwrap()), vec![Some(true); 3]);
+        assert_eq!(
+            bools(e.evaluate(&b).unwrap()),
+            vec![Some(true), None, Some(true)]
+        );
+        assert_eq!(
+            bools(col("a").is_null().evaluate(&b).unwrap()),
+            vec![Some(false), Some(true), Some(false)]
+        );
+        assert_eq!(
+            bools((!col("a").is_null()).evaluate(&b).unwrap()),
+            vec![Some(true), Some(false), Some(true)]
+        );
+        assert_eq!(
+            bools(col("a").in_list(vec![lit(7), lit(9)]).evaluate(&b).unwrap()),
+            vec![Some(false), None, Some(true)]
+        );
+        assert_eq!(
+            bools(lit(1).lt(lit(2)).evaluate(&b).unwrap()),
+            vec![Some(true); 3]
+        );
     }
 
     #[test]
     fn strings_and_casts() {
         let b = batch();
         let s = upper(col("s")).evaluate(&b).unwrap();
-        assert_eq!(s.as_string::<i32>().iter().collect::<Vec<_>>(), vec![Some("AB"), Some("CD"), None]);
+        assert_eq!(
+            s.as_string::<i32>().iter().collect::<Vec<_>>(),
+            vec![Some("AB"), Some("CD"), None]
+        );
         let l = lower(col("s")).evaluate(&b).unwrap();
         assert_eq!(l.as_string::<i32>().value(0), "ab");
-        assert_eq!(bools(col("s").starts_with("A").evaluate(&b).unwrap()), vec![Some(true), Some(false), None]);
-        assert_eq!(bools(col("s").contains("d").evaluate(&b).unwrap()), vec![Some(false), Some(true), None]);
-        assert_eq!(bools(col("s").ends_with("b").evaluate(&b).unwrap()), vec![Some(true), Some(false), None]);
+        assert_eq!(
+            bools(col("s").starts_with("A").evaluate(&b).unwrap()),
+            vec![Some(true), Some(false), None]
+        );
+        assert_eq!(
+            bools(col("s").contains("d").evaluate(&b).unwrap()),
+            vec![Some(false), Some(true), None]
+        );
+        assert_eq!(
+            bools(col("s").ends_with("b").evaluate(&b).unwrap()),
+            vec![Some(true), Some(false), None]
+        );
         let len = length(col("s")).evaluate(&b).unwrap();
-        assert_eq!(len.as_primitive::<arrow::datatypes::Int32Type>().value(1), 2);
-        let c = concat(vec![col("s"), lit("-"), col("a").cast(DataType::Utf8)]).evaluate(&b).unwrap();
-        assert_eq!(c.as_string::<i32>().iter().collect::<Vec<_>>(), vec![Some("Ab-1"), None, None]);
+        assert_eq!(
+            len.as_primitive::<arrow::datatypes::Int32Type>().value(1),
+            2
+        );
+        let c = concat(vec![col("s"), lit("-"), col("a").cast(DataType::Utf8)])
+            .evaluate(&b)
+            .unwrap();
+        assert_eq!(
+            c.as_string::<i32>().iter().collect::<Vec<_>>(),
+            vec![Some("Ab-1"), None, None]
+        );
         let f = col("f").cast(DataType::Int64).evaluate(&b).unwrap();
         assert_eq!(ints(f), vec![Some(0), Some(1), Some(2)]);
     }
@@ -666,11 +775,19 @@ mod tests {
     fn type_errors_name_the_column() {
         let b = batch();
         let s = b.schema();
-        let e = col("nope").gt(lit(1)).data_type(&s).unwrap_err().to_string();
+        let e = col("nope")
+            .gt(lit(1))
+            .data_type(&s)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("'nope'") && e.contains("[a, f, s]"), "{e}");
         let e = (col("s") + lit(1)).data_type(&s).unwrap_err().to_string();
         assert!(e.contains("'s' is Utf8"), "{e}");
-        let e = col("a").and(lit(true)).data_type(&s).unwrap_err().to_string();
+        let e = col("a")
+            .and(lit(true))
+            .data_type(&s)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("'a' is Int64"), "{e}");
         let e = upper(col("a")).data_type(&s).unwrap_err().to_string();
         assert!(e.contains("'a' is Int64"), "{e}");

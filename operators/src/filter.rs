@@ -16,7 +16,13 @@ pub struct FilterOperator {
 }
 
 impl Operator for FilterOperator {
-    fn process(&mut self, _input: usize, batch: RecordBatch, _ctx: &OperatorContext, out: &mut Collector) -> Result<()> {
+    fn process(
+        &mut self,
+        _input: usize,
+        batch: RecordBatch,
+        _ctx: &OperatorContext,
+        out: &mut Collector,
+    ) -> Result<()> {
         let mask = self.predicate.evaluate(&batch)?;
         out.emit(filter_record_batch(&batch, mask.as_boolean())?);
         Ok(())
@@ -40,14 +46,22 @@ impl Filter for Stream {
     fn filter(self, predicate: Expr) -> Stream {
         match predicate.data_type(self.schema()) {
             Ok(DataType::Boolean) => {}
-            Ok(t) => self.report(plan_error(&self, "filter", format!("predicate '{predicate}' is {t}, not Boolean"))),
+            Ok(t) => self.report(plan_error(
+                &self,
+                "filter",
+                format!("predicate '{predicate}' is {t}, not Boolean"),
+            )),
             Err(e) => self.report(plan_error(&self, "filter", e)),
         }
         let keys = self.keys().map(|k| k.to_vec());
         let time = self.event_time().map(str::to_string);
         let schema = self.schema().clone();
-        self.transform("filter", schema, move |_| Ok(Box::new(FilterOperator { predicate: predicate.clone() })))
-            .with_keys(keys)
-            .with_event_time(time)
+        self.transform("filter", schema, move |_| {
+            Ok(Box::new(FilterOperator {
+                predicate: predicate.clone(),
+            }))
+        })
+        .with_keys(keys)
+        .with_event_time(time)
     }
 }

@@ -34,7 +34,13 @@ where
     I: DeserializeOwned + 'static,
     O: Serialize + 'static,
 {
-    fn process(&mut self, _input: usize, batch: RecordBatch, _ctx: &OperatorContext, out: &mut Collector) -> Result<()> {
+    fn process(
+        &mut self,
+        _input: usize,
+        batch: RecordBatch,
+        _ctx: &OperatorContext,
+        out: &mut Collector,
+    ) -> Result<()> {
         let rows: Vec<I> = serde_arrow::from_record_batch(&batch)
             .map_err(|e| Error::Decode(format!("{}: reading rows: {e}", self.name)))?;
         let mut outputs = Vec::with_capacity(rows.len());
@@ -50,11 +56,20 @@ where
 }
 
 fn traced<T: DeserializeOwned>(s: &Stream, verb: &str) -> Option<Vec<FieldRef>> {
-    let opts = TracingOptions::default().allow_null_fields(true).strings_as_large_utf8(false);
+    let opts = TracingOptions::default()
+        .allow_null_fields(true)
+        .strings_as_large_utf8(false);
     match Vec::<FieldRef>::from_type::<T>(opts) {
         Ok(f) => Some(f),
         Err(e) => {
-            s.report(plan_error(s, verb, format!("cannot derive an Arrow schema for {}: {e}", std::any::type_name::<T>())));
+            s.report(plan_error(
+                s,
+                verb,
+                format!(
+                    "cannot derive an Arrow schema for {}: {e}",
+                    std::any::type_name::<T>()
+                ),
+            ));
             None
         }
     }
@@ -146,10 +161,14 @@ impl Map for Stream {
         O: Serialize + DeserializeOwned + 'static,
         F: Fn(I) -> O + Send + Sync + 'static,
     {
-        add_row_map::<I, O>(self, "map", Arc::new(move |i, out| {
-            out.push(f(i));
-            Ok(())
-        }))
+        add_row_map::<I, O>(
+            self,
+            "map",
+            Arc::new(move |i, out| {
+                out.push(f(i));
+                Ok(())
+            }),
+        )
     }
 
     fn flat_map<I, O, F, It>(self, f: F) -> Stream
@@ -159,10 +178,14 @@ impl Map for Stream {
         It: IntoIterator<Item = O>,
         F: Fn(I) -> It + Send + Sync + 'static,
     {
-        add_row_map::<I, O>(self, "flat_map", Arc::new(move |i, out| {
-            out.extend(f(i));
-            Ok(())
-        }))
+        add_row_map::<I, O>(
+            self,
+            "flat_map",
+            Arc::new(move |i, out| {
+                out.extend(f(i));
+                Ok(())
+            }),
+        )
     }
 
     fn try_map<I, O, E, F>(self, f: F) -> Stream
@@ -172,10 +195,14 @@ impl Map for Stream {
         E: Display,
         F: Fn(I) -> std::result::Result<O, E> + Send + Sync + 'static,
     {
-        add_row_map::<I, O>(self, "try_map", Arc::new(move |i, out| {
-            out.push(f(i).map_err(|e| e.to_string())?);
-            Ok(())
-        }))
+        add_row_map::<I, O>(
+            self,
+            "try_map",
+            Arc::new(move |i, out| {
+                out.push(f(i).map_err(|e| e.to_string())?);
+                Ok(())
+            }),
+        )
     }
 
     fn map_batches<F>(self, schema: SchemaRef, f: F) -> Stream
@@ -186,7 +213,11 @@ impl Map for Stream {
         let name = format!("map_batches after '{}'", self.node_name());
         let declared = schema.clone();
         self.transform("map_batches", schema, move |_| {
-            Ok(Box::new(BatchMapOperator { f: f.clone(), schema: declared.clone(), name: name.clone() }))
+            Ok(Box::new(BatchMapOperator {
+                f: f.clone(),
+                schema: declared.clone(),
+                name: name.clone(),
+            }))
         })
     }
 }
@@ -200,14 +231,28 @@ struct BatchMapOperator {
 }
 
 impl Operator for BatchMapOperator {
-    fn process(&mut self, _input: usize, batch: RecordBatch, _ctx: &OperatorContext, out: &mut Collector) -> Result<()> {
+    fn process(
+        &mut self,
+        _input: usize,
+        batch: RecordBatch,
+        _ctx: &OperatorContext,
+        out: &mut Collector,
+    ) -> Result<()> {
         let b = (self.f)(batch)?;
         if b.schema().fields() != self.schema.fields() {
             return Err(Error::User(format!(
                 "{}: the function returned columns {:?} but declared {:?}",
                 self.name,
-                b.schema().fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>(),
-                self.schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>()
+                b.schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect::<Vec<_>>(),
+                self.schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect::<Vec<_>>()
             )));
         }
         out.emit(b);

@@ -17,8 +17,18 @@ pub struct SelectOperator {
 }
 
 impl Operator for SelectOperator {
-    fn process(&mut self, _input: usize, batch: RecordBatch, _ctx: &OperatorContext, out: &mut Collector) -> Result<()> {
-        let cols = self.exprs.iter().map(|e| e.evaluate(&batch)).collect::<Result<Vec<_>>>()?;
+    fn process(
+        &mut self,
+        _input: usize,
+        batch: RecordBatch,
+        _ctx: &OperatorContext,
+        out: &mut Collector,
+    ) -> Result<()> {
+        let cols = self
+            .exprs
+            .iter()
+            .map(|e| e.evaluate(&batch))
+            .collect::<Result<Vec<_>>>()?;
         out.emit(RecordBatch::try_new(self.schema.clone(), cols)?);
         Ok(())
     }
@@ -49,11 +59,18 @@ impl Select for Stream {
         for e in &exprs {
             let name = e.output_name();
             if !seen.insert(name.clone()) {
-                self.report(plan_error(&self, "select", format!("output column '{name}' appears twice; alias one")));
+                self.report(plan_error(
+                    &self,
+                    "select",
+                    format!("output column '{name}' appears twice; alias one"),
+                ));
             }
             match e.data_type(&input) {
                 Ok(t) => {
-                    let nullable = e.as_column().and_then(|c| input.field_with_name(c).ok()).is_none_or(|f| f.is_nullable());
+                    let nullable = e
+                        .as_column()
+                        .and_then(|c| input.field_with_name(c).ok())
+                        .is_none_or(|f| f.is_nullable());
                     fields.push(Field::new(name, t, nullable));
                 }
                 Err(err) => {
@@ -63,15 +80,30 @@ impl Select for Stream {
             }
         }
         if exprs.is_empty() {
-            self.report(plan_error(&self, "select", "select needs at least one expression"));
+            self.report(plan_error(
+                &self,
+                "select",
+                "select needs at least one expression",
+            ));
         }
         let schema: SchemaRef = Arc::new(Schema::new(fields));
         let kept: HashSet<&str> = exprs.iter().filter_map(|e| e.as_column()).collect();
-        let keys = self.keys().filter(|k| k.iter().all(|c| kept.contains(c.as_str()))).map(|k| k.to_vec());
-        let time = self.event_time().filter(|t| kept.contains(t)).map(str::to_string);
+        let keys = self
+            .keys()
+            .filter(|k| k.iter().all(|c| kept.contains(c.as_str())))
+            .map(|k| k.to_vec());
+        let time = self
+            .event_time()
+            .filter(|t| kept.contains(t))
+            .map(str::to_string);
         let out = schema.clone();
-        self.transform("select", schema, move |_| Ok(Box::new(SelectOperator { exprs: exprs.clone(), schema: out.clone() })))
-            .with_keys(keys)
-            .with_event_time(time)
+        self.transform("select", schema, move |_| {
+            Ok(Box::new(SelectOperator {
+                exprs: exprs.clone(),
+                schema: out.clone(),
+            }))
+        })
+        .with_keys(keys)
+        .with_event_time(time)
     }
 }

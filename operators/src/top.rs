@@ -49,26 +49,42 @@ impl TopOperator {
         Ok(match col.data_type() {
             DataType::Float32 | DataType::Float64 => {
                 let c = cast(col, &DataType::Float64)?;
-                c.as_primitive::<Float64Type>().iter().map(|v| Rank::Float(v.unwrap_or(f64::NEG_INFINITY))).collect()
+                c.as_primitive::<Float64Type>()
+                    .iter()
+                    .map(|v| Rank::Float(v.unwrap_or(f64::NEG_INFINITY)))
+                    .collect()
             }
             _ => {
                 let c = cast(col, &DataType::Int64)?;
-                c.as_primitive::<Int64Type>().iter().map(|v| Rank::Int(v.unwrap_or(i64::MIN))).collect()
+                c.as_primitive::<Int64Type>()
+                    .iter()
+                    .map(|v| Rank::Int(v.unwrap_or(i64::MIN)))
+                    .collect()
             }
         })
     }
 
     fn fire(&mut self, upto: i64, out: &mut Collector) -> Result<()> {
-        let ready: Vec<i64> = self.groups.range(..).take_while(|(s, _)| s.saturating_add(self.size - 1) <= upto).map(|(s, _)| *s).collect();
+        let ready: Vec<i64> = self
+            .groups
+            .range(..)
+            .take_while(|(s, _)| s.saturating_add(self.size - 1) <= upto)
+            .map(|(s, _)| *s)
+            .collect();
         for start in ready {
             let g = self.groups.remove(&start).expect("key listed above");
-            let Some(first) = g.rows.first() else { continue };
+            let Some(first) = g.rows.first() else {
+                continue;
+            };
             let rows = concat_batches(&first.schema(), &g.rows)?;
             if self.append_window {
                 let n = rows.num_rows();
                 let mut cols = rows.columns().to_vec();
                 cols.push(Arc::new(TimestampMillisecondArray::from(vec![start; n])) as ArrayRef);
-                cols.push(Arc::new(TimestampMillisecondArray::from(vec![start + self.size; n])) as ArrayRef);
+                cols.push(
+                    Arc::new(TimestampMillisecondArray::from(vec![start + self.size; n]))
+                        as ArrayRef,
+                );
                 out.emit(RecordBatch::try_new(self.output.clone(), cols)?);
             } else {
                 out.emit(rows);
@@ -79,7 +95,13 @@ impl TopOperator {
 }
 
 impl Operator for TopOperator {
-    fn process(&mut self, _input: usize, batch: RecordBatch, _ctx: &OperatorContext, _out: &mut Collector) -> Result<()> {
+    fn process(
+        &mut self,
+        _input: usize,
+        batch: RecordBatch,
+        _ctx: &OperatorContext,
+        _out: &mut Collector,
+    ) -> Result<()> {
         let ts = event_times_ms(batch.column(self.time))?;
         let ranks = self.ranks(&batch)?;
         // Best rows of this batch per group, then merged into the state.
@@ -103,14 +125,25 @@ impl Operator for TopOperator {
                 Some(g) if rank < g.best => {}
                 Some(g) if rank == g.best => g.rows.push(rows),
                 _ => {
-                    self.groups.insert(start, Group { best: rank, rows: vec![rows] });
+                    self.groups.insert(
+                        start,
+                        Group {
+                            best: rank,
+                            rows: vec![rows],
+                        },
+                    );
                 }
             }
         }
         Ok(())
     }
 
-    fn on_watermark(&mut self, wm: Watermark, _ctx: &OperatorContext, out: &mut Collector) -> Result<Option<Watermark>> {
+    fn on_watermark(
+        &mut self,
+        wm: Watermark,
+        _ctx: &OperatorContext,
+        out: &mut Collector,
+    ) -> Result<Option<Watermark>> {
         if let Watermark::EventTime(t) = wm {
             self.watermark = self.watermark.max(t);
             self.fire(t, out)?;
@@ -122,17 +155,40 @@ impl Operator for TopOperator {
 fn add_top(stream: Stream, verb: &str, column: &str, size: i64, append_window: bool) -> Stream {
     let schema = stream.schema().clone();
     let Some(time_col) = stream.event_time().map(str::to_string) else {
-        stream.report(plan_error(&stream, verb, format!("no watermark strategy: call .watermarks(...) before {verb}")));
+        stream.report(plan_error(
+            &stream,
+            verb,
+            format!("no watermark strategy: call .watermarks(...) before {verb}"),
+        ));
         return stream;
     };
     let col_idx = match schema.index_of(column) {
-        Ok(i) if schema.field(i).data_type().is_numeric() || matches!(schema.field(i).data_type(), DataType::Timestamp(_, _)) => i,
+        Ok(i)
+            if schema.field(i).data_type().is_numeric()
+                || matches!(schema.field(i).data_type(), DataType::Timestamp(_, _)) =>
+        {
+            i
+        }
         Ok(i) => {
-            stream.report(plan_error(&stream, verb, format!("column '{column}' has type {}; expected a number", schema.field(i).data_type())));
+            stream.report(plan_error(
+                &stream,
+                verb,
+                format!(
+                    "column '{column}' has type {}; expected a number",
+                    schema.field(i).data_type()
+                ),
+            ));
             return stream;
         }
         Err(_) => {
-            stream.report(plan_error(&stream, verb, format!("unknown column '{column}'; the stream has {}", stream.column_list())));
+            stream.report(plan_error(
+                &stream,
+                verb,
+                format!(
+                    "unknown column '{column}'; the stream has {}",
+                    stream.column_list()
+                ),
+            ));
             return stream;
         }
     };
@@ -140,11 +196,17 @@ fn add_top(stream: Stream, verb: &str, column: &str, size: i64, append_window: b
         stream.report(plan_error(&stream, verb, "window size must be positive"));
         return stream;
     }
-    let time = schema.index_of(&time_col).expect("event-time column was validated when watermarks were assigned");
+    let time = schema
+        .index_of(&time_col)
+        .expect("event-time column was validated when watermarks were assigned");
     let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
     if append_window {
         for name in ["window_start", "window_end"] {
-            fields.push(Field::new(name, DataType::Timestamp(TimeUnit::Millisecond, None), false));
+            fields.push(Field::new(
+                name,
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ));
         }
     }
     let output: SchemaRef = Arc::new(Schema::new(fields));
@@ -162,13 +224,21 @@ fn add_top(stream: Stream, verb: &str, column: &str, size: i64, append_window: b
         }
     };
     let local = stream
-        .transform(&format!("{verb} (local)"), schema.clone(), make(false, schema.clone()))
+        .transform(
+            &format!("{verb} (local)"),
+            schema.clone(),
+            make(false, schema.clone()),
+        )
         .with_event_time(Some(time_col.clone()));
     let global = local
         .partition(sluice_engine::EdgeKind::Rebalance)
         .transform(verb, output.clone(), make(append_window, output))
         .set_parallelism(1);
-    global.with_event_time(Some(if append_window { "window_end".into() } else { time_col }))
+    global.with_event_time(Some(if append_window {
+        "window_end".into()
+    } else {
+        time_col
+    }))
 }
 
 /// Keeps the rows with the largest value of a column per event-time group.
@@ -200,4 +270,3 @@ impl Top for Stream {
         add_top(self, "top_by_time", column, 1, false)
     }
 }
-

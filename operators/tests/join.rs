@@ -26,7 +26,10 @@ impl Source for Rows {
         if self.0.is_empty() {
             return Ok(SourcePoll::End);
         }
-        Ok(SourcePoll::Batch { split: 0, batch: self.0.remove(0) })
+        Ok(SourcePoll::Batch {
+            split: 0,
+            batch: self.0.remove(0),
+        })
     }
 }
 
@@ -34,7 +37,16 @@ type Row = (i64, i64, i64, i64);
 
 fn rows(seed: u64, n: usize) -> Vec<Row> {
     let mut r = SmallRng::seed_from_u64(seed);
-    (0..n).map(|i| (r.random_range(0..6), r.random_range(0..2), i as i64 * 20 - r.random_range(0..300), i as i64)).collect()
+    (0..n)
+        .map(|i| {
+            (
+                r.random_range(0..6),
+                r.random_range(0..2),
+                i as i64 * 20 - r.random_range(0..300),
+                i as i64,
+            )
+        })
+        .collect()
 }
 
 fn stream(env: &Env, prefix: &str, data: &[Row]) -> Stream {
@@ -43,12 +55,21 @@ fn stream(env: &Env, prefix: &str, data: &[Row]) -> Stream {
         .chunks(37)
         .map(|c| {
             let col = |f: fn(&Row) -> i64| Arc::new(Int64Array::from_iter_values(c.iter().map(f)));
-            RecordBatch::try_new(s.clone(), vec![col(|r| r.0), col(|r| r.1), col(|r| r.2), col(|r| r.3)]).unwrap()
+            RecordBatch::try_new(
+                s.clone(),
+                vec![col(|r| r.0), col(|r| r.1), col(|r| r.2), col(|r| r.3)],
+            )
+            .unwrap()
         })
         .collect();
-    env.source_fn(&format!("{prefix}src"), s, move |_| Ok(Box::new(Rows(batches.clone()))))
-        .set_parallelism(1)
-        .watermarks(bounded_out_of_orderness(&format!("{prefix}ts"), Duration::from_millis(300)))
+    env.source_fn(&format!("{prefix}src"), s, move |_| {
+        Ok(Box::new(Rows(batches.clone())))
+    })
+    .set_parallelism(1)
+    .watermarks(bounded_out_of_orderness(
+        &format!("{prefix}ts"),
+        Duration::from_millis(300),
+    ))
 }
 
 /// (left id, right id, window start) of every pair.
@@ -58,7 +79,13 @@ fn pairs(b: &[RecordBatch], window: bool) -> Vec<(i64, i64, i64)> {
         let l = b.column(3).as_primitive::<Int64Type>();
         let r = b.column(7).as_primitive::<Int64Type>();
         for i in 0..b.num_rows() {
-            let w = if window { b.column(8).as_primitive::<TimestampMillisecondType>().value(i) } else { 0 };
+            let w = if window {
+                b.column(8)
+                    .as_primitive::<TimestampMillisecondType>()
+                    .value(i)
+            } else {
+                0
+            };
             v.push((l.value(i), r.value(i), w));
         }
     }
@@ -90,10 +117,24 @@ fn window_join_matches_nested_loops() {
         for p in [1, 4] {
             let env = Env::new();
             env.set_parallelism(p);
-            let window = JoinWindow::sliding(Duration::from_millis(size as u64), Duration::from_millis(slide as u64));
-            let out = stream(&env, "l_", &left).window_join(stream(&env, "r_", &right), &["l_k", "l_k2"], &["r_k", "r_k2"], window).collect();
+            let window = JoinWindow::sliding(
+                Duration::from_millis(size as u64),
+                Duration::from_millis(slide as u64),
+            );
+            let out = stream(&env, "l_", &left)
+                .window_join(
+                    stream(&env, "r_", &right),
+                    &["l_k", "l_k2"],
+                    &["r_k", "r_k2"],
+                    window,
+                )
+                .collect();
             env.execute().unwrap();
-            assert_eq!(pairs(&out.batches(), true), want, "size {size} slide {slide} p {p}");
+            assert_eq!(
+                pairs(&out.batches(), true),
+                want,
+                "size {size} slide {slide} p {p}"
+            );
         }
     }
 }
@@ -115,10 +156,20 @@ fn interval_join_matches_nested_loops() {
             let env = Env::new();
             env.set_parallelism(p);
             let out = stream(&env, "l_", &left)
-                .interval_join(stream(&env, "r_", &right), &["l_k", "l_k2"], &["r_k", "r_k2"], lower, upper)
+                .interval_join(
+                    stream(&env, "r_", &right),
+                    &["l_k", "l_k2"],
+                    &["r_k", "r_k2"],
+                    lower,
+                    upper,
+                )
                 .collect();
             env.execute().unwrap();
-            assert_eq!(pairs(&out.batches(), false), want, "[{lower}, {upper}] p {p}");
+            assert_eq!(
+                pairs(&out.batches(), false),
+                want,
+                "[{lower}, {upper}] p {p}"
+            );
         }
     }
 }
@@ -127,13 +178,29 @@ fn interval_join_matches_nested_loops() {
 fn time_joins_need_watermarks_and_matching_key_types() {
     let env = Env::new();
     let plain = env.source_fn("plain", schema("p_"), |_| Ok(Box::new(Rows(vec![]))));
-    plain.clone().interval_join(stream(&env, "r_", &[]), &["p_k"], &["r_k"], 0, 1).collect();
+    plain
+        .clone()
+        .interval_join(stream(&env, "r_", &[]), &["p_k"], &["r_k"], 0, 1)
+        .collect();
     let err = env.execute().unwrap_err().to_string();
-    assert!(err.contains("interval_join") && err.contains("no watermark strategy on the left input"), "{err}");
+    assert!(
+        err.contains("interval_join") && err.contains("no watermark strategy on the left input"),
+        "{err}"
+    );
     let env = Env::new();
-    let l = stream(&env, "l_", &[]).select([col("l_k").cast(DataType::Int32).alias("k"), col("l_ts")]);
+    let l =
+        stream(&env, "l_", &[]).select([col("l_k").cast(DataType::Int32).alias("k"), col("l_ts")]);
     let l = l.watermarks(bounded_out_of_orderness("l_ts", Duration::ZERO));
-    l.window_join(stream(&env, "r_", &[]), &["k"], &["r_k"], JoinWindow::tumbling(Duration::from_secs(1))).collect();
+    l.window_join(
+        stream(&env, "r_", &[]),
+        &["k"],
+        &["r_k"],
+        JoinWindow::tumbling(Duration::from_secs(1)),
+    )
+    .collect();
     let err = env.execute().unwrap_err().to_string();
-    assert!(err.contains("left 'k' is Int32 but right 'r_k' is Int64"), "{err}");
+    assert!(
+        err.contains("left 'k' is Int32 but right 'r_k' is Int64"),
+        "{err}"
+    );
 }

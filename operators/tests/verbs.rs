@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{AsArray, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimestampMillisecondType};
+use arrow::datatypes::{
+    DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimestampMillisecondType,
+};
 use serde::{Deserialize, Serialize};
 use sluice_engine::{Env, OperatorContext, Result, Source, SourcePoll, Stream};
 use sluice_operators::prelude::*;
@@ -25,7 +27,10 @@ impl Source for Rows {
         if self.0.is_empty() {
             return Ok(SourcePoll::End);
         }
-        Ok(SourcePoll::Batch { split: 0, batch: self.0.remove(0) })
+        Ok(SourcePoll::Batch {
+            split: 0,
+            batch: self.0.remove(0),
+        })
     }
 }
 
@@ -45,16 +50,24 @@ fn source(env: &Env, groups: Vec<Vec<(i64, &str, i64)>>) -> Stream {
             .unwrap()
         })
         .collect();
-    env.source_fn("rows", schema(), move |_| Ok(Box::new(Rows(batches.clone())))).set_parallelism(1)
+    env.source_fn("rows", schema(), move |_| {
+        Ok(Box::new(Rows(batches.clone())))
+    })
+    .set_parallelism(1)
 }
 
 fn numbers(env: &Env, n: i64) -> Stream {
-    let rows: Vec<(i64, &str, i64)> = (0..n).map(|i| (i, if i % 2 == 0 { "even" } else { "odd" }, i * 10)).collect();
+    let rows: Vec<(i64, &str, i64)> = (0..n)
+        .map(|i| (i, if i % 2 == 0 { "even" } else { "odd" }, i * 10))
+        .collect();
     source(env, rows.chunks(7).map(|c| c.to_vec()).collect())
 }
 
 fn ids(batches: &[RecordBatch], col: usize) -> Vec<i64> {
-    let mut v: Vec<i64> = batches.iter().flat_map(|b| b.column(col).as_primitive::<Int64Type>().values().to_vec()).collect();
+    let mut v: Vec<i64> = batches
+        .iter()
+        .flat_map(|b| b.column(col).as_primitive::<Int64Type>().values().to_vec())
+        .collect();
     v.sort();
     v
 }
@@ -69,16 +82,38 @@ fn filter_select_and_partitioning_at_several_parallelisms() {
             .clone()
             .rebalance()
             .filter(col("id").gt(lit(10)).and(col("name").eq(lit("even"))))
-            .select([(col("id") * lit(2)).alias("double"), upper(col("name")).alias("n")]);
+            .select([
+                (col("id") * lit(2)).alias("double"),
+                upper(col("name")).alias("n"),
+            ]);
         let a = filtered.collect();
-        let keyed = base.clone().key_by(["name"]).filter(col("id").lt(lit(5))).load_balance().select([col("id")]).collect();
-        let b = base.clone().broadcast().select([col("id")]).set_parallelism(3).collect();
-        let u = base.clone().union(&[base.clone().filter(col("id").lt(lit(3)))]).select([col("id")]).collect();
+        let keyed = base
+            .clone()
+            .key_by(["name"])
+            .filter(col("id").lt(lit(5)))
+            .load_balance()
+            .select([col("id")])
+            .collect();
+        let b = base
+            .clone()
+            .broadcast()
+            .select([col("id")])
+            .set_parallelism(3)
+            .collect();
+        let u = base
+            .clone()
+            .union(&[base.clone().filter(col("id").lt(lit(3)))])
+            .select([col("id")])
+            .collect();
         env.execute().unwrap();
         let want: Vec<i64> = (12..100).step_by(2).map(|i| i * 2).collect();
         assert_eq!(ids(&a.batches(), 0), want, "p={p}");
         let names = a.concat();
-        assert!(names.column(1).as_string::<i32>().iter().all(|s| s == Some("EVEN")));
+        assert!(names
+            .column(1)
+            .as_string::<i32>()
+            .iter()
+            .all(|s| s == Some("EVEN")));
         assert_eq!(ids(&keyed.batches(), 0), vec![0, 1, 2, 3, 4]);
         assert_eq!(b.num_rows(), 300, "broadcast to 3 subtasks");
         let mut want_u: Vec<i64> = (0..100).chain(0..3).collect();
@@ -108,20 +143,41 @@ fn typed_closures_and_batch_functions() {
         let base = numbers(&env, 50).rebalance();
         let m = base
             .clone()
-            .map(|r: In| Out { id: r.id, label: format!("{}-{}", r.name, r.id), half: r.id as f64 / 2.0 })
+            .map(|r: In| Out {
+                id: r.id,
+                label: format!("{}-{}", r.name, r.id),
+                half: r.id as f64 / 2.0,
+            })
             .collect();
-        let fm = base.clone().flat_map(|r: In| (0..r.id % 3).map(move |k| Out { id: r.id, label: String::new(), half: k as f64 })).collect();
+        let fm = base
+            .clone()
+            .flat_map(|r: In| {
+                (0..r.id % 3).map(move |k| Out {
+                    id: r.id,
+                    label: String::new(),
+                    half: k as f64,
+                })
+            })
+            .collect();
         let out_schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
         let s2 = out_schema.clone();
         let mb = base
             .clone()
-            .map_batches(out_schema, move |b| Ok(RecordBatch::try_new(s2.clone(), vec![b.column(0).clone()])?))
+            .map_batches(out_schema, move |b| {
+                Ok(RecordBatch::try_new(s2.clone(), vec![b.column(0).clone()])?)
+            })
             .collect();
         env.execute().unwrap();
         let all = m.concat();
         assert_eq!(all.num_rows(), 50);
-        let half = all.column_by_name("half").unwrap().as_primitive::<Float64Type>();
-        let id = all.column_by_name("id").unwrap().as_primitive::<Int64Type>();
+        let half = all
+            .column_by_name("half")
+            .unwrap()
+            .as_primitive::<Float64Type>();
+        let id = all
+            .column_by_name("id")
+            .unwrap()
+            .as_primitive::<Int64Type>();
         let label = all.column_by_name("label").unwrap().as_string::<i32>();
         for i in 0..50 {
             assert_eq!(half.value(i), id.value(i) as f64 / 2.0);
@@ -142,14 +198,33 @@ fn a_panicking_closure_fails_the_job_with_its_message() {
             if r.id == 42 {
                 panic!("cannot handle record 42");
             }
-            Out { id: r.id, label: r.name, half: 0.0 }
+            Out {
+                id: r.id,
+                label: r.name,
+                half: 0.0,
+            }
         })
         .collect();
     let err = env.execute().unwrap_err().to_string();
-    assert!(err.contains("cannot handle record 42") && err.contains("map"), "{err}");
+    assert!(
+        err.contains("cannot handle record 42") && err.contains("map"),
+        "{err}"
+    );
 
     let env = Env::new();
-    numbers(&env, 10).try_map(|r: In| if r.id == 3 { Err("bad id 3") } else { Ok(Out { id: r.id, label: r.name, half: 0.0 }) }).collect();
+    numbers(&env, 10)
+        .try_map(|r: In| {
+            if r.id == 3 {
+                Err("bad id 3")
+            } else {
+                Ok(Out {
+                    id: r.id,
+                    label: r.name,
+                    half: 0.0,
+                })
+            }
+        })
+        .collect();
     let err = env.execute().unwrap_err().to_string();
     assert!(err.contains("bad id 3") && err.contains("try_map"), "{err}");
 }
@@ -164,12 +239,32 @@ fn plan_errors_name_the_operator_and_the_column() {
             assert!(err.contains(w), "'{w}' missing from: {err}");
         }
     };
-    check(&|env| drop(numbers(env, 3).filter(col("nope").gt(lit(1))).collect()), &["filter after 'rows'", "'nope'"]);
-    check(&|env| drop(numbers(env, 3).filter(col("id")).collect()), &["filter", "not Boolean"]);
-    check(&|env| drop(numbers(env, 3).select([col("id") + col("name")]).collect()), &["select", "'name' is Utf8"]);
-    check(&|env| drop(numbers(env, 3).key_by(["missing"]).collect()), &["key_by", "'missing'"]);
     check(
-        &|env| drop(numbers(env, 3).key_by(["id"]).window(WindowSpec::tumbling(Duration::from_secs(1))).aggregate([count()]).collect()),
+        &|env| drop(numbers(env, 3).filter(col("nope").gt(lit(1))).collect()),
+        &["filter after 'rows'", "'nope'"],
+    );
+    check(
+        &|env| drop(numbers(env, 3).filter(col("id")).collect()),
+        &["filter", "not Boolean"],
+    );
+    check(
+        &|env| drop(numbers(env, 3).select([col("id") + col("name")]).collect()),
+        &["select", "'name' is Utf8"],
+    );
+    check(
+        &|env| drop(numbers(env, 3).key_by(["missing"]).collect()),
+        &["key_by", "'missing'"],
+    );
+    check(
+        &|env| {
+            drop(
+                numbers(env, 3)
+                    .key_by(["id"])
+                    .window(WindowSpec::tumbling(Duration::from_secs(1)))
+                    .aggregate([count()])
+                    .collect(),
+            )
+        },
         &["window", "no watermark strategy"],
     );
     check(
@@ -185,10 +280,40 @@ fn plan_errors_name_the_operator_and_the_column() {
         },
         &["window", "sum_name", "'name' is Utf8"],
     );
-    check(&|env| drop(numbers(env, 3).watermarks(bounded_out_of_orderness("name", Duration::ZERO)).collect()), &["'name'", "Utf8"]);
-    check(&|env| drop(numbers(env, 3).union(&[numbers(env, 2).select([col("id")])]).collect()), &["union", "[id, name, ts]", "[id]"]);
-    check(&|env| drop(numbers(env, 3).join(numbers(env, 3), &["id"], &["name"]).collect()), &["join", "key types differ"]);
-    check(&|env| drop(numbers(env, 3).map(|r: Out| r).collect()), &["map", "'label'"]);
+    check(
+        &|env| {
+            drop(
+                numbers(env, 3)
+                    .watermarks(bounded_out_of_orderness("name", Duration::ZERO))
+                    .collect(),
+            )
+        },
+        &["'name'", "Utf8"],
+    );
+    check(
+        &|env| {
+            drop(
+                numbers(env, 3)
+                    .union(&[numbers(env, 2).select([col("id")])])
+                    .collect(),
+            )
+        },
+        &["union", "[id, name, ts]", "[id]"],
+    );
+    check(
+        &|env| {
+            drop(
+                numbers(env, 3)
+                    .join(numbers(env, 3), &["id"], &["name"])
+                    .collect(),
+            )
+        },
+        &["join", "key types differ"],
+    );
+    check(
+        &|env| drop(numbers(env, 3).map(|r: Out| r).collect()),
+        &["map", "'label'"],
+    );
 }
 
 fn windows(s: Stream, lateness: u64) -> (Stream, Stream) {
@@ -210,7 +335,12 @@ fn rows_of(b: &[RecordBatch]) -> Vec<(String, i64, i64, i64)> {
         let c = b.column(3).as_primitive::<Int64Type>();
         let s = b.column(4).as_primitive::<Int64Type>();
         for i in 0..b.num_rows() {
-            v.push((name.value(i).to_string(), start.value(i), c.value(i), s.value(i)));
+            v.push((
+                name.value(i).to_string(),
+                start.value(i),
+                c.value(i),
+                s.value(i),
+            ));
         }
     }
     v
@@ -219,15 +349,30 @@ fn rows_of(b: &[RecordBatch]) -> Vec<(String, i64, i64, i64)> {
 #[test]
 fn late_records_go_to_the_side_output_or_refire_within_lateness() {
     // Batch 1 moves time to 249; batch 2 brings a record for [0, 100), fired already.
-    let input = vec![vec![(1, "a", 10), (2, "a", 250)], vec![(3, "a", 20)], vec![(4, "a", 400)]];
+    let input = vec![
+        vec![(1, "a", 10), (2, "a", 250)],
+        vec![(3, "a", 20)],
+        vec![(4, "a", 400)],
+    ];
     let env = Env::new();
     let (agg, late) = windows(source(&env, input.clone()), 0);
     let (agg, late) = (agg.collect(), late.collect());
     env.execute().unwrap();
-    assert_eq!(ids(&late.batches(), 0), vec![3], "the record for a fired window is late");
+    assert_eq!(
+        ids(&late.batches(), 0),
+        vec![3],
+        "the record for a fired window is late"
+    );
     let mut got = rows_of(&agg.batches());
     got.sort();
-    assert_eq!(got, vec![("a".into(), 0, 1, 1), ("a".into(), 200, 1, 2), ("a".into(), 400, 1, 4)]);
+    assert_eq!(
+        got,
+        vec![
+            ("a".into(), 0, 1, 1),
+            ("a".into(), 200, 1, 2),
+            ("a".into(), 400, 1, 4)
+        ]
+    );
 
     let env = Env::new();
     let (agg, late) = windows(source(&env, input), 200);
@@ -236,7 +381,10 @@ fn late_records_go_to_the_side_output_or_refire_within_lateness() {
     assert_eq!(late.num_rows(), 0);
     let got = rows_of(&agg.batches());
     // [0,100) fires at watermark 249, then again with the late record.
-    assert_eq!(got.iter().filter(|r| r.1 == 0).cloned().collect::<Vec<_>>(), vec![("a".into(), 0, 1, 1), ("a".into(), 0, 2, 4)]);
+    assert_eq!(
+        got.iter().filter(|r| r.1 == 0).cloned().collect::<Vec<_>>(),
+        vec![("a".into(), 0, 1, 1), ("a".into(), 0, 2, 4)]
+    );
 }
 
 struct Product;
@@ -269,7 +417,10 @@ fn user_defined_aggregates_run_in_sliding_windows() {
         let out = source(&env, vec![rows])
             .watermarks(bounded_out_of_orderness("ts", Duration::ZERO))
             .key_by(["name"])
-            .window(WindowSpec::sliding(Duration::from_millis(300), Duration::from_millis(100)))
+            .window(WindowSpec::sliding(
+                Duration::from_millis(300),
+                Duration::from_millis(100),
+            ))
             .aggregate([udaf("id", Product)])
             .collect();
         env.execute().unwrap();
@@ -278,7 +429,9 @@ fn user_defined_aggregates_run_in_sliding_windows() {
         let mut got: Vec<(i64, i64)> = (0..b.num_rows())
             .map(|i| {
                 (
-                    b.column(1).as_primitive::<TimestampMillisecondType>().value(i),
+                    b.column(1)
+                        .as_primitive::<TimestampMillisecondType>()
+                        .value(i),
                     b.column(3).as_primitive::<Int64Type>().value(i),
                 )
             })
@@ -287,7 +440,14 @@ fn user_defined_aggregates_run_in_sliding_windows() {
         // Window [s, s+300) holds ids with 100*id in it.
         let want: Vec<(i64, i64)> = (-100..=600)
             .step_by(100)
-            .map(|s| (s, (1..=6).filter(|i| i * 100 >= s && i * 100 < s + 300).product::<i64>()))
+            .map(|s| {
+                (
+                    s,
+                    (1..=6)
+                        .filter(|i| i * 100 >= s && i * 100 < s + 300)
+                        .product::<i64>(),
+                )
+            })
             .filter(|(s, _)| (1..=6).any(|i| i * 100 >= *s && i * 100 < s + 300))
             .collect();
         assert_eq!(got, want);
@@ -299,15 +459,34 @@ fn unbounded_join_emits_each_pair_once() {
     for p in [1, 4] {
         let env = Env::new();
         env.set_parallelism(p);
-        let left = source(&env, vec![vec![(1, "x", 0), (2, "y", 0)], vec![(3, "x", 0)]]);
-        let right = source(&env, vec![vec![(10, "x", 0)], vec![(20, "z", 0), (30, "x", 0)]]);
+        let left = source(
+            &env,
+            vec![vec![(1, "x", 0), (2, "y", 0)], vec![(3, "x", 0)]],
+        );
+        let right = source(
+            &env,
+            vec![vec![(10, "x", 0)], vec![(20, "z", 0), (30, "x", 0)]],
+        );
         let out = left.join(right, &["name"], &["name"]).collect();
         env.execute().unwrap();
         let b = out.concat();
-        let names: Vec<String> = b.schema().fields().iter().map(|f| f.name().clone()).collect();
-        assert_eq!(names, ["id", "name", "ts", "right_id", "right_name", "right_ts"]);
+        let names: Vec<String> = b
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(
+            names,
+            ["id", "name", "ts", "right_id", "right_name", "right_ts"]
+        );
         let mut pairs: Vec<(i64, i64)> = (0..b.num_rows())
-            .map(|i| (b.column(0).as_primitive::<Int64Type>().value(i), b.column(3).as_primitive::<Int64Type>().value(i)))
+            .map(|i| {
+                (
+                    b.column(0).as_primitive::<Int64Type>().value(i),
+                    b.column(3).as_primitive::<Int64Type>().value(i),
+                )
+            })
             .collect();
         pairs.sort();
         assert_eq!(pairs, vec![(1, 10), (1, 30), (3, 10), (3, 30)]);

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{AsArray, Int64Array, RecordBatch};
-use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimestampMillisecondType};
+use arrow::datatypes::{
+    DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimestampMillisecondType,
+};
 use proptest::prelude::*;
 use sluice_engine::{Env, OperatorContext, Result, Source, SourcePoll, Stream};
 use sluice_operators::prelude::*;
@@ -25,7 +27,10 @@ impl Source for Batches {
         if self.0.is_empty() {
             return Ok(SourcePoll::End);
         }
-        Ok(SourcePoll::Batch { split: 0, batch: self.0.remove(0) })
+        Ok(SourcePoll::Batch {
+            split: 0,
+            batch: self.0.remove(0),
+        })
     }
 }
 
@@ -92,10 +97,15 @@ fn run(batches: Vec<RecordBatch>, delay: i64, spec: WindowSpec, p: usize) -> (Ou
     // which records are late does not depend on thread timing (with several
     // channels, a record can overtake another channel's watermark).
     let src: Stream = env
-        .source_fn("input", schema(), move |_| Ok(Box::new(Batches(batches.clone()))))
+        .source_fn("input", schema(), move |_| {
+            Ok(Box::new(Batches(batches.clone())))
+        })
         .set_parallelism(1);
     let agg = src
-        .watermarks(bounded_out_of_orderness("ts", Duration::from_millis(delay as u64)))
+        .watermarks(bounded_out_of_orderness(
+            "ts",
+            Duration::from_millis(delay as u64),
+        ))
         .key_by(["k"])
         .window(spec)
         .aggregate([count(), sum("v"), min("v"), max("v"), avg("v")]);
@@ -105,13 +115,27 @@ fn run(batches: Vec<RecordBatch>, delay: i64, spec: WindowSpec, p: usize) -> (Ou
     let mut got = Out::new();
     for b in out.batches() {
         let i = |c: usize| b.column(c).as_primitive::<Int64Type>().clone();
-        let t = |c: usize| b.column(c).as_primitive::<TimestampMillisecondType>().clone();
+        let t = |c: usize| {
+            b.column(c)
+                .as_primitive::<TimestampMillisecondType>()
+                .clone()
+        };
         let (k, s, e) = (i(0), t(1), t(2));
         let (c, su, mn, mx) = (i(3), i(4), i(5), i(6));
         let avg = b.column(7).as_primitive::<Float64Type>();
         for r in 0..b.num_rows() {
-            let row = Row { count: c.value(r), sum: su.value(r), min: mn.value(r), max: mx.value(r), avg: avg.value(r) };
-            assert!(got.insert((k.value(r), s.value(r), e.value(r)), row).is_none(), "window emitted twice");
+            let row = Row {
+                count: c.value(r),
+                sum: su.value(r),
+                min: mn.value(r),
+                max: mx.value(r),
+                avg: avg.value(r),
+            };
+            assert!(
+                got.insert((k.value(r), s.value(r), e.value(r)), row)
+                    .is_none(),
+                "window emitted twice"
+            );
         }
     }
     (got, late.num_rows())
@@ -186,15 +210,28 @@ fn reference_sessions(recs: &[Rec], gap: i64) -> Out {
 fn records() -> impl Strategy<Value = Vec<Rec>> {
     prop::collection::vec((0i64..5, 0i64..3_000, -100i64..100), 1..300).prop_map(|v| {
         // Times drift forward with bounded disorder (up to 3 s back).
-        v.into_iter().enumerate().map(|(i, (k, back, val))| (k, i as i64 * 40 - back, val)).collect()
+        v.into_iter()
+            .enumerate()
+            .map(|(i, (k, back, val))| (k, i as i64 * 40 - back, val))
+            .collect()
     })
 }
 
 fn assert_close(got: &Out, want: &Out) {
-    assert_eq!(got.len(), want.len(), "windows: got {:?}\nwant {:?}", got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "windows: got {:?}\nwant {:?}",
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
     for (k, w) in want {
         let g = &got[k];
-        assert_eq!((g.count, g.sum, g.min, g.max), (w.count, w.sum, w.min, w.max), "window {k:?}");
+        assert_eq!(
+            (g.count, g.sum, g.min, g.max),
+            (w.count, w.sum, w.min, w.max),
+            "window {k:?}"
+        );
         assert!((g.avg - w.avg).abs() < 1e-9);
     }
 }
@@ -241,4 +278,3 @@ proptest! {
         }
     }
 }
-

@@ -13,7 +13,11 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 struct Args {
     /// Queries to run (`generator` is the bid generator alone).
-    #[arg(long, value_delimiter = ',', default_value = "generator,q0,q5,q7,q8,q11")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "generator,q0,q5,q7,q8,q11"
+    )]
     queries: Vec<String>,
     /// Parallelisms to run each query at.
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
@@ -42,15 +46,27 @@ fn field(line: &str, name: &str) -> anyhow::Result<f64> {
 
 fn run(bin: &PathBuf, query: &str, p: usize, events: u64) -> anyhow::Result<Run> {
     let mut cmd = Command::new(bin);
-    cmd.args(["--events", &events.to_string(), "--parallelism", &p.to_string(), "--output", "blackhole"]);
+    cmd.args([
+        "--events",
+        &events.to_string(),
+        "--parallelism",
+        &p.to_string(),
+        "--output",
+        "blackhole",
+    ]);
     if query == "generator" {
         cmd.args(["--query", "q0", "--generator-only"]);
     } else {
         cmd.args(["--query", query]);
     }
-    let out = cmd.output().with_context(|| format!("running {}", bin.display()))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
     if !out.status.success() {
-        bail!("{query} p={p} failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{query} p={p} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let stdout = String::from_utf8(out.stdout)?;
     let line = stdout.lines().last().context("no output")?;
@@ -70,7 +86,10 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let bin = std::env::current_exe()?.with_file_name("nexmark");
     if !bin.exists() {
-        bail!("{} not found: build it first (cargo build --release -p sluice-jobs)", bin.display());
+        bail!(
+            "{} not found: build it first (cargo build --release -p sluice-jobs)",
+            bin.display()
+        );
     }
     println!("| query | parallelism | events | median events/s | median source records/s | peak RSS MiB | runs |");
     println!("|---|---|---|---|---|---|---|");
@@ -82,7 +101,10 @@ fn main() -> anyhow::Result<()> {
             let eps = median(runs.iter().map(|r| r.events_per_sec).collect());
             let rps = median(runs.iter().map(|r| r.records_per_sec).collect());
             let rss = runs.iter().map(|r| r.peak_rss_mib).fold(0.0, f64::max);
-            let all: Vec<String> = runs.iter().map(|r| format!("{:.2}M", r.events_per_sec / 1e6)).collect();
+            let all: Vec<String> = runs
+                .iter()
+                .map(|r| format!("{:.2}M", r.events_per_sec / 1e6))
+                .collect();
             println!(
                 "| {q} | {p} | {} | {:.2} M | {:.2} M | {rss:.0} | {} |",
                 args.events,

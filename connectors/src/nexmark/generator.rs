@@ -45,7 +45,9 @@ fn pool() -> &'static str {
     static POOL: OnceLock<String> = OnceLock::new();
     POOL.get_or_init(|| {
         let mut r = Rng(0x5EED);
-        (0..POOL_LEN).map(|_| (b'a' + r.below(26) as u8) as char).collect()
+        (0..POOL_LEN)
+            .map(|_| (b'a' + r.below(26) as u8) as char)
+            .collect()
     })
 }
 
@@ -83,9 +85,14 @@ pub fn kind_of(i: u64) -> Kind {
 pub fn event_of(kind: Kind, j: u64) -> u64 {
     match kind {
         Kind::Person => j * PROPORTION_TOTAL,
-        Kind::Auction => (j / AUCTION_PROPORTION) * PROPORTION_TOTAL + PERSON_PROPORTION + j % AUCTION_PROPORTION,
+        Kind::Auction => {
+            (j / AUCTION_PROPORTION) * PROPORTION_TOTAL + PERSON_PROPORTION + j % AUCTION_PROPORTION
+        }
         Kind::Bid => {
-            (j / BID_PROPORTION) * PROPORTION_TOTAL + PERSON_PROPORTION + AUCTION_PROPORTION + j % BID_PROPORTION
+            (j / BID_PROPORTION) * PROPORTION_TOTAL
+                + PERSON_PROPORTION
+                + AUCTION_PROPORTION
+                + j % BID_PROPORTION
         }
     }
 }
@@ -103,9 +110,10 @@ pub fn count_of(kind: Kind, events: u64) -> u64 {
 }
 
 fn last_person(i: u64) -> i64 {
+    // Persons come first in each period, so the last person of event i's
+    // period has already been generated (Beam's lastBase0PersonId).
     let epoch = i / PROPORTION_TOTAL;
-    let offset = (i % PROPORTION_TOTAL).min(PERSON_PROPORTION - 1);
-    (epoch * PERSON_PROPORTION + offset) as i64
+    (epoch * PERSON_PROPORTION + PERSON_PROPORTION - 1) as i64
 }
 
 fn last_auction(i: u64) -> i64 {
@@ -188,10 +196,22 @@ pub(crate) fn bid(c: &Clock, i: u64) -> BidParts {
         next_person(i, &mut r)
     } + FIRST_PERSON_ID;
     let price = price(&mut r);
-    let channel = if r.below(10) == 0 { Err(r.below(10_000)) } else { Ok(CHANNELS[r.below(4) as usize]) };
+    let channel = if r.below(10) == 0 {
+        Err(r.below(10_000))
+    } else {
+        Ok(CHANNELS[r.below(4) as usize])
+    };
     let url_path = text(&mut r, 5);
     let extra = extra(&mut r, AVG_BID_BYTES - 70);
-    BidParts { auction, bidder, price, channel, url_path, date_time, extra }
+    BidParts {
+        auction,
+        bidder,
+        price,
+        channel,
+        url_path,
+        date_time,
+        extra,
+    }
 }
 
 /// Writes a bid's channel.
@@ -205,8 +225,14 @@ pub(crate) fn write_channel(out: &mut impl Write, c: &Result<&'static str, u64>)
 /// Writes a bid's URL.
 pub(crate) fn write_url(out: &mut impl Write, path: &str, channel: &Result<&'static str, u64>) {
     let _ = match channel {
-        Ok(name) => write!(out, "https://www.nexmark.com/{path}/item.htm?query=1&channel={name}"),
-        Err(n) => write!(out, "https://www.nexmark.com/{path}/item.htm?query=1&channel_id={n}"),
+        Ok(name) => write!(
+            out,
+            "https://www.nexmark.com/{path}/item.htm?query=1&channel={name}"
+        ),
+        Err(n) => write!(
+            out,
+            "https://www.nexmark.com/{path}/item.htm?query=1&channel_id={n}"
+        ),
     };
 }
 
@@ -231,7 +257,12 @@ pub(crate) fn person(c: &Clock, i: u64) -> PersonParts {
         first: FIRST_NAMES[r.below(FIRST_NAMES.len() as u64) as usize],
         last: LAST_NAMES[r.below(LAST_NAMES.len() as u64) as usize],
         email: (text(&mut r, 7), text(&mut r, 5)),
-        card: [r.below(10_000), r.below(10_000), r.below(10_000), r.below(10_000)],
+        card: [
+            r.below(10_000),
+            r.below(10_000),
+            r.below(10_000),
+            r.below(10_000),
+        ],
         city: US_CITIES[r.below(US_CITIES.len() as u64) as usize],
         state: US_STATES[r.below(US_STATES.len() as u64) as usize],
         date_time,
@@ -288,7 +319,10 @@ impl PersonParts {
             id: self.id,
             name: format!("{} {}", self.first, self.last),
             email_address: format!("{}@{}.com", self.email.0, self.email.1),
-            credit_card: format!("{:04} {:04} {:04} {:04}", self.card[0], self.card[1], self.card[2], self.card[3]),
+            credit_card: format!(
+                "{:04} {:04} {:04} {:04}",
+                self.card[0], self.card[1], self.card[2], self.card[3]
+            ),
             city: self.city.into(),
             state: self.state.into(),
             date_time: self.date_time,

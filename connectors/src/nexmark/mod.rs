@@ -17,8 +17,8 @@ use arrow::record_batch::RecordBatch;
 use sluice_engine::graph::SourceFactory;
 use sluice_engine::{OperatorContext, Result, Source, SourcePoll, SourceSpec};
 
-pub use generator::{count_of, event_of, kind_of, Kind};
 use generator::{auction, bid, person, write_channel, write_url, Clock};
+pub use generator::{count_of, event_of, kind_of, Kind};
 pub use model::{auction_schema, bid_schema, person_schema, Auction, Bid, Event, Person};
 
 /// Generator settings (Beam's defaults unless said otherwise).
@@ -54,7 +54,11 @@ impl Default for NexmarkConfig {
 
 impl NexmarkConfig {
     fn clock(&self) -> Clock {
-        Clock { seed: self.seed, rate: self.first_event_rate, disorder: self.max_out_of_orderness_ms.max(0) }
+        Clock {
+            seed: self.seed,
+            rate: self.first_event_rate,
+            disorder: self.max_out_of_orderness_ms.max(0),
+        }
     }
 }
 
@@ -78,15 +82,24 @@ pub struct NexmarkSource {
 impl NexmarkSource {
     /// Bids.
     pub fn bids(cfg: NexmarkConfig) -> Self {
-        NexmarkSource { kind: Kind::Bid, cfg }
+        NexmarkSource {
+            kind: Kind::Bid,
+            cfg,
+        }
     }
     /// Persons.
     pub fn persons(cfg: NexmarkConfig) -> Self {
-        NexmarkSource { kind: Kind::Person, cfg }
+        NexmarkSource {
+            kind: Kind::Person,
+            cfg,
+        }
     }
     /// Auctions.
     pub fn auctions(cfg: NexmarkConfig) -> Self {
-        NexmarkSource { kind: Kind::Auction, cfg }
+        NexmarkSource {
+            kind: Kind::Auction,
+            cfg,
+        }
     }
 }
 
@@ -151,7 +164,11 @@ impl NexmarkSubtask {
 
     fn bids(&self, ids: &[u64], schema: SchemaRef) -> Result<RecordBatch> {
         let n = ids.len();
-        let (mut auction, mut bidder, mut price) = (Int64Builder::with_capacity(n), Int64Builder::with_capacity(n), Int64Builder::with_capacity(n));
+        let (mut auction, mut bidder, mut price) = (
+            Int64Builder::with_capacity(n),
+            Int64Builder::with_capacity(n),
+            Int64Builder::with_capacity(n),
+        );
         let mut channel = StringBuilder::with_capacity(n, n * 8);
         let mut url = StringBuilder::with_capacity(n, n * 60);
         let mut time = TimestampMillisecondBuilder::with_capacity(n);
@@ -183,8 +200,16 @@ impl NexmarkSubtask {
     fn persons(&self, ids: &[u64], schema: SchemaRef) -> Result<RecordBatch> {
         let n = ids.len();
         let mut id = Int64Builder::with_capacity(n);
-        let (mut name, mut email, mut card) = (StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
-        let (mut city, mut state, mut extra) = (StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
+        let (mut name, mut email, mut card) = (
+            StringBuilder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+        );
+        let (mut city, mut state, mut extra) = (
+            StringBuilder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+        );
         let mut time = TimestampMillisecondBuilder::with_capacity(n);
         for &i in ids {
             let p = person(&self.clock, i);
@@ -193,7 +218,11 @@ impl NexmarkSubtask {
             name.append_value("");
             let _ = write!(email, "{}@{}.com", p.email.0, p.email.1);
             email.append_value("");
-            let _ = write!(card, "{:04} {:04} {:04} {:04}", p.card[0], p.card[1], p.card[2], p.card[3]);
+            let _ = write!(
+                card,
+                "{:04} {:04} {:04} {:04}",
+                p.card[0], p.card[1], p.card[2], p.card[3]
+            );
             card.append_value("");
             city.append_value(p.city);
             state.append_value(p.state);
@@ -216,10 +245,21 @@ impl NexmarkSubtask {
     fn auctions(&self, ids: &[u64], schema: SchemaRef) -> Result<RecordBatch> {
         let n = ids.len();
         let mut id = Int64Builder::with_capacity(n);
-        let (mut item, mut desc, mut extra) = (StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
-        let (mut initial, mut reserve, mut seller, mut category) =
-            (Int64Builder::new(), Int64Builder::new(), Int64Builder::new(), Int64Builder::new());
-        let (mut time, mut expires) = (TimestampMillisecondBuilder::new(), TimestampMillisecondBuilder::new());
+        let (mut item, mut desc, mut extra) = (
+            StringBuilder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+        );
+        let (mut initial, mut reserve, mut seller, mut category) = (
+            Int64Builder::new(),
+            Int64Builder::new(),
+            Int64Builder::new(),
+            Int64Builder::new(),
+        );
+        let (mut time, mut expires) = (
+            TimestampMillisecondBuilder::new(),
+            TimestampMillisecondBuilder::new(),
+        );
         for &i in ids {
             let a = auction(&self.clock, i);
             id.append_value(a.id);
@@ -252,7 +292,9 @@ impl NexmarkSubtask {
 impl Source for NexmarkSubtask {
     fn poll(&mut self, _ctx: &OperatorContext) -> Result<SourcePoll> {
         let ids = self.take_ids();
-        let Some(last) = ids.last().copied() else { return Ok(SourcePoll::End) };
+        let Some(last) = ids.last().copied() else {
+            return Ok(SourcePoll::End);
+        };
         if let Some(rate) = self.cfg.rate_limit {
             // Event i is due i/rate seconds after the start, whatever the subtask.
             let due = Duration::from_secs_f64(last as f64 / rate.max(1) as f64);

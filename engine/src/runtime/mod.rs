@@ -132,6 +132,9 @@ impl JobControl {
     }
 }
 
+/// An input channel of a subtask and the logical input it feeds.
+type InputChannel = (Receiver<StreamMessage>, usize);
+
 /// Plans and runs `graph` in this process, one thread per subtask.
 pub fn run_embedded(graph: &LogicalGraph, config: &JobConfig) -> Result<JobResult> {
     let plan = plan(
@@ -145,7 +148,7 @@ pub fn run_embedded(graph: &LogicalGraph, config: &JobConfig) -> Result<JobResul
     let metrics: Vec<Arc<NodeMetrics>> = graph.nodes.iter().map(|_| Arc::default()).collect();
 
     // Channels: for each edge and upstream subtask, one channel per target.
-    let mut inputs: HashMap<(usize, usize), Vec<(Receiver<StreamMessage>, usize)>> = HashMap::new();
+    let mut inputs: HashMap<(usize, usize), Vec<InputChannel>> = HashMap::new();
     let mut writers: HashMap<(usize, usize, usize), Vec<(usize, EdgeWriter)>> = HashMap::new();
     for e in &plan.edges {
         let up = &plan.vertices[e.from_vertex];

@@ -7,16 +7,29 @@ use sluice_operators::prelude::*;
 
 fn main() -> sluice_engine::Result<()> {
     let env = Env::new();
-    let bids = NexmarkSource::bids(NexmarkConfig { events: 200_000, ..Default::default() });
+    let bids = NexmarkSource::bids(NexmarkConfig {
+        events: 200_000,
+        ..Default::default()
+    });
     env.source(bids)
-        .watermarks(WatermarkStrategy::bounded_out_of_orderness("date_time", Duration::from_millis(200)))
+        .watermarks(WatermarkStrategy::bounded_out_of_orderness(
+            "date_time",
+            Duration::from_millis(200),
+        ))
         .filter(col("price").gt(lit(1_000i64)))
         .key_by(["auction"])
-        .window(WindowSpec::sliding(Duration::from_secs(10), Duration::from_secs(2)))
+        .window(WindowSpec::sliding(
+            Duration::from_secs(10),
+            Duration::from_secs(2),
+        ))
         .aggregate([count().alias("bids"), max("price")])
         .top_by_time("bids")
-        .sink(PrintSink::default());
+        .sink(PrintSink);
     let result = env.execute()?;
-    eprintln!("processed {} bids in {:?}", result.source_records(), result.duration);
+    eprintln!(
+        "processed {} bids in {:?}",
+        result.source_records(),
+        result.duration
+    );
     Ok(())
 }

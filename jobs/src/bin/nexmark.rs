@@ -53,7 +53,12 @@ fn main() -> anyhow::Result<()> {
     init_logging();
     let args = Args::parse();
     let query: Query = args.query.parse().context("--query")?;
-    let cfg = NexmarkConfig { events: args.events, seed: args.seed, rate_limit: args.rate, ..Default::default() };
+    let cfg = NexmarkConfig {
+        events: args.events,
+        seed: args.seed,
+        rate_limit: args.rate,
+        ..Default::default()
+    };
     let env = Env::new();
     if let Some(p) = args.parallelism {
         env.set_parallelism(p);
@@ -64,8 +69,8 @@ fn main() -> anyhow::Result<()> {
         build(&env, query, &cfg)
     };
     match &args.output {
-        Output::Blackhole => out.sink(DiscardSink::default()),
-        Output::Print => out.sink(PrintSink::default()),
+        Output::Blackhole => out.sink(DiscardSink),
+        Output::Print => out.sink(PrintSink),
         Output::Dir(d) => out.sink(ParquetSink::new(d)),
     }
     let result = env.execute()?;

@@ -90,15 +90,18 @@ fn watermarks(cfg: &NexmarkConfig) -> WatermarkStrategy {
 }
 
 fn bids(env: &Env, cfg: &NexmarkConfig) -> Stream {
-    env.source(NexmarkSource::bids(cfg.clone())).watermarks(watermarks(cfg))
+    env.source(NexmarkSource::bids(cfg.clone()))
+        .watermarks(watermarks(cfg))
 }
 
 fn persons(env: &Env, cfg: &NexmarkConfig) -> Stream {
-    env.source(NexmarkSource::persons(cfg.clone())).watermarks(watermarks(cfg))
+    env.source(NexmarkSource::persons(cfg.clone()))
+        .watermarks(watermarks(cfg))
 }
 
 fn auctions(env: &Env, cfg: &NexmarkConfig) -> Stream {
-    env.source(NexmarkSource::auctions(cfg.clone())).watermarks(watermarks(cfg))
+    env.source(NexmarkSource::auctions(cfg.clone()))
+        .watermarks(watermarks(cfg))
 }
 
 /// Builds `query` in `env` and returns its result stream (the caller adds
@@ -131,8 +134,12 @@ pub fn build(env: &Env, query: Query, cfg: &NexmarkConfig) -> Stream {
                     .or(col("state").eq(lit("ID")))
                     .or(col("state").eq(lit("CA"))),
             );
-            a.join(p, &["seller"], &["id"])
-                .select([col("name"), col("city"), col("state"), col("id")])
+            a.join(p, &["seller"], &["id"]).select([
+                col("name"),
+                col("city"),
+                col("state"),
+                col("id"),
+            ])
         }
         Query::Q4 => {
             let winners = winning_bids::winning_bids(auctions(env, cfg), bids(env, cfg));
@@ -150,7 +157,13 @@ pub fn build(env: &Env, query: Query, cfg: &NexmarkConfig) -> Stream {
             .aggregate([count()])
             .top_by_time("count"),
         Query::Q7 => bids(env, cfg)
-            .select([col("auction"), col("price"), col("bidder"), col("date_time"), col("extra")])
+            .select([
+                col("auction"),
+                col("price"),
+                col("bidder"),
+                col("date_time"),
+                col("extra"),
+            ])
             .top_by_window(secs(10), "price"),
         Query::Q8 => {
             let p = persons(env, cfg)

@@ -37,26 +37,51 @@ fn output_schema() -> SchemaRef {
         Field::new("auction", DataType::Int64, false),
         Field::new("category", DataType::Int64, false),
         Field::new("final", DataType::Int64, false),
-        Field::new("expires", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+        Field::new(
+            "expires",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
     ]))
 }
 
 fn i64_col<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a [i64]> {
     let c = batch.column_by_name(name).ok_or_else(|| {
-        sluice_engine::Error::Internal(format!("winning bids: column '{name}' missing after plan validation"))
+        sluice_engine::Error::Internal(format!(
+            "winning bids: column '{name}' missing after plan validation"
+        ))
     })?;
     Ok(c.as_primitive::<Int64Type>().values())
 }
 
 impl Operator for WinningBidsOperator {
-    fn process(&mut self, input: usize, batch: RecordBatch, _ctx: &OperatorContext, _out: &mut Collector) -> Result<()> {
-        let ts = event_times_ms(batch.column_by_name("date_time").expect("nexmark schemas have date_time"))?;
+    fn process(
+        &mut self,
+        input: usize,
+        batch: RecordBatch,
+        _ctx: &OperatorContext,
+        _out: &mut Collector,
+    ) -> Result<()> {
+        let ts = event_times_ms(
+            batch
+                .column_by_name("date_time")
+                .expect("nexmark schemas have date_time"),
+        )?;
         if input == 0 {
             let ids = i64_col(&batch, "id")?;
             let cats = i64_col(&batch, "category")?;
-            let expires = event_times_ms(batch.column_by_name("expires").expect("auction schema has expires"))?;
+            let expires = event_times_ms(
+                batch
+                    .column_by_name("expires")
+                    .expect("auction schema has expires"),
+            )?;
             for i in 0..batch.num_rows() {
-                let mut a = Auction { category: cats[i], start: ts[i], expires: expires[i], best: None };
+                let mut a = Auction {
+                    category: cats[i],
+                    start: ts[i],
+                    expires: expires[i],
+                    best: None,
+                };
                 for (t, p) in self.early.remove(&ids[i]).unwrap_or_default() {
                     if t >= a.start && t <= a.expires {
                         a.best = Some(a.best.map_or(p, |b| b.max(p)));
@@ -75,16 +100,28 @@ impl Operator for WinningBidsOperator {
                             a.best = Some(a.best.map_or(price[i], |b| b.max(price[i])));
                         }
                     }
-                    None => self.early.entry(auction[i]).or_default().push((ts[i], price[i])),
+                    None => self
+                        .early
+                        .entry(auction[i])
+                        .or_default()
+                        .push((ts[i], price[i])),
                 }
             }
         }
         Ok(())
     }
 
-    fn on_watermark(&mut self, wm: Watermark, _ctx: &OperatorContext, out: &mut Collector) -> Result<Option<Watermark>> {
-        let Watermark::EventTime(t) = wm else { return Ok(Some(wm)) };
-        let (mut ids, mut cats, mut finals, mut exp) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    fn on_watermark(
+        &mut self,
+        wm: Watermark,
+        _ctx: &OperatorContext,
+        out: &mut Collector,
+    ) -> Result<Option<Watermark>> {
+        let Watermark::EventTime(t) = wm else {
+            return Ok(Some(wm));
+        };
+        let (mut ids, mut cats, mut finals, mut exp) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         while let Some((&(expires, id), _)) = self.by_expiry.first_key_value() {
             if expires > t {
                 break;

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, PrimitiveArray};
+use arrow::buffer::NullBuffer;
 use arrow::compute::cast;
 use arrow::datatypes::*;
-use arrow::buffer::NullBuffer;
 use sluice_engine::{Error, Result};
 
 use super::AggKind;
@@ -24,9 +24,16 @@ pub(crate) trait Accumulator: Send {
     fn evaluate(&self, slots: &[u32]) -> Result<ArrayRef>;
 }
 
-fn values_as<T: ArrowPrimitiveType>(values: Option<&ArrayRef>, t: &DataType) -> Result<PrimitiveArray<T>> {
+fn values_as<T: ArrowPrimitiveType>(
+    values: Option<&ArrayRef>,
+    t: &DataType,
+) -> Result<PrimitiveArray<T>> {
     let v = values.ok_or_else(|| Error::Internal("aggregate without its input column".into()))?;
-    let v = if v.data_type() == t { v.clone() } else { cast(v, t)? };
+    let v = if v.data_type() == t {
+        v.clone()
+    } else {
+        cast(v, t)?
+    };
     Ok(v.as_primitive::<T>().clone())
 }
 
@@ -59,7 +66,9 @@ impl Accumulator for Count {
         self.0[slot as usize] = 0;
     }
     fn evaluate(&self, slots: &[u32]) -> Result<ArrayRef> {
-        Ok(Arc::new(Int64Array::from_iter_values(slots.iter().map(|s| self.0[*s as usize]))))
+        Ok(Arc::new(Int64Array::from_iter_values(
+            slots.iter().map(|s| self.0[*s as usize]),
+        )))
     }
 }
 
@@ -73,14 +82,19 @@ struct Sum<T: ArrowPrimitiveType> {
 
 impl<T: ArrowPrimitiveType> Sum<T> {
     fn new(average: bool) -> Self {
-        Sum { sums: Vec::new(), counts: Vec::new(), has: Vec::new(), average }
+        Sum {
+            sums: Vec::new(),
+            counts: Vec::new(),
+            has: Vec::new(),
+            average,
+        }
     }
 }
 
 impl<T> Accumulator for Sum<T>
 where
     T: ArrowPrimitiveType,
-    T::Native: ArrowNativeTypeOp + AsF64,
+    T::Native: ArrowNativeTypeOp + ToF64,
 {
     fn resize(&mut self, slots: usize) {
         self.sums.resize(slots, T::Native::ZERO);
@@ -124,7 +138,7 @@ where
                     if self.counts[s] == 0 {
                         0.0
                     } else {
-                        self.sums[s].as_f64() / self.counts[s] as f64
+                        self.sums[s].to_f64() / self.counts[s] as f64
                     }
                 })
                 .collect();
@@ -137,16 +151,16 @@ where
 }
 
 /// Lossy conversion for averages.
-pub(crate) trait AsF64 {
-    fn as_f64(self) -> f64;
+pub(crate) trait ToF64 {
+    fn to_f64(self) -> f64;
 }
-impl AsF64 for i64 {
-    fn as_f64(self) -> f64 {
+impl ToF64 for i64 {
+    fn to_f64(self) -> f64 {
         self as f64
     }
 }
-impl AsF64 for f64 {
-    fn as_f64(self) -> f64 {
+impl ToF64 for f64 {
+    fn to_f64(self) -> f64 {
         self
     }
 }
@@ -174,7 +188,12 @@ impl<T: ArrowPrimitiveType> Accumulator for MinMax<T> {
                 continue;
             }
             let x = vals[r];
-            let better = !self.has[s] || if self.max { x.is_gt(self.vals[s]) } else { x.is_lt(self.vals[s]) };
+            let better = !self.has[s]
+                || if self.max {
+                    x.is_gt(self.vals[s])
+                } else {
+                    x.is_lt(self.vals[s])
+                };
             if better {
                 self.vals[s] = x;
                 self.has[s] = true;
@@ -188,7 +207,12 @@ impl<T: ArrowPrimitiveType> Accumulator for MinMax<T> {
             return;
         }
         let x = self.vals[src];
-        let better = !self.has[dst] || if self.max { x.is_gt(self.vals[dst]) } else { x.is_lt(self.vals[dst]) };
+        let better = !self.has[dst]
+            || if self.max {
+                x.is_gt(self.vals[dst])
+            } else {
+                x.is_lt(self.vals[dst])
+            };
         if better {
             self.vals[dst] = x;
             self.has[dst] = true;
@@ -199,7 +223,8 @@ impl<T: ArrowPrimitiveType> Accumulator for MinMax<T> {
     }
     fn evaluate(&self, slots: &[u32]) -> Result<ArrayRef> {
         let v: Vec<T::Native> = slots.iter().map(|s| self.vals[*s as usize]).collect();
-        let a = PrimitiveArray::<T>::new(v.into(), nulls_from(&self.has, slots)).with_data_type(self.data_type.clone());
+        let a = PrimitiveArray::<T>::new(v.into(), nulls_from(&self.has, slots))
+            .with_data_type(self.data_type.clone());
         Ok(Arc::new(a))
     }
 }
@@ -207,7 +232,12 @@ impl<T: ArrowPrimitiveType> Accumulator for MinMax<T> {
 fn min_max(t: &DataType, max: bool) -> Result<Box<dyn Accumulator>> {
     macro_rules! mm {
         ($ty:ty) => {
-            Box::new(MinMax::<$ty> { vals: Vec::new(), has: Vec::new(), max, data_type: t.clone() })
+            Box::new(MinMax::<$ty> {
+                vals: Vec::new(),
+                has: Vec::new(),
+                max,
+                data_type: t.clone(),
+            })
         };
     }
     Ok(match t {
@@ -225,7 +255,11 @@ fn min_max(t: &DataType, max: bool) -> Result<Box<dyn Accumulator>> {
         DataType::Timestamp(TimeUnit::Millisecond, _) => mm!(TimestampMillisecondType),
         DataType::Timestamp(TimeUnit::Microsecond, _) => mm!(TimestampMicrosecondType),
         DataType::Timestamp(TimeUnit::Nanosecond, _) => mm!(TimestampNanosecondType),
-        other => return Err(Error::Config(format!("min/max are not supported on {other}"))),
+        other => {
+            return Err(Error::Config(format!(
+                "min/max are not supported on {other}"
+            )))
+        }
     })
 }
 

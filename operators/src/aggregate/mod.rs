@@ -42,32 +42,56 @@ impl std::fmt::Debug for AggregateExpr {
 
 /// Number of records.
 pub fn count() -> AggregateExpr {
-    AggregateExpr { kind: AggKind::Count, column: None, alias: None }
+    AggregateExpr {
+        kind: AggKind::Count,
+        column: None,
+        alias: None,
+    }
 }
 
 /// Sum of a numeric column (Int64 for integers, wrapping on overflow; Float64 for floats).
 pub fn sum(col: &str) -> AggregateExpr {
-    AggregateExpr { kind: AggKind::Sum, column: Some(col.into()), alias: None }
+    AggregateExpr {
+        kind: AggKind::Sum,
+        column: Some(col.into()),
+        alias: None,
+    }
 }
 
 /// Minimum of a numeric or timestamp column.
 pub fn min(col: &str) -> AggregateExpr {
-    AggregateExpr { kind: AggKind::Min, column: Some(col.into()), alias: None }
+    AggregateExpr {
+        kind: AggKind::Min,
+        column: Some(col.into()),
+        alias: None,
+    }
 }
 
 /// Maximum of a numeric or timestamp column.
 pub fn max(col: &str) -> AggregateExpr {
-    AggregateExpr { kind: AggKind::Max, column: Some(col.into()), alias: None }
+    AggregateExpr {
+        kind: AggKind::Max,
+        column: Some(col.into()),
+        alias: None,
+    }
 }
 
 /// Mean of a numeric column, as Float64.
 pub fn avg(col: &str) -> AggregateExpr {
-    AggregateExpr { kind: AggKind::Avg, column: Some(col.into()), alias: None }
+    AggregateExpr {
+        kind: AggKind::Avg,
+        column: Some(col.into()),
+        alias: None,
+    }
 }
 
 /// A user-defined aggregate over `col`.
 pub fn udaf<F: AggregateFunction>(col: &str, f: F) -> AggregateExpr {
-    AggregateExpr { kind: AggKind::Udaf(Arc::new(udaf::Typed(Arc::new(f)))), column: Some(col.into()), alias: None }
+    AggregateExpr {
+        kind: AggKind::Udaf(Arc::new(udaf::Typed(Arc::new(f)))),
+        column: Some(col.into()),
+        alias: None,
+    }
 }
 
 impl AggregateExpr {
@@ -101,7 +125,10 @@ impl AggregateExpr {
         };
         let idx = input.index_of(c).map_err(|_| {
             let names: Vec<_> = input.fields().iter().map(|f| f.name().as_str()).collect();
-            Error::Config(format!("unknown column '{c}' in {name}; the input has [{}]", names.join(", ")))
+            Error::Config(format!(
+                "unknown column '{c}' in {name}; the input has [{}]",
+                names.join(", ")
+            ))
         })?;
         let t = input.field(idx).data_type();
         let numeric = t.is_numeric();
@@ -115,9 +142,15 @@ impl AggregateExpr {
                 }
             }
             AggKind::Avg if numeric => DataType::Float64,
-            AggKind::Min | AggKind::Max if numeric || matches!(t, DataType::Timestamp(..)) => t.clone(),
+            AggKind::Min | AggKind::Max if numeric || matches!(t, DataType::Timestamp(..)) => {
+                t.clone()
+            }
             AggKind::Udaf(u) => u.output_type(),
-            _ => return Err(Error::Config(format!("{name} needs a numeric column; '{c}' is {t}"))),
+            _ => {
+                return Err(Error::Config(format!(
+                    "{name} needs a numeric column; '{c}' is {t}"
+                )))
+            }
         };
         Ok((Some(idx), Field::new(name, out, true)))
     }

@@ -58,10 +58,30 @@ macro_rules! arrow_scalar {
         }
     };
 }
-arrow_scalar!(i64, DataType::Int64, |a: &dyn Array, i| a.as_primitive::<Int64Type>().value(i), Int64Array);
-arrow_scalar!(f64, DataType::Float64, |a: &dyn Array, i| a.as_primitive::<Float64Type>().value(i), Float64Array);
-arrow_scalar!(bool, DataType::Boolean, |a: &dyn Array, i| a.as_boolean().value(i), BooleanArray);
-arrow_scalar!(String, DataType::Utf8, |a: &dyn Array, i| a.as_string::<i32>().value(i).to_string(), StringArray);
+arrow_scalar!(
+    i64,
+    DataType::Int64,
+    |a: &dyn Array, i| a.as_primitive::<Int64Type>().value(i),
+    Int64Array
+);
+arrow_scalar!(
+    f64,
+    DataType::Float64,
+    |a: &dyn Array, i| a.as_primitive::<Float64Type>().value(i),
+    Float64Array
+);
+arrow_scalar!(
+    bool,
+    DataType::Boolean,
+    |a: &dyn Array, i| a.as_boolean().value(i),
+    BooleanArray
+);
+arrow_scalar!(
+    String,
+    DataType::Utf8,
+    |a: &dyn Array, i| a.as_string::<i32>().value(i).to_string(),
+    StringArray
+);
 
 /// A user-defined aggregate. Nulls in the input are skipped.
 ///
@@ -116,7 +136,10 @@ impl<F: AggregateFunction> DynUdaf for Typed<F> {
         F::Output::data_type()
     }
     fn accumulator(&self) -> Box<dyn Accumulator> {
-        Box::new(UdafAccumulator::<F> { f: self.0.clone(), accs: Vec::new() })
+        Box::new(UdafAccumulator::<F> {
+            f: self.0.clone(),
+            accs: Vec::new(),
+        })
     }
 }
 
@@ -147,6 +170,11 @@ impl<F: AggregateFunction> Accumulator for UdafAccumulator<F> {
         self.accs[slot as usize] = F::Acc::default();
     }
     fn evaluate(&self, slots: &[u32]) -> Result<ArrayRef> {
-        Ok(F::Output::to_array(slots.iter().map(|s| self.f.finish(&self.accs[*s as usize])).collect()))
+        Ok(F::Output::to_array(
+            slots
+                .iter()
+                .map(|s| self.f.finish(&self.accs[*s as usize]))
+                .collect(),
+        ))
     }
 }

@@ -28,7 +28,10 @@ pub(crate) struct Buckets {
 
 impl Buckets {
     pub(crate) fn new(width: i64) -> Self {
-        Buckets { width: width.max(1), buckets: BTreeMap::new() }
+        Buckets {
+            width: width.max(1),
+            buckets: BTreeMap::new(),
+        }
     }
 
     pub(crate) fn bucket_of(&self, t: i64) -> i64 {
@@ -36,19 +39,34 @@ impl Buckets {
     }
 
     /// Stores rows `rows` of `batch` (with times `ts` and key rows `keys`).
-    pub(crate) fn insert(&mut self, batch: &RecordBatch, ts: &[i64], keys: &Rows, rows: &[u32]) -> Result<()> {
+    pub(crate) fn insert(
+        &mut self,
+        batch: &RecordBatch,
+        ts: &[i64],
+        keys: &Rows,
+        rows: &[u32],
+    ) -> Result<()> {
         let mut by_bucket: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
         for r in rows {
-            by_bucket.entry(self.bucket_of(ts[*r as usize])).or_default().push(*r);
+            by_bucket
+                .entry(self.bucket_of(ts[*r as usize]))
+                .or_default()
+                .push(*r);
         }
         for (b, idx) in by_bucket {
             let bucket = self.buckets.entry(b).or_default();
             let part = take_record_batch(batch, &UInt32Array::from(idx.clone()))?;
             let n = bucket.batches.len() as u32;
             for (j, r) in idx.iter().enumerate() {
-                bucket.index.entry(keys.row(*r as usize).as_ref().into()).or_default().push((n, j as u32));
+                bucket
+                    .index
+                    .entry(keys.row(*r as usize).as_ref().into())
+                    .or_default()
+                    .push((n, j as u32));
             }
-            bucket.times.push(idx.iter().map(|r| ts[*r as usize]).collect());
+            bucket
+                .times
+                .push(idx.iter().map(|r| ts[*r as usize]).collect());
             bucket.batches.push(part);
         }
         Ok(())
@@ -66,7 +84,11 @@ impl Buckets {
 }
 
 /// Gathers rows given as (batch, row) over a list of batches into columns.
-pub(crate) fn gather(batches: &[&RecordBatch], refs: &[(usize, usize)], num_columns: usize) -> Result<Vec<ArrayRef>> {
+pub(crate) fn gather(
+    batches: &[&RecordBatch],
+    refs: &[(usize, usize)],
+    num_columns: usize,
+) -> Result<Vec<ArrayRef>> {
     (0..num_columns)
         .map(|c| {
             let arrays: Vec<&dyn Array> = batches.iter().map(|b| b.column(c).as_ref()).collect();

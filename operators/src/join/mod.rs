@@ -29,8 +29,8 @@ use sluice_engine::Stream;
 
 use crate::plan_error;
 pub use stream_join::StreamJoinOperator;
-pub use time_join::TimeJoinOperator;
 use time_join::Mode;
+pub use time_join::TimeJoinOperator;
 
 /// The windows of a window join.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,11 +52,16 @@ pub enum JoinWindow {
 impl JoinWindow {
     /// Tumbling windows.
     pub fn tumbling(size: std::time::Duration) -> Self {
-        JoinWindow::Tumbling { size_ms: size.as_millis() as i64 }
+        JoinWindow::Tumbling {
+            size_ms: size.as_millis() as i64,
+        }
     }
     /// Sliding windows.
     pub fn sliding(size: std::time::Duration, slide: std::time::Duration) -> Self {
-        JoinWindow::Sliding { size_ms: size.as_millis() as i64, slide_ms: slide.as_millis() as i64 }
+        JoinWindow::Sliding {
+            size_ms: size.as_millis() as i64,
+            slide_ms: slide.as_millis() as i64,
+        }
     }
 }
 
@@ -73,19 +78,40 @@ pub trait Join {
     fn join(self, right: Stream, left_keys: &[&str], right_keys: &[&str]) -> Stream;
 
     /// Inner join of rows with equal keys in the same event-time window.
-    fn window_join(self, right: Stream, left_keys: &[&str], right_keys: &[&str], window: JoinWindow) -> Stream;
+    fn window_join(
+        self,
+        right: Stream,
+        left_keys: &[&str],
+        right_keys: &[&str],
+        window: JoinWindow,
+    ) -> Stream;
 
     /// Inner join of rows with equal keys where `right.ts` lies in
     /// `[left.ts + lower_ms, left.ts + upper_ms]` (`lower_ms` may be negative).
-    fn interval_join(self, right: Stream, left_keys: &[&str], right_keys: &[&str], lower_ms: i64, upper_ms: i64) -> Stream;
+    fn interval_join(
+        self,
+        right: Stream,
+        left_keys: &[&str],
+        right_keys: &[&str],
+        lower_ms: i64,
+        upper_ms: i64,
+    ) -> Stream;
 }
 
 /// Checks the key columns and computes the output schema.
-pub(crate) fn join_schema(left: &Stream, right: &Stream, lk: &[&str], rk: &[&str], verb: &str) -> (SchemaRef, Vec<DataType>) {
+pub(crate) fn join_schema(
+    left: &Stream,
+    right: &Stream,
+    lk: &[&str],
+    rk: &[&str],
+    verb: &str,
+) -> (SchemaRef, Vec<DataType>) {
     let (ls, rs) = (left.schema(), right.schema());
     let err = |m: String| left.report(plan_error(left, verb, m));
     if lk.len() != rk.len() || lk.is_empty() {
-        err(format!("needs the same number of left and right keys, got {lk:?} and {rk:?}"));
+        err(format!(
+            "needs the same number of left and right keys, got {lk:?} and {rk:?}"
+        ));
     }
     let mut types = Vec::new();
     for (l, r) in lk.iter().zip(rk) {
@@ -96,14 +122,24 @@ pub(crate) fn join_schema(left: &Stream, right: &Stream, lk: &[&str], rk: &[&str
                 a.data_type(),
                 b.data_type()
             )),
-            (Err(_), _) => err(format!("unknown left key column '{l}'; the left input has {}", left.column_list())),
-            (_, Err(_)) => err(format!("unknown right key column '{r}'; the right input has {}", right.column_list())),
+            (Err(_), _) => err(format!(
+                "unknown left key column '{l}'; the left input has {}",
+                left.column_list()
+            )),
+            (_, Err(_)) => err(format!(
+                "unknown right key column '{r}'; the right input has {}",
+                right.column_list()
+            )),
         }
     }
     let mut fields: Vec<Field> = ls.fields().iter().map(|f| f.as_ref().clone()).collect();
     for f in rs.fields() {
         let taken = fields.iter().any(|x| x.name() == f.name());
-        let name = if taken { format!("right_{}", f.name()) } else { f.name().clone() };
+        let name = if taken {
+            format!("right_{}", f.name())
+        } else {
+            f.name().clone()
+        };
         fields.push(f.as_ref().clone().with_name(name));
     }
     (Arc::new(Schema::new(fields)), types)
@@ -112,37 +148,93 @@ pub(crate) fn join_schema(left: &Stream, right: &Stream, lk: &[&str], rk: &[&str
 impl Join for Stream {
     fn join(self, right: Stream, left_keys: &[&str], right_keys: &[&str]) -> Stream {
         let (schema, types) = join_schema(&self, &right, left_keys, right_keys, "join");
-        let li: Vec<usize> = left_keys.iter().filter_map(|k| self.schema().index_of(k).ok()).collect();
-        let ri: Vec<usize> = right_keys.iter().filter_map(|k| right.schema().index_of(k).ok()).collect();
+        let li: Vec<usize> = left_keys
+            .iter()
+            .filter_map(|k| self.schema().index_of(k).ok())
+            .collect();
+        let ri: Vec<usize> = right_keys
+            .iter()
+            .filter_map(|k| right.schema().index_of(k).ok())
+            .collect();
         let out = schema.clone();
         let factory: OperatorFactory = Arc::new(move |_ctx| {
-            Ok(Box::new(StreamJoinOperator::new(li.clone(), ri.clone(), types.clone(), out.clone())?))
+            Ok(Box::new(StreamJoinOperator::new(
+                li.clone(),
+                ri.clone(),
+                types.clone(),
+                out.clone(),
+            )?))
         });
         let left = self.keyed_by(left_keys);
         let right = right.keyed_by(right_keys);
         left.transform_multi("join", &[&right], vec![schema], factory)
     }
 
-    fn window_join(self, right: Stream, left_keys: &[&str], right_keys: &[&str], window: JoinWindow) -> Stream {
+    fn window_join(
+        self,
+        right: Stream,
+        left_keys: &[&str],
+        right_keys: &[&str],
+        window: JoinWindow,
+    ) -> Stream {
         let (size, slide) = match window {
             JoinWindow::Tumbling { size_ms } => (size_ms, size_ms),
             JoinWindow::Sliding { size_ms, slide_ms } => (size_ms, slide_ms),
         };
         if size <= 0 || slide <= 0 || slide > size {
-            self.report(plan_error(&self, "window_join", format!("invalid window: size {size} ms, slide {slide} ms")));
+            self.report(plan_error(
+                &self,
+                "window_join",
+                format!("invalid window: size {size} ms, slide {slide} ms"),
+            ));
         }
-        time_join(self, right, left_keys, right_keys, "window_join", Mode::Window { size, slide })
+        time_join(
+            self,
+            right,
+            left_keys,
+            right_keys,
+            "window_join",
+            Mode::Window { size, slide },
+        )
     }
 
-    fn interval_join(self, right: Stream, left_keys: &[&str], right_keys: &[&str], lower_ms: i64, upper_ms: i64) -> Stream {
+    fn interval_join(
+        self,
+        right: Stream,
+        left_keys: &[&str],
+        right_keys: &[&str],
+        lower_ms: i64,
+        upper_ms: i64,
+    ) -> Stream {
         if lower_ms > upper_ms {
-            self.report(plan_error(&self, "interval_join", format!("lower bound {lower_ms} ms is above upper bound {upper_ms} ms")));
+            self.report(plan_error(
+                &self,
+                "interval_join",
+                format!("lower bound {lower_ms} ms is above upper bound {upper_ms} ms"),
+            ));
         }
-        time_join(self, right, left_keys, right_keys, "interval_join", Mode::Interval { lower: lower_ms, upper: upper_ms })
+        time_join(
+            self,
+            right,
+            left_keys,
+            right_keys,
+            "interval_join",
+            Mode::Interval {
+                lower: lower_ms,
+                upper: upper_ms,
+            },
+        )
     }
 }
 
-fn time_join(left: Stream, right: Stream, lk: &[&str], rk: &[&str], verb: &'static str, mode: Mode) -> Stream {
+fn time_join(
+    left: Stream,
+    right: Stream,
+    lk: &[&str],
+    rk: &[&str],
+    verb: &'static str,
+    mode: Mode,
+) -> Stream {
     let (schema, types) = join_schema(&left, &right, lk, rk, verb);
     let mut time = [0usize; 2];
     for (i, s) in [&left, &right].into_iter().enumerate() {
@@ -151,7 +243,10 @@ fn time_join(left: Stream, right: Stream, lk: &[&str], rk: &[&str], verb: &'stat
             None => left.report(plan_error(
                 s,
                 verb,
-                format!("no watermark strategy on the {} input: call .watermarks(...) before {verb}", ["left", "right"][i]),
+                format!(
+                    "no watermark strategy on the {} input: call .watermarks(...) before {verb}",
+                    ["left", "right"][i]
+                ),
             )),
         }
     }
@@ -160,17 +255,38 @@ fn time_join(left: Stream, right: Stream, lk: &[&str], rk: &[&str], verb: &'stat
     if windowed {
         for n in ["window_start", "window_end"] {
             let taken = fields.iter().any(|f| f.name() == n);
-            let name = if taken { format!("join_{n}") } else { n.to_string() };
-            fields.push(Field::new(name, DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None), false));
+            let name = if taken {
+                format!("join_{n}")
+            } else {
+                n.to_string()
+            };
+            fields.push(Field::new(
+                name,
+                DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None),
+                false,
+            ));
         }
     }
     let schema: SchemaRef = Arc::new(Schema::new(fields));
-    let li: Vec<usize> = lk.iter().filter_map(|k| left.schema().index_of(k).ok()).collect();
-    let ri: Vec<usize> = rk.iter().filter_map(|k| right.schema().index_of(k).ok()).collect();
+    let li: Vec<usize> = lk
+        .iter()
+        .filter_map(|k| left.schema().index_of(k).ok())
+        .collect();
+    let ri: Vec<usize> = rk
+        .iter()
+        .filter_map(|k| right.schema().index_of(k).ok())
+        .collect();
     let widths = [left.schema().fields().len(), right.schema().fields().len()];
     let out = schema.clone();
     let factory: OperatorFactory = Arc::new(move |_ctx| {
-        Ok(Box::new(TimeJoinOperator::new(mode, [li.clone(), ri.clone()], time, widths, types.clone(), out.clone())?))
+        Ok(Box::new(TimeJoinOperator::new(
+            mode,
+            [li.clone(), ri.clone()],
+            time,
+            widths,
+            types.clone(),
+            out.clone(),
+        )?))
     });
     let left_time = left.event_time().map(str::to_string);
     let l = left.keyed_by(lk);

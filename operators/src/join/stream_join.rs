@@ -25,7 +25,12 @@ pub struct StreamJoinOperator {
 
 impl StreamJoinOperator {
     /// A join on left columns `left` = right columns `right` of `types`.
-    pub fn new(left: Vec<usize>, right: Vec<usize>, types: Vec<DataType>, output: SchemaRef) -> Result<Self> {
+    pub fn new(
+        left: Vec<usize>,
+        right: Vec<usize>,
+        types: Vec<DataType>,
+        output: SchemaRef,
+    ) -> Result<Self> {
         Ok(StreamJoinOperator {
             keys: [left, right],
             converter: RowConverter::new(types.into_iter().map(SortField::new).collect())?,
@@ -36,8 +41,17 @@ impl StreamJoinOperator {
 }
 
 impl Operator for StreamJoinOperator {
-    fn process(&mut self, input: usize, batch: RecordBatch, _ctx: &OperatorContext, out: &mut Collector) -> Result<()> {
-        let cols: Vec<ArrayRef> = self.keys[input].iter().map(|i| batch.column(*i).clone()).collect();
+    fn process(
+        &mut self,
+        input: usize,
+        batch: RecordBatch,
+        _ctx: &OperatorContext,
+        out: &mut Collector,
+    ) -> Result<()> {
+        let cols: Vec<ArrayRef> = self.keys[input]
+            .iter()
+            .map(|i| batch.column(*i).clone())
+            .collect();
         let rows = self.converter.convert_columns(&cols)?;
         let other = 1 - input;
         let idx = self.sides[input].batches.len() as u32;
@@ -50,19 +64,32 @@ impl Operator for StreamJoinOperator {
                     theirs.push((*b as usize, *row as usize));
                 }
             }
-            self.sides[input].rows.entry(key.as_ref().into()).or_default().push((idx, r as u32));
+            self.sides[input]
+                .rows
+                .entry(key.as_ref().into())
+                .or_default()
+                .push((idx, r as u32));
         }
         if !mine.is_empty() {
             let mine_idx = UInt32Array::from(mine);
-            let here: Vec<ArrayRef> = batch.columns().iter().map(|c| take(c, &mine_idx, None)).collect::<Result<_, _>>()?;
+            let here: Vec<ArrayRef> = batch
+                .columns()
+                .iter()
+                .map(|c| take(c, &mine_idx, None))
+                .collect::<Result<_, _>>()?;
             let stored = &self.sides[other].batches;
             let there: Vec<ArrayRef> = (0..stored[0].num_columns())
                 .map(|c| {
-                    let arrays: Vec<&dyn arrow::array::Array> = stored.iter().map(|b| b.column(c).as_ref()).collect();
+                    let arrays: Vec<&dyn arrow::array::Array> =
+                        stored.iter().map(|b| b.column(c).as_ref()).collect();
                     interleave(&arrays, &theirs)
                 })
                 .collect::<Result<_, _>>()?;
-            let cols = if input == 0 { [here, there].concat() } else { [there, here].concat() };
+            let cols = if input == 0 {
+                [here, there].concat()
+            } else {
+                [there, here].concat()
+            };
             out.emit(RecordBatch::try_new(self.output.clone(), cols)?);
         }
         self.sides[input].batches.push(batch);

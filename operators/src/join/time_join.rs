@@ -75,7 +75,13 @@ impl TimeJoinOperator {
     }
 
     /// Emits pairs; `refs[side]` are (batch, row) into `batches[side]`.
-    fn emit(&self, batches: [&[&RecordBatch]; 2], refs: [&[(usize, usize)]; 2], window: Option<(i64, i64)>, out: &mut Collector) -> Result<()> {
+    fn emit(
+        &self,
+        batches: [&[&RecordBatch]; 2],
+        refs: [&[(usize, usize)]; 2],
+        window: Option<(i64, i64)>,
+        out: &mut Collector,
+    ) -> Result<()> {
         if refs[0].is_empty() {
             return Ok(());
         }
@@ -134,9 +140,18 @@ impl TimeJoinOperator {
 }
 
 impl Operator for TimeJoinOperator {
-    fn process(&mut self, input: usize, batch: RecordBatch, _ctx: &OperatorContext, out: &mut Collector) -> Result<()> {
+    fn process(
+        &mut self,
+        input: usize,
+        batch: RecordBatch,
+        _ctx: &OperatorContext,
+        out: &mut Collector,
+    ) -> Result<()> {
         let ts = event_times_ms(batch.column(self.time[input]))?;
-        let cols: Vec<ArrayRef> = self.keys[input].iter().map(|i| batch.column(*i).clone()).collect();
+        let cols: Vec<ArrayRef> = self.keys[input]
+            .iter()
+            .map(|i| batch.column(*i).clone())
+            .collect();
         let keys = self.converter.convert_columns(&cols)?;
         let mut keep = Vec::with_capacity(ts.len());
         match self.mode {
@@ -153,7 +168,11 @@ impl Operator for TimeJoinOperator {
             Mode::Interval { lower, upper } => {
                 // Match against the other side's stored rows, then store.
                 let other = &self.sides[1 - input];
-                let (lo, hi) = if input == 0 { (lower, upper) } else { (-upper, -lower) };
+                let (lo, hi) = if input == 0 {
+                    (lower, upper)
+                } else {
+                    (-upper, -lower)
+                };
                 let mut ob: Vec<&RecordBatch> = Vec::new();
                 let mut bases = std::collections::HashMap::new();
                 let (mut mine, mut theirs) = (Vec::new(), Vec::new());
@@ -166,7 +185,9 @@ impl Operator for TimeJoinOperator {
                     let (from, to) = (t + lo, t + hi);
                     let key = keys.row(i);
                     for (bstart, bucket) in other.buckets.range(other.bucket_of(from)..=to) {
-                        let Some(rows) = bucket.index.get(key.as_ref()) else { continue };
+                        let Some(rows) = bucket.index.get(key.as_ref()) else {
+                            continue;
+                        };
                         let base = *bases.entry(*bstart).or_insert_with(|| {
                             let b = ob.len();
                             ob.extend(bucket.batches.iter());
@@ -193,8 +214,15 @@ impl Operator for TimeJoinOperator {
         Ok(())
     }
 
-    fn on_watermark(&mut self, wm: Watermark, _ctx: &OperatorContext, out: &mut Collector) -> Result<Option<Watermark>> {
-        let Watermark::EventTime(t) = wm else { return Ok(Some(wm)) };
+    fn on_watermark(
+        &mut self,
+        wm: Watermark,
+        _ctx: &OperatorContext,
+        out: &mut Collector,
+    ) -> Result<Option<Watermark>> {
+        let Watermark::EventTime(t) = wm else {
+            return Ok(Some(wm));
+        };
         if t <= self.watermark {
             return Ok(Some(wm));
         }
@@ -205,7 +233,11 @@ impl Operator for TimeJoinOperator {
                 let mut ends = BTreeSet::new();
                 for side in &self.sides {
                     for b in side.buckets.range(..limit).map(|(b, _)| *b) {
-                        ends.extend(self.window_ends(b, size, slide).into_iter().filter(|e| *e > self.fired_upto && *e <= limit));
+                        ends.extend(
+                            self.window_ends(b, size, slide)
+                                .into_iter()
+                                .filter(|e| *e > self.fired_upto && *e <= limit),
+                        );
                     }
                 }
                 for e in ends {
@@ -215,8 +247,12 @@ impl Operator for TimeJoinOperator {
                 // A pane is done when the last window containing it fired.
                 let last_needed = |b: i64| b - b.rem_euclid(slide) + size;
                 for side in &mut self.sides {
-                    let done: Vec<i64> =
-                        side.buckets.keys().copied().take_while(|b| last_needed(*b) <= limit).collect();
+                    let done: Vec<i64> = side
+                        .buckets
+                        .keys()
+                        .copied()
+                        .take_while(|b| last_needed(*b) <= limit)
+                        .collect();
                     for b in done {
                         side.buckets.remove(&b);
                     }

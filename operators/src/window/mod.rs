@@ -60,7 +60,10 @@ impl WindowSpec {
 
     /// Sliding windows of `size` every `slide`.
     pub fn sliding(size: Duration, slide: Duration) -> Self {
-        WindowSpec::Sliding { size_ms: ms(size), slide_ms: ms(slide) }
+        WindowSpec::Sliding {
+            size_ms: ms(size),
+            slide_ms: ms(slide),
+        }
     }
 
     /// Session windows closed by a `gap` of inactivity.
@@ -78,13 +81,17 @@ impl WindowSpec {
         let (kind, args) = s.split_once(':').ok_or_else(|| bad("missing ':'"))?;
         let parts: Vec<Duration> = args
             .split(',')
-            .map(|a| humantime_lite(a.trim()).ok_or_else(|| bad(&format!("'{a}' is not a duration"))))
+            .map(|a| {
+                humantime_lite(a.trim()).ok_or_else(|| bad(&format!("'{a}' is not a duration")))
+            })
             .collect::<Result<_>>()?;
         let spec = match (kind, parts.as_slice()) {
             ("tumbling", [size]) => WindowSpec::tumbling(*size),
             ("sliding", [size, slide]) => WindowSpec::sliding(*size, *slide),
             ("session", [gap]) => WindowSpec::session(*gap),
-            ("tumbling" | "sliding" | "session", _) => return Err(bad("wrong number of durations")),
+            ("tumbling" | "sliding" | "session", _) => {
+                return Err(bad("wrong number of durations"))
+            }
             (other, _) => return Err(bad(&format!("unknown window kind '{other}'"))),
         };
         spec.validate().map_err(|m| bad(&m))?;
@@ -93,14 +100,18 @@ impl WindowSpec {
 
     fn validate(&self) -> std::result::Result<(), String> {
         match *self {
-            WindowSpec::Tumbling { size_ms } if size_ms <= 0 => Err("window size must be positive".into()),
+            WindowSpec::Tumbling { size_ms } if size_ms <= 0 => {
+                Err("window size must be positive".into())
+            }
             WindowSpec::Sliding { size_ms, slide_ms } if size_ms <= 0 || slide_ms <= 0 => {
                 Err("window size and slide must be positive".into())
             }
-            WindowSpec::Sliding { size_ms, slide_ms } if slide_ms > size_ms => {
-                Err(format!("slide {slide_ms} ms is larger than size {size_ms} ms"))
+            WindowSpec::Sliding { size_ms, slide_ms } if slide_ms > size_ms => Err(format!(
+                "slide {slide_ms} ms is larger than size {size_ms} ms"
+            )),
+            WindowSpec::Session { gap_ms } if gap_ms <= 0 => {
+                Err("session gap must be positive".into())
             }
-            WindowSpec::Session { gap_ms } if gap_ms <= 0 => Err("session gap must be positive".into()),
             _ => Ok(()),
         }
     }
@@ -148,7 +159,11 @@ pub trait Window {
 
 impl Window for Stream {
     fn window(self, spec: WindowSpec) -> WindowedStream {
-        WindowedStream { stream: self, spec, lateness: 0 }
+        WindowedStream {
+            stream: self,
+            spec,
+            lateness: 0,
+        }
     }
 }
 
@@ -163,7 +178,11 @@ impl WindowedStream {
     /// Aggregates each window per key.
     pub fn aggregate(self, aggs: impl IntoIterator<Item = AggregateExpr>) -> Stream {
         let aggs: Vec<AggregateExpr> = aggs.into_iter().collect();
-        let WindowedStream { stream, spec, lateness } = self;
+        let WindowedStream {
+            stream,
+            spec,
+            lateness,
+        } = self;
         let err = |m: String| stream.report(plan_error(&stream, "window", m));
         if let Err(m) = spec.validate() {
             err(m);
@@ -183,33 +202,61 @@ impl WindowedStream {
         let key_idx: Vec<usize> = keys.iter().filter_map(|k| input.index_of(k).ok()).collect();
         let mut fields: Vec<Field> = key_idx.iter().map(|i| input.field(*i).clone()).collect();
         for n in ["window_start", "window_end"] {
-            fields.push(Field::new(n, DataType::Timestamp(TimeUnit::Millisecond, None), false));
+            fields.push(Field::new(
+                n,
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ));
         }
         for a in &aggs {
             match a.resolve(&input) {
                 Ok((_, f)) => fields.push(f),
-                Err(e) => err(e.to_string().trim_start_matches("configuration error: ").to_string()),
+                Err(e) => err(e
+                    .to_string()
+                    .trim_start_matches("configuration error: ")
+                    .to_string()),
             }
         }
         let output: SchemaRef = Arc::new(Schema::new(fields));
-        let key_types: Vec<DataType> = key_idx.iter().map(|i| input.field(*i).data_type().clone()).collect();
+        let key_types: Vec<DataType> = key_idx
+            .iter()
+            .map(|i| input.field(*i).data_type().clone())
+            .collect();
         let out = output.clone();
         let in_schema = input.clone();
         let factory: OperatorFactory = Arc::new(move |_ctx| {
-            let time = time.ok_or_else(|| Error::Internal("window without event time passed planning".into()))?;
+            let time = time.ok_or_else(|| {
+                Error::Internal("window without event time passed planning".into())
+            })?;
             let keys = Keys::new(key_idx.clone(), key_types.clone())?;
             let slots = Slots::new(&aggs, &in_schema)?;
             Ok(match spec {
-                WindowSpec::Tumbling { size_ms } => {
-                    Box::new(PaneWindowOperator::new(size_ms, size_ms, lateness, time, keys, slots, out.clone()))
-                        as Box<dyn Operator>
-                }
-                WindowSpec::Sliding { size_ms, slide_ms } => {
-                    Box::new(PaneWindowOperator::new(size_ms, slide_ms, lateness, time, keys, slots, out.clone()))
-                }
-                WindowSpec::Session { gap_ms } => {
-                    Box::new(SessionWindowOperator::new(gap_ms, lateness, time, keys, slots, out.clone()))
-                }
+                WindowSpec::Tumbling { size_ms } => Box::new(PaneWindowOperator::new(
+                    size_ms,
+                    size_ms,
+                    lateness,
+                    time,
+                    keys,
+                    slots,
+                    out.clone(),
+                )) as Box<dyn Operator>,
+                WindowSpec::Sliding { size_ms, slide_ms } => Box::new(PaneWindowOperator::new(
+                    size_ms,
+                    slide_ms,
+                    lateness,
+                    time,
+                    keys,
+                    slots,
+                    out.clone(),
+                )),
+                WindowSpec::Session { gap_ms } => Box::new(SessionWindowOperator::new(
+                    gap_ms,
+                    lateness,
+                    time,
+                    keys,
+                    slots,
+                    out.clone(),
+                )),
             })
         });
         let name = match spec {
@@ -225,8 +272,14 @@ impl WindowedStream {
             stream.clone()
         };
         let result = input_stream.transform_multi(name, &[], vec![output, input], factory);
-        let result = if keyed { result } else { result.set_parallelism(1) };
-        result.with_keys(if keyed { Some(keys) } else { None }).with_event_time(Some("window_end".into()))
+        let result = if keyed {
+            result
+        } else {
+            result.set_parallelism(1)
+        };
+        result
+            .with_keys(if keyed { Some(keys) } else { None })
+            .with_event_time(Some("window_end".into()))
     }
 }
 
@@ -242,7 +295,11 @@ impl LateData for Stream {
         match self.side_output(1) {
             Some(s) if name.contains("window") => s,
             _ => {
-                self.report(plan_error(self, "late_data", "late_data() follows a window aggregate"));
+                self.report(plan_error(
+                    self,
+                    "late_data",
+                    "late_data() follows a window aggregate",
+                ));
                 self.clone()
             }
         }
@@ -255,14 +312,36 @@ mod tests {
 
     #[test]
     fn parses_window_specs() {
-        assert_eq!(WindowSpec::parse("tumbling:10s").unwrap(), WindowSpec::Tumbling { size_ms: 10_000 });
+        assert_eq!(
+            WindowSpec::parse("tumbling:10s").unwrap(),
+            WindowSpec::Tumbling { size_ms: 10_000 }
+        );
         assert_eq!(
             WindowSpec::parse("sliding:1m,500ms").unwrap(),
-            WindowSpec::Sliding { size_ms: 60_000, slide_ms: 500 }
+            WindowSpec::Sliding {
+                size_ms: 60_000,
+                slide_ms: 500
+            }
         );
-        assert_eq!(WindowSpec::parse("session:5s").unwrap(), WindowSpec::Session { gap_ms: 5_000 });
-        for bad in ["weekly:1s", "tumbling", "tumbling:ten", "sliding:1s,2s", "session:0s", "sliding:10s"] {
-            assert!(WindowSpec::parse(bad).unwrap_err().to_string().contains(bad), "{bad}");
+        assert_eq!(
+            WindowSpec::parse("session:5s").unwrap(),
+            WindowSpec::Session { gap_ms: 5_000 }
+        );
+        for bad in [
+            "weekly:1s",
+            "tumbling",
+            "tumbling:ten",
+            "sliding:1s,2s",
+            "session:0s",
+            "sliding:10s",
+        ] {
+            assert!(
+                WindowSpec::parse(bad)
+                    .unwrap_err()
+                    .to_string()
+                    .contains(bad),
+                "{bad}"
+            );
         }
     }
 }

@@ -39,7 +39,15 @@ pub(crate) struct PaneWindowOperator {
 
 impl PaneWindowOperator {
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(size: i64, slide: i64, lateness: i64, time: usize, keys: Keys, slots: Slots, output: SchemaRef) -> Self {
+    pub(crate) fn new(
+        size: i64,
+        slide: i64,
+        lateness: i64,
+        time: usize,
+        keys: Keys,
+        slots: Slots,
+        output: SchemaRef,
+    ) -> Self {
         PaneWindowOperator {
             size,
             slide,
@@ -65,7 +73,9 @@ impl PaneWindowOperator {
         let last = self.last_window_start(p);
         let first_allowed = p + self.pane - self.size;
         let n = (last - first_allowed).div_euclid(self.slide) + 1;
-        (0..n.max(0)).rev().map(move |k| last - k * self.slide + self.size)
+        (0..n.max(0))
+            .rev()
+            .map(move |k| last - k * self.slide + self.size)
     }
 
     fn is_late(&self, end: i64) -> bool {
@@ -105,7 +115,13 @@ impl PaneWindowOperator {
             let keys = self.keys.columns_of(&key_ids)?;
             let aggs = self.slots.evaluate(&result_slots)?;
             let n = key_ids.len();
-            out.emit(output(&self.output, keys, vec![start; n], vec![end; n], aggs)?);
+            out.emit(output(
+                &self.output,
+                keys,
+                vec![start; n],
+                vec![end; n],
+                aggs,
+            )?);
         }
         for t in temps {
             self.slots.release(t);
@@ -120,7 +136,12 @@ impl PaneWindowOperator {
             .panes
             .keys()
             .copied()
-            .take_while(|p| (self.last_window_start(*p) + self.size).saturating_sub(1).saturating_add(lateness) <= wm)
+            .take_while(|p| {
+                (self.last_window_start(*p) + self.size)
+                    .saturating_sub(1)
+                    .saturating_add(lateness)
+                    <= wm
+            })
             .collect();
         for p in done {
             if let Some(pane) = self.panes.remove(&p) {
@@ -147,10 +168,20 @@ fn gcd(a: i64, b: i64) -> i64 {
 }
 
 impl Operator for PaneWindowOperator {
-    fn process(&mut self, _input: usize, batch: RecordBatch, _ctx: &OperatorContext, out: &mut Collector) -> Result<()> {
+    fn process(
+        &mut self,
+        _input: usize,
+        batch: RecordBatch,
+        _ctx: &OperatorContext,
+        out: &mut Collector,
+    ) -> Result<()> {
         let ts = event_times_ms(batch.column(self.time))?;
         let ids = self.keys.intern(&batch)?;
-        let (mut rows, mut slots, mut late) = (Vec::with_capacity(ts.len()), Vec::with_capacity(ts.len()), Vec::new());
+        let (mut rows, mut slots, mut late) = (
+            Vec::with_capacity(ts.len()),
+            Vec::with_capacity(ts.len()),
+            Vec::new(),
+        );
         let mut refire: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
         let mut cur: Option<(i64, Pane)> = None;
         for (i, (t, k)) in ts.iter().zip(&ids).enumerate() {
@@ -179,7 +210,10 @@ impl Operator for PaneWindowOperator {
             slots.push(slot);
             // Within allowed lateness, windows that already fired fire again.
             if p < self.fired_upto {
-                for e in self.window_ends(p).filter(|e| *e <= self.fired_upto && !self.is_late(*e)) {
+                for e in self
+                    .window_ends(p)
+                    .filter(|e| *e <= self.fired_upto && !self.is_late(*e))
+                {
                     refire.entry(e).or_default().push(*k);
                 }
             }
@@ -199,8 +233,15 @@ impl Operator for PaneWindowOperator {
         Ok(())
     }
 
-    fn on_watermark(&mut self, wm: Watermark, _ctx: &OperatorContext, out: &mut Collector) -> Result<Option<Watermark>> {
-        let Watermark::EventTime(t) = wm else { return Ok(Some(wm)) };
+    fn on_watermark(
+        &mut self,
+        wm: Watermark,
+        _ctx: &OperatorContext,
+        out: &mut Collector,
+    ) -> Result<Option<Watermark>> {
+        let Watermark::EventTime(t) = wm else {
+            return Ok(Some(wm));
+        };
         if t <= self.watermark {
             return Ok(Some(wm));
         }
@@ -208,7 +249,10 @@ impl Operator for PaneWindowOperator {
         let limit = t.saturating_add(1);
         let mut ends = BTreeSet::new();
         for p in self.panes.range(..limit).map(|(p, _)| *p) {
-            ends.extend(self.window_ends(p).filter(|e| *e > self.fired_upto && *e <= limit));
+            ends.extend(
+                self.window_ends(p)
+                    .filter(|e| *e > self.fired_upto && *e <= limit),
+            );
         }
         for e in ends {
             self.fire(e, None, out)?;
@@ -216,5 +260,78 @@ impl Operator for PaneWindowOperator {
         self.fired_upto = self.fired_upto.max(limit);
         self.purge();
         Ok(Some(wm))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+    use crate::aggregate::{count, sum};
+
+    fn op(size: i64, slide: i64) -> PaneWindowOperator {
+        let input: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("ts", DataType::Int64, false),
+        ]));
+        let keys = Keys::new(vec![0], vec![DataType::Int64]).unwrap();
+        let slots = Slots::new(&[count(), sum("ts")], &input).unwrap();
+        let ts = DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None);
+        let output: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("window_start", ts.clone(), false),
+            Field::new("window_end", ts, false),
+            Field::new("count", DataType::Int64, false),
+            Field::new("sum_ts", DataType::Int64, true),
+        ]));
+        PaneWindowOperator::new(size, slide, 0, 1, keys, slots, output)
+    }
+
+    fn ctx() -> OperatorContext {
+        OperatorContext {
+            operator: "w".into(),
+            subtask: 0,
+            parallelism: 1,
+            max_parallelism: 128,
+            input_schemas: vec![],
+            watermark: None,
+        }
+    }
+
+    #[test]
+    fn state_per_record_does_not_grow_with_overlap() {
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("ts", DataType::Int64, false),
+        ]));
+        // 1,000 records, 10 keys, all within one 1 s slide.
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from_iter_values((0..1000).map(|i| i % 10))),
+                Arc::new(Int64Array::from_iter_values((0..1000).map(|i| i % 1000))),
+            ],
+        )
+        .unwrap();
+        for size in [1_000, 10_000, 600_000] {
+            let mut w = op(size, 1_000);
+            let mut out = Collector::default();
+            w.process(0, batch.clone(), &ctx(), &mut out).unwrap();
+            // One slot per key in one pane, whatever size/slide is.
+            assert_eq!(w.live_slots(), 10, "size {size}");
+            w.on_watermark(Watermark::MAX, &ctx(), &mut out).unwrap();
+            let rows: usize = out.take_main().iter().map(|b| b.num_rows()).sum();
+            assert_eq!(
+                rows as i64,
+                10 * size / 1_000,
+                "every window of every key fires once"
+            );
+            assert_eq!(w.live_slots(), 0, "fired panes are freed");
+            assert_eq!(w.keys.live(), 0, "keys are forgotten with their panes");
+        }
     }
 }

@@ -39,7 +39,14 @@ pub(crate) struct SessionWindowOperator {
 }
 
 impl SessionWindowOperator {
-    pub(crate) fn new(gap: i64, lateness: i64, time: usize, keys: Keys, slots: Slots, output: SchemaRef) -> Self {
+    pub(crate) fn new(
+        gap: i64,
+        lateness: i64,
+        time: usize,
+        keys: Keys,
+        slots: Slots,
+        output: SchemaRef,
+    ) -> Self {
         SessionWindowOperator {
             gap,
             lateness,
@@ -56,7 +63,8 @@ impl SessionWindowOperator {
 
     fn unschedule(&mut self, k: u32, s: &Session) {
         if s.fired {
-            self.purges.remove(&(s.end.saturating_add(self.lateness), k, s.start));
+            self.purges
+                .remove(&(s.end.saturating_add(self.lateness), k, s.start));
         } else {
             self.timers.remove(&(s.end, k, s.start));
         }
@@ -64,7 +72,8 @@ impl SessionWindowOperator {
 
     fn schedule(&mut self, k: u32, s: &Session) {
         if s.fired {
-            self.purges.insert((s.end.saturating_add(self.lateness), k, s.start));
+            self.purges
+                .insert((s.end.saturating_add(self.lateness), k, s.start));
         } else {
             self.timers.insert((s.end, k, s.start));
         }
@@ -103,7 +112,13 @@ fn resolve(redirect: &HashMap<u32, u32>, mut s: u32) -> u32 {
 }
 
 impl Operator for SessionWindowOperator {
-    fn process(&mut self, _input: usize, batch: RecordBatch, _ctx: &OperatorContext, out: &mut Collector) -> Result<()> {
+    fn process(
+        &mut self,
+        _input: usize,
+        batch: RecordBatch,
+        _ctx: &OperatorContext,
+        out: &mut Collector,
+    ) -> Result<()> {
         let ts = event_times_ms(batch.column(self.time))?;
         let ids = self.keys.intern(&batch)?;
         let (mut rows, mut slots, mut late) = (Vec::new(), Vec::new(), Vec::new());
@@ -114,7 +129,11 @@ impl Operator for SessionWindowOperator {
             let (t, k) = (*t, *k);
             let (mut start, mut end) = (t, t.saturating_add(self.gap));
             let list = self.sessions.entry(k).or_default();
-            let overlapping: Vec<Session> = list.iter().copied().filter(|s| s.start < end && t < s.end).collect();
+            let overlapping: Vec<Session> = list
+                .iter()
+                .copied()
+                .filter(|s| s.start < end && t < s.end)
+                .collect();
             for s in &overlapping {
                 start = start.min(s.start);
                 end = end.max(s.end);
@@ -143,7 +162,12 @@ impl Operator for SessionWindowOperator {
                     self.slots.alloc()
                 }
             };
-            let merged = Session { start, end, slot, fired: was_fired && end.saturating_sub(1) <= self.watermark };
+            let merged = Session {
+                start,
+                end,
+                slot,
+                fired: was_fired && end.saturating_sub(1) <= self.watermark,
+            };
             self.sessions.entry(k).or_default().push(merged);
             for o in &overlapping {
                 self.unschedule(k, o);
@@ -170,13 +194,26 @@ impl Operator for SessionWindowOperator {
         refire.dedup();
         let fired: Vec<(u32, Session)> = refire
             .iter()
-            .filter_map(|(k, start)| self.sessions.get(k)?.iter().find(|s| s.start == *start).map(|s| (*k, *s)))
+            .filter_map(|(k, start)| {
+                self.sessions
+                    .get(k)?
+                    .iter()
+                    .find(|s| s.start == *start)
+                    .map(|s| (*k, *s))
+            })
             .collect();
         self.emit(&fired, out)
     }
 
-    fn on_watermark(&mut self, wm: Watermark, _ctx: &OperatorContext, out: &mut Collector) -> Result<Option<Watermark>> {
-        let Watermark::EventTime(t) = wm else { return Ok(Some(wm)) };
+    fn on_watermark(
+        &mut self,
+        wm: Watermark,
+        _ctx: &OperatorContext,
+        out: &mut Collector,
+    ) -> Result<Option<Watermark>> {
+        let Watermark::EventTime(t) = wm else {
+            return Ok(Some(wm));
+        };
         if t <= self.watermark {
             return Ok(Some(wm));
         }
@@ -187,7 +224,11 @@ impl Operator for SessionWindowOperator {
                 break;
             }
             self.timers.pop_first();
-            let Some(s) = self.sessions.get_mut(&k).and_then(|l| l.iter_mut().find(|s| s.start == start)) else {
+            let Some(s) = self
+                .sessions
+                .get_mut(&k)
+                .and_then(|l| l.iter_mut().find(|s| s.start == start))
+            else {
                 continue;
             };
             s.fired = true;

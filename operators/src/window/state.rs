@@ -29,7 +29,9 @@ impl Keys {
         let converter = if columns.is_empty() {
             None
         } else {
-            Some(RowConverter::new(types.into_iter().map(SortField::new).collect())?)
+            Some(RowConverter::new(
+                types.into_iter().map(SortField::new).collect(),
+            )?)
         };
         Ok(Keys {
             converter,
@@ -51,13 +53,20 @@ impl Keys {
             }
             return Ok(vec![0; batch.num_rows()]);
         };
-        let cols: Vec<ArrayRef> = self.columns.iter().map(|c| batch.column(*c).clone()).collect();
+        let cols: Vec<ArrayRef> = self
+            .columns
+            .iter()
+            .map(|c| batch.column(*c).clone())
+            .collect();
         let rows = conv.convert_columns(&cols)?;
         let mut ids = Vec::with_capacity(rows.num_rows());
         for row in rows.iter() {
             let bytes = row.as_ref();
             let h = self.hasher.hash_one(bytes);
-            let found = self.table.find(h, |id| &*self.rows[*id as usize] == bytes).copied();
+            let found = self
+                .table
+                .find(h, |id| &*self.rows[*id as usize] == bytes)
+                .copied();
             let id = match found {
                 Some(id) => id,
                 None => {
@@ -73,7 +82,8 @@ impl Keys {
                         }
                     };
                     let (rows, hasher) = (&self.rows, &self.hasher);
-                    self.table.insert_unique(h, id, |id| hasher.hash_one(&*rows[*id as usize]));
+                    self.table
+                        .insert_unique(h, id, |id| hasher.hash_one(&*rows[*id as usize]));
                     id
                 }
             };
@@ -103,7 +113,9 @@ impl Keys {
 
     /// The key columns for `ids`.
     pub(crate) fn columns_of(&self, ids: &[u32]) -> Result<Vec<ArrayRef>> {
-        let Some(conv) = &self.converter else { return Ok(Vec::new()) };
+        let Some(conv) = &self.converter else {
+            return Ok(Vec::new());
+        };
         let parser = conv.parser();
         let rows = ids.iter().map(|id| parser.parse(&self.rows[*id as usize]));
         Ok(conv.convert_rows(rows)?)
@@ -133,14 +145,19 @@ impl Slots {
             accs.push(a.accumulator(idx.map(|i| input.field(i).data_type()))?);
             inputs.push(idx);
         }
-        Ok(Slots { accs, inputs, free: Vec::new(), len: 0 })
+        Ok(Slots {
+            accs,
+            inputs,
+            free: Vec::new(),
+            len: 0,
+        })
     }
 
     pub(crate) fn alloc(&mut self) -> u32 {
         if let Some(s) = self.free.pop() {
             return s;
         }
-        if self.len % 1024 == 0 {
+        if self.len.is_multiple_of(1024) {
             for a in &mut self.accs {
                 a.resize(self.len + 1024);
             }
@@ -156,7 +173,12 @@ impl Slots {
         self.free.push(slot);
     }
 
-    pub(crate) fn update(&mut self, batch: &RecordBatch, rows: &[u32], slots: &[u32]) -> Result<()> {
+    pub(crate) fn update(
+        &mut self,
+        batch: &RecordBatch,
+        rows: &[u32],
+        slots: &[u32],
+    ) -> Result<()> {
         for (a, idx) in self.accs.iter_mut().zip(&self.inputs) {
             a.update(idx.map(|i| batch.column(i)), rows, slots)?;
         }
