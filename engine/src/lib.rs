@@ -21,6 +21,7 @@
 //!   propagation, the embedded cluster.
 //! - [`hash`]: the stable, vectorized row hash used for key routing.
 //! - [`error`]: the error enum shared by the library crates.
+//! - [`testing`]: a source over prepared batches for tests and examples.
 #![warn(missing_docs)]
 
 pub mod data;
@@ -33,6 +34,7 @@ pub mod operator;
 pub mod plan;
 pub mod runtime;
 pub mod state;
+pub mod testing;
 
 pub use data::{EventTime, StreamMessage, Watermark};
 pub use dsl::{Collected, Env, SinkSpec, SourceSpec, Stream};

@@ -33,4 +33,5 @@ pub mod union;
 pub mod window;
 
 mod error;
+pub(crate) use error::advance;
 pub use error::plan_error;

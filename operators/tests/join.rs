@@ -8,7 +8,7 @@ use arrow::array::{AsArray, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimestampMillisecondType};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use sluice_engine::{Env, OperatorContext, Result, Source, SourcePoll, Stream};
+use sluice_engine::{Env, Stream};
 use sluice_operators::prelude::*;
 
 fn schema(prefix: &str) -> SchemaRef {
@@ -18,19 +18,6 @@ fn schema(prefix: &str) -> SchemaRef {
         Field::new(format!("{prefix}ts"), DataType::Int64, false),
         Field::new(format!("{prefix}id"), DataType::Int64, false),
     ]))
-}
-
-struct Rows(Vec<RecordBatch>);
-impl Source for Rows {
-    fn poll(&mut self, _ctx: &OperatorContext) -> Result<SourcePoll> {
-        if self.0.is_empty() {
-            return Ok(SourcePoll::End);
-        }
-        Ok(SourcePoll::Batch {
-            split: 0,
-            batch: self.0.remove(0),
-        })
-    }
 }
 
 type Row = (i64, i64, i64, i64);
@@ -62,14 +49,11 @@ fn stream(env: &Env, prefix: &str, data: &[Row]) -> Stream {
             .unwrap()
         })
         .collect();
-    env.source_fn(&format!("{prefix}src"), s, move |_| {
-        Ok(Box::new(Rows(batches.clone())))
-    })
-    .set_parallelism(1)
-    .watermarks(bounded_out_of_orderness(
-        &format!("{prefix}ts"),
-        Duration::from_millis(300),
-    ))
+    env.from_batches(&format!("{prefix}src"), s, batches)
+        .watermarks(bounded_out_of_orderness(
+            &format!("{prefix}ts"),
+            Duration::from_millis(300),
+        ))
 }
 
 /// (left id, right id, window start) of every pair.
@@ -177,7 +161,7 @@ fn interval_join_matches_nested_loops() {
 #[test]
 fn time_joins_need_watermarks_and_matching_key_types() {
     let env = Env::new();
-    let plain = env.source_fn("plain", schema("p_"), |_| Ok(Box::new(Rows(vec![]))));
+    let plain = env.from_batches("plain", schema("p_"), vec![]);
     plain
         .clone()
         .interval_join(stream(&env, "r_", &[]), &["p_k"], &["r_k"], 0, 1)

@@ -10,7 +10,7 @@ use arrow::datatypes::{
     DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimestampMillisecondType,
 };
 use serde::{Deserialize, Serialize};
-use sluice_engine::{Env, OperatorContext, Result, Source, SourcePoll, Stream};
+use sluice_engine::{Env, Stream};
 use sluice_operators::prelude::*;
 
 fn schema() -> SchemaRef {
@@ -19,19 +19,6 @@ fn schema() -> SchemaRef {
         Field::new("name", DataType::Utf8, false),
         Field::new("ts", DataType::Int64, false),
     ]))
-}
-
-struct Rows(Vec<RecordBatch>);
-impl Source for Rows {
-    fn poll(&mut self, _ctx: &OperatorContext) -> Result<SourcePoll> {
-        if self.0.is_empty() {
-            return Ok(SourcePoll::End);
-        }
-        Ok(SourcePoll::Batch {
-            split: 0,
-            batch: self.0.remove(0),
-        })
-    }
 }
 
 /// One batch per entry of `rows` groups, from a single source subtask.
@@ -50,10 +37,7 @@ fn source(env: &Env, groups: Vec<Vec<(i64, &str, i64)>>) -> Stream {
             .unwrap()
         })
         .collect();
-    env.source_fn("rows", schema(), move |_| {
-        Ok(Box::new(Rows(batches.clone())))
-    })
-    .set_parallelism(1)
+    env.from_batches("rows", schema(), batches)
 }
 
 fn numbers(env: &Env, n: i64) -> Stream {

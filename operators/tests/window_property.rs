@@ -10,7 +10,7 @@ use arrow::datatypes::{
     DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimestampMillisecondType,
 };
 use proptest::prelude::*;
-use sluice_engine::{Env, OperatorContext, Result, Source, SourcePoll, Stream};
+use sluice_engine::{Env, Stream};
 use sluice_operators::prelude::*;
 
 fn schema() -> SchemaRef {
@@ -19,19 +19,6 @@ fn schema() -> SchemaRef {
         Field::new("ts", DataType::Int64, false),
         Field::new("v", DataType::Int64, false),
     ]))
-}
-
-struct Batches(Vec<RecordBatch>);
-impl Source for Batches {
-    fn poll(&mut self, _ctx: &OperatorContext) -> Result<SourcePoll> {
-        if self.0.is_empty() {
-            return Ok(SourcePoll::End);
-        }
-        Ok(SourcePoll::Batch {
-            split: 0,
-            batch: self.0.remove(0),
-        })
-    }
 }
 
 type Rec = (i64, i64, i64);
@@ -96,11 +83,7 @@ fn run(batches: Vec<RecordBatch>, delay: i64, spec: WindowSpec, p: usize) -> (Ou
     // One source subtask: each window subtask then has one input channel, so
     // which records are late does not depend on thread timing (with several
     // channels, a record can overtake another channel's watermark).
-    let src: Stream = env
-        .source_fn("input", schema(), move |_| {
-            Ok(Box::new(Batches(batches.clone())))
-        })
-        .set_parallelism(1);
+    let src: Stream = env.from_batches("input", schema(), batches);
     let agg = src
         .watermarks(bounded_out_of_orderness(
             "ts",

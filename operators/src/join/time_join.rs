@@ -220,13 +220,9 @@ impl Operator for TimeJoinOperator {
         _ctx: &OperatorContext,
         out: &mut Collector,
     ) -> Result<Option<Watermark>> {
-        let Watermark::EventTime(t) = wm else {
+        let Some(t) = crate::advance(&mut self.watermark, wm) else {
             return Ok(Some(wm));
         };
-        if t <= self.watermark {
-            return Ok(Some(wm));
-        }
-        self.watermark = t;
         match self.mode {
             Mode::Window { size, slide } => {
                 let limit = t.saturating_add(1);

@@ -239,13 +239,9 @@ impl Operator for PaneWindowOperator {
         _ctx: &OperatorContext,
         out: &mut Collector,
     ) -> Result<Option<Watermark>> {
-        let Watermark::EventTime(t) = wm else {
+        let Some(t) = crate::advance(&mut self.watermark, wm) else {
             return Ok(Some(wm));
         };
-        if t <= self.watermark {
-            return Ok(Some(wm));
-        }
-        self.watermark = t;
         let limit = t.saturating_add(1);
         let mut ends = BTreeSet::new();
         for p in self.panes.range(..limit).map(|(p, _)| *p) {

@@ -211,13 +211,9 @@ impl Operator for SessionWindowOperator {
         _ctx: &OperatorContext,
         out: &mut Collector,
     ) -> Result<Option<Watermark>> {
-        let Watermark::EventTime(t) = wm else {
+        let Some(t) = crate::advance(&mut self.watermark, wm) else {
             return Ok(Some(wm));
         };
-        if t <= self.watermark {
-            return Ok(Some(wm));
-        }
-        self.watermark = t;
         let mut fired = Vec::new();
         while let Some(&(end, k, start)) = self.timers.first() {
             if end.saturating_sub(1) > t {
