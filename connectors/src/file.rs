@@ -213,35 +213,34 @@ impl Source for FileSubtask {
     }
 
     fn poll(&mut self, _ctx: &OperatorContext) -> Result<SourcePoll> {
-        loop {
-            if self.current.is_none() {
-                let Some(path) = self.files.get(self.index) else {
-                    return Ok(SourcePoll::End);
-                };
-                self.current = Some(self.spec.reader(path, &self.schema)?);
+        let Some(path) = self.files.get(self.index) else {
+            return Ok(SourcePoll::End);
+        };
+        if self.current.is_none() {
+            self.current = Some(self.spec.reader(path, &self.schema)?);
+        }
+        match self.current.as_mut().and_then(|r| r.next()) {
+            Some(Ok(batch)) => {
+                if batch.schema().fields() != self.schema.fields() {
+                    return Err(Error::connector(
+                        "file",
+                        format!(
+                            "{} has a different schema from the first file",
+                            path.display()
+                        ),
+                    ));
+                }
+                Ok(SourcePoll::Batch {
+                    split: self.index,
+                    batch,
+                })
             }
-            let path = &self.files[self.index];
-            match self.current.as_mut().and_then(|r| r.next()) {
-                Some(Ok(batch)) => {
-                    if batch.schema().fields() != self.schema.fields() {
-                        return Err(Error::connector(
-                            "file",
-                            format!(
-                                "{} has a different schema from the first file",
-                                path.display()
-                            ),
-                        ));
-                    }
-                    return Ok(SourcePoll::Batch {
-                        split: self.index,
-                        batch,
-                    });
-                }
-                Some(Err(e)) => return Err(Error::Decode(format!("{}: {e}", path.display()))),
-                None => {
-                    self.current = None;
-                    self.index += 1;
-                }
+            Some(Err(e)) => Err(Error::Decode(format!("{}: {e}", path.display()))),
+            None => {
+                // This file is done: its split no longer holds back time.
+                self.current = None;
+                self.index += 1;
+                Ok(SourcePoll::SplitEnd(self.index - 1))
             }
         }
     }

@@ -129,6 +129,8 @@ pub enum SourcePoll {
         /// The records.
         batch: RecordBatch,
     },
+    /// Split `0` is exhausted: it stops holding back the watermark.
+    SplitEnd(usize),
     /// Nothing available now; the runtime backs off and polls again.
     Idle,
     /// The source is exhausted (bounded input).

@@ -292,6 +292,14 @@ fn run_source(
                     chain.entry_watermark(wm)?;
                 }
             }
+            SourcePoll::SplitEnd(split) => {
+                if let Some(g) = gen.as_mut() {
+                    g.finish(split);
+                    if let Some(wm) = g.poll() {
+                        chain.entry_watermark(wm)?;
+                    }
+                }
+            }
             SourcePoll::Idle => {
                 if let Some(wm) = gen.as_mut().and_then(|g| g.poll()) {
                     chain.entry_watermark(wm)?;

@@ -19,6 +19,7 @@ pub struct SplitWatermarks {
     column: usize,
     max_ts: Vec<Option<i64>>,
     last_active: Vec<Instant>,
+    finished: Vec<bool>,
     emitted: Option<Watermark>,
 }
 
@@ -37,6 +38,7 @@ impl SplitWatermarks {
             column,
             max_ts: vec![None; splits.max(1)],
             last_active: vec![now; splits.max(1)],
+            finished: vec![false; splits.max(1)],
             emitted: None,
         })
     }
@@ -46,6 +48,7 @@ impl SplitWatermarks {
         if split >= self.max_ts.len() {
             self.max_ts.resize(split + 1, None);
             self.last_active.resize(split + 1, Instant::now());
+            self.finished.resize(split + 1, false);
         }
         let ts = event_times_ms(batch.column(self.column))?;
         if let Some(m) = ts.iter().max() {
@@ -54,6 +57,13 @@ impl SplitWatermarks {
         }
         self.last_active[split] = Instant::now();
         Ok(())
+    }
+
+    /// Split `split` has no more records: it no longer holds time back.
+    pub fn finish(&mut self, split: usize) {
+        if split < self.finished.len() {
+            self.finished[split] = true;
+        }
     }
 
     /// The watermark to emit now, if it differs from the last one emitted.
@@ -67,7 +77,7 @@ impl SplitWatermarks {
         let mut min: Option<i64> = None;
         let mut any_active = false;
         for i in 0..self.max_ts.len() {
-            if idle(i) {
+            if idle(i) || self.finished[i] {
                 continue;
             }
             any_active = true;
@@ -79,6 +89,10 @@ impl SplitWatermarks {
                 None => return None,
             };
             min = Some(min.map_or(w, |m: i64| m.min(w)));
+        }
+        if !any_active && self.finished.iter().all(|f| *f) {
+            // Every split ended: the source's own end sends the final watermark.
+            return None;
         }
         let wm = match (any_active, min) {
             (false, _) => Watermark::Idle,
@@ -248,6 +262,27 @@ mod tests {
         assert_eq!(w.end(2), Some(Watermark::Idle));
         assert_eq!(w.end(0), None);
         assert_eq!(w.end(1), Some(Watermark::MAX));
+    }
+
+    #[test]
+    fn finished_splits_stop_holding_time() {
+        use arrow::array::Int64Array;
+        use arrow::datatypes::{DataType, Field, Schema};
+        use std::sync::Arc;
+        let schema = Arc::new(Schema::new(vec![Field::new("ts", DataType::Int64, false)]));
+        let batch = |t: i64| {
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![t]))]).unwrap()
+        };
+        let strategy = WatermarkStrategy::bounded_out_of_orderness("ts", Duration::from_millis(10));
+        let mut g = SplitWatermarks::new(strategy, &schema, 2).unwrap();
+        g.observe(0, &batch(100)).unwrap();
+        assert_eq!(g.poll(), None, "split 1 has not spoken yet");
+        g.observe(1, &batch(500)).unwrap();
+        assert_eq!(g.poll(), Some(Watermark::EventTime(89)));
+        g.finish(0);
+        assert_eq!(g.poll(), Some(Watermark::EventTime(489)));
+        g.finish(1);
+        assert_eq!(g.poll(), None, "the end of input sends the final watermark");
     }
 
     #[test]
