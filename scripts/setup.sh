@@ -17,4 +17,6 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
 fi
 
 have cargo || { echo "setup: cargo not found; install a Rust toolchain (rustup) first" >&2; exit 1; }
-rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
+if have rustup && ! rustup component list --installed 2>/dev/null | grep -q clippy; then
+  rustup component add rustfmt clippy
+fi
