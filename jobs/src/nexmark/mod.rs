@@ -10,7 +10,7 @@
 //! | q4 | average winning price per category |
 //! | q5 | hottest auctions: most bids per sliding window (10 s, every 2 s) |
 //! | q7 | highest bids per tumbling window of 10 s |
-//! | q8 | persons who created an auction in the tumbling window they joined |
+//! | q8 | persons who created an auction in the tumbling window they joined (window join) |
 //! | q11 | bids per bidder session (gap 10 s) |
 
 mod winning_bids;
@@ -166,17 +166,21 @@ pub fn build(env: &Env, query: Query, cfg: &NexmarkConfig) -> Stream {
             ])
             .top_by_window(secs(10), "price"),
         Query::Q8 => {
+            // Persons and sellers per 10 s window, then a window join on the
+            // aggregates' event time (window_end): rows of window [s, e) from
+            // both sides meet in the join window starting at e, and the join
+            // drops them once the watermark passes.
             let p = persons(env, cfg)
                 .key_by(["id", "name"])
                 .window(WindowSpec::tumbling(secs(10)))
                 .aggregate([count()])
-                .select([col("id"), col("name"), col("window_start")]);
+                .select([col("id"), col("name"), col("window_start"), col("window_end")]);
             let a = auctions(env, cfg)
                 .key_by(["seller"])
                 .window(WindowSpec::tumbling(secs(10)))
                 .aggregate([count()])
-                .select([col("seller"), col("window_start").alias("auction_window")]);
-            p.join(a, &["id", "window_start"], &["seller", "auction_window"])
+                .select([col("seller"), col("window_start").alias("auction_window"), col("window_end")]);
+            p.window_join(a, &["id", "window_start"], &["seller", "auction_window"], JoinWindow::tumbling(secs(10)))
                 .select([col("id"), col("name"), col("window_start")])
         }
         Query::Q11 => bids(env, cfg)
