@@ -174,14 +174,28 @@ pub fn build(env: &Env, query: Query, cfg: &NexmarkConfig) -> Stream {
                 .key_by(["id", "name"])
                 .window(WindowSpec::tumbling(secs(10)))
                 .aggregate([count()])
-                .select([col("id"), col("name"), col("window_start"), col("window_end")]);
+                .select([
+                    col("id"),
+                    col("name"),
+                    col("window_start"),
+                    col("window_end"),
+                ]);
             let a = auctions(env, cfg)
                 .key_by(["seller"])
                 .window(WindowSpec::tumbling(secs(10)))
                 .aggregate([count()])
-                .select([col("seller"), col("window_start").alias("auction_window"), col("window_end")]);
-            p.window_join(a, &["id", "window_start"], &["seller", "auction_window"], JoinWindow::tumbling(secs(10)))
-                .select([col("id"), col("name"), col("window_start")])
+                .select([
+                    col("seller"),
+                    col("window_start").alias("auction_window"),
+                    col("window_end"),
+                ]);
+            p.window_join(
+                a,
+                &["id", "window_start"],
+                &["seller", "auction_window"],
+                JoinWindow::tumbling(secs(10)),
+            )
+            .select([col("id"), col("name"), col("window_start")])
         }
         Query::Q11 => bids(env, cfg)
             .key_by(["bidder"])
