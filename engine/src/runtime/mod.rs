@@ -5,6 +5,7 @@
 //! runs on an async reactor), propagates the first failure to every task and
 //! returns it.
 
+pub mod align;
 pub mod task;
 pub mod watermark;
 

@@ -353,7 +353,8 @@ fn run_inputs(
                     chain.watermark(0, w)?;
                 }
             }
-            // Barrier alignment arrives with checkpoints; until then barriers pass.
+            // Nothing emits barriers until checkpoints are triggered; the
+            // checkpoint runtime routes them through `align::Aligner` here.
             Ok(StreamMessage::Barrier(_)) => {}
             // A channel that disconnects without saying it ended lost its
             // upstream to a failure, which that upstream reports itself.
