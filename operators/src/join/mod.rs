@@ -145,17 +145,35 @@ pub(crate) fn join_schema(
     (Arc::new(Schema::new(fields)), types)
 }
 
+/// Column indices of `keys` in `s` (unknown ones were reported by `join_schema`).
+fn key_indices(s: &Stream, keys: &[&str]) -> Vec<usize> {
+    keys.iter()
+        .filter_map(|k| s.schema().index_of(k).ok())
+        .collect()
+}
+
+/// Hash-partitions both inputs on their keys and adds the two-input operator.
+fn wire(
+    left: Stream,
+    right: Stream,
+    lk: &[&str],
+    rk: &[&str],
+    verb: &str,
+    schema: SchemaRef,
+    factory: OperatorFactory,
+) -> Stream {
+    let l = left.keyed_by(lk);
+    let r = right.keyed_by(rk);
+    l.transform_multi(verb, &[&r], vec![schema], factory)
+}
+
 impl Join for Stream {
     fn join(self, right: Stream, left_keys: &[&str], right_keys: &[&str]) -> Stream {
         let (schema, types) = join_schema(&self, &right, left_keys, right_keys, "join");
-        let li: Vec<usize> = left_keys
-            .iter()
-            .filter_map(|k| self.schema().index_of(k).ok())
-            .collect();
-        let ri: Vec<usize> = right_keys
-            .iter()
-            .filter_map(|k| right.schema().index_of(k).ok())
-            .collect();
+        let (li, ri) = (
+            key_indices(&self, left_keys),
+            key_indices(&right, right_keys),
+        );
         let out = schema.clone();
         let factory: OperatorFactory = Arc::new(move |_ctx| {
             Ok(Box::new(StreamJoinOperator::new(
@@ -165,9 +183,7 @@ impl Join for Stream {
                 out.clone(),
             )?))
         });
-        let left = self.keyed_by(left_keys);
-        let right = right.keyed_by(right_keys);
-        left.transform_multi("join", &[&right], vec![schema], factory)
+        wire(self, right, left_keys, right_keys, "join", schema, factory)
     }
 
     fn window_join(
@@ -268,14 +284,7 @@ fn time_join(
         }
     }
     let schema: SchemaRef = Arc::new(Schema::new(fields));
-    let li: Vec<usize> = lk
-        .iter()
-        .filter_map(|k| left.schema().index_of(k).ok())
-        .collect();
-    let ri: Vec<usize> = rk
-        .iter()
-        .filter_map(|k| right.schema().index_of(k).ok())
-        .collect();
+    let (li, ri) = (key_indices(&left, lk), key_indices(&right, rk));
     let widths = [left.schema().fields().len(), right.schema().fields().len()];
     let out = schema.clone();
     let factory: OperatorFactory = Arc::new(move |_ctx| {
@@ -289,9 +298,7 @@ fn time_join(
         )?))
     });
     let left_time = left.event_time().map(str::to_string);
-    let l = left.keyed_by(lk);
-    let r = right.keyed_by(rk);
-    let joined = l.transform_multi(verb, &[&r], vec![schema], factory);
+    let joined = wire(left, right, lk, rk, verb, schema, factory);
     if windowed {
         let end = joined.schema().fields().last().map(|f| f.name().clone());
         joined.with_event_time(end)
