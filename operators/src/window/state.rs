@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, TimestampMillisecondArray};
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::array::{ArrayRef, AsArray, Int64Array, TimestampMillisecondArray};
+use arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use arrow_row::{RowConverter, SortField};
 use hashbrown::HashTable;
@@ -15,6 +15,8 @@ use crate::aggregate::{Accumulator, AggregateExpr};
 
 /// Interns group keys: equal keys get the same id while any slot uses them.
 pub(crate) struct Keys {
+    /// Fast path for the common single Int64 key: values, not row bytes.
+    ints: Option<IntKeys>,
     converter: Option<RowConverter>,
     columns: Vec<usize>,
     table: HashTable<u32>,
@@ -24,9 +26,16 @@ pub(crate) struct Keys {
     hasher: ahash::RandomState,
 }
 
+#[derive(Default)]
+struct IntKeys {
+    ids: hashbrown::HashMap<Option<i64>, u32>,
+    values: Vec<Option<i64>>,
+}
+
 impl Keys {
     pub(crate) fn new(columns: Vec<usize>, types: Vec<DataType>) -> Result<Self> {
-        let converter = if columns.is_empty() {
+        let ints = (types == [DataType::Int64]).then(IntKeys::default);
+        let converter = if columns.is_empty() || ints.is_some() {
             None
         } else {
             Some(RowConverter::new(
@@ -34,6 +43,7 @@ impl Keys {
             )?)
         };
         Ok(Keys {
+            ints,
             converter,
             columns,
             table: HashTable::new(),
@@ -46,6 +56,32 @@ impl Keys {
 
     /// The key id of every row (not yet retained).
     pub(crate) fn intern(&mut self, batch: &RecordBatch) -> Result<Vec<u32>> {
+        if let Some(ints) = &mut self.ints {
+            let col = batch.column(self.columns[0]).as_primitive::<Int64Type>();
+            let mut out = Vec::with_capacity(col.len());
+            for v in col.iter() {
+                let id = match ints.ids.get(&v) {
+                    Some(id) => *id,
+                    None => {
+                        let id = match self.free.pop() {
+                            Some(id) => {
+                                ints.values[id as usize] = v;
+                                id
+                            }
+                            None => {
+                                ints.values.push(v);
+                                self.refs.push(0);
+                                (ints.values.len() - 1) as u32
+                            }
+                        };
+                        ints.ids.insert(v, id);
+                        id
+                    }
+                };
+                out.push(id);
+            }
+            return Ok(out);
+        }
         let Some(conv) = &self.converter else {
             if self.rows.is_empty() {
                 self.rows.push(Box::new([]));
@@ -101,7 +137,13 @@ impl Keys {
     pub(crate) fn release(&mut self, id: u32) {
         let r = &mut self.refs[id as usize];
         *r -= 1;
-        if *r == 0 && self.converter.is_some() {
+        if *r != 0 {
+            return;
+        }
+        if let Some(ints) = &mut self.ints {
+            ints.ids.remove(&ints.values[id as usize]);
+            self.free.push(id);
+        } else if self.converter.is_some() {
             let h = self.hasher.hash_one(&*self.rows[id as usize]);
             if let Ok(e) = self.table.find_entry(h, |x| *x == id) {
                 e.remove();
@@ -113,6 +155,10 @@ impl Keys {
 
     /// The key columns for `ids`.
     pub(crate) fn columns_of(&self, ids: &[u32]) -> Result<Vec<ArrayRef>> {
+        if let Some(ints) = &self.ints {
+            let values: Int64Array = ids.iter().map(|id| ints.values[*id as usize]).collect();
+            return Ok(vec![Arc::new(values)]);
+        }
         let Some(conv) = &self.converter else {
             return Ok(Vec::new());
         };
@@ -124,7 +170,7 @@ impl Keys {
     /// Distinct keys currently held (for tests and metrics).
     #[cfg(test)]
     pub(crate) fn live(&self) -> usize {
-        self.table.len()
+        self.ints.as_ref().map_or(self.table.len(), |i| i.ids.len())
     }
 }
 
