@@ -65,7 +65,8 @@ impl FileSource {
         self.batch_size = n.max(1);
         self
     }
-    /// Uses this schema instead of inferring one (CSV, JSON).
+    /// Uses this schema instead of inferring one. CSV and JSON are parsed
+    /// into it; Parquet files must have exactly this schema.
     pub fn with_schema(mut self, schema: SchemaRef) -> Self {
         self.schema = Some(schema);
         self
@@ -108,7 +109,7 @@ impl FileSource {
 
     fn schema_of(&self, path: &Path) -> Result<SchemaRef> {
         let file = Self::open(path)?;
-        Ok(match self.format {
+        let schema = match self.format {
             Format::Parquet => ParquetRecordBatchReaderBuilder::try_new(file)
                 .map_err(|e| Self::bad(path, e))?
                 .schema()
@@ -127,7 +128,13 @@ impl FileSource {
                         .map_err(|e| Self::bad(path, e))?;
                 Arc::new(schema)
             }
-        })
+        };
+        if schema.fields().is_empty() {
+            // An empty CSV/JSON file infers no columns; say so now rather
+            // than fail later on a confusing zero-column batch.
+            return Err(Self::bad(path, "no columns found (empty file?)"));
+        }
+        Ok(schema)
     }
 
     fn reader(&self, path: &Path, schema: &SchemaRef) -> Result<Reader> {
@@ -208,8 +215,9 @@ struct FileSubtask {
 }
 
 impl Source for FileSubtask {
+    /// One split per file this subtask owns (possibly none).
     fn splits(&self) -> usize {
-        self.files.len().max(1)
+        self.files.len()
     }
 
     fn poll(&mut self, _ctx: &OperatorContext) -> Result<SourcePoll> {
@@ -225,8 +233,10 @@ impl Source for FileSubtask {
                     return Err(Error::connector(
                         "file",
                         format!(
-                            "{} has a different schema from the first file",
-                            path.display()
+                            "{} has schema {:?}, expected {:?} (from the first file or with_schema)",
+                            path.display(),
+                            batch.schema(),
+                            self.schema
                         ),
                     ));
                 }

@@ -16,7 +16,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use sluice_engine::graph::SinkFactory;
-use sluice_engine::{Error, OperatorContext, Result, Sink, SinkSpec};
+use sluice_engine::{Error, OperatorContext, Result, Sink, SinkSpec, Watermark};
 use tracing::debug;
 
 /// Writes Parquet files into a directory.
@@ -40,17 +40,19 @@ impl ParquetSink {
             compression: Compression::SNAPPY,
         }
     }
-    /// Rows per row group.
+    /// Largest number of rows per row group (default 1 Mi).
     pub fn row_group_size(mut self, rows: usize) -> Self {
         self.row_group_size = rows.max(1);
         self
     }
-    /// Roll to a new file past this many bytes.
+    /// Roll to a new file once it holds this many bytes (encoded size,
+    /// checked after each batch; default 128 MiB).
     pub fn max_file_size(mut self, bytes: usize) -> Self {
         self.max_file_size = bytes.max(1);
         self
     }
-    /// Roll to a new file when the current one is this old.
+    /// Roll to a new file when the current one is this old (checked when a
+    /// batch or a watermark arrives).
     pub fn rollover_interval(mut self, d: Duration) -> Self {
         self.rollover = Some(d);
         self
@@ -74,6 +76,7 @@ impl SinkSpec for ParquetSink {
                 spec: spec.clone(),
                 schema: input.clone(),
                 current: None,
+                pending: Vec::new(),
                 seq: 0,
                 subtask: 0,
             }))
@@ -113,6 +116,8 @@ struct ParquetWriterTask {
     spec: ParquetSink,
     schema: SchemaRef,
     current: Option<OpenFile>,
+    /// Closed files not yet published (a checkpoint's pre-commit set later).
+    pending: Vec<PendingFile>,
     seq: u64,
     subtask: usize,
 }
@@ -142,29 +147,50 @@ impl ParquetWriterTask {
         Ok(self.current.as_mut().expect("opened above"))
     }
 
-    /// Finishes the current file; it is complete but not yet visible.
-    fn close_file(&mut self) -> Result<Option<PendingFile>> {
+    /// Finishes the current file (footer written, contents synced to disk,
+    /// so a later publish never exposes a torn file) and queues it as
+    /// pending: complete but not yet visible.
+    fn close_current_as_pending(&mut self) -> Result<()> {
         let Some(f) = self.current.take() else {
-            return Ok(None);
+            return Ok(());
         };
-        f.writer.close().map_err(|e| {
+        let file = f.writer.into_inner().map_err(|e| {
             Error::connector(
                 "parquet",
                 format!("closing {}: {e}", f.in_progress.display()),
             )
         })?;
-        Ok(Some(PendingFile {
+        file.sync_all()
+            .map_err(|e| Error::io(format!("syncing {}", f.in_progress.display()), e))?;
+        debug!(file = %f.target.display(), "parquet file complete");
+        self.pending.push(PendingFile {
             in_progress: f.in_progress,
             target: f.target,
-        }))
+        });
+        Ok(())
     }
 
-    fn roll(&mut self) -> Result<()> {
-        if let Some(p) = self.close_file()? {
-            debug!(file = %p.target.display(), "parquet file complete");
+    /// Makes every pending file visible under its final name.
+    fn publish_pending(&mut self) -> Result<()> {
+        for p in std::mem::take(&mut self.pending) {
             p.publish()?;
         }
         Ok(())
+    }
+
+    /// Without checkpoints a closed file is published at once.
+    fn roll(&mut self) -> Result<()> {
+        self.close_current_as_pending()?;
+        self.publish_pending()
+    }
+
+    /// Whether the current file is due to roll by size or age.
+    fn due(&self) -> bool {
+        self.current.as_ref().is_some_and(|f| {
+            let size = f.writer.bytes_written() + f.writer.in_progress_size();
+            size >= self.spec.max_file_size
+                || self.spec.rollover.is_some_and(|r| f.opened.elapsed() >= r)
+        })
     }
 }
 
@@ -192,14 +218,22 @@ impl Sink for ParquetWriterTask {
     }
 
     fn write(&mut self, batch: RecordBatch, _ctx: &OperatorContext) -> Result<()> {
-        let max = self.spec.max_file_size;
-        let rollover = self.spec.rollover;
         let f = self.open_file()?;
-        f.writer
-            .write(&batch)
-            .map_err(|e| Error::connector("parquet", e))?;
-        let size = f.writer.bytes_written() + f.writer.in_progress_size();
-        if size >= max || rollover.is_some_and(|r| f.opened.elapsed() >= r) {
+        f.writer.write(&batch).map_err(|e| {
+            Error::connector(
+                "parquet",
+                format!("writing {}: {e}", f.in_progress.display()),
+            )
+        })?;
+        if self.due() {
+            self.roll()?;
+        }
+        Ok(())
+    }
+
+    fn on_watermark(&mut self, _watermark: Watermark, _ctx: &OperatorContext) -> Result<()> {
+        // Watermarks keep arriving when data does not: roll files by age here too.
+        if self.due() {
             self.roll()?;
         }
         Ok(())

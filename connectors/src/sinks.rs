@@ -1,5 +1,5 @@
 //! Sinks for demos and benchmarks: [`PrintSink`] writes pretty tables to
-//! stdout, [`DiscardSink`] drops everything (counting rows).
+//! stdout, [`DiscardSink`] drops everything (counting rows for the log).
 
 use std::io::Write;
 use std::sync::Arc;
@@ -8,16 +8,30 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use sluice_engine::graph::SinkFactory;
 use sluice_engine::{Error, OperatorContext, Result, Sink, SinkSpec};
+use tracing::debug;
 
-/// Drops every record.
+/// Drops every record; each subtask logs how many rows it dropped when it
+/// closes (at debug level).
 #[derive(Debug, Default, Clone)]
 pub struct DiscardSink;
 
-struct Discard(u64);
+struct Discard {
+    rows: u64,
+}
 
 impl Sink for Discard {
     fn write(&mut self, batch: RecordBatch, _ctx: &OperatorContext) -> Result<()> {
-        self.0 += batch.num_rows() as u64;
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    fn close(&mut self, ctx: &OperatorContext) -> Result<()> {
+        debug!(
+            operator = %ctx.operator,
+            subtask = ctx.subtask,
+            rows = self.rows,
+            "discard sink closed"
+        );
         Ok(())
     }
 }
@@ -27,11 +41,13 @@ impl SinkSpec for DiscardSink {
         "discard".into()
     }
     fn factory(&self, _input: SchemaRef) -> SinkFactory {
-        Arc::new(|_| Ok(Box::new(Discard(0))))
+        Arc::new(|_| Ok(Box::new(Discard { rows: 0 })))
     }
 }
 
-/// Prints batches as tables on stdout.
+/// Prints batches as tables on stdout. With more than one subtask every line
+/// starts with `{subtask}> ` (as Flink's print sink does), so interleaved
+/// output stays attributable.
 #[derive(Debug, Default, Clone)]
 pub struct PrintSink;
 
@@ -39,14 +55,17 @@ struct Print;
 
 impl Sink for Print {
     fn write(&mut self, batch: RecordBatch, ctx: &OperatorContext) -> Result<()> {
-        let table = arrow::util::pretty::pretty_format_batches(&[batch])?;
+        let table = arrow::util::pretty::pretty_format_batches(&[batch])?.to_string();
+        // One lock per batch: a table is never split by another subtask's.
         let mut out = std::io::stdout().lock();
-        let r = if ctx.parallelism > 1 {
-            writeln!(out, "[{} {}]\n{table}", ctx.operator, ctx.subtask)
+        let written = if ctx.parallelism > 1 {
+            table
+                .lines()
+                .try_for_each(|line| writeln!(out, "{}> {line}", ctx.subtask))
         } else {
             writeln!(out, "{table}")
         };
-        r.map_err(|e| Error::io("writing to stdout", e))
+        written.map_err(|e| Error::io("writing to stdout", e))
     }
 }
 

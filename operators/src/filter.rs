@@ -31,13 +31,33 @@ impl Operator for FilterOperator {
 
 /// The `filter` verb.
 pub trait Filter {
-    /// Keeps the rows where `predicate` is true. Keys and event time are kept.
+    /// Keeps the rows where `predicate` is true (null counts as false).
+    /// Keys and event time are kept. A predicate that is not Boolean, or
+    /// names an unknown column, is a plan error naming `filter after '<node>'`.
     ///
     /// ```
+    /// # use std::sync::Arc;
+    /// # use arrow::array::{AsArray, Int64Array, RecordBatch, StringArray};
+    /// # use arrow::datatypes::{DataType, Field, Int64Type, Schema};
     /// # use sluice_operators::prelude::*;
-    /// # fn f(bids: Stream) -> Stream {
-    /// bids.filter(col("price").gt(lit(100)).and(col("channel").eq(lit("web"))))
-    /// # }
+    /// # let schema = Arc::new(Schema::new(vec![
+    /// #     Field::new("auction", DataType::Int64, false),
+    /// #     Field::new("price", DataType::Int64, false),
+    /// #     Field::new("channel", DataType::Utf8, false),
+    /// # ]));
+    /// # let batch = RecordBatch::try_new(schema.clone(), vec![
+    /// #     Arc::new(Int64Array::from(vec![1, 2, 3])),
+    /// #     Arc::new(Int64Array::from(vec![50, 150, 300])),
+    /// #     Arc::new(StringArray::from(vec!["web", "web", "app"])),
+    /// # ]).unwrap();
+    /// let env = Env::new();
+    /// let bids = env.from_batches("bids", schema, vec![batch]);
+    /// let out = bids
+    ///     .filter(col("price").gt(lit(100)).and(col("channel").eq(lit("web"))))
+    ///     .collect();
+    /// env.execute()?;
+    /// assert_eq!(out.concat().column(0).as_primitive::<Int64Type>().values(), &[2]);
+    /// # Ok::<(), sluice_engine::Error>(())
     /// ```
     fn filter(self, predicate: Expr) -> Stream;
 }

@@ -4,6 +4,15 @@
 //! of the input type and the outputs are serialized back into one batch. The
 //! output schema is traced from the output type at plan time. Built-in
 //! operators never pay this cost; these verbs are for convenience.
+//!
+//! Types: struct fields map to columns by name (`i64` ↔ Int64, `f64` ↔
+//! Float64, `String` ↔ Utf8, `Option<T>` ↔ nullable). An input field may
+//! read a Timestamp column as `i64`; an output timestamp is traced as
+//! Int64, which `watermarks` accepts as epoch milliseconds. For a typed
+//! `Timestamp(Millisecond)` column, follow the map with
+//! `select([col("ts").cast(DataType::Timestamp(TimeUnit::Millisecond, None)), ...])`
+//! or build the batch yourself with `map_batches`. The output of these
+//! verbs is not keyed and has no event time: re-assign them downstream.
 
 use std::fmt::Display;
 use std::marker::PhantomData;
@@ -115,16 +124,39 @@ where
 pub trait Map {
     /// One output row per input row.
     ///
+    /// A field of `I` missing from the input (and not an `Option`) is a plan
+    /// error naming the field. A panic in `f` fails the job with the panic
+    /// message and the operator's name.
+    ///
     /// ```
-    /// # use sluice_operators::prelude::*;
+    /// # use std::sync::Arc;
+    /// # use arrow::array::{AsArray, Int64Array, RecordBatch};
+    /// # use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema};
     /// # use serde::{Deserialize, Serialize};
+    /// # use sluice_operators::prelude::*;
+    /// # let schema = Arc::new(Schema::new(vec![
+    /// #     Field::new("auction", DataType::Int64, false),
+    /// #     Field::new("price", DataType::Int64, false),
+    /// # ]));
+    /// # let batch = RecordBatch::try_new(schema.clone(), vec![
+    /// #     Arc::new(Int64Array::from(vec![1, 2])),
+    /// #     Arc::new(Int64Array::from(vec![100, 250])),
+    /// # ]).unwrap();
+    /// let env = Env::new();
+    /// let bids = env.from_batches("bids", schema, vec![batch]);
     /// #[derive(Deserialize)]
     /// struct Bid { auction: i64, price: i64 }
     /// #[derive(Serialize, Deserialize)]
     /// struct Euro { auction: i64, euros: f64 }
-    /// # fn f(bids: Stream) -> Stream {
-    /// bids.map(|b: Bid| Euro { auction: b.auction, euros: b.price as f64 * 0.908 })
-    /// # }
+    ///
+    /// let out = bids
+    ///     .map(|b: Bid| Euro { auction: b.auction, euros: b.price as f64 * 0.5 })
+    ///     .collect();
+    /// env.execute()?;
+    /// let b = out.concat();
+    /// assert_eq!(b.schema().field(1).name(), "euros");
+    /// assert_eq!(b.column(1).as_primitive::<Float64Type>().values(), &[50.0, 125.0]);
+    /// # Ok::<(), sluice_engine::Error>(())
     /// ```
     fn map<I, O, F>(self, f: F) -> Stream
     where
@@ -133,6 +165,36 @@ pub trait Map {
         F: Fn(I) -> O + Send + Sync + 'static;
 
     /// Any number of output rows per input row.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use arrow::array::{AsArray, Int64Array, RecordBatch};
+    /// # use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema};
+    /// # use serde::{Deserialize, Serialize};
+    /// # use sluice_operators::prelude::*;
+    /// # let schema = Arc::new(Schema::new(vec![
+    /// #     Field::new("auction", DataType::Int64, false),
+    /// #     Field::new("price", DataType::Int64, false),
+    /// # ]));
+    /// # let batch = RecordBatch::try_new(schema.clone(), vec![
+    /// #     Arc::new(Int64Array::from(vec![1, 2])),
+    /// #     Arc::new(Int64Array::from(vec![100, 250])),
+    /// # ]).unwrap();
+    /// let env = Env::new();
+    /// let bids = env.from_batches("bids", schema, vec![batch]);
+    /// #[derive(Deserialize)]
+    /// struct Bid { auction: i64, price: i64 }
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Unit { auction: i64 }
+    ///
+    /// // One row per started 100 of price.
+    /// let out = bids
+    ///     .flat_map(|b: Bid| (0..(b.price + 99) / 100).map(move |_| Unit { auction: b.auction }))
+    ///     .collect();
+    /// env.execute()?;
+    /// assert_eq!(out.concat().column(0).as_primitive::<Int64Type>().values(), &[1, 2, 2, 2]);
+    /// # Ok::<(), sluice_engine::Error>(())
+    /// ```
     fn flat_map<I, O, F, It>(self, f: F) -> Stream
     where
         I: DeserializeOwned + 'static,
@@ -140,7 +202,27 @@ pub trait Map {
         It: IntoIterator<Item = O>,
         F: Fn(I) -> It + Send + Sync + 'static;
 
-    /// Like `map`, but an `Err` fails the job with the error and the operator's name.
+    /// Like `map`, but an `Err` fails the job with an `Error::User` holding
+    /// the error and the operator's name.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use arrow::array::{Int64Array, RecordBatch};
+    /// # use arrow::datatypes::{DataType, Field, Schema};
+    /// # use serde::{Deserialize, Serialize};
+    /// # use sluice_operators::prelude::*;
+    /// # let schema = Arc::new(Schema::new(vec![Field::new("price", DataType::Int64, false)]));
+    /// # let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![5, -1]))]).unwrap();
+    /// #[derive(Deserialize, Serialize)]
+    /// struct Price { price: i64 }
+    ///
+    /// let env = Env::new();
+    /// env.from_batches("bids", schema, vec![batch])
+    ///     .try_map(|p: Price| if p.price < 0 { Err(format!("negative price {}", p.price)) } else { Ok(p) })
+    ///     .collect();
+    /// let err = env.execute().unwrap_err().to_string();
+    /// assert!(err.contains("try_map after 'bids'") && err.contains("negative price -1"));
+    /// ```
     fn try_map<I, O, E, F>(self, f: F) -> Stream
     where
         I: DeserializeOwned + 'static,
@@ -148,7 +230,39 @@ pub trait Map {
         E: Display,
         F: Fn(I) -> std::result::Result<O, E> + Send + Sync + 'static;
 
-    /// A function over whole batches producing batches of `schema`.
+    /// A function over whole batches producing batches of `schema`. A
+    /// returned batch whose columns differ from `schema` fails the job with
+    /// an [`Error::User`] naming the operator.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use arrow::array::{AsArray, Int64Array, RecordBatch};
+    /// # use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema};
+    /// # use serde::{Deserialize, Serialize};
+    /// # use sluice_operators::prelude::*;
+    /// # let schema = Arc::new(Schema::new(vec![
+    /// #     Field::new("auction", DataType::Int64, false),
+    /// #     Field::new("price", DataType::Int64, false),
+    /// # ]));
+    /// # let batch = RecordBatch::try_new(schema.clone(), vec![
+    /// #     Arc::new(Int64Array::from(vec![1, 2])),
+    /// #     Arc::new(Int64Array::from(vec![100, 250])),
+    /// # ]).unwrap();
+    /// let env = Env::new();
+    /// let bids = env.from_batches("bids", schema, vec![batch]);
+    /// let doubled = Arc::new(Schema::new(vec![Field::new("double", DataType::Int64, false)]));
+    /// let declared = doubled.clone();
+    /// let out = bids
+    ///     .map_batches(doubled, move |b| {
+    ///         let price = b.column(1).as_primitive::<Int64Type>();
+    ///         let twice = arrow::compute::kernels::numeric::mul(price, &Int64Array::new_scalar(2))?;
+    ///         Ok(RecordBatch::try_new(declared.clone(), vec![twice])?)
+    ///     })
+    ///     .collect();
+    /// env.execute()?;
+    /// assert_eq!(out.concat().column(0).as_primitive::<Int64Type>().values(), &[200, 500]);
+    /// # Ok::<(), sluice_engine::Error>(())
+    /// ```
     fn map_batches<F>(self, schema: SchemaRef, f: F) -> Stream
     where
         F: Fn(RecordBatch) -> Result<RecordBatch> + Send + Sync + 'static;
@@ -241,21 +355,26 @@ impl Operator for BatchMapOperator {
         let b = (self.f)(batch)?;
         if b.schema().fields() != self.schema.fields() {
             return Err(Error::User(format!(
-                "{}: the function returned columns {:?} but declared {:?}",
+                "{}: the function returned {} but declared {}",
                 self.name,
-                b.schema()
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().as_str())
-                    .collect::<Vec<_>>(),
-                self.schema
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().as_str())
-                    .collect::<Vec<_>>()
+                describe(&b.schema()),
+                describe(&self.schema)
             )));
         }
         out.emit(b);
         Ok(())
     }
+}
+
+/// `[name: type, ...]` with `?` marking nullable columns, for error messages.
+fn describe(schema: &Schema) -> String {
+    let cols: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let null = if f.is_nullable() { "?" } else { "" };
+            format!("{}: {}{null}", f.name(), f.data_type())
+        })
+        .collect();
+    format!("[{}]", cols.join(", "))
 }

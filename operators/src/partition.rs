@@ -11,11 +11,37 @@ pub trait KeyBy {
     /// Hash-partitions by `cols` (through key groups) and marks the stream
     /// keyed, so windows and joins group by these columns.
     ///
+    /// Unknown columns are plan errors naming `key_by after '<node>'`.
+    ///
     /// ```
+    /// # use std::sync::Arc;
+    /// # use arrow::array::{AsArray, Int64Array, RecordBatch};
+    /// # use arrow::datatypes::{DataType, Field, Int64Type, Schema};
     /// # use sluice_operators::prelude::*;
-    /// # fn f(bids: Stream) -> Stream {
-    /// bids.key_by(["auction"])
-    /// # }
+    /// # let schema = Arc::new(Schema::new(vec![
+    /// #     Field::new("auction", DataType::Int64, false),
+    /// #     Field::new("ts", DataType::Int64, false),
+    /// # ]));
+    /// # let batch = RecordBatch::try_new(schema.clone(), vec![
+    /// #     Arc::new(Int64Array::from(vec![1, 2, 1, 3])),
+    /// #     Arc::new(Int64Array::from(vec![10, 20, 30, 40])),
+    /// # ]).unwrap();
+    /// # let sorted = |c: &sluice_engine::Collected| {
+    /// #     let mut v: Vec<i64> = c.batches().iter()
+    /// #         .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+    /// #         .collect();
+    /// #     v.sort();
+    /// #     v
+    /// # };
+    /// let env = Env::new();
+    /// env.set_parallelism(2);
+    /// let bids = env.from_batches("bids", schema, vec![batch]);
+    /// let keyed = bids.key_by(["auction"]);
+    /// assert_eq!(keyed.keys(), Some(&["auction".to_string()][..]));
+    /// let out = keyed.filter(col("ts").gt(lit(15))).collect();
+    /// env.execute()?;
+    /// assert_eq!(sorted(&out), [1, 2, 3]);
+    /// # Ok::<(), sluice_engine::Error>(())
     /// ```
     fn key_by<'a>(self, cols: impl IntoIterator<Item = &'a str>) -> Stream;
 }
@@ -27,7 +53,41 @@ impl KeyBy for Stream {
     }
 }
 
-/// Non-keyed repartitioning verbs.
+/// Non-keyed repartitioning verbs. Each sets how the *next* operator's
+/// input edge routes batches, and drops any keying.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use arrow::array::{AsArray, Int64Array, RecordBatch};
+/// # use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+/// # use sluice_operators::prelude::*;
+/// # let schema = Arc::new(Schema::new(vec![
+/// #     Field::new("auction", DataType::Int64, false),
+/// #     Field::new("ts", DataType::Int64, false),
+/// # ]));
+/// # let batch = RecordBatch::try_new(schema.clone(), vec![
+/// #     Arc::new(Int64Array::from(vec![1, 2, 1, 3])),
+/// #     Arc::new(Int64Array::from(vec![10, 20, 30, 40])),
+/// # ]).unwrap();
+/// # let sorted = |c: &sluice_engine::Collected| {
+/// #     let mut v: Vec<i64> = c.batches().iter()
+/// #         .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+/// #         .collect();
+/// #     v.sort();
+/// #     v
+/// # };
+/// let env = Env::new();
+/// env.set_parallelism(2);
+/// let bids = env.from_batches("bids", schema, vec![batch]);
+/// let spread = bids.clone().rebalance().filter(lit(true)).collect();
+/// let everywhere = bids.clone().broadcast().filter(lit(true)).collect();
+/// let balanced = bids.load_balance().filter(lit(true)).collect();
+/// env.execute()?;
+/// assert_eq!(sorted(&spread), [1, 1, 2, 3]);
+/// assert_eq!(sorted(&everywhere), [1, 1, 1, 1, 2, 2, 3, 3], "each of 2 subtasks sees every row");
+/// assert_eq!(sorted(&balanced), [1, 1, 2, 3]);
+/// # Ok::<(), sluice_engine::Error>(())
+/// ```
 pub trait Repartition {
     /// Round-robin, a batch at a time.
     fn rebalance(self) -> Stream;
@@ -54,12 +114,41 @@ pub trait Watermarks {
     /// Assigns event time and watermarks; on a source directly, watermarks
     /// are tracked per source split.
     ///
+    /// The event-time column must be Int64 epoch milliseconds or a
+    /// Timestamp; anything else is a plan error.
+    ///
     /// ```
+    /// # use std::sync::Arc;
+    /// # use arrow::array::{AsArray, Int64Array, RecordBatch};
+    /// # use arrow::datatypes::{DataType, Field, Int64Type, Schema};
     /// # use sluice_operators::prelude::*;
-    /// # use std::time::Duration;
-    /// # fn f(bids: Stream) -> Stream {
-    /// bids.watermarks(bounded_out_of_orderness("date_time", Duration::from_secs(1)).idle_after(Duration::from_secs(5)))
-    /// # }
+    /// # let schema = Arc::new(Schema::new(vec![
+    /// #     Field::new("auction", DataType::Int64, false),
+    /// #     Field::new("ts", DataType::Int64, false),
+    /// # ]));
+    /// # let batch = RecordBatch::try_new(schema.clone(), vec![
+    /// #     Arc::new(Int64Array::from(vec![1, 2, 1, 3])),
+    /// #     Arc::new(Int64Array::from(vec![10, 20, 30, 40])),
+    /// # ]).unwrap();
+    /// # let sorted = |c: &sluice_engine::Collected| {
+    /// #     let mut v: Vec<i64> = c.batches().iter()
+    /// #         .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+    /// #         .collect();
+    /// #     v.sort();
+    /// #     v
+    /// # };
+    /// let env = Env::new();
+    /// env.set_parallelism(2);
+    /// let bids = env.from_batches("bids", schema, vec![batch]);
+    /// use std::time::Duration;
+    /// let timed = bids.watermarks(
+    ///     bounded_out_of_orderness("ts", Duration::from_secs(1)).idle_after(Duration::from_secs(5)),
+    /// );
+    /// assert_eq!(timed.event_time(), Some("ts"));
+    /// let out = timed.collect();
+    /// env.execute()?;
+    /// assert_eq!(sorted(&out), [1, 1, 2, 3]);
+    /// # Ok::<(), sluice_engine::Error>(())
     /// ```
     fn watermarks(self, strategy: WatermarkStrategy) -> Stream;
 }
@@ -70,7 +159,8 @@ impl Watermarks for Stream {
     }
 }
 
-/// Watermarks trailing the largest timestamp seen by `delay`.
+/// Watermarks trailing the largest event time seen (in `column`) by
+/// `delay`: a record may arrive up to `delay` after a later one.
 pub fn bounded_out_of_orderness(column: &str, delay: Duration) -> WatermarkStrategy {
     WatermarkStrategy::bounded_out_of_orderness(column, delay)
 }

@@ -40,12 +40,34 @@ pub trait Select {
     /// column they reference). Keys and event time survive when their
     /// columns are selected unchanged.
     ///
+    /// Output names must be unique; an unknown column or a type error is a
+    /// plan error naming `select after '<node>'`.
+    ///
     /// ```
+    /// # use std::sync::Arc;
+    /// # use arrow::array::{AsArray, Int64Array, RecordBatch, StringArray};
+    /// # use arrow::datatypes::{DataType, Field, Int64Type, Schema};
     /// # use sluice_operators::prelude::*;
-    /// # use arrow::datatypes::DataType;
-    /// # fn f(bids: Stream) -> Stream {
-    /// bids.select([col("auction"), (col("price").cast(DataType::Float64) * lit(0.908)).alias("euros")])
-    /// # }
+    /// # let schema = Arc::new(Schema::new(vec![
+    /// #     Field::new("auction", DataType::Int64, false),
+    /// #     Field::new("price", DataType::Int64, false),
+    /// #     Field::new("channel", DataType::Utf8, false),
+    /// # ]));
+    /// # let batch = RecordBatch::try_new(schema.clone(), vec![
+    /// #     Arc::new(Int64Array::from(vec![1, 2, 3])),
+    /// #     Arc::new(Int64Array::from(vec![50, 150, 300])),
+    /// #     Arc::new(StringArray::from(vec!["web", "web", "app"])),
+    /// # ]).unwrap();
+    /// let env = Env::new();
+    /// let bids = env.from_batches("bids", schema, vec![batch]);
+    /// let out = bids
+    ///     .select([col("auction"), (col("price") * lit(0.5)).alias("half")])
+    ///     .collect();
+    /// env.execute()?;
+    /// let b = out.concat();
+    /// assert_eq!(b.schema().field(1).name(), "half");
+    /// assert_eq!(b.column(1).as_primitive::<arrow::datatypes::Float64Type>().values(), &[25.0, 75.0, 150.0]);
+    /// # Ok::<(), sluice_engine::Error>(())
     /// ```
     fn select(self, exprs: impl IntoIterator<Item = Expr>) -> Stream;
 }
@@ -66,13 +88,7 @@ impl Select for Stream {
                 ));
             }
             match e.data_type(&input) {
-                Ok(t) => {
-                    let nullable = e
-                        .as_column()
-                        .and_then(|c| input.field_with_name(c).ok())
-                        .is_none_or(|f| f.is_nullable());
-                    fields.push(Field::new(name, t, nullable));
-                }
+                Ok(t) => fields.push(Field::new(name, t, e.nullable(&input))),
                 Err(err) => {
                     self.report(plan_error(&self, "select", err));
                     fields.push(Field::new(name, arrow::datatypes::DataType::Null, true));

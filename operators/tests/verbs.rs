@@ -476,3 +476,138 @@ fn unbounded_join_emits_each_pair_once() {
         assert_eq!(pairs, vec![(1, 10), (1, 30), (3, 10), (3, 30)]);
     }
 }
+
+#[test]
+fn filter_and_select_keep_keys_and_event_time_when_columns_survive() {
+    let env = Env::new();
+    let timed = numbers(&env, 4)
+        .watermarks(bounded_out_of_orderness("ts", Duration::ZERO))
+        .key_by(["name"]);
+    let f = timed.clone().filter(col("id").gt(lit(0)));
+    assert_eq!(f.keys(), Some(&["name".to_string()][..]));
+    assert_eq!(f.event_time(), Some("ts"));
+    let kept = f
+        .clone()
+        .select([col("name"), col("ts"), col("id") * lit(2)]);
+    assert_eq!(kept.keys(), Some(&["name".to_string()][..]));
+    assert_eq!(kept.event_time(), Some("ts"));
+    let renamed = f.select([col("name").alias("n"), (col("ts") + lit(1)).alias("ts")]);
+    assert_eq!(renamed.keys(), None, "a renamed key column is not the key");
+    assert_eq!(
+        renamed.event_time(),
+        None,
+        "a computed 'ts' is not event time"
+    );
+    assert!(
+        !renamed.schema().field(0).is_nullable(),
+        "a non-null column stays non-null"
+    );
+}
+
+#[test]
+fn select_rejects_duplicate_names_and_map_batches_checks_its_schema() {
+    let env = Env::new();
+    drop(
+        numbers(&env, 3)
+            .select([col("id"), col("ts").alias("id")])
+            .collect(),
+    );
+    let err = env.execute().unwrap_err().to_string();
+    assert!(
+        err.contains("select after 'rows'") && err.contains("'id' appears twice"),
+        "{err}"
+    );
+
+    let env = Env::new();
+    let declared = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+    drop(
+        numbers(&env, 3)
+            .map_batches(declared, |b| Ok(b.project(&[1])?))
+            .collect(),
+    );
+    let err = env.execute().unwrap_err().to_string();
+    assert!(
+        err.contains("map_batches after 'rows'")
+            && err.contains("returned [name: Utf8]")
+            && err.contains("declared [id: Int64]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn union_names_the_first_differing_column_and_widens_nullability() {
+    let env = Env::new();
+    let floats = numbers(&env, 2).select([
+        col("id"),
+        col("name"),
+        col("ts").cast(DataType::Float64).alias("ts"),
+    ]);
+    drop(numbers(&env, 3).union(&[floats]).collect());
+    let err = env.execute().unwrap_err().to_string();
+    assert!(
+        err.contains("union after 'rows")
+            && err.contains("column 2 is 'ts' (Int64) vs 'ts' (Float64)"),
+        "{err}"
+    );
+
+    for p in [1, 3] {
+        let env = Env::new();
+        env.set_parallelism(p);
+        // `numbers` has non-null columns; a cast can produce nulls, so the
+        // other side's `name` is nullable and holds nulls.
+        let nullable = numbers(&env, 4).select([
+            col("id"),
+            lit("x")
+                .cast(DataType::Int64)
+                .cast(DataType::Utf8)
+                .alias("name"),
+            col("ts"),
+        ]);
+        assert!(nullable.schema().field(1).is_nullable());
+        let u = numbers(&env, 5).union(&[nullable]);
+        assert!(u.schema().field(1).is_nullable(), "widened");
+        assert!(!u.schema().field(0).is_nullable(), "id stays non-null");
+        let out = u.select([col("name"), col("id")]).collect();
+        env.execute().unwrap();
+        let b = out.concat();
+        assert_eq!(b.num_rows(), 9);
+        assert_eq!(b.column(0).null_count(), 4, "the nullable side's names");
+        assert_eq!(
+            ids(&out.batches(), 1),
+            vec![0, 0, 1, 1, 2, 2, 3, 3, 4],
+            "p={p}"
+        );
+    }
+}
+
+#[test]
+fn timestamp_literals_filter_timestamp_columns() {
+    use arrow::datatypes::TimeUnit;
+    for p in [1, 4] {
+        let env = Env::new();
+        env.set_parallelism(p);
+        let at = numbers(&env, 20).select([
+            col("id"),
+            col("ts")
+                .cast(DataType::Timestamp(TimeUnit::Millisecond, None))
+                .alias("at"),
+        ]);
+        let out = at
+            .clone()
+            .rebalance()
+            .filter(col("at").gt_eq(lit_timestamp_ms(150)))
+            .collect();
+        env.execute().unwrap();
+        // ts = id * 10, so ts >= 150 means id >= 15.
+        let want: Vec<i64> = (0..20).filter(|i| i * 10 >= 150).collect();
+        assert_eq!(ids(&out.batches(), 0), want, "p={p}");
+    }
+    let env = Env::new();
+    drop(
+        numbers(&env, 3)
+            .filter(col("name").gt(lit_timestamp_ms(1)))
+            .collect(),
+    );
+    let err = env.execute().unwrap_err().to_string();
+    assert!(err.contains("cannot compare 'name' (Utf8)"), "{err}");
+}

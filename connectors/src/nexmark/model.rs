@@ -29,7 +29,7 @@ pub const BID_PROPORTION: u64 = 46;
 pub const NUM_ACTIVE_PEOPLE: i64 = 1000;
 /// Auctions open at a time.
 pub const NUM_IN_FLIGHT_AUCTIONS: i64 = 100;
-/// Lead of generated ids over the last one (references to the near future).
+/// Lead of person ids over the last one (references to the near future).
 pub const PERSON_ID_LEAD: i64 = 10;
 /// Lead of auction ids.
 pub const AUCTION_ID_LEAD: i64 = 10;
@@ -41,7 +41,8 @@ pub const HOT_AUCTION_RATIO: u64 = 2;
 pub const HOT_BIDDER_RATIO: u64 = 4;
 /// Hot ids are multiples of this.
 pub const HOT_ID_STRIDE: i64 = 100;
-/// Target average record sizes in bytes (padding goes to `extra`).
+/// Target average record sizes in bytes, as Beam counts them (padding goes
+/// to `extra`).
 pub const AVG_PERSON_BYTES: usize = 200;
 /// See [`AVG_PERSON_BYTES`].
 pub const AVG_AUCTION_BYTES: usize = 500;
@@ -71,8 +72,12 @@ pub const FIRST_NAMES: [&str; 11] = [
 pub const LAST_NAMES: [&str; 9] = [
     "Shultz", "Abrams", "Spencer", "White", "Bartels", "Walton", "Smith", "Jones", "Noris",
 ];
-/// Named bid channels (the rest are `channel-N`).
-pub const CHANNELS: [&str; 4] = ["Google", "Facebook", "Baidu", "Apple"];
+/// Hot bid channels (Flink nexmark); the others are `channel-N`.
+pub const HOT_CHANNELS: [&str; 4] = ["Google", "Facebook", "Baidu", "Apple"];
+/// 1 in this many bids comes through a random channel, the rest through a hot one.
+pub const HOT_CHANNELS_RATIO: u64 = 2;
+/// Number of non-hot channels.
+pub const CHANNELS_NUMBER: u64 = 10_000;
 
 /// A new person.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -148,6 +153,17 @@ pub enum Event {
     Auction(Auction),
     /// A bid.
     Bid(Bid),
+}
+
+impl Event {
+    /// The event's time (ms).
+    pub fn date_time(&self) -> i64 {
+        match self {
+            Event::Person(p) => p.date_time,
+            Event::Auction(a) => a.date_time,
+            Event::Bid(b) => b.date_time,
+        }
+    }
 }
 
 fn ts() -> DataType {

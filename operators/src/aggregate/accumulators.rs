@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, PrimitiveArray};
+use arrow::array::{
+    Array, ArrayRef, AsArray, Float64Array, GenericStringArray, Int64Array, OffsetSizeTrait,
+    PrimitiveArray,
+};
 use arrow::buffer::NullBuffer;
 use arrow::compute::cast;
 use arrow::datatypes::*;
@@ -24,17 +27,55 @@ pub(crate) trait Accumulator: Send {
     fn evaluate(&self, slots: &[u32]) -> Result<ArrayRef>;
 }
 
-fn values_as<T: ArrowPrimitiveType>(
-    values: Option<&ArrayRef>,
-    t: &DataType,
-) -> Result<PrimitiveArray<T>> {
-    let v = values.ok_or_else(|| Error::Internal("aggregate without its input column".into()))?;
-    let v = if v.data_type() == t {
-        v.clone()
-    } else {
-        cast(v, t)?
-    };
-    Ok(v.as_primitive::<T>().clone())
+/// The accumulation type of `sum`/`avg` (Int64 or Float64) and how an
+/// input column of any accepted type is read as it.
+pub(crate) trait SumType: ArrowPrimitiveType + Sized {
+    fn convert(values: Option<&ArrayRef>) -> Result<PrimitiveArray<Self>>;
+}
+
+fn input(values: Option<&ArrayRef>) -> Result<&ArrayRef> {
+    values.ok_or_else(|| Error::Internal("aggregate without its input column".into()))
+}
+
+impl SumType for Int64Type {
+    /// Integers widen to Int64; UInt64 wraps (`as i64`) instead of turning
+    /// into nulls as a checked cast would.
+    fn convert(values: Option<&ArrayRef>) -> Result<Int64Array> {
+        let v = input(values)?;
+        macro_rules! wrap {
+            ($t:ty) => {
+                v.as_primitive::<$t>().unary::<_, Int64Type>(|x| x as i64)
+            };
+        }
+        Ok(match v.data_type() {
+            DataType::Int64 => v.as_primitive::<Int64Type>().clone(),
+            DataType::Int8 => wrap!(Int8Type),
+            DataType::Int16 => wrap!(Int16Type),
+            DataType::Int32 => wrap!(Int32Type),
+            DataType::UInt8 => wrap!(UInt8Type),
+            DataType::UInt16 => wrap!(UInt16Type),
+            DataType::UInt32 => wrap!(UInt32Type),
+            DataType::UInt64 => wrap!(UInt64Type),
+            other => {
+                return Err(Error::Internal(format!(
+                    "integer sum over {other} passed planning"
+                )))
+            }
+        })
+    }
+}
+
+impl SumType for Float64Type {
+    /// Floats and integers convert exactly enough to Float64 (a plain cast).
+    fn convert(values: Option<&ArrayRef>) -> Result<Float64Array> {
+        let v = input(values)?;
+        let v = if v.data_type() == &DataType::Float64 {
+            v.clone()
+        } else {
+            cast(v, &DataType::Float64)?
+        };
+        Ok(v.as_primitive::<Float64Type>().clone())
+    }
 }
 
 fn nulls_from(has: &[bool], slots: &[u32]) -> Option<NullBuffer> {
@@ -93,7 +134,7 @@ impl<T: ArrowPrimitiveType> Sum<T> {
 
 impl<T> Accumulator for Sum<T>
 where
-    T: ArrowPrimitiveType,
+    T: SumType,
     T::Native: ArrowNativeTypeOp + ToF64,
 {
     fn resize(&mut self, slots: usize) {
@@ -102,7 +143,7 @@ where
         self.has.resize(slots, false);
     }
     fn update(&mut self, values: Option<&ArrayRef>, rows: &[u32], slots: &[u32]) -> Result<()> {
-        let v = values_as::<T>(values, &T::DATA_TYPE)?;
+        let v = T::convert(values)?;
         let vals = v.values();
         let nulls = v.nulls().filter(|n| n.null_count() > 0);
         for (r, s) in rows.iter().zip(slots) {
@@ -229,6 +270,11 @@ impl<T: ArrowPrimitiveType> Accumulator for MinMax<T> {
     }
 }
 
+/// Whether `min`/`max` support columns of type `t`.
+pub(crate) fn min_max_supported(t: &DataType) -> bool {
+    min_max(t, false).is_ok()
+}
+
 fn min_max(t: &DataType, max: bool) -> Result<Box<dyn Accumulator>> {
     macro_rules! mm {
         ($ty:ty) => {
@@ -249,12 +295,17 @@ fn min_max(t: &DataType, max: bool) -> Result<Box<dyn Accumulator>> {
         DataType::UInt16 => mm!(UInt16Type),
         DataType::UInt32 => mm!(UInt32Type),
         DataType::UInt64 => mm!(UInt64Type),
+        DataType::Float16 => mm!(Float16Type),
         DataType::Float32 => mm!(Float32Type),
         DataType::Float64 => mm!(Float64Type),
+        DataType::Date32 => mm!(Date32Type),
+        DataType::Date64 => mm!(Date64Type),
         DataType::Timestamp(TimeUnit::Second, _) => mm!(TimestampSecondType),
         DataType::Timestamp(TimeUnit::Millisecond, _) => mm!(TimestampMillisecondType),
         DataType::Timestamp(TimeUnit::Microsecond, _) => mm!(TimestampMicrosecondType),
         DataType::Timestamp(TimeUnit::Nanosecond, _) => mm!(TimestampNanosecondType),
+        DataType::Utf8 => Box::new(StrMinMax::<i32>::new(max)),
+        DataType::LargeUtf8 => Box::new(StrMinMax::<i64>::new(max)),
         other => {
             return Err(Error::Config(format!(
                 "min/max are not supported on {other}"
@@ -263,12 +314,92 @@ fn min_max(t: &DataType, max: bool) -> Result<Box<dyn Accumulator>> {
     })
 }
 
+/// Min/max over strings: one reusable `String` per slot, rewritten in place
+/// only when a better value arrives (no allocation once its capacity fits).
+struct StrMinMax<O: OffsetSizeTrait> {
+    vals: Vec<String>,
+    has: Vec<bool>,
+    max: bool,
+    _offsets: std::marker::PhantomData<O>,
+}
+
+impl<O: OffsetSizeTrait> StrMinMax<O> {
+    fn new(max: bool) -> Self {
+        StrMinMax {
+            vals: Vec::new(),
+            has: Vec::new(),
+            max,
+            _offsets: std::marker::PhantomData,
+        }
+    }
+
+    fn better(&self, x: &str, slot: usize) -> bool {
+        !self.has[slot]
+            || if self.max {
+                x > self.vals[slot].as_str()
+            } else {
+                x < self.vals[slot].as_str()
+            }
+    }
+}
+
+impl<O: OffsetSizeTrait> Accumulator for StrMinMax<O> {
+    fn resize(&mut self, slots: usize) {
+        self.vals.resize(slots, String::new());
+        self.has.resize(slots, false);
+    }
+    fn update(&mut self, values: Option<&ArrayRef>, rows: &[u32], slots: &[u32]) -> Result<()> {
+        let v = input(values)?.as_string::<O>();
+        for (r, s) in rows.iter().zip(slots) {
+            let (r, s) = (*r as usize, *s as usize);
+            if v.is_null(r) {
+                continue;
+            }
+            let x = v.value(r);
+            if self.better(x, s) {
+                self.vals[s].clear();
+                self.vals[s].push_str(x);
+                self.has[s] = true;
+            }
+        }
+        Ok(())
+    }
+    fn merge(&mut self, src: u32, dst: u32) {
+        let (src, dst) = (src as usize, dst as usize);
+        if src == dst || !self.has[src] {
+            return;
+        }
+        // Borrow the source out instead of cloning it.
+        let x = std::mem::take(&mut self.vals[src]);
+        if self.better(&x, dst) {
+            self.vals[dst].clear();
+            self.vals[dst].push_str(&x);
+            self.has[dst] = true;
+        }
+        self.vals[src] = x;
+    }
+    fn reset(&mut self, slot: u32) {
+        self.has[slot as usize] = false;
+    }
+    fn evaluate(&self, slots: &[u32]) -> Result<ArrayRef> {
+        let a: GenericStringArray<O> = slots
+            .iter()
+            .map(|s| {
+                let s = *s as usize;
+                self.has[s].then(|| self.vals[s].as_str())
+            })
+            .collect();
+        Ok(Arc::new(a))
+    }
+}
+
 pub(super) fn create(kind: &AggKind, input: Option<&DataType>) -> Result<Box<dyn Accumulator>> {
     let t = || input.ok_or_else(|| Error::Internal("aggregate without input type".into()));
     Ok(match kind {
         AggKind::Count => Box::new(Count::default()),
         AggKind::Sum if t()?.is_floating() => Box::new(Sum::<Float64Type>::new(false)),
         AggKind::Sum => Box::new(Sum::<Int64Type>::new(false)),
+        // Averages of integers sum exactly in Int64 and divide at the end.
         AggKind::Avg if t()?.is_floating() => Box::new(Sum::<Float64Type>::new(true)),
         AggKind::Avg => Box::new(Sum::<Int64Type>::new(true)),
         AggKind::Min => min_max(t()?, false)?,

@@ -11,7 +11,7 @@ mod udaf;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema};
-use sluice_engine::{Error, Result};
+use sluice_engine::Result;
 
 pub(crate) use accumulators::Accumulator;
 pub use udaf::{AggregateFunction, FromArrow, ToArrow};
@@ -40,7 +40,7 @@ impl std::fmt::Debug for AggregateExpr {
     }
 }
 
-/// Number of records.
+/// Number of records (rows, nulls included), as Int64.
 pub fn count() -> AggregateExpr {
     AggregateExpr {
         kind: AggKind::Count,
@@ -49,7 +49,10 @@ pub fn count() -> AggregateExpr {
     }
 }
 
-/// Sum of a numeric column (Int64 for integers, wrapping on overflow; Float64 for floats).
+/// Sum of an integer or float column, ignoring nulls: Int64 for every
+/// integer type (two's-complement wrapping on overflow, like `i64::wrapping_add`;
+/// UInt64 values above `i64::MAX` wrap too), Float64 for floats. Null when a
+/// window holds no non-null value.
 pub fn sum(col: &str) -> AggregateExpr {
     AggregateExpr {
         kind: AggKind::Sum,
@@ -58,7 +61,8 @@ pub fn sum(col: &str) -> AggregateExpr {
     }
 }
 
-/// Minimum of a numeric or timestamp column.
+/// Minimum of an integer, float, date, timestamp or string (Utf8, LargeUtf8)
+/// column, ignoring nulls; the output keeps the input type.
 pub fn min(col: &str) -> AggregateExpr {
     AggregateExpr {
         kind: AggKind::Min,
@@ -67,7 +71,8 @@ pub fn min(col: &str) -> AggregateExpr {
     }
 }
 
-/// Maximum of a numeric or timestamp column.
+/// Maximum of an integer, float, date, timestamp or string (Utf8, LargeUtf8)
+/// column, ignoring nulls; the output keeps the input type.
 pub fn max(col: &str) -> AggregateExpr {
     AggregateExpr {
         kind: AggKind::Max,
@@ -76,7 +81,8 @@ pub fn max(col: &str) -> AggregateExpr {
     }
 }
 
-/// Mean of a numeric column, as Float64.
+/// Mean of an integer or float column as Float64, ignoring nulls (null when
+/// a window holds no non-null value).
 pub fn avg(col: &str) -> AggregateExpr {
     AggregateExpr {
         kind: AggKind::Avg,
@@ -85,7 +91,8 @@ pub fn avg(col: &str) -> AggregateExpr {
     }
 }
 
-/// A user-defined aggregate over `col`.
+/// A user-defined aggregate over `col` (see [`AggregateFunction`]); its
+/// default output name is `NAME_COL`.
 pub fn udaf<F: AggregateFunction>(col: &str, f: F) -> AggregateExpr {
     AggregateExpr {
         kind: AggKind::Udaf(Arc::new(udaf::Typed(Arc::new(f)))),
@@ -117,40 +124,42 @@ impl AggregateExpr {
         format!("{prefix}_{}", self.column.as_deref().unwrap_or(""))
     }
 
-    /// Checks the input column and returns (input index, output field).
-    pub(crate) fn resolve(&self, input: &Schema) -> Result<(Option<usize>, Field)> {
+    /// Checks the input column against `input` and returns (input index,
+    /// output field), or a plan-error message naming the aggregate, the
+    /// column and (for a bad type) the column's type.
+    pub(crate) fn resolve(
+        &self,
+        input: &Schema,
+    ) -> std::result::Result<(Option<usize>, Field), String> {
         let name = self.output_name();
         let Some(c) = &self.column else {
             return Ok((None, Field::new(name, DataType::Int64, false)));
         };
         let idx = input.index_of(c).map_err(|_| {
             let names: Vec<_> = input.fields().iter().map(|f| f.name().as_str()).collect();
-            Error::Config(format!(
-                "unknown column '{c}' in {name}; the input has [{}]",
+            format!(
+                "unknown column '{c}' in {name}; the stream has [{}]",
                 names.join(", ")
-            ))
+            )
         })?;
         let t = input.field(idx).data_type();
-        let numeric = t.is_numeric();
         let out = match &self.kind {
-            AggKind::Count => DataType::Int64,
-            AggKind::Sum if numeric => {
-                if t.is_floating() {
-                    DataType::Float64
-                } else {
-                    DataType::Int64
+            AggKind::Count => Some(DataType::Int64),
+            AggKind::Sum if is_integer(t) => Some(DataType::Int64),
+            AggKind::Sum | AggKind::Avg if is_integer(t) || is_float(t) => Some(DataType::Float64),
+            AggKind::Min | AggKind::Max if accumulators::min_max_supported(t) => Some(t.clone()),
+            AggKind::Udaf(u) if u.accepts(t) => Some(u.output_type()),
+            _ => None,
+        };
+        let Some(out) = out else {
+            let wanted = match &self.kind {
+                AggKind::Min | AggKind::Max => {
+                    "an integer, float, date, timestamp or string column".to_string()
                 }
-            }
-            AggKind::Avg if numeric => DataType::Float64,
-            AggKind::Min | AggKind::Max if numeric || matches!(t, DataType::Timestamp(..)) => {
-                t.clone()
-            }
-            AggKind::Udaf(u) => u.output_type(),
-            _ => {
-                return Err(Error::Config(format!(
-                    "{name} needs a numeric column; '{c}' is {t}"
-                )))
-            }
+                AggKind::Udaf(u) => format!("a column readable as {}", u.input_type()),
+                _ => "an integer or float column".to_string(),
+            };
+            return Err(format!("{name} needs {wanted}; '{c}' is {t}"));
         };
         Ok((Some(idx), Field::new(name, out, true)))
     }
@@ -159,4 +168,24 @@ impl AggregateExpr {
     pub(crate) fn accumulator(&self, input: Option<&DataType>) -> Result<Box<dyn Accumulator>> {
         accumulators::create(&self.kind, input)
     }
+}
+
+/// Integer types `sum` accepts (summed as Int64).
+fn is_integer(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64
+    )
+}
+
+/// Float types `sum` and `avg` accept (summed as Float64).
+fn is_float(t: &DataType) -> bool {
+    matches!(t, DataType::Float16 | DataType::Float32 | DataType::Float64)
 }

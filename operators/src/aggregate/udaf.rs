@@ -14,6 +14,11 @@ use super::accumulators::Accumulator;
 pub trait FromArrow: Sized + 'static {
     /// The Arrow type the column is cast to before reading.
     fn data_type() -> DataType;
+    /// Whether a column of type `t` can be read as `Self` (checked at plan
+    /// time). By default: whenever Arrow can cast it.
+    fn accepts(t: &DataType) -> bool {
+        arrow::compute::can_cast_types(t, &Self::data_type())
+    }
     /// Reads row `i` of `a` (already of [`FromArrow::data_type`]); `None` for null.
     fn read(a: &dyn Array, i: usize) -> Option<Self>;
 }
@@ -27,10 +32,13 @@ pub trait ToArrow: Sized + 'static {
 }
 
 macro_rules! arrow_scalar {
-    ($t:ty, $dt:expr, $read:expr, $arr:ty) => {
+    ($t:ty, $dt:expr, $accepts:expr, $read:expr, $arr:ty) => {
         impl FromArrow for $t {
             fn data_type() -> DataType {
                 $dt
+            }
+            fn accepts(t: &DataType) -> bool {
+                $accepts(t)
             }
             fn read(a: &dyn Array, i: usize) -> Option<Self> {
                 if a.is_null(i) {
@@ -58,49 +66,87 @@ macro_rules! arrow_scalar {
         }
     };
 }
+/// Numbers, dates and timestamps read as numbers; strings are not parsed.
+fn numeric(t: &DataType) -> bool {
+    t.is_numeric() || t.is_temporal()
+}
+
 arrow_scalar!(
     i64,
     DataType::Int64,
+    numeric,
     |a: &dyn Array, i| a.as_primitive::<Int64Type>().value(i),
     Int64Array
 );
 arrow_scalar!(
     f64,
     DataType::Float64,
+    numeric,
     |a: &dyn Array, i| a.as_primitive::<Float64Type>().value(i),
     Float64Array
 );
 arrow_scalar!(
     bool,
     DataType::Boolean,
+    |t: &DataType| t == &DataType::Boolean,
     |a: &dyn Array, i| a.as_boolean().value(i),
     BooleanArray
 );
 arrow_scalar!(
     String,
     DataType::Utf8,
+    |t: &DataType| matches!(t, DataType::Utf8 | DataType::LargeUtf8),
     |a: &dyn Array, i| a.as_string::<i32>().value(i).to_string(),
     StringArray
 );
 
-/// A user-defined aggregate. Nulls in the input are skipped.
+/// A user-defined aggregate: typed values in, a typed result out. Nulls in
+/// the input are skipped. `merge` must combine two partial states (sliding
+/// windows merge panes, sessions merge when they overlap). The column is
+/// read as [`AggregateFunction::Input`] (numbers, dates and timestamps cast
+/// to `i64`/`f64`; strings as `String`, one allocation per value).
 ///
 /// ```
+/// use std::time::Duration;
+/// use std::sync::Arc;
+/// use arrow::array::{AsArray, Float64Array, Int64Array, RecordBatch};
+/// use arrow::datatypes::{DataType, Field, Float64Type, Schema};
 /// use sluice_operators::prelude::*;
 ///
-/// /// Sum of squares.
-/// struct SumSquares;
-/// impl AggregateFunction for SumSquares {
+/// /// Geometric mean: exp of the mean of the logs.
+/// struct GeoMean;
+/// impl AggregateFunction for GeoMean {
 ///     type Input = f64;
-///     type Acc = f64;
-///     type Output = f64;
-///     fn name(&self) -> &str { "sum_squares" }
-///     fn accumulate(&self, acc: &mut f64, v: f64) { *acc += v * v }
-///     fn merge(&self, acc: &mut f64, other: &f64) { *acc += other }
-///     fn finish(&self, acc: &f64) -> f64 { *acc }
+///     type Acc = (f64, u64); // sum of logs, count
+///     type Output = Option<f64>; // null for a window with no values
+///     fn name(&self) -> &str { "geomean" }
+///     fn accumulate(&self, acc: &mut (f64, u64), v: f64) { acc.0 += v.ln(); acc.1 += 1 }
+///     fn merge(&self, acc: &mut (f64, u64), other: &(f64, u64)) { acc.0 += other.0; acc.1 += other.1 }
+///     fn finish(&self, acc: &(f64, u64)) -> Option<f64> {
+///         (acc.1 > 0).then(|| (acc.0 / acc.1 as f64).exp())
+///     }
 /// }
-/// let agg = udaf("price", SumSquares);
-/// assert_eq!(agg.output_name(), "sum_squares_price");
+///
+/// let schema = Arc::new(Schema::new(vec![
+///     Field::new("ts", DataType::Int64, false),
+///     Field::new("price", DataType::Float64, false),
+/// ]));
+/// let batch = RecordBatch::try_new(schema.clone(), vec![
+///     Arc::new(Int64Array::from(vec![0, 10, 20])),
+///     Arc::new(Float64Array::from(vec![1.0, 2.0, 4.0])),
+/// ]).unwrap();
+/// let env = Env::new();
+/// let out = env
+///     .from_batches("prices", schema, vec![batch])
+///     .watermarks(bounded_out_of_orderness("ts", Duration::ZERO))
+///     .window(WindowSpec::tumbling(Duration::from_secs(1)))
+///     .aggregate([udaf("price", GeoMean)])
+///     .collect();
+/// env.execute().unwrap();
+/// let b = out.concat();
+/// assert_eq!(b.schema().field(2).name(), "geomean_price");
+/// let g = b.column(2).as_primitive::<Float64Type>().value(0);
+/// assert!((g - 2.0).abs() < 1e-9);
 /// ```
 pub trait AggregateFunction: Send + Sync + 'static {
     /// What is read from the input column.
@@ -123,6 +169,8 @@ pub trait AggregateFunction: Send + Sync + 'static {
 pub(crate) trait DynUdaf: Send + Sync {
     fn name(&self) -> &str;
     fn output_type(&self) -> DataType;
+    fn accepts(&self, input: &DataType) -> bool;
+    fn input_type(&self) -> DataType;
     fn accumulator(&self) -> Box<dyn Accumulator>;
 }
 
@@ -134,6 +182,12 @@ impl<F: AggregateFunction> DynUdaf for Typed<F> {
     }
     fn output_type(&self) -> DataType {
         F::Output::data_type()
+    }
+    fn accepts(&self, input: &DataType) -> bool {
+        F::Input::accepts(input)
+    }
+    fn input_type(&self) -> DataType {
+        F::Input::data_type()
     }
     fn accumulator(&self) -> Box<dyn Accumulator> {
         Box::new(UdafAccumulator::<F> {
@@ -163,8 +217,19 @@ impl<F: AggregateFunction> Accumulator for UdafAccumulator<F> {
         Ok(())
     }
     fn merge(&mut self, src: u32, dst: u32) {
-        let other = self.accs[src as usize].clone();
-        self.f.merge(&mut self.accs[dst as usize], &other);
+        let (src, dst) = (src as usize, dst as usize);
+        // Borrow both slots at once rather than cloning the source state.
+        match src.cmp(&dst) {
+            std::cmp::Ordering::Less => {
+                let (lo, hi) = self.accs.split_at_mut(dst);
+                self.f.merge(&mut hi[0], &lo[src]);
+            }
+            std::cmp::Ordering::Greater => {
+                let (lo, hi) = self.accs.split_at_mut(src);
+                self.f.merge(&mut lo[dst], &hi[0]);
+            }
+            std::cmp::Ordering::Equal => {}
+        }
     }
     fn reset(&mut self, slot: u32) {
         self.accs[slot as usize] = F::Acc::default();

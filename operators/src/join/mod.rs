@@ -1,73 +1,107 @@
-//! Joins of two keyed streams on equal key columns. Both inputs are
-//! hash-partitioned on their keys, so equal keys meet in one subtask.
+//! Inner joins of two streams on equal key columns, as two-input operators
+//! (input 0 = left, input 1 = right). Both inputs are hash-partitioned on
+//! their keys, so equal keys meet in one subtask; results do not depend on
+//! parallelism.
 //!
-//! - [`Join::join`]: unbounded inner join (symmetric hash join): each
-//!   matching pair is emitted once, as soon as both rows have arrived. State
-//!   holds every row of both inputs; use it on bounded inputs or small
-//!   streams.
-//!
+//! - [`Join::join`]: unbounded join (symmetric hash join). Each matching pair
+//!   is emitted once, as soon as both rows have arrived. No event time is
+//!   needed, and state holds every row of both inputs for the whole run: use
+//!   it on bounded inputs or small streams.
 //! - [`Join::window_join`]: pairs whose event times fall in the same
-//!   tumbling or sliding window, emitted when the window fires (Flink's
-//!   window join), with `window_start` and `window_end` appended.
+//!   tumbling or sliding window, once per such window, emitted when the
+//!   window fires (Flink's window join). Rows are stored once per pane.
 //! - [`Join::interval_join`]: pairs with `right.ts` in
-//!   `[left.ts + lower, left.ts + upper]`, emitted as soon as both are there;
-//!   rows behind the watermark are dropped (as in Flink).
+//!   `[left.ts + lower_ms, left.ts + upper_ms]`, emitted as soon as both rows
+//!   are there (Flink's interval join).
 //!
-//! Output: every left column, then every right column; a right column whose
-//! name is taken by a left one is renamed `right_NAME` (and appended window
-//! columns whose names are taken become `join_window_start/end`).
+//! Keys: left key `i` is compared with right key `i`; each pair must have
+//! the same Arrow type (the partitioning hash is over values of that type),
+//! checked at plan time. Rows with a null in a key column match nothing.
+//!
+//! Output schema: every left column in order, then every right column in
+//! order. A right column whose name is already taken (by a left column or
+//! an earlier output column) is renamed by prefixing `right_`, repeatedly
+//! until the name is free (`id` → `right_id`). The window join then appends
+//! `window_start` and `window_end` (Timestamp(Millisecond, None), the window
+//! `[start, end)`), prefixed `join_` while taken. Event time of the result:
+//! `window_end` for the window join (as for window aggregates), the left
+//! input's time column for the interval join, none for the unbounded join.
+//!
+//! Late rows: the event-time joins drop rows that arrive behind the combined
+//! watermark (for the window join: rows whose every window already fired),
+//! counting them and logging at debug level, as Flink does.
 
 mod buckets;
+mod interval_join;
+mod keys;
 mod stream_join;
-mod time_join;
+mod window_join;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use sluice_engine::graph::OperatorFactory;
 use sluice_engine::Stream;
 
 use crate::plan_error;
-pub use stream_join::StreamJoinOperator;
-use time_join::Mode;
-pub use time_join::TimeJoinOperator;
+use interval_join::IntervalJoinOperator;
+use stream_join::StreamJoinOperator;
+use window_join::WindowJoinOperator;
 
-/// The windows of a window join.
+/// The windows of a window join, aligned to the epoch (Flink's offset 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JoinWindow {
-    /// Tumbling windows of `size_ms`.
+    /// Back-to-back windows of `size_ms`.
     Tumbling {
         /// Window length (ms).
         size_ms: i64,
     },
-    /// Windows of `size_ms` starting every `slide_ms`.
+    /// Windows of `size_ms` starting every `slide_ms`; a pair of rows is
+    /// emitted once for every window holding both.
     Sliding {
         /// Window length (ms).
         size_ms: i64,
-        /// Distance between starts (ms).
+        /// Distance between window starts (ms).
         slide_ms: i64,
     },
 }
 
 impl JoinWindow {
-    /// Tumbling windows.
-    pub fn tumbling(size: std::time::Duration) -> Self {
+    /// Tumbling windows of `size`.
+    pub fn tumbling(size: Duration) -> Self {
         JoinWindow::Tumbling {
-            size_ms: size.as_millis() as i64,
+            size_ms: millis(size),
         }
     }
-    /// Sliding windows.
-    pub fn sliding(size: std::time::Duration, slide: std::time::Duration) -> Self {
+
+    /// Windows of `size` starting every `slide`.
+    pub fn sliding(size: Duration, slide: Duration) -> Self {
         JoinWindow::Sliding {
-            size_ms: size.as_millis() as i64,
-            slide_ms: slide.as_millis() as i64,
+            size_ms: millis(size),
+            slide_ms: millis(slide),
+        }
+    }
+
+    /// (size, slide) in ms.
+    fn size_slide(self) -> (i64, i64) {
+        match self {
+            JoinWindow::Tumbling { size_ms } => (size_ms, size_ms),
+            JoinWindow::Sliding { size_ms, slide_ms } => (size_ms, slide_ms),
         }
     }
 }
 
-/// Join verbs.
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The join verbs. Key lists pair up position by position; see the
+/// [module docs](self) for the output schema.
 pub trait Join {
-    /// Unbounded inner join on `left_keys = right_keys`.
+    /// Unbounded inner join on `left_keys = right_keys`: each matching pair
+    /// is emitted once, as soon as both rows have arrived. State keeps every
+    /// row of both inputs for the whole run (bounded inputs, small state).
     ///
     /// ```
     /// # use sluice_operators::prelude::*;
@@ -77,7 +111,10 @@ pub trait Join {
     /// ```
     fn join(self, right: Stream, left_keys: &[&str], right_keys: &[&str]) -> Stream;
 
-    /// Inner join of rows with equal keys in the same event-time window.
+    /// Inner join of rows with equal keys whose event times fall in the same
+    /// window; each pair is emitted once per window holding both, when the
+    /// window fires, with `window_start`/`window_end` appended. Both inputs
+    /// need event time (watermarks assigned upstream).
     fn window_join(
         self,
         right: Stream,
@@ -87,7 +124,11 @@ pub trait Join {
     ) -> Stream;
 
     /// Inner join of rows with equal keys where `right.ts` lies in
-    /// `[left.ts + lower_ms, left.ts + upper_ms]` (`lower_ms` may be negative).
+    /// `[left.ts + lower_ms, left.ts + upper_ms]` (bounds inclusive, in
+    /// milliseconds, either may be negative; Flink's interval join). Each
+    /// pair is emitted once, as soon as both rows are there. Both inputs need
+    /// event time; the result keeps the left one's, and the forwarded
+    /// watermark is held back by `max(upper_ms, 0)` so no output is late.
     fn interval_join(
         self,
         right: Stream,
@@ -98,30 +139,41 @@ pub trait Join {
     ) -> Stream;
 }
 
-/// Checks the key columns and computes the output schema.
-pub(crate) fn join_schema(
-    left: &Stream,
-    right: &Stream,
-    lk: &[&str],
-    rk: &[&str],
-    verb: &str,
-) -> (SchemaRef, Vec<DataType>) {
+/// What the verbs learned at plan time.
+struct Plan {
+    /// Left columns then right columns, right ones renamed where taken.
+    fields: Vec<Field>,
+    key_types: Vec<DataType>,
+    keys: [Vec<usize>; 2],
+    widths: [usize; 2],
+}
+
+/// Checks the key columns (reporting plan errors) and computes the output
+/// fields.
+fn plan(left: &Stream, right: &Stream, lk: &[&str], rk: &[&str], verb: &str) -> Plan {
     let (ls, rs) = (left.schema(), right.schema());
     let err = |m: String| left.report(plan_error(left, verb, m));
     if lk.len() != rk.len() || lk.is_empty() {
         err(format!(
-            "needs the same number of left and right keys, got {lk:?} and {rk:?}"
+            "needs the same, non-zero number of left and right keys; got {lk:?} and {rk:?}"
         ));
     }
-    let mut types = Vec::new();
+    let mut key_types = Vec::new();
+    let mut keys = [Vec::new(), Vec::new()];
     for (l, r) in lk.iter().zip(rk) {
-        match (ls.field_with_name(l), rs.field_with_name(r)) {
-            (Ok(a), Ok(b)) if a.data_type() == b.data_type() => types.push(a.data_type().clone()),
-            (Ok(a), Ok(b)) => err(format!(
-                "key types differ: left '{l}' is {} but right '{r}' is {}",
-                a.data_type(),
-                b.data_type()
-            )),
+        match (ls.index_of(l), rs.index_of(r)) {
+            (Ok(a), Ok(b)) => {
+                let (ta, tb) = (ls.field(a).data_type(), rs.field(b).data_type());
+                if ta != tb {
+                    err(format!(
+                        "key types differ: left '{l}' is {ta} but right '{r}' is {tb}; \
+                         cast one side so both hash alike"
+                    ));
+                }
+                key_types.push(ta.clone());
+                keys[0].push(a);
+                keys[1].push(b);
+            }
             (Err(_), _) => err(format!(
                 "unknown left key column '{l}'; the left input has {}",
                 left.column_list()
@@ -134,56 +186,82 @@ pub(crate) fn join_schema(
     }
     let mut fields: Vec<Field> = ls.fields().iter().map(|f| f.as_ref().clone()).collect();
     for f in rs.fields() {
-        let taken = fields.iter().any(|x| x.name() == f.name());
-        let name = if taken {
-            format!("right_{}", f.name())
-        } else {
-            f.name().clone()
-        };
+        let name = free_name(&fields, f.name(), "right_");
         fields.push(f.as_ref().clone().with_name(name));
     }
-    (Arc::new(Schema::new(fields)), types)
+    Plan {
+        fields,
+        key_types,
+        keys,
+        widths: [ls.fields().len(), rs.fields().len()],
+    }
 }
 
-/// Column indices of `keys` in `s` (unknown ones were reported by `join_schema`).
-fn key_indices(s: &Stream, keys: &[&str]) -> Vec<usize> {
-    keys.iter()
-        .filter_map(|k| s.schema().index_of(k).ok())
-        .collect()
+/// `name`, prefixed with `prefix` as many times as needed to be unused.
+fn free_name(fields: &[Field], name: &str, prefix: &str) -> String {
+    let mut name = name.to_string();
+    while fields.iter().any(|f| f.name() == &name) {
+        name = format!("{prefix}{name}");
+    }
+    name
+}
+
+/// Column index of the event time of each input, reporting missing ones.
+fn event_times(left: &Stream, right: &Stream, verb: &str) -> [usize; 2] {
+    let mut time = [0usize; 2];
+    for (i, s) in [left, right].into_iter().enumerate() {
+        match s.event_time().and_then(|t| s.schema().index_of(t).ok()) {
+            Some(t) => time[i] = t,
+            None => left.report(plan_error(
+                s,
+                verb,
+                format!(
+                    "no watermark strategy on the {} input (columns {}): \
+                     call .watermarks(...) before {verb}",
+                    ["left", "right"][i],
+                    s.column_list()
+                ),
+            )),
+        }
+    }
+    time
 }
 
 /// Hash-partitions both inputs on their keys and adds the two-input operator.
 fn wire(
     left: Stream,
     right: Stream,
-    lk: &[&str],
-    rk: &[&str],
+    (lk, rk): (&[&str], &[&str]),
     verb: &str,
-    schema: SchemaRef,
+    fields: Vec<Field>,
     factory: OperatorFactory,
 ) -> Stream {
     let l = left.keyed_by(lk);
     let r = right.keyed_by(rk);
-    l.transform_multi(verb, &[&r], vec![schema], factory)
+    l.transform_multi(verb, &[&r], vec![Arc::new(Schema::new(fields))], factory)
 }
 
 impl Join for Stream {
     fn join(self, right: Stream, left_keys: &[&str], right_keys: &[&str]) -> Stream {
-        let (schema, types) = join_schema(&self, &right, left_keys, right_keys, "join");
-        let (li, ri) = (
-            key_indices(&self, left_keys),
-            key_indices(&right, right_keys),
-        );
-        let out = schema.clone();
+        let p = plan(&self, &right, left_keys, right_keys, "join");
+        let out: SchemaRef = Arc::new(Schema::new(p.fields.clone()));
+        let (keys, widths, types) = (p.keys, p.widths, p.key_types);
         let factory: OperatorFactory = Arc::new(move |_ctx| {
             Ok(Box::new(StreamJoinOperator::new(
-                li.clone(),
-                ri.clone(),
-                types.clone(),
+                keys.clone(),
+                widths,
+                &types,
                 out.clone(),
             )?))
         });
-        wire(self, right, left_keys, right_keys, "join", schema, factory)
+        wire(
+            self,
+            right,
+            (left_keys, right_keys),
+            "join",
+            p.fields,
+            factory,
+        )
     }
 
     fn window_join(
@@ -193,25 +271,47 @@ impl Join for Stream {
         right_keys: &[&str],
         window: JoinWindow,
     ) -> Stream {
-        let (size, slide) = match window {
-            JoinWindow::Tumbling { size_ms } => (size_ms, size_ms),
-            JoinWindow::Sliding { size_ms, slide_ms } => (size_ms, slide_ms),
-        };
+        const VERB: &str = "window_join";
+        let (size, slide) = window.size_slide();
         if size <= 0 || slide <= 0 || slide > size {
             self.report(plan_error(
                 &self,
-                "window_join",
-                format!("invalid window: size {size} ms, slide {slide} ms"),
+                VERB,
+                format!(
+                    "invalid window: size {size} ms, slide {slide} ms \
+                     (both must be positive, slide at most size)"
+                ),
             ));
         }
-        time_join(
+        let mut p = plan(&self, &right, left_keys, right_keys, VERB);
+        let time = event_times(&self, &right, VERB);
+        let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
+        for n in ["window_start", "window_end"] {
+            let name = free_name(&p.fields, n, "join_");
+            p.fields.push(Field::new(name, ts.clone(), false));
+        }
+        let end = p.fields.last().map(|f| f.name().clone());
+        let out: SchemaRef = Arc::new(Schema::new(p.fields.clone()));
+        let (keys, widths, types) = (p.keys, p.widths, p.key_types);
+        let factory: OperatorFactory = Arc::new(move |_ctx| {
+            Ok(Box::new(WindowJoinOperator::new(
+                (size, slide),
+                keys.clone(),
+                time,
+                widths,
+                &types,
+                out.clone(),
+            )?))
+        });
+        wire(
             self,
             right,
-            left_keys,
-            right_keys,
-            "window_join",
-            Mode::Window { size, slide },
+            (left_keys, right_keys),
+            VERB,
+            p.fields,
+            factory,
         )
+        .with_event_time(end)
     }
 
     fn interval_join(
@@ -222,87 +322,39 @@ impl Join for Stream {
         lower_ms: i64,
         upper_ms: i64,
     ) -> Stream {
+        const VERB: &str = "interval_join";
         if lower_ms > upper_ms {
             self.report(plan_error(
                 &self,
-                "interval_join",
+                VERB,
                 format!("lower bound {lower_ms} ms is above upper bound {upper_ms} ms"),
             ));
         }
-        time_join(
+        let p = plan(&self, &right, left_keys, right_keys, VERB);
+        let time = event_times(&self, &right, VERB);
+        let left_time = self.event_time().map(str::to_string);
+        let out: SchemaRef = Arc::new(Schema::new(p.fields.clone()));
+        let (keys, widths, types) = (p.keys, p.widths, p.key_types);
+        let factory: OperatorFactory = Arc::new(move |_ctx| {
+            Ok(Box::new(IntervalJoinOperator::new(
+                (lower_ms, upper_ms),
+                keys.clone(),
+                time,
+                widths,
+                &types,
+                out.clone(),
+            )?))
+        });
+        // Left columns come first under their own names, so the left time
+        // column keeps its name in the output.
+        wire(
             self,
             right,
-            left_keys,
-            right_keys,
-            "interval_join",
-            Mode::Interval {
-                lower: lower_ms,
-                upper: upper_ms,
-            },
+            (left_keys, right_keys),
+            VERB,
+            p.fields,
+            factory,
         )
-    }
-}
-
-fn time_join(
-    left: Stream,
-    right: Stream,
-    lk: &[&str],
-    rk: &[&str],
-    verb: &'static str,
-    mode: Mode,
-) -> Stream {
-    let (schema, types) = join_schema(&left, &right, lk, rk, verb);
-    let mut time = [0usize; 2];
-    for (i, s) in [&left, &right].into_iter().enumerate() {
-        match s.event_time().and_then(|t| s.schema().index_of(t).ok()) {
-            Some(t) => time[i] = t,
-            None => left.report(plan_error(
-                s,
-                verb,
-                format!(
-                    "no watermark strategy on the {} input: call .watermarks(...) before {verb}",
-                    ["left", "right"][i]
-                ),
-            )),
-        }
-    }
-    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-    let windowed = matches!(mode, Mode::Window { .. });
-    if windowed {
-        for n in ["window_start", "window_end"] {
-            let taken = fields.iter().any(|f| f.name() == n);
-            let name = if taken {
-                format!("join_{n}")
-            } else {
-                n.to_string()
-            };
-            fields.push(Field::new(
-                name,
-                DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None),
-                false,
-            ));
-        }
-    }
-    let schema: SchemaRef = Arc::new(Schema::new(fields));
-    let (li, ri) = (key_indices(&left, lk), key_indices(&right, rk));
-    let widths = [left.schema().fields().len(), right.schema().fields().len()];
-    let out = schema.clone();
-    let factory: OperatorFactory = Arc::new(move |_ctx| {
-        Ok(Box::new(TimeJoinOperator::new(
-            mode,
-            [li.clone(), ri.clone()],
-            time,
-            widths,
-            types.clone(),
-            out.clone(),
-        )?))
-    });
-    let left_time = left.event_time().map(str::to_string);
-    let joined = wire(left, right, lk, rk, verb, schema, factory);
-    if windowed {
-        let end = joined.schema().fields().last().map(|f| f.name().clone());
-        joined.with_event_time(end)
-    } else {
-        joined.with_event_time(left_time)
+        .with_event_time(left_time)
     }
 }

@@ -1,40 +1,51 @@
-//! The symmetric hash join: each side keeps its rows by key; an arriving
-//! row is matched against the other side's rows and then stored.
+//! The unbounded inner join (symmetric hash join): each side keeps every row
+//! it received, indexed by key; an arriving batch is matched against the
+//! other side's index, then stored. Each pair is therefore emitted once, by
+//! whichever of its two rows arrived second. State grows with the input.
 
 use arrow::array::{ArrayRef, UInt32Array};
-use arrow::compute::{interleave, take};
+use arrow::compute::take;
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use arrow_row::{RowConverter, SortField};
-use hashbrown::HashMap;
 use sluice_engine::{Collector, Operator, OperatorContext, Result};
 
-#[derive(Default)]
+use super::buckets::gather;
+use super::keys::{KeyEncoder, KeyMap, RowRef};
+
 struct Side {
     batches: Vec<RecordBatch>,
-    rows: HashMap<Box<[u8]>, Vec<(u32, u32)>>,
+    index: KeyMap<Vec<RowRef>>,
 }
 
 /// Unbounded inner equi-join of input 0 (left) and input 1 (right).
-pub struct StreamJoinOperator {
+pub(crate) struct StreamJoinOperator {
     keys: [Vec<usize>; 2],
-    converter: RowConverter,
+    widths: [usize; 2],
+    encoder: KeyEncoder,
     sides: [Side; 2],
     output: SchemaRef,
 }
 
 impl StreamJoinOperator {
-    /// A join on left columns `left` = right columns `right` of `types`.
-    pub fn new(
-        left: Vec<usize>,
-        right: Vec<usize>,
-        types: Vec<DataType>,
+    /// A join of left columns `keys[0]` = right columns `keys[1]` (of
+    /// `types`); inputs have `widths` columns.
+    pub(crate) fn new(
+        keys: [Vec<usize>; 2],
+        widths: [usize; 2],
+        types: &[DataType],
         output: SchemaRef,
     ) -> Result<Self> {
+        let encoder = KeyEncoder::new(types)?;
+        let side = || Side {
+            batches: Vec::new(),
+            index: encoder.map(),
+        };
+        let sides = [side(), side()];
         Ok(StreamJoinOperator {
-            keys: [left, right],
-            converter: RowConverter::new(types.into_iter().map(SortField::new).collect())?,
-            sides: [Side::default(), Side::default()],
+            keys,
+            widths,
+            encoder,
+            sides,
             output,
         })
     }
@@ -48,51 +59,42 @@ impl Operator for StreamJoinOperator {
         _ctx: &OperatorContext,
         out: &mut Collector,
     ) -> Result<()> {
-        let cols: Vec<ArrayRef> = self.keys[input]
-            .iter()
-            .map(|i| batch.column(*i).clone())
-            .collect();
-        let rows = self.converter.convert_columns(&cols)?;
-        let other = 1 - input;
-        let idx = self.sides[input].batches.len() as u32;
-        let mut mine: Vec<u32> = Vec::new();
-        let mut theirs: Vec<(usize, usize)> = Vec::new();
-        for (r, key) in rows.iter().enumerate() {
-            if let Some(matches) = self.sides[other].rows.get(key.as_ref()) {
+        let keys = self.encoder.encode(&batch, &self.keys[input])?;
+        let [left, right] = &mut self.sides;
+        let (mine, other) = if input == 0 {
+            (left, &*right)
+        } else {
+            (right, &*left)
+        };
+        let idx = mine.batches.len() as u32;
+        let mut here: Vec<u32> = Vec::new();
+        let mut there: Vec<(usize, usize)> = Vec::new();
+        for r in 0..batch.num_rows() {
+            let Some(key) = keys.get(r) else { continue };
+            if let Some(matches) = other.index.get(key) {
                 for (b, row) in matches {
-                    mine.push(r as u32);
-                    theirs.push((*b as usize, *row as usize));
+                    here.push(r as u32);
+                    there.push((*b as usize, *row as usize));
                 }
             }
-            self.sides[input]
-                .rows
-                .entry(key.as_ref().into())
-                .or_default()
-                .push((idx, r as u32));
+            mine.index.entry(key).push((idx, r as u32));
         }
-        if !mine.is_empty() {
-            let mine_idx = UInt32Array::from(mine);
-            let here: Vec<ArrayRef> = batch
+        if !here.is_empty() {
+            let here_idx = UInt32Array::from(here);
+            let here_cols: Vec<ArrayRef> = batch
                 .columns()
                 .iter()
-                .map(|c| take(c, &mine_idx, None))
-                .collect::<Result<_, _>>()?;
-            let stored = &self.sides[other].batches;
-            let there: Vec<ArrayRef> = (0..stored[0].num_columns())
-                .map(|c| {
-                    let arrays: Vec<&dyn arrow::array::Array> =
-                        stored.iter().map(|b| b.column(c).as_ref()).collect();
-                    interleave(&arrays, &theirs)
-                })
-                .collect::<Result<_, _>>()?;
+                .map(|c| take(c, &here_idx, None))
+                .collect::<std::result::Result<_, _>>()?;
+            let there_cols = gather(|b| &other.batches[b], &there, self.widths[1 - input])?;
             let cols = if input == 0 {
-                [here, there].concat()
+                [here_cols, there_cols].concat()
             } else {
-                [there, here].concat()
+                [there_cols, here_cols].concat()
             };
             out.emit(RecordBatch::try_new(self.output.clone(), cols)?);
         }
-        self.sides[input].batches.push(batch);
+        mine.batches.push(batch);
         Ok(())
     }
 }

@@ -6,8 +6,17 @@
 //! fired window fires again with its updated result.
 //!
 //! Output columns: the key columns, `window_start`, `window_end`
-//! (timestamp, ms), then one column per aggregate. The output's event time
-//! is `window_end`, so a window can feed another window.
+//! (timestamp, ms), then one column per aggregate; a watermark's firings go
+//! out as one batch. The operator forwards watermarks unchanged, after the
+//! rows they fired, and the output's event time is `window_end`, so a window
+//! can feed another window: the row for [s, e) leaves before the watermark
+//! e - 1 does, and lands downstream in the window containing e, which cannot
+//! have fired yet. (Re-fired rows within allowed lateness can be late
+//! downstream: their watermark has already passed e - 1.)
+//!
+//! A keyed stream is re-hashed on its keys at the window's input (even when a
+//! forward operator sat between `key_by` and `window`); an unkeyed window is
+//! one global window at parallelism 1.
 
 mod pane;
 mod session;
@@ -17,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use sluice_engine::data::is_event_time_type;
 use sluice_engine::graph::OperatorFactory;
 use sluice_engine::{Error, Operator, Result, Stream};
 
@@ -48,8 +58,10 @@ pub enum WindowSpec {
     },
 }
 
+/// Milliseconds of `d`, saturating (durations beyond i64 ms are not windows
+/// anyone means; saturating keeps validation simple).
 fn ms(d: Duration) -> i64 {
-    d.as_millis() as i64
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl WindowSpec {
@@ -122,16 +134,20 @@ fn humantime_lite(s: &str) -> Option<Duration> {
     let split = s.find(|c: char| !c.is_ascii_digit())?;
     let (n, unit) = s.split_at(split);
     let n: u64 = n.parse().ok()?;
-    let ms = match unit {
-        "ms" => n,
-        "s" => n * 1000,
-        "m" | "min" => n * 60_000,
-        "h" => n * 3_600_000,
-        "d" => n * 86_400_000,
+    let unit_ms: u64 = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
         _ => return None,
     };
-    Some(Duration::from_millis(ms))
+    n.checked_mul(unit_ms).map(Duration::from_millis)
 }
+
+/// Node names of window aggregates (the graph makes them unique with a
+/// `#N` suffix); `late_data` recognizes its input by them.
+const WINDOW_NODES: [&str; 3] = ["tumbling_window", "sliding_window", "session_window"];
 
 /// A stream with a window assigned, waiting for its aggregates.
 pub struct WindowedStream {
@@ -192,7 +208,23 @@ impl WindowedStream {
         }
         let input = stream.schema().clone();
         let time = match stream.event_time() {
-            Some(t) => input.index_of(t).ok(),
+            Some(t) => match input.index_of(t) {
+                Ok(i) if is_event_time_type(input.field(i).data_type()) => Some(i),
+                Ok(i) => {
+                    err(format!(
+                        "event-time column '{t}' has type {}; expected Int64 (epoch ms) or a timestamp",
+                        input.field(i).data_type()
+                    ));
+                    None
+                }
+                Err(_) => {
+                    err(format!(
+                        "event-time column '{t}' is not in the stream; it has {}",
+                        stream.column_list()
+                    ));
+                    None
+                }
+            },
             None => {
                 err("no watermark strategy: call .watermarks(...) before window".into());
                 None
@@ -211,10 +243,16 @@ impl WindowedStream {
         for a in &aggs {
             match a.resolve(&input) {
                 Ok((_, f)) => fields.push(f),
-                Err(e) => err(e
-                    .to_string()
-                    .trim_start_matches("configuration error: ")
-                    .to_string()),
+                Err(m) => err(m),
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for f in &fields {
+            if !seen.insert(f.name().as_str()) {
+                err(format!(
+                    "output column '{}' appears twice; name aggregates apart with .alias(...)",
+                    f.name()
+                ));
             }
         }
         let output: SchemaRef = Arc::new(Schema::new(fields));
@@ -260,9 +298,9 @@ impl WindowedStream {
             })
         });
         let name = match spec {
-            WindowSpec::Tumbling { .. } => "tumbling_window",
-            WindowSpec::Sliding { .. } => "sliding_window",
-            WindowSpec::Session { .. } => "session_window",
+            WindowSpec::Tumbling { .. } => WINDOW_NODES[0],
+            WindowSpec::Sliding { .. } => WINDOW_NODES[1],
+            WindowSpec::Session { .. } => WINDOW_NODES[2],
         };
         let keyed = !keys.is_empty();
         let input_stream = if keyed {
@@ -292,13 +330,16 @@ pub trait LateData {
 impl LateData for Stream {
     fn late_data(&self) -> Stream {
         let name = self.node_name();
+        let base = name.split('#').next().unwrap_or_default();
         match self.side_output(1) {
-            Some(s) if name.contains("window") => s,
+            Some(s) if WINDOW_NODES.contains(&base) => s,
             _ => {
                 self.report(plan_error(
                     self,
                     "late_data",
-                    "late_data() follows a window aggregate",
+                    format!(
+                        "late_data() needs the output of window(...).aggregate(...); '{name}' is not a window aggregate"
+                    ),
                 ));
                 self.clone()
             }

@@ -22,6 +22,26 @@ struct Pane {
     slots: HashMap<u32, u32>,
 }
 
+/// Rows of one output batch being assembled: (key, slot, start, end) per
+/// row, plus the temporary slots holding merged panes.
+#[derive(Default)]
+struct Firing {
+    keys: Vec<u32>,
+    slots: Vec<u32>,
+    starts: Vec<i64>,
+    ends: Vec<i64>,
+    temps: Vec<u32>,
+}
+
+impl Firing {
+    fn push(&mut self, key: u32, slot: u32, start: i64, end: i64) {
+        self.keys.push(key);
+        self.slots.push(slot);
+        self.starts.push(start);
+        self.ends.push(end);
+    }
+}
+
 /// Event-time tumbling/sliding window aggregation.
 pub(crate) struct PaneWindowOperator {
     pub(crate) size: i64,
@@ -82,48 +102,50 @@ impl PaneWindowOperator {
         end.saturating_sub(1).saturating_add(self.lateness) <= self.watermark
     }
 
-    /// Emits window [end - size, end) for `only` keys (all keys when None).
-    fn fire(&mut self, end: i64, only: Option<&[u32]>, out: &mut Collector) -> Result<()> {
+    /// Adds window [end - size, end) for `only` keys (all keys when None,
+    /// else a sorted list) to `firing`.
+    fn fire(&mut self, end: i64, only: Option<&[u32]>, firing: &mut Firing) {
         let start = end - self.size;
-        let mut key_ids = Vec::new();
-        let mut result_slots = Vec::new();
-        let mut temps = Vec::new();
         let single = self.pane == self.size;
         let mut merged: HashMap<u32, u32> = HashMap::new();
         for (_, pane) in self.panes.range(start..end) {
             for (k, s) in &pane.slots {
-                if only.is_some_and(|o| !o.contains(k)) {
+                if only.is_some_and(|o| o.binary_search(k).is_err()) {
                     continue;
                 }
                 if single {
-                    key_ids.push(*k);
-                    result_slots.push(*s);
+                    firing.push(*k, *s, start, end);
                     continue;
                 }
-                let slots = &mut self.slots;
-                let dst = *merged.entry(*k).or_insert_with(|| {
-                    let t = slots.alloc();
-                    key_ids.push(*k);
-                    result_slots.push(t);
-                    temps.push(t);
-                    t
-                });
+                let dst = match merged.get(k) {
+                    Some(d) => *d,
+                    None => {
+                        let t = self.slots.alloc();
+                        merged.insert(*k, t);
+                        firing.push(*k, t, start, end);
+                        firing.temps.push(t);
+                        t
+                    }
+                };
                 self.slots.merge(*s, dst);
             }
         }
-        if !key_ids.is_empty() {
-            let keys = self.keys.columns_of(&key_ids)?;
-            let aggs = self.slots.evaluate(&result_slots)?;
-            let n = key_ids.len();
+    }
+
+    /// Emits everything in `firing` as one batch and frees its merge slots.
+    fn flush(&mut self, firing: Firing, out: &mut Collector) -> Result<()> {
+        if !firing.keys.is_empty() {
+            let keys = self.keys.columns_of(&firing.keys)?;
+            let aggs = self.slots.evaluate(&firing.slots)?;
             out.emit(output(
                 &self.output,
                 keys,
-                vec![start; n],
-                vec![end; n],
+                firing.starts,
+                firing.ends,
                 aggs,
             )?);
         }
-        for t in temps {
+        for t in firing.temps {
             self.slots.release(t);
         }
         Ok(())
@@ -225,12 +247,14 @@ impl Operator for PaneWindowOperator {
         if !late.is_empty() {
             out.emit_side(1, take_record_batch(&batch, &UInt32Array::from(late))?);
         }
+        self.keys.forget_unused();
+        let mut firing = Firing::default();
         for (end, mut keys) in refire {
             keys.sort_unstable();
             keys.dedup();
-            self.fire(end, Some(&keys), out)?;
+            self.fire(end, Some(&keys), &mut firing);
         }
-        Ok(())
+        self.flush(firing, out)
     }
 
     fn on_watermark(
@@ -250,9 +274,12 @@ impl Operator for PaneWindowOperator {
                     .filter(|e| *e > self.fired_upto && *e <= limit),
             );
         }
+        // One output batch per watermark, however many windows it closes.
+        let mut firing = Firing::default();
         for e in ends {
-            self.fire(e, None, out)?;
+            self.fire(e, None, &mut firing);
         }
+        self.flush(firing, out)?;
         self.fired_upto = self.fired_upto.max(limit);
         self.purge();
         Ok(Some(wm))
@@ -329,5 +356,30 @@ mod tests {
             assert_eq!(w.live_slots(), 0, "fired panes are freed");
             assert_eq!(w.keys.live(), 0, "keys are forgotten with their panes");
         }
+    }
+
+    #[test]
+    fn keys_seen_only_on_late_records_are_forgotten() {
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("ts", DataType::Int64, false),
+        ]));
+        let mut w = op(1_000, 1_000);
+        let mut out = Collector::default();
+        w.on_watermark(Watermark::EventTime(5_000), &ctx(), &mut out)
+            .unwrap();
+        let late = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from_iter_values(0..100)),
+                Arc::new(Int64Array::from_iter_values((0..100).map(|i| i * 10))),
+            ],
+        )
+        .unwrap();
+        w.process(0, late, &ctx(), &mut out).unwrap();
+        let side: usize = out.take_side().iter().map(|(_, b)| b.num_rows()).sum();
+        assert_eq!(side, 100, "every record is late");
+        assert_eq!(w.keys.live(), 0, "no key outlives its late records");
+        assert_eq!(w.live_slots(), 0);
     }
 }

@@ -1,6 +1,9 @@
 //! Session windows: per key, a record opens [t, t + gap) and sessions that
 //! overlap merge (their accumulator slots merge too). A session fires when
-//! the watermark reaches its end - 1.
+//! the watermark reaches its end - 1; with allowed lateness it is kept until
+//! end - 1 + lateness, and a record that lands in it (or opens a session the
+//! watermark already passed) fires it again at once. A record is late when
+//! the session it would form is past end - 1 + lateness.
 
 use std::collections::BTreeSet;
 
@@ -147,7 +150,6 @@ impl Operator for SessionWindowOperator {
                 continue;
             }
             list.retain(|s| !(s.start < end && t < s.end));
-            let was_fired = overlapping.iter().any(|s| s.fired);
             let slot = match overlapping.first() {
                 Some(first) => {
                     for o in &overlapping[1..] {
@@ -162,11 +164,13 @@ impl Operator for SessionWindowOperator {
                     self.slots.alloc()
                 }
             };
+            // A session the watermark already passed (possible within allowed
+            // lateness) fires at once, as Flink's EventTimeTrigger does.
             let merged = Session {
                 start,
                 end,
                 slot,
-                fired: was_fired && end.saturating_sub(1) <= self.watermark,
+                fired: end.saturating_sub(1) <= self.watermark,
             };
             self.sessions.entry(k).or_default().push(merged);
             for o in &overlapping {
@@ -187,6 +191,7 @@ impl Operator for SessionWindowOperator {
             self.slots.release(s);
             self.keys.release(k);
         }
+        self.keys.forget_unused();
         if !late.is_empty() {
             out.emit_side(1, take_record_batch(&batch, &UInt32Array::from(late))?);
         }
@@ -198,7 +203,7 @@ impl Operator for SessionWindowOperator {
                 self.sessions
                     .get(k)?
                     .iter()
-                    .find(|s| s.start == *start)
+                    .find(|s| s.start == *start && s.fired)
                     .map(|s| (*k, *s))
             })
             .collect();

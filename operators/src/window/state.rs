@@ -9,7 +9,7 @@ use arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use arrow_row::{RowConverter, SortField};
 use hashbrown::HashTable;
-use sluice_engine::Result;
+use sluice_engine::{Error, Result};
 
 use crate::aggregate::{Accumulator, AggregateExpr};
 
@@ -23,6 +23,9 @@ pub(crate) struct Keys {
     rows: Vec<Box<[u8]>>,
     refs: Vec<u32>,
     free: Vec<u32>,
+    /// Ids created by the last `intern`, freed by `forget_unused` unless a
+    /// slot retained them (keys seen only on late records must not leak).
+    fresh: Vec<u32>,
     hasher: ahash::RandomState,
 }
 
@@ -50,6 +53,7 @@ impl Keys {
             rows: Vec::new(),
             refs: Vec::new(),
             free: Vec::new(),
+            fresh: Vec::new(),
             hasher: ahash::RandomState::with_seeds(1, 2, 3, 4),
         })
     }
@@ -75,6 +79,7 @@ impl Keys {
                             }
                         };
                         ints.ids.insert(v, id);
+                        self.fresh.push(id);
                         id
                     }
                 };
@@ -120,6 +125,7 @@ impl Keys {
                     let (rows, hasher) = (&self.rows, &self.hasher);
                     self.table
                         .insert_unique(h, id, |id| hasher.hash_one(&*rows[*id as usize]));
+                    self.fresh.push(id);
                     id
                 }
             };
@@ -137,19 +143,40 @@ impl Keys {
     pub(crate) fn release(&mut self, id: u32) {
         let r = &mut self.refs[id as usize];
         *r -= 1;
-        if *r != 0 {
-            return;
+        if *r == 0 {
+            self.free_id(id);
         }
+    }
+
+    /// Forgets keys interned by the last batch that no slot retained (all
+    /// their records were late).
+    pub(crate) fn forget_unused(&mut self) {
+        let fresh = std::mem::take(&mut self.fresh);
+        for id in &fresh {
+            if self.refs[*id as usize] == 0 {
+                self.free_id(*id);
+            }
+        }
+        self.fresh = fresh;
+        self.fresh.clear();
+    }
+
+    /// Returns `id` to the free list; a no-op for ids not live (so a key
+    /// released and then swept in the same batch is freed once).
+    fn free_id(&mut self, id: u32) {
         if let Some(ints) = &mut self.ints {
-            ints.ids.remove(&ints.values[id as usize]);
-            self.free.push(id);
+            let v = ints.values[id as usize];
+            if ints.ids.get(&v) == Some(&id) {
+                ints.ids.remove(&v);
+                self.free.push(id);
+            }
         } else if self.converter.is_some() {
             let h = self.hasher.hash_one(&*self.rows[id as usize]);
             if let Ok(e) = self.table.find_entry(h, |x| *x == id) {
                 e.remove();
+                self.rows[id as usize] = Box::new([]);
+                self.free.push(id);
             }
-            self.rows[id as usize] = Box::new([]);
-            self.free.push(id);
         }
     }
 
@@ -187,7 +214,11 @@ impl Slots {
         let mut accs = Vec::new();
         let mut inputs = Vec::new();
         for a in aggs {
-            let (idx, _) = a.resolve(input)?;
+            let (idx, _) = a.resolve(input).map_err(|m| {
+                Error::Internal(format!(
+                    "aggregate passed planning but does not resolve: {m}"
+                ))
+            })?;
             accs.push(a.accumulator(idx.map(|i| input.field(i).data_type()))?);
             inputs.push(idx);
         }
