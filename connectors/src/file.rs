@@ -13,6 +13,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use sluice_engine::data::CheckpointId;
 use sluice_engine::graph::SourceFactory;
 use sluice_engine::{Error, OperatorContext, Result, Source, SourcePoll, SourceSpec};
 
@@ -188,17 +189,20 @@ impl SourceSpec for FileSource {
         let me = self.clone();
         Arc::new(move |ctx: &OperatorContext| {
             let schema = me.schema()?;
-            let files: Vec<PathBuf> = me
+            let files: Vec<(usize, PathBuf)> = me
                 .files()?
                 .into_iter()
                 .enumerate()
                 .filter(|(i, _)| i % ctx.parallelism == ctx.subtask)
-                .map(|(_, f)| f)
                 .collect();
+            let n = files.len();
             Ok(Box::new(FileSubtask {
                 spec: me.clone(),
                 schema,
                 files,
+                rows: vec![0; n],
+                done: vec![false; n],
+                skip: 0,
                 current: None,
                 index: 0,
             }) as Box<dyn Source>)
@@ -209,9 +213,36 @@ impl SourceSpec for FileSource {
 struct FileSubtask {
     spec: FileSource,
     schema: SchemaRef,
-    files: Vec<PathBuf>,
+    /// (index among all the source's files, path): files are dealt by index,
+    /// so the same file goes to the same subtask in every run.
+    files: Vec<(usize, PathBuf)>,
+    /// Rows emitted from each file (the checkpointed position).
+    rows: Vec<u64>,
+    /// Files read to the end.
+    done: Vec<bool>,
+    /// Rows still to skip in the current file (resuming mid-file).
+    skip: u64,
     current: Option<Reader>,
     index: usize,
+}
+
+/// A file's position: (file index, rows emitted, finished), 17 bytes.
+fn encode_position(file: usize, rows: u64, done: bool) -> Vec<u8> {
+    let mut e = (file as u64).to_le_bytes().to_vec();
+    e.extend_from_slice(&rows.to_le_bytes());
+    e.push(done as u8);
+    e
+}
+
+fn decode_position(e: &[u8]) -> Result<(usize, u64, bool)> {
+    if e.len() != 17 || e[16] > 1 {
+        return Err(Error::Checkpoint(format!(
+            "file source position entry is malformed ({} bytes)",
+            e.len()
+        )));
+    }
+    let word = |i: usize| u64::from_le_bytes(e[i..i + 8].try_into().expect("8 bytes"));
+    Ok((word(0) as usize, word(8), e[16] == 1))
 }
 
 impl Source for FileSubtask {
@@ -220,15 +251,65 @@ impl Source for FileSubtask {
         self.files.len()
     }
 
+    fn supports_checkpoints(&self) -> bool {
+        true
+    }
+
+    /// Skipping already-emitted rows reports `Idle` between batches; poll
+    /// again at once.
+    fn idle_backoff(&self) -> std::time::Duration {
+        if self.skip > 0 {
+            std::time::Duration::ZERO
+        } else {
+            std::time::Duration::from_millis(5)
+        }
+    }
+
+    fn snapshot(&mut self, _checkpoint: CheckpointId) -> Result<Vec<Vec<u8>>> {
+        Ok(self
+            .files
+            .iter()
+            .enumerate()
+            .map(|(i, (file, _))| encode_position(*file, self.rows[i], self.done[i]))
+            .collect())
+    }
+
+    /// Takes the positions of the files this subtask owns (by file index).
+    fn restore(&mut self, entries: Vec<Vec<u8>>, _ctx: &OperatorContext) -> Result<()> {
+        for e in &entries {
+            let (file, rows, done) = decode_position(e)?;
+            if let Some(i) = self.files.iter().position(|(f, _)| *f == file) {
+                self.rows[i] = rows;
+                self.done[i] = done;
+            }
+        }
+        Ok(())
+    }
+
     fn poll(&mut self, _ctx: &OperatorContext) -> Result<SourcePoll> {
-        let Some(path) = self.files.get(self.index) else {
+        while self.done.get(self.index).copied().unwrap_or(false) {
+            self.index += 1;
+        }
+        let Some((_, path)) = self.files.get(self.index) else {
             return Ok(SourcePoll::End);
         };
         if self.current.is_none() {
             self.current = Some(self.spec.reader(path, &self.schema)?);
+            self.skip = self.rows[self.index];
         }
         match self.current.as_mut().and_then(|r| r.next()) {
-            Some(Ok(batch)) => {
+            Some(Ok(mut batch)) => {
+                // Resuming mid-file: rows before the position were emitted.
+                if self.skip > 0 {
+                    let n = batch.num_rows() as u64;
+                    let cut = self.skip.min(n);
+                    self.skip -= cut;
+                    batch = batch.slice(cut as usize, (n - cut) as usize);
+                    if batch.num_rows() == 0 {
+                        return Ok(SourcePoll::Idle);
+                    }
+                }
+                self.rows[self.index] += batch.num_rows() as u64;
                 if batch.schema().fields() != self.schema.fields() {
                     return Err(Error::connector(
                         "file",
@@ -249,6 +330,7 @@ impl Source for FileSubtask {
             None => {
                 // This file is done: its split no longer holds back time.
                 self.current = None;
+                self.done[self.index] = true;
                 self.index += 1;
                 Ok(SourcePoll::SplitEnd(self.index - 1))
             }

@@ -257,6 +257,8 @@ fn files_are_dealt_round_robin_one_split_each() {
         max_parallelism: 128,
         input_schemas: Vec::new(),
         watermark: None,
+        attempt: 0,
+        checkpointing: false,
     };
     let splits = |s, p| factory(&ctx(s, p)).unwrap().splits();
     assert_eq!((splits(0, 2), splits(1, 2)), (2, 1));

@@ -30,7 +30,9 @@ impl Watermark {
 }
 
 /// Identifies one checkpoint of a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct CheckpointId(pub u64);
 
 /// What a barrier asks of the operators it passes.

@@ -195,6 +195,14 @@ impl Env {
         let config = self.config();
         runtime::run_embedded(&graph, &config)
     }
+
+    /// Starts the job in this process and returns at once with a handle
+    /// (savepoints, stop-with-savepoint, cancel, join).
+    pub fn start(&self) -> Result<runtime::JobHandle> {
+        let graph = self.graph()?;
+        let config = self.config();
+        runtime::start_embedded(&graph, &config)
+    }
 }
 
 /// A handle on one output of a node, plus what the DSL knows about it:

@@ -61,6 +61,10 @@ pub enum Error {
     /// A user function panicked.
     #[error("panic: {0}")]
     Panic(String),
+    /// A checkpoint could not be taken, stored or restored (missing or
+    /// corrupted files, incompatible job).
+    #[error("checkpoint error: {0}")]
+    Checkpoint(String),
     /// The job was cancelled.
     #[error("job cancelled")]
     Cancelled,
@@ -112,7 +116,10 @@ impl Error {
                 ErrorKind::User
             }
             Error::Panic(_) => ErrorKind::User,
-            Error::Io { .. } | Error::Connector { .. } | Error::Cancelled => ErrorKind::External,
+            Error::Io { .. }
+            | Error::Connector { .. }
+            | Error::Checkpoint(_)
+            | Error::Cancelled => ErrorKind::External,
             Error::Arrow(_) | Error::Internal(_) => ErrorKind::Internal,
             Error::Task { source, .. } => source.kind(),
         }

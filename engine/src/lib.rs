@@ -17,6 +17,8 @@
 //!   implements).
 //! - [`state`]: key groups (key → group → subtask), fixed per job so state
 //!   can move when parallelism changes.
+//! - [`checkpoint`]: barrier checkpoints: coordinator, snapshot writer,
+//!   manifests with checksums, restore with rescaling, savepoints.
 //! - [`runtime`]: task threads, watermark combination and idleness, failure
 //!   propagation, the embedded cluster.
 //! - [`hash`]: the stable, vectorized row hash used for key routing.
@@ -24,6 +26,7 @@
 //! - [`testing`]: a source over prepared batches for tests and examples.
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 pub mod data;
 pub mod dsl;
 pub mod error;
@@ -36,9 +39,10 @@ pub mod runtime;
 pub mod state;
 pub mod testing;
 
+pub use checkpoint::{CheckpointConfig, RestartStrategy};
 pub use data::{EventTime, StreamMessage, Watermark};
 pub use dsl::{Collected, Env, SinkSpec, SourceSpec, Stream};
 pub use error::{Error, Result};
 pub use graph::{EdgeKind, WatermarkStrategy};
 pub use operator::{Collector, Operator, OperatorContext, Sink, Source, SourcePoll};
-pub use runtime::{JobConfig, JobResult};
+pub use runtime::{JobConfig, JobHandle, JobResult};

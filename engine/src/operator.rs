@@ -9,8 +9,9 @@ use std::time::Duration;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
-use crate::data::Watermark;
+use crate::data::{CheckpointId, Watermark};
 use crate::error::Result;
+use crate::state::{OperatorSnapshot, RestoredState};
 
 /// Where an operator instance runs: its subtask index and the operator's
 /// parallelism, plus the key-group layout for keyed state.
@@ -28,6 +29,12 @@ pub struct OperatorContext {
     pub input_schemas: Vec<SchemaRef>,
     /// The current combined input watermark, if any arrived yet.
     pub watermark: Option<i64>,
+    /// Which run of the job this is: grows with every restart, also across
+    /// processes resuming from a checkpoint directory (file names use it).
+    pub attempt: u64,
+    /// Whether the job checkpoints (sinks then stage output until a
+    /// checkpoint completes instead of publishing it at once).
+    pub checkpointing: bool,
 }
 
 /// What an operator emits during one call: main output batches and batches for
@@ -117,6 +124,33 @@ pub trait Operator: Send {
     fn close(&mut self, _ctx: &OperatorContext, _out: &mut Collector) -> Result<()> {
         Ok(())
     }
+
+    /// A barrier passed: return a copy of the state as of now. Called on the
+    /// task thread; the copy is written out while processing goes on, so it
+    /// must not alias anything the operator mutates later. Stateless
+    /// operators keep the default (nothing to store).
+    fn snapshot(
+        &mut self,
+        _checkpoint: CheckpointId,
+        _ctx: &OperatorContext,
+    ) -> Result<OperatorSnapshot> {
+        Ok(OperatorSnapshot::default())
+    }
+
+    /// Called before [`Operator::open`] when the job resumes from a checkpoint.
+    fn restore(&mut self, _state: RestoredState, _ctx: &OperatorContext) -> Result<()> {
+        Ok(())
+    }
+
+    /// Checkpoint `checkpoint` is complete (durable): side effects staged
+    /// for it may become visible.
+    fn checkpoint_complete(
+        &mut self,
+        _checkpoint: CheckpointId,
+        _ctx: &OperatorContext,
+    ) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// What a source poll produced.
@@ -162,6 +196,30 @@ pub trait Source: Send {
     fn records_emitted(&self) -> u64 {
         0
     }
+
+    /// Whether the source can record its position in a checkpoint and
+    /// resume from it (replayable input). Checkpointing refuses to start a
+    /// job with a source that cannot.
+    fn supports_checkpoints(&self) -> bool {
+        false
+    }
+
+    /// The position reached, as operator-state entries (typically one per
+    /// split, so positions can be redistributed when parallelism changes).
+    fn snapshot(&mut self, _checkpoint: CheckpointId) -> Result<Vec<Vec<u8>>> {
+        Ok(Vec::new())
+    }
+
+    /// Called before [`Source::open`] with every entry of every old subtask
+    /// when the job resumes; the source keeps the splits that are now its own.
+    fn restore(&mut self, _entries: Vec<Vec<u8>>, _ctx: &OperatorContext) -> Result<()> {
+        Ok(())
+    }
+
+    /// Checkpoint `checkpoint` completed (sources may acknowledge input).
+    fn checkpoint_complete(&mut self, _checkpoint: CheckpointId) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A sink subtask.
@@ -179,8 +237,35 @@ pub trait Sink: Send {
         Ok(())
     }
 
-    /// The input ended: flush and close everything.
+    /// The input ended: flush and close everything. With checkpoints, what
+    /// is staged stays staged until the final checkpoint completes.
     fn close(&mut self, _ctx: &OperatorContext) -> Result<()> {
+        Ok(())
+    }
+
+    /// Pre-commit at a barrier: stage what was written so far for
+    /// `checkpoint` and return the state needed to commit or discard it.
+    fn snapshot(
+        &mut self,
+        _checkpoint: CheckpointId,
+        _ctx: &OperatorContext,
+    ) -> Result<OperatorSnapshot> {
+        Ok(OperatorSnapshot::default())
+    }
+
+    /// Called before [`Sink::open`] on resume: commit what the restored
+    /// checkpoint staged, discard what later, incomplete ones did.
+    fn restore(&mut self, _state: RestoredState, _ctx: &OperatorContext) -> Result<()> {
+        Ok(())
+    }
+
+    /// Commit: everything staged up to `checkpoint` becomes visible.
+    /// Must be idempotent.
+    fn checkpoint_complete(
+        &mut self,
+        _checkpoint: CheckpointId,
+        _ctx: &OperatorContext,
+    ) -> Result<()> {
         Ok(())
     }
 }
@@ -212,5 +297,14 @@ impl Operator for SinkOperator {
     }
     fn close(&mut self, ctx: &OperatorContext, _out: &mut Collector) -> Result<()> {
         self.0.close(ctx)
+    }
+    fn snapshot(&mut self, id: CheckpointId, ctx: &OperatorContext) -> Result<OperatorSnapshot> {
+        self.0.snapshot(id, ctx)
+    }
+    fn restore(&mut self, state: RestoredState, ctx: &OperatorContext) -> Result<()> {
+        self.0.restore(state, ctx)
+    }
+    fn checkpoint_complete(&mut self, id: CheckpointId, ctx: &OperatorContext) -> Result<()> {
+        self.0.checkpoint_complete(id, ctx)
     }
 }

@@ -1,5 +1,5 @@
 //! Command-line helpers shared by the job binaries: durations, output
-//! targets, logging setup.
+//! targets, checkpoint flags, logging setup.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -41,4 +41,76 @@ pub fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// Where keyed state lives while the job runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StateBackend {
+    /// On the heap (columnar accumulators), snapshotted as Arrow IPC.
+    Memory,
+}
+
+/// The checkpoint flags every job binary takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CheckpointArgs {
+    /// Checkpoint into this directory; a job started again with the same
+    /// directory resumes from its newest restorable checkpoint.
+    #[arg(long)]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Time between checkpoints.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub checkpoint_interval: Duration,
+    /// Completed checkpoints to keep.
+    #[arg(long, default_value_t = 3)]
+    pub checkpoints_retained: usize,
+    /// Skip barrier alignment (at-least-once instead of exactly-once).
+    #[arg(long)]
+    pub at_least_once: bool,
+    /// State backend.
+    #[arg(long, value_enum, default_value = "memory")]
+    pub state: StateBackend,
+    /// Start from this checkpoint or savepoint directory (when the
+    /// checkpoint directory holds none of this job yet).
+    #[arg(long)]
+    pub restore: Option<PathBuf>,
+}
+
+impl CheckpointArgs {
+    /// Configures `env` (named `job`, which checkpoints record) from the flags.
+    pub fn apply(&self, env: &sluice_engine::Env, job: &str) -> anyhow::Result<()> {
+        if self.restore.is_some() && self.checkpoint_dir.is_none() {
+            anyhow::bail!("--restore needs --checkpoint-dir (where the resumed job checkpoints)");
+        }
+        if self.checkpoint_interval.is_zero() {
+            anyhow::bail!("--checkpoint-interval must be positive");
+        }
+        env.configure(|c| {
+            c.name = job.to_string();
+            if let Some(dir) = &self.checkpoint_dir {
+                let mut ck = sluice_engine::CheckpointConfig::new(dir);
+                ck.interval = self.checkpoint_interval;
+                ck.retained = self.checkpoints_retained.max(1);
+                ck.restore_from = self.restore.clone();
+                if self.at_least_once {
+                    ck.guarantee = sluice_engine::checkpoint::Guarantee::AtLeastOnce;
+                }
+                c.checkpoint = Some(ck);
+            }
+        });
+        Ok(())
+    }
+}
+
+/// A one-line summary of a job's checkpoints for the binaries' reports.
+pub fn checkpoint_summary(stats: &sluice_engine::checkpoint::CheckpointStats) -> String {
+    let last = stats.recent.last();
+    format!(
+        "checkpoints={} aborted={} restarts={} restored_from={} last_checkpoint_ms={} last_checkpoint_bytes={}",
+        stats.completed,
+        stats.aborted,
+        stats.restarts,
+        stats.restored_from.map_or("-".into(), |c| c.to_string()),
+        last.map_or("-".into(), |r| r.figures.duration_ms.to_string()),
+        last.map_or("-".into(), |r| r.figures.bytes.to_string()),
+    )
 }

@@ -35,3 +35,4 @@ pub mod window;
 mod error;
 pub(crate) use error::advance;
 pub use error::plan_error;
+pub(crate) mod snapshot;

@@ -14,7 +14,8 @@ use arrow::compute::{cast, concat_batches, take_record_batch};
 use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use hashbrown::HashMap;
-use sluice_engine::data::{event_times_ms, Watermark};
+use sluice_engine::data::{event_times_ms, CheckpointId, Watermark};
+use sluice_engine::state::{OperatorSnapshot, RestoredState};
 use sluice_engine::{Collector, Operator, OperatorContext, Result, Stream};
 
 use crate::plan_error;
@@ -149,6 +150,38 @@ impl Operator for TopOperator {
             self.fire(t, out)?;
         }
         Ok(Some(wm))
+    }
+
+    /// The kept rows, keyed by their group's start so a group stays whole
+    /// when parallelism changes.
+    fn snapshot(&mut self, _id: CheckpointId, ctx: &OperatorContext) -> Result<OperatorSnapshot> {
+        let mut keyed = Vec::new();
+        for (start, g) in &self.groups {
+            for rows in &g.rows {
+                let n = rows.num_rows();
+                let key: ArrayRef = Arc::new(arrow::array::Int64Array::from(vec![*start; n]));
+                keyed.push(sluice_engine::state::snapshot::with_key_groups(
+                    rows.clone(),
+                    &[key],
+                    ctx.max_parallelism,
+                )?);
+            }
+        }
+        Ok(OperatorSnapshot {
+            keyed,
+            entries: vec![crate::snapshot::encode_times(&[self.watermark])],
+        })
+    }
+
+    fn restore(&mut self, state: RestoredState, ctx: &OperatorContext) -> Result<()> {
+        if let Some(t) = crate::snapshot::restored_times(&state.entries, 1)? {
+            self.watermark = t[0];
+        }
+        for b in &state.keyed {
+            let rows = crate::snapshot::without_key_group(b)?;
+            self.process(0, rows, ctx, &mut Collector::default())?;
+        }
+        Ok(())
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{ArrayRef, Int64Builder, StringBuilder, TimestampMillisecondBuilder};
 use arrow::record_batch::RecordBatch;
+use sluice_engine::data::CheckpointId;
 use sluice_engine::{Error, OperatorContext, Result, Source, SourcePoll};
 
 use super::generator::{auction, bid, card_digits, person, Channels, Clock, CARD_LEN};
@@ -26,6 +27,12 @@ pub(crate) struct NexmarkSubtask {
     batch_size: usize,
     rate_limit: Option<u64>,
     channels: Option<Arc<Channels>>,
+    /// Strided ordinal sequences this subtask generates (one at a fresh
+    /// start; several, or none, after a restore at another parallelism).
+    /// Each is a split with its own watermark.
+    seqs: Vec<Seq>,
+    /// The sequence `next`/`step` belong to (polled round robin).
+    current: usize,
     /// Next ordinal (within the type) this subtask emits.
     next: u64,
     /// Ordinals advance by the parallelism.
@@ -51,6 +58,12 @@ impl NexmarkSubtask {
             batch_size: cfg.batch_size.max(1),
             rate_limit: cfg.rate_limit.map(|r| r.max(1)),
             channels,
+            seqs: vec![Seq {
+                next: subtask as u64,
+                step: parallelism.max(1) as u64,
+                ended: false,
+            }],
+            current: 0,
             next: subtask as u64,
             step: parallelism.max(1) as u64,
             total: count_of(kind, cfg.events),
@@ -211,18 +224,136 @@ impl NexmarkSubtask {
     }
 }
 
+/// One strided run of ordinals: `next`, `next + step`, ...
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seq {
+    next: u64,
+    step: u64,
+    ended: bool,
+}
+
+impl Seq {
+    fn encode(&self) -> Vec<u8> {
+        let mut e = self.next.to_le_bytes().to_vec();
+        e.extend_from_slice(&self.step.to_le_bytes());
+        e
+    }
+
+    fn decode(e: &[u8]) -> Result<Seq> {
+        if e.len() != 16 {
+            return Err(Error::Checkpoint(format!(
+                "nexmark position entry has {} bytes, expected 16",
+                e.len()
+            )));
+        }
+        let word = |i: usize| u64::from_le_bytes(e[i..i + 8].try_into().expect("8 bytes"));
+        let (next, step) = (word(0), word(8));
+        if step == 0 {
+            return Err(Error::Checkpoint("nexmark position with step 0".into()));
+        }
+        Ok(Seq {
+            next,
+            step,
+            ended: false,
+        })
+    }
+}
+
+impl NexmarkSubtask {
+    /// Makes `seqs[i]` the sequence `take_ids` draws from.
+    fn select(&mut self, i: usize) {
+        self.seqs[self.current].next = self.next;
+        self.current = i;
+        self.next = self.seqs[i].next;
+        self.step = self.seqs[i].step;
+    }
+}
+
 impl Source for NexmarkSubtask {
     fn open(&mut self, _ctx: &OperatorContext) -> Result<()> {
-        // The pace counts from when the job starts, not from planning.
+        // The pace counts from when the job starts, not from planning; a
+        // restored source paces on from where it stopped, not from event 0.
         self.started = Instant::now();
+        if let (Some(rate), Some(first)) = (
+            self.rate_limit,
+            self.seqs
+                .iter()
+                .map(|s| s.next)
+                .filter(|n| *n < self.total)
+                .min(),
+        ) {
+            let ahead = Duration::from_secs_f64(event_of(self.kind, first) as f64 / rate as f64);
+            self.started = self.started.checked_sub(ahead).unwrap_or(self.started);
+        }
+        Ok(())
+    }
+
+    fn splits(&self) -> usize {
+        self.seqs.len().max(1)
+    }
+
+    fn supports_checkpoints(&self) -> bool {
+        true
+    }
+
+    fn snapshot(&mut self, _checkpoint: CheckpointId) -> Result<Vec<Vec<u8>>> {
+        if !self.seqs.is_empty() {
+            self.seqs[self.current].next = self.next;
+        }
+        Ok(self.seqs.iter().map(Seq::encode).collect())
+    }
+
+    /// Old subtasks' sequences are dealt round robin over the new subtasks,
+    /// so every ordinal is generated exactly once at any parallelism.
+    fn restore(&mut self, entries: Vec<Vec<u8>>, ctx: &OperatorContext) -> Result<()> {
+        let mut seqs = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            if i % ctx.parallelism.max(1) == ctx.subtask {
+                seqs.push(Seq::decode(e)?);
+            }
+        }
+        self.seqs = seqs;
+        self.current = 0;
+        match self.seqs.first() {
+            Some(s) => {
+                self.next = s.next;
+                self.step = s.step;
+            }
+            None => self.next = self.total,
+        }
         Ok(())
     }
 
     fn poll(&mut self, _ctx: &OperatorContext) -> Result<SourcePoll> {
-        if self.next >= self.total {
+        if self.seqs.is_empty() {
             return Ok(SourcePoll::End);
         }
+        if self.next >= self.total {
+            let cur = self.current;
+            if !self.seqs[cur].ended {
+                self.seqs[cur].ended = true;
+                self.seqs[cur].next = self.next;
+                if self.seqs.len() > 1 {
+                    return Ok(SourcePoll::SplitEnd(cur));
+                }
+            }
+            match self.seqs.iter().position(|s| !s.ended) {
+                Some(i) => self.select(i),
+                None => return Ok(SourcePoll::End),
+            }
+        }
+        let split = self.current;
         let ids = self.take_ids();
+        // Rotate so several sequences advance together.
+        if self.seqs.len() > 1 {
+            let n = self.seqs.len();
+            if let Some(i) = (1..=n)
+                .map(|d| (self.current + d) % n)
+                .find(|i| !self.seqs[*i].ended)
+            {
+                self.select(i);
+            }
+        }
         if ids.is_empty() {
             return Ok(SourcePoll::Idle);
         }
@@ -232,7 +363,7 @@ impl Source for NexmarkSubtask {
             Kind::Auction => self.auctions(&ids)?,
         };
         self.emitted += batch.num_rows() as u64;
-        Ok(SourcePoll::Batch { split: 0, batch })
+        Ok(SourcePoll::Batch { split, batch })
     }
 
     fn idle_backoff(&self) -> Duration {

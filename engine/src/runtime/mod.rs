@@ -2,20 +2,33 @@
 //! input loop over a crossbeam `Select`, the operator chain); [`watermark`]
 //! holds watermark generation and combination. This module wires channels
 //! between subtasks, starts one OS thread per subtask (operator work never
-//! runs on an async reactor), propagates the first failure to every task and
-//! returns it.
+//! runs on an async reactor), propagates the first failure to every task,
+//! and, when the job checkpoints, starts the checkpoint coordinator and
+//! writer beside the tasks and restarts a failed job from its latest
+//! checkpoint under the restart strategy. [`JobHandle`] is the running
+//! job: savepoints, stop, cancel, join.
 
 pub mod align;
 pub mod task;
 pub mod watermark;
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
-use tracing::{debug, info};
+use crossbeam_channel::{Receiver, Sender};
+use tracing::{debug, info, warn};
+
+use crate::checkpoint::coordinator::{
+    run_writer, Coordinator, CoordinatorMsg, NodeInfo, SavepointRequest, TaskKey,
+};
+use crate::checkpoint::restore::RestorePlan;
+use crate::checkpoint::store::{load_verified, scan};
+use crate::checkpoint::{CheckpointConfig, CheckpointStats, RestartStrategy};
+use crate::graph::NodeKind;
 
 use crate::data::StreamMessage;
 use crate::error::{Error, Result};
@@ -39,6 +52,11 @@ pub struct JobConfig {
     pub channel_capacity: usize,
     /// Fuse forward edges into chains.
     pub chaining: bool,
+    /// Checkpointing, off by default.
+    pub checkpoint: Option<CheckpointConfig>,
+    /// What happens when a task fails (only with checkpointing: a job
+    /// without checkpoints has nothing to resume from).
+    pub restart: RestartStrategy,
 }
 
 impl Default for JobConfig {
@@ -49,6 +67,8 @@ impl Default for JobConfig {
             max_parallelism: DEFAULT_MAX_PARALLELISM,
             channel_capacity: 8,
             chaining: true,
+            checkpoint: None,
+            restart: RestartStrategy::default(),
         }
     }
 }
@@ -82,6 +102,10 @@ pub struct JobResult {
     pub nodes: Vec<NodeSummary>,
     /// The physical plan that ran.
     pub plan: PhysicalPlan,
+    /// Checkpoint metrics (all zero without checkpointing).
+    pub checkpoints: CheckpointStats,
+    /// Whether the job stopped with a savepoint instead of finishing its input.
+    pub stopped: bool,
 }
 
 impl JobResult {
@@ -100,12 +124,13 @@ impl JobResult {
     }
 }
 
-/// Shared failure state of a running job: the first error wins, and every
-/// task stops when `cancelled` is set.
+/// Shared failure state of a running attempt: the first error wins, and
+/// every task stops when `cancelled` is set.
 #[derive(Debug, Default)]
 pub struct JobControl {
     /// Set when the job must stop.
     pub cancelled: Arc<AtomicBool>,
+    stopped: AtomicBool,
     first_error: Mutex<Option<Error>>,
 }
 
@@ -125,6 +150,16 @@ impl JobControl {
         self.cancelled.load(Ordering::Relaxed)
     }
 
+    /// Marks the job as stopping after a stop-with-savepoint.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a stop-with-savepoint completed.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+
     fn take_error(&self) -> Option<Error> {
         self.first_error
             .lock()
@@ -136,110 +171,411 @@ impl JobControl {
 /// An input channel of a subtask and the logical input it feeds.
 type InputChannel = (Receiver<StreamMessage>, usize);
 
+/// What the handle can reach of the attempt that is running.
+#[derive(Default)]
+struct Current {
+    control: Option<Arc<JobControl>>,
+    coordinator: Option<Sender<CoordinatorMsg>>,
+}
+
+/// A job running in this process.
+pub struct JobHandle {
+    thread: JoinHandle<Result<JobResult>>,
+    current: Arc<Mutex<Current>>,
+    user_cancel: Arc<AtomicBool>,
+    stats: Arc<Mutex<CheckpointStats>>,
+}
+
+impl JobHandle {
+    /// Takes a savepoint into `dir` and returns it when complete.
+    pub fn savepoint(&self, dir: impl AsRef<Path>) -> Result<PathBuf> {
+        self.request_savepoint(dir.as_ref(), false)
+    }
+
+    /// Takes a savepoint into `dir`, commits it and stops the job (whose
+    /// [`JobHandle::join`] then reports `stopped`).
+    pub fn stop_with_savepoint(&self, dir: impl AsRef<Path>) -> Result<PathBuf> {
+        self.request_savepoint(dir.as_ref(), true)
+    }
+
+    fn request_savepoint(&self, dir: &Path, stop: bool) -> Result<PathBuf> {
+        if dir
+            .join(crate::checkpoint::manifest::MANIFEST_FILE)
+            .exists()
+        {
+            return Err(Error::Checkpoint(format!(
+                "{} already holds a savepoint",
+                dir.display()
+            )));
+        }
+        let tx = self
+            .current
+            .lock()
+            .expect("job handle lock")
+            .coordinator
+            .clone()
+            .ok_or_else(|| {
+                Error::Config("savepoints need checkpointing (a checkpoint directory)".into())
+            })?;
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        tx.send(CoordinatorMsg::Savepoint(SavepointRequest {
+            dir: dir.to_path_buf(),
+            stop,
+            reply,
+        }))
+        .map_err(|_| Error::Checkpoint("the job is not running".into()))?;
+        rx.recv()
+            .map_err(|_| Error::Checkpoint("the job ended before the savepoint completed".into()))?
+    }
+
+    /// Cancels the job.
+    pub fn cancel(&self) {
+        self.user_cancel.store(true, Ordering::SeqCst);
+        if let Some(c) = &self.current.lock().expect("job handle lock").control {
+            c.fail(Error::Cancelled);
+        }
+    }
+
+    /// Checkpoint metrics so far.
+    pub fn checkpoint_stats(&self) -> CheckpointStats {
+        self.stats.lock().expect("stats lock").clone()
+    }
+
+    /// Whether the job has ended.
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Waits for the job to end.
+    pub fn join(self) -> Result<JobResult> {
+        self.thread
+            .join()
+            .unwrap_or_else(|p| Err(Error::Panic(panic_message(p))))
+    }
+}
+
 /// Plans and runs `graph` in this process, one thread per subtask.
 pub fn run_embedded(graph: &LogicalGraph, config: &JobConfig) -> Result<JobResult> {
+    start_embedded(graph, config)?.join()
+}
+
+/// Plans `graph` and starts it in this process; returns at once.
+pub fn start_embedded(graph: &LogicalGraph, config: &JobConfig) -> Result<JobHandle> {
     let plan = plan(
         graph,
         config.parallelism,
         config.max_parallelism,
         config.chaining,
     )?;
-    info!(job = %config.name, "starting embedded job\n{}", plan.describe());
-    let control = Arc::new(JobControl::default());
-    let metrics: Vec<Arc<NodeMetrics>> = graph.nodes.iter().map(|_| Arc::default()).collect();
-
-    // Channels: for each edge and upstream subtask, one channel per target.
-    let mut inputs: HashMap<(usize, usize), Vec<InputChannel>> = HashMap::new();
-    let mut writers: HashMap<(usize, usize, usize), Vec<(usize, EdgeWriter)>> = HashMap::new();
-    for e in &plan.edges {
-        let up = &plan.vertices[e.from_vertex];
-        let down = &plan.vertices[e.to_vertex];
-        for u in 0..up.parallelism {
-            let mut senders: Vec<Box<dyn ChannelSender>> = Vec::new();
-            for t in targets(&e.kind, u, down.parallelism) {
-                let (tx, rx) = channel(config.channel_capacity, control.cancelled.clone());
-                senders.push(Box::new(tx));
-                inputs
-                    .entry((e.to_vertex, t))
-                    .or_default()
-                    .push((rx, e.input));
-            }
-            let w = EdgeWriter::new(e.kind.clone(), senders, plan.max_parallelism, u);
-            writers
-                .entry((e.from_vertex, u, e.from_member))
-                .or_default()
-                .push((e.port, w));
-        }
-    }
-
-    let start = Instant::now();
-    let mut handles = Vec::new();
-    for v in &plan.vertices {
-        for s in 0..v.parallelism {
-            let member_writers: Vec<Vec<(usize, EdgeWriter)>> = (0..v.chain.len())
-                .map(|m| writers.remove(&(v.id, s, m)).unwrap_or_default())
-                .collect();
-            let task = task::TaskSpec {
-                graph: graph.clone(),
-                vertex: v.clone(),
-                subtask: s,
-                max_parallelism: plan.max_parallelism,
-                inputs: inputs.remove(&(v.id, s)).unwrap_or_default(),
-                writers: member_writers,
-                metrics: v.chain.iter().map(|n| metrics[n.0].clone()).collect(),
-                input_schemas: task::input_schemas(graph, v),
-            };
-            let control = control.clone();
-            let name = format!("{}-{}", v.name, s);
-            let thread_name: String = name.chars().take(60).collect();
-            let h = std::thread::Builder::new()
-                .name(thread_name)
-                .spawn(move || {
-                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        task::run(task, &control)
-                    }));
-                    let result = match result {
-                        Ok(r) => r,
-                        Err(payload) => Err(Error::Panic(panic_message(payload))),
-                    };
-                    if let Err(e) = result {
-                        debug!(task = %name, error = %e, "task failed");
-                        control.fail(Error::Task {
-                            operator: name.clone(),
-                            subtask: s,
-                            source: Box::new(e),
-                        });
-                    }
-                })
-                .map_err(|e| Error::io("spawning a task thread", e))?;
-            handles.push(h);
-        }
-    }
-    for h in handles {
-        let _ = h.join();
-    }
-    if let Some(e) = control.take_error() {
-        return Err(e);
-    }
-    if control.is_cancelled() {
-        return Err(Error::Cancelled);
-    }
-    let duration = start.elapsed();
-    let nodes = graph
-        .nodes
-        .iter()
-        .map(|n| NodeSummary {
-            name: n.name.clone(),
-            records_in: metrics[n.id.0].records_in.load(Ordering::Relaxed),
-            records_out: metrics[n.id.0].records_out.load(Ordering::Relaxed),
-        })
-        .collect();
-    info!(job = %config.name, ms = duration.as_millis() as u64, "job finished");
-    Ok(JobResult {
-        duration,
-        nodes,
+    let current = Arc::new(Mutex::new(Current::default()));
+    let user_cancel = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(Mutex::new(CheckpointStats::default()));
+    let (graph, config) = (graph.clone(), config.clone());
+    let driver = Driver {
+        graph,
+        config,
         plan,
+        current: current.clone(),
+        user_cancel: user_cancel.clone(),
+        stats: stats.clone(),
+    };
+    let thread = std::thread::Builder::new()
+        .name("job-driver".into())
+        .spawn(move || driver.run())
+        .map_err(|e| Error::io("spawning the job driver", e))?;
+    Ok(JobHandle {
+        thread,
+        current,
+        user_cancel,
+        stats,
     })
+}
+
+/// Runs attempts of a job until one finishes or the restart strategy gives up.
+struct Driver {
+    graph: LogicalGraph,
+    config: JobConfig,
+    plan: PhysicalPlan,
+    current: Arc<Mutex<Current>>,
+    user_cancel: Arc<AtomicBool>,
+    stats: Arc<Mutex<CheckpointStats>>,
+}
+
+/// Where an attempt starts.
+struct Start {
+    attempt: u64,
+    next_id: u64,
+    restore: Option<Arc<RestorePlan>>,
+}
+
+impl Driver {
+    fn run(self) -> Result<JobResult> {
+        info!(job = %self.config.name, "starting embedded job\n{}", self.plan.describe());
+        let started = Instant::now();
+        let mut restarts = 0u32;
+        let mut attempt_floor = 0u64;
+        loop {
+            let start = self.prepare(attempt_floor)?;
+            let attempt = start.attempt;
+            match self.run_attempt(start) {
+                Ok(mut r) => {
+                    r.duration = started.elapsed();
+                    r.checkpoints = self.stats.lock().expect("stats lock").clone();
+                    return Ok(r);
+                }
+                Err(e) => {
+                    if self.user_cancel.load(Ordering::SeqCst)
+                        || self.config.checkpoint.is_none()
+                        || matches!(e.root(), Error::Plan { .. } | Error::Config(_))
+                    {
+                        return Err(e);
+                    }
+                    let Some(delay) = self.config.restart.delay(restarts) else {
+                        return Err(e);
+                    };
+                    warn!(job = %self.config.name, error = %e, attempt, ?delay,
+                        "job failed; restarting from the latest checkpoint");
+                    std::thread::sleep(delay);
+                    restarts += 1;
+                    self.stats.lock().expect("stats lock").restarts += 1;
+                    attempt_floor = attempt + 1;
+                }
+            }
+        }
+    }
+
+    /// Finds the checkpoint to resume from and the ids to continue with.
+    fn prepare(&self, attempt_floor: u64) -> Result<Start> {
+        let Some(ck) = &self.config.checkpoint else {
+            return Ok(Start {
+                attempt: attempt_floor,
+                next_id: 1,
+                restore: None,
+            });
+        };
+        std::fs::create_dir_all(&ck.dir)
+            .map_err(|e| Error::io(format!("creating {}", ck.dir.display()), e))?;
+        let found = scan(&ck.dir, &self.config.name)?;
+        let restore = match (found.latest, &ck.restore_from) {
+            (Some((dir, manifest)), _) => Some(RestorePlan { dir, manifest }),
+            (None, Some(path)) => Some(RestorePlan {
+                dir: path.clone(),
+                manifest: load_verified(path)?,
+            }),
+            (None, None) => None,
+        };
+        let mut next_id = found.max_id + 1;
+        if let Some(r) = &restore {
+            r.check_compatible(&self.graph, self.plan.max_parallelism)?;
+            next_id = next_id.max(r.manifest.id + 1);
+            info!(job = %self.config.name, checkpoint = r.manifest.id, dir = %r.dir.display(),
+                "resuming from checkpoint");
+        }
+        self.stats.lock().expect("stats lock").restored_from =
+            restore.as_ref().map(|r| r.manifest.id);
+        Ok(Start {
+            attempt: attempt_floor.max(found.max_attempt.map_or(0, |a| a + 1)),
+            next_id,
+            restore: restore.map(Arc::new),
+        })
+    }
+
+    fn run_attempt(&self, start: Start) -> Result<JobResult> {
+        let (graph, config, plan) = (&self.graph, &self.config, &self.plan);
+        let control = Arc::new(JobControl::default());
+        if self.user_cancel.load(Ordering::SeqCst) {
+            return Err(Error::Cancelled);
+        }
+        let metrics: Vec<Arc<NodeMetrics>> = graph.nodes.iter().map(|_| Arc::default()).collect();
+
+        // Channels: for each edge and upstream subtask, one channel per target.
+        let mut inputs: HashMap<(usize, usize), Vec<InputChannel>> = HashMap::new();
+        let mut writers: HashMap<(usize, usize, usize), Vec<(usize, EdgeWriter)>> = HashMap::new();
+        for e in &plan.edges {
+            let up = &plan.vertices[e.from_vertex];
+            let down = &plan.vertices[e.to_vertex];
+            for u in 0..up.parallelism {
+                let mut senders: Vec<Box<dyn ChannelSender>> = Vec::new();
+                for t in targets(&e.kind, u, down.parallelism) {
+                    let (tx, rx) = channel(config.channel_capacity, control.cancelled.clone());
+                    senders.push(Box::new(tx));
+                    inputs
+                        .entry((e.to_vertex, t))
+                        .or_default()
+                        .push((rx, e.input));
+                }
+                let w = EdgeWriter::new(e.kind.clone(), senders, plan.max_parallelism, u);
+                writers
+                    .entry((e.from_vertex, u, e.from_member))
+                    .or_default()
+                    .push((e.port, w));
+            }
+        }
+
+        // Checkpointing: the coordinator, the writer and each task's channels.
+        let mut side_threads = Vec::new();
+        let mut task_ck: HashMap<TaskKey, task::TaskCheckpointing> = HashMap::new();
+        let mut coordinator_tx = None;
+        if let Some(ck) = &config.checkpoint {
+            let (ctx, crx) = crossbeam_channel::unbounded();
+            let (wtx, wrx) = crossbeam_channel::unbounded();
+            let dirs = Arc::default();
+            let mut tasks = Vec::new();
+            for v in &plan.vertices {
+                let is_source = matches!(graph.node(v.chain[0]).kind, NodeKind::Source { .. });
+                for s in 0..v.parallelism {
+                    let key = TaskKey {
+                        vertex: v.id,
+                        subtask: s,
+                    };
+                    let (tx, rx) = crossbeam_channel::unbounded();
+                    tasks.push((key, tx, is_source));
+                    task_ck.insert(
+                        key,
+                        task::TaskCheckpointing {
+                            key,
+                            control: rx,
+                            writer: wtx.clone(),
+                            coordinator: ctx.clone(),
+                            guarantee: ck.guarantee,
+                            restore: start.restore.clone(),
+                        },
+                    );
+                }
+            }
+            let mut nodes: Vec<NodeInfo> = Vec::new();
+            for v in &plan.vertices {
+                for n in &v.chain {
+                    nodes.push(NodeInfo {
+                        node: n.0,
+                        name: graph.node(*n).name.clone(),
+                        parallelism: v.parallelism,
+                    });
+                }
+            }
+            nodes.sort_by_key(|n| n.node);
+            let coordinator = Coordinator {
+                config: ck.clone(),
+                job: config.name.clone(),
+                attempt: start.attempt,
+                next_id: start.next_id,
+                max_parallelism: plan.max_parallelism,
+                nodes,
+                tasks,
+                rx: crx,
+                dirs: Arc::clone(&dirs),
+                stats: self.stats.clone(),
+                control: control.clone(),
+            };
+            let writer_coord = ctx.clone();
+            side_threads.push(
+                std::thread::Builder::new()
+                    .name("checkpoint-writer".into())
+                    .spawn(move || run_writer(wrx, dirs, writer_coord))
+                    .map_err(|e| Error::io("spawning the checkpoint writer", e))?,
+            );
+            side_threads.push(
+                std::thread::Builder::new()
+                    .name("checkpoint-coordinator".into())
+                    .spawn(move || coordinator.run())
+                    .map_err(|e| Error::io("spawning the checkpoint coordinator", e))?,
+            );
+            coordinator_tx = Some(ctx);
+        }
+        {
+            let mut cur = self.current.lock().expect("job handle lock");
+            cur.control = Some(control.clone());
+            cur.coordinator = coordinator_tx;
+        }
+
+        let start_time = Instant::now();
+        let mut handles = Vec::new();
+        for v in &plan.vertices {
+            for s in 0..v.parallelism {
+                let member_writers: Vec<Vec<(usize, EdgeWriter)>> = (0..v.chain.len())
+                    .map(|m| writers.remove(&(v.id, s, m)).unwrap_or_default())
+                    .collect();
+                let task = task::TaskSpec {
+                    graph: graph.clone(),
+                    vertex: v.clone(),
+                    subtask: s,
+                    max_parallelism: plan.max_parallelism,
+                    inputs: inputs.remove(&(v.id, s)).unwrap_or_default(),
+                    writers: member_writers,
+                    metrics: v.chain.iter().map(|n| metrics[n.0].clone()).collect(),
+                    input_schemas: task::input_schemas(graph, v),
+                    attempt: start.attempt,
+                    checkpointing: task_ck.remove(&TaskKey {
+                        vertex: v.id,
+                        subtask: s,
+                    }),
+                };
+                let control = control.clone();
+                let name = format!("{}-{}", v.name, s);
+                let thread_name: String = name.chars().take(60).collect();
+                let h = std::thread::Builder::new()
+                    .name(thread_name)
+                    .spawn(move || {
+                        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            task::run(task, &control)
+                        }));
+                        let result = match result {
+                            Ok(r) => r,
+                            Err(payload) => Err(Error::Panic(panic_message(payload))),
+                        };
+                        if let Err(e) = result {
+                            debug!(task = %name, error = %e, "task failed");
+                            control.fail(Error::Task {
+                                operator: name.clone(),
+                                subtask: s,
+                                source: Box::new(e),
+                            });
+                        }
+                    })
+                    .map_err(|e| Error::io("spawning a task thread", e))?;
+                handles.push(h);
+            }
+        }
+        for h in handles {
+            let _ = h.join();
+        }
+        {
+            let mut cur = self.current.lock().expect("job handle lock");
+            cur.coordinator = None;
+        }
+        // Tasks are gone: wake the coordinator if it still waits, then wait
+        // for it and the writer (the writer ends when the tasks' senders do).
+        let was_cancelled = control.is_cancelled();
+        control.cancelled.store(true, Ordering::SeqCst);
+        for t in side_threads {
+            let _ = t.join();
+        }
+        if let Some(e) = control.take_error() {
+            return Err(e);
+        }
+        if was_cancelled {
+            return Err(Error::Cancelled);
+        }
+        let stopped = control.is_stopped();
+        let duration = start_time.elapsed();
+        let nodes = graph
+            .nodes
+            .iter()
+            .map(|n| NodeSummary {
+                name: n.name.clone(),
+                records_in: metrics[n.id.0].records_in.load(Ordering::Relaxed),
+                records_out: metrics[n.id.0].records_out.load(Ordering::Relaxed),
+            })
+            .collect();
+        info!(job = %config.name, ms = duration.as_millis() as u64, stopped, "job finished");
+        Ok(JobResult {
+            duration,
+            nodes,
+            plan: plan.clone(),
+            checkpoints: CheckpointStats::default(),
+            stopped,
+        })
+    }
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {

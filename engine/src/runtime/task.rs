@@ -1,27 +1,50 @@
 //! One subtask: an optional source head, a chain of fused operators, the
 //! input loop over its channels, and the writers of its output edges.
 //! Records move through the chain by direct calls; only chain boundaries
-//! touch channels.
+//! touch channels. With checkpoints on, the task also reacts to barriers
+//! (aligned over its inputs by [`Aligner`]) and to the coordinator's
+//! control messages, and after its input ends it waits for the final
+//! checkpoint before it exits.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use crossbeam_channel::{Receiver, Select};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender};
 
+use super::align::{Aligner, Alignment, Guarantee};
 use super::watermark::{InputWatermarks, SplitWatermarks};
 use super::{JobControl, NodeMetrics};
-use crate::data::{StreamMessage, Watermark};
+use crate::checkpoint::coordinator::{CoordinatorMsg, TaskControl, TaskKey, TaskSnapshot};
+use crate::checkpoint::restore::RestorePlan;
+use crate::data::{Barrier, BarrierKind, CheckpointId, StreamMessage, Watermark};
 use crate::error::{Error, Result};
 use crate::exchange::partition::EdgeWriter;
 use crate::graph::{LogicalGraph, NodeKind};
 use crate::operator::{Collector, Operator, OperatorContext, SinkOperator, Source, SourcePoll};
 use crate::plan::Vertex;
+use crate::state::OperatorSnapshot;
 
 /// How often a waiting task checks whether the job was cancelled.
 const CANCEL_POLL: Duration = Duration::from_millis(100);
+
+/// A task's side of checkpointing.
+pub struct TaskCheckpointing {
+    /// Which task this is.
+    pub key: TaskKey,
+    /// From the coordinator.
+    pub control: Receiver<TaskControl>,
+    /// To the snapshot writer.
+    pub writer: Sender<TaskSnapshot>,
+    /// To the coordinator.
+    pub coordinator: Sender<CoordinatorMsg>,
+    /// Barrier alignment mode.
+    pub guarantee: Guarantee,
+    /// The checkpoint to restore, if the job resumes.
+    pub restore: Option<Arc<RestorePlan>>,
+}
 
 /// Everything a subtask thread needs.
 pub struct TaskSpec {
@@ -41,6 +64,10 @@ pub struct TaskSpec {
     pub metrics: Vec<Arc<NodeMetrics>>,
     /// Per chain member: its input schemas.
     pub input_schemas: Vec<Vec<SchemaRef>>,
+    /// The job's attempt number.
+    pub attempt: u64,
+    /// Checkpointing, when enabled.
+    pub checkpointing: Option<TaskCheckpointing>,
 }
 
 /// Input schemas of each chain member of `v`.
@@ -59,10 +86,19 @@ pub fn input_schemas(graph: &LogicalGraph, v: &Vertex) -> Vec<Vec<SchemaRef>> {
 }
 
 struct Member {
+    node: usize,
     op: Box<dyn Operator>,
     ctx: OperatorContext,
     writers: Vec<(usize, EdgeWriter)>,
     metrics: Arc<NodeMetrics>,
+}
+
+/// The source head of a task.
+struct SourceHead {
+    node: usize,
+    src: Box<dyn Source>,
+    ctx: OperatorContext,
+    gen: Option<SplitWatermarks>,
 }
 
 /// The fused operators of a task. Member `i`'s main output feeds member
@@ -168,6 +204,39 @@ impl Chain {
         self.route(0, out)
     }
 
+    /// Snapshots every member in chain order; with `forward`, each member's
+    /// barrier goes out on its writers right after its snapshot (everything
+    /// it emitted before is already ahead of it on those channels).
+    fn snapshot(
+        &mut self,
+        barrier: Barrier,
+        forward: bool,
+        out: &mut Vec<(usize, OperatorSnapshot)>,
+    ) -> Result<()> {
+        if forward {
+            for (_, w) in &mut self.entry_writers {
+                w.broadcast(StreamMessage::Barrier(barrier))?;
+            }
+        }
+        for m in &mut self.members {
+            let snap = m.op.snapshot(barrier.id, &m.ctx)?;
+            out.push((m.node, snap));
+            if forward {
+                for (_, w) in &mut m.writers {
+                    w.broadcast(StreamMessage::Barrier(barrier))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn checkpoint_complete(&mut self, id: CheckpointId) -> Result<()> {
+        for m in &mut self.members {
+            m.op.checkpoint_complete(id, &m.ctx)?;
+        }
+        Ok(())
+    }
+
     /// Closes every member in order (each sees its upstream's last output
     /// before closing), then ends every output channel.
     fn finish(&mut self) -> Result<()> {
@@ -195,6 +264,126 @@ impl Chain {
     }
 }
 
+/// How a task's input loop ended.
+enum Outcome {
+    /// All input consumed.
+    Finished,
+    /// Stopped with a savepoint that completed.
+    Stopped,
+}
+
+/// A task's checkpoint duties: snapshots at barriers, commits on completion.
+struct Checkpointer {
+    ck: TaskCheckpointing,
+}
+
+impl Checkpointer {
+    /// Barrier `b` is aligned: snapshot the source (if any) and the chain,
+    /// forwarding the barrier, and hand the copies to the writer.
+    fn take(
+        &self,
+        b: Barrier,
+        source: Option<&mut SourceHead>,
+        chain: &mut Chain,
+        forward: bool,
+        alignment: Duration,
+    ) -> Result<()> {
+        let mut states = Vec::new();
+        if let Some(s) = source {
+            states.push((s.node, OperatorSnapshot::entries(s.src.snapshot(b.id)?)));
+        }
+        chain.snapshot(b, forward, &mut states)?;
+        self.ck
+            .writer
+            .send(TaskSnapshot {
+                id: b.id,
+                task: self.ck.key,
+                states,
+                alignment,
+            })
+            .map_err(|_| Error::Cancelled)
+    }
+
+    fn complete(
+        &self,
+        id: CheckpointId,
+        source: Option<&mut SourceHead>,
+        chain: &mut Chain,
+    ) -> Result<()> {
+        if let Some(s) = source {
+            s.src.checkpoint_complete(id)?;
+        }
+        chain.checkpoint_complete(id)
+    }
+
+    /// After a stop-with-savepoint barrier: wait for its completion, commit, stop.
+    fn await_stop(
+        &self,
+        id: CheckpointId,
+        mut source: Option<&mut SourceHead>,
+        chain: &mut Chain,
+        control: &JobControl,
+    ) -> Result<Outcome> {
+        loop {
+            match self.ck.control.recv_timeout(CANCEL_POLL) {
+                Ok(TaskControl::Complete(c)) => {
+                    self.complete(c, source.as_deref_mut(), chain)?;
+                    if c == id {
+                        return Ok(Outcome::Stopped);
+                    }
+                }
+                Ok(TaskControl::Abort(c)) if c == id => {
+                    return Err(Error::Checkpoint(format!(
+                        "stop-with-savepoint {} was aborted",
+                        id.0
+                    )))
+                }
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) if control.is_cancelled() => {
+                    return Err(Error::Cancelled)
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Err(Error::Cancelled),
+            }
+        }
+    }
+
+    /// Input is done: report it, take part in the final checkpoint, commit it.
+    fn finish(
+        &self,
+        mut source: Option<&mut SourceHead>,
+        chain: &mut Chain,
+        control: &JobControl,
+    ) -> Result<()> {
+        self.ck
+            .coordinator
+            .send(CoordinatorMsg::Finished(self.ck.key))
+            .map_err(|_| Error::Cancelled)?;
+        let mut final_id = None;
+        loop {
+            match self.ck.control.recv_timeout(CANCEL_POLL) {
+                Ok(TaskControl::Final(b)) => {
+                    final_id = Some(b.id);
+                    self.take(b, source.as_deref_mut(), chain, false, Duration::ZERO)?;
+                }
+                Ok(TaskControl::Complete(c)) => {
+                    self.complete(c, source.as_deref_mut(), chain)?;
+                    if Some(c) == final_id {
+                        return Ok(());
+                    }
+                }
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) if control.is_cancelled() => {
+                    return Err(Error::Cancelled)
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                // The coordinator gave up (job failing): nothing to commit.
+                Err(RecvTimeoutError::Disconnected) => return Err(Error::Cancelled),
+            }
+        }
+    }
+}
+
 /// Runs one subtask to completion.
 pub fn run(spec: TaskSpec, control: &JobControl) -> Result<()> {
     let TaskSpec {
@@ -206,7 +395,11 @@ pub fn run(spec: TaskSpec, control: &JobControl) -> Result<()> {
         writers,
         metrics,
         input_schemas,
+        attempt,
+        checkpointing,
     } = spec;
+    let checkpointer = checkpointing.map(|ck| Checkpointer { ck });
+    let restore = checkpointer.as_ref().and_then(|c| c.ck.restore.clone());
     let ctx_for = |i: usize| OperatorContext {
         operator: graph.node(vertex.chain[i]).name.clone(),
         subtask,
@@ -214,9 +407,11 @@ pub fn run(spec: TaskSpec, control: &JobControl) -> Result<()> {
         max_parallelism,
         input_schemas: input_schemas[i].clone(),
         watermark: None,
+        attempt,
+        checkpointing: checkpointer.is_some(),
     };
     let head = graph.node(vertex.chain[0]);
-    let mut source: Option<(Box<dyn Source>, OperatorContext, Option<SplitWatermarks>)> = None;
+    let mut source: Option<SourceHead> = None;
     let mut members = Vec::new();
     let mut entry_writers = Vec::new();
     let mut writers = writers.into_iter();
@@ -224,12 +419,23 @@ pub fn run(spec: TaskSpec, control: &JobControl) -> Result<()> {
         let ctx = ctx_for(i);
         let node = graph.node(*id);
         let w = writers.next().unwrap_or_default();
-        let op: Box<dyn Operator> = match &node.kind {
+        let mut op: Box<dyn Operator> = match &node.kind {
             NodeKind::Source {
                 factory,
                 watermarks,
             } => {
                 let mut s = factory(&ctx)?;
+                if checkpointer.is_some() && !s.supports_checkpoints() {
+                    return Err(Error::Config(format!(
+                        "source '{}' cannot record its position, so the job cannot checkpoint; \
+                         run it without a checkpoint directory",
+                        node.name
+                    )));
+                }
+                if let Some(r) = &restore {
+                    let state = r.state_for(id.0, subtask, vertex.parallelism)?;
+                    s.restore(state.entries, &ctx)?;
+                }
                 s.open(&ctx)?;
                 let gen = match watermarks {
                     Some(strategy) => Some(SplitWatermarks::new(
@@ -239,14 +445,23 @@ pub fn run(spec: TaskSpec, control: &JobControl) -> Result<()> {
                     )?),
                     None => None,
                 };
-                source = Some((s, ctx, gen));
+                source = Some(SourceHead {
+                    node: id.0,
+                    src: s,
+                    ctx,
+                    gen,
+                });
                 entry_writers = w;
                 continue;
             }
             NodeKind::Operator { factory } => factory(&ctx)?,
             NodeKind::Sink { factory } => Box::new(SinkOperator(factory(&ctx)?)),
         };
+        if let Some(r) = &restore {
+            op.restore(r.state_for(id.0, subtask, vertex.parallelism)?, &ctx)?;
+        }
         members.push(Member {
+            node: id.0,
             op,
             ctx,
             writers: w,
@@ -260,40 +475,74 @@ pub fn run(spec: TaskSpec, control: &JobControl) -> Result<()> {
         members,
         entry_writers,
     };
-    match source {
-        Some((src, ctx, gen)) => run_source(src, ctx, gen, &mut chain, &metrics[0], control)?,
-        None => run_inputs(inputs, head.num_inputs, &mut chain, control)?,
+    let outcome = match source.as_mut() {
+        Some(head) => run_source(
+            head,
+            &mut chain,
+            &metrics[0],
+            control,
+            checkpointer.as_ref(),
+        )?,
+        None => run_inputs(
+            inputs,
+            head.num_inputs,
+            &mut chain,
+            control,
+            checkpointer.as_ref(),
+        )?,
+    };
+    match outcome {
+        Outcome::Stopped => Ok(()),
+        Outcome::Finished => {
+            chain.finish()?;
+            match &checkpointer {
+                Some(c) => c.finish(source.as_mut(), &mut chain, control),
+                None => Ok(()),
+            }
+        }
     }
-    chain.finish()
 }
 
 fn run_source(
-    mut src: Box<dyn Source>,
-    ctx: OperatorContext,
-    mut gen: Option<SplitWatermarks>,
+    head: &mut SourceHead,
     chain: &mut Chain,
     metrics: &NodeMetrics,
     control: &JobControl,
-) -> Result<()> {
+    ck: Option<&Checkpointer>,
+) -> Result<Outcome> {
     loop {
         if control.is_cancelled() {
             return Err(Error::Cancelled);
         }
-        match src.poll(&ctx)? {
+        if let Some(c) = ck {
+            while let Ok(msg) = c.ck.control.try_recv() {
+                match msg {
+                    TaskControl::Trigger(b) => {
+                        c.take(b, Some(head), chain, true, Duration::ZERO)?;
+                        if b.kind == BarrierKind::StopWithSavepoint {
+                            return c.await_stop(b.id, Some(head), chain, control);
+                        }
+                    }
+                    TaskControl::Complete(id) => c.complete(id, Some(head), chain)?,
+                    TaskControl::Final(_) | TaskControl::Abort(_) => {}
+                }
+            }
+        }
+        match head.src.poll(&head.ctx)? {
             SourcePoll::Batch { split, batch } => {
-                if let Some(g) = gen.as_mut() {
+                if let Some(g) = head.gen.as_mut() {
                     g.observe(split, &batch)?;
                 }
                 metrics
                     .records_out
                     .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
                 chain.entry_batch(batch)?;
-                if let Some(wm) = gen.as_mut().and_then(|g| g.poll()) {
+                if let Some(wm) = head.gen.as_mut().and_then(|g| g.poll()) {
                     chain.entry_watermark(wm)?;
                 }
             }
             SourcePoll::SplitEnd(split) => {
-                if let Some(g) = gen.as_mut() {
+                if let Some(g) = head.gen.as_mut() {
                     g.finish(split);
                     if let Some(wm) = g.poll() {
                         chain.entry_watermark(wm)?;
@@ -301,15 +550,16 @@ fn run_source(
                 }
             }
             SourcePoll::Idle => {
-                if let Some(wm) = gen.as_mut().and_then(|g| g.poll()) {
+                if let Some(wm) = head.gen.as_mut().and_then(|g| g.poll()) {
                     chain.entry_watermark(wm)?;
                 }
-                std::thread::sleep(src.idle_backoff());
+                std::thread::sleep(head.src.idle_backoff());
             }
             SourcePoll::End => break,
         }
     }
-    chain.entry_watermark(Watermark::MAX)
+    chain.entry_watermark(Watermark::MAX)?;
+    Ok(Outcome::Finished)
 }
 
 fn run_inputs(
@@ -317,60 +567,105 @@ fn run_inputs(
     num_inputs: usize,
     chain: &mut Chain,
     control: &JobControl,
-) -> Result<()> {
+    ck: Option<&Checkpointer>,
+) -> Result<Outcome> {
+    let n = inputs.len();
     let mut open_per_input = vec![0usize; num_inputs.max(1)];
     for (_, i) in &inputs {
         open_per_input[*i] += 1;
     }
     // An input with no channels at all (cannot happen in a valid plan) ends at once.
-    for (i, n) in open_per_input.iter().enumerate() {
-        if *n == 0 {
+    for (i, k) in open_per_input.iter().enumerate() {
+        if *k == 0 {
             chain.input_end(i)?;
         }
     }
-    let mut wms = InputWatermarks::new(inputs.len());
-    let mut sel = Select::new();
-    for (rx, _) in &inputs {
-        sel.recv(rx);
-    }
-    let mut open = inputs.len();
-    while open > 0 {
-        let op = match sel.select_timeout(CANCEL_POLL) {
-            Ok(op) => op,
-            Err(_) => {
-                if control.is_cancelled() {
-                    return Err(Error::Cancelled);
+    let guarantee = ck.map_or(Guarantee::ExactlyOnce, |c| c.ck.guarantee);
+    let mut aligner = Aligner::new(n, guarantee);
+    let mut wms = InputWatermarks::new(n);
+    let mut open = vec![true; n];
+    let mut remaining = n;
+    let mut align_start: Option<Instant> = None;
+    // The select is rebuilt whenever the set of readable channels changes
+    // (a channel blocked by alignment, released, or ended).
+    'rebuild: while remaining > 0 {
+        let readable: Vec<usize> = (0..n)
+            .filter(|c| open[*c] && !aligner.is_blocked(*c))
+            .collect();
+        let mut sel = Select::new();
+        for c in &readable {
+            sel.recv(&inputs[*c].0);
+        }
+        let ctl = ck.map(|c| (sel.recv(&c.ck.control), c));
+        loop {
+            let op = match sel.select_timeout(CANCEL_POLL) {
+                Ok(op) => op,
+                Err(_) => {
+                    if control.is_cancelled() {
+                        return Err(Error::Cancelled);
+                    }
+                    continue;
+                }
+            };
+            if let Some((idx, c)) = ctl.filter(|(idx, _)| *idx == op.index()) {
+                let _ = idx;
+                match op.recv(&c.ck.control) {
+                    Ok(TaskControl::Complete(id)) => c.complete(id, None, chain)?,
+                    Ok(_) => {}
+                    Err(_) => return Err(Error::Cancelled),
                 }
                 continue;
             }
-        };
-        let c = op.index();
-        let (rx, input) = &inputs[c];
-        match op.recv(rx) {
-            Ok(StreamMessage::Batch(b)) => chain.push(0, *input, b)?,
-            Ok(StreamMessage::Watermark(w)) => {
-                if let Some(w) = wms.update(c, w) {
-                    chain.watermark(0, w)?;
+            let c = readable[op.index()];
+            let (rx, input) = &inputs[c];
+            let aligned = match op.recv(rx) {
+                Ok(StreamMessage::Batch(b)) => {
+                    chain.push(0, *input, b)?;
+                    continue;
                 }
+                Ok(StreamMessage::Watermark(w)) => {
+                    if let Some(w) = wms.update(c, w) {
+                        chain.watermark(0, w)?;
+                    }
+                    continue;
+                }
+                Ok(StreamMessage::Barrier(b)) => {
+                    if aligner.in_progress().is_none() {
+                        align_start = Some(Instant::now());
+                    }
+                    aligner.on_barrier(c, b)
+                }
+                // A channel that disconnects without saying it ended lost its
+                // upstream to a failure, which that upstream reports itself.
+                Err(_) => return Err(Error::Cancelled),
+                Ok(StreamMessage::EndOfStream) => {
+                    open[c] = false;
+                    remaining -= 1;
+                    if let Some(w) = wms.end(c) {
+                        chain.watermark(0, w)?;
+                    }
+                    open_per_input[*input] -= 1;
+                    if open_per_input[*input] == 0 {
+                        chain.input_end(*input)?;
+                    }
+                    aligner.on_end(c)
+                }
+            };
+            match aligned {
+                Alignment::Complete(b) => {
+                    let waited = align_start.take().map_or(Duration::ZERO, |t| t.elapsed());
+                    if let Some(k) = ck {
+                        k.take(b, None, chain, true, waited)?;
+                        if b.kind == BarrierKind::StopWithSavepoint {
+                            return k.await_stop(b.id, None, chain, control);
+                        }
+                    }
+                }
+                Alignment::Aborted(_) => align_start = Some(Instant::now()),
+                Alignment::Pending => {}
             }
-            // Nothing emits barriers until checkpoints are triggered; the
-            // checkpoint runtime routes them through `align::Aligner` here.
-            Ok(StreamMessage::Barrier(_)) => {}
-            // A channel that disconnects without saying it ended lost its
-            // upstream to a failure, which that upstream reports itself.
-            Err(_) => return Err(Error::Cancelled),
-            Ok(StreamMessage::EndOfStream) => {
-                sel.remove(c);
-                open -= 1;
-                if let Some(w) = wms.end(c) {
-                    chain.watermark(0, w)?;
-                }
-                open_per_input[*input] -= 1;
-                if open_per_input[*input] == 0 {
-                    chain.input_end(*input)?;
-                }
-            }
+            continue 'rebuild;
         }
     }
-    Ok(())
+    Ok(Outcome::Finished)
 }

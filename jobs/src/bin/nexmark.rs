@@ -7,7 +7,7 @@ use sluice_connectors::nexmark::NexmarkConfig;
 use sluice_connectors::parquet::ParquetSink;
 use sluice_connectors::sinks::{DiscardSink, PrintSink};
 use sluice_engine::Env;
-use sluice_jobs::cli::{init_logging, Output};
+use sluice_jobs::cli::{checkpoint_summary, init_logging, CheckpointArgs, Output};
 use sluice_jobs::nexmark::{build, Query};
 
 /// Runs a Nexmark query.
@@ -39,6 +39,8 @@ struct Args {
     /// queries are compared with); `--query` is then only a label.
     #[arg(long)]
     generator_only: bool,
+    #[command(flatten)]
+    checkpoints: CheckpointArgs,
 }
 
 /// Peak resident memory of this process in MiB (Linux), for the benchmark report.
@@ -63,6 +65,12 @@ fn main() -> anyhow::Result<()> {
     if let Some(p) = args.parallelism {
         env.set_parallelism(p);
     }
+    let name = if args.generator_only {
+        "nexmark-generator".to_string()
+    } else {
+        format!("nexmark-{}", format!("{query:?}").to_lowercase())
+    };
+    args.checkpoints.apply(&env, &name)?;
     let out = if args.generator_only {
         env.source(sluice_connectors::nexmark::NexmarkSource::bids(cfg.clone()))
     } else {
@@ -80,14 +88,15 @@ fn main() -> anyhow::Result<()> {
     let secs = result.duration.as_secs_f64();
     let records = result.source_records();
     println!(
-        "query={} events={} source_records={} wall_ms={} events_per_sec={:.0} records_per_sec={:.0} peak_rss_mib={:.0}",
+        "query={} events={} source_records={} wall_ms={} events_per_sec={:.0} records_per_sec={:.0} peak_rss_mib={:.0} {}",
         if args.generator_only { "generator".to_string() } else { format!("{query:?}").to_lowercase() },
         args.events,
         records,
         result.duration.as_millis(),
         args.events as f64 / secs,
         records as f64 / secs,
-        peak_rss_mib().unwrap_or(f64::NAN)
+        peak_rss_mib().unwrap_or(f64::NAN),
+        checkpoint_summary(&result.checkpoints)
     );
     Ok(())
 }

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use sluice_connectors::parquet::ParquetSink;
 use sluice_engine::Env;
-use sluice_jobs::cli::{init_logging, parse_duration};
+use sluice_jobs::cli::{checkpoint_summary, init_logging, parse_duration, CheckpointArgs};
 use sluice_jobs::window_agg::{build, WindowAggSpec};
 use sluice_operators::prelude::WindowSpec;
 
@@ -40,6 +40,8 @@ struct Args {
     /// Parallelism of every operator.
     #[arg(long)]
     parallelism: Option<usize>,
+    #[command(flatten)]
+    checkpoints: CheckpointArgs,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,6 +52,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(p) = args.parallelism {
         env.set_parallelism(p);
     }
+    args.checkpoints.apply(&env, "window_agg")?;
     let spec = WindowAggSpec {
         source: args.source,
         time: args.time,
@@ -61,10 +64,11 @@ fn main() -> anyhow::Result<()> {
     build(&env, &spec)?.sink(ParquetSink::new(&args.output));
     let result = env.execute()?;
     eprintln!(
-        "window_agg: {} input records, {} ms, output in {}",
+        "window_agg: {} input records, {} ms, output in {}, {}",
         result.source_records(),
         result.duration.as_millis(),
-        args.output.display()
+        args.output.display(),
+        checkpoint_summary(&result.checkpoints)
     );
     Ok(())
 }

@@ -25,6 +25,22 @@ pub(crate) trait Accumulator: Send {
     fn reset(&mut self, slot: u32);
     /// The results of `slots`, in order.
     fn evaluate(&self, slots: &[u32]) -> Result<ArrayRef>;
+    /// The state of `slots` as arrays, for checkpoints. By default the
+    /// result itself, which is enough where folding a result back in with
+    /// `update` restores the state (min, max).
+    fn state(&self, slots: &[u32]) -> Result<Vec<ArrayRef>> {
+        Ok(vec![self.evaluate(slots)?])
+    }
+    /// Folds row `i` of `state` (as produced by [`Accumulator::state`])
+    /// into slot `slots[i]`.
+    fn merge_state(&mut self, state: &[ArrayRef], slots: &[u32]) -> Result<()> {
+        let rows: Vec<u32> = (0..slots.len() as u32).collect();
+        self.update(state.first(), &rows, slots)
+    }
+    /// How many arrays [`Accumulator::state`] returns.
+    fn state_len(&self) -> usize {
+        1
+    }
 }
 
 /// The accumulation type of `sum`/`avg` (Int64 or Float64) and how an
@@ -111,6 +127,19 @@ impl Accumulator for Count {
             slots.iter().map(|s| self.0[*s as usize]),
         )))
     }
+    fn merge_state(&mut self, state: &[ArrayRef], slots: &[u32]) -> Result<()> {
+        let c = state_column(state, 0)?.as_primitive::<Int64Type>();
+        for (i, s) in slots.iter().enumerate() {
+            self.0[*s as usize] += c.value(i);
+        }
+        Ok(())
+    }
+}
+
+fn state_column(state: &[ArrayRef], i: usize) -> Result<&ArrayRef> {
+    state
+        .get(i)
+        .ok_or_else(|| Error::Checkpoint(format!("aggregate state lacks column {i}")))
 }
 
 /// Sum over Int64 (wrapping) or Float64; `avg` additionally counts.
@@ -188,6 +217,28 @@ where
             let v: Vec<T::Native> = slots.iter().map(|s| self.sums[*s as usize]).collect();
             Ok(Arc::new(PrimitiveArray::<T>::new(v.into(), nulls)))
         }
+    }
+    fn state(&self, slots: &[u32]) -> Result<Vec<ArrayRef>> {
+        let v: Vec<T::Native> = slots.iter().map(|s| self.sums[*s as usize]).collect();
+        let sums = PrimitiveArray::<T>::new(v.into(), nulls_from(&self.has, slots));
+        let counts = Int64Array::from_iter_values(slots.iter().map(|s| self.counts[*s as usize]));
+        Ok(vec![Arc::new(sums), Arc::new(counts)])
+    }
+    fn merge_state(&mut self, state: &[ArrayRef], slots: &[u32]) -> Result<()> {
+        let sums = state_column(state, 0)?.as_primitive::<T>();
+        let counts = state_column(state, 1)?.as_primitive::<Int64Type>();
+        for (i, s) in slots.iter().enumerate() {
+            let s = *s as usize;
+            if sums.is_valid(i) {
+                self.sums[s] = self.sums[s].add_wrapping(sums.value(i));
+                self.has[s] = true;
+            }
+            self.counts[s] += counts.value(i);
+        }
+        Ok(())
+    }
+    fn state_len(&self) -> usize {
+        2
     }
 }
 

@@ -151,8 +151,9 @@ arrow_scalar!(
 pub trait AggregateFunction: Send + Sync + 'static {
     /// What is read from the input column.
     type Input: FromArrow;
-    /// The running state per key and window.
-    type Acc: Clone + Default + Send + 'static;
+    /// The running state per key and window (serializable: checkpoints
+    /// store it).
+    type Acc: Clone + Default + Send + serde::Serialize + serde::de::DeserializeOwned + 'static;
     /// The result type.
     type Output: ToArrow;
     /// Name, used for the default output column `NAME_COL`.
@@ -241,5 +242,29 @@ impl<F: AggregateFunction> Accumulator for UdafAccumulator<F> {
                 .map(|s| self.f.finish(&self.accs[*s as usize]))
                 .collect(),
         ))
+    }
+    fn state(&self, slots: &[u32]) -> Result<Vec<ArrayRef>> {
+        let encoded = slots
+            .iter()
+            .map(|s| serde_json::to_vec(&self.accs[*s as usize]))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::Checkpoint(format!("{}: encoding state: {e}", self.f.name())))?;
+        Ok(vec![Arc::new(arrow::array::BinaryArray::from_iter_values(
+            encoded,
+        ))])
+    }
+    fn merge_state(&mut self, state: &[ArrayRef], slots: &[u32]) -> Result<()> {
+        use arrow::array::AsArray;
+        let col = state
+            .first()
+            .ok_or_else(|| Error::Checkpoint("udaf state column missing".into()))?
+            .as_binary::<i32>();
+        for (i, s) in slots.iter().enumerate() {
+            let other: F::Acc = serde_json::from_slice(col.value(i)).map_err(|e| {
+                Error::Checkpoint(format!("{}: decoding state: {e}", self.f.name()))
+            })?;
+            self.f.merge(&mut self.accs[*s as usize], &other);
+        }
+        Ok(())
     }
 }

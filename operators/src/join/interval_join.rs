@@ -68,6 +68,10 @@ impl IntervalJoinOperator {
 }
 
 impl Operator for IntervalJoinOperator {
+    fn open(&mut self, ctx: &OperatorContext) -> Result<()> {
+        crate::snapshot::refuse_checkpoints(ctx, "interval joins")
+    }
+
     fn process(
         &mut self,
         input: usize,

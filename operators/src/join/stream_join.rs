@@ -52,6 +52,10 @@ impl StreamJoinOperator {
 }
 
 impl Operator for StreamJoinOperator {
+    fn open(&mut self, ctx: &OperatorContext) -> Result<()> {
+        crate::snapshot::refuse_checkpoints(ctx, "stream joins")
+    }
+
     fn process(
         &mut self,
         input: usize,

@@ -136,6 +136,10 @@ impl WindowJoinOperator {
 }
 
 impl Operator for WindowJoinOperator {
+    fn open(&mut self, ctx: &OperatorContext) -> Result<()> {
+        crate::snapshot::refuse_checkpoints(ctx, "window joins")
+    }
+
     fn process(
         &mut self,
         input: usize,
@@ -241,6 +245,8 @@ mod tests {
             max_parallelism: 128,
             input_schemas: vec![schema(&["k", "ts"]), schema(&["k", "ts"])],
             watermark: None,
+            attempt: 0,
+            checkpointing: false,
         }
     }
 

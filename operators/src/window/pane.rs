@@ -11,10 +11,12 @@ use arrow::compute::take_record_batch;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use hashbrown::HashMap;
-use sluice_engine::data::{event_times_ms, Watermark};
-use sluice_engine::{Collector, Operator, OperatorContext, Result};
+use sluice_engine::data::{event_times_ms, CheckpointId, Watermark};
+use sluice_engine::state::{OperatorSnapshot, RestoredState};
+use sluice_engine::{Collector, Error, Operator, OperatorContext, Result};
 
-use super::state::{output, Keys, Slots};
+use super::state::{output, state_batch, Keys, Slots};
+use crate::snapshot::{encode_times, restored_times, without_key_group};
 
 /// Key → slot within one pane.
 #[derive(Default)]
@@ -284,6 +286,64 @@ impl Operator for PaneWindowOperator {
         self.purge();
         Ok(Some(wm))
     }
+
+    fn snapshot(&mut self, _id: CheckpointId, ctx: &OperatorContext) -> Result<OperatorSnapshot> {
+        let (mut ids, mut starts, mut slots) = (Vec::new(), Vec::new(), Vec::new());
+        for (p, pane) in &self.panes {
+            for (k, s) in &pane.slots {
+                ids.push(*k);
+                starts.push(*p);
+                slots.push(*s);
+            }
+        }
+        let mut keyed = Vec::new();
+        if !ids.is_empty() {
+            keyed.push(state_batch(
+                self.keys.columns_of(&ids)?,
+                vec![("_pane", starts)],
+                self.slots.state(&slots)?,
+                ctx.max_parallelism,
+            )?);
+        }
+        Ok(OperatorSnapshot {
+            keyed,
+            entries: vec![encode_times(&[self.watermark, self.fired_upto])],
+        })
+    }
+
+    fn restore(&mut self, state: RestoredState, _ctx: &OperatorContext) -> Result<()> {
+        if let Some(t) = restored_times(&state.entries, 2)? {
+            self.watermark = t[0];
+            self.fired_upto = t[1];
+        }
+        let nk = self.keys.width();
+        for batch in &state.keyed {
+            let batch = without_key_group(batch)?;
+            if batch.num_columns() < nk + 1 {
+                return Err(Error::Checkpoint("window state has too few columns".into()));
+            }
+            let cols = batch.columns();
+            let ids = self.keys.intern_columns(&cols[..nk], batch.num_rows())?;
+            let starts = event_times_ms(&cols[nk])?;
+            let mut slots = Vec::with_capacity(ids.len());
+            for (k, p) in ids.iter().zip(starts.iter()) {
+                let pane = self.panes.entry(*p).or_default();
+                let slot = match pane.slots.get(k) {
+                    Some(s) => *s,
+                    None => {
+                        let s = self.slots.alloc();
+                        self.keys.retain(*k);
+                        pane.slots.insert(*k, s);
+                        s
+                    }
+                };
+                slots.push(slot);
+            }
+            self.slots.merge_state(&cols[nk + 1..], &slots)?;
+            self.keys.forget_unused();
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -322,6 +382,8 @@ mod tests {
             max_parallelism: 128,
             input_schemas: vec![],
             watermark: None,
+            attempt: 0,
+            checkpointing: false,
         }
     }
 

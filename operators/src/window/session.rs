@@ -115,6 +115,10 @@ fn resolve(redirect: &HashMap<u32, u32>, mut s: u32) -> u32 {
 }
 
 impl Operator for SessionWindowOperator {
+    fn open(&mut self, ctx: &OperatorContext) -> Result<()> {
+        crate::snapshot::refuse_checkpoints(ctx, "session windows")
+    }
+
     fn process(
         &mut self,
         _input: usize,

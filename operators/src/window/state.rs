@@ -60,8 +60,27 @@ impl Keys {
 
     /// The key id of every row (not yet retained).
     pub(crate) fn intern(&mut self, batch: &RecordBatch) -> Result<Vec<u32>> {
+        let cols: Vec<ArrayRef> = self
+            .columns
+            .iter()
+            .map(|c| batch.column(*c).clone())
+            .collect();
+        self.intern_columns(&cols, batch.num_rows())
+    }
+
+    /// Number of key columns.
+    pub(crate) fn width(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// The key id of every row of `cols` (the key columns, in key order).
+    pub(crate) fn intern_columns(
+        &mut self,
+        cols: &[ArrayRef],
+        num_rows: usize,
+    ) -> Result<Vec<u32>> {
         if let Some(ints) = &mut self.ints {
-            let col = batch.column(self.columns[0]).as_primitive::<Int64Type>();
+            let col = cols[0].as_primitive::<Int64Type>();
             let mut out = Vec::with_capacity(col.len());
             for v in col.iter() {
                 let id = match ints.ids.get(&v) {
@@ -92,14 +111,9 @@ impl Keys {
                 self.rows.push(Box::new([]));
                 self.refs.push(0);
             }
-            return Ok(vec![0; batch.num_rows()]);
+            return Ok(vec![0; num_rows]);
         };
-        let cols: Vec<ArrayRef> = self
-            .columns
-            .iter()
-            .map(|c| batch.column(*c).clone())
-            .collect();
-        let rows = conv.convert_columns(&cols)?;
+        let rows = conv.convert_columns(cols)?;
         let mut ids = Vec::with_capacity(rows.num_rows());
         for row in rows.iter() {
             let bytes = row.as_ref();
@@ -272,6 +286,29 @@ impl Slots {
         self.accs.iter().map(|a| a.evaluate(slots)).collect()
     }
 
+    /// Every accumulator's state of `slots`, concatenated.
+    pub(crate) fn state(&self, slots: &[u32]) -> Result<Vec<ArrayRef>> {
+        let mut out = Vec::new();
+        for a in &self.accs {
+            out.extend(a.state(slots)?);
+        }
+        Ok(out)
+    }
+
+    /// Folds state rows (as from [`Slots::state`]) into `slots`.
+    pub(crate) fn merge_state(&mut self, state: &[ArrayRef], slots: &[u32]) -> Result<()> {
+        let mut at = 0;
+        for a in &mut self.accs {
+            let n = a.state_len();
+            let cols = state.get(at..at + n).ok_or_else(|| {
+                Error::Checkpoint("window state has fewer columns than its aggregates".into())
+            })?;
+            a.merge_state(cols, slots)?;
+            at += n;
+        }
+        Ok(())
+    }
+
     #[cfg(test)]
     pub(crate) fn in_use(&self) -> usize {
         self.len - self.free.len()
@@ -291,4 +328,32 @@ pub(crate) fn output(
     cols.push(Arc::new(TimestampMillisecondArray::from(ends)));
     cols.extend(aggs);
     Ok(RecordBatch::try_new(schema.clone(), cols)?)
+}
+
+/// Builds the keyed-state batch of a window operator: key columns, one
+/// `Int64` column per time coordinate (pane start, session bounds),
+/// accumulator state, and the key group of each row.
+pub(crate) fn state_batch(
+    keys: Vec<ArrayRef>,
+    times: Vec<(&str, Vec<i64>)>,
+    accs: Vec<ArrayRef>,
+    max_parallelism: usize,
+) -> Result<RecordBatch> {
+    use arrow::datatypes::{Field, Schema};
+    let mut fields = Vec::new();
+    let mut cols: Vec<ArrayRef> = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        fields.push(Field::new(format!("_k{i}"), k.data_type().clone(), true));
+        cols.push(k.clone());
+    }
+    for (name, t) in times {
+        fields.push(Field::new(name, DataType::Int64, false));
+        cols.push(Arc::new(Int64Array::from(t)));
+    }
+    for (i, a) in accs.into_iter().enumerate() {
+        fields.push(Field::new(format!("_s{i}"), a.data_type().clone(), true));
+        cols.push(a);
+    }
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?;
+    sluice_engine::state::snapshot::with_key_groups(batch, &keys, max_parallelism)
 }

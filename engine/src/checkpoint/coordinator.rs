@@ -1,0 +1,476 @@
+//! The checkpoint coordinator and the snapshot writer, two threads beside
+//! a job's tasks. The coordinator triggers checkpoints at the sources on a
+//! timer (one in flight, minimum pause, timeout), collects
+//! acknowledgements, writes manifests, applies retention and tells tasks
+//! when a checkpoint is complete (or aborted); it also serves savepoint
+//! requests and takes the final checkpoint of a bounded job. The writer
+//! turns the state copies tasks hand over into files, so a task never
+//! waits for storage.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use tracing::{debug, info, warn};
+
+use super::manifest::{CheckpointFigures, Manifest, NodeState, SubtaskState, FORMAT_VERSION};
+use super::store::{checkpoint_dir_name, retain, write_manifest, write_snapshot};
+use super::{CheckpointConfig, CheckpointRecord, CheckpointStats};
+use crate::data::{Barrier, BarrierKind, CheckpointId};
+use crate::error::{Error, Result};
+use crate::runtime::JobControl;
+use crate::state::OperatorSnapshot;
+
+/// A subtask of a vertex.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskKey {
+    /// Vertex index in the physical plan.
+    pub vertex: usize,
+    /// Subtask index.
+    pub subtask: usize,
+}
+
+/// Coordinator → task.
+#[derive(Debug, Clone, Copy)]
+pub enum TaskControl {
+    /// (Sources) record the position and emit this barrier.
+    Trigger(Barrier),
+    /// (Finished tasks) snapshot what is left for the final checkpoint.
+    Final(Barrier),
+    /// The checkpoint is durable: commit what was staged for it.
+    Complete(CheckpointId),
+    /// The checkpoint will not complete.
+    Abort(CheckpointId),
+}
+
+/// A task's state copies at a barrier, on their way to the writer.
+#[derive(Debug)]
+pub struct TaskSnapshot {
+    /// Checkpoint.
+    pub id: CheckpointId,
+    /// Which task.
+    pub task: TaskKey,
+    /// Per chained node (graph index): its snapshot.
+    pub states: Vec<(usize, OperatorSnapshot)>,
+    /// Time from the first barrier to the last on this task's inputs.
+    pub alignment: Duration,
+}
+
+/// A request for a savepoint.
+#[derive(Debug)]
+pub struct SavepointRequest {
+    /// Where it goes (created; must not hold a savepoint already).
+    pub dir: PathBuf,
+    /// Stop the job once it is complete.
+    pub stop: bool,
+    /// Answered with the directory when complete.
+    pub reply: Sender<Result<PathBuf>>,
+}
+
+/// Anything → coordinator.
+#[derive(Debug)]
+pub enum CoordinatorMsg {
+    /// The writer stored a task's snapshot.
+    Ack {
+        /// Checkpoint.
+        id: CheckpointId,
+        /// Which task.
+        task: TaskKey,
+        /// Files per node.
+        files: Vec<(usize, SubtaskState)>,
+        /// Bytes written.
+        bytes: u64,
+        /// The task's alignment time.
+        alignment: Duration,
+    },
+    /// A snapshot could not be taken or written.
+    Decline {
+        /// Checkpoint.
+        id: CheckpointId,
+        /// Why.
+        error: String,
+    },
+    /// The task consumed all its input and waits for the final checkpoint.
+    Finished(TaskKey),
+    /// Take a savepoint.
+    Savepoint(SavepointRequest),
+}
+
+/// Where each in-flight checkpoint's files go (shared with the writer).
+pub type CheckpointDirs = Arc<Mutex<HashMap<u64, PathBuf>>>;
+
+/// Writes task snapshots until every sender is gone.
+pub fn run_writer(
+    rx: Receiver<TaskSnapshot>,
+    dirs: CheckpointDirs,
+    coordinator: Sender<CoordinatorMsg>,
+) {
+    for snap in rx {
+        let dir = dirs
+            .lock()
+            .expect("checkpoint dirs lock")
+            .get(&snap.id.0)
+            .cloned();
+        let Some(dir) = dir else {
+            continue; // aborted meanwhile
+        };
+        let result = (|| -> Result<(Vec<(usize, SubtaskState)>, u64)> {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            let mut files = Vec::new();
+            let mut bytes = 0;
+            for (node, state) in &snap.states {
+                if state.is_empty() {
+                    continue;
+                }
+                let (keyed, entries) = write_snapshot(&dir, *node, snap.task.subtask, state)?;
+                bytes += keyed
+                    .iter()
+                    .chain(entries.iter())
+                    .map(|f| f.bytes)
+                    .sum::<u64>();
+                files.push((
+                    *node,
+                    SubtaskState {
+                        subtask: snap.task.subtask,
+                        keyed,
+                        entries,
+                    },
+                ));
+            }
+            Ok((files, bytes))
+        })();
+        let msg = match result {
+            Ok((files, bytes)) => CoordinatorMsg::Ack {
+                id: snap.id,
+                task: snap.task,
+                files,
+                bytes,
+                alignment: snap.alignment,
+            },
+            Err(e) => CoordinatorMsg::Decline {
+                id: snap.id,
+                error: e.to_string(),
+            },
+        };
+        if coordinator.send(msg).is_err() {
+            return;
+        }
+    }
+}
+
+/// A graph node as the manifest records it.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    /// Graph index.
+    pub node: usize,
+    /// Name.
+    pub name: String,
+    /// Parallelism in this run.
+    pub parallelism: usize,
+}
+
+/// Everything the coordinator thread needs.
+pub struct Coordinator {
+    /// Checkpoint settings.
+    pub config: CheckpointConfig,
+    /// Job name (recorded in manifests).
+    pub job: String,
+    /// This run's attempt number.
+    pub attempt: u64,
+    /// First checkpoint id to use.
+    pub next_id: u64,
+    /// Key groups.
+    pub max_parallelism: usize,
+    /// Every node of the graph.
+    pub nodes: Vec<NodeInfo>,
+    /// Every task: its control channel and whether its head is a source.
+    pub tasks: Vec<(TaskKey, Sender<TaskControl>, bool)>,
+    /// Incoming messages.
+    pub rx: Receiver<CoordinatorMsg>,
+    /// Shared with the writer.
+    pub dirs: CheckpointDirs,
+    /// Metrics, shared with the job handle.
+    pub stats: Arc<Mutex<CheckpointStats>>,
+    /// The job's failure and stop state.
+    pub control: Arc<JobControl>,
+}
+
+/// A task's acknowledgement: files per node, bytes, alignment time.
+type TaskAck = (Vec<(usize, SubtaskState)>, u64, Duration);
+
+struct InFlight {
+    barrier: Barrier,
+    dir: PathBuf,
+    started: Instant,
+    acks: HashMap<TaskKey, TaskAck>,
+    savepoint: Option<SavepointRequest>,
+    is_final: bool,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Coordinator {
+    /// Runs until the final checkpoint completes, the job stops or fails.
+    pub fn run(mut self) {
+        let mut in_flight: Option<InFlight> = None;
+        let mut finished: HashSet<TaskKey> = HashSet::new();
+        let mut queued: Vec<SavepointRequest> = Vec::new();
+        let mut last_done = Instant::now();
+        let mut next_trigger = Instant::now() + self.config.interval;
+        loop {
+            if self.control.is_cancelled() {
+                for r in queued
+                    .drain(..)
+                    .chain(in_flight.take().and_then(|f| f.savepoint))
+                {
+                    let _ = r.reply.send(Err(Error::Cancelled));
+                }
+                return;
+            }
+            let wait = next_trigger
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(50));
+            match self.rx.recv_timeout(wait) {
+                Ok(CoordinatorMsg::Ack {
+                    id,
+                    task,
+                    files,
+                    bytes,
+                    alignment,
+                }) => {
+                    let Some(f) = in_flight.as_mut().filter(|f| f.barrier.id == id) else {
+                        continue; // aborted or superseded
+                    };
+                    f.acks.insert(task, (files, bytes, alignment));
+                    if f.acks.len() == self.tasks.len() {
+                        let f = in_flight.take().expect("checked above");
+                        let is_final = f.is_final;
+                        self.complete(f);
+                        last_done = Instant::now();
+                        next_trigger = last_done + self.config.min_pause.max(self.config.interval);
+                        if is_final || self.control.is_stopped() {
+                            return;
+                        }
+                    }
+                }
+                Ok(CoordinatorMsg::Decline { id, error }) => {
+                    if in_flight.as_ref().is_some_and(|f| f.barrier.id == id) {
+                        let f = in_flight.take().expect("checked above");
+                        self.abort(f, &format!("declined: {error}"));
+                    }
+                }
+                Ok(CoordinatorMsg::Finished(task)) => {
+                    finished.insert(task);
+                    // Sources that ended cannot emit barriers any more: the
+                    // periodic checkpoint in flight cannot complete.
+                    if let Some(f) = in_flight.take_if(|f| !f.is_final) {
+                        self.abort(f, "input ended before the barrier reached every task");
+                    }
+                    for r in queued.drain(..) {
+                        let _ = r
+                            .reply
+                            .send(Err(Error::Checkpoint("the job is finishing".into())));
+                    }
+                    if finished.len() == self.tasks.len() {
+                        in_flight = Some(self.trigger(BarrierKind::Checkpoint, None, true));
+                    }
+                }
+                Ok(CoordinatorMsg::Savepoint(req)) => {
+                    if finished.is_empty() {
+                        queued.push(req);
+                    } else {
+                        let _ = req
+                            .reply
+                            .send(Err(Error::Checkpoint("the job is finishing".into())));
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if let Some(f) = in_flight.take_if(|f| f.started.elapsed() > self.config.timeout) {
+                if f.is_final || f.savepoint.as_ref().is_some_and(|s| s.stop) {
+                    self.control.fail(Error::Checkpoint(format!(
+                        "checkpoint {} timed out after {:?}",
+                        f.barrier.id.0, self.config.timeout
+                    )));
+                }
+                self.abort(f, "timed out");
+            }
+            let due =
+                Instant::now() >= next_trigger && last_done.elapsed() >= self.config.min_pause;
+            if in_flight.is_none() && finished.is_empty() && (due || !queued.is_empty()) {
+                in_flight = Some(match queued.pop() {
+                    Some(req) => {
+                        let kind = if req.stop {
+                            BarrierKind::StopWithSavepoint
+                        } else {
+                            BarrierKind::Savepoint
+                        };
+                        self.trigger(kind, Some(req), false)
+                    }
+                    None => self.trigger(BarrierKind::Checkpoint, None, false),
+                });
+                next_trigger = Instant::now() + self.config.interval;
+            }
+        }
+    }
+
+    fn trigger(
+        &mut self,
+        kind: BarrierKind,
+        savepoint: Option<SavepointRequest>,
+        is_final: bool,
+    ) -> InFlight {
+        let id = CheckpointId(self.next_id);
+        self.next_id += 1;
+        let dir = match &savepoint {
+            Some(req) => req.dir.clone(),
+            None => self.config.dir.join(checkpoint_dir_name(id.0)),
+        };
+        self.dirs
+            .lock()
+            .expect("checkpoint dirs lock")
+            .insert(id.0, dir.clone());
+        let barrier = Barrier {
+            id,
+            timestamp: now_ms(),
+            kind,
+        };
+        debug!(checkpoint = id.0, ?kind, is_final, "triggering checkpoint");
+        for (_, tx, is_source) in &self.tasks {
+            // A task that already exited (failure in progress) is not an
+            // error here: the job's failure path handles it.
+            if is_final {
+                let _ = tx.send(TaskControl::Final(barrier));
+            } else if *is_source {
+                let _ = tx.send(TaskControl::Trigger(barrier));
+            }
+        }
+        InFlight {
+            barrier,
+            dir,
+            started: Instant::now(),
+            acks: HashMap::new(),
+            savepoint,
+            is_final,
+        }
+    }
+
+    fn abort(&mut self, f: InFlight, why: &str) {
+        let id = f.barrier.id;
+        warn!(checkpoint = id.0, reason = why, "checkpoint aborted");
+        self.dirs
+            .lock()
+            .expect("checkpoint dirs lock")
+            .remove(&id.0);
+        for (_, tx, _) in &self.tasks {
+            let _ = tx.send(TaskControl::Abort(id));
+        }
+        if let Some(req) = f.savepoint {
+            let _ = req
+                .reply
+                .send(Err(Error::Checkpoint(format!("savepoint aborted: {why}"))));
+        } else {
+            let _ = std::fs::remove_dir_all(&f.dir);
+        }
+        self.stats.lock().expect("stats lock").aborted += 1;
+    }
+
+    fn complete(&mut self, f: InFlight) {
+        let id = f.barrier.id;
+        let mut per_node: BTreeMap<usize, Vec<SubtaskState>> = BTreeMap::new();
+        let (mut bytes, mut alignment) = (0u64, Duration::ZERO);
+        for (_, (files, b, a)) in f.acks {
+            bytes += b;
+            alignment = alignment.max(a);
+            for (node, s) in files {
+                per_node.entry(node).or_default().push(s);
+            }
+        }
+        let figures = CheckpointFigures {
+            duration_ms: f.started.elapsed().as_millis() as u64,
+            alignment_ms: alignment.as_millis() as u64,
+            bytes,
+        };
+        let manifest = Manifest {
+            format: FORMAT_VERSION,
+            job: self.job.clone(),
+            id: id.0,
+            savepoint: f.savepoint.is_some(),
+            finished: f.is_final,
+            attempt: self.attempt,
+            timestamp_ms: f.barrier.timestamp,
+            max_parallelism: self.max_parallelism,
+            graph_nodes: self.nodes.len(),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| {
+                    let mut subtasks = per_node.remove(&n.node).unwrap_or_default();
+                    subtasks.sort_by_key(|s| s.subtask);
+                    NodeState {
+                        node: n.node,
+                        name: n.name.clone(),
+                        parallelism: n.parallelism,
+                        subtasks,
+                    }
+                })
+                .collect(),
+            figures: figures.clone(),
+        };
+        let written = std::fs::create_dir_all(&f.dir)
+            .map_err(|e| Error::io(format!("creating {}", f.dir.display()), e))
+            .and_then(|_| write_manifest(&f.dir, &manifest));
+        self.dirs
+            .lock()
+            .expect("checkpoint dirs lock")
+            .remove(&id.0);
+        if let Err(e) = written {
+            warn!(checkpoint = id.0, error = %e, "could not write the manifest");
+            if f.is_final || f.savepoint.as_ref().is_some_and(|s| s.stop) {
+                self.control.fail(e);
+            } else if let Some(req) = f.savepoint {
+                let _ = req.reply.send(Err(e));
+            }
+            self.stats.lock().expect("stats lock").aborted += 1;
+            return;
+        }
+        info!(
+            checkpoint = id.0,
+            ms = figures.duration_ms,
+            alignment_ms = figures.alignment_ms,
+            bytes = figures.bytes,
+            savepoint = f.savepoint.is_some(),
+            final_checkpoint = f.is_final,
+            "checkpoint complete"
+        );
+        self.stats
+            .lock()
+            .expect("stats lock")
+            .record(CheckpointRecord {
+                id: id.0,
+                savepoint: f.savepoint.is_some(),
+                figures,
+            });
+        if let Some(req) = &f.savepoint {
+            if req.stop {
+                self.control.stop();
+            }
+        }
+        for (_, tx, _) in &self.tasks {
+            let _ = tx.send(TaskControl::Complete(id));
+        }
+        if let Some(req) = f.savepoint {
+            let _ = req.reply.send(Ok(f.dir));
+        } else if let Err(e) = retain(&self.config.dir, self.config.retained) {
+            warn!(error = %e, "checkpoint retention failed");
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The manifest of a completed checkpoint or savepoint: which files hold
+//! which operator subtask's state, with sizes and CRC-32 checksums. It is
+//! written last (to a temporary name, then renamed), so its presence marks
+//! the checkpoint complete; a checkpoint whose manifest does not parse or
+//! whose files do not match it is not restorable.
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped when the layout changes incompatibly.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// File name of the manifest inside a checkpoint directory.
+pub const MANIFEST_FILE: &str = "_manifest.json";
+
+/// A state file referenced by a manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRef {
+    /// Path relative to the checkpoint's directory.
+    pub path: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// CRC-32 (IEEE) of the contents.
+    pub crc32: u32,
+}
+
+/// One subtask's state of one operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubtaskState {
+    /// Subtask index at the time of the checkpoint.
+    pub subtask: usize,
+    /// Keyed state (Arrow IPC file with a key-group column).
+    pub keyed: Option<FileRef>,
+    /// Operator-state entries.
+    pub entries: Option<FileRef>,
+}
+
+/// The state of one node of the job graph.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeState {
+    /// Node index in the logical graph.
+    pub node: usize,
+    /// Node name (checked on restore).
+    pub name: String,
+    /// Parallelism when the checkpoint was taken.
+    pub parallelism: usize,
+    /// Subtasks that had state.
+    pub subtasks: Vec<SubtaskState>,
+}
+
+/// Figures recorded with each checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointFigures {
+    /// From trigger to manifest written, ms.
+    pub duration_ms: u64,
+    /// Longest barrier alignment of any task, ms.
+    pub alignment_ms: u64,
+    /// Bytes of state written for this checkpoint.
+    pub bytes: u64,
+}
+
+/// A completed checkpoint or savepoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// [`FORMAT_VERSION`] of the writer.
+    pub format: u32,
+    /// Job name.
+    pub job: String,
+    /// Checkpoint id.
+    pub id: u64,
+    /// Whether this is a savepoint (self-contained, never deleted by retention).
+    pub savepoint: bool,
+    /// Whether the job had finished all input: restoring it only commits.
+    pub finished: bool,
+    /// Attempt number of the run that took it.
+    pub attempt: u64,
+    /// Trigger time, ms since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// Key groups of the job.
+    pub max_parallelism: usize,
+    /// Number of nodes in the job graph (checked on restore).
+    pub graph_nodes: usize,
+    /// Per-node state.
+    pub nodes: Vec<NodeState>,
+    /// Duration, alignment and size.
+    pub figures: CheckpointFigures,
+}
+
+impl Manifest {
+    /// Every file the manifest refers to.
+    pub fn files(&self) -> impl Iterator<Item = &FileRef> {
+        self.nodes
+            .iter()
+            .flat_map(|n| n.subtasks.iter())
+            .flat_map(|s| s.keyed.iter().chain(s.entries.iter()))
+    }
+}

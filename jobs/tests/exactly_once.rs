@@ -1,0 +1,255 @@
+//! Exactly-once end to end. Jobs fail at random (seeded) moments — a real
+//! OS process started with the job's command line and killed with SIGKILL,
+//! then started again with the same command; or a task panicking inside a
+//! running job, which restarts itself from its latest checkpoint — and
+//! every output, read back with the parquet crate's reader, must equal the
+//! output of a run without failure: no row lost, none duplicated.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use sluice_connectors::nexmark::{NexmarkConfig, NexmarkSource};
+use sluice_connectors::parquet::ParquetSink;
+use sluice_engine::{CheckpointConfig, Env, RestartStrategy, WatermarkStrategy};
+use sluice_operators::prelude::*;
+
+/// Every row of every visible Parquet file in `dir`, as text, counted.
+fn rows(dir: &Path) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with('.') || !name.ends_with(".parquet") {
+            continue;
+        }
+        let f = std::fs::File::open(e.path()).unwrap();
+        for b in ParquetRecordBatchReaderBuilder::try_new(f)
+            .unwrap()
+            .build()
+            .unwrap()
+        {
+            let b = b.unwrap();
+            for line in render(&b) {
+                *out.entry(line).or_default() += 1;
+            }
+        }
+    }
+    out
+}
+
+fn render(b: &RecordBatch) -> Vec<String> {
+    let opts = FormatOptions::default();
+    let fmts: Vec<ArrayFormatter> = b
+        .columns()
+        .iter()
+        .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).unwrap())
+        .collect();
+    (0..b.num_rows())
+        .map(|r| {
+            fmts.iter()
+                .map(|f| f.value(r).to_string())
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .collect()
+}
+
+fn hidden_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+const EVENTS: &str = "400000";
+
+fn nexmark(
+    query: &str,
+    output: &Path,
+    checkpoints: Option<&Path>,
+    rate: Option<u64>,
+    p: usize,
+) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_nexmark"));
+    c.args(["--query", query, "--events", EVENTS, "--parallelism"])
+        .arg(p.to_string())
+        .arg("--output")
+        .arg(output)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(ck) = checkpoints {
+        c.arg("--checkpoint-dir")
+            .arg(ck)
+            .args(["--checkpoint-interval", "100ms"]);
+    }
+    if let Some(r) = rate {
+        c.args(["--rate", &r.to_string()]);
+    }
+    c
+}
+
+fn reference(dir: &Path, query: &str) -> BTreeMap<String, usize> {
+    let out = dir.join(format!("reference-{query}"));
+    let status = nexmark(query, &out, None, None, 2).status().unwrap();
+    assert!(status.success());
+    let r = rows(&out);
+    assert!(r.len() >= 10, "reference output is too small to test with");
+    r
+}
+
+/// Runs the job with checkpoints, SIGKILLs it `kills` times at random
+/// moments, then lets the same command finish.
+fn killed_run(
+    dir: &Path,
+    query: &str,
+    seed: u64,
+    kills: usize,
+) -> (BTreeMap<String, usize>, PathBuf) {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let out = dir.join(format!("out-{seed}"));
+    let ck = dir.join(format!("ck-{seed}"));
+    // 200k events/s: a run takes about two seconds.
+    let rate = Some(200_000);
+    for _ in 0..kills {
+        let mut child = nexmark(query, &out, Some(&ck), rate, 2).spawn().unwrap();
+        let after = Duration::from_millis(rng.random_range(150..1600));
+        let start = Instant::now();
+        while start.elapsed() < after {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // SIGKILL: no chance to clean up or flush.
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let status = nexmark(query, &out, Some(&ck), rate, 2).status().unwrap();
+    assert!(status.success(), "seed {seed}: restarted job failed");
+    (rows(&out), out)
+}
+
+#[test]
+fn sigkilled_process_resumes_with_exactly_once_output() {
+    let dir = tempfile::tempdir().unwrap();
+    // q5 checkpoints window state; q1 (a map) every row through the sink.
+    let want: BTreeMap<&str, _> = ["q5", "q1"]
+        .into_iter()
+        .map(|q| (q, reference(dir.path(), q)))
+        .collect();
+    // 8 processes killed at random moments (seed 7's twice).
+    for (seed, kills) in [(1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1), (7, 2)] {
+        let query = if seed % 2 == 1 { "q5" } else { "q1" };
+        let want = &want[query];
+        let (got, out) = killed_run(dir.path(), query, seed, kills);
+        let missing = want.iter().filter(|(k, n)| got.get(*k) != Some(n)).count();
+        let extra = got.iter().filter(|(k, n)| want.get(*k) != Some(n)).count();
+        assert_eq!(
+            (missing, extra),
+            (0, 0),
+            "seed {seed}: output differs from the failure-free run"
+        );
+        assert!(
+            hidden_files(&out).is_empty(),
+            "seed {seed}: uncommitted files left: {:?}",
+            hidden_files(&out)
+        );
+    }
+}
+
+/// A q5-like pipeline (sliding count per auction, hottest per window) whose
+/// map panics once, after `fail_after` records, in the first attempt.
+fn in_process_job(
+    out: &Path,
+    ck: Option<&Path>,
+    fail_after: Option<u64>,
+    p: usize,
+) -> sluice_engine::JobResult {
+    let env = Env::new();
+    env.set_parallelism(p);
+    env.configure(|c| {
+        c.name = "exactly-once-test".into();
+        if let Some(ck) = ck {
+            let mut cfg = CheckpointConfig::new(ck);
+            cfg.interval = Duration::from_millis(20);
+            c.checkpoint = Some(cfg);
+            c.restart = RestartStrategy::FixedDelay {
+                attempts: 3,
+                delay: Duration::from_millis(10),
+            };
+        }
+    });
+    let cfg = NexmarkConfig {
+        events: 300_000,
+        rate_limit: Some(1_000_000),
+        ..Default::default()
+    };
+    let seen = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicBool::new(false));
+    let bids = env.source(NexmarkSource::bids(cfg.clone())).watermarks(
+        WatermarkStrategy::bounded_out_of_orderness(
+            "date_time",
+            Duration::from_millis(cfg.max_out_of_orderness_ms as u64),
+        ),
+    );
+    let schema = bids.schema().clone();
+    let bids = bids.map_batches(schema, move |b| {
+        let n = seen.fetch_add(b.num_rows() as u64, Ordering::SeqCst);
+        if let Some(k) = fail_after {
+            if n >= k && !failed.swap(true, Ordering::SeqCst) {
+                panic!("injected failure after {n} records");
+            }
+        }
+        Ok(b)
+    });
+    let bids = bids.watermarks(WatermarkStrategy::bounded_out_of_orderness(
+        "date_time",
+        Duration::from_millis(cfg.max_out_of_orderness_ms as u64),
+    ));
+    bids.key_by(["auction"])
+        .window(WindowSpec::sliding(
+            Duration::from_secs(10),
+            Duration::from_secs(2),
+        ))
+        .aggregate([count(), max("price"), sum("price")])
+        .sink(ParquetSink::new(out));
+    env.execute().unwrap()
+}
+
+#[test]
+fn task_failures_restart_from_the_latest_checkpoint_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path().join("reference");
+    in_process_job(&r, None, None, 2);
+    let want = rows(&r);
+    assert!(want.len() > 1000);
+    let mut rng = SmallRng::seed_from_u64(99);
+    // 12 failure points spread over the run (bids are ~92% of 300k events).
+    for i in 0..12u64 {
+        let k = rng.random_range(1_000..270_000);
+        let out = dir.path().join(format!("out-{i}"));
+        let ck = dir.path().join(format!("ck-{i}"));
+        let res = in_process_job(&out, Some(&ck), Some(k), 2);
+        assert_eq!(
+            res.checkpoints.restarts, 1,
+            "failure point {k}: no restart happened"
+        );
+        assert_eq!(rows(&out), want, "failure point {k}: output differs");
+        assert!(hidden_files(&out).is_empty());
+    }
+}
