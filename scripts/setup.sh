@@ -7,6 +7,11 @@ need_pkgs=()
 have() { command -v "$1" >/dev/null 2>&1; }
 have cc || need_pkgs+=(build-essential)
 have pkg-config || need_pkgs+=(pkg-config)
+# The rocksdb crate builds RocksDB from source (C++) and runs bindgen,
+# which needs libclang.
+have clang || need_pkgs+=(clang)
+have c++ || need_pkgs+=(g++)
+dpkg -s libclang-dev >/dev/null 2>&1 || need_pkgs+=(libclang-dev)
 
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   SUDO=""

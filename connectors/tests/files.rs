@@ -259,6 +259,7 @@ fn files_are_dealt_round_robin_one_split_each() {
         watermark: None,
         attempt: 0,
         checkpointing: false,
+        state: Default::default(),
     };
     let splits = |s, p| factory(&ctx(s, p)).unwrap().splits();
     assert_eq!((splits(0, 2), splits(1, 2)), (2, 1));

@@ -44,6 +44,9 @@ pub enum BarrierKind {
     Savepoint,
     /// A savepoint after which the job stops.
     StopWithSavepoint,
+    /// The checkpoint taken once every task has consumed all its input; it
+    /// commits the last epoch of a bounded job.
+    EndOfInput,
 }
 
 /// A Chandy–Lamport checkpoint barrier.

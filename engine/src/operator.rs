@@ -35,6 +35,8 @@ pub struct OperatorContext {
     /// Whether the job checkpoints (sinks then stage output until a
     /// checkpoint completes instead of publishing it at once).
     pub checkpointing: bool,
+    /// State backend and local state directory.
+    pub state: crate::state::StateSettings,
 }
 
 /// What an operator emits during one call: main output batches and batches for

@@ -3,26 +3,56 @@
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
+use crate::data::CheckpointId;
 use crate::dsl::{Env, Stream};
 use crate::error::Result;
 use crate::operator::{OperatorContext, Source, SourcePoll};
 
-/// Emits prepared batches in order (one split), then ends.
-pub struct VecSource(std::collections::VecDeque<RecordBatch>);
+/// Emits prepared batches in order (one split), then ends. Replayable: its
+/// position (batches emitted) is checkpointed.
+pub struct VecSource {
+    batches: Vec<RecordBatch>,
+    next: usize,
+}
 
 impl VecSource {
     /// A source over `batches`.
     pub fn new(batches: Vec<RecordBatch>) -> Self {
-        VecSource(batches.into())
+        VecSource { batches, next: 0 }
     }
 }
 
 impl Source for VecSource {
     fn poll(&mut self, _ctx: &OperatorContext) -> Result<SourcePoll> {
-        Ok(match self.0.pop_front() {
-            Some(batch) => SourcePoll::Batch { split: 0, batch },
+        Ok(match self.batches.get(self.next) {
+            Some(batch) => {
+                self.next += 1;
+                SourcePoll::Batch {
+                    split: 0,
+                    batch: batch.clone(),
+                }
+            }
             None => SourcePoll::End,
         })
+    }
+
+    fn supports_checkpoints(&self) -> bool {
+        true
+    }
+
+    fn snapshot(&mut self, _checkpoint: CheckpointId) -> Result<Vec<Vec<u8>>> {
+        Ok(vec![(self.next as u64).to_le_bytes().to_vec()])
+    }
+
+    fn restore(&mut self, entries: Vec<Vec<u8>>, _ctx: &OperatorContext) -> Result<()> {
+        for e in entries {
+            let bytes: [u8; 8] = e
+                .as_slice()
+                .try_into()
+                .map_err(|_| crate::Error::Checkpoint("malformed VecSource position".into()))?;
+            self.next = u64::from_le_bytes(bytes) as usize;
+        }
+        Ok(())
     }
 }
 

@@ -48,9 +48,11 @@ pub fn init_logging() {
 pub enum StateBackend {
     /// On the heap (columnar accumulators), snapshotted as Arrow IPC.
     Memory,
+    /// In RocksDB on local disk (larger than memory), checkpointed incrementally.
+    Rocksdb,
 }
 
-/// The checkpoint flags every job binary takes.
+/// The checkpoint and state flags every job binary takes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CheckpointArgs {
     /// Checkpoint into this directory; a job started again with the same
@@ -66,9 +68,15 @@ pub struct CheckpointArgs {
     /// Skip barrier alignment (at-least-once instead of exactly-once).
     #[arg(long)]
     pub at_least_once: bool,
-    /// State backend.
+    /// State backend (tumbling and sliding windows use RocksDB when asked).
     #[arg(long, value_enum, default_value = "memory")]
     pub state: StateBackend,
+    /// RocksDB block cache per operator subtask, MiB.
+    #[arg(long, default_value_t = 64)]
+    pub state_cache_mb: usize,
+    /// Local directory for RocksDB databases (default: the system temp dir).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
     /// Start from this checkpoint or savepoint directory (when the
     /// checkpoint directory holds none of this job yet).
     #[arg(long)]
@@ -86,6 +94,19 @@ impl CheckpointArgs {
         }
         env.configure(|c| {
             c.name = job.to_string();
+            if let Some(d) = &self.state_dir {
+                c.state.local_dir = d.clone();
+            }
+            if self.state == StateBackend::Rocksdb {
+                let cache = self.state_cache_mb.max(1) << 20;
+                c.state.backend = sluice_engine::state::StateBackend::RocksDb(
+                    sluice_engine::state::rocks::RocksConfig {
+                        block_cache_bytes: cache,
+                        // Memtables are the other big consumer: keep them in proportion.
+                        write_buffer_bytes: (cache / 4).max(1 << 20),
+                    },
+                );
+            }
             if let Some(dir) = &self.checkpoint_dir {
                 let mut ck = sluice_engine::CheckpointConfig::new(dir);
                 ck.interval = self.checkpoint_interval;

@@ -253,3 +253,54 @@ fn task_failures_restart_from_the_latest_checkpoint_exactly_once() {
         assert!(hidden_files(&out).is_empty());
     }
 }
+
+/// The newest completed checkpoint of `ck`.
+fn newest_checkpoint(ck: &Path) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(ck)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("_manifest.json").exists())
+        .collect();
+    dirs.sort();
+    dirs.pop()
+}
+
+#[test]
+fn corrupted_newest_checkpoint_falls_back_without_wrong_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = reference(dir.path(), "q1");
+    let out = dir.path().join("out");
+    let ck = dir.path().join("ck");
+    let mut child = nexmark("q1", &out, Some(&ck), Some(200_000), 2)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let _ = child.kill();
+    let _ = child.wait();
+    let newest = newest_checkpoint(&ck).expect("checkpoints completed before the kill");
+    // Flip a byte in the middle of one of its state files.
+    let victim = std::fs::read_dir(&newest)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "entries"))
+        .expect("a state file");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    std::fs::write(&victim, bytes).unwrap();
+
+    let run = nexmark("q1", &out, Some(&ck), Some(200_000), 2)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(run.status.success());
+    let log = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        log.contains("not restorable") && log.contains("checksum"),
+        "the fallback is logged: {log}"
+    );
+    assert_eq!(rows(&out), want, "output after falling back");
+    assert!(hidden_files(&out).is_empty());
+}

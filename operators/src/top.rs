@@ -169,6 +169,7 @@ impl Operator for TopOperator {
         }
         Ok(OperatorSnapshot {
             keyed,
+            db: None,
             entries: vec![crate::snapshot::encode_times(&[self.watermark])],
         })
     }

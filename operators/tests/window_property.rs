@@ -16,6 +16,8 @@ use arrow::datatypes::{
     DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimestampMillisecondType,
 };
 use proptest::prelude::*;
+use sluice_engine::state::rocks::RocksConfig;
+use sluice_engine::state::StateBackend;
 use sluice_engine::{Env, OperatorContext, Source, SourcePoll, Stream, WatermarkStrategy};
 use sluice_operators::prelude::*;
 
@@ -96,9 +98,19 @@ fn run(
     spec: WindowSpec,
     lateness: i64,
     p: usize,
+    rocks: bool,
 ) -> (Out, bool, usize) {
     let env = Env::new();
     env.set_parallelism(p);
+    if rocks {
+        // A tiny cache: the database, not memory, holds the state.
+        env.configure(|c| {
+            c.state.backend = StateBackend::RocksDb(RocksConfig {
+                block_cache_bytes: 64 << 10,
+                write_buffer_bytes: 64 << 10,
+            })
+        });
+    }
     let arrow: Vec<RecordBatch> = batches.iter().map(|b| to_arrow(b)).collect();
     let src: Stream = env
         .source_fn("input", schema(), move |_| {
@@ -292,10 +304,10 @@ proptest! {
         let batches = to_batches(&recs, &cuts);
         let wms = watermarks_before(&batches, delay);
         let (want, want_late) = reference_fixed(&batches, &wms, size, slide, lateness);
-        for p in [1, 4] {
-            let (got, repeated, late) = run(&batches, delay, spec, lateness, p);
+        for (p, rocks) in [(1, false), (4, false), (2, true)] {
+            let (got, repeated, late) = run(&batches, delay, spec, lateness, p, rocks);
             assert_close(&got, &want);
-            prop_assert_eq!(late, want_late, "late records at parallelism {}", p);
+            prop_assert_eq!(late, want_late, "late records at parallelism {} (rocksdb: {})", p, rocks);
             if lateness == 0 {
                 prop_assert!(!repeated, "without lateness every window fires once");
             }
@@ -314,7 +326,7 @@ proptest! {
         let (want, want_late) = reference_sessions(&batches, &wms, gap);
         for p in [1, 4] {
             let spec = WindowSpec::session(Duration::from_millis(gap as u64));
-            let (got, repeated, late) = run(&batches, delay, spec, 0, p);
+            let (got, repeated, late) = run(&batches, delay, spec, 0, p, false);
             assert_close(&got, &want);
             prop_assert_eq!(late, want_late, "late records at parallelism {}", p);
             prop_assert!(!repeated, "without lateness every session fires once");

@@ -28,12 +28,21 @@ struct Args {
     /// Runs per configuration; the median is reported.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Checkpoint at this interval (e.g. `1s`) into a fresh directory per
+    /// run; off by default.
+    #[arg(long)]
+    checkpoint_interval: Option<String>,
+    /// State backend passed to the job (`memory` or `rocksdb`).
+    #[arg(long, default_value = "memory")]
+    state: String,
 }
 
 struct Run {
     events_per_sec: f64,
     records_per_sec: f64,
     peak_rss_mib: f64,
+    checkpoints: f64,
+    last_checkpoint_ms: f64,
 }
 
 fn field(line: &str, name: &str) -> anyhow::Result<f64> {
@@ -44,8 +53,16 @@ fn field(line: &str, name: &str) -> anyhow::Result<f64> {
     Ok(v.parse()?)
 }
 
-fn run(bin: &PathBuf, query: &str, p: usize, events: u64) -> anyhow::Result<Run> {
+fn run(bin: &PathBuf, query: &str, p: usize, args: &Args) -> anyhow::Result<Run> {
+    let events = args.events;
     let mut cmd = Command::new(bin);
+    let ck = tempfile_dir()?;
+    cmd.args(["--state", &args.state]);
+    if let Some(i) = &args.checkpoint_interval {
+        cmd.arg("--checkpoint-dir")
+            .arg(&ck)
+            .args(["--checkpoint-interval", i]);
+    }
     cmd.args([
         "--events",
         &events.to_string(),
@@ -68,13 +85,28 @@ fn run(bin: &PathBuf, query: &str, p: usize, events: u64) -> anyhow::Result<Run>
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    let _ = std::fs::remove_dir_all(&ck);
     let stdout = String::from_utf8(out.stdout)?;
     let line = stdout.lines().last().context("no output")?;
     Ok(Run {
         events_per_sec: field(line, "events_per_sec")?,
         records_per_sec: field(line, "records_per_sec")?,
         peak_rss_mib: field(line, "peak_rss_mib")?,
+        checkpoints: field(line, "checkpoints")?,
+        last_checkpoint_ms: field(line, "last_checkpoint_ms").unwrap_or(f64::NAN),
     })
+}
+
+/// A fresh checkpoint directory for one run.
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!(
+        "sluice-bench-ck-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+    ));
+    Ok(d)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -91,12 +123,12 @@ fn main() -> anyhow::Result<()> {
             bin.display()
         );
     }
-    println!("| query | parallelism | events | median events/s | median source records/s | peak RSS MiB | runs |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| query | parallelism | events | median events/s | median source records/s | peak RSS MiB | checkpoints | runs |");
+    println!("|---|---|---|---|---|---|---|---|");
     for q in &args.queries {
         for &p in &args.parallelism {
             let runs = (0..args.repeat.max(1))
-                .map(|_| run(&bin, q, p, args.events))
+                .map(|_| run(&bin, q, p, &args))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let eps = median(runs.iter().map(|r| r.events_per_sec).collect());
             let rps = median(runs.iter().map(|r| r.records_per_sec).collect());
@@ -105,8 +137,10 @@ fn main() -> anyhow::Result<()> {
                 .iter()
                 .map(|r| format!("{:.2}M", r.events_per_sec / 1e6))
                 .collect();
+            let cks = median(runs.iter().map(|r| r.checkpoints).collect());
+            let ck_ms = median(runs.iter().map(|r| r.last_checkpoint_ms).collect());
             println!(
-                "| {q} | {p} | {} | {:.2} M | {:.2} M | {rss:.0} | {} |",
+                "| {q} | {p} | {} | {:.2} M | {:.2} M | {rss:.0} | {cks:.0} (last {ck_ms:.0} ms) | {} |",
                 args.events,
                 eps / 1e6,
                 rps / 1e6,

@@ -16,7 +16,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tracing::{debug, info, warn};
 
 use super::manifest::{CheckpointFigures, Manifest, NodeState, SubtaskState, FORMAT_VERSION};
-use super::store::{checkpoint_dir_name, retain, write_manifest, write_snapshot};
+use super::store::{
+    checkpoint_dir_name, retain, write_db, write_manifest, write_snapshot, UploadCache,
+};
 use super::{CheckpointConfig, CheckpointRecord, CheckpointStats};
 use crate::data::{Barrier, BarrierKind, CheckpointId};
 use crate::error::{Error, Result};
@@ -37,8 +39,9 @@ pub struct TaskKey {
 pub enum TaskControl {
     /// (Sources) record the position and emit this barrier.
     Trigger(Barrier),
-    /// (Finished tasks) snapshot what is left for the final checkpoint.
-    Final(Barrier),
+    /// (Tasks whose input ended) snapshot the final state for this
+    /// checkpoint, unless already done for it.
+    SnapshotFinished(Barrier),
     /// The checkpoint is durable: commit what was staged for it.
     Complete(CheckpointId),
     /// The checkpoint will not complete.
@@ -80,8 +83,10 @@ pub enum CoordinatorMsg {
         task: TaskKey,
         /// Files per node.
         files: Vec<(usize, SubtaskState)>,
-        /// Bytes written.
+        /// Bytes the snapshot consists of.
         bytes: u64,
+        /// Bytes uploaded for it.
+        uploaded: u64,
         /// The task's alignment time.
         alignment: Duration,
     },
@@ -98,62 +103,103 @@ pub enum CoordinatorMsg {
     Savepoint(SavepointRequest),
 }
 
-/// Where each in-flight checkpoint's files go (shared with the writer).
-pub type CheckpointDirs = Arc<Mutex<HashMap<u64, PathBuf>>>;
+/// Where each in-flight checkpoint's files go, and whether it is a
+/// savepoint (self-contained) — shared with the writer.
+pub type CheckpointDirs = Arc<Mutex<HashMap<u64, (PathBuf, bool)>>>;
 
-/// Writes task snapshots until every sender is gone.
+/// Removes the native database checkpoints of a snapshot not written.
+fn discard(snap: &TaskSnapshot) {
+    for (_, s) in &snap.states {
+        if let Some(db) = &s.db {
+            let _ = std::fs::remove_dir_all(&db.dir);
+        }
+    }
+}
+
+/// What the writer stored for one task: files per node, bytes, bytes uploaded.
+type Written = (Vec<(usize, SubtaskState)>, u64, u64);
+
+fn write_task(
+    snap: &TaskSnapshot,
+    dir: &std::path::Path,
+    shared_root: Option<&std::path::Path>,
+    cache: &mut UploadCache,
+) -> Result<Written> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let mut files = Vec::new();
+    let (mut bytes, mut uploaded) = (0, 0);
+    let sub = snap.task.subtask;
+    for (node, state) in &snap.states {
+        if state.is_empty() {
+            continue;
+        }
+        let (keyed, entries) = write_snapshot(dir, *node, sub, state)?;
+        let small = keyed
+            .iter()
+            .chain(entries.iter())
+            .map(|f| f.bytes)
+            .sum::<u64>();
+        bytes += small;
+        uploaded += small;
+        let db = match &state.db {
+            Some(db) => {
+                let (d, up) = write_db(dir, shared_root, *node, sub, db, cache)?;
+                bytes += d.files.iter().map(|f| f.file.bytes).sum::<u64>();
+                uploaded += up;
+                Some(d)
+            }
+            None => None,
+        };
+        files.push((
+            *node,
+            SubtaskState {
+                subtask: sub,
+                keyed,
+                entries,
+                db,
+            },
+        ));
+    }
+    Ok((files, bytes, uploaded))
+}
+
+/// Writes task snapshots until every sender is gone. SST files of periodic
+/// checkpoints are shared under `root`; savepoints copy everything.
 pub fn run_writer(
     rx: Receiver<TaskSnapshot>,
     dirs: CheckpointDirs,
+    root: PathBuf,
     coordinator: Sender<CoordinatorMsg>,
 ) {
+    let mut cache = UploadCache::new();
     for snap in rx {
-        let dir = dirs
+        let target = dirs
             .lock()
             .expect("checkpoint dirs lock")
             .get(&snap.id.0)
             .cloned();
-        let Some(dir) = dir else {
-            continue; // aborted meanwhile
+        let Some((dir, savepoint)) = target else {
+            discard(&snap); // aborted meanwhile
+            continue;
         };
-        let result = (|| -> Result<(Vec<(usize, SubtaskState)>, u64)> {
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-            let mut files = Vec::new();
-            let mut bytes = 0;
-            for (node, state) in &snap.states {
-                if state.is_empty() {
-                    continue;
-                }
-                let (keyed, entries) = write_snapshot(&dir, *node, snap.task.subtask, state)?;
-                bytes += keyed
-                    .iter()
-                    .chain(entries.iter())
-                    .map(|f| f.bytes)
-                    .sum::<u64>();
-                files.push((
-                    *node,
-                    SubtaskState {
-                        subtask: snap.task.subtask,
-                        keyed,
-                        entries,
-                    },
-                ));
-            }
-            Ok((files, bytes))
-        })();
-        let msg = match result {
-            Ok((files, bytes)) => CoordinatorMsg::Ack {
+        let shared = (!savepoint).then_some(root.as_path());
+        let msg = match write_task(&snap, &dir, shared, &mut cache) {
+            Ok((files, bytes, uploaded)) => CoordinatorMsg::Ack {
                 id: snap.id,
                 task: snap.task,
                 files,
                 bytes,
+                uploaded,
                 alignment: snap.alignment,
             },
-            Err(e) => CoordinatorMsg::Decline {
-                id: snap.id,
-                error: e.to_string(),
-            },
+            Err(e) => {
+                discard(&snap);
+                CoordinatorMsg::Decline {
+                    id: snap.id,
+                    error: e.to_string(),
+                }
+            }
         };
         if coordinator.send(msg).is_err() {
             return;
@@ -198,8 +244,8 @@ pub struct Coordinator {
     pub control: Arc<JobControl>,
 }
 
-/// A task's acknowledgement: files per node, bytes, alignment time.
-type TaskAck = (Vec<(usize, SubtaskState)>, u64, Duration);
+/// A task's acknowledgement: files per node, bytes, uploaded bytes, alignment time.
+type TaskAck = (Vec<(usize, SubtaskState)>, u64, u64, Duration);
 
 struct InFlight {
     barrier: Barrier,
@@ -243,12 +289,13 @@ impl Coordinator {
                     task,
                     files,
                     bytes,
+                    uploaded,
                     alignment,
                 }) => {
                     let Some(f) = in_flight.as_mut().filter(|f| f.barrier.id == id) else {
                         continue; // aborted or superseded
                     };
-                    f.acks.insert(task, (files, bytes, alignment));
+                    f.acks.insert(task, (files, bytes, uploaded, alignment));
                     if f.acks.len() == self.tasks.len() {
                         let f = in_flight.take().expect("checked above");
                         let is_final = f.is_final;
@@ -268,29 +315,14 @@ impl Coordinator {
                 }
                 Ok(CoordinatorMsg::Finished(task)) => {
                     finished.insert(task);
-                    // Sources that ended cannot emit barriers any more: the
-                    // periodic checkpoint in flight cannot complete.
-                    if let Some(f) = in_flight.take_if(|f| !f.is_final) {
-                        self.abort(f, "input ended before the barrier reached every task");
-                    }
-                    for r in queued.drain(..) {
-                        let _ = r
-                            .reply
-                            .send(Err(Error::Checkpoint("the job is finishing".into())));
-                    }
-                    if finished.len() == self.tasks.len() {
-                        in_flight = Some(self.trigger(BarrierKind::Checkpoint, None, true));
+                    // A task that ended before the barrier in flight reached
+                    // it takes part with its final state (it ignores the
+                    // request if it snapshotted this checkpoint already).
+                    if let Some(f) = in_flight.as_ref().filter(|f| !f.acks.contains_key(&task)) {
+                        self.send(task, TaskControl::SnapshotFinished(f.barrier));
                     }
                 }
-                Ok(CoordinatorMsg::Savepoint(req)) => {
-                    if finished.is_empty() {
-                        queued.push(req);
-                    } else {
-                        let _ = req
-                            .reply
-                            .send(Err(Error::Checkpoint("the job is finishing".into())));
-                    }
-                }
+                Ok(CoordinatorMsg::Savepoint(req)) => queued.push(req),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
@@ -303,9 +335,23 @@ impl Coordinator {
                 }
                 self.abort(f, "timed out");
             }
+            if in_flight.is_some() {
+                continue;
+            }
+            if finished.len() == self.tasks.len() {
+                // Every task consumed its input: the final checkpoint
+                // commits the last epoch.
+                for r in queued.drain(..) {
+                    let _ = r
+                        .reply
+                        .send(Err(Error::Checkpoint("the job finished its input".into())));
+                }
+                in_flight = Some(self.trigger(BarrierKind::EndOfInput, None, &finished));
+                continue;
+            }
             let due =
                 Instant::now() >= next_trigger && last_done.elapsed() >= self.config.min_pause;
-            if in_flight.is_none() && finished.is_empty() && (due || !queued.is_empty()) {
+            if due || !queued.is_empty() {
                 in_flight = Some(match queued.pop() {
                     Some(req) => {
                         let kind = if req.stop {
@@ -313,12 +359,20 @@ impl Coordinator {
                         } else {
                             BarrierKind::Savepoint
                         };
-                        self.trigger(kind, Some(req), false)
+                        self.trigger(kind, Some(req), &finished)
                     }
-                    None => self.trigger(BarrierKind::Checkpoint, None, false),
+                    None => self.trigger(BarrierKind::Checkpoint, None, &finished),
                 });
                 next_trigger = Instant::now() + self.config.interval;
             }
+        }
+    }
+
+    fn send(&self, task: TaskKey, msg: TaskControl) {
+        if let Some((_, tx, _)) = self.tasks.iter().find(|(k, _, _)| *k == task) {
+            // A task that already exited (failure in progress) is not an
+            // error here: the job's failure path handles it.
+            let _ = tx.send(msg);
         }
     }
 
@@ -326,8 +380,9 @@ impl Coordinator {
         &mut self,
         kind: BarrierKind,
         savepoint: Option<SavepointRequest>,
-        is_final: bool,
+        finished: &HashSet<TaskKey>,
     ) -> InFlight {
+        let is_final = kind == BarrierKind::EndOfInput;
         let id = CheckpointId(self.next_id);
         self.next_id += 1;
         let dir = match &savepoint {
@@ -337,18 +392,16 @@ impl Coordinator {
         self.dirs
             .lock()
             .expect("checkpoint dirs lock")
-            .insert(id.0, dir.clone());
+            .insert(id.0, (dir.clone(), savepoint.is_some()));
         let barrier = Barrier {
             id,
             timestamp: now_ms(),
             kind,
         };
-        debug!(checkpoint = id.0, ?kind, is_final, "triggering checkpoint");
-        for (_, tx, is_source) in &self.tasks {
-            // A task that already exited (failure in progress) is not an
-            // error here: the job's failure path handles it.
-            if is_final {
-                let _ = tx.send(TaskControl::Final(barrier));
+        debug!(checkpoint = id.0, ?kind, "triggering checkpoint");
+        for (key, tx, is_source) in &self.tasks {
+            if finished.contains(key) {
+                let _ = tx.send(TaskControl::SnapshotFinished(barrier));
             } else if *is_source {
                 let _ = tx.send(TaskControl::Trigger(barrier));
             }
@@ -386,9 +439,10 @@ impl Coordinator {
     fn complete(&mut self, f: InFlight) {
         let id = f.barrier.id;
         let mut per_node: BTreeMap<usize, Vec<SubtaskState>> = BTreeMap::new();
-        let (mut bytes, mut alignment) = (0u64, Duration::ZERO);
-        for (_, (files, b, a)) in f.acks {
+        let (mut bytes, mut uploaded, mut alignment) = (0u64, 0u64, Duration::ZERO);
+        for (_, (files, b, u, a)) in f.acks {
             bytes += b;
+            uploaded += u;
             alignment = alignment.max(a);
             for (node, s) in files {
                 per_node.entry(node).or_default().push(s);
@@ -398,6 +452,7 @@ impl Coordinator {
             duration_ms: f.started.elapsed().as_millis() as u64,
             alignment_ms: alignment.as_millis() as u64,
             bytes,
+            uploaded_bytes: uploaded,
         };
         let manifest = Manifest {
             format: FORMAT_VERSION,

@@ -23,6 +23,26 @@ pub struct FileRef {
     pub crc32: u32,
 }
 
+/// One file of a RocksDB checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbFile {
+    /// Its name inside the database directory.
+    pub name: String,
+    /// Where it is stored. SST files of periodic checkpoints live in the
+    /// checkpoint root's `shared/` directory and are referenced by every
+    /// checkpoint that contains them (incremental checkpoints).
+    pub file: FileRef,
+}
+
+/// A RocksDB database in a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbState {
+    /// Key groups it holds, `[start, end)`.
+    pub key_groups: [usize; 2],
+    /// Its files.
+    pub files: Vec<DbFile>,
+}
+
 /// One subtask's state of one operator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubtaskState {
@@ -32,6 +52,9 @@ pub struct SubtaskState {
     pub keyed: Option<FileRef>,
     /// Operator-state entries.
     pub entries: Option<FileRef>,
+    /// Keyed state in RocksDB.
+    #[serde(default)]
+    pub db: Option<DbState>,
 }
 
 /// The state of one node of the job graph.
@@ -54,8 +77,12 @@ pub struct CheckpointFigures {
     pub duration_ms: u64,
     /// Longest barrier alignment of any task, ms.
     pub alignment_ms: u64,
-    /// Bytes of state written for this checkpoint.
+    /// Bytes of state the checkpoint consists of (full size).
     pub bytes: u64,
+    /// Bytes uploaded for it (less than `bytes` when SST files were
+    /// already stored by an earlier checkpoint).
+    #[serde(default)]
+    pub uploaded_bytes: u64,
 }
 
 /// A completed checkpoint or savepoint.
@@ -91,6 +118,11 @@ impl Manifest {
         self.nodes
             .iter()
             .flat_map(|n| n.subtasks.iter())
-            .flat_map(|s| s.keyed.iter().chain(s.entries.iter()))
+            .flat_map(|s| {
+                s.keyed
+                    .iter()
+                    .chain(s.entries.iter())
+                    .chain(s.db.iter().flat_map(|d| d.files.iter().map(|f| &f.file)))
+            })
     }
 }

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use super::manifest::Manifest;
-use super::store::{read_entries, read_keyed};
+use super::store::{read_db, read_entries, read_keyed};
 use crate::data::CheckpointId;
 use crate::error::{Error, Result};
 use crate::graph::LogicalGraph;
@@ -51,9 +51,12 @@ impl RestorePlan {
                 graph.nodes.len()
             ));
         }
+        // Operators are matched by position and kind; a name's arguments
+        // (a sink's path, say) may change between runs.
+        let stem = |s: &str| s.split('(').next().unwrap_or(s).to_string();
         for n in &m.nodes {
             let name = graph.nodes.get(n.node).map(|g| g.name.as_str());
-            if name != Some(n.name.as_str()) {
+            if name.map(stem) != Some(stem(&n.name)) {
                 return mismatch(format!(
                     "operator {} is '{}' there and '{}' here",
                     n.node,
@@ -65,12 +68,14 @@ impl RestorePlan {
         Ok(())
     }
 
-    /// The state subtask `subtask` of `parallelism` restores for `node`.
+    /// The state subtask `subtask` of `parallelism` restores for `node`;
+    /// databases are copied under `local_dir`.
     pub fn state_for(
         &self,
         node: usize,
         subtask: usize,
         parallelism: usize,
+        local_dir: &std::path::Path,
     ) -> Result<RestoredState> {
         let mut out = RestoredState {
             checkpoint: self.id(),
@@ -91,6 +96,16 @@ impl RestorePlan {
             }
             if let Some(f) = &s.entries {
                 out.entries.extend(read_entries(&self.dir, f)?);
+            }
+            if let Some(db) = &s.db {
+                let overlaps = db.key_groups[0] < groups.end && groups.start < db.key_groups[1];
+                if overlaps {
+                    let into = local_dir.join(format!(
+                        "restore-n{node}-s{subtask}-from{}-{}",
+                        s.subtask, self.manifest.id
+                    ));
+                    out.dbs.push(read_db(&self.dir, db, &into)?);
+                }
             }
         }
         Ok(out)

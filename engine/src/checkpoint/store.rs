@@ -22,9 +22,15 @@ use arrow::ipc::writer::FileWriter;
 use arrow::record_batch::RecordBatch;
 use tracing::{info, warn};
 
-use super::manifest::{FileRef, Manifest, FORMAT_VERSION, MANIFEST_FILE};
+use std::collections::{HashMap, HashSet};
+
+use super::manifest::{DbFile, DbState, FileRef, Manifest, FORMAT_VERSION, MANIFEST_FILE};
 use crate::error::{Error, Result};
+use crate::state::rocks::{DbCheckpoint, RestoredDb};
 use crate::state::OperatorSnapshot;
+
+/// Directory (under the checkpoint root) of SST files shared by checkpoints.
+pub const SHARED_DIR: &str = "shared";
 
 /// Directory name of periodic checkpoint `id`.
 pub fn checkpoint_dir_name(id: u64) -> String {
@@ -118,6 +124,100 @@ pub fn write_snapshot(
         entries = Some(file_ref(name, &buf));
     }
     Ok((keyed, entries))
+}
+
+/// Copies `src` to `dst` (via a temporary name, synced) and returns its
+/// reference (`rel` is the path recorded in the manifest).
+fn copy_file(src: &Path, dst: &Path, rel: String) -> Result<FileRef> {
+    let bytes = std::fs::read(src).map_err(io(format!("reading {}", src.display())))?;
+    let tmp = dst.with_extension("uploading");
+    write_synced(&tmp, &bytes)?;
+    std::fs::rename(&tmp, dst).map_err(io(format!("storing {}", dst.display())))?;
+    Ok(file_ref(rel, &bytes))
+}
+
+/// SST files the writer already stored, by shared path: reused by later
+/// checkpoints of the same database without uploading them again.
+pub type UploadCache = HashMap<String, FileRef>;
+
+/// Stores a RocksDB native checkpoint into checkpoint directory `dir`.
+/// With `root` (periodic checkpoints), SST files go to `root/shared`
+/// once and are referenced afterwards; without (savepoints), every file is
+/// copied into `dir` so the savepoint stands alone. Returns the database's
+/// manifest entry and the bytes actually uploaded. The native checkpoint's
+/// directory is removed afterwards.
+pub fn write_db(
+    dir: &Path,
+    root: Option<&Path>,
+    node: usize,
+    subtask: usize,
+    db: &DbCheckpoint,
+    cache: &mut UploadCache,
+) -> Result<(DbState, u64)> {
+    let private = format!("n{node:03}-s{subtask:03}.db");
+    std::fs::create_dir_all(dir.join(&private))
+        .map_err(io(format!("creating {}", dir.display())))?;
+    let mut files = Vec::new();
+    let mut uploaded = 0u64;
+    let mut entries: Vec<_> = std::fs::read_dir(&db.dir)
+        .map_err(io(format!("listing {}", db.dir.display())))?
+        .flatten()
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name().to_string_lossy().to_string();
+        let file = match root.filter(|_| name.ends_with(".sst")) {
+            Some(root) => {
+                let shared = format!("{}-{name}", db.instance);
+                let rel = format!("../{SHARED_DIR}/{shared}");
+                let dst = root.join(SHARED_DIR).join(&shared);
+                let cached = cache
+                    .get(&rel)
+                    .filter(|f| std::fs::metadata(&dst).is_ok_and(|m| m.len() == f.bytes))
+                    .cloned();
+                match cached {
+                    Some(f) => f,
+                    None => {
+                        std::fs::create_dir_all(root.join(SHARED_DIR))
+                            .map_err(io("creating the shared state directory"))?;
+                        let f = copy_file(&e.path(), &dst, rel.clone())?;
+                        uploaded += f.bytes;
+                        cache.insert(rel, f.clone());
+                        f
+                    }
+                }
+            }
+            None => {
+                let rel = format!("{private}/{name}");
+                let f = copy_file(&e.path(), &dir.join(&rel), rel)?;
+                uploaded += f.bytes;
+                f
+            }
+        };
+        files.push(DbFile { name, file });
+    }
+    let _ = std::fs::remove_dir_all(&db.dir);
+    Ok((
+        DbState {
+            key_groups: [db.key_groups.start, db.key_groups.end],
+            files,
+        },
+        uploaded,
+    ))
+}
+
+/// Copies a checkpointed database back to local disk (verifying every
+/// file) for restore.
+pub fn read_db(dir: &Path, db: &DbState, into: &Path) -> Result<RestoredDb> {
+    std::fs::create_dir_all(into).map_err(io(format!("creating {}", into.display())))?;
+    for f in &db.files {
+        let bytes = read_verified(dir, &f.file)?;
+        write_synced(&into.join(&f.name), &bytes)?;
+    }
+    Ok(RestoredDb {
+        dir: into.to_path_buf(),
+        key_groups: db.key_groups[0]..db.key_groups[1],
+    })
 }
 
 /// Reads a file and checks it against its reference.
@@ -294,6 +394,36 @@ pub fn retain(root: &Path, retained: usize) -> Result<()> {
             warn!(dir = %dir.display(), error = %e, "could not delete an old checkpoint");
         }
     }
+    collect_shared(root, complete.iter().take(retained.max(1)))
+}
+
+/// Deletes shared SST files no retained checkpoint refers to.
+fn collect_shared<'a>(root: &Path, kept: impl Iterator<Item = &'a u64>) -> Result<()> {
+    let shared = root.join(SHARED_DIR);
+    let Ok(rd) = std::fs::read_dir(&shared) else {
+        return Ok(());
+    };
+    let mut referenced = HashSet::new();
+    for id in kept {
+        let dir = root.join(checkpoint_dir_name(*id));
+        let Ok(bytes) = std::fs::read(dir.join(MANIFEST_FILE)) else {
+            continue;
+        };
+        // A manifest that cannot be read pins nothing: it is not restorable.
+        if let Ok(m) = serde_json::from_slice::<Manifest>(&bytes) {
+            for f in m.files() {
+                if let Some(name) = f.path.strip_prefix(&format!("../{SHARED_DIR}/")) {
+                    referenced.insert(name.to_string());
+                }
+            }
+        }
+    }
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if !referenced.contains(&name) && !name.ends_with(".uploading") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
     Ok(())
 }
 
@@ -323,6 +453,7 @@ mod tests {
                     subtask: 0,
                     keyed: files.0,
                     entries: files.1,
+                    db: None,
                 }],
             }],
             figures: CheckpointFigures::default(),
@@ -336,6 +467,7 @@ mod tests {
         let snap = OperatorSnapshot {
             keyed: vec![RecordBatch::try_from_iter([("v", col)]).unwrap()],
             entries: vec![b"pos".to_vec(), Vec::new()],
+            db: None,
         };
         let files = write_snapshot(&dir, 0, 0, &snap).unwrap();
         write_manifest(&dir, &manifest(id, files)).unwrap();

@@ -57,6 +57,8 @@ pub struct JobConfig {
     /// What happens when a task fails (only with checkpointing: a job
     /// without checkpoints has nothing to resume from).
     pub restart: RestartStrategy,
+    /// Where keyed state lives.
+    pub state: crate::state::StateSettings,
 }
 
 impl Default for JobConfig {
@@ -69,6 +71,7 @@ impl Default for JobConfig {
             chaining: true,
             checkpoint: None,
             restart: RestartStrategy::default(),
+            state: crate::state::StateSettings::default(),
         }
     }
 }
@@ -387,6 +390,19 @@ impl Driver {
             return Err(Error::Cancelled);
         }
         let metrics: Vec<Arc<NodeMetrics>> = graph.nodes.iter().map(|_| Arc::default()).collect();
+        // Databases of this run live in their own directory, removed at the end.
+        let mut state = config.state.clone();
+        static RUNS: AtomicU64 = AtomicU64::new(0);
+        state.local_dir = state.local_dir.join(format!(
+            "{}-{}-{}-a{}",
+            config
+                .name
+                .replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+            std::process::id(),
+            RUNS.fetch_add(1, Ordering::Relaxed),
+            start.attempt
+        ));
+        let _local = LocalDir(state.local_dir.clone());
 
         // Channels: for each edge and upstream subtask, one channel per target.
         let mut inputs: HashMap<(usize, usize), Vec<InputChannel>> = HashMap::new();
@@ -468,10 +484,11 @@ impl Driver {
                 control: control.clone(),
             };
             let writer_coord = ctx.clone();
+            let root = ck.dir.clone();
             side_threads.push(
                 std::thread::Builder::new()
                     .name("checkpoint-writer".into())
-                    .spawn(move || run_writer(wrx, dirs, writer_coord))
+                    .spawn(move || run_writer(wrx, dirs, root, writer_coord))
                     .map_err(|e| Error::io("spawning the checkpoint writer", e))?,
             );
             side_threads.push(
@@ -505,6 +522,7 @@ impl Driver {
                     metrics: v.chain.iter().map(|n| metrics[n.0].clone()).collect(),
                     input_schemas: task::input_schemas(graph, v),
                     attempt: start.attempt,
+                    state: state.clone(),
                     checkpointing: task_ck.remove(&TaskKey {
                         vertex: v.id,
                         subtask: s,
@@ -575,6 +593,15 @@ impl Driver {
             checkpoints: CheckpointStats::default(),
             stopped,
         })
+    }
+}
+
+/// Removes a run's local state directory when the run ends.
+struct LocalDir(PathBuf);
+
+impl Drop for LocalDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

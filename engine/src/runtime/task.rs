@@ -66,6 +66,8 @@ pub struct TaskSpec {
     pub input_schemas: Vec<Vec<SchemaRef>>,
     /// The job's attempt number.
     pub attempt: u64,
+    /// State backend and local directory.
+    pub state: crate::state::StateSettings,
     /// Checkpointing, when enabled.
     pub checkpointing: Option<TaskCheckpointing>,
 }
@@ -275,6 +277,8 @@ enum Outcome {
 /// A task's checkpoint duties: snapshots at barriers, commits on completion.
 struct Checkpointer {
     ck: TaskCheckpointing,
+    /// The newest checkpoint this task has snapshotted.
+    last: std::cell::Cell<Option<CheckpointId>>,
 }
 
 impl Checkpointer {
@@ -288,6 +292,7 @@ impl Checkpointer {
         forward: bool,
         alignment: Duration,
     ) -> Result<()> {
+        self.last.set(Some(b.id));
         let mut states = Vec::new();
         if let Some(s) = source {
             states.push((s.node, OperatorSnapshot::entries(s.src.snapshot(b.id)?)));
@@ -362,9 +367,15 @@ impl Checkpointer {
         let mut final_id = None;
         loop {
             match self.ck.control.recv_timeout(CANCEL_POLL) {
-                Ok(TaskControl::Final(b)) => {
-                    final_id = Some(b.id);
-                    self.take(b, source.as_deref_mut(), chain, false, Duration::ZERO)?;
+                // Checkpoints go on while other tasks still run; this task
+                // contributes its final state (once per checkpoint).
+                Ok(TaskControl::SnapshotFinished(b) | TaskControl::Trigger(b)) => {
+                    if b.kind == BarrierKind::EndOfInput {
+                        final_id = Some(b.id);
+                    }
+                    if self.last.get().is_none_or(|l| l < b.id) {
+                        self.take(b, source.as_deref_mut(), chain, false, Duration::ZERO)?;
+                    }
                 }
                 Ok(TaskControl::Complete(c)) => {
                     self.complete(c, source.as_deref_mut(), chain)?;
@@ -396,9 +407,13 @@ pub fn run(spec: TaskSpec, control: &JobControl) -> Result<()> {
         metrics,
         input_schemas,
         attempt,
+        state,
         checkpointing,
     } = spec;
-    let checkpointer = checkpointing.map(|ck| Checkpointer { ck });
+    let checkpointer = checkpointing.map(|ck| Checkpointer {
+        ck,
+        last: std::cell::Cell::new(None),
+    });
     let restore = checkpointer.as_ref().and_then(|c| c.ck.restore.clone());
     let ctx_for = |i: usize| OperatorContext {
         operator: graph.node(vertex.chain[i]).name.clone(),
@@ -409,6 +424,7 @@ pub fn run(spec: TaskSpec, control: &JobControl) -> Result<()> {
         watermark: None,
         attempt,
         checkpointing: checkpointer.is_some(),
+        state: state.clone(),
     };
     let head = graph.node(vertex.chain[0]);
     let mut source: Option<SourceHead> = None;
@@ -433,7 +449,8 @@ pub fn run(spec: TaskSpec, control: &JobControl) -> Result<()> {
                     )));
                 }
                 if let Some(r) = &restore {
-                    let state = r.state_for(id.0, subtask, vertex.parallelism)?;
+                    let state =
+                        r.state_for(id.0, subtask, vertex.parallelism, &ctx.state.local_dir)?;
                     s.restore(state.entries, &ctx)?;
                 }
                 s.open(&ctx)?;
@@ -458,7 +475,10 @@ pub fn run(spec: TaskSpec, control: &JobControl) -> Result<()> {
             NodeKind::Sink { factory } => Box::new(SinkOperator(factory(&ctx)?)),
         };
         if let Some(r) = &restore {
-            op.restore(r.state_for(id.0, subtask, vertex.parallelism)?, &ctx)?;
+            op.restore(
+                r.state_for(id.0, subtask, vertex.parallelism, &ctx.state.local_dir)?,
+                &ctx,
+            )?;
         }
         members.push(Member {
             node: id.0,
@@ -524,7 +544,7 @@ fn run_source(
                         }
                     }
                     TaskControl::Complete(id) => c.complete(id, Some(head), chain)?,
-                    TaskControl::Final(_) | TaskControl::Abort(_) => {}
+                    TaskControl::SnapshotFinished(_) | TaskControl::Abort(_) => {}
                 }
             }
         }

@@ -17,6 +17,7 @@ use crate::data::CheckpointId;
 use crate::error::{Error, Result};
 use crate::hash::hash_columns;
 use crate::state::key_group::key_group_of;
+use crate::state::rocks::{DbCheckpoint, RestoredDb};
 
 /// Name of the column that carries each keyed-state row's key group.
 pub const KEY_GROUP_COLUMN: &str = "_key_group";
@@ -28,20 +29,22 @@ pub struct OperatorSnapshot {
     pub keyed: Vec<RecordBatch>,
     /// Operator state entries, redistributed as a union on restore.
     pub entries: Vec<Vec<u8>>,
+    /// Keyed state held in RocksDB: its native checkpoint, to upload.
+    pub db: Option<DbCheckpoint>,
 }
 
 impl OperatorSnapshot {
     /// A snapshot holding only operator-state entries.
     pub fn entries(entries: Vec<Vec<u8>>) -> Self {
         OperatorSnapshot {
-            keyed: Vec::new(),
             entries,
+            ..OperatorSnapshot::default()
         }
     }
 
     /// Whether there is nothing to store.
     pub fn is_empty(&self) -> bool {
-        self.keyed.iter().all(|b| b.num_rows() == 0) && self.entries.is_empty()
+        self.keyed.iter().all(|b| b.num_rows() == 0) && self.entries.is_empty() && self.db.is_none()
     }
 }
 
@@ -54,6 +57,9 @@ pub struct RestoredState {
     pub keyed: Vec<RecordBatch>,
     /// Every operator-state entry of every old subtask of the operator.
     pub entries: Vec<Vec<u8>>,
+    /// Local copies of the old RocksDB databases whose key groups overlap
+    /// this subtask's (the operator opens its database from them).
+    pub dbs: Vec<RestoredDb>,
 }
 
 /// `batch` with a [`KEY_GROUP_COLUMN`] appended, computed from `keys` (the

@@ -247,6 +247,7 @@ mod tests {
             watermark: None,
             attempt: 0,
             checkpointing: false,
+            state: Default::default(),
         }
     }
 

@@ -19,6 +19,7 @@
 //! one global window at parallelism 1.
 
 mod pane;
+mod rocks;
 mod session;
 mod state;
 
@@ -32,8 +33,10 @@ use sluice_engine::{Error, Operator, Result, Stream};
 
 use crate::aggregate::AggregateExpr;
 use crate::plan_error;
-use pane::PaneWindowOperator;
+use pane::{Geometry, PaneWindowOperator};
+use rocks::RocksPaneWindowOperator;
 use session::SessionWindowOperator;
+use sluice_engine::state::StateBackend;
 use state::{Keys, Slots};
 
 /// Which windows records fall into.
@@ -81,6 +84,15 @@ impl WindowSpec {
     /// Session windows closed by a `gap` of inactivity.
     pub fn session(gap: Duration) -> Self {
         WindowSpec::Session { gap_ms: ms(gap) }
+    }
+
+    /// (size, slide) in ms of tumbling and sliding windows.
+    fn size_slide(&self) -> Option<(i64, i64)> {
+        match *self {
+            WindowSpec::Tumbling { size_ms } => Some((size_ms, size_ms)),
+            WindowSpec::Sliding { size_ms, slide_ms } => Some((size_ms, slide_ms)),
+            WindowSpec::Session { .. } => None,
+        }
     }
 
     /// Parses `tumbling:10s`, `sliding:10s,2s` or `session:5s` (units ms, s, m, h, d).
@@ -262,10 +274,24 @@ impl WindowedStream {
             .collect();
         let out = output.clone();
         let in_schema = input.clone();
-        let factory: OperatorFactory = Arc::new(move |_ctx| {
+        let factory: OperatorFactory = Arc::new(move |ctx| {
             let time = time.ok_or_else(|| {
                 Error::Internal("window without event time passed planning".into())
             })?;
+            // Tumbling and sliding windows keep state in RocksDB when asked to.
+            if let (StateBackend::RocksDb(cfg), Some((size, slide))) =
+                (&ctx.state.backend, spec.size_slide())
+            {
+                return Ok(Box::new(RocksPaneWindowOperator::new(
+                    Geometry::new(size, slide, lateness),
+                    time,
+                    key_idx.clone(),
+                    key_types.clone(),
+                    Slots::new(&aggs, &in_schema)?,
+                    out.clone(),
+                    cfg.clone(),
+                )?) as Box<dyn Operator>);
+            }
             let keys = Keys::new(key_idx.clone(), key_types.clone())?;
             let slots = Slots::new(&aggs, &in_schema)?;
             Ok(match spec {

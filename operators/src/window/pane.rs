@@ -85,23 +85,25 @@ impl PaneWindowOperator {
         }
     }
 
-    /// Start of the last window containing the pane starting at `p`.
     fn last_window_start(&self, p: i64) -> i64 {
-        p - p.rem_euclid(self.slide)
+        self.geo().last_window_start(p)
     }
 
-    /// Ends of every window containing the pane starting at `p`, ascending.
-    fn window_ends(&self, p: i64) -> impl Iterator<Item = i64> + '_ {
-        let last = self.last_window_start(p);
-        let first_allowed = p + self.pane - self.size;
-        let n = (last - first_allowed).div_euclid(self.slide) + 1;
-        (0..n.max(0))
-            .rev()
-            .map(move |k| last - k * self.slide + self.size)
+    fn window_ends(&self, p: i64) -> impl Iterator<Item = i64> {
+        self.geo().window_ends(p)
     }
 
     fn is_late(&self, end: i64) -> bool {
-        end.saturating_sub(1).saturating_add(self.lateness) <= self.watermark
+        self.geo().is_late(end, self.watermark)
+    }
+
+    fn geo(&self) -> Geometry {
+        Geometry {
+            size: self.size,
+            slide: self.slide,
+            pane: self.pane,
+            lateness: self.lateness,
+        }
     }
 
     /// Adds window [end - size, end) for `only` keys (all keys when None,
@@ -154,18 +156,12 @@ impl PaneWindowOperator {
     }
 
     fn purge(&mut self) {
-        let lateness = self.lateness;
-        let wm = self.watermark;
+        let (geo, wm) = (self.geo(), self.watermark);
         let done: Vec<i64> = self
             .panes
             .keys()
             .copied()
-            .take_while(|p| {
-                (self.last_window_start(*p) + self.size)
-                    .saturating_sub(1)
-                    .saturating_add(lateness)
-                    <= wm
-            })
+            .take_while(|p| geo.done(*p, wm))
             .collect();
         for p in done {
             if let Some(pane) = self.panes.remove(&p) {
@@ -180,6 +176,52 @@ impl PaneWindowOperator {
     #[cfg(test)]
     pub(crate) fn live_slots(&self) -> usize {
         self.slots.in_use()
+    }
+}
+
+/// Pane arithmetic of a tumbling or sliding window: panes are
+/// gcd(size, slide) wide; a window is size/pane consecutive panes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Geometry {
+    pub(crate) size: i64,
+    pub(crate) slide: i64,
+    pub(crate) pane: i64,
+    pub(crate) lateness: i64,
+}
+
+impl Geometry {
+    pub(crate) fn new(size: i64, slide: i64, lateness: i64) -> Self {
+        Geometry {
+            size,
+            slide,
+            pane: gcd(size, slide),
+            lateness,
+        }
+    }
+
+    /// Start of the last window containing the pane starting at `p`.
+    pub(crate) fn last_window_start(&self, p: i64) -> i64 {
+        p - p.rem_euclid(self.slide)
+    }
+
+    /// Ends of every window containing the pane starting at `p`, ascending.
+    pub(crate) fn window_ends(self, p: i64) -> impl Iterator<Item = i64> {
+        let last = self.last_window_start(p);
+        let first_allowed = p + self.pane - self.size;
+        let n = (last - first_allowed).div_euclid(self.slide) + 1;
+        (0..n.max(0))
+            .rev()
+            .map(move |k| last - k * self.slide + self.size)
+    }
+
+    /// Whether a window ending at `end` is past its allowed lateness.
+    pub(crate) fn is_late(&self, end: i64, watermark: i64) -> bool {
+        end.saturating_sub(1).saturating_add(self.lateness) <= watermark
+    }
+
+    /// Whether no window containing pane `p` can fire or re-fire any more.
+    pub(crate) fn done(&self, p: i64, watermark: i64) -> bool {
+        self.is_late(self.last_window_start(p) + self.size, watermark)
     }
 }
 
@@ -307,6 +349,7 @@ impl Operator for PaneWindowOperator {
         }
         Ok(OperatorSnapshot {
             keyed,
+            db: None,
             entries: vec![encode_times(&[self.watermark, self.fired_upto])],
         })
     }
@@ -384,6 +427,7 @@ mod tests {
             watermark: None,
             attempt: 0,
             checkpointing: false,
+            state: Default::default(),
         }
     }
 
