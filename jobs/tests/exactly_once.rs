@@ -12,9 +12,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::RecordBatch;
-use arrow::util::display::{ArrayFormatter, FormatOptions};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use sluice_connectors::nexmark::{NexmarkConfig, NexmarkSource};
@@ -22,59 +19,8 @@ use sluice_connectors::parquet::ParquetSink;
 use sluice_engine::{CheckpointConfig, Env, RestartStrategy, WatermarkStrategy};
 use sluice_operators::prelude::*;
 
-/// Every row of every visible Parquet file in `dir`, as text, counted.
-fn rows(dir: &Path) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        if name.starts_with('.') || !name.ends_with(".parquet") {
-            continue;
-        }
-        let f = std::fs::File::open(e.path()).unwrap();
-        for b in ParquetRecordBatchReaderBuilder::try_new(f)
-            .unwrap()
-            .build()
-            .unwrap()
-        {
-            let b = b.unwrap();
-            for line in render(&b) {
-                *out.entry(line).or_default() += 1;
-            }
-        }
-    }
-    out
-}
-
-fn render(b: &RecordBatch) -> Vec<String> {
-    let opts = FormatOptions::default();
-    let fmts: Vec<ArrayFormatter> = b
-        .columns()
-        .iter()
-        .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).unwrap())
-        .collect();
-    (0..b.num_rows())
-        .map(|r| {
-            fmts.iter()
-                .map(|f| f.value(r).to_string())
-                .collect::<Vec<_>>()
-                .join("|")
-        })
-        .collect()
-}
-
-fn hidden_files(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().to_string())
-                .filter(|n| n.starts_with('.'))
-                .collect()
-        })
-        .unwrap_or_default()
-}
+mod common;
+use common::{hidden_files, rows};
 
 const EVENTS: &str = "400000";
 
@@ -119,6 +65,7 @@ fn killed_run(
     query: &str,
     seed: u64,
     kills: usize,
+    state: &str,
 ) -> (BTreeMap<String, usize>, PathBuf) {
     let mut rng = SmallRng::seed_from_u64(seed);
     let out = dir.join(format!("out-{seed}"));
@@ -126,7 +73,10 @@ fn killed_run(
     // 200k events/s: a run takes about two seconds.
     let rate = Some(200_000);
     for _ in 0..kills {
-        let mut child = nexmark(query, &out, Some(&ck), rate, 2).spawn().unwrap();
+        let mut child = nexmark(query, &out, Some(&ck), rate, 2)
+            .args(["--state", state])
+            .spawn()
+            .unwrap();
         let after = Duration::from_millis(rng.random_range(150..1600));
         let start = Instant::now();
         while start.elapsed() < after {
@@ -139,7 +89,10 @@ fn killed_run(
         let _ = child.kill();
         let _ = child.wait();
     }
-    let status = nexmark(query, &out, Some(&ck), rate, 2).status().unwrap();
+    let status = nexmark(query, &out, Some(&ck), rate, 2)
+        .args(["--state", state])
+        .status()
+        .unwrap();
     assert!(status.success(), "seed {seed}: restarted job failed");
     (rows(&out), out)
 }
@@ -147,16 +100,28 @@ fn killed_run(
 #[test]
 fn sigkilled_process_resumes_with_exactly_once_output() {
     let dir = tempfile::tempdir().unwrap();
-    // q5 checkpoints window state; q1 (a map) every row through the sink.
-    let want: BTreeMap<&str, _> = ["q5", "q1"]
+    // q5 checkpoints sliding-window and top state, q1 (a map) sends every
+    // row through the sink, q11 checkpoints session windows, q8 a window join.
+    let want: BTreeMap<&str, _> = ["q5", "q1", "q11", "q8"]
         .into_iter()
         .map(|q| (q, reference(dir.path(), q)))
         .collect();
-    // 8 processes killed at random moments (seed 7's twice).
+    // 8 processes killed at random moments (seed 7's twice); q5's windows
+    // keep their state in RocksDB for seeds 5 and 7.
     for (seed, kills) in [(1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1), (7, 2)] {
-        let query = if seed % 2 == 1 { "q5" } else { "q1" };
+        let query = match seed {
+            4 => "q11",
+            6 => "q8",
+            s if s % 2 == 1 => "q5",
+            _ => "q1",
+        };
+        let state = if seed >= 5 && query == "q5" {
+            "rocksdb"
+        } else {
+            "memory"
+        };
         let want = &want[query];
-        let (got, out) = killed_run(dir.path(), query, seed, kills);
+        let (got, out) = killed_run(dir.path(), query, seed, kills, state);
         let missing = want.iter().filter(|(k, n)| got.get(*k) != Some(n)).count();
         let extra = got.iter().filter(|(k, n)| want.get(*k) != Some(n)).count();
         assert_eq!(

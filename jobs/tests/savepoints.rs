@@ -7,9 +7,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use arrow::array::RecordBatch;
-use arrow::util::display::{ArrayFormatter, FormatOptions};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use sluice_connectors::nexmark::{NexmarkConfig, NexmarkSource};
 use sluice_connectors::parquet::ParquetSink;
 use sluice_engine::state::rocks::RocksConfig;
@@ -17,43 +14,8 @@ use sluice_engine::state::StateBackend;
 use sluice_engine::{CheckpointConfig, Env, WatermarkStrategy};
 use sluice_operators::prelude::*;
 
-fn rows(dir: &Path) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        if name.starts_with('.') || !name.ends_with(".parquet") {
-            continue;
-        }
-        let f = std::fs::File::open(e.path()).unwrap();
-        for b in ParquetRecordBatchReaderBuilder::try_new(f)
-            .unwrap()
-            .build()
-            .unwrap()
-        {
-            for line in render(&b.unwrap()) {
-                *out.entry(line).or_default() += 1;
-            }
-        }
-    }
-    out
-}
-
-fn render(b: &RecordBatch) -> Vec<String> {
-    let opts = FormatOptions::default();
-    let fmts: Vec<ArrayFormatter> = b
-        .columns()
-        .iter()
-        .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).unwrap())
-        .collect();
-    (0..b.num_rows())
-        .map(|r| {
-            fmts.iter()
-                .map(|f| f.value(r).to_string())
-                .collect::<Vec<_>>()
-                .join("|")
-        })
-        .collect()
-}
+mod common;
+use common::rows;
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

@@ -49,18 +49,6 @@ pub(crate) fn without_key_group(batch: &RecordBatch) -> Result<RecordBatch> {
     }
 }
 
-/// For operators whose state is not checkpointed yet: a job that
-/// checkpoints is refused when it starts rather than restored wrongly.
-pub(crate) fn refuse_checkpoints(ctx: &sluice_engine::OperatorContext, what: &str) -> Result<()> {
-    if ctx.checkpointing {
-        return Err(Error::Config(format!(
-            "'{}': {what} do not support checkpoints yet; run the job without a checkpoint directory",
-            ctx.operator
-        )));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

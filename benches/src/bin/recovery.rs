@@ -1,9 +1,13 @@
-//! Recovery benchmark: runs a q5-shaped job (Nexmark bids → sliding count
-//! per auction → hottest auction per window) with checkpoints, makes a task
-//! panic once part-way, and measures the time from the failure to the
-//! first record processed again after the job restored its latest
-//! checkpoint (restart delay set to zero). Prints a Markdown table row per
-//! state backend with the median of several runs.
+//! Checkpoint benchmarks, one Markdown table each:
+//!
+//! - recovery: a q5-shaped job (Nexmark bids → sliding count per auction →
+//!   hottest auction per window) with checkpoints; a task fails once
+//!   part-way; measured is the time from the failure to the first record
+//!   processed again after the job restored its latest checkpoint (restart
+//!   delay zero), median of several runs per state backend;
+//! - sizes (`--sizes`): a job whose state grows (sum per bidder in one-hour
+//!   windows) checkpointing every 500 ms: each checkpoint's state size,
+//!   bytes uploaded, duration and alignment, per backend.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +35,9 @@ struct Args {
     /// Runs per backend.
     #[arg(long, default_value_t = 5)]
     repeat: usize,
+    /// Measure checkpoint duration against state size instead.
+    #[arg(long)]
+    sizes: bool,
 }
 
 struct Measured {
@@ -117,8 +124,59 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// Checkpoint figures of a job whose keyed state grows with the input.
+fn sizes(args: &Args, rocks: bool) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("sluice-sizes-{}-{rocks}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let env = Env::new();
+    env.set_parallelism(2);
+    env.configure(|c| {
+        c.name = "sizes-bench".into();
+        let mut ck = CheckpointConfig::new(&dir);
+        ck.interval = Duration::from_millis(500);
+        c.checkpoint = Some(ck);
+        if rocks {
+            c.state.backend = StateBackend::RocksDb(RocksConfig::default());
+        }
+    });
+    let cfg = NexmarkConfig {
+        events: args.events,
+        ..Default::default()
+    };
+    env.source(NexmarkSource::bids(cfg.clone()))
+        .watermarks(WatermarkStrategy::bounded_out_of_orderness(
+            "date_time",
+            Duration::from_millis(cfg.max_out_of_orderness_ms as u64),
+        ))
+        .key_by(["bidder"])
+        .window(WindowSpec::tumbling(Duration::from_secs(3600)))
+        .aggregate([count(), sum("price"), max("price")])
+        .sink(DiscardSink);
+    let res = env.execute()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let backend = if rocks { "rocksdb" } else { "memory" };
+    for r in &res.checkpoints.recent {
+        let f = &r.figures;
+        println!(
+            "| {backend} | {} | {:.1} | {:.1} | {} | {} |",
+            r.id,
+            f.bytes as f64 / 1048576.0,
+            f.uploaded_bytes as f64 / 1048576.0,
+            f.duration_ms,
+            f.alignment_ms
+        );
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.sizes {
+        println!("| state | checkpoint | state MiB | uploaded MiB | duration ms | alignment ms |");
+        println!("|---|---|---|---|---|---|");
+        sizes(&args, false)?;
+        return sizes(&args, true);
+    }
     println!("| state | failure → first record after restore (median) | all runs | job wall time (median) | restored from checkpoint |");
     println!("|---|---|---|---|---|");
     for rocks in [false, true] {

@@ -134,7 +134,7 @@ fn write_task(
         if state.is_empty() {
             continue;
         }
-        let (keyed, entries) = write_snapshot(dir, *node, sub, state)?;
+        let (mut keyed, entries) = write_snapshot(dir, *node, sub, state)?;
         let small = keyed
             .iter()
             .chain(entries.iter())
@@ -155,7 +155,8 @@ fn write_task(
             *node,
             SubtaskState {
                 subtask: sub,
-                keyed,
+                keyed_more: keyed.split_off(keyed.len().min(1)),
+                keyed: keyed.pop(),
                 entries,
                 db,
             },

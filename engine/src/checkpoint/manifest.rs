@@ -50,6 +50,10 @@ pub struct SubtaskState {
     pub subtask: usize,
     /// Keyed state (Arrow IPC file with a key-group column).
     pub keyed: Option<FileRef>,
+    /// More keyed-state files, one per further schema (a join stores each
+    /// side's rows with that side's schema).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keyed_more: Vec<FileRef>,
     /// Operator-state entries.
     pub entries: Option<FileRef>,
     /// Keyed state in RocksDB.

@@ -86,7 +86,7 @@ impl RestorePlan {
         };
         let groups = range_of(subtask, self.manifest.max_parallelism, parallelism);
         for s in &ns.subtasks {
-            if let Some(f) = &s.keyed {
+            for f in s.keyed.iter().chain(s.keyed_more.iter()) {
                 for b in read_keyed(&self.dir, f)? {
                     let b = filter_key_groups(&b, &groups)?;
                     if b.num_rows() > 0 {

@@ -92,29 +92,40 @@ fn decode_entries(bytes: &[u8], what: &str) -> Result<Vec<Vec<u8>>> {
     Ok(out)
 }
 
-/// Writes one operator subtask's snapshot into `dir`; returns the files
-/// (keyed, entries) and the bytes written.
+/// Writes one operator subtask's snapshot into `dir`; returns the keyed
+/// files (one Arrow IPC file per distinct schema, in order of first
+/// appearance) and the entries file.
 pub fn write_snapshot(
     dir: &Path,
     node: usize,
     subtask: usize,
     snap: &OperatorSnapshot,
-) -> Result<(Option<FileRef>, Option<FileRef>)> {
+) -> Result<(Vec<FileRef>, Option<FileRef>)> {
     let stem = format!("n{node:03}-s{subtask:03}");
-    let mut keyed = None;
-    let batches: Vec<&RecordBatch> = snap.keyed.iter().filter(|b| b.num_rows() > 0).collect();
-    if let Some(first) = batches.first() {
+    let mut groups: Vec<Vec<&RecordBatch>> = Vec::new();
+    for b in snap.keyed.iter().filter(|b| b.num_rows() > 0) {
+        match groups.iter_mut().find(|g| g[0].schema() == b.schema()) {
+            Some(g) => g.push(b),
+            None => groups.push(vec![b]),
+        }
+    }
+    let mut keyed = Vec::new();
+    for (i, g) in groups.iter().enumerate() {
         let mut buf = Vec::new();
         {
-            let mut w = FileWriter::try_new(&mut buf, &first.schema())?;
-            for b in &batches {
+            let mut w = FileWriter::try_new(&mut buf, &g[0].schema())?;
+            for b in g {
                 w.write(b)?;
             }
             w.finish()?;
         }
-        let name = format!("{stem}.keyed.arrow");
+        let name = if i == 0 {
+            format!("{stem}.keyed.arrow")
+        } else {
+            format!("{stem}.keyed-{i}.arrow")
+        };
         write_synced(&dir.join(&name), &buf)?;
-        keyed = Some(file_ref(name, &buf));
+        keyed.push(file_ref(name, &buf));
     }
     let mut entries = None;
     if !snap.entries.is_empty() {
@@ -276,15 +287,20 @@ pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
     Ok(())
 }
 
+/// Reads a checkpoint's manifest without checking its files.
+fn read_manifest(dir: &Path) -> Result<Manifest> {
+    let path = dir.join(MANIFEST_FILE);
+    let bytes = std::fs::read(&path)
+        .map_err(|e| Error::Checkpoint(format!("reading {}: {e}", path.display())))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Checkpoint(format!("{} is not a valid manifest: {e}", path.display())))
+}
+
 /// Reads and checks a checkpoint or savepoint directory: the manifest
 /// parses, is of a known format, and every file matches its checksum.
 pub fn load_verified(dir: &Path) -> Result<Manifest> {
     let path = dir.join(MANIFEST_FILE);
-    let bytes = std::fs::read(&path)
-        .map_err(|e| Error::Checkpoint(format!("reading {}: {e}", path.display())))?;
-    let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
-        Error::Checkpoint(format!("{} is not a valid manifest: {e}", path.display()))
-    })?;
+    let m = read_manifest(dir)?;
     if m.format != FORMAT_VERSION {
         return Err(Error::Checkpoint(format!(
             "{} has format {}, this build reads {FORMAT_VERSION}",
@@ -329,7 +345,14 @@ pub fn scan(root: &Path, job: &str) -> Result<Scan> {
         if !dir.join(MANIFEST_FILE).exists() {
             continue; // never completed
         }
-        match load_verified(&dir) {
+        // Older checkpoints than the one found are only read for the
+        // attempts they record; their files are not verified.
+        let checked = if out.latest.is_none() {
+            load_verified(&dir)
+        } else {
+            read_manifest(&dir)
+        };
+        match checked {
             Ok(m) if m.job != job => {
                 return Err(Error::Checkpoint(format!(
                     "{} holds checkpoints of job '{}', not '{job}'; use another --checkpoint-dir",
@@ -346,16 +369,10 @@ pub fn scan(root: &Path, job: &str) -> Result<Scan> {
             }
             Err(e) => {
                 // A manifest that parses still tells which attempts ran.
-                if let Ok(m) = std::fs::read(dir.join(MANIFEST_FILE))
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
-                    .ok_or(())
-                {
+                if let Ok(m) = read_manifest(&dir) {
                     out.max_attempt = Some(out.max_attempt.unwrap_or(0).max(m.attempt));
                 }
-                if out.latest.is_none() {
-                    warn!(checkpoint = id, error = %e, "checkpoint is not restorable; falling back to the previous one");
-                }
+                warn!(checkpoint = id, error = %e, "checkpoint is not restorable; falling back to the previous one");
             }
         }
     }
@@ -452,6 +469,7 @@ mod tests {
                 subtasks: vec![SubtaskState {
                     subtask: 0,
                     keyed: files.0,
+                    keyed_more: Vec::new(),
                     entries: files.1,
                     db: None,
                 }],
@@ -470,7 +488,7 @@ mod tests {
             db: None,
         };
         let files = write_snapshot(&dir, 0, 0, &snap).unwrap();
-        write_manifest(&dir, &manifest(id, files)).unwrap();
+        write_manifest(&dir, &manifest(id, (files.0.first().cloned(), files.1))).unwrap();
         dir
     }
 

@@ -364,13 +364,18 @@ impl Checkpointer {
             .coordinator
             .send(CoordinatorMsg::Finished(self.ck.key))
             .map_err(|_| Error::Cancelled)?;
+        // The checkpoint after which this task exits: the end-of-input one,
+        // or a stop-with-savepoint taken while other tasks still ran.
         let mut final_id = None;
         loop {
             match self.ck.control.recv_timeout(CANCEL_POLL) {
                 // Checkpoints go on while other tasks still run; this task
                 // contributes its final state (once per checkpoint).
                 Ok(TaskControl::SnapshotFinished(b) | TaskControl::Trigger(b)) => {
-                    if b.kind == BarrierKind::EndOfInput {
+                    if matches!(
+                        b.kind,
+                        BarrierKind::EndOfInput | BarrierKind::StopWithSavepoint
+                    ) {
                         final_id = Some(b.id);
                     }
                     if self.last.get().is_none_or(|l| l < b.id) {

@@ -42,6 +42,14 @@ impl OperatorSnapshot {
         }
     }
 
+    /// A snapshot holding only keyed rows.
+    pub fn keyed(keyed: Vec<RecordBatch>) -> Self {
+        OperatorSnapshot {
+            keyed,
+            ..OperatorSnapshot::default()
+        }
+    }
+
     /// Whether there is nothing to store.
     pub fn is_empty(&self) -> bool {
         self.keyed.iter().all(|b| b.num_rows() == 0) && self.entries.is_empty() && self.db.is_none()

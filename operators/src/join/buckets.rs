@@ -127,6 +127,80 @@ pub(crate) fn gather<'a>(
         .collect()
 }
 
+/// Name of the column that tells a join's checkpointed rows' side.
+const SIDE_COLUMN: &str = "_side";
+
+/// Checkpoint form of one side's stored rows: each batch with a `_side`
+/// column and the key group of its join key.
+pub(crate) fn side_state<'a>(
+    side: usize,
+    batches: impl Iterator<Item = &'a RecordBatch>,
+    keys: &[usize],
+    max_parallelism: usize,
+) -> Result<Vec<RecordBatch>> {
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+    let mut out = Vec::new();
+    for b in batches.filter(|b| b.num_rows() > 0) {
+        let key_cols: Vec<ArrayRef> = keys.iter().map(|k| b.column(*k).clone()).collect();
+        let mut fields: Vec<Arc<Field>> = b.schema().fields().iter().cloned().collect();
+        fields.push(Arc::new(Field::new(SIDE_COLUMN, DataType::UInt8, false)));
+        let mut cols = b.columns().to_vec();
+        cols.push(Arc::new(arrow::array::UInt8Array::from(vec![
+            side as u8;
+            b.num_rows()
+        ])));
+        let tagged = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?;
+        out.push(sluice_engine::state::snapshot::with_key_groups(
+            tagged,
+            &key_cols,
+            max_parallelism,
+        )?);
+    }
+    Ok(out)
+}
+
+/// Checkpoint form of both sides of an event-time join.
+pub(crate) fn sides_state(
+    sides: &[Buckets; 2],
+    keys: &[Vec<usize>; 2],
+    max_parallelism: usize,
+) -> Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    for side in 0..2 {
+        out.extend(side_state(
+            side,
+            sides[side].buckets.values().flat_map(|b| b.batches.iter()),
+            &keys[side],
+            max_parallelism,
+        )?);
+    }
+    Ok(out)
+}
+
+/// Splits a restored row batch into its side and the rows as stored.
+pub(crate) fn restored_side(batch: &RecordBatch) -> Result<(usize, RecordBatch)> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::UInt8Type;
+    let mut b = crate::snapshot::without_key_group(batch)?;
+    let idx = b.schema().index_of(SIDE_COLUMN).map_err(|_| {
+        sluice_engine::Error::Checkpoint("join state without its side column".into())
+    })?;
+    let side = b.column(idx).as_primitive::<UInt8Type>();
+    let s = if side.is_empty() {
+        0
+    } else {
+        side.value(0) as usize
+    };
+    if s > 1 {
+        return Err(sluice_engine::Error::Checkpoint(format!(
+            "join state names side {s}"
+        )));
+    }
+    b.remove_column(idx);
+    Ok((s, b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

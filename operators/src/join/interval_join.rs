@@ -15,12 +15,14 @@
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use hashbrown::HashMap;
-use sluice_engine::data::{event_times_ms, Watermark};
+use sluice_engine::data::{event_times_ms, CheckpointId, Watermark};
+use sluice_engine::state::{OperatorSnapshot, RestoredState};
 use sluice_engine::{Collector, Operator, OperatorContext, Result};
 use tracing::debug;
 
-use super::buckets::{gather, Buckets};
+use super::buckets::{gather, restored_side, sides_state, Buckets};
 use super::keys::KeyEncoder;
+use crate::snapshot::{encode_times, restored_times};
 
 /// A two-input interval join (input 0 left, 1 right).
 pub(crate) struct IntervalJoinOperator {
@@ -68,8 +70,26 @@ impl IntervalJoinOperator {
 }
 
 impl Operator for IntervalJoinOperator {
-    fn open(&mut self, ctx: &OperatorContext) -> Result<()> {
-        crate::snapshot::refuse_checkpoints(ctx, "interval joins")
+    fn snapshot(&mut self, _id: CheckpointId, ctx: &OperatorContext) -> Result<OperatorSnapshot> {
+        Ok(OperatorSnapshot {
+            keyed: sides_state(&self.sides, &self.keys, ctx.max_parallelism)?,
+            entries: vec![encode_times(&[self.watermark])],
+            db: None,
+        })
+    }
+
+    fn restore(&mut self, state: RestoredState, ctx: &OperatorContext) -> Result<()> {
+        // Rows go back through the normal path (matches it finds were
+        // emitted before the checkpoint, so the output is dropped), before
+        // the watermark is restored so none of them counts as late.
+        for b in &state.keyed {
+            let (side, rows) = restored_side(b)?;
+            self.process(side, rows, ctx, &mut Collector::default())?;
+        }
+        if let Some(t) = restored_times(&state.entries, 1)? {
+            self.watermark = t[0];
+        }
+        Ok(())
     }
 
     fn process(

@@ -7,10 +7,12 @@ use arrow::array::{ArrayRef, UInt32Array};
 use arrow::compute::take;
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
+use sluice_engine::state::{OperatorSnapshot, RestoredState};
 use sluice_engine::{Collector, Operator, OperatorContext, Result};
 
-use super::buckets::gather;
+use super::buckets::{gather, restored_side, side_state};
 use super::keys::{KeyEncoder, KeyMap, RowRef};
+use sluice_engine::data::CheckpointId;
 
 struct Side {
     batches: Vec<RecordBatch>,
@@ -52,8 +54,28 @@ impl StreamJoinOperator {
 }
 
 impl Operator for StreamJoinOperator {
-    fn open(&mut self, ctx: &OperatorContext) -> Result<()> {
-        crate::snapshot::refuse_checkpoints(ctx, "stream joins")
+    fn snapshot(&mut self, _id: CheckpointId, ctx: &OperatorContext) -> Result<OperatorSnapshot> {
+        let mut keyed = Vec::new();
+        for side in 0..2 {
+            keyed.extend(side_state(
+                side,
+                self.sides[side].batches.iter(),
+                &self.keys[side],
+                ctx.max_parallelism,
+            )?);
+        }
+        Ok(OperatorSnapshot::keyed(keyed))
+    }
+
+    fn restore(&mut self, state: RestoredState, ctx: &OperatorContext) -> Result<()> {
+        // Rows go back through the normal path (matches it finds were
+        // emitted before the checkpoint, so the output is dropped), before
+        // the watermark is restored so none of them counts as late.
+        for b in &state.keyed {
+            let (side, rows) = restored_side(b)?;
+            self.process(side, rows, ctx, &mut Collector::default())?;
+        }
+        Ok(())
     }
 
     fn process(

@@ -12,10 +12,12 @@ use arrow::compute::take_record_batch;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use hashbrown::HashMap;
-use sluice_engine::data::{event_times_ms, Watermark};
-use sluice_engine::{Collector, Operator, OperatorContext, Result};
+use sluice_engine::data::{event_times_ms, CheckpointId, Watermark};
+use sluice_engine::state::{OperatorSnapshot, RestoredState};
+use sluice_engine::{Collector, Error, Operator, OperatorContext, Result};
 
-use super::state::{output, Keys, Slots};
+use super::state::{output, state_batch, Keys, Slots};
+use crate::snapshot::{encode_times, restored_times, without_key_group};
 
 #[derive(Debug, Clone, Copy)]
 struct Session {
@@ -115,8 +117,74 @@ fn resolve(redirect: &HashMap<u32, u32>, mut s: u32) -> u32 {
 }
 
 impl Operator for SessionWindowOperator {
-    fn open(&mut self, ctx: &OperatorContext) -> Result<()> {
-        crate::snapshot::refuse_checkpoints(ctx, "session windows")
+    /// Every session as a row: key, bounds, whether it fired, accumulators.
+    fn snapshot(&mut self, _id: CheckpointId, ctx: &OperatorContext) -> Result<OperatorSnapshot> {
+        let (mut ids, mut starts, mut ends, mut fired, mut slots) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (k, list) in &self.sessions {
+            for s in list {
+                ids.push(*k);
+                starts.push(s.start);
+                ends.push(s.end);
+                fired.push(s.fired as i64);
+                slots.push(s.slot);
+            }
+        }
+        let mut keyed = Vec::new();
+        if !ids.is_empty() {
+            keyed.push(state_batch(
+                self.keys.columns_of(&ids)?,
+                vec![("_start", starts), ("_end", ends), ("_fired", fired)],
+                self.slots.state(&slots)?,
+                ctx.max_parallelism,
+            )?);
+        }
+        Ok(OperatorSnapshot {
+            keyed,
+            entries: vec![encode_times(&[self.watermark])],
+            db: None,
+        })
+    }
+
+    fn restore(&mut self, state: RestoredState, _ctx: &OperatorContext) -> Result<()> {
+        if let Some(t) = restored_times(&state.entries, 1)? {
+            self.watermark = t[0];
+        }
+        let nk = self.keys.width();
+        for batch in &state.keyed {
+            let batch = without_key_group(batch)?;
+            if batch.num_columns() < nk + 3 {
+                return Err(Error::Checkpoint(
+                    "session state has too few columns".into(),
+                ));
+            }
+            let cols = batch.columns();
+            let ids = self.keys.intern_columns(&cols[..nk], batch.num_rows())?;
+            let (starts, ends, fired) = (
+                event_times_ms(&cols[nk])?,
+                event_times_ms(&cols[nk + 1])?,
+                event_times_ms(&cols[nk + 2])?,
+            );
+            let mut slots = Vec::with_capacity(ids.len());
+            for (i, k) in ids.iter().enumerate() {
+                let s = Session {
+                    start: starts[i],
+                    end: ends[i],
+                    slot: self.slots.alloc(),
+                    fired: fired[i] != 0,
+                };
+                self.keys.retain(*k);
+                self.sessions.entry(*k).or_default().push(s);
+                self.schedule(*k, &s);
+                slots.push(s.slot);
+            }
+            self.slots.merge_state(&cols[nk + 3..], &slots)?;
+            self.keys.forget_unused();
+        }
+        for list in self.sessions.values_mut() {
+            list.sort_by_key(|s| s.start);
+        }
+        Ok(())
     }
 
     fn process(
