@@ -219,6 +219,25 @@ impl Geometry {
         end.saturating_sub(1).saturating_add(self.lateness) <= watermark
     }
 
+    /// Ends of the windows over `panes` (pane starts, ascending) that close
+    /// when event time passes `limit - 1`, not counting those that closed
+    /// at or before `fired_upto`.
+    pub(crate) fn ends_closing(
+        self,
+        panes: impl Iterator<Item = i64>,
+        fired_upto: i64,
+        limit: i64,
+    ) -> BTreeSet<i64> {
+        let mut ends = BTreeSet::new();
+        for p in panes.take_while(|p| *p < limit) {
+            ends.extend(
+                self.window_ends(p)
+                    .filter(|e| *e > fired_upto && *e <= limit),
+            );
+        }
+        ends
+    }
+
     /// Whether no window containing pane `p` can fire or re-fire any more.
     pub(crate) fn done(&self, p: i64, watermark: i64) -> bool {
         self.is_late(self.last_window_start(p) + self.size, watermark)
@@ -311,13 +330,9 @@ impl Operator for PaneWindowOperator {
             return Ok(Some(wm));
         };
         let limit = t.saturating_add(1);
-        let mut ends = BTreeSet::new();
-        for p in self.panes.range(..limit).map(|(p, _)| *p) {
-            ends.extend(
-                self.window_ends(p)
-                    .filter(|e| *e > self.fired_upto && *e <= limit),
-            );
-        }
+        let ends = self
+            .geo()
+            .ends_closing(self.panes.keys().copied(), self.fired_upto, limit);
         // One output batch per watermark, however many windows it closes.
         let mut firing = Firing::default();
         for e in ends {

@@ -322,14 +322,9 @@ impl Operator for RocksPaneWindowOperator {
             return Ok(Some(wm));
         };
         let limit = t.saturating_add(1);
-        let mut ends = BTreeSet::new();
-        for p in self.panes.range(..limit) {
-            ends.extend(
-                self.geo
-                    .window_ends(*p)
-                    .filter(|e| *e > self.fired_upto && *e <= limit),
-            );
-        }
+        let ends = self
+            .geo
+            .ends_closing(self.panes.iter().copied(), self.fired_upto, limit);
         let mut pieces = Vec::new();
         for e in ends {
             pieces.extend(self.fire(e, None)?);
