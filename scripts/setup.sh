@@ -12,6 +12,8 @@ have pkg-config || need_pkgs+=(pkg-config)
 have clang || need_pkgs+=(clang)
 have c++ || need_pkgs+=(g++)
 dpkg -s libclang-dev >/dev/null 2>&1 || need_pkgs+=(libclang-dev)
+# S3 checkpoint storage speaks HTTPS through the system's OpenSSL.
+dpkg -s libssl-dev >/dev/null 2>&1 || need_pkgs+=(libssl-dev)
 
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   SUDO=""

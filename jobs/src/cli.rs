@@ -55,10 +55,11 @@ pub enum StateBackend {
 /// The checkpoint and state flags every job binary takes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CheckpointArgs {
-    /// Checkpoint into this directory; a job started again with the same
-    /// directory resumes from its newest restorable checkpoint.
+    /// Checkpoint into this directory or `s3://bucket/prefix` (S3 settings
+    /// from `AWS_*` variables); a job started again with the same location
+    /// resumes from its newest restorable checkpoint.
     #[arg(long)]
-    pub checkpoint_dir: Option<PathBuf>,
+    pub checkpoint_dir: Option<sluice_engine::checkpoint::Location>,
     /// Time between checkpoints.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub checkpoint_interval: Duration,
@@ -77,10 +78,10 @@ pub struct CheckpointArgs {
     /// Local directory for RocksDB databases (default: the system temp dir).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// Start from this checkpoint or savepoint directory (when the
-    /// checkpoint directory holds none of this job yet).
+    /// Start from this checkpoint or savepoint (a directory or S3 URL) when
+    /// the checkpoint location holds none of this job yet.
     #[arg(long)]
-    pub restore: Option<PathBuf>,
+    pub restore: Option<sluice_engine::checkpoint::Location>,
 }
 
 impl CheckpointArgs {
@@ -108,7 +109,7 @@ impl CheckpointArgs {
                 );
             }
             if let Some(dir) = &self.checkpoint_dir {
-                let mut ck = sluice_engine::CheckpointConfig::new(dir);
+                let mut ck = sluice_engine::CheckpointConfig::new(dir.clone());
                 ck.interval = self.checkpoint_interval;
                 ck.retained = self.checkpoints_retained.max(1);
                 ck.restore_from = self.restore.clone();

@@ -6,6 +6,7 @@
 //! output of a run without failure: no row lost, none duplicated.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,14 +21,14 @@ use sluice_engine::{CheckpointConfig, Env, RestartStrategy, WatermarkStrategy};
 use sluice_operators::prelude::*;
 
 mod common;
-use common::{hidden_files, rows};
+use common::{hidden_files, rows, S3Server};
 
 const EVENTS: &str = "400000";
 
 fn nexmark(
     query: &str,
     output: &Path,
-    checkpoints: Option<&Path>,
+    checkpoints: Option<&OsStr>,
     rate: Option<u64>,
     p: usize,
 ) -> Command {
@@ -67,16 +68,34 @@ fn killed_run(
     kills: usize,
     state: &str,
 ) -> (BTreeMap<String, usize>, PathBuf) {
+    let ck = dir.join(format!("ck-{seed}"));
+    let (rows, out, _) = killed_run_at(dir, query, seed, kills, state, ck.as_os_str(), |_| {});
+    (rows, out)
+}
+
+/// [`killed_run`] checkpointing to location `ck`, each command adjusted by
+/// `setup`; also returns what the final run printed.
+fn killed_run_at(
+    dir: &Path,
+    query: &str,
+    seed: u64,
+    kills: usize,
+    state: &str,
+    ck: &OsStr,
+    setup: impl Fn(&mut Command),
+) -> (BTreeMap<String, usize>, PathBuf, String) {
     let mut rng = SmallRng::seed_from_u64(seed);
     let out = dir.join(format!("out-{seed}"));
-    let ck = dir.join(format!("ck-{seed}"));
     // 200k events/s: a run takes about two seconds.
     let rate = Some(200_000);
+    let command = || {
+        let mut c = nexmark(query, &out, Some(ck), rate, 2);
+        c.args(["--state", state]);
+        setup(&mut c);
+        c
+    };
     for _ in 0..kills {
-        let mut child = nexmark(query, &out, Some(&ck), rate, 2)
-            .args(["--state", state])
-            .spawn()
-            .unwrap();
+        let mut child = command().spawn().unwrap();
         let after = Duration::from_millis(rng.random_range(150..1600));
         let start = Instant::now();
         while start.elapsed() < after {
@@ -89,12 +108,10 @@ fn killed_run(
         let _ = child.kill();
         let _ = child.wait();
     }
-    let status = nexmark(query, &out, Some(&ck), rate, 2)
-        .args(["--state", state])
-        .status()
-        .unwrap();
-    assert!(status.success(), "seed {seed}: restarted job failed");
-    (rows(&out), out)
+    let run = command().stdout(Stdio::piped()).output().unwrap();
+    assert!(run.status.success(), "seed {seed}: restarted job failed");
+    let printed = String::from_utf8_lossy(&run.stdout).into_owned();
+    (rows(&out), out, printed)
 }
 
 #[test]
@@ -237,7 +254,7 @@ fn corrupted_newest_checkpoint_falls_back_without_wrong_output() {
     let want = reference(dir.path(), "q1");
     let out = dir.path().join("out");
     let ck = dir.path().join("ck");
-    let mut child = nexmark("q1", &out, Some(&ck), Some(200_000), 2)
+    let mut child = nexmark("q1", &out, Some(ck.as_os_str()), Some(200_000), 2)
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1200));
@@ -256,7 +273,7 @@ fn corrupted_newest_checkpoint_falls_back_without_wrong_output() {
     bytes[mid] ^= 0x5a;
     std::fs::write(&victim, bytes).unwrap();
 
-    let run = nexmark("q1", &out, Some(&ck), Some(200_000), 2)
+    let run = nexmark("q1", &out, Some(ck.as_os_str()), Some(200_000), 2)
         .stderr(Stdio::piped())
         .output()
         .unwrap();
@@ -268,4 +285,37 @@ fn corrupted_newest_checkpoint_falls_back_without_wrong_output() {
     );
     assert_eq!(rows(&out), want, "output after falling back");
     assert!(hidden_files(&out).is_empty());
+}
+
+#[test]
+fn checkpoints_in_an_s3_bucket_survive_sigkill() {
+    let s3 = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let want = reference(dir.path(), "q5");
+    // Windows in RocksDB: SST files go to the bucket's shared/ prefix.
+    let (got, out, printed) = killed_run_at(
+        dir.path(),
+        "q5",
+        11,
+        2,
+        "rocksdb",
+        OsStr::new(&s3.url("checkpoints/q5")),
+        |c| s3.configure(c),
+    );
+    assert_eq!(got, want, "output after two kills, checkpoints in S3");
+    assert!(hidden_files(&out).is_empty());
+    assert!(
+        printed.contains("restored_from=") && !printed.contains("restored_from=-"),
+        "the last run resumed from a checkpoint in the bucket: {printed}"
+    );
+    let keys = s3.list("checkpoints/q5/");
+    assert!(
+        keys.iter().any(|k| k.ends_with("_manifest.json")),
+        "manifests in the bucket: {keys:?}"
+    );
+    assert!(
+        keys.iter()
+            .any(|k| k.contains("/shared/") && k.ends_with(".sst")),
+        "shared SST files in the bucket: {keys:?}"
+    );
 }

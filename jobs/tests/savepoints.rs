@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use sluice_connectors::nexmark::{NexmarkConfig, NexmarkSource};
 use sluice_connectors::parquet::ParquetSink;
+use sluice_engine::checkpoint::Location;
 use sluice_engine::state::rocks::RocksConfig;
 use sluice_engine::state::StateBackend;
 use sluice_engine::{CheckpointConfig, Env, WatermarkStrategy};
@@ -27,7 +28,7 @@ fn copy_dir(from: &Path, to: &Path) {
 /// Sliding counts per auction and tumbling sums per bidder, into Parquet.
 fn job(
     out: &Path,
-    checkpoints: Option<(&Path, Option<&Path>)>,
+    checkpoints: Option<(&Path, Option<&Location>)>,
     p: usize,
     rate: Option<u64>,
     rocks: bool,
@@ -39,7 +40,7 @@ fn job(
         if let Some((dir, restore)) = checkpoints {
             let mut ck = CheckpointConfig::new(dir);
             ck.interval = Duration::from_millis(50);
-            ck.restore_from = restore.map(Path::to_path_buf);
+            ck.restore_from = restore.cloned();
             c.checkpoint = Some(ck);
         }
         if rocks {

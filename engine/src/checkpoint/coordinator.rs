@@ -8,7 +8,6 @@
 //! waits for storage.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,6 +15,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tracing::{debug, info, warn};
 
 use super::manifest::{CheckpointFigures, Manifest, NodeState, SubtaskState, FORMAT_VERSION};
+use super::storage::{Location, Storage};
 use super::store::{
     checkpoint_dir_name, retain, write_db, write_manifest, write_snapshot, UploadCache,
 };
@@ -64,12 +64,12 @@ pub struct TaskSnapshot {
 /// A request for a savepoint.
 #[derive(Debug)]
 pub struct SavepointRequest {
-    /// Where it goes (created; must not hold a savepoint already).
-    pub dir: PathBuf,
+    /// Where it goes (must not hold a savepoint already).
+    pub dir: Storage,
     /// Stop the job once it is complete.
     pub stop: bool,
-    /// Answered with the directory when complete.
-    pub reply: Sender<Result<PathBuf>>,
+    /// Answered with its location when complete.
+    pub reply: Sender<Result<Location>>,
 }
 
 /// Anything → coordinator.
@@ -105,7 +105,7 @@ pub enum CoordinatorMsg {
 
 /// Where each in-flight checkpoint's files go, and whether it is a
 /// savepoint (self-contained) — shared with the writer.
-pub type CheckpointDirs = Arc<Mutex<HashMap<u64, (PathBuf, bool)>>>;
+pub type CheckpointDirs = Arc<Mutex<HashMap<u64, (Storage, bool)>>>;
 
 /// Removes the native database checkpoints of a snapshot not written.
 fn discard(snap: &TaskSnapshot) {
@@ -121,12 +121,10 @@ type Written = (Vec<(usize, SubtaskState)>, u64, u64);
 
 fn write_task(
     snap: &TaskSnapshot,
-    dir: &std::path::Path,
-    shared_root: Option<&std::path::Path>,
+    dir: &Storage,
+    shared: bool,
     cache: &mut UploadCache,
 ) -> Result<Written> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let mut files = Vec::new();
     let (mut bytes, mut uploaded) = (0, 0);
     let sub = snap.task.subtask;
@@ -144,7 +142,7 @@ fn write_task(
         uploaded += small;
         let db = match &state.db {
             Some(db) => {
-                let (d, up) = write_db(dir, shared_root, *node, sub, db, cache)?;
+                let (d, up) = write_db(dir, shared, *node, sub, db, cache)?;
                 bytes += d.files.iter().map(|f| f.file.bytes).sum::<u64>();
                 uploaded += up;
                 Some(d)
@@ -166,11 +164,10 @@ fn write_task(
 }
 
 /// Writes task snapshots until every sender is gone. SST files of periodic
-/// checkpoints are shared under `root`; savepoints copy everything.
+/// checkpoints are shared between them; savepoints copy everything.
 pub fn run_writer(
     rx: Receiver<TaskSnapshot>,
     dirs: CheckpointDirs,
-    root: PathBuf,
     coordinator: Sender<CoordinatorMsg>,
 ) {
     let mut cache = UploadCache::new();
@@ -184,8 +181,7 @@ pub fn run_writer(
             discard(&snap); // aborted meanwhile
             continue;
         };
-        let shared = (!savepoint).then_some(root.as_path());
-        let msg = match write_task(&snap, &dir, shared, &mut cache) {
+        let msg = match write_task(&snap, &dir, !savepoint, &mut cache) {
             Ok((files, bytes, uploaded)) => CoordinatorMsg::Ack {
                 id: snap.id,
                 task: snap.task,
@@ -223,6 +219,8 @@ pub struct NodeInfo {
 pub struct Coordinator {
     /// Checkpoint settings.
     pub config: CheckpointConfig,
+    /// The opened checkpoint location (`config.dir`).
+    pub root: Storage,
     /// Job name (recorded in manifests).
     pub job: String,
     /// This run's attempt number.
@@ -250,7 +248,7 @@ type TaskAck = (Vec<(usize, SubtaskState)>, u64, u64, Duration);
 
 struct InFlight {
     barrier: Barrier,
-    dir: PathBuf,
+    dir: Storage,
     started: Instant,
     acks: HashMap<TaskKey, TaskAck>,
     savepoint: Option<SavepointRequest>,
@@ -388,7 +386,7 @@ impl Coordinator {
         self.next_id += 1;
         let dir = match &savepoint {
             Some(req) => req.dir.clone(),
-            None => self.config.dir.join(checkpoint_dir_name(id.0)),
+            None => self.root.child(&checkpoint_dir_name(id.0)),
         };
         self.dirs
             .lock()
@@ -431,8 +429,8 @@ impl Coordinator {
             let _ = req
                 .reply
                 .send(Err(Error::Checkpoint(format!("savepoint aborted: {why}"))));
-        } else {
-            let _ = std::fs::remove_dir_all(&f.dir);
+        } else if let Err(e) = f.dir.delete_all() {
+            warn!(checkpoint = id.0, error = %e, "could not delete an aborted checkpoint");
         }
         self.stats.lock().expect("stats lock").aborted += 1;
     }
@@ -481,9 +479,7 @@ impl Coordinator {
                 .collect(),
             figures: figures.clone(),
         };
-        let written = std::fs::create_dir_all(&f.dir)
-            .map_err(|e| Error::io(format!("creating {}", f.dir.display()), e))
-            .and_then(|_| write_manifest(&f.dir, &manifest));
+        let written = write_manifest(&f.dir, &manifest);
         self.dirs
             .lock()
             .expect("checkpoint dirs lock")
@@ -524,8 +520,8 @@ impl Coordinator {
             let _ = tx.send(TaskControl::Complete(id));
         }
         if let Some(req) = f.savepoint {
-            let _ = req.reply.send(Ok(f.dir));
-        } else if let Err(e) = retain(&self.config.dir, self.config.retained) {
+            let _ = req.reply.send(Ok(f.dir.location().clone()));
+        } else if let Err(e) = retain(&self.root, self.config.retained) {
             warn!(error = %e, "checkpoint retention failed");
         }
     }

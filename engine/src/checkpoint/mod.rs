@@ -7,8 +7,9 @@
 //! processing goes on while state is written. When every task has
 //! acknowledged, the coordinator writes the manifest ([`manifest`]) and
 //! tells every task the checkpoint is complete, which is when sinks commit
-//! what they staged. [`store`] owns the directory layout, checksums,
-//! fallback past corrupted checkpoints and retention.
+//! what they staged. [`store`] owns the layout, checksums, fallback past
+//! corrupted checkpoints and retention; [`storage`] the local directory or
+//! S3-compatible bucket they live in.
 //!
 //! Bounded jobs end with a final checkpoint taken after every task has
 //! finished its input, so the output of the last epoch is committed the same
@@ -17,22 +18,24 @@
 pub mod coordinator;
 pub mod manifest;
 pub mod restore;
+pub mod storage;
 pub mod store;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 pub use crate::runtime::align::Guarantee;
 pub use manifest::{CheckpointFigures, Manifest};
+pub use storage::{Location, Storage};
 
 /// How a job checkpoints.
 #[derive(Debug, Clone)]
 pub struct CheckpointConfig {
-    /// Where checkpoints go (`DIR/chk-NNNNNN`); a job started again with
-    /// the same directory resumes from the newest restorable checkpoint.
-    pub dir: PathBuf,
+    /// Where checkpoints go (`DIR/chk-NNNNNN`), a directory or an
+    /// `s3://bucket/prefix`; a job started again with the same location
+    /// resumes from the newest restorable checkpoint.
+    pub dir: Location,
     /// Time between checkpoint triggers.
     pub interval: Duration,
     /// A checkpoint not complete after this long is aborted.
@@ -45,12 +48,12 @@ pub struct CheckpointConfig {
     pub retained: usize,
     /// A checkpoint or savepoint directory to start from when `dir` holds
     /// no checkpoint of this job yet.
-    pub restore_from: Option<PathBuf>,
+    pub restore_from: Option<Location>,
 }
 
 impl CheckpointConfig {
     /// Checkpoints into `dir` every second, exactly-once, keeping three.
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
+    pub fn new(dir: impl Into<Location>) -> Self {
         CheckpointConfig {
             dir: dir.into(),
             interval: Duration::from_secs(1),

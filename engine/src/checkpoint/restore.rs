@@ -3,9 +3,8 @@
 //! at the new parallelism (keyed rows by key group, operator-state entries
 //! as a union).
 
-use std::path::PathBuf;
-
 use super::manifest::Manifest;
+use super::storage::Storage;
 use super::store::{read_db, read_entries, read_keyed};
 use crate::data::CheckpointId;
 use crate::error::{Error, Result};
@@ -17,8 +16,8 @@ use crate::state::RestoredState;
 /// A verified checkpoint to start from.
 #[derive(Debug, Clone)]
 pub struct RestorePlan {
-    /// Its directory.
-    pub dir: PathBuf,
+    /// Where it is stored.
+    pub dir: Storage,
     /// Its manifest.
     pub manifest: Manifest,
 }
@@ -35,7 +34,7 @@ impl RestorePlan {
         let mismatch = |what: String| {
             Err(Error::Checkpoint(format!(
                 "{} does not belong to this job: {what}",
-                self.dir.display()
+                self.dir.location()
             )))
         };
         if m.max_parallelism != max_parallelism {

@@ -1,30 +1,31 @@
-//! Checkpoint storage on a local (or mounted) directory:
+//! Checkpoint layout, checksums, fallback and retention, over a
+//! [`Storage`] (a local directory or an S3-compatible bucket):
 //!
 //! ```text
-//! DIR/chk-000007/_manifest.json          written last: marks completion
-//! DIR/chk-000007/n003-s001.keyed.arrow   keyed state, Arrow IPC file
-//! DIR/chk-000007/n003-s001.entries       operator-state entries
+//! ROOT/chk-000007/_manifest.json          written last: marks completion
+//! ROOT/chk-000007/n003-s001.keyed.arrow   keyed state, Arrow IPC file
+//! ROOT/chk-000007/n003-s001.entries       operator-state entries
+//! ROOT/chk-000007/n003-s001.db/...        small RocksDB files (MANIFEST, OPTIONS)
+//! ROOT/shared/<db instance>-000123.sst    SST files shared by checkpoints
 //! ```
 //!
-//! A savepoint is the same layout in a directory of its own. Every
-//! checkpoint is a full snapshot, so any retained one can also be restored
-//! as a savepoint (with another parallelism). Finding the checkpoint to
-//! resume from verifies every file against the manifest's size and CRC-32
-//! and falls back to the previous checkpoint, with a warning, when one does
-//! not match.
+//! A savepoint is the same layout in a location of its own, with every
+//! file inside it. Every checkpoint is a full snapshot, so any retained one
+//! can also be restored as a savepoint (with another parallelism). Finding
+//! the checkpoint to resume from verifies every file against the manifest's
+//! size and CRC-32 and falls back to the previous checkpoint, with a
+//! warning, when one does not match.
 
-use std::fs::File;
-use std::io::{BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
 
 use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
 use arrow::record_batch::RecordBatch;
 use tracing::{info, warn};
 
-use std::collections::{HashMap, HashSet};
-
 use super::manifest::{DbFile, DbState, FileRef, Manifest, FORMAT_VERSION, MANIFEST_FILE};
+use super::storage::Storage;
 use crate::error::{Error, Result};
 use crate::state::rocks::{DbCheckpoint, RestoredDb};
 use crate::state::OperatorSnapshot;
@@ -41,24 +42,19 @@ fn parse_checkpoint_dir(name: &str) -> Option<u64> {
     name.strip_prefix("chk-")?.parse().ok()
 }
 
-fn io(context: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Error {
-    move |e| Error::io(context, e)
-}
-
-/// Writes `bytes` to `path` and syncs it.
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = File::create(path).map_err(io(format!("creating {}", path.display())))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(io(format!("writing {}", path.display())))
-}
-
 fn file_ref(name: String, bytes: &[u8]) -> FileRef {
     FileRef {
         path: name,
         bytes: bytes.len() as u64,
         crc32: crc32fast::hash(bytes),
     }
+}
+
+/// Stores `bytes` as `rel` in `dir` and returns its reference.
+fn store(dir: &Storage, rel: String, bytes: Vec<u8>) -> Result<FileRef> {
+    let f = file_ref(rel, &bytes);
+    dir.put(&f.path, bytes)?;
+    Ok(f)
 }
 
 /// Encodes entries as `u32` count then `u32` length + bytes each (little endian).
@@ -96,7 +92,7 @@ fn decode_entries(bytes: &[u8], what: &str) -> Result<Vec<Vec<u8>>> {
 /// files (one Arrow IPC file per distinct schema, in order of first
 /// appearance) and the entries file.
 pub fn write_snapshot(
-    dir: &Path,
+    dir: &Storage,
     node: usize,
     subtask: usize,
     snap: &OperatorSnapshot,
@@ -124,27 +120,14 @@ pub fn write_snapshot(
         } else {
             format!("{stem}.keyed-{i}.arrow")
         };
-        write_synced(&dir.join(&name), &buf)?;
-        keyed.push(file_ref(name, &buf));
+        keyed.push(store(dir, name, buf)?);
     }
     let mut entries = None;
     if !snap.entries.is_empty() {
-        let buf = encode_entries(&snap.entries);
         let name = format!("{stem}.entries");
-        write_synced(&dir.join(&name), &buf)?;
-        entries = Some(file_ref(name, &buf));
+        entries = Some(store(dir, name, encode_entries(&snap.entries))?);
     }
     Ok((keyed, entries))
-}
-
-/// Copies `src` to `dst` (via a temporary name, synced) and returns its
-/// reference (`rel` is the path recorded in the manifest).
-fn copy_file(src: &Path, dst: &Path, rel: String) -> Result<FileRef> {
-    let bytes = std::fs::read(src).map_err(io(format!("reading {}", src.display())))?;
-    let tmp = dst.with_extension("uploading");
-    write_synced(&tmp, &bytes)?;
-    std::fs::rename(&tmp, dst).map_err(io(format!("storing {}", dst.display())))?;
-    Ok(file_ref(rel, &bytes))
 }
 
 /// SST files the writer already stored, by shared path: reused by later
@@ -152,58 +135,54 @@ fn copy_file(src: &Path, dst: &Path, rel: String) -> Result<FileRef> {
 pub type UploadCache = HashMap<String, FileRef>;
 
 /// Stores a RocksDB native checkpoint into checkpoint directory `dir`.
-/// With `root` (periodic checkpoints), SST files go to `root/shared`
-/// once and are referenced afterwards; without (savepoints), every file is
-/// copied into `dir` so the savepoint stands alone. Returns the database's
-/// manifest entry and the bytes actually uploaded. The native checkpoint's
-/// directory is removed afterwards.
+/// When `shared` (periodic checkpoints), SST files go to the root's
+/// `shared/` directory once and are referenced afterwards; otherwise
+/// (savepoints) every file is stored inside `dir` so the savepoint stands
+/// alone. Returns the database's manifest entry and the bytes actually
+/// uploaded. The native checkpoint's local directory is removed afterwards.
 pub fn write_db(
-    dir: &Path,
-    root: Option<&Path>,
+    dir: &Storage,
+    shared: bool,
     node: usize,
     subtask: usize,
     db: &DbCheckpoint,
     cache: &mut UploadCache,
 ) -> Result<(DbState, u64)> {
     let private = format!("n{node:03}-s{subtask:03}.db");
-    std::fs::create_dir_all(dir.join(&private))
-        .map_err(io(format!("creating {}", dir.display())))?;
     let mut files = Vec::new();
     let mut uploaded = 0u64;
     let mut entries: Vec<_> = std::fs::read_dir(&db.dir)
-        .map_err(io(format!("listing {}", db.dir.display())))?
+        .map_err(|e| Error::io(format!("listing {}", db.dir.display()), e))?
         .flatten()
         .collect();
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let name = e.file_name().to_string_lossy().to_string();
-        let file = match root.filter(|_| name.ends_with(".sst")) {
-            Some(root) => {
-                let shared = format!("{}-{name}", db.instance);
-                let rel = format!("../{SHARED_DIR}/{shared}");
-                let dst = root.join(SHARED_DIR).join(&shared);
-                let cached = cache
-                    .get(&rel)
-                    .filter(|f| std::fs::metadata(&dst).is_ok_and(|m| m.len() == f.bytes))
-                    .cloned();
-                match cached {
-                    Some(f) => f,
-                    None => {
-                        std::fs::create_dir_all(root.join(SHARED_DIR))
-                            .map_err(io("creating the shared state directory"))?;
-                        let f = copy_file(&e.path(), &dst, rel.clone())?;
-                        uploaded += f.bytes;
-                        cache.insert(rel, f.clone());
-                        f
-                    }
+        let read = || {
+            std::fs::read(e.path())
+                .map_err(|err| Error::io(format!("reading {}", e.path().display()), err))
+        };
+        let file = if shared && name.ends_with(".sst") {
+            let rel = format!("../{SHARED_DIR}/{}-{name}", db.instance);
+            // An SST file never changes once written, so one stored with the
+            // same size is the same file.
+            let cached = match cache.get(&rel) {
+                Some(f) if dir.size(&rel)? == Some(f.bytes) => Some(f.clone()),
+                _ => None,
+            };
+            match cached {
+                Some(f) => f,
+                None => {
+                    let f = store(dir, rel.clone(), read()?)?;
+                    uploaded += f.bytes;
+                    cache.insert(rel, f.clone());
+                    f
                 }
             }
-            None => {
-                let rel = format!("{private}/{name}");
-                let f = copy_file(&e.path(), &dir.join(&rel), rel)?;
-                uploaded += f.bytes;
-                f
-            }
+        } else {
+            let f = store(dir, format!("{private}/{name}"), read()?)?;
+            uploaded += f.bytes;
+            f
         };
         files.push(DbFile { name, file });
     }
@@ -219,11 +198,14 @@ pub fn write_db(
 
 /// Copies a checkpointed database back to local disk (verifying every
 /// file) for restore.
-pub fn read_db(dir: &Path, db: &DbState, into: &Path) -> Result<RestoredDb> {
-    std::fs::create_dir_all(into).map_err(io(format!("creating {}", into.display())))?;
+pub fn read_db(dir: &Storage, db: &DbState, into: &Path) -> Result<RestoredDb> {
+    std::fs::create_dir_all(into)
+        .map_err(|e| Error::io(format!("creating {}", into.display()), e))?;
     for f in &db.files {
         let bytes = read_verified(dir, &f.file)?;
-        write_synced(&into.join(&f.name), &bytes)?;
+        let path = into.join(&f.name);
+        std::fs::write(&path, bytes)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     }
     Ok(RestoredDb {
         dir: into.to_path_buf(),
@@ -232,16 +214,14 @@ pub fn read_db(dir: &Path, db: &DbState, into: &Path) -> Result<RestoredDb> {
 }
 
 /// Reads a file and checks it against its reference.
-fn read_verified(dir: &Path, f: &FileRef) -> Result<Vec<u8>> {
-    let path = dir.join(&f.path);
-    let mut bytes = Vec::new();
-    File::open(&path)
-        .and_then(|file| BufReader::new(file).read_to_end(&mut bytes))
-        .map_err(|e| Error::Checkpoint(format!("reading {}: {e}", path.display())))?;
+fn read_verified(dir: &Storage, f: &FileRef) -> Result<Vec<u8>> {
+    let what = dir.describe(&f.path);
+    let bytes = dir
+        .get(&f.path)?
+        .ok_or_else(|| Error::Checkpoint(format!("{what} is missing")))?;
     if bytes.len() as u64 != f.bytes {
         return Err(Error::Checkpoint(format!(
-            "{} has {} bytes, the manifest says {}",
-            path.display(),
+            "{what} has {} bytes, the manifest says {}",
             bytes.len(),
             f.bytes
         )));
@@ -249,8 +229,7 @@ fn read_verified(dir: &Path, f: &FileRef) -> Result<Vec<u8>> {
     let crc = crc32fast::hash(&bytes);
     if crc != f.crc32 {
         return Err(Error::Checkpoint(format!(
-            "{} fails its checksum (crc32 {crc:08x}, manifest {:08x})",
-            path.display(),
+            "{what} fails its checksum (crc32 {crc:08x}, manifest {:08x})",
             f.crc32
         )));
     }
@@ -258,7 +237,7 @@ fn read_verified(dir: &Path, f: &FileRef) -> Result<Vec<u8>> {
 }
 
 /// Reads keyed-state batches from a verified file.
-pub fn read_keyed(dir: &Path, f: &FileRef) -> Result<Vec<RecordBatch>> {
+pub fn read_keyed(dir: &Storage, f: &FileRef) -> Result<Vec<RecordBatch>> {
     let bytes = read_verified(dir, f)?;
     let reader = FileReader::try_new(std::io::Cursor::new(bytes), None)
         .map_err(|e| Error::Checkpoint(format!("{}: {e}", f.path)))?;
@@ -268,43 +247,41 @@ pub fn read_keyed(dir: &Path, f: &FileRef) -> Result<Vec<RecordBatch>> {
 }
 
 /// Reads operator-state entries from a verified file.
-pub fn read_entries(dir: &Path, f: &FileRef) -> Result<Vec<Vec<u8>>> {
+pub fn read_entries(dir: &Storage, f: &FileRef) -> Result<Vec<Vec<u8>>> {
     let bytes = read_verified(dir, f)?;
     decode_entries(&bytes, &f.path)
 }
 
-/// Writes the manifest (temp name, sync, rename, sync the directory).
-pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
+/// Writes the manifest, which marks the checkpoint complete.
+pub fn write_manifest(dir: &Storage, manifest: &Manifest) -> Result<()> {
     let json = serde_json::to_vec_pretty(manifest)
         .map_err(|e| Error::Internal(format!("encoding a manifest: {e}")))?;
-    let tmp = dir.join(format!("{MANIFEST_FILE}.tmp"));
-    write_synced(&tmp, &json)?;
-    std::fs::rename(&tmp, dir.join(MANIFEST_FILE))
-        .map_err(io(format!("publishing the manifest in {}", dir.display())))?;
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    dir.put(MANIFEST_FILE, json)
+}
+
+/// Whether `dir` holds a manifest (a completed checkpoint or savepoint).
+pub fn has_manifest(dir: &Storage) -> Result<bool> {
+    Ok(dir.size(MANIFEST_FILE)?.is_some())
 }
 
 /// Reads a checkpoint's manifest without checking its files.
-fn read_manifest(dir: &Path) -> Result<Manifest> {
-    let path = dir.join(MANIFEST_FILE);
-    let bytes = std::fs::read(&path)
-        .map_err(|e| Error::Checkpoint(format!("reading {}: {e}", path.display())))?;
+fn read_manifest(dir: &Storage) -> Result<Manifest> {
+    let what = dir.describe(MANIFEST_FILE);
+    let bytes = dir
+        .get(MANIFEST_FILE)?
+        .ok_or_else(|| Error::Checkpoint(format!("{what} is missing")))?;
     serde_json::from_slice(&bytes)
-        .map_err(|e| Error::Checkpoint(format!("{} is not a valid manifest: {e}", path.display())))
+        .map_err(|e| Error::Checkpoint(format!("{what} is not a valid manifest: {e}")))
 }
 
-/// Reads and checks a checkpoint or savepoint directory: the manifest
-/// parses, is of a known format, and every file matches its checksum.
-pub fn load_verified(dir: &Path) -> Result<Manifest> {
-    let path = dir.join(MANIFEST_FILE);
+/// Reads and checks a checkpoint or savepoint: the manifest parses, is of
+/// a known format, and every file matches its checksum.
+pub fn load_verified(dir: &Storage) -> Result<Manifest> {
     let m = read_manifest(dir)?;
     if m.format != FORMAT_VERSION {
         return Err(Error::Checkpoint(format!(
             "{} has format {}, this build reads {FORMAT_VERSION}",
-            path.display(),
+            dir.describe(MANIFEST_FILE),
             m.format
         )));
     }
@@ -314,7 +291,7 @@ pub fn load_verified(dir: &Path) -> Result<Manifest> {
     Ok(m)
 }
 
-/// What a checkpoint directory holds when a job starts.
+/// What a checkpoint root holds when a job starts.
 #[derive(Debug, Default)]
 pub struct Scan {
     /// Highest checkpoint id of any directory, complete or not.
@@ -322,27 +299,30 @@ pub struct Scan {
     /// Highest attempt recorded in any readable manifest.
     pub max_attempt: Option<u64>,
     /// The newest checkpoint that verifies, with its directory.
-    pub latest: Option<(PathBuf, Manifest)>,
+    pub latest: Option<(Storage, Manifest)>,
+}
+
+/// Checkpoint ids under `root`, newest first.
+fn checkpoint_ids(root: &Storage) -> Result<Vec<u64>> {
+    let mut ids: Vec<u64> = root
+        .list()?
+        .0
+        .iter()
+        .filter_map(|name| parse_checkpoint_dir(name))
+        .collect();
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    Ok(ids)
 }
 
 /// Looks through `root` for checkpoints of `job`, newest first, falling
 /// back past any that fail verification.
-pub fn scan(root: &Path, job: &str) -> Result<Scan> {
+pub fn scan(root: &Storage, job: &str) -> Result<Scan> {
     let mut out = Scan::default();
-    let rd = match std::fs::read_dir(root) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(Error::io(format!("listing {}", root.display()), e)),
-    };
-    let mut ids: Vec<u64> = rd
-        .flatten()
-        .filter_map(|e| parse_checkpoint_dir(&e.file_name().to_string_lossy()))
-        .collect();
-    ids.sort_unstable_by(|a, b| b.cmp(a));
+    let ids = checkpoint_ids(root)?;
     out.max_id = ids.first().copied().unwrap_or(0);
     for id in ids {
-        let dir = root.join(checkpoint_dir_name(id));
-        if !dir.join(MANIFEST_FILE).exists() {
+        let dir = root.child(&checkpoint_dir_name(id));
+        if !has_manifest(&dir)? {
             continue; // never completed
         }
         // Older checkpoints than the one found are only read for the
@@ -356,14 +336,14 @@ pub fn scan(root: &Path, job: &str) -> Result<Scan> {
             Ok(m) if m.job != job => {
                 return Err(Error::Checkpoint(format!(
                     "{} holds checkpoints of job '{}', not '{job}'; use another --checkpoint-dir",
-                    root.display(),
+                    root.location(),
                     m.job
                 )))
             }
             Ok(m) => {
                 out.max_attempt = Some(out.max_attempt.unwrap_or(0).max(m.attempt));
                 if out.latest.is_none() {
-                    info!(checkpoint = id, dir = %dir.display(), "found completed checkpoint");
+                    info!(checkpoint = id, location = %dir.location(), "found completed checkpoint");
                     out.latest = Some((dir, m));
                 }
             }
@@ -381,53 +361,43 @@ pub fn scan(root: &Path, job: &str) -> Result<Scan> {
 
 /// Deletes periodic checkpoints beyond the newest `retained` completed ones,
 /// and abandoned (never completed) ones older than the newest completed.
-pub fn retain(root: &Path, retained: usize) -> Result<()> {
+pub fn retain(root: &Storage, retained: usize) -> Result<()> {
     let mut complete = Vec::new();
     let mut incomplete = Vec::new();
-    for e in std::fs::read_dir(root)
-        .map_err(io(format!("listing {}", root.display())))?
-        .flatten()
-    {
-        if let Some(id) = parse_checkpoint_dir(&e.file_name().to_string_lossy()) {
-            if e.path().join(MANIFEST_FILE).exists() {
-                complete.push(id);
-            } else {
-                incomplete.push(id);
-            }
+    for id in checkpoint_ids(root)? {
+        if has_manifest(&root.child(&checkpoint_dir_name(id)))? {
+            complete.push(id);
+        } else {
+            incomplete.push(id);
         }
     }
-    complete.sort_unstable_by(|a, b| b.cmp(a));
     let newest = complete.first().copied().unwrap_or(0);
     let doomed = complete
         .iter()
         .skip(retained.max(1))
         .chain(incomplete.iter().filter(|id| **id < newest));
     for id in doomed {
-        let dir = root.join(checkpoint_dir_name(*id));
+        let dir = root.child(&checkpoint_dir_name(*id));
         // A checkpoint is deleted manifest first, so a half-deleted one is
         // never mistaken for a complete one.
-        let _ = std::fs::remove_file(dir.join(MANIFEST_FILE));
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            warn!(dir = %dir.display(), error = %e, "could not delete an old checkpoint");
+        if let Err(e) = dir.delete(MANIFEST_FILE).and_then(|_| dir.delete_all()) {
+            warn!(location = %dir.location(), error = %e, "could not delete an old checkpoint");
         }
     }
     collect_shared(root, complete.iter().take(retained.max(1)))
 }
 
 /// Deletes shared SST files no retained checkpoint refers to.
-fn collect_shared<'a>(root: &Path, kept: impl Iterator<Item = &'a u64>) -> Result<()> {
-    let shared = root.join(SHARED_DIR);
-    let Ok(rd) = std::fs::read_dir(&shared) else {
+fn collect_shared<'a>(root: &Storage, kept: impl Iterator<Item = &'a u64>) -> Result<()> {
+    let shared = root.child(SHARED_DIR);
+    let stored = shared.list()?.1;
+    if stored.is_empty() {
         return Ok(());
-    };
+    }
     let mut referenced = HashSet::new();
     for id in kept {
-        let dir = root.join(checkpoint_dir_name(*id));
-        let Ok(bytes) = std::fs::read(dir.join(MANIFEST_FILE)) else {
-            continue;
-        };
         // A manifest that cannot be read pins nothing: it is not restorable.
-        if let Ok(m) = serde_json::from_slice::<Manifest>(&bytes) {
+        if let Ok(m) = read_manifest(&root.child(&checkpoint_dir_name(*id))) {
             for f in m.files() {
                 if let Some(name) = f.path.strip_prefix(&format!("../{SHARED_DIR}/")) {
                     referenced.insert(name.to_string());
@@ -435,11 +405,8 @@ fn collect_shared<'a>(root: &Path, kept: impl Iterator<Item = &'a u64>) -> Resul
             }
         }
     }
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        if !referenced.contains(&name) && !name.ends_with(".uploading") {
-            let _ = std::fs::remove_file(e.path());
-        }
+    for name in stored.iter().filter(|n| !referenced.contains(*n)) {
+        shared.delete(name)?;
     }
     Ok(())
 }
@@ -448,7 +415,9 @@ fn collect_shared<'a>(root: &Path, kept: impl Iterator<Item = &'a u64>) -> Resul
 mod tests {
     use super::*;
     use crate::checkpoint::manifest::{CheckpointFigures, NodeState, SubtaskState};
+    use crate::checkpoint::storage::Location;
     use arrow::array::{ArrayRef, Int64Array};
+    use std::path::PathBuf;
     use std::sync::Arc;
 
     fn manifest(id: u64, files: (Option<FileRef>, Option<FileRef>)) -> Manifest {
@@ -478,9 +447,12 @@ mod tests {
         }
     }
 
+    fn open(root: &Path) -> Storage {
+        Storage::open(&Location::from(root)).unwrap()
+    }
+
     fn write(root: &Path, id: u64, value: i64) -> PathBuf {
-        let dir = root.join(checkpoint_dir_name(id));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = open(root).child(&checkpoint_dir_name(id));
         let col: ArrayRef = Arc::new(Int64Array::from(vec![value]));
         let snap = OperatorSnapshot {
             keyed: vec![RecordBatch::try_from_iter([("v", col)]).unwrap()],
@@ -489,7 +461,7 @@ mod tests {
         };
         let files = write_snapshot(&dir, 0, 0, &snap).unwrap();
         write_manifest(&dir, &manifest(id, (files.0.first().cloned(), files.1))).unwrap();
-        dir
+        root.join(checkpoint_dir_name(id))
     }
 
     #[test]
@@ -497,9 +469,12 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         write(root.path(), 1, 10);
         let d2 = write(root.path(), 2, 20);
-        std::fs::create_dir_all(root.path().join(checkpoint_dir_name(3))).unwrap();
+        // Checkpoint 3 never completed: a state file, no manifest.
+        open(root.path())
+            .put("chk-000003/n000-s000.entries", vec![0; 4])
+            .unwrap();
 
-        let s = scan(root.path(), "j").unwrap();
+        let s = scan(&open(root.path()), "j").unwrap();
         assert_eq!(s.max_id, 3);
         let (dir, m) = s.latest.unwrap();
         assert_eq!(m.id, 2);
@@ -517,15 +492,18 @@ mod tests {
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0xff;
         std::fs::write(&f, bytes).unwrap();
-        let s = scan(root.path(), "j").unwrap();
+        let s = scan(&open(root.path()), "j").unwrap();
         assert_eq!(s.latest.unwrap().1.id, 1);
         assert_eq!(s.max_attempt, Some(2));
 
         // A truncated manifest is skipped too.
         std::fs::write(d2.join(MANIFEST_FILE), b"{\"format\":").unwrap();
-        assert_eq!(scan(root.path(), "j").unwrap().latest.unwrap().1.id, 1);
+        assert_eq!(
+            scan(&open(root.path()), "j").unwrap().latest.unwrap().1.id,
+            1
+        );
         // Another job's directory is refused.
-        assert!(scan(root.path(), "other").is_err());
+        assert!(scan(&open(root.path()), "other").is_err());
     }
 
     #[test]
@@ -535,8 +513,10 @@ mod tests {
             write(root.path(), id, id as i64);
         }
         std::fs::create_dir_all(root.path().join(checkpoint_dir_name(2)).join("x")).unwrap();
-        std::fs::create_dir_all(root.path().join(checkpoint_dir_name(5))).unwrap();
-        retain(root.path(), 2).unwrap();
+        open(root.path())
+            .put("chk-000005/partial", vec![1])
+            .unwrap();
+        retain(&open(root.path()), 2).unwrap();
         let mut left: Vec<String> = std::fs::read_dir(root.path())
             .unwrap()
             .flatten()

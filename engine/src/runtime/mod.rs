@@ -13,7 +13,7 @@ pub mod task;
 pub mod watermark;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -26,8 +26,9 @@ use crate::checkpoint::coordinator::{
     run_writer, Coordinator, CoordinatorMsg, NodeInfo, SavepointRequest, TaskKey,
 };
 use crate::checkpoint::restore::RestorePlan;
-use crate::checkpoint::store::{load_verified, scan};
+use crate::checkpoint::store::{has_manifest, load_verified, scan};
 use crate::checkpoint::{CheckpointConfig, CheckpointStats, RestartStrategy};
+use crate::checkpoint::{Location, Storage};
 use crate::graph::NodeKind;
 
 use crate::data::StreamMessage;
@@ -190,25 +191,24 @@ pub struct JobHandle {
 }
 
 impl JobHandle {
-    /// Takes a savepoint into `dir` and returns it when complete.
-    pub fn savepoint(&self, dir: impl AsRef<Path>) -> Result<PathBuf> {
-        self.request_savepoint(dir.as_ref(), false)
+    /// Takes a savepoint into `dir` (a directory or an S3 URL) and
+    /// returns its location when complete.
+    pub fn savepoint(&self, dir: impl Into<Location>) -> Result<Location> {
+        self.request_savepoint(dir.into(), false)
     }
 
     /// Takes a savepoint into `dir`, commits it and stops the job (whose
     /// [`JobHandle::join`] then reports `stopped`).
-    pub fn stop_with_savepoint(&self, dir: impl AsRef<Path>) -> Result<PathBuf> {
-        self.request_savepoint(dir.as_ref(), true)
+    pub fn stop_with_savepoint(&self, dir: impl Into<Location>) -> Result<Location> {
+        self.request_savepoint(dir.into(), true)
     }
 
-    fn request_savepoint(&self, dir: &Path, stop: bool) -> Result<PathBuf> {
-        if dir
-            .join(crate::checkpoint::manifest::MANIFEST_FILE)
-            .exists()
-        {
+    fn request_savepoint(&self, dir: Location, stop: bool) -> Result<Location> {
+        let dir = Storage::open(&dir)?;
+        if has_manifest(&dir)? {
             return Err(Error::Checkpoint(format!(
                 "{} already holds a savepoint",
-                dir.display()
+                dir.location()
             )));
         }
         let tx = self
@@ -222,7 +222,7 @@ impl JobHandle {
             })?;
         let (reply, rx) = crossbeam_channel::bounded(1);
         tx.send(CoordinatorMsg::Savepoint(SavepointRequest {
-            dir: dir.to_path_buf(),
+            dir,
             stop,
             reply,
         }))
@@ -356,22 +356,22 @@ impl Driver {
                 restore: None,
             });
         };
-        std::fs::create_dir_all(&ck.dir)
-            .map_err(|e| Error::io(format!("creating {}", ck.dir.display()), e))?;
-        let found = scan(&ck.dir, &self.config.name)?;
+        let root = Storage::open(&ck.dir)?;
+        let found = scan(&root, &self.config.name)?;
         let restore = match (found.latest, &ck.restore_from) {
             (Some((dir, manifest)), _) => Some(RestorePlan { dir, manifest }),
-            (None, Some(path)) => Some(RestorePlan {
-                dir: path.clone(),
-                manifest: load_verified(path)?,
-            }),
+            (None, Some(location)) => {
+                let dir = Storage::open(location)?;
+                let manifest = load_verified(&dir)?;
+                Some(RestorePlan { dir, manifest })
+            }
             (None, None) => None,
         };
         let mut next_id = found.max_id + 1;
         if let Some(r) = &restore {
             r.check_compatible(&self.graph, self.plan.max_parallelism)?;
             next_id = next_id.max(r.manifest.id + 1);
-            info!(job = %self.config.name, checkpoint = r.manifest.id, dir = %r.dir.display(),
+            info!(job = %self.config.name, checkpoint = r.manifest.id, location = %r.dir.location(),
                 "resuming from checkpoint");
         }
         self.stats.lock().expect("stats lock").restored_from =
@@ -472,6 +472,7 @@ impl Driver {
             nodes.sort_by_key(|n| n.node);
             let coordinator = Coordinator {
                 config: ck.clone(),
+                root: Storage::open(&ck.dir)?,
                 job: config.name.clone(),
                 attempt: start.attempt,
                 next_id: start.next_id,
@@ -484,11 +485,10 @@ impl Driver {
                 control: control.clone(),
             };
             let writer_coord = ctx.clone();
-            let root = ck.dir.clone();
             side_threads.push(
                 std::thread::Builder::new()
                     .name("checkpoint-writer".into())
-                    .spawn(move || run_writer(wrx, dirs, root, writer_coord))
+                    .spawn(move || run_writer(wrx, dirs, writer_coord))
                     .map_err(|e| Error::io("spawning the checkpoint writer", e))?,
             );
             side_threads.push(

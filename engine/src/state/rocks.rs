@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rocksdb::checkpoint::Checkpoint;
-use rocksdb::{BlockBasedOptions, Cache, ColumnFamily, IteratorMode, Options, WriteBatch, DB};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -211,9 +213,13 @@ impl RocksState {
             .ok_or_else(|| Error::Internal(format!("unknown state '{name}'")))
     }
 
-    /// Applies a write batch.
+    /// Applies a write batch, without the write-ahead log: the database
+    /// is never reopened after a crash (state comes back from checkpoints),
+    /// so logging every write would only cost I/O.
     pub fn write(&self, batch: WriteBatch) -> Result<()> {
-        self.db().write(batch).map_err(db_err("write"))
+        let mut opts = WriteOptions::default();
+        opts.disable_wal(true);
+        self.db().write_opt(batch, &opts).map_err(db_err("write"))
     }
 
     /// Values of `keys` in `cf` (None where absent).
@@ -250,12 +256,23 @@ impl RocksState {
         it.status().map_err(db_err("scan"))
     }
 
-    /// Deletes every key in `[from, to)` of `cf`.
-    pub fn delete_range(&self, cf: &str, from: &[u8], to: &[u8]) -> Result<()> {
-        let cf = self.cf(cf)?;
-        self.db()
-            .delete_range_cf(cf, from, to)
-            .map_err(db_err("delete_range"))
+    /// Deletes every key in `[from, to)` of `cf`, one point delete per
+    /// key. Range tombstones would be one write, but every later read has to
+    /// consult them until compaction drops them, and a window operator that
+    /// purges a range per key group per pane piles up thousands: reads then
+    /// slow to a crawl. The keys deleted here were just read (fired), so
+    /// finding them again is cheap.
+    pub fn delete_keys(&self, cf: &str, from: &[u8], to: &[u8]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        let handle = self.cf(cf)?;
+        self.scan(cf, from, to, |k, _| {
+            batch.delete_cf(handle, k);
+            Ok(())
+        })?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.write(batch)
     }
 
     /// The key groups this database holds.

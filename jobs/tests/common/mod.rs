@@ -62,3 +62,108 @@ pub fn hidden_files(dir: &Path) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// An S3-compatible server (moto, installed by `scripts/tools.sh`) on a
+/// free loopback port with one empty bucket, stopped when dropped.
+pub struct S3Server {
+    child: std::process::Child,
+    port: u16,
+    bucket: String,
+}
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        let bin = std::env::var_os("SLUICE_MOTO_SERVER")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/venv/bin/moto_server")
+            });
+        assert!(
+            bin.exists(),
+            "{} is missing: run scripts/tools.sh (scripts/test.sh does) to install the S3 test server",
+            bin.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        let server = S3Server {
+            child,
+            port,
+            bucket: "sluice-test".into(),
+        };
+        let start = std::time::Instant::now();
+        loop {
+            if let Ok(status) = server.try_request("PUT", "/sluice-test") {
+                assert!(
+                    status.starts_with("HTTP/1.1 200"),
+                    "creating the bucket: {status}"
+                );
+                break;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(30),
+                "the S3 test server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        server
+    }
+
+    /// One plain HTTP request; returns the whole response.
+    fn try_request(&self, method: &str, path: &str) -> std::io::Result<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    }
+
+    /// `s3://` URL of `prefix` in the bucket.
+    pub fn url(&self, prefix: &str) -> String {
+        format!("s3://{}/{prefix}", self.bucket)
+    }
+
+    /// Points a job process at this server.
+    pub fn configure(&self, c: &mut std::process::Command) {
+        c.env("AWS_ENDPOINT", format!("http://127.0.0.1:{}", self.port))
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1");
+    }
+
+    /// Keys in the bucket under `prefix` (up to 1000).
+    pub fn list(&self, prefix: &str) -> Vec<String> {
+        let body = self
+            .try_request(
+                "GET",
+                &format!("/{}?list-type=2&prefix={prefix}", self.bucket),
+            )
+            .unwrap();
+        body.split("<Key>")
+            .skip(1)
+            .filter_map(|k| k.split("</Key>").next())
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -187,7 +187,7 @@ impl RocksPaneWindowOperator {
         };
         for kg in self.groups.clone() {
             let (from, to) = (prefix(kg, i64::MIN), prefix(kg, last.saturating_add(1)));
-            self.db()?.delete_range(PANES, &from, &to)?;
+            self.db()?.delete_keys(PANES, &from, &to)?;
         }
         for p in done {
             self.panes.remove(&p);

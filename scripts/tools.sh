@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs the servers the tests talk to into .tools/ (a Python virtual
+# environment; idempotent): moto, an S3-compatible server for checkpoint
+# storage in a bucket.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=.tools/venv
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+if [ ! -x "$venv/bin/moto_server" ]; then
+  echo "tools: installing moto (S3 test server)"
+  "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.2.5'
+fi
