@@ -56,7 +56,9 @@ fn run(checkpoint: Option<Guarantee>) -> (Windows, u64) {
     let slow: Stream = env
         .from_batches("slow", schema(), slow_batches)
         .map_batches(schema(), |b| {
-            std::thread::sleep(Duration::from_millis(2));
+            // Slow enough for periodic checkpoints to complete on a loaded
+            // machine too (the test asserts some did).
+            std::thread::sleep(Duration::from_millis(20));
             Ok(b)
         });
     // The fast input is shorter: it ends while checkpoints are in flight.

@@ -245,11 +245,22 @@ impl Storage {
             let file = root.join(path.as_ref());
             let synced = std::fs::File::open(&file).and_then(|f| f.sync_all());
             synced.map_err(|e| Error::io(format!("syncing {}", file.display()), e))?;
-            if let Some(dir) = file.parent().and_then(|d| std::fs::File::open(d).ok()) {
-                let _ = dir.sync_all();
-            }
         }
         Ok(())
+    }
+
+    /// Makes the names of files put into this (local) directory durable;
+    /// done once per checkpoint, after its last file. Object stores need
+    /// nothing.
+    pub fn sync_dir(&self) {
+        if let Some(root) = &self.local_root {
+            let dir = root.join(self.base.as_ref());
+            for d in [Some(dir.as_path()), dir.parent()].into_iter().flatten() {
+                if let Ok(f) = std::fs::File::open(d) {
+                    let _ = f.sync_all();
+                }
+            }
+        }
     }
 
     /// The contents of `rel`, or `None` when there is no such object.

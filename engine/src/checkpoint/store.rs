@@ -256,7 +256,9 @@ pub fn read_entries(dir: &Storage, f: &FileRef) -> Result<Vec<Vec<u8>>> {
 pub fn write_manifest(dir: &Storage, manifest: &Manifest) -> Result<()> {
     let json = serde_json::to_vec_pretty(manifest)
         .map_err(|e| Error::Internal(format!("encoding a manifest: {e}")))?;
-    dir.put(MANIFEST_FILE, json)
+    dir.put(MANIFEST_FILE, json)?;
+    dir.sync_dir();
+    Ok(())
 }
 
 /// Whether `dir` holds a manifest (a completed checkpoint or savepoint).

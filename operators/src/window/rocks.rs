@@ -182,11 +182,14 @@ impl RocksPaneWindowOperator {
             .copied()
             .take_while(|p| self.geo.done(*p, self.watermark))
             .collect();
-        let Some(last) = done.last().copied() else {
+        let (Some(first), Some(last)) = (done.first().copied(), done.last().copied()) else {
             return Ok(());
         };
         for kg in self.groups.clone() {
-            let (from, to) = (prefix(kg, i64::MIN), prefix(kg, last.saturating_add(1)));
+            // Start at the oldest live pane, not at the beginning: earlier
+            // panes are tombstones until compaction, and walking them on
+            // every purge made purging quadratic.
+            let (from, to) = (prefix(kg, first), prefix(kg, last.saturating_add(1)));
             self.db()?.delete_keys(PANES, &from, &to)?;
         }
         for p in done {
