@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
+# The Kafka tests start their own tansu broker from this binary.
+SLUICE_TANSU="$(scripts/kafka-broker.sh install)"
+export SLUICE_TANSU
 # Build artifacts live outside the clone so repeated runs (and CI on the same
 # machine) reuse them.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}"
