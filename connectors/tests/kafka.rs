@@ -194,12 +194,21 @@ fn consume_all(broker: &Broker, topic: &str, expect: usize) -> Vec<rdkafka::mess
         .set("group.id", "verifier")
         .create()
         .unwrap();
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
+    // A topic created by its first record may briefly have no partitions.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let partitions = loop {
+        let md = c
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        let ps: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+        if !ps.is_empty() || Instant::now() > deadline {
+            break ps;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let mut tpl = TopicPartitionList::new();
-    for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+    for p in partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
             .unwrap();
     }
     c.assign(&tpl).unwrap();
@@ -361,15 +370,17 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-/// An unbounded job picks up partitions added while it runs.
+/// An unbounded job reads records as they arrive, on every partition.
+/// (Partition discovery is not tested here: tansu 0.6 does not implement
+/// CreatePartitions, so a topic cannot grow while a test runs.)
 #[test]
-fn new_partitions_are_picked_up() {
+fn unbounded_job_tails_the_topic() {
     let broker = Broker::start().unwrap();
-    broker.create_topic("grow", 1).unwrap();
-    produce(&broker, "grow", Some(0), &(0..100).map(record).collect::<Vec<_>>());
+    broker.create_topic("tail", 3).unwrap();
+    produce(&broker, "tail", Some(0), &(0..100).map(record).collect::<Vec<_>>());
     let env = Env::new();
     env.set_parallelism(2);
-    let src = KafkaSource::new(broker.address(), "grow")
+    let src = KafkaSource::new(broker.address(), "tail")
         .format(Format::String)
         .partition_discovery(Some(Duration::from_millis(200)));
     let got = env.source(src).collect();
@@ -382,12 +393,13 @@ fn new_partitions_are_picked_up() {
         got.num_rows()
     };
     assert_eq!(wait_rows(100), 100);
-    broker.add_partitions("grow", 3).unwrap();
-    produce(&broker, "grow", Some(1), &(100..150).map(record).collect::<Vec<_>>());
-    produce(&broker, "grow", Some(2), &(150..200).map(record).collect::<Vec<_>>());
-    assert_eq!(wait_rows(200), 200, "records of the new partitions arrive");
+    produce(&broker, "tail", Some(1), &(100..150).map(record).collect::<Vec<_>>());
+    produce(&broker, "tail", Some(2), &(150..200).map(record).collect::<Vec<_>>());
+    assert_eq!(wait_rows(200), 200, "records written while the job runs arrive");
+    std::thread::sleep(Duration::from_millis(300));
     handle.cancel();
     let _ = handle.join();
+    assert_eq!(got.num_rows(), 200, "nothing twice");
     let parts: BTreeSet<i32> = got
         .batches()
         .iter()
@@ -395,5 +407,14 @@ fn new_partitions_are_picked_up() {
         .collect();
     assert_eq!(parts, BTreeSet::from([0, 1, 2]));
     let texts = got.concat();
-    assert!(texts.column(3).as_string::<i32>().iter().all(|v| v.is_some()));
+    let mut values: Vec<String> = texts
+        .column(3)
+        .as_string::<i32>()
+        .iter()
+        .map(|v| v.unwrap().to_string())
+        .collect();
+    values.sort();
+    let mut want: Vec<String> = (0..200).map(record).collect();
+    want.sort();
+    assert_eq!(values, want);
 }

@@ -105,7 +105,7 @@ fn sigkilled_kafka_to_parquet_writes_every_record_exactly_once() {
     // Inferred columns: metadata, then the JSON fields with nested geo.
     let first = want.keys().next().unwrap();
     assert_eq!(first.split('|').count(), 3 + 5, "row {first}");
-    assert!(first.contains("{lat: "), "nested object became a struct: {first}");
+    assert!(first.contains("{city: c"), "nested object became a struct: {first}");
 
     for (seed, kills) in [(1, 1), (2, 2), (3, 3)] {
         let (got, out) = killed_run(&broker, dir.path(), seed, kills);

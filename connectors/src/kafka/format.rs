@@ -373,7 +373,7 @@ fn check_value(v: &Value, dt: &DataType, path: &str) -> Result<(), String> {
 /// Infers a JSON schema from sample record values: integers → Int64,
 /// other numbers → Float64 (a field seen as both becomes Float64),
 /// strings → Utf8, booleans → Boolean, objects → structs, arrays → lists;
-/// every field nullable, in the order first seen. Values that are not JSON
+/// every field nullable, in name order. Values that are not JSON
 /// objects are ignored here (they are bad records when the job reads them).
 pub fn infer_json_schema<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Result<SchemaRef> {
     let objects: Vec<Value> = values

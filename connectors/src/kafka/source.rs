@@ -431,6 +431,11 @@ impl Source for KafkaSubtask {
             return Ok(SourcePoll::SplitEnd(split));
         }
         if self.spec.bounded && self.parts.iter().all(|p| p.finished) {
+            // Dead letters are durable before the job can report success
+            // (without checkpoints nothing else flushes them).
+            if let Some(b) = &self.bad {
+                b.flush()?;
+            }
             return Ok(SourcePoll::End);
         }
         Ok(SourcePoll::Idle)

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use sluice_engine::{Error, Result};
@@ -95,19 +95,6 @@ impl Broker {
             .map_err(|e| Error::connector("kafka", format!("creating topic {topic}: {e}")))?;
         for r in res {
             r.map_err(|(t, e)| Error::connector("kafka", format!("creating topic {t}: {e}")))?;
-        }
-        Ok(())
-    }
-
-    /// Grows `topic` to `total` partitions.
-    pub fn add_partitions(&self, topic: &str, total: usize) -> Result<()> {
-        let admin = self.admin()?;
-        let np = NewPartitions::new(topic, total);
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        let res = block_on(admin.create_partitions([&np], &opts))
-            .map_err(|e| Error::connector("kafka", format!("adding partitions to {topic}: {e}")))?;
-        for r in res {
-            r.map_err(|(t, e)| Error::connector("kafka", format!("adding partitions to {t}: {e}")))?;
         }
         Ok(())
     }
