@@ -54,7 +54,7 @@ use sluice_engine::{Error, OperatorContext, Result, Source, SourceSpec};
 pub use client::KafkaConfig;
 pub use dlq::{DecodePolicy, DecodeStats};
 pub use format::Format;
-pub use sink::{KafkaSink, SinkGuarantee};
+pub use sink::{CommitStep, KafkaSink, SinkGuarantee};
 pub use state::{schema_from_checkpoint, StartFrom};
 
 /// The node name of the source reading `topic` (checkpoints find the

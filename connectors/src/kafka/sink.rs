@@ -27,6 +27,7 @@
 //! completes), which is the price of not needing to resume a broker-side
 //! transaction after a crash (librdkafka cannot).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,6 +66,15 @@ pub enum SinkGuarantee {
     },
 }
 
+/// A point in the exactly-once commit where a test can inject a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitStep {
+    /// The epoch's records are on the broker, the marker is not.
+    BeforeMarker,
+    /// Records and marker are on the broker, the transaction is open.
+    BeforeCommit,
+}
+
 /// Writes rows to a Kafka topic.
 #[derive(Debug, Clone)]
 pub struct KafkaSink {
@@ -72,6 +82,8 @@ pub struct KafkaSink {
     topic: String,
     guarantee: SinkGuarantee,
     job: String,
+    failure: Option<(CommitStep, Arc<AtomicBool>)>,
+    markers_committed_only: bool,
 }
 
 impl KafkaSink {
@@ -82,7 +94,26 @@ impl KafkaSink {
             topic: topic.into(),
             guarantee: SinkGuarantee::AtLeastOnce,
             job: "sluice".into(),
+            failure: None,
+            markers_committed_only: true,
         }
+    }
+    /// Whether recovery reads the progress topic `read_committed` (the
+    /// default, right for Kafka: a marker of an aborted transaction is not
+    /// seen, so its epoch is written again). With `false` every marker in
+    /// the log counts, which is what keeps a broker that does not filter
+    /// aborted transactions (tansu 0.6) consistent: there a reader must
+    /// take the records whose transaction has a marker, and every marker
+    /// in the log follows all of its transaction's records.
+    pub fn markers_committed_only(mut self, yes: bool) -> Self {
+        self.markers_committed_only = yes;
+        self
+    }
+    /// For tests of the commit protocol: the first commit of a non-empty
+    /// epoch after `armed` is set fails at `step` (clearing `armed`), as a crash there would.
+    pub fn fail_once_at(mut self, step: CommitStep, armed: Arc<AtomicBool>) -> Self {
+        self.failure = Some((step, armed));
+        self
     }
     /// Exactly-once with transactions; `job` names the job in epoch markers
     /// and transactional ids (`JOB-TOPIC-SUBTASK`).
@@ -334,6 +365,19 @@ impl KafkaSinkTask {
         checkpoint: u64,
         records: &[&(Option<Vec<u8>>, Vec<u8>)],
     ) -> Result<()> {
+        let fail_at = |step: CommitStep| -> Result<()> {
+            match &self.spec.failure {
+                Some((s, armed))
+                    if *s == step && !records.is_empty() && armed.swap(false, Ordering::SeqCst) =>
+                {
+                    Err(Error::connector(
+                        "kafka",
+                        format!("injected failure {step:?} of checkpoint {checkpoint}"),
+                    ))
+                }
+                _ => Ok(()),
+            }
+        };
         let (_, progress) = self.exactly_once().expect("exactly-once sink");
         let txn = format!("{}/{subtask}/{checkpoint}/{}", self.spec.job, self.attempt);
         p.begin_transaction()
@@ -349,6 +393,7 @@ impl KafkaSinkTask {
         p.flush(REQUEST_TIMEOUT)
             .map_err(|e| kafka_err("flushing a transaction", e))?;
         check(p)?;
+        fail_at(CommitStep::BeforeMarker)?;
         let marker = EpochMarker {
             job: self.spec.job.clone(),
             subtask,
@@ -359,6 +404,14 @@ impl KafkaSinkTask {
             .map_err(|e| Error::Internal(format!("encoding an epoch marker: {e}")))?;
         let key = format!("{}/{subtask}", self.spec.job);
         send(p, progress, Some(key.as_bytes()), &value, None)?;
+        if self.spec.failure.as_ref().is_some_and(|(s, a)| {
+            *s == CommitStep::BeforeCommit && a.load(Ordering::SeqCst)
+        }) {
+            // The marker reaches the broker inside the open transaction.
+            p.flush(REQUEST_TIMEOUT)
+                .map_err(|e| kafka_err("flushing a transaction", e))?;
+        }
+        fail_at(CommitStep::BeforeCommit)?;
         p.commit_transaction(REQUEST_TIMEOUT)
             .map_err(|e| kafka_err(format!("committing checkpoint {checkpoint}"), e))?;
         check(p)
@@ -372,12 +425,18 @@ impl KafkaSinkTask {
             return Ok(());
         };
         let (_, progress) = self.exactly_once().expect("exactly-once sink");
-        let markers = read_markers(&self.spec.config, progress)?;
         let mut olds: Vec<usize> = staged.iter().map(|s| s.subtask).collect();
         olds.sort_unstable();
         olds.dedup();
-        for old in olds.into_iter().filter(|o| o % self.parallelism == self.subtask) {
-            let p = self.transactional(old)?;
+        olds.retain(|o| o % self.parallelism == self.subtask);
+        // Fence first: once every old producer is fenced, no transaction of
+        // the failed run can still commit, so the markers read next are final.
+        let producers = olds
+            .iter()
+            .map(|&o| Ok((o, self.transactional(o)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let markers = read_markers(&self.spec.config, progress, self.spec.markers_committed_only)?;
+        for (old, p) in producers {
             let done = markers
                 .iter()
                 .filter(|m| m.job == self.spec.job && m.subtask == old)
@@ -399,11 +458,13 @@ impl KafkaSinkTask {
     }
 }
 
-/// Every epoch marker in the progress topic.
-pub fn read_markers(config: &KafkaConfig, topic: &str) -> Result<Vec<EpochMarker>> {
+/// Every epoch marker in the progress topic (only those of committed
+/// transactions with `committed_only`).
+pub fn read_markers(config: &KafkaConfig, topic: &str, committed_only: bool) -> Result<Vec<EpochMarker>> {
+    let isolation = if committed_only { "read_committed" } else { "read_uncommitted" };
     let consumer: BaseConsumer = config
         .consumer(None)
-        .set("isolation.level", "read_committed")
+        .set("isolation.level", isolation)
         .create()
         .map_err(|e| kafka_err("creating the progress reader", e))?;
     let partitions = match super::client::partitions(&consumer, topic) {
