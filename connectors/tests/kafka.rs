@@ -19,7 +19,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use sluice_connectors::kafka::testing::Broker;
 use sluice_connectors::kafka::{dlq, DecodePolicy, Format, KafkaSource, StartFrom};
 use sluice_connectors::parquet::ParquetSink;
-use sluice_engine::{CheckpointConfig, Env, RestartStrategy};
+use sluice_engine::{CheckpointConfig, Env, RestartStrategy, WatermarkStrategy};
 use sluice_operators::prelude::*;
 
 fn producer(broker: &Broker) -> BaseProducer {
@@ -157,7 +157,10 @@ fn bounded_mode_stops_at_first_seen_end_across_a_restart() {
             let k = seen.fetch_add(b.num_rows() as u64, Ordering::SeqCst);
             // Fail once, mid-way, after a checkpoint completed.
             let checkpointed = std::fs::read_dir(&ck_probe)
-                .map(|rd| rd.flatten().any(|e| e.path().join("_manifest.json").exists()))
+                .map(|rd| {
+                    rd.flatten()
+                        .any(|e| e.path().join("_manifest.json").exists())
+                })
                 .unwrap_or(false);
             if k > 2000 && checkpointed && !failed.swap(true, Ordering::SeqCst) {
                 panic!("injected failure after {k} records");
@@ -168,14 +171,20 @@ fn bounded_mode_stops_at_first_seen_end_across_a_restart() {
         .sink(ParquetSink::new(&out));
     let res = env.execute().unwrap();
     assert!(produced_more.load(Ordering::SeqCst));
-    assert_eq!(res.checkpoints.restarts, 1, "the injected failure restarted the job");
+    assert_eq!(
+        res.checkpoints.restarts, 1,
+        "the injected failure restarted the job"
+    );
 
     let rows = read_rows(&out);
     let ids: Vec<i64> = rows.iter().map(|r| r.2).collect();
     let want: Vec<i64> = (0..n as i64).collect();
     let mut sorted = ids.clone();
     sorted.sort_unstable();
-    assert_eq!(sorted, want, "every record before the end exactly once, none after");
+    assert_eq!(
+        sorted, want,
+        "every record before the end exactly once, none after"
+    );
     // (partition, offset) pairs are unique and dense per partition.
     let mut per: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
     for (p, o, _) in &rows {
@@ -254,7 +263,11 @@ fn mixed_records() -> (Vec<String>, BTreeSet<usize>) {
     (values, bad)
 }
 
-fn run_bounded(broker: &Broker, topic: &str, policy: DecodePolicy) -> sluice_engine::Result<(usize, u64, u64)> {
+fn run_bounded(
+    broker: &Broker,
+    topic: &str,
+    policy: DecodePolicy,
+) -> sluice_engine::Result<(usize, u64, u64)> {
     let env = Env::new();
     env.set_parallelism(2);
     let src = KafkaSource::new(broker.address(), topic)
@@ -276,8 +289,12 @@ fn bad_records_follow_the_decode_policy() {
     let good = values.len() - bad.len();
 
     // Dead letters: the original bytes, the error and the position.
-    let (rows, skipped, dead) =
-        run_bounded(&broker, "mixed", DecodePolicy::DeadLetter("mixed-dlq".into())).unwrap();
+    let (rows, skipped, dead) = run_bounded(
+        &broker,
+        "mixed",
+        DecodePolicy::DeadLetter("mixed-dlq".into()),
+    )
+    .unwrap();
     assert_eq!((rows, skipped, dead as usize), (good, 0, bad.len()));
     let letters = consume_all(&broker, "mixed-dlq", bad.len());
     assert_eq!(letters.len(), bad.len());
@@ -285,11 +302,22 @@ fn bad_records_follow_the_decode_policy() {
         .iter()
         .map(|m| header(m, dlq::OFFSET_HEADER).unwrap().parse().unwrap())
         .collect();
-    assert_eq!(offsets, bad, "one dead letter per bad record, by source offset");
+    assert_eq!(
+        offsets, bad,
+        "one dead letter per bad record, by source offset"
+    );
     for m in &letters {
         let off: usize = header(m, dlq::OFFSET_HEADER).unwrap().parse().unwrap();
-        assert_eq!(m.payload().unwrap(), values[off].as_bytes(), "original bytes");
-        assert_eq!(m.key().unwrap(), format!("k{off}").as_bytes(), "original key");
+        assert_eq!(
+            m.payload().unwrap(),
+            values[off].as_bytes(),
+            "original bytes"
+        );
+        assert_eq!(
+            m.key().unwrap(),
+            format!("k{off}").as_bytes(),
+            "original key"
+        );
         assert_eq!(header(m, dlq::TOPIC_HEADER), Some("mixed"));
         assert_eq!(header(m, dlq::PARTITION_HEADER), Some("0"));
         let err = header(m, dlq::ERROR_HEADER).unwrap();
@@ -314,7 +342,10 @@ fn bad_records_follow_the_decode_policy() {
 }
 
 fn collect_ids(batches: &[RecordBatch]) -> Vec<i64> {
-    let mut ids: Vec<i64> = batches.iter().flat_map(|b| triples(b).into_iter().map(|t| t.2)).collect();
+    let mut ids: Vec<i64> = batches
+        .iter()
+        .flat_map(|b| triples(b).into_iter().map(|t| t.2))
+        .collect();
     ids.sort_unstable();
     ids
 }
@@ -327,7 +358,12 @@ fn collect_ids(batches: &[RecordBatch]) -> Vec<i64> {
 fn start_positions_and_committed_offsets() {
     let broker = Broker::start().unwrap();
     broker.create_topic("pos", 3).unwrap();
-    produce(&broker, "pos", None, &(0..300).map(record).collect::<Vec<_>>());
+    produce(
+        &broker,
+        "pos",
+        None,
+        &(0..300).map(record).collect::<Vec<_>>(),
+    );
     let dir = tempfile::tempdir().unwrap();
 
     let run = |start: StartFrom, ck: Option<&Path>| -> Vec<i64> {
@@ -351,14 +387,28 @@ fn start_positions_and_committed_offsets() {
     };
 
     // Earliest with checkpoints: everything; the final checkpoint commits.
-    assert_eq!(run(StartFrom::Earliest, Some(&dir.path().join("ck1"))), (0..300).collect::<Vec<_>>());
+    assert_eq!(
+        run(StartFrom::Earliest, Some(&dir.path().join("ck1"))),
+        (0..300).collect::<Vec<_>>()
+    );
     let t_mid = now_ms();
     std::thread::sleep(Duration::from_millis(20));
-    produce(&broker, "pos", None, &(300..450).map(record).collect::<Vec<_>>());
+    produce(
+        &broker,
+        "pos",
+        None,
+        &(300..450).map(record).collect::<Vec<_>>(),
+    );
     // Committed: only the records after the committed positions.
-    assert_eq!(run(StartFrom::Committed, Some(&dir.path().join("ck2"))), (300..450).collect::<Vec<_>>());
+    assert_eq!(
+        run(StartFrom::Committed, Some(&dir.path().join("ck2"))),
+        (300..450).collect::<Vec<_>>()
+    );
     // Timestamp: the records written after t_mid.
-    assert_eq!(run(StartFrom::Timestamp(t_mid), None), (300..450).collect::<Vec<_>>());
+    assert_eq!(
+        run(StartFrom::Timestamp(t_mid), None),
+        (300..450).collect::<Vec<_>>()
+    );
     // Latest: nothing (bounded at the same high watermark).
     assert!(run(StartFrom::Latest, None).is_empty());
 }
@@ -377,7 +427,12 @@ fn now_ms() -> i64 {
 fn unbounded_job_tails_the_topic() {
     let broker = Broker::start().unwrap();
     broker.create_topic("tail", 3).unwrap();
-    produce(&broker, "tail", Some(0), &(0..100).map(record).collect::<Vec<_>>());
+    produce(
+        &broker,
+        "tail",
+        Some(0),
+        &(0..100).map(record).collect::<Vec<_>>(),
+    );
     let env = Env::new();
     env.set_parallelism(2);
     let src = KafkaSource::new(broker.address(), "tail")
@@ -393,9 +448,23 @@ fn unbounded_job_tails_the_topic() {
         got.num_rows()
     };
     assert_eq!(wait_rows(100), 100);
-    produce(&broker, "tail", Some(1), &(100..150).map(record).collect::<Vec<_>>());
-    produce(&broker, "tail", Some(2), &(150..200).map(record).collect::<Vec<_>>());
-    assert_eq!(wait_rows(200), 200, "records written while the job runs arrive");
+    produce(
+        &broker,
+        "tail",
+        Some(1),
+        &(100..150).map(record).collect::<Vec<_>>(),
+    );
+    produce(
+        &broker,
+        "tail",
+        Some(2),
+        &(150..200).map(record).collect::<Vec<_>>(),
+    );
+    assert_eq!(
+        wait_rows(200),
+        200,
+        "records written while the job runs arrive"
+    );
     std::thread::sleep(Duration::from_millis(300));
     handle.cancel();
     let _ = handle.join();
@@ -417,4 +486,72 @@ fn unbounded_job_tails_the_topic() {
     let mut want: Vec<String> = (0..200).map(record).collect();
     want.sort();
     assert_eq!(values, want);
+}
+
+/// Each partition is a watermark split: an empty partition holds event
+/// time back until the idle timeout declares it idle, after which windows
+/// over the other partitions fire, each with its full count.
+#[test]
+fn per_partition_watermarks_with_idleness() {
+    let broker = Broker::start().unwrap();
+    broker.create_topic("wm", 3).unwrap();
+    let base = 1_700_000_000_000i64;
+    let p = producer(&broker);
+    for part in 0..2 {
+        for t in 0..20i64 {
+            for j in 0..10i64 {
+                let v = format!(r#"{{"id": {}, "name": null}}"#, t * 10 + j);
+                p.send(
+                    BaseRecord::<(), String>::to("wm")
+                        .payload(&v)
+                        .partition(part)
+                        .timestamp(base + t * 1000 + j * 50),
+                )
+                .unwrap();
+            }
+        }
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+
+    let run = |idle: Option<Duration>, wait: Duration| -> Vec<(i32, i64)> {
+        let env = Env::new();
+        env.set_parallelism(1);
+        let mut wm = WatermarkStrategy::bounded_out_of_orderness("_timestamp", Duration::ZERO);
+        if let Some(d) = idle {
+            wm = wm.idle_after(d);
+        }
+        let got = env
+            .source(KafkaSource::new(broker.address(), "wm").json(json_schema()))
+            .watermarks(wm)
+            .key_by(["_partition"])
+            .window(WindowSpec::tumbling(Duration::from_secs(1)))
+            .aggregate([count()])
+            .collect();
+        let handle = env.start().unwrap();
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline && got.num_rows() < 38 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        handle.cancel();
+        let _ = handle.join();
+        got.batches()
+            .iter()
+            .flat_map(|b| {
+                let part = b.column(0).as_primitive::<Int32Type>().clone();
+                let n = b
+                    .column(b.num_columns() - 1)
+                    .as_primitive::<Int64Type>()
+                    .clone();
+                (0..b.num_rows()).map(move |i| (part.value(i), n.value(i)))
+            })
+            .collect()
+    };
+
+    // Without idleness the empty partition 2 holds every window back.
+    assert!(run(None, Duration::from_millis(1500)).is_empty());
+    // With it, the windows of partitions 0 and 1 up to the watermark fire
+    // (the last second of each stays open: nothing later has arrived).
+    let fired = run(Some(Duration::from_millis(300)), Duration::from_secs(20));
+    assert_eq!(fired.len(), 38, "19 windows of each of the two partitions");
+    assert!(fired.iter().all(|(p, n)| *p < 2 && *n == 10), "{fired:?}");
 }

@@ -135,15 +135,25 @@ fn run(broker: &Broker, step: CommitStep, tag: &str) -> (usize, BTreeMap<String,
         );
     let res = env.execute().unwrap();
     assert!(fired.load(Ordering::SeqCst));
-    assert!(!armed.load(Ordering::SeqCst), "the injected failure happened");
+    assert!(
+        !armed.load(Ordering::SeqCst),
+        "the injected failure happened"
+    );
 
     let markers: BTreeSet<String> = read_all(broker, &progress)
         .iter()
-        .map(|m| serde_json::from_slice::<EpochMarker>(m.payload().unwrap()).unwrap().txn)
+        .map(|m| {
+            serde_json::from_slice::<EpochMarker>(m.payload().unwrap())
+                .unwrap()
+                .txn
+        })
         .collect();
     let records = read_all(broker, &out);
     let visible = records.len();
-    eprintln!("{tag}: {visible} records visible, {} markers", markers.len());
+    eprintln!(
+        "{tag}: {visible} records visible, {} markers",
+        markers.len()
+    );
     let mut counted: BTreeMap<String, usize> = BTreeMap::new();
     for m in &records {
         let txn = txn_of(m).expect("every record names its transaction");
@@ -171,7 +181,11 @@ fn exactly_once_sink_commits_an_interrupted_checkpoint_once() {
         assert_eq!(restarts, 1, "{tag}: the failure restarted the job");
         let missing = want.keys().filter(|k| !counted.contains_key(*k)).count();
         let dup = counted.values().filter(|n| **n > 1).count();
-        assert_eq!((missing, dup, counted.len()), (0, 0, RECORDS), "{tag}: exactly once through the markers");
+        assert_eq!(
+            (missing, dup, counted.len()),
+            (0, 0, RECORDS),
+            "{tag}: exactly once through the markers"
+        );
         assert!(visible >= RECORDS, "{tag}: {visible} records in the topic");
     }
 }
@@ -186,7 +200,8 @@ fn at_least_once_sink_writes_every_record() {
     let src = KafkaSource::new(broker.address(), "in")
         .format(Format::String)
         .until_end();
-    env.source(src).sink(KafkaSink::new(broker.address(), "copy"));
+    env.source(src)
+        .sink(KafkaSink::new(broker.address(), "copy"));
     env.execute().unwrap();
     let got: BTreeSet<String> = read_all(&broker, "copy")
         .iter()

@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use sluice_connectors::kafka::format::schema_from_json;
-use sluice_connectors::kafka::{schema_from_checkpoint, DecodePolicy, Format, KafkaSource, StartFrom};
+use sluice_connectors::kafka::{
+    schema_from_checkpoint, DecodePolicy, Format, KafkaSource, StartFrom,
+};
 use sluice_engine::{Error, Result};
 use tracing::info;
 
@@ -62,7 +64,11 @@ pub fn source(spec: &KafkaToParquetSpec) -> Result<KafkaSource> {
         .start_from(spec.start)
         .on_decode_error(spec.policy.clone())
         .partition_discovery(Some(spec.partition_discovery));
-    let base = if spec.until_end { base.until_end() } else { base };
+    let base = if spec.until_end {
+        base.until_end()
+    } else {
+        base
+    };
     let base = match &spec.group {
         Some(g) => base.group(g),
         None => base,

@@ -68,7 +68,12 @@ fn job(broker: &Broker, topic: &str, out: &Path, ck: Option<&Path>) -> Command {
     c
 }
 
-fn killed_run(broker: &Broker, dir: &Path, seed: u64, kills: usize) -> (BTreeMap<String, usize>, PathBuf) {
+fn killed_run(
+    broker: &Broker,
+    dir: &Path,
+    seed: u64,
+    kills: usize,
+) -> (BTreeMap<String, usize>, PathBuf) {
     let mut rng = SmallRng::seed_from_u64(seed);
     let out = dir.join(format!("out-{seed}"));
     let ck = dir.join(format!("ck-{seed}"));
@@ -105,7 +110,10 @@ fn sigkilled_kafka_to_parquet_writes_every_record_exactly_once() {
     // Inferred columns: metadata, then the JSON fields with nested geo.
     let first = want.keys().next().unwrap();
     assert_eq!(first.split('|').count(), 3 + 5, "row {first}");
-    assert!(first.contains("{city: c"), "nested object became a struct: {first}");
+    assert!(
+        first.contains("{city: c"),
+        "nested object became a struct: {first}"
+    );
 
     for (seed, kills) in [(1, 1), (2, 2), (3, 3)] {
         let (got, out) = killed_run(&broker, dir.path(), seed, kills);

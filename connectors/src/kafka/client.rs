@@ -98,7 +98,10 @@ pub(crate) fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32
     if let Some(e) = t.error() {
         return Err(Error::connector(
             "kafka",
-            format!("topic '{topic}': {:?}", rdkafka::types::RDKafkaErrorCode::from(e)),
+            format!(
+                "topic '{topic}': {:?}",
+                rdkafka::types::RDKafkaErrorCode::from(e)
+            ),
         ));
     }
     let mut ps: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();

@@ -171,7 +171,9 @@ impl BadRecords {
                             rec = back;
                             producer.poll(Duration::from_millis(10));
                         }
-                        Err((e, _)) => return Err(kafka_err(format!("sending a dead letter to '{dlq}'"), e)),
+                        Err((e, _)) => {
+                            return Err(kafka_err(format!("sending a dead letter to '{dlq}'"), e))
+                        }
                     }
                 }
                 producer.poll(Duration::ZERO);

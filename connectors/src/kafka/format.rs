@@ -176,7 +176,9 @@ pub struct Decoder {
 
 impl std::fmt::Debug for Decoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Decoder").field("format", &self.format).finish()
+        f.debug_struct("Decoder")
+            .field("format", &self.format)
+            .finish()
     }
 }
 
@@ -440,7 +442,9 @@ fn type_to_json(dt: &DataType) -> Result<Value> {
             DataType::Boolean => "bool",
             DataType::Timestamp(TimeUnit::Millisecond, None) => "timestamp_ms",
             DataType::Timestamp(TimeUnit::Microsecond, None) => "timestamp_us",
-            DataType::Struct(fields) => return Ok(serde_json::json!({ "struct": fields_to_json(fields)? })),
+            DataType::Struct(fields) => {
+                return Ok(serde_json::json!({ "struct": fields_to_json(fields)? }))
+            }
             DataType::List(item) => {
                 return Ok(serde_json::json!({ "list": type_to_json(item.data_type())? }))
             }
@@ -524,7 +528,12 @@ mod tests {
     fn recs(values: &[Option<&str>]) -> RawRecords {
         let mut r = RawRecords::default();
         for (i, v) in values.iter().enumerate() {
-            r.push(10 + i as i64, Some(1000 + i as i64), None, v.map(str::as_bytes));
+            r.push(
+                10 + i as i64,
+                Some(1000 + i as i64),
+                None,
+                v.map(str::as_bytes),
+            );
         }
         r
     }
@@ -562,11 +571,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(b.num_rows(), 2);
-        let offsets: Vec<i64> = b
-            .column(1)
-            .as_primitive::<Int64Type>()
-            .values()
-            .to_vec();
+        let offsets: Vec<i64> = b.column(1).as_primitive::<Int64Type>().values().to_vec();
         assert_eq!(offsets, vec![10, 19]);
         let ids: Vec<i64> = b.column(3).as_primitive::<Int64Type>().values().to_vec();
         assert_eq!(ids, vec![1, 9]);
@@ -587,7 +592,9 @@ mod tests {
         r.push(0, None, None, Some(b"ok"));
         r.push(1, None, None, Some(&[0xff, 0xfe]));
         let err = d
-            .decode(0, &r, &mut |i, e| Err(Error::Decode(format!("offset {i}: {e}"))))
+            .decode(0, &r, &mut |i, e| {
+                Err(Error::Decode(format!("offset {i}: {e}")))
+            })
             .unwrap_err();
         assert!(err.to_string().contains("offset 1: value is not UTF-8"));
     }
@@ -598,7 +605,9 @@ mod tests {
         let mut r = RawRecords::default();
         r.push(5, None, Some(b"k"), Some(&[0, 1, 2]));
         r.push(6, None, None, None);
-        let b = d.decode(1, &r, &mut |_, _| panic!("no bad records")).unwrap();
+        let b = d
+            .decode(1, &r, &mut |_, _| panic!("no bad records"))
+            .unwrap();
         let v = b.column(3).as_binary::<i32>();
         assert_eq!(v.value(0), &[0, 1, 2]);
         assert!(v.is_null(1));
@@ -614,7 +623,10 @@ mod tests {
             "garbage",
         ];
         let s = infer_json_schema(samples.iter().map(|s| s.as_bytes())).unwrap();
-        assert_eq!(s.field_with_name("a").unwrap().data_type(), &DataType::Float64);
+        assert_eq!(
+            s.field_with_name("a").unwrap().data_type(),
+            &DataType::Float64
+        );
         assert_eq!(s.field_with_name("b").unwrap().data_type(), &DataType::Utf8);
         assert!(matches!(
             s.field_with_name("c").unwrap().data_type(),
@@ -628,13 +640,20 @@ mod tests {
         let back = schema_from_json(&schema_to_json(&s).unwrap()).unwrap();
         assert_eq!(back.fields().len(), s.fields().len());
         for (x, y) in back.fields().iter().zip(s.fields().iter()) {
-            assert_eq!((x.name(), x.data_type().is_nested()), (y.name(), y.data_type().is_nested()));
+            assert_eq!(
+                (x.name(), x.data_type().is_nested()),
+                (y.name(), y.data_type().is_nested())
+            );
         }
     }
 
     #[test]
     fn metadata_names_cannot_be_fields() {
-        let s = Arc::new(Schema::new(vec![Field::new("_offset", DataType::Int64, true)]));
+        let s = Arc::new(Schema::new(vec![Field::new(
+            "_offset",
+            DataType::Int64,
+            true,
+        )]));
         assert!(Format::Json(s).output_schema().is_err());
     }
 }

@@ -117,7 +117,11 @@ impl KafkaSink {
     }
     /// Exactly-once with transactions; `job` names the job in epoch markers
     /// and transactional ids (`JOB-TOPIC-SUBTASK`).
-    pub fn exactly_once(mut self, job: impl Into<String>, progress_topic: impl Into<String>) -> Self {
+    pub fn exactly_once(
+        mut self,
+        job: impl Into<String>,
+        progress_topic: impl Into<String>,
+    ) -> Self {
         self.job = job.into();
         self.guarantee = SinkGuarantee::ExactlyOnce {
             transactional_id_prefix: format!("{}-{}", self.job, self.topic),
@@ -292,7 +296,13 @@ struct KafkaSinkTask {
     attempt: u64,
 }
 
-fn send(p: &Producer_, topic: &str, key: Option<&[u8]>, value: &[u8], headers: Option<OwnedHeaders>) -> Result<()> {
+fn send(
+    p: &Producer_,
+    topic: &str,
+    key: Option<&[u8]>,
+    value: &[u8],
+    headers: Option<OwnedHeaders>,
+) -> Result<()> {
     let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(value);
     if let Some(k) = key {
         rec = rec.key(k);
@@ -322,7 +332,10 @@ fn check(p: &Producer_) -> Result<()> {
         .unwrap_or_else(|e| e.into_inner())
         .clone();
     match failed {
-        Some(e) => Err(Error::connector("kafka", format!("a record could not be delivered: {e}"))),
+        Some(e) => Err(Error::connector(
+            "kafka",
+            format!("a record could not be delivered: {e}"),
+        )),
         None => Ok(()),
     }
 }
@@ -404,9 +417,12 @@ impl KafkaSinkTask {
             .map_err(|e| Error::Internal(format!("encoding an epoch marker: {e}")))?;
         let key = format!("{}/{subtask}", self.spec.job);
         send(p, progress, Some(key.as_bytes()), &value, None)?;
-        if self.spec.failure.as_ref().is_some_and(|(s, a)| {
-            *s == CommitStep::BeforeCommit && a.load(Ordering::SeqCst)
-        }) {
+        if self
+            .spec
+            .failure
+            .as_ref()
+            .is_some_and(|(s, a)| *s == CommitStep::BeforeCommit && a.load(Ordering::SeqCst))
+        {
             // The marker reaches the broker inside the open transaction.
             p.flush(REQUEST_TIMEOUT)
                 .map_err(|e| kafka_err("flushing a transaction", e))?;
@@ -435,7 +451,11 @@ impl KafkaSinkTask {
             .iter()
             .map(|&o| Ok((o, self.transactional(o)?)))
             .collect::<Result<Vec<_>>>()?;
-        let markers = read_markers(&self.spec.config, progress, self.spec.markers_committed_only)?;
+        let markers = read_markers(
+            &self.spec.config,
+            progress,
+            self.spec.markers_committed_only,
+        )?;
         for (old, p) in producers {
             let done = markers
                 .iter()
@@ -449,8 +469,13 @@ impl KafkaSinkTask {
                 .flat_map(|s| s.records.iter())
                 .collect();
             if done < restored {
-                info!(subtask = old, checkpoint = restored, committed = done, records = records.len(),
-                    "committing the output of a checkpoint whose commit was interrupted");
+                info!(
+                    subtask = old,
+                    checkpoint = restored,
+                    committed = done,
+                    records = records.len(),
+                    "committing the output of a checkpoint whose commit was interrupted"
+                );
                 self.commit_epoch(&p, old, restored, &records)?;
             }
         }
@@ -460,8 +485,16 @@ impl KafkaSinkTask {
 
 /// Every epoch marker in the progress topic (only those of committed
 /// transactions with `committed_only`).
-pub fn read_markers(config: &KafkaConfig, topic: &str, committed_only: bool) -> Result<Vec<EpochMarker>> {
-    let isolation = if committed_only { "read_committed" } else { "read_uncommitted" };
+pub fn read_markers(
+    config: &KafkaConfig,
+    topic: &str,
+    committed_only: bool,
+) -> Result<Vec<EpochMarker>> {
+    let isolation = if committed_only {
+        "read_committed"
+    } else {
+        "read_uncommitted"
+    };
     let consumer: BaseConsumer = config
         .consumer(None)
         .set("isolation.level", isolation)
@@ -485,14 +518,19 @@ pub fn read_markers(config: &KafkaConfig, topic: &str, committed_only: bool) -> 
     let deadline = Instant::now() + REQUEST_TIMEOUT;
     while at_end.len() < partitions.len() {
         if Instant::now() > deadline {
-            return Err(Error::connector("kafka", format!("reading progress topic '{topic}' timed out")));
+            return Err(Error::connector(
+                "kafka",
+                format!("reading progress topic '{topic}' timed out"),
+            ));
         }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 if let Some(v) = m.payload() {
                     match serde_json::from_slice::<EpochMarker>(v) {
                         Ok(marker) => out.push(marker),
-                        Err(e) => warn!(topic, offset = m.offset(), error = %e, "not an epoch marker"),
+                        Err(e) => {
+                            warn!(topic, offset = m.offset(), error = %e, "not an epoch marker")
+                        }
                     }
                 }
             }
@@ -511,8 +549,9 @@ impl Sink for KafkaSinkTask {
             .entries
             .iter()
             .map(|e| {
-                serde_json::from_slice::<Staged>(e)
-                    .map_err(|err| Error::Checkpoint(format!("kafka sink state is malformed: {err}")))
+                serde_json::from_slice::<Staged>(e).map_err(|err| {
+                    Error::Checkpoint(format!("kafka sink state is malformed: {err}"))
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         self.restored = Some((state.checkpoint.0, staged));
@@ -526,7 +565,8 @@ impl Sink for KafkaSinkTask {
         if self.exactly_once().is_some() {
             if !ctx.checkpointing {
                 return Err(Error::Config(
-                    "the exactly-once Kafka sink needs checkpoints (it commits when they complete)".into(),
+                    "the exactly-once Kafka sink needs checkpoints (it commits when they complete)"
+                        .into(),
                 ));
             }
             self.recover()?;
@@ -570,7 +610,11 @@ impl Sink for KafkaSinkTask {
     }
 
     /// At-least-once: flush. Exactly-once: close the epoch and store it.
-    fn snapshot(&mut self, checkpoint: CheckpointId, _ctx: &OperatorContext) -> Result<OperatorSnapshot> {
+    fn snapshot(
+        &mut self,
+        checkpoint: CheckpointId,
+        _ctx: &OperatorContext,
+    ) -> Result<OperatorSnapshot> {
         let p = self.producer.as_ref().expect("producer created in open");
         if self.exactly_once().is_none() {
             p.flush(REQUEST_TIMEOUT)
@@ -592,7 +636,11 @@ impl Sink for KafkaSinkTask {
         Ok(OperatorSnapshot::entries(entries))
     }
 
-    fn checkpoint_complete(&mut self, checkpoint: CheckpointId, _ctx: &OperatorContext) -> Result<()> {
+    fn checkpoint_complete(
+        &mut self,
+        checkpoint: CheckpointId,
+        _ctx: &OperatorContext,
+    ) -> Result<()> {
         if self.exactly_once().is_none() {
             return Ok(());
         }
@@ -603,7 +651,8 @@ impl Sink for KafkaSinkTask {
         if done.is_empty() {
             return Ok(());
         }
-        let records: Vec<&(Option<Vec<u8>>, Vec<u8>)> = done.iter().flat_map(|s| s.records.iter()).collect();
+        let records: Vec<&(Option<Vec<u8>>, Vec<u8>)> =
+            done.iter().flat_map(|s| s.records.iter()).collect();
         let p = self.producer.as_ref().expect("producer created in open");
         self.commit_epoch(p, self.subtask, checkpoint.0, &records)
     }

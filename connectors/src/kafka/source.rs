@@ -123,10 +123,12 @@ impl KafkaSubtask {
         if !unresolved.is_empty() {
             let resolved: BTreeMap<i32, Option<i64>> = match start {
                 StartFrom::Earliest => unresolved.iter().map(|&p| (p, None)).collect(),
-                StartFrom::Latest => client::high_watermarks(&self.spec.config, &topic, &unresolved)?
-                    .into_iter()
-                    .map(|(p, h)| (p, Some(h)))
-                    .collect(),
+                StartFrom::Latest => {
+                    client::high_watermarks(&self.spec.config, &topic, &unresolved)?
+                        .into_iter()
+                        .map(|(p, h)| (p, Some(h)))
+                        .collect()
+                }
                 StartFrom::Timestamp(ts) => {
                     let found = client::offsets_for_timestamp(consumer, &topic, &unresolved, ts)?;
                     let missing: Vec<i32> = found

@@ -49,7 +49,13 @@ impl Broker {
             .port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(&bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", "memory://tansu/"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -66,7 +72,10 @@ impl Broker {
                 ));
             }
             if Instant::now() > deadline {
-                return Err(Error::connector("kafka", "tansu did not start listening within 20 s"));
+                return Err(Error::connector(
+                    "kafka",
+                    "tansu did not start listening within 20 s",
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
