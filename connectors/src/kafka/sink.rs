@@ -198,7 +198,7 @@ impl Encoding {
     }
 
     /// (key, value) of every row.
-    fn encode(&self, batch: &RecordBatch) -> Result<Vec<(Option<Vec<u8>>, Vec<u8>)>> {
+    fn encode(&self, batch: &RecordBatch) -> Result<Vec<Record>> {
         match *self {
             Encoding::Columns { value, key } => {
                 let get = |col: usize, row: usize| -> Option<Vec<u8>> {
@@ -238,6 +238,9 @@ impl Encoding {
     }
 }
 
+/// One record: optional key, value.
+type Record = (Option<Vec<u8>>, Vec<u8>);
+
 /// Notes the first failed delivery.
 #[derive(Default)]
 struct Deliveries {
@@ -266,7 +269,7 @@ struct Staged {
     /// Checkpoint whose barrier closed the epoch.
     checkpoint: u64,
     /// (key, value) records.
-    records: Vec<(Option<Vec<u8>>, Vec<u8>)>,
+    records: Vec<Record>,
 }
 
 /// An epoch marker in the progress topic.
@@ -287,7 +290,7 @@ struct KafkaSinkTask {
     encoding: Encoding,
     producer: Option<Producer_>,
     /// Records of the current epoch (exactly-once).
-    epoch: Vec<(Option<Vec<u8>>, Vec<u8>)>,
+    epoch: Vec<Record>,
     /// Closed epochs waiting for their checkpoint to complete.
     staged: Vec<Staged>,
     restored: Option<(u64, Vec<Staged>)>,
@@ -376,7 +379,7 @@ impl KafkaSinkTask {
         p: &Producer_,
         subtask: usize,
         checkpoint: u64,
-        records: &[&(Option<Vec<u8>>, Vec<u8>)],
+        records: &[&Record],
     ) -> Result<()> {
         let fail_at = |step: CommitStep| -> Result<()> {
             match &self.spec.failure {
@@ -463,7 +466,7 @@ impl KafkaSinkTask {
                 .map(|m| m.checkpoint)
                 .max()
                 .unwrap_or(0);
-            let records: Vec<&(Option<Vec<u8>>, Vec<u8>)> = staged
+            let records: Vec<&Record> = staged
                 .iter()
                 .filter(|s| s.subtask == old && s.checkpoint > done && s.checkpoint <= restored)
                 .flat_map(|s| s.records.iter())
@@ -651,8 +654,7 @@ impl Sink for KafkaSinkTask {
         if done.is_empty() {
             return Ok(());
         }
-        let records: Vec<&(Option<Vec<u8>>, Vec<u8>)> =
-            done.iter().flat_map(|s| s.records.iter()).collect();
+        let records: Vec<&Record> = done.iter().flat_map(|s| s.records.iter()).collect();
         let p = self.producer.as_ref().expect("producer created in open");
         self.commit_epoch(p, self.subtask, checkpoint.0, &records)
     }

@@ -42,6 +42,9 @@ struct Part {
     pending: RawRecords,
 }
 
+/// A restored partition position: (next offset, bounded end).
+type Position = (Option<i64>, Option<i64>);
+
 pub(crate) struct KafkaSubtask {
     spec: KafkaSource,
     consumer: Option<BaseConsumer>,
@@ -51,7 +54,7 @@ pub(crate) struct KafkaSubtask {
     parts: Vec<Part>,
     by_partition: HashMap<i32, usize>,
     /// Positions restored from a checkpoint, by partition.
-    restored: Option<BTreeMap<i32, (Option<i64>, Option<i64>)>>,
+    restored: Option<BTreeMap<i32, Position>>,
     /// Splits that finished and still have to be reported.
     ended: VecDeque<usize>,
     /// Positions recorded per checkpoint, committed when it completes.
