@@ -162,10 +162,11 @@ fn bounded_mode_stops_at_first_seen_end_across_a_restart() {
                         .any(|e| e.path().join("_manifest.json").exists())
                 })
                 .unwrap_or(false);
-            if k > 2000 && checkpointed && !failed.swap(true, Ordering::SeqCst) {
+            if k > 1000 && checkpointed && !failed.swap(true, Ordering::SeqCst) {
                 panic!("injected failure after {k} records");
             }
-            std::thread::sleep(Duration::from_millis(1));
+            // Slow enough that checkpoints (every 20 ms) complete mid-run.
+            std::thread::sleep(Duration::from_millis(5));
             Ok(b)
         })
         .sink(ParquetSink::new(&out));

@@ -131,3 +131,72 @@ fn sigkilled_kafka_to_parquet_writes_every_record_exactly_once() {
         );
     }
 }
+
+/// `window_agg --source kafka:TOPIC` computes the same windows as the same
+/// records read from a JSON-lines file.
+#[test]
+fn window_agg_over_kafka_matches_the_file_job() {
+    let broker = Broker::start().unwrap();
+    broker.create_topic("agg", 3).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = (0..5000)
+        .map(|i| {
+            format!(
+                r#"{{"user": "u{}", "ts": {}, "amount": {}}}"#,
+                i % 17,
+                1_700_000_000_000i64 + i * 37,
+                i % 101
+            )
+        })
+        .collect();
+    let file = dir.path().join("input.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.address())
+        .create()
+        .unwrap();
+    for (i, l) in lines.iter().enumerate() {
+        p.send(
+            BaseRecord::<(), String>::to("agg")
+                .payload(l)
+                .partition(i as i32 % 3),
+        )
+        .unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+
+    let run = |source: &str, out: &Path| {
+        let status = Command::new(env!("CARGO_BIN_EXE_window_agg"))
+            .args([
+                "--source",
+                source,
+                "--brokers",
+                &broker.address(),
+                "--until-end",
+            ])
+            .args(["--time", "ts", "--key", "user", "--window", "tumbling:10s"])
+            .args([
+                "--agg",
+                "count",
+                "--agg",
+                "sum:amount",
+                "--agg",
+                "max:amount",
+            ])
+            .args(["--watermark-delay", "1h", "--parallelism", "2", "--output"])
+            .arg(out)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "window_agg --source {source}");
+        rows(out)
+    };
+    let want = run(file.to_str().unwrap(), &dir.path().join("from-file"));
+    assert!(
+        want.len() > 100,
+        "enough windows to compare: {}",
+        want.len()
+    );
+    let got = run("kafka:agg", &dir.path().join("from-kafka"));
+    assert_eq!(got, want);
+}
