@@ -134,11 +134,24 @@ fn bounded_mode_stops_at_first_seen_end_across_a_restart() {
     let seen = Arc::new(AtomicU64::new(0));
     let ck_probe = ck.clone();
     let more = produced_more.clone();
+    let parts_seen = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
     stream
         .map_batches(schema, move |b| {
-            // The first batch means every subtask has fixed its ends: write
-            // records past them, which the job must not read.
-            if !more.swap(true, Ordering::SeqCst) {
+            // Once every partition delivered a batch, every subtask has
+            // opened and fixed its ends: write records past them, which the
+            // job must not read.
+            let all_open = {
+                let mut seen = parts_seen.lock().unwrap();
+                seen.extend(
+                    b.column(0)
+                        .as_primitive::<Int32Type>()
+                        .values()
+                        .iter()
+                        .copied(),
+                );
+                seen.len() == 3
+            };
+            if all_open && !more.swap(true, Ordering::SeqCst) {
                 let extra: Vec<String> = (n..n + 300).map(record).collect();
                 let p: BaseProducer = ClientConfig::new()
                     .set("bootstrap.servers", &addr)
@@ -182,10 +195,27 @@ fn bounded_mode_stops_at_first_seen_end_across_a_restart() {
     let want: Vec<i64> = (0..n as i64).collect();
     let mut sorted = ids.clone();
     sorted.sort_unstable();
-    assert_eq!(
-        sorted, want,
-        "every record before the end exactly once, none after"
-    );
+    if sorted != want {
+        let mut seen = BTreeMap::new();
+        for id in &sorted {
+            *seen.entry(*id).or_insert(0usize) += 1;
+        }
+        let dups: Vec<_> = seen
+            .iter()
+            .filter(|(_, c)| **c > 1)
+            .map(|(i, _)| *i)
+            .collect();
+        let missing: Vec<_> = want.iter().filter(|i| !seen.contains_key(i)).collect();
+        let extra = seen.keys().filter(|i| **i >= n as i64).count();
+        panic!(
+            "every record before the end exactly once, none after: {} rows, {} duplicated (first {:?}), {} missing (first {:?}), {extra} past the end",
+            sorted.len(),
+            dups.len(),
+            &dups[..dups.len().min(5)],
+            missing.len(),
+            &missing[..missing.len().min(5)],
+        );
+    }
     // (partition, offset) pairs are unique and dense per partition.
     let mut per: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
     for (p, o, _) in &rows {

@@ -13,6 +13,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use sluice_connectors::kafka::schema_from_checkpoint;
 use sluice_connectors::kafka::testing::Broker;
 
 mod common;
@@ -129,6 +130,13 @@ fn sigkilled_kafka_to_parquet_writes_every_record_exactly_once() {
             "seed {seed}: uncommitted files left: {:?}",
             hidden_files(&out)
         );
+        // The inferred schema is in the checkpoints, for the restarts.
+        let ck = dir.path().join(format!("ck-{seed}"));
+        let schema = schema_from_checkpoint(&ck, "kafka_to_parquet", "events")
+            .unwrap()
+            .expect("the schema is recorded");
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["amount", "geo", "id", "ok", "user"]);
     }
 }
 

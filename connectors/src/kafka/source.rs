@@ -38,6 +38,10 @@ struct Part {
     end: Option<i64>,
     /// Everything up to `end` was emitted.
     finished: bool,
+    /// The fetch position at the last end-of-partition event: records
+    /// before it were all delivered (it moves past transaction markers,
+    /// which never arrive as records).
+    eof_at: Option<i64>,
     /// Records polled, not yet emitted.
     pending: RawRecords,
 }
@@ -173,6 +177,7 @@ impl KafkaSubtask {
                 next,
                 end,
                 finished,
+                eof_at: None,
                 pending: RawRecords::default(),
             });
             if finished {
@@ -220,7 +225,11 @@ impl KafkaSubtask {
         if part.finished {
             return;
         }
-        if let (Some(end), Some(pos)) = (part.end, position.or(part.next)) {
+        if position.is_some() {
+            part.eof_at = position;
+        }
+        let reached = [part.next, part.eof_at].into_iter().flatten().max();
+        if let (Some(end), Some(pos)) = (part.end, reached) {
             if pos >= end && part.pending.is_empty() {
                 part.finished = true;
                 part.next = Some(end);
