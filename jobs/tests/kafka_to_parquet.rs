@@ -53,10 +53,11 @@ fn produce(broker: &Broker, topic: &str) {
     p.flush(Duration::from_secs(60)).unwrap();
 }
 
-fn job(broker: &Broker, topic: &str, out: &Path, ck: Option<&Path>) -> Command {
+fn job(broker: &Broker, topic: &str, out: &Path, ck: Option<&Path>, p: usize) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kafka_to_parquet"));
     c.args(["--brokers", &broker.address(), "--topic", topic])
-        .args(["--format", "json", "--until-end", "--parallelism", "2"])
+        .args(["--format", "json", "--until-end", "--parallelism"])
+        .arg(p.to_string())
         .arg("--output")
         .arg(out)
         .stdout(Stdio::null())
@@ -69,17 +70,21 @@ fn job(broker: &Broker, topic: &str, out: &Path, ck: Option<&Path>) -> Command {
     c
 }
 
+/// Kills the job `kills` times at random moments (parallelism 2), then
+/// lets it finish at parallelism `last_p`: positions move to the subtasks
+/// that own their partitions after the rescale.
 fn killed_run(
     broker: &Broker,
     dir: &Path,
     seed: u64,
     kills: usize,
-) -> (BTreeMap<String, usize>, PathBuf) {
+    last_p: usize,
+) -> (BTreeMap<String, usize>, PathBuf, bool) {
     let mut rng = SmallRng::seed_from_u64(seed);
     let out = dir.join(format!("out-{seed}"));
     let ck = dir.join(format!("ck-{seed}"));
     for _ in 0..kills {
-        let mut child = job(broker, "events", &out, Some(&ck)).spawn().unwrap();
+        let mut child = job(broker, "events", &out, Some(&ck), 2).spawn().unwrap();
         let after = Duration::from_millis(rng.random_range(200..1500));
         let start = Instant::now();
         while start.elapsed() < after && child.try_wait().unwrap().is_none() {
@@ -89,9 +94,18 @@ fn killed_run(
         let _ = child.kill();
         let _ = child.wait();
     }
-    let status = job(broker, "events", &out, Some(&ck)).status().unwrap();
-    assert!(status.success(), "seed {seed}: restarted job failed");
-    (rows(&out), out)
+    let run = job(broker, "events", &out, Some(&ck), last_p)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "seed {seed}: restarted job failed: {log}"
+    );
+    // Whether the last run resumed from a checkpoint of a killed one.
+    let resumed = !log.contains("restored_from=-");
+    (rows(&out), out, resumed)
 }
 
 #[test]
@@ -103,7 +117,9 @@ fn sigkilled_kafka_to_parquet_writes_every_record_exactly_once() {
 
     // The failure-free reference (no checkpoints).
     let reference = dir.path().join("reference");
-    let status = job(&broker, "events", &reference, None).status().unwrap();
+    let status = job(&broker, "events", &reference, None, 2)
+        .status()
+        .unwrap();
     assert!(status.success());
     let want = rows(&reference);
     assert_eq!(want.values().sum::<usize>(), RECORDS);
@@ -116,8 +132,11 @@ fn sigkilled_kafka_to_parquet_writes_every_record_exactly_once() {
         "nested object became a struct: {first}"
     );
 
-    for (seed, kills) in [(1, 1), (2, 2), (3, 3)] {
-        let (got, out) = killed_run(&broker, dir.path(), seed, kills);
+    let mut resumes = 0;
+    // Seed 3 finishes at parallelism 3, seed 4 at 1.
+    for (seed, kills, last_p) in [(1, 1, 2), (2, 2, 2), (3, 3, 3), (4, 1, 1)] {
+        let (got, out, resumed) = killed_run(&broker, dir.path(), seed, kills, last_p);
+        resumes += usize::from(resumed);
         let missing = want.iter().filter(|(k, n)| got.get(*k) != Some(n)).count();
         let extra = got.iter().filter(|(k, n)| want.get(*k) != Some(n)).count();
         assert_eq!(
@@ -138,6 +157,10 @@ fn sigkilled_kafka_to_parquet_writes_every_record_exactly_once() {
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
         assert_eq!(names, ["amount", "geo", "id", "ok", "user"]);
     }
+    assert!(
+        resumes >= 2,
+        "kills landed mid-run: {resumes} of 4 runs resumed"
+    );
 }
 
 /// `window_agg --source kafka:TOPIC` computes the same windows as the same
