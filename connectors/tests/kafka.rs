@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{AsArray, RecordBatch};
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rdkafka::config::ClientConfig;
@@ -585,4 +585,55 @@ fn per_partition_watermarks_with_idleness() {
     let fired = run(Some(Duration::from_millis(300)), Duration::from_secs(20));
     assert_eq!(fired.len(), 38, "19 windows of each of the two partitions");
     assert!(fired.iter().all(|(p, n)| *p < 2 && *n == 10), "{fired:?}");
+}
+
+/// Avro datums with a given writer schema, read from the topic.
+#[test]
+fn avro_values_with_a_given_schema() {
+    use apache_avro::types::Value as Avro;
+    use apache_avro::writer::datum::GenericDatumWriter;
+    use sluice_connectors::kafka::avro::AvroSchema;
+    let text = r#"{"type": "record", "name": "E", "fields": [
+        {"name": "id", "type": "long"}, {"name": "name", "type": ["null", "string"]}]}"#;
+    let schema = AvroSchema::parse(text).unwrap();
+    let parsed = apache_avro::Schema::parse_str(text).unwrap();
+    let w = GenericDatumWriter::builder(&parsed).build().unwrap();
+    let broker = Broker::start().unwrap();
+    broker.create_topic("avro", 2).unwrap();
+    let p = producer(&broker);
+    for i in 0..500i64 {
+        let name = if i % 5 == 0 {
+            Avro::Union(0, Box::new(Avro::Null))
+        } else {
+            Avro::Union(1, Box::new(Avro::String(format!("n{i}"))))
+        };
+        let bytes = w
+            .write_value_to_vec(Avro::Record(vec![
+                ("id".into(), Avro::Long(i)),
+                ("name".into(), name),
+            ]))
+            .unwrap();
+        p.send(
+            BaseRecord::<(), Vec<u8>>::to("avro")
+                .payload(&bytes)
+                .partition((i % 2) as i32),
+        )
+        .unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    let env = Env::new();
+    env.set_parallelism(2);
+    let got = env
+        .source(
+            KafkaSource::new(broker.address(), "avro")
+                .format(Format::Avro(schema))
+                .until_end(),
+        )
+        .collect();
+    env.execute().unwrap();
+    let batches = got.batches();
+    let ids = collect_ids(&batches);
+    assert_eq!(ids, (0..500).collect::<Vec<_>>());
+    let nulls: usize = batches.iter().map(|b| b.column(4).null_count()).sum();
+    assert_eq!(nulls, 100);
 }

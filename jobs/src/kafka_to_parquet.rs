@@ -10,6 +10,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use sluice_connectors::kafka::avro::AvroSchema;
 use sluice_connectors::kafka::format::schema_from_json;
 use sluice_connectors::kafka::{
     schema_from_checkpoint, DecodePolicy, Format, KafkaSource, StartFrom,
@@ -26,6 +27,8 @@ pub enum ValueFormat {
     Raw,
     /// UTF-8 text (`value: Utf8`).
     String,
+    /// Avro datums written with the Avro schema given as `--schema`.
+    Avro,
 }
 
 /// What the job reads.
@@ -76,6 +79,16 @@ pub fn source(spec: &KafkaToParquetSpec) -> Result<KafkaSource> {
     let format = match spec.format {
         ValueFormat::Raw => Format::Raw,
         ValueFormat::String => Format::String,
+        ValueFormat::Avro => {
+            let Some(path) = &spec.schema else {
+                return Err(Error::Config(
+                    "--format avro needs --schema FILE with the Avro writer schema".into(),
+                ));
+            };
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            Format::Avro(AvroSchema::parse(&text)?)
+        }
         ValueFormat::Json => {
             let declared = match &spec.schema {
                 Some(path) => {

@@ -40,6 +40,9 @@ pub enum Format {
     Raw,
     /// The value as UTF-8 text (`value: Utf8`); invalid UTF-8 is bad.
     String,
+    /// One Avro datum per record, written with this schema; decoded
+    /// values are checked like JSON ones.
+    Avro(super::avro::AvroSchema),
 }
 
 impl Format {
@@ -47,6 +50,7 @@ impl Format {
     pub fn value_fields(&self) -> Fields {
         match self {
             Format::Json(s) => s.fields().clone(),
+            Format::Avro(a) => a.fields().fields().clone(),
             Format::Raw => Fields::from(vec![Field::new(VALUE_COLUMN, DataType::Binary, true)]),
             Format::String => Fields::from(vec![Field::new(VALUE_COLUMN, DataType::Utf8, true)]),
         }
@@ -62,7 +66,7 @@ impl Format {
                     f.name()
                 )));
             }
-            if let Format::Json(_) = self {
+            if let Format::Json(_) | Format::Avro(_) = self {
                 check_supported(f.data_type(), f.name())?;
             }
             fields.push(f.as_ref().clone());
@@ -186,9 +190,14 @@ impl Decoder {
     /// A decoder for `format`.
     pub fn new(format: Format) -> Result<Self> {
         let schema = format.output_schema()?;
-        let json = match &format {
-            Format::Json(s) => Some(
-                arrow::json::ReaderBuilder::new(s.clone())
+        let fields = match &format {
+            Format::Json(s) => Some(s.clone()),
+            Format::Avro(a) => Some(a.fields().clone()),
+            _ => None,
+        };
+        let json = match fields {
+            Some(s) => Some(
+                arrow::json::ReaderBuilder::new(s)
                     .with_strict_mode(true)
                     // serialize() takes all rows at once; this only sizes buffers.
                     .with_batch_size(65_536)
@@ -242,14 +251,23 @@ impl Decoder {
                 }
                 Arc::new(b.finish())
             }
-            Format::Json(fields) => {
+            Format::Json(_) | Format::Avro(_) => {
+                let (fields, avro) = match &self.format {
+                    Format::Json(f) => (f.clone(), None),
+                    Format::Avro(a) => (a.fields().clone(), Some(a)),
+                    _ => unreachable!("matched above"),
+                };
+                let reader = avro.map(|a| a.reader()).transpose()?;
                 let mut rows: Vec<Value> = Vec::with_capacity(recs.len());
                 for i in 0..recs.len() {
                     let parsed = match recs.values.get(i) {
                         None => Err("record has no value (tombstone)".to_string()),
-                        Some(bytes) => serde_json::from_slice::<Value>(bytes)
-                            .map_err(|e| format!("invalid JSON: {e}"))
-                            .and_then(|v| check_object(&v, fields.fields(), "").map(|_| v)),
+                        Some(bytes) => match &reader {
+                            Some(r) => super::avro::AvroSchema::decode(r, bytes),
+                            None => serde_json::from_slice::<Value>(bytes)
+                                .map_err(|e| format!("invalid JSON: {e}")),
+                        }
+                        .and_then(|v| check_object(&v, fields.fields(), "").map(|_| v)),
                     };
                     match parsed {
                         Ok(v) => {

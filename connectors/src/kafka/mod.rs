@@ -11,7 +11,7 @@
 //!   restart stops at the same place). Modules: [`source`](self) subtask
 //!   logic, `client` (offsets and watermarks), `state` (checkpoint
 //!   entries), [`format`] (JSON with a declared or inferred schema, raw
-//!   bytes, text), [`dlq`] (the decode policy).
+//!   bytes, text), [`avro`] (Avro datums with a given schema), [`dlq`] (the decode policy).
 //! - [`KafkaSink`]: at-least-once (flush at the barrier) or exactly-once
 //!   (one transaction per checkpoint, committed when the checkpoint
 //!   completes, recovered on restart through epoch markers), in `sink`.
@@ -33,6 +33,7 @@
 //! ([`KafkaSink::markers_committed_only`]); a transaction left open with
 //! its marker written and then fenced was seen to lose records.
 
+pub mod avro;
 mod client;
 pub mod dlq;
 pub mod format;

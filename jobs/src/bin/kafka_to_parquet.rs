@@ -26,7 +26,8 @@ struct Args {
     format: ValueFormat,
     /// JSON schema file: [{"name": .., "type": "int64"|"float64"|"string"|"bool"|
     /// "timestamp_ms"|{"struct": [..]}|{"list": TYPE}, "nullable": true}, ..].
-    /// Without it the schema is inferred from the first records.
+    /// Without it the schema is inferred from the first records. With
+    /// --format avro: the Avro writer schema (required).
     #[arg(long)]
     schema: Option<PathBuf>,
     /// Records sampled to infer the JSON schema.
