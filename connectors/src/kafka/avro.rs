@@ -11,8 +11,6 @@ use std::sync::Arc;
 
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value as Avro;
-#[cfg(test)]
-use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema as AvroSchemaDef;
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use serde_json::Value;
