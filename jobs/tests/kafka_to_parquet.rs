@@ -70,6 +70,20 @@ fn job(broker: &Broker, topic: &str, out: &Path, ck: Option<&Path>, p: usize) ->
     c
 }
 
+/// Completed checkpoint directories under `ck`.
+fn completed_checkpoints(ck: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(ck)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.join("_manifest.json").exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
 /// Kills the job `kills` times at random moments (parallelism 2), then
 /// lets it finish at parallelism `last_p`: positions move to the subtasks
 /// that own their partitions after the rescale.
@@ -85,7 +99,18 @@ fn killed_run(
     let ck = dir.join(format!("ck-{seed}"));
     for _ in 0..kills {
         let mut child = job(broker, "events", &out, Some(&ck), 2).spawn().unwrap();
-        let after = Duration::from_millis(rng.random_range(200..1500));
+        // Kill at a random moment after the run's first checkpoint (so the
+        // next run has something newer to resume from, however slowly this
+        // machine starts the process).
+        let first = completed_checkpoints(&ck);
+        let start = Instant::now();
+        while completed_checkpoints(&ck) == first
+            && start.elapsed() < Duration::from_secs(30)
+            && child.try_wait().unwrap().is_none()
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let after = Duration::from_millis(rng.random_range(0..800));
         let start = Instant::now();
         while start.elapsed() < after && child.try_wait().unwrap().is_none() {
             std::thread::sleep(Duration::from_millis(10));
