@@ -262,7 +262,7 @@ impl ProducerContext for Deliveries {
 type Producer_ = BaseProducer<Deliveries>;
 
 /// One checkpoint epoch's records, as kept in the checkpoint.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 struct Staged {
     /// Subtask that wrote them (its transactional id).
     subtask: usize,
@@ -270,6 +270,83 @@ struct Staged {
     checkpoint: u64,
     /// (key, value) records.
     records: Vec<Record>,
+}
+
+/// Marks a key that is absent (a key of this length cannot occur).
+const NO_KEY: u32 = u32::MAX;
+
+impl Staged {
+    /// Compact binary form for the checkpoint: subtask, checkpoint and
+    /// record count (u64 LE), then per record the key length (`NO_KEY`
+    /// for none) and key, the value length and value (u32 LE lengths).
+    fn encode(&self) -> Result<Vec<u8>> {
+        let size: usize = self
+            .records
+            .iter()
+            .map(|(k, v)| 8 + k.as_ref().map_or(0, Vec::len) + v.len())
+            .sum();
+        let mut out = Vec::with_capacity(24 + size);
+        out.extend_from_slice(&(self.subtask as u64).to_le_bytes());
+        out.extend_from_slice(&self.checkpoint.to_le_bytes());
+        out.extend_from_slice(&(self.records.len() as u64).to_le_bytes());
+        let len = |n: usize| {
+            u32::try_from(n)
+                .ok()
+                .filter(|n| *n != NO_KEY)
+                .ok_or_else(|| Error::Connector {
+                    connector: "kafka".into(),
+                    message: format!("a record of {n} bytes is too large to stage"),
+                })
+        };
+        for (k, v) in &self.records {
+            match k {
+                Some(k) => {
+                    out.extend_from_slice(&len(k.len())?.to_le_bytes());
+                    out.extend_from_slice(k);
+                }
+                None => out.extend_from_slice(&NO_KEY.to_le_bytes()),
+            }
+            out.extend_from_slice(&len(v.len())?.to_le_bytes());
+            out.extend_from_slice(v);
+        }
+        Ok(out)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self> {
+        let bad = || Error::Checkpoint("kafka sink state is malformed (truncated entry)".into());
+        let mut at = 0usize;
+        let mut take = |n: usize| -> Result<&[u8]> {
+            let s = bytes.get(at..at + n).ok_or_else(bad)?;
+            at += n;
+            Ok(s)
+        };
+        let u64_at = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+        let u32_at = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes"));
+        let subtask = u64_at(take(8)?) as usize;
+        let checkpoint = u64_at(take(8)?);
+        let n = u64_at(take(8)?) as usize;
+        let mut records = Vec::with_capacity(n.min(1 << 20));
+        for _ in 0..n {
+            let kl = u32_at(take(4)?);
+            let key = if kl == NO_KEY {
+                None
+            } else {
+                Some(take(kl as usize)?.to_vec())
+            };
+            let vl = u32_at(take(4)?) as usize;
+            records.push((key, take(vl)?.to_vec()));
+        }
+        if at != bytes.len() {
+            return Err(Error::Checkpoint(
+                "kafka sink state is malformed (trailing bytes)".into(),
+            ));
+        }
+        Ok(Staged {
+            subtask,
+            checkpoint,
+            records,
+        })
+    }
 }
 
 /// An epoch marker in the progress topic.
@@ -551,11 +628,7 @@ impl Sink for KafkaSinkTask {
         let staged = state
             .entries
             .iter()
-            .map(|e| {
-                serde_json::from_slice::<Staged>(e).map_err(|err| {
-                    Error::Checkpoint(format!("kafka sink state is malformed: {err}"))
-                })
-            })
+            .map(|e| Staged::decode(e))
             .collect::<Result<Vec<_>>>()?;
         self.restored = Some((state.checkpoint.0, staged));
         Ok(())
@@ -633,9 +706,8 @@ impl Sink for KafkaSinkTask {
         let entries = self
             .staged
             .iter()
-            .map(serde_json::to_vec)
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| Error::Internal(format!("encoding kafka sink state: {e}")))?;
+            .map(Staged::encode)
+            .collect::<Result<Vec<_>>>()?;
         Ok(OperatorSnapshot::entries(entries))
     }
 
@@ -657,5 +729,30 @@ impl Sink for KafkaSinkTask {
         let records: Vec<&Record> = done.iter().flat_map(|s| s.records.iter()).collect();
         let p = self.producer.as_ref().expect("producer created in open");
         self.commit_epoch(p, self.subtask, checkpoint.0, &records)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staged_epochs_round_trip_compactly() {
+        let s = Staged {
+            subtask: 3,
+            checkpoint: 42,
+            records: vec![
+                (Some(b"k".to_vec()), b"value one".to_vec()),
+                (None, Vec::new()),
+                (Some(Vec::new()), vec![0, 255, 10]),
+            ],
+        };
+        let bytes = s.encode().unwrap();
+        assert_eq!(bytes.len(), 24 + (4 + 1 + 4 + 9) + (4 + 4) + (4 + 4 + 3));
+        assert_eq!(Staged::decode(&bytes).unwrap(), s);
+        assert!(Staged::decode(&bytes[..bytes.len() - 1]).is_err());
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Staged::decode(&longer).is_err());
     }
 }
