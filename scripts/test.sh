@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 scripts/tools.sh
+# The Kafka tests start their own tansu broker from this binary.
+SLUICE_TANSU="$(scripts/kafka-broker.sh install)"
+export SLUICE_TANSU
 # Build artifacts live outside the clone so repeated runs (and CI on the same
 # machine) reuse them.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}"

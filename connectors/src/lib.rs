@@ -2,6 +2,8 @@
 //!
 //! Where records come from and go to:
 //!
+//! - [`kafka`]: the Kafka source and sink (rdkafka), decode policies,
+//!   and a tansu broker launcher for tests.
 //! - [`nexmark`]: the Nexmark benchmark generator (persons, auctions, bids),
 //!   deterministic by seed and independent of parallelism.
 //! - [`file`]: bounded sources over Parquet, CSV and JSON-lines files.
@@ -9,6 +11,7 @@
 //! - [`sinks`]: the discarding sink and the print sink for demos.
 
 pub mod file;
+pub mod kafka;
 pub mod nexmark;
 pub mod parquet;
 pub mod sinks;

@@ -1,5 +1,5 @@
-//! The generic windowed aggregation job: a file in, windows per key, Parquet
-//! out. The `window_agg` binary is a thin command line over [`build`].
+//! The generic windowed aggregation job: a file (or a Kafka topic, through
+//! [`window_stream`]) in, windows per key, Parquet out. The `window_agg` binary is a thin command line over [`build`].
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -78,6 +78,13 @@ pub fn build(env: &Env, spec: &WindowAggSpec) -> Result<Stream> {
             spec.source.display()
         )));
     }
+    window_stream(env.source(file_source(&spec.source)?), spec)
+}
+
+/// The windowed aggregation of `spec` over any stream that has its time,
+/// key and aggregated columns (`spec.source` is not used): how the job
+/// runs over a Kafka topic instead of files.
+pub fn window_stream(stream: Stream, spec: &WindowAggSpec) -> Result<Stream> {
     let aggs = spec
         .aggs
         .iter()
@@ -87,8 +94,7 @@ pub fn build(env: &Env, spec: &WindowAggSpec) -> Result<Stream> {
         return Err(Error::Config("at least one --agg is needed".into()));
     }
     let keys: Vec<&str> = spec.keys.iter().map(String::as_str).collect();
-    Ok(env
-        .source(file_source(&spec.source)?)
+    Ok(stream
         .watermarks(WatermarkStrategy::bounded_out_of_orderness(
             &spec.time,
             spec.watermark_delay,

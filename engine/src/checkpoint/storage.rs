@@ -64,6 +64,12 @@ impl fmt::Display for Location {
     }
 }
 
+impl From<&Location> for Location {
+    fn from(l: &Location) -> Self {
+        l.clone()
+    }
+}
+
 impl From<&str> for Location {
     fn from(s: &str) -> Self {
         Location(s.to_string())

@@ -1,24 +1,44 @@
-//! `window_agg`: windowed aggregation of a Parquet, CSV or JSON-lines file
-//! into Parquet. See `sluice_jobs::window_agg`.
+//! `window_agg`: windowed aggregation of a Parquet, CSV or JSON-lines file,
+//! or of a Kafka topic (`--source kafka:TOPIC --brokers HOST:PORT`), into
+//! Parquet. See `sluice_jobs::window_agg`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use sluice_connectors::kafka::{DecodePolicy, StartFrom};
 use sluice_connectors::parquet::ParquetSink;
 use sluice_engine::Env;
 use sluice_jobs::cli::{checkpoint_summary, init_logging, parse_duration, CheckpointArgs};
-use sluice_jobs::window_agg::{build, WindowAggSpec};
+use sluice_jobs::kafka_to_parquet::{self, KafkaToParquetSpec, ValueFormat};
+use sluice_jobs::window_agg::{build, window_stream, WindowAggSpec};
 use sluice_operators::prelude::WindowSpec;
 
 /// Windowed aggregation of a file into Parquet.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Input: a .parquet, .csv or .jsonl file, or a directory of them.
+    /// Input: a .parquet, .csv or .jsonl file, a directory of them, or
+    /// kafka:TOPIC (with --brokers).
     #[arg(long)]
     source: PathBuf,
+    /// Kafka brokers, HOST:PORT (for --source kafka:TOPIC).
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Kafka value format (JSON objects; the schema is inferred unless
+    /// --schema names a file).
+    #[arg(long, value_enum, default_value = "json")]
+    format: ValueFormat,
+    /// Kafka JSON schema file (see kafka_to_parquet --help).
+    #[arg(long)]
+    schema: Option<PathBuf>,
+    /// Kafka: stop at the end offsets seen when the job first started.
+    #[arg(long)]
+    until_end: bool,
+    /// Kafka: skip (and count) records that fail to decode instead of failing.
+    #[arg(long)]
+    skip_bad_records: bool,
     /// Event-time column (epoch milliseconds or a timestamp type).
     #[arg(long)]
     time: String,
@@ -61,7 +81,39 @@ fn main() -> anyhow::Result<()> {
         aggs: args.aggs,
         watermark_delay: args.watermark_delay,
     };
-    build(&env, &spec)?.sink(ParquetSink::new(&args.output));
+    let kafka_topic = spec
+        .source
+        .to_str()
+        .and_then(|s| s.strip_prefix("kafka:"))
+        .map(str::to_string);
+    let stream = match kafka_topic {
+        Some(topic) => {
+            let Some(brokers) = args.brokers.clone() else {
+                anyhow::bail!("--source kafka:TOPIC needs --brokers HOST:PORT");
+            };
+            let src = kafka_to_parquet::source(&KafkaToParquetSpec {
+                job: "window_agg".into(),
+                brokers,
+                topic,
+                format: args.format,
+                schema: args.schema.clone(),
+                infer_sample: 1000,
+                start: StartFrom::Earliest,
+                until_end: args.until_end,
+                group: None,
+                policy: if args.skip_bad_records {
+                    DecodePolicy::Skip
+                } else {
+                    DecodePolicy::Fail
+                },
+                checkpoint_dir: args.checkpoints.checkpoint_dir.clone(),
+                partition_discovery: Duration::from_secs(10),
+            })?;
+            window_stream(env.source(src), &spec)?
+        }
+        None => build(&env, &spec)?,
+    };
+    stream.sink(ParquetSink::new(&args.output));
     let result = env.execute()?;
     eprintln!(
         "window_agg: {} input records, {} ms, output in {}, {}",

@@ -1,0 +1,677 @@
+//! Record formats: how Kafka record values become Arrow rows. Owns the
+//! output schema of the Kafka source (`_partition`, `_offset`,
+//! `_timestamp`, then the decoded fields), the strict check that a JSON
+//! value fits a schema, JSON schema inference from sample records, and the
+//! textual schema description used by `--schema` files and checkpoints.
+//!
+//! A record either decodes or is *bad*: the caller gets the row index and a
+//! message and applies the decode policy (`super::dlq`). Nothing is dropped
+//! here. JSON values are checked against the schema before they reach
+//! arrow-json, so a record arrow-json would coerce (a string `"12"` into an
+//! integer column, a float into an integer) or silently lose (an unknown
+//! field) is reported instead.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, BinaryBuilder, Int32Array, Int64Array, StringBuilder};
+use arrow::array::{RecordBatch, TimestampMillisecondArray};
+use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use serde_json::Value;
+use sluice_engine::{Error, Result};
+
+/// Name of the partition column.
+pub const PARTITION_COLUMN: &str = "_partition";
+/// Name of the offset column.
+pub const OFFSET_COLUMN: &str = "_offset";
+/// Name of the record timestamp column (ms since the epoch; null when the
+/// record has none).
+pub const TIMESTAMP_COLUMN: &str = "_timestamp";
+/// Name of the value column of the raw and string formats.
+pub const VALUE_COLUMN: &str = "value";
+
+/// How record values are decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Format {
+    /// One JSON object per record, with these fields (missing fields are
+    /// null; a field of the wrong type, or one the schema does not name,
+    /// makes the record bad).
+    Json(SchemaRef),
+    /// The value as bytes (`value: Binary`, null for tombstones).
+    Raw,
+    /// The value as UTF-8 text (`value: Utf8`); invalid UTF-8 is bad.
+    String,
+    /// One Avro datum per record, written with this schema; decoded
+    /// values are checked like JSON ones.
+    Avro(super::avro::AvroSchema),
+}
+
+impl Format {
+    /// The decoded fields (without the metadata columns).
+    pub fn value_fields(&self) -> Fields {
+        match self {
+            Format::Json(s) => s.fields().clone(),
+            Format::Avro(a) => a.fields().fields().clone(),
+            Format::Raw => Fields::from(vec![Field::new(VALUE_COLUMN, DataType::Binary, true)]),
+            Format::String => Fields::from(vec![Field::new(VALUE_COLUMN, DataType::Utf8, true)]),
+        }
+    }
+
+    /// The source's output schema: metadata columns, then the value fields.
+    pub fn output_schema(&self) -> Result<SchemaRef> {
+        let mut fields = metadata_fields();
+        for f in self.value_fields().iter() {
+            if fields.iter().any(|m| m.name() == f.name()) {
+                return Err(Error::Config(format!(
+                    "the record field '{}' clashes with the Kafka source's metadata column of that name",
+                    f.name()
+                )));
+            }
+            if let Format::Json(_) | Format::Avro(_) = self {
+                check_supported(f.data_type(), f.name())?;
+            }
+            fields.push(f.as_ref().clone());
+        }
+        Ok(Arc::new(Schema::new(fields)))
+    }
+}
+
+fn metadata_fields() -> Vec<Field> {
+    vec![
+        Field::new(PARTITION_COLUMN, DataType::Int32, false),
+        Field::new(OFFSET_COLUMN, DataType::Int64, false),
+        Field::new(
+            TIMESTAMP_COLUMN,
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            true,
+        ),
+    ]
+}
+
+fn check_supported(dt: &DataType, path: &str) -> Result<()> {
+    match dt {
+        DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64
+        | DataType::Float32
+        | DataType::Float64
+        | DataType::Utf8
+        | DataType::LargeUtf8
+        | DataType::Boolean
+        | DataType::Timestamp(_, None) => Ok(()),
+        DataType::Struct(fields) => fields
+            .iter()
+            .try_for_each(|f| check_supported(f.data_type(), &format!("{path}.{}", f.name()))),
+        DataType::List(item) => check_supported(item.data_type(), &format!("{path}[]")),
+        other => Err(Error::Config(format!(
+            "JSON field '{path}' has type {other}, which the Kafka JSON format does not decode"
+        ))),
+    }
+}
+
+/// Record values (and keys) of one partition, copied out of the consumer
+/// so they outlive the message: one buffer per column, not per record.
+#[derive(Debug, Default)]
+pub struct RawRecords {
+    /// Offsets, ascending.
+    pub offsets: Vec<i64>,
+    /// Record timestamps (ms), when the record has one.
+    pub timestamps: Vec<Option<i64>>,
+    /// Record values.
+    pub values: Blobs,
+    /// Record keys (kept for dead letters).
+    pub keys: Blobs,
+}
+
+impl RawRecords {
+    /// Records held.
+    pub fn len(&self) -> usize {
+        self.offsets.len()
+    }
+    /// Whether none are held.
+    pub fn is_empty(&self) -> bool {
+        self.offsets.is_empty()
+    }
+    /// Appends one record.
+    pub fn push(&mut self, offset: i64, ts: Option<i64>, key: Option<&[u8]>, value: Option<&[u8]>) {
+        self.offsets.push(offset);
+        self.timestamps.push(ts);
+        self.keys.push(key);
+        self.values.push(value);
+    }
+}
+
+/// Optional byte strings in one contiguous buffer.
+#[derive(Debug, Default)]
+pub struct Blobs {
+    data: Vec<u8>,
+    ends: Vec<usize>,
+    present: Vec<bool>,
+}
+
+impl Blobs {
+    fn push(&mut self, b: Option<&[u8]>) {
+        if let Some(b) = b {
+            self.data.extend_from_slice(b);
+        }
+        self.ends.push(self.data.len());
+        self.present.push(b.is_some());
+    }
+    /// The `i`-th byte string, `None` when absent.
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        if !self.present[i] {
+            return None;
+        }
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        Some(&self.data[start..self.ends[i]])
+    }
+}
+
+/// Turns [`RawRecords`] into record batches of the source's output schema.
+pub struct Decoder {
+    format: Format,
+    schema: SchemaRef,
+    json: Option<arrow::json::reader::Decoder>,
+}
+
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoder")
+            .field("format", &self.format)
+            .finish()
+    }
+}
+
+impl Decoder {
+    /// A decoder for `format`.
+    pub fn new(format: Format) -> Result<Self> {
+        let schema = format.output_schema()?;
+        let fields = match &format {
+            Format::Json(s) => Some(s.clone()),
+            Format::Avro(a) => Some(a.fields().clone()),
+            _ => None,
+        };
+        let json = match fields {
+            Some(s) => Some(
+                arrow::json::ReaderBuilder::new(s)
+                    .with_strict_mode(true)
+                    // serialize() takes all rows at once; this only sizes buffers.
+                    .with_batch_size(65_536)
+                    .build_decoder()?,
+            ),
+            _ => None,
+        };
+        Ok(Decoder {
+            format,
+            schema,
+            json,
+        })
+    }
+
+    /// The output schema.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Decodes `recs` of `partition`. Each bad record is passed to `bad`
+    /// (its index in `recs` and why) and left out of the batch; `bad`
+    /// returning an error stops decoding with that error.
+    pub fn decode(
+        &mut self,
+        partition: i32,
+        recs: &RawRecords,
+        bad: &mut dyn FnMut(usize, String) -> Result<()>,
+    ) -> Result<RecordBatch> {
+        let mut good: Vec<usize> = Vec::with_capacity(recs.len());
+        let values: ArrayRef = match &self.format {
+            Format::Raw => {
+                let mut b = BinaryBuilder::with_capacity(recs.len(), recs.values.data.len());
+                for i in 0..recs.len() {
+                    b.append_option(recs.values.get(i));
+                    good.push(i);
+                }
+                Arc::new(b.finish())
+            }
+            Format::String => {
+                let mut b = StringBuilder::with_capacity(recs.len(), recs.values.data.len());
+                for i in 0..recs.len() {
+                    match recs.values.get(i).map(std::str::from_utf8) {
+                        None => b.append_null(),
+                        Some(Ok(s)) => b.append_value(s),
+                        Some(Err(e)) => {
+                            bad(i, format!("value is not UTF-8: {e}"))?;
+                            continue;
+                        }
+                    }
+                    good.push(i);
+                }
+                Arc::new(b.finish())
+            }
+            Format::Json(_) | Format::Avro(_) => {
+                let (fields, avro) = match &self.format {
+                    Format::Json(f) => (f.clone(), None),
+                    Format::Avro(a) => (a.fields().clone(), Some(a)),
+                    _ => unreachable!("matched above"),
+                };
+                let reader = avro.map(|a| a.reader()).transpose()?;
+                let mut rows: Vec<Value> = Vec::with_capacity(recs.len());
+                for i in 0..recs.len() {
+                    let parsed = match recs.values.get(i) {
+                        None => Err("record has no value (tombstone)".to_string()),
+                        Some(bytes) => match &reader {
+                            Some(r) => super::avro::AvroSchema::decode(r, bytes),
+                            None => serde_json::from_slice::<Value>(bytes)
+                                .map_err(|e| format!("invalid JSON: {e}")),
+                        }
+                        .and_then(|v| check_object(&v, fields.fields(), "").map(|_| v)),
+                    };
+                    match parsed {
+                        Ok(v) => {
+                            rows.push(v);
+                            good.push(i);
+                        }
+                        Err(e) => bad(i, e)?,
+                    }
+                }
+                let dec = self.json.as_mut().expect("JSON decoder for JSON format");
+                dec.serialize(&rows)?;
+                let batch = match dec.flush()? {
+                    Some(b) => b,
+                    None => RecordBatch::new_empty(fields.clone()),
+                };
+                return self.with_metadata(partition, recs, &good, batch.columns().to_vec());
+            }
+        };
+        self.with_metadata(partition, recs, &good, vec![values])
+    }
+
+    fn with_metadata(
+        &self,
+        partition: i32,
+        recs: &RawRecords,
+        good: &[usize],
+        values: Vec<ArrayRef>,
+    ) -> Result<RecordBatch> {
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(Int32Array::from(vec![partition; good.len()])),
+            Arc::new(Int64Array::from_iter_values(
+                good.iter().map(|&i| recs.offsets[i]),
+            )),
+            Arc::new(TimestampMillisecondArray::from_iter(
+                good.iter().map(|&i| recs.timestamps[i]),
+            )),
+        ];
+        cols.extend(values);
+        Ok(RecordBatch::try_new(self.schema.clone(), cols)?)
+    }
+}
+
+/// Checks that `v` is an object whose fields fit `fields`.
+fn check_object(v: &Value, fields: &Fields, path: &str) -> Result<(), String> {
+    let Value::Object(map) = v else {
+        return Err(format!(
+            "{} is {}, expected an object",
+            if path.is_empty() { "record" } else { path },
+            kind(v)
+        ));
+    };
+    for (name, _) in map.iter() {
+        if !fields.iter().any(|f| f.name() == name) {
+            return Err(format!("unknown field '{}'", join(path, name)));
+        }
+    }
+    for f in fields.iter() {
+        let p = join(path, f.name());
+        match map.get(f.name()) {
+            None | Some(Value::Null) if f.is_nullable() => {}
+            None | Some(Value::Null) => return Err(format!("field '{p}' is missing or null")),
+            Some(x) => check_value(x, f.data_type(), &p)?,
+        }
+    }
+    Ok(())
+}
+
+fn join(path: &str, name: &str) -> String {
+    if path.is_empty() {
+        name.to_string()
+    } else {
+        format!("{path}.{name}")
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_f64() => "a float",
+        Value::Number(_) => "an integer",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn check_value(v: &Value, dt: &DataType, path: &str) -> Result<(), String> {
+    let fits = match dt {
+        DataType::Int8 => v.as_i64().is_some_and(|x| i8::try_from(x).is_ok()),
+        DataType::Int16 => v.as_i64().is_some_and(|x| i16::try_from(x).is_ok()),
+        DataType::Int32 => v.as_i64().is_some_and(|x| i32::try_from(x).is_ok()),
+        DataType::Int64 | DataType::Timestamp(_, None) => v.is_i64(),
+        DataType::UInt8 => v.as_u64().is_some_and(|x| u8::try_from(x).is_ok()),
+        DataType::UInt16 => v.as_u64().is_some_and(|x| u16::try_from(x).is_ok()),
+        DataType::UInt32 => v.as_u64().is_some_and(|x| u32::try_from(x).is_ok()),
+        DataType::UInt64 => v.is_u64(),
+        DataType::Float32 | DataType::Float64 => v.is_number(),
+        DataType::Utf8 | DataType::LargeUtf8 => v.is_string(),
+        DataType::Boolean => v.is_boolean(),
+        DataType::Struct(fields) => return check_object(v, fields, path),
+        DataType::List(item) => {
+            let Value::Array(xs) = v else {
+                return Err(format!("field '{path}' is {}, expected an array", kind(v)));
+            };
+            for x in xs {
+                match x {
+                    Value::Null if item.is_nullable() => {}
+                    _ => check_value(x, item.data_type(), &format!("{path}[]"))?,
+                }
+            }
+            true
+        }
+        _ => false,
+    };
+    if fits {
+        Ok(())
+    } else {
+        Err(format!("field '{path}' is {}, expected {dt}", kind(v)))
+    }
+}
+
+/// Infers a JSON schema from sample record values: integers → Int64,
+/// other numbers → Float64 (a field seen as both becomes Float64),
+/// strings → Utf8, booleans → Boolean, objects → structs, arrays → lists;
+/// every field nullable, in name order. Values that are not JSON
+/// objects are ignored here (they are bad records when the job reads them).
+pub fn infer_json_schema<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Result<SchemaRef> {
+    let objects: Vec<Value> = values
+        .into_iter()
+        .filter_map(|b| serde_json::from_slice::<Value>(b).ok())
+        .filter(Value::is_object)
+        .collect();
+    if objects.is_empty() {
+        return Err(Error::Config(
+            "cannot infer a JSON schema: no sampled record is a JSON object".into(),
+        ));
+    }
+    let schema = arrow::json::reader::infer_json_schema_from_iterator(objects.iter().map(Ok))?;
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    if fields.is_empty() {
+        return Err(Error::Config(
+            "cannot infer a JSON schema: the sampled objects have no fields".into(),
+        ));
+    }
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// The textual form of a JSON schema (for `--schema` files and
+/// checkpoints): an array of `{"name", "type", "nullable"}` where `type` is
+/// `int8`…`int64`, `uint8`…`uint64`, `float32`, `float64`, `string`,
+/// `bool`, `timestamp_ms`, `timestamp_us`, `{"struct": [fields]}` or
+/// `{"list": type}`. `nullable` defaults to true.
+pub fn schema_to_json(schema: &Schema) -> Result<Value> {
+    fields_to_json(schema.fields())
+}
+
+fn fields_to_json(fields: &Fields) -> Result<Value> {
+    fields
+        .iter()
+        .map(|f| {
+            Ok(serde_json::json!({
+                "name": f.name(),
+                "type": type_to_json(f.data_type())?,
+                "nullable": f.is_nullable(),
+            }))
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Value::Array)
+}
+
+fn type_to_json(dt: &DataType) -> Result<Value> {
+    Ok(Value::String(
+        match dt {
+            DataType::Int8 => "int8",
+            DataType::Int16 => "int16",
+            DataType::Int32 => "int32",
+            DataType::Int64 => "int64",
+            DataType::UInt8 => "uint8",
+            DataType::UInt16 => "uint16",
+            DataType::UInt32 => "uint32",
+            DataType::UInt64 => "uint64",
+            DataType::Float32 => "float32",
+            DataType::Float64 => "float64",
+            DataType::Utf8 | DataType::LargeUtf8 => "string",
+            DataType::Boolean => "bool",
+            DataType::Timestamp(TimeUnit::Millisecond, None) => "timestamp_ms",
+            DataType::Timestamp(TimeUnit::Microsecond, None) => "timestamp_us",
+            DataType::Struct(fields) => {
+                return Ok(serde_json::json!({ "struct": fields_to_json(fields)? }))
+            }
+            DataType::List(item) => {
+                return Ok(serde_json::json!({ "list": type_to_json(item.data_type())? }))
+            }
+            other => {
+                return Err(Error::Config(format!(
+                    "type {other} has no textual form in Kafka JSON schemas"
+                )))
+            }
+        }
+        .to_string(),
+    ))
+}
+
+/// Parses the textual form written by [`schema_to_json`].
+pub fn schema_from_json(v: &Value) -> Result<SchemaRef> {
+    Ok(Arc::new(Schema::new(fields_from_json(v)?)))
+}
+
+fn fields_from_json(v: &Value) -> Result<Fields> {
+    let bad = |m: String| Error::Config(format!("invalid JSON schema: {m}"));
+    let Value::Array(items) = v else {
+        return Err(bad("expected an array of fields".into()));
+    };
+    items
+        .iter()
+        .map(|f| {
+            let name = f
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad(format!("field without a name: {f}")))?;
+            let ty = f
+                .get("type")
+                .ok_or_else(|| bad(format!("field '{name}' has no type")))?;
+            let nullable = f.get("nullable").and_then(Value::as_bool).unwrap_or(true);
+            Ok(Field::new(name, type_from_json(ty)?, nullable))
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Fields::from)
+}
+
+fn type_from_json(v: &Value) -> Result<DataType> {
+    if let Some(s) = v.get("struct") {
+        return Ok(DataType::Struct(fields_from_json(s)?));
+    }
+    if let Some(item) = v.get("list") {
+        return Ok(DataType::List(Arc::new(Field::new(
+            "item",
+            type_from_json(item)?,
+            true,
+        ))));
+    }
+    Ok(match v.as_str() {
+        Some("int8") => DataType::Int8,
+        Some("int16") => DataType::Int16,
+        Some("int32") => DataType::Int32,
+        Some("int64") => DataType::Int64,
+        Some("uint8") => DataType::UInt8,
+        Some("uint16") => DataType::UInt16,
+        Some("uint32") => DataType::UInt32,
+        Some("uint64") => DataType::UInt64,
+        Some("float32") => DataType::Float32,
+        Some("float64") => DataType::Float64,
+        Some("string") => DataType::Utf8,
+        Some("bool") => DataType::Boolean,
+        Some("timestamp_ms") => DataType::Timestamp(TimeUnit::Millisecond, None),
+        Some("timestamp_us") => DataType::Timestamp(TimeUnit::Microsecond, None),
+        _ => {
+            return Err(Error::Config(format!(
+                "invalid JSON schema: unknown type {v}"
+            )))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::Int64Type;
+
+    fn recs(values: &[Option<&str>]) -> RawRecords {
+        let mut r = RawRecords::default();
+        for (i, v) in values.iter().enumerate() {
+            r.push(
+                10 + i as i64,
+                Some(1000 + i as i64),
+                None,
+                v.map(str::as_bytes),
+            );
+        }
+        r
+    }
+
+    fn schema() -> SchemaRef {
+        schema_from_json(&serde_json::json!([
+            {"name": "id", "type": "int64", "nullable": false},
+            {"name": "name", "type": "string"},
+            {"name": "addr", "type": {"struct": [{"name": "city", "type": "string"}]}},
+            {"name": "tags", "type": {"list": "string"}},
+        ]))
+        .unwrap()
+    }
+
+    #[test]
+    fn json_records_that_do_not_fit_are_reported_not_coerced() {
+        let mut d = Decoder::new(Format::Json(schema())).unwrap();
+        let input = recs(&[
+            Some(r#"{"id": 1, "name": "a", "addr": {"city": "x"}, "tags": ["t"]}"#),
+            Some(r#"{"id": "2"}"#),
+            Some(r#"{"id": 3, "extra": true}"#),
+            Some("not json"),
+            None,
+            Some(r#"{"id": 4.5}"#),
+            Some(r#"{"name": "no id"}"#),
+            Some(r#"{"id": 6, "addr": {"city": 7}}"#),
+            Some(r#"[1, 2]"#),
+            Some(r#"{"id": 9}"#),
+        ]);
+        let mut bad = Vec::new();
+        let b = d
+            .decode(3, &input, &mut |i, e| {
+                bad.push((i, e));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(b.num_rows(), 2);
+        let offsets: Vec<i64> = b.column(1).as_primitive::<Int64Type>().values().to_vec();
+        assert_eq!(offsets, vec![10, 19]);
+        let ids: Vec<i64> = b.column(3).as_primitive::<Int64Type>().values().to_vec();
+        assert_eq!(ids, vec![1, 9]);
+        assert!(b.column(4).is_null(1));
+        let idx: Vec<usize> = bad.iter().map(|(i, _)| *i).collect();
+        assert_eq!(idx, vec![1, 2, 3, 4, 5, 6, 7, 8]);
+        assert!(bad[0].1.contains("field 'id' is a string"), "{}", bad[0].1);
+        assert!(bad[1].1.contains("unknown field 'extra'"), "{}", bad[1].1);
+        assert!(bad[2].1.contains("invalid JSON"), "{}", bad[2].1);
+        assert!(bad[3].1.contains("tombstone"));
+        assert!(bad[6].1.contains("addr.city"), "{}", bad[6].1);
+    }
+
+    #[test]
+    fn a_failing_policy_stops_decoding() {
+        let mut d = Decoder::new(Format::String).unwrap();
+        let mut r = RawRecords::default();
+        r.push(0, None, None, Some(b"ok"));
+        r.push(1, None, None, Some(&[0xff, 0xfe]));
+        let err = d
+            .decode(0, &r, &mut |i, e| {
+                Err(Error::Decode(format!("offset {i}: {e}")))
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("offset 1: value is not UTF-8"));
+    }
+
+    #[test]
+    fn raw_keeps_bytes_and_tombstones() {
+        let mut d = Decoder::new(Format::Raw).unwrap();
+        let mut r = RawRecords::default();
+        r.push(5, None, Some(b"k"), Some(&[0, 1, 2]));
+        r.push(6, None, None, None);
+        let b = d
+            .decode(1, &r, &mut |_, _| panic!("no bad records"))
+            .unwrap();
+        let v = b.column(3).as_binary::<i32>();
+        assert_eq!(v.value(0), &[0, 1, 2]);
+        assert!(v.is_null(1));
+        assert_eq!(r.keys.get(0), Some(&b"k"[..]));
+        assert_eq!(r.keys.get(1), None);
+    }
+
+    #[test]
+    fn inference_widens_and_nests() {
+        let samples = [
+            r#"{"a": 1, "b": "x", "c": {"d": true}}"#,
+            r#"{"a": 2.5, "e": [1, 2]}"#,
+            "garbage",
+        ];
+        let s = infer_json_schema(samples.iter().map(|s| s.as_bytes())).unwrap();
+        assert_eq!(
+            s.field_with_name("a").unwrap().data_type(),
+            &DataType::Float64
+        );
+        assert_eq!(s.field_with_name("b").unwrap().data_type(), &DataType::Utf8);
+        assert!(matches!(
+            s.field_with_name("c").unwrap().data_type(),
+            DataType::Struct(f) if f[0].data_type() == &DataType::Boolean
+        ));
+        assert!(matches!(
+            s.field_with_name("e").unwrap().data_type(),
+            DataType::List(f) if f.data_type() == &DataType::Int64
+        ));
+        // The textual form round-trips.
+        let back = schema_from_json(&schema_to_json(&s).unwrap()).unwrap();
+        assert_eq!(back.fields().len(), s.fields().len());
+        for (x, y) in back.fields().iter().zip(s.fields().iter()) {
+            assert_eq!(
+                (x.name(), x.data_type().is_nested()),
+                (y.name(), y.data_type().is_nested())
+            );
+        }
+    }
+
+    #[test]
+    fn metadata_names_cannot_be_fields() {
+        let s = Arc::new(Schema::new(vec![Field::new(
+            "_offset",
+            DataType::Int64,
+            true,
+        )]));
+        assert!(Format::Json(s).output_schema().is_err());
+    }
+}

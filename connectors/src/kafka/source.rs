@@ -1,0 +1,517 @@
+//! One subtask of the Kafka source: owns the partitions `p` with
+//! `p % parallelism == subtask` (explicit assignment, no group
+//! rebalancing), polls them with a `BaseConsumer` on the source thread,
+//! decodes one partition's records per batch (each partition is a split
+//! with its own watermark), records per-partition positions at barriers,
+//! commits them to the consumer group when a checkpoint completes, picks
+//! up partitions added while it runs, and in bounded mode stops every
+//! partition at the end offset fixed when the job first started.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::SchemaRef;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use sluice_engine::data::CheckpointId;
+use sluice_engine::{Error, OperatorContext, Result, Source, SourcePoll};
+use tracing::{debug, info, warn};
+
+use super::client::{self, kafka_err};
+use super::dlq::BadRecords;
+use super::format::{Decoder, Format, RawRecords};
+use super::state::{Entry, StartFrom};
+use super::KafkaSource;
+
+/// One owned partition.
+#[derive(Debug)]
+struct Part {
+    partition: i32,
+    /// Next offset to emit; `None` = from the earliest record (nothing
+    /// emitted yet).
+    next: Option<i64>,
+    /// Bounded mode: stop here.
+    end: Option<i64>,
+    /// Everything up to `end` was emitted.
+    finished: bool,
+    /// The fetch position at the last end-of-partition event: records
+    /// before it were all delivered (it moves past transaction markers,
+    /// which never arrive as records).
+    eof_at: Option<i64>,
+    /// Records polled, not yet emitted.
+    pending: RawRecords,
+}
+
+/// A restored partition position: (next offset, bounded end).
+type Position = (Option<i64>, Option<i64>);
+
+pub(crate) struct KafkaSubtask {
+    spec: KafkaSource,
+    consumer: Option<BaseConsumer>,
+    decoder: Decoder,
+    bad: Option<BadRecords>,
+    /// Owned partitions; the index is the split.
+    parts: Vec<Part>,
+    by_partition: HashMap<i32, usize>,
+    /// Positions restored from a checkpoint, by partition.
+    restored: Option<BTreeMap<i32, Position>>,
+    /// Splits that finished and still have to be reported.
+    ended: VecDeque<usize>,
+    /// Positions recorded per checkpoint, committed when it completes.
+    uncommitted: Vec<(u64, Vec<(i32, i64)>)>,
+    pending: usize,
+    rr: usize,
+    last_discovery: Instant,
+    emitted: Arc<AtomicU64>,
+    local_emitted: u64,
+    subtask: usize,
+    parallelism: usize,
+}
+
+impl KafkaSubtask {
+    pub(crate) fn new(spec: KafkaSource, schema: SchemaRef) -> Result<Self> {
+        let decoder = Decoder::new(spec.format.clone())?;
+        if decoder.schema() != &schema {
+            return Err(Error::Internal(
+                "Kafka source schema changed between planning and running".into(),
+            ));
+        }
+        Ok(KafkaSubtask {
+            emitted: spec.emitted.clone(),
+            spec,
+            consumer: None,
+            decoder,
+            bad: None,
+            parts: Vec::new(),
+            by_partition: HashMap::new(),
+            restored: None,
+            ended: VecDeque::new(),
+            uncommitted: Vec::new(),
+            pending: 0,
+            rr: 0,
+            last_discovery: Instant::now(),
+            local_emitted: 0,
+            subtask: 0,
+            parallelism: 1,
+        })
+    }
+
+    fn consumer(&self) -> &BaseConsumer {
+        self.consumer.as_ref().expect("consumer created in open")
+    }
+
+    fn mine(&self, partition: i32) -> bool {
+        partition.rem_euclid(self.parallelism as i32) as usize == self.subtask
+    }
+
+    /// Adds partitions to the assignment, resolving where each starts.
+    fn add_partitions(&mut self, new: &[i32], start: StartFrom) -> Result<()> {
+        if new.is_empty() {
+            return Ok(());
+        }
+        let topic = self.spec.topic.clone();
+        let consumer = self.consumer();
+        let mut starts: BTreeMap<i32, Option<i64>> = BTreeMap::new();
+        let mut ends: BTreeMap<i32, Option<i64>> = BTreeMap::new();
+        let mut unresolved = Vec::new();
+        for &p in new {
+            match self.restored.as_ref().and_then(|r| r.get(&p)) {
+                Some(&(next, end)) => {
+                    starts.insert(p, next);
+                    ends.insert(p, end);
+                }
+                None => unresolved.push(p),
+            }
+        }
+        if !unresolved.is_empty() {
+            let resolved: BTreeMap<i32, Option<i64>> = match start {
+                StartFrom::Earliest => unresolved.iter().map(|&p| (p, None)).collect(),
+                StartFrom::Latest => {
+                    client::high_watermarks(&self.spec.config, &topic, &unresolved)?
+                        .into_iter()
+                        .map(|(p, h)| (p, Some(h)))
+                        .collect()
+                }
+                StartFrom::Timestamp(ts) => {
+                    let found = client::offsets_for_timestamp(consumer, &topic, &unresolved, ts)?;
+                    let missing: Vec<i32> = found
+                        .iter()
+                        .filter(|(_, o)| o.is_none())
+                        .map(|(p, _)| *p)
+                        .collect();
+                    let highs = client::high_watermarks(&self.spec.config, &topic, &missing)?;
+                    found
+                        .into_iter()
+                        .map(|(p, o)| (p, o.or_else(|| highs.get(&p).copied())))
+                        .collect()
+                }
+                StartFrom::Committed => client::committed_offsets(consumer, &topic, &unresolved)?,
+            };
+            let fixed_ends = if self.spec.bounded {
+                client::high_watermarks(&self.spec.config, &topic, &unresolved)?
+            } else {
+                BTreeMap::new()
+            };
+            for p in unresolved {
+                starts.insert(p, resolved.get(&p).copied().flatten());
+                ends.insert(p, fixed_ends.get(&p).copied());
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        for &p in new {
+            let next = starts.get(&p).copied().flatten();
+            let end = ends.get(&p).copied().flatten();
+            let finished = match end {
+                Some(e) => e <= 0 || next.is_some_and(|n| n >= e),
+                None => false,
+            };
+            let split = self.parts.len();
+            info!(topic = %topic, partition = p, ?next, ?end, split, "kafka partition assigned");
+            self.by_partition.insert(p, split);
+            self.parts.push(Part {
+                partition: p,
+                next,
+                end,
+                finished,
+                eof_at: None,
+                pending: RawRecords::default(),
+            });
+            if finished {
+                self.ended.push_back(split);
+            } else {
+                let off = next.map_or(Offset::Beginning, Offset::Offset);
+                tpl.add_partition_offset(&topic, p, off)
+                    .map_err(|e| kafka_err("assigning partitions", e))?;
+            }
+        }
+        if tpl.count() > 0 {
+            self.consumer()
+                .incremental_assign(&tpl)
+                .map_err(|e| kafka_err("assigning partitions", e))?;
+        }
+        Ok(())
+    }
+
+    /// Looks for partitions added to the topic since the last look; they
+    /// are read from their earliest record.
+    fn discover(&mut self) -> Result<()> {
+        self.last_discovery = Instant::now();
+        let all = match client::partitions(self.consumer(), &self.spec.topic) {
+            Ok(ps) => ps,
+            Err(e) => {
+                // Discovery is retried at the next interval; the partitions
+                // already assigned keep being read meanwhile.
+                warn!(error = %e, "kafka partition discovery failed");
+                return Ok(());
+            }
+        };
+        let new: Vec<i32> = all
+            .into_iter()
+            .filter(|p| self.mine(*p) && !self.by_partition.contains_key(p))
+            .collect();
+        if !new.is_empty() {
+            info!(topic = %self.spec.topic, partitions = ?new, "new kafka partitions found");
+        }
+        self.add_partitions(&new, StartFrom::Earliest)
+    }
+
+    /// Marks `split` finished once its position reached its end.
+    fn check_end(&mut self, split: usize, position: Option<i64>) {
+        let part = &mut self.parts[split];
+        if part.finished {
+            return;
+        }
+        if position.is_some() {
+            part.eof_at = position;
+        }
+        let reached = [part.next, part.eof_at].into_iter().flatten().max();
+        if let (Some(end), Some(pos)) = (part.end, reached) {
+            if pos >= end && part.pending.is_empty() {
+                part.finished = true;
+                part.next = Some(end);
+                let partition = part.partition;
+                self.ended.push_back(split);
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&self.spec.topic, partition);
+                // Nothing more is wanted from it.
+                let _ = self.consumer().incremental_unassign(&tpl);
+                debug!(partition, end, "kafka partition reached its end");
+            }
+        }
+    }
+
+    /// The consumer's fetch position of `partition` (moves past
+    /// transaction markers, which never arrive as records).
+    fn position(&self, partition: i32) -> Option<i64> {
+        let tpl = self.consumer().position().ok()?;
+        let e = tpl.find_partition(&self.spec.topic, partition)?;
+        match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// Polls the consumer until `batch_size` records are pending or none
+    /// is ready.
+    fn fill(&mut self) -> Result<()> {
+        let batch_size = self.spec.batch_size;
+        while self.pending < batch_size {
+            let consumer = self.consumer.as_ref().expect("consumer created in open");
+            let msg = match consumer.poll(Duration::ZERO) {
+                None => break,
+                Some(m) => m,
+            };
+            match msg {
+                Ok(m) => {
+                    let Some(&split) = self.by_partition.get(&m.partition()) else {
+                        continue;
+                    };
+                    let part = &mut self.parts[split];
+                    let offset = m.offset();
+                    if part.finished || part.end.is_some_and(|e| offset >= e) {
+                        continue; // past the bounded end
+                    }
+                    if part.next.is_some_and(|n| offset < n) {
+                        continue; // already emitted (re-delivered fetch)
+                    }
+                    let ts = m.timestamp().to_millis();
+                    part.pending.push(offset, ts, m.key(), m.payload());
+                    self.pending += 1;
+                }
+                Err(KafkaError::PartitionEOF(p)) => {
+                    if let Some(&split) = self.by_partition.get(&p) {
+                        if self.parts[split].end.is_some() {
+                            let pos = self.position(p);
+                            self.check_end(split, pos);
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Transport and broker errors are retried by librdkafka;
+                    // they surface here for information.
+                    warn!(topic = %self.spec.topic, error = %e, "kafka consumer error");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes the pending records of the next partition that has some.
+    fn emit_one(&mut self) -> Result<Option<(usize, arrow::record_batch::RecordBatch)>> {
+        let n = self.parts.len();
+        for k in 0..n {
+            let split = (self.rr + k) % n;
+            if self.parts[split].pending.is_empty() {
+                continue;
+            }
+            self.rr = split + 1;
+            let recs = std::mem::take(&mut self.parts[split].pending);
+            self.pending -= recs.len();
+            let partition = self.parts[split].partition;
+            let bad = self.bad.as_mut().expect("bad-record policy set in open");
+            let batch = self.decoder.decode(partition, &recs, &mut |i, err| {
+                bad.handle(
+                    partition,
+                    recs.offsets[i],
+                    recs.keys.get(i),
+                    recs.values.get(i),
+                    &err,
+                )
+            })?;
+            let last = *recs.offsets.last().expect("non-empty");
+            self.parts[split].next = Some(last + 1);
+            self.check_end(split, None);
+            let rows = batch.num_rows() as u64;
+            self.local_emitted += rows;
+            self.emitted.fetch_add(rows, Ordering::Relaxed);
+            if rows > 0 {
+                return Ok(Some((split, batch)));
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl Source for KafkaSubtask {
+    fn splits(&self) -> usize {
+        self.parts.len()
+    }
+
+    fn supports_checkpoints(&self) -> bool {
+        true
+    }
+
+    fn idle_backoff(&self) -> Duration {
+        Duration::from_millis(2)
+    }
+
+    fn records_emitted(&self) -> u64 {
+        self.local_emitted
+    }
+
+    fn restore(&mut self, entries: Vec<Vec<u8>>, ctx: &OperatorContext) -> Result<()> {
+        self.subtask = ctx.subtask;
+        self.parallelism = ctx.parallelism.max(1);
+        let mut restored = BTreeMap::new();
+        for e in &entries {
+            match Entry::decode(e)? {
+                Entry::Partition {
+                    topic,
+                    partition,
+                    next,
+                    end,
+                } => {
+                    if topic != self.spec.topic {
+                        return Err(Error::Checkpoint(format!(
+                            "the checkpoint holds positions of topic '{topic}', the job reads '{}'",
+                            self.spec.topic
+                        )));
+                    }
+                    if self.mine(partition) {
+                        restored.insert(partition, (next, end));
+                    }
+                }
+                Entry::Schema { fields, .. } => {
+                    let was = super::format::schema_from_json(&fields)?;
+                    if let Format::Json(now) = &self.spec.format {
+                        if was.fields() != now.fields() {
+                            return Err(Error::Checkpoint(format!(
+                                "the checkpoint decoded topic '{}' with schema {was:?}, the job now uses {now:?}",
+                                self.spec.topic
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        self.restored = Some(restored);
+        Ok(())
+    }
+
+    fn open(&mut self, ctx: &OperatorContext) -> Result<()> {
+        self.subtask = ctx.subtask;
+        self.parallelism = ctx.parallelism.max(1);
+        let consumer: BaseConsumer = self
+            .spec
+            .config
+            .consumer(self.spec.group.as_deref())
+            .create()
+            .map_err(|e| kafka_err("creating the consumer", e))?;
+        self.consumer = Some(consumer);
+        self.bad = Some(BadRecords::new(
+            self.spec.policy.clone(),
+            self.spec.stats.clone(),
+            &self.spec.config,
+            &self.spec.topic,
+        )?);
+        let mine: Vec<i32> = match (&self.restored, self.spec.bounded) {
+            // A bounded job reads the partitions it saw when it first
+            // started, and only those.
+            (Some(r), true) => r.keys().copied().collect(),
+            _ => client::partitions(self.consumer(), &self.spec.topic)?
+                .into_iter()
+                .filter(|p| self.mine(*p))
+                .collect(),
+        };
+        self.add_partitions(&mine, self.spec.start)?;
+        self.last_discovery = Instant::now();
+        Ok(())
+    }
+
+    fn poll(&mut self, _ctx: &OperatorContext) -> Result<SourcePoll> {
+        if let Some(b) = &self.bad {
+            b.check()?;
+        }
+        if let Some(split) = self.ended.pop_front() {
+            return Ok(SourcePoll::SplitEnd(split));
+        }
+        if !self.spec.bounded
+            && self
+                .spec
+                .discovery_interval
+                .is_some_and(|d| self.last_discovery.elapsed() >= d)
+        {
+            self.discover()?;
+        }
+        self.fill()?;
+        if let Some((split, batch)) = self.emit_one()? {
+            return Ok(SourcePoll::Batch { split, batch });
+        }
+        if let Some(split) = self.ended.pop_front() {
+            return Ok(SourcePoll::SplitEnd(split));
+        }
+        if self.spec.bounded && self.parts.iter().all(|p| p.finished) {
+            // Dead letters are durable before the job can report success
+            // (without checkpoints nothing else flushes them).
+            if let Some(b) = &self.bad {
+                b.flush()?;
+            }
+            return Ok(SourcePoll::End);
+        }
+        Ok(SourcePoll::Idle)
+    }
+
+    fn snapshot(&mut self, checkpoint: CheckpointId) -> Result<Vec<Vec<u8>>> {
+        // Dead letters of every record before this position must be durable
+        // before the position is.
+        if let Some(b) = &self.bad {
+            b.flush()?;
+        }
+        let mut entries = Vec::with_capacity(self.parts.len() + 1);
+        let mut offsets = Vec::new();
+        for p in &self.parts {
+            entries.push(
+                Entry::Partition {
+                    topic: self.spec.topic.clone(),
+                    partition: p.partition,
+                    next: p.next,
+                    end: p.end,
+                }
+                .encode()?,
+            );
+            if let Some(n) = p.next {
+                offsets.push((p.partition, n));
+            }
+        }
+        if let Format::Json(s) = &self.spec.format {
+            entries.push(Entry::schema(&self.spec.topic, s)?.encode()?);
+        }
+        if self.spec.group.is_some() {
+            self.uncommitted.push((checkpoint.0, offsets));
+        }
+        Ok(entries)
+    }
+
+    /// Commits the positions of `checkpoint` to the consumer group (for
+    /// monitoring and for jobs that start from committed offsets; the
+    /// checkpoint, not the group, is what a restart resumes from).
+    fn checkpoint_complete(&mut self, checkpoint: CheckpointId) -> Result<()> {
+        let Some(i) = self
+            .uncommitted
+            .iter()
+            .rposition(|(id, _)| *id <= checkpoint.0)
+        else {
+            return Ok(());
+        };
+        let (_, offsets) = self.uncommitted.swap_remove(i);
+        self.uncommitted.retain(|(id, _)| *id > checkpoint.0);
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in offsets {
+            tpl.add_partition_offset(&self.spec.topic, p, Offset::Offset(o))
+                .map_err(|e| kafka_err("committing offsets", e))?;
+        }
+        if let Err(e) = self.consumer().commit(&tpl, CommitMode::Sync) {
+            // The group's offsets are informational: a failed commit loses
+            // nothing, the next checkpoint commits again.
+            warn!(checkpoint = checkpoint.0, error = %e, "committing kafka offsets failed");
+        }
+        Ok(())
+    }
+}

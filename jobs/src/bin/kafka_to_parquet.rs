@@ -1,0 +1,109 @@
+//! `kafka_to_parquet`: every record of a Kafka topic, once, into Parquet.
+//! See `sluice_jobs::kafka_to_parquet`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use sluice_connectors::kafka::{DecodePolicy, StartFrom};
+use sluice_connectors::parquet::ParquetSink;
+use sluice_engine::Env;
+use sluice_jobs::cli::{checkpoint_summary, init_logging, parse_duration, CheckpointArgs};
+use sluice_jobs::kafka_to_parquet::{source, KafkaToParquetSpec, ValueFormat};
+
+/// Kafka topic into Parquet files, exactly once with checkpoints.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Bootstrap brokers, HOST:PORT[,HOST:PORT…].
+    #[arg(long)]
+    brokers: String,
+    /// Topic to read.
+    #[arg(long)]
+    topic: String,
+    /// Value format.
+    #[arg(long, value_enum, default_value = "json")]
+    format: ValueFormat,
+    /// JSON schema file: [{"name": .., "type": "int64"|"float64"|"string"|"bool"|
+    /// "timestamp_ms"|{"struct": [..]}|{"list": TYPE}, "nullable": true}, ..].
+    /// Without it the schema is inferred from the first records. With
+    /// --format avro: the Avro writer schema (required).
+    #[arg(long)]
+    schema: Option<PathBuf>,
+    /// Records sampled to infer the JSON schema.
+    #[arg(long, default_value_t = 1000)]
+    infer_sample: usize,
+    /// Output directory for Parquet files.
+    #[arg(long)]
+    output: PathBuf,
+    /// Parallelism (partition p is read by subtask p % P).
+    #[arg(long)]
+    parallelism: Option<usize>,
+    /// Stop at the end offsets seen when the job first started.
+    #[arg(long)]
+    until_end: bool,
+    /// earliest | latest | committed | timestamp:MS (partitions without a
+    /// checkpointed position).
+    #[arg(long, default_value = "earliest")]
+    start_from: StartFrom,
+    /// Consumer group the positions are committed to when checkpoints complete.
+    #[arg(long)]
+    group: Option<String>,
+    /// Send records that fail to decode to this topic (original bytes,
+    /// error and position in headers).
+    #[arg(long)]
+    dead_letter_topic: Option<String>,
+    /// Skip (and count) records that fail to decode instead of failing the
+    /// job (when no dead-letter topic is given).
+    #[arg(long)]
+    skip_bad_records: bool,
+    /// How often to look for new partitions.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    partition_discovery: Duration,
+    #[command(flatten)]
+    checkpoints: CheckpointArgs,
+}
+
+fn main() -> anyhow::Result<()> {
+    init_logging();
+    let args = Args::parse();
+    let env = Env::new();
+    if let Some(p) = args.parallelism {
+        env.set_parallelism(p);
+    }
+    let job = "kafka_to_parquet";
+    args.checkpoints.apply(&env, job)?;
+    let policy = match (&args.dead_letter_topic, args.skip_bad_records) {
+        (Some(t), _) => DecodePolicy::DeadLetter(t.clone()),
+        (None, true) => DecodePolicy::Skip,
+        (None, false) => DecodePolicy::Fail,
+    };
+    let spec = KafkaToParquetSpec {
+        job: job.to_string(),
+        brokers: args.brokers,
+        topic: args.topic,
+        format: args.format,
+        schema: args.schema,
+        infer_sample: args.infer_sample,
+        start: args.start_from,
+        until_end: args.until_end,
+        group: args.group,
+        policy,
+        checkpoint_dir: args.checkpoints.checkpoint_dir.clone(),
+        partition_discovery: args.partition_discovery,
+    };
+    let src = source(&spec)?;
+    let stats = src.decode_stats();
+    env.source(src).sink(ParquetSink::new(&args.output));
+    let result = env.execute()?;
+    eprintln!(
+        "kafka_to_parquet: {} records, {} ms, skipped={} dead_lettered={}, output in {}, {}",
+        result.source_records(),
+        result.duration.as_millis(),
+        stats.skipped(),
+        stats.dead_lettered(),
+        args.output.display(),
+        checkpoint_summary(&result.checkpoints)
+    );
+    Ok(())
+}

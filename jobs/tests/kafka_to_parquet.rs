@@ -1,0 +1,258 @@
+//! `kafka_to_parquet` end to end against a real broker (tansu): the job
+//! process is SIGKILLed at random moments and started again with the same
+//! command; its Parquet output must hold every record of the topic exactly
+//! once and equal the output of a run without failures. The schema is
+//! inferred on the first start and must survive the restarts.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use sluice_connectors::kafka::schema_from_checkpoint;
+use sluice_connectors::kafka::testing::Broker;
+
+mod common;
+use common::{hidden_files, rows};
+
+const RECORDS: usize = 150_000;
+const PARTITIONS: i32 = 4;
+
+fn produce(broker: &Broker, topic: &str) {
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.address())
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    for i in 0..RECORDS {
+        let v = format!(
+            r#"{{"id": {i}, "user": "u{}", "amount": {}.5, "ok": {}, "geo": {{"lat": {}, "city": "c{}"}}}}"#,
+            i % 97,
+            i % 1000,
+            i % 2 == 0,
+            i % 90,
+            i % 13
+        );
+        let mut rec = BaseRecord::<(), String>::to(topic)
+            .payload(&v)
+            .partition(i as i32 % PARTITIONS);
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    rec = back;
+                    p.poll(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+}
+
+fn job(broker: &Broker, topic: &str, out: &Path, ck: Option<&Path>, p: usize) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kafka_to_parquet"));
+    c.args(["--brokers", &broker.address(), "--topic", topic])
+        .args(["--format", "json", "--until-end", "--parallelism"])
+        .arg(p.to_string())
+        .arg("--output")
+        .arg(out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(ck) = ck {
+        c.arg("--checkpoint-dir")
+            .arg(ck)
+            .args(["--checkpoint-interval", "100ms"]);
+    }
+    c
+}
+
+/// Completed checkpoint directories under `ck`.
+fn completed_checkpoints(ck: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(ck)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.join("_manifest.json").exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Kills the job `kills` times at random moments (parallelism 2), then
+/// lets it finish at parallelism `last_p`: positions move to the subtasks
+/// that own their partitions after the rescale.
+fn killed_run(
+    broker: &Broker,
+    dir: &Path,
+    seed: u64,
+    kills: usize,
+    last_p: usize,
+) -> (BTreeMap<String, usize>, PathBuf, bool) {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let out = dir.join(format!("out-{seed}"));
+    let ck = dir.join(format!("ck-{seed}"));
+    for _ in 0..kills {
+        let mut child = job(broker, "events", &out, Some(&ck), 2).spawn().unwrap();
+        // Kill at a random moment after the run's first checkpoint (so the
+        // next run has something newer to resume from, however slowly this
+        // machine starts the process).
+        let first = completed_checkpoints(&ck);
+        let start = Instant::now();
+        while completed_checkpoints(&ck) == first
+            && start.elapsed() < Duration::from_secs(30)
+            && child.try_wait().unwrap().is_none()
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let after = Duration::from_millis(rng.random_range(0..800));
+        let start = Instant::now();
+        while start.elapsed() < after && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // SIGKILL: nothing gets flushed or cleaned up.
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let run = job(broker, "events", &out, Some(&ck), last_p)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "seed {seed}: restarted job failed: {log}"
+    );
+    // Whether the last run resumed from a checkpoint of a killed one.
+    let resumed = !log.contains("restored_from=-");
+    (rows(&out), out, resumed)
+}
+
+#[test]
+fn sigkilled_kafka_to_parquet_writes_every_record_exactly_once() {
+    let broker = Broker::start().unwrap();
+    broker.create_topic("events", PARTITIONS).unwrap();
+    produce(&broker, "events");
+    let dir = tempfile::tempdir().unwrap();
+
+    // The failure-free reference (no checkpoints).
+    let reference = dir.path().join("reference");
+    let status = job(&broker, "events", &reference, None, 2)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let want = rows(&reference);
+    assert_eq!(want.values().sum::<usize>(), RECORDS);
+    assert_eq!(want.len(), RECORDS, "rows are distinct (partition, offset)");
+    // Inferred columns: metadata, then the JSON fields with nested geo.
+    let first = want.keys().next().unwrap();
+    assert_eq!(first.split('|').count(), 3 + 5, "row {first}");
+    assert!(
+        first.contains("{city: c"),
+        "nested object became a struct: {first}"
+    );
+
+    let mut resumes = 0;
+    // Seed 3 finishes at parallelism 3, seed 4 at 1.
+    for (seed, kills, last_p) in [(1, 1, 2), (2, 2, 2), (3, 3, 3), (4, 1, 1)] {
+        let (got, out, resumed) = killed_run(&broker, dir.path(), seed, kills, last_p);
+        resumes += usize::from(resumed);
+        let missing = want.iter().filter(|(k, n)| got.get(*k) != Some(n)).count();
+        let extra = got.iter().filter(|(k, n)| want.get(*k) != Some(n)).count();
+        assert_eq!(
+            (missing, extra),
+            (0, 0),
+            "seed {seed}: output differs from the failure-free run"
+        );
+        assert!(
+            hidden_files(&out).is_empty(),
+            "seed {seed}: uncommitted files left: {:?}",
+            hidden_files(&out)
+        );
+        // The inferred schema is in the checkpoints, for the restarts.
+        let ck = dir.path().join(format!("ck-{seed}"));
+        let schema = schema_from_checkpoint(&ck, "kafka_to_parquet", "events")
+            .unwrap()
+            .expect("the schema is recorded");
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["amount", "geo", "id", "ok", "user"]);
+    }
+    assert!(
+        resumes >= 2,
+        "kills landed mid-run: {resumes} of 4 runs resumed"
+    );
+}
+
+/// `window_agg --source kafka:TOPIC` computes the same windows as the same
+/// records read from a JSON-lines file.
+#[test]
+fn window_agg_over_kafka_matches_the_file_job() {
+    let broker = Broker::start().unwrap();
+    broker.create_topic("agg", 3).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = (0..5000)
+        .map(|i| {
+            format!(
+                r#"{{"user": "u{}", "ts": {}, "amount": {}}}"#,
+                i % 17,
+                1_700_000_000_000i64 + i * 37,
+                i % 101
+            )
+        })
+        .collect();
+    let file = dir.path().join("input.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.address())
+        .create()
+        .unwrap();
+    for (i, l) in lines.iter().enumerate() {
+        p.send(
+            BaseRecord::<(), String>::to("agg")
+                .payload(l)
+                .partition(i as i32 % 3),
+        )
+        .unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+
+    let run = |source: &str, out: &Path| {
+        let status = Command::new(env!("CARGO_BIN_EXE_window_agg"))
+            .args([
+                "--source",
+                source,
+                "--brokers",
+                &broker.address(),
+                "--until-end",
+            ])
+            .args(["--time", "ts", "--key", "user", "--window", "tumbling:10s"])
+            .args([
+                "--agg",
+                "count",
+                "--agg",
+                "sum:amount",
+                "--agg",
+                "max:amount",
+            ])
+            .args(["--watermark-delay", "1h", "--parallelism", "2", "--output"])
+            .arg(out)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "window_agg --source {source}");
+        rows(out)
+    };
+    let want = run(file.to_str().unwrap(), &dir.path().join("from-file"));
+    assert!(
+        want.len() > 100,
+        "enough windows to compare: {}",
+        want.len()
+    );
+    let got = run("kafka:agg", &dir.path().join("from-kafka"));
+    assert_eq!(got, want);
+}
