@@ -699,7 +699,10 @@ fn reader_loop(
     mut decoders: HashMap<ChannelId, BatchDecoder>,
 ) -> Result<()> {
     let mut buf = vec![0u8; READ_CHUNK];
+    let mut fed = Ok(());
     loop {
+        // Frames decoded before a malformed one are delivered first: they
+        // were valid, and the error then closes the connection.
         let arrived = !frames.is_empty();
         for f in frames.drain(..) {
             on_frame(shared, f, &mut decoders)?;
@@ -707,6 +710,7 @@ fn reader_loop(
         if arrived && shared.writer_idle.swap(false, Ordering::AcqRel) {
             let _ = shared.out_tx.send(Out::Wake);
         }
+        std::mem::replace(&mut fed, Ok(()))?;
         let n = match stream.read(&mut buf) {
             Ok(0) if shared.closed.load(Ordering::Acquire) => return Ok(()),
             Ok(0) => {
@@ -725,7 +729,7 @@ fn reader_loop(
             Err(_) if shared.closed.load(Ordering::Acquire) => return Ok(()),
             Err(e) => return Err(Error::io("exchange read", e)),
         };
-        decoder.feed(&buf[..n], &mut frames)?;
+        fed = decoder.feed(&buf[..n], &mut frames).map_err(Error::from);
     }
 }
 
