@@ -524,3 +524,37 @@ fn cancelling_the_job_releases_blocked_senders_and_threads() {
     assert!(b.handle().wait(PATIENCE));
     assert!(b.handle().failure().is_some());
 }
+
+#[test]
+fn an_oversize_batch_is_refused_locally_and_the_channel_goes_on() {
+    let c = ChannelId(0);
+    let mut cfg = config(1, "worker-b");
+    cfg.max_frame = 64 << 10;
+    // Flush whenever the writer's queue empties (no coalescing delay).
+    cfg.flush_interval = Duration::ZERO;
+    let (l, addr) = listener(cfg.clone());
+    let server = thread::spawn(move || {
+        l.accept(|_| Ok(ConnectionSpec::new().inbound(c, Some(schema()))))
+            .unwrap()
+    });
+    cfg.node = "worker-a".into();
+    let mut a = connect(addr, &cfg, ConnectionSpec::new().outbound(c)).unwrap();
+    let mut b = server.join().unwrap();
+    let (tx, rx) = (a.take_sender(c).unwrap(), b.take_receiver(c).unwrap());
+    let e = tx
+        .send(StreamMessage::Batch(batch(0, 0, 20_000)))
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Exchange(_)) && e.to_string().contains("bound"),
+        "{e}"
+    );
+    // The refused batch took no credit and left no half-sent IPC stream:
+    // the next batch restarts it with its schema.
+    assert_eq!(tx.backlog(), 0);
+    tx.send(StreamMessage::Batch(batch(0, 1, 100))).unwrap();
+    tx.send(StreamMessage::EndOfStream).unwrap();
+    assert_same(&recv(&rx), &StreamMessage::Batch(batch(0, 1, 100)));
+    assert_same(&recv(&rx), &StreamMessage::EndOfStream);
+    assert!(a.handle().wait(PATIENCE) && b.handle().wait(PATIENCE));
+    assert!(a.handle().failure().is_none() && b.handle().failure().is_none());
+}
