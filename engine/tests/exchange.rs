@@ -621,3 +621,44 @@ fn edge_writer_routes_over_network_channels() {
     assert!(!seen[0].is_empty() && !seen[1].is_empty());
     assert!(seen[0].iter().all(|k| !seen[1].contains(k)));
 }
+
+#[test]
+fn garbage_instead_of_a_hello_is_refused() {
+    let (l, addr) = listener(config(1, "worker-b"));
+    let client = thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        s.write_all(&[0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 0, 1, 2, 3])
+            .unwrap();
+        error_reason(&mut s)
+    });
+    let e = l
+        .accept(|_| Ok(ConnectionSpec::new()))
+        .err()
+        .expect("refused");
+    assert!(matches!(e, Error::Protocol(_)), "{e}");
+    let reason = client.join().unwrap().expect("peer told why");
+    assert!(reason.contains("unknown frame kind"), "{reason}");
+    // A hello that ends early is refused too, without waiting forever.
+    let client = thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let mut buf = Vec::new();
+        encode(
+            &Frame::Hello(Hello {
+                version: VERSION,
+                job: "job-1".into(),
+                attempt: 1,
+                peer: "p".into(),
+            }),
+            &mut buf,
+        );
+        s.write_all(&buf[..buf.len() - 1]).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let e = l
+        .accept(|_| Ok(ConnectionSpec::new()))
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("ended inside a frame"), "{e}");
+    client.join().unwrap();
+}
