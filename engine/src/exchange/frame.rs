@@ -191,6 +191,13 @@ impl FrameDecoder {
         }
     }
 
+    /// Changes the bound for frames whose header has not arrived yet (the
+    /// handshake uses a small one, so an unauthenticated peer cannot make
+    /// the process allocate much).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame;
+    }
+
     /// Consumes `data`, appending every frame it completes to `out`.
     pub fn feed(&mut self, data: &[u8], out: &mut Vec<Frame>) -> Result<(), FrameError> {
         if let Some(e) = &self.failed {

@@ -67,6 +67,8 @@ const CREDIT_POLL_MAX: Duration = Duration::from_millis(4);
 /// Socket read buffer and write buffer sizes.
 const READ_CHUNK: usize = 256 << 10;
 const WRITE_BUFFER: usize = 256 << 10;
+/// Bound on frames before the handshake completes (hello, welcome, error).
+const HANDSHAKE_MAX_FRAME: usize = 64 << 10;
 /// How long a failing reader waits for the writer to send the error frame.
 const ABORT_GRACE: Duration = Duration::from_secs(1);
 
@@ -457,7 +459,7 @@ impl NetListener {
             warn!(%from, error = %e, "exchange connection refused");
             e
         };
-        let (first, decoder, rest) = match first_frame(&stream, cfg.max_frame) {
+        let (first, decoder, rest) = match first_frame(&stream) {
             Ok(x) => x,
             Err(e) => return Err(refuse(&stream, e)),
         };
@@ -503,7 +505,7 @@ pub fn connect(
     (&stream)
         .write_all(&buf)
         .map_err(|e| Error::io("exchange hello", e))?;
-    let (first, decoder, rest) = first_frame(&stream, config.max_frame)?;
+    let (first, decoder, rest) = first_frame(&stream)?;
     match first {
         Frame::Welcome => {}
         Frame::Error(reason) => {
@@ -554,8 +556,8 @@ fn check_hello(h: &Hello, cfg: &ExchangeConfig) -> Result<(), String> {
 
 /// Reads until the first frame; returns it, the decoder, and any frames
 /// that arrived with it.
-fn first_frame(stream: &TcpStream, max_frame: usize) -> Result<(Frame, FrameDecoder, Vec<Frame>)> {
-    let mut decoder = FrameDecoder::new(max_frame);
+fn first_frame(stream: &TcpStream) -> Result<(Frame, FrameDecoder, Vec<Frame>)> {
+    let mut decoder = FrameDecoder::new(HANDSHAKE_MAX_FRAME);
     let mut frames = Vec::new();
     let mut buf = [0u8; 4096];
     while frames.is_empty() {
@@ -579,9 +581,10 @@ fn start(
     cfg: &ExchangeConfig,
     spec: ConnectionSpec,
     peer: String,
-    decoder: FrameDecoder,
+    mut decoder: FrameDecoder,
     early: Vec<Frame>,
 ) -> Result<Connection> {
+    decoder.set_max_frame(cfg.max_frame);
     stream
         .set_read_timeout(None)
         .map_err(|e| Error::io("exchange socket options", e))?;
