@@ -114,8 +114,8 @@ fn throughput(c: &mut Criterion) {
     let mut g = c.benchmark_group("exchange_tcp");
     g.sample_size(20);
     g.measurement_time(Duration::from_secs(8));
-    for channels in [1u32, 4] {
-        let (mut a, mut b) = connected(channels, Duration::from_millis(1));
+    for (channels, flush) in [(1u32, 1u64), (4, 1), (1, 0)] {
+        let (mut a, mut b) = connected(channels, Duration::from_millis(flush));
         let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
         let senders: Vec<_> = (0..channels)
             .map(|ch| {
@@ -126,30 +126,33 @@ fn throughput(c: &mut Criterion) {
         let senders = Arc::new(senders);
         let b0 = batch();
         g.throughput(Throughput::Bytes(PAYLOAD * channels as u64));
-        g.bench_function(format!("batches_8192x3_{channels}ch"), |bench| {
-            bench.iter_custom(|iters| {
-                let start = Instant::now();
-                let workers: Vec<_> = (0..channels as usize)
-                    .map(|i| {
-                        let (s, b) = (senders.clone(), b0.clone());
-                        thread::spawn(move || {
-                            for _ in 0..iters {
-                                s[i].send(StreamMessage::Batch(b.clone())).unwrap();
-                            }
-                            s[i].send(StreamMessage::Watermark(Watermark::EventTime(0)))
-                                .unwrap();
+        g.bench_function(
+            format!("batches_8192x3_{channels}ch_flush_{flush}ms"),
+            |bench| {
+                bench.iter_custom(|iters| {
+                    let start = Instant::now();
+                    let workers: Vec<_> = (0..channels as usize)
+                        .map(|i| {
+                            let (s, b) = (senders.clone(), b0.clone());
+                            thread::spawn(move || {
+                                for _ in 0..iters {
+                                    s[i].send(StreamMessage::Batch(b.clone())).unwrap();
+                                }
+                                s[i].send(StreamMessage::Watermark(Watermark::EventTime(0)))
+                                    .unwrap();
+                            })
                         })
-                    })
-                    .collect();
-                for w in workers {
-                    w.join().unwrap();
-                }
-                for _ in 0..channels {
-                    ack_rx.recv().unwrap();
-                }
-                start.elapsed()
-            })
-        });
+                        .collect();
+                    for w in workers {
+                        w.join().unwrap();
+                    }
+                    for _ in 0..channels {
+                        ack_rx.recv().unwrap();
+                    }
+                    start.elapsed()
+                })
+            },
+        );
     }
     g.finish();
 }
