@@ -19,8 +19,10 @@
 //! - **Writer thread**: writes queued frames through a buffer, grants
 //!   credits as the local queues drain (it polls their lengths every
 //!   100 µs to 4 ms while a grant may be due, and sends grants at once),
-//!   and flushes data at most `flush_interval` after the first unflushed
-//!   byte, so small frames are coalesced with a bounded added latency.
+//!   and flushes at most once per `flush_interval` while frames keep
+//!   coming, never holding a frame longer than that; a frame after a quiet
+//!   spell is flushed at once. Small frames coalesce under load with a
+//!   bounded added latency.
 //! - **Failure**: a malformed or truncated frame, a credit breach or an I/O
 //!   error closes that connection only: the peer gets an error frame with
 //!   the reason, blocked senders return the error, inbound queues

@@ -144,6 +144,7 @@ pub(super) fn writer_loop(
 ) -> Result<()> {
     let mut w = BufWriter::with_capacity(WRITE_BUFFER, &stream);
     let mut unflushed_since: Option<Instant> = None;
+    let mut last_flush: Option<Instant> = None;
     let mut scratch = Vec::new();
     let mut credits_due = true;
     let mut credit_poll = CREDIT_POLL_MIN;
@@ -159,7 +160,10 @@ pub(super) fn writer_loop(
         } else {
             timeout
         };
-        if timeout == CANCEL_POLL {
+        // A long sleep (idle, or credit polling backed off behind a stalled
+        // channel) is cut short by the reader when messages arrive, so other
+        // channels' credits are not delayed by the back-off.
+        if timeout > CREDIT_POLL_MIN {
             shared.writer_idle.store(true, Ordering::Release);
         }
         let first = match out_rx.recv_timeout(timeout) {
@@ -202,14 +206,17 @@ pub(super) fn writer_loop(
             unflushed_since.get_or_insert_with(Instant::now);
         }
         if let Some(t) = unflushed_since {
-            // Credits go out at once: a sender may be waiting for them, and
-            // they are what paces every channel of the peer.
-            if granted
-                || t.elapsed() >= flush_interval
-                || (flush_interval.is_zero() && out_rx.is_empty())
-            {
+            // Flushes are at most one per interval while frames keep coming
+            // (they coalesce), and no frame waits longer than the interval.
+            // A frame after a quiet spell goes at once, so sparse watermarks
+            // and barriers see no added latency. Credits go out at once: a
+            // sender may be waiting for them.
+            let quiet =
+                out_rx.is_empty() && last_flush.is_none_or(|l| l.elapsed() >= flush_interval);
+            if granted || quiet || t.elapsed() >= flush_interval {
                 w.flush().map_err(|e| Error::io("exchange write", e))?;
                 unflushed_since = None;
+                last_flush = Some(Instant::now());
             }
         }
         if unflushed_since.is_none()
