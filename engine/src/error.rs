@@ -65,6 +65,15 @@ pub enum Error {
     /// corrupted files, incompatible job).
     #[error("checkpoint error: {0}")]
     Checkpoint(String),
+    /// A network exchange connection failed, was refused (wrong job, stale
+    /// attempt, unknown peer) or was closed by its peer.
+    #[error("exchange error: {0}")]
+    Exchange(String),
+    /// A peer sent bytes that are not a valid exchange frame (malformed,
+    /// truncated, over the size bound, or breaking the credit protocol); the
+    /// connection that carried them is closed.
+    #[error("exchange protocol error: {0}")]
+    Protocol(String),
     /// The job was cancelled.
     #[error("job cancelled")]
     Cancelled,
@@ -119,6 +128,8 @@ impl Error {
             Error::Io { .. }
             | Error::Connector { .. }
             | Error::Checkpoint(_)
+            | Error::Exchange(_)
+            | Error::Protocol(_)
             | Error::Cancelled => ErrorKind::External,
             Error::Arrow(_) | Error::Internal(_) => ErrorKind::Internal,
             Error::Task { source, .. } => source.kind(),

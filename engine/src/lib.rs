@@ -12,9 +12,10 @@
 //! - [`dsl`]: `Env` and `Stream`, the primitives the DSL verbs in
 //!   `sluice-operators` build on; plan-time validation errors.
 //! - [`plan`]: logical → physical graph: parallelism and operator chaining.
-//! - [`exchange`]: partitioners and channels between subtasks (local bounded
-//!   channels today; the `ChannelSender` trait is what a network transport
-//!   implements).
+//! - [`exchange`]: partitioners and channels between subtasks: local bounded
+//!   channels, and the TCP transport (Arrow IPC frames, one connection per
+//!   process pair, credit-based flow control per channel), which the
+//!   workers of a distributed job will use (not wired into the runtime yet).
 //! - [`state`]: key groups (key → group → subtask), fixed per job so state
 //!   can move when parallelism changes.
 //! - [`checkpoint`]: barrier checkpoints: coordinator, snapshot writer,

@@ -1,11 +1,17 @@
 //! Moving messages between subtasks. [`partition`] decides which downstream
 //! channel each record goes to (vectorized, `take`-based); [`local`] is the
 //! in-process transport (bounded channels of `Arc`-backed batches, so nothing
-//! is copied). A network transport implements [`ChannelSender`] and feeds a
-//! local receiver, so the task loop never knows where its input comes from.
+//! is copied). The network transport is [`tcp`] (connections, threads,
+//! handshake) over [`frame`] (the sans-IO wire format and Arrow IPC codec)
+//! and [`credit`] (per-channel flow-control accounting): its `NetSender`
+//! implements [`ChannelSender`] and it feeds local receivers, so the task
+//! loop never knows where its input comes from.
 
+pub mod credit;
+pub mod frame;
 pub mod local;
 pub mod partition;
+pub mod tcp;
 
 use crate::data::StreamMessage;
 use crate::error::Result;

@@ -1,0 +1,198 @@
+//! Network exchange over loopback TCP: the IPC frame codec alone, one
+//! connection's throughput with one and with four channels, and the round
+//! trip of a small message with and without the flush interval.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Int64Array, TimestampMillisecondArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use crossbeam_channel::Receiver;
+use sluice_engine::exchange::frame::{
+    BatchDecoder, BatchEncoder, ChannelId, Frame, FrameDecoder, DEFAULT_MAX_FRAME,
+};
+use sluice_engine::exchange::tcp::{
+    connect, Connection, ConnectionSpec, ExchangeConfig, NetListener,
+};
+use sluice_engine::exchange::ChannelSender;
+use sluice_engine::{StreamMessage, Watermark};
+
+const ROWS: usize = 8192;
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("auction", DataType::Int64, false),
+        Field::new("price", DataType::Int64, false),
+        Field::new(
+            "date_time",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+    ]))
+}
+
+/// A Nexmark-bid-like batch: 8192 rows of three 8-byte columns (192 KiB).
+fn batch() -> RecordBatch {
+    let n = ROWS as i64;
+    RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(Int64Array::from_iter_values((0..n).map(|i| i % 10_000))),
+            Arc::new(Int64Array::from_iter_values(
+                (0..n).map(|i| i * 7 % 100_000),
+            )),
+            Arc::new(TimestampMillisecondArray::from_iter_values(0..n)),
+        ],
+    )
+    .expect("bench batch")
+}
+
+const PAYLOAD: u64 = (ROWS * 3 * 8) as u64;
+
+fn codec(c: &mut Criterion) {
+    let b = batch();
+    let mut g = c.benchmark_group("exchange_codec");
+    g.throughput(Throughput::Bytes(PAYLOAD));
+    g.bench_function("encode_decode_8192x3", |bench| {
+        let mut enc = BatchEncoder::default();
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME);
+        let mut bd = BatchDecoder::new(None);
+        let mut out = Vec::new();
+        let mut frames = Vec::new();
+        bench.iter(|| {
+            out.clear();
+            enc.encode(ChannelId(0), &StreamMessage::Batch(b.clone()), &mut out)
+                .unwrap();
+            dec.feed(&out, &mut frames).unwrap();
+            for f in frames.drain(..) {
+                if let Frame::Data { payload, .. } = f {
+                    std::hint::black_box(bd.decode(payload).unwrap());
+                }
+            }
+        })
+    });
+    g.finish();
+}
+
+fn connected(channels: u32, flush: Duration) -> (Connection, Connection) {
+    let mut cfg = ExchangeConfig::new("bench", 0, "b");
+    cfg.flush_interval = flush;
+    let l = NetListener::bind("127.0.0.1:0".parse::<SocketAddr>().unwrap(), cfg.clone()).unwrap();
+    let addr = l.local_addr().unwrap();
+    let mut inbound = ConnectionSpec::new();
+    let mut outbound = ConnectionSpec::new();
+    for c in 0..channels {
+        inbound = inbound
+            .inbound(ChannelId(c), Some(schema()))
+            .outbound(ChannelId(c));
+        outbound = outbound
+            .outbound(ChannelId(c))
+            .inbound(ChannelId(c), Some(schema()));
+    }
+    let server = thread::spawn(move || l.accept(|_| Ok(inbound)).unwrap());
+    cfg.node = "a".into();
+    let a = connect(addr, &cfg, outbound).unwrap();
+    (a, server.join().unwrap())
+}
+
+/// Counts batches per channel; acknowledges each watermark with its value.
+fn drain(rx: Receiver<StreamMessage>, ack: crossbeam_channel::Sender<i64>) {
+    thread::spawn(move || {
+        while let Ok(m) = rx.recv() {
+            if let StreamMessage::Watermark(Watermark::EventTime(t)) = m {
+                let _ = ack.send(t);
+            }
+        }
+    });
+}
+
+fn throughput(c: &mut Criterion) {
+    let mut g = c.benchmark_group("exchange_tcp");
+    g.sample_size(20);
+    g.measurement_time(Duration::from_secs(8));
+    for (channels, flush) in [(1u32, 1u64), (4, 1), (1, 0)] {
+        let (mut a, mut b) = connected(channels, Duration::from_millis(flush));
+        let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
+        let senders: Vec<_> = (0..channels)
+            .map(|ch| {
+                drain(b.take_receiver(ChannelId(ch)).unwrap(), ack_tx.clone());
+                a.take_sender(ChannelId(ch)).unwrap()
+            })
+            .collect();
+        let senders = Arc::new(senders);
+        let b0 = batch();
+        g.throughput(Throughput::Bytes(PAYLOAD * channels as u64));
+        g.bench_function(
+            format!("batches_8192x3_{channels}ch_flush_{flush}ms"),
+            |bench| {
+                bench.iter_custom(|iters| {
+                    let start = Instant::now();
+                    let workers: Vec<_> = (0..channels as usize)
+                        .map(|i| {
+                            let (s, b) = (senders.clone(), b0.clone());
+                            thread::spawn(move || {
+                                for _ in 0..iters {
+                                    s[i].send(StreamMessage::Batch(b.clone())).unwrap();
+                                }
+                                s[i].send(StreamMessage::Watermark(Watermark::EventTime(0)))
+                                    .unwrap();
+                            })
+                        })
+                        .collect();
+                    for w in workers {
+                        w.join().unwrap();
+                    }
+                    for _ in 0..channels {
+                        ack_rx.recv().unwrap();
+                    }
+                    start.elapsed()
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+fn round_trip(c: &mut Criterion) {
+    let mut g = c.benchmark_group("exchange_round_trip");
+    for (name, flush) in [
+        ("flush_0ms", Duration::ZERO),
+        ("flush_1ms", Duration::from_millis(1)),
+    ] {
+        let (mut a, mut b) = connected(1, flush);
+        let (tx_a, rx_a) = (
+            a.take_sender(ChannelId(0)).unwrap(),
+            a.take_receiver(ChannelId(0)).unwrap(),
+        );
+        let (tx_b, rx_b) = (
+            b.take_sender(ChannelId(0)).unwrap(),
+            b.take_receiver(ChannelId(0)).unwrap(),
+        );
+        // B echoes every message back.
+        thread::spawn(move || {
+            while let Ok(m) = rx_b.recv() {
+                if tx_b.send(m).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut t = 0;
+        g.bench_function(format!("watermark_{name}"), |bench| {
+            bench.iter(|| {
+                t += 1;
+                tx_a.send(StreamMessage::Watermark(Watermark::EventTime(t)))
+                    .unwrap();
+                rx_a.recv().unwrap()
+            })
+        });
+        a.handle().close();
+    }
+    g.finish();
+}
+
+criterion_group!(benches, codec, throughput, round_trip);
+criterion_main!(benches);
