@@ -1,0 +1,252 @@
+//! Every state kind on both backends: namespaces, clears, key iteration,
+//! and snapshots restored at other parallelisms and across backends.
+
+use super::*;
+use crate::data::CheckpointId;
+use crate::state::key_group::range_of;
+use crate::state::rocks::RocksConfig;
+use crate::state::snapshot::filter_key_groups;
+use crate::state::StateSettings;
+
+fn ctx(backend: &StateBackend, dir: &std::path::Path, subtask: usize, p: usize) -> OperatorContext {
+    OperatorContext {
+        operator: "keyed-test".into(),
+        subtask,
+        parallelism: p,
+        max_parallelism: 128,
+        input_schemas: Vec::new(),
+        watermark: None,
+        attempt: 0,
+        checkpointing: true,
+        state: StateSettings {
+            backend: backend.clone(),
+            local_dir: dir.to_path_buf(),
+        },
+    }
+}
+
+fn backends() -> Vec<StateBackend> {
+    vec![
+        StateBackend::Memory,
+        StateBackend::RocksDb(RocksConfig {
+            block_cache_bytes: 1 << 20,
+            write_buffer_bytes: 1 << 20,
+        }),
+    ]
+}
+
+fn count() -> ValueState<i64> {
+    ValueState::new("count")
+}
+fn names() -> ListState<String> {
+    ListState::new("names")
+}
+fn seen() -> MapState<String, u32> {
+    MapState::new("seen")
+}
+fn declared() -> Vec<StateDescriptor> {
+    vec![
+        count().descriptor(),
+        names().descriptor(),
+        seen().descriptor(),
+    ]
+}
+
+fn open(
+    b: &StateBackend,
+    dir: &std::path::Path,
+    s: usize,
+    p: usize,
+    r: RestoredState,
+) -> KeyedState {
+    KeyedState::open(&ctx(b, dir, s, p), &declared(), r).unwrap()
+}
+
+#[test]
+fn value_list_and_map_states_with_namespaces() {
+    for b in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = open(&b, dir.path(), 0, 1, RestoredState::default());
+        let mut s = st.scope(5, b"alice").unwrap();
+        assert_eq!(count().get(&s).unwrap(), None);
+        count().set(&mut s, &3).unwrap();
+        names().add(&mut s, &"x".to_string()).unwrap();
+        names()
+            .add_all(&mut s, &["y".to_string(), "z".to_string()])
+            .unwrap();
+        seen().put(&mut s, &"a".into(), &1).unwrap();
+        seen().put(&mut s, &"b".into(), &2).unwrap();
+        seen().put(&mut s, &"a".into(), &7).unwrap();
+        // Another namespace of the same key is separate.
+        s.set_namespace(-1000);
+        assert_eq!(count().get(&s).unwrap(), None);
+        count().set(&mut s, &9).unwrap();
+        seen().put(&mut s, &"c".into(), &3).unwrap();
+        s.set_namespace(0);
+        assert_eq!(count().get(&s).unwrap(), Some(3), "{b:?}");
+        assert_eq!(names().get(&s).unwrap(), ["x", "y", "z"]);
+        assert_eq!(seen().get(&s, &"a".into()).unwrap(), Some(7));
+        assert!(seen().contains(&s, &"b".into()).unwrap());
+        assert!(!seen().contains(&s, &"c".into()).unwrap());
+        let mut e = seen().entries(&s).unwrap();
+        e.sort();
+        assert_eq!(e, [("a".to_string(), 7), ("b".to_string(), 2)]);
+        seen().remove(&mut s, &"a".into()).unwrap();
+        assert_eq!(seen().entries(&s).unwrap(), [("b".to_string(), 2)]);
+        names().update(&mut s, &["q".to_string()]).unwrap();
+        assert_eq!(names().get(&s).unwrap(), ["q"]);
+        // A key that is a prefix of another does not see its state.
+        let mut s2 = st.scope(5, b"alic").unwrap();
+        assert_eq!(count().get(&s2).unwrap(), None);
+        assert!(seen().entries(&s2).unwrap().is_empty());
+        count().set(&mut s2, &1).unwrap();
+        assert_eq!(
+            st.keys(0).unwrap(),
+            [(5, b"alic".to_vec()), (5, b"alice".to_vec())]
+        );
+        assert_eq!(st.keys(-1000).unwrap(), [(5, b"alice".to_vec())]);
+        // Clearing a namespace leaves the others.
+        let mut s = st.scope(5, b"alice").unwrap();
+        s.set_namespace(-1000);
+        s.clear_namespace().unwrap();
+        assert_eq!(count().get(&s).unwrap(), None);
+        assert!(seen().entries(&s).unwrap().is_empty());
+        s.set_namespace(0);
+        assert_eq!(count().get(&s).unwrap(), Some(3));
+        count().clear(&mut s).unwrap();
+        names().clear(&mut s).unwrap();
+        seen().clear(&mut s).unwrap();
+        assert_eq!(count().get(&s).unwrap(), None);
+        assert!(names().get(&s).unwrap().is_empty());
+        assert!(seen().entries(&s).unwrap().is_empty());
+        assert!(st.keys(-1000).unwrap().is_empty());
+        assert_eq!(st.keys(0).unwrap(), [(5, b"alic".to_vec())]);
+    }
+}
+
+#[test]
+fn misuse_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = open(
+        &StateBackend::Memory,
+        dir.path(),
+        0,
+        2,
+        RestoredState::default(),
+    );
+    // Subtask 0 of 2 owns key groups 0..64.
+    assert!(matches!(st.scope(100, b"k"), Err(Error::Internal(_))));
+    let mut s = st.scope(3, b"k").unwrap();
+    let wrong: ListState<i64> = ListState::new("count");
+    let e = wrong.add(&mut s, &1).unwrap_err().to_string();
+    assert!(e.contains("declared as a value but used as a list"), "{e}");
+    let undeclared: ValueState<i64> = ValueState::new("nope");
+    assert!(undeclared
+        .get(&s)
+        .unwrap_err()
+        .to_string()
+        .contains("not declared"));
+    count().set(&mut s, &-1).unwrap();
+    let as_string: ValueState<String> = ValueState::new("count");
+    assert!(matches!(as_string.get(&s), Err(Error::State(_))));
+    let dup = vec![count().descriptor(), count().descriptor()];
+    let c = ctx(&StateBackend::Memory, dir.path(), 0, 1);
+    assert!(KeyedState::open(&c, &dup, RestoredState::default()).is_err());
+}
+
+/// Fills one store at parallelism 1 with a value, list and map entry per
+/// key in every key group, in two namespaces.
+fn filled(b: &StateBackend, dir: &std::path::Path) -> KeyedState {
+    let mut st = open(b, dir, 0, 1, RestoredState::default());
+    for kg in 0..128usize {
+        let key = format!("key-{kg}");
+        let mut s = st.scope(kg, key.as_bytes()).unwrap();
+        for ns in [1, 2] {
+            s.set_namespace(ns);
+            count().set(&mut s, &(kg as i64 * ns)).unwrap();
+            names().add(&mut s, &key).unwrap();
+            seen().put(&mut s, &key, &(kg as u32)).unwrap();
+        }
+    }
+    st
+}
+
+fn check(st: &mut KeyedState, groups: Range<usize>) {
+    let keys = st.keys(2).unwrap();
+    assert_eq!(keys.len(), groups.len());
+    for kg in groups {
+        let key = format!("key-{kg}");
+        let mut s = st.scope(kg, key.as_bytes()).unwrap();
+        for ns in [1, 2] {
+            s.set_namespace(ns);
+            assert_eq!(count().get(&s).unwrap(), Some(kg as i64 * ns));
+            assert_eq!(names().get(&s).unwrap(), [key.clone()]);
+            assert_eq!(seen().entries(&s).unwrap(), [(key.clone(), kg as u32)]);
+        }
+    }
+}
+
+/// What the checkpoint writer and restore do, without storage: heap rows
+/// filtered by key group; databases copied for every overlapping subtask.
+fn restored_for(
+    snap: &OperatorSnapshot,
+    groups: &Range<usize>,
+    dir: &std::path::Path,
+    tag: &str,
+) -> RestoredState {
+    let mut r = RestoredState {
+        checkpoint: CheckpointId(1),
+        ..RestoredState::default()
+    };
+    for b in &snap.keyed {
+        r.keyed.push(filter_key_groups(b, groups).unwrap());
+    }
+    if let Some(db) = &snap.db {
+        let copy = dir.join(format!("copy-{tag}"));
+        std::fs::create_dir_all(&copy).unwrap();
+        for e in std::fs::read_dir(&db.dir).unwrap().flatten() {
+            std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+        }
+        r.dbs.push(RestoredDb {
+            dir: copy,
+            key_groups: db.key_groups.clone(),
+        });
+    }
+    r
+}
+
+#[test]
+fn snapshots_restore_at_other_parallelism_on_either_backend() {
+    for from in backends() {
+        for to in backends() {
+            let dir = tempfile::tempdir().unwrap();
+            let mut st = filled(&from, dir.path());
+            let snap = st.snapshot().unwrap();
+            // Changes after the snapshot are not in it.
+            let mut s = st.scope(0, b"key-0").unwrap();
+            s.set_namespace(1);
+            count().set(&mut s, &-5).unwrap();
+            for p in [3, 2, 1] {
+                for sub in 0..p {
+                    let groups = range_of(sub, 128, p);
+                    let r = restored_for(&snap, &groups, dir.path(), &format!("{p}-{sub}"));
+                    let mut restored = open(&to, dir.path(), sub, p, r);
+                    check(&mut restored, groups);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn an_empty_heap_store_snapshots_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = open(
+        &StateBackend::Memory,
+        dir.path(),
+        0,
+        1,
+        RestoredState::default(),
+    );
+    assert!(st.snapshot().unwrap().is_empty());
+}
