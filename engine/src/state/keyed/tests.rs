@@ -180,7 +180,7 @@ fn check(st: &mut KeyedState, groups: Range<usize>) {
         for ns in [1, 2] {
             s.set_namespace(ns);
             assert_eq!(count().get(&s).unwrap(), Some(kg as i64 * ns));
-            assert_eq!(names().get(&s).unwrap(), [key.clone()]);
+            assert_eq!(names().get(&s).unwrap(), std::slice::from_ref(&key));
             assert_eq!(seen().entries(&s).unwrap(), [(key.clone(), kg as u32)]);
         }
     }
