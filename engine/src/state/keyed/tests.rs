@@ -250,3 +250,104 @@ fn an_empty_heap_store_snapshots_nothing() {
     );
     assert!(st.snapshot().unwrap().is_empty());
 }
+
+mod differential {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Set(usize, i64, i64),
+        ClearValue(usize, i64),
+        Add(usize, i64, String),
+        Put(usize, i64, u8, u32),
+        Remove(usize, i64, u8),
+        ClearNamespace(usize, i64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let key = 0usize..6;
+        let ns = -2i64..3;
+        prop_oneof![
+            (key.clone(), ns.clone(), any::<i64>()).prop_map(|(k, n, v)| Op::Set(k, n, v)),
+            (key.clone(), ns.clone()).prop_map(|(k, n)| Op::ClearValue(k, n)),
+            (key.clone(), ns.clone(), "[a-c]{0,3}").prop_map(|(k, n, s)| Op::Add(k, n, s)),
+            (key.clone(), ns.clone(), 0u8..4, any::<u32>())
+                .prop_map(|(k, n, m, v)| Op::Put(k, n, m, v)),
+            (key.clone(), ns.clone(), 0u8..4).prop_map(|(k, n, m)| Op::Remove(k, n, m)),
+            (key, ns).prop_map(|(k, n)| Op::ClearNamespace(k, n)),
+        ]
+    }
+
+    /// Keys of different lengths, some prefixes of others, in two groups.
+    const KEYS: [(usize, &[u8]); 6] = [
+        (1, b""),
+        (1, b"a"),
+        (1, b"ab"),
+        (2, b"a"),
+        (2, b"\xff\xff"),
+        (1, b"b"),
+    ];
+
+    type Dump = Vec<(usize, i64, Option<i64>, Vec<String>, Vec<(u8, u32)>)>;
+
+    fn scope(st: &mut KeyedState, k: usize, ns: i64) -> KeyScope<'_> {
+        let (kg, key) = KEYS[k];
+        let mut s = st.scope(kg, key).unwrap();
+        s.set_namespace(ns);
+        s
+    }
+
+    fn apply(st: &mut KeyedState, ops: &[Op]) -> Dump {
+        let (value, list) = (
+            ValueState::<i64>::new("count"),
+            ListState::<String>::new("names"),
+        );
+        let map = MapState::<u8, u32>::new("bytes");
+        for o in ops {
+            match o.clone() {
+                Op::Set(k, n, v) => value.set(&mut scope(st, k, n), &v).unwrap(),
+                Op::ClearValue(k, n) => value.clear(&mut scope(st, k, n)).unwrap(),
+                Op::Add(k, n, s) => list.add(&mut scope(st, k, n), &s).unwrap(),
+                Op::Put(k, n, m, v) => map.put(&mut scope(st, k, n), &m, &v).unwrap(),
+                Op::Remove(k, n, m) => map.remove(&mut scope(st, k, n), &m).unwrap(),
+                Op::ClearNamespace(k, n) => scope(st, k, n).clear_namespace().unwrap(),
+            }
+        }
+        let mut dump = Dump::new();
+        for k in 0..KEYS.len() {
+            for n in -2..3 {
+                let s = scope(st, k, n);
+                let mut m = map.entries(&s).unwrap();
+                m.sort();
+                dump.push((k, n, value.get(&s).unwrap(), list.get(&s).unwrap(), m));
+            }
+        }
+        dump
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Heap and RocksDB agree on every read after any sequence of writes.
+        #[test]
+        fn heap_and_rocksdb_agree(ops in proptest::collection::vec(op(), 0..60)) {
+            let dir = tempfile::tempdir().unwrap();
+            let states = vec![
+                ValueState::<i64>::new("count").descriptor(),
+                ListState::<String>::new("names").descriptor(),
+                MapState::<u8, u32>::new("bytes").descriptor(),
+            ];
+            let dumps: Vec<(Dump, Vec<Vec<(usize, Vec<u8>)>>)> = backends()
+                .iter()
+                .map(|b| {
+                    let c = ctx(b, dir.path(), 0, 1);
+                    let mut st = KeyedState::open(&c, &states, RestoredState::default()).unwrap();
+                    let d = apply(&mut st, &ops);
+                    let keys = (-2..3).map(|n| st.keys(n).unwrap()).collect();
+                    (d, keys)
+                })
+                .collect();
+            prop_assert_eq!(&dumps[0], &dumps[1]);
+        }
+    }
+}
