@@ -290,6 +290,7 @@ mod differential {
     ];
 
     type Dump = Vec<(usize, i64, Option<i64>, Vec<String>, Vec<(u8, u32)>)>;
+    type Keys = Vec<(usize, Vec<u8>)>;
 
     fn scope(st: &mut KeyedState, k: usize, ns: i64) -> KeyScope<'_> {
         let (kg, key) = KEYS[k];
@@ -337,7 +338,7 @@ mod differential {
                 ListState::<String>::new("names").descriptor(),
                 MapState::<u8, u32>::new("bytes").descriptor(),
             ];
-            let dumps: Vec<(Dump, Vec<Vec<(usize, Vec<u8>)>>)> = backends()
+            let dumps: Vec<(Dump, Vec<Keys>)> = backends()
                 .iter()
                 .map(|b| {
                     let c = ctx(b, dir.path(), 0, 1);
