@@ -37,7 +37,7 @@ use rocksdb::{IteratorMode, Options, DB};
 use crate::error::{Error, Result};
 use crate::operator::OperatorContext;
 use crate::state::key_group::range_of;
-use crate::state::rocks::{key_group_of_key, prefix, RestoredDb, RocksState};
+use crate::state::rocks::{key_group_of_key, namespace_of, prefix, RestoredDb, RocksState};
 use crate::state::snapshot::KEY_GROUP_COLUMN;
 use crate::state::{OperatorSnapshot, RestoredState, StateBackend};
 
@@ -70,6 +70,20 @@ pub struct StateDescriptor {
     pub name: String,
     /// What it holds.
     pub kind: StateKind,
+}
+
+/// Name of the internal state holding event-time timers.
+const TIMERS: &str = "__timers";
+
+/// An event-time timer that is due.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timer {
+    /// When it was set to fire (event time, ms).
+    pub time: i64,
+    /// The key's group.
+    pub key_group: usize,
+    /// The key's bytes.
+    pub key: Vec<u8>,
 }
 
 /// Column family of state `name` (prefixed so no user name can collide
@@ -119,6 +133,8 @@ enum Store {
 pub struct KeyedState {
     store: Store,
     states: Vec<StateDescriptor>,
+    /// Declared states (`states` ends with the internal timer state).
+    user_states: usize,
     by_name: HashMap<String, usize>,
     families: Vec<String>,
     key_groups: Range<usize>,
@@ -136,13 +152,23 @@ impl KeyedState {
     ) -> Result<Self> {
         let mut by_name = HashMap::new();
         for (i, s) in states.iter().enumerate() {
-            if s.name.is_empty() || by_name.insert(s.name.clone(), i).is_some() {
+            let reserved = s.name.starts_with("__");
+            if s.name.is_empty() || reserved || by_name.insert(s.name.clone(), i).is_some() {
                 return Err(Error::State(format!(
-                    "'{}' in {}: state names must be non-empty and unique",
+                    "'{}' in {}: state names must be non-empty, unique and not start with '__'",
                     s.name, ctx.operator
                 )));
             }
         }
+        // Timers are one more state, keyed like the others (namespace =
+        // firing time), so they are checkpointed and rescaled with them.
+        let user_states = states.len();
+        let mut states = states.to_vec();
+        states.push(StateDescriptor {
+            name: TIMERS.into(),
+            kind: StateKind::Value,
+        });
+        by_name.insert(TIMERS.into(), user_states);
         let key_groups = range_of(ctx.subtask, ctx.max_parallelism, ctx.parallelism);
         let families: Vec<String> = states.iter().map(|s| family(&s.name)).collect();
         let store = match &ctx.state.backend {
@@ -169,7 +195,8 @@ impl KeyedState {
         };
         let mut me = KeyedState {
             store,
-            states: states.to_vec(),
+            states,
+            user_states,
             by_name,
             families,
             key_groups,
@@ -209,7 +236,7 @@ impl KeyedState {
     /// group of each state.
     pub fn keys(&self, ns: i64) -> Result<Vec<(usize, Vec<u8>)>> {
         let mut out = BTreeSet::new();
-        for id in 0..self.states.len() {
+        for id in 0..self.user_states {
             for kg in self.key_groups.clone() {
                 let from = prefix(kg, ns);
                 self.scan(id, &from, &successor(&from), |k, _| {
@@ -220,6 +247,36 @@ impl KeyedState {
             }
         }
         Ok(out.into_iter().collect())
+    }
+
+    /// Removes and returns every timer due at `watermark` (time <=
+    /// watermark), ordered by time, then key group and key.
+    pub fn take_due_timers(&mut self, watermark: i64) -> Result<Vec<Timer>> {
+        let id = self.user_states;
+        let mut due = Vec::new();
+        let mut doomed = Vec::new();
+        for kg in self.key_groups.clone() {
+            let from = prefix(kg, i64::MIN);
+            let to = match watermark.checked_add(1) {
+                Some(next) => prefix(kg, next).to_vec(),
+                None => successor(&from[..2]),
+            };
+            self.scan(id, &from, &to, |k, _| {
+                let key = user_key(k).ok_or_else(|| malformed(k))?;
+                due.push(Timer {
+                    time: namespace_of(&k[2..10]),
+                    key_group: kg,
+                    key: key.to_vec(),
+                });
+                doomed.push(k.to_vec());
+                Ok(())
+            })?;
+        }
+        for k in doomed {
+            self.delete(id, &k)?;
+        }
+        due.sort();
+        Ok(due)
     }
 
     /// A copy of the state at a barrier: a batch of heap entries, or
@@ -308,6 +365,7 @@ impl KeyedState {
         let id = *self
             .by_name
             .get(name)
+            .filter(|id| **id < self.user_states)
             .ok_or_else(|| Error::State(format!("state '{name}' was not declared")))?;
         let declared = self.states[id].kind;
         if declared != kind {
@@ -477,10 +535,26 @@ impl KeyScope<'_> {
     /// (e.g. when its window is done).
     pub fn clear_namespace(&mut self) -> Result<()> {
         let p = self.prefix();
-        for id in 0..self.store.states.len() {
+        for id in 0..self.store.user_states {
             self.store.delete_prefix(id, &p)?;
         }
         Ok(())
+    }
+
+    /// Sets an event-time timer for the current key at `time` (ms): the
+    /// operator's timer callback runs for this key once the watermark
+    /// reaches `time`. Setting the same time twice sets one timer.
+    pub fn register_timer(&mut self, time: i64) -> Result<()> {
+        let id = self.store.user_states;
+        let k = scope_prefix(self.key_group, time, self.key);
+        self.store.put(id, k, Vec::new())
+    }
+
+    /// Removes the current key's timer at `time`, if set.
+    pub fn delete_timer(&mut self, time: i64) -> Result<()> {
+        let id = self.store.user_states;
+        let k = scope_prefix(self.key_group, time, self.key);
+        self.store.delete(id, &k)
     }
 
     fn prefix(&self) -> Vec<u8> {

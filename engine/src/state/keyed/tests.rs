@@ -352,3 +352,59 @@ mod differential {
         }
     }
 }
+
+#[test]
+fn timers_fire_in_time_order_once_and_move_with_their_keys() {
+    for b in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = open(&b, dir.path(), 0, 1, RestoredState::default());
+        for (kg, key, t) in [(7, "x", 300), (3, "y", 100), (7, "x", 100), (90, "z", -5)] {
+            let mut s = st.scope(kg, key.as_bytes()).unwrap();
+            s.register_timer(t).unwrap();
+            // A timer is not state: clearing the namespace of its time keeps it.
+            s.set_namespace(t);
+            s.clear_namespace().unwrap();
+        }
+        let mut s = st.scope(90, b"z").unwrap();
+        s.register_timer(i64::MAX).unwrap();
+        s.register_timer(50).unwrap();
+        s.delete_timer(50).unwrap();
+        assert!(
+            st.keys(100).unwrap().is_empty(),
+            "timers are not keys of a namespace"
+        );
+        let due: Vec<(i64, usize, Vec<u8>)> = st
+            .take_due_timers(100)
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.time, t.key_group, t.key))
+            .collect();
+        assert_eq!(
+            due,
+            [
+                (-5, 90, b"z".to_vec()),
+                (100, 3, b"y".to_vec()),
+                (100, 7, b"x".to_vec())
+            ],
+            "{b:?}"
+        );
+        assert!(st.take_due_timers(100).unwrap().is_empty(), "fired once");
+        // The rest survive a snapshot restored at parallelism 2.
+        let snap = st.snapshot().unwrap();
+        let mut left = Vec::new();
+        for sub in 0..2 {
+            let groups = range_of(sub, 128, 2);
+            let r = restored_for(&snap, &groups, dir.path(), &format!("t{sub}"));
+            let mut restored = open(&b, dir.path(), sub, 2, r);
+            for t in restored.take_due_timers(i64::MAX).unwrap() {
+                assert!(groups.contains(&t.key_group));
+                left.push((t.time, t.key));
+            }
+        }
+        assert_eq!(
+            left,
+            [(300, b"x".to_vec()), (i64::MAX, b"z".to_vec())],
+            "{b:?}"
+        );
+    }
+}
