@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use sluice_engine::data::CheckpointId;
 use sluice_engine::state::rocks::RocksConfig;
 use sluice_engine::state::{OperatorSnapshot, RestoredState, StateBackend};
-use sluice_engine::{CheckpointConfig, Env, OperatorContext, RestartStrategy, Sink};
+use sluice_engine::{
+    CheckpointConfig, Env, OperatorContext, RestartStrategy, Sink, WatermarkStrategy,
+};
 use sluice_operators::prelude::*;
 
 fn schema() -> SchemaRef {
@@ -397,4 +399,181 @@ fn process_keyed_needs_a_keyed_stream() {
         .collect();
     let err = env.execute().unwrap_err().to_string();
     assert!(err.contains("process_keyed needs a keyed stream"), "{err}");
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+struct Session {
+    k: i64,
+    start: i64,
+    end: i64,
+    rows: i64,
+}
+
+const GAP: i64 = 300;
+
+/// Bursts: 50 rows at a time over three keys, then other keys, so every
+/// key's activity splits into sessions separated by more than `GAP`.
+fn bursts() -> Vec<RecordBatch> {
+    (0..BATCHES as i64)
+        .map(|b| {
+            let base = b * 40;
+            let k = Int64Array::from_iter_values((0..40).map(|i| {
+                let n = base + i;
+                ((n / 50) * 7 + n % 3) % 23
+            }));
+            let v = Int64Array::from_iter_values(0..40);
+            let ts = Int64Array::from_iter_values((0..40).map(|i| (base + i) * 25));
+            RecordBatch::try_new(schema(), vec![Arc::new(k), Arc::new(v), Arc::new(ts)]).unwrap()
+        })
+        .collect()
+}
+
+/// Sessions per key, closed by an event-time timer `GAP` after the last
+/// row, or by a row that comes more than `GAP` after it.
+fn sessions(events: Stream) -> Stream {
+    let key = ValueState::<i64>::new("key");
+    let start = ValueState::<i64>::new("start");
+    let last = ValueState::<i64>::new("last");
+    let rows = ValueState::<i64>::new("rows");
+    let states = [
+        key.descriptor(),
+        start.descriptor(),
+        last.descriptor(),
+        rows.descriptor(),
+    ];
+    let (k2, s2, l2, r2) = (key.clone(), start.clone(), last.clone(), rows.clone());
+    events
+        .watermarks(WatermarkStrategy::bounded_out_of_orderness(
+            "ts",
+            Duration::ZERO,
+        ))
+        // One subtask: a watermark operator at parallelism 2 would deal
+        // batches round robin and let a key's rows overtake each other.
+        .set_parallelism(1)
+        .key_by(["k"])
+        .process_keyed_with_timers(
+            states,
+            move |e: Event, st, out: &mut Vec<Session>| {
+                k2.set(st, &e.k)?;
+                // When the watermark arrives relative to rows differs
+                // between runs (after a restore it starts again from
+                // upstream), so a late row closes the session itself.
+                if let (Some(s), Some(l)) = (s2.get(st)?, l2.get(st)?) {
+                    if e.ts - l > GAP {
+                        let rows = r2.get(st)?.unwrap_or(0);
+                        out.push(Session {
+                            k: e.k,
+                            start: s,
+                            end: l + GAP,
+                            rows,
+                        });
+                        s2.clear(st)?;
+                        r2.clear(st)?;
+                    }
+                }
+                if s2.get(st)?.is_none() {
+                    s2.set(st, &e.ts)?;
+                }
+                l2.set(st, &e.ts)?;
+                r2.set(st, &(r2.get(st)?.unwrap_or(0) + 1))?;
+                st.register_timer(e.ts + GAP)
+            },
+            move |t, st, out| {
+                // Only the timer of the latest row closes the session.
+                if last.get(st)? != Some(t - GAP) {
+                    return Ok(());
+                }
+                out.push(Session {
+                    k: key.get(st)?.unwrap_or(-1),
+                    start: start.get(st)?.unwrap_or(-1),
+                    end: t,
+                    rows: rows.get(st)?.unwrap_or(0),
+                });
+                start.clear(st)?;
+                last.clear(st)?;
+                rows.clear(st)
+            },
+        )
+}
+
+fn session_set(batches: &[RecordBatch]) -> std::collections::BTreeSet<Session> {
+    let mut out = std::collections::BTreeSet::new();
+    for b in batches {
+        let rows: Vec<Session> = serde_arrow::from_record_batch(b).unwrap();
+        for r in rows {
+            assert!(out.insert(r.clone()), "session {r:?} emitted twice");
+        }
+    }
+    out
+}
+
+#[test]
+fn timers_close_sessions_identically_after_a_failure() {
+    let want = {
+        let env = Env::new();
+        env.set_parallelism(2);
+        let out = sessions(env.from_batches("events", schema(), bursts())).collect();
+        env.execute().unwrap();
+        session_set(&out.batches())
+    };
+    assert!(want.len() > 50, "{} sessions", want.len());
+    assert_eq!(
+        want.iter().map(|s| s.rows).sum::<i64>(),
+        (BATCHES * 40) as i64
+    );
+    for backend in [StateBackend::Memory, rocks()] {
+        let dir = tempfile::tempdir().unwrap();
+        let env = Env::new();
+        env.set_parallelism(2);
+        env.configure(|c| {
+            c.name = "keyed-timers-failure".into();
+            let mut ck = CheckpointConfig::new(dir.path());
+            ck.interval = Duration::from_millis(5);
+            c.checkpoint = Some(ck);
+            c.restart = RestartStrategy::FixedDelay {
+                attempts: 2,
+                delay: Duration::from_millis(5),
+            };
+            c.state.backend = backend.clone();
+        });
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let committed = Arc::new(AtomicBool::new(false));
+        let (failed, seen) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let (c, f) = (committed.clone(), failed.clone());
+        // As in the first test: paced, failing once after a checkpoint
+        // completed, so timers and state come back from it.
+        let events = env
+            .from_batches("events", schema(), bursts())
+            .map_batches(schema(), move |b| {
+                std::thread::sleep(Duration::from_millis(2));
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                if n >= 30 && c.load(Ordering::SeqCst) && !f.swap(true, Ordering::SeqCst) {
+                    panic!("injected failure at batch {n}");
+                }
+                Ok(b)
+            })
+            .set_parallelism(1);
+        let (s, c) = (shared.clone(), committed.clone());
+        sessions(events).sink_fn("staging", move |_| {
+            Ok(Box::new(StagingSink {
+                shared: s.clone(),
+                committed: c.clone(),
+                pending: Vec::new(),
+            }))
+        });
+        let res = env.execute().unwrap();
+        assert!(
+            failed.load(Ordering::SeqCst),
+            "{backend:?}: the failure was injected"
+        );
+        assert_eq!(res.checkpoints.restarts, 1, "{backend:?}");
+        let got = session_set(&shared.lock().unwrap().published);
+        assert!(
+            got == want,
+            "{backend:?}: sessions differ from the run without failure"
+        );
+    }
 }
