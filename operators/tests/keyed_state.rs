@@ -210,6 +210,18 @@ impl Sink for StagingSink {
     }
 }
 
+/// Waits until a checkpoint has completed (`done`), for at most a minute.
+/// Checkpoints whose barriers left the source before this call complete
+/// while it blocks the source's task; the bound keeps a machine too slow to
+/// have started one from hanging the test (it then fails on
+/// `restored_from`, not by waiting forever).
+fn wait_for(done: &AtomicBool) {
+    let start = std::time::Instant::now();
+    while !done.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 type Rows = BTreeMap<(i64, i64), Out>;
 
 fn rows_of(batches: &[RecordBatch]) -> Rows {
@@ -266,16 +278,19 @@ fn a_failed_job_restarts_from_its_checkpoint_with_identical_output() {
             Arc::new(AtomicUsize::new(0)),
         );
         let (c, f) = (committed.clone(), failed.clone());
-        // Paced so checkpoints complete while it runs; fails once, in the
-        // first batch after the 30th that follows a completed checkpoint,
-        // so the restart restores keyed state rather than starting empty.
+        // Paced so checkpoints are taken while it runs; fails once, at the
+        // 30th batch, after waiting for a checkpoint to complete, so the
+        // restart restores keyed state rather than starting empty.
         let events = env
             .from_batches("events", schema(), input())
             .map_batches(schema(), move |b| {
                 std::thread::sleep(Duration::from_millis(2));
                 let n = seen.fetch_add(1, Ordering::SeqCst);
-                if n >= 30 && c.load(Ordering::SeqCst) && !f.swap(true, Ordering::SeqCst) {
-                    panic!("injected failure at batch {n}");
+                if n >= 30 && !f.load(Ordering::SeqCst) {
+                    wait_for(&c);
+                    if !f.swap(true, Ordering::SeqCst) {
+                        panic!("injected failure at batch {n}");
+                    }
                 }
                 Ok(b)
             })
@@ -550,8 +565,11 @@ fn timers_close_sessions_identically_after_a_failure() {
             .map_batches(schema(), move |b| {
                 std::thread::sleep(Duration::from_millis(2));
                 let n = seen.fetch_add(1, Ordering::SeqCst);
-                if n >= 30 && c.load(Ordering::SeqCst) && !f.swap(true, Ordering::SeqCst) {
-                    panic!("injected failure at batch {n}");
+                if n >= 30 && !f.load(Ordering::SeqCst) {
+                    wait_for(&c);
+                    if !f.swap(true, Ordering::SeqCst) {
+                        panic!("injected failure at batch {n}");
+                    }
                 }
                 Ok(b)
             })
@@ -570,6 +588,7 @@ fn timers_close_sessions_identically_after_a_failure() {
             "{backend:?}: the failure was injected"
         );
         assert_eq!(res.checkpoints.restarts, 1, "{backend:?}");
+        assert!(res.checkpoints.restored_from.is_some(), "{backend:?}");
         let got = session_set(&shared.lock().unwrap().published);
         assert!(
             got == want,
