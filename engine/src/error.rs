@@ -74,6 +74,10 @@ pub enum Error {
     /// connection that carried them is closed.
     #[error("exchange protocol error: {0}")]
     Protocol(String),
+    /// Keyed state could not be encoded or decoded, or a state was used
+    /// other than as declared (e.g. a list read as a value).
+    #[error("state error: {0}")]
+    State(String),
     /// The job was cancelled.
     #[error("job cancelled")]
     Cancelled,
@@ -121,9 +125,11 @@ impl Error {
     /// Classifies the error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Plan { .. } | Error::Config(_) | Error::Decode(_) | Error::User(_) => {
-                ErrorKind::User
-            }
+            Error::Plan { .. }
+            | Error::Config(_)
+            | Error::Decode(_)
+            | Error::User(_)
+            | Error::State(_) => ErrorKind::User,
             Error::Panic(_) => ErrorKind::User,
             Error::Io { .. }
             | Error::Connector { .. }

@@ -9,6 +9,8 @@
 //! - [`map`]: typed row closures over serde structs and `map_batches`.
 //! - [`partition`]: `key_by`, `rebalance`, `broadcast`, `load_balance`,
 //!   `watermarks`.
+//! - [`process`]: `process_keyed`, a row closure over a keyed stream with
+//!   value, list and map state (namespaces), checkpointed and rescalable.
 //! - [`union`]: `union` of streams with one schema.
 //! - [`window`]: tumbling, sliding (per-slide panes, merged on fire) and
 //!   session windows; allowed lateness and the late-data side output.
@@ -27,6 +29,7 @@ pub mod join;
 pub mod map;
 pub mod partition;
 pub mod prelude;
+pub mod process;
 pub mod select;
 pub mod top;
 pub mod union;

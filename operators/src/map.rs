@@ -84,16 +84,18 @@ fn traced<T: DeserializeOwned>(s: &Stream, verb: &str) -> Option<Vec<FieldRef>> 
     }
 }
 
-fn add_row_map<I, O>(s: Stream, verb: &str, f: RowFn<I, O>) -> Stream
+/// Checks that the stream has every non-optional field of `I` (plan errors
+/// otherwise) and traces the output fields and schema of `O`.
+pub(crate) fn row_schemas<I, O>(s: &Stream, verb: &str) -> (Vec<FieldRef>, SchemaRef)
 where
     I: DeserializeOwned + 'static,
     O: Serialize + DeserializeOwned + 'static,
 {
-    if let Some(input) = traced::<I>(&s, verb) {
+    if let Some(input) = traced::<I>(s, verb) {
         for field in input {
             if s.schema().field_with_name(field.name()).is_err() && !field.is_nullable() {
                 s.report(plan_error(
-                    &s,
+                    s,
                     verb,
                     format!(
                         "the closure reads field '{}' of {} but the stream has {}",
@@ -105,8 +107,17 @@ where
             }
         }
     }
-    let fields = traced::<O>(&s, verb).unwrap_or_default();
+    let fields = traced::<O>(s, verb).unwrap_or_default();
     let schema: SchemaRef = Arc::new(Schema::new(fields.clone()));
+    (fields, schema)
+}
+
+fn add_row_map<I, O>(s: Stream, verb: &str, f: RowFn<I, O>) -> Stream
+where
+    I: DeserializeOwned + 'static,
+    O: Serialize + DeserializeOwned + 'static,
+{
+    let (fields, schema) = row_schemas::<I, O>(&s, verb);
     let name = format!("{verb} after '{}'", s.node_name());
     let out = schema.clone();
     s.transform(verb, schema, move |_| {

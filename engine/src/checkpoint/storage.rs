@@ -48,6 +48,17 @@ impl Location {
         Location(format!("{}/{name}", self.0.trim_end_matches('/')))
     }
 
+    /// The enclosing location and this one's last name, when there is an
+    /// enclosing one (not for a bucket root or a bare name).
+    pub fn split_last(&self) -> Option<(Location, String)> {
+        let (parent, name) = self.0.trim_end_matches('/').rsplit_once('/')?;
+        let root = parent.is_empty() || parent.ends_with(':') || parent.ends_with(":/");
+        if root || matches!(name, "" | "." | "..") {
+            return None;
+        }
+        Some((Location(parent.to_string()), name.to_string()))
+    }
+
     /// The local directory, when the location is one.
     pub fn local_path(&self) -> Option<PathBuf> {
         match self.0.split_once("://") {
@@ -203,6 +214,17 @@ impl Storage {
         })
     }
 
+    /// Opens `location` as a child of the location enclosing it, so its
+    /// relative paths may climb out with `..`: a retained incremental
+    /// checkpoint refers to SST files in the `shared/` directory beside it,
+    /// which a store rooted at the checkpoint itself could not reach.
+    pub fn open_in_parent(location: &Location) -> Result<Storage> {
+        match location.split_last() {
+            Some((parent, name)) => Ok(Storage::open(&parent)?.child(&name)),
+            None => Storage::open(location),
+        }
+    }
+
     /// The location of this directory.
     pub fn location(&self) -> &Location {
         &self.location
@@ -349,6 +371,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn locations_split_off_their_last_name() {
+        let l = Location::from("s3://bucket/jobs/chk-000002/");
+        assert_eq!(
+            l.split_last(),
+            Some((Location::from("s3://bucket/jobs"), "chk-000002".to_string()))
+        );
+        assert_eq!(Location::from("s3://bucket").split_last(), None);
+        assert_eq!(Location::from("/chk").split_last(), None);
+        assert_eq!(Location::from("chk").split_last(), None);
+        assert_eq!(
+            Location::from("ck/chk-1").split_last(),
+            Some((Location::from("ck"), "chk-1".to_string()))
+        );
+    }
+
+    #[test]
     fn local_round_trip_listing_and_parent_paths() {
         let root = tempfile::tempdir().unwrap();
         let s = Storage::open(&Location::from(root.path())).unwrap();
@@ -365,6 +403,12 @@ mod tests {
         assert_eq!(dirs, vec!["chk-000001", "shared"]);
         assert!(files.is_empty());
         assert_eq!(chk.list().unwrap().1, vec!["a.bin"]);
+        // Opened on its own (as a restore source), the checkpoint still
+        // reaches the shared files beside it.
+        let alone =
+            Storage::open_in_parent(&Location::from(root.path().join("chk-000001"))).unwrap();
+        assert_eq!(alone.get("../shared/x.sst").unwrap().unwrap(), b"sst");
+        assert_eq!(alone.get("a.bin").unwrap().unwrap(), b"hello");
         chk.delete_all().unwrap();
         assert!(!root.path().join("chk-000001").exists());
         assert_eq!(s.child("nothing").list().unwrap(), (vec![], vec![]));

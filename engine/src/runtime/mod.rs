@@ -361,7 +361,7 @@ impl Driver {
         let restore = match (found.latest, &ck.restore_from) {
             (Some((dir, manifest)), _) => Some(RestorePlan { dir, manifest }),
             (None, Some(location)) => {
-                let dir = Storage::open(location)?;
+                let dir = Storage::open_in_parent(location)?;
                 let manifest = load_verified(&dir)?;
                 Some(RestorePlan { dir, manifest })
             }

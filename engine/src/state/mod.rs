@@ -2,9 +2,11 @@
 //! number of key groups (the job's max parallelism); a subtask owns a
 //! contiguous range of groups, so state moves by whole groups when
 //! parallelism changes. [`snapshot`] holds the form state takes in a
-//! checkpoint; [`rocks`] the RocksDB backend.
+//! checkpoint; [`rocks`] the RocksDB backend; [`keyed`] the keyed-state
+//! API (value, list and map states with namespaces) on either backend.
 
 pub mod key_group;
+pub mod keyed;
 pub mod rocks;
 pub mod snapshot;
 
