@@ -253,63 +253,76 @@ fn reference() -> Rows {
     r
 }
 
+/// Runs `job` over `input` at parallelism 2 with checkpoints, failing once
+/// part-way (after a checkpoint completed, so the restart restores state);
+/// returns what the staging sink published and the job's result.
+fn run_failing_once(
+    name: &str,
+    backend: &StateBackend,
+    input: Vec<RecordBatch>,
+    job: fn(Stream) -> Stream,
+) -> (Arc<Mutex<Shared>>, sluice_engine::JobResult) {
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env::new();
+    env.set_parallelism(2);
+    env.configure(|c| {
+        c.name = name.into();
+        let mut ck = CheckpointConfig::new(dir.path());
+        ck.interval = Duration::from_millis(5);
+        c.checkpoint = Some(ck);
+        c.restart = RestartStrategy::FixedDelay {
+            attempts: 2,
+            delay: Duration::from_millis(5),
+        };
+        c.state.backend = backend.clone();
+    });
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    let committed = Arc::new(AtomicBool::new(false));
+    let (failed, seen) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let (c, f) = (committed.clone(), failed.clone());
+    // Paced so checkpoints are taken while it runs; fails once, at the
+    // 30th batch, after waiting for a checkpoint to complete, so the
+    // restart restores keyed state rather than starting empty.
+    let events = env
+        .from_batches("events", schema(), input)
+        .map_batches(schema(), move |b| {
+            std::thread::sleep(Duration::from_millis(2));
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            if n >= 30 && !f.load(Ordering::SeqCst) {
+                wait_for(&c);
+                if !f.swap(true, Ordering::SeqCst) {
+                    panic!("injected failure at batch {n}");
+                }
+            }
+            Ok(b)
+        })
+        // One subtask, as the source: each key's rows keep their order.
+        .set_parallelism(1);
+    let s = shared.clone();
+    job(events).sink_fn("staging", move |_| {
+        Ok(Box::new(StagingSink {
+            shared: s.clone(),
+            committed: committed.clone(),
+            pending: Vec::new(),
+        }))
+    });
+    let res = env.execute().unwrap();
+    assert!(
+        failed.load(Ordering::SeqCst),
+        "{backend:?}: the failure was injected"
+    );
+    assert_eq!(res.checkpoints.restarts, 1, "{backend:?}");
+    (shared, res)
+}
+
 #[test]
 fn a_failed_job_restarts_from_its_checkpoint_with_identical_output() {
     let want = reference();
     for backend in [StateBackend::Memory, rocks()] {
-        let dir = tempfile::tempdir().unwrap();
-        let env = Env::new();
-        env.set_parallelism(2);
-        env.configure(|c| {
-            c.name = "keyed-state-failure".into();
-            let mut ck = CheckpointConfig::new(dir.path());
-            ck.interval = Duration::from_millis(5);
-            c.checkpoint = Some(ck);
-            c.restart = RestartStrategy::FixedDelay {
-                attempts: 2,
-                delay: Duration::from_millis(5),
-            };
-            c.state.backend = backend.clone();
-        });
-        let shared = Arc::new(Mutex::new(Shared::default()));
-        let committed = Arc::new(AtomicBool::new(false));
-        let (failed, seen) = (
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicUsize::new(0)),
-        );
-        let (c, f) = (committed.clone(), failed.clone());
-        // Paced so checkpoints are taken while it runs; fails once, at the
-        // 30th batch, after waiting for a checkpoint to complete, so the
-        // restart restores keyed state rather than starting empty.
-        let events = env
-            .from_batches("events", schema(), input())
-            .map_batches(schema(), move |b| {
-                std::thread::sleep(Duration::from_millis(2));
-                let n = seen.fetch_add(1, Ordering::SeqCst);
-                if n >= 30 && !f.load(Ordering::SeqCst) {
-                    wait_for(&c);
-                    if !f.swap(true, Ordering::SeqCst) {
-                        panic!("injected failure at batch {n}");
-                    }
-                }
-                Ok(b)
-            })
-            // One subtask, as the source: each key's rows keep their order.
-            .set_parallelism(1);
-        let (s, c) = (shared.clone(), committed.clone());
-        keyed_job(events).sink_fn("staging", move |_| {
-            Ok(Box::new(StagingSink {
-                shared: s.clone(),
-                committed: c.clone(),
-                pending: Vec::new(),
-            }))
-        });
-        let res = env.execute().unwrap();
-        assert!(
-            failed.load(Ordering::SeqCst),
-            "{backend:?}: the failure was injected"
-        );
-        assert_eq!(res.checkpoints.restarts, 1, "{backend:?}");
+        let (shared, res) = run_failing_once("keyed-state-failure", &backend, input(), keyed_job);
         assert!(res.checkpoints.restored_from.is_some(), "{backend:?}");
         let got = rows_of(&shared.lock().unwrap().published);
         assert_eq!(got.len(), want.len(), "{backend:?}");
@@ -537,57 +550,7 @@ fn timers_close_sessions_identically_after_a_failure() {
         (BATCHES * 40) as i64
     );
     for backend in [StateBackend::Memory, rocks()] {
-        let dir = tempfile::tempdir().unwrap();
-        let env = Env::new();
-        env.set_parallelism(2);
-        env.configure(|c| {
-            c.name = "keyed-timers-failure".into();
-            let mut ck = CheckpointConfig::new(dir.path());
-            ck.interval = Duration::from_millis(5);
-            c.checkpoint = Some(ck);
-            c.restart = RestartStrategy::FixedDelay {
-                attempts: 2,
-                delay: Duration::from_millis(5),
-            };
-            c.state.backend = backend.clone();
-        });
-        let shared = Arc::new(Mutex::new(Shared::default()));
-        let committed = Arc::new(AtomicBool::new(false));
-        let (failed, seen) = (
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicUsize::new(0)),
-        );
-        let (c, f) = (committed.clone(), failed.clone());
-        // As in the first test: paced, failing once after a checkpoint
-        // completed, so timers and state come back from it.
-        let events = env
-            .from_batches("events", schema(), bursts())
-            .map_batches(schema(), move |b| {
-                std::thread::sleep(Duration::from_millis(2));
-                let n = seen.fetch_add(1, Ordering::SeqCst);
-                if n >= 30 && !f.load(Ordering::SeqCst) {
-                    wait_for(&c);
-                    if !f.swap(true, Ordering::SeqCst) {
-                        panic!("injected failure at batch {n}");
-                    }
-                }
-                Ok(b)
-            })
-            .set_parallelism(1);
-        let (s, c) = (shared.clone(), committed.clone());
-        sessions(events).sink_fn("staging", move |_| {
-            Ok(Box::new(StagingSink {
-                shared: s.clone(),
-                committed: c.clone(),
-                pending: Vec::new(),
-            }))
-        });
-        let res = env.execute().unwrap();
-        assert!(
-            failed.load(Ordering::SeqCst),
-            "{backend:?}: the failure was injected"
-        );
-        assert_eq!(res.checkpoints.restarts, 1, "{backend:?}");
+        let (shared, res) = run_failing_once("keyed-timers-failure", &backend, bursts(), sessions);
         assert!(res.checkpoints.restored_from.is_some(), "{backend:?}");
         let got = session_set(&shared.lock().unwrap().published);
         assert!(

@@ -9,13 +9,15 @@
 //! high watermark librdkafka cached from the Fetch response.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::producer::{DeliveryResult, ProducerContext};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sluice_engine::{Error, Result};
 
 /// How long metadata, offset and watermark requests may take.
@@ -205,17 +207,7 @@ pub(crate) fn offsets_for_timestamp(
     let res = consumer
         .offsets_for_times(tpl, REQUEST_TIMEOUT)
         .map_err(|e| kafka_err(format!("looking up offsets of '{topic}' at time {ts}"), e))?;
-    Ok(res
-        .elements()
-        .iter()
-        .map(|e| {
-            let off = match e.offset() {
-                Offset::Offset(o) if o >= 0 => Some(o),
-                _ => None,
-            };
-            (e.partition(), off)
-        })
-        .collect())
+    Ok(offsets_of(&res))
 }
 
 /// The group's committed offsets per partition, `None` where it has none.
@@ -231,8 +223,12 @@ pub(crate) fn committed_offsets(
     let res = consumer
         .committed_offsets(tpl, REQUEST_TIMEOUT)
         .map_err(|e| kafka_err(format!("fetching committed offsets of '{topic}'"), e))?;
-    Ok(res
-        .elements()
+    Ok(offsets_of(&res))
+}
+
+/// Offsets per partition of a lookup's answer, `None` where there is none.
+fn offsets_of(res: &TopicPartitionList) -> BTreeMap<i32, Option<i64>> {
+    res.elements()
         .iter()
         .map(|e| {
             let off = match e.offset() {
@@ -241,5 +237,34 @@ pub(crate) fn committed_offsets(
             };
             (e.partition(), off)
         })
-        .collect())
+        .collect()
+}
+
+/// A producer context that remembers the first failed delivery, so the
+/// task using the producer can fail instead of losing a record.
+#[derive(Default)]
+pub(crate) struct DeliveryWatch {
+    failed: Mutex<Option<String>>,
+}
+
+impl DeliveryWatch {
+    /// The first delivery error, if any.
+    pub(crate) fn first_failure(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl ClientContext for DeliveryWatch {}
+
+impl ProducerContext for DeliveryWatch {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            let mut f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+            f.get_or_insert_with(|| e.to_string());
+        }
+    }
 }

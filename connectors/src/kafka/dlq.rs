@@ -9,15 +9,14 @@
 //! bad records after it again.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::ClientContext;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use sluice_engine::{Error, Result};
 
-use super::client::{kafka_err, KafkaConfig, REQUEST_TIMEOUT};
+use super::client::{kafka_err, DeliveryWatch, KafkaConfig, REQUEST_TIMEOUT};
 
 /// Header naming why the record could not be decoded.
 pub const ERROR_HEADER: &str = "sluice.error";
@@ -56,24 +55,6 @@ impl DecodeStats {
     /// Records sent to the dead-letter topic.
     pub fn dead_lettered(&self) -> u64 {
         self.dead_lettered.load(Ordering::Relaxed)
-    }
-}
-
-/// Records the first failed delivery so the source can fail the job.
-#[derive(Default)]
-struct DeliveryWatch {
-    failed: Mutex<Option<String>>,
-}
-
-impl ClientContext for DeliveryWatch {}
-
-impl ProducerContext for DeliveryWatch {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            let mut f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
-            f.get_or_insert_with(|| e.to_string());
-        }
     }
 }
 
@@ -186,13 +167,7 @@ impl BadRecords {
     /// Fails if a dead letter could not be delivered.
     pub(crate) fn check(&self) -> Result<()> {
         if let Some(p) = &self.producer {
-            let failed = p
-                .context()
-                .failed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
-            if let Some(e) = failed {
+            if let Some(e) = p.context().first_failure() {
                 return Err(Error::connector(
                     "kafka",
                     format!("a dead letter could not be delivered: {e}"),

@@ -28,7 +28,7 @@
 //! transaction after a crash (librdkafka cannot).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -36,9 +36,9 @@ use arrow::datatypes::{DataType, SchemaRef};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use sluice_engine::data::CheckpointId;
 use sluice_engine::graph::SinkFactory;
@@ -46,7 +46,7 @@ use sluice_engine::state::{OperatorSnapshot, RestoredState};
 use sluice_engine::{Error, OperatorContext, Result, Sink, SinkSpec};
 use tracing::{info, warn};
 
-use super::client::{kafka_err, KafkaConfig, REQUEST_TIMEOUT};
+use super::client::{kafka_err, DeliveryWatch, KafkaConfig, REQUEST_TIMEOUT};
 
 /// Header naming the transaction a record was written in
 /// (`job/subtask/checkpoint/attempt`), exactly-once mode only.
@@ -241,25 +241,7 @@ impl Encoding {
 /// One record: optional key, value.
 type Record = (Option<Vec<u8>>, Vec<u8>);
 
-/// Notes the first failed delivery.
-#[derive(Default)]
-struct Deliveries {
-    failed: Mutex<Option<String>>,
-}
-
-impl ClientContext for Deliveries {}
-
-impl ProducerContext for Deliveries {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            let mut f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
-            f.get_or_insert_with(|| e.to_string());
-        }
-    }
-}
-
-type Producer_ = BaseProducer<Deliveries>;
+type Producer_ = BaseProducer<DeliveryWatch>;
 
 /// One checkpoint epoch's records, as kept in the checkpoint.
 #[derive(Debug, Clone, PartialEq)]
@@ -405,13 +387,7 @@ fn send(
 }
 
 fn check(p: &Producer_) -> Result<()> {
-    let failed = p
-        .context()
-        .failed
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    match failed {
+    match p.context().first_failure() {
         Some(e) => Err(Error::connector(
             "kafka",
             format!("a record could not be delivered: {e}"),
@@ -442,7 +418,7 @@ impl KafkaSinkTask {
             .config
             .producer()
             .set("transactional.id", &id)
-            .create_with_context(Deliveries::default())
+            .create_with_context(DeliveryWatch::default())
             .map_err(|e| kafka_err("creating the transactional producer", e))?;
         p.init_transactions(REQUEST_TIMEOUT)
             .map_err(|e| kafka_err(format!("initializing transactions of '{id}'"), e))?;
@@ -652,7 +628,7 @@ impl Sink for KafkaSinkTask {
                 self.spec
                     .config
                     .producer()
-                    .create_with_context(Deliveries::default())
+                    .create_with_context(DeliveryWatch::default())
                     .map_err(|e| kafka_err("creating the producer", e))?,
             );
         }
