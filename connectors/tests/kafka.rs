@@ -17,7 +17,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_connectors::kafka::testing::Broker;
-use sluice_connectors::kafka::{dlq, DecodePolicy, Format, KafkaSource, StartFrom};
+use sluice_connectors::kafka::{dlq, send_waiting, DecodePolicy, Format, KafkaSource, StartFrom};
 use sluice_connectors::parquet::ParquetSink;
 use sluice_engine::{CheckpointConfig, Env, RestartStrategy, WatermarkStrategy};
 use sluice_operators::prelude::*;
@@ -42,15 +42,7 @@ fn produce(broker: &Broker, topic: &str, partition: Option<i32>, values: &[Strin
         } else {
             rec = rec.partition((i % 3) as i32);
         }
-        loop {
-            match p.send(rec) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    rec = back;
-                    p.poll(Duration::from_millis(10));
-                }
-            }
-        }
+        send_waiting(&p, rec).unwrap();
     }
     p.flush(Duration::from_secs(30)).expect("flush");
 }

@@ -19,7 +19,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_connectors::kafka::sink::{EpochMarker, TXN_HEADER};
 use sluice_connectors::kafka::testing::Broker;
-use sluice_connectors::kafka::{CommitStep, Format, KafkaSink, KafkaSource};
+use sluice_connectors::kafka::{send_waiting, CommitStep, Format, KafkaSink, KafkaSource};
 use sluice_engine::{CheckpointConfig, Env, RestartStrategy};
 use sluice_operators::prelude::*;
 
@@ -32,18 +32,10 @@ fn produce(broker: &Broker, topic: &str) -> Vec<String> {
         .unwrap();
     let values: Vec<String> = (0..RECORDS).map(|i| format!("v{i:05}")).collect();
     for (i, v) in values.iter().enumerate() {
-        let mut rec = BaseRecord::<(), String>::to(topic)
+        let rec = BaseRecord::<(), String>::to(topic)
             .payload(v)
             .partition((i % 3) as i32);
-        loop {
-            match p.send(rec) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    rec = back;
-                    p.poll(Duration::from_millis(5));
-                }
-            }
-        }
+        send_waiting(&p, rec).unwrap();
     }
     p.flush(Duration::from_secs(30)).unwrap();
     values

@@ -13,8 +13,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use sluice_connectors::kafka::schema_from_checkpoint;
 use sluice_connectors::kafka::testing::Broker;
+use sluice_connectors::kafka::{schema_from_checkpoint, send_waiting};
 
 mod common;
 use common::{hidden_files, rows};
@@ -37,18 +37,10 @@ fn produce(broker: &Broker, topic: &str) {
             i % 90,
             i % 13
         );
-        let mut rec = BaseRecord::<(), String>::to(topic)
+        let rec = BaseRecord::<(), String>::to(topic)
             .payload(&v)
             .partition(i as i32 % PARTITIONS);
-        loop {
-            match p.send(rec) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    rec = back;
-                    p.poll(Duration::from_millis(5));
-                }
-            }
-        }
+        send_waiting(&p, rec).unwrap();
     }
     p.flush(Duration::from_secs(60)).unwrap();
 }

@@ -13,7 +13,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_connectors::kafka::testing::Broker;
-use sluice_connectors::kafka::{Format, KafkaSource};
+use sluice_connectors::kafka::{send_waiting, Format, KafkaSource};
 use sluice_connectors::parquet::ParquetSink;
 use sluice_engine::Env;
 
@@ -47,18 +47,10 @@ fn produce(broker: &Broker, topic: &str, n: usize, partitions: i32) -> anyhow::R
             i % 2 == 0,
             i % 500
         );
-        let mut rec = BaseRecord::<(), String>::to(topic)
+        let rec = BaseRecord::<(), String>::to(topic)
             .payload(&v)
             .partition(i as i32 % partitions);
-        loop {
-            match p.send(rec) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    rec = back;
-                    p.poll(Duration::from_millis(5));
-                }
-            }
-        }
+        send_waiting(&p, rec)?;
     }
     p.flush(Duration::from_secs(120))?;
     Ok(())

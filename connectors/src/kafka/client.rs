@@ -16,7 +16,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{DeliveryResult, ProducerContext};
+use rdkafka::message::ToBytes;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sluice_engine::{Error, Result};
 
@@ -100,10 +102,7 @@ pub(crate) fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32
     if let Some(e) = t.error() {
         return Err(Error::connector(
             "kafka",
-            format!(
-                "topic '{topic}': {:?}",
-                rdkafka::types::RDKafkaErrorCode::from(e)
-            ),
+            format!("topic '{topic}': {:?}", RDKafkaErrorCode::from(e)),
         ));
     }
     let mut ps: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
@@ -265,6 +264,30 @@ impl ProducerContext for DeliveryWatch {
         if let Err((e, _)) = result {
             let mut f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
             f.get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
+/// Sends `rec`, waiting while librdkafka's local queue is full: that only
+/// means the broker is behind, so delivery reports are served and the send
+/// retried (backpressure). Any other error is returned.
+pub fn send_waiting<'a, C, K, P>(
+    p: &BaseProducer<C>,
+    mut rec: BaseRecord<'a, K, P, C::DeliveryOpaque>,
+) -> std::result::Result<(), KafkaError>
+where
+    C: ProducerContext,
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    loop {
+        match p.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                rec = back;
+                p.poll(Duration::from_millis(10));
+            }
+            Err((e, _)) => return Err(e),
         }
     }
 }

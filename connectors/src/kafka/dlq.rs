@@ -16,7 +16,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use sluice_engine::{Error, Result};
 
-use super::client::{kafka_err, DeliveryWatch, KafkaConfig, REQUEST_TIMEOUT};
+use super::client::{kafka_err, send_waiting, DeliveryWatch, KafkaConfig, REQUEST_TIMEOUT};
 
 /// Header naming why the record could not be decoded.
 pub const ERROR_HEADER: &str = "sluice.error";
@@ -137,26 +137,8 @@ impl BadRecords {
                 if let Some(v) = value {
                     rec = rec.payload(v);
                 }
-                // A full local queue only means the broker is behind: serve
-                // delivery reports and retry (this is backpressure).
-                let mut rec = rec;
-                loop {
-                    match producer.send(rec) {
-                        Ok(()) => break,
-                        Err((
-                            rdkafka::error::KafkaError::MessageProduction(
-                                rdkafka::types::RDKafkaErrorCode::QueueFull,
-                            ),
-                            back,
-                        )) => {
-                            rec = back;
-                            producer.poll(Duration::from_millis(10));
-                        }
-                        Err((e, _)) => {
-                            return Err(kafka_err(format!("sending a dead letter to '{dlq}'"), e))
-                        }
-                    }
-                }
+                send_waiting(producer, rec)
+                    .map_err(|e| kafka_err(format!("sending a dead letter to '{dlq}'"), e))?;
                 producer.poll(Duration::ZERO);
                 self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 self.check()

@@ -54,7 +54,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use sluice_engine::graph::SourceFactory;
 use sluice_engine::{Error, OperatorContext, Result, Source, SourceSpec};
 
-pub use client::KafkaConfig;
+pub use client::{send_waiting, KafkaConfig};
 pub use dlq::{DecodePolicy, DecodeStats};
 pub use format::Format;
 pub use sink::{CommitStep, KafkaSink, SinkGuarantee};

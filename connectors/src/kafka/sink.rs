@@ -37,7 +37,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use sluice_engine::data::CheckpointId;
@@ -46,7 +45,7 @@ use sluice_engine::state::{OperatorSnapshot, RestoredState};
 use sluice_engine::{Error, OperatorContext, Result, Sink, SinkSpec};
 use tracing::{info, warn};
 
-use super::client::{kafka_err, DeliveryWatch, KafkaConfig, REQUEST_TIMEOUT};
+use super::client::{kafka_err, send_waiting, DeliveryWatch, KafkaConfig, REQUEST_TIMEOUT};
 
 /// Header naming the transaction a record was written in
 /// (`job/subtask/checkpoint/attempt`), exactly-once mode only.
@@ -372,18 +371,7 @@ fn send(
     if let Some(h) = headers {
         rec = rec.headers(h);
     }
-    loop {
-        match p.send(rec) {
-            Ok(()) => return Ok(()),
-            // The local queue is full: the broker is behind. Serve
-            // delivery reports and retry (backpressure).
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                rec = back;
-                p.poll(Duration::from_millis(10));
-            }
-            Err((e, _)) => return Err(kafka_err(format!("producing to '{topic}'"), e)),
-        }
-    }
+    send_waiting(p, rec).map_err(|e| kafka_err(format!("producing to '{topic}'"), e))
 }
 
 fn check(p: &Producer_) -> Result<()> {
