@@ -21,7 +21,7 @@ use sluice_engine::{CheckpointConfig, Env, RestartStrategy, WatermarkStrategy};
 use sluice_operators::prelude::*;
 
 mod common;
-use common::{hidden_files, rows, S3Server};
+use common::{assert_exactly_once, hidden_files, rows, S3Server};
 
 const EVENTS: &str = "400000";
 
@@ -139,18 +139,7 @@ fn sigkilled_process_resumes_with_exactly_once_output() {
         };
         let want = &want[query];
         let (got, out) = killed_run(dir.path(), query, seed, kills, state);
-        let missing = want.iter().filter(|(k, n)| got.get(*k) != Some(n)).count();
-        let extra = got.iter().filter(|(k, n)| want.get(*k) != Some(n)).count();
-        assert_eq!(
-            (missing, extra),
-            (0, 0),
-            "seed {seed}: output differs from the failure-free run"
-        );
-        assert!(
-            hidden_files(&out).is_empty(),
-            "seed {seed}: uncommitted files left: {:?}",
-            hidden_files(&out)
-        );
+        assert_exactly_once(want, &got, &out, &format!("seed {seed}"));
     }
 }
 

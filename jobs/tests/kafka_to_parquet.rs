@@ -17,7 +17,7 @@ use sluice_connectors::kafka::testing::Broker;
 use sluice_connectors::kafka::{schema_from_checkpoint, send_waiting};
 
 mod common;
-use common::{hidden_files, rows};
+use common::{assert_exactly_once, rows};
 
 const RECORDS: usize = 150_000;
 const PARTITIONS: i32 = 4;
@@ -154,18 +154,7 @@ fn sigkilled_kafka_to_parquet_writes_every_record_exactly_once() {
     for (seed, kills, last_p) in [(1, 1, 2), (2, 2, 2), (3, 3, 3), (4, 1, 1)] {
         let (got, out, resumed) = killed_run(&broker, dir.path(), seed, kills, last_p);
         resumes += usize::from(resumed);
-        let missing = want.iter().filter(|(k, n)| got.get(*k) != Some(n)).count();
-        let extra = got.iter().filter(|(k, n)| want.get(*k) != Some(n)).count();
-        assert_eq!(
-            (missing, extra),
-            (0, 0),
-            "seed {seed}: output differs from the failure-free run"
-        );
-        assert!(
-            hidden_files(&out).is_empty(),
-            "seed {seed}: uncommitted files left: {:?}",
-            hidden_files(&out)
-        );
+        assert_exactly_once(&want, &got, &out, &format!("seed {seed}"));
         // The inferred schema is in the checkpoints, for the restarts.
         let ck = dir.path().join(format!("ck-{seed}"));
         let schema = schema_from_checkpoint(&ck, "kafka_to_parquet", "events")

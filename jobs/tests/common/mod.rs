@@ -52,6 +52,29 @@ pub fn render(b: &RecordBatch) -> Vec<String> {
         .collect()
 }
 
+/// Asserts that `got` holds every row of `want` exactly as often (counts
+/// of missing and extra rows in the message, not thousands of rows) and
+/// that no uncommitted file is left in `out`.
+pub fn assert_exactly_once(
+    want: &BTreeMap<String, usize>,
+    got: &BTreeMap<String, usize>,
+    out: &Path,
+    what: &str,
+) {
+    let missing = want.iter().filter(|(k, n)| got.get(*k) != Some(n)).count();
+    let extra = got.iter().filter(|(k, n)| want.get(*k) != Some(n)).count();
+    assert_eq!(
+        (missing, extra),
+        (0, 0),
+        "{what}: output differs from the failure-free run"
+    );
+    let hidden = hidden_files(out);
+    assert!(
+        hidden.is_empty(),
+        "{what}: uncommitted files left: {hidden:?}"
+    );
+}
+
 pub fn hidden_files(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .map(|rd| {
