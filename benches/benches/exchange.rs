@@ -8,10 +8,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use arrow::array::{Int64Array, TimestampMillisecondArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use crossbeam_channel::Receiver;
+use sluice_benches::{bid_schema, ROWS};
 use sluice_engine::exchange::frame::{
     BatchDecoder, BatchEncoder, ChannelId, Frame, FrameDecoder, DEFAULT_MAX_FRAME,
 };
@@ -21,25 +21,11 @@ use sluice_engine::exchange::tcp::{
 use sluice_engine::exchange::ChannelSender;
 use sluice_engine::{StreamMessage, Watermark};
 
-const ROWS: usize = 8192;
-
-fn schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("auction", DataType::Int64, false),
-        Field::new("price", DataType::Int64, false),
-        Field::new(
-            "date_time",
-            DataType::Timestamp(TimeUnit::Millisecond, None),
-            false,
-        ),
-    ]))
-}
-
 /// A Nexmark-bid-like batch: 8192 rows of three 8-byte columns (192 KiB).
 fn batch() -> RecordBatch {
     let n = ROWS as i64;
     RecordBatch::try_new(
-        schema(),
+        bid_schema(),
         vec![
             Arc::new(Int64Array::from_iter_values((0..n).map(|i| i % 10_000))),
             Arc::new(Int64Array::from_iter_values(
@@ -87,11 +73,11 @@ fn connected(channels: u32, flush: Duration) -> (Connection, Connection) {
     let mut outbound = ConnectionSpec::new();
     for c in 0..channels {
         inbound = inbound
-            .inbound(ChannelId(c), Some(schema()))
+            .inbound(ChannelId(c), Some(bid_schema()))
             .outbound(ChannelId(c));
         outbound = outbound
             .outbound(ChannelId(c))
-            .inbound(ChannelId(c), Some(schema()));
+            .inbound(ChannelId(c), Some(bid_schema()));
     }
     let server = thread::spawn(move || l.accept(|_| Ok(inbound)).unwrap());
     cfg.node = "a".into();

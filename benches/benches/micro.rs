@@ -7,32 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{Int64Array, TimestampMillisecondArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use sluice_benches::prepared;
+use sluice_benches::{bid_schema, prepared, ROWS};
 use sluice_connectors::sinks::DiscardSink;
 use sluice_engine::exchange::local::channel;
 use sluice_engine::exchange::partition::EdgeWriter;
 use sluice_engine::exchange::ChannelSender;
 use sluice_engine::{EdgeKind, Env, StreamMessage, WatermarkStrategy};
 use sluice_operators::prelude::*;
-
-const ROWS: usize = 8192;
-
-fn schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("auction", DataType::Int64, false),
-        Field::new("price", DataType::Int64, false),
-        Field::new(
-            "date_time",
-            DataType::Timestamp(TimeUnit::Millisecond, None),
-            false,
-        ),
-    ]))
-}
 
 /// Bid-like batches: 10,000 keys, 0.1 ms apart in event time.
 fn batches(n: usize) -> Vec<RecordBatch> {
@@ -43,7 +29,7 @@ fn batches(n: usize) -> Vec<RecordBatch> {
             let price: Vec<i64> = (0..ROWS).map(|_| rng.random_range(1..100_000)).collect();
             let ts: Vec<i64> = (0..ROWS).map(|i| ((b * ROWS + i) / 10) as i64).collect();
             RecordBatch::try_new(
-                schema(),
+                bid_schema(),
                 vec![
                     Arc::new(Int64Array::from(keys)),
                     Arc::new(Int64Array::from(price)),
@@ -98,7 +84,7 @@ fn expressions(c: &mut Criterion) {
 fn run_window(input: &Arc<Vec<RecordBatch>>, spec: WindowSpec) {
     let env = Env::new();
     env.set_parallelism(1);
-    prepared(&env, schema(), input.clone())
+    prepared(&env, bid_schema(), input.clone())
         .watermarks(WatermarkStrategy::ascending("date_time"))
         .key_by(["auction"])
         .window(spec)

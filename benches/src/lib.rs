@@ -3,9 +3,25 @@
 
 use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use sluice_engine::{Env, OperatorContext, Result, Source, SourcePoll, Stream};
+
+/// Rows per batch in the micro-benchmarks (the engine's default batch size).
+pub const ROWS: usize = 8192;
+
+/// A Nexmark-bid-like schema: auction, price, event time.
+pub fn bid_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("auction", DataType::Int64, false),
+        Field::new("price", DataType::Int64, false),
+        Field::new(
+            "date_time",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+    ]))
+}
 
 /// Emits prepared batches, each subtask a disjoint share of them.
 pub struct PreparedSource {

@@ -73,6 +73,12 @@ fn pair(dialer: ConnectionSpec, acceptor: ConnectionSpec) -> (Connection, Connec
     (a, server.join().unwrap())
 }
 
+/// Both ends of a connection finished without an error.
+fn assert_closed_cleanly(a: &Connection, b: &Connection) {
+    assert!(a.handle().wait(PATIENCE) && b.handle().wait(PATIENCE));
+    assert!(a.handle().failure().is_none() && b.handle().failure().is_none());
+}
+
 fn recv(rx: &Receiver<StreamMessage>) -> StreamMessage {
     rx.recv_timeout(PATIENCE)
         .expect("message within the patience bound")
@@ -192,8 +198,7 @@ fn many_channels_share_one_connection_in_order() {
     for t in senders.into_iter().chain(readers) {
         t.join().unwrap();
     }
-    assert!(a.handle().wait(PATIENCE) && b.handle().wait(PATIENCE));
-    assert!(a.handle().failure().is_none() && b.handle().failure().is_none());
+    assert_closed_cleanly(&a, &b);
 }
 
 #[test]
@@ -555,8 +560,7 @@ fn an_oversize_batch_is_refused_locally_and_the_channel_goes_on() {
     tx.send(StreamMessage::EndOfStream).unwrap();
     assert_same(&recv(&rx), &StreamMessage::Batch(batch(0, 1, 100)));
     assert_same(&recv(&rx), &StreamMessage::EndOfStream);
-    assert!(a.handle().wait(PATIENCE) && b.handle().wait(PATIENCE));
-    assert!(a.handle().failure().is_none() && b.handle().failure().is_none());
+    assert_closed_cleanly(&a, &b);
 }
 
 /// The partitioner writes to network channels exactly as to local ones:

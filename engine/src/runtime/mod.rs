@@ -309,6 +309,8 @@ struct Start {
     attempt: u64,
     next_id: u64,
     restore: Option<Arc<RestorePlan>>,
+    /// The opened checkpoint location, when the job checkpoints.
+    root: Option<Storage>,
 }
 
 impl Driver {
@@ -354,6 +356,7 @@ impl Driver {
                 attempt: attempt_floor,
                 next_id: 1,
                 restore: None,
+                root: None,
             });
         };
         let root = Storage::open(&ck.dir)?;
@@ -380,6 +383,7 @@ impl Driver {
             attempt: attempt_floor.max(found.max_attempt.map_or(0, |a| a + 1)),
             next_id,
             restore: restore.map(Arc::new),
+            root: Some(root),
         })
     }
 
@@ -472,7 +476,9 @@ impl Driver {
             nodes.sort_by_key(|n| n.node);
             let coordinator = Coordinator {
                 config: ck.clone(),
-                root: Storage::open(&ck.dir)?,
+                root: start.root.clone().ok_or_else(|| {
+                    Error::Internal("checkpointing without an opened location".into())
+                })?,
                 job: config.name.clone(),
                 attempt: start.attempt,
                 next_id: start.next_id,
