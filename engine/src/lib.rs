@@ -28,6 +28,7 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+pub mod cluster;
 pub mod data;
 pub mod dsl;
 pub mod error;

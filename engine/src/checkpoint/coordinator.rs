@@ -26,7 +26,9 @@ use crate::runtime::JobControl;
 use crate::state::OperatorSnapshot;
 
 /// A subtask of a vertex.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct TaskKey {
     /// Vertex index in the physical plan.
     pub vertex: usize,
@@ -35,7 +37,7 @@ pub struct TaskKey {
 }
 
 /// Coordinator → task.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub enum TaskControl {
     /// (Sources) record the position and emit this barrier.
     Trigger(Barrier),

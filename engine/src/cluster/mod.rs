@@ -1,0 +1,20 @@
+//! Running jobs across processes: the `sluice` coordinator and workers,
+//! and the task-executor mode of job binaries.
+//!
+//! - [`api`]: the coordinator's REST API types (JSON), shared by the
+//!   coordinator, the workers and the CLI.
+//! - [`control`]: the control connection between a task executor and the
+//!   coordinator (registration, peers, checkpoint triggers and
+//!   acknowledgements, fencing by attempt), length-prefixed JSON frames.
+//! - [`describe`]: the serialized plan of a job, which `sluice submit`
+//!   obtains from the job binary and the scheduler places.
+//! - [`executor`]: a job binary started by a worker runs its share of the
+//!   subtasks, wired to the other executors over the TCP exchange.
+//!
+//! A job binary decides its mode in `Env::execute`: with `SLUICE_EXECUTOR`
+//! set it runs as a task executor, with `SLUICE_DESCRIBE` set it writes its
+//! plan and exits, otherwise it runs embedded.
+
+pub mod api;
+pub mod control;
+pub mod coordinator;
