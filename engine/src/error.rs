@@ -78,6 +78,9 @@ pub enum Error {
     /// other than as declared (e.g. a list read as a value).
     #[error("state error: {0}")]
     State(String),
+    /// A request named something that does not exist (job, worker, artifact).
+    #[error("not found: {0}")]
+    NotFound(String),
     /// The job was cancelled.
     #[error("job cancelled")]
     Cancelled,
@@ -129,7 +132,8 @@ impl Error {
             | Error::Config(_)
             | Error::Decode(_)
             | Error::User(_)
-            | Error::State(_) => ErrorKind::User,
+            | Error::State(_)
+            | Error::NotFound(_) => ErrorKind::User,
             Error::Panic(_) => ErrorKind::User,
             Error::Io { .. }
             | Error::Connector { .. }

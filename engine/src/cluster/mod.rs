@@ -16,5 +16,6 @@
 //! plan and exits, otherwise it runs embedded.
 
 pub mod api;
+pub mod attempt;
 pub mod control;
 pub mod coordinator;

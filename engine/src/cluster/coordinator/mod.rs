@@ -1,11 +1,22 @@
-//! The `sluice coordinator` service: REST API, job manager, scheduler,
-//! failure detection and durable metadata.
+//! The `sluice coordinator` service: [`routes`] (the REST API),
+//! [`manager`] (workers, jobs, attempts, failure detection, restarts),
+//! [`scheduler`] (placing subtasks on slots) and [`meta`] (durable job
+//! records and shipped binaries in the data directory).
+
+pub mod manager;
+pub mod meta;
+pub mod routes;
+pub mod scheduler;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use std::sync::Arc;
+
+use tracing::info;
 
 use crate::error::{Error, Result};
 
@@ -60,8 +71,33 @@ impl CoordinatorConfig {
     }
 }
 
+/// How often the manager looks at heartbeats and attempt events.
+const TICK: Duration = Duration::from_millis(50);
+
 /// Runs the coordinator until the process is stopped.
 pub async fn serve(config: CoordinatorConfig) -> Result<()> {
-    let _ = config;
-    Err(Error::Config("the coordinator is not built yet".into()))
+    let listen = config.listen;
+    let manager = tokio::task::spawn_blocking(move || manager::Manager::open(config))
+        .await
+        .map_err(|e| Error::Internal(format!("opening the coordinator: {e}")))??;
+    // The manager loop touches storage (checkpoint scans, metadata files):
+    // a thread of its own, off the async runtime.
+    let ticker = Arc::clone(&manager);
+    std::thread::Builder::new()
+        .name("coordinator-manager".into())
+        .spawn(move || loop {
+            ticker.tick();
+            std::thread::sleep(TICK);
+        })
+        .map_err(|e| Error::io("spawning the manager thread", e))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| Error::io(format!("listening on {listen}"), e))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::io("the API address", e))?;
+    info!(api = %local, "coordinator listening");
+    axum::serve(listener, routes::router(manager))
+        .await
+        .map_err(|e| Error::io("serving the API", e))
 }

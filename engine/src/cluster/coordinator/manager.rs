@@ -1,0 +1,835 @@
+//! The coordinator's state and decisions: workers and their heartbeats,
+//! jobs and their attempts. A job's attempt runs on the executors the
+//! scheduler placed; the manager starts it through the control server,
+//! watches its events, declares workers dead when heartbeats stop,
+//! restarts failed attempts from the latest checkpoint with a new attempt
+//! number (which fences the old one), and answers heartbeats with the
+//! executors each worker must run. One thread calls [`Manager::tick`];
+//! request handlers take the lock briefly and never wait on storage or
+//! executors while holding it.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tracing::{info, warn};
+
+use super::meta::{JobRecord, MetaStore};
+use super::scheduler::{place, Offer};
+use super::CoordinatorConfig;
+use crate::checkpoint::store::scan;
+use crate::checkpoint::{CheckpointConfig, CheckpointStats, Guarantee, Location, Storage};
+use crate::cluster::api::{
+    Checkpoints, ClusterInfo, ExecutorLaunch, ExecutorSpec, Heartbeat, HeartbeatReply, JobState,
+    JobStatus, NodeCounters, Placement, RegisterWorker, Registered, SubmitJob, WorkerInfo,
+};
+use crate::cluster::attempt::{
+    AttemptConfig, AttemptEvent, AttemptHandle, CheckpointSetup, ControlServer,
+};
+use crate::error::{Error, Result};
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+struct Worker {
+    slots: usize,
+    capacity: f64,
+    host: String,
+    last_heartbeat: Instant,
+    alive: bool,
+}
+
+/// The attempt of a job that runs now.
+struct Run {
+    handle: AttemptHandle,
+    attempt: u64,
+    placement: Vec<Placement>,
+    /// Per executor: its worker and launch.
+    launches: Vec<(String, ExecutorLaunch)>,
+    /// Slots taken per worker.
+    slots: HashMap<String, usize>,
+    /// Executors that reported `Done` by exiting with 0.
+    exited_ok: Vec<bool>,
+}
+
+struct Job {
+    record: JobRecord,
+    run: Option<Run>,
+    /// When a restarting job may start its next attempt.
+    not_before: Instant,
+    stats: Arc<Mutex<CheckpointStats>>,
+    /// Fencing refusals of earlier attempts (the current run's are added).
+    rejected_stale: u64,
+    nodes: Vec<NodeCounters>,
+}
+
+impl Job {
+    fn rejected(&self) -> u64 {
+        self.rejected_stale + self.run.as_ref().map_or(0, |r| r.handle.rejected_stale())
+    }
+}
+
+struct Inner {
+    workers: HashMap<String, Worker>,
+    jobs: HashMap<String, Job>,
+    next_id: u64,
+}
+
+/// Shared coordinator state.
+pub struct Manager {
+    config: CoordinatorConfig,
+    meta: MetaStore,
+    control: ControlServer,
+    control_addr: String,
+    inner: Mutex<Inner>,
+}
+
+impl Manager {
+    /// Opens the data directory, binds the control server and loads the
+    /// jobs of an earlier run (those not ended wait to be restarted).
+    pub fn open(config: CoordinatorConfig) -> Result<Arc<Manager>> {
+        let meta = MetaStore::open(&config.data_dir)?;
+        let control = ControlServer::bind(config.control_listen)?;
+        let control_addr = control.local_addr().to_string();
+        let mut jobs = HashMap::new();
+        let mut next_id = 1;
+        for mut record in meta.load()? {
+            if let Some(n) = record
+                .id
+                .strip_prefix("job-")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                next_id = next_id.max(n + 1);
+            }
+            if !record.state.is_terminal() && record.state != JobState::Created {
+                info!(job = %record.id, attempt = record.attempt, "resuming a job after a coordinator restart");
+                record.state = JobState::Restarting;
+                record.updated_ms = now_ms();
+                meta.save(&record)?;
+            }
+            jobs.insert(
+                record.id.clone(),
+                Job {
+                    record,
+                    run: None,
+                    not_before: Instant::now(),
+                    stats: Arc::default(),
+                    rejected_stale: 0,
+                    nodes: Vec::new(),
+                },
+            );
+        }
+        info!(control = %control_addr, jobs = jobs.len(), "coordinator state opened");
+        Ok(Arc::new(Manager {
+            config,
+            meta,
+            control,
+            control_addr,
+            inner: Mutex::new(Inner {
+                workers: HashMap::new(),
+                jobs,
+                next_id,
+            }),
+        }))
+    }
+
+    /// The data directory's store (artifacts).
+    pub fn meta(&self) -> &MetaStore {
+        &self.meta
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    // ---- workers ----
+
+    /// Registers a worker (again, after a coordinator restart, with its id).
+    pub fn register(&self, req: RegisterWorker) -> Result<Registered> {
+        if req.slots == 0 {
+            return Err(Error::Config(
+                "a worker must offer at least one slot".into(),
+            ));
+        }
+        if !(req.capacity > 0.0 && req.capacity.is_finite()) {
+            return Err(Error::Config(format!(
+                "capacity must be a positive number, not {}",
+                req.capacity
+            )));
+        }
+        let mut inner = self.lock();
+        let id = match req.worker_id.filter(|id| !id.is_empty()) {
+            Some(id) => id,
+            None => loop {
+                let id = format!("worker-{}", inner.next_id);
+                inner.next_id += 1;
+                if !inner.workers.contains_key(&id) {
+                    break id;
+                }
+            },
+        };
+        info!(worker = %id, slots = req.slots, host = %req.host, "worker registered");
+        inner.workers.insert(
+            id.clone(),
+            Worker {
+                slots: req.slots,
+                capacity: req.capacity,
+                host: req.host,
+                last_heartbeat: Instant::now(),
+                alive: true,
+            },
+        );
+        Ok(Registered {
+            worker_id: id,
+            heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u64,
+        })
+    }
+
+    /// Records a heartbeat; `None` for a worker this coordinator does not
+    /// know (it registers again).
+    pub fn heartbeat(&self, worker: &str, hb: Heartbeat) -> Option<HeartbeatReply> {
+        let mut inner = self.lock();
+        let w = inner.workers.get_mut(worker)?;
+        w.last_heartbeat = Instant::now();
+        if !w.alive {
+            info!(worker, "worker is back");
+            w.alive = true;
+        }
+        let mut failures = Vec::new();
+        for r in &hb.executors {
+            let Some(code) = r.exit else { continue };
+            let Some(job) = inner.jobs.get_mut(&r.job_id) else {
+                continue;
+            };
+            let Some(run) = job.run.as_mut().filter(|run| run.attempt == r.attempt) else {
+                continue;
+            };
+            if code == 0 {
+                if let Some(ok) = run.exited_ok.get_mut(r.executor) {
+                    *ok = true;
+                }
+            } else {
+                failures.push((
+                    r.job_id.clone(),
+                    format!(
+                        "executor {} on {worker} exited with code {code}",
+                        r.executor
+                    ),
+                ));
+            }
+        }
+        for (job, why) in failures {
+            self.fail_attempt(&mut inner, &job, why);
+        }
+        let executors = inner
+            .jobs
+            .values()
+            .filter_map(|j| j.run.as_ref())
+            .flat_map(|run| run.launches.iter())
+            .filter(|(w, _)| w == worker)
+            .map(|(_, l)| l.clone())
+            .collect();
+        Some(HeartbeatReply { executors })
+    }
+
+    /// Live and dead workers.
+    pub fn workers(&self) -> Vec<WorkerInfo> {
+        let inner = self.lock();
+        let mut out: Vec<WorkerInfo> = inner
+            .workers
+            .iter()
+            .map(|(id, w)| WorkerInfo {
+                id: id.clone(),
+                slots: w.slots,
+                used_slots: used_slots(&inner, id),
+                capacity: w.capacity,
+                host: w.host.clone(),
+                alive: w.alive,
+                since_heartbeat_ms: w.last_heartbeat.elapsed().as_millis() as u64,
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Cluster summary.
+    pub fn cluster(&self) -> ClusterInfo {
+        let workers = self.workers();
+        let inner = self.lock();
+        let mut jobs: Vec<(JobState, usize)> = Vec::new();
+        for j in inner.jobs.values() {
+            match jobs.iter_mut().find(|(s, _)| *s == j.record.state) {
+                Some((_, n)) => *n += 1,
+                None => jobs.push((j.record.state, 1)),
+            }
+        }
+        let alive: Vec<_> = workers.iter().filter(|w| w.alive).collect();
+        ClusterInfo {
+            workers_alive: alive.len(),
+            slots: alive.iter().map(|w| w.slots).sum(),
+            used_slots: alive.iter().map(|w| w.used_slots).sum(),
+            jobs,
+            heartbeat_timeout_ms: self.config.heartbeat_timeout.as_millis() as u64,
+            control: self.control_addr.clone(),
+        }
+    }
+
+    // ---- jobs ----
+
+    /// Accepts a job whose binary was uploaded.
+    pub fn submit(&self, req: SubmitJob) -> Result<String> {
+        if !self.meta.artifact_path(&req.artifact).is_file() {
+            return Err(Error::Config(format!(
+                "artifact {} was not uploaded (PUT /api/v1/artifacts/{{sha256}} first)",
+                req.artifact
+            )));
+        }
+        let d = &req.description;
+        if d.vertices.is_empty() || d.slots() == 0 {
+            return Err(Error::Config("the job's plan has no vertices".into()));
+        }
+        if let Some(c) = &d.checkpoint {
+            c.dir.parse::<Location>()?;
+        }
+        let mut inner = self.lock();
+        let id = format!("job-{}", inner.next_id);
+        inner.next_id += 1;
+        let now = now_ms();
+        let record = JobRecord {
+            id: id.clone(),
+            state: JobState::Created,
+            attempt: 0,
+            restarts: 0,
+            artifact: req.artifact,
+            args: req.args,
+            parallelism: req.parallelism.unwrap_or(d.parallelism),
+            workdir: req.workdir,
+            description: req.description,
+            submitted_ms: now,
+            updated_ms: now,
+            error: None,
+            latest_checkpoint: None,
+        };
+        self.meta.save(&record)?;
+        info!(job = %id, name = %record.description.name, slots = record.description.slots(), "job submitted");
+        inner.jobs.insert(
+            id.clone(),
+            Job {
+                record,
+                run: None,
+                not_before: Instant::now(),
+                stats: Arc::default(),
+                rejected_stale: 0,
+                nodes: Vec::new(),
+            },
+        );
+        Ok(id)
+    }
+
+    /// Every job, oldest first.
+    pub fn jobs(&self) -> Vec<JobStatus> {
+        let inner = self.lock();
+        let mut out: Vec<JobStatus> = inner.jobs.values().map(status_of).collect();
+        out.sort_by_key(|j| j.submitted_ms);
+        out
+    }
+
+    /// One job.
+    pub fn job(&self, id: &str) -> Option<JobStatus> {
+        self.lock().jobs.get(id).map(status_of)
+    }
+
+    /// Cancels a job that has not ended.
+    pub fn cancel(&self, id: &str) -> Result<JobStatus> {
+        let mut inner = self.lock();
+        let job = inner.jobs.get_mut(id).ok_or_else(|| not_found(id))?;
+        if job.record.state.is_terminal() {
+            return Err(Error::Config(format!(
+                "job {id} already ended ({:?})",
+                job.record.state
+            )));
+        }
+        if let Some(run) = job.run.take() {
+            run.handle.cancel("cancelled by a user");
+            job.rejected_stale += run.handle.rejected_stale();
+        }
+        self.set_state(job, JobState::Canceled, None);
+        Ok(status_of(job))
+    }
+
+    /// The running attempt's handle, for a savepoint (taken without the lock).
+    pub fn attempt_handle(&self, id: &str) -> Result<AttemptHandle> {
+        let inner = self.lock();
+        let job = inner.jobs.get(id).ok_or_else(|| not_found(id))?;
+        if job.record.description.checkpoint.is_none() {
+            return Err(Error::Config(format!(
+                "job {id} does not checkpoint, so it cannot take savepoints"
+            )));
+        }
+        match (&job.run, job.record.state) {
+            (Some(run), JobState::Running) => Ok(run.handle.clone()),
+            (_, state) => Err(Error::Config(format!(
+                "job {id} is not running ({state:?})"
+            ))),
+        }
+    }
+
+    /// Resolves a location the way the job's executors see it.
+    pub fn resolve_location(&self, id: &str, dir: &str) -> Result<Location> {
+        let inner = self.lock();
+        let job = inner.jobs.get(id).ok_or_else(|| not_found(id))?;
+        resolve(dir, job.record.workdir.as_deref())
+    }
+
+    /// Checkpoint figures of a job.
+    pub fn checkpoints(&self, id: &str) -> Option<Checkpoints> {
+        let inner = self.lock();
+        let job = inner.jobs.get(id)?;
+        Some(Checkpoints {
+            job_id: id.to_string(),
+            dir: job
+                .record
+                .description
+                .checkpoint
+                .as_ref()
+                .map(|c| c.dir.clone()),
+            latest: job.record.latest_checkpoint,
+            stats: job.stats.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        })
+    }
+
+    /// Prometheus text exposition of the cluster and job metrics.
+    pub fn metrics_text(&self) -> String {
+        let cluster = self.cluster();
+        let inner = self.lock();
+        let mut out = String::new();
+        let mut gauge = |name: &str, help: &str, kind: &str, rows: Vec<(String, f64)>| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for (labels, v) in rows {
+                out.push_str(&format!("{name}{labels} {v}\n"));
+            }
+        };
+        gauge(
+            "sluice_workers_alive",
+            "Workers whose heartbeats arrive in time.",
+            "gauge",
+            vec![(String::new(), cluster.workers_alive as f64)],
+        );
+        gauge(
+            "sluice_slots",
+            "Slots on live workers.",
+            "gauge",
+            vec![(String::new(), cluster.slots as f64)],
+        );
+        gauge(
+            "sluice_slots_used",
+            "Slots used by running jobs.",
+            "gauge",
+            vec![(String::new(), cluster.used_slots as f64)],
+        );
+        gauge(
+            "sluice_jobs",
+            "Jobs per state.",
+            "gauge",
+            cluster
+                .jobs
+                .iter()
+                .map(|(s, n)| (format!("{{state=\"{}\"}}", state_name(*s)), *n as f64))
+                .collect(),
+        );
+        let mut jobs: Vec<&Job> = inner.jobs.values().collect();
+        jobs.sort_by(|a, b| a.record.id.cmp(&b.record.id));
+        let per_job = |f: &dyn Fn(&Job) -> f64| -> Vec<(String, f64)> {
+            jobs.iter()
+                .map(|j| (format!("{{job=\"{}\"}}", j.record.id), f(j)))
+                .collect()
+        };
+        gauge(
+            "sluice_job_restarts_total",
+            "Restarts after failures.",
+            "counter",
+            per_job(&|j| j.record.restarts as f64),
+        );
+        gauge(
+            "sluice_job_checkpoints_completed_total",
+            "Checkpoints completed.",
+            "counter",
+            per_job(&|j| j.stats.lock().unwrap_or_else(|p| p.into_inner()).completed as f64),
+        );
+        gauge(
+            "sluice_job_rejected_stale_total",
+            "Control messages of stale attempts refused.",
+            "counter",
+            per_job(&|j| j.rejected() as f64),
+        );
+        let mut records = Vec::new();
+        for j in &jobs {
+            for n in &j.nodes {
+                let name = j
+                    .record
+                    .description
+                    .vertices
+                    .iter()
+                    .flat_map(|v| v.nodes.iter())
+                    .find(|(id, _)| *id == n.node)
+                    .map_or(String::new(), |(_, name)| name.replace('"', "'"));
+                records.push((
+                    format!(
+                        "{{job=\"{}\",node=\"{}\",direction=\"out\"}}",
+                        j.record.id, name
+                    ),
+                    n.records_out as f64,
+                ));
+                records.push((
+                    format!(
+                        "{{job=\"{}\",node=\"{}\",direction=\"in\"}}",
+                        j.record.id, name
+                    ),
+                    n.records_in as f64,
+                ));
+            }
+        }
+        gauge(
+            "sluice_node_records_total",
+            "Records per operator, current attempt.",
+            "counter",
+            records,
+        );
+        out
+    }
+
+    // ---- the manager loop ----
+
+    /// One round: dead workers, attempt events, starts of waiting jobs.
+    pub fn tick(&self) {
+        let mut inner = self.lock();
+        let timeout = self.config.heartbeat_timeout;
+        let mut dead = Vec::new();
+        for (id, w) in inner.workers.iter_mut() {
+            if w.alive && w.last_heartbeat.elapsed() > timeout {
+                w.alive = false;
+                warn!(worker = %id, ?timeout, "worker missed its heartbeats: declared dead");
+                dead.push(id.clone());
+            }
+        }
+        for worker in dead {
+            let hit: Vec<String> = inner
+                .jobs
+                .values()
+                .filter(|j| {
+                    j.run
+                        .as_ref()
+                        .is_some_and(|r| r.slots.contains_key(&worker))
+                })
+                .map(|j| j.record.id.clone())
+                .collect();
+            for job in hit {
+                self.fail_attempt(&mut inner, &job, format!("worker {worker} was lost"));
+            }
+        }
+
+        let ids: Vec<String> = inner.jobs.keys().cloned().collect();
+        for id in &ids {
+            let job = inner.jobs.get_mut(id).expect("listed");
+            let Some(run) = &job.run else { continue };
+            job.nodes = run.handle.metrics();
+            let events: Vec<AttemptEvent> = run.handle.events().try_iter().collect();
+            for ev in events {
+                let job = inner.jobs.get_mut(id).expect("listed");
+                match ev {
+                    AttemptEvent::Running => {
+                        if job.record.state != JobState::Running {
+                            info!(job = %id, attempt = job.record.attempt, "job running");
+                            self.set_state(job, JobState::Running, None);
+                        }
+                    }
+                    AttemptEvent::Finished => {
+                        if let Some(run) = job.run.take() {
+                            job.rejected_stale += run.handle.rejected_stale();
+                            run.handle.cancel("the job finished");
+                        }
+                        self.note_checkpoint(job);
+                        info!(job = %id, "job finished");
+                        self.set_state(job, JobState::Finished, None);
+                        break;
+                    }
+                    AttemptEvent::Failed(e) => {
+                        self.fail_attempt(&mut inner, id, e);
+                        break;
+                    }
+                }
+            }
+            if let Some(job) = inner.jobs.get_mut(id) {
+                self.note_checkpoint(job);
+            }
+        }
+
+        for id in &ids {
+            let job = &inner.jobs[id];
+            let waiting = matches!(job.record.state, JobState::Created | JobState::Restarting);
+            if waiting && job.run.is_none() && Instant::now() >= job.not_before {
+                if let Err(e) = self.start_attempt(&mut inner, id) {
+                    let job = inner.jobs.get_mut(id).expect("listed");
+                    // Too few slots is a reason to wait, not to fail.
+                    job.not_before = Instant::now() + Duration::from_millis(500);
+                    if job.record.error.as_deref() != Some(&e.to_string()) {
+                        warn!(job = %id, error = %e, "job cannot start yet");
+                        job.record.error = Some(e.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    fn note_checkpoint(&self, job: &mut Job) {
+        let latest = job
+            .stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .recent
+            .iter()
+            .filter(|r| !r.savepoint)
+            .map(|r| r.id)
+            .max();
+        if latest.is_some() && latest > job.record.latest_checkpoint {
+            job.record.latest_checkpoint = latest;
+            job.record.updated_ms = now_ms();
+            if let Err(e) = self.meta.save(&job.record) {
+                warn!(job = %job.record.id, error = %e, "could not record the latest checkpoint");
+            }
+        }
+    }
+
+    fn set_state(&self, job: &mut Job, state: JobState, error: Option<String>) {
+        job.record.state = state;
+        if error.is_some() || state == JobState::Running {
+            job.record.error = error;
+        }
+        job.record.updated_ms = now_ms();
+        if let Err(e) = self.meta.save(&job.record) {
+            warn!(job = %job.record.id, error = %e, "could not write job metadata");
+        }
+    }
+
+    /// Ends the current attempt of `id` after a failure and decides what next.
+    fn fail_attempt(&self, inner: &mut Inner, id: &str, error: String) {
+        let Some(job) = inner.jobs.get_mut(id) else {
+            return;
+        };
+        let Some(run) = job.run.take() else { return };
+        run.handle.cancel(&error);
+        job.rejected_stale += run.handle.rejected_stale();
+        self.note_checkpoint(job);
+        let restartable = job.record.description.checkpoint.is_some();
+        if !restartable || job.record.restarts >= u64::from(self.config.max_restarts) {
+            let why = if restartable {
+                format!("{error} (after {} restarts)", job.record.restarts)
+            } else {
+                format!("{error} (the job does not checkpoint, so it cannot be restarted)")
+            };
+            warn!(job = %id, error = %why, "job failed");
+            self.set_state(job, JobState::Failed, Some(why));
+            return;
+        }
+        warn!(job = %id, attempt = run.attempt, error = %error, "attempt failed; restarting from the latest checkpoint");
+        job.record.restarts += 1;
+        job.not_before = Instant::now() + self.config.restart_delay;
+        self.set_state(job, JobState::Restarting, Some(error));
+    }
+
+    /// Places and starts the next attempt of `id`.
+    fn start_attempt(&self, inner: &mut Inner, id: &str) -> Result<()> {
+        let offers: Vec<Offer> = {
+            let mut o: Vec<Offer> = inner
+                .workers
+                .iter()
+                .filter(|(_, w)| w.alive)
+                .map(|(wid, w)| Offer {
+                    worker: wid.clone(),
+                    free: w.slots.saturating_sub(used_slots(inner, wid)),
+                    capacity: w.capacity,
+                })
+                .filter(|o| o.free > 0)
+                .collect();
+            o.sort_by(|a, b| a.worker.cmp(&b.worker));
+            o
+        };
+        let job = inner.jobs.get_mut(id).expect("caller checked");
+        let assignment = place(&job.record.description, &offers, self.config.scheduling)?;
+        let record = &job.record;
+        let mut attempt = record.attempt + 1;
+        let (checkpoint, restore) = match &record.description.checkpoint {
+            None => (None, None),
+            Some(c) => {
+                let dir = resolve(&c.dir, record.workdir.as_deref())?;
+                let root = Storage::open(&dir)?;
+                let found = scan(&root, &record.description.name)?;
+                attempt = attempt.max(found.max_attempt.map_or(0, |a| a + 1));
+                let mut next_id = found.max_id + 1;
+                let restore = match (&found.latest, &c.restore_from) {
+                    (Some((d, m)), _) => {
+                        next_id = next_id.max(m.id + 1);
+                        Some(d.location().to_string())
+                    }
+                    (None, Some(from)) => {
+                        Some(resolve(from, record.workdir.as_deref())?.to_string())
+                    }
+                    (None, None) => None,
+                };
+                let mut config = CheckpointConfig::new(dir);
+                config.interval = Duration::from_millis(c.interval_ms);
+                config.timeout = Duration::from_millis(c.timeout_ms);
+                config.min_pause = Duration::from_millis(c.min_pause_ms);
+                config.retained = c.retained;
+                config.guarantee = if c.exactly_once {
+                    Guarantee::ExactlyOnce
+                } else {
+                    Guarantee::AtLeastOnce
+                };
+                (
+                    Some(CheckpointSetup {
+                        config,
+                        root,
+                        next_id,
+                    }),
+                    restore,
+                )
+            }
+        };
+        let handle = self.control.start_attempt(AttemptConfig {
+            job_id: id.to_string(),
+            attempt,
+            description: record.description.clone(),
+            placement: assignment.tasks.clone(),
+            executors: assignment.executors.len(),
+            checkpoint,
+            stats: job.stats.clone(),
+        })?;
+        let launches: Vec<(String, ExecutorLaunch)> = assignment
+            .executors
+            .iter()
+            .enumerate()
+            .map(|(e, worker)| {
+                let host = inner
+                    .workers
+                    .get(worker)
+                    .map_or("127.0.0.1".into(), |w| w.host.clone());
+                (
+                    worker.clone(),
+                    ExecutorLaunch {
+                        artifact: record.artifact.clone(),
+                        args: record.args.clone(),
+                        workdir: record.workdir.clone(),
+                        spec: ExecutorSpec {
+                            job_id: id.to_string(),
+                            attempt,
+                            executor: e,
+                            executors: assignment.executors.len(),
+                            control: self.control_addr.clone(),
+                            tasks: assignment
+                                .tasks
+                                .iter()
+                                .filter(|(_, x)| *x == e)
+                                .map(|(k, _)| *k)
+                                .collect(),
+                            bind_host: host,
+                            parallelism: record.parallelism,
+                            restore: restore.clone(),
+                        },
+                    },
+                )
+            })
+            .collect();
+        let placement = assignment
+            .tasks
+            .iter()
+            .map(|(task, e)| Placement {
+                task: *task,
+                worker: assignment.executors[*e].clone(),
+                executor: *e,
+            })
+            .collect();
+        info!(job = %id, attempt, executors = ?assignment.executors, restore = ?restore, "starting attempt");
+        let job = inner.jobs.get_mut(id).expect("caller checked");
+        job.record.attempt = attempt;
+        job.record.error = None;
+        job.run = Some(Run {
+            handle,
+            attempt,
+            placement,
+            slots: assignment
+                .executors
+                .iter()
+                .cloned()
+                .zip(assignment.slots.iter().copied())
+                .collect(),
+            exited_ok: vec![false; launches.len()],
+            launches,
+        });
+        job.record.updated_ms = now_ms();
+        self.meta.save(&job.record)?;
+        Ok(())
+    }
+}
+
+fn used_slots(inner: &Inner, worker: &str) -> usize {
+    inner
+        .jobs
+        .values()
+        .filter_map(|j| j.run.as_ref())
+        .filter_map(|r| r.slots.get(worker))
+        .sum()
+}
+
+fn not_found(id: &str) -> Error {
+    Error::NotFound(format!("no job {id}"))
+}
+
+/// A location as given by the job: relative directories are relative to
+/// the submitter's working directory.
+fn resolve(dir: &str, workdir: Option<&str>) -> Result<Location> {
+    let location: Location = dir.parse()?;
+    match (location.local_path(), workdir) {
+        (Some(p), Some(w)) if p.is_relative() => Ok(Location::from(Path::new(w).join(p))),
+        _ => Ok(location),
+    }
+}
+
+pub(crate) fn state_name(s: JobState) -> &'static str {
+    match s {
+        JobState::Created => "CREATED",
+        JobState::Running => "RUNNING",
+        JobState::Restarting => "RESTARTING",
+        JobState::Finished => "FINISHED",
+        JobState::Failed => "FAILED",
+        JobState::Canceled => "CANCELED",
+    }
+}
+
+fn status_of(job: &Job) -> JobStatus {
+    let r = &job.record;
+    JobStatus {
+        id: r.id.clone(),
+        name: r.description.name.clone(),
+        state: r.state,
+        attempt: r.attempt,
+        restarts: r.restarts,
+        artifact: r.artifact.clone(),
+        args: r.args.clone(),
+        submitted_ms: r.submitted_ms,
+        updated_ms: r.updated_ms,
+        error: r.error.clone(),
+        latest_checkpoint: r.latest_checkpoint,
+        rejected_stale: job.rejected(),
+        placement: job
+            .run
+            .as_ref()
+            .map(|run| run.placement.clone())
+            .unwrap_or_default(),
+        nodes: job.nodes.clone(),
+    }
+}

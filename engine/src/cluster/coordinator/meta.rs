@@ -1,0 +1,119 @@
+//! Durable metadata of the coordinator: one JSON file per job under
+//! `DATA_DIR/jobs/`, replaced atomically (write, sync, rename) on every
+//! change, and the shipped binaries under `DATA_DIR/artifacts/<sha256>`.
+//! A restarted coordinator reads the jobs back and resumes the ones that
+//! had not ended from their latest checkpoint.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use crate::cluster::api::{JobDescription, JobState};
+use crate::error::{Error, Result};
+
+/// What survives a coordinator restart of a job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Job id.
+    pub id: String,
+    /// State when last written.
+    pub state: JobState,
+    /// Attempt number of the newest attempt started (0: none yet).
+    pub attempt: u64,
+    /// Restarts after failures.
+    pub restarts: u64,
+    /// SHA-256 of the binary.
+    pub artifact: String,
+    /// Arguments of the binary.
+    pub args: Vec<String>,
+    /// Submitted parallelism.
+    pub parallelism: usize,
+    /// Working directory of the executors.
+    pub workdir: Option<String>,
+    /// The job's plan.
+    pub description: JobDescription,
+    /// Submission time, ms since the epoch.
+    pub submitted_ms: i64,
+    /// Last change, ms since the epoch.
+    pub updated_ms: i64,
+    /// Last failure.
+    pub error: Option<String>,
+    /// Latest completed checkpoint seen.
+    pub latest_checkpoint: Option<u64>,
+}
+
+/// The coordinator's data directory.
+#[derive(Debug, Clone)]
+pub struct MetaStore {
+    root: PathBuf,
+}
+
+impl MetaStore {
+    /// Opens (creating) `root`.
+    pub fn open(root: &Path) -> Result<Self> {
+        for sub in ["jobs", "artifacts"] {
+            fs::create_dir_all(root.join(sub))
+                .map_err(|e| Error::io(format!("creating {}", root.join(sub).display()), e))?;
+        }
+        Ok(MetaStore {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// Where the binary with this hash is kept.
+    pub fn artifact_path(&self, sha256: &str) -> PathBuf {
+        self.root.join("artifacts").join(sha256)
+    }
+
+    /// A temporary path beside the artifacts (same file system, for renames).
+    pub fn artifact_temp(&self, sha256: &str) -> PathBuf {
+        self.root
+            .join("artifacts")
+            .join(format!(".{sha256}.{}.part", std::process::id()))
+    }
+
+    /// Writes a job's record atomically.
+    pub fn save(&self, job: &JobRecord) -> Result<()> {
+        let path = self.root.join("jobs").join(format!("{}.json", job.id));
+        let tmp = path.with_extension("json.tmp");
+        let body = serde_json::to_vec_pretty(job)
+            .map_err(|e| Error::Internal(format!("encoding job {}: {e}", job.id)))?;
+        let write = || -> std::io::Result<()> {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(&body)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            fs::File::open(path.parent().expect("jobs dir"))?.sync_all()
+        };
+        write().map_err(|e| Error::io(format!("writing {}", path.display()), e))
+    }
+
+    /// Every job record; unreadable files are logged and skipped (a
+    /// corrupted record loses that job's metadata, never the others').
+    pub fn load(&self) -> Result<Vec<JobRecord>> {
+        let dir = self.root.join("jobs");
+        let mut out = Vec::new();
+        let entries =
+            fs::read_dir(&dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            match fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<JobRecord>(&b).map_err(|e| e.to_string()))
+            {
+                Ok(r) => out.push(r),
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "skipping an unreadable job record")
+                }
+            }
+        }
+        out.sort_by_key(|r| r.submitted_ms);
+        Ok(out)
+    }
+}

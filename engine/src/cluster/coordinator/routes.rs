@@ -1,0 +1,226 @@
+//! The REST API's handlers (axum). Handlers take the manager's lock only
+//! briefly; anything that waits (savepoints, artifact files) runs off the
+//! lock, and blocking work goes to `spawn_blocking`.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use super::manager::Manager;
+use crate::cluster::api::{
+    ApiError, Heartbeat, RegisterWorker, SavepointRequest, SavepointTaken, SubmitJob, Submitted,
+};
+use crate::error::Error;
+
+type Shared = State<Arc<Manager>>;
+
+/// An error answer: status from the error's kind, body `{"error": ...}`.
+struct Failure(StatusCode, String);
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let status = match &e {
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Config(_) | Error::Plan { .. } | Error::Decode(_) => StatusCode::BAD_REQUEST,
+            Error::Cancelled => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Failure(status, e.to_string())
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.0, Json(ApiError { error: self.1 })).into_response()
+    }
+}
+
+type Answer<T> = Result<Json<T>, Failure>;
+
+/// The API's routes over `manager`.
+pub fn router(manager: Arc<Manager>) -> Router {
+    Router::new()
+        .route("/api/v1/jobs", get(jobs).post(submit))
+        .route("/api/v1/jobs/{id}", get(job))
+        .route("/api/v1/jobs/{id}/cancel", post(cancel))
+        .route("/api/v1/jobs/{id}/savepoint", post(savepoint))
+        .route("/api/v1/jobs/{id}/checkpoints", get(checkpoints))
+        .route(
+            "/api/v1/artifacts/{sha256}",
+            put(upload).get(download).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/api/v1/workers", get(workers).post(register))
+        .route("/api/v1/workers/{id}/heartbeat", post(heartbeat))
+        .route("/api/v1/cluster", get(cluster))
+        .route("/metrics", get(metrics))
+        .with_state(manager)
+}
+
+async fn jobs(State(m): Shared) -> Answer<Vec<crate::cluster::api::JobStatus>> {
+    Ok(Json(m.jobs()))
+}
+
+async fn submit(
+    State(m): Shared,
+    Json(req): Json<SubmitJob>,
+) -> Result<(StatusCode, Json<Submitted>), Failure> {
+    let job_id = tokio::task::spawn_blocking(move || m.submit(req))
+        .await
+        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok((StatusCode::CREATED, Json(Submitted { job_id })))
+}
+
+async fn job(State(m): Shared, Path(id): Path<String>) -> Answer<crate::cluster::api::JobStatus> {
+    m.job(&id)
+        .map(Json)
+        .ok_or_else(|| Error::NotFound(format!("no job {id}")).into())
+}
+
+async fn cancel(
+    State(m): Shared,
+    Path(id): Path<String>,
+) -> Answer<crate::cluster::api::JobStatus> {
+    Ok(Json(m.cancel(&id)?))
+}
+
+async fn savepoint(
+    State(m): Shared,
+    Path(id): Path<String>,
+    Json(req): Json<SavepointRequest>,
+) -> Answer<SavepointTaken> {
+    let handle = m.attempt_handle(&id)?;
+    let dir = m.resolve_location(&id, &req.dir)?;
+    let location = tokio::task::spawn_blocking(move || handle.savepoint(dir, req.stop))
+        .await
+        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Json(SavepointTaken {
+        location: location.to_string(),
+    }))
+}
+
+async fn checkpoints(
+    State(m): Shared,
+    Path(id): Path<String>,
+) -> Answer<crate::cluster::api::Checkpoints> {
+    m.checkpoints(&id)
+        .map(Json)
+        .ok_or_else(|| Error::NotFound(format!("no job {id}")).into())
+}
+
+fn valid_hash(sha: &str) -> Result<(), Failure> {
+    if sha.len() == 64
+        && sha
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(Failure(
+            StatusCode::BAD_REQUEST,
+            format!("{sha:?} is not a lowercase hex SHA-256"),
+        ))
+    }
+}
+
+/// Streams the body to a temporary file, hashing as it goes; renamed into
+/// place only when the content matches its address.
+async fn upload(
+    State(m): Shared,
+    Path(sha): Path<String>,
+    body: Body,
+) -> Result<StatusCode, Failure> {
+    valid_hash(&sha)?;
+    let path = m.meta().artifact_path(&sha);
+    if tokio::fs::metadata(&path).await.is_ok() {
+        return Ok(StatusCode::OK);
+    }
+    let tmp = m.meta().artifact_temp(&sha);
+    let io = |what: &str, e: std::io::Error| {
+        Failure::from(Error::io(format!("{what} {}", tmp.display()), e))
+    };
+    let mut file = tokio::fs::File::create(&tmp)
+        .await
+        .map_err(|e| io("creating", e))?;
+    let mut hasher = Sha256::new();
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(Failure(
+                    StatusCode::BAD_REQUEST,
+                    format!("upload interrupted: {e}"),
+                ));
+            }
+        };
+        hasher.update(&chunk);
+        if let Err(e) = file.write_all(&chunk).await {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(io("writing", e));
+        }
+    }
+    let got = format!("{:x}", hasher.finalize());
+    if got != sha {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(Failure(
+            StatusCode::BAD_REQUEST,
+            format!("the uploaded content hashes to {got}, not {sha}"),
+        ));
+    }
+    file.sync_all().await.map_err(|e| io("syncing", e))?;
+    drop(file);
+    tokio::fs::rename(&tmp, &path)
+        .await
+        .map_err(|e| io("renaming", e))?;
+    Ok(StatusCode::CREATED)
+}
+
+async fn download(State(m): Shared, Path(sha): Path<String>) -> Result<Response, Failure> {
+    valid_hash(&sha)?;
+    let path = m.meta().artifact_path(&sha);
+    let bytes = tokio::fs::read(&path)
+        .await
+        .map_err(|_| Failure::from(Error::NotFound(format!("no artifact {sha}"))))?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+async fn workers(State(m): Shared) -> Answer<Vec<crate::cluster::api::WorkerInfo>> {
+    Ok(Json(m.workers()))
+}
+
+async fn register(
+    State(m): Shared,
+    Json(req): Json<RegisterWorker>,
+) -> Answer<crate::cluster::api::Registered> {
+    Ok(Json(m.register(req)?))
+}
+
+async fn heartbeat(
+    State(m): Shared,
+    Path(id): Path<String>,
+    Json(hb): Json<Heartbeat>,
+) -> Answer<crate::cluster::api::HeartbeatReply> {
+    m.heartbeat(&id, hb)
+        .map(Json)
+        .ok_or_else(|| Error::NotFound(format!("no worker {id}; register again")).into())
+}
+
+async fn cluster(State(m): Shared) -> Answer<crate::cluster::api::ClusterInfo> {
+    Ok(Json(m.cluster()))
+}
+
+async fn metrics(State(m): Shared) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        m.metrics_text(),
+    )
+}
