@@ -407,6 +407,8 @@ fn main() -> ExitCode {
 }
 
 fn init_tracing(service: bool) {
+    use std::io::IsTerminal;
+
     use tracing_subscriber::EnvFilter;
     // Client commands print results on stdout; only trouble belongs on
     // stderr unless RUST_LOG asks for more.
@@ -414,6 +416,7 @@ fn init_tracing(service: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }

@@ -261,7 +261,7 @@ impl Client {
             .await
             .map_err(|e| Error::Unreachable {
                 url: url.clone(),
-                message: chain(&e),
+                message: transport(&e),
             })?;
         let status = response.status();
         if status.is_success() {
@@ -288,8 +288,20 @@ impl Client {
     fn unreachable(&self, path: &str, e: &reqwest::Error) -> Error {
         Error::Unreachable {
             url: format!("{}{}", self.base, path),
-            message: chain(e),
+            message: transport(e),
         }
+    }
+}
+
+/// reqwest's outer message repeats the URL the error already names; the
+/// causes are what tells a user what happened.
+fn transport(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "no answer in time".into();
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => chain(cause),
+        None => e.to_string(),
     }
 }
 
