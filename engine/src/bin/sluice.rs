@@ -91,6 +91,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Shows the cluster: live workers, slots, jobs per state.
+    Cluster {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Lists workers.
     Workers {
         #[command(flatten)]
@@ -509,6 +517,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         rows
                     )
                 );
+            }
+        }
+        Command::Cluster { client: c, json } => {
+            let info = client(&c, &file.client)?.cluster().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                println!("workers alive: {}", info.workers_alive);
+                println!("slots: {} used of {}", info.used_slots, info.slots);
+                let jobs: Vec<String> = info
+                    .jobs
+                    .iter()
+                    .map(|(state, n)| format!("{} {n}", state_name(*state)))
+                    .collect();
+                println!(
+                    "jobs: {}",
+                    if jobs.is_empty() {
+                        "-".into()
+                    } else {
+                        jobs.join(", ")
+                    }
+                );
+                println!("heartbeat timeout: {} ms", info.heartbeat_timeout_ms);
+                println!("control: {}", info.control);
             }
         }
         Command::Workers { client: c, json } => {

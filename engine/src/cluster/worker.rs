@@ -38,6 +38,8 @@ use crate::error::{Error, Result};
 const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
 /// Cap of the back-off between attempts to reach the coordinator.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
+/// Retries of an artifact download that failed for want of a coordinator.
+const FETCH_RETRIES: u32 = 3;
 /// How long shutdown waits for killed executors to be reaped.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Linux's ETXTBSY: a binary just written may still be open for writing in
@@ -472,15 +474,33 @@ async fn run_executor(
     lock(&status).exit = Some(code);
 }
 
+/// A coordinator blip while fetching would otherwise fail the whole
+/// attempt; a few quick retries ride it out. A refusal (4xx) or a bad
+/// hash is final.
+async fn fetch_artifact(shared: &Shared, sha256: &str) -> Result<PathBuf> {
+    let mut delay = Duration::from_millis(200);
+    let mut tries = 0;
+    loop {
+        match shared.artifacts.get(&shared.client, sha256).await {
+            Err(e @ (Error::Unreachable { .. } | Error::Api { status: 500.., .. }))
+                if tries < FETCH_RETRIES =>
+            {
+                warn!(artifact = sha256, error = %e, "artifact fetch failed; retrying");
+                tries += 1;
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            r => return r,
+        }
+    }
+}
+
 async fn start_executor(
     shared: &Shared,
     key: &ExecutorKey,
     launch: &ExecutorLaunch,
 ) -> Result<Child> {
-    let binary = shared
-        .artifacts
-        .get(&shared.client, &launch.artifact)
-        .await?;
+    let binary = fetch_artifact(shared, &launch.artifact).await?;
     let stem = key.file_stem();
     let spec_path = shared
         .data_dir
