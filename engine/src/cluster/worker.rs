@@ -225,6 +225,7 @@ impl Worker {
         let data_dir = tokio::fs::canonicalize(&config.data_dir)
             .await
             .map_err(|e| Error::io(format!("resolving {}", config.data_dir.display()), e))?;
+        remove_stale_downloads(&data_dir.join("artifacts")).await;
         let shared = Arc::new(Shared {
             client,
             artifacts: ArtifactCache::new(data_dir.join("artifacts")),
@@ -631,6 +632,20 @@ impl ArtifactCache {
     }
 }
 
+/// Downloads a killed worker left behind: never installed, never used.
+async fn remove_stale_downloads(dir: &Path) {
+    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
+        return;
+    };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.ends_with(".tmp") {
+            let _ = tokio::fs::remove_file(entry.path()).await;
+        }
+    }
+}
+
 fn validate_sha256(s: &str) -> Result<()> {
     if s.len() == 64
         && s.bytes()
@@ -785,6 +800,18 @@ mod tests {
             let err = cache.get(&client, bad).await.expect_err("invalid id");
             assert!(matches!(err, Error::Config(_)), "{err}");
         }
+    }
+
+    #[tokio::test]
+    async fn stale_downloads_are_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sha = sha256_hex(b"x");
+        let stale = TempFile::new(dir.path(), &sha);
+        std::fs::write(&stale.path, b"partial").expect("write");
+        stale.keep();
+        std::fs::write(dir.path().join(&sha), b"x").expect("write");
+        remove_stale_downloads(dir.path()).await;
+        assert_eq!(entries(dir.path()), vec![sha]);
     }
 
     #[test]
