@@ -81,6 +81,24 @@ pub enum Error {
     /// A request named something that does not exist (job, worker, artifact).
     #[error("not found: {0}")]
     NotFound(String),
+    /// The coordinator answered a request with an error status; `message`
+    /// is its `ApiError.error` text (or the body when it sent none).
+    #[error("coordinator refused the request (HTTP {status}): {message}")]
+    Api {
+        /// HTTP status code.
+        status: u16,
+        /// What the coordinator said.
+        message: String,
+    },
+    /// The coordinator could not be reached, or its answer could not be
+    /// read (connection refused, timeout, malformed body).
+    #[error("cannot talk to the coordinator at {url}: {message}")]
+    Unreachable {
+        /// The URL requested.
+        url: String,
+        /// What failed.
+        message: String,
+    },
     /// The job was cancelled.
     #[error("job cancelled")]
     Cancelled,
@@ -140,7 +158,12 @@ impl Error {
             | Error::Checkpoint(_)
             | Error::Exchange(_)
             | Error::Protocol(_)
+            | Error::Unreachable { .. }
             | Error::Cancelled => ErrorKind::External,
+            // A 4xx means the request itself was wrong; anything else is the
+            // coordinator's trouble and may pass.
+            Error::Api { status, .. } if (400..500).contains(status) => ErrorKind::User,
+            Error::Api { .. } => ErrorKind::External,
             Error::Arrow(_) | Error::Internal(_) => ErrorKind::Internal,
             Error::Task { source, .. } => source.kind(),
         }

@@ -1,5 +1,502 @@
-//! The `sluice` command: coordinator, worker and client commands.
+//! The `sluice` command: the coordinator and worker services, and the
+//! client commands (submit, jobs, status, cancel, savepoint, checkpoints,
+//! workers) over the coordinator's REST API.
+//!
+//! Settings come from flags, then environment variables (clap's `env`),
+//! then the TOML file named by `--config` / `SLUICE_CONFIG` (sections
+//! `[coordinator]`, `[worker]`, `[client]`, keys = flag names with
+//! underscores), then built-in defaults (`sluice/config.rs`). Output meant
+//! for scripts goes to stdout; logs go to stderr.
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Parser, Subcommand};
+use sluice_engine::cluster::api::{JobDescription, JobState, JobStatus, SavepointRequest};
+use sluice_engine::cluster::client::Submission;
+use sluice_engine::cluster::coordinator;
+use sluice_engine::cluster::worker;
+
+// A bin crate root looks for modules beside it, where other binaries live.
+#[path = "sluice/config.rs"]
+mod config;
+
+use config::{
+    client, coordinator_config, load_file, worker_config, ClientArgs, ClientFile, CoordinatorArgs,
+    SubmitArgs, WorkerArgs,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Sluice: coordinator, worker and job client"
+)]
+struct Cli {
+    /// TOML file with [coordinator], [worker] and [client] sections.
+    #[arg(long, global = true, env = "SLUICE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the coordinator: REST API, scheduler, job manager.
+    Coordinator(CoordinatorArgs),
+    /// Runs a worker: registers, heartbeats, runs executors.
+    Worker(WorkerArgs),
+    /// Submits a job binary; prints the job id.
+    Submit(SubmitArgs),
+    /// Lists jobs.
+    Jobs {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shows a job's state (first line) and details.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Job id.
+        job_id: String,
+        /// Print the JobStatus JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancels a job.
+    Cancel {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Job id.
+        job_id: String,
+    },
+    /// Takes a savepoint; prints its location.
+    Savepoint {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Job id.
+        job_id: String,
+        /// Where the savepoint goes (directory or s3:// URL).
+        #[arg(long, env = "SLUICE_SAVEPOINT_DIR", value_name = "DIR")]
+        dir: String,
+        /// Stop the job once the savepoint is taken.
+        #[arg(long)]
+        stop: bool,
+    },
+    /// Shows a job's checkpoints.
+    Checkpoints {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Job id.
+        job_id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shows the cluster: live workers, slots, jobs per state.
+    Cluster {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists workers.
+    Workers {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let service = matches!(cli.command, Command::Coordinator(_) | Command::Worker(_));
+    init_tracing(service);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluice: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(service: bool) {
+    use std::io::IsTerminal;
+
+    use tracing_subscriber::EnvFilter;
+    // Client commands print results on stdout; only trouble belongs on
+    // stderr unless RUST_LOG asks for more.
+    let default = if service { "info" } else { "warn" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let file = load_file(cli.config.as_deref())?;
+    match cli.command {
+        Command::Coordinator(args) => {
+            let config = coordinator_config(&args, &file.coordinator)?;
+            coordinator::serve(config).await?;
+        }
+        Command::Worker(args) => {
+            let config = worker_config(&args, &file.worker)?;
+            worker::run(config).await?;
+        }
+        Command::Submit(args) => {
+            let job_id = submit(&args, &file.client).await?;
+            println!("{job_id}");
+        }
+        Command::Jobs { client: c, json } => {
+            let jobs = client(&c, &file.client)?.jobs().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&jobs)?);
+            } else {
+                print!("{}", jobs_table(&jobs));
+            }
+        }
+        Command::Status {
+            client: c,
+            job_id,
+            json,
+        } => {
+            let status = client(&c, &file.client)?.status(&job_id).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status_text(&status));
+            }
+        }
+        Command::Cancel { client: c, job_id } => {
+            client(&c, &file.client)?.cancel(&job_id).await?;
+        }
+        Command::Savepoint {
+            client: c,
+            job_id,
+            dir,
+            stop,
+        } => {
+            let taken = client(&c, &file.client)?
+                .savepoint(&job_id, &SavepointRequest { dir, stop })
+                .await?;
+            println!("{}", taken.location);
+        }
+        Command::Checkpoints {
+            client: c,
+            job_id,
+            json,
+        } => {
+            let cps = client(&c, &file.client)?.checkpoints(&job_id).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&cps)?);
+            } else {
+                println!("dir: {}", cps.dir.as_deref().unwrap_or("-"));
+                println!("latest: {}", opt(cps.latest));
+                println!(
+                    "completed: {}  aborted: {}  restarts: {}  restored from: {}",
+                    cps.stats.completed,
+                    cps.stats.aborted,
+                    cps.stats.restarts,
+                    opt(cps.stats.restored_from)
+                );
+                let rows = cps.stats.recent.iter().map(|r| {
+                    vec![
+                        r.id.to_string(),
+                        if r.savepoint {
+                            "savepoint"
+                        } else {
+                            "checkpoint"
+                        }
+                        .to_string(),
+                        r.figures.duration_ms.to_string(),
+                        r.figures.alignment_ms.to_string(),
+                        r.figures.bytes.to_string(),
+                    ]
+                });
+                print!(
+                    "{}",
+                    table(
+                        &["ID", "KIND", "DURATION_MS", "ALIGNMENT_MS", "BYTES"],
+                        rows
+                    )
+                );
+            }
+        }
+        Command::Cluster { client: c, json } => {
+            let info = client(&c, &file.client)?.cluster().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                println!("workers alive: {}", info.workers_alive);
+                println!("slots: {} used of {}", info.used_slots, info.slots);
+                let jobs: Vec<String> = info
+                    .jobs
+                    .iter()
+                    .map(|(state, n)| format!("{} {n}", state_name(*state)))
+                    .collect();
+                println!(
+                    "jobs: {}",
+                    if jobs.is_empty() {
+                        "-".into()
+                    } else {
+                        jobs.join(", ")
+                    }
+                );
+                println!("heartbeat timeout: {} ms", info.heartbeat_timeout_ms);
+                println!("control: {}", info.control);
+            }
+        }
+        Command::Workers { client: c, json } => {
+            let workers = client(&c, &file.client)?.workers().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&workers)?);
+            } else {
+                let rows = workers.iter().map(|w| {
+                    vec![
+                        w.id.clone(),
+                        w.slots.to_string(),
+                        w.used_slots.to_string(),
+                        w.capacity.to_string(),
+                        w.host.clone(),
+                        if w.alive { "yes" } else { "no" }.to_string(),
+                        w.since_heartbeat_ms.to_string(),
+                    ]
+                });
+                print!(
+                    "{}",
+                    table(
+                        &[
+                            "ID",
+                            "SLOTS",
+                            "USED",
+                            "CAPACITY",
+                            "HOST",
+                            "ALIVE",
+                            "SINCE_HEARTBEAT_MS"
+                        ],
+                        rows
+                    )
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Describes the job by running its binary in describe mode, then ships it.
+async fn submit(args: &SubmitArgs, file: &ClientFile) -> anyhow::Result<String> {
+    let client = client(&args.client, file)?;
+    let parallelism = args.parallelism.or(file.parallelism);
+    if parallelism == Some(0) {
+        bail!("--parallelism must be at least 1");
+    }
+    let binary = &args.binary;
+    match tokio::fs::metadata(binary).await {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => bail!("job binary {} is not a file", binary.display()),
+        Err(e) => bail!("job binary {} not found: {e}", binary.display()),
+    }
+    // Run by absolute path: a bare name would be looked up on PATH.
+    let binary = tokio::fs::canonicalize(binary)
+        .await
+        .with_context(|| format!("resolving {}", binary.display()))?;
+    let description = describe(&binary, &args.args, parallelism).await?;
+    let bytes = tokio::fs::read(&binary)
+        .await
+        .with_context(|| format!("reading {}", binary.display()))?;
+    let workdir = std::env::current_dir()
+        .context("the current directory")?
+        .to_string_lossy()
+        .into_owned();
+    let submitted = client
+        .submit(Submission {
+            binary: bytes,
+            args: args.args.clone(),
+            parallelism,
+            workdir: Some(workdir),
+            description,
+        })
+        .await
+        .context("submission failed")?;
+    Ok(submitted.job_id)
+}
+
+async fn describe(
+    binary: &Path,
+    args: &[String],
+    parallelism: Option<usize>,
+) -> anyhow::Result<JobDescription> {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let out = std::env::temp_dir().join(format!(
+        "sluice-describe-{}-{nanos}.json",
+        std::process::id()
+    ));
+    let _cleanup = RemoveOnDrop(out.clone());
+    let mut command = tokio::process::Command::new(binary);
+    command
+        .args(args)
+        .env("SLUICE_DESCRIBE", &out)
+        .env_remove("SLUICE_EXECUTOR")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    if let Some(p) = parallelism {
+        command.env("SLUICE_PARALLELISM", p.to_string());
+    }
+    let output = command
+        .output()
+        .await
+        .with_context(|| format!("cannot run {}", binary.display()))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        bail!(
+            "describing the job failed: {} exited with {}{}",
+            binary.display(),
+            output.status,
+            if stderr.trim().is_empty() {
+                String::new()
+            } else {
+                format!(":\n{}", stderr.trim_end())
+            }
+        );
+    }
+    let text = tokio::fs::read(&out).await.map_err(|e| {
+        anyhow!(
+            "{} exited without writing a job description ({e}); is it a Sluice job binary?",
+            binary.display()
+        )
+    })?;
+    serde_json::from_slice(&text).with_context(|| {
+        format!(
+            "{} wrote an unreadable job description (built with another Sluice version?)",
+            binary.display()
+        )
+    })
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn state_name(state: JobState) -> String {
+    serde_json::to_value(state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{state:?}"))
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+fn jobs_table(jobs: &[JobStatus]) -> String {
+    let rows = jobs.iter().map(|j| {
+        vec![
+            j.id.clone(),
+            j.name.clone(),
+            state_name(j.state),
+            j.attempt.to_string(),
+        ]
+    });
+    table(&["ID", "NAME", "STATE", "ATTEMPT"], rows)
+}
+
+fn status_text(s: &JobStatus) -> String {
+    let mut out = format!("{}\n", state_name(s.state));
+    out.push_str(&format!("id: {}\n", s.id));
+    out.push_str(&format!("name: {}\n", s.name));
+    out.push_str(&format!(
+        "attempt: {}  restarts: {}\n",
+        s.attempt, s.restarts
+    ));
+    out.push_str(&format!(
+        "latest checkpoint: {}\n",
+        opt(s.latest_checkpoint)
+    ));
+    out.push_str(&format!("artifact: {}\n", s.artifact));
+    out.push_str(&format!("args: {}\n", s.args.join(" ")));
+    if let Some(e) = &s.error {
+        out.push_str(&format!("error: {e}\n"));
+    }
+    if !s.placement.is_empty() {
+        let mut workers: Vec<&str> = s.placement.iter().map(|p| p.worker.as_str()).collect();
+        workers.sort_unstable();
+        workers.dedup();
+        out.push_str(&format!(
+            "placement: {} subtasks on {} workers ({})\n",
+            s.placement.len(),
+            workers.len(),
+            workers.join(", ")
+        ));
+    }
+    out
+}
+
+/// Left-aligned columns, two spaces apart.
+fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
+    let rows: Vec<Vec<String>> = std::iter::once(header.iter().map(|h| h.to_string()).collect())
+        .chain(rows)
+        .collect();
+    let mut widths = vec![0; header.len()];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let last = row.len().saturating_sub(1);
+        for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
+            if i == last {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align() {
+        let t = table(
+            &["ID", "STATE"],
+            vec![vec!["j-1".into(), "RUNNING".into()]].into_iter(),
+        );
+        assert_eq!(t, "ID   STATE\nj-1  RUNNING\n");
+        assert_eq!(state_name(JobState::Canceled), "CANCELED");
+    }
 }

@@ -3,6 +3,9 @@
 //!
 //! - [`api`]: the coordinator's REST API types (JSON), shared by the
 //!   coordinator, the workers and the CLI.
+//! - [`client`]: the typed REST client of the coordinator (CLI, workers).
+//! - [`worker`]: the `sluice worker` service: registration, heartbeats,
+//!   executor processes.
 //! - [`control`]: the control connection between a task executor and the
 //!   coordinator (registration, peers, checkpoint triggers and
 //!   acknowledgements, fencing by attempt), length-prefixed JSON frames.
@@ -17,5 +20,7 @@
 
 pub mod api;
 pub mod attempt;
+pub mod client;
 pub mod control;
 pub mod coordinator;
+pub mod worker;

@@ -1,0 +1,416 @@
+//! The `sluice` command's settings: flags and environment variables
+//! (clap), the `--config` TOML file, and their merge with precedence
+//! flag > environment > file > default. Turns them into the library's
+//! `CoordinatorConfig`, `WorkerConfig` and `Client`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+use sluice_engine::cluster::client::Client;
+use sluice_engine::cluster::coordinator::{CoordinatorConfig, Scheduling};
+use sluice_engine::cluster::worker::WorkerConfig;
+
+/// Optional everywhere: a value missing from the flags and the environment
+/// may still come from the file, so clap must not fill in defaults.
+#[derive(Debug, Args)]
+pub(crate) struct CoordinatorArgs {
+    /// REST API address.
+    #[arg(long, env = "SLUICE_LISTEN", value_name = "ADDR")]
+    pub(crate) listen: Option<SocketAddr>,
+    /// Durable metadata and artifacts.
+    #[arg(long, env = "SLUICE_DATA_DIR", value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Address executors' control connections dial [default: the API's host, any port].
+    #[arg(long, env = "SLUICE_CONTROL_LISTEN", value_name = "ADDR")]
+    pub(crate) control_listen: Option<SocketAddr>,
+    /// A worker silent this long is dead [default: 3s].
+    #[arg(long, env = "SLUICE_HEARTBEAT_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub(crate) heartbeat_timeout: Option<Duration>,
+    /// How often workers heartbeat [default: 500ms].
+    #[arg(long, env = "SLUICE_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
+    pub(crate) heartbeat_interval: Option<Duration>,
+    /// Placement of subtasks on worker slots [default: spread].
+    #[arg(long, env = "SLUICE_SCHEDULING")]
+    pub(crate) scheduling: Option<SchedulingArg>,
+    /// Restarts of a job before it fails for good [default: 20].
+    #[arg(long, env = "SLUICE_MAX_RESTARTS", value_name = "N")]
+    pub(crate) max_restarts: Option<u32>,
+    /// Wait before restarting a failed attempt [default: 200ms].
+    #[arg(long, env = "SLUICE_RESTART_DELAY", value_parser = humantime::parse_duration)]
+    pub(crate) restart_delay: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WorkerArgs {
+    /// Coordinator REST URL (http://host:port).
+    #[arg(long, env = "SLUICE_COORDINATOR", value_name = "URL")]
+    pub(crate) coordinator: Option<String>,
+    /// Slots offered.
+    #[arg(long, env = "SLUICE_SLOTS", value_name = "N")]
+    pub(crate) slots: Option<usize>,
+    /// Artifacts, executor specs and logs.
+    #[arg(long, env = "SLUICE_DATA_DIR", value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Host executors bind for data exchange [default: 127.0.0.1].
+    #[arg(long, env = "SLUICE_LISTEN", value_name = "HOST")]
+    pub(crate) listen: Option<String>,
+    /// Capacity (weight of the weighted scheduler) [default: 1].
+    #[arg(long, env = "SLUICE_CAPACITY", value_name = "W")]
+    pub(crate) capacity: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ClientArgs {
+    /// Coordinator REST URL (http://host:port).
+    #[arg(long, env = "SLUICE_COORDINATOR", value_name = "URL")]
+    pub(crate) coordinator: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SubmitArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+    /// Default parallelism of the job.
+    #[arg(long, env = "SLUICE_PARALLELISM", value_name = "P")]
+    pub(crate) parallelism: Option<usize>,
+    /// The job binary.
+    #[arg(value_name = "JOB_BINARY")]
+    pub(crate) binary: PathBuf,
+    /// Arguments of the job binary (after `--`).
+    #[arg(last = true, value_name = "JOB_ARGS")]
+    pub(crate) args: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum SchedulingArg {
+    Spread,
+    Pack,
+    Weighted,
+}
+
+impl From<SchedulingArg> for Scheduling {
+    fn from(s: SchedulingArg) -> Self {
+        match s {
+            SchedulingArg::Spread => Scheduling::Spread,
+            SchedulingArg::Pack => Scheduling::Pack,
+            SchedulingArg::Weighted => Scheduling::Weighted,
+        }
+    }
+}
+
+/// The `--config` file. Durations and addresses are strings here so their
+/// errors can name the key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileConfig {
+    #[serde(default)]
+    pub(crate) coordinator: CoordinatorFile,
+    #[serde(default)]
+    pub(crate) worker: WorkerFile,
+    #[serde(default)]
+    pub(crate) client: ClientFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CoordinatorFile {
+    pub(crate) listen: Option<String>,
+    pub(crate) data_dir: Option<PathBuf>,
+    pub(crate) control_listen: Option<String>,
+    pub(crate) heartbeat_timeout: Option<String>,
+    pub(crate) heartbeat_interval: Option<String>,
+    pub(crate) scheduling: Option<String>,
+    pub(crate) max_restarts: Option<u32>,
+    pub(crate) restart_delay: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WorkerFile {
+    pub(crate) coordinator: Option<String>,
+    pub(crate) slots: Option<usize>,
+    pub(crate) data_dir: Option<PathBuf>,
+    pub(crate) listen: Option<String>,
+    pub(crate) capacity: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ClientFile {
+    pub(crate) coordinator: Option<String>,
+    pub(crate) parallelism: Option<usize>,
+}
+
+pub(crate) fn load_file(path: Option<&Path>) -> anyhow::Result<FileConfig> {
+    let Some(path) = path else {
+        return Ok(FileConfig::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    parse_file(&text).with_context(|| format!("config file {}", path.display()))
+}
+
+fn parse_file(text: &str) -> anyhow::Result<FileConfig> {
+    // toml's message names the unknown key and the expected ones.
+    toml::from_str(text).map_err(|e| anyhow!("{}", e.message().trim()))
+}
+
+fn file_duration(
+    section: &str,
+    key: &str,
+    value: Option<&String>,
+) -> anyhow::Result<Option<Duration>> {
+    value
+        .map(|v| {
+            humantime::parse_duration(v)
+                .map_err(|e| anyhow!("[{section}] {key} = \"{v}\": {e} (e.g. \"500ms\", \"3s\")"))
+        })
+        .transpose()
+}
+
+fn file_addr(
+    section: &str,
+    key: &str,
+    value: Option<&String>,
+) -> anyhow::Result<Option<SocketAddr>> {
+    value
+        .map(|v| {
+            v.parse::<SocketAddr>()
+                .map_err(|e| anyhow!("[{section}] {key} = \"{v}\": {e} (e.g. \"127.0.0.1:8080\")"))
+        })
+        .transpose()
+}
+
+/// Names the three places a required setting can come from.
+fn missing(flag: &str, env: &str, section: &str) -> anyhow::Error {
+    let key = flag.trim_start_matches("--").replace('-', "_");
+    anyhow!("missing {flag} (or {env}, or {key} in [{section}] of the --config file)")
+}
+
+pub(crate) fn coordinator_config(
+    args: &CoordinatorArgs,
+    file: &CoordinatorFile,
+) -> anyhow::Result<CoordinatorConfig> {
+    let s = "coordinator";
+    let listen = match args.listen {
+        Some(a) => a,
+        None => file_addr(s, "listen", file.listen.as_ref())?
+            .ok_or_else(|| missing("--listen", "SLUICE_LISTEN", s))?,
+    };
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or_else(|| file.data_dir.clone())
+        .ok_or_else(|| missing("--data-dir", "SLUICE_DATA_DIR", s))?;
+    let mut config = CoordinatorConfig::new(listen, data_dir);
+    if let Some(a) = args.control_listen.or(file_addr(
+        s,
+        "control_listen",
+        file.control_listen.as_ref(),
+    )?) {
+        config.control_listen = a;
+    }
+    if let Some(d) = args.heartbeat_timeout.or(file_duration(
+        s,
+        "heartbeat_timeout",
+        file.heartbeat_timeout.as_ref(),
+    )?) {
+        config.heartbeat_timeout = d;
+    }
+    if let Some(d) = args.heartbeat_interval.or(file_duration(
+        s,
+        "heartbeat_interval",
+        file.heartbeat_interval.as_ref(),
+    )?) {
+        config.heartbeat_interval = d;
+    }
+    let file_scheduling = file
+        .scheduling
+        .as_ref()
+        .map(|v| {
+            SchedulingArg::from_str(v, true).map_err(|_| {
+                anyhow!("[{s}] scheduling = \"{v}\": expected spread, pack or weighted")
+            })
+        })
+        .transpose()?;
+    if let Some(sch) = args.scheduling.or(file_scheduling) {
+        config.scheduling = sch.into();
+    }
+    if let Some(n) = args.max_restarts.or(file.max_restarts) {
+        config.max_restarts = n;
+    }
+    if let Some(d) = args.restart_delay.or(file_duration(
+        s,
+        "restart_delay",
+        file.restart_delay.as_ref(),
+    )?) {
+        config.restart_delay = d;
+    }
+    if config.heartbeat_interval.is_zero() || config.heartbeat_interval >= config.heartbeat_timeout
+    {
+        bail!(
+            "the heartbeat interval ({:?}) must be positive and shorter than the heartbeat timeout ({:?})",
+            config.heartbeat_interval,
+            config.heartbeat_timeout
+        );
+    }
+    Ok(config)
+}
+
+pub(crate) fn worker_config(args: &WorkerArgs, file: &WorkerFile) -> anyhow::Result<WorkerConfig> {
+    let s = "worker";
+    let coordinator = args
+        .coordinator
+        .clone()
+        .or_else(|| file.coordinator.clone())
+        .ok_or_else(|| missing("--coordinator", "SLUICE_COORDINATOR", s))?;
+    let slots = args
+        .slots
+        .or(file.slots)
+        .ok_or_else(|| missing("--slots", "SLUICE_SLOTS", s))?;
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or_else(|| file.data_dir.clone())
+        .ok_or_else(|| missing("--data-dir", "SLUICE_DATA_DIR", s))?;
+    let mut config = WorkerConfig::new(coordinator, slots, data_dir);
+    if let Some(host) = args.listen.clone().or_else(|| file.listen.clone()) {
+        config.listen_host = host;
+    }
+    if let Some(w) = args.capacity.or(file.capacity) {
+        config.capacity = w;
+    }
+    Ok(config)
+}
+
+pub(crate) fn client(args: &ClientArgs, file: &ClientFile) -> anyhow::Result<Client> {
+    let url = args
+        .coordinator
+        .clone()
+        .or_else(|| file.coordinator.clone())
+        .ok_or_else(|| missing("--coordinator", "SLUICE_COORDINATOR", "client"))?;
+    Ok(Client::new(&url)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use clap::Parser;
+
+    use super::*;
+    use crate::{Cli, Command};
+
+    /// clap reads the real environment: tests that set variables take turns.
+    static ENV: Mutex<()> = Mutex::new(());
+
+    fn worker_from(
+        argv: &[&str],
+        env: &[(&str, &str)],
+        toml: &str,
+    ) -> anyhow::Result<WorkerConfig> {
+        let _guard = ENV.lock().unwrap_or_else(|p| p.into_inner());
+        let vars = [
+            "SLUICE_COORDINATOR",
+            "SLUICE_SLOTS",
+            "SLUICE_DATA_DIR",
+            "SLUICE_LISTEN",
+            "SLUICE_CAPACITY",
+        ];
+        for v in vars {
+            std::env::remove_var(v);
+        }
+        for (k, v) in env {
+            std::env::set_var(k, v);
+        }
+        let parsed = Cli::try_parse_from(std::iter::once("sluice").chain(argv.iter().copied()));
+        for v in vars {
+            std::env::remove_var(v);
+        }
+        let Command::Worker(args) = parsed?.command else {
+            panic!("not a worker command");
+        };
+        worker_config(&args, &parse_file(toml)?.worker)
+    }
+
+    const FILE: &str = r#"
+        [worker]
+        coordinator = "http://file:1"
+        slots = 2
+        data_dir = "/file"
+        capacity = 0.5
+    "#;
+
+    #[test]
+    fn flag_beats_env_beats_file_beats_default() {
+        let c = worker_from(&["worker"], &[], FILE).expect("file only");
+        assert_eq!((c.slots, c.coordinator.as_str()), (2, "http://file:1"));
+        assert_eq!(c.capacity, 0.5);
+        assert_eq!(c.listen_host, "127.0.0.1", "default");
+
+        let env = [("SLUICE_SLOTS", "3"), ("SLUICE_LISTEN", "10.0.0.1")];
+        let c = worker_from(&["worker"], &env, FILE).expect("env over file");
+        assert_eq!(c.slots, 3);
+        assert_eq!(c.listen_host, "10.0.0.1");
+        assert_eq!(c.data_dir, PathBuf::from("/file"));
+
+        let c = worker_from(&["worker", "--slots", "4"], &env, FILE).expect("flag over env");
+        assert_eq!(c.slots, 4);
+        assert_eq!(c.listen_host, "10.0.0.1");
+    }
+
+    #[test]
+    fn missing_required_setting_names_all_sources() {
+        let err = worker_from(&["worker", "--slots", "1"], &[], "").expect_err("no coordinator");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("--coordinator") && msg.contains("SLUICE_COORDINATOR"),
+            "{msg}"
+        );
+        assert!(msg.contains("[worker]"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_toml_key_is_named() {
+        let err = parse_file("[worker]\nslot = 2\n").expect_err("unknown key");
+        assert!(format!("{err:#}").contains("slot"), "{err:#}");
+        let err = parse_file("[workers]\n").expect_err("unknown section");
+        assert!(format!("{err:#}").contains("workers"), "{err:#}");
+    }
+
+    #[test]
+    fn coordinator_durations_from_file_and_flags() {
+        let file = parse_file(
+            r#"
+            [coordinator]
+            listen = "127.0.0.1:9000"
+            data_dir = "/meta"
+            heartbeat_timeout = "2s"
+            scheduling = "pack"
+            "#,
+        )
+        .expect("valid file");
+        let cli = {
+            let _guard = ENV.lock().unwrap_or_else(|p| p.into_inner());
+            Cli::try_parse_from(["sluice", "coordinator", "--heartbeat-interval", "250ms"])
+                .expect("valid flags")
+        };
+        let Command::Coordinator(args) = cli.command else {
+            panic!("not a coordinator command");
+        };
+        let c = coordinator_config(&args, &file.coordinator).expect("valid config");
+        assert_eq!(c.listen, "127.0.0.1:9000".parse().expect("addr"));
+        assert_eq!(c.heartbeat_timeout, Duration::from_secs(2));
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(250));
+        assert_eq!(c.scheduling, Scheduling::Pack);
+        assert_eq!(c.max_restarts, 20, "default");
+
+        let bad = parse_file("[coordinator]\nlisten = \"127.0.0.1:1\"\ndata_dir = \"d\"\nheartbeat_timeout = \"soon\"\n").expect("parses");
+        let err = coordinator_config(&args, &bad.coordinator).expect_err("bad duration");
+        assert!(format!("{err:#}").contains("heartbeat_timeout"), "{err:#}");
+    }
+}
