@@ -1,0 +1,370 @@
+//! End-to-end tests of the distributed runtime with real processes: a
+//! `sluice coordinator`, `sluice worker`s on loopback ports, and job
+//! binaries submitted with `sluice submit`, which the workers download and
+//! start in task-executor mode. Every test drives the cluster through the
+//! CLI, as a user would, and reads the Parquet output back with the
+//! parquet crate's reader.
+//!
+//! Workers run in their own process groups, so killing a group takes the
+//! worker and its executors down together, as losing a machine would.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+mod common;
+use common::{assert_exactly_once, rows};
+
+const EVENTS: &str = "600000";
+
+fn sluice_bin() -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_nexmark")).with_file_name("sluice");
+    assert!(
+        p.is_file(),
+        "{} is missing: build it with `cargo build -p sluice-engine --bin sluice` (cargo test --workspace does)",
+        p.display()
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn signal_group(child: &Child, signal: &str) {
+    let _ = Command::new("kill")
+        .args([signal, "--", &format!("-{}", child.id())])
+        .status();
+}
+
+/// A coordinator and workers, killed (with their executors) on drop.
+struct Cluster {
+    dir: PathBuf,
+    port: u16,
+    coordinator: Option<Child>,
+    workers: Vec<Child>,
+}
+
+impl Cluster {
+    fn start(dir: &Path, workers: usize, slots: usize) -> Cluster {
+        let mut c = Cluster {
+            dir: dir.to_path_buf(),
+            port: free_port(),
+            coordinator: None,
+            workers: Vec::new(),
+        };
+        c.start_coordinator();
+        for i in 0..workers {
+            let log = std::fs::File::create(dir.join(format!("worker-{i}.log"))).unwrap();
+            let child = Command::new(sluice_bin())
+                .args(["worker", "--coordinator", &c.url(), "--slots"])
+                .arg(slots.to_string())
+                .arg("--data-dir")
+                .arg(dir.join(format!("worker-{i}")))
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .process_group(0)
+                .spawn()
+                .unwrap();
+            c.workers.push(child);
+        }
+        c.wait_for(Duration::from_secs(30), "workers to register", |c| {
+            c.json(&["workers", "--json"])
+                .as_array()
+                .is_some_and(|w| w.iter().filter(|w| w["alive"] == true).count() == workers)
+        });
+        c
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn start_coordinator(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("coordinator.log"))
+            .unwrap();
+        let child = Command::new(sluice_bin())
+            .args(["coordinator", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .arg("--data-dir")
+            .arg(self.dir.join("coordinator"))
+            .args(["--heartbeat-timeout", "1s", "--heartbeat-interval", "200ms"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        self.coordinator = Some(child);
+        self.wait_for(Duration::from_secs(20), "the coordinator to answer", |c| {
+            c.sluice(&["workers", "--json"]).status.success()
+        });
+    }
+
+    fn kill_coordinator(&mut self) {
+        if let Some(mut c) = self.coordinator.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs `sluice ARGS --coordinator URL`.
+    fn sluice(&self, args: &[&str]) -> Output {
+        Command::new(sluice_bin())
+            .args(args)
+            .args(["--coordinator", &self.url()])
+            .output()
+            .unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.sluice(args);
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    fn submit(&self, parallelism: usize, binary: &str, job_args: &[&str]) -> String {
+        let mut c = Command::new(sluice_bin());
+        c.args(["submit", "--coordinator", &self.url(), "--parallelism"])
+            .arg(parallelism.to_string())
+            .arg(binary)
+            .arg("--")
+            .args(job_args)
+            .current_dir(&self.dir);
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "submit failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    fn status(&self, job: &str) -> Value {
+        self.json(&["status", job, "--json"])
+    }
+
+    fn wait_for(&self, timeout: Duration, what: &str, mut ok: impl FnMut(&Cluster) -> bool) {
+        let start = Instant::now();
+        while !ok(self) {
+            if start.elapsed() > timeout {
+                panic!("timed out waiting for {what}\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn wait_state(&self, job: &str, state: &str, timeout: Duration) -> Value {
+        let mut last = Value::Null;
+        self.wait_for(timeout, &format!("job {job} to be {state}"), |c| {
+            last = c.status(job);
+            let s = last["state"].as_str().unwrap_or("");
+            assert!(
+                s == state || !matches!(s, "FAILED" | "CANCELED" | "FINISHED"),
+                "job {job} ended {s} while waiting for {state}: {last}\n{}",
+                c.logs()
+            );
+            s == state
+        });
+        last
+    }
+
+    /// The tails of every log, for failure messages.
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        for i in 0..self.workers.len() {
+            if let Ok(rd) = std::fs::read_dir(self.dir.join(format!("worker-{i}/logs"))) {
+                files.extend(rd.flatten().map(|e| e.path()));
+            }
+        }
+        files.sort();
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(15)..];
+            out.push_str(&format!("--- {}\n{}\n", f.display(), tail.join("\n")));
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for w in &mut self.workers {
+            signal_group(w, "-KILL");
+            let _ = w.wait();
+        }
+        if let Some(c) = &mut self.coordinator {
+            signal_group(c, "-KILL");
+            let _ = c.wait();
+        }
+    }
+}
+
+/// q5 run embedded (the reference) with the same arguments.
+fn embedded_q5(dir: &Path) -> BTreeMap<String, usize> {
+    let out = dir.join("reference");
+    let status = Command::new(env!("CARGO_BIN_EXE_nexmark"))
+        .args(["--query", "q5", "--events", EVENTS, "--parallelism", "3", "--output"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let r = rows(&out);
+    assert!(r.len() >= 10, "reference output is too small to test with");
+    r
+}
+
+fn q5_args<'a>(out: &'a str, ck: &'a str, rate: &'a str) -> Vec<&'a str> {
+    vec![
+        "--query",
+        "q5",
+        "--events",
+        EVENTS,
+        "--rate",
+        rate,
+        "--output",
+        out,
+        "--checkpoint-dir",
+        ck,
+        "--checkpoint-interval",
+        "200ms",
+    ]
+}
+
+#[test]
+fn q5_on_three_workers_equals_the_embedded_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = embedded_q5(dir.path());
+    let cluster = Cluster::start(dir.path(), 3, 2);
+    // Relative paths: the executors run in the submitter's directory.
+    let job = cluster.submit(3, env!("CARGO_BIN_EXE_nexmark"), &q5_args("out", "ck", "1000000"));
+    let running = cluster.wait_state(&job, "RUNNING", Duration::from_secs(60));
+    let workers: std::collections::BTreeSet<&str> = running["placement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["worker"].as_str().unwrap())
+        .collect();
+    assert_eq!(workers.len(), 3, "spread placement uses every worker: {running}");
+    let done = cluster.wait_state(&job, "FINISHED", Duration::from_secs(120));
+    assert_eq!(done["restarts"], 0, "{done}");
+    let out = dir.path().join("out");
+    assert_exactly_once(&want, &rows(&out), &out, "q5 on three workers");
+}
+
+#[test]
+fn a_killed_worker_is_replaced_and_output_stays_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = embedded_q5(dir.path());
+    let mut cluster = Cluster::start(dir.path(), 3, 2);
+    let job = cluster.submit(2, env!("CARGO_BIN_EXE_nexmark"), &q5_args("out", "ck", "150000"));
+    let mut victim = None;
+    cluster.wait_for(Duration::from_secs(60), "a completed checkpoint", |c| {
+        let s = c.status(&job);
+        if s["latest_checkpoint"].as_u64().is_some() && s["state"] == "RUNNING" {
+            victim = s["placement"][0]["worker"].as_str().map(str::to_string);
+        }
+        victim.is_some()
+    });
+    let before = cluster.status(&job);
+    let victim = victim.unwrap();
+    // Kill the worker and its executors (its whole process group).
+    let pos = worker_position(&cluster, &victim);
+    signal_group(&cluster.workers[pos], "-KILL");
+    let _ = cluster.workers[pos].wait();
+    let done = cluster.wait_state(&job, "FINISHED", Duration::from_secs(120));
+    assert!(
+        done["restarts"].as_u64().unwrap() >= 1 && done["attempt"].as_u64() > before["attempt"].as_u64(),
+        "the job restarted under a new attempt: {done}"
+    );
+    assert!(
+        done["placement"].as_array().is_none_or(|p| p.iter().all(|p| p["worker"] != victim.as_str())),
+        "nothing placed on the dead worker: {done}"
+    );
+    let out = dir.path().join("out");
+    assert_exactly_once(&want, &rows(&out), &out, "q5 after losing a worker");
+    cluster.kill_coordinator();
+}
+
+/// The process index of worker `id`: each worker's data dir holds its id.
+fn worker_position(cluster: &Cluster, id: &str) -> usize {
+    (0..cluster.workers.len())
+        .find(|i| {
+            std::fs::read_to_string(cluster.dir.join(format!("worker-{i}.log")))
+                .is_ok_and(|log| log.contains(id))
+        })
+        .unwrap_or_else(|| panic!("no worker log names {id}\n{}", cluster.logs()))
+}
+
+#[test]
+fn a_restarted_coordinator_resumes_its_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = embedded_q5(dir.path());
+    let mut cluster = Cluster::start(dir.path(), 2, 2);
+    let job = cluster.submit(2, env!("CARGO_BIN_EXE_nexmark"), &q5_args("out", "ck", "150000"));
+    cluster.wait_for(Duration::from_secs(60), "a completed checkpoint", |c| {
+        c.status(&job)["latest_checkpoint"].as_u64().is_some()
+    });
+    let before = cluster.status(&job);
+    cluster.kill_coordinator();
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.start_coordinator();
+    let done = cluster.wait_state(&job, "FINISHED", Duration::from_secs(120));
+    assert!(
+        done["attempt"].as_u64() > before["attempt"].as_u64(),
+        "resumed under a new attempt: {done}"
+    );
+    let out = dir.path().join("out");
+    assert_exactly_once(&want, &rows(&out), &out, "q5 across a coordinator restart");
+}
+
+#[test]
+fn a_frozen_worker_is_fenced_when_it_wakes_up() {
+    // SIGSTOP cuts a worker and its executors off as a network partition
+    // would: no heartbeats, no acknowledgements. The job moves on under a
+    // new attempt; when the stale executors wake up, their connections are
+    // gone and their worker is told to stop them, so nothing they staged
+    // is committed: the output stays exactly-once.
+    let dir = tempfile::tempdir().unwrap();
+    let want = embedded_q5(dir.path());
+    let cluster = Cluster::start(dir.path(), 3, 2);
+    let job = cluster.submit(2, env!("CARGO_BIN_EXE_nexmark"), &q5_args("out", "ck", "150000"));
+    let mut victim = None;
+    cluster.wait_for(Duration::from_secs(60), "a completed checkpoint", |c| {
+        let s = c.status(&job);
+        if s["latest_checkpoint"].as_u64().is_some() && s["state"] == "RUNNING" {
+            victim = s["placement"][0]["worker"].as_str().map(str::to_string);
+        }
+        victim.is_some()
+    });
+    let victim = victim.unwrap();
+    let pos = worker_position(&cluster, &victim);
+    signal_group(&cluster.workers[pos], "-STOP");
+    cluster.wait_for(Duration::from_secs(30), "the frozen worker to be replaced", |c| {
+        let s = c.status(&job);
+        s["restarts"].as_u64().unwrap_or(0) >= 1 && s["state"] == "RUNNING"
+    });
+    signal_group(&cluster.workers[pos], "-CONT");
+    cluster.wait_state(&job, "FINISHED", Duration::from_secs(120));
+    let out = dir.path().join("out");
+    assert_exactly_once(&want, &rows(&out), &out, "q5 with a frozen worker");
+}
