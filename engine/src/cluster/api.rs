@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::CheckpointStats;
 use crate::checkpoint::coordinator::TaskKey;
+use crate::checkpoint::CheckpointStats;
 
 /// Every route of the API, as `METHOD path` (path parameters in braces).
 pub const ROUTES: &[&str] = &[
@@ -44,7 +44,10 @@ pub enum JobState {
 impl JobState {
     /// Whether the job has ended for good.
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Finished | JobState::Failed | JobState::Canceled)
+        matches!(
+            self,
+            JobState::Finished | JobState::Failed | JobState::Canceled
+        )
     }
 }
 
@@ -105,7 +108,11 @@ pub struct JobDescription {
 impl JobDescription {
     /// Slots the job needs: subtask `i` of every vertex shares slot `i`.
     pub fn slots(&self) -> usize {
-        self.vertices.iter().map(|v| v.parallelism).max().unwrap_or(0)
+        self.vertices
+            .iter()
+            .map(|v| v.parallelism)
+            .max()
+            .unwrap_or(0)
     }
 }
 

@@ -158,7 +158,10 @@ mod tests {
     fn frames_round_trip_and_bad_ones_are_errors() {
         let mut buf = Vec::new();
         let msg = ToExecutor::Task {
-            task: TaskKey { vertex: 1, subtask: 2 },
+            task: TaskKey {
+                vertex: 1,
+                subtask: 2,
+            },
             msg: TaskControl::Trigger(Barrier {
                 id: CheckpointId(7),
                 timestamp: 5,

@@ -10,11 +10,17 @@
 //!   obtains from the job binary and the scheduler places.
 //! - [`executor`]: a job binary started by a worker runs its share of the
 //!   subtasks, wired to the other executors over the TCP exchange.
+//! - [`attempt`]: the coordinator's side of an attempt: the control server
+//!   executors dial, fencing of stale attempts, and the checkpoint
+//!   coordinator driving remote tasks.
 //!
 //! A job binary decides its mode in `Env::execute`: with `SLUICE_EXECUTOR`
 //! set it runs as a task executor, with `SLUICE_DESCRIBE` set it writes its
 //! plan and exits, otherwise it runs embedded.
 
 pub mod api;
+pub mod attempt;
 pub mod control;
 pub mod coordinator;
+pub mod describe;
+pub mod executor;

@@ -23,16 +23,18 @@ use crossbeam_channel::{Receiver, Sender};
 use tracing::{debug, info, warn};
 
 use crate::checkpoint::coordinator::{
-    run_writer, Coordinator, CoordinatorMsg, NodeInfo, SavepointRequest, TaskKey,
+    run_writer, CheckpointDirs, Coordinator, CoordinatorMsg, NodeInfo, SavepointRequest,
+    TaskControl, TaskKey, TaskPort, TaskSnapshot,
 };
 use crate::checkpoint::restore::RestorePlan;
 use crate::checkpoint::store::{has_manifest, load_verified, scan};
-use crate::checkpoint::{CheckpointConfig, CheckpointStats, RestartStrategy};
+use crate::checkpoint::{CheckpointConfig, CheckpointStats, Guarantee, RestartStrategy};
 use crate::checkpoint::{Location, Storage};
 use crate::graph::NodeKind;
 
 use crate::data::StreamMessage;
 use crate::error::{Error, Result};
+use crate::exchange::frame::ChannelId;
 use crate::exchange::local::channel;
 use crate::exchange::partition::{targets, EdgeWriter};
 use crate::exchange::ChannelSender;
@@ -164,7 +166,7 @@ impl JobControl {
         self.stopped.load(Ordering::Relaxed)
     }
 
-    fn take_error(&self) -> Option<Error> {
+    pub(crate) fn take_error(&self) -> Option<Error> {
         self.first_error
             .lock()
             .expect("job control lock poisoned")
@@ -247,6 +249,25 @@ impl JobHandle {
     /// Whether the job has ended.
     pub fn is_finished(&self) -> bool {
         self.thread.is_finished()
+    }
+
+    /// A handle on a job `run` runs in its own thread; `run` gets the flag
+    /// [`JobHandle::cancel`] sets. It has no savepoints.
+    pub(crate) fn spawn(
+        run: impl FnOnce(Arc<AtomicBool>) -> Result<JobResult> + Send + 'static,
+    ) -> Result<JobHandle> {
+        let user_cancel = Arc::new(AtomicBool::new(false));
+        let cancel = user_cancel.clone();
+        let thread = std::thread::Builder::new()
+            .name("job-driver".into())
+            .spawn(move || run(cancel))
+            .map_err(|e| Error::io("spawning the job driver", e))?;
+        Ok(JobHandle {
+            thread,
+            current: Arc::default(),
+            user_cancel,
+            stats: Arc::default(),
+        })
     }
 
     /// Waits for the job to end.
@@ -393,44 +414,15 @@ impl Driver {
         if self.user_cancel.load(Ordering::SeqCst) {
             return Err(Error::Cancelled);
         }
-        let metrics: Vec<Arc<NodeMetrics>> = graph.nodes.iter().map(|_| Arc::default()).collect();
-        // Databases of this run live in their own directory, removed at the end.
-        let mut state = config.state.clone();
-        static RUNS: AtomicU64 = AtomicU64::new(0);
-        state.local_dir = state.local_dir.join(format!(
-            "{}-{}-{}-a{}",
-            config
-                .name
-                .replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
-            std::process::id(),
-            RUNS.fetch_add(1, Ordering::Relaxed),
-            start.attempt
-        ));
-        let _local = LocalDir(state.local_dir.clone());
-
-        // Channels: for each edge and upstream subtask, one channel per target.
-        let mut inputs: HashMap<(usize, usize), Vec<InputChannel>> = HashMap::new();
-        let mut writers: HashMap<(usize, usize, usize), Vec<(usize, EdgeWriter)>> = HashMap::new();
-        for e in &plan.edges {
-            let up = &plan.vertices[e.from_vertex];
-            let down = &plan.vertices[e.to_vertex];
-            for u in 0..up.parallelism {
-                let mut senders: Vec<Box<dyn ChannelSender>> = Vec::new();
-                for t in targets(&e.kind, u, down.parallelism) {
-                    let (tx, rx) = channel(config.channel_capacity, control.cancelled.clone());
-                    senders.push(Box::new(tx));
-                    inputs
-                        .entry((e.to_vertex, t))
-                        .or_default()
-                        .push((rx, e.input));
-                }
-                let w = EdgeWriter::new(e.kind.clone(), senders, plan.max_parallelism, u);
-                writers
-                    .entry((e.from_vertex, u, e.from_member))
-                    .or_default()
-                    .push((e.port, w));
-            }
-        }
+        let metrics = node_metrics(graph);
+        let (state, _local) = run_state(config, start.attempt);
+        let mut wiring = wire(
+            plan,
+            config.channel_capacity,
+            &control.cancelled,
+            &|_| true,
+            &mut NoRemote,
+        )?;
 
         // Checkpointing: the coordinator, the writer and each task's channels.
         let mut side_threads = Vec::new();
@@ -440,40 +432,20 @@ impl Driver {
             let (ctx, crx) = crossbeam_channel::unbounded();
             let (wtx, wrx) = crossbeam_channel::unbounded();
             let dirs = Arc::default();
-            let mut tasks = Vec::new();
-            for v in &plan.vertices {
-                let is_source = matches!(graph.node(v.chain[0]).kind, NodeKind::Source { .. });
-                for s in 0..v.parallelism {
-                    let key = TaskKey {
-                        vertex: v.id,
-                        subtask: s,
-                    };
-                    let (tx, rx) = crossbeam_channel::unbounded();
-                    tasks.push((key, tx, is_source));
-                    task_ck.insert(
-                        key,
-                        task::TaskCheckpointing {
-                            key,
-                            control: rx,
-                            writer: wtx.clone(),
-                            coordinator: ctx.clone(),
-                            guarantee: ck.guarantee,
-                            restore: start.restore.clone(),
-                        },
-                    );
-                }
-            }
-            let mut nodes: Vec<NodeInfo> = Vec::new();
-            for v in &plan.vertices {
-                for n in &v.chain {
-                    nodes.push(NodeInfo {
-                        node: n.0,
-                        name: graph.node(*n).name.clone(),
-                        parallelism: v.parallelism,
-                    });
-                }
-            }
-            nodes.sort_by_key(|n| n.node);
+            let (ports, tcks) = checkpoint_channels(
+                graph,
+                plan,
+                &|_| true,
+                &wtx,
+                &ctx,
+                ck.guarantee,
+                start.restore.clone(),
+            );
+            task_ck = tcks;
+            let tasks = ports
+                .into_iter()
+                .map(|(k, tx, src)| (k, Box::new(tx) as Box<dyn TaskPort>, src))
+                .collect();
             let coordinator = Coordinator {
                 config: ck.clone(),
                 root: start.root.clone().ok_or_else(|| {
@@ -483,20 +455,16 @@ impl Driver {
                 attempt: start.attempt,
                 next_id: start.next_id,
                 max_parallelism: plan.max_parallelism,
-                nodes,
+                nodes: node_infos(graph, plan),
                 tasks,
                 rx: crx,
                 dirs: Arc::clone(&dirs),
                 stats: self.stats.clone(),
                 control: control.clone(),
+                prepare: None,
             };
-            let writer_coord = ctx.clone();
-            side_threads.push(
-                std::thread::Builder::new()
-                    .name("checkpoint-writer".into())
-                    .spawn(move || run_writer(wrx, dirs, writer_coord))
-                    .map_err(|e| Error::io("spawning the checkpoint writer", e))?,
-            );
+            drop(wtx);
+            side_threads.push(spawn_writer(wrx, dirs, ctx.clone())?);
             side_threads.push(
                 std::thread::Builder::new()
                     .name("checkpoint-coordinator".into())
@@ -512,54 +480,19 @@ impl Driver {
         }
 
         let start_time = Instant::now();
-        let mut handles = Vec::new();
-        for v in &plan.vertices {
-            for s in 0..v.parallelism {
-                let member_writers: Vec<Vec<(usize, EdgeWriter)>> = (0..v.chain.len())
-                    .map(|m| writers.remove(&(v.id, s, m)).unwrap_or_default())
-                    .collect();
-                let task = task::TaskSpec {
-                    graph: graph.clone(),
-                    vertex: v.clone(),
-                    subtask: s,
-                    max_parallelism: plan.max_parallelism,
-                    inputs: inputs.remove(&(v.id, s)).unwrap_or_default(),
-                    writers: member_writers,
-                    metrics: v.chain.iter().map(|n| metrics[n.0].clone()).collect(),
-                    input_schemas: task::input_schemas(graph, v),
-                    attempt: start.attempt,
-                    state: state.clone(),
-                    checkpointing: task_ck.remove(&TaskKey {
-                        vertex: v.id,
-                        subtask: s,
-                    }),
-                };
-                let control = control.clone();
-                let name = format!("{}-{}", v.name, s);
-                let thread_name: String = name.chars().take(60).collect();
-                let h = std::thread::Builder::new()
-                    .name(thread_name)
-                    .spawn(move || {
-                        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            task::run(task, &control)
-                        }));
-                        let result = match result {
-                            Ok(r) => r,
-                            Err(payload) => Err(Error::Panic(panic_message(payload))),
-                        };
-                        if let Err(e) = result {
-                            debug!(task = %name, error = %e, "task failed");
-                            control.fail(Error::Task {
-                                operator: name.clone(),
-                                subtask: s,
-                                source: Box::new(e),
-                            });
-                        }
-                    })
-                    .map_err(|e| Error::io("spawning a task thread", e))?;
-                handles.push(h);
-            }
-        }
+        let handles = spawn_tasks(
+            &TaskContext {
+                graph,
+                plan,
+                metrics: &metrics,
+                attempt: start.attempt,
+                state: &state,
+                control: &control,
+            },
+            &|_| true,
+            &mut wiring,
+            &mut task_ck,
+        )?;
         for h in handles {
             let _ = h.join();
         }
@@ -582,19 +515,10 @@ impl Driver {
         }
         let stopped = control.is_stopped();
         let duration = start_time.elapsed();
-        let nodes = graph
-            .nodes
-            .iter()
-            .map(|n| NodeSummary {
-                name: n.name.clone(),
-                records_in: metrics[n.id.0].records_in.load(Ordering::Relaxed),
-                records_out: metrics[n.id.0].records_out.load(Ordering::Relaxed),
-            })
-            .collect();
         info!(job = %config.name, ms = duration.as_millis() as u64, stopped, "job finished");
         Ok(JobResult {
             duration,
-            nodes,
+            nodes: summaries(graph, &metrics),
             plan: plan.clone(),
             checkpoints: CheckpointStats::default(),
             stopped,
@@ -602,8 +526,331 @@ impl Driver {
     }
 }
 
+/// Counters of every graph node, shared by its subtasks.
+pub(crate) fn node_metrics(graph: &LogicalGraph) -> Vec<Arc<NodeMetrics>> {
+    graph.nodes.iter().map(|_| Arc::default()).collect()
+}
+
+/// The counters as a job result reports them.
+pub(crate) fn summaries(graph: &LogicalGraph, metrics: &[Arc<NodeMetrics>]) -> Vec<NodeSummary> {
+    graph
+        .nodes
+        .iter()
+        .map(|n| NodeSummary {
+            name: n.name.clone(),
+            records_in: metrics[n.id.0].records_in.load(Ordering::Relaxed),
+            records_out: metrics[n.id.0].records_out.load(Ordering::Relaxed),
+        })
+        .collect()
+}
+
+/// State settings of one run: its databases live in their own directory,
+/// removed when the returned guard drops.
+pub(crate) fn run_state(
+    config: &JobConfig,
+    attempt: u64,
+) -> (crate::state::StateSettings, LocalDir) {
+    let mut state = config.state.clone();
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    state.local_dir = state.local_dir.join(format!(
+        "{}-{}-{}-a{}",
+        config
+            .name
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed),
+        attempt
+    ));
+    let dir = LocalDir(state.local_dir.clone());
+    (state, dir)
+}
+
+/// Every graph node as a manifest records it, in graph order.
+pub(crate) fn node_infos(graph: &LogicalGraph, plan: &PhysicalPlan) -> Vec<NodeInfo> {
+    let mut nodes: Vec<NodeInfo> = Vec::new();
+    for v in &plan.vertices {
+        for n in &v.chain {
+            nodes.push(NodeInfo {
+                node: n.0,
+                name: graph.node(*n).name.clone(),
+                parallelism: v.parallelism,
+            });
+        }
+    }
+    nodes.sort_by_key(|n| n.node);
+    nodes
+}
+
+/// A task's control channel, as the coordinator holds it: the key, the
+/// sender and whether the task's head is a source.
+pub(crate) type ControlPort = (TaskKey, Sender<TaskControl>, bool);
+
+/// Control channels and checkpoint settings of the tasks `local` selects.
+pub(crate) fn checkpoint_channels(
+    graph: &LogicalGraph,
+    plan: &PhysicalPlan,
+    local: &dyn Fn(TaskKey) -> bool,
+    writer: &Sender<TaskSnapshot>,
+    coordinator: &Sender<CoordinatorMsg>,
+    guarantee: Guarantee,
+    restore: Option<Arc<RestorePlan>>,
+) -> (Vec<ControlPort>, HashMap<TaskKey, task::TaskCheckpointing>) {
+    let mut ports = Vec::new();
+    let mut task_ck = HashMap::new();
+    for v in &plan.vertices {
+        let is_source = matches!(graph.node(v.chain[0]).kind, NodeKind::Source { .. });
+        for s in 0..v.parallelism {
+            let key = TaskKey {
+                vertex: v.id,
+                subtask: s,
+            };
+            if !local(key) {
+                continue;
+            }
+            let (tx, rx) = crossbeam_channel::unbounded();
+            ports.push((key, tx, is_source));
+            task_ck.insert(
+                key,
+                task::TaskCheckpointing {
+                    key,
+                    control: rx,
+                    writer: writer.clone(),
+                    coordinator: coordinator.clone(),
+                    guarantee,
+                    restore: restore.clone(),
+                },
+            );
+        }
+    }
+    (ports, task_ck)
+}
+
+/// Starts the snapshot writer thread.
+pub(crate) fn spawn_writer(
+    rx: Receiver<TaskSnapshot>,
+    dirs: CheckpointDirs,
+    coordinator: Sender<CoordinatorMsg>,
+) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("checkpoint-writer".into())
+        .spawn(move || run_writer(rx, dirs, coordinator))
+        .map_err(|e| Error::io("spawning the checkpoint writer", e))
+}
+
+/// The channels of a plan's edges in one process: every local subtask's
+/// input channels and output writers.
+pub(crate) struct Wiring {
+    /// Per (vertex, subtask): its input channels.
+    inputs: HashMap<(usize, usize), Vec<InputChannel>>,
+    /// Per (vertex, subtask, chain member): (output port, writer).
+    writers: HashMap<(usize, usize, usize), Vec<(usize, EdgeWriter)>>,
+}
+
+/// The ends of channels whose other end is in another process.
+pub(crate) trait RemoteEnds {
+    /// The sending end of `channel`, whose receiver runs task `to`.
+    fn sender(&mut self, channel: ChannelId, to: TaskKey) -> Result<Box<dyn ChannelSender>>;
+    /// The receiving end of `channel`, whose sender runs task `from`.
+    fn receiver(&mut self, channel: ChannelId, from: TaskKey) -> Result<Receiver<StreamMessage>>;
+}
+
+/// No remote ends: every task is local (the embedded cluster).
+pub(crate) struct NoRemote;
+
+impl RemoteEnds for NoRemote {
+    fn sender(&mut self, channel: ChannelId, to: TaskKey) -> Result<Box<dyn ChannelSender>> {
+        Err(Error::Internal(format!(
+            "channel {} to {to:?} is remote in an embedded job",
+            channel.0
+        )))
+    }
+    fn receiver(&mut self, channel: ChannelId, from: TaskKey) -> Result<Receiver<StreamMessage>> {
+        Err(Error::Internal(format!(
+            "channel {} from {from:?} is remote in an embedded job",
+            channel.0
+        )))
+    }
+}
+
+/// One channel of a plan: edge index, upstream and downstream subtasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanChannel {
+    /// Index in `plan.edges`.
+    pub edge: usize,
+    /// Sending task.
+    pub from: TaskKey,
+    /// Receiving task.
+    pub to: TaskKey,
+    /// Its id, the same in every process running the plan.
+    pub id: ChannelId,
+}
+
+/// Every channel of `plan`, in edge order. Ids number the (upstream,
+/// downstream) pairs of each edge one after the other, so every process
+/// planning the same graph derives the same ids.
+pub fn plan_channels(plan: &PhysicalPlan) -> Result<Vec<PlanChannel>> {
+    let mut out = Vec::new();
+    let mut base: u64 = 0;
+    for (ei, e) in plan.edges.iter().enumerate() {
+        let up = plan.vertices[e.from_vertex].parallelism;
+        let down = plan.vertices[e.to_vertex].parallelism;
+        for u in 0..up {
+            for t in targets(&e.kind, u, down) {
+                let id = base + (u * down + t) as u64;
+                let id = u32::try_from(id).map_err(|_| {
+                    Error::Config("the plan has more channels than a u32 can number".into())
+                })?;
+                out.push(PlanChannel {
+                    edge: ei,
+                    from: TaskKey {
+                        vertex: e.from_vertex,
+                        subtask: u,
+                    },
+                    to: TaskKey {
+                        vertex: e.to_vertex,
+                        subtask: t,
+                    },
+                    id: ChannelId(id),
+                });
+            }
+        }
+        base += (up * down) as u64;
+    }
+    Ok(out)
+}
+
+/// Creates the channels of every edge touching a task `local` selects: a
+/// local channel when both ends are local, a remote end otherwise.
+pub(crate) fn wire(
+    plan: &PhysicalPlan,
+    capacity: usize,
+    cancelled: &Arc<AtomicBool>,
+    local: &dyn Fn(TaskKey) -> bool,
+    remote: &mut dyn RemoteEnds,
+) -> Result<Wiring> {
+    let mut inputs: HashMap<(usize, usize), Vec<InputChannel>> = HashMap::new();
+    let mut writers: HashMap<(usize, usize, usize), Vec<(usize, EdgeWriter)>> = HashMap::new();
+    let channels = plan_channels(plan)?;
+    // Channels of one edge and upstream subtask are consecutive, in the
+    // order `targets` gives, which is the order the writer routes by.
+    for group in channels.chunk_by(|a, b| a.edge == b.edge && a.from == b.from) {
+        let (first, e) = (group[0], &plan.edges[group[0].edge]);
+        let from_local = local(first.from);
+        let mut senders: Vec<Box<dyn ChannelSender>> = Vec::new();
+        for c in group {
+            let to_local = local(c.to);
+            match (from_local, to_local) {
+                (true, true) => {
+                    let (tx, rx) = channel(capacity, cancelled.clone());
+                    senders.push(Box::new(tx));
+                    inputs
+                        .entry((c.to.vertex, c.to.subtask))
+                        .or_default()
+                        .push((rx, e.input));
+                }
+                (true, false) => senders.push(remote.sender(c.id, c.to)?),
+                (false, true) => {
+                    let rx = remote.receiver(c.id, c.from)?;
+                    inputs
+                        .entry((c.to.vertex, c.to.subtask))
+                        .or_default()
+                        .push((rx, e.input));
+                }
+                (false, false) => {}
+            }
+        }
+        if from_local {
+            let w = EdgeWriter::new(
+                e.kind.clone(),
+                senders,
+                plan.max_parallelism,
+                first.from.subtask,
+            );
+            writers
+                .entry((e.from_vertex, first.from.subtask, e.from_member))
+                .or_default()
+                .push((e.port, w));
+        }
+    }
+    Ok(Wiring { inputs, writers })
+}
+
+/// What every task thread of a run shares.
+pub(crate) struct TaskContext<'a> {
+    pub graph: &'a LogicalGraph,
+    pub plan: &'a PhysicalPlan,
+    pub metrics: &'a [Arc<NodeMetrics>],
+    pub attempt: u64,
+    pub state: &'a crate::state::StateSettings,
+    pub control: &'a Arc<JobControl>,
+}
+
+/// Starts one thread per subtask `local` selects; a failing or panicking
+/// task records its error in the job control, which cancels the others.
+pub(crate) fn spawn_tasks(
+    cx: &TaskContext<'_>,
+    local: &dyn Fn(TaskKey) -> bool,
+    wiring: &mut Wiring,
+    task_ck: &mut HashMap<TaskKey, task::TaskCheckpointing>,
+) -> Result<Vec<JoinHandle<()>>> {
+    let (graph, plan) = (cx.graph, cx.plan);
+    let mut handles = Vec::new();
+    for v in &plan.vertices {
+        for s in 0..v.parallelism {
+            let key = TaskKey {
+                vertex: v.id,
+                subtask: s,
+            };
+            if !local(key) {
+                continue;
+            }
+            let member_writers: Vec<Vec<(usize, EdgeWriter)>> = (0..v.chain.len())
+                .map(|m| wiring.writers.remove(&(v.id, s, m)).unwrap_or_default())
+                .collect();
+            let task = task::TaskSpec {
+                graph: graph.clone(),
+                vertex: v.clone(),
+                subtask: s,
+                max_parallelism: plan.max_parallelism,
+                inputs: wiring.inputs.remove(&(v.id, s)).unwrap_or_default(),
+                writers: member_writers,
+                metrics: v.chain.iter().map(|n| cx.metrics[n.0].clone()).collect(),
+                input_schemas: task::input_schemas(graph, v),
+                attempt: cx.attempt,
+                state: cx.state.clone(),
+                checkpointing: task_ck.remove(&key),
+            };
+            let control = cx.control.clone();
+            let name = format!("{}-{}", v.name, s);
+            let thread_name: String = name.chars().take(60).collect();
+            let h = std::thread::Builder::new()
+                .name(thread_name)
+                .spawn(move || {
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        task::run(task, &control)
+                    }));
+                    let result = match result {
+                        Ok(r) => r,
+                        Err(payload) => Err(Error::Panic(panic_message(payload))),
+                    };
+                    if let Err(e) = result {
+                        debug!(task = %name, error = %e, "task failed");
+                        control.fail(Error::Task {
+                            operator: name.clone(),
+                            subtask: s,
+                            source: Box::new(e),
+                        });
+                    }
+                })
+                .map_err(|e| Error::io("spawning a task thread", e))?;
+            handles.push(h);
+        }
+    }
+    Ok(handles)
+}
+
 /// Removes a run's local state directory when the run ends.
-struct LocalDir(PathBuf);
+pub(crate) struct LocalDir(PathBuf);
 
 impl Drop for LocalDir {
     fn drop(&mut self) {
