@@ -539,11 +539,13 @@ impl Run<'_> {
                     by_peer.insert(j, c);
                     accepted += 1;
                 }
-                Err(_) => outcome = Err(Error::Exchange(format!(
+                Err(_) => {
+                    outcome = Err(Error::Exchange(format!(
                     "executor {me}: {} of {expected} exchange peers did not connect within {:?}",
                     expected - accepted,
                     PEER_TIMEOUT
-                ))),
+                )))
+                }
             }
         }
         if outcome.is_err() {
