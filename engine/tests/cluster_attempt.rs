@@ -36,6 +36,7 @@ const OUT_ENV: &str = "SLUICE_TEST_OUT";
 /// parent when the job checkpoints).
 const CK_ENV: &str = "SLUICE_TEST_CK";
 const PARALLELISM: usize = 3;
+const JOB_ID: &str = "job-1";
 
 fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -220,12 +221,11 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// Starts one executor process per index, re-running `test`.
+    /// Starts one executor process per index of attempt 1 of [`JOB_ID`],
+    /// re-running `test`.
     fn start(
         test: &str,
         server: &ControlServer,
-        job_id: &str,
-        attempt: u64,
         placement: &[(TaskKey, usize)],
         executors: usize,
         out: &Path,
@@ -236,8 +236,8 @@ impl Cluster {
         let children = (0..executors)
             .map(|i| {
                 let spec = ExecutorSpec {
-                    job_id: job_id.into(),
-                    attempt,
+                    job_id: JOB_ID.into(),
+                    attempt: 1,
                     executor: i,
                     executors,
                     control: server.local_addr().to_string(),
@@ -270,10 +270,12 @@ impl Cluster {
 
     /// Waits for every executor process; true if all exited cleanly.
     fn wait(mut self) -> bool {
-        self.children
+        let exits: Vec<bool> = self
+            .children
             .iter_mut()
             .map(|c| c.wait().unwrap().success())
-            .fold(true, |a, b| a && b)
+            .collect();
+        exits.into_iter().all(|ok| ok)
     }
 }
 
@@ -310,7 +312,7 @@ fn run_distributed(
     });
     let attempt = server
         .start_attempt(AttemptConfig {
-            job_id: "job-1".into(),
+            job_id: JOB_ID.into(),
             attempt: 1,
             description: d,
             placement: placement.clone(),
@@ -319,16 +321,7 @@ fn run_distributed(
             stats: Arc::new(Mutex::new(Default::default())),
         })
         .unwrap();
-    let cluster = Cluster::start(
-        test,
-        &server,
-        "job-1",
-        1,
-        &placement,
-        executors,
-        out.path(),
-        checkpoint,
-    );
+    let cluster = Cluster::start(test, &server, &placement, executors, out.path(), checkpoint);
     assert_eq!(next_event(&attempt), AttemptEvent::Running);
     assert_eq!(next_event(&attempt), AttemptEvent::Finished);
     assert!(cluster.wait(), "every executor exits cleanly");
