@@ -14,7 +14,7 @@ use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arrow::array::{AsArray, Int64Array};
+use arrow::array::{ArrayRef, AsArray, Int64Array};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use sluice_engine::checkpoint::coordinator::TaskKey;
@@ -24,9 +24,12 @@ use sluice_engine::cluster::attempt::{
     AttemptConfig, AttemptEvent, AttemptHandle, CheckpointSetup, ControlServer,
 };
 use sluice_engine::cluster::control::{read_frame, write_frame, ToCoordinator, ToExecutor};
+use sluice_engine::data::CheckpointId;
 use sluice_engine::plan::plan;
 use sluice_engine::runtime::JobConfig;
-use sluice_engine::{Collector, Env, Operator, OperatorContext, Result, Sink};
+use sluice_engine::state::snapshot::{with_key_groups, OperatorSnapshot, RestoredState};
+use sluice_engine::testing::VecSource;
+use sluice_engine::{Collector, Env, Operator, OperatorContext, Result, Sink, Source, SourcePoll};
 
 /// Generous bound for things that must happen; never a speed assertion.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -35,6 +38,8 @@ const OUT_ENV: &str = "SLUICE_TEST_OUT";
 /// The checkpoint directory an executor's job config names (set by the
 /// parent when the job checkpoints).
 const CK_ENV: &str = "SLUICE_TEST_CK";
+/// The executor's [`Mode`].
+const MODE_ENV: &str = "SLUICE_TEST_MODE";
 const PARALLELISM: usize = 3;
 const JOB_ID: &str = "job-1";
 
@@ -49,6 +54,13 @@ fn out_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("k", DataType::Int64, false),
         Field::new("v", DataType::Int64, false),
+        Field::new("sum", DataType::Int64, false),
+    ]))
+}
+
+fn state_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, false),
         Field::new("sum", DataType::Int64, false),
     ]))
 }
@@ -68,13 +80,40 @@ fn input() -> Vec<RecordBatch> {
 }
 
 /// A running sum per key: its output depends on every row of a key
-/// reaching the same subtask in order.
+/// reaching the same subtask in order, and its sums are keyed state.
 #[derive(Default)]
 struct RunningSum {
     sums: HashMap<i64, i64>,
+    /// Fail on this value (the failure test).
+    fail_at: Option<i64>,
 }
 
 impl Operator for RunningSum {
+    fn snapshot(&mut self, _id: CheckpointId, ctx: &OperatorContext) -> Result<OperatorSnapshot> {
+        let (k, sum): (Vec<i64>, Vec<i64>) = self.sums.iter().map(|(k, s)| (*k, *s)).unzip();
+        let k: ArrayRef = Arc::new(Int64Array::from(k));
+        let batch = RecordBatch::try_new(
+            state_schema(),
+            vec![k.clone(), Arc::new(Int64Array::from(sum))],
+        )?;
+        Ok(OperatorSnapshot::keyed(vec![with_key_groups(
+            batch,
+            &[k],
+            ctx.max_parallelism,
+        )?]))
+    }
+
+    fn restore(&mut self, state: RestoredState, _ctx: &OperatorContext) -> Result<()> {
+        for b in state.keyed {
+            let k = b.column(0).as_primitive::<Int64Type>();
+            let s = b.column(1).as_primitive::<Int64Type>();
+            for i in 0..b.num_rows() {
+                self.sums.insert(k.value(i), s.value(i));
+            }
+        }
+        Ok(())
+    }
+
     fn process(
         &mut self,
         _input: usize,
@@ -84,6 +123,11 @@ impl Operator for RunningSum {
     ) -> Result<()> {
         let k = batch.column(0).as_primitive::<Int64Type>();
         let v = batch.column(1).as_primitive::<Int64Type>();
+        if let Some(f) = self.fail_at {
+            if v.values().contains(&f) {
+                return Err(sluice_engine::Error::User(format!("boom at {f}")));
+            }
+        }
         let sums: Vec<i64> = (0..batch.num_rows())
             .map(|i| {
                 let s = self.sums.entry(k.value(i)).or_default();
@@ -140,9 +184,63 @@ impl Sink for LineSink {
     }
 }
 
+/// How an executor's job behaves (the graph is the same in every mode).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    Normal,
+    /// The source waits between batches, so the job runs long enough to
+    /// take a savepoint.
+    Slow,
+    /// The running sum fails on one value.
+    Fail,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Normal => "normal",
+            Mode::Slow => "slow",
+            Mode::Fail => "fail",
+        }
+    }
+    fn from_env() -> Mode {
+        match std::env::var(MODE_ENV).as_deref() {
+            Ok("slow") => Mode::Slow,
+            Ok("fail") => Mode::Fail,
+            _ => Mode::Normal,
+        }
+    }
+}
+
+/// Emits the input batches, waiting a little before each in slow mode.
+struct PacedSource {
+    inner: VecSource,
+    pause: Duration,
+}
+
+impl Source for PacedSource {
+    fn poll(&mut self, ctx: &OperatorContext) -> Result<SourcePoll> {
+        std::thread::sleep(self.pause);
+        self.inner.poll(ctx)
+    }
+    fn supports_checkpoints(&self) -> bool {
+        true
+    }
+    fn snapshot(&mut self, id: CheckpointId) -> Result<Vec<Vec<u8>>> {
+        self.inner.snapshot(id)
+    }
+    fn restore(&mut self, entries: Vec<Vec<u8>>, ctx: &OperatorContext) -> Result<()> {
+        self.inner.restore(entries, ctx)
+    }
+}
+
 /// The job every process builds: one source, a keyed running sum at
 /// parallelism 3, a sink at parallelism 3 (chained to the sum).
 fn job(out: &Path, checkpoint: Option<&Path>) -> Env {
+    job_in(out, checkpoint, Mode::Normal)
+}
+
+fn job_in(out: &Path, checkpoint: Option<&Path>, mode: Mode) -> Env {
     let env = Env::with_config(JobConfig {
         name: "cluster-test".into(),
         parallelism: PARALLELISM,
@@ -154,17 +252,28 @@ fn job(out: &Path, checkpoint: Option<&Path>) -> Env {
         ..JobConfig::default()
     });
     let out = out.to_path_buf();
-    env.from_batches("numbers", schema(), input())
-        .keyed_by(&["k"])
-        .transform("running_sum", out_schema(), |_| {
-            Ok(Box::new(RunningSum::default()))
-        })
-        .sink_fn("lines", move |_| {
-            Ok(Box::new(LineSink {
-                dir: out.clone(),
-                file: None,
-            }))
-        });
+    let pause = Duration::from_millis(if mode == Mode::Slow { 25 } else { 0 });
+    let fail_at = (mode == Mode::Fail).then_some(1000);
+    env.source_fn("numbers", schema(), move |_| {
+        Ok(Box::new(PacedSource {
+            inner: VecSource::new(input()),
+            pause,
+        }))
+    })
+    .set_parallelism(1)
+    .keyed_by(&["k"])
+    .transform("running_sum", out_schema(), move |_| {
+        Ok(Box::new(RunningSum {
+            fail_at,
+            ..RunningSum::default()
+        }))
+    })
+    .sink_fn("lines", move |_| {
+        Ok(Box::new(LineSink {
+            dir: out.clone(),
+            file: None,
+        }))
+    });
     env
 }
 
@@ -175,11 +284,14 @@ fn as_executor() -> bool {
     }
     let out = PathBuf::from(std::env::var(OUT_ENV).expect("output dir"));
     let ck = std::env::var(CK_ENV).ok().map(PathBuf::from);
-    let r = job(&out, ck.as_deref()).execute();
-    if let Err(e) = &r {
-        eprintln!("executor failed: {e}");
+    let mode = Mode::from_env();
+    let r = job_in(&out, ck.as_deref(), mode).execute();
+    match r {
+        Err(e) if mode == Mode::Fail => eprintln!("executor failed as planned: {e}"),
+        r => {
+            r.expect("the executor's run");
+        }
     }
-    r.expect("the executor's run");
     true
 }
 
@@ -220,43 +332,50 @@ struct Cluster {
     _specs: tempfile::TempDir,
 }
 
+/// One attempt's executor processes.
+struct Launch<'a> {
+    /// The test function the children re-run.
+    test: &'a str,
+    attempt: u64,
+    placement: &'a [(TaskKey, usize)],
+    executors: usize,
+    out: &'a Path,
+    checkpoint: Option<&'a Path>,
+    restore: Option<String>,
+    mode: Mode,
+}
+
 impl Cluster {
-    /// Starts one executor process per index of attempt 1 of [`JOB_ID`],
-    /// re-running `test`.
-    fn start(
-        test: &str,
-        server: &ControlServer,
-        placement: &[(TaskKey, usize)],
-        executors: usize,
-        out: &Path,
-        checkpoint: Option<&Path>,
-    ) -> Cluster {
+    /// Starts one executor process per index of an attempt of [`JOB_ID`].
+    fn start(server: &ControlServer, l: &Launch<'_>) -> Cluster {
         let specs = tempfile::tempdir().unwrap();
         let exe = std::env::current_exe().unwrap();
-        let children = (0..executors)
+        let children = (0..l.executors)
             .map(|i| {
                 let spec = ExecutorSpec {
                     job_id: JOB_ID.into(),
-                    attempt: 1,
+                    attempt: l.attempt,
                     executor: i,
-                    executors,
+                    executors: l.executors,
                     control: server.local_addr().to_string(),
-                    tasks: placement
+                    tasks: l
+                        .placement
                         .iter()
                         .filter(|(_, e)| *e == i)
                         .map(|(t, _)| *t)
                         .collect(),
                     bind_host: "127.0.0.1".into(),
                     parallelism: PARALLELISM,
-                    restore: None,
+                    restore: l.restore.clone(),
                 };
                 let path = specs.path().join(format!("executor-{i}.json"));
                 std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
                 let mut cmd = Command::new(&exe);
-                cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
+                cmd.args(["--exact", l.test, "--nocapture", "--test-threads=1"])
                     .env("SLUICE_EXECUTOR", &path)
-                    .env(OUT_ENV, out);
-                if let Some(ck) = checkpoint {
+                    .env(OUT_ENV, l.out)
+                    .env(MODE_ENV, l.mode.name());
+                if let Some(ck) = l.checkpoint {
                     cmd.env(CK_ENV, ck);
                 }
                 cmd.spawn().unwrap()
@@ -294,6 +413,32 @@ fn next_event(a: &AttemptHandle) -> AttemptEvent {
         .expect("an attempt event within the patience bound")
 }
 
+fn start_attempt(
+    server: &ControlServer,
+    d: &JobDescription,
+    attempt: u64,
+    executors: usize,
+    checkpoint: Option<&Path>,
+) -> AttemptHandle {
+    let setup = checkpoint.map(|dir| CheckpointSetup {
+        config: d.checkpoint.as_ref().unwrap().to_config(),
+        root: Storage::open(&dir.into()).unwrap(),
+        // After every id an earlier attempt used.
+        next_id: 1 + 100 * (attempt - 1),
+    });
+    server
+        .start_attempt(AttemptConfig {
+            job_id: JOB_ID.into(),
+            attempt,
+            description: d.clone(),
+            placement: placement(d, executors),
+            executors,
+            checkpoint: setup,
+            stats: Arc::new(Mutex::new(Default::default())),
+        })
+        .unwrap()
+}
+
 /// Runs the job over `executors` processes; returns the output lines and
 /// the attempt (for its counters).
 fn run_distributed(
@@ -303,25 +448,21 @@ fn run_distributed(
 ) -> (Vec<String>, AttemptHandle) {
     let out = tempfile::tempdir().unwrap();
     let d = description(out.path(), checkpoint);
-    let placement = placement(&d, executors);
     let server = ControlServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let setup = checkpoint.map(|dir| CheckpointSetup {
-        config: d.checkpoint.as_ref().unwrap().to_config(),
-        root: Storage::open(&dir.into()).unwrap(),
-        next_id: 1,
-    });
-    let attempt = server
-        .start_attempt(AttemptConfig {
-            job_id: JOB_ID.into(),
+    let attempt = start_attempt(&server, &d, 1, executors, checkpoint);
+    let cluster = Cluster::start(
+        &server,
+        &Launch {
+            test,
             attempt: 1,
-            description: d,
-            placement: placement.clone(),
+            placement: &placement(&d, executors),
             executors,
-            checkpoint: setup,
-            stats: Arc::new(Mutex::new(Default::default())),
-        })
-        .unwrap();
-    let cluster = Cluster::start(test, &server, &placement, executors, out.path(), checkpoint);
+            out: out.path(),
+            checkpoint,
+            restore: None,
+            mode: Mode::Normal,
+        },
+    );
     assert_eq!(next_event(&attempt), AttemptEvent::Running);
     assert_eq!(next_event(&attempt), AttemptEvent::Finished);
     assert!(cluster.wait(), "every executor exits cleanly");
@@ -422,4 +563,102 @@ fn stale_hellos_are_rejected_and_counted() {
         a2.events().try_recv().is_err(),
         "a superseded attempt reports nothing"
     );
+}
+
+#[test]
+fn a_failing_task_fails_the_attempt_and_cancels_the_others() {
+    if as_executor() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let d = description(out.path(), None);
+    let server = ControlServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let attempt = start_attempt(&server, &d, 1, 3, None);
+    let cluster = Cluster::start(
+        &server,
+        &Launch {
+            test: "a_failing_task_fails_the_attempt_and_cancels_the_others",
+            attempt: 1,
+            placement: &placement(&d, 3),
+            executors: 3,
+            out: out.path(),
+            checkpoint: None,
+            restore: None,
+            mode: Mode::Fail,
+        },
+    );
+    assert_eq!(next_event(&attempt), AttemptEvent::Running);
+    match next_event(&attempt) {
+        AttemptEvent::Failed(e) => assert!(e.contains("boom at 1000"), "{e}"),
+        e => panic!("expected a failure, got {e:?}"),
+    }
+    // Every executor ends (the failed one reports, the others are cancelled).
+    assert!(cluster.wait());
+    assert!(attempt.events().try_recv().is_err(), "one terminal event");
+}
+
+#[test]
+fn stop_with_savepoint_then_a_new_attempt_restores() {
+    if as_executor() {
+        return;
+    }
+    let test = "stop_with_savepoint_then_a_new_attempt_restores";
+    let ck = tempfile::tempdir().unwrap();
+    let (out1, out2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let savepoint = ck.path().join("savepoint-1");
+    let d = description(out1.path(), Some(ck.path()));
+    let server = ControlServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+
+    let first = start_attempt(&server, &d, 1, 2, Some(ck.path()));
+    let cluster = Cluster::start(
+        &server,
+        &Launch {
+            test,
+            attempt: 1,
+            placement: &placement(&d, 2),
+            executors: 2,
+            out: out1.path(),
+            checkpoint: Some(ck.path()),
+            restore: None,
+            mode: Mode::Slow,
+        },
+    );
+    assert_eq!(next_event(&first), AttemptEvent::Running);
+    std::thread::sleep(Duration::from_millis(300));
+    let location = first.savepoint(savepoint.as_path().into(), true).unwrap();
+    assert_eq!(next_event(&first), AttemptEvent::Finished);
+    assert!(
+        cluster.wait(),
+        "every executor of the stopped attempt exits cleanly"
+    );
+    let before = lines(out1.path());
+    assert!(
+        !before.is_empty() && before.len() < 40 * 64,
+        "{} rows",
+        before.len()
+    );
+
+    let second = start_attempt(&server, &d, 2, 2, Some(ck.path()));
+    let cluster = Cluster::start(
+        &server,
+        &Launch {
+            test,
+            attempt: 2,
+            placement: &placement(&d, 2),
+            executors: 2,
+            out: out2.path(),
+            checkpoint: Some(ck.path()),
+            restore: Some(location.as_str().to_string()),
+            mode: Mode::Normal,
+        },
+    );
+    assert_eq!(next_event(&second), AttemptEvent::Running);
+    assert_eq!(next_event(&second), AttemptEvent::Finished);
+    assert!(cluster.wait());
+    // Exactly once across the two attempts: the rows before the savepoint
+    // and the rows after it, with the restored sums, are the embedded run's.
+    let mut all = before;
+    all.extend(lines(out2.path()));
+    all.sort();
+    assert_eq!(all, embedded_lines());
 }

@@ -395,23 +395,32 @@ impl Run<'_> {
             }
             return Err(e);
         }
-        // Every local task ended cleanly: let the connections flush their
-        // last frames (they end once every channel carried its end).
-        for h in &handles {
-            if !h.wait(END_TIMEOUT) {
-                warn!(peer = h.peer(), "exchange connection did not end in time");
-            }
-        }
         self.link
             .send(&ToCoordinator::Metrics(counters(&metrics)))?;
         self.link.send(&ToCoordinator::Done)?;
+        // Every local task ended cleanly. Stay until the connections have
+        // flushed their last frames (they end once every channel carried
+        // its end) or the coordinator closes (every executor is done, so
+        // every peer has what it needs; channels stopped by a
+        // stop-with-savepoint never carry an end).
         debug!(
             executor = spec.executor,
             "executor done; waiting for the coordinator"
         );
         let deadline = Instant::now() + END_TIMEOUT;
-        while !fence.closed.load(Ordering::SeqCst) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
+        loop {
+            if fence.closed.load(Ordering::SeqCst) || handles.iter().all(|h| h.wait(Duration::ZERO))
+            {
+                break;
+            }
+            if Instant::now() >= deadline {
+                warn!(
+                    executor = spec.executor,
+                    "exchange connections did not end in time"
+                );
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
         self.control.cancelled.store(true, Ordering::SeqCst);
         self.link.close();
