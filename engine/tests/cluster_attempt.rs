@@ -277,8 +277,14 @@ fn job_in(out: &Path, checkpoint: Option<&Path>, mode: Mode) -> Env {
     env
 }
 
-/// In a child process started by a test: play the executor and return true.
+/// In a child process started by a test: play the executor (or describe
+/// the job, which exits) and return true.
 fn as_executor() -> bool {
+    if std::env::var("SLUICE_DESCRIBE").is_ok() {
+        let out = tempfile::tempdir().unwrap();
+        let r = job(out.path(), None).execute();
+        panic!("describe mode returned instead of exiting: {:?}", r.err());
+    }
     if std::env::var("SLUICE_EXECUTOR").is_err() {
         return false;
     }
@@ -661,4 +667,72 @@ fn stop_with_savepoint_then_a_new_attempt_restores() {
     all.extend(lines(out2.path()));
     all.sort();
     assert_eq!(all, embedded_lines());
+}
+
+#[test]
+fn describe_mode_writes_the_plan_at_the_given_parallelism() {
+    if as_executor() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("job.json");
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "describe_mode_writes_the_plan_at_the_given_parallelism",
+            "--nocapture",
+        ])
+        .env("SLUICE_DESCRIBE", &path)
+        .env("SLUICE_PARALLELISM", "2")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let d: JobDescription = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(d.name, "cluster-test");
+    assert_eq!(d.parallelism, 2);
+    assert_eq!(d.graph_nodes, 3);
+    let shape: Vec<(usize, bool, usize)> = d
+        .vertices
+        .iter()
+        .map(|v| (v.parallelism, v.source, v.nodes.len()))
+        .collect();
+    // The source alone at 1; the sum with the sink chained at 2.
+    assert_eq!(shape, vec![(1, true, 1), (2, false, 2)]);
+    assert_eq!(d.slots(), 2);
+    assert!(d.checkpoint.is_none());
+}
+
+#[test]
+fn cancel_stops_every_executor() {
+    if as_executor() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let d = description(out.path(), None);
+    let server = ControlServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let attempt = start_attempt(&server, &d, 1, 2, None);
+    let cluster = Cluster::start(
+        &server,
+        &Launch {
+            test: "cancel_stops_every_executor",
+            attempt: 1,
+            placement: &placement(&d, 2),
+            executors: 2,
+            out: out.path(),
+            checkpoint: None,
+            restore: None,
+            mode: Mode::Slow,
+        },
+    );
+    assert_eq!(next_event(&attempt), AttemptEvent::Running);
+    attempt.cancel("the test cancels");
+    // A cancelled executor's run is an error: the children exit failing,
+    // long before the slow input (a second) would have ended.
+    let started = std::time::Instant::now();
+    assert!(!cluster.wait(), "cancelled executors report failure");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        attempt.events().try_recv().is_err(),
+        "a cancel sends no event"
+    );
 }

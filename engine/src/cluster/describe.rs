@@ -8,7 +8,6 @@ use std::time::Duration;
 use crate::checkpoint::coordinator::{NodeInfo, TaskKey};
 use crate::checkpoint::{CheckpointConfig, Guarantee, Location};
 use crate::cluster::api::{CheckpointDescription, JobDescription, VertexInfo};
-use crate::error::{Error, Result};
 use crate::graph::{LogicalGraph, NodeKind};
 use crate::plan::PhysicalPlan;
 use crate::runtime::JobConfig;
@@ -71,29 +70,6 @@ impl JobDescription {
             .collect();
         nodes.sort_by_key(|n| n.node);
         nodes
-    }
-
-    /// Whether `plan` is the plan this description was made from (same
-    /// vertices, chains and parallelism): executors refuse to run another.
-    pub fn check_plan(&self, plan: &PhysicalPlan) -> Result<()> {
-        let same = self.max_parallelism == plan.max_parallelism
-            && self.vertices.len() == plan.vertices.len()
-            && self.vertices.iter().zip(&plan.vertices).all(|(d, v)| {
-                d.id == v.id
-                    && d.parallelism == v.parallelism
-                    && d.nodes
-                        .iter()
-                        .map(|(n, _)| *n)
-                        .eq(v.chain.iter().map(|n| n.0))
-            });
-        if same {
-            Ok(())
-        } else {
-            Err(Error::Config(format!(
-                "the job binary plans '{}' differently from its description",
-                self.name
-            )))
-        }
     }
 }
 

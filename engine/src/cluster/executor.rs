@@ -294,17 +294,22 @@ impl Run<'_> {
         let local = |k: TaskKey| placed.get(&k) == Some(&me);
 
         // Restore before anything connects, so a bad checkpoint fails fast.
-        let restore = match (&self.config.checkpoint, &spec.restore) {
-            (Some(_), Some(location)) => {
-                let dir = Storage::open_in_parent(&Location::from(location.as_str()))?;
-                let manifest = load_verified(&dir)?;
-                let r = RestorePlan { dir, manifest };
-                r.check_compatible(graph, plan.max_parallelism)?;
-                info!(checkpoint = r.manifest.id, location = %location, "executor restores");
-                Some(Arc::new(r))
-            }
-            _ => None,
-        };
+        let restore =
+            match (&self.config.checkpoint, &spec.restore) {
+                (Some(_), Some(location)) => {
+                    let dir = Storage::open_in_parent(&Location::from(location.as_str()))?;
+                    let manifest = load_verified(&dir)?;
+                    let r = RestorePlan { dir, manifest };
+                    r.check_compatible(graph, plan.max_parallelism)?;
+                    info!(checkpoint = r.manifest.id, location = %location, "executor restores");
+                    Some(Arc::new(r))
+                }
+                (None, Some(_)) => return Err(Error::Config(
+                    "the executor is told to restore a checkpoint, but the job does not checkpoint"
+                        .into(),
+                )),
+                (_, None) => None,
+            };
 
         let mut conns = self.connect(listener, &xcfg, peers, &placed)?;
         let handles: Vec<ConnectionHandle> = conns.by_peer.values().map(|c| c.handle()).collect();

@@ -190,6 +190,9 @@ pub struct JobHandle {
     current: Arc<Mutex<Current>>,
     user_cancel: Arc<AtomicBool>,
     stats: Arc<Mutex<CheckpointStats>>,
+    /// A task executor of a distributed job: its savepoints are the
+    /// coordinator's.
+    executor: bool,
 }
 
 impl JobHandle {
@@ -206,6 +209,11 @@ impl JobHandle {
     }
 
     fn request_savepoint(&self, dir: Location, stop: bool) -> Result<Location> {
+        if self.executor {
+            return Err(Error::Config(
+                "a task executor takes no savepoints: ask the coordinator".into(),
+            ));
+        }
         let dir = Storage::open(&dir)?;
         if has_manifest(&dir)? {
             return Err(Error::Checkpoint(format!(
@@ -251,8 +259,8 @@ impl JobHandle {
         self.thread.is_finished()
     }
 
-    /// A handle on a job `run` runs in its own thread; `run` gets the flag
-    /// [`JobHandle::cancel`] sets. It has no savepoints.
+    /// A handle on a task executor `run` runs in its own thread; `run`
+    /// gets the flag [`JobHandle::cancel`] sets. It has no savepoints.
     pub(crate) fn spawn(
         run: impl FnOnce(Arc<AtomicBool>) -> Result<JobResult> + Send + 'static,
     ) -> Result<JobHandle> {
@@ -267,6 +275,7 @@ impl JobHandle {
             current: Arc::default(),
             user_cancel,
             stats: Arc::default(),
+            executor: true,
         })
     }
 
@@ -312,6 +321,7 @@ pub fn start_embedded(graph: &LogicalGraph, config: &JobConfig) -> Result<JobHan
         current,
         user_cancel,
         stats,
+        executor: false,
     })
 }
 
