@@ -55,6 +55,8 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on the clean end: exchange connections flushing their last
 /// frames, and the coordinator closing after `Done`.
 const END_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on waiting for the coordinator to take a failure report.
+const FAILED_LINGER: Duration = Duration::from_secs(2);
 
 /// Reads an [`ExecutorSpec`] from a JSON file.
 pub fn read_spec(path: &str) -> Result<ExecutorSpec> {
@@ -131,6 +133,7 @@ pub(crate) fn run_until(
     };
     info!(job = %spec.job_id, attempt = spec.attempt, executor = me, tasks = spec.tasks.len(),
         "executor registered");
+    let fence = Arc::new(Fence::default());
     let run = Run {
         graph,
         config,
@@ -138,6 +141,7 @@ pub(crate) fn run_until(
         plan: &plan,
         control: &control,
         link: &link,
+        fence: &fence,
         user_cancel,
     };
     match run.run(listener, xcfg, reader, &peers, &placement, started) {
@@ -147,6 +151,12 @@ pub(crate) fn run_until(
             let _ = link.send(&ToCoordinator::Failed {
                 error: e.to_string(),
             });
+            // Closing with unread frames would reset the connection and
+            // could lose the report: let the coordinator close it first.
+            link.shutdown_write();
+            if fence.reading.load(Ordering::SeqCst) {
+                fence.wait_closed(FAILED_LINGER);
+            }
             link.close();
             Err(e)
         }
@@ -228,6 +238,11 @@ impl ControlLink {
         write_frame(&mut *s, msg)
     }
 
+    fn shutdown_write(&self) {
+        let s = self.stream.lock().expect("control link lock");
+        let _ = s.shutdown(Shutdown::Write);
+    }
+
     fn close(&self) {
         let s = self.stream.lock().expect("control link lock");
         let _ = (&*s).flush();
@@ -239,7 +254,24 @@ impl ControlLink {
 #[derive(Default)]
 struct Fence {
     reason: Mutex<Option<String>>,
+    /// The control reader runs.
+    reading: AtomicBool,
+    /// The coordinator closed the control connection (or it broke).
     closed: AtomicBool,
+}
+
+impl Fence {
+    /// Waits (bounded) for the coordinator to close the connection.
+    fn wait_closed(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.closed.load(Ordering::SeqCst) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
 }
 
 struct Run<'a> {
@@ -249,6 +281,7 @@ struct Run<'a> {
     plan: &'a PhysicalPlan,
     control: &'a Arc<JobControl>,
     link: &'a ControlLink,
+    fence: &'a Arc<Fence>,
     user_cancel: Arc<AtomicBool>,
 }
 
@@ -326,7 +359,7 @@ impl Run<'_> {
 
         // Checkpointing: the tasks' control channels, fed by the control
         // reader, and a local writer whose acknowledgements go upstream.
-        let fence = Arc::new(Fence::default());
+        let fence = self.fence;
         let dirs: CheckpointDirs = Arc::default();
         let mut ports: HashMap<TaskKey, Sender<TaskControl>> = HashMap::new();
         let mut task_ck = HashMap::new();
@@ -357,6 +390,7 @@ impl Run<'_> {
             fence.clone(),
             self.link.clone(),
         )?;
+        fence.reading.store(true, Ordering::SeqCst);
         let done = Arc::new(AtomicBool::new(false));
         let metrics_thread = spawn_metrics(
             metrics.clone(),
@@ -390,7 +424,7 @@ impl Run<'_> {
         let cancelled = self.control.is_cancelled();
         let outcome = match failed {
             Some(e) => Err(e),
-            None if cancelled => Err(self.why_cancelled(&fence, &handles)),
+            None if cancelled => Err(self.why_cancelled(fence, &handles)),
             None => Ok(()),
         };
         if let Err(e) = outcome {
