@@ -1,8 +1,9 @@
 //! Running a physical plan. [`task`] holds the subtask loops (source loop,
 //! input loop over a crossbeam `Select`, the operator chain); [`watermark`]
-//! holds watermark generation and combination. This module wires channels
-//! between subtasks, starts one OS thread per subtask (operator work never
-//! runs on an async reactor), propagates the first failure to every task,
+//! holds watermark generation and combination; [`wiring`] creates the
+//! channels between subtasks (local, or ends of network channels) and
+//! starts one OS thread per subtask (operator work never runs on an async
+//! reactor). This module propagates the first failure to every task,
 //! and, when the job checkpoints, starts the checkpoint coordinator and
 //! writer beside the tasks and restarts a failed job from its latest
 //! checkpoint under the restart strategy. [`JobHandle`] is the running
@@ -11,6 +12,10 @@
 pub mod align;
 pub mod task;
 pub mod watermark;
+pub mod wiring;
+
+pub use wiring::{plan_channels, PlanChannel};
+pub(crate) use wiring::{spawn_tasks, wire, NoRemote, RemoteEnds, TaskContext};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -20,7 +25,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::checkpoint::coordinator::{
     run_writer, CheckpointDirs, Coordinator, CoordinatorMsg, NodeInfo, SavepointRequest,
@@ -34,10 +39,6 @@ use crate::graph::NodeKind;
 
 use crate::data::StreamMessage;
 use crate::error::{Error, Result};
-use crate::exchange::frame::ChannelId;
-use crate::exchange::local::channel;
-use crate::exchange::partition::{targets, EdgeWriter};
-use crate::exchange::ChannelSender;
 use crate::graph::LogicalGraph;
 use crate::plan::{plan, PhysicalPlan};
 use crate::state::key_group::DEFAULT_MAX_PARALLELISM;
@@ -175,7 +176,7 @@ impl JobControl {
 }
 
 /// An input channel of a subtask and the logical input it feeds.
-type InputChannel = (Receiver<StreamMessage>, usize);
+pub(crate) type InputChannel = (Receiver<StreamMessage>, usize);
 
 /// What the handle can reach of the attempt that is running.
 #[derive(Default)]
@@ -647,218 +648,6 @@ pub(crate) fn spawn_writer(
         .map_err(|e| Error::io("spawning the checkpoint writer", e))
 }
 
-/// The channels of a plan's edges in one process: every local subtask's
-/// input channels and output writers.
-pub(crate) struct Wiring {
-    /// Per (vertex, subtask): its input channels.
-    inputs: HashMap<(usize, usize), Vec<InputChannel>>,
-    /// Per (vertex, subtask, chain member): (output port, writer).
-    writers: HashMap<(usize, usize, usize), Vec<(usize, EdgeWriter)>>,
-}
-
-/// The ends of channels whose other end is in another process.
-pub(crate) trait RemoteEnds {
-    /// The sending end of `channel`, whose receiver runs task `to`.
-    fn sender(&mut self, channel: ChannelId, to: TaskKey) -> Result<Box<dyn ChannelSender>>;
-    /// The receiving end of `channel`, whose sender runs task `from`.
-    fn receiver(&mut self, channel: ChannelId, from: TaskKey) -> Result<Receiver<StreamMessage>>;
-}
-
-/// No remote ends: every task is local (the embedded cluster).
-pub(crate) struct NoRemote;
-
-impl RemoteEnds for NoRemote {
-    fn sender(&mut self, channel: ChannelId, to: TaskKey) -> Result<Box<dyn ChannelSender>> {
-        Err(Error::Internal(format!(
-            "channel {} to {to:?} is remote in an embedded job",
-            channel.0
-        )))
-    }
-    fn receiver(&mut self, channel: ChannelId, from: TaskKey) -> Result<Receiver<StreamMessage>> {
-        Err(Error::Internal(format!(
-            "channel {} from {from:?} is remote in an embedded job",
-            channel.0
-        )))
-    }
-}
-
-/// One channel of a plan: edge index, upstream and downstream subtasks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PlanChannel {
-    /// Index in `plan.edges`.
-    pub edge: usize,
-    /// Sending task.
-    pub from: TaskKey,
-    /// Receiving task.
-    pub to: TaskKey,
-    /// Its id, the same in every process running the plan.
-    pub id: ChannelId,
-}
-
-/// Every channel of `plan`, in edge order. Ids number the (upstream,
-/// downstream) pairs of each edge one after the other, so every process
-/// planning the same graph derives the same ids.
-pub fn plan_channels(plan: &PhysicalPlan) -> Result<Vec<PlanChannel>> {
-    let mut out = Vec::new();
-    let mut base: u64 = 0;
-    for (ei, e) in plan.edges.iter().enumerate() {
-        let up = plan.vertices[e.from_vertex].parallelism;
-        let down = plan.vertices[e.to_vertex].parallelism;
-        for u in 0..up {
-            for t in targets(&e.kind, u, down) {
-                let id = base + (u * down + t) as u64;
-                let id = u32::try_from(id).map_err(|_| {
-                    Error::Config("the plan has more channels than a u32 can number".into())
-                })?;
-                out.push(PlanChannel {
-                    edge: ei,
-                    from: TaskKey {
-                        vertex: e.from_vertex,
-                        subtask: u,
-                    },
-                    to: TaskKey {
-                        vertex: e.to_vertex,
-                        subtask: t,
-                    },
-                    id: ChannelId(id),
-                });
-            }
-        }
-        base += (up * down) as u64;
-    }
-    Ok(out)
-}
-
-/// Creates the channels of every edge touching a task `local` selects: a
-/// local channel when both ends are local, a remote end otherwise.
-pub(crate) fn wire(
-    plan: &PhysicalPlan,
-    capacity: usize,
-    cancelled: &Arc<AtomicBool>,
-    local: &dyn Fn(TaskKey) -> bool,
-    remote: &mut dyn RemoteEnds,
-) -> Result<Wiring> {
-    let mut inputs: HashMap<(usize, usize), Vec<InputChannel>> = HashMap::new();
-    let mut writers: HashMap<(usize, usize, usize), Vec<(usize, EdgeWriter)>> = HashMap::new();
-    let channels = plan_channels(plan)?;
-    // Channels of one edge and upstream subtask are consecutive, in the
-    // order `targets` gives, which is the order the writer routes by.
-    for group in channels.chunk_by(|a, b| a.edge == b.edge && a.from == b.from) {
-        let (first, e) = (group[0], &plan.edges[group[0].edge]);
-        let from_local = local(first.from);
-        let mut senders: Vec<Box<dyn ChannelSender>> = Vec::new();
-        for c in group {
-            let to_local = local(c.to);
-            match (from_local, to_local) {
-                (true, true) => {
-                    let (tx, rx) = channel(capacity, cancelled.clone());
-                    senders.push(Box::new(tx));
-                    inputs
-                        .entry((c.to.vertex, c.to.subtask))
-                        .or_default()
-                        .push((rx, e.input));
-                }
-                (true, false) => senders.push(remote.sender(c.id, c.to)?),
-                (false, true) => {
-                    let rx = remote.receiver(c.id, c.from)?;
-                    inputs
-                        .entry((c.to.vertex, c.to.subtask))
-                        .or_default()
-                        .push((rx, e.input));
-                }
-                (false, false) => {}
-            }
-        }
-        if from_local {
-            let w = EdgeWriter::new(
-                e.kind.clone(),
-                senders,
-                plan.max_parallelism,
-                first.from.subtask,
-            );
-            writers
-                .entry((e.from_vertex, first.from.subtask, e.from_member))
-                .or_default()
-                .push((e.port, w));
-        }
-    }
-    Ok(Wiring { inputs, writers })
-}
-
-/// What every task thread of a run shares.
-pub(crate) struct TaskContext<'a> {
-    pub graph: &'a LogicalGraph,
-    pub plan: &'a PhysicalPlan,
-    pub metrics: &'a [Arc<NodeMetrics>],
-    pub attempt: u64,
-    pub state: &'a crate::state::StateSettings,
-    pub control: &'a Arc<JobControl>,
-}
-
-/// Starts one thread per subtask `local` selects; a failing or panicking
-/// task records its error in the job control, which cancels the others.
-pub(crate) fn spawn_tasks(
-    cx: &TaskContext<'_>,
-    local: &dyn Fn(TaskKey) -> bool,
-    wiring: &mut Wiring,
-    task_ck: &mut HashMap<TaskKey, task::TaskCheckpointing>,
-) -> Result<Vec<JoinHandle<()>>> {
-    let (graph, plan) = (cx.graph, cx.plan);
-    let mut handles = Vec::new();
-    for v in &plan.vertices {
-        for s in 0..v.parallelism {
-            let key = TaskKey {
-                vertex: v.id,
-                subtask: s,
-            };
-            if !local(key) {
-                continue;
-            }
-            let member_writers: Vec<Vec<(usize, EdgeWriter)>> = (0..v.chain.len())
-                .map(|m| wiring.writers.remove(&(v.id, s, m)).unwrap_or_default())
-                .collect();
-            let task = task::TaskSpec {
-                graph: graph.clone(),
-                vertex: v.clone(),
-                subtask: s,
-                max_parallelism: plan.max_parallelism,
-                inputs: wiring.inputs.remove(&(v.id, s)).unwrap_or_default(),
-                writers: member_writers,
-                metrics: v.chain.iter().map(|n| cx.metrics[n.0].clone()).collect(),
-                input_schemas: task::input_schemas(graph, v),
-                attempt: cx.attempt,
-                state: cx.state.clone(),
-                checkpointing: task_ck.remove(&key),
-            };
-            let control = cx.control.clone();
-            let name = format!("{}-{}", v.name, s);
-            let thread_name: String = name.chars().take(60).collect();
-            let h = std::thread::Builder::new()
-                .name(thread_name)
-                .spawn(move || {
-                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        task::run(task, &control)
-                    }));
-                    let result = match result {
-                        Ok(r) => r,
-                        Err(payload) => Err(Error::Panic(panic_message(payload))),
-                    };
-                    if let Err(e) = result {
-                        debug!(task = %name, error = %e, "task failed");
-                        control.fail(Error::Task {
-                            operator: name.clone(),
-                            subtask: s,
-                            source: Box::new(e),
-                        });
-                    }
-                })
-                .map_err(|e| Error::io("spawning a task thread", e))?;
-            handles.push(h);
-        }
-    }
-    Ok(handles)
-}
-
 /// Removes a run's local state directory when the run ends.
 pub(crate) struct LocalDir(PathBuf);
 
@@ -868,7 +657,7 @@ impl Drop for LocalDir {
     }
 }
 
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+pub(crate) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         s.to_string()
     } else if let Some(s) = payload.downcast_ref::<String>() {
