@@ -152,6 +152,25 @@ impl ControlServer {
     /// Registers a new attempt of a job; it replaces (and cancels) the
     /// job's previous attempt.
     pub fn start_attempt(&self, cfg: AttemptConfig) -> Result<AttemptHandle> {
+        if cfg.description.checkpoint.is_some() != cfg.checkpoint.is_some() {
+            // Executors checkpoint when the job binary says so; without a
+            // coordinator their tasks would wait for a final checkpoint
+            // forever, and with one nothing would acknowledge.
+            return Err(Error::Config(format!(
+                "job '{}' {} checkpoints, but its attempt is started {} checkpoint setup",
+                cfg.job_id,
+                if cfg.description.checkpoint.is_some() {
+                    "takes"
+                } else {
+                    "takes no"
+                },
+                if cfg.checkpoint.is_some() {
+                    "with a"
+                } else {
+                    "without a"
+                },
+            )));
+        }
         let tasks = cfg.description.tasks();
         let placed: HashMap<TaskKey, usize> = cfg.placement.iter().copied().collect();
         for t in &tasks {

@@ -55,6 +55,8 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on the clean end: exchange connections flushing their last
 /// frames, and the coordinator closing after `Done`.
 const END_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on reaching the coordinator's control address.
+const CONTROL_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on waiting for the coordinator to take a failure report.
 const FAILED_LINGER: Duration = Duration::from_secs(2);
 
@@ -131,6 +133,13 @@ pub(crate) fn run_until(
             ))
         }
     };
+    if peers.len() != spec.executors {
+        return Err(Error::Protocol(format!(
+            "the coordinator names {} executors, the spec {}",
+            peers.len(),
+            spec.executors
+        )));
+    }
     info!(job = %spec.job_id, attempt = spec.attempt, executor = me, tasks = spec.tasks.len(),
         "executor registered");
     let fence = Arc::new(Fence::default());
@@ -212,10 +221,26 @@ struct ControlLink {
 }
 
 impl ControlLink {
+    /// Connects, retrying for a while: a coordinator that just restarted
+    /// may not listen yet.
     fn dial(addr: &str) -> Result<Self> {
         let to = resolve_addr(addr)?;
-        let stream = TcpStream::connect_timeout(&to, Duration::from_secs(10))
-            .map_err(|e| Error::io(format!("connecting to the coordinator at {addr}"), e))?;
+        let deadline = Instant::now() + CONTROL_DIAL_TIMEOUT;
+        let stream = loop {
+            match TcpStream::connect_timeout(&to, CONTROL_DIAL_TIMEOUT) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() < deadline => {
+                    debug!(%addr, error = %e, "coordinator not reachable yet");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("connecting to the coordinator at {addr}"),
+                        e,
+                    ))
+                }
+            }
+        };
         stream
             .set_nodelay(true)
             .and_then(|()| stream.set_write_timeout(Some(Duration::from_secs(30))))
