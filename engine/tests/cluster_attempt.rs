@@ -252,7 +252,7 @@ fn job_in(out: &Path, checkpoint: Option<&Path>, mode: Mode) -> Env {
         ..JobConfig::default()
     });
     let out = out.to_path_buf();
-    let pause = Duration::from_millis(if mode == Mode::Slow { 25 } else { 0 });
+    let pause = Duration::from_millis(if mode == Mode::Slow { 40 } else { 0 });
     let fail_at = (mode == Mode::Fail).then_some(1000);
     env.source_fn("numbers", schema(), move |_| {
         Ok(Box::new(PacedSource {
@@ -730,7 +730,7 @@ fn cancel_stops_every_executor() {
     assert_eq!(next_event(&attempt), AttemptEvent::Running);
     attempt.cancel("the test cancels");
     // A cancelled executor's run is an error: the children exit failing,
-    // long before the slow input (a second) would have ended.
+    // long before the slow input (1.6 s) would have ended.
     let started = std::time::Instant::now();
     assert!(!cluster.wait(), "cancelled executors report failure");
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -738,4 +738,38 @@ fn cancel_stops_every_executor() {
         attempt.events().try_recv().is_err(),
         "a cancel sends no event"
     );
+}
+
+#[test]
+fn a_killed_executor_fails_the_attempt() {
+    if as_executor() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let d = description(out.path(), None);
+    let server = ControlServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let attempt = start_attempt(&server, &d, 1, 2, None);
+    let mut cluster = Cluster::start(
+        &server,
+        &Launch {
+            test: "a_killed_executor_fails_the_attempt",
+            attempt: 1,
+            placement: &placement(&d, 2),
+            executors: 2,
+            out: out.path(),
+            checkpoint: None,
+            restore: None,
+            mode: Mode::Slow,
+        },
+    );
+    assert_eq!(next_event(&attempt), AttemptEvent::Running);
+    cluster.children[1].kill().unwrap();
+    match next_event(&attempt) {
+        AttemptEvent::Failed(e) => assert!(e.contains("executor 1"), "{e}"),
+        e => panic!("expected a failure, got {e:?}"),
+    }
+    // The survivor is cancelled and exits failing, well before its slow
+    // input would have ended.
+    let status = cluster.children[0].wait().unwrap();
+    assert!(!status.success());
 }

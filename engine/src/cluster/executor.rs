@@ -43,7 +43,8 @@ use crate::graph::LogicalGraph;
 use crate::plan::{plan, PhysicalPlan};
 use crate::runtime::{
     checkpoint_channels, node_metrics, plan_channels, run_state, spawn_tasks, spawn_writer,
-    summaries, wire, JobConfig, JobControl, JobResult, NodeMetrics, RemoteEnds, TaskContext,
+    summaries, wire, ErrorHook, JobConfig, JobControl, JobResult, NodeMetrics, RemoteEnds,
+    TaskContext,
 };
 
 /// How often counters go to the coordinator.
@@ -143,6 +144,16 @@ pub(crate) fn run_until(
     info!(job = %spec.job_id, attempt = spec.attempt, executor = me, tasks = spec.tasks.len(),
         "executor registered");
     let fence = Arc::new(Fence::default());
+    {
+        let (link, fence) = (link.clone(), fence.clone());
+        control.on_first_error(ErrorHook(Box::new(move |e: &Error| {
+            if !fence.reported.swap(true, Ordering::SeqCst) {
+                let _ = link.send(&ToCoordinator::Failed {
+                    error: e.to_string(),
+                });
+            }
+        })));
+    }
     let run = Run {
         graph,
         config,
@@ -157,9 +168,11 @@ pub(crate) fn run_until(
         Ok(r) => Ok(r),
         Err(e) => {
             warn!(job = %spec.job_id, executor = me, error = %e, "executor failed");
-            let _ = link.send(&ToCoordinator::Failed {
-                error: e.to_string(),
-            });
+            if !fence.reported.swap(true, Ordering::SeqCst) {
+                let _ = link.send(&ToCoordinator::Failed {
+                    error: e.to_string(),
+                });
+            }
             // Closing with unread frames would reset the connection and
             // could lose the report: let the coordinator close it first.
             link.shutdown_write();
@@ -283,6 +296,9 @@ struct Fence {
     reading: AtomicBool,
     /// The coordinator closed the control connection (or it broke).
     closed: AtomicBool,
+    /// `Failed` was sent (once: the first error as it happens, or the
+    /// executor's error when it ends).
+    reported: AtomicBool,
 }
 
 impl Fence {
@@ -370,7 +386,11 @@ impl Run<'_> {
             };
 
         let mut conns = self.connect(listener, &xcfg, peers, &placed)?;
-        let handles: Vec<ConnectionHandle> = conns.by_peer.values().map(|c| c.handle()).collect();
+        let handles: Vec<(usize, ConnectionHandle)> = conns
+            .by_peer
+            .iter()
+            .map(|(j, c)| (*j, c.handle()))
+            .collect();
         let metrics = node_metrics(graph);
         let (state, _local_dir) = run_state(self.config, spec.attempt);
         let mut wiring = wire(
@@ -473,7 +493,8 @@ impl Run<'_> {
         );
         let deadline = Instant::now() + END_TIMEOUT;
         loop {
-            if fence.closed.load(Ordering::SeqCst) || handles.iter().all(|h| h.wait(Duration::ZERO))
+            if fence.closed.load(Ordering::SeqCst)
+                || handles.iter().all(|(_, h)| h.wait(Duration::ZERO))
             {
                 break;
             }
@@ -507,7 +528,7 @@ impl Run<'_> {
         })
     }
 
-    fn why_cancelled(&self, fence: &Fence, handles: &[ConnectionHandle]) -> Error {
+    fn why_cancelled(&self, fence: &Fence, handles: &[(usize, ConnectionHandle)]) -> Error {
         if let Some(reason) = fence.reason.lock().expect("fence lock").clone() {
             return Error::Exchange(format!(
                 "executor {} stopped by the coordinator: {reason}",
@@ -517,9 +538,12 @@ impl Run<'_> {
         if self.user_cancel.load(Ordering::SeqCst) {
             return Error::Cancelled;
         }
-        for h in handles {
+        for (j, h) in handles {
             if let Some(e) = h.failure().filter(|e| !matches!(e, Error::Cancelled)) {
-                return Error::Exchange(format!("connection to {} failed: {e}", h.peer()));
+                return Error::Exchange(format!(
+                    "the exchange connection to executor {j} ({}) failed: {e}",
+                    h.peer()
+                ));
             }
         }
         Error::Cancelled
@@ -599,7 +623,10 @@ impl Run<'_> {
         let dialed = (|| -> Result<()> {
             for (j, s) in dial {
                 let addr = resolve_addr(&peers[j])?;
-                by_peer.insert(j, connect(addr, xcfg, s)?);
+                let c = connect(addr, xcfg, s).map_err(|e| {
+                    Error::Exchange(format!("connecting to executor {j} at {addr}: {e}"))
+                })?;
+                by_peer.insert(j, c);
             }
             Ok(())
         })();

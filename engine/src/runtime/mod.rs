@@ -139,6 +139,16 @@ pub struct JobControl {
     pub cancelled: Arc<AtomicBool>,
     stopped: AtomicBool,
     first_error: Mutex<Option<Error>>,
+    on_first_error: std::sync::OnceLock<ErrorHook>,
+}
+
+/// Told the first error before anything is cancelled.
+pub(crate) struct ErrorHook(pub Box<dyn Fn(&Error) + Send + Sync>);
+
+impl std::fmt::Debug for ErrorHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ErrorHook")
+    }
 }
 
 impl JobControl {
@@ -147,9 +157,21 @@ impl JobControl {
     pub fn fail(&self, error: Error) {
         let mut first = self.first_error.lock().expect("job control lock poisoned");
         if first.is_none() && !matches!(error.root(), Error::Cancelled) {
+            // Before the cancellation spreads: a task executor reports the
+            // cause before its peers see their connections close and
+            // report those instead.
+            if let Some(hook) = self.on_first_error.get() {
+                (hook.0)(&error);
+            }
             *first = Some(error);
         }
         self.cancelled.store(true, Ordering::SeqCst);
+    }
+
+    /// Calls `hook` with the first error, ahead of cancelling (once set,
+    /// it stays).
+    pub(crate) fn on_first_error(&self, hook: ErrorHook) {
+        let _ = self.on_first_error.set(hook);
     }
 
     /// Whether the job is cancelled.
