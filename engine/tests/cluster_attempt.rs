@@ -21,7 +21,7 @@ use sluice_engine::checkpoint::coordinator::TaskKey;
 use sluice_engine::checkpoint::{CheckpointConfig, Storage};
 use sluice_engine::cluster::api::{ExecutorSpec, JobDescription};
 use sluice_engine::cluster::attempt::{
-    AttemptConfig, AttemptEvent, AttemptHandle, CheckpointSetup, ControlServer,
+    AttemptConfig, AttemptEvent, AttemptHandle, CheckpointSetup, CheckpointStart, ControlServer,
 };
 use sluice_engine::cluster::control::{read_frame, write_frame, ToCoordinator, ToExecutor};
 use sluice_engine::data::CheckpointId;
@@ -512,6 +512,19 @@ fn checkpoints_across_executors() {
     let m: serde_json::Value = serde_json::from_slice(&std::fs::read(newest).unwrap()).unwrap();
     assert_eq!(m["finished"], serde_json::Value::Bool(true));
     assert_eq!(m["job"], "cluster-test");
+
+    // A next attempt would resume from that final checkpoint.
+    let start = CheckpointStart::find(&description(ck.path(), Some(ck.path())))
+        .unwrap()
+        .expect("the job checkpoints");
+    let id = m["id"].as_u64().unwrap();
+    assert_eq!(start.restored_from, Some(id));
+    assert_eq!(
+        start.restore.unwrap().local_path().unwrap(),
+        newest.parent().unwrap()
+    );
+    assert_eq!(start.setup.next_id, id + 1);
+    assert_eq!(start.min_attempt, 2);
 }
 
 fn hello(addr: std::net::SocketAddr, job: &str, attempt: u64) -> (TcpStream, ToExecutor) {

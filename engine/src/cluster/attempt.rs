@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use crate::checkpoint::coordinator::{
     Coordinator, CoordinatorMsg, SavepointRequest, TaskControl, TaskKey, TaskPort,
 };
-use crate::checkpoint::store::has_manifest;
+use crate::checkpoint::store::{has_manifest, load_verified, scan};
 use crate::checkpoint::{CheckpointConfig, CheckpointStats, Location, Storage};
 use crate::cluster::api::{JobDescription, NodeCounters};
 use crate::cluster::control::{read_frame, write_frame, ToCoordinator, ToExecutor};
@@ -46,6 +46,73 @@ pub struct CheckpointSetup {
     pub root: Storage,
     /// First checkpoint id of this attempt (after every id in `root`).
     pub next_id: u64,
+}
+
+/// Where a checkpointing job's next attempt starts, found as the embedded
+/// driver finds it: the newest restorable checkpoint in the job's
+/// checkpoint directory (falling back past corrupted ones), else the
+/// job's `restore_from`, else nothing.
+pub struct CheckpointStart {
+    /// The setup to start the attempt with (ids continue after every id
+    /// in the directory).
+    pub setup: CheckpointSetup,
+    /// What the executors restore (`ExecutorSpec::restore`), if anything.
+    pub restore: Option<Location>,
+    /// The id of that checkpoint.
+    pub restored_from: Option<u64>,
+    /// The attempt number must be at least this: above every attempt the
+    /// directory's manifests record, so it fences them.
+    pub min_attempt: u64,
+}
+
+impl CheckpointStart {
+    /// Looks at the checkpoint directory of `d`; `None` when the job does
+    /// not checkpoint. A relative directory is taken relative to this
+    /// process's working directory.
+    pub fn find(d: &JobDescription) -> Result<Option<CheckpointStart>> {
+        let Some(ck) = &d.checkpoint else {
+            return Ok(None);
+        };
+        let config = ck.to_config();
+        let root = Storage::open(&config.dir)?;
+        let found = scan(&root, &d.name)?;
+        let (restore, manifest) = match (found.latest, &config.restore_from) {
+            (Some((dir, m)), _) => (Some(dir.location().clone()), Some(m)),
+            (None, Some(location)) => {
+                let dir = Storage::open_in_parent(location)?;
+                let m = load_verified(&dir)?;
+                (Some(location.clone()), Some(m))
+            }
+            (None, None) => (None, None),
+        };
+        let mut next_id = found.max_id + 1;
+        if let Some(m) = &manifest {
+            // The executors check operators by name when they restore.
+            if m.max_parallelism != d.max_parallelism || m.graph_nodes != d.graph_nodes {
+                return Err(Error::Checkpoint(format!(
+                    "{} does not belong to job '{}': {} key groups and {} operators there, \
+                     {} and {} here",
+                    restore.as_ref().map_or("?", |l| l.as_str()),
+                    d.name,
+                    m.max_parallelism,
+                    m.graph_nodes,
+                    d.max_parallelism,
+                    d.graph_nodes
+                )));
+            }
+            next_id = next_id.max(m.id + 1);
+        }
+        Ok(Some(CheckpointStart {
+            setup: CheckpointSetup {
+                config,
+                root,
+                next_id,
+            },
+            restore,
+            restored_from: manifest.as_ref().map(|m| m.id),
+            min_attempt: found.max_attempt.map_or(0, |a| a + 1),
+        }))
+    }
 }
 
 /// One attempt to run a job.
