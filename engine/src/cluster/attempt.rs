@@ -158,19 +158,34 @@ pub struct ControlServer {
 struct ServerShared {
     /// The current attempt of each job.
     current: Mutex<HashMap<String, Arc<Attempt>>>,
-    /// Refused hellos and frames per job, over all its attempts.
-    rejected: Mutex<HashMap<String, Arc<AtomicU64>>>,
+    /// Refusals for jobs without an attempt yet, handed to their first.
+    pending_rejected: Mutex<HashMap<String, u64>>,
     closed: AtomicBool,
 }
 
 impl ServerShared {
-    fn rejected_counter(&self, job: &str) -> Arc<AtomicU64> {
-        self.rejected
+    /// Counts a refused hello or frame of `job` against its current
+    /// attempt, so each refusal is counted once over the job's attempts.
+    fn count_refusal(&self, job: &str) {
+        let current = self
+            .current
             .lock()
-            .expect("rejected lock")
-            .entry(job.to_string())
-            .or_default()
-            .clone()
+            .expect("attempts lock")
+            .get(job)
+            .cloned();
+        match current {
+            Some(a) => {
+                a.rejected.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                *self
+                    .pending_rejected
+                    .lock()
+                    .expect("rejected lock")
+                    .entry(job.to_string())
+                    .or_default() += 1;
+            }
+        }
     }
 }
 
@@ -260,7 +275,14 @@ impl ControlServer {
         let (events_tx, events_rx) = crossbeam_channel::unbounded();
         let n = cfg.executors;
         let attempt = Arc::new(Attempt {
-            rejected: self.shared.rejected_counter(&cfg.job_id),
+            rejected: AtomicU64::new(
+                self.shared
+                    .pending_rejected
+                    .lock()
+                    .expect("rejected lock")
+                    .remove(&cfg.job_id)
+                    .unwrap_or(0),
+            ),
             job_id: cfg.job_id,
             attempt: cfg.attempt,
             description: cfg.description,
@@ -359,8 +381,9 @@ impl AttemptHandle {
         self.attempt.cancel(reason);
     }
 
-    /// Hellos and frames of other attempts of this job refused so far
-    /// (counted over all the job's attempts).
+    /// Hellos and frames of other attempts of this job refused while this
+    /// attempt was the job's current one (each refusal counts in exactly
+    /// one attempt, so the job's total is the sum over its attempts).
     pub fn rejected_stale(&self) -> u64 {
         self.attempt.rejected.load(Ordering::Relaxed)
     }
@@ -439,7 +462,7 @@ struct Attempt {
     control: Arc<JobControl>,
     stats: Arc<Mutex<CheckpointStats>>,
     checkpointing: bool,
-    rejected: Arc<AtomicU64>,
+    rejected: AtomicU64,
     /// A terminal event was sent or the attempt was cancelled.
     ended: AtomicBool,
     state: Mutex<AttemptState>,
@@ -743,9 +766,7 @@ fn serve(stream: TcpStream, server: &ServerShared) {
     let attempt = match accepted {
         Ok(a) => a,
         Err(reason) => {
-            server
-                .rejected_counter(&job_id)
-                .fetch_add(1, Ordering::Relaxed);
+            server.count_refusal(&job_id);
             warn!(%peer, job = %job_id, attempt = attempt_no, executor, %reason, "executor refused");
             let _ = link.send(&ToExecutor::Rejected { reason });
             link.close();
@@ -761,7 +782,7 @@ fn serve(stream: TcpStream, server: &ServerShared) {
         };
         if !attempt.is_current(server) {
             // A superseded attempt: nothing it says counts.
-            attempt.rejected.fetch_add(1, Ordering::Relaxed);
+            server.count_refusal(&attempt.job_id);
             continue;
         }
         if attempt.ended.load(Ordering::SeqCst) {
