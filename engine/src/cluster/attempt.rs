@@ -56,7 +56,8 @@ pub struct CheckpointStart {
     /// The setup to start the attempt with (ids continue after every id
     /// in the directory).
     pub setup: CheckpointSetup,
-    /// What the executors restore (`ExecutorSpec::restore`), if anything.
+    /// What the executors restore (`ExecutorSpec::restore`), if anything;
+    /// a local directory is absolute.
     pub restore: Option<Location>,
     /// The id of that checkpoint.
     pub restored_from: Option<u64>,
@@ -77,11 +78,11 @@ impl CheckpointStart {
         let root = Storage::open(&config.dir)?;
         let found = scan(&root, &d.name)?;
         let (restore, manifest) = match (found.latest, &config.restore_from) {
-            (Some((dir, m)), _) => (Some(dir.location().clone()), Some(m)),
+            (Some((dir, m)), _) => (Some(Location::from(absolute(dir.location()))), Some(m)),
             (None, Some(location)) => {
                 let dir = Storage::open_in_parent(location)?;
                 let m = load_verified(&dir)?;
-                (Some(location.clone()), Some(m))
+                (Some(Location::from(absolute(location))), Some(m))
             }
             (None, None) => (None, None),
         };
@@ -112,6 +113,17 @@ impl CheckpointStart {
             restored_from: manifest.as_ref().map(|m| m.id),
             min_attempt: found.max_attempt.map_or(0, |a| a + 1),
         }))
+    }
+}
+
+/// `l` as executors must see it: they run in other working directories,
+/// so a relative local directory is made absolute against this process's.
+fn absolute(l: &Location) -> String {
+    match l.local_path() {
+        Some(p) if p.is_relative() => std::env::current_dir()
+            .map(|cwd| cwd.join(&p).display().to_string())
+            .unwrap_or_else(|_| l.as_str().to_string()),
+        _ => l.as_str().to_string(),
     }
 }
 
@@ -627,7 +639,7 @@ impl Attempt {
             prepare: Some(Box::new(move |id, dir: &Storage, savepoint| {
                 let msg = ToExecutor::Prepare {
                     id,
-                    dir: dir.location().as_str().to_string(),
+                    dir: absolute(dir.location()),
                     savepoint,
                 };
                 for l in &announce {
