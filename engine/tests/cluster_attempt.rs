@@ -147,14 +147,43 @@ impl Operator for RunningSum {
     }
 }
 
-/// Writes rows as `k,v,sum` lines to `DIR/part-SUBTASK`.
+/// Writes rows as `k,v,sum` lines. Without checkpointing straight to
+/// `DIR/part-SUBTASK`; with checkpointing exactly once: the lines of an
+/// epoch are staged at its barrier (and kept in the snapshot) and written
+/// to `DIR/part-SUBTASK-CHECKPOINT` when the checkpoint completes, or when
+/// a restore finds them staged in the restored checkpoint (rewriting the
+/// same file is idempotent).
 struct LineSink {
     dir: PathBuf,
     file: Option<std::fs::File>,
+    buffer: Vec<String>,
+    staged: std::collections::BTreeMap<u64, Vec<String>>,
+}
+
+impl LineSink {
+    fn new(dir: PathBuf) -> Self {
+        LineSink {
+            dir,
+            file: None,
+            buffer: Vec::new(),
+            staged: Default::default(),
+        }
+    }
+
+    fn publish(&self, subtask: usize, id: u64, lines: &[String]) -> Result<()> {
+        let path = self.dir.join(format!("part-{subtask}-{id:06}"));
+        let mut text = lines.join("\n");
+        text.push('\n');
+        std::fs::write(&path, text)
+            .map_err(|e| sluice_engine::Error::io(format!("writing {}", path.display()), e))
+    }
 }
 
 impl Sink for LineSink {
     fn open(&mut self, ctx: &OperatorContext) -> Result<()> {
+        if ctx.checkpointing {
+            return Ok(());
+        }
         let path = self.dir.join(format!("part-{}", ctx.subtask));
         self.file =
             Some(std::fs::File::create(&path).map_err(|e| {
@@ -164,7 +193,7 @@ impl Sink for LineSink {
     }
 
     fn write(&mut self, batch: RecordBatch, _ctx: &OperatorContext) -> Result<()> {
-        let mut text = String::new();
+        let mut lines = Vec::new();
         for i in 0..batch.num_rows() {
             let cols: Vec<String> = (0..batch.num_columns())
                 .map(|c| {
@@ -175,12 +204,66 @@ impl Sink for LineSink {
                         .to_string()
                 })
                 .collect();
-            text.push_str(&cols.join(","));
-            text.push('\n');
+            lines.push(cols.join(","));
         }
-        let f = self.file.as_mut().expect("opened");
-        f.write_all(text.as_bytes())
-            .map_err(|e| sluice_engine::Error::io("writing output", e))
+        match self.file.as_mut() {
+            Some(f) => {
+                let mut text = lines.join("\n");
+                text.push('\n');
+                f.write_all(text.as_bytes())
+                    .map_err(|e| sluice_engine::Error::io("writing output", e))
+            }
+            None => {
+                self.buffer.extend(lines);
+                Ok(())
+            }
+        }
+    }
+
+    fn snapshot(&mut self, id: CheckpointId, ctx: &OperatorContext) -> Result<OperatorSnapshot> {
+        let epoch = std::mem::take(&mut self.buffer);
+        self.staged.insert(id.0, epoch);
+        // Entry: subtask, checkpoint, then the lines.
+        let entries = self
+            .staged
+            .iter()
+            .map(|(id, lines)| {
+                let mut e = format!("{}\n{id}\n", ctx.subtask);
+                e.push_str(&lines.join("\n"));
+                e.into_bytes()
+            })
+            .collect();
+        Ok(OperatorSnapshot::entries(entries))
+    }
+
+    fn restore(&mut self, state: RestoredState, ctx: &OperatorContext) -> Result<()> {
+        for e in state.entries {
+            let text = String::from_utf8(e).unwrap();
+            let mut parts = text.splitn(3, '\n');
+            let subtask: usize = parts.next().unwrap().parse().unwrap();
+            let id: u64 = parts.next().unwrap().parse().unwrap();
+            let lines: Vec<String> = parts
+                .next()
+                .unwrap_or("")
+                .lines()
+                .map(str::to_string)
+                .collect();
+            if subtask == ctx.subtask && id <= state.checkpoint.0 && !lines.is_empty() {
+                self.publish(subtask, id, &lines)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn checkpoint_complete(&mut self, id: CheckpointId, ctx: &OperatorContext) -> Result<()> {
+        let done: Vec<u64> = self.staged.range(..=id.0).map(|(k, _)| *k).collect();
+        for k in done {
+            let lines = self.staged.remove(&k).unwrap();
+            if !lines.is_empty() {
+                self.publish(ctx.subtask, k, &lines)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -268,12 +351,7 @@ fn job_in(out: &Path, checkpoint: Option<&Path>, mode: Mode) -> Env {
             ..RunningSum::default()
         }))
     })
-    .sink_fn("lines", move |_| {
-        Ok(Box::new(LineSink {
-            dir: out.clone(),
-            file: None,
-        }))
-    });
+    .sink_fn("lines", move |_| Ok(Box::new(LineSink::new(out.clone()))));
     env
 }
 
@@ -312,6 +390,20 @@ fn lines(dir: &Path) -> Vec<String> {
     }
     all.sort();
     all
+}
+
+/// Equal sorted rows; on a difference, says how, without printing thousands.
+fn assert_same_rows(got: Vec<String>, want: Vec<String>) {
+    if got != want {
+        let missing: Vec<&String> = want.iter().filter(|l| !got.contains(l)).take(5).collect();
+        let mut seen = std::collections::HashSet::new();
+        let twice: Vec<&String> = got.iter().filter(|l| !seen.insert(*l)).take(5).collect();
+        panic!(
+            "{} rows, want {}; missing e.g. {missing:?}; duplicated e.g. {twice:?}",
+            got.len(),
+            want.len()
+        );
+    }
 }
 
 fn embedded_lines() -> Vec<String> {
@@ -486,7 +578,7 @@ fn three_executors_match_the_embedded_run() {
     let (got, attempt) = run_distributed("three_executors_match_the_embedded_run", 3, None);
     let want = embedded_lines();
     assert_eq!(want.len(), 40 * 64);
-    assert_eq!(got, want);
+    assert_same_rows(got, want);
     // The sink's node counted every row, summed over the executors.
     let m = attempt.metrics();
     assert_eq!(m.iter().map(|c| c.records_in).max(), Some(40 * 64));
@@ -500,7 +592,7 @@ fn checkpoints_across_executors() {
     }
     let ck = tempfile::tempdir().unwrap();
     let (got, _) = run_distributed("checkpoints_across_executors", 2, Some(ck.path()));
-    assert_eq!(got, embedded_lines());
+    assert_same_rows(got, embedded_lines());
     let manifests: Vec<PathBuf> = std::fs::read_dir(ck.path())
         .unwrap()
         .map(|e| e.unwrap().path().join("_manifest.json"))
@@ -631,9 +723,11 @@ fn stop_with_savepoint_then_a_new_attempt_restores() {
     }
     let test = "stop_with_savepoint_then_a_new_attempt_restores";
     let ck = tempfile::tempdir().unwrap();
-    let (out1, out2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Both attempts write into one directory: a restore publishes the
+    // restored checkpoint's staged epoch again, to the same file.
+    let out = tempfile::tempdir().unwrap();
     let savepoint = ck.path().join("savepoint-1");
-    let d = description(out1.path(), Some(ck.path()));
+    let d = description(out.path(), Some(ck.path()));
     let server = ControlServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
 
     let first = start_attempt(&server, &d, 1, 2, Some(ck.path()));
@@ -644,7 +738,7 @@ fn stop_with_savepoint_then_a_new_attempt_restores() {
             attempt: 1,
             placement: &placement(&d, 2),
             executors: 2,
-            out: out1.path(),
+            out: out.path(),
             checkpoint: Some(ck.path()),
             restore: None,
             mode: Mode::Slow,
@@ -658,7 +752,7 @@ fn stop_with_savepoint_then_a_new_attempt_restores() {
         cluster.wait(),
         "every executor of the stopped attempt exits cleanly"
     );
-    let before = lines(out1.path());
+    let before = lines(out.path());
     assert!(
         !before.is_empty() && before.len() < 40 * 64,
         "{} rows",
@@ -673,7 +767,7 @@ fn stop_with_savepoint_then_a_new_attempt_restores() {
             attempt: 2,
             placement: &placement(&d, 2),
             executors: 2,
-            out: out2.path(),
+            out: out.path(),
             checkpoint: Some(ck.path()),
             restore: Some(location.as_str().to_string()),
             mode: Mode::Normal,
@@ -684,10 +778,7 @@ fn stop_with_savepoint_then_a_new_attempt_restores() {
     assert!(cluster.wait());
     // Exactly once across the two attempts: the rows before the savepoint
     // and the rows after it, with the restored sums, are the embedded run's.
-    let mut all = before;
-    all.extend(lines(out2.path()));
-    all.sort();
-    assert_eq!(all, embedded_lines());
+    assert_same_rows(lines(out.path()), embedded_lines());
 }
 
 #[test]
@@ -790,4 +881,84 @@ fn a_killed_executor_fails_the_attempt() {
     // input would have ended.
     let status = cluster.children[0].wait().unwrap();
     assert!(!status.success());
+}
+
+fn manifests(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().join("_manifest.json").exists())
+        .count()
+}
+
+#[test]
+fn a_killed_attempt_restarts_from_its_latest_checkpoint_exactly_once() {
+    if as_executor() {
+        return;
+    }
+    let test = "a_killed_attempt_restarts_from_its_latest_checkpoint_exactly_once";
+    let (ck, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let d = description(out.path(), Some(ck.path()));
+    let server = ControlServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let first = start_attempt(&server, &d, 1, 2, Some(ck.path()));
+    let mut cluster = Cluster::start(
+        &server,
+        &Launch {
+            test,
+            attempt: 1,
+            placement: &placement(&d, 2),
+            executors: 2,
+            out: out.path(),
+            checkpoint: Some(ck.path()),
+            restore: None,
+            mode: Mode::Slow,
+        },
+    );
+    assert_eq!(next_event(&first), AttemptEvent::Running);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while manifests(ck.path()) < 2 {
+        assert!(std::time::Instant::now() < deadline, "no checkpoints");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cluster.children[1].kill().unwrap();
+    assert!(matches!(next_event(&first), AttemptEvent::Failed(_)));
+    assert!(!cluster.wait());
+
+    // The restart the coordinator service does: from the latest
+    // checkpoint, with a higher attempt.
+    let start = CheckpointStart::find(&d)
+        .unwrap()
+        .expect("the job checkpoints");
+    assert!(start.restored_from.is_some());
+    assert_eq!(start.min_attempt, 2);
+    let restore = start.restore.as_ref().map(|l| l.as_str().to_string());
+    let second = server
+        .start_attempt(AttemptConfig {
+            job_id: JOB_ID.into(),
+            attempt: start.min_attempt,
+            description: d.clone(),
+            placement: placement(&d, 2),
+            executors: 2,
+            checkpoint: Some(start.setup),
+            stats: Arc::default(),
+        })
+        .unwrap();
+    let cluster = Cluster::start(
+        &server,
+        &Launch {
+            test,
+            attempt: 2,
+            placement: &placement(&d, 2),
+            executors: 2,
+            out: out.path(),
+            checkpoint: Some(ck.path()),
+            restore,
+            mode: Mode::Normal,
+        },
+    );
+    assert_eq!(next_event(&second), AttemptEvent::Running);
+    assert_eq!(next_event(&second), AttemptEvent::Finished);
+    assert!(cluster.wait());
+    // What the first attempt committed and what the second did after the
+    // restored checkpoint: every row once, with the restored sums.
+    assert_same_rows(lines(out.path()), embedded_lines());
 }

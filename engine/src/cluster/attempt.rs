@@ -35,6 +35,8 @@ use crate::runtime::JobControl;
 
 /// Bound on an executor's first frame after connecting.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on waiting for a cancelled checkpoint coordinator to stop.
+const COORDINATOR_STOP: Duration = Duration::from_secs(10);
 /// Bound on writing one frame to an executor.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -154,8 +156,9 @@ pub enum AttemptEvent {
     /// checkpoints) completed.
     Finished,
     /// An executor failed, a control connection was lost before its
-    /// executor was done, or the checkpoint coordinator failed. The
-    /// attempt's executors have been told to cancel.
+    /// executor was done, or the checkpoint coordinator failed. By then
+    /// the checkpoint coordinator has stopped (no later manifest appears)
+    /// and the attempt's executors have been told to cancel.
     Failed(String),
 }
 
@@ -304,6 +307,8 @@ impl ControlServer {
             control: Arc::new(JobControl::default()),
             stats: cfg.stats,
             checkpointing: cfg.checkpoint.is_some(),
+            coordinator_thread: Mutex::new(None),
+            coordinator_stopped: AtomicBool::new(false),
             ended: AtomicBool::new(false),
             state: Mutex::new(AttemptState {
                 links: vec![None; n],
@@ -386,9 +391,10 @@ impl AttemptHandle {
         })?
     }
 
-    /// Cancels the attempt: its executors get `Cancel` and their
-    /// connections close; the checkpoint coordinator stops. No event
-    /// follows.
+    /// Cancels the attempt: the checkpoint coordinator stops (a
+    /// checkpoint it is completing is finished first; this waits for it,
+    /// bounded), then its executors get `Cancel` and their connections
+    /// close. No event follows.
     pub fn cancel(&self, reason: &str) {
         self.attempt.cancel(reason);
     }
@@ -477,6 +483,10 @@ struct Attempt {
     rejected: AtomicU64,
     /// A terminal event was sent or the attempt was cancelled.
     ended: AtomicBool,
+    /// The checkpoint coordinator's thread, once started.
+    coordinator_thread: Mutex<Option<std::thread::ThreadId>>,
+    /// Its `run` returned.
+    coordinator_stopped: AtomicBool,
     state: Mutex<AttemptState>,
 }
 
@@ -504,6 +514,21 @@ impl Attempt {
     /// Tells every connected executor to stop and closes the connections.
     fn stop_executors(&self, reason: &str) {
         self.control.fail(Error::Cancelled);
+        // Let a checkpoint being completed finish first: once this returns
+        // (and before any event), no manifest appears any more, so a
+        // restart sees the latest checkpoint there will be.
+        let coordinator = *self.coordinator_thread.lock().expect("coordinator lock");
+        if coordinator.is_some_and(|id| id != std::thread::current().id()) {
+            let deadline = std::time::Instant::now() + COORDINATOR_STOP;
+            while !self.coordinator_stopped.load(Ordering::SeqCst) {
+                if std::time::Instant::now() >= deadline {
+                    warn!(job = %self.job_id, attempt = self.attempt,
+                        "the checkpoint coordinator did not stop in time");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         for l in self.links() {
             let _ = l.send(&ToExecutor::Cancel {
                 reason: reason.to_string(),
@@ -650,10 +675,11 @@ impl Attempt {
             })),
         };
         let me = self.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("checkpoint-coordinator".into())
             .spawn(move || {
                 coordinator.run();
+                me.coordinator_stopped.store(true, Ordering::SeqCst);
                 if let Some(e) = me.control.take_error() {
                     me.fail(format!("checkpoint coordinator: {e}"));
                     return;
@@ -666,6 +692,7 @@ impl Attempt {
                 me.check_finished();
             })
             .map_err(|e| Error::io("spawning the checkpoint coordinator", e))?;
+        *self.coordinator_thread.lock().expect("coordinator lock") = Some(thread.thread().id());
         Ok(tx)
     }
 
