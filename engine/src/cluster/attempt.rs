@@ -4,8 +4,9 @@
 //!
 //! It owns fencing on the control path: a hello from an attempt that is
 //! not the job's current one is refused, and frames arriving on a
-//! connection of a superseded or cancelled attempt are dropped, both
-//! counted in [`AttemptHandle::rejected_stale`]. Only the current attempt's
+//! connection of a superseded attempt are dropped, both counted in the
+//! current attempt's [`AttemptHandle::rejected_stale`] (frames of an
+//! attempt that ended are dropped too). Only the current attempt's
 //! checkpoint coordinator sends `Complete`, so nothing a stale executor
 //! staged is ever committed. It knows nothing of REST, workers or
 //! scheduling: the coordinator service decides placement and restarts and

@@ -315,6 +315,8 @@ impl Fence {
     }
 }
 
+/// An executor after its registration: what it runs and how it talks to
+/// the coordinator.
 struct Run<'a> {
     graph: &'a LogicalGraph,
     config: &'a JobConfig,
