@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
+use crate::cluster::api::JobDescription;
+use crate::cluster::executor;
 use crate::data::is_event_time_type;
 use crate::error::{Error, Result};
 use crate::graph::{
@@ -187,22 +189,106 @@ impl Env {
         Ok(inner.graph.clone())
     }
 
-    /// Plans and runs the job on the embedded in-process cluster, returning
-    /// when every sink has seen the end of its input (bounded jobs) or on the
-    /// first failure.
+    /// Runs the job, returning when every sink has seen the end of its
+    /// input (bounded jobs) or on the first failure. The environment decides
+    /// how (see [`crate::cluster`]): `SLUICE_PARALLELISM` overrides the
+    /// default parallelism; with `SLUICE_DESCRIBE=PATH` the plan is written
+    /// to `PATH` as a `JobDescription` and the process exits; with
+    /// `SLUICE_EXECUTOR=PATH` this process runs the subtasks the
+    /// `ExecutorSpec` in `PATH` assigns (the result counts only those);
+    /// otherwise the job runs on the embedded in-process cluster.
     pub fn execute(&self) -> Result<JobResult> {
         let graph = self.graph()?;
-        let config = self.config();
-        runtime::run_embedded(&graph, &config)
+        let config = self.config_from_env()?;
+        match mode()? {
+            Mode::Describe(path) => describe_and_exit(&graph, &config, &path),
+            Mode::Executor(path) => {
+                let spec = executor::read_spec(&path)?;
+                executor::run(&graph, &config, &spec)
+            }
+            Mode::Embedded => runtime::run_embedded(&graph, &config),
+        }
     }
 
-    /// Starts the job in this process and returns at once with a handle
-    /// (savepoints, stop-with-savepoint, cancel, join).
+    /// Starts the job and returns at once with a handle (savepoints,
+    /// stop-with-savepoint, cancel, join); the environment decides the mode
+    /// as for [`Env::execute`]. An executor's savepoints are the
+    /// coordinator's business, so its handle only cancels and joins.
     pub fn start(&self) -> Result<runtime::JobHandle> {
         let graph = self.graph()?;
-        let config = self.config();
-        runtime::start_embedded(&graph, &config)
+        let config = self.config_from_env()?;
+        match mode()? {
+            Mode::Describe(path) => describe_and_exit(&graph, &config, &path),
+            Mode::Executor(path) => {
+                let spec = executor::read_spec(&path)?;
+                runtime::JobHandle::spawn(move |cancel| {
+                    executor::run_until(&graph, &config, &spec, cancel)
+                })
+            }
+            Mode::Embedded => runtime::start_embedded(&graph, &config),
+        }
     }
+
+    /// The configuration with `SLUICE_PARALLELISM` applied.
+    fn config_from_env(&self) -> Result<JobConfig> {
+        let mut config = self.config();
+        if let Some(p) = env_var(PARALLELISM_ENV) {
+            config.parallelism = p
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| {
+                    Error::Config(format!("{PARALLELISM_ENV}='{p}' is not a positive integer"))
+                })?;
+        }
+        Ok(config)
+    }
+}
+
+/// Overrides the job's default parallelism (every mode).
+pub const PARALLELISM_ENV: &str = "SLUICE_PARALLELISM";
+/// Describe mode: write the plan to this path and exit.
+pub const DESCRIBE_ENV: &str = "SLUICE_DESCRIBE";
+/// Executor mode: the `ExecutorSpec` JSON file to run.
+pub const EXECUTOR_ENV: &str = "SLUICE_EXECUTOR";
+
+/// How a job binary runs.
+enum Mode {
+    Embedded,
+    Describe(String),
+    Executor(String),
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn mode() -> Result<Mode> {
+    match (env_var(DESCRIBE_ENV), env_var(EXECUTOR_ENV)) {
+        (Some(_), Some(_)) => Err(Error::Config(format!(
+            "{DESCRIBE_ENV} and {EXECUTOR_ENV} are both set"
+        ))),
+        (Some(p), None) => Ok(Mode::Describe(p)),
+        (None, Some(p)) => Ok(Mode::Executor(p)),
+        (None, None) => Ok(Mode::Embedded),
+    }
+}
+
+/// Plans the job, writes its description to `path` and ends the process:
+/// nothing runs in describe mode.
+fn describe_and_exit<T>(graph: &LogicalGraph, config: &JobConfig, path: &str) -> Result<T> {
+    let plan = crate::plan::plan(
+        graph,
+        config.parallelism,
+        config.max_parallelism,
+        config.chaining,
+    )?;
+    let d = JobDescription::from_plan(graph, &plan, config);
+    let json = serde_json::to_vec_pretty(&d)
+        .map_err(|e| Error::Internal(format!("encoding the job description: {e}")))?;
+    std::fs::write(path, json).map_err(|e| Error::io(format!("writing {path}"), e))?;
+    std::process::exit(0)
 }
 
 /// A handle on one output of a node, plus what the DSL knows about it:

@@ -14,14 +14,18 @@
 //! - [`plan`]: logical → physical graph: parallelism and operator chaining.
 //! - [`exchange`]: partitioners and channels between subtasks: local bounded
 //!   channels, and the TCP transport (Arrow IPC frames, one connection per
-//!   process pair, credit-based flow control per channel), which the
-//!   workers of a distributed job will use (not wired into the runtime yet).
+//!   process pair, credit-based flow control per channel), which task
+//!   executors of a distributed job use for channels between processes.
 //! - [`state`]: key groups (key → group → subtask), fixed per job so state
 //!   can move when parallelism changes.
 //! - [`checkpoint`]: barrier checkpoints: coordinator, snapshot writer,
 //!   manifests with checksums, restore with rescaling, savepoints.
 //! - [`runtime`]: task threads, watermark combination and idleness, failure
-//!   propagation, the embedded cluster.
+//!   propagation, the embedded cluster; the channel wiring shared with
+//!   task executors.
+//! - [`cluster`]: running a job across processes: the REST API types, the
+//!   executor ↔ coordinator control protocol, describe and executor modes
+//!   of job binaries, and the coordinator's side of an attempt.
 //! - [`hash`]: the stable, vectorized row hash used for key routing.
 //! - [`error`]: the error enum shared by the library crates.
 //! - [`testing`]: a source over prepared batches for tests and examples.

@@ -206,6 +206,25 @@ pub fn run_writer(
     }
 }
 
+/// Where the coordinator's messages to one task go: the task's control
+/// channel in this process, or the connection to the executor running it.
+/// Sending never fails: a task that is gone is the failure path's business.
+pub trait TaskPort: Send {
+    /// Delivers `msg` to the task, if it is still there.
+    fn send(&self, msg: TaskControl);
+}
+
+impl TaskPort for Sender<TaskControl> {
+    fn send(&self, msg: TaskControl) {
+        let _ = Sender::send(self, msg);
+    }
+}
+
+/// Called when checkpoint `id` is about to be triggered, with its
+/// directory and whether it is a savepoint: executors in other processes
+/// must know where to write before any barrier reaches them.
+pub type PrepareHook = Box<dyn FnMut(u64, &Storage, bool) + Send>;
+
 /// A graph node as the manifest records it.
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
@@ -233,8 +252,9 @@ pub struct Coordinator {
     pub max_parallelism: usize,
     /// Every node of the graph.
     pub nodes: Vec<NodeInfo>,
-    /// Every task: its control channel and whether its head is a source.
-    pub tasks: Vec<(TaskKey, Sender<TaskControl>, bool)>,
+    /// Every task: where its control messages go and whether its head is
+    /// a source.
+    pub tasks: Vec<(TaskKey, Box<dyn TaskPort>, bool)>,
     /// Incoming messages.
     pub rx: Receiver<CoordinatorMsg>,
     /// Shared with the writer.
@@ -243,6 +263,8 @@ pub struct Coordinator {
     pub stats: Arc<Mutex<CheckpointStats>>,
     /// The job's failure and stop state.
     pub control: Arc<JobControl>,
+    /// Announces each checkpoint's directory before its trigger.
+    pub prepare: Option<PrepareHook>,
 }
 
 /// A task's acknowledgement: files per node, bytes, uploaded bytes, alignment time.
@@ -371,9 +393,7 @@ impl Coordinator {
 
     fn send(&self, task: TaskKey, msg: TaskControl) {
         if let Some((_, tx, _)) = self.tasks.iter().find(|(k, _, _)| *k == task) {
-            // A task that already exited (failure in progress) is not an
-            // error here: the job's failure path handles it.
-            let _ = tx.send(msg);
+            tx.send(msg);
         }
     }
 
@@ -394,6 +414,9 @@ impl Coordinator {
             .lock()
             .expect("checkpoint dirs lock")
             .insert(id.0, (dir.clone(), savepoint.is_some()));
+        if let Some(prepare) = self.prepare.as_mut() {
+            prepare(id.0, &dir, savepoint.is_some());
+        }
         let barrier = Barrier {
             id,
             timestamp: now_ms(),
@@ -402,9 +425,9 @@ impl Coordinator {
         debug!(checkpoint = id.0, ?kind, "triggering checkpoint");
         for (key, tx, is_source) in &self.tasks {
             if finished.contains(key) {
-                let _ = tx.send(TaskControl::SnapshotFinished(barrier));
+                tx.send(TaskControl::SnapshotFinished(barrier));
             } else if *is_source {
-                let _ = tx.send(TaskControl::Trigger(barrier));
+                tx.send(TaskControl::Trigger(barrier));
             }
         }
         InFlight {
@@ -425,7 +448,7 @@ impl Coordinator {
             .expect("checkpoint dirs lock")
             .remove(&id.0);
         for (_, tx, _) in &self.tasks {
-            let _ = tx.send(TaskControl::Abort(id));
+            tx.send(TaskControl::Abort(id));
         }
         if let Some(req) = f.savepoint {
             let _ = req
@@ -519,7 +542,7 @@ impl Coordinator {
             }
         }
         for (_, tx, _) in &self.tasks {
-            let _ = tx.send(TaskControl::Complete(id));
+            tx.send(TaskControl::Complete(id));
         }
         if let Some(req) = f.savepoint {
             let _ = req.reply.send(Ok(f.dir.location().clone()));

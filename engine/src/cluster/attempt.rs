@@ -1,30 +1,839 @@
-//! STUB (replaced by the executor branch): the coordinator side of an attempt.
-#![allow(missing_docs, dead_code)]
-use std::net::SocketAddr;
+//! The coordinator's side of a job attempt: the control server executors
+//! dial, the attempt's life cycle (hellos, peers, done, failure) and its
+//! checkpoint coordinator, whose task messages travel as control frames.
+//!
+//! It owns fencing on the control path: a hello from an attempt that is
+//! not the job's current one is refused, and frames arriving on a
+//! connection of a superseded attempt are dropped, both counted in the
+//! current attempt's [`AttemptHandle::rejected_stale`] (frames of an
+//! attempt that ended are dropped too). Only the current attempt's
+//! checkpoint coordinator sends `Complete`, so nothing a stale executor
+//! staged is ever committed. It knows nothing of REST, workers or
+//! scheduling: the coordinator service decides placement and restarts and
+//! drives attempts through [`ControlServer`] and [`AttemptHandle`]. Plain
+//! threads and `std::net`, like the exchange: a handful of connections per
+//! attempt, each with one reading thread.
+
+use std::collections::HashMap;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
+use tracing::{debug, info, warn};
 
-use crate::checkpoint::coordinator::TaskKey;
+use crate::checkpoint::coordinator::{
+    Coordinator, CoordinatorMsg, SavepointRequest, TaskControl, TaskKey, TaskPort,
+};
+use crate::checkpoint::store::{has_manifest, load_verified, scan};
 use crate::checkpoint::{CheckpointConfig, CheckpointStats, Location, Storage};
 use crate::cluster::api::{JobDescription, NodeCounters};
-use crate::error::Result;
+use crate::cluster::control::{read_frame, write_frame, ToCoordinator, ToExecutor};
+use crate::data::CheckpointId;
+use crate::error::{Error, Result};
+use crate::runtime::JobControl;
 
-pub struct ControlServer;
+/// Bound on an executor's first frame after connecting.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on waiting for a cancelled checkpoint coordinator to stop.
+const COORDINATOR_STOP: Duration = Duration::from_secs(10);
+/// Bound on writing one frame to an executor.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Checkpointing of an attempt.
+pub struct CheckpointSetup {
+    /// Interval, timeout, retention, guarantee.
+    pub config: CheckpointConfig,
+    /// The opened checkpoint location.
+    pub root: Storage,
+    /// First checkpoint id of this attempt (after every id in `root`).
+    pub next_id: u64,
+}
+
+/// Where a checkpointing job's next attempt starts, found as the embedded
+/// driver finds it: the newest restorable checkpoint in the job's
+/// checkpoint directory (falling back past corrupted ones), else the
+/// job's `restore_from`, else nothing.
+pub struct CheckpointStart {
+    /// The setup to start the attempt with (ids continue after every id
+    /// in the directory).
+    pub setup: CheckpointSetup,
+    /// What the executors restore (`ExecutorSpec::restore`), if anything;
+    /// a local directory is absolute.
+    pub restore: Option<Location>,
+    /// The id of that checkpoint.
+    pub restored_from: Option<u64>,
+    /// The attempt number must be at least this: above every attempt the
+    /// directory's manifests record, so it fences them.
+    pub min_attempt: u64,
+}
+
+impl CheckpointStart {
+    /// Looks at the checkpoint directory of `d`; `None` when the job does
+    /// not checkpoint. A relative directory is taken relative to this
+    /// process's working directory.
+    pub fn find(d: &JobDescription) -> Result<Option<CheckpointStart>> {
+        let Some(ck) = &d.checkpoint else {
+            return Ok(None);
+        };
+        let config = ck.to_config();
+        let root = Storage::open(&config.dir)?;
+        let found = scan(&root, &d.name)?;
+        let (restore, manifest) = match (found.latest, &config.restore_from) {
+            (Some((dir, m)), _) => (Some(Location::from(absolute(dir.location()))), Some(m)),
+            (None, Some(location)) => {
+                let dir = Storage::open_in_parent(location)?;
+                let m = load_verified(&dir)?;
+                (Some(Location::from(absolute(location))), Some(m))
+            }
+            (None, None) => (None, None),
+        };
+        let mut next_id = found.max_id + 1;
+        if let Some(m) = &manifest {
+            // The executors check operators by name when they restore.
+            if m.max_parallelism != d.max_parallelism || m.graph_nodes != d.graph_nodes {
+                return Err(Error::Checkpoint(format!(
+                    "{} does not belong to job '{}': {} key groups and {} operators there, \
+                     {} and {} here",
+                    restore.as_ref().map_or("?", |l| l.as_str()),
+                    d.name,
+                    m.max_parallelism,
+                    m.graph_nodes,
+                    d.max_parallelism,
+                    d.graph_nodes
+                )));
+            }
+            next_id = next_id.max(m.id + 1);
+        }
+        Ok(Some(CheckpointStart {
+            setup: CheckpointSetup {
+                config,
+                root,
+                next_id,
+            },
+            restore,
+            restored_from: manifest.as_ref().map(|m| m.id),
+            min_attempt: found.max_attempt.map_or(0, |a| a + 1),
+        }))
+    }
+}
+
+/// `l` as executors must see it: they run in other working directories,
+/// so a relative local directory is made absolute against this process's.
+fn absolute(l: &Location) -> String {
+    match l.local_path() {
+        Some(p) if p.is_relative() => std::env::current_dir()
+            .map(|cwd| cwd.join(&p).display().to_string())
+            .unwrap_or_else(|_| l.as_str().to_string()),
+        _ => l.as_str().to_string(),
+    }
+}
+
+/// One attempt to run a job.
+pub struct AttemptConfig {
+    /// Job id.
+    pub job_id: String,
+    /// Attempt number (fencing generation).
+    pub attempt: u64,
+    /// The job's plan.
+    pub description: JobDescription,
+    /// The executor of every subtask.
+    pub placement: Vec<(TaskKey, usize)>,
+    /// Executors in the attempt (indexes `0..executors`).
+    pub executors: usize,
+    /// Checkpointing, when the job checkpoints.
+    pub checkpoint: Option<CheckpointSetup>,
+    /// Checkpoint metrics, shared across the job's attempts.
+    pub stats: Arc<Mutex<CheckpointStats>>,
+}
+
+/// What happens to an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptEvent {
+    /// Every executor said hello and got the peers.
+    Running,
+    /// Every executor is done and the final checkpoint (when the job
+    /// checkpoints) completed.
+    Finished,
+    /// An executor failed, a control connection was lost before its
+    /// executor was done, or the checkpoint coordinator failed. By then
+    /// the checkpoint coordinator has stopped (no later manifest appears)
+    /// and the attempt's executors have been told to cancel.
+    Failed(String),
+}
+
+/// Accepts executors' control connections for every attempt of every job
+/// of one coordinator process.
+pub struct ControlServer {
+    addr: SocketAddr,
+    shared: Arc<ServerShared>,
+}
+
+#[derive(Default)]
+struct ServerShared {
+    /// The current attempt of each job.
+    current: Mutex<HashMap<String, Arc<Attempt>>>,
+    /// Refusals for jobs without an attempt yet, handed to their first.
+    pending_rejected: Mutex<HashMap<String, u64>>,
+    closed: AtomicBool,
+}
+
+impl ServerShared {
+    /// Counts a refused hello or frame of `job` against its current
+    /// attempt, so each refusal is counted once over the job's attempts.
+    fn count_refusal(&self, job: &str) {
+        let current = self
+            .current
+            .lock()
+            .expect("attempts lock")
+            .get(job)
+            .cloned();
+        match current {
+            Some(a) => {
+                a.rejected.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                *self
+                    .pending_rejected
+                    .lock()
+                    .expect("rejected lock")
+                    .entry(job.to_string())
+                    .or_default() += 1;
+            }
+        }
+    }
+}
+
 impl ControlServer {
-    pub fn bind(_addr: SocketAddr) -> Result<ControlServer> { todo!() }
-    pub fn local_addr(&self) -> SocketAddr { todo!() }
-    pub fn start_attempt(&self, _cfg: AttemptConfig) -> Result<AttemptHandle> { todo!() }
+    /// Listens on `addr` (port 0: any) and accepts in a thread.
+    pub fn bind(addr: SocketAddr) -> Result<ControlServer> {
+        let listener = TcpListener::bind(addr).map_err(|e| Error::io("control listen", e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("control listen address", e))?;
+        let shared = Arc::new(ServerShared::default());
+        let s = shared.clone();
+        std::thread::Builder::new()
+            .name("control-accept".into())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    if s.closed.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let stream = match stream {
+                        Ok(st) => st,
+                        Err(e) => {
+                            warn!(error = %e, "control accept failed");
+                            continue;
+                        }
+                    };
+                    let s = s.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("control-conn".into())
+                        .spawn(move || serve(stream, &s));
+                    if let Err(e) = spawned {
+                        warn!(error = %e, "could not serve a control connection");
+                    }
+                }
+            })
+            .map_err(|e| Error::io("spawning the control acceptor", e))?;
+        info!(%addr, "control server listening");
+        Ok(ControlServer { addr, shared })
+    }
+
+    /// The address executors dial.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Registers a new attempt of a job; it replaces (and cancels) the
+    /// job's previous attempt.
+    pub fn start_attempt(&self, cfg: AttemptConfig) -> Result<AttemptHandle> {
+        if cfg.description.checkpoint.is_some() != cfg.checkpoint.is_some() {
+            // Executors checkpoint when the job binary says so; without a
+            // coordinator their tasks would wait for a final checkpoint
+            // forever, and with one nothing would acknowledge.
+            return Err(Error::Config(format!(
+                "job '{}' {} checkpoints, but its attempt is started {} checkpoint setup",
+                cfg.job_id,
+                if cfg.description.checkpoint.is_some() {
+                    "takes"
+                } else {
+                    "takes no"
+                },
+                if cfg.checkpoint.is_some() {
+                    "with a"
+                } else {
+                    "without a"
+                },
+            )));
+        }
+        let tasks = cfg.description.tasks();
+        let placed: HashMap<TaskKey, usize> = cfg.placement.iter().copied().collect();
+        for t in &tasks {
+            match placed.get(t) {
+                Some(e) if *e < cfg.executors => {}
+                Some(e) => {
+                    return Err(Error::Config(format!(
+                        "subtask {} of vertex {} is placed on executor {e} of {}",
+                        t.subtask, t.vertex, cfg.executors
+                    )))
+                }
+                None => {
+                    return Err(Error::Config(format!(
+                        "subtask {} of vertex {} is not placed",
+                        t.subtask, t.vertex
+                    )))
+                }
+            }
+        }
+        let (events_tx, events_rx) = crossbeam_channel::unbounded();
+        let n = cfg.executors;
+        let attempt = Arc::new(Attempt {
+            rejected: AtomicU64::new(
+                self.shared
+                    .pending_rejected
+                    .lock()
+                    .expect("rejected lock")
+                    .remove(&cfg.job_id)
+                    .unwrap_or(0),
+            ),
+            job_id: cfg.job_id,
+            attempt: cfg.attempt,
+            description: cfg.description,
+            placement: cfg.placement,
+            events_tx,
+            events_rx,
+            control: Arc::new(JobControl::default()),
+            stats: cfg.stats,
+            checkpointing: cfg.checkpoint.is_some(),
+            coordinator_thread: Mutex::new(None),
+            coordinator_stopped: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
+            state: Mutex::new(AttemptState {
+                links: vec![None; n],
+                exchange: vec![None; n],
+                done: vec![false; n],
+                metrics: vec![Vec::new(); n],
+                running: false,
+                checkpoints_done: cfg.checkpoint.is_none(),
+                checkpoint: cfg.checkpoint,
+                coordinator: None,
+            }),
+        });
+        let old = self
+            .shared
+            .current
+            .lock()
+            .expect("attempts lock")
+            .insert(attempt.job_id.clone(), attempt.clone());
+        if let Some(old) = old {
+            old.cancel(&format!("superseded by attempt {}", attempt.attempt));
+        }
+        info!(job = %attempt.job_id, attempt = attempt.attempt, executors = n, "attempt started");
+        Ok(AttemptHandle { attempt })
+    }
 }
-pub struct AttemptConfig { pub job_id: String, pub attempt: u64, pub description: JobDescription, pub placement: Vec<(TaskKey, usize)>, pub executors: usize, pub checkpoint: Option<CheckpointSetup>, pub stats: Arc<Mutex<CheckpointStats>> }
-pub struct CheckpointSetup { pub config: CheckpointConfig, pub root: Storage, pub next_id: u64 }
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        // Wake the acceptor so it sees the flag.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+    }
+}
+
+/// A running attempt, as the coordinator service drives it. Cheap to clone.
 #[derive(Clone)]
-pub struct AttemptHandle;
-impl AttemptHandle {
-    pub fn events(&self) -> Receiver<AttemptEvent> { todo!() }
-    pub fn savepoint(&self, _dir: Location, _stop: bool) -> Result<Location> { todo!() }
-    pub fn cancel(&self, _reason: &str) {}
-    pub fn rejected_stale(&self) -> u64 { 0 }
-    pub fn metrics(&self) -> Vec<NodeCounters> { vec![] }
+pub struct AttemptHandle {
+    attempt: Arc<Attempt>,
 }
-pub enum AttemptEvent { Running, Finished, Failed(String) }
+
+impl AttemptHandle {
+    /// The attempt's events, in order (each terminal event at most once).
+    pub fn events(&self) -> Receiver<AttemptEvent> {
+        self.attempt.events_rx.clone()
+    }
+
+    /// Takes a savepoint into `dir` and returns its location when it is
+    /// complete; with `stop` the job's tasks stop after it (the attempt
+    /// then finishes).
+    pub fn savepoint(&self, dir: Location, stop: bool) -> Result<Location> {
+        let dir = Storage::open(&dir)?;
+        if has_manifest(&dir)? {
+            return Err(Error::Checkpoint(format!(
+                "{} already holds a savepoint",
+                dir.location()
+            )));
+        }
+        if !self.attempt.checkpointing {
+            return Err(Error::Config(
+                "savepoints need checkpointing (a checkpoint directory)".into(),
+            ));
+        }
+        let tx = self
+            .attempt
+            .state
+            .lock()
+            .expect("attempt lock")
+            .coordinator
+            .clone()
+            .ok_or_else(|| Error::Checkpoint("the attempt is not running".into()))?;
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        tx.send(CoordinatorMsg::Savepoint(SavepointRequest {
+            dir,
+            stop,
+            reply,
+        }))
+        .map_err(|_| Error::Checkpoint("the attempt is not running".into()))?;
+        rx.recv().map_err(|_| {
+            Error::Checkpoint("the attempt ended before the savepoint completed".into())
+        })?
+    }
+
+    /// Cancels the attempt: the checkpoint coordinator stops (a
+    /// checkpoint it is completing is finished first; this waits for it,
+    /// bounded), then its executors get `Cancel` and their connections
+    /// close. No event follows.
+    pub fn cancel(&self, reason: &str) {
+        self.attempt.cancel(reason);
+    }
+
+    /// Hellos and frames of other attempts of this job refused while this
+    /// attempt was the job's current one (each refusal counts in exactly
+    /// one attempt, so the job's total is the sum over its attempts).
+    pub fn rejected_stale(&self) -> u64 {
+        self.attempt.rejected.load(Ordering::Relaxed)
+    }
+
+    /// Records in and out per graph node, summed over the executors'
+    /// latest reports.
+    pub fn metrics(&self) -> Vec<NodeCounters> {
+        let st = self.attempt.state.lock().expect("attempt lock");
+        let mut sum: Vec<NodeCounters> = (0..self.attempt.description.graph_nodes)
+            .map(|node| NodeCounters {
+                node,
+                ..NodeCounters::default()
+            })
+            .collect();
+        for report in &st.metrics {
+            for c in report {
+                if let Some(s) = sum.get_mut(c.node) {
+                    s.records_in += c.records_in;
+                    s.records_out += c.records_out;
+                }
+            }
+        }
+        sum
+    }
+
+    /// The attempt number.
+    pub fn attempt(&self) -> u64 {
+        self.attempt.attempt
+    }
+}
+
+/// The coordinator's end of one executor's control connection.
+#[derive(Clone)]
+struct ExecLink {
+    stream: Arc<Mutex<TcpStream>>,
+}
+
+impl ExecLink {
+    fn send(&self, msg: &ToExecutor) -> Result<()> {
+        let mut s = self.stream.lock().expect("executor link lock");
+        write_frame(&mut *s, msg)
+    }
+
+    fn close(&self) {
+        let s = self.stream.lock().expect("executor link lock");
+        let _ = s.shutdown(Shutdown::Both);
+    }
+}
+
+/// A remote task's control messages, as frames to its executor.
+struct RemotePort {
+    task: TaskKey,
+    link: ExecLink,
+}
+
+impl TaskPort for RemotePort {
+    fn send(&self, msg: TaskControl) {
+        if let Err(e) = self.link.send(&ToExecutor::Task {
+            task: self.task,
+            msg,
+        }) {
+            // The connection's reader reports the loss.
+            debug!(task = ?self.task, error = %e, "task control frame not sent");
+        }
+    }
+}
+
+struct Attempt {
+    job_id: String,
+    attempt: u64,
+    description: JobDescription,
+    placement: Vec<(TaskKey, usize)>,
+    events_tx: Sender<AttemptEvent>,
+    events_rx: Receiver<AttemptEvent>,
+    /// The checkpoint coordinator's failure state.
+    control: Arc<JobControl>,
+    stats: Arc<Mutex<CheckpointStats>>,
+    checkpointing: bool,
+    rejected: AtomicU64,
+    /// A terminal event was sent or the attempt was cancelled.
+    ended: AtomicBool,
+    /// The checkpoint coordinator's thread, once started.
+    coordinator_thread: Mutex<Option<std::thread::ThreadId>>,
+    /// Its `run` returned.
+    coordinator_stopped: AtomicBool,
+    state: Mutex<AttemptState>,
+}
+
+struct AttemptState {
+    links: Vec<Option<ExecLink>>,
+    exchange: Vec<Option<String>>,
+    done: Vec<bool>,
+    metrics: Vec<Vec<NodeCounters>>,
+    running: bool,
+    /// The checkpoint coordinator ended after the final checkpoint (or
+    /// the job does not checkpoint).
+    checkpoints_done: bool,
+    /// Taken when the checkpoint coordinator starts.
+    checkpoint: Option<CheckpointSetup>,
+    /// The checkpoint coordinator's inbox while it runs.
+    coordinator: Option<Sender<CoordinatorMsg>>,
+}
+
+impl Attempt {
+    fn links(&self) -> Vec<ExecLink> {
+        let st = self.state.lock().expect("attempt lock");
+        st.links.iter().flatten().cloned().collect()
+    }
+
+    /// Tells every connected executor to stop and closes the connections.
+    fn stop_executors(&self, reason: &str) {
+        self.control.fail(Error::Cancelled);
+        // Let a checkpoint being completed finish first: once this returns
+        // (and before any event), no manifest appears any more, so a
+        // restart sees the latest checkpoint there will be.
+        let coordinator = *self.coordinator_thread.lock().expect("coordinator lock");
+        if coordinator.is_some_and(|id| id != std::thread::current().id()) {
+            let deadline = std::time::Instant::now() + COORDINATOR_STOP;
+            while !self.coordinator_stopped.load(Ordering::SeqCst) {
+                if std::time::Instant::now() >= deadline {
+                    warn!(job = %self.job_id, attempt = self.attempt,
+                        "the checkpoint coordinator did not stop in time");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        for l in self.links() {
+            let _ = l.send(&ToExecutor::Cancel {
+                reason: reason.to_string(),
+            });
+            l.close();
+        }
+    }
+
+    fn cancel(&self, reason: &str) {
+        if self.ended.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        info!(job = %self.job_id, attempt = self.attempt, reason, "attempt cancelled");
+        self.stop_executors(reason);
+    }
+
+    fn fail(&self, why: String) {
+        if self.ended.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        warn!(job = %self.job_id, attempt = self.attempt, error = %why, "attempt failed");
+        self.stop_executors(&format!("attempt {} failed: {why}", self.attempt));
+        let _ = self.events_tx.send(AttemptEvent::Failed(why));
+    }
+
+    fn check_finished(&self) {
+        let finished = {
+            let st = self.state.lock().expect("attempt lock");
+            st.running && st.checkpoints_done && st.done.iter().all(|d| *d)
+        };
+        if finished && !self.ended.swap(true, Ordering::SeqCst) {
+            info!(job = %self.job_id, attempt = self.attempt, "attempt finished");
+            let _ = self.events_tx.send(AttemptEvent::Finished);
+            for l in self.links() {
+                l.close();
+            }
+        }
+    }
+
+    /// Registers executor `i`; once all are there, sends the peers and
+    /// starts checkpointing. Refuses a slot taken twice.
+    fn register(
+        self: &Arc<Self>,
+        i: usize,
+        exchange: String,
+        link: ExecLink,
+    ) -> std::result::Result<(), String> {
+        let mut st = self.state.lock().expect("attempt lock");
+        if self.ended.load(Ordering::SeqCst) {
+            return Err(format!("attempt {} has ended", self.attempt));
+        }
+        if i >= st.links.len() {
+            return Err(format!(
+                "executor {i} is not part of attempt {} ({} executors)",
+                self.attempt,
+                st.links.len()
+            ));
+        }
+        if st.links[i].is_some() {
+            return Err(format!("executor {i} already said hello"));
+        }
+        st.links[i] = Some(link);
+        st.exchange[i] = Some(exchange);
+        if st.links.iter().any(Option::is_none) {
+            return Ok(());
+        }
+        let peers = ToExecutor::Peers {
+            exchange: st.exchange.iter().flatten().cloned().collect(),
+            placement: self.placement.clone(),
+        };
+        for l in st.links.iter().flatten() {
+            if let Err(e) = l.send(&peers) {
+                warn!(error = %e, "could not send the peers");
+            }
+        }
+        st.running = true;
+        if let Some(setup) = st.checkpoint.take() {
+            let links: Vec<ExecLink> = st.links.iter().flatten().cloned().collect();
+            match self.start_checkpoints(setup, &links) {
+                Ok(tx) => st.coordinator = Some(tx),
+                Err(e) => {
+                    drop(st);
+                    self.fail(format!("starting the checkpoint coordinator: {e}"));
+                    return Ok(());
+                }
+            }
+        }
+        drop(st);
+        info!(job = %self.job_id, attempt = self.attempt, "attempt running");
+        let _ = self.events_tx.send(AttemptEvent::Running);
+        Ok(())
+    }
+
+    fn start_checkpoints(
+        self: &Arc<Self>,
+        setup: CheckpointSetup,
+        links: &[ExecLink],
+    ) -> Result<Sender<CoordinatorMsg>> {
+        let placed: HashMap<TaskKey, usize> = self.placement.iter().copied().collect();
+        let sources: HashMap<usize, bool> = self
+            .description
+            .vertices
+            .iter()
+            .map(|v| (v.id, v.source))
+            .collect();
+        let tasks = self
+            .description
+            .tasks()
+            .into_iter()
+            .map(|t| {
+                let port: Box<dyn TaskPort> = Box::new(RemotePort {
+                    task: t,
+                    link: links[placed[&t]].clone(),
+                });
+                (t, port, sources[&t.vertex])
+            })
+            .collect();
+        let announce = links.to_vec();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let coordinator = Coordinator {
+            config: setup.config,
+            root: setup.root,
+            job: self.description.name.clone(),
+            attempt: self.attempt,
+            next_id: setup.next_id,
+            max_parallelism: self.description.max_parallelism,
+            nodes: self.description.node_infos(),
+            tasks,
+            rx,
+            dirs: Arc::default(),
+            stats: self.stats.clone(),
+            control: self.control.clone(),
+            prepare: Some(Box::new(move |id, dir: &Storage, savepoint| {
+                let msg = ToExecutor::Prepare {
+                    id,
+                    dir: absolute(dir.location()),
+                    savepoint,
+                };
+                for l in &announce {
+                    if let Err(e) = l.send(&msg) {
+                        debug!(checkpoint = id, error = %e, "prepare frame not sent");
+                    }
+                }
+            })),
+        };
+        let me = self.clone();
+        let thread = std::thread::Builder::new()
+            .name("checkpoint-coordinator".into())
+            .spawn(move || {
+                coordinator.run();
+                me.coordinator_stopped.store(true, Ordering::SeqCst);
+                if let Some(e) = me.control.take_error() {
+                    me.fail(format!("checkpoint coordinator: {e}"));
+                    return;
+                }
+                {
+                    let mut st = me.state.lock().expect("attempt lock");
+                    st.checkpoints_done = true;
+                    st.coordinator = None;
+                }
+                me.check_finished();
+            })
+            .map_err(|e| Error::io("spawning the checkpoint coordinator", e))?;
+        *self.coordinator_thread.lock().expect("coordinator lock") = Some(thread.thread().id());
+        Ok(tx)
+    }
+
+    /// Whether this attempt is still its job's current one.
+    fn is_current(&self, server: &ServerShared) -> bool {
+        server
+            .current
+            .lock()
+            .expect("attempts lock")
+            .get(&self.job_id)
+            .is_some_and(|a| std::ptr::eq(a.as_ref(), self))
+    }
+
+    fn to_coordinator(&self, msg: CoordinatorMsg) {
+        let tx = self.state.lock().expect("attempt lock").coordinator.clone();
+        if let Some(tx) = tx {
+            let _ = tx.send(msg);
+        }
+    }
+
+    /// Handles one frame of executor `i`.
+    fn on_frame(&self, i: usize, frame: ToCoordinator) {
+        match frame {
+            ToCoordinator::Ack {
+                id,
+                task,
+                files,
+                bytes,
+                uploaded,
+                alignment_ms,
+            } => self.to_coordinator(CoordinatorMsg::Ack {
+                id: CheckpointId(id),
+                task,
+                files,
+                bytes,
+                uploaded,
+                alignment: Duration::from_millis(alignment_ms),
+            }),
+            ToCoordinator::Decline { id, error } => self.to_coordinator(CoordinatorMsg::Decline {
+                id: CheckpointId(id),
+                error: format!("executor {i}: {error}"),
+            }),
+            ToCoordinator::Finished(task) => self.to_coordinator(CoordinatorMsg::Finished(task)),
+            ToCoordinator::Metrics(m) => {
+                self.state.lock().expect("attempt lock").metrics[i] = m;
+            }
+            ToCoordinator::Failed { error } => self.fail(format!("executor {i}: {error}")),
+            ToCoordinator::Done => {
+                self.state.lock().expect("attempt lock").done[i] = true;
+                self.check_finished();
+            }
+            ToCoordinator::Hello { .. } => {
+                debug!(executor = i, "second hello ignored");
+            }
+        }
+    }
+}
+
+/// Serves one control connection: the hello decides its attempt, then
+/// frames flow to that attempt while it is the job's live one.
+fn serve(stream: TcpStream, server: &ServerShared) {
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    let setup = stream
+        .set_nodelay(true)
+        .and_then(|()| stream.set_read_timeout(Some(HELLO_TIMEOUT)))
+        .and_then(|()| stream.set_write_timeout(Some(WRITE_TIMEOUT)));
+    if let Err(e) = setup {
+        debug!(%peer, error = %e, "control socket options");
+        return;
+    }
+    let mut reader = match stream.try_clone() {
+        Ok(r) => r,
+        Err(_) => return,
+    };
+    let link = ExecLink {
+        stream: Arc::new(Mutex::new(stream)),
+    };
+    let (job_id, attempt_no, executor, exchange) = match read_frame(&mut reader) {
+        Ok(Some(ToCoordinator::Hello {
+            job_id,
+            attempt,
+            executor,
+            exchange,
+        })) => (job_id, attempt, executor, exchange),
+        Ok(Some(_)) => {
+            let _ = link.send(&ToExecutor::Rejected {
+                reason: "the first frame must be a hello".into(),
+            });
+            link.close();
+            return;
+        }
+        Ok(None) | Err(_) => return,
+    };
+    let current = server
+        .current
+        .lock()
+        .expect("attempts lock")
+        .get(&job_id)
+        .cloned();
+    let accepted = match current {
+        None => Err(format!("no attempt of job '{job_id}' is running")),
+        Some(a) if a.attempt != attempt_no => Err(format!(
+            "attempt {attempt_no} of job '{job_id}' is stale (the current attempt is {})",
+            a.attempt
+        )),
+        Some(a) => a.register(executor, exchange, link.clone()).map(|()| a),
+    };
+    let attempt = match accepted {
+        Ok(a) => a,
+        Err(reason) => {
+            server.count_refusal(&job_id);
+            warn!(%peer, job = %job_id, attempt = attempt_no, executor, %reason, "executor refused");
+            let _ = link.send(&ToExecutor::Rejected { reason });
+            link.close();
+            return;
+        }
+    };
+    let _ = reader.set_read_timeout(None);
+    debug!(%peer, job = %job_id, attempt = attempt_no, executor, "executor connected");
+    loop {
+        let frame = match read_frame::<_, ToCoordinator>(&mut reader) {
+            Ok(Some(f)) => f,
+            Ok(None) | Err(_) => break,
+        };
+        if !attempt.is_current(server) {
+            // A superseded attempt: nothing it says counts.
+            server.count_refusal(&attempt.job_id);
+            continue;
+        }
+        if attempt.ended.load(Ordering::SeqCst) {
+            continue; // finished, failed or cancelled: its last words change nothing
+        }
+        attempt.on_frame(executor, frame);
+    }
+    let done = attempt.state.lock().expect("attempt lock").done[executor];
+    if !done {
+        attempt.fail(format!(
+            "executor {executor}: the control connection was lost"
+        ));
+    }
+}

@@ -13,6 +13,9 @@
 //!   obtains from the job binary and the scheduler places.
 //! - [`executor`]: a job binary started by a worker runs its share of the
 //!   subtasks, wired to the other executors over the TCP exchange.
+//! - [`attempt`]: the coordinator's side of an attempt: the control server
+//!   executors dial, fencing of stale attempts, and the checkpoint
+//!   coordinator driving remote tasks.
 //!
 //! A job binary decides its mode in `Env::execute`: with `SLUICE_EXECUTOR`
 //! set it runs as a task executor, with `SLUICE_DESCRIBE` set it writes its
@@ -23,4 +26,6 @@ pub mod attempt;
 pub mod client;
 pub mod control;
 pub mod coordinator;
+pub mod describe;
+pub mod executor;
 pub mod worker;

@@ -1,8 +1,9 @@
 //! Running a physical plan. [`task`] holds the subtask loops (source loop,
 //! input loop over a crossbeam `Select`, the operator chain); [`watermark`]
-//! holds watermark generation and combination. This module wires channels
-//! between subtasks, starts one OS thread per subtask (operator work never
-//! runs on an async reactor), propagates the first failure to every task,
+//! holds watermark generation and combination; [`wiring`] creates the
+//! channels between subtasks (local, or ends of network channels) and
+//! starts one OS thread per subtask (operator work never runs on an async
+//! reactor). This module propagates the first failure to every task,
 //! and, when the job checkpoints, starts the checkpoint coordinator and
 //! writer beside the tasks and restarts a failed job from its latest
 //! checkpoint under the restart strategy. [`JobHandle`] is the running
@@ -11,6 +12,10 @@
 pub mod align;
 pub mod task;
 pub mod watermark;
+pub mod wiring;
+
+pub use wiring::{plan_channels, PlanChannel};
+pub(crate) use wiring::{spawn_tasks, wire, NoRemote, RemoteEnds, TaskContext};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -20,22 +25,20 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::checkpoint::coordinator::{
-    run_writer, Coordinator, CoordinatorMsg, NodeInfo, SavepointRequest, TaskKey,
+    run_writer, CheckpointDirs, Coordinator, CoordinatorMsg, NodeInfo, SavepointRequest,
+    TaskControl, TaskKey, TaskPort, TaskSnapshot,
 };
 use crate::checkpoint::restore::RestorePlan;
 use crate::checkpoint::store::{has_manifest, load_verified, scan};
-use crate::checkpoint::{CheckpointConfig, CheckpointStats, RestartStrategy};
+use crate::checkpoint::{CheckpointConfig, CheckpointStats, Guarantee, RestartStrategy};
 use crate::checkpoint::{Location, Storage};
 use crate::graph::NodeKind;
 
 use crate::data::StreamMessage;
 use crate::error::{Error, Result};
-use crate::exchange::local::channel;
-use crate::exchange::partition::{targets, EdgeWriter};
-use crate::exchange::ChannelSender;
 use crate::graph::LogicalGraph;
 use crate::plan::{plan, PhysicalPlan};
 use crate::state::key_group::DEFAULT_MAX_PARALLELISM;
@@ -136,6 +139,16 @@ pub struct JobControl {
     pub cancelled: Arc<AtomicBool>,
     stopped: AtomicBool,
     first_error: Mutex<Option<Error>>,
+    on_first_error: std::sync::OnceLock<ErrorHook>,
+}
+
+/// Told the first error before anything is cancelled.
+pub(crate) struct ErrorHook(pub Box<dyn Fn(&Error) + Send + Sync>);
+
+impl std::fmt::Debug for ErrorHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ErrorHook")
+    }
 }
 
 impl JobControl {
@@ -144,9 +157,21 @@ impl JobControl {
     pub fn fail(&self, error: Error) {
         let mut first = self.first_error.lock().expect("job control lock poisoned");
         if first.is_none() && !matches!(error.root(), Error::Cancelled) {
+            // Before the cancellation spreads: a task executor reports the
+            // cause before its peers see their connections close and
+            // report those instead.
+            if let Some(hook) = self.on_first_error.get() {
+                (hook.0)(&error);
+            }
             *first = Some(error);
         }
         self.cancelled.store(true, Ordering::SeqCst);
+    }
+
+    /// Calls `hook` with the first error, ahead of cancelling (once set,
+    /// it stays).
+    pub(crate) fn on_first_error(&self, hook: ErrorHook) {
+        let _ = self.on_first_error.set(hook);
     }
 
     /// Whether the job is cancelled.
@@ -164,7 +189,7 @@ impl JobControl {
         self.stopped.load(Ordering::Relaxed)
     }
 
-    fn take_error(&self) -> Option<Error> {
+    pub(crate) fn take_error(&self) -> Option<Error> {
         self.first_error
             .lock()
             .expect("job control lock poisoned")
@@ -173,7 +198,7 @@ impl JobControl {
 }
 
 /// An input channel of a subtask and the logical input it feeds.
-type InputChannel = (Receiver<StreamMessage>, usize);
+pub(crate) type InputChannel = (Receiver<StreamMessage>, usize);
 
 /// What the handle can reach of the attempt that is running.
 #[derive(Default)]
@@ -188,6 +213,9 @@ pub struct JobHandle {
     current: Arc<Mutex<Current>>,
     user_cancel: Arc<AtomicBool>,
     stats: Arc<Mutex<CheckpointStats>>,
+    /// A task executor of a distributed job: its savepoints are the
+    /// coordinator's.
+    executor: bool,
 }
 
 impl JobHandle {
@@ -204,6 +232,11 @@ impl JobHandle {
     }
 
     fn request_savepoint(&self, dir: Location, stop: bool) -> Result<Location> {
+        if self.executor {
+            return Err(Error::Config(
+                "a task executor takes no savepoints: ask the coordinator".into(),
+            ));
+        }
         let dir = Storage::open(&dir)?;
         if has_manifest(&dir)? {
             return Err(Error::Checkpoint(format!(
@@ -249,6 +282,26 @@ impl JobHandle {
         self.thread.is_finished()
     }
 
+    /// A handle on a task executor `run` runs in its own thread; `run`
+    /// gets the flag [`JobHandle::cancel`] sets. It has no savepoints.
+    pub(crate) fn spawn(
+        run: impl FnOnce(Arc<AtomicBool>) -> Result<JobResult> + Send + 'static,
+    ) -> Result<JobHandle> {
+        let user_cancel = Arc::new(AtomicBool::new(false));
+        let cancel = user_cancel.clone();
+        let thread = std::thread::Builder::new()
+            .name("job-driver".into())
+            .spawn(move || run(cancel))
+            .map_err(|e| Error::io("spawning the job driver", e))?;
+        Ok(JobHandle {
+            thread,
+            current: Arc::default(),
+            user_cancel,
+            stats: Arc::default(),
+            executor: true,
+        })
+    }
+
     /// Waits for the job to end.
     pub fn join(self) -> Result<JobResult> {
         self.thread
@@ -291,6 +344,7 @@ pub fn start_embedded(graph: &LogicalGraph, config: &JobConfig) -> Result<JobHan
         current,
         user_cancel,
         stats,
+        executor: false,
     })
 }
 
@@ -393,44 +447,15 @@ impl Driver {
         if self.user_cancel.load(Ordering::SeqCst) {
             return Err(Error::Cancelled);
         }
-        let metrics: Vec<Arc<NodeMetrics>> = graph.nodes.iter().map(|_| Arc::default()).collect();
-        // Databases of this run live in their own directory, removed at the end.
-        let mut state = config.state.clone();
-        static RUNS: AtomicU64 = AtomicU64::new(0);
-        state.local_dir = state.local_dir.join(format!(
-            "{}-{}-{}-a{}",
-            config
-                .name
-                .replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
-            std::process::id(),
-            RUNS.fetch_add(1, Ordering::Relaxed),
-            start.attempt
-        ));
-        let _local = LocalDir(state.local_dir.clone());
-
-        // Channels: for each edge and upstream subtask, one channel per target.
-        let mut inputs: HashMap<(usize, usize), Vec<InputChannel>> = HashMap::new();
-        let mut writers: HashMap<(usize, usize, usize), Vec<(usize, EdgeWriter)>> = HashMap::new();
-        for e in &plan.edges {
-            let up = &plan.vertices[e.from_vertex];
-            let down = &plan.vertices[e.to_vertex];
-            for u in 0..up.parallelism {
-                let mut senders: Vec<Box<dyn ChannelSender>> = Vec::new();
-                for t in targets(&e.kind, u, down.parallelism) {
-                    let (tx, rx) = channel(config.channel_capacity, control.cancelled.clone());
-                    senders.push(Box::new(tx));
-                    inputs
-                        .entry((e.to_vertex, t))
-                        .or_default()
-                        .push((rx, e.input));
-                }
-                let w = EdgeWriter::new(e.kind.clone(), senders, plan.max_parallelism, u);
-                writers
-                    .entry((e.from_vertex, u, e.from_member))
-                    .or_default()
-                    .push((e.port, w));
-            }
-        }
+        let metrics = node_metrics(graph);
+        let (state, _local) = run_state(config, start.attempt);
+        let mut wiring = wire(
+            plan,
+            config.channel_capacity,
+            &control.cancelled,
+            &|_| true,
+            &mut NoRemote,
+        )?;
 
         // Checkpointing: the coordinator, the writer and each task's channels.
         let mut side_threads = Vec::new();
@@ -440,40 +465,20 @@ impl Driver {
             let (ctx, crx) = crossbeam_channel::unbounded();
             let (wtx, wrx) = crossbeam_channel::unbounded();
             let dirs = Arc::default();
-            let mut tasks = Vec::new();
-            for v in &plan.vertices {
-                let is_source = matches!(graph.node(v.chain[0]).kind, NodeKind::Source { .. });
-                for s in 0..v.parallelism {
-                    let key = TaskKey {
-                        vertex: v.id,
-                        subtask: s,
-                    };
-                    let (tx, rx) = crossbeam_channel::unbounded();
-                    tasks.push((key, tx, is_source));
-                    task_ck.insert(
-                        key,
-                        task::TaskCheckpointing {
-                            key,
-                            control: rx,
-                            writer: wtx.clone(),
-                            coordinator: ctx.clone(),
-                            guarantee: ck.guarantee,
-                            restore: start.restore.clone(),
-                        },
-                    );
-                }
-            }
-            let mut nodes: Vec<NodeInfo> = Vec::new();
-            for v in &plan.vertices {
-                for n in &v.chain {
-                    nodes.push(NodeInfo {
-                        node: n.0,
-                        name: graph.node(*n).name.clone(),
-                        parallelism: v.parallelism,
-                    });
-                }
-            }
-            nodes.sort_by_key(|n| n.node);
+            let (ports, tcks) = checkpoint_channels(
+                graph,
+                plan,
+                &|_| true,
+                &wtx,
+                &ctx,
+                ck.guarantee,
+                start.restore.clone(),
+            );
+            task_ck = tcks;
+            let tasks = ports
+                .into_iter()
+                .map(|(k, tx, src)| (k, Box::new(tx) as Box<dyn TaskPort>, src))
+                .collect();
             let coordinator = Coordinator {
                 config: ck.clone(),
                 root: start.root.clone().ok_or_else(|| {
@@ -483,20 +488,16 @@ impl Driver {
                 attempt: start.attempt,
                 next_id: start.next_id,
                 max_parallelism: plan.max_parallelism,
-                nodes,
+                nodes: node_infos(graph, plan),
                 tasks,
                 rx: crx,
                 dirs: Arc::clone(&dirs),
                 stats: self.stats.clone(),
                 control: control.clone(),
+                prepare: None,
             };
-            let writer_coord = ctx.clone();
-            side_threads.push(
-                std::thread::Builder::new()
-                    .name("checkpoint-writer".into())
-                    .spawn(move || run_writer(wrx, dirs, writer_coord))
-                    .map_err(|e| Error::io("spawning the checkpoint writer", e))?,
-            );
+            drop(wtx);
+            side_threads.push(spawn_writer(wrx, dirs, ctx.clone())?);
             side_threads.push(
                 std::thread::Builder::new()
                     .name("checkpoint-coordinator".into())
@@ -512,54 +513,19 @@ impl Driver {
         }
 
         let start_time = Instant::now();
-        let mut handles = Vec::new();
-        for v in &plan.vertices {
-            for s in 0..v.parallelism {
-                let member_writers: Vec<Vec<(usize, EdgeWriter)>> = (0..v.chain.len())
-                    .map(|m| writers.remove(&(v.id, s, m)).unwrap_or_default())
-                    .collect();
-                let task = task::TaskSpec {
-                    graph: graph.clone(),
-                    vertex: v.clone(),
-                    subtask: s,
-                    max_parallelism: plan.max_parallelism,
-                    inputs: inputs.remove(&(v.id, s)).unwrap_or_default(),
-                    writers: member_writers,
-                    metrics: v.chain.iter().map(|n| metrics[n.0].clone()).collect(),
-                    input_schemas: task::input_schemas(graph, v),
-                    attempt: start.attempt,
-                    state: state.clone(),
-                    checkpointing: task_ck.remove(&TaskKey {
-                        vertex: v.id,
-                        subtask: s,
-                    }),
-                };
-                let control = control.clone();
-                let name = format!("{}-{}", v.name, s);
-                let thread_name: String = name.chars().take(60).collect();
-                let h = std::thread::Builder::new()
-                    .name(thread_name)
-                    .spawn(move || {
-                        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            task::run(task, &control)
-                        }));
-                        let result = match result {
-                            Ok(r) => r,
-                            Err(payload) => Err(Error::Panic(panic_message(payload))),
-                        };
-                        if let Err(e) = result {
-                            debug!(task = %name, error = %e, "task failed");
-                            control.fail(Error::Task {
-                                operator: name.clone(),
-                                subtask: s,
-                                source: Box::new(e),
-                            });
-                        }
-                    })
-                    .map_err(|e| Error::io("spawning a task thread", e))?;
-                handles.push(h);
-            }
-        }
+        let handles = spawn_tasks(
+            &TaskContext {
+                graph,
+                plan,
+                metrics: &metrics,
+                attempt: start.attempt,
+                state: &state,
+                control: &control,
+            },
+            &|_| true,
+            &mut wiring,
+            &mut task_ck,
+        )?;
         for h in handles {
             let _ = h.join();
         }
@@ -582,19 +548,10 @@ impl Driver {
         }
         let stopped = control.is_stopped();
         let duration = start_time.elapsed();
-        let nodes = graph
-            .nodes
-            .iter()
-            .map(|n| NodeSummary {
-                name: n.name.clone(),
-                records_in: metrics[n.id.0].records_in.load(Ordering::Relaxed),
-                records_out: metrics[n.id.0].records_out.load(Ordering::Relaxed),
-            })
-            .collect();
         info!(job = %config.name, ms = duration.as_millis() as u64, stopped, "job finished");
         Ok(JobResult {
             duration,
-            nodes,
+            nodes: summaries(graph, &metrics),
             plan: plan.clone(),
             checkpoints: CheckpointStats::default(),
             stopped,
@@ -602,8 +559,119 @@ impl Driver {
     }
 }
 
+/// Counters of every graph node, shared by its subtasks.
+pub(crate) fn node_metrics(graph: &LogicalGraph) -> Vec<Arc<NodeMetrics>> {
+    graph.nodes.iter().map(|_| Arc::default()).collect()
+}
+
+/// The counters as a job result reports them.
+pub(crate) fn summaries(graph: &LogicalGraph, metrics: &[Arc<NodeMetrics>]) -> Vec<NodeSummary> {
+    graph
+        .nodes
+        .iter()
+        .map(|n| NodeSummary {
+            name: n.name.clone(),
+            records_in: metrics[n.id.0].records_in.load(Ordering::Relaxed),
+            records_out: metrics[n.id.0].records_out.load(Ordering::Relaxed),
+        })
+        .collect()
+}
+
+/// State settings of one run: its databases live in their own directory,
+/// removed when the returned guard drops.
+pub(crate) fn run_state(
+    config: &JobConfig,
+    attempt: u64,
+) -> (crate::state::StateSettings, LocalDir) {
+    let mut state = config.state.clone();
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    state.local_dir = state.local_dir.join(format!(
+        "{}-{}-{}-a{}",
+        config
+            .name
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed),
+        attempt
+    ));
+    let dir = LocalDir(state.local_dir.clone());
+    (state, dir)
+}
+
+/// Every graph node as a manifest records it, in graph order.
+pub(crate) fn node_infos(graph: &LogicalGraph, plan: &PhysicalPlan) -> Vec<NodeInfo> {
+    let mut nodes: Vec<NodeInfo> = Vec::new();
+    for v in &plan.vertices {
+        for n in &v.chain {
+            nodes.push(NodeInfo {
+                node: n.0,
+                name: graph.node(*n).name.clone(),
+                parallelism: v.parallelism,
+            });
+        }
+    }
+    nodes.sort_by_key(|n| n.node);
+    nodes
+}
+
+/// A task's control channel, as the coordinator holds it: the key, the
+/// sender and whether the task's head is a source.
+pub(crate) type ControlPort = (TaskKey, Sender<TaskControl>, bool);
+
+/// Control channels and checkpoint settings of the tasks `local` selects.
+pub(crate) fn checkpoint_channels(
+    graph: &LogicalGraph,
+    plan: &PhysicalPlan,
+    local: &dyn Fn(TaskKey) -> bool,
+    writer: &Sender<TaskSnapshot>,
+    coordinator: &Sender<CoordinatorMsg>,
+    guarantee: Guarantee,
+    restore: Option<Arc<RestorePlan>>,
+) -> (Vec<ControlPort>, HashMap<TaskKey, task::TaskCheckpointing>) {
+    let mut ports = Vec::new();
+    let mut task_ck = HashMap::new();
+    for v in &plan.vertices {
+        let is_source = matches!(graph.node(v.chain[0]).kind, NodeKind::Source { .. });
+        for s in 0..v.parallelism {
+            let key = TaskKey {
+                vertex: v.id,
+                subtask: s,
+            };
+            if !local(key) {
+                continue;
+            }
+            let (tx, rx) = crossbeam_channel::unbounded();
+            ports.push((key, tx, is_source));
+            task_ck.insert(
+                key,
+                task::TaskCheckpointing {
+                    key,
+                    control: rx,
+                    writer: writer.clone(),
+                    coordinator: coordinator.clone(),
+                    guarantee,
+                    restore: restore.clone(),
+                },
+            );
+        }
+    }
+    (ports, task_ck)
+}
+
+/// Starts the snapshot writer thread.
+pub(crate) fn spawn_writer(
+    rx: Receiver<TaskSnapshot>,
+    dirs: CheckpointDirs,
+    coordinator: Sender<CoordinatorMsg>,
+) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("checkpoint-writer".into())
+        .spawn(move || run_writer(rx, dirs, coordinator))
+        .map_err(|e| Error::io("spawning the checkpoint writer", e))
+}
+
 /// Removes a run's local state directory when the run ends.
-struct LocalDir(PathBuf);
+pub(crate) struct LocalDir(PathBuf);
 
 impl Drop for LocalDir {
     fn drop(&mut self) {
@@ -611,7 +679,7 @@ impl Drop for LocalDir {
     }
 }
 
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+pub(crate) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         s.to_string()
     } else if let Some(s) = payload.downcast_ref::<String>() {

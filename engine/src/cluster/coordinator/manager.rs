@@ -18,14 +18,13 @@ use tracing::{info, warn};
 use super::meta::{JobRecord, MetaStore};
 use super::scheduler::{place, Offer};
 use super::CoordinatorConfig;
-use crate::checkpoint::store::scan;
-use crate::checkpoint::{CheckpointConfig, CheckpointStats, Guarantee, Location, Storage};
+use crate::checkpoint::{CheckpointStats, Location};
 use crate::cluster::api::{
     Checkpoints, ClusterInfo, ExecutorLaunch, ExecutorSpec, Heartbeat, HeartbeatReply, JobState,
     JobStatus, NodeCounters, Placement, RegisterWorker, Registered, SubmitJob, WorkerInfo,
 };
 use crate::cluster::attempt::{
-    AttemptConfig, AttemptEvent, AttemptHandle, CheckpointSetup, ControlServer,
+    AttemptConfig, AttemptEvent, AttemptHandle, CheckpointStart, ControlServer,
 };
 use crate::error::{Error, Result};
 
@@ -288,12 +287,17 @@ impl Manager {
                 req.artifact
             )));
         }
-        let d = &req.description;
-        if d.vertices.is_empty() || d.slots() == 0 {
+        if req.description.vertices.is_empty() || req.description.slots() == 0 {
             return Err(Error::Config("the job's plan has no vertices".into()));
         }
-        if let Some(c) = &d.checkpoint {
-            c.dir.parse::<Location>()?;
+        // Relative locations mean the submitter's directory, for the
+        // coordinator as for the executors.
+        let mut req = req;
+        if let Some(c) = &mut req.description.checkpoint {
+            c.dir = resolve(&c.dir, req.workdir.as_deref()).to_string();
+            if let Some(r) = &mut c.restore_from {
+                *r = resolve(r, req.workdir.as_deref()).to_string();
+            }
         }
         let mut inner = self.lock();
         let id = format!("job-{}", inner.next_id);
@@ -306,7 +310,7 @@ impl Manager {
             restarts: 0,
             artifact: req.artifact,
             args: req.args,
-            parallelism: req.parallelism.unwrap_or(d.parallelism),
+            parallelism: req.parallelism.unwrap_or(req.description.parallelism),
             workdir: req.workdir,
             description: req.description,
             submitted_ms: now,
@@ -382,13 +386,14 @@ impl Manager {
     pub fn resolve_location(&self, id: &str, dir: &str) -> Result<Location> {
         let inner = self.lock();
         let job = inner.jobs.get(id).ok_or_else(|| not_found(id))?;
-        resolve(dir, job.record.workdir.as_deref())
+        Ok(resolve(dir, job.record.workdir.as_deref()))
     }
 
     /// Checkpoint figures of a job.
     pub fn checkpoints(&self, id: &str) -> Option<Checkpoints> {
         let inner = self.lock();
         let job = inner.jobs.get(id)?;
+        let stats = job.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
         Some(Checkpoints {
             job_id: id.to_string(),
             dir: job
@@ -398,7 +403,7 @@ impl Manager {
                 .as_ref()
                 .map(|c| c.dir.clone()),
             latest: job.record.latest_checkpoint,
-            stats: job.stats.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            stats,
         })
     }
 
@@ -662,44 +667,12 @@ impl Manager {
         let assignment = place(&job.record.description, &offers, self.config.scheduling)?;
         let record = &job.record;
         let mut attempt = record.attempt + 1;
-        let (checkpoint, restore) = match &record.description.checkpoint {
-            None => (None, None),
-            Some(c) => {
-                let dir = resolve(&c.dir, record.workdir.as_deref())?;
-                let root = Storage::open(&dir)?;
-                let found = scan(&root, &record.description.name)?;
-                attempt = attempt.max(found.max_attempt.map_or(0, |a| a + 1));
-                let mut next_id = found.max_id + 1;
-                let restore = match (&found.latest, &c.restore_from) {
-                    (Some((d, m)), _) => {
-                        next_id = next_id.max(m.id + 1);
-                        Some(d.location().to_string())
-                    }
-                    (None, Some(from)) => {
-                        Some(resolve(from, record.workdir.as_deref())?.to_string())
-                    }
-                    (None, None) => None,
-                };
-                let mut config = CheckpointConfig::new(dir);
-                config.interval = Duration::from_millis(c.interval_ms);
-                config.timeout = Duration::from_millis(c.timeout_ms);
-                config.min_pause = Duration::from_millis(c.min_pause_ms);
-                config.retained = c.retained;
-                config.guarantee = if c.exactly_once {
-                    Guarantee::ExactlyOnce
-                } else {
-                    Guarantee::AtLeastOnce
-                };
-                (
-                    Some(CheckpointSetup {
-                        config,
-                        root,
-                        next_id,
-                    }),
-                    restore,
-                )
-            }
-        };
+        let start = CheckpointStart::find(&record.description)?;
+        let restore = start.as_ref().and_then(|s| s.restore.as_ref().map(|l| l.to_string()));
+        if let Some(s) = &start {
+            attempt = attempt.max(s.min_attempt);
+        }
+        let checkpoint = start.map(|s| s.setup);
         let handle = self.control.start_attempt(AttemptConfig {
             job_id: id.to_string(),
             attempt,
@@ -791,11 +764,11 @@ fn not_found(id: &str) -> Error {
 
 /// A location as given by the job: relative directories are relative to
 /// the submitter's working directory.
-fn resolve(dir: &str, workdir: Option<&str>) -> Result<Location> {
-    let location: Location = dir.parse()?;
+fn resolve(dir: &str, workdir: Option<&str>) -> Location {
+    let location = Location::from(dir);
     match (location.local_path(), workdir) {
-        (Some(p), Some(w)) if p.is_relative() => Ok(Location::from(Path::new(w).join(p))),
-        _ => Ok(location),
+        (Some(p), Some(w)) if p.is_relative() => Location::from(Path::new(w).join(p)),
+        _ => location,
     }
 }
 
