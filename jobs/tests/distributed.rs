@@ -97,7 +97,11 @@ impl Cluster {
             .open(self.dir.join("coordinator.log"))
             .unwrap();
         let child = Command::new(sluice_bin())
-            .args(["coordinator", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .args([
+                "coordinator",
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+            ])
             .arg("--data-dir")
             .arg(self.dir.join("coordinator"))
             .args(["--heartbeat-timeout", "1s", "--heartbeat-interval", "200ms"])
@@ -222,7 +226,15 @@ impl Drop for Cluster {
 fn embedded_q5(dir: &Path) -> BTreeMap<String, usize> {
     let out = dir.join("reference");
     let status = Command::new(env!("CARGO_BIN_EXE_nexmark"))
-        .args(["--query", "q5", "--events", EVENTS, "--parallelism", "3", "--output"])
+        .args([
+            "--query",
+            "q5",
+            "--events",
+            EVENTS,
+            "--parallelism",
+            "3",
+            "--output",
+        ])
         .arg(&out)
         .stdout(Stdio::null())
         .status()
@@ -256,7 +268,11 @@ fn q5_on_three_workers_equals_the_embedded_run() {
     let want = embedded_q5(dir.path());
     let cluster = Cluster::start(dir.path(), 3, 2);
     // Relative paths: the executors run in the submitter's directory.
-    let job = cluster.submit(3, env!("CARGO_BIN_EXE_nexmark"), &q5_args("out", "ck", "1000000"));
+    let job = cluster.submit(
+        3,
+        env!("CARGO_BIN_EXE_nexmark"),
+        &q5_args("out", "ck", "1000000"),
+    );
     let running = cluster.wait_state(&job, "RUNNING", Duration::from_secs(60));
     let workers: std::collections::BTreeSet<&str> = running["placement"]
         .as_array()
@@ -264,7 +280,11 @@ fn q5_on_three_workers_equals_the_embedded_run() {
         .iter()
         .map(|p| p["worker"].as_str().unwrap())
         .collect();
-    assert_eq!(workers.len(), 3, "spread placement uses every worker: {running}");
+    assert_eq!(
+        workers.len(),
+        3,
+        "spread placement uses every worker: {running}"
+    );
     let done = cluster.wait_state(&job, "FINISHED", Duration::from_secs(120));
     assert_eq!(done["restarts"], 0, "{done}");
     let out = dir.path().join("out");
@@ -276,7 +296,11 @@ fn a_killed_worker_is_replaced_and_output_stays_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let want = embedded_q5(dir.path());
     let mut cluster = Cluster::start(dir.path(), 3, 2);
-    let job = cluster.submit(2, env!("CARGO_BIN_EXE_nexmark"), &q5_args("out", "ck", "150000"));
+    let job = cluster.submit(
+        2,
+        env!("CARGO_BIN_EXE_nexmark"),
+        &q5_args("out", "ck", "150000"),
+    );
     let mut victim = None;
     cluster.wait_for(Duration::from_secs(60), "a completed checkpoint", |c| {
         let s = c.status(&job);
@@ -293,11 +317,14 @@ fn a_killed_worker_is_replaced_and_output_stays_exactly_once() {
     let _ = cluster.workers[pos].wait();
     let done = cluster.wait_state(&job, "FINISHED", Duration::from_secs(120));
     assert!(
-        done["restarts"].as_u64().unwrap() >= 1 && done["attempt"].as_u64() > before["attempt"].as_u64(),
+        done["restarts"].as_u64().unwrap() >= 1
+            && done["attempt"].as_u64() > before["attempt"].as_u64(),
         "the job restarted under a new attempt: {done}"
     );
     assert!(
-        done["placement"].as_array().is_none_or(|p| p.iter().all(|p| p["worker"] != victim.as_str())),
+        done["placement"]
+            .as_array()
+            .is_none_or(|p| p.iter().all(|p| p["worker"] != victim.as_str())),
         "nothing placed on the dead worker: {done}"
     );
     let out = dir.path().join("out");
@@ -320,7 +347,11 @@ fn a_restarted_coordinator_resumes_its_jobs() {
     let dir = tempfile::tempdir().unwrap();
     let want = embedded_q5(dir.path());
     let mut cluster = Cluster::start(dir.path(), 2, 2);
-    let job = cluster.submit(2, env!("CARGO_BIN_EXE_nexmark"), &q5_args("out", "ck", "150000"));
+    let job = cluster.submit(
+        2,
+        env!("CARGO_BIN_EXE_nexmark"),
+        &q5_args("out", "ck", "150000"),
+    );
     cluster.wait_for(Duration::from_secs(60), "a completed checkpoint", |c| {
         c.status(&job)["latest_checkpoint"].as_u64().is_some()
     });
@@ -347,7 +378,11 @@ fn a_frozen_worker_is_fenced_when_it_wakes_up() {
     let dir = tempfile::tempdir().unwrap();
     let want = embedded_q5(dir.path());
     let cluster = Cluster::start(dir.path(), 3, 2);
-    let job = cluster.submit(2, env!("CARGO_BIN_EXE_nexmark"), &q5_args("out", "ck", "150000"));
+    let job = cluster.submit(
+        2,
+        env!("CARGO_BIN_EXE_nexmark"),
+        &q5_args("out", "ck", "150000"),
+    );
     let mut victim = None;
     cluster.wait_for(Duration::from_secs(60), "a completed checkpoint", |c| {
         let s = c.status(&job);
@@ -359,10 +394,14 @@ fn a_frozen_worker_is_fenced_when_it_wakes_up() {
     let victim = victim.unwrap();
     let pos = worker_position(&cluster, &victim);
     signal_group(&cluster.workers[pos], "-STOP");
-    cluster.wait_for(Duration::from_secs(30), "the frozen worker to be replaced", |c| {
-        let s = c.status(&job);
-        s["restarts"].as_u64().unwrap_or(0) >= 1 && s["state"] == "RUNNING"
-    });
+    cluster.wait_for(
+        Duration::from_secs(30),
+        "the frozen worker to be replaced",
+        |c| {
+            let s = c.status(&job);
+            s["restarts"].as_u64().unwrap_or(0) >= 1 && s["state"] == "RUNNING"
+        },
+    );
     signal_group(&cluster.workers[pos], "-CONT");
     cluster.wait_state(&job, "FINISHED", Duration::from_secs(120));
     let out = dir.path().join("out");

@@ -668,7 +668,9 @@ impl Manager {
         let record = &job.record;
         let mut attempt = record.attempt + 1;
         let start = CheckpointStart::find(&record.description)?;
-        let restore = start.as_ref().and_then(|s| s.restore.as_ref().map(|l| l.to_string()));
+        let restore = start
+            .as_ref()
+            .and_then(|s| s.restore.as_ref().map(|l| l.to_string()));
         if let Some(s) = &start {
             attempt = attempt.max(s.min_attempt);
         }
