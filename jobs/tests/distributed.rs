@@ -15,7 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::Value;
+use sluice_connectors::kafka::send_waiting;
+use sluice_connectors::kafka::testing::Broker;
 
 mod common;
 use common::{assert_exactly_once, rows};
@@ -41,8 +45,10 @@ fn free_port() -> u16 {
 }
 
 fn signal_group(child: &Child, signal: &str) {
+    // The group may be gone already (a test killed it): not an error.
     let _ = Command::new("kill")
         .args([signal, "--", &format!("-{}", child.id())])
+        .stderr(Stdio::null())
         .status();
 }
 
@@ -406,4 +412,71 @@ fn a_frozen_worker_is_fenced_when_it_wakes_up() {
     cluster.wait_state(&job, "FINISHED", Duration::from_secs(120));
     let out = dir.path().join("out");
     assert_exactly_once(&want, &rows(&out), &out, "q5 with a frozen worker");
+}
+
+#[test]
+fn kafka_to_parquet_on_three_workers_equals_the_embedded_run() {
+    const RECORDS: usize = 40_000;
+    let broker = Broker::start().unwrap();
+    broker.create_topic("events", 4).unwrap();
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.address())
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    for i in 0..RECORDS {
+        let v = format!(
+            r#"{{"id": {i}, "user": "u{}", "amount": {}.5}}"#,
+            i % 97,
+            i % 1000
+        );
+        let rec = BaseRecord::<(), String>::to("events")
+            .payload(&v)
+            .partition(i as i32 % 4);
+        send_waiting(&p, rec).unwrap();
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let common = [
+        "--brokers",
+        &broker.address(),
+        "--topic",
+        "events",
+        "--format",
+        "json",
+        "--until-end",
+    ];
+    let reference = dir.path().join("reference");
+    let status = Command::new(env!("CARGO_BIN_EXE_kafka_to_parquet"))
+        .args(common)
+        .args(["--parallelism", "3", "--output"])
+        .arg(&reference)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let want = rows(&reference);
+    assert_eq!(want.values().sum::<usize>(), RECORDS);
+
+    let cluster = Cluster::start(dir.path(), 3, 1);
+    let mut args = common.to_vec();
+    args.extend([
+        "--output",
+        "out",
+        "--checkpoint-dir",
+        "ck",
+        "--checkpoint-interval",
+        "200ms",
+    ]);
+    let job = cluster.submit(3, env!("CARGO_BIN_EXE_kafka_to_parquet"), &args);
+    let done = cluster.wait_state(&job, "FINISHED", Duration::from_secs(120));
+    assert_eq!(done["restarts"], 0, "{done}");
+    let out = dir.path().join("out");
+    assert_exactly_once(
+        &want,
+        &rows(&out),
+        &out,
+        "kafka_to_parquet on three workers",
+    );
 }
