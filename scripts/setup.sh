@@ -22,6 +22,8 @@ done
 # The Kafka tests start a tansu broker from a Python virtualenv.
 have python3 || need_pkgs+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
+# The network-partition test puts a worker in a network namespace (ip netns, veth).
+have ip || need_pkgs+=(iproute2)
 
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   SUDO=""

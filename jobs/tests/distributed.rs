@@ -37,7 +37,7 @@ fn sluice_bin() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+    TcpListener::bind("0.0.0.0:0")
         .unwrap()
         .local_addr()
         .unwrap()
@@ -55,25 +55,58 @@ fn signal_group(child: &Child, signal: &str) {
 /// A coordinator and workers, killed (with their executors) on drop.
 struct Cluster {
     dir: PathBuf,
+    /// Address the coordinator listens on (API and control).
+    host: String,
     port: u16,
     coordinator: Option<Child>,
     workers: Vec<Child>,
 }
 
+/// Where a worker runs: its exchange host and an optional command prefix
+/// (`ip netns exec NS`).
+struct WorkerPlace {
+    host: String,
+    prefix: Vec<String>,
+}
+
+impl WorkerPlace {
+    fn loopback() -> WorkerPlace {
+        WorkerPlace {
+            host: "127.0.0.1".into(),
+            prefix: Vec::new(),
+        }
+    }
+}
+
 impl Cluster {
     fn start(dir: &Path, workers: usize, slots: usize) -> Cluster {
+        let places: Vec<WorkerPlace> = (0..workers).map(|_| WorkerPlace::loopback()).collect();
+        Cluster::start_at(dir, "127.0.0.1", &places, slots)
+    }
+
+    fn start_at(dir: &Path, host: &str, places: &[WorkerPlace], slots: usize) -> Cluster {
         let mut c = Cluster {
             dir: dir.to_path_buf(),
+            host: host.to_string(),
             port: free_port(),
             coordinator: None,
             workers: Vec::new(),
         };
         c.start_coordinator();
-        for i in 0..workers {
+        for (i, place) in places.iter().enumerate() {
             let log = std::fs::File::create(dir.join(format!("worker-{i}.log"))).unwrap();
-            let child = Command::new(sluice_bin())
+            let mut cmd = match place.prefix.split_first() {
+                Some((first, rest)) => {
+                    let mut cmd = Command::new(first);
+                    cmd.args(rest).arg(sluice_bin());
+                    cmd
+                }
+                None => Command::new(sluice_bin()),
+            };
+            let child = cmd
                 .args(["worker", "--coordinator", &c.url(), "--slots"])
                 .arg(slots.to_string())
+                .args(["--listen", &place.host])
                 .arg("--data-dir")
                 .arg(dir.join(format!("worker-{i}")))
                 .env("RUST_LOG", "info")
@@ -84,16 +117,17 @@ impl Cluster {
                 .unwrap();
             c.workers.push(child);
         }
+        let n = places.len();
         c.wait_for(Duration::from_secs(30), "workers to register", |c| {
             c.json(&["workers", "--json"])
                 .as_array()
-                .is_some_and(|w| w.iter().filter(|w| w["alive"] == true).count() == workers)
+                .is_some_and(|w| w.iter().filter(|w| w["alive"] == true).count() == n)
         });
         c
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.host, self.port)
     }
 
     fn start_coordinator(&mut self) {
@@ -106,7 +140,7 @@ impl Cluster {
             .args([
                 "coordinator",
                 "--listen",
-                &format!("127.0.0.1:{}", self.port),
+                &format!("{}:{}", self.host, self.port),
             ])
             .arg("--data-dir")
             .arg(self.dir.join("coordinator"))
@@ -478,5 +512,175 @@ fn kafka_to_parquet_on_three_workers_equals_the_embedded_run() {
         &rows(&out),
         &out,
         "kafka_to_parquet on three workers",
+    );
+}
+
+/// A network namespace joined to this one by a veth pair: `host_ip` on
+/// this side, `ns_ip` inside. Removed on drop.
+struct NetNs {
+    name: String,
+    veth: String,
+    host_ip: String,
+    ns_ip: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap_or_else(|e| {
+        panic!("`ip` is needed for the partition test (scripts/setup.sh installs iproute2): {e}")
+    });
+    assert!(
+        out.status.success(),
+        "ip {}: {} (the partition test needs root for network namespaces)",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl NetNs {
+    fn create() -> NetNs {
+        let id = std::process::id() % 10_000;
+        let subnet = 10 + std::process::id() % 200;
+        let ns = NetNs {
+            name: format!("sluice-{id}"),
+            veth: format!("slh{id}"),
+            host_ip: format!("10.231.{subnet}.1"),
+            ns_ip: format!("10.231.{subnet}.2"),
+        };
+        let inner = format!("sln{id}");
+        ip(&["netns", "add", &ns.name]);
+        ip(&[
+            "link", "add", &ns.veth, "type", "veth", "peer", "name", &inner,
+        ]);
+        ip(&["link", "set", &inner, "netns", &ns.name]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", ns.host_ip),
+            "dev",
+            &ns.veth,
+        ]);
+        ip(&["link", "set", &ns.veth, "up"]);
+        let in_ns = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", &ns.name, "ip"];
+            all.extend_from_slice(args);
+            ip(&all);
+        };
+        in_ns(&["addr", "add", &format!("{}/24", ns.ns_ip), "dev", &inner]);
+        in_ns(&["link", "set", &inner, "up"]);
+        in_ns(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn place(&self) -> WorkerPlace {
+        WorkerPlace {
+            host: self.ns_ip.clone(),
+            prefix: vec![
+                "ip".into(),
+                "netns".into(),
+                "exec".into(),
+                self.name.clone(),
+            ],
+        }
+    }
+
+    /// Cuts (or restores) the link: packets stop in both directions.
+    fn link(&self, up: bool) {
+        ip(&["link", "set", &self.veth, if up { "up" } else { "down" }]);
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+#[test]
+fn a_partitioned_worker_is_declared_dead_and_its_late_work_is_never_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = embedded_q5(dir.path());
+    let ns = NetNs::create();
+    let host = WorkerPlace {
+        host: ns.host_ip.clone(),
+        prefix: Vec::new(),
+    };
+    let host2 = WorkerPlace {
+        host: ns.host_ip.clone(),
+        prefix: Vec::new(),
+    };
+    // Worker 0 is behind the veth link; workers 1 and 2 are on this side.
+    let cluster = Cluster::start_at(dir.path(), &ns.host_ip, &[ns.place(), host, host2], 2);
+    let job = cluster.submit(
+        3,
+        env!("CARGO_BIN_EXE_nexmark"),
+        &q5_args("out", "ck", "150000"),
+    );
+    let mut cut_off = None;
+    cluster.wait_for(Duration::from_secs(60), "a completed checkpoint", |c| {
+        let s = c.status(&job);
+        if s["latest_checkpoint"].as_u64().is_some() && s["state"] == "RUNNING" {
+            cut_off = s["placement"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["worker"].as_str().unwrap().to_string())
+                .find(|w| worker_position(c, w) == 0);
+            assert!(
+                cut_off.is_some(),
+                "spread placement uses the namespaced worker: {s}"
+            );
+        }
+        cut_off.is_some()
+    });
+    let before = cluster.status(&job);
+    let stale_attempt = before["attempt"].as_u64().unwrap();
+    ns.link(false);
+    cluster.wait_for(
+        Duration::from_secs(30),
+        "the job to continue elsewhere",
+        |c| {
+            let s = c.status(&job);
+            s["attempt"].as_u64() > Some(stale_attempt) && s["state"] == "RUNNING"
+        },
+    );
+    let workers = cluster.json(&["workers", "--json"]);
+    let dead: Vec<&Value> = workers
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["alive"] == false)
+        .collect();
+    assert_eq!(
+        dead.len(),
+        1,
+        "the partitioned worker is declared dead: {workers}"
+    );
+    // The cut-off executor keeps running on its side for a while; heal
+    // the link while the job still runs so its late messages arrive.
+    std::thread::sleep(Duration::from_millis(1500));
+    ns.link(true);
+    let done = cluster.wait_state(&job, "FINISHED", Duration::from_secs(120));
+    assert!(
+        done["placement"].as_array().is_none_or(|p| p
+            .iter()
+            .all(|p| Some(p["worker"].as_str().unwrap()) != cut_off.as_deref())),
+        "nothing of the last attempt ran behind the partition: {done}"
+    );
+    // Exactly-once visible output; in-progress files may only be left by
+    // the cut-off attempt, and are never made visible.
+    let out = dir.path().join("out");
+    assert_eq!(rows(&out), want, "visible output after a partition");
+    let stray: Vec<String> = common::hidden_files(&out)
+        .into_iter()
+        .filter(|f| !f.contains(&format!("-a{stale_attempt}-")))
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "uncommitted files of live attempts: {stray:?}"
     );
 }
