@@ -91,9 +91,10 @@ fn savepoint_at_parallelism_2_restores_at_4_and_at_1() {
         let want = outputs(&d.join("reference"));
         assert!(want.0.len() > 1000 && want.1.len() > 1000);
 
-        // 200k events at 400k/s: stopped about half way.
+        // 200k events at 150k/s: stopped well before the end even on a
+        // loaded machine.
         let a = d.join("a");
-        let handle = job(&a, Some((&d.join("ck-a"), None)), 2, Some(400_000), rocks)
+        let handle = job(&a, Some((&d.join("ck-a"), None)), 2, Some(150_000), rocks)
             .start()
             .unwrap();
         std::thread::sleep(Duration::from_millis(250));
