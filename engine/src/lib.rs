@@ -14,8 +14,8 @@
 //! - [`plan`]: logical → physical graph: parallelism and operator chaining.
 //! - [`exchange`]: partitioners and channels between subtasks: local bounded
 //!   channels, and the TCP transport (Arrow IPC frames, one connection per
-//!   process pair, credit-based flow control per channel), which task
-//!   executors of a distributed job use for channels between processes.
+//!   process pair, credit-based flow control per channel) between the
+//!   executors of a distributed job.
 //! - [`state`]: key groups (key → group → subtask), fixed per job so state
 //!   can move when parallelism changes.
 //! - [`checkpoint`]: barrier checkpoints: coordinator, snapshot writer,
@@ -25,7 +25,9 @@
 //!   task executors.
 //! - [`cluster`]: running a job across processes: the REST API types, the
 //!   executor ↔ coordinator control protocol, describe and executor modes
-//!   of job binaries, and the coordinator's side of an attempt.
+//!   of job binaries, the coordinator's side of an attempt, the coordinator
+//!   service, the worker service and the REST client behind the `sluice`
+//!   binary.
 //! - [`hash`]: the stable, vectorized row hash used for key routing.
 //! - [`error`]: the error enum shared by the library crates.
 //! - [`testing`]: a source over prepared batches for tests and examples.
