@@ -60,6 +60,10 @@ struct Job {
     run: Option<Run>,
     /// When a restarting job may start its next attempt.
     not_before: Instant,
+    /// When its last attempt failed: the next one only goes to workers
+    /// that heartbeated since (a worker whose executor just vanished is
+    /// likely dead, though not yet declared so).
+    failed_at: Option<Instant>,
     stats: Arc<Mutex<CheckpointStats>>,
     /// Fencing refusals of earlier attempts (the current run's are added).
     rejected_stale: u64,
@@ -116,6 +120,7 @@ impl Manager {
                     record,
                     run: None,
                     not_before: Instant::now(),
+                    failed_at: None,
                     stats: Arc::default(),
                     rejected_stale: 0,
                     nodes: Vec::new(),
@@ -326,6 +331,7 @@ impl Manager {
                 record,
                 run: None,
                 not_before: Instant::now(),
+                failed_at: None,
                 stats: Arc::default(),
                 rejected_stale: 0,
                 nodes: Vec::new(),
@@ -579,8 +585,9 @@ impl Manager {
             if waiting && job.run.is_none() && Instant::now() >= job.not_before {
                 if let Err(e) = self.start_attempt(&mut inner, id) {
                     let job = inner.jobs.get_mut(id).expect("listed");
-                    // Too few slots is a reason to wait, not to fail.
-                    job.not_before = Instant::now() + Duration::from_millis(500);
+                    // Too few slots is a reason to wait, not to fail; a
+                    // heartbeat or a worker declared dead may change it soon.
+                    job.not_before = Instant::now() + Duration::from_millis(100);
                     if job.record.error.as_deref() != Some(&e.to_string()) {
                         warn!(job = %id, error = %e, "job cannot start yet");
                         job.record.error = Some(e.to_string());
@@ -643,16 +650,18 @@ impl Manager {
         warn!(job = %id, attempt = run.attempt, error = %error, "attempt failed; restarting from the latest checkpoint");
         job.record.restarts += 1;
         job.not_before = Instant::now() + self.config.restart_delay;
+        job.failed_at = Some(Instant::now());
         self.set_state(job, JobState::Restarting, Some(error));
     }
 
     /// Places and starts the next attempt of `id`.
     fn start_attempt(&self, inner: &mut Inner, id: &str) -> Result<()> {
+        let failed_at = inner.jobs[id].failed_at;
         let offers: Vec<Offer> = {
             let mut o: Vec<Offer> = inner
                 .workers
                 .iter()
-                .filter(|(_, w)| w.alive)
+                .filter(|(_, w)| w.alive && failed_at.is_none_or(|t| w.last_heartbeat > t))
                 .map(|(wid, w)| Offer {
                     worker: wid.clone(),
                     free: w.slots.saturating_sub(used_slots(inner, wid)),
@@ -732,6 +741,9 @@ impl Manager {
         let job = inner.jobs.get_mut(id).expect("caller checked");
         job.record.attempt = attempt;
         job.record.error = None;
+        job.failed_at = None;
+        // Counters are per attempt: the new executors report from zero.
+        job.nodes.clear();
         job.run = Some(Run {
             handle,
             attempt,
