@@ -1,0 +1,913 @@
+//! The distributed runtime's macro benchmark: real `sluice coordinator` and
+//! `sluice worker` processes on loopback ports, driven through the CLI as
+//! `jobs/tests/distributed.rs` does, with the `nexmark` job binary.
+//!
+//! - q5 (`--query q5 --parallelism 2 --output blackhole`) run embedded
+//!   (process start to exit) against the same job submitted with
+//!   `sluice submit --parallelism 2` to a coordinator and two workers
+//!   (submit to FINISHED, and RUNNING to FINISHED), polling
+//!   `sluice status ID --json` every 20 ms;
+//! - failover: three workers with a 1 s heartbeat timeout, q5 with
+//!   checkpoints every 500 ms at a limited rate; after the first completed
+//!   checkpoint one worker's process group (the worker and its executors)
+//!   gets SIGKILL, and the benchmark measures how long until the status
+//!   shows a new attempt, until that attempt is RUNNING, and until a source
+//!   node of the new attempt reports records out.
+//!
+//! Prints a table per measurement while it runs, then a Markdown section
+//! for `benches/RESULTS.md` (machine, exact command, medians).
+//!
+//! Polls are timestamped when the `sluice status` call returns, so each
+//! figure is an upper bound, late by at most one poll period plus one
+//! call (both reported). Executors report node counters about once a
+//! second, so "output resumed" also includes up to a second of report
+//! delay.
+
+use std::fmt::Write as _;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use clap::Parser;
+use sluice_engine::cluster::api::{JobState, JobStatus, NodeCounters, WorkerInfo};
+
+/// Distributed-runtime macro benchmark (q5 embedded vs a cluster; failover).
+#[derive(Parser, Debug)]
+struct Args {
+    /// The `sluice` binary [default: `sluice` beside this executable].
+    #[arg(long)]
+    sluice: Option<PathBuf>,
+    /// The `nexmark` job binary [default: `nexmark` beside this executable].
+    #[arg(long)]
+    nexmark: Option<PathBuf>,
+    /// Generator events of the q5 comparison.
+    #[arg(long, default_value_t = 20_000_000)]
+    events: u64,
+    /// Runs of each measurement; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Slots per worker.
+    #[arg(long, default_value_t = 1)]
+    slots: usize,
+    /// Generator rate of the failover job, events/s.
+    #[arg(long, default_value_t = 1_000_000)]
+    failover_rate: u64,
+    /// Intended length of the failover job, seconds (events = rate × this).
+    #[arg(long, default_value_t = 20)]
+    failover_secs: u64,
+    /// Signal sent to the victim worker's process group: KILL (a crash:
+    /// the kernel closes its sockets, so peers notice at once) or STOP (a
+    /// silent machine: only the heartbeat timeout notices).
+    #[arg(long, default_value = "KILL", value_parser = ["KILL", "STOP"])]
+    failover_signal: String,
+    /// How the job's status is polled: `cli` runs `sluice status ID --json`
+    /// (a process per poll, which costs CPU the jobs share on a small
+    /// machine), `http` GETs `/api/v1/jobs/ID` from the coordinator itself.
+    #[arg(long, default_value = "cli", value_parser = ["cli", "http"])]
+    poll: String,
+    /// Run only this part.
+    #[arg(long, value_parser = ["q5", "failover"])]
+    only: Option<String>,
+    /// Keep the working directory (logs, checkpoints) instead of removing it.
+    #[arg(long)]
+    keep: bool,
+}
+
+const POLL: Duration = Duration::from_millis(20);
+const HEARTBEAT_TIMEOUT: &str = "1s";
+const HEARTBEAT_INTERVAL: &str = "200ms";
+const CHECKPOINT_INTERVAL: &str = "500ms";
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// SIGKILLs (or another signal) a child's whole process group.
+fn signal_group(child: &Child, signal: &str) {
+    let _ = Command::new("kill")
+        .args([signal, "--", &format!("-{}", child.id())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// A coordinator and workers, each in its own process group; every group
+/// (with the executors the workers started) is killed on drop.
+struct Cluster {
+    sluice: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    coordinator: Option<Child>,
+    workers: Vec<Child>,
+    /// Poll with a plain HTTP GET instead of `sluice status`.
+    http: bool,
+    /// Durations of the status calls made.
+    polls: Vec<Duration>,
+}
+
+impl Cluster {
+    /// Starts a coordinator (with `coordinator_args`) and `workers`
+    /// workers, and waits until every worker is registered and alive.
+    fn start(
+        args: &Args,
+        sluice: &Path,
+        dir: &Path,
+        workers: usize,
+        coordinator_args: &[&str],
+    ) -> anyhow::Result<Cluster> {
+        let slots = args.slots;
+        std::fs::create_dir_all(dir)?;
+        let mut c = Cluster {
+            sluice: sluice.to_path_buf(),
+            dir: dir.to_path_buf(),
+            port: free_port()?,
+            coordinator: None,
+            workers: Vec::new(),
+            http: args.poll == "http",
+            polls: Vec::new(),
+        };
+        let log = std::fs::File::create(dir.join("coordinator.log"))?;
+        let child = Command::new(sluice)
+            .args(["coordinator", "--listen"])
+            .arg(format!("127.0.0.1:{}", c.port))
+            .arg("--data-dir")
+            .arg(dir.join("coordinator"))
+            .args(coordinator_args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {}", sluice.display()))?;
+        c.coordinator = Some(child);
+        c.wait_for(Duration::from_secs(30), "the coordinator to answer", |c| {
+            Ok(c.sluice(&["workers", "--json"])?.status.success())
+        })?;
+        for i in 0..workers {
+            let log = std::fs::File::create(dir.join(format!("worker-{i}.log")))?;
+            let child = Command::new(sluice)
+                .args(["worker", "--coordinator", &c.url(), "--slots"])
+                .arg(slots.to_string())
+                .arg("--data-dir")
+                .arg(dir.join(format!("worker-{i}")))
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .process_group(0)
+                .spawn()?;
+            c.workers.push(child);
+        }
+        c.wait_for(Duration::from_secs(30), "the workers to register", |c| {
+            let out = c.sluice(&["workers", "--json"])?;
+            let w: Vec<WorkerInfo> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            Ok(w.iter().filter(|w| w.alive).count() == workers)
+        })?;
+        Ok(c)
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `sluice ARGS --coordinator URL`.
+    fn sluice(&self, args: &[&str]) -> anyhow::Result<Output> {
+        Command::new(&self.sluice)
+            .args(args)
+            .args(["--coordinator", &self.url()])
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", self.sluice.display()))
+    }
+
+    /// Submits `nexmark JOB_ARGS` with `--parallelism 2` from the working
+    /// directory; returns the job id.
+    fn submit(&self, nexmark: &Path, job_args: &[String]) -> anyhow::Result<String> {
+        let out = Command::new(&self.sluice)
+            .args(["submit", "--coordinator", &self.url(), "--parallelism", "2"])
+            .arg(nexmark)
+            .arg("--")
+            .args(job_args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!("submit failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8(out.stdout)?.trim().to_string())
+    }
+
+    /// `sluice status JOB --json` (or `GET /api/v1/jobs/JOB`), timed.
+    fn status(&mut self, job: &str) -> anyhow::Result<JobStatus> {
+        let start = Instant::now();
+        let body = if self.http {
+            let b = http_get(self.port, &format!("/api/v1/jobs/{job}"));
+            self.polls.push(start.elapsed());
+            b?
+        } else {
+            let out = self.sluice(&["status", job, "--json"])?;
+            self.polls.push(start.elapsed());
+            if !out.status.success() {
+                bail!(
+                    "sluice status {job} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            out.stdout
+        };
+        serde_json::from_slice(&body).context("parsing the status JSON")
+    }
+
+    /// Calls `ok` every 100 ms until it says yes.
+    fn wait_for(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut ok: impl FnMut(&mut Cluster) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<()> {
+        let start = Instant::now();
+        while !ok(self)? {
+            if start.elapsed() > timeout {
+                bail!("timed out waiting for {what}\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// The position in `workers` of the worker whose id is `id` (its log
+    /// names it on registration).
+    fn worker_position(&self, id: &str) -> anyhow::Result<usize> {
+        (0..self.workers.len())
+            .find(|i| {
+                std::fs::read_to_string(self.dir.join(format!("worker-{i}.log")))
+                    .is_ok_and(|log| log.contains(id))
+            })
+            .ok_or_else(|| anyhow!("no worker log names {id}"))
+    }
+
+    /// The tails of every log, for error messages.
+    fn logs(&self) -> String {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.retain(|p| p.extension().is_some_and(|x| x == "log"));
+        for i in 0..self.workers.len() {
+            if let Ok(rd) = std::fs::read_dir(self.dir.join(format!("worker-{i}/logs"))) {
+                files.extend(rd.flatten().map(|e| e.path()));
+            }
+        }
+        files.sort();
+        let mut out = String::new();
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(10)..];
+            let _ = writeln!(out, "--- {}\n{}", f.display(), tail.join("\n"));
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for w in &mut self.workers {
+            signal_group(w, "-KILL");
+            let _ = w.wait();
+        }
+        if let Some(c) = &mut self.coordinator {
+            signal_group(c, "-KILL");
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The body of `GET path` from 127.0.0.1:`port` (HTTP/1.0: the answer
+/// ends when the connection closes).
+fn http_get(port: u16, path: &str) -> anyhow::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n")?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer)?;
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no end of the HTTP header")?;
+    let head = String::from_utf8_lossy(&answer[..split]);
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
+    }
+    Ok(answer[split + 4..].to_vec())
+}
+
+/// Sleeps out the rest of a poll period begun at `start`.
+fn pace(start: Instant) {
+    std::thread::sleep(POLL.saturating_sub(start.elapsed()));
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len().is_multiple_of(2) {
+        (v[m - 1] + v[m]) / 2.0
+    } else {
+        v[m]
+    }
+}
+
+fn all(v: &[f64], f: impl Fn(f64) -> String) -> String {
+    v.iter().map(|x| f(*x)).collect::<Vec<_>>().join(", ")
+}
+
+// ---- q5: embedded vs cluster ----
+
+fn q5_args(events: u64) -> Vec<String> {
+    ["--query", "q5", "--events", &events.to_string()]
+        .into_iter()
+        .map(String::from)
+        .chain(["--output".into(), "blackhole".into()])
+        .collect()
+}
+
+/// Embedded q5: process wall time, and the job's own `wall_ms`.
+fn embedded(nexmark: &Path, events: u64) -> anyhow::Result<(Duration, f64)> {
+    let start = Instant::now();
+    let out = Command::new(nexmark)
+        .args(q5_args(events))
+        .args(["--parallelism", "2"])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", nexmark.display()))?;
+    let wall = start.elapsed();
+    if !out.status.success() {
+        bail!(
+            "embedded q5 failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let job_ms = stdout
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("wall_ms="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    Ok((wall, job_ms))
+}
+
+struct ClusterRun {
+    /// Submit (the `sluice submit` process start) to FINISHED seen.
+    total: Duration,
+    /// First RUNNING seen to FINISHED seen (none if RUNNING was missed).
+    running: Option<Duration>,
+}
+
+fn cluster_q5(c: &mut Cluster, nexmark: &Path, events: u64) -> anyhow::Result<ClusterRun> {
+    let start = Instant::now();
+    let job = c.submit(nexmark, &q5_args(events))?;
+    let mut running_at = None;
+    loop {
+        let poll = Instant::now();
+        let s = c.status(&job)?;
+        let t = start.elapsed();
+        match s.state {
+            JobState::Running => {
+                running_at.get_or_insert(t);
+            }
+            JobState::Finished => {
+                return Ok(ClusterRun {
+                    total: t,
+                    running: running_at.map(|r| t - r),
+                })
+            }
+            JobState::Failed | JobState::Canceled => {
+                bail!("job {job} ended {:?}: {:?}\n{}", s.state, s.error, c.logs())
+            }
+            JobState::Created | JobState::Restarting => {}
+        }
+        if t > Duration::from_secs(1800) {
+            bail!("job {job} did not finish in 30 min\n{}", c.logs());
+        }
+        pace(poll);
+    }
+}
+
+struct Q5Summary {
+    embedded_s: f64,
+    job_ms: f64,
+    cluster_s: f64,
+    running_s: f64,
+    runs: String,
+    polls: Vec<Duration>,
+}
+
+fn q5(args: &Args, sluice: &Path, nexmark: &Path, dir: &Path) -> anyhow::Result<Q5Summary> {
+    let n = args.events as f64;
+    let mut cluster = Cluster::start(args, sluice, &dir.join("q5"), 2, &[])?;
+    let (mut emb, mut job_ms, mut tot, mut run) = (vec![], vec![], vec![], vec![]);
+    println!(
+        "q5, {} events, parallelism 2: embedded vs coordinator + 2 workers × {} slot(s)",
+        args.events, args.slots
+    );
+    println!(
+        "{:>4} {:>12} {:>12} {:>16} {:>16} {:>12}",
+        "run", "embedded s", "emb. M ev/s", "submit→FIN s", "RUNNING→FIN s", "cluster M ev/s"
+    );
+    // Interleaved, so drifting load on a shared machine hits both alike.
+    for i in 0..args.repeat.max(1) {
+        let (wall, ms) = embedded(nexmark, args.events)?;
+        let r = cluster_q5(&mut cluster, nexmark, args.events)?;
+        println!(
+            "{:>4} {:>12.3} {:>12.2} {:>16.3} {:>16} {:>12.2}",
+            i + 1,
+            secs(wall),
+            n / secs(wall) / 1e6,
+            secs(r.total),
+            r.running
+                .map_or("missed".into(), |d| format!("{:.3}", secs(d))),
+            n / secs(r.total) / 1e6
+        );
+        emb.push(secs(wall));
+        job_ms.push(ms);
+        tot.push(secs(r.total));
+        if let Some(d) = r.running {
+            run.push(secs(d));
+        }
+    }
+    Ok(Q5Summary {
+        embedded_s: median(emb.clone()),
+        job_ms: median(job_ms),
+        cluster_s: median(tot.clone()),
+        running_s: median(run),
+        runs: format!(
+            "embedded {} s; cluster {} s",
+            all(&emb, |x| format!("{x:.2}")),
+            all(&tot, |x| format!("{x:.2}"))
+        ),
+        polls: std::mem::take(&mut cluster.polls),
+    })
+}
+
+// ---- failover ----
+
+struct Failover {
+    /// Kill to RESTARTING (or a later attempt) seen.
+    detected: Duration,
+    /// Kill to a new attempt number seen.
+    attempt: Duration,
+    /// Kill to the new attempt RUNNING.
+    running: Duration,
+    /// Kill to a source node of the new attempt reporting records out.
+    output: Duration,
+    checkpoint: u64,
+    /// Attempts started after the kill, up to the one whose output resumed
+    /// (restarts counted by the coordinator).
+    attempts: u64,
+    /// Durations of this run's `sluice status` calls.
+    polls: Vec<Duration>,
+}
+
+fn source_output(nodes: &[NodeCounters], sources: &[usize]) -> bool {
+    nodes
+        .iter()
+        .any(|n| n.records_in == 0 && n.records_out > 0 && sources.contains(&n.node))
+}
+
+fn failover_once(
+    args: &Args,
+    sluice: &Path,
+    nexmark: &Path,
+    dir: &Path,
+) -> anyhow::Result<Failover> {
+    let mut c = Cluster::start(
+        args,
+        sluice,
+        dir,
+        3,
+        &[
+            "--heartbeat-timeout",
+            HEARTBEAT_TIMEOUT,
+            "--heartbeat-interval",
+            HEARTBEAT_INTERVAL,
+        ],
+    )?;
+    let ck = dir.join("checkpoints");
+    let mut job_args = q5_args(args.failover_rate * args.failover_secs);
+    job_args.extend(["--rate".into(), args.failover_rate.to_string()]);
+    job_args.extend(["--checkpoint-dir".into(), ck.to_string_lossy().into_owned()]);
+    job_args.extend([
+        "--checkpoint-interval".into(),
+        CHECKPOINT_INTERVAL.to_string(),
+    ]);
+    let job = c.submit(nexmark, &job_args)?;
+
+    // Running, a checkpoint completed, and counters reported (so the
+    // sources can be told from the rest: they are the nodes with no input).
+    let mut before = None;
+    c.wait_for(Duration::from_secs(120), "a completed checkpoint", |c| {
+        let s = c.status(&job)?;
+        if s.state.is_terminal() {
+            bail!(
+                "job {job} ended {:?} before the kill: {:?}",
+                s.state,
+                s.error
+            );
+        }
+        let ready = s.state == JobState::Running
+            && s.latest_checkpoint.is_some()
+            && s.nodes.iter().any(|n| n.records_out > 0)
+            && !s.placement.is_empty();
+        if ready {
+            before = Some(s);
+        }
+        Ok(ready)
+    })?;
+    let before = before.expect("set when ready");
+    let sources: Vec<usize> = before
+        .nodes
+        .iter()
+        .filter(|n| n.records_in == 0)
+        .map(|n| n.node)
+        .collect();
+    let victim = before.placement[0].worker.clone();
+    let pos = c.worker_position(&victim)?;
+
+    signal_group(&c.workers[pos], &format!("-{}", args.failover_signal));
+    let killed = Instant::now();
+    if args.failover_signal == "KILL" {
+        let _ = c.workers[pos].wait();
+    }
+
+    let (mut detected, mut attempt, mut running) = (None, None, None);
+    // The coordinator refreshes a job's counters from the running attempt
+    // once per tick, so the first statuses of a new attempt can still
+    // carry the previous attempt's counters: only counters seen after an
+    // all-zero report under the same attempt count.
+    let mut fresh = None;
+    loop {
+        let poll = Instant::now();
+        let s = c.status(&job)?;
+        let t = killed.elapsed();
+        if s.state.is_terminal() {
+            bail!(
+                "job {job} ended {:?} before output resumed: {:?}\n{}",
+                s.state,
+                s.error,
+                c.logs()
+            );
+        }
+        if s.state == JobState::Restarting || s.restarts > before.restarts {
+            detected.get_or_insert(t);
+        }
+        if s.attempt > before.attempt {
+            detected.get_or_insert(t);
+            attempt.get_or_insert(t);
+            if s.state == JobState::Running {
+                running.get_or_insert(t);
+            }
+            if s.nodes
+                .iter()
+                .all(|n| n.records_in == 0 && n.records_out == 0)
+            {
+                fresh = Some(s.attempt);
+            }
+            if fresh == Some(s.attempt) && source_output(&s.nodes, &sources) {
+                let r = Failover {
+                    detected: detected.unwrap_or(t),
+                    attempt: attempt.unwrap_or(t),
+                    running: running.unwrap_or(t),
+                    output: t,
+                    checkpoint: before.latest_checkpoint.unwrap_or(0),
+                    attempts: s.restarts - before.restarts,
+                    polls: std::mem::take(&mut c.polls),
+                };
+                return Ok(r);
+            }
+        }
+        if t > Duration::from_secs(120) {
+            bail!(
+                "output did not resume within 120 s of the kill (status: {:?}, attempt {})\n{}",
+                s.state,
+                s.attempt,
+                c.logs()
+            );
+        }
+        pace(poll);
+    }
+}
+
+struct FailoverSummary {
+    detected_s: f64,
+    attempt_s: f64,
+    running_s: f64,
+    output_s: f64,
+    attempts: String,
+    runs: String,
+}
+
+fn failover(
+    args: &Args,
+    sluice: &Path,
+    nexmark: &Path,
+    dir: &Path,
+    polls: &mut Vec<Duration>,
+) -> anyhow::Result<FailoverSummary> {
+    println!(
+        "failover: coordinator + 3 workers × {} slot(s), heartbeat timeout {HEARTBEAT_TIMEOUT}, \
+         interval {HEARTBEAT_INTERVAL}; q5 at {} events/s, checkpoints every {CHECKPOINT_INTERVAL}",
+        args.slots, args.failover_rate
+    );
+    println!(
+        "{:>4} {:>6} {:>12} {:>12} {:>12} {:>16} {:>9}",
+        "run", "ckpt", "detected s", "new att. s", "RUNNING s", "output again s", "attempts"
+    );
+    let (mut det, mut att, mut run, mut out) = (vec![], vec![], vec![], vec![]);
+    let mut attempts = vec![];
+    for i in 0..args.repeat.max(1) {
+        let d = dir.join(format!("failover-{i}"));
+        let f = failover_once(args, sluice, nexmark, &d)?;
+        polls.extend(&f.polls);
+        println!(
+            "{:>4} {:>6} {:>12.3} {:>12.3} {:>12.3} {:>16.3} {:>9}",
+            i + 1,
+            f.checkpoint,
+            secs(f.detected),
+            secs(f.attempt),
+            secs(f.running),
+            secs(f.output),
+            f.attempts
+        );
+        attempts.push(f.attempts.to_string());
+        det.push(secs(f.detected));
+        att.push(secs(f.attempt));
+        run.push(secs(f.running));
+        out.push(secs(f.output));
+    }
+    Ok(FailoverSummary {
+        detected_s: median(det.clone()),
+        attempt_s: median(att.clone()),
+        running_s: median(run.clone()),
+        output_s: median(out.clone()),
+        attempts: attempts.join(", "),
+        runs: format!(
+            "failure seen {} s; new attempt {} s; RUNNING {} s; output {} s; \
+             attempts after the kill {}",
+            all(&det, |x| format!("{x:.2}")),
+            all(&att, |x| format!("{x:.2}")),
+            all(&run, |x| format!("{x:.2}")),
+            all(&out, |x| format!("{x:.2}")),
+            attempts.join(", ")
+        ),
+    })
+}
+
+// ---- report ----
+
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    Ok(std::env::current_exe()?.with_file_name(name))
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "not reported in /proc/cpuinfo".into())
+}
+
+fn nproc() -> String {
+    Command::new("nproc")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "?".into())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// The command line as typed (arguments with spaces quoted).
+fn command_line() -> String {
+    std::env::args()
+        .map(|a| {
+            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || "'\"$\\".contains(c)) {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            } else {
+                a
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let sluice = match &args.sluice {
+        Some(p) => p.clone(),
+        None => sibling("sluice")?,
+    };
+    let nexmark = match &args.nexmark {
+        Some(p) => p.clone(),
+        None => sibling("nexmark")?,
+    };
+    for (p, how) in [
+        (
+            &sluice,
+            "cargo build --release -p sluice-engine --bin sluice",
+        ),
+        (
+            &nexmark,
+            "cargo build --release -p sluice-jobs --bin nexmark",
+        ),
+    ] {
+        if !p.is_file() {
+            bail!(
+                "{} not found: build it ({how}) or pass its path",
+                p.display()
+            );
+        }
+    }
+    // Absolute: `sluice submit` runs in the cluster's directory.
+    let sluice = std::fs::canonicalize(&sluice)?;
+    let nexmark = std::fs::canonicalize(&nexmark)?;
+    let dir = std::env::temp_dir().join(format!("sluice-cluster-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let load_start = loadavg();
+    let debug = [&sluice, &nexmark]
+        .iter()
+        .any(|p| p.components().any(|c| c.as_os_str() == "debug"));
+    if debug {
+        println!("warning: debug binaries; the figures are not for RESULTS.md\n");
+    }
+
+    let mut polls = Vec::new();
+    let result = (|| -> anyhow::Result<_> {
+        let q = if args.only.as_deref() != Some("failover") {
+            let q = q5(&args, &sluice, &nexmark, &dir)?;
+            polls.extend(&q.polls);
+            println!();
+            Some(q)
+        } else {
+            None
+        };
+        let f = if args.only.as_deref() != Some("q5") {
+            let f = failover(&args, &sluice, &nexmark, &dir, &mut polls)?;
+            println!();
+            Some(f)
+        } else {
+            None
+        };
+        Ok((q, f))
+    })();
+    let (q, f) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("logs and checkpoints kept in {}", dir.display());
+            return Err(e);
+        }
+    };
+
+    let mut md = String::new();
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let _ = writeln!(
+        md,
+        "## Distributed runtime: q5 on a cluster, failover ({date})\n"
+    );
+    if debug {
+        let _ = writeln!(md, "**Debug binaries: not release figures.**\n");
+    }
+    let _ = writeln!(
+        md,
+        "Machine: `nproc` = {}, {}; load average {} at the start, {} at the end.\n",
+        nproc(),
+        cpu_model(),
+        load_start,
+        loadavg()
+    );
+    let _ = writeln!(md, "```sh\n{}\n```\n", command_line());
+    let _ = writeln!(
+        md,
+        "Real processes on loopback: `sluice coordinator`, `sluice worker`s \
+         ({} slot(s) each), jobs sent with `sluice submit --parallelism 2`; \
+         state from {} polled every {} ms; a call took \
+         {:.0} ms (median of {}), so each time is late by at most a period plus a \
+         call. Medians of {} runs.\n",
+        args.slots,
+        if args.poll == "http" {
+            "`GET /api/v1/jobs/ID`"
+        } else {
+            "`sluice status ID --json`"
+        },
+        POLL.as_millis(),
+        median(polls.iter().map(|d| secs(*d) * 1e3).collect()),
+        polls.len(),
+        args.repeat.max(1)
+    );
+    if let Some(q) = &q {
+        let n = args.events as f64;
+        let _ = writeln!(
+            md,
+            "q5, {} events, `--output blackhole`; embedded = `nexmark --parallelism 2` \
+             process start to exit (the job's own `wall_ms`: {:.0}); cluster = coordinator \
+             defaults, 2 workers, from starting `sluice submit` (describe run, upload) to \
+             FINISHED (the first run also includes the workers' first download of the \
+             binary).\n",
+            args.events, q.job_ms
+        );
+        let _ = writeln!(md, "| run | time | events/s | vs embedded |");
+        let _ = writeln!(md, "|---|---|---|---|");
+        let emb = n / q.embedded_s;
+        let _ = writeln!(
+            md,
+            "| embedded, parallelism 2 | {:.2} s | {:.2} M | 1.00 |",
+            q.embedded_s,
+            emb / 1e6
+        );
+        let _ = writeln!(
+            md,
+            "| cluster, submit → FINISHED | {:.2} s | {:.2} M | {:.2} |",
+            q.cluster_s,
+            n / q.cluster_s / 1e6,
+            n / q.cluster_s / emb
+        );
+        let _ = writeln!(
+            md,
+            "| cluster, RUNNING → FINISHED | {:.2} s | {:.2} M | {:.2} |\n",
+            q.running_s,
+            n / q.running_s / 1e6,
+            n / q.running_s / emb
+        );
+        let _ = writeln!(md, "All runs: {}.\n", q.runs);
+    }
+    if let Some(f) = &f {
+        let _ = writeln!(
+            md,
+            "Failover: coordinator with `--heartbeat-timeout {HEARTBEAT_TIMEOUT} \
+             --heartbeat-interval {HEARTBEAT_INTERVAL}` (restart delay: default), 3 workers; \
+             q5 with `--rate {} --checkpoint-interval {CHECKPOINT_INTERVAL}` ({} events); \
+             after the first completed checkpoint, SIG{} to the process group of the worker \
+             running subtask 0 (the worker and its executors). Times from the signal; \
+             \"new attempt\" is the first status with a higher attempt number (possibly one \
+             that fails again: \"attempts\" counts those started after the signal), \
+             \"output again\" the first status in which a source node of the attempt then \
+             current shows records out (executors report about once a second). {}\n",
+            args.failover_rate,
+            args.failover_rate * args.failover_secs,
+            args.failover_signal,
+            if args.failover_signal == "KILL" {
+                "With SIGKILL the kernel closes the victim's sockets, so the coordinator \
+                 learns of the failure from the lost control connection, before the \
+                 heartbeat timeout; `--failover-signal STOP` measures a silent machine."
+            } else {
+                "SIGSTOP keeps the victim's sockets open: only the heartbeat timeout \
+                 notices it."
+            }
+        );
+        let _ = writeln!(
+            md,
+            "| failure seen (RESTARTING) | new attempt | new attempt RUNNING | output again | \
+             attempts (each run) |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|");
+        let _ = writeln!(
+            md,
+            "| {:.2} s | {:.2} s | {:.2} s | {:.2} s | {} |\n",
+            f.detected_s, f.attempt_s, f.running_s, f.output_s, f.attempts
+        );
+        let _ = writeln!(md, "All runs: {}.", f.runs);
+    }
+    println!("---- Markdown for benches/RESULTS.md ----\n");
+    print!("{md}");
+
+    if args.keep {
+        println!("\nkept {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}
