@@ -341,16 +341,8 @@ fn a_killed_worker_is_replaced_and_output_stays_exactly_once() {
         env!("CARGO_BIN_EXE_nexmark"),
         &q5_args("out", "ck", "150000"),
     );
-    let mut victim = None;
-    cluster.wait_for(Duration::from_secs(60), "a completed checkpoint", |c| {
-        let s = c.status(&job);
-        if s["latest_checkpoint"].as_u64().is_some() && s["state"] == "RUNNING" {
-            victim = s["placement"][0]["worker"].as_str().map(str::to_string);
-        }
-        victim.is_some()
-    });
+    let victim = worker_after_a_checkpoint(&cluster, &job);
     let before = cluster.status(&job);
-    let victim = victim.unwrap();
     // Kill the worker and its executors (its whole process group).
     let pos = worker_position(&cluster, &victim);
     signal_group(&cluster.workers[pos], "-KILL");
@@ -370,6 +362,20 @@ fn a_killed_worker_is_replaced_and_output_stays_exactly_once() {
     let out = dir.path().join("out");
     assert_exactly_once(&want, &rows(&out), &out, "q5 after losing a worker");
     cluster.kill_coordinator();
+}
+
+/// Waits until `job` runs and completed a checkpoint; returns the worker
+/// of its first subtask.
+fn worker_after_a_checkpoint(cluster: &Cluster, job: &str) -> String {
+    let mut victim = None;
+    cluster.wait_for(Duration::from_secs(60), "a completed checkpoint", |c| {
+        let s = c.status(job);
+        if s["latest_checkpoint"].as_u64().is_some() && s["state"] == "RUNNING" {
+            victim = s["placement"][0]["worker"].as_str().map(str::to_string);
+        }
+        victim.is_some()
+    });
+    victim.expect("waited for it")
 }
 
 /// The process index of worker `id`: each worker's data dir holds its id.
@@ -423,15 +429,7 @@ fn a_frozen_worker_is_fenced_when_it_wakes_up() {
         env!("CARGO_BIN_EXE_nexmark"),
         &q5_args("out", "ck", "150000"),
     );
-    let mut victim = None;
-    cluster.wait_for(Duration::from_secs(60), "a completed checkpoint", |c| {
-        let s = c.status(&job);
-        if s["latest_checkpoint"].as_u64().is_some() && s["state"] == "RUNNING" {
-            victim = s["placement"][0]["worker"].as_str().map(str::to_string);
-        }
-        victim.is_some()
-    });
-    let victim = victim.unwrap();
+    let victim = worker_after_a_checkpoint(&cluster, &job);
     let pos = worker_position(&cluster, &victim);
     signal_group(&cluster.workers[pos], "-STOP");
     cluster.wait_for(

@@ -71,6 +71,18 @@ struct Job {
 }
 
 impl Job {
+    fn new(record: JobRecord) -> Job {
+        Job {
+            record,
+            run: None,
+            not_before: Instant::now(),
+            failed_at: None,
+            stats: Arc::default(),
+            rejected_stale: 0,
+            nodes: Vec::new(),
+        }
+    }
+
     fn rejected(&self) -> u64 {
         self.rejected_stale + self.run.as_ref().map_or(0, |r| r.handle.rejected_stale())
     }
@@ -114,18 +126,7 @@ impl Manager {
                 record.updated_ms = now_ms();
                 meta.save(&record)?;
             }
-            jobs.insert(
-                record.id.clone(),
-                Job {
-                    record,
-                    run: None,
-                    not_before: Instant::now(),
-                    failed_at: None,
-                    stats: Arc::default(),
-                    rejected_stale: 0,
-                    nodes: Vec::new(),
-                },
-            );
+            jobs.insert(record.id.clone(), Job::new(record));
         }
         info!(control = %control_addr, jobs = jobs.len(), "coordinator state opened");
         Ok(Arc::new(Manager {
@@ -325,18 +326,7 @@ impl Manager {
         };
         self.meta.save(&record)?;
         info!(job = %id, name = %record.description.name, slots = record.description.slots(), "job submitted");
-        inner.jobs.insert(
-            id.clone(),
-            Job {
-                record,
-                run: None,
-                not_before: Instant::now(),
-                failed_at: None,
-                stats: Arc::default(),
-                rejected_stale: 0,
-                nodes: Vec::new(),
-            },
-        );
+        inner.jobs.insert(id.clone(), Job::new(record));
         Ok(id)
     }
 
