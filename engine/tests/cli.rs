@@ -209,6 +209,21 @@ async fn put_artifact(
     Ok(())
 }
 
+/// Stored artifacts answer 200, others 404 (the client then uploads).
+async fn head_artifact(State(seen): State<Shared>, UrlPath(sha): UrlPath<String>) -> StatusCode {
+    let stored = seen
+        .lock()
+        .expect("lock")
+        .artifacts
+        .iter()
+        .any(|(s, _)| *s == sha);
+    if stored {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
 async fn post_job(
     State(seen): State<Shared>,
     Json(job): Json<SubmitJob>,
@@ -251,7 +266,10 @@ fn submit_uploads_the_binary_and_prints_the_job_id() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let seen: Shared = Arc::default();
     let app = Router::new()
-        .route("/api/v1/artifacts/{sha256}", put(put_artifact))
+        .route(
+            "/api/v1/artifacts/{sha256}",
+            put(put_artifact).head(head_artifact),
+        )
         .route("/api/v1/jobs", post(post_job))
         .route("/api/v1/jobs/{id}", get(no_job))
         .with_state(Arc::clone(&seen));

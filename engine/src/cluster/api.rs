@@ -16,6 +16,7 @@ pub const ROUTES: &[&str] = &[
     "GET /api/v1/jobs/{id}/checkpoints",
     "PUT /api/v1/artifacts/{sha256}",
     "GET /api/v1/artifacts/{sha256}",
+    "HEAD /api/v1/artifacts/{sha256}",
     "GET /api/v1/workers",
     "POST /api/v1/workers",
     "POST /api/v1/workers/{id}/heartbeat",

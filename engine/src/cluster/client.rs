@@ -186,8 +186,27 @@ impl Client {
         self.decode(&path, response).await
     }
 
-    /// `PUT /api/v1/artifacts/{sha256}` with the binary's bytes.
+    /// Whether the coordinator already stores the artifact
+    /// (`HEAD /api/v1/artifacts/{sha256}`).
+    pub async fn has_artifact(&self, sha256: &str) -> Result<bool> {
+        let path = format!("/api/v1/artifacts/{}", segment(sha256)?);
+        match self
+            .send(self.request(Method::HEAD, &path), None::<&()>)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(Error::Api { status: 404, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `PUT /api/v1/artifacts/{sha256}` with the binary's bytes, unless
+    /// the coordinator has it already (job binaries are large, and
+    /// resubmitting the same one is common).
     pub async fn upload_artifact(&self, sha256: &str, bytes: Vec<u8>) -> Result<()> {
+        if self.has_artifact(sha256).await? {
+            return Ok(());
+        }
         let path = format!("/api/v1/artifacts/{}", segment(sha256)?);
         let request = self
             .request(Method::PUT, &path)

@@ -55,7 +55,10 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/api/v1/jobs/{id}/checkpoints", get(checkpoints))
         .route(
             "/api/v1/artifacts/{sha256}",
-            put(upload).get(download).layer(DefaultBodyLimit::disable()),
+            put(upload)
+                .get(download)
+                .head(exists)
+                .layer(DefaultBodyLimit::disable()),
         )
         .route("/api/v1/workers", get(workers).post(register))
         .route("/api/v1/workers/{id}/heartbeat", post(heartbeat))
@@ -140,6 +143,14 @@ async fn upload(
     valid_hash(&sha)?;
     let path = m.meta().artifact_path(&sha);
     if tokio::fs::metadata(&path).await.is_ok() {
+        // Read the body anyway: a server that answers before the request
+        // is fully sent makes the client fail with a broken pipe.
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            if chunk.is_err() {
+                break;
+            }
+        }
         return Ok(StatusCode::OK);
     }
     let tmp = m.meta().artifact_temp(&sha);
@@ -182,6 +193,15 @@ async fn upload(
         .await
         .map_err(|e| io("renaming", e))?;
     Ok(StatusCode::CREATED)
+}
+
+/// 200 when the artifact is stored, 404 otherwise; no body.
+async fn exists(State(m): Shared, Path(sha): Path<String>) -> Result<StatusCode, Failure> {
+    valid_hash(&sha)?;
+    match tokio::fs::metadata(m.meta().artifact_path(&sha)).await {
+        Ok(_) => Ok(StatusCode::OK),
+        Err(_) => Err(Error::NotFound(format!("no artifact {sha}")).into()),
+    }
 }
 
 async fn download(State(m): Shared, Path(sha): Path<String>) -> Result<Response, Failure> {
