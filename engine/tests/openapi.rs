@@ -376,6 +376,7 @@ fn schemas_accept_what_the_types_serialize() {
         "HeartbeatReply",
         &HeartbeatReply {
             executors: vec![launch()],
+            prefetch: vec!["ab".repeat(32)],
         },
     );
     assert_matches(

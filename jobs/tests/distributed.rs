@@ -343,6 +343,20 @@ fn a_killed_worker_is_replaced_and_output_stays_exactly_once() {
     );
     let victim = worker_after_a_checkpoint(&cluster, &job);
     let before = cluster.status(&job);
+    // Every worker fetched the binary, the idle one too (prefetch), so
+    // the restart does not wait for a download.
+    let artifact = before["artifact"].as_str().unwrap().to_string();
+    cluster.wait_for(
+        Duration::from_secs(30),
+        "every worker to hold the binary",
+        |c| {
+            (0..c.workers.len()).all(|i| {
+                c.dir
+                    .join(format!("worker-{i}/artifacts/{artifact}"))
+                    .is_file()
+            })
+        },
+    );
     // Kill the worker and its executors (its whole process group).
     let pos = worker_position(&cluster, &victim);
     signal_group(&cluster.workers[pos], "-KILL");

@@ -275,6 +275,10 @@ pub struct Heartbeat {
 pub struct HeartbeatReply {
     /// The executors wanted on this worker.
     pub executors: Vec<ExecutorLaunch>,
+    /// Binaries of the jobs that have not ended: a worker fetches them
+    /// ahead of need, so a restart placed on it does not wait for a download.
+    #[serde(default)]
+    pub prefetch: Vec<String>,
 }
 
 /// An executor process a worker must run.

@@ -14,7 +14,7 @@
 //!   an executor reads through `SLUICE_EXECUTOR`;
 //! - `logs/<job>-a<attempt>-e<executor>.log`: its stdout and stderr.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -201,6 +201,10 @@ struct Worker {
     /// Tasks of executors killed because they were no longer listed;
     /// shutdown waits for them too.
     dying: Vec<JoinHandle<()>>,
+    /// Artifacts whose prefetch was started (the cache serializes fetches
+    /// of one artifact, so an executor start waits for it rather than
+    /// downloading twice).
+    prefetched: HashSet<String>,
 }
 
 impl Worker {
@@ -239,6 +243,7 @@ impl Worker {
             interval: DEFAULT_HEARTBEAT_INTERVAL,
             executors: HashMap::new(),
             dying: Vec::new(),
+            prefetched: HashSet::new(),
         })
     }
 
@@ -360,6 +365,16 @@ impl Worker {
 
     /// Makes the running executors match the reply.
     fn reconcile(&mut self, reply: HeartbeatReply) {
+        for sha in reply.prefetch {
+            if self.prefetched.insert(sha.clone()) {
+                let shared = Arc::clone(&self.shared);
+                tokio::spawn(async move {
+                    if let Err(e) = fetch_artifact(&shared, &sha).await {
+                        warn!(artifact = %sha, error = %e, "prefetching a job binary failed");
+                    }
+                });
+            }
+        }
         let wanted: HashMap<ExecutorKey, ExecutorLaunch> = reply
             .executors
             .into_iter()

@@ -238,7 +238,18 @@ impl Manager {
             .filter(|(w, _)| w == worker)
             .map(|(_, l)| l.clone())
             .collect();
-        Some(HeartbeatReply { executors })
+        let mut prefetch: Vec<String> = inner
+            .jobs
+            .values()
+            .filter(|j| !j.record.state.is_terminal())
+            .map(|j| j.record.artifact.clone())
+            .collect();
+        prefetch.sort();
+        prefetch.dedup();
+        Some(HeartbeatReply {
+            executors,
+            prefetch,
+        })
     }
 
     /// Live and dead workers.
