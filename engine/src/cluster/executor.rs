@@ -48,7 +48,7 @@ use crate::runtime::{
 };
 
 /// How often counters go to the coordinator.
-const METRICS_INTERVAL: Duration = Duration::from_secs(1);
+const METRICS_INTERVAL: Duration = Duration::from_millis(250);
 /// How often the metrics thread looks at cancellation.
 const TICK: Duration = Duration::from_millis(100);
 /// Bound on waiting for exchange peers to connect.
