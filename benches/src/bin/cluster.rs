@@ -875,7 +875,7 @@ fn main() -> anyhow::Result<()> {
              \"new attempt\" is the first status with a higher attempt number (possibly one \
              that fails again: \"attempts\" counts those started after the signal), \
              \"output again\" the first status in which a source node of the attempt then \
-             current shows records out (executors report about once a second). {}\n",
+             current shows records out (executors report every 250 ms). {}\n",
             args.failover_rate,
             args.failover_rate * args.failover_secs,
             args.failover_signal,

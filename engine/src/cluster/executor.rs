@@ -824,7 +824,7 @@ fn spawn_control_reader(
         .map_err(|e| Error::io("spawning the control reader", e))
 }
 
-/// Reports counters every second and turns a user's cancel into the job's.
+/// Reports counters every 250 ms and turns a user's cancel into the job's.
 fn spawn_metrics(
     metrics: Vec<Arc<NodeMetrics>>,
     link: ControlLink,
