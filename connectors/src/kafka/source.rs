@@ -36,6 +36,11 @@ struct Part {
     next: Option<i64>,
     /// Bounded mode: stop here.
     end: Option<i64>,
+    /// Bounded mode, end not known yet: it is the high watermark of the
+    /// first Fetch response for the partition, read from the consumer when
+    /// the partition's first record or end-of-partition event arrives
+    /// (a separate probe consumer per subtask cost seconds at start-up).
+    end_pending: bool,
     /// Everything up to `end` was emitted.
     finished: bool,
     /// The fetch position at the last end-of-partition event: records
@@ -70,6 +75,22 @@ pub(crate) struct KafkaSubtask {
     local_emitted: u64,
     subtask: usize,
     parallelism: usize,
+}
+
+/// Bounded mode: takes the partition's end from the high watermark the
+/// consumer's first Fetch response reported (every record it delivered
+/// lies below it). Until the consumer has one, the end stays pending, and
+/// the records delivered meanwhile are below it anyway.
+fn learn_end(consumer: &BaseConsumer, topic: &str, part: &mut Part) {
+    if let Some(h) = client::cached_high_watermark(consumer, topic, part.partition) {
+        part.end = Some(h);
+        part.end_pending = false;
+        debug!(
+            partition = part.partition,
+            end = h,
+            "kafka partition end fixed"
+        );
+    }
 }
 
 impl KafkaSubtask {
@@ -151,20 +172,16 @@ impl KafkaSubtask {
                 }
                 StartFrom::Committed => client::committed_offsets(consumer, &topic, &unresolved)?,
             };
-            let fixed_ends = if self.spec.bounded {
-                client::high_watermarks(&self.spec.config, &topic, &unresolved)?
-            } else {
-                BTreeMap::new()
-            };
             for p in unresolved {
                 starts.insert(p, resolved.get(&p).copied().flatten());
-                ends.insert(p, fixed_ends.get(&p).copied());
+                ends.insert(p, None);
             }
         }
         let mut tpl = TopicPartitionList::new();
         for &p in new {
             let next = starts.get(&p).copied().flatten();
             let end = ends.get(&p).copied().flatten();
+            let end_pending = self.spec.bounded && end.is_none();
             let finished = match end {
                 Some(e) => e <= 0 || next.is_some_and(|n| n >= e),
                 None => false,
@@ -176,6 +193,7 @@ impl KafkaSubtask {
                 partition: p,
                 next,
                 end,
+                end_pending,
                 finished,
                 eof_at: None,
                 pending: RawRecords::default(),
@@ -271,6 +289,9 @@ impl KafkaSubtask {
                         continue;
                     };
                     let part = &mut self.parts[split];
+                    if part.end_pending {
+                        learn_end(consumer, &self.spec.topic, part);
+                    }
                     let offset = m.offset();
                     if part.finished || part.end.is_some_and(|e| offset >= e) {
                         continue; // past the bounded end
@@ -284,6 +305,9 @@ impl KafkaSubtask {
                 }
                 Err(KafkaError::PartitionEOF(p)) => {
                     if let Some(&split) = self.by_partition.get(&p) {
+                        if self.parts[split].end_pending {
+                            learn_end(consumer, &self.spec.topic, &mut self.parts[split]);
+                        }
                         if self.parts[split].end.is_some() {
                             let pos = self.position(p);
                             self.check_end(split, pos);
@@ -295,6 +319,28 @@ impl KafkaSubtask {
                     // they surface here for information.
                     warn!(topic = %self.spec.topic, error = %e, "kafka consumer error");
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends still pending at a checkpoint are fixed now, by a probe, so a
+    /// restart stops at the same offsets as the first run.
+    fn fix_pending_ends(&mut self) -> Result<()> {
+        let pending: Vec<i32> = self
+            .parts
+            .iter()
+            .filter(|p| p.end_pending)
+            .map(|p| p.partition)
+            .collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let highs = client::high_watermarks(&self.spec.config, &self.spec.topic, &pending)?;
+        for part in self.parts.iter_mut().filter(|p| p.end_pending) {
+            if let Some(&h) = highs.get(&part.partition) {
+                part.end = Some(h);
+                part.end_pending = false;
             }
         }
         Ok(())
@@ -461,6 +507,7 @@ impl Source for KafkaSubtask {
         if let Some(b) = &self.bad {
             b.flush()?;
         }
+        self.fix_pending_ends()?;
         let mut entries = Vec::with_capacity(self.parts.len() + 1);
         let mut offsets = Vec::new();
         for p in &self.parts {
