@@ -330,3 +330,25 @@ fn missing_empty_and_malformed_inputs_give_clear_errors() {
     let err = env.execute().unwrap_err().to_string();
     assert!(err.contains("bad.jsonl"), "{err}");
 }
+
+#[test]
+fn parquet_sink_skips_dictionaries_for_the_columns_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let env = Env::new();
+    env.set_parallelism(1);
+    ints(&env, 3).sink(ParquetSink::new(&out).without_dictionary(["x"]));
+    env.execute().unwrap();
+    let file = names(&out).into_iter().next().expect("one file");
+    let reader =
+        parquet::file::reader::SerializedFileReader::new(File::open(out.join(file)).unwrap())
+            .unwrap();
+    use parquet::file::reader::FileReader;
+    let rg = reader.metadata().row_group(0);
+    let dictionary = |c: usize| rg.column(c).dictionary_page_offset().is_some();
+    assert!(!dictionary(0), "x has no dictionary");
+    assert!(dictionary(1), "y (7 distinct values) keeps its dictionary");
+    // The values are unchanged.
+    let (batches, _) = read_back(&out);
+    assert_eq!(column_x(&batches), (0..3_000).collect::<Vec<i64>>());
+}

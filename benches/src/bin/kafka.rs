@@ -98,7 +98,9 @@ fn sluice(broker: &Broker, topic: &str, n: usize, p: usize, json: bool) -> anyho
     } else {
         src.format(Format::Raw)
     };
-    env.source(src).sink(ParquetSink::new(&dir));
+    // As `kafka_to_parquet` writes them.
+    let sink = ParquetSink::new(&dir).without_dictionary(["_offset", "_timestamp"]);
+    env.source(src).sink(sink);
     let start = Instant::now();
     let res = env.execute()?;
     let secs = start.elapsed().as_secs_f64();
