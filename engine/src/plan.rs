@@ -2,6 +2,7 @@
 //! of forward edges with equal parallelism into one task (a "vertex"), and
 //! turns forward edges whose ends differ in parallelism into rebalances.
 
+use crate::checkpoint::coordinator::TaskKey;
 use crate::error::{Error, Result};
 use crate::graph::{EdgeKind, LogicalGraph, NodeId, NodeKind};
 
@@ -161,6 +162,16 @@ pub fn plan(
 }
 
 impl PhysicalPlan {
+    /// Every subtask of the plan, vertex by vertex.
+    pub fn tasks(&self) -> impl Iterator<Item = TaskKey> + '_ {
+        self.vertices.iter().flat_map(|v| {
+            (0..v.parallelism).map(move |s| TaskKey {
+                vertex: v.id,
+                subtask: s,
+            })
+        })
+    }
+
     /// A one-line-per-vertex description, for logs and `--explain`.
     pub fn describe(&self) -> String {
         let mut s = String::new();

@@ -88,7 +88,7 @@ pub(crate) fn run_until(
         config.max_parallelism,
         config.chaining,
     )?;
-    let all: HashSet<TaskKey> = plan_tasks(&plan).into_iter().collect();
+    let all: HashSet<TaskKey> = plan.tasks().collect();
     if let Some(t) = spec.tasks.iter().find(|t| !all.contains(t)) {
         return Err(Error::Config(format!(
             "executor {} is assigned subtask {} of vertex {}, which the plan does not have",
@@ -183,18 +183,6 @@ pub(crate) fn run_until(
             Err(e)
         }
     }
-}
-
-fn plan_tasks(plan: &PhysicalPlan) -> Vec<TaskKey> {
-    plan.vertices
-        .iter()
-        .flat_map(|v| {
-            (0..v.parallelism).map(move |s| TaskKey {
-                vertex: v.id,
-                subtask: s,
-            })
-        })
-        .collect()
 }
 
 /// The identity an executor gives in exchange hellos.
@@ -341,7 +329,7 @@ impl Run<'_> {
         let (graph, plan, spec) = (self.graph, self.plan, self.spec);
         let me = spec.executor;
         let placed: HashMap<TaskKey, usize> = placement.iter().copied().collect();
-        for t in plan_tasks(plan) {
+        for t in plan.tasks() {
             match placed.get(&t) {
                 None => {
                     return Err(Error::Config(format!(

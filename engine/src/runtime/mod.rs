@@ -630,30 +630,22 @@ pub(crate) fn checkpoint_channels(
 ) -> (Vec<ControlPort>, HashMap<TaskKey, task::TaskCheckpointing>) {
     let mut ports = Vec::new();
     let mut task_ck = HashMap::new();
-    for v in &plan.vertices {
-        let is_source = matches!(graph.node(v.chain[0]).kind, NodeKind::Source { .. });
-        for s in 0..v.parallelism {
-            let key = TaskKey {
-                vertex: v.id,
-                subtask: s,
-            };
-            if !local(key) {
-                continue;
-            }
-            let (tx, rx) = crossbeam_channel::unbounded();
-            ports.push((key, tx, is_source));
-            task_ck.insert(
+    for key in plan.tasks().filter(|k| local(*k)) {
+        let head = plan.vertices[key.vertex].chain[0];
+        let is_source = matches!(graph.node(head).kind, NodeKind::Source { .. });
+        let (tx, rx) = crossbeam_channel::unbounded();
+        ports.push((key, tx, is_source));
+        task_ck.insert(
+            key,
+            task::TaskCheckpointing {
                 key,
-                task::TaskCheckpointing {
-                    key,
-                    control: rx,
-                    writer: writer.clone(),
-                    coordinator: coordinator.clone(),
-                    guarantee,
-                    restore: restore.clone(),
-                },
-            );
-        }
+                control: rx,
+                writer: writer.clone(),
+                coordinator: coordinator.clone(),
+                guarantee,
+                restore: restore.clone(),
+            },
+        );
     }
     (ports, task_ck)
 }

@@ -183,56 +183,48 @@ pub(crate) fn spawn_tasks(
 ) -> Result<Vec<JoinHandle<()>>> {
     let (graph, plan) = (cx.graph, cx.plan);
     let mut handles = Vec::new();
-    for v in &plan.vertices {
-        for s in 0..v.parallelism {
-            let key = TaskKey {
-                vertex: v.id,
-                subtask: s,
-            };
-            if !local(key) {
-                continue;
-            }
-            let member_writers: Vec<Vec<(usize, EdgeWriter)>> = (0..v.chain.len())
-                .map(|m| wiring.writers.remove(&(v.id, s, m)).unwrap_or_default())
-                .collect();
-            let task = task::TaskSpec {
-                graph: graph.clone(),
-                vertex: v.clone(),
-                subtask: s,
-                max_parallelism: plan.max_parallelism,
-                inputs: wiring.inputs.remove(&(v.id, s)).unwrap_or_default(),
-                writers: member_writers,
-                metrics: v.chain.iter().map(|n| cx.metrics[n.0].clone()).collect(),
-                input_schemas: task::input_schemas(graph, v),
-                attempt: cx.attempt,
-                state: cx.state.clone(),
-                checkpointing: task_ck.remove(&key),
-            };
-            let control = cx.control.clone();
-            let name = format!("{}-{}", v.name, s);
-            let thread_name: String = name.chars().take(60).collect();
-            let h = std::thread::Builder::new()
-                .name(thread_name)
-                .spawn(move || {
-                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        task::run(task, &control)
-                    }));
-                    let result = match result {
-                        Ok(r) => r,
-                        Err(payload) => Err(Error::Panic(panic_message(payload))),
-                    };
-                    if let Err(e) = result {
-                        debug!(task = %name, error = %e, "task failed");
-                        control.fail(Error::Task {
-                            operator: name.clone(),
-                            subtask: s,
-                            source: Box::new(e),
-                        });
-                    }
-                })
-                .map_err(|e| Error::io("spawning a task thread", e))?;
-            handles.push(h);
-        }
+    for key in plan.tasks().filter(|k| local(*k)) {
+        let (v, s) = (&plan.vertices[key.vertex], key.subtask);
+        let member_writers: Vec<Vec<(usize, EdgeWriter)>> = (0..v.chain.len())
+            .map(|m| wiring.writers.remove(&(v.id, s, m)).unwrap_or_default())
+            .collect();
+        let task = task::TaskSpec {
+            graph: graph.clone(),
+            vertex: v.clone(),
+            subtask: s,
+            max_parallelism: plan.max_parallelism,
+            inputs: wiring.inputs.remove(&(v.id, s)).unwrap_or_default(),
+            writers: member_writers,
+            metrics: v.chain.iter().map(|n| cx.metrics[n.0].clone()).collect(),
+            input_schemas: task::input_schemas(graph, v),
+            attempt: cx.attempt,
+            state: cx.state.clone(),
+            checkpointing: task_ck.remove(&key),
+        };
+        let control = cx.control.clone();
+        let name = format!("{}-{}", v.name, s);
+        let thread_name: String = name.chars().take(60).collect();
+        let h = std::thread::Builder::new()
+            .name(thread_name)
+            .spawn(move || {
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    task::run(task, &control)
+                }));
+                let result = match result {
+                    Ok(r) => r,
+                    Err(payload) => Err(Error::Panic(panic_message(payload))),
+                };
+                if let Err(e) = result {
+                    debug!(task = %name, error = %e, "task failed");
+                    control.fail(Error::Task {
+                        operator: name.clone(),
+                        subtask: s,
+                        source: Box::new(e),
+                    });
+                }
+            })
+            .map_err(|e| Error::io("spawning a task thread", e))?;
+        handles.push(h);
     }
     Ok(handles)
 }
