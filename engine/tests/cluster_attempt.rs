@@ -540,42 +540,81 @@ fn start_attempt(
         .unwrap()
 }
 
+/// A test's coordinator side: the job's output (and checkpoint)
+/// directories, its description and the control server.
+struct Coordinator {
+    out: tempfile::TempDir,
+    ck: Option<tempfile::TempDir>,
+    d: JobDescription,
+    server: ControlServer,
+}
+
+impl Coordinator {
+    /// `None` in a child process (which played the executor): the test
+    /// returns. Both attempts of a restore write into the one output
+    /// directory: a restore publishes the restored checkpoint's staged
+    /// epoch again, to the same file.
+    fn new(checkpoints: bool) -> Option<Coordinator> {
+        if as_executor() {
+            return None;
+        }
+        let ck = checkpoints.then(|| tempfile::tempdir().unwrap());
+        let out = tempfile::tempdir().unwrap();
+        let d = description(out.path(), ck.as_ref().map(|c| c.path()));
+        let server = ControlServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        Some(Coordinator { out, ck, d, server })
+    }
+
+    fn ck(&self) -> Option<&Path> {
+        self.ck.as_ref().map(|c| c.path())
+    }
+
+    fn start(&self, attempt: u64, executors: usize) -> AttemptHandle {
+        start_attempt(&self.server, &self.d, attempt, executors, self.ck())
+    }
+
+    /// Starts the executor processes of `attempt`.
+    fn launch(
+        &self,
+        test: &str,
+        attempt: u64,
+        executors: usize,
+        restore: Option<String>,
+        mode: Mode,
+    ) -> Cluster {
+        Cluster::start(
+            &self.server,
+            &Launch {
+                test,
+                attempt,
+                placement: &placement(&self.d, executors),
+                executors,
+                out: self.out.path(),
+                checkpoint: self.ck(),
+                restore,
+                mode,
+            },
+        )
+    }
+}
+
 /// Runs the job over `executors` processes; returns the output lines and
 /// the attempt (for its counters).
-fn run_distributed(
-    test: &str,
-    executors: usize,
-    checkpoint: Option<&Path>,
-) -> (Vec<String>, AttemptHandle) {
-    let out = tempfile::tempdir().unwrap();
-    let d = description(out.path(), checkpoint);
-    let server = ControlServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let attempt = start_attempt(&server, &d, 1, executors, checkpoint);
-    let cluster = Cluster::start(
-        &server,
-        &Launch {
-            test,
-            attempt: 1,
-            placement: &placement(&d, executors),
-            executors,
-            out: out.path(),
-            checkpoint,
-            restore: None,
-            mode: Mode::Normal,
-        },
-    );
+fn run_distributed(c: &Coordinator, test: &str, executors: usize) -> (Vec<String>, AttemptHandle) {
+    let attempt = c.start(1, executors);
+    let cluster = c.launch(test, 1, executors, None, Mode::Normal);
     assert_eq!(next_event(&attempt), AttemptEvent::Running);
     assert_eq!(next_event(&attempt), AttemptEvent::Finished);
     assert!(cluster.wait(), "every executor exits cleanly");
-    (lines(out.path()), attempt)
+    (lines(c.out.path()), attempt)
 }
 
 #[test]
 fn three_executors_match_the_embedded_run() {
-    if as_executor() {
+    let Some(c) = Coordinator::new(false) else {
         return;
-    }
-    let (got, attempt) = run_distributed("three_executors_match_the_embedded_run", 3, None);
+    };
+    let (got, attempt) = run_distributed(&c, "three_executors_match_the_embedded_run", 3);
     let want = embedded_lines();
     assert_eq!(want.len(), 40 * 64);
     assert_same_rows(got, want);
@@ -587,13 +626,13 @@ fn three_executors_match_the_embedded_run() {
 
 #[test]
 fn checkpoints_across_executors() {
-    if as_executor() {
+    let Some(c) = Coordinator::new(true) else {
         return;
-    }
-    let ck = tempfile::tempdir().unwrap();
-    let (got, _) = run_distributed("checkpoints_across_executors", 2, Some(ck.path()));
+    };
+    let ck = c.ck().unwrap();
+    let (got, _) = run_distributed(&c, "checkpoints_across_executors", 2);
     assert_same_rows(got, embedded_lines());
-    let manifests: Vec<PathBuf> = std::fs::read_dir(ck.path())
+    let manifests: Vec<PathBuf> = std::fs::read_dir(ck)
         .unwrap()
         .map(|e| e.unwrap().path().join("_manifest.json"))
         .filter(|p| p.exists())
@@ -606,7 +645,7 @@ fn checkpoints_across_executors() {
     assert_eq!(m["job"], "cluster-test");
 
     // A next attempt would resume from that final checkpoint.
-    let start = CheckpointStart::find(&description(ck.path(), Some(ck.path())))
+    let start = CheckpointStart::find(&description(ck, Some(ck)))
         .unwrap()
         .expect("the job checkpoints");
     let id = m["id"].as_u64().unwrap();
@@ -686,26 +725,12 @@ fn stale_hellos_are_rejected_and_counted() {
 
 #[test]
 fn a_failing_task_fails_the_attempt_and_cancels_the_others() {
-    if as_executor() {
+    let Some(c) = Coordinator::new(false) else {
         return;
-    }
-    let out = tempfile::tempdir().unwrap();
-    let d = description(out.path(), None);
-    let server = ControlServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let attempt = start_attempt(&server, &d, 1, 3, None);
-    let cluster = Cluster::start(
-        &server,
-        &Launch {
-            test: "a_failing_task_fails_the_attempt_and_cancels_the_others",
-            attempt: 1,
-            placement: &placement(&d, 3),
-            executors: 3,
-            out: out.path(),
-            checkpoint: None,
-            restore: None,
-            mode: Mode::Fail,
-        },
-    );
+    };
+    let attempt = c.start(1, 3);
+    let test = "a_failing_task_fails_the_attempt_and_cancels_the_others";
+    let cluster = c.launch(test, 1, 3, None, Mode::Fail);
     assert_eq!(next_event(&attempt), AttemptEvent::Running);
     match next_event(&attempt) {
         AttemptEvent::Failed(e) => assert!(e.contains("boom at 1000"), "{e}"),
@@ -718,32 +743,14 @@ fn a_failing_task_fails_the_attempt_and_cancels_the_others() {
 
 #[test]
 fn stop_with_savepoint_then_a_new_attempt_restores() {
-    if as_executor() {
+    let Some(c) = Coordinator::new(true) else {
         return;
-    }
+    };
     let test = "stop_with_savepoint_then_a_new_attempt_restores";
-    let ck = tempfile::tempdir().unwrap();
-    // Both attempts write into one directory: a restore publishes the
-    // restored checkpoint's staged epoch again, to the same file.
-    let out = tempfile::tempdir().unwrap();
-    let savepoint = ck.path().join("savepoint-1");
-    let d = description(out.path(), Some(ck.path()));
-    let server = ControlServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let savepoint = c.ck().unwrap().join("savepoint-1");
 
-    let first = start_attempt(&server, &d, 1, 2, Some(ck.path()));
-    let cluster = Cluster::start(
-        &server,
-        &Launch {
-            test,
-            attempt: 1,
-            placement: &placement(&d, 2),
-            executors: 2,
-            out: out.path(),
-            checkpoint: Some(ck.path()),
-            restore: None,
-            mode: Mode::Slow,
-        },
-    );
+    let first = c.start(1, 2);
+    let cluster = c.launch(test, 1, 2, None, Mode::Slow);
     assert_eq!(next_event(&first), AttemptEvent::Running);
     std::thread::sleep(Duration::from_millis(300));
     let location = first.savepoint(savepoint.as_path().into(), true).unwrap();
@@ -752,33 +759,22 @@ fn stop_with_savepoint_then_a_new_attempt_restores() {
         cluster.wait(),
         "every executor of the stopped attempt exits cleanly"
     );
-    let before = lines(out.path());
+    let before = lines(c.out.path());
     assert!(
         !before.is_empty() && before.len() < 40 * 64,
         "{} rows",
         before.len()
     );
 
-    let second = start_attempt(&server, &d, 2, 2, Some(ck.path()));
-    let cluster = Cluster::start(
-        &server,
-        &Launch {
-            test,
-            attempt: 2,
-            placement: &placement(&d, 2),
-            executors: 2,
-            out: out.path(),
-            checkpoint: Some(ck.path()),
-            restore: Some(location.as_str().to_string()),
-            mode: Mode::Normal,
-        },
-    );
+    let second = c.start(2, 2);
+    let restore = Some(location.as_str().to_string());
+    let cluster = c.launch(test, 2, 2, restore, Mode::Normal);
     assert_eq!(next_event(&second), AttemptEvent::Running);
     assert_eq!(next_event(&second), AttemptEvent::Finished);
     assert!(cluster.wait());
     // Exactly once across the two attempts: the rows before the savepoint
     // and the rows after it, with the restored sums, are the embedded run's.
-    assert_same_rows(lines(out.path()), embedded_lines());
+    assert_same_rows(lines(c.out.path()), embedded_lines());
 }
 
 #[test]
@@ -816,26 +812,11 @@ fn describe_mode_writes_the_plan_at_the_given_parallelism() {
 
 #[test]
 fn cancel_stops_every_executor() {
-    if as_executor() {
+    let Some(c) = Coordinator::new(false) else {
         return;
-    }
-    let out = tempfile::tempdir().unwrap();
-    let d = description(out.path(), None);
-    let server = ControlServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let attempt = start_attempt(&server, &d, 1, 2, None);
-    let cluster = Cluster::start(
-        &server,
-        &Launch {
-            test: "cancel_stops_every_executor",
-            attempt: 1,
-            placement: &placement(&d, 2),
-            executors: 2,
-            out: out.path(),
-            checkpoint: None,
-            restore: None,
-            mode: Mode::Slow,
-        },
-    );
+    };
+    let attempt = c.start(1, 2);
+    let cluster = c.launch("cancel_stops_every_executor", 1, 2, None, Mode::Slow);
     assert_eq!(next_event(&attempt), AttemptEvent::Running);
     attempt.cancel("the test cancels");
     // A cancelled executor's run is an error: the children exit failing,
@@ -851,26 +832,12 @@ fn cancel_stops_every_executor() {
 
 #[test]
 fn a_killed_executor_fails_the_attempt() {
-    if as_executor() {
+    let Some(c) = Coordinator::new(false) else {
         return;
-    }
-    let out = tempfile::tempdir().unwrap();
-    let d = description(out.path(), None);
-    let server = ControlServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let attempt = start_attempt(&server, &d, 1, 2, None);
-    let mut cluster = Cluster::start(
-        &server,
-        &Launch {
-            test: "a_killed_executor_fails_the_attempt",
-            attempt: 1,
-            placement: &placement(&d, 2),
-            executors: 2,
-            out: out.path(),
-            checkpoint: None,
-            restore: None,
-            mode: Mode::Slow,
-        },
-    );
+    };
+    let attempt = c.start(1, 2);
+    let test = "a_killed_executor_fails_the_attempt";
+    let mut cluster = c.launch(test, 1, 2, None, Mode::Slow);
     assert_eq!(next_event(&attempt), AttemptEvent::Running);
     cluster.children[1].kill().unwrap();
     match next_event(&attempt) {
@@ -892,30 +859,15 @@ fn manifests(dir: &Path) -> usize {
 
 #[test]
 fn a_killed_attempt_restarts_from_its_latest_checkpoint_exactly_once() {
-    if as_executor() {
+    let Some(c) = Coordinator::new(true) else {
         return;
-    }
+    };
     let test = "a_killed_attempt_restarts_from_its_latest_checkpoint_exactly_once";
-    let (ck, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let d = description(out.path(), Some(ck.path()));
-    let server = ControlServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let first = start_attempt(&server, &d, 1, 2, Some(ck.path()));
-    let mut cluster = Cluster::start(
-        &server,
-        &Launch {
-            test,
-            attempt: 1,
-            placement: &placement(&d, 2),
-            executors: 2,
-            out: out.path(),
-            checkpoint: Some(ck.path()),
-            restore: None,
-            mode: Mode::Slow,
-        },
-    );
+    let first = c.start(1, 2);
+    let mut cluster = c.launch(test, 1, 2, None, Mode::Slow);
     assert_eq!(next_event(&first), AttemptEvent::Running);
     let deadline = std::time::Instant::now() + PATIENCE;
-    while manifests(ck.path()) < 2 {
+    while manifests(c.ck().unwrap()) < 2 {
         assert!(std::time::Instant::now() < deadline, "no checkpoints");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -925,40 +877,29 @@ fn a_killed_attempt_restarts_from_its_latest_checkpoint_exactly_once() {
 
     // The restart the coordinator service does: from the latest
     // checkpoint, with a higher attempt.
-    let start = CheckpointStart::find(&d)
+    let start = CheckpointStart::find(&c.d)
         .unwrap()
         .expect("the job checkpoints");
     assert!(start.restored_from.is_some());
     assert_eq!(start.min_attempt, 2);
     let restore = start.restore.as_ref().map(|l| l.as_str().to_string());
-    let second = server
+    let second = c
+        .server
         .start_attempt(AttemptConfig {
             job_id: JOB_ID.into(),
             attempt: start.min_attempt,
-            description: d.clone(),
-            placement: placement(&d, 2),
+            description: c.d.clone(),
+            placement: placement(&c.d, 2),
             executors: 2,
             checkpoint: Some(start.setup),
             stats: Arc::default(),
         })
         .unwrap();
-    let cluster = Cluster::start(
-        &server,
-        &Launch {
-            test,
-            attempt: 2,
-            placement: &placement(&d, 2),
-            executors: 2,
-            out: out.path(),
-            checkpoint: Some(ck.path()),
-            restore,
-            mode: Mode::Normal,
-        },
-    );
+    let cluster = c.launch(test, 2, 2, restore, Mode::Normal);
     assert_eq!(next_event(&second), AttemptEvent::Running);
     assert_eq!(next_event(&second), AttemptEvent::Finished);
     assert!(cluster.wait());
     // What the first attempt committed and what the second did after the
     // restored checkpoint: every row once, with the restored sums.
-    assert_same_rows(lines(out.path()), embedded_lines());
+    assert_same_rows(lines(c.out.path()), embedded_lines());
 }
