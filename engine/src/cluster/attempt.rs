@@ -307,7 +307,6 @@ impl ControlServer {
             events_rx,
             control: Arc::new(JobControl::default()),
             stats: cfg.stats,
-            checkpointing: cfg.checkpoint.is_some(),
             coordinator_thread: Mutex::new(None),
             coordinator_stopped: AtomicBool::new(false),
             ended: AtomicBool::new(false),
@@ -367,7 +366,8 @@ impl AttemptHandle {
                 dir.location()
             )));
         }
-        if !self.attempt.checkpointing {
+        // `start_attempt` made sure the setup matches the description.
+        if self.attempt.description.checkpoint.is_none() {
             return Err(Error::Config(
                 "savepoints need checkpointing (a checkpoint directory)".into(),
             ));
@@ -480,7 +480,6 @@ struct Attempt {
     /// The checkpoint coordinator's failure state.
     control: Arc<JobControl>,
     stats: Arc<Mutex<CheckpointStats>>,
-    checkpointing: bool,
     rejected: AtomicU64,
     /// A terminal event was sent or the attempt was cancelled.
     ended: AtomicBool,
