@@ -126,26 +126,23 @@ pub(crate) fn wire(
         let from_local = local(first.from);
         let mut senders: Vec<Box<dyn ChannelSender>> = Vec::new();
         for c in group {
-            let to_local = local(c.to);
-            match (from_local, to_local) {
+            let rx = match (from_local, local(c.to)) {
                 (true, true) => {
                     let (tx, rx) = channel(capacity, cancelled.clone());
                     senders.push(Box::new(tx));
-                    inputs
-                        .entry((c.to.vertex, c.to.subtask))
-                        .or_default()
-                        .push((rx, e.input));
+                    rx
                 }
-                (true, false) => senders.push(remote.sender(c.id, c.to)?),
-                (false, true) => {
-                    let rx = remote.receiver(c.id, c.from)?;
-                    inputs
-                        .entry((c.to.vertex, c.to.subtask))
-                        .or_default()
-                        .push((rx, e.input));
+                (true, false) => {
+                    senders.push(remote.sender(c.id, c.to)?);
+                    continue;
                 }
-                (false, false) => {}
-            }
+                (false, true) => remote.receiver(c.id, c.from)?,
+                (false, false) => continue,
+            };
+            inputs
+                .entry((c.to.vertex, c.to.subtask))
+                .or_default()
+                .push((rx, e.input));
         }
         if from_local {
             let w = EdgeWriter::new(
