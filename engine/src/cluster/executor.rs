@@ -200,18 +200,20 @@ fn host_port(host: &str, port: u16) -> String {
 
 fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    (host, port)
-        .to_socket_addrs()
-        .map_err(|e| Error::io(format!("resolving {host}"), e))?
-        .next()
-        .ok_or_else(|| Error::Config(format!("{host} resolves to no address")))
+    first_addr((host, port), host)
 }
 
 fn resolve_addr(addr: &str) -> Result<SocketAddr> {
-    addr.to_socket_addrs()
-        .map_err(|e| Error::io(format!("resolving {addr}"), e))?
+    first_addr(addr, addr)
+}
+
+/// The first address `target` resolves to; `name` is for errors.
+fn first_addr(target: impl ToSocketAddrs, name: &str) -> Result<SocketAddr> {
+    target
+        .to_socket_addrs()
+        .map_err(|e| Error::io(format!("resolving {name}"), e))?
         .next()
-        .ok_or_else(|| Error::Config(format!("{addr} resolves to no address")))
+        .ok_or_else(|| Error::Config(format!("{name} resolves to no address")))
 }
 
 /// The executor's end of the control connection; frames are written
