@@ -4,8 +4,8 @@
 //! as a union).
 
 use super::manifest::Manifest;
-use super::storage::Storage;
-use super::store::{read_db, read_entries, read_keyed};
+use super::storage::{Location, Storage};
+use super::store::{load_verified, read_db, read_entries, read_keyed, scan};
 use crate::data::CheckpointId;
 use crate::error::{Error, Result};
 use crate::graph::LogicalGraph;
@@ -20,6 +20,42 @@ pub struct RestorePlan {
     pub dir: Storage,
     /// Its manifest.
     pub manifest: Manifest,
+}
+
+/// Where a job resumes, found in its checkpoint location.
+#[derive(Debug)]
+pub struct StartPoint {
+    /// The newest checkpoint there that verifies, else the `restore_from`
+    /// checkpoint or savepoint, else nothing.
+    pub restore: Option<RestorePlan>,
+    /// The first checkpoint id to use: past every id in the location and
+    /// past the restored one.
+    pub next_id: u64,
+    /// The least attempt number to use: above every attempt the location's
+    /// manifests record, so it fences them.
+    pub min_attempt: u64,
+}
+
+impl StartPoint {
+    /// Looks at `root` for checkpoints of `job`.
+    pub fn find(root: &Storage, job: &str, restore_from: Option<&Location>) -> Result<StartPoint> {
+        let found = scan(root, job)?;
+        let restore = match (found.latest, restore_from) {
+            (Some((dir, manifest)), _) => Some(RestorePlan { dir, manifest }),
+            (None, Some(location)) => {
+                let dir = Storage::open_in_parent(location)?;
+                let manifest = load_verified(&dir)?;
+                Some(RestorePlan { dir, manifest })
+            }
+            (None, None) => None,
+        };
+        let next_id = (found.max_id + 1).max(restore.as_ref().map_or(0, |r| r.manifest.id + 1));
+        Ok(StartPoint {
+            restore,
+            next_id,
+            min_attempt: found.max_attempt.map_or(0, |a| a + 1),
+        })
+    }
 }
 
 impl RestorePlan {

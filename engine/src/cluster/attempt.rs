@@ -26,7 +26,8 @@ use tracing::{debug, info, warn};
 use crate::checkpoint::coordinator::{
     Coordinator, CoordinatorMsg, SavepointRequest, TaskControl, TaskKey, TaskPort,
 };
-use crate::checkpoint::store::{has_manifest, load_verified, scan};
+use crate::checkpoint::restore::StartPoint;
+use crate::checkpoint::store::has_manifest;
 use crate::checkpoint::{CheckpointConfig, CheckpointStats, Location, Storage};
 use crate::cluster::api::{JobDescription, NodeCounters};
 use crate::cluster::control::{read_frame, write_frame, ToCoordinator, ToExecutor};
@@ -79,18 +80,14 @@ impl CheckpointStart {
         };
         let config = ck.to_config();
         let root = Storage::open(&config.dir)?;
-        let found = scan(&root, &d.name)?;
-        let (restore, manifest) = match (found.latest, &config.restore_from) {
-            (Some((dir, m)), _) => (Some(Location::from(absolute(dir.location()))), Some(m)),
-            (None, Some(location)) => {
-                let dir = Storage::open_in_parent(location)?;
-                let m = load_verified(&dir)?;
-                (Some(Location::from(absolute(location))), Some(m))
-            }
-            (None, None) => (None, None),
-        };
-        let mut next_id = found.max_id + 1;
-        if let Some(m) = &manifest {
+        let found = StartPoint::find(&root, &d.name, config.restore_from.as_ref())?;
+        let manifest = found.restore.as_ref().map(|r| &r.manifest);
+        // Executors run in other directories: a local location is made absolute.
+        let restore = found
+            .restore
+            .as_ref()
+            .map(|r| Location::from(absolute(r.dir.location())));
+        if let Some(m) = manifest {
             // The executors check operators by name when they restore.
             if m.max_parallelism != d.max_parallelism || m.graph_nodes != d.graph_nodes {
                 return Err(Error::Checkpoint(format!(
@@ -104,17 +101,16 @@ impl CheckpointStart {
                     d.graph_nodes
                 )));
             }
-            next_id = next_id.max(m.id + 1);
         }
         Ok(Some(CheckpointStart {
+            restored_from: manifest.map(|m| m.id),
             setup: CheckpointSetup {
                 config,
                 root,
-                next_id,
+                next_id: found.next_id,
             },
             restore,
-            restored_from: manifest.as_ref().map(|m| m.id),
-            min_attempt: found.max_attempt.map_or(0, |a| a + 1),
+            min_attempt: found.min_attempt,
         }))
     }
 }

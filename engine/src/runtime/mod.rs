@@ -32,7 +32,8 @@ use crate::checkpoint::coordinator::{
     TaskControl, TaskKey, TaskPort, TaskSnapshot,
 };
 use crate::checkpoint::restore::RestorePlan;
-use crate::checkpoint::store::{has_manifest, load_verified, scan};
+use crate::checkpoint::restore::StartPoint;
+use crate::checkpoint::store::has_manifest;
 use crate::checkpoint::{CheckpointConfig, CheckpointStats, Guarantee, RestartStrategy};
 use crate::checkpoint::{Location, Storage};
 use crate::graph::NodeKind;
@@ -414,28 +415,18 @@ impl Driver {
             });
         };
         let root = Storage::open(&ck.dir)?;
-        let found = scan(&root, &self.config.name)?;
-        let restore = match (found.latest, &ck.restore_from) {
-            (Some((dir, manifest)), _) => Some(RestorePlan { dir, manifest }),
-            (None, Some(location)) => {
-                let dir = Storage::open_in_parent(location)?;
-                let manifest = load_verified(&dir)?;
-                Some(RestorePlan { dir, manifest })
-            }
-            (None, None) => None,
-        };
-        let mut next_id = found.max_id + 1;
+        let found = StartPoint::find(&root, &self.config.name, ck.restore_from.as_ref())?;
+        let restore = found.restore;
         if let Some(r) = &restore {
             r.check_compatible(&self.graph, self.plan.max_parallelism)?;
-            next_id = next_id.max(r.manifest.id + 1);
             info!(job = %self.config.name, checkpoint = r.manifest.id, location = %r.dir.location(),
                 "resuming from checkpoint");
         }
         self.stats.lock().expect("stats lock").restored_from =
             restore.as_ref().map(|r| r.manifest.id);
         Ok(Start {
-            attempt: attempt_floor.max(found.max_attempt.map_or(0, |a| a + 1)),
-            next_id,
+            attempt: attempt_floor.max(found.min_attempt),
+            next_id: found.next_id,
             restore: restore.map(Arc::new),
             root: Some(root),
         })
