@@ -73,6 +73,18 @@ fn pair(dialer: ConnectionSpec, acceptor: ConnectionSpec) -> (Connection, Connec
     (a, server.join().unwrap())
 }
 
+/// A connected pair whose dialer sends on `channels` and whose acceptor
+/// receives them, each carrying batches of `schema()`.
+fn one_way(channels: &[ChannelId]) -> (Connection, Connection) {
+    let mut out = ConnectionSpec::new();
+    let mut inb = ConnectionSpec::new();
+    for &c in channels {
+        out = out.outbound(c);
+        inb = inb.inbound(c, Some(schema()));
+    }
+    pair(out, inb)
+}
+
 /// Both ends of a connection finished without an error.
 fn assert_closed_cleanly(a: &Connection, b: &Connection) {
     assert!(a.handle().wait(PATIENCE) && b.handle().wait(PATIENCE));
@@ -155,13 +167,8 @@ fn every_message_kind_round_trips_both_ways() {
 fn many_channels_share_one_connection_in_order() {
     const CHANNELS: u32 = 24;
     const BATCHES: i64 = 60;
-    let mut out = ConnectionSpec::new();
-    let mut inb = ConnectionSpec::new();
-    for c in 0..CHANNELS {
-        out = out.outbound(ChannelId(c));
-        inb = inb.inbound(ChannelId(c), Some(schema()));
-    }
-    let (mut a, mut b) = pair(out, inb);
+    let channels: Vec<ChannelId> = (0..CHANNELS).map(ChannelId).collect();
+    let (mut a, mut b) = one_way(&channels);
     let senders: Vec<_> = (0..CHANNELS)
         .map(|c| {
             let tx = a.take_sender(ChannelId(c)).unwrap();
@@ -204,12 +211,7 @@ fn many_channels_share_one_connection_in_order() {
 #[test]
 fn a_stalled_channel_blocks_only_itself() {
     let (slow, fast) = (ChannelId(1), ChannelId(2));
-    let (mut a, mut b) = pair(
-        ConnectionSpec::new().outbound(slow).outbound(fast),
-        ConnectionSpec::new()
-            .inbound(slow, Some(schema()))
-            .inbound(fast, Some(schema())),
-    );
+    let (mut a, mut b) = one_way(&[slow, fast]);
     let capacity = ExchangeConfig::new("j", 0, "n").channel_capacity;
     let slow_tx = a.take_sender(slow).unwrap();
     let fast_tx = a.take_sender(fast).unwrap();
@@ -574,12 +576,7 @@ fn edge_writer_routes_over_network_channels() {
     use sluice_engine::EdgeKind;
 
     let (c0, c1) = (ChannelId(0), ChannelId(1));
-    let (mut a, mut b) = pair(
-        ConnectionSpec::new().outbound(c0).outbound(c1),
-        ConnectionSpec::new()
-            .inbound(c0, Some(schema()))
-            .inbound(c1, Some(schema())),
-    );
+    let (mut a, mut b) = one_way(&[c0, c1]);
     let senders: Vec<Box<dyn ChannelSender>> = vec![
         Box::new(a.take_sender(c0).unwrap()),
         Box::new(a.take_sender(c1).unwrap()),

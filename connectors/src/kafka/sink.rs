@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, BinaryArray, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, SchemaRef};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -200,21 +200,13 @@ impl Encoding {
     fn encode(&self, batch: &RecordBatch) -> Result<Vec<Record>> {
         match *self {
             Encoding::Columns { value, key } => {
-                let get = |col: usize, row: usize| -> Option<Vec<u8>> {
-                    let a = batch.column(col);
-                    if a.is_null(row) {
-                        return None;
-                    }
-                    Some(match a.data_type() {
-                        DataType::Binary => a.as_binary::<i32>().value(row).to_vec(),
-                        _ => a.as_string::<i32>().value(row).as_bytes().to_vec(),
-                    })
-                };
+                let value = BytesColumn::of(batch.column(value));
+                let key = key.map(|k| BytesColumn::of(batch.column(k)));
                 Ok((0..batch.num_rows())
                     .map(|r| {
                         (
-                            key.and_then(|k| get(k, r)),
-                            get(value, r).unwrap_or_default(),
+                            key.as_ref().and_then(|k| k.get(r)),
+                            value.get(r).unwrap_or_default(),
                         )
                     })
                     .collect())
@@ -233,6 +225,29 @@ impl Encoding {
                     .map(|l| (None, l.to_vec()))
                     .collect())
             }
+        }
+    }
+}
+
+/// A Binary or Utf8 column, downcast once per batch rather than per row.
+enum BytesColumn<'a> {
+    Binary(&'a BinaryArray),
+    Utf8(&'a StringArray),
+}
+
+impl<'a> BytesColumn<'a> {
+    fn of(a: &'a ArrayRef) -> Self {
+        match a.data_type() {
+            DataType::Binary => BytesColumn::Binary(a.as_binary::<i32>()),
+            _ => BytesColumn::Utf8(a.as_string::<i32>()),
+        }
+    }
+
+    /// The row's bytes, `None` when null.
+    fn get(&self, row: usize) -> Option<Vec<u8>> {
+        match self {
+            BytesColumn::Binary(a) => a.is_valid(row).then(|| a.value(row).to_vec()),
+            BytesColumn::Utf8(a) => a.is_valid(row).then(|| a.value(row).as_bytes().to_vec()),
         }
     }
 }
@@ -699,6 +714,37 @@ impl Sink for KafkaSinkTask {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn value_and_key_columns_become_records() {
+        use arrow::array::{BinaryArray, StringArray};
+        use arrow::datatypes::{Field, Schema};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("key", DataType::Utf8, true),
+            Field::new("value", DataType::Binary, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec![Some("a"), None, Some("")])),
+                Arc::new(BinaryArray::from(vec![
+                    Some(&b"one"[..]),
+                    Some(&[0u8, 255][..]),
+                    None,
+                ])),
+            ],
+        )
+        .unwrap();
+        let records = Encoding::of(&schema).unwrap().encode(&batch).unwrap();
+        assert_eq!(
+            records,
+            vec![
+                (Some(b"a".to_vec()), b"one".to_vec()),
+                (None, vec![0, 255]),
+                (Some(Vec::new()), Vec::new()),
+            ]
+        );
+    }
 
     #[test]
     fn staged_epochs_round_trip_compactly() {

@@ -34,13 +34,12 @@ struct Part {
     /// Next offset to emit; `None` = from the earliest record (nothing
     /// emitted yet).
     next: Option<i64>,
-    /// Bounded mode: stop here.
+    /// Bounded mode: stop here. While `None` in bounded mode the end is
+    /// pending: it is the high watermark of the first Fetch response for
+    /// the partition, read from the consumer when the partition's first
+    /// record or end-of-partition event arrives (a separate probe consumer
+    /// per subtask cost seconds at start-up).
     end: Option<i64>,
-    /// Bounded mode, end not known yet: it is the high watermark of the
-    /// first Fetch response for the partition, read from the consumer when
-    /// the partition's first record or end-of-partition event arrives
-    /// (a separate probe consumer per subtask cost seconds at start-up).
-    end_pending: bool,
     /// Everything up to `end` was emitted.
     finished: bool,
     /// The fetch position at the last end-of-partition event: records
@@ -84,7 +83,6 @@ pub(crate) struct KafkaSubtask {
 fn learn_end(consumer: &BaseConsumer, topic: &str, part: &mut Part) {
     if let Some(h) = client::cached_high_watermark(consumer, topic, part.partition) {
         part.end = Some(h);
-        part.end_pending = false;
         debug!(
             partition = part.partition,
             end = h,
@@ -181,7 +179,6 @@ impl KafkaSubtask {
         for &p in new {
             let next = starts.get(&p).copied().flatten();
             let end = ends.get(&p).copied().flatten();
-            let end_pending = self.spec.bounded && end.is_none();
             let finished = match end {
                 Some(e) => e <= 0 || next.is_some_and(|n| n >= e),
                 None => false,
@@ -193,7 +190,6 @@ impl KafkaSubtask {
                 partition: p,
                 next,
                 end,
-                end_pending,
                 finished,
                 eof_at: None,
                 pending: RawRecords::default(),
@@ -289,7 +285,7 @@ impl KafkaSubtask {
                         continue;
                     };
                     let part = &mut self.parts[split];
-                    if part.end_pending {
+                    if self.spec.bounded && part.end.is_none() {
                         learn_end(consumer, &self.spec.topic, part);
                     }
                     let offset = m.offset();
@@ -305,7 +301,7 @@ impl KafkaSubtask {
                 }
                 Err(KafkaError::PartitionEOF(p)) => {
                     if let Some(&split) = self.by_partition.get(&p) {
-                        if self.parts[split].end_pending {
+                        if self.spec.bounded && self.parts[split].end.is_none() {
                             learn_end(consumer, &self.spec.topic, &mut self.parts[split]);
                         }
                         if self.parts[split].end.is_some() {
@@ -327,20 +323,22 @@ impl KafkaSubtask {
     /// Ends still pending at a checkpoint are fixed now, by a probe, so a
     /// restart stops at the same offsets as the first run.
     fn fix_pending_ends(&mut self) -> Result<()> {
+        if !self.spec.bounded {
+            return Ok(());
+        }
         let pending: Vec<i32> = self
             .parts
             .iter()
-            .filter(|p| p.end_pending)
+            .filter(|p| p.end.is_none())
             .map(|p| p.partition)
             .collect();
         if pending.is_empty() {
             return Ok(());
         }
         let highs = client::high_watermarks(&self.spec.config, &self.spec.topic, &pending)?;
-        for part in self.parts.iter_mut().filter(|p| p.end_pending) {
+        for part in self.parts.iter_mut().filter(|p| p.end.is_none()) {
             if let Some(&h) = highs.get(&part.partition) {
                 part.end = Some(h);
-                part.end_pending = false;
             }
         }
         Ok(())

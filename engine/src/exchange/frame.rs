@@ -656,7 +656,7 @@ impl BatchDecoder {
     }
 }
 
-fn proto(msg: &str) -> Error {
+pub(crate) fn proto(msg: &str) -> Error {
     Error::Protocol(msg.to_string())
 }
 

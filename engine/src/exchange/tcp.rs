@@ -51,8 +51,8 @@ use io::{reader_loop, writer_loop};
 
 use super::credit::{RecvCredit, SendCredit};
 use super::frame::{
-    encode, BatchDecoder, BatchEncoder, ChannelId, Frame, FrameDecoder, Hello, DEFAULT_MAX_FRAME,
-    VERSION,
+    encode, proto, BatchDecoder, BatchEncoder, ChannelId, Frame, FrameDecoder, Hello,
+    DEFAULT_MAX_FRAME, VERSION,
 };
 use super::ChannelSender;
 use crate::data::StreamMessage;
@@ -697,8 +697,4 @@ fn start(
         receivers,
         handle: ConnectionHandle { shared },
     })
-}
-
-fn proto(msg: &str) -> Error {
-    Error::Protocol(msg.to_string())
 }

@@ -148,6 +148,7 @@ fn batch_payloads_are_aligned_for_arrow() {
     let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);
     let mut frames = Vec::new();
     d.feed(&bytes, &mut frames).unwrap();
+    let mut checked = 0;
     for f in frames {
         if let Frame::Data {
             payload: Payload::Batch(b) | Payload::Schema(b),
@@ -155,8 +156,11 @@ fn batch_payloads_are_aligned_for_arrow() {
         } = f
         {
             assert_eq!(b.as_ptr() as usize % 8, 0);
+            checked += 1;
         }
     }
+    // A schema and a batch payload were checked, not none.
+    assert_eq!(checked, 2);
 }
 
 fn header(len: u32, kind: u8, reserved: [u8; 3]) -> Vec<u8> {

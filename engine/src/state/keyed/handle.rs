@@ -14,7 +14,12 @@ use super::{KeyScope, StateDescriptor, StateKind};
 use crate::error::{Error, Result};
 
 fn encode<T: Serialize + ?Sized>(state: &str, v: &T) -> Result<Vec<u8>> {
-    postcard::to_allocvec(v).map_err(|e| Error::State(format!("encoding '{state}': {e}")))
+    encode_onto(state, v, Vec::new())
+}
+
+/// Appends the encoding of `v` to `out` (no buffer of its own).
+fn encode_onto<T: Serialize + ?Sized>(state: &str, v: &T, out: Vec<u8>) -> Result<Vec<u8>> {
+    postcard::to_extend(v, out).map_err(|e| Error::State(format!("encoding '{state}': {e}")))
 }
 
 fn decode<T: DeserializeOwned>(state: &str, bytes: &[u8]) -> Result<T> {
@@ -128,9 +133,12 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
         let k = s.prefix();
         let mut bytes = s.store.get(id, &k)?.unwrap_or_default();
         for v in values {
-            let e = encode(&self.name, v)?;
-            bytes.extend_from_slice(&(e.len() as u32).to_le_bytes());
-            bytes.extend_from_slice(&e);
+            // Length prefix first, filled in once the element is encoded.
+            let at = bytes.len();
+            bytes.extend_from_slice(&[0; 4]);
+            bytes = encode_onto(&self.name, v, bytes)?;
+            let len = (bytes.len() - at - 4) as u32;
+            bytes[at..at + 4].copy_from_slice(&len.to_le_bytes());
         }
         s.store.put(id, k, bytes)
     }
@@ -166,9 +174,7 @@ where
     V: Serialize + DeserializeOwned,
 {
     fn entry(&self, s: &KeyScope<'_>, k: &K) -> Result<Vec<u8>> {
-        let mut e = s.prefix();
-        e.extend_from_slice(&encode(&self.name, k)?);
-        Ok(e)
+        encode_onto(&self.name, k, s.prefix())
     }
 
     /// The value under `key`.
