@@ -118,6 +118,15 @@ fn options(cfg: &RocksConfig) -> Options {
     o
 }
 
+/// Write options without the write-ahead log: the database is never
+/// reopened after a crash (state comes back from checkpoints), so logging
+/// every write would only cost I/O.
+fn no_wal() -> WriteOptions {
+    let mut opts = WriteOptions::default();
+    opts.disable_wal(true);
+    opts
+}
+
 impl RocksState {
     /// Opens a fresh database under `base` with column families `families`,
     /// after restoring `restored` databases into it (keeping only
@@ -213,13 +222,33 @@ impl RocksState {
             .ok_or_else(|| Error::Internal(format!("unknown state '{name}'")))
     }
 
-    /// Applies a write batch, without the write-ahead log: the database
-    /// is never reopened after a crash (state comes back from checkpoints),
-    /// so logging every write would only cost I/O.
+    /// Applies a write batch, without the write-ahead log ([`no_wal`]).
     pub fn write(&self, batch: WriteBatch) -> Result<()> {
-        let mut opts = WriteOptions::default();
-        opts.disable_wal(true);
-        self.db().write_opt(batch, &opts).map_err(db_err("write"))
+        self.db()
+            .write_opt(batch, &no_wal())
+            .map_err(db_err("write"))
+    }
+
+    /// The value of `key` in `cf`.
+    pub fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let cf = self.cf(cf)?;
+        self.db().get_cf(cf, key).map_err(db_err("get"))
+    }
+
+    /// Writes one entry (without the write-ahead log, as [`Self::write`]).
+    pub fn put(&self, cf: &str, key: &[u8], value: &[u8]) -> Result<()> {
+        let cf = self.cf(cf)?;
+        self.db()
+            .put_cf_opt(cf, key, value, &no_wal())
+            .map_err(db_err("put"))
+    }
+
+    /// Deletes one entry (without the write-ahead log).
+    pub fn delete(&self, cf: &str, key: &[u8]) -> Result<()> {
+        let cf = self.cf(cf)?;
+        self.db()
+            .delete_cf_opt(cf, key, &no_wal())
+            .map_err(db_err("delete"))
     }
 
     /// Values of `keys` in `cf` (None where absent).

@@ -381,10 +381,7 @@ impl KeyedState {
     fn get(&self, id: usize, k: &[u8]) -> Result<Option<Vec<u8>>> {
         match &self.store {
             Store::Heap(maps) => Ok(maps[id].get(k).cloned()),
-            Store::Rocks(db) => Ok(db
-                .multi_get(&self.families[id], &[k.to_vec()])?
-                .pop()
-                .flatten()),
+            Store::Rocks(db) => db.get(&self.families[id], k),
         }
     }
 
@@ -394,11 +391,7 @@ impl KeyedState {
                 maps[id].insert(k, v);
                 Ok(())
             }
-            Store::Rocks(db) => {
-                let mut b = rocksdb::WriteBatch::default();
-                b.put_cf(db.cf(&self.families[id])?, k, v);
-                db.write(b)
-            }
+            Store::Rocks(db) => db.put(&self.families[id], &k, &v),
         }
     }
 
@@ -408,11 +401,7 @@ impl KeyedState {
                 maps[id].remove(k);
                 Ok(())
             }
-            Store::Rocks(db) => {
-                let mut b = rocksdb::WriteBatch::default();
-                b.delete_cf(db.cf(&self.families[id])?, k);
-                db.write(b)
-            }
+            Store::Rocks(db) => db.delete(&self.families[id], k),
         }
     }
 
