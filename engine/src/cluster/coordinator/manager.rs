@@ -316,9 +316,12 @@ impl Manager {
                 *r = resolve(r, req.workdir.as_deref()).to_string();
             }
         }
-        let mut inner = self.lock();
-        let id = format!("job-{}", inner.next_id);
-        inner.next_id += 1;
+        let id = {
+            let mut inner = self.lock();
+            let id = format!("job-{}", inner.next_id);
+            inner.next_id += 1;
+            id
+        };
         let now = now_ms();
         let record = JobRecord {
             id: id.clone(),
@@ -335,9 +338,11 @@ impl Manager {
             error: None,
             latest_checkpoint: None,
         };
+        // Written before the job is visible, and without the lock: the
+        // write waits for the disk.
         self.meta.save(&record)?;
         info!(job = %id, name = %record.description.name, slots = record.description.slots(), "job submitted");
-        inner.jobs.insert(id.clone(), Job::new(record));
+        self.lock().jobs.insert(id.clone(), Job::new(record));
         Ok(id)
     }
 
