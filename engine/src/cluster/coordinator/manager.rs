@@ -45,7 +45,6 @@ struct Worker {
 /// The attempt of a job that runs now.
 struct Run {
     handle: AttemptHandle,
-    attempt: u64,
     placement: Vec<Placement>,
     /// Per executor: its worker and launch.
     launches: Vec<(String, ExecutorLaunch)>,
@@ -210,7 +209,11 @@ impl Manager {
             let Some(job) = inner.jobs.get_mut(&r.job_id) else {
                 continue;
             };
-            let Some(run) = job.run.as_mut().filter(|run| run.attempt == r.attempt) else {
+            // The running attempt's number is the record's.
+            if job.record.attempt != r.attempt {
+                continue;
+            }
+            let Some(run) = job.run.as_mut() else {
                 continue;
             };
             if code == 0 {
@@ -653,7 +656,7 @@ impl Manager {
             self.set_state(job, JobState::Failed, Some(why));
             return;
         }
-        warn!(job = %id, attempt = run.attempt, error = %error, "attempt failed; restarting from the latest checkpoint");
+        warn!(job = %id, attempt = job.record.attempt, error = %error, "attempt failed; restarting from the latest checkpoint");
         job.record.restarts += 1;
         job.not_before = Instant::now() + self.config.restart_delay;
         job.failed_at = Some(Instant::now());
@@ -752,7 +755,6 @@ impl Manager {
         job.nodes.clear();
         job.run = Some(Run {
             handle,
-            attempt,
             placement,
             slots: assignment
                 .executors
