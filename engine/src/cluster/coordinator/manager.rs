@@ -50,8 +50,6 @@ struct Run {
     launches: Vec<(String, ExecutorLaunch)>,
     /// Slots taken per worker.
     slots: HashMap<String, usize>,
-    /// Executors that reported `Done` by exiting with 0.
-    exited_ok: Vec<bool>,
 }
 
 struct Job {
@@ -205,22 +203,16 @@ impl Manager {
         }
         let mut failures = Vec::new();
         for r in &hb.executors {
-            let Some(code) = r.exit else { continue };
-            let Some(job) = inner.jobs.get_mut(&r.job_id) else {
+            // Only failures of the running attempt matter here; an executor
+            // that exited with 0 is done, and the attempt says when the job is.
+            let Some(code) = r.exit.filter(|&c| c != 0) else {
+                continue;
+            };
+            let Some(job) = inner.jobs.get(&r.job_id) else {
                 continue;
             };
             // The running attempt's number is the record's.
-            if job.record.attempt != r.attempt {
-                continue;
-            }
-            let Some(run) = job.run.as_mut() else {
-                continue;
-            };
-            if code == 0 {
-                if let Some(ok) = run.exited_ok.get_mut(r.executor) {
-                    *ok = true;
-                }
-            } else {
+            if job.run.is_some() && job.record.attempt == r.attempt {
                 failures.push((
                     r.job_id.clone(),
                     format!(
@@ -762,7 +754,6 @@ impl Manager {
                 .cloned()
                 .zip(assignment.slots.iter().copied())
                 .collect(),
-            exited_ok: vec![false; launches.len()],
             launches,
         });
         job.record.updated_ms = now_ms();
