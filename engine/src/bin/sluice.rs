@@ -172,7 +172,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Jobs { client: c, json } => {
             let jobs = client(&c, &file.client)?.jobs().await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&jobs)?);
+                print_json(&jobs)?;
             } else {
                 print!("{}", jobs_table(&jobs));
             }
@@ -184,7 +184,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let status = client(&c, &file.client)?.status(&job_id).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                print_json(&status)?;
             } else {
                 print!("{}", status_text(&status));
             }
@@ -210,7 +210,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let cps = client(&c, &file.client)?.checkpoints(&job_id).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&cps)?);
+                print_json(&cps)?;
             } else {
                 println!("dir: {}", cps.dir.as_deref().unwrap_or("-"));
                 println!("latest: {}", opt(cps.latest));
@@ -247,7 +247,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster { client: c, json } => {
             let info = client(&c, &file.client)?.cluster().await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&info)?);
+                print_json(&info)?;
             } else {
                 println!("workers alive: {}", info.workers_alive);
                 println!("slots: {} used of {}", info.used_slots, info.slots);
@@ -271,7 +271,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Workers { client: c, json } => {
             let workers = client(&c, &file.client)?.workers().await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&workers)?);
+                print_json(&workers)?;
             } else {
                 let rows = workers.iter().map(|w| {
                     vec![
@@ -306,6 +306,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Describes the job by running its binary in describe mode, then ships it.
+/// Prints `value` as pretty JSON (the `--json` output of the commands).
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
 async fn submit(args: &SubmitArgs, file: &ClientFile) -> anyhow::Result<String> {
     let client = client(&args.client, file)?;
     let parallelism = args.parallelism.or(file.parallelism);

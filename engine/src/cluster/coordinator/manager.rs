@@ -45,14 +45,11 @@ struct Worker {
 /// The attempt of a job that runs now.
 struct Run {
     handle: AttemptHandle,
-    attempt: u64,
     placement: Vec<Placement>,
     /// Per executor: its worker and launch.
     launches: Vec<(String, ExecutorLaunch)>,
     /// Slots taken per worker.
     slots: HashMap<String, usize>,
-    /// Executors that reported `Done` by exiting with 0.
-    exited_ok: Vec<bool>,
 }
 
 struct Job {
@@ -206,18 +203,16 @@ impl Manager {
         }
         let mut failures = Vec::new();
         for r in &hb.executors {
-            let Some(code) = r.exit else { continue };
-            let Some(job) = inner.jobs.get_mut(&r.job_id) else {
+            // Only failures of the running attempt matter here; an executor
+            // that exited with 0 is done, and the attempt says when the job is.
+            let Some(code) = r.exit.filter(|&c| c != 0) else {
                 continue;
             };
-            let Some(run) = job.run.as_mut().filter(|run| run.attempt == r.attempt) else {
+            let Some(job) = inner.jobs.get(&r.job_id) else {
                 continue;
             };
-            if code == 0 {
-                if let Some(ok) = run.exited_ok.get_mut(r.executor) {
-                    *ok = true;
-                }
-            } else {
+            // The running attempt's number is the record's.
+            if job.run.is_some() && job.record.attempt == r.attempt {
                 failures.push((
                     r.job_id.clone(),
                     format!(
@@ -316,9 +311,12 @@ impl Manager {
                 *r = resolve(r, req.workdir.as_deref()).to_string();
             }
         }
-        let mut inner = self.lock();
-        let id = format!("job-{}", inner.next_id);
-        inner.next_id += 1;
+        let id = {
+            let mut inner = self.lock();
+            let id = format!("job-{}", inner.next_id);
+            inner.next_id += 1;
+            id
+        };
         let now = now_ms();
         let record = JobRecord {
             id: id.clone(),
@@ -335,9 +333,11 @@ impl Manager {
             error: None,
             latest_checkpoint: None,
         };
+        // Written before the job is visible, and without the lock: the
+        // write waits for the disk.
         self.meta.save(&record)?;
         info!(job = %id, name = %record.description.name, slots = record.description.slots(), "job submitted");
-        inner.jobs.insert(id.clone(), Job::new(record));
+        self.lock().jobs.insert(id.clone(), Job::new(record));
         Ok(id)
     }
 
@@ -648,7 +648,7 @@ impl Manager {
             self.set_state(job, JobState::Failed, Some(why));
             return;
         }
-        warn!(job = %id, attempt = run.attempt, error = %error, "attempt failed; restarting from the latest checkpoint");
+        warn!(job = %id, attempt = job.record.attempt, error = %error, "attempt failed; restarting from the latest checkpoint");
         job.record.restarts += 1;
         job.not_before = Instant::now() + self.config.restart_delay;
         job.failed_at = Some(Instant::now());
@@ -747,7 +747,6 @@ impl Manager {
         job.nodes.clear();
         job.run = Some(Run {
             handle,
-            attempt,
             placement,
             slots: assignment
                 .executors
@@ -755,7 +754,6 @@ impl Manager {
                 .cloned()
                 .zip(assignment.slots.iter().copied())
                 .collect(),
-            exited_ok: vec![false; launches.len()],
             launches,
         });
         job.record.updated_ms = now_ms();

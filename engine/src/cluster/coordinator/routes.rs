@@ -45,6 +45,16 @@ impl IntoResponse for Failure {
 
 type Answer<T> = Result<Json<T>, Failure>;
 
+/// Runs `f`, which may wait on storage or executors, off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> crate::error::Result<T> + Send + 'static,
+) -> Result<T, Failure> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(Failure::from)
+}
+
 /// The API's routes over `manager`.
 pub fn router(manager: Arc<Manager>) -> Router {
     Router::new()
@@ -75,9 +85,7 @@ async fn submit(
     State(m): Shared,
     Json(req): Json<SubmitJob>,
 ) -> Result<(StatusCode, Json<Submitted>), Failure> {
-    let job_id = tokio::task::spawn_blocking(move || m.submit(req))
-        .await
-        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let job_id = blocking(move || m.submit(req)).await?;
     Ok((StatusCode::CREATED, Json(Submitted { job_id })))
 }
 
@@ -91,7 +99,8 @@ async fn cancel(
     State(m): Shared,
     Path(id): Path<String>,
 ) -> Answer<crate::cluster::api::JobStatus> {
-    Ok(Json(m.cancel(&id)?))
+    // Cancelling writes the job's metadata (with fsync).
+    Ok(Json(blocking(move || m.cancel(&id)).await?))
 }
 
 async fn savepoint(
@@ -101,9 +110,7 @@ async fn savepoint(
 ) -> Answer<SavepointTaken> {
     let handle = m.attempt_handle(&id)?;
     let dir = m.resolve_location(&id, &req.dir)?;
-    let location = tokio::task::spawn_blocking(move || handle.savepoint(dir, req.stop))
-        .await
-        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let location = blocking(move || handle.savepoint(dir, req.stop)).await?;
     Ok(Json(SavepointTaken {
         location: location.to_string(),
     }))
@@ -229,7 +236,13 @@ async fn heartbeat(
     Path(id): Path<String>,
     Json(hb): Json<Heartbeat>,
 ) -> Answer<crate::cluster::api::HeartbeatReply> {
-    m.heartbeat(&id, hb)
+    // A heartbeat that reports a failed executor writes job metadata.
+    let reply = blocking({
+        let id = id.clone();
+        move || Ok(m.heartbeat(&id, hb))
+    })
+    .await?;
+    reply
         .map(Json)
         .ok_or_else(|| Error::NotFound(format!("no worker {id}; register again")).into())
 }
