@@ -4,9 +4,14 @@
 //! watches its events, declares workers dead when heartbeats stop,
 //! restarts failed attempts from the latest checkpoint with a new attempt
 //! number (which fences the old one), and answers heartbeats with the
-//! executors each worker must run. One thread calls [`Manager::tick`];
-//! request handlers take the lock briefly and never wait on storage or
-//! executors while holding it.
+//! executors each worker must run. One thread calls [`Manager::tick`].
+//!
+//! Everything is behind one mutex. State changes write the job's metadata
+//! file (small, synced) under it, and starting an attempt scans the
+//! checkpoint location under it; handlers that may wait on either run on
+//! `spawn_blocking`, never on the async workers. A slow checkpoint store
+//! (S3) therefore delays heartbeat answers while an attempt starts; moving
+//! those writes and scans out of the lock is future work.
 
 use std::collections::HashMap;
 use std::path::Path;
