@@ -3,18 +3,17 @@
 //! into Parquet (JSON decoded into columns, and raw bytes), bounded mode,
 //! parallelism as given. Prints one Markdown table; medians of `--repeat`.
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_connectors::kafka::testing::Broker;
 use sluice_connectors::kafka::{send_waiting, Format, KafkaSource};
 use sluice_connectors::parquet::ParquetSink;
+use sluice_connectors::sinks::DiscardSink;
 use sluice_engine::Env;
 
 #[derive(Parser, Debug)]
@@ -31,6 +30,13 @@ struct Args {
     /// Runs per variant.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Variants to run, comma-separated: plain, raw, json.
+    #[arg(long, value_delimiter = ',', default_value = "plain,raw,json")]
+    only: Vec<String>,
+    /// Discard Sluice's output instead of writing Parquet (isolates the
+    /// source from the sink).
+    #[arg(long)]
+    discard: bool,
 }
 
 fn produce(broker: &Broker, topic: &str, n: usize, partitions: i32) -> anyhow::Result<()> {
@@ -56,38 +62,93 @@ fn produce(broker: &Broker, topic: &str, n: usize, partitions: i32) -> anyhow::R
     Ok(())
 }
 
-/// A plain consumer reading every record (payload touched, not decoded).
-fn plain(broker: &Broker, topic: &str, n: usize, partitions: i32) -> anyhow::Result<f64> {
+/// Plain consumers, one per thread, reading every record (payload
+/// touched, not decoded); thread `t` of `threads` reads the partitions
+/// `p % threads == t`, as Sluice's subtasks do.
+fn plain(
+    broker: &Broker,
+    topic: &str,
+    n: usize,
+    partitions: i32,
+    threads: usize,
+) -> anyhow::Result<(f64, usize)> {
+    let start = Instant::now();
+    let counts = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let mine: Vec<i32> = (0..partitions)
+                    .filter(|p| *p as usize % threads == t)
+                    .collect();
+                // `produce` sends record i to partition i % partitions.
+                let share: usize = mine
+                    .iter()
+                    .map(|&p| (n + (partitions - 1 - p) as usize) / partitions as usize)
+                    .sum();
+                s.spawn(move || read_partitions(broker, topic, &mine, share))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("consumer thread panicked"))
+            .collect::<anyhow::Result<Vec<usize>>>()
+    })?;
+    let n: usize = counts.iter().sum();
+    Ok((n as f64 / start.elapsed().as_secs_f64(), n))
+}
+
+/// Reads the `records` of `partitions` from the beginning (stopping at the
+/// last, not at an end-of-partition event, which would cost one more empty
+/// fetch); returns the records read.
+fn read_partitions(
+    broker: &Broker,
+    topic: &str,
+    partitions: &[i32],
+    records: usize,
+) -> anyhow::Result<usize> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", broker.address())
         .set("group.id", "bench")
+        // Tuned as Sluice's consumers are: librdkafka's default backoff (1 s)
+        // stalls a consumer that drains its queue faster than the broker
+        // refills it, and a smaller queue means fewer fresh pages.
+        .set("fetch.queue.backoff.ms", "10")
+        .set("queued.max.messages.kbytes", "16384")
+        .set("fetch.wait.max.ms", "100")
+        // Nothing stored or committed per message.
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
         .create()?;
     let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
+    for &p in partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)?;
     }
-    let start = Instant::now();
     c.assign(&tpl)?;
     let (mut got, mut bytes) = (0usize, 0usize);
-    let mut ended = BTreeSet::new();
-    while got < n {
-        match c.poll(Duration::from_millis(100)) {
+    while got < records {
+        match c.poll(Duration::ZERO) {
             Some(Ok(m)) => {
                 use rdkafka::message::Message;
                 bytes += m.payload().map_or(0, <[u8]>::len);
                 got += 1;
             }
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                ended.insert(p);
-            }
-            _ => {}
+            Some(Err(e)) => return Err(e.into()),
+            // As Sluice's source polls: no timeout per call (each costs a
+            // clock read), a short sleep when the queue is empty.
+            None => std::thread::sleep(Duration::from_millis(2)),
         }
     }
     std::hint::black_box(bytes);
-    Ok(n as f64 / start.elapsed().as_secs_f64())
+    Ok(got)
 }
 
-fn sluice(broker: &Broker, topic: &str, n: usize, p: usize, json: bool) -> anyhow::Result<f64> {
+fn sluice(
+    broker: &Broker,
+    topic: &str,
+    n: usize,
+    p: usize,
+    json: bool,
+    discard: bool,
+) -> anyhow::Result<f64> {
     let dir = tempfile_dir()?;
     let env = Env::new();
     env.set_parallelism(p);
@@ -99,8 +160,12 @@ fn sluice(broker: &Broker, topic: &str, n: usize, p: usize, json: bool) -> anyho
         src.format(Format::Raw)
     };
     // As `kafka_to_parquet` writes them.
-    let sink = ParquetSink::new(&dir).without_dictionary(["_offset", "_timestamp"]);
-    env.source(src).sink(sink);
+    let stream = env.source(src);
+    if discard {
+        stream.sink(DiscardSink);
+    } else {
+        stream.sink(ParquetSink::new(&dir).without_dictionary(["_offset", "_timestamp"]));
+    }
     let start = Instant::now();
     let res = env.execute()?;
     let secs = start.elapsed().as_secs_f64();
@@ -109,8 +174,26 @@ fn sluice(broker: &Broker, topic: &str, n: usize, p: usize, json: bool) -> anyho
         "read {} of {n} records",
         res.source_records()
     );
+    if !discard {
+        let written = parquet_rows(&dir)?;
+        anyhow::ensure!(written == n, "wrote {written} of {n} records");
+    }
     std::fs::remove_dir_all(&dir)?;
     Ok(n as f64 / secs)
+}
+
+/// Rows in the Parquet files under `dir`, from their footers.
+fn parquet_rows(dir: &std::path::Path) -> anyhow::Result<usize> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let mut rows = 0;
+    for e in std::fs::read_dir(dir)? {
+        let path = e?.path();
+        if path.extension().is_some_and(|x| x == "parquet") {
+            let r = SerializedFileReader::new(std::fs::File::open(&path)?)?;
+            rows += r.metadata().file_metadata().num_rows() as usize;
+        }
+    }
+    Ok(rows)
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
@@ -121,6 +204,10 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
+    eprintln!(
+        "runs (K records/s): {:?}",
+        xs.iter().map(|x| (x / 1000.0).round()).collect::<Vec<_>>()
+    );
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
 }
@@ -136,26 +223,40 @@ fn main() -> anyhow::Result<()> {
         args.records,
         t.elapsed().as_secs_f64()
     );
+    let sink = if args.discard { "discard" } else { "Parquet" };
+    let variants: Vec<&str> = ["plain", "raw", "json"]
+        .into_iter()
+        .filter(|v| args.only.iter().any(|o| o == v))
+        .collect();
+    // Rounds of one run per variant, so drift of the shared machine and the
+    // broker's state over time touch every variant alike.
+    let mut runs = vec![Vec::new(); variants.len()];
+    for _ in 0..args.repeat {
+        for (i, v) in variants.iter().enumerate() {
+            let (n, p) = (args.records, args.parallelism);
+            runs[i].push(match *v {
+                "plain" => {
+                    let r = plain(&broker, "bench", n, args.partitions, p)?;
+                    anyhow::ensure!(r.1 == n, "plain consumers read {} of {n} records", r.1);
+                    r.0
+                }
+                v => sluice(&broker, "bench", n, p, v == "json", args.discard)?,
+            });
+        }
+    }
     let mut rows = Vec::new();
-    let plain_rate = median(
-        (0..args.repeat)
-            .map(|_| plain(&broker, "bench", args.records, args.partitions))
-            .collect::<anyhow::Result<Vec<_>>>()?,
-    );
-    rows.push(("plain rdkafka consumer (1 thread)".to_string(), plain_rate));
-    for (json, name) in [(false, "raw"), (true, "json")] {
-        let r = median(
-            (0..args.repeat)
-                .map(|_| sluice(&broker, "bench", args.records, args.parallelism, json))
-                .collect::<anyhow::Result<Vec<_>>>()?,
-        );
-        rows.push((
-            format!(
-                "Sluice Kafka → Parquet, {name}, parallelism {}",
-                args.parallelism
-            ),
-            r,
-        ));
+    let mut plain_rate = f64::NAN;
+    for (v, xs) in variants.iter().zip(runs) {
+        eprint!("{v}: ");
+        let r = median(xs);
+        if *v == "plain" {
+            plain_rate = r;
+            let p = args.parallelism;
+            rows.push((format!("plain rdkafka consumers, {p} threads"), r));
+        } else {
+            let p = args.parallelism;
+            rows.push((format!("Sluice Kafka → {sink}, {v}, parallelism {p}"), r));
+        }
     }
     println!("| reader | median records/s | vs plain consumer |");
     println!("|---|---|---|");

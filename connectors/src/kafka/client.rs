@@ -61,6 +61,10 @@ impl KafkaConfig {
             // Bounds what librdkafka prefetches per subtask, so memory
             // stays bounded while the job is backpressured.
             .set("queued.max.messages.kbytes", "16384")
+            // When that bound is reached librdkafka postpones the next fetch
+            // by this much; its default (1 s) stalls a consumer that drains
+            // the queue in milliseconds for the rest of the second.
+            .set("fetch.queue.backoff.ms", "10")
             .set("fetch.wait.max.ms", "100")
             .set("log_level", "4");
         self.apply(&mut c);
