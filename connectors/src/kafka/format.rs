@@ -6,10 +6,11 @@
 //!
 //! A record either decodes or is *bad*: the caller gets the row index and a
 //! message and applies the decode policy (`super::dlq`). Nothing is dropped
-//! here. JSON values are checked against the schema before they reach
-//! arrow-json, so a record arrow-json would coerce (a string `"12"` into an
-//! integer column, a float into an integer) or silently lose (an unknown
-//! field) is reported instead.
+//! here. JSON records are checked against the schema (`super::json_check`)
+//! before their bytes reach arrow-json's decoder, so a record arrow-json
+//! would coerce (a string `"12"` into an integer column, a float into an
+//! integer) or silently lose (an unknown field) is reported instead. Avro
+//! datums become `serde_json` values, checked the same way here.
 
 use std::sync::Arc;
 
@@ -251,24 +252,47 @@ impl Decoder {
                 }
                 Arc::new(b.finish())
             }
-            Format::Json(_) | Format::Avro(_) => {
-                let (fields, avro) = match &self.format {
-                    Format::Json(f) => (f.clone(), None),
-                    Format::Avro(a) => (a.fields().clone(), Some(a)),
-                    _ => unreachable!("matched above"),
-                };
-                let reader = avro.map(|a| a.reader()).transpose()?;
+            Format::Json(fields) => {
+                let dec = self.json.as_mut().expect("JSON decoder for JSON format");
+                let mut batches = Vec::new();
+                for i in 0..recs.len() {
+                    let checked = match recs.values.get(i) {
+                        None => Err("record has no value (tombstone)".to_string()),
+                        Some(bytes) => {
+                            super::json_check::check_record(bytes, fields.fields()).map(|()| bytes)
+                        }
+                    };
+                    let mut bytes = match checked {
+                        Ok(b) => b,
+                        Err(e) => {
+                            bad(i, e)?;
+                            continue;
+                        }
+                    };
+                    good.push(i);
+                    // The decoder stops taking bytes when its batch is full.
+                    while !bytes.is_empty() {
+                        let n = dec.decode(bytes)?;
+                        bytes = &bytes[n..];
+                        if !bytes.is_empty() {
+                            batches.extend(dec.flush()?);
+                        }
+                    }
+                }
+                batches.extend(dec.flush()?);
+                let batch = arrow::compute::concat_batches(fields, &batches)?;
+                return self.with_metadata(partition, recs, &good, batch.columns().to_vec());
+            }
+            Format::Avro(a) => {
+                let fields = a.fields().clone();
+                let reader = a.reader()?;
                 let mut rows: Vec<Value> = Vec::with_capacity(recs.len());
                 for i in 0..recs.len() {
                     let parsed = match recs.values.get(i) {
                         None => Err("record has no value (tombstone)".to_string()),
-                        Some(bytes) => match &reader {
-                            Some(r) => super::avro::AvroSchema::decode(r, bytes),
-                            None => serde_json::from_slice::<Value>(bytes)
-                                .map_err(|e| format!("invalid JSON: {e}")),
-                        }
-                        .and_then(|v| check_object(&v, fields.fields(), "").map(|_| v)),
-                    };
+                        Some(bytes) => super::avro::AvroSchema::decode(&reader, bytes),
+                    }
+                    .and_then(|v| check_object(&v, fields.fields(), "").map(|_| v));
                     match parsed {
                         Ok(v) => {
                             rows.push(v);
@@ -277,7 +301,7 @@ impl Decoder {
                         Err(e) => bad(i, e)?,
                     }
                 }
-                let dec = self.json.as_mut().expect("JSON decoder for JSON format");
+                let dec = self.json.as_mut().expect("JSON decoder for Avro format");
                 dec.serialize(&rows)?;
                 let batch = match dec.flush()? {
                     Some(b) => b,
@@ -673,5 +697,58 @@ mod tests {
             true,
         )]));
         assert!(Format::Json(s).output_schema().is_err());
+    }
+
+    /// JSON values over the test schema's field names (and one it lacks),
+    /// with every kind of value in every place.
+    fn value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (-1e6f64..1e6).prop_map(Value::from),
+            "[a-z\\\\\"é]{0,4}".prop_map(Value::from),
+        ];
+        let nested = prop_oneof![
+            leaf.clone(),
+            proptest::collection::vec(leaf.clone(), 0..3).prop_map(Value::Array),
+            proptest::option::of(leaf.clone()).prop_map(|c| {
+                Value::Object(c.into_iter().map(|v| ("city".to_string(), v)).collect())
+            }),
+        ];
+        let keys = ["id", "name", "addr", "tags", "extra"];
+        prop_oneof![
+            9 => proptest::collection::vec((0..keys.len(), nested.clone()), 0..5).prop_map(
+                move |kvs| {
+                    Value::Object(kvs.into_iter().map(|(k, v)| (keys[k].to_string(), v)).collect())
+                }
+            ),
+            1 => nested,
+        ]
+    }
+
+    proptest::proptest! {
+        /// The streaming check accepts exactly the records the value check
+        /// accepts, and the accepted ones decode to the same rows.
+        #[test]
+        fn the_streaming_json_check_agrees_with_the_value_check(v in value()) {
+            let fields = schema();
+            let bytes = serde_json::to_vec(&v).unwrap();
+            let by_value = check_object(&v, fields.fields(), "");
+            let streaming = super::super::json_check::check_record(&bytes, fields.fields());
+            proptest::prop_assert_eq!(by_value.is_ok(), streaming.is_ok(), "{} {:?} {:?}", v, by_value, streaming);
+            if streaming.is_ok() {
+                let mut d = Decoder::new(Format::Json(fields.clone())).unwrap();
+                let mut r = RawRecords::default();
+                r.push(0, None, None, Some(&bytes));
+                let fast = d.decode(0, &r, &mut |_, e| panic!("{e}")).unwrap();
+                let mut slow = arrow::json::ReaderBuilder::new(fields.clone()).build_decoder().unwrap();
+                slow.serialize(&[v]).unwrap();
+                let slow = slow.flush().unwrap().unwrap();
+                proptest::prop_assert_eq!(fast.columns()[3..].to_vec(), slow.columns().to_vec());
+            }
+        }
     }
 }

@@ -11,7 +11,9 @@
 //!   restart stops at the same place). Modules: [`source`](self) subtask
 //!   logic, `client` (offsets and watermarks), `state` (checkpoint
 //!   entries), [`format`] (JSON with a declared or inferred schema, raw
-//!   bytes, text), [`avro`] (Avro datums with a given schema), [`dlq`] (the decode policy).
+//!   bytes, text), `json_check` (the one-pass check of a JSON record
+//!   against its schema), [`avro`] (Avro datums with a given schema),
+//!   [`dlq`] (the decode policy).
 //! - [`KafkaSink`]: at-least-once (flush at the barrier) or exactly-once
 //!   (one transaction per checkpoint, committed when the checkpoint
 //!   completes, recovered on restart through epoch markers), in `sink`.
@@ -37,6 +39,7 @@ pub mod avro;
 mod client;
 pub mod dlq;
 pub mod format;
+mod json_check;
 pub mod sink;
 mod source;
 pub mod state;

@@ -1,0 +1,398 @@
+//! Checks that a JSON record fits a schema in one streaming pass, without
+//! building a value: strings are borrowed from the record, numbers are
+//! only range-checked, objects are walked field by field against the
+//! schema. A record that passes goes to arrow-json's tape decoder as its
+//! original bytes, so each record is parsed twice by fast parsers instead
+//! of once into a `serde_json::Value` tree that is then serialized again.
+//!
+//! The rules are those of `format::check_object` (which still checks Avro
+//! values): no field outside the schema, no null or missing non-nullable
+//! field, integers in range for integer columns, no floats or strings
+//! where integers are declared, and no duplicate fields (the two parsers
+//! could keep different ones).
+
+use std::fmt;
+
+use arrow::datatypes::{DataType, Field, Fields};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+/// Why a record does not fit: a message naming the field.
+pub(crate) fn check_record(bytes: &[u8], fields: &Fields) -> Result<(), String> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let seed = ValueSeed {
+        // Unused at the root, where `fields` decides.
+        dt: &DataType::Null,
+        fields: Some(fields),
+        nullable: false,
+        path: Path::Root,
+    };
+    seed.deserialize(&mut de)
+        .and_then(|()| de.end())
+        .map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => strip_position(&e),
+            _ => format!("invalid JSON: {e}"),
+        })
+}
+
+/// Our own messages carry no position worth keeping (they name the field).
+fn strip_position(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// Where in the record a value is, rendered only for messages.
+#[derive(Clone, Copy)]
+enum Path<'a> {
+    Root,
+    Field(&'a Path<'a>, &'a str),
+    Item(&'a Path<'a>),
+}
+
+impl fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Path::Root => f.write_str("record"),
+            Path::Field(Path::Root, name) => f.write_str(name),
+            Path::Field(parent, name) => write!(f, "{parent}.{name}"),
+            Path::Item(parent) => write!(f, "{parent}[]"),
+        }
+    }
+}
+
+impl Path<'_> {
+    fn describe(&self) -> String {
+        match self {
+            Path::Root => "record".to_string(),
+            p => format!("field '{p}'"),
+        }
+    }
+}
+
+/// Checks one value against `dt` (or, with `fields`, against an object of
+/// those fields: the record itself).
+struct ValueSeed<'a> {
+    dt: &'a DataType,
+    fields: Option<&'a Fields>,
+    nullable: bool,
+    path: Path<'a>,
+}
+
+impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl ValueSeed<'_> {
+    fn mismatch<E: de::Error>(&self, found: &str) -> E {
+        let expected = match self.fields {
+            Some(_) => "an object".to_string(),
+            None => self.dt.to_string(),
+        };
+        E::custom(format!(
+            "{} is {found}, expected {expected}",
+            self.path.describe()
+        ))
+    }
+
+    fn int<E: de::Error>(&self, fits: bool, found: &str) -> Result<(), E> {
+        if fits {
+            Ok(())
+        } else {
+            Err(self.mismatch(found))
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for ValueSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a value of type {}", self.dt)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        self.int(
+            self.fields.is_none() && *self.dt == DataType::Boolean,
+            "a boolean",
+        )
+    }
+
+    fn visit_i64<E: de::Error>(self, x: i64) -> Result<(), E> {
+        let fits = self.fields.is_none()
+            && match self.dt {
+                DataType::Int8 => i8::try_from(x).is_ok(),
+                DataType::Int16 => i16::try_from(x).is_ok(),
+                DataType::Int32 => i32::try_from(x).is_ok(),
+                DataType::Int64 | DataType::Timestamp(_, None) => true,
+                DataType::UInt8 => u8::try_from(x).is_ok(),
+                DataType::UInt16 => u16::try_from(x).is_ok(),
+                DataType::UInt32 => u32::try_from(x).is_ok(),
+                DataType::UInt64 => x >= 0,
+                DataType::Float32 | DataType::Float64 => true,
+                _ => false,
+            };
+        self.int(fits, "an integer")
+    }
+
+    fn visit_u64<E: de::Error>(self, x: u64) -> Result<(), E> {
+        match i64::try_from(x) {
+            Ok(x) => self.visit_i64(x),
+            // Above i64::MAX: only unsigned 64-bit and float columns hold it.
+            Err(_) => self.int(
+                self.fields.is_none()
+                    && matches!(
+                        self.dt,
+                        DataType::UInt64 | DataType::Float32 | DataType::Float64
+                    ),
+                "an integer",
+            ),
+        }
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        self.int(
+            self.fields.is_none() && matches!(self.dt, DataType::Float32 | DataType::Float64),
+            "a float",
+        )
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        self.int(
+            self.fields.is_none() && matches!(self.dt, DataType::Utf8 | DataType::LargeUtf8),
+            "a string",
+        )
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        if self.nullable {
+            Ok(())
+        } else if let Path::Root = self.path {
+            Err(self.mismatch("null"))
+        } else {
+            Err(E::custom(format!(
+                "field '{}' is missing or null",
+                self.path
+            )))
+        }
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let item = match (self.fields, self.dt) {
+            (None, DataType::List(item)) => item,
+            _ => return Err(self.mismatch("an array")),
+        };
+        let path = Path::Item(&self.path);
+        while seq
+            .next_element_seed(ValueSeed {
+                dt: item.data_type(),
+                fields: None,
+                nullable: item.is_nullable(),
+                path,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let fields = match (self.fields, self.dt) {
+            (Some(f), _) | (None, DataType::Struct(f)) => f,
+            _ => return Err(self.mismatch("an object")),
+        };
+        let mut seen = Seen::new(fields.len());
+        while let Some(i) = map.next_key_seed(KeySeed {
+            fields,
+            path: &self.path,
+        })? {
+            if !seen.insert(i) {
+                return Err(de::Error::custom(format!(
+                    "field '{}' appears twice",
+                    Path::Field(&self.path, fields[i].name())
+                )));
+            }
+            let f: &Field = &fields[i];
+            map.next_value_seed(ValueSeed {
+                dt: f.data_type(),
+                fields: None,
+                nullable: f.is_nullable(),
+                path: Path::Field(&self.path, f.name()),
+            })?;
+        }
+        if let Some(f) = fields
+            .iter()
+            .enumerate()
+            .find(|(i, f)| !f.is_nullable() && !seen.contains(*i))
+            .map(|(_, f)| f)
+        {
+            return Err(de::Error::custom(format!(
+                "field '{}' is missing or null",
+                Path::Field(&self.path, f.name())
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Resolves an object key to its field's index, or fails naming it.
+struct KeySeed<'a> {
+    fields: &'a Fields,
+    path: &'a Path<'a>,
+}
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = usize;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = usize;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<usize, E> {
+        self.fields
+            .iter()
+            .position(|f| f.name() == key)
+            .ok_or_else(|| E::custom(format!("unknown field '{}'", Path::Field(self.path, key))))
+    }
+}
+
+/// Fields of one object seen so far.
+enum Seen {
+    Small(u64),
+    Large(Vec<bool>),
+}
+
+impl Seen {
+    fn new(n: usize) -> Self {
+        if n <= 64 {
+            Seen::Small(0)
+        } else {
+            Seen::Large(vec![false; n])
+        }
+    }
+
+    /// Marks `i`; false when it was already marked.
+    fn insert(&mut self, i: usize) -> bool {
+        match self {
+            Seen::Small(bits) => {
+                let was = *bits & (1 << i) != 0;
+                *bits |= 1 << i;
+                !was
+            }
+            Seen::Large(v) => !std::mem::replace(&mut v[i], true),
+        }
+    }
+
+    fn contains(&self, i: usize) -> bool {
+        match self {
+            Seen::Small(bits) => *bits & (1 << i) != 0,
+            Seen::Large(v) => v[i],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::TimeUnit;
+    use std::sync::Arc;
+
+    fn fields() -> Fields {
+        let city = Field::new("city", DataType::Utf8, true);
+        Fields::from(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("small", DataType::Int8, true),
+            Field::new("u", DataType::UInt64, true),
+            Field::new("x", DataType::Float64, true),
+            Field::new("ok", DataType::Boolean, true),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+            Field::new("addr", DataType::Struct(Fields::from(vec![city])), true),
+            Field::new(
+                "tags",
+                DataType::List(Arc::new(Field::new("item", DataType::Utf8, false))),
+                true,
+            ),
+        ])
+    }
+
+    fn check(s: &str) -> Result<(), String> {
+        check_record(s.as_bytes(), &fields())
+    }
+
+    #[test]
+    fn records_that_fit_pass() {
+        check(r#"{"id": 1}"#).unwrap();
+        check(r#"{"id": -5, "small": -128, "u": 18446744073709551615, "x": 3}"#).unwrap();
+        check(r#"{"id": 1, "x": 1.5e3, "ok": false, "ts": 1700000000000, "small": null}"#).unwrap();
+        check(r#"{"id": 1, "addr": {"city": "a\"b"}, "tags": ["a", "b"]}"#).unwrap();
+        check(r#"  {"id": 1, "addr": null, "tags": []}  "#).unwrap();
+    }
+
+    #[test]
+    fn records_that_do_not_fit_name_the_field() {
+        let cases = [
+            (r#"{"id": "1"}"#, "field 'id' is a string, expected Int64"),
+            (r#"{"id": 1.0}"#, "field 'id' is a float, expected Int64"),
+            (r#"{"id": 1, "small": 128}"#, "field 'small' is an integer"),
+            (r#"{"id": 1, "u": -1}"#, "field 'u' is an integer"),
+            (r#"{"id": 9223372036854775808}"#, "field 'id' is an integer"),
+            (r#"{"small": 1}"#, "field 'id' is missing or null"),
+            (r#"{"id": null}"#, "field 'id' is missing or null"),
+            (r#"{"id": 1, "more": 2}"#, "unknown field 'more'"),
+            (r#"{"id": 1, "id": 2}"#, "field 'id' appears twice"),
+            (
+                r#"{"id": 1, "addr": {"town": "x"}}"#,
+                "unknown field 'addr.town'",
+            ),
+            (
+                r#"{"id": 1, "addr": {"city": 7}}"#,
+                "field 'addr.city' is an integer",
+            ),
+            (r#"{"id": 1, "addr": []}"#, "field 'addr' is an array"),
+            (
+                r#"{"id": 1, "tags": [null]}"#,
+                "field 'tags[]' is missing or null",
+            ),
+            (r#"{"id": 1, "tags": "a"}"#, "field 'tags' is a string"),
+            (r#"[1]"#, "record is an array, expected an object"),
+            (r#"null"#, "record is null, expected an object"),
+            (r#"{"id": 1} x"#, "invalid JSON"),
+            (r#"{"id": 1"#, "invalid JSON"),
+            ("not json", "invalid JSON"),
+        ];
+        for (input, want) in cases {
+            let err = check(input).expect_err(input);
+            assert!(err.contains(want), "{input}: {err}");
+            assert!(
+                !err.contains(" at line ") || want == "invalid JSON",
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn wide_objects_track_fields_beyond_64() {
+        let wide = Fields::from(
+            (0..100)
+                .map(|i| Field::new(format!("f{i}"), DataType::Int64, i != 99))
+                .collect::<Vec<_>>(),
+        );
+        check_record(br#"{"f0": 1, "f99": 2}"#, &wide).unwrap();
+        let err = check_record(br#"{"f70": 1, "f70": 2, "f99": 1}"#, &wide).unwrap_err();
+        assert!(err.contains("appears twice"), "{err}");
+        let err = check_record(br#"{"f0": 1}"#, &wide).unwrap_err();
+        assert!(err.contains("'f99' is missing"), "{err}");
+    }
+}
