@@ -20,6 +20,8 @@ use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use serde_json::Value;
 use sluice_engine::{Error, Result};
 
+use super::json_check::check_record;
+
 /// Name of the partition column.
 pub const PARTITION_COLUMN: &str = "_partition";
 /// Name of the offset column.
@@ -177,6 +179,8 @@ pub struct Decoder {
     format: Format,
     schema: SchemaRef,
     json: Option<arrow::json::reader::Decoder>,
+    /// JSON with a flat schema: checked values go straight to columns.
+    flat: Option<super::json_columns::FlatColumns>,
 }
 
 impl std::fmt::Debug for Decoder {
@@ -206,10 +210,15 @@ impl Decoder {
             ),
             _ => None,
         };
+        let flat = match &format {
+            Format::Json(s) => super::json_columns::FlatColumns::new(s.fields()),
+            _ => None,
+        };
         Ok(Decoder {
             format,
             schema,
             json,
+            flat,
         })
     }
 
@@ -254,22 +263,22 @@ impl Decoder {
             }
             Format::Json(fields) => {
                 let dec = self.json.as_mut().expect("JSON decoder for JSON format");
+                let mut slots = Vec::with_capacity(fields.fields().len());
                 let mut batches = Vec::new();
                 for i in 0..recs.len() {
-                    let checked = match recs.values.get(i) {
-                        None => Err("record has no value (tombstone)".to_string()),
-                        Some(bytes) => {
-                            super::json_check::check_record(bytes, fields.fields()).map(|()| bytes)
-                        }
+                    let Some(mut bytes) = recs.values.get(i) else {
+                        bad(i, "record has no value (tombstone)".to_string())?;
+                        continue;
                     };
-                    let mut bytes = match checked {
-                        Ok(b) => b,
-                        Err(e) => {
-                            bad(i, e)?;
-                            continue;
-                        }
-                    };
+                    if let Err(e) = check_record(bytes, fields.fields(), &mut slots) {
+                        bad(i, e)?;
+                        continue;
+                    }
                     good.push(i);
+                    if let Some(cols) = &mut self.flat {
+                        cols.append(&slots);
+                        continue;
+                    }
                     // The decoder stops taking bytes when its batch is full.
                     while !bytes.is_empty() {
                         let n = dec.decode(bytes)?;
@@ -279,9 +288,16 @@ impl Decoder {
                         }
                     }
                 }
-                batches.extend(dec.flush()?);
-                let batch = arrow::compute::concat_batches(fields, &batches)?;
-                return self.with_metadata(partition, recs, &good, batch.columns().to_vec());
+                let columns = match &mut self.flat {
+                    Some(cols) => cols.finish(),
+                    None => {
+                        batches.extend(dec.flush()?);
+                        arrow::compute::concat_batches(fields, &batches)?
+                            .columns()
+                            .to_vec()
+                    }
+                };
+                return self.with_metadata(partition, recs, &good, columns);
             }
             Format::Avro(a) => {
                 let fields = a.fields().clone();
@@ -699,28 +715,28 @@ mod tests {
         assert!(Format::Json(s).output_schema().is_err());
     }
 
-    /// JSON values over the test schema's field names (and one it lacks),
-    /// with every kind of value in every place.
-    fn value() -> impl proptest::strategy::Strategy<Value = Value> {
+    /// JSON values over field names `keys` (the schema's and one it
+    /// lacks), with every kind of value in every place.
+    fn value(keys: &'static [&'static str]) -> impl proptest::strategy::Strategy<Value = Value> {
         use proptest::prelude::*;
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::from),
             any::<i64>().prop_map(Value::from),
             any::<u64>().prop_map(Value::from),
+            (-200i64..300).prop_map(Value::from),
             (-1e6f64..1e6).prop_map(Value::from),
             "[a-z\\\\\"é]{0,4}".prop_map(Value::from),
         ];
         let nested = prop_oneof![
-            leaf.clone(),
-            proptest::collection::vec(leaf.clone(), 0..3).prop_map(Value::Array),
-            proptest::option::of(leaf.clone()).prop_map(|c| {
+            4 => leaf.clone(),
+            1 => proptest::collection::vec(leaf.clone(), 0..3).prop_map(Value::Array),
+            1 => proptest::option::of(leaf.clone()).prop_map(|c| {
                 Value::Object(c.into_iter().map(|v| ("city".to_string(), v)).collect())
             }),
         ];
-        let keys = ["id", "name", "addr", "tags", "extra"];
         prop_oneof![
-            9 => proptest::collection::vec((0..keys.len(), nested.clone()), 0..5).prop_map(
+            9 => proptest::collection::vec((0..keys.len(), nested.clone()), 0..6).prop_map(
                 move |kvs| {
                     Value::Object(kvs.into_iter().map(|(k, v)| (keys[k].to_string(), v)).collect())
                 }
@@ -729,26 +745,79 @@ mod tests {
         ]
     }
 
+    fn flat_schema() -> SchemaRef {
+        schema_from_json(&serde_json::json!([
+            {"name": "id", "type": "int64", "nullable": false},
+            {"name": "n", "type": "int8"},
+            {"name": "u", "type": "uint64"},
+            {"name": "x", "type": "float64"},
+            {"name": "s", "type": "string"},
+            {"name": "b", "type": "bool"},
+            {"name": "ts", "type": "timestamp_ms"},
+        ]))
+        .unwrap()
+    }
+
+    /// The streaming check accepts exactly the records the value check
+    /// accepts, and the decoder (flat columns or arrow-json's) turns them
+    /// into the rows arrow-json makes of the values.
+    fn agrees(
+        fields: SchemaRef,
+        values: Vec<Value>,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        let bytes: Vec<Vec<u8>> = values
+            .iter()
+            .map(|v| serde_json::to_vec(v).unwrap())
+            .collect();
+        let mut r = RawRecords::default();
+        for b in &bytes {
+            r.push(0, None, None, Some(b));
+        }
+        let mut rejected = Vec::new();
+        let mut d = Decoder::new(Format::Json(fields.clone())).unwrap();
+        let fast = d
+            .decode(0, &r, &mut |i, _| {
+                rejected.push(i);
+                Ok(())
+            })
+            .unwrap();
+        let fits: Vec<bool> = values
+            .iter()
+            .map(|v| check_object(v, fields.fields(), "").is_ok())
+            .collect();
+        let expected: Vec<usize> = (0..values.len()).filter(|&i| !fits[i]).collect();
+        proptest::prop_assert_eq!(&rejected, &expected, "{:?}", values);
+        let good: Vec<&Value> = values
+            .iter()
+            .zip(&fits)
+            .filter(|(_, f)| **f)
+            .map(|(v, _)| v)
+            .collect();
+        let mut slow = arrow::json::ReaderBuilder::new(fields.clone())
+            .build_decoder()
+            .unwrap();
+        slow.serialize(&good).unwrap();
+        let slow = slow
+            .flush()
+            .unwrap()
+            .unwrap_or_else(|| RecordBatch::new_empty(fields));
+        proptest::prop_assert_eq!(fast.columns()[3..].to_vec(), slow.columns().to_vec());
+        Ok(())
+    }
+
     proptest::proptest! {
-        /// The streaming check accepts exactly the records the value check
-        /// accepts, and the accepted ones decode to the same rows.
         #[test]
-        fn the_streaming_json_check_agrees_with_the_value_check(v in value()) {
-            let fields = schema();
-            let bytes = serde_json::to_vec(&v).unwrap();
-            let by_value = check_object(&v, fields.fields(), "");
-            let streaming = super::super::json_check::check_record(&bytes, fields.fields());
-            proptest::prop_assert_eq!(by_value.is_ok(), streaming.is_ok(), "{} {:?} {:?}", v, by_value, streaming);
-            if streaming.is_ok() {
-                let mut d = Decoder::new(Format::Json(fields.clone())).unwrap();
-                let mut r = RawRecords::default();
-                r.push(0, None, None, Some(&bytes));
-                let fast = d.decode(0, &r, &mut |_, e| panic!("{e}")).unwrap();
-                let mut slow = arrow::json::ReaderBuilder::new(fields.clone()).build_decoder().unwrap();
-                slow.serialize(&[v]).unwrap();
-                let slow = slow.flush().unwrap().unwrap();
-                proptest::prop_assert_eq!(fast.columns()[3..].to_vec(), slow.columns().to_vec());
-            }
+        fn nested_json_decodes_as_arrow_json_decodes_checked_values(
+            vs in proptest::collection::vec(value(&["id", "name", "addr", "tags", "extra"]), 1..8)
+        ) {
+            agrees(schema(), vs)?;
+        }
+
+        #[test]
+        fn flat_json_decodes_as_arrow_json_decodes_checked_values(
+            vs in proptest::collection::vec(value(&["id", "n", "u", "x", "s", "b", "ts", "extra"]), 1..8)
+        ) {
+            agrees(flat_schema(), vs)?;
         }
     }
 }

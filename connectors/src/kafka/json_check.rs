@@ -11,13 +11,38 @@
 //! where integers are declared, and no duplicate fields (the two parsers
 //! could keep different ones).
 
+use std::borrow::Cow;
 use std::fmt;
 
 use arrow::datatypes::{DataType, Field, Fields};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-/// Why a record does not fit: a message naming the field.
-pub(crate) fn check_record(bytes: &[u8], fields: &Fields) -> Result<(), String> {
+/// A checked top-level field value, kept so that a flat record can be
+/// appended to columns without parsing it again.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Leaf<'de> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    /// Above `i64::MAX`.
+    UInt(u64),
+    Float(f64),
+    /// Borrowed from the record unless it had escapes.
+    Str(Cow<'de, str>),
+    /// A struct or list (checked, not kept).
+    Nested,
+}
+
+/// Checks a record against `fields`; on success `slots` holds its value
+/// per field (`Null` for absent ones). Fails with a message naming the
+/// field.
+pub(crate) fn check_record<'de>(
+    bytes: &'de [u8],
+    fields: &Fields,
+    slots: &mut Vec<Leaf<'de>>,
+) -> Result<(), String> {
+    slots.clear();
+    slots.resize(fields.len(), Leaf::Null);
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let seed = ValueSeed {
         // Unused at the root, where `fields` decides.
@@ -25,9 +50,10 @@ pub(crate) fn check_record(bytes: &[u8], fields: &Fields) -> Result<(), String> 
         fields: Some(fields),
         nullable: false,
         path: Path::Root,
+        slots: Some(slots),
     };
     seed.deserialize(&mut de)
-        .and_then(|()| de.end())
+        .and_then(|_| de.end())
         .map_err(|e| match e.classify() {
             serde_json::error::Category::Data => strip_position(&e),
             _ => format!("invalid JSON: {e}"),
@@ -72,23 +98,24 @@ impl Path<'_> {
 }
 
 /// Checks one value against `dt` (or, with `fields`, against an object of
-/// those fields: the record itself).
-struct ValueSeed<'a> {
+/// those fields: the record itself, whose field values go to `slots`).
+struct ValueSeed<'a, 'de> {
     dt: &'a DataType,
     fields: Option<&'a Fields>,
     nullable: bool,
     path: Path<'a>,
+    slots: Option<&'a mut Vec<Leaf<'de>>>,
 }
 
-impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
-    type Value = ();
+impl<'de> DeserializeSeed<'de> for ValueSeed<'_, 'de> {
+    type Value = Leaf<'de>;
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Leaf<'de>, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl ValueSeed<'_> {
+impl<'de> ValueSeed<'_, 'de> {
     fn mismatch<E: de::Error>(&self, found: &str) -> E {
         let expected = match self.fields {
             Some(_) => "an object".to_string(),
@@ -100,30 +127,32 @@ impl ValueSeed<'_> {
         ))
     }
 
-    fn int<E: de::Error>(&self, fits: bool, found: &str) -> Result<(), E> {
+    fn leaf<E: de::Error>(&self, fits: bool, found: &str, leaf: Leaf<'de>) -> Result<Leaf<'de>, E> {
         if fits {
-            Ok(())
+            Ok(leaf)
         } else {
             Err(self.mismatch(found))
         }
     }
+
+    fn is_str(&self) -> bool {
+        self.fields.is_none() && matches!(self.dt, DataType::Utf8 | DataType::LargeUtf8)
+    }
 }
 
-impl<'de> Visitor<'de> for ValueSeed<'_> {
-    type Value = ();
+impl<'de> Visitor<'de> for ValueSeed<'_, 'de> {
+    type Value = Leaf<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "a value of type {}", self.dt)
     }
 
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
-        self.int(
-            self.fields.is_none() && *self.dt == DataType::Boolean,
-            "a boolean",
-        )
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Leaf<'de>, E> {
+        let fits = self.fields.is_none() && *self.dt == DataType::Boolean;
+        self.leaf(fits, "a boolean", Leaf::Bool(b))
     }
 
-    fn visit_i64<E: de::Error>(self, x: i64) -> Result<(), E> {
+    fn visit_i64<E: de::Error>(self, x: i64) -> Result<Leaf<'de>, E> {
         let fits = self.fields.is_none()
             && match self.dt {
                 DataType::Int8 => i8::try_from(x).is_ok(),
@@ -137,41 +166,45 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
                 DataType::Float32 | DataType::Float64 => true,
                 _ => false,
             };
-        self.int(fits, "an integer")
+        self.leaf(fits, "an integer", Leaf::Int(x))
     }
 
-    fn visit_u64<E: de::Error>(self, x: u64) -> Result<(), E> {
+    fn visit_u64<E: de::Error>(self, x: u64) -> Result<Leaf<'de>, E> {
         match i64::try_from(x) {
             Ok(x) => self.visit_i64(x),
             // Above i64::MAX: only unsigned 64-bit and float columns hold it.
-            Err(_) => self.int(
-                self.fields.is_none()
+            Err(_) => {
+                let fits = self.fields.is_none()
                     && matches!(
                         self.dt,
                         DataType::UInt64 | DataType::Float32 | DataType::Float64
-                    ),
-                "an integer",
-            ),
+                    );
+                self.leaf(fits, "an integer", Leaf::UInt(x))
+            }
         }
     }
 
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
-        self.int(
-            self.fields.is_none() && matches!(self.dt, DataType::Float32 | DataType::Float64),
-            "a float",
-        )
+    fn visit_f64<E: de::Error>(self, x: f64) -> Result<Leaf<'de>, E> {
+        let fits =
+            self.fields.is_none() && matches!(self.dt, DataType::Float32 | DataType::Float64);
+        self.leaf(fits, "a float", Leaf::Float(x))
     }
 
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
-        self.int(
-            self.fields.is_none() && matches!(self.dt, DataType::Utf8 | DataType::LargeUtf8),
-            "a string",
-        )
+    fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Leaf<'de>, E> {
+        self.leaf(self.is_str(), "a string", Leaf::Str(Cow::Borrowed(s)))
     }
 
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Leaf<'de>, E> {
+        if self.is_str() {
+            Ok(Leaf::Str(Cow::Owned(s.to_string())))
+        } else {
+            Err(self.mismatch("a string"))
+        }
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Leaf<'de>, E> {
         if self.nullable {
-            Ok(())
+            Ok(Leaf::Null)
         } else if let Path::Root = self.path {
             Err(self.mismatch("null"))
         } else {
@@ -182,7 +215,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
         }
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Leaf<'de>, A::Error> {
         let item = match (self.fields, self.dt) {
             (None, DataType::List(item)) => item,
             _ => return Err(self.mismatch("an array")),
@@ -194,17 +227,19 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
                 fields: None,
                 nullable: item.is_nullable(),
                 path,
+                slots: None,
             })?
             .is_some()
         {}
-        Ok(())
+        Ok(Leaf::Nested)
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Leaf<'de>, A::Error> {
         let fields = match (self.fields, self.dt) {
             (Some(f), _) | (None, DataType::Struct(f)) => f,
             _ => return Err(self.mismatch("an object")),
         };
+        let mut slots = self.slots;
         let mut seen = Seen::new(fields.len());
         while let Some(i) = map.next_key_seed(KeySeed {
             fields,
@@ -217,12 +252,16 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
                 )));
             }
             let f: &Field = &fields[i];
-            map.next_value_seed(ValueSeed {
+            let leaf = map.next_value_seed(ValueSeed {
                 dt: f.data_type(),
                 fields: None,
                 nullable: f.is_nullable(),
                 path: Path::Field(&self.path, f.name()),
+                slots: None,
             })?;
+            if let Some(s) = slots.as_deref_mut() {
+                s[i] = leaf;
+            }
         }
         if let Some(f) = fields
             .iter()
@@ -235,7 +274,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
                 Path::Field(&self.path, f.name())
             )));
         }
-        Ok(())
+        Ok(Leaf::Nested)
     }
 }
 
@@ -328,7 +367,33 @@ mod tests {
     }
 
     fn check(s: &str) -> Result<(), String> {
-        check_record(s.as_bytes(), &fields())
+        check_record(s.as_bytes(), &fields(), &mut Vec::new())
+    }
+
+    #[test]
+    fn field_values_are_kept_in_schema_order() {
+        let mut slots = Vec::new();
+        let rec = br#"{"x": 2, "ok": true, "id": -1, "u": 18446744073709551615, "addr": null}"#;
+        check_record(rec, &fields(), &mut slots).unwrap();
+        assert_eq!(
+            slots[..6],
+            [
+                Leaf::Int(-1),
+                Leaf::Null,
+                Leaf::UInt(u64::MAX),
+                Leaf::Int(2),
+                Leaf::Bool(true),
+                Leaf::Null
+            ]
+        );
+        let rec = br#"{"id": 1, "addr": {"city": "a"}, "tags": ["q\"r"]}"#;
+        check_record(rec, &fields(), &mut slots).unwrap();
+        assert_eq!(slots[6..], [Leaf::Nested, Leaf::Nested]);
+        let f = Fields::from(vec![Field::new("s", DataType::Utf8, false)]);
+        check_record(br#"{"s": "plain"}"#, &f, &mut slots).unwrap();
+        assert!(matches!(&slots[0], Leaf::Str(Cow::Borrowed("plain"))));
+        check_record(br#"{"s": "tab\there"}"#, &f, &mut slots).unwrap();
+        assert_eq!(slots[0], Leaf::Str(Cow::Owned("tab\there".into())));
     }
 
     #[test]
@@ -389,10 +454,11 @@ mod tests {
                 .map(|i| Field::new(format!("f{i}"), DataType::Int64, i != 99))
                 .collect::<Vec<_>>(),
         );
-        check_record(br#"{"f0": 1, "f99": 2}"#, &wide).unwrap();
-        let err = check_record(br#"{"f70": 1, "f70": 2, "f99": 1}"#, &wide).unwrap_err();
+        let slots = &mut Vec::new();
+        check_record(br#"{"f0": 1, "f99": 2}"#, &wide, slots).unwrap();
+        let err = check_record(br#"{"f70": 1, "f70": 2, "f99": 1}"#, &wide, slots).unwrap_err();
         assert!(err.contains("appears twice"), "{err}");
-        let err = check_record(br#"{"f0": 1}"#, &wide).unwrap_err();
+        let err = check_record(br#"{"f0": 1}"#, &wide, slots).unwrap_err();
         assert!(err.contains("'f99' is missing"), "{err}");
     }
 }

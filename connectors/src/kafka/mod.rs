@@ -12,7 +12,8 @@
 //!   logic, `client` (offsets and watermarks), `state` (checkpoint
 //!   entries), [`format`] (JSON with a declared or inferred schema, raw
 //!   bytes, text), `json_check` (the one-pass check of a JSON record
-//!   against its schema), [`avro`] (Avro datums with a given schema),
+//!   against its schema), `json_columns` (checked values of flat records
+//!   straight into columns), [`avro`] (Avro datums with a given schema),
 //!   [`dlq`] (the decode policy).
 //! - [`KafkaSink`]: at-least-once (flush at the barrier) or exactly-once
 //!   (one transaction per checkpoint, committed when the checkpoint
@@ -40,6 +41,7 @@ mod client;
 pub mod dlq;
 pub mod format;
 mod json_check;
+mod json_columns;
 pub mod sink;
 mod source;
 pub mod state;
