@@ -1,6 +1,8 @@
 //! Criterion micro-benchmarks: hash partitioning, expression evaluation,
 //! window aggregation (tumbling, and sliding at growing size/slide to show
-//! per-record cost does not grow with the overlap).
+//! per-record cost does not grow with the overlap), and decoding Kafka
+//! JSON records into columns (flat schema: straight into builders; nested:
+//! through arrow-json), without a broker.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -113,5 +115,53 @@ fn windows(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, hash_partitioning, expressions, windows);
+/// Kafka JSON decoding of one source batch (8,192 records of about 100
+/// bytes, as in the Kafka macro benchmark), flat and with a nested field.
+fn kafka_json(c: &mut Criterion) {
+    use sluice_connectors::kafka::format::{schema_from_json, Decoder, RawRecords};
+    use sluice_connectors::kafka::Format;
+    const N: usize = 8192;
+    let flat = serde_json::json!([
+        {"name": "id", "type": "int64"},
+        {"name": "user", "type": "string"},
+        {"name": "amount", "type": "float64"},
+        {"name": "ok", "type": "bool"},
+        {"name": "city", "type": "string"},
+    ]);
+    let mut nested = flat.clone();
+    nested.as_array_mut().unwrap().push(serde_json::json!(
+        {"name": "geo", "type": {"struct": [{"name": "lat", "type": "float64"}]}}
+    ));
+    let mut group = c.benchmark_group("kafka_json_decode");
+    group.throughput(Throughput::Elements(N as u64));
+    for (name, fields, extra) in [
+        ("flat", flat, ""),
+        ("nested", nested, r#", "geo": {"lat": 52.5}"#),
+    ] {
+        let mut recs = RawRecords::default();
+        for i in 0..N {
+            let v = format!(
+                r#"{{"id": {i}, "user": "user-{:05}", "amount": {}.25, "ok": {}, "city": "c{:03}"{extra}}}"#,
+                i % 50_000,
+                i % 10_000,
+                i % 2 == 0,
+                i % 500
+            );
+            recs.push(i as i64, Some(0), None, Some(v.as_bytes()));
+        }
+        let schema = schema_from_json(&fields).unwrap();
+        let mut decoder = Decoder::new(Format::Json(schema)).unwrap();
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let batch = decoder
+                    .decode(0, &recs, &mut |i, e| panic!("record {i}: {e}"))
+                    .unwrap();
+                assert_eq!(batch.num_rows(), N);
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, hash_partitioning, expressions, windows, kafka_json);
 criterion_main!(benches);
