@@ -140,13 +140,7 @@ fn kafka_json(c: &mut Criterion) {
     ] {
         let mut recs = RawRecords::default();
         for i in 0..N {
-            let v = format!(
-                r#"{{"id": {i}, "user": "user-{:05}", "amount": {}.25, "ok": {}, "city": "c{:03}"{extra}}}"#,
-                i % 50_000,
-                i % 10_000,
-                i % 2 == 0,
-                i % 500
-            );
+            let v = sluice_benches::kafka_json_record(i, extra);
             recs.push(i as i64, Some(0), None, Some(v.as_bytes()));
         }
         let schema = schema_from_json(&fields).unwrap();

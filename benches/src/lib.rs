@@ -1,5 +1,6 @@
 //! Shared pieces of Sluice's benchmarks: an in-memory source of prepared
-//! batches, so micro-benchmarks measure operators rather than generation.
+//! batches, so micro-benchmarks measure operators rather than generation,
+//! and the JSON record the Kafka benchmarks read.
 
 use std::sync::Arc;
 
@@ -54,4 +55,17 @@ pub fn prepared(env: &Env, schema: SchemaRef, batches: Arc<Vec<RecordBatch>>) ->
             step: ctx.parallelism,
         }))
     })
+}
+
+/// Record `i` of the Kafka benchmarks: a JSON object of about 100 bytes
+/// (as in the broker's measured figures) with five fields, followed by
+/// `extra` (more fields, starting with a comma) before the closing brace.
+pub fn kafka_json_record(i: usize, extra: &str) -> String {
+    format!(
+        r#"{{"id": {i}, "user": "user-{:05}", "amount": {}.25, "ok": {}, "city": "c{:03}"{extra}}}"#,
+        i % 50_000,
+        i % 10_000,
+        i.is_multiple_of(2),
+        i % 500
+    )
 }

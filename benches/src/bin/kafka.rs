@@ -45,14 +45,7 @@ fn produce(broker: &Broker, topic: &str, n: usize, partitions: i32) -> anyhow::R
         .set("linger.ms", "20")
         .create()?;
     for i in 0..n {
-        // About 100 bytes, as in the broker's measured figures.
-        let v = format!(
-            r#"{{"id": {i}, "user": "user-{:05}", "amount": {}.25, "ok": {}, "city": "c{:03}"}}"#,
-            i % 50_000,
-            i % 10_000,
-            i % 2 == 0,
-            i % 500
-        );
+        let v = sluice_benches::kafka_json_record(i, "");
         let rec = BaseRecord::<(), String>::to(topic)
             .payload(&v)
             .partition(i as i32 % partitions);
