@@ -1,9 +1,9 @@
 //! Checks that a JSON record fits a schema in one streaming pass, without
-//! building a value: strings are borrowed from the record, numbers are
-//! only range-checked, objects are walked field by field against the
-//! schema. A record that passes goes to arrow-json's tape decoder as its
-//! original bytes, so each record is parsed twice by fast parsers instead
-//! of once into a `serde_json::Value` tree that is then serialized again.
+//! building a value tree: strings are borrowed from the record, numbers
+//! are range-checked, objects are walked field by field against the
+//! schema, and the top-level values are kept as [`Leaf`]s. With a flat
+//! schema those go straight into columns (`json_columns`); otherwise the
+//! record's bytes go to arrow-json's tape decoder after the check.
 //!
 //! The rules are those of `format::check_object` (which still checks Avro
 //! values): no field outside the schema, no null or missing non-nullable
