@@ -99,6 +99,10 @@ pub enum Error {
         /// What failed.
         message: String,
     },
+    /// Something awaited did not happen in time (the message says what,
+    /// and may carry diagnostics such as log tails).
+    #[error("timed out waiting for {0}")]
+    Timeout(String),
     /// The job was cancelled.
     #[error("job cancelled")]
     Cancelled,
@@ -159,6 +163,7 @@ impl Error {
             | Error::Exchange(_)
             | Error::Protocol(_)
             | Error::Unreachable { .. }
+            | Error::Timeout(_)
             | Error::Cancelled => ErrorKind::External,
             // A 4xx means the request itself was wrong; anything else is the
             // coordinator's trouble and may pass.

@@ -9,17 +9,16 @@
 //! worker and its executors down together, as losing a machine would.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::Value;
 use sluice_connectors::kafka::send_waiting;
 use sluice_connectors::kafka::testing::Broker;
+use sluice_engine::cluster::local::{LocalCluster, LocalClusterConfig, WorkerPlace};
 
 mod common;
 use common::{assert_exactly_once, rows};
@@ -36,45 +35,20 @@ fn sluice_bin() -> PathBuf {
     p
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("0.0.0.0:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A [`LocalCluster`] with the tests' heartbeat settings, and helpers that
+/// read the CLI's JSON and panic with the logs when something fails.
+struct Cluster(LocalCluster);
+
+impl std::ops::Deref for Cluster {
+    type Target = LocalCluster;
+    fn deref(&self) -> &LocalCluster {
+        &self.0
+    }
 }
 
-fn signal_group(child: &Child, signal: &str) {
-    // The group may be gone already (a test killed it): not an error.
-    let _ = Command::new("kill")
-        .args([signal, "--", &format!("-{}", child.id())])
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// A coordinator and workers, killed (with their executors) on drop.
-struct Cluster {
-    dir: PathBuf,
-    /// Address the coordinator listens on (API and control).
-    host: String,
-    port: u16,
-    coordinator: Option<Child>,
-    workers: Vec<Child>,
-}
-
-/// Where a worker runs: its exchange host and an optional command prefix
-/// (`ip netns exec NS`).
-struct WorkerPlace {
-    host: String,
-    prefix: Vec<String>,
-}
-
-impl WorkerPlace {
-    fn loopback() -> WorkerPlace {
-        WorkerPlace {
-            host: "127.0.0.1".into(),
-            prefix: Vec::new(),
-        }
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut LocalCluster {
+        &mut self.0
     }
 }
 
@@ -85,114 +59,32 @@ impl Cluster {
     }
 
     fn start_at(dir: &Path, host: &str, places: &[WorkerPlace], slots: usize) -> Cluster {
-        let mut c = Cluster {
+        let config = LocalClusterConfig {
+            sluice: sluice_bin(),
             dir: dir.to_path_buf(),
             host: host.to_string(),
-            port: free_port(),
-            coordinator: None,
-            workers: Vec::new(),
+            coordinator_args: ["--heartbeat-timeout", "1s", "--heartbeat-interval", "200ms"]
+                .map(String::from)
+                .to_vec(),
+            workers: places.to_vec(),
+            slots,
         };
-        c.start_coordinator();
-        for (i, place) in places.iter().enumerate() {
-            let log = std::fs::File::create(dir.join(format!("worker-{i}.log"))).unwrap();
-            let mut cmd = match place.prefix.split_first() {
-                Some((first, rest)) => {
-                    let mut cmd = Command::new(first);
-                    cmd.args(rest).arg(sluice_bin());
-                    cmd
-                }
-                None => Command::new(sluice_bin()),
-            };
-            let child = cmd
-                .args(["worker", "--coordinator", &c.url(), "--slots"])
-                .arg(slots.to_string())
-                .args(["--listen", &place.host])
-                .arg("--data-dir")
-                .arg(dir.join(format!("worker-{i}")))
-                .env("RUST_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .process_group(0)
-                .spawn()
-                .unwrap();
-            c.workers.push(child);
-        }
-        let n = places.len();
-        c.wait_for(Duration::from_secs(30), "workers to register", |c| {
-            c.json(&["workers", "--json"])
-                .as_array()
-                .is_some_and(|w| w.iter().filter(|w| w["alive"] == true).count() == n)
-        });
-        c
+        Cluster(LocalCluster::start(config).unwrap_or_else(|e| panic!("{e}")))
     }
 
-    fn url(&self) -> String {
-        format!("http://{}:{}", self.host, self.port)
-    }
-
-    fn start_coordinator(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("coordinator.log"))
-            .unwrap();
-        let child = Command::new(sluice_bin())
-            .args([
-                "coordinator",
-                "--listen",
-                &format!("{}:{}", self.host, self.port),
-            ])
-            .arg("--data-dir")
-            .arg(self.dir.join("coordinator"))
-            .args(["--heartbeat-timeout", "1s", "--heartbeat-interval", "200ms"])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        self.coordinator = Some(child);
-        self.wait_for(Duration::from_secs(20), "the coordinator to answer", |c| {
-            c.sluice(&["workers", "--json"]).status.success()
-        });
-    }
-
-    fn kill_coordinator(&mut self) {
-        if let Some(mut c) = self.coordinator.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Runs `sluice ARGS --coordinator URL`.
-    fn sluice(&self, args: &[&str]) -> Output {
-        Command::new(sluice_bin())
-            .args(args)
-            .args(["--coordinator", &self.url()])
-            .output()
-            .unwrap()
+    fn restart_coordinator(&mut self) {
+        self.0.start_coordinator().unwrap_or_else(|e| panic!("{e}"));
     }
 
     fn json(&self, args: &[&str]) -> Value {
-        let out = self.sluice(args);
+        let out = self.sluice(args).unwrap();
         serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
     }
 
     fn submit(&self, parallelism: usize, binary: &str, job_args: &[&str]) -> String {
-        let mut c = Command::new(sluice_bin());
-        c.args(["submit", "--coordinator", &self.url(), "--parallelism"])
-            .arg(parallelism.to_string())
-            .arg(binary)
-            .arg("--")
-            .args(job_args)
-            .current_dir(&self.dir);
-        let out = c.output().unwrap();
-        assert!(
-            out.status.success(),
-            "submit failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
+        self.0
+            .submit(parallelism, Path::new(binary), job_args)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn status(&self, job: &str) -> Value {
@@ -200,13 +92,9 @@ impl Cluster {
     }
 
     fn wait_for(&self, timeout: Duration, what: &str, mut ok: impl FnMut(&Cluster) -> bool) {
-        let start = Instant::now();
-        while !ok(self) {
-            if start.elapsed() > timeout {
-                panic!("timed out waiting for {what}\n{}", self.logs());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.0
+            .wait_for(timeout, what, |_| Ok::<_, sluice_engine::Error>(ok(self)))
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     fn wait_state(&self, job: &str, state: &str, timeout: Duration) -> Value {
@@ -222,43 +110,6 @@ impl Cluster {
             s == state
         });
         last
-    }
-
-    /// The tails of every log, for failure messages.
-    fn logs(&self) -> String {
-        let mut out = String::new();
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "log"))
-            .collect();
-        for i in 0..self.workers.len() {
-            if let Ok(rd) = std::fs::read_dir(self.dir.join(format!("worker-{i}/logs"))) {
-                files.extend(rd.flatten().map(|e| e.path()));
-            }
-        }
-        files.sort();
-        for f in files {
-            let text = std::fs::read_to_string(&f).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(15)..];
-            out.push_str(&format!("--- {}\n{}\n", f.display(), tail.join("\n")));
-        }
-        out
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for w in &mut self.workers {
-            signal_group(w, "-KILL");
-            let _ = w.wait();
-        }
-        if let Some(c) = &mut self.coordinator {
-            signal_group(c, "-KILL");
-            let _ = c.wait();
-        }
     }
 }
 
@@ -351,8 +202,8 @@ fn a_killed_worker_is_replaced_and_output_stays_exactly_once() {
         Duration::from_secs(30),
         "every worker to hold the binary",
         |c| {
-            (0..c.workers.len()).all(|i| {
-                c.dir
+            (0..c.worker_count()).all(|i| {
+                c.dir()
                     .join(format!("worker-{i}/artifacts/{artifact}"))
                     .is_file()
             })
@@ -360,8 +211,8 @@ fn a_killed_worker_is_replaced_and_output_stays_exactly_once() {
     );
     // Kill the worker and its executors (its whole process group).
     let pos = worker_position(&cluster, &victim);
-    signal_group(&cluster.workers[pos], "-KILL");
-    let _ = cluster.workers[pos].wait();
+    cluster.signal_worker(pos, "-KILL");
+    cluster.wait_worker(pos);
     // A finished job has no placement, so look at it while the new
     // attempt runs.
     let mut rerun = Value::Null;
@@ -409,14 +260,11 @@ fn worker_after_a_checkpoint(cluster: &Cluster, job: &str) -> String {
     victim.expect("waited for it")
 }
 
-/// The process index of worker `id`: each worker's data dir holds its id.
+/// The process index of worker `id`.
 fn worker_position(cluster: &Cluster, id: &str) -> usize {
-    (0..cluster.workers.len())
-        .find(|i| {
-            std::fs::read_to_string(cluster.dir.join(format!("worker-{i}.log")))
-                .is_ok_and(|log| log.contains(id))
-        })
-        .unwrap_or_else(|| panic!("no worker log names {id}\n{}", cluster.logs()))
+    cluster
+        .worker_position(id)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
@@ -431,7 +279,7 @@ fn a_restarted_coordinator_resumes_its_jobs() {
     let before = cluster.status(&job);
     cluster.kill_coordinator();
     std::thread::sleep(Duration::from_millis(500));
-    cluster.start_coordinator();
+    cluster.restart_coordinator();
     let done = cluster.wait_state(&job, "FINISHED", Duration::from_secs(120));
     assert!(
         done["attempt"].as_u64() > before["attempt"].as_u64(),
@@ -454,7 +302,7 @@ fn a_frozen_worker_is_fenced_when_it_wakes_up() {
     let job = submit_q5(&cluster, 2, "150000");
     let victim = worker_after_a_checkpoint(&cluster, &job);
     let pos = worker_position(&cluster, &victim);
-    signal_group(&cluster.workers[pos], "-STOP");
+    cluster.signal_worker(pos, "-STOP");
     cluster.wait_for(
         Duration::from_secs(30),
         "the frozen worker to be replaced",
@@ -463,7 +311,7 @@ fn a_frozen_worker_is_fenced_when_it_wakes_up() {
             s["restarts"].as_u64().unwrap_or(0) >= 1 && s["state"] == "RUNNING"
         },
     );
-    signal_group(&cluster.workers[pos], "-CONT");
+    cluster.signal_worker(pos, "-CONT");
     cluster.wait_state(&job, "FINISHED", Duration::from_secs(120));
     let out = dir.path().join("out");
     assert_exactly_once(&want, &rows(&out), &out, "q5 with a frozen worker");

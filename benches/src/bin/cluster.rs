@@ -23,16 +23,16 @@
 //! second, so "output resumed" also includes up to a second of report
 //! delay.
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
-use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 use clap::Parser;
-use sluice_engine::cluster::api::{JobState, JobStatus, NodeCounters, WorkerInfo};
+use sluice_engine::cluster::api::{JobState, JobStatus, NodeCounters};
+use sluice_engine::cluster::local::{LocalCluster, LocalClusterConfig, WorkerPlace};
 
 /// Distributed-runtime macro benchmark (q5 embedded vs a cluster; failover).
 #[derive(Parser, Debug)]
@@ -81,36 +81,19 @@ const HEARTBEAT_TIMEOUT: &str = "1s";
 const HEARTBEAT_INTERVAL: &str = "200ms";
 const CHECKPOINT_INTERVAL: &str = "500ms";
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// SIGKILLs (or another signal) a child's whole process group.
-fn signal_group(child: &Child, signal: &str) {
-    let _ = Command::new("kill")
-        .args([signal, "--", &format!("-{}", child.id())])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// A coordinator and workers, each in its own process group; every group
-/// (with the executors the workers started) is killed on drop.
+/// A [`LocalCluster`] whose job status is polled and timed.
 struct Cluster {
-    sluice: PathBuf,
-    dir: PathBuf,
-    port: u16,
-    coordinator: Option<Child>,
-    workers: Vec<Child>,
+    inner: LocalCluster,
     /// Poll with a plain HTTP GET instead of `sluice status`.
     http: bool,
     /// Durations of the status calls made.
-    polls: Vec<Duration>,
+    polls: RefCell<Vec<Duration>>,
 }
 
 impl Cluster {
     /// Starts a coordinator (with `coordinator_args`) and `workers`
-    /// workers, and waits until every worker is registered and alive.
+    /// workers on loopback, and waits until every worker is registered and
+    /// alive.
     fn start(
         args: &Args,
         sluice: &Path,
@@ -118,97 +101,37 @@ impl Cluster {
         workers: usize,
         coordinator_args: &[&str],
     ) -> anyhow::Result<Cluster> {
-        let slots = args.slots;
-        std::fs::create_dir_all(dir)?;
-        let mut c = Cluster {
+        let inner = LocalCluster::start(LocalClusterConfig {
             sluice: sluice.to_path_buf(),
             dir: dir.to_path_buf(),
-            port: free_port()?,
-            coordinator: None,
-            workers: Vec::new(),
+            host: "127.0.0.1".into(),
+            coordinator_args: coordinator_args.iter().map(|a| a.to_string()).collect(),
+            workers: vec![WorkerPlace::loopback(); workers],
+            slots: args.slots,
+        })?;
+        Ok(Cluster {
+            inner,
             http: args.poll == "http",
-            polls: Vec::new(),
-        };
-        let log = std::fs::File::create(dir.join("coordinator.log"))?;
-        let child = Command::new(sluice)
-            .args(["coordinator", "--listen"])
-            .arg(format!("127.0.0.1:{}", c.port))
-            .arg("--data-dir")
-            .arg(dir.join("coordinator"))
-            .args(coordinator_args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("starting {}", sluice.display()))?;
-        c.coordinator = Some(child);
-        c.wait_for(Duration::from_secs(30), "the coordinator to answer", |c| {
-            Ok(c.sluice(&["workers", "--json"])?.status.success())
-        })?;
-        for i in 0..workers {
-            let log = std::fs::File::create(dir.join(format!("worker-{i}.log")))?;
-            let child = Command::new(sluice)
-                .args(["worker", "--coordinator", &c.url(), "--slots"])
-                .arg(slots.to_string())
-                .arg("--data-dir")
-                .arg(dir.join(format!("worker-{i}")))
-                .env("RUST_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .process_group(0)
-                .spawn()?;
-            c.workers.push(child);
-        }
-        c.wait_for(Duration::from_secs(30), "the workers to register", |c| {
-            let out = c.sluice(&["workers", "--json"])?;
-            let w: Vec<WorkerInfo> = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            Ok(w.iter().filter(|w| w.alive).count() == workers)
-        })?;
-        Ok(c)
+            polls: RefCell::new(Vec::new()),
+        })
     }
 
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Runs `sluice ARGS --coordinator URL`.
-    fn sluice(&self, args: &[&str]) -> anyhow::Result<Output> {
-        Command::new(&self.sluice)
-            .args(args)
-            .args(["--coordinator", &self.url()])
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("running {}", self.sluice.display()))
-    }
-
-    /// Submits `nexmark JOB_ARGS` with `--parallelism 2` from the working
-    /// directory; returns the job id.
+    /// Submits `nexmark JOB_ARGS` with `--parallelism 2`; returns the job id.
     fn submit(&self, nexmark: &Path, job_args: &[String]) -> anyhow::Result<String> {
-        let out = Command::new(&self.sluice)
-            .args(["submit", "--coordinator", &self.url(), "--parallelism", "2"])
-            .arg(nexmark)
-            .arg("--")
-            .args(job_args)
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .output()?;
-        if !out.status.success() {
-            bail!("submit failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(String::from_utf8(out.stdout)?.trim().to_string())
+        let job_args: Vec<&str> = job_args.iter().map(String::as_str).collect();
+        Ok(self.inner.submit(2, nexmark, &job_args)?)
     }
 
     /// `sluice status JOB --json` (or `GET /api/v1/jobs/JOB`), timed.
-    fn status(&mut self, job: &str) -> anyhow::Result<JobStatus> {
+    fn status(&self, job: &str) -> anyhow::Result<JobStatus> {
         let start = Instant::now();
         let body = if self.http {
-            let b = http_get(self.port, &format!("/api/v1/jobs/{job}"));
-            self.polls.push(start.elapsed());
+            let b = http_get(self.inner.port(), &format!("/api/v1/jobs/{job}"));
+            self.polls.borrow_mut().push(start.elapsed());
             b?
         } else {
-            let out = self.sluice(&["status", job, "--json"])?;
-            self.polls.push(start.elapsed());
+            let out = self.inner.sluice(&["status", job, "--json"])?;
+            self.polls.borrow_mut().push(start.elapsed());
             if !out.status.success() {
                 bail!(
                     "sluice status {job} failed: {}",
@@ -222,65 +145,21 @@ impl Cluster {
 
     /// Calls `ok` every 100 ms until it says yes.
     fn wait_for(
-        &mut self,
+        &self,
         timeout: Duration,
         what: &str,
-        mut ok: impl FnMut(&mut Cluster) -> anyhow::Result<bool>,
+        mut ok: impl FnMut(&Cluster) -> anyhow::Result<bool>,
     ) -> anyhow::Result<()> {
-        let start = Instant::now();
-        while !ok(self)? {
-            if start.elapsed() > timeout {
-                bail!("timed out waiting for {what}\n{}", self.logs());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(())
+        self.inner.wait_for(timeout, what, |_| ok(self))
     }
 
-    /// The position in `workers` of the worker whose id is `id` (its log
-    /// names it on registration).
-    fn worker_position(&self, id: &str) -> anyhow::Result<usize> {
-        (0..self.workers.len())
-            .find(|i| {
-                std::fs::read_to_string(self.dir.join(format!("worker-{i}.log")))
-                    .is_ok_and(|log| log.contains(id))
-            })
-            .ok_or_else(|| anyhow!("no worker log names {id}"))
+    /// The status calls timed since the last call.
+    fn take_polls(&self) -> Vec<Duration> {
+        self.polls.take()
     }
 
-    /// The tails of every log, for error messages.
     fn logs(&self) -> String {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
-            .map(|rd| rd.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        files.retain(|p| p.extension().is_some_and(|x| x == "log"));
-        for i in 0..self.workers.len() {
-            if let Ok(rd) = std::fs::read_dir(self.dir.join(format!("worker-{i}/logs"))) {
-                files.extend(rd.flatten().map(|e| e.path()));
-            }
-        }
-        files.sort();
-        let mut out = String::new();
-        for f in files {
-            let text = std::fs::read_to_string(&f).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(10)..];
-            let _ = writeln!(out, "--- {}\n{}", f.display(), tail.join("\n"));
-        }
-        out
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for w in &mut self.workers {
-            signal_group(w, "-KILL");
-            let _ = w.wait();
-        }
-        if let Some(c) = &mut self.coordinator {
-            signal_group(c, "-KILL");
-            let _ = c.wait();
-        }
+        self.inner.logs()
     }
 }
 
@@ -454,7 +333,7 @@ fn q5(args: &Args, sluice: &Path, nexmark: &Path, dir: &Path) -> anyhow::Result<
             all(&emb, |x| format!("{x:.2}")),
             all(&tot, |x| format!("{x:.2}"))
         ),
-        polls: std::mem::take(&mut cluster.polls),
+        polls: cluster.take_polls(),
     })
 }
 
@@ -540,12 +419,13 @@ fn failover_once(
         .map(|n| n.node)
         .collect();
     let victim = before.placement[0].worker.clone();
-    let pos = c.worker_position(&victim)?;
+    let pos = c.inner.worker_position(&victim)?;
 
-    signal_group(&c.workers[pos], &format!("-{}", args.failover_signal));
+    c.inner
+        .signal_worker(pos, &format!("-{}", args.failover_signal));
     let killed = Instant::now();
     if args.failover_signal == "KILL" {
-        let _ = c.workers[pos].wait();
+        c.inner.wait_worker(pos);
     }
 
     let (mut detected, mut attempt, mut running) = (None, None, None);
@@ -589,7 +469,7 @@ fn failover_once(
                     output: t,
                     checkpoint: before.latest_checkpoint.unwrap_or(0),
                     attempts: s.restarts - before.restarts,
-                    polls: std::mem::take(&mut c.polls),
+                    polls: c.take_polls(),
                 };
                 return Ok(r);
             }

@@ -16,6 +16,8 @@
 //! - [`attempt`]: the coordinator's side of an attempt: the control server
 //!   executors dial, fencing of stale attempts, and the checkpoint
 //!   coordinator driving remote tasks.
+//! - [`local`]: a coordinator and workers started as processes on this
+//!   machine, for end-to-end tests and benchmarks.
 //!
 //! A job binary decides its mode in `Env::execute`: with `SLUICE_EXECUTOR`
 //! set it runs as a task executor, with `SLUICE_DESCRIBE` set it writes its
@@ -28,4 +30,5 @@ pub mod control;
 pub mod coordinator;
 pub mod describe;
 pub mod executor;
+pub mod local;
 pub mod worker;
