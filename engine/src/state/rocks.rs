@@ -222,7 +222,7 @@ impl RocksState {
             .ok_or_else(|| Error::Internal(format!("unknown state '{name}'")))
     }
 
-    /// Applies a write batch, without the write-ahead log ([`no_wal`]).
+    /// Applies a write batch, without the write-ahead log (see `no_wal`).
     pub fn write(&self, batch: WriteBatch) -> Result<()> {
         self.db()
             .write_opt(batch, &no_wal())
