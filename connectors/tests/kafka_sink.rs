@@ -15,29 +15,18 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_connectors::kafka::sink::{EpochMarker, TXN_HEADER};
 use sluice_connectors::kafka::testing::Broker;
-use sluice_connectors::kafka::{send_waiting, CommitStep, Format, KafkaSink, KafkaSource};
+use sluice_connectors::kafka::{CommitStep, Format, KafkaSink, KafkaSource};
 use sluice_engine::{CheckpointConfig, Env, RestartStrategy};
 use sluice_operators::prelude::*;
 
 const RECORDS: usize = 4000;
 
 fn produce(broker: &Broker, topic: &str) -> Vec<String> {
-    let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.address())
-        .create()
-        .unwrap();
     let values: Vec<String> = (0..RECORDS).map(|i| format!("v{i:05}")).collect();
-    for (i, v) in values.iter().enumerate() {
-        let rec = BaseRecord::<(), String>::to(topic)
-            .payload(v)
-            .partition((i % 3) as i32);
-        send_waiting(&p, rec).unwrap();
-    }
-    p.flush(Duration::from_secs(30)).unwrap();
+    broker.produce(topic, 3, &values).unwrap();
     values
 }
 

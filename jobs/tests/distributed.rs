@@ -13,10 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::Value;
-use sluice_connectors::kafka::send_waiting;
 use sluice_connectors::kafka::testing::Broker;
 use sluice_engine::cluster::local::{LocalCluster, LocalClusterConfig, WorkerPlace};
 
@@ -322,23 +319,14 @@ fn kafka_to_parquet_on_three_workers_equals_the_embedded_run() {
     const RECORDS: usize = 40_000;
     let broker = Broker::start().unwrap();
     broker.create_topic("events", 4).unwrap();
-    let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.address())
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
-    for i in 0..RECORDS {
-        let v = format!(
+    let values = (0..RECORDS).map(|i| {
+        format!(
             r#"{{"id": {i}, "user": "u{}", "amount": {}.5}}"#,
             i % 97,
             i % 1000
-        );
-        let rec = BaseRecord::<(), String>::to("events")
-            .payload(&v)
-            .partition(i as i32 % 4);
-        send_waiting(&p, rec).unwrap();
-    }
-    p.flush(Duration::from_secs(60)).unwrap();
+        )
+    });
+    broker.produce("events", 4, values).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let common = [

@@ -11,10 +11,8 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use rdkafka::config::ClientConfig;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use sluice_connectors::kafka::schema_from_checkpoint;
 use sluice_connectors::kafka::testing::Broker;
-use sluice_connectors::kafka::{schema_from_checkpoint, send_waiting};
 
 mod common;
 use common::{assert_exactly_once, rows};
@@ -23,26 +21,17 @@ const RECORDS: usize = 150_000;
 const PARTITIONS: i32 = 4;
 
 fn produce(broker: &Broker, topic: &str) {
-    let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.address())
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
-    for i in 0..RECORDS {
-        let v = format!(
+    let values = (0..RECORDS).map(|i| {
+        format!(
             r#"{{"id": {i}, "user": "u{}", "amount": {}.5, "ok": {}, "geo": {{"lat": {}, "city": "c{}"}}}}"#,
             i % 97,
             i % 1000,
             i % 2 == 0,
             i % 90,
             i % 13
-        );
-        let rec = BaseRecord::<(), String>::to(topic)
-            .payload(&v)
-            .partition(i as i32 % PARTITIONS);
-        send_waiting(&p, rec).unwrap();
-    }
-    p.flush(Duration::from_secs(60)).unwrap();
+        )
+    });
+    broker.produce(topic, PARTITIONS, values).unwrap();
 }
 
 fn job(broker: &Broker, topic: &str, out: &Path, ck: Option<&Path>, p: usize) -> Command {
@@ -188,19 +177,7 @@ fn window_agg_over_kafka_matches_the_file_job() {
         .collect();
     let file = dir.path().join("input.jsonl");
     std::fs::write(&file, lines.join("\n") + "\n").unwrap();
-    let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.address())
-        .create()
-        .unwrap();
-    for (i, l) in lines.iter().enumerate() {
-        p.send(
-            BaseRecord::<(), String>::to("agg")
-                .payload(l)
-                .partition(i as i32 % 3),
-        )
-        .unwrap();
-    }
-    p.flush(Duration::from_secs(30)).unwrap();
+    broker.produce("agg", 3, &lines).unwrap();
 
     let run = |source: &str, out: &Path| {
         let status = Command::new(env!("CARGO_BIN_EXE_window_agg"))

@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_connectors::kafka::testing::Broker;
-use sluice_connectors::kafka::{send_waiting, Format, KafkaSource};
+use sluice_connectors::kafka::{Format, KafkaSource};
 use sluice_connectors::parquet::ParquetSink;
 use sluice_connectors::sinks::DiscardSink;
 use sluice_engine::Env;
@@ -37,22 +36,6 @@ struct Args {
     /// source from the sink).
     #[arg(long)]
     discard: bool,
-}
-
-fn produce(broker: &Broker, topic: &str, n: usize, partitions: i32) -> anyhow::Result<()> {
-    let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.address())
-        .set("linger.ms", "20")
-        .create()?;
-    for i in 0..n {
-        let v = sluice_benches::kafka_json_record(i, "");
-        let rec = BaseRecord::<(), String>::to(topic)
-            .payload(&v)
-            .partition(i as i32 % partitions);
-        send_waiting(&p, rec)?;
-    }
-    p.flush(Duration::from_secs(120))?;
-    Ok(())
 }
 
 /// Plain consumers, one per thread, reading every record (payload
@@ -210,7 +193,8 @@ fn main() -> anyhow::Result<()> {
     let broker = Broker::start()?;
     broker.create_topic("bench", args.partitions)?;
     let t = Instant::now();
-    produce(&broker, "bench", args.records, args.partitions)?;
+    let values = (0..args.records).map(|i| sluice_benches::kafka_json_record(i, ""));
+    broker.produce("bench", args.partitions, values)?;
     eprintln!(
         "produced {} records in {:.1} s",
         args.records,

@@ -14,7 +14,11 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use sluice_engine::{Error, Result};
+
+use super::send_waiting;
 
 /// The tansu binary to run.
 pub fn tansu_binary() -> Result<PathBuf> {
@@ -106,6 +110,30 @@ impl Broker {
             r.map_err(|(t, e)| Error::connector("kafka", format!("creating topic {t}: {e}")))?;
         }
         Ok(())
+    }
+
+    /// Writes `values` to `topic` with a plain rdkafka producer (a client
+    /// independent of Sluice's sink), value `i` to partition
+    /// `i % partitions`, and waits until the producer has flushed them.
+    pub fn produce<V: AsRef<[u8]>>(
+        &self,
+        topic: &str,
+        partitions: i32,
+        values: impl IntoIterator<Item = V>,
+    ) -> Result<()> {
+        let err = |e: KafkaError| Error::connector("kafka", format!("producing to {topic}: {e}"));
+        let p: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", self.address())
+            .set("linger.ms", "20")
+            .create()
+            .map_err(err)?;
+        for (i, v) in values.into_iter().enumerate() {
+            let rec = BaseRecord::<(), [u8]>::to(topic)
+                .payload(v.as_ref())
+                .partition((i % partitions as usize) as i32);
+            send_waiting(&p, rec).map_err(err)?;
+        }
+        p.flush(Duration::from_secs(120)).map_err(err)
     }
 }
 
