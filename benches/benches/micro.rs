@@ -116,7 +116,8 @@ fn windows(c: &mut Criterion) {
 }
 
 /// Kafka JSON decoding of one source batch (8,192 records of about 100
-/// bytes, as in the Kafka macro benchmark), flat and with a nested field.
+/// bytes, as in the Kafka macro benchmark), flat, with a nested field, and
+/// with 40 fields.
 fn kafka_json(c: &mut Criterion) {
     use sluice_connectors::kafka::format::{schema_from_json, Decoder, RawRecords};
     use sluice_connectors::kafka::Format;
@@ -132,11 +133,21 @@ fn kafka_json(c: &mut Criterion) {
     nested.as_array_mut().unwrap().push(serde_json::json!(
         {"name": "geo", "type": {"struct": [{"name": "lat", "type": "float64"}]}}
     ));
+    // 40 fields: where looking a key up among the fields starts to cost.
+    let mut wide = flat.clone();
+    let mut wide_extra = String::new();
+    for k in 0..35 {
+        wide.as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"name": format!("x{k:02}"), "type": "int64"}));
+        wide_extra.push_str(&format!(r#", "x{k:02}": {k}"#));
+    }
     let mut group = c.benchmark_group("kafka_json_decode");
     group.throughput(Throughput::Elements(N as u64));
     for (name, fields, extra) in [
         ("flat", flat, ""),
         ("nested", nested, r#", "geo": {"lat": 52.5}"#),
+        ("wide", wide, wide_extra.as_str()),
     ] {
         let mut recs = RawRecords::default();
         for i in 0..N {

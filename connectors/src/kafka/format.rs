@@ -20,7 +20,7 @@ use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use serde_json::Value;
 use sluice_engine::{Error, Result};
 
-use super::json_check::check_record;
+use super::json_check::RecordShape;
 
 /// Name of the partition column.
 pub const PARTITION_COLUMN: &str = "_partition";
@@ -179,6 +179,8 @@ pub struct Decoder {
     format: Format,
     schema: SchemaRef,
     json: Option<arrow::json::reader::Decoder>,
+    /// JSON: what records are checked against.
+    shape: Option<RecordShape>,
     /// JSON with a flat schema: checked values go straight to columns.
     flat: Option<super::json_columns::FlatColumns>,
 }
@@ -210,14 +212,18 @@ impl Decoder {
             ),
             _ => None,
         };
-        let flat = match &format {
-            Format::Json(s) => super::json_columns::FlatColumns::new(s.fields()),
-            _ => None,
+        let (shape, flat) = match &format {
+            Format::Json(s) => (
+                Some(RecordShape::new(s.fields().clone())),
+                super::json_columns::FlatColumns::new(s.fields()),
+            ),
+            _ => (None, None),
         };
         Ok(Decoder {
             format,
             schema,
             json,
+            shape,
             flat,
         })
     }
@@ -263,6 +269,7 @@ impl Decoder {
             }
             Format::Json(fields) => {
                 let dec = self.json.as_mut().expect("JSON decoder for JSON format");
+                let shape = self.shape.as_ref().expect("record shape for JSON format");
                 let mut slots = Vec::with_capacity(fields.fields().len());
                 let mut batches = Vec::new();
                 for i in 0..recs.len() {
@@ -270,7 +277,7 @@ impl Decoder {
                         bad(i, "record has no value (tombstone)".to_string())?;
                         continue;
                     };
-                    if let Err(e) = check_record(bytes, fields.fields(), &mut slots) {
+                    if let Err(e) = shape.check(bytes, &mut slots) {
                         bad(i, e)?;
                         continue;
                     }

@@ -12,6 +12,7 @@
 //! could keep different ones).
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
 
 use arrow::datatypes::{DataType, Field, Fields};
@@ -33,31 +34,55 @@ pub(crate) enum Leaf<'de> {
     Nested,
 }
 
-/// Checks a record against `fields`; on success `slots` holds its value
-/// per field (`Null` for absent ones). Fails with a message naming the
-/// field.
-pub(crate) fn check_record<'de>(
-    bytes: &'de [u8],
-    fields: &Fields,
-    slots: &mut Vec<Leaf<'de>>,
-) -> Result<(), String> {
-    slots.clear();
-    slots.resize(fields.len(), Leaf::Null);
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let seed = ValueSeed {
-        // Unused at the root, where `fields` decides.
-        dt: &DataType::Null,
-        fields: Some(fields),
-        nullable: false,
-        path: Path::Root,
-        slots: Some(slots),
-    };
-    seed.deserialize(&mut de)
-        .and_then(|_| de.end())
-        .map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => strip_position(&e),
-            _ => format!("invalid JSON: {e}"),
-        })
+/// The record schema, with its field names indexed when there are enough
+/// of them that looking a key up by comparing names would cost more than
+/// hashing it.
+pub(crate) struct RecordShape {
+    fields: Fields,
+    index: Option<HashMap<String, usize>>,
+}
+
+/// Fields above which keys are looked up by hash.
+const INDEXED_FIELDS: usize = 8;
+
+impl RecordShape {
+    pub(crate) fn new(fields: Fields) -> Self {
+        let index = (fields.len() > INDEXED_FIELDS).then(|| {
+            fields
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (f.name().clone(), i))
+                .collect()
+        });
+        RecordShape { fields, index }
+    }
+
+    /// Checks a record; on success `slots` holds its value per field
+    /// (`Null` for absent ones). Fails with a message naming the field.
+    pub(crate) fn check<'de>(
+        &self,
+        bytes: &'de [u8],
+        slots: &mut Vec<Leaf<'de>>,
+    ) -> Result<(), String> {
+        slots.clear();
+        slots.resize(self.fields.len(), Leaf::Null);
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let seed = ValueSeed {
+            // Unused at the root, where `fields` decides.
+            dt: &DataType::Null,
+            fields: Some(&self.fields),
+            nullable: false,
+            path: Path::Root,
+            slots: Some(slots),
+            index: self.index.as_ref(),
+        };
+        seed.deserialize(&mut de)
+            .and_then(|_| de.end())
+            .map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => strip_position(&e),
+                _ => format!("invalid JSON: {e}"),
+            })
+    }
 }
 
 /// Our own messages carry no position worth keeping (they name the field).
@@ -98,13 +123,15 @@ impl Path<'_> {
 }
 
 /// Checks one value against `dt` (or, with `fields`, against an object of
-/// those fields: the record itself, whose field values go to `slots`).
+/// those fields: the record itself, whose field values go to `slots` and
+/// whose keys `index` may resolve).
 struct ValueSeed<'a, 'de> {
     dt: &'a DataType,
     fields: Option<&'a Fields>,
     nullable: bool,
     path: Path<'a>,
     slots: Option<&'a mut Vec<Leaf<'de>>>,
+    index: Option<&'a HashMap<String, usize>>,
 }
 
 impl<'de> DeserializeSeed<'de> for ValueSeed<'_, 'de> {
@@ -228,6 +255,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_, 'de> {
                 nullable: item.is_nullable(),
                 path,
                 slots: None,
+                index: None,
             })?
             .is_some()
         {}
@@ -243,6 +271,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_, 'de> {
         let mut seen = Seen::new(fields.len());
         while let Some(i) = map.next_key_seed(KeySeed {
             fields,
+            index: self.index,
             path: &self.path,
         })? {
             if !seen.insert(i) {
@@ -258,6 +287,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_, 'de> {
                 nullable: f.is_nullable(),
                 path: Path::Field(&self.path, f.name()),
                 slots: None,
+                index: None,
             })?;
             if let Some(s) = slots.as_deref_mut() {
                 s[i] = leaf;
@@ -281,6 +311,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_, 'de> {
 /// Resolves an object key to its field's index, or fails naming it.
 struct KeySeed<'a> {
     fields: &'a Fields,
+    index: Option<&'a HashMap<String, usize>>,
     path: &'a Path<'a>,
 }
 
@@ -300,10 +331,11 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
     }
 
     fn visit_str<E: de::Error>(self, key: &str) -> Result<usize, E> {
-        self.fields
-            .iter()
-            .position(|f| f.name() == key)
-            .ok_or_else(|| E::custom(format!("unknown field '{}'", Path::Field(self.path, key))))
+        match self.index {
+            Some(index) => index.get(key).copied(),
+            None => self.fields.iter().position(|f| f.name() == key),
+        }
+        .ok_or_else(|| E::custom(format!("unknown field '{}'", Path::Field(self.path, key))))
     }
 }
 
@@ -367,14 +399,14 @@ mod tests {
     }
 
     fn check(s: &str) -> Result<(), String> {
-        check_record(s.as_bytes(), &fields(), &mut Vec::new())
+        RecordShape::new(fields()).check(s.as_bytes(), &mut Vec::new())
     }
 
     #[test]
     fn field_values_are_kept_in_schema_order() {
         let mut slots = Vec::new();
         let rec = br#"{"x": 2, "ok": true, "id": -1, "u": 18446744073709551615, "addr": null}"#;
-        check_record(rec, &fields(), &mut slots).unwrap();
+        RecordShape::new(fields()).check(rec, &mut slots).unwrap();
         assert_eq!(
             slots[..6],
             [
@@ -387,12 +419,13 @@ mod tests {
             ]
         );
         let rec = br#"{"id": 1, "addr": {"city": "a"}, "tags": ["q\"r"]}"#;
-        check_record(rec, &fields(), &mut slots).unwrap();
+        RecordShape::new(fields()).check(rec, &mut slots).unwrap();
         assert_eq!(slots[6..], [Leaf::Nested, Leaf::Nested]);
         let f = Fields::from(vec![Field::new("s", DataType::Utf8, false)]);
-        check_record(br#"{"s": "plain"}"#, &f, &mut slots).unwrap();
+        let f = RecordShape::new(f);
+        f.check(br#"{"s": "plain"}"#, &mut slots).unwrap();
         assert!(matches!(&slots[0], Leaf::Str(Cow::Borrowed("plain"))));
-        check_record(br#"{"s": "tab\there"}"#, &f, &mut slots).unwrap();
+        f.check(br#"{"s": "tab\there"}"#, &mut slots).unwrap();
         assert_eq!(slots[0], Leaf::Str(Cow::Owned("tab\there".into())));
     }
 
@@ -455,10 +488,18 @@ mod tests {
                 .collect::<Vec<_>>(),
         );
         let slots = &mut Vec::new();
-        check_record(br#"{"f0": 1, "f99": 2}"#, &wide, slots).unwrap();
-        let err = check_record(br#"{"f70": 1, "f70": 2, "f99": 1}"#, &wide, slots).unwrap_err();
+        let wide = RecordShape::new(wide);
+        assert!(wide.index.is_some());
+        wide.check(br#"{"f0": 1, "f99": 2}"#, slots).unwrap();
+        let err = wide
+            .check(br#"{"f70": 1, "f70": 2, "f99": 1}"#, slots)
+            .unwrap_err();
         assert!(err.contains("appears twice"), "{err}");
-        let err = check_record(br#"{"f0": 1}"#, &wide, slots).unwrap_err();
+        let err = wide.check(br#"{"f0": 1}"#, slots).unwrap_err();
         assert!(err.contains("'f99' is missing"), "{err}");
+        let err = wide.check(br#"{"f99": 1, "g": 2}"#, slots).unwrap_err();
+        assert!(err.contains("unknown field 'g'"), "{err}");
+        wide.check(br#"{"f99": 1, "f5": 2}"#, slots).unwrap();
+        assert_eq!((&slots[5], &slots[99]), (&Leaf::Int(2), &Leaf::Int(1)));
     }
 }
