@@ -274,7 +274,8 @@ enum Mode {
     /// The source waits between batches, so the job runs long enough to
     /// take a savepoint.
     Slow,
-    /// The running sum fails on one value.
+    /// The running sum fails on one value (the source paced as in slow
+    /// mode); an executor that finishes normally exits failing.
     Fail,
 }
 
@@ -335,7 +336,10 @@ fn job_in(out: &Path, checkpoint: Option<&Path>, mode: Mode) -> Env {
         ..JobConfig::default()
     });
     let out = out.to_path_buf();
-    let pause = Duration::from_millis(if mode == Mode::Slow { 40 } else { 0 });
+    // The failure test is paced too, so an executor the failure did not
+    // stop would still be running when it comes, and would then finish.
+    let paced = matches!(mode, Mode::Slow | Mode::Fail);
+    let pause = Duration::from_millis(if paced { 40 } else { 0 });
     let fail_at = (mode == Mode::Fail).then_some(1000);
     env.source_fn("numbers", schema(), move |_| {
         Ok(Box::new(PacedSource {
@@ -371,6 +375,10 @@ fn as_executor() -> bool {
     let mode = Mode::from_env();
     let r = job_in(&out, ck.as_deref(), mode).execute();
     match r {
+        Ok(_) if mode == Mode::Fail => {
+            eprintln!("executor finished although a task of its attempt failed");
+            std::process::exit(3);
+        }
         Ok(_) => {}
         Err(e) if mode == Mode::Fail => eprintln!("executor failed as planned: {e}"),
         // A failed executor exits failing, without a test harness panic.
@@ -736,7 +744,9 @@ fn a_failing_task_fails_the_attempt_and_cancels_the_others() {
         AttemptEvent::Failed(e) => assert!(e.contains("boom at 1000"), "{e}"),
         e => panic!("expected a failure, got {e:?}"),
     }
-    // Every executor ends (the failed one reports, the others are cancelled).
+    // Every executor ends, none of them normally: the failed one reports,
+    // the others are stopped (an executor that ran to its end would exit
+    // failing).
     assert!(cluster.wait());
     assert!(attempt.events().try_recv().is_err(), "one terminal event");
 }
