@@ -174,10 +174,14 @@ impl Blobs {
     }
 }
 
+/// Why a record without a value is bad in the decoded formats.
+const TOMBSTONE: &str = "record has no value (tombstone)";
+
 /// Turns [`RawRecords`] into record batches of the source's output schema.
 pub struct Decoder {
     format: Format,
     schema: SchemaRef,
+    /// Avro, and JSON with struct or list fields: builds the columns.
     json: Option<arrow::json::reader::Decoder>,
     /// JSON: what records are checked against.
     shape: Option<RecordShape>,
@@ -197,12 +201,21 @@ impl Decoder {
     /// A decoder for `format`.
     pub fn new(format: Format) -> Result<Self> {
         let schema = format.output_schema()?;
-        let fields = match &format {
-            Format::Json(s) => Some(s.clone()),
+        let (shape, flat) = match &format {
+            Format::Json(s) => (
+                Some(RecordShape::new(s.fields().clone())),
+                super::json_columns::FlatColumns::new(s.fields()),
+            ),
+            _ => (None, None),
+        };
+        // arrow-json builds the columns of Avro values and of JSON records
+        // whose schema is not flat.
+        let json_fields = match &format {
+            Format::Json(s) if flat.is_none() => Some(s.clone()),
             Format::Avro(a) => Some(a.fields().clone()),
             _ => None,
         };
-        let json = match fields {
+        let json = match json_fields {
             Some(s) => Some(
                 arrow::json::ReaderBuilder::new(s)
                     .with_strict_mode(true)
@@ -211,13 +224,6 @@ impl Decoder {
                     .build_decoder()?,
             ),
             _ => None,
-        };
-        let (shape, flat) = match &format {
-            Format::Json(s) => (
-                Some(RecordShape::new(s.fields().clone())),
-                super::json_columns::FlatColumns::new(s.fields()),
-            ),
-            _ => (None, None),
         };
         Ok(Decoder {
             format,
@@ -268,13 +274,12 @@ impl Decoder {
                 Arc::new(b.finish())
             }
             Format::Json(fields) => {
-                let dec = self.json.as_mut().expect("JSON decoder for JSON format");
                 let shape = self.shape.as_ref().expect("record shape for JSON format");
                 let mut slots = Vec::with_capacity(fields.fields().len());
                 let mut batches = Vec::new();
                 for i in 0..recs.len() {
                     let Some(mut bytes) = recs.values.get(i) else {
-                        bad(i, "record has no value (tombstone)".to_string())?;
+                        bad(i, TOMBSTONE.to_string())?;
                         continue;
                     };
                     if let Err(e) = shape.check(bytes, &mut slots) {
@@ -286,6 +291,7 @@ impl Decoder {
                         cols.append(&slots);
                         continue;
                     }
+                    let dec = self.json.as_mut().expect("arrow-json for a nested schema");
                     // The decoder stops taking bytes when its batch is full.
                     while !bytes.is_empty() {
                         let n = dec.decode(bytes)?;
@@ -298,6 +304,7 @@ impl Decoder {
                 let columns = match &mut self.flat {
                     Some(cols) => cols.finish(),
                     None => {
+                        let dec = self.json.as_mut().expect("arrow-json for a nested schema");
                         batches.extend(dec.flush()?);
                         arrow::compute::concat_batches(fields, &batches)?
                             .columns()
@@ -312,7 +319,7 @@ impl Decoder {
                 let mut rows: Vec<Value> = Vec::with_capacity(recs.len());
                 for i in 0..recs.len() {
                     let parsed = match recs.values.get(i) {
-                        None => Err("record has no value (tombstone)".to_string()),
+                        None => Err(TOMBSTONE.to_string()),
                         Some(bytes) => super::avro::AvroSchema::decode(&reader, bytes),
                     }
                     .and_then(|v| check_object(&v, fields.fields(), "").map(|_| v));
