@@ -1,7 +1,9 @@
-//! Kafka read throughput against a local tansu broker: a plain rdkafka
-//! consumer reading the topic (the ceiling), next to Sluice's Kafka source
-//! into Parquet (JSON decoded into columns, and raw bytes), bounded mode,
-//! parallelism as given. Prints one Markdown table; medians of `--repeat`.
+//! Kafka read throughput against a local tansu broker: plain rdkafka
+//! consumers reading the topic (the ceiling; as many as the job's
+//! parallelism, tuned and polled as Sluice's), next to Sluice's Kafka
+//! source into Parquet or a discarding sink (raw bytes, and JSON decoded
+//! into columns), bounded mode. Variants run in interleaved rounds; prints
+//! every run and one Markdown table of medians of `--repeat`.
 
 use std::time::{Duration, Instant};
 
