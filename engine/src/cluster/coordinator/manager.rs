@@ -6,12 +6,20 @@
 //! number (which fences the old one), and answers heartbeats with the
 //! executors each worker must run. One thread calls [`Manager::tick`].
 //!
-//! Everything is behind one mutex. State changes write the job's metadata
-//! file (small, synced) under it, and starting an attempt scans the
-//! checkpoint location under it; handlers that may wait on either run on
-//! `spawn_blocking`, never on the async workers. A slow checkpoint store
-//! (S3) therefore delays heartbeat answers while an attempt starts; moving
-//! those writes and scans out of the lock is future work.
+//! Everything is behind one mutex, and storage is kept out of it where
+//! that is safe:
+//! - A state change marks the job's record changed under the lock. The
+//!   caller writes the changed records (small files, synced) after
+//!   releasing it, before it returns. Each record carries a version, and an
+//!   older version never overwrites a newer one.
+//! - The checkpoint location of a job about to start is scanned without
+//!   the lock.
+//! - Starting an attempt writes its record under the lock. An attempt
+//!   number must be durable before any executor can learn of it from a
+//!   heartbeat, so that a restarted coordinator never reuses it.
+//!
+//! Handlers that write still run on `spawn_blocking`, never on the async
+//! workers.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -21,12 +29,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::{info, warn};
 
 use super::meta::{JobRecord, MetaStore};
-use super::scheduler::{place, Offer};
+use super::scheduler::{place, Assignment, Offer};
 use super::CoordinatorConfig;
 use crate::checkpoint::{CheckpointStats, Location};
 use crate::cluster::api::{
-    Checkpoints, ClusterInfo, ExecutorLaunch, ExecutorSpec, Heartbeat, HeartbeatReply, JobState,
-    JobStatus, NodeCounters, Placement, RegisterWorker, Registered, SubmitJob, WorkerInfo,
+    Checkpoints, ClusterInfo, ExecutorLaunch, ExecutorSpec, Heartbeat, HeartbeatReply,
+    JobDescription, JobState, JobStatus, NodeCounters, Placement, RegisterWorker, Registered,
+    SubmitJob, WorkerInfo,
 };
 use crate::cluster::attempt::{
     AttemptConfig, AttemptEvent, AttemptHandle, CheckpointStart, ControlServer,
@@ -70,6 +79,10 @@ struct Job {
     /// Fencing refusals of earlier attempts (the current run's are added).
     rejected_stale: u64,
     nodes: Vec<NodeCounters>,
+    /// Incremented by every change of `record`.
+    version: u64,
+    /// `record` changed since it was last handed to the writer.
+    unsaved: bool,
 }
 
 impl Job {
@@ -82,7 +95,21 @@ impl Job {
             stats: Arc::default(),
             rejected_stale: 0,
             nodes: Vec::new(),
+            version: 0,
+            unsaved: false,
         }
+    }
+
+    /// Notes a change of `record`, to be written by [`Manager::release`].
+    fn changed(&mut self) {
+        self.record.updated_ms = now_ms();
+        self.version += 1;
+        self.unsaved = true;
+    }
+
+    /// Waiting for an attempt, with none running.
+    fn startable(&self) -> bool {
+        matches!(self.record.state, JobState::Created | JobState::Restarting) && self.run.is_none()
     }
 
     fn rejected(&self) -> u64 {
@@ -103,6 +130,8 @@ pub struct Manager {
     control: ControlServer,
     control_addr: String,
     inner: Mutex<Inner>,
+    /// The version of each job's record last written; held while writing.
+    written: Mutex<HashMap<String, u64>>,
 }
 
 impl Manager {
@@ -141,6 +170,7 @@ impl Manager {
                 jobs,
                 next_id,
             }),
+            written: Mutex::default(),
         }))
     }
 
@@ -151,6 +181,36 @@ impl Manager {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Releases the lock, then writes the records changed under it.
+    fn release(&self, mut inner: std::sync::MutexGuard<'_, Inner>) {
+        let changed: Vec<(u64, JobRecord)> = inner
+            .jobs
+            .values_mut()
+            .filter(|j| j.unsaved)
+            .map(|j| {
+                j.unsaved = false;
+                (j.version, j.record.clone())
+            })
+            .collect();
+        drop(inner);
+        for (version, record) in changed {
+            if let Err(e) = self.write(version, &record) {
+                warn!(job = %record.id, error = %e, "could not write job metadata");
+            }
+        }
+    }
+
+    /// Writes `record` at `version` unless a newer version was written.
+    fn write(&self, version: u64, record: &JobRecord) -> Result<()> {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        if written.get(&record.id).is_some_and(|&w| w >= version) {
+            return Ok(());
+        }
+        self.meta.save(record)?;
+        written.insert(record.id.clone(), version);
+        Ok(())
     }
 
     // ---- workers ----
@@ -246,6 +306,7 @@ impl Manager {
             .collect();
         prefetch.sort();
         prefetch.dedup();
+        self.release(inner);
         Some(HeartbeatReply {
             executors,
             prefetch,
@@ -374,7 +435,9 @@ impl Manager {
             job.rejected_stale += run.handle.rejected_stale();
         }
         self.set_state(job, JobState::Canceled, None);
-        Ok(status_of(job))
+        let status = status_of(job);
+        self.release(inner);
+        Ok(status)
     }
 
     /// The running attempt's handle, for a savepoint (taken without the lock).
@@ -585,12 +648,25 @@ impl Manager {
             }
         }
 
-        for id in &ids {
-            let job = &inner.jobs[id];
-            let waiting = matches!(job.record.state, JobState::Created | JobState::Restarting);
-            if waiting && job.run.is_none() && Instant::now() >= job.not_before {
-                if let Err(e) = self.start_attempt(&mut inner, id) {
-                    let job = inner.jobs.get_mut(id).expect("listed");
+        let due: Vec<(String, JobDescription)> = inner
+            .jobs
+            .values()
+            .filter(|j| j.startable() && Instant::now() >= j.not_before)
+            .map(|j| (j.record.id.clone(), j.record.description.clone()))
+            .collect();
+        self.release(inner);
+
+        for (id, description) in due {
+            // Placed first, so a job waiting for slots does not scan its
+            // checkpoints every tick; the scan runs without the lock.
+            let placeable = {
+                let inner = self.lock();
+                self.assign(&inner, &id).map(|_| ())
+            };
+            let start = placeable.and_then(|()| CheckpointStart::find(&description));
+            let mut inner = self.lock();
+            if let Err(e) = start.and_then(|start| self.start_attempt(&mut inner, &id, start)) {
+                if let Some(job) = inner.jobs.get_mut(&id) {
                     // Too few slots is a reason to wait, not to fail; a
                     // heartbeat or a worker declared dead may change it soon.
                     job.not_before = Instant::now() + Duration::from_millis(100);
@@ -600,6 +676,7 @@ impl Manager {
                     }
                 }
             }
+            self.release(inner);
         }
     }
 
@@ -615,10 +692,7 @@ impl Manager {
             .max();
         if latest.is_some() && latest > job.record.latest_checkpoint {
             job.record.latest_checkpoint = latest;
-            job.record.updated_ms = now_ms();
-            if let Err(e) = self.meta.save(&job.record) {
-                warn!(job = %job.record.id, error = %e, "could not record the latest checkpoint");
-            }
+            job.changed();
         }
     }
 
@@ -627,10 +701,7 @@ impl Manager {
         if error.is_some() || state == JobState::Running {
             job.record.error = error;
         }
-        job.record.updated_ms = now_ms();
-        if let Err(e) = self.meta.save(&job.record) {
-            warn!(job = %job.record.id, error = %e, "could not write job metadata");
-        }
+        job.changed();
     }
 
     /// Ends the current attempt of `id` after a failure and decides what next.
@@ -660,29 +731,41 @@ impl Manager {
         self.set_state(job, JobState::Restarting, Some(error));
     }
 
-    /// Places and starts the next attempt of `id`.
-    fn start_attempt(&self, inner: &mut Inner, id: &str) -> Result<()> {
-        let failed_at = inner.jobs[id].failed_at;
-        let offers: Vec<Offer> = {
-            let mut o: Vec<Offer> = inner
-                .workers
-                .iter()
-                .filter(|(_, w)| w.alive && failed_at.is_none_or(|t| w.last_heartbeat > t))
-                .map(|(wid, w)| Offer {
-                    worker: wid.clone(),
-                    free: w.slots.saturating_sub(used_slots(inner, wid)),
-                    capacity: w.capacity,
-                })
-                .filter(|o| o.free > 0)
-                .collect();
-            o.sort_by(|a, b| a.worker.cmp(&b.worker));
-            o
-        };
-        let job = inner.jobs.get_mut(id).expect("caller checked");
-        let assignment = place(&job.record.description, &offers, self.config.scheduling)?;
+    /// Where the next attempt of `id` would run, on the workers alive now
+    /// (and, after a failure, heard from since).
+    fn assign(&self, inner: &Inner, id: &str) -> Result<Assignment> {
+        let job = inner.jobs.get(id).ok_or_else(|| not_found(id))?;
+        let mut offers: Vec<Offer> = inner
+            .workers
+            .iter()
+            .filter(|(_, w)| w.alive && job.failed_at.is_none_or(|t| w.last_heartbeat > t))
+            .map(|(wid, w)| Offer {
+                worker: wid.clone(),
+                free: w.slots.saturating_sub(used_slots(inner, wid)),
+                capacity: w.capacity,
+            })
+            .filter(|o| o.free > 0)
+            .collect();
+        offers.sort_by(|a, b| a.worker.cmp(&b.worker));
+        place(&job.record.description, &offers, self.config.scheduling)
+    }
+
+    /// Places and starts the next attempt of `id` from `start` (its
+    /// checkpoints, scanned without the lock), unless the job no longer
+    /// waits for one (cancelled meanwhile, say).
+    fn start_attempt(
+        &self,
+        inner: &mut Inner,
+        id: &str,
+        start: Option<CheckpointStart>,
+    ) -> Result<()> {
+        if !inner.jobs.get(id).is_some_and(Job::startable) {
+            return Ok(());
+        }
+        let assignment = self.assign(inner, id)?;
+        let job = inner.jobs.get_mut(id).expect("checked above");
         let record = &job.record;
         let mut attempt = record.attempt + 1;
-        let start = CheckpointStart::find(&record.description)?;
         let restore = start
             .as_ref()
             .and_then(|s| s.restore.as_ref().map(|l| l.to_string()));
@@ -744,9 +827,16 @@ impl Manager {
             })
             .collect();
         info!(job = %id, attempt, executors = ?assignment.executors, restore = ?restore, "starting attempt");
-        let job = inner.jobs.get_mut(id).expect("caller checked");
+        let job = inner.jobs.get_mut(id).expect("checked above");
         job.record.attempt = attempt;
         job.record.error = None;
+        // Durable before a heartbeat can hand the attempt to a worker.
+        job.changed();
+        job.unsaved = false;
+        if let Err(e) = self.write(job.version, &job.record) {
+            handle.cancel("its attempt number could not be recorded");
+            return Err(e);
+        }
         job.failed_at = None;
         // Counters are per attempt: the new executors report from zero.
         job.nodes.clear();
@@ -761,8 +851,6 @@ impl Manager {
                 .collect(),
             launches,
         });
-        job.record.updated_ms = now_ms();
-        self.meta.save(&job.record)?;
         Ok(())
     }
 }
@@ -822,5 +910,51 @@ fn status_of(job: &Job) -> JobStatus {
             .map(|run| run.placement.clone())
             .unwrap_or_default(),
         nodes: job.nodes.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(state: JobState) -> JobRecord {
+        JobRecord {
+            id: "job-7".into(),
+            state,
+            attempt: 1,
+            restarts: 0,
+            artifact: "0".repeat(64),
+            args: Vec::new(),
+            parallelism: 1,
+            workdir: None,
+            description: JobDescription {
+                name: "t".into(),
+                parallelism: 1,
+                max_parallelism: 128,
+                vertices: Vec::new(),
+                graph_nodes: 0,
+                checkpoint: None,
+            },
+            submitted_ms: 0,
+            updated_ms: 0,
+            error: None,
+            latest_checkpoint: None,
+        }
+    }
+
+    /// Two callers may write after releasing the lock in either order; the
+    /// file keeps the newer state.
+    #[test]
+    fn an_older_record_never_overwrites_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = CoordinatorConfig::new("127.0.0.1:0".parse().unwrap(), dir.path());
+        let m = Manager::open(config).unwrap();
+        m.write(2, &record(JobState::Canceled)).unwrap();
+        m.write(1, &record(JobState::Running)).unwrap();
+        let on_disk = m.meta.load().unwrap();
+        assert_eq!(on_disk.len(), 1);
+        assert_eq!(on_disk[0].state, JobState::Canceled);
+        m.write(3, &record(JobState::Restarting)).unwrap();
+        assert_eq!(m.meta.load().unwrap()[0].state, JobState::Restarting);
     }
 }
