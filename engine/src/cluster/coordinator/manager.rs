@@ -100,6 +100,30 @@ impl Job {
         }
     }
 
+    fn note_checkpoint(&mut self) {
+        let latest = self
+            .stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .recent
+            .iter()
+            .filter(|r| !r.savepoint)
+            .map(|r| r.id)
+            .max();
+        if latest.is_some() && latest > self.record.latest_checkpoint {
+            self.record.latest_checkpoint = latest;
+            self.changed();
+        }
+    }
+
+    fn set_state(&mut self, state: JobState, error: Option<String>) {
+        self.record.state = state;
+        if error.is_some() || state == JobState::Running {
+            self.record.error = error;
+        }
+        self.changed();
+    }
+
     /// Notes a change of `record`, to be written by [`Manager::release`].
     fn changed(&mut self) {
         self.record.updated_ms = now_ms();
@@ -434,7 +458,7 @@ impl Manager {
             run.handle.cancel("cancelled by a user");
             job.rejected_stale += run.handle.rejected_stale();
         }
-        self.set_state(job, JobState::Canceled, None);
+        job.set_state(JobState::Canceled, None);
         let status = status_of(job);
         self.release(inner);
         Ok(status)
@@ -624,7 +648,7 @@ impl Manager {
                     AttemptEvent::Running => {
                         if job.record.state != JobState::Running {
                             info!(job = %id, attempt = job.record.attempt, "job running");
-                            self.set_state(job, JobState::Running, None);
+                            job.set_state(JobState::Running, None);
                         }
                     }
                     AttemptEvent::Finished => {
@@ -632,9 +656,9 @@ impl Manager {
                             job.rejected_stale += run.handle.rejected_stale();
                             run.handle.cancel("the job finished");
                         }
-                        self.note_checkpoint(job);
+                        job.note_checkpoint();
                         info!(job = %id, "job finished");
-                        self.set_state(job, JobState::Finished, None);
+                        job.set_state(JobState::Finished, None);
                         break;
                     }
                     AttemptEvent::Failed(e) => {
@@ -644,7 +668,7 @@ impl Manager {
                 }
             }
             if let Some(job) = inner.jobs.get_mut(id) {
-                self.note_checkpoint(job);
+                job.note_checkpoint();
             }
         }
 
@@ -680,30 +704,6 @@ impl Manager {
         }
     }
 
-    fn note_checkpoint(&self, job: &mut Job) {
-        let latest = job
-            .stats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .recent
-            .iter()
-            .filter(|r| !r.savepoint)
-            .map(|r| r.id)
-            .max();
-        if latest.is_some() && latest > job.record.latest_checkpoint {
-            job.record.latest_checkpoint = latest;
-            job.changed();
-        }
-    }
-
-    fn set_state(&self, job: &mut Job, state: JobState, error: Option<String>) {
-        job.record.state = state;
-        if error.is_some() || state == JobState::Running {
-            job.record.error = error;
-        }
-        job.changed();
-    }
-
     /// Ends the current attempt of `id` after a failure and decides what next.
     fn fail_attempt(&self, inner: &mut Inner, id: &str, error: String) {
         let Some(job) = inner.jobs.get_mut(id) else {
@@ -712,7 +712,7 @@ impl Manager {
         let Some(run) = job.run.take() else { return };
         run.handle.cancel(&error);
         job.rejected_stale += run.handle.rejected_stale();
-        self.note_checkpoint(job);
+        job.note_checkpoint();
         let restartable = job.record.description.checkpoint.is_some();
         if !restartable || job.record.restarts >= u64::from(self.config.max_restarts) {
             let why = if restartable {
@@ -721,14 +721,14 @@ impl Manager {
                 format!("{error} (the job does not checkpoint, so it cannot be restarted)")
             };
             warn!(job = %id, error = %why, "job failed");
-            self.set_state(job, JobState::Failed, Some(why));
+            job.set_state(JobState::Failed, Some(why));
             return;
         }
         warn!(job = %id, attempt = job.record.attempt, error = %error, "attempt failed; restarting from the latest checkpoint");
         job.record.restarts += 1;
         job.not_before = Instant::now() + self.config.restart_delay;
         job.failed_at = Some(Instant::now());
-        self.set_state(job, JobState::Restarting, Some(error));
+        job.set_state(JobState::Restarting, Some(error));
     }
 
     /// Where the next attempt of `id` would run, on the workers alive now
