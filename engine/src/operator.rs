@@ -4,6 +4,7 @@
 //! [`OperatorContext`] it is given. Operators never see channels: the runtime
 //! routes what they emit.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
@@ -11,6 +12,7 @@ use arrow::record_batch::RecordBatch;
 
 use crate::data::{CheckpointId, Watermark};
 use crate::error::Result;
+use crate::runtime::NodeMetrics;
 use crate::state::{OperatorSnapshot, RestoredState};
 
 /// Where an operator instance runs: its subtask index and the operator's
@@ -272,8 +274,9 @@ pub trait Sink: Send {
     }
 }
 
-/// Runs a [`Sink`] as the last operator of a chain.
-pub(crate) struct SinkOperator(pub Box<dyn Sink>);
+/// Runs a [`Sink`] as the last operator of a chain, keeping the tail of
+/// each batch in the node's metrics (the rows the coordinator shows).
+pub(crate) struct SinkOperator(pub Box<dyn Sink>, pub Arc<NodeMetrics>);
 
 impl Operator for SinkOperator {
     fn open(&mut self, ctx: &OperatorContext) -> Result<()> {
@@ -286,6 +289,7 @@ impl Operator for SinkOperator {
         ctx: &OperatorContext,
         _out: &mut Collector,
     ) -> Result<()> {
+        self.1.keep_tail(&batch);
         self.0.write(batch, ctx)
     }
     fn on_watermark(

@@ -268,8 +268,23 @@ fn schemas_accept_what_the_types_serialize() {
             records_in: 5,
             records_out: 5,
         }],
+        vertices: description().vertices,
     };
     assert_matches(&doc, "JobStatus", &status);
+    assert_matches(
+        &doc,
+        "JobResults",
+        &JobResults {
+            job_id: "j1".into(),
+            sinks: vec![SinkResults {
+                node: 3,
+                name: "parquet".into(),
+                columns: vec!["auction".into(), "bids".into()],
+                rows: vec![vec!["7".into(), "".into()]],
+                updated_ms: 3,
+            }],
+        },
+    );
     assert_matches(
         &doc,
         "SubmitJob",

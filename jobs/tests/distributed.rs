@@ -181,7 +181,84 @@ fn q5_on_three_workers_equals_the_embedded_run() {
     let done = cluster.wait_state(&job, "FINISHED", Duration::from_secs(120));
     assert_eq!(done["restarts"], 0, "{done}");
     let out = dir.path().join("out");
-    assert_exactly_once(&want, &rows(&out), &out, "q5 on three workers");
+    let written = rows(&out);
+    assert_exactly_once(&want, &written, &out, "q5 on three workers");
+    assert_results_were_written(&cluster.json(&["results", &job, "--json"]), &written, &out);
+    assert_ui_is_served(cluster.port());
+}
+
+/// The rows `sluice results` shows are rows of the job's Parquet output,
+/// under its columns (the job finished without a restart, so every row a
+/// sink received was committed).
+fn assert_results_were_written(results: &Value, written: &BTreeMap<String, usize>, out: &Path) {
+    let sinks = results["sinks"].as_array().expect("sinks");
+    assert_eq!(sinks.len(), 1, "q5 has one sink: {results}");
+    let sink = &sinks[0];
+    let file = std::fs::read_dir(out)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
+        .expect("a Parquet file");
+    let schema = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(file.path()).unwrap(),
+    )
+    .unwrap()
+    .schema()
+    .clone();
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let columns: Vec<&str> = sink["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(columns, names, "{results}");
+    let shown = sink["rows"].as_array().unwrap();
+    assert!(!shown.is_empty(), "{results}");
+    assert!(shown.len() <= sluice_engine::cluster::results::TAIL_ROWS);
+    for row in shown {
+        let line = row
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect::<Vec<_>>()
+            .join("|");
+        assert!(written.contains_key(&line), "{line} is not in the output");
+    }
+}
+
+/// Status, headers and body of a plain HTTP/1.1 GET.
+fn http_get(port: u16, path: &str) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a header block");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// `/` leads to the web UI, which is served with its script and a policy
+/// that runs no script from anywhere else.
+fn assert_ui_is_served(port: u16) {
+    let (status, head, _) = http_get(port, "/");
+    assert_eq!(status, 303, "{head}");
+    assert!(head.contains("\r\nlocation: /ui"), "{head}");
+    let (status, head, body) = http_get(port, "/ui");
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("content-type: text/html"), "{head}");
+    assert!(head.contains("script-src 'self'"), "{head}");
+    assert!(body.contains(r#"<script src="/ui/app.js">"#), "{body}");
+    let (status, head, body) = http_get(port, "/ui/app.js");
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("content-type: text/javascript"), "{head}");
+    assert!(body.contains("/api/v1"));
 }
 
 #[test]

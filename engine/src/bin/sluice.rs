@@ -98,6 +98,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Shows the newest rows each sink of a job received.
+    Results {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Job id.
+        job_id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Shows the cluster: live workers, slots, jobs per state.
     Cluster {
         #[command(flatten)]
@@ -242,6 +252,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         rows
                     )
                 );
+            }
+        }
+        Command::Results {
+            client: c,
+            job_id,
+            json,
+        } => {
+            let results = client(&c, &file.client)?.results(&job_id).await?;
+            if json {
+                print_json(&results)?;
+            } else if results.sinks.is_empty() {
+                println!("no rows have reached a sink yet");
+            } else {
+                for (i, s) in results.sinks.iter().enumerate() {
+                    if i > 0 {
+                        println!();
+                    }
+                    println!("{} ({} newest rows)", s.name, s.rows.len());
+                    let header: Vec<&str> = s.columns.iter().map(String::as_str).collect();
+                    print!("{}", table(&header, s.rows.iter().cloned()));
+                }
             }
         }
         Command::Cluster { client: c, json } => {

@@ -14,6 +14,7 @@ pub const ROUTES: &[&str] = &[
     "POST /api/v1/jobs/{id}/cancel",
     "POST /api/v1/jobs/{id}/savepoint",
     "GET /api/v1/jobs/{id}/checkpoints",
+    "GET /api/v1/jobs/{id}/results",
     "PUT /api/v1/artifacts/{sha256}",
     "GET /api/v1/artifacts/{sha256}",
     "HEAD /api/v1/artifacts/{sha256}",
@@ -22,6 +23,9 @@ pub const ROUTES: &[&str] = &[
     "POST /api/v1/workers/{id}/heartbeat",
     "GET /api/v1/cluster",
     "GET /metrics",
+    "GET /",
+    "GET /ui",
+    "GET /ui/app.js",
 ];
 
 /// Life cycle of a job.
@@ -182,6 +186,9 @@ pub struct JobStatus {
     pub placement: Vec<Placement>,
     /// Records in and out per graph node, summed over executors (latest report).
     pub nodes: Vec<NodeCounters>,
+    /// The job's vertices (chains of graph nodes), as planned.
+    #[serde(default)]
+    pub vertices: Vec<VertexInfo>,
 }
 
 /// Counters of one graph node.
@@ -193,6 +200,43 @@ pub struct NodeCounters {
     pub records_in: u64,
     /// Records out.
     pub records_out: u64,
+}
+
+/// Rows of one sink, rendered as text: what an executor reports, and what
+/// the coordinator keeps per sink.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinkRows {
+    /// The sink's graph node.
+    pub node: usize,
+    /// Column names.
+    pub columns: Vec<String>,
+    /// Rows, oldest first; a value as Arrow displays it (null is empty).
+    pub rows: Vec<Vec<String>>,
+}
+
+/// `GET /api/v1/jobs/{id}/results`: the newest rows each sink received
+/// (not necessarily committed yet).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobResults {
+    /// Job id.
+    pub job_id: String,
+    /// One entry per sink that received rows, in graph order.
+    pub sinks: Vec<SinkResults>,
+}
+
+/// The newest rows of one sink.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SinkResults {
+    /// Graph node.
+    pub node: usize,
+    /// Node name.
+    pub name: String,
+    /// Column names.
+    pub columns: Vec<String>,
+    /// Rows, oldest first.
+    pub rows: Vec<Vec<String>>,
+    /// When rows last arrived, ms since the epoch.
+    pub updated_ms: i64,
 }
 
 /// `POST /api/v1/jobs/{id}/savepoint`.

@@ -31,6 +31,7 @@ use crate::checkpoint::store::has_manifest;
 use crate::checkpoint::{CheckpointConfig, CheckpointStats, Location, Storage};
 use crate::cluster::api::{JobDescription, NodeCounters};
 use crate::cluster::control::{read_frame, write_frame, ToCoordinator, ToExecutor};
+use crate::cluster::results::LatestRows;
 use crate::data::CheckpointId;
 use crate::error::{Error, Result};
 use crate::runtime::JobControl;
@@ -311,6 +312,7 @@ impl ControlServer {
                 exchange: vec![None; n],
                 done: vec![false; n],
                 metrics: vec![Vec::new(); n],
+                results: LatestRows::default(),
                 running: false,
                 checkpoints_done: cfg.checkpoint.is_none(),
                 checkpoint: cfg.checkpoint,
@@ -424,6 +426,11 @@ impl AttemptHandle {
         sum
     }
 
+    /// Sink rows reported since the last call.
+    pub fn take_results(&self) -> LatestRows {
+        std::mem::take(&mut self.attempt.state.lock().expect("attempt lock").results)
+    }
+
     /// The attempt number.
     pub fn attempt(&self) -> u64 {
         self.attempt.attempt
@@ -491,6 +498,8 @@ struct AttemptState {
     exchange: Vec<Option<String>>,
     done: Vec<bool>,
     metrics: Vec<Vec<NodeCounters>>,
+    /// Sink rows reported since the manager last took them.
+    results: LatestRows,
     running: bool,
     /// The checkpoint coordinator ended after the final checkpoint (or
     /// the job does not checkpoint).
@@ -734,6 +743,13 @@ impl Attempt {
             ToCoordinator::Finished(task) => self.to_coordinator(CoordinatorMsg::Finished(task)),
             ToCoordinator::Metrics(m) => {
                 self.state.lock().expect("attempt lock").metrics[i] = m;
+            }
+            ToCoordinator::Results(rows) => {
+                let now = crate::cluster::coordinator::manager::now_ms();
+                let mut st = self.state.lock().expect("attempt lock");
+                for r in rows {
+                    st.results.add(r, now);
+                }
             }
             ToCoordinator::Failed { error } => self.fail(format!("executor {i}: {error}")),
             ToCoordinator::Done => {

@@ -15,8 +15,9 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::api::{
-    ApiError, Checkpoints, ClusterInfo, Heartbeat, HeartbeatReply, JobDescription, JobStatus,
-    RegisterWorker, Registered, SavepointRequest, SavepointTaken, SubmitJob, Submitted, WorkerInfo,
+    ApiError, Checkpoints, ClusterInfo, Heartbeat, HeartbeatReply, JobDescription, JobResults,
+    JobStatus, RegisterWorker, Registered, SavepointRequest, SavepointTaken, SubmitJob, Submitted,
+    WorkerInfo,
 };
 use crate::error::{Error, Result};
 
@@ -135,6 +136,12 @@ impl Client {
     /// `GET /api/v1/jobs/{id}/checkpoints`.
     pub async fn checkpoints(&self, job_id: &str) -> Result<Checkpoints> {
         let path = format!("/api/v1/jobs/{}/checkpoints", segment(job_id)?);
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    /// `GET /api/v1/jobs/{id}/results`.
+    pub async fn results(&self, job_id: &str) -> Result<JobResults> {
+        let path = format!("/api/v1/jobs/{}/results", segment(job_id)?);
         self.call(Method::GET, &path, None::<&()>).await
     }
 

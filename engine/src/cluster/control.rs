@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::coordinator::{TaskControl, TaskKey};
 use crate::checkpoint::manifest::SubtaskState;
-use crate::cluster::api::NodeCounters;
+use crate::cluster::api::{NodeCounters, SinkRows};
 use crate::error::{Error, Result};
 
 /// Largest control frame accepted.
@@ -64,6 +64,8 @@ pub enum ToCoordinator {
     Finished(TaskKey),
     /// Counters per graph node of this executor's subtasks (cumulative).
     Metrics(Vec<NodeCounters>),
+    /// The newest rows its sinks received since the last report.
+    Results(Vec<SinkRows>),
     /// The executor failed (a task error); it exits after sending this.
     Failed {
         /// The error.

@@ -32,6 +32,7 @@ use crate::checkpoint::store::load_verified;
 use crate::checkpoint::{CheckpointStats, Location, Storage};
 use crate::cluster::api::{ExecutorSpec, NodeCounters};
 use crate::cluster::control::{read_frame, write_frame, ToCoordinator, ToExecutor};
+use crate::cluster::results;
 use crate::data::StreamMessage;
 use crate::error::{Error, Result};
 use crate::exchange::frame::ChannelId;
@@ -471,8 +472,7 @@ impl Run<'_> {
             }
             return Err(e);
         }
-        self.link
-            .send(&ToCoordinator::Metrics(counters(&metrics)))?;
+        report(&metrics, self.link)?;
         self.link.send(&ToCoordinator::Done)?;
         // Every local task ended cleanly. Stay until the connections have
         // flushed their last frames (they end once every channel carried
@@ -693,6 +693,24 @@ impl RemoteEnds for Conns {
     }
 }
 
+/// Sends the counters, then the rows sinks received since the last report.
+fn report(metrics: &[Arc<NodeMetrics>], link: &ControlLink) -> Result<()> {
+    link.send(&ToCoordinator::Metrics(counters(metrics)))?;
+    let mut rows = Vec::new();
+    for (node, m) in metrics.iter().enumerate() {
+        if let Some(tail) = m.take_tail() {
+            match results::render(node, &tail) {
+                Ok(r) => rows.push(r),
+                Err(e) => debug!(node, "a sink's rows cannot be shown: {e}"),
+            }
+        }
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    link.send(&ToCoordinator::Results(rows))
+}
+
 fn counters(metrics: &[Arc<NodeMetrics>]) -> Vec<NodeCounters> {
     metrics
         .iter()
@@ -814,7 +832,7 @@ fn spawn_control_reader(
         .map_err(|e| Error::io("spawning the control reader", e))
 }
 
-/// Reports counters every 250 ms and turns a user's cancel into the job's.
+/// Reports counters and sink rows every 250 ms and turns a user's cancel into the job's.
 fn spawn_metrics(
     metrics: Vec<Arc<NodeMetrics>>,
     link: ControlLink,
@@ -833,7 +851,7 @@ fn spawn_metrics(
                 }
                 if Instant::now() >= next {
                     next += METRICS_INTERVAL;
-                    let _ = link.send(&ToCoordinator::Metrics(counters(&metrics)));
+                    let _ = report(&metrics, &link);
                 }
             }
         })

@@ -16,6 +16,9 @@
 //! - [`attempt`]: the coordinator's side of an attempt: the control server
 //!   executors dial, fencing of stale attempts, and the checkpoint
 //!   coordinator driving remote tasks.
+//! - [`results`]: the latest rows of a job's sinks, rendered in executors
+//!   and kept per job by the coordinator.
+//! - [`ui`]: the web UI the coordinator serves.
 //! - [`local`]: a coordinator and workers started as processes on this
 //!   machine, for end-to-end tests and benchmarks.
 //!
@@ -31,4 +34,6 @@ pub mod coordinator;
 pub mod describe;
 pub mod executor;
 pub mod local;
+pub mod results;
+pub mod ui;
 pub mod worker;

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use arrow::record_batch::RecordBatch;
 use crossbeam_channel::{Receiver, Sender};
 use tracing::{info, warn};
 
@@ -81,6 +82,10 @@ impl Default for JobConfig {
     }
 }
 
+/// Rows a sink keeps of the latest batch it received, for the results
+/// the coordinator shows.
+pub const TAIL_ROWS: usize = 20;
+
 /// Per-node counters, shared by the node's subtasks.
 #[derive(Debug, Default)]
 pub struct NodeMetrics {
@@ -88,6 +93,27 @@ pub struct NodeMetrics {
     pub records_in: AtomicU64,
     /// Records emitted on the main output.
     pub records_out: AtomicU64,
+    /// A sink's last rows not yet taken by a reporter (at most
+    /// [`TAIL_ROWS`]; a slice, so keeping it copies nothing).
+    tail: Mutex<Option<RecordBatch>>,
+}
+
+impl NodeMetrics {
+    /// Keeps the last rows of `batch` as the node's latest rows.
+    pub(crate) fn keep_tail(&self, batch: &RecordBatch) {
+        let n = batch.num_rows();
+        if n == 0 {
+            return;
+        }
+        let keep = n.min(TAIL_ROWS);
+        let tail = batch.slice(n - keep, keep);
+        *self.tail.lock().unwrap_or_else(|p| p.into_inner()) = Some(tail);
+    }
+
+    /// The latest rows kept since the last call, if any.
+    pub fn take_tail(&self) -> Option<RecordBatch> {
+        self.tail.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
 }
 
 /// Final counters of one node.

@@ -477,7 +477,9 @@ pub fn run(spec: TaskSpec, control: &JobControl) -> Result<()> {
                 continue;
             }
             NodeKind::Operator { factory } => factory(&ctx)?,
-            NodeKind::Sink { factory } => Box::new(SinkOperator(factory(&ctx)?)),
+            NodeKind::Sink { factory } => {
+                Box::new(SinkOperator(factory(&ctx)?, metrics[i].clone()))
+            }
         };
         if let Some(r) = &restore {
             op.restore(

@@ -34,12 +34,13 @@ use super::CoordinatorConfig;
 use crate::checkpoint::{CheckpointStats, Location};
 use crate::cluster::api::{
     Checkpoints, ClusterInfo, ExecutorLaunch, ExecutorSpec, Heartbeat, HeartbeatReply,
-    JobDescription, JobState, JobStatus, NodeCounters, Placement, RegisterWorker, Registered,
-    SubmitJob, WorkerInfo,
+    JobDescription, JobResults, JobState, JobStatus, NodeCounters, Placement, RegisterWorker,
+    Registered, SinkResults, SubmitJob, WorkerInfo,
 };
 use crate::cluster::attempt::{
     AttemptConfig, AttemptEvent, AttemptHandle, CheckpointStart, ControlServer,
 };
+use crate::cluster::results::LatestRows;
 use crate::error::{Error, Result};
 
 pub(crate) fn now_ms() -> i64 {
@@ -79,6 +80,8 @@ struct Job {
     /// Fencing refusals of earlier attempts (the current run's are added).
     rejected_stale: u64,
     nodes: Vec<NodeCounters>,
+    /// The newest rows its sinks received, over all attempts.
+    results: LatestRows,
     /// Incremented by every change of `record`.
     version: u64,
     /// `record` changed since it was last handed to the writer.
@@ -95,6 +98,7 @@ impl Job {
             stats: Arc::default(),
             rejected_stale: 0,
             nodes: Vec::new(),
+            results: LatestRows::default(),
             version: 0,
             unsaved: false,
         }
@@ -506,6 +510,36 @@ impl Manager {
         })
     }
 
+    /// The newest rows each sink of job `id` received.
+    pub fn results(&self, id: &str) -> Option<JobResults> {
+        let inner = self.lock();
+        let job = inner.jobs.get(id)?;
+        let name = |node: usize| {
+            job.record
+                .description
+                .vertices
+                .iter()
+                .flat_map(|v| &v.nodes)
+                .find(|(n, _)| *n == node)
+                .map_or_else(|| format!("node {node}"), |(_, name)| name.clone())
+        };
+        Some(JobResults {
+            job_id: id.to_string(),
+            sinks: job
+                .results
+                .sinks()
+                .iter()
+                .map(|(&node, latest)| SinkResults {
+                    node,
+                    name: name(node),
+                    columns: latest.columns.clone(),
+                    rows: latest.rows.iter().cloned().collect(),
+                    updated_ms: latest.updated_ms,
+                })
+                .collect(),
+        })
+    }
+
     /// Prometheus text exposition of the cluster and job metrics.
     pub fn metrics_text(&self) -> String {
         let cluster = self.cluster();
@@ -641,6 +675,8 @@ impl Manager {
             let job = inner.jobs.get_mut(id).expect("listed");
             let Some(run) = &job.run else { continue };
             job.nodes = run.handle.metrics();
+            let rows = run.handle.take_results();
+            job.results.merge(rows);
             let events: Vec<AttemptEvent> = run.handle.events().try_iter().collect();
             for ev in events {
                 let job = inner.jobs.get_mut(id).expect("listed");
@@ -910,6 +946,7 @@ fn status_of(job: &Job) -> JobStatus {
             .map(|run| run.placement.clone())
             .unwrap_or_default(),
         nodes: job.nodes.clone(),
+        vertices: r.description.vertices.clone(),
     }
 }
 

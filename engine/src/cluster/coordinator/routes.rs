@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use futures::StreamExt;
@@ -18,6 +18,7 @@ use super::manager::Manager;
 use crate::cluster::api::{
     ApiError, Heartbeat, RegisterWorker, SavepointRequest, SavepointTaken, SubmitJob, Submitted,
 };
+use crate::cluster::ui;
 use crate::error::Error;
 
 type Shared = State<Arc<Manager>>;
@@ -63,6 +64,7 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
         .route("/api/v1/jobs/{id}/savepoint", post(savepoint))
         .route("/api/v1/jobs/{id}/checkpoints", get(checkpoints))
+        .route("/api/v1/jobs/{id}/results", get(results))
         .route(
             "/api/v1/artifacts/{sha256}",
             put(upload)
@@ -74,6 +76,9 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/api/v1/workers/{id}/heartbeat", post(heartbeat))
         .route("/api/v1/cluster", get(cluster))
         .route("/metrics", get(metrics))
+        .route("/", get(|| async { Redirect::to("/ui") }))
+        .route("/ui", get(|| async { ui::page() }))
+        .route("/ui/app.js", get(|| async { ui::script() }))
         .with_state(manager)
 }
 
@@ -121,6 +126,15 @@ async fn checkpoints(
     Path(id): Path<String>,
 ) -> Answer<crate::cluster::api::Checkpoints> {
     m.checkpoints(&id)
+        .map(Json)
+        .ok_or_else(|| Error::NotFound(format!("no job {id}")).into())
+}
+
+async fn results(
+    State(m): Shared,
+    Path(id): Path<String>,
+) -> Answer<crate::cluster::api::JobResults> {
+    m.results(&id)
         .map(Json)
         .ok_or_else(|| Error::NotFound(format!("no job {id}")).into())
 }
