@@ -653,7 +653,7 @@ fn checkpoints_across_executors() {
     assert_eq!(m["job"], "cluster-test");
 
     // A next attempt would resume from that final checkpoint.
-    let start = CheckpointStart::find(&description(ck, Some(ck)))
+    let start = CheckpointStart::find(&description(ck, Some(ck)), None)
         .unwrap()
         .expect("the job checkpoints");
     let id = m["id"].as_u64().unwrap();
@@ -887,7 +887,7 @@ fn a_killed_attempt_restarts_from_its_latest_checkpoint_exactly_once() {
 
     // The restart the coordinator service does: from the latest
     // checkpoint, with a higher attempt.
-    let start = CheckpointStart::find(&c.d)
+    let start = CheckpointStart::find(&c.d, None)
         .unwrap()
         .expect("the job checkpoints");
     assert!(start.restored_from.is_some());

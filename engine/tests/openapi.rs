@@ -269,6 +269,8 @@ fn schemas_accept_what_the_types_serialize() {
             records_out: 5,
         }],
         vertices: description().vertices,
+        parallelism: 2,
+        workdir: Some("/home/me".into()),
     };
     assert_matches(&doc, "JobStatus", &status);
     assert_matches(
@@ -312,6 +314,22 @@ fn schemas_accept_what_the_types_serialize() {
         &SavepointRequest {
             dir: "sp".into(),
             stop: true,
+        },
+    );
+    assert_matches(
+        &doc,
+        "RescaleRequest",
+        &RescaleRequest {
+            parallelism: 4,
+            description: description(),
+        },
+    );
+    assert_matches(
+        &doc,
+        "Rescaled",
+        &Rescaled {
+            savepoint: "ckpt/rescale-a2-17".into(),
+            parallelism: 4,
         },
     );
     assert_matches(

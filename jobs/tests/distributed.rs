@@ -320,6 +320,86 @@ fn a_killed_worker_is_replaced_and_output_stays_exactly_once() {
     cluster.kill_coordinator();
 }
 
+#[test]
+fn a_rescaled_job_runs_on_at_the_new_parallelism_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = embedded_q5(dir.path());
+    let cluster = Cluster::start(dir.path(), 3, 2);
+    let job = submit_q5(&cluster, 2, "150000");
+    worker_after_a_checkpoint(&cluster, &job);
+    let before = cluster.status(&job);
+    let widest = |s: &Value| {
+        s["vertices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["parallelism"].as_u64().unwrap())
+            .max()
+    };
+    assert_eq!(widest(&before), Some(2), "{before}");
+
+    // Too many slots is refused before anything stops.
+    let refused = cluster.sluice(&["rescale", &job, "-p", "7"]).unwrap();
+    assert!(!refused.status.success());
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("would need 7 slots"), "{why}");
+    assert_eq!(cluster.status(&job)["state"], "RUNNING");
+
+    let out = cluster
+        .sluice(&["rescale", &job, "--parallelism", "3"])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.logs()
+    );
+    let savepoint = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        Path::new(&savepoint).join("_manifest.json").is_file(),
+        "the savepoint {savepoint} is complete"
+    );
+    let mut rescaled = Value::Null;
+    cluster.wait_for(
+        Duration::from_secs(60),
+        "the job to run at parallelism 3",
+        |c| {
+            let s = c.status(&job);
+            let wide = s["state"] == "RUNNING" && widest(&s) == Some(3);
+            if wide {
+                rescaled = s;
+            }
+            wide
+        },
+    );
+    assert_eq!(rescaled["parallelism"], 3, "{rescaled}");
+    assert!(rescaled["attempt"].as_u64() > before["attempt"].as_u64());
+    let slots: std::collections::BTreeSet<u64> = rescaled["placement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["task"]["subtask"].as_u64().unwrap())
+        .collect();
+    assert_eq!(slots.len(), 3, "three subtasks per wide vertex: {rescaled}");
+    let done = cluster.wait_state(&job, "FINISHED", Duration::from_secs(120));
+    assert_eq!(done["restarts"], 0, "a rescale is not a failure: {done}");
+    let checkpoints = cluster.json(&["checkpoints", &job, "--json"]);
+    let savepoints: Vec<&Value> = checkpoints["stats"]["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["savepoint"] == true)
+        .map(|r| &r["id"])
+        .collect();
+    assert_eq!(
+        savepoints,
+        [&checkpoints["stats"]["restored_from"]],
+        "the new attempt restored the rescale's savepoint: {checkpoints}"
+    );
+    let out = dir.path().join("out");
+    assert_exactly_once(&want, &rows(&out), &out, "q5 rescaled from 2 to 3");
+}
+
 /// Waits until `job` runs and completed a checkpoint; returns the worker
 /// of its first subtask.
 fn worker_after_a_checkpoint(cluster: &Cluster, job: &str) -> String {

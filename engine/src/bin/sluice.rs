@@ -14,8 +14,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
-use sluice_engine::cluster::api::{JobDescription, JobState, JobStatus, SavepointRequest};
-use sluice_engine::cluster::client::Submission;
+use sluice_engine::cluster::api::{
+    JobDescription, JobState, JobStatus, RescaleRequest, Rescaled, SavepointRequest,
+};
+use sluice_engine::cluster::artifact::ArtifactCache;
+use sluice_engine::cluster::client::{Client, Submission};
 use sluice_engine::cluster::coordinator;
 use sluice_engine::cluster::worker;
 
@@ -87,6 +90,17 @@ enum Command {
         /// Stop the job once the savepoint is taken.
         #[arg(long)]
         stop: bool,
+    },
+    /// Rescales a running job: stops it with a savepoint and runs it on
+    /// from there at the new parallelism; prints the savepoint.
+    Rescale {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Job id.
+        job_id: String,
+        /// The new parallelism.
+        #[arg(long, short = 'p', value_name = "P")]
+        parallelism: usize,
     },
     /// Shows a job's checkpoints.
     Checkpoints {
@@ -213,6 +227,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?;
             println!("{}", taken.location);
         }
+        Command::Rescale {
+            client: c,
+            job_id,
+            parallelism,
+        } => {
+            let rescaled = rescale(&client(&c, &file.client)?, &job_id, parallelism).await?;
+            println!("{}", rescaled.savepoint);
+        }
         Command::Checkpoints {
             client: c,
             job_id,
@@ -336,13 +358,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Describes the job by running its binary in describe mode, then ships it.
 /// Prints `value` as pretty JSON (the `--json` output of the commands).
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
+/// Describes the job by running its binary in describe mode, then ships it.
 async fn submit(args: &SubmitArgs, file: &ClientFile) -> anyhow::Result<String> {
     let client = client(&args.client, file)?;
     let parallelism = args.parallelism.or(file.parallelism);
@@ -359,7 +381,7 @@ async fn submit(args: &SubmitArgs, file: &ClientFile) -> anyhow::Result<String> 
     let binary = tokio::fs::canonicalize(binary)
         .await
         .with_context(|| format!("resolving {}", binary.display()))?;
-    let description = describe(&binary, &args.args, parallelism).await?;
+    let description = describe(&binary, &args.args, parallelism, None).await?;
     let bytes = tokio::fs::read(&binary)
         .await
         .with_context(|| format!("reading {}", binary.display()))?;
@@ -380,10 +402,42 @@ async fn submit(args: &SubmitArgs, file: &ClientFile) -> anyhow::Result<String> 
     Ok(submitted.job_id)
 }
 
+/// Describes the job's binary (fetched from the coordinator) at
+/// `parallelism`, then asks the coordinator to rescale to that plan.
+async fn rescale(client: &Client, job_id: &str, parallelism: usize) -> anyhow::Result<Rescaled> {
+    if parallelism == 0 {
+        bail!("--parallelism must be at least 1");
+    }
+    let status = client.status(job_id).await?;
+    let cache = std::env::temp_dir().join("sluice-artifacts");
+    tokio::fs::create_dir_all(&cache)
+        .await
+        .with_context(|| format!("creating {}", cache.display()))?;
+    let binary = ArtifactCache::new(cache)
+        .get(client, &status.artifact)
+        .await
+        .context("fetching the job's binary")?;
+    let workdir = status.workdir.as_deref().map(Path::new);
+    let description = describe(&binary, &status.args, Some(parallelism), workdir).await?;
+    client
+        .rescale(
+            job_id,
+            &RescaleRequest {
+                parallelism,
+                description,
+            },
+        )
+        .await
+        .context("rescale failed")
+}
+
+/// Runs `binary` in describe mode (in `workdir` if given and present, so
+/// relative paths in `args` mean what they meant at submission).
 async fn describe(
     binary: &Path,
     args: &[String],
     parallelism: Option<usize>,
+    workdir: Option<&Path>,
 ) -> anyhow::Result<JobDescription> {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -403,6 +457,9 @@ async fn describe(
         .kill_on_drop(true);
     if let Some(p) = parallelism {
         command.env("SLUICE_PARALLELISM", p.to_string());
+    }
+    if let Some(dir) = workdir.filter(|d| d.is_dir()) {
+        command.current_dir(dir);
     }
     let output = command
         .output()

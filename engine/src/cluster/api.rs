@@ -13,6 +13,7 @@ pub const ROUTES: &[&str] = &[
     "GET /api/v1/jobs/{id}",
     "POST /api/v1/jobs/{id}/cancel",
     "POST /api/v1/jobs/{id}/savepoint",
+    "POST /api/v1/jobs/{id}/rescale",
     "GET /api/v1/jobs/{id}/checkpoints",
     "GET /api/v1/jobs/{id}/results",
     "PUT /api/v1/artifacts/{sha256}",
@@ -189,6 +190,12 @@ pub struct JobStatus {
     /// The job's vertices (chains of graph nodes), as planned.
     #[serde(default)]
     pub vertices: Vec<VertexInfo>,
+    /// Parallelism the job runs at (`SLUICE_PARALLELISM` of its executors).
+    #[serde(default)]
+    pub parallelism: usize,
+    /// Working directory of its executors (the submitter's).
+    #[serde(default)]
+    pub workdir: Option<String>,
 }
 
 /// Counters of one graph node.
@@ -247,6 +254,26 @@ pub struct SavepointRequest {
     /// Stop the job once it is taken.
     #[serde(default)]
     pub stop: bool,
+}
+
+/// `POST /api/v1/jobs/{id}/rescale`: stop the job with a savepoint and
+/// run it on from there at another parallelism.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RescaleRequest {
+    /// The new parallelism (`SLUICE_PARALLELISM` of the executors).
+    pub parallelism: usize,
+    /// The job's plan at that parallelism, from its binary in describe
+    /// mode; the same operators as the running plan.
+    pub description: JobDescription,
+}
+
+/// Answer to a rescale: the savepoint the job continues from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rescaled {
+    /// Where the savepoint is.
+    pub savepoint: String,
+    /// The new parallelism.
+    pub parallelism: usize,
 }
 
 /// Answer to a savepoint request.

@@ -16,8 +16,8 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::api::{
     ApiError, Checkpoints, ClusterInfo, Heartbeat, HeartbeatReply, JobDescription, JobResults,
-    JobStatus, RegisterWorker, Registered, SavepointRequest, SavepointTaken, SubmitJob, Submitted,
-    WorkerInfo,
+    JobStatus, RegisterWorker, Registered, RescaleRequest, Rescaled, SavepointRequest,
+    SavepointTaken, SubmitJob, Submitted, WorkerInfo,
 };
 use crate::error::{Error, Result};
 
@@ -127,6 +127,17 @@ impl Client {
         let path = format!("/api/v1/jobs/{}/savepoint", segment(job_id)?);
         // A savepoint waits for a full checkpoint round, which can take
         // longer than a control call is allowed to.
+        let response = self
+            .send(self.request(Method::POST, &path), Some(request))
+            .await?;
+        self.decode(&path, response).await
+    }
+
+    /// `POST /api/v1/jobs/{id}/rescale`: returns once the savepoint the
+    /// job continues from is taken.
+    pub async fn rescale(&self, job_id: &str, request: &RescaleRequest) -> Result<Rescaled> {
+        let path = format!("/api/v1/jobs/{}/rescale", segment(job_id)?);
+        // Waits for a savepoint, like `savepoint`.
         let response = self
             .send(self.request(Method::POST, &path), Some(request))
             .await?;

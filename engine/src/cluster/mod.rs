@@ -3,6 +3,7 @@
 //!
 //! - [`api`]: the coordinator's REST API types (JSON), shared by the
 //!   coordinator, the workers and the CLI.
+//! - [`artifact`]: job binaries by SHA-256, downloaded once and verified.
 //! - [`client`]: the typed REST client of the coordinator (CLI, workers).
 //! - [`worker`]: the `sluice worker` service: registration, heartbeats,
 //!   executor processes.
@@ -27,6 +28,7 @@
 //! plan and exits, otherwise it runs embedded.
 
 pub mod api;
+pub mod artifact;
 pub mod attempt;
 pub mod client;
 pub mod control;

@@ -31,9 +31,7 @@ use super::api::{ExecutorLaunch, ExecutorReport, Heartbeat, HeartbeatReply, Regi
 use super::client::Client;
 use crate::error::{Error, Result};
 
-mod artifact;
-
-use artifact::{remove_stale_downloads, ArtifactCache};
+use crate::cluster::artifact::{remove_stale_downloads, ArtifactCache};
 
 /// Used when the coordinator's registration answer gives no interval.
 const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);

@@ -35,7 +35,7 @@ use crate::checkpoint::{CheckpointStats, Location};
 use crate::cluster::api::{
     Checkpoints, ClusterInfo, ExecutorLaunch, ExecutorSpec, Heartbeat, HeartbeatReply,
     JobDescription, JobResults, JobState, JobStatus, NodeCounters, Placement, RegisterWorker,
-    Registered, SinkResults, SubmitJob, WorkerInfo,
+    Registered, RescaleRequest, Rescaled, SinkResults, SubmitJob, WorkerInfo,
 };
 use crate::cluster::attempt::{
     AttemptConfig, AttemptEvent, AttemptHandle, CheckpointStart, ControlServer,
@@ -67,6 +67,13 @@ struct Run {
     slots: HashMap<String, usize>,
 }
 
+/// What a job runs as once its rescale savepoint stopped it.
+struct Rescale {
+    parallelism: usize,
+    description: JobDescription,
+    savepoint: String,
+}
+
 struct Job {
     record: JobRecord,
     run: Option<Run>,
@@ -82,6 +89,8 @@ struct Job {
     nodes: Vec<NodeCounters>,
     /// The newest rows its sinks received, over all attempts.
     results: LatestRows,
+    /// A rescale waiting for its stop-with-savepoint to end the attempt.
+    rescale: Option<Rescale>,
     /// Incremented by every change of `record`.
     version: u64,
     /// `record` changed since it was last handed to the writer.
@@ -99,6 +108,7 @@ impl Job {
             rejected_stale: 0,
             nodes: Vec::new(),
             results: LatestRows::default(),
+            rescale: None,
             version: 0,
             unsaved: false,
         }
@@ -426,6 +436,7 @@ impl Manager {
             updated_ms: now,
             error: None,
             latest_checkpoint: None,
+            pinned_savepoint: None,
         };
         // Written before the job is visible, and without the lock: the
         // write waits for the disk.
@@ -462,6 +473,7 @@ impl Manager {
             run.handle.cancel("cancelled by a user");
             job.rejected_stale += run.handle.rejected_stale();
         }
+        job.rescale = None;
         job.set_state(JobState::Canceled, None);
         let status = status_of(job);
         self.release(inner);
@@ -482,6 +494,81 @@ impl Manager {
             (_, state) => Err(Error::Config(format!(
                 "job {id} is not running ({state:?})"
             ))),
+        }
+    }
+
+    /// Stops job `id` with a savepoint and runs it on from there with
+    /// `req`'s plan; returns the savepoint once it is taken. The switch
+    /// happens when the stopped attempt ends ([`Manager::tick`]); if the
+    /// attempt fails first, the job restarts at its old parallelism and
+    /// this returns the error.
+    pub fn rescale(&self, id: &str, req: RescaleRequest) -> Result<Rescaled> {
+        let (handle, location) = {
+            let mut inner = self.lock();
+            let live_slots: usize = inner
+                .workers
+                .values()
+                .filter(|w| w.alive)
+                .map(|w| w.slots)
+                .sum();
+            let job = inner.jobs.get_mut(id).ok_or_else(|| not_found(id))?;
+            let run = match &job.run {
+                Some(run) if job.record.state == JobState::Running => run,
+                _ => {
+                    return Err(Error::Config(format!(
+                        "job {id} is {:?}; only a running job can be rescaled",
+                        job.record.state
+                    )))
+                }
+            };
+            if job.rescale.is_some() {
+                return Err(Error::Config(format!("job {id} is already being rescaled")));
+            }
+            let Some(checkpoint) = job.record.description.checkpoint.clone() else {
+                return Err(Error::Config(format!(
+                    "job {id} does not checkpoint, so its state cannot move to another parallelism"
+                )));
+            };
+            let mut description = req.description;
+            same_operators(&job.record.description, &description)?;
+            if req.parallelism == 0 || description.slots() == 0 {
+                return Err(Error::Config("the parallelism must be at least 1".into()));
+            }
+            if description.slots() > live_slots {
+                return Err(Error::Config(format!(
+                    "the job would need {} slots; the live workers offer {live_slots}",
+                    description.slots()
+                )));
+            }
+            // The checkpoint settings stay the job's (the plan was
+            // described in another directory, perhaps).
+            description.checkpoint = Some(checkpoint.clone());
+            let savepoint = format!(
+                "{}/rescale-a{}-{}",
+                checkpoint.dir.trim_end_matches('/'),
+                job.record.attempt,
+                now_ms()
+            );
+            let handle = run.handle.clone();
+            job.rescale = Some(Rescale {
+                parallelism: req.parallelism,
+                description,
+                savepoint: savepoint.clone(),
+            });
+            info!(job = %id, parallelism = req.parallelism, %savepoint, "rescale: taking a savepoint and stopping");
+            (handle, Location::from(savepoint.as_str()))
+        };
+        match handle.savepoint(location, true) {
+            Ok(taken) => Ok(Rescaled {
+                savepoint: taken.to_string(),
+                parallelism: req.parallelism,
+            }),
+            Err(e) => {
+                if let Some(job) = self.lock().jobs.get_mut(id) {
+                    job.rescale = None;
+                }
+                Err(e)
+            }
         }
     }
 
@@ -693,6 +780,20 @@ impl Manager {
                             run.handle.cancel("the job finished");
                         }
                         job.note_checkpoint();
+                        if let Some(r) = job.rescale.take() {
+                            // Stopped by the rescale's savepoint (or, if its
+                            // input ended first, finished: restarting then
+                            // resumes at the end and finishes again).
+                            info!(job = %id, parallelism = r.parallelism, savepoint = %r.savepoint, "job stopped for a rescale");
+                            job.record.parallelism = r.parallelism;
+                            job.record.description = r.description;
+                            job.record.pinned_savepoint = Some(r.savepoint);
+                            job.nodes.clear();
+                            job.not_before = Instant::now();
+                            job.failed_at = None;
+                            job.set_state(JobState::Restarting, None);
+                            break;
+                        }
                         info!(job = %id, "job finished");
                         job.set_state(JobState::Finished, None);
                         break;
@@ -708,22 +809,31 @@ impl Manager {
             }
         }
 
-        let due: Vec<(String, JobDescription)> = inner
+        type Due = (String, JobDescription, Option<String>);
+        let due: Vec<Due> = inner
             .jobs
             .values()
             .filter(|j| j.startable() && Instant::now() >= j.not_before)
-            .map(|j| (j.record.id.clone(), j.record.description.clone()))
+            .map(|j| {
+                let r = &j.record;
+                (
+                    r.id.clone(),
+                    r.description.clone(),
+                    r.pinned_savepoint.clone(),
+                )
+            })
             .collect();
         self.release(inner);
 
-        for (id, description) in due {
+        for (id, description, pinned) in due {
             // Placed first, so a job waiting for slots does not scan its
             // checkpoints every tick; the scan runs without the lock.
             let placeable = {
                 let inner = self.lock();
                 self.assign(&inner, &id).map(|_| ())
             };
-            let start = placeable.and_then(|()| CheckpointStart::find(&description));
+            let start =
+                placeable.and_then(|()| CheckpointStart::find(&description, pinned.as_deref()));
             let mut inner = self.lock();
             if let Err(e) = start.and_then(|start| self.start_attempt(&mut inner, &id, start)) {
                 if let Some(job) = inner.jobs.get_mut(&id) {
@@ -747,6 +857,9 @@ impl Manager {
         };
         let Some(run) = job.run.take() else { return };
         run.handle.cancel(&error);
+        if job.rescale.take().is_some() {
+            warn!(job = %id, "the attempt failed during a rescale; restarting at the old parallelism");
+        }
         job.rejected_stale += run.handle.rejected_stale();
         job.note_checkpoint();
         let restartable = job.record.description.checkpoint.is_some();
@@ -808,6 +921,7 @@ impl Manager {
         if let Some(s) = &start {
             attempt = attempt.max(s.min_attempt);
         }
+        let restored_from = start.as_ref().and_then(|s| s.restored_from);
         let checkpoint = start.map(|s| s.setup);
         let handle = self.control.start_attempt(AttemptConfig {
             job_id: id.to_string(),
@@ -818,6 +932,11 @@ impl Manager {
             checkpoint,
             stats: job.stats.clone(),
         })?;
+        {
+            let mut stats = job.stats.lock().unwrap_or_else(|p| p.into_inner());
+            stats.restored_from = restored_from;
+            stats.restarts = record.restarts;
+        }
         let launches: Vec<(String, ExecutorLaunch)> = assignment
             .executors
             .iter()
@@ -900,6 +1019,32 @@ fn used_slots(inner: &Inner, worker: &str) -> usize {
         .sum()
 }
 
+/// Refuses a plan for a rescale that is not the running one's operators.
+fn same_operators(running: &JobDescription, new: &JobDescription) -> Result<()> {
+    let nodes = |d: &JobDescription| {
+        let mut n: Vec<(usize, String)> = d.vertices.iter().flat_map(|v| v.nodes.clone()).collect();
+        n.sort();
+        n
+    };
+    if running.name != new.name
+        || running.max_parallelism != new.max_parallelism
+        || running.graph_nodes != new.graph_nodes
+        || nodes(running) != nodes(new)
+    {
+        return Err(Error::Config(format!(
+            "the plan to rescale to is not job '{}' ({} operators, {} key groups): \
+             it is '{}' with {} operators and {} key groups",
+            running.name,
+            running.graph_nodes,
+            running.max_parallelism,
+            new.name,
+            new.graph_nodes,
+            new.max_parallelism
+        )));
+    }
+    Ok(())
+}
+
 fn not_found(id: &str) -> Error {
     Error::NotFound(format!("no job {id}"))
 }
@@ -947,6 +1092,8 @@ fn status_of(job: &Job) -> JobStatus {
             .unwrap_or_default(),
         nodes: job.nodes.clone(),
         vertices: r.description.vertices.clone(),
+        parallelism: r.parallelism,
+        workdir: r.workdir.clone(),
     }
 }
 
@@ -976,7 +1123,33 @@ mod tests {
             updated_ms: 0,
             error: None,
             latest_checkpoint: None,
+            pinned_savepoint: None,
         }
+    }
+
+    #[test]
+    fn a_rescale_must_keep_the_operators() {
+        let plan = |p: usize, names: &[&str]| {
+            let mut d = record(JobState::Running).description;
+            d.graph_nodes = names.len();
+            d.vertices = vec![crate::cluster::api::VertexInfo {
+                id: 0,
+                name: names.join(" -> "),
+                parallelism: p,
+                source: true,
+                nodes: names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| (i, n.to_string()))
+                    .collect(),
+            }];
+            d
+        };
+        let running = plan(2, &["source", "window", "sink"]);
+        assert!(same_operators(&running, &plan(4, &["source", "window", "sink"])).is_ok());
+        let e = same_operators(&running, &plan(4, &["source", "map", "sink"])).unwrap_err();
+        assert!(e.to_string().contains("is not job 't'"), "{e}");
+        assert!(same_operators(&running, &plan(4, &["source", "sink"])).is_err());
     }
 
     /// Two callers may write after releasing the lock in either order; the

@@ -16,7 +16,8 @@ use tokio::io::AsyncWriteExt;
 
 use super::manager::Manager;
 use crate::cluster::api::{
-    ApiError, Heartbeat, RegisterWorker, SavepointRequest, SavepointTaken, SubmitJob, Submitted,
+    ApiError, Heartbeat, RegisterWorker, RescaleRequest, Rescaled, SavepointRequest,
+    SavepointTaken, SubmitJob, Submitted,
 };
 use crate::cluster::ui;
 use crate::error::Error;
@@ -63,6 +64,7 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/api/v1/jobs/{id}", get(job))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
         .route("/api/v1/jobs/{id}/savepoint", post(savepoint))
+        .route("/api/v1/jobs/{id}/rescale", post(rescale))
         .route("/api/v1/jobs/{id}/checkpoints", get(checkpoints))
         .route("/api/v1/jobs/{id}/results", get(results))
         .route(
@@ -119,6 +121,15 @@ async fn savepoint(
     Ok(Json(SavepointTaken {
         location: location.to_string(),
     }))
+}
+
+async fn rescale(
+    State(m): Shared,
+    Path(id): Path<String>,
+    Json(req): Json<RescaleRequest>,
+) -> Answer<Rescaled> {
+    // Waits for the savepoint; the switch writes the job's metadata.
+    Ok(Json(blocking(move || m.rescale(&id, req)).await?))
 }
 
 async fn checkpoints(

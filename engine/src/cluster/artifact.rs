@@ -1,4 +1,5 @@
-//! The worker's artifact cache: job binaries stored under their SHA-256,
+//! A cache of job binaries (the worker's, and the CLI's when it describes
+//! a running job's binary for a rescale): stored under their SHA-256,
 //! downloaded once, verified before they are installed, executable. It
 //! owns the files under `artifacts/`, nothing about processes.
 
@@ -11,12 +12,11 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 use tracing::debug;
 
-use super::lock;
 use crate::cluster::client::{hex, Client};
 use crate::error::{Error, Result};
 
 /// Job binaries by SHA-256, each fetched once and verified before use.
-pub(crate) struct ArtifactCache {
+pub struct ArtifactCache {
     dir: PathBuf,
     /// One lock per artifact, so executors of one job starting together
     /// download it once.
@@ -24,7 +24,8 @@ pub(crate) struct ArtifactCache {
 }
 
 impl ArtifactCache {
-    pub(crate) fn new(dir: PathBuf) -> Self {
+    /// A cache in `dir` (created by the first download).
+    pub fn new(dir: PathBuf) -> Self {
         ArtifactCache {
             dir,
             fetching: Mutex::new(HashMap::new()),
@@ -32,7 +33,7 @@ impl ArtifactCache {
     }
 
     /// The binary's path, fetched from the coordinator if not cached yet.
-    pub(crate) async fn get(&self, client: &Client, sha256: &str) -> Result<PathBuf> {
+    pub async fn get(&self, client: &Client, sha256: &str) -> Result<PathBuf> {
         validate_sha256(sha256)?;
         let path = self.dir.join(sha256);
         let gate = Arc::clone(lock(&self.fetching).entry(sha256.to_string()).or_default());
@@ -85,7 +86,7 @@ impl ArtifactCache {
 }
 
 /// Downloads a killed worker left behind: never installed, never used.
-pub(crate) async fn remove_stale_downloads(dir: &Path) {
+pub async fn remove_stale_downloads(dir: &Path) {
     let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
         return;
     };
@@ -96,6 +97,11 @@ pub(crate) async fn remove_stale_downloads(dir: &Path) {
             let _ = tokio::fs::remove_file(entry.path()).await;
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The guarded map is plain data, valid even if a holder panicked.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn validate_sha256(s: &str) -> Result<()> {
