@@ -42,6 +42,9 @@ const CK_ENV: &str = "SLUICE_TEST_CK";
 const MODE_ENV: &str = "SLUICE_TEST_MODE";
 const PARALLELISM: usize = 3;
 const JOB_ID: &str = "job-1";
+/// The attempts' secret, which executors present to the coordinator and
+/// to each other.
+const SECRET: &str = "5ec2e7";
 
 fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -476,6 +479,7 @@ impl Cluster {
                     bind_host: "127.0.0.1".into(),
                     parallelism: PARALLELISM,
                     restore: l.restore.clone(),
+                    secret: SECRET.into(),
                 };
                 let path = specs.path().join(format!("executor-{i}.json"));
                 std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
@@ -544,6 +548,7 @@ fn start_attempt(
             executors,
             checkpoint: setup,
             stats: Arc::new(Mutex::new(Default::default())),
+            secret: SECRET.into(),
         })
         .unwrap()
 }
@@ -667,6 +672,15 @@ fn checkpoints_across_executors() {
 }
 
 fn hello(addr: std::net::SocketAddr, job: &str, attempt: u64) -> (TcpStream, ToExecutor) {
+    hello_with(addr, job, attempt, SECRET)
+}
+
+fn hello_with(
+    addr: std::net::SocketAddr,
+    job: &str,
+    attempt: u64,
+    secret: &str,
+) -> (TcpStream, ToExecutor) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(PATIENCE)).unwrap();
     write_frame(
@@ -676,6 +690,7 @@ fn hello(addr: std::net::SocketAddr, job: &str, attempt: u64) -> (TcpStream, ToE
             attempt,
             executor: 0,
             exchange: "127.0.0.1:1".into(),
+            secret: secret.into(),
         },
     )
     .unwrap();
@@ -698,6 +713,7 @@ fn stale_hellos_are_rejected_and_counted() {
                 executors: 1,
                 checkpoint: None,
                 stats: Arc::default(),
+                secret: SECRET.into(),
             })
             .unwrap()
     };
@@ -708,6 +724,16 @@ fn stale_hellos_are_rejected_and_counted() {
     let (_s, answer) = hello(server.local_addr(), "another-job", 2);
     assert!(matches!(answer, ToExecutor::Rejected { .. }), "{answer:?}");
     assert_eq!(a2.rejected_stale(), 1, "another job's refusals are its own");
+    let (_s, answer) = hello_with(server.local_addr(), "job-s", 2, "guessed");
+    assert!(
+        matches!(&answer, ToExecutor::Rejected { reason } if reason.contains("wrong secret")),
+        "{answer:?}"
+    );
+    assert_eq!(
+        a2.rejected_stale(),
+        2,
+        "a wrong secret is refused and counted"
+    );
 
     // The current attempt is welcome; a newer one supersedes it and its
     // executor is told to stop.
@@ -724,7 +750,7 @@ fn stale_hellos_are_rejected_and_counted() {
         1,
         "counted once, in the current attempt"
     );
-    assert_eq!(a2.rejected_stale(), 1);
+    assert_eq!(a2.rejected_stale(), 2);
     assert!(
         a2.events().try_recv().is_err(),
         "a superseded attempt reports nothing"
@@ -903,6 +929,7 @@ fn a_killed_attempt_restarts_from_its_latest_checkpoint_exactly_once() {
             executors: 2,
             checkpoint: Some(start.setup),
             stats: Arc::default(),
+            secret: SECRET.into(),
         })
         .unwrap();
     let cluster = c.launch(test, 2, 2, restore, Mode::Normal);

@@ -49,8 +49,13 @@ fn batch(channel: u32, seq: i64, rows: usize) -> RecordBatch {
     .unwrap()
 }
 
+/// The attempt's secret every peer of these tests shares.
+const SECRET: &str = "s3cret";
+
 fn config(attempt: u64, node: &str) -> ExchangeConfig {
-    ExchangeConfig::new("job-1", attempt, node)
+    let mut c = ExchangeConfig::new("job-1", attempt, node);
+    c.secret = SECRET.into();
+    c
 }
 
 fn listener(cfg: ExchangeConfig) -> (NetListener, SocketAddr) {
@@ -292,11 +297,11 @@ fn backlog_counts_unconsumed_messages() {
 }
 
 #[test]
-fn stale_attempts_and_other_jobs_are_refused() {
+fn stale_attempts_other_jobs_and_wrong_secrets_are_refused() {
     let (l, addr) = listener(config(3, "worker-b"));
     let server = thread::spawn(move || {
         let mut errors = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..4 {
             match l.accept(|_| Ok(ConnectionSpec::new())) {
                 Ok(_) => errors.push(None),
                 Err(e) => errors.push(Some(e.to_string())),
@@ -316,12 +321,20 @@ fn stale_attempts_and_other_jobs_are_refused() {
         .expect("other job refused")
         .to_string();
     assert!(e.contains("job-2"), "{e}");
+    let mut intruder = config(3, "worker-a");
+    intruder.secret = "guessed".into();
+    let e = connect(addr, &intruder, ConnectionSpec::new())
+        .err()
+        .expect("wrong secret refused")
+        .to_string();
+    assert!(e.contains("wrong secret"), "{e}");
     // The current attempt still gets in.
     connect(addr, &config(3, "worker-a"), ConnectionSpec::new()).unwrap();
     let results = server.join().unwrap();
     assert!(results[0].as_deref().unwrap().contains("stale attempt"));
     assert!(results[1].is_some());
-    assert!(results[2].is_none());
+    assert!(results[2].as_deref().unwrap().contains("wrong secret"));
+    assert!(results[3].is_none());
 }
 
 /// Dials like a peer would, but by hand, so the test can then misbehave.
@@ -335,6 +348,7 @@ fn raw_peer(addr: SocketAddr) -> TcpStream {
             job: "job-1".into(),
             attempt: 1,
             peer: "rogue".into(),
+            secret: SECRET.into(),
         }),
         &mut buf,
     );
@@ -650,6 +664,7 @@ fn garbage_instead_of_a_hello_is_refused() {
                 job: "job-1".into(),
                 attempt: 1,
                 peer: "p".into(),
+                secret: SECRET.into(),
             }),
             &mut buf,
         );

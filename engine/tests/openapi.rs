@@ -235,6 +235,7 @@ fn launch() -> ExecutorLaunch {
             bind_host: "127.0.0.1".into(),
             parallelism: 2,
             restore: Some("ckpt/chk-3".into()),
+            secret: "5e".repeat(32),
         },
     }
 }

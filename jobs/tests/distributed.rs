@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sluice_connectors::kafka::testing::Broker;
-use sluice_engine::cluster::local::{LocalCluster, LocalClusterConfig, WorkerPlace};
+use sluice_engine::cluster::local::{LocalCluster, LocalClusterConfig, LocalSecurity, WorkerPlace};
+use sluice_engine::cluster::security::TlsFiles;
 
 mod common;
 use common::{assert_exactly_once, rows};
@@ -56,6 +57,16 @@ impl Cluster {
     }
 
     fn start_at(dir: &Path, host: &str, places: &[WorkerPlace], slots: usize) -> Cluster {
+        Cluster::start_with(dir, host, places, slots, None)
+    }
+
+    fn start_with(
+        dir: &Path,
+        host: &str,
+        places: &[WorkerPlace],
+        slots: usize,
+        security: Option<LocalSecurity>,
+    ) -> Cluster {
         let config = LocalClusterConfig {
             sluice: sluice_bin(),
             dir: dir.to_path_buf(),
@@ -65,6 +76,7 @@ impl Cluster {
                 .to_vec(),
             workers: places.to_vec(),
             slots,
+            security,
         };
         Cluster(LocalCluster::start(config).unwrap_or_else(|e| panic!("{e}")))
     }
@@ -398,6 +410,95 @@ fn a_rescaled_job_runs_on_at_the_new_parallelism_exactly_once() {
     );
     let out = dir.path().join("out");
     assert_exactly_once(&want, &rows(&out), &out, "q5 rescaled from 2 to 3");
+}
+
+/// A private CA and a certificate for 127.0.0.1 it signed, as PEM files
+/// in `dir`: (CA, certificate and key).
+fn certificates(dir: &Path) -> (PathBuf, TlsFiles) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "sluice test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    // Its own subject: one equal to the issuer's would look self-signed.
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "sluice coordinator");
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let files = TlsFiles {
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+    };
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(&files.cert, cert.pem()).unwrap();
+    std::fs::write(&files.key, key.serialize_pem()).unwrap();
+    (dir.join("ca.pem"), files)
+}
+
+#[test]
+fn a_secured_cluster_serves_https_and_answers_only_its_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = embedded_q5(dir.path());
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    let (ca, tls) = certificates(&certs);
+    let token_file = certs.join("token");
+    std::fs::write(&token_file, "0123456789abcdef-token\n").unwrap();
+    let security = LocalSecurity {
+        token_file: token_file.clone(),
+        tls: Some(tls),
+        ca_cert: Some(ca.clone()),
+    };
+    let places = [WorkerPlace::loopback(), WorkerPlace::loopback()];
+    let cluster = Cluster::start_with(dir.path(), "127.0.0.1", &places, 2, Some(security));
+    assert!(cluster.url().starts_with("https://"), "{}", cluster.url());
+
+    // Workers registered over HTTPS with the token; a job runs as usual.
+    let job = submit_q5(&cluster, 2, "1000000");
+    let done = cluster.wait_state(&job, "FINISHED", Duration::from_secs(120));
+    assert_eq!(done["restarts"], 0, "{done}");
+    let out = dir.path().join("out");
+    assert_exactly_once(&want, &rows(&out), &out, "q5 on a secured cluster");
+
+    // Without the token, with a wrong one, or without trusting the CA,
+    // the CLI gets nothing.
+    let sluice = |args: &[&str]| {
+        let out = Command::new(sluice_bin())
+            .args(["jobs", "--coordinator", &cluster.url()])
+            .args(args)
+            .env_remove("SLUICE_TOKEN")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let ca = ca.to_str().unwrap();
+    let (ok, err) = sluice(&["--ca-cert", ca]);
+    assert!(
+        !ok && err.contains("401") && err.contains("bearer token"),
+        "{err}"
+    );
+    let wrong = certs.join("wrong");
+    std::fs::write(&wrong, "guessed\n").unwrap();
+    let (ok, err) = sluice(&["--ca-cert", ca, "--token-file", wrong.to_str().unwrap()]);
+    assert!(!ok && err.contains("401"), "{err}");
+    let (ok, err) = sluice(&["--token-file", token_file.to_str().unwrap()]);
+    assert!(!ok && err.to_lowercase().contains("certificate"), "{err}");
+    let (ok, err) = sluice(&[
+        "--ca-cert",
+        ca,
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
 }
 
 /// Waits until `job` runs and completed a checkpoint; returns the worker

@@ -108,6 +108,7 @@ impl Cluster {
             coordinator_args: coordinator_args.iter().map(|a| a.to_string()).collect(),
             workers: vec![WorkerPlace::loopback(); workers],
             slots: args.slots,
+            security: None,
         })?;
         Ok(Cluster {
             inner,

@@ -157,7 +157,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sluice: error: {e:#}");
+            eprintln!("sluice: error: {}", error_text(&e));
             ExitCode::FAILURE
         }
     }
@@ -356,6 +356,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The error and its causes, each once: the library's errors already
+/// name their source in their message.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if text.contains(&c) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&c);
+    }
+    text
 }
 
 /// Prints `value` as pretty JSON (the `--json` output of the commands).
@@ -583,6 +600,16 @@ fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn causes_are_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = anyhow::Error::from(sluice_engine::Error::io("reading t", io)).context("startup");
+        assert_eq!(
+            error_text(&e),
+            "startup: I/O error: reading t: No such file"
+        );
+    }
 
     #[test]
     fn tables_align() {

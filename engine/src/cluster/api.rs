@@ -387,6 +387,10 @@ pub struct ExecutorSpec {
     pub parallelism: usize,
     /// Checkpoint to restore (location of its directory), if any.
     pub restore: Option<String>,
+    /// The attempt's secret: executors present it to the coordinator and
+    /// to each other.
+    #[serde(default)]
+    pub secret: String,
 }
 
 /// One worker, as `GET /api/v1/workers` shows it.

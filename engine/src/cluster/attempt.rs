@@ -32,6 +32,7 @@ use crate::checkpoint::{CheckpointConfig, CheckpointStats, Location, Storage};
 use crate::cluster::api::{JobDescription, NodeCounters};
 use crate::cluster::control::{read_frame, write_frame, ToCoordinator, ToExecutor};
 use crate::cluster::results::LatestRows;
+use crate::cluster::security::same_secret;
 use crate::data::CheckpointId;
 use crate::error::{Error, Result};
 use crate::runtime::JobControl;
@@ -181,6 +182,8 @@ pub struct AttemptConfig {
     pub checkpoint: Option<CheckpointSetup>,
     /// Checkpoint metrics, shared across the job's attempts.
     pub stats: Arc<Mutex<CheckpointStats>>,
+    /// What its executors must say in their hello (`ExecutorSpec::secret`).
+    pub secret: String,
 }
 
 /// What happens to an attempt.
@@ -336,6 +339,7 @@ impl ControlServer {
             ),
             job_id: cfg.job_id,
             attempt: cfg.attempt,
+            secret: cfg.secret,
             description: cfg.description,
             placement: cfg.placement,
             events_tx,
@@ -514,6 +518,7 @@ impl TaskPort for RemotePort {
 struct Attempt {
     job_id: String,
     attempt: u64,
+    secret: String,
     description: JobDescription,
     placement: Vec<(TaskKey, usize)>,
     events_tx: Sender<AttemptEvent>,
@@ -822,13 +827,14 @@ fn serve(stream: TcpStream, server: &ServerShared) {
     let link = ExecLink {
         stream: Arc::new(Mutex::new(stream)),
     };
-    let (job_id, attempt_no, executor, exchange) = match read_frame(&mut reader) {
+    let (job_id, attempt_no, executor, exchange, secret) = match read_frame(&mut reader) {
         Ok(Some(ToCoordinator::Hello {
             job_id,
             attempt,
             executor,
             exchange,
-        })) => (job_id, attempt, executor, exchange),
+            secret,
+        })) => (job_id, attempt, executor, exchange, secret),
         Ok(Some(_)) => {
             let _ = link.send(&ToExecutor::Rejected {
                 reason: "the first frame must be a hello".into(),
@@ -849,6 +855,9 @@ fn serve(stream: TcpStream, server: &ServerShared) {
         Some(a) if a.attempt != attempt_no => Err(format!(
             "attempt {attempt_no} of job '{job_id}' is stale (the current attempt is {})",
             a.attempt
+        )),
+        Some(a) if !same_secret(&a.secret, &secret) => Err(format!(
+            "wrong secret for attempt {attempt_no} of job '{job_id}'"
         )),
         Some(a) => a.register(executor, exchange, link.clone()).map(|()| a),
     };

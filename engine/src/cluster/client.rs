@@ -19,6 +19,7 @@ use super::api::{
     JobStatus, RegisterWorker, Registered, RescaleRequest, Rescaled, SavepointRequest,
     SavepointTaken, SubmitJob, Submitted, WorkerInfo,
 };
+use crate::cluster::security::ClientSecurity;
 use crate::error::{Error, Result};
 
 /// Control calls are small; a coordinator that takes longer than this is
@@ -56,6 +57,11 @@ impl Client {
     /// A client of the coordinator at `base_url` (`http://host:port`, with
     /// or without a trailing slash).
     pub fn new(base_url: &str) -> Result<Client> {
+        Client::secured(base_url, &ClientSecurity::default())
+    }
+
+    /// A client that sends `security`'s token and trusts its CA file.
+    pub fn secured(base_url: &str, security: &ClientSecurity) -> Result<Client> {
         let base = base_url.trim().trim_end_matches('/').to_string();
         let rest = base
             .strip_prefix("http://")
@@ -68,8 +74,36 @@ impl Client {
                 )))
             }
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
+        let mut builder = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT);
+        if let Some(token) = &security.token {
+            let mut value = reqwest::header::HeaderValue::from_str(&token.bearer())
+                .map_err(|e| Error::Config(format!("the token cannot be sent: {e}")))?;
+            value.set_sensitive(true);
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+            builder = builder.default_headers(headers);
+        }
+        if let Some(ca) = &security.ca_cert {
+            let pem = std::fs::read(ca)
+                .map_err(|e| Error::io(format!("reading the CA file {}", ca.display()), e))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                Error::Config(format!(
+                    "{}: not PEM certificates: {}",
+                    ca.display(),
+                    chain(&e)
+                ))
+            })?;
+            if certs.is_empty() {
+                return Err(Error::Config(format!(
+                    "{} holds no PEM certificate",
+                    ca.display()
+                )));
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| Error::Config(format!("HTTP client: {}", chain(&e))))?;
         Ok(Client { base, http })

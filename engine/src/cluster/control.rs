@@ -37,6 +37,9 @@ pub enum ToCoordinator {
         executor: usize,
         /// Where its exchange listener accepts peers.
         exchange: String,
+        /// The attempt's secret (`ExecutorSpec::secret`).
+        #[serde(default)]
+        secret: String,
     },
     /// A task's snapshot is stored.
     Ack {

@@ -101,6 +101,7 @@ pub(crate) fn run_until(
     let mut xcfg = ExchangeConfig::new(&spec.job_id, spec.attempt, peer_name(me));
     xcfg.channel_capacity = config.channel_capacity;
     xcfg.cancelled = control.cancelled.clone();
+    xcfg.secret = spec.secret.clone();
     let bind = resolve(&spec.bind_host, 0)?;
     let listener = NetListener::bind(bind, xcfg.clone())?;
     let exchange = host_port(&spec.bind_host, listener.local_addr()?.port());
@@ -112,6 +113,7 @@ pub(crate) fn run_until(
         attempt: spec.attempt,
         executor: me,
         exchange,
+        secret: spec.secret.clone(),
     })?;
     let (peers, placement) = match read_frame::<_, ToExecutor>(&mut reader)? {
         Some(ToExecutor::Peers {

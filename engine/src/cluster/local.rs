@@ -11,6 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::api::WorkerInfo;
+use super::security::TlsFiles;
 use crate::{Error, Result};
 
 /// Where a worker runs: the host its exchange listens on, and a command
@@ -49,6 +50,20 @@ pub struct LocalClusterConfig {
     pub workers: Vec<WorkerPlace>,
     /// Slots per worker.
     pub slots: usize,
+    /// A token (and TLS) for the API, passed to every process; none: open
+    /// plain HTTP.
+    pub security: Option<LocalSecurity>,
+}
+
+/// How a [`LocalCluster`]'s API is protected.
+#[derive(Debug, Clone)]
+pub struct LocalSecurity {
+    /// File with the bearer token (the coordinator's, workers' and CLI's).
+    pub token_file: PathBuf,
+    /// HTTPS: the coordinator's certificate and key.
+    pub tls: Option<TlsFiles>,
+    /// What workers and the CLI trust for HTTPS (the CA of `tls`).
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// A running coordinator and workers; see the module comment.
@@ -109,6 +124,7 @@ impl LocalCluster {
         };
         cmd.args(["worker", "--coordinator", &self.url(), "--slots"])
             .arg(self.config.slots.to_string())
+            .args(self.client_security())
             .args(["--listen", &place.host])
             .arg("--data-dir")
             .arg(dir.join(format!("worker-{i}")));
@@ -127,6 +143,13 @@ impl LocalCluster {
             .arg("--data-dir")
             .arg(self.config.dir.join("coordinator"))
             .args(&self.config.coordinator_args);
+        if let Some(s) = &self.config.security {
+            cmd.arg("--token-file").arg(&s.token_file);
+            if let Some(tls) = &s.tls {
+                cmd.arg("--tls-cert").arg(&tls.cert);
+                cmd.arg("--tls-key").arg(&tls.key);
+            }
+        }
         self.coordinator = Some(spawn_logged(cmd, &self.config.dir.join("coordinator.log"))?);
         self.wait_for(
             Duration::from_secs(30),
@@ -145,7 +168,25 @@ impl LocalCluster {
 
     /// The coordinator's URL.
     pub fn url(&self) -> String {
-        format!("http://{}:{}", self.config.host, self.port)
+        let tls = self
+            .config
+            .security
+            .as_ref()
+            .is_some_and(|s| s.tls.is_some());
+        let scheme = if tls { "https" } else { "http" };
+        format!("{scheme}://{}:{}", self.config.host, self.port)
+    }
+
+    /// The token and CA flags of a worker or CLI command.
+    fn client_security(&self) -> Vec<PathBuf> {
+        let Some(s) = &self.config.security else {
+            return Vec::new();
+        };
+        let mut args = vec!["--token-file".into(), s.token_file.clone()];
+        if let Some(ca) = &s.ca_cert {
+            args.extend(["--ca-cert".into(), ca.clone()]);
+        }
+        args
     }
 
     /// The coordinator's port.
@@ -190,6 +231,7 @@ impl LocalCluster {
         Command::new(&self.config.sluice)
             .args(args)
             .args(["--coordinator", &self.url()])
+            .args(self.client_security())
             .stdin(Stdio::null())
             .output()
             .map_err(|e| Error::io(format!("running {}", self.config.sluice.display()), e))
@@ -201,6 +243,7 @@ impl LocalCluster {
         let out = Command::new(&self.config.sluice)
             .args(["submit", "--coordinator", &self.url(), "--parallelism"])
             .arg(parallelism.to_string())
+            .args(self.client_security())
             .arg(binary)
             .arg("--")
             .args(job_args)

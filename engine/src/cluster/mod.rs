@@ -19,6 +19,8 @@
 //!   coordinator driving remote tasks.
 //! - [`results`]: the latest rows of a job's sinks, rendered in executors
 //!   and kept per job by the coordinator.
+//! - [`security`]: the API's bearer token and TLS files, and the
+//!   per-attempt secrets of control and exchange connections.
 //! - [`ui`]: the web UI the coordinator serves.
 //! - [`local`]: a coordinator and workers started as processes on this
 //!   machine, for end-to-end tests and benchmarks.
@@ -37,5 +39,6 @@ pub mod describe;
 pub mod executor;
 pub mod local;
 pub mod results;
+pub mod security;
 pub mod ui;
 pub mod worker;

@@ -21,6 +21,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -32,6 +33,7 @@ use super::client::Client;
 use crate::error::{Error, Result};
 
 use crate::cluster::artifact::{remove_stale_downloads, ArtifactCache};
+use crate::cluster::security::ClientSecurity;
 
 /// Used when the coordinator's registration answer gives no interval.
 const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
@@ -58,11 +60,13 @@ pub struct WorkerConfig {
     pub listen_host: String,
     /// Declared capacity, the weight of the weighted scheduler.
     pub capacity: f64,
+    /// Token and trusted certificates for the coordinator's API.
+    pub security: ClientSecurity,
 }
 
 impl WorkerConfig {
     /// Defaults around the required settings: exchange on 127.0.0.1,
-    /// capacity 1.
+    /// capacity 1, no token, the system's CA roots.
     pub fn new(coordinator: impl Into<String>, slots: usize, data_dir: impl Into<PathBuf>) -> Self {
         WorkerConfig {
             coordinator: coordinator.into(),
@@ -70,6 +74,7 @@ impl WorkerConfig {
             data_dir: data_dir.into(),
             listen_host: "127.0.0.1".into(),
             capacity: 1.0,
+            security: ClientSecurity::default(),
         }
     }
 }
@@ -216,7 +221,7 @@ impl Worker {
                 config.capacity
             )));
         }
-        let client = Client::new(&config.coordinator)?;
+        let client = Client::secured(&config.coordinator, &config.security)?;
         for sub in ["artifacts", "executors", "logs"] {
             let dir = config.data_dir.join(sub);
             tokio::fs::create_dir_all(&dir)
@@ -523,9 +528,19 @@ async fn start_executor(
         .join(format!("{stem}.json"));
     let spec = serde_json::to_vec_pretty(&launch.spec)
         .map_err(|e| Error::Internal(format!("executor spec does not serialize: {e}")))?;
-    tokio::fs::write(&spec_path, spec)
+    // The spec holds the attempt's secret: readable by this user only.
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&spec_path)
         .await
         .map_err(|e| Error::io(format!("writing {}", spec_path.display()), e))?;
+    file.write_all(&spec)
+        .await
+        .map_err(|e| Error::io(format!("writing {}", spec_path.display()), e))?;
+    drop(file);
 
     let log_path = shared.data_dir.join("logs").join(format!("{stem}.log"));
     let log = tokio::fs::OpenOptions::new()

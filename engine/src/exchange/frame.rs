@@ -39,7 +39,7 @@ use crate::data::{Barrier, BarrierKind, CheckpointId, StreamMessage, Watermark};
 use crate::error::{Error, Result};
 
 /// Protocol version carried in the hello frame.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Bytes in a frame header.
 pub const HEADER_LEN: usize = 8;
 /// Bytes before the payload in a channel frame's body.
@@ -75,6 +75,8 @@ pub struct Hello {
     pub attempt: u64,
     /// The dialer's identity (worker or process name).
     pub peer: String,
+    /// The attempt's secret, which the accepting side must share.
+    pub secret: String,
 }
 
 /// A decoded frame.
@@ -366,6 +368,12 @@ fn parse_body(k: u8, body: Vec<u8>) -> Result<Frame, FrameError> {
             attempt: c.u64()?,
             job: c.string()?,
             peer: c.string()?,
+            // Version 1 peers send none; their version is refused after.
+            secret: if c.buf.is_empty() {
+                String::new()
+            } else {
+                c.string()?
+            },
         }),
         kind::WELCOME => Frame::Welcome,
         kind::ERROR => {
@@ -476,6 +484,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             out.extend_from_slice(&h.attempt.to_le_bytes());
             put_string(out, &h.job);
             put_string(out, &h.peer);
+            put_string(out, &h.secret);
             end(out, s);
         }
         Frame::Welcome => {

@@ -55,6 +55,7 @@ use super::frame::{
     DEFAULT_MAX_FRAME, VERSION,
 };
 use super::ChannelSender;
+use crate::cluster::security::same_secret;
 use crate::data::StreamMessage;
 use crate::error::{Error, Result};
 
@@ -84,6 +85,8 @@ pub struct ExchangeConfig {
     pub attempt: u64,
     /// This process's identity, sent in the hello.
     pub node: String,
+    /// The attempt's secret: sent in the hello, and required of peers.
+    pub secret: String,
     /// Messages each inbound channel's local queue holds (= its credit).
     pub channel_capacity: usize,
     /// Upper bound on how long a written frame waits in the buffer.
@@ -103,6 +106,7 @@ impl ExchangeConfig {
             job: job.into(),
             attempt,
             node: node.into(),
+            secret: String::new(),
             channel_capacity: 8,
             flush_interval: Duration::from_millis(1),
             max_frame: DEFAULT_MAX_FRAME,
@@ -501,6 +505,7 @@ pub fn connect(
             job: config.job.clone(),
             attempt: config.attempt,
             peer: config.node.clone(),
+            secret: config.secret.clone(),
         }),
         &mut buf,
     );
@@ -551,6 +556,12 @@ fn check_hello(h: &Hello, cfg: &ExchangeConfig) -> Result<(), String> {
         return Err(format!(
             "attempt {} of job '{}' is newer than this process's attempt {}",
             h.attempt, cfg.job, cfg.attempt
+        ));
+    }
+    if !same_secret(&cfg.secret, &h.secret) {
+        return Err(format!(
+            "wrong secret for attempt {} of job '{}'",
+            h.attempt, cfg.job
         ));
     }
     Ok(())

@@ -12,6 +12,7 @@ use clap::{Args, ValueEnum};
 use serde::Deserialize;
 use sluice_engine::cluster::client::Client;
 use sluice_engine::cluster::coordinator::{CoordinatorConfig, Scheduling};
+use sluice_engine::cluster::security::{ClientSecurity, TlsFiles, Token};
 use sluice_engine::cluster::worker::WorkerConfig;
 
 /// Optional everywhere: a value missing from the flags and the environment
@@ -42,6 +43,15 @@ pub(crate) struct CoordinatorArgs {
     /// Wait before restarting a failed attempt [default: 200ms].
     #[arg(long, env = "SLUICE_RESTART_DELAY", value_parser = humantime::parse_duration)]
     pub(crate) restart_delay: Option<Duration>,
+    /// File holding the bearer token API calls must carry [default: SLUICE_TOKEN, else none].
+    #[arg(long, env = "SLUICE_TOKEN_FILE", value_name = "FILE")]
+    pub(crate) token_file: Option<PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM; with --tls-key).
+    #[arg(long, env = "SLUICE_TLS_CERT", value_name = "FILE")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM).
+    #[arg(long, env = "SLUICE_TLS_KEY", value_name = "FILE")]
+    pub(crate) tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -61,13 +71,28 @@ pub(crate) struct WorkerArgs {
     /// Capacity (weight of the weighted scheduler) [default: 1].
     #[arg(long, env = "SLUICE_CAPACITY", value_name = "W")]
     pub(crate) capacity: Option<f64>,
+    #[command(flatten)]
+    pub(crate) security: SecurityArgs,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct ClientArgs {
-    /// Coordinator REST URL (http://host:port).
+    /// Coordinator REST URL (http://host:port or https://host:port).
     #[arg(long, env = "SLUICE_COORDINATOR", value_name = "URL")]
     pub(crate) coordinator: Option<String>,
+    #[command(flatten)]
+    pub(crate) security: SecurityArgs,
+}
+
+/// How a client of the API authenticates and what it trusts.
+#[derive(Debug, Args)]
+pub(crate) struct SecurityArgs {
+    /// File holding the coordinator's bearer token [default: SLUICE_TOKEN, else none].
+    #[arg(long, env = "SLUICE_TOKEN_FILE", value_name = "FILE")]
+    pub(crate) token_file: Option<PathBuf>,
+    /// PEM certificates to trust for an https:// coordinator, besides the system's.
+    #[arg(long, env = "SLUICE_CA_CERT", value_name = "FILE")]
+    pub(crate) ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -126,6 +151,9 @@ pub(crate) struct CoordinatorFile {
     pub(crate) scheduling: Option<String>,
     pub(crate) max_restarts: Option<u32>,
     pub(crate) restart_delay: Option<String>,
+    pub(crate) token_file: Option<PathBuf>,
+    pub(crate) tls_cert: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,6 +164,8 @@ pub(crate) struct WorkerFile {
     pub(crate) data_dir: Option<PathBuf>,
     pub(crate) listen: Option<String>,
     pub(crate) capacity: Option<f64>,
+    pub(crate) token_file: Option<PathBuf>,
+    pub(crate) ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,6 +173,8 @@ pub(crate) struct WorkerFile {
 pub(crate) struct ClientFile {
     pub(crate) coordinator: Option<String>,
     pub(crate) parallelism: Option<usize>,
+    pub(crate) token_file: Option<PathBuf>,
+    pub(crate) ca_cert: Option<PathBuf>,
 }
 
 pub(crate) fn load_file(path: Option<&Path>) -> anyhow::Result<FileConfig> {
@@ -250,6 +282,17 @@ pub(crate) fn coordinator_config(
     )?) {
         config.restart_delay = d;
     }
+    let token_file = args.token_file.clone().or_else(|| file.token_file.clone());
+    config.token = Token::from_file_or_env(token_file.as_deref())?;
+    config.tls = match (
+        args.tls_cert.clone().or_else(|| file.tls_cert.clone()),
+        args.tls_key.clone().or_else(|| file.tls_key.clone()),
+    ) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (None, None) => None,
+        (Some(_), None) => bail!("--tls-cert needs --tls-key (its private key)"),
+        (None, Some(_)) => bail!("--tls-key needs --tls-cert (the certificate it belongs to)"),
+    };
     if config.heartbeat_interval.is_zero() || config.heartbeat_interval >= config.heartbeat_timeout
     {
         bail!(
@@ -284,6 +327,7 @@ pub(crate) fn worker_config(args: &WorkerArgs, file: &WorkerFile) -> anyhow::Res
     if let Some(w) = args.capacity.or(file.capacity) {
         config.capacity = w;
     }
+    config.security = security(&args.security, &file.token_file, &file.ca_cert)?;
     Ok(config)
 }
 
@@ -293,7 +337,21 @@ pub(crate) fn client(args: &ClientArgs, file: &ClientFile) -> anyhow::Result<Cli
         .clone()
         .or_else(|| file.coordinator.clone())
         .ok_or_else(|| missing("--coordinator", "SLUICE_COORDINATOR", "client"))?;
-    Ok(Client::new(&url)?)
+    let security = security(&args.security, &file.token_file, &file.ca_cert)?;
+    Ok(Client::secured(&url, &security)?)
+}
+
+/// Flags and environment first, then the file's keys.
+fn security(
+    args: &SecurityArgs,
+    file_token: &Option<PathBuf>,
+    file_ca: &Option<PathBuf>,
+) -> anyhow::Result<ClientSecurity> {
+    let token_file = args.token_file.clone().or_else(|| file_token.clone());
+    Ok(ClientSecurity {
+        token: Token::from_file_or_env(token_file.as_deref())?,
+        ca_cert: args.ca_cert.clone().or_else(|| file_ca.clone()),
+    })
 }
 
 #[cfg(test)]
@@ -320,6 +378,9 @@ mod tests {
             "SLUICE_DATA_DIR",
             "SLUICE_LISTEN",
             "SLUICE_CAPACITY",
+            "SLUICE_TOKEN",
+            "SLUICE_TOKEN_FILE",
+            "SLUICE_CA_CERT",
         ];
         for v in vars {
             std::env::remove_var(v);
@@ -328,13 +389,45 @@ mod tests {
             std::env::set_var(k, v);
         }
         let parsed = Cli::try_parse_from(std::iter::once("sluice").chain(argv.iter().copied()));
+        let config = parsed.map_err(anyhow::Error::from).and_then(|p| {
+            let Command::Worker(args) = p.command else {
+                panic!("not a worker command");
+            };
+            worker_config(&args, &parse_file(toml)?.worker)
+        });
         for v in vars {
             std::env::remove_var(v);
         }
-        let Command::Worker(args) = parsed?.command else {
-            panic!("not a worker command");
-        };
-        worker_config(&args, &parse_file(toml)?.worker)
+        config
+    }
+
+    #[test]
+    fn the_token_comes_from_the_flag_the_file_or_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, "token-a\n").unwrap();
+        std::fs::write(&b, "token-b\n").unwrap();
+        let file = format!(
+            "{FILE}token_file = \"{}\"\nca_cert = \"/ca.pem\"\n",
+            a.display()
+        );
+        let token =
+            |c: &WorkerConfig, t: &str| c.security.token.as_ref().is_some_and(|k| k.matches(t));
+
+        let c = worker_from(&["worker"], &[], FILE).unwrap();
+        assert!(c.security.token.is_none() && c.security.ca_cert.is_none());
+        let c = worker_from(&["worker"], &[("SLUICE_TOKEN", "from-env")], FILE).unwrap();
+        assert!(token(&c, "from-env"));
+        let c = worker_from(&["worker"], &[("SLUICE_TOKEN", "from-env")], &file).unwrap();
+        assert!(token(&c, "token-a"), "a file beats the bare variable");
+        assert_eq!(c.security.ca_cert, Some(PathBuf::from("/ca.pem")));
+        let flag = ["worker", "--token-file", b.to_str().unwrap()];
+        let c = worker_from(&flag, &[], &file).unwrap();
+        assert!(token(&c, "token-b"), "the flag beats the config file");
+
+        let missing = ["worker", "--token-file", "/no/such/token"];
+        let err = format!("{:#}", worker_from(&missing, &[], FILE).unwrap_err());
+        assert!(err.contains("/no/such/token"), "{err}");
     }
 
     const FILE: &str = r#"
@@ -408,6 +501,15 @@ mod tests {
         assert_eq!(c.heartbeat_interval, Duration::from_millis(250));
         assert_eq!(c.scheduling, Scheduling::Pack);
         assert_eq!(c.max_restarts, 20, "default");
+
+        assert!(c.tls.is_none());
+        let half = parse_file(
+            "[coordinator]\nlisten = \"127.0.0.1:1\"\ndata_dir = \"d\"\ntls_cert = \"c.pem\"\n",
+        )
+        .expect("parses");
+        let err = coordinator_config(&args, &half.coordinator)
+            .expect_err("a certificate without its key");
+        assert!(format!("{err:#}").contains("--tls-key"), "{err:#}");
 
         let bad = parse_file("[coordinator]\nlisten = \"127.0.0.1:1\"\ndata_dir = \"d\"\nheartbeat_timeout = \"soon\"\n").expect("parses");
         let err = coordinator_config(&args, &bad.coordinator).expect_err("bad duration");

@@ -41,6 +41,7 @@ use crate::cluster::attempt::{
     AttemptConfig, AttemptEvent, AttemptHandle, CheckpointStart, ControlServer,
 };
 use crate::cluster::results::LatestRows;
+use crate::cluster::security::attempt_secret;
 use crate::error::{Error, Result};
 
 pub(crate) fn now_ms() -> i64 {
@@ -922,6 +923,7 @@ impl Manager {
             attempt = attempt.max(s.min_attempt);
         }
         let restored_from = start.as_ref().and_then(|s| s.restored_from);
+        let secret = attempt_secret()?;
         let checkpoint = start.map(|s| s.setup);
         let handle = self.control.start_attempt(AttemptConfig {
             job_id: id.to_string(),
@@ -931,6 +933,7 @@ impl Manager {
             executors: assignment.executors.len(),
             checkpoint,
             stats: job.stats.clone(),
+            secret: secret.clone(),
         })?;
         {
             let mut stats = job.stats.lock().unwrap_or_else(|p| p.into_inner());
@@ -967,6 +970,7 @@ impl Manager {
                             bind_host: host,
                             parallelism: record.parallelism,
                             restore: restore.clone(),
+                            secret: secret.clone(),
                         },
                     },
                 )

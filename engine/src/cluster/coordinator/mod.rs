@@ -16,8 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use std::sync::Arc;
 
-use tracing::info;
+use tracing::{info, warn};
 
+use crate::cluster::security::{TlsFiles, Token};
 use crate::error::{Error, Result};
 
 /// How subtasks are spread over worker slots.
@@ -52,11 +53,16 @@ pub struct CoordinatorConfig {
     pub max_restarts: u32,
     /// Wait before restarting a failed attempt.
     pub restart_delay: Duration,
+    /// Bearer token every API call but the web UI's page must carry.
+    pub token: Option<Token>,
+    /// Serve HTTPS with these files instead of HTTP.
+    pub tls: Option<TlsFiles>,
 }
 
 impl CoordinatorConfig {
     /// Defaults around `listen` and `data_dir`: 3 s heartbeat timeout,
-    /// 500 ms heartbeats, spread placement, 20 restarts 200 ms apart.
+    /// 500 ms heartbeats, spread placement, 20 restarts 200 ms apart, no
+    /// token, plain HTTP.
     pub fn new(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
         CoordinatorConfig {
             listen,
@@ -67,6 +73,8 @@ impl CoordinatorConfig {
             scheduling: Scheduling::Spread,
             max_restarts: 20,
             restart_delay: Duration::from_millis(200),
+            token: None,
+            tls: None,
         }
     }
 }
@@ -77,6 +85,28 @@ const TICK: Duration = Duration::from_millis(50);
 /// Runs the coordinator until the process is stopped.
 pub async fn serve(config: CoordinatorConfig) -> Result<()> {
     let listen = config.listen;
+    let token = config.token.clone().map(Arc::new);
+    let tls = config.tls.clone();
+    let tls = match tls {
+        Some(files) => Some(
+            axum_server::tls_openssl::OpenSSLConfig::from_pem_chain_file(&files.cert, &files.key)
+                .map_err(|e| {
+                Error::Config(format!(
+                    "TLS certificate {} with key {}: {e}",
+                    files.cert.display(),
+                    files.key.display()
+                ))
+            })?,
+        ),
+        None => None,
+    };
+    if token.is_none() {
+        warn!(
+            api = %listen,
+            "the REST API takes no token: anyone who can reach it can run programs on the workers \
+             (set --token-file or SLUICE_TOKEN)"
+        );
+    }
     let manager = tokio::task::spawn_blocking(move || manager::Manager::open(config))
         .await
         .map_err(|e| Error::Internal(format!("opening the coordinator: {e}")))??;
@@ -90,14 +120,30 @@ pub async fn serve(config: CoordinatorConfig) -> Result<()> {
             std::thread::sleep(TICK);
         })
         .map_err(|e| Error::io("spawning the manager thread", e))?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    let app = routes::router(manager, token);
+    let listener = std::net::TcpListener::bind(listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|e| Error::io(format!("listening on {listen}"), e))?;
     let local = listener
         .local_addr()
         .map_err(|e| Error::io("the API address", e))?;
-    info!(api = %local, "coordinator listening");
-    axum::serve(listener, routes::router(manager))
-        .await
-        .map_err(|e| Error::io("serving the API", e))
+    match tls {
+        Some(tls) => {
+            info!(api = %format!("https://{local}"), "coordinator listening");
+            axum_server::from_tcp(listener)
+                .map_err(|e| Error::io("serving the API", e))?
+                .acceptor(axum_server::tls_openssl::OpenSSLAcceptor::new(tls))
+                .serve(app.into_make_service())
+                .await
+                .map_err(|e| Error::io("serving the API", e))
+        }
+        None => {
+            info!(api = %format!("http://{local}"), "coordinator listening");
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .map_err(|e| Error::io("serving the API", e))?;
+            axum::serve(listener, app)
+                .await
+                .map_err(|e| Error::io("serving the API", e))
+        }
+    }
 }

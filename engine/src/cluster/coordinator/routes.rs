@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -19,6 +20,7 @@ use crate::cluster::api::{
     ApiError, Heartbeat, RegisterWorker, RescaleRequest, Rescaled, SavepointRequest,
     SavepointTaken, SubmitJob, Submitted,
 };
+use crate::cluster::security::Token;
 use crate::cluster::ui;
 use crate::error::Error;
 
@@ -47,6 +49,30 @@ impl IntoResponse for Failure {
 
 type Answer<T> = Result<Json<T>, Failure>;
 
+/// Passes requests that carry the token; answers others 401.
+async fn require_token(State(token): State<Arc<Token>>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(p) if token.matches(p.trim()) => next.run(request).await,
+        _ => {
+            let mut answer = Failure(
+                StatusCode::UNAUTHORIZED,
+                "a valid bearer token is required (Authorization: Bearer TOKEN)".into(),
+            )
+            .into_response();
+            answer.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            answer
+        }
+    }
+}
+
 /// Runs `f`, which may wait on storage or executors, off the async workers.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> crate::error::Result<T> + Send + 'static,
@@ -57,9 +83,10 @@ async fn blocking<T: Send + 'static>(
         .map_err(Failure::from)
 }
 
-/// The API's routes over `manager`.
-pub fn router(manager: Arc<Manager>) -> Router {
-    Router::new()
+/// The API's routes over `manager`; with a `token`, every route but the
+/// web UI's page and script requires it.
+pub fn router(manager: Arc<Manager>, token: Option<Arc<Token>>) -> Router {
+    let api = Router::new()
         .route("/api/v1/jobs", get(jobs).post(submit))
         .route("/api/v1/jobs/{id}", get(job))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
@@ -77,8 +104,12 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/api/v1/workers", get(workers).post(register))
         .route("/api/v1/workers/{id}/heartbeat", post(heartbeat))
         .route("/api/v1/cluster", get(cluster))
-        .route("/metrics", get(metrics))
-        .route("/", get(|| async { Redirect::to("/ui") }))
+        .route("/metrics", get(metrics));
+    let api = match token {
+        Some(token) => api.route_layer(middleware::from_fn_with_state(token, require_token)),
+        None => api,
+    };
+    api.route("/", get(|| async { Redirect::to("/ui") }))
         .route("/ui", get(|| async { ui::page() }))
         .route("/ui/app.js", get(|| async { ui::script() }))
         .with_state(manager)

@@ -6,6 +6,8 @@
 const API = "/api/v1";
 const POLL_MS = 1000;
 
+// The coordinator's token, when it has one: asked for once per tab.
+let token = sessionStorage.getItem("sluice-token") || "";
 let selected = decodeURIComponent((location.hash.match(/^#job=(.+)$/) || [])[1] || "");
 // Per job: the previous counters and when they were read, for rates.
 const previous = new Map();
@@ -59,8 +61,18 @@ function count(n) {
   return Number(n).toLocaleString("en-US");
 }
 
+function headers(extra) {
+  const h = Object.assign({ accept: "application/json" }, extra || {});
+  if (token) h.authorization = "Bearer " + token;
+  return h;
+}
+
+// A 401 means a token is needed (or the one given is wrong).
+class NeedsToken extends Error {}
+
 async function get(path) {
-  const r = await fetch(API + path, { headers: { accept: "application/json" } });
+  const r = await fetch(API + path, { headers: headers() });
+  if (r.status === 401) throw new NeedsToken("this coordinator needs a token");
   if (!r.ok) {
     let msg = r.status + " " + r.statusText;
     try { msg = (await r.json()).error || msg; } catch (_) { /* not JSON */ }
@@ -72,9 +84,10 @@ async function get(path) {
 async function post(path, body) {
   const r = await fetch(API + path, {
     method: "POST",
-    headers: { "content-type": "application/json" },
+    headers: headers({ "content-type": "application/json" }),
     body: JSON.stringify(body || {}),
   });
+  if (r.status === 401) throw new NeedsToken("this coordinator needs a token");
   const answer = await r.json().catch(() => ({}));
   if (!r.ok) throw new Error(answer.error || r.status + " " + r.statusText);
   return answer;
@@ -235,6 +248,24 @@ async function renderJob(jobs) {
     el("h3", {}, "Placement"), renderPlacement(job));
 }
 
+function askForToken(message) {
+  const status = document.getElementById("status");
+  if (status.querySelector("form")) return;
+  const input = el("input", { type: "password", placeholder: "token", autocomplete: "off", size: "24" });
+  const form = el("form", {
+    onsubmit: (ev) => {
+      ev.preventDefault();
+      token = input.value.trim();
+      sessionStorage.setItem("sluice-token", token);
+      status.replaceChildren("checking…");
+      refresh();
+    },
+  }, message + " ", input, " ", el("button", { type: "submit" }, "Use"));
+  status.className = "down";
+  status.replaceChildren(form);
+  input.focus();
+}
+
 let busy = false;
 async function refresh() {
   if (busy) return;
@@ -249,8 +280,12 @@ async function refresh() {
     status.className = "";
     status.textContent = "updated " + new Date().toLocaleTimeString();
   } catch (e) {
-    status.className = "down";
-    status.textContent = "coordinator unreachable: " + e.message;
+    if (e instanceof NeedsToken) {
+      askForToken(token ? "Wrong token." : "This coordinator needs a token.");
+    } else {
+      status.className = "down";
+      status.textContent = "coordinator unreachable: " + e.message;
+    }
   } finally {
     busy = false;
   }

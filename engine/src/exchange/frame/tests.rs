@@ -116,6 +116,7 @@ fn control_frames_round_trip() {
             job: "jöb".into(),
             attempt: 9,
             peer: "worker-1".into(),
+            secret: "c0ffee".into(),
         }),
         Frame::Welcome,
         Frame::Error("stale attempt".into()),
