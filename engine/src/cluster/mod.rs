@@ -14,6 +14,8 @@
 //!   obtains from the job binary and the scheduler places.
 //! - [`executor`]: a job binary started by a worker runs its share of the
 //!   subtasks, wired to the other executors over the TCP exchange.
+//! - [`jobs_api`]: the job routes of the REST API and the web UI's routes,
+//!   over the coordinator or a job embedded in this process.
 //! - [`attempt`]: the coordinator's side of an attempt: the control server
 //!   executors dial, fencing of stale attempts, and the checkpoint
 //!   coordinator driving remote tasks.
@@ -37,6 +39,7 @@ pub mod control;
 pub mod coordinator;
 pub mod describe;
 pub mod executor;
+pub mod jobs_api;
 pub mod local;
 pub mod results;
 pub mod security;

@@ -35,11 +35,13 @@ use crate::checkpoint::{CheckpointStats, Location};
 use crate::cluster::api::{
     Checkpoints, ClusterInfo, ExecutorLaunch, ExecutorSpec, Heartbeat, HeartbeatReply,
     JobDescription, JobResults, JobState, JobStatus, NodeCounters, Placement, RegisterWorker,
-    Registered, RescaleRequest, Rescaled, SinkResults, SubmitJob, WorkerInfo,
+    Registered, RescaleRequest, Rescaled, SavepointRequest, SavepointTaken, SinkResults, SubmitJob,
+    WorkerInfo,
 };
 use crate::cluster::attempt::{
     AttemptConfig, AttemptEvent, AttemptHandle, CheckpointStart, ControlServer,
 };
+use crate::cluster::jobs_api::JobsView;
 use crate::cluster::results::LatestRows;
 use crate::cluster::security::attempt_secret;
 use crate::error::{Error, Result};
@@ -1021,6 +1023,41 @@ fn used_slots(inner: &Inner, worker: &str) -> usize {
         .filter_map(|j| j.run.as_ref())
         .filter_map(|r| r.slots.get(worker))
         .sum()
+}
+
+impl JobsView for Manager {
+    fn jobs(&self) -> Vec<JobStatus> {
+        Manager::jobs(self)
+    }
+    fn job(&self, id: &str) -> Option<JobStatus> {
+        Manager::job(self, id)
+    }
+    fn checkpoints(&self, id: &str) -> Option<Checkpoints> {
+        Manager::checkpoints(self, id)
+    }
+    fn results(&self, id: &str) -> Option<JobResults> {
+        Manager::results(self, id)
+    }
+    fn workers(&self) -> Vec<WorkerInfo> {
+        Manager::workers(self)
+    }
+    fn cluster(&self) -> ClusterInfo {
+        Manager::cluster(self)
+    }
+    fn metrics_text(&self) -> String {
+        Manager::metrics_text(self)
+    }
+    fn cancel(&self, id: &str) -> Result<JobStatus> {
+        Manager::cancel(self, id)
+    }
+    fn savepoint(&self, id: &str, request: SavepointRequest) -> Result<SavepointTaken> {
+        let handle = self.attempt_handle(id)?;
+        let dir = self.resolve_location(id, &request.dir)?;
+        let location = handle.savepoint(dir, request.stop)?;
+        Ok(SavepointTaken {
+            location: location.to_string(),
+        })
+    }
 }
 
 /// Refuses a plan for a rescale that is not the running one's operators.

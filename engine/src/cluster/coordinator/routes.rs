@@ -1,15 +1,16 @@
-//! The REST API's handlers (axum). Handlers take the manager's lock only
-//! briefly; anything that waits (savepoints, artifact files) runs off the
-//! lock, and blocking work goes to `spawn_blocking`.
+//! The coordinator's REST API: the job routes of [`jobs_api`] over the
+//! manager, plus what only a coordinator does (submissions, rescales,
+//! artifacts, worker registration and heartbeats). Handlers take the
+//! manager's lock only briefly; anything that waits (savepoints, artifact
+//! files) runs off the lock, and blocking work goes to `spawn_blocking`.
 
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{get, post, put};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{post, put};
 use axum::{Json, Router};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
@@ -17,83 +18,20 @@ use tokio::io::AsyncWriteExt;
 
 use super::manager::Manager;
 use crate::cluster::api::{
-    ApiError, Heartbeat, RegisterWorker, RescaleRequest, Rescaled, SavepointRequest,
-    SavepointTaken, SubmitJob, Submitted,
+    Heartbeat, RegisterWorker, RescaleRequest, Rescaled, SubmitJob, Submitted,
 };
+use crate::cluster::jobs_api::{self, blocking, Answer, Failure};
 use crate::cluster::security::Token;
-use crate::cluster::ui;
 use crate::error::Error;
 
 type Shared = State<Arc<Manager>>;
 
-/// An error answer: status from the error's kind, body `{"error": ...}`.
-struct Failure(StatusCode, String);
-
-impl From<Error> for Failure {
-    fn from(e: Error) -> Self {
-        let status = match &e {
-            Error::NotFound(_) => StatusCode::NOT_FOUND,
-            Error::Config(_) | Error::Plan { .. } | Error::Decode(_) => StatusCode::BAD_REQUEST,
-            Error::Cancelled => StatusCode::CONFLICT,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        Failure(status, e.to_string())
-    }
-}
-
-impl IntoResponse for Failure {
-    fn into_response(self) -> Response {
-        (self.0, Json(ApiError { error: self.1 })).into_response()
-    }
-}
-
-type Answer<T> = Result<Json<T>, Failure>;
-
-/// Passes requests that carry the token; answers others 401.
-async fn require_token(State(token): State<Arc<Token>>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(p) if token.matches(p.trim()) => next.run(request).await,
-        _ => {
-            let mut answer = Failure(
-                StatusCode::UNAUTHORIZED,
-                "a valid bearer token is required (Authorization: Bearer TOKEN)".into(),
-            )
-            .into_response();
-            answer.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            answer
-        }
-    }
-}
-
-/// Runs `f`, which may wait on storage or executors, off the async workers.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> crate::error::Result<T> + Send + 'static,
-) -> Result<T, Failure> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(Failure::from)
-}
-
 /// The API's routes over `manager`; with a `token`, every route but the
 /// web UI's page and script requires it.
 pub fn router(manager: Arc<Manager>, token: Option<Arc<Token>>) -> Router {
-    let api = Router::new()
-        .route("/api/v1/jobs", get(jobs).post(submit))
-        .route("/api/v1/jobs/{id}", get(job))
-        .route("/api/v1/jobs/{id}/cancel", post(cancel))
-        .route("/api/v1/jobs/{id}/savepoint", post(savepoint))
+    let api = jobs_api::routes::<Manager>()
+        .route("/api/v1/jobs", post(submit))
         .route("/api/v1/jobs/{id}/rescale", post(rescale))
-        .route("/api/v1/jobs/{id}/checkpoints", get(checkpoints))
-        .route("/api/v1/jobs/{id}/results", get(results))
         .route(
             "/api/v1/artifacts/{sha256}",
             put(upload)
@@ -101,22 +39,11 @@ pub fn router(manager: Arc<Manager>, token: Option<Arc<Token>>) -> Router {
                 .head(exists)
                 .layer(DefaultBodyLimit::disable()),
         )
-        .route("/api/v1/workers", get(workers).post(register))
-        .route("/api/v1/workers/{id}/heartbeat", post(heartbeat))
-        .route("/api/v1/cluster", get(cluster))
-        .route("/metrics", get(metrics));
-    let api = match token {
-        Some(token) => api.route_layer(middleware::from_fn_with_state(token, require_token)),
-        None => api,
-    };
-    api.route("/", get(|| async { Redirect::to("/ui") }))
-        .route("/ui", get(|| async { ui::page() }))
-        .route("/ui/app.js", get(|| async { ui::script() }))
+        .route("/api/v1/workers", post(register))
+        .route("/api/v1/workers/{id}/heartbeat", post(heartbeat));
+    jobs_api::secure(api, token)
+        .merge(jobs_api::ui_routes())
         .with_state(manager)
-}
-
-async fn jobs(State(m): Shared) -> Answer<Vec<crate::cluster::api::JobStatus>> {
-    Ok(Json(m.jobs()))
 }
 
 async fn submit(
@@ -127,33 +54,6 @@ async fn submit(
     Ok((StatusCode::CREATED, Json(Submitted { job_id })))
 }
 
-async fn job(State(m): Shared, Path(id): Path<String>) -> Answer<crate::cluster::api::JobStatus> {
-    m.job(&id)
-        .map(Json)
-        .ok_or_else(|| Error::NotFound(format!("no job {id}")).into())
-}
-
-async fn cancel(
-    State(m): Shared,
-    Path(id): Path<String>,
-) -> Answer<crate::cluster::api::JobStatus> {
-    // Cancelling writes the job's metadata (with fsync).
-    Ok(Json(blocking(move || m.cancel(&id)).await?))
-}
-
-async fn savepoint(
-    State(m): Shared,
-    Path(id): Path<String>,
-    Json(req): Json<SavepointRequest>,
-) -> Answer<SavepointTaken> {
-    let handle = m.attempt_handle(&id)?;
-    let dir = m.resolve_location(&id, &req.dir)?;
-    let location = blocking(move || handle.savepoint(dir, req.stop)).await?;
-    Ok(Json(SavepointTaken {
-        location: location.to_string(),
-    }))
-}
-
 async fn rescale(
     State(m): Shared,
     Path(id): Path<String>,
@@ -161,24 +61,6 @@ async fn rescale(
 ) -> Answer<Rescaled> {
     // Waits for the savepoint; the switch writes the job's metadata.
     Ok(Json(blocking(move || m.rescale(&id, req)).await?))
-}
-
-async fn checkpoints(
-    State(m): Shared,
-    Path(id): Path<String>,
-) -> Answer<crate::cluster::api::Checkpoints> {
-    m.checkpoints(&id)
-        .map(Json)
-        .ok_or_else(|| Error::NotFound(format!("no job {id}")).into())
-}
-
-async fn results(
-    State(m): Shared,
-    Path(id): Path<String>,
-) -> Answer<crate::cluster::api::JobResults> {
-    m.results(&id)
-        .map(Json)
-        .ok_or_else(|| Error::NotFound(format!("no job {id}")).into())
 }
 
 fn valid_hash(sha: &str) -> Result<(), Failure> {
@@ -276,10 +158,6 @@ async fn download(State(m): Shared, Path(sha): Path<String>) -> Result<Response,
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
-async fn workers(State(m): Shared) -> Answer<Vec<crate::cluster::api::WorkerInfo>> {
-    Ok(Json(m.workers()))
-}
-
 async fn register(
     State(m): Shared,
     Json(req): Json<RegisterWorker>,
@@ -301,15 +179,4 @@ async fn heartbeat(
     reply
         .map(Json)
         .ok_or_else(|| Error::NotFound(format!("no worker {id}; register again")).into())
-}
-
-async fn cluster(State(m): Shared) -> Answer<crate::cluster::api::ClusterInfo> {
-    Ok(Json(m.cluster()))
-}
-
-async fn metrics(State(m): Shared) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        m.metrics_text(),
-    )
 }
