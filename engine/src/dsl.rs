@@ -196,7 +196,8 @@ impl Env {
     /// to `PATH` as a `JobDescription` and the process exits; with
     /// `SLUICE_EXECUTOR=PATH` this process runs the subtasks the
     /// `ExecutorSpec` in `PATH` assigns (the result counts only those);
-    /// otherwise the job runs on the embedded in-process cluster.
+    /// otherwise the job runs on the embedded in-process cluster, serving
+    /// the web UI on `SLUICE_UI=ADDR` if set.
     pub fn execute(&self) -> Result<JobResult> {
         let graph = self.graph()?;
         let config = self.config_from_env()?;
@@ -242,12 +243,21 @@ impl Env {
                     Error::Config(format!("{PARALLELISM_ENV}='{p}' is not a positive integer"))
                 })?;
         }
+        if let Some(addr) = env_var(UI_ENV) {
+            config.ui = Some(addr.trim().parse().map_err(|_| {
+                Error::Config(format!(
+                    "{UI_ENV}='{addr}' is not an address to serve the web UI on (e.g. 127.0.0.1:8080)"
+                ))
+            })?);
+        }
         Ok(config)
     }
 }
 
 /// Overrides the job's default parallelism (every mode).
 pub const PARALLELISM_ENV: &str = "SLUICE_PARALLELISM";
+/// An embedded run serves the web UI and the job API on this address.
+pub const UI_ENV: &str = "SLUICE_UI";
 /// Describe mode: write the plan to this path and exit.
 pub const DESCRIBE_ENV: &str = "SLUICE_DESCRIBE";
 /// Executor mode: the `ExecutorSpec` JSON file to run.

@@ -19,7 +19,7 @@ use sluice_engine::cluster::local::{LocalCluster, LocalClusterConfig, LocalSecur
 use sluice_engine::cluster::security::TlsFiles;
 
 mod common;
-use common::{assert_exactly_once, rows};
+use common::{assert_exactly_once, http, rows};
 
 const EVENTS: &str = "600000";
 
@@ -197,6 +197,21 @@ fn q5_on_three_workers_equals_the_embedded_run() {
     assert_exactly_once(&want, &written, &out, "q5 on three workers");
     assert_results_were_written(&cluster.json(&["results", &job, "--json"]), &written, &out);
     assert_ui_is_served(cluster.port());
+    let (status, _, metrics) = http(cluster.port(), "GET", "/metrics", None);
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("sluice_jobs{state=\"FINISHED\"} 1"),
+        "{metrics}"
+    );
+    let bids_out = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("sluice_node_records_total")
+                && l.contains("node=\"nexmark_bids\"")
+                && l.contains("direction=\"out\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert!(bids_out.is_some_and(|n| n > 0.0), "{metrics}");
 }
 
 /// The rows `sluice results` shows are rows of the job's Parquet output,
@@ -240,25 +255,10 @@ fn assert_results_were_written(results: &Value, written: &BTreeMap<String, usize
     }
 }
 
-/// Status, headers and body of a plain HTTP/1.1 GET.
-fn http_get(port: u16, path: &str) -> (u16, String, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").expect("a header block");
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, head.to_ascii_lowercase(), body.to_string())
-}
-
 /// `/` leads to the web UI, which is served with its script and a policy
 /// that runs no script from anywhere else.
 fn assert_ui_is_served(port: u16) {
+    let http_get = |port, path| http(port, "GET", path, None);
     let (status, head, _) = http_get(port, "/");
     assert_eq!(status, 303, "{head}");
     assert!(head.contains("\r\nlocation: /ui"), "{head}");

@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
 use sluice_engine::cluster::api::{
-    JobDescription, JobState, JobStatus, RescaleRequest, Rescaled, SavepointRequest,
+    JobDescription, JobStatus, RescaleRequest, Rescaled, SavepointRequest,
 };
 use sluice_engine::cluster::artifact::ArtifactCache;
 use sluice_engine::cluster::client::{Client, Submission};
@@ -307,7 +307,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let jobs: Vec<String> = info
                     .jobs
                     .iter()
-                    .map(|(state, n)| format!("{} {n}", state_name(*state)))
+                    .map(|(state, n)| format!("{} {n}", state.name()))
                     .collect();
                 println!(
                     "jobs: {}",
@@ -517,13 +517,6 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-fn state_name(state: JobState) -> String {
-    serde_json::to_value(state)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_else(|| format!("{state:?}"))
-}
-
 fn opt<T: ToString>(v: Option<T>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
 }
@@ -533,7 +526,7 @@ fn jobs_table(jobs: &[JobStatus]) -> String {
         vec![
             j.id.clone(),
             j.name.clone(),
-            state_name(j.state),
+            j.state.name().to_string(),
             j.attempt.to_string(),
         ]
     });
@@ -541,7 +534,7 @@ fn jobs_table(jobs: &[JobStatus]) -> String {
 }
 
 fn status_text(s: &JobStatus) -> String {
-    let mut out = format!("{}\n", state_name(s.state));
+    let mut out = format!("{}\n", s.state.name());
     out.push_str(&format!("id: {}\n", s.id));
     out.push_str(&format!("name: {}\n", s.name));
     out.push_str(&format!(
@@ -600,6 +593,7 @@ fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_engine::cluster::api::JobState;
 
     #[test]
     fn causes_are_not_repeated() {
@@ -618,6 +612,6 @@ mod tests {
             vec![vec!["j-1".into(), "RUNNING".into()]].into_iter(),
         );
         assert_eq!(t, "ID   STATE\nj-1  RUNNING\n");
-        assert_eq!(state_name(JobState::Canceled), "CANCELED");
+        assert_eq!(JobState::Canceled.name(), "CANCELED");
     }
 }

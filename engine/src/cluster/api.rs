@@ -48,6 +48,18 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// The name the API uses (`RUNNING`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            JobState::Created => "CREATED",
+            JobState::Running => "RUNNING",
+            JobState::Restarting => "RESTARTING",
+            JobState::Finished => "FINISHED",
+            JobState::Failed => "FAILED",
+            JobState::Canceled => "CANCELED",
+        }
+    }
+
     /// Whether the job has ended for good.
     pub fn is_terminal(self) -> bool {
         matches!(

@@ -37,8 +37,6 @@ pub trait JobsView: Send + Sync + 'static {
     fn workers(&self) -> Vec<WorkerInfo>;
     /// Cluster summary.
     fn cluster(&self) -> ClusterInfo;
-    /// Prometheus text exposition.
-    fn metrics_text(&self) -> String;
     /// Cancels a job that has not ended.
     fn cancel(&self, id: &str) -> Result<JobStatus>;
     /// Takes a savepoint (stopping the job after it if asked).
@@ -187,6 +185,107 @@ async fn cluster<V: JobsView>(State(v): State<Arc<V>>) -> Json<ClusterInfo> {
 async fn metrics<V: JobsView>(State(v): State<Arc<V>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        v.metrics_text(),
+        exposition(v.as_ref()),
     )
+}
+
+/// Prometheus text exposition of what `v` shows: the cluster, and per job
+/// its restarts, checkpoints, refused stale messages and records per
+/// operator of the current attempt.
+pub fn exposition<V: JobsView + ?Sized>(v: &V) -> String {
+    let cluster = v.cluster();
+    let jobs = v.jobs();
+    let mut out = String::new();
+    let mut metric = |name: &str, help: &str, kind: &str, rows: Vec<(String, f64)>| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (labels, value) in rows {
+            out.push_str(&format!("{name}{labels} {value}\n"));
+        }
+    };
+    let one = |value: usize| vec![(String::new(), value as f64)];
+    metric(
+        "sluice_workers_alive",
+        "Workers whose heartbeats arrive in time.",
+        "gauge",
+        one(cluster.workers_alive),
+    );
+    metric(
+        "sluice_slots",
+        "Slots on live workers.",
+        "gauge",
+        one(cluster.slots),
+    );
+    metric(
+        "sluice_slots_used",
+        "Slots used by running jobs.",
+        "gauge",
+        one(cluster.used_slots),
+    );
+    metric(
+        "sluice_jobs",
+        "Jobs per state.",
+        "gauge",
+        cluster
+            .jobs
+            .iter()
+            .map(|(s, n)| (format!("{{state=\"{}\"}}", s.name()), *n as f64))
+            .collect(),
+    );
+    let per_job = |f: &dyn Fn(&JobStatus) -> f64| -> Vec<(String, f64)> {
+        jobs.iter()
+            .map(|j| (format!("{{job=\"{}\"}}", label(&j.id)), f(j)))
+            .collect()
+    };
+    metric(
+        "sluice_job_restarts_total",
+        "Restarts after failures.",
+        "counter",
+        per_job(&|j| j.restarts as f64),
+    );
+    metric(
+        "sluice_job_checkpoints_completed_total",
+        "Checkpoints completed.",
+        "counter",
+        per_job(&|j| v.checkpoints(&j.id).map_or(0, |c| c.stats.completed) as f64),
+    );
+    metric(
+        "sluice_job_rejected_stale_total",
+        "Control messages of stale attempts refused.",
+        "counter",
+        per_job(&|j| j.rejected_stale as f64),
+    );
+    let mut records = Vec::new();
+    for j in &jobs {
+        for n in &j.nodes {
+            let name = j
+                .vertices
+                .iter()
+                .flat_map(|v| v.nodes.iter())
+                .find(|(id, _)| *id == n.node)
+                .map_or(String::new(), |(_, name)| label(name));
+            for (direction, value) in [("out", n.records_out), ("in", n.records_in)] {
+                records.push((
+                    format!(
+                        "{{job=\"{}\",node=\"{name}\",direction=\"{direction}\"}}",
+                        label(&j.id)
+                    ),
+                    value as f64,
+                ));
+            }
+        }
+    }
+    metric(
+        "sluice_node_records_total",
+        "Records per operator, current attempt.",
+        "counter",
+        records,
+    );
+    out
+}
+
+/// `s` as a Prometheus label value (backslash, quote and newline escaped).
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

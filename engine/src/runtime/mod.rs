@@ -11,6 +11,7 @@
 
 pub mod align;
 pub mod task;
+mod ui;
 pub mod watermark;
 pub mod wiring;
 
@@ -65,6 +66,9 @@ pub struct JobConfig {
     pub restart: RestartStrategy,
     /// Where keyed state lives.
     pub state: crate::state::StateSettings,
+    /// Serve the web UI and the job API of an embedded run on this
+    /// address (`SLUICE_UI`); none by default.
+    pub ui: Option<std::net::SocketAddr>,
 }
 
 impl Default for JobConfig {
@@ -78,6 +82,7 @@ impl Default for JobConfig {
             checkpoint: None,
             restart: RestartStrategy::default(),
             state: crate::state::StateSettings::default(),
+            ui: None,
         }
     }
 }
@@ -227,11 +232,19 @@ impl JobControl {
 /// An input channel of a subtask and the logical input it feeds.
 pub(crate) type InputChannel = (Receiver<StreamMessage>, usize);
 
-/// What the handle can reach of the attempt that is running.
+/// What the handle (and the embedded web UI) can reach of the attempt
+/// that is running, and how the job ended.
 #[derive(Default)]
-struct Current {
+pub(crate) struct Current {
     control: Option<Arc<JobControl>>,
     coordinator: Option<Sender<CoordinatorMsg>>,
+    /// The running attempt's number and counters.
+    pub(crate) attempt: u64,
+    pub(crate) metrics: Vec<Arc<NodeMetrics>>,
+    /// Why the last attempt failed, while the next one is waited for.
+    pub(crate) restarting: Option<String>,
+    /// Set once the job ended: cleanly (`None`) or with an error.
+    pub(crate) ended: Option<Option<String>>,
 }
 
 /// A job running in this process.
@@ -264,39 +277,12 @@ impl JobHandle {
                 "a task executor takes no savepoints: ask the coordinator".into(),
             ));
         }
-        let dir = Storage::open(&dir)?;
-        if has_manifest(&dir)? {
-            return Err(Error::Checkpoint(format!(
-                "{} already holds a savepoint",
-                dir.location()
-            )));
-        }
-        let tx = self
-            .current
-            .lock()
-            .expect("job handle lock")
-            .coordinator
-            .clone()
-            .ok_or_else(|| {
-                Error::Config("savepoints need checkpointing (a checkpoint directory)".into())
-            })?;
-        let (reply, rx) = crossbeam_channel::bounded(1);
-        tx.send(CoordinatorMsg::Savepoint(SavepointRequest {
-            dir,
-            stop,
-            reply,
-        }))
-        .map_err(|_| Error::Checkpoint("the job is not running".into()))?;
-        rx.recv()
-            .map_err(|_| Error::Checkpoint("the job ended before the savepoint completed".into()))?
+        request_savepoint(&self.current, dir, stop)
     }
 
     /// Cancels the job.
     pub fn cancel(&self) {
-        self.user_cancel.store(true, Ordering::SeqCst);
-        if let Some(c) = &self.current.lock().expect("job handle lock").control {
-            c.fail(Error::Cancelled);
-        }
+        cancel(&self.user_cancel, &self.current);
     }
 
     /// Checkpoint metrics so far.
@@ -337,6 +323,47 @@ impl JobHandle {
     }
 }
 
+/// Asks the running attempt's checkpoint coordinator for a savepoint into
+/// `dir` and waits for it.
+pub(crate) fn request_savepoint(
+    current: &Mutex<Current>,
+    dir: Location,
+    stop: bool,
+) -> Result<Location> {
+    let dir = Storage::open(&dir)?;
+    if has_manifest(&dir)? {
+        return Err(Error::Checkpoint(format!(
+            "{} already holds a savepoint",
+            dir.location()
+        )));
+    }
+    let tx = current
+        .lock()
+        .expect("job handle lock")
+        .coordinator
+        .clone()
+        .ok_or_else(|| {
+            Error::Config("savepoints need checkpointing (a checkpoint directory)".into())
+        })?;
+    let (reply, rx) = crossbeam_channel::bounded(1);
+    tx.send(CoordinatorMsg::Savepoint(SavepointRequest {
+        dir,
+        stop,
+        reply,
+    }))
+    .map_err(|_| Error::Checkpoint("the job is not running".into()))?;
+    rx.recv()
+        .map_err(|_| Error::Checkpoint("the job ended before the savepoint completed".into()))?
+}
+
+/// Cancels the job: no restart follows, and the running attempt stops.
+pub(crate) fn cancel(user_cancel: &AtomicBool, current: &Mutex<Current>) {
+    user_cancel.store(true, Ordering::SeqCst);
+    if let Some(c) = &current.lock().expect("job handle lock").control {
+        c.fail(Error::Cancelled);
+    }
+}
+
 /// Plans and runs `graph` in this process, one thread per subtask.
 pub fn run_embedded(graph: &LogicalGraph, config: &JobConfig) -> Result<JobResult> {
     start_embedded(graph, config)?.join()
@@ -353,6 +380,20 @@ pub fn start_embedded(graph: &LogicalGraph, config: &JobConfig) -> Result<JobHan
     let current = Arc::new(Mutex::new(Current::default()));
     let user_cancel = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(Mutex::new(CheckpointStats::default()));
+    let ui = match config.ui {
+        Some(addr) => Some(
+            ui::EmbeddedView::new(
+                graph,
+                &plan,
+                config,
+                current.clone(),
+                user_cancel.clone(),
+                stats.clone(),
+            )
+            .serve(addr)?,
+        ),
+        None => None,
+    };
     let (graph, config) = (graph.clone(), config.clone());
     let driver = Driver {
         graph,
@@ -362,9 +403,16 @@ pub fn start_embedded(graph: &LogicalGraph, config: &JobConfig) -> Result<JobHan
         user_cancel: user_cancel.clone(),
         stats: stats.clone(),
     };
+    let ended = current.clone();
     let thread = std::thread::Builder::new()
         .name("job-driver".into())
-        .spawn(move || driver.run())
+        .spawn(move || {
+            let result = driver.run();
+            ended.lock().expect("job handle lock").ended =
+                Some(result.as_ref().err().map(|e| e.to_string()));
+            drop(ui);
+            result
+        })
         .map_err(|e| Error::io("spawning the job driver", e))?;
     Ok(JobHandle {
         thread,
@@ -421,6 +469,7 @@ impl Driver {
                     };
                     warn!(job = %self.config.name, error = %e, attempt, ?delay,
                         "job failed; restarting from the latest checkpoint");
+                    self.current.lock().expect("job handle lock").restarting = Some(e.to_string());
                     std::thread::sleep(delay);
                     restarts += 1;
                     self.stats.lock().expect("stats lock").restarts += 1;
@@ -527,6 +576,9 @@ impl Driver {
             let mut cur = self.current.lock().expect("job handle lock");
             cur.control = Some(control.clone());
             cur.coordinator = coordinator_tx;
+            cur.attempt = start.attempt;
+            cur.metrics = metrics.clone();
+            cur.restarting = None;
         }
 
         let start_time = Instant::now();

@@ -1,5 +1,6 @@
 //! Helpers shared by the end-to-end tests: Parquet output read back with
-//! the parquet crate's reader, as counted rows of text.
+//! the parquet crate's reader, as counted rows of text; plain HTTP/1.1
+//! requests to a coordinator or an embedded job's web UI.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -189,4 +190,25 @@ impl Drop for S3Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Status, lower-cased header block and body of a plain HTTP/1.1
+/// request (`token` as a bearer token; a POST sends an empty JSON object).
+pub fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let body = if method == "POST" { "{}" } else { "" };
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a header block");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_ascii_lowercase(), body.to_string())
 }

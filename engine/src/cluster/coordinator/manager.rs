@@ -630,106 +630,6 @@ impl Manager {
         })
     }
 
-    /// Prometheus text exposition of the cluster and job metrics.
-    pub fn metrics_text(&self) -> String {
-        let cluster = self.cluster();
-        let inner = self.lock();
-        let mut out = String::new();
-        let mut gauge = |name: &str, help: &str, kind: &str, rows: Vec<(String, f64)>| {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-            for (labels, v) in rows {
-                out.push_str(&format!("{name}{labels} {v}\n"));
-            }
-        };
-        gauge(
-            "sluice_workers_alive",
-            "Workers whose heartbeats arrive in time.",
-            "gauge",
-            vec![(String::new(), cluster.workers_alive as f64)],
-        );
-        gauge(
-            "sluice_slots",
-            "Slots on live workers.",
-            "gauge",
-            vec![(String::new(), cluster.slots as f64)],
-        );
-        gauge(
-            "sluice_slots_used",
-            "Slots used by running jobs.",
-            "gauge",
-            vec![(String::new(), cluster.used_slots as f64)],
-        );
-        gauge(
-            "sluice_jobs",
-            "Jobs per state.",
-            "gauge",
-            cluster
-                .jobs
-                .iter()
-                .map(|(s, n)| (format!("{{state=\"{}\"}}", state_name(*s)), *n as f64))
-                .collect(),
-        );
-        let mut jobs: Vec<&Job> = inner.jobs.values().collect();
-        jobs.sort_by(|a, b| a.record.id.cmp(&b.record.id));
-        let per_job = |f: &dyn Fn(&Job) -> f64| -> Vec<(String, f64)> {
-            jobs.iter()
-                .map(|j| (format!("{{job=\"{}\"}}", j.record.id), f(j)))
-                .collect()
-        };
-        gauge(
-            "sluice_job_restarts_total",
-            "Restarts after failures.",
-            "counter",
-            per_job(&|j| j.record.restarts as f64),
-        );
-        gauge(
-            "sluice_job_checkpoints_completed_total",
-            "Checkpoints completed.",
-            "counter",
-            per_job(&|j| j.stats.lock().unwrap_or_else(|p| p.into_inner()).completed as f64),
-        );
-        gauge(
-            "sluice_job_rejected_stale_total",
-            "Control messages of stale attempts refused.",
-            "counter",
-            per_job(&|j| j.rejected() as f64),
-        );
-        let mut records = Vec::new();
-        for j in &jobs {
-            for n in &j.nodes {
-                let name = j
-                    .record
-                    .description
-                    .vertices
-                    .iter()
-                    .flat_map(|v| v.nodes.iter())
-                    .find(|(id, _)| *id == n.node)
-                    .map_or(String::new(), |(_, name)| name.replace('"', "'"));
-                records.push((
-                    format!(
-                        "{{job=\"{}\",node=\"{}\",direction=\"out\"}}",
-                        j.record.id, name
-                    ),
-                    n.records_out as f64,
-                ));
-                records.push((
-                    format!(
-                        "{{job=\"{}\",node=\"{}\",direction=\"in\"}}",
-                        j.record.id, name
-                    ),
-                    n.records_in as f64,
-                ));
-            }
-        }
-        gauge(
-            "sluice_node_records_total",
-            "Records per operator, current attempt.",
-            "counter",
-            records,
-        );
-        out
-    }
-
     // ---- the manager loop ----
 
     /// One round: dead workers, attempt events, starts of waiting jobs.
@@ -1044,9 +944,6 @@ impl JobsView for Manager {
     fn cluster(&self) -> ClusterInfo {
         Manager::cluster(self)
     }
-    fn metrics_text(&self) -> String {
-        Manager::metrics_text(self)
-    }
     fn cancel(&self, id: &str) -> Result<JobStatus> {
         Manager::cancel(self, id)
     }
@@ -1097,17 +994,6 @@ fn resolve(dir: &str, workdir: Option<&str>) -> Location {
     match (location.local_path(), workdir) {
         (Some(p), Some(w)) if p.is_relative() => Location::from(Path::new(w).join(p)),
         _ => location,
-    }
-}
-
-pub(crate) fn state_name(s: JobState) -> &'static str {
-    match s {
-        JobState::Created => "CREATED",
-        JobState::Running => "RUNNING",
-        JobState::Restarting => "RESTARTING",
-        JobState::Finished => "FINISHED",
-        JobState::Failed => "FAILED",
-        JobState::Canceled => "CANCELED",
     }
 }
 
