@@ -42,6 +42,15 @@ impl JobDescription {
         }
     }
 
+    /// The name of graph node `node`.
+    pub fn node_name(&self, node: usize) -> Option<&str> {
+        self.vertices
+            .iter()
+            .flat_map(|v| &v.nodes)
+            .find(|(n, _)| *n == node)
+            .map(|(_, name)| name.as_str())
+    }
+
     /// Every subtask of the plan, vertex by vertex.
     pub fn tasks(&self) -> Vec<TaskKey> {
         self.vertices

@@ -30,7 +30,7 @@ use crate::checkpoint::coordinator::{CheckpointDirs, CoordinatorMsg, TaskControl
 use crate::checkpoint::restore::RestorePlan;
 use crate::checkpoint::store::load_verified;
 use crate::checkpoint::{CheckpointStats, Location, Storage};
-use crate::cluster::api::{ExecutorSpec, NodeCounters};
+use crate::cluster::api::ExecutorSpec;
 use crate::cluster::control::{read_frame, write_frame, ToCoordinator, ToExecutor};
 use crate::cluster::results;
 use crate::data::StreamMessage;
@@ -43,9 +43,9 @@ use crate::exchange::ChannelSender;
 use crate::graph::LogicalGraph;
 use crate::plan::{plan, PhysicalPlan};
 use crate::runtime::{
-    checkpoint_channels, node_metrics, plan_channels, run_state, spawn_tasks, spawn_writer,
-    summaries, wire, ErrorHook, JobConfig, JobControl, JobResult, NodeMetrics, RemoteEnds,
-    TaskContext,
+    checkpoint_channels, counters, node_metrics, plan_channels, run_state, spawn_tasks,
+    spawn_writer, summaries, wire, ErrorHook, JobConfig, JobControl, JobResult, NodeMetrics,
+    RemoteEnds, TaskContext,
 };
 
 /// How often counters go to the coordinator.
@@ -711,18 +711,6 @@ fn report(metrics: &[Arc<NodeMetrics>], link: &ControlLink) -> Result<()> {
         return Ok(());
     }
     link.send(&ToCoordinator::Results(rows))
-}
-
-fn counters(metrics: &[Arc<NodeMetrics>]) -> Vec<NodeCounters> {
-    metrics
-        .iter()
-        .enumerate()
-        .map(|(node, m)| NodeCounters {
-            node,
-            records_in: m.records_in.load(Ordering::Relaxed),
-            records_out: m.records_out.load(Ordering::Relaxed),
-        })
-        .collect()
 }
 
 /// Sends the writer's and tasks' messages to the coordinator as frames,

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, VecDeque};
 use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 
-use crate::cluster::api::SinkRows;
+use crate::cluster::api::{JobDescription, JobResults, SinkResults, SinkRows};
 use crate::error::Result;
 pub use crate::runtime::TAIL_ROWS;
 
@@ -118,6 +118,26 @@ impl LatestRows {
     /// Whether no rows are kept.
     pub fn is_empty(&self) -> bool {
         self.sinks.is_empty()
+    }
+
+    /// The API's answer for job `job_id` planned as `plan`.
+    pub fn to_results(&self, job_id: &str, plan: &JobDescription) -> JobResults {
+        JobResults {
+            job_id: job_id.to_string(),
+            sinks: self
+                .sinks
+                .iter()
+                .map(|(&node, latest)| SinkResults {
+                    node,
+                    name: plan
+                        .node_name(node)
+                        .map_or_else(|| format!("node {node}"), str::to_string),
+                    columns: latest.columns.clone(),
+                    rows: latest.rows.iter().cloned().collect(),
+                    updated_ms: latest.updated_ms,
+                })
+                .collect(),
+        }
     }
 }
 

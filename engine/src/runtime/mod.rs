@@ -38,6 +38,7 @@ use crate::checkpoint::restore::StartPoint;
 use crate::checkpoint::store::has_manifest;
 use crate::checkpoint::{CheckpointConfig, CheckpointStats, Guarantee, RestartStrategy};
 use crate::checkpoint::{Location, Storage};
+use crate::cluster::api::NodeCounters;
 use crate::graph::NodeKind;
 
 use crate::data::StreamMessage;
@@ -631,6 +632,19 @@ impl Driver {
 /// Counters of every graph node, shared by its subtasks.
 pub(crate) fn node_metrics(graph: &LogicalGraph) -> Vec<Arc<NodeMetrics>> {
     graph.nodes.iter().map(|_| Arc::default()).collect()
+}
+
+/// The counters as the API reports them, by graph node.
+pub(crate) fn counters(metrics: &[Arc<NodeMetrics>]) -> Vec<NodeCounters> {
+    metrics
+        .iter()
+        .enumerate()
+        .map(|(node, m)| NodeCounters {
+            node,
+            records_in: m.records_in.load(Ordering::Relaxed),
+            records_out: m.records_out.load(Ordering::Relaxed),
+        })
+        .collect()
 }
 
 /// The counters as a job result reports them.

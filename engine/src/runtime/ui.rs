@@ -12,11 +12,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::{info, warn};
 
-use super::{cancel, request_savepoint, Current, JobConfig};
+use super::{cancel, counters, request_savepoint, Current, JobConfig};
 use crate::checkpoint::{CheckpointStats, Location};
 use crate::cluster::api::{
-    Checkpoints, ClusterInfo, JobDescription, JobResults, JobState, JobStatus, NodeCounters,
-    Placement, SavepointRequest, SavepointTaken, SinkResults, WorkerInfo,
+    Checkpoints, ClusterInfo, JobDescription, JobResults, JobState, JobStatus, Placement,
+    SavepointRequest, SavepointTaken, WorkerInfo,
 };
 use crate::cluster::jobs_api::{self, JobsView};
 use crate::cluster::results::{render, LatestRows};
@@ -184,16 +184,7 @@ impl EmbeddedView {
             } else {
                 Vec::new()
             },
-            nodes: cur
-                .metrics
-                .iter()
-                .enumerate()
-                .map(|(node, m)| NodeCounters {
-                    node,
-                    records_in: m.records_in.load(Ordering::Relaxed),
-                    records_out: m.records_out.load(Ordering::Relaxed),
-                })
-                .collect(),
+            nodes: counters(&cur.metrics),
             vertices: self.description.vertices.clone(),
             parallelism: self.parallelism,
             workdir: self.workdir.clone(),
@@ -256,28 +247,7 @@ impl JobsView for EmbeddedView {
                 }
             }
         }
-        let name = |node: usize| {
-            self.description
-                .vertices
-                .iter()
-                .flat_map(|v| &v.nodes)
-                .find(|(n, _)| *n == node)
-                .map_or_else(|| format!("node {node}"), |(_, name)| name.clone())
-        };
-        Some(JobResults {
-            job_id: EMBEDDED_JOB_ID.into(),
-            sinks: kept
-                .sinks()
-                .iter()
-                .map(|(&node, latest)| SinkResults {
-                    node,
-                    name: name(node),
-                    columns: latest.columns.clone(),
-                    rows: latest.rows.iter().cloned().collect(),
-                    updated_ms: latest.updated_ms,
-                })
-                .collect(),
-        })
+        Some(kept.to_results(EMBEDDED_JOB_ID, &self.description))
     }
 
     fn workers(&self) -> Vec<WorkerInfo> {

@@ -35,8 +35,7 @@ use crate::checkpoint::{CheckpointStats, Location};
 use crate::cluster::api::{
     Checkpoints, ClusterInfo, ExecutorLaunch, ExecutorSpec, Heartbeat, HeartbeatReply,
     JobDescription, JobResults, JobState, JobStatus, NodeCounters, Placement, RegisterWorker,
-    Registered, RescaleRequest, Rescaled, SavepointRequest, SavepointTaken, SinkResults, SubmitJob,
-    WorkerInfo,
+    Registered, RescaleRequest, Rescaled, SavepointRequest, SavepointTaken, SubmitJob, WorkerInfo,
 };
 use crate::cluster::attempt::{
     AttemptConfig, AttemptEvent, AttemptHandle, CheckpointStart, ControlServer,
@@ -604,30 +603,7 @@ impl Manager {
     pub fn results(&self, id: &str) -> Option<JobResults> {
         let inner = self.lock();
         let job = inner.jobs.get(id)?;
-        let name = |node: usize| {
-            job.record
-                .description
-                .vertices
-                .iter()
-                .flat_map(|v| &v.nodes)
-                .find(|(n, _)| *n == node)
-                .map_or_else(|| format!("node {node}"), |(_, name)| name.clone())
-        };
-        Some(JobResults {
-            job_id: id.to_string(),
-            sinks: job
-                .results
-                .sinks()
-                .iter()
-                .map(|(&node, latest)| SinkResults {
-                    node,
-                    name: name(node),
-                    columns: latest.columns.clone(),
-                    rows: latest.rows.iter().cloned().collect(),
-                    updated_ms: latest.updated_ms,
-                })
-                .collect(),
-        })
+        Some(job.results.to_results(id, &job.record.description))
     }
 
     // ---- the manager loop ----
