@@ -109,6 +109,7 @@ impl Cluster {
             workers: vec![WorkerPlace::loopback(); workers],
             slots: args.slots,
             security: None,
+            standbys: 0,
         })?;
         Ok(Cluster {
             inner,

@@ -6,6 +6,8 @@
 //! `ApiError.error` text, a transport failure [`Error::Unreachable`]. It
 //! knows nothing of what the calls mean (no retries, no scheduling).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
@@ -31,10 +33,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Error bodies that are not `ApiError` JSON are quoted up to this length.
 const MAX_QUOTED_BODY: usize = 512;
 
-/// A typed client of one coordinator's REST API.
+/// A typed client of a coordinator's REST API. Given several coordinator
+/// URLs (a leader and its standbys), it sends to the one that answered
+/// last and moves on to the next when one is unreachable or a standby.
 #[derive(Debug, Clone)]
 pub struct Client {
-    base: String,
+    bases: Arc<Vec<String>>,
+    /// Index in `bases` of the coordinator to try first.
+    current: Arc<AtomicUsize>,
     http: reqwest::Client,
 }
 
@@ -55,23 +61,28 @@ pub struct Submission {
 
 impl Client {
     /// A client of the coordinator at `base_url` (`http://host:port`, with
-    /// or without a trailing slash).
+    /// or without a trailing slash; several, comma-separated, for a leader
+    /// and its standbys).
     pub fn new(base_url: &str) -> Result<Client> {
         Client::secured(base_url, &ClientSecurity::default())
     }
 
     /// A client that sends `security`'s token and trusts its CA file.
     pub fn secured(base_url: &str, security: &ClientSecurity) -> Result<Client> {
-        let base = base_url.trim().trim_end_matches('/').to_string();
-        let rest = base
-            .strip_prefix("http://")
-            .or_else(|| base.strip_prefix("https://"));
-        match rest {
-            Some(host) if !host.is_empty() => {}
-            _ => {
-                return Err(Error::Config(format!(
-                    "coordinator URL '{base_url}' must look like http://host:port"
-                )))
+        let mut bases = Vec::new();
+        for one in base_url.split(',') {
+            let base = one.trim().trim_end_matches('/').to_string();
+            let rest = base
+                .strip_prefix("http://")
+                .or_else(|| base.strip_prefix("https://"));
+            match rest {
+                Some(host) if !host.is_empty() => bases.push(base),
+                _ => {
+                    return Err(Error::Config(format!(
+                        "coordinator URL '{}' must look like http://host:port",
+                        one.trim()
+                    )))
+                }
             }
         }
         let mut builder = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT);
@@ -106,12 +117,17 @@ impl Client {
         let http = builder
             .build()
             .map_err(|e| Error::Config(format!("HTTP client: {}", chain(&e))))?;
-        Ok(Client { base, http })
+        Ok(Client {
+            bases: Arc::new(bases),
+            current: Arc::default(),
+            http,
+        })
     }
 
-    /// The coordinator's base URL, without a trailing slash.
+    /// The base URL of the coordinator tried first, without a trailing
+    /// slash.
     pub fn base_url(&self) -> &str {
-        &self.base
+        &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
     }
 
     /// `POST /api/v1/jobs` with an already uploaded artifact.
@@ -296,7 +312,7 @@ impl Client {
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http.request(method, format!("{}{}", self.base, path))
+        self.http.request(method, format!("{}{}", self.base_url(), path))
     }
 
     /// A bounded JSON call: request body `body`, JSON answer `T`.
@@ -322,18 +338,10 @@ impl Client {
             Some(body) => request.json(body),
             None => request,
         };
-        let request = request
-            .build()
-            .map_err(|e| Error::Config(format!("bad request to {}: {}", self.base, chain(&e))))?;
-        let url = request.url().to_string();
-        let response = self
-            .http
-            .execute(request)
-            .await
-            .map_err(|e| Error::Unreachable {
-                url: url.clone(),
-                message: transport(&e),
-            })?;
+        let request = request.build().map_err(|e| {
+            Error::Config(format!("bad request to {}: {}", self.base_url(), chain(&e)))
+        })?;
+        let response = self.execute(request).await?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -345,20 +353,84 @@ impl Client {
         })
     }
 
+    /// Sends `request` to the current coordinator, then to the others in
+    /// turn while one is unreachable or answers as a standby (503); the
+    /// one that answers becomes the current one. Requests whose body
+    /// cannot be replayed go to the current coordinator only.
+    async fn execute(&self, request: reqwest::Request) -> Result<Response> {
+        let n = self.bases.len();
+        let first = self.current.load(Ordering::Relaxed) % n;
+        let path = match request.url().query() {
+            Some(q) => format!("{}?{q}", request.url().path()),
+            None => request.url().path().to_string(),
+        };
+        let mut last = None;
+        for k in 0..n {
+            let i = (first + k) % n;
+            let attempt = if k == 0 {
+                request.try_clone()
+            } else {
+                let Some(mut r) = request.try_clone() else {
+                    break;
+                };
+                *r.url_mut() = reqwest::Url::parse(&format!("{}{path}", self.bases[i]))
+                    .map_err(|e| Error::Config(format!("coordinator URL {}: {e}", self.bases[i])))?;
+                Some(r)
+            };
+            let attempt = match attempt {
+                Some(r) => r,
+                // A streamed body: one try, as is.
+                None => return self.execute_once(request).await,
+            };
+            let url = attempt.url().to_string();
+            match self.http.execute(attempt).await {
+                Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE && n > 1 => {
+                    let text = r.text().await.unwrap_or_default();
+                    last = Some(Error::Api {
+                        status: 503,
+                        message: error_text(StatusCode::SERVICE_UNAVAILABLE, &text),
+                    });
+                }
+                Ok(r) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok(r);
+                }
+                Err(e) => {
+                    last = Some(Error::Unreachable {
+                        url,
+                        message: transport(&e),
+                    });
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Internal("no coordinator URL".into())))
+    }
+
+    async fn execute_once(&self, request: reqwest::Request) -> Result<Response> {
+        let url = request.url().to_string();
+        self.http
+            .execute(request)
+            .await
+            .map_err(|e| Error::Unreachable {
+                url,
+                message: transport(&e),
+            })
+    }
+
     async fn decode<T: DeserializeOwned>(&self, path: &str, response: Response) -> Result<T> {
         let bytes = response
             .bytes()
             .await
             .map_err(|e| self.unreachable(path, &e))?;
         serde_json::from_slice(&bytes).map_err(|e| Error::Unreachable {
-            url: format!("{}{}", self.base, path),
+            url: format!("{}{}", self.base_url(), path),
             message: format!("unexpected answer (is this a Sluice coordinator?): {e}"),
         })
     }
 
     fn unreachable(&self, path: &str, e: &reqwest::Error) -> Error {
         Error::Unreachable {
-            url: format!("{}{}", self.base, path),
+            url: format!("{}{}", self.base_url(), path),
             message: transport(e),
         }
     }

@@ -53,6 +53,9 @@ pub struct LocalClusterConfig {
     /// A token (and TLS) for the API, passed to every process; none: open
     /// plain HTTP.
     pub security: Option<LocalSecurity>,
+    /// Standby coordinators on the same data directory, each on a port of
+    /// its own; workers and the CLI get every coordinator's URL.
+    pub standbys: usize,
 }
 
 /// How a [`LocalCluster`]'s API is protected.
@@ -69,8 +72,9 @@ pub struct LocalSecurity {
 /// A running coordinator and workers; see the module comment.
 pub struct LocalCluster {
     config: LocalClusterConfig,
-    port: u16,
-    coordinator: Option<Child>,
+    /// API ports: the first leader's, then the standbys'.
+    ports: Vec<u16>,
+    coordinators: Vec<Option<Child>>,
     workers: Vec<Child>,
 }
 
@@ -78,22 +82,33 @@ pub struct LocalCluster {
 const LOG_TAIL: usize = 15;
 
 impl LocalCluster {
-    /// Starts the coordinator, then the workers, and waits until every
-    /// worker is registered and alive.
+    /// Starts the coordinator (then its standbys), then the workers, and
+    /// waits until every worker is registered and alive.
     pub fn start(config: LocalClusterConfig) -> Result<LocalCluster> {
         std::fs::create_dir_all(&config.dir)
             .map_err(|e| Error::io(format!("creating {}", config.dir.display()), e))?;
-        let port = std::net::TcpListener::bind((config.host.as_str(), 0))
-            .and_then(|l| l.local_addr())
-            .map_err(|e| Error::io(format!("finding a free port on {}", config.host), e))?
-            .port();
+        let ports = (0..=config.standbys)
+            .map(|_| {
+                std::net::TcpListener::bind((config.host.as_str(), 0))
+                    .and_then(|l| l.local_addr())
+                    .map(|a| a.port())
+                    .map_err(|e| Error::io(format!("finding a free port on {}", config.host), e))
+            })
+            .collect::<Result<Vec<u16>>>()?;
         let mut c = LocalCluster {
+            coordinators: ports.iter().map(|_| None).collect(),
             config,
-            port,
-            coordinator: None,
+            ports,
             workers: Vec::new(),
         };
         c.start_coordinator()?;
+        for i in 1..c.ports.len() {
+            c.start_coordinator_at(i)?;
+            let addr = (c.config.host.clone(), c.ports[i]);
+            c.wait_for(Duration::from_secs(30), "a standby to listen", |_| {
+                Ok::<_, Error>(std::net::TcpStream::connect(addr.clone()).is_ok())
+            })?;
+        }
         for i in 0..c.config.workers.len() {
             let child = c.spawn_worker(i)?;
             c.workers.push(child);
@@ -137,9 +152,20 @@ impl LocalCluster {
     ///
     /// [`kill_coordinator`]: LocalCluster::kill_coordinator
     pub fn start_coordinator(&mut self) -> Result<()> {
+        self.start_coordinator_at(0)?;
+        self.wait_for(
+            Duration::from_secs(30),
+            "the coordinator to answer",
+            |c| -> Result<bool> { Ok(c.sluice(&["workers", "--json"])?.status.success()) },
+        )
+    }
+
+    /// Starts coordinator `i` (0 the first leader, then the standbys).
+    fn start_coordinator_at(&mut self, i: usize) -> Result<()> {
         let mut cmd = Command::new(&self.config.sluice);
         cmd.args(["coordinator", "--listen"])
-            .arg(format!("{}:{}", self.config.host, self.port))
+            .arg(format!("{}:{}", self.config.host, self.ports[i]))
+            .args(["--advertise", &self.coordinator_url(i)])
             .arg("--data-dir")
             .arg(self.config.dir.join("coordinator"))
             .args(&self.config.coordinator_args);
@@ -150,31 +176,45 @@ impl LocalCluster {
                 cmd.arg("--tls-key").arg(&tls.key);
             }
         }
-        self.coordinator = Some(spawn_logged(cmd, &self.config.dir.join("coordinator.log"))?);
-        self.wait_for(
-            Duration::from_secs(30),
-            "the coordinator to answer",
-            |c| -> Result<bool> { Ok(c.sluice(&["workers", "--json"])?.status.success()) },
-        )
+        let log = if i == 0 {
+            "coordinator.log".to_string()
+        } else {
+            format!("coordinator-{i}.log")
+        };
+        self.coordinators[i] = Some(spawn_logged(cmd, &self.config.dir.join(log))?);
+        Ok(())
     }
 
-    /// SIGKILLs the coordinator and waits for it.
+    /// SIGKILLs the first coordinator and waits for it.
     pub fn kill_coordinator(&mut self) {
-        if let Some(mut c) = self.coordinator.take() {
+        self.kill_coordinator_at(0);
+    }
+
+    /// SIGKILLs coordinator `i` (0 the first leader, then the standbys).
+    pub fn kill_coordinator_at(&mut self, i: usize) {
+        if let Some(mut c) = self.coordinators[i].take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
-    /// The coordinator's URL.
+    /// Every coordinator's URL, comma-separated (as `--coordinator` takes them).
     pub fn url(&self) -> String {
+        (0..self.ports.len())
+            .map(|i| self.coordinator_url(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The URL of coordinator `i`.
+    pub fn coordinator_url(&self, i: usize) -> String {
         let tls = self
             .config
             .security
             .as_ref()
             .is_some_and(|s| s.tls.is_some());
         let scheme = if tls { "https" } else { "http" };
-        format!("{scheme}://{}:{}", self.config.host, self.port)
+        format!("{scheme}://{}:{}", self.config.host, self.ports[i])
     }
 
     /// The token and CA flags of a worker or CLI command.
@@ -189,9 +229,9 @@ impl LocalCluster {
         args
     }
 
-    /// The coordinator's port.
+    /// The first coordinator's port.
     pub fn port(&self) -> u16 {
-        self.port
+        self.ports[0]
     }
 
     /// The cluster's directory.
@@ -309,7 +349,7 @@ impl Drop for LocalCluster {
             signal_group(w, "-KILL");
             let _ = w.wait();
         }
-        if let Some(c) = &mut self.coordinator {
+        for c in self.coordinators.iter_mut().flatten() {
             signal_group(c, "-KILL");
             let _ = c.wait();
         }

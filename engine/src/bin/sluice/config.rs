@@ -52,11 +52,14 @@ pub(crate) struct CoordinatorArgs {
     /// Private key of --tls-cert (PEM).
     #[arg(long, env = "SLUICE_TLS_KEY", value_name = "FILE")]
     pub(crate) tls_key: Option<PathBuf>,
+    /// URL clients reach this coordinator at, named by standbys while it leads [default: its --listen address].
+    #[arg(long, env = "SLUICE_ADVERTISE", value_name = "URL")]
+    pub(crate) advertise: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct WorkerArgs {
-    /// Coordinator REST URL (http://host:port).
+    /// Coordinator REST URL (http://host:port; several, comma-separated, for a leader and its standbys).
     #[arg(long, env = "SLUICE_COORDINATOR", value_name = "URL")]
     pub(crate) coordinator: Option<String>,
     /// Slots offered.
@@ -77,7 +80,7 @@ pub(crate) struct WorkerArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ClientArgs {
-    /// Coordinator REST URL (http://host:port or https://host:port).
+    /// Coordinator REST URL (http://host:port or https://host:port; several, comma-separated, for a leader and its standbys).
     #[arg(long, env = "SLUICE_COORDINATOR", value_name = "URL")]
     pub(crate) coordinator: Option<String>,
     #[command(flatten)]
@@ -154,6 +157,7 @@ pub(crate) struct CoordinatorFile {
     pub(crate) token_file: Option<PathBuf>,
     pub(crate) tls_cert: Option<PathBuf>,
     pub(crate) tls_key: Option<PathBuf>,
+    pub(crate) advertise: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -284,6 +288,7 @@ pub(crate) fn coordinator_config(
     }
     let token_file = args.token_file.clone().or_else(|| file.token_file.clone());
     config.token = Token::from_file_or_env(token_file.as_deref())?;
+    config.advertise = args.advertise.clone().or_else(|| file.advertise.clone());
     config.tls = match (
         args.tls_cert.clone().or_else(|| file.tls_cert.clone()),
         args.tls_key.clone().or_else(|| file.tls_key.clone()),

@@ -1,8 +1,10 @@
 //! The `sluice coordinator` service: [`routes`] (the REST API),
 //! [`manager`] (workers, jobs, attempts, failure detection, restarts),
-//! [`scheduler`] (placing subtasks on slots) and [`meta`] (durable job
-//! records and shipped binaries in the data directory).
+//! [`scheduler`] (placing subtasks on slots), [`meta`] (durable job
+//! records and shipped binaries in the data directory) and [`leader`]
+//! (which of several coordinators on one data directory leads).
 
+pub mod leader;
 pub mod manager;
 pub mod meta;
 pub mod routes;
@@ -57,6 +59,9 @@ pub struct CoordinatorConfig {
     pub token: Option<Token>,
     /// Serve HTTPS with these files instead of HTTP.
     pub tls: Option<TlsFiles>,
+    /// The URL clients reach this coordinator at, which standbys name
+    /// while it leads (default: its listen address).
+    pub advertise: Option<String>,
 }
 
 impl CoordinatorConfig {
@@ -75,6 +80,7 @@ impl CoordinatorConfig {
             restart_delay: Duration::from_millis(200),
             token: None,
             tls: None,
+            advertise: None,
         }
     }
 }
@@ -82,21 +88,22 @@ impl CoordinatorConfig {
 /// How often the manager looks at heartbeats and attempt events.
 const TICK: Duration = Duration::from_millis(50);
 
-/// Runs the coordinator until the process is stopped.
+/// Runs the coordinator until the process is stopped. If another
+/// coordinator leads the data directory, this one is a standby until the
+/// leader's process ends (see [`leader`]).
 pub async fn serve(config: CoordinatorConfig) -> Result<()> {
     let listen = config.listen;
     let token = config.token.clone().map(Arc::new);
-    let tls = config.tls.clone();
-    let tls = match tls {
+    let tls = match &config.tls {
         Some(files) => Some(
             axum_server::tls_openssl::OpenSSLConfig::from_pem_chain_file(&files.cert, &files.key)
                 .map_err(|e| {
-                Error::Config(format!(
-                    "TLS certificate {} with key {}: {e}",
-                    files.cert.display(),
-                    files.key.display()
-                ))
-            })?,
+                    Error::Config(format!(
+                        "TLS certificate {} with key {}: {e}",
+                        files.cert.display(),
+                        files.key.display()
+                    ))
+                })?,
         ),
         None => None,
     };
@@ -107,6 +114,50 @@ pub async fn serve(config: CoordinatorConfig) -> Result<()> {
              (set --token-file or SLUICE_TOKEN)"
         );
     }
+    let listener = std::net::TcpListener::bind(listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| Error::io(format!("listening on {listen}"), e))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::io("the API address", e))?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let advertised = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("{scheme}://{local}"));
+
+    let data_dir = config.data_dir.clone();
+    let lease = match leader::Lease::try_acquire(&data_dir)? {
+        Some(lease) => lease,
+        None => {
+            info!(api = %advertised, leader = ?leader::leader_url(&data_dir),
+                "another coordinator leads this data directory; standing by");
+            let (won_tx, won_rx) = tokio::sync::oneshot::channel();
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let dir = data_dir.clone();
+            tokio::spawn(async move {
+                let won = tokio::task::spawn_blocking(move || leader::Lease::acquire(&dir))
+                    .await
+                    .map_err(|e| Error::Internal(format!("waiting for leadership: {e}")))
+                    .and_then(|r| r);
+                let _ = won_tx.send(won);
+                let _ = stop_tx.send(());
+            });
+            let standby = listener
+                .try_clone()
+                .map_err(|e| Error::io("the API socket", e))?;
+            http(standby, routes::standby(data_dir.clone()), tls.clone(), async {
+                let _ = stop_rx.await;
+            })
+            .await?;
+            won_rx
+                .await
+                .map_err(|_| Error::Internal("the leadership wait ended".into()))??
+        }
+    };
+    lease.announce(&advertised)?;
+    info!(api = %advertised, "leading the data directory");
+
     let manager = tokio::task::spawn_blocking(move || manager::Manager::open(config))
         .await
         .map_err(|e| Error::Internal(format!("opening the coordinator: {e}")))??;
@@ -120,30 +171,48 @@ pub async fn serve(config: CoordinatorConfig) -> Result<()> {
             std::thread::sleep(TICK);
         })
         .map_err(|e| Error::io("spawning the manager thread", e))?;
-    let app = routes::router(manager, token);
-    let listener = std::net::TcpListener::bind(listen)
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|e| Error::io(format!("listening on {listen}"), e))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| Error::io("the API address", e))?;
+    info!(api = %format!("{scheme}://{local}"), "coordinator listening");
+    let served = http(
+        listener,
+        routes::router(manager, token),
+        tls,
+        std::future::pending(),
+    )
+    .await;
+    drop(lease);
+    served
+}
+
+/// Serves `app` on `listener` (HTTPS with `tls`) until `stop` completes.
+async fn http(
+    listener: std::net::TcpListener,
+    app: axum::Router,
+    tls: Option<axum_server::tls_openssl::OpenSSLConfig>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let failed = |e| Error::io("serving the API", e);
     match tls {
         Some(tls) => {
-            info!(api = %format!("https://{local}"), "coordinator listening");
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
+                stop.await;
+                stopper.graceful_shutdown(Some(Duration::from_secs(1)));
+            });
             axum_server::from_tcp(listener)
-                .map_err(|e| Error::io("serving the API", e))?
+                .map_err(failed)?
                 .acceptor(axum_server::tls_openssl::OpenSSLAcceptor::new(tls))
+                .handle(handle)
                 .serve(app.into_make_service())
                 .await
-                .map_err(|e| Error::io("serving the API", e))
+                .map_err(failed)
         }
         None => {
-            info!(api = %format!("http://{local}"), "coordinator listening");
-            let listener = tokio::net::TcpListener::from_std(listener)
-                .map_err(|e| Error::io("serving the API", e))?;
+            let listener = tokio::net::TcpListener::from_std(listener).map_err(failed)?;
             axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
                 .await
-                .map_err(|e| Error::io("serving the API", e))
+                .map_err(failed)
         }
     }
 }
