@@ -541,7 +541,10 @@ fn a_standby_coordinator_takes_over_when_the_leader_dies() {
     let (code, _, _) = http(standby_port(&cluster), "GET", "/api/v1/jobs", None);
     assert_eq!(code, 200, "the former standby leads");
     let done = cluster.wait_state(&job, "FINISHED", Duration::from_secs(120));
-    assert!(done["attempt"].as_u64() > before["attempt"].as_u64(), "{done}");
+    assert!(
+        done["attempt"].as_u64() > before["attempt"].as_u64(),
+        "{done}"
+    );
     let out = dir.path().join("out");
     assert_exactly_once(&want, &rows(&out), &out, "q5 across a coordinator failover");
 }

@@ -12,7 +12,10 @@
 //!   checkpoint one worker's process group (the worker and its executors)
 //!   gets SIGKILL, and the benchmark measures how long until the status
 //!   shows a new attempt, until that attempt is RUNNING, and until a source
-//!   node of the new attempt reports records out.
+//!   node of the new attempt reports records out. With `--victim
+//!   coordinator` the cluster has a standby coordinator and the leader gets
+//!   SIGKILL instead: "detected" is then the first status the standby
+//!   answers as the new leader.
 //!
 //! Prints a table per measurement while it runs, then a Markdown section
 //! for `benches/RESULTS.md` (machine, exact command, medians).
@@ -68,6 +71,10 @@ struct Args {
     /// machine), `http` GETs `/api/v1/jobs/ID` from the coordinator itself.
     #[arg(long, default_value = "cli", value_parser = ["cli", "http"])]
     poll: String,
+    /// What the failover kills: a worker's process group, or the leading
+    /// coordinator (a standby takes over).
+    #[arg(long, default_value = "worker", value_parser = ["worker", "coordinator"])]
+    victim: String,
     /// Run only this part.
     #[arg(long, value_parser = ["q5", "failover"])]
     only: Option<String>,
@@ -88,6 +95,8 @@ struct Cluster {
     http: bool,
     /// Durations of the status calls made.
     polls: RefCell<Vec<Duration>>,
+    /// The coordinator an HTTP poll asks (0 the first leader, 1 its standby).
+    polled: std::cell::Cell<usize>,
 }
 
 impl Cluster {
@@ -100,6 +109,7 @@ impl Cluster {
         dir: &Path,
         workers: usize,
         coordinator_args: &[&str],
+        standbys: usize,
     ) -> anyhow::Result<Cluster> {
         let inner = LocalCluster::start(LocalClusterConfig {
             sluice: sluice.to_path_buf(),
@@ -109,12 +119,13 @@ impl Cluster {
             workers: vec![WorkerPlace::loopback(); workers],
             slots: args.slots,
             security: None,
-            standbys: 0,
+            standbys,
         })?;
         Ok(Cluster {
             inner,
             http: args.poll == "http",
             polls: RefCell::new(Vec::new()),
+            polled: std::cell::Cell::new(0),
         })
     }
 
@@ -128,7 +139,10 @@ impl Cluster {
     fn status(&self, job: &str) -> anyhow::Result<JobStatus> {
         let start = Instant::now();
         let body = if self.http {
-            let b = http_get(self.inner.port(), &format!("/api/v1/jobs/{job}"));
+            let url = self.inner.coordinator_url(self.polled.get());
+            let port = url.rsplit(':').next().and_then(|p| p.parse().ok());
+            let port = port.context("a coordinator port")?;
+            let b = http_get(port, &format!("/api/v1/jobs/{job}"));
             self.polls.borrow_mut().push(start.elapsed());
             b?
         } else {
@@ -294,7 +308,7 @@ struct Q5Summary {
 
 fn q5(args: &Args, sluice: &Path, nexmark: &Path, dir: &Path) -> anyhow::Result<Q5Summary> {
     let n = args.events as f64;
-    let mut cluster = Cluster::start(args, sluice, &dir.join("q5"), 2, &[])?;
+    let mut cluster = Cluster::start(args, sluice, &dir.join("q5"), 2, &[], 0)?;
     let (mut emb, mut job_ms, mut tot, mut run) = (vec![], vec![], vec![], vec![]);
     println!(
         "q5, {} events, parallelism 2: embedded vs coordinator + 2 workers × {} slot(s)",
@@ -381,6 +395,7 @@ fn failover_once(
             "--heartbeat-interval",
             HEARTBEAT_INTERVAL,
         ],
+        usize::from(args.victim == "coordinator"),
     )?;
     let ck = dir.join("checkpoints");
     let mut job_args = q5_args(args.failover_rate * args.failover_secs);
@@ -420,15 +435,22 @@ fn failover_once(
         .filter(|n| n.records_in == 0)
         .map(|n| n.node)
         .collect();
-    let victim = before.placement[0].worker.clone();
-    let pos = c.inner.worker_position(&victim)?;
-
-    c.inner
-        .signal_worker(pos, &format!("-{}", args.failover_signal));
-    let killed = Instant::now();
-    if args.failover_signal == "KILL" {
-        c.inner.wait_worker(pos);
-    }
+    let coordinator = args.victim == "coordinator";
+    let killed = if coordinator {
+        c.inner.kill_coordinator();
+        c.polled.set(1);
+        Instant::now()
+    } else {
+        let victim = before.placement[0].worker.clone();
+        let pos = c.inner.worker_position(&victim)?;
+        c.inner
+            .signal_worker(pos, &format!("-{}", args.failover_signal));
+        let killed = Instant::now();
+        if args.failover_signal == "KILL" {
+            c.inner.wait_worker(pos);
+        }
+        killed
+    };
 
     let (mut detected, mut attempt, mut running) = (None, None, None);
     // The coordinator refreshes a job's counters from the running attempt
@@ -438,8 +460,19 @@ fn failover_once(
     let mut fresh = None;
     loop {
         let poll = Instant::now();
-        let s = c.status(&job)?;
+        let s = match c.status(&job) {
+            Ok(s) => s,
+            // No leader answers until the standby has taken over.
+            Err(_) if coordinator && killed.elapsed() < Duration::from_secs(120) => {
+                pace(poll);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let t = killed.elapsed();
+        if coordinator {
+            detected.get_or_insert(t);
+        }
         if s.state.is_terminal() {
             bail!(
                 "job {job} ended {:?} before output resumed: {:?}\n{}",
@@ -747,9 +780,23 @@ fn main() -> anyhow::Result<()> {
         let _ = writeln!(md, "All runs: {}.\n", q.runs);
     }
     if let Some(f) = &f {
-        let _ = writeln!(
-            md,
-            "Failover: coordinator with `--heartbeat-timeout {HEARTBEAT_TIMEOUT} \
+        if args.victim == "coordinator" {
+            let _ = writeln!(
+                md,
+                "Coordinator failover: a leader and a standby coordinator on one data directory \
+                 (`--heartbeat-timeout {HEARTBEAT_TIMEOUT} --heartbeat-interval \
+                 {HEARTBEAT_INTERVAL}`), 3 workers given both URLs; q5 with `--rate {} \
+                 --checkpoint-interval {CHECKPOINT_INTERVAL}` ({} events); after the first \
+                 completed checkpoint, SIGKILL to the leader. Times from the signal; \"failure \
+                 seen\" is the first status the standby answers as the new leader; the executors \
+                 of the old leader cancelled themselves when their control connections broke.\n",
+                args.failover_rate,
+                args.failover_rate * args.failover_secs,
+            );
+        } else {
+            let _ = writeln!(
+                md,
+                "Failover: coordinator with `--heartbeat-timeout {HEARTBEAT_TIMEOUT} \
              --heartbeat-interval {HEARTBEAT_INTERVAL}` (restart delay: default), 3 workers; \
              q5 with `--rate {} --checkpoint-interval {CHECKPOINT_INTERVAL}` ({} events); \
              after the first completed checkpoint, SIG{} to the process group of the worker \
@@ -758,18 +805,19 @@ fn main() -> anyhow::Result<()> {
              that fails again: \"attempts\" counts those started after the signal), \
              \"output again\" the first status in which a source node of the attempt then \
              current shows records out (executors report every 250 ms). {}\n",
-            args.failover_rate,
-            args.failover_rate * args.failover_secs,
-            args.failover_signal,
-            if args.failover_signal == "KILL" {
-                "With SIGKILL the kernel closes the victim's sockets, so the coordinator \
+                args.failover_rate,
+                args.failover_rate * args.failover_secs,
+                args.failover_signal,
+                if args.failover_signal == "KILL" {
+                    "With SIGKILL the kernel closes the victim's sockets, so the coordinator \
                  learns of the failure from the lost control connection, before the \
                  heartbeat timeout; `--failover-signal STOP` measures a silent machine."
-            } else {
-                "SIGSTOP keeps the victim's sockets open: only the heartbeat timeout \
+                } else {
+                    "SIGSTOP keeps the victim's sockets open: only the heartbeat timeout \
                  notices it."
-            }
-        );
+                }
+            );
+        }
         let _ = writeln!(
             md,
             "| failure seen (RESTARTING) | new attempt | new attempt RUNNING | output again | \

@@ -312,7 +312,8 @@ impl Client {
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http.request(method, format!("{}{}", self.base_url(), path))
+        self.http
+            .request(method, format!("{}{}", self.base_url(), path))
     }
 
     /// A bounded JSON call: request body `body`, JSON answer `T`.
@@ -373,8 +374,10 @@ impl Client {
                 let Some(mut r) = request.try_clone() else {
                     break;
                 };
-                *r.url_mut() = reqwest::Url::parse(&format!("{}{path}", self.bases[i]))
-                    .map_err(|e| Error::Config(format!("coordinator URL {}: {e}", self.bases[i])))?;
+                *r.url_mut() =
+                    reqwest::Url::parse(&format!("{}{path}", self.bases[i])).map_err(|e| {
+                        Error::Config(format!("coordinator URL {}: {e}", self.bases[i]))
+                    })?;
                 Some(r)
             };
             let attempt = match attempt {

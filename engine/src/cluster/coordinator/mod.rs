@@ -98,12 +98,12 @@ pub async fn serve(config: CoordinatorConfig) -> Result<()> {
         Some(files) => Some(
             axum_server::tls_openssl::OpenSSLConfig::from_pem_chain_file(&files.cert, &files.key)
                 .map_err(|e| {
-                    Error::Config(format!(
-                        "TLS certificate {} with key {}: {e}",
-                        files.cert.display(),
-                        files.key.display()
-                    ))
-                })?,
+                Error::Config(format!(
+                    "TLS certificate {} with key {}: {e}",
+                    files.cert.display(),
+                    files.key.display()
+                ))
+            })?,
         ),
         None => None,
     };
@@ -146,9 +146,14 @@ pub async fn serve(config: CoordinatorConfig) -> Result<()> {
             let standby = listener
                 .try_clone()
                 .map_err(|e| Error::io("the API socket", e))?;
-            http(standby, routes::standby(data_dir.clone()), tls.clone(), async {
-                let _ = stop_rx.await;
-            })
+            http(
+                standby,
+                routes::standby(data_dir.clone()),
+                tls.clone(),
+                async {
+                    let _ = stop_rx.await;
+                },
+            )
             .await?;
             won_rx
                 .await
