@@ -17,6 +17,11 @@
 //!   SIGKILL instead: "detected" is then the first status the standby
 //!   answers as the new leader.
 //!
+//! - rescale (`--only rescale`): the failover's job and cluster, and after
+//!   the first completed checkpoint `sluice rescale ID -p 3`; measures how
+//!   long the command takes (the stop-with-savepoint), until the job runs
+//!   at parallelism 3, and until a source of that attempt reports records.
+//!
 //! Prints a table per measurement while it runs, then a Markdown section
 //! for `benches/RESULTS.md` (machine, exact command, medians).
 //!
@@ -76,7 +81,7 @@ struct Args {
     #[arg(long, default_value = "worker", value_parser = ["worker", "coordinator"])]
     victim: String,
     /// Run only this part.
-    #[arg(long, value_parser = ["q5", "failover"])]
+    #[arg(long, value_parser = ["q5", "failover", "rescale"])]
     only: Option<String>,
     /// Keep the working directory (logs, checkpoints) instead of removing it.
     #[arg(long)]
@@ -586,6 +591,140 @@ fn failover(
     })
 }
 
+/// One rescale: times from starting `sluice rescale` (seconds).
+struct Rescale {
+    command: f64,
+    running: f64,
+    output: f64,
+    polls: Vec<Duration>,
+}
+
+fn rescale_once(args: &Args, sluice: &Path, nexmark: &Path, dir: &Path) -> anyhow::Result<Rescale> {
+    let c = Cluster::start(
+        args,
+        sluice,
+        dir,
+        3,
+        &[
+            "--heartbeat-timeout",
+            HEARTBEAT_TIMEOUT,
+            "--heartbeat-interval",
+            HEARTBEAT_INTERVAL,
+        ],
+        0,
+    )?;
+    let ck = dir.join("checkpoints");
+    let mut job_args = q5_args(args.failover_rate * args.failover_secs);
+    job_args.extend(["--rate".into(), args.failover_rate.to_string()]);
+    job_args.extend(["--checkpoint-dir".into(), ck.to_string_lossy().into_owned()]);
+    job_args.extend([
+        "--checkpoint-interval".into(),
+        CHECKPOINT_INTERVAL.to_string(),
+    ]);
+    let job = c.submit(nexmark, &job_args)?;
+    let mut before = None;
+    c.wait_for(Duration::from_secs(120), "a completed checkpoint", |c| {
+        let s = c.status(&job)?;
+        let ready = s.state == JobState::Running
+            && s.latest_checkpoint.is_some()
+            && s.nodes.iter().any(|n| n.records_out > 0);
+        if ready {
+            before = Some(s);
+        }
+        Ok(ready)
+    })?;
+    let before = before.expect("set when ready");
+    let sources: Vec<usize> = before
+        .nodes
+        .iter()
+        .filter(|n| n.records_in == 0)
+        .map(|n| n.node)
+        .collect();
+    let start = Instant::now();
+    let out = c.inner.sluice(&["rescale", &job, "-p", "3"])?;
+    if !out.status.success() {
+        bail!(
+            "sluice rescale failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            c.logs()
+        );
+    }
+    let command = start.elapsed();
+    let (mut running, mut fresh) = (None, None);
+    loop {
+        let poll = Instant::now();
+        let s = c.status(&job)?;
+        let t = start.elapsed();
+        if s.state.is_terminal() {
+            bail!(
+                "job {job} ended {:?} during the rescale: {:?}",
+                s.state,
+                s.error
+            );
+        }
+        let wide = s.vertices.iter().map(|v| v.parallelism).max() == Some(3);
+        if wide && s.attempt > before.attempt {
+            if s.state == JobState::Running {
+                running.get_or_insert(t);
+            }
+            if s.nodes.iter().all(|n| n.records_out == 0) {
+                fresh = Some(s.attempt);
+            }
+            if fresh == Some(s.attempt) && source_output(&s.nodes, &sources) {
+                return Ok(Rescale {
+                    command: secs(command),
+                    running: secs(running.unwrap_or(t)),
+                    output: secs(t),
+                    polls: c.take_polls(),
+                });
+            }
+        }
+        if t > Duration::from_secs(120) {
+            bail!("no output at parallelism 3 within 120 s\n{}", c.logs());
+        }
+        pace(poll);
+    }
+}
+
+fn rescale(
+    args: &Args,
+    sluice: &Path,
+    nexmark: &Path,
+    dir: &Path,
+    polls: &mut Vec<Duration>,
+) -> anyhow::Result<(f64, f64, f64, String)> {
+    println!(
+        "rescale 2 → 3: coordinator + 3 workers × {} slot(s); q5 at {} events/s, checkpoints every {CHECKPOINT_INTERVAL}",
+        args.slots, args.failover_rate
+    );
+    println!(
+        "{:>4} {:>12} {:>12} {:>16}",
+        "run", "command s", "RUNNING s", "output again s"
+    );
+    let (mut cmd, mut run, mut out) = (vec![], vec![], vec![]);
+    for i in 0..args.repeat.max(1) {
+        let r = rescale_once(args, sluice, nexmark, &dir.join(format!("rescale-{i}")))?;
+        println!(
+            "{:>4} {:>12.3} {:>12.3} {:>16.3}",
+            i + 1,
+            r.command,
+            r.running,
+            r.output
+        );
+        polls.extend(&r.polls);
+        cmd.push(r.command);
+        run.push(r.running);
+        out.push(r.output);
+    }
+    let runs = format!(
+        "command {} s; RUNNING {} s; output {} s",
+        all(&cmd, |x| format!("{x:.2}")),
+        all(&run, |x| format!("{x:.2}")),
+        all(&out, |x| format!("{x:.2}"))
+    );
+    Ok((median(cmd), median(run), median(out), runs))
+}
+
 // ---- report ----
 
 fn sibling(name: &str) -> anyhow::Result<PathBuf> {
@@ -676,7 +815,11 @@ fn main() -> anyhow::Result<()> {
 
     let mut polls = Vec::new();
     let result = (|| -> anyhow::Result<_> {
-        let q = if args.only.as_deref() != Some("failover") {
+        if args.only.as_deref() == Some("rescale") {
+            let r = rescale(&args, &sluice, &nexmark, &dir, &mut polls)?;
+            return Ok((None, None, Some(r)));
+        }
+        let q = if args.only.is_none() || args.only.as_deref() == Some("q5") {
             let q = q5(&args, &sluice, &nexmark, &dir)?;
             polls.extend(&q.polls);
             println!();
@@ -684,16 +827,16 @@ fn main() -> anyhow::Result<()> {
         } else {
             None
         };
-        let f = if args.only.as_deref() != Some("q5") {
+        let f = if args.only.is_none() || args.only.as_deref() == Some("failover") {
             let f = failover(&args, &sluice, &nexmark, &dir, &mut polls)?;
             println!();
             Some(f)
         } else {
             None
         };
-        Ok((q, f))
+        Ok((q, f, None))
     })();
-    let (q, f) = match result {
+    let (q, f, rs) = match result {
         Ok(r) => r,
         Err(e) => {
             eprintln!("logs and checkpoints kept in {}", dir.display());
@@ -830,6 +973,20 @@ fn main() -> anyhow::Result<()> {
             f.detected_s, f.attempt_s, f.running_s, f.output_s, f.attempts
         );
         let _ = writeln!(md, "All runs: {}.", f.runs);
+    }
+    if let Some((cmd, run, out, runs)) = &rs {
+        let _ = writeln!(
+            md,
+            "Rescale: coordinator with default restart settings, 3 workers; q5 at parallelism 2 \
+             with `--rate {} --checkpoint-interval {CHECKPOINT_INTERVAL}`; after the first \
+             completed checkpoint, `sluice rescale ID -p 3` (describe the binary at 3, \
+             stop with a savepoint, restore it at 3). Times from starting the command.\n",
+            args.failover_rate
+        );
+        let _ = writeln!(md, "| command returns | RUNNING at 3 | output again |");
+        let _ = writeln!(md, "|---|---|---|");
+        let _ = writeln!(md, "| {cmd:.2} s | {run:.2} s | {out:.2} s |\n");
+        let _ = writeln!(md, "All runs: {runs}.");
     }
     println!("---- Markdown for benches/RESULTS.md ----\n");
     print!("{md}");
