@@ -202,3 +202,59 @@ async fn heartbeat(
         .map(Json)
         .ok_or_else(|| Error::NotFound(format!("no worker {id}; register again")).into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::api::ROUTES;
+    use crate::cluster::coordinator::CoordinatorConfig;
+
+    /// Every route `api::ROUTES` lists (and `openapi.json` describes) is
+    /// served: none gets axum's answer for a path or method it does not
+    /// route (an empty 404, or 405).
+    #[tokio::test]
+    async fn every_listed_route_is_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = CoordinatorConfig::new("127.0.0.1:0".parse().unwrap(), dir.path());
+        let manager = tokio::task::spawn_blocking(move || Manager::open(config))
+            .await
+            .unwrap()
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router(manager, None)).await });
+        let http = reqwest::Client::new();
+        for route in ROUTES {
+            let (method, path) = route.split_once(' ').unwrap();
+            let path = path
+                .replace("{id}", "x")
+                .replace("{sha256}", &"0".repeat(64));
+            let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+            let mut request = http.request(method.clone(), format!("http://{addr}{path}"));
+            if method == reqwest::Method::POST || method == reqwest::Method::PUT {
+                request = request
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body("{}");
+            }
+            let answer = request.send().await.unwrap();
+            let status = answer.status();
+            let body = answer.bytes().await.unwrap();
+            // A HEAD answer has no body to tell the two 404s apart.
+            let unrouted_404 = status == StatusCode::NOT_FOUND
+                && body.is_empty()
+                && method != reqwest::Method::HEAD;
+            assert!(
+                status != StatusCode::METHOD_NOT_ALLOWED && !unrouted_404,
+                "{route} is not routed: {status}"
+            );
+        }
+        // And the check can fail: an unrouted path gets the empty 404.
+        let answer = http
+            .get(format!("http://{addr}/api/v1/nothing"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::NOT_FOUND);
+        assert!(answer.bytes().await.unwrap().is_empty());
+    }
+}
