@@ -518,8 +518,8 @@ impl Manager {
                 Some(run) if job.record.state == JobState::Running => run,
                 _ => {
                     return Err(Error::Config(format!(
-                        "job {id} is {:?}; only a running job can be rescaled",
-                        job.record.state
+                        "job {id} is {}; only a running job can be rescaled",
+                        job.record.state.name()
                     )))
                 }
             };

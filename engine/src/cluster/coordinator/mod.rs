@@ -160,7 +160,11 @@ pub async fn serve(config: CoordinatorConfig) -> Result<()> {
                 .map_err(|_| Error::Internal("the leadership wait ended".into()))??
         }
     };
-    lease.announce(&advertised)?;
+    // Written and synced off the async workers.
+    let url = advertised.clone();
+    let lease = tokio::task::spawn_blocking(move || lease.announce(&url).map(|()| lease))
+        .await
+        .map_err(|e| Error::Internal(format!("announcing the leader: {e}")))??;
     info!(api = %advertised, "leading the data directory");
 
     let manager = tokio::task::spawn_blocking(move || manager::Manager::open(config))
