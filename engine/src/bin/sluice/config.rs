@@ -43,6 +43,9 @@ pub(crate) struct CoordinatorArgs {
     /// Wait before restarting a failed attempt [default: 200ms].
     #[arg(long, env = "SLUICE_RESTART_DELAY", value_parser = humantime::parse_duration)]
     pub(crate) restart_delay: Option<Duration>,
+    /// Ended jobs kept; older ones are forgotten, records included [default: 100].
+    #[arg(long, env = "SLUICE_RETAINED_JOBS", value_name = "N")]
+    pub(crate) retained_jobs: Option<usize>,
     /// File holding the bearer token API calls must carry [default: SLUICE_TOKEN, else none].
     #[arg(long, env = "SLUICE_TOKEN_FILE", value_name = "FILE")]
     pub(crate) token_file: Option<PathBuf>,
@@ -154,6 +157,7 @@ pub(crate) struct CoordinatorFile {
     pub(crate) scheduling: Option<String>,
     pub(crate) max_restarts: Option<u32>,
     pub(crate) restart_delay: Option<String>,
+    pub(crate) retained_jobs: Option<usize>,
     pub(crate) token_file: Option<PathBuf>,
     pub(crate) tls_cert: Option<PathBuf>,
     pub(crate) tls_key: Option<PathBuf>,
@@ -289,6 +293,12 @@ pub(crate) fn coordinator_config(
     let token_file = args.token_file.clone().or_else(|| file.token_file.clone());
     config.token = Token::from_file_or_env(token_file.as_deref())?;
     config.advertise = args.advertise.clone().or_else(|| file.advertise.clone());
+    if let Some(n) = args.retained_jobs.or(file.retained_jobs) {
+        if n == 0 {
+            bail!("--retained-jobs must be at least 1 (the newest ended job keeps the id counter)");
+        }
+        config.retained_jobs = n;
+    }
     config.tls = match (
         args.tls_cert.clone().or_else(|| file.tls_cert.clone()),
         args.tls_key.clone().or_else(|| file.tls_key.clone()),

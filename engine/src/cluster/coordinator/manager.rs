@@ -688,6 +688,8 @@ impl Manager {
             }
         }
 
+        let forgotten = self.forget_old_jobs(&mut inner);
+
         type Due = (String, JobDescription, Option<String>);
         let due: Vec<Due> = inner
             .jobs
@@ -703,6 +705,11 @@ impl Manager {
             })
             .collect();
         self.release(inner);
+        for id in forgotten {
+            if let Err(e) = self.meta.delete(&id) {
+                warn!(job = %id, error = %e, "the record of a forgotten job stays on disk");
+            }
+        }
 
         for (id, description, pinned) in due {
             // Placed first, so a job waiting for slots does not scan its
@@ -727,6 +734,39 @@ impl Manager {
             }
             self.release(inner);
         }
+    }
+
+    /// Forgets the oldest ended jobs beyond `retained_jobs` (whose newest
+    /// record is on disk, so no write in flight brings one back); returns
+    /// their ids, whose records the caller deletes after the lock.
+    fn forget_old_jobs(&self, inner: &mut Inner) -> Vec<String> {
+        let mut ended: Vec<(i64, String)> = inner
+            .jobs
+            .values()
+            .filter(|j| j.record.state.is_terminal())
+            .map(|j| (j.record.updated_ms, j.record.id.clone()))
+            .collect();
+        let keep = self.config.retained_jobs.max(1);
+        if ended.len() <= keep {
+            return Vec::new();
+        }
+        ended.sort();
+        let excess = ended.len() - keep;
+        let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let mut forgotten = Vec::new();
+        // One not written yet waits for a later tick.
+        for (_, id) in ended.into_iter().take(excess) {
+            let saved = inner
+                .jobs
+                .get(&id)
+                .is_some_and(|j| !j.unsaved && written.get(&id).copied().unwrap_or(0) >= j.version);
+            if saved {
+                inner.jobs.remove(&id);
+                info!(job = %id, "forgetting an old ended job");
+                forgotten.push(id);
+            }
+        }
+        forgotten
     }
 
     /// Ends the current attempt of `id` after a failure and decides what next.
@@ -1053,6 +1093,36 @@ mod tests {
         let e = same_operators(&running, &plan(4, &["source", "map", "sink"])).unwrap_err();
         assert!(e.to_string().contains("is not job 't'"), "{e}");
         assert!(same_operators(&running, &plan(4, &["source", "sink"])).is_err());
+    }
+
+    #[test]
+    fn only_the_newest_ended_jobs_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = CoordinatorConfig::new("127.0.0.1:0".parse().unwrap(), dir.path());
+        config.retained_jobs = 2;
+        let m = Manager::open(config).unwrap();
+        let states = [
+            JobState::Finished,
+            JobState::Failed,
+            JobState::Running,
+            JobState::Canceled,
+            JobState::Finished,
+        ];
+        for (i, state) in states.into_iter().enumerate() {
+            let mut r = record(state);
+            r.id = format!("job-{i}");
+            r.updated_ms = i as i64;
+            m.meta.save(&r).unwrap();
+            m.lock().jobs.insert(r.id.clone(), Job::new(r));
+        }
+        m.tick();
+        let mut kept: Vec<String> = m.jobs().into_iter().map(|j| j.id).collect();
+        kept.sort();
+        // The two newest ended jobs and the one still running.
+        assert_eq!(kept, ["job-2", "job-3", "job-4"]);
+        let mut on_disk: Vec<String> = m.meta.load().unwrap().into_iter().map(|r| r.id).collect();
+        on_disk.sort();
+        assert_eq!(on_disk, kept);
     }
 
     /// Two callers may write after releasing the lock in either order; the

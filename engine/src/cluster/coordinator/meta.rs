@@ -95,6 +95,16 @@ impl MetaStore {
         write().map_err(|e| Error::io(format!("writing {}", path.display()), e))
     }
 
+    /// Deletes a job's record (gone already is fine).
+    pub fn delete(&self, id: &str) -> Result<()> {
+        let path = self.root.join("jobs").join(format!("{id}.json"));
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("deleting {}", path.display()), e)),
+        }
+    }
+
     /// Every job record; unreadable files are logged and skipped (a
     /// corrupted record loses that job's metadata, never the others').
     pub fn load(&self) -> Result<Vec<JobRecord>> {

@@ -55,6 +55,8 @@ pub struct CoordinatorConfig {
     pub max_restarts: u32,
     /// Wait before restarting a failed attempt.
     pub restart_delay: Duration,
+    /// Ended jobs kept (in memory and on disk); older ones are forgotten.
+    pub retained_jobs: usize,
     /// Bearer token every API call but the web UI's page must carry.
     pub token: Option<Token>,
     /// Serve HTTPS with these files instead of HTTP.
@@ -66,8 +68,8 @@ pub struct CoordinatorConfig {
 
 impl CoordinatorConfig {
     /// Defaults around `listen` and `data_dir`: 3 s heartbeat timeout,
-    /// 500 ms heartbeats, spread placement, 20 restarts 200 ms apart, no
-    /// token, plain HTTP.
+    /// 500 ms heartbeats, spread placement, 20 restarts 200 ms apart, the
+    /// 100 newest ended jobs kept, no token, plain HTTP.
     pub fn new(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
         CoordinatorConfig {
             listen,
@@ -78,6 +80,7 @@ impl CoordinatorConfig {
             scheduling: Scheduling::Spread,
             max_restarts: 20,
             restart_delay: Duration::from_millis(200),
+            retained_jobs: 100,
             token: None,
             tls: None,
             advertise: None,
