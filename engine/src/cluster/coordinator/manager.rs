@@ -21,7 +21,7 @@
 //! Handlers that write still run on `spawn_blocking`, never on the async
 //! workers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -44,6 +44,10 @@ use crate::cluster::jobs_api::JobsView;
 use crate::cluster::results::LatestRows;
 use crate::cluster::security::attempt_secret;
 use crate::error::{Error, Result};
+
+/// An artifact no kept job uses is removed only once it is this old: a
+/// submission uploads before it submits.
+const ARTIFACT_GRACE: Duration = Duration::from_secs(3600);
 
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
@@ -704,10 +708,26 @@ impl Manager {
                 )
             })
             .collect();
+        let used: Option<HashSet<String>> = (!forgotten.is_empty()).then(|| {
+            inner
+                .jobs
+                .values()
+                .map(|j| j.record.artifact.clone())
+                .collect()
+        });
         self.release(inner);
         for id in forgotten {
             if let Err(e) = self.meta.delete(&id) {
                 warn!(job = %id, error = %e, "the record of a forgotten job stays on disk");
+            }
+        }
+        if let Some(used) = used {
+            match self.meta.remove_unused_artifacts(&used, ARTIFACT_GRACE) {
+                Ok(removed) if !removed.is_empty() => {
+                    info!(artifacts = ?removed, "removed binaries no kept job uses");
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "cannot remove unused binaries"),
             }
         }
 

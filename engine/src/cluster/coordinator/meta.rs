@@ -72,6 +72,52 @@ impl MetaStore {
         self.root.join("artifacts").join(sha256)
     }
 
+    /// Marks an artifact as just uploaded (again), so it is not removed
+    /// as unused before the submission that follows refers to it.
+    pub fn touch_artifact(&self, sha256: &str) -> Result<()> {
+        let path = self.artifact_path(sha256);
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+            .map_err(|e| Error::io(format!("touching {}", path.display()), e))
+    }
+
+    /// Removes the artifacts no name in `used` refers to and that were not
+    /// uploaded within `grace` (a submission may be on its way); returns
+    /// the names removed.
+    pub fn remove_unused_artifacts(
+        &self,
+        used: &std::collections::HashSet<String>,
+        grace: std::time::Duration,
+    ) -> Result<Vec<String>> {
+        let dir = self.root.join("artifacts");
+        let entries =
+            fs::read_dir(&dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+        let mut removed = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // Uploads in progress are hidden temporary files.
+            if name.starts_with('.') || used.contains(&name) {
+                continue;
+            }
+            let fresh = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age < grace);
+            if fresh {
+                continue;
+            }
+            match fs::remove_file(entry.path()) {
+                Ok(()) => removed.push(name),
+                Err(e) => warn!(artifact = %name, error = %e, "cannot remove an unused artifact"),
+            }
+        }
+        Ok(removed)
+    }
+
     /// A temporary path beside the artifacts (same file system, for renames).
     pub fn artifact_temp(&self, sha256: &str) -> PathBuf {
         self.root
@@ -129,5 +175,43 @@ impl MetaStore {
         }
         out.sort_by_key(|r| r.submitted_ms);
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    #[test]
+    fn only_old_artifacts_no_job_uses_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = MetaStore::open(dir.path()).unwrap();
+        let long_ago = SystemTime::now() - Duration::from_secs(7200);
+        for name in ["used", "unused-old", "unused-new", "touched"] {
+            let p = m.artifact_path(name);
+            fs::write(&p, b"binary").unwrap();
+            if name != "unused-new" {
+                fs::File::options()
+                    .write(true)
+                    .open(&p)
+                    .unwrap()
+                    .set_modified(long_ago)
+                    .unwrap();
+            }
+        }
+        fs::write(m.artifact_temp("upload"), b"part").unwrap();
+        m.touch_artifact("touched").unwrap();
+        let used: HashSet<String> = ["used".to_string()].into();
+        let removed = m
+            .remove_unused_artifacts(&used, Duration::from_secs(3600))
+            .unwrap();
+        assert_eq!(removed, ["unused-old"]);
+        assert!(m.artifact_path("used").is_file());
+        assert!(m.artifact_path("unused-new").is_file());
+        assert!(m.artifact_path("touched").is_file());
+        assert!(m.artifact_temp("upload").is_file());
     }
 }

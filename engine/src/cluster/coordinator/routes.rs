@@ -110,6 +110,16 @@ async fn upload(
     valid_hash(&sha)?;
     let path = m.meta().artifact_path(&sha);
     if tokio::fs::metadata(&path).await.is_ok() {
+        // Fresh again: unused artifacts are removed only once they are old.
+        let touched = blocking({
+            let m = m.clone();
+            let sha = sha.clone();
+            move || m.meta().touch_artifact(&sha)
+        })
+        .await;
+        if let Err(Failure(_, e)) = touched {
+            tracing::warn!(artifact = %sha, error = %e, "cannot refresh an artifact's time");
+        }
         // Read the body anyway: a server that answers before the request
         // is fully sent makes the client fail with a broken pipe.
         let mut stream = body.into_data_stream();
