@@ -383,13 +383,18 @@ fn source_output(nodes: &[NodeCounters], sources: &[usize]) -> bool {
         .any(|n| n.records_in == 0 && n.records_out > 0 && sources.contains(&n.node))
 }
 
-fn failover_once(
+/// A coordinator (with `standbys`) and 3 workers running the paced q5
+/// with checkpoints, once it runs, completed a checkpoint and reported
+/// counters: the cluster, the job id, its status then, and its source
+/// nodes (those with no input).
+fn paced_job(
     args: &Args,
     sluice: &Path,
     nexmark: &Path,
     dir: &Path,
-) -> anyhow::Result<Failover> {
-    let mut c = Cluster::start(
+    standbys: usize,
+) -> anyhow::Result<(Cluster, String, JobStatus, Vec<usize>)> {
+    let c = Cluster::start(
         args,
         sluice,
         dir,
@@ -400,7 +405,7 @@ fn failover_once(
             "--heartbeat-interval",
             HEARTBEAT_INTERVAL,
         ],
-        usize::from(args.victim == "coordinator"),
+        standbys,
     )?;
     let ck = dir.join("checkpoints");
     let mut job_args = q5_args(args.failover_rate * args.failover_secs);
@@ -411,18 +416,11 @@ fn failover_once(
         CHECKPOINT_INTERVAL.to_string(),
     ]);
     let job = c.submit(nexmark, &job_args)?;
-
-    // Running, a checkpoint completed, and counters reported (so the
-    // sources can be told from the rest: they are the nodes with no input).
     let mut before = None;
     c.wait_for(Duration::from_secs(120), "a completed checkpoint", |c| {
         let s = c.status(&job)?;
         if s.state.is_terminal() {
-            bail!(
-                "job {job} ended {:?} before the kill: {:?}",
-                s.state,
-                s.error
-            );
+            bail!("job {job} ended {:?} too early: {:?}", s.state, s.error);
         }
         let ready = s.state == JobState::Running
             && s.latest_checkpoint.is_some()
@@ -434,12 +432,23 @@ fn failover_once(
         Ok(ready)
     })?;
     let before = before.expect("set when ready");
-    let sources: Vec<usize> = before
+    let sources = before
         .nodes
         .iter()
         .filter(|n| n.records_in == 0)
         .map(|n| n.node)
         .collect();
+    Ok((c, job, before, sources))
+}
+
+fn failover_once(
+    args: &Args,
+    sluice: &Path,
+    nexmark: &Path,
+    dir: &Path,
+) -> anyhow::Result<Failover> {
+    let standbys = usize::from(args.victim == "coordinator");
+    let (mut c, job, before, sources) = paced_job(args, sluice, nexmark, dir, standbys)?;
     let coordinator = args.victim == "coordinator";
     let killed = if coordinator {
         c.inner.kill_coordinator();
@@ -600,46 +609,7 @@ struct Rescale {
 }
 
 fn rescale_once(args: &Args, sluice: &Path, nexmark: &Path, dir: &Path) -> anyhow::Result<Rescale> {
-    let c = Cluster::start(
-        args,
-        sluice,
-        dir,
-        3,
-        &[
-            "--heartbeat-timeout",
-            HEARTBEAT_TIMEOUT,
-            "--heartbeat-interval",
-            HEARTBEAT_INTERVAL,
-        ],
-        0,
-    )?;
-    let ck = dir.join("checkpoints");
-    let mut job_args = q5_args(args.failover_rate * args.failover_secs);
-    job_args.extend(["--rate".into(), args.failover_rate.to_string()]);
-    job_args.extend(["--checkpoint-dir".into(), ck.to_string_lossy().into_owned()]);
-    job_args.extend([
-        "--checkpoint-interval".into(),
-        CHECKPOINT_INTERVAL.to_string(),
-    ]);
-    let job = c.submit(nexmark, &job_args)?;
-    let mut before = None;
-    c.wait_for(Duration::from_secs(120), "a completed checkpoint", |c| {
-        let s = c.status(&job)?;
-        let ready = s.state == JobState::Running
-            && s.latest_checkpoint.is_some()
-            && s.nodes.iter().any(|n| n.records_out > 0);
-        if ready {
-            before = Some(s);
-        }
-        Ok(ready)
-    })?;
-    let before = before.expect("set when ready");
-    let sources: Vec<usize> = before
-        .nodes
-        .iter()
-        .filter(|n| n.records_in == 0)
-        .map(|n| n.node)
-        .collect();
+    let (c, job, before, sources) = paced_job(args, sluice, nexmark, dir, 0)?;
     let start = Instant::now();
     let out = c.inner.sluice(&["rescale", &job, "-p", "3"])?;
     if !out.status.success() {
