@@ -357,6 +357,16 @@ fn a_rescaled_job_runs_on_at_the_new_parallelism_exactly_once() {
     assert!(!refused.status.success());
     let why = String::from_utf8_lossy(&refused.stderr);
     assert!(why.contains("would need 7 slots"), "{why}");
+    let other = sluice_bin();
+    let other = other.to_str().unwrap();
+    let refused = cluster
+        .sluice(&["rescale", &job, "-p", "3", "--binary", other])
+        .unwrap();
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && why.contains("is not job"),
+        "{why}"
+    );
     assert_eq!(cluster.status(&job)["state"], "RUNNING");
 
     let out = cluster

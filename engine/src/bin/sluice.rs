@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand};
 use sluice_engine::cluster::api::{
     JobDescription, JobStatus, RescaleRequest, Rescaled, SavepointRequest,
 };
-use sluice_engine::cluster::artifact::ArtifactCache;
+use sluice_engine::cluster::artifact::{sha256_of_file, ArtifactCache};
 use sluice_engine::cluster::client::{Client, Submission};
 use sluice_engine::cluster::coordinator;
 use sluice_engine::cluster::worker;
@@ -101,6 +101,9 @@ enum Command {
         /// The new parallelism.
         #[arg(long, short = 'p', value_name = "P")]
         parallelism: usize,
+        /// The job's binary here (checked against the job's SHA-256), instead of fetching it from the coordinator.
+        #[arg(long, value_name = "JOB_BINARY")]
+        binary: Option<PathBuf>,
     },
     /// Shows a job's checkpoints.
     Checkpoints {
@@ -231,8 +234,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             client: c,
             job_id,
             parallelism,
+            binary,
         } => {
-            let rescaled = rescale(&client(&c, &file.client)?, &job_id, parallelism).await?;
+            let client = client(&c, &file.client)?;
+            let rescaled = rescale(&client, &job_id, parallelism, binary.as_deref()).await?;
             println!("{}", rescaled.savepoint);
         }
         Command::Checkpoints {
@@ -419,21 +424,48 @@ async fn submit(args: &SubmitArgs, file: &ClientFile) -> anyhow::Result<String> 
     Ok(submitted.job_id)
 }
 
-/// Describes the job's binary (fetched from the coordinator) at
-/// `parallelism`, then asks the coordinator to rescale to that plan.
-async fn rescale(client: &Client, job_id: &str, parallelism: usize) -> anyhow::Result<Rescaled> {
+/// Describes the job's binary (`local` if given and it is the job's,
+/// else fetched from the coordinator) at `parallelism`, then asks the
+/// coordinator to rescale to that plan.
+async fn rescale(
+    client: &Client,
+    job_id: &str,
+    parallelism: usize,
+    local: Option<&Path>,
+) -> anyhow::Result<Rescaled> {
     if parallelism == 0 {
         bail!("--parallelism must be at least 1");
     }
     let status = client.status(job_id).await?;
-    let cache = std::env::temp_dir().join("sluice-artifacts");
-    tokio::fs::create_dir_all(&cache)
-        .await
-        .with_context(|| format!("creating {}", cache.display()))?;
-    let binary = ArtifactCache::new(cache)
-        .get(client, &status.artifact)
-        .await
-        .context("fetching the job's binary")?;
+    let binary = match local {
+        Some(path) => {
+            let p = path.to_path_buf();
+            let sha = tokio::task::spawn_blocking(move || sha256_of_file(&p))
+                .await
+                .context("hashing the binary")??;
+            if sha != status.artifact {
+                bail!(
+                    "{} is not job {job_id}'s binary: its SHA-256 is {sha}, the job's {}",
+                    path.display(),
+                    status.artifact
+                );
+            }
+            // Run by absolute path: a bare name would be looked up on PATH.
+            tokio::fs::canonicalize(path)
+                .await
+                .with_context(|| format!("resolving {}", path.display()))?
+        }
+        None => {
+            let cache = std::env::temp_dir().join("sluice-artifacts");
+            tokio::fs::create_dir_all(&cache)
+                .await
+                .with_context(|| format!("creating {}", cache.display()))?;
+            ArtifactCache::new(cache)
+                .get(client, &status.artifact)
+                .await
+                .context("fetching the job's binary")?
+        }
+    };
     let workdir = status.workdir.as_deref().map(Path::new);
     let description = describe(&binary, &status.args, Some(parallelism), workdir).await?;
     client

@@ -117,7 +117,9 @@ fn validate_sha256(s: &str) -> Result<()> {
     }
 }
 
-fn sha256_of_file(path: &Path) -> Result<String> {
+/// SHA-256 (hex) of the file at `path`, read in chunks: an artifact's
+/// content address.
+pub fn sha256_of_file(path: &Path) -> Result<String> {
     let mut file = std::fs::File::open(path)
         .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
     let mut hasher = Sha256::new();
