@@ -802,6 +802,29 @@ fn stop_with_savepoint_then_a_new_attempt_restores() {
         before.len()
     );
 
+    // Pinned (as a rescale pins it), the savepoint wins over the older
+    // checkpoints beside it; a pinned location that holds none (a
+    // savepoint that never completed) is passed over.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(savepoint.join("_manifest.json")).unwrap()).unwrap();
+    let savepoint_id = manifest["id"].as_u64().unwrap();
+    let pinned = CheckpointStart::find(&c.d, Some(location.as_str()))
+        .unwrap()
+        .expect("the job checkpoints");
+    assert_eq!(pinned.restored_from, Some(savepoint_id));
+    assert_eq!(pinned.setup.next_id, savepoint_id + 1);
+    let unpinned = CheckpointStart::find(&c.d, None).unwrap().unwrap();
+    assert!(
+        unpinned.restored_from < Some(savepoint_id),
+        "{:?}",
+        unpinned.restored_from
+    );
+    let missing = c.ck().unwrap().join("rescale-never-taken");
+    let missing = CheckpointStart::find(&c.d, Some(missing.to_str().unwrap()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(missing.restored_from, unpinned.restored_from);
+
     let second = c.start(2, 2);
     let restore = Some(location.as_str().to_string());
     let cluster = c.launch(test, 2, 2, restore, Mode::Normal);

@@ -509,7 +509,7 @@ impl Manager {
     /// attempt fails first, the job restarts at its old parallelism and
     /// this returns the error.
     pub fn rescale(&self, id: &str, req: RescaleRequest) -> Result<Rescaled> {
-        let (handle, location) = {
+        let pinned = {
             let mut inner = self.lock();
             let live_slots: usize = inner
                 .workers
@@ -561,18 +561,31 @@ impl Manager {
                 description,
                 savepoint: savepoint.clone(),
             });
+            // Pinned (durably, below) before the savepoint is taken: its
+            // completion commits the sinks' output, so whatever restarts
+            // this job next (this coordinator after a failed switch, or
+            // one that took over) must resume from it, not from an older
+            // checkpoint. Until it exists, a pinned location is passed over.
+            let previous = job.record.pinned_savepoint.replace(savepoint.clone());
+            job.changed();
             info!(job = %id, parallelism = req.parallelism, %savepoint, "rescale: taking a savepoint and stopping");
-            (handle, Location::from(savepoint.as_str()))
+            self.release(inner);
+            (handle, Location::from(savepoint.as_str()), previous)
         };
+        let (handle, location, previous) = pinned;
         match handle.savepoint(location, true) {
             Ok(taken) => Ok(Rescaled {
                 savepoint: taken.to_string(),
                 parallelism: req.parallelism,
             }),
             Err(e) => {
-                if let Some(job) = self.lock().jobs.get_mut(id) {
+                let mut inner = self.lock();
+                if let Some(job) = inner.jobs.get_mut(id) {
                     job.rescale = None;
+                    job.record.pinned_savepoint = previous;
+                    job.changed();
                 }
+                self.release(inner);
                 Err(e)
             }
         }
