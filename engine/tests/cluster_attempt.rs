@@ -18,7 +18,8 @@ use arrow::array::{ArrayRef, AsArray, Int64Array};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use sluice_engine::checkpoint::coordinator::TaskKey;
-use sluice_engine::checkpoint::{CheckpointConfig, Storage};
+use sluice_engine::checkpoint::store::pin_savepoint;
+use sluice_engine::checkpoint::{CheckpointConfig, Location, Storage};
 use sluice_engine::cluster::api::{ExecutorSpec, JobDescription};
 use sluice_engine::cluster::attempt::{
     AttemptConfig, AttemptEvent, AttemptHandle, CheckpointSetup, CheckpointStart, ControlServer,
@@ -658,7 +659,7 @@ fn checkpoints_across_executors() {
     assert_eq!(m["job"], "cluster-test");
 
     // A next attempt would resume from that final checkpoint.
-    let start = CheckpointStart::find(&description(ck, Some(ck)), None)
+    let start = CheckpointStart::find(&description(ck, Some(ck)))
         .unwrap()
         .expect("the job checkpoints");
     let id = m["id"].as_u64().unwrap();
@@ -802,28 +803,29 @@ fn stop_with_savepoint_then_a_new_attempt_restores() {
         before.len()
     );
 
-    // Pinned (as a rescale pins it), the savepoint wins over the older
-    // checkpoints beside it; a pinned location that holds none (a
-    // savepoint that never completed) is passed over.
+    // The coordinator pinned the savepoint in the checkpoint directory
+    // before taking it (its completion committed the sinks' output), so a
+    // restart resumes from it rather than from an older checkpoint; a pin
+    // whose savepoint never completed is passed over.
+    let ck = c.ck().unwrap();
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(savepoint.join("_manifest.json")).unwrap()).unwrap();
     let savepoint_id = manifest["id"].as_u64().unwrap();
-    let pinned = CheckpointStart::find(&c.d, Some(location.as_str()))
+    let pinned = CheckpointStart::find(&c.d)
         .unwrap()
         .expect("the job checkpoints");
     assert_eq!(pinned.restored_from, Some(savepoint_id));
     assert_eq!(pinned.setup.next_id, savepoint_id + 1);
-    let unpinned = CheckpointStart::find(&c.d, None).unwrap().unwrap();
+    let root = Storage::open(&ck.into()).unwrap();
+    let never_taken = Location::from(ck.join("savepoint-never-taken").to_str().unwrap());
+    pin_savepoint(&root, Some(&never_taken)).unwrap();
+    let unpinned = CheckpointStart::find(&c.d).unwrap().unwrap();
     assert!(
         unpinned.restored_from < Some(savepoint_id),
         "{:?}",
         unpinned.restored_from
     );
-    let missing = c.ck().unwrap().join("rescale-never-taken");
-    let missing = CheckpointStart::find(&c.d, Some(missing.to_str().unwrap()))
-        .unwrap()
-        .unwrap();
-    assert_eq!(missing.restored_from, unpinned.restored_from);
+    pin_savepoint(&root, Some(&location)).unwrap();
 
     let second = c.start(2, 2);
     let restore = Some(location.as_str().to_string());
@@ -936,7 +938,7 @@ fn a_killed_attempt_restarts_from_its_latest_checkpoint_exactly_once() {
 
     // The restart the coordinator service does: from the latest
     // checkpoint, with a higher attempt.
-    let start = CheckpointStart::find(&c.d, None)
+    let start = CheckpointStart::find(&c.d)
         .unwrap()
         .expect("the job checkpoints");
     assert!(start.restored_from.is_some());

@@ -308,3 +308,82 @@ fn checkpoints_in_an_s3_bucket_survive_sigkill() {
         "shared SST files in the bucket: {keys:?}"
     );
 }
+
+/// A savepoint commits the sinks' output like a checkpoint does, so a
+/// failure after it must resume from it (not from an older checkpoint, or
+/// from nothing), or the output since would be written twice.
+#[test]
+fn a_failure_after_a_savepoint_resumes_from_the_savepoint_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = dir.path().join("reference");
+    in_process_job(&reference, None, None, 2);
+    let want = rows(&reference);
+
+    let out = dir.path().join("out");
+    let ck = dir.path().join("ck");
+    let savepoint = dir.path().join("savepoint");
+    let env = Env::new();
+    env.set_parallelism(2);
+    env.configure(|c| {
+        c.name = "savepoint-then-failure".into();
+        // No periodic checkpoint before the failure: only the savepoint.
+        let mut cfg = CheckpointConfig::new(&ck);
+        cfg.interval = Duration::from_secs(3600);
+        c.checkpoint = Some(cfg);
+        c.restart = RestartStrategy::FixedDelay {
+            attempts: 3,
+            delay: Duration::from_millis(10),
+        };
+    });
+    let cfg = NexmarkConfig {
+        events: 300_000,
+        rate_limit: Some(300_000),
+        ..Default::default()
+    };
+    let fail = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicBool::new(false));
+    let bids = env.source(NexmarkSource::bids(cfg.clone())).watermarks(
+        WatermarkStrategy::bounded_out_of_orderness(
+            "date_time",
+            Duration::from_millis(cfg.max_out_of_orderness_ms as u64),
+        ),
+    );
+    let schema = bids.schema().clone();
+    let (fail_now, once) = (fail.clone(), failed.clone());
+    let bids = bids.map_batches(schema, move |b| {
+        if fail_now.load(Ordering::SeqCst) && !once.swap(true, Ordering::SeqCst) {
+            panic!("injected failure after the savepoint");
+        }
+        Ok(b)
+    });
+    let bids = bids.watermarks(WatermarkStrategy::bounded_out_of_orderness(
+        "date_time",
+        Duration::from_millis(cfg.max_out_of_orderness_ms as u64),
+    ));
+    bids.key_by(["auction"])
+        .window(WindowSpec::sliding(
+            Duration::from_secs(10),
+            Duration::from_secs(2),
+        ))
+        .aggregate([count(), max("price"), sum("price")])
+        .sink(ParquetSink::new(&out));
+    let job = env.start().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let taken = job.savepoint(savepoint.as_path()).unwrap();
+    // Output committed by the savepoint, then a failure before any checkpoint.
+    assert!(!rows(&out).is_empty(), "the savepoint committed output");
+    fail.store(true, Ordering::SeqCst);
+    let res = job.join().unwrap();
+    assert!(failed.load(Ordering::SeqCst), "the failure happened");
+    assert_eq!(res.checkpoints.restarts, 1);
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(Path::new(taken.as_str()).join("_manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        res.checkpoints.restored_from,
+        manifest["id"].as_u64(),
+        "the restart resumed from the savepoint"
+    );
+    assert_eq!(rows(&out), want, "output after a savepoint and a failure");
+}

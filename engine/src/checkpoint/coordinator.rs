@@ -17,7 +17,8 @@ use tracing::{debug, info, warn};
 use super::manifest::{CheckpointFigures, Manifest, NodeState, SubtaskState, FORMAT_VERSION};
 use super::storage::{Location, Storage};
 use super::store::{
-    checkpoint_dir_name, retain, write_db, write_manifest, write_snapshot, UploadCache,
+    checkpoint_dir_name, pin_savepoint, pinned_savepoint, retain, write_db, write_manifest,
+    write_snapshot, UploadCache,
 };
 use super::{CheckpointConfig, CheckpointRecord, CheckpointStats};
 use crate::data::{Barrier, BarrierKind, CheckpointId};
@@ -276,6 +277,8 @@ struct InFlight {
     started: Instant,
     acks: HashMap<TaskKey, TaskAck>,
     savepoint: Option<SavepointRequest>,
+    /// For a savepoint: the pin it replaced, put back if it aborts.
+    previous_pin: Option<Location>,
     is_final: bool,
 }
 
@@ -375,17 +378,33 @@ impl Coordinator {
             let due =
                 Instant::now() >= next_trigger && last_done.elapsed() >= self.config.min_pause;
             if due || !queued.is_empty() {
-                in_flight = Some(match queued.pop() {
+                in_flight = match queued.pop() {
                     Some(req) => {
                         let kind = if req.stop {
                             BarrierKind::StopWithSavepoint
                         } else {
                             BarrierKind::Savepoint
                         };
-                        self.trigger(kind, Some(req), &finished)
+                        // Pinned first: once it completes it has committed
+                        // output, so every restart must consider it.
+                        let previous = pinned_savepoint(&self.root);
+                        let pinned = previous.and_then(|previous| {
+                            pin_savepoint(&self.root, Some(req.dir.location())).map(|()| previous)
+                        });
+                        match pinned {
+                            Ok(previous) => {
+                                let mut f = self.trigger(kind, Some(req), &finished);
+                                f.previous_pin = previous;
+                                Some(f)
+                            }
+                            Err(e) => {
+                                let _ = req.reply.send(Err(e));
+                                None
+                            }
+                        }
                     }
-                    None => self.trigger(BarrierKind::Checkpoint, None, &finished),
-                });
+                    None => Some(self.trigger(BarrierKind::Checkpoint, None, &finished)),
+                };
                 next_trigger = Instant::now() + self.config.interval;
             }
         }
@@ -436,6 +455,7 @@ impl Coordinator {
             started: Instant::now(),
             acks: HashMap::new(),
             savepoint,
+            previous_pin: None,
             is_final,
         }
     }
@@ -451,6 +471,9 @@ impl Coordinator {
             tx.send(TaskControl::Abort(id));
         }
         if let Some(req) = f.savepoint {
+            if let Err(e) = pin_savepoint(&self.root, f.previous_pin.as_ref()) {
+                warn!(error = %e, "could not put back the pin an aborted savepoint replaced");
+            }
             let _ = req
                 .reply
                 .send(Err(Error::Checkpoint(format!("savepoint aborted: {why}"))));
@@ -511,6 +534,11 @@ impl Coordinator {
             .remove(&id.0);
         if let Err(e) = written {
             warn!(checkpoint = id.0, error = %e, "could not write the manifest");
+            if f.savepoint.is_some() {
+                if let Err(e) = pin_savepoint(&self.root, f.previous_pin.as_ref()) {
+                    warn!(error = %e, "could not put back the pin a failed savepoint replaced");
+                }
+            }
             if f.is_final || f.savepoint.as_ref().is_some_and(|s| s.stop) {
                 self.control.fail(e);
             } else if let Some(req) = f.savepoint {

@@ -5,13 +5,14 @@
 
 use super::manifest::Manifest;
 use super::storage::{Location, Storage};
-use super::store::{load_verified, read_db, read_entries, read_keyed, scan};
+use super::store::{load_verified, pinned_savepoint, read_db, read_entries, read_keyed, scan};
 use crate::data::CheckpointId;
 use crate::error::{Error, Result};
 use crate::graph::LogicalGraph;
 use crate::state::key_group::range_of;
 use crate::state::snapshot::filter_key_groups;
 use crate::state::RestoredState;
+use tracing::{info, warn};
 
 /// A verified checkpoint to start from.
 #[derive(Debug, Clone)]
@@ -40,7 +41,7 @@ impl StartPoint {
     /// Looks at `root` for checkpoints of `job`.
     pub fn find(root: &Storage, job: &str, restore_from: Option<&Location>) -> Result<StartPoint> {
         let found = scan(root, job)?;
-        let restore = match (found.latest, restore_from) {
+        let mut restore = match (found.latest, restore_from) {
             (Some((dir, manifest)), _) => Some(RestorePlan { dir, manifest }),
             (None, Some(location)) => {
                 let dir = Storage::open_in_parent(location)?;
@@ -49,12 +50,58 @@ impl StartPoint {
             }
             (None, None) => None,
         };
+        let mut min_attempt = found.max_attempt.map_or(0, |a| a + 1);
+        // Savepoint ids continue the job's checkpoint ids: a pinned one
+        // newer than every checkpoint holds the latest committed state.
+        if let Some(p) = pinned(root, job) {
+            if restore
+                .as_ref()
+                .is_none_or(|r| r.manifest.id < p.manifest.id)
+            {
+                info!(savepoint = p.manifest.id, location = %p.dir.location(),
+                    "the pinned savepoint is newer than every checkpoint");
+                min_attempt = min_attempt.max(p.manifest.attempt + 1);
+                restore = Some(p);
+            }
+        }
         let next_id = (found.max_id + 1).max(restore.as_ref().map_or(0, |r| r.manifest.id + 1));
         Ok(StartPoint {
             restore,
             next_id,
-            min_attempt: found.max_attempt.map_or(0, |a| a + 1),
+            min_attempt,
         })
+    }
+}
+
+/// The savepoint pinned in `root` if it holds a verified one of `job`. A
+/// pin whose savepoint never completed (or is damaged) is passed over,
+/// with a warning: the checkpoints are consistent too, only older.
+fn pinned(root: &Storage, job: &str) -> Option<RestorePlan> {
+    let location = match pinned_savepoint(root) {
+        Ok(Some(l)) => l,
+        Ok(None) => return None,
+        Err(e) => {
+            warn!(error = %e, "the pinned savepoint cannot be read; ignoring it");
+            return None;
+        }
+    };
+    let dir = match Storage::open_in_parent(&location) {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(%location, error = %e, "the pinned savepoint cannot be opened; ignoring it");
+            return None;
+        }
+    };
+    match load_verified(&dir) {
+        Ok(manifest) if manifest.job == job => Some(RestorePlan { dir, manifest }),
+        Ok(manifest) => {
+            warn!(%location, other = %manifest.job, "the pinned savepoint belongs to another job; ignoring it");
+            None
+        }
+        Err(e) => {
+            warn!(%location, error = %e, "the pinned savepoint is not restorable; ignoring it");
+            None
+        }
     }
 }
 

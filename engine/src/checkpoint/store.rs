@@ -25,7 +25,7 @@ use arrow::record_batch::RecordBatch;
 use tracing::{info, warn};
 
 use super::manifest::{DbFile, DbState, FileRef, Manifest, FORMAT_VERSION, MANIFEST_FILE};
-use super::storage::Storage;
+use super::storage::{Location, Storage};
 use crate::error::{Error, Result};
 use crate::state::rocks::{DbCheckpoint, RestoredDb};
 use crate::state::OperatorSnapshot;
@@ -359,6 +359,30 @@ pub fn scan(root: &Storage, job: &str) -> Result<Scan> {
         }
     }
     Ok(out)
+}
+
+/// The file in a job's checkpoint location naming its newest savepoint.
+pub const PINNED_FILE: &str = "_pinned_savepoint";
+
+/// Records `savepoint` (or, with `None`, no savepoint) as the one a
+/// restart must consider beside the checkpoints: a savepoint commits the
+/// sinks' output like a checkpoint, so resuming from an older checkpoint
+/// would write that output twice. Written before the savepoint is taken.
+pub fn pin_savepoint(root: &Storage, savepoint: Option<&Location>) -> Result<()> {
+    match savepoint {
+        Some(l) => root.put(PINNED_FILE, l.as_str().as_bytes().to_vec()),
+        None => root.delete(PINNED_FILE),
+    }
+}
+
+/// The savepoint pinned in `root`, if any.
+pub fn pinned_savepoint(root: &Storage) -> Result<Option<Location>> {
+    Ok(root
+        .get(PINNED_FILE)?
+        .and_then(|b| String::from_utf8(b).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .map(|s| Location::from(s.as_str())))
 }
 
 /// Deletes periodic checkpoints beyond the newest `retained` completed ones,

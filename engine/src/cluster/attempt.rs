@@ -26,8 +26,8 @@ use tracing::{debug, info, warn};
 use crate::checkpoint::coordinator::{
     Coordinator, CoordinatorMsg, SavepointRequest, TaskControl, TaskKey, TaskPort,
 };
-use crate::checkpoint::restore::{RestorePlan, StartPoint};
-use crate::checkpoint::store::{has_manifest, load_verified};
+use crate::checkpoint::restore::StartPoint;
+use crate::checkpoint::store::has_manifest;
 use crate::checkpoint::{CheckpointConfig, CheckpointStats, Location, Storage};
 use crate::cluster::api::{JobDescription, NodeCounters};
 use crate::cluster::control::{read_frame, write_frame, ToCoordinator, ToExecutor};
@@ -77,26 +77,13 @@ impl CheckpointStart {
     /// Looks at the checkpoint directory of `d`; `None` when the job does
     /// not checkpoint. A relative directory is taken relative to this
     /// process's working directory.
-    pub fn find(d: &JobDescription, pinned: Option<&str>) -> Result<Option<CheckpointStart>> {
+    pub fn find(d: &JobDescription) -> Result<Option<CheckpointStart>> {
         let Some(ck) = &d.checkpoint else {
             return Ok(None);
         };
         let config = ck.to_config();
         let root = Storage::open(&config.dir)?;
-        let mut found = StartPoint::find(&root, &d.name, config.restore_from.as_ref())?;
-        if let Some(p) = pinned.and_then(|p| pinned_savepoint(p, &d.name)) {
-            // Savepoint ids continue the job's checkpoint ids, so the newer
-            // of the two is the later state.
-            if found
-                .restore
-                .as_ref()
-                .is_none_or(|r| r.manifest.id < p.manifest.id)
-            {
-                found.next_id = found.next_id.max(p.manifest.id + 1);
-                found.min_attempt = found.min_attempt.max(p.manifest.attempt + 1);
-                found.restore = Some(p);
-            }
-        }
+        let found = StartPoint::find(&root, &d.name, config.restore_from.as_ref())?;
         let manifest = found.restore.as_ref().map(|r| &r.manifest);
         // Executors run in other directories: a local location is made absolute.
         let restore = found
@@ -128,30 +115,6 @@ impl CheckpointStart {
             restore,
             min_attempt: found.min_attempt,
         }))
-    }
-}
-
-/// The savepoint at `location` if it holds a verified one of `job`; a
-/// missing or damaged one is passed over (with a warning): the job then
-/// starts from its checkpoints, which are consistent too, only older.
-fn pinned_savepoint(location: &str, job: &str) -> Option<RestorePlan> {
-    let dir = match Storage::open_in_parent(&Location::from(location)) {
-        Ok(d) => d,
-        Err(e) => {
-            warn!(location, error = %e, "pinned savepoint cannot be opened; ignoring it");
-            return None;
-        }
-    };
-    match load_verified(&dir) {
-        Ok(manifest) if manifest.job == job => Some(RestorePlan { dir, manifest }),
-        Ok(manifest) => {
-            warn!(location, other = %manifest.job, "pinned savepoint belongs to another job; ignoring it");
-            None
-        }
-        Err(e) => {
-            warn!(location, error = %e, "pinned savepoint is not restorable; ignoring it");
-            None
-        }
     }
 }
 

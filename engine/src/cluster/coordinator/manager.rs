@@ -442,7 +442,6 @@ impl Manager {
             updated_ms: now,
             error: None,
             latest_checkpoint: None,
-            pinned_savepoint: None,
         };
         // Written before the job is visible, and without the lock: the
         // write waits for the disk.
@@ -561,31 +560,21 @@ impl Manager {
                 description,
                 savepoint: savepoint.clone(),
             });
-            // Pinned (durably, below) before the savepoint is taken: its
-            // completion commits the sinks' output, so whatever restarts
-            // this job next (this coordinator after a failed switch, or
-            // one that took over) must resume from it, not from an older
-            // checkpoint. Until it exists, a pinned location is passed over.
-            let previous = job.record.pinned_savepoint.replace(savepoint.clone());
-            job.changed();
             info!(job = %id, parallelism = req.parallelism, %savepoint, "rescale: taking a savepoint and stopping");
-            self.release(inner);
-            (handle, Location::from(savepoint.as_str()), previous)
+            (handle, Location::from(savepoint.as_str()))
         };
-        let (handle, location, previous) = pinned;
+        // The checkpoint coordinator pins the savepoint before taking it,
+        // so whatever restarts the job next resumes from it.
+        let (handle, location) = pinned;
         match handle.savepoint(location, true) {
             Ok(taken) => Ok(Rescaled {
                 savepoint: taken.to_string(),
                 parallelism: req.parallelism,
             }),
             Err(e) => {
-                let mut inner = self.lock();
-                if let Some(job) = inner.jobs.get_mut(id) {
+                if let Some(job) = self.lock().jobs.get_mut(id) {
                     job.rescale = None;
-                    job.record.pinned_savepoint = previous;
-                    job.changed();
                 }
-                self.release(inner);
                 Err(e)
             }
         }
@@ -683,7 +672,6 @@ impl Manager {
                             info!(job = %id, parallelism = r.parallelism, savepoint = %r.savepoint, "job stopped for a rescale");
                             job.record.parallelism = r.parallelism;
                             job.record.description = r.description;
-                            job.record.pinned_savepoint = Some(r.savepoint);
                             job.nodes.clear();
                             job.not_before = Instant::now();
                             job.failed_at = None;
@@ -707,19 +695,11 @@ impl Manager {
 
         let forgotten = self.forget_old_jobs(&mut inner);
 
-        type Due = (String, JobDescription, Option<String>);
-        let due: Vec<Due> = inner
+        let due: Vec<(String, JobDescription)> = inner
             .jobs
             .values()
             .filter(|j| j.startable() && Instant::now() >= j.not_before)
-            .map(|j| {
-                let r = &j.record;
-                (
-                    r.id.clone(),
-                    r.description.clone(),
-                    r.pinned_savepoint.clone(),
-                )
-            })
+            .map(|j| (j.record.id.clone(), j.record.description.clone()))
             .collect();
         let used: Option<HashSet<String>> = (!forgotten.is_empty()).then(|| {
             inner
@@ -744,15 +724,14 @@ impl Manager {
             }
         }
 
-        for (id, description, pinned) in due {
+        for (id, description) in due {
             // Placed first, so a job waiting for slots does not scan its
             // checkpoints every tick; the scan runs without the lock.
             let placeable = {
                 let inner = self.lock();
                 self.assign(&inner, &id).map(|_| ())
             };
-            let start =
-                placeable.and_then(|()| CheckpointStart::find(&description, pinned.as_deref()));
+            let start = placeable.and_then(|()| CheckpointStart::find(&description));
             let mut inner = self.lock();
             if let Err(e) = start.and_then(|start| self.start_attempt(&mut inner, &id, start)) {
                 if let Some(job) = inner.jobs.get_mut(&id) {
@@ -1099,7 +1078,6 @@ mod tests {
             updated_ms: 0,
             error: None,
             latest_checkpoint: None,
-            pinned_savepoint: None,
         }
     }
 

@@ -43,10 +43,6 @@ pub struct JobRecord {
     pub error: Option<String>,
     /// Latest completed checkpoint seen.
     pub latest_checkpoint: Option<u64>,
-    /// A savepoint attempts restore while it is newer than the job's
-    /// latest checkpoint: the one a rescale stopped the job with.
-    #[serde(default)]
-    pub pinned_savepoint: Option<String>,
 }
 
 /// The coordinator's data directory.
