@@ -28,10 +28,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{info, warn};
 
-use super::meta::{JobRecord, MetaStore};
+use super::meta::{JobRecord, MetaStore, PendingRescale};
 use super::scheduler::{place, Assignment, Offer};
 use super::CoordinatorConfig;
-use crate::checkpoint::{CheckpointStats, Location};
+use crate::checkpoint::store::has_manifest;
+use crate::checkpoint::{CheckpointStats, Location, Storage};
 use crate::cluster::api::{
     Checkpoints, ClusterInfo, ExecutorLaunch, ExecutorSpec, Heartbeat, HeartbeatReply,
     JobDescription, JobResults, JobState, JobStatus, NodeCounters, Placement, RegisterWorker,
@@ -73,13 +74,6 @@ struct Run {
     slots: HashMap<String, usize>,
 }
 
-/// What a job runs as once its rescale savepoint stopped it.
-struct Rescale {
-    parallelism: usize,
-    description: JobDescription,
-    savepoint: String,
-}
-
 struct Job {
     record: JobRecord,
     run: Option<Run>,
@@ -95,8 +89,6 @@ struct Job {
     nodes: Vec<NodeCounters>,
     /// The newest rows its sinks received, over all attempts.
     results: LatestRows,
-    /// A rescale waiting for its stop-with-savepoint to end the attempt.
-    rescale: Option<Rescale>,
     /// Incremented by every change of `record`.
     version: u64,
     /// `record` changed since it was last handed to the writer.
@@ -114,7 +106,6 @@ impl Job {
             rejected_stale: 0,
             nodes: Vec::new(),
             results: LatestRows::default(),
-            rescale: None,
             version: 0,
             unsaved: false,
         }
@@ -194,6 +185,9 @@ impl Manager {
                 .and_then(|n| n.parse::<u64>().ok())
             {
                 next_id = next_id.max(n + 1);
+            }
+            if let Some(r) = record.rescale.take() {
+                finish_rescale(&mut record, r);
             }
             if !record.state.is_terminal() && record.state != JobState::Created {
                 info!(job = %record.id, attempt = record.attempt, "resuming a job after a coordinator restart");
@@ -442,6 +436,7 @@ impl Manager {
             updated_ms: now,
             error: None,
             latest_checkpoint: None,
+            rescale: None,
         };
         // Written before the job is visible, and without the lock: the
         // write waits for the disk.
@@ -478,7 +473,7 @@ impl Manager {
             run.handle.cancel("cancelled by a user");
             job.rejected_stale += run.handle.rejected_stale();
         }
-        job.rescale = None;
+        job.record.rescale = None;
         job.set_state(JobState::Canceled, None);
         let status = status_of(job);
         self.release(inner);
@@ -526,7 +521,7 @@ impl Manager {
                     )))
                 }
             };
-            if job.rescale.is_some() {
+            if job.record.rescale.is_some() {
                 return Err(Error::Config(format!("job {id} is already being rescaled")));
             }
             let Some(checkpoint) = job.record.description.checkpoint.clone() else {
@@ -555,13 +550,17 @@ impl Manager {
                 now_ms()
             );
             let handle = run.handle.clone();
-            job.rescale = Some(Rescale {
+            // Durable before the savepoint is asked for (written below).
+            job.record.rescale = Some(PendingRescale {
                 parallelism: req.parallelism,
                 description,
                 savepoint: savepoint.clone(),
             });
+            job.changed();
             info!(job = %id, parallelism = req.parallelism, %savepoint, "rescale: taking a savepoint and stopping");
-            (handle, Location::from(savepoint.as_str()))
+            let location = Location::from(savepoint.as_str());
+            self.release(inner);
+            (handle, location)
         };
         // The checkpoint coordinator pins the savepoint before taking it,
         // so whatever restarts the job next resumes from it.
@@ -572,9 +571,12 @@ impl Manager {
                 parallelism: req.parallelism,
             }),
             Err(e) => {
-                if let Some(job) = self.lock().jobs.get_mut(id) {
-                    job.rescale = None;
+                let mut inner = self.lock();
+                if let Some(job) = inner.jobs.get_mut(id) {
+                    job.record.rescale = None;
+                    job.changed();
                 }
+                self.release(inner);
                 Err(e)
             }
         }
@@ -665,7 +667,7 @@ impl Manager {
                             run.handle.cancel("the job finished");
                         }
                         job.note_checkpoint();
-                        if let Some(r) = job.rescale.take() {
+                        if let Some(r) = job.record.rescale.take() {
                             // Stopped by the rescale's savepoint (or, if its
                             // input ended first, finished: restarting then
                             // resumes at the end and finishes again).
@@ -788,7 +790,7 @@ impl Manager {
         };
         let Some(run) = job.run.take() else { return };
         run.handle.cancel(&error);
-        if job.rescale.take().is_some() {
+        if job.record.rescale.take().is_some() {
             warn!(job = %id, "the attempt failed during a rescale; restarting at the old parallelism");
         }
         job.rejected_stale += run.handle.rejected_stale();
@@ -985,6 +987,24 @@ impl JobsView for Manager {
     }
 }
 
+/// A rescale the previous coordinator did not finish: made if its
+/// savepoint completed (the job then resumes from it at the new
+/// parallelism), dropped otherwise (the job resumes as it was).
+fn finish_rescale(record: &mut JobRecord, r: PendingRescale) {
+    let taken = Storage::open_in_parent(&Location::from(r.savepoint.as_str()))
+        .and_then(|dir| has_manifest(&dir))
+        .unwrap_or(false);
+    if taken {
+        info!(job = %record.id, parallelism = r.parallelism, savepoint = %r.savepoint,
+            "finishing a rescale the previous coordinator began");
+        record.parallelism = r.parallelism;
+        record.description = r.description;
+    } else {
+        warn!(job = %record.id, savepoint = %r.savepoint,
+            "a rescale the previous coordinator began has no savepoint; the job resumes as it was");
+    }
+}
+
 /// Refuses a plan for a rescale that is not the running one's operators.
 fn same_operators(running: &JobDescription, new: &JobDescription) -> Result<()> {
     let nodes = |d: &JobDescription| {
@@ -1078,6 +1098,7 @@ mod tests {
             updated_ms: 0,
             error: None,
             latest_checkpoint: None,
+            rescale: None,
         }
     }
 
@@ -1134,6 +1155,47 @@ mod tests {
         let mut on_disk: Vec<String> = m.meta.load().unwrap().into_iter().map(|r| r.id).collect();
         on_disk.sort();
         assert_eq!(on_disk, kept);
+    }
+
+    #[test]
+    fn a_rescale_begun_by_a_dead_coordinator_is_finished_if_its_savepoint_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = CoordinatorConfig::new("127.0.0.1:0".parse().unwrap(), dir.path());
+        let meta = MetaStore::open(dir.path()).unwrap();
+        let mut wider = record(JobState::Running).description;
+        wider.parallelism = 3;
+        let taken = dir.path().join("rescale-taken");
+        std::fs::create_dir_all(&taken).unwrap();
+        std::fs::write(taken.join("_manifest.json"), b"{}").unwrap();
+        for (id, savepoint) in [("job-1", &taken), (&*"job-2", &dir.path().join("never"))] {
+            let mut r = record(JobState::Running);
+            r.id = id.to_string();
+            r.rescale = Some(PendingRescale {
+                parallelism: 3,
+                description: wider.clone(),
+                savepoint: savepoint.to_string_lossy().into_owned(),
+            });
+            meta.save(&r).unwrap();
+        }
+        let m = Manager::open(config).unwrap();
+        let one = m.job("job-1").unwrap();
+        assert_eq!((one.state, one.parallelism), (JobState::Restarting, 3));
+        let two = m.job("job-2").unwrap();
+        assert_eq!((two.state, two.parallelism), (JobState::Restarting, 1));
+        let on_disk = m.meta.load().unwrap();
+        assert!(
+            on_disk.iter().all(|r| r.rescale.is_none()),
+            "settled on disk"
+        );
+        assert_eq!(
+            on_disk
+                .iter()
+                .find(|r| r.id == "job-1")
+                .unwrap()
+                .description
+                .parallelism,
+            3
+        );
     }
 
     /// Two callers may write after releasing the lock in either order; the

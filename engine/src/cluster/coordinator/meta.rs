@@ -43,6 +43,22 @@ pub struct JobRecord {
     pub error: Option<String>,
     /// Latest completed checkpoint seen.
     pub latest_checkpoint: Option<u64>,
+    /// A rescale whose stop-with-savepoint was asked for: written before
+    /// the savepoint, so a coordinator that takes over before the switch
+    /// still makes it.
+    #[serde(default)]
+    pub rescale: Option<PendingRescale>,
+}
+
+/// What a job runs as once its rescale savepoint stopped it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingRescale {
+    /// The new parallelism.
+    pub parallelism: usize,
+    /// The plan at it.
+    pub description: JobDescription,
+    /// Where the savepoint goes.
+    pub savepoint: String,
 }
 
 /// The coordinator's data directory.
