@@ -1167,7 +1167,7 @@ mod tests {
         let taken = dir.path().join("rescale-taken");
         std::fs::create_dir_all(&taken).unwrap();
         std::fs::write(taken.join("_manifest.json"), b"{}").unwrap();
-        for (id, savepoint) in [("job-1", &taken), (&*"job-2", &dir.path().join("never"))] {
+        for (id, savepoint) in [("job-1", &taken), ("job-2", &dir.path().join("never"))] {
             let mut r = record(JobState::Running);
             r.id = id.to_string();
             r.rescale = Some(PendingRescale {
