@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::cluster::client::{hex, Client};
 use crate::error::{Error, Result};
@@ -83,6 +83,41 @@ impl ArtifactCache {
         tmp.keep();
         Ok(path)
     }
+}
+
+/// Removes the binaries in `dir` no name in `used` refers to and that are
+/// older than `grace` (a download or upload may have just finished for a
+/// job on its way); returns the names removed. Hidden names (downloads
+/// and uploads in progress) are left alone. A running process keeps its
+/// binary's contents when the file is removed.
+pub fn remove_unused(
+    dir: &Path,
+    used: &std::collections::HashSet<String>,
+    grace: std::time::Duration,
+) -> Result<Vec<String>> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || used.contains(&name) {
+            continue;
+        }
+        let fresh = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|age| age < grace);
+        if fresh {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => removed.push(name),
+            Err(e) => warn!(artifact = %name, error = %e, "cannot remove an unused binary"),
+        }
+    }
+    Ok(removed)
 }
 
 /// Downloads a killed worker left behind: never installed, never used.

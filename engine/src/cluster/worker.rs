@@ -32,7 +32,7 @@ use super::api::{ExecutorLaunch, ExecutorReport, Heartbeat, HeartbeatReply, Regi
 use super::client::Client;
 use crate::error::{Error, Result};
 
-use crate::cluster::artifact::{remove_stale_downloads, ArtifactCache};
+use crate::cluster::artifact::{remove_stale_downloads, remove_unused, ArtifactCache};
 use crate::cluster::security::ClientSecurity;
 
 /// Used when the coordinator's registration answer gives no interval.
@@ -43,6 +43,11 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
 const FETCH_RETRIES: u32 = 3;
 /// How long shutdown waits for killed executors to be reaped.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often the worker removes cached binaries no job needs any more.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// A cached binary is removed only once it is this old: one just fetched
+/// may be for a job the coordinator has not listed yet.
+const PRUNE_GRACE: Duration = Duration::from_secs(3600);
 /// Linux's ETXTBSY: a binary just written may still be open for writing in
 /// a child forked concurrently (before its exec closed the descriptor).
 const TEXT_FILE_BUSY: i32 = 26;
@@ -204,6 +209,8 @@ struct Worker {
     /// Tasks of executors killed because they were no longer listed;
     /// shutdown waits for them too.
     dying: Vec<JoinHandle<()>>,
+    /// When cached binaries were last pruned.
+    last_prune: std::time::Instant,
     /// Artifacts whose prefetch was started (the cache serializes fetches
     /// of one artifact, so an executor start waits for it rather than
     /// downloading twice).
@@ -247,6 +254,7 @@ impl Worker {
             executors: HashMap::new(),
             dying: Vec::new(),
             prefetched: HashSet::new(),
+            last_prune: std::time::Instant::now(),
         })
     }
 
@@ -367,7 +375,31 @@ impl Worker {
     }
 
     /// Makes the running executors match the reply.
+    /// Removes cached binaries of jobs that ended (the coordinator lists
+    /// every job that has not in `prefetch`), off the async workers.
+    fn prune(&mut self, reply: &HeartbeatReply) {
+        let used: HashSet<String> = reply
+            .prefetch
+            .iter()
+            .cloned()
+            .chain(reply.executors.iter().map(|l| l.artifact.clone()))
+            .collect();
+        self.prefetched.retain(|sha| used.contains(sha));
+        let dir = self.shared.data_dir.join("artifacts");
+        tokio::task::spawn_blocking(move || match remove_unused(&dir, &used, PRUNE_GRACE) {
+            Ok(removed) if !removed.is_empty() => {
+                info!(artifacts = ?removed, "removed cached binaries no job needs");
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "cannot prune cached binaries"),
+        });
+    }
+
     fn reconcile(&mut self, reply: HeartbeatReply) {
+        if self.last_prune.elapsed() >= PRUNE_EVERY {
+            self.last_prune = std::time::Instant::now();
+            self.prune(&reply);
+        }
         for sha in reply.prefetch {
             if self.prefetched.insert(sha.clone()) {
                 let shared = Arc::clone(&self.shared);

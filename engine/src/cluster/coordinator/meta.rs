@@ -103,31 +103,7 @@ impl MetaStore {
         used: &std::collections::HashSet<String>,
         grace: std::time::Duration,
     ) -> Result<Vec<String>> {
-        let dir = self.root.join("artifacts");
-        let entries =
-            fs::read_dir(&dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
-        let mut removed = Vec::new();
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            // Uploads in progress are hidden temporary files.
-            if name.starts_with('.') || used.contains(&name) {
-                continue;
-            }
-            let fresh = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_none_or(|age| age < grace);
-            if fresh {
-                continue;
-            }
-            match fs::remove_file(entry.path()) {
-                Ok(()) => removed.push(name),
-                Err(e) => warn!(artifact = %name, error = %e, "cannot remove an unused artifact"),
-            }
-        }
-        Ok(removed)
+        crate::cluster::artifact::remove_unused(&self.root.join("artifacts"), used, grace)
     }
 
     /// A temporary path beside the artifacts (same file system, for renames).
