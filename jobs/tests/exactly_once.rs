@@ -143,6 +143,43 @@ fn sigkilled_process_resumes_with_exactly_once_output() {
     }
 }
 
+/// The q5-like pipeline of these tests on `env`: bids (at `rate` events/s),
+/// `map` on every batch, sliding counts per auction into Parquet at `out`.
+fn q5_like(
+    env: &Env,
+    rate: u64,
+    map: impl Fn(&arrow::array::RecordBatch) + Send + Sync + 'static,
+    out: &Path,
+) {
+    let cfg = NexmarkConfig {
+        events: 300_000,
+        rate_limit: Some(rate),
+        ..Default::default()
+    };
+    let bids = env.source(NexmarkSource::bids(cfg.clone())).watermarks(
+        WatermarkStrategy::bounded_out_of_orderness(
+            "date_time",
+            Duration::from_millis(cfg.max_out_of_orderness_ms as u64),
+        ),
+    );
+    let schema = bids.schema().clone();
+    let bids = bids.map_batches(schema, move |b| {
+        map(&b);
+        Ok(b)
+    });
+    let bids = bids.watermarks(WatermarkStrategy::bounded_out_of_orderness(
+        "date_time",
+        Duration::from_millis(cfg.max_out_of_orderness_ms as u64),
+    ));
+    bids.key_by(["auction"])
+        .window(WindowSpec::sliding(
+            Duration::from_secs(10),
+            Duration::from_secs(2),
+        ))
+        .aggregate([count(), max("price"), sum("price")])
+        .sink(ParquetSink::new(out));
+}
+
 /// A q5-like pipeline (sliding count per auction, hottest per window) whose
 /// map panics once, after `fail_after` records, in the first attempt.
 fn in_process_job(
@@ -165,40 +202,17 @@ fn in_process_job(
             };
         }
     });
-    let cfg = NexmarkConfig {
-        events: 300_000,
-        rate_limit: Some(1_000_000),
-        ..Default::default()
-    };
     let seen = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicBool::new(false));
-    let bids = env.source(NexmarkSource::bids(cfg.clone())).watermarks(
-        WatermarkStrategy::bounded_out_of_orderness(
-            "date_time",
-            Duration::from_millis(cfg.max_out_of_orderness_ms as u64),
-        ),
-    );
-    let schema = bids.schema().clone();
-    let bids = bids.map_batches(schema, move |b| {
+    let inject = move |b: &arrow::array::RecordBatch| {
         let n = seen.fetch_add(b.num_rows() as u64, Ordering::SeqCst);
         if let Some(k) = fail_after {
             if n >= k && !failed.swap(true, Ordering::SeqCst) {
                 panic!("injected failure after {n} records");
             }
         }
-        Ok(b)
-    });
-    let bids = bids.watermarks(WatermarkStrategy::bounded_out_of_orderness(
-        "date_time",
-        Duration::from_millis(cfg.max_out_of_orderness_ms as u64),
-    ));
-    bids.key_by(["auction"])
-        .window(WindowSpec::sliding(
-            Duration::from_secs(10),
-            Duration::from_secs(2),
-        ))
-        .aggregate([count(), max("price"), sum("price")])
-        .sink(ParquetSink::new(out));
+    };
+    q5_like(&env, 1_000_000, inject, out);
     env.execute().unwrap()
 }
 
@@ -335,40 +349,17 @@ fn a_failure_after_a_savepoint_resumes_from_the_savepoint_exactly_once() {
             delay: Duration::from_millis(10),
         };
     });
-    // Slower than the reference (same events): savepoints come and go
-    // well before the input ends, even on a loaded machine.
-    let cfg = NexmarkConfig {
-        events: 300_000,
-        rate_limit: Some(100_000),
-        ..Default::default()
-    };
     let fail = Arc::new(AtomicBool::new(false));
     let failed = Arc::new(AtomicBool::new(false));
-    let bids = env.source(NexmarkSource::bids(cfg.clone())).watermarks(
-        WatermarkStrategy::bounded_out_of_orderness(
-            "date_time",
-            Duration::from_millis(cfg.max_out_of_orderness_ms as u64),
-        ),
-    );
-    let schema = bids.schema().clone();
     let (fail_now, once) = (fail.clone(), failed.clone());
-    let bids = bids.map_batches(schema, move |b| {
+    let inject = move |_: &arrow::array::RecordBatch| {
         if fail_now.load(Ordering::SeqCst) && !once.swap(true, Ordering::SeqCst) {
             panic!("injected failure after the savepoint");
         }
-        Ok(b)
-    });
-    let bids = bids.watermarks(WatermarkStrategy::bounded_out_of_orderness(
-        "date_time",
-        Duration::from_millis(cfg.max_out_of_orderness_ms as u64),
-    ));
-    bids.key_by(["auction"])
-        .window(WindowSpec::sliding(
-            Duration::from_secs(10),
-            Duration::from_secs(2),
-        ))
-        .aggregate([count(), max("price"), sum("price")])
-        .sink(ParquetSink::new(&out));
+    };
+    // Slower than the reference (same events): savepoints come and go
+    // well before the input ends, even on a loaded machine.
+    q5_like(&env, 100_000, inject, &out);
     let job = env.start().unwrap();
     // Savepoints until one has committed output (windows fire as event
     // time passes; sinks commit a savepoint's files as it completes).
