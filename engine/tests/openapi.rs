@@ -272,6 +272,7 @@ fn schemas_accept_what_the_types_serialize() {
         vertices: description().vertices,
         parallelism: 2,
         workdir: Some("/home/me".into()),
+        rescaling_to: Some(4),
     };
     assert_matches(&doc, "JobStatus", &status);
     assert_matches(

@@ -208,6 +208,9 @@ pub struct JobStatus {
     /// Working directory of its executors (the submitter's).
     #[serde(default)]
     pub workdir: Option<String>,
+    /// The parallelism a rescale under way moves the job to.
+    #[serde(default)]
+    pub rescaling_to: Option<usize>,
 }
 
 /// Counters of one graph node.

@@ -188,6 +188,7 @@ impl EmbeddedView {
             vertices: self.description.vertices.clone(),
             parallelism: self.parallelism,
             workdir: self.workdir.clone(),
+            rescaling_to: None,
         }
     }
 

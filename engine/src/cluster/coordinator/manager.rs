@@ -1069,6 +1069,7 @@ fn status_of(job: &Job) -> JobStatus {
         vertices: r.description.vertices.clone(),
         parallelism: r.parallelism,
         workdir: r.workdir.clone(),
+        rescaling_to: r.rescale.as_ref().map(|p| p.parallelism),
     }
 }
 
@@ -1177,6 +1178,10 @@ mod tests {
             });
             meta.save(&r).unwrap();
         }
+        // While pending, the status says where the job is going.
+        let mut pending = record(JobState::Running);
+        pending.rescale = meta.load().unwrap()[0].rescale.clone();
+        assert_eq!(status_of(&Job::new(pending)).rescaling_to, Some(3));
         let m = Manager::open(config).unwrap();
         let one = m.job("job-1").unwrap();
         assert_eq!((one.state, one.parallelism), (JobState::Restarting, 3));

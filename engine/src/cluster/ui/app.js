@@ -238,7 +238,8 @@ async function renderJob(jobs) {
     ]),
     el("h2", {}, job.name + " ", el("span", { class: "muted" }, job.id), " ", state(job.state)),
     el("p", { class: "muted" },
-      "attempt " + job.attempt + " · parallelism " + job.parallelism + " · restarts " + job.restarts + " · submitted " + ago(job.submitted_ms) +
+      "attempt " + job.attempt + " · parallelism " + job.parallelism +
+      (job.rescaling_to ? " (rescaling to " + job.rescaling_to + ")" : "") + " · restarts " + job.restarts + " · submitted " + ago(job.submitted_ms) +
       " · stale messages refused " + job.rejected_stale),
     el("p", {}, el("code", {}, job.args.join(" "))),
     job.error ? el("div", { class: "error" }, job.error) : null,
