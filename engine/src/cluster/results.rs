@@ -115,11 +115,6 @@ impl LatestRows {
         &self.sinks
     }
 
-    /// Whether no rows are kept.
-    pub fn is_empty(&self) -> bool {
-        self.sinks.is_empty()
-    }
-
     /// The API's answer for job `job_id` planned as `plan`.
     pub fn to_results(&self, job_id: &str, plan: &JobDescription) -> JobResults {
         JobResults {

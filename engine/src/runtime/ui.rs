@@ -93,12 +93,7 @@ impl EmbeddedView {
     /// Binds `addr` (failing here if it cannot) and serves on a thread.
     pub(crate) fn serve(self, addr: SocketAddr) -> Result<UiServer> {
         let token = Token::from_file_or_env(None)?.map(Arc::new);
-        let listener = std::net::TcpListener::bind(addr)
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .map_err(|e| Error::io(format!("serving the web UI on {addr}"), e))?;
-        let local = listener
-            .local_addr()
-            .map_err(|e| Error::io("the web UI's address", e))?;
+        let (listener, local) = jobs_api::bind(addr, "the web UI")?;
         let app = jobs_api::secure(jobs_api::routes::<EmbeddedView>(), token)
             .merge(jobs_api::ui_routes())
             .with_state(Arc::new(self));
@@ -110,23 +105,12 @@ impl EmbeddedView {
         let thread = std::thread::Builder::new()
             .name("web-ui".into())
             .spawn(move || {
-                runtime.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            warn!(error = %e, "the web UI cannot listen");
-                            return;
-                        }
-                    };
-                    let served = axum::serve(listener, app)
-                        .with_graceful_shutdown(async {
-                            let _ = rx.await;
-                        })
-                        .await;
-                    if let Err(e) = served {
-                        warn!(error = %e, "the web UI stopped");
-                    }
-                });
+                let stop = async {
+                    let _ = rx.await;
+                };
+                if let Err(e) = runtime.block_on(jobs_api::serve(listener, app, None, stop)) {
+                    warn!(error = %e, "the web UI stopped");
+                }
             })
             .map_err(|e| Error::io("spawning the web UI's thread", e))?;
         info!(ui = %format!("http://{local}/ui"), "web UI of the embedded job");
@@ -146,6 +130,11 @@ impl EmbeddedView {
             (None, None) if cur.control.is_some() => (JobState::Running, None),
             (None, None) => (JobState::Created, None),
         }
+    }
+
+    /// The job's state alone (no counters or plan copied).
+    fn job_state(&self) -> JobState {
+        self.state(&self.current.lock().expect("job handle lock")).0
     }
 
     fn status(&self) -> JobStatus {
@@ -253,7 +242,7 @@ impl JobsView for EmbeddedView {
 
     fn workers(&self) -> Vec<WorkerInfo> {
         let slots = self.description.slots();
-        let running = self.status().state == JobState::Running;
+        let running = self.job_state() == JobState::Running;
         vec![WorkerInfo {
             id: THIS_PROCESS.into(),
             slots,
@@ -267,7 +256,7 @@ impl JobsView for EmbeddedView {
 
     fn cluster(&self) -> ClusterInfo {
         let slots = self.description.slots();
-        let state = self.status().state;
+        let state = self.job_state();
         ClusterInfo {
             workers_alive: 1,
             slots,
@@ -280,7 +269,7 @@ impl JobsView for EmbeddedView {
 
     fn cancel(&self, id: &str) -> Result<JobStatus> {
         self.this_job(id)?;
-        let state = self.status().state;
+        let state = self.job_state();
         if state.is_terminal() {
             return Err(Error::Config(format!(
                 "job {id} already ended ({})",

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
+use crate::cluster::jobs_api;
 use crate::cluster::security::{TlsFiles, Token};
 use crate::error::{Error, Result};
 
@@ -117,12 +118,7 @@ pub async fn serve(config: CoordinatorConfig) -> Result<()> {
              (set --token-file or SLUICE_TOKEN)"
         );
     }
-    let listener = std::net::TcpListener::bind(listen)
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|e| Error::io(format!("listening on {listen}"), e))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| Error::io("the API address", e))?;
+    let (listener, local) = jobs_api::bind(listen, "the REST API")?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let advertised = config
         .advertise
@@ -149,7 +145,7 @@ pub async fn serve(config: CoordinatorConfig) -> Result<()> {
             let standby = listener
                 .try_clone()
                 .map_err(|e| Error::io("the API socket", e))?;
-            http(
+            jobs_api::serve(
                 standby,
                 routes::standby(data_dir.clone()),
                 tls.clone(),
@@ -184,7 +180,7 @@ pub async fn serve(config: CoordinatorConfig) -> Result<()> {
         })
         .map_err(|e| Error::io("spawning the manager thread", e))?;
     info!(api = %format!("{scheme}://{local}"), "coordinator listening");
-    let served = http(
+    let served = jobs_api::serve(
         listener,
         routes::router(manager, token),
         tls,
@@ -193,38 +189,4 @@ pub async fn serve(config: CoordinatorConfig) -> Result<()> {
     .await;
     drop(lease);
     served
-}
-
-/// Serves `app` on `listener` (HTTPS with `tls`) until `stop` completes.
-async fn http(
-    listener: std::net::TcpListener,
-    app: axum::Router,
-    tls: Option<axum_server::tls_openssl::OpenSSLConfig>,
-    stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<()> {
-    let failed = |e| Error::io("serving the API", e);
-    match tls {
-        Some(tls) => {
-            let handle = axum_server::Handle::new();
-            let stopper = handle.clone();
-            tokio::spawn(async move {
-                stop.await;
-                stopper.graceful_shutdown(Some(Duration::from_secs(1)));
-            });
-            axum_server::from_tcp(listener)
-                .map_err(failed)?
-                .acceptor(axum_server::tls_openssl::OpenSSLAcceptor::new(tls))
-                .handle(handle)
-                .serve(app.into_make_service())
-                .await
-                .map_err(failed)
-        }
-        None => {
-            let listener = tokio::net::TcpListener::from_std(listener).map_err(failed)?;
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-                .map_err(failed)
-        }
-    }
 }
