@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use sluice_engine::cluster::api::{JobState, JobStatus, NodeCounters};
-use sluice_engine::cluster::local::{LocalCluster, LocalClusterConfig, WorkerPlace};
+use sluice_cluster::local::{LocalCluster, LocalClusterConfig, WorkerPlace};
+use sluice_engine::protocol::api::{JobState, JobStatus, NodeCounters};
 
 /// Distributed-runtime macro benchmark (q5 embedded vs a cluster; failover).
 #[derive(Parser, Debug)]
@@ -281,7 +281,7 @@ fn cluster_q5(c: &mut Cluster, nexmark: &Path, events: u64) -> anyhow::Result<Cl
         let s = c.status(&job)?;
         let t = start.elapsed();
         match s.state {
-            JobState::Running => {
+            state if state.is_running() => {
                 running_at.get_or_insert(t);
             }
             JobState::Finished => {
@@ -293,7 +293,7 @@ fn cluster_q5(c: &mut Cluster, nexmark: &Path, events: u64) -> anyhow::Result<Cl
             JobState::Failed | JobState::Canceled => {
                 bail!("job {job} ended {:?}: {:?}\n{}", s.state, s.error, c.logs())
             }
-            JobState::Created | JobState::Restarting => {}
+            _ => {}
         }
         if t > Duration::from_secs(1800) {
             bail!("job {job} did not finish in 30 min\n{}", c.logs());
@@ -422,7 +422,7 @@ fn paced_job(
         if s.state.is_terminal() {
             bail!("job {job} ended {:?} too early: {:?}", s.state, s.error);
         }
-        let ready = s.state == JobState::Running
+        let ready = s.state.is_running()
             && s.latest_checkpoint.is_some()
             && s.nodes.iter().any(|n| n.records_out > 0)
             && !s.placement.is_empty();
@@ -501,7 +501,7 @@ fn failover_once(
         if s.attempt > before.attempt {
             detected.get_or_insert(t);
             attempt.get_or_insert(t);
-            if s.state == JobState::Running {
+            if s.state.is_running() {
                 running.get_or_insert(t);
             }
             if s.nodes
@@ -634,7 +634,7 @@ fn rescale_once(args: &Args, sluice: &Path, nexmark: &Path, dir: &Path) -> anyho
         }
         let wide = s.vertices.iter().map(|v| v.parallelism).max() == Some(3);
         if wide && s.attempt > before.attempt {
-            if s.state == JobState::Running {
+            if s.state.is_running() {
                 running.get_or_insert(t);
             }
             if s.nodes.iter().all(|n| n.records_out == 0) {
@@ -756,7 +756,7 @@ fn main() -> anyhow::Result<()> {
     for (p, how) in [
         (
             &sluice,
-            "cargo build --release -p sluice-engine --bin sluice",
+            "cargo build --release -p sluice-cluster --bin sluice",
         ),
         (
             &nexmark,
