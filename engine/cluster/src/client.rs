@@ -171,12 +171,13 @@ impl Client {
         self.call(Method::GET, &path, None::<&()>).await
     }
 
-    /// `POST /api/v1/jobs/{id}/cancel`. The answer's body is not needed.
-    pub async fn cancel(&self, job_id: &str) -> Result<()> {
+    /// `POST /api/v1/jobs/{id}/cancel`: the job as it is once cancelled.
+    pub async fn cancel(&self, job_id: &str) -> Result<JobStatus> {
         let path = format!("/api/v1/jobs/{}/cancel", segment(job_id)?);
-        self.send(self.request(Method::POST, &path), None::<&()>)
-            .await
-            .map(drop)
+        let response = self
+            .send(self.request(Method::POST, &path), None::<&()>)
+            .await?;
+        self.decode(&path, response).await
     }
 
     /// `POST /api/v1/jobs/{id}/savepoint`: returns once it is taken.

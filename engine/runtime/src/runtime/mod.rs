@@ -89,6 +89,9 @@ impl Default for JobConfig {
     }
 }
 
+/// How long an embedded job's web UI outlives the job.
+const UI_LINGER: Duration = Duration::from_millis(1500);
+
 /// Rows a sink keeps of the latest batch it received, for the results
 /// the coordinator shows.
 pub use sluice_protocol::results::TAIL_ROWS;
@@ -399,9 +402,12 @@ pub fn start_embedded(graph: &LogicalGraph, config: &JobConfig) -> Result<JobHan
         None => None,
     };
     #[cfg(not(feature = "ui"))]
-    let ui = config.ui.map(|addr| {
-        warn!(%addr, "this job binary was built without sluice-engine's `ui` feature: no web UI");
-    });
+    let ui: Option<()> = {
+        if let Some(addr) = config.ui {
+            warn!(%addr, "this job binary was built without sluice-engine's `ui` feature: no web UI");
+        }
+        None
+    };
     let (graph, config) = (graph.clone(), config.clone());
     let driver = Driver {
         graph,
@@ -418,6 +424,11 @@ pub fn start_embedded(graph: &LogicalGraph, config: &JobConfig) -> Result<JobHan
             let result = driver.run();
             ended.lock().expect("job handle lock").ended =
                 Some(result.as_ref().err().map(|e| e.to_string()));
+            if ui.is_some() {
+                // Pages watching the job poll once a second: let them see
+                // how it ended before the process (and its UI) goes.
+                std::thread::sleep(UI_LINGER);
+            }
             drop(ui);
             result
         })

@@ -213,7 +213,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Cancel { client: c, job_id } => {
-            client(&c, &file.client)?.cancel(&job_id).await?;
+            let status = client(&c, &file.client)?.cancel(&job_id).await?;
+            // Said on stdout, so a script can tell it happened.
+            println!("{} {}", status.id, status.state.name());
         }
         Command::Savepoint {
             client: c,
