@@ -57,8 +57,12 @@ struct Answer {
 }
 
 impl Answer {
+    /// The body as text, cut short (a binary body is not worth printing).
     fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
+        String::from_utf8_lossy(&self.body)
+            .chars()
+            .take(300)
+            .collect()
     }
 }
 
