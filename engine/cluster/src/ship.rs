@@ -36,7 +36,46 @@ pub struct Shipped {
     /// The debug info kept beside the binary, if any was written or found.
     pub debug: Option<PathBuf>,
     /// Holds the stripped copy until the upload is done.
-    _scratch: Option<tempfile::TempDir>,
+    _scratch: Option<ScratchDir>,
+}
+
+/// A directory only this user can enter (0700, a fresh name), removed
+/// with what it holds when dropped.
+#[derive(Debug)]
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn create(parent: &Path) -> std::io::Result<ScratchDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        loop {
+            let n = SEQ.fetch_add(1, Ordering::Relaxed);
+            let dir = parent.join(format!(".sluice-ship-{}-{nanos}-{n}", std::process::id()));
+            // Fails if the name exists, whoever made it: never a
+            // directory someone else prepared.
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => return Ok(ScratchDir(dir)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        // A few unlinks of one small directory.
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// The `objcopy` to run: `$OBJCOPY`, else the one on `PATH`.
@@ -64,9 +103,7 @@ pub async fn prepare(binary: &Path, strip: bool, scratch: &Path) -> Result<Shipp
         return Ok(as_is(None));
     }
     let debug_file = keep_debug_info(binary, &meta).await;
-    let dir = tempfile::Builder::new()
-        .prefix(".ship-")
-        .tempdir_in(scratch)
+    let dir = ScratchDir::create(scratch)
         .map_err(|e| Error::io(format!("creating a directory in {}", scratch.display()), e))?;
     let name = binary
         .file_name()
@@ -239,6 +276,10 @@ mod tests {
             crate::artifact::sha256_of_file(&b.path).expect("hash")
         );
         let scratch = a.path.parent().expect("dir").to_path_buf();
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&scratch).expect("stat").permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o700, "a private directory");
         drop(a);
         assert!(!scratch.exists(), "the copy goes with its Shipped");
     }
