@@ -153,14 +153,11 @@ fn artifact_failure(e: ArtifactError) -> Failure {
 async fn upload(
     State(m): Shared,
     Path(sha): Path<String>,
-    headers: axum::http::HeaderMap,
     body: Body,
 ) -> std::result::Result<StatusCode, Failure> {
     valid_hash(&sha)?;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    // Exact when the request said its Content-Length.
+    let declared = axum::body::HttpBody::size_hint(&body).exact();
     let stored = m
         .meta()
         .artifacts()
