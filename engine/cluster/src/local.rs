@@ -140,7 +140,7 @@ impl LocalCluster {
         cmd.args(["worker", "--coordinator", &self.url(), "--slots"])
             .arg(self.config.slots.to_string())
             .args(self.client_security())
-            .args(["--listen", &place.host])
+            .args(["--exchange-host", &place.host])
             .arg("--data-dir")
             .arg(dir.join(format!("worker-{i}")));
         spawn_logged(cmd, &dir.join(format!("worker-{i}.log")))
