@@ -30,7 +30,7 @@
 //!   size of the job binary and of the artifact the coordinator stored.
 //!   `BINARY.debug` beside the job binary is removed before each run, so
 //!   every run pays for writing it, as the first submission of a new build
-//!   does.
+//!   does; with `--warm` it is kept, as for a resubmission of one build.
 //!
 //! Prints a table per measurement while it runs, then a Markdown section
 //! for `benches/RESULTS.md` (machine, exact command, medians).
@@ -93,6 +93,10 @@ struct Args {
     /// Run only this part.
     #[arg(long, value_parser = ["q5", "failover", "rescale", "submit"])]
     only: Option<String>,
+    /// `--only submit`: keep `BINARY.debug` between runs (a resubmission
+    /// of one build) instead of removing it before each.
+    #[arg(long)]
+    warm: bool,
     /// Keep the working directory (logs, checkpoints) instead of removing it.
     #[arg(long)]
     keep: bool,
@@ -730,7 +734,9 @@ fn submit_once(
             .context("a file name")?
             .to_string_lossy()
     ));
-    let _ = std::fs::remove_file(&debug);
+    if !args.warm {
+        let _ = std::fs::remove_file(&debug);
+    }
     let mut job_args = q5_args(args.failover_rate * 600);
     job_args.extend(["--rate".into(), args.failover_rate.to_string()]);
     let start = Instant::now();
@@ -1075,10 +1081,15 @@ fn main() -> anyhow::Result<()> {
         let _ = writeln!(
             md,
             "Submit: a fresh coordinator and 2 workers per run; q5 at parallelism 2 with \
-             `--rate {}`, sent with `sluice submit` ({}); times from starting the command. \
-             Job binary {:.1} MB, stored by the coordinator as {:.1} MB.\n",
+             `--rate {}`, sent with `sluice submit` ({}); times from starting the command; \
+             {}. Job binary {:.1} MB, stored by the coordinator as {:.1} MB.\n",
             args.failover_rate,
             sluice.display(),
+            if args.warm {
+                "`BINARY.debug` kept from an earlier run"
+            } else {
+                "`BINARY.debug` removed before each run"
+            },
             binary as f64 / 1e6,
             *shipped as f64 / 1e6
         );

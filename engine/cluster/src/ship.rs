@@ -7,10 +7,14 @@
 //! the linker of every Rust build on Linux comes with), keeping the symbol
 //! table, so a backtrace on a worker still names every function. The debug
 //! info is kept beside the local binary, `BINARY.debug` (`objcopy
-//! --only-keep-debug`, written again only when the binary is newer), and
-//! the shipped copy names it in a `.gnu_debuglink` section: `gdb` or
-//! `addr2line` given the `.debug` file map a worker's addresses to lines,
-//! and std's backtraces find it beside the executable. Stripping is done at
+//! --only-keep-debug`, written again only when the binary is newer, at the
+//! same time as the stripped copy): `addr2line -e BINARY.debug` or `gdb`
+//! with it as symbol file map a worker's addresses to lines (stripping
+//! moves no code; both files carry the linker's build id). No
+//! `.gnu_debuglink` is added: computing its checksum means reading the
+//! whole `.debug` file again, which doubled the time of a submission, and
+//! a worker's copy is named by its hash, so a debug link would not find
+//! the file there anyway. Stripping is done at
 //! submission rather than in the release profile so that it applies to
 //! every job binary, whichever workspace and profile built it. `objcopy`'s
 //! output is deterministic, so a binary submitted twice has one SHA-256
@@ -102,7 +106,6 @@ pub async fn prepare(binary: &Path, strip: bool, scratch: &Path) -> Result<Shipp
     if !strip || !is_elf(binary).await? {
         return Ok(as_is(None));
     }
-    let debug_file = keep_debug_info(binary, &meta).await;
     let dir = ScratchDir::create(scratch)
         .map_err(|e| Error::io(format!("creating a directory in {}", scratch.display()), e))?;
     let name = binary
@@ -110,15 +113,14 @@ pub async fn prepare(binary: &Path, strip: bool, scratch: &Path) -> Result<Shipp
         .map(|n| n.to_os_string())
         .unwrap_or_else(|| "job".into());
     let stripped = dir.path().join(name);
-    let mut args: Vec<std::ffi::OsString> = vec!["--strip-debug".into()];
-    if let Some(d) = &debug_file {
-        let mut link = std::ffi::OsString::from("--add-gnu-debuglink=");
-        link.push(d.as_os_str());
-        args.push(link);
-    }
-    args.push(binary.as_os_str().to_owned());
-    args.push(stripped.as_os_str().to_owned());
-    match run_objcopy(&args).await {
+    let args = [
+        "--strip-debug".into(),
+        binary.as_os_str().to_owned(),
+        stripped.as_os_str().to_owned(),
+    ];
+    // Two processes reading one file: mostly I/O, so side by side.
+    let (debug_file, copied) = tokio::join!(keep_debug_info(binary, &meta), run_objcopy(&args));
+    match copied {
         Ok(()) => {}
         Err(why) => {
             warn!(binary = %binary.display(), bytes = meta.len(),
@@ -230,11 +232,11 @@ mod tests {
     }
 
     fn sections(path: &Path) -> String {
-        let out = std::process::Command::new("objdump")
-            .arg("-h")
+        let out = std::process::Command::new("readelf")
+            .args(["-S", "-W"])
             .arg(path)
             .output()
-            .expect("objdump (binutils)");
+            .expect("readelf (binutils)");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -257,7 +259,7 @@ mod tests {
         for dwarf in [".debug_info", ".debug_line", ".debug_str"] {
             assert!(!shipped.contains(dwarf), "{shipped}");
         }
-        assert!(shipped.contains(".gnu_debuglink"), "{shipped}");
+        assert!(shipped.contains(".symtab"), "symbols kept: {shipped}");
         let debug = a.debug.clone().expect("debug info kept");
         assert_eq!(debug, dir.path().join("job.debug"));
         assert!(sections(&debug).contains(".debug_line"));
