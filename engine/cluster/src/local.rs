@@ -229,6 +229,11 @@ impl LocalCluster {
         args
     }
 
+    /// The process id of coordinator `i` (0 the first leader), if running.
+    pub fn coordinator_pid(&self, i: usize) -> Option<u32> {
+        self.coordinators.get(i)?.as_ref().map(Child::id)
+    }
+
     /// The first coordinator's port.
     pub fn port(&self) -> u16 {
         self.ports[0]
