@@ -200,6 +200,45 @@ mod tests {
         assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     }
 
+    /// The routes the routers' `.route(PATH, METHOD(handler)...)` calls
+    /// register, read from their sources.
+    fn routed() -> Vec<(String, String)> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut found = Vec::new();
+        for file in ["../web/src/routes.rs", "src/coordinator/routes.rs"] {
+            let text = std::fs::read_to_string(dir.join(file)).unwrap();
+            for call in text.split(".route(").skip(1) {
+                let literal = call.trim_start().strip_prefix('"');
+                let (path, rest) = literal
+                    .and_then(|l| l.split_once('"'))
+                    .expect("a route's path is a literal");
+                let call = rest.split(';').next().unwrap();
+                for method in ["get", "post", "put", "head", "delete", "patch"] {
+                    let named = call.match_indices(&format!("{method}(")).any(|(i, _)| {
+                        !call[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_')
+                    });
+                    if named {
+                        found.push((method.to_uppercase(), path.to_string()));
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// The other direction: every route a router registers is in the
+    /// document, so a route added without its description fails here.
+    #[test]
+    fn every_routed_path_is_documented() {
+        let routed = routed();
+        assert!(routed.len() >= 20, "{routed:?}");
+        let documented = routes();
+        for r in &routed {
+            assert!(documented.contains(r), "{r:?} is routed but not in the document");
+        }
+        assert_eq!(routed.len(), documented.len(), "{routed:?}");
+    }
+
     /// `engine/cluster/openapi.json` is the generated document. To
     /// regenerate it: `cargo run -p sluice-cluster --bin sluice -- openapi
     /// > engine/cluster/openapi.json`.
