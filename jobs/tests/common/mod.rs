@@ -3,6 +3,8 @@
 //! requests to a coordinator or an embedded job's web UI.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
