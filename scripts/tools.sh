@@ -11,3 +11,11 @@ if [ ! -x "$venv/bin/moto_server" ]; then
   echo "tools: installing moto (S3 test server)"
   "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.2.5'
 fi
+# The REST API is fuzzed from its generated OpenAPI document by schemathesis
+# (its own environment: its pins do not meet moto's).
+st=.tools/schemathesis
+[ -x "$st/bin/python" ] || python3 -m venv "$st"
+if [ ! -x "$st/bin/schemathesis" ]; then
+  echo "tools: installing schemathesis (REST API fuzzing)"
+  "$st/bin/pip" install -q --disable-pip-version-check 'schemathesis==4.32.5'
+fi
