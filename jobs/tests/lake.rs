@@ -412,3 +412,164 @@ fn q5_with_frequent_checkpoints_writes_few_files() {
         "{files} files for 2 subtasks over {checkpoints} checkpoints"
     );
 }
+
+/// Every dead letter of `topic` (read from the start): (source position,
+/// error) from their headers, waiting until at least `expect` arrived.
+fn dead_letters(broker: &Broker, topic: &str, expect: usize) -> Vec<(String, String)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.address())
+        .set("group.id", "verifier")
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let header = |m: &rdkafka::message::BorrowedMessage<'_>, key: &str| {
+        m.headers()
+            .and_then(|h| h.iter().find(|h| h.key == key)?.value)
+            .map(|v| String::from_utf8_lossy(v).to_string())
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while out.len() < expect && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            let at = format!(
+                "{}@{}",
+                header(&m, "sluice.partition"),
+                header(&m, "sluice.offset")
+            );
+            out.push((at, header(&m, "sluice.error")));
+        }
+    }
+    out
+}
+
+#[test]
+fn json_records_that_gain_fields_evolve_the_files_and_incompatible_ones_are_dead_lettered() {
+    let broker = Broker::start().unwrap();
+    broker.create_topic("evolving", 2).unwrap();
+    broker.create_topic("evolving-dlq", 1).unwrap();
+    // v1: id, name, score (integer); v2 adds email; v3 makes score a float.
+    // Every 50th v3 record has a number for its name: incompatible.
+    let v1 = (0..3000).map(|i| format!(r#"{{"id": {i}, "name": "n{i}", "score": {}}}"#, i % 100));
+    let v2 = (3000..6000).map(|i| {
+        format!(
+            r#"{{"id": {i}, "name": "n{i}", "score": {}, "email": "e{i}@x"}}"#,
+            i % 100
+        )
+    });
+    const END: i64 = 40_000;
+    let bad = |i: i64| i >= 6000 && i % 50 == 0;
+    let v3 = (6000..END).map(|i| {
+        if bad(i) {
+            format!(r#"{{"id": {i}, "name": {i}, "score": 1}}"#)
+        } else {
+            format!(
+                r#"{{"id": {i}, "name": "n{i}", "score": {}.5, "email": "e{i}@x"}}"#,
+                i % 100
+            )
+        }
+    });
+    broker.produce("evolving", 2, v1).unwrap();
+    broker.produce("evolving", 2, v2).unwrap();
+    broker.produce("evolving", 2, v3).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let ck = dir.path().join("ck");
+    let command = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kafka_to_parquet"));
+        c.args(["--brokers", &broker.address(), "--topic", "evolving"])
+            .args(["--format", "json", "--evolve-schema", "--until-end"])
+            .args(["--dead-letter-topic", "evolving-dlq", "--parallelism", "2"])
+            .arg("--output")
+            .arg(&out)
+            .arg("--checkpoint-dir")
+            .arg(&ck)
+            .args(["--checkpoint-interval", "100ms"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    };
+    // One SIGKILL once a checkpoint holds an evolved schema, then to the
+    // end: the restart resumes with it.
+    let evolved = || {
+        sluice_connectors::kafka::schema_from_checkpoint(&ck, "kafka_to_parquet", "evolving")
+            .ok()
+            .flatten()
+            .is_some_and(|s| s.field_with_name("email").is_ok())
+    };
+    let mut child = command().stderr(Stdio::null()).spawn().unwrap();
+    let start = Instant::now();
+    while !evolved()
+        && start.elapsed() < Duration::from_secs(30)
+        && child.try_wait().unwrap().is_none()
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    kill(child);
+    let log = run_to_end(command(), "the run after the kill");
+    assert!(!log.contains("restored_from=-"), "{log}");
+
+    let (rows, _) = dataset_rows(out.to_str().unwrap(), None);
+    let mut seen = BTreeMap::new();
+    for (line, n) in &rows {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let id = v["id"].as_i64().unwrap();
+        *seen.entry(id).or_insert(0) += n;
+        let email = v["email"].as_str();
+        let score = v["score"].as_f64().unwrap();
+        match id {
+            ..3000 => assert_eq!((email, score), (None, (id % 100) as f64), "{line}"),
+            3000..6000 => assert_eq!(email, Some(format!("e{id}@x").as_str()), "{line}"),
+            _ => assert_eq!(score, (id % 100) as f64 + 0.5, "{line}"),
+        }
+    }
+    let good: BTreeMap<i64, usize> = (0..END).filter(|i| !bad(*i)).map(|i| (i, 1)).collect();
+    assert_eq!(seen.len(), good.len(), "distinct good records");
+    assert_eq!(seen, good, "every compatible record exactly once");
+
+    // Incompatible records went to the dead-letter topic with the reason
+    // (at least once: the killed run may have sent some already).
+    let incompatible = (0..END).filter(|i| bad(*i)).count();
+    let letters = dead_letters(&broker, "evolving-dlq", incompatible);
+    let reasons: std::collections::BTreeSet<&str> =
+        letters.iter().map(|(_, e)| e.as_str()).collect();
+    assert!(
+        reasons
+            .iter()
+            .all(|e| e.contains("incompatible") && e.contains("name")),
+        "{reasons:?}"
+    );
+    let offsets: std::collections::BTreeSet<&str> =
+        letters.iter().map(|(o, _)| o.as_str()).collect();
+    assert_eq!(
+        offsets.len(),
+        incompatible,
+        "one dead letter per incompatible record"
+    );
+
+    // The merged schema is in the checkpoint, for restarts.
+    let schema =
+        sluice_connectors::kafka::schema_from_checkpoint(&ck, "kafka_to_parquet", "evolving")
+            .unwrap()
+            .unwrap();
+    let types: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| format!("{}:{}", f.name(), f.data_type()))
+        .collect();
+    assert_eq!(
+        types,
+        ["id:Int64", "name:Utf8", "score:Float64", "email:Utf8"]
+    );
+}

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as fs
 
@@ -30,6 +31,17 @@ def main(location):
         print("files=0", file=sys.stderr)
         return
     dataset = ds.dataset(path, filesystem=filesystem, format="parquet", partitioning="hive")
+    # Files may differ in schema (an evolved one has more columns, wider
+    # types): read all of them with the unified schema.
+    physical = [f.physical_schema for f in dataset.get_fragments()]
+    if physical:
+        unified = pa.unify_schemas(physical, promote_options="permissive")
+        for field in dataset.schema:
+            if unified.get_field_index(field.name) < 0:
+                unified = unified.append(field)
+        dataset = ds.dataset(
+            path, filesystem=filesystem, format="parquet", partitioning="hive", schema=unified
+        )
     out = sys.stdout
     for batch in dataset.to_batches():
         for row in batch.to_pylist():

@@ -71,6 +71,8 @@ pub enum RollReason {
     Checkpoint,
     /// The input ended, or more partitions are open than allowed.
     Close,
+    /// The input's schema changed (files have one schema each).
+    Schema,
 }
 
 impl RollPolicy {

@@ -47,6 +47,9 @@ struct OpenFile {
 /// The sink subtask.
 pub(crate) struct ParquetWriterTask {
     spec: ParquetSink,
+    /// The schema of the batches written now (the plan's, until a source
+    /// evolves it).
+    input: SchemaRef,
     file_schema: SchemaRef,
     partitioner: Option<Partitioner>,
     props: WriterProperties,
@@ -77,38 +80,14 @@ fn parquet_err(what: &str, e: impl std::fmt::Display) -> Error {
 
 impl ParquetWriterTask {
     pub(crate) fn new(spec: ParquetSink, input: SchemaRef) -> Result<Self> {
-        let partitioner = if spec.partitioning.is_empty() {
-            None
-        } else {
-            Some(Partitioner::new(&spec.partitioning, &input)?)
-        };
-        let file_schema = partitioner
-            .as_ref()
-            .map_or_else(|| input.clone(), |p| p.file_schema().clone());
-        let mut props = WriterProperties::builder()
-            .set_max_row_group_row_count(Some(spec.row_group_size))
-            .set_compression(spec.compression);
-        // Binary columns (raw message payloads) are nearly always distinct:
-        // a dictionary is built only to be abandoned, which cost a fifth of
-        // a raw Kafka → Parquet job's time.
-        for f in file_schema.fields() {
-            let binary = matches!(
-                f.data_type(),
-                DataType::Binary | DataType::LargeBinary | DataType::BinaryView
-            );
-            if binary || spec.no_dictionary.contains(f.name()) {
-                props = props
-                    .set_column_dictionary_enabled(ColumnPath::new(vec![f.name().clone()]), false);
-            }
-        }
-        let props = props.build();
-        let template = FooterTemplate::new(&file_schema, &props)?;
+        let layout = Layout::new(&spec, &input)?;
         Ok(ParquetWriterTask {
             spec,
-            file_schema,
-            partitioner,
-            props,
-            template,
+            input,
+            file_schema: layout.file_schema,
+            partitioner: layout.partitioner,
+            props: layout.props,
+            template: layout.template,
             output: None,
             files: HashMap::new(),
             closed: Vec::new(),
@@ -351,6 +330,51 @@ impl ParquetWriterTask {
     }
 }
 
+/// What files of one input schema are written with.
+struct Layout {
+    partitioner: Option<Partitioner>,
+    file_schema: SchemaRef,
+    props: WriterProperties,
+    template: FooterTemplate,
+}
+
+impl Layout {
+    fn new(spec: &ParquetSink, input: &SchemaRef) -> Result<Self> {
+        let partitioner = if spec.partitioning.is_empty() {
+            None
+        } else {
+            Some(Partitioner::new(&spec.partitioning, input)?)
+        };
+        let file_schema = partitioner
+            .as_ref()
+            .map_or_else(|| input.clone(), |p| p.file_schema().clone());
+        let mut props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(spec.row_group_size))
+            .set_compression(spec.compression);
+        // Binary columns (raw message payloads) are nearly always distinct:
+        // a dictionary is built only to be abandoned, which cost a fifth of
+        // a raw Kafka → Parquet job's time.
+        for f in file_schema.fields() {
+            let binary = matches!(
+                f.data_type(),
+                DataType::Binary | DataType::LargeBinary | DataType::BinaryView
+            );
+            if binary || spec.no_dictionary.contains(f.name()) {
+                props = props
+                    .set_column_dictionary_enabled(ColumnPath::new(vec![f.name().clone()]), false);
+            }
+        }
+        let props = props.build();
+        let template = FooterTemplate::new(&file_schema, &props)?;
+        Ok(Layout {
+            partitioner,
+            file_schema,
+            props,
+            template,
+        })
+    }
+}
+
 fn reason_name(r: RollReason) -> &'static str {
     match r {
         RollReason::Size => "size",
@@ -360,6 +384,7 @@ fn reason_name(r: RollReason) -> &'static str {
         RollReason::Watermark => "watermark",
         RollReason::Checkpoint => "checkpoint",
         RollReason::Close => "close",
+        RollReason::Schema => "schema",
     }
 }
 
@@ -381,6 +406,22 @@ impl Sink for ParquetWriterTask {
     }
 
     fn write(&mut self, batch: RecordBatch, _ctx: &OperatorContext) -> Result<()> {
+        if batch.schema() != self.input {
+            // The source evolved its schema: every open file is finished
+            // and later rows go to new files with the new columns.
+            let schema = batch.schema();
+            debug!(
+                fields = schema.fields().len(),
+                "input schema changed: new files"
+            );
+            self.roll_all(RollReason::Schema)?;
+            let layout = Layout::new(&self.spec, &schema)?;
+            self.input = schema;
+            self.file_schema = layout.file_schema;
+            self.partitioner = layout.partitioner;
+            self.props = layout.props;
+            self.template = layout.template;
+        }
         match self.partitioner.as_mut() {
             None => self.write_to("", None, &batch),
             Some(p) => {

@@ -362,3 +362,40 @@ fn files_roll_by_age_and_inactivity_on_ticks() {
     assert_eq!(target.all_x(), (0..10).collect::<Vec<_>>());
     assert_eq!(t.rolled.get("inactive"), Some(&1));
 }
+
+#[test]
+fn a_new_input_schema_starts_new_files() {
+    for target in targets() {
+        let c = ctx(0, 1, 0);
+        let mut t = task(&target, &quiet_sink());
+        t.open(&c).unwrap();
+        t.write(rows(0, 10, 3), &c).unwrap();
+        // The same columns and one more (a source evolved its schema).
+        let wider = Arc::new(Schema::new(vec![
+            Field::new("x", DataType::Int64, false),
+            Field::new("k", DataType::Utf8, false),
+            Field::new("email", DataType::Utf8, true),
+        ]));
+        let b = RecordBatch::try_new(
+            wider,
+            vec![
+                Arc::new(Int64Array::from_iter_values(10..20)),
+                Arc::new(StringArray::from_iter_values(
+                    (10..20).map(|i| format!("k{i}")),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    (10..20).map(|i| format!("e{i}")),
+                )),
+            ],
+        )
+        .unwrap();
+        t.write(b, &c).unwrap();
+        t.close(&c).unwrap();
+        t.snapshot(CheckpointId(1), &c).unwrap();
+        t.checkpoint_complete(CheckpointId(1), &c).unwrap();
+        let (files, _) = target.read();
+        assert_eq!(files.len(), 2, "{files:?}");
+        assert_eq!(target.all_x(), (0..20).collect::<Vec<_>>());
+        assert_eq!(t.rolled.get("schema"), Some(&1));
+    }
+}

@@ -42,6 +42,14 @@ struct Args {
     /// --format avro: the Avro writer schema (required).
     #[arg(long)]
     schema: Option<PathBuf>,
+    /// JSON: a record that gains a field, or widens a type compatibly
+    /// (integer to float, narrower to wider), changes the schema instead of
+    /// failing: later rows go to new files with the merged columns (nulls
+    /// where a record lacks a field). Incompatible records (a string where
+    /// a number was) stay bad: see --dead-letter-topic. Every schema used
+    /// is kept in the checkpoints.
+    #[arg(long)]
+    evolve_schema: bool,
     /// Records sampled to infer the JSON schema.
     #[arg(long, default_value_t = 1000)]
     infer_sample: usize,
@@ -146,6 +154,7 @@ fn main() -> anyhow::Result<()> {
         policy,
         checkpoint_dir: args.checkpoints.checkpoint_dir.clone(),
         partition_discovery: args.partition_discovery,
+        evolve_schema: args.evolve_schema,
     };
     let src = source(&spec)?;
     let stats = src.decode_stats();
