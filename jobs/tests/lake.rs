@@ -573,3 +573,100 @@ fn json_records_that_gain_fields_evolve_the_files_and_incompatible_ones_are_dead
         ["id:Int64", "name:Utf8", "score:Float64", "email:Utf8"]
     );
 }
+
+/// Small files from the real broker (a row limit per file), compacted
+/// while PyArrow keeps reading the dataset: every read sees every row
+/// once, before, during and after.
+#[test]
+fn compaction_merges_small_files_while_readers_see_every_row_once() {
+    const RECORDS: i64 = 20_000;
+    let broker = Broker::start().unwrap();
+    broker.create_topic("small", 4).unwrap();
+    broker
+        .produce("small", 4, records(0..RECORDS, HOUR_07, 3 * HOUR))
+        .unwrap();
+    let s3 = s3_server();
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("schema.json");
+    std::fs::write(&schema, SCHEMA).unwrap();
+    let job = Job {
+        broker: &broker,
+        s3: &s3,
+        schema: &schema,
+    };
+    let out = dir.path().join("out");
+    let out_str = out.to_str().unwrap().to_string();
+    run_to_end(
+        job.command(
+            "small",
+            &out_str,
+            &[
+                "--partition-by",
+                "country,dt=date(ts),hour=hour(ts)",
+                "--roll-rows",
+                "100",
+                "--until-end",
+                "--checkpoint-dir",
+                dir.path().join("ck").to_str().unwrap(),
+                "--checkpoint-interval",
+                "100ms",
+            ],
+        ),
+        "the job writing small files",
+    );
+    let (want, before) = dataset_rows(&out_str, None);
+    assert_eq!(want.values().sum::<usize>(), RECORDS as usize);
+    assert!(before >= 190, "{before} small files");
+
+    // Readers while compacting: each read that succeeds sees exactly the
+    // rows (a read may fail when a file it listed is replaced under it:
+    // never a wrong answer).
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (reads, compacted) = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut ok = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) || ok == 0 {
+                let python =
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/venv/bin/python");
+                let r = Command::new(python)
+                    .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/read_dataset.py"))
+                    .arg(&out_str)
+                    .output()
+                    .unwrap();
+                if r.status.success() {
+                    let mut got = BTreeMap::new();
+                    for line in String::from_utf8(r.stdout).unwrap().lines() {
+                        *got.entry(line.to_string()).or_insert(0usize) += 1;
+                    }
+                    assert!(got == want, "a reader saw other rows during compaction");
+                    ok += 1;
+                }
+            }
+            ok
+        });
+        let log = run_to_end(
+            {
+                let mut c = Command::new(env!("CARGO_BIN_EXE_compact_parquet"));
+                c.args([
+                    "--path",
+                    &out_str,
+                    "--min-age",
+                    "0s",
+                    "--target-size",
+                    "64KiB",
+                ]);
+                c
+            },
+            "compaction",
+        );
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        (reader.join().unwrap(), log)
+    });
+    assert!(reads >= 1);
+    let (got, after) = dataset_rows(&out_str, None);
+    assert_eq!(got, want, "the rows after compaction");
+    assert!(
+        after * 5 <= before,
+        "{before} files before, {after} after: {compacted}"
+    );
+}

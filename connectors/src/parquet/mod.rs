@@ -9,7 +9,8 @@
 //! when published. Files stay open across checkpoints (each checkpoint
 //! commits the rows written so far as finished row groups, see
 //! [`sink`](self) and `ARCHITECTURE.md`), so a quiet or finely partitioned
-//! stream does not leave a file per checkpoint.
+//! stream does not leave a file per checkpoint. [`compact`] merges the
+//! small files of closed partitions of a local output afterwards.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -24,6 +25,7 @@
 //! ```
 
 mod bucket;
+mod compact;
 mod footer;
 mod local;
 mod names;
@@ -44,6 +46,7 @@ use sluice_engine::checkpoint::Location;
 use sluice_engine::graph::SinkFactory;
 use sluice_engine::{Result, SinkSpec};
 
+pub use compact::{compact, CompactOptions, CompactStats};
 pub use partition::{PartitionField, PartitionSpec, Transform, NULL_PARTITION};
 pub use roll::RollPolicy;
 
