@@ -242,6 +242,19 @@ fn a_killed_worker_is_replaced_and_output_stays_exactly_once() {
             && done["attempt"].as_u64() > before["attempt"].as_u64(),
         "the job restarted under a new attempt: {done}"
     );
+    // The loss is in the job's exceptions history, with what followed.
+    let exceptions = done["exceptions"].as_array().cloned().unwrap_or_default();
+    assert!(
+        exceptions.iter().any(|e| {
+            e["attempt"] == before["attempt"]
+                && e["outcome"]
+                    .as_str()
+                    .is_some_and(|o| o.starts_with("restart"))
+                && e["error"].as_str().is_some_and(|m| !m.is_empty())
+        }),
+        "the failure of attempt {} is in the history: {done}",
+        before["attempt"]
+    );
     let out = dir.path().join("out");
     assert_exactly_once(&want, &rows(&out), &out, "q5 after losing a worker");
     cluster.kill_coordinator();

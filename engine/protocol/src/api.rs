@@ -375,6 +375,29 @@ pub struct JobStatus {
     pub rescaling_to: Option<usize>,
     /// What follows a failed attempt (the job's own restart strategy).
     pub restart: RestartPolicy,
+    /// The job's failures, oldest first (the newest
+    /// [`MAX_EXCEPTIONS`] are kept): attempt and start failures alike.
+    #[serde(default)]
+    pub exceptions: Vec<JobException>,
+}
+
+/// How many failures a job's history keeps.
+pub const MAX_EXCEPTIONS: usize = 32;
+
+/// One failure of a job: when, which attempt, what, and what followed.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobException {
+    /// When the coordinator learnt of it, ms since the epoch.
+    pub time_ms: i64,
+    /// The attempt that failed.
+    pub attempt: u64,
+    /// The cause, as the executor or the coordinator said it (names the
+    /// subtask when a task failed).
+    pub error: String,
+    /// What followed: `restart` (with the job's restart policy's delay),
+    /// `failed` (the job failed for good).
+    pub outcome: String,
 }
 
 /// Counters of one graph node.

@@ -196,6 +196,9 @@ impl EmbeddedView {
             workdir: self.workdir.clone(),
             rescaling_to: None,
             restart: self.description.restart,
+            // An embedded run logs its failures; the history is kept by
+            // a coordinator.
+            exceptions: Vec::new(),
         }
     }
 
