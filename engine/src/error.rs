@@ -1,6 +1,12 @@
 //! The engine's error type: one semantic enum for every library failure, with
-//! the user/external/internal split that restart strategies and (later) REST
-//! status codes branch on.
+//! two classifications callers branch on: who is responsible
+//! ([`Error::kind`]: user, external, internal) and whether running the
+//! same thing again can succeed ([`Error::retry`]: never, or after a
+//! backoff). Restart strategies follow the second: a record that cannot
+//! be decoded fails the same way on every replay, so it fails the job at
+//! once instead of being retried. [`ErrorReport`] keeps both beside an error's
+//! message wherever only the message travels on (a job's status, the
+//! executor's report to its coordinator).
 
 use std::fmt;
 
@@ -33,9 +39,16 @@ pub enum Error {
     /// An Arrow kernel failed.
     #[error("arrow error: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
-    /// A record could not be decoded and the policy says fail.
+    /// A record could not be decoded, or holds a value the job cannot
+    /// process (an event time outside [`crate::data::EVENT_TIME_RANGE`]),
+    /// and the source's bad-record policy says fail. The message names the
+    /// record (topic, partition and offset; file and line).
     #[error("decode error: {0}")]
     Decode(String),
+    /// A computed value does not fit its type (a sum past the range of its
+    /// result column); the message names the operator and column.
+    #[error("overflow: {0}")]
+    Overflow(String),
     /// A connector failed talking to the outside world.
     #[error("connector '{connector}': {message}")]
     Connector {
@@ -111,8 +124,9 @@ pub enum Error {
     Internal(String),
 }
 
-/// Who is responsible for an error: drives whether restarting can help.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Who is responsible for an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ErrorKind {
     /// The job or its input is wrong; restarting does not help.
     User,
@@ -120,6 +134,63 @@ pub enum ErrorKind {
     External,
     /// A Sluice bug.
     Internal,
+}
+
+/// Whether running the same job again from its latest checkpoint can get
+/// past an error. Restart strategies restart only on
+/// [`Retry::Backoff`]; a job whose failure is [`Retry::Never`] fails at
+/// once. Crosses process boundaries (serde: `"never"`, `"backoff"`), so a
+/// coordinator can decide as an embedded run does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Retry {
+    /// Deterministic: the same input or configuration fails the same way
+    /// on every replay (a bad record under the fail policy, a plan or
+    /// schema error found at run time, an overflow). Fail the job.
+    Never,
+    /// Possibly transient (a broker or disk that was unreachable, a lost
+    /// connection, a panic of unknown cause): restart after a backoff.
+    /// The default, for failures whose cause is unknown.
+    #[default]
+    Backoff,
+}
+
+impl fmt::Display for Retry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Retry::Never => "never",
+            Retry::Backoff => "backoff",
+        })
+    }
+}
+
+/// An error as it is reported after it was turned into text: the message
+/// with the classifications of the error it came from, so whoever decides
+/// about restarts later (the embedded UI, a coordinator) still can.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ErrorReport {
+    /// The error's message (`Display`).
+    pub message: String,
+    /// [`Error::retry`] of the error.
+    pub retry: Retry,
+    /// [`Error::kind`] of the error.
+    pub kind: ErrorKind,
+}
+
+impl From<&Error> for ErrorReport {
+    fn from(e: &Error) -> Self {
+        ErrorReport {
+            message: e.to_string(),
+            retry: e.retry(),
+            kind: e.kind(),
+        }
+    }
+}
+
+impl fmt::Display for ErrorReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 impl Error {
@@ -153,6 +224,7 @@ impl Error {
             Error::Plan { .. }
             | Error::Config(_)
             | Error::Decode(_)
+            | Error::Overflow(_)
             | Error::User(_)
             | Error::State(_)
             | Error::NotFound(_) => ErrorKind::User,
@@ -174,11 +246,97 @@ impl Error {
         }
     }
 
+    /// Whether restarting the job can get past this error (see [`Retry`]).
+    ///
+    /// Never: plan and configuration errors (also when found at run
+    /// time, e.g. a file whose schema differs from the planned one), bad
+    /// records under the fail policy, overflows, keyed-state misuse, user
+    /// functions that return an error, Arrow kernels failing on the data,
+    /// requests the coordinator refused as wrong (4xx), cancellation.
+    /// Backoff: I/O, connectors talking to the outside world, checkpoint
+    /// storage, the network exchange, timeouts, an unreachable or failing
+    /// (5xx) coordinator, panics and internal errors (their cause is
+    /// unknown, so they keep the restart strategy's limit).
+    pub fn retry(&self) -> Retry {
+        match self {
+            Error::Plan { .. }
+            | Error::Config(_)
+            | Error::Decode(_)
+            | Error::Overflow(_)
+            | Error::User(_)
+            | Error::State(_)
+            | Error::NotFound(_)
+            | Error::Cancelled => Retry::Never,
+            Error::Api { status, .. } if (400..500).contains(status) => Retry::Never,
+            // Kernels fail on the values they get (casts, arithmetic,
+            // schemas): the same batch fails again. Only their I/O and
+            // wrapped foreign errors may pass.
+            Error::Arrow(e) => match e {
+                arrow::error::ArrowError::IoError(..)
+                | arrow::error::ArrowError::ExternalError(_) => Retry::Backoff,
+                _ => Retry::Never,
+            },
+            Error::Io { .. }
+            | Error::Connector { .. }
+            | Error::Checkpoint(_)
+            | Error::Exchange(_)
+            | Error::Protocol(_)
+            | Error::Unreachable { .. }
+            | Error::Timeout(_)
+            | Error::Api { .. }
+            | Error::Panic(_)
+            | Error::Internal(_) => Retry::Backoff,
+            Error::Task { source, .. } => source.retry(),
+        }
+    }
+
     /// The innermost cause, unwrapping task context.
     pub fn root(&self) -> &Error {
         match self {
             Error::Task { source, .. } => source.root(),
             e => e,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deterministic_errors_are_never_retried() {
+        let bad = Error::Task {
+            operator: "kafka_source(t)".into(),
+            subtask: 1,
+            source: Box::new(Error::Decode(
+                "topic 't' partition 0 offset 7: not JSON".into(),
+            )),
+        };
+        assert_eq!(bad.retry(), Retry::Never);
+        assert_eq!(Error::Overflow("sum".into()).retry(), Retry::Never);
+        assert_eq!(
+            Error::plan("file_source(x)", "schema").retry(),
+            Retry::Never
+        );
+        let cast = Error::Arrow(arrow::error::ArrowError::CastError("x".into()));
+        assert_eq!(cast.retry(), Retry::Never);
+        let broker = Error::connector("kafka", "all brokers down");
+        assert_eq!(broker.retry(), Retry::Backoff);
+        assert_eq!(Error::Panic("boom".into()).retry(), Retry::Backoff);
+    }
+
+    #[test]
+    fn a_failure_keeps_the_classification_of_its_error() {
+        let e = Error::Decode("bad".into());
+        let f = ErrorReport::from(&e);
+        assert_eq!(f.message, "decode error: bad");
+        assert_eq!((f.retry, f.kind), (Retry::Never, ErrorKind::User));
+        let json = serde_json::to_string(&f).unwrap();
+        assert_eq!(
+            json,
+            r#"{"message":"decode error: bad","retry":"never","kind":"user"}"#
+        );
+        let back: ErrorReport = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, f);
     }
 }

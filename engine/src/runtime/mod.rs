@@ -42,7 +42,7 @@ use crate::cluster::api::NodeCounters;
 use crate::graph::NodeKind;
 
 use crate::data::StreamMessage;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorReport, Result, Retry};
 use crate::graph::LogicalGraph;
 use crate::plan::{plan, PhysicalPlan};
 use crate::state::key_group::DEFAULT_MAX_PARALLELISM;
@@ -243,9 +243,9 @@ pub(crate) struct Current {
     pub(crate) attempt: u64,
     pub(crate) metrics: Vec<Arc<NodeMetrics>>,
     /// Why the last attempt failed, while the next one is waited for.
-    pub(crate) restarting: Option<String>,
+    pub(crate) restarting: Option<ErrorReport>,
     /// Set once the job ended: cleanly (`None`) or with an error.
-    pub(crate) ended: Option<Option<String>>,
+    pub(crate) ended: Option<Option<ErrorReport>>,
 }
 
 /// A job running in this process.
@@ -410,7 +410,7 @@ pub fn start_embedded(graph: &LogicalGraph, config: &JobConfig) -> Result<JobHan
         .spawn(move || {
             let result = driver.run();
             ended.lock().expect("job handle lock").ended =
-                Some(result.as_ref().err().map(|e| e.to_string()));
+                Some(result.as_ref().err().map(ErrorReport::from));
             drop(ui);
             result
         })
@@ -459,18 +459,23 @@ impl Driver {
                     return Ok(r);
                 }
                 Err(e) => {
-                    if self.user_cancel.load(Ordering::SeqCst)
-                        || self.config.checkpoint.is_none()
-                        || matches!(e.root(), Error::Plan { .. } | Error::Config(_))
-                    {
+                    if self.user_cancel.load(Ordering::SeqCst) || self.config.checkpoint.is_none() {
+                        return Err(e);
+                    }
+                    // A failure that replays identically (a bad record, a
+                    // schema error) is not worth a restart.
+                    if e.retry() == Retry::Never {
+                        info!(job = %self.config.name, error = %e, attempt, retry = %Retry::Never,
+                            "job failed with an error a restart cannot fix; not restarting");
                         return Err(e);
                     }
                     let Some(delay) = self.config.restart.delay(restarts) else {
                         return Err(e);
                     };
-                    warn!(job = %self.config.name, error = %e, attempt, ?delay,
+                    warn!(job = %self.config.name, error = %e, attempt, ?delay, retry = %Retry::Backoff,
                         "job failed; restarting from the latest checkpoint");
-                    self.current.lock().expect("job handle lock").restarting = Some(e.to_string());
+                    self.current.lock().expect("job handle lock").restarting =
+                        Some(ErrorReport::from(&e));
                     std::thread::sleep(delay);
                     restarts += 1;
                     self.stats.lock().expect("stats lock").restarts += 1;
@@ -495,7 +500,10 @@ impl Driver {
         let restore = found.restore;
         if let Some(r) = &restore {
             r.check_compatible(&self.graph, self.plan.max_parallelism)?;
+            let taken = std::time::UNIX_EPOCH
+                + Duration::from_millis(u64::try_from(r.manifest.timestamp_ms).unwrap_or(0));
             info!(job = %self.config.name, checkpoint = r.manifest.id, location = %r.dir.location(),
+                taken = %humantime::format_rfc3339_seconds(taken), savepoint = r.manifest.savepoint,
                 "resuming from checkpoint");
         }
         self.stats.lock().expect("stats lock").restored_from =

@@ -19,7 +19,7 @@ use super::watermark::{InputWatermarks, SplitWatermarks};
 use super::{JobControl, NodeMetrics};
 use crate::checkpoint::coordinator::{CoordinatorMsg, TaskControl, TaskKey, TaskSnapshot};
 use crate::checkpoint::restore::RestorePlan;
-use crate::data::{Barrier, BarrierKind, CheckpointId, StreamMessage, Watermark};
+use crate::data::{without_rows, Barrier, BarrierKind, CheckpointId, StreamMessage, Watermark};
 use crate::error::{Error, Result};
 use crate::exchange::partition::EdgeWriter;
 use crate::graph::{LogicalGraph, NodeKind};
@@ -556,8 +556,19 @@ fn run_source(
             }
         }
         match head.src.poll(&head.ctx)? {
-            SourcePoll::Batch { split, batch } => {
+            SourcePoll::Batch { split, mut batch } => {
                 if let Some(g) = head.gen.as_mut() {
+                    // Records whose time is null or out of range go to the
+                    // source's bad-record policy, not on to the operators.
+                    let bad = g.invalid_rows(&batch)?;
+                    if !bad.is_empty() {
+                        head.src.reject(split, &batch, &bad)?;
+                        let rows: Vec<usize> = bad.iter().map(|(r, _)| *r).collect();
+                        batch = without_rows(&batch, &rows)?;
+                        if batch.num_rows() == 0 {
+                            continue;
+                        }
+                    }
                     g.observe(split, &batch)?;
                 }
                 metrics

@@ -125,8 +125,8 @@ impl EmbeddedView {
         match (&cur.ended, &cur.restarting) {
             (Some(None), _) => (JobState::Finished, None),
             (Some(Some(_)), _) if cancelled => (JobState::Canceled, None),
-            (Some(Some(e)), _) => (JobState::Failed, Some(e.clone())),
-            (None, Some(e)) => (JobState::Restarting, Some(e.clone())),
+            (Some(Some(e)), _) => (JobState::Failed, Some(e.message.clone())),
+            (None, Some(e)) => (JobState::Restarting, Some(e.message.clone())),
             (None, None) if cur.control.is_some() => (JobState::Running, None),
             (None, None) => (JobState::Created, None),
         }

@@ -8,12 +8,22 @@ use clap::Parser;
 use sluice_connectors::kafka::{DecodePolicy, StartFrom};
 use sluice_connectors::parquet::ParquetSink;
 use sluice_engine::Env;
-use sluice_jobs::cli::{checkpoint_summary, init_logging, parse_duration, CheckpointArgs};
+use sluice_jobs::cli::{
+    checkpoint_summary, explain, init_logging, parse_duration, resume_summary, CheckpointArgs,
+};
 use sluice_jobs::kafka_to_parquet::{source, KafkaToParquetSpec, ValueFormat};
 
-/// Kafka topic into Parquet files, exactly once with checkpoints.
+/// Every record of a Kafka topic into Parquet files, exactly once with
+/// checkpoints.
+///
+/// Columns: _partition, _offset, _timestamp and the decoded value (JSON
+/// fields from --schema or inferred, raw bytes, text, or Avro). A job
+/// started again with the same --checkpoint-dir resumes where the last one
+/// stopped (it says so; --fresh starts from the beginning). Records that do
+/// not decode fail the job unless --skip-bad-records or
+/// --dead-letter-topic says otherwise.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Bootstrap brokers, HOST:PORT[,HOST:PORT…].
     #[arg(long)]
@@ -39,7 +49,9 @@ struct Args {
     /// Parallelism (partition p is read by subtask p % P).
     #[arg(long)]
     parallelism: Option<usize>,
-    /// Stop at the end offsets seen when the job first started.
+    /// Stop at the end of the topic: the end offsets when this run starts
+    /// (or, when it resumes a bounded run that was interrupted, the ends
+    /// that run fixed). Without it the job runs until stopped.
     #[arg(long)]
     until_end: bool,
     /// earliest | latest | committed | timestamp:MS (partitions without a
@@ -72,7 +84,8 @@ fn main() -> anyhow::Result<()> {
         env.set_parallelism(p);
     }
     let job = "kafka_to_parquet";
-    args.checkpoints.apply(&env, job)?;
+    let resume = args.checkpoints.apply(&env, job)?;
+    args.checkpoints.fresh_output(&args.output)?;
     let policy = match (&args.dead_letter_topic, args.skip_bad_records) {
         (Some(t), _) => DecodePolicy::DeadLetter(t.clone()),
         (None, true) => DecodePolicy::Skip,
@@ -94,17 +107,30 @@ fn main() -> anyhow::Result<()> {
     };
     let src = source(&spec)?;
     let stats = src.decode_stats();
+    let progress = src.progress();
     // Offsets and timestamps are distinct per record: no dictionary.
     let sink = ParquetSink::new(&args.output).without_dictionary(["_offset", "_timestamp"]);
     env.source(src).sink(sink);
-    let result = env.execute()?;
+    let result = env.execute().map_err(|e| {
+        explain(
+            e,
+            "--skip-bad-records skips and counts such records, --dead-letter-topic TOPIC keeps them in a topic",
+        )
+    })?;
+    let records = result.source_records();
+    let nothing_new = if records == 0 && progress.resumed() && progress.nothing_new() {
+        " (nothing new: every partition had been read up to the end already)"
+    } else {
+        ""
+    };
     eprintln!(
-        "kafka_to_parquet: {} records, {} ms, skipped={} dead_lettered={}, output in {}, {}",
-        result.source_records(),
+        "kafka_to_parquet: {records} records{nothing_new}, {} ms, skipped={} dead_lettered={}, output in {}, {}; read {}; {}",
         result.duration.as_millis(),
         stats.skipped(),
         stats.dead_lettered(),
         args.output.display(),
+        resume_summary(&resume, &result.checkpoints),
+        progress.describe(),
         checkpoint_summary(&result.checkpoints)
     );
     Ok(())
