@@ -333,6 +333,10 @@ fn every_job_binary_has_its_own_help_and_parses_its_arguments() {
         assert!(help.starts_with(opening), "{bin} --help opens with: {help}");
         assert!(help.contains("Usage:"), "{help}");
         assert!(!help.contains("Sluice reference jobs"), "{bin}: {help}");
+        // `-h` shows the short about, which came from the crate too.
+        let out = Command::new(bin).arg("-h").output().unwrap();
+        let short = String::from_utf8_lossy(&out.stdout);
+        assert!(short.starts_with(opening), "{bin} -h opens with: {short}");
         let out = Command::new(bin).arg("--version").output().unwrap();
         assert!(out.status.success());
         let out = Command::new(bin).arg("--no-such-flag").output().unwrap();
