@@ -220,12 +220,21 @@ impl FileSource {
                     .map_err(|e| Self::bad(path, e))?;
                 Arc::new(schema)
             }
+            // Inferred as the Kafka source infers JSON records.
             Format::JsonLines => {
-                let mut r = BufReader::new(file);
-                let (schema, _) =
-                    arrow::json::reader::infer_json_schema_from_seekable(&mut r, Some(INFER_ROWS))
-                        .map_err(|e| Self::bad(path, e))?;
-                Arc::new(schema)
+                let mut lines = Vec::new();
+                for line in BufReader::new(file).split(b'\n') {
+                    let line =
+                        line.map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+                    if !line.trim_ascii().is_empty() {
+                        lines.push(line);
+                    }
+                    if lines.len() == INFER_ROWS {
+                        break;
+                    }
+                }
+                crate::json::infer_schema(lines.iter().map(Vec::as_slice))
+                    .map_err(|e| Self::bad(path, e))?
             }
         };
         if schema.fields().is_empty() {

@@ -191,7 +191,9 @@ pub trait Source: Send {
     /// Produces the next batch, or says there is none now, or that the input ended.
     fn poll(&mut self, ctx: &OperatorContext) -> Result<SourcePoll>;
 
-    /// How long to back off after [`SourcePoll::Idle`].
+    /// How long to back off after [`SourcePoll::Idle`] (at most 100 ms
+    /// are taken; a control message for the task, such as a checkpoint
+    /// barrier to inject, ends the pause early).
     fn idle_backoff(&self) -> Duration {
         Duration::from_millis(5)
     }

@@ -341,6 +341,16 @@ fn every_job_binary_has_its_own_help_and_parses_its_arguments() {
         assert!(out.status.success());
         let out = Command::new(bin).arg("--no-such-flag").output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{bin} rejects a wrong flag");
+        if !bin.ends_with("example") {
+            // A parallelism of 0 ran at 1 without a word.
+            let out = Command::new(bin)
+                .args(["--parallelism", "0"])
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{bin}: {err}");
+            assert!(err.contains("--parallelism"), "{err}");
+        }
     }
     let out = Command::new(env!("CARGO_BIN_EXE_example"))
         .arg("--help")

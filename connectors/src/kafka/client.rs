@@ -161,11 +161,11 @@ pub(crate) fn metadata(
         }
         if !warned && started.elapsed() >= UNREACHABLE_AFTER {
             warned = true;
+            // Says nothing if librdkafka's own report already warned.
             watch.warn_unreachable(
                 &watch
                     .reason()
                     .unwrap_or_else(|| format!("no answer in {UNREACHABLE_AFTER:?} ({failure})")),
-                true,
             );
         }
         // A refused connection fails at once: do not spin.
@@ -195,8 +195,12 @@ pub(crate) fn check_reachable(client: &Client<ClientWatch>, serve: &dyn Fn()) {
         &watch
             .reason()
             .unwrap_or_else(|| format!("no answer in {UNREACHABLE_AFTER:?}")),
-        true,
     );
+}
+
+/// The brokers a consumer was created for, for messages.
+fn client_brokers(consumer: &WatchedConsumer) -> &str {
+    &consumer.client().context().brokers
 }
 
 /// The partitions of `topic`, sorted. A topic that does not exist is an
@@ -215,10 +219,17 @@ pub(crate) fn partitions(consumer: &WatchedConsumer, topic: &str, serve: bool) -
         .find(|t| t.name() == topic)
         .ok_or_else(|| Error::connector("kafka", format!("topic '{topic}' not found")))?;
     if let Some(e) = t.error() {
-        return Err(Error::connector(
-            "kafka",
-            format!("topic '{topic}': {:?}", RDKafkaErrorCode::from(e)),
-        ));
+        let code = RDKafkaErrorCode::from(e);
+        let what = match code {
+            RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic => {
+                format!(
+                    "topic '{topic}' does not exist on the brokers at {}",
+                    client_brokers(consumer)
+                )
+            }
+            c => format!("topic '{topic}': {c:?}"),
+        };
+        return Err(Error::connector("kafka", what));
     }
     let mut ps: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
     ps.sort_unstable();
@@ -441,11 +452,11 @@ impl ClientWatch {
     }
 
     /// Notes that the brokers cannot be reached, warning unless a warning
-    /// went out in the last 30 s (`force`: warn now regardless).
-    fn warn_unreachable(&self, reason: &str, force: bool) {
+    /// went out in the last 30 s.
+    fn warn_unreachable(&self, reason: &str) {
         let mut u = self.unreachable.lock().unwrap_or_else(|e| e.into_inner());
         u.reason = Some(reason.to_string());
-        let due = force || u.warned_at.is_none_or(|t| t.elapsed() >= REPEAT_WARNING);
+        let due = u.warned_at.is_none_or(|t| t.elapsed() >= REPEAT_WARNING);
         if !due {
             u.suppressed += 1;
             return;
@@ -470,7 +481,7 @@ impl ClientContext for ClientWatch {
             | RDKafkaLogLevel::Critical
             | RDKafkaLogLevel::Error => {
                 if is_connection_failure(fac, message) {
-                    self.warn_unreachable(message, false);
+                    self.warn_unreachable(message);
                 } else {
                     error!(target: "librdkafka", client = self.what, "{fac}: {message}");
                 }
@@ -493,7 +504,7 @@ impl ClientContext for ClientWatch {
             Some(RDKafkaErrorCode::PartitionEOF) => {
                 trace!(client = self.what, "end of partition: {reason}")
             }
-            Some(c) if is_unreachable(c) => self.warn_unreachable(reason, false),
+            Some(c) if is_unreachable(c) => self.warn_unreachable(reason),
             _ if matches!(error, KafkaError::MessageConsumptionFatal(_))
                 || code == Some(RDKafkaErrorCode::Fatal) =>
             {

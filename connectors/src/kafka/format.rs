@@ -406,34 +406,11 @@ fn check_value(v: &Value, dt: &DataType, path: &str) -> Result<(), String> {
     }
 }
 
-/// Infers a JSON schema from sample record values: integers → Int64,
-/// other numbers → Float64 (a field seen as both becomes Float64),
-/// strings → Utf8, booleans → Boolean, objects → structs, arrays → lists;
-/// every field nullable, in name order. Values that are not JSON
-/// objects are ignored here (they are bad records when the job reads them).
+/// Infers a JSON schema from sample record values: see
+/// `crate::json::infer_schema` (the JSON-lines file source infers the
+/// same way).
 pub fn infer_json_schema<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Result<SchemaRef> {
-    let objects: Vec<Value> = values
-        .into_iter()
-        .filter_map(|b| serde_json::from_slice::<Value>(b).ok())
-        .filter(Value::is_object)
-        .collect();
-    if objects.is_empty() {
-        return Err(Error::Config(
-            "cannot infer a JSON schema: no sampled record is a JSON object".into(),
-        ));
-    }
-    let schema = arrow::json::reader::infer_json_schema_from_iterator(objects.iter().map(Ok))?;
-    let fields: Vec<Field> = schema
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone().with_nullable(true))
-        .collect();
-    if fields.is_empty() {
-        return Err(Error::Config(
-            "cannot infer a JSON schema: the sampled objects have no fields".into(),
-        ));
-    }
-    Ok(Arc::new(Schema::new(fields)))
+    crate::json::infer_schema(values)
 }
 
 /// The textual form of a JSON schema (for `--schema` files and
@@ -670,6 +647,18 @@ mod tests {
             s.field_with_name("e").unwrap().data_type(),
             DataType::List(f) if f.data_type() == &DataType::Int64
         ));
+        // One odd value does not turn a column of numbers into strings.
+        let odd = [
+            r#"{"id": 1}"#,
+            r#"{"id": 2}"#,
+            r#"{"id": "three"}"#,
+            r#"{"id": 4}"#,
+        ];
+        let o = infer_json_schema(odd.iter().map(|s| s.as_bytes())).unwrap();
+        assert_eq!(
+            o.field_with_name("id").unwrap().data_type(),
+            &DataType::Int64
+        );
         // The textual form round-trips.
         let back = schema_from_json(&schema_to_json(&s).unwrap()).unwrap();
         assert_eq!(back.fields().len(), s.fields().len());

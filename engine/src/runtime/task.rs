@@ -591,7 +591,19 @@ fn run_source(
                 if let Some(wm) = head.gen.as_mut().and_then(|g| g.poll()) {
                     chain.entry_watermark(wm)?;
                 }
-                std::thread::sleep(head.src.idle_backoff());
+                // A source may ask for a long pause (a paced one sleeps
+                // until its next burst): a control message (a barrier to
+                // inject) ends it early, and cancellation is seen within
+                // CANCEL_POLL.
+                let backoff = head.src.idle_backoff().min(CANCEL_POLL);
+                match ck {
+                    Some(c) if !backoff.is_zero() => {
+                        let mut sel = Select::new();
+                        sel.recv(&c.ck.control);
+                        let _ = sel.ready_timeout(backoff);
+                    }
+                    _ => std::thread::sleep(backoff),
+                }
             }
             SourcePoll::End => break,
         }

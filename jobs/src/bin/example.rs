@@ -6,9 +6,9 @@ use sluice_connectors::nexmark::{NexmarkConfig, NexmarkSource};
 use sluice_connectors::sinks::PrintSink;
 use sluice_operators::prelude::*;
 
-/// The README example: the auctions with the most bids over a sliding
-/// 10 s window (every 2 s), among 200,000 generated Nexmark bids over
-/// 1,000, printed.
+/// The README example: the auctions with the most bids in sliding 10 s
+/// windows (every 2 s), among 200,000 generated Nexmark bids priced over
+/// 1,000; prints the windows as tables.
 #[derive(Parser)]
 #[command(version)]
 struct Args {}

@@ -48,7 +48,7 @@ struct Args {
     output: PathBuf,
     /// Parallelism (partition p is read by subtask p % P).
     #[arg(long)]
-    parallelism: Option<usize>,
+    parallelism: Option<std::num::NonZeroUsize>,
     /// Stop at the end of the topic: the end offsets when this run starts
     /// (or, when it resumes a bounded run that was interrupted, the ends
     /// that run fixed). Without it the job runs until stopped.
@@ -81,7 +81,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let env = Env::new();
     if let Some(p) = args.parallelism {
-        env.set_parallelism(p);
+        env.set_parallelism(p.get());
     }
     let job = "kafka_to_parquet";
     let resume = args.checkpoints.apply(&env, job)?;

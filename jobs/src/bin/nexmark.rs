@@ -26,7 +26,7 @@ struct Args {
     events: u64,
     /// Parallelism of every operator.
     #[arg(long)]
-    parallelism: Option<usize>,
+    parallelism: Option<std::num::NonZeroUsize>,
     /// A directory for Parquet output, `blackhole` to discard, or `print`.
     #[arg(long, default_value = "blackhole")]
     output: Output,
@@ -67,7 +67,7 @@ fn main() -> anyhow::Result<()> {
     };
     let env = Env::new();
     if let Some(p) = args.parallelism {
-        env.set_parallelism(p);
+        env.set_parallelism(p.get());
     }
     let name = if args.generator_only {
         "nexmark-generator".to_string()

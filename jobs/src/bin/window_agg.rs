@@ -70,7 +70,7 @@ struct Args {
     watermark_delay: Duration,
     /// Parallelism of every operator.
     #[arg(long)]
-    parallelism: Option<usize>,
+    parallelism: Option<std::num::NonZeroUsize>,
     #[command(flatten)]
     checkpoints: CheckpointArgs,
 }
@@ -81,7 +81,7 @@ fn main() -> anyhow::Result<()> {
     let window = WindowSpec::parse(&args.window).context("--window")?;
     let env = Env::new();
     if let Some(p) = args.parallelism {
-        env.set_parallelism(p);
+        env.set_parallelism(p.get());
     }
     let resume = args.checkpoints.apply(&env, "window_agg")?;
     args.checkpoints.fresh_output(&args.output)?;
