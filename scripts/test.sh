@@ -27,9 +27,31 @@ if [ "${free_kib:-0}" -lt $((12 * 1024 * 1024)) ]; then
 fi
 df -h "$CARGO_TARGET_DIR" | tail -1
 
-echo "== dependency direction: engine must not depend on other sluice crates"
-if grep -E '^sluice-' engine/Cargo.toml; then
-  echo "engine/Cargo.toml names another sluice crate" >&2
+echo "== dependency direction"
+# The data plane never names the control plane, and the protocol crate
+# names no other Sluice crate.
+names_sluice() { grep -E "^sluice-($2)( |=)" "$1" || true; }
+for rule in \
+  "engine/protocol/Cargo.toml:engine|web|cluster|operators|connectors|jobs" \
+  "engine/web/Cargo.toml:engine|cluster|operators|connectors|jobs" \
+  "engine/runtime/Cargo.toml:cluster|operators|connectors|jobs" \
+  "operators/Cargo.toml:cluster|connectors|jobs" \
+  "connectors/Cargo.toml:cluster|jobs"; do
+  manifest=${rule%%:*}
+  found=$(names_sluice "$manifest" "${rule#*:}")
+  if [ -n "$found" ]; then
+    echo "$manifest names a crate it must not depend on: $found" >&2
+    exit 1
+  fi
+done
+if grep -rn "sluice_cluster" engine/runtime/src engine/protocol/src engine/web/src operators/src connectors/src >/dev/null; then
+  echo "a data-plane module names sluice_cluster:" >&2
+  grep -rn "sluice_cluster" engine/runtime/src engine/protocol/src engine/web/src operators/src connectors/src >&2
+  exit 1
+fi
+# A job binary links no coordinator, worker service or CLI.
+if cargo tree --quiet -e normal -p sluice-jobs --prefix none | grep -E "^sluice-cluster " >/dev/null; then
+  echo "sluice-jobs links sluice-cluster (the control plane)" >&2
   exit 1
 fi
 

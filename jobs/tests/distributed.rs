@@ -14,9 +14,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
+use sluice_cluster::local::{LocalCluster, LocalClusterConfig, LocalSecurity, WorkerPlace};
 use sluice_connectors::kafka::testing::Broker;
-use sluice_engine::cluster::local::{LocalCluster, LocalClusterConfig, LocalSecurity, WorkerPlace};
-use sluice_engine::cluster::security::TlsFiles;
+use sluice_web::TlsFiles;
 
 mod common;
 use common::{assert_exactly_once, http, rows};
@@ -27,7 +27,7 @@ fn sluice_bin() -> PathBuf {
     let p = Path::new(env!("CARGO_BIN_EXE_nexmark")).with_file_name("sluice");
     assert!(
         p.is_file(),
-        "{} is missing: build it with `cargo build -p sluice-engine --bin sluice` (cargo test --workspace does)",
+        "{} is missing: build it with `cargo build -p sluice-cluster --bin sluice` (cargo test --workspace does)",
         p.display()
     );
     p
@@ -244,7 +244,7 @@ fn assert_results_were_written(results: &Value, written: &BTreeMap<String, usize
     assert_eq!(columns, names, "{results}");
     let shown = sink["rows"].as_array().unwrap();
     assert!(!shown.is_empty(), "{results}");
-    assert!(shown.len() <= sluice_engine::cluster::results::TAIL_ROWS);
+    assert!(shown.len() <= sluice_engine::protocol::results::TAIL_ROWS);
     for row in shown {
         let line = row
             .as_array()

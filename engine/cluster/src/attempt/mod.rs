@@ -1,0 +1,601 @@
+//! The coordinator's side of a job attempt: the control server executors
+//! dial, the attempt's life cycle (hellos, peers, done, failure) and its
+//! checkpoint coordinator, whose task messages travel as control frames.
+//!
+//! It owns fencing on the control path: a hello from an attempt that is
+//! not the job's current one is refused, and frames arriving on a
+//! connection of a superseded attempt are dropped, both counted in the
+//! current attempt's [`AttemptHandle::rejected_stale`] (frames of an
+//! attempt that ended are dropped too). Only the current attempt's
+//! checkpoint coordinator sends `Complete`, so nothing a stale executor
+//! staged is ever committed. It knows nothing of REST, workers or
+//! scheduling: the coordinator service decides placement and restarts and
+//! drives attempts through [`ControlServer`] and [`AttemptHandle`].
+//!
+//! - `server`: the control server on tokio (bounded hellos, a cap on
+//!   connections that have proven nothing, a task per connection).
+//! - `start`: where an attempt starts (the checkpoint to restore).
+
+mod server;
+mod start;
+
+pub use server::{ControlServer, HELLO_TIMEOUT, MAX_UNPROVEN};
+pub use start::{CheckpointSetup, CheckpointStart};
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use tracing::{debug, info, warn};
+
+use sluice_engine::checkpoint::coordinator::{
+    Coordinator, CoordinatorMsg, SavepointRequest, TaskControl, TaskKey, TaskPort,
+};
+use sluice_engine::checkpoint::store::has_manifest;
+use sluice_engine::checkpoint::{CheckpointStats, Location, Storage};
+use sluice_engine::data::CheckpointId;
+use sluice_engine::error::{Error, Result};
+use sluice_engine::runtime::JobControl;
+use sluice_protocol::api::{JobDescription, NodeCounters};
+use sluice_protocol::control::{Retry, ToCoordinator, ToExecutor};
+use sluice_protocol::results::LatestRows;
+
+use server::{Attempts, ExecLink};
+use start::absolute;
+
+/// Bound on waiting for a cancelled checkpoint coordinator to stop.
+const COORDINATOR_STOP: Duration = Duration::from_secs(10);
+/// One attempt to run a job.
+pub struct AttemptConfig {
+    /// Job id.
+    pub job_id: String,
+    /// Attempt number (fencing generation).
+    pub attempt: u64,
+    /// The job's plan.
+    pub description: JobDescription,
+    /// The executor of every subtask.
+    pub placement: Vec<(TaskKey, usize)>,
+    /// Executors in the attempt (indexes `0..executors`).
+    pub executors: usize,
+    /// Checkpointing, when the job checkpoints.
+    pub checkpoint: Option<CheckpointSetup>,
+    /// Checkpoint metrics, shared across the job's attempts.
+    pub stats: Arc<Mutex<CheckpointStats>>,
+    /// What its executors must say in their hello (`ExecutorSpec::secret`).
+    pub secret: String,
+}
+
+/// What happens to an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptEvent {
+    /// Every executor said hello and got the peers.
+    Running,
+    /// Every task consumed its input; the final checkpoint is under way.
+    Finishing,
+    /// Every executor is done and the final checkpoint (when the job
+    /// checkpoints) completed.
+    Finished,
+    /// An executor failed, a control connection was lost before its
+    /// executor was done, or the checkpoint coordinator failed. By then
+    /// the checkpoint coordinator has stopped (no later manifest appears)
+    /// and the attempt's executors have been told to cancel.
+    Failed {
+        /// What failed.
+        error: String,
+        /// Whether a restart can help.
+        retry: Retry,
+    },
+}
+
+impl ControlServer {
+    /// Registers a new attempt of a job; it replaces (and cancels) the
+    /// job's previous attempt.
+    pub fn start_attempt(&self, cfg: AttemptConfig) -> Result<AttemptHandle> {
+        if cfg.description.checkpoint.is_some() != cfg.checkpoint.is_some() {
+            // Executors checkpoint when the job binary says so; without a
+            // coordinator their tasks would wait for a final checkpoint
+            // forever, and with one nothing would acknowledge.
+            return Err(Error::Config(format!(
+                "job '{}' {} checkpoints, but its attempt is started {} checkpoint setup",
+                cfg.job_id,
+                if cfg.description.checkpoint.is_some() {
+                    "takes"
+                } else {
+                    "takes no"
+                },
+                if cfg.checkpoint.is_some() {
+                    "with a"
+                } else {
+                    "without a"
+                },
+            )));
+        }
+        let tasks = cfg.description.tasks();
+        let placed: HashMap<TaskKey, usize> = cfg.placement.iter().copied().collect();
+        for t in &tasks {
+            match placed.get(t) {
+                Some(e) if *e < cfg.executors => {}
+                Some(e) => {
+                    return Err(Error::Config(format!(
+                        "subtask {} of vertex {} is placed on executor {e} of {}",
+                        t.subtask, t.vertex, cfg.executors
+                    )))
+                }
+                None => {
+                    return Err(Error::Config(format!(
+                        "subtask {} of vertex {} is not placed",
+                        t.subtask, t.vertex
+                    )))
+                }
+            }
+        }
+        let (events_tx, events_rx) = crossbeam_channel::unbounded();
+        let n = cfg.executors;
+        let attempt = Arc::new(Attempt {
+            rejected: AtomicU64::new(0),
+            job_id: cfg.job_id,
+            attempt: cfg.attempt,
+            secret: cfg.secret,
+            description: cfg.description,
+            placement: cfg.placement,
+            events_tx,
+            events_rx,
+            control: Arc::new(JobControl::default()),
+            stats: cfg.stats,
+            coordinator_thread: Mutex::new(None),
+            coordinator_stopped: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
+            finished_tasks: Mutex::default(),
+            state: Mutex::new(AttemptState {
+                links: vec![None; n],
+                exchange: vec![None; n],
+                done: vec![false; n],
+                metrics: vec![Vec::new(); n],
+                results: LatestRows::default(),
+                running: false,
+                checkpoints_done: cfg.checkpoint.is_none(),
+                checkpoint: cfg.checkpoint,
+                coordinator: None,
+            }),
+        });
+        let old = self
+            .attempts
+            .current
+            .lock()
+            .expect("attempts lock")
+            .insert(attempt.job_id.clone(), attempt.clone());
+        if let Some(old) = old {
+            let reason = format!("superseded by attempt {}", attempt.attempt);
+            // Stopping waits for its checkpoint coordinator: never on the
+            // caller's async workers.
+            self.handle().spawn_blocking(move || old.cancel(&reason));
+        }
+        info!(job = %attempt.job_id, attempt = attempt.attempt, executors = n, "attempt started");
+        Ok(AttemptHandle { attempt })
+    }
+}
+
+/// A running attempt, as the coordinator service drives it. Cheap to clone.
+#[derive(Clone)]
+pub struct AttemptHandle {
+    attempt: Arc<Attempt>,
+}
+
+impl AttemptHandle {
+    /// The attempt's events, in order (each terminal event at most once).
+    pub fn events(&self) -> Receiver<AttemptEvent> {
+        self.attempt.events_rx.clone()
+    }
+
+    /// Takes a savepoint into `dir` and returns its location when it is
+    /// complete; with `stop` the job's tasks stop after it (the attempt
+    /// then finishes).
+    pub fn savepoint(&self, dir: Location, stop: bool) -> Result<Location> {
+        let dir = Storage::open(&dir)?;
+        if has_manifest(&dir)? {
+            return Err(Error::Checkpoint(format!(
+                "{} already holds a savepoint",
+                dir.location()
+            )));
+        }
+        // `start_attempt` made sure the setup matches the description.
+        if self.attempt.description.checkpoint.is_none() {
+            return Err(Error::Config(
+                "savepoints need checkpointing (a checkpoint directory)".into(),
+            ));
+        }
+        let tx = self
+            .attempt
+            .state
+            .lock()
+            .expect("attempt lock")
+            .coordinator
+            .clone()
+            .ok_or_else(|| Error::Checkpoint("the attempt is not running".into()))?;
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        tx.send(CoordinatorMsg::Savepoint(SavepointRequest {
+            dir,
+            stop,
+            reply,
+        }))
+        .map_err(|_| Error::Checkpoint("the attempt is not running".into()))?;
+        rx.recv().map_err(|_| {
+            Error::Checkpoint("the attempt ended before the savepoint completed".into())
+        })?
+    }
+
+    /// Cancels the attempt: the checkpoint coordinator stops (a
+    /// checkpoint it is completing is finished first; this waits for it,
+    /// bounded), then its executors get `Cancel` and their connections
+    /// close. No event follows.
+    pub fn cancel(&self, reason: &str) {
+        self.attempt.cancel(reason);
+    }
+
+    /// Hellos and frames of other attempts of this job refused while this
+    /// attempt was the job's current one (each refusal counts in exactly
+    /// one attempt, so the job's total is the sum over its attempts).
+    pub fn rejected_stale(&self) -> u64 {
+        self.attempt.rejected.load(Ordering::Relaxed)
+    }
+
+    /// Records in and out per graph node, summed over the executors'
+    /// latest reports.
+    pub fn metrics(&self) -> Vec<NodeCounters> {
+        let st = self.attempt.state.lock().expect("attempt lock");
+        let mut sum: Vec<NodeCounters> = (0..self.attempt.description.graph_nodes)
+            .map(|node| NodeCounters {
+                node,
+                ..NodeCounters::default()
+            })
+            .collect();
+        for report in &st.metrics {
+            for c in report {
+                if let Some(s) = sum.get_mut(c.node) {
+                    s.records_in += c.records_in;
+                    s.records_out += c.records_out;
+                }
+            }
+        }
+        sum
+    }
+
+    /// Sink rows reported since the last call.
+    pub fn take_results(&self) -> LatestRows {
+        std::mem::take(&mut self.attempt.state.lock().expect("attempt lock").results)
+    }
+
+    /// The attempt number.
+    pub fn attempt(&self) -> u64 {
+        self.attempt.attempt
+    }
+}
+
+/// A remote task's control messages, as frames to its executor.
+struct RemotePort {
+    task: TaskKey,
+    link: ExecLink,
+}
+
+impl TaskPort for RemotePort {
+    fn send(&self, msg: TaskControl) {
+        if let Err(e) = self.link.send(&ToExecutor::Task {
+            task: self.task,
+            msg,
+        }) {
+            // The connection's reader reports the loss.
+            debug!(task = ?self.task, error = %e, "task control frame not sent");
+        }
+    }
+}
+
+pub(crate) struct Attempt {
+    job_id: String,
+    attempt: u64,
+    secret: String,
+    description: JobDescription,
+    placement: Vec<(TaskKey, usize)>,
+    events_tx: Sender<AttemptEvent>,
+    events_rx: Receiver<AttemptEvent>,
+    /// The checkpoint coordinator's failure state.
+    control: Arc<JobControl>,
+    stats: Arc<Mutex<CheckpointStats>>,
+    rejected: AtomicU64,
+    /// A terminal event was sent or the attempt was cancelled.
+    ended: AtomicBool,
+    /// Tasks that consumed all their input.
+    finished_tasks: Mutex<HashSet<TaskKey>>,
+    /// The checkpoint coordinator's thread, once started.
+    coordinator_thread: Mutex<Option<std::thread::ThreadId>>,
+    /// Its `run` returned.
+    coordinator_stopped: AtomicBool,
+    state: Mutex<AttemptState>,
+}
+
+struct AttemptState {
+    links: Vec<Option<ExecLink>>,
+    exchange: Vec<Option<String>>,
+    done: Vec<bool>,
+    metrics: Vec<Vec<NodeCounters>>,
+    /// Sink rows reported since the manager last took them.
+    results: LatestRows,
+    running: bool,
+    /// The checkpoint coordinator ended after the final checkpoint (or
+    /// the job does not checkpoint).
+    checkpoints_done: bool,
+    /// Taken when the checkpoint coordinator starts.
+    checkpoint: Option<CheckpointSetup>,
+    /// The checkpoint coordinator's inbox while it runs.
+    coordinator: Option<Sender<CoordinatorMsg>>,
+}
+
+impl Attempt {
+    fn links(&self) -> Vec<ExecLink> {
+        let st = self.state.lock().expect("attempt lock");
+        st.links.iter().flatten().cloned().collect()
+    }
+
+    /// Tells every connected executor to stop and closes the connections.
+    fn stop_executors(&self, reason: &str) {
+        self.control.fail(Error::Cancelled);
+        // Let a checkpoint being completed finish first: once this returns
+        // (and before any event), no manifest appears any more, so a
+        // restart sees the latest checkpoint there will be.
+        let coordinator = *self.coordinator_thread.lock().expect("coordinator lock");
+        if coordinator.is_some_and(|id| id != std::thread::current().id()) {
+            let deadline = std::time::Instant::now() + COORDINATOR_STOP;
+            while !self.coordinator_stopped.load(Ordering::SeqCst) {
+                if std::time::Instant::now() >= deadline {
+                    warn!(job = %self.job_id, attempt = self.attempt,
+                        "the checkpoint coordinator did not stop in time");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        for l in self.links() {
+            let _ = l.send(&ToExecutor::Cancel {
+                reason: reason.to_string(),
+            });
+            l.close();
+        }
+    }
+
+    fn cancel(&self, reason: &str) {
+        if self.ended.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        info!(job = %self.job_id, attempt = self.attempt, reason, "attempt cancelled");
+        self.stop_executors(reason);
+    }
+
+    fn fail(&self, why: String, retry: Retry) {
+        if self.ended.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        warn!(job = %self.job_id, attempt = self.attempt, error = %why, ?retry, "attempt failed");
+        self.stop_executors(&format!("attempt {} failed: {why}", self.attempt));
+        let _ = self
+            .events_tx
+            .send(AttemptEvent::Failed { error: why, retry });
+    }
+
+    fn check_finished(&self) {
+        let finished = {
+            let st = self.state.lock().expect("attempt lock");
+            st.running && st.checkpoints_done && st.done.iter().all(|d| *d)
+        };
+        if finished && !self.ended.swap(true, Ordering::SeqCst) {
+            info!(job = %self.job_id, attempt = self.attempt, "attempt finished");
+            let _ = self.events_tx.send(AttemptEvent::Finished);
+            for l in self.links() {
+                l.close();
+            }
+        }
+    }
+
+    /// Registers executor `i`; once all are there, sends the peers and
+    /// starts checkpointing. Refuses a slot taken twice.
+    fn register(
+        self: &Arc<Self>,
+        i: usize,
+        exchange: String,
+        link: ExecLink,
+    ) -> std::result::Result<(), String> {
+        let mut st = self.state.lock().expect("attempt lock");
+        if self.ended.load(Ordering::SeqCst) {
+            return Err(format!("attempt {} has ended", self.attempt));
+        }
+        if i >= st.links.len() {
+            return Err(format!(
+                "executor {i} is not part of attempt {} ({} executors)",
+                self.attempt,
+                st.links.len()
+            ));
+        }
+        if st.links[i].is_some() {
+            return Err(format!("executor {i} already said hello"));
+        }
+        st.links[i] = Some(link);
+        st.exchange[i] = Some(exchange);
+        if st.links.iter().any(Option::is_none) {
+            return Ok(());
+        }
+        let peers = ToExecutor::Peers {
+            exchange: st.exchange.iter().flatten().cloned().collect(),
+            placement: self.placement.clone(),
+        };
+        for l in st.links.iter().flatten() {
+            if let Err(e) = l.send(&peers) {
+                warn!(error = %e, "could not send the peers");
+            }
+        }
+        st.running = true;
+        if let Some(setup) = st.checkpoint.take() {
+            let links: Vec<ExecLink> = st.links.iter().flatten().cloned().collect();
+            match self.start_checkpoints(setup, &links) {
+                Ok(tx) => st.coordinator = Some(tx),
+                Err(e) => {
+                    drop(st);
+                    self.fail(
+                        format!("starting the checkpoint coordinator: {e}"),
+                        Retry::Backoff,
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        drop(st);
+        info!(job = %self.job_id, attempt = self.attempt, "attempt running");
+        let _ = self.events_tx.send(AttemptEvent::Running);
+        Ok(())
+    }
+
+    fn start_checkpoints(
+        self: &Arc<Self>,
+        setup: CheckpointSetup,
+        links: &[ExecLink],
+    ) -> Result<Sender<CoordinatorMsg>> {
+        let placed: HashMap<TaskKey, usize> = self.placement.iter().copied().collect();
+        let sources: HashMap<usize, bool> = self
+            .description
+            .vertices
+            .iter()
+            .map(|v| (v.id, v.source))
+            .collect();
+        let tasks = self
+            .description
+            .tasks()
+            .into_iter()
+            .map(|t| {
+                let port: Box<dyn TaskPort> = Box::new(RemotePort {
+                    task: t,
+                    link: links[placed[&t]].clone(),
+                });
+                (t, port, sources[&t.vertex])
+            })
+            .collect();
+        let announce = links.to_vec();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let coordinator = Coordinator {
+            config: setup.config,
+            root: setup.root,
+            job: self.description.name.clone(),
+            attempt: self.attempt,
+            next_id: setup.next_id,
+            max_parallelism: self.description.max_parallelism,
+            nodes: sluice_engine::executor::describe::node_infos(&self.description),
+            tasks,
+            rx,
+            dirs: Arc::default(),
+            stats: self.stats.clone(),
+            control: self.control.clone(),
+            prepare: Some(Box::new(move |id, dir: &Storage, savepoint| {
+                let msg = ToExecutor::Prepare {
+                    id,
+                    dir: absolute(dir.location()),
+                    savepoint,
+                };
+                for l in &announce {
+                    if let Err(e) = l.send(&msg) {
+                        debug!(checkpoint = id, error = %e, "prepare frame not sent");
+                    }
+                }
+            })),
+        };
+        let me = self.clone();
+        let thread = std::thread::Builder::new()
+            .name("checkpoint-coordinator".into())
+            .spawn(move || {
+                coordinator.run();
+                me.coordinator_stopped.store(true, Ordering::SeqCst);
+                if let Some(e) = me.control.take_error() {
+                    me.fail(format!("checkpoint coordinator: {e}"), Retry::Backoff);
+                    return;
+                }
+                {
+                    let mut st = me.state.lock().expect("attempt lock");
+                    st.checkpoints_done = true;
+                    st.coordinator = None;
+                }
+                me.check_finished();
+            })
+            .map_err(|e| Error::io("spawning the checkpoint coordinator", e))?;
+        *self.coordinator_thread.lock().expect("coordinator lock") = Some(thread.thread().id());
+        Ok(tx)
+    }
+
+    /// Whether this attempt is still its job's current one.
+    fn is_current(&self, attempts: &Attempts) -> bool {
+        attempts
+            .current
+            .lock()
+            .expect("attempts lock")
+            .get(&self.job_id)
+            .is_some_and(|a| std::ptr::eq(a.as_ref(), self))
+    }
+
+    fn to_coordinator(&self, msg: CoordinatorMsg) {
+        let tx = self.state.lock().expect("attempt lock").coordinator.clone();
+        if let Some(tx) = tx {
+            let _ = tx.send(msg);
+        }
+    }
+
+    /// Handles one frame of executor `i`.
+    fn on_frame(&self, i: usize, frame: ToCoordinator) {
+        match frame {
+            ToCoordinator::Ack {
+                id,
+                task,
+                files,
+                bytes,
+                uploaded,
+                alignment_ms,
+            } => self.to_coordinator(CoordinatorMsg::Ack {
+                id: CheckpointId(id),
+                task,
+                files,
+                bytes,
+                uploaded,
+                alignment: Duration::from_millis(alignment_ms),
+            }),
+            ToCoordinator::Decline { id, error } => self.to_coordinator(CoordinatorMsg::Decline {
+                id: CheckpointId(id),
+                error: format!("executor {i}: {error}"),
+            }),
+            ToCoordinator::Finished(task) => {
+                let all = {
+                    let mut f = self.finished_tasks.lock().expect("finished lock");
+                    f.insert(task) && f.len() == self.description.tasks().len()
+                };
+                if all {
+                    let _ = self.events_tx.send(AttemptEvent::Finishing);
+                }
+                self.to_coordinator(CoordinatorMsg::Finished(task))
+            }
+            ToCoordinator::Metrics(m) => {
+                self.state.lock().expect("attempt lock").metrics[i] = m;
+            }
+            ToCoordinator::Results(rows) => {
+                let now = crate::coordinator::manager::now_ms();
+                let mut st = self.state.lock().expect("attempt lock");
+                for r in rows {
+                    st.results.add(r, now);
+                }
+            }
+            ToCoordinator::Failed { error, retry } => {
+                self.fail(format!("executor {i}: {error}"), retry)
+            }
+            ToCoordinator::Done => {
+                self.state.lock().expect("attempt lock").done[i] = true;
+                self.check_finished();
+            }
+            ToCoordinator::Hello { .. } => {
+                debug!(executor = i, "second hello ignored");
+            }
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The `sluice coordinator` service:
+//! - [`lifecycle`]: a job's states and transitions, the one place that
+//!   decides what a failure, a savepoint or a rescale does to a job;
+//! - [`manager`]: jobs, workers and attempts, driven through the life
+//!   cycle; [`jobs`] and [`workers`] hold what it knows of each;
+//! - [`scheduler`]: placing subtasks on slots;
+//! - [`meta`]: durable job records and id counters in the data
+//!   directory; [`artifacts`]: the shipped binaries there;
+//! - [`routes`]: the REST API;
+//! - [`leader`]: which of several coordinators on one data directory leads.
+
+pub mod artifacts;
+pub mod jobs;
+pub mod leader;
+pub mod lifecycle;
+pub mod manager;
+pub mod meta;
+pub mod routes;
+pub mod scheduler;
+pub mod workers;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+pub use artifacts::ArtifactLimits;
+use sluice_engine::error::{Error, Result};
+use sluice_web as jobs_api;
+use sluice_web::{TlsFiles, Token};
+
+/// How subtasks are spread over worker slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheduling {
+    /// Over as many workers as possible (most free slots first).
+    #[default]
+    Spread,
+    /// Onto as few workers as possible.
+    Pack,
+    /// In proportion to the workers' declared capacity.
+    Weighted,
+}
+
+/// Settings of a coordinator.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// REST API address.
+    pub listen: SocketAddr,
+    /// Address executors' control connections dial (port 0: any).
+    pub control_listen: SocketAddr,
+    /// Durable metadata and artifacts.
+    pub data_dir: PathBuf,
+    /// A worker silent this long is dead.
+    pub heartbeat_timeout: Duration,
+    /// How often workers heartbeat.
+    pub heartbeat_interval: Duration,
+    /// Placement strategy.
+    pub scheduling: Scheduling,
+    /// A dead worker is listed this long after its last heartbeat, then
+    /// forgotten.
+    pub dead_worker_retention: Duration,
+    /// Ended jobs kept (in memory and on disk); older ones are forgotten.
+    pub retained_jobs: usize,
+    /// Bearer token every API call but the web UI's page must carry.
+    pub token: Option<Token>,
+    /// Serve HTTPS with these files instead of HTTP.
+    pub tls: Option<TlsFiles>,
+    /// The URL clients reach this coordinator at, which standbys name
+    /// while it leads (default: its listen address).
+    pub advertise: Option<String>,
+    /// How large a shipped binary, and all of them together, may be.
+    pub artifact_limits: ArtifactLimits,
+}
+
+impl CoordinatorConfig {
+    /// Defaults around `listen` and `data_dir`: 3 s heartbeat timeout,
+    /// 500 ms heartbeats, spread placement, dead workers listed for 10
+    /// minutes, the 100 newest ended jobs kept, no token, plain HTTP,
+    /// the default [`ArtifactLimits`]. A job restarts by its own restart
+    /// strategy.
+    pub fn new(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
+        CoordinatorConfig {
+            listen,
+            control_listen: SocketAddr::new(listen.ip(), 0),
+            data_dir: data_dir.into(),
+            heartbeat_timeout: Duration::from_secs(3),
+            heartbeat_interval: Duration::from_millis(500),
+            scheduling: Scheduling::Spread,
+            dead_worker_retention: Duration::from_secs(600),
+            retained_jobs: 100,
+            token: None,
+            tls: None,
+            advertise: None,
+            artifact_limits: ArtifactLimits::default(),
+        }
+    }
+}
+
+/// How often the manager looks at heartbeats and attempt events.
+const TICK: Duration = Duration::from_millis(50);
+
+/// Runs the coordinator until the process is stopped. If another
+/// coordinator leads the data directory, this one is a standby until the
+/// leader's process ends (see [`leader`]).
+pub async fn serve(config: CoordinatorConfig) -> Result<()> {
+    let listen = config.listen;
+    let token = config.token.clone().map(Arc::new);
+    let tls = match &config.tls {
+        Some(files) => Some(
+            axum_server::tls_openssl::OpenSSLConfig::from_pem_chain_file(&files.cert, &files.key)
+                .map_err(|e| {
+                Error::Config(format!(
+                    "TLS certificate {} with key {}: {e}",
+                    files.cert.display(),
+                    files.key.display()
+                ))
+            })?,
+        ),
+        None => None,
+    };
+    if token.is_none() {
+        warn!(
+            api = %listen,
+            "the REST API takes no token: anyone who can reach it can run programs on the workers \
+             (set --token-file or SLUICE_TOKEN)"
+        );
+    }
+    let (listener, local) = jobs_api::bind(listen, "the REST API")?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let advertised = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("{scheme}://{local}"));
+
+    let data_dir = config.data_dir.clone();
+    let lease = match leader::Lease::try_acquire(&data_dir)? {
+        Some(lease) => lease,
+        None => {
+            info!(api = %advertised, leader = ?leader::leader_url(&data_dir),
+                "another coordinator leads this data directory; standing by");
+            let (won_tx, won_rx) = tokio::sync::oneshot::channel();
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let dir = data_dir.clone();
+            tokio::spawn(async move {
+                let won = tokio::task::spawn_blocking(move || leader::Lease::acquire(&dir))
+                    .await
+                    .map_err(|e| Error::Internal(format!("waiting for leadership: {e}")))
+                    .and_then(|r| r);
+                let _ = won_tx.send(won);
+                let _ = stop_tx.send(());
+            });
+            let standby = listener
+                .try_clone()
+                .map_err(|e| Error::io("the API socket", e))?;
+            jobs_api::serve(
+                standby,
+                routes::standby(data_dir.clone()),
+                tls.clone(),
+                async {
+                    let _ = stop_rx.await;
+                },
+            )
+            .await?;
+            won_rx
+                .await
+                .map_err(|_| Error::Internal("the leadership wait ended".into()))??
+        }
+    };
+    // Written and synced off the async workers.
+    let url = advertised.clone();
+    let lease = tokio::task::spawn_blocking(move || lease.announce(&url).map(|()| lease))
+        .await
+        .map_err(|e| Error::Internal(format!("announcing the leader: {e}")))??;
+    info!(api = %advertised, "leading the data directory");
+
+    let manager = tokio::task::spawn_blocking(move || manager::Manager::open(config))
+        .await
+        .map_err(|e| Error::Internal(format!("opening the coordinator: {e}")))??;
+    // The manager loop touches storage (checkpoint scans, metadata files):
+    // a thread of its own, off the async runtime.
+    let ticker = Arc::clone(&manager);
+    std::thread::Builder::new()
+        .name("coordinator-manager".into())
+        .spawn(move || loop {
+            ticker.tick();
+            std::thread::sleep(TICK);
+        })
+        .map_err(|e| Error::io("spawning the manager thread", e))?;
+    info!(api = %format!("{scheme}://{local}"), "coordinator listening");
+    let served = jobs_api::serve(
+        listener,
+        routes::router(manager, token),
+        tls,
+        std::future::pending(),
+    )
+    .await;
+    drop(lease);
+    Ok(served?)
+}

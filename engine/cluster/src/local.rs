@@ -1,0 +1,389 @@
+//! A cluster on this machine for end-to-end tests and benchmarks: a
+//! `sluice coordinator` and `sluice worker`s started as processes of a
+//! given `sluice` binary, each in its own process group (so signalling a
+//! worker's group takes its executors along, as losing a machine would),
+//! with logs in the cluster's directory, driven through the CLI as a user
+//! would, and killed, executors included, when dropped.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice_engine::{Error, Result};
+use sluice_protocol::api::WorkerInfo;
+use sluice_web::TlsFiles;
+
+/// Where a worker runs: the host its exchange listens on, and a command
+/// prefix it is started under (`ip netns exec NS` to put it behind a
+/// virtual link; empty for none).
+#[derive(Debug, Clone)]
+pub struct WorkerPlace {
+    /// Exchange listen host.
+    pub host: String,
+    /// Command and arguments the worker command is appended to.
+    pub prefix: Vec<String>,
+}
+
+impl WorkerPlace {
+    /// On loopback, started directly.
+    pub fn loopback() -> WorkerPlace {
+        WorkerPlace {
+            host: "127.0.0.1".into(),
+            prefix: Vec::new(),
+        }
+    }
+}
+
+/// How to start a [`LocalCluster`].
+#[derive(Debug, Clone)]
+pub struct LocalClusterConfig {
+    /// The `sluice` binary.
+    pub sluice: PathBuf,
+    /// Directory for logs, data directories and submissions.
+    pub dir: PathBuf,
+    /// Host the coordinator listens on (API and control).
+    pub host: String,
+    /// Extra `sluice coordinator` arguments (heartbeat settings, say).
+    pub coordinator_args: Vec<String>,
+    /// One entry per worker.
+    pub workers: Vec<WorkerPlace>,
+    /// Slots per worker.
+    pub slots: usize,
+    /// A token (and TLS) for the API, passed to every process; none: open
+    /// plain HTTP.
+    pub security: Option<LocalSecurity>,
+    /// Standby coordinators on the same data directory, each on a port of
+    /// its own; workers and the CLI get every coordinator's URL.
+    pub standbys: usize,
+}
+
+/// How a [`LocalCluster`]'s API is protected.
+#[derive(Debug, Clone)]
+pub struct LocalSecurity {
+    /// File with the bearer token (the coordinator's, workers' and CLI's).
+    pub token_file: PathBuf,
+    /// HTTPS: the coordinator's certificate and key.
+    pub tls: Option<TlsFiles>,
+    /// What workers and the CLI trust for HTTPS (the CA of `tls`).
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// A running coordinator and workers; see the module comment.
+pub struct LocalCluster {
+    config: LocalClusterConfig,
+    /// API ports: the first leader's, then the standbys'.
+    ports: Vec<u16>,
+    coordinators: Vec<Option<Child>>,
+    workers: Vec<Child>,
+}
+
+/// Lines of each log shown by [`LocalCluster::logs`].
+const LOG_TAIL: usize = 15;
+
+impl LocalCluster {
+    /// Starts the coordinator (then its standbys), then the workers, and
+    /// waits until every worker is registered and alive.
+    pub fn start(config: LocalClusterConfig) -> Result<LocalCluster> {
+        std::fs::create_dir_all(&config.dir)
+            .map_err(|e| Error::io(format!("creating {}", config.dir.display()), e))?;
+        let ports = (0..=config.standbys)
+            .map(|_| {
+                std::net::TcpListener::bind((config.host.as_str(), 0))
+                    .and_then(|l| l.local_addr())
+                    .map(|a| a.port())
+                    .map_err(|e| Error::io(format!("finding a free port on {}", config.host), e))
+            })
+            .collect::<Result<Vec<u16>>>()?;
+        let mut c = LocalCluster {
+            coordinators: ports.iter().map(|_| None).collect(),
+            config,
+            ports,
+            workers: Vec::new(),
+        };
+        c.start_coordinator()?;
+        for i in 1..c.ports.len() {
+            c.start_coordinator_at(i)?;
+            let addr = (c.config.host.clone(), c.ports[i]);
+            c.wait_for(Duration::from_secs(30), "a standby to listen", |_| {
+                Ok::<_, Error>(std::net::TcpStream::connect(addr.clone()).is_ok())
+            })?;
+        }
+        for i in 0..c.config.workers.len() {
+            let child = c.spawn_worker(i)?;
+            c.workers.push(child);
+        }
+        let n = c.workers.len();
+        c.wait_for(
+            Duration::from_secs(30),
+            "the workers to register",
+            |c| -> Result<bool> {
+                let out = c.sluice(&["workers", "--json"])?;
+                let w: Vec<WorkerInfo> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                Ok(w.iter().filter(|w| w.alive).count() == n)
+            },
+        )?;
+        Ok(c)
+    }
+
+    fn spawn_worker(&self, i: usize) -> Result<Child> {
+        let place = &self.config.workers[i];
+        let dir = &self.config.dir;
+        let mut cmd = match place.prefix.split_first() {
+            Some((first, rest)) => {
+                let mut cmd = Command::new(first);
+                cmd.args(rest).arg(&self.config.sluice);
+                cmd
+            }
+            None => Command::new(&self.config.sluice),
+        };
+        cmd.args(["worker", "--coordinator", &self.url(), "--slots"])
+            .arg(self.config.slots.to_string())
+            .args(self.client_security())
+            .args(["--exchange-host", &place.host])
+            .arg("--data-dir")
+            .arg(dir.join(format!("worker-{i}")));
+        spawn_logged(cmd, &dir.join(format!("worker-{i}.log")))
+    }
+
+    /// Starts the coordinator (again, after [`kill_coordinator`]: same
+    /// address and data directory, log appended) and waits until it
+    /// answers.
+    ///
+    /// [`kill_coordinator`]: LocalCluster::kill_coordinator
+    pub fn start_coordinator(&mut self) -> Result<()> {
+        self.start_coordinator_at(0)?;
+        self.wait_for(
+            Duration::from_secs(30),
+            "the coordinator to answer",
+            |c| -> Result<bool> { Ok(c.sluice(&["workers", "--json"])?.status.success()) },
+        )
+    }
+
+    /// Starts coordinator `i` (0 the first leader, then the standbys).
+    fn start_coordinator_at(&mut self, i: usize) -> Result<()> {
+        let mut cmd = Command::new(&self.config.sluice);
+        cmd.args(["coordinator", "--listen"])
+            .arg(format!("{}:{}", self.config.host, self.ports[i]))
+            .args(["--advertise", &self.coordinator_url(i)])
+            .arg("--data-dir")
+            .arg(self.config.dir.join("coordinator"))
+            .args(&self.config.coordinator_args);
+        if let Some(s) = &self.config.security {
+            cmd.arg("--token-file").arg(&s.token_file);
+            if let Some(tls) = &s.tls {
+                cmd.arg("--tls-cert").arg(&tls.cert);
+                cmd.arg("--tls-key").arg(&tls.key);
+            }
+        }
+        let log = if i == 0 {
+            "coordinator.log".to_string()
+        } else {
+            format!("coordinator-{i}.log")
+        };
+        self.coordinators[i] = Some(spawn_logged(cmd, &self.config.dir.join(log))?);
+        Ok(())
+    }
+
+    /// SIGKILLs the first coordinator and waits for it.
+    pub fn kill_coordinator(&mut self) {
+        self.kill_coordinator_at(0);
+    }
+
+    /// SIGKILLs coordinator `i` (0 the first leader, then the standbys).
+    pub fn kill_coordinator_at(&mut self, i: usize) {
+        if let Some(mut c) = self.coordinators[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Every coordinator's URL, comma-separated (as `--coordinator` takes them).
+    pub fn url(&self) -> String {
+        (0..self.ports.len())
+            .map(|i| self.coordinator_url(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The URL of coordinator `i`.
+    pub fn coordinator_url(&self, i: usize) -> String {
+        let tls = self
+            .config
+            .security
+            .as_ref()
+            .is_some_and(|s| s.tls.is_some());
+        let scheme = if tls { "https" } else { "http" };
+        format!("{scheme}://{}:{}", self.config.host, self.ports[i])
+    }
+
+    /// The token and CA flags of a worker or CLI command.
+    fn client_security(&self) -> Vec<PathBuf> {
+        let Some(s) = &self.config.security else {
+            return Vec::new();
+        };
+        let mut args = vec!["--token-file".into(), s.token_file.clone()];
+        if let Some(ca) = &s.ca_cert {
+            args.extend(["--ca-cert".into(), ca.clone()]);
+        }
+        args
+    }
+
+    /// The process id of coordinator `i` (0 the first leader), if running.
+    pub fn coordinator_pid(&self, i: usize) -> Option<u32> {
+        self.coordinators.get(i)?.as_ref().map(Child::id)
+    }
+
+    /// The first coordinator's port.
+    pub fn port(&self) -> u16 {
+        self.ports[0]
+    }
+
+    /// The cluster's directory.
+    pub fn dir(&self) -> &Path {
+        &self.config.dir
+    }
+
+    /// Workers started (alive or not).
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Sends `signal` (`-KILL`, `-STOP`, `-CONT`…) to worker `i`'s process
+    /// group: the worker and the executors it started.
+    pub fn signal_worker(&self, i: usize, signal: &str) {
+        signal_group(&self.workers[i], signal);
+    }
+
+    /// Waits for worker `i`'s process to exit (after a `-KILL`).
+    pub fn wait_worker(&mut self, i: usize) {
+        let _ = self.workers[i].wait();
+    }
+
+    /// The position of the worker whose id is `id` (its log names it on
+    /// registration).
+    pub fn worker_position(&self, id: &str) -> Result<usize> {
+        (0..self.workers.len())
+            .find(|i| {
+                std::fs::read_to_string(self.config.dir.join(format!("worker-{i}.log")))
+                    .is_ok_and(|log| log.contains(id))
+            })
+            .ok_or_else(|| Error::NotFound(format!("no worker log names {id}\n{}", self.logs())))
+    }
+
+    /// Runs `sluice ARGS --coordinator URL`.
+    pub fn sluice(&self, args: &[&str]) -> Result<Output> {
+        Command::new(&self.config.sluice)
+            .args(args)
+            .args(["--coordinator", &self.url()])
+            .args(self.client_security())
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| Error::io(format!("running {}", self.config.sluice.display()), e))
+    }
+
+    /// `sluice submit --parallelism P BINARY -- JOB_ARGS` from the cluster's
+    /// directory; returns the job id.
+    pub fn submit(&self, parallelism: usize, binary: &Path, job_args: &[&str]) -> Result<String> {
+        let out = Command::new(&self.config.sluice)
+            .args(["submit", "--coordinator", &self.url(), "--parallelism"])
+            .arg(parallelism.to_string())
+            .args(self.client_security())
+            .arg(binary)
+            .arg("--")
+            .args(job_args)
+            .current_dir(&self.config.dir)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| Error::io(format!("running {}", self.config.sluice.display()), e))?;
+        if !out.status.success() {
+            return Err(Error::Config(format!(
+                "sluice submit failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Calls `ok` every 100 ms until it says yes (or fails); fails after
+    /// `timeout` naming `what`, with the tails of the logs.
+    pub fn wait_for<E: From<Error>>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut ok: impl FnMut(&LocalCluster) -> std::result::Result<bool, E>,
+    ) -> std::result::Result<(), E> {
+        let start = Instant::now();
+        while !ok(self)? {
+            if start.elapsed() > timeout {
+                return Err(Error::Timeout(format!("{what}\n{}", self.logs())).into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// The tails of every log (coordinator, workers, executors), for
+    /// failure messages.
+    pub fn logs(&self) -> String {
+        let dir = &self.config.dir;
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.retain(|p| p.extension().is_some_and(|x| x == "log"));
+        for i in 0..self.workers.len() {
+            if let Ok(rd) = std::fs::read_dir(dir.join(format!("worker-{i}/logs"))) {
+                files.extend(rd.flatten().map(|e| e.path()));
+            }
+        }
+        files.sort();
+        let mut out = String::new();
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL)..];
+            out.push_str(&format!("--- {}\n{}\n", f.display(), tail.join("\n")));
+        }
+        out
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for w in &mut self.workers {
+            signal_group(w, "-KILL");
+            let _ = w.wait();
+        }
+        for c in self.coordinators.iter_mut().flatten() {
+            signal_group(c, "-KILL");
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts `cmd` in its own process group with `RUST_LOG=info`, stderr
+/// appended to `log`.
+fn spawn_logged(mut cmd: Command, log: &Path) -> Result<Child> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| Error::io(format!("opening {}", log.display()), e))?;
+    cmd.env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(file)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| Error::io(format!("starting {:?}", cmd.get_program()), e))
+}
+
+/// Sends `signal` to a child's whole process group. The group may be gone
+/// already (killed by a test): not an error.
+fn signal_group(child: &Child, signal: &str) {
+    let _ = Command::new("kill")
+        .args([signal, "--", &format!("-{}", child.id())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}

@@ -1,0 +1,221 @@
+//! The control server under strangers: silent connections, oversized and
+//! malformed hellos, hellos of another protocol version, floods of hellos
+//! for jobs that do not exist. None of them keeps a real executor out.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_cluster::attempt::{AttemptConfig, AttemptEvent, ControlServer, MAX_UNPROVEN};
+use sluice_protocol::api::{JobDescription, RestartPolicy, VertexInfo};
+use sluice_protocol::control::{read_frame, write_frame, ToCoordinator, ToExecutor};
+use sluice_protocol::ids::TaskKey;
+
+const JOB: &str = "job-1";
+const SECRET: &str = "s3cret";
+
+fn description() -> JobDescription {
+    JobDescription {
+        protocol: sluice_protocol::PROTOCOL_VERSION,
+        name: "t".into(),
+        parallelism: 1,
+        max_parallelism: 128,
+        vertices: vec![VertexInfo {
+            id: 0,
+            name: "source".into(),
+            parallelism: 1,
+            source: true,
+            nodes: vec![(0, "source".into())],
+        }],
+        graph_nodes: 1,
+        checkpoint: None,
+        restart: RestartPolicy::None,
+    }
+}
+
+fn server() -> (ControlServer, sluice_cluster::attempt::AttemptHandle) {
+    let server = ControlServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let handle = server
+        .start_attempt(AttemptConfig {
+            job_id: JOB.into(),
+            attempt: 1,
+            description: description(),
+            placement: vec![(
+                TaskKey {
+                    vertex: 0,
+                    subtask: 0,
+                },
+                0,
+            )],
+            executors: 1,
+            checkpoint: None,
+            stats: Arc::default(),
+            secret: SECRET.into(),
+        })
+        .unwrap();
+    (server, handle)
+}
+
+fn hello(protocol: u32, job: &str, secret: &str) -> ToCoordinator {
+    ToCoordinator::Hello {
+        protocol,
+        job_id: job.into(),
+        attempt: 1,
+        executor: 0,
+        exchange: "127.0.0.1:1".into(),
+        secret: secret.into(),
+    }
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s
+}
+
+/// Whether the server closed `s` (reads end) within `within`.
+fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 64];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue, // a Rejected frame before the close
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return false
+            }
+            Err(_) => return true, // reset
+        }
+    }
+}
+
+#[test]
+fn silent_connections_cannot_keep_an_executor_out() {
+    let (server, handle) = server();
+    let addr = server.local_addr();
+    // More silent strangers than the server lets wait for a hello.
+    let mut silent: Vec<TcpStream> = (0..MAX_UNPROVEN + 8).map(|_| connect(addr)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // The longest waiting were closed to make room...
+    let started = Instant::now();
+    for s in silent.iter_mut().take(8) {
+        assert!(
+            closed_within(s, Duration::from_secs(5)),
+            "an old silent connection stays open"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // ...and a real executor gets in at once, past the strangers.
+    let mut exec = connect(addr);
+    write_frame(
+        &mut exec,
+        &hello(sluice_protocol::PROTOCOL_VERSION, JOB, SECRET),
+    )
+    .unwrap();
+    let first: ToExecutor = read_frame(&mut exec).unwrap().expect("a frame");
+    assert!(matches!(first, ToExecutor::Peers { .. }), "{first:?}");
+    assert_eq!(
+        handle
+            .events()
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap(),
+        AttemptEvent::Running
+    );
+    assert!(server.refused_unknown() >= 8);
+    handle.cancel("test over");
+}
+
+#[test]
+fn an_oversized_hello_is_refused_before_it_is_read() {
+    let (server, handle) = server();
+    let mut s = connect(server.local_addr());
+    // Announces 64 MiB: closed without waiting for (or allocating) them.
+    s.write_all(&(64u32 << 20).to_be_bytes()).unwrap();
+    s.write_all(&[b'x'; 1024]).unwrap();
+    assert!(closed_within(&mut s, Duration::from_secs(5)));
+    // Garbage of a plausible length: closed with a refusal.
+    let mut s = connect(server.local_addr());
+    s.write_all(&5u32.to_be_bytes()).unwrap();
+    s.write_all(b"\xff\x00{]x").unwrap();
+    let answer: Option<ToExecutor> = read_frame(&mut s).unwrap();
+    assert!(
+        matches!(answer, Some(ToExecutor::Rejected { .. })),
+        "{answer:?}"
+    );
+    handle.cancel("test over");
+}
+
+#[test]
+fn a_hello_of_another_version_is_refused_naming_both() {
+    let (server, handle) = server();
+    let mut s = connect(server.local_addr());
+    write_frame(
+        &mut s,
+        &hello(sluice_protocol::PROTOCOL_VERSION + 1, JOB, SECRET),
+    )
+    .unwrap();
+    let Some(ToExecutor::Rejected { reason }) = read_frame(&mut s).unwrap() else {
+        panic!("not refused");
+    };
+    let ours = format!("version {}", sluice_protocol::PROTOCOL_VERSION);
+    let theirs = format!("version {}", sluice_protocol::PROTOCOL_VERSION + 1);
+    assert!(
+        reason.contains(&ours) && reason.contains(&theirs),
+        "{reason}"
+    );
+    // Nothing was registered: the real executor still gets in.
+    let mut exec = connect(server.local_addr());
+    write_frame(
+        &mut exec,
+        &hello(sluice_protocol::PROTOCOL_VERSION, JOB, SECRET),
+    )
+    .unwrap();
+    let first: Option<ToExecutor> = read_frame(&mut exec).unwrap();
+    assert!(matches!(first, Some(ToExecutor::Peers { .. })), "{first:?}");
+    handle.cancel("test over");
+}
+
+#[test]
+fn hellos_for_unknown_jobs_are_counted_not_kept() {
+    let (server, handle) = server();
+    let addr = server.local_addr();
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    let mut s = connect(addr);
+                    write_frame(
+                        &mut s,
+                        &hello(
+                            sluice_protocol::PROTOCOL_VERSION,
+                            &format!("nope-{c}-{i}"),
+                            "x",
+                        ),
+                    )
+                    .unwrap();
+                    let answer: Option<ToExecutor> = read_frame(&mut s).unwrap();
+                    assert!(matches!(answer, Some(ToExecutor::Rejected { .. })));
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert_eq!(server.refused_unknown(), 400);
+    // A wrong secret for the real job counts against that job.
+    let mut s = connect(addr);
+    write_frame(
+        &mut s,
+        &hello(sluice_protocol::PROTOCOL_VERSION, JOB, "wrong"),
+    )
+    .unwrap();
+    let answer: Option<ToExecutor> = read_frame(&mut s).unwrap();
+    assert!(matches!(answer, Some(ToExecutor::Rejected { .. })));
+    assert_eq!(handle.rejected_stale(), 1);
+    handle.cancel("test over");
+}

@@ -1,0 +1,859 @@
+//! The describe and task-executor modes of a job binary.
+//!
+//! - [`describe`]: the job's plan as a [`JobDescription`](sluice_protocol::api::JobDescription).
+//! - [`results`]: a sink's newest rows rendered as text.
+//!
+//! The task-executor mode of a job binary: run the subtasks an
+//! [`ExecutorSpec`] assigns, wired to the other executors of the attempt
+//! over the TCP exchange and driven by the coordinator over the control
+//! connection.
+//!
+//! It owns the executor's life cycle: plan (the same planner as embedded
+//! runs), listen for exchange peers, say hello to the coordinator and wait
+//! for the peers' addresses, connect (executor `i` dials every `j > i` it
+//! shares a channel with and accepts the `j < i`), start the local subtask
+//! threads exactly as an embedded run does, and relay checkpointing: the
+//! coordinator's task messages go to the tasks' control channels, a local
+//! snapshot writer stores snapshots where `Prepare` said, and its
+//! acknowledgements go back as frames. It must not commit anything on its
+//! own: commits follow `TaskControl::Complete`, which only the coordinator
+//! sends, so an executor that loses its control connection (fenced, or the
+//! coordinator is gone) cancels its tasks.
+
+pub mod describe;
+pub mod results;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use tracing::{debug, info, warn};
+
+use crate::checkpoint::coordinator::{CheckpointDirs, CoordinatorMsg, TaskControl, TaskKey};
+use crate::checkpoint::restore::RestorePlan;
+use crate::checkpoint::store::load_verified;
+use crate::checkpoint::{CheckpointStats, Location, Storage};
+use crate::data::StreamMessage;
+use crate::error::{Error, Result};
+use crate::exchange::frame::ChannelId;
+use crate::exchange::tcp::{
+    connect, Connection, ConnectionHandle, ConnectionSpec, ExchangeConfig, NetListener,
+};
+use crate::exchange::ChannelSender;
+use crate::graph::LogicalGraph;
+use crate::plan::{plan, PhysicalPlan};
+use crate::runtime::{
+    checkpoint_channels, counters, node_metrics, plan_channels, run_state, spawn_tasks,
+    spawn_writer, summaries, wire, ErrorHook, JobConfig, JobControl, JobResult, NodeMetrics,
+    RemoteEnds, TaskContext,
+};
+use sluice_protocol::api::ExecutorSpec;
+use sluice_protocol::control::{read_frame, write_frame, ToCoordinator, ToExecutor};
+
+/// How often counters go to the coordinator.
+const METRICS_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the metrics thread looks at cancellation.
+const TICK: Duration = Duration::from_millis(100);
+/// Bound on waiting for exchange peers to connect.
+const PEER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on the clean end: exchange connections flushing their last
+/// frames, and the coordinator closing after `Done`.
+const END_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on reaching the coordinator's control address.
+const CONTROL_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on waiting for the coordinator to take a failure report.
+const FAILED_LINGER: Duration = Duration::from_secs(2);
+
+/// Reads an [`ExecutorSpec`] from a JSON file.
+pub fn read_spec(path: &str) -> Result<ExecutorSpec> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading {path}"), e))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Config(format!("{path} is not an executor spec: {e}")))
+}
+
+/// Runs the executor's share of `graph` until its tasks end, it fails, or
+/// the coordinator cancels it. The result's counters are this executor's.
+pub fn run(graph: &LogicalGraph, config: &JobConfig, spec: &ExecutorSpec) -> Result<JobResult> {
+    run_until(graph, config, spec, Arc::default())
+}
+
+/// [`run`], also cancelled when `user_cancel` is set.
+pub(crate) fn run_until(
+    graph: &LogicalGraph,
+    config: &JobConfig,
+    spec: &ExecutorSpec,
+    user_cancel: Arc<AtomicBool>,
+) -> Result<JobResult> {
+    let started = Instant::now();
+    let plan = plan(
+        graph,
+        spec.parallelism,
+        config.max_parallelism,
+        config.chaining,
+    )?;
+    let all: HashSet<TaskKey> = plan.tasks().collect();
+    if let Some(t) = spec.tasks.iter().find(|t| !all.contains(t)) {
+        return Err(Error::Config(format!(
+            "executor {} is assigned subtask {} of vertex {}, which the plan does not have",
+            spec.executor, t.subtask, t.vertex
+        )));
+    }
+    let control = Arc::new(JobControl::default());
+    let me = spec.executor;
+    let mut xcfg = ExchangeConfig::new(&spec.job_id, spec.attempt, peer_name(me));
+    xcfg.channel_capacity = config.channel_capacity;
+    xcfg.cancelled = control.cancelled.clone();
+    xcfg.secret = spec.secret.clone();
+    let bind = resolve(&spec.bind_host, 0)?;
+    let listener = NetListener::bind(bind, xcfg.clone())?;
+    let exchange = host_port(&spec.bind_host, listener.local_addr()?.port());
+
+    let link = ControlLink::dial(&spec.control)?;
+    let mut reader = link.reader()?;
+    link.send(&ToCoordinator::Hello {
+        protocol: sluice_protocol::PROTOCOL_VERSION,
+        job_id: spec.job_id.clone(),
+        attempt: spec.attempt,
+        executor: me,
+        exchange,
+        secret: spec.secret.clone(),
+    })?;
+    let (peers, placement) = match read_frame::<_, ToExecutor>(&mut reader)? {
+        Some(ToExecutor::Peers {
+            exchange,
+            placement,
+        }) => (exchange, placement),
+        Some(ToExecutor::Rejected { reason }) | Some(ToExecutor::Cancel { reason }) => {
+            return Err(Error::Exchange(format!(
+                "the coordinator refused executor {me} of attempt {}: {reason}",
+                spec.attempt
+            )))
+        }
+        Some(other) => {
+            return Err(Error::Protocol(format!(
+                "expected the peers from the coordinator, got {other:?}"
+            )))
+        }
+        None => {
+            return Err(Error::Exchange(
+                "the coordinator closed the control connection before sending the peers".into(),
+            ))
+        }
+    };
+    if peers.len() != spec.executors {
+        return Err(Error::Protocol(format!(
+            "the coordinator names {} executors, the spec {}",
+            peers.len(),
+            spec.executors
+        )));
+    }
+    info!(job = %spec.job_id, attempt = spec.attempt, executor = me, tasks = spec.tasks.len(),
+        "executor registered");
+    let fence = Arc::new(Fence::default());
+    {
+        let (link, fence) = (link.clone(), fence.clone());
+        control.on_first_error(ErrorHook(Box::new(move |e: &Error| {
+            if !fence.reported.swap(true, Ordering::SeqCst) {
+                let _ = link.send(&ToCoordinator::Failed {
+                    error: e.to_string(),
+                    retry: e.retry(),
+                });
+            }
+        })));
+    }
+    let run = Run {
+        graph,
+        config,
+        spec,
+        plan: &plan,
+        control: &control,
+        link: &link,
+        fence: &fence,
+        user_cancel,
+    };
+    match run.run(listener, xcfg, reader, &peers, &placement, started) {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            warn!(job = %spec.job_id, executor = me, error = %e, "executor failed");
+            if !fence.reported.swap(true, Ordering::SeqCst) {
+                let _ = link.send(&ToCoordinator::Failed {
+                    error: e.to_string(),
+                    retry: e.retry(),
+                });
+            }
+            // Closing with unread frames would reset the connection and
+            // could lose the report: let the coordinator close it first.
+            link.shutdown_write();
+            if fence.reading.load(Ordering::SeqCst) {
+                fence.wait_closed(FAILED_LINGER);
+            }
+            link.close();
+            Err(e)
+        }
+    }
+}
+
+/// The identity an executor gives in exchange hellos.
+fn peer_name(executor: usize) -> String {
+    format!("executor-{executor}")
+}
+
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    first_addr((host, port), host)
+}
+
+fn resolve_addr(addr: &str) -> Result<SocketAddr> {
+    first_addr(addr, addr)
+}
+
+/// The first address `target` resolves to; `name` is for errors.
+fn first_addr(target: impl ToSocketAddrs, name: &str) -> Result<SocketAddr> {
+    target
+        .to_socket_addrs()
+        .map_err(|e| Error::io(format!("resolving {name}"), e))?
+        .next()
+        .ok_or_else(|| Error::Config(format!("{name} resolves to no address")))
+}
+
+/// The executor's end of the control connection; frames are written
+/// whole under the lock, from any thread.
+#[derive(Clone)]
+struct ControlLink {
+    stream: Arc<Mutex<TcpStream>>,
+}
+
+impl ControlLink {
+    /// Connects, retrying for a while: a coordinator that just restarted
+    /// may not listen yet.
+    fn dial(addr: &str) -> Result<Self> {
+        let to = resolve_addr(addr)?;
+        let deadline = Instant::now() + CONTROL_DIAL_TIMEOUT;
+        let stream = loop {
+            match TcpStream::connect_timeout(&to, CONTROL_DIAL_TIMEOUT) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() < deadline => {
+                    debug!(%addr, error = %e, "coordinator not reachable yet");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("connecting to the coordinator at {addr}"),
+                        e,
+                    ))
+                }
+            }
+        };
+        stream
+            .set_nodelay(true)
+            .and_then(|()| stream.set_write_timeout(Some(Duration::from_secs(30))))
+            .map_err(|e| Error::io("control socket options", e))?;
+        Ok(ControlLink {
+            stream: Arc::new(Mutex::new(stream)),
+        })
+    }
+
+    fn reader(&self) -> Result<TcpStream> {
+        self.stream
+            .lock()
+            .expect("control link lock")
+            .try_clone()
+            .map_err(|e| Error::io("control socket", e))
+    }
+
+    fn send(&self, msg: &ToCoordinator) -> Result<()> {
+        let mut s = self.stream.lock().expect("control link lock");
+        Ok(write_frame(&mut *s, msg)?)
+    }
+
+    fn shutdown_write(&self) {
+        let s = self.stream.lock().expect("control link lock");
+        let _ = s.shutdown(Shutdown::Write);
+    }
+
+    fn close(&self) {
+        let s = self.stream.lock().expect("control link lock");
+        let _ = (&*s).flush();
+        let _ = s.shutdown(Shutdown::Both);
+    }
+}
+
+/// Why the coordinator side ended the executor, when it did.
+#[derive(Default)]
+struct Fence {
+    reason: Mutex<Option<String>>,
+    /// The control reader runs.
+    reading: AtomicBool,
+    /// The coordinator closed the control connection (or it broke).
+    closed: AtomicBool,
+    /// `Failed` was sent (once: the first error as it happens, or the
+    /// executor's error when it ends).
+    reported: AtomicBool,
+}
+
+impl Fence {
+    /// Waits (bounded) for the coordinator to close the connection.
+    fn wait_closed(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.closed.load(Ordering::SeqCst) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+}
+
+/// An executor after its registration: what it runs and how it talks to
+/// the coordinator.
+struct Run<'a> {
+    graph: &'a LogicalGraph,
+    config: &'a JobConfig,
+    spec: &'a ExecutorSpec,
+    plan: &'a PhysicalPlan,
+    control: &'a Arc<JobControl>,
+    link: &'a ControlLink,
+    fence: &'a Arc<Fence>,
+    user_cancel: Arc<AtomicBool>,
+}
+
+impl Run<'_> {
+    fn run(
+        &self,
+        listener: NetListener,
+        xcfg: ExchangeConfig,
+        reader: TcpStream,
+        peers: &[String],
+        placement: &[(TaskKey, usize)],
+        started: Instant,
+    ) -> Result<JobResult> {
+        let (graph, plan, spec) = (self.graph, self.plan, self.spec);
+        let me = spec.executor;
+        let placed: HashMap<TaskKey, usize> = placement.iter().copied().collect();
+        for t in plan.tasks() {
+            match placed.get(&t) {
+                None => {
+                    return Err(Error::Config(format!(
+                        "subtask {} of vertex {} is placed on no executor",
+                        t.subtask, t.vertex
+                    )))
+                }
+                Some(e) if *e >= peers.len() => {
+                    return Err(Error::Config(format!(
+                        "subtask {} of vertex {} is placed on executor {e} of {}",
+                        t.subtask,
+                        t.vertex,
+                        peers.len()
+                    )))
+                }
+                Some(e) if (*e == me) != spec.tasks.contains(&t) => {
+                    return Err(Error::Config(format!(
+                        "the coordinator's placement of subtask {} of vertex {} disagrees \
+                         with this executor's spec",
+                        t.subtask, t.vertex
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        let local = |k: TaskKey| placed.get(&k) == Some(&me);
+
+        // Restore before anything connects, so a bad checkpoint fails fast.
+        let restore =
+            match (&self.config.checkpoint, &spec.restore) {
+                (Some(_), Some(location)) => {
+                    let dir = Storage::open_in_parent(&Location::from(location.as_str()))?;
+                    let manifest = load_verified(&dir)?;
+                    let r = RestorePlan { dir, manifest };
+                    r.check_compatible(graph, plan.max_parallelism)?;
+                    info!(checkpoint = r.manifest.id, location = %location, "executor restores");
+                    Some(Arc::new(r))
+                }
+                (None, Some(_)) => return Err(Error::Config(
+                    "the executor is told to restore a checkpoint, but the job does not checkpoint"
+                        .into(),
+                )),
+                (_, None) => None,
+            };
+
+        let mut conns = self.connect(listener, &xcfg, peers, &placed)?;
+        let handles: Vec<(usize, ConnectionHandle)> = conns
+            .by_peer
+            .iter()
+            .map(|(j, c)| (*j, c.handle()))
+            .collect();
+        let metrics = node_metrics(graph);
+        let (state, _local_dir) = run_state(self.config, spec.attempt);
+        let mut wiring = wire(
+            plan,
+            self.config.channel_capacity,
+            &self.control.cancelled,
+            &local,
+            &mut conns,
+        )?;
+        drop(conns);
+
+        // Checkpointing: the tasks' control channels, fed by the control
+        // reader, and a local writer whose acknowledgements go upstream.
+        let fence = self.fence;
+        let dirs: CheckpointDirs = Arc::default();
+        let mut ports: HashMap<TaskKey, Sender<TaskControl>> = HashMap::new();
+        let mut task_ck = HashMap::new();
+        let mut side = Vec::new();
+        if let Some(ck) = &self.config.checkpoint {
+            let (ctx, crx) = crossbeam_channel::unbounded();
+            let (wtx, wrx) = crossbeam_channel::unbounded();
+            let (p, t) = checkpoint_channels(
+                graph,
+                plan,
+                &local,
+                &wtx,
+                &ctx,
+                ck.guarantee,
+                restore.clone(),
+            );
+            ports = p.into_iter().map(|(k, tx, _)| (k, tx)).collect();
+            task_ck = t;
+            drop(wtx);
+            side.push(spawn_writer(wrx, dirs.clone(), ctx)?);
+            side.push(spawn_forwarder(crx, self.link.clone())?);
+        }
+        let reader_thread = spawn_control_reader(
+            reader,
+            ports,
+            dirs,
+            self.control.clone(),
+            fence.clone(),
+            self.link.clone(),
+        )?;
+        fence.reading.store(true, Ordering::SeqCst);
+        let done = Arc::new(AtomicBool::new(false));
+        let metrics_thread = spawn_metrics(
+            metrics.clone(),
+            self.link.clone(),
+            self.control.clone(),
+            self.user_cancel.clone(),
+            done.clone(),
+        )?;
+
+        let tasks = spawn_tasks(
+            &TaskContext {
+                graph,
+                plan,
+                metrics: &metrics,
+                attempt: spec.attempt,
+                state: &state,
+                control: self.control,
+            },
+            &local,
+            &mut wiring,
+            &mut task_ck,
+        )?;
+        drop(wiring);
+        for h in tasks {
+            let _ = h.join();
+        }
+        done.store(true, Ordering::SeqCst);
+        let _ = metrics_thread.join();
+
+        let failed = self.control.take_error();
+        let cancelled = self.control.is_cancelled();
+        let outcome = match failed {
+            Some(e) => Err(e),
+            None if cancelled => Err(self.why_cancelled(fence, &handles)),
+            None => Ok(()),
+        };
+        if let Err(e) = outcome {
+            self.control.fail(Error::Cancelled);
+            for t in side {
+                let _ = t.join();
+            }
+            return Err(e);
+        }
+        report(&metrics, self.link)?;
+        self.link.send(&ToCoordinator::Done)?;
+        // Every local task ended cleanly. Stay until the connections have
+        // flushed their last frames (they end once every channel carried
+        // its end) or the coordinator closes (every executor is done, so
+        // every peer has what it needs; channels stopped by a
+        // stop-with-savepoint never carry an end).
+        debug!(
+            executor = spec.executor,
+            "executor done; waiting for the coordinator"
+        );
+        let deadline = Instant::now() + END_TIMEOUT;
+        loop {
+            if fence.closed.load(Ordering::SeqCst)
+                || handles.iter().all(|(_, h)| h.wait(Duration::ZERO))
+            {
+                break;
+            }
+            if Instant::now() >= deadline {
+                warn!(
+                    executor = spec.executor,
+                    "exchange connections did not end in time"
+                );
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.control.cancelled.store(true, Ordering::SeqCst);
+        self.link.close();
+        let _ = reader_thread.join();
+        for t in side {
+            let _ = t.join();
+        }
+        let duration = started.elapsed();
+        info!(job = %spec.job_id, executor = spec.executor, ms = duration.as_millis() as u64,
+            "executor finished");
+        Ok(JobResult {
+            duration,
+            nodes: summaries(graph, &metrics),
+            plan: plan.clone(),
+            checkpoints: CheckpointStats {
+                restored_from: restore.as_ref().map(|r| r.manifest.id),
+                ..CheckpointStats::default()
+            },
+            stopped: false,
+        })
+    }
+
+    fn why_cancelled(&self, fence: &Fence, handles: &[(usize, ConnectionHandle)]) -> Error {
+        if let Some(reason) = fence.reason.lock().expect("fence lock").clone() {
+            return Error::Exchange(format!(
+                "executor {} stopped by the coordinator: {reason}",
+                self.spec.executor
+            ));
+        }
+        if self.user_cancel.load(Ordering::SeqCst) {
+            return Error::Cancelled;
+        }
+        for (j, h) in handles {
+            if let Some(e) = h.failure().filter(|e| !matches!(e, Error::Cancelled)) {
+                return Error::Exchange(format!(
+                    "the exchange connection to executor {j} ({}) failed: {e}",
+                    h.peer()
+                ));
+            }
+        }
+        Error::Cancelled
+    }
+
+    /// Connects to every executor sharing a channel with this one: dials
+    /// the higher indexes, accepts the lower ones.
+    fn connect(
+        &self,
+        listener: NetListener,
+        xcfg: &ExchangeConfig,
+        peers: &[String],
+        placed: &HashMap<TaskKey, usize>,
+    ) -> Result<Conns> {
+        let me = self.spec.executor;
+        let mut specs: BTreeMap<usize, ConnectionSpec> = BTreeMap::new();
+        for c in plan_channels(self.plan)? {
+            let (from, to) = (placed[&c.from], placed[&c.to]);
+            if (from == me) == (to == me) {
+                continue;
+            }
+            if from == me {
+                let s = specs.remove(&to).unwrap_or_default().outbound(c.id);
+                specs.insert(to, s);
+            } else {
+                let e = &self.plan.edges[c.edge];
+                let node = self.plan.vertices[e.from_vertex].chain[e.from_member];
+                let schema = self.graph.node(node).outputs[e.port].clone();
+                let s = specs
+                    .remove(&from)
+                    .unwrap_or_default()
+                    .inbound(c.id, Some(schema));
+                specs.insert(from, s);
+            }
+        }
+        let (accept, dial): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            specs.into_iter().partition(|(j, _)| *j < me);
+        let expected = accept.len();
+        let local_addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let acceptor = {
+            let stop = stop.clone();
+            let mut wanted: HashMap<String, (usize, ConnectionSpec)> = accept
+                .into_iter()
+                .map(|(j, s)| (peer_name(j), (j, s)))
+                .collect();
+            std::thread::Builder::new()
+                .name("exchange-accept".into())
+                .spawn(move || {
+                    while !wanted.is_empty() && !stop.load(Ordering::SeqCst) {
+                        let mut who = None;
+                        let r = listener.accept(|h| match wanted.remove(&h.peer) {
+                            Some((j, s)) => {
+                                who = Some(j);
+                                Ok(s)
+                            }
+                            None => Err(Error::Exchange(format!(
+                                "unexpected exchange peer '{}'",
+                                h.peer
+                            ))),
+                        });
+                        match (r, who) {
+                            (Ok(c), Some(j)) => {
+                                if tx.send((j, c)).is_err() {
+                                    return;
+                                }
+                            }
+                            (Err(e), _) => debug!(error = %e, "exchange accept failed"),
+                            (Ok(_), None) => {}
+                        }
+                    }
+                })
+                .map_err(|e| Error::io("spawning the exchange acceptor", e))?
+        };
+        let mut by_peer = HashMap::new();
+        let dialed = (|| -> Result<()> {
+            for (j, s) in dial {
+                let addr = resolve_addr(&peers[j])?;
+                let c = connect(addr, xcfg, s).map_err(|e| {
+                    Error::Exchange(format!("connecting to executor {j} at {addr}: {e}"))
+                })?;
+                by_peer.insert(j, c);
+            }
+            Ok(())
+        })();
+        let deadline = Instant::now() + PEER_TIMEOUT;
+        let mut accepted = 0;
+        let mut outcome = dialed;
+        while outcome.is_ok() && accepted < expected {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok((j, c)) => {
+                    by_peer.insert(j, c);
+                    accepted += 1;
+                }
+                Err(_) => {
+                    outcome = Err(Error::Exchange(format!(
+                    "executor {me}: {} of {expected} exchange peers did not connect within {:?}",
+                    expected - accepted,
+                    PEER_TIMEOUT
+                )))
+                }
+            }
+        }
+        if outcome.is_err() {
+            // Wake the acceptor out of its blocking accept.
+            stop.store(true, Ordering::SeqCst);
+            let _ = TcpStream::connect_timeout(&local_addr, Duration::from_secs(1));
+            for c in by_peer.values() {
+                c.handle().close();
+            }
+        }
+        let _ = acceptor.join();
+        outcome?;
+        Ok(Conns {
+            by_peer,
+            placed: placed.clone(),
+        })
+    }
+}
+
+/// The established exchange connections, by peer executor.
+struct Conns {
+    by_peer: HashMap<usize, Connection>,
+    placed: HashMap<TaskKey, usize>,
+}
+
+impl Conns {
+    fn peer(&mut self, task: TaskKey) -> Result<&mut Connection> {
+        let j = self.placed[&task];
+        self.by_peer
+            .get_mut(&j)
+            .ok_or_else(|| Error::Internal(format!("no exchange connection to executor {j}")))
+    }
+}
+
+impl RemoteEnds for Conns {
+    fn sender(&mut self, channel: ChannelId, to: TaskKey) -> Result<Box<dyn ChannelSender>> {
+        let s = self.peer(to)?.take_sender(channel).ok_or_else(|| {
+            Error::Internal(format!(
+                "channel {} is not outbound on its connection",
+                channel.0
+            ))
+        })?;
+        Ok(Box::new(s))
+    }
+
+    fn receiver(&mut self, channel: ChannelId, from: TaskKey) -> Result<Receiver<StreamMessage>> {
+        self.peer(from)?.take_receiver(channel).ok_or_else(|| {
+            Error::Internal(format!(
+                "channel {} is not inbound on its connection",
+                channel.0
+            ))
+        })
+    }
+}
+
+/// Sends the counters, then the rows sinks received since the last report.
+fn report(metrics: &[Arc<NodeMetrics>], link: &ControlLink) -> Result<()> {
+    link.send(&ToCoordinator::Metrics(counters(metrics)))?;
+    let mut rows = Vec::new();
+    for (node, m) in metrics.iter().enumerate() {
+        if let Some(tail) = m.take_tail() {
+            match results::render(node, &tail) {
+                Ok(r) => rows.push(r),
+                Err(e) => debug!(node, "a sink's rows cannot be shown: {e}"),
+            }
+        }
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    link.send(&ToCoordinator::Results(rows))
+}
+
+/// Sends the writer's and tasks' messages to the coordinator as frames,
+/// until every sender is gone.
+fn spawn_forwarder(rx: Receiver<CoordinatorMsg>, link: ControlLink) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("control-forward".into())
+        .spawn(move || {
+            for msg in rx {
+                let frame = match msg {
+                    CoordinatorMsg::Ack {
+                        id,
+                        task,
+                        files,
+                        bytes,
+                        uploaded,
+                        alignment,
+                    } => ToCoordinator::Ack {
+                        id: id.0,
+                        task,
+                        files,
+                        bytes,
+                        uploaded,
+                        alignment_ms: alignment.as_millis() as u64,
+                    },
+                    CoordinatorMsg::Decline { id, error } => {
+                        ToCoordinator::Decline { id: id.0, error }
+                    }
+                    CoordinatorMsg::Finished(task) => ToCoordinator::Finished(task),
+                    CoordinatorMsg::Savepoint(req) => {
+                        let _ = req.reply.send(Err(Error::Config(
+                            "savepoints of a distributed job are taken through the coordinator"
+                                .into(),
+                        )));
+                        continue;
+                    }
+                };
+                if let Err(e) = link.send(&frame) {
+                    // The reader notices the lost connection and fences.
+                    debug!(error = %e, "control frame not sent");
+                }
+            }
+        })
+        .map_err(|e| Error::io("spawning the control forwarder", e))
+}
+
+/// Reads the coordinator's frames: task messages to the tasks, checkpoint
+/// directories to the writer; a cancel, a refusal or a lost connection
+/// cancels every local task.
+fn spawn_control_reader(
+    mut reader: TcpStream,
+    ports: HashMap<TaskKey, Sender<TaskControl>>,
+    dirs: CheckpointDirs,
+    control: Arc<JobControl>,
+    fence: Arc<Fence>,
+    link: ControlLink,
+) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("control-read".into())
+        .spawn(move || {
+            let reason = loop {
+                match read_frame::<_, ToExecutor>(&mut reader) {
+                    Ok(Some(ToExecutor::Task { task, msg })) => {
+                        if let TaskControl::Complete(id) | TaskControl::Abort(id) = msg {
+                            // The writer is done with it: every snapshot was
+                            // acknowledged, or the checkpoint is abandoned.
+                            dirs.lock().expect("checkpoint dirs lock").remove(&id.0);
+                        }
+                        match ports.get(&task) {
+                            Some(tx) => {
+                                let _ = tx.send(msg);
+                            }
+                            None => warn!(?task, "control message for a task not run here"),
+                        }
+                    }
+                    Ok(Some(ToExecutor::Prepare { id, dir, savepoint })) => {
+                        match Storage::open_in_parent(&Location::from(dir.as_str())) {
+                            Ok(s) => {
+                                dirs.lock()
+                                    .expect("checkpoint dirs lock")
+                                    .insert(id, (s, savepoint));
+                            }
+                            Err(e) => {
+                                let _ = link.send(&ToCoordinator::Decline {
+                                    id,
+                                    error: format!("opening {dir}: {e}"),
+                                });
+                            }
+                        }
+                    }
+                    Ok(Some(ToExecutor::Cancel { reason })) => break Some(reason),
+                    Ok(Some(ToExecutor::Rejected { reason })) => break Some(reason),
+                    Ok(Some(ToExecutor::Peers { .. })) => {}
+                    Ok(None) => break None,
+                    Err(e) => {
+                        debug!(error = %e, "control connection failed");
+                        break None;
+                    }
+                }
+            };
+            fence.closed.store(true, Ordering::SeqCst);
+            if control.is_cancelled() {
+                return; // ending anyway
+            }
+            let reason = reason.unwrap_or_else(|| "the control connection was lost".into());
+            *fence.reason.lock().expect("fence lock") = Some(reason);
+            control.fail(Error::Cancelled);
+        })
+        .map_err(|e| Error::io("spawning the control reader", e))
+}
+
+/// Reports counters and sink rows every 250 ms and turns a user's cancel into the job's.
+fn spawn_metrics(
+    metrics: Vec<Arc<NodeMetrics>>,
+    link: ControlLink,
+    control: Arc<JobControl>,
+    user_cancel: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("executor-metrics".into())
+        .spawn(move || {
+            let mut next = Instant::now() + METRICS_INTERVAL;
+            while !done.load(Ordering::SeqCst) {
+                std::thread::sleep(TICK);
+                if user_cancel.load(Ordering::SeqCst) && !control.is_cancelled() {
+                    control.fail(Error::Cancelled);
+                }
+                if Instant::now() >= next {
+                    next += METRICS_INTERVAL;
+                    let _ = report(&metrics, &link);
+                }
+            }
+        })
+        .map_err(|e| Error::io("spawning the metrics thread", e))
+}

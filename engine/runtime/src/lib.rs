@@ -1,0 +1,60 @@
+//! # sluice-engine
+//!
+//! The core of Sluice, a distributed dataflow stream processor over Apache
+//! Arrow. This crate knows no concrete operator or connector; it owns:
+//!
+//! - [`data`]: what flows on edges — `StreamMessage` (batches, watermarks,
+//!   barriers, end of stream) and event-time helpers.
+//! - [`operator`]: the `Operator`, `Source` and `Sink` traits and the
+//!   `Collector` operators emit into.
+//! - [`graph`]: the logical job graph and edge kinds (forward, hash,
+//!   rebalance, broadcast, load-aware) and watermark strategies.
+//! - [`dsl`]: `Env` and `Stream`, the primitives the DSL verbs in
+//!   `sluice-operators` build on; plan-time validation errors.
+//! - [`plan`]: logical → physical graph: parallelism and operator chaining.
+//! - [`exchange`]: partitioners and channels between subtasks: local bounded
+//!   channels, and the TCP transport (Arrow IPC frames, one connection per
+//!   process pair, credit-based flow control per channel) between the
+//!   executors of a distributed job.
+//! - [`state`]: key groups (key → group → subtask), fixed per job so state
+//!   can move when parallelism changes.
+//! - [`checkpoint`]: barrier checkpoints: coordinator, snapshot writer,
+//!   manifests with checksums, restore with rescaling, savepoints.
+//! - [`runtime`]: task threads, watermark combination and idleness, failure
+//!   propagation, the embedded cluster; the channel wiring shared with
+//!   task executors.
+//! - [`executor`]: the describe and task-executor modes of a job binary:
+//!   its plan as a job description, and its share of a distributed job's
+//!   subtasks, wired to the other executors over the TCP exchange and
+//!   driven by the coordinator over the control connection. The
+//!   coordinator and the worker service live in `sluice-cluster`, which
+//!   this crate never names; what crosses between them is
+//!   `sluice-protocol`'s.
+//! - [`hash`]: the stable, vectorized row hash used for key routing.
+//! - [`error`]: the error enum shared by the library crates.
+//! - [`testing`]: a source over prepared batches for tests and examples.
+#![warn(missing_docs)]
+
+pub mod checkpoint;
+pub mod data;
+pub mod dsl;
+pub mod error;
+pub mod exchange;
+pub mod executor;
+pub mod graph;
+pub mod hash;
+pub mod operator;
+pub mod plan;
+pub mod runtime;
+pub mod state;
+pub mod testing;
+
+pub use checkpoint::{CheckpointConfig, RestartStrategy};
+pub use data::{EventTime, StreamMessage, Watermark};
+pub use dsl::{Collected, Env, SinkSpec, SourceSpec, Stream};
+pub use error::{Error, ErrorKind, Result, Retry};
+pub use graph::{EdgeKind, WatermarkStrategy};
+pub use operator::{Collector, Operator, OperatorContext, Sink, Source, SourcePoll};
+pub use runtime::{JobConfig, JobHandle, JobResult};
+/// The versioned types shared with the coordinator (re-exported).
+pub use sluice_protocol as protocol;

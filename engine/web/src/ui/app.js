@@ -1,0 +1,332 @@
+// The coordinator's web UI: polls the REST API once a second and renders
+// the cluster, its workers and the selected job. Values from the API are
+// always set as text (never as markup): job output is untrusted.
+"use strict";
+
+const API = "/api/v1";
+const POLL_MS = 1000;
+
+// The coordinator's token, when it has one: asked for once per tab.
+let token = sessionStorage.getItem("sluice-token") || "";
+let selected = decodeURIComponent((location.hash.match(/^#job=(.+)$/) || [])[1] || "");
+// Per job: the previous counters and when they were read, for rates.
+const previous = new Map();
+// Whether this page watches one embedded job (no coordinator), and whether
+// the last answer said that job had ended.
+let embedded = false;
+let lastEnded = false;
+const ENDED = ["FINISHED", "FAILED", "CANCELED"];
+
+// Sets a node's children, skipping the null and undefined of optional
+// parts (the DOM would show them as the text "null").
+function fill(node, ...children) {
+  node.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined));
+}
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") e.className = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined) continue;
+    e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return e;
+}
+
+function table(headers, rows, opts) {
+  const numeric = (opts && opts.numeric) || [];
+  return el("table", { class: (opts && opts.class) || "" },
+    el("thead", {}, el("tr", {}, headers.map((h, i) =>
+      el("th", numeric.includes(i) ? { class: "num" } : {}, h)))),
+    el("tbody", {}, rows.map((r) => {
+      const tr = el("tr", r.attrs || {}, (r.cells || r).map((c, i) =>
+        el("td", numeric.includes(i) ? { class: "num" } : {}, c)));
+      return tr;
+    })));
+}
+
+function state(s) {
+  return el("span", { class: "state " + s }, s);
+}
+
+function ago(ms) {
+  if (!ms) return "-";
+  const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
+  if (s < 60) return s + " s ago";
+  if (s < 3600) return Math.floor(s / 60) + " min ago";
+  return new Date(ms).toLocaleString();
+}
+
+function bytes(n) {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return (i === 0 ? n : n.toFixed(1)) + " " + units[i];
+}
+
+function count(n) {
+  return Number(n).toLocaleString("en-US");
+}
+
+function headers(extra) {
+  const h = Object.assign({ accept: "application/json" }, extra || {});
+  if (token) h.authorization = "Bearer " + token;
+  return h;
+}
+
+// A 401 means a token is needed (or the one given is wrong).
+class NeedsToken extends Error {}
+
+async function get(path) {
+  const r = await fetch(API + path, { headers: headers() });
+  if (r.status === 401) throw new NeedsToken("this coordinator needs a token");
+  if (!r.ok) {
+    let msg = r.status + " " + r.statusText;
+    try { msg = (await r.json()).error || msg; } catch (_) { /* not JSON */ }
+    throw new Error(msg);
+  }
+  return r.json();
+}
+
+async function post(path, body) {
+  const r = await fetch(API + path, {
+    method: "POST",
+    headers: headers({ "content-type": "application/json" }),
+    body: JSON.stringify(body || {}),
+  });
+  if (r.status === 401) throw new NeedsToken("this coordinator needs a token");
+  const answer = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(answer.error || r.status + " " + r.statusText);
+  return answer;
+}
+
+function select(id) {
+  selected = id;
+  history.replaceState(null, "", "#job=" + encodeURIComponent(id));
+  refresh();
+}
+
+function renderSummary(c) {
+  const jobs = (c.jobs || []).filter(([, n]) => n > 0).map(([s, n]) => el("span", {}, s.toLowerCase() + " ", el("b", {}, n)));
+  document.getElementById("summary").replaceChildren(
+    el("span", {}, "workers ", el("b", {}, c.workers_alive)),
+    el("span", {}, "slots ", el("b", {}, c.used_slots + " / " + c.slots)),
+    ...jobs);
+}
+
+function renderJobs(jobs) {
+  const rows = jobs
+    .slice()
+    .sort((a, b) => b.submitted_ms - a.submitted_ms)
+    .map((j) => ({
+      attrs: { class: "job" + (j.id === selected ? " selected" : ""), onclick: () => select(j.id), "data-job": j.id },
+      cells: [j.id, j.name, state(j.state), j.attempt, j.restarts, j.latest_checkpoint ?? "-", ago(j.updated_ms)],
+    }));
+  document.getElementById("jobs").replaceChildren(rows.length
+    ? table(["id", "name", "state", "attempt", "restarts", "checkpoint", "updated"], rows, { numeric: [3, 4, 5] })
+    : el("p", { class: "muted" }, "No jobs. Submit one with `sluice submit`."));
+}
+
+function renderWorkers(workers) {
+  const rows = workers.map((w) => [
+    w.id, w.host, w.used_slots + " / " + w.slots, w.capacity,
+    w.alive ? "alive" : el("span", { class: "dead" }, "dead"),
+    (w.since_heartbeat_ms / 1000).toFixed(1) + " s",
+  ]);
+  document.getElementById("workers").replaceChildren(rows.length
+    ? table(["id", "host", "slots", "capacity", "", "heartbeat"], rows)
+    : el("p", { class: "muted" }, "No workers registered."));
+}
+
+function rates(job) {
+  const now = Date.now();
+  const before = previous.get(job.id);
+  previous.set(job.id, { at: now, nodes: job.nodes });
+  const out = new Map();
+  if (!before || before.nodes.length !== job.nodes.length) return out;
+  const secs = (now - before.at) / 1000;
+  if (secs <= 0) return out;
+  job.nodes.forEach((n, i) => {
+    const p = before.nodes[i];
+    out.set(n.node, {
+      in: Math.max(0, n.records_in - p.records_in) / secs,
+      out: Math.max(0, n.records_out - p.records_out) / secs,
+    });
+  });
+  return out;
+}
+
+function renderPlan(job) {
+  const counters = new Map(job.nodes.map((n) => [n.node, n]));
+  const perSec = rates(job);
+  const rows = [];
+  for (const v of job.vertices) {
+    v.nodes.forEach(([node, name], i) => {
+      const c = counters.get(node) || { records_in: 0, records_out: 0 };
+      const r = perSec.get(node);
+      rows.push([
+        i === 0 ? v.id : "",
+        i === 0 ? v.parallelism : "",
+        name,
+        count(c.records_in),
+        count(c.records_out),
+        r ? count(Math.round(r.out)) : "-",
+      ]);
+    });
+  }
+  return table(["vertex", "parallelism", "operator", "records in", "records out", "out / s"], rows, { numeric: [0, 1, 3, 4, 5] });
+}
+
+function renderPlacement(job) {
+  if (!job.placement.length) return el("p", { class: "muted" }, "Not running.");
+  const rows = job.placement.map((p) => [p.task.vertex + "." + p.task.subtask, p.worker, p.executor]);
+  return table(["subtask", "worker", "executor"], rows);
+}
+
+function renderCheckpoints(cps) {
+  const s = cps.stats;
+  const head = el("p", {},
+    "completed ", el("b", {}, s.completed), " · aborted ", el("b", {}, s.aborted),
+    " · restarts ", el("b", {}, s.restarts),
+    " · restored from ", el("b", {}, s.restored_from ?? "-"),
+    cps.dir ? el("span", { class: "muted" }, " · in ", el("code", {}, cps.dir)) : null);
+  if (!s.recent.length) return [head];
+  const rows = s.recent.slice().reverse().slice(0, 10).map((r) => [
+    r.id, r.savepoint ? "savepoint" : "checkpoint", r.figures.duration_ms + " ms",
+    r.figures.alignment_ms + " ms", bytes(r.figures.bytes), bytes(r.figures.uploaded_bytes || 0),
+  ]);
+  return [head, table(["id", "kind", "duration", "alignment", "size", "uploaded"], rows, { numeric: [0, 2, 3, 4, 5] })];
+}
+
+function renderResults(results) {
+  if (!results.sinks.length) return [el("p", { class: "muted" }, "No rows have reached a sink yet.")];
+  const parts = [el("p", { class: "muted" },
+    "The newest rows each sink received; a sink commits them with the next checkpoint.")];
+  for (const s of results.sinks) {
+    parts.push(el("p", {}, el("b", {}, s.name), el("span", { class: "muted" }, " · " + ago(s.updated_ms))));
+    const rows = s.rows.slice().reverse();
+    parts.push(table(s.columns, rows, { class: "results" }));
+  }
+  return parts;
+}
+
+async function act(what, job) {
+  try {
+    if (what === "cancel") {
+      if (!confirm("Cancel job " + job.id + "?")) return;
+      await post("/jobs/" + encodeURIComponent(job.id) + "/cancel");
+    } else {
+      const dir = prompt("Savepoint directory (or s3:// URL):");
+      if (!dir) return;
+      const stop = confirm("Stop the job once the savepoint is taken?");
+      const taken = await post("/jobs/" + encodeURIComponent(job.id) + "/savepoint", { dir, stop });
+      alert("Savepoint taken: " + taken.location);
+    }
+  } catch (e) {
+    alert(what + " failed: " + e.message);
+  }
+  refresh();
+}
+
+async function renderJob(jobs) {
+  const pane = document.getElementById("job");
+  const job = jobs.find((j) => j.id === selected);
+  if (!job) {
+    pane.replaceChildren(el("p", { class: "muted" }, selected ? "No job " + selected + "." : "Select a job."));
+    return;
+  }
+  const id = encodeURIComponent(job.id);
+  const [cps, results] = await Promise.all([get("/jobs/" + id + "/checkpoints"), get("/jobs/" + id + "/results")]);
+  const ended = ENDED.includes(job.state);
+  fill(pane,
+    el("div", { class: "actions" }, ended ? null : [
+      el("button", { onclick: () => act("savepoint", job) }, "Savepoint"), " ",
+      el("button", { onclick: () => act("cancel", job) }, "Cancel"),
+    ]),
+    el("h2", {}, job.name + " ", el("span", { class: "muted" }, job.id), " ", state(job.state)),
+    el("p", { class: "muted" },
+      "attempt " + job.attempt + " · parallelism " + job.parallelism +
+      (job.rescaling_to ? " (rescaling to " + job.rescaling_to + ")" : "") + " · restarts " + job.restarts + " · submitted " + ago(job.submitted_ms) +
+      " · stale messages refused " + job.rejected_stale),
+    el("p", {}, el("code", {}, job.args.join(" "))),
+    job.error ? el("div", { class: "error" }, job.error) : null,
+    el("h3", {}, "Plan"), renderPlan(job),
+    el("h3", {}, "Results"), ...renderResults(results),
+    el("h3", {}, "Checkpoints"), ...renderCheckpoints(cps),
+    el("h3", {}, "Placement"), renderPlacement(job));
+}
+
+function askForToken(message) {
+  const status = document.getElementById("status");
+  if (status.querySelector("form")) return;
+  const input = el("input", { type: "password", placeholder: "token", autocomplete: "off", size: "24" });
+  const form = el("form", {
+    onsubmit: (ev) => {
+      ev.preventDefault();
+      token = input.value.trim();
+      sessionStorage.setItem("sluice-token", token);
+      status.replaceChildren("checking…");
+      refresh();
+    },
+  }, message + " ", input, " ", el("button", { type: "submit" }, "Use"));
+  status.className = "down";
+  status.replaceChildren(form);
+  input.focus();
+}
+
+let busy = false;
+async function refresh() {
+  if (busy) return;
+  busy = true;
+  const status = document.getElementById("status");
+  try {
+    const [cluster, jobs, workers] = await Promise.all([get("/cluster"), get("/jobs"), get("/workers")]);
+    // An embedded job's process has no control address.
+    embedded = !cluster.control;
+    lastEnded = embedded && jobs.length > 0 && jobs.every((j) => ENDED.includes(j.state));
+    if (embedded && !selected && jobs.length === 1) selected = jobs[0].id;
+    renderSummary(cluster);
+    renderJobs(jobs);
+    renderWorkers(workers);
+    await renderJob(jobs);
+    status.className = "";
+    status.textContent = "updated " + new Date().toLocaleTimeString();
+  } catch (e) {
+    if (e instanceof NeedsToken) {
+      askForToken(token ? "Wrong token." : "This coordinator needs a token.");
+    } else {
+      status.className = "down";
+      if (embedded && lastEnded) {
+        // The job ended and its process exited with it: nothing is wrong.
+        status.className = "";
+        status.textContent = "the job ended; its process has exited";
+      } else if (embedded) {
+        status.textContent = "the job's process is unreachable (it may have exited): " + e.message;
+        markEnded();
+      } else {
+        status.textContent = "coordinator unreachable: " + e.message;
+      }
+    }
+  } finally {
+    busy = false;
+  }
+}
+
+// An embedded job's process that went away took its job with it: its
+// state shown last may say RUNNING, so it is marked as no longer known.
+function markEnded() {
+  for (const s of document.querySelectorAll(".state")) {
+    if (!ENDED.includes(s.textContent)) {
+      s.className = "state GONE";
+      s.textContent = "GONE";
+    }
+  }
+  for (const b of document.querySelectorAll(".actions button")) b.disabled = true;
+}
+
+refresh();
+setInterval(refresh, POLL_MS);
