@@ -38,7 +38,7 @@ use sluice_protocol::api::{
     RescaleRequest, Rescaled, SavepointRequest, SavepointTaken, SubmitJob, WorkerInfo,
 };
 use sluice_protocol::secret::attempt_secret;
-use sluice_web::JobsView;
+use sluice_web::{JobsView, Metrics};
 
 use super::artifacts::ArtifactError;
 use super::jobs::{is_sha256, Job, Run};
@@ -74,6 +74,8 @@ pub struct Manager {
     inner: Mutex<Inner>,
     /// The version of each job's record last written; held while writing.
     written: Mutex<HashMap<String, u64>>,
+    /// Checkpoint histograms (`/metrics`).
+    metrics: Arc<Metrics>,
 }
 
 impl Manager {
@@ -82,6 +84,11 @@ impl Manager {
     pub fn open(config: CoordinatorConfig) -> Result<Arc<Manager>> {
         let meta = MetaStore::open_limited(&config.data_dir, config.artifact_limits)?;
         let control = ControlServer::bind(config.control_listen)?;
+        let metrics = Arc::new(Metrics::new());
+        control.on_checkpoint_complete({
+            let metrics = metrics.clone();
+            Arc::new(move |job, r| metrics.checkpoint_completed(job, &r.figures))
+        });
         let control_addr = control.local_addr().to_string();
         let records = meta.load()?;
         let ids = meta.load_ids(&records)?;
@@ -112,6 +119,7 @@ impl Manager {
                 ids,
             }),
             written: Mutex::default(),
+            metrics,
         }))
     }
 
@@ -989,6 +997,9 @@ impl JobsView for Manager {
     }
     fn savepoint(&self, id: &str, request: SavepointRequest) -> sluice_web::Result<SavepointTaken> {
         Ok(Manager::savepoint(self, id, request)?)
+    }
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 }
 
