@@ -307,14 +307,24 @@ pub fn explain(e: sluice_engine::Error, bad_records: &str) -> anyhow::Error {
 }
 
 /// A one-line summary of a job's checkpoints for the binaries' reports.
-pub fn checkpoint_summary(stats: &sluice_engine::checkpoint::CheckpointStats) -> String {
+/// An executor (one process of a job on a cluster) knows only the
+/// checkpoints its tasks were told completed or aborted: restarts and each
+/// checkpoint's figures are the coordinator's (`sluice status`).
+pub fn checkpoint_summary(result: &sluice_engine::JobResult) -> String {
+    let stats = &result.checkpoints;
+    let restored = stats.restored_from.map_or("-".into(), |c| c.to_string());
+    if result.executor.is_some() {
+        return format!(
+            "checkpoints={} aborted={} restored_from={restored}",
+            stats.completed, stats.aborted
+        );
+    }
     let last = stats.recent.last();
     format!(
-        "checkpoints={} aborted={} restarts={} restored_from={} last_checkpoint_ms={} last_checkpoint_bytes={}",
+        "checkpoints={} aborted={} restarts={} restored_from={restored} last_checkpoint_ms={} last_checkpoint_bytes={}",
         stats.completed,
         stats.aborted,
         stats.restarts,
-        stats.restored_from.map_or("-".into(), |c| c.to_string()),
         last.map_or("-".into(), |r| r.figures.duration_ms.to_string()),
         last.map_or("-".into(), |r| r.figures.bytes.to_string()),
     )

@@ -245,7 +245,11 @@ fn a_corrupted_stored_binary_is_refused_and_replaced_by_an_upload() {
     let refused = request(c.port(), "GET", &path);
     assert_eq!(refused.status, 500, "{}", refused.text());
     for needle in ["corrupt", &sha, "uploaded again"] {
-        assert!(refused.full_text().contains(needle), "{}", refused.full_text());
+        assert!(
+            refused.full_text().contains(needle),
+            "{}",
+            refused.full_text()
+        );
     }
     assert!(!stored.exists(), "moved aside");
     assert!(artifacts_dir(&c).join(format!(".{sha}.corrupt")).exists());

@@ -55,6 +55,6 @@ pub use dsl::{Collected, Env, SinkSpec, SourceSpec, Stream};
 pub use error::{Error, ErrorKind, Result, Retry};
 pub use graph::{EdgeKind, WatermarkStrategy};
 pub use operator::{Collector, Operator, OperatorContext, Sink, Source, SourcePoll};
-pub use runtime::{JobConfig, JobHandle, JobResult};
+pub use runtime::{ExecutorShare, JobConfig, JobHandle, JobResult};
 /// The versioned types shared with the coordinator (re-exported).
 pub use sluice_protocol as protocol;

@@ -131,7 +131,7 @@ fn main() -> anyhow::Result<()> {
         args.output.display(),
         resume_summary(&resume, &result.checkpoints),
         progress.describe(),
-        checkpoint_summary(&result.checkpoints)
+        checkpoint_summary(&result)
     );
     Ok(())
 }

@@ -94,17 +94,31 @@ fn main() -> anyhow::Result<()> {
     }
     let secs = result.duration.as_secs_f64();
     let records = result.source_records();
-    println!(
-        "query={} events={} source_records={} wall_ms={} events_per_sec={:.0} records_per_sec={:.0} peak_rss_mib={:.0} {} ({})",
-        if args.generator_only { "generator".to_string() } else { format!("{query:?}").to_lowercase() },
-        args.events,
-        records,
-        result.duration.as_millis(),
-        args.events as f64 / secs,
-        records as f64 / secs,
-        peak_rss_mib().unwrap_or(f64::NAN),
-        checkpoint_summary(&result.checkpoints),
-        resume_summary(&resume, &result.checkpoints)
-    );
+    let query = if args.generator_only {
+        "generator".to_string()
+    } else {
+        format!("{query:?}").to_lowercase()
+    };
+    let checkpoints = checkpoint_summary(&result);
+    let resumed = resume_summary(&resume, &result.checkpoints);
+    let rss = peak_rss_mib().unwrap_or(f64::NAN);
+    match result.executor {
+        // One executor of a job on a cluster generated a share of the
+        // events: --events and a rate over them are the job's, not its.
+        Some(e) => println!(
+            "query={query} executor={} executors={} source_records={records} wall_ms={} records_per_sec={:.0} peak_rss_mib={rss:.0} {checkpoints} ({resumed})",
+            e.index,
+            e.of,
+            result.duration.as_millis(),
+            records as f64 / secs,
+        ),
+        None => println!(
+            "query={query} events={} source_records={records} wall_ms={} events_per_sec={:.0} records_per_sec={:.0} peak_rss_mib={rss:.0} {checkpoints} ({resumed})",
+            args.events,
+            result.duration.as_millis(),
+            args.events as f64 / secs,
+            records as f64 / secs,
+        ),
+    }
     Ok(())
 }

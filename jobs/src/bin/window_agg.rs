@@ -147,7 +147,7 @@ fn main() -> anyhow::Result<()> {
         skipped(),
         args.output.display(),
         resume_summary(&resume, &result.checkpoints),
-        checkpoint_summary(&result.checkpoints)
+        checkpoint_summary(&result)
     );
     Ok(())
 }

@@ -26,7 +26,7 @@ pub mod results;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -49,8 +49,8 @@ use crate::graph::LogicalGraph;
 use crate::plan::{plan, PhysicalPlan};
 use crate::runtime::{
     checkpoint_channels, counters, node_metrics, plan_channels, run_state, spawn_tasks,
-    spawn_writer, summaries, wire, ErrorHook, JobConfig, JobControl, JobResult, NodeMetrics,
-    RemoteEnds, TaskContext,
+    spawn_writer, summaries, wire, ErrorHook, ExecutorShare, JobConfig, JobControl, JobResult,
+    NodeMetrics, RemoteEnds, TaskContext,
 };
 use sluice_protocol::api::ExecutorSpec;
 use sluice_protocol::control::{read_frame, write_frame, ToCoordinator, ToExecutor};
@@ -302,6 +302,13 @@ struct Fence {
     /// `Failed` was sent (once: the first error as it happens, or the
     /// executor's error when it ends).
     reported: AtomicBool,
+    /// Checkpoints the coordinator told this executor's tasks completed,
+    /// and aborted (each id counted once, though every task hears of it):
+    /// the executor's closing figures.
+    completed: AtomicU64,
+    aborted: AtomicU64,
+    last_completed: AtomicU64,
+    last_aborted: AtomicU64,
 }
 
 impl Fence {
@@ -525,10 +532,16 @@ impl Run<'_> {
             nodes: summaries(graph, &metrics),
             plan: plan.clone(),
             checkpoints: CheckpointStats {
+                completed: self.fence.completed.load(Ordering::SeqCst),
+                aborted: self.fence.aborted.load(Ordering::SeqCst),
                 restored_from: restore.as_ref().map(|r| r.manifest.id),
                 ..CheckpointStats::default()
             },
             stopped: false,
+            executor: Some(ExecutorShare {
+                index: spec.executor,
+                of: spec.executors,
+            }),
         })
     }
 
@@ -788,6 +801,16 @@ fn spawn_control_reader(
                             // The writer is done with it: every snapshot was
                             // acknowledged, or the checkpoint is abandoned.
                             dirs.lock().expect("checkpoint dirs lock").remove(&id.0);
+                            // Ids rise: the first task told of one counts it.
+                            let (count, last) = match msg {
+                                TaskControl::Complete(_) => {
+                                    (&fence.completed, &fence.last_completed)
+                                }
+                                _ => (&fence.aborted, &fence.last_aborted),
+                            };
+                            if last.fetch_max(id.0, Ordering::SeqCst) < id.0 {
+                                count.fetch_add(1, Ordering::SeqCst);
+                            }
                         }
                         match ports.get(&task) {
                             Some(tx) => {

@@ -150,6 +150,20 @@ pub struct JobResult {
     pub checkpoints: CheckpointStats,
     /// Whether the job stopped with a savepoint instead of finishing its input.
     pub stopped: bool,
+    /// In executor mode, which executor of the job this process was: its
+    /// counters are its own subtasks' and its checkpoint figures those its
+    /// tasks were told of (no restarts, no per-checkpoint figures), not the
+    /// job's. `None` for an embedded run, which ran the whole job.
+    pub executor: Option<ExecutorShare>,
+}
+
+/// Which executor of a job an executor-mode run was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecutorShare {
+    /// Its index, from 0.
+    pub index: usize,
+    /// The job's executor count.
+    pub of: usize,
 }
 
 impl JobResult {
@@ -655,6 +669,7 @@ impl Driver {
             plan: plan.clone(),
             checkpoints: CheckpointStats::default(),
             stopped,
+            executor: None,
         })
     }
 }
