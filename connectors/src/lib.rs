@@ -7,10 +7,13 @@
 //! - [`nexmark`]: the Nexmark benchmark generator (persons, auctions, bids),
 //!   deterministic by seed and independent of parallelism.
 //! - [`file`]: bounded sources over Parquet, CSV and JSON-lines files.
+//! - `json`: the strict JSON record rule and decoder the Kafka source and
+//!   the JSON-lines file source share.
 //! - [`parquet`]: the Parquet sink (a file per subtask, rolled by size/time).
 //! - [`sinks`]: the discarding sink and the print sink for demos.
 
 pub mod file;
+mod json;
 pub mod kafka;
 pub mod nexmark;
 pub mod parquet;

@@ -1,8 +1,17 @@
 //! Command-line helpers shared by the job binaries: durations, output
-//! targets, checkpoint flags, logging setup.
+//! targets, checkpoint flags (and what a checkpoint location holds when a
+//! job starts: the notice that it resumes, `--fresh`), logging setup, the
+//! closing summary's resume part, hints on errors.
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sluice_engine::checkpoint::{store, Storage};
+use tracing::info;
+
+/// The `tracing` target of notices for whoever runs a job: where it
+/// resumes, where a bounded source stops. Shown at INFO by default.
+pub use sluice_connectors::kafka::NOTICE_TARGET;
 
 /// Where a job writes its results.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,14 +69,19 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("invalid size '{s}': must be positive and fit in 64 bits"))
 }
 
-/// Installs a `tracing` subscriber reading `RUST_LOG` (default: warnings),
-/// writing to stderr so stdout stays for results.
+/// Installs a `tracing` subscriber reading `RUST_LOG` (default: warnings,
+/// and the job notices of [`NOTICE_TARGET`]), writing to stderr so stdout
+/// stays for results.
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("warn,{NOTICE_TARGET}=info"))
+    });
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only for a terminal, not in files and pipes.
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 
@@ -110,17 +124,84 @@ pub struct CheckpointArgs {
     /// the checkpoint location holds none of this job yet.
     #[arg(long)]
     pub restore: Option<sluice_engine::checkpoint::Location>,
+    /// Start from the beginning instead of resuming: move the checkpoint
+    /// directory and the output directory aside (renamed to
+    /// `NAME.old-TIMESTAMP`) when they hold anything. Nothing is deleted.
+    /// Local directories only, embedded runs only.
+    #[arg(long)]
+    pub fresh: bool,
+}
+
+/// What the checkpoint location held when the job started: the checkpoint
+/// it resumes from, as far as the manifests tell (the engine verifies it,
+/// and falls back past a damaged one with a warning).
+#[derive(Debug, Clone, Default)]
+pub struct Resume {
+    /// Newest completed checkpoint: id and when it was taken (ms since the
+    /// epoch).
+    pub checkpoint: Option<(u64, i64)>,
+}
+
+/// `2025-06-01T10:00:00Z` for ms since the epoch.
+pub fn rfc3339(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// How long ago `ms` (since the epoch) was, roughly (`3m 20s`).
+fn ago(ms: i64) -> String {
+    let then = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    let secs = SystemTime::now()
+        .duration_since(then)
+        .map_or(0, |d| d.as_secs());
+    humantime::format_duration(Duration::from_secs(secs)).to_string()
+}
+
+/// Renames `dir` to `DIR.old-TIMESTAMP` (a fresh name) and returns it.
+fn set_aside(dir: &Path) -> anyhow::Result<PathBuf> {
+    let stamp = humantime::format_rfc3339_seconds(SystemTime::now())
+        .to_string()
+        .replace([':', '-'], "");
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "dir".into());
+    let mut target = dir.with_file_name(format!("{name}.old-{stamp}"));
+    let mut n = 2;
+    while target.exists() {
+        target = dir.with_file_name(format!("{name}.old-{stamp}-{n}"));
+        n += 1;
+    }
+    std::fs::rename(dir, &target).map_err(|e| {
+        anyhow::anyhow!(
+            "--fresh: moving {} aside to {}: {e}",
+            dir.display(),
+            target.display()
+        )
+    })?;
+    Ok(target)
+}
+
+/// Whether `dir` exists and holds anything.
+fn holds_anything(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut rd| rd.next().is_some())
 }
 
 impl CheckpointArgs {
-    /// Configures `env` (named `job`, which checkpoints record) from the flags.
-    pub fn apply(&self, env: &sluice_engine::Env, job: &str) -> anyhow::Result<()> {
+    /// Configures `env` (named `job`, which checkpoints record) from the
+    /// flags. Says where the job resumes (or that it starts from the
+    /// beginning) and, with `--fresh`, moves the checkpoint directory
+    /// aside first. Only an embedded run looks: in describe or executor
+    /// mode the location is the coordinator's business (and `--fresh` an
+    /// error).
+    pub fn apply(&self, env: &sluice_engine::Env, job: &str) -> anyhow::Result<Resume> {
         if self.restore.is_some() && self.checkpoint_dir.is_none() {
             anyhow::bail!("--restore needs --checkpoint-dir (where the resumed job checkpoints)");
         }
         if self.checkpoint_interval.is_zero() {
             anyhow::bail!("--checkpoint-interval must be positive");
         }
+        let resume = self.look(job)?;
         env.configure(|c| {
             c.name = job.to_string();
             if let Some(d) = &self.state_dir {
@@ -147,19 +228,148 @@ impl CheckpointArgs {
                 c.checkpoint = Some(ck);
             }
         });
+        Ok(resume)
+    }
+
+    /// What the checkpoint location holds; with `--fresh` it is moved aside.
+    fn look(&self, job: &str) -> anyhow::Result<Resume> {
+        if !sluice_engine::dsl::runs_embedded() {
+            if self.fresh {
+                anyhow::bail!(
+                    "--fresh works on embedded runs only; on a cluster, submit the job with a new --checkpoint-dir"
+                );
+            }
+            return Ok(Resume::default());
+        }
+        let Some(location) = &self.checkpoint_dir else {
+            return Ok(Resume::default());
+        };
+        let newest = store::newest_manifest(&Storage::open(location)?)?;
+        if self.fresh {
+            let Some(dir) = location.local_path() else {
+                anyhow::bail!(
+                    "--fresh moves local directories aside; for {location} choose a new prefix instead"
+                );
+            };
+            if holds_anything(&dir) {
+                let aside = set_aside(&dir)?;
+                let what = match &newest {
+                    Some((m, n)) => format!(
+                        "{n} checkpoint(s) of job '{}', the newest {} taken {}",
+                        m.job,
+                        m.id,
+                        rfc3339(m.timestamp_ms)
+                    ),
+                    None => "no completed checkpoint".into(),
+                };
+                info!(target: NOTICE_TARGET,
+                    "--fresh: moved {} ({what}) aside to {}; starting from the beginning",
+                    dir.display(), aside.display());
+            }
+            return Ok(Resume::default());
+        }
+        match newest {
+            Some((m, _)) if m.job == job => {
+                info!(target: NOTICE_TARGET,
+                    "resuming job '{job}' from checkpoint {} in {location} (taken {}, {} ago); \
+                     --fresh starts from the beginning instead",
+                    m.id, rfc3339(m.timestamp_ms), ago(m.timestamp_ms));
+                Ok(Resume {
+                    checkpoint: Some((m.id, m.timestamp_ms)),
+                })
+            }
+            // Another job's checkpoints: the engine refuses to start, naming it.
+            Some(_) => Ok(Resume::default()),
+            None => {
+                match &self.restore {
+                    Some(r) => info!(target: NOTICE_TARGET,
+                        "{location} holds no checkpoint yet: starting from {r}"),
+                    None => info!(target: NOTICE_TARGET,
+                        "{location} holds no checkpoint yet: starting from the beginning"),
+                }
+                Ok(Resume::default())
+            }
+        }
+    }
+
+    /// With `--fresh` (embedded runs), moves an output directory that
+    /// holds anything aside, so the fresh run's files are all there is.
+    pub fn fresh_output(&self, dir: &Path) -> anyhow::Result<()> {
+        if self.fresh && sluice_engine::dsl::runs_embedded() && holds_anything(dir) {
+            let aside = set_aside(dir)?;
+            info!(target: NOTICE_TARGET,
+                "--fresh: moved the earlier output {} aside to {}", dir.display(), aside.display());
+        }
         Ok(())
+    }
+
+    /// [`CheckpointArgs::fresh_output`] for an output that may be in a
+    /// bucket: there nothing can be moved aside atomically, so `--fresh`
+    /// with an object-store output is refused rather than half done.
+    pub fn fresh_output_at(
+        &self,
+        output: &sluice_engine::checkpoint::Location,
+    ) -> anyhow::Result<()> {
+        match output.local_path() {
+            Some(dir) => self.fresh_output(&dir),
+            None if self.fresh && sluice_engine::dsl::runs_embedded() => anyhow::bail!(
+                "--fresh moves local directories aside; the output {output} is in object storage: \
+                 remove or rename it there, or write to a new prefix"
+            ),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The resume part of a closing summary: `resumed from checkpoint 12
+/// (taken 2025-06-01T10:00:00Z)`, or `started from the beginning`.
+pub fn resume_summary(
+    resume: &Resume,
+    stats: &sluice_engine::checkpoint::CheckpointStats,
+) -> String {
+    // The first attempt's start point: later ones (restarts) resume from
+    // the job's own checkpoints, which the summary counts separately.
+    match (resume.checkpoint, stats.restored_from) {
+        (Some((id, _)), Some(r)) if stats.restarts == 0 && r != id => {
+            format!("resumed from checkpoint {r} (newer ones did not verify)")
+        }
+        (Some((id, ms)), _) => format!("resumed from checkpoint {id} (taken {})", rfc3339(ms)),
+        (None, Some(id)) if stats.restarts == 0 => format!("resumed from checkpoint {id}"),
+        _ => "started from the beginning".into(),
+    }
+}
+
+/// `e` for the user, with a hint for errors a flag can get past: records
+/// that cannot be decoded or processed (`bad_records` says which flags
+/// skip or keep them).
+pub fn explain(e: sluice_engine::Error, bad_records: &str) -> anyhow::Error {
+    match e.root() {
+        sluice_engine::Error::Decode(_) => {
+            anyhow::anyhow!("{e}\n(the job stopped at the first bad record; {bad_records})")
+        }
+        _ => anyhow::Error::new(e),
     }
 }
 
 /// A one-line summary of a job's checkpoints for the binaries' reports.
-pub fn checkpoint_summary(stats: &sluice_engine::checkpoint::CheckpointStats) -> String {
+/// An executor (one process of a job on a cluster) knows only the
+/// checkpoints its tasks were told completed or aborted: restarts and each
+/// checkpoint's figures are the coordinator's (`sluice status`).
+pub fn checkpoint_summary(result: &sluice_engine::JobResult) -> String {
+    let stats = &result.checkpoints;
+    let restored = stats.restored_from.map_or("-".into(), |c| c.to_string());
+    if result.executor.is_some() {
+        return format!(
+            "checkpoints={} aborted={} restored_from={restored}",
+            stats.completed, stats.aborted
+        );
+    }
     let last = stats.recent.last();
     format!(
-        "checkpoints={} aborted={} restarts={} restored_from={} last_checkpoint_ms={} last_checkpoint_bytes={}",
+        "checkpoints={} aborted={} restarts={} restored_from={restored} last_checkpoint_ms={} last_checkpoint_bytes={}",
         stats.completed,
         stats.aborted,
         stats.restarts,
-        stats.restored_from.map_or("-".into(), |c| c.to_string()),
         last.map_or("-".into(), |r| r.figures.duration_ms.to_string()),
         last.map_or("-".into(), |r| r.figures.bytes.to_string()),
     )

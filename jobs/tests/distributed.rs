@@ -127,6 +127,56 @@ fn q5_on_three_workers_equals_the_embedded_run() {
         let (count, _) = m.histogram(h, &job).expect(h);
         assert_eq!(count, completed, "{h}");
     }
+    assert_executor_summaries(&cluster, &job, 3, completed as u64);
+}
+
+/// Each executor's closing line (its log on its worker) speaks for that
+/// executor: which one it was, the source records it read and the
+/// checkpoints its tasks took part in. It used to claim the job's
+/// `--events` with a rate over them and `checkpoints=0` however many the
+/// job completed.
+fn assert_executor_summaries(cluster: &Cluster, job: &str, executors: usize, completed: u64) {
+    let mut lines = Vec::new();
+    for i in 0..cluster.worker_count() {
+        let logs = cluster.dir().join(format!("worker-{i}/logs"));
+        for f in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("{job}-a")) && name.ends_with(".log") {
+                let text = std::fs::read_to_string(f.path()).unwrap();
+                lines.extend(
+                    text.lines()
+                        .filter(|l| l.starts_with("query=q5 "))
+                        .map(String::from),
+                );
+            }
+        }
+    }
+    assert_eq!(lines.len(), executors, "{lines:?}\n{}", cluster.logs());
+    let field = |line: &str, key: &str| -> Option<String> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{key}=")).map(String::from))
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let mut records = 0;
+    for line in &lines {
+        assert!(field(line, "events").is_none(), "{line}");
+        assert!(field(line, "events_per_sec").is_none(), "{line}");
+        assert_eq!(field(line, "executors").as_deref(), Some("3"), "{line}");
+        seen.insert(field(line, "executor").expect(line));
+        records += field(line, "source_records")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap();
+        let checkpoints: u64 = field(line, "checkpoints").unwrap().parse().unwrap();
+        assert!(
+            (1..=completed).contains(&checkpoints),
+            "the job completed {completed} checkpoints: {line}"
+        );
+    }
+    assert_eq!(seen.len(), executors, "{lines:?}");
+    // q5 reads bids: 46 of every 50 events. No restart, so each was read once.
+    let events: u64 = EVENTS.parse().unwrap();
+    assert_eq!(records, events / 50 * 46, "{lines:?}");
 }
 
 /// The rows `sluice results` shows are rows of the job's Parquet output,

@@ -14,7 +14,7 @@ use arrow::compute::{cast, concat_batches, take_record_batch};
 use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use hashbrown::HashMap;
-use sluice_engine::data::{event_times_ms, CheckpointId, Watermark};
+use sluice_engine::data::{event_times_in_range, CheckpointId, Watermark};
 use sluice_engine::state::{OperatorSnapshot, RestoredState};
 use sluice_engine::{Collector, Operator, OperatorContext, Result, Stream};
 
@@ -103,7 +103,7 @@ impl Operator for TopOperator {
         _ctx: &OperatorContext,
         _out: &mut Collector,
     ) -> Result<()> {
-        let ts = event_times_ms(batch.column(self.time))?;
+        let ts = event_times_in_range(&batch, self.time)?;
         let ranks = self.ranks(&batch)?;
         // Best rows of this batch per group, then merged into the state.
         let mut local: HashMap<i64, (Rank, Vec<u32>)> = HashMap::new();

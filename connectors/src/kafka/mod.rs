@@ -7,14 +7,16 @@
 //!   offsets, offsets committed to the group when a checkpoint completes,
 //!   partitions added at run time picked up, each partition a watermark
 //!   split (with the strategy's idleness), and a bounded mode that stops at
-//!   the end offsets seen when the job first started (kept in state, so a
-//!   restart stops at the same place). Modules: [`source`](self) subtask
+//!   the topic's end offsets when the read starts (kept in state, so a
+//!   restart of an interrupted bounded read stops at the same place; a
+//!   later bounded run reads on to the then current end). Modules: [`source`](self) subtask
 //!   logic, `client` (offsets and watermarks), `state` (checkpoint
 //!   entries), [`format`] (JSON with a declared or inferred schema, raw
-//!   bytes, text), `json_check` (the one-pass check of a JSON record
-//!   against its schema), `json_columns` (checked values of flat records
-//!   straight into columns), [`avro`] (Avro datums with a given schema),
-//!   [`dlq`] (the decode policy), [`evolve`] (JSON schema evolution).
+//!   bytes, text; JSON records are checked and built by `crate::json`,
+//!   shared with the JSON-lines file source), [`avro`] (Avro datums with a given schema),
+//!   [`dlq`] (the decode policy), [`progress`] (where partitions started
+//!   and stopped, and the notices saying so), [`evolve`] (JSON schema
+//!   evolution).
 //! - [`KafkaSink`]: at-least-once (flush at the barrier) or exactly-once
 //!   (one transaction per checkpoint, committed when the checkpoint
 //!   completes, recovered on restart through epoch markers), in `sink`.
@@ -41,8 +43,7 @@ mod client;
 pub mod dlq;
 pub mod evolve;
 pub mod format;
-mod json_check;
-mod json_columns;
+pub mod progress;
 pub mod sink;
 mod source;
 pub mod state;
@@ -53,7 +54,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -63,6 +64,7 @@ use sluice_engine::{Error, OperatorContext, Result, Source, SourceSpec};
 pub use client::{send_waiting, KafkaConfig};
 pub use dlq::{DecodePolicy, DecodeStats};
 pub use format::Format;
+pub use progress::{KafkaProgress, PartitionProgress, NOTICE_TARGET};
 pub use sink::{CommitStep, KafkaSink, SinkGuarantee};
 pub use state::{schema_from_checkpoint, StartFrom};
 
@@ -89,6 +91,7 @@ pub struct KafkaSource {
     evolve: bool,
     stats: Arc<DecodeStats>,
     emitted: Arc<AtomicU64>,
+    progress: Arc<KafkaProgress>,
 }
 
 impl KafkaSource {
@@ -108,6 +111,7 @@ impl KafkaSource {
             evolve: false,
             stats: Arc::default(),
             emitted: Arc::default(),
+            progress: Arc::default(),
         }
     }
     /// Decodes values with `format`.
@@ -132,7 +136,12 @@ impl KafkaSource {
         self.start = start;
         self
     }
-    /// Bounded mode: stop at the end offsets of the first start.
+    /// Bounded mode: stop at the topic's end offsets when the read starts.
+    /// Resuming a bounded read that had not reached its ends (a restart
+    /// after a failure, or the same command run again after a kill) stops
+    /// at the ends it fixed; otherwise (a first start, or resuming a read
+    /// that finished, or an unbounded one) at the current end. Without
+    /// this the source never ends, whatever its checkpoint says.
     pub fn until_end(mut self) -> Self {
         self.bounded = true;
         self
@@ -167,6 +176,11 @@ impl KafkaSource {
     pub fn decode_stats(&self) -> Arc<DecodeStats> {
         self.stats.clone()
     }
+    /// Where each partition started and how far it was read (shared by
+    /// all subtasks), for a job's summary.
+    pub fn progress(&self) -> Arc<KafkaProgress> {
+        self.progress.clone()
+    }
     /// Records emitted by all subtasks of this source so far.
     pub fn records_emitted(&self) -> u64 {
         self.emitted.load(Ordering::Relaxed)
@@ -176,12 +190,12 @@ impl KafkaSource {
     /// start of the topic's partitions (waiting at most `timeout` for
     /// them). See [`format::infer_json_schema`] for the type rules.
     pub fn infer_json_schema(&self, sample: usize, timeout: Duration) -> Result<SchemaRef> {
-        let consumer: BaseConsumer = self
+        let consumer: client::WatchedConsumer = self
             .config
             .consumer(None)
-            .create()
+            .create_with_context(self.config.watch("the Kafka schema sampler"))
             .map_err(|e| client::kafka_err("creating the schema sampler", e))?;
-        let partitions = client::partitions(&consumer, &self.topic)?;
+        let partitions = client::partitions(&consumer, &self.topic, true)?;
         let mut tpl = TopicPartitionList::new();
         for &p in &partitions {
             tpl.add_partition_offset(&self.topic, p, Offset::Beginning)

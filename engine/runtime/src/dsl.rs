@@ -262,6 +262,14 @@ pub const DESCRIBE_ENV: &str = "SLUICE_DESCRIBE";
 /// Executor mode: the `ExecutorSpec` JSON file to run.
 pub const EXECUTOR_ENV: &str = "SLUICE_EXECUTOR";
 
+/// Whether this process runs jobs on the embedded cluster (neither
+/// describe nor executor mode): only then do its own files (checkpoints,
+/// output) belong to it alone, so a job binary may act on them before
+/// the job starts.
+pub fn runs_embedded() -> bool {
+    matches!(mode(), Ok(Mode::Embedded))
+}
+
 /// How a job binary runs.
 enum Mode {
     Embedded,

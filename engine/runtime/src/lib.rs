@@ -52,9 +52,9 @@ pub mod testing;
 pub use checkpoint::{CheckpointConfig, RestartStrategy};
 pub use data::{EventTime, StreamMessage, Watermark};
 pub use dsl::{Collected, Env, SinkSpec, SourceSpec, Stream};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result, Retry};
 pub use graph::{EdgeKind, WatermarkStrategy};
 pub use operator::{Collector, Operator, OperatorContext, Sink, Source, SourcePoll};
-pub use runtime::{JobConfig, JobHandle, JobResult};
+pub use runtime::{ExecutorShare, JobConfig, JobHandle, JobResult};
 /// The versioned types shared with the coordinator (re-exported).
 pub use sluice_protocol as protocol;

@@ -11,7 +11,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
 use crate::data::{CheckpointId, Watermark};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::runtime::NodeMetrics;
 use crate::state::{OperatorSnapshot, RestoredState};
 
@@ -202,7 +202,9 @@ pub trait Source: Send {
     /// Produces the next batch, or says there is none now, or that the input ended.
     fn poll(&mut self, ctx: &OperatorContext) -> Result<SourcePoll>;
 
-    /// How long to back off after [`SourcePoll::Idle`].
+    /// How long to back off after [`SourcePoll::Idle`] (at most 100 ms
+    /// are taken; a control message for the task, such as a checkpoint
+    /// barrier to inject, ends the pause early).
     fn idle_backoff(&self) -> Duration {
         Duration::from_millis(5)
     }
@@ -210,6 +212,31 @@ pub trait Source: Send {
     /// Records emitted so far (for metrics and progress reports).
     fn records_emitted(&self) -> u64 {
         0
+    }
+
+    /// Rows of the batch just polled from `split` that no operator can
+    /// process (their event time is null or outside
+    /// [`crate::data::EVENT_TIME_RANGE`]), each with why; the runtime
+    /// calls this before the batch goes on and then leaves those rows
+    /// out. A source with a bad-record policy applies it here (skip and
+    /// count, dead-letter) and returns `Ok`; returning an error fails the
+    /// job. The default fails with an [`Error::Decode`] naming the split
+    /// and the first bad row; sources override it to name the record's
+    /// position (topic, partition and offset; file and line).
+    fn reject(
+        &mut self,
+        split: usize,
+        batch: &RecordBatch,
+        rows: &[(usize, String)],
+    ) -> Result<()> {
+        let (row, why) = rows
+            .first()
+            .map_or((0, "bad record"), |(r, w)| (*r, w.as_str()));
+        Err(Error::Decode(format!(
+            "{} of {} records of split {split} cannot be processed; row {row}: {why}",
+            rows.len(),
+            batch.num_rows()
+        )))
     }
 
     /// Whether the source can record its position in a checkpoint and

@@ -10,20 +10,25 @@ use sluice_connectors::parquet::{ParquetSink, PartitionSpec};
 use sluice_engine::checkpoint::Location;
 use sluice_engine::Env;
 use sluice_jobs::cli::{
-    checkpoint_summary, init_logging, parse_duration, parse_size, CheckpointArgs,
+    checkpoint_summary, explain, init_logging, parse_duration, parse_size, resume_summary,
+    CheckpointArgs,
 };
 use sluice_jobs::kafka_to_parquet::{source, KafkaToParquetSpec, ValueFormat};
 use sluice_operators::prelude::*;
 
-/// Kafka topic into Parquet files, exactly once with checkpoints.
+/// Every record of a Kafka topic into Parquet files, exactly once with
+/// checkpoints.
 ///
-/// Every record becomes a row with `_partition`, `_offset`, `_timestamp`
-/// and the decoded value. Output goes to a directory or to
-/// s3://bucket/prefix, optionally into Hive-style partition directories.
-/// A file stays open across checkpoints and rolls by size, rows, age,
-/// inactivity or (with --watermark-delay) when its time partition has
-/// passed; a reader only ever sees complete files that a checkpoint
-/// committed.
+/// Columns: _partition, _offset, _timestamp and the decoded value (JSON
+/// fields from --schema or inferred, raw bytes, text, or Avro). Output goes
+/// to a directory or to s3://bucket/prefix, optionally into Hive-style
+/// partition directories. A file stays open across checkpoints and rolls
+/// by size, rows, age, inactivity or (with --watermark-delay) when its time
+/// partition has passed; a reader only ever sees complete files that a
+/// checkpoint committed. A job started again with the same
+/// --checkpoint-dir resumes where the last one stopped (it says so; --fresh
+/// starts from the beginning). Records that do not decode fail the job
+/// unless --skip-bad-records or --dead-letter-topic says otherwise.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about, after_help = EXAMPLES)]
 struct Args {
@@ -101,8 +106,10 @@ struct Args {
     upload_part_size: u64,
     /// Parallelism (partition p is read by subtask p % P).
     #[arg(long)]
-    parallelism: Option<usize>,
-    /// Stop at the end offsets seen when the job first started.
+    parallelism: Option<std::num::NonZeroUsize>,
+    /// Stop at the end of the topic: the end offsets when this run starts
+    /// (or, when it resumes a bounded run that was interrupted, the ends
+    /// that run fixed). Without it the job runs until stopped.
     #[arg(long)]
     until_end: bool,
     /// earliest | latest | committed | timestamp:MS (partitions without a
@@ -132,10 +139,11 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let env = Env::new();
     if let Some(p) = args.parallelism {
-        env.set_parallelism(p);
+        env.set_parallelism(p.get());
     }
     let job = "kafka_to_parquet";
-    args.checkpoints.apply(&env, job)?;
+    let resume = args.checkpoints.apply(&env, job)?;
+    args.checkpoints.fresh_output_at(&args.output)?;
     let policy = match (&args.dead_letter_topic, args.skip_bad_records) {
         (Some(t), _) => DecodePolicy::DeadLetter(t.clone()),
         (None, true) => DecodePolicy::Skip,
@@ -158,6 +166,7 @@ fn main() -> anyhow::Result<()> {
     };
     let src = source(&spec)?;
     let stats = src.decode_stats();
+    let progress = src.progress();
     // Offsets and timestamps are distinct per record: no dictionary.
     let mut sink = ParquetSink::new(args.output.clone())
         .without_dictionary(["_offset", "_timestamp"])
@@ -182,15 +191,27 @@ fn main() -> anyhow::Result<()> {
         None => stream,
     };
     stream.sink(sink);
-    let result = env.execute()?;
+    let result = env.execute().map_err(|e| {
+        explain(
+            e,
+            "--skip-bad-records skips and counts such records, --dead-letter-topic TOPIC keeps them in a topic",
+        )
+    })?;
+    let records = result.source_records();
+    let nothing_new = if records == 0 && progress.resumed() && progress.nothing_new() {
+        " (nothing new: every partition had been read up to the end already)"
+    } else {
+        ""
+    };
     eprintln!(
-        "kafka_to_parquet: {} records, {} ms, skipped={} dead_lettered={}, output in {}, {}",
-        result.source_records(),
+        "kafka_to_parquet: {records} records{nothing_new}, {} ms, skipped={} dead_lettered={}, output in {}, {}; read {}; {}",
         result.duration.as_millis(),
         stats.skipped(),
         stats.dead_lettered(),
         args.output,
-        checkpoint_summary(&result.checkpoints)
+        resume_summary(&resume, &result.checkpoints),
+        progress.describe(),
+        checkpoint_summary(&result)
     );
     Ok(())
 }

@@ -49,10 +49,11 @@ pub fn count() -> AggregateExpr {
     }
 }
 
-/// Sum of an integer or float column, ignoring nulls: Int64 for every
-/// integer type (two's-complement wrapping on overflow, like `i64::wrapping_add`;
-/// UInt64 values above `i64::MAX` wrap too), Float64 for floats. Null when a
-/// window holds no non-null value.
+/// Sum of an integer or float column, ignoring nulls: Int64 for signed
+/// integers and unsigned ones up to 32 bits (a sum past the range of
+/// Int64 fails the job with an overflow error naming the column; it never
+/// wraps), `Decimal128(38, 0)` for UInt64 (exact: every UInt64 sum fits),
+/// Float64 for floats. Null when a window holds no non-null value.
 pub fn sum(col: &str) -> AggregateExpr {
     AggregateExpr {
         kind: AggKind::Sum,
@@ -145,6 +146,7 @@ impl AggregateExpr {
         let t = input.field(idx).data_type();
         let out = match &self.kind {
             AggKind::Count => Some(DataType::Int64),
+            AggKind::Sum if t == &DataType::UInt64 => Some(accumulators::UINT64_SUM_TYPE),
             AggKind::Sum if is_integer(t) => Some(DataType::Int64),
             AggKind::Sum | AggKind::Avg if is_integer(t) || is_float(t) => Some(DataType::Float64),
             AggKind::Min | AggKind::Max if accumulators::min_max_supported(t) => Some(t.clone()),
@@ -170,7 +172,7 @@ impl AggregateExpr {
     }
 }
 
-/// Integer types `sum` accepts (summed as Int64).
+/// Integer types `sum` accepts (summed as Int64, UInt64 as a decimal).
 fn is_integer(t: &DataType) -> bool {
     matches!(
         t,

@@ -15,7 +15,7 @@
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use hashbrown::HashMap;
-use sluice_engine::data::{event_times_ms, CheckpointId, Watermark};
+use sluice_engine::data::{event_times_in_range, CheckpointId, Watermark};
 use sluice_engine::state::{OperatorSnapshot, RestoredState};
 use sluice_engine::{Collector, Operator, OperatorContext, Result};
 use tracing::debug;
@@ -99,7 +99,7 @@ impl Operator for IntervalJoinOperator {
         _ctx: &OperatorContext,
         out: &mut Collector,
     ) -> Result<()> {
-        let ts = event_times_ms(batch.column(self.time[input]))?;
+        let ts = event_times_in_range(&batch, self.time[input])?;
         let keys = self.encoder.encode(&batch, &self.keys[input])?;
         let other = &self.sides[1 - input];
         // Partner times relative to this row's time.

@@ -40,6 +40,10 @@ mod window_join;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_engine::data::MAX_EVENT_DURATION;
+
+use crate::window::too_long;
+
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use sluice_engine::graph::OperatorFactory;
 use sluice_engine::Stream;
@@ -283,6 +287,9 @@ impl Join for Stream {
                 ),
             ));
         }
+        if size > MAX_EVENT_DURATION {
+            self.report(plan_error(&self, VERB, too_long("join window size", size)));
+        }
         let mut p = plan(&self, &right, left_keys, right_keys, VERB);
         let time = event_times(&self, &right, VERB);
         let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
@@ -329,6 +336,11 @@ impl Join for Stream {
                 VERB,
                 format!("lower bound {lower_ms} ms is above upper bound {upper_ms} ms"),
             ));
+        }
+        for bound in [lower_ms, upper_ms] {
+            if bound.unsigned_abs() > MAX_EVENT_DURATION.unsigned_abs() {
+                self.report(plan_error(&self, VERB, too_long("join bound", bound)));
+            }
         }
         let p = plan(&self, &right, left_keys, right_keys, VERB);
         let time = event_times(&self, &right, VERB);

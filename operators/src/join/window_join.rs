@@ -12,7 +12,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use sluice_engine::data::{event_times_ms, CheckpointId, Watermark};
+use sluice_engine::data::{event_times_in_range, CheckpointId, Watermark};
 use sluice_engine::state::{OperatorSnapshot, RestoredState};
 use sluice_engine::{Collector, Operator, OperatorContext, Result};
 use tracing::debug;
@@ -168,7 +168,7 @@ impl Operator for WindowJoinOperator {
         _ctx: &OperatorContext,
         _out: &mut Collector,
     ) -> Result<()> {
-        let ts = event_times_ms(batch.column(self.time[input]))?;
+        let ts = event_times_in_range(&batch, self.time[input])?;
         let keys = self.encoder.encode(&batch, &self.keys[input])?;
         let mut keep = Vec::with_capacity(ts.len());
         let mut late = 0u64;

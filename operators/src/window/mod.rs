@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use sluice_engine::data::is_event_time_type;
+use sluice_engine::data::{is_event_time_type, MAX_EVENT_DURATION};
 use sluice_engine::graph::OperatorFactory;
 use sluice_engine::{Error, Operator, Result, Stream};
 
@@ -136,9 +136,22 @@ impl WindowSpec {
             WindowSpec::Session { gap_ms } if gap_ms <= 0 => {
                 Err("session gap must be positive".into())
             }
+            WindowSpec::Tumbling { size_ms: d }
+            | WindowSpec::Sliding { size_ms: d, .. }
+            | WindowSpec::Session { gap_ms: d }
+                if d > MAX_EVENT_DURATION =>
+            {
+                Err(too_long("window size or gap", d))
+            }
             _ => Ok(()),
         }
     }
+}
+
+/// Why a duration is refused: past [`MAX_EVENT_DURATION`] window ends
+/// could overflow.
+pub(crate) fn too_long(what: &str, ms: i64) -> String {
+    format!("{what} of {ms} ms is longer than the longest supported ({MAX_EVENT_DURATION} ms, about 10,000 years)")
 }
 
 /// Parses `250ms`, `10s`, `5m`, `2h`, `1d`.
@@ -214,6 +227,9 @@ impl WindowedStream {
         let err = |m: String| stream.report(plan_error(&stream, "window", m));
         if let Err(m) = spec.validate() {
             err(m);
+        }
+        if !(0..=MAX_EVENT_DURATION).contains(&lateness) {
+            err(too_long("allowed lateness", lateness));
         }
         if aggs.is_empty() {
             err("aggregate needs at least one aggregate".into());

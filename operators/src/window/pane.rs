@@ -11,7 +11,7 @@ use arrow::compute::take_record_batch;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use hashbrown::HashMap;
-use sluice_engine::data::{event_times_ms, CheckpointId, Watermark};
+use sluice_engine::data::{event_times_in_range, event_times_ms, CheckpointId, Watermark};
 use sluice_engine::state::{OperatorSnapshot, RestoredState};
 use sluice_engine::{Collector, Error, Operator, OperatorContext, Result};
 
@@ -260,7 +260,7 @@ impl Operator for PaneWindowOperator {
         _ctx: &OperatorContext,
         out: &mut Collector,
     ) -> Result<()> {
-        let ts = event_times_ms(batch.column(self.time))?;
+        let ts = event_times_in_range(&batch, self.time)?;
         let ids = self.keys.intern(&batch)?;
         let (mut rows, mut slots, mut late) = (
             Vec::with_capacity(ts.len()),
@@ -476,6 +476,31 @@ mod tests {
             );
             assert_eq!(w.live_slots(), 0, "fired panes are freed");
             assert_eq!(w.keys.live(), 0, "keys are forgotten with their panes");
+        }
+    }
+
+    #[test]
+    fn records_at_extreme_times_are_errors_not_panics() {
+        // Normally the watermark assignment keeps them away; a time
+        // computed after it can still get here.
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("ts", DataType::Int64, false),
+        ]));
+        for t in [i64::MAX, i64::MIN] {
+            let mut w = op(10_000, 2_000);
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from(vec![1, 1])),
+                    Arc::new(Int64Array::from(vec![5, t])),
+                ],
+            )
+            .unwrap();
+            let mut out = Collector::default();
+            let e = w.process(0, batch, &ctx(), &mut out).unwrap_err();
+            assert!(e.to_string().contains("outside the supported range"), "{e}");
+            w.on_watermark(Watermark::MAX, &ctx(), &mut out).unwrap();
         }
     }
 

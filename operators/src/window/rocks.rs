@@ -16,7 +16,7 @@ use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use arrow_row::{RowConverter, SortField};
 use hashbrown::{HashMap, HashSet};
-use sluice_engine::data::{event_times_ms, CheckpointId, Watermark};
+use sluice_engine::data::{event_times_in_range, CheckpointId, Watermark};
 use sluice_engine::hash::hash_columns;
 use sluice_engine::state::key_group::{key_group_of, range_of};
 use sluice_engine::state::rocks::{prefix, RestoredDb, RocksConfig, RocksState};
@@ -222,7 +222,7 @@ impl Operator for RocksPaneWindowOperator {
         out: &mut Collector,
     ) -> Result<()> {
         let n = batch.num_rows();
-        let ts = event_times_ms(batch.column(self.time))?;
+        let ts = event_times_in_range(&batch, self.time)?;
         let key_cols: Vec<ArrayRef> = self
             .key_cols
             .iter()

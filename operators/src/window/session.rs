@@ -12,7 +12,7 @@ use arrow::compute::take_record_batch;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use hashbrown::HashMap;
-use sluice_engine::data::{event_times_ms, CheckpointId, Watermark};
+use sluice_engine::data::{event_times_in_range, event_times_ms, CheckpointId, Watermark};
 use sluice_engine::state::{OperatorSnapshot, RestoredState};
 use sluice_engine::{Collector, Error, Operator, OperatorContext, Result};
 
@@ -194,7 +194,7 @@ impl Operator for SessionWindowOperator {
         _ctx: &OperatorContext,
         out: &mut Collector,
     ) -> Result<()> {
-        let ts = event_times_ms(batch.column(self.time))?;
+        let ts = event_times_in_range(&batch, self.time)?;
         let ids = self.keys.intern(&batch)?;
         let (mut rows, mut slots, mut late) = (Vec::new(), Vec::new(), Vec::new());
         let mut redirect: HashMap<u32, u32> = HashMap::new();

@@ -219,15 +219,27 @@ impl Keys {
 pub(crate) struct Slots {
     accs: Vec<Box<dyn Accumulator>>,
     inputs: Vec<Option<usize>>,
+    /// Output column of each aggregate, for error messages.
+    names: Vec<String>,
     free: Vec<u32>,
     len: usize,
+}
+
+/// Names the aggregate an overflow happened in.
+fn named(name: &str) -> impl Fn(Error) -> Error + '_ {
+    move |e| match e {
+        Error::Overflow(m) => Error::Overflow(format!("aggregate '{name}': {m}")),
+        e => e,
+    }
 }
 
 impl Slots {
     pub(crate) fn new(aggs: &[AggregateExpr], input: &SchemaRef) -> Result<Self> {
         let mut accs = Vec::new();
         let mut inputs = Vec::new();
+        let mut names = Vec::new();
         for a in aggs {
+            names.push(a.output_name());
             let (idx, _) = a.resolve(input).map_err(|m| {
                 Error::Internal(format!(
                     "aggregate passed planning but does not resolve: {m}"
@@ -239,6 +251,7 @@ impl Slots {
         Ok(Slots {
             accs,
             inputs,
+            names,
             free: Vec::new(),
             len: 0,
         })
@@ -270,8 +283,9 @@ impl Slots {
         rows: &[u32],
         slots: &[u32],
     ) -> Result<()> {
-        for (a, idx) in self.accs.iter_mut().zip(&self.inputs) {
-            a.update(idx.map(|i| batch.column(i)), rows, slots)?;
+        for ((a, idx), name) in self.accs.iter_mut().zip(&self.inputs).zip(&self.names) {
+            a.update(idx.map(|i| batch.column(i)), rows, slots)
+                .map_err(named(name))?;
         }
         Ok(())
     }
@@ -283,14 +297,18 @@ impl Slots {
     }
 
     pub(crate) fn evaluate(&self, slots: &[u32]) -> Result<Vec<ArrayRef>> {
-        self.accs.iter().map(|a| a.evaluate(slots)).collect()
+        self.accs
+            .iter()
+            .zip(&self.names)
+            .map(|(a, name)| a.evaluate(slots).map_err(named(name)))
+            .collect()
     }
 
     /// Every accumulator's state of `slots`, concatenated.
     pub(crate) fn state(&self, slots: &[u32]) -> Result<Vec<ArrayRef>> {
         let mut out = Vec::new();
-        for a in &self.accs {
-            out.extend(a.state(slots)?);
+        for (a, name) in self.accs.iter().zip(&self.names) {
+            out.extend(a.state(slots).map_err(named(name))?);
         }
         Ok(out)
     }

@@ -43,7 +43,7 @@ use crate::graph::NodeKind;
 use sluice_protocol::api::NodeCounters;
 
 use crate::data::StreamMessage;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Retry};
 use crate::graph::LogicalGraph;
 use crate::plan::{plan, PhysicalPlan};
 use crate::state::key_group::DEFAULT_MAX_PARALLELISM;
@@ -150,6 +150,20 @@ pub struct JobResult {
     pub checkpoints: CheckpointStats,
     /// Whether the job stopped with a savepoint instead of finishing its input.
     pub stopped: bool,
+    /// In executor mode, which executor of the job this process was: its
+    /// counters are its own subtasks' and its checkpoint figures those its
+    /// tasks were told of (no restarts, no per-checkpoint figures), not the
+    /// job's. `None` for an embedded run, which ran the whole job.
+    pub executor: Option<ExecutorShare>,
+}
+
+/// Which executor of a job an executor-mode run was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecutorShare {
+    /// Its index, from 0.
+    pub index: usize,
+    /// The job's executor count.
+    pub of: usize,
 }
 
 impl JobResult {
@@ -481,16 +495,20 @@ impl Driver {
                     return Ok(r);
                 }
                 Err(e) => {
-                    if self.user_cancel.load(Ordering::SeqCst)
-                        || self.config.checkpoint.is_none()
-                        || matches!(e.root(), Error::Plan { .. } | Error::Config(_))
-                    {
+                    if self.user_cancel.load(Ordering::SeqCst) || self.config.checkpoint.is_none() {
+                        return Err(e);
+                    }
+                    // A failure that replays identically (a bad record, a
+                    // schema error) is not worth a restart.
+                    if e.retry() == Retry::Never {
+                        info!(job = %self.config.name, error = %e, attempt, retry = ?Retry::Never,
+                            "job failed with an error a restart cannot fix; not restarting");
                         return Err(e);
                     }
                     let Some(delay) = self.config.restart.delay(restarts) else {
                         return Err(e);
                     };
-                    warn!(job = %self.config.name, error = %e, attempt, ?delay,
+                    warn!(job = %self.config.name, error = %e, attempt, ?delay, retry = ?Retry::Backoff,
                         "job failed; restarting from the latest checkpoint");
                     self.current.lock().expect("job handle lock").restarting = Some(e.to_string());
                     std::thread::sleep(delay);
@@ -517,7 +535,10 @@ impl Driver {
         let restore = found.restore;
         if let Some(r) = &restore {
             r.check_compatible(&self.graph, self.plan.max_parallelism)?;
+            let taken = std::time::UNIX_EPOCH
+                + Duration::from_millis(u64::try_from(r.manifest.timestamp_ms).unwrap_or(0));
             info!(job = %self.config.name, checkpoint = r.manifest.id, location = %r.dir.location(),
+                taken = %humantime::format_rfc3339_seconds(taken), savepoint = r.manifest.savepoint,
                 "resuming from checkpoint");
         }
         self.stats.lock().expect("stats lock").restored_from =
@@ -648,6 +669,7 @@ impl Driver {
             plan: plan.clone(),
             checkpoints: CheckpointStats::default(),
             stopped,
+            executor: None,
         })
     }
 }

@@ -19,7 +19,7 @@ use super::watermark::{InputWatermarks, SplitWatermarks};
 use super::{JobControl, NodeMetrics};
 use crate::checkpoint::coordinator::{CoordinatorMsg, TaskControl, TaskKey, TaskSnapshot};
 use crate::checkpoint::restore::RestorePlan;
-use crate::data::{Barrier, BarrierKind, CheckpointId, StreamMessage, Watermark};
+use crate::data::{without_rows, Barrier, BarrierKind, CheckpointId, StreamMessage, Watermark};
 use crate::error::{Error, Result};
 use crate::exchange::partition::EdgeWriter;
 use crate::graph::{LogicalGraph, NodeKind};
@@ -576,8 +576,19 @@ fn run_source(
             }
         }
         match head.src.poll(&head.ctx)? {
-            SourcePoll::Batch { split, batch } => {
+            SourcePoll::Batch { split, mut batch } => {
                 if let Some(g) = head.gen.as_mut() {
+                    // Records whose time is null or out of range go to the
+                    // source's bad-record policy, not on to the operators.
+                    let bad = g.invalid_rows(&batch)?;
+                    if !bad.is_empty() {
+                        head.src.reject(split, &batch, &bad)?;
+                        let rows: Vec<usize> = bad.iter().map(|(r, _)| *r).collect();
+                        batch = without_rows(&batch, &rows)?;
+                        if batch.num_rows() == 0 {
+                            continue;
+                        }
+                    }
                     g.observe(split, &batch)?;
                 }
                 metrics
@@ -600,7 +611,19 @@ fn run_source(
                 if let Some(wm) = head.gen.as_mut().and_then(|g| g.poll()) {
                     chain.entry_watermark(wm)?;
                 }
-                std::thread::sleep(head.src.idle_backoff());
+                // A source may ask for a long pause (a paced one sleeps
+                // until its next burst): a control message (a barrier to
+                // inject) ends it early, and cancellation is seen within
+                // CANCEL_POLL.
+                let backoff = head.src.idle_backoff().min(CANCEL_POLL);
+                match ck {
+                    Some(c) if !backoff.is_zero() => {
+                        let mut sel = Select::new();
+                        sel.recv(&c.ck.control);
+                        let _ = sel.ready_timeout(backoff);
+                    }
+                    _ => std::thread::sleep(backoff),
+                }
             }
             SourcePoll::End => break,
         }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
-use crate::data::{event_times_ms, Watermark};
+use crate::data::{event_times_ms, invalid_event_times, Watermark};
 use crate::error::{Error, Result};
 use crate::graph::WatermarkStrategy;
 use crate::operator::{Collector, Operator, OperatorContext};
@@ -57,6 +57,14 @@ impl SplitWatermarks {
         }
         self.last_active[split] = Instant::now();
         Ok(())
+    }
+
+    /// Rows of `batch` whose event time no operator can process (null, or
+    /// outside [`crate::data::EVENT_TIME_RANGE`]), with why. They must not
+    /// reach [`SplitWatermarks::observe`]: a time at `i64::MAX` would end
+    /// event time for the whole job.
+    pub fn invalid_rows(&self, batch: &RecordBatch) -> Result<Vec<(usize, String)>> {
+        invalid_event_times(batch.column(self.column), &self.strategy.column)
     }
 
     /// Split `split` has no more records: it no longer holds time back.
@@ -213,6 +221,17 @@ impl Operator for WatermarkOperator {
         _ctx: &OperatorContext,
         out: &mut Collector,
     ) -> Result<()> {
+        // Mid-stream there is no source whose bad-record policy could take
+        // these rows: they fail the job, naming the first one.
+        let bad = self.gen.invalid_rows(&batch)?;
+        if let Some((row, why)) = bad.first() {
+            return Err(Error::Decode(format!(
+                "{} of {} records cannot be processed (row {row}: {why}); filter them out before \
+                 assigning watermarks, or assign watermarks on the source, whose bad-record policy applies",
+                bad.len(),
+                batch.num_rows()
+            )));
+        }
         self.gen.observe(0, &batch)?;
         out.emit(batch);
         if let Some(wm) = self.gen.poll() {
