@@ -475,6 +475,12 @@ fn a_secured_cluster_serves_https_and_answers_only_its_token() {
     let (ca, tls) = certificates(&certs);
     let token_file = certs.join("token");
     std::fs::write(&token_file, "0123456789abcdef-token\n").unwrap();
+    // A token file others could read is refused.
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let security = LocalSecurity {
         token_file: token_file.clone(),
         tls: Some(tls),

@@ -163,10 +163,14 @@ pub(crate) struct CoordinatorArgs {
     #[arg(long, env = "SLUICE_RETAINED_JOBS", value_name = "N",
           default_value_t = coordinator_defaults().retained_jobs)]
     pub(crate) retained_jobs: usize,
-    /// File holding the bearer token API calls must carry [default: SLUICE_TOKEN, else none].
+    /// File holding the operator's bearer token, which API calls must carry and which alone may change anything; mode 600 [default: SLUICE_TOKEN, else none].
     #[arg(long, env = "SLUICE_TOKEN_FILE", value_name = "FILE")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) token_file: Option<PathBuf>,
+    /// File holding a read-only bearer token (GET routes: status, metrics, results, UI); mode 600; needs --token-file.
+    #[arg(long, env = "SLUICE_READ_TOKEN_FILE", value_name = "FILE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) read_token_file: Option<PathBuf>,
     /// Serve HTTPS with this certificate chain (PEM; with --tls-key).
     #[arg(long, env = "SLUICE_TLS_CERT", value_name = "FILE")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -448,6 +452,14 @@ pub(crate) fn coordinator_config(
     config.artifact_limits.max_artifact_bytes = a.max_artifact_bytes.0;
     config.artifact_limits.max_store_bytes = a.max_artifact_store_bytes.0;
     config.token = Token::from_file_or_env(a.token_file.as_deref())?;
+    config.read_token = a
+        .read_token_file
+        .as_deref()
+        .map(Token::from_file)
+        .transpose()?;
+    if config.read_token.is_some() && config.token.is_none() {
+        bail!("--read-token-file needs --token-file (or SLUICE_TOKEN): without an operator token the API is open to everyone");
+    }
     config.advertise = a.advertise;
     config.tls = match (a.tls_cert, a.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
