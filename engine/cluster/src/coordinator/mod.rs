@@ -110,6 +110,18 @@ impl CoordinatorConfig {
 /// API request (see [`sluice_web::audit`]).
 pub const AUDIT_LOG: &str = "audit.log";
 
+/// Creates the data directory if needed and makes it the coordinator's
+/// alone (0700): it holds job records, the audit log and artifacts, which
+/// executors running as another user (a worker's `--run-as`) must not
+/// read.
+fn private_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io(format!("setting the mode of {}", dir.display()), e))
+}
+
 /// How often the manager looks at heartbeats and attempt events.
 const TICK: Duration = Duration::from_millis(50);
 
@@ -147,6 +159,7 @@ pub async fn serve(config: CoordinatorConfig) -> Result<()> {
         .unwrap_or_else(|| format!("{scheme}://{local}"));
 
     let data_dir = config.data_dir.clone();
+    private_dir(&data_dir)?;
     let lease = match leader::Lease::try_acquire(&data_dir)? {
         Some(lease) => lease,
         None => {

@@ -216,6 +216,10 @@ pub(crate) struct WorkerArgs {
     #[arg(long, env = "SLUICE_CAPACITY", value_name = "W",
           default_value_t = worker_defaults().capacity)]
     pub(crate) capacity: f64,
+    /// Run executors as this user (name from the user database); the worker must run as root. Executors then cannot read the worker's token, logs or other files [default: the worker's own user].
+    #[arg(long, env = "SLUICE_RUN_AS", value_name = "USER")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) run_as: Option<String>,
     #[command(flatten)]
     #[serde(flatten)]
     pub(crate) security: SecurityArgs,
@@ -493,6 +497,11 @@ pub(crate) fn worker_config(
     config.listen_host = a.exchange_host;
     config.capacity = a.capacity;
     config.security = security(&a.security)?;
+    config.run_as = a
+        .run_as
+        .as_deref()
+        .map(sluice_cluster::confine::RunAs::lookup)
+        .transpose()?;
     Ok(config)
 }
 
