@@ -73,7 +73,7 @@ pub struct WorkerConfig {
     pub coordinator: String,
     /// Slots offered.
     pub slots: usize,
-    /// Artifacts, executor specs and logs.
+    /// Artifacts, executors' own directories and logs.
     pub data_dir: PathBuf,
     /// Host the executors' exchange listeners bind (and peers dial).
     pub listen_host: String,
@@ -254,7 +254,7 @@ impl Worker {
                 .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         }
         // Executors run in other directories: every path handed to them
-        // (spec file, binary) must be absolute.
+        // (binary, attempt directory) must be absolute.
         let data_dir = tokio::fs::canonicalize(&config.data_dir)
             .await
             .map_err(|e| Error::io(format!("resolving {}", config.data_dir.display()), e))?;

@@ -204,7 +204,7 @@ pub(crate) struct WorkerArgs {
     #[arg(long, env = "SLUICE_SLOTS", value_name = "N")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) slots: Option<usize>,
-    /// Artifacts, executor specs and logs (required).
+    /// Artifacts, executors' own directories and logs (required).
     #[arg(long, env = "SLUICE_DATA_DIR", value_name = "DIR")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) data_dir: Option<PathBuf>,
