@@ -262,6 +262,17 @@ impl Worker {
         tokio::task::spawn_blocking(move || confine::lock_down(&dir, run_as.as_ref()))
             .await
             .map_err(|e| Error::Internal(format!("setting up {}: {e}", data_dir.display())))??;
+        // Attempt directories a previous worker process left: the
+        // coordinator fails the attempts a restarted worker had.
+        let attempts = data_dir.join(confine::ATTEMPTS);
+        let mut stale = tokio::fs::read_dir(&attempts)
+            .await
+            .map_err(|e| Error::io(format!("reading {}", attempts.display()), e))?;
+        while let Ok(Some(entry)) = stale.next_entry().await {
+            if let Err(e) = tokio::fs::remove_dir_all(entry.path()).await {
+                warn!(dir = %entry.path().display(), error = %e, "cannot remove a stale attempt directory");
+            }
+        }
         // Earlier releases wrote executor specs, attempt secrets included,
         // to this shared directory.
         let old_specs = data_dir.join("executors");
