@@ -157,6 +157,18 @@ fn probe_job() {
         "own log file".into(),
         try_read(&logs.join(format!("{stem}.log"))),
     );
+    // The worker's own environment, where SLUICE_TOKEN is, through /proc.
+    let worker_env = PathBuf::from(format!(
+        "/proc/{}/environ",
+        std::os::unix::process::parent_id()
+    ));
+    let r = try_read(&worker_env);
+    let holds_token = std::fs::read(&worker_env)
+        .is_ok_and(|b| b.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()));
+    tries.insert(
+        "worker environ".into(),
+        format!("{r}; token: {holds_token}"),
+    );
     let looked = now_ms();
     let report = Report {
         uid: nix::unistd::getuid().as_raw(),
@@ -308,13 +320,22 @@ fn an_executor_gets_no_token_and_finds_no_secret() {
     let c = cluster(dir.path(), &[]);
     let reports = run_probes(&c);
     check_common(&reports);
+    // The limit ARCHITECTURE.md's threat model states: an executor of the
+    // worker's own user reads the worker's environment through /proc.
+    for r in &reports {
+        assert!(
+            r.tries["worker environ"].contains("token: true"),
+            "{:?}",
+            r.tries
+        );
+    }
     attempts_removed(&c);
 }
 
 /// A root worker with `--run-as nobody`: the executor is nobody, and can
-/// neither read the token file nor list or read the worker's or the
-/// coordinator's data directories (it reaches its binary and its own
-/// directory by name only).
+/// neither read the token file or the worker's environment (in /proc) nor
+/// list or read the worker's or the coordinator's data directories (it
+/// reaches its binary and its own directory by name only).
 #[test]
 fn a_run_as_executor_cannot_read_the_worker_or_coordinator() {
     if !nix::unistd::geteuid().is_root() {
@@ -351,6 +372,7 @@ fn a_run_as_executor_cannot_read_the_worker_or_coordinator() {
             "worker logs dir",
             "coordinator data dir",
             "own log file",
+            "worker environ",
         ] {
             assert!(
                 r.tries[what].contains("PermissionDenied"),
