@@ -235,8 +235,11 @@ fn run_probes(c: &LocalCluster) -> Vec<Report> {
             let text = std::fs::read_to_string(e.path()).unwrap_or_default();
             for line in text.lines() {
                 // After libtest's "test probe_job ... " on the same line.
-                if let Some((_, json)) = line.split_once(REPORT) {
-                    let r: Report = serde_json::from_str(json).unwrap();
+                // A line still being written does not parse yet.
+                let Some((_, json)) = line.split_once(REPORT) else {
+                    continue;
+                };
+                if let Ok(r) = serde_json::from_str::<Report>(json) {
                     reports.entry(r.job_id.clone()).or_insert(r);
                 }
             }
