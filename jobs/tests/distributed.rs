@@ -438,6 +438,12 @@ fn a_secured_cluster_serves_https_and_answers_only_its_token() {
     let (ca, tls) = certificates(&certs);
     let token_file = certs.join("token");
     std::fs::write(&token_file, "0123456789abcdef-token\n").unwrap();
+    // A token file others could read is refused.
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let security = LocalSecurity {
         token_file: token_file.clone(),
         tls: Some(tls),
@@ -476,6 +482,7 @@ fn a_secured_cluster_serves_https_and_answers_only_its_token() {
     );
     let wrong = certs.join("wrong");
     std::fs::write(&wrong, "guessed\n").unwrap();
+    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let (ok, err) = sluice(&["--ca-cert", ca, "--token-file", wrong.to_str().unwrap()]);
     assert!(!ok && err.contains("401"), "{err}");
     let (ok, err) = sluice(&["--token-file", token_file.to_str().unwrap()]);

@@ -29,6 +29,12 @@ fn the_rest_api_holds_against_generated_requests() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "fuzz-token-7f3a9c").unwrap();
+    // A token file open to other users is refused.
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let cluster = LocalCluster::start(LocalClusterConfig {
         sluice: PathBuf::from(env!("CARGO_BIN_EXE_sluice")),
         dir: dir.path().to_path_buf(),

@@ -576,9 +576,10 @@ pub struct ExecutorLaunch {
     pub artifact: String,
     /// Arguments of the binary.
     pub args: Vec<String>,
-    /// Working directory (falls back to the worker's data dir when missing).
+    /// Working directory (falls back to the executor's own directory when
+    /// the worker has none such).
     pub workdir: Option<String>,
-    /// What the executor runs (written to a file named by `SLUICE_EXECUTOR`).
+    /// What the executor runs (written to its stdin, `SLUICE_EXECUTOR=-`).
     pub spec: ExecutorSpec,
 }
 

@@ -194,7 +194,7 @@ impl Env {
     /// default parallelism; with `SLUICE_DESCRIBE=PATH` the plan is written
     /// to `PATH` as a `JobDescription` and the process exits; with
     /// `SLUICE_EXECUTOR=PATH` this process runs the subtasks the
-    /// `ExecutorSpec` in `PATH` assigns (the result counts only those);
+    /// `ExecutorSpec` in `PATH` (`-`: on stdin) assigns (the result counts only those);
     /// otherwise the job runs on the embedded in-process cluster, serving
     /// the web UI on `SLUICE_UI=ADDR` if set.
     pub fn execute(&self) -> Result<JobResult> {
@@ -259,7 +259,8 @@ pub const PARALLELISM_ENV: &str = "SLUICE_PARALLELISM";
 pub const UI_ENV: &str = "SLUICE_UI";
 /// Describe mode: write the plan to this path and exit.
 pub const DESCRIBE_ENV: &str = "SLUICE_DESCRIBE";
-/// Executor mode: the `ExecutorSpec` JSON file to run.
+/// Executor mode: the `ExecutorSpec` JSON file to run (`-`: read it from
+/// stdin, as a worker hands it over).
 pub const EXECUTOR_ENV: &str = "SLUICE_EXECUTOR";
 
 /// Whether this process runs jobs on the embedded cluster (neither

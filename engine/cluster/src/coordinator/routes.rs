@@ -21,8 +21,8 @@ use sluice_protocol::api::{
     ApiError, Heartbeat, HeartbeatReply, RegisterWorker, Registered, RescaleRequest, Rescaled,
     SubmitJob, Submitted,
 };
-use sluice_web::doc::{Binary, Unauthorized};
-use sluice_web::{self as jobs_api, Answer, Failure, JsonBody, Token};
+use sluice_web::doc::{Binary, Forbidden, Unauthorized};
+use sluice_web::{self as jobs_api, Access, Answer, Failure, JsonBody};
 
 use super::artifacts::{ArtifactError, Uploaded, DOWNLOAD_CHUNK};
 use super::manager::Manager;
@@ -62,9 +62,12 @@ fn versioned<T: serde::de::DeserializeOwned>(
 
 type Shared = State<Arc<Manager>>;
 
-/// The API's routes over `manager`; with a `token`, every route but the
-/// web UI's page and script requires it.
-pub fn router(manager: Arc<Manager>, token: Option<Arc<Token>>) -> Router {
+/// The API's routes over `manager` behind `access`: with a token, every
+/// route but the web UI's page and script and this document requires one,
+/// and only the operator token may change anything. Heartbeats, twice a
+/// second per worker, stay out of the audit log; a worker's registration
+/// is in it.
+pub fn router(manager: Arc<Manager>, access: Access) -> Router {
     let api = jobs_api::routes::<Manager>()
         .route("/api/v1/jobs", post(submit))
         .route("/api/v1/jobs/{id}/rescale", post(rescale))
@@ -75,9 +78,10 @@ pub fn router(manager: Arc<Manager>, token: Option<Arc<Token>>) -> Router {
                 .head(exists)
                 .layer(DefaultBodyLimit::disable()),
         )
-        .route("/api/v1/workers", post(register))
-        .route("/api/v1/workers/{id}/heartbeat", post(heartbeat));
-    jobs_api::secure(api, token)
+        .route("/api/v1/workers", post(register));
+    let heartbeats = Router::new().route("/api/v1/workers/{id}/heartbeat", post(heartbeat));
+    jobs_api::secure(heartbeats, access.unaudited())
+        .merge(jobs_api::secure(api, access))
         .merge(jobs_api::ui_routes())
         .route("/api/v1/openapi.json", get(openapi))
         .with_state(manager)
@@ -137,6 +141,7 @@ pub fn standby(data_dir: std::path::PathBuf) -> Router {
         (status = 400, description = "Malformed request, a description of another protocol version, or a plan that cannot run.", body = ApiError),
         (status = 404, description = "The artifact was not uploaded.", body = ApiError),
         Unauthorized,
+        Forbidden,
     ),
 )]
 async fn submit(
@@ -165,6 +170,7 @@ async fn submit(
         (status = 409, description = "The job is not running.", body = ApiError),
         (status = 500, description = "The savepoint failed; the job restarts at its old parallelism.", body = ApiError),
         Unauthorized,
+        Forbidden,
     ),
 )]
 async fn rescale(
@@ -221,6 +227,7 @@ fn artifact_failure(e: ArtifactError) -> Failure {
         (status = 400, description = "Not a SHA-256, an interrupted upload, or content that hashes to another address.", body = ApiError),
         (status = 413, description = "Larger than --max-artifact-bytes, or the store would exceed --max-artifact-store-bytes.", body = ApiError),
         Unauthorized,
+        Forbidden,
     ),
 )]
 async fn upload(
@@ -323,6 +330,7 @@ async fn download(
         (status = 200, description = "Registered.", body = Registered),
         (status = 400, description = "Malformed request.", body = ApiError),
         Unauthorized,
+        Forbidden,
     ),
 )]
 async fn register(State(m): Shared, JsonBody(req): JsonBody<RegisterWorker>) -> Answer<Registered> {
@@ -343,6 +351,7 @@ async fn register(State(m): Shared, JsonBody(req): JsonBody<RegisterWorker>) -> 
         (status = 400, description = "Malformed request.", body = ApiError),
         (status = 404, description = "Unknown worker: register again.", body = ApiError),
         Unauthorized,
+        Forbidden,
     ),
 )]
 async fn heartbeat(
@@ -380,7 +389,7 @@ mod tests {
             .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router(manager, None)).await });
+        tokio::spawn(async move { axum::serve(listener, router(manager, Access::open())).await });
         let http = reqwest::Client::new();
         let routes = routes();
         assert!(routes.len() >= 20, "{routes:?}");
@@ -433,10 +442,11 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let token = Arc::new(Token::new("t0ken").unwrap());
+        let token = sluice_web::Token::new("t0ken").unwrap();
+        let access = Access::new(Some(token), None).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router(manager, Some(token))).await });
+        tokio::spawn(async move { axum::serve(listener, router(manager, access)).await });
         let http = reqwest::Client::new();
 
         let answer = http
@@ -496,7 +506,7 @@ mod tests {
             .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router(manager, None)).await });
+        tokio::spawn(async move { axum::serve(listener, router(manager, Access::open())).await });
         let http = reqwest::Client::new();
         let ours = format!("version {}", sluice_protocol::PROTOCOL_VERSION);
         for (body, want) in [

@@ -73,9 +73,21 @@ const CONTROL_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on waiting for the coordinator to take a failure report.
 const FAILED_LINGER: Duration = Duration::from_secs(2);
 
-/// Reads an [`ExecutorSpec`] from a JSON file.
+/// The `SLUICE_EXECUTOR` value that means the spec comes on stdin (as a
+/// worker hands it over: the attempt's secret never touches a file).
+pub const SPEC_ON_STDIN: &str = "-";
+
+/// Reads an [`ExecutorSpec`] from a JSON file, or from stdin (to its end)
+/// when `path` is [`SPEC_ON_STDIN`].
 pub fn read_spec(path: &str) -> Result<ExecutorSpec> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading {path}"), e))?;
+    let bytes = if path == SPEC_ON_STDIN {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut bytes)
+            .map_err(|e| Error::io("reading the executor spec from stdin", e))?;
+        bytes
+    } else {
+        std::fs::read(path).map_err(|e| Error::io(format!("reading {path}"), e))?
+    };
     serde_json::from_slice(&bytes)
         .map_err(|e| Error::Config(format!("{path} is not an executor spec: {e}")))
 }
