@@ -210,6 +210,8 @@ pub struct NodeInfo {
     pub node: usize,
     /// Name.
     pub name: String,
+    /// Operator id.
+    pub uid: String,
     /// Parallelism in this run.
     pub parallelism: usize,
 }
@@ -507,6 +509,7 @@ impl Coordinator {
                     NodeState {
                         node: n.node,
                         name: n.name.clone(),
+                        uid: n.uid.clone(),
                         parallelism: n.parallelism,
                         subtasks,
                     }
@@ -616,6 +619,7 @@ mod tests {
             nodes: vec![NodeInfo {
                 node: 0,
                 name: "source".into(),
+                uid: "source".into(),
                 parallelism: 1,
             }],
             tasks: vec![(TASK, Box::new(task_tx), true)],

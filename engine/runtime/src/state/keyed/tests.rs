@@ -4,9 +4,10 @@
 use super::*;
 use crate::data::CheckpointId;
 use crate::state::key_group::range_of;
+use crate::state::rocks::RestoredDb;
 use crate::state::rocks::RocksConfig;
 use crate::state::snapshot::filter_key_groups;
-use crate::state::StateSettings;
+use crate::state::{StateBackend, StateSettings};
 
 fn ctx(backend: &StateBackend, dir: &std::path::Path, subtask: usize, p: usize) -> OperatorContext {
     OperatorContext {
@@ -29,6 +30,14 @@ fn backends() -> Vec<StateBackend> {
     vec![
         StateBackend::Memory,
         StateBackend::RocksDb(RocksConfig {
+            block_cache_bytes: 1 << 20,
+            write_buffer_bytes: 1 << 20,
+            ..RocksConfig::default()
+        }),
+        // A cache of a few entries: nearly every access misses, evicts and
+        // reads RocksDB.
+        StateBackend::RocksDb(RocksConfig {
+            cache_bytes: 600,
             block_cache_bytes: 1 << 20,
             write_buffer_bytes: 1 << 20,
         }),
@@ -68,7 +77,7 @@ fn value_list_and_map_states_with_namespaces() {
         let dir = tempfile::tempdir().unwrap();
         let mut st = open(&b, dir.path(), 0, 1, RestoredState::default());
         let mut s = st.scope(5, b"alice").unwrap();
-        assert_eq!(count().get(&s).unwrap(), None);
+        assert_eq!(count().get(&mut s).unwrap(), None);
         count().set(&mut s, &3).unwrap();
         names().add(&mut s, &"x".to_string()).unwrap();
         names()
@@ -79,26 +88,26 @@ fn value_list_and_map_states_with_namespaces() {
         seen().put(&mut s, &"a".into(), &7).unwrap();
         // Another namespace of the same key is separate.
         s.set_namespace(-1000);
-        assert_eq!(count().get(&s).unwrap(), None);
+        assert_eq!(count().get(&mut s).unwrap(), None);
         count().set(&mut s, &9).unwrap();
         seen().put(&mut s, &"c".into(), &3).unwrap();
         s.set_namespace(0);
-        assert_eq!(count().get(&s).unwrap(), Some(3), "{b:?}");
-        assert_eq!(names().get(&s).unwrap(), ["x", "y", "z"]);
-        assert_eq!(seen().get(&s, &"a".into()).unwrap(), Some(7));
-        assert!(seen().contains(&s, &"b".into()).unwrap());
-        assert!(!seen().contains(&s, &"c".into()).unwrap());
-        let mut e = seen().entries(&s).unwrap();
+        assert_eq!(count().get(&mut s).unwrap(), Some(3), "{b:?}");
+        assert_eq!(names().get(&mut s).unwrap(), ["x", "y", "z"]);
+        assert_eq!(seen().get(&mut s, &"a".into()).unwrap(), Some(7));
+        assert!(seen().contains(&mut s, &"b".into()).unwrap());
+        assert!(!seen().contains(&mut s, &"c".into()).unwrap());
+        let mut e = seen().entries(&mut s).unwrap();
         e.sort();
         assert_eq!(e, [("a".to_string(), 7), ("b".to_string(), 2)]);
         seen().remove(&mut s, &"a".into()).unwrap();
-        assert_eq!(seen().entries(&s).unwrap(), [("b".to_string(), 2)]);
+        assert_eq!(seen().entries(&mut s).unwrap(), [("b".to_string(), 2)]);
         names().update(&mut s, &["q".to_string()]).unwrap();
-        assert_eq!(names().get(&s).unwrap(), ["q"]);
+        assert_eq!(names().get(&mut s).unwrap(), ["q"]);
         // A key that is a prefix of another does not see its state.
         let mut s2 = st.scope(5, b"alic").unwrap();
-        assert_eq!(count().get(&s2).unwrap(), None);
-        assert!(seen().entries(&s2).unwrap().is_empty());
+        assert_eq!(count().get(&mut s2).unwrap(), None);
+        assert!(seen().entries(&mut s2).unwrap().is_empty());
         count().set(&mut s2, &1).unwrap();
         assert_eq!(
             st.keys(0).unwrap(),
@@ -109,16 +118,16 @@ fn value_list_and_map_states_with_namespaces() {
         let mut s = st.scope(5, b"alice").unwrap();
         s.set_namespace(-1000);
         s.clear_namespace().unwrap();
-        assert_eq!(count().get(&s).unwrap(), None);
-        assert!(seen().entries(&s).unwrap().is_empty());
+        assert_eq!(count().get(&mut s).unwrap(), None);
+        assert!(seen().entries(&mut s).unwrap().is_empty());
         s.set_namespace(0);
-        assert_eq!(count().get(&s).unwrap(), Some(3));
+        assert_eq!(count().get(&mut s).unwrap(), Some(3));
         count().clear(&mut s).unwrap();
         names().clear(&mut s).unwrap();
         seen().clear(&mut s).unwrap();
-        assert_eq!(count().get(&s).unwrap(), None);
-        assert!(names().get(&s).unwrap().is_empty());
-        assert!(seen().entries(&s).unwrap().is_empty());
+        assert_eq!(count().get(&mut s).unwrap(), None);
+        assert!(names().get(&mut s).unwrap().is_empty());
+        assert!(seen().entries(&mut s).unwrap().is_empty());
         assert!(st.keys(-1000).unwrap().is_empty());
         assert_eq!(st.keys(0).unwrap(), [(5, b"alic".to_vec())]);
     }
@@ -142,13 +151,13 @@ fn misuse_is_a_clear_error() {
     assert!(e.contains("declared as a value but used as a list"), "{e}");
     let undeclared: ValueState<i64> = ValueState::new("nope");
     assert!(undeclared
-        .get(&s)
+        .get(&mut s)
         .unwrap_err()
         .to_string()
         .contains("not declared"));
     count().set(&mut s, &-1).unwrap();
     let as_string: ValueState<String> = ValueState::new("count");
-    assert!(matches!(as_string.get(&s), Err(Error::State(_))));
+    assert!(matches!(as_string.get(&mut s), Err(Error::State(_))));
     let dup = vec![count().descriptor(), count().descriptor()];
     let c = ctx(&StateBackend::Memory, dir.path(), 0, 1);
     assert!(KeyedState::open(&c, &dup, RestoredState::default()).is_err());
@@ -179,9 +188,9 @@ fn check(st: &mut KeyedState, groups: Range<usize>) {
         let mut s = st.scope(kg, key.as_bytes()).unwrap();
         for ns in [1, 2] {
             s.set_namespace(ns);
-            assert_eq!(count().get(&s).unwrap(), Some(kg as i64 * ns));
-            assert_eq!(names().get(&s).unwrap(), std::slice::from_ref(&key));
-            assert_eq!(seen().entries(&s).unwrap(), [(key.clone(), kg as u32)]);
+            assert_eq!(count().get(&mut s).unwrap(), Some(kg as i64 * ns));
+            assert_eq!(names().get(&mut s).unwrap(), std::slice::from_ref(&key));
+            assert_eq!(seen().entries(&mut s).unwrap(), [(key.clone(), kg as u32)]);
         }
     }
 }
@@ -196,6 +205,7 @@ fn restored_for(
 ) -> RestoredState {
     let mut r = RestoredState {
         checkpoint: CheckpointId(1),
+        entries: snap.entries.clone(),
         ..RestoredState::default()
     };
     for b in &snap.keyed {
@@ -239,7 +249,7 @@ fn snapshots_restore_at_other_parallelism_on_either_backend() {
 }
 
 #[test]
-fn an_empty_heap_store_snapshots_nothing() {
+fn an_empty_heap_store_snapshots_only_its_layouts() {
     let dir = tempfile::tempdir().unwrap();
     let mut st = open(
         &StateBackend::Memory,
@@ -248,7 +258,49 @@ fn an_empty_heap_store_snapshots_nothing() {
         1,
         RestoredState::default(),
     );
-    assert!(st.snapshot().unwrap().is_empty());
+    let snap = st.snapshot().unwrap();
+    assert!(snap.keyed.is_empty() && snap.db.is_none());
+    assert_eq!(snap.entries.len(), 1, "the states' layouts");
+}
+
+#[test]
+fn a_state_whose_type_changed_is_refused_naming_operator_and_state() {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Seen {
+        clicks: i64,
+    }
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct SeenMore {
+        clicks: i64,
+        pages: i64,
+    }
+    for b in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ctx(&b, dir.path(), 0, 1);
+        let old = ValueState::<Seen>::new("seen");
+        let mut st = KeyedState::open(&c, &[old.descriptor()], RestoredState::default()).unwrap();
+        old.set(&mut st.scope(1, b"k").unwrap(), &Seen { clicks: 1 })
+            .unwrap();
+        let snap = st.snapshot().unwrap();
+        // The same type restores; one with a field more is refused.
+        let r = restored_for(&snap, &(0..128), dir.path(), "same");
+        let mut same = KeyedState::open(&c, &[old.descriptor()], r).unwrap();
+        assert_eq!(
+            old.get(&same.scope(1, b"k").unwrap())
+                .unwrap()
+                .unwrap()
+                .clicks,
+            1
+        );
+        let new = ValueState::<SeenMore>::new("seen");
+        let r = restored_for(&snap, &(0..128), dir.path(), "more");
+        let e = KeyedState::open(&c, &[new.descriptor()], r)
+            .err()
+            .expect("a changed type is refused")
+            .to_string();
+        assert!(e.contains("keyed-test") && e.contains("'seen'"), "{e}");
+        assert!(e.contains("clicks, pages"), "{e}");
+    }
 }
 
 mod differential {
@@ -318,10 +370,16 @@ mod differential {
         let mut dump = Dump::new();
         for k in 0..KEYS.len() {
             for n in -2..3 {
-                let s = scope(st, k, n);
-                let mut m = map.entries(&s).unwrap();
+                let mut s = scope(st, k, n);
+                let mut m = map.entries(&mut s).unwrap();
                 m.sort();
-                dump.push((k, n, value.get(&s).unwrap(), list.get(&s).unwrap(), m));
+                dump.push((
+                    k,
+                    n,
+                    value.get(&mut s).unwrap(),
+                    list.get(&mut s).unwrap(),
+                    m,
+                ));
             }
         }
         dump
