@@ -19,7 +19,7 @@ use sluice_connectors::kafka::testing::Broker;
 use sluice_web::TlsFiles;
 
 mod common;
-use common::{assert_exactly_once, http, rows};
+use common::{assert_exactly_once, http, rows, Exposition};
 
 const EVENTS: &str = "600000";
 
@@ -201,19 +201,32 @@ fn q5_on_three_workers_equals_the_embedded_run() {
     assert_ui_is_served(cluster.port());
     let (status, _, metrics) = http(cluster.port(), "GET", "/metrics", None);
     assert_eq!(status, 200);
-    assert!(
-        metrics.contains("sluice_jobs{state=\"FINISHED\"} 1"),
-        "{metrics}"
+    let m = Exposition::parse(&metrics);
+    assert_eq!(m.value("sluice_jobs", &[("state", "FINISHED")]), Some(1.0));
+    assert_eq!(m.value("sluice_workers_alive", &[]), Some(3.0));
+    let bids_out = m.value(
+        "sluice_node_records_total",
+        &[
+            ("job", &job),
+            ("node", "nexmark_bids"),
+            ("direction", "out"),
+        ],
     );
-    let bids_out = metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("sluice_node_records_total")
-                && l.contains("node=\"nexmark_bids\"")
-                && l.contains("direction=\"out\"")
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
     assert!(bids_out.is_some_and(|n| n > 0.0), "{metrics}");
+    // Every checkpoint the coordinator completed for the job (this
+    // coordinator ran it from the start) is in each histogram once.
+    let completed = m
+        .value("sluice_job_checkpoints_completed_total", &[("job", &job)])
+        .expect("completed checkpoints");
+    assert!(completed >= 1.0, "{metrics}");
+    for h in [
+        "sluice_checkpoint_duration_seconds",
+        "sluice_checkpoint_size_bytes",
+        "sluice_checkpoint_alignment_seconds",
+    ] {
+        let (count, _) = m.histogram(h, &job).expect(h);
+        assert_eq!(count, completed, "{h}");
+    }
 }
 
 /// The rows `sluice results` shows are rows of the job's Parquet output,

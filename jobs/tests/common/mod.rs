@@ -212,3 +212,130 @@ pub fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, S
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
     (status, head.to_ascii_lowercase(), body.to_string())
 }
+
+/// One sample of a Prometheus text exposition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// A Prometheus text exposition (format 0.0.4), read strictly: every
+/// sample belongs to a family declared by `# TYPE`, label values are
+/// quoted, values parse as numbers. Written here, independently of the
+/// library that renders the exposition.
+#[derive(Debug, Default)]
+pub struct Exposition {
+    /// Family name → its type (`counter`, `gauge`, `histogram`, ...).
+    pub types: BTreeMap<String, String>,
+    pub samples: Vec<Sample>,
+}
+
+impl Exposition {
+    pub fn parse(text: &str) -> Exposition {
+        let mut out = Exposition::default();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
+                out.types.insert(name.to_string(), kind.to_string());
+                continue;
+            }
+            if line.starts_with("# HELP ") {
+                continue;
+            }
+            assert!(!line.starts_with('#'), "unexpected comment: {line}");
+            let (series, value) = line.rsplit_once(' ').expect("a value");
+            let value: f64 = match value {
+                "+Inf" => f64::INFINITY,
+                v => v.parse().unwrap_or_else(|e| panic!("{line}: {e}")),
+            };
+            let (name, labels) = match series.split_once('{') {
+                None => (series.to_string(), BTreeMap::new()),
+                Some((name, rest)) => {
+                    let body = rest.strip_suffix('}').expect("labels end with }");
+                    let mut labels = BTreeMap::new();
+                    let mut rest = body;
+                    while !rest.is_empty() {
+                        let (key, after) = rest.split_once("=\"").expect("label=\"value\"");
+                        let mut value = String::new();
+                        let mut chars = after.char_indices();
+                        let end = loop {
+                            let (i, c) = chars.next().expect("a closing quote");
+                            match c {
+                                '\\' => {
+                                    let (_, e) = chars.next().expect("an escaped character");
+                                    value.push(if e == 'n' { '\n' } else { e });
+                                }
+                                '"' => break i,
+                                c => value.push(c),
+                            }
+                        };
+                        labels.insert(key.to_string(), value);
+                        rest = after[end + 1..].trim_start_matches(',');
+                    }
+                    (name.to_string(), labels)
+                }
+            };
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|f| out.types.contains_key(*f)))
+                .unwrap_or(&name);
+            assert!(out.types.contains_key(family), "{name} has no # TYPE");
+            out.samples.push(Sample {
+                name,
+                labels,
+                value,
+            });
+        }
+        out
+    }
+
+    /// The value of the sample `name` whose labels include `labels`.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.samples
+            .iter()
+            .find(|s| {
+                s.name == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|s| s.value)
+    }
+
+    /// Histogram `name` for `job`: checks it is one (buckets cumulative,
+    /// ending at `+Inf` with the count) and returns its count and sum.
+    pub fn histogram(&self, name: &str, job: &str) -> Option<(f64, f64)> {
+        assert_eq!(
+            self.types.get(name).map(String::as_str),
+            Some("histogram"),
+            "{name}"
+        );
+        let count = self.value(&format!("{name}_count"), &[("job", job)])?;
+        let sum = self
+            .value(&format!("{name}_sum"), &[("job", job)])
+            .expect("a sum");
+        let buckets: Vec<(f64, f64)> = self
+            .samples
+            .iter()
+            .filter(|s| s.name == format!("{name}_bucket") && s.labels["job"] == job)
+            .map(|s| {
+                let le = match s.labels["le"].as_str() {
+                    "+Inf" => f64::INFINITY,
+                    le => le.parse().expect("a bound"),
+                };
+                (le, s.value)
+            })
+            .collect();
+        assert!(buckets.len() > 3, "{name}: too few buckets {buckets:?}");
+        assert!(
+            buckets
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "{name}: buckets not cumulative {buckets:?}"
+        );
+        assert_eq!(buckets.last(), Some(&(f64::INFINITY, count)), "{name}");
+        Some((count, sum))
+    }
+}

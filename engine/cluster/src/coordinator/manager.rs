@@ -38,8 +38,9 @@ use sluice_protocol::api::{
     RescaleRequest, Rescaled, SavepointRequest, SavepointTaken, SubmitJob, WorkerInfo,
 };
 use sluice_protocol::secret::attempt_secret;
-use sluice_web::JobsView;
+use sluice_web::{JobsView, Metrics};
 
+use super::artifacts::ArtifactError;
 use super::jobs::{is_sha256, Job, Run};
 use super::lifecycle::{AfterFailure, Lifecycle, Retry};
 use super::meta::{IdCounters, JobRecord, MetaStore, PendingRescale};
@@ -73,14 +74,21 @@ pub struct Manager {
     inner: Mutex<Inner>,
     /// The version of each job's record last written; held while writing.
     written: Mutex<HashMap<String, u64>>,
+    /// Checkpoint histograms (`/metrics`).
+    metrics: Arc<Metrics>,
 }
 
 impl Manager {
     /// Opens the data directory, binds the control server and loads the
     /// jobs of an earlier run (those not ended wait to be restarted).
     pub fn open(config: CoordinatorConfig) -> Result<Arc<Manager>> {
-        let meta = MetaStore::open(&config.data_dir)?;
+        let meta = MetaStore::open_limited(&config.data_dir, config.artifact_limits)?;
         let control = ControlServer::bind(config.control_listen)?;
+        let metrics = Arc::new(Metrics::new());
+        control.on_checkpoint_complete({
+            let metrics = metrics.clone();
+            Arc::new(move |job, r| metrics.checkpoint_completed(job, &r.figures))
+        });
         let control_addr = control.local_addr().to_string();
         let records = meta.load()?;
         let ids = meta.load_ids(&records)?;
@@ -111,6 +119,7 @@ impl Manager {
                 ids,
             }),
             written: Mutex::default(),
+            metrics,
         }))
     }
 
@@ -297,11 +306,18 @@ impl Manager {
                 req.artifact
             )));
         }
-        if !self.meta.artifact_path(&req.artifact).is_file() {
-            return Err(Error::Config(format!(
-                "artifact {} was not uploaded (PUT /api/v1/artifacts/{{sha256}} first)",
-                req.artifact
-            )));
+        // Verified (hashed again only if its file changed since): a job
+        // must not be accepted for a binary that can never be served.
+        match self.meta.artifacts().open_verified(&req.artifact) {
+            Ok(_) => {}
+            Err(ArtifactError::NotFound(_)) => {
+                return Err(Error::Config(format!(
+                    "artifact {} was not uploaded (PUT /api/v1/artifacts/{{sha256}} first)",
+                    req.artifact
+                )))
+            }
+            Err(ArtifactError::Io(e)) => return Err(e),
+            Err(e) => return Err(Error::Config(e.to_string())),
         }
         req.description
             .check()
@@ -981,6 +997,9 @@ impl JobsView for Manager {
     }
     fn savepoint(&self, id: &str, request: SavepointRequest) -> sluice_web::Result<SavepointTaken> {
         Ok(Manager::savepoint(self, id, request)?)
+    }
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 }
 

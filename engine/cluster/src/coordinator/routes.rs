@@ -1,8 +1,11 @@
 //! The coordinator's REST API: the job routes of [`jobs_api`] over the
 //! manager, plus what only a coordinator does (submissions, rescales,
-//! artifacts, worker registration and heartbeats). Handlers take the
+//! artifacts, worker registration and heartbeats, its OpenAPI document).
+//! Each handler carries its OpenAPI description (`#[utoipa::path]`);
+//! [`crate::routes`] builds the document from them. Handlers take the
 //! manager's lock only briefly; anything that waits (savepoints, artifact
 //! files) runs off the lock, and blocking work goes to `spawn_blocking`.
+//! Artifacts stream both ways: no handler holds a whole binary.
 
 use std::sync::Arc;
 
@@ -10,18 +13,18 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{post, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use futures::StreamExt;
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
 use sluice_engine::error::{Error, Result};
 use sluice_protocol::api::{
-    Heartbeat, RegisterWorker, RescaleRequest, Rescaled, SubmitJob, Submitted,
+    ApiError, Heartbeat, HeartbeatReply, RegisterWorker, Registered, RescaleRequest, Rescaled,
+    SubmitJob, Submitted,
 };
-use sluice_web::{self as jobs_api, Answer, Failure, Token};
+use sluice_web::doc::{Binary, Unauthorized};
+use sluice_web::{self as jobs_api, Answer, Failure, JsonBody, Token};
 
+use super::artifacts::{ArtifactError, Uploaded, DOWNLOAD_CHUNK};
 use super::manager::Manager;
 
 /// An engine error as the API answers it.
@@ -76,7 +79,26 @@ pub fn router(manager: Arc<Manager>, token: Option<Arc<Token>>) -> Router {
         .route("/api/v1/workers/{id}/heartbeat", post(heartbeat));
     jobs_api::secure(api, token)
         .merge(jobs_api::ui_routes())
+        .route("/api/v1/openapi.json", get(openapi))
         .with_state(manager)
+}
+
+/// The OpenAPI document of this API.
+///
+/// Generated from the handlers. Like the web UI it holds nothing of the
+/// cluster's, so it needs no token.
+#[utoipa::path(
+    get, path = "/api/v1/openapi.json", tag = "api", operation_id = "getOpenApi",
+    responses((status = 200, description = "This document.", body = Object, content_type = "application/json")),
+)]
+async fn openapi() -> Response {
+    static DOCUMENT: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(crate::routes::document);
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        DOCUMENT.as_str(),
+    )
+        .into_response()
 }
 
 /// A standby's routes: every request gets 503, naming the leader.
@@ -101,6 +123,22 @@ pub fn standby(data_dir: std::path::PathBuf) -> Router {
     })
 }
 
+/// Submits a job whose binary was uploaded.
+///
+/// The binary goes first to `PUT /api/v1/artifacts/{sha256}`. The body is
+/// read as bytes and its job description's protocol version checked
+/// before the rest, so a client of another release is told both versions.
+#[utoipa::path(
+    post, path = "/api/v1/jobs", tag = "jobs", operation_id = "submitJob",
+    security(("bearer" = [])),
+    request_body(content = SubmitJob, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Accepted; the job waits for slots.", body = Submitted),
+        (status = 400, description = "Malformed request, a description of another protocol version, or a plan that cannot run.", body = ApiError),
+        (status = 404, description = "The artifact was not uploaded.", body = ApiError),
+        Unauthorized,
+    ),
+)]
 async fn submit(
     State(m): Shared,
     body: axum::body::Bytes,
@@ -110,6 +148,25 @@ async fn submit(
     Ok((StatusCode::CREATED, Json(Submitted { job_id })))
 }
 
+/// Rescales a running job.
+///
+/// The job stops with a savepoint and runs on from there with the new
+/// plan; the answer comes once the savepoint is complete. The body's job
+/// description is version-checked first, as a submission's.
+#[utoipa::path(
+    post, path = "/api/v1/jobs/{id}/rescale", tag = "jobs", operation_id = "rescaleJob",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Job id.")),
+    request_body(content = RescaleRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The job runs on from the savepoint.", body = Rescaled),
+        (status = 400, description = "Malformed request, a description of another protocol version, other operators, or more slots than the live workers offer.", body = ApiError),
+        (status = 404, description = "No such job.", body = ApiError),
+        (status = 409, description = "The job is not running.", body = ApiError),
+        (status = 500, description = "The savepoint failed; the job restarts at its old parallelism.", body = ApiError),
+        Unauthorized,
+    ),
+)]
 async fn rescale(
     State(m): Shared,
     Path(id): Path<String>,
@@ -121,11 +178,7 @@ async fn rescale(
 }
 
 fn valid_hash(sha: &str) -> std::result::Result<(), Failure> {
-    if sha.len() == 64
-        && sha
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    if super::jobs::is_sha256(sha) {
         Ok(())
     } else {
         Err(Failure(
@@ -135,113 +188,168 @@ fn valid_hash(sha: &str) -> std::result::Result<(), Failure> {
     }
 }
 
-/// Streams the body to a temporary file, hashing as it goes; renamed into
-/// place only when the content matches its address.
+/// A store error as the API answers it.
+fn artifact_failure(e: ArtifactError) -> Failure {
+    let status = match &e {
+        ArtifactError::BadId(_) | ArtifactError::Mismatch { .. } => StatusCode::BAD_REQUEST,
+        ArtifactError::Interrupted(_) => StatusCode::BAD_REQUEST,
+        ArtifactError::NotFound(_) => StatusCode::NOT_FOUND,
+        ArtifactError::TooLarge { .. } | ArtifactError::StoreFull { .. } => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
+        // The store's fault, not the request's; it was moved aside, so
+        // a retry finds nothing and an upload replaces it.
+        ArtifactError::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        ArtifactError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    Failure(status, e.to_string())
+}
+
+/// Streams the body to a temporary file of its own, hashing as it goes;
+/// renamed into place only when the content matches its address (see
+/// [`super::artifacts`]). 201 when stored, 200 when a verified copy was.
+#[utoipa::path(
+    put, path = "/api/v1/artifacts/{sha256}", tag = "artifacts", operation_id = "uploadArtifact",
+    summary = "Uploads a job binary under its SHA-256.",
+    description = "Stored only when the content hashes to its address.",
+    security(("bearer" = [])),
+    params(("sha256" = String, Path, description = "SHA-256 of the content, lowercase hex.")),
+    request_body(content = Binary, description = "The job binary.", content_type = "application/octet-stream"),
+    responses(
+        (status = 201, description = "Stored."),
+        (status = 200, description = "Stored already (its time is refreshed)."),
+        (status = 400, description = "Not a SHA-256, an interrupted upload, or content that hashes to another address.", body = ApiError),
+        (status = 413, description = "Larger than --max-artifact-bytes, or the store would exceed --max-artifact-store-bytes.", body = ApiError),
+        Unauthorized,
+    ),
+)]
 async fn upload(
     State(m): Shared,
     Path(sha): Path<String>,
     body: Body,
 ) -> std::result::Result<StatusCode, Failure> {
     valid_hash(&sha)?;
-    let path = m.meta().artifact_path(&sha);
-    if tokio::fs::metadata(&path).await.is_ok() {
-        // Fresh again: unused artifacts are removed only once they are old.
-        let touched = blocking({
-            let m = m.clone();
-            let sha = sha.clone();
-            move || m.meta().touch_artifact(&sha)
-        })
-        .await;
-        if let Err(Failure(_, e)) = touched {
-            tracing::warn!(artifact = %sha, error = %e, "cannot refresh an artifact's time");
-        }
-        // Read the body anyway: a server that answers before the request
-        // is fully sent makes the client fail with a broken pipe.
-        let mut stream = body.into_data_stream();
-        while let Some(chunk) = stream.next().await {
-            if chunk.is_err() {
-                break;
-            }
-        }
-        return Ok(StatusCode::OK);
-    }
-    let tmp = m.meta().artifact_temp(&sha);
-    let io =
-        |what: &str, e: std::io::Error| failure(Error::io(format!("{what} {}", tmp.display()), e));
-    let mut file = tokio::fs::File::create(&tmp)
+    // Exact when the request said its Content-Length.
+    let declared = axum::body::HttpBody::size_hint(&body).exact();
+    let stored = m
+        .meta()
+        .artifacts()
+        .upload(&sha, declared, body.into_data_stream())
         .await
-        .map_err(|e| io("creating", e))?;
-    let mut hasher = Sha256::new();
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(Failure(
-                    StatusCode::BAD_REQUEST,
-                    format!("upload interrupted: {e}"),
-                ));
-            }
-        };
-        hasher.update(&chunk);
-        if let Err(e) = file.write_all(&chunk).await {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(io("writing", e));
-        }
-    }
-    let got = format!("{:x}", hasher.finalize());
-    if got != sha {
-        let _ = tokio::fs::remove_file(&tmp).await;
-        return Err(Failure(
-            StatusCode::BAD_REQUEST,
-            format!("the uploaded content hashes to {got}, not {sha}"),
-        ));
-    }
-    file.sync_all().await.map_err(|e| io("syncing", e))?;
-    drop(file);
-    tokio::fs::rename(&tmp, &path)
-        .await
-        .map_err(|e| io("renaming", e))?;
-    Ok(StatusCode::CREATED)
+        .map_err(artifact_failure)?;
+    Ok(match stored {
+        Uploaded::Created => StatusCode::CREATED,
+        Uploaded::AlreadyStored => StatusCode::OK,
+    })
 }
 
-/// 200 when the artifact is stored, 404 otherwise; no body.
+/// 200 when the artifact is stored and verified, 404 otherwise (a corrupt
+/// one is moved aside first, so the client uploads it again); no body.
+#[utoipa::path(
+    head, path = "/api/v1/artifacts/{sha256}", tag = "artifacts", operation_id = "artifactExists",
+    summary = "Whether a job binary is stored.",
+    description = "A corrupt stored copy is moved aside and answered 404, so the client uploads it again.",
+    security(("bearer" = [])),
+    params(("sha256" = String, Path, description = "SHA-256 of the content, lowercase hex.")),
+    responses(
+        (status = 200, description = "Stored."),
+        (status = 400, description = "Not a SHA-256."),
+        (status = 404, description = "Not stored."),
+        Unauthorized,
+    ),
+)]
 async fn exists(
     State(m): Shared,
     Path(sha): Path<String>,
 ) -> std::result::Result<StatusCode, Failure> {
     valid_hash(&sha)?;
-    match tokio::fs::metadata(m.meta().artifact_path(&sha)).await {
+    match m.meta().artifacts().open_verified_async(&sha).await {
         Ok(_) => Ok(StatusCode::OK),
-        Err(_) => Err(failure(Error::NotFound(format!("no artifact {sha}")))),
+        Err(ArtifactError::Corrupt { .. }) => Err(failure(Error::NotFound(format!(
+            "no artifact {sha} (the stored one was corrupt)"
+        )))),
+        Err(e) => Err(artifact_failure(e)),
     }
 }
 
+/// Streams the verified binary from the file descriptor that was verified,
+/// a chunk at a time: memory per download stays at a chunk, whatever the
+/// binary's size.
+#[utoipa::path(
+    get, path = "/api/v1/artifacts/{sha256}", tag = "artifacts", operation_id = "downloadArtifact",
+    summary = "A stored job binary.",
+    description = "Workers and `sluice rescale` fetch it. Verified against its address before it is served.",
+    security(("bearer" = [])),
+    params(("sha256" = String, Path, description = "SHA-256 of the content, lowercase hex.")),
+    responses(
+        (status = 200, description = "The content.", body = Binary, content_type = "application/octet-stream"),
+        (status = 400, description = "Not a SHA-256.", body = ApiError),
+        (status = 404, description = "Not stored.", body = ApiError),
+        (status = 500, description = "The stored copy was corrupt; it was moved aside, so an upload replaces it.", body = ApiError),
+        Unauthorized,
+    ),
+)]
 async fn download(
     State(m): Shared,
     Path(sha): Path<String>,
 ) -> std::result::Result<Response, Failure> {
     valid_hash(&sha)?;
-    let path = m.meta().artifact_path(&sha);
-    let bytes = tokio::fs::read(&path)
+    let (file, len) = m
+        .meta()
+        .artifacts()
+        .open_verified_async(&sha)
         .await
-        .map_err(|_| failure(Error::NotFound(format!("no artifact {sha}"))))?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+        .map_err(artifact_failure)?;
+    let stream = tokio_util::io::ReaderStream::with_capacity(file, DOWNLOAD_CHUNK);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
 }
 
-async fn register(
-    State(m): Shared,
-    Json(req): Json<RegisterWorker>,
-) -> Answer<sluice_protocol::api::Registered> {
+/// Registers a worker.
+///
+/// A worker registers again, under its old id, after a coordinator
+/// restart.
+#[utoipa::path(
+    post, path = "/api/v1/workers", tag = "workers", operation_id = "registerWorker",
+    security(("bearer" = [])),
+    request_body(content = RegisterWorker, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Registered.", body = Registered),
+        (status = 400, description = "Malformed request.", body = ApiError),
+        Unauthorized,
+    ),
+)]
+async fn register(State(m): Shared, JsonBody(req): JsonBody<RegisterWorker>) -> Answer<Registered> {
     Ok(Json(blocking(move || m.register(req)).await?))
 }
 
+/// A worker's heartbeat.
+///
+/// It reports the state of the worker's executors; the answer lists every
+/// executor wanted on it.
+#[utoipa::path(
+    post, path = "/api/v1/workers/{id}/heartbeat", tag = "workers", operation_id = "heartbeat",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Worker id.")),
+    request_body(content = Heartbeat, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The executors to run.", body = HeartbeatReply),
+        (status = 400, description = "Malformed request.", body = ApiError),
+        (status = 404, description = "Unknown worker: register again.", body = ApiError),
+        Unauthorized,
+    ),
+)]
 async fn heartbeat(
     State(m): Shared,
     Path(id): Path<String>,
-    Json(hb): Json<Heartbeat>,
-) -> Answer<sluice_protocol::api::HeartbeatReply> {
+    JsonBody(hb): JsonBody<Heartbeat>,
+) -> Answer<HeartbeatReply> {
     // A heartbeat that reports a failed executor writes job metadata.
     let reply = blocking({
         let id = id.clone();
@@ -257,13 +365,13 @@ async fn heartbeat(
 mod tests {
     use super::*;
     use crate::coordinator::CoordinatorConfig;
-    use crate::routes::ROUTES;
+    use crate::routes::routes;
 
-    /// Every route `api::ROUTES` lists (and `openapi.json` describes) is
-    /// served: none gets axum's answer for a path or method it does not
-    /// route (an empty 404, or 405).
+    /// Every route the OpenAPI document describes is served: none gets
+    /// axum's answer for a path or method it does not route (an empty
+    /// 404, or 405).
     #[tokio::test]
-    async fn every_listed_route_is_served() {
+    async fn every_documented_route_is_served() {
         let dir = tempfile::tempdir().unwrap();
         let config = CoordinatorConfig::new("127.0.0.1:0".parse().unwrap(), dir.path());
         let manager = tokio::task::spawn_blocking(move || Manager::open(config))
@@ -274,11 +382,17 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, router(manager, None)).await });
         let http = reqwest::Client::new();
-        for route in ROUTES {
-            let (method, path) = route.split_once(' ').unwrap();
+        let routes = routes();
+        assert!(routes.len() >= 20, "{routes:?}");
+        for (method, path) in &routes {
+            let route = format!("{method} {path}");
             let path = path
                 .replace("{id}", "x")
                 .replace("{sha256}", &"0".repeat(64));
+            assert!(
+                !path.contains('{'),
+                "{route}: a parameter the test does not fill"
+            );
             let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
             let mut request = http.request(method.clone(), format!("http://{addr}{path}"));
             if method == reqwest::Method::POST || method == reqwest::Method::PUT {
@@ -306,6 +420,68 @@ mod tests {
             .unwrap();
         assert_eq!(answer.status(), StatusCode::NOT_FOUND);
         assert!(answer.bytes().await.unwrap().is_empty());
+    }
+
+    /// The coordinator serves its generated document without a token; a
+    /// JSON body that does not parse gets a 400 with an `ApiError` naming
+    /// what is wrong, as the document says of every failure.
+    #[tokio::test]
+    async fn the_document_is_served_and_bad_bodies_get_api_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = CoordinatorConfig::new("127.0.0.1:0".parse().unwrap(), dir.path());
+        let manager = tokio::task::spawn_blocking(move || Manager::open(config))
+            .await
+            .unwrap()
+            .unwrap();
+        let token = Arc::new(Token::new("t0ken").unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router(manager, Some(token))).await });
+        let http = reqwest::Client::new();
+
+        let answer = http
+            .get(format!("http://{addr}/api/v1/openapi.json"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(answer.text().await.unwrap(), crate::routes::document());
+
+        for (path, body, want) in [
+            ("/api/v1/workers", "{}", "slots"),
+            (
+                "/api/v1/workers/w-1/heartbeat",
+                "[]",
+                "malformed request body",
+            ),
+            (
+                "/api/v1/jobs/x/savepoint",
+                "not json",
+                "malformed request body",
+            ),
+        ] {
+            let answer = http
+                .post(format!("http://{addr}{path}"))
+                .bearer_auth("t0ken")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), StatusCode::BAD_REQUEST, "{path}");
+            let error: ApiError = serde_json::from_str(&answer.text().await.unwrap()).unwrap();
+            assert!(error.error.contains(want), "{path}: {}", error.error);
+        }
+        let answer = http
+            .get(format!("http://{addr}/api/v1/jobs"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.status(),
+            StatusCode::UNAUTHORIZED,
+            "the API still wants the token"
+        );
     }
 
     /// A submission whose job description is of another protocol version

@@ -31,8 +31,8 @@ use crossbeam_channel::{Receiver, Sender};
 use tracing::{info, warn};
 
 use crate::checkpoint::coordinator::{
-    run_writer, CheckpointDirs, Coordinator, CoordinatorMsg, NodeInfo, SavepointRequest,
-    TaskControl, TaskKey, TaskPort, TaskSnapshot,
+    run_writer, CheckpointDirs, CompletionHook, Coordinator, CoordinatorMsg, NodeInfo,
+    SavepointRequest, TaskControl, TaskKey, TaskPort, TaskSnapshot,
 };
 use crate::checkpoint::restore::RestorePlan;
 use crate::checkpoint::restore::StartPoint;
@@ -88,6 +88,9 @@ impl Default for JobConfig {
         }
     }
 }
+
+/// How long an embedded job's web UI outlives the job.
+const UI_LINGER: Duration = Duration::from_millis(1500);
 
 /// Rows a sink keeps of the latest batch it received, for the results
 /// the coordinator shows.
@@ -384,24 +387,28 @@ pub fn start_embedded(graph: &LogicalGraph, config: &JobConfig) -> Result<JobHan
     let user_cancel = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(Mutex::new(CheckpointStats::default()));
     #[cfg(feature = "ui")]
-    let ui = match config.ui {
-        Some(addr) => Some(
-            ui::EmbeddedView::new(
+    let (ui, on_complete) = match config.ui {
+        Some(addr) => {
+            let view = ui::EmbeddedView::new(
                 graph,
                 &plan,
                 config,
                 current.clone(),
                 user_cancel.clone(),
                 stats.clone(),
-            )
-            .serve(addr)?,
-        ),
-        None => None,
+            );
+            let hook = view.completion_hook();
+            (Some(view.serve(addr)?), Some(hook))
+        }
+        None => (None, None),
     };
     #[cfg(not(feature = "ui"))]
-    let ui = config.ui.map(|addr| {
-        warn!(%addr, "this job binary was built without sluice-engine's `ui` feature: no web UI");
-    });
+    let (ui, on_complete) = (
+        config.ui.map(|addr| {
+            warn!(%addr, "this job binary was built without sluice-engine's `ui` feature: no web UI");
+        }),
+        None,
+    );
     let (graph, config) = (graph.clone(), config.clone());
     let driver = Driver {
         graph,
@@ -410,6 +417,7 @@ pub fn start_embedded(graph: &LogicalGraph, config: &JobConfig) -> Result<JobHan
         current: current.clone(),
         user_cancel: user_cancel.clone(),
         stats: stats.clone(),
+        on_complete,
     };
     let ended = current.clone();
     let thread = std::thread::Builder::new()
@@ -418,6 +426,11 @@ pub fn start_embedded(graph: &LogicalGraph, config: &JobConfig) -> Result<JobHan
             let result = driver.run();
             ended.lock().expect("job handle lock").ended =
                 Some(result.as_ref().err().map(|e| e.to_string()));
+            if ui.is_some() {
+                // Pages watching the job poll once a second: let them see
+                // how it ended before the process (and its UI) goes.
+                std::thread::sleep(UI_LINGER);
+            }
             drop(ui);
             result
         })
@@ -439,6 +452,8 @@ struct Driver {
     current: Arc<Mutex<Current>>,
     user_cancel: Arc<AtomicBool>,
     stats: Arc<Mutex<CheckpointStats>>,
+    /// Told of each completed checkpoint (the web UI's metrics).
+    on_complete: Option<CompletionHook>,
 }
 
 /// Where an attempt starts.
@@ -573,6 +588,7 @@ impl Driver {
                 stats: self.stats.clone(),
                 control: control.clone(),
                 prepare: None,
+                on_complete: self.on_complete.clone(),
             };
             drop(wtx);
             side_threads.push(spawn_writer(wrx, dirs, ctx.clone())?);

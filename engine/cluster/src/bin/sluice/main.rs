@@ -5,26 +5,28 @@
 //! Settings come from flags, then environment variables (clap's `env`),
 //! then the TOML file named by `--config` / `SLUICE_CONFIG` (sections
 //! `[coordinator]`, `[worker]`, `[client]`, keys = flag names with
-//! underscores), then built-in defaults (`sluice/config.rs`). Output meant
-//! for scripts goes to stdout; logs go to stderr.
+//! underscores), then built-in defaults; each is declared once
+//! (`sluice/config.rs`), and `sluice config defaults` lists them. Output
+//! meant for scripts goes to stdout; logs go to stderr.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
-use clap::{Parser, Subcommand};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use sluice_cluster::artifact::{sha256_of_file, ArtifactCache};
 use sluice_cluster::client::{Client, Submission};
 use sluice_cluster::coordinator;
+use sluice_cluster::ship;
 use sluice_cluster::worker;
 use sluice_protocol::api::{JobDescription, JobStatus, RescaleRequest, Rescaled, SavepointRequest};
 
 mod config;
 
 use config::{
-    client, coordinator_config, load_file, worker_config, ClientArgs, ClientFile, CoordinatorArgs,
-    SubmitArgs, WorkerArgs,
+    client, coordinator_config, load_file, submit_settings, worker_config, ClientArgs,
+    CoordinatorArgs, FileConfig, SubmitArgs, WorkerArgs,
 };
 
 #[derive(Debug, Parser)]
@@ -137,10 +139,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Prints the REST API's OpenAPI document (JSON), as the coordinator
+    /// serves it at /api/v1/openapi.json.
+    Openapi,
+    /// About the settings themselves.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Prints every setting with its flag, environment variable, default
+    /// and meaning (Markdown; docs/config.md).
+    Defaults,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The matches tell where each value came from (flag, variable or
+    // default), which decides whether the --config file may replace it.
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let service = matches!(cli.command, Command::Coordinator(_) | Command::Worker(_));
     init_tracing(service);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -153,7 +174,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, &matches)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sluice: error: {}", error_text(&e));
@@ -177,23 +198,28 @@ fn init_tracing(service: bool) {
         .init();
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
     let file = load_file(cli.config.as_deref())?;
+    let m = matches
+        .subcommand()
+        .map(|(_, m)| m)
+        .ok_or_else(|| anyhow!("no command given"))?;
+    let client = |c: &ClientArgs| client(c, m, &file);
     match cli.command {
         Command::Coordinator(args) => {
-            let config = coordinator_config(&args, &file.coordinator)?;
+            let config = coordinator_config(&args, m, &file)?;
             coordinator::serve(config).await?;
         }
         Command::Worker(args) => {
-            let config = worker_config(&args, &file.worker)?;
+            let config = worker_config(&args, m, &file)?;
             worker::run(config).await?;
         }
         Command::Submit(args) => {
-            let job_id = submit(&args, &file.client).await?;
+            let job_id = submit(&args, m, &file).await?;
             println!("{job_id}");
         }
         Command::Jobs { client: c, json } => {
-            let jobs = client(&c, &file.client)?.jobs().await?;
+            let jobs = client(&c)?.jobs().await?;
             if json {
                 print_json(&jobs)?;
             } else {
@@ -205,7 +231,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             job_id,
             json,
         } => {
-            let status = client(&c, &file.client)?.status(&job_id).await?;
+            let status = client(&c)?.status(&job_id).await?;
             if json {
                 print_json(&status)?;
             } else {
@@ -213,7 +239,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Cancel { client: c, job_id } => {
-            client(&c, &file.client)?.cancel(&job_id).await?;
+            let status = client(&c)?.cancel(&job_id).await?;
+            // Said on stdout, so a script can tell it happened.
+            println!("{} {}", status.id, status.state.name());
         }
         Command::Savepoint {
             client: c,
@@ -221,7 +249,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dir,
             stop,
         } => {
-            let taken = client(&c, &file.client)?
+            let taken = client(&c)?
                 .savepoint(&job_id, &SavepointRequest { dir, stop })
                 .await?;
             println!("{}", taken.location);
@@ -232,7 +260,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             parallelism,
             binary,
         } => {
-            let client = client(&c, &file.client)?;
+            let client = client(&c)?;
             let rescaled = rescale(&client, &job_id, parallelism, binary.as_deref()).await?;
             println!("{}", rescaled.savepoint);
         }
@@ -241,7 +269,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             job_id,
             json,
         } => {
-            let cps = client(&c, &file.client)?.checkpoints(&job_id).await?;
+            let cps = client(&c)?.checkpoints(&job_id).await?;
             if json {
                 print_json(&cps)?;
             } else {
@@ -282,7 +310,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             job_id,
             json,
         } => {
-            let results = client(&c, &file.client)?.results(&job_id).await?;
+            let results = client(&c)?.results(&job_id).await?;
             if json {
                 print_json(&results)?;
             } else if results.sinks.is_empty() {
@@ -299,7 +327,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Cluster { client: c, json } => {
-            let info = client(&c, &file.client)?.cluster().await?;
+            let info = client(&c)?.cluster().await?;
             if json {
                 print_json(&info)?;
             } else {
@@ -322,8 +350,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("control: {}", info.control);
             }
         }
+        Command::Openapi => print!("{}", sluice_cluster::routes::document()),
+        Command::Config(ConfigCommand::Defaults) => print!("{}", config::reference()),
         Command::Workers { client: c, json } => {
-            let workers = client(&c, &file.client)?.workers().await?;
+            let workers = client(&c)?.workers().await?;
             if json {
                 print_json(&workers)?;
             } else {
@@ -383,9 +413,9 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 }
 
 /// Describes the job by running its binary in describe mode, then ships it.
-async fn submit(args: &SubmitArgs, file: &ClientFile) -> anyhow::Result<String> {
-    let client = client(&args.client, file)?;
-    let parallelism = args.parallelism.or(file.parallelism);
+async fn submit(args: &SubmitArgs, m: &ArgMatches, file: &FileConfig) -> anyhow::Result<String> {
+    let client = client(&args.client, m, file)?;
+    let parallelism = submit_settings(args, m, file)?.parallelism;
     if parallelism == Some(0) {
         bail!("--parallelism must be at least 1");
     }
@@ -400,16 +430,18 @@ async fn submit(args: &SubmitArgs, file: &ClientFile) -> anyhow::Result<String> 
         .await
         .with_context(|| format!("resolving {}", binary.display()))?;
     let description = describe(&binary, &args.args, parallelism, None).await?;
-    let bytes = tokio::fs::read(&binary)
+    let shipped = ship::prepare(&binary, !args.no_strip, &std::env::temp_dir())
         .await
-        .with_context(|| format!("reading {}", binary.display()))?;
+        .context("preparing the job binary")?;
+    tracing::info!(binary = %binary.display(), bytes = shipped.original_bytes,
+        shipped = shipped.bytes, debug = ?shipped.debug, "shipping the job binary");
     let workdir = std::env::current_dir()
         .context("the current directory")?
         .to_string_lossy()
         .into_owned();
     let submitted = client
         .submit(Submission {
-            binary: bytes,
+            binary: shipped.path.clone(),
             args: args.args.clone(),
             parallelism,
             workdir: Some(workdir),
@@ -436,12 +468,21 @@ async fn rescale(
     let binary = match local {
         Some(path) => {
             let p = path.to_path_buf();
-            let sha = tokio::task::spawn_blocking(move || sha256_of_file(&p))
+            let mut sha = tokio::task::spawn_blocking(move || sha256_of_file(&p))
                 .await
                 .context("hashing the binary")??;
             if sha != status.artifact {
+                // Submitted stripped: compare what it ships as.
+                let shipped = ship::prepare(path, true, &std::env::temp_dir()).await?;
+                let p = shipped.path.clone();
+                sha = tokio::task::spawn_blocking(move || sha256_of_file(&p))
+                    .await
+                    .context("hashing the binary")??;
+            }
+            if sha != status.artifact {
                 bail!(
-                    "{} is not job {job_id}'s binary: its SHA-256 is {sha}, the job's {}",
+                    "{} is not job {job_id}'s binary: its SHA-256 (stripped as submit ships it) \
+                     is {sha}, the job's {}",
                     path.display(),
                     status.artifact
                 );
@@ -452,11 +493,12 @@ async fn rescale(
                 .with_context(|| format!("resolving {}", path.display()))?
         }
         None => {
-            let cache = std::env::temp_dir().join("sluice-artifacts");
-            tokio::fs::create_dir_all(&cache)
+            // This user's own cache, never a shared directory: whatever is
+            // there is verified against the job's SHA-256 before it runs.
+            let cache = tokio::task::spawn_blocking(ArtifactCache::for_user)
                 .await
-                .with_context(|| format!("creating {}", cache.display()))?;
-            ArtifactCache::new(cache)
+                .context("opening the artifact cache")??;
+            cache
                 .get(client, &status.artifact)
                 .await
                 .context("fetching the job's binary")?
