@@ -39,6 +39,10 @@ enum Edit {
     FilterAdded,
     /// The tumbling window per bidder (and its sink) removed.
     BidderWindowRemoved,
+    /// `max(price)` added at the end of the aggregates per bidder.
+    AggregateAdded,
+    /// The aggregates per bidder in another order.
+    AggregatesReordered,
 }
 
 /// Sliding counts per auction and tumbling sums per bidder, into Parquet.
@@ -103,11 +107,19 @@ fn edited_job(
         ))
         .aggregate([count(), max("price")])
         .sink(ParquetSink::new(out.join("by_auction")));
-    if edit != Edit::BidderWindowRemoved {
-        bids.key_by(["bidder"])
-            .window(WindowSpec::tumbling(Duration::from_secs(5)))
-            .aggregate([sum("price"), min("price")])
-            .sink(ParquetSink::new(out.join("by_bidder")));
+    let per_bidder = bids
+        .key_by(["bidder"])
+        .window(WindowSpec::tumbling(Duration::from_secs(5)));
+    let per_bidder = match edit {
+        Edit::BidderWindowRemoved => None,
+        Edit::AggregateAdded => {
+            Some(per_bidder.aggregate([sum("price"), min("price"), max("price")]))
+        }
+        Edit::AggregatesReordered => Some(per_bidder.aggregate([min("price"), sum("price")])),
+        Edit::None | Edit::FilterAdded => Some(per_bidder.aggregate([sum("price"), min("price")])),
+    };
+    if let Some(s) = per_bidder {
+        s.sink(ParquetSink::new(out.join("by_bidder")));
     }
     env
 }
@@ -289,4 +301,66 @@ fn state_of_a_removed_operator_is_refused_unless_allowed() {
         want,
         "the windows per auction kept their state"
     );
+}
+
+#[test]
+fn a_window_keeps_its_state_when_an_aggregate_is_added_at_the_end_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    job(&d.join("reference"), None, 2, None, false)
+        .execute()
+        .unwrap();
+    let want = rows(&d.join("reference/by_bidder"));
+    let sp = savepoint_mid_run(d, false);
+
+    let refused = d.join("refused");
+    let err = edited_job(
+        &refused,
+        Some((&d.join("ck-r"), Some(&sp))),
+        2,
+        None,
+        false,
+        Edit::AggregatesReordered,
+    )
+    .execute()
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("aggregates were") && err.contains("added at the end"),
+        "{err}"
+    );
+
+    let b = d.join("b");
+    copy_dir(&d.join("a/by_bidder"), &b.join("by_bidder"));
+    let res = edited_job(
+        &b,
+        Some((&d.join("ck-b"), Some(&sp))),
+        2,
+        None,
+        false,
+        Edit::AggregateAdded,
+    )
+    .execute()
+    .unwrap();
+    assert!(res.checkpoints.restored_from.is_some());
+    // Rows written after the restore carry the new aggregate as a last
+    // column; without it, the output is the unedited job's: the sums and
+    // minimums kept their restored state.
+    let mut got: BTreeMap<String, usize> = BTreeMap::new();
+    let mut with_max = 0;
+    for (row, n) in rows(&b.join("by_bidder")) {
+        let fields: Vec<&str> = row.split('|').collect();
+        let row = if fields.len() == 6 {
+            with_max += n;
+            fields[..5].join("|")
+        } else {
+            row
+        };
+        *got.entry(row).or_default() += n;
+    }
+    assert!(
+        with_max > 0,
+        "windows fired after the restore have the new aggregate"
+    );
+    assert_eq!(got, want);
 }

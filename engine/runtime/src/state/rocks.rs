@@ -29,7 +29,7 @@ use rocksdb::{
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::state::table::Spill;
+use crate::state::table::{RowVisitor, Spill};
 
 /// Settings of the RocksDB backend. An operator subtask's memory for
 /// state is about `cache_bytes + block_cache_bytes + write_buffer_bytes`,
@@ -392,12 +392,7 @@ impl Spill for RocksSpill {
         self.db.write(batch)
     }
 
-    fn scan(
-        &self,
-        from: &[u8],
-        to: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
-    ) -> Result<()> {
+    fn scan(&self, from: &[u8], to: &[u8], f: &mut RowVisitor<'_>) -> Result<()> {
         self.db.scan(&self.family, from, to, f)
     }
 }

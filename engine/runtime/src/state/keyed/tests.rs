@@ -77,7 +77,7 @@ fn value_list_and_map_states_with_namespaces() {
         let dir = tempfile::tempdir().unwrap();
         let mut st = open(&b, dir.path(), 0, 1, RestoredState::default());
         let mut s = st.scope(5, b"alice").unwrap();
-        assert_eq!(count().get(&mut s).unwrap(), None);
+        assert_eq!(count().get(&s).unwrap(), None);
         count().set(&mut s, &3).unwrap();
         names().add(&mut s, &"x".to_string()).unwrap();
         names()
@@ -88,26 +88,26 @@ fn value_list_and_map_states_with_namespaces() {
         seen().put(&mut s, &"a".into(), &7).unwrap();
         // Another namespace of the same key is separate.
         s.set_namespace(-1000);
-        assert_eq!(count().get(&mut s).unwrap(), None);
+        assert_eq!(count().get(&s).unwrap(), None);
         count().set(&mut s, &9).unwrap();
         seen().put(&mut s, &"c".into(), &3).unwrap();
         s.set_namespace(0);
-        assert_eq!(count().get(&mut s).unwrap(), Some(3), "{b:?}");
-        assert_eq!(names().get(&mut s).unwrap(), ["x", "y", "z"]);
-        assert_eq!(seen().get(&mut s, &"a".into()).unwrap(), Some(7));
-        assert!(seen().contains(&mut s, &"b".into()).unwrap());
-        assert!(!seen().contains(&mut s, &"c".into()).unwrap());
-        let mut e = seen().entries(&mut s).unwrap();
+        assert_eq!(count().get(&s).unwrap(), Some(3), "{b:?}");
+        assert_eq!(names().get(&s).unwrap(), ["x", "y", "z"]);
+        assert_eq!(seen().get(&s, &"a".into()).unwrap(), Some(7));
+        assert!(seen().contains(&s, &"b".into()).unwrap());
+        assert!(!seen().contains(&s, &"c".into()).unwrap());
+        let mut e = seen().entries(&s).unwrap();
         e.sort();
         assert_eq!(e, [("a".to_string(), 7), ("b".to_string(), 2)]);
         seen().remove(&mut s, &"a".into()).unwrap();
-        assert_eq!(seen().entries(&mut s).unwrap(), [("b".to_string(), 2)]);
+        assert_eq!(seen().entries(&s).unwrap(), [("b".to_string(), 2)]);
         names().update(&mut s, &["q".to_string()]).unwrap();
-        assert_eq!(names().get(&mut s).unwrap(), ["q"]);
+        assert_eq!(names().get(&s).unwrap(), ["q"]);
         // A key that is a prefix of another does not see its state.
         let mut s2 = st.scope(5, b"alic").unwrap();
-        assert_eq!(count().get(&mut s2).unwrap(), None);
-        assert!(seen().entries(&mut s2).unwrap().is_empty());
+        assert_eq!(count().get(&s2).unwrap(), None);
+        assert!(seen().entries(&s2).unwrap().is_empty());
         count().set(&mut s2, &1).unwrap();
         assert_eq!(
             st.keys(0).unwrap(),
@@ -118,16 +118,16 @@ fn value_list_and_map_states_with_namespaces() {
         let mut s = st.scope(5, b"alice").unwrap();
         s.set_namespace(-1000);
         s.clear_namespace().unwrap();
-        assert_eq!(count().get(&mut s).unwrap(), None);
-        assert!(seen().entries(&mut s).unwrap().is_empty());
+        assert_eq!(count().get(&s).unwrap(), None);
+        assert!(seen().entries(&s).unwrap().is_empty());
         s.set_namespace(0);
-        assert_eq!(count().get(&mut s).unwrap(), Some(3));
+        assert_eq!(count().get(&s).unwrap(), Some(3));
         count().clear(&mut s).unwrap();
         names().clear(&mut s).unwrap();
         seen().clear(&mut s).unwrap();
-        assert_eq!(count().get(&mut s).unwrap(), None);
-        assert!(names().get(&mut s).unwrap().is_empty());
-        assert!(seen().entries(&mut s).unwrap().is_empty());
+        assert_eq!(count().get(&s).unwrap(), None);
+        assert!(names().get(&s).unwrap().is_empty());
+        assert!(seen().entries(&s).unwrap().is_empty());
         assert!(st.keys(-1000).unwrap().is_empty());
         assert_eq!(st.keys(0).unwrap(), [(5, b"alic".to_vec())]);
     }
@@ -151,13 +151,13 @@ fn misuse_is_a_clear_error() {
     assert!(e.contains("declared as a value but used as a list"), "{e}");
     let undeclared: ValueState<i64> = ValueState::new("nope");
     assert!(undeclared
-        .get(&mut s)
+        .get(&s)
         .unwrap_err()
         .to_string()
         .contains("not declared"));
     count().set(&mut s, &-1).unwrap();
     let as_string: ValueState<String> = ValueState::new("count");
-    assert!(matches!(as_string.get(&mut s), Err(Error::State(_))));
+    assert!(matches!(as_string.get(&s), Err(Error::State(_))));
     let dup = vec![count().descriptor(), count().descriptor()];
     let c = ctx(&StateBackend::Memory, dir.path(), 0, 1);
     assert!(KeyedState::open(&c, &dup, RestoredState::default()).is_err());
@@ -188,9 +188,9 @@ fn check(st: &mut KeyedState, groups: Range<usize>) {
         let mut s = st.scope(kg, key.as_bytes()).unwrap();
         for ns in [1, 2] {
             s.set_namespace(ns);
-            assert_eq!(count().get(&mut s).unwrap(), Some(kg as i64 * ns));
-            assert_eq!(names().get(&mut s).unwrap(), std::slice::from_ref(&key));
-            assert_eq!(seen().entries(&mut s).unwrap(), [(key.clone(), kg as u32)]);
+            assert_eq!(count().get(&s).unwrap(), Some(kg as i64 * ns));
+            assert_eq!(names().get(&s).unwrap(), std::slice::from_ref(&key));
+            assert_eq!(seen().entries(&s).unwrap(), [(key.clone(), kg as u32)]);
         }
     }
 }
@@ -370,16 +370,10 @@ mod differential {
         let mut dump = Dump::new();
         for k in 0..KEYS.len() {
             for n in -2..3 {
-                let mut s = scope(st, k, n);
-                let mut m = map.entries(&mut s).unwrap();
+                let s = scope(st, k, n);
+                let mut m = map.entries(&s).unwrap();
                 m.sort();
-                dump.push((
-                    k,
-                    n,
-                    value.get(&mut s).unwrap(),
-                    list.get(&mut s).unwrap(),
-                    m,
-                ));
+                dump.push((k, n, value.get(&s).unwrap(), list.get(&s).unwrap(), m));
             }
         }
         dump

@@ -26,12 +26,7 @@ impl Spill for Counted {
         self.writes.fetch_add(1, Ordering::Relaxed);
         self.inner.write(puts, deletes)
     }
-    fn scan(
-        &self,
-        from: &[u8],
-        to: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
-    ) -> Result<()> {
+    fn scan(&self, from: &[u8], to: &[u8], f: &mut RowVisitor<'_>) -> Result<()> {
         self.reads.fetch_add(1, Ordering::Relaxed);
         self.inner.scan(from, to, f)
     }
