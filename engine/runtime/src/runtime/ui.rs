@@ -279,7 +279,7 @@ impl JobsView for EmbeddedView {
             workers_alive: 1,
             slots,
             used_slots: if state == JobState::Running { slots } else { 0 },
-            jobs: vec![(state, 1)],
+            jobs: [(state, 1)].into(),
             heartbeat_timeout_ms: 0,
             control: String::new(),
         }

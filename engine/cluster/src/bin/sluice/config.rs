@@ -258,6 +258,12 @@ pub(crate) struct SubmitArgs {
     pub(crate) client: ClientArgs,
     #[command(flatten)]
     pub(crate) settings: SubmitSettings,
+    /// Wait until the job ends; print its final state; exit non-zero unless it FINISHED.
+    #[arg(long)]
+    pub(crate) wait: bool,
+    /// Like --wait, printing a line at each change of state, attempt or checkpoint.
+    #[arg(long, conflicts_with = "wait")]
+    pub(crate) follow: bool,
     /// Ship the binary as it is, debug info included [default: an ELF binary is shipped stripped with objcopy, its debug info kept beside it as BINARY.debug].
     #[arg(long)]
     pub(crate) no_strip: bool,

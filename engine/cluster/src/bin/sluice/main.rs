@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -23,11 +23,14 @@ use sluice_cluster::worker;
 use sluice_protocol::api::{JobDescription, JobStatus, RescaleRequest, Rescaled, SavepointRequest};
 
 mod config;
+mod follow;
+mod output;
 
 use config::{
     client, coordinator_config, load_file, submit_settings, worker_config, ClientArgs,
-    CoordinatorArgs, FileConfig, SubmitArgs, WorkerArgs,
+    CoordinatorArgs, FileConfig, HumanDuration, SubmitArgs, WorkerArgs,
 };
+use output::{checkpoints_text, jobs_table, status_text, table};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -59,7 +62,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Shows a job's state (first line) and details.
+    /// Shows a job's state (first line), details and operators.
     Status {
         #[command(flatten)]
         client: ClientArgs,
@@ -68,6 +71,12 @@ enum Command {
         /// Print the JobStatus JSON.
         #[arg(long)]
         json: bool,
+        /// Show it again whenever it changes, until the job ends; exits non-zero unless it FINISHED.
+        #[arg(long)]
+        watch: bool,
+        /// How often --watch asks.
+        #[arg(long, value_name = "DURATION", default_value = "1s")]
+        interval: HumanDuration,
     },
     /// Cancels a job.
     Cancel {
@@ -75,6 +84,22 @@ enum Command {
         client: ClientArgs,
         /// Job id.
         job_id: String,
+        /// Do not ask for confirmation (asked only when stdin is a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+    /// Takes a savepoint and stops the job (savepoint --stop); prints the savepoint's location.
+    Stop {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Job id.
+        job_id: String,
+        /// Where the savepoint goes (directory or s3:// URL).
+        #[arg(long, env = "SLUICE_SAVEPOINT_DIR", value_name = "DIR")]
+        dir: String,
+        /// Do not ask for confirmation (asked only when stdin is a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// Takes a savepoint; prints its location.
     Savepoint {
@@ -88,6 +113,9 @@ enum Command {
         /// Stop the job once the savepoint is taken.
         #[arg(long)]
         stop: bool,
+        /// Do not ask for confirmation of --stop (asked only when stdin is a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// Rescales a running job: stops it with a savepoint and runs it on
     /// from there at the new parallelism; prints the savepoint.
@@ -102,16 +130,22 @@ enum Command {
         /// The job's binary here (checked against the job's SHA-256), instead of fetching it from the coordinator.
         #[arg(long, value_name = "JOB_BINARY")]
         binary: Option<PathBuf>,
+        /// Do not ask for confirmation (asked only when stdin is a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
-    /// Shows a job's checkpoints.
+    /// Shows a job's checkpoints, newest first.
     Checkpoints {
         #[command(flatten)]
         client: ClientArgs,
         /// Job id.
         job_id: String,
-        /// Print JSON.
+        /// Print JSON (every checkpoint the coordinator keeps).
         #[arg(long)]
         json: bool,
+        /// Show at most this many.
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        limit: usize,
     },
     /// Shows the newest rows each sink of a job received.
     Results {
@@ -217,6 +251,26 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
         Command::Submit(args) => {
             let job_id = submit(&args, m, &file).await?;
             println!("{job_id}");
+            if args.wait || args.follow {
+                let client = client(&args.client)?;
+                let every = Duration::from_millis(500);
+                let end = if args.follow {
+                    follow::until_ended(
+                        &client,
+                        &job_id,
+                        every,
+                        |s| (s.state, s.attempt, s.latest_checkpoint),
+                        |s| println!("{}", follow::progress_line(s)),
+                    )
+                    .await?
+                } else {
+                    let end =
+                        follow::until_ended(&client, &job_id, every, |s| s.state, |_| {}).await?;
+                    println!("{} {}", end.id, end.state.name());
+                    end
+                };
+                follow::ended_ok(&end)?;
+            }
         }
         Command::Jobs { client: c, json } => {
             let jobs = client(&c)?.jobs().await?;
@@ -230,16 +284,43 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
             client: c,
             job_id,
             json,
+            watch,
+            interval,
         } => {
-            let status = client(&c)?.status(&job_id).await?;
-            if json {
-                print_json(&status)?;
+            let client = client(&c)?;
+            if watch {
+                let show = |s: &JobStatus| {
+                    if json {
+                        let _ = print_json(s);
+                    } else {
+                        println!("{}", status_text(s));
+                    }
+                };
+                // Everything but the clock: a change worth showing again.
+                let key = |s: &JobStatus| {
+                    let mut s = s.clone();
+                    s.updated_ms = 0;
+                    serde_json::to_string(&s).unwrap_or_default()
+                };
+                let end = follow::until_ended(&client, &job_id, interval.0, key, show).await?;
+                follow::ended_ok(&end)?;
             } else {
-                print!("{}", status_text(&status));
+                let status = client.status(&job_id).await?;
+                if json {
+                    print_json(&status)?;
+                } else {
+                    print!("{}", status_text(&status));
+                }
             }
         }
-        Command::Cancel { client: c, job_id } => {
-            let status = client(&c)?.cancel(&job_id).await?;
+        Command::Cancel {
+            client: c,
+            job_id,
+            yes,
+        } => {
+            let client = client(&c)?;
+            follow::confirm(format!("Cancel {job_id}?"), yes).await?;
+            let status = client.cancel(&job_id).await?;
             // Said on stdout, so a script can tell it happened.
             println!("{} {}", status.id, status.state.name());
         }
@@ -248,19 +329,27 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
             job_id,
             dir,
             stop,
-        } => {
-            let taken = client(&c)?
-                .savepoint(&job_id, &SavepointRequest { dir, stop })
-                .await?;
-            println!("{}", taken.location);
-        }
+            yes,
+        } => savepoint(&client(&c)?, job_id, dir, stop, yes).await?,
+        Command::Stop {
+            client: c,
+            job_id,
+            dir,
+            yes,
+        } => savepoint(&client(&c)?, job_id, dir, true, yes).await?,
         Command::Rescale {
             client: c,
             job_id,
             parallelism,
             binary,
+            yes,
         } => {
             let client = client(&c)?;
+            follow::confirm(
+                format!("Rescale {job_id} to parallelism {parallelism} (it stops with a savepoint and runs on from it)?"),
+                yes,
+            )
+            .await?;
             let rescaled = rescale(&client, &job_id, parallelism, binary.as_deref()).await?;
             println!("{}", rescaled.savepoint);
         }
@@ -268,41 +357,13 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
             client: c,
             job_id,
             json,
+            limit,
         } => {
             let cps = client(&c)?.checkpoints(&job_id).await?;
             if json {
                 print_json(&cps)?;
             } else {
-                println!("dir: {}", cps.dir.as_deref().unwrap_or("-"));
-                println!("latest: {}", opt(cps.latest));
-                println!(
-                    "completed: {}  aborted: {}  restarts: {}  restored from: {}",
-                    cps.stats.completed,
-                    cps.stats.aborted,
-                    cps.stats.restarts,
-                    opt(cps.stats.restored_from)
-                );
-                let rows = cps.stats.recent.iter().map(|r| {
-                    vec![
-                        r.id.to_string(),
-                        if r.savepoint {
-                            "savepoint"
-                        } else {
-                            "checkpoint"
-                        }
-                        .to_string(),
-                        r.figures.duration_ms.to_string(),
-                        r.figures.alignment_ms.to_string(),
-                        r.figures.bytes.to_string(),
-                    ]
-                });
-                print!(
-                    "{}",
-                    table(
-                        &["ID", "KIND", "DURATION_MS", "ALIGNMENT_MS", "BYTES"],
-                        rows
-                    )
-                );
+                print!("{}", checkpoints_text(&cps, limit));
             }
         }
         Command::Results {
@@ -409,6 +470,24 @@ fn error_text(e: &anyhow::Error) -> String {
 /// Prints `value` as pretty JSON (the `--json` output of the commands).
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Takes a savepoint (asking first if it stops the job); prints its location.
+async fn savepoint(
+    client: &Client,
+    job_id: String,
+    dir: String,
+    stop: bool,
+    yes: bool,
+) -> anyhow::Result<()> {
+    if stop {
+        follow::confirm(format!("Stop {job_id} with a savepoint in {dir}?"), yes).await?;
+    }
+    let taken = client
+        .savepoint(&job_id, &SavepointRequest { dir, stop })
+        .await?;
+    println!("{}", taken.location);
     Ok(())
 }
 
@@ -589,83 +668,9 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-fn opt<T: ToString>(v: Option<T>) -> String {
-    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
-}
-
-fn jobs_table(jobs: &[JobStatus]) -> String {
-    let rows = jobs.iter().map(|j| {
-        vec![
-            j.id.clone(),
-            j.name.clone(),
-            j.state.name().to_string(),
-            j.attempt.to_string(),
-        ]
-    });
-    table(&["ID", "NAME", "STATE", "ATTEMPT"], rows)
-}
-
-fn status_text(s: &JobStatus) -> String {
-    let mut out = format!("{}\n", s.state.name());
-    out.push_str(&format!("id: {}\n", s.id));
-    out.push_str(&format!("name: {}\n", s.name));
-    out.push_str(&format!(
-        "attempt: {}  restarts: {}\n",
-        s.attempt, s.restarts
-    ));
-    out.push_str(&format!(
-        "latest checkpoint: {}\n",
-        opt(s.latest_checkpoint)
-    ));
-    out.push_str(&format!("artifact: {}\n", s.artifact));
-    out.push_str(&format!("args: {}\n", s.args.join(" ")));
-    if let Some(e) = &s.error {
-        out.push_str(&format!("error: {e}\n"));
-    }
-    if !s.placement.is_empty() {
-        let mut workers: Vec<&str> = s.placement.iter().map(|p| p.worker.as_str()).collect();
-        workers.sort_unstable();
-        workers.dedup();
-        out.push_str(&format!(
-            "placement: {} subtasks on {} workers ({})\n",
-            s.placement.len(),
-            workers.len(),
-            workers.join(", ")
-        ));
-    }
-    out
-}
-
-/// Left-aligned columns, two spaces apart.
-fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
-    let rows: Vec<Vec<String>> = std::iter::once(header.iter().map(|h| h.to_string()).collect())
-        .chain(rows)
-        .collect();
-    let mut widths = vec![0; header.len()];
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in &rows {
-        let last = row.len().saturating_sub(1);
-        for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
-            if i == last {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        out.push('\n');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_protocol::api::JobState;
 
     #[test]
     fn causes_are_not_repeated() {
@@ -675,15 +680,5 @@ mod tests {
             error_text(&e),
             "startup: I/O error: reading t: No such file"
         );
-    }
-
-    #[test]
-    fn tables_align() {
-        let t = table(
-            &["ID", "STATE"],
-            vec![vec!["j-1".into(), "RUNNING".into()]].into_iter(),
-        );
-        assert_eq!(t, "ID   STATE\nj-1  RUNNING\n");
-        assert_eq!(JobState::Canceled.name(), "CANCELED");
     }
 }
