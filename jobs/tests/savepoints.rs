@@ -331,6 +331,7 @@ fn a_window_keeps_its_state_when_an_aggregate_is_added_at_the_end_only() {
     );
 
     let b = d.join("b");
+    copy_dir(&d.join("a/by_auction"), &b.join("by_auction"));
     copy_dir(&d.join("a/by_bidder"), &b.join("by_bidder"));
     let res = edited_job(
         &b,
