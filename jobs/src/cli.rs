@@ -111,12 +111,20 @@ pub struct CheckpointArgs {
     /// Skip barrier alignment (at-least-once instead of exactly-once).
     #[arg(long)]
     pub at_least_once: bool,
-    /// State backend (tumbling and sliding windows use RocksDB when asked).
+    /// State backend: every stateful operator (windows, joins, top-N,
+    /// keyed state) keeps its state there.
     #[arg(long, value_enum, default_value = "memory")]
     pub state: StateBackend,
-    /// RocksDB block cache per operator subtask, MiB.
+    /// RocksDB: the live state each operator subtask keeps in memory (a
+    /// write-back cache), MiB; state beyond it lives in RocksDB.
     #[arg(long, default_value_t = 64)]
     pub state_cache_mb: usize,
+    /// RocksDB: block cache per operator subtask, MiB.
+    #[arg(long, default_value_t = 16)]
+    pub rocksdb_block_cache_mb: usize,
+    /// RocksDB: memtables per operator subtask (all tables together), MiB.
+    #[arg(long, default_value_t = 16)]
+    pub rocksdb_write_buffer_mb: usize,
     /// Local directory for RocksDB databases (default: the system temp dir).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
@@ -130,6 +138,10 @@ pub struct CheckpointArgs {
     /// Local directories only, embedded runs only.
     #[arg(long)]
     pub fresh: bool,
+    /// Restore even if the checkpoint holds state of operators the job no
+    /// longer has (their state is dropped); by default that is refused.
+    #[arg(long)]
+    pub allow_non_restored_state: bool,
 }
 
 /// What the checkpoint location held when the job started: the checkpoint
@@ -208,12 +220,11 @@ impl CheckpointArgs {
                 c.state.local_dir = d.clone();
             }
             if self.state == StateBackend::Rocksdb {
-                let cache = self.state_cache_mb.max(1) << 20;
                 c.state.backend = sluice_engine::state::StateBackend::RocksDb(
                     sluice_engine::state::rocks::RocksConfig {
-                        block_cache_bytes: cache,
-                        // Memtables are the other big consumer: keep them in proportion.
-                        write_buffer_bytes: (cache / 4).max(1 << 20),
+                        cache_bytes: self.state_cache_mb << 20,
+                        block_cache_bytes: self.rocksdb_block_cache_mb.max(1) << 20,
+                        write_buffer_bytes: self.rocksdb_write_buffer_mb.max(1) << 20,
                     },
                 );
             }
@@ -222,6 +233,7 @@ impl CheckpointArgs {
                 ck.interval = self.checkpoint_interval;
                 ck.retained = self.checkpoints_retained.max(1);
                 ck.restore_from = self.restore.clone();
+                ck.allow_non_restored_state = self.allow_non_restored_state;
                 if self.at_least_once {
                     ck.guarantee = sluice_engine::checkpoint::Guarantee::AtLeastOnce;
                 }

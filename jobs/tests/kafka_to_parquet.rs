@@ -235,7 +235,10 @@ fn the_readme_walkthrough_runs_as_written() {
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "{bin}: {stderr}");
-        assert!(!stderr.contains("ERROR"), "a healthy run logs no error: {stderr}");
+        assert!(
+            !stderr.contains("ERROR"),
+            "a healthy run logs no error: {stderr}"
+        );
         stderr
     };
     let address = broker.address();

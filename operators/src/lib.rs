@@ -39,3 +39,4 @@ mod error;
 pub(crate) use error::advance;
 pub use error::plan_error;
 pub(crate) mod snapshot;
+pub(crate) mod table_keys;

@@ -129,6 +129,7 @@ where
             _types: PhantomData,
         }))
     })
+    .stateless()
 }
 
 /// Typed and batch closures.
@@ -344,6 +345,7 @@ impl Map for Stream {
                 name: name.clone(),
             }))
         })
+        .stateless()
     }
 }
 

@@ -143,6 +143,10 @@ pub struct JobDescription {
     pub vertices: Vec<VertexInfo>,
     /// Number of graph nodes.
     pub graph_nodes: usize,
+    /// Operator id of every graph node, by index (what checkpoint
+    /// manifests record so restore can match state by id).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uids: Vec<String>,
     /// Checkpointing, if the job checkpoints.
     pub checkpoint: Option<CheckpointDescription>,
     /// What follows a failed attempt (the job's restart strategy; only a

@@ -175,6 +175,8 @@ impl Env {
             inputs,
             num_inputs,
             chain_head: false,
+            uid: None,
+            stateless: false,
         });
         id
     }
@@ -185,7 +187,21 @@ impl Env {
         if !inner.errors.is_empty() {
             return Err(inner.errors.remove(0));
         }
-        Ok(inner.graph.clone())
+        let graph = inner.graph.clone();
+        let uids = graph.uids();
+        let mut owner: std::collections::HashMap<&str, &str> = Default::default();
+        for (n, u) in graph.nodes.iter().zip(&uids) {
+            if let Some(other) = owner.insert(u.as_str(), n.name.as_str()) {
+                return Err(Error::plan(
+                    n.name.clone(),
+                    format!(
+                        "operator id '{u}' is also the id of '{other}'; give each operator \
+                         its own id with .uid(...)"
+                    ),
+                ));
+            }
+        }
+        Ok(graph)
     }
 
     /// Runs the job, returning when every sink has seen the end of its
@@ -431,6 +447,32 @@ impl Stream {
         self
     }
 
+    /// Gives the operator producing this stream a stable id: its state in
+    /// a checkpoint or savepoint is matched by this id on restore, so the
+    /// job may change around it (operators added or removed, parallelism
+    /// changed) and keep it. Without one, the id is derived (see
+    /// [`LogicalGraph::uids`]). Ids must be unique within the job.
+    pub fn uid(self, uid: &str) -> Self {
+        if uid.is_empty() {
+            self.report(Error::plan(
+                self.node_name(),
+                "an operator id must not be empty",
+            ));
+        } else {
+            self.env.inner.borrow_mut().graph.nodes[self.node.0].uid = Some(uid.to_string());
+        }
+        self
+    }
+
+    /// Marks the operator producing this stream as keeping no state, so
+    /// derived operator ids look through it: adding or removing it keeps
+    /// the ids (and so the restorable state) of the operators after it.
+    /// Built-in stateless verbs (filter, select, map, union, ...) call it.
+    pub fn stateless(self) -> Self {
+        self.env.inner.borrow_mut().graph.nodes[self.node.0].stateless = true;
+        self
+    }
+
     /// Sets the parallelism of the node producing this stream.
     pub fn set_parallelism(self, parallelism: usize) -> Self {
         self.env.inner.borrow_mut().graph.nodes[self.node.0].parallelism = Some(parallelism.max(1));
@@ -487,12 +529,14 @@ impl Stream {
         } else {
             let schema = self.schema.clone();
             let keys = self.keys.clone();
-            let s = self.transform("watermarks", schema, move |ctx| {
-                Ok(Box::new(runtime::watermark::WatermarkOperator::new(
-                    strategy.clone(),
-                    &ctx.input_schemas[0],
-                )?))
-            });
+            let s = self
+                .transform("watermarks", schema, move |ctx| {
+                    Ok(Box::new(runtime::watermark::WatermarkOperator::new(
+                        strategy.clone(),
+                        &ctx.input_schemas[0],
+                    )?))
+                })
+                .stateless();
             let mut s = s.with_keys(keys);
             s.event_time = Some(column);
             s

@@ -18,7 +18,7 @@ use sluice_jobs::nexmark::{build, Query};
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// q0 | q1 | q2 | q3 | q4 | q5 | q7 | q8 | q11
+    /// q0 | q1 | q2 | q3 | q4 | q5 | q7 | q8 | q11, or the window benchmarks tumble | slide
     #[arg(long)]
     query: String,
     /// Number of generator events (all types; 1:3:46 persons:auctions:bids).

@@ -30,10 +30,16 @@
 //! Late rows: the event-time joins drop rows that arrive behind the combined
 //! watermark (for the window join: rows whose every window already fired),
 //! counting them and logging at debug level, as Flink does.
+//!
+//! State: each side's rows, per key (and time bucket for the event-time
+//! joins), in a state table (`join/sides.rs`), so the configured backend
+//! holds them: the heap, or RocksDB behind the bounded write-back cache —
+//! a join's state can outgrow memory. Rows are kept in Arrow's row format
+//! (`join/rows.rs`); a column type it cannot hold is a plan error.
 
-mod buckets;
 mod interval_join;
-mod keys;
+pub(crate) mod rows;
+mod sides;
 mod stream_join;
 mod window_join;
 
@@ -149,7 +155,7 @@ struct Plan {
     fields: Vec<Field>,
     key_types: Vec<DataType>,
     keys: [Vec<usize>; 2],
-    widths: [usize; 2],
+    inputs: [SchemaRef; 2],
 }
 
 /// Checks the key columns (reporting plan errors) and computes the output
@@ -188,6 +194,11 @@ fn plan(left: &Stream, right: &Stream, lk: &[&str], rk: &[&str], verb: &str) -> 
             )),
         }
     }
+    for (side, schema) in [("left", ls), ("right", rs)] {
+        if let Err(m) = rows::RowLists::supports(schema) {
+            err(format!("the {side} input: {m}"));
+        }
+    }
     let mut fields: Vec<Field> = ls.fields().iter().map(|f| f.as_ref().clone()).collect();
     for f in rs.fields() {
         let name = free_name(&fields, f.name(), "right_");
@@ -197,7 +208,7 @@ fn plan(left: &Stream, right: &Stream, lk: &[&str], rk: &[&str], verb: &str) -> 
         fields,
         key_types,
         keys,
-        widths: [ls.fields().len(), rs.fields().len()],
+        inputs: [ls.clone(), rs.clone()],
     }
 }
 
@@ -249,11 +260,11 @@ impl Join for Stream {
     fn join(self, right: Stream, left_keys: &[&str], right_keys: &[&str]) -> Stream {
         let p = plan(&self, &right, left_keys, right_keys, "join");
         let out: SchemaRef = Arc::new(Schema::new(p.fields.clone()));
-        let (keys, widths, types) = (p.keys, p.widths, p.key_types);
+        let (keys, inputs, types) = (p.keys, p.inputs, p.key_types);
         let factory: OperatorFactory = Arc::new(move |_ctx| {
             Ok(Box::new(StreamJoinOperator::new(
                 keys.clone(),
-                widths,
+                inputs.clone(),
                 &types,
                 out.clone(),
             )?))
@@ -299,13 +310,13 @@ impl Join for Stream {
         }
         let end = p.fields.last().map(|f| f.name().clone());
         let out: SchemaRef = Arc::new(Schema::new(p.fields.clone()));
-        let (keys, widths, types) = (p.keys, p.widths, p.key_types);
+        let (keys, inputs, types) = (p.keys, p.inputs, p.key_types);
         let factory: OperatorFactory = Arc::new(move |_ctx| {
             Ok(Box::new(WindowJoinOperator::new(
                 (size, slide),
                 keys.clone(),
                 time,
-                widths,
+                inputs.clone(),
                 &types,
                 out.clone(),
             )?))
@@ -346,13 +357,13 @@ impl Join for Stream {
         let time = event_times(&self, &right, VERB);
         let left_time = self.event_time().map(str::to_string);
         let out: SchemaRef = Arc::new(Schema::new(p.fields.clone()));
-        let (keys, widths, types) = (p.keys, p.widths, p.key_types);
+        let (keys, inputs, types) = (p.keys, p.inputs, p.key_types);
         let factory: OperatorFactory = Arc::new(move |_ctx| {
             Ok(Box::new(IntervalJoinOperator::new(
                 (lower_ms, upper_ms),
                 keys.clone(),
                 time,
-                widths,
+                inputs.clone(),
                 &types,
                 out.clone(),
             )?))

@@ -19,7 +19,6 @@
 //! one global window at parallelism 1.
 
 mod pane;
-mod rocks;
 mod session;
 mod state;
 
@@ -33,11 +32,9 @@ use sluice_engine::{Error, Operator, Result, Stream};
 
 use crate::aggregate::AggregateExpr;
 use crate::plan_error;
-use pane::{Geometry, PaneWindowOperator};
-use rocks::RocksPaneWindowOperator;
+use pane::PaneWindowOperator;
 use session::SessionWindowOperator;
-use sluice_engine::state::StateBackend;
-use state::{Keys, Slots};
+use state::Slots;
 
 /// Which windows records fall into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,15 +81,6 @@ impl WindowSpec {
     /// Session windows closed by a `gap` of inactivity.
     pub fn session(gap: Duration) -> Self {
         WindowSpec::Session { gap_ms: ms(gap) }
-    }
-
-    /// (size, slide) in ms of tumbling and sliding windows.
-    fn size_slide(&self) -> Option<(i64, i64)> {
-        match *self {
-            WindowSpec::Tumbling { size_ms } => Some((size_ms, size_ms)),
-            WindowSpec::Sliding { size_ms, slide_ms } => Some((size_ms, slide_ms)),
-            WindowSpec::Session { .. } => None,
-        }
     }
 
     /// Parses `tumbling:10s`, `sliding:10s,2s` or `session:5s` (units ms, s, m, h, d).
@@ -290,53 +278,43 @@ impl WindowedStream {
             .collect();
         let out = output.clone();
         let in_schema = input.clone();
-        let factory: OperatorFactory = Arc::new(move |ctx| {
+        let factory: OperatorFactory = Arc::new(move |_ctx| {
             let time = time.ok_or_else(|| {
                 Error::Internal("window without event time passed planning".into())
             })?;
-            // Tumbling and sliding windows keep state in RocksDB when asked to.
-            if let (StateBackend::RocksDb(cfg), Some((size, slide))) =
-                (&ctx.state.backend, spec.size_slide())
-            {
-                return Ok(Box::new(RocksPaneWindowOperator::new(
-                    Geometry::new(size, slide, lateness),
-                    time,
-                    key_idx.clone(),
-                    key_types.clone(),
-                    Slots::new(&aggs, &in_schema)?,
-                    out.clone(),
-                    cfg.clone(),
-                )?) as Box<dyn Operator>);
-            }
-            let keys = Keys::new(key_idx.clone(), key_types.clone())?;
             let slots = Slots::new(&aggs, &in_schema)?;
+            // Every window keeps its state in a state table, so the
+            // configured backend (heap or RocksDB) holds it.
             Ok(match spec {
                 WindowSpec::Tumbling { size_ms } => Box::new(PaneWindowOperator::new(
                     size_ms,
                     size_ms,
                     lateness,
                     time,
-                    keys,
+                    key_idx.clone(),
+                    &key_types,
                     slots,
                     out.clone(),
-                )) as Box<dyn Operator>,
+                )?) as Box<dyn Operator>,
                 WindowSpec::Sliding { size_ms, slide_ms } => Box::new(PaneWindowOperator::new(
                     size_ms,
                     slide_ms,
                     lateness,
                     time,
-                    keys,
+                    key_idx.clone(),
+                    &key_types,
                     slots,
                     out.clone(),
-                )),
+                )?),
                 WindowSpec::Session { gap_ms } => Box::new(SessionWindowOperator::new(
                     gap_ms,
                     lateness,
                     time,
-                    keys,
+                    key_idx.clone(),
+                    &key_types,
                     slots,
                     out.clone(),
-                )),
+                )?),
             })
         });
         let name = match spec {

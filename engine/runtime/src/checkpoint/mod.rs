@@ -48,6 +48,10 @@ pub struct CheckpointConfig {
     /// A checkpoint or savepoint directory to start from when `dir` holds
     /// no checkpoint of this job yet.
     pub restore_from: Option<Location>,
+    /// Start even when the checkpoint holds state of operators the job no
+    /// longer has (matched by operator id); that state is dropped (Flink's
+    /// `--allowNonRestoredState`). Off: such a restore is refused.
+    pub allow_non_restored_state: bool,
 }
 
 impl CheckpointConfig {
@@ -61,6 +65,7 @@ impl CheckpointConfig {
             guarantee: Guarantee::ExactlyOnce,
             retained: 3,
             restore_from: None,
+            allow_non_restored_state: false,
         }
     }
 }

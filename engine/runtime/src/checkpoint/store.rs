@@ -490,6 +490,7 @@ mod tests {
             nodes: vec![NodeState {
                 node: 0,
                 name: "n".into(),
+                uid: "n".into(),
                 parallelism: 1,
                 subtasks: vec![SubtaskState {
                     subtask: 0,

@@ -308,8 +308,13 @@ impl Run<'_> {
                 (Some(_), Some(location)) => {
                     let dir = Storage::open_in_parent(&Location::from(location.as_str()))?;
                     let manifest = load_verified(&dir)?;
-                    let r = RestorePlan { dir, manifest };
-                    r.check_compatible(graph, plan.max_parallelism)?;
+                    let mut r = RestorePlan::new(dir, manifest);
+                    let allow = self
+                        .config
+                        .checkpoint
+                        .as_ref()
+                        .is_some_and(|c| c.allow_non_restored_state);
+                    r.bind(graph, plan.max_parallelism, allow)?;
                     info!(checkpoint = r.manifest.id, location = %location, "executor restores");
                     Some(Arc::new(r))
                 }

@@ -532,9 +532,13 @@ impl Driver {
         };
         let root = Storage::open(&ck.dir)?;
         let found = StartPoint::find(&root, &self.config.name, ck.restore_from.as_ref())?;
-        let restore = found.restore;
-        if let Some(r) = &restore {
-            r.check_compatible(&self.graph, self.plan.max_parallelism)?;
+        let mut restore = found.restore;
+        if let Some(r) = &mut restore {
+            r.bind(
+                &self.graph,
+                self.plan.max_parallelism,
+                ck.allow_non_restored_state,
+            )?;
             let taken = std::time::UNIX_EPOCH
                 + Duration::from_millis(u64::try_from(r.manifest.timestamp_ms).unwrap_or(0));
             info!(job = %self.config.name, checkpoint = r.manifest.id, location = %r.dir.location(),
@@ -728,12 +732,14 @@ pub(crate) fn run_state(
 
 /// Every graph node as a manifest records it, in graph order.
 pub(crate) fn node_infos(graph: &LogicalGraph, plan: &PhysicalPlan) -> Vec<NodeInfo> {
+    let uids = graph.uids();
     let mut nodes: Vec<NodeInfo> = Vec::new();
     for v in &plan.vertices {
         for n in &v.chain {
             nodes.push(NodeInfo {
                 node: n.0,
                 name: graph.node(*n).name.clone(),
+                uid: uids[n.0].clone(),
                 parallelism: v.parallelism,
             });
         }

@@ -17,6 +17,7 @@ fn description(checkpoint: Option<&Path>, restart: RestartPolicy) -> JobDescript
             nodes: vec![(0, "source".into()), (1, "sink".into())],
         }],
         graph_nodes: 2,
+        uids: Vec::new(),
         checkpoint: checkpoint.map(|dir| CheckpointDescription {
             dir: dir.to_string_lossy().into_owned(),
             interval_ms: 1000,
