@@ -315,7 +315,9 @@ fn a_rescaled_job_runs_on_at_the_new_parallelism_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let want = embedded_q5(dir.path());
     let cluster = Cluster::start(dir.path(), 3, 2);
-    let job = submit_q5(&cluster, 2, "150000");
+    // Slow enough (8 s of events) to be still running after the refused
+    // rescales below, which describe binaries, on a loaded machine too.
+    let job = submit_q5(&cluster, 2, "75000");
     worker_after_a_checkpoint(&cluster, &job);
     let before = cluster.status(&job);
     let widest = |s: &Value| {

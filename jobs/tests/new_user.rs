@@ -330,6 +330,10 @@ fn every_job_binary_has_its_own_help_and_parses_its_arguments() {
             env!("CARGO_BIN_EXE_file_to_kafka"),
             "Every row of a file (JSON lines, CSV or Parquet",
         ),
+        (
+            env!("CARGO_BIN_EXE_compact_parquet"),
+            "Merges the small Parquet files",
+        ),
     ] {
         let out = Command::new(bin).arg("--help").output().unwrap();
         let help = String::from_utf8_lossy(&out.stdout);

@@ -23,7 +23,7 @@ use sluice_jobs::cli::{init_logging, parse_duration, parse_size};
 /// the next. Local directories only: object stores cannot switch a set of
 /// files atomically.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
+#[command(version)]
 struct Args {
     /// The output directory to compact.
     #[arg(long)]

@@ -12,7 +12,7 @@ use sluice_jobs::cli::init_logging;
 /// The topic is created by the broker if it allows that (tansu and Kafka's
 /// default do). Rows that do not parse fail the job, naming the line.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
+#[command(version)]
 struct Args {
     /// Bootstrap brokers, HOST:PORT[,HOST:PORT…].
     #[arg(long)]

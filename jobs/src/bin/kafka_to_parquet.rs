@@ -30,7 +30,7 @@ use sluice_operators::prelude::*;
 /// starts from the beginning). Records that do not decode fail the job
 /// unless --skip-bad-records or --dead-letter-topic says otherwise.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about, after_help = EXAMPLES)]
+#[command(version, after_help = EXAMPLES)]
 struct Args {
     /// Bootstrap brokers, HOST:PORT[,HOST:PORT…].
     #[arg(long)]
