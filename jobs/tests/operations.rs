@@ -18,7 +18,7 @@ fn text(o: &Output) -> (String, String) {
 }
 
 /// `sluice submit ARGS... NEXMARK -- JOB_ARGS` from the cluster's directory.
-fn submit(cluster: &Cluster, flags: &[&str], job_args: &[&str]) -> Command {
+fn submit(cluster: &Cluster, flags: &[&str], job_args: &[String]) -> Command {
     let mut c = Command::new(sluice_bin());
     c.args([
         "submit",
@@ -36,8 +36,10 @@ fn submit(cluster: &Cluster, flags: &[&str], job_args: &[&str]) -> Command {
     c
 }
 
-fn bounded_q5(out: &str) -> Vec<&str> {
-    vec![
+/// q5 over a bounded input into `out`, checkpointing into `out.ck` (each
+/// job its own: a checkpoint directory is one job's).
+fn bounded_q5(out: &str) -> Vec<String> {
+    [
         "--query",
         "q5",
         "--events",
@@ -45,10 +47,12 @@ fn bounded_q5(out: &str) -> Vec<&str> {
         "--output",
         out,
         "--checkpoint-dir",
-        "ck",
+        &format!("{out}.ck"),
         "--checkpoint-interval",
         "200ms",
     ]
+    .map(String::from)
+    .to_vec()
 }
 
 #[test]
@@ -112,8 +116,8 @@ fn stop_takes_a_savepoint_and_a_waiting_submit_reports_the_end() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::start(dir.path(), 2, 2);
     let mut args = bounded_q5("out");
-    args[3] = "50000000";
-    args.extend(["--rate", "20000"]);
+    args[3] = "50000000".into();
+    args.extend(["--rate".into(), "20000".into()]);
     let waiting = submit(&cluster, &["--wait"], &args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -152,6 +156,9 @@ fn stop_takes_a_savepoint_and_a_waiting_submit_reports_the_end() {
     assert_eq!(stdout, format!("{job}\n{job} FINISHED\n"));
 
     // A cancelled job did not finish: the waiting submit says so and fails.
+    let mut args = bounded_q5("out2");
+    args[3] = "50000000".into();
+    args.extend(["--rate".into(), "20000".into()]);
     let waiting = submit(&cluster, &["--wait"], &args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
