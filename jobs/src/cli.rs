@@ -41,6 +41,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("invalid duration '{s}': {e}"))
 }
 
+/// Parses `--kafka-option KEY=VALUE` (a librdkafka property; the value
+/// may contain `=`).
+pub fn parse_kafka_option(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!(
+            "'{s}' is not KEY=VALUE (a librdkafka property, e.g. security.protocol=SASL_SSL)"
+        )),
+    }
+}
+
 /// Parses a size in bytes: `1000000`, `512KB`, `128MiB`, `1GiB` (KB, MB,
 /// GB are powers of 1000; KiB, MiB, GiB of 1024).
 pub fn parse_size(s: &str) -> Result<u64, String> {

@@ -61,12 +61,20 @@ pub struct KafkaToParquetSpec {
     pub partition_discovery: Duration,
     /// JSON: evolve the schema when records gain fields or widen types.
     pub evolve_schema: bool,
+    /// librdkafka properties for every client (security, SASL, TLS, ...).
+    pub kafka_options: Vec<(String, String)>,
 }
 
 /// Builds the job's source: the schema comes from `--schema`, else the
 /// newest checkpoint, else inference.
 pub fn source(spec: &KafkaToParquetSpec) -> Result<KafkaSource> {
-    let base = KafkaSource::new(&spec.brokers, &spec.topic)
+    let mut base = KafkaSource::new(&spec.brokers, &spec.topic);
+    for (k, v) in &spec.kafka_options {
+        base = base.property(k, v);
+    }
+    // Before anything connects (schema inference does).
+    base.check_options()?;
+    let base = base
         .start_from(spec.start)
         .on_decode_error(spec.policy.clone())
         .partition_discovery(Some(spec.partition_discovery));

@@ -273,4 +273,46 @@ fn the_readme_walkthrough_runs_as_written() {
     assert!(said.contains("resumed from checkpoint"), "{said}");
     let got = rows(&dir.path().join("out"));
     assert_eq!(got.values().sum::<usize>(), 2000, "every record once");
+
+    // librdkafka properties pass through to every client (a third round,
+    // with the security protocol said explicitly)...
+    let option = ["--kafka-option", "security.protocol=plaintext"];
+    run(
+        env!("CARGO_BIN_EXE_file_to_kafka"),
+        &[&produce[..], &option[..]].concat(),
+    );
+    let said = run(
+        env!("CARGO_BIN_EXE_kafka_to_parquet"),
+        &[&read[..], &option[..]].concat(),
+    );
+    assert!(said.contains("1000 records"), "{said}");
+    // ...and one librdkafka does not know fails every job before it
+    // starts, naming it; a malformed one is a usage error.
+    let bad = ["--kafka-option", "no.such.property=1"];
+    for (bin, args) in [
+        (env!("CARGO_BIN_EXE_file_to_kafka"), &produce[..]),
+        (env!("CARGO_BIN_EXE_kafka_to_parquet"), &read[..]),
+    ] {
+        let out = Command::new(bin)
+            .args(args)
+            .args(bad)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bin}: {err}");
+        assert!(err.contains("no.such.property"), "{bin}: {err}");
+        let out = Command::new(bin)
+            .args(args)
+            .args(["--kafka-option", "no-equals-sign"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bin}");
+    }
+    assert_eq!(
+        rows(&dir.path().join("out")).values().sum::<usize>(),
+        3000,
+        "nothing more was written"
+    );
 }

@@ -105,6 +105,32 @@ impl KafkaConfig {
         ClientWatch::new(&self.brokers, what)
     }
 
+    /// Checks the extra properties against librdkafka without creating a
+    /// client (nothing connects): an unknown property or a value it
+    /// refuses is an error naming it, at plan time rather than when a
+    /// task starts. `producer` picks which client's configuration.
+    pub(crate) fn check(&self, producer: bool) -> Result<()> {
+        if self.properties.is_empty() {
+            return Ok(());
+        }
+        let c = if producer {
+            self.producer()
+        } else {
+            self.consumer(None)
+        };
+        c.create_native_config().map(drop).map_err(|e| {
+            let given: Vec<String> = self
+                .properties
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            Error::Config(format!(
+                "a Kafka option is not accepted by librdkafka ({e}); given: {}",
+                given.join(", ")
+            ))
+        })
+    }
+
     fn apply(&self, c: &mut ClientConfig) {
         for (k, v) in &self.properties {
             c.set(k, v);

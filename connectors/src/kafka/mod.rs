@@ -167,7 +167,14 @@ impl KafkaSource {
         self.discovery_interval = every;
         self
     }
-    /// Sets a librdkafka property on every client the source creates.
+    /// Checks the librdkafka properties given with [`KafkaSource::property`]
+    /// (planning the job does too): an unknown one is a clear error.
+    pub fn check_options(&self) -> Result<()> {
+        self.config.check(false)
+    }
+    /// Sets a librdkafka property on every client the source creates
+    /// (its consumers, the schema probe and the dead-letter producer):
+    /// `security.protocol`, `sasl.*`, `ssl.*`, ...
     pub fn property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.config.properties.push((key.into(), value.into()));
         self
@@ -237,6 +244,7 @@ impl SourceSpec for KafkaSource {
     }
 
     fn schema(&self) -> Result<SchemaRef> {
+        self.check_options()?;
         if self.evolve && !matches!(self.format, Format::Json(_)) {
             return Err(Error::Config(
                 "schema evolution needs the JSON format".into(),

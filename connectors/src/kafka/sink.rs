@@ -142,6 +142,7 @@ impl SinkSpec for KafkaSink {
     }
 
     fn validate(&self, input: &SchemaRef) -> Result<()> {
+        self.config.check(true)?;
         Encoding::of(input).map(|_| ())
     }
 

@@ -10,8 +10,8 @@ use sluice_connectors::parquet::{ParquetSink, PartitionSpec};
 use sluice_engine::checkpoint::Location;
 use sluice_engine::Env;
 use sluice_jobs::cli::{
-    checkpoint_summary, explain, init_logging, parse_duration, parse_size, resume_summary,
-    CheckpointArgs,
+    checkpoint_summary, explain, init_logging, parse_duration, parse_kafka_option, parse_size,
+    resume_summary, CheckpointArgs,
 };
 use sluice_jobs::kafka_to_parquet::{source, KafkaToParquetSpec, ValueFormat};
 use sluice_operators::prelude::*;
@@ -58,6 +58,12 @@ struct Args {
     /// Records sampled to infer the JSON schema.
     #[arg(long, default_value_t = 1000)]
     infer_sample: usize,
+    /// A librdkafka property for every Kafka client of the job, KEY=VALUE
+    /// (repeatable): security.protocol=SASL_SSL, sasl.mechanism=PLAIN,
+    /// sasl.username=..., ssl.ca.location=FILE, ... An unknown property is
+    /// an error before the job starts.
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_kafka_option)]
+    kafka_option: Vec<(String, String)>,
     /// Where the Parquet files go: a directory, or s3://bucket/prefix (S3
     /// settings from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
     /// and AWS_ENDPOINT plus AWS_ALLOW_HTTP=true for a local server).
@@ -163,6 +169,7 @@ fn main() -> anyhow::Result<()> {
         checkpoint_dir: args.checkpoints.checkpoint_dir.clone(),
         partition_discovery: args.partition_discovery,
         evolve_schema: args.evolve_schema,
+        kafka_options: args.kafka_option.clone(),
     };
     let src = source(&spec)?;
     let stats = src.decode_stats();

@@ -11,7 +11,8 @@ use sluice_connectors::kafka::{DecodePolicy, StartFrom};
 use sluice_connectors::parquet::ParquetSink;
 use sluice_engine::Env;
 use sluice_jobs::cli::{
-    checkpoint_summary, explain, init_logging, parse_duration, resume_summary, CheckpointArgs,
+    checkpoint_summary, explain, init_logging, parse_duration, parse_kafka_option, resume_summary,
+    CheckpointArgs,
 };
 use sluice_jobs::kafka_to_parquet::{self, KafkaToParquetSpec, ValueFormat};
 use sluice_jobs::window_agg::{build, window_stream, WindowAggSpec};
@@ -34,6 +35,12 @@ struct Args {
     /// Kafka brokers, HOST:PORT (for --source kafka:TOPIC).
     #[arg(long)]
     brokers: Option<String>,
+    /// A librdkafka property for every Kafka client of the job, KEY=VALUE
+    /// (repeatable): security.protocol=SASL_SSL, sasl.mechanism=PLAIN,
+    /// sasl.username=..., ssl.ca.location=FILE, ... An unknown property is
+    /// an error before the job starts.
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_kafka_option)]
+    kafka_option: Vec<(String, String)>,
     /// Kafka value format (JSON objects; the schema is inferred unless
     /// --schema names a file).
     #[arg(long, value_enum, default_value = "json")]
@@ -123,6 +130,7 @@ fn main() -> anyhow::Result<()> {
                 partition_discovery: Duration::from_secs(10),
                 // Windows need columns fixed at plan time.
                 evolve_schema: false,
+                kafka_options: args.kafka_option.clone(),
             })?;
             let stats = src.decode_stats();
             (
