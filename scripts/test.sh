@@ -55,6 +55,11 @@ if cargo tree --quiet -e normal -p sluice-jobs --prefix none | grep -E "^sluice-
   exit 1
 fi
 
+echo "== manifests"
+# One version per external dependency; the library crates inherit nothing
+# from this workspace (they build as path dependencies of a job crate).
+python3 scripts/check-manifests.py
+
 echo "== cargo fmt"
 cargo fmt --all -- --check
 
@@ -63,3 +68,6 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 echo "== cargo test"
 cargo test --workspace --quiet
+
+echo "== a job crate outside the workspace"
+scripts/external-job.sh

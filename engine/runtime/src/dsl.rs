@@ -55,6 +55,27 @@ struct EnvInner {
 }
 
 /// The job under construction. Cheap to clone (a shared handle).
+///
+/// A job adds sources to an `Env` ([`Env::source`], [`Env::source_fn`];
+/// `sluice-operators` adds typed ones), transforms the [`Stream`]s they
+/// return with the DSL verbs and ends them in sinks; [`Env::execute`]
+/// checks the plan, then runs it — embedded in this process, or as an
+/// executor of a distributed job when the coordinator started the binary
+/// (see [`Env::execute`]).
+///
+/// ```
+/// use sluice_engine::testing::int_batch;
+/// use sluice_engine::Env;
+///
+/// let env = Env::new();
+/// env.set_parallelism(2).configure(|c| c.name = "numbers-job".into());
+/// let batch = int_batch(&[("n", &[1, 2, 3])]);
+/// let out = env.from_batches("numbers", batch.schema(), vec![batch]).collect();
+/// let result = env.execute()?;
+/// assert_eq!(out.num_rows(), 3);
+/// assert_eq!(result.node("numbers").unwrap().records_out, 3);
+/// # Ok::<(), sluice_engine::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct Env {
     inner: Rc<RefCell<EnvInner>>,
@@ -229,7 +250,8 @@ impl Env {
         }
     }
 
-    /// The configuration with `SLUICE_PARALLELISM` applied.
+    /// The configuration with `SLUICE_PARALLELISM` and `SLUICE_UI`
+    /// applied, checked against the features this build has.
     fn config_from_env(&self) -> Result<JobConfig> {
         let mut config = self.config();
         if let Some(p) = env_var(PARALLELISM_ENV) {
@@ -249,6 +271,7 @@ impl Env {
                 ))
             })?);
         }
+        config.check_features()?;
         Ok(config)
     }
 }
@@ -301,7 +324,26 @@ fn describe_and_exit<T>(graph: &LogicalGraph, config: &JobConfig, path: &str) ->
 }
 
 /// A handle on one output of a node, plus what the DSL knows about it:
-/// pending partitioning, key columns and the event-time column.
+/// pending partitioning, key columns and the event-time column. The verbs
+/// (`filter`, `key_by`, `window`, ... in `sluice-operators`) consume a
+/// stream and return the next; the primitives here are what they build on.
+///
+/// ```
+/// use sluice_engine::testing::{int_batch, run_collect};
+/// use sluice_engine::Env;
+///
+/// let env = Env::new();
+/// let batch = int_batch(&[("k", &[1, 2, 1]), ("v", &[10, 20, 30])]);
+/// let s = env.from_batches("kv", batch.schema(), vec![batch]);
+/// assert_eq!(s.column_list(), "[k, v]");
+/// // Hash-partitioned by `k` for the next operator, which sees it keyed.
+/// let keyed = s.keyed_by(&["k"]);
+/// assert_eq!(keyed.keys(), Some(&["k".to_string()][..]));
+/// let mut rows = run_collect(&keyed)?;
+/// rows.sort();
+/// assert_eq!(rows, ["1, 10", "1, 30", "2, 20"]);
+/// # Ok::<(), sluice_engine::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct Stream {
     env: Env,
@@ -559,7 +601,49 @@ impl Stream {
         }
     }
 
-    /// Ends the stream in a sink.
+    /// Ends the stream in a sink a connector describes ([`SinkSpec`]:
+    /// a name, a plan-time check of the input schema, a factory of one
+    /// [`Sink`] per subtask).
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    /// use sluice_engine::arrow::datatypes::SchemaRef;
+    /// use sluice_engine::arrow::record_batch::RecordBatch;
+    /// use sluice_engine::graph::SinkFactory;
+    /// use sluice_engine::testing::int_batch;
+    /// use sluice_engine::{Env, Error, OperatorContext, Result, Sink, SinkSpec};
+    ///
+    /// /// Counts rows into a shared counter; wants an `n` column.
+    /// struct CountRows(Arc<AtomicUsize>);
+    /// struct Counter(Arc<AtomicUsize>);
+    /// impl Sink for Counter {
+    ///     fn write(&mut self, batch: RecordBatch, _ctx: &OperatorContext) -> Result<()> {
+    ///         self.0.fetch_add(batch.num_rows(), Ordering::Relaxed);
+    ///         Ok(())
+    ///     }
+    /// }
+    /// impl SinkSpec for CountRows {
+    ///     fn name(&self) -> String {
+    ///         "count-rows".into()
+    ///     }
+    ///     fn validate(&self, input: &SchemaRef) -> Result<()> {
+    ///         input.index_of("n").map(|_| ()).map_err(|_| Error::plan("count-rows", "no column n"))
+    ///     }
+    ///     fn factory(&self, _input: SchemaRef) -> SinkFactory {
+    ///         let rows = self.0.clone();
+    ///         Arc::new(move |_ctx| Ok(Box::new(Counter(rows.clone()))))
+    ///     }
+    /// }
+    ///
+    /// let env = Env::new();
+    /// let rows = Arc::new(AtomicUsize::new(0));
+    /// let batch = int_batch(&[("n", &[1, 2, 3])]);
+    /// env.from_batches("numbers", batch.schema(), vec![batch]).sink(CountRows(rows.clone()));
+    /// env.execute()?;
+    /// assert_eq!(rows.load(Ordering::Relaxed), 3);
+    /// # Ok::<(), sluice_engine::Error>(())
+    /// ```
     pub fn sink(&self, spec: impl SinkSpec) {
         if let Err(e) = spec.validate(&self.schema) {
             self.report(e);

@@ -11,17 +11,28 @@
 //! the same key-group range adopts a copy of the checkpointed database;
 //! at another parallelism the overlapping key-group ranges of every old
 //! database are copied into a fresh one.
+//!
+//! The settings, the key layout and the checkpoint and restore descriptors
+//! are always built; the database itself ([`RocksState`]) only with the
+//! `rocksdb` feature (on by default), so a job built without it links no
+//! RocksDB and choosing the backend is a configuration error.
 
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+#[cfg(feature = "rocksdb")]
+use std::path::Path;
+use std::path::PathBuf;
+#[cfg(feature = "rocksdb")]
 use std::sync::atomic::{AtomicU64, Ordering};
 
+#[cfg(feature = "rocksdb")]
 use rocksdb::checkpoint::Checkpoint;
+#[cfg(feature = "rocksdb")]
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, IteratorMode, Options, WriteBatch, WriteOptions, DB,
 };
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "rocksdb")]
 use crate::error::{Error, Result};
 
 /// Settings of the RocksDB backend.
@@ -63,6 +74,7 @@ pub struct RestoredDb {
     pub key_groups: Range<usize>,
 }
 
+#[cfg(feature = "rocksdb")]
 fn db_err(context: &str) -> impl Fn(rocksdb::Error) -> Error + '_ {
     move |e| Error::Checkpoint(format!("rocksdb: {context}: {e}"))
 }
@@ -92,9 +104,11 @@ pub fn key_group_of_key(key: &[u8]) -> usize {
     u16::from_be_bytes([key[0], key[1]]) as usize
 }
 
+#[cfg(feature = "rocksdb")]
 static INSTANCES: AtomicU64 = AtomicU64::new(0);
 
-/// One subtask's database.
+/// One subtask's database (feature `rocksdb`).
+#[cfg(feature = "rocksdb")]
 pub struct RocksState {
     db: Option<DB>,
     dir: PathBuf,
@@ -104,6 +118,7 @@ pub struct RocksState {
     checkpoints: u64,
 }
 
+#[cfg(feature = "rocksdb")]
 fn options(cfg: &RocksConfig) -> Options {
     let mut o = Options::default();
     o.create_if_missing(true);
@@ -118,6 +133,7 @@ fn options(cfg: &RocksConfig) -> Options {
     o
 }
 
+#[cfg(feature = "rocksdb")]
 /// Write options without the write-ahead log: the database is never
 /// reopened after a crash (state comes back from checkpoints), so logging
 /// every write would only cost I/O.
@@ -127,6 +143,7 @@ fn no_wal() -> WriteOptions {
     opts
 }
 
+#[cfg(feature = "rocksdb")]
 impl RocksState {
     /// Opens a fresh database under `base` with column families `families`,
     /// after restoring `restored` databases into it (keeping only
@@ -329,6 +346,7 @@ impl RocksState {
     }
 }
 
+#[cfg(feature = "rocksdb")]
 impl Drop for RocksState {
     fn drop(&mut self) {
         drop(self.db.take());
@@ -350,6 +368,7 @@ mod tests {
         assert_eq!(back, v);
     }
 
+    #[cfg(feature = "rocksdb")]
     #[test]
     fn restore_splits_by_key_group() {
         let base = tempfile::tempdir().unwrap();

@@ -32,12 +32,15 @@ use std::sync::Arc;
 use arrow::array::{AsArray, BinaryArray, StringArray, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
+#[cfg(feature = "rocksdb")]
 use rocksdb::{IteratorMode, Options, DB};
 
 use crate::error::{Error, Result};
 use crate::operator::OperatorContext;
 use crate::state::key_group::range_of;
-use crate::state::rocks::{key_group_of_key, namespace_of, prefix, RestoredDb, RocksState};
+#[cfg(feature = "rocksdb")]
+use crate::state::rocks::RocksState;
+use crate::state::rocks::{key_group_of_key, namespace_of, prefix, RestoredDb};
 use crate::state::snapshot::KEY_GROUP_COLUMN;
 use crate::state::{OperatorSnapshot, RestoredState, StateBackend};
 
@@ -125,6 +128,7 @@ fn user_key(entry: &[u8]) -> Option<&[u8]> {
 enum Store {
     /// One ordered map per declared state.
     Heap(Vec<BTreeMap<Vec<u8>, Vec<u8>>>),
+    #[cfg(feature = "rocksdb")]
     Rocks(RocksState),
 }
 
@@ -136,6 +140,7 @@ pub struct KeyedState {
     /// Declared states (`states` ends with the internal timer state).
     user_states: usize,
     by_name: HashMap<String, usize>,
+    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
     families: Vec<String>,
     key_groups: Range<usize>,
     max_parallelism: usize,
@@ -181,6 +186,7 @@ impl KeyedState {
                 }
                 Store::Heap(maps)
             }
+            #[cfg(feature = "rocksdb")]
             StateBackend::RocksDb(cfg) => {
                 let fams: Vec<&str> = families.iter().map(String::as_str).collect();
                 Store::Rocks(RocksState::open(
@@ -191,6 +197,12 @@ impl KeyedState {
                     cfg,
                     restored.dbs,
                 )?)
+            }
+            #[cfg(not(feature = "rocksdb"))]
+            StateBackend::RocksDb(_) => {
+                return Err(crate::state::rocksdb_unavailable(
+                    "the RocksDB state backend was chosen",
+                ))
             }
         };
         let mut me = KeyedState {
@@ -283,6 +295,7 @@ impl KeyedState {
     /// RocksDB's native checkpoint. It aliases nothing the store changes later.
     pub fn snapshot(&mut self) -> Result<OperatorSnapshot> {
         match &mut self.store {
+            #[cfg(feature = "rocksdb")]
             Store::Rocks(db) => Ok(OperatorSnapshot {
                 db: Some(db.checkpoint()?),
                 ..OperatorSnapshot::default()
@@ -381,6 +394,7 @@ impl KeyedState {
     fn get(&self, id: usize, k: &[u8]) -> Result<Option<Vec<u8>>> {
         match &self.store {
             Store::Heap(maps) => Ok(maps[id].get(k).cloned()),
+            #[cfg(feature = "rocksdb")]
             Store::Rocks(db) => db.get(&self.families[id], k),
         }
     }
@@ -391,6 +405,7 @@ impl KeyedState {
                 maps[id].insert(k, v);
                 Ok(())
             }
+            #[cfg(feature = "rocksdb")]
             Store::Rocks(db) => db.put(&self.families[id], &k, &v),
         }
     }
@@ -401,6 +416,7 @@ impl KeyedState {
                 maps[id].remove(k);
                 Ok(())
             }
+            #[cfg(feature = "rocksdb")]
             Store::Rocks(db) => db.delete(&self.families[id], k),
         }
     }
@@ -423,6 +439,7 @@ impl KeyedState {
                 }
                 Ok(())
             }
+            #[cfg(feature = "rocksdb")]
             Store::Rocks(db) => db.scan(&self.families[id], from, to, f),
         }
     }
@@ -444,6 +461,7 @@ impl KeyedState {
                 }
                 Ok(())
             }
+            #[cfg(feature = "rocksdb")]
             Store::Rocks(db) => db.delete_keys(&self.families[id], p, &to),
         }
     }
@@ -458,6 +476,7 @@ fn malformed(k: &[u8]) -> Error {
 
 /// Reads the entries of `key_groups` from a restored RocksDB database (for
 /// the heap backend), then deletes the local copy.
+#[cfg(feature = "rocksdb")]
 fn read_db(
     db: &RestoredDb,
     families: &[String],
@@ -486,6 +505,24 @@ fn read_db(
         }
     }
     let _ = std::fs::remove_dir_all(&db.dir);
+    Ok(())
+}
+
+/// Without the `rocksdb` feature a checkpoint holding RocksDB state
+/// cannot be read: say so rather than restore without it.
+#[cfg(not(feature = "rocksdb"))]
+fn read_db(
+    db: &RestoredDb,
+    _families: &[String],
+    key_groups: &Range<usize>,
+    _f: impl FnMut(usize, &[u8], &[u8]),
+) -> Result<()> {
+    if db.key_groups.start.max(key_groups.start) < db.key_groups.end.min(key_groups.end) {
+        return Err(crate::state::rocksdb_unavailable(&format!(
+            "the checkpoint holds RocksDB state ({})",
+            db.dir.display()
+        )));
+    }
     Ok(())
 }
 
