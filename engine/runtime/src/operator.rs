@@ -332,6 +332,7 @@ pub trait Source: Send {
 /// }
 ///
 /// let env = Env::new();
+/// env.set_parallelism(1); // one sink subtask: one "end"
 /// let kept = Arc::new(Mutex::new(Vec::new()));
 /// let k = kept.clone();
 /// let batch = int_batch(&[("n", &[1, 2])]);
