@@ -65,6 +65,10 @@ cargo fmt --all -- --check
 
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# The library crates without their default features (lib targets only:
+# the tests' dev-dependencies would turn the features back on).
+cargo clippy --quiet -p sluice-engine -p sluice-operators -p sluice-connectors \
+  --no-default-features -- -D warnings
 
 echo "== cargo test"
 cargo test --workspace --quiet

@@ -34,7 +34,9 @@ use sluice_engine::{Error, Operator, Result, Stream};
 
 use crate::aggregate::AggregateExpr;
 use crate::plan_error;
-use pane::{Geometry, PaneWindowOperator};
+#[cfg(feature = "rocksdb")]
+use pane::Geometry;
+use pane::PaneWindowOperator;
 #[cfg(feature = "rocksdb")]
 use rocks::RocksPaneWindowOperator;
 use session::SessionWindowOperator;
