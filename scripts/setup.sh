@@ -24,6 +24,8 @@ have python3 || need_pkgs+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 # The network-partition test puts a worker in a network namespace (ip netns, veth).
 have ip || need_pkgs+=(iproute2)
+# The web UI tests drive a headless browser over the DevTools protocol.
+have chromium || need_pkgs+=(chromium)
 
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   SUDO=""

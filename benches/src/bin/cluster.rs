@@ -22,6 +22,16 @@
 //!   long the command takes (the stop-with-savepoint), until the job runs
 //!   at parallelism 3, and until a source of that attempt reports records.
 //!
+//! - submit (`--only submit`): a fresh coordinator and two workers per
+//!   run (so the workers download the binary), the paced q5 sent with
+//!   `sluice submit`; measures how long the command takes (describe run,
+//!   preparing the binary, upload) and until the job is RUNNING (the
+//!   workers' downloads and executor starts), then cancels it; reports the
+//!   size of the job binary and of the artifact the coordinator stored.
+//!   `BINARY.debug` beside the job binary is removed before each run, so
+//!   every run pays for writing it, as the first submission of a new build
+//!   does; with `--warm` it is kept, as for a resubmission of one build.
+//!
 //! Prints a table per measurement while it runs, then a Markdown section
 //! for `benches/RESULTS.md` (machine, exact command, medians).
 //!
@@ -81,8 +91,12 @@ struct Args {
     #[arg(long, default_value = "worker", value_parser = ["worker", "coordinator"])]
     victim: String,
     /// Run only this part.
-    #[arg(long, value_parser = ["q5", "failover", "rescale"])]
+    #[arg(long, value_parser = ["q5", "failover", "rescale", "submit"])]
     only: Option<String>,
+    /// `--only submit`: keep `BINARY.debug` between runs (a resubmission
+    /// of one build) instead of removing it before each.
+    #[arg(long)]
+    warm: bool,
     /// Keep the working directory (logs, checkpoints) instead of removing it.
     #[arg(long)]
     keep: bool,
@@ -695,6 +709,105 @@ fn rescale(
     Ok((median(cmd), median(run), median(out), runs))
 }
 
+// ---- submit → RUNNING ----
+
+/// One submission to a fresh cluster: seconds from starting `sluice
+/// submit`, and the bytes shipped.
+struct SubmitRun {
+    command: f64,
+    running: f64,
+    shipped: u64,
+    polls: Vec<Duration>,
+}
+
+fn submit_once(
+    args: &Args,
+    sluice: &Path,
+    nexmark: &Path,
+    dir: &Path,
+) -> anyhow::Result<SubmitRun> {
+    let c = Cluster::start(args, sluice, dir, 2, &[], 0)?;
+    let debug = nexmark.with_file_name(format!(
+        "{}.debug",
+        nexmark
+            .file_name()
+            .context("a file name")?
+            .to_string_lossy()
+    ));
+    if !args.warm {
+        let _ = std::fs::remove_file(&debug);
+    }
+    let mut job_args = q5_args(args.failover_rate * 600);
+    job_args.extend(["--rate".into(), args.failover_rate.to_string()]);
+    let start = Instant::now();
+    let job = c.submit(nexmark, &job_args)?;
+    let command = start.elapsed();
+    let running = loop {
+        let poll = Instant::now();
+        let s = c.status(&job)?;
+        if s.state.is_running() {
+            break start.elapsed();
+        }
+        if s.state.is_terminal() {
+            bail!("job {job} ended {:?}: {:?}\n{}", s.state, s.error, c.logs());
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            bail!("job {job} not RUNNING within 10 min\n{}", c.logs());
+        }
+        pace(poll);
+    };
+    let artifact = c.status(&job)?.artifact;
+    let shipped = std::fs::metadata(dir.join("coordinator").join("artifacts").join(&artifact))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let _ = c.inner.sluice(&["cancel", &job]);
+    Ok(SubmitRun {
+        command: secs(command),
+        running: secs(running),
+        shipped,
+        polls: c.take_polls(),
+    })
+}
+
+/// Medians of the command and of RUNNING, the shipped size, all runs.
+fn submit(
+    args: &Args,
+    sluice: &Path,
+    nexmark: &Path,
+    dir: &Path,
+    polls: &mut Vec<Duration>,
+) -> anyhow::Result<(f64, f64, u64, String)> {
+    println!(
+        "submit → RUNNING: fresh coordinator + 2 workers × {} slot(s) per run",
+        args.slots
+    );
+    println!(
+        "{:>4} {:>12} {:>12} {:>14}",
+        "run", "command s", "RUNNING s", "shipped MB"
+    );
+    let (mut cmd, mut run, mut shipped) = (vec![], vec![], 0);
+    for i in 0..args.repeat.max(1) {
+        let r = submit_once(args, sluice, nexmark, &dir.join(format!("submit-{i}")))?;
+        println!(
+            "{:>4} {:>12.3} {:>12.3} {:>14.1}",
+            i + 1,
+            r.command,
+            r.running,
+            r.shipped as f64 / 1e6
+        );
+        polls.extend(&r.polls);
+        cmd.push(r.command);
+        run.push(r.running);
+        shipped = r.shipped;
+    }
+    let runs = format!(
+        "command {} s; RUNNING {} s",
+        all(&cmd, |x| format!("{x:.2}")),
+        all(&run, |x| format!("{x:.2}"))
+    );
+    Ok((median(cmd), median(run), shipped, runs))
+}
+
 // ---- report ----
 
 fn sibling(name: &str) -> anyhow::Result<PathBuf> {
@@ -784,10 +897,15 @@ fn main() -> anyhow::Result<()> {
     }
 
     let mut polls = Vec::new();
+    let mut submitted = None;
     let result = (|| -> anyhow::Result<_> {
         if args.only.as_deref() == Some("rescale") {
             let r = rescale(&args, &sluice, &nexmark, &dir, &mut polls)?;
             return Ok((None, None, Some(r)));
+        }
+        if args.only.as_deref() == Some("submit") {
+            submitted = Some(submit(&args, &sluice, &nexmark, &dir, &mut polls)?);
+            return Ok((None, None, None));
         }
         let q = if args.only.is_none() || args.only.as_deref() == Some("q5") {
             let q = q5(&args, &sluice, &nexmark, &dir)?;
@@ -956,6 +1074,28 @@ fn main() -> anyhow::Result<()> {
         let _ = writeln!(md, "| command returns | RUNNING at 3 | output again |");
         let _ = writeln!(md, "|---|---|---|");
         let _ = writeln!(md, "| {cmd:.2} s | {run:.2} s | {out:.2} s |\n");
+        let _ = writeln!(md, "All runs: {runs}.");
+    }
+    if let Some((cmd, run, shipped, runs)) = &submitted {
+        let binary = std::fs::metadata(&nexmark).map(|m| m.len()).unwrap_or(0);
+        let _ = writeln!(
+            md,
+            "Submit: a fresh coordinator and 2 workers per run; q5 at parallelism 2 with \
+             `--rate {}`, sent with `sluice submit` ({}); times from starting the command; \
+             {}. Job binary {:.1} MB, stored by the coordinator as {:.1} MB.\n",
+            args.failover_rate,
+            sluice.display(),
+            if args.warm {
+                "`BINARY.debug` kept from an earlier run"
+            } else {
+                "`BINARY.debug` removed before each run"
+            },
+            binary as f64 / 1e6,
+            *shipped as f64 / 1e6
+        );
+        let _ = writeln!(md, "| command returns | RUNNING |");
+        let _ = writeln!(md, "|---|---|");
+        let _ = writeln!(md, "| {cmd:.2} s | {run:.2} s |\n");
         let _ = writeln!(md, "All runs: {runs}.");
     }
     println!("---- Markdown for benches/RESULTS.md ----\n");

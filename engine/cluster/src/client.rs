@@ -23,7 +23,7 @@ use sluice_protocol::api::{
     SavepointTaken, SubmitJob, Submitted, WorkerInfo,
 };
 use sluice_web::Token;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// What a client of the REST API authenticates with and trusts.
 #[derive(Debug, Clone, Default)]
@@ -41,6 +41,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connecting is all that is bounded for artifact transfers, whose
 /// duration depends on the binary's size.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes read from the binary per chunk of an upload.
+const UPLOAD_CHUNK: usize = 256 * 1024;
 /// Error bodies that are not `ApiError` JSON are quoted up to this length.
 const MAX_QUOTED_BODY: usize = 512;
 
@@ -58,8 +60,8 @@ pub struct Client {
 /// What `sluice submit` ships: the job binary and how to run it.
 #[derive(Debug, Clone)]
 pub struct Submission {
-    /// The job binary's bytes (uploaded as the artifact).
-    pub binary: Vec<u8>,
+    /// The file uploaded as the artifact (streamed, never read whole).
+    pub binary: PathBuf,
     /// Arguments the binary runs with.
     pub args: Vec<String>,
     /// Parallelism asked for.
@@ -148,8 +150,11 @@ impl Client {
 
     /// Uploads the binary under its SHA-256 and submits the job.
     pub async fn submit(&self, submission: Submission) -> Result<Submitted> {
-        let artifact = sha256_hex(&submission.binary);
-        self.upload_artifact(&artifact, submission.binary).await?;
+        let file = submission.binary.clone();
+        let artifact = tokio::task::spawn_blocking(move || crate::artifact::sha256_of_file(&file))
+            .await
+            .map_err(|e| Error::Internal(format!("hashing task failed: {e}")))??;
+        self.upload_artifact(&artifact, &submission.binary).await?;
         self.submit_job(&SubmitJob {
             artifact,
             args: submission.args,
@@ -171,12 +176,13 @@ impl Client {
         self.call(Method::GET, &path, None::<&()>).await
     }
 
-    /// `POST /api/v1/jobs/{id}/cancel`. The answer's body is not needed.
-    pub async fn cancel(&self, job_id: &str) -> Result<()> {
+    /// `POST /api/v1/jobs/{id}/cancel`: the job as it is once cancelled.
+    pub async fn cancel(&self, job_id: &str) -> Result<JobStatus> {
         let path = format!("/api/v1/jobs/{}/cancel", segment(job_id)?);
-        self.send(self.request(Method::POST, &path), None::<&()>)
-            .await
-            .map(drop)
+        let response = self
+            .send(self.request(Method::POST, &path), None::<&()>)
+            .await?;
+        self.decode(&path, response).await
     }
 
     /// `POST /api/v1/jobs/{id}/savepoint`: returns once it is taken.
@@ -279,18 +285,30 @@ impl Client {
         }
     }
 
-    /// `PUT /api/v1/artifacts/{sha256}` with the binary's bytes, unless
-    /// the coordinator has it already (job binaries are large, and
-    /// resubmitting the same one is common).
-    pub async fn upload_artifact(&self, sha256: &str, bytes: Vec<u8>) -> Result<()> {
+    /// `PUT /api/v1/artifacts/{sha256}` with the content of `file`,
+    /// streamed a chunk at a time (its length announced, so a coordinator
+    /// whose limit it exceeds says so at once), unless the coordinator has
+    /// it already (job binaries are large, and resubmitting the same one
+    /// is common). The coordinator checks the content against `sha256`.
+    pub async fn upload_artifact(&self, sha256: &str, file: &Path) -> Result<()> {
         if self.has_artifact(sha256).await? {
             return Ok(());
         }
         let path = format!("/api/v1/artifacts/{}", segment(sha256)?);
+        let opened = tokio::fs::File::open(file)
+            .await
+            .map_err(|e| Error::io(format!("opening {}", file.display()), e))?;
+        let len = opened
+            .metadata()
+            .await
+            .map_err(|e| Error::io(format!("reading {}", file.display()), e))?
+            .len();
+        let chunks = tokio_util::io::ReaderStream::with_capacity(opened, UPLOAD_CHUNK);
         let request = self
             .request(Method::PUT, &path)
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .body(bytes);
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(reqwest::Body::wrap_stream(chunks));
         self.send(request, None::<&()>).await.map(drop)
     }
 

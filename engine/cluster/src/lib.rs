@@ -16,7 +16,10 @@
 //!   coordinator whose messages travel as control frames.
 //! - [`worker`]: the `sluice worker` service: registration, heartbeats,
 //!   executor processes.
-//! - [`artifact`]: job binaries by SHA-256, downloaded once and verified.
+//! - [`artifact`]: job binaries by SHA-256, downloaded once and verified
+//!   (again whenever their file changed) before they run.
+//! - [`ship`]: what `sluice submit` uploads: the job binary stripped of its
+//!   debug info, which stays beside the local binary.
 //! - [`client`]: the typed REST client of the coordinator (CLI, workers).
 //! - [`routes`]: every route of the REST API.
 //! - [`local`]: a coordinator and workers started as processes on this
@@ -29,4 +32,5 @@ pub mod client;
 pub mod coordinator;
 pub mod local;
 pub mod routes;
+pub mod ship;
 pub mod worker;

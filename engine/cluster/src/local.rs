@@ -140,7 +140,7 @@ impl LocalCluster {
         cmd.args(["worker", "--coordinator", &self.url(), "--slots"])
             .arg(self.config.slots.to_string())
             .args(self.client_security())
-            .args(["--listen", &place.host])
+            .args(["--exchange-host", &place.host])
             .arg("--data-dir")
             .arg(dir.join(format!("worker-{i}")));
         spawn_logged(cmd, &dir.join(format!("worker-{i}.log")))
@@ -227,6 +227,11 @@ impl LocalCluster {
             args.extend(["--ca-cert".into(), ca.clone()]);
         }
         args
+    }
+
+    /// The process id of coordinator `i` (0 the first leader), if running.
+    pub fn coordinator_pid(&self, i: usize) -> Option<u32> {
+        self.coordinators.get(i)?.as_ref().map(Child::id)
     }
 
     /// The first coordinator's port.

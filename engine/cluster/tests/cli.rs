@@ -242,6 +242,22 @@ async fn post_job(
     }))
 }
 
+/// Cancels "job-1": answers the job as it is then.
+async fn cancel_job(
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<serde_json::Value>, (StatusCode, Json<ApiError>)> {
+    if id != "job-1" {
+        return Err(no_job().await);
+    }
+    Ok(Json(serde_json::json!({
+        "id": "job-1", "name": "wordcount", "state": "CANCELED", "attempt": 1, "restarts": 0,
+        "artifact": "a", "args": [], "submitted_ms": 0, "updated_ms": 0, "error": null,
+        "latest_checkpoint": null, "rejected_stale": 0, "placement": [], "nodes": [],
+        "vertices": [], "parallelism": 1, "workdir": null, "rescaling_to": null,
+        "restart": {"kind": "none"}
+    })))
+}
+
 async fn no_job() -> (StatusCode, Json<ApiError>) {
     (
         StatusCode::NOT_FOUND,
@@ -272,6 +288,7 @@ fn submit_uploads_the_binary_and_prints_the_job_id() {
         )
         .route("/api/v1/jobs", post(post_job))
         .route("/api/v1/jobs/{id}", get(no_job))
+        .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
         .with_state(Arc::clone(&seen));
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -329,5 +346,12 @@ fn submit_uploads_the_binary_and_prints_the_job_id() {
     let o = sluice(&["submit", "--coordinator", &url, job, "--", "refuse-me"]);
     assert_fails_with(&o, &["not enough slots for parallelism 64", "422"]);
     let o = sluice(&["status", "nope", "--coordinator", &url]);
+    assert_fails_with(&o, &["no such job", "404"]);
+
+    // A cancel says what became of the job.
+    let o = sluice(&["cancel", "job-1", "--coordinator", &url]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "job-1 CANCELED\n");
+    let o = sluice(&["cancel", "job-9", "--coordinator", &url]);
     assert_fails_with(&o, &["no such job", "404"]);
 }

@@ -40,6 +40,7 @@ use sluice_protocol::api::{
 use sluice_protocol::secret::attempt_secret;
 use sluice_web::JobsView;
 
+use super::artifacts::ArtifactError;
 use super::jobs::{is_sha256, Job, Run};
 use super::lifecycle::{AfterFailure, Lifecycle, Retry};
 use super::meta::{IdCounters, JobRecord, MetaStore, PendingRescale};
@@ -79,7 +80,7 @@ impl Manager {
     /// Opens the data directory, binds the control server and loads the
     /// jobs of an earlier run (those not ended wait to be restarted).
     pub fn open(config: CoordinatorConfig) -> Result<Arc<Manager>> {
-        let meta = MetaStore::open(&config.data_dir)?;
+        let meta = MetaStore::open_limited(&config.data_dir, config.artifact_limits)?;
         let control = ControlServer::bind(config.control_listen)?;
         let control_addr = control.local_addr().to_string();
         let records = meta.load()?;
@@ -297,11 +298,18 @@ impl Manager {
                 req.artifact
             )));
         }
-        if !self.meta.artifact_path(&req.artifact).is_file() {
-            return Err(Error::Config(format!(
-                "artifact {} was not uploaded (PUT /api/v1/artifacts/{{sha256}} first)",
-                req.artifact
-            )));
+        // Verified (hashed again only if its file changed since): a job
+        // must not be accepted for a binary that can never be served.
+        match self.meta.artifacts().open_verified(&req.artifact) {
+            Ok(_) => {}
+            Err(ArtifactError::NotFound(_)) => {
+                return Err(Error::Config(format!(
+                    "artifact {} was not uploaded (PUT /api/v1/artifacts/{{sha256}} first)",
+                    req.artifact
+                )))
+            }
+            Err(ArtifactError::Io(e)) => return Err(e),
+            Err(e) => return Err(Error::Config(e.to_string())),
         }
         req.description
             .check()

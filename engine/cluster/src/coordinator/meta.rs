@@ -4,11 +4,13 @@
 //! shipped binaries under `DATA_DIR/artifacts/<sha256>`. A restarted
 //! coordinator reads the jobs back and resumes the ones that had not ended
 //! from their latest checkpoint; ids continue from the counters, so no id
-//! is ever handed out twice, even for a job forgotten since.
+//! is ever handed out twice, even for a job forgotten since. The binaries
+//! are the [`ArtifactStore`]'s.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tracing::warn;
@@ -16,6 +18,7 @@ use tracing::warn;
 use sluice_engine::error::{Error, Result};
 use sluice_protocol::api::JobDescription;
 
+use super::artifacts::{ArtifactLimits, ArtifactStore};
 use super::lifecycle::Lifecycle;
 
 /// What survives a coordinator restart of a job.
@@ -83,23 +86,34 @@ pub struct PendingRescale {
 #[derive(Debug, Clone)]
 pub struct MetaStore {
     root: PathBuf,
+    artifacts: Arc<ArtifactStore>,
 }
 
 impl MetaStore {
-    /// Opens (creating) `root`.
+    /// Opens (creating) `root`, with the default artifact limits.
     pub fn open(root: &Path) -> Result<Self> {
-        for sub in ["jobs", "artifacts"] {
-            fs::create_dir_all(root.join(sub))
-                .map_err(|e| Error::io(format!("creating {}", root.join(sub).display()), e))?;
-        }
+        MetaStore::open_limited(root, ArtifactLimits::default())
+    }
+
+    /// Opens (creating) `root`; its artifact store takes at most `limits`.
+    pub fn open_limited(root: &Path, limits: ArtifactLimits) -> Result<Self> {
+        fs::create_dir_all(root.join("jobs"))
+            .map_err(|e| Error::io(format!("creating {}", root.join("jobs").display()), e))?;
+        let artifacts = Arc::new(ArtifactStore::open(&root.join("artifacts"), limits)?);
         Ok(MetaStore {
             root: root.to_path_buf(),
+            artifacts,
         })
+    }
+
+    /// The shipped binaries.
+    pub fn artifacts(&self) -> &Arc<ArtifactStore> {
+        &self.artifacts
     }
 
     /// Where the binary with this hash is kept.
     pub fn artifact_path(&self, sha256: &str) -> PathBuf {
-        self.root.join("artifacts").join(sha256)
+        self.artifacts.path(sha256)
     }
 
     /// Marks an artifact as just uploaded (again), so it is not removed
@@ -121,14 +135,7 @@ impl MetaStore {
         used: &std::collections::HashSet<String>,
         grace: std::time::Duration,
     ) -> Result<Vec<String>> {
-        crate::artifact::remove_unused(&self.root.join("artifacts"), used, grace)
-    }
-
-    /// A temporary path beside the artifacts (same file system, for renames).
-    pub fn artifact_temp(&self, sha256: &str) -> PathBuf {
-        self.root
-            .join("artifacts")
-            .join(format!(".{sha256}.{}.part", std::process::id()))
+        self.artifacts.remove_unused(used, grace)
     }
 
     /// Writes a job's record atomically.
@@ -246,7 +253,8 @@ mod tests {
                     .unwrap();
             }
         }
-        fs::write(m.artifact_temp("upload"), b"part").unwrap();
+        let upload = dir.path().join("artifacts").join(".upload.1.0.part");
+        fs::write(&upload, b"part").unwrap();
         m.touch_artifact("touched").unwrap();
         let used: HashSet<String> = ["used".to_string()].into();
         let removed = m
@@ -256,6 +264,6 @@ mod tests {
         assert!(m.artifact_path("used").is_file());
         assert!(m.artifact_path("unused-new").is_file());
         assert!(m.artifact_path("touched").is_file());
-        assert!(m.artifact_temp("upload").is_file());
+        assert!(upload.is_file(), "uploads in progress are left alone");
     }
 }

@@ -4,11 +4,12 @@
 //! - [`manager`]: jobs, workers and attempts, driven through the life
 //!   cycle; [`jobs`] and [`workers`] hold what it knows of each;
 //! - [`scheduler`]: placing subtasks on slots;
-//! - [`meta`]: durable job records, id counters and shipped binaries in
-//!   the data directory;
+//! - [`meta`]: durable job records and id counters in the data
+//!   directory; [`artifacts`]: the shipped binaries there;
 //! - [`routes`]: the REST API;
 //! - [`leader`]: which of several coordinators on one data directory leads.
 
+pub mod artifacts;
 pub mod jobs;
 pub mod leader;
 pub mod lifecycle;
@@ -28,6 +29,7 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
+pub use artifacts::ArtifactLimits;
 use sluice_engine::error::{Error, Result};
 use sluice_web as jobs_api;
 use sluice_web::{TlsFiles, Token};
@@ -72,13 +74,16 @@ pub struct CoordinatorConfig {
     /// The URL clients reach this coordinator at, which standbys name
     /// while it leads (default: its listen address).
     pub advertise: Option<String>,
+    /// How large a shipped binary, and all of them together, may be.
+    pub artifact_limits: ArtifactLimits,
 }
 
 impl CoordinatorConfig {
     /// Defaults around `listen` and `data_dir`: 3 s heartbeat timeout,
     /// 500 ms heartbeats, spread placement, dead workers listed for 10
-    /// minutes, the 100 newest ended jobs kept, no token, plain HTTP. A
-    /// job restarts by its own restart strategy.
+    /// minutes, the 100 newest ended jobs kept, no token, plain HTTP,
+    /// the default [`ArtifactLimits`]. A job restarts by its own restart
+    /// strategy.
     pub fn new(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
         CoordinatorConfig {
             listen,
@@ -92,6 +97,7 @@ impl CoordinatorConfig {
             token: None,
             tls: None,
             advertise: None,
+            artifact_limits: ArtifactLimits::default(),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! artifacts, worker registration and heartbeats). Handlers take the
 //! manager's lock only briefly; anything that waits (savepoints, artifact
 //! files) runs off the lock, and blocking work goes to `spawn_blocking`.
+//! Artifacts stream both ways: no handler holds a whole binary.
 
 use std::sync::Arc;
 
@@ -12,9 +13,6 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
 use axum::{Json, Router};
-use futures::StreamExt;
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
 use sluice_engine::error::{Error, Result};
 use sluice_protocol::api::{
@@ -22,6 +20,7 @@ use sluice_protocol::api::{
 };
 use sluice_web::{self as jobs_api, Answer, Failure, Token};
 
+use super::artifacts::{ArtifactError, Uploaded, DOWNLOAD_CHUNK};
 use super::manager::Manager;
 
 /// An engine error as the API answers it.
@@ -121,11 +120,7 @@ async fn rescale(
 }
 
 fn valid_hash(sha: &str) -> std::result::Result<(), Failure> {
-    if sha.len() == 64
-        && sha
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    if super::jobs::is_sha256(sha) {
         Ok(())
     } else {
         Err(Failure(
@@ -135,99 +130,85 @@ fn valid_hash(sha: &str) -> std::result::Result<(), Failure> {
     }
 }
 
-/// Streams the body to a temporary file, hashing as it goes; renamed into
-/// place only when the content matches its address.
+/// A store error as the API answers it.
+fn artifact_failure(e: ArtifactError) -> Failure {
+    let status = match &e {
+        ArtifactError::BadId(_) | ArtifactError::Mismatch { .. } => StatusCode::BAD_REQUEST,
+        ArtifactError::Interrupted(_) => StatusCode::BAD_REQUEST,
+        ArtifactError::NotFound(_) => StatusCode::NOT_FOUND,
+        ArtifactError::TooLarge { .. } | ArtifactError::StoreFull { .. } => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
+        // The store's fault, not the request's; it was moved aside, so
+        // a retry finds nothing and an upload replaces it.
+        ArtifactError::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        ArtifactError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    Failure(status, e.to_string())
+}
+
+/// Streams the body to a temporary file of its own, hashing as it goes;
+/// renamed into place only when the content matches its address (see
+/// [`super::artifacts`]). 201 when stored, 200 when a verified copy was.
 async fn upload(
     State(m): Shared,
     Path(sha): Path<String>,
     body: Body,
 ) -> std::result::Result<StatusCode, Failure> {
     valid_hash(&sha)?;
-    let path = m.meta().artifact_path(&sha);
-    if tokio::fs::metadata(&path).await.is_ok() {
-        // Fresh again: unused artifacts are removed only once they are old.
-        let touched = blocking({
-            let m = m.clone();
-            let sha = sha.clone();
-            move || m.meta().touch_artifact(&sha)
-        })
-        .await;
-        if let Err(Failure(_, e)) = touched {
-            tracing::warn!(artifact = %sha, error = %e, "cannot refresh an artifact's time");
-        }
-        // Read the body anyway: a server that answers before the request
-        // is fully sent makes the client fail with a broken pipe.
-        let mut stream = body.into_data_stream();
-        while let Some(chunk) = stream.next().await {
-            if chunk.is_err() {
-                break;
-            }
-        }
-        return Ok(StatusCode::OK);
-    }
-    let tmp = m.meta().artifact_temp(&sha);
-    let io =
-        |what: &str, e: std::io::Error| failure(Error::io(format!("{what} {}", tmp.display()), e));
-    let mut file = tokio::fs::File::create(&tmp)
+    // Exact when the request said its Content-Length.
+    let declared = axum::body::HttpBody::size_hint(&body).exact();
+    let stored = m
+        .meta()
+        .artifacts()
+        .upload(&sha, declared, body.into_data_stream())
         .await
-        .map_err(|e| io("creating", e))?;
-    let mut hasher = Sha256::new();
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(Failure(
-                    StatusCode::BAD_REQUEST,
-                    format!("upload interrupted: {e}"),
-                ));
-            }
-        };
-        hasher.update(&chunk);
-        if let Err(e) = file.write_all(&chunk).await {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(io("writing", e));
-        }
-    }
-    let got = format!("{:x}", hasher.finalize());
-    if got != sha {
-        let _ = tokio::fs::remove_file(&tmp).await;
-        return Err(Failure(
-            StatusCode::BAD_REQUEST,
-            format!("the uploaded content hashes to {got}, not {sha}"),
-        ));
-    }
-    file.sync_all().await.map_err(|e| io("syncing", e))?;
-    drop(file);
-    tokio::fs::rename(&tmp, &path)
-        .await
-        .map_err(|e| io("renaming", e))?;
-    Ok(StatusCode::CREATED)
+        .map_err(artifact_failure)?;
+    Ok(match stored {
+        Uploaded::Created => StatusCode::CREATED,
+        Uploaded::AlreadyStored => StatusCode::OK,
+    })
 }
 
-/// 200 when the artifact is stored, 404 otherwise; no body.
+/// 200 when the artifact is stored and verified, 404 otherwise (a corrupt
+/// one is moved aside first, so the client uploads it again); no body.
 async fn exists(
     State(m): Shared,
     Path(sha): Path<String>,
 ) -> std::result::Result<StatusCode, Failure> {
     valid_hash(&sha)?;
-    match tokio::fs::metadata(m.meta().artifact_path(&sha)).await {
+    match m.meta().artifacts().open_verified_async(&sha).await {
         Ok(_) => Ok(StatusCode::OK),
-        Err(_) => Err(failure(Error::NotFound(format!("no artifact {sha}")))),
+        Err(ArtifactError::Corrupt { .. }) => Err(failure(Error::NotFound(format!(
+            "no artifact {sha} (the stored one was corrupt)"
+        )))),
+        Err(e) => Err(artifact_failure(e)),
     }
 }
 
+/// Streams the verified binary from the file descriptor that was verified,
+/// a chunk at a time: memory per download stays at a chunk, whatever the
+/// binary's size.
 async fn download(
     State(m): Shared,
     Path(sha): Path<String>,
 ) -> std::result::Result<Response, Failure> {
     valid_hash(&sha)?;
-    let path = m.meta().artifact_path(&sha);
-    let bytes = tokio::fs::read(&path)
+    let (file, len) = m
+        .meta()
+        .artifacts()
+        .open_verified_async(&sha)
         .await
-        .map_err(|_| failure(Error::NotFound(format!("no artifact {sha}"))))?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+        .map_err(artifact_failure)?;
+    let stream = tokio_util::io::ReaderStream::with_capacity(file, DOWNLOAD_CHUNK);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 async fn register(

@@ -115,6 +115,10 @@ impl Default for JobConfig {
     }
 }
 
+/// How long an embedded job's web UI outlives the job.
+#[cfg(feature = "ui")]
+const UI_LINGER: Duration = Duration::from_millis(1500);
+
 /// Rows a sink keeps of the latest batch it received, for the results
 /// the coordinator shows.
 pub use sluice_protocol::results::TAIL_ROWS;
@@ -443,7 +447,12 @@ pub fn start_embedded(graph: &LogicalGraph, config: &JobConfig) -> Result<JobHan
             ended.lock().expect("job handle lock").ended =
                 Some(result.as_ref().err().map(|e| e.to_string()));
             #[cfg(feature = "ui")]
-            drop(ui);
+            if let Some(ui) = ui {
+                // Pages watching the job poll once a second: let them see
+                // how it ended before the process (and its UI) goes.
+                std::thread::sleep(UI_LINGER);
+                drop(ui);
+            }
             result
         })
         .map_err(|e| Error::io("spawning the job driver", e))?;

@@ -11,6 +11,17 @@ let token = sessionStorage.getItem("sluice-token") || "";
 let selected = decodeURIComponent((location.hash.match(/^#job=(.+)$/) || [])[1] || "");
 // Per job: the previous counters and when they were read, for rates.
 const previous = new Map();
+// Whether this page watches one embedded job (no coordinator), and whether
+// the last answer said that job had ended.
+let embedded = false;
+let lastEnded = false;
+const ENDED = ["FINISHED", "FAILED", "CANCELED"];
+
+// Sets a node's children, skipping the null and undefined of optional
+// parts (the DOM would show them as the text "null").
+function fill(node, ...children) {
+  node.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined));
+}
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -230,8 +241,8 @@ async function renderJob(jobs) {
   }
   const id = encodeURIComponent(job.id);
   const [cps, results] = await Promise.all([get("/jobs/" + id + "/checkpoints"), get("/jobs/" + id + "/results")]);
-  const ended = ["FINISHED", "FAILED", "CANCELED"].includes(job.state);
-  pane.replaceChildren(
+  const ended = ENDED.includes(job.state);
+  fill(pane,
     el("div", { class: "actions" }, ended ? null : [
       el("button", { onclick: () => act("savepoint", job) }, "Savepoint"), " ",
       el("button", { onclick: () => act("cancel", job) }, "Cancel"),
@@ -274,6 +285,10 @@ async function refresh() {
   const status = document.getElementById("status");
   try {
     const [cluster, jobs, workers] = await Promise.all([get("/cluster"), get("/jobs"), get("/workers")]);
+    // An embedded job's process has no control address.
+    embedded = !cluster.control;
+    lastEnded = embedded && jobs.length > 0 && jobs.every((j) => ENDED.includes(j.state));
+    if (embedded && !selected && jobs.length === 1) selected = jobs[0].id;
     renderSummary(cluster);
     renderJobs(jobs);
     renderWorkers(workers);
@@ -285,11 +300,32 @@ async function refresh() {
       askForToken(token ? "Wrong token." : "This coordinator needs a token.");
     } else {
       status.className = "down";
-      status.textContent = "coordinator unreachable: " + e.message;
+      if (embedded && lastEnded) {
+        // The job ended and its process exited with it: nothing is wrong.
+        status.className = "";
+        status.textContent = "the job ended; its process has exited";
+      } else if (embedded) {
+        status.textContent = "the job's process is unreachable (it may have exited): " + e.message;
+        markEnded();
+      } else {
+        status.textContent = "coordinator unreachable: " + e.message;
+      }
     }
   } finally {
     busy = false;
   }
+}
+
+// An embedded job's process that went away took its job with it: its
+// state shown last may say RUNNING, so it is marked as no longer known.
+function markEnded() {
+  for (const s of document.querySelectorAll(".state")) {
+    if (!ENDED.includes(s.textContent)) {
+      s.className = "state GONE";
+      s.textContent = "GONE";
+    }
+  }
+  for (const b of document.querySelectorAll(".actions button")) b.disabled = true;
 }
 
 refresh();

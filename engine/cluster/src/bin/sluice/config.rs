@@ -56,6 +56,33 @@ pub(crate) struct CoordinatorArgs {
     /// URL clients reach this coordinator at, named by standbys while it leads [default: its --listen address].
     #[arg(long, env = "SLUICE_ADVERTISE", value_name = "URL")]
     pub(crate) advertise: Option<String>,
+    /// Largest job binary accepted, in bytes (suffixes K, M, G, T: powers of 1024) [default: 2G].
+    #[arg(long, env = "SLUICE_MAX_ARTIFACT_BYTES", value_name = "BYTES", value_parser = parse_bytes)]
+    pub(crate) max_artifact_bytes: Option<u64>,
+    /// Largest total of stored job binaries and uploads in progress, in bytes (suffixes as above) [default: 20G].
+    #[arg(long, env = "SLUICE_MAX_ARTIFACT_STORE_BYTES", value_name = "BYTES", value_parser = parse_bytes)]
+    pub(crate) max_artifact_store_bytes: Option<u64>,
+}
+
+/// A size in bytes: digits, optionally followed by K, M, G or T (powers
+/// of 1024; a trailing `B` or `iB` is allowed: `512M`, `2GiB`).
+pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = t.split_at(digits);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size in bytes (e.g. 1048576, 512M, 2G)"))?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        other => return Err(format!("{s:?}: unknown unit {other:?} (use K, M, G or T)")),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 #[derive(Debug, Args)]
@@ -106,6 +133,9 @@ pub(crate) struct SubmitArgs {
     /// Default parallelism of the job.
     #[arg(long, env = "SLUICE_PARALLELISM", value_name = "P")]
     pub(crate) parallelism: Option<usize>,
+    /// Ship the binary as it is, debug info included [default: an ELF binary is shipped stripped with objcopy, its debug info kept beside it as BINARY.debug].
+    #[arg(long)]
+    pub(crate) no_strip: bool,
     /// The job binary.
     #[arg(value_name = "JOB_BINARY")]
     pub(crate) binary: PathBuf,
@@ -159,6 +189,8 @@ pub(crate) struct CoordinatorFile {
     pub(crate) tls_cert: Option<PathBuf>,
     pub(crate) tls_key: Option<PathBuf>,
     pub(crate) advertise: Option<String>,
+    pub(crate) max_artifact_bytes: Option<String>,
+    pub(crate) max_artifact_store_bytes: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -302,6 +334,23 @@ pub(crate) fn coordinator_config(
         (Some(_), None) => bail!("--tls-cert needs --tls-key (its private key)"),
         (None, Some(_)) => bail!("--tls-key needs --tls-cert (the certificate it belongs to)"),
     };
+    let file_bytes = |key: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(|v| parse_bytes(v).map_err(|e| anyhow!("[{s}] {key}: {e}")))
+            .transpose()
+    };
+    if let Some(n) = args
+        .max_artifact_bytes
+        .or(file_bytes("max_artifact_bytes", &file.max_artifact_bytes)?)
+    {
+        config.artifact_limits.max_artifact_bytes = n;
+    }
+    if let Some(n) = args.max_artifact_store_bytes.or(file_bytes(
+        "max_artifact_store_bytes",
+        &file.max_artifact_store_bytes,
+    )?) {
+        config.artifact_limits.max_store_bytes = n;
+    }
     if config.heartbeat_interval.is_zero() || config.heartbeat_interval >= config.heartbeat_timeout
     {
         bail!(
@@ -554,6 +603,27 @@ mod tests {
         let err = coordinator_config(&args, &half.coordinator)
             .expect_err("a certificate without its key");
         assert!(format!("{err:#}").contains("--tls-key"), "{err:#}");
+
+        assert_eq!(
+            c.artifact_limits,
+            sluice_cluster::coordinator::ArtifactLimits::default()
+        );
+        let sized = parse_file(
+            "[coordinator]\nlisten = \"127.0.0.1:1\"\ndata_dir = \"d\"\nmax_artifact_bytes = \"512M\"\nmax_artifact_store_bytes = \"3GiB\"\n",
+        )
+        .expect("parses");
+        let c = coordinator_config(&args, &sized.coordinator).expect("valid sizes");
+        assert_eq!(c.artifact_limits.max_artifact_bytes, 512 << 20);
+        assert_eq!(c.artifact_limits.max_store_bytes, 3 << 30);
+        let odd = parse_file(
+            "[coordinator]\nlisten = \"127.0.0.1:1\"\ndata_dir = \"d\"\nmax_artifact_bytes = \"lots\"\n",
+        )
+        .expect("parses");
+        let err = coordinator_config(&args, &odd.coordinator).expect_err("bad size");
+        assert!(format!("{err:#}").contains("max_artifact_bytes"), "{err:#}");
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("2G"), Ok(2 << 30));
+        assert!(parse_bytes("2X").is_err() && parse_bytes("G").is_err());
 
         let bad = parse_file("[coordinator]\nlisten = \"127.0.0.1:1\"\ndata_dir = \"d\"\nheartbeat_timeout = \"soon\"\n").expect("parses");
         let err = coordinator_config(&args, &bad.coordinator).expect_err("bad duration");

@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand};
 use sluice_cluster::artifact::{sha256_of_file, ArtifactCache};
 use sluice_cluster::client::{Client, Submission};
 use sluice_cluster::coordinator;
+use sluice_cluster::ship;
 use sluice_cluster::worker;
 use sluice_protocol::api::{JobDescription, JobStatus, RescaleRequest, Rescaled, SavepointRequest};
 
@@ -213,7 +214,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Cancel { client: c, job_id } => {
-            client(&c, &file.client)?.cancel(&job_id).await?;
+            let status = client(&c, &file.client)?.cancel(&job_id).await?;
+            // Said on stdout, so a script can tell it happened.
+            println!("{} {}", status.id, status.state.name());
         }
         Command::Savepoint {
             client: c,
@@ -400,16 +403,18 @@ async fn submit(args: &SubmitArgs, file: &ClientFile) -> anyhow::Result<String> 
         .await
         .with_context(|| format!("resolving {}", binary.display()))?;
     let description = describe(&binary, &args.args, parallelism, None).await?;
-    let bytes = tokio::fs::read(&binary)
+    let shipped = ship::prepare(&binary, !args.no_strip, &std::env::temp_dir())
         .await
-        .with_context(|| format!("reading {}", binary.display()))?;
+        .context("preparing the job binary")?;
+    tracing::info!(binary = %binary.display(), bytes = shipped.original_bytes,
+        shipped = shipped.bytes, debug = ?shipped.debug, "shipping the job binary");
     let workdir = std::env::current_dir()
         .context("the current directory")?
         .to_string_lossy()
         .into_owned();
     let submitted = client
         .submit(Submission {
-            binary: bytes,
+            binary: shipped.path.clone(),
             args: args.args.clone(),
             parallelism,
             workdir: Some(workdir),
@@ -436,12 +441,21 @@ async fn rescale(
     let binary = match local {
         Some(path) => {
             let p = path.to_path_buf();
-            let sha = tokio::task::spawn_blocking(move || sha256_of_file(&p))
+            let mut sha = tokio::task::spawn_blocking(move || sha256_of_file(&p))
                 .await
                 .context("hashing the binary")??;
             if sha != status.artifact {
+                // Submitted stripped: compare what it ships as.
+                let shipped = ship::prepare(path, true, &std::env::temp_dir()).await?;
+                let p = shipped.path.clone();
+                sha = tokio::task::spawn_blocking(move || sha256_of_file(&p))
+                    .await
+                    .context("hashing the binary")??;
+            }
+            if sha != status.artifact {
                 bail!(
-                    "{} is not job {job_id}'s binary: its SHA-256 is {sha}, the job's {}",
+                    "{} is not job {job_id}'s binary: its SHA-256 (stripped as submit ships it) \
+                     is {sha}, the job's {}",
                     path.display(),
                     status.artifact
                 );
@@ -452,11 +466,12 @@ async fn rescale(
                 .with_context(|| format!("resolving {}", path.display()))?
         }
         None => {
-            let cache = std::env::temp_dir().join("sluice-artifacts");
-            tokio::fs::create_dir_all(&cache)
+            // This user's own cache, never a shared directory: whatever is
+            // there is verified against the job's SHA-256 before it runs.
+            let cache = tokio::task::spawn_blocking(ArtifactCache::for_user)
                 .await
-                .with_context(|| format!("creating {}", cache.display()))?;
-            ArtifactCache::new(cache)
+                .context("opening the artifact cache")??;
+            cache
                 .get(client, &status.artifact)
                 .await
                 .context("fetching the job's binary")?

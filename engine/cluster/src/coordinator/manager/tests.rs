@@ -56,7 +56,7 @@ fn manager(dir: &Path, retained_jobs: usize) -> Arc<Manager> {
 
 /// Stores a fake binary and submits a job running it.
 fn submit(m: &Manager, d: JobDescription) -> Result<String> {
-    let sha = "ab".repeat(32);
+    let sha = crate::client::sha256_hex(b"binary");
     std::fs::write(m.meta.artifact_path(&sha), b"binary").unwrap();
     m.submit(SubmitJob {
         artifact: sha,

@@ -1,0 +1,153 @@
+//! The web UI in a real browser (headless Chromium over the DevTools
+//! protocol), against a live coordinator and against an embedded job: what
+//! a user sees, at the window sizes users have, and what the buttons do.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice_cluster::local::{LocalCluster, LocalClusterConfig, WorkerPlace};
+
+mod browser;
+mod common;
+use browser::Browser;
+
+fn sluice_bin() -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_nexmark")).with_file_name("sluice");
+    assert!(
+        p.is_file(),
+        "{} is missing: build it with `cargo build -p sluice-cluster --bin sluice` (cargo test --workspace does)",
+        p.display()
+    );
+    p
+}
+
+/// Where screenshots of a test run go (kept for a person to look at).
+fn shots() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots")
+}
+
+/// No element of the page shows a bare `null` (an optional part that was
+/// missing, rendered as text).
+const NO_NULL: &str = "![...document.querySelectorAll('body *')].some((e) => \
+    [...e.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim() === 'null'))";
+
+#[test]
+fn the_coordinator_ui_shows_a_job_fully_and_cancels_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start(LocalClusterConfig {
+        sluice: sluice_bin(),
+        dir: dir.path().to_path_buf(),
+        host: "127.0.0.1".into(),
+        coordinator_args: ["--heartbeat-timeout", "2s", "--heartbeat-interval", "200ms"]
+            .map(String::from)
+            .to_vec(),
+        workers: vec![WorkerPlace::loopback()],
+        slots: 2,
+        security: None,
+        standbys: 0,
+    })
+    .unwrap();
+    let out = dir.path().join("out");
+    let ck = dir.path().join("ck");
+    let job = cluster
+        .submit(
+            1,
+            Path::new(env!("CARGO_BIN_EXE_nexmark")),
+            &[
+                "--query",
+                "q5",
+                "--events",
+                "50000000",
+                "--rate",
+                "20000",
+                "--output",
+                out.to_str().unwrap(),
+                "--checkpoint-dir",
+                ck.to_str().unwrap(),
+                "--checkpoint-interval",
+                "500ms",
+            ],
+        )
+        .unwrap();
+
+    // The window of a laptop: 1400 px wide.
+    let mut b = Browser::start(1400, 900);
+    b.open(&format!("{}/ui#job={job}", cluster.url()));
+    b.wait_for(
+        "the job to run",
+        &format!(
+            "document.querySelector('#job .state') !== null && \
+             document.querySelector('#job .state').textContent === 'RUNNING' && \
+             document.querySelector('tr[data-job=\"{job}\"]') !== null"
+        ),
+    );
+    b.wait_for(
+        "a completed checkpoint",
+        "/completed [1-9]/.test(document.getElementById('job').innerText)",
+    );
+    // Nothing shows a literal null (a job without an error has none).
+    assert_eq!(b.eval(NO_NULL), true, "{}", b.text("#job"));
+    // Nothing is cut off: the page is no wider than the window, and the
+    // jobs table fits its section.
+    let fits = b.eval(
+        "document.documentElement.scrollWidth <= window.innerWidth && \
+         [...document.querySelectorAll('section')].every((s) => s.scrollWidth <= s.clientWidth)",
+    );
+    assert_eq!(fits, true, "something is wider than a 1400 px window");
+    b.screenshot(&shots().join("coordinator-job.png"));
+
+    // The Cancel button cancels the job.
+    b.click("#job .actions button:last-child", &[]);
+    b.wait_for(
+        "the job to be cancelled",
+        "document.querySelector('#job .state') && \
+         document.querySelector('#job .state').textContent === 'CANCELED'",
+    );
+    assert_eq!(b.eval(NO_NULL), true);
+    let (_, _, status) = common::http(cluster.port(), "GET", &format!("/api/v1/jobs/{job}"), None);
+    assert!(status.contains("\"CANCELED\""), "{status}");
+}
+
+#[test]
+fn an_embedded_jobs_ui_says_how_it_ended_after_its_process_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut job = Command::new(env!("CARGO_BIN_EXE_nexmark"))
+        .args([
+            "--query", "q5", "--events", "800000", "--rate", "100000", "--output",
+        ])
+        .arg(dir.path().join("out"))
+        .env("SLUICE_UI", format!("127.0.0.1:{port}"))
+        .env_remove("SLUICE_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(60), "no web UI");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut b = Browser::start(1400, 900);
+    b.open(&format!("http://127.0.0.1:{port}/ui"));
+    // The one job is shown without being picked.
+    b.wait_for("the job", "document.querySelector('#job .state') !== null");
+    assert_eq!(b.eval(NO_NULL), true, "{}", b.text("#job"));
+    assert!(job.wait().unwrap().success());
+    // After the process is gone: how the job ended, and that nothing is
+    // wrong; never RUNNING, never "coordinator unreachable".
+    b.wait_for(
+        "the page to notice the end",
+        "document.getElementById('status').textContent.includes('the job ended')",
+    );
+    let state = b.text("#job .state");
+    assert_eq!(state, "FINISHED");
+    let status = b.text("#status");
+    assert!(!status.contains("coordinator"), "{status}");
+    b.screenshot(&shots().join("embedded-ended.png"));
+}
