@@ -32,7 +32,36 @@ use sluice_engine::state::{OperatorSnapshot, RestoredState};
 use sluice_engine::{Error, OperatorContext, Result, Sink, SinkSpec, Watermark};
 use tracing::debug;
 
-/// Writes Parquet files into a directory.
+/// Writes Parquet files into a directory, a file per subtask rolled by
+/// size (and time, if set). With checkpoints a file becomes visible only
+/// when the checkpoint that covers it completes (two-phase commit); a
+/// bounded job publishes what it wrote when its input ends.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use sluice_connectors::file::FileSource;
+/// use sluice_connectors::parquet::ParquetSink;
+/// use sluice_operators::prelude::*;
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Reading { sensor: i64, celsius: f64 }
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let env = Env::new();
+/// let rows = (0..10).map(|i| Reading { sensor: i % 3, celsius: 20.0 + i as f64 }).collect();
+/// env.from_rows("readings", rows).sink(ParquetSink::new(dir.path()));
+/// env.execute()?;
+///
+/// // Read back by the file source.
+/// let env = Env::new();
+/// let back = env.source(FileSource::parquet(dir.path())).collect();
+/// env.execute()?;
+/// let mut readings: Vec<Reading> = back.rows()?;
+/// readings.sort_by(|a, b| a.celsius.total_cmp(&b.celsius));
+/// assert_eq!(readings.len(), 10);
+/// assert_eq!(readings[9].sensor, 0);
+/// # Ok::<(), sluice_engine::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct ParquetSink {
     dir: PathBuf,

@@ -337,6 +337,21 @@ impl RowSources for Env {
 }
 
 /// Reads collected batches back as typed rows; in the prelude.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use sluice_operators::prelude::*;
+///
+/// #[derive(Serialize, Deserialize, Debug, PartialEq)]
+/// struct Word { word: String, len: i64 }
+///
+/// let env = Env::new();
+/// let words = vec![Word { word: "sluice".into(), len: 6 }, Word { word: "gate".into(), len: 4 }];
+/// let out = env.from_rows("words", words).filter(col("len").gt(lit(4i64))).collect();
+/// env.execute()?;
+/// assert_eq!(out.rows::<Word>()?, [Word { word: "sluice".into(), len: 6 }]);
+/// # Ok::<(), sluice_engine::Error>(())
+/// ```
 pub trait CollectedRows {
     /// Every row collected, in arrival order, as `T` (fields by column
     /// name; a column `T` lacks is ignored).

@@ -126,7 +126,39 @@ impl Env {
         self.inner.borrow_mut().errors.push(error);
     }
 
-    /// Adds a source.
+    /// Adds a source a connector describes ([`SourceSpec`]: a name, the
+    /// output schema, a factory of one [`Source`] per subtask, optionally
+    /// the parallelism it wants). `sluice-connectors` has Kafka, files and
+    /// the Nexmark generator; `sluice-operators` adds typed row sources.
+    ///
+    /// ```
+    /// use sluice_engine::arrow::datatypes::SchemaRef;
+    /// use sluice_engine::graph::SourceFactory;
+    /// use sluice_engine::testing::{int_batch, run_collect, VecSource};
+    /// use sluice_engine::{Env, Result, SourceSpec};
+    /// use std::sync::Arc;
+    ///
+    /// /// One batch of `n` = 1..=3, from one subtask.
+    /// struct Numbers;
+    /// impl SourceSpec for Numbers {
+    ///     fn name(&self) -> String {
+    ///         "numbers".into()
+    ///     }
+    ///     fn schema(&self) -> Result<SchemaRef> {
+    ///         Ok(int_batch(&[("n", &[])]).schema())
+    ///     }
+    ///     fn parallelism(&self) -> Option<usize> {
+    ///         Some(1)
+    ///     }
+    ///     fn factory(&self) -> SourceFactory {
+    ///         Arc::new(|_ctx| Ok(Box::new(VecSource::new(vec![int_batch(&[("n", &[1, 2, 3])])]))))
+    ///     }
+    /// }
+    ///
+    /// let env = Env::new();
+    /// assert_eq!(run_collect(&env.source(Numbers))?, ["1", "2", "3"]);
+    /// # Ok::<(), sluice_engine::Error>(())
+    /// ```
     pub fn source(&self, spec: impl SourceSpec) -> Stream {
         let name = spec.name();
         let schema = match spec.schema() {
@@ -152,7 +184,26 @@ impl Env {
         Stream::new(self.clone(), id, 0, schema)
     }
 
-    /// Adds a source from a closure that creates one instance per subtask.
+    /// Adds a source from a closure that creates one instance per subtask
+    /// (`ctx.subtask` of `ctx.parallelism` tells it which share to read).
+    ///
+    /// ```
+    /// use sluice_engine::testing::{int_batch, run_collect, VecSource};
+    /// use sluice_engine::Env;
+    ///
+    /// let env = Env::new();
+    /// let schema = int_batch(&[("subtask", &[])]).schema();
+    /// let s = env
+    ///     .source_fn("per-subtask", schema, |ctx| {
+    ///         let batch = int_batch(&[("subtask", &[ctx.subtask as i64])]);
+    ///         Ok(Box::new(VecSource::new(vec![batch])))
+    ///     })
+    ///     .set_parallelism(3);
+    /// let mut rows = run_collect(&s)?;
+    /// rows.sort();
+    /// assert_eq!(rows, ["0", "1", "2"]);
+    /// # Ok::<(), sluice_engine::Error>(())
+    /// ```
     pub fn source_fn<F>(&self, name: &str, schema: SchemaRef, factory: F) -> Stream
     where
         F: Fn(&OperatorContext) -> Result<Box<dyn Source>> + Send + Sync + 'static,
@@ -235,6 +286,21 @@ impl Env {
     /// stop-with-savepoint, cancel, join); the environment decides the mode
     /// as for [`Env::execute`]. An executor's savepoints are the
     /// coordinator's business, so its handle only cancels and joins.
+    ///
+    /// ```
+    /// use sluice_engine::testing::int_batch;
+    /// use sluice_engine::Env;
+    ///
+    /// let env = Env::new();
+    /// let batch = int_batch(&[("n", &[1, 2, 3])]);
+    /// let out = env.from_batches("numbers", batch.schema(), vec![batch]).collect();
+    /// let handle = env.start()?;
+    /// // ... handle.savepoint(dir), handle.cancel() while it runs ...
+    /// let result = handle.join()?;
+    /// assert_eq!(result.node("numbers").unwrap().records_out, 3);
+    /// assert_eq!(out.num_rows(), 3);
+    /// # Ok::<(), sluice_engine::Error>(())
+    /// ```
     pub fn start(&self) -> Result<runtime::JobHandle> {
         let graph = self.graph()?;
         let config = self.config_from_env()?;
@@ -464,7 +530,27 @@ impl Stream {
         self
     }
 
-    /// Sets the parallelism of the node producing this stream.
+    /// Sets the parallelism of the node producing this stream (the job's
+    /// default otherwise: [`Env::set_parallelism`], `SLUICE_PARALLELISM`).
+    ///
+    /// ```
+    /// use sluice_engine::testing::{int_batch, VecSource};
+    /// use sluice_engine::Env;
+    ///
+    /// let env = Env::new();
+    /// env.set_parallelism(4);
+    /// let schema = int_batch(&[("n", &[])]).schema();
+    /// let out = env
+    ///     .source_fn("ones", schema, |_ctx| {
+    ///         Ok(Box::new(VecSource::new(vec![int_batch(&[("n", &[1])])])))
+    ///     })
+    ///     .set_parallelism(2)
+    ///     .collect();
+    /// env.execute()?;
+    /// // One row from each of the source's two subtasks.
+    /// assert_eq!(out.num_rows(), 2);
+    /// # Ok::<(), sluice_engine::Error>(())
+    /// ```
     pub fn set_parallelism(self, parallelism: usize) -> Self {
         self.env.inner.borrow_mut().graph.nodes[self.node.0].parallelism = Some(parallelism.max(1));
         self
@@ -652,7 +738,37 @@ impl Stream {
         self.sink_fn(&spec.name(), move |ctx| factory(ctx));
     }
 
-    /// Ends the stream in a sink built by a closure.
+    /// Ends the stream in a sink built by a closure, one [`Sink`] per
+    /// subtask.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use sluice_engine::arrow::array::AsArray;
+    /// use sluice_engine::arrow::datatypes::Int64Type;
+    /// use sluice_engine::arrow::record_batch::RecordBatch;
+    /// use sluice_engine::testing::int_batch;
+    /// use sluice_engine::{Env, OperatorContext, Result, Sink};
+    ///
+    /// /// Adds up the `n` column.
+    /// struct Total(Arc<Mutex<i64>>);
+    /// impl Sink for Total {
+    ///     fn write(&mut self, batch: RecordBatch, _ctx: &OperatorContext) -> Result<()> {
+    ///         let n = batch.column(0).as_primitive::<Int64Type>();
+    ///         *self.0.lock().unwrap() += n.values().iter().sum::<i64>();
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let env = Env::new();
+    /// let total = Arc::new(Mutex::new(0));
+    /// let batch = int_batch(&[("n", &[1, 2, 3])]);
+    /// let t = total.clone();
+    /// env.from_batches("numbers", batch.schema(), vec![batch])
+    ///     .sink_fn("total", move |_ctx| Ok(Box::new(Total(t.clone()))));
+    /// env.execute()?;
+    /// assert_eq!(*total.lock().unwrap(), 6);
+    /// # Ok::<(), sluice_engine::Error>(())
+    /// ```
     pub fn sink_fn<F>(&self, name: &str, factory: F)
     where
         F: Fn(&OperatorContext) -> Result<Box<dyn Sink>> + Send + Sync + 'static,
@@ -669,7 +785,21 @@ impl Stream {
     }
 
     /// Collects everything that reaches this point; read it after `execute`.
-    /// Meant for tests, doctests and small results.
+    /// Meant for tests, doctests and small results (`sluice-operators`
+    /// reads them back as structs with `collected.rows::<T>()`).
+    ///
+    /// ```
+    /// use sluice_engine::testing::{int_batch, lines};
+    /// use sluice_engine::Env;
+    ///
+    /// let env = Env::new();
+    /// let batch = int_batch(&[("k", &[1, 2]), ("v", &[10, 20])]);
+    /// let out = env.from_batches("kv", batch.schema(), vec![batch]).collect();
+    /// env.execute()?;
+    /// assert_eq!(out.num_rows(), 2);
+    /// assert_eq!(lines(&out.concat())?, ["1, 10", "2, 20"]);
+    /// # Ok::<(), sluice_engine::Error>(())
+    /// ```
     pub fn collect(&self) -> Collected {
         let store = Collected {
             schema: self.schema.clone(),

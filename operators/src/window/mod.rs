@@ -43,7 +43,56 @@ use session::SessionWindowOperator;
 use sluice_engine::state::StateBackend;
 use state::{Keys, Slots};
 
-/// Which windows records fall into.
+/// Which windows records fall into (example of tumbling windows:
+/// [`Window::window`]).
+///
+/// ```
+/// use std::time::Duration;
+/// use serde::{Deserialize, Serialize};
+/// use sluice_operators::prelude::*;
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Click { user: i64, ts: i64 }
+/// #[derive(Deserialize)]
+/// struct Counted { user: i64, window_start: i64, window_end: i64, count: i64 }
+///
+/// /// (user, window_start, window_end, count) of `spec` over three clicks.
+/// fn windows(spec: WindowSpec) -> sluice_engine::Result<Vec<(i64, i64, i64, i64)>> {
+///     let env = Env::new();
+///     let clicks = env.from_rows("clicks", vec![
+///         Click { user: 1, ts: 1_000 },
+///         Click { user: 1, ts: 3_000 },
+///         Click { user: 1, ts: 9_000 },
+///     ]);
+///     let out = clicks
+///         .watermarks(WatermarkStrategy::ascending("ts"))
+///         .key_by(["user"])
+///         .window(spec)
+///         .aggregate([count()])
+///         .collect();
+///     env.execute()?;
+///     let mut got: Vec<_> = out
+///         .rows::<Counted>()?
+///         .into_iter()
+///         .map(|c| (c.user, c.window_start, c.window_end, c.count))
+///         .collect();
+///     got.sort();
+///     Ok(got)
+/// }
+///
+/// // 4 s windows every 2 s: each click is in two of them.
+/// let sliding = windows(WindowSpec::sliding(Duration::from_secs(4), Duration::from_secs(2)))?;
+/// assert_eq!(sliding, [
+///     (1, -2_000, 2_000, 1), (1, 0, 4_000, 2), (1, 2_000, 6_000, 1),
+///     (1, 6_000, 10_000, 1), (1, 8_000, 12_000, 1),
+/// ]);
+/// // Sessions closed by 5 s without a click: the first two clicks, then the third.
+/// let sessions = windows(WindowSpec::session(Duration::from_secs(5)))?;
+/// assert_eq!(sessions, [(1, 1_000, 8_000, 2), (1, 9_000, 14_000, 1)]);
+/// // The same spelled as text (command lines, configuration).
+/// assert_eq!(WindowSpec::parse("session:5s")?, WindowSpec::session(Duration::from_secs(5)));
+/// # Ok::<(), sluice_engine::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowSpec {
     /// Fixed, non-overlapping windows.
