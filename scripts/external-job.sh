@@ -61,6 +61,12 @@ deps() {
     awk '{print $1}' | sort -u
 }
 
+# What a build costs: the crates it compiles, the size of its binary
+# (benches/RESULTS.md records both variants).
+report() {
+  echo "   $(wc -l <"$1") crates, binary $(du -m "$bin" | cut -f1) MB"
+}
+
 heavy='^(rocksdb|librocksdb-sys|rdkafka|rdkafka-sys|axum|axum-server|hyper|tokio|openssl|openssl-sys|native-tls|rustls|reqwest|object_store|sluice-web)$'
 
 echo "-- with the default features"
@@ -69,6 +75,7 @@ for want in rocksdb rdkafka axum object_store; do
   grep -qx "$want" "$tmp/deps-full.txt" || fail "the default build lacks $want"
 done
 cargo build --offline --quiet --manifest-path "$manifest"
+report "$tmp/deps-full.txt"
 check_output
 check_output --state rocksdb
 check_output --checkpoint-dir "$tmp/ck"
@@ -80,6 +87,7 @@ if grep -E "$heavy" "$tmp/deps-min.txt"; then
   fail "a build without default features depends on the crates above"
 fi
 cargo build --offline --quiet --manifest-path "$manifest" --no-default-features
+report "$tmp/deps-min.txt"
 check_output
 check_output --checkpoint-dir "$tmp/ck-min"
 check_refused rocksdb --state rocksdb
