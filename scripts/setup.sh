@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
 # Installs what building and testing Sluice needs on a fresh Debian machine
 # with a Rust toolchain. Idempotent: installs only what is missing.
+# `scripts/setup.sh build`: only what building needs (the README's first
+# command); without an argument, what the tests need too.
 set -euo pipefail
+only_build=false
+case "${1:-}" in
+  build) only_build=true ;;
+  "") ;;
+  *) echo "usage: scripts/setup.sh [build]" >&2; exit 2 ;;
+esac
 
 need_pkgs=()
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -19,6 +27,7 @@ have cmake || need_pkgs+=(cmake)
 for p in libcurl4-openssl-dev libssl-dev libsasl2-dev zlib1g-dev libzstd-dev; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
+if ! $only_build; then
 # The Kafka tests start a tansu broker from a Python virtualenv.
 have python3 || need_pkgs+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
@@ -26,6 +35,7 @@ python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 have ip || need_pkgs+=(iproute2)
 # The web UI tests drive a headless browser over the DevTools protocol.
 have chromium || need_pkgs+=(chromium)
+fi
 
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   SUDO=""
@@ -36,6 +46,7 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
 fi
 
 have cargo || { echo "setup: cargo not found; install a Rust toolchain (rustup) first" >&2; exit 1; }
+$only_build && exit 0
 if have rustup && ! rustup component list --installed 2>/dev/null | grep -q clippy; then
   rustup component add rustfmt clippy
 fi

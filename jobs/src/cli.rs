@@ -32,6 +32,34 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("invalid duration '{s}': {e}"))
 }
 
+/// Parses a size in bytes: `1000000`, `512KB`, `128MiB`, `1GiB` (KB, MB,
+/// GB are powers of 1000; KiB, MiB, GiB of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid size '{s}': expected a number with an optional unit"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1_000,
+        "mb" | "m" => 1_000_000,
+        "gb" | "g" => 1_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "invalid size '{s}': unknown unit '{other}' (KB, MB, GB, KiB, MiB, GiB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("invalid size '{s}': must be positive and fit in 64 bits"))
+}
+
 /// Installs a `tracing` subscriber reading `RUST_LOG` (default: warnings),
 /// writing to stderr so stdout stays for results.
 pub fn init_logging() {
@@ -135,4 +163,20 @@ pub fn checkpoint_summary(stats: &sluice_engine::checkpoint::CheckpointStats) ->
         last.map_or("-".into(), |r| r.figures.duration_ms.to_string()),
         last.map_or("-".into(), |r| r.figures.bytes.to_string()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("512KB"), Ok(512_000));
+        assert_eq!(parse_size("128MiB"), Ok(128 << 20));
+        assert_eq!(parse_size("2 GiB"), Ok(2 << 30));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+        assert!(parse_size("MiB").is_err());
+    }
 }

@@ -14,115 +14,15 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use sluice_cluster::local::{LocalCluster, LocalClusterConfig, LocalSecurity, WorkerPlace};
+use sluice_cluster::local::{LocalSecurity, WorkerPlace};
 use sluice_connectors::kafka::testing::Broker;
 use sluice_web::TlsFiles;
 
 mod common;
-use common::{assert_exactly_once, http, rows};
+use common::cluster::{sluice_bin, Cluster};
+use common::{assert_exactly_once, http, rows, Exposition};
 
 const EVENTS: &str = "600000";
-
-fn sluice_bin() -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_nexmark")).with_file_name("sluice");
-    assert!(
-        p.is_file(),
-        "{} is missing: build it with `cargo build -p sluice-cluster --bin sluice` (cargo test --workspace does)",
-        p.display()
-    );
-    p
-}
-
-/// A [`LocalCluster`] with the tests' heartbeat settings, and helpers that
-/// read the CLI's JSON and panic with the logs when something fails.
-struct Cluster(LocalCluster);
-
-impl std::ops::Deref for Cluster {
-    type Target = LocalCluster;
-    fn deref(&self) -> &LocalCluster {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Cluster {
-    fn deref_mut(&mut self) -> &mut LocalCluster {
-        &mut self.0
-    }
-}
-
-impl Cluster {
-    fn start(dir: &Path, workers: usize, slots: usize) -> Cluster {
-        let places: Vec<WorkerPlace> = (0..workers).map(|_| WorkerPlace::loopback()).collect();
-        Cluster::start_at(dir, "127.0.0.1", &places, slots)
-    }
-
-    fn start_at(dir: &Path, host: &str, places: &[WorkerPlace], slots: usize) -> Cluster {
-        Cluster::start_with(dir, host, places, slots, None, 0)
-    }
-
-    fn start_with(
-        dir: &Path,
-        host: &str,
-        places: &[WorkerPlace],
-        slots: usize,
-        security: Option<LocalSecurity>,
-        standbys: usize,
-    ) -> Cluster {
-        let config = LocalClusterConfig {
-            sluice: sluice_bin(),
-            dir: dir.to_path_buf(),
-            host: host.to_string(),
-            coordinator_args: ["--heartbeat-timeout", "1s", "--heartbeat-interval", "200ms"]
-                .map(String::from)
-                .to_vec(),
-            workers: places.to_vec(),
-            slots,
-            security,
-            standbys,
-        };
-        Cluster(LocalCluster::start(config).unwrap_or_else(|e| panic!("{e}")))
-    }
-
-    fn restart_coordinator(&mut self) {
-        self.0.start_coordinator().unwrap_or_else(|e| panic!("{e}"));
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let out = self.sluice(args).unwrap();
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
-    }
-
-    fn submit(&self, parallelism: usize, binary: &str, job_args: &[&str]) -> String {
-        self.0
-            .submit(parallelism, Path::new(binary), job_args)
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    fn status(&self, job: &str) -> Value {
-        self.json(&["status", job, "--json"])
-    }
-
-    fn wait_for(&self, timeout: Duration, what: &str, mut ok: impl FnMut(&Cluster) -> bool) {
-        self.0
-            .wait_for(timeout, what, |_| Ok::<_, sluice_engine::Error>(ok(self)))
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
-
-    fn wait_state(&self, job: &str, state: &str, timeout: Duration) -> Value {
-        let mut last = Value::Null;
-        self.wait_for(timeout, &format!("job {job} to be {state}"), |c| {
-            last = c.status(job);
-            let s = last["state"].as_str().unwrap_or("");
-            assert!(
-                s == state || !matches!(s, "FAILED" | "CANCELED" | "FINISHED"),
-                "job {job} ended {s} while waiting for {state}: {last}\n{}",
-                c.logs()
-            );
-            s == state
-        });
-        last
-    }
-}
 
 /// q5 run embedded (the reference) with the same arguments.
 fn embedded_q5(dir: &Path) -> BTreeMap<String, usize> {
@@ -201,19 +101,32 @@ fn q5_on_three_workers_equals_the_embedded_run() {
     assert_ui_is_served(cluster.port());
     let (status, _, metrics) = http(cluster.port(), "GET", "/metrics", None);
     assert_eq!(status, 200);
-    assert!(
-        metrics.contains("sluice_jobs{state=\"FINISHED\"} 1"),
-        "{metrics}"
+    let m = Exposition::parse(&metrics);
+    assert_eq!(m.value("sluice_jobs", &[("state", "FINISHED")]), Some(1.0));
+    assert_eq!(m.value("sluice_workers_alive", &[]), Some(3.0));
+    let bids_out = m.value(
+        "sluice_node_records_total",
+        &[
+            ("job", &job),
+            ("node", "nexmark_bids"),
+            ("direction", "out"),
+        ],
     );
-    let bids_out = metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("sluice_node_records_total")
-                && l.contains("node=\"nexmark_bids\"")
-                && l.contains("direction=\"out\"")
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
     assert!(bids_out.is_some_and(|n| n > 0.0), "{metrics}");
+    // Every checkpoint the coordinator completed for the job (this
+    // coordinator ran it from the start) is in each histogram once.
+    let completed = m
+        .value("sluice_job_checkpoints_completed_total", &[("job", &job)])
+        .expect("completed checkpoints");
+    assert!(completed >= 1.0, "{metrics}");
+    for h in [
+        "sluice_checkpoint_duration_seconds",
+        "sluice_checkpoint_size_bytes",
+        "sluice_checkpoint_alignment_seconds",
+    ] {
+        let (count, _) = m.histogram(h, &job).expect(h);
+        assert_eq!(count, completed, "{h}");
+    }
 }
 
 /// The rows `sluice results` shows are rows of the job's Parquet output,

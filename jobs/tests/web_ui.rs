@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::http;
+use common::{http, Exposition};
 
 const TOKEN: &str = "embedded-test-token";
 
@@ -48,6 +48,8 @@ fn an_embedded_job_serves_its_ui_and_can_be_cancelled_from_it() {
             "--query", "q5", "--events", "50000000", "--rate", "50000", "--output",
         ])
         .arg(dir.path().join("out"))
+        .args(["--checkpoint-interval", "200ms", "--checkpoint-dir"])
+        .arg(dir.path().join("ck"))
         .env("SLUICE_UI", format!("127.0.0.1:{port}"))
         .env("SLUICE_TOKEN", TOKEN)
         .stdout(Stdio::null())
@@ -98,11 +100,62 @@ fn an_embedded_job_serves_its_ui_and_can_be_cancelled_from_it() {
         "{results}"
     );
     assert!(sink["rows"].as_array().unwrap().len() <= 20);
-    let (_, _, metrics) = http(port, "GET", "/metrics", Some(TOKEN));
-    assert!(
-        metrics.contains("sluice_node_records_total{job=\"embedded\",node=\"nexmark_bids\""),
-        "{metrics}"
+    // The metrics a coordinator exposes, for this one job; the checkpoint
+    // histograms count each completed checkpoint as it completes.
+    let scrape = || {
+        let (code, head, text) = http(port, "GET", "/metrics", Some(TOKEN));
+        assert_eq!(code, 200, "{head}");
+        assert!(
+            head.contains("content-type: text/plain; version=0.0.4"),
+            "{head}"
+        );
+        Exposition::parse(&text)
+    };
+    let m = scrape();
+    let bids = m.value(
+        "sluice_node_records_total",
+        &[
+            ("job", "embedded"),
+            ("node", "nexmark_bids"),
+            ("direction", "out"),
+        ],
     );
+    assert!(bids.is_some_and(|n| n > 0.0), "{m:?}");
+    assert_eq!(m.value("sluice_workers_alive", &[]), Some(1.0));
+    assert_eq!(m.value("sluice_jobs", &[("state", "RUNNING")]), Some(1.0));
+    assert_eq!(m.types["sluice_job_restarts_total"], "counter");
+    let count = |m: &Exposition| {
+        m.histogram("sluice_checkpoint_duration_seconds", "embedded")
+            .map_or(0.0, |(count, _)| count)
+    };
+    let before = count(&m);
+    let mut m = scrape();
+    wait_for("two more checkpoints in the histograms", || {
+        m = scrape();
+        count(&m) >= before + 2.0
+    });
+    let completed = m
+        .value(
+            "sluice_job_checkpoints_completed_total",
+            &[("job", "embedded")],
+        )
+        .expect("completed checkpoints");
+    let (n, _) = m
+        .histogram("sluice_checkpoint_duration_seconds", "embedded")
+        .unwrap();
+    assert!(
+        n >= completed && completed >= 2.0,
+        "{n} observed, {completed} completed"
+    );
+    let (sizes, bytes) = m
+        .histogram("sluice_checkpoint_size_bytes", "embedded")
+        .unwrap();
+    assert_eq!(sizes, n);
+    assert!(bytes > 0.0, "q5 checkpoints window state");
+    let (aligned, _) = m
+        .histogram("sluice_checkpoint_alignment_seconds", "embedded")
+        .unwrap();
+    assert_eq!(aligned, n);
 
     // Cancelling from the UI ends the process.
     let (code, _, body) = http(port, "POST", "/api/v1/jobs/embedded/cancel", Some(TOKEN));

@@ -14,7 +14,7 @@
 //!   bytes, text), `json_check` (the one-pass check of a JSON record
 //!   against its schema), `json_columns` (checked values of flat records
 //!   straight into columns), [`avro`] (Avro datums with a given schema),
-//!   [`dlq`] (the decode policy).
+//!   [`dlq`] (the decode policy), [`evolve`] (JSON schema evolution).
 //! - [`KafkaSink`]: at-least-once (flush at the barrier) or exactly-once
 //!   (one transaction per checkpoint, committed when the checkpoint
 //!   completes, recovered on restart through epoch markers), in `sink`.
@@ -39,6 +39,7 @@
 pub mod avro;
 mod client;
 pub mod dlq;
+pub mod evolve;
 pub mod format;
 mod json_check;
 mod json_columns;
@@ -113,6 +114,7 @@ pub struct KafkaSource {
     policy: DecodePolicy,
     batch_size: usize,
     discovery_interval: Option<Duration>,
+    evolve: bool,
     stats: Arc<DecodeStats>,
     emitted: Arc<AtomicU64>,
 }
@@ -131,6 +133,7 @@ impl KafkaSource {
             policy: DecodePolicy::Fail,
             batch_size: 8192,
             discovery_interval: Some(Duration::from_secs(10)),
+            evolve: false,
             stats: Arc::default(),
             emitted: Arc::default(),
         }
@@ -143,6 +146,14 @@ impl KafkaSource {
     /// Decodes values as JSON objects with this schema.
     pub fn json(self, schema: SchemaRef) -> Self {
         self.format(Format::Json(schema))
+    }
+    /// JSON only: records that gain fields or widen a type compatibly
+    /// evolve the schema instead of being bad records (see [`evolve`]);
+    /// batches after a change carry the merged schema, so what follows
+    /// the source must take them (the Parquet sink starts new files).
+    pub fn evolve_schema(mut self) -> Self {
+        self.evolve = true;
+        self
     }
     /// Where to start partitions without a checkpointed position.
     pub fn start_from(mut self, start: StartFrom) -> Self {
@@ -240,6 +251,11 @@ impl SourceSpec for KafkaSource {
     }
 
     fn schema(&self) -> Result<SchemaRef> {
+        if self.evolve && !matches!(self.format, Format::Json(_)) {
+            return Err(Error::Config(
+                "schema evolution needs the JSON format".into(),
+            ));
+        }
         self.format.output_schema()
     }
 

@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 
 use super::client::{self, kafka_err};
 use super::dlq::BadRecords;
+use super::evolve::Evolution;
 use super::format::{Decoder, Format, RawRecords};
 use super::state::{Entry, StartFrom};
 use super::KafkaSource;
@@ -57,6 +58,8 @@ pub(crate) struct KafkaSubtask {
     spec: KafkaSource,
     consumer: Option<BaseConsumer>,
     decoder: Decoder,
+    /// JSON with schema evolution: the schemas used.
+    evolution: Option<Evolution>,
     bad: Option<BadRecords>,
     /// Owned partitions; the index is the split.
     parts: Vec<Part>,
@@ -99,11 +102,16 @@ impl KafkaSubtask {
                 "Kafka source schema changed between planning and running".into(),
             ));
         }
+        let evolution = match &spec.format {
+            Format::Json(s) if spec.evolve => Some(Evolution::new(s.clone())),
+            _ => None,
+        };
         Ok(KafkaSubtask {
             emitted: spec.emitted.clone(),
             spec,
             consumer: None,
             decoder,
+            evolution,
             bad: None,
             parts: Vec::new(),
             by_partition: HashMap::new(),
@@ -357,7 +365,7 @@ impl KafkaSubtask {
             self.pending -= recs.len();
             let partition = self.parts[split].partition;
             let bad = self.bad.as_mut().expect("bad-record policy set in open");
-            let batch = self.decoder.decode(partition, &recs, &mut |i, err| {
+            let mut on_bad = |i: usize, err: String| {
                 bad.handle(
                     partition,
                     recs.offsets[i],
@@ -365,7 +373,11 @@ impl KafkaSubtask {
                     recs.values.get(i),
                     &err,
                 )
-            })?;
+            };
+            let batch = match &mut self.evolution {
+                Some(ev) => ev.decode(&mut self.decoder, partition, &recs, &mut on_bad)?,
+                None => self.decoder.decode(partition, &recs, &mut on_bad)?,
+            };
             let last = *recs.offsets.last().expect("non-empty");
             self.parts[split].next = Some(last + 1);
             self.check_end(split, None);
@@ -421,7 +433,11 @@ impl Source for KafkaSubtask {
                 }
                 Entry::Schema { fields, .. } => {
                     let was = super::format::schema_from_json(&fields)?;
-                    if let Format::Json(now) = &self.spec.format {
+                    if let Some(ev) = &mut self.evolution {
+                        if ev.absorb(&was)? {
+                            self.decoder = Decoder::new(Format::Json(ev.current().clone()))?;
+                        }
+                    } else if let Format::Json(now) = &self.spec.format {
                         if was.fields() != now.fields() {
                             return Err(Error::Checkpoint(format!(
                                 "the checkpoint decoded topic '{}' with schema {was:?}, the job now uses {now:?}",
@@ -522,8 +538,16 @@ impl Source for KafkaSubtask {
                 offsets.push((p.partition, n));
             }
         }
-        if let Format::Json(s) = &self.spec.format {
-            entries.push(Entry::schema(&self.spec.topic, s)?.encode()?);
+        match (&self.evolution, &self.spec.format) {
+            (Some(ev), _) => {
+                for s in ev.history() {
+                    entries.push(Entry::schema(&self.spec.topic, s)?.encode()?);
+                }
+            }
+            (None, Format::Json(s)) => {
+                entries.push(Entry::schema(&self.spec.topic, s)?.encode()?);
+            }
+            (None, _) => {}
         }
         if self.spec.group.is_some() {
             self.uncommitted.push((checkpoint.0, offsets));

@@ -57,12 +57,15 @@ struct Answer {
 }
 
 impl Answer {
-    /// The body as text, cut short (a binary body is not worth printing).
+    /// The body as text, cut short for messages (a binary body is not
+    /// worth printing); search [`Answer::full_text`], whose length depends
+    /// on paths.
     fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body)
-            .chars()
-            .take(300)
-            .collect()
+        self.full_text().chars().take(300).collect()
+    }
+
+    fn full_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
     }
 }
 
@@ -202,7 +205,7 @@ fn concurrent_uploads_of_one_binary_cannot_poison_it() {
     let b = read_answer(b, false).0;
     assert_eq!(a.status, 201, "A: {}", a.text());
     assert_eq!(b.status, 400, "B: {}", b.text());
-    assert!(b.text().contains("hashes to"), "{}", b.text());
+    assert!(b.full_text().contains("hashes to"), "{}", b.full_text());
 
     let served = request(c.port(), "GET", &format!("/api/v1/artifacts/{sha}"));
     assert_eq!(served.status, 200, "{}", served.text());
@@ -242,7 +245,11 @@ fn a_corrupted_stored_binary_is_refused_and_replaced_by_an_upload() {
     let refused = request(c.port(), "GET", &path);
     assert_eq!(refused.status, 500, "{}", refused.text());
     for needle in ["corrupt", &sha, "uploaded again"] {
-        assert!(refused.text().contains(needle), "{}", refused.text());
+        assert!(
+            refused.full_text().contains(needle),
+            "{}",
+            refused.full_text()
+        );
     }
     assert!(!stored.exists(), "moved aside");
     assert!(artifacts_dir(&c).join(format!(".{sha}.corrupt")).exists());

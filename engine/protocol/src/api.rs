@@ -14,7 +14,7 @@ pub const MAX_KEY_GROUPS: usize = 32768;
 /// Life cycle of a job. The coordinator's state machine
 /// (`sluice-cluster`'s `coordinator::lifecycle`) lists the transitions.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum JobState {
     /// Submitted, waiting for its first attempt (for slots).
@@ -296,6 +296,7 @@ impl JobDescription {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SubmitJob {
     /// SHA-256 (hex) of the job binary, uploaded before.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[0-9a-f]{64}$"))]
     pub artifact: String,
     /// Arguments the binary runs with.
     pub args: Vec<String>,
@@ -619,8 +620,9 @@ pub struct ClusterInfo {
     pub slots: usize,
     /// Slots in use.
     pub used_slots: usize,
-    /// Jobs per state.
-    pub jobs: Vec<(JobState, usize)>,
+    /// Jobs per state (states without jobs are left out), in life-cycle
+    /// order.
+    pub jobs: std::collections::BTreeMap<JobState, usize>,
     /// Heartbeat timeout, ms.
     pub heartbeat_timeout_ms: u64,
     /// Control address executors dial.

@@ -15,6 +15,9 @@ use crate::error::Result;
 use crate::runtime::NodeMetrics;
 use crate::state::{OperatorSnapshot, RestoredState};
 
+/// How often a running task calls [`Operator::on_tick`] and [`Sink::on_tick`].
+pub const TICK: Duration = Duration::from_millis(200);
+
 /// Where an operator instance runs: its subtask index and the operator's
 /// parallelism, plus the key-group layout for keyed state.
 #[derive(Debug, Clone)]
@@ -142,6 +145,14 @@ pub trait Operator: Send {
         _out: &mut Collector,
     ) -> Result<Option<Watermark>> {
         Ok(Some(watermark))
+    }
+
+    /// Wall-clock time passed: called about every [`TICK`] while the task
+    /// runs, whether or not input arrives, so that processing-time duties
+    /// (a sink rolling a file by age or after inactivity) happen on a quiet
+    /// stream too. Emits nothing by default.
+    fn on_tick(&mut self, _ctx: &OperatorContext, _out: &mut Collector) -> Result<()> {
+        Ok(())
     }
 
     /// All channels of input `input` ended.
@@ -356,6 +367,12 @@ pub trait Sink: Send {
         Ok(())
     }
 
+    /// Wall-clock time passed (about every [`TICK`], with or without
+    /// input): roll files by age or inactivity here.
+    fn on_tick(&mut self, _ctx: &OperatorContext) -> Result<()> {
+        Ok(())
+    }
+
     /// The input ended: flush and close everything. With checkpoints, what
     /// is staged stays staged until the final checkpoint completes.
     fn close(&mut self, _ctx: &OperatorContext) -> Result<()> {
@@ -415,6 +432,9 @@ impl Operator for SinkOperator {
     ) -> Result<Option<Watermark>> {
         self.0.on_watermark(watermark, ctx)?;
         Ok(None)
+    }
+    fn on_tick(&mut self, ctx: &OperatorContext, _out: &mut Collector) -> Result<()> {
+        self.0.on_tick(ctx)
     }
     fn close(&mut self, ctx: &OperatorContext, _out: &mut Collector) -> Result<()> {
         self.0.close(ctx)

@@ -7,20 +7,29 @@
 //! so the UI and the CLI's reading commands behave the same against both.
 //! It knows the protocol's types and nothing of either side's internals.
 //!
-//! - [`routes`]: the job routes, listener binding, serving (HTTP or HTTPS)
-//!   and the Prometheus exposition.
+//! - [`routes`]: the job routes and the UI's, the token check, failures.
+//! - [`handlers`]: the handlers, each with its OpenAPI description (feature
+//!   `openapi`, from which the coordinator's document is generated).
+//! - [`metrics`]: the Prometheus metrics (histograms, and the state a view
+//!   shows).
+//! - [`server`]: listener binding and serving (HTTP or HTTPS).
 //! - [`ui`]: the page and script, compiled in.
 //! - [`security`]: the bearer token and the TLS files.
 //! - [`error`]: failures as the HTTP status codes need them.
 #![warn(missing_docs)]
 
+#[cfg(feature = "openapi")]
+pub mod doc;
 pub mod error;
+pub mod handlers;
+pub mod metrics;
 pub mod routes;
 pub mod security;
+pub mod server;
 pub mod ui;
 
 pub use error::{Error, Result};
-pub use routes::{
-    bind, blocking, exposition, routes, secure, serve, ui_routes, Answer, Failure, JobsView,
-};
+pub use metrics::Metrics;
+pub use routes::{blocking, routes, secure, ui_routes, Answer, Failure, JobsView, JsonBody};
 pub use security::{TlsFiles, Token};
+pub use server::{bind, serve};

@@ -6,14 +6,26 @@ use std::time::Duration;
 
 use clap::Parser;
 use sluice_connectors::kafka::{DecodePolicy, StartFrom};
-use sluice_connectors::parquet::ParquetSink;
+use sluice_connectors::parquet::{ParquetSink, PartitionSpec};
+use sluice_engine::checkpoint::Location;
 use sluice_engine::Env;
-use sluice_jobs::cli::{checkpoint_summary, init_logging, parse_duration, CheckpointArgs};
+use sluice_jobs::cli::{
+    checkpoint_summary, init_logging, parse_duration, parse_size, CheckpointArgs,
+};
 use sluice_jobs::kafka_to_parquet::{source, KafkaToParquetSpec, ValueFormat};
+use sluice_operators::prelude::*;
 
 /// Kafka topic into Parquet files, exactly once with checkpoints.
+///
+/// Every record becomes a row with `_partition`, `_offset`, `_timestamp`
+/// and the decoded value. Output goes to a directory or to
+/// s3://bucket/prefix, optionally into Hive-style partition directories.
+/// A file stays open across checkpoints and rolls by size, rows, age,
+/// inactivity or (with --watermark-delay) when its time partition has
+/// passed; a reader only ever sees complete files that a checkpoint
+/// committed.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, long_about, after_help = EXAMPLES)]
 struct Args {
     /// Bootstrap brokers, HOST:PORT[,HOST:PORT…].
     #[arg(long)]
@@ -30,12 +42,63 @@ struct Args {
     /// --format avro: the Avro writer schema (required).
     #[arg(long)]
     schema: Option<PathBuf>,
+    /// JSON: a record that gains a field, or widens a type compatibly
+    /// (integer to float, narrower to wider), changes the schema instead of
+    /// failing: later rows go to new files with the merged columns (nulls
+    /// where a record lacks a field). Incompatible records (a string where
+    /// a number was) stay bad: see --dead-letter-topic. Every schema used
+    /// is kept in the checkpoints.
+    #[arg(long)]
+    evolve_schema: bool,
     /// Records sampled to infer the JSON schema.
     #[arg(long, default_value_t = 1000)]
     infer_sample: usize,
-    /// Output directory for Parquet files.
+    /// Where the Parquet files go: a directory, or s3://bucket/prefix (S3
+    /// settings from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
+    /// and AWS_ENDPOINT plus AWS_ALLOW_HTTP=true for a local server).
     #[arg(long)]
-    output: PathBuf,
+    output: Location,
+    /// Hive-style partition directories, outermost first: comma-separated
+    /// fields, each COLUMN (by value: country=DE/; the column then lives in
+    /// the path, not in the files) or NAME=FUNC(COLUMN) with FUNC one of
+    /// year, month, date, day, hour of a timestamp column, e.g.
+    /// 'dt=date(_timestamp),hour=hour(_timestamp)'.
+    #[arg(long)]
+    partition_by: Option<String>,
+    /// Roll a file (finish it; it becomes visible when the next checkpoint
+    /// completes) once it holds this much: 128MiB, 512KB, 1000000.
+    #[arg(long, default_value = "128MiB", value_parser = parse_size)]
+    roll_size: u64,
+    /// Roll a file once it holds this many rows.
+    #[arg(long)]
+    roll_rows: Option<u64>,
+    /// Roll a file this long after it was opened.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    roll_interval: Duration,
+    /// Roll a file that received nothing for this long, so a quiet topic's
+    /// last records become visible.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    roll_inactivity: Duration,
+    /// Roll every file at every checkpoint: output visible one checkpoint
+    /// interval after it is read, at the price of a file per checkpoint,
+    /// subtask and partition.
+    #[arg(long)]
+    roll_on_checkpoint: bool,
+    /// Event time for time partitions: the --event-time column may arrive
+    /// this much out of order. Once the watermark passes the end of a time
+    /// partition (an hour for hour(COLUMN)), its files roll. Kafka
+    /// partitions that see no records for 5 s stop holding the watermark
+    /// back.
+    #[arg(long, value_parser = parse_duration)]
+    watermark_delay: Option<Duration>,
+    /// The column holding event time, for --watermark-delay: `_timestamp`
+    /// (the Kafka record's timestamp) or a timestamp column of the records.
+    #[arg(long, default_value = "_timestamp")]
+    event_time: String,
+    /// Object storage: bytes buffered per open file before they are
+    /// uploaded as one part (S3 needs at least 5MiB).
+    #[arg(long, default_value = "8MiB", value_parser = parse_size)]
+    upload_part_size: u64,
     /// Parallelism (partition p is read by subtask p % P).
     #[arg(long)]
     parallelism: Option<usize>,
@@ -91,12 +154,34 @@ fn main() -> anyhow::Result<()> {
         policy,
         checkpoint_dir: args.checkpoints.checkpoint_dir.clone(),
         partition_discovery: args.partition_discovery,
+        evolve_schema: args.evolve_schema,
     };
     let src = source(&spec)?;
     let stats = src.decode_stats();
     // Offsets and timestamps are distinct per record: no dictionary.
-    let sink = ParquetSink::new(&args.output).without_dictionary(["_offset", "_timestamp"]);
-    env.source(src).sink(sink);
+    let mut sink = ParquetSink::new(args.output.clone())
+        .without_dictionary(["_offset", "_timestamp"])
+        .max_file_size(usize::try_from(args.roll_size).unwrap_or(usize::MAX))
+        .rollover_interval(args.roll_interval)
+        .inactivity_interval(args.roll_inactivity)
+        .upload_part_size(usize::try_from(args.upload_part_size).unwrap_or(usize::MAX));
+    if let Some(rows) = args.roll_rows {
+        sink = sink.max_file_rows(rows);
+    }
+    if args.roll_on_checkpoint {
+        sink = sink.roll_at_checkpoints();
+    }
+    if let Some(spec) = &args.partition_by {
+        sink = sink.partition_by(PartitionSpec::parse(spec)?);
+    }
+    let stream = env.source(src);
+    let stream = match args.watermark_delay {
+        Some(d) => stream.watermarks(
+            bounded_out_of_orderness(&args.event_time, d).idle_after(Duration::from_secs(5)),
+        ),
+        None => stream,
+    };
+    stream.sink(sink);
     let result = env.execute()?;
     eprintln!(
         "kafka_to_parquet: {} records, {} ms, skipped={} dead_lettered={}, output in {}, {}",
@@ -104,8 +189,20 @@ fn main() -> anyhow::Result<()> {
         result.duration.as_millis(),
         stats.skipped(),
         stats.dead_lettered(),
-        args.output.display(),
+        args.output,
         checkpoint_summary(&result.checkpoints)
     );
     Ok(())
 }
+
+const EXAMPLES: &str = "\
+Examples:
+  # Every record once into local files, resumable after any crash
+  kafka_to_parquet --brokers 127.0.0.1:9092 --topic events --output out/ \\
+    --checkpoint-dir ck/
+
+  # Into S3, by country and hour of the record's timestamp
+  kafka_to_parquet --brokers 127.0.0.1:9092 --topic events \\
+    --output s3://lake/events --checkpoint-dir s3://lake/checkpoints/events \\
+    --partition-by 'country,dt=date(_timestamp),hour=hour(_timestamp)' \\
+    --watermark-delay 1m --roll-interval 5m";

@@ -108,6 +108,8 @@ fn main() -> anyhow::Result<()> {
                 },
                 checkpoint_dir: args.checkpoints.checkpoint_dir.clone(),
                 partition_discovery: Duration::from_secs(10),
+                // Windows need columns fixed at plan time.
+                evolve_schema: false,
             })?;
             window_stream(env.source(src), &spec)?
         }

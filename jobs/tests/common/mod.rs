@@ -3,6 +3,8 @@
 //! requests to a coordinator or an embedded job's web UI.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -97,6 +99,13 @@ pub struct S3Server {
 
 impl S3Server {
     pub fn start() -> S3Server {
+        Self::start_with(&[])
+    }
+
+    /// A server with extra settings in its environment (e.g. moto's
+    /// `S3_UPLOAD_PART_MIN_SIZE`, the smallest part but the last of a
+    /// multipart upload it accepts: S3's 5 MiB by default).
+    pub fn start_with(env: &[(&str, &str)]) -> S3Server {
         let bin = std::env::var_os("SLUICE_MOTO_SERVER")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| {
@@ -114,6 +123,7 @@ impl S3Server {
             .port();
         let child = std::process::Command::new(&bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -158,6 +168,47 @@ impl S3Server {
     /// `s3://` URL of `prefix` in the bucket.
     pub fn url(&self, prefix: &str) -> String {
         format!("s3://{}/{prefix}", self.bucket)
+    }
+
+    /// The endpoint URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// (key, ETag) of every object under `prefix` (up to 1000). A
+    /// multipart upload's ETag ends in `-PARTS`.
+    pub fn objects(&self, prefix: &str) -> Vec<(String, String)> {
+        let body = self
+            .try_request(
+                "GET",
+                &format!("/{}?list-type=2&prefix={prefix}", self.bucket),
+            )
+            .unwrap();
+        let field = |c: &str, f: &str| {
+            c.split(&format!("<{f}>"))
+                .nth(1)
+                .and_then(|v| v.split(&format!("</{f}>")).next())
+                .unwrap_or_default()
+                .replace("&quot;", "")
+                .replace('"', "")
+        };
+        body.split("<Contents>")
+            .skip(1)
+            .map(|c| (field(c, "Key"), field(c, "ETag")))
+            .collect()
+    }
+
+    /// Keys of the multipart uploads started and neither completed nor
+    /// aborted.
+    pub fn uploads_in_progress(&self) -> Vec<String> {
+        let body = self
+            .try_request("GET", &format!("/{}?uploads", self.bucket))
+            .unwrap();
+        body.split("<Upload>")
+            .skip(1)
+            .filter_map(|u| u.split("<Key>").nth(1)?.split("</Key>").next())
+            .map(str::to_string)
+            .collect()
     }
 
     /// Points a job process at this server.
@@ -211,4 +262,167 @@ pub fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, S
     let (head, body) = answer.split_once("\r\n\r\n").expect("a header block");
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
     (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// Every row of the Parquet dataset at `location` (a directory, or an
+/// `s3://` URL on `s3`), read by PyArrow with Hive partitioning (partition
+/// values become columns), as sorted-key JSON lines, counted; and the
+/// number of files PyArrow found. An independent reader: neither our
+/// writer's crate nor our naming.
+pub fn dataset_rows(location: &str, s3: Option<&S3Server>) -> (BTreeMap<String, usize>, usize) {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/tools.sh (scripts/test.sh does)",
+        python.display()
+    );
+    let mut c = std::process::Command::new(python);
+    c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/read_dataset.py"))
+        .arg(location);
+    if let Some(s3) = s3 {
+        s3.configure(&mut c);
+    }
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "reading {location} with PyArrow: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut rows = BTreeMap::new();
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        *rows.entry(line.to_string()).or_default() += 1;
+    }
+    let files = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .find_map(|l| l.strip_prefix("files="))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the reader reports its file count");
+    (rows, files)
+}
+
+/// One sample of a Prometheus text exposition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// A Prometheus text exposition (format 0.0.4), read strictly: every
+/// sample belongs to a family declared by `# TYPE`, label values are
+/// quoted, values parse as numbers. Written here, independently of the
+/// library that renders the exposition.
+#[derive(Debug, Default)]
+pub struct Exposition {
+    /// Family name → its type (`counter`, `gauge`, `histogram`, ...).
+    pub types: BTreeMap<String, String>,
+    pub samples: Vec<Sample>,
+}
+
+impl Exposition {
+    pub fn parse(text: &str) -> Exposition {
+        let mut out = Exposition::default();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
+                out.types.insert(name.to_string(), kind.to_string());
+                continue;
+            }
+            if line.starts_with("# HELP ") {
+                continue;
+            }
+            assert!(!line.starts_with('#'), "unexpected comment: {line}");
+            let (series, value) = line.rsplit_once(' ').expect("a value");
+            let value: f64 = match value {
+                "+Inf" => f64::INFINITY,
+                v => v.parse().unwrap_or_else(|e| panic!("{line}: {e}")),
+            };
+            let (name, labels) = match series.split_once('{') {
+                None => (series.to_string(), BTreeMap::new()),
+                Some((name, rest)) => {
+                    let body = rest.strip_suffix('}').expect("labels end with }");
+                    let mut labels = BTreeMap::new();
+                    let mut rest = body;
+                    while !rest.is_empty() {
+                        let (key, after) = rest.split_once("=\"").expect("label=\"value\"");
+                        let mut value = String::new();
+                        let mut chars = after.char_indices();
+                        let end = loop {
+                            let (i, c) = chars.next().expect("a closing quote");
+                            match c {
+                                '\\' => {
+                                    let (_, e) = chars.next().expect("an escaped character");
+                                    value.push(if e == 'n' { '\n' } else { e });
+                                }
+                                '"' => break i,
+                                c => value.push(c),
+                            }
+                        };
+                        labels.insert(key.to_string(), value);
+                        rest = after[end + 1..].trim_start_matches(',');
+                    }
+                    (name.to_string(), labels)
+                }
+            };
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|f| out.types.contains_key(*f)))
+                .unwrap_or(&name);
+            assert!(out.types.contains_key(family), "{name} has no # TYPE");
+            out.samples.push(Sample {
+                name,
+                labels,
+                value,
+            });
+        }
+        out
+    }
+
+    /// The value of the sample `name` whose labels include `labels`.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.samples
+            .iter()
+            .find(|s| {
+                s.name == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|s| s.value)
+    }
+
+    /// Histogram `name` for `job`: checks it is one (buckets cumulative,
+    /// ending at `+Inf` with the count) and returns its count and sum.
+    pub fn histogram(&self, name: &str, job: &str) -> Option<(f64, f64)> {
+        assert_eq!(
+            self.types.get(name).map(String::as_str),
+            Some("histogram"),
+            "{name}"
+        );
+        let count = self.value(&format!("{name}_count"), &[("job", job)])?;
+        let sum = self
+            .value(&format!("{name}_sum"), &[("job", job)])
+            .expect("a sum");
+        let buckets: Vec<(f64, f64)> = self
+            .samples
+            .iter()
+            .filter(|s| s.name == format!("{name}_bucket") && s.labels["job"] == job)
+            .map(|s| {
+                let le = match s.labels["le"].as_str() {
+                    "+Inf" => f64::INFINITY,
+                    le => le.parse().expect("a bound"),
+                };
+                (le, s.value)
+            })
+            .collect();
+        assert!(buckets.len() > 3, "{name}: too few buckets {buckets:?}");
+        assert!(
+            buckets
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "{name}: buckets not cumulative {buckets:?}"
+        );
+        assert_eq!(buckets.last(), Some(&(f64::INFINITY, count)), "{name}");
+        Some((count, sum))
+    }
 }

@@ -19,7 +19,7 @@
 mod server;
 mod start;
 
-pub use server::{ControlServer, HELLO_TIMEOUT, MAX_UNPROVEN};
+pub use server::{CheckpointHook, ControlServer, HELLO_TIMEOUT, MAX_UNPROVEN};
 pub use start::{CheckpointSetup, CheckpointStart};
 
 use std::collections::{HashMap, HashSet};
@@ -31,10 +31,10 @@ use crossbeam_channel::{Receiver, Sender};
 use tracing::{debug, info, warn};
 
 use sluice_engine::checkpoint::coordinator::{
-    Coordinator, CoordinatorMsg, SavepointRequest, TaskControl, TaskKey, TaskPort,
+    CompletionHook, Coordinator, CoordinatorMsg, SavepointRequest, TaskControl, TaskKey, TaskPort,
 };
 use sluice_engine::checkpoint::store::has_manifest;
-use sluice_engine::checkpoint::{CheckpointStats, Location, Storage};
+use sluice_engine::checkpoint::{CheckpointRecord, CheckpointStats, Location, Storage};
 use sluice_engine::data::CheckpointId;
 use sluice_engine::error::{Error, Result};
 use sluice_engine::runtime::JobControl;
@@ -144,6 +144,7 @@ impl ControlServer {
             events_rx,
             control: Arc::new(JobControl::default()),
             stats: cfg.stats,
+            on_checkpoint: self.attempts.on_checkpoint.get().cloned(),
             coordinator_thread: Mutex::new(None),
             coordinator_stopped: AtomicBool::new(false),
             ended: AtomicBool::new(false),
@@ -302,6 +303,8 @@ pub(crate) struct Attempt {
     /// The checkpoint coordinator's failure state.
     control: Arc<JobControl>,
     stats: Arc<Mutex<CheckpointStats>>,
+    /// Told of each completed checkpoint (the coordinator's metrics).
+    on_checkpoint: Option<CheckpointHook>,
     rejected: AtomicU64,
     /// A terminal event was sent or the attempt was cancelled.
     ended: AtomicBool,
@@ -504,6 +507,10 @@ impl Attempt {
                     }
                 }
             })),
+            on_complete: self.on_checkpoint.clone().map(|hook| {
+                let job = self.job_id.clone();
+                Arc::new(move |r: &CheckpointRecord| hook(&job, r)) as CompletionHook
+            }),
         };
         let me = self.clone();
         let thread = std::thread::Builder::new()

@@ -88,7 +88,14 @@ pub(crate) struct Attempts {
     pub(crate) current: Mutex<HashMap<String, Arc<Attempt>>>,
     /// Refused hellos that named no job with an attempt.
     pub(crate) refused_unknown: AtomicU64,
+    /// Told of every checkpoint an attempt completes.
+    pub(crate) on_checkpoint: std::sync::OnceLock<CheckpointHook>,
 }
+
+/// Told of every checkpoint or savepoint an attempt completes, with the
+/// attempt's job id: the coordinator's metrics.
+pub type CheckpointHook =
+    Arc<dyn Fn(&str, &sluice_engine::checkpoint::CheckpointRecord) + Send + Sync>;
 
 impl Attempts {
     /// Counts a refused hello or frame of `job` against its current
@@ -151,6 +158,14 @@ impl ControlServer {
     /// The address executors dial.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Tells `hook` of every checkpoint the attempts started from now on
+    /// complete (once; a second hook is ignored).
+    pub fn on_checkpoint_complete(&self, hook: CheckpointHook) {
+        if self.attempts.on_checkpoint.set(hook).is_err() {
+            warn!("a checkpoint hook was set already; the new one is ignored");
+        }
     }
 
     /// Hellos refused that named no job with an attempt.

@@ -1,6 +1,8 @@
 //! The coordinator's REST API: the job routes of [`jobs_api`] over the
 //! manager, plus what only a coordinator does (submissions, rescales,
-//! artifacts, worker registration and heartbeats). Handlers take the
+//! artifacts, worker registration and heartbeats, its OpenAPI document).
+//! Each handler carries its OpenAPI description (`#[utoipa::path]`);
+//! [`crate::routes`] builds the document from them. Handlers take the
 //! manager's lock only briefly; anything that waits (savepoints, artifact
 //! files) runs off the lock, and blocking work goes to `spawn_blocking`.
 //! Artifacts stream both ways: no handler holds a whole binary.
@@ -11,14 +13,16 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{post, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 
 use sluice_engine::error::{Error, Result};
 use sluice_protocol::api::{
-    Heartbeat, RegisterWorker, RescaleRequest, Rescaled, SubmitJob, Submitted,
+    ApiError, Heartbeat, HeartbeatReply, RegisterWorker, Registered, RescaleRequest, Rescaled,
+    SubmitJob, Submitted,
 };
-use sluice_web::{self as jobs_api, Answer, Failure, Token};
+use sluice_web::doc::{Binary, Unauthorized};
+use sluice_web::{self as jobs_api, Answer, Failure, JsonBody, Token};
 
 use super::artifacts::{ArtifactError, Uploaded, DOWNLOAD_CHUNK};
 use super::manager::Manager;
@@ -75,7 +79,26 @@ pub fn router(manager: Arc<Manager>, token: Option<Arc<Token>>) -> Router {
         .route("/api/v1/workers/{id}/heartbeat", post(heartbeat));
     jobs_api::secure(api, token)
         .merge(jobs_api::ui_routes())
+        .route("/api/v1/openapi.json", get(openapi))
         .with_state(manager)
+}
+
+/// The OpenAPI document of this API.
+///
+/// Generated from the handlers. Like the web UI it holds nothing of the
+/// cluster's, so it needs no token.
+#[utoipa::path(
+    get, path = "/api/v1/openapi.json", tag = "api", operation_id = "getOpenApi",
+    responses((status = 200, description = "This document.", body = Object, content_type = "application/json")),
+)]
+async fn openapi() -> Response {
+    static DOCUMENT: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(crate::routes::document);
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        DOCUMENT.as_str(),
+    )
+        .into_response()
 }
 
 /// A standby's routes: every request gets 503, naming the leader.
@@ -100,6 +123,22 @@ pub fn standby(data_dir: std::path::PathBuf) -> Router {
     })
 }
 
+/// Submits a job whose binary was uploaded.
+///
+/// The binary goes first to `PUT /api/v1/artifacts/{sha256}`. The body is
+/// read as bytes and its job description's protocol version checked
+/// before the rest, so a client of another release is told both versions.
+#[utoipa::path(
+    post, path = "/api/v1/jobs", tag = "jobs", operation_id = "submitJob",
+    security(("bearer" = [])),
+    request_body(content = SubmitJob, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Accepted; the job waits for slots.", body = Submitted),
+        (status = 400, description = "Malformed request, a description of another protocol version, or a plan that cannot run.", body = ApiError),
+        (status = 404, description = "The artifact was not uploaded.", body = ApiError),
+        Unauthorized,
+    ),
+)]
 async fn submit(
     State(m): Shared,
     body: axum::body::Bytes,
@@ -109,6 +148,25 @@ async fn submit(
     Ok((StatusCode::CREATED, Json(Submitted { job_id })))
 }
 
+/// Rescales a running job.
+///
+/// The job stops with a savepoint and runs on from there with the new
+/// plan; the answer comes once the savepoint is complete. The body's job
+/// description is version-checked first, as a submission's.
+#[utoipa::path(
+    post, path = "/api/v1/jobs/{id}/rescale", tag = "jobs", operation_id = "rescaleJob",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Job id.")),
+    request_body(content = RescaleRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The job runs on from the savepoint.", body = Rescaled),
+        (status = 400, description = "Malformed request, a description of another protocol version, other operators, or more slots than the live workers offer.", body = ApiError),
+        (status = 404, description = "No such job.", body = ApiError),
+        (status = 409, description = "The job is not running.", body = ApiError),
+        (status = 500, description = "The savepoint failed; the job restarts at its old parallelism.", body = ApiError),
+        Unauthorized,
+    ),
+)]
 async fn rescale(
     State(m): Shared,
     Path(id): Path<String>,
@@ -150,6 +208,21 @@ fn artifact_failure(e: ArtifactError) -> Failure {
 /// Streams the body to a temporary file of its own, hashing as it goes;
 /// renamed into place only when the content matches its address (see
 /// [`super::artifacts`]). 201 when stored, 200 when a verified copy was.
+#[utoipa::path(
+    put, path = "/api/v1/artifacts/{sha256}", tag = "artifacts", operation_id = "uploadArtifact",
+    summary = "Uploads a job binary under its SHA-256.",
+    description = "Stored only when the content hashes to its address.",
+    security(("bearer" = [])),
+    params(("sha256" = String, Path, description = "SHA-256 of the content, lowercase hex.", pattern = "^[0-9a-f]{64}$")),
+    request_body(content = Binary, description = "The job binary.", content_type = "application/octet-stream"),
+    responses(
+        (status = 201, description = "Stored."),
+        (status = 200, description = "Stored already (its time is refreshed)."),
+        (status = 400, description = "Not a SHA-256, an interrupted upload, or content that hashes to another address.", body = ApiError),
+        (status = 413, description = "Larger than --max-artifact-bytes, or the store would exceed --max-artifact-store-bytes.", body = ApiError),
+        Unauthorized,
+    ),
+)]
 async fn upload(
     State(m): Shared,
     Path(sha): Path<String>,
@@ -172,6 +245,19 @@ async fn upload(
 
 /// 200 when the artifact is stored and verified, 404 otherwise (a corrupt
 /// one is moved aside first, so the client uploads it again); no body.
+#[utoipa::path(
+    head, path = "/api/v1/artifacts/{sha256}", tag = "artifacts", operation_id = "artifactExists",
+    summary = "Whether a job binary is stored.",
+    description = "A corrupt stored copy is moved aside and answered 404, so the client uploads it again.",
+    security(("bearer" = [])),
+    params(("sha256" = String, Path, description = "SHA-256 of the content, lowercase hex.", pattern = "^[0-9a-f]{64}$")),
+    responses(
+        (status = 200, description = "Stored."),
+        (status = 400, description = "Not a SHA-256."),
+        (status = 404, description = "Not stored."),
+        Unauthorized,
+    ),
+)]
 async fn exists(
     State(m): Shared,
     Path(sha): Path<String>,
@@ -189,6 +275,20 @@ async fn exists(
 /// Streams the verified binary from the file descriptor that was verified,
 /// a chunk at a time: memory per download stays at a chunk, whatever the
 /// binary's size.
+#[utoipa::path(
+    get, path = "/api/v1/artifacts/{sha256}", tag = "artifacts", operation_id = "downloadArtifact",
+    summary = "A stored job binary.",
+    description = "Workers and `sluice rescale` fetch it. Verified against its address before it is served.",
+    security(("bearer" = [])),
+    params(("sha256" = String, Path, description = "SHA-256 of the content, lowercase hex.", pattern = "^[0-9a-f]{64}$")),
+    responses(
+        (status = 200, description = "The content.", body = Binary, content_type = "application/octet-stream"),
+        (status = 400, description = "Not a SHA-256.", body = ApiError),
+        (status = 404, description = "Not stored.", body = ApiError),
+        (status = 500, description = "The stored copy was corrupt; it was moved aside, so an upload replaces it.", body = ApiError),
+        Unauthorized,
+    ),
+)]
 async fn download(
     State(m): Shared,
     Path(sha): Path<String>,
@@ -211,18 +311,45 @@ async fn download(
         .into_response())
 }
 
-async fn register(
-    State(m): Shared,
-    Json(req): Json<RegisterWorker>,
-) -> Answer<sluice_protocol::api::Registered> {
+/// Registers a worker.
+///
+/// A worker registers again, under its old id, after a coordinator
+/// restart.
+#[utoipa::path(
+    post, path = "/api/v1/workers", tag = "workers", operation_id = "registerWorker",
+    security(("bearer" = [])),
+    request_body(content = RegisterWorker, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Registered.", body = Registered),
+        (status = 400, description = "Malformed request.", body = ApiError),
+        Unauthorized,
+    ),
+)]
+async fn register(State(m): Shared, JsonBody(req): JsonBody<RegisterWorker>) -> Answer<Registered> {
     Ok(Json(blocking(move || m.register(req)).await?))
 }
 
+/// A worker's heartbeat.
+///
+/// It reports the state of the worker's executors; the answer lists every
+/// executor wanted on it.
+#[utoipa::path(
+    post, path = "/api/v1/workers/{id}/heartbeat", tag = "workers", operation_id = "heartbeat",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Worker id.")),
+    request_body(content = Heartbeat, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The executors to run.", body = HeartbeatReply),
+        (status = 400, description = "Malformed request.", body = ApiError),
+        (status = 404, description = "Unknown worker: register again.", body = ApiError),
+        Unauthorized,
+    ),
+)]
 async fn heartbeat(
     State(m): Shared,
     Path(id): Path<String>,
-    Json(hb): Json<Heartbeat>,
-) -> Answer<sluice_protocol::api::HeartbeatReply> {
+    JsonBody(hb): JsonBody<Heartbeat>,
+) -> Answer<HeartbeatReply> {
     // A heartbeat that reports a failed executor writes job metadata.
     let reply = blocking({
         let id = id.clone();
@@ -238,13 +365,13 @@ async fn heartbeat(
 mod tests {
     use super::*;
     use crate::coordinator::CoordinatorConfig;
-    use crate::routes::ROUTES;
+    use crate::routes::routes;
 
-    /// Every route `api::ROUTES` lists (and `openapi.json` describes) is
-    /// served: none gets axum's answer for a path or method it does not
-    /// route (an empty 404, or 405).
+    /// Every route the OpenAPI document describes is served: none gets
+    /// axum's answer for a path or method it does not route (an empty
+    /// 404, or 405).
     #[tokio::test]
-    async fn every_listed_route_is_served() {
+    async fn every_documented_route_is_served() {
         let dir = tempfile::tempdir().unwrap();
         let config = CoordinatorConfig::new("127.0.0.1:0".parse().unwrap(), dir.path());
         let manager = tokio::task::spawn_blocking(move || Manager::open(config))
@@ -255,11 +382,17 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, router(manager, None)).await });
         let http = reqwest::Client::new();
-        for route in ROUTES {
-            let (method, path) = route.split_once(' ').unwrap();
+        let routes = routes();
+        assert!(routes.len() >= 20, "{routes:?}");
+        for (method, path) in &routes {
+            let route = format!("{method} {path}");
             let path = path
                 .replace("{id}", "x")
                 .replace("{sha256}", &"0".repeat(64));
+            assert!(
+                !path.contains('{'),
+                "{route}: a parameter the test does not fill"
+            );
             let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
             let mut request = http.request(method.clone(), format!("http://{addr}{path}"));
             if method == reqwest::Method::POST || method == reqwest::Method::PUT {
@@ -289,6 +422,68 @@ mod tests {
         assert!(answer.bytes().await.unwrap().is_empty());
     }
 
+    /// The coordinator serves its generated document without a token; a
+    /// JSON body that does not parse gets a 400 with an `ApiError` naming
+    /// what is wrong, as the document says of every failure.
+    #[tokio::test]
+    async fn the_document_is_served_and_bad_bodies_get_api_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = CoordinatorConfig::new("127.0.0.1:0".parse().unwrap(), dir.path());
+        let manager = tokio::task::spawn_blocking(move || Manager::open(config))
+            .await
+            .unwrap()
+            .unwrap();
+        let token = Arc::new(Token::new("t0ken").unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router(manager, Some(token))).await });
+        let http = reqwest::Client::new();
+
+        let answer = http
+            .get(format!("http://{addr}/api/v1/openapi.json"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(answer.text().await.unwrap(), crate::routes::document());
+
+        for (path, body, want) in [
+            ("/api/v1/workers", "{}", "slots"),
+            (
+                "/api/v1/workers/w-1/heartbeat",
+                "[]",
+                "malformed request body",
+            ),
+            (
+                "/api/v1/jobs/x/savepoint",
+                "not json",
+                "malformed request body",
+            ),
+        ] {
+            let answer = http
+                .post(format!("http://{addr}{path}"))
+                .bearer_auth("t0ken")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), StatusCode::BAD_REQUEST, "{path}");
+            let error: ApiError = serde_json::from_str(&answer.text().await.unwrap()).unwrap();
+            assert!(error.error.contains(want), "{path}: {}", error.error);
+        }
+        let answer = http
+            .get(format!("http://{addr}/api/v1/jobs"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.status(),
+            StatusCode::UNAUTHORIZED,
+            "the API still wants the token"
+        );
+    }
+
     /// A submission whose job description is of another protocol version
     /// is refused naming both versions, before anything else in it is read.
     #[tokio::test]
@@ -303,14 +498,15 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, router(manager, None)).await });
         let http = reqwest::Client::new();
+        let ours = format!("version {}", sluice_protocol::PROTOCOL_VERSION);
         for (body, want) in [
             (
                 r#"{"artifact":"x","args":[],"description":{"protocol":2,"name":"old","vertices":7}}"#,
-                &["version 2", "version 3"][..],
+                &["version 2", ours.as_str()][..],
             ),
             (
                 r#"{"artifact":"x","args":[],"description":{"name":"older"}}"#,
-                &["version 0", "version 3"][..],
+                &["version 0", ours.as_str()][..],
             ),
             (r#"{"artifact":"x"}"#, &["malformed submission"][..]),
             ("not json", &["malformed submission"][..]),

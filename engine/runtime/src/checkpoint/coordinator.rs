@@ -203,6 +203,11 @@ impl TaskPort for Sender<TaskControl> {
 /// must know where to write before any barrier reaches them.
 pub type PrepareHook = Box<dyn FnMut(u64, &Storage, bool) + Send>;
 
+/// Told of every checkpoint or savepoint the coordinator completes, once,
+/// after its manifest is written and before tasks are told to commit: the
+/// place metrics observe each completed checkpoint.
+pub type CompletionHook = Arc<dyn Fn(&CheckpointRecord) + Send + Sync>;
+
 /// A graph node as the manifest records it.
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
@@ -243,6 +248,8 @@ pub struct Coordinator {
     pub control: Arc<JobControl>,
     /// Announces each checkpoint's directory before its trigger.
     pub prepare: Option<PrepareHook>,
+    /// Told of each completed checkpoint.
+    pub on_complete: Option<CompletionHook>,
 }
 
 /// A task's acknowledgement: files per node, bytes, uploaded bytes, alignment time.
@@ -538,14 +545,15 @@ impl Coordinator {
             final_checkpoint = f.is_final,
             "checkpoint complete"
         );
-        self.stats
-            .lock()
-            .expect("stats lock")
-            .record(CheckpointRecord {
-                id: id.0,
-                savepoint: f.savepoint.is_some(),
-                figures,
-            });
+        let record = CheckpointRecord {
+            id: id.0,
+            savepoint: f.savepoint.is_some(),
+            figures,
+        };
+        if let Some(hook) = &self.on_complete {
+            hook(&record);
+        }
+        self.stats.lock().expect("stats lock").record(record);
         if let Some(req) = &f.savepoint {
             if req.stop {
                 self.control.stop();
@@ -592,6 +600,7 @@ mod tests {
     fn start(
         root: &std::path::Path,
         interval: Duration,
+        on_complete: Option<CompletionHook>,
     ) -> (
         Sender<CoordinatorMsg>,
         Receiver<TaskControl>,
@@ -624,6 +633,7 @@ mod tests {
             stats: stats.clone(),
             control: control.clone(),
             prepare: None,
+            on_complete,
         };
         let thread = thread::spawn(move || coordinator.run());
         (tx, task_rx, stats, Stop { control, thread })
@@ -669,7 +679,8 @@ mod tests {
     #[test]
     fn savepoints_are_taken_in_the_order_they_were_asked_for() {
         let dir = tempfile::tempdir().unwrap();
-        let (tx, task, _, coordinator) = start(&dir.path().join("ck"), Duration::from_secs(3600));
+        let (tx, task, _, coordinator) =
+            start(&dir.path().join("ck"), Duration::from_secs(3600), None);
         // The task holds its first acknowledgement until two more
         // requests wait behind the first: first asked, first taken.
         let (a, a_reply) = savepoint(&dir.path().join("a"), false);
@@ -708,7 +719,8 @@ mod tests {
     #[test]
     fn requests_queued_behind_a_stopping_savepoint_are_answered() {
         let dir = tempfile::tempdir().unwrap();
-        let (tx, task, _, coordinator) = start(&dir.path().join("ck"), Duration::from_secs(3600));
+        let (tx, task, _, coordinator) =
+            start(&dir.path().join("ck"), Duration::from_secs(3600), None);
         let (stop, stop_reply) = savepoint(&dir.path().join("stop"), true);
         let (later, later_reply) = savepoint(&dir.path().join("later"), false);
         tx.send(CoordinatorMsg::Savepoint(stop)).unwrap();
@@ -734,7 +746,12 @@ mod tests {
         // Where checkpoint 1's directory would go stands a file: its
         // manifest cannot be written (whoever runs the test).
         std::fs::write(root.join(checkpoint_dir_name(1)), b"in the way").unwrap();
-        let (tx, task, stats, coordinator) = start(&root, Duration::from_millis(20));
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let hook: CompletionHook = {
+            let heard = heard.clone();
+            Arc::new(move |r: &CheckpointRecord| heard.lock().unwrap().push(r.id))
+        };
+        let (tx, task, stats, coordinator) = start(&root, Duration::from_millis(20), Some(hook));
         let seen = ack_triggers(tx.clone(), task);
         // The task is told, as for any aborted checkpoint, and the
         // coordinator goes on: the next checkpoint completes.
@@ -750,6 +767,11 @@ mod tests {
         assert_eq!(told, ["abort 1", "complete 2"]);
         let s = stats.lock().unwrap().clone();
         assert_eq!((s.aborted, s.completed), (1, 1));
+        // The completion hook (metrics) heard the completed one, once,
+        // before the task was told; the aborted one never.
+        let heard = heard.lock().unwrap().clone();
+        assert_eq!(heard[0], 2, "{heard:?}");
+        assert!(heard.windows(2).all(|w| w[0] < w[1]), "{heard:?}");
         assert!(root
             .join(checkpoint_dir_name(2))
             .join("_manifest.json")

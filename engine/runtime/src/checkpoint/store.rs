@@ -237,13 +237,22 @@ fn read_verified(dir: &Storage, f: &FileRef) -> Result<Vec<u8>> {
 }
 
 /// Reads keyed-state batches from a verified file.
+///
+/// The checksum only says the file is what was written; a file written by
+/// a buggy build or edited by hand can still be inconsistent Arrow IPC, on
+/// which arrow's decoder may panic (it asserts in `Buffer::slice`; the
+/// `untrusted_checkpoints` test finds such files). A restore must fail
+/// with an error naming the file instead, so the panic is caught here, as
+/// the exchange's decoder does for peers' bytes. This relies on
+/// unwinding: the workspace must not set `panic = "abort"`.
 pub fn read_keyed(dir: &Storage, f: &FileRef) -> Result<Vec<RecordBatch>> {
     let bytes = read_verified(dir, f)?;
-    let reader = FileReader::try_new(std::io::Cursor::new(bytes), None)
-        .map_err(|e| Error::Checkpoint(format!("{}: {e}", f.path)))?;
-    reader
-        .map(|b| b.map_err(|e| Error::Checkpoint(format!("{}: {e}", f.path))))
-        .collect()
+    let bad = |e: &dyn std::fmt::Display| Error::Checkpoint(format!("{}: {e}", f.path));
+    let decoded = std::panic::catch_unwind(move || -> Result<Vec<RecordBatch>> {
+        let reader = FileReader::try_new(std::io::Cursor::new(bytes), None).map_err(|e| bad(&e))?;
+        reader.map(|b| b.map_err(|e| bad(&e))).collect()
+    });
+    decoded.unwrap_or_else(|_| Err(bad(&"malformed Arrow IPC (the decoder panicked)")))
 }
 
 /// Reads operator-state entries from a verified file.

@@ -31,8 +31,8 @@ use crossbeam_channel::{Receiver, Sender};
 use tracing::{info, warn};
 
 use crate::checkpoint::coordinator::{
-    run_writer, CheckpointDirs, Coordinator, CoordinatorMsg, NodeInfo, SavepointRequest,
-    TaskControl, TaskKey, TaskPort, TaskSnapshot,
+    run_writer, CheckpointDirs, CompletionHook, Coordinator, CoordinatorMsg, NodeInfo,
+    SavepointRequest, TaskControl, TaskKey, TaskPort, TaskSnapshot,
 };
 use crate::checkpoint::restore::RestorePlan;
 use crate::checkpoint::restore::StartPoint;
@@ -414,22 +414,26 @@ pub fn start_embedded(graph: &LogicalGraph, config: &JobConfig) -> Result<JobHan
     let user_cancel = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(Mutex::new(CheckpointStats::default()));
     #[cfg(feature = "ui")]
-    let ui = match config.ui {
-        Some(addr) => Some(
-            ui::EmbeddedView::new(
+    let (ui, on_complete) = match config.ui {
+        Some(addr) => {
+            let view = ui::EmbeddedView::new(
                 graph,
                 &plan,
                 config,
                 current.clone(),
                 user_cancel.clone(),
                 stats.clone(),
-            )
-            .serve(addr)?,
-        ),
-        None => None,
+            );
+            let hook = view.completion_hook();
+            (Some(view.serve(addr)?), Some(hook))
+        }
+        None => (None, None),
     };
     #[cfg(not(feature = "ui"))]
-    config.check_features()?;
+    let on_complete = {
+        config.check_features()?;
+        None
+    };
     let (graph, config) = (graph.clone(), config.clone());
     let driver = Driver {
         graph,
@@ -438,6 +442,7 @@ pub fn start_embedded(graph: &LogicalGraph, config: &JobConfig) -> Result<JobHan
         current: current.clone(),
         user_cancel: user_cancel.clone(),
         stats: stats.clone(),
+        on_complete,
     };
     let ended = current.clone();
     let thread = std::thread::Builder::new()
@@ -473,6 +478,8 @@ struct Driver {
     current: Arc<Mutex<Current>>,
     user_cancel: Arc<AtomicBool>,
     stats: Arc<Mutex<CheckpointStats>>,
+    /// Told of each completed checkpoint (the web UI's metrics).
+    on_complete: Option<CompletionHook>,
 }
 
 /// Where an attempt starts.
@@ -603,6 +610,7 @@ impl Driver {
                 stats: self.stats.clone(),
                 control: control.clone(),
                 prepare: None,
+                on_complete: self.on_complete.clone(),
             };
             drop(wtx);
             side_threads.push(spawn_writer(wrx, dirs, ctx.clone())?);

@@ -23,7 +23,9 @@ use crate::data::{Barrier, BarrierKind, CheckpointId, StreamMessage, Watermark};
 use crate::error::{Error, Result};
 use crate::exchange::partition::EdgeWriter;
 use crate::graph::{LogicalGraph, NodeKind};
-use crate::operator::{Collector, Operator, OperatorContext, SinkOperator, Source, SourcePoll};
+use crate::operator::{
+    Collector, Operator, OperatorContext, SinkOperator, Source, SourcePoll, TICK,
+};
 use crate::plan::Vertex;
 use crate::state::OperatorSnapshot;
 
@@ -214,6 +216,22 @@ impl Chain {
         }
         if idx + 1 < self.members.len() {
             self.watermark(idx + 1, wm)?;
+        }
+        Ok(())
+    }
+
+    /// Calls every member's [`Operator::on_tick`] when [`TICK`] has passed
+    /// since the last call.
+    fn tick(&mut self, last: &mut Instant) -> Result<()> {
+        if last.elapsed() < TICK {
+            return Ok(());
+        }
+        *last = Instant::now();
+        for idx in 0..self.members.len() {
+            let m = &mut self.members[idx];
+            let mut out = Collector::default();
+            m.op.on_tick(&m.ctx, &mut out)?;
+            self.route(idx, out)?;
         }
         Ok(())
     }
@@ -566,10 +584,12 @@ fn run_source(
     control: &JobControl,
     ck: Option<&Checkpointer>,
 ) -> Result<Outcome> {
+    let mut last_tick = Instant::now();
     loop {
         if control.is_cancelled() {
             return Err(Error::Cancelled);
         }
+        chain.tick(&mut last_tick)?;
         if let Some(c) = ck {
             while let Ok(msg) = c.ck.control.try_recv() {
                 match msg {
@@ -642,6 +662,7 @@ fn run_inputs(
     let mut open = vec![true; n];
     let mut remaining = n;
     let mut align_start: Option<Instant> = None;
+    let mut last_tick = Instant::now();
     // The select is rebuilt whenever the set of readable channels changes
     // (a channel blocked by alignment, released, or ended).
     'rebuild: while remaining > 0 {
@@ -654,7 +675,9 @@ fn run_inputs(
         }
         let ctl = ck.map(|c| (sel.recv(&c.ck.control), c));
         loop {
-            let op = match sel.select_timeout(CANCEL_POLL) {
+            let selected = sel.select_timeout(CANCEL_POLL);
+            chain.tick(&mut last_tick)?;
+            let op = match selected {
                 Ok(op) => op,
                 Err(_) => {
                     if control.is_cancelled() {

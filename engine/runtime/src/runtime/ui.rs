@@ -13,13 +13,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::{info, warn};
 
 use super::{cancel, counters, request_savepoint, Current, JobConfig};
-use crate::checkpoint::{CheckpointStats, Location};
+use crate::checkpoint::coordinator::CompletionHook;
+use crate::checkpoint::{CheckpointRecord, CheckpointStats, Location};
 use sluice_protocol::api::{
     Checkpoints, ClusterInfo, JobDescription, JobResults, JobState, JobStatus, Placement,
     SavepointRequest, SavepointTaken, WorkerInfo,
 };
 use sluice_protocol::results::LatestRows;
-use sluice_web::{self as jobs_api, JobsView, Token};
+use sluice_web::{self as jobs_api, JobsView, Metrics, Token};
 
 use crate::error::{Error, Result};
 use crate::executor::describe::describe;
@@ -43,6 +44,7 @@ pub(crate) struct EmbeddedView {
     user_cancel: Arc<AtomicBool>,
     stats: Arc<Mutex<CheckpointStats>>,
     results: Mutex<LatestRows>,
+    metrics: Arc<Metrics>,
 }
 
 /// The UI's thread; dropping it stops the server.
@@ -89,7 +91,17 @@ impl EmbeddedView {
             user_cancel,
             stats,
             results: Mutex::default(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// What the checkpoint coordinator calls for each completed
+    /// checkpoint: the histograms `/metrics` shows.
+    pub(crate) fn completion_hook(&self) -> CompletionHook {
+        let metrics = self.metrics.clone();
+        Arc::new(move |r: &CheckpointRecord| {
+            metrics.checkpoint_completed(EMBEDDED_JOB_ID, &r.figures);
+        })
     }
 
     /// Binds `addr` (failing here if it cannot) and serves on a thread.
@@ -267,7 +279,7 @@ impl JobsView for EmbeddedView {
             workers_alive: 1,
             slots,
             used_slots: if state == JobState::Running { slots } else { 0 },
-            jobs: vec![(state, 1)],
+            jobs: [(state, 1)].into(),
             heartbeat_timeout_ms: 0,
             control: String::new(),
         }
@@ -296,5 +308,9 @@ impl JobsView for EmbeddedView {
         Ok(SavepointTaken {
             location: location.to_string(),
         })
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 }

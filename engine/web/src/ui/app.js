@@ -111,7 +111,7 @@ function select(id) {
 }
 
 function renderSummary(c) {
-  const jobs = (c.jobs || []).filter(([, n]) => n > 0).map(([s, n]) => el("span", {}, s.toLowerCase() + " ", el("b", {}, n)));
+  const jobs = Object.entries(c.jobs || {}).filter(([, n]) => n > 0).map(([s, n]) => el("span", {}, s.toLowerCase() + " ", el("b", {}, n)));
   document.getElementById("summary").replaceChildren(
     el("span", {}, "workers ", el("b", {}, c.workers_alive)),
     el("span", {}, "slots ", el("b", {}, c.used_slots + " / " + c.slots)),

@@ -5,15 +5,16 @@
 //! Settings come from flags, then environment variables (clap's `env`),
 //! then the TOML file named by `--config` / `SLUICE_CONFIG` (sections
 //! `[coordinator]`, `[worker]`, `[client]`, keys = flag names with
-//! underscores), then built-in defaults (`sluice/config.rs`). Output meant
-//! for scripts goes to stdout; logs go to stderr.
+//! underscores), then built-in defaults; each is declared once
+//! (`sluice/config.rs`), and `sluice config defaults` lists them. Output
+//! meant for scripts goes to stdout; logs go to stderr.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
-use clap::{Parser, Subcommand};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use sluice_cluster::artifact::{sha256_of_file, ArtifactCache};
 use sluice_cluster::client::{Client, Submission};
 use sluice_cluster::coordinator;
@@ -22,11 +23,14 @@ use sluice_cluster::worker;
 use sluice_protocol::api::{JobDescription, JobStatus, RescaleRequest, Rescaled, SavepointRequest};
 
 mod config;
+mod follow;
+mod output;
 
 use config::{
-    client, coordinator_config, load_file, worker_config, ClientArgs, ClientFile, CoordinatorArgs,
-    SubmitArgs, WorkerArgs,
+    client, coordinator_config, load_file, submit_settings, worker_config, ClientArgs,
+    CoordinatorArgs, FileConfig, HumanDuration, SubmitArgs, WorkerArgs,
 };
+use output::{checkpoints_text, jobs_table, status_text, table};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -58,7 +62,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Shows a job's state (first line) and details.
+    /// Shows a job's state (first line), details and operators.
     Status {
         #[command(flatten)]
         client: ClientArgs,
@@ -67,6 +71,12 @@ enum Command {
         /// Print the JobStatus JSON.
         #[arg(long)]
         json: bool,
+        /// Show it again whenever it changes, until the job ends; exits non-zero unless it FINISHED.
+        #[arg(long)]
+        watch: bool,
+        /// How often --watch asks.
+        #[arg(long, value_name = "DURATION", default_value = "1s")]
+        interval: HumanDuration,
     },
     /// Cancels a job.
     Cancel {
@@ -74,6 +84,22 @@ enum Command {
         client: ClientArgs,
         /// Job id.
         job_id: String,
+        /// Do not ask for confirmation (asked only when stdin is a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+    /// Takes a savepoint and stops the job (savepoint --stop); prints the savepoint's location.
+    Stop {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Job id.
+        job_id: String,
+        /// Where the savepoint goes (directory or s3:// URL).
+        #[arg(long, env = "SLUICE_SAVEPOINT_DIR", value_name = "DIR")]
+        dir: String,
+        /// Do not ask for confirmation (asked only when stdin is a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// Takes a savepoint; prints its location.
     Savepoint {
@@ -87,6 +113,9 @@ enum Command {
         /// Stop the job once the savepoint is taken.
         #[arg(long)]
         stop: bool,
+        /// Do not ask for confirmation of --stop (asked only when stdin is a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// Rescales a running job: stops it with a savepoint and runs it on
     /// from there at the new parallelism; prints the savepoint.
@@ -101,16 +130,22 @@ enum Command {
         /// The job's binary here (checked against the job's SHA-256), instead of fetching it from the coordinator.
         #[arg(long, value_name = "JOB_BINARY")]
         binary: Option<PathBuf>,
+        /// Do not ask for confirmation (asked only when stdin is a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
-    /// Shows a job's checkpoints.
+    /// Shows a job's checkpoints, newest first.
     Checkpoints {
         #[command(flatten)]
         client: ClientArgs,
         /// Job id.
         job_id: String,
-        /// Print JSON.
+        /// Print JSON (every checkpoint the coordinator keeps).
         #[arg(long)]
         json: bool,
+        /// Show at most this many.
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        limit: usize,
     },
     /// Shows the newest rows each sink of a job received.
     Results {
@@ -138,10 +173,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Prints the REST API's OpenAPI document (JSON), as the coordinator
+    /// serves it at /api/v1/openapi.json.
+    Openapi,
+    /// About the settings themselves.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Prints every setting with its flag, environment variable, default
+    /// and meaning (Markdown; docs/config.md).
+    Defaults,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The matches tell where each value came from (flag, variable or
+    // default), which decides whether the --config file may replace it.
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let service = matches!(cli.command, Command::Coordinator(_) | Command::Worker(_));
     init_tracing(service);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -154,7 +208,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, &matches)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sluice: error: {}", error_text(&e));
@@ -178,23 +232,48 @@ fn init_tracing(service: bool) {
         .init();
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
     let file = load_file(cli.config.as_deref())?;
+    let m = matches
+        .subcommand()
+        .map(|(_, m)| m)
+        .ok_or_else(|| anyhow!("no command given"))?;
+    let client = |c: &ClientArgs| client(c, m, &file);
     match cli.command {
         Command::Coordinator(args) => {
-            let config = coordinator_config(&args, &file.coordinator)?;
+            let config = coordinator_config(&args, m, &file)?;
             coordinator::serve(config).await?;
         }
         Command::Worker(args) => {
-            let config = worker_config(&args, &file.worker)?;
+            let config = worker_config(&args, m, &file)?;
             worker::run(config).await?;
         }
         Command::Submit(args) => {
-            let job_id = submit(&args, &file.client).await?;
+            let job_id = submit(&args, m, &file).await?;
             println!("{job_id}");
+            if args.wait || args.follow {
+                let client = client(&args.client)?;
+                let every = Duration::from_millis(500);
+                let end = if args.follow {
+                    follow::until_ended(
+                        &client,
+                        &job_id,
+                        every,
+                        |s| (s.state, s.attempt, s.latest_checkpoint),
+                        |s| println!("{}", follow::progress_line(s)),
+                    )
+                    .await?
+                } else {
+                    let end =
+                        follow::until_ended(&client, &job_id, every, |s| s.state, |_| {}).await?;
+                    println!("{} {}", end.id, end.state.name());
+                    end
+                };
+                follow::ended_ok(&end)?;
+            }
         }
         Command::Jobs { client: c, json } => {
-            let jobs = client(&c, &file.client)?.jobs().await?;
+            let jobs = client(&c)?.jobs().await?;
             if json {
                 print_json(&jobs)?;
             } else {
@@ -205,16 +284,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             client: c,
             job_id,
             json,
+            watch,
+            interval,
         } => {
-            let status = client(&c, &file.client)?.status(&job_id).await?;
-            if json {
-                print_json(&status)?;
+            let client = client(&c)?;
+            if watch {
+                let show = |s: &JobStatus| {
+                    if json {
+                        let _ = print_json(s);
+                    } else {
+                        println!("{}", status_text(s));
+                    }
+                };
+                // Everything but the clock: a change worth showing again.
+                let key = |s: &JobStatus| {
+                    let mut s = s.clone();
+                    s.updated_ms = 0;
+                    serde_json::to_string(&s).unwrap_or_default()
+                };
+                let end = follow::until_ended(&client, &job_id, interval.0, key, show).await?;
+                follow::ended_ok(&end)?;
             } else {
-                print!("{}", status_text(&status));
+                let status = client.status(&job_id).await?;
+                if json {
+                    print_json(&status)?;
+                } else {
+                    print!("{}", status_text(&status));
+                }
             }
         }
-        Command::Cancel { client: c, job_id } => {
-            let status = client(&c, &file.client)?.cancel(&job_id).await?;
+        Command::Cancel {
+            client: c,
+            job_id,
+            yes,
+        } => {
+            let client = client(&c)?;
+            follow::confirm(format!("Cancel {job_id}?"), yes).await?;
+            let status = client.cancel(&job_id).await?;
             // Said on stdout, so a script can tell it happened.
             println!("{} {}", status.id, status.state.name());
         }
@@ -223,19 +329,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             job_id,
             dir,
             stop,
-        } => {
-            let taken = client(&c, &file.client)?
-                .savepoint(&job_id, &SavepointRequest { dir, stop })
-                .await?;
-            println!("{}", taken.location);
-        }
+            yes,
+        } => savepoint(&client(&c)?, job_id, dir, stop, yes).await?,
+        Command::Stop {
+            client: c,
+            job_id,
+            dir,
+            yes,
+        } => savepoint(&client(&c)?, job_id, dir, true, yes).await?,
         Command::Rescale {
             client: c,
             job_id,
             parallelism,
             binary,
+            yes,
         } => {
-            let client = client(&c, &file.client)?;
+            let client = client(&c)?;
+            follow::confirm(
+                format!("Rescale {job_id} to parallelism {parallelism} (it stops with a savepoint and runs on from it)?"),
+                yes,
+            )
+            .await?;
             let rescaled = rescale(&client, &job_id, parallelism, binary.as_deref()).await?;
             println!("{}", rescaled.savepoint);
         }
@@ -243,41 +357,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             client: c,
             job_id,
             json,
+            limit,
         } => {
-            let cps = client(&c, &file.client)?.checkpoints(&job_id).await?;
+            let cps = client(&c)?.checkpoints(&job_id).await?;
             if json {
                 print_json(&cps)?;
             } else {
-                println!("dir: {}", cps.dir.as_deref().unwrap_or("-"));
-                println!("latest: {}", opt(cps.latest));
-                println!(
-                    "completed: {}  aborted: {}  restarts: {}  restored from: {}",
-                    cps.stats.completed,
-                    cps.stats.aborted,
-                    cps.stats.restarts,
-                    opt(cps.stats.restored_from)
-                );
-                let rows = cps.stats.recent.iter().map(|r| {
-                    vec![
-                        r.id.to_string(),
-                        if r.savepoint {
-                            "savepoint"
-                        } else {
-                            "checkpoint"
-                        }
-                        .to_string(),
-                        r.figures.duration_ms.to_string(),
-                        r.figures.alignment_ms.to_string(),
-                        r.figures.bytes.to_string(),
-                    ]
-                });
-                print!(
-                    "{}",
-                    table(
-                        &["ID", "KIND", "DURATION_MS", "ALIGNMENT_MS", "BYTES"],
-                        rows
-                    )
-                );
+                print!("{}", checkpoints_text(&cps, limit));
             }
         }
         Command::Results {
@@ -285,7 +371,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             job_id,
             json,
         } => {
-            let results = client(&c, &file.client)?.results(&job_id).await?;
+            let results = client(&c)?.results(&job_id).await?;
             if json {
                 print_json(&results)?;
             } else if results.sinks.is_empty() {
@@ -302,7 +388,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Cluster { client: c, json } => {
-            let info = client(&c, &file.client)?.cluster().await?;
+            let info = client(&c)?.cluster().await?;
             if json {
                 print_json(&info)?;
             } else {
@@ -325,8 +411,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("control: {}", info.control);
             }
         }
+        Command::Openapi => print!("{}", sluice_cluster::routes::document()),
+        Command::Config(ConfigCommand::Defaults) => print!("{}", config::reference()),
         Command::Workers { client: c, json } => {
-            let workers = client(&c, &file.client)?.workers().await?;
+            let workers = client(&c)?.workers().await?;
             if json {
                 print_json(&workers)?;
             } else {
@@ -385,10 +473,28 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Takes a savepoint (asking first if it stops the job); prints its location.
+async fn savepoint(
+    client: &Client,
+    job_id: String,
+    dir: String,
+    stop: bool,
+    yes: bool,
+) -> anyhow::Result<()> {
+    if stop {
+        follow::confirm(format!("Stop {job_id} with a savepoint in {dir}?"), yes).await?;
+    }
+    let taken = client
+        .savepoint(&job_id, &SavepointRequest { dir, stop })
+        .await?;
+    println!("{}", taken.location);
+    Ok(())
+}
+
 /// Describes the job by running its binary in describe mode, then ships it.
-async fn submit(args: &SubmitArgs, file: &ClientFile) -> anyhow::Result<String> {
-    let client = client(&args.client, file)?;
-    let parallelism = args.parallelism.or(file.parallelism);
+async fn submit(args: &SubmitArgs, m: &ArgMatches, file: &FileConfig) -> anyhow::Result<String> {
+    let client = client(&args.client, m, file)?;
+    let parallelism = submit_settings(args, m, file)?.parallelism;
     if parallelism == Some(0) {
         bail!("--parallelism must be at least 1");
     }
@@ -562,83 +668,9 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-fn opt<T: ToString>(v: Option<T>) -> String {
-    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
-}
-
-fn jobs_table(jobs: &[JobStatus]) -> String {
-    let rows = jobs.iter().map(|j| {
-        vec![
-            j.id.clone(),
-            j.name.clone(),
-            j.state.name().to_string(),
-            j.attempt.to_string(),
-        ]
-    });
-    table(&["ID", "NAME", "STATE", "ATTEMPT"], rows)
-}
-
-fn status_text(s: &JobStatus) -> String {
-    let mut out = format!("{}\n", s.state.name());
-    out.push_str(&format!("id: {}\n", s.id));
-    out.push_str(&format!("name: {}\n", s.name));
-    out.push_str(&format!(
-        "attempt: {}  restarts: {}\n",
-        s.attempt, s.restarts
-    ));
-    out.push_str(&format!(
-        "latest checkpoint: {}\n",
-        opt(s.latest_checkpoint)
-    ));
-    out.push_str(&format!("artifact: {}\n", s.artifact));
-    out.push_str(&format!("args: {}\n", s.args.join(" ")));
-    if let Some(e) = &s.error {
-        out.push_str(&format!("error: {e}\n"));
-    }
-    if !s.placement.is_empty() {
-        let mut workers: Vec<&str> = s.placement.iter().map(|p| p.worker.as_str()).collect();
-        workers.sort_unstable();
-        workers.dedup();
-        out.push_str(&format!(
-            "placement: {} subtasks on {} workers ({})\n",
-            s.placement.len(),
-            workers.len(),
-            workers.join(", ")
-        ));
-    }
-    out
-}
-
-/// Left-aligned columns, two spaces apart.
-fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
-    let rows: Vec<Vec<String>> = std::iter::once(header.iter().map(|h| h.to_string()).collect())
-        .chain(rows)
-        .collect();
-    let mut widths = vec![0; header.len()];
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in &rows {
-        let last = row.len().saturating_sub(1);
-        for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
-            if i == last {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        out.push('\n');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_protocol::api::JobState;
 
     #[test]
     fn causes_are_not_repeated() {
@@ -648,15 +680,5 @@ mod tests {
             error_text(&e),
             "startup: I/O error: reading t: No such file"
         );
-    }
-
-    #[test]
-    fn tables_align() {
-        let t = table(
-            &["ID", "STATE"],
-            vec![vec!["j-1".into(), "RUNNING".into()]].into_iter(),
-        );
-        assert_eq!(t, "ID   STATE\nj-1  RUNNING\n");
-        assert_eq!(JobState::Canceled.name(), "CANCELED");
     }
 }

@@ -1,5 +1,6 @@
 use sluice_protocol::api::{CheckpointDescription, ExecutorReport, RestartPolicy, VertexInfo};
 
+use super::commands::same_operators;
 use super::*;
 
 fn description(checkpoint: Option<&Path>, restart: RestartPolicy) -> JobDescription {

@@ -1,0 +1,181 @@
+//! What the client commands print for people: tables, a job's status,
+//! its checkpoints. `--json` prints the API's bodies instead.
+
+use sluice_protocol::api::{Checkpoints, JobStatus};
+
+pub(crate) fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+pub(crate) fn jobs_table(jobs: &[JobStatus]) -> String {
+    let rows = jobs.iter().map(|j| {
+        vec![
+            j.id.clone(),
+            j.name.clone(),
+            j.state.name().to_string(),
+            j.parallelism.to_string(),
+            j.attempt.to_string(),
+        ]
+    });
+    table(&["ID", "NAME", "STATE", "PARALLELISM", "ATTEMPT"], rows)
+}
+
+/// The state on the first line (scripts read it), then details, then the
+/// job's operators with their parallelism and records in and out.
+pub(crate) fn status_text(s: &JobStatus) -> String {
+    let mut out = format!("{}\n", s.state.name());
+    out.push_str(&format!("id: {}\n", s.id));
+    out.push_str(&format!("name: {}\n", s.name));
+    let rescaling = s
+        .rescaling_to
+        .map(|p| format!(" (rescaling to {p})"))
+        .unwrap_or_default();
+    out.push_str(&format!("parallelism: {}{rescaling}\n", s.parallelism));
+    out.push_str(&format!(
+        "attempt: {}  restarts: {}\n",
+        s.attempt, s.restarts
+    ));
+    out.push_str(&format!(
+        "latest checkpoint: {}\n",
+        opt(s.latest_checkpoint)
+    ));
+    out.push_str(&format!("artifact: {}\n", s.artifact));
+    out.push_str(&format!("args: {}\n", s.args.join(" ")));
+    if let Some(e) = &s.error {
+        out.push_str(&format!("error: {e}\n"));
+    }
+    if !s.placement.is_empty() {
+        let mut workers: Vec<&str> = s.placement.iter().map(|p| p.worker.as_str()).collect();
+        workers.sort_unstable();
+        workers.dedup();
+        out.push_str(&format!(
+            "placement: {} subtasks on {} workers ({})\n",
+            s.placement.len(),
+            workers.len(),
+            workers.join(", ")
+        ));
+    }
+    if !s.vertices.is_empty() {
+        out.push_str("operators (records of the current attempt):\n");
+        let rows = s.vertices.iter().flat_map(|v| {
+            v.nodes.iter().map(move |(node, name)| {
+                let counters = s.nodes.iter().find(|c| c.node == *node);
+                vec![
+                    format!("  {node}"),
+                    name.clone(),
+                    v.parallelism.to_string(),
+                    opt(counters.map(|c| c.records_in)),
+                    opt(counters.map(|c| c.records_out)),
+                ]
+            })
+        });
+        out.push_str(&table(
+            &["  NODE", "OPERATOR", "PARALLELISM", "IN", "OUT"],
+            rows,
+        ));
+    }
+    out
+}
+
+/// A job's checkpoints, newest first, at most `limit` of them.
+pub(crate) fn checkpoints_text(cps: &Checkpoints, limit: usize) -> String {
+    let mut out = format!("dir: {}\n", cps.dir.as_deref().unwrap_or("-"));
+    out.push_str(&format!("latest: {}\n", opt(cps.latest)));
+    out.push_str(&format!(
+        "completed: {}  aborted: {}  restarts: {}  restored from: {}\n",
+        cps.stats.completed,
+        cps.stats.aborted,
+        cps.stats.restarts,
+        opt(cps.stats.restored_from)
+    ));
+    let mut recent: Vec<_> = cps.stats.recent.iter().collect();
+    recent.sort_by_key(|r| std::cmp::Reverse(r.id));
+    let rows = recent.into_iter().take(limit).map(|r| {
+        vec![
+            r.id.to_string(),
+            if r.savepoint {
+                "savepoint"
+            } else {
+                "checkpoint"
+            }
+            .to_string(),
+            r.figures.duration_ms.to_string(),
+            r.figures.alignment_ms.to_string(),
+            r.figures.bytes.to_string(),
+        ]
+    });
+    out.push_str(&table(
+        &["ID", "KIND", "DURATION_MS", "ALIGNMENT_MS", "BYTES"],
+        rows,
+    ));
+    out
+}
+
+/// Left-aligned columns, two spaces apart.
+pub(crate) fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
+    let rows: Vec<Vec<String>> = std::iter::once(header.iter().map(|h| h.to_string()).collect())
+        .chain(rows)
+        .collect();
+    let mut widths = vec![0; header.len()];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let last = row.len().saturating_sub(1);
+        for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
+            if i == last {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_protocol::api::JobState;
+    use sluice_protocol::stats::{CheckpointRecord, CheckpointStats};
+
+    use super::*;
+
+    #[test]
+    fn tables_align() {
+        let t = table(
+            &["ID", "STATE"],
+            vec![vec!["j-1".into(), "RUNNING".into()]].into_iter(),
+        );
+        assert_eq!(t, "ID   STATE\nj-1  RUNNING\n");
+        assert_eq!(JobState::Canceled.name(), "CANCELED");
+    }
+
+    #[test]
+    fn checkpoints_are_listed_newest_first_up_to_the_limit() {
+        let record = |id| CheckpointRecord {
+            id,
+            savepoint: false,
+            figures: Default::default(),
+        };
+        let cps = Checkpoints {
+            job_id: "job-1".into(),
+            dir: Some("/ck".into()),
+            latest: Some(3),
+            stats: CheckpointStats {
+                recent: vec![record(1), record(3), record(2)],
+                ..CheckpointStats::default()
+            },
+        };
+        let text = checkpoints_text(&cps, 2);
+        let ids: Vec<&str> = text
+            .lines()
+            .skip(4)
+            .map(|l| l.split_whitespace().next().unwrap())
+            .collect();
+        assert_eq!(ids, ["3", "2"], "{text}");
+    }
+}

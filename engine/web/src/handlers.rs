@@ -1,0 +1,218 @@
+//! The handlers of the job routes and of the web UI. With the `openapi`
+//! feature each carries its OpenAPI description (`#[utoipa::path]`): its
+//! method, path, parameters, bodies and answers are declared here, beside
+//! the code, and the coordinator's document is generated from them.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Json;
+
+#[cfg(feature = "openapi")]
+use sluice_protocol::api::ApiError;
+use sluice_protocol::api::{
+    Checkpoints, ClusterInfo, JobResults, JobStatus, SavepointRequest, SavepointTaken, WorkerInfo,
+};
+
+#[cfg(feature = "openapi")]
+use crate::doc::Unauthorized;
+use crate::error::Error;
+use crate::routes::{blocking, Answer, JobsView, JsonBody};
+use crate::ui;
+
+fn found<T>(value: Option<T>, id: &str) -> Answer<T> {
+    value
+        .map(Json)
+        .ok_or_else(|| Error::NotFound(format!("no job {id}")).into())
+}
+
+/// Lists every job, oldest first.
+#[cfg_attr(feature = "openapi", utoipa::path(
+    get, path = "/api/v1/jobs", tag = "jobs", operation_id = "listJobs",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every job, oldest first.", body = [JobStatus]),
+        Unauthorized,
+    ),
+))]
+pub async fn jobs<V: JobsView>(State(v): State<Arc<V>>) -> Json<Vec<JobStatus>> {
+    Json(v.jobs())
+}
+
+/// Shows one job: state, attempt, placement, records per operator.
+#[cfg_attr(feature = "openapi", utoipa::path(
+    get, path = "/api/v1/jobs/{id}", tag = "jobs", operation_id = "getJob",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Job id.")),
+    responses(
+        (status = 200, description = "The job.", body = JobStatus),
+        (status = 404, description = "No such job.", body = ApiError),
+        Unauthorized,
+    ),
+))]
+pub async fn job<V: JobsView>(
+    State(v): State<Arc<V>>,
+    Path(id): Path<String>,
+) -> Answer<JobStatus> {
+    found(v.job(&id), &id)
+}
+
+/// Cancels a job that has not ended.
+#[cfg_attr(feature = "openapi", utoipa::path(
+    post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs", operation_id = "cancelJob",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Job id.")),
+    responses(
+        (status = 200, description = "The job, cancelled.", body = JobStatus),
+        (status = 404, description = "No such job.", body = ApiError),
+        (status = 409, description = "The job has already ended.", body = ApiError),
+        Unauthorized,
+    ),
+))]
+pub async fn cancel<V: JobsView>(
+    State(v): State<Arc<V>>,
+    Path(id): Path<String>,
+) -> Answer<JobStatus> {
+    Ok(Json(blocking(move || v.cancel(&id)).await?))
+}
+
+/// Takes a savepoint of a running job.
+///
+/// With `stop` the job stops after it. Answers once the savepoint is
+/// complete.
+#[cfg_attr(feature = "openapi", utoipa::path(
+    post, path = "/api/v1/jobs/{id}/savepoint", tag = "jobs", operation_id = "takeSavepoint",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Job id.")),
+    request_body(content = SavepointRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The savepoint is complete.", body = SavepointTaken),
+        (status = 400, description = "Malformed request, or a location that cannot be used.", body = ApiError),
+        (status = 404, description = "No such job.", body = ApiError),
+        (status = 409, description = "The job is not running, or does not checkpoint.", body = ApiError),
+        (status = 500, description = "The savepoint failed.", body = ApiError),
+        Unauthorized,
+    ),
+))]
+pub async fn savepoint<V: JobsView>(
+    State(v): State<Arc<V>>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<SavepointRequest>,
+) -> Answer<SavepointTaken> {
+    Ok(Json(blocking(move || v.savepoint(&id, req)).await?))
+}
+
+/// A job's checkpoint location, counts and most recent checkpoints.
+#[cfg_attr(feature = "openapi", utoipa::path(
+    get, path = "/api/v1/jobs/{id}/checkpoints", tag = "jobs", operation_id = "getCheckpoints",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Job id.")),
+    responses(
+        (status = 200, description = "The job's checkpoints.", body = Checkpoints),
+        (status = 404, description = "No such job.", body = ApiError),
+        Unauthorized,
+    ),
+))]
+pub async fn checkpoints<V: JobsView>(
+    State(v): State<Arc<V>>,
+    Path(id): Path<String>,
+) -> Answer<Checkpoints> {
+    found(v.checkpoints(&id), &id)
+}
+
+/// The newest rows each sink of a job received.
+///
+/// Rows a sink received are not necessarily committed yet.
+#[cfg_attr(feature = "openapi", utoipa::path(
+    get, path = "/api/v1/jobs/{id}/results", tag = "jobs", operation_id = "getResults",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Job id.")),
+    responses(
+        (status = 200, description = "Rows per sink.", body = JobResults),
+        (status = 404, description = "No such job.", body = ApiError),
+        Unauthorized,
+    ),
+))]
+pub async fn results<V: JobsView>(
+    State(v): State<Arc<V>>,
+    Path(id): Path<String>,
+) -> Answer<JobResults> {
+    found(v.results(&id), &id)
+}
+
+/// Lists the workers, live and recently dead.
+#[cfg_attr(feature = "openapi", utoipa::path(
+    get, path = "/api/v1/workers", tag = "cluster", operation_id = "listWorkers",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every worker.", body = [WorkerInfo]),
+        Unauthorized,
+    ),
+))]
+pub async fn workers<V: JobsView>(State(v): State<Arc<V>>) -> Json<Vec<WorkerInfo>> {
+    Json(v.workers())
+}
+
+/// The cluster: live workers, slots, jobs per state.
+#[cfg_attr(feature = "openapi", utoipa::path(
+    get, path = "/api/v1/cluster", tag = "cluster", operation_id = "getCluster",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Cluster summary.", body = ClusterInfo),
+        Unauthorized,
+    ),
+))]
+pub async fn cluster<V: JobsView>(State(v): State<Arc<V>>) -> Json<ClusterInfo> {
+    Json(v.cluster())
+}
+
+/// Prometheus metrics.
+///
+/// Text exposition format 0.0.4: the cluster's and each job's state, and
+/// histograms of checkpoint duration, size and alignment per job.
+#[cfg_attr(feature = "openapi", utoipa::path(
+    get, path = "/metrics", tag = "cluster", operation_id = "getMetrics",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every metric.", body = String, content_type = "text/plain; version=0.0.4"),
+        Unauthorized,
+    ),
+))]
+pub async fn metrics<V: JobsView>(State(v): State<Arc<V>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        v.metrics().render(v.as_ref()),
+    )
+        .into_response()
+}
+
+/// Leads to the web UI.
+#[cfg_attr(feature = "openapi", utoipa::path(
+    get, path = "/", tag = "ui", operation_id = "root",
+    responses((status = 303, description = "To `/ui`.", headers(("location" = String)))),
+))]
+pub async fn root() -> Redirect {
+    Redirect::to("/ui")
+}
+
+/// The web UI's page.
+///
+/// The page asks for the token, if there is one.
+#[cfg_attr(feature = "openapi", utoipa::path(
+    get, path = "/ui", tag = "ui", operation_id = "uiPage",
+    responses((status = 200, description = "The page.", body = String, content_type = "text/html")),
+))]
+pub async fn page() -> Response {
+    ui::page()
+}
+
+/// The web UI's script.
+#[cfg_attr(feature = "openapi", utoipa::path(
+    get, path = "/ui/app.js", tag = "ui", operation_id = "uiScript",
+    responses((status = 200, description = "The script.", body = String, content_type = "text/javascript")),
+))]
+pub async fn script() -> Response {
+    ui::script()
+}

@@ -1,0 +1,111 @@
+//! A real cluster for end-to-end tests: a `sluice coordinator` and
+//! `sluice worker`s started by [`LocalCluster`] with the tests' heartbeat
+//! settings, and helpers that read the CLI's JSON and panic with the logs
+//! when something fails.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use sluice_cluster::local::{LocalCluster, LocalClusterConfig, LocalSecurity, WorkerPlace};
+
+pub fn sluice_bin() -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_nexmark")).with_file_name("sluice");
+    assert!(
+        p.is_file(),
+        "{} is missing: build it with `cargo build -p sluice-cluster --bin sluice` (cargo test --workspace does)",
+        p.display()
+    );
+    p
+}
+
+/// A [`LocalCluster`] with the tests' heartbeat settings, and helpers that
+/// read the CLI's JSON and panic with the logs when something fails.
+pub struct Cluster(pub LocalCluster);
+
+impl std::ops::Deref for Cluster {
+    type Target = LocalCluster;
+    fn deref(&self) -> &LocalCluster {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut LocalCluster {
+        &mut self.0
+    }
+}
+
+impl Cluster {
+    pub fn start(dir: &Path, workers: usize, slots: usize) -> Cluster {
+        let places: Vec<WorkerPlace> = (0..workers).map(|_| WorkerPlace::loopback()).collect();
+        Cluster::start_at(dir, "127.0.0.1", &places, slots)
+    }
+
+    pub fn start_at(dir: &Path, host: &str, places: &[WorkerPlace], slots: usize) -> Cluster {
+        Cluster::start_with(dir, host, places, slots, None, 0)
+    }
+
+    pub fn start_with(
+        dir: &Path,
+        host: &str,
+        places: &[WorkerPlace],
+        slots: usize,
+        security: Option<LocalSecurity>,
+        standbys: usize,
+    ) -> Cluster {
+        let config = LocalClusterConfig {
+            sluice: sluice_bin(),
+            dir: dir.to_path_buf(),
+            host: host.to_string(),
+            coordinator_args: ["--heartbeat-timeout", "1s", "--heartbeat-interval", "200ms"]
+                .map(String::from)
+                .to_vec(),
+            workers: places.to_vec(),
+            slots,
+            security,
+            standbys,
+        };
+        Cluster(LocalCluster::start(config).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    pub fn restart_coordinator(&mut self) {
+        self.0.start_coordinator().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let out = self.sluice(args).unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    pub fn submit(&self, parallelism: usize, binary: &str, job_args: &[&str]) -> String {
+        self.0
+            .submit(parallelism, Path::new(binary), job_args)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn status(&self, job: &str) -> Value {
+        self.json(&["status", job, "--json"])
+    }
+
+    pub fn wait_for(&self, timeout: Duration, what: &str, mut ok: impl FnMut(&Cluster) -> bool) {
+        self.0
+            .wait_for(timeout, what, |_| Ok::<_, sluice_engine::Error>(ok(self)))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    pub fn wait_state(&self, job: &str, state: &str, timeout: Duration) -> Value {
+        let mut last = Value::Null;
+        self.wait_for(timeout, &format!("job {job} to be {state}"), |c| {
+            last = c.status(job);
+            let s = last["state"].as_str().unwrap_or("");
+            assert!(
+                s == state || !matches!(s, "FAILED" | "CANCELED" | "FINISHED"),
+                "job {job} ended {s} while waiting for {state}: {last}\n{}",
+                c.logs()
+            );
+            s == state
+        });
+        last
+    }
+}

@@ -1,0 +1,193 @@
+//! What an operator does with the `sluice` command against a live
+//! cluster: submit and wait for the end, follow a job, watch its status,
+//! stop it with a savepoint, read its newest checkpoints, and be asked
+//! before a state-changing command only when a person is at the terminal.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+mod common;
+use common::cluster::{sluice_bin, Cluster};
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// `sluice submit ARGS... NEXMARK -- JOB_ARGS` from the cluster's directory.
+fn submit(cluster: &Cluster, flags: &[&str], job_args: &[&str]) -> Command {
+    let mut c = Command::new(sluice_bin());
+    c.args([
+        "submit",
+        "--coordinator",
+        &cluster.url(),
+        "--parallelism",
+        "2",
+    ])
+    .args(flags)
+    .arg(env!("CARGO_BIN_EXE_nexmark"))
+    .arg("--")
+    .args(job_args)
+    .current_dir(cluster.dir())
+    .stdin(Stdio::null());
+    c
+}
+
+fn bounded_q5(out: &str) -> Vec<&str> {
+    vec![
+        "--query",
+        "q5",
+        "--events",
+        "200000",
+        "--output",
+        out,
+        "--checkpoint-dir",
+        "ck",
+        "--checkpoint-interval",
+        "200ms",
+    ]
+}
+
+#[test]
+fn submit_wait_and_follow_end_with_the_jobs_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), 2, 2);
+
+    let out = submit(&cluster, &["--wait"], &bounded_q5("out-wait"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{stderr}\n{}",
+        cluster.logs()
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0].starts_with("job-"), "{stdout}");
+    assert_eq!(lines[1], format!("{} FINISHED", lines[0]), "{stdout}");
+    assert!(!common::rows(&dir.path().join("out-wait")).is_empty());
+
+    let out = submit(&cluster, &["--follow"], &bounded_q5("out-follow"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(last.contains(" FINISHED "), "{stdout}");
+    assert!(
+        stdout.lines().count() >= 3,
+        "an id line and a line per change: {stdout}"
+    );
+    assert!(stdout.contains("checkpoint "), "{stdout}");
+
+    // Watching a job that ended shows it once and says how it ended.
+    let job = stdout.lines().next().unwrap().trim().to_string();
+    let watched = cluster.sluice(&["status", &job, "--watch"]).unwrap();
+    let (stdout, _) = text(&watched);
+    assert!(watched.status.success());
+    assert!(stdout.starts_with("FINISHED\n"), "{stdout}");
+    assert!(stdout.contains("parallelism: 2"), "{stdout}");
+    assert!(
+        stdout.contains("OPERATOR"),
+        "per-operator figures: {stdout}"
+    );
+
+    let cps = cluster
+        .sluice(&["checkpoints", &job, "--limit", "1"])
+        .unwrap();
+    let (stdout, _) = text(&cps);
+    let rows: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("ID"))
+        .collect();
+    assert_eq!(rows.len(), 2, "a header and one checkpoint: {stdout}");
+}
+
+#[test]
+fn stop_takes_a_savepoint_and_a_waiting_submit_reports_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), 2, 2);
+    let mut args = bounded_q5("out");
+    args[3] = "50000000";
+    args.extend(["--rate", "20000"]);
+    let waiting = submit(&cluster, &["--wait"], &args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut job = String::new();
+    cluster.wait_for(Duration::from_secs(60), "a running job", |c| {
+        let jobs = c.json(&["jobs", "--json"]);
+        let running = jobs.as_array().and_then(|a| {
+            a.iter()
+                .find(|j| j["state"] == "RUNNING" && j["latest_checkpoint"].is_u64())
+        });
+        if let Some(j) = running {
+            job = j["id"].as_str().unwrap().to_string();
+        }
+        running.is_some()
+    });
+
+    // Not a terminal: no question, it is done.
+    let sp = dir.path().join("sp");
+    let stop = cluster
+        .sluice(&["stop", &job, "--dir", sp.to_str().unwrap()])
+        .unwrap();
+    let (stdout, stderr) = text(&stop);
+    assert!(stop.status.success(), "{stderr}");
+    let location = stdout.trim();
+    assert!(
+        Path::new(location).join("_manifest.json").is_file(),
+        "{location}"
+    );
+
+    // Stopped with a savepoint, a job has FINISHED (as in Flink).
+    let out = waiting.wait_with_output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(stdout, format!("{job}\n{job} FINISHED\n"));
+
+    // A cancelled job did not finish: the waiting submit says so and fails.
+    let waiting = submit(&cluster, &["--wait"], &args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut second = String::new();
+    cluster.wait_for(Duration::from_secs(60), "a second job", |c| {
+        let jobs = c.json(&["jobs", "--json"]);
+        let found = jobs.as_array().and_then(|a| {
+            a.iter()
+                .find(|j| j["id"] != job.as_str() && j["state"] == "RUNNING")
+        });
+        if let Some(j) = found {
+            second = j["id"].as_str().unwrap().to_string();
+        }
+        found.is_some()
+    });
+    let cancel = cluster.sluice(&["cancel", &second]).unwrap();
+    assert!(cancel.status.success(), "{}", text(&cancel).1);
+    let out = waiting.wait_with_output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.starts_with(&second), "{stdout}");
+    assert!(
+        stderr.contains(&format!("{second} ended CANCELED")),
+        "{stderr}"
+    );
+
+    // A savepoint of an ended job, and bad flags, are clear errors.
+    let again = cluster
+        .sluice(&["stop", &job, "--dir", sp.to_str().unwrap()])
+        .unwrap();
+    assert!(!again.status.success());
+    let bad = cluster
+        .sluice(&["checkpoints", &job, "--limit", "many"])
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(text(&bad).1.contains("--limit"), "{}", text(&bad).1);
+}
