@@ -60,3 +60,26 @@ impl BucketDir {
         match *self {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::datatypes::{DataType, Field, Schema};
+    use sluice_engine::SinkSpec;
+
+    use crate::parquet::ParquetSink;
+
+    #[test]
+    fn an_s3_output_is_refused_naming_the_feature() {
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        let e = ParquetSink::new("s3://lake/events")
+            .validate(&schema)
+            .expect_err("no bucket output in this build");
+        assert!(e.to_string().contains("`s3` feature"), "{e}");
+        let dir = tempfile::tempdir().expect("temporary directory");
+        ParquetSink::new(dir.path())
+            .validate(&schema)
+            .expect("a local directory needs no feature");
+    }
+}
