@@ -66,7 +66,27 @@ impl Format {
 /// Rows read to infer a CSV or JSON schema.
 const INFER_ROWS: usize = 1000;
 
-/// A bounded source over files.
+/// A bounded source over files: a file, or every file of a directory
+/// (split over the subtasks). CSV and JSON-lines schemas are inferred from
+/// the first rows unless given ([`FileSource::with_schema`]).
+///
+/// ```
+/// use sluice_connectors::file::FileSource;
+/// use sluice_operators::prelude::*;
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("prices.csv");
+/// std::fs::write(&path, "item,price\na,3\nb,12\nc,40\n").unwrap();
+///
+/// let env = Env::new();
+/// let dear = env
+///     .source(FileSource::csv(&path))
+///     .filter(col("price").gt(lit(10i64)))
+///     .collect();
+/// env.execute()?;
+/// assert_eq!(dear.num_rows(), 2);
+/// # Ok::<(), sluice_engine::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct FileSource {
     path: PathBuf,

@@ -2,8 +2,9 @@
 //!
 //! Where records come from and go to:
 //!
-//! - [`kafka`]: the Kafka source and sink (rdkafka), decode policies,
-//!   and a tansu broker launcher for tests.
+//! - `kafka`: the Kafka source and sink (rdkafka), decode policies, and a
+//!   tansu broker launcher for tests; feature `kafka`, on by default (the
+//!   crate's `default` also turns on the engine's default features).
 //! - [`nexmark`]: the Nexmark benchmark generator (persons, auctions, bids),
 //!   deterministic by seed and independent of parallelism.
 //! - [`file`]: bounded sources over Parquet, CSV and JSON-lines files.
@@ -14,6 +15,7 @@
 
 pub mod file;
 mod json;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod nexmark;
 pub mod parquet;

@@ -399,16 +399,68 @@ pub trait Top {
     /// `window_end` appended.
     ///
     /// ```
-    /// # use sluice_operators::prelude::*;
-    /// # use std::time::Duration;
-    /// # fn highest_bids(bids: Stream) -> Stream {
-    /// bids.top_by_window(Duration::from_secs(10), "price")
-    /// # }
+    /// use std::time::Duration;
+    /// use serde::{Deserialize, Serialize};
+    /// use sluice_operators::prelude::*;
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Bid { auction: i64, price: i64, ts: i64 }
+    /// #[derive(Deserialize)]
+    /// struct Best { auction: i64, window_start: i64 }
+    ///
+    /// let env = Env::new();
+    /// let out = env
+    ///     .from_rows("bids", vec![
+    ///         Bid { auction: 1, price: 10, ts: 1_000 },
+    ///         Bid { auction: 2, price: 30, ts: 4_000 },
+    ///         Bid { auction: 3, price: 30, ts: 5_000 },
+    ///         Bid { auction: 1, price: 5, ts: 12_000 },
+    ///     ])
+    ///     .watermarks(WatermarkStrategy::ascending("ts"))
+    ///     .top_by_window(Duration::from_secs(10), "price")
+    ///     .collect();
+    /// env.execute()?;
+    /// let mut best: Vec<_> = out.rows::<Best>()?.into_iter().map(|b| (b.window_start, b.auction)).collect();
+    /// best.sort();
+    /// assert_eq!(best, [(0, 2), (0, 3), (10_000, 1)], "ties are all kept");
+    /// # Ok::<(), sluice_engine::Error>(())
     /// ```
     fn top_by_window(self, size: Duration, column: &str) -> Stream;
 
     /// Among rows with the same event time (e.g. a window aggregate's output,
     /// whose event time is `window_end`), the rows whose `column` is largest.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use serde::{Deserialize, Serialize};
+    /// use sluice_operators::prelude::*;
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Bid { auction: i64, ts: i64 }
+    /// #[derive(Deserialize)]
+    /// struct Hot { auction: i64, window_start: i64, count: i64 }
+    ///
+    /// let env = Env::new();
+    /// let out = env
+    ///     .from_rows("bids", vec![
+    ///         Bid { auction: 1, ts: 1_000 },
+    ///         Bid { auction: 1, ts: 2_000 },
+    ///         Bid { auction: 2, ts: 3_000 },
+    ///         Bid { auction: 2, ts: 11_000 },
+    ///     ])
+    ///     .watermarks(WatermarkStrategy::ascending("ts"))
+    ///     .key_by(["auction"])
+    ///     .window(WindowSpec::tumbling(Duration::from_secs(10)))
+    ///     .aggregate([count()])
+    ///     .top_by_time("count") // the most bid-on auction of each window
+    ///     .collect();
+    /// env.execute()?;
+    /// let mut hot: Vec<_> =
+    ///     out.rows::<Hot>()?.into_iter().map(|h| (h.window_start, h.auction, h.count)).collect();
+    /// hot.sort();
+    /// assert_eq!(hot, [(0, 1, 2), (10_000, 2, 1)]);
+    /// # Ok::<(), sluice_engine::Error>(())
+    /// ```
     fn top_by_time(self, column: &str) -> Stream;
 }
 

@@ -77,6 +77,34 @@ pub fn source_name(topic: &str) -> String {
 /// A Kafka topic as a stream. Columns: `_partition` (Int32), `_offset`
 /// (Int64), `_timestamp` (timestamp ms, nullable), then the decoded value
 /// ([`Format`]).
+///
+/// A job reading JSON records, checkpointed, into an exactly-once topic
+/// (compiled here, not run: it needs a broker; `tests/kafka.rs` runs such
+/// jobs against a real one):
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use sluice_connectors::kafka::{KafkaSink, KafkaSource};
+/// use sluice_engine::arrow::datatypes::{DataType, Field, Schema};
+/// use sluice_engine::CheckpointConfig;
+/// use sluice_operators::prelude::*;
+///
+/// let schema = Arc::new(Schema::new(vec![
+///     Field::new("user", DataType::Int64, false),
+///     Field::new("ts", DataType::Int64, false),
+/// ]));
+/// let env = Env::new();
+/// env.configure(|c| c.checkpoint = Some(CheckpointConfig::new("/var/lib/my-job/checkpoints")));
+/// env.source(KafkaSource::new("127.0.0.1:9092", "clicks").json(schema))
+///     .watermarks(WatermarkStrategy::bounded_out_of_orderness("ts", Duration::from_secs(1)))
+///     .key_by(["user"])
+///     .window(WindowSpec::tumbling(Duration::from_secs(60)))
+///     .aggregate([count().alias("clicks")])
+///     .sink(KafkaSink::new("127.0.0.1:9092", "clicks-per-minute").exactly_once("my-job", "my-job-progress"));
+/// env.execute()?;
+/// # Ok::<(), sluice_engine::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct KafkaSource {
     config: KafkaConfig,

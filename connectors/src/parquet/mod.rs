@@ -1,5 +1,6 @@
 //! The Parquet sink: each subtask writes its own files into a local
-//! directory or an object store (`s3://bucket/prefix`), optionally in
+//! directory or, with the `s3` feature (on by default), an object store
+//! (`s3://bucket/prefix`), optionally in
 //! Hive-style partition directories, rolled by size, rows, age,
 //! inactivity or the watermark, exactly once with checkpoints.
 //!
@@ -24,6 +25,11 @@
 //! # let _ = sink; Ok(()) }
 //! ```
 
+#[cfg(feature = "s3")]
+mod bucket;
+// Without the `s3` feature: the same names, no values, a clear error.
+#[cfg(not(feature = "s3"))]
+#[path = "no_bucket.rs"]
 mod bucket;
 mod compact;
 mod footer;
@@ -50,7 +56,38 @@ pub use compact::{compact, CompactOptions, CompactStats};
 pub use partition::{PartitionField, PartitionSpec, Transform, NULL_PARTITION};
 pub use roll::RollPolicy;
 
-/// Writes Parquet files into a directory or a bucket.
+/// Writes Parquet files into a directory or, with the `s3` feature (on by
+/// default), a bucket: files per subtask, rolled by size, rows, age,
+/// inactivity or the watermark, optionally partitioned. With checkpoints
+/// the rows of a file become visible only when the checkpoint that covers
+/// them completes (two-phase commit); a bounded job publishes what it
+/// wrote when its input ends.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use sluice_connectors::file::FileSource;
+/// use sluice_connectors::parquet::ParquetSink;
+/// use sluice_operators::prelude::*;
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Reading { sensor: i64, celsius: f64 }
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let env = Env::new();
+/// let rows = (0..10).map(|i| Reading { sensor: i % 3, celsius: 20.0 + i as f64 }).collect();
+/// env.from_rows("readings", rows).sink(ParquetSink::new(dir.path()));
+/// env.execute()?;
+///
+/// // Read back by the file source.
+/// let env = Env::new();
+/// let back = env.source(FileSource::parquet(dir.path())).collect();
+/// env.execute()?;
+/// let mut readings: Vec<Reading> = back.rows()?;
+/// readings.sort_by(|a, b| a.celsius.total_cmp(&b.celsius));
+/// assert_eq!(readings.len(), 10);
+/// assert_eq!(readings[9].sensor, 0);
+/// # Ok::<(), sluice_engine::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct ParquetSink {
     location: Location,
@@ -188,6 +225,10 @@ impl SinkSpec for ParquetSink {
                 "unsupported output '{}': use a directory, file:// or s3://bucket/prefix",
                 self.location
             )));
+        }
+        #[cfg(not(feature = "s3"))]
+        if self.location.local_path().is_none() {
+            return Err(bucket::unavailable(self.location.as_str()));
         }
         self.partitioning.validate(input)
     }

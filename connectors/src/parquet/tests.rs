@@ -1,7 +1,8 @@
 //! The sink's two-phase commit driven call by call, the way the task
 //! runtime drives it, with "crashes" (a subtask dropped without closing)
-//! between any two steps, on a local directory and on an in-memory object
-//! store (the S3 server tests are end to end, in `jobs/tests/`).
+//! between any two steps, on a local directory and (with the `s3` feature)
+//! on an in-memory object store (the S3 server tests are end to end, in
+//! `jobs/tests/`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,14 +10,18 @@ use std::time::Duration;
 
 use arrow::array::{Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+#[cfg(feature = "s3")]
 use object_store::memory::InMemory;
+#[cfg(feature = "s3")]
 use object_store::path::Path as ObjPath;
+#[cfg(feature = "s3")]
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use sluice_engine::data::CheckpointId;
 use sluice_engine::state::{OperatorSnapshot, RestoredState};
 use sluice_engine::{OperatorContext, Sink};
 
+#[cfg(feature = "s3")]
 use super::bucket::BucketDir;
 use super::local::LocalDir;
 use super::output::Output;
@@ -61,6 +66,7 @@ fn ctx(subtask: usize, parallelism: usize, attempt: u64) -> OperatorContext {
 /// Where a test writes, and how it reads back what is visible.
 enum Target {
     Local(tempfile::TempDir),
+    #[cfg(feature = "s3")]
     Memory(Arc<InMemory>),
 }
 
@@ -68,6 +74,7 @@ impl Target {
     fn output(&self) -> Output {
         match self {
             Target::Local(d) => Output::Local(LocalDir::open(d.path().join("out")).unwrap()),
+            #[cfg(feature = "s3")]
             // Tiny parts: files span several parts and tails.
             Target::Memory(m) => Output::Bucket(BucketDir::new(m.clone(), "lake/t", "mem", 700)),
         }
@@ -109,6 +116,7 @@ impl Target {
                     add(rel, bytes::Bytes::from(bytes));
                 }
             }
+            #[cfg(feature = "s3")]
             Target::Memory(m) => {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .build()
@@ -146,6 +154,7 @@ impl Target {
 fn targets() -> Vec<Target> {
     vec![
         Target::Local(tempfile::tempdir().unwrap()),
+        #[cfg(feature = "s3")]
         Target::Memory(Arc::new(InMemory::new())),
     ]
 }

@@ -45,7 +45,22 @@ pub enum EdgeKind {
 }
 
 /// How a source assigns watermarks: bounded out-of-orderness on an
-/// event-time column, tracked per split, with an optional idle timeout.
+/// event-time column, tracked per split, with an optional idle timeout
+/// and emission interval. Given to `watermarks(..)` (`sluice-operators`)
+/// or [`Stream::assign_watermarks`](crate::Stream::assign_watermarks).
+///
+/// ```
+/// use std::time::Duration;
+/// use sluice_engine::WatermarkStrategy;
+///
+/// let w = WatermarkStrategy::bounded_out_of_orderness("ts", Duration::from_millis(500))
+///     .idle_after(Duration::from_secs(10))
+///     .emit_every(Duration::from_millis(200));
+/// assert_eq!(w.max_out_of_orderness_ms, 500);
+/// assert_eq!(w.emit_interval, Duration::from_millis(200));
+/// // By default a watermark follows every batch that advances it.
+/// assert_eq!(WatermarkStrategy::ascending("ts").emit_interval, Duration::ZERO);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatermarkStrategy {
     /// The event-time column (Int64 epoch ms or a timestamp type).
@@ -54,6 +69,10 @@ pub struct WatermarkStrategy {
     pub max_out_of_orderness_ms: i64,
     /// A split silent this long stops holding back the watermark.
     pub idle_timeout: Option<Duration>,
+    /// Least wall-clock time between two watermarks a source subtask (or
+    /// mid-stream assigner) emits; zero (the default) emits one after
+    /// every batch that advances event time.
+    pub emit_interval: Duration,
 }
 
 impl WatermarkStrategy {
@@ -63,6 +82,7 @@ impl WatermarkStrategy {
             column: column.into(),
             max_out_of_orderness_ms: delay.as_millis() as i64,
             idle_timeout: None,
+            emit_interval: Duration::ZERO,
         }
     }
 
@@ -74,6 +94,17 @@ impl WatermarkStrategy {
     /// Declares a split idle after `timeout` without records.
     pub fn idle_after(mut self, timeout: Duration) -> Self {
         self.idle_timeout = Some(timeout);
+        self
+    }
+
+    /// Emits a watermark at most once per `interval` of wall-clock time
+    /// instead of after every batch (Flink's auto-watermark interval):
+    /// fewer watermark messages for downstream tasks to combine and
+    /// windows to react to, at the price of firing up to `interval` later.
+    /// A watermark held back goes out with the first batch or poll after
+    /// the interval; the end of input's final watermark is never held.
+    pub fn emit_every(mut self, interval: Duration) -> Self {
+        self.emit_interval = interval;
         self
     }
 }

@@ -26,7 +26,37 @@ pub(crate) enum AggKind {
     Udaf(Arc<dyn udaf::DynUdaf>),
 }
 
-/// One aggregate of a window: a function, its input column and an output name.
+/// One aggregate of a window: a function, its input column and an output
+/// name (`count`, `FUNCTION_COLUMN` such as `max_price`, or an alias).
+///
+/// ```
+/// use std::time::Duration;
+/// use serde::{Deserialize, Serialize};
+/// use sluice_operators::prelude::*;
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Bid { auction: i64, price: i64, ts: i64 }
+/// #[derive(Deserialize, Debug, PartialEq)]
+/// struct Stats { auction: i64, bids: i64, sum_price: i64, min_price: i64, max_price: i64, avg_price: f64 }
+///
+/// let env = Env::new();
+/// let bids = env.from_rows("bids", vec![
+///     Bid { auction: 7, price: 10, ts: 100 },
+///     Bid { auction: 7, price: 30, ts: 200 },
+///     Bid { auction: 7, price: 20, ts: 300 },
+/// ]);
+/// let out = bids
+///     .watermarks(WatermarkStrategy::ascending("ts"))
+///     .key_by(["auction"])
+///     .window(WindowSpec::tumbling(Duration::from_secs(1)))
+///     .aggregate([count().alias("bids"), sum("price"), min("price"), max("price"), avg("price")])
+///     .collect();
+/// env.execute()?;
+/// assert_eq!(out.rows::<Stats>()?, [Stats {
+///     auction: 7, bids: 3, sum_price: 60, min_price: 10, max_price: 30, avg_price: 20.0,
+/// }]);
+/// # Ok::<(), sluice_engine::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct AggregateExpr {
     pub(crate) kind: AggKind,

@@ -114,10 +114,30 @@ pub trait Join {
     /// row of both inputs for the whole run (bounded inputs, small state).
     ///
     /// ```
-    /// # use sluice_operators::prelude::*;
-    /// # fn f(auctions: Stream, persons: Stream) -> Stream {
-    /// auctions.join(persons, &["seller"], &["id"])
-    /// # }
+    /// use serde::{Deserialize, Serialize};
+    /// use sluice_operators::prelude::*;
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Auction { id: i64, seller: i64 }
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Person { id: i64, name: String }
+    /// // The right `id` is renamed `right_id`; fields not read are ignored.
+    /// #[derive(Deserialize)]
+    /// struct Sold { id: i64, name: String }
+    ///
+    /// let env = Env::new();
+    /// let auctions = env.from_rows("auctions", vec![
+    ///     Auction { id: 10, seller: 1 },
+    ///     Auction { id: 11, seller: 2 },
+    ///     Auction { id: 12, seller: 1 },
+    /// ]);
+    /// let persons = env.from_rows("persons", vec![Person { id: 1, name: "ann".into() }]);
+    /// let out = auctions.join(persons, &["seller"], &["id"]).collect();
+    /// env.execute()?;
+    /// let mut sold: Vec<_> = out.rows::<Sold>()?.into_iter().map(|s| (s.id, s.name)).collect();
+    /// sold.sort();
+    /// assert_eq!(sold, [(10, "ann".to_string()), (12, "ann".to_string())]);
+    /// # Ok::<(), sluice_engine::Error>(())
     /// ```
     fn join(self, right: Stream, left_keys: &[&str], right_keys: &[&str]) -> Stream;
 
@@ -125,6 +145,32 @@ pub trait Join {
     /// window; each pair is emitted once per window holding both, when the
     /// window fires, with `window_start`/`window_end` appended. Both inputs
     /// need event time (watermarks assigned upstream).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use serde::{Deserialize, Serialize};
+    /// use sluice_operators::prelude::*;
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Event { user: i64, ts: i64 }
+    /// #[derive(Deserialize)]
+    /// struct Pair { ts: i64, right_ts: i64, window_start: i64 }
+    ///
+    /// let env = Env::new();
+    /// let clicks = env
+    ///     .from_rows("clicks", vec![Event { user: 1, ts: 1_000 }, Event { user: 1, ts: 15_000 }])
+    ///     .watermarks(WatermarkStrategy::ascending("ts"));
+    /// let buys = env
+    ///     .from_rows("buys", vec![Event { user: 1, ts: 3_000 }])
+    ///     .watermarks(WatermarkStrategy::ascending("ts"));
+    /// let window = JoinWindow::tumbling(Duration::from_secs(10));
+    /// let out = clicks.window_join(buys, &["user"], &["user"], window).collect();
+    /// env.execute()?;
+    /// let pairs: Vec<_> =
+    ///     out.rows::<Pair>()?.into_iter().map(|p| (p.ts, p.right_ts, p.window_start)).collect();
+    /// assert_eq!(pairs, [(1_000, 3_000, 0)]);
+    /// # Ok::<(), sluice_engine::Error>(())
+    /// ```
     fn window_join(
         self,
         right: Stream,
@@ -139,6 +185,30 @@ pub trait Join {
     /// pair is emitted once, as soon as both rows are there. Both inputs need
     /// event time; the result keeps the left one's, and the forwarded
     /// watermark is held back by `max(upper_ms, 0)` so no output is late.
+    ///
+    /// ```
+    /// use serde::{Deserialize, Serialize};
+    /// use sluice_operators::prelude::*;
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Event { user: i64, ts: i64 }
+    /// #[derive(Deserialize)]
+    /// struct Pair { ts: i64, right_ts: i64 }
+    ///
+    /// let env = Env::new();
+    /// let clicks = env
+    ///     .from_rows("clicks", vec![Event { user: 1, ts: 1_000 }, Event { user: 1, ts: 9_000 }])
+    ///     .watermarks(WatermarkStrategy::ascending("ts"));
+    /// let buys = env
+    ///     .from_rows("buys", vec![Event { user: 1, ts: 3_000 }])
+    ///     .watermarks(WatermarkStrategy::ascending("ts"));
+    /// // Buys up to 5 s after a click.
+    /// let out = clicks.interval_join(buys, &["user"], &["user"], 0, 5_000).collect();
+    /// env.execute()?;
+    /// let pairs: Vec<_> = out.rows::<Pair>()?.into_iter().map(|p| (p.ts, p.right_ts)).collect();
+    /// assert_eq!(pairs, [(1_000, 3_000)]);
+    /// # Ok::<(), sluice_engine::Error>(())
+    /// ```
     fn interval_join(
         self,
         right: Stream,

@@ -206,6 +206,8 @@ pub(crate) struct Geometry {
 }
 
 impl Geometry {
+    // Only the RocksDB window builds a geometry from its parts.
+    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
     pub(crate) fn new(size: i64, slide: i64, lateness: i64) -> Self {
         Geometry {
             size,

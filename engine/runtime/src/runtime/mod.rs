@@ -73,6 +73,32 @@ pub struct JobConfig {
     pub ui: Option<std::net::SocketAddr>,
 }
 
+impl JobConfig {
+    /// Checks that this build has the parts the configuration asks for —
+    /// RocksDB state (feature `rocksdb`), `s3://` checkpoint locations
+    /// (`s3`), the web UI (`ui`) — so a job built without one fails with a
+    /// configuration error naming the feature before anything runs.
+    /// [`Env::execute`](crate::Env::execute) and
+    /// [`Env::start`](crate::Env::start) call it.
+    pub fn check_features(&self) -> Result<()> {
+        self.state.backend.check_available()?;
+        if let Some(ck) = &self.checkpoint {
+            ck.dir.check_available()?;
+            if let Some(from) = &ck.restore_from {
+                from.check_available()?;
+            }
+        }
+        match self.ui {
+            Some(addr) if !cfg!(feature = "ui") => Err(Error::Config(format!(
+                "the web UI was asked for on {addr}, but this job was built without \
+                 sluice-engine's `ui` feature; enable it (it is on by default) or unset {}",
+                crate::dsl::UI_ENV
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
 impl Default for JobConfig {
     fn default() -> Self {
         JobConfig {
@@ -90,6 +116,7 @@ impl Default for JobConfig {
 }
 
 /// How long an embedded job's web UI outlives the job.
+#[cfg(feature = "ui")]
 const UI_LINGER: Duration = Duration::from_millis(1500);
 
 /// Rows a sink keeps of the latest batch it received, for the results
@@ -417,12 +444,10 @@ pub fn start_embedded(graph: &LogicalGraph, config: &JobConfig) -> Result<JobHan
         None => (None, None),
     };
     #[cfg(not(feature = "ui"))]
-    let (ui, on_complete) = (
-        config.ui.map(|addr| {
-            warn!(%addr, "this job binary was built without sluice-engine's `ui` feature: no web UI");
-        }),
-        None,
-    );
+    let on_complete = {
+        config.check_features()?;
+        None
+    };
     let (graph, config) = (graph.clone(), config.clone());
     let driver = Driver {
         graph,
@@ -440,12 +465,13 @@ pub fn start_embedded(graph: &LogicalGraph, config: &JobConfig) -> Result<JobHan
             let result = driver.run();
             ended.lock().expect("job handle lock").ended =
                 Some(result.as_ref().err().map(|e| e.to_string()));
-            if ui.is_some() {
+            #[cfg(feature = "ui")]
+            if let Some(ui) = ui {
                 // Pages watching the job poll once a second: let them see
                 // how it ended before the process (and its UI) goes.
                 std::thread::sleep(UI_LINGER);
+                drop(ui);
             }
-            drop(ui);
             result
         })
         .map_err(|e| Error::io("spawning the job driver", e))?;

@@ -103,6 +103,28 @@ struct SourceHead {
     src: Box<dyn Source>,
     ctx: OperatorContext,
     gen: Option<SplitWatermarks>,
+    closed: bool,
+}
+
+impl SourceHead {
+    /// Calls [`Source::close`] once.
+    fn close(&mut self) -> Result<()> {
+        if std::mem::replace(&mut self.closed, true) {
+            return Ok(());
+        }
+        self.src.close(&self.ctx)
+    }
+}
+
+impl Drop for SourceHead {
+    /// A task that ends by an error or a panic still closes its source;
+    /// its failure is the one reported, so a close error is only logged.
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::warn!(operator = %self.ctx.operator, subtask = self.ctx.subtask,
+                error = %e, "closing the source of a failed task");
+        }
+    }
 }
 
 /// The fused operators of a task. Member `i`'s main output feeds member
@@ -463,7 +485,17 @@ pub fn run(spec: TaskSpec, control: &JobControl) -> Result<()> {
                 factory,
                 watermarks,
             } => {
-                let mut s = factory(&ctx)?;
+                let s = factory(&ctx)?;
+                // Owned by the head from here on, so it is closed however
+                // the task ends.
+                let h = source.insert(SourceHead {
+                    node: id.0,
+                    src: s,
+                    ctx,
+                    gen: None,
+                    closed: false,
+                });
+                let (s, ctx) = (&mut h.src, &h.ctx);
                 if checkpointer.is_some() && !s.supports_checkpoints() {
                     return Err(Error::Config(format!(
                         "source '{}' cannot record its position, so the job cannot checkpoint; \
@@ -474,10 +506,10 @@ pub fn run(spec: TaskSpec, control: &JobControl) -> Result<()> {
                 if let Some(r) = &restore {
                     let state =
                         r.state_for(id.0, subtask, vertex.parallelism, &ctx.state.local_dir)?;
-                    s.restore(state.entries, &ctx)?;
+                    s.restore(state.entries, ctx)?;
                 }
-                s.open(&ctx)?;
-                let gen = match watermarks {
+                s.open(ctx)?;
+                h.gen = match watermarks {
                     Some(strategy) => Some(SplitWatermarks::new(
                         strategy.clone(),
                         &node.outputs[0],
@@ -485,12 +517,6 @@ pub fn run(spec: TaskSpec, control: &JobControl) -> Result<()> {
                     )?),
                     None => None,
                 };
-                source = Some(SourceHead {
-                    node: id.0,
-                    src: s,
-                    ctx,
-                    gen,
-                });
                 entry_writers = w;
                 continue;
             }
@@ -537,14 +563,17 @@ pub fn run(spec: TaskSpec, control: &JobControl) -> Result<()> {
         )?,
     };
     match outcome {
-        Outcome::Stopped => Ok(()),
+        Outcome::Stopped => {}
         Outcome::Finished => {
             chain.finish()?;
-            match &checkpointer {
-                Some(c) => c.finish(source.as_mut(), &mut chain, control),
-                None => Ok(()),
+            if let Some(c) = &checkpointer {
+                c.finish(source.as_mut(), &mut chain, control)?;
             }
         }
+    }
+    match source.as_mut() {
+        Some(head) => head.close(),
+        None => Ok(()),
     }
 }
 

@@ -26,6 +26,8 @@ pub use snapshot::{OperatorSnapshot, RestoredState};
 
 use std::path::PathBuf;
 
+use crate::error::{Error, Result};
+
 /// Where operators keep keyed state while the job runs.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub enum StateBackend {
@@ -35,6 +37,28 @@ pub enum StateBackend {
     /// In RocksDB on local disk (state larger than memory); snapshots are
     /// incremental uploads of its SST files.
     RocksDb(rocks::RocksConfig),
+}
+
+impl StateBackend {
+    /// Whether this build can run the backend: RocksDB needs
+    /// sluice-engine's `rocksdb` feature (on by default). `Env::execute`
+    /// and `Env::start` check it before anything runs.
+    pub fn check_available(&self) -> Result<()> {
+        match self {
+            StateBackend::RocksDb(_) if !cfg!(feature = "rocksdb") => {
+                Err(rocksdb_unavailable("the RocksDB state backend was chosen"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The error for RocksDB state in a build without the `rocksdb` feature.
+pub(crate) fn rocksdb_unavailable(what: &str) -> Error {
+    Error::Config(format!(
+        "{what}, but this job was built without sluice-engine's `rocksdb` feature; \
+         enable it (it is on by default) or use StateBackend::Memory"
+    ))
 }
 
 /// The backend plus the local directory operators keep databases in.

@@ -16,19 +16,32 @@
 //! the same key-group range adopts a copy of the checkpointed database;
 //! at another parallelism the overlapping key-group ranges of every old
 //! database are copied into a fresh one.
+//!
+//! The settings, the key layout and the checkpoint and restore descriptors
+//! are always built; the database itself ([`RocksState`]) only with the
+//! `rocksdb` feature (on by default), so a job built without it links no
+//! RocksDB and choosing the backend is a configuration error.
 
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+#[cfg(feature = "rocksdb")]
+use std::path::Path;
+use std::path::PathBuf;
+#[cfg(feature = "rocksdb")]
 use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(feature = "rocksdb")]
 use std::sync::Arc;
 
+#[cfg(feature = "rocksdb")]
 use rocksdb::checkpoint::Checkpoint;
+#[cfg(feature = "rocksdb")]
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, IteratorMode, Options, WriteBatch, WriteOptions, DB,
 };
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "rocksdb")]
 use crate::error::{Error, Result};
+#[cfg(feature = "rocksdb")]
 use crate::state::table::{RowVisitor, Spill};
 
 /// Settings of the RocksDB backend. An operator subtask's memory for
@@ -81,6 +94,7 @@ pub struct RestoredDb {
     pub key_groups: Range<usize>,
 }
 
+#[cfg(feature = "rocksdb")]
 fn db_err(context: &str) -> impl Fn(rocksdb::Error) -> Error + '_ {
     move |e| Error::Checkpoint(format!("rocksdb: {context}: {e}"))
 }
@@ -110,9 +124,11 @@ pub fn key_group_of_key(key: &[u8]) -> usize {
     u16::from_be_bytes([key[0], key[1]]) as usize
 }
 
+#[cfg(feature = "rocksdb")]
 static INSTANCES: AtomicU64 = AtomicU64::new(0);
 
-/// One subtask's database.
+/// One subtask's database (feature `rocksdb`).
+#[cfg(feature = "rocksdb")]
 pub struct RocksState {
     db: Option<DB>,
     dir: PathBuf,
@@ -121,6 +137,7 @@ pub struct RocksState {
     checkpoints: AtomicU64,
 }
 
+#[cfg(feature = "rocksdb")]
 fn options(cfg: &RocksConfig) -> Options {
     let mut o = Options::default();
     o.create_if_missing(true);
@@ -140,6 +157,7 @@ fn options(cfg: &RocksConfig) -> Options {
     o
 }
 
+#[cfg(feature = "rocksdb")]
 /// Write options without the write-ahead log: the database is never
 /// reopened after a crash (state comes back from checkpoints), so logging
 /// every write would only cost I/O.
@@ -149,6 +167,7 @@ fn no_wal() -> WriteOptions {
     opts
 }
 
+#[cfg(feature = "rocksdb")]
 impl RocksState {
     /// Opens a fresh database under `base` with column families
     /// `families` for keys of `key_groups`, after restoring the rows of
@@ -347,11 +366,13 @@ impl RocksState {
 }
 
 /// One column family of a subtask's database as a state table's store.
+#[cfg(feature = "rocksdb")]
 pub struct RocksSpill {
     db: Arc<RocksState>,
     family: String,
 }
 
+#[cfg(feature = "rocksdb")]
 impl RocksSpill {
     /// The store of column family `family` of `db`.
     pub fn new(db: Arc<RocksState>, family: &str) -> Self {
@@ -362,6 +383,7 @@ impl RocksSpill {
     }
 }
 
+#[cfg(feature = "rocksdb")]
 impl Spill for RocksSpill {
     fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
         let cf = self.db.cf(&self.family)?;
@@ -397,10 +419,107 @@ impl Spill for RocksSpill {
     }
 }
 
+#[cfg(feature = "rocksdb")]
 impl Drop for RocksState {
     fn drop(&mut self) {
         drop(self.db.take());
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(not(feature = "rocksdb"))]
+pub use unavailable::{RocksSpill, RocksState};
+
+/// A build without the `rocksdb` feature: the same names, uninhabited, so
+/// the state store's code is one for both builds and every path to a
+/// database ends in an error saying which feature is missing.
+#[cfg(not(feature = "rocksdb"))]
+mod unavailable {
+    use std::ops::Range;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::{DbCheckpoint, RestoredDb, RocksConfig};
+    use crate::error::Result;
+    use crate::state::rocksdb_unavailable;
+    use crate::state::table::{RowVisitor, Spill};
+
+    /// No database can be opened in this build.
+    pub enum RocksState {}
+
+    fn holds_rocksdb(dir: &Path) -> crate::error::Error {
+        rocksdb_unavailable(&format!(
+            "the checkpoint holds RocksDB state ({})",
+            dir.display()
+        ))
+    }
+
+    impl RocksState {
+        /// Always an error: the backend is not built.
+        pub fn open(
+            _base: &Path,
+            _name: &str,
+            _families: &[&str],
+            _key_groups: Range<usize>,
+            _import: &Range<usize>,
+            _cfg: &RocksConfig,
+            _restored: Vec<RestoredDb>,
+        ) -> Result<Self> {
+            Err(rocksdb_unavailable("the RocksDB state backend was chosen"))
+        }
+
+        /// Always an error: a RocksDB checkpoint cannot be read.
+        pub fn families(dir: &Path) -> Result<Vec<String>> {
+            Err(holds_rocksdb(dir))
+        }
+
+        /// Always an error: a RocksDB checkpoint cannot be read.
+        pub fn read_groups(
+            dir: &Path,
+            _key_groups: Range<usize>,
+            _f: impl FnMut(&str, &[u8], &[u8]) -> Result<()>,
+        ) -> Result<()> {
+            Err(holds_rocksdb(dir))
+        }
+
+        /// Unreachable: no value exists.
+        pub fn put_all(
+            &self,
+            _family: &str,
+            _rows: &[(Vec<u8>, Vec<u8>)],
+            _groups: &Range<usize>,
+        ) -> Result<()> {
+            match *self {}
+        }
+
+        /// Unreachable: no value exists.
+        pub fn checkpoint(&self) -> Result<DbCheckpoint> {
+            match *self {}
+        }
+    }
+
+    /// No column family exists in this build.
+    pub enum RocksSpill {}
+
+    impl RocksSpill {
+        /// Unreachable: no database exists.
+        pub fn new(db: Arc<RocksState>, _family: &str) -> Self {
+            match *db {}
+        }
+    }
+
+    impl Spill for RocksSpill {
+        fn get_many(&self, _keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+            match *self {}
+        }
+
+        fn write(&self, _puts: &[(&[u8], &[u8])], _deletes: &[&[u8]]) -> Result<()> {
+            match *self {}
+        }
+
+        fn scan(&self, _from: &[u8], _to: &[u8], _f: &mut RowVisitor<'_>) -> Result<()> {
+            match *self {}
+        }
     }
 }
 
@@ -418,6 +537,7 @@ mod tests {
         assert_eq!(back, v);
     }
 
+    #[cfg(feature = "rocksdb")]
     #[test]
     fn restore_splits_by_key_group() {
         let base = tempfile::tempdir().unwrap();

@@ -37,7 +37,7 @@
 
 mod cache;
 mod scan;
-#[cfg(test)]
+#[cfg(all(test, feature = "rocksdb"))]
 mod tests;
 
 use std::collections::BTreeMap;
