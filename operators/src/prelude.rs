@@ -13,4 +13,5 @@ pub use crate::top::*;
 pub use crate::union::*;
 pub use crate::window::*;
 pub use sluice_engine::state::keyed::{KeyScope, ListState, MapState, StateDescriptor, ValueState};
+pub use sluice_engine::state::ttl::{StateTtl, TtlTime, TtlUpdate};
 pub use sluice_engine::{arrow, Env, Stream, WatermarkStrategy};

@@ -130,8 +130,14 @@ where
         _ctx: &OperatorContext,
         out: &mut Collector,
     ) -> Result<Option<Watermark>> {
-        let (Some(on_timer), Some(t)) = (&self.on_timer, crate::advance(&mut self.watermark, wm))
-        else {
+        let Some(t) = crate::advance(&mut self.watermark, wm) else {
+            return Ok(Some(wm));
+        };
+        if let Some(store) = self.store.as_mut() {
+            // Event-time TTLs measure time by the watermark.
+            store.advance_watermark(t);
+        }
+        let Some(on_timer) = &self.on_timer else {
             return Ok(Some(wm));
         };
         let store = self

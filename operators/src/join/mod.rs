@@ -47,6 +47,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_engine::data::MAX_EVENT_DURATION;
+use sluice_engine::state::ttl::{StateTtl, TtlUpdate};
 
 use crate::window::too_long;
 
@@ -102,6 +103,37 @@ impl JoinWindow {
     }
 }
 
+/// The unbounded join, its rows kept for `ttl` when given.
+fn stream_join(
+    left: Stream,
+    right: Stream,
+    left_keys: &[&str],
+    right_keys: &[&str],
+    ttl: Option<StateTtl>,
+    verb: &str,
+) -> Stream {
+    let p = plan(&left, &right, left_keys, right_keys, verb);
+    let out: SchemaRef = Arc::new(Schema::new(p.fields.clone()));
+    let (keys, inputs, types) = (p.keys, p.inputs, p.key_types);
+    let factory: OperatorFactory = Arc::new(move |_ctx| {
+        Ok(Box::new(StreamJoinOperator::new(
+            keys.clone(),
+            inputs.clone(),
+            &types,
+            out.clone(),
+            ttl,
+        )?))
+    });
+    wire(
+        left,
+        right,
+        (left_keys, right_keys),
+        verb,
+        p.fields,
+        factory,
+    )
+}
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -140,6 +172,48 @@ pub trait Join {
     /// # Ok::<(), sluice_engine::Error>(())
     /// ```
     fn join(self, right: Stream, left_keys: &[&str], right_keys: &[&str]) -> Stream;
+
+    /// The unbounded [`Join::join`] whose rows are forgotten `ttl` after
+    /// they arrived (Flink SQL's state TTL for regular joins), so its state
+    /// stays bounded on an endless stream: a row matches the other side's
+    /// rows that arrive within `ttl` of it, in processing time
+    /// ([`StateTtl::processing_time`]) or in event time, the join's
+    /// watermark ([`StateTtl::event_time`]). Expired rows never match;
+    /// they are deleted as the join sweeps its state (every quarter TTL,
+    /// at least once a second). The TTL restarts on writes only.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use serde::{Deserialize, Serialize};
+    /// use sluice_operators::prelude::*;
+    /// use sluice_engine::state::ttl::StateTtl;
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Click { user: i64, ts: i64 }
+    /// #[derive(Deserialize)]
+    /// struct Pair { ts: i64, right_ts: i64 }
+    ///
+    /// let env = Env::new();
+    /// let clicks = env
+    ///     .from_rows("clicks", vec![Click { user: 1, ts: 1_000 }])
+    ///     .watermarks(WatermarkStrategy::ascending("ts"));
+    /// let buys = env
+    ///     .from_rows("buys", vec![Click { user: 1, ts: 2_000 }])
+    ///     .watermarks(WatermarkStrategy::ascending("ts"));
+    /// let ttl = StateTtl::event_time(Duration::from_secs(60));
+    /// let out = clicks.join_with_ttl(buys, &["user"], &["user"], ttl).collect();
+    /// env.execute()?;
+    /// let pairs: Vec<_> = out.rows::<Pair>()?.into_iter().map(|p| (p.ts, p.right_ts)).collect();
+    /// assert_eq!(pairs, [(1_000, 2_000)]);
+    /// # Ok::<(), sluice_engine::Error>(())
+    /// ```
+    fn join_with_ttl(
+        self,
+        right: Stream,
+        left_keys: &[&str],
+        right_keys: &[&str],
+        ttl: StateTtl,
+    ) -> Stream;
 
     /// Inner join of rows with equal keys whose event times fall in the same
     /// window; each pair is emitted once per window holding both, when the
@@ -328,25 +402,26 @@ fn wire(
 
 impl Join for Stream {
     fn join(self, right: Stream, left_keys: &[&str], right_keys: &[&str]) -> Stream {
-        let p = plan(&self, &right, left_keys, right_keys, "join");
-        let out: SchemaRef = Arc::new(Schema::new(p.fields.clone()));
-        let (keys, inputs, types) = (p.keys, p.inputs, p.key_types);
-        let factory: OperatorFactory = Arc::new(move |_ctx| {
-            Ok(Box::new(StreamJoinOperator::new(
-                keys.clone(),
-                inputs.clone(),
-                &types,
-                out.clone(),
-            )?))
-        });
-        wire(
-            self,
-            right,
-            (left_keys, right_keys),
-            "join",
-            p.fields,
-            factory,
-        )
+        stream_join(self, right, left_keys, right_keys, None, "join")
+    }
+
+    fn join_with_ttl(
+        self,
+        right: Stream,
+        left_keys: &[&str],
+        right_keys: &[&str],
+        ttl: StateTtl,
+    ) -> Stream {
+        const VERB: &str = "join_with_ttl";
+        if ttl.update != TtlUpdate::OnWrite {
+            self.report(plan_error(
+                &self,
+                VERB,
+                "a join's row lives from its arrival: its TTL restarts on writes only \
+                 (TtlUpdate::OnWrite)",
+            ));
+        }
+        stream_join(self, right, left_keys, right_keys, Some(ttl), VERB)
     }
 
     fn window_join(

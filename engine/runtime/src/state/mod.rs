@@ -10,6 +10,8 @@
 //!   their shared cache budget, restore and snapshots.
 //! - [`keyed`]: the keyed-state API user code programs against (value,
 //!   list and map states with namespaces, timers), over tables.
+//! - [`ttl`]: state time-to-live (processing or event time), its stamp and
+//!   semantics.
 //! - [`rocks`]: everything that names RocksDB (the database, its
 //!   checkpoints, the store behind a table).
 //! - [`snapshot`]: the form state takes in a checkpoint; [`key_group`] the
@@ -21,6 +23,7 @@ pub mod rocks;
 pub mod snapshot;
 pub mod store;
 pub mod table;
+pub mod ttl;
 
 pub use snapshot::{OperatorSnapshot, RestoredState};
 

@@ -2,7 +2,8 @@
 //! cheap to clone into closures and operator instances; every operation
 //! goes through a [`KeyScope`] (the current key and namespace). Values are
 //! encoded with `postcard`; a value that no longer decodes as the handle's
-//! type (the type changed between runs) is an [`Error::State`].
+//! type (the type changed between runs) is an [`Error::State`]. A handle
+//! may carry a [`StateTtl`]; the store applies it (see [`crate::state::ttl`]).
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use serde::Serialize;
 use super::layout::layout_of;
 use super::{KeyScope, MapCodec, MapValue, StateDescriptor, StateKind};
 use crate::error::{Error, Result};
-use crate::state::table::BytesCodec;
+use crate::state::ttl::{self, StateTtl, TtlUpdate};
 
 fn encode<T: Serialize + ?Sized>(state: &str, v: &T) -> Result<Vec<u8>> {
     encode_onto(state, v, Vec::new())
@@ -37,7 +38,7 @@ macro_rules! handle_common {
     ($t:ident, $kind:expr, $($p:ident),+) => {
         impl<$($p),+> Clone for $t<$($p),+> {
             fn clone(&self) -> Self {
-                $t { name: self.name.clone(), _types: PhantomData }
+                $t { name: self.name.clone(), ttl: self.ttl, _types: PhantomData }
             }
         }
 
@@ -50,7 +51,23 @@ macro_rules! handle_common {
         impl<$($p),+> $t<$($p),+> {
             /// A handle on the state named `name`.
             pub fn new(name: &str) -> Self {
-                $t { name: name.into(), _types: PhantomData }
+                $t { name: name.into(), ttl: None, _types: PhantomData }
+            }
+
+            /// Gives the state a time-to-live: entries expire `ttl` after
+            /// they were last written (see [`crate::state::ttl`]).
+            pub fn ttl(mut self, ttl: StateTtl) -> Self {
+                self.ttl = Some(ttl);
+                self
+            }
+
+            /// The descriptor's layout: the value layout, marked when
+            /// entries carry an expiry stamp (another stored form).
+            fn stored_layout(&self, layout: String) -> String {
+                match self.ttl {
+                    Some(_) => format!("{layout} with a TTL"),
+                    None => layout,
+                }
             }
 
             fn id(&self, s: &KeyScope<'_>) -> Result<usize> {
@@ -63,6 +80,7 @@ macro_rules! handle_common {
 /// One value per key and namespace.
 pub struct ValueState<T> {
     name: Arc<str>,
+    ttl: Option<StateTtl>,
     _types: PhantomData<fn() -> T>,
 }
 handle_common!(ValueState, StateKind::Value, T);
@@ -73,17 +91,16 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
         StateDescriptor {
             name: self.name.to_string(),
             kind: StateKind::Value,
-            layout: layout_of::<T>(),
+            layout: self.stored_layout(layout_of::<T>()),
+            ttl: self.ttl,
         }
     }
 
     /// The value, if set.
     pub fn get(&self, s: &KeyScope<'_>) -> Result<Option<T>> {
         let id = self.id(s)?;
-        let mut table = s.store.bytes(id)?;
-        table
-            .get(&mut BytesCodec, s.at())?
-            .map(|b| decode(&self.name, b))
+        s.store
+            .read(id, s.at(), |b| decode(&self.name, b))?
             .transpose()
     }
 
@@ -91,15 +108,13 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
     pub fn set(&self, s: &mut KeyScope<'_>, value: &T) -> Result<()> {
         let id = self.id(s)?;
         let v = encode(&self.name, value)?;
-        let at = s.at();
-        s.store.bytes(id)?.put(&mut BytesCodec, at, v)
+        s.store.write(id, s.at(), v)
     }
 
     /// Removes the value.
     pub fn clear(&self, s: &mut KeyScope<'_>) -> Result<()> {
         let id = self.id(s)?;
-        let at = s.at();
-        s.store.bytes(id)?.delete(&mut BytesCodec, at)
+        s.store.delete(id, s.at())
     }
 }
 
@@ -108,6 +123,7 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
 /// when it is flushed or evicted).
 pub struct ListState<T> {
     name: Arc<str>,
+    ttl: Option<StateTtl>,
     _types: PhantomData<fn() -> T>,
 }
 handle_common!(ListState, StateKind::List, T);
@@ -118,27 +134,28 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
         StateDescriptor {
             name: self.name.to_string(),
             kind: StateKind::List,
-            layout: layout_of::<T>(),
+            layout: self.stored_layout(layout_of::<T>()),
+            ttl: self.ttl,
         }
     }
 
     /// The elements in insertion order (empty when none).
     pub fn get(&self, s: &KeyScope<'_>) -> Result<Vec<T>> {
         let id = self.id(s)?;
-        let mut table = s.store.bytes(id)?;
-        let Some(bytes) = table.get(&mut BytesCodec, s.at())? else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::new();
-        let mut rest = bytes.as_slice();
-        while !rest.is_empty() {
-            let bad = || Error::State(format!("list '{}' holds a truncated element", self.name));
-            let len = u32::from_le_bytes(rest.get(..4).ok_or_else(bad)?.try_into().expect("4"));
-            let elem = rest.get(4..4 + len as usize).ok_or_else(bad)?;
-            out.push(decode(&self.name, elem)?);
-            rest = &rest[4 + len as usize..];
-        }
-        Ok(out)
+        let list = s.store.read(id, s.at(), |bytes| -> Result<Vec<T>> {
+            let mut out = Vec::new();
+            let mut rest = bytes;
+            while !rest.is_empty() {
+                let bad =
+                    || Error::State(format!("list '{}' holds a truncated element", self.name));
+                let len = u32::from_le_bytes(rest.get(..4).ok_or_else(bad)?.try_into().expect("4"));
+                let elem = rest.get(4..4 + len as usize).ok_or_else(bad)?;
+                out.push(decode(&self.name, elem)?);
+                rest = &rest[4 + len as usize..];
+            }
+            Ok(out)
+        })?;
+        Ok(list.transpose()?.unwrap_or_default())
     }
 
     /// Appends `value`.
@@ -150,8 +167,7 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
     pub fn add_all(&self, s: &mut KeyScope<'_>, values: &[T]) -> Result<()> {
         let id = self.id(s)?;
         let at = s.at();
-        let mut table = s.store.bytes(id)?;
-        let mut bytes = table.get(&mut BytesCodec, at)?.cloned().unwrap_or_default();
+        let mut bytes = s.store.read(id, at, <[u8]>::to_vec)?.unwrap_or_default();
         for v in values {
             // Length prefix first, filled in once the element is encoded.
             let at = bytes.len();
@@ -160,7 +176,7 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
             let len = (bytes.len() - at - 4) as u32;
             bytes[at..at + 4].copy_from_slice(&len.to_le_bytes());
         }
-        table.put(&mut BytesCodec, at, bytes)
+        s.store.write(id, at, bytes)
     }
 
     /// Replaces the list with `values` (an empty slice clears it).
@@ -175,8 +191,7 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
     /// Removes every element.
     pub fn clear(&self, s: &mut KeyScope<'_>) -> Result<()> {
         let id = self.id(s)?;
-        let at = s.at();
-        s.store.bytes(id)?.delete(&mut BytesCodec, at)
+        s.store.delete(id, s.at())
     }
 }
 
@@ -186,6 +201,7 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
 /// `K`'s `Ord`).
 pub struct MapState<K, V> {
     name: Arc<str>,
+    ttl: Option<StateTtl>,
     _types: PhantomData<fn() -> (K, V)>,
 }
 handle_common!(MapState, StateKind::Map, K, V);
@@ -200,36 +216,90 @@ where
         StateDescriptor {
             name: self.name.to_string(),
             kind: StateKind::Map,
-            layout: format!("map of {} to {}", layout_of::<K>(), layout_of::<V>()),
+            layout: self.stored_layout(format!(
+                "map of {} to {}",
+                layout_of::<K>(),
+                layout_of::<V>()
+            )),
+            ttl: self.ttl,
         }
     }
 
-    /// Calls `f` with the current key's map (`None` when empty).
-    fn with_map<R>(&self, s: &KeyScope<'_>, f: impl FnOnce(Option<&MapValue>) -> R) -> Result<R> {
+    /// The TTL and its "now", when the state has one.
+    fn clock(&self, s: &KeyScope<'_>) -> Option<(StateTtl, i64)> {
+        self.ttl.map(|t| (t, s.store.ttl_now(&t)))
+    }
+
+    /// Calls `f` with the current key's map (`None` when empty) and the
+    /// TTL clock; with a TTL, renews the entries `f` names when the TTL
+    /// restarts on reads.
+    fn with_map<R>(
+        &self,
+        s: &KeyScope<'_>,
+        f: impl FnOnce(Option<&MapValue>, Option<i64>) -> Result<(R, Vec<Vec<u8>>)>,
+    ) -> Result<R> {
         let id = self.id(s)?;
+        let clock = self.clock(s);
         let mut table = s.store.map(id)?;
-        Ok(f(table.get(&mut MapCodec, s.at())?))
+        let (r, read) = f(table.get(&mut MapCodec, s.at())?, clock.map(|c| c.1))?;
+        if let Some((t, now)) = clock.filter(|(t, _)| t.update == TtlUpdate::OnReadAndWrite) {
+            if !read.is_empty() {
+                if let Some(h) = table.get_many(&mut MapCodec, [Some(s.at())])?[0] {
+                    table.update(h, &mut MapCodec, |m, _| {
+                        for k in read {
+                            if let Some(v) = m.get_mut(&k) {
+                                v[..8].copy_from_slice(&t.expiry(now).to_le_bytes());
+                            }
+                        }
+                    });
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    /// A stored map value's payload, if live at `now` (no TTL: always).
+    fn payload<'b>(&self, stored: &'b [u8], now: Option<i64>) -> Result<Option<&'b [u8]>> {
+        match now {
+            None => Ok(Some(stored)),
+            Some(now) => ttl::live(stored, now),
+        }
     }
 
     /// The value under `key`.
     pub fn get(&self, s: &KeyScope<'_>, key: &K) -> Result<Option<V>> {
         let k = encode(&self.name, key)?;
-        self.with_map(s, |m| {
-            m.and_then(|m| m.get(&k)).map(|b| decode(&self.name, b))
-        })?
-        .transpose()
+        self.with_map(s, |m, now| {
+            let Some(b) = m.and_then(|m| m.get(&k)) else {
+                return Ok((None, vec![]));
+            };
+            match self.payload(b, now)? {
+                Some(p) => Ok((Some(decode(&self.name, p)?), vec![k.clone()])),
+                None => Ok((None, vec![])),
+            }
+        })
     }
 
-    /// Whether `key` is present.
+    /// Whether `key` is present (and live).
     pub fn contains(&self, s: &KeyScope<'_>, key: &K) -> Result<bool> {
         let k = encode(&self.name, key)?;
-        self.with_map(s, |m| m.is_some_and(|m| m.contains_key(&k)))
+        self.with_map(s, |m, now| {
+            let live = match m.and_then(|m| m.get(&k)) {
+                Some(b) => self.payload(b, now)?.is_some(),
+                None => false,
+            };
+            Ok((live, vec![]))
+        })
     }
 
     /// Sets `key` to `value`.
     pub fn put(&self, s: &mut KeyScope<'_>, key: &K, value: &V) -> Result<()> {
         let id = self.id(s)?;
-        let (k, v) = (encode(&self.name, key)?, encode(&self.name, value)?);
+        let k = encode(&self.name, key)?;
+        let v = match self.clock(s) {
+            None => encode(&self.name, value)?,
+            Some((t, now)) => encode_onto(&self.name, value, t.expiry(now).to_le_bytes().to_vec())?,
+        };
         let at = s.at();
         let mut table = s.store.map(id)?;
         match table.get_many(&mut MapCodec, [Some(at)])?[0] {
@@ -264,12 +334,18 @@ where
 
     /// Every entry (see the type's note on order).
     pub fn entries(&self, s: &KeyScope<'_>) -> Result<Vec<(K, V)>> {
-        self.with_map(s, |m| {
-            m.into_iter()
-                .flat_map(|m| m.iter())
-                .map(|(k, v)| Ok((decode(&self.name, k)?, decode(&self.name, v)?)))
-                .collect()
-        })?
+        self.with_map(s, |m, now| {
+            let (mut out, mut read) = (Vec::new(), Vec::new());
+            for (k, v) in m.into_iter().flat_map(|m| m.iter()) {
+                if let Some(p) = self.payload(v, now)? {
+                    out.push((decode(&self.name, k)?, decode(&self.name, p)?));
+                    if now.is_some() {
+                        read.push(k.clone());
+                    }
+                }
+            }
+            Ok((out, read))
+        })
     }
 
     /// Removes every entry.

@@ -19,10 +19,13 @@
 //!
 //! This module knows nothing of operators or the DSL.
 
+mod expiry;
 mod handle;
 pub mod layout;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod ttl_tests;
 
 pub use handle::{ListState, MapState, ValueState};
 
@@ -34,6 +37,7 @@ use crate::error::{Error, Result};
 use crate::operator::OperatorContext;
 use crate::state::store::StateStore;
 use crate::state::table::{split_entry_key, BytesCodec, KeyRef, StateTable, ValueCodec};
+use crate::state::ttl::StateTtl;
 use crate::state::{OperatorSnapshot, RestoredState};
 
 /// What a declared state holds.
@@ -69,6 +73,8 @@ pub struct StateDescriptor {
     /// key and value): checkpoints record it, and a restore into another
     /// shape is refused.
     pub layout: String,
+    /// Its time-to-live, if entries expire ([`crate::state::ttl`]).
+    pub ttl: Option<StateTtl>,
 }
 
 /// Most timers [`KeyedState::take_due_timers`] returns at once (bounds
@@ -233,6 +239,10 @@ pub struct KeyedState {
     by_name: HashMap<String, usize>,
     key_groups: Range<usize>,
     max_parallelism: usize,
+    /// The operator's watermark (the clock of event-time TTLs).
+    watermark: i64,
+    /// Per state with a TTL, when (in its time) the next sweep is due.
+    next_sweep: Vec<Option<i64>>,
 }
 
 impl KeyedState {
@@ -273,10 +283,23 @@ impl KeyedState {
             store,
             tables,
             timers,
+            next_sweep: vec![None; states.len()],
             states: states.to_vec(),
             by_name,
             max_parallelism: ctx.max_parallelism,
+            watermark: i64::MIN,
         })
+    }
+
+    /// Tells the store the operator's watermark: event-time TTLs measure
+    /// time by it.
+    pub fn advance_watermark(&mut self, watermark: i64) {
+        self.watermark = self.watermark.max(watermark);
+    }
+
+    /// "now" in `ttl`'s time.
+    fn ttl_now(&self, ttl: &StateTtl) -> i64 {
+        ttl.now(self.watermark)
     }
 
     /// The key groups this store holds.
@@ -321,8 +344,10 @@ impl KeyedState {
         Ok(())
     }
 
-    /// Evicts what exceeds the cache (RocksDB backend); call once per batch.
+    /// Sweeps expired state when a sweep is due and evicts what exceeds
+    /// the cache (RocksDB backend); call once per batch.
     pub fn maintain(&mut self) -> Result<()> {
+        self.sweep_expired()?;
         for t in &mut self.tables {
             t.get_mut().maintain()?;
         }

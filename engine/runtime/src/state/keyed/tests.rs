@@ -9,7 +9,12 @@ use crate::state::rocks::RocksConfig;
 use crate::state::snapshot::filter_key_groups;
 use crate::state::{StateBackend, StateSettings};
 
-fn ctx(backend: &StateBackend, dir: &std::path::Path, subtask: usize, p: usize) -> OperatorContext {
+pub(super) fn ctx(
+    backend: &StateBackend,
+    dir: &std::path::Path,
+    subtask: usize,
+    p: usize,
+) -> OperatorContext {
     OperatorContext {
         operator: "keyed-test".into(),
         subtask,
@@ -27,7 +32,7 @@ fn ctx(backend: &StateBackend, dir: &std::path::Path, subtask: usize, p: usize) 
 }
 
 /// Both backends (the heap alone in a build without `rocksdb`).
-fn backends() -> Vec<StateBackend> {
+pub(super) fn backends() -> Vec<StateBackend> {
     let mut all = vec![StateBackend::Memory];
     let rocks = [
         StateBackend::RocksDb(RocksConfig {
@@ -204,7 +209,7 @@ fn check(st: &mut KeyedState, groups: Range<usize>) {
 
 /// What the checkpoint writer and restore do, without storage: heap rows
 /// filtered by key group; databases copied for every overlapping subtask.
-fn restored_for(
+pub(super) fn restored_for(
     snap: &OperatorSnapshot,
     groups: &Range<usize>,
     dir: &std::path::Path,
