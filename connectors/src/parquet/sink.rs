@@ -13,7 +13,7 @@
 //! completed by their recorded footer); what the failed run wrote after
 //! `m` is removed ([`Output::clean`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use arrow::datatypes::{DataType, SchemaRef};
@@ -21,10 +21,11 @@ use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
+use sluice_engine::checkpoint::Location;
 use sluice_engine::data::CheckpointId;
 use sluice_engine::state::{OperatorSnapshot, RestoredState};
 use sluice_engine::{Error, OperatorContext, Result, Sink, Watermark};
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::footer::FooterTemplate;
 use super::names;
@@ -253,6 +254,7 @@ impl ParquetWriterTask {
             footer: Vec::new(),
             garbage,
             phase: Phase::Staged { epoch: 0 },
+            location: Some(self.spec.location.as_str().to_string()),
         };
         if self.checkpointing {
             self.closed.push(entry);
@@ -304,6 +306,7 @@ impl ParquetWriterTask {
             footer,
             garbage: Vec::new(),
             phase: Phase::Open,
+            location: Some(self.spec.location.as_str().to_string()),
         };
         f.persisted = Some(entry.clone());
         Ok(entry)
@@ -317,14 +320,30 @@ impl ParquetWriterTask {
         let (parallelism, subtask) = (self.parallelism, self.subtask);
         let mine = move |old: usize| old % parallelism == subtask;
         let (restored, entries) = self.restored.take().unwrap_or((0, Vec::new()));
-        let output = self.output()?.clone();
+        let current = self.spec.location.as_str().to_string();
+        // The checkpoint's files are published where they were written,
+        // also when the job now writes elsewhere (as Flink commits pending
+        // files at their original path); later files go to the new output.
+        let mut outputs: BTreeMap<String, Output> = BTreeMap::new();
+        outputs.insert(current.clone(), self.output()?.clone());
         for e in entries.iter().filter(|e| mine(e.subtask)) {
+            let at = e.location.clone().unwrap_or_else(|| current.clone());
+            if !outputs.contains_key(&at) {
+                info!(previous = %at, now = %current,
+                    "the checkpoint holds files written to a previous output location; \
+                     publishing them there");
+                let old = Output::open(&Location::from(at.as_str()), self.spec.part_size)?;
+                outputs.insert(at.clone(), old);
+            }
+            let output = &outputs[&at];
             match e.phase {
                 Phase::Staged { .. } => output.publish(e)?,
                 Phase::Open => output.publish_prefix(e)?,
             }
         }
-        output.clean(&mine, restored)?;
+        for output in outputs.values() {
+            output.clean(&mine, restored)?;
+        }
         self.epoch = restored;
         Ok(())
     }

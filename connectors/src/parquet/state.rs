@@ -67,6 +67,11 @@ pub struct FileEntry {
     pub garbage: Vec<String>,
     /// Staged or open.
     pub phase: Phase,
+    /// The output location it is written to (absent in checkpoints from
+    /// before this field: the sink's location). A job resumed with another
+    /// output publishes the checkpoint's files where they were written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
 }
 
 impl FileEntry {
@@ -135,10 +140,16 @@ mod tests {
             footer: vec![0, 1, 0xab, 0xff],
             garbage: vec![],
             phase: Phase::Open,
+            location: Some("s3://bucket/out".into()),
         };
         let bytes = e.encode().unwrap();
         assert!(String::from_utf8_lossy(&bytes).contains("0001abff"));
         assert_eq!(FileEntry::decode(&bytes).unwrap(), e);
         assert!(FileEntry::decode(b"{}").is_err());
+        // An entry from before locations were recorded still decodes.
+        let mut old: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        old.as_object_mut().unwrap().remove("location");
+        let old = FileEntry::decode(&serde_json::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(old.location, None);
     }
 }

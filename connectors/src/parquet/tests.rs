@@ -408,3 +408,57 @@ fn a_new_input_schema_starts_new_files() {
         assert_eq!(t.rolled.get("schema"), Some(&1));
     }
 }
+
+#[test]
+fn a_job_resumed_with_another_output_publishes_the_checkpoint_where_it_was_written() {
+    let (first, second) = (
+        Target::Local(tempfile::tempdir().unwrap()),
+        Target::Local(tempfile::tempdir().unwrap()),
+    );
+    let dir = |t: &Target| match t {
+        Target::Local(d) => d.path().join("out"),
+        #[cfg(feature = "s3")]
+        Target::Memory(_) => unreachable!("local targets"),
+    };
+    let sink = |t: &Target| {
+        let s = quiet_sink().max_file_rows(250);
+        ParquetSink {
+            location: dir(t).as_path().into(),
+            ..s
+        }
+    };
+    let c = ctx(0, 1, 0);
+    let mut t = ParquetWriterTask::new(sink(&first), schema()).unwrap();
+    t.open(&c).unwrap();
+    // A rolls at 250 rows (staged), B is open at the checkpoint.
+    t.write(rows(0, 300, 3), &c).unwrap();
+    let s1 = t.snapshot(CheckpointId(1), &c).unwrap();
+    t.write(rows(300, 350, 3), &c).unwrap();
+    drop(t);
+
+    // Resumed from checkpoint 1 with the output moved elsewhere.
+    let c = ctx(0, 1, 1);
+    let mut t = ParquetWriterTask::new(sink(&second), schema()).unwrap();
+    t.restore(restored(1, &[&s1]), &c).unwrap();
+    t.open(&c).unwrap();
+    assert_eq!(
+        first.all_x(),
+        (0..300).collect::<Vec<_>>(),
+        "the checkpoint's rows, where written"
+    );
+    assert!(
+        first.read().1.is_empty(),
+        "nothing hidden left: {:?}",
+        first.read().1
+    );
+    t.write(rows(300, 400, 3), &c).unwrap();
+    t.close(&c).unwrap();
+    t.snapshot(CheckpointId(2), &c).unwrap();
+    t.checkpoint_complete(CheckpointId(2), &c).unwrap();
+    assert_eq!(
+        second.all_x(),
+        (300..400).collect::<Vec<_>>(),
+        "later rows in the new output"
+    );
+    assert_eq!(first.all_x(), (0..300).collect::<Vec<_>>());
+}
