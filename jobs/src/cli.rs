@@ -153,6 +153,11 @@ pub struct CheckpointArgs {
     /// longer has (their state is dropped); by default that is refused.
     #[arg(long)]
     pub allow_non_restored_state: bool,
+    /// Print the plan (settings, then each vertex with its chained
+    /// operators, parallelism and partitioned inputs) and exit without
+    /// running anything or touching the checkpoint and output locations.
+    #[arg(long, conflicts_with = "fresh")]
+    pub explain: bool,
 }
 
 /// What the checkpoint location held when the job started: the checkpoint
@@ -254,8 +259,23 @@ impl CheckpointArgs {
         Ok(resume)
     }
 
+    /// With `--explain`: prints the plan of the job built on `env` to
+    /// stdout and says so (the caller then exits without running it).
+    pub fn explained(&self, env: &sluice_engine::Env) -> anyhow::Result<bool> {
+        if !self.explain {
+            return Ok(false);
+        }
+        let plan = env.explain()?;
+        let mut out = std::io::stdout().lock();
+        std::io::Write::write_all(&mut out, plan.as_bytes())?;
+        Ok(true)
+    }
+
     /// What the checkpoint location holds; with `--fresh` it is moved aside.
     fn look(&self, job: &str) -> anyhow::Result<Resume> {
+        if self.explain {
+            return Ok(Resume::default());
+        }
         if !sluice_engine::dsl::runs_embedded() {
             if self.fresh {
                 anyhow::bail!(
@@ -318,7 +338,8 @@ impl CheckpointArgs {
     /// With `--fresh` (embedded runs), moves an output directory that
     /// holds anything aside, so the fresh run's files are all there is.
     pub fn fresh_output(&self, dir: &Path) -> anyhow::Result<()> {
-        if self.fresh && sluice_engine::dsl::runs_embedded() && holds_anything(dir) {
+        if self.fresh && !self.explain && sluice_engine::dsl::runs_embedded() && holds_anything(dir)
+        {
             let aside = set_aside(dir)?;
             info!(target: NOTICE_TARGET,
                 "--fresh: moved the earlier output {} aside to {}", dir.display(), aside.display());

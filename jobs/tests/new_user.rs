@@ -414,6 +414,49 @@ fn nexmark_says_when_it_resumes_and_fresh_starts_over() {
     assert_eq!(records(&fresh), records(&first), "{fresh}");
 }
 
+#[test]
+fn explain_prints_the_plan_and_runs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck");
+    let out = Command::new(env!("CARGO_BIN_EXE_nexmark"))
+        .args([
+            "--query",
+            "q5",
+            "--events",
+            "1000000",
+            "--parallelism",
+            "2",
+            "--explain",
+        ])
+        .arg("--checkpoint-dir")
+        .arg(&ck)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let (plan, log) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{log}");
+    assert!(plan.contains("parallelism 2"), "{plan}");
+    assert!(plan.contains("checkpoints: every 1s into"), "{plan}");
+    // q5's window is fed through a hash exchange on the auction key.
+    assert!(plan.contains("<- [") && plan.contains("Hash"), "{plan}");
+    assert!(!plan.contains("source_records="), "nothing ran: {plan}");
+    assert!(!ck.exists(), "the checkpoint location is not touched");
+    // --explain and --fresh together are refused.
+    let both = Command::new(env!("CARGO_BIN_EXE_nexmark"))
+        .args(["--query", "q1", "--explain", "--fresh"])
+        .output()
+        .unwrap();
+    assert!(!both.status.success());
+    assert!(
+        String::from_utf8_lossy(&both.stderr).contains("cannot be used with"),
+        "{}",
+        String::from_utf8_lossy(&both.stderr)
+    );
+}
+
 fn window_agg(source: &Path, out: &Path, extra: &[&str]) -> (bool, String) {
     let mut c = Command::new(env!("CARGO_BIN_EXE_window_agg"));
     c.arg("--source")

@@ -198,6 +198,9 @@ fn main() -> anyhow::Result<()> {
         None => stream,
     };
     stream.sink(sink);
+    if args.checkpoints.explained(&env)? {
+        return Ok(());
+    }
     let result = env.execute().map_err(|e| {
         explain(
             e,

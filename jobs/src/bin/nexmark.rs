@@ -36,9 +36,6 @@ struct Args {
     /// Wall-clock rate limit in events per second (default: as fast as possible).
     #[arg(long)]
     rate: Option<u64>,
-    /// Print the physical plan.
-    #[arg(long)]
-    explain: bool,
     /// Run only the bid generator into a discarding sink (the baseline the
     /// queries are compared with); `--query` is then only a label.
     #[arg(long)]
@@ -88,10 +85,10 @@ fn main() -> anyhow::Result<()> {
         Output::Print => out.sink(PrintSink),
         Output::Dir(d) => out.sink(ParquetSink::new(d)),
     }
-    let result = env.execute()?;
-    if args.explain {
-        eprint!("{}", result.plan.describe());
+    if args.checkpoints.explained(&env)? {
+        return Ok(());
     }
+    let result = env.execute()?;
     let secs = result.duration.as_secs_f64();
     let records = result.source_records();
     let query = if args.generator_only {

@@ -147,6 +147,9 @@ fn main() -> anyhow::Result<()> {
         }
     };
     stream.sink(ParquetSink::new(&args.output));
+    if args.checkpoints.explained(&env)? {
+        return Ok(());
+    }
     let result = env
         .execute()
         .map_err(|e| explain(e, "--skip-bad-records skips and counts such records"))?;

@@ -301,6 +301,65 @@ impl Env {
         }
     }
 
+    /// The plan the job would run, as text, without running it: its
+    /// settings (parallelism, checkpoints, state backend), then each
+    /// vertex (chained operators, parallelism) with its inputs and how they
+    /// are partitioned — what a job binary's `--explain` prints.
+    ///
+    /// ```
+    /// use sluice_engine::testing::int_batch;
+    /// use sluice_engine::Env;
+    ///
+    /// let env = Env::new();
+    /// let batch = int_batch(&[("n", &[1, 2, 3])]);
+    /// let _ = env.from_batches("numbers", batch.schema(), vec![batch]).collect();
+    /// let plan = env.explain()?;
+    /// assert!(plan.contains("numbers"), "{plan}");
+    /// assert!(plan.contains("checkpoints: off"), "{plan}");
+    /// # Ok::<(), sluice_engine::Error>(())
+    /// ```
+    pub fn explain(&self) -> Result<String> {
+        let graph = self.graph()?;
+        let config = self.config_from_env()?;
+        let plan = crate::plan::plan(
+            &graph,
+            config.parallelism,
+            config.max_parallelism,
+            config.chaining,
+        )?;
+        let checkpoints = match &config.checkpoint {
+            None => "off".to_string(),
+            Some(ck) => format!(
+                "every {} into {} ({}, {} retained)",
+                humantime::format_duration(ck.interval),
+                ck.dir,
+                match ck.guarantee {
+                    crate::checkpoint::Guarantee::ExactlyOnce => "exactly once",
+                    crate::checkpoint::Guarantee::AtLeastOnce => "at least once",
+                },
+                ck.retained
+            ),
+        };
+        let state = match &config.state.backend {
+            crate::state::StateBackend::Memory => "heap".to_string(),
+            crate::state::StateBackend::RocksDb(r) => format!(
+                "RocksDB in {} ({} MiB cache per subtask)",
+                config.state.local_dir.display(),
+                r.cache_bytes >> 20
+            ),
+        };
+        Ok(format!(
+            "job {}: parallelism {}, {} key groups, chaining {}\n\
+             checkpoints: {checkpoints}\nstate: {state}\n{} vertices:\n{}",
+            config.name,
+            config.parallelism,
+            config.max_parallelism,
+            if config.chaining { "on" } else { "off" },
+            plan.vertices.len(),
+            plan.describe()
+        ))
+    }
+
     /// Starts the job and returns at once with a handle (savepoints,
     /// stop-with-savepoint, cancel, join); the environment decides the mode
     /// as for [`Env::execute`]. An executor's savepoints are the
