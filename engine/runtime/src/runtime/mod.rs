@@ -10,9 +10,9 @@
 //! job: savepoints, stop, cancel, join.
 
 pub mod align;
-#[cfg(feature = "ui")]
 mod driver;
 pub mod task;
+#[cfg(feature = "ui")]
 mod ui;
 pub mod watermark;
 pub mod wiring;
