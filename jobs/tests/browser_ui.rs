@@ -46,6 +46,7 @@ fn the_coordinator_ui_shows_a_job_fully_and_cancels_it() {
         slots: 2,
         security: None,
         standbys: 0,
+        replicated: false,
     })
     .unwrap();
     let out = dir.path().join("out");

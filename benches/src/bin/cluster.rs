@@ -139,6 +139,7 @@ impl Cluster {
             slots: args.slots,
             security: None,
             standbys,
+            replicated: false,
         })?;
         Ok(Cluster {
             inner,

@@ -55,6 +55,8 @@ pub struct Client {
     /// Index in `bases` of the coordinator to try first.
     current: Arc<AtomicUsize>,
     http: reqwest::Client,
+    /// `?consistency=` sent with every read (coordinators in a Raft group).
+    consistency: Option<&'static str>,
 }
 
 /// What `sluice submit` ships: the job binary and how to run it.
@@ -134,6 +136,7 @@ impl Client {
             bases: Arc::new(bases),
             current: Arc::default(),
             http,
+            consistency: None,
         })
     }
 
@@ -341,8 +344,34 @@ impl Client {
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let read = method == Method::GET || method == Method::HEAD;
+        let query = match self.consistency {
+            Some(level) if read => {
+                let sep = if path.contains('?') { '&' } else { '?' };
+                format!("{sep}consistency={level}")
+            }
+            _ => String::new(),
+        };
         self.http
-            .request(method, format!("{}{}", self.base_url(), path))
+            .request(method, format!("{}{path}{query}", self.base_url()))
+    }
+
+    /// Reads at `level` from coordinators in a Raft group: `linearizable`
+    /// (the leader confirms with a majority that it still leads),
+    /// `leader` (the default: the leader's state) or `local` (whichever
+    /// coordinator answers first, perhaps a follower's stale copy).
+    pub fn with_consistency(mut self, level: &str) -> Result<Client> {
+        self.consistency = Some(match level {
+            "linearizable" => "linearizable",
+            "leader" => "leader",
+            "local" => "local",
+            other => {
+                return Err(Error::Config(format!(
+                    "consistency {other:?}: use linearizable, leader or local"
+                )))
+            }
+        });
+        Ok(self)
     }
 
     /// A bounded JSON call: request body `body`, JSON answer `T`.

@@ -54,8 +54,13 @@ pub struct LocalClusterConfig {
     /// plain HTTP.
     pub security: Option<LocalSecurity>,
     /// Standby coordinators on the same data directory, each on a port of
-    /// its own; workers and the CLI get every coordinator's URL.
+    /// its own; workers and the CLI get every coordinator's URL. With
+    /// `replicated`, the other members of the Raft group instead.
     pub standbys: usize,
+    /// The coordinators (`standbys + 1` of them) form a Raft group
+    /// (`--node-id`, `--peers`), each on its own data directory
+    /// (`coordinator-I`, I from 0).
+    pub replicated: bool,
 }
 
 /// How a [`LocalCluster`]'s API is protected.
@@ -101,8 +106,21 @@ impl LocalCluster {
             ports,
             workers: Vec::new(),
         };
-        c.start_coordinator()?;
-        for i in 1..c.ports.len() {
+        if c.config.replicated {
+            // A group answers once a majority is up and elected a leader.
+            for i in 0..c.ports.len() {
+                c.start_coordinator_at(i)?;
+            }
+            c.wait_for_api()?;
+        } else {
+            c.start_coordinator()?;
+        }
+        let standbys = if c.config.replicated {
+            0
+        } else {
+            c.ports.len() - 1
+        };
+        for i in 1..=standbys {
             c.start_coordinator_at(i)?;
             let addr = (c.config.host.clone(), c.ports[i]);
             c.wait_for(Duration::from_secs(30), "a standby to listen", |_| {
@@ -153,6 +171,12 @@ impl LocalCluster {
     /// [`kill_coordinator`]: LocalCluster::kill_coordinator
     pub fn start_coordinator(&mut self) -> Result<()> {
         self.start_coordinator_at(0)?;
+        self.wait_for_api()
+    }
+
+    /// Waits until a coordinator answers the API (in a Raft group: the
+    /// leader, once one is elected).
+    pub fn wait_for_api(&self) -> Result<()> {
         self.wait_for(
             Duration::from_secs(30),
             "the coordinator to answer",
@@ -160,15 +184,29 @@ impl LocalCluster {
         )
     }
 
-    /// Starts coordinator `i` (0 the first leader, then the standbys).
-    fn start_coordinator_at(&mut self, i: usize) -> Result<()> {
+    /// Starts coordinator `i` (0 the first leader, then the standbys, or
+    /// the members of a Raft group); again after it was killed: same
+    /// address and data directory, log appended.
+    pub fn start_coordinator_at(&mut self, i: usize) -> Result<()> {
         let mut cmd = Command::new(&self.config.sluice);
         cmd.args(["coordinator", "--listen"])
             .arg(format!("{}:{}", self.config.host, self.ports[i]))
-            .args(["--advertise", &self.coordinator_url(i)])
-            .arg("--data-dir")
-            .arg(self.config.dir.join("coordinator"))
-            .args(&self.config.coordinator_args);
+            .args(["--advertise", &self.coordinator_url(i)]);
+        if self.config.replicated {
+            let peers = (0..self.ports.len())
+                .map(|p| format!("{}={}", p + 1, self.coordinator_url(p)))
+                .collect::<Vec<_>>()
+                .join(",");
+            cmd.arg("--node-id")
+                .arg((i + 1).to_string())
+                .args(["--peers", &peers])
+                .arg("--data-dir")
+                .arg(self.config.dir.join(format!("coordinator-{i}")));
+        } else {
+            cmd.arg("--data-dir")
+                .arg(self.config.dir.join("coordinator"));
+        }
+        cmd.args(&self.config.coordinator_args);
         if let Some(s) = &self.config.security {
             cmd.arg("--token-file").arg(&s.token_file);
             if let Some(tls) = &s.tls {

@@ -34,6 +34,7 @@ fn coordinator(dir: &Path, args: &[&str]) -> LocalCluster {
         slots: 1,
         security: None,
         standbys: 0,
+        replicated: false,
     })
     .expect("coordinator starts")
 }

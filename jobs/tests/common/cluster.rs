@@ -65,6 +65,31 @@ impl Cluster {
             slots,
             security,
             standbys,
+            replicated: false,
+        };
+        Cluster(LocalCluster::start(config).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// `coordinators` coordinators in a Raft group, each on its own data
+    /// directory, and `workers` workers on loopback.
+    pub fn start_replicated(
+        dir: &Path,
+        workers: usize,
+        slots: usize,
+        coordinators: usize,
+    ) -> Cluster {
+        let config = LocalClusterConfig {
+            sluice: sluice_bin(),
+            dir: dir.to_path_buf(),
+            host: "127.0.0.1".into(),
+            coordinator_args: ["--heartbeat-timeout", "1s", "--heartbeat-interval", "200ms"]
+                .map(String::from)
+                .to_vec(),
+            workers: (0..workers).map(|_| WorkerPlace::loopback()).collect(),
+            slots,
+            security: None,
+            standbys: coordinators - 1,
+            replicated: true,
         };
         Cluster(LocalCluster::start(config).unwrap_or_else(|e| panic!("{e}")))
     }

@@ -7,7 +7,8 @@
 //! - [`meta`]: durable job records and id counters in the data
 //!   directory; [`artifacts`]: the shipped binaries there;
 //! - [`routes`]: the REST API;
-//! - [`leader`]: which of several coordinators on one data directory leads.
+//! - [`leader`]: which of several coordinators on one data directory leads;
+//! - [`raft`]: coordinators replicated by Raft, each on its own disk.
 
 pub mod artifacts;
 pub mod jobs;
@@ -15,6 +16,7 @@ pub mod leader;
 pub mod lifecycle;
 pub mod manager;
 pub mod meta;
+pub mod raft;
 pub mod routes;
 pub mod scheduler;
 pub mod workers;
@@ -76,6 +78,10 @@ pub struct CoordinatorConfig {
     pub advertise: Option<String>,
     /// How large a shipped binary, and all of them together, may be.
     pub artifact_limits: ArtifactLimits,
+    /// Membership of a Raft group of coordinators (`--node-id`,
+    /// `--peers`); without it, the data directory's files and the
+    /// standby lock of [`leader`].
+    pub raft: Option<raft::RaftSettings>,
 }
 
 impl CoordinatorConfig {
@@ -98,16 +104,19 @@ impl CoordinatorConfig {
             tls: None,
             advertise: None,
             artifact_limits: ArtifactLimits::default(),
+            raft: None,
         }
     }
 }
 
 /// How often the manager looks at heartbeats and attempt events.
-const TICK: Duration = Duration::from_millis(50);
+pub(crate) const TICK: Duration = Duration::from_millis(50);
 
-/// Runs the coordinator until the process is stopped. If another
-/// coordinator leads the data directory, this one is a standby until the
-/// leader's process ends (see [`leader`]).
+/// Runs the coordinator until the process is stopped. With
+/// [`CoordinatorConfig::raft`], as a member of its Raft group (see
+/// [`raft::serve`]); otherwise, if another coordinator leads the data
+/// directory, this one is a standby until the leader's process ends (see
+/// [`leader`]).
 pub async fn serve(config: CoordinatorConfig) -> Result<()> {
     let listen = config.listen;
     let token = config.token.clone().map(Arc::new);
@@ -138,6 +147,9 @@ pub async fn serve(config: CoordinatorConfig) -> Result<()> {
         .clone()
         .unwrap_or_else(|| format!("{scheme}://{local}"));
 
+    if config.raft.is_some() {
+        return raft::serve::serve(config, listener, tls, token).await;
+    }
     let data_dir = config.data_dir.clone();
     let lease = match leader::Lease::try_acquire(&data_dir)? {
         Some(lease) => lease,

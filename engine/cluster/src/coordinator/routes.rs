@@ -237,6 +237,14 @@ async fn upload(
         .upload(&sha, declared, body.into_data_stream())
         .await
         .map_err(artifact_failure)?;
+    // In a Raft group the upload is acknowledged once a majority of
+    // coordinators store it: whichever leads next can serve it.
+    if let Some(replica) = m.meta().replica() {
+        replica
+            .replicate_artifact(m.meta().artifacts(), &sha)
+            .await
+            .map_err(|e| Failure(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    }
     Ok(match stored {
         Uploaded::Created => StatusCode::CREATED,
         Uploaded::AlreadyStored => StatusCode::OK,
@@ -294,12 +302,17 @@ async fn download(
     Path(sha): Path<String>,
 ) -> std::result::Result<Response, Failure> {
     valid_hash(&sha)?;
-    let (file, len) = m
-        .meta()
-        .artifacts()
-        .open_verified_async(&sha)
-        .await
-        .map_err(artifact_failure)?;
+    let store = m.meta().artifacts();
+    let mut opened = store.open_verified_async(&sha).await;
+    // A leader that was down when a binary was uploaded fetches it from
+    // the coordinators that store it.
+    if let (Err(ArtifactError::NotFound(_)), Some(replica)) = (&opened, m.meta().replica()) {
+        if replica.read(|r| r.artifacts.contains(&sha)) && replica.fetch_artifact(store, &sha).await
+        {
+            opened = store.open_verified_async(&sha).await;
+        }
+    }
+    let (file, len) = opened.map_err(artifact_failure)?;
     let stream = tokio_util::io::ReaderStream::with_capacity(file, DOWNLOAD_CHUNK);
     Ok((
         [

@@ -208,6 +208,14 @@ pub type PrepareHook = Box<dyn FnMut(u64, &Storage, bool) + Send>;
 /// place metrics observe each completed checkpoint.
 pub type CompletionHook = Arc<dyn Fn(&CheckpointRecord) + Send + Sync>;
 
+/// Asked, once every task acknowledged checkpoint `id` (`savepoint`:
+/// whether it is one) and before its manifest is written, whether it may
+/// complete: a refusal (why) aborts it as a failed manifest write would,
+/// and fails the attempt, so nothing of it is ever committed. A
+/// coordinator in a Raft group records the completion in the group's log
+/// here: a leader cut off from the majority can complete nothing.
+pub type ApprovalHook = Arc<dyn Fn(u64, bool) -> std::result::Result<(), String> + Send + Sync>;
+
 /// A graph node as the manifest records it.
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
@@ -250,6 +258,8 @@ pub struct Coordinator {
     pub prepare: Option<PrepareHook>,
     /// Told of each completed checkpoint.
     pub on_complete: Option<CompletionHook>,
+    /// Asked before each checkpoint completes (see [`ApprovalHook`]).
+    pub approve: Option<ApprovalHook>,
 }
 
 /// A task's acknowledgement: files per node, bytes, uploaded bytes, alignment time.
@@ -521,6 +531,14 @@ impl Coordinator {
                 .collect(),
             figures: figures.clone(),
         };
+        if let Some(approve) = &self.approve {
+            if let Err(why) = approve(id.0, f.savepoint.is_some()) {
+                let why = format!("its completion was not approved: {why}");
+                self.control.fail(Error::Checkpoint(why.clone()));
+                self.abort(f, &why);
+                return;
+            }
+        }
         if let Err(e) = write_manifest(&f.dir, &manifest) {
             // Not complete: aborted like any checkpoint that fails (tasks
             // drop what they staged for it, its files go, a savepoint's pin
@@ -634,6 +652,7 @@ mod tests {
             control: control.clone(),
             prepare: None,
             on_complete,
+            approve: None,
         };
         let thread = thread::spawn(move || coordinator.run());
         (tx, task_rx, stats, Stop { control, thread })

@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sluice_cluster::client::Client;
 use sluice_cluster::client::ClientSecurity;
+use sluice_cluster::coordinator::raft::RaftSettings;
 use sluice_cluster::coordinator::{CoordinatorConfig, Scheduling};
 use sluice_cluster::worker::WorkerConfig;
 use sluice_web::{TlsFiles, Token};
@@ -187,6 +188,18 @@ pub(crate) struct CoordinatorArgs {
     #[arg(long, env = "SLUICE_MAX_ARTIFACT_STORE_BYTES", value_name = "BYTES",
           default_value_t = ByteSize(coordinator_defaults().artifact_limits.max_store_bytes))]
     pub(crate) max_artifact_store_bytes: ByteSize,
+    /// This coordinator's id in its Raft group (a key of --peers; default: the only one).
+    #[arg(long, env = "SLUICE_NODE_ID", value_name = "N")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) node_id: Option<u64>,
+    /// The coordinators of a Raft group, this one included: ID=URL,... (e.g. 1=http://a:7070,2=http://b:7070,3=http://c:7070); each keeps its own --data-dir [default: none, one coordinator on its data directory, standbys by its lock].
+    #[arg(long, env = "SLUICE_PEERS", value_name = "ID=URL,...")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) peers: Option<String>,
+    /// A Raft follower that hears no leader this long (randomised up to twice as long) stands for election.
+    #[arg(long, env = "SLUICE_ELECTION_TIMEOUT", value_name = "DURATION",
+          default_value_t = HumanDuration(std::time::Duration::from_secs(1)))]
+    pub(crate) election_timeout: HumanDuration,
 }
 
 /// `[worker]`: the `sluice worker` service.
@@ -224,6 +237,10 @@ pub(crate) struct ClientArgs {
     #[arg(long, env = "SLUICE_COORDINATOR", value_name = "URL")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) coordinator: Option<String>,
+    /// How fresh reads must be from coordinators in a Raft group: linearizable (the leader confirms it leads first), leader (the leader's state), local (any coordinator's copy, perhaps stale) [default: leader].
+    #[arg(long, env = "SLUICE_CONSISTENCY", value_name = "LEVEL", value_parser = ["linearizable", "leader", "local"])]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) consistency: Option<String>,
     #[command(flatten)]
     #[serde(flatten)]
     pub(crate) security: SecurityArgs,
@@ -455,6 +472,33 @@ pub(crate) fn coordinator_config(
     config.artifact_limits.max_store_bytes = a.max_artifact_store_bytes.0;
     config.token = Token::from_file_or_env(a.token_file.as_deref())?;
     config.advertise = a.advertise;
+    config.raft = match (a.peers, a.node_id) {
+        (None, None) => None,
+        (None, Some(_)) => bail!("--node-id needs --peers (the coordinators of its Raft group)"),
+        (Some(peers), node_id) => {
+            let peers =
+                RaftSettings::parse_peers(&peers).map_err(|e| anyhow::anyhow!("--peers: {e}"))?;
+            let node_id = match node_id {
+                Some(n) => n,
+                None if peers.len() == 1 => *peers.keys().next().expect("one peer"),
+                None => {
+                    bail!("--node-id is needed with several --peers (which of them is this one?)")
+                }
+            };
+            if !peers.contains_key(&node_id) {
+                bail!("--node-id {node_id} is not among --peers");
+            }
+            if a.election_timeout.0.is_zero() {
+                bail!("--election-timeout must be positive");
+            }
+            Some(RaftSettings {
+                node_id,
+                peers,
+                election_timeout: a.election_timeout.0,
+                snapshot_every: sluice_cluster::coordinator::raft::DEFAULT_SNAPSHOT_EVERY,
+            })
+        }
+    };
     config.tls = match (a.tls_cert, a.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
         (None, None) => None,
@@ -517,7 +561,11 @@ pub(crate) fn client(
     let s = "client";
     let a: ClientArgs = layered(args, matches, &file.client, s)?;
     let url = required::<ClientArgs, _>(a.coordinator, "coordinator", s)?;
-    Ok(Client::secured(&url, &security(&a.security)?)?)
+    let client = Client::secured(&url, &security(&a.security)?)?;
+    Ok(match a.consistency.as_deref() {
+        Some(level) => client.with_consistency(level)?,
+        None => client,
+    })
 }
 
 /// `sluice submit`'s own settings, layered like the client's.
