@@ -172,7 +172,7 @@ pub struct RaftSettings {
     /// Every coordinator of the group, this one included: id → API URL.
     pub peers: BTreeMap<NodeId, String>,
     /// A follower that hears nothing from a leader this long (randomised
-    /// up to twice as long) stands for election; the leader heartbeats
+    /// up to 1.5 times as long) stands for election; the leader heartbeats
     /// at a fifth of it.
     pub election_timeout: Duration,
     /// A snapshot of the state machine is taken every this many entries;
@@ -292,7 +292,10 @@ impl Replica {
             cluster_name: "sluice-coordinators".into(),
             heartbeat_interval: (election / 5).max(10),
             election_timeout_min: election,
-            election_timeout_max: election * 2,
+            // openraft's voters keep a leader's lease for the maximum:
+            // a narrow range keeps failover near the timeout (three
+            // members rarely split a vote; a split one retries).
+            election_timeout_max: election + election / 2,
             // A follower further behind than the log kept gets the
             // snapshot.
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
