@@ -179,6 +179,10 @@ fn a_new_leader_is_elected_when_the_leader_is_killed_and_the_job_finishes_exactl
     // The killed coordinator comes back as a follower and catches up.
     cluster.start_coordinator_at(first).unwrap();
     cluster.wait_for(Duration::from_secs(30), "the old leader to catch up", |c| {
+        // Listening once it bound its port, which it keeps.
+        if std::net::TcpStream::connect(("127.0.0.1", port(c, first))).is_err() {
+            return false;
+        }
         let (code, _, body) = http(
             port(c, first),
             "GET",

@@ -15,7 +15,10 @@
 //!   node of the new attempt reports records out. With `--victim
 //!   coordinator` the cluster has a standby coordinator and the leader gets
 //!   SIGKILL instead: "detected" is then the first status the standby
-//!   answers as the new leader.
+//!   answers as the new leader. With `--victim raft-leader` three
+//!   coordinators form a Raft group (`--peers`, each its own data
+//!   directory) and the leader gets SIGKILL: "detected" is the first
+//!   status a newly elected leader answers.
 //!
 //! - rescale (`--only rescale`): the failover's job and cluster, and after
 //!   the first completed checkpoint `sluice rescale ID -p 3`; measures how
@@ -86,9 +89,10 @@ struct Args {
     /// machine), `http` GETs `/api/v1/jobs/ID` from the coordinator itself.
     #[arg(long, default_value = "cli", value_parser = ["cli", "http"])]
     poll: String,
-    /// What the failover kills: a worker's process group, or the leading
-    /// coordinator (a standby takes over).
-    #[arg(long, default_value = "worker", value_parser = ["worker", "coordinator"])]
+    /// What the failover kills: a worker's process group, the leading
+    /// coordinator (a standby takes over), or the leader of a Raft group
+    /// of three coordinators (another is elected).
+    #[arg(long, default_value = "worker", value_parser = ["worker", "coordinator", "raft-leader"])]
     victim: String,
     /// Run only this part.
     #[arg(long, value_parser = ["q5", "failover", "rescale", "submit"])]
@@ -129,6 +133,7 @@ impl Cluster {
         workers: usize,
         coordinator_args: &[&str],
         standbys: usize,
+        replicated: bool,
     ) -> anyhow::Result<Cluster> {
         let inner = LocalCluster::start(LocalClusterConfig {
             sluice: sluice.to_path_buf(),
@@ -139,7 +144,7 @@ impl Cluster {
             slots: args.slots,
             security: None,
             standbys,
-            replicated: false,
+            replicated,
         })?;
         Ok(Cluster {
             inner,
@@ -328,7 +333,7 @@ struct Q5Summary {
 
 fn q5(args: &Args, sluice: &Path, nexmark: &Path, dir: &Path) -> anyhow::Result<Q5Summary> {
     let n = args.events as f64;
-    let mut cluster = Cluster::start(args, sluice, &dir.join("q5"), 2, &[], 0)?;
+    let mut cluster = Cluster::start(args, sluice, &dir.join("q5"), 2, &[], 0, false)?;
     let (mut emb, mut job_ms, mut tot, mut run) = (vec![], vec![], vec![], vec![]);
     println!(
         "q5, {} events, parallelism 2: embedded vs coordinator + 2 workers × {} slot(s)",
@@ -421,6 +426,7 @@ fn paced_job(
             HEARTBEAT_INTERVAL,
         ],
         standbys,
+        args.victim == "raft-leader",
     )?;
     let ck = dir.join("checkpoints");
     let mut job_args = q5_args(args.failover_rate * args.failover_secs);
@@ -462,10 +468,33 @@ fn failover_once(
     nexmark: &Path,
     dir: &Path,
 ) -> anyhow::Result<Failover> {
-    let standbys = usize::from(args.victim == "coordinator");
+    let raft = args.victim == "raft-leader";
+    let standbys = match args.victim.as_str() {
+        "coordinator" => 1,
+        "raft-leader" => 2,
+        _ => 0,
+    };
     let (mut c, job, before, sources) = paced_job(args, sluice, nexmark, dir, standbys)?;
-    let coordinator = args.victim == "coordinator";
-    let killed = if coordinator {
+    let coordinator = args.victim != "worker";
+    let killed = if raft {
+        let port = |i: usize| -> anyhow::Result<u16> {
+            let url = c.inner.coordinator_url(i);
+            url.rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .context("a coordinator port")
+        };
+        let mut leader = None;
+        for i in 0..=standbys {
+            if http_get(port(i)?, "/api/v1/jobs").is_ok() {
+                leader = Some(i);
+            }
+        }
+        let leader = leader.context("no coordinator of the group answers as its leader")?;
+        c.inner.kill_coordinator_at(leader);
+        c.polled.set((leader + 1) % (standbys + 1));
+        Instant::now()
+    } else if coordinator {
         c.inner.kill_coordinator();
         c.polled.set(1);
         Instant::now()
@@ -491,8 +520,18 @@ fn failover_once(
         let poll = Instant::now();
         let s = match c.status(&job) {
             Ok(s) => s,
-            // No leader answers until the standby has taken over.
+            // No leader answers until the standby has taken over (or,
+            // in a Raft group, one is elected: HTTP polls try each
+            // survivor in turn).
             Err(_) if coordinator && killed.elapsed() < Duration::from_secs(120) => {
+                if raft {
+                    let n = standbys + 1;
+                    let mut next = (c.polled.get() + 1) % n;
+                    if c.inner.coordinator_pid(next).is_none() {
+                        next = (next + 1) % n;
+                    }
+                    c.polled.set(next);
+                }
                 pace(poll);
                 continue;
             }
@@ -727,7 +766,7 @@ fn submit_once(
     nexmark: &Path,
     dir: &Path,
 ) -> anyhow::Result<SubmitRun> {
-    let c = Cluster::start(args, sluice, dir, 2, &[], 0)?;
+    let c = Cluster::start(args, sluice, dir, 2, &[], 0, false)?;
     let debug = nexmark.with_file_name(format!(
         "{}.debug",
         nexmark
@@ -1012,7 +1051,21 @@ fn main() -> anyhow::Result<()> {
         let _ = writeln!(md, "All runs: {}.\n", q.runs);
     }
     if let Some(f) = &f {
-        if args.victim == "coordinator" {
+        if args.victim == "raft-leader" {
+            let _ = writeln!(
+                md,
+                "Raft leader failover: three coordinators in a Raft group (`--peers`, each its own \
+                 data directory, `--election-timeout 1s`; `--heartbeat-timeout {HEARTBEAT_TIMEOUT} \
+                 --heartbeat-interval {HEARTBEAT_INTERVAL}`), 3 workers given every URL; q5 with \
+                 `--rate {} --checkpoint-interval {CHECKPOINT_INTERVAL}` ({} events); after the \
+                 first completed checkpoint, SIGKILL to the leader. Times from the signal; \
+                 \"failure seen\" is the first status a newly elected leader answers; the \
+                 executors of the old leader cancelled themselves when their control \
+                 connections broke.\n",
+                args.failover_rate,
+                args.failover_rate * args.failover_secs,
+            );
+        } else if args.victim == "coordinator" {
             let _ = writeln!(
                 md,
                 "Coordinator failover: a leader and a standby coordinator on one data directory \

@@ -159,11 +159,14 @@ pub fn routes(
         .route("/internal/raft/append", post(append))
         .route("/internal/raft/vote", post(vote))
         .route("/internal/raft/snapshot", post(snapshot))
+        .layer(DefaultBodyLimit::max(MAX_MESSAGE))
+        // Binaries stream to a file within the store's own limits.
         .route(
             "/internal/raft/artifacts/{sha256}",
-            put(receive_artifact).get(send_artifact),
-        )
-        .layer(DefaultBodyLimit::max(MAX_MESSAGE));
+            put(receive_artifact)
+                .get(send_artifact)
+                .layer(DefaultBodyLimit::disable()),
+        );
     jobs_api::secure(api, token).with_state(Internal { replica, artifacts })
 }
 
