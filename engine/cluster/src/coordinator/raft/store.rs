@@ -10,6 +10,10 @@
 //! applies them again), so nothing but the log and the snapshot is
 //! written.
 
+// openraft's storage traits return its `StorageError` (over 200 bytes);
+// the helpers here return what those methods return.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::RangeBounds;
