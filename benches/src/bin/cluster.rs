@@ -224,6 +224,19 @@ fn http_get(port: u16, path: &str) -> anyhow::Result<Vec<u8>> {
     Ok(answer[split + 4..].to_vec())
 }
 
+/// The coordinator of a Raft group (`standbys + 1` members) that answers
+/// the API as its leader.
+fn raft_leader(c: &Cluster, standbys: usize) -> anyhow::Result<usize> {
+    for i in 0..=standbys {
+        let url = c.inner.coordinator_url(i);
+        let port = url.rsplit(':').next().and_then(|p| p.parse().ok());
+        if http_get(port.context("a coordinator port")?, "/api/v1/jobs").is_ok() {
+            return Ok(i);
+        }
+    }
+    bail!("no coordinator of the group answers as its leader")
+}
+
 /// Sleeps out the rest of a poll period begun at `start`.
 fn pace(start: Instant) {
     std::thread::sleep(POLL.saturating_sub(start.elapsed()));
@@ -428,6 +441,10 @@ fn paced_job(
         standbys,
         args.victim == "raft-leader",
     )?;
+    if args.victim == "raft-leader" {
+        // HTTP polls go to the group's leader (followers answer 503).
+        c.polled.set(raft_leader(&c, standbys)?);
+    }
     let ck = dir.join("checkpoints");
     let mut job_args = q5_args(args.failover_rate * args.failover_secs);
     job_args.extend(["--rate".into(), args.failover_rate.to_string()]);
@@ -477,20 +494,7 @@ fn failover_once(
     let (mut c, job, before, sources) = paced_job(args, sluice, nexmark, dir, standbys)?;
     let coordinator = args.victim != "worker";
     let killed = if raft {
-        let port = |i: usize| -> anyhow::Result<u16> {
-            let url = c.inner.coordinator_url(i);
-            url.rsplit(':')
-                .next()
-                .and_then(|p| p.parse().ok())
-                .context("a coordinator port")
-        };
-        let mut leader = None;
-        for i in 0..=standbys {
-            if http_get(port(i)?, "/api/v1/jobs").is_ok() {
-                leader = Some(i);
-            }
-        }
-        let leader = leader.context("no coordinator of the group answers as its leader")?;
+        let leader = raft_leader(&c, standbys)?;
         c.inner.kill_coordinator_at(leader);
         c.polled.set((leader + 1) % (standbys + 1));
         Instant::now()

@@ -196,7 +196,7 @@ pub(crate) struct CoordinatorArgs {
     #[arg(long, env = "SLUICE_PEERS", value_name = "ID=URL,...")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) peers: Option<String>,
-    /// A Raft follower that hears no leader this long (randomised up to 1.5 times as long) stands for election; a follower refuses votes for as long after it heard one.
+    /// A Raft follower that hears no leader for a random half to whole of this stands for election; voters refuse votes for this long after they heard one (a dead leader is replaced within one to two of it).
     #[arg(long, env = "SLUICE_ELECTION_TIMEOUT", value_name = "DURATION",
           default_value_t = HumanDuration(std::time::Duration::from_secs(1)))]
     pub(crate) election_timeout: HumanDuration,

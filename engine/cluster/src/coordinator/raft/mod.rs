@@ -171,9 +171,10 @@ pub struct RaftSettings {
     pub node_id: NodeId,
     /// Every coordinator of the group, this one included: id → API URL.
     pub peers: BTreeMap<NodeId, String>,
-    /// A follower that hears nothing from a leader this long (randomised
-    /// up to 1.5 times as long) stands for election; the leader heartbeats
-    /// at a fifth of it.
+    /// A follower that hears nothing from a leader for a random half to
+    /// whole of this stands for election, and voters refuse votes for this
+    /// long after they heard a leader; the leader heartbeats at a fifth of
+    /// it. A dead leader is replaced within one to two of it.
     pub election_timeout: Duration,
     /// A snapshot of the state machine is taken every this many entries;
     /// the log before it is then dropped, and a follower further behind
@@ -235,9 +236,20 @@ struct ReplicaInner {
     raft: Raft,
     settings: RaftSettings,
     state: Arc<RwLock<Applied>>,
+    /// Raft's own runtime (see [`Replica::start`]).
     runtime: tokio::runtime::Handle,
+    owned: Option<tokio::runtime::Runtime>,
     http: reqwest::Client,
     token: Option<Arc<Token>>,
+}
+
+impl Drop for ReplicaInner {
+    fn drop(&mut self) {
+        if let Some(rt) = self.owned.take() {
+            // May be dropped inside another runtime: never blocks there.
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// Where this coordinator's copy stands: the term, the index of the last
@@ -291,11 +303,14 @@ impl Replica {
         let config = openraft::Config {
             cluster_name: "sluice-coordinators".into(),
             heartbeat_interval: (election / 5).max(10),
-            election_timeout_min: election,
-            // openraft's voters keep a leader's lease for the maximum:
-            // a narrow range keeps failover near the timeout (three
-            // members rarely split a vote; a split one retries).
-            election_timeout_max: election + election / 2,
+            // openraft's voters refuse votes for the maximum after they
+            // last heard a leader (its lease), and a first candidacy
+            // comes before that: it is refused, and the second, half to
+            // one timeout later, wins. Between a half and the whole
+            // timeout, a leader's death is followed by a new leader in
+            // one to two timeouts.
+            election_timeout_min: (election / 2).max(1),
+            election_timeout_max: election,
             // A follower further behind than the log kept gets the
             // snapshot.
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
@@ -309,40 +324,64 @@ impl Replica {
                 .validate()
                 .map_err(|e| Error::Config(format!("Raft settings: {e}")))?,
         );
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(500))
-            .build()
-            .map_err(|e| Error::Internal(format!("building the peers' HTTP client: {e}")))?;
+        let client = || {
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_millis(500))
+                .build()
+                .map_err(|e| Error::Internal(format!("building the peers' HTTP client: {e}")))
+        };
+        let http = client()?;
         let network = network::Network {
-            http: http.clone(),
+            http: client()?,
             token: token.clone(),
         };
-        let raft = Raft::new(settings.node_id, config, network, log, machine)
+        // Raft runs on a runtime of its own: the manager holds its lock
+        // while it waits for a write to commit (an attempt's number must
+        // be durable before any worker learns it), and API handlers that
+        // wait for that lock on the API's runtime must never keep Raft
+        // (its timers, its messages) from running.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("raft")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("starting Raft's runtime", e))?;
+        let handle = runtime.handle().clone();
+        let peers = settings.peers.clone();
+        let node_id = settings.node_id;
+        let raft = handle
+            .spawn(async move {
+                let raft = Raft::new(node_id, config, network, log, machine)
+                    .await
+                    .map_err(|e| Error::Internal(format!("starting Raft: {e}")))?;
+                let initialized = raft
+                    .is_initialized()
+                    .await
+                    .map_err(|e| Error::Internal(format!("reading Raft's state: {e}")))?;
+                if !initialized {
+                    let members: BTreeMap<NodeId, BasicNode> = peers
+                        .iter()
+                        .map(|(id, url)| (*id, BasicNode::new(url)))
+                        .collect();
+                    info!(members = ?peers, "initialising the coordinators' Raft group");
+                    // Another member may have initialised it first: its
+                    // entries reach this one, and this refusal says
+                    // nothing new.
+                    if let Err(e) = raft.initialize(members).await {
+                        info!(error = %e, "the group was initialised by another member");
+                    }
+                }
+                Ok::<_, Error>(raft)
+            })
             .await
-            .map_err(|e| Error::Internal(format!("starting Raft: {e}")))?;
-        let initialized = raft
-            .is_initialized()
-            .await
-            .map_err(|e| Error::Internal(format!("reading Raft's state: {e}")))?;
-        if !initialized {
-            let members: BTreeMap<NodeId, BasicNode> = settings
-                .peers
-                .iter()
-                .map(|(id, url)| (*id, BasicNode::new(url)))
-                .collect();
-            info!(members = ?settings.peers, "initialising the coordinators' Raft group");
-            // Another member may have initialised it first: its entries
-            // reach this one, and this call's refusal says nothing new.
-            if let Err(e) = raft.initialize(members).await {
-                info!(error = %e, "the group was initialised by another member");
-            }
-        }
+            .map_err(|e| Error::Internal(format!("starting Raft: {e}")))??;
         Ok(Replica {
             inner: Arc::new(ReplicaInner {
                 raft,
                 settings,
                 state,
-                runtime: tokio::runtime::Handle::current(),
+                runtime: handle,
+                owned: Some(runtime),
                 http,
                 token,
             }),

@@ -218,6 +218,7 @@ async fn local_job(
 struct Leading {
     manager: Arc<Manager>,
     stop: Arc<AtomicBool>,
+    ticker: std::thread::JoinHandle<()>,
 }
 
 /// Follows this member's role: opens a manager when it becomes leader,
@@ -246,16 +247,22 @@ async fn lead(
                                 std::thread::sleep(TICK);
                             }
                         });
-                    if let Err(e) = spawned {
-                        warn!(error = %e, "cannot start the manager thread");
-                    } else {
-                        serving.set_leading(Some(routes::router(manager.clone(), token.clone())));
-                        info!(
-                            node = replica.id(),
-                            term = replica.position().term,
-                            "leading the coordinators"
-                        );
-                        leading = Some(Leading { manager, stop });
+                    match spawned {
+                        Err(e) => warn!(error = %e, "cannot start the manager thread"),
+                        Ok(ticker) => {
+                            serving
+                                .set_leading(Some(routes::router(manager.clone(), token.clone())));
+                            info!(
+                                node = replica.id(),
+                                term = replica.position().term,
+                                "leading the coordinators"
+                            );
+                            leading = Some(Leading {
+                                manager,
+                                stop,
+                                ticker,
+                            });
+                        }
                     }
                 }
                 Err(e) => {
@@ -265,12 +272,23 @@ async fn lead(
                 }
             },
             (false, true) => {
-                let Leading { manager, stop } = leading.take().expect("checked");
+                let Leading {
+                    manager,
+                    stop,
+                    ticker,
+                } = leading.take().expect("checked");
                 serving.set_leading(None);
                 stop.store(true, Ordering::SeqCst);
                 warn!(node = replica.id(), leader = ?replica.position().leader,
                     "no longer the leader: cancelling this coordinator's attempts");
-                let _ = tokio::task::spawn_blocking(move || manager.step_down()).await;
+                // The manager thread's last tick ends before anything
+                // else happens here: a manager opened after a new
+                // election never runs beside it.
+                let _ = tokio::task::spawn_blocking(move || {
+                    let _ = ticker.join();
+                    manager.step_down()
+                })
+                .await;
             }
             _ => {}
         }
