@@ -625,6 +625,21 @@ mod tests {
         Arc<Mutex<CheckpointStats>>,
         Stop,
     ) {
+        start_approved(root, interval, on_complete, None)
+    }
+
+    /// [`start`] with an approval hook.
+    fn start_approved(
+        root: &std::path::Path,
+        interval: Duration,
+        on_complete: Option<CompletionHook>,
+        approve: Option<ApprovalHook>,
+    ) -> (
+        Sender<CoordinatorMsg>,
+        Receiver<TaskControl>,
+        Arc<Mutex<CheckpointStats>>,
+        Stop,
+    ) {
         let (tx, rx) = crossbeam_channel::unbounded();
         let (task_tx, task_rx) = crossbeam_channel::unbounded::<TaskControl>();
         let stats = Arc::new(Mutex::new(CheckpointStats::default()));
@@ -652,7 +667,7 @@ mod tests {
             control: control.clone(),
             prepare: None,
             on_complete,
-            approve: None,
+            approve,
         };
         let thread = thread::spawn(move || coordinator.run());
         (tx, task_rx, stats, Stop { control, thread })
@@ -795,6 +810,51 @@ mod tests {
             .join(checkpoint_dir_name(2))
             .join("_manifest.json")
             .is_file());
+        coordinator.stop();
+    }
+
+    #[test]
+    fn a_checkpoint_whose_completion_is_refused_is_aborted_and_fails_the_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ck");
+        // Checkpoint 1 is approved, 2 refused (a coordinator that can no
+        // longer commit to its Raft group).
+        let approve: ApprovalHook = Arc::new(|id, _| {
+            if id == 1 {
+                Ok(())
+            } else {
+                Err(format!("checkpoint {id}: not the leader"))
+            }
+        });
+        let (tx, task, stats, coordinator) =
+            start_approved(&root, Duration::from_millis(20), None, Some(approve));
+        let seen = ack_triggers(tx.clone(), task);
+        let mut told = Vec::new();
+        while !told.contains(&"abort 2") {
+            assert!(told.len() < 5, "checkpoint 2 was not refused: {told:?}");
+            match seen.recv_timeout(Duration::from_secs(10)).unwrap() {
+                TaskControl::Complete(CheckpointId(n)) => told.push(if n == 1 {
+                    "complete 1"
+                } else {
+                    "complete later"
+                }),
+                TaskControl::Abort(CheckpointId(2)) => told.push("abort 2"),
+                _ => {}
+            }
+        }
+        assert_eq!(told, ["complete 1", "abort 2"]);
+        let dir_of = |n| root.join(checkpoint_dir_name(n)).join("_manifest.json");
+        assert!(dir_of(1).is_file());
+        assert!(!dir_of(2).exists(), "a refused checkpoint has no manifest");
+        let s = stats.lock().unwrap().clone();
+        assert_eq!((s.completed, s.aborted), (1, 1));
+        let failed = coordinator.control.take_error().map(|e| e.to_string());
+        assert!(
+            failed
+                .as_deref()
+                .is_some_and(|e| e.contains("not approved")),
+            "{failed:?}"
+        );
         coordinator.stop();
     }
 }
