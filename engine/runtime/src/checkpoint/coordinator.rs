@@ -846,6 +846,11 @@ mod tests {
         let dir_of = |n| root.join(checkpoint_dir_name(n)).join("_manifest.json");
         assert!(dir_of(1).is_file());
         assert!(!dir_of(2).exists(), "a refused checkpoint has no manifest");
+        // Counted once the abort is done, just after the task was told.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stats.lock().unwrap().aborted == 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
         let s = stats.lock().unwrap().clone();
         assert_eq!((s.completed, s.aborted), (1, 1));
         let failed = coordinator.control.take_error().map(|e| e.to_string());
