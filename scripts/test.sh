@@ -55,11 +55,23 @@ if cargo tree --quiet -e normal -p sluice-jobs --prefix none | grep -E "^sluice-
   exit 1
 fi
 
+echo "== manifests"
+# One version per external dependency; the library crates inherit nothing
+# from this workspace (they build as path dependencies of a job crate).
+python3 scripts/check-manifests.py
+
 echo "== cargo fmt"
 cargo fmt --all -- --check
 
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# The library crates without their default features (lib targets only:
+# the tests' dev-dependencies would turn the features back on).
+cargo clippy --quiet -p sluice-engine -p sluice-operators -p sluice-connectors \
+  --no-default-features -- -D warnings
 
 echo "== cargo test"
 cargo test --workspace --quiet
+
+echo "== a job crate outside the workspace"
+scripts/external-job.sh

@@ -1,12 +1,24 @@
 //! Bounded file sources: Parquet, CSV (with a header row) and JSON lines.
-//! A path is a file or a directory of files; each file is a split, and files
-//! are dealt round-robin to the source's subtasks. The schema is read (or
-//! inferred from the first rows) at plan time, so a missing or unreadable
-//! file fails the job before it starts.
+//! A path is a file or a directory of files of one format (a directory
+//! mixing formats is an error, [`FileSource::detect`] picks the format from
+//! the extensions); each file is a split, and files are dealt round-robin
+//! to the source's subtasks. The schema is read (or inferred from the
+//! first rows) at plan time, so a missing or unreadable file fails the job
+//! before it starts.
+//!
+//! JSON lines follow the Kafka source's strict rule (`crate::json`): a
+//! line that does not fit the schema (a string where a number is, a
+//! duplicate key, an unknown field) is a bad record, never coerced.
+//! Bad records (such lines, and records whose event time the runtime
+//! rejects) fail the job naming the file and line or row, or with
+//! [`FileSource::skip_bad_records`] are skipped and counted. A file whose
+//! schema differs from the planned one is a plan error, found when the
+//! file is opened.
 
 use std::fs::File;
-use std::io::{BufReader, Seek};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
@@ -16,6 +28,8 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use sluice_engine::data::CheckpointId;
 use sluice_engine::graph::SourceFactory;
 use sluice_engine::{Error, OperatorContext, Result, Source, SourcePoll, SourceSpec};
+
+use crate::json::JsonDecoder;
 
 /// File formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,16 +42,59 @@ pub enum Format {
     JsonLines,
 }
 
+impl Format {
+    /// The format a file name's extension says (`.parquet`, `.csv`,
+    /// `.jsonl`/`.ndjson`/`.json`), if any.
+    pub fn of(path: &Path) -> Option<Format> {
+        match path.extension()?.to_str()? {
+            "parquet" => Some(Format::Parquet),
+            "csv" => Some(Format::Csv),
+            "jsonl" | "ndjson" | "json" => Some(Format::JsonLines),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Format::Parquet => "Parquet",
+            Format::Csv => "CSV",
+            Format::JsonLines => "JSON lines",
+        }
+    }
+}
+
 /// Rows read to infer a CSV or JSON schema.
 const INFER_ROWS: usize = 1000;
 
-/// A bounded source over files.
+/// A bounded source over files: a file, or every file of a directory
+/// (split over the subtasks). CSV and JSON-lines schemas are inferred from
+/// the first rows unless given ([`FileSource::with_schema`]).
+///
+/// ```
+/// use sluice_connectors::file::FileSource;
+/// use sluice_operators::prelude::*;
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("prices.csv");
+/// std::fs::write(&path, "item,price\na,3\nb,12\nc,40\n").unwrap();
+///
+/// let env = Env::new();
+/// let dear = env
+///     .source(FileSource::csv(&path))
+///     .filter(col("price").gt(lit(10i64)))
+///     .collect();
+/// env.execute()?;
+/// assert_eq!(dear.num_rows(), 2);
+/// # Ok::<(), sluice_engine::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct FileSource {
     path: PathBuf,
     format: Format,
     batch_size: usize,
     schema: Option<SchemaRef>,
+    skip_bad: bool,
+    skipped: Arc<AtomicU64>,
 }
 
 impl FileSource {
@@ -53,13 +110,52 @@ impl FileSource {
     pub fn jsonl(path: impl AsRef<Path>) -> Self {
         Self::new(path, Format::JsonLines)
     }
+    /// A file, or a directory of files of one format, read in the format
+    /// their extensions say. A directory mixing formats, or a file whose
+    /// extension names none, is an error.
+    pub fn detect(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let probe = Self::new(path, Format::Parquet);
+        let files = probe.listed()?;
+        let known: Vec<(Format, &PathBuf)> = files
+            .iter()
+            .filter_map(|f| Format::of(f).map(|k| (k, f)))
+            .collect();
+        let Some((format, _)) = known.first() else {
+            return Err(Error::Config(format!(
+                "cannot tell the format of {}: expected .parquet, .csv or .jsonl files",
+                path.display()
+            )));
+        };
+        let source = Self::new(path, *format);
+        source.files()?;
+        Ok(source)
+    }
+
     fn new(path: impl AsRef<Path>, format: Format) -> Self {
         FileSource {
             path: path.as_ref().to_path_buf(),
             format,
             batch_size: 8192,
             schema: None,
+            skip_bad: false,
+            skipped: Arc::default(),
         }
+    }
+    /// The format the files are read in.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+    /// Skips (and counts, [`FileSource::skipped`]) bad records instead of
+    /// failing: JSON lines that do not fit the schema, and records whose
+    /// event time the runtime rejects.
+    pub fn skip_bad_records(mut self, skip: bool) -> Self {
+        self.skip_bad = skip;
+        self
+    }
+    /// Bad records skipped so far (all subtasks).
+    pub fn skipped(&self) -> Arc<AtomicU64> {
+        self.skipped.clone()
     }
     /// Rows per batch.
     pub fn with_batch_size(mut self, n: usize) -> Self {
@@ -73,8 +169,30 @@ impl FileSource {
         self
     }
 
-    /// The input files, sorted.
+    /// The input files, sorted. A directory holding files of another
+    /// format than this source's (by extension) is an error naming them:
+    /// reading them as this format would fail late or, for CSV, misread.
     pub fn files(&self) -> Result<Vec<PathBuf>> {
+        let files = self.listed()?;
+        let foreign: Vec<String> = files
+            .iter()
+            .filter(|f| Format::of(f).is_some_and(|k| k != self.format))
+            .map(|f| f.display().to_string())
+            .collect();
+        if !foreign.is_empty() && self.path.is_dir() {
+            return Err(Error::Config(format!(
+                "directory {} mixes file formats: {} are not {} files like the rest; \
+                 a file source reads one format, so put them in separate directories",
+                self.path.display(),
+                foreign.join(", "),
+                self.format.name()
+            )));
+        }
+        Ok(files)
+    }
+
+    /// The file, or the visible files of the directory, sorted.
+    fn listed(&self) -> Result<Vec<PathBuf>> {
         let meta = std::fs::metadata(&self.path)
             .map_err(|e| Error::io(format!("reading {}", self.path.display()), e))?;
         if meta.is_file() {
@@ -122,12 +240,21 @@ impl FileSource {
                     .map_err(|e| Self::bad(path, e))?;
                 Arc::new(schema)
             }
+            // Inferred as the Kafka source infers JSON records.
             Format::JsonLines => {
-                let mut r = BufReader::new(file);
-                let (schema, _) =
-                    arrow::json::reader::infer_json_schema_from_seekable(&mut r, Some(INFER_ROWS))
-                        .map_err(|e| Self::bad(path, e))?;
-                Arc::new(schema)
+                let mut lines = Vec::new();
+                for line in BufReader::new(file).split(b'\n') {
+                    let line =
+                        line.map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+                    if !line.trim_ascii().is_empty() {
+                        lines.push(line);
+                    }
+                    if lines.len() == INFER_ROWS {
+                        break;
+                    }
+                }
+                crate::json::infer_schema(lines.iter().map(Vec::as_slice))
+                    .map_err(|e| Self::bad(path, e))?
             }
         };
         if schema.fields().is_empty() {
@@ -142,36 +269,98 @@ impl FileSource {
         let file = Self::open(path)?;
         let bad = |e: ArrowError| Self::bad(path, e);
         Ok(match self.format {
-            Format::Parquet => Box::new(
+            Format::Parquet => Reader::Arrow(Box::new(
                 ParquetRecordBatchReaderBuilder::try_new(file)
                     .map_err(|e| Self::bad(path, e))?
                     .with_batch_size(self.batch_size)
                     .build()
                     .map_err(|e| Self::bad(path, e))?,
-            ),
-            Format::Csv => Box::new(
+            )),
+            Format::Csv => Reader::Arrow(Box::new(
                 arrow::csv::ReaderBuilder::new(schema.clone())
                     .with_header(true)
                     .with_batch_size(self.batch_size)
                     .build(file)
                     .map_err(bad)?,
-            ),
-            Format::JsonLines => {
-                let mut r = BufReader::new(file);
-                r.rewind()
-                    .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-                Box::new(
-                    arrow::json::ReaderBuilder::new(schema.clone())
-                        .with_batch_size(self.batch_size)
-                        .build(r)
-                        .map_err(bad)?,
-                )
-            }
+            )),
+            Format::JsonLines => Reader::Json(Box::new(JsonLines {
+                lines: BufReader::new(file),
+                line: 0,
+                buf: Vec::new(),
+                decoder: JsonDecoder::new(schema.clone())?,
+                batch_size: self.batch_size,
+            })),
         })
     }
 }
 
-type Reader = Box<dyn Iterator<Item = std::result::Result<RecordBatch, ArrowError>> + Send>;
+/// Reads a file's records a batch at a time.
+enum Reader {
+    /// Parquet and CSV, through arrow's readers.
+    Arrow(Box<dyn Iterator<Item = std::result::Result<RecordBatch, ArrowError>> + Send>),
+    /// JSON lines, checked record by record.
+    Json(Box<JsonLines>),
+}
+
+/// A JSON-lines file read with the strict JSON rule.
+struct JsonLines {
+    lines: BufReader<File>,
+    /// Lines read so far.
+    line: u64,
+    buf: Vec<u8>,
+    decoder: JsonDecoder,
+    batch_size: usize,
+}
+
+impl JsonLines {
+    /// The next records (up to a batch) with their line numbers (from 1);
+    /// lines that do not fit go to `bad` with their line number and why.
+    /// Blank lines are not records. `None` at the end of the file.
+    fn next_batch(
+        &mut self,
+        schema: &SchemaRef,
+        bad: &mut dyn FnMut(u64, String) -> Result<()>,
+    ) -> Result<Option<(RecordBatch, Vec<u64>)>> {
+        let mut text: Vec<u8> = Vec::new();
+        let mut spans: Vec<(u64, std::ops::Range<usize>)> = Vec::new();
+        while spans.len() < self.batch_size {
+            self.buf.clear();
+            let n = self
+                .lines
+                .read_until(b'\n', &mut self.buf)
+                .map_err(|e| Error::io("reading a JSON-lines file", e))?;
+            if n == 0 {
+                break;
+            }
+            self.line += 1;
+            let trimmed = self.buf.trim_ascii();
+            if trimmed.is_empty() {
+                continue;
+            }
+            let at = text.len();
+            text.extend_from_slice(trimmed);
+            spans.push((self.line, at..text.len()));
+        }
+        if spans.is_empty() {
+            return Ok(None);
+        }
+        let (good, columns) = self.decoder.decode(
+            spans
+                .iter()
+                .enumerate()
+                .map(|(i, (_, r))| (i, Some(&text[r.clone()]))),
+            "empty record",
+            &mut |i, why| bad(spans[i].0, why),
+        )?;
+        let lines = good.iter().map(|i| spans[*i].0).collect();
+        let batch = RecordBatch::try_new_with_options(
+            schema.clone(),
+            columns,
+            &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(good.len())),
+        )?;
+        Ok(Some((batch, lines)))
+    }
+}
 
 impl SourceSpec for FileSource {
     fn name(&self) -> String {
@@ -205,6 +394,7 @@ impl SourceSpec for FileSource {
                 skip: 0,
                 current: None,
                 index: 0,
+                last: None,
             }) as Box<dyn Source>)
         })
     }
@@ -224,6 +414,18 @@ struct FileSubtask {
     skip: u64,
     current: Option<Reader>,
     index: usize,
+    /// Where the batch emitted last came from, to name rejected records.
+    last: Option<LastBatch>,
+}
+
+/// The position of the batch a file subtask emitted last.
+struct LastBatch {
+    /// Index into the subtask's files.
+    file: usize,
+    /// Rows of the file emitted before it.
+    first_row: u64,
+    /// JSON lines: the line of each row.
+    lines: Option<Vec<u64>>,
 }
 
 /// A file's position: (file index, rows emitted, finished), 17 bytes.
@@ -255,14 +457,10 @@ impl Source for FileSubtask {
         true
     }
 
-    /// Skipping already-emitted rows reports `Idle` between batches; poll
-    /// again at once.
+    /// `Idle` only means a batch came out empty (rows skipped on resume,
+    /// or bad records skipped): poll again at once.
     fn idle_backoff(&self) -> std::time::Duration {
-        if self.skip > 0 {
-            std::time::Duration::ZERO
-        } else {
-            std::time::Duration::from_millis(5)
-        }
+        std::time::Duration::ZERO
     }
 
     fn snapshot(&mut self, _checkpoint: CheckpointId) -> Result<Vec<Vec<u8>>> {
@@ -293,40 +491,76 @@ impl Source for FileSubtask {
         let Some((_, path)) = self.files.get(self.index) else {
             return Ok(SourcePoll::End);
         };
+        let path = path.clone();
         if self.current.is_none() {
-            self.current = Some(self.spec.reader(path, &self.schema)?);
+            self.current = Some(self.spec.reader(&path, &self.schema)?);
             self.skip = self.rows[self.index];
         }
-        match self.current.as_mut().and_then(|r| r.next()) {
-            Some(Ok(mut batch)) => {
-                // Resuming mid-file: rows before the position were emitted.
-                if self.skip > 0 {
-                    let n = batch.num_rows() as u64;
-                    let cut = self.skip.min(n);
-                    self.skip -= cut;
-                    batch = batch.slice(cut as usize, (n - cut) as usize);
-                    if batch.num_rows() == 0 {
-                        return Ok(SourcePoll::Idle);
-                    }
+        let (skip_bad, skipped) = (self.spec.skip_bad, &self.spec.skipped);
+        let next = match self.current.as_mut().expect("opened above") {
+            Reader::Arrow(it) => match it.next() {
+                Some(Ok(b)) => Some((b, None)),
+                Some(Err(e)) => {
+                    return Err(Error::Decode(format!(
+                        "{}: {e} (a file that does not parse cannot be read past this point)",
+                        path.display()
+                    )))
                 }
-                self.rows[self.index] += batch.num_rows() as u64;
+                None => None,
+            },
+            Reader::Json(j) => j
+                .next_batch(&self.schema, &mut |line, why| {
+                    if skip_bad {
+                        skipped.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(file = %path.display(), line, why, "skipping a bad record");
+                        Ok(())
+                    } else {
+                        Err(Error::Decode(format!(
+                            "{} line {line}: {why}",
+                            path.display()
+                        )))
+                    }
+                })?
+                .map(|(b, lines)| (b, Some(lines))),
+        };
+        match next {
+            Some((mut batch, mut lines)) => {
                 if batch.schema().fields() != self.schema.fields() {
-                    return Err(Error::connector(
-                        "file",
+                    return Err(Error::plan(
+                        self.spec.name(),
                         format!(
-                            "{} has schema {:?}, expected {:?} (from the first file or with_schema)",
+                            "{} has schema {:?}, expected {:?} (from the first file or with_schema); \
+                             a source reads files of one schema",
                             path.display(),
                             batch.schema(),
                             self.schema
                         ),
                     ));
                 }
+                // Resuming mid-file: rows before the position were emitted.
+                if self.skip > 0 {
+                    let n = batch.num_rows() as u64;
+                    let cut = self.skip.min(n);
+                    self.skip -= cut;
+                    batch = batch.slice(cut as usize, (n - cut) as usize);
+                    if let Some(l) = &mut lines {
+                        l.drain(..cut as usize);
+                    }
+                }
+                if batch.num_rows() == 0 {
+                    return Ok(SourcePoll::Idle);
+                }
+                self.last = Some(LastBatch {
+                    file: self.index,
+                    first_row: self.rows[self.index],
+                    lines,
+                });
+                self.rows[self.index] += batch.num_rows() as u64;
                 Ok(SourcePoll::Batch {
                     split: self.index,
                     batch,
                 })
             }
-            Some(Err(e)) => Err(Error::Decode(format!("{}: {e}", path.display()))),
             None => {
                 // This file is done: its split no longer holds back time.
                 self.current = None;
@@ -335,5 +569,36 @@ impl Source for FileSubtask {
                 Ok(SourcePoll::SplitEnd(self.index - 1))
             }
         }
+    }
+
+    /// Records whose event time the runtime cannot process: skipped and
+    /// counted, or an error naming the file and the line (JSON lines) or
+    /// the row.
+    fn reject(
+        &mut self,
+        _split: usize,
+        _batch: &RecordBatch,
+        rows: &[(usize, String)],
+    ) -> Result<()> {
+        if self.spec.skip_bad {
+            self.spec
+                .skipped
+                .fetch_add(rows.len() as u64, Ordering::Relaxed);
+            return Ok(());
+        }
+        let Some((row, why)) = rows.first() else {
+            return Ok(());
+        };
+        let where_ = match &self.last {
+            Some(last) => {
+                let path = self.files[last.file].1.display();
+                match &last.lines {
+                    Some(lines) => format!("{path} line {}", lines[*row]),
+                    None => format!("{path} row {}", last.first_row + *row as u64 + 1),
+                }
+            }
+            None => format!("row {row}"),
+        };
+        Err(Error::Decode(format!("{where_}: {why}")))
     }
 }

@@ -11,7 +11,21 @@ use sluice_engine::{Error, OperatorContext, Result, Sink, SinkSpec};
 use tracing::debug;
 
 /// Drops every record; each subtask logs how many rows it dropped when it
-/// closes (at debug level).
+/// closes (at debug level). For benchmarks, where only the result's
+/// counters matter.
+///
+/// ```
+/// use sluice_connectors::nexmark::{NexmarkConfig, NexmarkSource};
+/// use sluice_connectors::sinks::DiscardSink;
+/// use sluice_operators::prelude::*;
+///
+/// let env = Env::new();
+/// let cfg = NexmarkConfig { events: 1_000, ..Default::default() };
+/// env.source(NexmarkSource::bids(cfg)).sink(DiscardSink);
+/// let result = env.execute()?;
+/// assert_eq!(result.node("discard").unwrap().records_in, 920);
+/// # Ok::<(), sluice_engine::Error>(())
+/// ```
 #[derive(Debug, Default, Clone)]
 pub struct DiscardSink;
 
@@ -48,6 +62,18 @@ impl SinkSpec for DiscardSink {
 /// Prints batches as tables on stdout. With more than one subtask every line
 /// starts with `{subtask}> ` (as Flink's print sink does), so interleaved
 /// output stays attributable.
+///
+/// ```
+/// use sluice_connectors::sinks::PrintSink;
+/// use sluice_engine::testing::int_batch;
+/// use sluice_operators::prelude::*;
+///
+/// let env = Env::new();
+/// let batch = int_batch(&[("n", &[1, 2, 3])]);
+/// env.from_batches("numbers", batch.schema(), vec![batch]).sink(PrintSink);
+/// env.execute()?; // prints a table of n = 1, 2, 3
+/// # Ok::<(), sluice_engine::Error>(())
+/// ```
 #[derive(Debug, Default, Clone)]
 pub struct PrintSink;
 

@@ -352,3 +352,65 @@ fn parquet_sink_skips_dictionaries_for_the_columns_named() {
     let (batches, _) = read_back(&out);
     assert_eq!(column_x(&batches), (0..3_000).collect::<Vec<i64>>());
 }
+
+/// Issue 17 item 11: JSON lines follow the Kafka source's strict JSON rule
+/// (`"12"` became the integer 12, and the last of duplicate keys won);
+/// a line that does not fit fails the job naming file and line, or is
+/// skipped and counted.
+#[test]
+fn json_lines_follow_the_strict_rule_of_the_kafka_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.jsonl");
+    std::fs::write(
+        &path,
+        "{\"x\": 1, \"y\": 1}\n{\"x\": \"12\", \"y\": 2}\n{\"x\": 3, \"y\": 3, \"y\": 4}\n\n{\"x\": 4, \"y\": 5}\n",
+    )
+    .unwrap();
+    let source = FileSource::jsonl(&path).with_schema(int_schema());
+    let env = Env::new();
+    env.source(source.clone()).collect();
+    let err = env.execute().unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("t.jsonl line 2") && msg.contains("'x'"),
+        "{msg}"
+    );
+    assert_eq!(err.retry(), sluice_engine::Retry::Never);
+
+    let skipping = source.skip_bad_records(true);
+    let skipped = skipping.skipped();
+    let env = Env::new();
+    let out = env.source(skipping).collect();
+    env.execute().unwrap();
+    assert_eq!(column_x(&out.batches()), vec![1, 4]);
+    assert_eq!(skipped.load(std::sync::atomic::Ordering::Relaxed), 2);
+}
+
+/// Issue 17 item 11: a directory mixing `.parquet` and `.csv` files was
+/// read in one format; now it is an error naming the odd files.
+#[test]
+fn a_directory_mixing_formats_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (csv, _, pq) = write_inputs(dir.path(), 1);
+    let first_parquet = names(&pq).into_iter().next().unwrap();
+    std::fs::copy(pq.join(&first_parquet), csv.join("extra.parquet")).unwrap();
+    for err in [
+        FileSource::csv(&csv).schema().unwrap_err(),
+        FileSource::detect(&csv).unwrap_err(),
+    ] {
+        let msg = err.to_string();
+        assert!(
+            msg.contains("mixes file formats") && msg.contains("extra.parquet"),
+            "{msg}"
+        );
+    }
+    // One format per directory is fine, and detected.
+    assert_eq!(
+        FileSource::detect(&pq).unwrap().format(),
+        sluice_connectors::file::Format::Parquet
+    );
+    assert_eq!(
+        FileSource::detect(csv.join("0.csv")).unwrap().format(),
+        sluice_connectors::file::Format::Csv
+    );
+}

@@ -5,7 +5,8 @@
 //! Without a declared schema the JSON schema is inferred from the topic's
 //! first records on the first start, and afterwards taken from the newest
 //! checkpoint, so a restarted job writes the same columns even if the
-//! records it would sample now differ.
+//! records it would sample now differ (with schema evolution: the merge of
+//! every schema the checkpoint recorded).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -58,17 +59,32 @@ pub struct KafkaToParquetSpec {
     pub checkpoint_dir: Option<sluice_engine::checkpoint::Location>,
     /// How often to look for new partitions.
     pub partition_discovery: Duration,
+    /// JSON: evolve the schema when records gain fields or widen types.
+    pub evolve_schema: bool,
+    /// librdkafka properties for every client (security, SASL, TLS, ...).
+    pub kafka_options: Vec<(String, String)>,
 }
 
 /// Builds the job's source: the schema comes from `--schema`, else the
 /// newest checkpoint, else inference.
 pub fn source(spec: &KafkaToParquetSpec) -> Result<KafkaSource> {
-    let base = KafkaSource::new(&spec.brokers, &spec.topic)
+    let mut base = KafkaSource::new(&spec.brokers, &spec.topic);
+    for (k, v) in &spec.kafka_options {
+        base = base.property(k, v);
+    }
+    // Before anything connects (schema inference does).
+    base.check_options()?;
+    let base = base
         .start_from(spec.start)
         .on_decode_error(spec.policy.clone())
         .partition_discovery(Some(spec.partition_discovery));
     let base = if spec.until_end {
         base.until_end()
+    } else {
+        base
+    };
+    let base = if spec.evolve_schema {
+        base.evolve_schema()
     } else {
         base
     };

@@ -1,7 +1,9 @@
 //! The generic windowed aggregation job: a file (or a Kafka topic, through
 //! [`window_stream`]) in, windows per key, Parquet out. The `window_agg` binary is a thin command line over [`build`].
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_connectors::file::FileSource;
@@ -23,6 +25,8 @@ pub struct WindowAggSpec {
     pub aggs: Vec<String>,
     /// Watermark delay (bounded out-of-orderness).
     pub watermark_delay: Duration,
+    /// Skip (and count) bad records of files instead of failing.
+    pub skip_bad_records: bool,
 }
 
 /// Parses one `--agg` value.
@@ -45,40 +49,18 @@ pub fn parse_agg(s: &str) -> Result<AggregateExpr> {
     })
 }
 
-fn file_source(path: &Path) -> Result<FileSource> {
-    let probe = if path.is_dir() {
-        std::fs::read_dir(path)
-            .map_err(|e| Error::io(format!("reading directory {}", path.display()), e))?
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| p.is_file())
-            .min()
-            .ok_or_else(|| {
-                Error::Config(format!("directory {} holds no input files", path.display()))
-            })?
-    } else {
-        path.to_path_buf()
-    };
-    match probe.extension().and_then(|e| e.to_str()) {
-        Some("parquet") => Ok(FileSource::parquet(path)),
-        Some("csv") => Ok(FileSource::csv(path)),
-        Some("jsonl") | Some("json") | Some("ndjson") => Ok(FileSource::jsonl(path)),
-        _ => Err(Error::Config(format!(
-            "cannot tell the format of {}: expected a .parquet, .csv or .jsonl file",
-            probe.display()
-        ))),
-    }
-}
-
-/// Builds the job in `env` and returns the aggregated stream.
-pub fn build(env: &Env, spec: &WindowAggSpec) -> Result<Stream> {
+/// Builds the job in `env` and returns the aggregated stream, with the
+/// count of bad records the file source skipped.
+pub fn build(env: &Env, spec: &WindowAggSpec) -> Result<(Stream, Arc<AtomicU64>)> {
     if !spec.source.exists() {
         return Err(Error::Config(format!(
             "source {} does not exist",
             spec.source.display()
         )));
     }
-    window_stream(env.source(file_source(&spec.source)?), spec)
+    let files = FileSource::detect(&spec.source)?.skip_bad_records(spec.skip_bad_records);
+    let skipped = files.skipped();
+    Ok((window_stream(env.source(files), spec)?, skipped))
 }
 
 /// The windowed aggregation of `spec` over any stream that has its time,

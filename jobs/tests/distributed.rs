@@ -127,6 +127,56 @@ fn q5_on_three_workers_equals_the_embedded_run() {
         let (count, _) = m.histogram(h, &job).expect(h);
         assert_eq!(count, completed, "{h}");
     }
+    assert_executor_summaries(&cluster, &job, 3, completed as u64);
+}
+
+/// Each executor's closing line (its log on its worker) speaks for that
+/// executor: which one it was, the source records it read and the
+/// checkpoints its tasks took part in. It used to claim the job's
+/// `--events` with a rate over them and `checkpoints=0` however many the
+/// job completed.
+fn assert_executor_summaries(cluster: &Cluster, job: &str, executors: usize, completed: u64) {
+    let mut lines = Vec::new();
+    for i in 0..cluster.worker_count() {
+        let logs = cluster.dir().join(format!("worker-{i}/logs"));
+        for f in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("{job}-a")) && name.ends_with(".log") {
+                let text = std::fs::read_to_string(f.path()).unwrap();
+                lines.extend(
+                    text.lines()
+                        .filter(|l| l.starts_with("query=q5 "))
+                        .map(String::from),
+                );
+            }
+        }
+    }
+    assert_eq!(lines.len(), executors, "{lines:?}\n{}", cluster.logs());
+    let field = |line: &str, key: &str| -> Option<String> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{key}=")).map(String::from))
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let mut records = 0;
+    for line in &lines {
+        assert!(field(line, "events").is_none(), "{line}");
+        assert!(field(line, "events_per_sec").is_none(), "{line}");
+        assert_eq!(field(line, "executors").as_deref(), Some("3"), "{line}");
+        seen.insert(field(line, "executor").expect(line));
+        records += field(line, "source_records")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap();
+        let checkpoints: u64 = field(line, "checkpoints").unwrap().parse().unwrap();
+        assert!(
+            (1..=completed).contains(&checkpoints),
+            "the job completed {completed} checkpoints: {line}"
+        );
+    }
+    assert_eq!(seen.len(), executors, "{lines:?}");
+    // q5 reads bids: 46 of every 50 events. No restart, so each was read once.
+    let events: u64 = EVENTS.parse().unwrap();
+    assert_eq!(records, events / 50 * 46, "{lines:?}");
 }
 
 /// The rows `sluice results` shows are rows of the job's Parquet output,
@@ -242,6 +292,19 @@ fn a_killed_worker_is_replaced_and_output_stays_exactly_once() {
             && done["attempt"].as_u64() > before["attempt"].as_u64(),
         "the job restarted under a new attempt: {done}"
     );
+    // The loss is in the job's exceptions history, with what followed.
+    let exceptions = done["exceptions"].as_array().cloned().unwrap_or_default();
+    assert!(
+        exceptions.iter().any(|e| {
+            e["attempt"] == before["attempt"]
+                && e["outcome"]
+                    .as_str()
+                    .is_some_and(|o| o.starts_with("restart"))
+                && e["error"].as_str().is_some_and(|m| !m.is_empty())
+        }),
+        "the failure of attempt {} is in the history: {done}",
+        before["attempt"]
+    );
     let out = dir.path().join("out");
     assert_exactly_once(&want, &rows(&out), &out, "q5 after losing a worker");
     cluster.kill_coordinator();
@@ -252,7 +315,9 @@ fn a_rescaled_job_runs_on_at_the_new_parallelism_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let want = embedded_q5(dir.path());
     let cluster = Cluster::start(dir.path(), 3, 2);
-    let job = submit_q5(&cluster, 2, "150000");
+    // Slow enough (8 s of events) to be still running after the refused
+    // rescales below, which describe binaries, on a loaded machine too.
+    let job = submit_q5(&cluster, 2, "75000");
     worker_after_a_checkpoint(&cluster, &job);
     let before = cluster.status(&job);
     let widest = |s: &Value| {
@@ -320,17 +385,16 @@ fn a_rescaled_job_runs_on_at_the_new_parallelism_exactly_once() {
     assert_eq!(slots.len(), 3, "three subtasks per wide vertex: {rescaled}");
     let done = cluster.wait_state(&job, "FINISHED", Duration::from_secs(120));
     assert_eq!(done["restarts"], 0, "a rescale is not a failure: {done}");
+    // The new attempt restored the rescale's savepoint (its id is in its
+    // manifest; `recent` keeps only the newest checkpoints, which a long
+    // run pushes the savepoint out of).
     let checkpoints = cluster.json(&["checkpoints", &job, "--json"]);
-    let savepoints: Vec<&Value> = checkpoints["stats"]["recent"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["savepoint"] == true)
-        .map(|r| &r["id"])
-        .collect();
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(Path::new(&savepoint).join("_manifest.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(
-        savepoints,
-        [&checkpoints["stats"]["restored_from"]],
+        checkpoints["stats"]["restored_from"], manifest["id"],
         "the new attempt restored the rescale's savepoint: {checkpoints}"
     );
     let out = dir.path().join("out");
@@ -375,6 +439,12 @@ fn a_secured_cluster_serves_https_and_answers_only_its_token() {
     let (ca, tls) = certificates(&certs);
     let token_file = certs.join("token");
     std::fs::write(&token_file, "0123456789abcdef-token\n").unwrap();
+    // A token file others could read is refused.
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let security = LocalSecurity {
         token_file: token_file.clone(),
         tls: Some(tls),
@@ -413,6 +483,7 @@ fn a_secured_cluster_serves_https_and_answers_only_its_token() {
     );
     let wrong = certs.join("wrong");
     std::fs::write(&wrong, "guessed\n").unwrap();
+    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let (ok, err) = sluice(&["--ca-cert", ca, "--token-file", wrong.to_str().unwrap()]);
     assert!(!ok && err.contains("401"), "{err}");
     let (ok, err) = sluice(&["--token-file", token_file.to_str().unwrap()]);

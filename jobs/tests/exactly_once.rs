@@ -144,12 +144,12 @@ fn sigkilled_process_resumes_with_exactly_once_output() {
 }
 
 /// The q5-like pipeline of these tests on `env`: bids (at `rate` events/s),
-/// `map` on every batch, sliding counts per auction into Parquet at `out`.
+/// `map` on every batch, sliding counts per auction into `sink`.
 fn q5_like(
     env: &Env,
     rate: u64,
     map: impl Fn(&arrow::array::RecordBatch) + Send + Sync + 'static,
-    out: &Path,
+    sink: ParquetSink,
 ) {
     let cfg = NexmarkConfig {
         events: 300_000,
@@ -177,7 +177,7 @@ fn q5_like(
             Duration::from_secs(2),
         ))
         .aggregate([count(), max("price"), sum("price")])
-        .sink(ParquetSink::new(out));
+        .sink(sink);
 }
 
 /// A q5-like pipeline (sliding count per auction, hottest per window) whose
@@ -212,7 +212,7 @@ fn in_process_job(
             }
         }
     };
-    q5_like(&env, 1_000_000, inject, out);
+    q5_like(&env, 1_000_000, inject, ParquetSink::new(out));
     env.execute().unwrap()
 }
 
@@ -359,7 +359,14 @@ fn a_failure_after_a_savepoint_resumes_from_the_savepoint_exactly_once() {
     };
     // Slower than the reference (same events): savepoints come and go
     // well before the input ends, even on a loaded machine.
-    q5_like(&env, 100_000, inject, &out);
+    // Files finished at every checkpoint, so the savepoint's commit is
+    // visible the moment it completes (the test waits for that).
+    q5_like(
+        &env,
+        100_000,
+        inject,
+        ParquetSink::new(&out).roll_at_checkpoints(),
+    );
     let job = env.start().unwrap();
     // Savepoints until one has committed output (windows fire as event
     // time passes; sinks commit a savepoint's files as it completes).

@@ -1,5 +1,7 @@
 //! Every Nexmark query against a straightforward reference computed from the
-//! generator's rows, at parallelism 1 and 3.
+//! generator's rows, at parallelism 1 and 3 with state on the heap, and at
+//! parallelism 3 with every stateful operator (windows, sessions, joins,
+//! top-N) keeping its state in RocksDB behind a cache far smaller than it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -7,6 +9,8 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Float64Type, Int64Type};
 use sluice_connectors::nexmark::{generate, Auction, Bid, Event, NexmarkConfig, Person};
+use sluice_engine::state::rocks::RocksConfig;
+use sluice_engine::state::StateBackend;
 use sluice_engine::Env;
 use sluice_jobs::nexmark::{build, Query};
 
@@ -42,12 +46,21 @@ fn data() -> Data {
     d
 }
 
-fn run(q: Query, p: usize) -> RecordBatch {
+fn run(q: Query, p: usize, rocks: bool) -> RecordBatch {
     let env = Env::new();
     env.set_parallelism(p);
+    if rocks {
+        env.configure(|c| {
+            c.state.backend = StateBackend::RocksDb(RocksConfig {
+                cache_bytes: 16 << 10,
+                block_cache_bytes: 256 << 10,
+                write_buffer_bytes: 256 << 10,
+            })
+        });
+    }
     let out = build(&env, q, &cfg()).collect();
     env.execute()
-        .unwrap_or_else(|e| panic!("{q:?} at p={p}: {e}"));
+        .unwrap_or_else(|e| panic!("{q:?} at p={p} (rocksdb: {rocks}): {e}"));
     out.concat()
 }
 
@@ -68,11 +81,11 @@ fn strs(b: &RecordBatch, name: &str) -> Vec<String> {
 }
 
 fn both<T: PartialEq + std::fmt::Debug>(q: Query, f: impl Fn(&RecordBatch) -> T, want: &T) {
-    for p in [1, 3] {
-        let got = f(&run(q, p));
+    for (p, rocks) in [(1, false), (3, false), (3, true)] {
+        let got = f(&run(q, p, rocks));
         assert!(
             &got == want,
-            "{q:?} at parallelism {p}:\n got {got:?}\nwant {want:?}"
+            "{q:?} at parallelism {p} (rocksdb: {rocks}):\n got {got:?}\nwant {want:?}"
         );
     }
 }

@@ -18,7 +18,7 @@ fn text(o: &Output) -> (String, String) {
 }
 
 /// `sluice submit ARGS... NEXMARK -- JOB_ARGS` from the cluster's directory.
-fn submit(cluster: &Cluster, flags: &[&str], job_args: &[&str]) -> Command {
+fn submit(cluster: &Cluster, flags: &[&str], job_args: &[String]) -> Command {
     let mut c = Command::new(sluice_bin());
     c.args([
         "submit",
@@ -36,8 +36,10 @@ fn submit(cluster: &Cluster, flags: &[&str], job_args: &[&str]) -> Command {
     c
 }
 
-fn bounded_q5(out: &str) -> Vec<&str> {
-    vec![
+/// q5 over a bounded input into `out`, checkpointing into `out.ck` (each
+/// job its own: a checkpoint directory is one job's).
+fn bounded_q5(out: &str) -> Vec<String> {
+    [
         "--query",
         "q5",
         "--events",
@@ -45,10 +47,44 @@ fn bounded_q5(out: &str) -> Vec<&str> {
         "--output",
         out,
         "--checkpoint-dir",
-        "ck",
+        &format!("{out}.ck"),
         "--checkpoint-interval",
         "200ms",
     ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// A long paced q5 into `out`, submitted with `--wait`, output captured.
+fn submit_paced_waiting(cluster: &Cluster, out: &str) -> std::process::Child {
+    let mut args = bounded_q5(out);
+    args[3] = "50000000".into();
+    args.extend(["--rate".into(), "20000".into()]);
+    submit(cluster, &["--wait"], &args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The id of a RUNNING job that completed a checkpoint, other than `not`.
+fn running_job(cluster: &Cluster, not: Option<&str>) -> String {
+    let mut id = String::new();
+    cluster.wait_for(Duration::from_secs(60), "a running job", |c| {
+        let jobs = c.json(&["jobs", "--json"]);
+        let running = jobs.as_array().and_then(|a| {
+            a.iter().find(|j| {
+                j["state"] == "RUNNING"
+                    && j["latest_checkpoint"].is_u64()
+                    && not.is_none_or(|n| j["id"] != n)
+            })
+        });
+        if let Some(j) = running {
+            id = j["id"].as_str().unwrap().to_string();
+        }
+        running.is_some()
+    });
+    id
 }
 
 #[test]
@@ -111,26 +147,8 @@ fn submit_wait_and_follow_end_with_the_jobs_end() {
 fn stop_takes_a_savepoint_and_a_waiting_submit_reports_the_end() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::start(dir.path(), 2, 2);
-    let mut args = bounded_q5("out");
-    args[3] = "50000000";
-    args.extend(["--rate", "20000"]);
-    let waiting = submit(&cluster, &["--wait"], &args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut job = String::new();
-    cluster.wait_for(Duration::from_secs(60), "a running job", |c| {
-        let jobs = c.json(&["jobs", "--json"]);
-        let running = jobs.as_array().and_then(|a| {
-            a.iter()
-                .find(|j| j["state"] == "RUNNING" && j["latest_checkpoint"].is_u64())
-        });
-        if let Some(j) = running {
-            job = j["id"].as_str().unwrap().to_string();
-        }
-        running.is_some()
-    });
+    let waiting = submit_paced_waiting(&cluster, "out");
+    let job = running_job(&cluster, None);
 
     // Not a terminal: no question, it is done.
     let sp = dir.path().join("sp");
@@ -152,23 +170,8 @@ fn stop_takes_a_savepoint_and_a_waiting_submit_reports_the_end() {
     assert_eq!(stdout, format!("{job}\n{job} FINISHED\n"));
 
     // A cancelled job did not finish: the waiting submit says so and fails.
-    let waiting = submit(&cluster, &["--wait"], &args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut second = String::new();
-    cluster.wait_for(Duration::from_secs(60), "a second job", |c| {
-        let jobs = c.json(&["jobs", "--json"]);
-        let found = jobs.as_array().and_then(|a| {
-            a.iter()
-                .find(|j| j["id"] != job.as_str() && j["state"] == "RUNNING")
-        });
-        if let Some(j) = found {
-            second = j["id"].as_str().unwrap().to_string();
-        }
-        found.is_some()
-    });
+    let waiting = submit_paced_waiting(&cluster, "out2");
+    let second = running_job(&cluster, Some(&job));
     let cancel = cluster.sluice(&["cancel", &second]).unwrap();
     assert!(cancel.status.success(), "{}", text(&cancel).1);
     let out = waiting.wait_with_output().unwrap();

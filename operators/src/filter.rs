@@ -81,6 +81,7 @@ impl Filter for Stream {
                 predicate: predicate.clone(),
             }))
         })
+        .stateless()
         .with_keys(keys)
         .with_event_time(time)
     }

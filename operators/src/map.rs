@@ -64,11 +64,16 @@ where
     }
 }
 
-fn traced<T: DeserializeOwned>(s: &Stream, verb: &str) -> Option<Vec<FieldRef>> {
+/// The Arrow fields of a serde type: `i64` ↔ Int64, `String` ↔ Utf8, ...
+pub(crate) fn fields_of<T: DeserializeOwned>() -> serde_arrow::Result<Vec<FieldRef>> {
     let opts = TracingOptions::default()
         .allow_null_fields(true)
         .strings_as_large_utf8(false);
-    match Vec::<FieldRef>::from_type::<T>(opts) {
+    Vec::<FieldRef>::from_type::<T>(opts)
+}
+
+fn traced<T: DeserializeOwned>(s: &Stream, verb: &str) -> Option<Vec<FieldRef>> {
+    match fields_of::<T>() {
         Ok(f) => Some(f),
         Err(e) => {
             s.report(plan_error(
@@ -129,6 +134,7 @@ where
             _types: PhantomData,
         }))
     })
+    .stateless()
 }
 
 /// Typed and batch closures.
@@ -344,6 +350,7 @@ impl Map for Stream {
                 name: name.clone(),
             }))
         })
+        .stateless()
     }
 }
 

@@ -55,45 +55,65 @@ impl KeyBy for Stream {
 
 /// Non-keyed repartitioning verbs. Each sets how the *next* operator's
 /// input edge routes batches, and drops any keying.
-///
-/// ```
-/// # use std::sync::Arc;
-/// # use arrow::array::{AsArray, Int64Array, RecordBatch};
-/// # use arrow::datatypes::{DataType, Field, Int64Type, Schema};
-/// # use sluice_operators::prelude::*;
-/// # let schema = Arc::new(Schema::new(vec![
-/// #     Field::new("auction", DataType::Int64, false),
-/// #     Field::new("ts", DataType::Int64, false),
-/// # ]));
-/// # let batch = RecordBatch::try_new(schema.clone(), vec![
-/// #     Arc::new(Int64Array::from(vec![1, 2, 1, 3])),
-/// #     Arc::new(Int64Array::from(vec![10, 20, 30, 40])),
-/// # ]).unwrap();
-/// # let sorted = |c: &sluice_engine::Collected| {
-/// #     let mut v: Vec<i64> = c.batches().iter()
-/// #         .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
-/// #         .collect();
-/// #     v.sort();
-/// #     v
-/// # };
-/// let env = Env::new();
-/// env.set_parallelism(2);
-/// let bids = env.from_batches("bids", schema, vec![batch]);
-/// let spread = bids.clone().rebalance().filter(lit(true)).collect();
-/// let everywhere = bids.clone().broadcast().filter(lit(true)).collect();
-/// let balanced = bids.load_balance().filter(lit(true)).collect();
-/// env.execute()?;
-/// assert_eq!(sorted(&spread), [1, 1, 2, 3]);
-/// assert_eq!(sorted(&everywhere), [1, 1, 1, 1, 2, 2, 3, 3], "each of 2 subtasks sees every row");
-/// assert_eq!(sorted(&balanced), [1, 1, 2, 3]);
-/// # Ok::<(), sluice_engine::Error>(())
-/// ```
 pub trait Repartition {
-    /// Round-robin, a batch at a time.
+    /// Round-robin, a batch at a time: spreads a skewed or single-subtask
+    /// stream over the next operator's subtasks.
+    ///
+    /// ```
+    /// use serde::{Deserialize, Serialize};
+    /// use sluice_operators::prelude::*;
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct N { n: i64 }
+    ///
+    /// let env = Env::new();
+    /// env.set_parallelism(2);
+    /// let numbers = env.from_rows("numbers", (0..4).map(|n| N { n }).collect());
+    /// let out = numbers.rebalance().filter(col("n").gt(lit(0i64))).collect();
+    /// env.execute()?;
+    /// assert_eq!(out.num_rows(), 3);
+    /// # Ok::<(), sluice_engine::Error>(())
+    /// ```
     fn rebalance(self) -> Stream;
-    /// Every record to every downstream subtask.
+
+    /// Every record to every downstream subtask (e.g. rules or a small
+    /// table every subtask needs).
+    ///
+    /// ```
+    /// use serde::{Deserialize, Serialize};
+    /// use sluice_operators::prelude::*;
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct N { n: i64 }
+    ///
+    /// let env = Env::new();
+    /// env.set_parallelism(2);
+    /// let numbers = env.from_rows("numbers", (0..4).map(|n| N { n }).collect());
+    /// let out = numbers.broadcast().filter(lit(true)).collect();
+    /// env.execute()?;
+    /// assert_eq!(out.num_rows(), 8, "each of 2 subtasks sees every row");
+    /// # Ok::<(), sluice_engine::Error>(())
+    /// ```
     fn broadcast(self) -> Stream;
-    /// Each batch to the downstream subtask with the least queued input.
+
+    /// Each batch to the downstream subtask with the least queued input,
+    /// so a slow subtask gets less.
+    ///
+    /// ```
+    /// use serde::{Deserialize, Serialize};
+    /// use sluice_operators::prelude::*;
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct N { n: i64 }
+    ///
+    /// let env = Env::new();
+    /// env.set_parallelism(2);
+    /// let numbers = env.from_rows("numbers", (0..4).map(|n| N { n }).collect());
+    /// let out = numbers.load_balance().filter(lit(true)).collect();
+    /// env.execute()?;
+    /// assert_eq!(out.num_rows(), 4);
+    /// # Ok::<(), sluice_engine::Error>(())
+    /// ```
     fn load_balance(self) -> Stream;
 }
 

@@ -105,12 +105,22 @@ where
             .store
             .as_mut()
             .ok_or_else(|| Error::Internal(format!("{}: process before open", self.name)))?;
+        let keys: Vec<(usize, &[u8])> = (0..key_rows.num_rows())
+            .map(|i| {
+                (
+                    key_group_of(self.hashes[i], ctx.max_parallelism),
+                    key_rows.row(i).data(),
+                )
+            })
+            .collect();
+        // One multi-get per state for the batch's keys the cache lacks.
+        store.prefetch(&keys)?;
         let mut outputs = Vec::new();
-        for (i, row) in rows.into_iter().enumerate() {
-            let kg = key_group_of(self.hashes[i], ctx.max_parallelism);
-            let mut scope = store.scope(kg, key_rows.row(i).data())?;
+        for (row, (kg, key)) in rows.into_iter().zip(&keys) {
+            let mut scope = store.scope(*kg, key)?;
             (self.f)(row, &mut scope, &mut outputs).map_err(|e| wrap(&self.name, e))?;
         }
+        store.maintain()?;
         self.emit(outputs, out)
     }
 
@@ -139,6 +149,7 @@ where
                 let mut scope = store.scope(timer.key_group, &timer.key)?;
                 on_timer(timer.time, &mut scope, &mut outputs).map_err(|e| wrap(&self.name, e))?;
             }
+            store.maintain()?;
         }
         self.emit(outputs, out)?;
         Ok(Some(wm))

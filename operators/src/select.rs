@@ -119,6 +119,7 @@ impl Select for Stream {
                 schema: out.clone(),
             }))
         })
+        .stateless()
         .with_keys(keys)
         .with_event_time(time)
     }

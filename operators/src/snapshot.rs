@@ -1,9 +1,6 @@
 //! Helpers the stateful operators share for checkpoints: their scalar
-//! progress (watermark, fired-up-to) as operator-state entries, and
-//! keyed-state batches stripped of the key-group column on restore.
+//! progress (watermark, fired-up-to) as operator-state entries.
 
-use arrow::record_batch::RecordBatch;
-use sluice_engine::state::snapshot::KEY_GROUP_COLUMN;
 use sluice_engine::{Error, Result};
 
 /// Encodes progress values as one entry.
@@ -34,19 +31,6 @@ pub(crate) fn restored_times(entries: &[Vec<u8>], n: usize) -> Result<Option<Vec
         });
     }
     Ok(out)
-}
-
-/// `batch` without its key-group column.
-pub(crate) fn without_key_group(batch: &RecordBatch) -> Result<RecordBatch> {
-    let mut b = batch.clone();
-    if let Ok(i) = b.schema().index_of(KEY_GROUP_COLUMN) {
-        b.remove_column(i);
-        Ok(b)
-    } else {
-        Err(Error::Checkpoint(format!(
-            "keyed state without {KEY_GROUP_COLUMN}"
-        )))
-    }
 }
 
 #[cfg(test)]

@@ -88,6 +88,7 @@ impl Union for Stream {
         if merged == *self.schema() {
             return self
                 .merge_into("union", &refs, Arc::new(|_| Ok(Box::new(IdentityOperator))))
+                .stateless()
                 .with_event_time(time);
         }
         // The union node takes `self`'s declared schema, so declare the
@@ -95,8 +96,11 @@ impl Union for Stream {
         let widen = |schema: SchemaRef| {
             move |_: &OperatorContext| Ok(Box::new(Relabel(schema.clone())) as Box<dyn Operator>)
         };
-        let head = self.transform("widen_nullability", merged.clone(), widen(merged.clone()));
+        let head = self
+            .transform("widen_nullability", merged.clone(), widen(merged.clone()))
+            .stateless();
         head.merge_into("union", &refs, Arc::new(widen(merged)))
+            .stateless()
             .with_event_time(time)
     }
 }

@@ -103,8 +103,8 @@ fn barriers_do_not_change_results() {
 }
 
 /// One window holding 200k distinct keys: far more state than the 256 KiB
-/// block cache and memtables RocksDB is given, with the same result as the
-/// heap backend.
+/// live-state cache, block cache and memtables RocksDB is given, with the
+/// same result as the heap backend.
 #[test]
 fn rocksdb_state_larger_than_its_cache() {
     use sluice_engine::state::rocks::RocksConfig;
@@ -124,6 +124,7 @@ fn rocksdb_state_larger_than_its_cache() {
         if rocks {
             env.configure(|c| {
                 c.state.backend = StateBackend::RocksDb(RocksConfig {
+                    cache_bytes: 256 << 10,
                     block_cache_bytes: 256 << 10,
                     write_buffer_bytes: 256 << 10,
                 })

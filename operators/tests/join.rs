@@ -1,5 +1,5 @@
 //! Joins against nested-loop references over random, out-of-order input at
-//! parallelism 1 and 4, plus the output schema rule, plan errors and the
+//! parallelism 1 and 4, with state on the heap and in RocksDB, plus the output schema rule, plan errors and the
 //! watermark contract of the output. Jobs use engine primitives only
 //! (`from_batches`, `assign_watermarks`, `transform`, `collect`).
 
@@ -13,6 +13,8 @@ use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use sluice_engine::data::event_times_ms;
+use sluice_engine::state::rocks::RocksConfig;
+use sluice_engine::state::StateBackend;
 use sluice_engine::{
     Collector, Env, Operator, OperatorContext, Stream, Watermark, WatermarkStrategy,
 };
@@ -113,19 +115,32 @@ fn pairs(out: &[RecordBatch], window: bool) -> Vec<(i64, i64, i64, i64)> {
     v
 }
 
-/// Runs `build` at parallelism 1 and 4 and checks both against `want`.
+/// Runs `build` at parallelism 1 and 4, with state on the heap and in
+/// RocksDB behind a cache too small for it, and checks each run against
+/// `want`.
 fn check(want: &[(i64, i64, i64, i64)], window: bool, what: &str, build: impl Fn(&Env) -> Stream) {
     assert!(!want.is_empty(), "{what}: the reference found no pairs");
-    for p in [1, 4] {
-        let env = Env::new();
-        env.set_parallelism(p);
-        let out = build(&env).collect();
-        env.execute().unwrap();
-        assert_eq!(
-            pairs(&out.batches(), window),
-            want,
-            "{what}, parallelism {p}"
-        );
+    for rocks in [false, true] {
+        for p in [1, 4] {
+            let env = Env::new();
+            env.set_parallelism(p);
+            if rocks {
+                env.configure(|c| {
+                    c.state.backend = StateBackend::RocksDb(RocksConfig {
+                        cache_bytes: 2 << 10,
+                        block_cache_bytes: 64 << 10,
+                        write_buffer_bytes: 64 << 10,
+                    })
+                });
+            }
+            let out = build(&env).collect();
+            env.execute().unwrap();
+            assert_eq!(
+                pairs(&out.batches(), window),
+                want,
+                "{what}, parallelism {p}, rocksdb: {rocks}"
+            );
+        }
     }
 }
 

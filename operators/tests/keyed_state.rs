@@ -238,6 +238,8 @@ fn rows_of(batches: &[RecordBatch]) -> Rows {
 
 fn rocks() -> StateBackend {
     StateBackend::RocksDb(RocksConfig {
+        // Small enough that most keys' state lives only in RocksDB.
+        cache_bytes: 16 << 10,
         block_cache_bytes: 1 << 20,
         write_buffer_bytes: 1 << 20,
     })

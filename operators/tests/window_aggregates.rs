@@ -94,7 +94,7 @@ fn aggregates_keep_or_widen_types_and_skip_nulls() {
         ("window_end", ts),
         ("count", DataType::Int64),
         ("sum_i32", DataType::Int64),
-        ("sum_u64", DataType::Int64),
+        ("sum_u64", DataType::Decimal128(38, 0)),
         ("sum_f32", DataType::Float64),
         ("avg_i32", DataType::Float64),
         ("min_i32", DataType::Int32),
@@ -127,8 +127,14 @@ fn aggregates_keep_or_widen_types_and_skip_nulls() {
     // sum skips nulls; a window with only nulls sums to null.
     assert_eq!(i64s(4).value(first), 2);
     assert!(i64s(4).is_null(second));
-    // UInt64 sums wrap into Int64: u64::MAX is -1.
-    assert_eq!(i64s(5).value(first), -1 + 2 + 3);
+    // UInt64 sums widen to a decimal: u64::MAX stays itself (they
+    // wrapped into Int64 before, where u64::MAX was -1).
+    assert_eq!(
+        b.column(5)
+            .as_primitive::<arrow::datatypes::Decimal128Type>()
+            .value(first),
+        i128::from(u64::MAX) + 2 + 3
+    );
     assert_eq!(f64s(6).value(first), 1.0);
     assert_eq!(f64s(7).value(first), 1.0);
     assert!(f64s(7).is_null(second));

@@ -106,6 +106,7 @@ fn run(
         // A tiny cache: the database, not memory, holds the state.
         env.configure(|c| {
             c.state.backend = StateBackend::RocksDb(RocksConfig {
+                cache_bytes: 4 << 10,
                 block_cache_bytes: 64 << 10,
                 write_buffer_bytes: 64 << 10,
             })

@@ -2,8 +2,10 @@
 //! consumers reading the topic (the ceiling; as many as the job's
 //! parallelism, tuned and polled as Sluice's), next to Sluice's Kafka
 //! source into Parquet or a discarding sink (raw bytes, and JSON decoded
-//! into columns), bounded mode. Variants run in interleaved rounds; prints
-//! every run and one Markdown table of medians of `--repeat`.
+//! into columns), bounded mode; Parquet into a local directory, or into an
+//! S3 bucket of a local S3-compatible server (moto, from `scripts/tools.sh`;
+//! variants `raw-s3`, `json-s3`). Variants run in interleaved rounds;
+//! prints every run and one Markdown table of medians of `--repeat`.
 
 use std::time::{Duration, Instant};
 
@@ -31,9 +33,12 @@ struct Args {
     /// Runs per variant.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
-    /// Variants to run, comma-separated: plain, raw, json.
+    /// Variants to run, comma-separated: plain, raw, json, raw-s3, json-s3.
     #[arg(long, value_delimiter = ',', default_value = "plain,raw,json")]
     only: Vec<String>,
+    /// The S3 server for the -s3 variants (moto_server).
+    #[arg(long, default_value = ".tools/venv/bin/moto_server")]
+    moto: std::path::PathBuf,
     /// Discard Sluice's output instead of writing Parquet (isolates the
     /// source from the sink).
     #[arg(long)]
@@ -126,6 +131,7 @@ fn sluice(
     p: usize,
     json: bool,
     discard: bool,
+    s3: Option<&S3>,
 ) -> anyhow::Result<f64> {
     let dir = tempfile_dir()?;
     let env = Env::new();
@@ -139,10 +145,18 @@ fn sluice(
     };
     // As `kafka_to_parquet` writes them.
     let stream = env.source(src);
+    let prefix = format!(
+        "run-{}",
+        RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
     if discard {
         stream.sink(DiscardSink);
     } else {
-        stream.sink(ParquetSink::new(&dir).without_dictionary(["_offset", "_timestamp"]));
+        let sink = match s3 {
+            Some(s3) => ParquetSink::new(s3.url(&prefix)),
+            None => ParquetSink::new(&dir),
+        };
+        stream.sink(sink.without_dictionary(["_offset", "_timestamp"]));
     }
     let start = Instant::now();
     let res = env.execute()?;
@@ -153,7 +167,10 @@ fn sluice(
         res.source_records()
     );
     if !discard {
-        let written = parquet_rows(&dir)?;
+        let written = match s3 {
+            Some(s3) => s3.parquet_rows(&prefix)?,
+            None => parquet_rows(&dir)?,
+        };
         anyhow::ensure!(written == n, "wrote {written} of {n} records");
     }
     std::fs::remove_dir_all(&dir)?;
@@ -172,6 +189,120 @@ fn parquet_rows(dir: &std::path::Path) -> anyhow::Result<usize> {
         }
     }
     Ok(rows)
+}
+
+static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A local S3-compatible server with one bucket, for the -s3 variants;
+/// the job's S3 settings point at it through the environment.
+struct S3 {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl S3 {
+    fn start(bin: &std::path::Path) -> anyhow::Result<S3> {
+        use object_store::ObjectStoreExt;
+        anyhow::ensure!(
+            bin.exists(),
+            "{} is missing: run scripts/tools.sh",
+            bin.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = std::process::Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let s3 = S3 { child, port };
+        for (k, v) in [
+            ("AWS_ENDPOINT", format!("http://127.0.0.1:{port}")),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "bench".into()),
+            ("AWS_SECRET_ACCESS_KEY", "bench".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ] {
+            // SAFETY: set before any thread of the benchmark reads the
+            // environment (the broker and consumers do not).
+            unsafe { std::env::set_var(k, v) };
+        }
+        let start = Instant::now();
+        loop {
+            if s3
+                .block(s3.store()?.put(
+                    &object_store::path::Path::from("probe"),
+                    object_store::PutPayload::from_static(b"x"),
+                ))
+                .is_ok()
+            {
+                return Ok(s3);
+            }
+            // Creates the bucket (moto answers 200 to a PUT on its name).
+            let _ = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut c| {
+                use std::io::Write;
+                write!(
+                    c,
+                    "PUT /bench HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )?;
+                let mut sink = Vec::new();
+                std::io::Read::read_to_end(&mut c, &mut sink)
+            });
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(30),
+                "moto did not start"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn url(&self, prefix: &str) -> String {
+        format!("s3://bench/{prefix}")
+    }
+
+    fn store(&self) -> anyhow::Result<object_store::aws::AmazonS3> {
+        Ok(object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name("bench")
+            .build()?)
+    }
+
+    fn block<F: std::future::Future>(&self, f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+            .block_on(f)
+    }
+
+    /// Rows in the Parquet objects under `prefix`, from their footers.
+    fn parquet_rows(&self, prefix: &str) -> anyhow::Result<usize> {
+        use futures::TryStreamExt;
+        use object_store::{ObjectStore, ObjectStoreExt};
+        let store = self.store()?;
+        let prefix = object_store::path::Path::from(prefix);
+        let objects: Vec<object_store::ObjectMeta> =
+            self.block(store.list(Some(&prefix)).try_collect())?;
+        let mut rows = 0;
+        for o in objects
+            .iter()
+            .filter(|o| o.location.as_ref().ends_with(".parquet"))
+        {
+            let bytes = self.block(async { store.get(&o.location).await?.bytes().await })?;
+            let r = parquet::file::reader::SerializedFileReader::new(bytes)?;
+            use parquet::file::reader::FileReader;
+            rows += r.metadata().file_metadata().num_rows() as usize;
+        }
+        Ok(rows)
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = self.port;
+    }
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
@@ -203,10 +334,15 @@ fn main() -> anyhow::Result<()> {
         t.elapsed().as_secs_f64()
     );
     let sink = if args.discard { "discard" } else { "Parquet" };
-    let variants: Vec<&str> = ["plain", "raw", "json"]
+    let variants: Vec<&str> = ["plain", "raw", "json", "raw-s3", "json-s3"]
         .into_iter()
         .filter(|v| args.only.iter().any(|o| o == v))
         .collect();
+    let s3 = if variants.iter().any(|v| v.ends_with("-s3")) {
+        Some(S3::start(&args.moto)?)
+    } else {
+        None
+    };
     // Rounds of one run per variant, so drift of the shared machine and the
     // broker's state over time touch every variant alike.
     let mut runs = vec![Vec::new(); variants.len()];
@@ -219,7 +355,18 @@ fn main() -> anyhow::Result<()> {
                     anyhow::ensure!(r.1 == n, "plain consumers read {} of {n} records", r.1);
                     r.0
                 }
-                v => sluice(&broker, "bench", n, p, v == "json", args.discard)?,
+                v => {
+                    let in_s3 = v.ends_with("-s3");
+                    sluice(
+                        &broker,
+                        "bench",
+                        n,
+                        p,
+                        v.starts_with("json"),
+                        args.discard,
+                        if in_s3 { s3.as_ref() } else { None },
+                    )?
+                }
             });
         }
     }
@@ -234,6 +381,12 @@ fn main() -> anyhow::Result<()> {
             rows.push((format!("plain rdkafka consumers, {p} threads"), r));
         } else {
             let p = args.parallelism;
+            let sink = if v.ends_with("-s3") {
+                "Parquet in S3 (moto)"
+            } else {
+                sink
+            };
+            let v = v.trim_end_matches("-s3");
             rows.push((format!("Sluice Kafka → {sink}, {v}, parallelism {p}"), r));
         }
     }

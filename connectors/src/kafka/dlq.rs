@@ -13,10 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer};
 use sluice_engine::{Error, Result};
 
-use super::client::{kafka_err, send_waiting, DeliveryWatch, KafkaConfig, REQUEST_TIMEOUT};
+use super::client::REQUEST_TIMEOUT;
+use super::client::{check_reachable, kafka_err, send_waiting, KafkaConfig, WatchedProducer};
 
 /// Header naming why the record could not be decoded.
 pub const ERROR_HEADER: &str = "sluice.error";
@@ -62,7 +63,7 @@ impl DecodeStats {
 pub(crate) struct BadRecords {
     policy: DecodePolicy,
     stats: Arc<DecodeStats>,
-    producer: Option<BaseProducer<DeliveryWatch>>,
+    producer: Option<WatchedProducer>,
     topic: String,
 }
 
@@ -74,12 +75,16 @@ impl BadRecords {
         topic: &str,
     ) -> Result<Self> {
         let producer = match &policy {
-            DecodePolicy::DeadLetter(_) => Some(
-                config
+            DecodePolicy::DeadLetter(_) => {
+                let p: WatchedProducer = config
                     .producer()
-                    .create_with_context(DeliveryWatch::default())
-                    .map_err(|e| kafka_err("creating the dead-letter producer", e))?,
-            ),
+                    .create_with_context(config.watch("the Kafka dead-letter producer"))
+                    .map_err(|e| kafka_err("creating the dead-letter producer", e))?;
+                check_reachable(p.client(), &|| {
+                    p.poll(Duration::ZERO);
+                });
+                Some(p)
+            }
             _ => None,
         };
         Ok(BadRecords {

@@ -6,8 +6,9 @@
 //!
 //! A record either decodes or is *bad*: the caller gets the row index and a
 //! message and applies the decode policy (`super::dlq`). Nothing is dropped
-//! here. JSON records are checked against the schema (`super::json_check`)
-//! before their bytes reach arrow-json's decoder, so a record arrow-json
+//! here. JSON records are checked against the schema (`crate::json`, the
+//! rule the JSON-lines file source follows too) before they become
+//! columns, so a record arrow-json
 //! would coerce (a string `"12"` into an integer column, a float into an
 //! integer) or silently lose (an unknown field) is reported instead. Avro
 //! datums become `serde_json` values, checked the same way here.
@@ -20,7 +21,7 @@ use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use serde_json::Value;
 use sluice_engine::{Error, Result};
 
-use super::json_check::RecordShape;
+use crate::json::JsonDecoder;
 
 /// Name of the partition column.
 pub const PARTITION_COLUMN: &str = "_partition";
@@ -181,12 +182,10 @@ const TOMBSTONE: &str = "record has no value (tombstone)";
 pub struct Decoder {
     format: Format,
     schema: SchemaRef,
-    /// Avro, and JSON with struct or list fields: builds the columns.
+    /// Avro: builds the columns of the decoded values.
     json: Option<arrow::json::reader::Decoder>,
-    /// JSON: what records are checked against.
-    shape: Option<RecordShape>,
-    /// JSON with a flat schema: checked values go straight to columns.
-    flat: Option<super::json_columns::FlatColumns>,
+    /// JSON: checks records and builds their columns.
+    records: Option<JsonDecoder>,
 }
 
 impl std::fmt::Debug for Decoder {
@@ -201,17 +200,12 @@ impl Decoder {
     /// A decoder for `format`.
     pub fn new(format: Format) -> Result<Self> {
         let schema = format.output_schema()?;
-        let (shape, flat) = match &format {
-            Format::Json(s) => (
-                Some(RecordShape::new(s.fields().clone())),
-                super::json_columns::FlatColumns::new(s.fields()),
-            ),
-            _ => (None, None),
+        let records = match &format {
+            Format::Json(s) => Some(JsonDecoder::new(s.clone())?),
+            _ => None,
         };
-        // arrow-json builds the columns of Avro values and of JSON records
-        // whose schema is not flat.
+        // arrow-json builds the columns of Avro values.
         let json_fields = match &format {
-            Format::Json(s) if flat.is_none() => Some(s.clone()),
             Format::Avro(a) => Some(a.fields().clone()),
             _ => None,
         };
@@ -229,8 +223,7 @@ impl Decoder {
             format,
             schema,
             json,
-            shape,
-            flat,
+            records,
         })
     }
 
@@ -273,44 +266,13 @@ impl Decoder {
                 }
                 Arc::new(b.finish())
             }
-            Format::Json(fields) => {
-                let shape = self.shape.as_ref().expect("record shape for JSON format");
-                let mut slots = Vec::with_capacity(fields.fields().len());
-                let mut batches = Vec::new();
-                for i in 0..recs.len() {
-                    let Some(mut bytes) = recs.values.get(i) else {
-                        bad(i, TOMBSTONE.to_string())?;
-                        continue;
-                    };
-                    if let Err(e) = shape.check(bytes, &mut slots) {
-                        bad(i, e)?;
-                        continue;
-                    }
-                    good.push(i);
-                    if let Some(cols) = &mut self.flat {
-                        cols.append(&slots);
-                        continue;
-                    }
-                    let dec = self.json.as_mut().expect("arrow-json for a nested schema");
-                    // The decoder stops taking bytes when its batch is full.
-                    while !bytes.is_empty() {
-                        let n = dec.decode(bytes)?;
-                        bytes = &bytes[n..];
-                        if !bytes.is_empty() {
-                            batches.extend(dec.flush()?);
-                        }
-                    }
-                }
-                let columns = match &mut self.flat {
-                    Some(cols) => cols.finish(),
-                    None => {
-                        let dec = self.json.as_mut().expect("arrow-json for a nested schema");
-                        batches.extend(dec.flush()?);
-                        arrow::compute::concat_batches(fields, &batches)?
-                            .columns()
-                            .to_vec()
-                    }
-                };
+            Format::Json(_) => {
+                let dec = self.records.as_mut().expect("JSON decoder for JSON format");
+                let (good, columns) = dec.decode(
+                    (0..recs.len()).map(|i| (i, recs.values.get(i))),
+                    TOMBSTONE,
+                    bad,
+                )?;
                 return self.with_metadata(partition, recs, &good, columns);
             }
             Format::Avro(a) => {
@@ -444,34 +406,11 @@ fn check_value(v: &Value, dt: &DataType, path: &str) -> Result<(), String> {
     }
 }
 
-/// Infers a JSON schema from sample record values: integers → Int64,
-/// other numbers → Float64 (a field seen as both becomes Float64),
-/// strings → Utf8, booleans → Boolean, objects → structs, arrays → lists;
-/// every field nullable, in name order. Values that are not JSON
-/// objects are ignored here (they are bad records when the job reads them).
+/// Infers a JSON schema from sample record values: see
+/// `crate::json::infer_schema` (the JSON-lines file source infers the
+/// same way).
 pub fn infer_json_schema<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Result<SchemaRef> {
-    let objects: Vec<Value> = values
-        .into_iter()
-        .filter_map(|b| serde_json::from_slice::<Value>(b).ok())
-        .filter(Value::is_object)
-        .collect();
-    if objects.is_empty() {
-        return Err(Error::Config(
-            "cannot infer a JSON schema: no sampled record is a JSON object".into(),
-        ));
-    }
-    let schema = arrow::json::reader::infer_json_schema_from_iterator(objects.iter().map(Ok))?;
-    let fields: Vec<Field> = schema
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone().with_nullable(true))
-        .collect();
-    if fields.is_empty() {
-        return Err(Error::Config(
-            "cannot infer a JSON schema: the sampled objects have no fields".into(),
-        ));
-    }
-    Ok(Arc::new(Schema::new(fields)))
+    crate::json::infer_schema(values)
 }
 
 /// The textual form of a JSON schema (for `--schema` files and
@@ -708,6 +647,18 @@ mod tests {
             s.field_with_name("e").unwrap().data_type(),
             DataType::List(f) if f.data_type() == &DataType::Int64
         ));
+        // One odd value does not turn a column of numbers into strings.
+        let odd = [
+            r#"{"id": 1}"#,
+            r#"{"id": 2}"#,
+            r#"{"id": "three"}"#,
+            r#"{"id": 4}"#,
+        ];
+        let o = infer_json_schema(odd.iter().map(|s| s.as_bytes())).unwrap();
+        assert_eq!(
+            o.field_with_name("id").unwrap().data_type(),
+            &DataType::Int64
+        );
         // The textual form round-trips.
         let back = schema_from_json(&schema_to_json(&s).unwrap()).unwrap();
         assert_eq!(back.fields().len(), s.fields().len());

@@ -7,14 +7,16 @@
 //!   offsets, offsets committed to the group when a checkpoint completes,
 //!   partitions added at run time picked up, each partition a watermark
 //!   split (with the strategy's idleness), and a bounded mode that stops at
-//!   the end offsets seen when the job first started (kept in state, so a
-//!   restart stops at the same place). Modules: [`source`](self) subtask
+//!   the topic's end offsets when the read starts (kept in state, so a
+//!   restart of an interrupted bounded read stops at the same place; a
+//!   later bounded run reads on to the then current end). Modules: [`source`](self) subtask
 //!   logic, `client` (offsets and watermarks), `state` (checkpoint
 //!   entries), [`format`] (JSON with a declared or inferred schema, raw
-//!   bytes, text), `json_check` (the one-pass check of a JSON record
-//!   against its schema), `json_columns` (checked values of flat records
-//!   straight into columns), [`avro`] (Avro datums with a given schema),
-//!   [`dlq`] (the decode policy).
+//!   bytes, text; JSON records are checked and built by `crate::json`,
+//!   shared with the JSON-lines file source), [`avro`] (Avro datums with a given schema),
+//!   [`dlq`] (the decode policy), [`progress`] (where partitions started
+//!   and stopped, and the notices saying so), [`evolve`] (JSON schema
+//!   evolution).
 //! - [`KafkaSink`]: at-least-once (flush at the barrier) or exactly-once
 //!   (one transaction per checkpoint, committed when the checkpoint
 //!   completes, recovered on restart through epoch markers), in `sink`.
@@ -39,9 +41,9 @@
 pub mod avro;
 mod client;
 pub mod dlq;
+pub mod evolve;
 pub mod format;
-mod json_check;
-mod json_columns;
+pub mod progress;
 pub mod sink;
 mod source;
 pub mod state;
@@ -52,7 +54,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -62,6 +64,7 @@ use sluice_engine::{Error, OperatorContext, Result, Source, SourceSpec};
 pub use client::{send_waiting, KafkaConfig};
 pub use dlq::{DecodePolicy, DecodeStats};
 pub use format::Format;
+pub use progress::{KafkaProgress, PartitionProgress, NOTICE_TARGET};
 pub use sink::{CommitStep, KafkaSink, SinkGuarantee};
 pub use state::{schema_from_checkpoint, StartFrom};
 
@@ -74,6 +77,34 @@ pub fn source_name(topic: &str) -> String {
 /// A Kafka topic as a stream. Columns: `_partition` (Int32), `_offset`
 /// (Int64), `_timestamp` (timestamp ms, nullable), then the decoded value
 /// ([`Format`]).
+///
+/// A job reading JSON records, checkpointed, into an exactly-once topic
+/// (compiled here, not run: it needs a broker; `tests/kafka.rs` runs such
+/// jobs against a real one):
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use sluice_connectors::kafka::{KafkaSink, KafkaSource};
+/// use sluice_engine::arrow::datatypes::{DataType, Field, Schema};
+/// use sluice_engine::CheckpointConfig;
+/// use sluice_operators::prelude::*;
+///
+/// let schema = Arc::new(Schema::new(vec![
+///     Field::new("user", DataType::Int64, false),
+///     Field::new("ts", DataType::Int64, false),
+/// ]));
+/// let env = Env::new();
+/// env.configure(|c| c.checkpoint = Some(CheckpointConfig::new("/var/lib/my-job/checkpoints")));
+/// env.source(KafkaSource::new("127.0.0.1:9092", "clicks").json(schema))
+///     .watermarks(WatermarkStrategy::bounded_out_of_orderness("ts", Duration::from_secs(1)))
+///     .key_by(["user"])
+///     .window(WindowSpec::tumbling(Duration::from_secs(60)))
+///     .aggregate([count().alias("clicks")])
+///     .sink(KafkaSink::new("127.0.0.1:9092", "clicks-per-minute").exactly_once("my-job", "my-job-progress"));
+/// env.execute()?;
+/// # Ok::<(), sluice_engine::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct KafkaSource {
     config: KafkaConfig,
@@ -85,8 +116,10 @@ pub struct KafkaSource {
     policy: DecodePolicy,
     batch_size: usize,
     discovery_interval: Option<Duration>,
+    evolve: bool,
     stats: Arc<DecodeStats>,
     emitted: Arc<AtomicU64>,
+    progress: Arc<KafkaProgress>,
 }
 
 impl KafkaSource {
@@ -103,8 +136,10 @@ impl KafkaSource {
             policy: DecodePolicy::Fail,
             batch_size: 8192,
             discovery_interval: Some(Duration::from_secs(10)),
+            evolve: false,
             stats: Arc::default(),
             emitted: Arc::default(),
+            progress: Arc::default(),
         }
     }
     /// Decodes values with `format`.
@@ -116,12 +151,25 @@ impl KafkaSource {
     pub fn json(self, schema: SchemaRef) -> Self {
         self.format(Format::Json(schema))
     }
+    /// JSON only: records that gain fields or widen a type compatibly
+    /// evolve the schema instead of being bad records (see [`evolve`]);
+    /// batches after a change carry the merged schema, so what follows
+    /// the source must take them (the Parquet sink starts new files).
+    pub fn evolve_schema(mut self) -> Self {
+        self.evolve = true;
+        self
+    }
     /// Where to start partitions without a checkpointed position.
     pub fn start_from(mut self, start: StartFrom) -> Self {
         self.start = start;
         self
     }
-    /// Bounded mode: stop at the end offsets of the first start.
+    /// Bounded mode: stop at the topic's end offsets when the read starts.
+    /// Resuming a bounded read that had not reached its ends (a restart
+    /// after a failure, or the same command run again after a kill) stops
+    /// at the ends it fixed; otherwise (a first start, or resuming a read
+    /// that finished, or an unbounded one) at the current end. Without
+    /// this the source never ends, whatever its checkpoint says.
     pub fn until_end(mut self) -> Self {
         self.bounded = true;
         self
@@ -147,7 +195,14 @@ impl KafkaSource {
         self.discovery_interval = every;
         self
     }
-    /// Sets a librdkafka property on every client the source creates.
+    /// Checks the librdkafka properties given with [`KafkaSource::property`]
+    /// (planning the job does too): an unknown one is a clear error.
+    pub fn check_options(&self) -> Result<()> {
+        self.config.check(false)
+    }
+    /// Sets a librdkafka property on every client the source creates
+    /// (its consumers, the schema probe and the dead-letter producer):
+    /// `security.protocol`, `sasl.*`, `ssl.*`, ...
     pub fn property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.config.properties.push((key.into(), value.into()));
         self
@@ -155,6 +210,11 @@ impl KafkaSource {
     /// Counters of bad records (shared by all subtasks).
     pub fn decode_stats(&self) -> Arc<DecodeStats> {
         self.stats.clone()
+    }
+    /// Where each partition started and how far it was read (shared by
+    /// all subtasks), for a job's summary.
+    pub fn progress(&self) -> Arc<KafkaProgress> {
+        self.progress.clone()
     }
     /// Records emitted by all subtasks of this source so far.
     pub fn records_emitted(&self) -> u64 {
@@ -165,12 +225,12 @@ impl KafkaSource {
     /// start of the topic's partitions (waiting at most `timeout` for
     /// them). See [`format::infer_json_schema`] for the type rules.
     pub fn infer_json_schema(&self, sample: usize, timeout: Duration) -> Result<SchemaRef> {
-        let consumer: BaseConsumer = self
+        let consumer: client::WatchedConsumer = self
             .config
             .consumer(None)
-            .create()
+            .create_with_context(self.config.watch("the Kafka schema sampler"))
             .map_err(|e| client::kafka_err("creating the schema sampler", e))?;
-        let partitions = client::partitions(&consumer, &self.topic)?;
+        let partitions = client::partitions(&consumer, &self.topic, true)?;
         let mut tpl = TopicPartitionList::new();
         for &p in &partitions {
             tpl.add_partition_offset(&self.topic, p, Offset::Beginning)
@@ -212,6 +272,12 @@ impl SourceSpec for KafkaSource {
     }
 
     fn schema(&self) -> Result<SchemaRef> {
+        self.check_options()?;
+        if self.evolve && !matches!(self.format, Format::Json(_)) {
+            return Err(Error::Config(
+                "schema evolution needs the JSON format".into(),
+            ));
+        }
         self.format.output_schema()
     }
 

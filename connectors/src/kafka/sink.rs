@@ -33,10 +33,10 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{Array, ArrayRef, AsArray, BinaryArray, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, SchemaRef};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use sluice_engine::data::CheckpointId;
@@ -45,7 +45,8 @@ use sluice_engine::state::{OperatorSnapshot, RestoredState};
 use sluice_engine::{Error, OperatorContext, Result, Sink, SinkSpec};
 use tracing::{info, warn};
 
-use super::client::{kafka_err, send_waiting, DeliveryWatch, KafkaConfig, REQUEST_TIMEOUT};
+use super::client::{check_reachable, kafka_err, send_waiting, KafkaConfig, REQUEST_TIMEOUT};
+use super::client::{WatchedConsumer, WatchedProducer};
 
 /// Header naming the transaction a record was written in
 /// (`job/subtask/checkpoint/attempt`), exactly-once mode only.
@@ -141,6 +142,7 @@ impl SinkSpec for KafkaSink {
     }
 
     fn validate(&self, input: &SchemaRef) -> Result<()> {
+        self.config.check(true)?;
         Encoding::of(input).map(|_| ())
     }
 
@@ -255,7 +257,7 @@ impl<'a> BytesColumn<'a> {
 /// One record: optional key, value.
 type Record = (Option<Vec<u8>>, Vec<u8>);
 
-type Producer_ = BaseProducer<DeliveryWatch>;
+type Producer_ = WatchedProducer;
 
 /// One checkpoint epoch's records, as kept in the checkpoint.
 #[derive(Debug, Clone, PartialEq)]
@@ -421,8 +423,11 @@ impl KafkaSinkTask {
             .config
             .producer()
             .set("transactional.id", &id)
-            .create_with_context(DeliveryWatch::default())
+            .create_with_context(self.spec.config.watch("the Kafka sink"))
             .map_err(|e| kafka_err("creating the transactional producer", e))?;
+        check_reachable(p.client(), &|| {
+            p.poll(Duration::ZERO);
+        });
         p.init_transactions(REQUEST_TIMEOUT)
             .map_err(|e| kafka_err(format!("initializing transactions of '{id}'"), e))?;
         Ok(p)
@@ -554,12 +559,12 @@ pub fn read_markers(
     } else {
         "read_uncommitted"
     };
-    let consumer: BaseConsumer = config
+    let consumer: WatchedConsumer = config
         .consumer(None)
         .set("isolation.level", isolation)
-        .create()
+        .create_with_context(config.watch("the Kafka sink's progress reader"))
         .map_err(|e| kafka_err("creating the progress reader", e))?;
-    let partitions = match super::client::partitions(&consumer, topic) {
+    let partitions = match super::client::partitions(&consumer, topic, true) {
         Ok(p) => p,
         // No marker was ever written.
         Err(_) => return Ok(Vec::new()),
@@ -627,13 +632,16 @@ impl Sink for KafkaSinkTask {
             self.recover()?;
             self.producer = Some(self.transactional(self.subtask)?);
         } else {
-            self.producer = Some(
-                self.spec
-                    .config
-                    .producer()
-                    .create_with_context(DeliveryWatch::default())
-                    .map_err(|e| kafka_err("creating the producer", e))?,
-            );
+            let p: Producer_ = self
+                .spec
+                .config
+                .producer()
+                .create_with_context(self.spec.config.watch("the Kafka sink"))
+                .map_err(|e| kafka_err("creating the producer", e))?;
+            check_reachable(p.client(), &|| {
+                p.poll(Duration::ZERO);
+            });
+            self.producer = Some(p);
         }
         Ok(())
     }

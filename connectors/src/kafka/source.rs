@@ -5,15 +5,23 @@
 //! with its own watermark), records per-partition positions at barriers,
 //! commits them to the consumer group when a checkpoint completes, picks
 //! up partitions added while it runs, and in bounded mode stops every
-//! partition at the end offset fixed when the job first started.
+//! partition at an end offset: the high watermark when the read started,
+//! or, resuming a bounded read that had not reached its ends, the ends
+//! that read fixed (kept in its checkpoints), so a restart stops where the
+//! interrupted run would have. Whether a run is bounded is decided by the
+//! run (`until_end`), never by ends found in a checkpoint. It logs where
+//! each partition starts or resumes and where a bounded read stops
+//! ([`super::progress`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrow::array::AsArray;
+use arrow::datatypes::Int64Type;
 use arrow::datatypes::SchemaRef;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -21,9 +29,11 @@ use sluice_engine::data::CheckpointId;
 use sluice_engine::{Error, OperatorContext, Result, Source, SourcePoll};
 use tracing::{debug, info, warn};
 
-use super::client::{self, kafka_err};
+use super::client::{self, kafka_err, WatchedConsumer};
 use super::dlq::BadRecords;
+use super::evolve::Evolution;
 use super::format::{Decoder, Format, RawRecords};
+use super::progress::{PartitionProgress, NOTICE_TARGET};
 use super::state::{Entry, StartFrom};
 use super::KafkaSource;
 
@@ -55,14 +65,25 @@ type Position = (Option<i64>, Option<i64>);
 
 pub(crate) struct KafkaSubtask {
     spec: KafkaSource,
-    consumer: Option<BaseConsumer>,
+    consumer: Option<WatchedConsumer>,
     decoder: Decoder,
+    /// JSON with schema evolution: the schemas used.
+    evolution: Option<Evolution>,
     bad: Option<BadRecords>,
     /// Owned partitions; the index is the split.
     parts: Vec<Part>,
     by_partition: HashMap<i32, usize>,
-    /// Positions restored from a checkpoint, by partition.
+    /// Positions restored from a checkpoint, by partition (ends only
+    /// where they bind this run: see [`KafkaSubtask::restore`]).
     restored: Option<BTreeMap<i32, Position>>,
+    /// A bounded run resuming a bounded read that had not reached its
+    /// ends: it keeps them, and reads only the partitions it had.
+    resume_ends: bool,
+    /// The raw records of the batch emitted last, so records the runtime
+    /// rejects (their event time) can go to the bad-record policy whole.
+    last: Option<RawRecords>,
+    /// Whether the end of a bounded read was reported.
+    told_end: bool,
     /// Splits that finished and still have to be reported.
     ended: VecDeque<usize>,
     /// Positions recorded per checkpoint, committed when it completes.
@@ -80,7 +101,7 @@ pub(crate) struct KafkaSubtask {
 /// consumer's first Fetch response reported (every record it delivered
 /// lies below it). Until the consumer has one, the end stays pending, and
 /// the records delivered meanwhile are below it anyway.
-fn learn_end(consumer: &BaseConsumer, topic: &str, part: &mut Part) {
+fn learn_end(consumer: &WatchedConsumer, topic: &str, part: &mut Part) {
     if let Some(h) = client::cached_high_watermark(consumer, topic, part.partition) {
         part.end = Some(h);
         debug!(
@@ -99,15 +120,23 @@ impl KafkaSubtask {
                 "Kafka source schema changed between planning and running".into(),
             ));
         }
+        let evolution = match &spec.format {
+            Format::Json(s) if spec.evolve => Some(Evolution::new(s.clone())),
+            _ => None,
+        };
         Ok(KafkaSubtask {
             emitted: spec.emitted.clone(),
             spec,
             consumer: None,
             decoder,
+            evolution,
             bad: None,
             parts: Vec::new(),
             by_partition: HashMap::new(),
             restored: None,
+            resume_ends: false,
+            last: None,
+            told_end: false,
             ended: VecDeque::new(),
             uncommitted: Vec::new(),
             pending: 0,
@@ -119,7 +148,7 @@ impl KafkaSubtask {
         })
     }
 
-    fn consumer(&self) -> &BaseConsumer {
+    fn consumer(&self) -> &WatchedConsumer {
         self.consumer.as_ref().expect("consumer created in open")
     }
 
@@ -184,8 +213,17 @@ impl KafkaSubtask {
                 None => false,
             };
             let split = self.parts.len();
-            info!(topic = %topic, partition = p, ?next, ?end, split, "kafka partition assigned");
+            debug!(topic = %topic, partition = p, ?next, ?end, split, "kafka partition assigned");
             self.by_partition.insert(p, split);
+            self.spec.progress.set(
+                p,
+                PartitionProgress {
+                    from: next,
+                    next,
+                    end,
+                    resumed: self.restored.as_ref().is_some_and(|r| r.contains_key(&p)),
+                },
+            );
             self.parts.push(Part {
                 partition: p,
                 next,
@@ -214,7 +252,8 @@ impl KafkaSubtask {
     /// are read from their earliest record.
     fn discover(&mut self) -> Result<()> {
         self.last_discovery = Instant::now();
-        let all = match client::partitions(self.consumer(), &self.spec.topic) {
+        // Partitions are assigned: polling here could swallow records.
+        let all = match client::partitions(self.consumer(), &self.spec.topic, false) {
             Ok(ps) => ps,
             Err(e) => {
                 // Discovery is retried at the next interval; the partitions
@@ -248,6 +287,7 @@ impl KafkaSubtask {
                 part.finished = true;
                 part.next = Some(end);
                 let partition = part.partition;
+                self.spec.progress.update(partition, part.next, part.end);
                 self.ended.push_back(split);
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition(&self.spec.topic, partition);
@@ -357,7 +397,7 @@ impl KafkaSubtask {
             self.pending -= recs.len();
             let partition = self.parts[split].partition;
             let bad = self.bad.as_mut().expect("bad-record policy set in open");
-            let batch = self.decoder.decode(partition, &recs, &mut |i, err| {
+            let mut on_bad = |i: usize, err: String| {
                 bad.handle(
                     partition,
                     recs.offsets[i],
@@ -365,9 +405,17 @@ impl KafkaSubtask {
                     recs.values.get(i),
                     &err,
                 )
-            })?;
+            };
+            let batch = match &mut self.evolution {
+                Some(ev) => ev.decode(&mut self.decoder, partition, &recs, &mut on_bad)?,
+                None => self.decoder.decode(partition, &recs, &mut on_bad)?,
+            };
             let last = *recs.offsets.last().expect("non-empty");
             self.parts[split].next = Some(last + 1);
+            self.spec
+                .progress
+                .update(partition, Some(last + 1), self.parts[split].end);
+            self.last = Some(recs);
             self.check_end(split, None);
             let rows = batch.num_rows() as u64;
             self.local_emitted += rows;
@@ -377,6 +425,58 @@ impl KafkaSubtask {
             }
         }
         Ok(None)
+    }
+}
+
+impl KafkaSubtask {
+    /// The progress of this subtask's partitions, for its notices.
+    fn my_progress(&self) -> BTreeMap<i32, PartitionProgress> {
+        let all = self.spec.progress.partitions();
+        self.parts
+            .iter()
+            .filter_map(|p| all.get(&p.partition).map(|x| (p.partition, *x)))
+            .collect()
+    }
+
+    /// Says where this subtask's partitions start, and, bounded, where
+    /// they stop.
+    fn tell_start(&self) {
+        if self.parts.is_empty() {
+            return;
+        }
+        let topic = &self.spec.topic;
+        let subtask = format!("{}/{}", self.subtask, self.parallelism);
+        let parts = super::progress::describe_start(&self.my_progress());
+        let how = match (self.restored.is_some(), self.spec.bounded, self.resume_ends) {
+            (true, true, true) => {
+                "resuming from the checkpoint, to the ends the interrupted bounded run fixed"
+            }
+            (true, true, false) => "resuming from the checkpoint, to the topic's current end",
+            (true, false, _) => "resuming from the checkpoint, without end",
+            (false, true, _) => "starting, to the topic's current end",
+            (false, false, _) => "starting, without end",
+        };
+        info!(target: NOTICE_TARGET, topic = %topic, subtask, "kafka source {how}: {parts}");
+    }
+
+    /// Says where a bounded read stopped, once.
+    fn tell_end(&mut self) {
+        if std::mem::replace(&mut self.told_end, true) || self.parts.is_empty() {
+            return;
+        }
+        let progress = self.my_progress();
+        let topic = &self.spec.topic;
+        let subtask = format!("{}/{}", self.subtask, self.parallelism);
+        let parts = super::progress::describe(&progress);
+        let nothing = progress
+            .values()
+            .all(|p| p.next.is_none() || p.next == p.from);
+        if self.restored.is_some() && nothing && !progress.is_empty() {
+            info!(target: NOTICE_TARGET, topic = %topic, subtask,
+                "kafka source: nothing new after the checkpointed offsets ({parts})");
+        } else {
+            info!(target: NOTICE_TARGET, topic = %topic, subtask, "kafka source reached the end: {parts}");
+        }
     }
 }
 
@@ -397,10 +497,41 @@ impl Source for KafkaSubtask {
         self.local_emitted
     }
 
+    /// Records whose event time the runtime cannot process go to the
+    /// decode policy like records that do not decode, with their original
+    /// bytes (from the batch emitted last).
+    fn reject(
+        &mut self,
+        _split: usize,
+        batch: &arrow::record_batch::RecordBatch,
+        rows: &[(usize, String)],
+    ) -> Result<()> {
+        let partitions = batch
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int32Type>();
+        let offsets = batch.column(1).as_primitive::<Int64Type>();
+        let bad = self.bad.as_mut().expect("bad-record policy set in open");
+        let raw = self.last.as_ref();
+        for (row, why) in rows {
+            let (partition, offset) = (partitions.value(*row), offsets.value(*row));
+            let i = raw.and_then(|r| r.offsets.binary_search(&offset).ok());
+            let key = i.and_then(|i| raw.and_then(|r| r.keys.get(i)));
+            let value = i.and_then(|i| raw.and_then(|r| r.values.get(i)));
+            bad.handle(partition, offset, key, value, why)?;
+        }
+        let n = rows.len() as u64;
+        self.local_emitted = self.local_emitted.saturating_sub(n);
+        self.emitted.fetch_sub(n, Ordering::Relaxed);
+        Ok(())
+    }
+
     fn restore(&mut self, entries: Vec<Vec<u8>>, ctx: &OperatorContext) -> Result<()> {
         self.subtask = ctx.subtask;
         self.parallelism = ctx.parallelism.max(1);
         let mut restored = BTreeMap::new();
+        // Whether the checkpoint is of a bounded read that had not reached
+        // every end (over all partitions, so every subtask decides alike).
+        let mut unfinished = false;
         for e in &entries {
             match Entry::decode(e)? {
                 Entry::Partition {
@@ -410,26 +541,50 @@ impl Source for KafkaSubtask {
                     end,
                 } => {
                     if topic != self.spec.topic {
-                        return Err(Error::Checkpoint(format!(
-                            "the checkpoint holds positions of topic '{topic}', the job reads '{}'",
-                            self.spec.topic
-                        )));
+                        return Err(Error::plan(
+                            super::source_name(&self.spec.topic),
+                            format!(
+                                "the checkpoint holds positions of topic '{topic}', the job reads '{}'; \
+                                 use another checkpoint directory (or start fresh)",
+                                self.spec.topic
+                            ),
+                        ));
                     }
+                    let reached = end.is_some_and(|e| e <= 0 || next.is_some_and(|n| n >= e));
+                    unfinished |= end.is_some() && !reached;
                     if self.mine(partition) {
                         restored.insert(partition, (next, end));
                     }
                 }
                 Entry::Schema { fields, .. } => {
                     let was = super::format::schema_from_json(&fields)?;
-                    if let Format::Json(now) = &self.spec.format {
+                    if let Some(ev) = &mut self.evolution {
+                        if ev.absorb(&was)? {
+                            self.decoder = Decoder::new(Format::Json(ev.current().clone()))?;
+                        }
+                    } else if let Format::Json(now) = &self.spec.format {
                         if was.fields() != now.fields() {
-                            return Err(Error::Checkpoint(format!(
-                                "the checkpoint decoded topic '{}' with schema {was:?}, the job now uses {now:?}",
-                                self.spec.topic
-                            )));
+                            return Err(Error::plan(
+                                super::source_name(&self.spec.topic),
+                                format!(
+                                    "the checkpoint decoded topic '{}' with schema {was:?}, the job now uses {now:?}",
+                                    self.spec.topic
+                                ),
+                            ));
                         }
                     }
                 }
+            }
+        }
+        // The flags of this run decide whether it is bounded: an unbounded
+        // run ignores ends in the checkpoint, and a bounded one keeps them
+        // only to finish a bounded read that was interrupted (so it stops
+        // where that read would have); otherwise it reads to the topic's
+        // current end, like a first start.
+        self.resume_ends = self.spec.bounded && unfinished;
+        if !self.resume_ends {
+            for (_, end) in restored.values_mut() {
+                *end = None;
             }
         }
         self.restored = Some(restored);
@@ -439,11 +594,11 @@ impl Source for KafkaSubtask {
     fn open(&mut self, ctx: &OperatorContext) -> Result<()> {
         self.subtask = ctx.subtask;
         self.parallelism = ctx.parallelism.max(1);
-        let consumer: BaseConsumer = self
+        let consumer: WatchedConsumer = self
             .spec
             .config
             .consumer(self.spec.group.as_deref())
-            .create()
+            .create_with_context(self.spec.config.watch("the Kafka source"))
             .map_err(|e| kafka_err("creating the consumer", e))?;
         self.consumer = Some(consumer);
         self.bad = Some(BadRecords::new(
@@ -452,17 +607,18 @@ impl Source for KafkaSubtask {
             &self.spec.config,
             &self.spec.topic,
         )?);
-        let mine: Vec<i32> = match (&self.restored, self.spec.bounded) {
-            // A bounded job reads the partitions it saw when it first
-            // started, and only those.
-            (Some(r), true) => r.keys().copied().collect(),
-            _ => client::partitions(self.consumer(), &self.spec.topic)?
+        let mine: Vec<i32> = match &self.restored {
+            // Finishing an interrupted bounded read: the partitions it saw
+            // when it started, and only those.
+            Some(r) if self.resume_ends => r.keys().copied().collect(),
+            _ => client::partitions(self.consumer(), &self.spec.topic, true)?
                 .into_iter()
                 .filter(|p| self.mine(*p))
                 .collect(),
         };
         self.add_partitions(&mine, self.spec.start)?;
         self.last_discovery = Instant::now();
+        self.tell_start();
         Ok(())
     }
 
@@ -494,6 +650,7 @@ impl Source for KafkaSubtask {
             if let Some(b) = &self.bad {
                 b.flush()?;
             }
+            self.tell_end();
             return Ok(SourcePoll::End);
         }
         Ok(SourcePoll::Idle)
@@ -522,8 +679,16 @@ impl Source for KafkaSubtask {
                 offsets.push((p.partition, n));
             }
         }
-        if let Format::Json(s) = &self.spec.format {
-            entries.push(Entry::schema(&self.spec.topic, s)?.encode()?);
+        match (&self.evolution, &self.spec.format) {
+            (Some(ev), _) => {
+                for s in ev.history() {
+                    entries.push(Entry::schema(&self.spec.topic, s)?.encode()?);
+                }
+            }
+            (None, Format::Json(s)) => {
+                entries.push(Entry::schema(&self.spec.topic, s)?.encode()?);
+            }
+            (None, _) => {}
         }
         if self.spec.group.is_some() {
             self.uncommitted.push((checkpoint.0, offsets));

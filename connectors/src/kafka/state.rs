@@ -100,7 +100,9 @@ impl Entry {
 /// The JSON schema the Kafka source of `topic` recorded in the newest
 /// restorable checkpoint of `job` under `dir`, if there is one. A job that
 /// infers its schema calls this before building its graph, so a restart
-/// decodes and writes exactly the columns the first run did.
+/// decodes and writes exactly the columns the first run did. With schema
+/// evolution the subtasks' schemas (and their histories) may differ: this
+/// is their merge ([`super::evolve::merge_schemas`]).
 pub fn schema_from_checkpoint(
     dir: impl Into<Location>,
     job: &str,
@@ -111,19 +113,35 @@ pub fn schema_from_checkpoint(
         return Ok(None);
     };
     let name = super::source_name(topic);
+    let mut merged: Option<SchemaRef> = None;
     for node in manifest.nodes.iter().filter(|n| n.name == name) {
         for sub in &node.subtasks {
             let Some(f) = &sub.entries else { continue };
             for e in store::read_entries(&ck_dir, f)? {
                 if let Entry::Schema { topic: t, fields } = Entry::decode(&e)? {
-                    if t == topic {
-                        return schema_from_json(&fields).map(Some);
+                    if t != topic {
+                        continue;
                     }
+                    let s = schema_from_json(&fields)?;
+                    merged = Some(match merged {
+                        None => s,
+                        Some(m) if m == s => m,
+                        Some(m) => {
+                            let f = super::evolve::merge_schemas(m.fields(), s.fields()).map_err(
+                                |e| {
+                                    Error::Checkpoint(format!(
+                                        "checkpointed JSON schemas conflict: {e}"
+                                    ))
+                                },
+                            )?;
+                            std::sync::Arc::new(arrow::datatypes::Schema::new(f))
+                        }
+                    });
                 }
             }
         }
     }
-    Ok(None)
+    Ok(merged)
 }
 
 #[cfg(test)]

@@ -77,6 +77,21 @@ pub fn generate(cfg: &NexmarkConfig) -> impl Iterator<Item = Event> + '_ {
 }
 
 /// A Nexmark source emitting one type of event, one split per subtask.
+///
+/// ```
+/// use sluice_connectors::nexmark::{NexmarkConfig, NexmarkSource};
+/// use sluice_operators::prelude::*;
+///
+/// let env = Env::new();
+/// let cfg = NexmarkConfig { events: 1_000, ..Default::default() };
+/// let bids = env.source(NexmarkSource::bids(cfg.clone())).collect();
+/// let persons = env.source(NexmarkSource::persons(cfg)).collect();
+/// env.execute()?;
+/// // Beam's mix: of every 50 events, 1 person, 3 auctions, 46 bids.
+/// assert_eq!(bids.num_rows(), 920);
+/// assert_eq!(persons.num_rows(), 20);
+/// # Ok::<(), sluice_engine::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct NexmarkSource {
     kind: Kind,

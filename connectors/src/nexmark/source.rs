@@ -16,9 +16,19 @@ use super::generator::{auction, bid, card_digits, person, Channels, Clock, CARD_
 use super::model::{auction_schema, bid_schema, person_schema};
 use super::{count_of, event_of, Kind, NexmarkConfig};
 
-/// Longest a rate-limited subtask sleeps between polls, so it stays
-/// responsive to control messages.
-const MAX_BACKOFF: Duration = Duration::from_millis(5);
+/// Longest a rate-limited subtask asks to sleep between polls (the
+/// runtime ends the sleep early for a barrier, and takes at most 100 ms).
+const MAX_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A rate-limited subtask sleeps until this long's worth of events is
+/// due, then emits them back to back (full batches), and sleeps again.
+/// Emitting each event as it came due meant batches of one or two events
+/// and wake-ups every few microseconds (a paced run cost some 25 times the
+/// CPU per event of an unpaced one). Bursts rather than a batch at a time:
+/// after every idle gap the first batch runs with cold caches (the
+/// generator's tables, the operators' state), several times slower per
+/// event than the next ones.
+const MAX_PACE: Duration = Duration::from_millis(200);
 
 /// One subtask of a [`super::NexmarkSource`].
 pub(crate) struct NexmarkSubtask {
@@ -41,6 +51,8 @@ pub(crate) struct NexmarkSubtask {
     total: u64,
     started: Instant,
     backoff: Duration,
+    /// Paced: the last event number of the burst being emitted.
+    burst_until: u64,
     emitted: u64,
 }
 
@@ -69,24 +81,38 @@ impl NexmarkSubtask {
             total: count_of(kind, cfg.events),
             started: Instant::now(),
             backoff: MAX_BACKOFF,
+            burst_until: 0,
             emitted: 0,
         }
     }
 
     /// Event numbers of the next batch: up to `batch_size` of them, and
-    /// under a rate limit only those already due.
+    /// under a rate limit only those of a burst that is due.
     fn take_ids(&mut self) -> Vec<u64> {
+        if self.next >= self.total {
+            return Vec::new();
+        }
         let last_due = match self.rate_limit {
             None => u64::MAX,
             Some(rate) => {
                 let first = event_of(self.kind, self.next);
-                let due = Duration::from_secs_f64(first as f64 / rate as f64);
-                let elapsed = self.started.elapsed();
-                if due > elapsed {
-                    self.backoff = (due - elapsed).min(MAX_BACKOFF);
-                    return Vec::new();
+                if first > self.burst_until {
+                    // Between bursts: wait until MAX_PACE's worth of events
+                    // (or the last of this sequence) is due, then emit all
+                    // that are, a batch per poll, before waiting again.
+                    let span = ((rate as f64 * MAX_PACE.as_secs_f64()) as u64).max(1);
+                    let left = (self.total - 1 - self.next) / self.step;
+                    let last_here = event_of(self.kind, self.next + left * self.step);
+                    let wait_for = (first + span - 1).min(last_here);
+                    let due = Duration::from_secs_f64(wait_for as f64 / rate as f64);
+                    let elapsed = self.started.elapsed();
+                    if due > elapsed {
+                        self.backoff = (due - elapsed).min(MAX_BACKOFF);
+                        return Vec::new();
+                    }
+                    self.burst_until = (elapsed.as_secs_f64() * rate as f64) as u64;
                 }
-                (elapsed.as_secs_f64() * rate as f64) as u64
+                self.burst_until
             }
         };
         let mut ids = Vec::with_capacity(self.batch_size.min(65_536));
@@ -419,9 +445,50 @@ mod tests {
         let first = s.take_ids();
         assert!(first.is_empty(), "bid 4 is due after 4 ms, got {first:?}");
         assert!(s.backoff > Duration::ZERO && s.backoff <= MAX_BACKOFF);
-        std::thread::sleep(Duration::from_millis(30));
+        // At this rate a paced batch is what comes due in 200 ms.
+        std::thread::sleep(Duration::from_millis(210));
         let due = s.take_ids();
-        assert!(!due.is_empty() && due.len() < 100, "{}", due.len());
+        assert!(!due.is_empty() && due.len() < 250, "{}", due.len());
         assert!(*due.last().unwrap() <= s.started.elapsed().as_millis() as u64 + 1);
+    }
+
+    #[test]
+    fn a_paced_source_emits_bursts_of_full_batches_not_single_events() {
+        // 100,000 events/s: a burst is 200 ms of events, 20,000 of them
+        // (18,400 bids): full batches of 8,192 back to back, then a wait.
+        let mut s = NexmarkSubtask::new(Kind::Bid, &cfg(Some(100_000)), None, 0, 1);
+        s.batch_size = 8192;
+        s.total = 1_000_000;
+        s.started = Instant::now() - Duration::from_millis(150);
+        assert!(
+            s.take_ids().is_empty(),
+            "15,000 events are due, but not a burst"
+        );
+        assert!(s.backoff >= Duration::from_millis(19), "{:?}", s.backoff);
+        s.started = Instant::now() - Duration::from_millis(205);
+        let burst: Vec<usize> = std::iter::from_fn(|| Some(s.take_ids().len()))
+            .take_while(|n| *n > 0)
+            .collect();
+        assert_eq!(&burst[..2], &[8192, 8192], "{burst:?}");
+        assert_eq!(burst.len(), 3, "{burst:?}");
+        assert!(
+            (18_400..19_000).contains(&burst.iter().sum::<usize>()),
+            "{burst:?}"
+        );
+        // 1,000 events/s: a burst of 200 events every 200 ms (the first
+        // bid is event 4, due with the 199 after it).
+        let mut slow = NexmarkSubtask::new(Kind::Bid, &cfg(Some(1_000)), None, 0, 1);
+        slow.started = Instant::now() - Duration::from_millis(150);
+        assert!(slow.take_ids().is_empty(), "150 ms is not yet a pace");
+        slow.started = Instant::now() - Duration::from_millis(210);
+        let due = slow.take_ids();
+        assert!((180..=210).contains(&due.len()), "{}", due.len());
+        // Near the end of its share a subtask does not wait for events it
+        // will never have.
+        let mut end = NexmarkSubtask::new(Kind::Bid, &cfg(Some(100_000)), None, 0, 1);
+        end.next = end.total - 2;
+        let last = event_of(Kind::Bid, end.total - 1);
+        end.started = Instant::now() - Duration::from_secs_f64(last as f64 / 100_000.0 + 0.001);
+        assert_eq!(end.take_ids().len(), 2);
     }
 }

@@ -29,6 +29,7 @@
 pub mod artifact;
 pub mod attempt;
 pub mod client;
+pub mod confine;
 pub mod coordinator;
 pub mod local;
 pub mod routes;

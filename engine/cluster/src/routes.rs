@@ -70,7 +70,9 @@ impl utoipa::Modify for BearerToken {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "The coordinator's token (--token-file, SLUICE_TOKEN), when it has one.",
+                        "The coordinator's operator token (--token-file, SLUICE_TOKEN), when it has \
+                         one, or its read-only token (--read-token-file), which GET and HEAD \
+                         routes accept and every other route answers 403.",
                     ))
                     .build(),
             ),

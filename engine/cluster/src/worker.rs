@@ -10,9 +10,13 @@
 //!
 //! Files under the data directory:
 //! - `artifacts/<sha256>`: job binaries, fetched once, verified, mode 755;
-//! - `executors/<job>-a<attempt>-e<executor>.json`: the `ExecutorSpec`
-//!   an executor reads through `SLUICE_EXECUTOR`;
+//! - `attempts/<job>-a<attempt>-e<executor>/`: an executor's own
+//!   directory (mode 0700, its user's), removed when it ends;
 //! - `logs/<job>-a<attempt>-e<executor>.log`: its stdout and stderr.
+//!
+//! An executor starts with a cleared environment and its `ExecutorSpec`
+//! (with the attempt's secret) on its stdin, never in a file; see
+//! [`crate::confine`].
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -36,6 +40,7 @@ use sluice_protocol::api::{
 
 use crate::artifact::{remove_stale_downloads, remove_unused, ArtifactCache};
 use crate::client::ClientSecurity;
+use crate::confine::{self, AttemptDir, RunAs};
 
 /// The file in the data directory that keeps the worker's id across its
 /// restarts.
@@ -53,6 +58,10 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// A cached binary is removed only once it is this old: one just fetched
 /// may be for a job the coordinator has not listed yet.
 const PRUNE_GRACE: Duration = Duration::from_secs(3600);
+/// What tells an executor where its spec is, and the value that means
+/// "on your stdin".
+const EXECUTOR_ENV: &str = sluice_engine::dsl::EXECUTOR_ENV;
+const SPEC_ON_STDIN: &str = sluice_engine::executor::SPEC_ON_STDIN;
 /// Linux's ETXTBSY: a binary just written may still be open for writing in
 /// a child forked concurrently (before its exec closed the descriptor).
 const TEXT_FILE_BUSY: i32 = 26;
@@ -64,7 +73,7 @@ pub struct WorkerConfig {
     pub coordinator: String,
     /// Slots offered.
     pub slots: usize,
-    /// Artifacts, executor specs and logs.
+    /// Artifacts, executors' own directories and logs.
     pub data_dir: PathBuf,
     /// Host the executors' exchange listeners bind (and peers dial).
     pub listen_host: String,
@@ -72,6 +81,8 @@ pub struct WorkerConfig {
     pub capacity: f64,
     /// Token and trusted certificates for the coordinator's API.
     pub security: ClientSecurity,
+    /// Run executors as this user (the worker must be root).
+    pub run_as: Option<RunAs>,
 }
 
 impl WorkerConfig {
@@ -85,6 +96,7 @@ impl WorkerConfig {
             listen_host: "127.0.0.1".into(),
             capacity: 1.0,
             security: ClientSecurity::default(),
+            run_as: None,
         }
     }
 }
@@ -203,6 +215,7 @@ struct Shared {
     client: Client,
     artifacts: ArtifactCache,
     data_dir: PathBuf,
+    run_as: Option<RunAs>,
 }
 
 struct Worker {
@@ -234,17 +247,40 @@ impl Worker {
             )));
         }
         let client = Client::secured(&config.coordinator, &config.security)?;
-        for sub in ["artifacts", "executors", "logs"] {
+        for sub in ["artifacts", confine::ATTEMPTS, "logs"] {
             let dir = config.data_dir.join(sub);
             tokio::fs::create_dir_all(&dir)
                 .await
                 .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         }
         // Executors run in other directories: every path handed to them
-        // (spec file, binary) must be absolute.
+        // (binary, attempt directory) must be absolute.
         let data_dir = tokio::fs::canonicalize(&config.data_dir)
             .await
             .map_err(|e| Error::io(format!("resolving {}", config.data_dir.display()), e))?;
+        let (dir, run_as) = (data_dir.clone(), config.run_as.clone());
+        tokio::task::spawn_blocking(move || confine::lock_down(&dir, run_as.as_ref()))
+            .await
+            .map_err(|e| Error::Internal(format!("setting up {}: {e}", data_dir.display())))??;
+        // Attempt directories a previous worker process left: the
+        // coordinator fails the attempts a restarted worker had.
+        let attempts = data_dir.join(confine::ATTEMPTS);
+        let mut stale = tokio::fs::read_dir(&attempts)
+            .await
+            .map_err(|e| Error::io(format!("reading {}", attempts.display()), e))?;
+        while let Ok(Some(entry)) = stale.next_entry().await {
+            if let Err(e) = tokio::fs::remove_dir_all(entry.path()).await {
+                warn!(dir = %entry.path().display(), error = %e, "cannot remove a stale attempt directory");
+            }
+        }
+        // Earlier releases wrote executor specs, attempt secrets included,
+        // to this shared directory.
+        let old_specs = data_dir.join("executors");
+        if tokio::fs::metadata(&old_specs).await.is_ok() {
+            tokio::fs::remove_dir_all(&old_specs)
+                .await
+                .map_err(|e| Error::io(format!("removing {}", old_specs.display()), e))?;
+        }
         remove_stale_downloads(&data_dir.join("artifacts")).await;
         // The id a worker got before on this data directory: registering
         // with it tells the coordinator this worker restarted.
@@ -262,6 +298,7 @@ impl Worker {
             client,
             artifacts: ArtifactCache::new(data_dir.join("artifacts")),
             data_dir,
+            run_as: config.run_as.clone(),
         });
         Ok(Worker {
             config,
@@ -513,8 +550,8 @@ async fn run_executor(
         // Unlisted before it started: nothing to kill.
         _ = &mut kill => return,
     };
-    let mut child = match started {
-        Ok(child) => child,
+    let (mut child, dir) = match started {
+        Ok(started) => started,
         Err(e) => {
             error!(job = %key.job_id, attempt = key.attempt, executor = key.executor, error = %e, "cannot start executor");
             *lock(&status) = ExecutorStatus {
@@ -546,6 +583,7 @@ async fn run_executor(
         }
     };
     info!(job = %key.job_id, attempt = key.attempt, executor = key.executor, pid, exit = code, "executor ended");
+    dir.remove().await;
     lock(&status).exit = Some(code);
 }
 
@@ -574,33 +612,46 @@ async fn start_executor(
     shared: &Shared,
     key: &ExecutorKey,
     launch: &ExecutorLaunch,
-) -> Result<Child> {
+) -> Result<(Child, AttemptDir)> {
     let binary = fetch_artifact(shared, &launch.artifact).await?;
     let stem = key.file_stem();
-    let spec_path = shared
-        .data_dir
-        .join("executors")
-        .join(format!("{stem}.json"));
-    let spec = serde_json::to_vec_pretty(&launch.spec)
+    let spec = serde_json::to_vec(&launch.spec)
         .map_err(|e| Error::Internal(format!("executor spec does not serialize: {e}")))?;
-    // The spec holds the attempt's secret: readable by this user only.
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&spec_path)
-        .await
-        .map_err(|e| Error::io(format!("writing {}", spec_path.display()), e))?;
-    file.write_all(&spec)
-        .await
-        .map_err(|e| Error::io(format!("writing {}", spec_path.display()), e))?;
-    drop(file);
+    let dir = AttemptDir::create(&shared.data_dir, &stem, shared.run_as.as_ref()).await?;
+    match spawn_executor(shared, &stem, launch, &binary, &dir).await {
+        Ok(mut child) => {
+            // The spec, with the attempt's secret, goes through a pipe only
+            // this process holds; written by a task of its own so a binary
+            // that never reads it cannot hold the worker up.
+            if let Some(mut stdin) = child.stdin.take() {
+                let pid = child.id();
+                tokio::spawn(async move {
+                    if let Err(e) = stdin.write_all(&spec).await {
+                        warn!(?pid, error = %e, "cannot hand the executor its spec");
+                    }
+                });
+            }
+            Ok((child, dir))
+        }
+        Err(e) => {
+            dir.remove().await;
+            Err(e)
+        }
+    }
+}
 
+async fn spawn_executor(
+    shared: &Shared,
+    stem: &str,
+    launch: &ExecutorLaunch,
+    binary: &std::path::Path,
+    dir: &AttemptDir,
+) -> Result<Child> {
     let log_path = shared.data_dir.join("logs").join(format!("{stem}.log"));
     let log = tokio::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&log_path)
         .await
         .map_err(|e| Error::io(format!("opening {}", log_path.display()), e))?
@@ -609,8 +660,9 @@ async fn start_executor(
 
     let workdir = match &launch.workdir {
         Some(dir) if tokio::fs::metadata(dir).await.is_ok_and(|m| m.is_dir()) => PathBuf::from(dir),
-        _ => shared.data_dir.clone(),
+        _ => dir.path().to_path_buf(),
     };
+    let env = confine::executor_env(std::env::vars_os(), dir.path());
     let mut delay = Duration::from_millis(20);
     for _ in 0..6 {
         let out = log
@@ -619,20 +671,25 @@ async fn start_executor(
         let err = log
             .try_clone()
             .map_err(|e| Error::io(format!("opening {}", log_path.display()), e))?;
-        let spawned = Command::new(&binary)
+        let mut command = Command::new(binary);
+        command
             .args(&launch.args)
             .current_dir(&workdir)
-            .env("SLUICE_EXECUTOR", &spec_path)
+            // Nothing of the worker's environment but what confine passes:
+            // its token above all stays with it.
+            .env_clear()
+            .envs(env.iter().cloned())
+            .env(EXECUTOR_ENV, SPEC_ON_STDIN)
             .env("SLUICE_PARALLELISM", launch.spec.parallelism.to_string())
-            // Inherited from a worker started by hand, it would turn the
-            // executor into a describe run.
-            .env_remove("SLUICE_DESCRIBE")
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
-            .kill_on_drop(true)
-            .spawn();
-        match spawned {
+            .kill_on_drop(true);
+        if let Some(user) = &shared.run_as {
+            // std drops the supplementary groups when it sets the uid.
+            command.uid(user.uid).gid(user.gid);
+        }
+        match command.spawn() {
             Ok(child) => return Ok(child),
             Err(e) if e.raw_os_error() == Some(TEXT_FILE_BUSY) => {
                 tokio::time::sleep(delay).await;

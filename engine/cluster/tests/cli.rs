@@ -268,10 +268,11 @@ async fn no_job() -> (StatusCode, Json<ApiError>) {
 }
 
 /// The job binary's describe mode, as a script: it writes a plan whose
-/// name is its first argument and whose parallelism is the one it was given.
+/// name is its first argument and whose parallelism is the one it was given
+/// (`CURRENT`: this build's protocol version; `PROTOCOL` overrides it).
 const DESCRIBE: &str = r#"
 cat > "$SLUICE_DESCRIBE" <<EOF
-{"protocol":${PROTOCOL:-3},"name":"$1","parallelism":${SLUICE_PARALLELISM:-1},"max_parallelism":128,
+{"protocol":${PROTOCOL:-CURRENT},"name":"$1","parallelism":${SLUICE_PARALLELISM:-1},"max_parallelism":128,
  "vertices":[{"id":0,"name":"src","parallelism":${SLUICE_PARALLELISM:-1},"source":true,"nodes":[[0,"src"]]}],
  "graph_nodes":1,"checkpoint":null,"restart":{"kind":"none"}}
 EOF
@@ -297,7 +298,8 @@ fn submit_uploads_the_binary_and_prints_the_job_id() {
     rt.spawn(async move { axum::serve(listener, app).await });
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let job = script(dir.path(), "job", DESCRIBE);
+    let describe = DESCRIBE.replace("CURRENT", &sluice_protocol::PROTOCOL_VERSION.to_string());
+    let job = script(dir.path(), "job", &describe);
     let job = job.to_str().expect("utf-8");
     let o = sluice(&[
         "submit",
@@ -339,7 +341,8 @@ fn submit_uploads_the_binary_and_prints_the_job_id() {
         &["submit", "--coordinator", &url, job, "--", "old"],
         &[("PROTOCOL", "2")],
     );
-    assert_fails_with(&o, &["version 2", "version 3", "not a job binary"]);
+    let ours = format!("version {}", sluice_protocol::PROTOCOL_VERSION);
+    assert_fails_with(&o, &["version 2", &ours, "not a job binary"]);
     assert_eq!(seen.lock().expect("lock").artifacts.len(), before);
 
     // A refusal carries the coordinator's reason and status.

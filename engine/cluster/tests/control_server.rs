@@ -29,6 +29,7 @@ fn description() -> JobDescription {
             nodes: vec![(0, "source".into())],
         }],
         graph_nodes: 1,
+        uids: Vec::new(),
         checkpoint: None,
         restart: RestartPolicy::None,
     }

@@ -14,7 +14,7 @@ pub const MAX_KEY_GROUPS: usize = 32768;
 /// Life cycle of a job. The coordinator's state machine
 /// (`sluice-cluster`'s `coordinator::lifecycle`) lists the transitions.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum JobState {
     /// Submitted, waiting for its first attempt (for slots).
@@ -143,6 +143,10 @@ pub struct JobDescription {
     pub vertices: Vec<VertexInfo>,
     /// Number of graph nodes.
     pub graph_nodes: usize,
+    /// Operator id of every graph node, by index (what checkpoint
+    /// manifests record so restore can match state by id).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uids: Vec<String>,
     /// Checkpointing, if the job checkpoints.
     pub checkpoint: Option<CheckpointDescription>,
     /// What follows a failed attempt (the job's restart strategy; only a
@@ -296,6 +300,7 @@ impl JobDescription {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SubmitJob {
     /// SHA-256 (hex) of the job binary, uploaded before.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[0-9a-f]{64}$"))]
     pub artifact: String,
     /// Arguments the binary runs with.
     pub args: Vec<String>,
@@ -374,6 +379,29 @@ pub struct JobStatus {
     pub rescaling_to: Option<usize>,
     /// What follows a failed attempt (the job's own restart strategy).
     pub restart: RestartPolicy,
+    /// The job's failures, oldest first (the newest
+    /// [`MAX_EXCEPTIONS`] are kept): attempt and start failures alike.
+    #[serde(default)]
+    pub exceptions: Vec<JobException>,
+}
+
+/// How many failures a job's history keeps.
+pub const MAX_EXCEPTIONS: usize = 32;
+
+/// One failure of a job: when, which attempt, what, and what followed.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobException {
+    /// When the coordinator learnt of it, ms since the epoch.
+    pub time_ms: i64,
+    /// The attempt that failed.
+    pub attempt: u64,
+    /// The cause, as the executor or the coordinator said it (names the
+    /// subtask when a task failed).
+    pub error: String,
+    /// What followed: `restart` (with the job's restart policy's delay),
+    /// `failed` (the job failed for good).
+    pub outcome: String,
 }
 
 /// Counters of one graph node.
@@ -552,9 +580,10 @@ pub struct ExecutorLaunch {
     pub artifact: String,
     /// Arguments of the binary.
     pub args: Vec<String>,
-    /// Working directory (falls back to the worker's data dir when missing).
+    /// Working directory (falls back to the executor's own directory when
+    /// the worker has none such).
     pub workdir: Option<String>,
-    /// What the executor runs (written to a file named by `SLUICE_EXECUTOR`).
+    /// What the executor runs (written to its stdin, `SLUICE_EXECUTOR=-`).
     pub spec: ExecutorSpec,
 }
 
@@ -619,8 +648,9 @@ pub struct ClusterInfo {
     pub slots: usize,
     /// Slots in use.
     pub used_slots: usize,
-    /// Jobs per state.
-    pub jobs: Vec<(JobState, usize)>,
+    /// Jobs per state (states without jobs are left out), in life-cycle
+    /// order.
+    pub jobs: std::collections::BTreeMap<JobState, usize>,
     /// Heartbeat timeout, ms.
     pub heartbeat_timeout_ms: u64,
     /// Control address executors dial.

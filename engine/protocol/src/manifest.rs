@@ -71,8 +71,13 @@ pub struct SubtaskState {
 pub struct NodeState {
     /// Node index in the logical graph.
     pub node: usize,
-    /// Node name (checked on restore).
+    /// Node name (its verb is checked on restore).
     pub name: String,
+    /// The operator's id (explicit or derived, see `LogicalGraph::uids`):
+    /// restore matches state to operators by it. Empty in manifests of
+    /// older versions, which restore by position.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
     /// Parallelism when the checkpoint was taken.
     pub parallelism: usize,
     /// Subtasks that had state.

@@ -12,8 +12,9 @@ use crate::error::{Error, Result};
 
 /// The version of every message in this crate. Bumped whenever a message
 /// changes in a way an older or newer peer would misread. Version 2 was the
-/// exchange hello of releases that versioned only the exchange.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// exchange hello of releases that versioned only the exchange; version 4
+/// made `ClusterInfo::jobs` a map from state to count.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 #[derive(Deserialize)]
 struct Probe {
@@ -65,14 +66,17 @@ mod tests {
         let e = decode::<Msg>("a job description", br#"{"protocol": 2, "other": [1]}"#)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("version 2") && e.contains("version 3"), "{e}");
+        let ours = format!("version {PROTOCOL_VERSION}");
+        assert!(e.contains("version 2") && e.contains(&ours), "{e}");
         let e = decode::<Msg>("a hello", br#"{"name": "x"}"#)
             .unwrap_err()
             .to_string();
         assert!(e.contains("version 0"), "{e}");
-        let m: Msg = decode("a hello", br#"{"protocol": 3, "name": "x"}"#).unwrap();
+        let hello = format!(r#"{{"protocol": {PROTOCOL_VERSION}, "name": "x"}}"#);
+        let m: Msg = decode("a hello", hello.as_bytes()).unwrap();
         assert_eq!(m.name, "x");
         assert!(decode::<Msg>("a hello", b"[1,2]").is_err());
-        assert!(decode::<Msg>("a hello", br#"{"protocol": 3}"#).is_err());
+        let bare = format!(r#"{{"protocol": {PROTOCOL_VERSION}}}"#);
+        assert!(decode::<Msg>("a hello", bare.as_bytes()).is_err());
     }
 }

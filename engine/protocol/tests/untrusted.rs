@@ -37,6 +37,7 @@ fn description() -> JobDescription {
             },
         ],
         graph_nodes: 3,
+        uids: vec!["source@1".into(), "window@2".into(), "sink@3".into()],
         checkpoint: Some(CheckpointDescription {
             dir: "/ck".into(),
             interval_ms: 1000,

@@ -55,6 +55,27 @@ struct EnvInner {
 }
 
 /// The job under construction. Cheap to clone (a shared handle).
+///
+/// A job adds sources to an `Env` ([`Env::source`], [`Env::source_fn`];
+/// `sluice-operators` adds typed ones), transforms the [`Stream`]s they
+/// return with the DSL verbs and ends them in sinks; [`Env::execute`]
+/// checks the plan, then runs it — embedded in this process, or as an
+/// executor of a distributed job when the coordinator started the binary
+/// (see [`Env::execute`]).
+///
+/// ```
+/// use sluice_engine::testing::int_batch;
+/// use sluice_engine::Env;
+///
+/// let env = Env::new();
+/// env.set_parallelism(2).configure(|c| c.name = "numbers-job".into());
+/// let batch = int_batch(&[("n", &[1, 2, 3])]);
+/// let out = env.from_batches("numbers", batch.schema(), vec![batch]).collect();
+/// let result = env.execute()?;
+/// assert_eq!(out.num_rows(), 3);
+/// assert_eq!(result.node("numbers").unwrap().records_out, 3);
+/// # Ok::<(), sluice_engine::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct Env {
     inner: Rc<RefCell<EnvInner>>,
@@ -105,7 +126,39 @@ impl Env {
         self.inner.borrow_mut().errors.push(error);
     }
 
-    /// Adds a source.
+    /// Adds a source a connector describes ([`SourceSpec`]: a name, the
+    /// output schema, a factory of one [`Source`] per subtask, optionally
+    /// the parallelism it wants). `sluice-connectors` has Kafka, files and
+    /// the Nexmark generator; `sluice-operators` adds typed row sources.
+    ///
+    /// ```
+    /// use sluice_engine::arrow::datatypes::SchemaRef;
+    /// use sluice_engine::graph::SourceFactory;
+    /// use sluice_engine::testing::{int_batch, run_collect, VecSource};
+    /// use sluice_engine::{Env, Result, SourceSpec};
+    /// use std::sync::Arc;
+    ///
+    /// /// One batch of `n` = 1..=3, from one subtask.
+    /// struct Numbers;
+    /// impl SourceSpec for Numbers {
+    ///     fn name(&self) -> String {
+    ///         "numbers".into()
+    ///     }
+    ///     fn schema(&self) -> Result<SchemaRef> {
+    ///         Ok(int_batch(&[("n", &[])]).schema())
+    ///     }
+    ///     fn parallelism(&self) -> Option<usize> {
+    ///         Some(1)
+    ///     }
+    ///     fn factory(&self) -> SourceFactory {
+    ///         Arc::new(|_ctx| Ok(Box::new(VecSource::new(vec![int_batch(&[("n", &[1, 2, 3])])]))))
+    ///     }
+    /// }
+    ///
+    /// let env = Env::new();
+    /// assert_eq!(run_collect(&env.source(Numbers))?, ["1", "2", "3"]);
+    /// # Ok::<(), sluice_engine::Error>(())
+    /// ```
     pub fn source(&self, spec: impl SourceSpec) -> Stream {
         let name = spec.name();
         let schema = match spec.schema() {
@@ -131,7 +184,26 @@ impl Env {
         Stream::new(self.clone(), id, 0, schema)
     }
 
-    /// Adds a source from a closure that creates one instance per subtask.
+    /// Adds a source from a closure that creates one instance per subtask
+    /// (`ctx.subtask` of `ctx.parallelism` tells it which share to read).
+    ///
+    /// ```
+    /// use sluice_engine::testing::{int_batch, run_collect, VecSource};
+    /// use sluice_engine::Env;
+    ///
+    /// let env = Env::new();
+    /// let schema = int_batch(&[("subtask", &[])]).schema();
+    /// let s = env
+    ///     .source_fn("per-subtask", schema, |ctx| {
+    ///         let batch = int_batch(&[("subtask", &[ctx.subtask as i64])]);
+    ///         Ok(Box::new(VecSource::new(vec![batch])))
+    ///     })
+    ///     .set_parallelism(3);
+    /// let mut rows = run_collect(&s)?;
+    /// rows.sort();
+    /// assert_eq!(rows, ["0", "1", "2"]);
+    /// # Ok::<(), sluice_engine::Error>(())
+    /// ```
     pub fn source_fn<F>(&self, name: &str, schema: SchemaRef, factory: F) -> Stream
     where
         F: Fn(&OperatorContext) -> Result<Box<dyn Source>> + Send + Sync + 'static,
@@ -175,6 +247,8 @@ impl Env {
             inputs,
             num_inputs,
             chain_head: false,
+            uid: None,
+            stateless: false,
         });
         id
     }
@@ -185,7 +259,21 @@ impl Env {
         if !inner.errors.is_empty() {
             return Err(inner.errors.remove(0));
         }
-        Ok(inner.graph.clone())
+        let graph = inner.graph.clone();
+        let uids = graph.uids();
+        let mut owner: std::collections::HashMap<&str, &str> = Default::default();
+        for (n, u) in graph.nodes.iter().zip(&uids) {
+            if let Some(other) = owner.insert(u.as_str(), n.name.as_str()) {
+                return Err(Error::plan(
+                    n.name.clone(),
+                    format!(
+                        "operator id '{u}' is also the id of '{other}'; give each operator \
+                         its own id with .uid(...)"
+                    ),
+                ));
+            }
+        }
+        Ok(graph)
     }
 
     /// Runs the job, returning when every sink has seen the end of its
@@ -194,7 +282,7 @@ impl Env {
     /// default parallelism; with `SLUICE_DESCRIBE=PATH` the plan is written
     /// to `PATH` as a `JobDescription` and the process exits; with
     /// `SLUICE_EXECUTOR=PATH` this process runs the subtasks the
-    /// `ExecutorSpec` in `PATH` assigns (the result counts only those);
+    /// `ExecutorSpec` in `PATH` (`-`: on stdin) assigns (the result counts only those);
     /// otherwise the job runs on the embedded in-process cluster, serving
     /// the web UI on `SLUICE_UI=ADDR` if set.
     pub fn execute(&self) -> Result<JobResult> {
@@ -214,6 +302,21 @@ impl Env {
     /// stop-with-savepoint, cancel, join); the environment decides the mode
     /// as for [`Env::execute`]. An executor's savepoints are the
     /// coordinator's business, so its handle only cancels and joins.
+    ///
+    /// ```
+    /// use sluice_engine::testing::int_batch;
+    /// use sluice_engine::Env;
+    ///
+    /// let env = Env::new();
+    /// let batch = int_batch(&[("n", &[1, 2, 3])]);
+    /// let out = env.from_batches("numbers", batch.schema(), vec![batch]).collect();
+    /// let handle = env.start()?;
+    /// // ... handle.savepoint(dir), handle.cancel() while it runs ...
+    /// let result = handle.join()?;
+    /// assert_eq!(result.node("numbers").unwrap().records_out, 3);
+    /// assert_eq!(out.num_rows(), 3);
+    /// # Ok::<(), sluice_engine::Error>(())
+    /// ```
     pub fn start(&self) -> Result<runtime::JobHandle> {
         let graph = self.graph()?;
         let config = self.config_from_env()?;
@@ -229,7 +332,8 @@ impl Env {
         }
     }
 
-    /// The configuration with `SLUICE_PARALLELISM` applied.
+    /// The configuration with `SLUICE_PARALLELISM` and `SLUICE_UI`
+    /// applied, checked against the features this build has.
     fn config_from_env(&self) -> Result<JobConfig> {
         let mut config = self.config();
         if let Some(p) = env_var(PARALLELISM_ENV) {
@@ -249,6 +353,7 @@ impl Env {
                 ))
             })?);
         }
+        config.check_features()?;
         Ok(config)
     }
 }
@@ -259,8 +364,17 @@ pub const PARALLELISM_ENV: &str = "SLUICE_PARALLELISM";
 pub const UI_ENV: &str = "SLUICE_UI";
 /// Describe mode: write the plan to this path and exit.
 pub const DESCRIBE_ENV: &str = "SLUICE_DESCRIBE";
-/// Executor mode: the `ExecutorSpec` JSON file to run.
+/// Executor mode: the `ExecutorSpec` JSON file to run (`-`: read it from
+/// stdin, as a worker hands it over).
 pub const EXECUTOR_ENV: &str = "SLUICE_EXECUTOR";
+
+/// Whether this process runs jobs on the embedded cluster (neither
+/// describe nor executor mode): only then do its own files (checkpoints,
+/// output) belong to it alone, so a job binary may act on them before
+/// the job starts.
+pub fn runs_embedded() -> bool {
+    matches!(mode(), Ok(Mode::Embedded))
+}
 
 /// How a job binary runs.
 enum Mode {
@@ -301,7 +415,26 @@ fn describe_and_exit<T>(graph: &LogicalGraph, config: &JobConfig, path: &str) ->
 }
 
 /// A handle on one output of a node, plus what the DSL knows about it:
-/// pending partitioning, key columns and the event-time column.
+/// pending partitioning, key columns and the event-time column. The verbs
+/// (`filter`, `key_by`, `window`, ... in `sluice-operators`) consume a
+/// stream and return the next; the primitives here are what they build on.
+///
+/// ```
+/// use sluice_engine::testing::{int_batch, run_collect};
+/// use sluice_engine::Env;
+///
+/// let env = Env::new();
+/// let batch = int_batch(&[("k", &[1, 2, 1]), ("v", &[10, 20, 30])]);
+/// let s = env.from_batches("kv", batch.schema(), vec![batch]);
+/// assert_eq!(s.column_list(), "[k, v]");
+/// // Hash-partitioned by `k` for the next operator, which sees it keyed.
+/// let keyed = s.keyed_by(&["k"]);
+/// assert_eq!(keyed.keys(), Some(&["k".to_string()][..]));
+/// let mut rows = run_collect(&keyed)?;
+/// rows.sort();
+/// assert_eq!(rows, ["1, 10", "1, 30", "2, 20"]);
+/// # Ok::<(), sluice_engine::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct Stream {
     env: Env,
@@ -422,7 +555,53 @@ impl Stream {
         self
     }
 
-    /// Sets the parallelism of the node producing this stream.
+    /// Gives the operator producing this stream a stable id: its state in
+    /// a checkpoint or savepoint is matched by this id on restore, so the
+    /// job may change around it (operators added or removed, parallelism
+    /// changed) and keep it. Without one, the id is derived (see
+    /// [`LogicalGraph::uids`]). Ids must be unique within the job.
+    pub fn uid(self, uid: &str) -> Self {
+        if uid.is_empty() {
+            self.report(Error::plan(
+                self.node_name(),
+                "an operator id must not be empty",
+            ));
+        } else {
+            self.env.inner.borrow_mut().graph.nodes[self.node.0].uid = Some(uid.to_string());
+        }
+        self
+    }
+
+    /// Marks the operator producing this stream as keeping no state, so
+    /// derived operator ids look through it: adding or removing it keeps
+    /// the ids (and so the restorable state) of the operators after it.
+    /// Built-in stateless verbs (filter, select, map, union, ...) call it.
+    pub fn stateless(self) -> Self {
+        self.env.inner.borrow_mut().graph.nodes[self.node.0].stateless = true;
+        self
+    }
+
+    /// Sets the parallelism of the node producing this stream (the job's
+    /// default otherwise: [`Env::set_parallelism`], `SLUICE_PARALLELISM`).
+    ///
+    /// ```
+    /// use sluice_engine::testing::{int_batch, VecSource};
+    /// use sluice_engine::Env;
+    ///
+    /// let env = Env::new();
+    /// env.set_parallelism(4);
+    /// let schema = int_batch(&[("n", &[])]).schema();
+    /// let out = env
+    ///     .source_fn("ones", schema, |_ctx| {
+    ///         Ok(Box::new(VecSource::new(vec![int_batch(&[("n", &[1])])])))
+    ///     })
+    ///     .set_parallelism(2)
+    ///     .collect();
+    /// env.execute()?;
+    /// // One row from each of the source's two subtasks.
+    /// assert_eq!(out.num_rows(), 2);
+    /// # Ok::<(), sluice_engine::Error>(())
+    /// ```
     pub fn set_parallelism(self, parallelism: usize) -> Self {
         self.env.inner.borrow_mut().graph.nodes[self.node.0].parallelism = Some(parallelism.max(1));
         self
@@ -478,12 +657,14 @@ impl Stream {
         } else {
             let schema = self.schema.clone();
             let keys = self.keys.clone();
-            let s = self.transform("watermarks", schema, move |ctx| {
-                Ok(Box::new(runtime::watermark::WatermarkOperator::new(
-                    strategy.clone(),
-                    &ctx.input_schemas[0],
-                )?))
-            });
+            let s = self
+                .transform("watermarks", schema, move |ctx| {
+                    Ok(Box::new(runtime::watermark::WatermarkOperator::new(
+                        strategy.clone(),
+                        &ctx.input_schemas[0],
+                    )?))
+                })
+                .stateless();
             let mut s = s.with_keys(keys);
             s.event_time = Some(column);
             s
@@ -559,7 +740,49 @@ impl Stream {
         }
     }
 
-    /// Ends the stream in a sink.
+    /// Ends the stream in a sink a connector describes ([`SinkSpec`]:
+    /// a name, a plan-time check of the input schema, a factory of one
+    /// [`Sink`] per subtask).
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    /// use sluice_engine::arrow::datatypes::SchemaRef;
+    /// use sluice_engine::arrow::record_batch::RecordBatch;
+    /// use sluice_engine::graph::SinkFactory;
+    /// use sluice_engine::testing::int_batch;
+    /// use sluice_engine::{Env, Error, OperatorContext, Result, Sink, SinkSpec};
+    ///
+    /// /// Counts rows into a shared counter; wants an `n` column.
+    /// struct CountRows(Arc<AtomicUsize>);
+    /// struct Counter(Arc<AtomicUsize>);
+    /// impl Sink for Counter {
+    ///     fn write(&mut self, batch: RecordBatch, _ctx: &OperatorContext) -> Result<()> {
+    ///         self.0.fetch_add(batch.num_rows(), Ordering::Relaxed);
+    ///         Ok(())
+    ///     }
+    /// }
+    /// impl SinkSpec for CountRows {
+    ///     fn name(&self) -> String {
+    ///         "count-rows".into()
+    ///     }
+    ///     fn validate(&self, input: &SchemaRef) -> Result<()> {
+    ///         input.index_of("n").map(|_| ()).map_err(|_| Error::plan("count-rows", "no column n"))
+    ///     }
+    ///     fn factory(&self, _input: SchemaRef) -> SinkFactory {
+    ///         let rows = self.0.clone();
+    ///         Arc::new(move |_ctx| Ok(Box::new(Counter(rows.clone()))))
+    ///     }
+    /// }
+    ///
+    /// let env = Env::new();
+    /// let rows = Arc::new(AtomicUsize::new(0));
+    /// let batch = int_batch(&[("n", &[1, 2, 3])]);
+    /// env.from_batches("numbers", batch.schema(), vec![batch]).sink(CountRows(rows.clone()));
+    /// env.execute()?;
+    /// assert_eq!(rows.load(Ordering::Relaxed), 3);
+    /// # Ok::<(), sluice_engine::Error>(())
+    /// ```
     pub fn sink(&self, spec: impl SinkSpec) {
         if let Err(e) = spec.validate(&self.schema) {
             self.report(e);
@@ -568,7 +791,37 @@ impl Stream {
         self.sink_fn(&spec.name(), move |ctx| factory(ctx));
     }
 
-    /// Ends the stream in a sink built by a closure.
+    /// Ends the stream in a sink built by a closure, one [`Sink`] per
+    /// subtask.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use sluice_engine::arrow::array::AsArray;
+    /// use sluice_engine::arrow::datatypes::Int64Type;
+    /// use sluice_engine::arrow::record_batch::RecordBatch;
+    /// use sluice_engine::testing::int_batch;
+    /// use sluice_engine::{Env, OperatorContext, Result, Sink};
+    ///
+    /// /// Adds up the `n` column.
+    /// struct Total(Arc<Mutex<i64>>);
+    /// impl Sink for Total {
+    ///     fn write(&mut self, batch: RecordBatch, _ctx: &OperatorContext) -> Result<()> {
+    ///         let n = batch.column(0).as_primitive::<Int64Type>();
+    ///         *self.0.lock().unwrap() += n.values().iter().sum::<i64>();
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let env = Env::new();
+    /// let total = Arc::new(Mutex::new(0));
+    /// let batch = int_batch(&[("n", &[1, 2, 3])]);
+    /// let t = total.clone();
+    /// env.from_batches("numbers", batch.schema(), vec![batch])
+    ///     .sink_fn("total", move |_ctx| Ok(Box::new(Total(t.clone()))));
+    /// env.execute()?;
+    /// assert_eq!(*total.lock().unwrap(), 6);
+    /// # Ok::<(), sluice_engine::Error>(())
+    /// ```
     pub fn sink_fn<F>(&self, name: &str, factory: F)
     where
         F: Fn(&OperatorContext) -> Result<Box<dyn Sink>> + Send + Sync + 'static,
@@ -585,7 +838,21 @@ impl Stream {
     }
 
     /// Collects everything that reaches this point; read it after `execute`.
-    /// Meant for tests, doctests and small results.
+    /// Meant for tests, doctests and small results (`sluice-operators`
+    /// reads them back as structs with `collected.rows::<T>()`).
+    ///
+    /// ```
+    /// use sluice_engine::testing::{int_batch, lines};
+    /// use sluice_engine::Env;
+    ///
+    /// let env = Env::new();
+    /// let batch = int_batch(&[("k", &[1, 2]), ("v", &[10, 20])]);
+    /// let out = env.from_batches("kv", batch.schema(), vec![batch]).collect();
+    /// env.execute()?;
+    /// assert_eq!(out.num_rows(), 2);
+    /// assert_eq!(lines(&out.concat())?, ["1, 10", "2, 20"]);
+    /// # Ok::<(), sluice_engine::Error>(())
+    /// ```
     pub fn collect(&self) -> Collected {
         let store = Collected {
             schema: self.schema.clone(),

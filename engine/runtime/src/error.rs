@@ -1,8 +1,16 @@
 //! The engine's error type: one semantic enum for every library failure, with
-//! the user/external/internal split that restart strategies and (later) REST
-//! status codes branch on.
+//! two classifications callers branch on: who is responsible
+//! ([`Error::kind`]: user, external, internal) and whether running the
+//! same thing again can succeed ([`Error::retry`]: never, or after a
+//! backoff). Restart strategies follow the second: a record that cannot
+//! be decoded fails the same way on every replay, so it fails the job at
+//! once instead of being retried, embedded (the driver's restart loop) and on
+//! a cluster (the executor reports [`Error::retry`] with its failure, in the
+//! protocol's [`Retry`], and the coordinator's job life cycle follows it).
 
 use std::fmt;
+
+pub use sluice_protocol::control::Retry;
 
 /// Result alias used across Sluice's library crates.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -33,9 +41,16 @@ pub enum Error {
     /// An Arrow kernel failed.
     #[error("arrow error: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
-    /// A record could not be decoded and the policy says fail.
+    /// A record could not be decoded, or holds a value the job cannot
+    /// process (an event time outside [`crate::data::EVENT_TIME_RANGE`]),
+    /// and the source's bad-record policy says fail. The message names the
+    /// record (topic, partition and offset; file and line).
     #[error("decode error: {0}")]
     Decode(String),
+    /// A computed value does not fit its type (a sum past the range of its
+    /// result column); the message names the operator and column.
+    #[error("overflow: {0}")]
+    Overflow(String),
     /// A connector failed talking to the outside world.
     #[error("connector '{connector}': {message}")]
     Connector {
@@ -112,7 +127,7 @@ pub enum Error {
     Internal(String),
 }
 
-/// Who is responsible for an error: drives whether restarting can help.
+/// Who is responsible for an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// The job or its input is wrong; restarting does not help.
@@ -154,6 +169,7 @@ impl Error {
             Error::Plan { .. }
             | Error::Config(_)
             | Error::Decode(_)
+            | Error::Overflow(_)
             | Error::User(_)
             | Error::State(_)
             | Error::NotFound(_) => ErrorKind::User,
@@ -172,6 +188,53 @@ impl Error {
             Error::Api { .. } => ErrorKind::External,
             Error::Arrow(_) | Error::Internal(_) => ErrorKind::Internal,
             Error::Task { source, .. } => source.kind(),
+        }
+    }
+
+    /// Whether restarting the job can get past this error (see [`Retry`]).
+    ///
+    /// Never: plan and configuration errors (also when found at run
+    /// time, e.g. a file whose schema differs from the planned one), bad
+    /// records under the fail policy, overflows, keyed-state misuse, user
+    /// functions that return an error, Arrow kernels failing on the data,
+    /// requests the coordinator refused as wrong (4xx).
+    /// Backoff: I/O, connectors talking to the outside world, checkpoint
+    /// storage, the network exchange, timeouts, an unreachable or failing
+    /// (5xx) coordinator, panics and internal errors (their cause is
+    /// unknown, so they keep the restart strategy's limit).
+    pub fn retry(&self) -> Retry {
+        match self {
+            Error::Plan { .. }
+            | Error::Config(_)
+            | Error::Decode(_)
+            | Error::Overflow(_)
+            | Error::User(_)
+            | Error::State(_)
+            | Error::NotFound(_) => Retry::Never,
+            Error::Api { status, .. } if (400..500).contains(status) => Retry::Never,
+            // Kernels fail on the values they get (casts, arithmetic,
+            // schemas): the same batch fails again. Only their I/O and
+            // wrapped foreign errors may pass.
+            Error::Arrow(e) => match e {
+                arrow::error::ArrowError::IoError(..)
+                | arrow::error::ArrowError::ExternalError(_) => Retry::Backoff,
+                _ => Retry::Never,
+            },
+            Error::Io { .. }
+            | Error::Connector { .. }
+            | Error::Checkpoint(_)
+            | Error::Exchange(_)
+            | Error::Protocol(_)
+            | Error::Unreachable { .. }
+            | Error::Timeout(_)
+            | Error::Api { .. }
+            | Error::Panic(_)
+            // An executor cancelled because its attempt ended elsewhere
+            // must not fail the job (an embedded run checks the user's
+            // cancel before asking).
+            | Error::Cancelled
+            | Error::Internal(_) => Retry::Backoff,
+            Error::Task { source, .. } => source.retry(),
         }
     }
 
@@ -223,5 +286,32 @@ impl From<sluice_protocol::Error> for Error {
             sluice_protocol::Error::Malformed(m) => Error::Protocol(m),
             e @ sluice_protocol::Error::Version { .. } => Error::Protocol(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deterministic_errors_are_never_retried() {
+        let bad = Error::Task {
+            operator: "kafka_source(t)".into(),
+            subtask: 1,
+            source: Box::new(Error::Decode(
+                "topic 't' partition 0 offset 7: not JSON".into(),
+            )),
+        };
+        assert_eq!(bad.retry(), Retry::Never);
+        assert_eq!(Error::Overflow("sum".into()).retry(), Retry::Never);
+        assert_eq!(
+            Error::plan("file_source(x)", "schema").retry(),
+            Retry::Never
+        );
+        let cast = Error::Arrow(arrow::error::ArrowError::CastError("x".into()));
+        assert_eq!(cast.retry(), Retry::Never);
+        let broker = Error::connector("kafka", "all brokers down");
+        assert_eq!(broker.retry(), Retry::Backoff);
+        assert_eq!(Error::Panic("boom".into()).retry(), Retry::Backoff);
     }
 }

@@ -32,7 +32,17 @@
 //!   `sluice-protocol`'s.
 //! - [`hash`]: the stable, vectorized row hash used for key routing.
 //! - [`error`]: the error enum shared by the library crates.
-//! - [`testing`]: a source over prepared batches for tests and examples.
+//! - [`testing`]: a source over prepared batches, [`testing::run_collect`]
+//!   and small batch helpers for tests, doctests and examples.
+//!
+//! The Arrow version the engine is built on is re-exported as [`arrow`].
+//!
+//! Features, on by default: `ui` (the web UI of an embedded run, through
+//! `sluice-web`), `rocksdb` (the RocksDB state backend), `s3` (checkpoints
+//! in S3-compatible buckets). Without them the crate links no web server,
+//! RocksDB, HTTP client, TLS library or async runtime, and a configuration
+//! that asks for one fails before the job runs
+//! ([`JobConfig::check_features`](runtime::JobConfig::check_features)).
 #![warn(missing_docs)]
 
 pub mod checkpoint;
@@ -49,12 +59,16 @@ pub mod runtime;
 pub mod state;
 pub mod testing;
 
+/// The Arrow version the engine is built on, so a job builds batches,
+/// schemas and arrays without pinning its own `arrow` to the same version
+/// (`use sluice_engine::arrow::array::Int64Array;`).
+pub use arrow;
 pub use checkpoint::{CheckpointConfig, RestartStrategy};
 pub use data::{EventTime, StreamMessage, Watermark};
 pub use dsl::{Collected, Env, SinkSpec, SourceSpec, Stream};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result, Retry};
 pub use graph::{EdgeKind, WatermarkStrategy};
 pub use operator::{Collector, Operator, OperatorContext, Sink, Source, SourcePoll};
-pub use runtime::{JobConfig, JobHandle, JobResult};
+pub use runtime::{ExecutorShare, JobConfig, JobHandle, JobResult};
 /// The versioned types shared with the coordinator (re-exported).
 pub use sluice_protocol as protocol;

@@ -11,9 +11,12 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
 use crate::data::{CheckpointId, Watermark};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::runtime::NodeMetrics;
 use crate::state::{OperatorSnapshot, RestoredState};
+
+/// How often a running task calls [`Operator::on_tick`] and [`Sink::on_tick`].
+pub const TICK: Duration = Duration::from_millis(200);
 
 /// Where an operator instance runs: its subtask index and the operator's
 /// parallelism, plus the key-group layout for keyed state.
@@ -85,7 +88,38 @@ impl Collector {
 }
 
 /// A stream operator, driven synchronously by its task's loop. Only
-/// [`Operator::process`] is required.
+/// [`Operator::process`] is required. One instance runs per subtask, built
+/// by the factory given to [`Stream::transform`](crate::Stream::transform)
+/// (the built-in verbs of `sluice-operators` are operators too).
+///
+/// ```
+/// use std::sync::Arc;
+/// use sluice_engine::arrow::array::{AsArray, Int64Array};
+/// use sluice_engine::arrow::datatypes::Int64Type;
+/// use sluice_engine::arrow::record_batch::RecordBatch;
+/// use sluice_engine::testing::{int_batch, run_collect};
+/// use sluice_engine::{Collector, Env, Operator, OperatorContext, Result};
+///
+/// /// Doubles column 0, keeping the schema.
+/// struct Double;
+/// impl Operator for Double {
+///     fn process(&mut self, _input: usize, batch: RecordBatch, _ctx: &OperatorContext,
+///                out: &mut Collector) -> Result<()> {
+///         let doubled: Int64Array = batch.column(0).as_primitive::<Int64Type>().unary(|v| v * 2);
+///         out.emit(RecordBatch::try_new(batch.schema(), vec![Arc::new(doubled)])?);
+///         Ok(())
+///     }
+/// }
+///
+/// let env = Env::new();
+/// let batch = int_batch(&[("n", &[1, 2, 3])]);
+/// let schema = batch.schema();
+/// let doubled = env
+///     .from_batches("numbers", schema.clone(), vec![batch])
+///     .transform("double", schema, |_ctx| Ok(Box::new(Double)));
+/// assert_eq!(run_collect(&doubled)?, ["2", "4", "6"]);
+/// # Ok::<(), sluice_engine::Error>(())
+/// ```
 pub trait Operator: Send {
     /// Called once before any input.
     fn open(&mut self, _ctx: &OperatorContext) -> Result<()> {
@@ -111,6 +145,14 @@ pub trait Operator: Send {
         _out: &mut Collector,
     ) -> Result<Option<Watermark>> {
         Ok(Some(watermark))
+    }
+
+    /// Wall-clock time passed: called about every [`TICK`] while the task
+    /// runs, whether or not input arrives, so that processing-time duties
+    /// (a sink rolling a file by age or after inactivity) happen on a quiet
+    /// stream too. Emits nothing by default.
+    fn on_tick(&mut self, _ctx: &OperatorContext, _out: &mut Collector) -> Result<()> {
+        Ok(())
     }
 
     /// All channels of input `input` ended.
@@ -176,7 +218,46 @@ pub enum SourcePoll {
 }
 
 /// A source subtask. Polling must not block for long: the runtime interleaves
-/// polls with control messages.
+/// polls with control messages. Add one with [`Env::source_fn`](crate::Env::source_fn)
+/// (a factory per subtask) or a connector's [`SourceSpec`](crate::SourceSpec);
+/// for rows as serde structs, `sluice-operators`' `RowSource` builds the
+/// Arrow batches.
+///
+/// ```
+/// use std::sync::Arc;
+/// use sluice_engine::arrow::array::Int64Array;
+/// use sluice_engine::arrow::datatypes::{DataType, Field, Schema};
+/// use sluice_engine::arrow::record_batch::RecordBatch;
+/// use sluice_engine::testing::run_collect;
+/// use sluice_engine::{Env, OperatorContext, Result, Source, SourcePoll};
+///
+/// /// Counts down from `from` in batches of two, then ends.
+/// struct Countdown { from: i64 }
+/// impl Source for Countdown {
+///     fn poll(&mut self, _ctx: &OperatorContext) -> Result<SourcePoll> {
+///         if self.from <= 0 {
+///             return Ok(SourcePoll::End);
+///         }
+///         let values: Vec<i64> = (0..2).map(|i| self.from - i).filter(|v| *v > 0).collect();
+///         self.from -= 2;
+///         let batch = RecordBatch::try_new(schema(), vec![Arc::new(Int64Array::from(values))])?;
+///         Ok(SourcePoll::Batch { split: 0, batch })
+///     }
+///     fn close(&mut self, _ctx: &OperatorContext) -> Result<()> {
+///         Ok(()) // release connections and files here, however the task ended
+///     }
+/// }
+/// fn schema() -> Arc<Schema> {
+///     Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]))
+/// }
+///
+/// let env = Env::new();
+/// let s = env
+///     .source_fn("countdown", schema(), |_ctx| Ok(Box::new(Countdown { from: 3 })))
+///     .set_parallelism(1);
+/// assert_eq!(run_collect(&s)?, ["3", "2", "1"]);
+/// # Ok::<(), sluice_engine::Error>(())
+/// ```
 pub trait Source: Send {
     /// The splits this subtask owns; watermarks are tracked per split.
     fn splits(&self) -> usize {
@@ -191,7 +272,9 @@ pub trait Source: Send {
     /// Produces the next batch, or says there is none now, or that the input ended.
     fn poll(&mut self, ctx: &OperatorContext) -> Result<SourcePoll>;
 
-    /// How long to back off after [`SourcePoll::Idle`].
+    /// How long to back off after [`SourcePoll::Idle`] (at most 100 ms
+    /// are taken; a control message for the task, such as a checkpoint
+    /// barrier to inject, ends the pause early).
     fn idle_backoff(&self) -> Duration {
         Duration::from_millis(5)
     }
@@ -199,6 +282,31 @@ pub trait Source: Send {
     /// Records emitted so far (for metrics and progress reports).
     fn records_emitted(&self) -> u64 {
         0
+    }
+
+    /// Rows of the batch just polled from `split` that no operator can
+    /// process (their event time is null or outside
+    /// [`crate::data::EVENT_TIME_RANGE`]), each with why; the runtime
+    /// calls this before the batch goes on and then leaves those rows
+    /// out. A source with a bad-record policy applies it here (skip and
+    /// count, dead-letter) and returns `Ok`; returning an error fails the
+    /// job. The default fails with an [`Error::Decode`] naming the split
+    /// and the first bad row; sources override it to name the record's
+    /// position (topic, partition and offset; file and line).
+    fn reject(
+        &mut self,
+        split: usize,
+        batch: &RecordBatch,
+        rows: &[(usize, String)],
+    ) -> Result<()> {
+        let (row, why) = rows
+            .first()
+            .map_or((0, "bad record"), |(r, w)| (*r, w.as_str()));
+        Err(Error::Decode(format!(
+            "{} of {} records of split {split} cannot be processed; row {row}: {why}",
+            rows.len(),
+            batch.num_rows()
+        )))
     }
 
     /// Whether the source can record its position in a checkpoint and
@@ -224,9 +332,54 @@ pub trait Source: Send {
     fn checkpoint_complete(&mut self, _checkpoint: CheckpointId) -> Result<()> {
         Ok(())
     }
+
+    /// The task ended — input exhausted, job finished, failed, cancelled or
+    /// stopped with a savepoint: release connections, files and threads.
+    /// Called once per instance built by the factory, on the task's thread,
+    /// whether or not [`Source::open`] ran or succeeded. An error after a
+    /// clean end fails the job; after a failure it is logged (the first
+    /// failure is the one reported).
+    fn close(&mut self, _ctx: &OperatorContext) -> Result<()> {
+        Ok(())
+    }
 }
 
-/// A sink subtask.
+/// A sink subtask: writes batches out, and with checkpoints stages them
+/// at each barrier and publishes them when the checkpoint completes
+/// (two-phase commit). Add one with [`Stream::sink_fn`](crate::Stream::sink_fn)
+/// or a connector's [`SinkSpec`](crate::SinkSpec) (example on
+/// [`Stream::sink`](crate::Stream::sink)).
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use sluice_engine::arrow::record_batch::RecordBatch;
+/// use sluice_engine::testing::{int_batch, lines};
+/// use sluice_engine::{Env, OperatorContext, Result, Sink};
+///
+/// /// Keeps rows as text lines, and says when the input ended.
+/// struct Lines(Arc<Mutex<Vec<String>>>);
+/// impl Sink for Lines {
+///     fn write(&mut self, batch: RecordBatch, _ctx: &OperatorContext) -> Result<()> {
+///         self.0.lock().unwrap().extend(lines(&batch)?);
+///         Ok(())
+///     }
+///     fn close(&mut self, _ctx: &OperatorContext) -> Result<()> {
+///         self.0.lock().unwrap().push("end".into());
+///         Ok(())
+///     }
+/// }
+///
+/// let env = Env::new();
+/// env.set_parallelism(1); // one sink subtask: one "end"
+/// let kept = Arc::new(Mutex::new(Vec::new()));
+/// let k = kept.clone();
+/// let batch = int_batch(&[("n", &[1, 2])]);
+/// env.from_batches("numbers", batch.schema(), vec![batch])
+///     .sink_fn("lines", move |_ctx| Ok(Box::new(Lines(k.clone()))));
+/// env.execute()?;
+/// assert_eq!(*kept.lock().unwrap(), ["1", "2", "end"]);
+/// # Ok::<(), sluice_engine::Error>(())
+/// ```
 pub trait Sink: Send {
     /// Called once before any input.
     fn open(&mut self, _ctx: &OperatorContext) -> Result<()> {
@@ -238,6 +391,12 @@ pub trait Sink: Send {
 
     /// Event time advanced (sinks that roll files by time may use it).
     fn on_watermark(&mut self, _watermark: Watermark, _ctx: &OperatorContext) -> Result<()> {
+        Ok(())
+    }
+
+    /// Wall-clock time passed (about every [`TICK`], with or without
+    /// input): roll files by age or inactivity here.
+    fn on_tick(&mut self, _ctx: &OperatorContext) -> Result<()> {
         Ok(())
     }
 
@@ -300,6 +459,9 @@ impl Operator for SinkOperator {
     ) -> Result<Option<Watermark>> {
         self.0.on_watermark(watermark, ctx)?;
         Ok(None)
+    }
+    fn on_tick(&mut self, ctx: &OperatorContext, _out: &mut Collector) -> Result<()> {
+        self.0.on_tick(ctx)
     }
     fn close(&mut self, ctx: &OperatorContext, _out: &mut Collector) -> Result<()> {
         self.0.close(ctx)

@@ -1,7 +1,14 @@
-//! Helpers for tests, doctests and examples: a source over prepared batches.
+//! Helpers for tests, doctests and examples: a source over prepared
+//! batches ([`VecSource`], [`Env::from_batches`]), a batch of integer
+//! columns ([`int_batch`]), and [`run_collect`], which runs a job and
+//! returns what reached a stream as text lines.
 
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Array};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
 
 use crate::data::CheckpointId;
 use crate::dsl::{Env, Stream};
@@ -65,4 +72,56 @@ impl Env {
         })
         .set_parallelism(1)
     }
+}
+
+/// A batch of non-null Int64 columns, `(name, values)` in order (example
+/// on [`run_collect`]).
+pub fn int_batch(columns: &[(&str, &[i64])]) -> RecordBatch {
+    let cols = columns
+        .iter()
+        .map(|(name, v)| (*name, Arc::new(Int64Array::from(v.to_vec())) as ArrayRef));
+    RecordBatch::try_from_iter(cols).expect("columns of equal length")
+}
+
+/// The rows of `batch` as lines of comma-separated values (nulls empty).
+pub fn lines(batch: &RecordBatch) -> Result<Vec<String>> {
+    let options = FormatOptions::default();
+    let formatters = batch
+        .columns()
+        .iter()
+        .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    (0..batch.num_rows())
+        .map(|row| {
+            let values = formatters
+                .iter()
+                .map(|f| f.value(row).try_to_string())
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            Ok(values.join(", "))
+        })
+        .collect()
+}
+
+/// Collects `stream`, runs its job to the end (on the embedded runner)
+/// and returns the rows that reached `stream`, as [`lines`], in arrival
+/// order (sort them when the stream has more than one subtask).
+///
+/// ```
+/// use sluice_engine::testing::{int_batch, run_collect};
+/// use sluice_engine::Env;
+///
+/// let env = Env::new();
+/// let batch = int_batch(&[("k", &[1, 2]), ("v", &[10, 20])]);
+/// let s = env.from_batches("numbers", batch.schema(), vec![batch]);
+/// assert_eq!(run_collect(&s)?, ["1, 10", "2, 20"]);
+/// # Ok::<(), sluice_engine::Error>(())
+/// ```
+pub fn run_collect(stream: &Stream) -> Result<Vec<String>> {
+    let collected = stream.collect();
+    stream.env().execute()?;
+    let mut out = Vec::new();
+    for b in collected.batches() {
+        out.extend(lines(&b)?);
+    }
+    Ok(out)
 }

@@ -1,6 +1,6 @@
 //! The embedded runtime driven through the public DSL primitives: edge
 //! kinds at several parallelisms, failure propagation, backpressure,
-//! watermark idleness, plan errors.
+//! watermark idleness and emission interval, plan errors, source close.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -358,4 +358,149 @@ fn chained_operators_share_a_task() {
     let r = env.execute().unwrap();
     assert_eq!(r.plan.vertices.len(), 1, "{}", r.plan.describe());
     assert_eq!(r.node("a").unwrap().records_in, 100);
+}
+
+/// A source that counts `close` calls; `fail_open` makes `open` fail,
+/// `endless` never ends.
+struct Closing {
+    inner: Box<dyn Source>,
+    fail_open: bool,
+    closed: Arc<AtomicU64>,
+}
+impl Source for Closing {
+    fn open(&mut self, _ctx: &OperatorContext) -> Result<()> {
+        if self.fail_open {
+            return Err(Error::Connector {
+                connector: "closing".into(),
+                message: "cannot connect".into(),
+            });
+        }
+        Ok(())
+    }
+    fn poll(&mut self, ctx: &OperatorContext) -> Result<SourcePoll> {
+        self.inner.poll(ctx)
+    }
+    fn close(&mut self, _ctx: &OperatorContext) -> Result<()> {
+        self.closed.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_source_is_closed_once_however_its_task_ends() {
+    #[derive(Debug, Clone, Copy)]
+    enum End {
+        Clean,
+        DownstreamFails,
+        DownstreamPanics,
+        OpenFails,
+    }
+    for end in [
+        End::Clean,
+        End::DownstreamFails,
+        End::DownstreamPanics,
+        End::OpenFails,
+    ] {
+        let closed = Arc::new(AtomicU64::new(0));
+        let env = Env::new();
+        env.set_parallelism(3);
+        let c = closed.clone();
+        let s = env.source_fn("closing", schema(), move |_| {
+            let inner: Box<dyn Source> = match end {
+                End::Clean => Box::new(VecSource {
+                    batches: vec![(0, batch(vec![1], vec![1]))],
+                    splits: 1,
+                    pause: Duration::ZERO,
+                    produced: None,
+                }),
+                _ => Box::new(Endless(0)),
+            };
+            Ok(Box::new(Closing {
+                inner,
+                fail_open: matches!(end, End::OpenFails),
+                closed: c.clone(),
+            }))
+        });
+        let s = s.partition(EdgeKind::Rebalance);
+        match end {
+            End::DownstreamFails | End::DownstreamPanics => {
+                let panic = matches!(end, End::DownstreamPanics);
+                s.transform("fail", schema(), move |_| Ok(Box::new(Fail { panic })))
+                    .collect();
+            }
+            _ => {
+                s.collect();
+            }
+        }
+        let result = env.execute();
+        assert_eq!(result.is_ok(), matches!(end, End::Clean), "{end:?}");
+        assert_eq!(
+            closed.load(Ordering::SeqCst),
+            3,
+            "{end:?}: one close per subtask"
+        );
+    }
+}
+
+/// Counts the event-time watermarks it sees (not the final one).
+struct WatermarkCount(Arc<AtomicU64>);
+impl Operator for WatermarkCount {
+    fn process(
+        &mut self,
+        _i: usize,
+        b: RecordBatch,
+        _c: &OperatorContext,
+        out: &mut Collector,
+    ) -> Result<()> {
+        out.emit(b);
+        Ok(())
+    }
+    fn on_watermark(
+        &mut self,
+        wm: Watermark,
+        _c: &OperatorContext,
+        _o: &mut Collector,
+    ) -> Result<Option<Watermark>> {
+        if matches!(wm, Watermark::EventTime(t) if t != i64::MAX) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(Some(wm))
+    }
+}
+
+fn watermarks_seen(strategy: WatermarkStrategy) -> u64 {
+    let seen = Arc::new(AtomicU64::new(0));
+    let env = Env::new();
+    env.set_parallelism(1);
+    let s = env.source_fn("ticks", schema(), |_| {
+        let batches = (1..=20)
+            .map(|i| (0, batch(vec![i], vec![i * 1000])))
+            .collect();
+        Ok(Box::new(VecSource {
+            batches,
+            splits: 1,
+            pause: Duration::ZERO,
+            produced: None,
+        }))
+    });
+    let seen2 = seen.clone();
+    s.assign_watermarks(strategy)
+        .partition(EdgeKind::Rebalance)
+        .transform("count", schema(), move |_| {
+            Ok(Box::new(WatermarkCount(seen2.clone())))
+        })
+        .collect();
+    env.execute().unwrap();
+    seen.load(Ordering::SeqCst)
+}
+
+#[test]
+fn an_emission_interval_thins_out_watermarks() {
+    let every_batch = WatermarkStrategy::ascending("ts");
+    assert_eq!(watermarks_seen(every_batch.clone()), 20);
+    // Within an hour only the first goes out; the end of input closes time.
+    assert_eq!(
+        watermarks_seen(every_batch.emit_every(Duration::from_secs(3600))),
+        1
+    );
 }

@@ -17,7 +17,7 @@ use sluice_protocol::api::{
 };
 
 #[cfg(feature = "openapi")]
-use crate::doc::Unauthorized;
+use crate::doc::{Forbidden, Unauthorized};
 use crate::error::Error;
 use crate::routes::{blocking, Answer, JobsView, JsonBody};
 use crate::ui;
@@ -69,6 +69,7 @@ pub async fn job<V: JobsView>(
         (status = 404, description = "No such job.", body = ApiError),
         (status = 409, description = "The job has already ended.", body = ApiError),
         Unauthorized,
+        Forbidden,
     ),
 ))]
 pub async fn cancel<V: JobsView>(
@@ -94,6 +95,7 @@ pub async fn cancel<V: JobsView>(
         (status = 409, description = "The job is not running, or does not checkpoint.", body = ApiError),
         (status = 500, description = "The savepoint failed.", body = ApiError),
         Unauthorized,
+        Forbidden,
     ),
 ))]
 pub async fn savepoint<V: JobsView>(

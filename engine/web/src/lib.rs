@@ -14,10 +14,12 @@
 //!   shows).
 //! - [`server`]: listener binding and serving (HTTP or HTTPS).
 //! - [`ui`]: the page and script, compiled in.
-//! - [`security`]: the bearer token and the TLS files.
+//! - [`security`]: the bearer tokens, their roles, and the TLS files.
+//! - [`audit`]: the audit log of state-changing requests.
 //! - [`error`]: failures as the HTTP status codes need them.
 #![warn(missing_docs)]
 
+pub mod audit;
 #[cfg(feature = "openapi")]
 pub mod doc;
 pub mod error;
@@ -28,8 +30,9 @@ pub mod security;
 pub mod server;
 pub mod ui;
 
+pub use audit::{AuditEntry, AuditLog};
 pub use error::{Error, Result};
 pub use metrics::Metrics;
 pub use routes::{blocking, routes, secure, ui_routes, Answer, Failure, JobsView, JsonBody};
-pub use security::{TlsFiles, Token};
+pub use security::{Access, Role, TlsFiles, Token};
 pub use server::{bind, serve};

@@ -1,12 +1,13 @@
 //! The job routes (jobs, status, checkpoints, results, workers, cluster,
 //! metrics, cancel, savepoint) over any [`JobsView`], the web UI's routes,
-//! the token check, and how a failure is answered. The handlers and their
+//! the guard in front of them (token, role, audit log), and how a failure
+//! is answered. The handlers and their
 //! OpenAPI descriptions are in [`handlers`](crate::handlers).
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequest, Request, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{ConnectInfo, FromRequest, Request, State};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,13 +18,14 @@ use sluice_protocol::api::{
     WorkerInfo,
 };
 
+use crate::audit::{self, AuditEntry};
 use crate::error::{Error, Result};
 use crate::handlers::{
     cancel, checkpoints, cluster, job, jobs, metrics, page, results, root, savepoint, script,
     workers,
 };
 use crate::metrics::Metrics;
-use crate::security::Token;
+use crate::security::{Access, Role};
 
 /// What the job routes read and do. `cancel` and `savepoint` may block
 /// (storage, a checkpoint round); they run off the async workers.
@@ -121,15 +123,15 @@ pub fn routes<V: JobsView>() -> Router<Arc<V>> {
         .route("/metrics", get(metrics::<V>))
 }
 
-/// `api` with `token` required on every route (none: `api` as it is).
-pub fn secure<S: Clone + Send + Sync + 'static>(
-    api: Router<S>,
-    token: Option<Arc<Token>>,
-) -> Router<S> {
-    match token {
-        Some(token) => api.route_layer(middleware::from_fn_with_state(token, require_token)),
-        None => api,
+/// `api` behind `access`: with a token, every route requires one, and
+/// only the operator's may change anything; with an audit log, every
+/// state-changing request is written to it. An open, unaudited rule
+/// leaves `api` as it is.
+pub fn secure<S: Clone + Send + Sync + 'static>(api: Router<S>, access: Access) -> Router<S> {
+    if access.is_open() && access.audit().is_none() {
+        return api;
     }
+    api.route_layer(middleware::from_fn_with_state(Arc::new(access), guard))
 }
 
 /// The web UI: `/` leads to `/ui`, its page and its script. They carry no
@@ -141,16 +143,37 @@ pub fn ui_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/ui/app.js", get(script))
 }
 
-/// Passes requests that carry the token; answers others 401.
-async fn require_token(State(token): State<Arc<Token>>, request: Request, next: Next) -> Response {
+/// Whether a request may change something: every method but the reading
+/// ones. The read role is refused these, and the audit log keeps them.
+fn changes_state(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Passes requests whose token grants what they ask (401 without a valid
+/// token, 403 for a reader's state-changing request) and writes the
+/// state-changing ones, passed or not, to the audit log.
+async fn guard(State(access): State<Arc<Access>>, request: Request, next: Next) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(p) if token.matches(p.trim()) => next.run(request).await,
-        _ => {
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let granted = access.role_of(presented);
+    let changes = changes_state(request.method());
+    let audited = changes.then(|| {
+        let client = request
+            .extensions()
+            .get::<ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.to_string());
+        (
+            client,
+            request.method().to_string(),
+            request.uri().path().to_string(),
+        )
+    });
+    let answer = match granted {
+        None => {
             let mut answer = Failure(
                 StatusCode::UNAUTHORIZED,
                 "a valid bearer token is required (Authorization: Bearer TOKEN)".into(),
@@ -162,5 +185,24 @@ async fn require_token(State(token): State<Arc<Token>>, request: Request, next: 
             );
             answer
         }
+        Some((Role::Read, _)) if changes => Failure(
+            StatusCode::FORBIDDEN,
+            "the read-only token cannot change anything; this needs the operator token".into(),
+        )
+        .into_response(),
+        Some(_) => next.run(request).await,
+    };
+    if let (Some(log), Some((client, method, path))) = (access.audit(), audited) {
+        let entry = AuditEntry {
+            time: audit::now(),
+            role: granted.map(|(r, _)| r.name().to_string()),
+            token: granted.and_then(|(_, t)| t).map(|t| t.id()),
+            client,
+            method,
+            path,
+            status: answer.status().as_u16(),
+        };
+        log.record(&entry).await;
     }
+    answer
 }

@@ -41,16 +41,20 @@ pub async fn serve(
                 .map_err(failed)?
                 .acceptor(axum_server::tls_openssl::OpenSSLAcceptor::new(tls))
                 .handle(handle)
-                .serve(app.into_make_service())
+                .serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>())
                 .await
                 .map_err(failed)
         }
         None => {
             let listener = tokio::net::TcpListener::from_std(listener).map_err(failed)?;
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-                .map_err(failed)
+            // The client's address reaches the audit log.
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop)
+            .await
+            .map_err(failed)
         }
     }
 }

@@ -1,11 +1,22 @@
 //! The README example: hot auctions over a sliding window, on generated bids.
 use std::time::Duration;
 
+use clap::Parser;
 use sluice_connectors::nexmark::{NexmarkConfig, NexmarkSource};
 use sluice_connectors::sinks::PrintSink;
 use sluice_operators::prelude::*;
 
+/// The README example: the auctions with the most bids in sliding 10 s
+/// windows (every 2 s), among 200,000 generated Nexmark bids priced over
+/// 1,000; prints the windows as tables.
+#[derive(Parser)]
+#[command(version)]
+struct Args {}
+
 fn main() -> sluice_engine::Result<()> {
+    // Nothing to configure, but --help, --version and stray arguments
+    // behave like the other job binaries'.
+    Args::parse();
     let env = Env::new();
     let bids = NexmarkSource::bids(NexmarkConfig {
         events: 200_000,

@@ -6,14 +6,31 @@ use std::time::Duration;
 
 use clap::Parser;
 use sluice_connectors::kafka::{DecodePolicy, StartFrom};
-use sluice_connectors::parquet::ParquetSink;
+use sluice_connectors::parquet::{ParquetSink, PartitionSpec};
+use sluice_engine::checkpoint::Location;
 use sluice_engine::Env;
-use sluice_jobs::cli::{checkpoint_summary, init_logging, parse_duration, CheckpointArgs};
+use sluice_jobs::cli::{
+    checkpoint_summary, explain, init_logging, parse_duration, parse_kafka_option, parse_size,
+    resume_summary, CheckpointArgs,
+};
 use sluice_jobs::kafka_to_parquet::{source, KafkaToParquetSpec, ValueFormat};
+use sluice_operators::prelude::*;
 
-/// Kafka topic into Parquet files, exactly once with checkpoints.
+/// Every record of a Kafka topic into Parquet files, exactly once with
+/// checkpoints.
+///
+/// Columns: _partition, _offset, _timestamp and the decoded value (JSON
+/// fields from --schema or inferred, raw bytes, text, or Avro). Output goes
+/// to a directory or to s3://bucket/prefix, optionally into Hive-style
+/// partition directories. A file stays open across checkpoints and rolls
+/// by size, rows, age, inactivity or (with --watermark-delay) when its time
+/// partition has passed; a reader only ever sees complete files that a
+/// checkpoint committed. A job started again with the same
+/// --checkpoint-dir resumes where the last one stopped (it says so; --fresh
+/// starts from the beginning). Records that do not decode fail the job
+/// unless --skip-bad-records or --dead-letter-topic says otherwise.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, after_help = EXAMPLES)]
 struct Args {
     /// Bootstrap brokers, HOST:PORT[,HOST:PORT…].
     #[arg(long)]
@@ -30,16 +47,75 @@ struct Args {
     /// --format avro: the Avro writer schema (required).
     #[arg(long)]
     schema: Option<PathBuf>,
+    /// JSON: a record that gains a field, or widens a type compatibly
+    /// (integer to float, narrower to wider), changes the schema instead of
+    /// failing: later rows go to new files with the merged columns (nulls
+    /// where a record lacks a field). Incompatible records (a string where
+    /// a number was) stay bad: see --dead-letter-topic. Every schema used
+    /// is kept in the checkpoints.
+    #[arg(long)]
+    evolve_schema: bool,
     /// Records sampled to infer the JSON schema.
     #[arg(long, default_value_t = 1000)]
     infer_sample: usize,
-    /// Output directory for Parquet files.
+    /// A librdkafka property for every Kafka client of the job, KEY=VALUE
+    /// (repeatable): security.protocol=SASL_SSL, sasl.mechanism=PLAIN,
+    /// sasl.username=..., ssl.ca.location=FILE, ... An unknown property is
+    /// an error before the job starts.
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_kafka_option)]
+    kafka_option: Vec<(String, String)>,
+    /// Where the Parquet files go: a directory, or s3://bucket/prefix (S3
+    /// settings from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
+    /// and AWS_ENDPOINT plus AWS_ALLOW_HTTP=true for a local server).
     #[arg(long)]
-    output: PathBuf,
+    output: Location,
+    /// Hive-style partition directories, outermost first: comma-separated
+    /// fields, each COLUMN (by value: country=DE/; the column then lives in
+    /// the path, not in the files) or NAME=FUNC(COLUMN) with FUNC one of
+    /// year, month, date, day, hour of a timestamp column, e.g.
+    /// 'dt=date(_timestamp),hour=hour(_timestamp)'.
+    #[arg(long)]
+    partition_by: Option<String>,
+    /// Roll a file (finish it; it becomes visible when the next checkpoint
+    /// completes) once it holds this much: 128MiB, 512KB, 1000000.
+    #[arg(long, default_value = "128MiB", value_parser = parse_size)]
+    roll_size: u64,
+    /// Roll a file once it holds this many rows.
+    #[arg(long)]
+    roll_rows: Option<u64>,
+    /// Roll a file this long after it was opened.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    roll_interval: Duration,
+    /// Roll a file that received nothing for this long, so a quiet topic's
+    /// last records become visible.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    roll_inactivity: Duration,
+    /// Roll every file at every checkpoint: output visible one checkpoint
+    /// interval after it is read, at the price of a file per checkpoint,
+    /// subtask and partition.
+    #[arg(long)]
+    roll_on_checkpoint: bool,
+    /// Event time for time partitions: the --event-time column may arrive
+    /// this much out of order. Once the watermark passes the end of a time
+    /// partition (an hour for hour(COLUMN)), its files roll. Kafka
+    /// partitions that see no records for 5 s stop holding the watermark
+    /// back.
+    #[arg(long, value_parser = parse_duration)]
+    watermark_delay: Option<Duration>,
+    /// The column holding event time, for --watermark-delay: `_timestamp`
+    /// (the Kafka record's timestamp) or a timestamp column of the records.
+    #[arg(long, default_value = "_timestamp")]
+    event_time: String,
+    /// Object storage: bytes buffered per open file before they are
+    /// uploaded as one part (S3 needs at least 5MiB).
+    #[arg(long, default_value = "8MiB", value_parser = parse_size)]
+    upload_part_size: u64,
     /// Parallelism (partition p is read by subtask p % P).
     #[arg(long)]
-    parallelism: Option<usize>,
-    /// Stop at the end offsets seen when the job first started.
+    parallelism: Option<std::num::NonZeroUsize>,
+    /// Stop at the end of the topic: the end offsets when this run starts
+    /// (or, when it resumes a bounded run that was interrupted, the ends
+    /// that run fixed). Without it the job runs until stopped.
     #[arg(long)]
     until_end: bool,
     /// earliest | latest | committed | timestamp:MS (partitions without a
@@ -69,10 +145,11 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let env = Env::new();
     if let Some(p) = args.parallelism {
-        env.set_parallelism(p);
+        env.set_parallelism(p.get());
     }
     let job = "kafka_to_parquet";
-    args.checkpoints.apply(&env, job)?;
+    let resume = args.checkpoints.apply(&env, job)?;
+    args.checkpoints.fresh_output_at(&args.output)?;
     let policy = match (&args.dead_letter_topic, args.skip_bad_records) {
         (Some(t), _) => DecodePolicy::DeadLetter(t.clone()),
         (None, true) => DecodePolicy::Skip,
@@ -91,21 +168,69 @@ fn main() -> anyhow::Result<()> {
         policy,
         checkpoint_dir: args.checkpoints.checkpoint_dir.clone(),
         partition_discovery: args.partition_discovery,
+        evolve_schema: args.evolve_schema,
+        kafka_options: args.kafka_option.clone(),
     };
     let src = source(&spec)?;
     let stats = src.decode_stats();
+    let progress = src.progress();
     // Offsets and timestamps are distinct per record: no dictionary.
-    let sink = ParquetSink::new(&args.output).without_dictionary(["_offset", "_timestamp"]);
-    env.source(src).sink(sink);
-    let result = env.execute()?;
+    let mut sink = ParquetSink::new(args.output.clone())
+        .without_dictionary(["_offset", "_timestamp"])
+        .max_file_size(usize::try_from(args.roll_size).unwrap_or(usize::MAX))
+        .rollover_interval(args.roll_interval)
+        .inactivity_interval(args.roll_inactivity)
+        .upload_part_size(usize::try_from(args.upload_part_size).unwrap_or(usize::MAX));
+    if let Some(rows) = args.roll_rows {
+        sink = sink.max_file_rows(rows);
+    }
+    if args.roll_on_checkpoint {
+        sink = sink.roll_at_checkpoints();
+    }
+    if let Some(spec) = &args.partition_by {
+        sink = sink.partition_by(PartitionSpec::parse(spec)?);
+    }
+    let stream = env.source(src);
+    let stream = match args.watermark_delay {
+        Some(d) => stream.watermarks(
+            bounded_out_of_orderness(&args.event_time, d).idle_after(Duration::from_secs(5)),
+        ),
+        None => stream,
+    };
+    stream.sink(sink);
+    let result = env.execute().map_err(|e| {
+        explain(
+            e,
+            "--skip-bad-records skips and counts such records, --dead-letter-topic TOPIC keeps them in a topic",
+        )
+    })?;
+    let records = result.source_records();
+    let nothing_new = if records == 0 && progress.resumed() && progress.nothing_new() {
+        " (nothing new: every partition had been read up to the end already)"
+    } else {
+        ""
+    };
     eprintln!(
-        "kafka_to_parquet: {} records, {} ms, skipped={} dead_lettered={}, output in {}, {}",
-        result.source_records(),
+        "kafka_to_parquet: {records} records{nothing_new}, {} ms, skipped={} dead_lettered={}, output in {}, {}; read {}; {}",
         result.duration.as_millis(),
         stats.skipped(),
         stats.dead_lettered(),
-        args.output.display(),
-        checkpoint_summary(&result.checkpoints)
+        args.output,
+        resume_summary(&resume, &result.checkpoints),
+        progress.describe(),
+        checkpoint_summary(&result)
     );
     Ok(())
 }
+
+const EXAMPLES: &str = "\
+Examples:
+  # Every record once into local files, resumable after any crash
+  kafka_to_parquet --brokers 127.0.0.1:9092 --topic events --output out/ \\
+    --checkpoint-dir ck/
+
+  # Into S3, by country and hour of the record's timestamp
+  kafka_to_parquet --brokers 127.0.0.1:9092 --topic events \\
+    --output s3://lake/events --checkpoint-dir s3://lake/checkpoints/events \\
+    --partition-by 'country,dt=date(_timestamp),hour=hour(_timestamp)' \\
+    --watermark-delay 1m --roll-interval 5m";

@@ -7,14 +7,18 @@ use sluice_connectors::nexmark::NexmarkConfig;
 use sluice_connectors::parquet::ParquetSink;
 use sluice_connectors::sinks::{DiscardSink, PrintSink};
 use sluice_engine::Env;
-use sluice_jobs::cli::{checkpoint_summary, init_logging, CheckpointArgs, Output};
+use sluice_jobs::cli::{checkpoint_summary, init_logging, resume_summary, CheckpointArgs, Output};
 use sluice_jobs::nexmark::{build, Query};
 
-/// Runs a Nexmark query.
+/// Runs a Nexmark benchmark query on generated events.
+///
+/// Prints one line with the events processed, wall time and events per
+/// second. A job started again with the same --checkpoint-dir resumes (it
+/// says so; --fresh starts from the beginning).
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
-    /// q0 | q1 | q2 | q3 | q4 | q5 | q7 | q8 | q11
+    /// q0 | q1 | q2 | q3 | q4 | q5 | q7 | q8 | q11, or the window benchmarks tumble | slide
     #[arg(long)]
     query: String,
     /// Number of generator events (all types; 1:3:46 persons:auctions:bids).
@@ -22,7 +26,7 @@ struct Args {
     events: u64,
     /// Parallelism of every operator.
     #[arg(long)]
-    parallelism: Option<usize>,
+    parallelism: Option<std::num::NonZeroUsize>,
     /// A directory for Parquet output, `blackhole` to discard, or `print`.
     #[arg(long, default_value = "blackhole")]
     output: Output,
@@ -63,14 +67,17 @@ fn main() -> anyhow::Result<()> {
     };
     let env = Env::new();
     if let Some(p) = args.parallelism {
-        env.set_parallelism(p);
+        env.set_parallelism(p.get());
     }
     let name = if args.generator_only {
         "nexmark-generator".to_string()
     } else {
         format!("nexmark-{}", format!("{query:?}").to_lowercase())
     };
-    args.checkpoints.apply(&env, &name)?;
+    let resume = args.checkpoints.apply(&env, &name)?;
+    if let Output::Dir(d) = &args.output {
+        args.checkpoints.fresh_output(d)?;
+    }
     let out = if args.generator_only {
         env.source(sluice_connectors::nexmark::NexmarkSource::bids(cfg.clone()))
     } else {
@@ -87,16 +94,31 @@ fn main() -> anyhow::Result<()> {
     }
     let secs = result.duration.as_secs_f64();
     let records = result.source_records();
-    println!(
-        "query={} events={} source_records={} wall_ms={} events_per_sec={:.0} records_per_sec={:.0} peak_rss_mib={:.0} {}",
-        if args.generator_only { "generator".to_string() } else { format!("{query:?}").to_lowercase() },
-        args.events,
-        records,
-        result.duration.as_millis(),
-        args.events as f64 / secs,
-        records as f64 / secs,
-        peak_rss_mib().unwrap_or(f64::NAN),
-        checkpoint_summary(&result.checkpoints)
-    );
+    let query = if args.generator_only {
+        "generator".to_string()
+    } else {
+        format!("{query:?}").to_lowercase()
+    };
+    let checkpoints = checkpoint_summary(&result);
+    let resumed = resume_summary(&resume, &result.checkpoints);
+    let rss = peak_rss_mib().unwrap_or(f64::NAN);
+    match result.executor {
+        // One executor of a job on a cluster generated a share of the
+        // events: --events and a rate over them are the job's, not its.
+        Some(e) => println!(
+            "query={query} executor={} executors={} source_records={records} wall_ms={} records_per_sec={:.0} peak_rss_mib={rss:.0} {checkpoints} ({resumed})",
+            e.index,
+            e.of,
+            result.duration.as_millis(),
+            records as f64 / secs,
+        ),
+        None => println!(
+            "query={query} events={} source_records={records} wall_ms={} events_per_sec={:.0} records_per_sec={:.0} peak_rss_mib={rss:.0} {checkpoints} ({resumed})",
+            args.events,
+            result.duration.as_millis(),
+            args.events as f64 / secs,
+            records as f64 / secs,
+        ),
+    }
     Ok(())
 }

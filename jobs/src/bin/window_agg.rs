@@ -10,14 +10,23 @@ use clap::Parser;
 use sluice_connectors::kafka::{DecodePolicy, StartFrom};
 use sluice_connectors::parquet::ParquetSink;
 use sluice_engine::Env;
-use sluice_jobs::cli::{checkpoint_summary, init_logging, parse_duration, CheckpointArgs};
+use sluice_jobs::cli::{
+    checkpoint_summary, explain, init_logging, parse_duration, parse_kafka_option, resume_summary,
+    CheckpointArgs,
+};
 use sluice_jobs::kafka_to_parquet::{self, KafkaToParquetSpec, ValueFormat};
 use sluice_jobs::window_agg::{build, window_stream, WindowAggSpec};
 use sluice_operators::prelude::WindowSpec;
 
-/// Windowed aggregation of a file into Parquet.
+/// Windowed aggregation of files or a Kafka topic into Parquet.
+///
+/// Reads Parquet, CSV or JSON-lines files (a file or a directory of one
+/// format) or a Kafka topic (--source kafka:TOPIC), assigns event time from
+/// --time, and writes one row per key and window with the aggregates. A job
+/// started again with the same --checkpoint-dir resumes (it says so;
+/// --fresh starts from the beginning).
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Input: a .parquet, .csv or .jsonl file, a directory of them, or
     /// kafka:TOPIC (with --brokers).
@@ -26,6 +35,12 @@ struct Args {
     /// Kafka brokers, HOST:PORT (for --source kafka:TOPIC).
     #[arg(long)]
     brokers: Option<String>,
+    /// A librdkafka property for every Kafka client of the job, KEY=VALUE
+    /// (repeatable): security.protocol=SASL_SSL, sasl.mechanism=PLAIN,
+    /// sasl.username=..., ssl.ca.location=FILE, ... An unknown property is
+    /// an error before the job starts.
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_kafka_option)]
+    kafka_option: Vec<(String, String)>,
     /// Kafka value format (JSON objects; the schema is inferred unless
     /// --schema names a file).
     #[arg(long, value_enum, default_value = "json")]
@@ -33,10 +48,13 @@ struct Args {
     /// Kafka JSON schema file (see kafka_to_parquet --help).
     #[arg(long)]
     schema: Option<PathBuf>,
-    /// Kafka: stop at the end offsets seen when the job first started.
+    /// Kafka: stop at the end of the topic (the end offsets when this run
+    /// starts, or the ends an interrupted bounded run fixed).
     #[arg(long)]
     until_end: bool,
-    /// Kafka: skip (and count) records that fail to decode instead of failing.
+    /// Skip (and count) bad records instead of failing: Kafka records that
+    /// do not decode, JSON lines that do not fit the schema, and records
+    /// whose event time is missing or outside years 1 to 9999.
     #[arg(long)]
     skip_bad_records: bool,
     /// Event-time column (epoch milliseconds or a timestamp type).
@@ -59,7 +77,7 @@ struct Args {
     watermark_delay: Duration,
     /// Parallelism of every operator.
     #[arg(long)]
-    parallelism: Option<usize>,
+    parallelism: Option<std::num::NonZeroUsize>,
     #[command(flatten)]
     checkpoints: CheckpointArgs,
 }
@@ -70,9 +88,10 @@ fn main() -> anyhow::Result<()> {
     let window = WindowSpec::parse(&args.window).context("--window")?;
     let env = Env::new();
     if let Some(p) = args.parallelism {
-        env.set_parallelism(p);
+        env.set_parallelism(p.get());
     }
-    args.checkpoints.apply(&env, "window_agg")?;
+    let resume = args.checkpoints.apply(&env, "window_agg")?;
+    args.checkpoints.fresh_output(&args.output)?;
     let spec = WindowAggSpec {
         source: args.source,
         time: args.time,
@@ -80,13 +99,14 @@ fn main() -> anyhow::Result<()> {
         window,
         aggs: args.aggs,
         watermark_delay: args.watermark_delay,
+        skip_bad_records: args.skip_bad_records,
     };
     let kafka_topic = spec
         .source
         .to_str()
         .and_then(|s| s.strip_prefix("kafka:"))
         .map(str::to_string);
-    let stream = match kafka_topic {
+    let (stream, skipped): (_, Box<dyn Fn() -> u64>) = match kafka_topic {
         Some(topic) => {
             let Some(brokers) = args.brokers.clone() else {
                 anyhow::bail!("--source kafka:TOPIC needs --brokers HOST:PORT");
@@ -108,19 +128,36 @@ fn main() -> anyhow::Result<()> {
                 },
                 checkpoint_dir: args.checkpoints.checkpoint_dir.clone(),
                 partition_discovery: Duration::from_secs(10),
+                // Windows need columns fixed at plan time.
+                evolve_schema: false,
+                kafka_options: args.kafka_option.clone(),
             })?;
-            window_stream(env.source(src), &spec)?
+            let stats = src.decode_stats();
+            (
+                window_stream(env.source(src), &spec)?,
+                Box::new(move || stats.skipped()),
+            )
         }
-        None => build(&env, &spec)?,
+        None => {
+            let (stream, count) = build(&env, &spec)?;
+            (
+                stream,
+                Box::new(move || count.load(std::sync::atomic::Ordering::Relaxed)),
+            )
+        }
     };
     stream.sink(ParquetSink::new(&args.output));
-    let result = env.execute()?;
+    let result = env
+        .execute()
+        .map_err(|e| explain(e, "--skip-bad-records skips and counts such records"))?;
     eprintln!(
-        "window_agg: {} input records, {} ms, output in {}, {}",
+        "window_agg: {} input records, {} ms, skipped={}, output in {}, {}, {}",
         result.source_records(),
         result.duration.as_millis(),
+        skipped(),
         args.output.display(),
-        checkpoint_summary(&result.checkpoints)
+        resume_summary(&resume, &result.checkpoints),
+        checkpoint_summary(&result)
     );
     Ok(())
 }

@@ -12,6 +12,11 @@
 //! | q7 | highest bids per tumbling window of 10 s |
 //! | q8 | persons who created an auction in the tumbling window they joined (window join) |
 //! | q11 | bids per bidder session (gap 10 s) |
+//!
+//! Two more pipelines are not Nexmark queries but the window benchmarks the
+//! engine comparisons use (same generator): `tumble` (bids per auction per
+//! tumbling 10 s window) and `slide` (highest price per auction per sliding
+//! 10 s window every 2 s).
 
 mod winning_bids;
 
@@ -45,6 +50,10 @@ pub enum Query {
     Q8,
     /// User sessions (session window).
     Q11,
+    /// Not Nexmark: bids per auction per tumbling 10 s window.
+    Tumble,
+    /// Not Nexmark: highest price per auction per sliding 10 s window every 2 s.
+    Slide,
 }
 
 impl std::str::FromStr for Query {
@@ -60,16 +69,18 @@ impl std::str::FromStr for Query {
             "q7" => Query::Q7,
             "q8" => Query::Q8,
             "q11" => Query::Q11,
+            "tumble" => Query::Tumble,
+            "slide" => Query::Slide,
             other => {
                 return Err(Error::Config(format!(
-                    "unknown query '{other}'; expected one of q0 q1 q2 q3 q4 q5 q7 q8 q11"
-                )))
+                "unknown query '{other}'; expected one of q0 q1 q2 q3 q4 q5 q7 q8 q11 tumble slide"
+            )))
             }
         })
     }
 }
 
-/// Every query, in order.
+/// Every Nexmark query, in order (not the `tumble` and `slide` benchmarks).
 pub const ALL: [Query; 9] = [
     Query::Q0,
     Query::Q1,
@@ -201,5 +212,13 @@ pub fn build(env: &Env, query: Query, cfg: &NexmarkConfig) -> Stream {
             .key_by(["bidder"])
             .window(WindowSpec::session(secs(10)))
             .aggregate([count()]),
+        Query::Tumble => bids(env, cfg)
+            .key_by(["auction"])
+            .window(WindowSpec::tumbling(secs(10)))
+            .aggregate([count()]),
+        Query::Slide => bids(env, cfg)
+            .key_by(["auction"])
+            .window(WindowSpec::sliding(secs(10), secs(2)))
+            .aggregate([max("price")]),
     }
 }

@@ -99,6 +99,13 @@ pub struct S3Server {
 
 impl S3Server {
     pub fn start() -> S3Server {
+        Self::start_with(&[])
+    }
+
+    /// A server with extra settings in its environment (e.g. moto's
+    /// `S3_UPLOAD_PART_MIN_SIZE`, the smallest part but the last of a
+    /// multipart upload it accepts: S3's 5 MiB by default).
+    pub fn start_with(env: &[(&str, &str)]) -> S3Server {
         let bin = std::env::var_os("SLUICE_MOTO_SERVER")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| {
@@ -116,6 +123,7 @@ impl S3Server {
             .port();
         let child = std::process::Command::new(&bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -160,6 +168,47 @@ impl S3Server {
     /// `s3://` URL of `prefix` in the bucket.
     pub fn url(&self, prefix: &str) -> String {
         format!("s3://{}/{prefix}", self.bucket)
+    }
+
+    /// The endpoint URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// (key, ETag) of every object under `prefix` (up to 1000). A
+    /// multipart upload's ETag ends in `-PARTS`.
+    pub fn objects(&self, prefix: &str) -> Vec<(String, String)> {
+        let body = self
+            .try_request(
+                "GET",
+                &format!("/{}?list-type=2&prefix={prefix}", self.bucket),
+            )
+            .unwrap();
+        let field = |c: &str, f: &str| {
+            c.split(&format!("<{f}>"))
+                .nth(1)
+                .and_then(|v| v.split(&format!("</{f}>")).next())
+                .unwrap_or_default()
+                .replace("&quot;", "")
+                .replace('"', "")
+        };
+        body.split("<Contents>")
+            .skip(1)
+            .map(|c| (field(c, "Key"), field(c, "ETag")))
+            .collect()
+    }
+
+    /// Keys of the multipart uploads started and neither completed nor
+    /// aborted.
+    pub fn uploads_in_progress(&self) -> Vec<String> {
+        let body = self
+            .try_request("GET", &format!("/{}?uploads", self.bucket))
+            .unwrap();
+        body.split("<Upload>")
+            .skip(1)
+            .filter_map(|u| u.split("<Key>").nth(1)?.split("</Key>").next())
+            .map(str::to_string)
+            .collect()
     }
 
     /// Points a job process at this server.
@@ -213,6 +262,42 @@ pub fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, S
     let (head, body) = answer.split_once("\r\n\r\n").expect("a header block");
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
     (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// Every row of the Parquet dataset at `location` (a directory, or an
+/// `s3://` URL on `s3`), read by PyArrow with Hive partitioning (partition
+/// values become columns), as sorted-key JSON lines, counted; and the
+/// number of files PyArrow found. An independent reader: neither our
+/// writer's crate nor our naming.
+pub fn dataset_rows(location: &str, s3: Option<&S3Server>) -> (BTreeMap<String, usize>, usize) {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/tools.sh (scripts/test.sh does)",
+        python.display()
+    );
+    let mut c = std::process::Command::new(python);
+    c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/read_dataset.py"))
+        .arg(location);
+    if let Some(s3) = s3 {
+        s3.configure(&mut c);
+    }
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "reading {location} with PyArrow: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut rows = BTreeMap::new();
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        *rows.entry(line.to_string()).or_default() += 1;
+    }
+    let files = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .find_map(|l| l.strip_prefix("files="))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the reader reports its file count");
+    (rows, files)
 }
 
 /// One sample of a Prometheus text exposition.

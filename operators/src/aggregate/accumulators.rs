@@ -47,6 +47,10 @@ pub(crate) trait Accumulator: Send {
 /// input column of any accepted type is read as it.
 pub(crate) trait SumType: ArrowPrimitiveType + Sized {
     fn convert(values: Option<&ArrayRef>) -> Result<PrimitiveArray<Self>>;
+    /// A sum column as the output schema declares it.
+    fn result(sums: PrimitiveArray<Self>) -> Result<PrimitiveArray<Self>> {
+        Ok(sums)
+    }
 }
 
 fn input(values: Option<&ArrayRef>) -> Result<&ArrayRef> {
@@ -54,30 +58,60 @@ fn input(values: Option<&ArrayRef>) -> Result<&ArrayRef> {
 }
 
 impl SumType for Int64Type {
-    /// Integers widen to Int64; UInt64 wraps (`as i64`) instead of turning
-    /// into nulls as a checked cast would.
+    /// Integers up to 32 bits and Int64 widen to Int64 (exactly). UInt64
+    /// sums as [`Decimal128Type`] instead.
     fn convert(values: Option<&ArrayRef>) -> Result<Int64Array> {
         let v = input(values)?;
-        macro_rules! wrap {
+        macro_rules! widen {
             ($t:ty) => {
-                v.as_primitive::<$t>().unary::<_, Int64Type>(|x| x as i64)
+                v.as_primitive::<$t>().unary::<_, Int64Type>(i64::from)
             };
         }
         Ok(match v.data_type() {
             DataType::Int64 => v.as_primitive::<Int64Type>().clone(),
-            DataType::Int8 => wrap!(Int8Type),
-            DataType::Int16 => wrap!(Int16Type),
-            DataType::Int32 => wrap!(Int32Type),
-            DataType::UInt8 => wrap!(UInt8Type),
-            DataType::UInt16 => wrap!(UInt16Type),
-            DataType::UInt32 => wrap!(UInt32Type),
-            DataType::UInt64 => wrap!(UInt64Type),
+            DataType::Int8 => widen!(Int8Type),
+            DataType::Int16 => widen!(Int16Type),
+            DataType::Int32 => widen!(Int32Type),
+            DataType::UInt8 => widen!(UInt8Type),
+            DataType::UInt16 => widen!(UInt16Type),
+            DataType::UInt32 => widen!(UInt32Type),
             other => {
                 return Err(Error::Internal(format!(
-                    "integer sum over {other} passed planning"
+                    "Int64 sum over {other} passed planning"
                 )))
             }
         })
+    }
+}
+
+/// The result type of `sum` over UInt64: every UInt64 sum fits it (38
+/// digits hold 5 × 10^18 values of `u64::MAX`).
+pub(crate) const UINT64_SUM_TYPE: DataType = DataType::Decimal128(38, 0);
+
+impl SumType for Decimal128Type {
+    /// UInt64 widens to a 128-bit integer (decimal with scale 0).
+    fn convert(values: Option<&ArrayRef>) -> Result<PrimitiveArray<Decimal128Type>> {
+        let v = input(values)?;
+        match v.data_type() {
+            DataType::UInt64 => Ok(v
+                .as_primitive::<UInt64Type>()
+                .unary::<_, Decimal128Type>(i128::from)
+                .with_data_type(UINT64_SUM_TYPE)),
+            // Restored state is already decimal.
+            DataType::Decimal128(_, 0) => Ok(v.as_primitive::<Decimal128Type>().clone()),
+            other => Err(Error::Internal(format!(
+                "decimal sum over {other} passed planning"
+            ))),
+        }
+    }
+    /// Decimal(38, 0); a sum past 38 digits (beyond 5 × 10^18 values of
+    /// `u64::MAX`) is an overflow rather than an invalid decimal.
+    fn result(sums: PrimitiveArray<Self>) -> Result<PrimitiveArray<Self>> {
+        let sums = sums.with_data_type(UINT64_SUM_TYPE);
+        sums.validate_decimal_precision(38).map_err(|_| {
+            Error::Overflow(format!("the sum is past the range of {UINT64_SUM_TYPE}"))
+        })?;
+        Ok(sums)
     }
 }
 
@@ -142,11 +176,15 @@ fn state_column(state: &[ArrayRef], i: usize) -> Result<&ArrayRef> {
         .ok_or_else(|| Error::Checkpoint(format!("aggregate state lacks column {i}")))
 }
 
-/// Sum over Int64 (wrapping) or Float64; `avg` additionally counts.
+/// Sum over Int64, Decimal128 (UInt64 inputs) or Float64; `avg`
+/// additionally counts. Integer sums never wrap: an add that overflows
+/// marks its slot, and reading that slot is an [`Error::Overflow`].
 struct Sum<T: ArrowPrimitiveType> {
     sums: Vec<T::Native>,
     counts: Vec<i64>,
     has: Vec<bool>,
+    /// Slots whose sum overflowed (in a merge, which cannot fail).
+    overflowed: Vec<bool>,
     average: bool,
 }
 
@@ -156,8 +194,24 @@ impl<T: ArrowPrimitiveType> Sum<T> {
             sums: Vec::new(),
             counts: Vec::new(),
             has: Vec::new(),
+            overflowed: Vec::new(),
             average,
         }
+    }
+
+    fn overflow(&self) -> Error {
+        Error::Overflow(format!(
+            "the sum is past the range of {} (its result type); sum a Float64 cast of the column for an approximate sum",
+            T::DATA_TYPE
+        ))
+    }
+
+    /// Fails if any of `slots` overflowed.
+    fn check(&self, slots: &[u32]) -> Result<()> {
+        if slots.iter().any(|s| self.overflowed[*s as usize]) {
+            return Err(self.overflow());
+        }
+        Ok(())
     }
 }
 
@@ -170,6 +224,7 @@ where
         self.sums.resize(slots, T::Native::ZERO);
         self.counts.resize(slots, 0);
         self.has.resize(slots, false);
+        self.overflowed.resize(slots, false);
     }
     fn update(&mut self, values: Option<&ArrayRef>, rows: &[u32], slots: &[u32]) -> Result<()> {
         let v = T::convert(values)?;
@@ -180,7 +235,10 @@ where
             if nulls.is_some_and(|n| n.is_null(r)) {
                 continue;
             }
-            self.sums[s] = self.sums[s].add_wrapping(vals[r]);
+            // Floats never fail here (they go to infinity, as IEEE says).
+            self.sums[s] = self.sums[s]
+                .add_checked(vals[r])
+                .map_err(|_| self.overflow())?;
             self.counts[s] += 1;
             self.has[s] = true;
         }
@@ -188,7 +246,11 @@ where
     }
     fn merge(&mut self, src: u32, dst: u32) {
         let (src, dst) = (src as usize, dst as usize);
-        self.sums[dst] = self.sums[dst].add_wrapping(self.sums[src]);
+        match self.sums[dst].add_checked(self.sums[src]) {
+            Ok(v) => self.sums[dst] = v,
+            Err(_) => self.overflowed[dst] = true,
+        }
+        self.overflowed[dst] |= self.overflowed[src];
         self.counts[dst] += self.counts[src];
         self.has[dst] |= self.has[src];
     }
@@ -197,8 +259,10 @@ where
         self.sums[s] = T::Native::ZERO;
         self.counts[s] = 0;
         self.has[s] = false;
+        self.overflowed[s] = false;
     }
     fn evaluate(&self, slots: &[u32]) -> Result<ArrayRef> {
+        self.check(slots)?;
         let nulls = nulls_from(&self.has, slots);
         if self.average {
             let v: Vec<f64> = slots
@@ -215,12 +279,19 @@ where
             Ok(Arc::new(Float64Array::new(v.into(), nulls)))
         } else {
             let v: Vec<T::Native> = slots.iter().map(|s| self.sums[*s as usize]).collect();
-            Ok(Arc::new(PrimitiveArray::<T>::new(v.into(), nulls)))
+            Ok(Arc::new(T::result(PrimitiveArray::<T>::new(
+                v.into(),
+                nulls,
+            ))?))
         }
     }
     fn state(&self, slots: &[u32]) -> Result<Vec<ArrayRef>> {
+        self.check(slots)?;
         let v: Vec<T::Native> = slots.iter().map(|s| self.sums[*s as usize]).collect();
-        let sums = PrimitiveArray::<T>::new(v.into(), nulls_from(&self.has, slots));
+        let sums = T::result(PrimitiveArray::<T>::new(
+            v.into(),
+            nulls_from(&self.has, slots),
+        ))?;
         let counts = Int64Array::from_iter_values(slots.iter().map(|s| self.counts[*s as usize]));
         Ok(vec![Arc::new(sums), Arc::new(counts)])
     }
@@ -230,7 +301,10 @@ where
         for (i, s) in slots.iter().enumerate() {
             let s = *s as usize;
             if sums.is_valid(i) {
-                self.sums[s] = self.sums[s].add_wrapping(sums.value(i));
+                match self.sums[s].add_checked(sums.value(i)) {
+                    Ok(v) => self.sums[s] = v,
+                    Err(_) => self.overflowed[s] = true,
+                }
                 self.has[s] = true;
             }
             self.counts[s] += counts.value(i);
@@ -245,6 +319,11 @@ where
 /// Lossy conversion for averages.
 pub(crate) trait ToF64 {
     fn to_f64(self) -> f64;
+}
+impl ToF64 for i128 {
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
 }
 impl ToF64 for i64 {
     fn to_f64(self) -> f64 {
@@ -449,9 +528,12 @@ pub(super) fn create(kind: &AggKind, input: Option<&DataType>) -> Result<Box<dyn
     Ok(match kind {
         AggKind::Count => Box::new(Count::default()),
         AggKind::Sum if t()?.is_floating() => Box::new(Sum::<Float64Type>::new(false)),
+        AggKind::Sum if t()? == &DataType::UInt64 => Box::new(Sum::<Decimal128Type>::new(false)),
         AggKind::Sum => Box::new(Sum::<Int64Type>::new(false)),
-        // Averages of integers sum exactly in Int64 and divide at the end.
+        // Averages of integers sum exactly (Int64, or 128 bits for UInt64)
+        // and divide at the end.
         AggKind::Avg if t()?.is_floating() => Box::new(Sum::<Float64Type>::new(true)),
+        AggKind::Avg if t()? == &DataType::UInt64 => Box::new(Sum::<Decimal128Type>::new(true)),
         AggKind::Avg => Box::new(Sum::<Int64Type>::new(true)),
         AggKind::Min => min_max(t()?, false)?,
         AggKind::Max => min_max(t()?, true)?,

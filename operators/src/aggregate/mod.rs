@@ -26,7 +26,37 @@ pub(crate) enum AggKind {
     Udaf(Arc<dyn udaf::DynUdaf>),
 }
 
-/// One aggregate of a window: a function, its input column and an output name.
+/// One aggregate of a window: a function, its input column and an output
+/// name (`count`, `FUNCTION_COLUMN` such as `max_price`, or an alias).
+///
+/// ```
+/// use std::time::Duration;
+/// use serde::{Deserialize, Serialize};
+/// use sluice_operators::prelude::*;
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Bid { auction: i64, price: i64, ts: i64 }
+/// #[derive(Deserialize, Debug, PartialEq)]
+/// struct Stats { auction: i64, bids: i64, sum_price: i64, min_price: i64, max_price: i64, avg_price: f64 }
+///
+/// let env = Env::new();
+/// let bids = env.from_rows("bids", vec![
+///     Bid { auction: 7, price: 10, ts: 100 },
+///     Bid { auction: 7, price: 30, ts: 200 },
+///     Bid { auction: 7, price: 20, ts: 300 },
+/// ]);
+/// let out = bids
+///     .watermarks(WatermarkStrategy::ascending("ts"))
+///     .key_by(["auction"])
+///     .window(WindowSpec::tumbling(Duration::from_secs(1)))
+///     .aggregate([count().alias("bids"), sum("price"), min("price"), max("price"), avg("price")])
+///     .collect();
+/// env.execute()?;
+/// assert_eq!(out.rows::<Stats>()?, [Stats {
+///     auction: 7, bids: 3, sum_price: 60, min_price: 10, max_price: 30, avg_price: 20.0,
+/// }]);
+/// # Ok::<(), sluice_engine::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct AggregateExpr {
     pub(crate) kind: AggKind,
@@ -49,10 +79,11 @@ pub fn count() -> AggregateExpr {
     }
 }
 
-/// Sum of an integer or float column, ignoring nulls: Int64 for every
-/// integer type (two's-complement wrapping on overflow, like `i64::wrapping_add`;
-/// UInt64 values above `i64::MAX` wrap too), Float64 for floats. Null when a
-/// window holds no non-null value.
+/// Sum of an integer or float column, ignoring nulls: Int64 for signed
+/// integers and unsigned ones up to 32 bits (a sum past the range of
+/// Int64 fails the job with an overflow error naming the column; it never
+/// wraps), `Decimal128(38, 0)` for UInt64 (exact: every UInt64 sum fits),
+/// Float64 for floats. Null when a window holds no non-null value.
 pub fn sum(col: &str) -> AggregateExpr {
     AggregateExpr {
         kind: AggKind::Sum,
@@ -145,6 +176,7 @@ impl AggregateExpr {
         let t = input.field(idx).data_type();
         let out = match &self.kind {
             AggKind::Count => Some(DataType::Int64),
+            AggKind::Sum if t == &DataType::UInt64 => Some(accumulators::UINT64_SUM_TYPE),
             AggKind::Sum if is_integer(t) => Some(DataType::Int64),
             AggKind::Sum | AggKind::Avg if is_integer(t) || is_float(t) => Some(DataType::Float64),
             AggKind::Min | AggKind::Max if accumulators::min_max_supported(t) => Some(t.clone()),
@@ -170,7 +202,7 @@ impl AggregateExpr {
     }
 }
 
-/// Integer types `sum` accepts (summed as Int64).
+/// Integer types `sum` accepts (summed as Int64, UInt64 as a decimal).
 fn is_integer(t: &DataType) -> bool {
     matches!(
         t,

@@ -141,7 +141,47 @@ pub enum StringFn {
     Like(String),
 }
 
-/// An expression over the columns of a batch.
+/// An expression over the columns of a batch, evaluated a whole column at
+/// a time by Arrow's kernels: built from [`col`], [`lit`], the operators
+/// `+ - * / %` and `!`, comparisons and boolean methods (`gt`, `eq`,
+/// `and`, `or`, ...), `cast`, null tests, `in_list` and string functions.
+/// `filter` and `select` take them.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use sluice_operators::prelude::*;
+/// use sluice_operators::prelude::arrow::datatypes::DataType;
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Person { name: String, city: Option<String>, age: i64 }
+/// #[derive(Deserialize, Debug, PartialEq)]
+/// struct Row { name: String, label: String, decades: f64, known_city: bool }
+///
+/// let env = Env::new();
+/// let people = env.from_rows("people", vec![
+///     Person { name: "Ada".into(), city: Some("London".into()), age: 36 },
+///     Person { name: "Kurt".into(), city: None, age: 71 },
+///     Person { name: "Emmy".into(), city: Some("Erlangen".into()), age: 53 },
+/// ]);
+/// let out = people
+///     .filter(col("age").gt(lit(40i64)).and(col("name").in_list(vec![lit("Kurt"), lit("Emmy")])))
+///     .select([
+///         col("name"),
+///         concat(vec![upper(col("name")), lit(":"), length(col("name")).cast(DataType::Utf8)])
+///             .alias("label"),
+///         (col("age").cast(DataType::Float64) / lit(10.0)).alias("decades"),
+///         col("city").is_not_null().alias("known_city"),
+///     ])
+///     .collect();
+/// env.execute()?;
+/// let mut rows = out.rows::<Row>()?;
+/// rows.sort_by(|a, b| a.name.cmp(&b.name));
+/// assert_eq!(rows, [
+///     Row { name: "Emmy".into(), label: "EMMY:4".into(), decades: 5.3, known_city: true },
+///     Row { name: "Kurt".into(), label: "KURT:4".into(), decades: 7.1, known_city: false },
+/// ]);
+/// # Ok::<(), sluice_engine::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expr {
     /// A column by name.

@@ -14,81 +14,91 @@
 
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use hashbrown::HashMap;
-use sluice_engine::data::{event_times_ms, CheckpointId, Watermark};
+use sluice_engine::data::{event_times_in_range, CheckpointId, Watermark};
+use sluice_engine::state::table::{BytesCodec, KeyRef};
 use sluice_engine::state::{OperatorSnapshot, RestoredState};
-use sluice_engine::{Collector, Operator, OperatorContext, Result};
+use sluice_engine::{Collector, Error, Operator, OperatorContext, Result};
 use tracing::debug;
 
-use super::buckets::{gather, restored_side, sides_state, Buckets};
-use super::keys::KeyEncoder;
+use super::rows::{append, elements, joined};
+use super::sides::Sides;
 use crate::snapshot::{encode_times, restored_times};
 
 /// A two-input interval join (input 0 left, 1 right).
 pub(crate) struct IntervalJoinOperator {
     lower: i64,
     upper: i64,
-    keys: [Vec<usize>; 2],
+    /// Width of the time buckets rows are stored in (the namespaces).
+    width: i64,
     time: [usize; 2],
-    widths: [usize; 2],
-    encoder: KeyEncoder,
-    sides: [Buckets; 2],
+    sides: Sides,
     output: SchemaRef,
     watermark: i64,
+    /// Per side, the lowest bucket that may still hold rows.
+    floors: [i64; 2],
     late: u64,
 }
 
 impl IntervalJoinOperator {
     /// Pairs with `right.ts - left.ts` in `[lower, upper]`; `keys`, `time`
-    /// and `widths` describe the left and right inputs.
+    /// and `inputs` describe the left and right inputs.
     pub(crate) fn new(
         (lower, upper): (i64, i64),
         keys: [Vec<usize>; 2],
         time: [usize; 2],
-        widths: [usize; 2],
+        inputs: [SchemaRef; 2],
         types: &[DataType],
         output: SchemaRef,
     ) -> Result<Self> {
-        // A probe scans the buckets overlapping an interval-wide range, and
-        // state is freed a bucket at a time: one interval per bucket keeps
-        // both costs small (1 s minimum so point intervals do not make a
-        // bucket per millisecond).
+        // A probe looks up the buckets overlapping an interval-wide range,
+        // and state is freed a bucket at a time: one interval per bucket
+        // keeps both costs small (1 s minimum so point intervals do not
+        // make a bucket per millisecond).
         let width = upper.saturating_sub(lower).max(1000);
         Ok(IntervalJoinOperator {
             lower,
             upper,
-            keys,
+            width,
             time,
-            widths,
-            encoder: KeyEncoder::new(types)?,
-            sides: [Buckets::new(width), Buckets::new(width)],
+            sides: Sides::new(keys, types, inputs)?,
             output,
             watermark: i64::MIN,
+            floors: [i64::MIN; 2],
             late: 0,
         })
+    }
+
+    fn bucket_of(&self, t: i64) -> i64 {
+        t - t.rem_euclid(self.width)
+    }
+
+    /// Drops side `side`'s buckets whose every row is before `end`.
+    fn drop_before(&mut self, side: usize, end: i64) -> Result<()> {
+        let last = end.saturating_sub(self.width);
+        if last < self.floors[side] {
+            return Ok(());
+        }
+        let floor = self.floors[side];
+        self.sides.tables()?[side].remove_range(&mut BytesCodec, floor..=last)?;
+        self.floors[side] = last.saturating_add(1);
+        Ok(())
     }
 }
 
 impl Operator for IntervalJoinOperator {
-    fn snapshot(&mut self, _id: CheckpointId, ctx: &OperatorContext) -> Result<OperatorSnapshot> {
-        Ok(OperatorSnapshot {
-            keyed: sides_state(&self.sides, &self.keys, ctx.max_parallelism)?,
-            entries: vec![encode_times(&[self.watermark])],
-            db: None,
-        })
+    fn open(&mut self, ctx: &OperatorContext) -> Result<()> {
+        self.sides.open(ctx)
     }
 
-    fn restore(&mut self, state: RestoredState, ctx: &OperatorContext) -> Result<()> {
-        // Rows go back through the normal path (matches it finds were
-        // emitted before the checkpoint, so the output is dropped), before
-        // the watermark is restored so none of them counts as late.
-        for b in &state.keyed {
-            let (side, rows) = restored_side(b)?;
-            self.process(side, rows, ctx, &mut Collector::default())?;
-        }
+    fn snapshot(&mut self, _id: CheckpointId, _ctx: &OperatorContext) -> Result<OperatorSnapshot> {
+        self.sides.snapshot(vec![encode_times(&[self.watermark])])
+    }
+
+    fn restore(&mut self, state: RestoredState, _ctx: &OperatorContext) -> Result<()> {
         if let Some(t) = restored_times(&state.entries, 1)? {
             self.watermark = t[0];
         }
+        self.sides.restore(state);
         Ok(())
     }
 
@@ -96,48 +106,42 @@ impl Operator for IntervalJoinOperator {
         &mut self,
         input: usize,
         batch: RecordBatch,
-        _ctx: &OperatorContext,
+        ctx: &OperatorContext,
         out: &mut Collector,
     ) -> Result<()> {
-        let ts = event_times_ms(batch.column(self.time[input]))?;
-        let keys = self.encoder.encode(&batch, &self.keys[input])?;
-        let other = &self.sides[1 - input];
+        let ts = event_times_in_range(&batch, self.time[input])?;
+        let keys = self.sides.keys[input].encode(&batch, ctx.max_parallelism)?;
         // Partner times relative to this row's time.
         let (lo, hi) = if input == 0 {
             (self.lower, self.upper)
         } else {
             (-self.upper, -self.lower)
         };
-        let mut stored: Vec<&RecordBatch> = Vec::new();
-        let mut bases: HashMap<i64, usize> = HashMap::new();
-        let (mut mine, mut theirs) = (Vec::new(), Vec::new());
-        let mut keep = Vec::with_capacity(ts.len());
+        let mut own = Vec::with_capacity(ts.len());
+        let mut probes: Vec<(usize, i64)> = Vec::new();
         let mut late = 0u64;
         for (i, t) in ts.iter().enumerate() {
-            let Some(key) = keys.get(i) else {
-                continue; // a null key joins nothing
-            };
-            if *t <= self.watermark {
-                late += 1;
+            if keys.is_null(i) {
+                own.push(None); // a null key joins nothing
                 continue;
             }
-            keep.push(i as u32);
+            if *t <= self.watermark {
+                late += 1;
+                own.push(None);
+                continue;
+            }
+            own.push(Some(KeyRef::new(
+                keys.groups[i],
+                self.bucket_of(*t),
+                keys.key(i),
+            )));
             let (from, to) = (t.saturating_add(lo), t.saturating_add(hi));
-            for (start, bucket) in other.buckets.range(other.bucket_of(from)..=to) {
-                let Some(rows) = bucket.index.get(key) else {
-                    continue;
-                };
-                let base = *bases.entry(*start).or_insert_with(|| {
-                    let b = stored.len();
-                    stored.extend(bucket.batches.iter());
-                    b
-                });
-                for (b, r) in rows {
-                    let pt = bucket.times[*b as usize][*r as usize];
-                    if pt >= from && pt <= to {
-                        mine.push((0usize, i));
-                        theirs.push((base + *b as usize, *r as usize));
-                    }
+            let mut b = self.bucket_of(from);
+            while b <= to {
+                probes.push((i, b));
+                b = b.saturating_add(self.width);
+                if b == i64::MAX {
+                    break;
                 }
             }
         }
@@ -150,17 +154,62 @@ impl Operator for IntervalJoinOperator {
                 "interval_join dropped rows behind the watermark"
             );
         }
-        if !mine.is_empty() {
-            let here = gather(|_| &batch, &mine, self.widths[input])?;
-            let there = gather(|b| stored[b], &theirs, self.widths[1 - input])?;
-            let cols = if input == 0 {
-                [here, there].concat()
-            } else {
-                [there, here].concat()
+        let rows = &self.sides.rows;
+        let [left, right] = self
+            .sides
+            .tables
+            .as_mut()
+            .ok_or_else(|| Error::Internal("interval join used before open".into()))?;
+        let (mine, other) = if input == 0 {
+            (left, right)
+        } else {
+            (right, left)
+        };
+        let found = other.get_many(
+            &mut BytesCodec,
+            probes
+                .iter()
+                .map(|(i, b)| Some(KeyRef::new(keys.groups[*i], *b, keys.key(*i)))),
+        )?;
+        let (mut here, mut there): (Vec<u32>, Vec<&[u8]>) = (Vec::new(), Vec::new());
+        for ((i, _), h) in probes.iter().zip(&found) {
+            let Some(list) = h.and_then(|h| other.value(h)) else {
+                continue;
             };
-            out.emit(RecordBatch::try_new(self.output.clone(), cols)?);
+            let (from, to) = (ts[*i].saturating_add(lo), ts[*i].saturating_add(hi));
+            for e in elements(list) {
+                let (pt, row) = e?;
+                if pt >= from && pt <= to {
+                    here.push(*i as u32);
+                    there.push(row);
+                }
+            }
         }
-        self.sides[input].insert(&self.encoder, &batch, &ts, &keys, &keep)
+        if !here.is_empty() {
+            let idx = arrow::array::UInt32Array::from(here);
+            let here_cols = batch
+                .columns()
+                .iter()
+                .map(|c| arrow::compute::take(c, &idx, None))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let there_cols = rows[1 - input].decode(there)?;
+            let parts = if input == 0 {
+                vec![here_cols, there_cols]
+            } else {
+                vec![there_cols, here_cols]
+            };
+            out.emit(joined(&self.output, parts)?);
+        }
+        let encoded = rows[input].encode(&batch)?;
+        let stored = mine.upsert_many(&mut BytesCodec, own, |_| Ok(Vec::new()))?;
+        for (i, h) in stored.into_iter().enumerate() {
+            if let Some(h) = h {
+                mine.update(h, &mut BytesCodec, |list, _| {
+                    append(list, ts[i], encoded.row(i).data())
+                });
+            }
+        }
+        self.sides.maintain()
     }
 
     fn on_watermark(
@@ -175,8 +224,9 @@ impl Operator for IntervalJoinOperator {
         };
         // Left rows wait for right rows up to l.ts + upper, right rows for
         // left rows up to r.ts - lower.
-        self.sides[0].drop_before(t.saturating_sub(self.upper));
-        self.sides[1].drop_before(t.saturating_add(self.lower));
+        self.drop_before(0, t.saturating_sub(self.upper))?;
+        self.drop_before(1, t.saturating_add(self.lower))?;
+        self.sides.maintain()?;
         if t == i64::MAX {
             return Ok(Some(Watermark::MAX));
         }

@@ -30,15 +30,25 @@
 //! Late rows: the event-time joins drop rows that arrive behind the combined
 //! watermark (for the window join: rows whose every window already fired),
 //! counting them and logging at debug level, as Flink does.
+//!
+//! State: each side's rows, per key (and time bucket for the event-time
+//! joins), in a state table (`join/sides.rs`), so the configured backend
+//! holds them: the heap, or RocksDB behind the bounded write-back cache —
+//! a join's state can outgrow memory. Rows are kept in Arrow's row format
+//! (`join/rows.rs`); a column type it cannot hold is a plan error.
 
-mod buckets;
 mod interval_join;
-mod keys;
+pub(crate) mod rows;
+mod sides;
 mod stream_join;
 mod window_join;
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use sluice_engine::data::MAX_EVENT_DURATION;
+
+use crate::window::too_long;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use sluice_engine::graph::OperatorFactory;
@@ -104,10 +114,30 @@ pub trait Join {
     /// row of both inputs for the whole run (bounded inputs, small state).
     ///
     /// ```
-    /// # use sluice_operators::prelude::*;
-    /// # fn f(auctions: Stream, persons: Stream) -> Stream {
-    /// auctions.join(persons, &["seller"], &["id"])
-    /// # }
+    /// use serde::{Deserialize, Serialize};
+    /// use sluice_operators::prelude::*;
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Auction { id: i64, seller: i64 }
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Person { id: i64, name: String }
+    /// // The right `id` is renamed `right_id`; fields not read are ignored.
+    /// #[derive(Deserialize)]
+    /// struct Sold { id: i64, name: String }
+    ///
+    /// let env = Env::new();
+    /// let auctions = env.from_rows("auctions", vec![
+    ///     Auction { id: 10, seller: 1 },
+    ///     Auction { id: 11, seller: 2 },
+    ///     Auction { id: 12, seller: 1 },
+    /// ]);
+    /// let persons = env.from_rows("persons", vec![Person { id: 1, name: "ann".into() }]);
+    /// let out = auctions.join(persons, &["seller"], &["id"]).collect();
+    /// env.execute()?;
+    /// let mut sold: Vec<_> = out.rows::<Sold>()?.into_iter().map(|s| (s.id, s.name)).collect();
+    /// sold.sort();
+    /// assert_eq!(sold, [(10, "ann".to_string()), (12, "ann".to_string())]);
+    /// # Ok::<(), sluice_engine::Error>(())
     /// ```
     fn join(self, right: Stream, left_keys: &[&str], right_keys: &[&str]) -> Stream;
 
@@ -115,6 +145,32 @@ pub trait Join {
     /// window; each pair is emitted once per window holding both, when the
     /// window fires, with `window_start`/`window_end` appended. Both inputs
     /// need event time (watermarks assigned upstream).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use serde::{Deserialize, Serialize};
+    /// use sluice_operators::prelude::*;
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Event { user: i64, ts: i64 }
+    /// #[derive(Deserialize)]
+    /// struct Pair { ts: i64, right_ts: i64, window_start: i64 }
+    ///
+    /// let env = Env::new();
+    /// let clicks = env
+    ///     .from_rows("clicks", vec![Event { user: 1, ts: 1_000 }, Event { user: 1, ts: 15_000 }])
+    ///     .watermarks(WatermarkStrategy::ascending("ts"));
+    /// let buys = env
+    ///     .from_rows("buys", vec![Event { user: 1, ts: 3_000 }])
+    ///     .watermarks(WatermarkStrategy::ascending("ts"));
+    /// let window = JoinWindow::tumbling(Duration::from_secs(10));
+    /// let out = clicks.window_join(buys, &["user"], &["user"], window).collect();
+    /// env.execute()?;
+    /// let pairs: Vec<_> =
+    ///     out.rows::<Pair>()?.into_iter().map(|p| (p.ts, p.right_ts, p.window_start)).collect();
+    /// assert_eq!(pairs, [(1_000, 3_000, 0)]);
+    /// # Ok::<(), sluice_engine::Error>(())
+    /// ```
     fn window_join(
         self,
         right: Stream,
@@ -129,6 +185,30 @@ pub trait Join {
     /// pair is emitted once, as soon as both rows are there. Both inputs need
     /// event time; the result keeps the left one's, and the forwarded
     /// watermark is held back by `max(upper_ms, 0)` so no output is late.
+    ///
+    /// ```
+    /// use serde::{Deserialize, Serialize};
+    /// use sluice_operators::prelude::*;
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Event { user: i64, ts: i64 }
+    /// #[derive(Deserialize)]
+    /// struct Pair { ts: i64, right_ts: i64 }
+    ///
+    /// let env = Env::new();
+    /// let clicks = env
+    ///     .from_rows("clicks", vec![Event { user: 1, ts: 1_000 }, Event { user: 1, ts: 9_000 }])
+    ///     .watermarks(WatermarkStrategy::ascending("ts"));
+    /// let buys = env
+    ///     .from_rows("buys", vec![Event { user: 1, ts: 3_000 }])
+    ///     .watermarks(WatermarkStrategy::ascending("ts"));
+    /// // Buys up to 5 s after a click.
+    /// let out = clicks.interval_join(buys, &["user"], &["user"], 0, 5_000).collect();
+    /// env.execute()?;
+    /// let pairs: Vec<_> = out.rows::<Pair>()?.into_iter().map(|p| (p.ts, p.right_ts)).collect();
+    /// assert_eq!(pairs, [(1_000, 3_000)]);
+    /// # Ok::<(), sluice_engine::Error>(())
+    /// ```
     fn interval_join(
         self,
         right: Stream,
@@ -145,7 +225,7 @@ struct Plan {
     fields: Vec<Field>,
     key_types: Vec<DataType>,
     keys: [Vec<usize>; 2],
-    widths: [usize; 2],
+    inputs: [SchemaRef; 2],
 }
 
 /// Checks the key columns (reporting plan errors) and computes the output
@@ -184,6 +264,11 @@ fn plan(left: &Stream, right: &Stream, lk: &[&str], rk: &[&str], verb: &str) -> 
             )),
         }
     }
+    for (side, schema) in [("left", ls), ("right", rs)] {
+        if let Err(m) = rows::RowLists::supports(schema) {
+            err(format!("the {side} input: {m}"));
+        }
+    }
     let mut fields: Vec<Field> = ls.fields().iter().map(|f| f.as_ref().clone()).collect();
     for f in rs.fields() {
         let name = free_name(&fields, f.name(), "right_");
@@ -193,7 +278,7 @@ fn plan(left: &Stream, right: &Stream, lk: &[&str], rk: &[&str], verb: &str) -> 
         fields,
         key_types,
         keys,
-        widths: [ls.fields().len(), rs.fields().len()],
+        inputs: [ls.clone(), rs.clone()],
     }
 }
 
@@ -245,11 +330,11 @@ impl Join for Stream {
     fn join(self, right: Stream, left_keys: &[&str], right_keys: &[&str]) -> Stream {
         let p = plan(&self, &right, left_keys, right_keys, "join");
         let out: SchemaRef = Arc::new(Schema::new(p.fields.clone()));
-        let (keys, widths, types) = (p.keys, p.widths, p.key_types);
+        let (keys, inputs, types) = (p.keys, p.inputs, p.key_types);
         let factory: OperatorFactory = Arc::new(move |_ctx| {
             Ok(Box::new(StreamJoinOperator::new(
                 keys.clone(),
-                widths,
+                inputs.clone(),
                 &types,
                 out.clone(),
             )?))
@@ -283,6 +368,9 @@ impl Join for Stream {
                 ),
             ));
         }
+        if size > MAX_EVENT_DURATION {
+            self.report(plan_error(&self, VERB, too_long("join window size", size)));
+        }
         let mut p = plan(&self, &right, left_keys, right_keys, VERB);
         let time = event_times(&self, &right, VERB);
         let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
@@ -292,13 +380,13 @@ impl Join for Stream {
         }
         let end = p.fields.last().map(|f| f.name().clone());
         let out: SchemaRef = Arc::new(Schema::new(p.fields.clone()));
-        let (keys, widths, types) = (p.keys, p.widths, p.key_types);
+        let (keys, inputs, types) = (p.keys, p.inputs, p.key_types);
         let factory: OperatorFactory = Arc::new(move |_ctx| {
             Ok(Box::new(WindowJoinOperator::new(
                 (size, slide),
                 keys.clone(),
                 time,
-                widths,
+                inputs.clone(),
                 &types,
                 out.clone(),
             )?))
@@ -330,17 +418,22 @@ impl Join for Stream {
                 format!("lower bound {lower_ms} ms is above upper bound {upper_ms} ms"),
             ));
         }
+        for bound in [lower_ms, upper_ms] {
+            if bound.unsigned_abs() > MAX_EVENT_DURATION.unsigned_abs() {
+                self.report(plan_error(&self, VERB, too_long("join bound", bound)));
+            }
+        }
         let p = plan(&self, &right, left_keys, right_keys, VERB);
         let time = event_times(&self, &right, VERB);
         let left_time = self.event_time().map(str::to_string);
         let out: SchemaRef = Arc::new(Schema::new(p.fields.clone()));
-        let (keys, widths, types) = (p.keys, p.widths, p.key_types);
+        let (keys, inputs, types) = (p.keys, p.inputs, p.key_types);
         let factory: OperatorFactory = Arc::new(move |_ctx| {
             Ok(Box::new(IntervalJoinOperator::new(
                 (lower_ms, upper_ms),
                 keys.clone(),
                 time,
-                widths,
+                inputs.clone(),
                 &types,
                 out.clone(),
             )?))

@@ -1,80 +1,54 @@
 //! The unbounded inner join (symmetric hash join): each side keeps every row
-//! it received, indexed by key; an arriving batch is matched against the
-//! other side's index, then stored. Each pair is therefore emitted once, by
-//! whichever of its two rows arrived second. State grows with the input.
+//! it received, per key; an arriving batch is matched against the other
+//! side's rows of its keys (one batched lookup), then stored. Each pair is
+//! therefore emitted once, by whichever of its two rows arrived second.
+//! State grows with the input (on RocksDB it may outgrow memory).
 
 use arrow::array::{ArrayRef, UInt32Array};
 use arrow::compute::take;
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
+use sluice_engine::data::CheckpointId;
+use sluice_engine::state::table::{BytesCodec, KeyRef};
 use sluice_engine::state::{OperatorSnapshot, RestoredState};
 use sluice_engine::{Collector, Operator, OperatorContext, Result};
 
-use super::buckets::{gather, restored_side, side_state};
-use super::keys::{KeyEncoder, KeyMap, RowRef};
-use sluice_engine::data::CheckpointId;
-
-struct Side {
-    batches: Vec<RecordBatch>,
-    index: KeyMap<Vec<RowRef>>,
-}
+use super::rows::{append, elements, joined};
+use super::sides::Sides;
 
 /// Unbounded inner equi-join of input 0 (left) and input 1 (right).
 pub(crate) struct StreamJoinOperator {
-    keys: [Vec<usize>; 2],
-    widths: [usize; 2],
-    encoder: KeyEncoder,
-    sides: [Side; 2],
+    sides: Sides,
     output: SchemaRef,
 }
 
 impl StreamJoinOperator {
     /// A join of left columns `keys[0]` = right columns `keys[1]` (of
-    /// `types`); inputs have `widths` columns.
+    /// `types`); `inputs` are the left and right schemas.
     pub(crate) fn new(
         keys: [Vec<usize>; 2],
-        widths: [usize; 2],
+        inputs: [SchemaRef; 2],
         types: &[DataType],
         output: SchemaRef,
     ) -> Result<Self> {
-        let encoder = KeyEncoder::new(types)?;
-        let side = || Side {
-            batches: Vec::new(),
-            index: encoder.map(),
-        };
-        let sides = [side(), side()];
         Ok(StreamJoinOperator {
-            keys,
-            widths,
-            encoder,
-            sides,
+            sides: Sides::new(keys, types, inputs)?,
             output,
         })
     }
 }
 
 impl Operator for StreamJoinOperator {
-    fn snapshot(&mut self, _id: CheckpointId, ctx: &OperatorContext) -> Result<OperatorSnapshot> {
-        let mut keyed = Vec::new();
-        for side in 0..2 {
-            keyed.extend(side_state(
-                side,
-                self.sides[side].batches.iter(),
-                &self.keys[side],
-                ctx.max_parallelism,
-            )?);
-        }
-        Ok(OperatorSnapshot::keyed(keyed))
+    fn open(&mut self, ctx: &OperatorContext) -> Result<()> {
+        self.sides.open(ctx)
     }
 
-    fn restore(&mut self, state: RestoredState, ctx: &OperatorContext) -> Result<()> {
-        // Rows go back through the normal path (matches it finds were
-        // emitted before the checkpoint, so the output is dropped), before
-        // the watermark is restored so none of them counts as late.
-        for b in &state.keyed {
-            let (side, rows) = restored_side(b)?;
-            self.process(side, rows, ctx, &mut Collector::default())?;
-        }
+    fn snapshot(&mut self, _id: CheckpointId, _ctx: &OperatorContext) -> Result<OperatorSnapshot> {
+        self.sides.snapshot(Vec::new())
+    }
+
+    fn restore(&mut self, state: RestoredState, _ctx: &OperatorContext) -> Result<()> {
+        self.sides.restore(state);
         Ok(())
     }
 
@@ -82,45 +56,59 @@ impl Operator for StreamJoinOperator {
         &mut self,
         input: usize,
         batch: RecordBatch,
-        _ctx: &OperatorContext,
+        ctx: &OperatorContext,
         out: &mut Collector,
     ) -> Result<()> {
-        let keys = self.encoder.encode(&batch, &self.keys[input])?;
-        let [left, right] = &mut self.sides;
+        let keys = self.sides.keys[input].encode(&batch, ctx.max_parallelism)?;
+        let at = |i: usize| (!keys.is_null(i)).then(|| KeyRef::new(keys.groups[i], 0, keys.key(i)));
+        let n = batch.num_rows();
+        let rows = &self.sides.rows;
+        let [left, right] = self
+            .sides
+            .tables
+            .as_mut()
+            .ok_or_else(|| sluice_engine::Error::Internal("join used before open".into()))?;
         let (mine, other) = if input == 0 {
-            (left, &*right)
+            (left, right)
         } else {
-            (right, &*left)
+            (right, left)
         };
-        let idx = mine.batches.len() as u32;
+        let found = other.get_many(&mut BytesCodec, (0..n).map(at))?;
         let mut here: Vec<u32> = Vec::new();
-        let mut there: Vec<(usize, usize)> = Vec::new();
-        for r in 0..batch.num_rows() {
-            let Some(key) = keys.get(r) else { continue };
-            if let Some(matches) = other.index.get(key) {
-                for (b, row) in matches {
-                    here.push(r as u32);
-                    there.push((*b as usize, *row as usize));
-                }
+        let mut there: Vec<&[u8]> = Vec::new();
+        for (i, h) in found.iter().enumerate() {
+            let Some(list) = h.and_then(|h| other.value(h)) else {
+                continue;
+            };
+            for e in elements(list) {
+                here.push(i as u32);
+                there.push(e?.1);
             }
-            mine.index.entry(key).push((idx, r as u32));
         }
         if !here.is_empty() {
-            let here_idx = UInt32Array::from(here);
+            let idx = UInt32Array::from(here);
             let here_cols: Vec<ArrayRef> = batch
                 .columns()
                 .iter()
-                .map(|c| take(c, &here_idx, None))
+                .map(|c| take(c, &idx, None))
                 .collect::<std::result::Result<_, _>>()?;
-            let there_cols = gather(|b| &other.batches[b], &there, self.widths[1 - input])?;
-            let cols = if input == 0 {
-                [here_cols, there_cols].concat()
+            let there_cols = rows[1 - input].decode(there)?;
+            let parts = if input == 0 {
+                vec![here_cols, there_cols]
             } else {
-                [there_cols, here_cols].concat()
+                vec![there_cols, here_cols]
             };
-            out.emit(RecordBatch::try_new(self.output.clone(), cols)?);
+            out.emit(joined(&self.output, parts)?);
         }
-        mine.batches.push(batch);
-        Ok(())
+        let encoded = rows[input].encode(&batch)?;
+        let stored = mine.upsert_many(&mut BytesCodec, (0..n).map(at), |_| Ok(Vec::new()))?;
+        for (i, h) in stored.into_iter().enumerate() {
+            if let Some(h) = h {
+                mine.update(h, &mut BytesCodec, |list, _| {
+                    append(list, 0, encoded.row(i).data())
+                });
+            }
+        }
+        self.sides.maintain()
     }
 }

@@ -19,7 +19,6 @@
 //! one global window at parallelism 1.
 
 mod pane;
-mod rocks;
 mod session;
 mod state;
 
@@ -27,19 +26,66 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use sluice_engine::data::is_event_time_type;
+use sluice_engine::data::{is_event_time_type, MAX_EVENT_DURATION};
 use sluice_engine::graph::OperatorFactory;
 use sluice_engine::{Error, Operator, Result, Stream};
 
 use crate::aggregate::AggregateExpr;
 use crate::plan_error;
-use pane::{Geometry, PaneWindowOperator};
-use rocks::RocksPaneWindowOperator;
+use pane::PaneWindowOperator;
 use session::SessionWindowOperator;
-use sluice_engine::state::StateBackend;
-use state::{Keys, Slots};
+use state::Slots;
 
-/// Which windows records fall into.
+/// Which windows records fall into (example of tumbling windows:
+/// [`Window::window`]).
+///
+/// ```
+/// use std::time::Duration;
+/// use serde::{Deserialize, Serialize};
+/// use sluice_operators::prelude::*;
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Click { user: i64, ts: i64 }
+/// #[derive(Deserialize)]
+/// struct Counted { user: i64, window_start: i64, window_end: i64, count: i64 }
+///
+/// /// (user, window_start, window_end, count) of `spec` over three clicks.
+/// fn windows(spec: WindowSpec) -> sluice_engine::Result<Vec<(i64, i64, i64, i64)>> {
+///     let env = Env::new();
+///     let clicks = env.from_rows("clicks", vec![
+///         Click { user: 1, ts: 1_000 },
+///         Click { user: 1, ts: 3_000 },
+///         Click { user: 1, ts: 9_000 },
+///     ]);
+///     let out = clicks
+///         .watermarks(WatermarkStrategy::ascending("ts"))
+///         .key_by(["user"])
+///         .window(spec)
+///         .aggregate([count()])
+///         .collect();
+///     env.execute()?;
+///     let mut got: Vec<_> = out
+///         .rows::<Counted>()?
+///         .into_iter()
+///         .map(|c| (c.user, c.window_start, c.window_end, c.count))
+///         .collect();
+///     got.sort();
+///     Ok(got)
+/// }
+///
+/// // 4 s windows every 2 s: each click is in two of them.
+/// let sliding = windows(WindowSpec::sliding(Duration::from_secs(4), Duration::from_secs(2)))?;
+/// assert_eq!(sliding, [
+///     (1, -2_000, 2_000, 1), (1, 0, 4_000, 2), (1, 2_000, 6_000, 1),
+///     (1, 6_000, 10_000, 1), (1, 8_000, 12_000, 1),
+/// ]);
+/// // Sessions closed by 5 s without a click: the first two clicks, then the third.
+/// let sessions = windows(WindowSpec::session(Duration::from_secs(5)))?;
+/// assert_eq!(sessions, [(1, 1_000, 8_000, 2), (1, 9_000, 14_000, 1)]);
+/// // The same spelled as text (command lines, configuration).
+/// assert_eq!(WindowSpec::parse("session:5s")?, WindowSpec::session(Duration::from_secs(5)));
+/// # Ok::<(), sluice_engine::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowSpec {
     /// Fixed, non-overlapping windows.
@@ -86,15 +132,6 @@ impl WindowSpec {
         WindowSpec::Session { gap_ms: ms(gap) }
     }
 
-    /// (size, slide) in ms of tumbling and sliding windows.
-    fn size_slide(&self) -> Option<(i64, i64)> {
-        match *self {
-            WindowSpec::Tumbling { size_ms } => Some((size_ms, size_ms)),
-            WindowSpec::Sliding { size_ms, slide_ms } => Some((size_ms, slide_ms)),
-            WindowSpec::Session { .. } => None,
-        }
-    }
-
     /// Parses `tumbling:10s`, `sliding:10s,2s` or `session:5s` (units ms, s, m, h, d).
     pub fn parse(s: &str) -> Result<Self> {
         let bad = |why: &str| {
@@ -136,9 +173,22 @@ impl WindowSpec {
             WindowSpec::Session { gap_ms } if gap_ms <= 0 => {
                 Err("session gap must be positive".into())
             }
+            WindowSpec::Tumbling { size_ms: d }
+            | WindowSpec::Sliding { size_ms: d, .. }
+            | WindowSpec::Session { gap_ms: d }
+                if d > MAX_EVENT_DURATION =>
+            {
+                Err(too_long("window size or gap", d))
+            }
             _ => Ok(()),
         }
     }
+}
+
+/// Why a duration is refused: past [`MAX_EVENT_DURATION`] window ends
+/// could overflow.
+pub(crate) fn too_long(what: &str, ms: i64) -> String {
+    format!("{what} of {ms} ms is longer than the longest supported ({MAX_EVENT_DURATION} ms, about 10,000 years)")
 }
 
 /// Parses `250ms`, `10s`, `5m`, `2h`, `1d`.
@@ -170,17 +220,39 @@ pub struct WindowedStream {
 
 /// The `window` verb.
 pub trait Window {
-    /// Assigns event-time windows; follow with `.aggregate([...])`.
+    /// Assigns event-time windows (tumbling, sliding or session) to a
+    /// stream with watermarks; follow with `.aggregate([...])`. Keyed
+    /// streams get windows per key; a stream that is not keyed gets one
+    /// window sequence, on one subtask.
     ///
     /// ```
-    /// # use sluice_operators::prelude::*;
-    /// # use std::time::Duration;
-    /// # fn f(bids: Stream) -> Stream {
-    /// bids.key_by(["auction"])
-    ///     .window(WindowSpec::sliding(Duration::from_secs(10), Duration::from_secs(2)))
-    ///     .allowed_lateness(Duration::from_secs(1))
-    ///     .aggregate([count(), max("price")])
-    /// # }
+    /// use std::time::Duration;
+    /// use serde::{Deserialize, Serialize};
+    /// use sluice_operators::prelude::*;
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Bid { auction: i64, ts: i64 }
+    /// #[derive(Deserialize)]
+    /// struct Bids { auction: i64, window_start: i64, count: i64 }
+    ///
+    /// let env = Env::new();
+    /// let bids = env.from_rows("bids", vec![
+    ///     Bid { auction: 1, ts: 1_000 },
+    ///     Bid { auction: 1, ts: 4_000 },
+    ///     Bid { auction: 2, ts: 12_000 },
+    /// ]);
+    /// let out = bids
+    ///     .watermarks(WatermarkStrategy::ascending("ts"))
+    ///     .key_by(["auction"])
+    ///     .window(WindowSpec::tumbling(Duration::from_secs(10)))
+    ///     .aggregate([count()])
+    ///     .collect();
+    /// env.execute()?;
+    /// let mut got: Vec<_> =
+    ///     out.rows::<Bids>()?.into_iter().map(|b| (b.auction, b.window_start, b.count)).collect();
+    /// got.sort();
+    /// assert_eq!(got, [(1, 0, 2), (2, 10_000, 1)]);
+    /// # Ok::<(), sluice_engine::Error>(())
     /// ```
     fn window(self, spec: WindowSpec) -> WindowedStream;
 }
@@ -197,13 +269,75 @@ impl Window for Stream {
 
 impl WindowedStream {
     /// Keeps fired windows for `lateness` more event time; late records
-    /// within it update and re-fire their window.
+    /// within it update and re-fire their window (records later still go
+    /// to [`LateData::late_data`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use serde::Deserialize;
+    /// use sluice_engine::testing::int_batch;
+    /// use sluice_operators::prelude::*;
+    ///
+    /// #[derive(Deserialize)]
+    /// struct Counted { window_start: i64, count: i64 }
+    ///
+    /// let env = Env::new();
+    /// let batches = vec![
+    ///     // Time reaches 12 s: the window [0 s, 10 s) fires with one record.
+    ///     int_batch(&[("k", &[1, 1]), ("ts", &[1_000, 12_000])]),
+    ///     // A record for it, 2 s late: within the lateness, it fires again.
+    ///     int_batch(&[("k", &[1]), ("ts", &[2_000])]),
+    /// ];
+    /// let out = env
+    ///     .from_batches("events", batches[0].schema(), batches)
+    ///     .watermarks(WatermarkStrategy::ascending("ts"))
+    ///     .key_by(["k"])
+    ///     .window(WindowSpec::tumbling(Duration::from_secs(10)))
+    ///     .allowed_lateness(Duration::from_secs(5))
+    ///     .aggregate([count()])
+    ///     .collect();
+    /// env.execute()?;
+    /// let fired: Vec<_> = out.rows::<Counted>()?.into_iter().map(|c| (c.window_start, c.count)).collect();
+    /// assert_eq!(fired, [(0, 1), (0, 2), (10_000, 1)]);
+    /// # Ok::<(), sluice_engine::Error>(())
+    /// ```
     pub fn allowed_lateness(mut self, lateness: Duration) -> Self {
         self.lateness = ms(lateness);
         self
     }
 
-    /// Aggregates each window per key.
+    /// Aggregates each window per key: [`count`](crate::aggregate::count),
+    /// [`sum`](crate::aggregate::sum), [`min`](crate::aggregate::min),
+    /// [`max`](crate::aggregate::max), [`avg`](crate::aggregate::avg) or a
+    /// user-defined [`udaf`](crate::aggregate::udaf), each named by
+    /// [`alias`](crate::aggregate::AggregateExpr::alias) or by default
+    /// (`count`, `sum_price`, ...).
+    /// Output columns: the key columns, `window_start`, `window_end`
+    /// (timestamps, ms), then one per aggregate; the output's event time is
+    /// `window_end`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use serde::{Deserialize, Serialize};
+    /// use sluice_operators::prelude::*;
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Bid { price: i64, ts: i64 }
+    /// #[derive(Deserialize, Debug, PartialEq)]
+    /// struct Stats { count: i64, sum_price: i64, min_price: i64, max_price: i64, mean: f64 }
+    ///
+    /// let env = Env::new();
+    /// let out = env
+    ///     .from_rows("bids", vec![Bid { price: 10, ts: 1_000 }, Bid { price: 30, ts: 4_000 }])
+    ///     .watermarks(WatermarkStrategy::ascending("ts"))
+    ///     .window(WindowSpec::tumbling(Duration::from_secs(10)))
+    ///     .aggregate([count(), sum("price"), min("price"), max("price"), avg("price").alias("mean")])
+    ///     .collect();
+    /// env.execute()?;
+    /// let want = Stats { count: 2, sum_price: 40, min_price: 10, max_price: 30, mean: 20.0 };
+    /// assert_eq!(out.rows::<Stats>()?, [want]);
+    /// # Ok::<(), sluice_engine::Error>(())
+    /// ```
     pub fn aggregate(self, aggs: impl IntoIterator<Item = AggregateExpr>) -> Stream {
         let aggs: Vec<AggregateExpr> = aggs.into_iter().collect();
         let WindowedStream {
@@ -214,6 +348,9 @@ impl WindowedStream {
         let err = |m: String| stream.report(plan_error(&stream, "window", m));
         if let Err(m) = spec.validate() {
             err(m);
+        }
+        if !(0..=MAX_EVENT_DURATION).contains(&lateness) {
+            err(too_long("allowed lateness", lateness));
         }
         if aggs.is_empty() {
             err("aggregate needs at least one aggregate".into());
@@ -274,53 +411,43 @@ impl WindowedStream {
             .collect();
         let out = output.clone();
         let in_schema = input.clone();
-        let factory: OperatorFactory = Arc::new(move |ctx| {
+        let factory: OperatorFactory = Arc::new(move |_ctx| {
             let time = time.ok_or_else(|| {
                 Error::Internal("window without event time passed planning".into())
             })?;
-            // Tumbling and sliding windows keep state in RocksDB when asked to.
-            if let (StateBackend::RocksDb(cfg), Some((size, slide))) =
-                (&ctx.state.backend, spec.size_slide())
-            {
-                return Ok(Box::new(RocksPaneWindowOperator::new(
-                    Geometry::new(size, slide, lateness),
-                    time,
-                    key_idx.clone(),
-                    key_types.clone(),
-                    Slots::new(&aggs, &in_schema)?,
-                    out.clone(),
-                    cfg.clone(),
-                )?) as Box<dyn Operator>);
-            }
-            let keys = Keys::new(key_idx.clone(), key_types.clone())?;
             let slots = Slots::new(&aggs, &in_schema)?;
+            // Every window keeps its state in a state table, so the
+            // configured backend (heap or RocksDB) holds it.
             Ok(match spec {
                 WindowSpec::Tumbling { size_ms } => Box::new(PaneWindowOperator::new(
                     size_ms,
                     size_ms,
                     lateness,
                     time,
-                    keys,
+                    key_idx.clone(),
+                    &key_types,
                     slots,
                     out.clone(),
-                )) as Box<dyn Operator>,
+                )?) as Box<dyn Operator>,
                 WindowSpec::Sliding { size_ms, slide_ms } => Box::new(PaneWindowOperator::new(
                     size_ms,
                     slide_ms,
                     lateness,
                     time,
-                    keys,
+                    key_idx.clone(),
+                    &key_types,
                     slots,
                     out.clone(),
-                )),
+                )?),
                 WindowSpec::Session { gap_ms } => Box::new(SessionWindowOperator::new(
                     gap_ms,
                     lateness,
                     time,
-                    keys,
+                    key_idx.clone(),
+                    &key_types,
                     slots,
                     out.clone(),
-                )),
+                )?),
             })
         });
         let name = match spec {
@@ -349,7 +476,32 @@ impl WindowedStream {
 
 /// The late-data side output of a window.
 pub trait LateData {
-    /// Records that arrived too late for their windows, unchanged.
+    /// Records that arrived too late for their windows (after the
+    /// allowed lateness), unchanged: the side output of
+    /// `window(..).aggregate(..)`; anywhere else it is a plan error.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use sluice_engine::testing::{int_batch, lines};
+    /// use sluice_operators::prelude::*;
+    ///
+    /// let env = Env::new();
+    /// let batches = vec![
+    ///     int_batch(&[("k", &[1, 1]), ("ts", &[1_000, 12_000])]),
+    ///     int_batch(&[("k", &[1]), ("ts", &[2_000])]), // its window fired at 12 s
+    /// ];
+    /// let counts = env
+    ///     .from_batches("events", batches[0].schema(), batches)
+    ///     .watermarks(WatermarkStrategy::ascending("ts"))
+    ///     .key_by(["k"])
+    ///     .window(WindowSpec::tumbling(Duration::from_secs(10)))
+    ///     .aggregate([count()]);
+    /// let late = counts.late_data().collect();
+    /// counts.collect();
+    /// env.execute()?;
+    /// assert_eq!(lines(&late.concat())?, ["1, 2000"]);
+    /// # Ok::<(), sluice_engine::Error>(())
+    /// ```
     fn late_data(&self) -> Stream;
 }
 

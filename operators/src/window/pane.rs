@@ -3,58 +3,64 @@
 //! size/pane panes when it fires. Per-record cost does not depend on how many
 //! windows overlap (unlike Flink, which copies a record into each of
 //! size/slide windows). Tumbling windows are the one-pane case.
+//!
+//! State is one table (`panes`) of `(key group, pane start, key) →
+//! accumulator slot`: on the heap backend the slots are the state; on
+//! RocksDB the table is a write-back cache and slots spill as encoded
+//! accumulator state. A batch looks up (or creates) one entry per row with
+//! one table call, updates the accumulators vectorized, and lets the table
+//! evict what exceeds the cache. A window fires by scanning its panes.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use arrow::array::UInt32Array;
 use arrow::compute::take_record_batch;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use hashbrown::HashMap;
-use sluice_engine::data::{event_times_ms, CheckpointId, Watermark};
+use hashbrown::{HashMap, HashSet};
+use sluice_engine::data::{event_times_in_range, CheckpointId, Watermark};
+use sluice_engine::state::store::StateStore;
+use sluice_engine::state::table::{KeyRef, StateTable};
 use sluice_engine::state::{OperatorSnapshot, RestoredState};
 use sluice_engine::{Collector, Error, Operator, OperatorContext, Result};
 
-use super::state::{output, state_batch, Keys, Slots};
-use crate::snapshot::{encode_times, restored_times, without_key_group};
+use super::state::{output, Slots};
+use crate::snapshot::{encode_times, restored_times};
+use crate::table_keys::TableKeys;
 
-/// Key → slot within one pane.
-#[derive(Default)]
-struct Pane {
-    slots: HashMap<u32, u32>,
-}
+/// Name of the pane table.
+const PANES: &str = "panes";
+/// Tags of the operator-state entries.
+const PROGRESS: u8 = b'W';
+const PANE_LIST: u8 = b'P';
+const LAYOUT: u8 = b'A';
+/// Rows per output batch at most (a watermark that closes windows over
+/// very many keys emits several batches rather than one huge one).
+const OUTPUT_ROWS: usize = 65_536;
 
 /// Rows of one output batch being assembled: (key, slot, start, end) per
 /// row, plus the temporary slots holding merged panes.
 #[derive(Default)]
 struct Firing {
-    keys: Vec<u32>,
+    keys: Vec<Box<[u8]>>,
     slots: Vec<u32>,
     starts: Vec<i64>,
     ends: Vec<i64>,
     temps: Vec<u32>,
 }
 
-impl Firing {
-    fn push(&mut self, key: u32, slot: u32, start: i64, end: i64) {
-        self.keys.push(key);
-        self.slots.push(slot);
-        self.starts.push(start);
-        self.ends.push(end);
-    }
-}
-
 /// Event-time tumbling/sliding window aggregation.
 pub(crate) struct PaneWindowOperator {
-    pub(crate) size: i64,
-    pub(crate) slide: i64,
-    pub(crate) pane: i64,
-    pub(crate) lateness: i64,
-    pub(crate) time: usize,
-    pub(crate) keys: Keys,
-    pub(crate) slots: Slots,
-    pub(crate) output: SchemaRef,
-    panes: BTreeMap<i64, Pane>,
+    geo: Geometry,
+    time: usize,
+    keys: TableKeys,
+    slots: Slots,
+    output: SchemaRef,
+    store: Option<StateStore>,
+    table: Option<StateTable<u32>>,
+    restored: RestoredState,
+    /// Pane starts that may hold state (one per pane, not per key).
+    panes: BTreeSet<i64>,
     watermark: i64,
     fired_upto: i64,
 }
@@ -66,117 +72,127 @@ impl PaneWindowOperator {
         slide: i64,
         lateness: i64,
         time: usize,
-        keys: Keys,
+        key_cols: Vec<usize>,
+        key_types: &[DataType],
         slots: Slots,
         output: SchemaRef,
-    ) -> Self {
-        PaneWindowOperator {
-            size,
-            slide,
-            pane: gcd(size, slide),
-            lateness,
+    ) -> Result<Self> {
+        Ok(PaneWindowOperator {
+            geo: Geometry::new(size, slide, lateness),
             time,
-            keys,
+            keys: TableKeys::new(key_cols, key_types)?,
             slots,
             output,
-            panes: BTreeMap::new(),
+            store: None,
+            table: None,
+            restored: RestoredState::default(),
+            panes: BTreeSet::new(),
             watermark: i64::MIN,
             fired_upto: i64::MIN,
-        }
+        })
     }
 
-    fn last_window_start(&self, p: i64) -> i64 {
-        self.geo().last_window_start(p)
+    #[cfg(test)]
+    fn table(&mut self) -> Result<&mut StateTable<u32>> {
+        self.table
+            .as_mut()
+            .ok_or_else(|| Error::Internal("window state used before open".into()))
     }
 
-    fn window_ends(&self, p: i64) -> impl Iterator<Item = i64> {
-        self.geo().window_ends(p)
-    }
-
-    fn is_late(&self, end: i64) -> bool {
-        self.geo().is_late(end, self.watermark)
-    }
-
-    fn geo(&self) -> Geometry {
-        Geometry {
-            size: self.size,
-            slide: self.slide,
-            pane: self.pane,
-            lateness: self.lateness,
-        }
-    }
-
-    /// Adds window [end - size, end) for `only` keys (all keys when None,
-    /// else a sorted list) to `firing`.
-    fn fire(&mut self, end: i64, only: Option<&[u32]>, firing: &mut Firing) {
-        let start = end - self.size;
-        let single = self.pane == self.size;
-        let mut merged: HashMap<u32, u32> = HashMap::new();
-        for (_, pane) in self.panes.range(start..end) {
-            for (k, s) in &pane.slots {
-                if only.is_some_and(|o| o.binary_search(k).is_err()) {
-                    continue;
-                }
-                if single {
-                    firing.push(*k, *s, start, end);
-                    continue;
-                }
-                let dst = match merged.get(k) {
-                    Some(d) => *d,
-                    None => {
-                        let t = self.slots.alloc();
-                        merged.insert(*k, t);
-                        firing.push(*k, t, start, end);
-                        firing.temps.push(t);
-                        t
-                    }
-                };
-                self.slots.merge(*s, dst);
+    /// Adds window [end - size, end) for every key (or only those in
+    /// `only`) to `firing`, emitting full batches on the way.
+    fn fire(
+        &mut self,
+        end: i64,
+        only: Option<&HashSet<Vec<u8>>>,
+        firing: &mut Firing,
+        out: &mut Collector,
+    ) -> Result<()> {
+        let start = end - self.geo.size;
+        let single = self.geo.pane == self.geo.size;
+        let mut merged: HashMap<Box<[u8]>, usize> = HashMap::new();
+        let table = self
+            .table
+            .as_mut()
+            .ok_or_else(|| Error::Internal("window fired before open".into()))?;
+        let (keys, output) = (&self.keys, &self.output);
+        table.scan(&mut self.slots, start..end, |slots, e| {
+            let key = &e.key[10..];
+            if only.is_some_and(|o| !o.contains(key)) {
+                return Ok(());
             }
-        }
+            if single && e.resident {
+                firing.keys.push(key.into());
+                firing.slots.push(*e.value);
+                firing.starts.push(start);
+                firing.ends.push(end);
+            } else if let Some(j) = merged.get(key) {
+                slots.merge(*e.value, firing.slots[*j]);
+            } else {
+                let t = slots.alloc();
+                slots.merge(*e.value, t);
+                if !single {
+                    merged.insert(key.into(), firing.slots.len());
+                }
+                firing.keys.push(key.into());
+                firing.slots.push(t);
+                firing.starts.push(start);
+                firing.ends.push(end);
+                firing.temps.push(t);
+            }
+            if firing.keys.len() >= OUTPUT_ROWS && merged.is_empty() {
+                flush(std::mem::take(firing), keys, slots, output, out)?;
+            }
+            Ok(())
+        })
     }
 
-    /// Emits everything in `firing` as one batch and frees its merge slots.
-    fn flush(&mut self, firing: Firing, out: &mut Collector) -> Result<()> {
-        if !firing.keys.is_empty() {
-            let keys = self.keys.columns_of(&firing.keys)?;
-            let aggs = self.slots.evaluate(&firing.slots)?;
-            out.emit(output(
-                &self.output,
-                keys,
-                firing.starts,
-                firing.ends,
-                aggs,
-            )?);
-        }
-        for t in firing.temps {
-            self.slots.release(t);
-        }
-        Ok(())
-    }
-
-    fn purge(&mut self) {
-        let (geo, wm) = (self.geo(), self.watermark);
+    /// Drops panes no window can use any more.
+    fn purge(&mut self) -> Result<()> {
+        let (geo, wm) = (self.geo, self.watermark);
         let done: Vec<i64> = self
             .panes
-            .keys()
+            .iter()
             .copied()
             .take_while(|p| geo.done(*p, wm))
             .collect();
+        let (Some(first), Some(last)) = (done.first().copied(), done.last().copied()) else {
+            return Ok(());
+        };
+        let table = self
+            .table
+            .as_mut()
+            .ok_or_else(|| Error::Internal("window purged before open".into()))?;
+        table.remove_range(&mut self.slots, first..=last)?;
         for p in done {
-            if let Some(pane) = self.panes.remove(&p) {
-                for (k, s) in pane.slots {
-                    self.slots.release(s);
-                    self.keys.release(k);
-                }
-            }
+            self.panes.remove(&p);
         }
+        Ok(())
     }
 
     #[cfg(test)]
     pub(crate) fn live_slots(&self) -> usize {
         self.slots.in_use()
     }
+}
+
+/// Emits everything in `firing` as one batch and frees its merge slots.
+fn flush(
+    firing: Firing,
+    keys: &TableKeys,
+    slots: &mut Slots,
+    schema: &SchemaRef,
+    out: &mut Collector,
+) -> Result<()> {
+    if !firing.keys.is_empty() {
+        let key_cols = keys.decode(firing.keys.iter().map(|k| &**k))?;
+        let aggs = slots.evaluate(&firing.slots)?;
+        out.emit(output(schema, key_cols, firing.starts, firing.ends, aggs)?);
+    }
+    for t in firing.temps {
+        slots.release(t);
+    }
+    Ok(())
 }
 
 /// Pane arithmetic of a tumbling or sliding window: panes are
@@ -190,6 +206,8 @@ pub(crate) struct Geometry {
 }
 
 impl Geometry {
+    // Only the RocksDB window builds a geometry from its parts.
+    #[cfg_attr(not(feature = "rocksdb"), allow(dead_code))]
     pub(crate) fn new(size: i64, slide: i64, lateness: i64) -> Self {
         Geometry {
             size,
@@ -253,71 +271,79 @@ fn gcd(a: i64, b: i64) -> i64 {
 }
 
 impl Operator for PaneWindowOperator {
+    fn open(&mut self, ctx: &OperatorContext) -> Result<()> {
+        let restored = std::mem::take(&mut self.restored);
+        let mut store = StateStore::open(ctx, &[PANES], restored)?;
+        self.table = Some(store.table(PANES, &mut self.slots)?);
+        self.store = Some(store);
+        Ok(())
+    }
+
     fn process(
         &mut self,
         _input: usize,
         batch: RecordBatch,
-        _ctx: &OperatorContext,
+        ctx: &OperatorContext,
         out: &mut Collector,
     ) -> Result<()> {
-        let ts = event_times_ms(batch.column(self.time))?;
-        let ids = self.keys.intern(&batch)?;
-        let (mut rows, mut slots, mut late) = (
-            Vec::with_capacity(ts.len()),
-            Vec::with_capacity(ts.len()),
-            Vec::new(),
-        );
-        let mut refire: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
-        let mut cur: Option<(i64, Pane)> = None;
-        for (i, (t, k)) in ts.iter().zip(&ids).enumerate() {
-            let p = t - t.rem_euclid(self.pane);
-            if self.is_late(self.last_window_start(p) + self.size) {
+        let ts = event_times_in_range(&batch, self.time)?;
+        let keys = self.keys.encode(&batch, ctx.max_parallelism)?;
+        let geo = self.geo;
+        let mut late = Vec::new();
+        let mut refire: BTreeMap<i64, HashSet<Vec<u8>>> = BTreeMap::new();
+        let mut panes: Vec<Option<i64>> = Vec::with_capacity(ts.len());
+        let mut last_pane = None;
+        for (i, t) in ts.iter().enumerate() {
+            let p = t - t.rem_euclid(geo.pane);
+            if geo.is_late(geo.last_window_start(p) + geo.size, self.watermark) {
                 late.push(i as u32);
+                panes.push(None);
                 continue;
             }
-            if cur.as_ref().is_none_or(|(cp, _)| *cp != p) {
-                if let Some((cp, pane)) = cur.take() {
-                    self.panes.insert(cp, pane);
-                }
-                cur = Some((p, self.panes.remove(&p).unwrap_or_default()));
+            panes.push(Some(p));
+            if last_pane != Some(p) {
+                self.panes.insert(p);
+                last_pane = Some(p);
             }
-            let pane = &mut cur.as_mut().expect("set above").1;
-            let slot = match pane.slots.get(k) {
-                Some(s) => *s,
-                None => {
-                    let s = self.slots.alloc();
-                    self.keys.retain(*k);
-                    pane.slots.insert(*k, s);
-                    s
-                }
-            };
-            rows.push(i as u32);
-            slots.push(slot);
             // Within allowed lateness, windows that already fired fire again.
             if p < self.fired_upto {
-                for e in self
+                for e in geo
                     .window_ends(p)
-                    .filter(|e| *e <= self.fired_upto && !self.is_late(*e))
+                    .filter(|e| *e <= self.fired_upto && !geo.is_late(*e, self.watermark))
                 {
-                    refire.entry(e).or_default().push(*k);
+                    refire.entry(e).or_default().insert(keys.key(i).to_vec());
                 }
             }
         }
-        if let Some((cp, pane)) = cur.take() {
-            self.panes.insert(cp, pane);
+        let table = self
+            .table
+            .as_mut()
+            .ok_or_else(|| Error::Internal("window state used before open".into()))?;
+        let handles = table.upsert_many(
+            &mut self.slots,
+            panes
+                .iter()
+                .enumerate()
+                .map(|(i, p)| p.map(|p| KeyRef::new(keys.groups[i], p, keys.key(i)))),
+            |slots| Ok(slots.alloc()),
+        )?;
+        let (mut rows, mut slots) = (Vec::with_capacity(ts.len()), Vec::with_capacity(ts.len()));
+        for (i, h) in handles.iter().enumerate() {
+            if let Some(h) = h {
+                rows.push(i as u32);
+                slots.push(*table.value(*h).expect("upserted entries have values"));
+            }
         }
         self.slots.update(&batch, &rows, &slots)?;
+        table.maintain(&mut self.slots)?;
         if !late.is_empty() {
             out.emit_side(1, take_record_batch(&batch, &UInt32Array::from(late))?);
         }
-        self.keys.forget_unused();
         let mut firing = Firing::default();
-        for (end, mut keys) in refire {
-            keys.sort_unstable();
-            keys.dedup();
-            self.fire(end, Some(&keys), &mut firing);
+        for (end, keys) in refire {
+            self.fire(end, Some(&keys), &mut firing, out)?;
         }
-        self.flush(firing, out)
+        flush(firing, &self.keys, &mut self.slots, &self.output, out)
     }
 
     fn on_watermark(
@@ -331,75 +357,69 @@ impl Operator for PaneWindowOperator {
         };
         let limit = t.saturating_add(1);
         let ends = self
-            .geo()
-            .ends_closing(self.panes.keys().copied(), self.fired_upto, limit);
-        // One output batch per watermark, however many windows it closes.
+            .geo
+            .ends_closing(self.panes.iter().copied(), self.fired_upto, limit);
+        // One output batch per watermark, however many windows it closes
+        // (unless it is very large).
         let mut firing = Firing::default();
         for e in ends {
-            self.fire(e, None, &mut firing);
+            self.fire(e, None, &mut firing, out)?;
         }
-        self.flush(firing, out)?;
+        flush(firing, &self.keys, &mut self.slots, &self.output, out)?;
         self.fired_upto = self.fired_upto.max(limit);
-        self.purge();
+        self.purge()?;
+        let slots = &mut self.slots;
+        self.table
+            .as_mut()
+            .ok_or_else(|| Error::Internal("window state used before open".into()))?
+            .maintain(slots)?;
         Ok(Some(wm))
     }
 
-    fn snapshot(&mut self, _id: CheckpointId, ctx: &OperatorContext) -> Result<OperatorSnapshot> {
-        let (mut ids, mut starts, mut slots) = (Vec::new(), Vec::new(), Vec::new());
-        for (p, pane) in &self.panes {
-            for (k, s) in &pane.slots {
-                ids.push(*k);
-                starts.push(*p);
-                slots.push(*s);
-            }
-        }
-        let mut keyed = Vec::new();
-        if !ids.is_empty() {
-            keyed.push(state_batch(
-                self.keys.columns_of(&ids)?,
-                vec![("_pane", starts)],
-                self.slots.state(&slots)?,
-                ctx.max_parallelism,
-            )?);
-        }
-        Ok(OperatorSnapshot {
-            keyed,
-            db: None,
-            entries: vec![encode_times(&[self.watermark, self.fired_upto])],
-        })
+    fn snapshot(&mut self, _id: CheckpointId, _ctx: &OperatorContext) -> Result<OperatorSnapshot> {
+        let (Some(store), Some(table)) = (&self.store, &mut self.table) else {
+            return Err(Error::Internal("snapshot before open".into()));
+        };
+        let mut snap = store.snapshot();
+        snap.add(table, &mut self.slots)?;
+        let mut snap = snap.finish()?;
+        let mut progress = vec![PROGRESS];
+        progress.extend(encode_times(&[self.watermark, self.fired_upto]));
+        let mut panes = vec![PANE_LIST];
+        panes.extend(encode_times(
+            &self.panes.iter().copied().collect::<Vec<_>>(),
+        ));
+        let mut layout = vec![LAYOUT];
+        layout.extend(self.slots.layout().into_bytes());
+        snap.entries = vec![progress, panes, layout];
+        Ok(snap)
     }
 
-    fn restore(&mut self, state: RestoredState, _ctx: &OperatorContext) -> Result<()> {
-        if let Some(t) = restored_times(&state.entries, 2)? {
+    fn restore(&mut self, state: RestoredState, ctx: &OperatorContext) -> Result<()> {
+        let mut progress = Vec::new();
+        for e in &state.entries {
+            match e.split_first() {
+                Some((&PROGRESS, rest)) => progress.push(rest.to_vec()),
+                Some((&LAYOUT, rest)) => self
+                    .slots
+                    .check_layout(&ctx.operator, &String::from_utf8_lossy(rest))?,
+                Some((&PANE_LIST, rest)) => {
+                    if rest.len() % 8 != 0 {
+                        return Err(Error::Checkpoint("malformed window pane list".into()));
+                    }
+                    self.panes.extend(
+                        rest.chunks_exact(8)
+                            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))),
+                    );
+                }
+                _ => return Err(Error::Checkpoint("unknown window state entry".into())),
+            }
+        }
+        if let Some(t) = restored_times(&progress, 2)? {
             self.watermark = t[0];
             self.fired_upto = t[1];
         }
-        let nk = self.keys.width();
-        for batch in &state.keyed {
-            let batch = without_key_group(batch)?;
-            if batch.num_columns() < nk + 1 {
-                return Err(Error::Checkpoint("window state has too few columns".into()));
-            }
-            let cols = batch.columns();
-            let ids = self.keys.intern_columns(&cols[..nk], batch.num_rows())?;
-            let starts = event_times_ms(&cols[nk])?;
-            let mut slots = Vec::with_capacity(ids.len());
-            for (k, p) in ids.iter().zip(starts.iter()) {
-                let pane = self.panes.entry(*p).or_default();
-                let slot = match pane.slots.get(k) {
-                    Some(s) => *s,
-                    None => {
-                        let s = self.slots.alloc();
-                        self.keys.retain(*k);
-                        pane.slots.insert(*k, s);
-                        s
-                    }
-                };
-                slots.push(slot);
-            }
-            self.slots.merge_state(&cols[nk + 1..], &slots)?;
-            self.keys.forget_unused();
-        }
+        self.restored = state;
         Ok(())
     }
 }
@@ -419,7 +439,6 @@ mod tests {
             Field::new("k", DataType::Int64, false),
             Field::new("ts", DataType::Int64, false),
         ]));
-        let keys = Keys::new(vec![0], vec![DataType::Int64]).unwrap();
         let slots = Slots::new(&[count(), sum("ts")], &input).unwrap();
         let ts = DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None);
         let output: SchemaRef = Arc::new(Schema::new(vec![
@@ -429,7 +448,19 @@ mod tests {
             Field::new("count", DataType::Int64, false),
             Field::new("sum_ts", DataType::Int64, true),
         ]));
-        PaneWindowOperator::new(size, slide, 0, 1, keys, slots, output)
+        let mut w = PaneWindowOperator::new(
+            size,
+            slide,
+            0,
+            1,
+            vec![0],
+            &[DataType::Int64],
+            slots,
+            output,
+        )
+        .unwrap();
+        w.open(&ctx()).unwrap();
+        w
     }
 
     fn ctx() -> OperatorContext {
@@ -475,7 +506,11 @@ mod tests {
                 "every window of every key fires once"
             );
             assert_eq!(w.live_slots(), 0, "fired panes are freed");
-            assert_eq!(w.keys.live(), 0, "keys are forgotten with their panes");
+            assert_eq!(
+                w.table().unwrap().cached_len(),
+                0,
+                "entries go with their panes"
+            );
         }
     }
 
@@ -500,7 +535,11 @@ mod tests {
         w.process(0, late, &ctx(), &mut out).unwrap();
         let side: usize = out.take_side().iter().map(|(_, b)| b.num_rows()).sum();
         assert_eq!(side, 100, "every record is late");
-        assert_eq!(w.keys.live(), 0, "no key outlives its late records");
+        assert_eq!(
+            w.table().unwrap().cached_len(),
+            0,
+            "late records leave no state"
+        );
         assert_eq!(w.live_slots(), 0);
     }
 }

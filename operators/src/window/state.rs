@@ -1,247 +1,184 @@
-//! State shared by the window operators: the key interner (group keys as
-//! Arrow row-format bytes, each given a small id), slot allocation over the
-//! columnar accumulators, and output assembly.
+//! State shared by the window operators: slot allocation over the
+//! columnar accumulators (and, as the state tables' codec, accumulator
+//! state to bytes and back), and output assembly.
+//!
+//! Schema evolution: a stored slot is `number of aggregates (2 B) | Arrow
+//! row format of their state`, so aggregates added at the end of a
+//! window's list keep the restored state of the others (the new ones start
+//! empty at the restore: they aggregate only what arrives after it). Any
+//! other change to the list is refused on restore (see [`Slots::layout`]).
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, Int64Array, TimestampMillisecondArray};
-use arrow::datatypes::{DataType, Int64Type, SchemaRef};
+use arrow::array::{ArrayRef, TimestampMillisecondArray};
+use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use arrow_row::{RowConverter, SortField};
-use hashbrown::HashTable;
+use hashbrown::HashMap;
+use sluice_engine::state::table::ValueCodec;
 use sluice_engine::{Error, Result};
 
 use crate::aggregate::{Accumulator, AggregateExpr};
 
-/// Interns group keys: equal keys get the same id while any slot uses them.
-pub(crate) struct Keys {
-    /// Fast path for the common single Int64 key: values, not row bytes.
-    ints: Option<IntKeys>,
-    converter: Option<RowConverter>,
-    columns: Vec<usize>,
-    table: HashTable<u32>,
-    rows: Vec<Box<[u8]>>,
-    refs: Vec<u32>,
-    free: Vec<u32>,
-    /// Ids created by the last `intern`, freed by `forget_unused` unless a
-    /// slot retained them (keys seen only on late records must not leak).
-    fresh: Vec<u32>,
-    hasher: ahash::RandomState,
-}
-
-#[derive(Default)]
-struct IntKeys {
-    ids: hashbrown::HashMap<Option<i64>, u32>,
-    values: Vec<Option<i64>>,
-}
-
-impl Keys {
-    pub(crate) fn new(columns: Vec<usize>, types: Vec<DataType>) -> Result<Self> {
-        let ints = (types == [DataType::Int64]).then(IntKeys::default);
-        let converter = if columns.is_empty() || ints.is_some() {
-            None
-        } else {
-            Some(RowConverter::new(
-                types.into_iter().map(SortField::new).collect(),
-            )?)
-        };
-        Ok(Keys {
-            ints,
-            converter,
-            columns,
-            table: HashTable::new(),
-            rows: Vec::new(),
-            refs: Vec::new(),
-            free: Vec::new(),
-            fresh: Vec::new(),
-            hasher: ahash::RandomState::with_seeds(1, 2, 3, 4),
-        })
-    }
-
-    /// The key id of every row (not yet retained).
-    pub(crate) fn intern(&mut self, batch: &RecordBatch) -> Result<Vec<u32>> {
-        let cols: Vec<ArrayRef> = self
-            .columns
-            .iter()
-            .map(|c| batch.column(*c).clone())
-            .collect();
-        self.intern_columns(&cols, batch.num_rows())
-    }
-
-    /// Number of key columns.
-    pub(crate) fn width(&self) -> usize {
-        self.columns.len()
-    }
-
-    /// The key id of every row of `cols` (the key columns, in key order).
-    pub(crate) fn intern_columns(
-        &mut self,
-        cols: &[ArrayRef],
-        num_rows: usize,
-    ) -> Result<Vec<u32>> {
-        if let Some(ints) = &mut self.ints {
-            let col = cols[0].as_primitive::<Int64Type>();
-            let mut out = Vec::with_capacity(col.len());
-            for v in col.iter() {
-                let id = match ints.ids.get(&v) {
-                    Some(id) => *id,
-                    None => {
-                        let id = match self.free.pop() {
-                            Some(id) => {
-                                ints.values[id as usize] = v;
-                                id
-                            }
-                            None => {
-                                ints.values.push(v);
-                                self.refs.push(0);
-                                (ints.values.len() - 1) as u32
-                            }
-                        };
-                        ints.ids.insert(v, id);
-                        self.fresh.push(id);
-                        id
-                    }
-                };
-                out.push(id);
-            }
-            return Ok(out);
-        }
-        let Some(conv) = &self.converter else {
-            if self.rows.is_empty() {
-                self.rows.push(Box::new([]));
-                self.refs.push(0);
-            }
-            return Ok(vec![0; num_rows]);
-        };
-        let rows = conv.convert_columns(cols)?;
-        let mut ids = Vec::with_capacity(rows.num_rows());
-        for row in rows.iter() {
-            let bytes = row.as_ref();
-            let h = self.hasher.hash_one(bytes);
-            let found = self
-                .table
-                .find(h, |id| &*self.rows[*id as usize] == bytes)
-                .copied();
-            let id = match found {
-                Some(id) => id,
-                None => {
-                    let id = match self.free.pop() {
-                        Some(id) => {
-                            self.rows[id as usize] = bytes.into();
-                            id
-                        }
-                        None => {
-                            self.rows.push(bytes.into());
-                            self.refs.push(0);
-                            (self.rows.len() - 1) as u32
-                        }
-                    };
-                    let (rows, hasher) = (&self.rows, &self.hasher);
-                    self.table
-                        .insert_unique(h, id, |id| hasher.hash_one(&*rows[*id as usize]));
-                    self.fresh.push(id);
-                    id
-                }
-            };
-            ids.push(id);
-        }
-        Ok(ids)
-    }
-
-    /// A slot now uses key `id`.
-    pub(crate) fn retain(&mut self, id: u32) {
-        self.refs[id as usize] += 1;
-    }
-
-    /// A slot stopped using key `id`; the key is forgotten when none does.
-    pub(crate) fn release(&mut self, id: u32) {
-        let r = &mut self.refs[id as usize];
-        *r -= 1;
-        if *r == 0 {
-            self.free_id(id);
-        }
-    }
-
-    /// Forgets keys interned by the last batch that no slot retained (all
-    /// their records were late).
-    pub(crate) fn forget_unused(&mut self) {
-        let fresh = std::mem::take(&mut self.fresh);
-        for id in &fresh {
-            if self.refs[*id as usize] == 0 {
-                self.free_id(*id);
-            }
-        }
-        self.fresh = fresh;
-        self.fresh.clear();
-    }
-
-    /// Returns `id` to the free list; a no-op for ids not live (so a key
-    /// released and then swept in the same batch is freed once).
-    fn free_id(&mut self, id: u32) {
-        if let Some(ints) = &mut self.ints {
-            let v = ints.values[id as usize];
-            if ints.ids.get(&v) == Some(&id) {
-                ints.ids.remove(&v);
-                self.free.push(id);
-            }
-        } else if self.converter.is_some() {
-            let h = self.hasher.hash_one(&*self.rows[id as usize]);
-            if let Ok(e) = self.table.find_entry(h, |x| *x == id) {
-                e.remove();
-                self.rows[id as usize] = Box::new([]);
-                self.free.push(id);
-            }
-        }
-    }
-
-    /// The key columns for `ids`.
-    pub(crate) fn columns_of(&self, ids: &[u32]) -> Result<Vec<ArrayRef>> {
-        if let Some(ints) = &self.ints {
-            let values: Int64Array = ids.iter().map(|id| ints.values[*id as usize]).collect();
-            return Ok(vec![Arc::new(values)]);
-        }
-        let Some(conv) = &self.converter else {
-            return Ok(Vec::new());
-        };
-        let parser = conv.parser();
-        let rows = ids.iter().map(|id| parser.parse(&self.rows[*id as usize]));
-        Ok(conv.convert_rows(rows)?)
-    }
-
-    /// Distinct keys currently held (for tests and metrics).
-    #[cfg(test)]
-    pub(crate) fn live(&self) -> usize {
-        self.ints.as_ref().map_or(self.table.len(), |i| i.ids.len())
-    }
-}
-
-/// Accumulator slots: one per (key, window or pane or session).
+/// Accumulator slots: one per (key, window or pane or session) in memory.
+/// As a [`ValueCodec`] it stores a slot as the Arrow row format of its
+/// accumulators' state, so a table of slots can spill to RocksDB.
 pub(crate) struct Slots {
     accs: Vec<Box<dyn Accumulator>>,
     inputs: Vec<Option<usize>>,
+    /// Output column of each aggregate, for error messages.
+    names: Vec<String>,
     free: Vec<u32>,
     len: usize,
+    state_conv: RowConverter,
+    /// Per aggregate: its output name and state column types (the layout
+    /// checkpoints record).
+    layout: Vec<(String, Vec<DataType>)>,
+    /// Converters for the state of the first `n` aggregates (restored
+    /// slots stored before aggregates were added).
+    prefixes: HashMap<usize, RowConverter>,
+    /// Approximate bytes one slot holds (what a cached entry weighs).
+    slot_bytes: usize,
+}
+
+/// Names the aggregate an overflow happened in.
+fn named(name: &str) -> impl Fn(Error) -> Error + '_ {
+    move |e| match e {
+        Error::Overflow(m) => Error::Overflow(format!("aggregate '{name}': {m}")),
+        e => e,
+    }
 }
 
 impl Slots {
     pub(crate) fn new(aggs: &[AggregateExpr], input: &SchemaRef) -> Result<Self> {
         let mut accs = Vec::new();
         let mut inputs = Vec::new();
+        let mut names = Vec::new();
+        let mut layout = Vec::new();
         for a in aggs {
+            names.push(a.output_name());
             let (idx, _) = a.resolve(input).map_err(|m| {
                 Error::Internal(format!(
                     "aggregate passed planning but does not resolve: {m}"
                 ))
             })?;
-            accs.push(a.accumulator(idx.map(|i| input.field(i).data_type()))?);
+            let acc = a.accumulator(idx.map(|i| input.field(i).data_type()))?;
+            let types: Vec<DataType> = acc
+                .state(&[])?
+                .iter()
+                .map(|c| c.data_type().clone())
+                .collect();
+            layout.push((a.output_name(), types));
+            accs.push(acc);
             inputs.push(idx);
         }
+        let types: Vec<SortField> = layout
+            .iter()
+            .flat_map(|(_, t)| t.iter().cloned().map(SortField::new))
+            .collect();
         Ok(Slots {
             accs,
             inputs,
+            names,
             free: Vec::new(),
             len: 0,
+            slot_bytes: 16 * types.len().max(1),
+            state_conv: RowConverter::new(types)?,
+            layout,
+            prefixes: HashMap::new(),
         })
+    }
+
+    /// The aggregates' layout as checkpoints record it: `name:types` per
+    /// aggregate, `;`-separated.
+    pub(crate) fn layout(&self) -> String {
+        self.layout
+            .iter()
+            .map(|(n, t)| format!("{n}:{t:?}"))
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+
+    /// Checks a recorded layout against this one: restoring keeps state
+    /// only when the recorded aggregates are these, or a prefix of them.
+    pub(crate) fn check_layout(&self, operator: &str, recorded: &str) -> Result<()> {
+        let now = self.layout();
+        let old: Vec<&str> = recorded.split(';').filter(|s| !s.is_empty()).collect();
+        let new: Vec<&str> = now.split(';').filter(|s| !s.is_empty()).collect();
+        if old.len() <= new.len() && new[..old.len()] == old[..] {
+            return Ok(());
+        }
+        Err(Error::Checkpoint(format!(
+            "operator '{operator}': its aggregates were [{}] when the checkpoint was taken \
+             and are [{}] now; a window keeps its state only when aggregates are added at \
+             the end of the list (they then start empty at the restore)",
+            old.join(", "),
+            new.join(", ")
+        )))
+    }
+
+    /// Folds encoded state rows (as [`ValueCodec::encode`] writes them)
+    /// into `slots`. Rows stored with fewer aggregates (added since) fold
+    /// into the first ones only.
+    pub(crate) fn merge_encoded(&mut self, rows: &[&[u8]], slots: &[u32]) -> Result<()> {
+        let n = self.accs.len();
+        let bad = || Error::Checkpoint("malformed window state".into());
+        let mut by_count: HashMap<usize, (Vec<&[u8]>, Vec<u32>)> = HashMap::new();
+        for (r, s) in rows.iter().zip(slots) {
+            let count =
+                u16::from_le_bytes(r.get(..2).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+            let e = by_count.entry(count as usize).or_default();
+            e.0.push(&r[2..]);
+            e.1.push(*s);
+        }
+        for (count, (rows, slots)) in by_count {
+            if count > n {
+                return Err(Error::Checkpoint(format!(
+                    "window state holds {count} aggregates, the window has {n}"
+                )));
+            }
+            let arrays = if count == n {
+                let parser = self.state_conv.parser();
+                self.state_conv
+                    .convert_rows(rows.iter().map(|r| parser.parse(r)))?
+            } else {
+                if !self.prefixes.contains_key(&count) {
+                    let types = self.layout[..count]
+                        .iter()
+                        .flat_map(|(_, t)| t.iter().cloned().map(SortField::new))
+                        .collect();
+                    self.prefixes.insert(count, RowConverter::new(types)?);
+                }
+                let conv = &self.prefixes[&count];
+                let parser = conv.parser();
+                conv.convert_rows(rows.iter().map(|r| parser.parse(r)))?
+            };
+            let mut at = 0;
+            for a in &mut self.accs[..count] {
+                let k = a.state_len();
+                let cols = arrays.get(at..at + k).ok_or_else(bad)?;
+                a.merge_state(cols, &slots)?;
+                at += k;
+            }
+        }
+        Ok(())
+    }
+
+    /// The encoded state of `slots`.
+    pub(crate) fn encode_slots(&self, slots: &[u32], out: &mut Vec<Vec<u8>>) -> Result<()> {
+        if slots.is_empty() {
+            return Ok(());
+        }
+        let state = self.state(slots)?;
+        let rows = self.state_conv.convert_columns(&state)?;
+        let count = (self.accs.len() as u16).to_le_bytes();
+        out.extend(rows.iter().map(|r| {
+            let mut v = Vec::with_capacity(2 + r.data().len());
+            v.extend_from_slice(&count);
+            v.extend_from_slice(r.data());
+            v
+        }));
+        Ok(())
     }
 
     pub(crate) fn alloc(&mut self) -> u32 {
@@ -270,8 +207,9 @@ impl Slots {
         rows: &[u32],
         slots: &[u32],
     ) -> Result<()> {
-        for (a, idx) in self.accs.iter_mut().zip(&self.inputs) {
-            a.update(idx.map(|i| batch.column(i)), rows, slots)?;
+        for ((a, idx), name) in self.accs.iter_mut().zip(&self.inputs).zip(&self.names) {
+            a.update(idx.map(|i| batch.column(i)), rows, slots)
+                .map_err(named(name))?;
         }
         Ok(())
     }
@@ -283,35 +221,46 @@ impl Slots {
     }
 
     pub(crate) fn evaluate(&self, slots: &[u32]) -> Result<Vec<ArrayRef>> {
-        self.accs.iter().map(|a| a.evaluate(slots)).collect()
+        self.accs
+            .iter()
+            .zip(&self.names)
+            .map(|(a, name)| a.evaluate(slots).map_err(named(name)))
+            .collect()
     }
 
     /// Every accumulator's state of `slots`, concatenated.
     pub(crate) fn state(&self, slots: &[u32]) -> Result<Vec<ArrayRef>> {
         let mut out = Vec::new();
-        for a in &self.accs {
-            out.extend(a.state(slots)?);
+        for (a, name) in self.accs.iter().zip(&self.names) {
+            out.extend(a.state(slots).map_err(named(name))?);
         }
         Ok(out)
-    }
-
-    /// Folds state rows (as from [`Slots::state`]) into `slots`.
-    pub(crate) fn merge_state(&mut self, state: &[ArrayRef], slots: &[u32]) -> Result<()> {
-        let mut at = 0;
-        for a in &mut self.accs {
-            let n = a.state_len();
-            let cols = state.get(at..at + n).ok_or_else(|| {
-                Error::Checkpoint("window state has fewer columns than its aggregates".into())
-            })?;
-            a.merge_state(cols, slots)?;
-            at += n;
-        }
-        Ok(())
     }
 
     #[cfg(test)]
     pub(crate) fn in_use(&self) -> usize {
         self.len - self.free.len()
+    }
+}
+
+impl ValueCodec<u32> for Slots {
+    fn encode(&mut self, values: &[&u32], out: &mut Vec<Vec<u8>>) -> Result<()> {
+        let slots: Vec<u32> = values.iter().map(|v| **v).collect();
+        self.encode_slots(&slots, out)
+    }
+
+    fn decode(&mut self, bytes: &[&[u8]]) -> Result<Vec<u32>> {
+        let slots: Vec<u32> = bytes.iter().map(|_| self.alloc()).collect();
+        self.merge_encoded(bytes, &slots)?;
+        Ok(slots)
+    }
+
+    fn release(&mut self, slot: u32) {
+        Slots::release(self, slot);
+    }
+
+    fn weight(&self, _slot: &u32) -> usize {
+        self.slot_bytes
     }
 }
 
@@ -328,32 +277,4 @@ pub(crate) fn output(
     cols.push(Arc::new(TimestampMillisecondArray::from(ends)));
     cols.extend(aggs);
     Ok(RecordBatch::try_new(schema.clone(), cols)?)
-}
-
-/// Builds the keyed-state batch of a window operator: key columns, one
-/// `Int64` column per time coordinate (pane start, session bounds),
-/// accumulator state, and the key group of each row.
-pub(crate) fn state_batch(
-    keys: Vec<ArrayRef>,
-    times: Vec<(&str, Vec<i64>)>,
-    accs: Vec<ArrayRef>,
-    max_parallelism: usize,
-) -> Result<RecordBatch> {
-    use arrow::datatypes::{Field, Schema};
-    let mut fields = Vec::new();
-    let mut cols: Vec<ArrayRef> = Vec::new();
-    for (i, k) in keys.iter().enumerate() {
-        fields.push(Field::new(format!("_k{i}"), k.data_type().clone(), true));
-        cols.push(k.clone());
-    }
-    for (name, t) in times {
-        fields.push(Field::new(name, DataType::Int64, false));
-        cols.push(Arc::new(Int64Array::from(t)));
-    }
-    for (i, a) in accs.into_iter().enumerate() {
-        fields.push(Field::new(format!("_s{i}"), a.data_type().clone(), true));
-        cols.push(a);
-    }
-    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?;
-    sluice_engine::state::snapshot::with_key_groups(batch, &keys, max_parallelism)
 }

@@ -235,6 +235,7 @@ impl ArtifactStore {
         check_id(sha256)?;
         let limit = self.limits.max_artifact_bytes;
         if let Some(size) = declared.filter(|&s| s > limit) {
+            drain_refused(&mut body, declared).await;
             return Err(ArtifactError::TooLarge {
                 sha256: sha256.to_string(),
                 size: Some(size),
@@ -276,7 +277,10 @@ impl ArtifactStore {
                 Ok(())
             }
         };
-        fits(&reserved, declared.unwrap_or(0))?;
+        if let Err(full) = fits(&reserved, declared.unwrap_or(0)) {
+            drain_refused(&mut body, declared).await;
+            return Err(full);
+        }
 
         let (tmp, mut file) = TempFile::create(&self.dir, sha256, "part")
             .await
@@ -430,6 +434,23 @@ fn check_id(s: &str) -> Result<(), ArtifactError> {
         Ok(())
     } else {
         Err(ArtifactError::BadId(s.to_string()))
+    }
+}
+
+/// A refused body still declared this small is read (and dropped) before
+/// the answer: a client still sending when a 413 arrives sees a broken
+/// pipe instead of the answer, and `sluice submit` could not say why.
+const DRAIN_REFUSED_BYTES: u64 = 64 << 20;
+
+/// Reads and drops the rest of a body refused up front, if it declared at
+/// most [`DRAIN_REFUSED_BYTES`]; a larger one is not read (its client
+/// sees the connection close).
+async fn drain_refused<S, E>(body: &mut S, declared: Option<u64>)
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    if declared.is_some_and(|n| n <= DRAIN_REFUSED_BYTES) {
+        while let Some(Ok(_)) = body.next().await {}
     }
 }
 

@@ -121,6 +121,7 @@ impl Job {
             workdir: r.workdir.clone(),
             rescaling_to: r.rescale.as_ref().map(|p| p.parallelism),
             restart: r.life.policy,
+            exceptions: r.exceptions.clone(),
         }
     }
 }

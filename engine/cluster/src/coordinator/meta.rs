@@ -50,6 +50,9 @@ pub struct JobRecord {
     /// the savepoint, so a coordinator that takes over before the switch
     /// still makes it.
     pub rescale: Option<PendingRescale>,
+    /// The newest failures ([`sluice_protocol::api::MAX_EXCEPTIONS`]).
+    #[serde(default)]
+    pub exceptions: Vec<sluice_protocol::api::JobException>,
 }
 
 /// The next number of each kind of id. Job ids are never reused, across

@@ -34,7 +34,7 @@ use tracing::{info, warn};
 pub use artifacts::ArtifactLimits;
 use sluice_engine::error::{Error, Result};
 use sluice_web as jobs_api;
-use sluice_web::{TlsFiles, Token};
+use sluice_web::{Access, AuditLog, TlsFiles, Token};
 
 /// How subtasks are spread over worker slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -69,8 +69,11 @@ pub struct CoordinatorConfig {
     pub dead_worker_retention: Duration,
     /// Ended jobs kept (in memory and on disk); older ones are forgotten.
     pub retained_jobs: usize,
-    /// Bearer token every API call but the web UI's page must carry.
+    /// The operator's bearer token: every API call but the web UI's page
+    /// must carry it or the read token, and only it may change anything.
     pub token: Option<Token>,
+    /// A read-only token (GET and HEAD routes); needs `token`.
+    pub read_token: Option<Token>,
     /// Serve HTTPS with these files instead of HTTP.
     pub tls: Option<TlsFiles>,
     /// The URL clients reach this coordinator at, which standbys name
@@ -101,12 +104,29 @@ impl CoordinatorConfig {
             dead_worker_retention: Duration::from_secs(600),
             retained_jobs: 100,
             token: None,
+            read_token: None,
             tls: None,
             advertise: None,
             artifact_limits: ArtifactLimits::default(),
             raft: None,
         }
     }
+}
+
+/// The audit log in the data directory: one JSON line per state-changing
+/// API request (see [`sluice_web::audit`]).
+pub const AUDIT_LOG: &str = "audit.log";
+
+/// Creates the data directory if needed and makes it the coordinator's
+/// alone (0700): it holds job records, the audit log and artifacts, which
+/// executors running as another user (a worker's `--run-as`) must not
+/// read.
+fn private_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io(format!("setting the mode of {}", dir.display()), e))
 }
 
 /// How often the manager looks at heartbeats and attempt events.
@@ -119,7 +139,7 @@ pub(crate) const TICK: Duration = Duration::from_millis(50);
 /// [`leader`]).
 pub async fn serve(config: CoordinatorConfig) -> Result<()> {
     let listen = config.listen;
-    let token = config.token.clone().map(Arc::new);
+    let access = Access::new(config.token.clone(), config.read_token.clone())?;
     let tls = match &config.tls {
         Some(files) => Some(
             axum_server::tls_openssl::OpenSSLConfig::from_pem_chain_file(&files.cert, &files.key)
@@ -133,7 +153,7 @@ pub async fn serve(config: CoordinatorConfig) -> Result<()> {
         ),
         None => None,
     };
-    if token.is_none() {
+    if access.is_open() {
         warn!(
             api = %listen,
             "the REST API takes no token: anyone who can reach it can run programs on the workers \
@@ -148,9 +168,11 @@ pub async fn serve(config: CoordinatorConfig) -> Result<()> {
         .unwrap_or_else(|| format!("{scheme}://{local}"));
 
     if config.raft.is_some() {
-        return raft::serve::serve(config, listener, tls, token).await;
+        private_dir(&config.data_dir)?;
+        return raft::serve::serve(config, listener, tls, access).await;
     }
     let data_dir = config.data_dir.clone();
+    private_dir(&data_dir)?;
     let lease = match leader::Lease::try_acquire(&data_dir)? {
         Some(lease) => lease,
         None => {
@@ -191,6 +213,9 @@ pub async fn serve(config: CoordinatorConfig) -> Result<()> {
         .map_err(|e| Error::Internal(format!("announcing the leader: {e}")))??;
     info!(api = %advertised, "leading the data directory");
 
+    // Opened by the leader only: a standby changes nothing.
+    let audit_path = data_dir.join(AUDIT_LOG);
+    let access = access.audited(AuditLog::open(&audit_path)?);
     let manager = tokio::task::spawn_blocking(move || manager::Manager::open(config))
         .await
         .map_err(|e| Error::Internal(format!("opening the coordinator: {e}")))??;
@@ -207,7 +232,7 @@ pub async fn serve(config: CoordinatorConfig) -> Result<()> {
     info!(api = %format!("{scheme}://{local}"), "coordinator listening");
     let served = jobs_api::serve(
         listener,
-        routes::router(manager, token),
+        routes::router(manager, access),
         tls,
         std::future::pending(),
     )

@@ -21,8 +21,8 @@ use sluice_protocol::api::{
     ApiError, Heartbeat, HeartbeatReply, RegisterWorker, Registered, RescaleRequest, Rescaled,
     SubmitJob, Submitted,
 };
-use sluice_web::doc::{Binary, Unauthorized};
-use sluice_web::{self as jobs_api, Answer, Failure, JsonBody, Token};
+use sluice_web::doc::{Binary, Forbidden, Unauthorized};
+use sluice_web::{self as jobs_api, Access, Answer, Failure, JsonBody};
 
 use super::artifacts::{ArtifactError, Uploaded, DOWNLOAD_CHUNK};
 use super::manager::Manager;
@@ -62,9 +62,12 @@ fn versioned<T: serde::de::DeserializeOwned>(
 
 type Shared = State<Arc<Manager>>;
 
-/// The API's routes over `manager`; with a `token`, every route but the
-/// web UI's page and script requires it.
-pub fn router(manager: Arc<Manager>, token: Option<Arc<Token>>) -> Router {
+/// The API's routes over `manager` behind `access`: with a token, every
+/// route but the web UI's page and script and this document requires one,
+/// and only the operator token may change anything. Heartbeats, twice a
+/// second per worker, stay out of the audit log; a worker's registration
+/// is in it.
+pub fn router(manager: Arc<Manager>, access: Access) -> Router {
     let api = jobs_api::routes::<Manager>()
         .route("/api/v1/jobs", post(submit))
         .route("/api/v1/jobs/{id}/rescale", post(rescale))
@@ -75,9 +78,10 @@ pub fn router(manager: Arc<Manager>, token: Option<Arc<Token>>) -> Router {
                 .head(exists)
                 .layer(DefaultBodyLimit::disable()),
         )
-        .route("/api/v1/workers", post(register))
-        .route("/api/v1/workers/{id}/heartbeat", post(heartbeat));
-    jobs_api::secure(api, token)
+        .route("/api/v1/workers", post(register));
+    let heartbeats = Router::new().route("/api/v1/workers/{id}/heartbeat", post(heartbeat));
+    jobs_api::secure(heartbeats, access.unaudited())
+        .merge(jobs_api::secure(api, access))
         .merge(jobs_api::ui_routes())
         .route("/api/v1/openapi.json", get(openapi))
         .with_state(manager)
@@ -137,6 +141,7 @@ pub fn standby(data_dir: std::path::PathBuf) -> Router {
         (status = 400, description = "Malformed request, a description of another protocol version, or a plan that cannot run.", body = ApiError),
         (status = 404, description = "The artifact was not uploaded.", body = ApiError),
         Unauthorized,
+        Forbidden,
     ),
 )]
 async fn submit(
@@ -165,6 +170,7 @@ async fn submit(
         (status = 409, description = "The job is not running.", body = ApiError),
         (status = 500, description = "The savepoint failed; the job restarts at its old parallelism.", body = ApiError),
         Unauthorized,
+        Forbidden,
     ),
 )]
 async fn rescale(
@@ -213,7 +219,7 @@ fn artifact_failure(e: ArtifactError) -> Failure {
     summary = "Uploads a job binary under its SHA-256.",
     description = "Stored only when the content hashes to its address.",
     security(("bearer" = [])),
-    params(("sha256" = String, Path, description = "SHA-256 of the content, lowercase hex.")),
+    params(("sha256" = String, Path, description = "SHA-256 of the content, lowercase hex.", pattern = "^[0-9a-f]{64}$")),
     request_body(content = Binary, description = "The job binary.", content_type = "application/octet-stream"),
     responses(
         (status = 201, description = "Stored."),
@@ -221,6 +227,7 @@ fn artifact_failure(e: ArtifactError) -> Failure {
         (status = 400, description = "Not a SHA-256, an interrupted upload, or content that hashes to another address.", body = ApiError),
         (status = 413, description = "Larger than --max-artifact-bytes, or the store would exceed --max-artifact-store-bytes.", body = ApiError),
         Unauthorized,
+        Forbidden,
     ),
 )]
 async fn upload(
@@ -258,7 +265,7 @@ async fn upload(
     summary = "Whether a job binary is stored.",
     description = "A corrupt stored copy is moved aside and answered 404, so the client uploads it again.",
     security(("bearer" = [])),
-    params(("sha256" = String, Path, description = "SHA-256 of the content, lowercase hex.")),
+    params(("sha256" = String, Path, description = "SHA-256 of the content, lowercase hex.", pattern = "^[0-9a-f]{64}$")),
     responses(
         (status = 200, description = "Stored."),
         (status = 400, description = "Not a SHA-256."),
@@ -288,7 +295,7 @@ async fn exists(
     summary = "A stored job binary.",
     description = "Workers and `sluice rescale` fetch it. Verified against its address before it is served.",
     security(("bearer" = [])),
-    params(("sha256" = String, Path, description = "SHA-256 of the content, lowercase hex.")),
+    params(("sha256" = String, Path, description = "SHA-256 of the content, lowercase hex.", pattern = "^[0-9a-f]{64}$")),
     responses(
         (status = 200, description = "The content.", body = Binary, content_type = "application/octet-stream"),
         (status = 400, description = "Not a SHA-256.", body = ApiError),
@@ -336,6 +343,7 @@ async fn download(
         (status = 200, description = "Registered.", body = Registered),
         (status = 400, description = "Malformed request.", body = ApiError),
         Unauthorized,
+        Forbidden,
     ),
 )]
 async fn register(State(m): Shared, JsonBody(req): JsonBody<RegisterWorker>) -> Answer<Registered> {
@@ -356,6 +364,7 @@ async fn register(State(m): Shared, JsonBody(req): JsonBody<RegisterWorker>) -> 
         (status = 400, description = "Malformed request.", body = ApiError),
         (status = 404, description = "Unknown worker: register again.", body = ApiError),
         Unauthorized,
+        Forbidden,
     ),
 )]
 async fn heartbeat(
@@ -393,7 +402,7 @@ mod tests {
             .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router(manager, None)).await });
+        tokio::spawn(async move { axum::serve(listener, router(manager, Access::open())).await });
         let http = reqwest::Client::new();
         let routes = routes();
         assert!(routes.len() >= 20, "{routes:?}");
@@ -446,10 +455,11 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let token = Arc::new(Token::new("t0ken").unwrap());
+        let token = sluice_web::Token::new("t0ken").unwrap();
+        let access = Access::new(Some(token), None).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router(manager, Some(token))).await });
+        tokio::spawn(async move { axum::serve(listener, router(manager, access)).await });
         let http = reqwest::Client::new();
 
         let answer = http
@@ -509,16 +519,17 @@ mod tests {
             .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router(manager, None)).await });
+        tokio::spawn(async move { axum::serve(listener, router(manager, Access::open())).await });
         let http = reqwest::Client::new();
+        let ours = format!("version {}", sluice_protocol::PROTOCOL_VERSION);
         for (body, want) in [
             (
                 r#"{"artifact":"x","args":[],"description":{"protocol":2,"name":"old","vertices":7}}"#,
-                &["version 2", "version 3"][..],
+                &["version 2", ours.as_str()][..],
             ),
             (
                 r#"{"artifact":"x","args":[],"description":{"name":"older"}}"#,
-                &["version 0", "version 3"][..],
+                &["version 0", ours.as_str()][..],
             ),
             (r#"{"artifact":"x"}"#, &["malformed submission"][..]),
             ("not json", &["malformed submission"][..]),

@@ -116,6 +116,7 @@ mod tests {
             parallelism: 1,
             max_parallelism: 128,
             graph_nodes: parallelisms.len(),
+            uids: Vec::new(),
             checkpoint: None,
             restart: sluice_protocol::api::RestartPolicy::None,
             vertices: parallelisms

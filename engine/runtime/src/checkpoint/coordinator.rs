@@ -223,6 +223,8 @@ pub struct NodeInfo {
     pub node: usize,
     /// Name.
     pub name: String,
+    /// Operator id.
+    pub uid: String,
     /// Parallelism in this run.
     pub parallelism: usize,
 }
@@ -524,6 +526,7 @@ impl Coordinator {
                     NodeState {
                         node: n.node,
                         name: n.name.clone(),
+                        uid: n.uid.clone(),
                         parallelism: n.parallelism,
                         subtasks,
                     }
@@ -658,6 +661,7 @@ mod tests {
             nodes: vec![NodeInfo {
                 node: 0,
                 name: "source".into(),
+                uid: "source".into(),
                 parallelism: 1,
             }],
             tasks: vec![(TASK, Box::new(task_tx), true)],

@@ -28,7 +28,34 @@ pub use sluice_protocol::manifest;
 pub use sluice_protocol::stats::{CheckpointRecord, CheckpointStats};
 pub use storage::{Location, Storage};
 
-/// How a job checkpoints.
+/// How a job checkpoints: set on the job's configuration, every
+/// `interval` the sources record their position and a barrier flows
+/// through the job; each operator's state goes to `dir/chk-NNNNNN/`. A job
+/// started again on the same `dir` resumes from its newest complete
+/// checkpoint; a bounded job ends with a final one.
+///
+/// ```
+/// use std::time::Duration;
+/// use sluice_engine::testing::{int_batch, run_collect};
+/// use sluice_engine::{CheckpointConfig, Env};
+///
+/// let dir = std::env::temp_dir().join(format!("sluice-doc-ck-{}", std::process::id()));
+/// let env = Env::new();
+/// env.configure(|c| {
+///     let mut ck = CheckpointConfig::new(&dir);
+///     ck.interval = Duration::from_millis(200);
+///     c.checkpoint = Some(ck);
+/// });
+/// let batch = int_batch(&[("n", &[1, 2, 3])]);
+/// let s = env.from_batches("numbers", batch.schema(), vec![batch]);
+/// assert_eq!(run_collect(&s)?.len(), 3);
+/// let taken = std::fs::read_dir(&dir)?.flatten().filter(|e| {
+///     e.file_name().to_string_lossy().starts_with("chk-")
+/// });
+/// assert!(taken.count() >= 1, "the final checkpoint");
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct CheckpointConfig {
     /// Where checkpoints go (`DIR/chk-NNNNNN`), a directory or an
@@ -48,6 +75,10 @@ pub struct CheckpointConfig {
     /// A checkpoint or savepoint directory to start from when `dir` holds
     /// no checkpoint of this job yet.
     pub restore_from: Option<Location>,
+    /// Start even when the checkpoint holds state of operators the job no
+    /// longer has (matched by operator id); that state is dropped (Flink's
+    /// `--allowNonRestoredState`). Off: such a restore is refused.
+    pub allow_non_restored_state: bool,
 }
 
 impl CheckpointConfig {
@@ -61,6 +92,7 @@ impl CheckpointConfig {
             guarantee: Guarantee::ExactlyOnce,
             retained: 3,
             restore_from: None,
+            allow_non_restored_state: false,
         }
     }
 }

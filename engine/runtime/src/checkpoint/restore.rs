@@ -1,14 +1,23 @@
-//! Resuming from a checkpoint or savepoint: checking that it belongs to the
-//! job graph being started, and handing each new subtask the state it owns
-//! at the new parallelism (keyed rows by key group, operator-state entries
-//! as a union).
+//! Resuming from a checkpoint or savepoint: matching its state to the
+//! operators of the job graph being started — by operator id (explicit
+//! `.uid(..)` or derived, see `LogicalGraph::uids`), so a job that changed
+//! around its stateful operators keeps their state — and handing each new
+//! subtask the state it owns at the new parallelism (keyed rows by key
+//! group, operator-state entries as a union).
+//!
+//! State of an operator the new job does not have is an error unless the
+//! job allows non-restored state (then it is dropped, with a warning); an
+//! id that now names another kind of operator is an error. Manifests of
+//! versions before operator ids restore by position, as they always did.
 
-use super::manifest::Manifest;
+use std::collections::HashMap;
+
+use super::manifest::{Manifest, SubtaskState};
 use super::storage::{Location, Storage};
 use super::store::{load_verified, pinned_savepoint, read_db, read_entries, read_keyed, scan};
 use crate::data::CheckpointId;
 use crate::error::{Error, Result};
-use crate::graph::LogicalGraph;
+use crate::graph::{verb_of, LogicalGraph};
 use crate::state::key_group::range_of;
 use crate::state::snapshot::filter_key_groups;
 use crate::state::RestoredState;
@@ -21,6 +30,26 @@ pub struct RestorePlan {
     pub dir: Storage,
     /// Its manifest.
     pub manifest: Manifest,
+    /// Graph node → position in `manifest.nodes` of its state (filled by
+    /// [`RestorePlan::bind`]).
+    pub matched: HashMap<usize, usize>,
+}
+
+impl RestorePlan {
+    /// The plan of checkpoint `manifest` stored in `dir`, not yet bound to
+    /// a job graph.
+    pub fn new(dir: Storage, manifest: Manifest) -> Self {
+        RestorePlan {
+            dir,
+            manifest,
+            matched: HashMap::new(),
+        }
+    }
+}
+
+/// Whether a subtask left any state.
+fn has_state(s: &SubtaskState) -> bool {
+    s.keyed.is_some() || !s.keyed_more.is_empty() || s.entries.is_some() || s.db.is_some()
 }
 
 /// Where a job resumes, found in its checkpoint location.
@@ -42,11 +71,11 @@ impl StartPoint {
     pub fn find(root: &Storage, job: &str, restore_from: Option<&Location>) -> Result<StartPoint> {
         let found = scan(root, job)?;
         let mut restore = match (found.latest, restore_from) {
-            (Some((dir, manifest)), _) => Some(RestorePlan { dir, manifest }),
+            (Some((dir, manifest)), _) => Some(RestorePlan::new(dir, manifest)),
             (None, Some(location)) => {
                 let dir = Storage::open_in_parent(location)?;
                 let manifest = load_verified(&dir)?;
-                Some(RestorePlan { dir, manifest })
+                Some(RestorePlan::new(dir, manifest))
             }
             (None, None) => None,
         };
@@ -93,7 +122,7 @@ fn pinned(root: &Storage, job: &str) -> Option<RestorePlan> {
         }
     };
     match load_verified(&dir) {
-        Ok(manifest) if manifest.job == job => Some(RestorePlan { dir, manifest }),
+        Ok(manifest) if manifest.job == job => Some(RestorePlan::new(dir, manifest)),
         Ok(manifest) => {
             warn!(%location, other = %manifest.job, "the pinned savepoint belongs to another job; ignoring it");
             None
@@ -111,13 +140,22 @@ impl RestorePlan {
         CheckpointId(self.manifest.id)
     }
 
-    /// Refuses a checkpoint taken from another job graph.
-    pub fn check_compatible(&self, graph: &LogicalGraph, max_parallelism: usize) -> Result<()> {
+    /// Matches the checkpoint's state to the operators of `graph` by
+    /// operator id (or, for manifests without ids, by position and kind),
+    /// refusing another job's checkpoint, state of operators the job no
+    /// longer has (unless `allow_non_restored`), and an id that now names
+    /// another kind of operator.
+    pub fn bind(
+        &mut self,
+        graph: &LogicalGraph,
+        max_parallelism: usize,
+        allow_non_restored: bool,
+    ) -> Result<()> {
         let m = &self.manifest;
+        let location = self.dir.location();
         let mismatch = |what: String| {
             Err(Error::Checkpoint(format!(
-                "{} does not belong to this job: {what}",
-                self.dir.location()
+                "{location} does not belong to this job: {what}"
             )))
         };
         if m.max_parallelism != max_parallelism {
@@ -126,27 +164,71 @@ impl RestorePlan {
                 m.max_parallelism
             ));
         }
-        if m.graph_nodes != graph.nodes.len() {
-            return mismatch(format!(
-                "it has {} operators, the job {}",
-                m.graph_nodes,
-                graph.nodes.len()
-            ));
-        }
-        // Operators are matched by position and kind; a name's arguments
-        // (a sink's path, say) may change between runs.
-        let stem = |s: &str| s.split('(').next().unwrap_or(s).to_string();
-        for n in &m.nodes {
-            let name = graph.nodes.get(n.node).map(|g| g.name.as_str());
-            if name.map(stem) != Some(stem(&n.name)) {
+        let mut matched = HashMap::new();
+        if m.nodes.iter().all(|n| n.uid.is_empty()) {
+            // Written before operator ids: positions and kinds must agree.
+            if m.graph_nodes != graph.nodes.len() {
                 return mismatch(format!(
-                    "operator {} is '{}' there and '{}' here",
-                    n.node,
-                    n.name,
-                    name.unwrap_or("missing")
+                    "it has {} operators, the job {}",
+                    m.graph_nodes,
+                    graph.nodes.len()
                 ));
             }
+            for (i, n) in m.nodes.iter().enumerate() {
+                let name = graph.nodes.get(n.node).map(|g| g.name.as_str());
+                if name.map(verb_of) != Some(verb_of(&n.name)) {
+                    return mismatch(format!(
+                        "operator {} is '{}' there and '{}' here",
+                        n.node,
+                        n.name,
+                        name.unwrap_or("missing")
+                    ));
+                }
+                matched.insert(n.node, i);
+            }
+            self.matched = matched;
+            return Ok(());
         }
+        let uids = graph.uids();
+        let by_uid: HashMap<&str, usize> = uids
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.as_str(), i))
+            .collect();
+        let mut dropped = Vec::new();
+        for (i, n) in m.nodes.iter().enumerate() {
+            match by_uid.get(n.uid.as_str()) {
+                Some(&node) => {
+                    let here = &graph.nodes[node].name;
+                    if verb_of(here) != verb_of(&n.name) {
+                        return Err(Error::Checkpoint(format!(
+                            "{location}: operator id '{}' belonged to '{}' and now to '{here}', \
+                             another kind of operator, whose state it cannot restore; give the \
+                             new operator its own id with .uid(...)",
+                            n.uid, n.name
+                        )));
+                    }
+                    matched.insert(node, i);
+                }
+                None if n.subtasks.iter().any(has_state) => {
+                    dropped.push(format!("'{}' (id '{}')", n.name, n.uid));
+                }
+                None => {}
+            }
+        }
+        if !dropped.is_empty() {
+            if !allow_non_restored {
+                return Err(Error::Checkpoint(format!(
+                    "{location} holds state of operators this job does not have: {}; \
+                     restore with --allow-non-restored-state to drop it, or give the \
+                     operators that should take it over their old ids with .uid(...)",
+                    dropped.join(", ")
+                )));
+            }
+            warn!(location = %location, operators = %dropped.join(", "),
+                "dropping the state of operators the job no longer has");
+        }
+        self.matched = matched;
         Ok(())
     }
 
@@ -163,7 +245,7 @@ impl RestorePlan {
             checkpoint: self.id(),
             ..RestoredState::default()
         };
-        let Some(ns) = self.manifest.nodes.iter().find(|n| n.node == node) else {
+        let Some(ns) = self.matched.get(&node).map(|i| &self.manifest.nodes[*i]) else {
             return Ok(out);
         };
         let groups = range_of(subtask, self.manifest.max_parallelism, parallelism);

@@ -325,6 +325,27 @@ fn checkpoint_ids(root: &Storage) -> Result<Vec<u64>> {
     Ok(ids)
 }
 
+/// The manifest of the newest completed checkpoint in `root`, read
+/// without checking its files (cheap: one small file), and the number of
+/// completed checkpoints there: what a job started on `root` would
+/// resume from, unless that checkpoint turns out damaged. For notices
+/// before a job starts; [`scan`] is what decides.
+pub fn newest_manifest(root: &Storage) -> Result<Option<(Manifest, usize)>> {
+    let mut newest = None;
+    let mut complete = 0;
+    for id in checkpoint_ids(root)? {
+        let dir = root.child(&checkpoint_dir_name(id));
+        if !has_manifest(&dir)? {
+            continue;
+        }
+        complete += 1;
+        if newest.is_none() {
+            newest = read_manifest(&dir).ok();
+        }
+    }
+    Ok(newest.map(|m| (m, complete)))
+}
+
 /// Looks through `root` for checkpoints of `job`, newest first, falling
 /// back past any that fail verification.
 pub fn scan(root: &Storage, job: &str) -> Result<Scan> {
@@ -469,6 +490,7 @@ mod tests {
             nodes: vec![NodeState {
                 node: 0,
                 name: "n".into(),
+                uid: "n".into(),
                 parallelism: 1,
                 subtasks: vec![SubtaskState {
                     subtask: 0,

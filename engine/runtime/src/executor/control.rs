@@ -152,6 +152,16 @@ pub(super) fn spawn_control_reader(
                             // The writer is done with it: every snapshot was
                             // acknowledged, or the checkpoint is abandoned.
                             dirs.lock().expect("checkpoint dirs lock").remove(&id.0);
+                            // Ids rise: the first task told of one counts it.
+                            let (count, last) = match msg {
+                                TaskControl::Complete(_) => {
+                                    (&fence.completed, &fence.last_completed)
+                                }
+                                _ => (&fence.aborted, &fence.last_aborted),
+                            };
+                            if last.fetch_max(id.0, Ordering::SeqCst) < id.0 {
+                                count.fetch_add(1, Ordering::SeqCst);
+                            }
                         }
                         match ports.get(&task) {
                             Some(tx) => {

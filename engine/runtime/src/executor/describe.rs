@@ -37,6 +37,7 @@ pub fn describe(graph: &LogicalGraph, plan: &PhysicalPlan, config: &JobConfig) -
             })
             .collect(),
         graph_nodes: graph.nodes.len(),
+        uids: graph.uids(),
         checkpoint: config.checkpoint.as_ref().map(checkpoint_description),
         restart: restart_policy(&config.restart),
     }
@@ -73,6 +74,7 @@ pub fn node_infos(job: &JobDescription) -> Vec<NodeInfo> {
             v.nodes.iter().map(|(node, name)| NodeInfo {
                 node: *node,
                 name: name.clone(),
+                uid: job.uids.get(*node).cloned().unwrap_or_default(),
                 parallelism: v.parallelism,
             })
         })
@@ -108,5 +110,8 @@ pub fn checkpoint_config(d: &CheckpointDescription) -> CheckpointConfig {
         },
         retained: d.retained,
         restore_from: d.restore_from.as_deref().map(Location::from),
+        // The coordinator only writes manifests; restores are the
+        // executors' (which read the flag from the job's own settings).
+        allow_non_restored_state: false,
     }
 }

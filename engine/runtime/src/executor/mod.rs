@@ -28,7 +28,7 @@ pub mod results;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -51,13 +51,13 @@ use crate::graph::LogicalGraph;
 use crate::plan::{plan, PhysicalPlan};
 use crate::runtime::{
     checkpoint_channels, counters, node_metrics, plan_channels, run_state, spawn_tasks,
-    spawn_writer, summaries, wire, ErrorHook, JobConfig, JobControl, JobResult, NodeMetrics,
-    RemoteEnds, TaskContext,
+    spawn_writer, summaries, wire, ErrorHook, ExecutorShare, JobConfig, JobControl, JobResult,
+    NodeMetrics, RemoteEnds, TaskContext,
 };
 use control::{report, spawn_control_reader, spawn_forwarder, spawn_metrics, ControlLink};
 use peers::{host_port, peer_name, resolve, resolve_addr, Conns};
 use sluice_protocol::api::ExecutorSpec;
-use sluice_protocol::control::{read_frame, write_frame, Retry, ToCoordinator, ToExecutor};
+use sluice_protocol::control::{read_frame, write_frame, ToCoordinator, ToExecutor};
 
 /// How often counters go to the coordinator.
 const METRICS_INTERVAL: Duration = Duration::from_millis(250);
@@ -73,9 +73,21 @@ const CONTROL_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on waiting for the coordinator to take a failure report.
 const FAILED_LINGER: Duration = Duration::from_secs(2);
 
-/// Reads an [`ExecutorSpec`] from a JSON file.
+/// The `SLUICE_EXECUTOR` value that means the spec comes on stdin (as a
+/// worker hands it over: the attempt's secret never touches a file).
+pub const SPEC_ON_STDIN: &str = "-";
+
+/// Reads an [`ExecutorSpec`] from a JSON file, or from stdin (to its end)
+/// when `path` is [`SPEC_ON_STDIN`].
 pub fn read_spec(path: &str) -> Result<ExecutorSpec> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading {path}"), e))?;
+    let bytes = if path == SPEC_ON_STDIN {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut bytes)
+            .map_err(|e| Error::io("reading the executor spec from stdin", e))?;
+        bytes
+    } else {
+        std::fs::read(path).map_err(|e| Error::io(format!("reading {path}"), e))?
+    };
     serde_json::from_slice(&bytes)
         .map_err(|e| Error::Config(format!("{path} is not an executor spec: {e}")))
 }
@@ -165,7 +177,7 @@ pub(crate) fn run_until(
             if !fence.reported.swap(true, Ordering::SeqCst) {
                 let _ = link.send(&ToCoordinator::Failed {
                     error: e.to_string(),
-                    retry: retry_of(e),
+                    retry: e.retry(),
                 });
             }
         })));
@@ -187,7 +199,7 @@ pub(crate) fn run_until(
             if !fence.reported.swap(true, Ordering::SeqCst) {
                 let _ = link.send(&ToCoordinator::Failed {
                     error: e.to_string(),
-                    retry: retry_of(&e),
+                    retry: e.retry(),
                 });
             }
             // Closing with unread frames would reset the connection and
@@ -202,15 +214,6 @@ pub(crate) fn run_until(
     }
 }
 
-/// Whether the coordinator may restart the job after `e`: not after a
-/// failure the same input repeats.
-fn retry_of(e: &Error) -> Retry {
-    match e.root() {
-        Error::Decode(_) | Error::Plan { .. } | Error::Config(_) => Retry::Never,
-        _ => Retry::Backoff,
-    }
-}
-
 /// Why the coordinator side ended the executor, when it did.
 #[derive(Default)]
 struct Fence {
@@ -222,6 +225,13 @@ struct Fence {
     /// `Failed` was sent (once: the first error as it happens, or the
     /// executor's error when it ends).
     reported: AtomicBool,
+    /// Checkpoints the coordinator told this executor's tasks completed,
+    /// and aborted (each id counted once, though every task hears of it):
+    /// the executor's closing figures.
+    completed: AtomicU64,
+    aborted: AtomicU64,
+    last_completed: AtomicU64,
+    last_aborted: AtomicU64,
 }
 
 impl Fence {
@@ -298,8 +308,13 @@ impl Run<'_> {
                 (Some(_), Some(location)) => {
                     let dir = Storage::open_in_parent(&Location::from(location.as_str()))?;
                     let manifest = load_verified(&dir)?;
-                    let r = RestorePlan { dir, manifest };
-                    r.check_compatible(graph, plan.max_parallelism)?;
+                    let mut r = RestorePlan::new(dir, manifest);
+                    let allow = self
+                        .config
+                        .checkpoint
+                        .as_ref()
+                        .is_some_and(|c| c.allow_non_restored_state);
+                    r.bind(graph, plan.max_parallelism, allow)?;
                     info!(checkpoint = r.manifest.id, location = %location, "executor restores");
                     Some(Arc::new(r))
                 }
@@ -445,10 +460,16 @@ impl Run<'_> {
             nodes: summaries(graph, &metrics),
             plan: plan.clone(),
             checkpoints: CheckpointStats {
+                completed: self.fence.completed.load(Ordering::SeqCst),
+                aborted: self.fence.aborted.load(Ordering::SeqCst),
                 restored_from: restore.as_ref().map(|r| r.manifest.id),
                 ..CheckpointStats::default()
             },
             stopped: false,
+            executor: Some(ExecutorShare {
+                index: spec.executor,
+                of: spec.executors,
+            }),
         })
     }
 

@@ -43,7 +43,7 @@ use crate::graph::NodeKind;
 use sluice_protocol::api::NodeCounters;
 
 use crate::data::StreamMessage;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Retry};
 use crate::graph::LogicalGraph;
 use crate::plan::{plan, PhysicalPlan};
 use crate::state::key_group::DEFAULT_MAX_PARALLELISM;
@@ -73,6 +73,32 @@ pub struct JobConfig {
     pub ui: Option<std::net::SocketAddr>,
 }
 
+impl JobConfig {
+    /// Checks that this build has the parts the configuration asks for —
+    /// RocksDB state (feature `rocksdb`), `s3://` checkpoint locations
+    /// (`s3`), the web UI (`ui`) — so a job built without one fails with a
+    /// configuration error naming the feature before anything runs.
+    /// [`Env::execute`](crate::Env::execute) and
+    /// [`Env::start`](crate::Env::start) call it.
+    pub fn check_features(&self) -> Result<()> {
+        self.state.backend.check_available()?;
+        if let Some(ck) = &self.checkpoint {
+            ck.dir.check_available()?;
+            if let Some(from) = &ck.restore_from {
+                from.check_available()?;
+            }
+        }
+        match self.ui {
+            Some(addr) if !cfg!(feature = "ui") => Err(Error::Config(format!(
+                "the web UI was asked for on {addr}, but this job was built without \
+                 sluice-engine's `ui` feature; enable it (it is on by default) or unset {}",
+                crate::dsl::UI_ENV
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
 impl Default for JobConfig {
     fn default() -> Self {
         JobConfig {
@@ -90,6 +116,7 @@ impl Default for JobConfig {
 }
 
 /// How long an embedded job's web UI outlives the job.
+#[cfg(feature = "ui")]
 const UI_LINGER: Duration = Duration::from_millis(1500);
 
 /// Rows a sink keeps of the latest batch it received, for the results
@@ -150,6 +177,20 @@ pub struct JobResult {
     pub checkpoints: CheckpointStats,
     /// Whether the job stopped with a savepoint instead of finishing its input.
     pub stopped: bool,
+    /// In executor mode, which executor of the job this process was: its
+    /// counters are its own subtasks' and its checkpoint figures those its
+    /// tasks were told of (no restarts, no per-checkpoint figures), not the
+    /// job's. `None` for an embedded run, which ran the whole job.
+    pub executor: Option<ExecutorShare>,
+}
+
+/// Which executor of a job an executor-mode run was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecutorShare {
+    /// Its index, from 0.
+    pub index: usize,
+    /// The job's executor count.
+    pub of: usize,
 }
 
 impl JobResult {
@@ -403,12 +444,10 @@ pub fn start_embedded(graph: &LogicalGraph, config: &JobConfig) -> Result<JobHan
         None => (None, None),
     };
     #[cfg(not(feature = "ui"))]
-    let (ui, on_complete) = (
-        config.ui.map(|addr| {
-            warn!(%addr, "this job binary was built without sluice-engine's `ui` feature: no web UI");
-        }),
-        None,
-    );
+    let on_complete = {
+        config.check_features()?;
+        None
+    };
     let (graph, config) = (graph.clone(), config.clone());
     let driver = Driver {
         graph,
@@ -426,12 +465,13 @@ pub fn start_embedded(graph: &LogicalGraph, config: &JobConfig) -> Result<JobHan
             let result = driver.run();
             ended.lock().expect("job handle lock").ended =
                 Some(result.as_ref().err().map(|e| e.to_string()));
-            if ui.is_some() {
+            #[cfg(feature = "ui")]
+            if let Some(ui) = ui {
                 // Pages watching the job poll once a second: let them see
                 // how it ended before the process (and its UI) goes.
                 std::thread::sleep(UI_LINGER);
+                drop(ui);
             }
-            drop(ui);
             result
         })
         .map_err(|e| Error::io("spawning the job driver", e))?;
@@ -481,16 +521,20 @@ impl Driver {
                     return Ok(r);
                 }
                 Err(e) => {
-                    if self.user_cancel.load(Ordering::SeqCst)
-                        || self.config.checkpoint.is_none()
-                        || matches!(e.root(), Error::Plan { .. } | Error::Config(_))
-                    {
+                    if self.user_cancel.load(Ordering::SeqCst) || self.config.checkpoint.is_none() {
+                        return Err(e);
+                    }
+                    // A failure that replays identically (a bad record, a
+                    // schema error) is not worth a restart.
+                    if e.retry() == Retry::Never {
+                        info!(job = %self.config.name, error = %e, attempt, retry = ?Retry::Never,
+                            "job failed with an error a restart cannot fix; not restarting");
                         return Err(e);
                     }
                     let Some(delay) = self.config.restart.delay(restarts) else {
                         return Err(e);
                     };
-                    warn!(job = %self.config.name, error = %e, attempt, ?delay,
+                    warn!(job = %self.config.name, error = %e, attempt, ?delay, retry = ?Retry::Backoff,
                         "job failed; restarting from the latest checkpoint");
                     self.current.lock().expect("job handle lock").restarting = Some(e.to_string());
                     std::thread::sleep(delay);
@@ -514,10 +558,17 @@ impl Driver {
         };
         let root = Storage::open(&ck.dir)?;
         let found = StartPoint::find(&root, &self.config.name, ck.restore_from.as_ref())?;
-        let restore = found.restore;
-        if let Some(r) = &restore {
-            r.check_compatible(&self.graph, self.plan.max_parallelism)?;
+        let mut restore = found.restore;
+        if let Some(r) = &mut restore {
+            r.bind(
+                &self.graph,
+                self.plan.max_parallelism,
+                ck.allow_non_restored_state,
+            )?;
+            let taken = std::time::UNIX_EPOCH
+                + Duration::from_millis(u64::try_from(r.manifest.timestamp_ms).unwrap_or(0));
             info!(job = %self.config.name, checkpoint = r.manifest.id, location = %r.dir.location(),
+                taken = %humantime::format_rfc3339_seconds(taken), savepoint = r.manifest.savepoint,
                 "resuming from checkpoint");
         }
         self.stats.lock().expect("stats lock").restored_from =
@@ -649,6 +700,7 @@ impl Driver {
             plan: plan.clone(),
             checkpoints: CheckpointStats::default(),
             stopped,
+            executor: None,
         })
     }
 }
@@ -707,12 +759,14 @@ pub(crate) fn run_state(
 
 /// Every graph node as a manifest records it, in graph order.
 pub(crate) fn node_infos(graph: &LogicalGraph, plan: &PhysicalPlan) -> Vec<NodeInfo> {
+    let uids = graph.uids();
     let mut nodes: Vec<NodeInfo> = Vec::new();
     for v in &plan.vertices {
         for n in &v.chain {
             nodes.push(NodeInfo {
                 node: n.0,
                 name: graph.node(*n).name.clone(),
+                uid: uids[n.0].clone(),
                 parallelism: v.parallelism,
             });
         }

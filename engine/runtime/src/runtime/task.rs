@@ -19,11 +19,13 @@ use super::watermark::{InputWatermarks, SplitWatermarks};
 use super::{JobControl, NodeMetrics};
 use crate::checkpoint::coordinator::{CoordinatorMsg, TaskControl, TaskKey, TaskSnapshot};
 use crate::checkpoint::restore::RestorePlan;
-use crate::data::{Barrier, BarrierKind, CheckpointId, StreamMessage, Watermark};
+use crate::data::{without_rows, Barrier, BarrierKind, CheckpointId, StreamMessage, Watermark};
 use crate::error::{Error, Result};
 use crate::exchange::partition::EdgeWriter;
 use crate::graph::{LogicalGraph, NodeKind};
-use crate::operator::{Collector, Operator, OperatorContext, SinkOperator, Source, SourcePoll};
+use crate::operator::{
+    Collector, Operator, OperatorContext, SinkOperator, Source, SourcePoll, TICK,
+};
 use crate::plan::Vertex;
 use crate::state::OperatorSnapshot;
 
@@ -101,6 +103,28 @@ struct SourceHead {
     src: Box<dyn Source>,
     ctx: OperatorContext,
     gen: Option<SplitWatermarks>,
+    closed: bool,
+}
+
+impl SourceHead {
+    /// Calls [`Source::close`] once.
+    fn close(&mut self) -> Result<()> {
+        if std::mem::replace(&mut self.closed, true) {
+            return Ok(());
+        }
+        self.src.close(&self.ctx)
+    }
+}
+
+impl Drop for SourceHead {
+    /// A task that ends by an error or a panic still closes its source;
+    /// its failure is the one reported, so a close error is only logged.
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::warn!(operator = %self.ctx.operator, subtask = self.ctx.subtask,
+                error = %e, "closing the source of a failed task");
+        }
+    }
 }
 
 /// The fused operators of a task. Member `i`'s main output feeds member
@@ -192,6 +216,22 @@ impl Chain {
         }
         if idx + 1 < self.members.len() {
             self.watermark(idx + 1, wm)?;
+        }
+        Ok(())
+    }
+
+    /// Calls every member's [`Operator::on_tick`] when [`TICK`] has passed
+    /// since the last call.
+    fn tick(&mut self, last: &mut Instant) -> Result<()> {
+        if last.elapsed() < TICK {
+            return Ok(());
+        }
+        *last = Instant::now();
+        for idx in 0..self.members.len() {
+            let m = &mut self.members[idx];
+            let mut out = Collector::default();
+            m.op.on_tick(&m.ctx, &mut out)?;
+            self.route(idx, out)?;
         }
         Ok(())
     }
@@ -445,7 +485,17 @@ pub fn run(spec: TaskSpec, control: &JobControl) -> Result<()> {
                 factory,
                 watermarks,
             } => {
-                let mut s = factory(&ctx)?;
+                let s = factory(&ctx)?;
+                // Owned by the head from here on, so it is closed however
+                // the task ends.
+                let h = source.insert(SourceHead {
+                    node: id.0,
+                    src: s,
+                    ctx,
+                    gen: None,
+                    closed: false,
+                });
+                let (s, ctx) = (&mut h.src, &h.ctx);
                 if checkpointer.is_some() && !s.supports_checkpoints() {
                     return Err(Error::Config(format!(
                         "source '{}' cannot record its position, so the job cannot checkpoint; \
@@ -456,10 +506,10 @@ pub fn run(spec: TaskSpec, control: &JobControl) -> Result<()> {
                 if let Some(r) = &restore {
                     let state =
                         r.state_for(id.0, subtask, vertex.parallelism, &ctx.state.local_dir)?;
-                    s.restore(state.entries, &ctx)?;
+                    s.restore(state.entries, ctx)?;
                 }
-                s.open(&ctx)?;
-                let gen = match watermarks {
+                s.open(ctx)?;
+                h.gen = match watermarks {
                     Some(strategy) => Some(SplitWatermarks::new(
                         strategy.clone(),
                         &node.outputs[0],
@@ -467,12 +517,6 @@ pub fn run(spec: TaskSpec, control: &JobControl) -> Result<()> {
                     )?),
                     None => None,
                 };
-                source = Some(SourceHead {
-                    node: id.0,
-                    src: s,
-                    ctx,
-                    gen,
-                });
                 entry_writers = w;
                 continue;
             }
@@ -519,14 +563,17 @@ pub fn run(spec: TaskSpec, control: &JobControl) -> Result<()> {
         )?,
     };
     match outcome {
-        Outcome::Stopped => Ok(()),
+        Outcome::Stopped => {}
         Outcome::Finished => {
             chain.finish()?;
-            match &checkpointer {
-                Some(c) => c.finish(source.as_mut(), &mut chain, control),
-                None => Ok(()),
+            if let Some(c) = &checkpointer {
+                c.finish(source.as_mut(), &mut chain, control)?;
             }
         }
+    }
+    match source.as_mut() {
+        Some(head) => head.close(),
+        None => Ok(()),
     }
 }
 
@@ -537,10 +584,12 @@ fn run_source(
     control: &JobControl,
     ck: Option<&Checkpointer>,
 ) -> Result<Outcome> {
+    let mut last_tick = Instant::now();
     loop {
         if control.is_cancelled() {
             return Err(Error::Cancelled);
         }
+        chain.tick(&mut last_tick)?;
         if let Some(c) = ck {
             while let Ok(msg) = c.ck.control.try_recv() {
                 match msg {
@@ -556,8 +605,19 @@ fn run_source(
             }
         }
         match head.src.poll(&head.ctx)? {
-            SourcePoll::Batch { split, batch } => {
+            SourcePoll::Batch { split, mut batch } => {
                 if let Some(g) = head.gen.as_mut() {
+                    // Records whose time is null or out of range go to the
+                    // source's bad-record policy, not on to the operators.
+                    let bad = g.invalid_rows(&batch)?;
+                    if !bad.is_empty() {
+                        head.src.reject(split, &batch, &bad)?;
+                        let rows: Vec<usize> = bad.iter().map(|(r, _)| *r).collect();
+                        batch = without_rows(&batch, &rows)?;
+                        if batch.num_rows() == 0 {
+                            continue;
+                        }
+                    }
                     g.observe(split, &batch)?;
                 }
                 metrics
@@ -580,7 +640,19 @@ fn run_source(
                 if let Some(wm) = head.gen.as_mut().and_then(|g| g.poll()) {
                     chain.entry_watermark(wm)?;
                 }
-                std::thread::sleep(head.src.idle_backoff());
+                // A source may ask for a long pause (a paced one sleeps
+                // until its next burst): a control message (a barrier to
+                // inject) ends it early, and cancellation is seen within
+                // CANCEL_POLL.
+                let backoff = head.src.idle_backoff().min(CANCEL_POLL);
+                match ck {
+                    Some(c) if !backoff.is_zero() => {
+                        let mut sel = Select::new();
+                        sel.recv(&c.ck.control);
+                        let _ = sel.ready_timeout(backoff);
+                    }
+                    _ => std::thread::sleep(backoff),
+                }
             }
             SourcePoll::End => break,
         }
@@ -613,6 +685,7 @@ fn run_inputs(
     let mut open = vec![true; n];
     let mut remaining = n;
     let mut align_start: Option<Instant> = None;
+    let mut last_tick = Instant::now();
     // The select is rebuilt whenever the set of readable channels changes
     // (a channel blocked by alignment, released, or ended).
     'rebuild: while remaining > 0 {
@@ -625,7 +698,9 @@ fn run_inputs(
         }
         let ctl = ck.map(|c| (sel.recv(&c.ck.control), c));
         loop {
-            let op = match sel.select_timeout(CANCEL_POLL) {
+            let selected = sel.select_timeout(CANCEL_POLL);
+            chain.tick(&mut last_tick)?;
+            let op = match selected {
                 Ok(op) => op,
                 Err(_) => {
                     if control.is_cancelled() {

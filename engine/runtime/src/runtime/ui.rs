@@ -20,7 +20,7 @@ use sluice_protocol::api::{
     SavepointRequest, SavepointTaken, WorkerInfo,
 };
 use sluice_protocol::results::LatestRows;
-use sluice_web::{self as jobs_api, JobsView, Metrics, Token};
+use sluice_web::{self as jobs_api, Access, JobsView, Metrics, Token};
 
 use crate::error::{Error, Result};
 use crate::executor::describe::describe;
@@ -106,12 +106,11 @@ impl EmbeddedView {
 
     /// Binds `addr` (failing here if it cannot) and serves on a thread.
     pub(crate) fn serve(self, addr: SocketAddr) -> Result<UiServer> {
-        let token = Token::from_file_or_env(None)
-            .map_err(|e| Error::Config(e.to_string()))?
-            .map(Arc::new);
+        let token = Token::from_file_or_env(None).map_err(|e| Error::Config(e.to_string()))?;
+        let access = Access::new(token, None).map_err(|e| Error::Config(e.to_string()))?;
         let (listener, local) =
             jobs_api::bind(addr, "the web UI").map_err(|e| Error::Config(e.to_string()))?;
-        let app = jobs_api::secure(jobs_api::routes::<EmbeddedView>(), token)
+        let app = jobs_api::secure(jobs_api::routes::<EmbeddedView>(), access)
             .merge(jobs_api::ui_routes())
             .with_state(Arc::new(self));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -196,6 +195,9 @@ impl EmbeddedView {
             workdir: self.workdir.clone(),
             rescaling_to: None,
             restart: self.description.restart,
+            // An embedded run logs its failures; the history is kept by
+            // a coordinator.
+            exceptions: Vec::new(),
         }
     }
 
@@ -279,7 +281,7 @@ impl JobsView for EmbeddedView {
             workers_alive: 1,
             slots,
             used_slots: if state == JobState::Running { slots } else { 0 },
-            jobs: vec![(state, 1)],
+            jobs: [(state, 1)].into(),
             heartbeat_timeout_ms: 0,
             control: String::new(),
         }

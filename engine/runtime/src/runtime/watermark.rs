@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
-use crate::data::{event_times_ms, Watermark};
+use crate::data::{event_times_ms, invalid_event_times, Watermark};
 use crate::error::{Error, Result};
 use crate::graph::WatermarkStrategy;
 use crate::operator::{Collector, Operator, OperatorContext};
@@ -21,6 +21,8 @@ pub struct SplitWatermarks {
     last_active: Vec<Instant>,
     finished: Vec<bool>,
     emitted: Option<Watermark>,
+    /// When the last watermark went out (for the emission interval).
+    emitted_at: Option<Instant>,
 }
 
 impl SplitWatermarks {
@@ -40,6 +42,7 @@ impl SplitWatermarks {
             last_active: vec![now; splits.max(1)],
             finished: vec![false; splits.max(1)],
             emitted: None,
+            emitted_at: None,
         })
     }
 
@@ -59,6 +62,14 @@ impl SplitWatermarks {
         Ok(())
     }
 
+    /// Rows of `batch` whose event time no operator can process (null, or
+    /// outside [`crate::data::EVENT_TIME_RANGE`]), with why. They must not
+    /// reach [`SplitWatermarks::observe`]: a time at `i64::MAX` would end
+    /// event time for the whole job.
+    pub fn invalid_rows(&self, batch: &RecordBatch) -> Result<Vec<(usize, String)>> {
+        invalid_event_times(batch.column(self.column), &self.strategy.column)
+    }
+
     /// Split `split` has no more records: it no longer holds time back.
     pub fn finish(&mut self, split: usize) {
         if split < self.finished.len() {
@@ -66,9 +77,17 @@ impl SplitWatermarks {
         }
     }
 
-    /// The watermark to emit now, if it differs from the last one emitted.
+    /// The watermark to emit now, if it differs from the last one emitted
+    /// and the strategy's emission interval has passed since then.
     pub fn poll(&mut self) -> Option<Watermark> {
         let now = Instant::now();
+        let interval = self.strategy.emit_interval;
+        if self
+            .emitted_at
+            .is_some_and(|at| now.duration_since(at) < interval)
+        {
+            return None;
+        }
         let idle = |i: usize| {
             self.strategy
                 .idle_timeout
@@ -105,6 +124,7 @@ impl SplitWatermarks {
         };
         if advance {
             self.emitted = Some(wm);
+            self.emitted_at = Some(now);
             Some(wm)
         } else {
             None
@@ -213,6 +233,17 @@ impl Operator for WatermarkOperator {
         _ctx: &OperatorContext,
         out: &mut Collector,
     ) -> Result<()> {
+        // Mid-stream there is no source whose bad-record policy could take
+        // these rows: they fail the job, naming the first one.
+        let bad = self.gen.invalid_rows(&batch)?;
+        if let Some((row, why)) = bad.first() {
+            return Err(Error::Decode(format!(
+                "{} of {} records cannot be processed (row {row}: {why}); filter them out before \
+                 assigning watermarks, or assign watermarks on the source, whose bad-record policy applies",
+                bad.len(),
+                batch.num_rows()
+            )));
+        }
         self.gen.observe(0, &batch)?;
         out.emit(batch);
         if let Some(wm) = self.gen.poll() {
@@ -283,6 +314,44 @@ mod tests {
         assert_eq!(g.poll(), Some(Watermark::EventTime(489)));
         g.finish(1);
         assert_eq!(g.poll(), None, "the end of input sends the final watermark");
+    }
+
+    #[test]
+    fn an_emission_interval_holds_watermarks_back_until_it_passes() {
+        use arrow::array::Int64Array;
+        use arrow::datatypes::{DataType, Field, Schema};
+        use std::sync::Arc;
+        let schema = Arc::new(Schema::new(vec![Field::new("ts", DataType::Int64, false)]));
+        let batch = |t: i64| {
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![t]))]).unwrap()
+        };
+        let every = Duration::from_millis(50);
+        let strategy = WatermarkStrategy::ascending("ts").emit_every(every);
+        let mut g = SplitWatermarks::new(strategy, &schema, 1).unwrap();
+        g.observe(0, &batch(100)).unwrap();
+        assert_eq!(
+            g.poll(),
+            Some(Watermark::EventTime(99)),
+            "the first goes out at once"
+        );
+        g.observe(0, &batch(200)).unwrap();
+        assert_eq!(g.poll(), None, "held back within the interval");
+        g.observe(0, &batch(300)).unwrap();
+        assert_eq!(g.poll(), None);
+        std::thread::sleep(every);
+        assert_eq!(
+            g.poll(),
+            Some(Watermark::EventTime(299)),
+            "the newest, once it passed"
+        );
+        assert_eq!(g.poll(), None);
+
+        // Without an interval, every advance goes out.
+        let mut g = SplitWatermarks::new(WatermarkStrategy::ascending("ts"), &schema, 1).unwrap();
+        for t in [100, 200, 300] {
+            g.observe(0, &batch(t)).unwrap();
+            assert_eq!(g.poll(), Some(Watermark::EventTime(t - 1)));
+        }
     }
 
     #[test]

@@ -111,7 +111,7 @@ function select(id) {
 }
 
 function renderSummary(c) {
-  const jobs = (c.jobs || []).filter(([, n]) => n > 0).map(([s, n]) => el("span", {}, s.toLowerCase() + " ", el("b", {}, n)));
+  const jobs = Object.entries(c.jobs || {}).filter(([, n]) => n > 0).map(([s, n]) => el("span", {}, s.toLowerCase() + " ", el("b", {}, n)));
   document.getElementById("summary").replaceChildren(
     el("span", {}, "workers ", el("b", {}, c.workers_alive)),
     el("span", {}, "slots ", el("b", {}, c.used_slots + " / " + c.slots)),
@@ -257,7 +257,20 @@ async function renderJob(jobs) {
     el("h3", {}, "Plan"), renderPlan(job),
     el("h3", {}, "Results"), ...renderResults(results),
     el("h3", {}, "Checkpoints"), ...renderCheckpoints(cps),
-    el("h3", {}, "Placement"), renderPlacement(job));
+    el("h3", {}, "Placement"), renderPlacement(job),
+    ...renderExceptions(job));
+}
+
+// The job's failures, newest first: when, which attempt, the cause and
+// what followed.
+function renderExceptions(job) {
+  const ex = job.exceptions || [];
+  if (ex.length === 0) return [];
+  const rows = ex.slice().reverse().map((e) => ({
+    cells: [new Date(e.time_ms).toLocaleTimeString(), e.attempt, e.outcome, e.error],
+  }));
+  return [el("h3", {}, "Exceptions (" + ex.length + ")"),
+    table(["time", "attempt", "then", "cause"], rows, { numeric: [1] })];
 }
 
 function askForToken(message) {

@@ -164,10 +164,14 @@ pub(crate) struct CoordinatorArgs {
     #[arg(long, env = "SLUICE_RETAINED_JOBS", value_name = "N",
           default_value_t = coordinator_defaults().retained_jobs)]
     pub(crate) retained_jobs: usize,
-    /// File holding the bearer token API calls must carry [default: SLUICE_TOKEN, else none].
+    /// File holding the operator's bearer token, which API calls must carry and which alone may change anything; mode 600 [default: SLUICE_TOKEN, else none].
     #[arg(long, env = "SLUICE_TOKEN_FILE", value_name = "FILE")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) token_file: Option<PathBuf>,
+    /// File holding a read-only bearer token (GET routes: status, metrics, results, UI); mode 600; needs --token-file.
+    #[arg(long, env = "SLUICE_READ_TOKEN_FILE", value_name = "FILE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) read_token_file: Option<PathBuf>,
     /// Serve HTTPS with this certificate chain (PEM; with --tls-key).
     #[arg(long, env = "SLUICE_TLS_CERT", value_name = "FILE")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -213,7 +217,7 @@ pub(crate) struct WorkerArgs {
     #[arg(long, env = "SLUICE_SLOTS", value_name = "N")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) slots: Option<usize>,
-    /// Artifacts, executor specs and logs (required).
+    /// Artifacts, executors' own directories and logs (required).
     #[arg(long, env = "SLUICE_DATA_DIR", value_name = "DIR")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) data_dir: Option<PathBuf>,
@@ -225,6 +229,10 @@ pub(crate) struct WorkerArgs {
     #[arg(long, env = "SLUICE_CAPACITY", value_name = "W",
           default_value_t = worker_defaults().capacity)]
     pub(crate) capacity: f64,
+    /// Run executors as this user (name from the user database); the worker must run as root. Executors then cannot read the worker's token, logs or other files [default: the worker's own user].
+    #[arg(long, env = "SLUICE_RUN_AS", value_name = "USER")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) run_as: Option<String>,
     #[command(flatten)]
     #[serde(flatten)]
     pub(crate) security: SecurityArgs,
@@ -471,6 +479,14 @@ pub(crate) fn coordinator_config(
     config.artifact_limits.max_artifact_bytes = a.max_artifact_bytes.0;
     config.artifact_limits.max_store_bytes = a.max_artifact_store_bytes.0;
     config.token = Token::from_file_or_env(a.token_file.as_deref())?;
+    config.read_token = a
+        .read_token_file
+        .as_deref()
+        .map(Token::from_file)
+        .transpose()?;
+    if config.read_token.is_some() && config.token.is_none() {
+        bail!("--read-token-file needs --token-file (or SLUICE_TOKEN): without an operator token the API is open to everyone");
+    }
     config.advertise = a.advertise;
     config.raft = match (a.peers, a.node_id) {
         (None, None) => None,
@@ -531,6 +547,11 @@ pub(crate) fn worker_config(
     config.listen_host = a.exchange_host;
     config.capacity = a.capacity;
     config.security = security(&a.security)?;
+    config.run_as = a
+        .run_as
+        .as_deref()
+        .map(sluice_cluster::confine::RunAs::lookup)
+        .transpose()?;
     Ok(config)
 }
 

@@ -55,6 +55,18 @@ pub(crate) fn status_text(s: &JobStatus) -> String {
             workers.join(", ")
         ));
     }
+    if !s.exceptions.is_empty() {
+        out.push_str(&format!(
+            "exceptions ({}, newest first):\n",
+            s.exceptions.len()
+        ));
+        for e in s.exceptions.iter().rev().take(5) {
+            out.push_str(&format!(
+                "  attempt {} at {} ms: {} -> {}\n",
+                e.attempt, e.time_ms, e.error, e.outcome
+            ));
+        }
+    }
     if !s.vertices.is_empty() {
         out.push_str("operators (records of the current attempt):\n");
         let rows = s.vertices.iter().flat_map(|v| {

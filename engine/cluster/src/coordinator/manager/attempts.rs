@@ -2,6 +2,8 @@
 //! transitions, and starts of waiting jobs on the executors the scheduler
 //! placed.
 
+use sluice_protocol::api::{JobException, MAX_EXCEPTIONS};
+
 use super::*;
 
 impl Manager {
@@ -237,17 +239,28 @@ impl Manager {
             return;
         };
         let attempt = job.record.life.attempt;
-        match job.record.life.failed(error.clone(), retry) {
+        let outcome = match job.record.life.failed(error.clone(), retry) {
             AfterFailure::Restart { delay_ms } => {
                 warn!(job = %id, attempt, error = %error, restarts = job.record.life.restarts,
                     delay_ms, "attempt failed; restarting from the latest checkpoint");
                 job.not_before = Instant::now() + Duration::from_millis(delay_ms);
+                format!("restart in {delay_ms} ms")
             }
             AfterFailure::Failed => {
                 warn!(job = %id, error = ?job.record.life.error, "job failed");
+                "failed".to_string()
             }
-            AfterFailure::Ignored => {}
-        }
+            AfterFailure::Ignored => return,
+        };
+        let history = &mut job.record.exceptions;
+        history.push(JobException {
+            time_ms: now_ms(),
+            attempt,
+            error,
+            outcome,
+        });
+        let excess = history.len().saturating_sub(MAX_EXCEPTIONS);
+        history.drain(..excess);
         job.changed();
     }
 

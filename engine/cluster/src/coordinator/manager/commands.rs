@@ -81,6 +81,7 @@ impl Manager {
             updated_ms: now,
             latest_checkpoint: None,
             rescale: None,
+            exceptions: Vec::new(),
         };
         // Written before the job is visible, and without the lock: the
         // write waits for the disk.

@@ -17,6 +17,7 @@ pub(crate) fn description(checkpoint: Option<&Path>, restart: RestartPolicy) -> 
             nodes: vec![(0, "source".into()), (1, "sink".into())],
         }],
         graph_nodes: 2,
+        uids: Vec::new(),
         checkpoint: checkpoint.map(|dir| CheckpointDescription {
             dir: dir.to_string_lossy().into_owned(),
             interval_ms: 1000,
@@ -46,6 +47,7 @@ pub(crate) fn record(state: JobState) -> JobRecord {
         updated_ms: 0,
         latest_checkpoint: None,
         rescale: None,
+        exceptions: Vec::new(),
     }
 }
 
@@ -287,7 +289,24 @@ fn the_jobs_restart_policy_decides_on_a_cluster() {
         (JobState::Scheduling, 2, 1)
     );
     m.heartbeat(&w, exited(2)).unwrap();
-    assert_eq!(m.job(&id).unwrap().state, JobState::Failed);
+    let j = m.job(&id).unwrap();
+    assert_eq!(j.state, JobState::Failed);
+
+    // Each failure is in the job's history, with its attempt and outcome,
+    // and the history survives a coordinator restart.
+    let seen: Vec<(u64, &str)> = j
+        .exceptions
+        .iter()
+        .map(|e| (e.attempt, e.outcome.as_str()))
+        .collect();
+    assert_eq!(seen, [(1, "restart in 0 ms"), (2, "failed")], "{j:?}");
+    assert!(
+        j.exceptions.iter().all(|e| e.error.contains("exit")),
+        "{j:?}"
+    );
+    drop(m);
+    let reopened = manager(dir.path(), 10);
+    assert_eq!(reopened.job(&id).unwrap().exceptions, j.exceptions);
 }
 
 #[test]

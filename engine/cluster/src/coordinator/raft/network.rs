@@ -32,7 +32,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use sluice_engine::error::{Error, Result};
-use sluice_web::{self as jobs_api, Failure, Token};
+use sluice_web::{self as jobs_api, Access, Failure, Token};
 
 use super::{Command, NodeId, Replica, TypeConfig};
 use crate::coordinator::artifacts::{ArtifactError, ArtifactStore, Uploaded, DOWNLOAD_CHUNK};
@@ -150,11 +150,10 @@ struct Internal {
 }
 
 /// The internal routes: Raft's messages and binaries between coordinators.
-pub fn routes(
-    replica: Replica,
-    artifacts: Arc<ArtifactStore>,
-    token: Option<Arc<Token>>,
-) -> Router {
+/// Behind the operator token (a read token is refused their POSTs and
+/// PUTs); kept out of the audit log, which records users' requests, not
+/// the coordinators' own traffic.
+pub fn routes(replica: Replica, artifacts: Arc<ArtifactStore>, access: &Access) -> Router {
     let api = Router::new()
         .route("/internal/raft/append", post(append))
         .route("/internal/raft/vote", post(vote))
@@ -167,7 +166,7 @@ pub fn routes(
                 .get(send_artifact)
                 .layer(DefaultBodyLimit::disable()),
         );
-    jobs_api::secure(api, token).with_state(Internal { replica, artifacts })
+    jobs_api::secure(api, access.unaudited()).with_state(Internal { replica, artifacts })
 }
 
 async fn append(

@@ -33,14 +33,14 @@ use tracing::{info, warn};
 
 use sluice_engine::error::{Error, Result};
 use sluice_protocol::api::JobStatus;
-use sluice_web::{self as jobs_api, Failure, Token};
+use sluice_web::{self as jobs_api, Access, AuditLog, Failure};
 
 use super::{network, Replica};
 use crate::coordinator::artifacts::ArtifactStore;
 use crate::coordinator::jobs::Job;
 use crate::coordinator::manager::Manager;
 use crate::coordinator::meta::MetaStore;
-use crate::coordinator::{routes, CoordinatorConfig, TICK};
+use crate::coordinator::{routes, CoordinatorConfig, AUDIT_LOG, TICK};
 
 /// How fresh a read must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,8 +101,12 @@ pub async fn serve(
     config: CoordinatorConfig,
     listener: std::net::TcpListener,
     tls: Option<axum_server::tls_openssl::OpenSSLConfig>,
-    token: Option<Arc<Token>>,
+    access: Access,
 ) -> Result<()> {
+    // Raft's requests to the other members carry the operator token.
+    let token = config.token.clone().map(Arc::new);
+    // Every member keeps its own audit log of the requests it served.
+    let access = access.audited(AuditLog::open(&config.data_dir.join(AUDIT_LOG))?);
     let settings = config
         .raft
         .clone()
@@ -122,7 +126,7 @@ pub async fn serve(
             Router::new()
                 .route("/api/v1/jobs", get(local_jobs))
                 .route("/api/v1/jobs/{id}", get(local_job)),
-            token.clone(),
+            access.unaudited(),
         )
         .with_state(replica.clone())
         .fallback({
@@ -138,11 +142,11 @@ pub async fn serve(
             }
         }),
     });
-    let app = network::routes(replica.clone(), artifacts.clone(), token.clone()).fallback({
+    let app = network::routes(replica.clone(), artifacts.clone(), &access).fallback({
         let serving = serving.clone();
         move |request: Request| dispatch(serving.clone(), request)
     });
-    tokio::spawn(lead(config, replica, artifacts, serving, token));
+    tokio::spawn(lead(config, replica, artifacts, serving, access));
     Ok(jobs_api::serve(listener, app, tls, std::future::pending()).await?)
 }
 
@@ -228,7 +232,7 @@ async fn lead(
     replica: Replica,
     artifacts: Arc<ArtifactStore>,
     serving: Arc<Serving>,
-    token: Option<Arc<Token>>,
+    access: Access,
 ) {
     let mut metrics = replica.raft().metrics();
     let mut leading: Option<Leading> = None;
@@ -251,7 +255,7 @@ async fn lead(
                         Err(e) => warn!(error = %e, "cannot start the manager thread"),
                         Ok(ticker) => {
                             serving
-                                .set_leading(Some(routes::router(manager.clone(), token.clone())));
+                                .set_leading(Some(routes::router(manager.clone(), access.clone())));
                             info!(
                                 node = replica.id(),
                                 term = replica.position().term,

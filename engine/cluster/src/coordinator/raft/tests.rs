@@ -69,7 +69,11 @@ async fn start(listener: std::net::TcpListener, settings: RaftSettings, dir: &Pa
     };
     listener.set_nonblocking(true).unwrap();
     let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-    let app = network::routes(replica.clone(), artifacts.clone(), None);
+    let app = network::routes(
+        replica.clone(),
+        artifacts.clone(),
+        &sluice_web::Access::open(),
+    );
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });

@@ -10,8 +10,10 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{KeyScope, StateDescriptor, StateKind};
+use super::layout::layout_of;
+use super::{KeyScope, MapCodec, MapValue, StateDescriptor, StateKind};
 use crate::error::{Error, Result};
+use crate::state::table::BytesCodec;
 
 fn encode<T: Serialize + ?Sized>(state: &str, v: &T) -> Result<Vec<u8>> {
     encode_onto(state, v, Vec::new())
@@ -51,11 +53,6 @@ macro_rules! handle_common {
                 $t { name: name.into(), _types: PhantomData }
             }
 
-            /// The declaration to give the operator.
-            pub fn descriptor(&self) -> StateDescriptor {
-                StateDescriptor { name: self.name.to_string(), kind: $kind }
-            }
-
             fn id(&self, s: &KeyScope<'_>) -> Result<usize> {
                 s.store.state(&self.name, $kind)
             }
@@ -71,12 +68,22 @@ pub struct ValueState<T> {
 handle_common!(ValueState, StateKind::Value, T);
 
 impl<T: Serialize + DeserializeOwned> ValueState<T> {
+    /// The declaration to give the operator.
+    pub fn descriptor(&self) -> StateDescriptor {
+        StateDescriptor {
+            name: self.name.to_string(),
+            kind: StateKind::Value,
+            layout: layout_of::<T>(),
+        }
+    }
+
     /// The value, if set.
     pub fn get(&self, s: &KeyScope<'_>) -> Result<Option<T>> {
         let id = self.id(s)?;
-        s.store
-            .get(id, &s.prefix())?
-            .map(|b| decode(&self.name, &b))
+        let mut table = s.store.bytes(id)?;
+        table
+            .get(&mut BytesCodec, s.at())?
+            .map(|b| decode(&self.name, b))
             .transpose()
     }
 
@@ -84,19 +91,21 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
     pub fn set(&self, s: &mut KeyScope<'_>, value: &T) -> Result<()> {
         let id = self.id(s)?;
         let v = encode(&self.name, value)?;
-        s.store.put(id, s.prefix(), v)
+        let at = s.at();
+        s.store.bytes(id)?.put(&mut BytesCodec, at, v)
     }
 
     /// Removes the value.
     pub fn clear(&self, s: &mut KeyScope<'_>) -> Result<()> {
         let id = self.id(s)?;
-        s.store.delete(id, &s.prefix())
+        let at = s.at();
+        s.store.bytes(id)?.delete(&mut BytesCodec, at)
     }
 }
 
 /// A list per key and namespace, stored as one entry of length-prefixed
-/// elements: `add` rewrites the entry, so keep lists short (a RocksDB merge
-/// operator would make appends blind; not done yet).
+/// elements: `add` appends to the cached entry (RocksDB sees the list only
+/// when it is flushed or evicted).
 pub struct ListState<T> {
     name: Arc<str>,
     _types: PhantomData<fn() -> T>,
@@ -104,10 +113,20 @@ pub struct ListState<T> {
 handle_common!(ListState, StateKind::List, T);
 
 impl<T: Serialize + DeserializeOwned> ListState<T> {
+    /// The declaration to give the operator.
+    pub fn descriptor(&self) -> StateDescriptor {
+        StateDescriptor {
+            name: self.name.to_string(),
+            kind: StateKind::List,
+            layout: layout_of::<T>(),
+        }
+    }
+
     /// The elements in insertion order (empty when none).
     pub fn get(&self, s: &KeyScope<'_>) -> Result<Vec<T>> {
         let id = self.id(s)?;
-        let Some(bytes) = s.store.get(id, &s.prefix())? else {
+        let mut table = s.store.bytes(id)?;
+        let Some(bytes) = table.get(&mut BytesCodec, s.at())? else {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
@@ -130,8 +149,9 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
     /// Appends `values` in order.
     pub fn add_all(&self, s: &mut KeyScope<'_>, values: &[T]) -> Result<()> {
         let id = self.id(s)?;
-        let k = s.prefix();
-        let mut bytes = s.store.get(id, &k)?.unwrap_or_default();
+        let at = s.at();
+        let mut table = s.store.bytes(id)?;
+        let mut bytes = table.get(&mut BytesCodec, at)?.cloned().unwrap_or_default();
         for v in values {
             // Length prefix first, filled in once the element is encoded.
             let at = bytes.len();
@@ -140,7 +160,7 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
             let len = (bytes.len() - at - 4) as u32;
             bytes[at..at + 4].copy_from_slice(&len.to_le_bytes());
         }
-        s.store.put(id, k, bytes)
+        table.put(&mut BytesCodec, at, bytes)
     }
 
     /// Replaces the list with `values` (an empty slice clears it).
@@ -155,13 +175,15 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
     /// Removes every element.
     pub fn clear(&self, s: &mut KeyScope<'_>) -> Result<()> {
         let id = self.id(s)?;
-        s.store.delete(id, &s.prefix())
+        let at = s.at();
+        s.store.bytes(id)?.delete(&mut BytesCodec, at)
     }
 }
 
-/// A map per key and namespace; each entry is its own store entry, so
-/// reads and writes of one entry do not touch the others. Iteration is in
-/// the order of the encoded map keys (not `K`'s `Ord`).
+/// A map per key and namespace, held as one entry per key and namespace
+/// (see the module docs): reading or writing one map entry touches only
+/// the cached map. Iteration is in the order of the encoded map keys (not
+/// `K`'s `Ord`).
 pub struct MapState<K, V> {
     name: Arc<str>,
     _types: PhantomData<fn() -> (K, V)>,
@@ -173,56 +195,87 @@ where
     K: Serialize + DeserializeOwned,
     V: Serialize + DeserializeOwned,
 {
-    fn entry(&self, s: &KeyScope<'_>, k: &K) -> Result<Vec<u8>> {
-        encode_onto(&self.name, k, s.prefix())
+    /// The declaration to give the operator.
+    pub fn descriptor(&self) -> StateDescriptor {
+        StateDescriptor {
+            name: self.name.to_string(),
+            kind: StateKind::Map,
+            layout: format!("map of {} to {}", layout_of::<K>(), layout_of::<V>()),
+        }
+    }
+
+    /// Calls `f` with the current key's map (`None` when empty).
+    fn with_map<R>(&self, s: &KeyScope<'_>, f: impl FnOnce(Option<&MapValue>) -> R) -> Result<R> {
+        let id = self.id(s)?;
+        let mut table = s.store.map(id)?;
+        Ok(f(table.get(&mut MapCodec, s.at())?))
     }
 
     /// The value under `key`.
     pub fn get(&self, s: &KeyScope<'_>, key: &K) -> Result<Option<V>> {
-        let id = self.id(s)?;
-        s.store
-            .get(id, &self.entry(s, key)?)?
-            .map(|b| decode(&self.name, &b))
-            .transpose()
+        let k = encode(&self.name, key)?;
+        self.with_map(s, |m| {
+            m.and_then(|m| m.get(&k)).map(|b| decode(&self.name, b))
+        })?
+        .transpose()
     }
 
     /// Whether `key` is present.
     pub fn contains(&self, s: &KeyScope<'_>, key: &K) -> Result<bool> {
-        let id = self.id(s)?;
-        Ok(s.store.get(id, &self.entry(s, key)?)?.is_some())
+        let k = encode(&self.name, key)?;
+        self.with_map(s, |m| m.is_some_and(|m| m.contains_key(&k)))
     }
 
     /// Sets `key` to `value`.
     pub fn put(&self, s: &mut KeyScope<'_>, key: &K, value: &V) -> Result<()> {
         let id = self.id(s)?;
-        let e = self.entry(s, key)?;
-        let v = encode(&self.name, value)?;
-        s.store.put(id, e, v)
+        let (k, v) = (encode(&self.name, key)?, encode(&self.name, value)?);
+        let at = s.at();
+        let mut table = s.store.map(id)?;
+        match table.get_many(&mut MapCodec, [Some(at)])?[0] {
+            Some(h) => {
+                table.update(h, &mut MapCodec, |m, _| m.insert(k, v));
+                Ok(())
+            }
+            None => table.put(&mut MapCodec, at, MapValue::from([(k, v)])),
+        }
     }
 
     /// Removes `key`.
     pub fn remove(&self, s: &mut KeyScope<'_>, key: &K) -> Result<()> {
         let id = self.id(s)?;
-        let e = self.entry(s, key)?;
-        s.store.delete(id, &e)
+        let k = encode(&self.name, key)?;
+        let at = s.at();
+        let mut table = s.store.map(id)?;
+        let Some(h) = table.get_many(&mut MapCodec, [Some(at)])?[0] else {
+            return Ok(());
+        };
+        if table.value(h).is_some_and(|m| m.contains_key(&k)) {
+            let empty = table.update(h, &mut MapCodec, |m, _| {
+                m.remove(&k);
+                m.is_empty()
+            });
+            if empty {
+                table.remove(&mut MapCodec, h);
+            }
+        }
+        Ok(())
     }
 
     /// Every entry (see the type's note on order).
     pub fn entries(&self, s: &KeyScope<'_>) -> Result<Vec<(K, V)>> {
-        let id = self.id(s)?;
-        let p = s.prefix();
-        let mut out = Vec::new();
-        s.store.scan(id, &p, &super::successor(&p), |k, v| {
-            out.push((decode(&self.name, &k[p.len()..])?, decode(&self.name, v)?));
-            Ok(())
-        })?;
-        Ok(out)
+        self.with_map(s, |m| {
+            m.into_iter()
+                .flat_map(|m| m.iter())
+                .map(|(k, v)| Ok((decode(&self.name, k)?, decode(&self.name, v)?)))
+                .collect()
+        })?
     }
 
     /// Removes every entry.
     pub fn clear(&self, s: &mut KeyScope<'_>) -> Result<()> {
         let id = self.id(s)?;
-        let p = s.prefix();
-        s.store.delete_prefix(id, &p)
+        let at = s.at();
+        s.store.map(id)?.delete(&mut MapCodec, at)
     }
 }

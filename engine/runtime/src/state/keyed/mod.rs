@@ -5,41 +5,36 @@
 //! through a [`KeyScope`] — the current key, its key group and a namespace
 //! (0 unless set; a window start, say).
 //!
-//! Both backends store the same bytes: an entry key is
-//! `key group (2 B) | namespace (8 B, order-preserving) | key length (4 B) |
-//! key | map key`, so a subtask's state is a few contiguous ranges, one
-//! key's state in a namespace is a prefix, and a namespace is a range per key
-//! group. On the heap each state is a `BTreeMap`; in RocksDB each state is a
-//! column family. Values are encoded with `postcard` (serde).
+//! Every declared state is a [`StateTable`] of the subtask's
+//! [`StateStore`] (so on RocksDB it is a bounded write-back cache in front
+//! of a column family), keyed by (key group, namespace, key). A value or a
+//! list is one entry (a list holds length-prefixed elements); a map is one
+//! entry holding the key's whole map (map keys and values encoded, in map
+//! key order), so reading or writing one map entry touches memory only and
+//! a flush writes the map once. Values are encoded with `postcard`
+//! (serde). Timers are one more table (`__timers`), namespaced by time.
 //!
-//! Snapshots: heap state becomes one Arrow batch (`state`, `key`, `value`,
-//! `_key_group`), which restore filters by key group; RocksDB state is the
-//! database's native checkpoint. Either restores into either backend at any
-//! parallelism, because both carry the key group in every entry.
+//! Snapshots are the store's (heap rows or a RocksDB checkpoint); either
+//! restores into either backend at any parallelism.
 //!
 //! This module knows nothing of operators or the DSL.
 
 mod handle;
+pub mod layout;
 #[cfg(test)]
 mod tests;
 
 pub use handle::{ListState, MapState, ValueState};
 
+use std::cell::{RefCell, RefMut};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
-use std::sync::Arc;
-
-use arrow::array::{AsArray, BinaryArray, StringArray, UInt32Array};
-use arrow::datatypes::{DataType, Field, Schema};
-use arrow::record_batch::RecordBatch;
-use rocksdb::{IteratorMode, Options, DB};
 
 use crate::error::{Error, Result};
 use crate::operator::OperatorContext;
-use crate::state::key_group::range_of;
-use crate::state::rocks::{key_group_of_key, namespace_of, prefix, RestoredDb, RocksState};
-use crate::state::snapshot::KEY_GROUP_COLUMN;
-use crate::state::{OperatorSnapshot, RestoredState, StateBackend};
+use crate::state::store::StateStore;
+use crate::state::table::{split_entry_key, BytesCodec, KeyRef, StateTable, ValueCodec};
+use crate::state::{OperatorSnapshot, RestoredState};
 
 /// What a declared state holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +65,15 @@ pub struct StateDescriptor {
     pub name: String,
     /// What it holds.
     pub kind: StateKind,
+    /// The shape of its value type ([`layout::layout_of`]; for a map, of
+    /// key and value): checkpoints record it, and a restore into another
+    /// shape is refused.
+    pub layout: String,
 }
+
+/// Most timers [`KeyedState::take_due_timers`] returns at once (bounds
+/// memory when a watermark makes very many timers due).
+pub const TIMER_CHUNK: usize = 65_536;
 
 /// Name of the internal state holding event-time timers.
 const TIMERS: &str = "__timers";
@@ -86,57 +89,148 @@ pub struct Timer {
     pub key: Vec<u8>,
 }
 
-/// Column family of state `name` (prefixed so no user name can collide
-/// with RocksDB's `default` family or an operator's own families).
-fn family(name: &str) -> String {
-    format!("keyed.{name}")
-}
+/// Tag of the operator-state entry recording every state's layout.
+const LAYOUTS: u8 = b'L';
 
-/// The entry-key prefix of `key` in namespace `ns`: every entry of that
-/// key and namespace (a value, a list, all map entries) starts with it.
-pub(crate) fn scope_prefix(key_group: usize, ns: i64, key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(14 + key.len());
-    k.extend_from_slice(&prefix(key_group, ns));
-    k.extend_from_slice(&(key.len() as u32).to_be_bytes());
-    k.extend_from_slice(key);
-    k
-}
-
-/// The smallest byte string greater than every string starting with `p`.
-/// Entry keys start with a key group below 0xFFFF, so one always exists.
-fn successor(p: &[u8]) -> Vec<u8> {
-    let mut s = p.to_vec();
-    while let Some(last) = s.last_mut() {
-        if *last < 0xFF {
-            *last += 1;
-            return s;
+/// Refuses to restore a state whose recorded layout differs from the one
+/// declared now.
+fn check_layouts(
+    ctx: &OperatorContext,
+    states: &[StateDescriptor],
+    entries: &[Vec<u8>],
+) -> Result<()> {
+    for e in entries {
+        let Some((&LAYOUTS, json)) = e.split_first() else {
+            continue;
+        };
+        let recorded: BTreeMap<String, String> = serde_json::from_slice(json).map_err(|e| {
+            Error::Checkpoint(format!("{}: malformed state layouts: {e}", ctx.operator))
+        })?;
+        for s in states {
+            match recorded.get(&s.name) {
+                Some(old) if !old.is_empty() && !s.layout.is_empty() && *old != s.layout => {
+                    return Err(Error::Checkpoint(format!(
+                        "operator '{}': state '{}' was checkpointed as `{old}` and is now \
+                         declared as `{}`; keyed state cannot be read as another type \
+                         (add the changed type as a new state, keeping or migrating the old)",
+                        ctx.operator, s.name, s.layout
+                    )));
+                }
+                _ => {}
+            }
         }
-        s.pop();
     }
-    vec![0xFF; p.len() + 1]
+    Ok(())
 }
 
-/// The user key of an entry key (after group, namespace and length).
-fn user_key(entry: &[u8]) -> Option<&[u8]> {
-    let len = u32::from_be_bytes(entry.get(10..14)?.try_into().ok()?) as usize;
-    entry.get(14..14 + len)
+/// A map state's entries for one key and namespace: encoded map key →
+/// encoded value, in map-key byte order.
+pub type MapValue = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// Stores a [`MapValue`] as `count (4 B) | (len (4 B) | key | len | value)*`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MapCodec;
+
+impl ValueCodec<MapValue> for MapCodec {
+    fn encode(&mut self, values: &[&MapValue], out: &mut Vec<Vec<u8>>) -> Result<()> {
+        for m in values {
+            let mut b =
+                Vec::with_capacity(4 + m.iter().map(|(k, v)| 8 + k.len() + v.len()).sum::<usize>());
+            b.extend_from_slice(&(m.len() as u32).to_le_bytes());
+            for (k, v) in m.iter() {
+                b.extend_from_slice(&(k.len() as u32).to_le_bytes());
+                b.extend_from_slice(k);
+                b.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                b.extend_from_slice(v);
+            }
+            out.push(b);
+        }
+        Ok(())
+    }
+
+    fn decode(&mut self, bytes: &[&[u8]]) -> Result<Vec<MapValue>> {
+        bytes.iter().map(|b| decode_map(b)).collect()
+    }
+
+    fn weight(&self, m: &MapValue) -> usize {
+        m.iter().map(|(k, v)| 48 + k.len() + v.len()).sum()
+    }
 }
 
-enum Store {
-    /// One ordered map per declared state.
-    Heap(Vec<BTreeMap<Vec<u8>, Vec<u8>>>),
-    Rocks(RocksState),
+fn decode_map(mut b: &[u8]) -> Result<MapValue> {
+    let bad = || Error::State("a map state entry is truncated".into());
+    let take = |b: &mut &[u8], n: usize| -> Result<Vec<u8>> {
+        let v = b.get(..n).ok_or_else(bad)?.to_vec();
+        *b = &b[n..];
+        Ok(v)
+    };
+    let len = |b: &mut &[u8]| -> Result<usize> {
+        let n = u32::from_le_bytes(b.get(..4).ok_or_else(bad)?.try_into().expect("4 bytes"));
+        *b = &b[4..];
+        Ok(n as usize)
+    };
+    let n = len(&mut b)?;
+    let mut m = MapValue::new();
+    for _ in 0..n {
+        let kl = len(&mut b)?;
+        let k = take(&mut b, kl)?;
+        let vl = len(&mut b)?;
+        let v = take(&mut b, vl)?;
+        m.insert(k, v);
+    }
+    Ok(m)
+}
+
+/// One declared state's table.
+enum Table {
+    Bytes(StateTable<Vec<u8>>),
+    Map(StateTable<MapValue>),
+}
+
+impl Table {
+    fn scan_keys(&mut self, ns: i64, out: &mut BTreeSet<(usize, Vec<u8>)>) -> Result<()> {
+        let mut add = |key: &[u8]| {
+            let k = split_entry_key(key);
+            out.insert((k.key_group, k.key.to_vec()));
+        };
+        match self {
+            Table::Bytes(t) => t.scan(&mut BytesCodec, ns..=ns, |_, e| {
+                add(e.key);
+                Ok(())
+            }),
+            Table::Map(t) => t.scan(&mut MapCodec, ns..=ns, |_, e| {
+                add(e.key);
+                Ok(())
+            }),
+        }
+    }
+
+    fn delete(&mut self, k: KeyRef<'_>) -> Result<()> {
+        match self {
+            Table::Bytes(t) => t.delete(&mut BytesCodec, k),
+            Table::Map(t) => t.delete(&mut MapCodec, k),
+        }
+    }
+
+    fn maintain(&mut self) -> Result<()> {
+        match self {
+            Table::Bytes(t) => t.maintain(&mut BytesCodec),
+            Table::Map(t) => t.maintain(&mut MapCodec),
+        }
+    }
 }
 
 /// One operator subtask's keyed state: the declared states on the
 /// configured backend, for the key groups the subtask owns.
 pub struct KeyedState {
-    store: Store,
+    store: StateStore,
+    /// In cells so reads through a shared [`KeyScope`] can load entries
+    /// into the cache (`state.set(st, &(state.get(st)? ...))` borrows the
+    /// scope twice).
+    tables: Vec<RefCell<Table>>,
+    timers: StateTable<Vec<u8>>,
     states: Vec<StateDescriptor>,
-    /// Declared states (`states` ends with the internal timer state).
-    user_states: usize,
     by_name: HashMap<String, usize>,
-    families: Vec<String>,
     key_groups: Range<usize>,
     max_parallelism: usize,
 }
@@ -160,52 +254,29 @@ impl KeyedState {
                 )));
             }
         }
-        // Timers are one more state, keyed like the others (namespace =
-        // firing time), so they are checkpointed and rescaled with them.
-        let user_states = states.len();
-        let mut states = states.to_vec();
-        states.push(StateDescriptor {
-            name: TIMERS.into(),
-            kind: StateKind::Value,
-        });
-        by_name.insert(TIMERS.into(), user_states);
-        let key_groups = range_of(ctx.subtask, ctx.max_parallelism, ctx.parallelism);
-        let families: Vec<String> = states.iter().map(|s| family(&s.name)).collect();
-        let store = match &ctx.state.backend {
-            StateBackend::Memory => {
-                let mut maps = vec![BTreeMap::new(); states.len()];
-                for db in restored.dbs {
-                    read_db(&db, &families, &key_groups, |i, k, v| {
-                        maps[i].insert(k.to_vec(), v.to_vec());
-                    })?;
+        check_layouts(ctx, states, &restored.entries)?;
+        let mut names: Vec<&str> = states.iter().map(|s| s.name.as_str()).collect();
+        names.push(TIMERS);
+        let mut store = StateStore::open(ctx, &names, restored)?;
+        let mut tables = Vec::with_capacity(states.len());
+        for s in states {
+            tables.push(RefCell::new(match s.kind {
+                StateKind::Map => Table::Map(store.table(&s.name, &mut MapCodec)?),
+                StateKind::Value | StateKind::List => {
+                    Table::Bytes(store.table(&s.name, &mut BytesCodec)?)
                 }
-                Store::Heap(maps)
-            }
-            StateBackend::RocksDb(cfg) => {
-                let fams: Vec<&str> = families.iter().map(String::as_str).collect();
-                Store::Rocks(RocksState::open(
-                    &ctx.state.local_dir,
-                    &format!("{}-{}", ctx.operator, ctx.subtask),
-                    &fams,
-                    key_groups.clone(),
-                    cfg,
-                    restored.dbs,
-                )?)
-            }
-        };
-        let mut me = KeyedState {
-            store,
-            states,
-            user_states,
-            by_name,
-            families,
-            key_groups,
-            max_parallelism: ctx.max_parallelism,
-        };
-        for b in &restored.keyed {
-            me.load_rows(b)?;
+            }));
         }
-        Ok(me)
+        let timers = store.table(TIMERS, &mut BytesCodec)?;
+        Ok(KeyedState {
+            key_groups: store.key_groups(),
+            store,
+            tables,
+            timers,
+            states: states.to_vec(),
+            by_name,
+            max_parallelism: ctx.max_parallelism,
+        })
     }
 
     /// The key groups this store holds.
@@ -231,133 +302,87 @@ impl KeyedState {
         })
     }
 
-    /// Keys (key group, bytes) holding any state in namespace `ns`, in
-    /// key-group then byte order. Scans the namespace's range in each key
-    /// group of each state.
-    pub fn keys(&self, ns: i64) -> Result<Vec<(usize, Vec<u8>)>> {
-        let mut out = BTreeSet::new();
-        for id in 0..self.user_states {
-            for kg in self.key_groups.clone() {
-                let from = prefix(kg, ns);
-                self.scan(id, &from, &successor(&from), |k, _| {
-                    let key = user_key(k).ok_or_else(|| malformed(k))?;
-                    out.insert((kg, key.to_vec()));
-                    Ok(())
-                })?;
+    /// Loads the namespace-0 state of `keys` (key group, bytes) that only
+    /// the store holds, with one multi-get per state, so the calls for a
+    /// batch's rows that follow find it in memory. A no-op on the heap.
+    pub fn prefetch(&mut self, keys: &[(usize, &[u8])]) -> Result<()> {
+        let refs = || keys.iter().map(|(kg, k)| Some(KeyRef::new(*kg, 0, k)));
+        for t in &mut self.tables {
+            match t.get_mut() {
+                Table::Bytes(t) if t.spills() => {
+                    t.get_many(&mut BytesCodec, refs())?;
+                }
+                Table::Map(t) if t.spills() => {
+                    t.get_many(&mut MapCodec, refs())?;
+                }
+                _ => {}
             }
+        }
+        Ok(())
+    }
+
+    /// Evicts what exceeds the cache (RocksDB backend); call once per batch.
+    pub fn maintain(&mut self) -> Result<()> {
+        for t in &mut self.tables {
+            t.get_mut().maintain()?;
+        }
+        self.timers.maintain(&mut BytesCodec)
+    }
+
+    /// Keys (key group, bytes) holding any state in namespace `ns`, in
+    /// key-group then byte order.
+    pub fn keys(&mut self, ns: i64) -> Result<Vec<(usize, Vec<u8>)>> {
+        let mut out = BTreeSet::new();
+        for t in &mut self.tables {
+            t.get_mut().scan_keys(ns, &mut out)?;
         }
         Ok(out.into_iter().collect())
     }
 
-    /// Removes and returns every timer due at `watermark` (time <=
-    /// watermark), ordered by time, then key group and key.
+    /// Removes and returns timers due at `watermark` (time <=
+    /// watermark), ordered by time, then key group and key: all of them,
+    /// or (beyond [`TIMER_CHUNK`] due at once) the next chunk — call again
+    /// until it returns none.
     pub fn take_due_timers(&mut self, watermark: i64) -> Result<Vec<Timer>> {
-        let id = self.user_states;
-        let mut due = Vec::new();
-        let mut doomed = Vec::new();
-        for kg in self.key_groups.clone() {
-            let from = prefix(kg, i64::MIN);
-            let to = match watermark.checked_add(1) {
-                Some(next) => prefix(kg, next).to_vec(),
-                None => successor(&from[..2]),
-            };
-            self.scan(id, &from, &to, |k, _| {
-                let key = user_key(k).ok_or_else(|| malformed(k))?;
-                due.push(Timer {
-                    time: namespace_of(&k[2..10]),
-                    key_group: kg,
-                    key: key.to_vec(),
-                });
-                doomed.push(k.to_vec());
-                Ok(())
-            })?;
-        }
-        for k in doomed {
-            self.delete(id, &k)?;
-        }
+        let mut due: Vec<Timer> = self
+            .timers
+            .take_first(&mut BytesCodec, ..=watermark, TIMER_CHUNK)?
+            .into_iter()
+            .map(|(k, _)| {
+                let k = split_entry_key(&k);
+                Timer {
+                    time: k.namespace,
+                    key_group: k.key_group,
+                    key: k.key.to_vec(),
+                }
+            })
+            .collect();
         due.sort();
         Ok(due)
     }
 
     /// A copy of the state at a barrier: a batch of heap entries, or
-    /// RocksDB's native checkpoint. It aliases nothing the store changes later.
+    /// RocksDB's native checkpoint (after flushing the caches). It aliases
+    /// nothing the store changes later.
     pub fn snapshot(&mut self) -> Result<OperatorSnapshot> {
-        match &mut self.store {
-            Store::Rocks(db) => Ok(OperatorSnapshot {
-                db: Some(db.checkpoint()?),
-                ..OperatorSnapshot::default()
-            }),
-            Store::Heap(maps) => {
-                let n: usize = maps.iter().map(BTreeMap::len).sum();
-                if n == 0 {
-                    return Ok(OperatorSnapshot::default());
-                }
-                let mut names = Vec::with_capacity(n);
-                let mut keys: Vec<&[u8]> = Vec::with_capacity(n);
-                let mut values: Vec<&[u8]> = Vec::with_capacity(n);
-                let mut groups = Vec::with_capacity(n);
-                for (i, m) in maps.iter().enumerate() {
-                    for (k, v) in m {
-                        names.push(self.states[i].name.as_str());
-                        keys.push(k);
-                        values.push(v);
-                        groups.push(key_group_of_key(k) as u32);
-                    }
-                }
-                let schema = Schema::new(vec![
-                    Field::new("state", DataType::Utf8, false),
-                    Field::new("key", DataType::Binary, false),
-                    Field::new("value", DataType::Binary, false),
-                    Field::new(KEY_GROUP_COLUMN, DataType::UInt32, false),
-                ]);
-                let batch = RecordBatch::try_new(
-                    Arc::new(schema),
-                    vec![
-                        Arc::new(StringArray::from(names)),
-                        Arc::new(BinaryArray::from(keys)),
-                        Arc::new(BinaryArray::from(values)),
-                        Arc::new(UInt32Array::from(groups)),
-                    ],
-                )?;
-                Ok(OperatorSnapshot::keyed(vec![batch]))
+        let mut snap = self.store.snapshot();
+        for t in &mut self.tables {
+            match t.get_mut() {
+                Table::Bytes(t) => snap.add(t, &mut BytesCodec)?,
+                Table::Map(t) => snap.add(t, &mut MapCodec)?,
             }
         }
-    }
-
-    /// Loads heap-snapshot rows (already filtered to our key groups).
-    fn load_rows(&mut self, b: &RecordBatch) -> Result<()> {
-        let col = |name: &str| {
-            b.column_by_name(name)
-                .ok_or_else(|| Error::Checkpoint(format!("keyed state without a '{name}' column")))
-        };
-        let (names, keys, values) = (col("state")?, col("key")?, col("value")?);
-        let (Some(names), Some(keys), Some(values)) = (
-            names.as_string_opt::<i32>(),
-            keys.as_binary_opt::<i32>(),
-            values.as_binary_opt::<i32>(),
-        ) else {
-            return Err(Error::Checkpoint(
-                "keyed state columns of the wrong type".into(),
-            ));
-        };
-        for r in 0..b.num_rows() {
-            let id = self.id_of(names.value(r))?;
-            let k = keys.value(r);
-            if !self.key_groups.contains(&key_group_of_key(k)) {
-                continue;
-            }
-            self.put(id, k.to_vec(), values.value(r).to_vec())?;
-        }
-        Ok(())
-    }
-
-    fn id_of(&self, name: &str) -> Result<usize> {
-        self.by_name.get(name).copied().ok_or_else(|| {
-            Error::Checkpoint(format!(
-                "restored state '{name}' is not declared by the operator (declared: {:?})",
-                self.states.iter().map(|s| &s.name).collect::<Vec<_>>()
-            ))
-        })
+        snap.add(&mut self.timers, &mut BytesCodec)?;
+        let mut snap = snap.finish()?;
+        let layouts: BTreeMap<&str, &str> = self
+            .states
+            .iter()
+            .map(|s| (s.name.as_str(), s.layout.as_str()))
+            .collect();
+        let mut entry = vec![LAYOUTS];
+        entry.extend(serde_json::to_vec(&layouts).map_err(|e| Error::Internal(e.to_string()))?);
+        snap.entries.push(entry);
+        Ok(snap)
     }
 
     /// The id of state `name`, checking it was declared as `kind`.
@@ -365,7 +390,6 @@ impl KeyedState {
         let id = *self
             .by_name
             .get(name)
-            .filter(|id| **id < self.user_states)
             .ok_or_else(|| Error::State(format!("state '{name}' was not declared")))?;
         let declared = self.states[id].kind;
         if declared != kind {
@@ -378,115 +402,21 @@ impl KeyedState {
         Ok(id)
     }
 
-    fn get(&self, id: usize, k: &[u8]) -> Result<Option<Vec<u8>>> {
-        match &self.store {
-            Store::Heap(maps) => Ok(maps[id].get(k).cloned()),
-            Store::Rocks(db) => db.get(&self.families[id], k),
-        }
+    fn bytes(&self, id: usize) -> Result<RefMut<'_, StateTable<Vec<u8>>>> {
+        RefMut::filter_map(self.tables[id].borrow_mut(), |t| match t {
+            Table::Bytes(t) => Some(t),
+            Table::Map(_) => None,
+        })
+        .map_err(|_| Error::Internal("a map state used as a value or list".into()))
     }
 
-    fn put(&mut self, id: usize, k: Vec<u8>, v: Vec<u8>) -> Result<()> {
-        match &mut self.store {
-            Store::Heap(maps) => {
-                maps[id].insert(k, v);
-                Ok(())
-            }
-            Store::Rocks(db) => db.put(&self.families[id], &k, &v),
-        }
+    fn map(&self, id: usize) -> Result<RefMut<'_, StateTable<MapValue>>> {
+        RefMut::filter_map(self.tables[id].borrow_mut(), |t| match t {
+            Table::Map(t) => Some(t),
+            Table::Bytes(_) => None,
+        })
+        .map_err(|_| Error::Internal("a value or list state used as a map".into()))
     }
-
-    fn delete(&mut self, id: usize, k: &[u8]) -> Result<()> {
-        match &mut self.store {
-            Store::Heap(maps) => {
-                maps[id].remove(k);
-                Ok(())
-            }
-            Store::Rocks(db) => db.delete(&self.families[id], k),
-        }
-    }
-
-    /// Calls `f` for every entry of state `id` in `[from, to)`.
-    fn scan(
-        &self,
-        id: usize,
-        from: &[u8],
-        to: &[u8],
-        mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
-    ) -> Result<()> {
-        match &self.store {
-            Store::Heap(maps) => {
-                for (k, v) in maps[id].range::<[u8], _>((
-                    std::ops::Bound::Included(from),
-                    std::ops::Bound::Excluded(to),
-                )) {
-                    f(k, v)?;
-                }
-                Ok(())
-            }
-            Store::Rocks(db) => db.scan(&self.families[id], from, to, f),
-        }
-    }
-
-    /// Deletes every entry of state `id` starting with `p`.
-    fn delete_prefix(&mut self, id: usize, p: &[u8]) -> Result<()> {
-        let to = successor(p);
-        match &mut self.store {
-            Store::Heap(maps) => {
-                let doomed: Vec<Vec<u8>> = maps[id]
-                    .range::<[u8], _>((
-                        std::ops::Bound::Included(p),
-                        std::ops::Bound::Excluded(to.as_slice()),
-                    ))
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for k in doomed {
-                    maps[id].remove(&k);
-                }
-                Ok(())
-            }
-            Store::Rocks(db) => db.delete_keys(&self.families[id], p, &to),
-        }
-    }
-}
-
-fn malformed(k: &[u8]) -> Error {
-    Error::Internal(format!(
-        "malformed keyed-state entry key of {} bytes",
-        k.len()
-    ))
-}
-
-/// Reads the entries of `key_groups` from a restored RocksDB database (for
-/// the heap backend), then deletes the local copy.
-fn read_db(
-    db: &RestoredDb,
-    families: &[String],
-    key_groups: &Range<usize>,
-    mut f: impl FnMut(usize, &[u8], &[u8]),
-) -> Result<()> {
-    let lo = db.key_groups.start.max(key_groups.start);
-    let hi = db.key_groups.end.min(key_groups.end);
-    if lo < hi {
-        let err = |e: rocksdb::Error| Error::Checkpoint(format!("rocksdb: restored state: {e}"));
-        let old = DB::open_cf_for_read_only(&Options::default(), &db.dir, families, false)
-            .map_err(err)?;
-        let from = (lo as u16).to_be_bytes();
-        for (i, fam) in families.iter().enumerate() {
-            let cf = old.cf_handle(fam).ok_or_else(|| {
-                Error::Checkpoint(format!("restored database lacks state '{fam}'"))
-            })?;
-            for item in old.iterator_cf(cf, IteratorMode::From(&from, rocksdb::Direction::Forward))
-            {
-                let (k, v) = item.map_err(err)?;
-                if key_group_of_key(&k) >= hi {
-                    break;
-                }
-                f(i, &k, &v);
-            }
-        }
-    }
-    let _ = std::fs::remove_dir_all(&db.dir);
-    Ok(())
 }
 
 /// The store positioned at one key (Flink's "current key") and namespace.
@@ -498,7 +428,7 @@ pub struct KeyScope<'a> {
     namespace: i64,
 }
 
-impl KeyScope<'_> {
+impl<'a> KeyScope<'a> {
     /// The current key's bytes.
     pub fn key(&self) -> &[u8] {
         self.key
@@ -523,9 +453,9 @@ impl KeyScope<'_> {
     /// Clears every state of the current key in the current namespace
     /// (e.g. when its window is done).
     pub fn clear_namespace(&mut self) -> Result<()> {
-        let p = self.prefix();
-        for id in 0..self.store.user_states {
-            self.store.delete_prefix(id, &p)?;
+        let k = self.at();
+        for t in &mut self.store.tables {
+            t.get_mut().delete(k)?;
         }
         Ok(())
     }
@@ -534,19 +464,18 @@ impl KeyScope<'_> {
     /// operator's timer callback runs for this key once the watermark
     /// reaches `time`. Setting the same time twice sets one timer.
     pub fn register_timer(&mut self, time: i64) -> Result<()> {
-        let id = self.store.user_states;
-        let k = scope_prefix(self.key_group, time, self.key);
-        self.store.put(id, k, Vec::new())
+        let k = KeyRef::new(self.key_group, time, self.key);
+        self.store.timers.put(&mut BytesCodec, k, Vec::new())
     }
 
     /// Removes the current key's timer at `time`, if set.
     pub fn delete_timer(&mut self, time: i64) -> Result<()> {
-        let id = self.store.user_states;
-        let k = scope_prefix(self.key_group, time, self.key);
-        self.store.delete(id, &k)
+        let k = KeyRef::new(self.key_group, time, self.key);
+        self.store.timers.delete(&mut BytesCodec, k)
     }
 
-    fn prefix(&self) -> Vec<u8> {
-        scope_prefix(self.key_group, self.namespace, self.key)
+    /// Where the current key and namespace's entries live.
+    fn at(&self) -> KeyRef<'a> {
+        KeyRef::new(self.key_group, self.namespace, self.key)
     }
 }

@@ -4,9 +4,10 @@
 use super::*;
 use crate::data::CheckpointId;
 use crate::state::key_group::range_of;
+use crate::state::rocks::RestoredDb;
 use crate::state::rocks::RocksConfig;
 use crate::state::snapshot::filter_key_groups;
-use crate::state::StateSettings;
+use crate::state::{StateBackend, StateSettings};
 
 fn ctx(backend: &StateBackend, dir: &std::path::Path, subtask: usize, p: usize) -> OperatorContext {
     OperatorContext {
@@ -25,14 +26,29 @@ fn ctx(backend: &StateBackend, dir: &std::path::Path, subtask: usize, p: usize) 
     }
 }
 
+/// Both backends (the heap alone in a build without `rocksdb`).
 fn backends() -> Vec<StateBackend> {
-    vec![
-        StateBackend::Memory,
+    let mut all = vec![StateBackend::Memory];
+    let rocks = [
         StateBackend::RocksDb(RocksConfig {
             block_cache_bytes: 1 << 20,
             write_buffer_bytes: 1 << 20,
+            ..RocksConfig::default()
         }),
-    ]
+        // A cache of a few entries: nearly every access misses, evicts and
+        // reads RocksDB.
+        StateBackend::RocksDb(RocksConfig {
+            cache_bytes: 600,
+            block_cache_bytes: 1 << 20,
+            write_buffer_bytes: 1 << 20,
+        }),
+    ];
+    for r in rocks {
+        if r.check_available().is_ok() {
+            all.push(r);
+        }
+    }
+    all
 }
 
 fn count() -> ValueState<i64> {
@@ -196,6 +212,7 @@ fn restored_for(
 ) -> RestoredState {
     let mut r = RestoredState {
         checkpoint: CheckpointId(1),
+        entries: snap.entries.clone(),
         ..RestoredState::default()
     };
     for b in &snap.keyed {
@@ -239,7 +256,7 @@ fn snapshots_restore_at_other_parallelism_on_either_backend() {
 }
 
 #[test]
-fn an_empty_heap_store_snapshots_nothing() {
+fn an_empty_heap_store_snapshots_only_its_layouts() {
     let dir = tempfile::tempdir().unwrap();
     let mut st = open(
         &StateBackend::Memory,
@@ -248,7 +265,49 @@ fn an_empty_heap_store_snapshots_nothing() {
         1,
         RestoredState::default(),
     );
-    assert!(st.snapshot().unwrap().is_empty());
+    let snap = st.snapshot().unwrap();
+    assert!(snap.keyed.is_empty() && snap.db.is_none());
+    assert_eq!(snap.entries.len(), 1, "the states' layouts");
+}
+
+#[test]
+fn a_state_whose_type_changed_is_refused_naming_operator_and_state() {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Seen {
+        clicks: i64,
+    }
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct SeenMore {
+        clicks: i64,
+        pages: i64,
+    }
+    for b in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ctx(&b, dir.path(), 0, 1);
+        let old = ValueState::<Seen>::new("seen");
+        let mut st = KeyedState::open(&c, &[old.descriptor()], RestoredState::default()).unwrap();
+        old.set(&mut st.scope(1, b"k").unwrap(), &Seen { clicks: 1 })
+            .unwrap();
+        let snap = st.snapshot().unwrap();
+        // The same type restores; one with a field more is refused.
+        let r = restored_for(&snap, &(0..128), dir.path(), "same");
+        let mut same = KeyedState::open(&c, &[old.descriptor()], r).unwrap();
+        assert_eq!(
+            old.get(&same.scope(1, b"k").unwrap())
+                .unwrap()
+                .unwrap()
+                .clicks,
+            1
+        );
+        let new = ValueState::<SeenMore>::new("seen");
+        let r = restored_for(&snap, &(0..128), dir.path(), "more");
+        let e = KeyedState::open(&c, &[new.descriptor()], r)
+            .err()
+            .expect("a changed type is refused")
+            .to_string();
+        assert!(e.contains("keyed-test") && e.contains("'seen'"), "{e}");
+        assert!(e.contains("clicks, pages"), "{e}");
+    }
 }
 
 mod differential {

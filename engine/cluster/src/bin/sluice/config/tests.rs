@@ -76,8 +76,11 @@ fn coordinator_from(argv: &[&str], toml: &str) -> anyhow::Result<CoordinatorConf
 fn the_token_comes_from_the_flag_the_file_or_the_environment() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    std::fs::write(&a, "token-a\n").unwrap();
-    std::fs::write(&b, "token-b\n").unwrap();
+    for (f, t) in [(&a, "token-a\n"), (&b, "token-b\n")] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(f, t).unwrap();
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let file = format!(
         "{FILE}token_file = \"{}\"\nca_cert = \"/ca.pem\"\n",
         a.display()

@@ -1,5 +1,5 @@
 //! Columns for JSON records whose schema is flat (no struct or list
-//! fields): the values `json_check` kept while checking a record are
+//! fields): the values `super::check` kept while checking a record are
 //! appended straight to Arrow builders, so such a record is parsed once.
 //! Schemas with nested fields go through arrow-json's decoder instead.
 
@@ -13,7 +13,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Fields, TimeUnit};
 
-use super::json_check::Leaf;
+use super::check::Leaf;
 
 /// One builder per field of a flat schema.
 pub(crate) struct FlatColumns {

@@ -2,11 +2,12 @@
 //! building a value tree: strings are borrowed from the record, numbers
 //! are range-checked, objects are walked field by field against the
 //! schema, and the top-level values are kept as [`Leaf`]s. With a flat
-//! schema those go straight into columns (`json_columns`); otherwise the
+//! schema those go straight into columns (`super::columns`); otherwise the
 //! record's bytes go to arrow-json's tape decoder after the check.
 //!
-//! The rules are those of `format::check_object` (which still checks Avro
-//! values): no field outside the schema, no null or missing non-nullable
+//! The rules (the same for Kafka records and JSON-lines files, and those
+//! of `kafka::format::check_object`, which still checks Avro values): no
+//! field outside the schema, no null or missing non-nullable
 //! field, integers in range for integer columns, no floats or strings
 //! where integers are declared, and no duplicate fields (the two parsers
 //! could keep different ones).

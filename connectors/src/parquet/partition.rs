@@ -1,0 +1,712 @@
+//! Partitioned output: the partition spec a user writes
+//! (`country,dt=date(_timestamp),hour=hour(_timestamp)`), its checks
+//! against the input schema, and the split of a batch into one batch per
+//! Hive-style directory (`country=DE/dt=2026-12-06/hour=07`).
+//!
+//! The split is vectorized: each partition field becomes one array (the
+//! column itself, or a time bucket computed with integer kernels), rows
+//! are grouped by the Arrow row format of those arrays, and each group is
+//! `take`n once; a directory name is rendered once per group, not per row.
+//! Columns partitioned by value are left out of the files (their value is
+//! in the path, as Hive, Spark and PyArrow expect); time buckets derive
+//! from a column that stays in the files.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Int32Array, Int64Array, UInt32Array};
+use arrow::compute::{cast, take};
+use arrow::datatypes::{DataType, Int64Type, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use arrow_row::{RowConverter, SortField};
+use sluice_engine::{Error, Result};
+
+const MS_PER_HOUR: i64 = 3_600_000;
+const MS_PER_DAY: i64 = 86_400_000;
+/// What Hive names the directory of a null value.
+pub const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
+
+/// How a partition field derives its value from its column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transform {
+    /// The column's value (`country=DE`).
+    Identity,
+    /// The year of a time column (`2026`).
+    Year,
+    /// The month of the year (`01`..`12`).
+    Month,
+    /// The date (`2026-12-06`).
+    Date,
+    /// The day of the month (`01`..`31`).
+    Day,
+    /// The hour of the day (`00`..`23`).
+    Hour,
+}
+
+impl Transform {
+    fn by_name(name: &str) -> Option<Transform> {
+        Some(match name {
+            "identity" => Transform::Identity,
+            "year" => Transform::Year,
+            "month" => Transform::Month,
+            "date" => Transform::Date,
+            "day" => Transform::Day,
+            "hour" => Transform::Hour,
+            _ => return None,
+        })
+    }
+
+    /// Rank of the time bucket: finer transforms close sooner.
+    fn fineness(self) -> u8 {
+        match self {
+            Transform::Identity => 0,
+            Transform::Year => 1,
+            Transform::Month => 2,
+            Transform::Date | Transform::Day => 3,
+            Transform::Hour => 4,
+        }
+    }
+}
+
+/// One directory level of the layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionField {
+    /// Directory key (`dt` in `dt=2026-12-06`).
+    pub name: String,
+    /// The input column it is computed from.
+    pub source: String,
+    /// How.
+    pub transform: Transform,
+}
+
+/// The directory layout of partitioned output: one level per field, in
+/// order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartitionSpec {
+    fields: Vec<PartitionField>,
+}
+
+impl PartitionSpec {
+    /// No partitions (files directly under the output location).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Parses `country,dt=date(_timestamp),hour=hour(_timestamp)`: comma
+    /// separated fields, each `[NAME=]COLUMN` (by value) or
+    /// `[NAME=]FUNC(COLUMN)` with FUNC one of `year`, `month`, `date`,
+    /// `day`, `hour` over a timestamp (or epoch-millisecond) column. A
+    /// field without a name is named after its column, or its function.
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut spec = PartitionSpec::new();
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let bad = |why: &str| Error::Config(format!("partition field '{item}': {why}"));
+            let (name, expr) = match item.split_once('=') {
+                Some((n, e)) => (Some(n.trim()), e.trim()),
+                None => (None, item),
+            };
+            let (transform, source) = match expr.split_once('(') {
+                Some((func, rest)) => {
+                    let col = rest
+                        .strip_suffix(')')
+                        .ok_or_else(|| bad("missing ')'"))?
+                        .trim();
+                    let t = Transform::by_name(func.trim()).ok_or_else(|| {
+                        bad("unknown function (year, month, date, day, hour or identity)")
+                    })?;
+                    (t, col)
+                }
+                None => (Transform::Identity, expr),
+            };
+            if source.is_empty() {
+                return Err(bad("no column"));
+            }
+            let name = match name {
+                Some(n) => n.to_string(),
+                None if transform == Transform::Identity => source.to_string(),
+                None => expr.split('(').next().unwrap_or(source).trim().to_string(),
+            };
+            spec = spec.field(name, source, transform);
+        }
+        Ok(spec)
+    }
+
+    /// Adds a level `name=TRANSFORM(source)`.
+    pub fn field(
+        mut self,
+        name: impl Into<String>,
+        source: impl Into<String>,
+        transform: Transform,
+    ) -> Self {
+        self.fields.push(PartitionField {
+            name: name.into(),
+            source: source.into(),
+            transform,
+        });
+        self
+    }
+
+    /// Adds a level by the value of `column` (`column=VALUE`).
+    pub fn column(self, column: &str) -> Self {
+        self.field(column, column, Transform::Identity)
+    }
+
+    /// Adds `dt=YYYY-MM-DD` and `hour=HH` levels from the time column
+    /// `time` (the usual layout for event time).
+    pub fn hourly(self, time: &str) -> Self {
+        self.field("dt", time, Transform::Date)
+            .field("hour", time, Transform::Hour)
+    }
+
+    /// The levels.
+    pub fn fields(&self) -> &[PartitionField] {
+        &self.fields
+    }
+
+    /// Whether there are no levels.
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// Checks the spec against the sink's input: every column exists and
+    /// has a type its transform takes, names make valid directory keys,
+    /// and some column is left for the files.
+    pub fn validate(&self, input: &Schema) -> Result<()> {
+        let mut seen = Vec::new();
+        for f in &self.fields {
+            let bad = |why: String| Error::Config(format!("partition field '{}': {why}", f.name));
+            if f.name.is_empty() || f.name.contains(['/', '=', '\\']) || f.name.starts_with('.') {
+                return Err(bad("the name cannot be a directory key".into()));
+            }
+            if seen.contains(&&f.name) {
+                return Err(bad("named twice".into()));
+            }
+            seen.push(&f.name);
+            let col = input.field_with_name(&f.source).map_err(|_| {
+                bad(format!(
+                    "no column '{}' (columns: {})",
+                    f.source,
+                    names(input)
+                ))
+            })?;
+            let ok = match f.transform {
+                Transform::Identity => matches!(
+                    col.data_type(),
+                    DataType::Utf8
+                        | DataType::LargeUtf8
+                        | DataType::Utf8View
+                        | DataType::Boolean
+                        | DataType::Int8
+                        | DataType::Int16
+                        | DataType::Int32
+                        | DataType::Int64
+                        | DataType::UInt8
+                        | DataType::UInt16
+                        | DataType::UInt32
+                        | DataType::UInt64
+                        | DataType::Date32
+                ),
+                _ => matches!(
+                    col.data_type(),
+                    DataType::Timestamp(_, _) | DataType::Int64 | DataType::Date32
+                ),
+            };
+            if !ok {
+                return Err(bad(format!(
+                    "column '{}' is {}, which {} cannot partition by",
+                    f.source,
+                    col.data_type(),
+                    if f.transform == Transform::Identity {
+                        "a value partition (strings, integers, booleans, dates)"
+                    } else {
+                        "a time function (timestamps, epoch milliseconds, dates)"
+                    }
+                )));
+            }
+        }
+        if self.file_schema(input).fields().is_empty() {
+            return Err(Error::Config(
+                "every column is a partition column: the files would have none".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The columns the files hold: the input without value-partitioned
+    /// columns.
+    pub fn file_schema(&self, input: &Schema) -> SchemaRef {
+        let dropped = |name: &str| {
+            self.fields
+                .iter()
+                .any(|f| f.transform == Transform::Identity && f.source == name)
+        };
+        Arc::new(Schema::new_with_metadata(
+            input
+                .fields()
+                .iter()
+                .filter(|f| !dropped(f.name()))
+                .cloned()
+                .collect::<Vec<_>>(),
+            input.metadata().clone(),
+        ))
+    }
+}
+
+fn names(s: &Schema) -> String {
+    s.fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The rows of one batch that go to one directory.
+#[derive(Debug)]
+pub struct PartitionBatch {
+    /// Relative directory, `k=v/k=v` (empty without partitions).
+    pub dir: String,
+    /// End (ms, exclusive) of the newest time bucket among the rows, when
+    /// the spec has time levels.
+    pub closes_at: Option<i64>,
+    /// The rows, in the file schema.
+    pub batch: RecordBatch,
+}
+
+/// Splits batches of one input schema by a spec.
+pub struct Partitioner {
+    spec: PartitionSpec,
+    /// Input column of each field.
+    sources: Vec<usize>,
+    /// Input columns the files keep.
+    keep: Vec<usize>,
+    file_schema: SchemaRef,
+    /// The finest time transform and its column, for `closes_at`.
+    finest: Option<(Transform, usize)>,
+    converter: RowConverter,
+}
+
+impl std::fmt::Debug for Partitioner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Partitioner")
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Partitioner {
+    /// A partitioner for `input` (validated).
+    pub fn new(spec: &PartitionSpec, input: &Schema) -> Result<Self> {
+        spec.validate(input)?;
+        let index = |name: &str| {
+            input
+                .index_of(name)
+                .map_err(|e| Error::Internal(format!("validated column vanished: {e}")))
+        };
+        let sources = spec
+            .fields
+            .iter()
+            .map(|f| index(&f.source))
+            .collect::<Result<Vec<_>>>()?;
+        let file_schema = spec.file_schema(input);
+        let keep = file_schema
+            .fields()
+            .iter()
+            .map(|f| index(f.name()))
+            .collect::<Result<Vec<_>>>()?;
+        let finest = spec
+            .fields
+            .iter()
+            .zip(&sources)
+            .filter(|(f, _)| f.transform != Transform::Identity)
+            .max_by_key(|(f, _)| f.transform.fineness())
+            .map(|(f, i)| (f.transform, *i));
+        let sort_fields = spec
+            .fields
+            .iter()
+            .zip(&sources)
+            .map(|(f, i)| {
+                SortField::new(match f.transform {
+                    Transform::Identity => input.field(*i).data_type().clone(),
+                    _ => DataType::Int32,
+                })
+            })
+            .collect();
+        let converter = RowConverter::new(sort_fields).map_err(arrow_err)?;
+        Ok(Partitioner {
+            spec: spec.clone(),
+            sources,
+            keep,
+            file_schema,
+            finest,
+            converter,
+        })
+    }
+
+    /// The schema of the files.
+    pub fn file_schema(&self) -> &SchemaRef {
+        &self.file_schema
+    }
+
+    /// Splits `batch` into one batch per directory, rows in input order
+    /// within each.
+    pub fn split(&mut self, batch: &RecordBatch) -> Result<Vec<PartitionBatch>> {
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let keys = self
+            .spec
+            .fields
+            .iter()
+            .zip(&self.sources)
+            .map(|(f, i)| key_array(f.transform, batch.column(*i)))
+            .collect::<Result<Vec<ArrayRef>>>()?;
+        let ends = match self.finest {
+            Some((t, i)) => Some(bucket_ends(t, &epoch_ms(batch.column(i))?)),
+            None => None,
+        };
+        let projected = batch.project(&self.keep).map_err(arrow_err)?;
+        let rows = self.converter.convert_columns(&keys).map_err(arrow_err)?;
+        let first = rows.row(0);
+        // Usual case for time-partitioned streams: the whole batch is in one
+        // directory.
+        if (1..n).all(|r| rows.row(r) == first) {
+            return Ok(vec![PartitionBatch {
+                dir: self.render(&keys, 0)?,
+                closes_at: ends.as_ref().map(|e| max_of(e, 0..n)),
+                batch: projected,
+            }]);
+        }
+        let mut groups: HashMap<arrow_row::Row<'_>, Vec<u32>> = HashMap::new();
+        let mut order = Vec::new();
+        for r in 0..n {
+            let row = rows.row(r);
+            groups
+                .entry(row)
+                .or_insert_with(|| {
+                    order.push(row);
+                    Vec::new()
+                })
+                .push(r as u32);
+        }
+        let mut out = Vec::with_capacity(order.len());
+        for row in order {
+            let idx = &groups[&row];
+            let indices = UInt32Array::from(idx.clone());
+            let columns = projected
+                .columns()
+                .iter()
+                .map(|c| take(c.as_ref(), &indices, None))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(arrow_err)?;
+            out.push(PartitionBatch {
+                dir: self.render(&keys, idx[0] as usize)?,
+                closes_at: ends
+                    .as_ref()
+                    .map(|e| idx.iter().map(|r| e[*r as usize]).max().unwrap_or(i64::MIN)),
+                batch: RecordBatch::try_new(projected.schema(), columns).map_err(arrow_err)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The directory of row `r`.
+    fn render(&self, keys: &[ArrayRef], r: usize) -> Result<String> {
+        let mut dir = String::new();
+        for (f, k) in self.spec.fields.iter().zip(keys) {
+            if !dir.is_empty() {
+                dir.push('/');
+            }
+            dir.push_str(&f.name);
+            dir.push('=');
+            if k.is_null(r) {
+                dir.push_str(NULL_PARTITION);
+                continue;
+            }
+            match f.transform {
+                Transform::Identity => {
+                    let fmt = ArrayFormatter::try_new(k.as_ref(), &FormatOptions::default())
+                        .map_err(arrow_err)?;
+                    escape_into(&fmt.value(r).to_string(), &mut dir);
+                }
+                t => {
+                    let v = k.as_primitive::<arrow::datatypes::Int32Type>().value(r);
+                    render_time(t, v, &mut dir);
+                }
+            }
+        }
+        Ok(dir)
+    }
+}
+
+fn arrow_err(e: arrow::error::ArrowError) -> Error {
+    Error::connector("parquet", format!("partitioning: {e}"))
+}
+
+fn max_of(e: &[i64], rows: std::ops::Range<usize>) -> i64 {
+    rows.map(|r| e[r]).max().unwrap_or(i64::MIN)
+}
+
+/// A time column as epoch milliseconds (UTC).
+fn epoch_ms(col: &ArrayRef) -> Result<Int64Array> {
+    let ms = match col.data_type() {
+        DataType::Int64 => col.clone(),
+        DataType::Date32 => {
+            let days = col.as_primitive::<arrow::datatypes::Date32Type>();
+            Arc::new(days.unary::<_, Int64Type>(|d| i64::from(d) * MS_PER_DAY)) as ArrayRef
+        }
+        DataType::Timestamp(_, _) => {
+            let as_ms =
+                cast(col, &DataType::Timestamp(TimeUnit::Millisecond, None)).map_err(arrow_err)?;
+            cast(&as_ms, &DataType::Int64).map_err(arrow_err)?
+        }
+        other => {
+            return Err(Error::Internal(format!(
+                "time partition over {other} passed validation"
+            )))
+        }
+    };
+    Ok(ms.as_primitive::<Int64Type>().clone())
+}
+
+/// The key array of one field: the column itself, or its time bucket as
+/// Int32 (days since the epoch for a date, the hour of the day, ...).
+fn key_array(t: Transform, col: &ArrayRef) -> Result<ArrayRef> {
+    if t == Transform::Identity {
+        return Ok(col.clone());
+    }
+    let ms = epoch_ms(col)?;
+    let keys: Int32Array = ms.unary(|m| {
+        let days = m.div_euclid(MS_PER_DAY);
+        match t {
+            Transform::Date => days as i32,
+            Transform::Hour => (m.rem_euclid(MS_PER_DAY) / MS_PER_HOUR) as i32,
+            Transform::Day => civil(days).2 as i32,
+            Transform::Month => civil(days).1 as i32,
+            Transform::Year => civil(days).0 as i32,
+            Transform::Identity => 0,
+        }
+    });
+    Ok(Arc::new(keys))
+}
+
+/// End (exclusive, ms) of the `t` bucket each time falls in.
+fn bucket_ends(t: Transform, ms: &Int64Array) -> Vec<i64> {
+    ms.iter()
+        .map(|m| {
+            let Some(m) = m else { return i64::MIN };
+            let days = m.div_euclid(MS_PER_DAY);
+            match t {
+                Transform::Hour => (m.div_euclid(MS_PER_HOUR) + 1).saturating_mul(MS_PER_HOUR),
+                Transform::Date | Transform::Day | Transform::Identity => {
+                    (days + 1).saturating_mul(MS_PER_DAY)
+                }
+                Transform::Month => {
+                    let (y, mo, _) = civil(days);
+                    let (y, mo) = if mo == 12 { (y + 1, 1) } else { (y, mo + 1) };
+                    days_from_civil(y, mo, 1).saturating_mul(MS_PER_DAY)
+                }
+                Transform::Year => {
+                    let (y, _, _) = civil(days);
+                    days_from_civil(y + 1, 1, 1).saturating_mul(MS_PER_DAY)
+                }
+            }
+        })
+        .collect()
+}
+
+fn render_time(t: Transform, v: i32, out: &mut String) {
+    let _ = match t {
+        Transform::Date => {
+            let (y, m, d) = civil(i64::from(v));
+            write!(out, "{y:04}-{m:02}-{d:02}")
+        }
+        Transform::Year => write!(out, "{v:04}"),
+        Transform::Month | Transform::Day | Transform::Hour => write!(out, "{v:02}"),
+        Transform::Identity => Ok(()),
+    };
+}
+
+/// (year, month, day) of a day count since 1970-01-01 (proleptic
+/// Gregorian; Howard Hinnant's `civil_from_days`).
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Day count since 1970-01-01 of a date (`days_from_civil`).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Appends `value` as a Hive path segment: characters that are special in
+/// paths or in Hive's own escaping become `%XX`.
+fn escape_into(value: &str, out: &mut String) {
+    for c in value.chars() {
+        let special = c.is_control()
+            || matches!(
+                c,
+                '"' | '#' | '%' | '\'' | '*' | '/' | ':' | '=' | '?' | '\\' | '{' | '[' | ']' | '^'
+            );
+        if special {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                let _ = write!(out, "%{b:02X}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    if value.is_empty() {
+        out.push_str(NULL_PARTITION);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{StringArray, TimestampMillisecondArray};
+    use arrow::datatypes::Field;
+
+    fn input() -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("country", DataType::Utf8, true),
+            Field::new(
+                "_timestamp",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+            Field::new("x", DataType::Int64, false),
+        ]));
+        // 2026-12-06T07:59:59.999Z, 2026-12-06T08:00:00Z
+        let t = 1_796_543_999_999i64;
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec![
+                    Some("DE"),
+                    Some("a/b"),
+                    Some("DE"),
+                    None,
+                ])),
+                Arc::new(TimestampMillisecondArray::from(vec![t, t, t + 1, t])),
+                Arc::new(Int64Array::from(vec![1, 2, 3, 4])),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn parses_names_columns_and_functions() {
+        let s = PartitionSpec::parse("country, dt=date(_timestamp),hour(_timestamp)").unwrap();
+        assert_eq!(
+            s.fields(),
+            &[
+                PartitionField {
+                    name: "country".into(),
+                    source: "country".into(),
+                    transform: Transform::Identity
+                },
+                PartitionField {
+                    name: "dt".into(),
+                    source: "_timestamp".into(),
+                    transform: Transform::Date
+                },
+                PartitionField {
+                    name: "hour".into(),
+                    source: "_timestamp".into(),
+                    transform: Transform::Hour
+                },
+            ]
+        );
+        assert!(PartitionSpec::parse("dt=week(ts)").is_err());
+        assert!(PartitionSpec::parse("dt=date(ts").is_err());
+        let schema = input().schema();
+        assert!(PartitionSpec::parse("nope")
+            .unwrap()
+            .validate(&schema)
+            .is_err());
+        assert!(PartitionSpec::parse("date(country)")
+            .unwrap()
+            .validate(&schema)
+            .is_err());
+        assert!(PartitionSpec::parse("x,country,_timestamp")
+            .unwrap()
+            .validate(&schema)
+            .is_err());
+    }
+
+    #[test]
+    fn splits_rows_into_hive_directories() {
+        let spec = PartitionSpec::new().column("country").hourly("_timestamp");
+        let b = input();
+        let mut p = Partitioner::new(&spec, &b.schema()).unwrap();
+        let parts = p.split(&b).unwrap();
+        let dirs: Vec<(&str, Vec<i64>)> = parts
+            .iter()
+            .map(|p| {
+                let x = p.batch.column(1).as_primitive::<Int64Type>();
+                (p.dir.as_str(), x.values().to_vec())
+            })
+            .collect();
+        assert_eq!(
+            dirs,
+            vec![
+                ("country=DE/dt=2026-12-06/hour=07", vec![1]),
+                ("country=a%2Fb/dt=2026-12-06/hour=07", vec![2]),
+                ("country=DE/dt=2026-12-06/hour=08", vec![3]),
+                (
+                    "country=__HIVE_DEFAULT_PARTITION__/dt=2026-12-06/hour=07",
+                    vec![4]
+                ),
+            ]
+        );
+        // The country is in the path, not in the files.
+        assert_eq!(p.file_schema().fields().len(), 2);
+        assert_eq!(parts[0].batch.schema(), *p.file_schema());
+        assert_eq!(parts[0].closes_at, Some(1_796_544_000_000));
+        assert_eq!(parts[2].closes_at, Some(1_796_544_000_000 + MS_PER_HOUR));
+    }
+
+    #[test]
+    fn one_directory_keeps_the_batch_whole() {
+        let spec = PartitionSpec::parse("y=year(_timestamp),m=month(_timestamp)").unwrap();
+        let b = input();
+        let mut p = Partitioner::new(&spec, &b.schema()).unwrap();
+        let parts = p.split(&b).unwrap();
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[0].dir, "y=2026/m=12");
+        assert_eq!(parts[0].batch.num_rows(), 4);
+        // The month ends at 2027-01-01.
+        assert_eq!(
+            parts[0].closes_at,
+            Some(days_from_civil(2027, 1, 1) * MS_PER_DAY)
+        );
+    }
+
+    #[test]
+    fn calendar_round_trips() {
+        for days in [-800_000i64, -1, 0, 59, 365, 10_957, 20_793, 2_000_000] {
+            let (y, m, d) = civil(days);
+            assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
+        }
+        assert_eq!(civil(0), (1970, 1, 1));
+        assert_eq!(civil(20_793), (2026, 12, 6));
+    }
+}
