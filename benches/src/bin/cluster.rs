@@ -13,12 +13,9 @@
 //!   gets SIGKILL, and the benchmark measures how long until the status
 //!   shows a new attempt, until that attempt is RUNNING, and until a source
 //!   node of the new attempt reports records out. With `--victim
-//!   coordinator` the cluster has a standby coordinator and the leader gets
-//!   SIGKILL instead: "detected" is then the first status the standby
-//!   answers as the new leader. With `--victim raft-leader` three
-//!   coordinators form a Raft group (`--peers`, each its own data
-//!   directory) and the leader gets SIGKILL: "detected" is the first
-//!   status a newly elected leader answers.
+//!   raft-leader` three coordinators form a Raft group (`--peers`, each
+//!   its own data directory) and the leader gets SIGKILL instead:
+//!   "detected" is the first status a newly elected leader answers.
 //!
 //! - rescale (`--only rescale`): the failover's job and cluster, and after
 //!   the first completed checkpoint `sluice rescale ID -p 3`; measures how
@@ -89,10 +86,9 @@ struct Args {
     /// machine), `http` GETs `/api/v1/jobs/ID` from the coordinator itself.
     #[arg(long, default_value = "cli", value_parser = ["cli", "http"])]
     poll: String,
-    /// What the failover kills: a worker's process group, the leading
-    /// coordinator (a standby takes over), or the leader of a Raft group
-    /// of three coordinators (another is elected).
-    #[arg(long, default_value = "worker", value_parser = ["worker", "coordinator", "raft-leader"])]
+    /// What the failover kills: a worker's process group, or the leader
+    /// of a Raft group of three coordinators (another is elected).
+    #[arg(long, default_value = "worker", value_parser = ["worker", "raft-leader"])]
     victim: String,
     /// Run only this part.
     #[arg(long, value_parser = ["q5", "failover", "rescale", "submit"])]
@@ -118,7 +114,7 @@ struct Cluster {
     http: bool,
     /// Durations of the status calls made.
     polls: RefCell<Vec<Duration>>,
-    /// The coordinator an HTTP poll asks (0 the first leader, 1 its standby).
+    /// The coordinator an HTTP poll asks (its index; the leader of a Raft group).
     polled: std::cell::Cell<usize>,
 }
 
@@ -132,8 +128,7 @@ impl Cluster {
         dir: &Path,
         workers: usize,
         coordinator_args: &[&str],
-        standbys: usize,
-        replicated: bool,
+        coordinators: usize,
     ) -> anyhow::Result<Cluster> {
         let inner = LocalCluster::start(LocalClusterConfig {
             sluice: sluice.to_path_buf(),
@@ -143,8 +138,7 @@ impl Cluster {
             workers: vec![WorkerPlace::loopback(); workers],
             slots: args.slots,
             security: None,
-            standbys,
-            replicated,
+            coordinators,
         })?;
         Ok(Cluster {
             inner,
@@ -224,10 +218,10 @@ fn http_get(port: u16, path: &str) -> anyhow::Result<Vec<u8>> {
     Ok(answer[split + 4..].to_vec())
 }
 
-/// The coordinator of a Raft group (`standbys + 1` members) that answers
+/// The coordinator of a Raft group (`coordinators` members) that answers
 /// the API as its leader.
-fn raft_leader(c: &Cluster, standbys: usize) -> anyhow::Result<usize> {
-    for i in 0..=standbys {
+fn raft_leader(c: &Cluster, coordinators: usize) -> anyhow::Result<usize> {
+    for i in 0..coordinators {
         let url = c.inner.coordinator_url(i);
         let port = url.rsplit(':').next().and_then(|p| p.parse().ok());
         if http_get(port.context("a coordinator port")?, "/api/v1/jobs").is_ok() {
@@ -346,7 +340,7 @@ struct Q5Summary {
 
 fn q5(args: &Args, sluice: &Path, nexmark: &Path, dir: &Path) -> anyhow::Result<Q5Summary> {
     let n = args.events as f64;
-    let mut cluster = Cluster::start(args, sluice, &dir.join("q5"), 2, &[], 0, false)?;
+    let mut cluster = Cluster::start(args, sluice, &dir.join("q5"), 2, &[], 1)?;
     let (mut emb, mut job_ms, mut tot, mut run) = (vec![], vec![], vec![], vec![]);
     println!(
         "q5, {} events, parallelism 2: embedded vs coordinator + 2 workers × {} slot(s)",
@@ -416,7 +410,7 @@ fn source_output(nodes: &[NodeCounters], sources: &[usize]) -> bool {
         .any(|n| n.records_in == 0 && n.records_out > 0 && sources.contains(&n.node))
 }
 
-/// A coordinator (with `standbys`) and 3 workers running the paced q5
+/// `coordinators` coordinators and 3 workers running the paced q5
 /// with checkpoints, once it runs, completed a checkpoint and reported
 /// counters: the cluster, the job id, its status then, and its source
 /// nodes (those with no input).
@@ -425,7 +419,7 @@ fn paced_job(
     sluice: &Path,
     nexmark: &Path,
     dir: &Path,
-    standbys: usize,
+    coordinators: usize,
 ) -> anyhow::Result<(Cluster, String, JobStatus, Vec<usize>)> {
     let c = Cluster::start(
         args,
@@ -438,12 +432,11 @@ fn paced_job(
             "--heartbeat-interval",
             HEARTBEAT_INTERVAL,
         ],
-        standbys,
-        args.victim == "raft-leader",
+        coordinators,
     )?;
-    if args.victim == "raft-leader" {
+    if coordinators > 1 {
         // HTTP polls go to the group's leader (followers answer 503).
-        c.polled.set(raft_leader(&c, standbys)?);
+        c.polled.set(raft_leader(&c, coordinators)?);
     }
     let ck = dir.join("checkpoints");
     let mut job_args = q5_args(args.failover_rate * args.failover_secs);
@@ -486,21 +479,13 @@ fn failover_once(
     dir: &Path,
 ) -> anyhow::Result<Failover> {
     let raft = args.victim == "raft-leader";
-    let standbys = match args.victim.as_str() {
-        "coordinator" => 1,
-        "raft-leader" => 2,
-        _ => 0,
-    };
-    let (mut c, job, before, sources) = paced_job(args, sluice, nexmark, dir, standbys)?;
-    let coordinator = args.victim != "worker";
+    let coordinators = if raft { 3 } else { 1 };
+    let (mut c, job, before, sources) = paced_job(args, sluice, nexmark, dir, coordinators)?;
+    let coordinator = raft;
     let killed = if raft {
-        let leader = raft_leader(&c, standbys)?;
+        let leader = raft_leader(&c, coordinators)?;
         c.inner.kill_coordinator_at(leader);
-        c.polled.set((leader + 1) % (standbys + 1));
-        Instant::now()
-    } else if coordinator {
-        c.inner.kill_coordinator();
-        c.polled.set(1);
+        c.polled.set((leader + 1) % coordinators);
         Instant::now()
     } else {
         let victim = before.placement[0].worker.clone();
@@ -524,18 +509,15 @@ fn failover_once(
         let poll = Instant::now();
         let s = match c.status(&job) {
             Ok(s) => s,
-            // No leader answers until the standby has taken over (or,
-            // in a Raft group, one is elected: HTTP polls try each
-            // survivor in turn).
+            // No leader answers until one is elected: HTTP polls try
+            // each survivor in turn.
             Err(_) if coordinator && killed.elapsed() < Duration::from_secs(120) => {
-                if raft {
-                    let n = standbys + 1;
-                    let mut next = (c.polled.get() + 1) % n;
-                    if c.inner.coordinator_pid(next).is_none() {
-                        next = (next + 1) % n;
-                    }
-                    c.polled.set(next);
+                let n = coordinators;
+                let mut next = (c.polled.get() + 1) % n;
+                if c.inner.coordinator_pid(next).is_none() {
+                    next = (next + 1) % n;
                 }
+                c.polled.set(next);
                 pace(poll);
                 continue;
             }
@@ -770,7 +752,7 @@ fn submit_once(
     nexmark: &Path,
     dir: &Path,
 ) -> anyhow::Result<SubmitRun> {
-    let c = Cluster::start(args, sluice, dir, 2, &[], 0, false)?;
+    let c = Cluster::start(args, sluice, dir, 2, &[], 1)?;
     let debug = nexmark.with_file_name(format!(
         "{}.debug",
         nexmark
@@ -1066,19 +1048,6 @@ fn main() -> anyhow::Result<()> {
                  \"failure seen\" is the first status a newly elected leader answers; the \
                  executors of the old leader cancelled themselves when their control \
                  connections broke.\n",
-                args.failover_rate,
-                args.failover_rate * args.failover_secs,
-            );
-        } else if args.victim == "coordinator" {
-            let _ = writeln!(
-                md,
-                "Coordinator failover: a leader and a standby coordinator on one data directory \
-                 (`--heartbeat-timeout {HEARTBEAT_TIMEOUT} --heartbeat-interval \
-                 {HEARTBEAT_INTERVAL}`), 3 workers given both URLs; q5 with `--rate {} \
-                 --checkpoint-interval {CHECKPOINT_INTERVAL}` ({} events); after the first \
-                 completed checkpoint, SIGKILL to the leader. Times from the signal; \"failure \
-                 seen\" is the first status the standby answers as the new leader; the executors \
-                 of the old leader cancelled themselves when their control connections broke.\n",
                 args.failover_rate,
                 args.failover_rate * args.failover_secs,
             );

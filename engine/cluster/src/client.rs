@@ -47,8 +47,8 @@ const UPLOAD_CHUNK: usize = 256 * 1024;
 const MAX_QUOTED_BODY: usize = 512;
 
 /// A typed client of a coordinator's REST API. Given several coordinator
-/// URLs (a leader and its standbys), it sends to the one that answered
-/// last and moves on to the next when one is unreachable or a standby.
+/// URLs (the coordinators of a Raft group), it sends to the one that answered
+/// last and moves on to the next when one is unreachable or a follower (503).
 #[derive(Debug, Clone)]
 pub struct Client {
     bases: Arc<Vec<String>>,
@@ -77,7 +77,7 @@ pub struct Submission {
 impl Client {
     /// A client of the coordinator at `base_url` (`http://host:port`, with
     /// or without a trailing slash; several, comma-separated, for a leader
-    /// and its standbys).
+    /// and the other members of its group).
     pub fn new(base_url: &str) -> Result<Client> {
         Client::secured(base_url, &ClientSecurity::default())
     }
@@ -413,7 +413,7 @@ impl Client {
     }
 
     /// Sends `request` to the current coordinator, then to the others in
-    /// turn while one is unreachable or answers as a standby (503); the
+    /// turn while one is unreachable or answers as a follower (503); the
     /// one that answers becomes the current one. Requests whose body
     /// cannot be replayed go to the current coordinator only.
     async fn execute(&self, request: reqwest::Request) -> Result<Response> {

@@ -53,14 +53,12 @@ pub struct LocalClusterConfig {
     /// A token (and TLS) for the API, passed to every process; none: open
     /// plain HTTP.
     pub security: Option<LocalSecurity>,
-    /// Standby coordinators on the same data directory, each on a port of
-    /// its own; workers and the CLI get every coordinator's URL. With
-    /// `replicated`, the other members of the Raft group instead.
-    pub standbys: usize,
-    /// The coordinators (`standbys + 1` of them) form a Raft group
-    /// (`--node-id`, `--peers`), each on its own data directory
-    /// (`coordinator-I`, I from 0).
-    pub replicated: bool,
+    /// Coordinators, at least 1. One is a group of one on the data
+    /// directory `coordinator`, started without `--peers`; several form a
+    /// Raft group (`--node-id`, `--peers`), each on a port and a data
+    /// directory of its own (`coordinator-I`, I from 0). Workers and the
+    /// CLI get every coordinator's URL.
+    pub coordinators: usize,
 }
 
 /// How a [`LocalCluster`]'s API is protected.
@@ -77,7 +75,7 @@ pub struct LocalSecurity {
 /// A running coordinator and workers; see the module comment.
 pub struct LocalCluster {
     config: LocalClusterConfig,
-    /// API ports: the first leader's, then the standbys'.
+    /// API ports, one per coordinator.
     ports: Vec<u16>,
     coordinators: Vec<Option<Child>>,
     workers: Vec<Child>,
@@ -87,12 +85,15 @@ pub struct LocalCluster {
 const LOG_TAIL: usize = 15;
 
 impl LocalCluster {
-    /// Starts the coordinator (then its standbys), then the workers, and
-    /// waits until every worker is registered and alive.
+    /// Starts the coordinators, waits until one leads, then starts the
+    /// workers and waits until every worker is registered and alive.
     pub fn start(config: LocalClusterConfig) -> Result<LocalCluster> {
         std::fs::create_dir_all(&config.dir)
             .map_err(|e| Error::io(format!("creating {}", config.dir.display()), e))?;
-        let ports = (0..=config.standbys)
+        if config.coordinators == 0 {
+            return Err(Error::Config("a cluster needs a coordinator".into()));
+        }
+        let ports = (0..config.coordinators)
             .map(|_| {
                 std::net::TcpListener::bind((config.host.as_str(), 0))
                     .and_then(|l| l.local_addr())
@@ -106,27 +107,11 @@ impl LocalCluster {
             ports,
             workers: Vec::new(),
         };
-        if c.config.replicated {
-            // A group answers once a majority is up and elected a leader.
-            for i in 0..c.ports.len() {
-                c.start_coordinator_at(i)?;
-            }
-            c.wait_for_api()?;
-        } else {
-            c.start_coordinator()?;
-        }
-        let standbys = if c.config.replicated {
-            0
-        } else {
-            c.ports.len() - 1
-        };
-        for i in 1..=standbys {
+        // A group answers once a majority is up and elected a leader.
+        for i in 0..c.ports.len() {
             c.start_coordinator_at(i)?;
-            let addr = (c.config.host.clone(), c.ports[i]);
-            c.wait_for(Duration::from_secs(30), "a standby to listen", |_| {
-                Ok::<_, Error>(std::net::TcpStream::connect(addr.clone()).is_ok())
-            })?;
         }
+        c.wait_for_api()?;
         for i in 0..c.config.workers.len() {
             let child = c.spawn_worker(i)?;
             c.workers.push(child);
@@ -184,15 +169,14 @@ impl LocalCluster {
         )
     }
 
-    /// Starts coordinator `i` (0 the first leader, then the standbys, or
-    /// the members of a Raft group); again after it was killed: same
-    /// address and data directory, log appended.
+    /// Starts coordinator `i`; again after it was killed: same address
+    /// and data directory, log appended.
     pub fn start_coordinator_at(&mut self, i: usize) -> Result<()> {
         let mut cmd = Command::new(&self.config.sluice);
         cmd.args(["coordinator", "--listen"])
             .arg(format!("{}:{}", self.config.host, self.ports[i]))
             .args(["--advertise", &self.coordinator_url(i)]);
-        if self.config.replicated {
+        if self.ports.len() > 1 {
             let peers = (0..self.ports.len())
                 .map(|p| format!("{}={}", p + 1, self.coordinator_url(p)))
                 .collect::<Vec<_>>()
@@ -228,7 +212,7 @@ impl LocalCluster {
         self.kill_coordinator_at(0);
     }
 
-    /// SIGKILLs coordinator `i` (0 the first leader, then the standbys).
+    /// SIGKILLs coordinator `i`.
     pub fn kill_coordinator_at(&mut self, i: usize) {
         if let Some(mut c) = self.coordinators[i].take() {
             let _ = c.kill();
@@ -267,7 +251,7 @@ impl LocalCluster {
         args
     }
 
-    /// The process id of coordinator `i` (0 the first leader), if running.
+    /// The process id of coordinator `i`, if running.
     pub fn coordinator_pid(&self, i: usize) -> Option<u32> {
         self.coordinators.get(i)?.as_ref().map(Child::id)
     }

@@ -47,8 +47,7 @@ fn the_rest_api_holds_against_generated_requests() {
             tls: None,
             ca_cert: None,
         }),
-        standbys: 0,
-        replicated: false,
+        coordinators: 1,
     })
     .expect("coordinator starts");
 

@@ -33,8 +33,7 @@ fn coordinator(dir: &Path, args: &[&str]) -> LocalCluster {
         workers: Vec::new(),
         slots: 1,
         security: None,
-        standbys: 0,
-        replicated: false,
+        coordinators: 1,
     })
     .expect("coordinator starts")
 }

@@ -47,8 +47,7 @@ fn coordinator(dir: &Path) -> LocalCluster {
             tls: None,
             ca_cert: None,
         }),
-        standbys: 0,
-        replicated: false,
+        coordinators: 1,
     })
     .expect("coordinator starts")
 }

@@ -43,7 +43,7 @@ impl Cluster {
     }
 
     pub fn start_at(dir: &Path, host: &str, places: &[WorkerPlace], slots: usize) -> Cluster {
-        Cluster::start_with(dir, host, places, slots, None, 0)
+        Cluster::start_with(dir, host, places, slots, None, 1)
     }
 
     pub fn start_with(
@@ -52,7 +52,7 @@ impl Cluster {
         places: &[WorkerPlace],
         slots: usize,
         security: Option<LocalSecurity>,
-        standbys: usize,
+        coordinators: usize,
     ) -> Cluster {
         let config = LocalClusterConfig {
             sluice: sluice_bin(),
@@ -64,8 +64,7 @@ impl Cluster {
             workers: places.to_vec(),
             slots,
             security,
-            standbys,
-            replicated: false,
+            coordinators,
         };
         Cluster(LocalCluster::start(config).unwrap_or_else(|e| panic!("{e}")))
     }
@@ -88,8 +87,7 @@ impl Cluster {
             workers: (0..workers).map(|_| WorkerPlace::loopback()).collect(),
             slots,
             security: None,
-            standbys: coordinators - 1,
-            replicated: true,
+            coordinators,
         };
         Cluster(LocalCluster::start(config).unwrap_or_else(|e| panic!("{e}")))
     }

@@ -133,6 +133,53 @@ impl MetaStore {
         }
     }
 
+    /// Moves the job records and id counters a coordinator of an earlier
+    /// release kept as files in the data directory into the Raft log, if
+    /// the log holds no job and no id yet (a group never takes files over
+    /// its own metadata); the files are renamed `jobs.imported` and
+    /// `ids.json.imported` afterwards, so they are imported once. Returns
+    /// how many records were imported.
+    pub fn import_files(&self) -> Result<usize> {
+        let Some(replica) = &self.replica else {
+            return Ok(0);
+        };
+        let (jobs, ids) = (self.root.join("jobs"), self.root.join("ids.json"));
+        if !jobs.is_dir() && !ids.is_file() {
+            return Ok(0);
+        }
+        if !replica.read(|m| m.jobs.is_empty() && m.ids == IdCounters::default()) {
+            warn!(dir = %self.root.display(),
+                "job record files beside a Raft log that has jobs: left alone");
+            return Ok(0);
+        }
+        let files = MetaStore {
+            root: self.root.clone(),
+            artifacts: self.artifacts.clone(),
+            replica: None,
+        };
+        let records = if jobs.is_dir() {
+            files.load()?
+        } else {
+            Vec::new()
+        };
+        // Counters first: no id a record holds is ever handed out again.
+        self.save_ids(&files.load_ids(&records)?)?;
+        for r in &records {
+            self.save(r)?;
+        }
+        for (from, to) in [(jobs, "jobs.imported"), (ids, "ids.json.imported")] {
+            if from.exists() {
+                fs::rename(&from, self.root.join(to))
+                    .map_err(|e| Error::io(format!("renaming {}", from.display()), e))?;
+            }
+        }
+        tracing::info!(
+            jobs = records.len(),
+            "job records of the data directory moved into the Raft log"
+        );
+        Ok(records.len())
+    }
+
     /// The Raft group's member, when the metadata is replicated.
     pub fn replica(&self) -> Option<&Replica> {
         self.replica.as_ref()

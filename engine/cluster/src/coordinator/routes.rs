@@ -105,28 +105,6 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-/// A standby's routes: every request gets 503, naming the leader.
-pub fn standby(data_dir: std::path::PathBuf) -> Router {
-    Router::new().fallback(move || {
-        let dir = data_dir.clone();
-        async move {
-            let leader = tokio::task::spawn_blocking(move || super::leader::leader_url(&dir))
-                .await
-                .ok()
-                .flatten();
-            let message = match &leader {
-                Some(url) => format!("this coordinator is a standby; the leader is at {url}"),
-                None => "this coordinator is a standby".to_string(),
-            };
-            let mut answer = Failure(StatusCode::SERVICE_UNAVAILABLE, message).into_response();
-            if let Some(v) = leader.and_then(|u| header::HeaderValue::from_str(&u).ok()) {
-                answer.headers_mut().insert("x-sluice-leader", v);
-            }
-            answer
-        }
-    })
-}
-
 /// Submits a job whose binary was uploaded.
 ///
 /// The binary goes first to `PUT /api/v1/artifacts/{sha256}`. The body is

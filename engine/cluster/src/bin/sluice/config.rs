@@ -180,7 +180,7 @@ pub(crate) struct CoordinatorArgs {
     #[arg(long, env = "SLUICE_TLS_KEY", value_name = "FILE")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) tls_key: Option<PathBuf>,
-    /// URL clients reach this coordinator at, named by standbys while it leads [default: its --listen address].
+    /// URL clients reach this coordinator at, named by the other members of its Raft group while it leads [default: its --listen address].
     #[arg(long, env = "SLUICE_ADVERTISE", value_name = "URL")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) advertise: Option<String>,
@@ -192,11 +192,11 @@ pub(crate) struct CoordinatorArgs {
     #[arg(long, env = "SLUICE_MAX_ARTIFACT_STORE_BYTES", value_name = "BYTES",
           default_value_t = ByteSize(coordinator_defaults().artifact_limits.max_store_bytes))]
     pub(crate) max_artifact_store_bytes: ByteSize,
-    /// This coordinator's id in its Raft group (a key of --peers; default: the only one).
+    /// This coordinator's id in its Raft group (a key of --peers; default: the only one, or 1 alone).
     #[arg(long, env = "SLUICE_NODE_ID", value_name = "N")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) node_id: Option<u64>,
-    /// The coordinators of a Raft group, this one included: ID=URL,... (e.g. 1=http://a:7070,2=http://b:7070,3=http://c:7070); each keeps its own --data-dir [default: none, one coordinator on its data directory, standbys by its lock].
+    /// The coordinators of a Raft group, this one included: ID=URL,... (e.g. 1=http://a:7070,2=http://b:7070,3=http://c:7070); each keeps its own --data-dir [default: none, a group of one: this coordinator alone].
     #[arg(long, env = "SLUICE_PEERS", value_name = "ID=URL,...")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) peers: Option<String>,
@@ -209,7 +209,7 @@ pub(crate) struct CoordinatorArgs {
 /// `[worker]`: the `sluice worker` service.
 #[derive(Debug, Args, Serialize, Deserialize)]
 pub(crate) struct WorkerArgs {
-    /// Coordinator REST URL (http://host:port; several, comma-separated, for a leader and its standbys) (required).
+    /// Coordinator REST URL (http://host:port; several, comma-separated, for the coordinators of a Raft group) (required).
     #[arg(long, env = "SLUICE_COORDINATOR", value_name = "URL")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) coordinator: Option<String>,
@@ -241,7 +241,7 @@ pub(crate) struct WorkerArgs {
 /// `[client]`: every command that calls the coordinator's API.
 #[derive(Debug, Args, Serialize, Deserialize)]
 pub(crate) struct ClientArgs {
-    /// Coordinator REST URL (http://host:port or https://host:port; several, comma-separated, for a leader and its standbys) (required).
+    /// Coordinator REST URL (http://host:port or https://host:port; several, comma-separated, for the coordinators of a Raft group) (required).
     #[arg(long, env = "SLUICE_COORDINATOR", value_name = "URL")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) coordinator: Option<String>,
@@ -488,9 +488,17 @@ pub(crate) fn coordinator_config(
         bail!("--read-token-file needs --token-file (or SLUICE_TOKEN): without an operator token the API is open to everyone");
     }
     config.advertise = a.advertise;
+    if a.election_timeout.0.is_zero() {
+        bail!("--election-timeout must be positive");
+    }
     config.raft = match (a.peers, a.node_id) {
-        (None, None) => None,
-        (None, Some(_)) => bail!("--node-id needs --peers (the coordinators of its Raft group)"),
+        // A group of one, at the coordinator's advertised URL.
+        (None, node_id) => Some(RaftSettings {
+            node_id: node_id.unwrap_or(1),
+            peers: Default::default(),
+            election_timeout: a.election_timeout.0,
+            snapshot_every: sluice_cluster::coordinator::raft::DEFAULT_SNAPSHOT_EVERY,
+        }),
         (Some(peers), node_id) => {
             let peers =
                 RaftSettings::parse_peers(&peers).map_err(|e| anyhow::anyhow!("--peers: {e}"))?;
@@ -503,9 +511,6 @@ pub(crate) fn coordinator_config(
             };
             if !peers.contains_key(&node_id) {
                 bail!("--node-id {node_id} is not among --peers");
-            }
-            if a.election_timeout.0.is_zero() {
-                bail!("--election-timeout must be positive");
             }
             Some(RaftSettings {
                 node_id,

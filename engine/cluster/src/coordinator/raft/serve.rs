@@ -313,7 +313,11 @@ async fn open(
     replica.ensure_linearizable().await?;
     let meta = MetaStore::replicated(&config.data_dir, artifacts.clone(), replica.clone());
     let config = config.clone();
-    tokio::task::spawn_blocking(move || Manager::open_with(config, meta))
-        .await
-        .map_err(|e| Error::Internal(format!("opening the coordinator: {e}")))?
+    tokio::task::spawn_blocking(move || {
+        // A data directory of a release before Raft keeps its jobs.
+        meta.import_files()?;
+        Manager::open_with(config, meta)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("opening the coordinator: {e}")))?
 }

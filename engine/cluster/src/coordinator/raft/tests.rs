@@ -13,7 +13,7 @@ use super::*;
 use crate::coordinator::artifacts::{ArtifactLimits, ArtifactStore};
 use crate::coordinator::manager::tests::{description, record};
 use crate::coordinator::manager::Manager;
-use crate::coordinator::meta::MetaStore;
+use crate::coordinator::meta::{IdCounters, MetaStore};
 use crate::coordinator::CoordinatorConfig;
 
 struct Member {
@@ -284,6 +284,54 @@ async fn a_manager_in_a_group_of_one_writes_through_the_log_and_a_restart_reads_
         assert_eq!(s.jobs[&job].life.state, JobState::Created);
         assert_eq!(s.ids.next_job, 2);
     });
+    member.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn job_records_of_a_data_directory_before_raft_move_into_the_log_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // What a coordinator of the release before Raft left: a record with
+    // its exceptions history, and counters past it.
+    let mut old = record(JobState::Running);
+    old.exceptions.push(sluice_protocol::api::JobException {
+        time_ms: 5,
+        attempt: 1,
+        error: "worker-2 was lost".into(),
+        outcome: "restart".into(),
+    });
+    let files = MetaStore::open(dir.path()).unwrap();
+    files.save(&old).unwrap();
+    let counters = IdCounters {
+        next_job: 9,
+        next_worker: 4,
+    };
+    files.save_ids(&counters).unwrap();
+
+    let (mut listeners, peers) = ports(1);
+    let member = start(listeners.remove(0), settings(1, &peers, 1000), dir.path()).await;
+    leader(&[&member]).await;
+    let meta = MetaStore::replicated(dir.path(), member.artifacts.clone(), member.replica.clone());
+    let again = meta.clone();
+    let imported = tokio::task::spawn_blocking(move || {
+        (meta.import_files().unwrap(), again.import_files().unwrap())
+    })
+    .await
+    .unwrap();
+    assert_eq!(imported, (1, 0), "imported once");
+    member.replica.read(|s| {
+        let r = &s.jobs[&old.id];
+        assert_eq!(r.life.state, JobState::Running);
+        assert_eq!(r.exceptions.len(), 1, "{:?}", r.exceptions);
+        assert_eq!(r.exceptions[0].error, "worker-2 was lost");
+        assert_eq!(s.ids, counters);
+    });
+    assert!(!dir.path().join("jobs").exists());
+    assert!(dir
+        .path()
+        .join("jobs.imported")
+        .join("job-7.json")
+        .is_file());
+    assert!(dir.path().join("ids.json.imported").is_file());
     member.stop().await;
 }
 
