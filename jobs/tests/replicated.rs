@@ -3,7 +3,8 @@
 //! directory, workers and the CLI given all three URLs, q5 submitted with
 //! `sluice submit` and its Parquet output read back with the parquet
 //! crate's reader. The leader is SIGKILLed while the job checkpoints, or
-//! the whole group is killed and started again.
+//! the whole group is killed and started again; a coordinator is added
+//! to a group of two and another removed, with the CLI.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -220,4 +221,129 @@ fn a_group_restarted_all_at_once_resumes_its_jobs() {
         &out,
         "q5 across a restart of every coordinator",
     );
+}
+
+/// `sluice coordinators --json`: the group as its leader knows it.
+fn group(cluster: &Cluster) -> Value {
+    cluster.json(&["coordinators", "--json"])
+}
+
+/// The voters' ids in `group`.
+fn voters(group: &Value) -> Vec<u64> {
+    group["members"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter(|c| c["voter"] == true)
+                .filter_map(|c| c["id"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_third_coordinator_is_added_to_a_group_of_two_and_another_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = embedded_q5(dir.path());
+    let mut cluster = Cluster::start_replicated(dir.path(), 2, 2, 2);
+    let job = submit_q5(&cluster, "150000");
+    after_a_checkpoint(&cluster, &job);
+    assert_eq!(voters(&group(&cluster)), [1, 2], "{}", group(&cluster));
+
+    // A coordinator started with --join holds nothing until it is added.
+    let new = cluster.start_joining_coordinator().unwrap();
+    let new_id = new as u64 + 1;
+    let new_url = cluster.coordinator_url(new);
+    let (code, _, body) = http(
+        port(&cluster, new),
+        "GET",
+        "/api/v1/jobs?consistency=local",
+        None,
+    );
+    assert_eq!((code, body.trim()), (200, "[]"));
+
+    // Bad requests are refused and change nothing.
+    let out = cluster
+        .sluice(&["coordinators", "add", "1", &new_url])
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("voter already"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cluster
+        .sluice(&["coordinators", "add", "9", "http://127.0.0.1:1"])
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no coordinator answers"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Another member's URL under a new id (the fuzzer's find: the
+    // leader sent Raft's messages for "node 7" to itself, and openraft's
+    // core panicked), and the new coordinator under another id.
+    let out = cluster
+        .sluice(&["coordinators", "add", "7", &cluster.coordinator_url(0)])
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("coordinator 1's URL"),
+        "{err}"
+    );
+    let out = cluster
+        .sluice(&["coordinators", "add", "7", &new_url])
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(&format!("is node {new_id}")),
+        "{err}"
+    );
+    assert_eq!(voters(&group(&cluster)), [1, 2]);
+
+    // Added: it caught up (it has the job's record) and votes.
+    let out = cluster
+        .sluice(&["coordinators", "add", &new_id.to_string(), &new_url])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = group(&cluster);
+    assert_eq!(voters(&after), [1, 2, new_id], "{after}");
+    let (code, _, body) = http(
+        port(&cluster, new),
+        "GET",
+        &format!("/api/v1/jobs/{job}?consistency=local"),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+
+    // Remove the original member that does not lead: the group is the
+    // leader and the new member, so every change from now on needs the
+    // new member's vote, and the job still finishes.
+    let leader = after["leader"].as_u64().unwrap();
+    let gone = [1, 2].into_iter().find(|&i| i != leader).unwrap();
+    let out = cluster
+        .sluice(&["coordinators", "remove", &gone.to_string()])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut sorted = vec![leader, new_id];
+    sorted.sort();
+    assert_eq!(voters(&group(&cluster)), sorted);
+    let out = cluster
+        .sluice(&["coordinators", "remove", &gone.to_string()])
+        .unwrap();
+    assert!(!out.status.success(), "removed twice");
+    cluster.kill_coordinator_at(gone as usize - 1);
+
+    cluster.wait_state(&job, "FINISHED", Duration::from_secs(180));
+    let out = dir.path().join("out");
+    assert_exactly_once(&want, &rows(&out), &out, "q5 across membership changes");
 }

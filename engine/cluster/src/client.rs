@@ -18,9 +18,9 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use sluice_engine::error::{Error, Result};
 use sluice_protocol::api::{
-    ApiError, Checkpoints, ClusterInfo, Heartbeat, HeartbeatReply, JobDescription, JobResults,
-    JobStatus, RegisterWorker, Registered, RescaleRequest, Rescaled, SavepointRequest,
-    SavepointTaken, SubmitJob, Submitted, WorkerInfo,
+    AddCoordinator, ApiError, Checkpoints, ClusterInfo, Coordinators, Heartbeat, HeartbeatReply,
+    JobDescription, JobResults, JobStatus, RegisterWorker, Registered, RescaleRequest, Rescaled,
+    SavepointRequest, SavepointTaken, SubmitJob, Submitted, WorkerInfo,
 };
 use sluice_web::Token;
 use std::path::{Path, PathBuf};
@@ -229,6 +229,36 @@ impl Client {
     /// `GET /api/v1/workers`.
     pub async fn workers(&self) -> Result<Vec<WorkerInfo>> {
         self.call(Method::GET, "/api/v1/workers", None::<&()>).await
+    }
+
+    /// `GET /api/v1/coordinators`: the coordinators' Raft group.
+    pub async fn coordinators(&self) -> Result<Coordinators> {
+        self.call(Method::GET, "/api/v1/coordinators", None::<&()>)
+            .await
+    }
+
+    /// `POST /api/v1/coordinators`: returns once coordinator `id` at `url`
+    /// caught up and votes.
+    pub async fn add_coordinator(&self, id: u64, url: &str) -> Result<Coordinators> {
+        let body = AddCoordinator {
+            id,
+            url: url.to_string(),
+        };
+        // Bringing the new member up to date may take longer than a
+        // control call is allowed to; the leader bounds it.
+        let response = self
+            .send(
+                self.request(Method::POST, "/api/v1/coordinators"),
+                Some(&body),
+            )
+            .await?;
+        self.decode("/api/v1/coordinators", response).await
+    }
+
+    /// `DELETE /api/v1/coordinators/{id}`.
+    pub async fn remove_coordinator(&self, id: u64) -> Result<Coordinators> {
+        let path = format!("/api/v1/coordinators/{id}");
+        self.call(Method::DELETE, &path, None::<&()>).await
     }
 
     /// `GET /api/v1/cluster`.

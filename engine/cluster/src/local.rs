@@ -77,6 +77,8 @@ pub struct LocalCluster {
     config: LocalClusterConfig,
     /// API ports, one per coordinator.
     ports: Vec<u16>,
+    /// Coordinators started with `--join` (added after the start).
+    joining: Vec<bool>,
     coordinators: Vec<Option<Child>>,
     workers: Vec<Child>,
 }
@@ -103,6 +105,7 @@ impl LocalCluster {
             .collect::<Result<Vec<u16>>>()?;
         let mut c = LocalCluster {
             coordinators: ports.iter().map(|_| None).collect(),
+            joining: ports.iter().map(|_| false).collect(),
             config,
             ports,
             workers: Vec::new(),
@@ -176,8 +179,14 @@ impl LocalCluster {
         cmd.args(["coordinator", "--listen"])
             .arg(format!("{}:{}", self.config.host, self.ports[i]))
             .args(["--advertise", &self.coordinator_url(i)]);
-        if self.ports.len() > 1 {
-            let peers = (0..self.ports.len())
+        if self.joining[i] {
+            cmd.arg("--node-id")
+                .arg((i + 1).to_string())
+                .arg("--join")
+                .arg("--data-dir")
+                .arg(self.config.dir.join(format!("coordinator-{i}")));
+        } else if self.config.coordinators > 1 {
+            let peers = (0..self.config.coordinators)
                 .map(|p| format!("{}={}", p + 1, self.coordinator_url(p)))
                 .collect::<Vec<_>>()
                 .join(",");
@@ -205,6 +214,28 @@ impl LocalCluster {
         };
         self.coordinators[i] = Some(spawn_logged(cmd, &self.config.dir.join(log))?);
         Ok(())
+    }
+
+    /// Starts one more coordinator with `--join` (node id `I + 1` for
+    /// coordinator `I`, on its own port and data directory) and returns
+    /// its index once it listens; `sluice coordinators add` then adds it.
+    pub fn start_joining_coordinator(&mut self) -> Result<usize> {
+        let port = std::net::TcpListener::bind((self.config.host.as_str(), 0))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| Error::io(format!("finding a free port on {}", self.config.host), e))?;
+        self.ports.push(port);
+        self.joining.push(true);
+        self.coordinators.push(None);
+        let i = self.ports.len() - 1;
+        self.start_coordinator_at(i)?;
+        let addr = (self.config.host.clone(), port);
+        self.wait_for(
+            Duration::from_secs(30),
+            "the new coordinator to listen",
+            |_| Ok::<_, Error>(std::net::TcpStream::connect(addr.clone()).is_ok()),
+        )?;
+        Ok(i)
     }
 
     /// SIGKILLs the first coordinator and waits for it.

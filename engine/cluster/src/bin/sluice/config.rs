@@ -204,6 +204,10 @@ pub(crate) struct CoordinatorArgs {
     #[arg(long, env = "SLUICE_ELECTION_TIMEOUT", value_name = "DURATION",
           default_value_t = HumanDuration(std::time::Duration::from_secs(1)))]
     pub(crate) election_timeout: HumanDuration,
+    /// Start as a new member of a running Raft group: its empty log is not initialised with --peers; it waits until the group's leader adds it (sluice coordinators add ID URL).
+    #[arg(long, env = "SLUICE_JOIN")]
+    #[serde(default)]
+    pub(crate) join: bool,
 }
 
 /// `[worker]`: the `sluice worker` service.
@@ -491,6 +495,9 @@ pub(crate) fn coordinator_config(
     if a.election_timeout.0.is_zero() {
         bail!("--election-timeout must be positive");
     }
+    if a.join && a.node_id.is_none() {
+        bail!("--join needs --node-id (the id the group's leader adds it under)");
+    }
     config.raft = match (a.peers, a.node_id) {
         // A group of one, at the coordinator's advertised URL.
         (None, node_id) => Some(RaftSettings {
@@ -498,6 +505,7 @@ pub(crate) fn coordinator_config(
             peers: Default::default(),
             election_timeout: a.election_timeout.0,
             snapshot_every: sluice_cluster::coordinator::raft::DEFAULT_SNAPSHOT_EVERY,
+            join: a.join,
         }),
         (Some(peers), node_id) => {
             let peers =
@@ -517,6 +525,7 @@ pub(crate) fn coordinator_config(
                 peers,
                 election_timeout: a.election_timeout.0,
                 snapshot_every: sluice_cluster::coordinator::raft::DEFAULT_SNAPSHOT_EVERY,
+                join: a.join,
             })
         }
     };

@@ -15,8 +15,10 @@
 //!   the push of a stored binary to the others;
 //! - [`serve`]: the coordinator service in a group: leadership changes
 //!   open and close the manager, followers answer reads of their local
-//!   copy or name the leader.
+//!   copy or name the leader;
+//! - [`membership`]: adding and removing coordinators.
 
+pub mod membership;
 pub mod network;
 pub mod serve;
 mod store;
@@ -180,6 +182,10 @@ pub struct RaftSettings {
     /// the log before it is then dropped, and a follower further behind
     /// gets the snapshot.
     pub snapshot_every: u64,
+    /// Started to be added to a running group (`--join`): an empty log is
+    /// not initialised with `peers`; the member waits for the group's
+    /// leader to add it (`sluice coordinators add`).
+    pub join: bool,
 }
 
 impl RaftSettings {
@@ -190,6 +196,7 @@ impl RaftSettings {
             peers: BTreeMap::from([(1, url.to_string())]),
             election_timeout: Duration::from_secs(1),
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+            join: false,
         }
     }
 
@@ -348,7 +355,7 @@ impl Replica {
             .map_err(|e| Error::io("starting Raft's runtime", e))?;
         let handle = runtime.handle().clone();
         let peers = settings.peers.clone();
-        let node_id = settings.node_id;
+        let (node_id, join) = (settings.node_id, settings.join);
         let raft = handle
             .spawn(async move {
                 let raft = Raft::new(node_id, config, network, log, machine)
@@ -358,7 +365,7 @@ impl Replica {
                     .is_initialized()
                     .await
                     .map_err(|e| Error::Internal(format!("reading Raft's state: {e}")))?;
-                if !initialized {
+                if !initialized && !join {
                     let members: BTreeMap<NodeId, BasicNode> = peers
                         .iter()
                         .map(|(id, url)| (*id, BasicNode::new(url)))
@@ -398,9 +405,34 @@ impl Replica {
         self.inner.settings.node_id
     }
 
-    /// The group's members: id → API URL.
-    pub fn peers(&self) -> &BTreeMap<NodeId, String> {
-        &self.inner.settings.peers
+    /// The group's voters: id → API URL, from the membership in the log
+    /// (which `sluice coordinators add/remove` change), or `--peers`
+    /// before this member has any.
+    pub fn peers(&self) -> BTreeMap<NodeId, String> {
+        let voters = self.members(true);
+        if voters.is_empty() {
+            self.inner.settings.peers.clone()
+        } else {
+            voters
+        }
+    }
+
+    /// The members in the membership this coordinator knows (voters only,
+    /// or learners too): id → API URL.
+    pub fn members(&self, voters_only: bool) -> BTreeMap<NodeId, String> {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .filter(|(id, _)| !voters_only || voters.contains(id))
+            .map(|(id, node)| (*id, node.addr.clone()))
+            .collect()
+    }
+
+    /// Whether this member was started to join a group (`--join`).
+    pub fn joining(&self) -> bool {
+        self.inner.settings.join
     }
 
     /// Appends `command` to the log and waits until it is committed (on a
@@ -446,7 +478,9 @@ impl Replica {
     /// The API URL of the leader this coordinator knows.
     pub fn leader_url(&self) -> Option<String> {
         let leader = self.position().leader?;
-        self.inner.settings.peers.get(&leader).cloned()
+        self.members(false)
+            .remove(&leader)
+            .or_else(|| self.inner.settings.peers.get(&leader).cloned())
     }
 
     /// Confirms with a majority that this coordinator still leads, and

@@ -15,7 +15,7 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{post, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use futures::StreamExt;
 use openraft::error::{
@@ -158,6 +158,7 @@ pub fn routes(replica: Replica, artifacts: Arc<ArtifactStore>, access: &Access) 
         .route("/internal/raft/append", post(append))
         .route("/internal/raft/vote", post(vote))
         .route("/internal/raft/snapshot", post(snapshot))
+        .route("/internal/raft/node", get(node))
         .layer(DefaultBodyLimit::max(MAX_MESSAGE))
         // Binaries stream to a file within the store's own limits.
         .route(
@@ -167,6 +168,23 @@ pub fn routes(replica: Replica, artifacts: Arc<ArtifactStore>, access: &Access) 
                 .layer(DefaultBodyLimit::disable()),
         );
     jobs_api::secure(api, access.unaudited()).with_state(Internal { replica, artifacts })
+}
+
+/// Who answers at a URL: a coordinator's node id and the members it
+/// knows (none while it waits to be added to a group).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct NodeIdentity {
+    /// Its node id.
+    pub id: NodeId,
+    /// The members of the membership it knows.
+    pub members: Vec<NodeId>,
+}
+
+async fn node(State(s): State<Internal>) -> Json<NodeIdentity> {
+    Json(NodeIdentity {
+        id: s.replica.id(),
+        members: s.replica.members(false).into_keys().collect(),
+    })
 }
 
 async fn append(
@@ -230,7 +248,7 @@ async fn send_artifact(
 }
 
 impl Replica {
-    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    pub(super) fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match self.token() {
             Some(t) => request.header(header::AUTHORIZATION, t.bearer()),
             None => request,
@@ -305,7 +323,7 @@ impl Replica {
     /// (verified against its address); true once it is stored here.
     pub async fn fetch_artifact(&self, artifacts: &Arc<ArtifactStore>, sha: &str) -> bool {
         for (id, url) in self.peers() {
-            if *id == self.id() {
+            if id == self.id() {
                 continue;
             }
             let answer = match self

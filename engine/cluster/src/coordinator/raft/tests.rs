@@ -28,6 +28,7 @@ fn settings(id: NodeId, peers: &BTreeMap<NodeId, String>, snapshot_every: u64) -
         peers: peers.clone(),
         election_timeout: Duration::from_millis(300),
         snapshot_every,
+        join: false,
     }
 }
 
