@@ -84,8 +84,11 @@ pub struct Manager {
 }
 
 impl Manager {
-    /// Opens the data directory, binds the control server and loads the
-    /// jobs of an earlier run (those not ended wait to be restarted).
+    /// Opens the data directory's plain files, binds the control server
+    /// and loads the jobs of an earlier run (those not ended wait to be
+    /// restarted). The coordinator service never does: its manager is on
+    /// its Raft group's log ([`open_with`](Self::open_with) and
+    /// [`MetaStore::replicated`]); this is for tests and tools.
     pub fn open(config: CoordinatorConfig) -> Result<Arc<Manager>> {
         let meta = MetaStore::open_limited(&config.data_dir, config.artifact_limits)?;
         Manager::open_with(config, meta)

@@ -142,6 +142,30 @@ impl Replica {
         Ok(())
     }
 
+    /// A leader whose URL is not the one the membership holds for it (its
+    /// `--advertise` or port changed since: a lone coordinator on another
+    /// port, say) writes its URL there, so the others' messages and the
+    /// leader named to clients reach it. Returns whether it changed.
+    pub async fn correct_own_url(&self) -> Result<bool, MembershipError> {
+        let Some(mine) = self.inner.settings.peers.get(&self.id()).cloned() else {
+            return Ok(false);
+        };
+        match self.members(false).get(&self.id()) {
+            Some(known) if *known != mine => {
+                self.raft()
+                    .change_membership(
+                        ChangeMembers::SetNodes([(self.id(), BasicNode::new(&mine))].into()),
+                        false,
+                    )
+                    .await
+                    .map_err(not_made)?;
+                info!(node = self.id(), from = %known, to = %mine, "this coordinator's URL changed");
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// Asks the coordinator at `url` who it is.
     async fn identify(&self, url: &str) -> Result<NodeIdentity, MembershipError> {
         let unreachable = |e: String| {

@@ -8,7 +8,7 @@
 //! the entry on disk. A coordinator that becomes leader builds its manager
 //! from the state machine, as a restarted coordinator does from its files.
 //!
-//! - [`store`]: the log, the vote and snapshots in RocksDB under
+//! - `store`: the log, the vote and snapshots in RocksDB under
 //!   `DATA_DIR/raft`, the state machine in memory;
 //! - [`network`]: Raft's messages between coordinators as HTTP calls on
 //!   their API listeners (internal routes behind the API's token), and

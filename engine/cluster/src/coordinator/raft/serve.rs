@@ -311,6 +311,9 @@ async fn open(
     artifacts: &Arc<ArtifactStore>,
 ) -> Result<Arc<Manager>> {
     replica.ensure_linearizable().await?;
+    if let Err(e) = replica.correct_own_url().await {
+        warn!(error = %e, "could not write this coordinator's new URL to the membership");
+    }
     let meta = MetaStore::replicated(&config.data_dir, artifacts.clone(), replica.clone());
     let config = config.clone();
     tokio::task::spawn_blocking(move || {

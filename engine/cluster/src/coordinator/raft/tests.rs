@@ -285,6 +285,16 @@ async fn a_manager_in_a_group_of_one_writes_through_the_log_and_a_restart_reads_
         assert_eq!(s.jobs[&job].life.state, JobState::Created);
         assert_eq!(s.ids.next_job, 2);
     });
+    // Restarted on another port: the membership still names the old
+    // one until the leader writes its new URL.
+    assert_ne!(member.replica.members(false)[&1], peers[&1]);
+    assert!(member.replica.correct_own_url().await.unwrap());
+    assert_eq!(member.replica.members(false)[&1], peers[&1]);
+    assert_eq!(
+        member.replica.leader_url().as_deref(),
+        Some(peers[&1].as_str())
+    );
+    assert!(!member.replica.correct_own_url().await.unwrap(), "once");
     member.stop().await;
 }
 
