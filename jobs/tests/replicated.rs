@@ -320,6 +320,16 @@ fn a_third_coordinator_is_added_to_a_group_of_two_and_another_removed() {
         None,
     );
     assert_eq!(code, 200, "{body}");
+    // It stores the job's binary: once the group is the leader and it, a
+    // majority must still have it.
+    let status: Value = serde_json::from_str(&body).unwrap();
+    let sha = status["artifact"].as_str().unwrap();
+    assert!(
+        dir.path()
+            .join(format!("coordinator-{new}/artifacts/{sha}"))
+            .is_file(),
+        "the new coordinator lacks binary {sha}"
+    );
 
     // Remove the original member that does not lead: the group is the
     // leader and the new member, so every change from now on needs the

@@ -154,8 +154,8 @@ async fn coordinators(State(m): Shared) -> Answer<Coordinators> {
 /// Adds a coordinator to the Raft group.
 ///
 /// The new coordinator runs with `--join` and the group's token. It is
-/// added as a learner, brought up to date, then made a voter; the answer
-/// comes once it votes.
+/// added as a learner, brought up to date and sent the stored binaries,
+/// then made a voter; the answer comes once it votes.
 #[utoipa::path(
     post, path = "/api/v1/coordinators", tag = "coordinators", operation_id = "addCoordinator",
     security(("bearer" = [])),
@@ -176,7 +176,7 @@ async fn add_coordinator(
 ) -> Answer<Coordinators> {
     let replica = replica(&m)?;
     replica
-        .add_member(req.id, &req.url)
+        .add_member(req.id, &req.url, m.meta().artifacts())
         .await
         .map_err(membership_failure)?;
     Ok(Json(replica.coordinators()))

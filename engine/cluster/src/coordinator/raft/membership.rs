@@ -10,6 +10,7 @@
 //! catch up in time is removed again and the change is refused.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -20,6 +21,7 @@ use sluice_protocol::api::{CoordinatorMember, Coordinators};
 
 use super::network::NodeIdentity;
 use super::{NodeId, Replica};
+use crate::coordinator::artifacts::ArtifactStore;
 
 /// How long a new coordinator may take to answer at all.
 const REACH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -68,8 +70,15 @@ impl Replica {
         }
     }
 
-    /// Adds coordinator `id` at `url` as a voter once it caught up.
-    pub async fn add_member(&self, id: NodeId, url: &str) -> Result<(), MembershipError> {
+    /// Adds coordinator `id` at `url` as a voter once it caught up and
+    /// stores every binary of the index (in `artifacts`), so a majority
+    /// still stores each after other members are removed.
+    pub async fn add_member(
+        &self,
+        id: NodeId,
+        url: &str,
+        artifacts: &Arc<ArtifactStore>,
+    ) -> Result<(), MembershipError> {
         let url = url.trim().trim_end_matches('/').to_string();
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(MembershipError::Invalid(format!(
@@ -132,6 +141,14 @@ impl Replica {
                     "coordinator {id} at {url} did not catch up within {CATCH_UP_TIMEOUT:?} \
                      (was it started with --join and the group's token?)"
                 )));
+            }
+        }
+        let indexed: Vec<String> = self.read(|m| m.artifacts.iter().cloned().collect());
+        for sha in &indexed {
+            if let Err(e) = self.push_artifact(artifacts, &url, sha).await {
+                // It can still fetch it from the others when it needs it.
+                warn!(node = id, artifact = %sha, error = %e,
+                    "a binary did not reach the new coordinator");
             }
         }
         self.raft()

@@ -255,6 +255,42 @@ impl Replica {
         }
     }
 
+    /// Sends the stored binary `sha` to the coordinator at `url`, which
+    /// verifies it as any upload.
+    pub(super) async fn push_artifact(
+        &self,
+        artifacts: &Arc<ArtifactStore>,
+        url: &str,
+        sha: &str,
+    ) -> Result<()> {
+        let (file, len) = artifacts
+            .open_verified_async(sha)
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+            file,
+            DOWNLOAD_CHUNK,
+        ));
+        let answer = self
+            .authorized(
+                self.http()
+                    .put(format!("{url}/internal/raft/artifacts/{sha}")),
+            )
+            .header(header::CONTENT_LENGTH, len)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| Error::Internal(format!("pushing to {url}: {e}")))?;
+        if answer.status().is_success() {
+            Ok(())
+        } else {
+            Err(Error::Internal(format!(
+                "{url} answered {}",
+                answer.status()
+            )))
+        }
+    }
+
     /// Pushes the stored binary `sha` to the other coordinators until a
     /// majority of the group (this one included) stores it, then records
     /// it in the log. Fails, naming how many store it, if no majority does.
@@ -270,38 +306,12 @@ impl Replica {
             .map(|(id, url)| (*id, url.clone()))
             .collect();
         let needed = self.peers().len() / 2 + 1;
-        let pushes = others.into_iter().map(|(id, url)| {
-            let artifacts = artifacts.clone();
-            let sha = sha.to_string();
-            async move {
-                let pushed: Result<()> = async {
-                    let (file, len) = artifacts
-                        .open_verified_async(&sha)
-                        .await
-                        .map_err(|e| Error::Internal(e.to_string()))?;
-                    let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
-                        file,
-                        DOWNLOAD_CHUNK,
-                    ));
-                    let answer = self
-                        .authorized(self.http().put(format!("{url}/internal/raft/artifacts/{sha}")))
-                        .header(header::CONTENT_LENGTH, len)
-                        .body(body)
-                        .send()
-                        .await
-                        .map_err(|e| Error::Internal(format!("pushing to {url}: {e}")))?;
-                    if answer.status().is_success() {
-                        Ok(())
-                    } else {
-                        Err(Error::Internal(format!("{url} answered {}", answer.status())))
-                    }
-                }
-                .await;
-                if let Err(e) = &pushed {
-                    warn!(peer = id, artifact = %sha, error = %e, "a coordinator did not take a binary");
-                }
-                pushed.is_ok()
+        let pushes = others.into_iter().map(|(id, url)| async move {
+            let pushed = self.push_artifact(artifacts, &url, sha).await;
+            if let Err(e) = &pushed {
+                warn!(peer = id, artifact = %sha, error = %e, "a coordinator did not take a binary");
             }
+            pushed.is_ok()
         });
         let stored = 1 + futures::future::join_all(pushes)
             .await
