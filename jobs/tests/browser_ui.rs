@@ -45,7 +45,7 @@ fn the_coordinator_ui_shows_a_job_fully_and_cancels_it() {
         workers: vec![WorkerPlace::loopback()],
         slots: 2,
         security: None,
-        standbys: 0,
+        coordinators: 1,
     })
     .unwrap();
     let out = dir.path().join("out");

@@ -13,9 +13,9 @@
 //!   gets SIGKILL, and the benchmark measures how long until the status
 //!   shows a new attempt, until that attempt is RUNNING, and until a source
 //!   node of the new attempt reports records out. With `--victim
-//!   coordinator` the cluster has a standby coordinator and the leader gets
-//!   SIGKILL instead: "detected" is then the first status the standby
-//!   answers as the new leader.
+//!   raft-leader` three coordinators form a Raft group (`--peers`, each
+//!   its own data directory) and the leader gets SIGKILL instead:
+//!   "detected" is the first status a newly elected leader answers.
 //!
 //! - rescale (`--only rescale`): the failover's job and cluster, and after
 //!   the first completed checkpoint `sluice rescale ID -p 3`; measures how
@@ -86,9 +86,9 @@ struct Args {
     /// machine), `http` GETs `/api/v1/jobs/ID` from the coordinator itself.
     #[arg(long, default_value = "cli", value_parser = ["cli", "http"])]
     poll: String,
-    /// What the failover kills: a worker's process group, or the leading
-    /// coordinator (a standby takes over).
-    #[arg(long, default_value = "worker", value_parser = ["worker", "coordinator"])]
+    /// What the failover kills: a worker's process group, or the leader
+    /// of a Raft group of three coordinators (another is elected).
+    #[arg(long, default_value = "worker", value_parser = ["worker", "raft-leader"])]
     victim: String,
     /// Run only this part.
     #[arg(long, value_parser = ["q5", "failover", "rescale", "submit"])]
@@ -114,7 +114,7 @@ struct Cluster {
     http: bool,
     /// Durations of the status calls made.
     polls: RefCell<Vec<Duration>>,
-    /// The coordinator an HTTP poll asks (0 the first leader, 1 its standby).
+    /// The coordinator an HTTP poll asks (its index; the leader of a Raft group).
     polled: std::cell::Cell<usize>,
 }
 
@@ -128,7 +128,7 @@ impl Cluster {
         dir: &Path,
         workers: usize,
         coordinator_args: &[&str],
-        standbys: usize,
+        coordinators: usize,
     ) -> anyhow::Result<Cluster> {
         let inner = LocalCluster::start(LocalClusterConfig {
             sluice: sluice.to_path_buf(),
@@ -138,7 +138,7 @@ impl Cluster {
             workers: vec![WorkerPlace::loopback(); workers],
             slots: args.slots,
             security: None,
-            standbys,
+            coordinators,
         })?;
         Ok(Cluster {
             inner,
@@ -216,6 +216,19 @@ fn http_get(port: u16, path: &str) -> anyhow::Result<Vec<u8>> {
         bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
     }
     Ok(answer[split + 4..].to_vec())
+}
+
+/// The coordinator of a Raft group (`coordinators` members) that answers
+/// the API as its leader.
+fn raft_leader(c: &Cluster, coordinators: usize) -> anyhow::Result<usize> {
+    for i in 0..coordinators {
+        let url = c.inner.coordinator_url(i);
+        let port = url.rsplit(':').next().and_then(|p| p.parse().ok());
+        if http_get(port.context("a coordinator port")?, "/api/v1/jobs").is_ok() {
+            return Ok(i);
+        }
+    }
+    bail!("no coordinator of the group answers as its leader")
 }
 
 /// Sleeps out the rest of a poll period begun at `start`.
@@ -327,7 +340,7 @@ struct Q5Summary {
 
 fn q5(args: &Args, sluice: &Path, nexmark: &Path, dir: &Path) -> anyhow::Result<Q5Summary> {
     let n = args.events as f64;
-    let mut cluster = Cluster::start(args, sluice, &dir.join("q5"), 2, &[], 0)?;
+    let mut cluster = Cluster::start(args, sluice, &dir.join("q5"), 2, &[], 1)?;
     let (mut emb, mut job_ms, mut tot, mut run) = (vec![], vec![], vec![], vec![]);
     println!(
         "q5, {} events, parallelism 2: embedded vs coordinator + 2 workers × {} slot(s)",
@@ -397,7 +410,7 @@ fn source_output(nodes: &[NodeCounters], sources: &[usize]) -> bool {
         .any(|n| n.records_in == 0 && n.records_out > 0 && sources.contains(&n.node))
 }
 
-/// A coordinator (with `standbys`) and 3 workers running the paced q5
+/// `coordinators` coordinators and 3 workers running the paced q5
 /// with checkpoints, once it runs, completed a checkpoint and reported
 /// counters: the cluster, the job id, its status then, and its source
 /// nodes (those with no input).
@@ -406,7 +419,7 @@ fn paced_job(
     sluice: &Path,
     nexmark: &Path,
     dir: &Path,
-    standbys: usize,
+    coordinators: usize,
 ) -> anyhow::Result<(Cluster, String, JobStatus, Vec<usize>)> {
     let c = Cluster::start(
         args,
@@ -419,8 +432,12 @@ fn paced_job(
             "--heartbeat-interval",
             HEARTBEAT_INTERVAL,
         ],
-        standbys,
+        coordinators,
     )?;
+    if coordinators > 1 {
+        // HTTP polls go to the group's leader (followers answer 503).
+        c.polled.set(raft_leader(&c, coordinators)?);
+    }
     let ck = dir.join("checkpoints");
     let mut job_args = q5_args(args.failover_rate * args.failover_secs);
     job_args.extend(["--rate".into(), args.failover_rate.to_string()]);
@@ -461,12 +478,14 @@ fn failover_once(
     nexmark: &Path,
     dir: &Path,
 ) -> anyhow::Result<Failover> {
-    let standbys = usize::from(args.victim == "coordinator");
-    let (mut c, job, before, sources) = paced_job(args, sluice, nexmark, dir, standbys)?;
-    let coordinator = args.victim == "coordinator";
-    let killed = if coordinator {
-        c.inner.kill_coordinator();
-        c.polled.set(1);
+    let raft = args.victim == "raft-leader";
+    let coordinators = if raft { 3 } else { 1 };
+    let (mut c, job, before, sources) = paced_job(args, sluice, nexmark, dir, coordinators)?;
+    let coordinator = raft;
+    let killed = if raft {
+        let leader = raft_leader(&c, coordinators)?;
+        c.inner.kill_coordinator_at(leader);
+        c.polled.set((leader + 1) % coordinators);
         Instant::now()
     } else {
         let victim = before.placement[0].worker.clone();
@@ -490,8 +509,15 @@ fn failover_once(
         let poll = Instant::now();
         let s = match c.status(&job) {
             Ok(s) => s,
-            // No leader answers until the standby has taken over.
+            // No leader answers until one is elected: HTTP polls try
+            // each survivor in turn.
             Err(_) if coordinator && killed.elapsed() < Duration::from_secs(120) => {
+                let n = coordinators;
+                let mut next = (c.polled.get() + 1) % n;
+                if c.inner.coordinator_pid(next).is_none() {
+                    next = (next + 1) % n;
+                }
+                c.polled.set(next);
                 pace(poll);
                 continue;
             }
@@ -726,7 +752,7 @@ fn submit_once(
     nexmark: &Path,
     dir: &Path,
 ) -> anyhow::Result<SubmitRun> {
-    let c = Cluster::start(args, sluice, dir, 2, &[], 0)?;
+    let c = Cluster::start(args, sluice, dir, 2, &[], 1)?;
     let debug = nexmark.with_file_name(format!(
         "{}.debug",
         nexmark
@@ -1011,16 +1037,17 @@ fn main() -> anyhow::Result<()> {
         let _ = writeln!(md, "All runs: {}.\n", q.runs);
     }
     if let Some(f) = &f {
-        if args.victim == "coordinator" {
+        if args.victim == "raft-leader" {
             let _ = writeln!(
                 md,
-                "Coordinator failover: a leader and a standby coordinator on one data directory \
-                 (`--heartbeat-timeout {HEARTBEAT_TIMEOUT} --heartbeat-interval \
-                 {HEARTBEAT_INTERVAL}`), 3 workers given both URLs; q5 with `--rate {} \
-                 --checkpoint-interval {CHECKPOINT_INTERVAL}` ({} events); after the first \
-                 completed checkpoint, SIGKILL to the leader. Times from the signal; \"failure \
-                 seen\" is the first status the standby answers as the new leader; the executors \
-                 of the old leader cancelled themselves when their control connections broke.\n",
+                "Raft leader failover: three coordinators in a Raft group (`--peers`, each its own \
+                 data directory, `--election-timeout 1s`; `--heartbeat-timeout {HEARTBEAT_TIMEOUT} \
+                 --heartbeat-interval {HEARTBEAT_INTERVAL}`), 3 workers given every URL; q5 with \
+                 `--rate {} --checkpoint-interval {CHECKPOINT_INTERVAL}` ({} events); after the \
+                 first completed checkpoint, SIGKILL to the leader. Times from the signal; \
+                 \"failure seen\" is the first status a newly elected leader answers; the \
+                 executors of the old leader cancelled themselves when their control \
+                 connections broke.\n",
                 args.failover_rate,
                 args.failover_rate * args.failover_secs,
             );

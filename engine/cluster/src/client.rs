@@ -18,9 +18,9 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use sluice_engine::error::{Error, Result};
 use sluice_protocol::api::{
-    ApiError, Checkpoints, ClusterInfo, Heartbeat, HeartbeatReply, JobDescription, JobResults,
-    JobStatus, RegisterWorker, Registered, RescaleRequest, Rescaled, SavepointRequest,
-    SavepointTaken, SubmitJob, Submitted, WorkerInfo,
+    AddCoordinator, ApiError, Checkpoints, ClusterInfo, Coordinators, Heartbeat, HeartbeatReply,
+    JobDescription, JobResults, JobStatus, RegisterWorker, Registered, RescaleRequest, Rescaled,
+    SavepointRequest, SavepointTaken, SubmitJob, Submitted, WorkerInfo,
 };
 use sluice_web::Token;
 use std::path::{Path, PathBuf};
@@ -47,14 +47,16 @@ const UPLOAD_CHUNK: usize = 256 * 1024;
 const MAX_QUOTED_BODY: usize = 512;
 
 /// A typed client of a coordinator's REST API. Given several coordinator
-/// URLs (a leader and its standbys), it sends to the one that answered
-/// last and moves on to the next when one is unreachable or a standby.
+/// URLs (the coordinators of a Raft group), it sends to the one that answered
+/// last and moves on to the next when one is unreachable or a follower (503).
 #[derive(Debug, Clone)]
 pub struct Client {
     bases: Arc<Vec<String>>,
     /// Index in `bases` of the coordinator to try first.
     current: Arc<AtomicUsize>,
     http: reqwest::Client,
+    /// `?consistency=` sent with every read (coordinators in a Raft group).
+    consistency: Option<&'static str>,
 }
 
 /// What `sluice submit` ships: the job binary and how to run it.
@@ -75,7 +77,7 @@ pub struct Submission {
 impl Client {
     /// A client of the coordinator at `base_url` (`http://host:port`, with
     /// or without a trailing slash; several, comma-separated, for a leader
-    /// and its standbys).
+    /// and the other members of its group).
     pub fn new(base_url: &str) -> Result<Client> {
         Client::secured(base_url, &ClientSecurity::default())
     }
@@ -134,6 +136,7 @@ impl Client {
             bases: Arc::new(bases),
             current: Arc::default(),
             http,
+            consistency: None,
         })
     }
 
@@ -226,6 +229,36 @@ impl Client {
     /// `GET /api/v1/workers`.
     pub async fn workers(&self) -> Result<Vec<WorkerInfo>> {
         self.call(Method::GET, "/api/v1/workers", None::<&()>).await
+    }
+
+    /// `GET /api/v1/coordinators`: the coordinators' Raft group.
+    pub async fn coordinators(&self) -> Result<Coordinators> {
+        self.call(Method::GET, "/api/v1/coordinators", None::<&()>)
+            .await
+    }
+
+    /// `POST /api/v1/coordinators`: returns once coordinator `id` at `url`
+    /// caught up and votes.
+    pub async fn add_coordinator(&self, id: u64, url: &str) -> Result<Coordinators> {
+        let body = AddCoordinator {
+            id,
+            url: url.to_string(),
+        };
+        // Bringing the new member up to date may take longer than a
+        // control call is allowed to; the leader bounds it.
+        let response = self
+            .send(
+                self.request(Method::POST, "/api/v1/coordinators"),
+                Some(&body),
+            )
+            .await?;
+        self.decode("/api/v1/coordinators", response).await
+    }
+
+    /// `DELETE /api/v1/coordinators/{id}`.
+    pub async fn remove_coordinator(&self, id: u64) -> Result<Coordinators> {
+        let path = format!("/api/v1/coordinators/{id}");
+        self.call(Method::DELETE, &path, None::<&()>).await
     }
 
     /// `GET /api/v1/cluster`.
@@ -341,8 +374,34 @@ impl Client {
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let read = method == Method::GET || method == Method::HEAD;
+        let query = match self.consistency {
+            Some(level) if read => {
+                let sep = if path.contains('?') { '&' } else { '?' };
+                format!("{sep}consistency={level}")
+            }
+            _ => String::new(),
+        };
         self.http
-            .request(method, format!("{}{}", self.base_url(), path))
+            .request(method, format!("{}{path}{query}", self.base_url()))
+    }
+
+    /// Reads at `level` from coordinators in a Raft group: `linearizable`
+    /// (the leader confirms with a majority that it still leads),
+    /// `leader` (the default: the leader's state) or `local` (whichever
+    /// coordinator answers first, perhaps a follower's stale copy).
+    pub fn with_consistency(mut self, level: &str) -> Result<Client> {
+        self.consistency = Some(match level {
+            "linearizable" => "linearizable",
+            "leader" => "leader",
+            "local" => "local",
+            other => {
+                return Err(Error::Config(format!(
+                    "consistency {other:?}: use linearizable, leader or local"
+                )))
+            }
+        });
+        Ok(self)
     }
 
     /// A bounded JSON call: request body `body`, JSON answer `T`.
@@ -384,7 +443,7 @@ impl Client {
     }
 
     /// Sends `request` to the current coordinator, then to the others in
-    /// turn while one is unreachable or answers as a standby (503); the
+    /// turn while one is unreachable or answers as a follower (503); the
     /// one that answers becomes the current one. Requests whose body
     /// cannot be replayed go to the current coordinator only.
     async fn execute(&self, request: reqwest::Request) -> Result<Response> {

@@ -53,9 +53,12 @@ pub struct LocalClusterConfig {
     /// A token (and TLS) for the API, passed to every process; none: open
     /// plain HTTP.
     pub security: Option<LocalSecurity>,
-    /// Standby coordinators on the same data directory, each on a port of
-    /// its own; workers and the CLI get every coordinator's URL.
-    pub standbys: usize,
+    /// Coordinators, at least 1. One is a group of one on the data
+    /// directory `coordinator`, started without `--peers`; several form a
+    /// Raft group (`--node-id`, `--peers`), each on a port and a data
+    /// directory of its own (`coordinator-I`, I from 0). Workers and the
+    /// CLI get every coordinator's URL.
+    pub coordinators: usize,
 }
 
 /// How a [`LocalCluster`]'s API is protected.
@@ -72,8 +75,10 @@ pub struct LocalSecurity {
 /// A running coordinator and workers; see the module comment.
 pub struct LocalCluster {
     config: LocalClusterConfig,
-    /// API ports: the first leader's, then the standbys'.
+    /// API ports, one per coordinator.
     ports: Vec<u16>,
+    /// Coordinators started with `--join` (added after the start).
+    joining: Vec<bool>,
     coordinators: Vec<Option<Child>>,
     workers: Vec<Child>,
 }
@@ -82,12 +87,15 @@ pub struct LocalCluster {
 const LOG_TAIL: usize = 15;
 
 impl LocalCluster {
-    /// Starts the coordinator (then its standbys), then the workers, and
-    /// waits until every worker is registered and alive.
+    /// Starts the coordinators, waits until one leads, then starts the
+    /// workers and waits until every worker is registered and alive.
     pub fn start(config: LocalClusterConfig) -> Result<LocalCluster> {
         std::fs::create_dir_all(&config.dir)
             .map_err(|e| Error::io(format!("creating {}", config.dir.display()), e))?;
-        let ports = (0..=config.standbys)
+        if config.coordinators == 0 {
+            return Err(Error::Config("a cluster needs a coordinator".into()));
+        }
+        let ports = (0..config.coordinators)
             .map(|_| {
                 std::net::TcpListener::bind((config.host.as_str(), 0))
                     .and_then(|l| l.local_addr())
@@ -97,18 +105,16 @@ impl LocalCluster {
             .collect::<Result<Vec<u16>>>()?;
         let mut c = LocalCluster {
             coordinators: ports.iter().map(|_| None).collect(),
+            joining: ports.iter().map(|_| false).collect(),
             config,
             ports,
             workers: Vec::new(),
         };
-        c.start_coordinator()?;
-        for i in 1..c.ports.len() {
+        // A group answers once a majority is up and elected a leader.
+        for i in 0..c.ports.len() {
             c.start_coordinator_at(i)?;
-            let addr = (c.config.host.clone(), c.ports[i]);
-            c.wait_for(Duration::from_secs(30), "a standby to listen", |_| {
-                Ok::<_, Error>(std::net::TcpStream::connect(addr.clone()).is_ok())
-            })?;
         }
+        c.wait_for_api()?;
         for i in 0..c.config.workers.len() {
             let child = c.spawn_worker(i)?;
             c.workers.push(child);
@@ -153,6 +159,12 @@ impl LocalCluster {
     /// [`kill_coordinator`]: LocalCluster::kill_coordinator
     pub fn start_coordinator(&mut self) -> Result<()> {
         self.start_coordinator_at(0)?;
+        self.wait_for_api()
+    }
+
+    /// Waits until a coordinator answers the API (in a Raft group: the
+    /// leader, once one is elected).
+    pub fn wait_for_api(&self) -> Result<()> {
         self.wait_for(
             Duration::from_secs(30),
             "the coordinator to answer",
@@ -160,15 +172,34 @@ impl LocalCluster {
         )
     }
 
-    /// Starts coordinator `i` (0 the first leader, then the standbys).
-    fn start_coordinator_at(&mut self, i: usize) -> Result<()> {
+    /// Starts coordinator `i`; again after it was killed: same address
+    /// and data directory, log appended.
+    pub fn start_coordinator_at(&mut self, i: usize) -> Result<()> {
         let mut cmd = Command::new(&self.config.sluice);
         cmd.args(["coordinator", "--listen"])
             .arg(format!("{}:{}", self.config.host, self.ports[i]))
-            .args(["--advertise", &self.coordinator_url(i)])
-            .arg("--data-dir")
-            .arg(self.config.dir.join("coordinator"))
-            .args(&self.config.coordinator_args);
+            .args(["--advertise", &self.coordinator_url(i)]);
+        if self.joining[i] {
+            cmd.arg("--node-id")
+                .arg((i + 1).to_string())
+                .arg("--join")
+                .arg("--data-dir")
+                .arg(self.config.dir.join(format!("coordinator-{i}")));
+        } else if self.config.coordinators > 1 {
+            let peers = (0..self.config.coordinators)
+                .map(|p| format!("{}={}", p + 1, self.coordinator_url(p)))
+                .collect::<Vec<_>>()
+                .join(",");
+            cmd.arg("--node-id")
+                .arg((i + 1).to_string())
+                .args(["--peers", &peers])
+                .arg("--data-dir")
+                .arg(self.config.dir.join(format!("coordinator-{i}")));
+        } else {
+            cmd.arg("--data-dir")
+                .arg(self.config.dir.join("coordinator"));
+        }
+        cmd.args(&self.config.coordinator_args);
         if let Some(s) = &self.config.security {
             cmd.arg("--token-file").arg(&s.token_file);
             if let Some(tls) = &s.tls {
@@ -185,12 +216,34 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Starts one more coordinator with `--join` (node id `I + 1` for
+    /// coordinator `I`, on its own port and data directory) and returns
+    /// its index once it listens; `sluice coordinators add` then adds it.
+    pub fn start_joining_coordinator(&mut self) -> Result<usize> {
+        let port = std::net::TcpListener::bind((self.config.host.as_str(), 0))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| Error::io(format!("finding a free port on {}", self.config.host), e))?;
+        self.ports.push(port);
+        self.joining.push(true);
+        self.coordinators.push(None);
+        let i = self.ports.len() - 1;
+        self.start_coordinator_at(i)?;
+        let addr = (self.config.host.clone(), port);
+        self.wait_for(
+            Duration::from_secs(30),
+            "the new coordinator to listen",
+            |_| Ok::<_, Error>(std::net::TcpStream::connect(addr.clone()).is_ok()),
+        )?;
+        Ok(i)
+    }
+
     /// SIGKILLs the first coordinator and waits for it.
     pub fn kill_coordinator(&mut self) {
         self.kill_coordinator_at(0);
     }
 
-    /// SIGKILLs coordinator `i` (0 the first leader, then the standbys).
+    /// SIGKILLs coordinator `i`.
     pub fn kill_coordinator_at(&mut self, i: usize) {
         if let Some(mut c) = self.coordinators[i].take() {
             let _ = c.kill();
@@ -229,7 +282,7 @@ impl LocalCluster {
         args
     }
 
-    /// The process id of coordinator `i` (0 the first leader), if running.
+    /// The process id of coordinator `i`, if running.
     pub fn coordinator_pid(&self, i: usize) -> Option<u32> {
         self.coordinators.get(i)?.as_ref().map(Child::id)
     }

@@ -47,7 +47,7 @@ fn the_rest_api_holds_against_generated_requests() {
             tls: None,
             ca_cert: None,
         }),
-        standbys: 0,
+        coordinators: 1,
     })
     .expect("coordinator starts");
 
@@ -63,8 +63,12 @@ fn the_rest_api_holds_against_generated_requests() {
             "8",
             "--seed",
             "1",
+            // One worker: with two threads, CPython 3.11's compile()
+            // under hypothesis now and then fails with "SystemError: AST
+            // constructor recursion depth mismatch" (a thread-safety bug
+            // of the interpreter), a failure of no route's.
             "--workers",
-            "2",
+            "1",
             "--suppress-health-check",
             "all",
             "--generation-database",

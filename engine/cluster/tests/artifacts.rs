@@ -33,7 +33,7 @@ fn coordinator(dir: &Path, args: &[&str]) -> LocalCluster {
         workers: Vec::new(),
         slots: 1,
         security: None,
-        standbys: 0,
+        coordinators: 1,
     })
     .expect("coordinator starts")
 }

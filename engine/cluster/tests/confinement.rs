@@ -216,7 +216,7 @@ fn cluster(dir: &Path, worker_env: &[&str]) -> LocalCluster {
             tls: None,
             ca_cert: None,
         }),
-        standbys: 0,
+        coordinators: 1,
     })
     .unwrap_or_else(|e| panic!("{e}"))
 }

@@ -47,7 +47,7 @@ fn coordinator(dir: &Path) -> LocalCluster {
             tls: None,
             ca_cert: None,
         }),
-        standbys: 0,
+        coordinators: 1,
     })
     .expect("coordinator starts")
 }

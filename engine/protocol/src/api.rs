@@ -467,6 +467,43 @@ pub struct SavepointRequest {
     pub stop: bool,
 }
 
+/// `POST /api/v1/coordinators`: a coordinator to add to the Raft group
+/// as a voter. It must be running with `--join` (or be a member already)
+/// and reachable at `url`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddCoordinator {
+    /// Its node id, unused in the group so far.
+    pub id: u64,
+    /// Its API URL (`http://host:port` or `https://host:port`).
+    pub url: String,
+}
+
+/// One coordinator of the Raft group.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoordinatorMember {
+    /// Node id.
+    pub id: u64,
+    /// API URL.
+    pub url: String,
+    /// A voter (counts for majorities), or a learner being brought up to
+    /// date before it becomes one.
+    pub voter: bool,
+}
+
+/// `GET /api/v1/coordinators`: the Raft group as its leader knows it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Coordinators {
+    /// The leader's node id.
+    pub leader: Option<u64>,
+    /// The current term.
+    pub term: u64,
+    /// Every member, by id.
+    pub members: Vec<CoordinatorMember>,
+}
+
 /// `POST /api/v1/jobs/{id}/rescale`: stop the job with a savepoint and
 /// run it on from there at another parallelism.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -1,5 +1,5 @@
-//! The listener and the HTTP(S) server loop shared by a coordinator, its
-//! standby phase and an embedded job's UI.
+//! The listener and the HTTP(S) server loop shared by a coordinator and
+//! an embedded job's UI.
 
 use axum::Router;
 
@@ -21,7 +21,7 @@ pub fn bind(
 }
 
 /// Serves `app` on `listener` (HTTPS with `tls`) until `stop` completes:
-/// the coordinator's API, a standby's, or an embedded job's UI.
+/// the coordinator's API or an embedded job's UI.
 pub async fn serve(
     listener: std::net::TcpListener,
     app: Router,

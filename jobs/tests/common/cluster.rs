@@ -43,7 +43,7 @@ impl Cluster {
     }
 
     pub fn start_at(dir: &Path, host: &str, places: &[WorkerPlace], slots: usize) -> Cluster {
-        Cluster::start_with(dir, host, places, slots, None, 0)
+        Cluster::start_with(dir, host, places, slots, None, 1)
     }
 
     pub fn start_with(
@@ -52,7 +52,7 @@ impl Cluster {
         places: &[WorkerPlace],
         slots: usize,
         security: Option<LocalSecurity>,
-        standbys: usize,
+        coordinators: usize,
     ) -> Cluster {
         let config = LocalClusterConfig {
             sluice: sluice_bin(),
@@ -64,7 +64,30 @@ impl Cluster {
             workers: places.to_vec(),
             slots,
             security,
-            standbys,
+            coordinators,
+        };
+        Cluster(LocalCluster::start(config).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// `coordinators` coordinators in a Raft group, each on its own data
+    /// directory, and `workers` workers on loopback.
+    pub fn start_replicated(
+        dir: &Path,
+        workers: usize,
+        slots: usize,
+        coordinators: usize,
+    ) -> Cluster {
+        let config = LocalClusterConfig {
+            sluice: sluice_bin(),
+            dir: dir.to_path_buf(),
+            host: "127.0.0.1".into(),
+            coordinator_args: ["--heartbeat-timeout", "1s", "--heartbeat-interval", "200ms"]
+                .map(String::from)
+                .to_vec(),
+            workers: (0..workers).map(|_| WorkerPlace::loopback()).collect(),
+            slots,
+            security: None,
+            coordinators,
         };
         Cluster(LocalCluster::start(config).unwrap_or_else(|e| panic!("{e}")))
     }

@@ -19,7 +19,7 @@
 mod server;
 mod start;
 
-pub use server::{CheckpointHook, ControlServer, HELLO_TIMEOUT, MAX_UNPROVEN};
+pub use server::{ApproveHook, CheckpointHook, ControlServer, HELLO_TIMEOUT, MAX_UNPROVEN};
 pub use start::{CheckpointSetup, CheckpointStart};
 
 use std::collections::{HashMap, HashSet};
@@ -31,7 +31,8 @@ use crossbeam_channel::{Receiver, Sender};
 use tracing::{debug, info, warn};
 
 use sluice_engine::checkpoint::coordinator::{
-    CompletionHook, Coordinator, CoordinatorMsg, SavepointRequest, TaskControl, TaskKey, TaskPort,
+    ApprovalHook, CompletionHook, Coordinator, CoordinatorMsg, SavepointRequest, TaskControl,
+    TaskKey, TaskPort,
 };
 use sluice_engine::checkpoint::store::has_manifest;
 use sluice_engine::checkpoint::{CheckpointRecord, CheckpointStats, Location, Storage};
@@ -145,6 +146,7 @@ impl ControlServer {
             control: Arc::new(JobControl::default()),
             stats: cfg.stats,
             on_checkpoint: self.attempts.on_checkpoint.get().cloned(),
+            approve_checkpoint: self.attempts.approve_checkpoint.get().cloned(),
             coordinator_thread: Mutex::new(None),
             coordinator_stopped: AtomicBool::new(false),
             ended: AtomicBool::new(false),
@@ -305,6 +307,8 @@ pub(crate) struct Attempt {
     stats: Arc<Mutex<CheckpointStats>>,
     /// Told of each completed checkpoint (the coordinator's metrics).
     on_checkpoint: Option<CheckpointHook>,
+    /// Asked before each checkpoint completes (a Raft group's log).
+    approve_checkpoint: Option<ApproveHook>,
     rejected: AtomicU64,
     /// A terminal event was sent or the attempt was cancelled.
     ended: AtomicBool,
@@ -510,6 +514,11 @@ impl Attempt {
             on_complete: self.on_checkpoint.clone().map(|hook| {
                 let job = self.job_id.clone();
                 Arc::new(move |r: &CheckpointRecord| hook(&job, r)) as CompletionHook
+            }),
+            approve: self.approve_checkpoint.clone().map(|hook| {
+                let (job, attempt) = (self.job_id.clone(), self.attempt);
+                Arc::new(move |id: u64, savepoint: bool| hook(&job, attempt, id, savepoint))
+                    as ApprovalHook
             }),
         };
         let me = self.clone();

@@ -90,7 +90,15 @@ pub(crate) struct Attempts {
     pub(crate) refused_unknown: AtomicU64,
     /// Told of every checkpoint an attempt completes.
     pub(crate) on_checkpoint: std::sync::OnceLock<CheckpointHook>,
+    /// Asked before each checkpoint of any attempt completes.
+    pub(crate) approve_checkpoint: std::sync::OnceLock<ApproveHook>,
 }
+
+/// Asked, with the attempt's job id and number, the checkpoint id and
+/// whether it is a savepoint, before a checkpoint completes; a refusal
+/// aborts it and fails the attempt (see the engine's `ApprovalHook`).
+pub type ApproveHook =
+    Arc<dyn Fn(&str, u64, u64, bool) -> std::result::Result<(), String> + Send + Sync>;
 
 /// Told of every checkpoint or savepoint an attempt completes, with the
 /// attempt's job id: the coordinator's metrics.
@@ -158,6 +166,14 @@ impl ControlServer {
     /// The address executors dial.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Asks `hook` before every checkpoint of the attempts started from
+    /// now on completes (once; a second hook is ignored).
+    pub fn approve_checkpoints(&self, hook: ApproveHook) {
+        if self.attempts.approve_checkpoint.set(hook).is_err() {
+            warn!("a checkpoint approval was set already; the new one is ignored");
+        }
     }
 
     /// Tells `hook` of every checkpoint the attempts started from now on

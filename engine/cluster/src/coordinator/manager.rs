@@ -47,6 +47,7 @@ use super::artifacts::ArtifactError;
 use super::jobs::{is_sha256, Job, Run};
 use super::lifecycle::{AfterFailure, Lifecycle, Retry};
 use super::meta::{IdCounters, JobRecord, MetaStore, PendingRescale};
+use super::raft::Command;
 use super::scheduler::{place, Assignment, Offer};
 use super::workers::{Registration, Workers};
 use super::CoordinatorConfig;
@@ -83,16 +84,41 @@ pub struct Manager {
 }
 
 impl Manager {
-    /// Opens the data directory, binds the control server and loads the
-    /// jobs of an earlier run (those not ended wait to be restarted).
+    /// Opens the data directory's plain files, binds the control server
+    /// and loads the jobs of an earlier run (those not ended wait to be
+    /// restarted). The coordinator service never does: its manager is on
+    /// its Raft group's log ([`open_with`](Self::open_with) and
+    /// [`MetaStore::replicated`]); this is for tests and tools.
     pub fn open(config: CoordinatorConfig) -> Result<Arc<Manager>> {
         let meta = MetaStore::open_limited(&config.data_dir, config.artifact_limits)?;
+        Manager::open_with(config, meta)
+    }
+
+    /// [`open`](Self::open) on `meta`: a data directory's files, or a Raft
+    /// group's replicated state (a new leader opens its manager so).
+    pub fn open_with(config: CoordinatorConfig, meta: MetaStore) -> Result<Arc<Manager>> {
         let control = ControlServer::bind(config.control_listen)?;
         let metrics = Arc::new(Metrics::new());
         control.on_checkpoint_complete({
             let metrics = metrics.clone();
             Arc::new(move |job, r| metrics.checkpoint_completed(job, &r.figures))
         });
+        // In a Raft group a checkpoint completes only once the log took
+        // its completion from the job's current attempt: an attempt of a
+        // deposed leader, or one started before a newer leader's, never
+        // completes one, so its sinks never commit.
+        if let Some(replica) = meta.replica().cloned() {
+            control.approve_checkpoints(Arc::new(move |job, attempt, id, savepoint| {
+                replica
+                    .write(Command::CheckpointCompleted {
+                        job: job.to_string(),
+                        attempt,
+                        id,
+                        savepoint,
+                    })
+                    .map_err(|e| e.to_string())
+            }));
+        }
         let control_addr = control.local_addr().to_string();
         let records = meta.load()?;
         let ids = meta.load_ids(&records)?;
@@ -130,6 +156,21 @@ impl Manager {
     /// The data directory's store.
     pub fn meta(&self) -> &MetaStore {
         &self.meta
+    }
+
+    /// This coordinator no longer leads its Raft group: every attempt it
+    /// runs is cancelled (its executors lose their control connections and
+    /// stop), nothing is written (it could not be), and the manager is
+    /// dropped by its owner after this.
+    pub fn step_down(&self) {
+        let mut inner = self.lock();
+        for job in inner.jobs.values_mut() {
+            if let Some(run) = job.run.take() {
+                run.handle
+                    .cancel("this coordinator is no longer the leader of its group");
+            }
+            job.unsaved = false;
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -394,4 +435,4 @@ pub(super) fn not_found(id: &str) -> Error {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -20,6 +20,7 @@ use sluice_protocol::api::JobDescription;
 
 use super::artifacts::{ArtifactLimits, ArtifactStore};
 use super::lifecycle::Lifecycle;
+use super::raft::{Command, Replica};
 
 /// What survives a coordinator restart of a job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -85,11 +86,22 @@ pub struct PendingRescale {
     pub savepoint: String,
 }
 
-/// The coordinator's data directory.
-#[derive(Debug, Clone)]
+/// The coordinator's data directory, or, in a Raft group, the group's
+/// log: the same calls write a file or commit an entry.
+#[derive(Clone)]
 pub struct MetaStore {
     root: PathBuf,
     artifacts: Arc<ArtifactStore>,
+    replica: Option<Replica>,
+}
+
+impl std::fmt::Debug for MetaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaStore")
+            .field("root", &self.root)
+            .field("replicated", &self.replica.is_some())
+            .finish()
+    }
 }
 
 impl MetaStore {
@@ -106,7 +118,71 @@ impl MetaStore {
         Ok(MetaStore {
             root: root.to_path_buf(),
             artifacts,
+            replica: None,
         })
+    }
+
+    /// The metadata of a Raft group's member: records and counters are
+    /// entries of the group's log (committed before a call returns), read
+    /// back from its state machine; binaries are in `artifacts`.
+    pub fn replicated(root: &Path, artifacts: Arc<ArtifactStore>, replica: Replica) -> Self {
+        MetaStore {
+            root: root.to_path_buf(),
+            artifacts,
+            replica: Some(replica),
+        }
+    }
+
+    /// Moves the job records and id counters a coordinator of an earlier
+    /// release kept as files in the data directory into the Raft log, if
+    /// the log holds no job and no id yet (a group never takes files over
+    /// its own metadata); the files are renamed `jobs.imported` and
+    /// `ids.json.imported` afterwards, so they are imported once. Returns
+    /// how many records were imported.
+    pub fn import_files(&self) -> Result<usize> {
+        let Some(replica) = &self.replica else {
+            return Ok(0);
+        };
+        let (jobs, ids) = (self.root.join("jobs"), self.root.join("ids.json"));
+        if !jobs.is_dir() && !ids.is_file() {
+            return Ok(0);
+        }
+        if !replica.read(|m| m.jobs.is_empty() && m.ids == IdCounters::default()) {
+            warn!(dir = %self.root.display(),
+                "job record files beside a Raft log that has jobs: left alone");
+            return Ok(0);
+        }
+        let files = MetaStore {
+            root: self.root.clone(),
+            artifacts: self.artifacts.clone(),
+            replica: None,
+        };
+        let records = if jobs.is_dir() {
+            files.load()?
+        } else {
+            Vec::new()
+        };
+        // Counters first: no id a record holds is ever handed out again.
+        self.save_ids(&files.load_ids(&records)?)?;
+        for r in &records {
+            self.save(r)?;
+        }
+        for (from, to) in [(jobs, "jobs.imported"), (ids, "ids.json.imported")] {
+            if from.exists() {
+                fs::rename(&from, self.root.join(to))
+                    .map_err(|e| Error::io(format!("renaming {}", from.display()), e))?;
+            }
+        }
+        tracing::info!(
+            jobs = records.len(),
+            "job records of the data directory moved into the Raft log"
+        );
+        Ok(records.len())
+    }
+
+    /// The Raft group's member, when the metadata is replicated.
+    pub fn replica(&self) -> Option<&Replica> {
+        self.replica.as_ref()
     }
 
     /// The shipped binaries.
@@ -138,11 +214,18 @@ impl MetaStore {
         used: &std::collections::HashSet<String>,
         grace: std::time::Duration,
     ) -> Result<Vec<String>> {
-        self.artifacts.remove_unused(used, grace)
+        let removed = self.artifacts.remove_unused(used, grace)?;
+        if let (Some(replica), false) = (&self.replica, removed.is_empty()) {
+            replica.write(Command::ArtifactsRemoved(removed.clone()))?;
+        }
+        Ok(removed)
     }
 
     /// Writes a job's record atomically.
     pub fn save(&self, job: &JobRecord) -> Result<()> {
+        if let Some(replica) = &self.replica {
+            return replica.write(Command::PutJob(Box::new(job.clone())));
+        }
         let path = self.root.join("jobs").join(format!("{}.json", job.id));
         let body = serde_json::to_vec_pretty(job)
             .map_err(|e| Error::Internal(format!("encoding job {}: {e}", job.id)))?;
@@ -154,15 +237,16 @@ impl MetaStore {
     /// release has job records but no counters.
     pub fn load_ids(&self, jobs: &[JobRecord]) -> Result<IdCounters> {
         let path = self.root.join("ids.json");
-        let mut ids = match fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+        let mut ids = match (&self.replica, fs::read(&path)) {
+            (Some(replica), _) => replica.read(|m| m.ids),
+            (None, Ok(b)) => serde_json::from_slice(&b).map_err(|e| {
                 Error::Config(format!(
                     "{} is corrupted ({e}); job ids cannot continue safely",
                     path.display()
                 ))
             })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => IdCounters::default(),
-            Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+            (None, Err(e)) if e.kind() == std::io::ErrorKind::NotFound => IdCounters::default(),
+            (None, Err(e)) => return Err(Error::io(format!("reading {}", path.display()), e)),
         };
         for r in jobs {
             if let Some(n) =
@@ -177,6 +261,9 @@ impl MetaStore {
 
     /// Writes the id counters atomically (before an id they hand out is used).
     pub fn save_ids(&self, ids: &IdCounters) -> Result<()> {
+        if let Some(replica) = &self.replica {
+            return replica.write(Command::SetIds(*ids));
+        }
         let body = serde_json::to_vec(ids)
             .map_err(|e| Error::Internal(format!("encoding the id counters: {e}")))?;
         replace(&self.root.join("ids.json"), &body)
@@ -184,6 +271,9 @@ impl MetaStore {
 
     /// Deletes a job's record (gone already is fine).
     pub fn delete(&self, id: &str) -> Result<()> {
+        if let Some(replica) = &self.replica {
+            return replica.write(Command::DeleteJob(id.to_string()));
+        }
         let path = self.root.join("jobs").join(format!("{id}.json"));
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
@@ -195,6 +285,11 @@ impl MetaStore {
     /// Every job record; unreadable files are logged and skipped (a
     /// corrupted record loses that job's metadata, never the others').
     pub fn load(&self) -> Result<Vec<JobRecord>> {
+        if let Some(replica) = &self.replica {
+            let mut out: Vec<JobRecord> = replica.read(|m| m.jobs.values().cloned().collect());
+            out.sort_by_key(|r| r.submitted_ms);
+            return Ok(out);
+        }
         let dir = self.root.join("jobs");
         let mut out = Vec::new();
         let entries =

@@ -7,14 +7,16 @@
 //! - [`meta`]: durable job records and id counters in the data
 //!   directory; [`artifacts`]: the shipped binaries there;
 //! - [`routes`]: the REST API;
-//! - [`leader`]: which of several coordinators on one data directory leads.
+//! - [`raft`]: the coordinators' Raft group, each on its own disk (a lone
+//!   coordinator is a group of one): which of them leads, and the log
+//!   every change of the durable metadata goes through.
 
 pub mod artifacts;
 pub mod jobs;
-pub mod leader;
 pub mod lifecycle;
 pub mod manager;
 pub mod meta;
+pub mod raft;
 pub mod routes;
 pub mod scheduler;
 pub mod workers;
@@ -25,14 +27,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use std::sync::Arc;
-
 use tracing::{info, warn};
 
 pub use artifacts::ArtifactLimits;
 use sluice_engine::error::{Error, Result};
 use sluice_web as jobs_api;
-use sluice_web::{Access, AuditLog, TlsFiles, Token};
+use sluice_web::{Access, TlsFiles, Token};
 
 /// How subtasks are spread over worker slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -74,11 +74,16 @@ pub struct CoordinatorConfig {
     pub read_token: Option<Token>,
     /// Serve HTTPS with these files instead of HTTP.
     pub tls: Option<TlsFiles>,
-    /// The URL clients reach this coordinator at, which standbys name
-    /// while it leads (default: its listen address).
+    /// The URL clients reach this coordinator at, which the other
+    /// members of its group name while it leads (default: its listen
+    /// address).
     pub advertise: Option<String>,
     /// How large a shipped binary, and all of them together, may be.
     pub artifact_limits: ArtifactLimits,
+    /// Membership of a Raft group of coordinators (`--node-id`,
+    /// `--peers`); without it, or with no peers, a group of one: this
+    /// coordinator alone, at its advertised URL.
+    pub raft: Option<raft::RaftSettings>,
 }
 
 impl CoordinatorConfig {
@@ -102,6 +107,7 @@ impl CoordinatorConfig {
             tls: None,
             advertise: None,
             artifact_limits: ArtifactLimits::default(),
+            raft: None,
         }
     }
 }
@@ -123,11 +129,11 @@ fn private_dir(dir: &std::path::Path) -> Result<()> {
 }
 
 /// How often the manager looks at heartbeats and attempt events.
-const TICK: Duration = Duration::from_millis(50);
+pub(crate) const TICK: Duration = Duration::from_millis(50);
 
-/// Runs the coordinator until the process is stopped. If another
-/// coordinator leads the data directory, this one is a standby until the
-/// leader's process ends (see [`leader`]).
+/// Runs the coordinator until the process is stopped, as a member of its
+/// Raft group (see [`raft::serve`]): the one named by
+/// [`CoordinatorConfig::raft`], or a group of one.
 pub async fn serve(config: CoordinatorConfig) -> Result<()> {
     let listen = config.listen;
     let access = Access::new(config.token.clone(), config.read_token.clone())?;
@@ -158,72 +164,17 @@ pub async fn serve(config: CoordinatorConfig) -> Result<()> {
         .clone()
         .unwrap_or_else(|| format!("{scheme}://{local}"));
 
-    let data_dir = config.data_dir.clone();
-    private_dir(&data_dir)?;
-    let lease = match leader::Lease::try_acquire(&data_dir)? {
-        Some(lease) => lease,
-        None => {
-            info!(api = %advertised, leader = ?leader::leader_url(&data_dir),
-                "another coordinator leads this data directory; standing by");
-            let (won_tx, won_rx) = tokio::sync::oneshot::channel();
-            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-            let dir = data_dir.clone();
-            tokio::spawn(async move {
-                let won = tokio::task::spawn_blocking(move || leader::Lease::acquire(&dir))
-                    .await
-                    .map_err(|e| Error::Internal(format!("waiting for leadership: {e}")))
-                    .and_then(|r| r);
-                let _ = won_tx.send(won);
-                let _ = stop_tx.send(());
-            });
-            let standby = listener
-                .try_clone()
-                .map_err(|e| Error::io("the API socket", e))?;
-            jobs_api::serve(
-                standby,
-                routes::standby(data_dir.clone()),
-                tls.clone(),
-                async {
-                    let _ = stop_rx.await;
-                },
-            )
-            .await?;
-            won_rx
-                .await
-                .map_err(|_| Error::Internal("the leadership wait ended".into()))??
-        }
-    };
-    // Written and synced off the async workers.
-    let url = advertised.clone();
-    let lease = tokio::task::spawn_blocking(move || lease.announce(&url).map(|()| lease))
-        .await
-        .map_err(|e| Error::Internal(format!("announcing the leader: {e}")))??;
-    info!(api = %advertised, "leading the data directory");
-
-    // Opened by the leader only: a standby changes nothing.
-    let audit_path = data_dir.join(AUDIT_LOG);
-    let access = access.audited(AuditLog::open(&audit_path)?);
-    let manager = tokio::task::spawn_blocking(move || manager::Manager::open(config))
-        .await
-        .map_err(|e| Error::Internal(format!("opening the coordinator: {e}")))??;
-    // The manager loop touches storage (checkpoint scans, metadata files):
-    // a thread of its own, off the async runtime.
-    let ticker = Arc::clone(&manager);
-    std::thread::Builder::new()
-        .name("coordinator-manager".into())
-        .spawn(move || loop {
-            ticker.tick();
-            std::thread::sleep(TICK);
-        })
-        .map_err(|e| Error::io("spawning the manager thread", e))?;
-    info!(api = %format!("{scheme}://{local}"), "coordinator listening");
-    let served = jobs_api::serve(
-        listener,
-        routes::router(manager, access),
-        tls,
-        std::future::pending(),
-    )
-    .await;
-    drop(lease);
-    Ok(served?)
+    private_dir(&config.data_dir)?;
+    let mut config = config;
+    // A coordinator named in no group is a group of one at its own URL.
+    let mut settings = config
+        .raft
+        .take()
+        .unwrap_or_else(|| raft::RaftSettings::alone(&advertised));
+    if settings.peers.is_empty() {
+        settings.peers.insert(settings.node_id, advertised.clone());
+    }
+    config.raft = Some(settings);
+    info!(api = %advertised, "coordinator listening");
+    raft::serve::serve(config, listener, tls, access).await
 }

@@ -18,8 +18,8 @@ use axum::{Json, Router};
 
 use sluice_engine::error::{Error, Result};
 use sluice_protocol::api::{
-    ApiError, Heartbeat, HeartbeatReply, RegisterWorker, Registered, RescaleRequest, Rescaled,
-    SubmitJob, Submitted,
+    AddCoordinator, ApiError, Coordinators, Heartbeat, HeartbeatReply, RegisterWorker, Registered,
+    RescaleRequest, Rescaled, SubmitJob, Submitted,
 };
 use sluice_web::doc::{Binary, Forbidden, Unauthorized};
 use sluice_web::{self as jobs_api, Access, Answer, Failure, JsonBody};
@@ -78,7 +78,15 @@ pub fn router(manager: Arc<Manager>, access: Access) -> Router {
                 .head(exists)
                 .layer(DefaultBodyLimit::disable()),
         )
-        .route("/api/v1/workers", post(register));
+        .route("/api/v1/workers", post(register))
+        .route(
+            "/api/v1/coordinators",
+            get(coordinators).post(add_coordinator),
+        )
+        .route(
+            "/api/v1/coordinators/{id}",
+            axum::routing::delete(remove_coordinator),
+        );
     let heartbeats = Router::new().route("/api/v1/workers/{id}/heartbeat", post(heartbeat));
     jobs_api::secure(heartbeats, access.unaudited())
         .merge(jobs_api::secure(api, access))
@@ -105,26 +113,105 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-/// A standby's routes: every request gets 503, naming the leader.
-pub fn standby(data_dir: std::path::PathBuf) -> Router {
-    Router::new().fallback(move || {
-        let dir = data_dir.clone();
-        async move {
-            let leader = tokio::task::spawn_blocking(move || super::leader::leader_url(&dir))
-                .await
-                .ok()
-                .flatten();
-            let message = match &leader {
-                Some(url) => format!("this coordinator is a standby; the leader is at {url}"),
-                None => "this coordinator is a standby".to_string(),
-            };
-            let mut answer = Failure(StatusCode::SERVICE_UNAVAILABLE, message).into_response();
-            if let Some(v) = leader.and_then(|u| header::HeaderValue::from_str(&u).ok()) {
-                answer.headers_mut().insert("x-sluice-leader", v);
-            }
-            answer
-        }
+/// This coordinator's Raft group, or 409 when it has none (a manager on
+/// plain files, in tests).
+fn replica(m: &Manager) -> std::result::Result<super::raft::Replica, Failure> {
+    m.meta().replica().cloned().ok_or_else(|| {
+        Failure(
+            StatusCode::CONFLICT,
+            "this coordinator is not in a Raft group".into(),
+        )
     })
+}
+
+fn membership_failure(e: super::raft::membership::MembershipError) -> Failure {
+    use super::raft::membership::MembershipError as M;
+    let status = match &e {
+        M::Invalid(_) => StatusCode::BAD_REQUEST,
+        M::Conflict(_) => StatusCode::CONFLICT,
+        M::Unreachable(_) => StatusCode::BAD_GATEWAY,
+        M::NotMade(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    Failure(status, e.to_string())
+}
+
+/// The coordinators of the Raft group.
+///
+/// As the leader knows them: voters, and learners being brought up to
+/// date before they vote.
+#[utoipa::path(
+    get, path = "/api/v1/coordinators", tag = "coordinators", operation_id = "listCoordinators",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The group.", body = Coordinators),
+        Unauthorized,
+    ),
+)]
+async fn coordinators(State(m): Shared) -> Answer<Coordinators> {
+    Ok(Json(replica(&m)?.coordinators()))
+}
+
+/// Adds a coordinator to the Raft group.
+///
+/// The new coordinator runs with `--join` and the group's token. It is
+/// added as a learner, brought up to date and sent the stored binaries,
+/// then made a voter; the answer comes once it votes.
+#[utoipa::path(
+    post, path = "/api/v1/coordinators", tag = "coordinators", operation_id = "addCoordinator",
+    security(("bearer" = [])),
+    request_body(content = AddCoordinator, content_type = "application/json"),
+    responses(
+        (status = 200, description = "A voter now; the group after the change.", body = Coordinators),
+        (status = 400, description = "Malformed request or not an http(s) URL.", body = ApiError),
+        (status = 409, description = "The id is a voter already, or a learner at another URL.", body = ApiError),
+        (status = 502, description = "Nothing answers at the URL, or it did not catch up in time.", body = ApiError),
+        (status = 503, description = "The change could not be committed.", body = ApiError),
+        Unauthorized,
+        Forbidden,
+    ),
+)]
+async fn add_coordinator(
+    State(m): Shared,
+    JsonBody(req): JsonBody<AddCoordinator>,
+) -> Answer<Coordinators> {
+    let replica = replica(&m)?;
+    replica
+        .add_member(req.id, &req.url, m.meta().artifacts())
+        .await
+        .map_err(membership_failure)?;
+    Ok(Json(replica.coordinators()))
+}
+
+/// Removes a coordinator from the Raft group.
+///
+/// The group's last voter cannot be removed. A leader that removes itself
+/// steps down once the change is committed.
+#[utoipa::path(
+    delete, path = "/api/v1/coordinators/{id}", tag = "coordinators", operation_id = "removeCoordinator",
+    security(("bearer" = [])),
+    params(("id" = u64, Path, description = "Node id.")),
+    responses(
+        (status = 200, description = "Removed; the group after the change.", body = Coordinators),
+        (status = 400, description = "Not a node id, or the last voter.", body = ApiError),
+        (status = 409, description = "No such member.", body = ApiError),
+        (status = 503, description = "The change could not be committed.", body = ApiError),
+        Unauthorized,
+        Forbidden,
+    ),
+)]
+async fn remove_coordinator(State(m): Shared, Path(id): Path<String>) -> Answer<Coordinators> {
+    let id: u64 = id.parse().map_err(|e| {
+        Failure(
+            StatusCode::BAD_REQUEST,
+            format!("{id:?} is not a node id: {e}"),
+        )
+    })?;
+    let replica = replica(&m)?;
+    replica
+        .remove_member(id)
+        .await
+        .map_err(membership_failure)?;
+    Ok(Json(replica.coordinators()))
 }
 
 /// Submits a job whose binary was uploaded.
@@ -244,6 +331,14 @@ async fn upload(
         .upload(&sha, declared, body.into_data_stream())
         .await
         .map_err(artifact_failure)?;
+    // In a Raft group the upload is acknowledged once a majority of
+    // coordinators store it: whichever leads next can serve it.
+    if let Some(replica) = m.meta().replica() {
+        replica
+            .replicate_artifact(m.meta().artifacts(), &sha)
+            .await
+            .map_err(|e| Failure(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    }
     Ok(match stored {
         Uploaded::Created => StatusCode::CREATED,
         Uploaded::AlreadyStored => StatusCode::OK,
@@ -301,12 +396,17 @@ async fn download(
     Path(sha): Path<String>,
 ) -> std::result::Result<Response, Failure> {
     valid_hash(&sha)?;
-    let (file, len) = m
-        .meta()
-        .artifacts()
-        .open_verified_async(&sha)
-        .await
-        .map_err(artifact_failure)?;
+    let store = m.meta().artifacts();
+    let mut opened = store.open_verified_async(&sha).await;
+    // A leader that was down when a binary was uploaded fetches it from
+    // the coordinators that store it.
+    if let (Err(ArtifactError::NotFound(_)), Some(replica)) = (&opened, m.meta().replica()) {
+        if replica.read(|r| r.artifacts.contains(&sha)) && replica.fetch_artifact(store, &sha).await
+        {
+            opened = store.open_verified_async(&sha).await;
+        }
+    }
+    let (file, len) = opened.map_err(artifact_failure)?;
     let stream = tokio_util::io::ReaderStream::with_capacity(file, DOWNLOAD_CHUNK);
     Ok((
         [

@@ -208,6 +208,14 @@ pub type PrepareHook = Box<dyn FnMut(u64, &Storage, bool) + Send>;
 /// place metrics observe each completed checkpoint.
 pub type CompletionHook = Arc<dyn Fn(&CheckpointRecord) + Send + Sync>;
 
+/// Asked, once every task acknowledged checkpoint `id` (`savepoint`:
+/// whether it is one) and before its manifest is written, whether it may
+/// complete: a refusal (why) aborts it as a failed manifest write would,
+/// and fails the attempt, so nothing of it is ever committed. A
+/// coordinator in a Raft group records the completion in the group's log
+/// here: a leader cut off from the majority can complete nothing.
+pub type ApprovalHook = Arc<dyn Fn(u64, bool) -> std::result::Result<(), String> + Send + Sync>;
+
 /// A graph node as the manifest records it.
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
@@ -252,6 +260,8 @@ pub struct Coordinator {
     pub prepare: Option<PrepareHook>,
     /// Told of each completed checkpoint.
     pub on_complete: Option<CompletionHook>,
+    /// Asked before each checkpoint completes (see [`ApprovalHook`]).
+    pub approve: Option<ApprovalHook>,
 }
 
 /// A task's acknowledgement: files per node, bytes, uploaded bytes, alignment time.
@@ -524,6 +534,14 @@ impl Coordinator {
                 .collect(),
             figures: figures.clone(),
         };
+        if let Some(approve) = &self.approve {
+            if let Err(why) = approve(id.0, f.savepoint.is_some()) {
+                let why = format!("its completion was not approved: {why}");
+                self.control.fail(Error::Checkpoint(why.clone()));
+                self.abort(f, &why);
+                return;
+            }
+        }
         if let Err(e) = write_manifest(&f.dir, &manifest) {
             // Not complete: aborted like any checkpoint that fails (tasks
             // drop what they staged for it, its files go, a savepoint's pin
@@ -610,6 +628,21 @@ mod tests {
         Arc<Mutex<CheckpointStats>>,
         Stop,
     ) {
+        start_approved(root, interval, on_complete, None)
+    }
+
+    /// [`start`] with an approval hook.
+    fn start_approved(
+        root: &std::path::Path,
+        interval: Duration,
+        on_complete: Option<CompletionHook>,
+        approve: Option<ApprovalHook>,
+    ) -> (
+        Sender<CoordinatorMsg>,
+        Receiver<TaskControl>,
+        Arc<Mutex<CheckpointStats>>,
+        Stop,
+    ) {
         let (tx, rx) = crossbeam_channel::unbounded();
         let (task_tx, task_rx) = crossbeam_channel::unbounded::<TaskControl>();
         let stats = Arc::new(Mutex::new(CheckpointStats::default()));
@@ -638,6 +671,7 @@ mod tests {
             control: control.clone(),
             prepare: None,
             on_complete,
+            approve,
         };
         let thread = thread::spawn(move || coordinator.run());
         (tx, task_rx, stats, Stop { control, thread })
@@ -780,6 +814,56 @@ mod tests {
             .join(checkpoint_dir_name(2))
             .join("_manifest.json")
             .is_file());
+        coordinator.stop();
+    }
+
+    #[test]
+    fn a_checkpoint_whose_completion_is_refused_is_aborted_and_fails_the_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ck");
+        // Checkpoint 1 is approved, 2 refused (a coordinator that can no
+        // longer commit to its Raft group).
+        let approve: ApprovalHook = Arc::new(|id, _| {
+            if id == 1 {
+                Ok(())
+            } else {
+                Err(format!("checkpoint {id}: not the leader"))
+            }
+        });
+        let (tx, task, stats, coordinator) =
+            start_approved(&root, Duration::from_millis(20), None, Some(approve));
+        let seen = ack_triggers(tx.clone(), task);
+        let mut told = Vec::new();
+        while !told.contains(&"abort 2") {
+            assert!(told.len() < 5, "checkpoint 2 was not refused: {told:?}");
+            match seen.recv_timeout(Duration::from_secs(10)).unwrap() {
+                TaskControl::Complete(CheckpointId(n)) => told.push(if n == 1 {
+                    "complete 1"
+                } else {
+                    "complete later"
+                }),
+                TaskControl::Abort(CheckpointId(2)) => told.push("abort 2"),
+                _ => {}
+            }
+        }
+        assert_eq!(told, ["complete 1", "abort 2"]);
+        let dir_of = |n| root.join(checkpoint_dir_name(n)).join("_manifest.json");
+        assert!(dir_of(1).is_file());
+        assert!(!dir_of(2).exists(), "a refused checkpoint has no manifest");
+        // Counted once the abort is done, just after the task was told.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stats.lock().unwrap().aborted == 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        let s = stats.lock().unwrap().clone();
+        assert_eq!((s.completed, s.aborted), (1, 1));
+        let failed = coordinator.control.take_error().map(|e| e.to_string());
+        assert!(
+            failed
+                .as_deref()
+                .is_some_and(|e| e.contains("not approved")),
+            "{failed:?}"
+        );
         coordinator.stop();
     }
 }

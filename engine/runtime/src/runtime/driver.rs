@@ -157,6 +157,7 @@ impl Driver {
                 control: control.clone(),
                 prepare: None,
                 on_complete: self.on_complete.clone(),
+                approve: None,
             };
             drop(wtx);
             side_threads.push(spawn_writer(wrx, dirs, ctx.clone())?);

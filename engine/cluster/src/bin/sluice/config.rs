@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sluice_cluster::client::Client;
 use sluice_cluster::client::ClientSecurity;
+use sluice_cluster::coordinator::raft::RaftSettings;
 use sluice_cluster::coordinator::{CoordinatorConfig, Scheduling};
 use sluice_cluster::worker::WorkerConfig;
 use sluice_web::{TlsFiles, Token};
@@ -179,7 +180,7 @@ pub(crate) struct CoordinatorArgs {
     #[arg(long, env = "SLUICE_TLS_KEY", value_name = "FILE")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) tls_key: Option<PathBuf>,
-    /// URL clients reach this coordinator at, named by standbys while it leads [default: its --listen address].
+    /// URL clients reach this coordinator at, named by the other members of its Raft group while it leads [default: its --listen address].
     #[arg(long, env = "SLUICE_ADVERTISE", value_name = "URL")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) advertise: Option<String>,
@@ -191,12 +192,28 @@ pub(crate) struct CoordinatorArgs {
     #[arg(long, env = "SLUICE_MAX_ARTIFACT_STORE_BYTES", value_name = "BYTES",
           default_value_t = ByteSize(coordinator_defaults().artifact_limits.max_store_bytes))]
     pub(crate) max_artifact_store_bytes: ByteSize,
+    /// This coordinator's id in its Raft group (a key of --peers; default: the only one, or 1 alone).
+    #[arg(long, env = "SLUICE_NODE_ID", value_name = "N")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) node_id: Option<u64>,
+    /// The coordinators of a Raft group, this one included: ID=URL,... (e.g. 1=http://a:7070,2=http://b:7070,3=http://c:7070); each keeps its own --data-dir [default: none, a group of one: this coordinator alone].
+    #[arg(long, env = "SLUICE_PEERS", value_name = "ID=URL,...")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) peers: Option<String>,
+    /// A Raft follower that hears no leader for a random half to whole of this stands for election; voters refuse votes for this long after they heard one (a dead leader is replaced within one to two of it).
+    #[arg(long, env = "SLUICE_ELECTION_TIMEOUT", value_name = "DURATION",
+          default_value_t = HumanDuration(std::time::Duration::from_secs(1)))]
+    pub(crate) election_timeout: HumanDuration,
+    /// Start as a new member of a running Raft group: its empty log is not initialised with --peers; it waits until the group's leader adds it (sluice coordinators add ID URL).
+    #[arg(long, env = "SLUICE_JOIN")]
+    #[serde(default)]
+    pub(crate) join: bool,
 }
 
 /// `[worker]`: the `sluice worker` service.
 #[derive(Debug, Args, Serialize, Deserialize)]
 pub(crate) struct WorkerArgs {
-    /// Coordinator REST URL (http://host:port; several, comma-separated, for a leader and its standbys) (required).
+    /// Coordinator REST URL (http://host:port; several, comma-separated, for the coordinators of a Raft group) (required).
     #[arg(long, env = "SLUICE_COORDINATOR", value_name = "URL")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) coordinator: Option<String>,
@@ -228,10 +245,14 @@ pub(crate) struct WorkerArgs {
 /// `[client]`: every command that calls the coordinator's API.
 #[derive(Debug, Args, Serialize, Deserialize)]
 pub(crate) struct ClientArgs {
-    /// Coordinator REST URL (http://host:port or https://host:port; several, comma-separated, for a leader and its standbys) (required).
+    /// Coordinator REST URL (http://host:port or https://host:port; several, comma-separated, for the coordinators of a Raft group) (required).
     #[arg(long, env = "SLUICE_COORDINATOR", value_name = "URL")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) coordinator: Option<String>,
+    /// How fresh reads must be from coordinators in a Raft group: linearizable (the leader confirms it leads first), leader (the leader's state), local (any coordinator's copy, perhaps stale) [default: leader].
+    #[arg(long, env = "SLUICE_CONSISTENCY", value_name = "LEVEL", value_parser = ["linearizable", "leader", "local"])]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) consistency: Option<String>,
     #[command(flatten)]
     #[serde(flatten)]
     pub(crate) security: SecurityArgs,
@@ -471,6 +492,43 @@ pub(crate) fn coordinator_config(
         bail!("--read-token-file needs --token-file (or SLUICE_TOKEN): without an operator token the API is open to everyone");
     }
     config.advertise = a.advertise;
+    if a.election_timeout.0.is_zero() {
+        bail!("--election-timeout must be positive");
+    }
+    if a.join && a.node_id.is_none() {
+        bail!("--join needs --node-id (the id the group's leader adds it under)");
+    }
+    config.raft = match (a.peers, a.node_id) {
+        // A group of one, at the coordinator's advertised URL.
+        (None, node_id) => Some(RaftSettings {
+            node_id: node_id.unwrap_or(1),
+            peers: Default::default(),
+            election_timeout: a.election_timeout.0,
+            snapshot_every: sluice_cluster::coordinator::raft::DEFAULT_SNAPSHOT_EVERY,
+            join: a.join,
+        }),
+        (Some(peers), node_id) => {
+            let peers =
+                RaftSettings::parse_peers(&peers).map_err(|e| anyhow::anyhow!("--peers: {e}"))?;
+            let node_id = match node_id {
+                Some(n) => n,
+                None if peers.len() == 1 => *peers.keys().next().expect("one peer"),
+                None => {
+                    bail!("--node-id is needed with several --peers (which of them is this one?)")
+                }
+            };
+            if !peers.contains_key(&node_id) {
+                bail!("--node-id {node_id} is not among --peers");
+            }
+            Some(RaftSettings {
+                node_id,
+                peers,
+                election_timeout: a.election_timeout.0,
+                snapshot_every: sluice_cluster::coordinator::raft::DEFAULT_SNAPSHOT_EVERY,
+                join: a.join,
+            })
+        }
+    };
     config.tls = match (a.tls_cert, a.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
         (None, None) => None,
@@ -538,7 +596,11 @@ pub(crate) fn client(
     let s = "client";
     let a: ClientArgs = layered(args, matches, &file.client, s)?;
     let url = required::<ClientArgs, _>(a.coordinator, "coordinator", s)?;
-    Ok(Client::secured(&url, &security(&a.security)?)?)
+    let client = Client::secured(&url, &security(&a.security)?)?;
+    Ok(match a.consistency.as_deref() {
+        Some(level) => client.with_consistency(level)?,
+        None => client,
+    })
 }
 
 /// `sluice submit`'s own settings, layered like the client's.

@@ -173,12 +173,38 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The coordinators' Raft group: lists it (list), adds a coordinator started with --join (add ID URL), or removes one (remove ID).
+    Coordinators {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// What to do.
+        #[arg(value_enum, default_value = "list")]
+        action: Membership,
+        /// The node id to add or remove.
+        id: Option<u64>,
+        /// The API URL of the coordinator to add.
+        url: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Prints the REST API's OpenAPI document (JSON), as the coordinator
     /// serves it at /api/v1/openapi.json.
     Openapi,
     /// About the settings themselves.
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+/// What `sluice coordinators` does.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Membership {
+    /// Show the group.
+    List,
+    /// Add coordinator ID at URL.
+    Add,
+    /// Remove coordinator ID.
+    Remove,
 }
 
 #[derive(Debug, Subcommand)]
@@ -409,6 +435,39 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
                 );
                 println!("heartbeat timeout: {} ms", info.heartbeat_timeout_ms);
                 println!("control: {}", info.control);
+            }
+        }
+        Command::Coordinators {
+            client: c,
+            action,
+            id,
+            url,
+            json,
+        } => {
+            let client = client(&c)?;
+            let group = match (action, id, url) {
+                (Membership::List, None, None) => client.coordinators().await?,
+                (Membership::Add, Some(id), Some(url)) => client.add_coordinator(id, &url).await?,
+                (Membership::Remove, Some(id), None) => client.remove_coordinator(id).await?,
+                (Membership::List, _, _) => bail!("coordinators list takes no ID or URL"),
+                (Membership::Add, _, _) => bail!("coordinators add needs ID and URL"),
+                (Membership::Remove, _, _) => bail!("coordinators remove needs ID (and no URL)"),
+            };
+            if json {
+                print_json(&group)?;
+            } else {
+                let rows = group.members.iter().map(|c| {
+                    let role = if group.leader == Some(c.id) {
+                        "leader"
+                    } else if c.voter {
+                        "voter"
+                    } else {
+                        "learner"
+                    };
+                    vec![c.id.to_string(), role.to_string(), c.url.clone()]
+                });
+                print!("{}", table(&["ID", "ROLE", "URL"], rows));
+                println!("term: {}", group.term);
             }
         }
         Command::Openapi => print!("{}", sluice_cluster::routes::document()),

@@ -26,6 +26,17 @@ impl Manager {
             Err(ArtifactError::Io(e)) => return Err(e),
             Err(e) => return Err(Error::Config(e.to_string())),
         }
+        // In a Raft group, on a majority of coordinators (a new leader
+        // must be able to serve it) before the job is accepted; an upload
+        // pushes it already, this covers one the client did not send
+        // again because this coordinator had it.
+        if let Some(replica) = self.meta.replica() {
+            if !replica.read(|m| m.artifacts.contains(&req.artifact)) {
+                replica
+                    .runtime()
+                    .block_on(replica.replicate_artifact(self.meta.artifacts(), &req.artifact))?;
+            }
+        }
         req.description
             .check()
             .map_err(|e| Error::Config(e.to_string()))?;

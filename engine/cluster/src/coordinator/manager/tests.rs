@@ -3,7 +3,7 @@ use sluice_protocol::api::{CheckpointDescription, ExecutorReport, RestartPolicy,
 use super::commands::same_operators;
 use super::*;
 
-fn description(checkpoint: Option<&Path>, restart: RestartPolicy) -> JobDescription {
+pub(crate) fn description(checkpoint: Option<&Path>, restart: RestartPolicy) -> JobDescription {
     JobDescription {
         protocol: sluice_protocol::PROTOCOL_VERSION,
         name: "t".into(),
@@ -31,7 +31,7 @@ fn description(checkpoint: Option<&Path>, restart: RestartPolicy) -> JobDescript
     }
 }
 
-fn record(state: JobState) -> JobRecord {
+pub(crate) fn record(state: JobState) -> JobRecord {
     let mut life = Lifecycle::new(RestartPolicy::None, false);
     life.state = state;
     life.attempt = 1;

@@ -1,0 +1,359 @@
+//! Coordinators replicated by Raft, as real processes: three `sluice
+//! coordinator`s with `--node-id`/`--peers`, each on its own data
+//! directory, workers and the CLI given all three URLs, q5 submitted with
+//! `sluice submit` and its Parquet output read back with the parquet
+//! crate's reader. The leader is SIGKILLed while the job checkpoints, or
+//! the whole group is killed and started again; a coordinator is added
+//! to a group of two and another removed, with the CLI.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+mod common;
+use common::cluster::Cluster;
+use common::{assert_exactly_once, http, rows};
+
+const EVENTS: &str = "600000";
+const COORDINATORS: usize = 3;
+
+/// q5 run embedded (the reference).
+fn embedded_q5(dir: &Path) -> BTreeMap<String, usize> {
+    let out = dir.join("reference");
+    let status = Command::new(env!("CARGO_BIN_EXE_nexmark"))
+        .args([
+            "--query",
+            "q5",
+            "--events",
+            EVENTS,
+            "--parallelism",
+            "3",
+            "--output",
+        ])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let r = rows(&out);
+    assert!(r.len() >= 10, "reference output is too small to test with");
+    r
+}
+
+/// Submits q5 checkpointing every 200 ms into `ck`, writing `out`.
+fn submit_q5(cluster: &Cluster, rate: &str) -> String {
+    cluster.submit(
+        2,
+        env!("CARGO_BIN_EXE_nexmark"),
+        &[
+            "--query",
+            "q5",
+            "--events",
+            EVENTS,
+            "--rate",
+            rate,
+            "--output",
+            "out",
+            "--checkpoint-dir",
+            "ck",
+            "--checkpoint-interval",
+            "200ms",
+        ],
+    )
+}
+
+fn port(cluster: &Cluster, i: usize) -> u16 {
+    cluster
+        .coordinator_url(i)
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The coordinator that answers the API (the leader), if one does.
+fn leader(cluster: &Cluster, alive: &[usize]) -> Option<usize> {
+    alive
+        .iter()
+        .copied()
+        .find(|&i| http(port(cluster, i), "GET", "/api/v1/jobs", None).0 == 200)
+}
+
+/// Waits until `job` runs and completed a checkpoint; its status then.
+fn after_a_checkpoint(cluster: &Cluster, job: &str) -> Value {
+    let mut status = Value::Null;
+    cluster.wait_for(Duration::from_secs(60), "a completed checkpoint", |c| {
+        status = c.status(job);
+        status["latest_checkpoint"].as_u64().is_some() && status["state"] == "RUNNING"
+    });
+    status
+}
+
+/// A header's value in a lower-cased header block.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .map(str::trim)
+}
+
+#[test]
+fn a_new_leader_is_elected_when_the_leader_is_killed_and_the_job_finishes_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = embedded_q5(dir.path());
+    let mut cluster = Cluster::start_replicated(dir.path(), 2, 2, COORDINATORS);
+    let job = submit_q5(&cluster, "150000");
+    let before = after_a_checkpoint(&cluster, &job);
+    let all: Vec<usize> = (0..COORDINATORS).collect();
+    let first = leader(&cluster, &all).expect("a leader answers");
+    let leader_url = cluster.coordinator_url(first);
+
+    // Followers: writes and leader reads get 503 naming the leader; a
+    // local read answers from the follower's copy of the log, saying
+    // how far it is applied and in which term.
+    for f in all.iter().copied().filter(|&i| i != first) {
+        let (code, head, body) = http(
+            port(&cluster, f),
+            "POST",
+            &format!("/api/v1/jobs/{job}/cancel"),
+            None,
+        );
+        assert_eq!(code, 503, "{head}\n{body}");
+        assert_eq!(
+            header(&head, "x-sluice-leader"),
+            Some(leader_url.as_str()),
+            "{head}"
+        );
+        let (code, head, body) = http(
+            port(&cluster, f),
+            "GET",
+            &format!("/api/v1/jobs/{job}?consistency=local"),
+            None,
+        );
+        assert_eq!(code, 200, "{head}\n{body}");
+        let local: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(local["id"], job.as_str(), "{body}");
+        let applied: u64 = header(&head, "x-sluice-raft-applied")
+            .unwrap()
+            .parse()
+            .unwrap();
+        let term: u64 = header(&head, "x-sluice-raft-term")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(applied > 0 && term > 0, "{head}");
+    }
+    // The leader answers linearizable reads (confirmed with a majority).
+    let (code, head, _) = http(
+        port(&cluster, first),
+        "GET",
+        "/api/v1/jobs?consistency=linearizable",
+        None,
+    );
+    assert_eq!(code, 200, "{head}");
+    let (code, _, body) = http(
+        port(&cluster, first),
+        "GET",
+        "/api/v1/jobs?consistency=sometimes",
+        None,
+    );
+    assert_eq!(code, 400, "{body}");
+
+    // SIGKILL the leader: the other two elect one, which resumes the job
+    // from its latest checkpoint under a new attempt.
+    cluster.kill_coordinator_at(first);
+    let rest: Vec<usize> = all.iter().copied().filter(|&i| i != first).collect();
+    cluster.wait_for(Duration::from_secs(30), "a new leader", |c| {
+        leader(c, &rest).is_some()
+    });
+    let done = cluster.wait_state(&job, "FINISHED", Duration::from_secs(180));
+    assert!(
+        done["attempt"].as_u64() > before["attempt"].as_u64(),
+        "resumed under a new attempt: {done}"
+    );
+    let out = dir.path().join("out");
+    assert_exactly_once(&want, &rows(&out), &out, "q5 across a leader's SIGKILL");
+
+    // The killed coordinator comes back as a follower and catches up.
+    cluster.start_coordinator_at(first).unwrap();
+    cluster.wait_for(Duration::from_secs(30), "the old leader to catch up", |c| {
+        // Listening once it bound its port, which it keeps.
+        if std::net::TcpStream::connect(("127.0.0.1", port(c, first))).is_err() {
+            return false;
+        }
+        let (code, _, body) = http(
+            port(c, first),
+            "GET",
+            &format!("/api/v1/jobs/{job}?consistency=local"),
+            None,
+        );
+        code == 200 && serde_json::from_str::<Value>(&body).is_ok_and(|s| s["state"] == "FINISHED")
+    });
+}
+
+#[test]
+fn a_group_restarted_all_at_once_resumes_its_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = embedded_q5(dir.path());
+    let mut cluster = Cluster::start_replicated(dir.path(), 2, 2, COORDINATORS);
+    let job = submit_q5(&cluster, "150000");
+    let before = after_a_checkpoint(&cluster, &job);
+    for i in 0..COORDINATORS {
+        cluster.kill_coordinator_at(i);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..COORDINATORS {
+        cluster.start_coordinator_at(i).unwrap();
+    }
+    cluster.wait_for_api().unwrap_or_else(|e| panic!("{e}"));
+    let done = cluster.wait_state(&job, "FINISHED", Duration::from_secs(180));
+    assert!(
+        done["attempt"].as_u64() > before["attempt"].as_u64(),
+        "resumed under a new attempt: {done}"
+    );
+    let out = dir.path().join("out");
+    assert_exactly_once(
+        &want,
+        &rows(&out),
+        &out,
+        "q5 across a restart of every coordinator",
+    );
+}
+
+/// `sluice coordinators --json`: the group as its leader knows it.
+fn group(cluster: &Cluster) -> Value {
+    cluster.json(&["coordinators", "--json"])
+}
+
+/// The voters' ids in `group`.
+fn voters(group: &Value) -> Vec<u64> {
+    group["members"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter(|c| c["voter"] == true)
+                .filter_map(|c| c["id"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_third_coordinator_is_added_to_a_group_of_two_and_another_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = embedded_q5(dir.path());
+    let mut cluster = Cluster::start_replicated(dir.path(), 2, 2, 2);
+    let job = submit_q5(&cluster, "150000");
+    after_a_checkpoint(&cluster, &job);
+    assert_eq!(voters(&group(&cluster)), [1, 2], "{}", group(&cluster));
+
+    // A coordinator started with --join holds nothing until it is added.
+    let new = cluster.start_joining_coordinator().unwrap();
+    let new_id = new as u64 + 1;
+    let new_url = cluster.coordinator_url(new);
+    let (code, _, body) = http(
+        port(&cluster, new),
+        "GET",
+        "/api/v1/jobs?consistency=local",
+        None,
+    );
+    assert_eq!((code, body.trim()), (200, "[]"));
+
+    // Bad requests are refused and change nothing.
+    let out = cluster
+        .sluice(&["coordinators", "add", "1", &new_url])
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("voter already"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cluster
+        .sluice(&["coordinators", "add", "9", "http://127.0.0.1:1"])
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no coordinator answers"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Another member's URL under a new id (the fuzzer's find: the
+    // leader sent Raft's messages for "node 7" to itself, and openraft's
+    // core panicked), and the new coordinator under another id.
+    let out = cluster
+        .sluice(&["coordinators", "add", "7", &cluster.coordinator_url(0)])
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("coordinator 1's URL"),
+        "{err}"
+    );
+    let out = cluster
+        .sluice(&["coordinators", "add", "7", &new_url])
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(&format!("is node {new_id}")),
+        "{err}"
+    );
+    assert_eq!(voters(&group(&cluster)), [1, 2]);
+
+    // Added: it caught up (it has the job's record) and votes.
+    let out = cluster
+        .sluice(&["coordinators", "add", &new_id.to_string(), &new_url])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = group(&cluster);
+    assert_eq!(voters(&after), [1, 2, new_id], "{after}");
+    let (code, _, body) = http(
+        port(&cluster, new),
+        "GET",
+        &format!("/api/v1/jobs/{job}?consistency=local"),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    // It stores the job's binary: once the group is the leader and it, a
+    // majority must still have it.
+    let status: Value = serde_json::from_str(&body).unwrap();
+    let sha = status["artifact"].as_str().unwrap();
+    assert!(
+        dir.path()
+            .join(format!("coordinator-{new}/artifacts/{sha}"))
+            .is_file(),
+        "the new coordinator lacks binary {sha}"
+    );
+
+    // Remove the original member that does not lead: the group is the
+    // leader and the new member, so every change from now on needs the
+    // new member's vote, and the job still finishes.
+    let leader = after["leader"].as_u64().unwrap();
+    let gone = [1, 2].into_iter().find(|&i| i != leader).unwrap();
+    let out = cluster
+        .sluice(&["coordinators", "remove", &gone.to_string()])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut sorted = vec![leader, new_id];
+    sorted.sort();
+    assert_eq!(voters(&group(&cluster)), sorted);
+    let out = cluster
+        .sluice(&["coordinators", "remove", &gone.to_string()])
+        .unwrap();
+    assert!(!out.status.success(), "removed twice");
+    cluster.kill_coordinator_at(gone as usize - 1);
+
+    cluster.wait_state(&job, "FINISHED", Duration::from_secs(180));
+    let out = dir.path().join("out");
+    assert_exactly_once(&want, &rows(&out), &out, "q5 across membership changes");
+}
