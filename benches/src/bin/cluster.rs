@@ -100,6 +100,11 @@ struct Args {
     /// Keep the working directory (logs, checkpoints) instead of removing it.
     #[arg(long)]
     keep: bool,
+    /// Secure the cluster with a throwaway CA: HTTPS, and mutual TLS on
+    /// control connections and the exchange [default: --insecure-plaintext].
+    /// `--poll http` needs plaintext.
+    #[arg(long)]
+    tls: bool,
 }
 
 const POLL: Duration = Duration::from_millis(20);
@@ -138,6 +143,7 @@ impl Cluster {
             workers: vec![WorkerPlace::loopback(); workers],
             slots: args.slots,
             security: None,
+            plaintext: !args.tls,
             standbys,
         })?;
         Ok(Cluster {

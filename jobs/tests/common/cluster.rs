@@ -46,6 +46,8 @@ impl Cluster {
         Cluster::start_with(dir, host, places, slots, None, 0)
     }
 
+    /// Plaintext (`--insecure-plaintext`): the tests that are not about TLS
+    /// and talk raw HTTP to the API.
     pub fn start_with(
         dir: &Path,
         host: &str,
@@ -53,6 +55,20 @@ impl Cluster {
         slots: usize,
         security: Option<LocalSecurity>,
         standbys: usize,
+    ) -> Cluster {
+        Cluster::start_secured(dir, host, places, slots, security, standbys, false)
+    }
+
+    /// `tls`: with a throwaway CA (HTTPS, mutual TLS on control
+    /// connections and the exchange).
+    pub fn start_secured(
+        dir: &Path,
+        host: &str,
+        places: &[WorkerPlace],
+        slots: usize,
+        security: Option<LocalSecurity>,
+        standbys: usize,
+        tls: bool,
     ) -> Cluster {
         let config = LocalClusterConfig {
             sluice: sluice_bin(),
@@ -64,6 +80,7 @@ impl Cluster {
             workers: places.to_vec(),
             slots,
             security,
+            plaintext: !tls,
             standbys,
         };
         Cluster(LocalCluster::start(config).unwrap_or_else(|e| panic!("{e}")))

@@ -75,6 +75,8 @@ pub struct Manager {
     meta: MetaStore,
     control: ControlServer,
     control_addr: String,
+    /// Signs each attempt's certificate (TLS clusters).
+    signer: Option<sluice_engine::tls::issue::Signer>,
     inner: Mutex<Inner>,
     /// The version of each job's record last written; held while writing.
     written: Mutex<HashMap<String, u64>>,
@@ -87,7 +89,12 @@ impl Manager {
     /// jobs of an earlier run (those not ended wait to be restarted).
     pub fn open(config: CoordinatorConfig) -> Result<Arc<Manager>> {
         let meta = MetaStore::open_limited(&config.data_dir, config.artifact_limits)?;
-        let control = ControlServer::bind(config.control_listen)?;
+        let tls = config.load_tls()?;
+        let (node, signer) = match tls {
+            Some(t) => (Some(t.node), Some(t.signer)),
+            None => (None, None),
+        };
+        let control = ControlServer::bind_with(config.control_listen, node)?;
         let metrics = Arc::new(Metrics::new());
         control.on_checkpoint_complete({
             let metrics = metrics.clone();
@@ -117,6 +124,7 @@ impl Manager {
             meta,
             control,
             control_addr,
+            signer,
             inner: Mutex::new(Inner {
                 workers: Workers::default(),
                 jobs,
