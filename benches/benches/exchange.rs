@@ -74,8 +74,12 @@ fn attempt_tls() -> ClusterTls {
     let ca = new_ca("bench CA", day).expect("bench CA");
     let signer = Signer::from_pem(&ca.cert, &ca.key).expect("bench CA");
     let cert = signer.attempt("bench", 0, day).expect("bench certificate");
-    ClusterTls::from_pem(ca.cert.as_bytes(), cert.cert.as_bytes(), cert.key.as_bytes())
-        .expect("bench TLS")
+    ClusterTls::from_pem(
+        ca.cert.as_bytes(),
+        cert.cert.as_bytes(),
+        cert.key.as_bytes(),
+    )
+    .expect("bench TLS")
 }
 
 fn connected(channels: u32, flush: Duration, tls: bool) -> (Connection, Connection) {

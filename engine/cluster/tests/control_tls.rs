@@ -136,9 +136,15 @@ fn the_real_executor_gets_in_over_tls() {
     let (server, handle) = server(&p);
     let cert = p.signer.attempt(JOB, ATTEMPT, DAY).unwrap();
     let answer = dial(server.local_addr(), &identity(&p, &cert), SECRET);
-    assert!(matches!(answer, Some(ToExecutor::Peers { .. })), "{answer:?}");
+    assert!(
+        matches!(answer, Some(ToExecutor::Peers { .. })),
+        "{answer:?}"
+    );
     assert_eq!(
-        handle.events().recv_timeout(Duration::from_secs(5)).unwrap(),
+        handle
+            .events()
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap(),
         AttemptEvent::Running
     );
     handle.cancel("test over");
@@ -162,7 +168,10 @@ fn a_plaintext_hello_is_refused() {
     // The attempt still waits for its executor.
     let cert = p.signer.attempt(JOB, ATTEMPT, DAY).unwrap();
     let answer = dial(server.local_addr(), &identity(&p, &cert), SECRET);
-    assert!(matches!(answer, Some(ToExecutor::Peers { .. })), "{answer:?}");
+    assert!(
+        matches!(answer, Some(ToExecutor::Peers { .. })),
+        "{answer:?}"
+    );
     handle.cancel("test over");
 }
 
@@ -215,8 +224,14 @@ fn the_cluster_cas_certificates_of_another_attempt_or_a_node_are_refused() {
     let p = pki("cluster");
     let (server, handle) = server(&p);
     for (what, cert) in [
-        ("another attempt", p.signer.attempt(JOB, ATTEMPT + 1, DAY).unwrap()),
-        ("another job", p.signer.attempt("job-2", ATTEMPT, DAY).unwrap()),
+        (
+            "another attempt",
+            p.signer.attempt(JOB, ATTEMPT + 1, DAY).unwrap(),
+        ),
+        (
+            "another job",
+            p.signer.attempt("job-2", ATTEMPT, DAY).unwrap(),
+        ),
         (
             "a node",
             p.signer
@@ -272,11 +287,9 @@ fn an_executor_checks_the_coordinators_certificate() {
             &other,
         ),
     ] {
-        let server = ControlServer::bind_with(
-            "127.0.0.1:0".parse().unwrap(),
-            Some(identity(trust, &node)),
-        )
-        .unwrap();
+        let server =
+            ControlServer::bind_with("127.0.0.1:0".parse().unwrap(), Some(identity(trust, &node)))
+                .unwrap();
         let cert = p.signer.attempt(JOB, ATTEMPT, DAY).unwrap();
         let tcp = TcpStream::connect(server.local_addr()).unwrap();
         let r = identity(&p, &cert).connect(
@@ -325,7 +338,10 @@ fn silent_connections_cannot_keep_an_executor_out() {
     }
     let cert = p.signer.attempt(JOB, ATTEMPT, DAY).unwrap();
     let answer = dial(addr, &identity(&p, &cert), SECRET);
-    assert!(matches!(answer, Some(ToExecutor::Peers { .. })), "{answer:?}");
+    assert!(
+        matches!(answer, Some(ToExecutor::Peers { .. })),
+        "{answer:?}"
+    );
     assert!(server.refused_unknown() >= 8);
     handle.cancel("test over");
 }

@@ -47,11 +47,22 @@ fn sluice_tls_makes_a_ca_and_node_certificates_and_overwrites_nothing() {
     // Again: refused, and the CA is untouched.
     let o = sluice(&["tls", "init", "--dir", ds]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("exists already"), "{err}");
+    assert!(
+        !o.status.success() && err.contains("exists already"),
+        "{err}"
+    );
     assert_eq!(std::fs::read(d.join("ca.key")).unwrap(), before);
 
     let o = sluice(&[
-        "tls", "node", "--ca-dir", ds, "--name", "coord-1", "--dns", "coord.example", "--ip",
+        "tls",
+        "node",
+        "--ca-dir",
+        ds,
+        "--name",
+        "coord-1",
+        "--dns",
+        "coord.example",
+        "--ip",
         "10.0.0.5",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -79,11 +90,16 @@ fn sluice_tls_makes_a_ca_and_node_certificates_and_overwrites_nothing() {
     // is not a file name.
     let o = sluice(&["tls", "node", "--ca-dir", ds, "--name", "w"]);
     assert!(!o.status.success());
-    let o = sluice(&["tls", "node", "--ca-dir", ds, "--name", "../x", "--dns", "x"]);
+    let o = sluice(&[
+        "tls", "node", "--ca-dir", ds, "--name", "../x", "--dns", "x",
+    ]);
     assert!(!o.status.success());
     // The help says what the files are for.
     let help = String::from_utf8_lossy(&sluice(&["tls", "init", "--help"]).stdout).to_string();
-    assert!(help.contains("--ca-cert") && help.contains("--tls-ca-key"), "{help}");
+    assert!(
+        help.contains("--ca-cert") && help.contains("--tls-ca-key"),
+        "{help}"
+    );
 }
 
 #[test]
@@ -129,7 +145,13 @@ fn a_coordinator_without_tls_needs_the_plaintext_flag_and_then_warns() {
 
 /// A raw HTTPS GET of `path` (client certificate `client`: (cert, key)
 /// PEM files); the status code, or the error.
-fn get(port: u16, ca: &Path, client: Option<(&Path, &Path)>, token: Option<&str>, path: &str) -> Result<u16, String> {
+fn get(
+    port: u16,
+    ca: &Path,
+    client: Option<(&Path, &Path)>,
+    token: Option<&str>,
+    path: &str,
+) -> Result<u16, String> {
     let mut c = SslConnector::builder(SslMethod::tls_client()).unwrap();
     c.set_ca_file(ca).unwrap();
     c.set_verify(SslVerifyMode::PEER);
@@ -145,7 +167,8 @@ fn get(port: u16, ca: &Path, client: Option<(&Path, &Path)>, token: Option<&str>
         .map_err(|e| format!("handshake: {e}"))?;
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).map_err(|e| format!("write: {e}"))?;
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
     let mut answer = Vec::new();
     let _ = s.read_to_end(&mut answer);
     let text = String::from_utf8_lossy(&answer);
@@ -179,16 +202,35 @@ fn the_rest_api_refuses_a_client_certificate_of_another_ca_and_still_wants_the_t
     let cas = dir.path().join("cluster/tls");
     // A worker certificate of the cluster CA, and one of another CA.
     let ours = sluice(&[
-        "tls", "node", "--ca-dir", cas.to_str().unwrap(), "--name", "worker-1", "--ip",
+        "tls",
+        "node",
+        "--ca-dir",
+        cas.to_str().unwrap(),
+        "--name",
+        "worker-1",
+        "--ip",
         "127.0.0.1",
     ]);
-    assert!(ours.status.success(), "{}", String::from_utf8_lossy(&ours.stderr));
+    assert!(
+        ours.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ours.stderr)
+    );
     let other = dir.path().join("other");
     let os = other.to_str().unwrap();
     assert!(sluice(&["tls", "init", "--dir", os]).status.success());
-    assert!(sluice(&["tls", "node", "--ca-dir", os, "--name", "intruder", "--ip", "127.0.0.1"])
-        .status
-        .success());
+    assert!(sluice(&[
+        "tls",
+        "node",
+        "--ca-dir",
+        os,
+        "--name",
+        "intruder",
+        "--ip",
+        "127.0.0.1"
+    ])
+    .status
+    .success());
     let port = cluster.port();
     let path = "/api/v1/jobs";
     let (wc, wk) = (cas.join("worker-1.pem"), cas.join("worker-1.key"));
@@ -199,7 +241,10 @@ fn the_rest_api_refuses_a_client_certificate_of_another_ca_and_still_wants_the_t
     assert!(r.is_err(), "{r:?}");
     // The cluster CA's: the token decides.
     assert_eq!(get(port, &ca, Some((&wc, &wk)), Some(TOKEN), path), Ok(200));
-    assert_eq!(get(port, &ca, Some((&wc, &wk)), Some("guessed"), path), Ok(401));
+    assert_eq!(
+        get(port, &ca, Some((&wc, &wk)), Some("guessed"), path),
+        Ok(401)
+    );
     // No certificate: the token decides.
     assert_eq!(get(port, &ca, None, Some(TOKEN), path), Ok(200));
     assert_eq!(get(port, &ca, None, None, path), Ok(401));

@@ -110,11 +110,9 @@ fn the_real_peer_gets_its_batches_through_tls_exactly() {
     let sent: Vec<i64> = (0..200_000).collect();
     let sender = thread::spawn(move || {
         for chunk in sent.chunks(8192) {
-            let batch = RecordBatch::try_new(
-                schema(),
-                vec![Arc::new(Int64Array::from(chunk.to_vec()))],
-            )
-            .unwrap();
+            let batch =
+                RecordBatch::try_new(schema(), vec![Arc::new(Int64Array::from(chunk.to_vec()))])
+                    .unwrap();
             tx.send(StreamMessage::Batch(batch)).unwrap();
         }
         tx.send(StreamMessage::EndOfStream).unwrap();
@@ -217,7 +215,11 @@ fn a_certificate_of_another_ca_is_refused() {
         forged.key.as_bytes(),
     )
     .unwrap();
-    let r = connect(addr, &config("executor-1", tls, SECRET, ATTEMPT), spec_out());
+    let r = connect(
+        addr,
+        &config("executor-1", tls, SECRET, ATTEMPT),
+        spec_out(),
+    );
     assert!(r.is_err(), "a forged peer connected");
     let refused = server.join().unwrap();
     assert!(refused.contains("TLS handshake"), "{refused}");
@@ -231,7 +233,10 @@ fn certificates_of_another_attempt_or_a_node_are_refused_even_with_the_secret() 
             "another attempt",
             p.signer.attempt(JOB, ATTEMPT + 1, DAY).unwrap(),
         ),
-        ("another job", p.signer.attempt("job-8", ATTEMPT, DAY).unwrap()),
+        (
+            "another job",
+            p.signer.attempt("job-8", ATTEMPT, DAY).unwrap(),
+        ),
         (
             "a node",
             p.signer

@@ -197,18 +197,16 @@ impl CoordinatorConfig {
             .and_then(|()| a.set_private_key_file(&files.key, SslFiletype::PEM))
             .and_then(|()| a.check_private_key())
             .map_err(|e| failed(&e))?;
-        a.set_ca_file(&ca.cert).map_err(|e| {
-            Error::Config(format!("CA certificate {}: {e}", ca.cert.display()))
-        })?;
+        a.set_ca_file(&ca.cert)
+            .map_err(|e| Error::Config(format!("CA certificate {}: {e}", ca.cert.display())))?;
         a.set_verify(SslVerifyMode::PEER);
         // As axum-server's own config: HTTP/2 if asked, else HTTP/1.1.
         a.set_alpn_select_callback(|_, client| {
-            openssl::ssl::select_next_proto(b"\x02h2\x08http/1.1", client)
-                .ok_or(AlpnError::NOACK)
+            openssl::ssl::select_next_proto(b"\x02h2\x08http/1.1", client).ok_or(AlpnError::NOACK)
         });
-        Ok(Some(axum_server::tls_openssl::OpenSSLConfig::from_acceptor(
-            Arc::new(a.build()),
-        )))
+        Ok(Some(
+            axum_server::tls_openssl::OpenSSLConfig::from_acceptor(Arc::new(a.build())),
+        ))
     }
 }
 

@@ -50,13 +50,13 @@ use crate::exchange::tcp::{
 use crate::exchange::ChannelSender;
 use crate::graph::LogicalGraph;
 use crate::plan::{plan, PhysicalPlan};
-use crate::tls::stream::{StreamReader, StreamWriter};
-use crate::tls::{ClusterTls, SecureStream};
 use crate::runtime::{
     checkpoint_channels, counters, node_metrics, plan_channels, run_state, spawn_tasks,
     spawn_writer, summaries, wire, ErrorHook, ExecutorShare, JobConfig, JobControl, JobResult,
     NodeMetrics, RemoteEnds, TaskContext,
 };
+use crate::tls::stream::{StreamReader, StreamWriter};
+use crate::tls::{ClusterTls, SecureStream};
 use control::{report, spawn_control_reader, spawn_forwarder, spawn_metrics, ControlLink};
 use peers::{host_port, peer_name, resolve, resolve_addr, Conns};
 use sluice_protocol::api::ExecutorSpec;
@@ -128,7 +128,11 @@ pub(crate) fn run_until(
     xcfg.channel_capacity = config.channel_capacity;
     xcfg.cancelled = control.cancelled.clone();
     xcfg.secret = spec.secret.clone();
-    xcfg.tls = spec.tls.as_ref().map(ClusterTls::from_attempt).transpose()?;
+    xcfg.tls = spec
+        .tls
+        .as_ref()
+        .map(ClusterTls::from_attempt)
+        .transpose()?;
     let bind = resolve(&spec.bind_host, 0)?;
     let listener = NetListener::bind(bind, xcfg.clone())?;
     let exchange = host_port(&spec.bind_host, listener.local_addr()?.port());

@@ -106,7 +106,9 @@ impl ClusterTls {
         }
         let chain = X509::stack_from_pem(cert).map_err(|e| tls_err("the certificate", e))?;
         let Some((leaf, extra)) = chain.split_first() else {
-            return Err(Error::Config("the certificate file holds no certificate".into()));
+            return Err(Error::Config(
+                "the certificate file holds no certificate".into(),
+            ));
         };
         let key: PKey<Private> =
             PKey::private_key_from_pem(key).map_err(|e| tls_err("the private key", e))?;
@@ -123,7 +125,11 @@ impl ClusterTls {
         let mut a = SslAcceptor::mozilla_modern_v5(SslMethod::tls_server())
             .map_err(|e| tls_err("a TLS server context", e))?;
         a.set_certificate(leaf)
-            .and_then(|()| extra.iter().try_for_each(|c| a.add_extra_chain_cert(c.clone())))
+            .and_then(|()| {
+                extra
+                    .iter()
+                    .try_for_each(|c| a.add_extra_chain_cert(c.clone()))
+            })
             .and_then(|()| a.set_private_key(&key))
             .and_then(|()| a.check_private_key())
             .map_err(|e| tls_err("the certificate and its key", e))?;
@@ -141,7 +147,11 @@ impl ClusterTls {
         c.set_min_proto_version(Some(SslVersion::TLS1_3))
             .map_err(|e| tls_err("a TLS client context", e))?;
         c.set_certificate(leaf)
-            .and_then(|()| extra.iter().try_for_each(|c2| c.add_extra_chain_cert(c2.clone())))
+            .and_then(|()| {
+                extra
+                    .iter()
+                    .try_for_each(|c2| c.add_extra_chain_cert(c2.clone()))
+            })
             .and_then(|()| c.set_private_key(&key))
             .and_then(|()| c.check_private_key())
             .map_err(|e| tls_err("the certificate and its key", e))?;

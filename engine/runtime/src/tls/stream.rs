@@ -144,9 +144,7 @@ impl SecureStream {
                 Ok(0) => s.get_mut().eof = true,
                 Ok(n) => s.get_mut().push(&buf[..n]),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e)
-                    if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut =>
-                {
+                Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
                     return Err(failed(&"no handshake in time"))
                 }
                 Err(e) => return Err(failed(&e)),

@@ -311,7 +311,8 @@ impl Manager {
         // the job code holding it can pass for nothing else.
         let tls = match &self.signer {
             Some(signer) => {
-                let issued = signer.attempt(id, attempt, crate::coordinator::ATTEMPT_CERT_VALIDITY)?;
+                let issued =
+                    signer.attempt(id, attempt, crate::coordinator::ATTEMPT_CERT_VALIDITY)?;
                 Some(AttemptTls {
                     ca: signer.ca_cert().to_string(),
                     cert: issued.cert,

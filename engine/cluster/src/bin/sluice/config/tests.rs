@@ -356,7 +356,13 @@ fn plaintext_needs_its_flag_and_tls_needs_all_four_files() {
     assert!(c.cluster_ca.is_none() && c.insecure_plaintext);
     require_tls(&c).expect("plaintext asked for");
     let tls = [
-        "--tls-ca", "ca.pem", "--tls-ca-key", "ca.key", "--tls-cert", "c.pem", "--tls-key",
+        "--tls-ca",
+        "ca.pem",
+        "--tls-ca-key",
+        "ca.key",
+        "--tls-cert",
+        "c.pem",
+        "--tls-key",
         "c.key",
     ];
     let c = with(&tls).expect("all four");
