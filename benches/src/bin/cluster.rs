@@ -864,6 +864,9 @@ fn command_line() -> String {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.tls && args.poll == "http" {
+        bail!("--poll http sends plain HTTP: use --poll cli with --tls");
+    }
     let sluice = match &args.sluice {
         Some(p) => p.clone(),
         None => sibling("sluice")?,

@@ -65,7 +65,7 @@ pub fn peer_uris(ssl: &SslRef) -> Vec<String> {
 pub fn check_peer_attempt(ssl: &SslRef, job: &str, attempt: u64) -> Result<()> {
     let want = attempt_uri(job, attempt);
     let uris = peer_uris(ssl);
-    if uris.iter().any(|u| *u == want) {
+    if uris.contains(&want) {
         Ok(())
     } else if uris.is_empty() {
         Err(Error::Exchange(format!(
