@@ -1,6 +1,7 @@
 //! Network exchange over loopback TCP: the IPC frame codec alone, one
-//! connection's throughput with one and with four channels, and the round
-//! trip of a small message with and without the flush interval.
+//! connection's throughput with one and with four channels, in plaintext
+//! and with mutual TLS (attempt certificates of a throwaway CA), and the
+//! round trip of a small message with and without the flush interval.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +20,8 @@ use sluice_engine::exchange::tcp::{
     connect, Connection, ConnectionSpec, ExchangeConfig, NetListener,
 };
 use sluice_engine::exchange::ChannelSender;
+use sluice_engine::tls::issue::{new_ca, Signer};
+use sluice_engine::tls::ClusterTls;
 use sluice_engine::{StreamMessage, Watermark};
 
 /// A Nexmark-bid-like batch: 8192 rows of three 8-byte columns (192 KiB).
@@ -64,9 +67,25 @@ fn codec(c: &mut Criterion) {
     g.finish();
 }
 
-fn connected(channels: u32, flush: Duration) -> (Connection, Connection) {
+/// Both ends' TLS identity: one attempt certificate of a fresh CA, as the
+/// executors of one attempt share.
+fn attempt_tls() -> ClusterTls {
+    let day = Duration::from_secs(24 * 3600);
+    let ca = new_ca("bench CA", day).expect("bench CA");
+    let signer = Signer::from_pem(&ca.cert, &ca.key).expect("bench CA");
+    let cert = signer.attempt("bench", 0, day).expect("bench certificate");
+    ClusterTls::from_pem(
+        ca.cert.as_bytes(),
+        cert.cert.as_bytes(),
+        cert.key.as_bytes(),
+    )
+    .expect("bench TLS")
+}
+
+fn connected(channels: u32, flush: Duration, tls: bool) -> (Connection, Connection) {
     let mut cfg = ExchangeConfig::new("bench", 0, "b");
     cfg.flush_interval = flush;
+    cfg.tls = tls.then(attempt_tls);
     let l = NetListener::bind("127.0.0.1:0".parse::<SocketAddr>().unwrap(), cfg.clone()).unwrap();
     let addr = l.local_addr().unwrap();
     let mut inbound = ConnectionSpec::new();
@@ -100,8 +119,14 @@ fn throughput(c: &mut Criterion) {
     let mut g = c.benchmark_group("exchange_tcp");
     g.sample_size(20);
     g.measurement_time(Duration::from_secs(8));
-    for (channels, flush) in [(1u32, 1u64), (4, 1), (1, 0)] {
-        let (mut a, mut b) = connected(channels, Duration::from_millis(flush));
+    for (channels, flush, tls) in [
+        (1u32, 1u64, false),
+        (1, 1, true),
+        (4, 1, false),
+        (4, 1, true),
+        (1, 0, false),
+    ] {
+        let (mut a, mut b) = connected(channels, Duration::from_millis(flush), tls);
         let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
         let senders: Vec<_> = (0..channels)
             .map(|ch| {
@@ -113,7 +138,10 @@ fn throughput(c: &mut Criterion) {
         let b0 = batch();
         g.throughput(Throughput::Bytes(PAYLOAD * channels as u64));
         g.bench_function(
-            format!("batches_8192x3_{channels}ch_flush_{flush}ms"),
+            format!(
+                "batches_8192x3_{channels}ch_flush_{flush}ms{}",
+                if tls { "_tls" } else { "" }
+            ),
             |bench| {
                 bench.iter_custom(|iters| {
                     let start = Instant::now();
@@ -149,7 +177,7 @@ fn round_trip(c: &mut Criterion) {
         ("flush_0ms", Duration::ZERO),
         ("flush_1ms", Duration::from_millis(1)),
     ] {
-        let (mut a, mut b) = connected(1, flush);
+        let (mut a, mut b) = connected(1, flush, false);
         let (tx_a, rx_a) = (
             a.take_sender(ChannelId(0)).unwrap(),
             a.take_receiver(ChannelId(0)).unwrap(),

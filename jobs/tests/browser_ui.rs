@@ -45,6 +45,8 @@ fn the_coordinator_ui_shows_a_job_fully_and_cancels_it() {
         workers: vec![WorkerPlace::loopback()],
         slots: 2,
         security: None,
+        // The browser is not told of a throwaway CA.
+        plaintext: true,
         coordinators: 1,
     })
     .unwrap();

@@ -9,14 +9,13 @@
 //! worker and its executors down together, as losing a machine would.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 use sluice_cluster::local::{LocalSecurity, WorkerPlace};
 use sluice_connectors::kafka::testing::Broker;
-use sluice_web::TlsFiles;
 
 mod common;
 use common::cluster::{sluice_bin, Cluster};
@@ -401,42 +400,12 @@ fn a_rescaled_job_runs_on_at_the_new_parallelism_exactly_once() {
     assert_exactly_once(&want, &rows(&out), &out, "q5 rescaled from 2 to 3");
 }
 
-/// A private CA and a certificate for 127.0.0.1 it signed, as PEM files
-/// in `dir`: (CA, certificate and key).
-fn certificates(dir: &Path) -> (PathBuf, TlsFiles) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "sluice test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    // Its own subject: one equal to the issuer's would look self-signed.
-    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "sluice coordinator");
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    let files = TlsFiles {
-        cert: dir.join("server.pem"),
-        key: dir.join("server.key"),
-    };
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(&files.cert, cert.pem()).unwrap();
-    std::fs::write(&files.key, key.serialize_pem()).unwrap();
-    (dir.join("ca.pem"), files)
-}
-
 #[test]
 fn a_secured_cluster_serves_https_and_answers_only_its_token() {
     let dir = tempfile::tempdir().unwrap();
     let want = embedded_q5(dir.path());
     let certs = dir.path().join("certs");
     std::fs::create_dir(&certs).unwrap();
-    let (ca, tls) = certificates(&certs);
     let token_file = certs.join("token");
     std::fs::write(&token_file, "0123456789abcdef-token\n").unwrap();
     // A token file others could read is refused.
@@ -447,19 +416,30 @@ fn a_secured_cluster_serves_https_and_answers_only_its_token() {
     .unwrap();
     let security = LocalSecurity {
         token_file: token_file.clone(),
-        tls: Some(tls),
-        ca_cert: Some(ca.clone()),
     };
+    // A throwaway CA: HTTPS, and mutual TLS on the control connections and
+    // the exchange, each attempt with a certificate of its own.
     let places = [WorkerPlace::loopback(), WorkerPlace::loopback()];
-    let cluster = Cluster::start_with(dir.path(), "127.0.0.1", &places, 2, Some(security), 1);
+    let cluster =
+        Cluster::start_secured(dir.path(), "127.0.0.1", &places, 2, Some(security), 1, true);
     assert!(cluster.url().starts_with("https://"), "{}", cluster.url());
+    let ca = cluster.tls().expect("a TLS cluster").ca.cert.clone();
 
-    // Workers registered over HTTPS with the token; a job runs as usual.
+    // Workers registered over HTTPS with the token; the job's executors
+    // spoke TLS to the coordinator and to each other (q5's hash exchange
+    // crosses the two workers), and the output is exactly the embedded
+    // run's, as on a plaintext cluster (the tests above).
     let job = submit_q5(&cluster, 2, "1000000");
     let done = cluster.wait_state(&job, "FINISHED", Duration::from_secs(120));
     assert_eq!(done["restarts"], 0, "{done}");
     let out = dir.path().join("out");
     assert_exactly_once(&want, &rows(&out), &out, "q5 on a secured cluster");
+    let coordinator_log =
+        std::fs::read_to_string(dir.path().join("coordinator.log")).unwrap_or_default();
+    assert!(
+        coordinator_log.contains("tls=true") && !coordinator_log.contains("plaintext"),
+        "the control server ran TLS:\n{coordinator_log}"
+    );
 
     // Without the token, with a wrong one, or without trusting the CA,
     // the CLI gets nothing.

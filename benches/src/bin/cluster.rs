@@ -100,6 +100,11 @@ struct Args {
     /// Keep the working directory (logs, checkpoints) instead of removing it.
     #[arg(long)]
     keep: bool,
+    /// Secure the cluster with a throwaway CA: HTTPS, and mutual TLS on
+    /// control connections and the exchange [default: --insecure-plaintext].
+    /// `--poll http` needs plaintext.
+    #[arg(long)]
+    tls: bool,
 }
 
 const POLL: Duration = Duration::from_millis(20);
@@ -138,6 +143,7 @@ impl Cluster {
             workers: vec![WorkerPlace::loopback(); workers],
             slots: args.slots,
             security: None,
+            plaintext: !args.tls,
             coordinators,
         })?;
         Ok(Cluster {
@@ -884,6 +890,9 @@ fn command_line() -> String {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.tls && args.poll == "http" {
+        bail!("--poll http sends plain HTTP: use --poll cli with --tls");
+    }
     let sluice = match &args.sluice {
         Some(p) => p.clone(),
         None => sibling("sluice")?,

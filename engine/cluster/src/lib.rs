@@ -20,6 +20,8 @@
 //!   (again whenever their file changed) before they run.
 //! - [`ship`]: what `sluice submit` uploads: the job binary stripped of its
 //!   debug info, which stays beside the local binary.
+//! - [`certs`]: the cluster CA and node certificates as files (`sluice
+//!   tls`), keys private to their owner.
 //! - [`client`]: the typed REST client of the coordinator (CLI, workers).
 //! - [`routes`]: every route of the REST API.
 //! - [`local`]: a coordinator and workers started as processes on this
@@ -28,6 +30,7 @@
 
 pub mod artifact;
 pub mod attempt;
+pub mod certs;
 pub mod client;
 pub mod confine;
 pub mod coordinator;

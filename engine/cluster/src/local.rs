@@ -4,6 +4,11 @@
 //! worker's group takes its executors along, as losing a machine would),
 //! with logs in the cluster's directory, driven through the CLI as a user
 //! would, and killed, executors included, when dropped.
+//!
+//! Unless told to run plaintext, it makes a throwaway CA in its directory
+//! (`tls/`): the coordinator serves HTTPS and mutual TLS on the control
+//! connection with a certificate for its host, attempts get their own
+//! certificates, and the CLI and workers trust that CA.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -12,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use sluice_engine::{Error, Result};
 use sluice_protocol::api::WorkerInfo;
-use sluice_web::TlsFiles;
+
+use crate::certs;
 
 /// Where a worker runs: the host its exchange listens on, and a command
 /// prefix it is started under (`ip netns exec NS` to put it behind a
@@ -50,8 +56,7 @@ pub struct LocalClusterConfig {
     pub workers: Vec<WorkerPlace>,
     /// Slots per worker.
     pub slots: usize,
-    /// A token (and TLS) for the API, passed to every process; none: open
-    /// plain HTTP.
+    /// A token for the API, passed to every process; none: an open API.
     pub security: Option<LocalSecurity>,
     /// Coordinators, at least 1. One is a group of one on the data
     /// directory `coordinator`, started without `--peers`; several form a
@@ -59,6 +64,9 @@ pub struct LocalClusterConfig {
     /// directory of its own (`coordinator-I`, I from 0). Workers and the
     /// CLI get every coordinator's URL.
     pub coordinators: usize,
+    /// `--insecure-plaintext`: HTTP, and no TLS on control connections and
+    /// the exchange. Otherwise a throwaway CA in `dir/tls` secures them.
+    pub plaintext: bool,
 }
 
 /// How a [`LocalCluster`]'s API is protected.
@@ -66,10 +74,41 @@ pub struct LocalClusterConfig {
 pub struct LocalSecurity {
     /// File with the bearer token (the coordinator's, workers' and CLI's).
     pub token_file: PathBuf,
-    /// HTTPS: the coordinator's certificate and key.
-    pub tls: Option<TlsFiles>,
-    /// What workers and the CLI trust for HTTPS (the CA of `tls`).
-    pub ca_cert: Option<PathBuf>,
+}
+
+/// The throwaway CA's and the coordinator's files (`dir/tls`).
+#[derive(Debug, Clone)]
+pub struct LocalTls {
+    /// The CA certificate: what workers and the CLI trust.
+    pub ca: certs::CaFiles,
+    /// The coordinator's certificate, for its host, 127.0.0.1 and
+    /// localhost.
+    pub coordinator: certs::NodeFiles,
+}
+
+impl LocalTls {
+    /// Makes them in `dir` (or takes those made there before).
+    pub fn make(dir: &Path, host: &str) -> Result<LocalTls> {
+        let ca = certs::CaFiles::in_dir(dir);
+        let coordinator = certs::NodeFiles {
+            cert: dir.join("coordinator.pem"),
+            key: dir.join("coordinator.key"),
+        };
+        if ca.cert.exists() && coordinator.cert.exists() {
+            return Ok(LocalTls { ca, coordinator });
+        }
+        let day = Duration::from_secs(24 * 3600);
+        certs::init_ca(dir, "Sluice test cluster CA", day)?;
+        let mut ips: Vec<std::net::IpAddr> = vec![[127, 0, 0, 1].into()];
+        let mut dns = vec!["localhost".to_string()];
+        match host.parse() {
+            Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+            Ok(_) => {}
+            Err(_) => dns.push(host.to_string()),
+        }
+        let coordinator = certs::node(dir, dir, "coordinator", &dns, &ips, day)?;
+        Ok(LocalTls { ca, coordinator })
+    }
 }
 
 /// A running coordinator and workers; see the module comment.
@@ -81,6 +120,7 @@ pub struct LocalCluster {
     joining: Vec<bool>,
     coordinators: Vec<Option<Child>>,
     workers: Vec<Child>,
+    tls: Option<LocalTls>,
 }
 
 /// Lines of each log shown by [`LocalCluster::logs`].
@@ -103,12 +143,18 @@ impl LocalCluster {
                     .map_err(|e| Error::io(format!("finding a free port on {}", config.host), e))
             })
             .collect::<Result<Vec<u16>>>()?;
+        let tls = if config.plaintext {
+            None
+        } else {
+            Some(LocalTls::make(&config.dir.join("tls"), &config.host)?)
+        };
         let mut c = LocalCluster {
             coordinators: ports.iter().map(|_| None).collect(),
             joining: ports.iter().map(|_| false).collect(),
             config,
             ports,
             workers: Vec::new(),
+            tls,
         };
         // A group answers once a majority is up and elected a leader.
         for i in 0..c.ports.len() {
@@ -202,9 +248,16 @@ impl LocalCluster {
         cmd.args(&self.config.coordinator_args);
         if let Some(s) = &self.config.security {
             cmd.arg("--token-file").arg(&s.token_file);
-            if let Some(tls) = &s.tls {
-                cmd.arg("--tls-cert").arg(&tls.cert);
-                cmd.arg("--tls-key").arg(&tls.key);
+        }
+        match &self.tls {
+            Some(tls) => {
+                cmd.arg("--tls-ca").arg(&tls.ca.cert);
+                cmd.arg("--tls-ca-key").arg(&tls.ca.key);
+                cmd.arg("--tls-cert").arg(&tls.coordinator.cert);
+                cmd.arg("--tls-key").arg(&tls.coordinator.key);
+            }
+            None => {
+                cmd.arg("--insecure-plaintext");
             }
         }
         let log = if i == 0 {
@@ -261,25 +314,26 @@ impl LocalCluster {
 
     /// The URL of coordinator `i`.
     pub fn coordinator_url(&self, i: usize) -> String {
-        let tls = self
-            .config
-            .security
-            .as_ref()
-            .is_some_and(|s| s.tls.is_some());
-        let scheme = if tls { "https" } else { "http" };
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         format!("{scheme}://{}:{}", self.config.host, self.ports[i])
     }
 
     /// The token and CA flags of a worker or CLI command.
     fn client_security(&self) -> Vec<PathBuf> {
-        let Some(s) = &self.config.security else {
-            return Vec::new();
-        };
-        let mut args = vec!["--token-file".into(), s.token_file.clone()];
-        if let Some(ca) = &s.ca_cert {
-            args.extend(["--ca-cert".into(), ca.clone()]);
+        let mut args = Vec::new();
+        if let Some(s) = &self.config.security {
+            args.extend(["--token-file".into(), s.token_file.clone()]);
+        }
+        if let Some(tls) = &self.tls {
+            args.extend(["--ca-cert".into(), tls.ca.cert.clone()]);
         }
         args
+    }
+
+    /// The throwaway CA and the coordinator's certificate (none for a
+    /// plaintext cluster).
+    pub fn tls(&self) -> Option<&LocalTls> {
+        self.tls.as_ref()
     }
 
     /// The process id of coordinator `i`, if running.

@@ -33,6 +33,8 @@ fn coordinator(dir: &Path, args: &[&str]) -> LocalCluster {
         workers: Vec::new(),
         slots: 1,
         security: None,
+        // Raw HTTP requests: these tests are about the artifact store.
+        plaintext: true,
         coordinators: 1,
     })
     .expect("coordinator starts")

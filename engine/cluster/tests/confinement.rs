@@ -211,11 +211,8 @@ fn cluster(dir: &Path, worker_env: &[&str]) -> LocalCluster {
             prefix,
         }],
         slots: 2,
-        security: Some(LocalSecurity {
-            token_file: token,
-            tls: None,
-            ca_cert: None,
-        }),
+        security: Some(LocalSecurity { token_file: token }),
+        plaintext: false,
         coordinators: 1,
     })
     .unwrap_or_else(|e| panic!("{e}"))

@@ -653,6 +653,32 @@ pub struct ExecutorSpec {
     /// The attempt's secret: executors present it to the coordinator and
     /// to each other.
     pub secret: String,
+    /// The attempt's TLS identity, for the control connection and the
+    /// exchange; `None`: plaintext (a coordinator started with
+    /// `--insecure-plaintext`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<AttemptTls>,
+}
+
+/// An attempt's TLS identity: a certificate the cluster CA issued for this
+/// attempt alone (it names `sluice://attempt/JOB/ATTEMPT`), its key, and
+/// the CA to check peers against. Secret, as the attempt's secret is.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptTls {
+    /// The cluster CA's certificate (PEM).
+    pub ca: String,
+    /// The attempt's certificate (PEM).
+    pub cert: String,
+    /// The attempt's private key (PEM).
+    pub key: String,
+}
+
+impl std::fmt::Debug for AttemptTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key stays out of logs.
+        f.debug_struct("AttemptTls").finish_non_exhaustive()
+    }
 }
 
 /// One worker, as `GET /api/v1/workers` shows it.

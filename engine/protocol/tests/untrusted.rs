@@ -71,6 +71,7 @@ fn spec() -> ExecutorSpec {
         parallelism: 2,
         restore: None,
         secret: "s".into(),
+        tls: None,
     }
 }
 

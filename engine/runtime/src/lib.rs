@@ -30,6 +30,9 @@
 //!   coordinator and the worker service live in `sluice-cluster`, which
 //!   this crate never names; what crosses between them is
 //!   `sluice-protocol`'s.
+//! - [`tls`]: mutual TLS on the control connection and the exchange:
+//!   a process's certificate and the cluster CA it trusts, certificates
+//!   made with rcgen, a TLS stream split for a reader and a writer thread.
 //! - [`hash`]: the stable, vectorized row hash used for key routing.
 //! - [`error`]: the error enum shared by the library crates.
 //! - [`testing`]: a source over prepared batches, [`testing::run_collect`]
@@ -58,6 +61,7 @@ pub mod plan;
 pub mod runtime;
 pub mod state;
 pub mod testing;
+pub mod tls;
 
 /// The Arrow version the engine is built on, so a job builds batches,
 /// schemas and arrays without pinning its own `arrow` to the same version

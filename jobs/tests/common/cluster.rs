@@ -46,6 +46,8 @@ impl Cluster {
         Cluster::start_with(dir, host, places, slots, None, 1)
     }
 
+    /// Plaintext (`--insecure-plaintext`): the tests that are not about TLS
+    /// and talk raw HTTP to the API.
     pub fn start_with(
         dir: &Path,
         host: &str,
@@ -53,6 +55,20 @@ impl Cluster {
         slots: usize,
         security: Option<LocalSecurity>,
         coordinators: usize,
+    ) -> Cluster {
+        Cluster::start_secured(dir, host, places, slots, security, coordinators, false)
+    }
+
+    /// `tls`: with a throwaway CA (HTTPS, mutual TLS on control
+    /// connections and the exchange).
+    pub fn start_secured(
+        dir: &Path,
+        host: &str,
+        places: &[WorkerPlace],
+        slots: usize,
+        security: Option<LocalSecurity>,
+        coordinators: usize,
+        tls: bool,
     ) -> Cluster {
         let config = LocalClusterConfig {
             sluice: sluice_bin(),
@@ -64,32 +80,22 @@ impl Cluster {
             workers: places.to_vec(),
             slots,
             security,
+            plaintext: !tls,
             coordinators,
         };
         Cluster(LocalCluster::start(config).unwrap_or_else(|e| panic!("{e}")))
     }
 
     /// `coordinators` coordinators in a Raft group, each on its own data
-    /// directory, and `workers` workers on loopback.
+    /// directory, and `workers` workers on loopback (plaintext).
     pub fn start_replicated(
         dir: &Path,
         workers: usize,
         slots: usize,
         coordinators: usize,
     ) -> Cluster {
-        let config = LocalClusterConfig {
-            sluice: sluice_bin(),
-            dir: dir.to_path_buf(),
-            host: "127.0.0.1".into(),
-            coordinator_args: ["--heartbeat-timeout", "1s", "--heartbeat-interval", "200ms"]
-                .map(String::from)
-                .to_vec(),
-            workers: (0..workers).map(|_| WorkerPlace::loopback()).collect(),
-            slots,
-            security: None,
-            coordinators,
-        };
-        Cluster(LocalCluster::start(config).unwrap_or_else(|e| panic!("{e}")))
+        let places: Vec<WorkerPlace> = (0..workers).map(|_| WorkerPlace::loopback()).collect();
+        Cluster::start_secured(dir, "127.0.0.1", &places, slots, None, coordinators, false)
     }
 
     pub fn restart_coordinator(&mut self) {

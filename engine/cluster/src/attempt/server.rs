@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use sluice_engine::error::{Error, Result};
+use sluice_engine::tls::{attempt_uri, peer_uris, ClusterTls};
 use sluice_protocol::control::{
     decode_body, decode_hello, encode_frame, ToCoordinator, ToExecutor, MAX_CONTROL_FRAME,
     MAX_HELLO_FRAME,
@@ -137,8 +138,17 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
-    /// Listens on `addr` (port 0: any).
+    /// Listens on `addr` (port 0: any), plaintext: the attempt's secret
+    /// is all that authenticates an executor, and it travels in clear.
     pub fn bind(addr: SocketAddr) -> Result<ControlServer> {
+        ControlServer::bind_with(addr, None)
+    }
+
+    /// Listens on `addr` (port 0: any); with `tls`, every connection is
+    /// mutual TLS: the server presents `tls`'s certificate, and an
+    /// executor must present a certificate of the cluster CA naming the
+    /// attempt its hello names (as well as that attempt's secret).
+    pub fn bind_with(addr: SocketAddr, tls: Option<ClusterTls>) -> Result<ControlServer> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("control-io")
@@ -153,8 +163,9 @@ impl ControlServer {
             .map_err(|e| Error::io("control listen address", e))?;
         let attempts = Arc::new(Attempts::default());
         let stop = CancellationToken::new();
-        runtime.spawn(accept(listener, attempts.clone(), stop.clone()));
-        info!(%addr, "control server listening");
+        let tls_on = tls.is_some();
+        runtime.spawn(accept(listener, attempts.clone(), stop.clone(), tls));
+        info!(%addr, tls = tls_on, "control server listening");
         Ok(ControlServer {
             addr,
             attempts,
@@ -256,7 +267,12 @@ fn take_place(all: &Arc<Mutex<Unproven>>) -> (UnprovenPlace, bool) {
     )
 }
 
-async fn accept(listener: TcpListener, attempts: Arc<Attempts>, stop: CancellationToken) {
+async fn accept(
+    listener: TcpListener,
+    attempts: Arc<Attempts>,
+    stop: CancellationToken,
+    tls: Option<ClusterTls>,
+) {
     let unproven = Arc::new(Mutex::new(Unproven::default()));
     loop {
         let (stream, peer) = tokio::select! {
@@ -278,23 +294,72 @@ async fn accept(listener: TcpListener, attempts: Arc<Attempts>, stop: Cancellati
         }
         let attempts = attempts.clone();
         let stop = stop.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            serve(stream, peer, attempts, place, stop).await;
+            serve(stream, peer, attempts, place, stop, tls).await;
         });
     }
 }
 
-/// Serves one control connection: the hello decides its attempt, then
-/// frames flow to that attempt while it is the job's current one.
+/// Serves one control connection: TLS first when the server has it (the
+/// handshake counts against the hello's time and place), then the hello
+/// decides its attempt, then frames flow to that attempt while it is the
+/// job's current one.
 async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     attempts: Arc<Attempts>,
     place: UnprovenPlace,
     stop: CancellationToken,
+    tls: Option<ClusterTls>,
 ) {
     let _ = stream.set_nodelay(true);
-    let (read, write) = stream.into_split();
+    let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
+    let Some(tls) = tls else {
+        return serve_conn(stream, None, peer, attempts, place, stop, deadline).await;
+    };
+    let handshake = async {
+        let ssl = tls.server_ssl()?;
+        let mut s = tokio_openssl::SslStream::new(ssl, stream)
+            .map_err(|e| Error::Exchange(format!("TLS session: {e}")))?;
+        std::pin::Pin::new(&mut s)
+            .accept()
+            .await
+            .map_err(|e| Error::Exchange(format!("TLS handshake: {e}")))?;
+        Ok::<_, Error>(s)
+    };
+    let done = tokio::select! {
+        _ = place.evicted.cancelled() => return,
+        done = tokio::time::timeout_at(deadline, handshake) => done,
+    };
+    match done {
+        Ok(Ok(s)) => {
+            let names = peer_uris(s.ssl());
+            serve_conn(s, Some(names), peer, attempts, place, stop, deadline).await
+        }
+        Ok(Err(e)) => {
+            attempts.refused_unknown.fetch_add(1, Ordering::Relaxed);
+            warn!(%peer, error = %e, "control connection refused");
+        }
+        Err(_) => {
+            attempts.refused_unknown.fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, "control connection closed: no TLS handshake in time");
+        }
+    }
+}
+
+/// [`serve`] past TLS: `names` are the URIs the client's certificate
+/// names (`None`: plaintext).
+async fn serve_conn<S: AsyncRead + AsyncWrite + Send + 'static>(
+    stream: S,
+    names: Option<Vec<String>>,
+    peer: SocketAddr,
+    attempts: Arc<Attempts>,
+    place: UnprovenPlace,
+    stop: CancellationToken,
+    deadline: tokio::time::Instant,
+) {
+    let (read, write) = tokio::io::split(stream);
     let mut frames = FramedRead::new(
         read,
         LengthDelimitedCodec::builder()
@@ -313,7 +378,7 @@ async fn serve(
             link.close();
             return;
         }
-        first = tokio::time::timeout(HELLO_TIMEOUT, frames.next()) => first,
+        first = tokio::time::timeout_at(deadline, frames.next()) => first,
     };
     let hello = match first {
         Ok(Some(Ok(body))) => decode_hello(&body),
@@ -368,6 +433,17 @@ async fn serve(
             "attempt {attempt_no} of job '{job_id}' is stale (the current attempt is {})",
             a.attempt
         )),
+        Some(_)
+            if names
+                .as_ref()
+                .is_some_and(|n| !n.contains(&attempt_uri(&job_id, attempt_no))) =>
+        {
+            Err(format!(
+                "the client's certificate does not name attempt {attempt_no} of job '{job_id}' \
+                 (it names {})",
+                names.as_deref().unwrap_or_default().join(", ")
+            ))
+        }
         Some(a) if !same_secret(&a.secret, &secret) => Err(format!(
             "wrong secret for attempt {attempt_no} of job '{job_id}'"
         )),
@@ -447,8 +523,8 @@ async fn serve(
 
 /// Writes queued frames until the link is closed (then flushes what was
 /// queued before, and shuts the write side down) or a write stalls.
-async fn write_frames(
-    mut write: tokio::net::tcp::OwnedWriteHalf,
+async fn write_frames<S: AsyncWrite>(
+    mut write: WriteHalf<S>,
     mut rx: mpsc::Receiver<Vec<u8>>,
     closed: CancellationToken,
 ) {

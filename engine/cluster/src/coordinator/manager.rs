@@ -76,6 +76,8 @@ pub struct Manager {
     meta: MetaStore,
     control: ControlServer,
     control_addr: String,
+    /// Signs each attempt's certificate (TLS clusters).
+    signer: Option<sluice_engine::tls::issue::Signer>,
     inner: Mutex<Inner>,
     /// The version of each job's record last written; held while writing.
     written: Mutex<HashMap<String, u64>>,
@@ -97,7 +99,12 @@ impl Manager {
     /// [`open`](Self::open) on `meta`: a data directory's files, or a Raft
     /// group's replicated state (a new leader opens its manager so).
     pub fn open_with(config: CoordinatorConfig, meta: MetaStore) -> Result<Arc<Manager>> {
-        let control = ControlServer::bind(config.control_listen)?;
+        let tls = config.load_tls()?;
+        let (node, signer) = match tls {
+            Some(t) => (Some(t.node), Some(t.signer)),
+            None => (None, None),
+        };
+        let control = ControlServer::bind_with(config.control_listen, node)?;
         let metrics = Arc::new(Metrics::new());
         control.on_checkpoint_complete({
             let metrics = metrics.clone();
@@ -143,6 +150,7 @@ impl Manager {
             meta,
             control,
             control_addr,
+            signer,
             inner: Mutex::new(Inner {
                 workers: Workers::default(),
                 jobs,

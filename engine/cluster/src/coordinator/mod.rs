@@ -23,6 +23,7 @@ pub mod workers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -74,6 +75,15 @@ pub struct CoordinatorConfig {
     pub read_token: Option<Token>,
     /// Serve HTTPS with these files instead of HTTP.
     pub tls: Option<TlsFiles>,
+    /// The cluster CA: with it, the control connection is mutual TLS too
+    /// (the server presents `tls`'s certificate), each attempt gets a
+    /// certificate of its own signed by this CA, and the REST API refuses
+    /// a client certificate this CA did not sign. Needs `tls`. `None`:
+    /// control and exchange in plaintext.
+    pub cluster_ca: Option<ClusterCa>,
+    /// Plaintext was asked for (`--insecure-plaintext`): the warning at
+    /// start says so.
+    pub insecure_plaintext: bool,
     /// The URL clients reach this coordinator at, which the other
     /// members of its group name while it leads (default: its listen
     /// address).
@@ -105,10 +115,105 @@ impl CoordinatorConfig {
             token: None,
             read_token: None,
             tls: None,
+            cluster_ca: None,
+            insecure_plaintext: false,
             advertise: None,
             artifact_limits: ArtifactLimits::default(),
             raft: None,
         }
+    }
+}
+
+/// The cluster CA as the coordinator holds it: the certificate peers are
+/// checked against and the key it signs attempts' certificates with.
+#[derive(Debug, Clone)]
+pub struct ClusterCa {
+    /// The CA certificate (PEM).
+    pub cert: PathBuf,
+    /// The CA's private key (PEM).
+    pub key: PathBuf,
+}
+
+/// How long an attempt's certificate is valid. Connections are made when
+/// an attempt starts, so only a start later than this fails (an executor
+/// that waited that long for its binary); a leaked attempt key is worth
+/// nothing to another attempt at any time.
+pub const ATTEMPT_CERT_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The coordinator's TLS material, loaded and checked.
+pub(crate) struct LoadedTls {
+    /// Its node identity for the control server.
+    pub(crate) node: sluice_engine::tls::ClusterTls,
+    /// Signs attempts' certificates.
+    pub(crate) signer: sluice_engine::tls::issue::Signer,
+}
+
+impl CoordinatorConfig {
+    /// Loads the cluster TLS material (`None` without `cluster_ca`).
+    pub(crate) fn load_tls(&self) -> Result<Option<LoadedTls>> {
+        let Some(ca) = &self.cluster_ca else {
+            return Ok(None);
+        };
+        let Some(files) = &self.tls else {
+            return Err(Error::Config(
+                "the cluster CA needs the coordinator's own certificate and key (--tls-cert, --tls-key)"
+                    .into(),
+            ));
+        };
+        let read = |p: &std::path::Path| {
+            std::fs::read_to_string(p).map_err(|e| Error::io(format!("reading {}", p.display()), e))
+        };
+        let node = sluice_engine::tls::ClusterTls::from_files(&ca.cert, &files.cert, &files.key)?;
+        let signer = sluice_engine::tls::issue::Signer::from_pem(&read(&ca.cert)?, &read(&ca.key)?)
+            .map_err(|e| {
+                Error::Config(format!(
+                    "CA {} with key {}: {e}",
+                    ca.cert.display(),
+                    ca.key.display()
+                ))
+            })?;
+        Ok(Some(LoadedTls { node, signer }))
+    }
+
+    /// The REST API's TLS: the node certificate; with the cluster CA, a
+    /// client certificate is optional but one the CA did not sign fails
+    /// the handshake (the token decides what a client may do).
+    fn rest_tls(&self) -> Result<Option<axum_server::tls_openssl::OpenSSLConfig>> {
+        let Some(files) = &self.tls else {
+            return Ok(None);
+        };
+        let failed = |e: &dyn std::fmt::Display| {
+            Error::Config(format!(
+                "TLS certificate {} with key {}: {e}",
+                files.cert.display(),
+                files.key.display()
+            ))
+        };
+        let Some(ca) = &self.cluster_ca else {
+            return axum_server::tls_openssl::OpenSSLConfig::from_pem_chain_file(
+                &files.cert,
+                &files.key,
+            )
+            .map(Some)
+            .map_err(|e| failed(&e));
+        };
+        use openssl::ssl::{AlpnError, SslAcceptor, SslFiletype, SslMethod, SslVerifyMode};
+        let mut a = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())
+            .map_err(|e| failed(&e))?;
+        a.set_certificate_chain_file(&files.cert)
+            .and_then(|()| a.set_private_key_file(&files.key, SslFiletype::PEM))
+            .and_then(|()| a.check_private_key())
+            .map_err(|e| failed(&e))?;
+        a.set_ca_file(&ca.cert)
+            .map_err(|e| Error::Config(format!("CA certificate {}: {e}", ca.cert.display())))?;
+        a.set_verify(SslVerifyMode::PEER);
+        // As axum-server's own config: HTTP/2 if asked, else HTTP/1.1.
+        a.set_alpn_select_callback(|_, client| {
+            openssl::ssl::select_next_proto(b"\x02h2\x08http/1.1", client).ok_or(AlpnError::NOACK)
+        });
+        Ok(Some(
+            axum_server::tls_openssl::OpenSSLConfig::from_acceptor(Arc::new(a.build())),
+        ))
     }
 }
 
@@ -137,19 +242,16 @@ pub(crate) const TICK: Duration = Duration::from_millis(50);
 pub async fn serve(config: CoordinatorConfig) -> Result<()> {
     let listen = config.listen;
     let access = Access::new(config.token.clone(), config.read_token.clone())?;
-    let tls = match &config.tls {
-        Some(files) => Some(
-            axum_server::tls_openssl::OpenSSLConfig::from_pem_chain_file(&files.cert, &files.key)
-                .map_err(|e| {
-                Error::Config(format!(
-                    "TLS certificate {} with key {}: {e}",
-                    files.cert.display(),
-                    files.key.display()
-                ))
-            })?,
-        ),
-        None => None,
-    };
+    let tls = config.rest_tls()?;
+    // Checked before anything starts, so bad files fail at once.
+    if config.load_tls()?.is_none() {
+        warn!(
+            insecure_plaintext = config.insecure_plaintext,
+            "control connections and the exchange between executors are plaintext: \
+             attempt secrets and job data travel in clear, and anyone on the network \
+             can read or alter them"
+        );
+    }
     if access.is_open() {
         warn!(
             api = %listen,

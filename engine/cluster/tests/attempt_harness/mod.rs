@@ -476,6 +476,7 @@ impl Cluster {
                     parallelism: PARALLELISM,
                     restore: l.restore.clone(),
                     secret: SECRET.into(),
+                    tls: None,
                 };
                 let path = specs.path().join(format!("executor-{i}.json"));
                 std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();

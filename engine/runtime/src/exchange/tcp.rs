@@ -57,6 +57,8 @@ use super::frame::{
 use super::ChannelSender;
 use crate::data::StreamMessage;
 use crate::error::{Error, Result};
+use crate::tls::stream::{StreamReader, StreamWriter};
+use crate::tls::{check_peer_attempt, ClusterTls, SecureStream};
 use sluice_protocol::secret::same_secret;
 
 /// How often blocked senders and an idle writer check for cancellation.
@@ -97,6 +99,10 @@ pub struct ExchangeConfig {
     pub handshake_timeout: Duration,
     /// The job's cancellation flag: set, it closes every connection.
     pub cancelled: Arc<AtomicBool>,
+    /// Mutual TLS: this process's attempt certificate and the cluster CA;
+    /// a peer must present a certificate of that CA naming this job and
+    /// attempt. `None`: plaintext.
+    pub tls: Option<ClusterTls>,
 }
 
 impl ExchangeConfig {
@@ -112,6 +118,7 @@ impl ExchangeConfig {
             max_frame: DEFAULT_MAX_FRAME,
             handshake_timeout: Duration::from_secs(10),
             cancelled: Arc::default(),
+            tls: None,
         }
     }
 }
@@ -443,49 +450,161 @@ impl NetListener {
             .map_err(|e| Error::io("exchange listen address", e))
     }
 
-    /// Accepts one connection. The hello must name this job and attempt;
-    /// `spec_for` then declares the channels for that peer (an error
-    /// refuses it). A refused or broken handshake returns an error and
-    /// leaves the listener usable.
+    /// Accepts one connection and runs its handshake ([`Self::accept_raw`]
+    /// then [`Self::handshake`]) on this thread.
     pub fn accept(
         &self,
         spec_for: impl FnOnce(&Hello) -> Result<ConnectionSpec>,
     ) -> Result<Connection> {
-        let (stream, from) = self
+        let stream = self.accept_raw()?;
+        self.handshake(stream, spec_for)
+    }
+
+    /// Accepts one TCP connection, nothing read from it yet: the caller
+    /// runs [`Self::handshake`] off the accepting thread, so a silent
+    /// stranger delays nobody.
+    pub fn accept_raw(&self) -> Result<TcpStream> {
+        let (stream, _) = self
             .listener
             .accept()
             .map_err(|e| Error::io("exchange accept", e))?;
+        Ok(stream)
+    }
+
+    /// The handshake of an accepted connection, done within the
+    /// configured handshake timeout: TLS (the peer's certificate must name
+    /// this job and attempt), then the hello, which must name this job and
+    /// attempt with its secret; `spec_for` then declares the channels for
+    /// that peer (an error refuses it). A refused or broken handshake
+    /// returns an error.
+    pub fn handshake(
+        &self,
+        stream: TcpStream,
+        spec_for: impl FnOnce(&Hello) -> Result<ConnectionSpec>,
+    ) -> Result<Connection> {
+        let from = stream
+            .peer_addr()
+            .map_or_else(|_| "?".to_string(), |a| a.to_string());
         let cfg = &self.config;
+        let deadline = Instant::now() + cfg.handshake_timeout;
         prepare(&stream, cfg)?;
-        let refuse = |stream: &TcpStream, e: Error| -> Error {
+        let stream = match secure(stream, cfg, deadline, true) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(%from, error = %e, "exchange connection refused");
+                return Err(e);
+            }
+        };
+        let mut writer = stream
+            .writer()
+            .map_err(|e| Error::io("exchange socket", e))?;
+        let mut refuse = |e: Error| -> Error {
             let mut buf = Vec::new();
             encode(&Frame::Error(e.to_string()), &mut buf);
-            let _ = (&*stream).write_all(&buf);
-            let _ = stream.shutdown(Shutdown::Both);
+            let _ = writer.write_all(&buf).and_then(|()| writer.flush());
+            let _ = writer.shutdown_write();
+            writer.abort();
             warn!(%from, error = %e, "exchange connection refused");
             e
         };
-        let (first, decoder, rest) = match first_frame(&stream) {
+        let (first, decoder, rest) = match first_frame(&stream, deadline) {
             Ok(x) => x,
-            Err(e) => return Err(refuse(&stream, e)),
+            Err(e) => return Err(refuse(e)),
         };
         let hello = match first {
             Frame::Hello(h) => h,
-            _ => return Err(refuse(&stream, proto("the first frame is not a hello"))),
+            _ => return Err(refuse(proto("the first frame is not a hello"))),
         };
         if let Err(reason) = check_hello(&hello, cfg) {
-            return Err(refuse(&stream, Error::Exchange(reason)));
+            return Err(refuse(Error::Exchange(reason)));
         }
         let spec = match spec_for(&hello) {
             Ok(s) => s,
-            Err(e) => return Err(refuse(&stream, e)),
+            Err(e) => return Err(refuse(e)),
         };
         let mut buf = Vec::new();
         encode(&Frame::Welcome, &mut buf);
-        (&stream)
+        writer
             .write_all(&buf)
+            .and_then(|()| writer.flush())
             .map_err(|e| Error::io("exchange welcome", e))?;
         start(stream, cfg, spec, hello.peer, decoder, rest)
+    }
+}
+
+/// Decides the channels of a peer from its hello: the peer's index and
+/// its connection's channels, or an error that refuses it.
+pub type PeerSpecs = Arc<dyn Fn(&Hello) -> Result<(usize, ConnectionSpec)> + Send + Sync>;
+
+/// Handshakes waiting at once on one listener, at most; a new connection
+/// closes the one that has waited longest (a real peer finishes within
+/// milliseconds, so strangers cannot keep it out).
+pub const MAX_PENDING_HANDSHAKES: usize = 16;
+
+impl NetListener {
+    /// Accepts peers until `stop` is set (and a connection arrives to
+    /// notice it), sending each established connection with its index to
+    /// `tx`. Each connection's handshake (TLS, hello) runs on a thread of
+    /// its own within the handshake timeout, so a silent, slow or garbled
+    /// stranger delays no real peer.
+    pub fn accept_until(
+        self: &Arc<Self>,
+        spec_for: PeerSpecs,
+        stop: &AtomicBool,
+        tx: &Sender<(usize, Connection)>,
+    ) {
+        let pending: Arc<Mutex<std::collections::VecDeque<(u64, TcpStream)>>> = Arc::default();
+        let mut next = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            let stream = match self.accept_raw() {
+                Ok(s) => s,
+                Err(e) => {
+                    debug!(error = %e, "exchange accept failed");
+                    thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            };
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let id = next;
+            next += 1;
+            {
+                let mut p = lock(&pending);
+                while p.len() >= MAX_PENDING_HANDSHAKES {
+                    if let Some((_, oldest)) = p.pop_front() {
+                        debug!("too many exchange handshakes at once: closed the oldest");
+                        let _ = oldest.shutdown(Shutdown::Both);
+                    }
+                }
+                if let Ok(c) = stream.try_clone() {
+                    p.push_back((id, c));
+                }
+            }
+            let (me, spec_for, pending, tx) =
+                (self.clone(), spec_for.clone(), pending.clone(), tx.clone());
+            let spawned = thread::Builder::new()
+                .name("exchange-handshake".into())
+                .spawn(move || {
+                    let mut who = None;
+                    let r = me.handshake(stream, |h| {
+                        let (j, s) = spec_for(h)?;
+                        who = Some(j);
+                        Ok(s)
+                    });
+                    lock(&pending).retain(|(i, _)| *i != id);
+                    match (r, who) {
+                        (Ok(c), Some(j)) => {
+                            let _ = tx.send((j, c));
+                        }
+                        (Err(e), _) => debug!(error = %e, "exchange handshake failed"),
+                        (Ok(_), None) => {}
+                    }
+                });
+            if let Err(e) = spawned {
+                warn!(error = %e, "no thread for an exchange handshake");
+            }
+        }
     }
 }
 
@@ -495,9 +614,14 @@ pub fn connect(
     config: &ExchangeConfig,
     spec: ConnectionSpec,
 ) -> Result<Connection> {
+    let deadline = Instant::now() + config.handshake_timeout;
     let stream = TcpStream::connect_timeout(&addr, config.handshake_timeout)
         .map_err(|e| Error::io(format!("exchange connect to {addr}"), e))?;
     prepare(&stream, config)?;
+    let stream = secure(stream, config, deadline, false)?;
+    let mut writer = stream
+        .writer()
+        .map_err(|e| Error::io("exchange socket", e))?;
     let mut buf = Vec::new();
     encode(
         &Frame::Hello(Hello {
@@ -509,10 +633,11 @@ pub fn connect(
         }),
         &mut buf,
     );
-    (&stream)
+    writer
         .write_all(&buf)
+        .and_then(|()| writer.flush())
         .map_err(|e| Error::io("exchange hello", e))?;
-    let (first, decoder, rest) = first_frame(&stream)?;
+    let (first, decoder, rest) = first_frame(&stream, deadline)?;
     match first {
         Frame::Welcome => {}
         Frame::Error(reason) => {
@@ -531,6 +656,33 @@ fn prepare(stream: &TcpStream, cfg: &ExchangeConfig) -> Result<()> {
         .set_nodelay(true)
         .and_then(|()| stream.set_read_timeout(Some(cfg.handshake_timeout)))
         .map_err(|e| Error::io("exchange socket options", e))
+}
+
+/// TLS on a fresh connection when the config has it (the peer's
+/// certificate must name this job and attempt), by `deadline`; the read
+/// timeout is then what is left of it, for the hello.
+fn secure(
+    stream: TcpStream,
+    cfg: &ExchangeConfig,
+    deadline: Instant,
+    server: bool,
+) -> Result<SecureStream> {
+    let Some(tls) = &cfg.tls else {
+        return Ok(SecureStream::plain(stream));
+    };
+    let s = if server {
+        tls.accept(stream, deadline)?
+    } else {
+        tls.connect(stream, None, deadline)?
+    };
+    s.with_ssl(|ssl| match ssl {
+        Some(ssl) => check_peer_attempt(ssl, &cfg.job, cfg.attempt),
+        None => Ok(()),
+    })
+    .inspect_err(|_| {
+        let _ = s.socket().shutdown(Shutdown::Both);
+    })?;
+    Ok(s)
 }
 
 fn check_hello(h: &Hello, cfg: &ExchangeConfig) -> Result<(), String> {
@@ -569,12 +721,28 @@ fn check_hello(h: &Hello, cfg: &ExchangeConfig) -> Result<(), String> {
 
 /// Reads until the first frame; returns it, the decoder, and any frames
 /// that arrived with it.
-fn first_frame(stream: &TcpStream) -> Result<(Frame, FrameDecoder, Vec<Frame>)> {
+fn first_frame(
+    stream: &SecureStream,
+    deadline: Instant,
+) -> Result<(Frame, FrameDecoder, Vec<Frame>)> {
+    let mut reader = stream
+        .reader()
+        .map_err(|e| Error::io("exchange socket", e))?;
     let mut decoder = FrameDecoder::new(HANDSHAKE_MAX_FRAME);
     let mut frames = Vec::new();
     let mut buf = [0u8; 4096];
     while frames.is_empty() {
-        let n = match (&*stream).read(&mut buf) {
+        // The whole handshake has one deadline: a peer sending a byte now
+        // and then does not stretch it.
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::Exchange("no hello in time".into()));
+        }
+        stream
+            .socket()
+            .set_read_timeout(Some(left))
+            .map_err(|e| Error::io("exchange socket options", e))?;
+        let n = match reader.read(&mut buf) {
             Ok(0) => {
                 decoder.finish()?;
                 return Err(Error::Exchange("peer closed during the handshake".into()));
@@ -590,7 +758,7 @@ fn first_frame(stream: &TcpStream) -> Result<(Frame, FrameDecoder, Vec<Frame>)> 
 }
 
 fn start(
-    stream: TcpStream,
+    stream: SecureStream,
     cfg: &ExchangeConfig,
     spec: ConnectionSpec,
     peer: String,
@@ -599,6 +767,7 @@ fn start(
 ) -> Result<Connection> {
     decoder.set_max_frame(cfg.max_frame);
     stream
+        .socket()
         .set_read_timeout(None)
         .map_err(|e| Error::io("exchange socket options", e))?;
     let (out_tx, out_rx) = crossbeam_channel::unbounded();
@@ -638,6 +807,7 @@ fn start(
         decoders.insert(*c, BatchDecoder::new(schema.clone()));
     }
     let socket = stream
+        .socket()
         .try_clone()
         .map_err(|e| Error::io("exchange socket", e))?;
     let shared = Arc::new(Shared {
@@ -661,8 +831,11 @@ fn start(
     info!(peer = %shared.peer, outbound = spec.outbound.len(), inbound = spec.inbound.len(),
         "exchange connection established");
 
-    let write_stream = stream
-        .try_clone()
+    let write_stream: StreamWriter = stream
+        .writer()
+        .map_err(|e| Error::io("exchange socket", e))?;
+    let read_stream: StreamReader = stream
+        .reader()
         .map_err(|e| Error::io("exchange socket", e))?;
     let s = shared.clone();
     let flush = cfg.flush_interval;
@@ -682,7 +855,7 @@ fn start(
     thread::Builder::new()
         .name(format!("exchange-r-{}", shared.peer))
         .spawn(move || {
-            if let Err(e) = reader_loop(&s, stream, decoder, early, decoders) {
+            if let Err(e) = reader_loop(&s, read_stream, decoder, early, decoders) {
                 s.abort(e);
             }
             s.thread_done();

@@ -8,13 +8,16 @@ use super::*;
 /// whole under the lock, from any thread.
 #[derive(Clone)]
 pub(super) struct ControlLink {
-    stream: Arc<Mutex<TcpStream>>,
+    stream: Arc<SecureStream>,
+    writer: Arc<Mutex<StreamWriter>>,
 }
 
 impl ControlLink {
     /// Connects, retrying for a while: a coordinator that just restarted
-    /// may not listen yet.
-    pub(super) fn dial(addr: &str) -> Result<Self> {
+    /// may not listen yet. With `tls`, the coordinator's certificate must
+    /// name the host of `addr` (and the CA sign it), and this executor
+    /// presents its attempt's certificate.
+    pub(super) fn dial(addr: &str, tls: Option<&ClusterTls>) -> Result<Self> {
         let to = resolve_addr(addr)?;
         let deadline = Instant::now() + CONTROL_DIAL_TIMEOUT;
         let stream = loop {
@@ -36,33 +39,45 @@ impl ControlLink {
             .set_nodelay(true)
             .and_then(|()| stream.set_write_timeout(Some(Duration::from_secs(30))))
             .map_err(|e| Error::io("control socket options", e))?;
+        let stream = match tls {
+            Some(tls) => {
+                let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+                tls.connect(stream, Some(host), Instant::now() + CONTROL_DIAL_TIMEOUT)
+                    .map_err(|e| {
+                        Error::Exchange(format!("the coordinator at {addr} failed TLS: {e}"))
+                    })?
+            }
+            None => SecureStream::plain(stream),
+        };
+        let writer = stream
+            .writer()
+            .map_err(|e| Error::io("control socket", e))?;
         Ok(ControlLink {
-            stream: Arc::new(Mutex::new(stream)),
+            stream: Arc::new(stream),
+            writer: Arc::new(Mutex::new(writer)),
         })
     }
 
-    pub(super) fn reader(&self) -> Result<TcpStream> {
+    pub(super) fn reader(&self) -> Result<StreamReader> {
         self.stream
-            .lock()
-            .expect("control link lock")
-            .try_clone()
+            .reader()
             .map_err(|e| Error::io("control socket", e))
     }
 
     pub(super) fn send(&self, msg: &ToCoordinator) -> Result<()> {
-        let mut s = self.stream.lock().expect("control link lock");
+        let mut s = self.writer.lock().expect("control link lock");
         Ok(write_frame(&mut *s, msg)?)
     }
 
     pub(super) fn shutdown_write(&self) {
-        let s = self.stream.lock().expect("control link lock");
-        let _ = s.shutdown(Shutdown::Write);
+        let mut s = self.writer.lock().expect("control link lock");
+        let _ = s.shutdown_write();
     }
 
     pub(super) fn close(&self) {
-        let s = self.stream.lock().expect("control link lock");
-        let _ = (&*s).flush();
-        let _ = s.shutdown(Shutdown::Both);
+        let mut s = self.writer.lock().expect("control link lock");
+        let _ = s.flush();
+        let _ = self.stream.socket().shutdown(Shutdown::Both);
     }
 }
 
@@ -135,7 +150,7 @@ pub(super) fn spawn_forwarder(
 /// directories to the writer; a cancel, a refusal or a lost connection
 /// cancels every local task.
 pub(super) fn spawn_control_reader(
-    mut reader: TcpStream,
+    mut reader: StreamReader,
     ports: HashMap<TaskKey, Sender<TaskControl>>,
     dirs: CheckpointDirs,
     control: Arc<JobControl>,

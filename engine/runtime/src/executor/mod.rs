@@ -43,8 +43,9 @@ use crate::checkpoint::{CheckpointStats, Location, Storage};
 use crate::data::StreamMessage;
 use crate::error::{Error, Result};
 use crate::exchange::frame::ChannelId;
+use crate::exchange::frame::Hello;
 use crate::exchange::tcp::{
-    connect, Connection, ConnectionHandle, ConnectionSpec, ExchangeConfig, NetListener,
+    connect, Connection, ConnectionHandle, ConnectionSpec, ExchangeConfig, NetListener, PeerSpecs,
 };
 use crate::exchange::ChannelSender;
 use crate::graph::LogicalGraph;
@@ -54,6 +55,8 @@ use crate::runtime::{
     spawn_writer, summaries, wire, ErrorHook, ExecutorShare, JobConfig, JobControl, JobResult,
     NodeMetrics, RemoteEnds, TaskContext,
 };
+use crate::tls::stream::{StreamReader, StreamWriter};
+use crate::tls::{ClusterTls, SecureStream};
 use control::{report, spawn_control_reader, spawn_forwarder, spawn_metrics, ControlLink};
 use peers::{host_port, peer_name, resolve, resolve_addr, Conns};
 use sluice_protocol::api::ExecutorSpec;
@@ -125,11 +128,16 @@ pub(crate) fn run_until(
     xcfg.channel_capacity = config.channel_capacity;
     xcfg.cancelled = control.cancelled.clone();
     xcfg.secret = spec.secret.clone();
+    xcfg.tls = spec
+        .tls
+        .as_ref()
+        .map(ClusterTls::from_attempt)
+        .transpose()?;
     let bind = resolve(&spec.bind_host, 0)?;
     let listener = NetListener::bind(bind, xcfg.clone())?;
     let exchange = host_port(&spec.bind_host, listener.local_addr()?.port());
 
-    let link = ControlLink::dial(&spec.control)?;
+    let link = ControlLink::dial(&spec.control, xcfg.tls.as_ref())?;
     let mut reader = link.reader()?;
     link.send(&ToCoordinator::Hello {
         protocol: sluice_protocol::PROTOCOL_VERSION,
@@ -266,7 +274,7 @@ impl Run<'_> {
         &self,
         listener: NetListener,
         xcfg: ExchangeConfig,
-        reader: TcpStream,
+        reader: StreamReader,
         peers: &[String],
         placement: &[(TaskKey, usize)],
         started: Instant,
@@ -532,35 +540,25 @@ impl Run<'_> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let acceptor = {
             let stop = stop.clone();
-            let mut wanted: HashMap<String, (usize, ConnectionSpec)> = accept
+            let wanted: HashMap<String, (usize, ConnectionSpec)> = accept
                 .into_iter()
                 .map(|(j, s)| (peer_name(j), (j, s)))
                 .collect();
+            let wanted = Arc::new(Mutex::new(wanted));
+            let listener = Arc::new(listener);
             std::thread::Builder::new()
                 .name("exchange-accept".into())
                 .spawn(move || {
-                    while !wanted.is_empty() && !stop.load(Ordering::SeqCst) {
-                        let mut who = None;
-                        let r = listener.accept(|h| match wanted.remove(&h.peer) {
-                            Some((j, s)) => {
-                                who = Some(j);
-                                Ok(s)
-                            }
+                    let spec_for: PeerSpecs = Arc::new(move |h: &Hello| {
+                        match wanted.lock().expect("wanted peers lock").remove(&h.peer) {
+                            Some(js) => Ok(js),
                             None => Err(Error::Exchange(format!(
                                 "unexpected exchange peer '{}'",
                                 h.peer
                             ))),
-                        });
-                        match (r, who) {
-                            (Ok(c), Some(j)) => {
-                                if tx.send((j, c)).is_err() {
-                                    return;
-                                }
-                            }
-                            (Err(e), _) => debug!(error = %e, "exchange accept failed"),
-                            (Ok(_), None) => {}
                         }
-                    }
+                    });
+                    listener.accept_until(spec_for, &stop, &tx)
                 })
                 .map_err(|e| Error::io("spawning the exchange acceptor", e))?
         };
@@ -593,10 +591,10 @@ impl Run<'_> {
                 }
             }
         }
+        // Wake the acceptor out of its blocking accept.
+        stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&local_addr, Duration::from_secs(1));
         if outcome.is_err() {
-            // Wake the acceptor out of its blocking accept.
-            stop.store(true, Ordering::SeqCst);
-            let _ = TcpStream::connect_timeout(&local_addr, Duration::from_secs(1));
             for c in by_peer.values() {
                 c.handle().close();
             }

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use sluice_cluster::client::Client;
 use sluice_cluster::client::ClientSecurity;
 use sluice_cluster::coordinator::raft::RaftSettings;
-use sluice_cluster::coordinator::{CoordinatorConfig, Scheduling};
+use sluice_cluster::coordinator::{ClusterCa, CoordinatorConfig, Scheduling};
 use sluice_cluster::worker::WorkerConfig;
 use sluice_web::{TlsFiles, Token};
 
@@ -180,6 +180,18 @@ pub(crate) struct CoordinatorArgs {
     #[arg(long, env = "SLUICE_TLS_KEY", value_name = "FILE")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) tls_key: Option<PathBuf>,
+    /// The cluster CA's certificate (PEM, `sluice tls init`): executors' control connections and the exchange are mutual TLS against it, and a REST client certificate it did not sign is refused.
+    #[arg(long, env = "SLUICE_TLS_CA", value_name = "FILE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) tls_ca: Option<PathBuf>,
+    /// The cluster CA's private key (PEM, mode 600): signs each attempt's own certificate.
+    #[arg(long, env = "SLUICE_TLS_CA_KEY", value_name = "FILE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) tls_ca_key: Option<PathBuf>,
+    /// Run control connections and the exchange without TLS (attempt secrets and job data in clear), instead of the four --tls-* files.
+    #[arg(long, env = "SLUICE_INSECURE_PLAINTEXT")]
+    #[serde(default)]
+    pub(crate) insecure_plaintext: bool,
     /// URL clients reach this coordinator at, named by the other members of its Raft group while it leads [default: its --listen address].
     #[arg(long, env = "SLUICE_ADVERTISE", value_name = "URL")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -535,6 +547,24 @@ pub(crate) fn coordinator_config(
         (Some(_), None) => bail!("--tls-cert needs --tls-key (its private key)"),
         (None, Some(_)) => bail!("--tls-key needs --tls-cert (the certificate it belongs to)"),
     };
+    config.cluster_ca = match (a.tls_ca, a.tls_ca_key, a.insecure_plaintext) {
+        (Some(_), _, true) | (_, Some(_), true) => {
+            bail!("--insecure-plaintext and --tls-ca/--tls-ca-key contradict each other; give one")
+        }
+        (None, None, true) => None,
+        (Some(cert), Some(key), false) => {
+            if config.tls.is_none() {
+                bail!("--tls-ca needs the coordinator's own certificate: --tls-cert and --tls-key");
+            }
+            Some(ClusterCa { cert, key })
+        }
+        (Some(_), None, false) => {
+            bail!("--tls-ca needs --tls-ca-key (the CA's key signs each attempt's certificate)")
+        }
+        (None, Some(_), false) => bail!("--tls-ca-key needs --tls-ca (the CA certificate)"),
+        (None, None, false) => None,
+    };
+    config.insecure_plaintext = a.insecure_plaintext;
     if config.heartbeat_interval.is_zero() || config.heartbeat_interval >= config.heartbeat_timeout
     {
         bail!(
@@ -544,6 +574,20 @@ pub(crate) fn coordinator_config(
         );
     }
     Ok(config)
+}
+
+/// Refuses a coordinator that would run control connections and the
+/// exchange in plaintext without being told `--insecure-plaintext`.
+pub(crate) fn require_tls(config: &CoordinatorConfig) -> anyhow::Result<()> {
+    if config.cluster_ca.is_none() && !config.insecure_plaintext {
+        bail!(
+            "connections between the cluster's processes need TLS: give --tls-ca, --tls-ca-key, \
+             --tls-cert and --tls-key (make them with `sluice tls init --dir DIR` and \
+             `sluice tls node --ca-dir DIR --name coordinator --ip ...`), \
+             or run with --insecure-plaintext"
+        );
+    }
+    Ok(())
 }
 
 pub(crate) fn worker_config(

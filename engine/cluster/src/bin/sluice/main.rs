@@ -25,6 +25,7 @@ use sluice_protocol::api::{JobDescription, JobStatus, RescaleRequest, Rescaled, 
 mod config;
 mod follow;
 mod output;
+mod tls;
 
 use config::{
     client, coordinator_config, load_file, submit_settings, worker_config, ClientArgs,
@@ -49,7 +50,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Runs the coordinator: REST API, scheduler, job manager.
-    Coordinator(CoordinatorArgs),
+    Coordinator(Box<CoordinatorArgs>),
     /// Runs a worker: registers, heartbeats, runs executors.
     Worker(WorkerArgs),
     /// Submits a job binary; prints the job id.
@@ -194,6 +195,10 @@ enum Command {
     /// About the settings themselves.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Makes the cluster's TLS certificates: a CA, then one certificate per
+    /// coordinator (and per worker, if you like) signed by it.
+    #[command(subcommand)]
+    Tls(tls::TlsCommand),
 }
 
 /// What `sluice coordinators` does.
@@ -268,6 +273,7 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
     match cli.command {
         Command::Coordinator(args) => {
             let config = coordinator_config(&args, m, &file)?;
+            config::require_tls(&config)?;
             coordinator::serve(config).await?;
         }
         Command::Worker(args) => {
@@ -471,6 +477,7 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
             }
         }
         Command::Openapi => print!("{}", sluice_cluster::routes::document()),
+        Command::Tls(cmd) => tls::run(cmd)?,
         Command::Config(ConfigCommand::Defaults) => print!("{}", config::reference()),
         Command::Workers { client: c, json } => {
             let workers = client(&c)?.workers().await?;

@@ -2,7 +2,7 @@
 //! transitions, and starts of waiting jobs on the executors the scheduler
 //! placed.
 
-use sluice_protocol::api::{JobException, MAX_EXCEPTIONS};
+use sluice_protocol::api::{AttemptTls, JobException, MAX_EXCEPTIONS};
 
 use super::*;
 
@@ -301,11 +301,26 @@ impl Manager {
         }
         let assignment = self.assign(inner, id)?;
         let secret = attempt_secret()?;
+
         let job = inner.jobs.get_mut(id).expect("checked above");
         let mut life = job.record.life.clone();
         let attempt = life
             .schedule(start.as_ref().map_or(0, |s| s.min_attempt))
             .map_err(|e| Error::Internal(format!("scheduling {id}: {e}")))?;
+        // The attempt's own certificate: it names this attempt only, so
+        // the job code holding it can pass for nothing else.
+        let tls = match &self.signer {
+            Some(signer) => {
+                let issued =
+                    signer.attempt(id, attempt, crate::coordinator::ATTEMPT_CERT_VALIDITY)?;
+                Some(AttemptTls {
+                    ca: signer.ca_cert().to_string(),
+                    cert: issued.cert,
+                    key: issued.key,
+                })
+            }
+            None => None,
+        };
         let restore = start
             .as_ref()
             .and_then(|s| s.restore.as_ref().map(|l| l.to_string()));
@@ -358,6 +373,7 @@ impl Manager {
                             parallelism: record.parallelism,
                             restore: restore.clone(),
                             secret: secret.clone(),
+                            tls: tls.clone(),
                         },
                     },
                 )

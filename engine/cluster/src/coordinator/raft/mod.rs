@@ -277,10 +277,13 @@ impl Replica {
     /// Opens the log in `dir` and starts this coordinator's Raft node;
     /// a group whose log is empty is initialised with `settings.peers`
     /// (every member does the same, which openraft allows).
+    /// With `ca_cert` (the cluster CA, PEM) the peers' HTTPS APIs are
+    /// trusted by that CA, as the coordinators' certificates are its.
     pub async fn start(
         dir: &Path,
         settings: RaftSettings,
         token: Option<Arc<Token>>,
+        ca_cert: Option<&Path>,
     ) -> Result<Replica> {
         if !settings.peers.contains_key(&settings.node_id) {
             return Err(Error::Config(format!(
@@ -331,10 +334,22 @@ impl Replica {
                 .validate()
                 .map_err(|e| Error::Config(format!("Raft settings: {e}")))?,
         );
+        let ca = match ca_cert {
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+                Some(reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                    Error::Config(format!("{}: not a PEM certificate: {e}", path.display()))
+                })?)
+            }
+            None => None,
+        };
         let client = || {
-            reqwest::Client::builder()
-                .connect_timeout(Duration::from_millis(500))
-                .build()
+            let mut b = reqwest::Client::builder().connect_timeout(Duration::from_millis(500));
+            if let Some(ca) = &ca {
+                b = b.add_root_certificate(ca.clone());
+            }
+            b.build()
                 .map_err(|e| Error::Internal(format!("building the peers' HTTP client: {e}")))
         };
         let http = client()?;

@@ -116,7 +116,14 @@ pub async fn serve(
         .await
         .map_err(|e| Error::Internal(format!("opening the artifact store: {e}")))??;
     let artifacts = Arc::new(artifacts);
-    let replica = Replica::start(&config.data_dir.join("raft"), settings, token.clone()).await?;
+    let ca = config.cluster_ca.as_ref().map(|c| c.cert.clone());
+    let replica = Replica::start(
+        &config.data_dir.join("raft"),
+        settings,
+        token.clone(),
+        ca.as_deref(),
+    )
+    .await?;
     info!(node = replica.id(), peers = ?replica.peers(), "coordinator in a Raft group");
 
     let serving = Arc::new(Serving {

@@ -57,7 +57,7 @@ async fn start(listener: std::net::TcpListener, settings: RaftSettings, dir: &Pa
     // openraft's tasks have dropped their handles: try again meanwhile.
     let started = Instant::now();
     let replica = loop {
-        match Replica::start(&dir.join("raft"), settings.clone(), None).await {
+        match Replica::start(&dir.join("raft"), settings.clone(), None, None).await {
             Ok(r) => break r,
             Err(e)
                 if started.elapsed() < Duration::from_secs(10)

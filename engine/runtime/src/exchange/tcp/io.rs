@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufWriter, ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpStream};
+
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -18,10 +18,11 @@ use super::{
 use crate::data::StreamMessage;
 use crate::error::{Error, Result};
 use crate::exchange::frame::{encode, BatchDecoder, ChannelId, Frame, FrameDecoder};
+use crate::tls::stream::{StreamReader, StreamWriter};
 
 pub(super) fn reader_loop(
     shared: &Shared,
-    mut stream: TcpStream,
+    mut stream: StreamReader,
     mut decoder: FrameDecoder,
     mut frames: Vec<Frame>,
     mut decoders: HashMap<ChannelId, BatchDecoder>,
@@ -139,10 +140,10 @@ fn on_frame(
 pub(super) fn writer_loop(
     shared: &Shared,
     out_rx: Receiver<Out>,
-    stream: TcpStream,
+    stream: StreamWriter,
     flush_interval: Duration,
 ) -> Result<()> {
-    let mut w = BufWriter::with_capacity(WRITE_BUFFER, &stream);
+    let mut w = BufWriter::with_capacity(WRITE_BUFFER, stream);
     let mut unflushed_since: Option<Instant> = None;
     let mut last_flush: Option<Instant> = None;
     let mut scratch = Vec::new();
@@ -225,7 +226,7 @@ pub(super) fn writer_loop(
             && shared.inbound_open.load(Ordering::Acquire) == 0
         {
             debug!(peer = %shared.peer, "exchange connection finished sending");
-            let _ = stream.shutdown(Shutdown::Write);
+            let _ = w.get_mut().shutdown_write();
             return Ok(());
         }
     }

@@ -336,3 +336,50 @@ fn the_settings_reference_is_checked_in() {
         path.display()
     );
 }
+
+#[test]
+fn plaintext_needs_its_flag_and_tls_needs_all_four_files() {
+    let base = ["coordinator", "--listen", "127.0.0.1:1", "--data-dir", "d"];
+    let with = |extra: &[&str]| {
+        let argv: Vec<&str> = base.iter().chain(extra).copied().collect();
+        coordinator_from(&argv, "")
+    };
+    // Nothing said: refused at start, naming both ways out.
+    let c = with(&[]).expect("parsed");
+    let err = require_tls(&c).expect_err("plaintext without the flag");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("--insecure-plaintext") && msg.contains("sluice tls init"),
+        "{msg}"
+    );
+    let c = with(&["--insecure-plaintext"]).expect("plaintext asked for");
+    assert!(c.cluster_ca.is_none() && c.insecure_plaintext);
+    require_tls(&c).expect("plaintext asked for");
+    let tls = [
+        "--tls-ca",
+        "ca.pem",
+        "--tls-ca-key",
+        "ca.key",
+        "--tls-cert",
+        "c.pem",
+        "--tls-key",
+        "c.key",
+    ];
+    let c = with(&tls).expect("all four");
+    require_tls(&c).expect("TLS");
+    let ca = c.cluster_ca.expect("the cluster CA");
+    assert_eq!(ca.cert, PathBuf::from("ca.pem"));
+    assert_eq!(ca.key, PathBuf::from("ca.key"));
+    for (args, needle) in [
+        (&tls[..2], "--tls-ca-key"),
+        (&tls[2..4], "--tls-ca"),
+        (&tls[..4], "--tls-cert"),
+    ] {
+        let err = with(args).expect_err("incomplete");
+        assert!(format!("{err:#}").contains(needle), "{args:?}: {err:#}");
+    }
+    let mut both = tls.to_vec();
+    both.push("--insecure-plaintext");
+    let err = with(&both).expect_err("contradiction");
+    assert!(format!("{err:#}").contains("contradict"), "{err:#}");
+}
