@@ -138,6 +138,18 @@ impl Output {
         }
     }
 
+    /// Whether this output holds `e`'s bytes: its in-progress file or the
+    /// file already published (an output directory copied or moved with
+    /// its hidden files). A multipart upload lives where it was started.
+    pub fn holds(&self, e: &FileEntry) -> bool {
+        match (self, &e.durable) {
+            (Output::Local(l), Durable::Local { in_progress }) => {
+                l.path(in_progress).exists() || l.path(&e.target).exists()
+            }
+            _ => false,
+        }
+    }
+
     /// Makes the committed prefix of a file open at the checkpoint visible
     /// under its final name (idempotent).
     pub fn publish_prefix(&self, e: &FileEntry) -> Result<()> {

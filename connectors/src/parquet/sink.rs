@@ -321,13 +321,19 @@ impl ParquetWriterTask {
         let mine = move |old: usize| old % parallelism == subtask;
         let (restored, entries) = self.restored.take().unwrap_or((0, Vec::new()));
         let current = self.spec.location.as_str().to_string();
-        // The checkpoint's files are published where they were written,
-        // also when the job now writes elsewhere (as Flink commits pending
-        // files at their original path); later files go to the new output.
+        // The checkpoint's files are published where they are: in the
+        // current output when it holds them (the output was copied or
+        // moved along), else where they were written, when the job now
+        // writes elsewhere (as Flink commits pending files at their
+        // original path); later files go to the current output.
+        let here = self.output()?.clone();
         let mut outputs: BTreeMap<String, Output> = BTreeMap::new();
-        outputs.insert(current.clone(), self.output()?.clone());
+        outputs.insert(current.clone(), here.clone());
         for e in entries.iter().filter(|e| mine(e.subtask)) {
-            let at = e.location.clone().unwrap_or_else(|| current.clone());
+            let at = match &e.location {
+                Some(loc) if *loc != current && !here.holds(e) => loc.clone(),
+                _ => current.clone(),
+            };
             if !outputs.contains_key(&at) {
                 info!(previous = %at, now = %current,
                     "the checkpoint holds files written to a previous output location; \
