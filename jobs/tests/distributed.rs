@@ -18,33 +18,8 @@ use sluice_cluster::local::{LocalSecurity, WorkerPlace};
 use sluice_connectors::kafka::testing::Broker;
 
 mod common;
-use common::cluster::{sluice_bin, Cluster};
+use common::cluster::{embedded_q5, sluice_bin, Cluster, EVENTS};
 use common::{assert_exactly_once, http, rows, Exposition};
-
-const EVENTS: &str = "600000";
-
-/// q5 run embedded (the reference) with the same arguments.
-fn embedded_q5(dir: &Path) -> BTreeMap<String, usize> {
-    let out = dir.join("reference");
-    let status = Command::new(env!("CARGO_BIN_EXE_nexmark"))
-        .args([
-            "--query",
-            "q5",
-            "--events",
-            EVENTS,
-            "--parallelism",
-            "3",
-            "--output",
-        ])
-        .arg(&out)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let r = rows(&out);
-    assert!(r.len() >= 10, "reference output is too small to test with");
-    r
-}
 
 fn q5_args<'a>(out: &'a str, ck: &'a str, rate: &'a str) -> Vec<&'a str> {
     vec![

@@ -6,42 +6,15 @@
 //! the whole group is killed and started again; a coordinator is added
 //! to a group of two and another removed, with the CLI.
 
-use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
 mod common;
-use common::cluster::Cluster;
+use common::cluster::{embedded_q5, Cluster, EVENTS};
 use common::{assert_exactly_once, http, rows};
 
-const EVENTS: &str = "600000";
 const COORDINATORS: usize = 3;
-
-/// q5 run embedded (the reference).
-fn embedded_q5(dir: &Path) -> BTreeMap<String, usize> {
-    let out = dir.join("reference");
-    let status = Command::new(env!("CARGO_BIN_EXE_nexmark"))
-        .args([
-            "--query",
-            "q5",
-            "--events",
-            EVENTS,
-            "--parallelism",
-            "3",
-            "--output",
-        ])
-        .arg(&out)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let r = rows(&out);
-    assert!(r.len() >= 10, "reference output is too small to test with");
-    r
-}
 
 /// Submits q5 checkpointing every 200 ms into `ck`, writing `out`.
 fn submit_q5(cluster: &Cluster, rate: &str) -> String {

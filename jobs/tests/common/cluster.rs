@@ -3,7 +3,9 @@
 //! settings, and helpers that read the CLI's JSON and panic with the logs
 //! when something fails.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -17,6 +19,33 @@ pub fn sluice_bin() -> PathBuf {
         p.display()
     );
     p
+}
+
+/// Events of the q5 jobs the cluster tests compare with an embedded run.
+pub const EVENTS: &str = "600000";
+
+/// q5 run embedded at parallelism 3 (the reference the cluster runs are
+/// compared with): its output rows.
+pub fn embedded_q5(dir: &Path) -> BTreeMap<String, usize> {
+    let out = dir.join("reference");
+    let status = Command::new(env!("CARGO_BIN_EXE_nexmark"))
+        .args([
+            "--query",
+            "q5",
+            "--events",
+            EVENTS,
+            "--parallelism",
+            "3",
+            "--output",
+        ])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let r = super::rows(&out);
+    assert!(r.len() >= 10, "reference output is too small to test with");
+    r
 }
 
 /// A [`LocalCluster`] with the tests' heartbeat settings, and helpers that
