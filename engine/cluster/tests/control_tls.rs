@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 use openssl::x509::X509;
 use sluice_cluster::attempt::{AttemptConfig, AttemptEvent, ControlServer, MAX_UNPROVEN};
-use sluice_engine::tls::issue::{new_ca, Issued, Signer};
+use sluice_engine::testing::TestPki;
 use sluice_engine::tls::{ClusterTls, SecureStream};
 use sluice_protocol::api::{JobDescription, RestartPolicy, VertexInfo};
 use sluice_protocol::control::{read_frame, write_frame, ToCoordinator, ToExecutor};
@@ -22,26 +22,6 @@ const JOB: &str = "job-1";
 const ATTEMPT: u64 = 1;
 const SECRET: &str = "s3cret";
 const DAY: Duration = Duration::from_secs(24 * 3600);
-
-struct Pki {
-    ca: Issued,
-    signer: Signer,
-}
-
-fn pki(name: &str) -> Pki {
-    let ca = new_ca(name, DAY).unwrap();
-    let signer = Signer::from_pem(&ca.cert, &ca.key).unwrap();
-    Pki { ca, signer }
-}
-
-fn identity(trust: &Pki, cert: &Issued) -> ClusterTls {
-    ClusterTls::from_pem(
-        trust.ca.cert.as_bytes(),
-        cert.cert.as_bytes(),
-        cert.key.as_bytes(),
-    )
-    .unwrap()
-}
 
 fn description() -> JobDescription {
     JobDescription {
@@ -63,13 +43,13 @@ fn description() -> JobDescription {
     }
 }
 
-fn server(p: &Pki) -> (ControlServer, sluice_cluster::attempt::AttemptHandle) {
+fn server(p: &TestPki) -> (ControlServer, sluice_cluster::attempt::AttemptHandle) {
     let node = p
         .signer
         .node("coordinator", &[], &["127.0.0.1".parse().unwrap()], DAY)
         .unwrap();
     let server =
-        ControlServer::bind_with("127.0.0.1:0".parse().unwrap(), Some(identity(p, &node))).unwrap();
+        ControlServer::bind_with("127.0.0.1:0".parse().unwrap(), Some(p.identity(&node))).unwrap();
     let handle = server
         .start_attempt(AttemptConfig {
             job_id: JOB.into(),
@@ -132,10 +112,10 @@ fn refused(answer: &Option<ToExecutor>) -> bool {
 
 #[test]
 fn the_real_executor_gets_in_over_tls() {
-    let p = pki("cluster");
+    let p = TestPki::new("cluster");
     let (server, handle) = server(&p);
     let cert = p.signer.attempt(JOB, ATTEMPT, DAY).unwrap();
-    let answer = dial(server.local_addr(), &identity(&p, &cert), SECRET);
+    let answer = dial(server.local_addr(), &p.identity(&cert), SECRET);
     assert!(
         matches!(answer, Some(ToExecutor::Peers { .. })),
         "{answer:?}"
@@ -152,7 +132,7 @@ fn the_real_executor_gets_in_over_tls() {
 
 #[test]
 fn a_plaintext_hello_is_refused() {
-    let p = pki("cluster");
+    let p = TestPki::new("cluster");
     let (server, handle) = server(&p);
     let mut s = TcpStream::connect(server.local_addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
@@ -167,7 +147,7 @@ fn a_plaintext_hello_is_refused() {
     assert!(server.refused_unknown() >= 1);
     // The attempt still waits for its executor.
     let cert = p.signer.attempt(JOB, ATTEMPT, DAY).unwrap();
-    let answer = dial(server.local_addr(), &identity(&p, &cert), SECRET);
+    let answer = dial(server.local_addr(), &p.identity(&cert), SECRET);
     assert!(
         matches!(answer, Some(ToExecutor::Peers { .. })),
         "{answer:?}"
@@ -177,7 +157,7 @@ fn a_plaintext_hello_is_refused() {
 
 #[test]
 fn a_client_without_a_certificate_is_refused() {
-    let p = pki("cluster");
+    let p = TestPki::new("cluster");
     let (server, handle) = server(&p);
     let mut c = SslConnector::builder(SslMethod::tls_client()).unwrap();
     let mut store = openssl::x509::store::X509StoreBuilder::new().unwrap();
@@ -204,8 +184,8 @@ fn a_client_without_a_certificate_is_refused() {
 
 #[test]
 fn a_certificate_of_another_ca_is_refused() {
-    let p = pki("cluster");
-    let other = pki("another cluster");
+    let p = TestPki::new("cluster");
+    let other = TestPki::new("another cluster");
     let (server, handle) = server(&p);
     // Right attempt, right secret, trusts the right CA; another CA signed it.
     let forged = other.signer.attempt(JOB, ATTEMPT, DAY).unwrap();
@@ -221,7 +201,7 @@ fn a_certificate_of_another_ca_is_refused() {
 
 #[test]
 fn the_cluster_cas_certificates_of_another_attempt_or_a_node_are_refused() {
-    let p = pki("cluster");
+    let p = TestPki::new("cluster");
     let (server, handle) = server(&p);
     for (what, cert) in [
         (
@@ -239,7 +219,7 @@ fn the_cluster_cas_certificates_of_another_attempt_or_a_node_are_refused() {
                 .unwrap(),
         ),
     ] {
-        let answer = dial(server.local_addr(), &identity(&p, &cert), SECRET);
+        let answer = dial(server.local_addr(), &p.identity(&cert), SECRET);
         match &answer {
             Some(ToExecutor::Rejected { reason }) => {
                 assert!(reason.contains("certificate"), "{what}: {reason}")
@@ -252,10 +232,10 @@ fn the_cluster_cas_certificates_of_another_attempt_or_a_node_are_refused() {
 
 #[test]
 fn the_right_certificate_with_a_wrong_secret_is_refused() {
-    let p = pki("cluster");
+    let p = TestPki::new("cluster");
     let (server, handle) = server(&p);
     let cert = p.signer.attempt(JOB, ATTEMPT, DAY).unwrap();
-    match dial(server.local_addr(), &identity(&p, &cert), "guessed") {
+    match dial(server.local_addr(), &p.identity(&cert), "guessed") {
         Some(ToExecutor::Rejected { reason }) => {
             assert!(reason.contains("wrong secret"), "{reason}")
         }
@@ -268,8 +248,8 @@ fn the_right_certificate_with_a_wrong_secret_is_refused() {
 fn an_executor_checks_the_coordinators_certificate() {
     // A server with a certificate of the right CA for another host, and
     // one of another CA: the executor's dial refuses both.
-    let p = pki("cluster");
-    let other = pki("another cluster");
+    let p = TestPki::new("cluster");
+    let other = TestPki::new("another cluster");
     for (what, node, trust) in [
         (
             "another host",
@@ -288,11 +268,11 @@ fn an_executor_checks_the_coordinators_certificate() {
         ),
     ] {
         let server =
-            ControlServer::bind_with("127.0.0.1:0".parse().unwrap(), Some(identity(trust, &node)))
+            ControlServer::bind_with("127.0.0.1:0".parse().unwrap(), Some(trust.identity(&node)))
                 .unwrap();
         let cert = p.signer.attempt(JOB, ATTEMPT, DAY).unwrap();
         let tcp = TcpStream::connect(server.local_addr()).unwrap();
-        let r = identity(&p, &cert).connect(
+        let r = p.identity(&cert).connect(
             tcp,
             Some("127.0.0.1"),
             Instant::now() + Duration::from_secs(10),
@@ -303,7 +283,7 @@ fn an_executor_checks_the_coordinators_certificate() {
 
 #[test]
 fn silent_connections_cannot_keep_an_executor_out() {
-    let p = pki("cluster");
+    let p = TestPki::new("cluster");
     let (server, handle) = server(&p);
     let addr = server.local_addr();
     // More silent strangers than the server lets wait, some of them
@@ -337,7 +317,7 @@ fn silent_connections_cannot_keep_an_executor_out() {
         assert!(closed, "an old silent connection stays open");
     }
     let cert = p.signer.attempt(JOB, ATTEMPT, DAY).unwrap();
-    let answer = dial(addr, &identity(&p, &cert), SECRET);
+    let answer = dial(addr, &p.identity(&cert), SECRET);
     assert!(
         matches!(answer, Some(ToExecutor::Peers { .. })),
         "{answer:?}"

@@ -1,7 +1,8 @@
 //! Helpers for tests, doctests and examples: a source over prepared
 //! batches ([`VecSource`], [`Env::from_batches`]), a batch of integer
 //! columns ([`int_batch`]), and [`run_collect`], which runs a job and
-//! returns what reached a stream as text lines.
+//! returns what reached a stream as text lines; [`TestPki`], a throwaway
+//! cluster CA for TLS tests.
 
 use std::sync::Arc;
 
@@ -124,4 +125,33 @@ pub fn run_collect(stream: &Stream) -> Result<Vec<String>> {
         out.extend(lines(&b)?);
     }
     Ok(out)
+}
+
+/// A throwaway cluster CA for TLS tests: its certificate and key, and a
+/// signer for node and attempt certificates.
+pub struct TestPki {
+    /// The CA's certificate and key.
+    pub ca: crate::tls::issue::Issued,
+    /// Signs certificates with the CA.
+    pub signer: crate::tls::issue::Signer,
+}
+
+impl TestPki {
+    /// A new CA named `name`, valid for a day.
+    pub fn new(name: &str) -> TestPki {
+        let day = std::time::Duration::from_secs(24 * 3600);
+        let ca = crate::tls::issue::new_ca(name, day).expect("a test CA");
+        let signer = crate::tls::issue::Signer::from_pem(&ca.cert, &ca.key).expect("its signer");
+        TestPki { ca, signer }
+    }
+
+    /// An identity that trusts this CA and presents `cert`.
+    pub fn identity(&self, cert: &crate::tls::issue::Issued) -> crate::tls::ClusterTls {
+        crate::tls::ClusterTls::from_pem(
+            self.ca.cert.as_bytes(),
+            cert.cert.as_bytes(),
+            cert.key.as_bytes(),
+        )
+        .expect("a test identity")
+    }
 }

@@ -22,7 +22,7 @@ use sluice_engine::exchange::tcp::{
     connect, ConnectionSpec, ExchangeConfig, NetListener, PeerSpecs,
 };
 use sluice_engine::exchange::ChannelSender;
-use sluice_engine::tls::issue::{new_ca, Issued, Signer};
+use sluice_engine::testing::TestPki;
 use sluice_engine::tls::ClusterTls;
 use sluice_engine::StreamMessage;
 
@@ -35,27 +35,6 @@ fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]))
 }
 
-struct Pki {
-    ca: Issued,
-    signer: Signer,
-}
-
-fn pki(name: &str) -> Pki {
-    let ca = new_ca(name, DAY).unwrap();
-    let signer = Signer::from_pem(&ca.cert, &ca.key).unwrap();
-    Pki { ca, signer }
-}
-
-/// Trusts `trust`'s CA and presents `cert`.
-fn identity(trust: &Pki, cert: &Issued) -> ClusterTls {
-    ClusterTls::from_pem(
-        trust.ca.cert.as_bytes(),
-        cert.cert.as_bytes(),
-        cert.key.as_bytes(),
-    )
-    .unwrap()
-}
-
 fn config(node: &str, tls: ClusterTls, secret: &str, attempt: u64) -> ExchangeConfig {
     let mut c = ExchangeConfig::new(JOB, attempt, node);
     c.secret = secret.into();
@@ -64,13 +43,13 @@ fn config(node: &str, tls: ClusterTls, secret: &str, attempt: u64) -> ExchangeCo
     c
 }
 
-fn listener(p: &Pki) -> NetListener {
+fn listener(p: &TestPki) -> NetListener {
     listener_with(p, Duration::from_secs(5))
 }
 
-fn listener_with(p: &Pki, handshake_timeout: Duration) -> NetListener {
+fn listener_with(p: &TestPki, handshake_timeout: Duration) -> NetListener {
     let cert = p.signer.attempt(JOB, ATTEMPT, DAY).unwrap();
-    let mut cfg = config("executor-0", identity(p, &cert), SECRET, ATTEMPT);
+    let mut cfg = config("executor-0", p.identity(&cert), SECRET, ATTEMPT);
     cfg.handshake_timeout = handshake_timeout;
     NetListener::bind("127.0.0.1:0".parse::<SocketAddr>().unwrap(), cfg).unwrap()
 }
@@ -93,14 +72,14 @@ fn accept_once(l: NetListener) -> thread::JoinHandle<String> {
 
 #[test]
 fn the_real_peer_gets_its_batches_through_tls_exactly() {
-    let p = pki("cluster");
+    let p = TestPki::new("cluster");
     let l = listener(&p);
     let addr = l.local_addr().unwrap();
     let server = thread::spawn(move || l.accept(|_| Ok(spec_in())).unwrap());
     let cert = p.signer.attempt(JOB, ATTEMPT, DAY).unwrap();
     let mut a = connect(
         addr,
-        &config("executor-1", identity(&p, &cert), SECRET, ATTEMPT),
+        &config("executor-1", p.identity(&cert), SECRET, ATTEMPT),
         spec_out(),
     )
     .unwrap();
@@ -143,7 +122,7 @@ fn the_real_peer_gets_its_batches_through_tls_exactly() {
 
 #[test]
 fn a_peer_without_tls_is_refused() {
-    let p = pki("cluster");
+    let p = TestPki::new("cluster");
     let l = listener(&p);
     let addr = l.local_addr().unwrap();
     let server = accept_once(l);
@@ -172,7 +151,7 @@ fn a_peer_without_tls_is_refused() {
 
 #[test]
 fn a_tls_peer_without_a_certificate_is_refused() {
-    let p = pki("cluster");
+    let p = TestPki::new("cluster");
     let l = listener(&p);
     let addr = l.local_addr().unwrap();
     let server = accept_once(l);
@@ -201,8 +180,8 @@ fn a_tls_peer_without_a_certificate_is_refused() {
 
 #[test]
 fn a_certificate_of_another_ca_is_refused() {
-    let p = pki("cluster");
-    let other = pki("another cluster");
+    let p = TestPki::new("cluster");
+    let other = TestPki::new("another cluster");
     let l = listener(&p);
     let addr = l.local_addr().unwrap();
     let server = accept_once(l);
@@ -227,7 +206,7 @@ fn a_certificate_of_another_ca_is_refused() {
 
 #[test]
 fn certificates_of_another_attempt_or_a_node_are_refused_even_with_the_secret() {
-    let p = pki("cluster");
+    let p = TestPki::new("cluster");
     for (what, cert) in [
         (
             "another attempt",
@@ -249,7 +228,7 @@ fn certificates_of_another_attempt_or_a_node_are_refused_even_with_the_secret() 
         let server = accept_once(l);
         let r = connect(
             addr,
-            &config("executor-1", identity(&p, &cert), SECRET, ATTEMPT),
+            &config("executor-1", p.identity(&cert), SECRET, ATTEMPT),
             spec_out(),
         );
         assert!(r.is_err(), "{what}: connected");
@@ -260,14 +239,14 @@ fn certificates_of_another_attempt_or_a_node_are_refused_even_with_the_secret() 
 
 #[test]
 fn the_right_certificate_with_a_wrong_secret_is_refused() {
-    let p = pki("cluster");
+    let p = TestPki::new("cluster");
     let l = listener(&p);
     let addr = l.local_addr().unwrap();
     let server = accept_once(l);
     let cert = p.signer.attempt(JOB, ATTEMPT, DAY).unwrap();
     let r = connect(
         addr,
-        &config("executor-1", identity(&p, &cert), "guessed", ATTEMPT),
+        &config("executor-1", p.identity(&cert), "guessed", ATTEMPT),
         spec_out(),
     );
     let err = r.err().expect("a wrong secret connected").to_string();
@@ -278,7 +257,7 @@ fn the_right_certificate_with_a_wrong_secret_is_refused() {
 
 #[test]
 fn silent_and_garbled_connections_do_not_keep_the_real_peer_out() {
-    let p = pki("cluster");
+    let p = TestPki::new("cluster");
     // Far longer than the test waits for the real peer: the strangers'
     // handshakes are still pending when it gets in.
     let l = listener_with(&p, Duration::from_secs(120));
@@ -307,7 +286,7 @@ fn silent_and_garbled_connections_do_not_keep_the_real_peer_out() {
     let started = Instant::now();
     let a = connect(
         addr,
-        &config("executor-1", identity(&p, &cert), SECRET, ATTEMPT),
+        &config("executor-1", p.identity(&cert), SECRET, ATTEMPT),
         spec_out(),
     )
     .unwrap();
