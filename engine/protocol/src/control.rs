@@ -16,10 +16,11 @@ use std::io::{ErrorKind, Read, Write};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{NodeCounters, SinkRows};
+use crate::api::SinkRows;
 use crate::error::{Error, Result};
 use crate::ids::{Barrier, CheckpointId, TaskKey};
 use crate::manifest::SubtaskState;
+use crate::metrics::ExecutorMetrics;
 use crate::version;
 
 /// Largest control frame accepted from a peer that has said a valid hello
@@ -88,8 +89,9 @@ pub enum ToCoordinator {
     },
     /// A task consumed all its input and waits for the final checkpoint.
     Finished(TaskKey),
-    /// Counters per graph node of this executor's subtasks (cumulative).
-    Metrics(Vec<NodeCounters>),
+    /// Counters per graph node of this executor's subtasks (cumulative),
+    /// figures per subtask and of the process.
+    Metrics(ExecutorMetrics),
     /// The newest rows its sinks received since the last report.
     Results(Vec<SinkRows>),
     /// The executor failed (a task error); it exits after sending this.

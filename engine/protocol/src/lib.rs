@@ -17,6 +17,8 @@
 //! - [`manifest`]: the manifest of a completed checkpoint (the on-disk
 //!   format executors write and coordinators read).
 //! - [`stats`]: checkpoint figures as reported.
+//! - [`metrics`]: per-subtask time accounting, records, bytes, watermarks
+//!   and source backlog, and per-process CPU and memory, as reported.
 //! - [`results`]: the newest rows of each sink, as reported and kept.
 //! - [`secret`]: per-attempt secrets and constant-time comparison.
 //! - [`error`]: this crate's errors.
@@ -27,6 +29,7 @@ pub mod control;
 pub mod error;
 pub mod ids;
 pub mod manifest;
+pub mod metrics;
 pub mod results;
 pub mod secret;
 pub mod stats;

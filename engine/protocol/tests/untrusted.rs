@@ -12,6 +12,7 @@ use sluice_protocol::control::{
     ToExecutor, MAX_HELLO_FRAME,
 };
 use sluice_protocol::ids::TaskKey;
+use sluice_protocol::metrics::ExecutorMetrics;
 use sluice_protocol::PROTOCOL_VERSION;
 
 fn description() -> JobDescription {
@@ -163,7 +164,7 @@ proptest! {
 
     #[test]
     fn mutated_frames_after_a_hello_never_panic(e in edits()) {
-        let valid = encode_frame(&ToCoordinator::Metrics(Vec::new())).unwrap();
+        let valid = encode_frame(&ToCoordinator::Metrics(ExecutorMetrics::default())).unwrap();
         let bytes = mutate(&valid, &e);
         let _ = read_frame_bounded::<_, ToCoordinator>(&mut &bytes[..], 1 << 20);
     }
@@ -179,7 +180,7 @@ fn the_valid_inputs_of_the_fuzzers_are_valid() {
     )
     .unwrap();
     d.check().unwrap();
-    let frame = encode_frame(&ToCoordinator::Metrics(Vec::new())).unwrap();
+    let frame = encode_frame(&ToCoordinator::Metrics(ExecutorMetrics::default())).unwrap();
     assert!(
         read_frame_bounded::<_, ToCoordinator>(&mut &frame[..], 1 << 20)
             .unwrap()

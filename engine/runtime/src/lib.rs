@@ -33,6 +33,9 @@
 //! - [`tls`]: mutual TLS on the control connection and the exchange:
 //!   a process's certificate and the cluster CA it trusts, certificates
 //!   made with rcgen, a TLS stream split for a reader and a writer thread.
+//! - [`metrics`]: what a running job measures per subtask for operators
+//!   (busy, idle and backpressured time, records and bytes, input
+//!   watermark, source backlog) and per process (CPU, memory).
 //! - [`hash`]: the stable, vectorized row hash used for key routing.
 //! - [`error`]: the error enum shared by the library crates.
 //! - [`testing`]: a source over prepared batches, [`testing::run_collect`]
@@ -56,6 +59,7 @@ pub mod exchange;
 pub mod executor;
 pub mod graph;
 pub mod hash;
+pub mod metrics;
 pub mod operator;
 pub mod plan;
 pub mod runtime;

@@ -279,6 +279,15 @@ pub trait Source: Send {
         Duration::from_millis(5)
     }
 
+    /// Records not read yet, per split, where the source can tell (a Kafka
+    /// partition's high watermark minus the position reached); shown as
+    /// the subtask's backlog. Called by the task every [`TICK`], so it must
+    /// be cheap: report figures the client already has, never ask a
+    /// broker here. None by default.
+    fn pending(&self) -> Vec<sluice_protocol::metrics::SplitPending> {
+        Vec::new()
+    }
+
     /// Records emitted so far (for metrics and progress reports).
     fn records_emitted(&self) -> u64 {
         0

@@ -41,6 +41,7 @@ use sluice_engine::error::{Error, Result};
 use sluice_engine::runtime::JobControl;
 use sluice_protocol::api::{JobDescription, NodeCounters};
 use sluice_protocol::control::{Retry, ToCoordinator, ToExecutor};
+use sluice_protocol::metrics::{ExecutorMetrics, ExecutorProcess, SubtaskMetrics};
 use sluice_protocol::results::LatestRows;
 
 use server::{Attempts, ExecLink};
@@ -155,7 +156,7 @@ impl ControlServer {
                 links: vec![None; n],
                 exchange: vec![None; n],
                 done: vec![false; n],
-                metrics: vec![Vec::new(); n],
+                metrics: vec![ExecutorMetrics::default(); n],
                 results: LatestRows::default(),
                 running: false,
                 checkpoints_done: cfg.checkpoint.is_none(),
@@ -255,7 +256,7 @@ impl AttemptHandle {
             })
             .collect();
         for report in &st.metrics {
-            for c in report {
+            for c in &report.nodes {
                 if let Some(s) = sum.get_mut(c.node) {
                     s.records_in += c.records_in;
                     s.records_out += c.records_out;
@@ -263,6 +264,28 @@ impl AttemptHandle {
             }
         }
         sum
+    }
+
+    /// Every executor's latest figures per subtask and of its process
+    /// (the subtasks by vertex and subtask; processes by executor).
+    pub fn figures(&self) -> (Vec<SubtaskMetrics>, Vec<ExecutorProcess>) {
+        let st = self.attempt.state.lock().expect("attempt lock");
+        let mut subtasks: Vec<SubtaskMetrics> = st
+            .metrics
+            .iter()
+            .flat_map(|r| r.subtasks.iter().cloned())
+            .collect();
+        subtasks.sort_by_key(|s| (s.vertex, s.subtask));
+        let processes = st
+            .metrics
+            .iter()
+            .enumerate()
+            .filter_map(|(executor, r)| {
+                r.process
+                    .map(|process| ExecutorProcess { executor, process })
+            })
+            .collect();
+        (subtasks, processes)
     }
 
     /// Sink rows reported since the last call.
@@ -325,7 +348,7 @@ struct AttemptState {
     links: Vec<Option<ExecLink>>,
     exchange: Vec<Option<String>>,
     done: Vec<bool>,
-    metrics: Vec<Vec<NodeCounters>>,
+    metrics: Vec<ExecutorMetrics>,
     /// Sink rows reported since the manager last took them.
     results: LatestRows,
     running: bool,

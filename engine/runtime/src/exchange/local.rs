@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, SendTimeoutError, Sender};
+use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
 
 use super::ChannelSender;
 use crate::data::StreamMessage;
@@ -44,6 +44,14 @@ impl ChannelSender for LocalSender {
                 }
                 Err(SendTimeoutError::Disconnected(_)) => return Err(Error::Cancelled),
             }
+        }
+    }
+
+    fn try_send(&self, msg: StreamMessage) -> Result<Option<StreamMessage>> {
+        match self.tx.try_send(msg) {
+            Ok(()) => Ok(None),
+            Err(TrySendError::Full(m)) => Ok(Some(m)),
+            Err(TrySendError::Disconnected(_)) => Err(Error::Cancelled),
         }
     }
 

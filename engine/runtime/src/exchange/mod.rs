@@ -22,6 +22,12 @@ use crate::error::Result;
 pub trait ChannelSender: Send {
     /// Sends a message, waiting for room.
     fn send(&self, msg: StreamMessage) -> Result<()>;
+    /// Sends a message if there is room now; gives it back when the
+    /// channel is full (so the caller can count the wait that follows as
+    /// backpressure). By default it sends, waiting if need be.
+    fn try_send(&self, msg: StreamMessage) -> Result<Option<StreamMessage>> {
+        self.send(msg).map(|()| None)
+    }
     /// Messages queued and not yet taken by the receiver.
     fn backlog(&self) -> usize;
 }

@@ -1,16 +1,20 @@
 //! Partitioners: given a batch and the downstream channels of an edge, send
 //! each record where the edge kind says. Hash routing goes through key groups
 //! (`state::key_group`) so the key → subtask map is the one keyed state uses.
+//! With a [`TaskMeter`], the writer counts what leaves the task and the time
+//! it waits for room in a full channel (backpressure).
 
 use arrow::array::{ArrayRef, UInt32Array};
 use arrow::compute::take_record_batch;
 use arrow::record_batch::RecordBatch;
+use std::sync::Arc;
 
 use super::ChannelSender;
 use crate::data::StreamMessage;
 use crate::error::Result;
 use crate::graph::EdgeKind;
 use crate::hash::hash_columns;
+use crate::metrics::{TaskMeter, Wait};
 use crate::state::key_group::{key_group_of, subtask_of};
 
 /// The writer for one output edge of a subtask: a partitioner over that
@@ -22,6 +26,7 @@ pub struct EdgeWriter {
     next: usize,
     hashes: Vec<u64>,
     indices: Vec<Vec<u32>>,
+    meter: Option<Arc<TaskMeter>>,
 }
 
 impl EdgeWriter {
@@ -41,20 +46,44 @@ impl EdgeWriter {
             next: start % n.max(1),
             hashes: Vec::new(),
             indices: vec![Vec::new(); n],
+            meter: None,
+        }
+    }
+
+    /// Counts this writer's output and waits in `meter`, its task's.
+    pub fn set_meter(&mut self, meter: Arc<TaskMeter>) {
+        self.meter = Some(meter);
+    }
+
+    /// Sends `msg` on channel `c`; a wait for room counts as backpressure.
+    fn deliver(&self, c: usize, msg: StreamMessage) -> Result<()> {
+        let channel = &self.channels[c];
+        let Some(meter) = &self.meter else {
+            return channel.send(msg);
+        };
+        match channel.try_send(msg)? {
+            None => Ok(()),
+            Some(msg) => {
+                let _waiting = meter.wait(Wait::Backpressured);
+                channel.send(msg)
+            }
         }
     }
 
     /// Routes a batch.
     pub fn send_batch(&mut self, batch: RecordBatch) -> Result<()> {
         let n = self.channels.len();
+        if let Some(m) = &self.meter {
+            m.batch_out(&batch);
+        }
         if n == 1 {
-            return self.channels[0].send(StreamMessage::Batch(batch));
+            return self.deliver(0, StreamMessage::Batch(batch));
         }
         match &self.kind {
             EdgeKind::Forward | EdgeKind::Rebalance => {
                 let c = self.next;
                 self.next = (self.next + 1) % n;
-                self.channels[c].send(StreamMessage::Batch(batch))
+                self.deliver(c, StreamMessage::Batch(batch))
             }
             EdgeKind::LoadAware => {
                 // Least backlog wins; ties rotate so equal channels share load.
@@ -69,11 +98,11 @@ impl EdgeWriter {
                     }
                 }
                 self.next = (best + 1) % n;
-                self.channels[best].send(StreamMessage::Batch(batch))
+                self.deliver(best, StreamMessage::Batch(batch))
             }
             EdgeKind::Broadcast => {
-                for c in &self.channels {
-                    c.send(StreamMessage::Batch(batch.clone()))?;
+                for c in 0..n {
+                    self.deliver(c, StreamMessage::Batch(batch.clone()))?;
                 }
                 Ok(())
             }
@@ -91,7 +120,8 @@ impl EdgeWriter {
                     );
                     self.indices[s].push(row as u32);
                 }
-                for (c, idx) in self.indices.iter_mut().enumerate() {
+                for c in 0..n {
+                    let idx = &mut self.indices[c];
                     if idx.is_empty() {
                         continue;
                     }
@@ -101,7 +131,7 @@ impl EdgeWriter {
                         let idx = UInt32Array::from(std::mem::take(idx));
                         take_record_batch(&batch, &idx)?
                     };
-                    self.channels[c].send(StreamMessage::Batch(part))?;
+                    self.deliver(c, StreamMessage::Batch(part))?;
                 }
                 Ok(())
             }
@@ -110,8 +140,8 @@ impl EdgeWriter {
 
     /// Sends a control message (watermark, barrier, end) on every channel.
     pub fn broadcast(&mut self, msg: StreamMessage) -> Result<()> {
-        for c in &self.channels {
-            c.send(msg.clone())?;
+        for c in 0..self.channels.len() {
+            self.deliver(c, msg.clone())?;
         }
         Ok(())
     }
@@ -188,5 +218,32 @@ mod tests {
         }
         assert_eq!(r0.len(), 5);
         assert_eq!(r1.len(), 4);
+    }
+
+    #[test]
+    fn a_wait_for_room_counts_as_backpressure_and_output_is_counted() {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = channel(1, cancel);
+        let meter = Arc::new(TaskMeter::new(0, 0));
+        let mut w = EdgeWriter::new(EdgeKind::Forward, vec![Box::new(tx)], 128, 0);
+        w.set_meter(meter.clone());
+        w.send_batch(batch(vec![1, 2])).unwrap();
+        let sampler = crate::metrics::Sampler::default();
+        assert_eq!(
+            sampler.sample(std::slice::from_ref(&meter))[0].backpressured_ms,
+            0
+        );
+        // The queue holds one message: the next send waits until the
+        // consumer takes the first, 30 ms or more from now.
+        let consumer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            let first = rx.recv().unwrap();
+            (first, rx)
+        });
+        w.send_batch(batch(vec![3])).unwrap();
+        let s = &sampler.sample(&[meter])[0];
+        assert!(s.backpressured_ms >= 30, "{s:?}");
+        assert_eq!(s.records_out, 3);
+        consumer.join().unwrap();
     }
 }

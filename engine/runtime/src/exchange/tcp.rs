@@ -375,8 +375,10 @@ pub struct NetSender {
     shared: Arc<Shared>,
 }
 
-impl ChannelSender for NetSender {
-    fn send(&self, msg: StreamMessage) -> Result<()> {
+impl NetSender {
+    /// Sends `msg`; without credit, waits for it, or with `wait` false
+    /// gives the message back.
+    fn send_or_return(&self, msg: StreamMessage, wait: bool) -> Result<Option<StreamMessage>> {
         let mut st = lock(&self.ch.state);
         if st.ended {
             return Err(Error::Internal(format!(
@@ -388,6 +390,9 @@ impl ChannelSender for NetSender {
             self.shared.check()?;
             if st.credit.try_take() {
                 break;
+            }
+            if !wait {
+                return Ok(Some(msg));
             }
             st = self
                 .ch
@@ -422,7 +427,18 @@ impl ChannelSender for NetSender {
         self.shared
             .out_tx
             .send(Out::Frames(frames))
-            .map_err(|_| Error::Exchange("connection writer stopped".into()))
+            .map_err(|_| Error::Exchange("connection writer stopped".into()))?;
+        Ok(None)
+    }
+}
+
+impl ChannelSender for NetSender {
+    fn send(&self, msg: StreamMessage) -> Result<()> {
+        self.send_or_return(msg, true).map(|_| ())
+    }
+
+    fn try_send(&self, msg: StreamMessage) -> Result<Option<StreamMessage>> {
+        self.send_or_return(msg, false)
     }
 
     fn backlog(&self) -> usize {

@@ -81,11 +81,25 @@ impl ControlLink {
     }
 }
 
-/// Sends the counters, then the rows sinks received since the last report.
-pub(super) fn report(metrics: &[Arc<NodeMetrics>], link: &ControlLink) -> Result<()> {
-    link.send(&ToCoordinator::Metrics(counters(metrics)))?;
+/// What the executor reports of its subtasks: counters per graph node,
+/// and each local subtask's meter with the sampler that rates them.
+#[derive(Clone)]
+pub(super) struct Reported {
+    pub(super) nodes: Vec<Arc<NodeMetrics>>,
+    pub(super) meters: Vec<Arc<TaskMeter>>,
+    pub(super) sampler: Arc<Sampler>,
+}
+
+/// Sends the counters and figures, then the rows sinks received since the
+/// last report.
+pub(super) fn report(r: &Reported, link: &ControlLink) -> Result<()> {
+    link.send(&ToCoordinator::Metrics(ExecutorMetrics {
+        nodes: counters(&r.nodes),
+        subtasks: r.sampler.sample(&r.meters),
+        process: crate::metrics::process(),
+    }))?;
     let mut rows = Vec::new();
-    for (node, m) in metrics.iter().enumerate() {
+    for (node, m) in r.nodes.iter().enumerate() {
         if let Some(tail) = m.take_tail() {
             match results::render(node, &tail) {
                 Ok(r) => rows.push(r),
@@ -223,7 +237,7 @@ pub(super) fn spawn_control_reader(
 
 /// Reports counters and sink rows every 250 ms and turns a user's cancel into the job's.
 pub(super) fn spawn_metrics(
-    metrics: Vec<Arc<NodeMetrics>>,
+    metrics: Reported,
     link: ControlLink,
     control: Arc<JobControl>,
     user_cancel: Arc<AtomicBool>,

@@ -49,18 +49,22 @@ use crate::exchange::tcp::{
 };
 use crate::exchange::ChannelSender;
 use crate::graph::LogicalGraph;
+use crate::metrics::{Sampler, TaskMeter};
 use crate::plan::{plan, PhysicalPlan};
 use crate::runtime::{
     checkpoint_channels, counters, node_metrics, plan_channels, run_state, spawn_tasks,
-    spawn_writer, summaries, wire, ErrorHook, ExecutorShare, JobConfig, JobControl, JobResult,
-    NodeMetrics, RemoteEnds, TaskContext,
+    spawn_writer, summaries, task_meters, wire, ErrorHook, ExecutorShare, JobConfig, JobControl,
+    JobResult, NodeMetrics, RemoteEnds, TaskContext,
 };
 use crate::tls::stream::{StreamReader, StreamWriter};
 use crate::tls::{ClusterTls, SecureStream};
-use control::{report, spawn_control_reader, spawn_forwarder, spawn_metrics, ControlLink};
+use control::{
+    report, spawn_control_reader, spawn_forwarder, spawn_metrics, ControlLink, Reported,
+};
 use peers::{host_port, peer_name, resolve, resolve_addr, Conns};
 use sluice_protocol::api::ExecutorSpec;
 use sluice_protocol::control::{read_frame, write_frame, ToCoordinator, ToExecutor};
+use sluice_protocol::metrics::ExecutorMetrics;
 
 /// How often counters go to the coordinator.
 const METRICS_INTERVAL: Duration = Duration::from_millis(250);
@@ -340,6 +344,12 @@ impl Run<'_> {
             .map(|(j, c)| (*j, c.handle()))
             .collect();
         let metrics = node_metrics(graph);
+        let meters = task_meters(plan, &local);
+        let reported = Reported {
+            nodes: metrics.clone(),
+            meters: meters.clone(),
+            sampler: Arc::default(),
+        };
         let (state, _local_dir) = run_state(self.config, spec.attempt);
         let mut wiring = wire(
             plan,
@@ -386,7 +396,7 @@ impl Run<'_> {
         fence.reading.store(true, Ordering::SeqCst);
         let done = Arc::new(AtomicBool::new(false));
         let metrics_thread = spawn_metrics(
-            metrics.clone(),
+            reported.clone(),
             self.link.clone(),
             self.control.clone(),
             self.user_cancel.clone(),
@@ -398,6 +408,7 @@ impl Run<'_> {
                 graph,
                 plan,
                 metrics: &metrics,
+                meters: &meters,
                 attempt: spec.attempt,
                 state: &state,
                 control: self.control,
@@ -427,7 +438,7 @@ impl Run<'_> {
             }
             return Err(e);
         }
-        report(&metrics, self.link)?;
+        report(&reported, self.link)?;
         self.link.send(&ToCoordinator::Done)?;
         // Every local task ended cleanly. Stay until the connections have
         // flushed their last frames (they end once every channel carried

@@ -109,6 +109,7 @@ impl Driver {
             return Err(Error::Cancelled);
         }
         let metrics = node_metrics(graph);
+        let meters = task_meters(plan, &|_| true);
         let (state, _local) = run_state(config, start.attempt);
         let mut wiring = wire(
             plan,
@@ -175,6 +176,7 @@ impl Driver {
             cur.coordinator = coordinator_tx;
             cur.attempt = start.attempt;
             cur.metrics = metrics.clone();
+            cur.meters = meters.clone();
             cur.restarting = None;
         }
 
@@ -184,6 +186,7 @@ impl Driver {
                 graph,
                 plan,
                 metrics: &metrics,
+                meters: &meters,
                 attempt: start.attempt,
                 state: &state,
                 control: &control,

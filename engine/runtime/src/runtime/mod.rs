@@ -20,7 +20,7 @@ pub mod wiring;
 use driver::Driver;
 
 pub use wiring::{plan_channels, PlanChannel};
-pub(crate) use wiring::{spawn_tasks, wire, NoRemote, RemoteEnds, TaskContext};
+pub(crate) use wiring::{spawn_tasks, task_meters, wire, NoRemote, RemoteEnds, TaskContext};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -291,6 +291,8 @@ pub(crate) struct Current {
     /// The running attempt's number and counters.
     pub(crate) attempt: u64,
     pub(crate) metrics: Vec<Arc<NodeMetrics>>,
+    /// The running attempt's subtask meters.
+    pub(crate) meters: Vec<Arc<crate::metrics::TaskMeter>>,
     /// Why the last attempt failed, while the next one is waited for.
     pub(crate) restarting: Option<String>,
     /// Set once the job ended: cleanly (`None`) or with an error.

@@ -12,7 +12,11 @@ use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender};
+use crossbeam_channel::{Receiver, Select, Sender};
+
+mod checkpointer;
+
+use checkpointer::Checkpointer;
 
 use super::align::{Aligner, Alignment, Guarantee};
 use super::watermark::{InputWatermarks, SplitWatermarks};
@@ -23,6 +27,7 @@ use crate::data::{without_rows, Barrier, BarrierKind, CheckpointId, StreamMessag
 use crate::error::{Error, Result};
 use crate::exchange::partition::EdgeWriter;
 use crate::graph::{LogicalGraph, NodeKind};
+use crate::metrics::{TaskMeter, Wait};
 use crate::operator::{
     Collector, Operator, OperatorContext, SinkOperator, Source, SourcePoll, TICK,
 };
@@ -72,6 +77,8 @@ pub struct TaskSpec {
     pub state: crate::state::StateSettings,
     /// Checkpointing, when enabled.
     pub checkpointing: Option<TaskCheckpointing>,
+    /// The subtask's time accounting and counts (its writers share it).
+    pub meter: Arc<TaskMeter>,
 }
 
 /// Input schemas of each chain member of `v`.
@@ -133,6 +140,7 @@ struct Chain {
     members: Vec<Member>,
     /// Writers of a source head (when the source is the whole chain's entry).
     entry_writers: Vec<(usize, EdgeWriter)>,
+    meter: Arc<TaskMeter>,
 }
 
 fn send_to(writers: &mut [(usize, EdgeWriter)], port: usize, batch: &RecordBatch) -> Result<()> {
@@ -152,6 +160,9 @@ impl Chain {
     }
 
     fn entry_watermark(&mut self, wm: Watermark) -> Result<()> {
+        if let Watermark::EventTime(t) = wm {
+            self.meter.watermark(t);
+        }
         if self.members.is_empty() {
             for (_, w) in &mut self.entry_writers {
                 w.broadcast(StreamMessage::Watermark(wm))?;
@@ -192,6 +203,14 @@ impl Chain {
             self.forward_watermark(idx, wm)?;
         }
         Ok(())
+    }
+
+    /// The task's input watermark moved: delivers it to the head member.
+    fn input_watermark(&mut self, wm: Watermark) -> Result<()> {
+        if let Watermark::EventTime(t) = wm {
+            self.meter.watermark(t);
+        }
+        self.watermark(0, wm)
     }
 
     /// Delivers `wm` to member `idx`.
@@ -314,132 +333,6 @@ enum Outcome {
     Stopped,
 }
 
-/// A task's checkpoint duties: snapshots at barriers, commits on completion.
-struct Checkpointer {
-    ck: TaskCheckpointing,
-    /// The newest checkpoint this task has snapshotted.
-    last: std::cell::Cell<Option<CheckpointId>>,
-}
-
-impl Checkpointer {
-    /// Barrier `b` is aligned: snapshot the source (if any) and the chain,
-    /// forwarding the barrier, and hand the copies to the writer.
-    fn take(
-        &self,
-        b: Barrier,
-        source: Option<&mut SourceHead>,
-        chain: &mut Chain,
-        forward: bool,
-        alignment: Duration,
-    ) -> Result<()> {
-        self.last.set(Some(b.id));
-        let mut states = Vec::new();
-        if let Some(s) = source {
-            states.push((s.node, OperatorSnapshot::entries(s.src.snapshot(b.id)?)));
-        }
-        chain.snapshot(b, forward, &mut states)?;
-        self.ck
-            .writer
-            .send(TaskSnapshot {
-                id: b.id,
-                task: self.ck.key,
-                states,
-                alignment,
-            })
-            .map_err(|_| Error::Cancelled)
-    }
-
-    fn complete(
-        &self,
-        id: CheckpointId,
-        source: Option<&mut SourceHead>,
-        chain: &mut Chain,
-    ) -> Result<()> {
-        if let Some(s) = source {
-            s.src.checkpoint_complete(id)?;
-        }
-        chain.checkpoint_complete(id)
-    }
-
-    /// After a stop-with-savepoint barrier: wait for its completion, commit, stop.
-    fn await_stop(
-        &self,
-        id: CheckpointId,
-        mut source: Option<&mut SourceHead>,
-        chain: &mut Chain,
-        control: &JobControl,
-    ) -> Result<Outcome> {
-        loop {
-            match self.ck.control.recv_timeout(CANCEL_POLL) {
-                Ok(TaskControl::Complete(c)) => {
-                    self.complete(c, source.as_deref_mut(), chain)?;
-                    if c == id {
-                        return Ok(Outcome::Stopped);
-                    }
-                }
-                Ok(TaskControl::Abort(c)) if c == id => {
-                    return Err(Error::Checkpoint(format!(
-                        "stop-with-savepoint {} was aborted",
-                        id.0
-                    )))
-                }
-                Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) if control.is_cancelled() => {
-                    return Err(Error::Cancelled)
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return Err(Error::Cancelled),
-            }
-        }
-    }
-
-    /// Input is done: report it, take part in the final checkpoint, commit it.
-    fn finish(
-        &self,
-        mut source: Option<&mut SourceHead>,
-        chain: &mut Chain,
-        control: &JobControl,
-    ) -> Result<()> {
-        self.ck
-            .coordinator
-            .send(CoordinatorMsg::Finished(self.ck.key))
-            .map_err(|_| Error::Cancelled)?;
-        // The checkpoint after which this task exits: the end-of-input one,
-        // or a stop-with-savepoint taken while other tasks still ran.
-        let mut final_id = None;
-        loop {
-            match self.ck.control.recv_timeout(CANCEL_POLL) {
-                // Checkpoints go on while other tasks still run; this task
-                // contributes its final state (once per checkpoint).
-                Ok(TaskControl::SnapshotFinished(b) | TaskControl::Trigger(b)) => {
-                    if matches!(
-                        b.kind,
-                        BarrierKind::EndOfInput | BarrierKind::StopWithSavepoint
-                    ) {
-                        final_id = Some(b.id);
-                    }
-                    if self.last.get().is_none_or(|l| l < b.id) {
-                        self.take(b, source.as_deref_mut(), chain, false, Duration::ZERO)?;
-                    }
-                }
-                Ok(TaskControl::Complete(c)) => {
-                    self.complete(c, source.as_deref_mut(), chain)?;
-                    if Some(c) == final_id {
-                        return Ok(());
-                    }
-                }
-                Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) if control.is_cancelled() => {
-                    return Err(Error::Cancelled)
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                // The coordinator gave up (job failing): nothing to commit.
-                Err(RecvTimeoutError::Disconnected) => return Err(Error::Cancelled),
-            }
-        }
-    }
-}
-
 /// Runs one subtask to completion.
 pub fn run(spec: TaskSpec, control: &JobControl) -> Result<()> {
     let TaskSpec {
@@ -454,6 +347,7 @@ pub fn run(spec: TaskSpec, control: &JobControl) -> Result<()> {
         attempt,
         state,
         checkpointing,
+        meter,
     } = spec;
     let checkpointer = checkpointing.map(|ck| Checkpointer {
         ck,
@@ -545,6 +439,7 @@ pub fn run(spec: TaskSpec, control: &JobControl) -> Result<()> {
     let mut chain = Chain {
         members,
         entry_writers,
+        meter,
     };
     let outcome = match source.as_mut() {
         Some(head) => run_source(
@@ -589,6 +484,9 @@ fn run_source(
         if control.is_cancelled() {
             return Err(Error::Cancelled);
         }
+        if last_tick.elapsed() >= TICK {
+            chain.meter.pending(head.src.pending());
+        }
         chain.tick(&mut last_tick)?;
         if let Some(c) = ck {
             while let Ok(msg) = c.ck.control.try_recv() {
@@ -623,6 +521,7 @@ fn run_source(
                 metrics
                     .records_out
                     .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                chain.meter.batch_in(&batch);
                 chain.entry_batch(batch)?;
                 if let Some(wm) = head.gen.as_mut().and_then(|g| g.poll()) {
                     chain.entry_watermark(wm)?;
@@ -645,6 +544,7 @@ fn run_source(
                 // inject) ends it early, and cancellation is seen within
                 // CANCEL_POLL.
                 let backoff = head.src.idle_backoff().min(CANCEL_POLL);
+                let _idle = chain.meter.wait(Wait::Idle);
                 match ck {
                     Some(c) if !backoff.is_zero() => {
                         let mut sel = Select::new();
@@ -698,7 +598,10 @@ fn run_inputs(
         }
         let ctl = ck.map(|c| (sel.recv(&c.ck.control), c));
         loop {
-            let selected = sel.select_timeout(CANCEL_POLL);
+            let selected = {
+                let _idle = chain.meter.wait(Wait::Idle);
+                sel.select_timeout(CANCEL_POLL)
+            };
             chain.tick(&mut last_tick)?;
             let op = match selected {
                 Ok(op) => op,
@@ -722,12 +625,13 @@ fn run_inputs(
             let (rx, input) = &inputs[c];
             let aligned = match op.recv(rx) {
                 Ok(StreamMessage::Batch(b)) => {
+                    chain.meter.batch_in(&b);
                     chain.push(0, *input, b)?;
                     continue;
                 }
                 Ok(StreamMessage::Watermark(w)) => {
                     if let Some(w) = wms.update(c, w) {
-                        chain.watermark(0, w)?;
+                        chain.input_watermark(w)?;
                     }
                     continue;
                 }
@@ -744,7 +648,7 @@ fn run_inputs(
                     open[c] = false;
                     remaining -= 1;
                     if let Some(w) = wms.end(c) {
-                        chain.watermark(0, w)?;
+                        chain.input_watermark(w)?;
                     }
                     open_per_input[*input] -= 1;
                     if open_per_input[*input] == 0 {

@@ -23,6 +23,7 @@ use crate::exchange::local::channel;
 use crate::exchange::partition::{targets, EdgeWriter};
 use crate::exchange::ChannelSender;
 use crate::graph::LogicalGraph;
+use crate::metrics::TaskMeter;
 use crate::plan::PhysicalPlan;
 
 /// The channels of a plan's edges in one process: every local subtask's
@@ -165,9 +166,22 @@ pub(crate) struct TaskContext<'a> {
     pub graph: &'a LogicalGraph,
     pub plan: &'a PhysicalPlan,
     pub metrics: &'a [Arc<NodeMetrics>],
+    /// One per task `spawn_tasks` starts ([`task_meters`]).
+    pub meters: &'a [Arc<TaskMeter>],
     pub attempt: u64,
     pub state: &'a crate::state::StateSettings,
     pub control: &'a Arc<JobControl>,
+}
+
+/// A meter for every task `local` selects, in plan order.
+pub(crate) fn task_meters(
+    plan: &PhysicalPlan,
+    local: &dyn Fn(TaskKey) -> bool,
+) -> Vec<Arc<TaskMeter>> {
+    plan.tasks()
+        .filter(|k| local(*k))
+        .map(|k| Arc::new(TaskMeter::new(k.vertex, k.subtask)))
+        .collect()
 }
 
 /// Starts one thread per subtask `local` selects; a failing or panicking
@@ -182,8 +196,20 @@ pub(crate) fn spawn_tasks(
     let mut handles = Vec::new();
     for key in plan.tasks().filter(|k| local(*k)) {
         let (v, s) = (&plan.vertices[key.vertex], key.subtask);
+        let meter = cx
+            .meters
+            .iter()
+            .find(|m| m.key() == (key.vertex, key.subtask))
+            .cloned()
+            .ok_or_else(|| Error::Internal(format!("no meter for task {key:?}")))?;
         let member_writers: Vec<Vec<(usize, EdgeWriter)>> = (0..v.chain.len())
-            .map(|m| wiring.writers.remove(&(v.id, s, m)).unwrap_or_default())
+            .map(|m| {
+                let mut writers = wiring.writers.remove(&(v.id, s, m)).unwrap_or_default();
+                for (_, w) in &mut writers {
+                    w.set_meter(meter.clone());
+                }
+                writers
+            })
             .collect();
         let task = task::TaskSpec {
             graph: graph.clone(),
@@ -197,6 +223,7 @@ pub(crate) fn spawn_tasks(
             attempt: cx.attempt,
             state: cx.state.clone(),
             checkpointing: task_ck.remove(&key),
+            meter: meter.clone(),
         };
         let control = cx.control.clone();
         let name = format!("{}-{}", v.name, s);
@@ -207,6 +234,7 @@ pub(crate) fn spawn_tasks(
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     task::run(task, &control)
                 }));
+                meter.end();
                 let result = match result {
                     Ok(r) => r,
                     Err(payload) => Err(Error::Panic(panic_message(payload))),

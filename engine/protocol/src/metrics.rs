@@ -1,0 +1,179 @@
+//! Figures of a running job per subtask and per process, as an executor
+//! reports them to the coordinator (inside
+//! [`ToCoordinator::Metrics`](crate::control::ToCoordinator::Metrics)) and
+//! as `GET /api/v1/jobs/{id}/metrics` shows them. The time accounting
+//! follows Flink's task metrics: in each second of wall time a subtask is
+//! *idle* (waiting for input), *backpressured* (waiting for room in an
+//! output channel: a full local queue or no credit on a network channel)
+//! or *busy* (everything else: operator work, encoding, state).
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::{NodeCounters, VertexInfo};
+
+/// What an executor reports every 250 ms.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecutorMetrics {
+    /// Records in and out per graph node of its subtasks (cumulative).
+    pub nodes: Vec<NodeCounters>,
+    /// Its subtasks.
+    pub subtasks: Vec<SubtaskMetrics>,
+    /// The executor process, where it could be read (Linux).
+    pub process: Option<ProcessMetrics>,
+}
+
+/// One subtask (vertex, subtask index) of the current attempt.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SubtaskMetrics {
+    /// Vertex index in the physical plan.
+    pub vertex: usize,
+    /// Subtask index.
+    pub subtask: usize,
+    /// Milliseconds per second busy, over the last second or so
+    /// (1000 − idle − backpressured).
+    pub busy_ms_per_s: u64,
+    /// Milliseconds per second waiting for input.
+    pub idle_ms_per_s: u64,
+    /// Milliseconds per second waiting for room downstream.
+    pub backpressured_ms_per_s: u64,
+    /// Busy time since the subtask started, ms.
+    pub busy_ms: u64,
+    /// Idle time since the subtask started, ms.
+    pub idle_ms: u64,
+    /// Backpressured time since the subtask started, ms.
+    pub backpressured_ms: u64,
+    /// Records that entered the subtask: from its input channels, or read
+    /// by its source.
+    pub records_in: u64,
+    /// Records it sent on its output edges (once per edge).
+    pub records_out: u64,
+    /// Arrow buffer bytes of the batches that entered it.
+    pub bytes_in: u64,
+    /// Arrow buffer bytes of the batches it sent (once per edge).
+    pub bytes_out: u64,
+    /// Its input watermark (ms since the epoch): the minimum over its
+    /// inputs, or what its source generated; none before the first.
+    pub watermark_ms: Option<i64>,
+    /// Per split of its source, records not yet read (a Kafka partition's
+    /// high watermark minus the source's position).
+    #[serde(default)]
+    pub pending: Vec<SplitPending>,
+}
+
+impl SubtaskMetrics {
+    /// Wall clock minus the watermark, ms, at `now_ms`; none without a
+    /// watermark or once the input ended (the final watermark is `i64::MAX`).
+    pub fn watermark_lag_ms(&self, now_ms: i64) -> Option<i64> {
+        self.watermark_ms
+            .filter(|w| *w < i64::MAX)
+            .map(|w| now_ms.saturating_sub(w))
+    }
+}
+
+/// Records a source split has not read yet.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitPending {
+    /// The split, as the source names it (Kafka: `topic-partition`).
+    pub split: String,
+    /// Records behind.
+    pub records: u64,
+}
+
+/// One process running a job's subtasks.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessMetrics {
+    /// CPU time (user and system) since the process started, ms.
+    pub cpu_ms: u64,
+    /// Resident memory, bytes.
+    pub rss_bytes: u64,
+}
+
+/// `GET /api/v1/jobs/{id}/metrics`: the current attempt's figures per
+/// subtask and per executor process.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobMetrics {
+    /// Job id.
+    pub job_id: String,
+    /// When these were put together, ms since the epoch (watermark lags
+    /// are relative to it).
+    pub time_ms: i64,
+    /// Every subtask that reported, by vertex and subtask.
+    pub subtasks: Vec<SubtaskFigures>,
+    /// Every executor process that reported, by index (an embedded job is
+    /// one process, index 0).
+    pub executors: Vec<ExecutorProcess>,
+}
+
+impl JobMetrics {
+    /// The figures of job `job_id` at `time_ms`: each subtask named after
+    /// its vertex in `vertices`, its watermark lag relative to `time_ms`.
+    pub fn new(
+        job_id: &str,
+        time_ms: i64,
+        vertices: &[VertexInfo],
+        subtasks: Vec<SubtaskMetrics>,
+        executors: Vec<ExecutorProcess>,
+    ) -> JobMetrics {
+        let subtasks = subtasks
+            .into_iter()
+            .map(|metrics| SubtaskFigures {
+                vertex_name: vertices
+                    .iter()
+                    .find(|v| v.id == metrics.vertex)
+                    .map_or_else(String::new, |v| v.name.clone()),
+                watermark_lag_ms: metrics.watermark_lag_ms(time_ms),
+                metrics,
+            })
+            .collect();
+        JobMetrics {
+            job_id: job_id.to_string(),
+            time_ms,
+            subtasks,
+            executors,
+        }
+    }
+}
+
+/// A subtask's figures with its vertex's name and its watermark lag.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SubtaskFigures {
+    /// The vertex's name (its chained operators).
+    pub vertex_name: String,
+    /// Wall clock minus the watermark at `time_ms`, ms.
+    pub watermark_lag_ms: Option<i64>,
+    /// The figures.
+    #[serde(flatten)]
+    pub metrics: SubtaskMetrics,
+}
+
+/// One executor process's figures.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecutorProcess {
+    /// Executor index within the attempt.
+    pub executor: usize,
+    /// Its CPU time and memory.
+    #[serde(flatten)]
+    pub process: ProcessMetrics,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_wall_clock_minus_watermark_until_the_input_ends() {
+        let mut m = SubtaskMetrics::default();
+        assert_eq!(m.watermark_lag_ms(5_000), None);
+        m.watermark_ms = Some(3_000);
+        assert_eq!(m.watermark_lag_ms(5_000), Some(2_000));
+        m.watermark_ms = Some(i64::MAX);
+        assert_eq!(m.watermark_lag_ms(5_000), None);
+    }
+}
