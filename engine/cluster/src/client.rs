@@ -22,6 +22,7 @@ use sluice_protocol::api::{
     JobDescription, JobResults, JobStatus, RegisterWorker, Registered, RescaleRequest, Rescaled,
     SavepointRequest, SavepointTaken, SubmitJob, Submitted, WorkerInfo,
 };
+use sluice_protocol::metrics::JobMetrics;
 use sluice_web::Token;
 use std::path::{Path, PathBuf};
 
@@ -223,6 +224,12 @@ impl Client {
     /// `GET /api/v1/jobs/{id}/results`.
     pub async fn results(&self, job_id: &str) -> Result<JobResults> {
         let path = format!("/api/v1/jobs/{}/results", segment(job_id)?);
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    /// `GET /api/v1/jobs/{id}/metrics`.
+    pub async fn job_metrics(&self, job_id: &str) -> Result<JobMetrics> {
+        let path = format!("/api/v1/jobs/{}/metrics", segment(job_id)?);
         self.call(Method::GET, &path, None::<&()>).await
     }
 

@@ -33,6 +33,7 @@ use sluice_web::handlers as web;
         coordinator::rescale,
         web::checkpoints,
         web::results,
+        web::job_metrics,
         coordinator::upload,
         coordinator::download,
         coordinator::exists,

@@ -15,6 +15,7 @@ use sluice_protocol::api::ApiError;
 use sluice_protocol::api::{
     Checkpoints, ClusterInfo, JobResults, JobStatus, SavepointRequest, SavepointTaken, WorkerInfo,
 };
+use sluice_protocol::metrics::JobMetrics;
 
 #[cfg(feature = "openapi")]
 use crate::doc::{Forbidden, Unauthorized};
@@ -144,6 +145,30 @@ pub async fn results<V: JobsView>(
     found(v.results(&id), &id)
 }
 
+/// A job's figures per subtask and executor process.
+///
+/// Per subtask of the current attempt: busy, idle and backpressured
+/// milliseconds per second (Flink's definitions) and their totals, records
+/// and bytes in and out, the input watermark and its lag behind the wall
+/// clock, and per source split the records not read yet; per executor
+/// process its CPU time and resident memory. Empty while no attempt runs.
+#[cfg_attr(feature = "openapi", utoipa::path(
+    get, path = "/api/v1/jobs/{id}/metrics", tag = "jobs", operation_id = "getJobMetrics",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Job id.")),
+    responses(
+        (status = 200, description = "Figures per subtask and process.", body = JobMetrics),
+        (status = 404, description = "No such job.", body = ApiError),
+        Unauthorized,
+    ),
+))]
+pub async fn job_metrics<V: JobsView>(
+    State(v): State<Arc<V>>,
+    Path(id): Path<String>,
+) -> Answer<JobMetrics> {
+    found(v.job_metrics(&id), &id)
+}
+
 /// Lists the workers, live and recently dead.
 #[cfg_attr(feature = "openapi", utoipa::path(
     get, path = "/api/v1/workers", tag = "cluster", operation_id = "listWorkers",
@@ -172,7 +197,9 @@ pub async fn cluster<V: JobsView>(State(v): State<Arc<V>>) -> Json<ClusterInfo> 
 
 /// Prometheus metrics.
 ///
-/// Text exposition format 0.0.4: the cluster's and each job's state, and
+/// Text exposition format 0.0.4: the cluster's and each job's state, each
+/// subtask's time accounting, records, bytes and watermark lag, each
+/// source split's backlog, each executor process's CPU and memory, and
 /// histograms of checkpoint duration, size and alignment per job.
 #[cfg_attr(feature = "openapi", utoipa::path(
     get, path = "/metrics", tag = "cluster", operation_id = "getMetrics",

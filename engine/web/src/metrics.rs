@@ -8,7 +8,12 @@
 //! - **state**, read from a [`JobsView`] at each scrape into a registry of
 //!   its own ([`Metrics::render`]): live workers, slots, jobs per state, and
 //!   per job restarts, completed checkpoints, refused stale messages and
-//!   records per operator. Built fresh, a forgotten job's series go with it.
+//!   records per operator; per subtask of a running attempt (labels `job`,
+//!   `vertex`, `vertex_name`, `subtask`) busy, idle and backpressured time
+//!   (ms per second as gauges, seconds as counters), records and bytes,
+//!   watermark and its lag, and each source split's backlog; per executor
+//!   process its CPU time and resident memory ([`task_metrics`]). Built
+//!   fresh, a forgotten job's series go with it.
 //!
 //! A coordinator and an embedded job (`SLUICE_UI`) expose the same names.
 
@@ -16,10 +21,11 @@ use std::collections::BTreeSet;
 use std::sync::Mutex;
 
 use prometheus::{
-    exponential_buckets, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    exponential_buckets, CounterVec, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use sluice_protocol::manifest::CheckpointFigures;
+use sluice_protocol::metrics::JobMetrics;
 
 use crate::routes::JobsView;
 
@@ -175,8 +181,12 @@ impl Metrics {
             "Records per operator, current attempt.",
             &["job", "node", "direction"],
         );
+        let tasks = TaskFamilies::new(&state);
         for j in &jobs {
             let id = j.id.as_str();
+            if let Some(m) = view.job_metrics(id) {
+                tasks.add(&m);
+            }
             restarts.with_label_values(&[id]).inc_by(j.restarts);
             let done = view.checkpoints(id).map_or(0, |c| c.stats.completed);
             completed.with_label_values(&[id]).inc_by(done);
@@ -224,3 +234,207 @@ impl Metrics {
         });
     }
 }
+
+/// Labels of a subtask's series.
+const TASK_LABELS: [&str; 4] = ["job", "vertex", "vertex_name", "subtask"];
+
+/// The per-subtask and per-process families of one scrape.
+struct TaskFamilies {
+    busy: GaugeVec,
+    idle: GaugeVec,
+    backpressured: GaugeVec,
+    busy_total: CounterVec,
+    idle_total: CounterVec,
+    backpressured_total: CounterVec,
+    records: IntCounterVec,
+    bytes: IntCounterVec,
+    watermark: GaugeVec,
+    lag: GaugeVec,
+    pending: IntGaugeVec,
+    cpu: CounterVec,
+    rss: IntGaugeVec,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: T) -> T {
+    registry
+        .register(Box::new(c.clone()))
+        .expect("each family is registered once");
+    c
+}
+
+impl TaskFamilies {
+    fn new(r: &Registry) -> TaskFamilies {
+        let task = |extra: &[&'static str]| -> Vec<&'static str> {
+            TASK_LABELS.iter().chain(extra).copied().collect()
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                r,
+                GaugeVec::new(Opts::new(name, help), labels).expect("valid gauge"),
+            )
+        };
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                r,
+                CounterVec::new(Opts::new(name, help), labels).expect("valid counter"),
+            )
+        };
+        TaskFamilies {
+            busy: gauge(
+                "sluice_task_busy_ms_per_second",
+                "Milliseconds per second a subtask was busy (neither idle nor backpressured), over the last second or so.",
+                &task(&[]),
+            ),
+            idle: gauge(
+                "sluice_task_idle_ms_per_second",
+                "Milliseconds per second a subtask waited for input.",
+                &task(&[]),
+            ),
+            backpressured: gauge(
+                "sluice_task_backpressured_ms_per_second",
+                "Milliseconds per second a subtask waited for room in an output channel (full queue or no credit).",
+                &task(&[]),
+            ),
+            busy_total: counter(
+                "sluice_task_busy_seconds_total",
+                "Time a subtask was busy, current attempt.",
+                &task(&[]),
+            ),
+            idle_total: counter(
+                "sluice_task_idle_seconds_total",
+                "Time a subtask waited for input, current attempt.",
+                &task(&[]),
+            ),
+            backpressured_total: counter(
+                "sluice_task_backpressured_seconds_total",
+                "Time a subtask waited for room downstream, current attempt.",
+                &task(&[]),
+            ),
+            records: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "sluice_task_records_total",
+                        "Records into a subtask (from its inputs or its source) and out of it (per output edge), current attempt.",
+                    ),
+                    &task(&["direction"]),
+                )
+                .expect("valid counter"),
+            ),
+            bytes: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "sluice_task_bytes_total",
+                        "Arrow buffer bytes of the batches into and out of a subtask, current attempt.",
+                    ),
+                    &task(&["direction"]),
+                )
+                .expect("valid counter"),
+            ),
+            watermark: gauge(
+                "sluice_task_watermark_seconds",
+                "A subtask's input watermark, seconds since the epoch (until its input ends).",
+                &task(&[]),
+            ),
+            lag: gauge(
+                "sluice_task_watermark_lag_seconds",
+                "Wall clock minus a subtask's input watermark.",
+                &task(&[]),
+            ),
+            pending: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "sluice_source_pending_records",
+                        "Records of a source split not read yet (Kafka: the partition's high watermark minus the position; consumer lag).",
+                    ),
+                    &task(&["split"]),
+                )
+                .expect("valid gauge"),
+            ),
+            cpu: counter(
+                "sluice_executor_cpu_seconds_total",
+                "CPU time (user and system) of an executor process (an embedded job: its process).",
+                &["job", "executor"],
+            ),
+            rss: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "sluice_executor_resident_memory_bytes",
+                        "Resident memory of an executor process.",
+                    ),
+                    &["job", "executor"],
+                )
+                .expect("valid gauge"),
+            ),
+        }
+    }
+
+    /// Adds one job's figures.
+    fn add(&self, m: &JobMetrics) {
+        let seconds = |ms: u64| ms as f64 / 1000.0;
+        for s in &m.subtasks {
+            let f = &s.metrics;
+            let (vertex, subtask) = (f.vertex.to_string(), f.subtask.to_string());
+            let labels = [
+                m.job_id.as_str(),
+                vertex.as_str(),
+                s.vertex_name.as_str(),
+                subtask.as_str(),
+            ];
+            self.busy
+                .with_label_values(&labels)
+                .set(f.busy_ms_per_s as f64);
+            self.idle
+                .with_label_values(&labels)
+                .set(f.idle_ms_per_s as f64);
+            self.backpressured
+                .with_label_values(&labels)
+                .set(f.backpressured_ms_per_s as f64);
+            self.busy_total
+                .with_label_values(&labels)
+                .inc_by(seconds(f.busy_ms));
+            self.idle_total
+                .with_label_values(&labels)
+                .inc_by(seconds(f.idle_ms));
+            self.backpressured_total
+                .with_label_values(&labels)
+                .inc_by(seconds(f.backpressured_ms));
+            for (direction, records, bytes) in [
+                ("in", f.records_in, f.bytes_in),
+                ("out", f.records_out, f.bytes_out),
+            ] {
+                let with = [labels[0], labels[1], labels[2], labels[3], direction];
+                self.records.with_label_values(&with).inc_by(records);
+                self.bytes.with_label_values(&with).inc_by(bytes);
+            }
+            if let (Some(w), Some(lag)) = (f.watermark_ms, s.watermark_lag_ms) {
+                self.watermark
+                    .with_label_values(&labels)
+                    .set(w as f64 / 1000.0);
+                self.lag.with_label_values(&labels).set(lag as f64 / 1000.0);
+            }
+            for p in &f.pending {
+                let with = [labels[0], labels[1], labels[2], labels[3], p.split.as_str()];
+                self.pending
+                    .with_label_values(&with)
+                    .set(i64::try_from(p.records).unwrap_or(i64::MAX));
+            }
+        }
+        for e in &m.executors {
+            let executor = e.executor.to_string();
+            let labels = [m.job_id.as_str(), executor.as_str()];
+            self.cpu
+                .with_label_values(&labels)
+                .inc_by(seconds(e.process.cpu_ms));
+            self.rss
+                .with_label_values(&labels)
+                .set(i64::try_from(e.process.rss_bytes).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,5 +1,5 @@
-//! The job routes (jobs, status, checkpoints, results, workers, cluster,
-//! metrics, cancel, savepoint) over any [`JobsView`], the web UI's routes,
+//! The job routes (jobs, status, checkpoints, results, figures per
+//! subtask, workers, cluster, metrics, cancel, savepoint) over any [`JobsView`], the web UI's routes,
 //! the guard in front of them (token, role, audit log), and how a failure
 //! is answered. The handlers and their
 //! OpenAPI descriptions are in [`handlers`](crate::handlers).
@@ -17,12 +17,13 @@ use sluice_protocol::api::{
     ApiError, Checkpoints, ClusterInfo, JobResults, JobStatus, SavepointRequest, SavepointTaken,
     WorkerInfo,
 };
+use sluice_protocol::metrics::JobMetrics;
 
 use crate::audit::{self, AuditEntry};
 use crate::error::{Error, Result};
 use crate::handlers::{
-    cancel, checkpoints, cluster, job, jobs, metrics, page, results, root, savepoint, script,
-    workers,
+    cancel, checkpoints, cluster, job, job_metrics, jobs, metrics, page, results, root, savepoint,
+    script, workers,
 };
 use crate::metrics::Metrics;
 use crate::security::{Access, Role};
@@ -38,6 +39,8 @@ pub trait JobsView: Send + Sync + 'static {
     fn checkpoints(&self, id: &str) -> Option<Checkpoints>;
     /// The newest rows a job's sinks received.
     fn results(&self, id: &str) -> Option<JobResults>;
+    /// A job's figures per subtask and executor process (current attempt).
+    fn job_metrics(&self, id: &str) -> Option<JobMetrics>;
     /// The workers.
     fn workers(&self) -> Vec<WorkerInfo>;
     /// Cluster summary.
@@ -118,6 +121,7 @@ pub fn routes<V: JobsView>() -> Router<Arc<V>> {
         .route("/api/v1/jobs/{id}/savepoint", post(savepoint::<V>))
         .route("/api/v1/jobs/{id}/checkpoints", get(checkpoints::<V>))
         .route("/api/v1/jobs/{id}/results", get(results::<V>))
+        .route("/api/v1/jobs/{id}/metrics", get(job_metrics::<V>))
         .route("/api/v1/workers", get(workers::<V>))
         .route("/api/v1/cluster", get(cluster::<V>))
         .route("/metrics", get(metrics::<V>))

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use sluice_engine::checkpoint::CheckpointStats;
 use sluice_protocol::api::{ExecutorLaunch, JobStatus, NodeCounters, Placement};
+use sluice_protocol::metrics::{ExecutorProcess, JobMetrics, SubtaskMetrics};
 use sluice_protocol::results::LatestRows;
 
 use super::manager::now_ms;
@@ -40,6 +41,10 @@ pub(crate) struct Job {
     /// Fencing refusals of earlier attempts (the current run's are added).
     pub(crate) rejected_stale: u64,
     pub(crate) nodes: Vec<NodeCounters>,
+    /// The current attempt's figures per subtask and executor process
+    /// (their latest reports; empty once no attempt runs).
+    pub(crate) subtasks: Vec<SubtaskMetrics>,
+    pub(crate) processes: Vec<ExecutorProcess>,
     /// The newest rows its sinks received, over all attempts.
     pub(crate) results: LatestRows,
     /// Incremented by every change of `record`.
@@ -59,6 +64,8 @@ impl Job {
             stats: Arc::default(),
             rejected_stale: 0,
             nodes: Vec::new(),
+            subtasks: Vec::new(),
+            processes: Vec::new(),
             results: LatestRows::default(),
             version: 0,
             unsaved: false,
@@ -92,6 +99,17 @@ impl Job {
 
     fn rejected(&self) -> u64 {
         self.rejected_stale + self.run.as_ref().map_or(0, |r| r.handle.rejected_stale())
+    }
+
+    /// The current attempt's figures as the API shows them.
+    pub(crate) fn metrics(&self) -> JobMetrics {
+        JobMetrics::new(
+            &self.record.id,
+            now_ms(),
+            &self.record.description.vertices,
+            self.subtasks.clone(),
+            self.processes.clone(),
+        )
     }
 
     /// The job as the API shows it.

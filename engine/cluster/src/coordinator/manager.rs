@@ -40,6 +40,7 @@ use sluice_protocol::api::{
     JobDescription, JobResults, JobState, JobStatus, Placement, RegisterWorker, Registered,
     RescaleRequest, Rescaled, SavepointRequest, SavepointTaken, SubmitJob, WorkerInfo,
 };
+use sluice_protocol::metrics::JobMetrics;
 use sluice_protocol::secret::attempt_secret;
 use sluice_web::{JobsView, Metrics};
 
@@ -388,6 +389,11 @@ impl Manager {
         let job = inner.jobs.get(id)?;
         Some(job.results.to_results(id, &job.record.description))
     }
+
+    /// The current attempt's figures of job `id` per subtask and executor.
+    pub fn job_metrics(&self, id: &str) -> Option<JobMetrics> {
+        Some(self.lock().jobs.get(id)?.metrics())
+    }
 }
 
 impl JobsView for Manager {
@@ -402,6 +408,9 @@ impl JobsView for Manager {
     }
     fn results(&self, id: &str) -> Option<JobResults> {
         Manager::results(self, id)
+    }
+    fn job_metrics(&self, id: &str) -> Option<JobMetrics> {
+        Manager::job_metrics(self, id)
     }
     fn workers(&self) -> Vec<WorkerInfo> {
         Manager::workers(self)

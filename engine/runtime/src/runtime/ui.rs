@@ -19,6 +19,7 @@ use sluice_protocol::api::{
     Checkpoints, ClusterInfo, JobDescription, JobResults, JobState, JobStatus, Placement,
     SavepointRequest, SavepointTaken, WorkerInfo,
 };
+use sluice_protocol::metrics::{ExecutorProcess, JobMetrics};
 use sluice_protocol::results::LatestRows;
 use sluice_web::{self as jobs_api, Access, JobsView, Metrics, Token};
 
@@ -26,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::executor::describe::describe;
 use crate::executor::results::render;
 use crate::graph::LogicalGraph;
+use crate::metrics::Sampler;
 use crate::plan::PhysicalPlan;
 
 /// The id the embedded job has in the API.
@@ -45,6 +47,8 @@ pub(crate) struct EmbeddedView {
     stats: Arc<Mutex<CheckpointStats>>,
     results: Mutex<LatestRows>,
     metrics: Arc<Metrics>,
+    /// Rates of the subtasks' meters, between requests.
+    sampler: Sampler,
 }
 
 /// The UI's thread; dropping it stops the server.
@@ -92,6 +96,7 @@ impl EmbeddedView {
             stats,
             results: Mutex::default(),
             metrics: Arc::default(),
+            sampler: Sampler::default(),
         }
     }
 
@@ -258,6 +263,28 @@ impl JobsView for EmbeddedView {
             }
         }
         Some(kept.to_results(EMBEDDED_JOB_ID, &self.description))
+    }
+
+    fn job_metrics(&self, id: &str) -> Option<JobMetrics> {
+        self.this_job(id).ok()?;
+        let meters = self.current.lock().expect("job handle lock").meters.clone();
+        let running = self.job_state() == JobState::Running;
+        let (subtasks, executors) = if running {
+            let process = crate::metrics::process().map(|process| ExecutorProcess {
+                executor: 0,
+                process,
+            });
+            (self.sampler.sample(&meters), process.into_iter().collect())
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        Some(JobMetrics::new(
+            EMBEDDED_JOB_ID,
+            now_ms(),
+            &self.description.vertices,
+            subtasks,
+            executors,
+        ))
     }
 
     fn workers(&self) -> Vec<WorkerInfo> {

@@ -181,6 +181,34 @@ function renderPlan(job) {
   return table(["vertex", "parallelism", "operator", "records in", "records out", "out / s"], rows, { numeric: [0, 1, 3, 4, 5] });
 }
 
+// Per vertex of the running attempt: the highest subtask's busy,
+// backpressured and idle milliseconds per second (Flink's definitions) and
+// watermark lag; the vertex busy near 1000 whose upstream is
+// backpressured is the bottleneck.
+function renderLoad(metrics) {
+  const byVertex = new Map();
+  for (const s of metrics.subtasks) {
+    const v = byVertex.get(s.vertex) || { name: s.vertex_name, n: 0, busy: 0, back: 0, idle: 0, lag: null };
+    v.n += 1;
+    v.busy = Math.max(v.busy, s.busy_ms_per_s);
+    v.back = Math.max(v.back, s.backpressured_ms_per_s);
+    v.idle = Math.max(v.idle, s.idle_ms_per_s);
+    if (s.watermark_lag_ms != null) v.lag = Math.max(v.lag ?? s.watermark_lag_ms, s.watermark_lag_ms);
+    byVertex.set(s.vertex, v);
+  }
+  if (!byVertex.size) return [el("p", { class: "muted" }, "Not running.")];
+  const rows = [...byVertex.entries()].map(([id, v]) => [
+    id, v.name, v.n, v.busy, v.back, v.idle, v.lag == null ? "-" : (v.lag / 1000).toFixed(1) + " s",
+  ]);
+  const procs = metrics.executors.map((e) => "executor " + e.executor + ": " + bytes(e.rss_bytes) +
+    ", " + (e.cpu_ms / 1000).toFixed(1) + " s CPU");
+  return [
+    table(["vertex", "name", "subtasks", "busy ms/s", "backpressured ms/s", "idle ms/s", "watermark lag"],
+      rows, { numeric: [0, 2, 3, 4, 5, 6] }),
+    procs.length ? el("p", { class: "muted" }, procs.join(" · ")) : null,
+  ];
+}
+
 function renderPlacement(job) {
   if (!job.placement.length) return el("p", { class: "muted" }, "Not running.");
   const rows = job.placement.map((p) => [p.task.vertex + "." + p.task.subtask, p.worker, p.executor]);
@@ -240,7 +268,9 @@ async function renderJob(jobs) {
     return;
   }
   const id = encodeURIComponent(job.id);
-  const [cps, results] = await Promise.all([get("/jobs/" + id + "/checkpoints"), get("/jobs/" + id + "/results")]);
+  const [cps, results, metrics] = await Promise.all([
+    get("/jobs/" + id + "/checkpoints"), get("/jobs/" + id + "/results"), get("/jobs/" + id + "/metrics"),
+  ]);
   const ended = ENDED.includes(job.state);
   fill(pane,
     el("div", { class: "actions" }, ended ? null : [
@@ -255,6 +285,7 @@ async function renderJob(jobs) {
     el("p", {}, el("code", {}, job.args.join(" "))),
     job.error ? el("div", { class: "error" }, job.error) : null,
     el("h3", {}, "Plan"), renderPlan(job),
+    el("h3", {}, "Load"), ...renderLoad(metrics),
     el("h3", {}, "Results"), ...renderResults(results),
     el("h3", {}, "Checkpoints"), ...renderCheckpoints(cps),
     el("h3", {}, "Placement"), renderPlacement(job),

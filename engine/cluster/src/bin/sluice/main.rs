@@ -31,7 +31,7 @@ use config::{
     client, coordinator_config, load_file, submit_settings, worker_config, ClientArgs,
     CoordinatorArgs, FileConfig, HumanDuration, SubmitArgs, WorkerArgs,
 };
-use output::{checkpoints_text, jobs_table, status_text, table};
+use output::{checkpoints_text, jobs_table, load_text, status_text, table};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -342,6 +342,11 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
                     print_json(&status)?;
                 } else {
                     print!("{}", status_text(&status));
+                    // Load per vertex while an attempt runs; a coordinator
+                    // without the route just shows none.
+                    if let Ok(m) = client.job_metrics(&job_id).await {
+                        print!("{}", load_text(&m));
+                    }
                 }
             }
         }

@@ -2,6 +2,7 @@
 //! its checkpoints. `--json` prints the API's bodies instead.
 
 use sluice_protocol::api::{Checkpoints, JobStatus};
+use sluice_protocol::metrics::JobMetrics;
 
 pub(crate) fn opt<T: ToString>(v: Option<T>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
@@ -86,6 +87,51 @@ pub(crate) fn status_text(s: &JobStatus) -> String {
             rows,
         ));
     }
+    out
+}
+
+/// Per vertex of a running attempt: the busiest subtask's busy and
+/// backpressured milliseconds per second, idle of the idlest, and the
+/// largest watermark lag (nothing while no attempt runs).
+pub(crate) fn load_text(m: &JobMetrics) -> String {
+    let mut vertices: Vec<usize> = m.subtasks.iter().map(|s| s.metrics.vertex).collect();
+    vertices.dedup();
+    if vertices.is_empty() {
+        return String::new();
+    }
+    let rows = vertices.into_iter().map(|v| {
+        let subtasks: Vec<_> = m
+            .subtasks
+            .iter()
+            .filter(|s| s.metrics.vertex == v)
+            .collect();
+        let max = |f: fn(&sluice_protocol::metrics::SubtaskMetrics) -> u64| {
+            subtasks.iter().map(|s| f(&s.metrics)).max().unwrap_or(0)
+        };
+        let lag = subtasks.iter().filter_map(|s| s.watermark_lag_ms).max();
+        vec![
+            format!("  {v}"),
+            subtasks[0].vertex_name.clone(),
+            subtasks.len().to_string(),
+            max(|s| s.busy_ms_per_s).to_string(),
+            max(|s| s.backpressured_ms_per_s).to_string(),
+            max(|s| s.idle_ms_per_s).to_string(),
+            opt(lag),
+        ]
+    });
+    let mut out = String::from("load (ms per second, highest subtask):\n");
+    out.push_str(&table(
+        &[
+            "  VERTEX",
+            "NAME",
+            "SUBTASKS",
+            "BUSY",
+            "BACKPRESSURED",
+            "IDLE",
+            "WATERMARK LAG MS",
+        ],
+        rows,
+    ));
     out
 }
 
