@@ -269,6 +269,17 @@ pub(crate) fn cached_high_watermark<C: ConsumerContext>(
     topic: &str,
     partition: i32,
 ) -> Option<i64> {
+    cached_watermarks(consumer, topic, partition).map(|(_, high)| high)
+}
+
+/// The low and high watermarks librdkafka cached for the partition (no
+/// broker request: the high one comes with every Fetch response, the low
+/// one is -1 until the client learnt it), if a high one arrived.
+pub(crate) fn cached_watermarks<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+) -> Option<(i64, i64)> {
     let topic = std::ffi::CString::new(topic).ok()?;
     let (mut low, mut high) = (-1i64, -1i64);
     // SAFETY: the client pointer is valid for the consumer's lifetime, the
@@ -285,7 +296,7 @@ pub(crate) fn cached_high_watermark<C: ConsumerContext>(
         )
     };
     (rc == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
-        .then_some(high)
+        .then_some((low, high))
 }
 
 /// High watermarks of `partitions` as Fetch responses report them, from a

@@ -26,6 +26,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_engine::data::CheckpointId;
+use sluice_engine::protocol::metrics::SplitPending;
 use sluice_engine::{Error, OperatorContext, Result, Source, SourcePoll};
 use tracing::{debug, info, warn};
 
@@ -495,6 +496,28 @@ impl Source for KafkaSubtask {
 
     fn records_emitted(&self) -> u64 {
         self.local_emitted
+    }
+
+    /// Consumer lag per owned partition: the high watermark librdkafka
+    /// cached from its last Fetch response minus the next offset to emit
+    /// (records fetched but not emitted yet count as behind). A partition
+    /// with nothing emitted counts from its low watermark, once known.
+    fn pending(&self) -> Vec<SplitPending> {
+        let Some(consumer) = &self.consumer else {
+            return Vec::new();
+        };
+        let topic = &self.spec.topic;
+        self.parts
+            .iter()
+            .filter_map(|p| {
+                let (low, high) = client::cached_watermarks(consumer, topic, p.partition)?;
+                let next = p.next.or((low >= 0).then_some(low))?;
+                Some(SplitPending {
+                    split: format!("{topic}-{}", p.partition),
+                    records: u64::try_from(high - next).unwrap_or(0),
+                })
+            })
+            .collect()
     }
 
     /// Records whose event time the runtime cannot process go to the
