@@ -1,8 +1,10 @@
 //! Sinks for demos and benchmarks: [`PrintSink`] writes pretty tables to
-//! stdout, [`DiscardSink`] drops everything (counting rows for the log).
+//! stdout, [`DiscardSink`] drops everything (counting rows for the log),
+//! [`SlowSink`] drops everything slowly (to see backpressure).
 
 use std::io::Write;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -47,6 +49,39 @@ impl Sink for Discard {
             "discard sink closed"
         );
         Ok(())
+    }
+}
+
+/// Drops every record like [`DiscardSink`], after sleeping `per_batch` for
+/// each batch it receives: a deliberately slow sink, to watch
+/// backpressure in a job's metrics (its upstream waits for room) and try
+/// out dashboards and alerts. Put an exchange (`rebalance`) in front of it,
+/// or it is chained into its upstream's task and the wait is that task's
+/// busy time.
+#[derive(Debug, Clone)]
+pub struct SlowSink {
+    /// Sleep per batch.
+    pub per_batch: Duration,
+}
+
+struct Slow {
+    per_batch: Duration,
+}
+
+impl Sink for Slow {
+    fn write(&mut self, _batch: RecordBatch, _ctx: &OperatorContext) -> Result<()> {
+        std::thread::sleep(self.per_batch);
+        Ok(())
+    }
+}
+
+impl SinkSpec for SlowSink {
+    fn name(&self) -> String {
+        "slow_discard".into()
+    }
+    fn factory(&self, _input: SchemaRef) -> SinkFactory {
+        let per_batch = self.per_batch;
+        Arc::new(move |_| Ok(Box::new(Slow { per_batch })))
     }
 }
 

@@ -1,7 +1,8 @@
 //! What an operator does with the `sluice` command against a live
 //! cluster: submit and wait for the end, follow a job, watch its status,
-//! stop it with a savepoint, read its newest checkpoints, and be asked
-//! before a state-changing command only when a person is at the terminal.
+//! stop it with a savepoint, read its newest checkpoints, be asked
+//! before a state-changing command only when a person is at the terminal,
+//! and find a job's bottleneck in its metrics.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 mod common;
 use common::cluster::{sluice_bin, Cluster};
+use common::{http, Exposition, Sample};
 
 fn text(o: &Output) -> (String, String) {
     (
@@ -193,4 +195,112 @@ fn stop_takes_a_savepoint_and_a_waiting_submit_reports_the_end() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(text(&bad).1.contains("--limit"), "{}", text(&bad).1);
+}
+
+/// The largest value of the series of `name` of job `job` whose labels
+/// `pick` accepts.
+fn largest(m: &Exposition, name: &str, job: &str, pick: impl Fn(&Sample) -> bool) -> Option<f64> {
+    m.samples
+        .iter()
+        .filter(|s| s.name == name && s.labels.get("job").map(String::as_str) == Some(job))
+        .filter(|s| pick(s))
+        .map(|s| s.value)
+        .reduce(f64::max)
+}
+
+/// Whether a series is of the slow sink's vertex.
+fn sink(s: &Sample) -> bool {
+    s.labels["vertex_name"].contains("slow_discard")
+}
+
+#[test]
+fn a_slow_sink_is_busy_and_backpressures_its_upstream_in_the_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), 2, 2);
+    // q1 (bids, converted) as fast as the generator goes, into a sink that
+    // sleeps 20 ms per batch behind a rebalance: the source's vertex waits
+    // for room, the sink's is busy sleeping.
+    let job = cluster.submit(
+        2,
+        env!("CARGO_BIN_EXE_nexmark"),
+        &[
+            "--query",
+            "q1",
+            "--events",
+            "100000000",
+            "--sink-delay",
+            "20ms",
+        ],
+    );
+    cluster.wait_state(&job, "RUNNING", Duration::from_secs(60));
+
+    let mut last = String::new();
+    cluster.wait_for(Duration::from_secs(60), "backpressure in /metrics", |c| {
+        let (status, _, text) = http(c.port(), "GET", "/metrics", None);
+        assert_eq!(status, 200);
+        let m = Exposition::parse(&text);
+        let positive = |v: Option<f64>| v.is_some_and(|v| v > 0.0);
+        let upstream = |s: &Sample| !sink(s);
+        let ok = positive(largest(
+            &m,
+            "sluice_task_backpressured_seconds_total",
+            &job,
+            upstream,
+        )) && positive(largest(
+            &m,
+            "sluice_task_backpressured_ms_per_second",
+            &job,
+            upstream,
+        )) && positive(largest(&m, "sluice_task_busy_seconds_total", &job, sink))
+            && positive(largest(&m, "sluice_task_busy_ms_per_second", &job, sink))
+            && positive(largest(&m, "sluice_task_records_total", &job, sink))
+            && largest(&m, "sluice_task_watermark_lag_seconds", &job, sink).is_some()
+            && positive(largest(
+                &m,
+                "sluice_executor_resident_memory_bytes",
+                &job,
+                |_| true,
+            ))
+            && largest(&m, "sluice_executor_cpu_seconds_total", &job, |_| true).is_some();
+        last = text;
+        ok
+    });
+    let types = Exposition::parse(&last).types;
+    assert_eq!(types["sluice_task_busy_seconds_total"], "counter");
+    assert_eq!(types["sluice_task_backpressured_ms_per_second"], "gauge");
+
+    // The same figures in the REST API, per subtask.
+    let (status, _, body) = http(
+        cluster.port(),
+        "GET",
+        &format!("/api/v1/jobs/{job}/metrics"),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let m: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let subtasks = m["subtasks"].as_array().unwrap();
+    assert_eq!(subtasks.len(), 4, "two vertices of two subtasks: {body}");
+    let slow = subtasks
+        .iter()
+        .find(|s| s["vertex_name"].as_str().unwrap().contains("slow_discard"))
+        .unwrap();
+    assert!(slow["busy_ms"].as_u64().unwrap() > 0, "{body}");
+    assert!(slow["records_in"].as_u64().unwrap() > 0, "{body}");
+    assert!(slow["watermark_lag_ms"].is_i64(), "{body}");
+    let executors = m["executors"].as_array().unwrap();
+    assert!(!executors.is_empty(), "{body}");
+    assert!(
+        executors.iter().all(|e| e["rss_bytes"].as_u64() > Some(0)),
+        "{body}"
+    );
+
+    // And per vertex in `sluice status`.
+    let out = cluster.sluice(&["status", &job]).unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("BACKPRESSURED"), "{stdout}");
+    assert!(stdout.contains("slow_discard"), "{stdout}");
+
+    let cancel = cluster.sluice(&["cancel", &job]).unwrap();
+    assert!(cancel.status.success(), "{}", text(&cancel).1);
 }

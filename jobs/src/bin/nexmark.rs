@@ -5,10 +5,11 @@ use anyhow::Context;
 use clap::Parser;
 use sluice_connectors::nexmark::NexmarkConfig;
 use sluice_connectors::parquet::ParquetSink;
-use sluice_connectors::sinks::{DiscardSink, PrintSink};
+use sluice_connectors::sinks::{DiscardSink, PrintSink, SlowSink};
 use sluice_engine::Env;
 use sluice_jobs::cli::{checkpoint_summary, init_logging, resume_summary, CheckpointArgs, Output};
 use sluice_jobs::nexmark::{build, Query};
+use sluice_operators::partition::Repartition;
 
 /// Runs a Nexmark benchmark query on generated events.
 ///
@@ -40,6 +41,11 @@ struct Args {
     /// queries are compared with); `--query` is then only a label.
     #[arg(long)]
     generator_only: bool,
+    /// With `--output blackhole`: discard in a deliberately slow sink that
+    /// sleeps this long per batch, behind a rebalance, to watch
+    /// backpressure in the job's metrics (e.g. `5ms`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    sink_delay: Option<std::time::Duration>,
     #[command(flatten)]
     checkpoints: CheckpointArgs,
 }
@@ -80,10 +86,12 @@ fn main() -> anyhow::Result<()> {
     } else {
         build(&env, query, &cfg)
     };
-    match &args.output {
-        Output::Blackhole => out.sink(DiscardSink),
-        Output::Print => out.sink(PrintSink),
-        Output::Dir(d) => out.sink(ParquetSink::new(d)),
+    match (&args.output, args.sink_delay) {
+        (Output::Blackhole, Some(per_batch)) => out.rebalance().sink(SlowSink { per_batch }),
+        (_, Some(_)) => anyhow::bail!("--sink-delay needs --output blackhole"),
+        (Output::Blackhole, None) => out.sink(DiscardSink),
+        (Output::Print, None) => out.sink(PrintSink),
+        (Output::Dir(d), None) => out.sink(ParquetSink::new(d)),
     }
     if args.checkpoints.explained(&env)? {
         return Ok(());
