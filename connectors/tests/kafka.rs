@@ -19,6 +19,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use sluice_connectors::kafka::testing::Broker;
 use sluice_connectors::kafka::{dlq, send_waiting, DecodePolicy, Format, KafkaSource, StartFrom};
 use sluice_connectors::parquet::ParquetSink;
+use sluice_connectors::sinks::SlowSink;
 use sluice_engine::{CheckpointConfig, Env, RestartStrategy, WatermarkStrategy};
 use sluice_operators::prelude::*;
 
@@ -628,4 +629,62 @@ fn avro_values_with_a_given_schema() {
     assert_eq!(ids, (0..500).collect::<Vec<_>>());
     let nulls: usize = batches.iter().map(|b| b.column(4).null_count()).sum();
     assert_eq!(nulls, 100);
+}
+
+/// Consumer lag per partition: the source reports, as its backlog, each
+/// partition's high watermark minus its position. Behind a slow sink the
+/// source falls behind the topic (lag above zero), then catches up (zero).
+#[test]
+fn consumer_lag_per_partition_is_the_sources_backlog() {
+    let broker = Broker::start().unwrap();
+    broker.create_topic("lag", 2).unwrap();
+    produce(
+        &broker,
+        "lag",
+        Some(0),
+        &(0..1000).map(record).collect::<Vec<_>>(),
+    );
+    let env = Env::new();
+    env.set_parallelism(1);
+    let src = KafkaSource::new(broker.address(), "lag")
+        .format(Format::String)
+        .batch_size(10);
+    // 20 ms per batch of 10 behind a bounded channel: the source cannot
+    // get more than a few batches ahead of the sink.
+    env.source(src).rebalance().sink(SlowSink {
+        per_batch: Duration::from_millis(20),
+    });
+    let handle = env.start().unwrap();
+    let lag_of = |split: &str| -> Option<u64> {
+        handle
+            .task_metrics()
+            .iter()
+            .flat_map(|s| s.pending.iter())
+            .find(|p| p.split == split)
+            .map(|p| p.records)
+    };
+    let wait = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ok() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait("lag on partition 0", &|| {
+        lag_of("lag-0").is_some_and(|n| n > 0)
+    });
+    assert!(lag_of("lag-0").unwrap() <= 1000);
+    wait("partition 0 caught up", &|| lag_of("lag-0") == Some(0));
+    // The sink's subtask took every record in.
+    wait("every record at the sink", &|| {
+        handle
+            .task_metrics()
+            .iter()
+            .filter(|s| s.vertex == 1)
+            .map(|s| s.records_in)
+            .sum::<u64>()
+            == 1000
+    });
+    handle.cancel();
+    let _ = handle.join();
 }

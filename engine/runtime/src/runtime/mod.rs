@@ -44,6 +44,7 @@ use crate::checkpoint::{CheckpointConfig, CheckpointStats, Guarantee, RestartStr
 use crate::checkpoint::{Location, Storage};
 use crate::graph::NodeKind;
 use sluice_protocol::api::NodeCounters;
+use sluice_protocol::metrics::SubtaskMetrics;
 
 use crate::data::StreamMessage;
 use crate::error::{Error, Result, Retry};
@@ -308,6 +309,8 @@ pub struct JobHandle {
     /// A task executor of a distributed job: its savepoints are the
     /// coordinator's.
     executor: bool,
+    /// Rates of [`JobHandle::task_metrics`] between calls.
+    sampler: crate::metrics::Sampler,
 }
 
 impl JobHandle {
@@ -342,6 +345,17 @@ impl JobHandle {
         self.stats.lock().expect("stats lock").clone()
     }
 
+    /// The running attempt's figures per subtask: busy, idle and
+    /// backpressured time (per second since the previous call, at least a
+    /// second back, and in total), records and bytes in and out, the input
+    /// watermark and the source's backlog per split: what the web UI and a
+    /// cluster show. Empty before the first attempt starts and for a task
+    /// executor's handle (its coordinator has them).
+    pub fn task_metrics(&self) -> Vec<SubtaskMetrics> {
+        let meters = self.current.lock().expect("job handle lock").meters.clone();
+        self.sampler.sample(&meters)
+    }
+
     /// Whether the job has ended.
     pub fn is_finished(&self) -> bool {
         self.thread.is_finished()
@@ -364,6 +378,7 @@ impl JobHandle {
             user_cancel,
             stats: Arc::default(),
             executor: true,
+            sampler: Default::default(),
         })
     }
 
@@ -486,6 +501,7 @@ pub fn start_embedded(graph: &LogicalGraph, config: &JobConfig) -> Result<JobHan
         user_cancel,
         stats,
         executor: false,
+        sampler: Default::default(),
     })
 }
 
