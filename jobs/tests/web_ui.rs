@@ -124,6 +124,38 @@ fn an_embedded_job_serves_its_ui_and_can_be_cancelled_from_it() {
     assert_eq!(m.value("sluice_workers_alive", &[]), Some(1.0));
     assert_eq!(m.value("sluice_jobs", &[("state", "RUNNING")]), Some(1.0));
     assert_eq!(m.types["sluice_job_restarts_total"], "counter");
+    // The embedded run measures its subtasks as executors do: this
+    // process's memory, each subtask's time accounting and watermark lag.
+    assert!(
+        m.value(
+            "sluice_executor_resident_memory_bytes",
+            &[("job", "embedded"), ("executor", "0")]
+        )
+        .is_some_and(|b| b > 0.0),
+        "{m:?}"
+    );
+    assert_eq!(m.types["sluice_task_busy_seconds_total"], "counter");
+    assert_eq!(m.types["sluice_task_watermark_lag_seconds"], "gauge");
+    let figures = json(port, "/api/v1/jobs/embedded/metrics");
+    let subtasks = figures["subtasks"].as_array().unwrap();
+    let slots: usize = status["vertices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["parallelism"].as_u64().unwrap() as usize)
+        .sum();
+    assert_eq!(subtasks.len(), slots, "one entry per subtask: {figures}");
+    for s in subtasks {
+        let total: u64 = ["busy_ms_per_s", "idle_ms_per_s", "backpressured_ms_per_s"]
+            .iter()
+            .map(|k| s[k].as_u64().unwrap())
+            .sum();
+        assert!(total <= 1000, "{s}");
+    }
+    assert!(
+        subtasks.iter().any(|s| s["records_in"].as_u64() > Some(0)),
+        "{figures}"
+    );
     let count = |m: &Exposition| {
         m.histogram("sluice_checkpoint_duration_seconds", "embedded")
             .map_or(0.0, |(count, _)| count)
