@@ -105,6 +105,11 @@ impl Manager {
             None => (None, None),
         };
         let control = ControlServer::bind_with(config.control_listen, node)?;
+        // The term this manager leads in (a new leader opens its manager
+        // after it leads): its attempts, heartbeat answers and control
+        // server carry it, so workers and executors can tell a deposed
+        // leader's instructions from the current one's.
+        control.set_term(meta.replica().map_or(0, |r| r.position().term));
         let metrics = Arc::new(Metrics::new());
         control.on_checkpoint_complete({
             let metrics = metrics.clone();
@@ -144,7 +149,7 @@ impl Manager {
             }
             jobs.insert(record.id.clone(), Job::new(record));
         }
-        info!(control = %control_addr, jobs = jobs.len(), "coordinator state opened");
+        info!(control = %control_addr, jobs = jobs.len(), term = control.term(), "coordinator state opened");
         Ok(Arc::new(Manager {
             config,
             meta,
@@ -246,6 +251,7 @@ impl Manager {
         Ok(Registered {
             worker_id: registration.id().to_string(),
             heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u64,
+            term: self.control.term(),
         })
     }
 
@@ -299,6 +305,7 @@ impl Manager {
         Some(HeartbeatReply {
             executors,
             prefetch,
+            term: self.control.term(),
         })
     }
 
