@@ -191,7 +191,18 @@ impl Manager {
     }
 
     /// Releases the lock, then writes the records changed under it.
-    fn release(&self, mut inner: std::sync::MutexGuard<'_, Inner>) {
+    fn release(&self, inner: std::sync::MutexGuard<'_, Inner>) {
+        let _ = self.release_reporting(inner, None);
+    }
+
+    /// [`release`](Self::release), returning the error of job `id`'s
+    /// write: a user's change is acknowledged only once it is durable (in
+    /// a Raft group: committed), or the request fails and says so.
+    fn release_reporting(
+        &self,
+        mut inner: std::sync::MutexGuard<'_, Inner>,
+        id: Option<&str>,
+    ) -> Result<()> {
         let changed: Vec<(u64, JobRecord)> = inner
             .jobs
             .values_mut()
@@ -202,11 +213,16 @@ impl Manager {
             })
             .collect();
         drop(inner);
+        let mut reported = Ok(());
         for (version, record) in changed {
             if let Err(e) = self.write(version, &record) {
                 warn!(job = %record.id, error = %e, "could not write job metadata");
+                if id == Some(record.id.as_str()) {
+                    reported = Err(e);
+                }
             }
         }
+        reported
     }
 
     /// Writes `record` at `version` unless a newer version was written.
