@@ -9,68 +9,15 @@ use std::time::Duration;
 use crate::failover::FailoverSummary;
 use crate::q5::Q5Summary;
 use crate::{Args, CHECKPOINT_INTERVAL, HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT, POLL};
+use sluice_benches::machine::{command_line, cpu_model, nproc};
+pub(crate) use sluice_benches::machine::{loadavg, median};
 
 pub(crate) fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-pub(crate) fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let m = v.len() / 2;
-    if v.len().is_multiple_of(2) {
-        (v[m - 1] + v[m]) / 2.0
-    } else {
-        v[m]
-    }
-}
-
 pub(crate) fn all(v: &[f64], f: impl Fn(f64) -> String) -> String {
     v.iter().map(|x| f(*x)).collect::<Vec<_>>().join(", ")
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "not reported in /proc/cpuinfo".into())
-}
-
-fn nproc() -> String {
-    Command::new("nproc")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|| "?".into())
-}
-
-pub(crate) fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| "?".into())
-}
-
-/// The command line as typed (arguments with spaces quoted).
-fn command_line() -> String {
-    std::env::args()
-        .map(|a| {
-            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || "'\"$\\".contains(c)) {
-                format!("'{}'", a.replace('\'', r"'\''"))
-            } else {
-                a
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// What a run measured (each part `None` when not run), and the
