@@ -2,14 +2,17 @@
 //! coordinator`s with `--node-id`/`--peers`, each on its own data
 //! directory, workers and the CLI given all three URLs, q5 submitted with
 //! `sluice submit` and its Parquet output read back with the parquet
-//! crate's reader. The leader is SIGKILLed while the job checkpoints, or
+//! crate's reader. The leader is SIGKILLed while the job checkpoints (and
+//! while a Kafka → Parquet job runs beside it, reading a tansu broker), or
 //! the whole group is killed and started again; the followers are frozen
 //! (SIGSTOP) so the leader is cut off from its majority; a coordinator is
 //! added to a group of two and another removed, with the CLI.
 
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
+use sluice_connectors::kafka::testing::Broker;
 
 mod common;
 use common::cluster::{embedded_q5, Cluster};
@@ -130,6 +133,80 @@ fn a_new_leader_is_elected_when_the_leader_is_killed_and_the_job_finishes_exactl
 }
 
 #[test]
+fn kafka_to_parquet_and_q5_finish_exactly_once_across_a_leader_kill() {
+    const RECORDS: usize = 150_000;
+    let broker = Broker::start().unwrap();
+    broker.create_topic("events", 4).unwrap();
+    let values = (0..RECORDS).map(|i| {
+        format!(
+            r#"{{"id": {i}, "user": "u{}", "amount": {}.5}}"#,
+            i % 97,
+            i % 1000
+        )
+    });
+    broker.produce("events", 4, values).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = [
+        "--brokers",
+        &broker.address(),
+        "--topic",
+        "events",
+        "--format",
+        "json",
+        "--until-end",
+    ];
+    let reference = dir.path().join("reference-kafka");
+    let status = Command::new(env!("CARGO_BIN_EXE_kafka_to_parquet"))
+        .args(kafka)
+        .args(["--parallelism", "2", "--output"])
+        .arg(&reference)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let want_kafka = rows(&reference);
+    assert_eq!(want_kafka.values().sum::<usize>(), RECORDS);
+    let want_q5 = embedded_q5(dir.path());
+
+    let mut cluster = Cluster::start_replicated(dir.path(), 2, 3, COORDINATORS);
+    let q5 = cluster.submit_q5(2, "150000");
+    let mut args = kafka.to_vec();
+    args.extend([
+        "--output",
+        "kafka-out",
+        "--checkpoint-dir",
+        "kafka-ck",
+        "--checkpoint-interval",
+        "200ms",
+    ]);
+    let from_kafka = cluster.submit(2, env!("CARGO_BIN_EXE_kafka_to_parquet"), &args);
+    let before: Vec<Value> = [&q5, &from_kafka]
+        .map(|job| cluster.after_a_checkpoint(job))
+        .to_vec();
+    let all: Vec<usize> = (0..COORDINATORS).collect();
+    let first = leader(&cluster, &all).expect("a leader answers");
+    cluster.kill_coordinator_at(first);
+
+    // A new leader resumes both from their latest checkpoints.
+    for (job, before) in [&q5, &from_kafka].into_iter().zip(&before) {
+        let done = cluster.wait_state(job, "FINISHED", Duration::from_secs(180));
+        assert!(
+            done["attempt"].as_u64() > before["attempt"].as_u64(),
+            "{job} resumed under a new attempt: {done}"
+        );
+    }
+    let out = dir.path().join("out");
+    assert_exactly_once(&want_q5, &rows(&out), &out, "q5 across a leader's SIGKILL");
+    let out = dir.path().join("kafka-out");
+    assert_exactly_once(
+        &want_kafka,
+        &rows(&out),
+        &out,
+        "kafka_to_parquet across a leader's SIGKILL",
+    );
+}
+
+#[test]
 fn a_group_restarted_all_at_once_resumes_its_jobs() {
     let dir = tempfile::tempdir().unwrap();
     let want = embedded_q5(dir.path());
@@ -161,7 +238,7 @@ fn a_group_restarted_all_at_once_resumes_its_jobs() {
 /// Sends coordinator `i` SIGSTOP or SIGCONT (`signal`: STOP, CONT).
 fn signal(cluster: &Cluster, i: usize, signal: &str) {
     let pid = cluster.coordinator_pid(i).expect("the coordinator runs");
-    let status = std::process::Command::new("kill")
+    let status = Command::new("kill")
         .arg(format!("-{signal}"))
         .arg(pid.to_string())
         .status()
