@@ -1,6 +1,9 @@
 //! Shared pieces of Sluice's benchmarks: an in-memory source of prepared
 //! batches, so micro-benchmarks measure operators rather than generation,
-//! and the JSON record the Kafka benchmarks read.
+//! and the JSON record the Kafka benchmarks read; and what every report
+//! states of its run ([`machine`]).
+
+pub mod machine;
 
 use std::sync::Arc;
 

@@ -21,39 +21,12 @@ mod common;
 use common::cluster::{embedded_q5, sluice_bin, Cluster, EVENTS};
 use common::{assert_exactly_once, http, rows, Exposition};
 
-fn q5_args<'a>(out: &'a str, ck: &'a str, rate: &'a str) -> Vec<&'a str> {
-    vec![
-        "--query",
-        "q5",
-        "--events",
-        EVENTS,
-        "--rate",
-        rate,
-        "--output",
-        out,
-        "--checkpoint-dir",
-        ck,
-        "--checkpoint-interval",
-        "200ms",
-    ]
-}
-
-/// Submits q5 with relative output and checkpoint directories (`out`,
-/// `ck`): the executors run in the submitter's directory.
-fn submit_q5(cluster: &Cluster, parallelism: usize, rate: &str) -> String {
-    cluster.submit(
-        parallelism,
-        env!("CARGO_BIN_EXE_nexmark"),
-        &q5_args("out", "ck", rate),
-    )
-}
-
 #[test]
 fn q5_on_three_workers_equals_the_embedded_run() {
     let dir = tempfile::tempdir().unwrap();
     let want = embedded_q5(dir.path());
     let cluster = Cluster::start(dir.path(), 3, 2);
-    let job = submit_q5(&cluster, 3, "1000000");
+    let job = cluster.submit_q5(3, "1000000");
     let running = cluster.wait_state(&job, "RUNNING", Duration::from_secs(60));
     let workers: std::collections::BTreeSet<&str> = running["placement"]
         .as_array()
@@ -217,7 +190,7 @@ fn a_killed_worker_is_replaced_and_output_stays_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let want = embedded_q5(dir.path());
     let mut cluster = Cluster::start(dir.path(), 3, 2);
-    let job = submit_q5(&cluster, 2, "150000");
+    let job = cluster.submit_q5(2, "150000");
     let victim = worker_after_a_checkpoint(&cluster, &job);
     let before = cluster.status(&job);
     // Every worker fetched the binary, the idle one too (prefetch), so
@@ -291,7 +264,7 @@ fn a_rescaled_job_runs_on_at_the_new_parallelism_exactly_once() {
     let cluster = Cluster::start(dir.path(), 3, 2);
     // Slow enough (8 s of events) to be still running after the refused
     // rescales below, which describe binaries, on a loaded machine too.
-    let job = submit_q5(&cluster, 2, "75000");
+    let job = cluster.submit_q5(2, "75000");
     worker_after_a_checkpoint(&cluster, &job);
     let before = cluster.status(&job);
     let widest = |s: &Value| {
@@ -404,7 +377,7 @@ fn a_secured_cluster_serves_https_and_answers_only_its_token() {
     // spoke TLS to the coordinator and to each other (q5's hash exchange
     // crosses the two workers), and the output is exactly the embedded
     // run's, as on a plaintext cluster (the tests above).
-    let job = submit_q5(&cluster, 2, "1000000");
+    let job = cluster.submit_q5(2, "1000000");
     let done = cluster.wait_state(&job, "FINISHED", Duration::from_secs(120));
     assert_eq!(done["restarts"], 0, "{done}");
     let out = dir.path().join("out");
@@ -478,7 +451,7 @@ fn a_restarted_coordinator_resumes_its_jobs() {
     let dir = tempfile::tempdir().unwrap();
     let want = embedded_q5(dir.path());
     let mut cluster = Cluster::start(dir.path(), 2, 2);
-    let job = submit_q5(&cluster, 2, "150000");
+    let job = cluster.submit_q5(2, "150000");
     cluster.wait_for(Duration::from_secs(60), "a completed checkpoint", |c| {
         c.status(&job)["latest_checkpoint"].as_u64().is_some()
     });
@@ -505,7 +478,7 @@ fn a_frozen_worker_is_fenced_when_it_wakes_up() {
     let dir = tempfile::tempdir().unwrap();
     let want = embedded_q5(dir.path());
     let cluster = Cluster::start(dir.path(), 3, 2);
-    let job = submit_q5(&cluster, 2, "150000");
+    let job = cluster.submit_q5(2, "150000");
     let victim = worker_after_a_checkpoint(&cluster, &job);
     let pos = worker_position(&cluster, &victim);
     cluster.signal_worker(pos, "-STOP");
@@ -681,7 +654,7 @@ fn a_partitioned_worker_is_declared_dead_and_its_late_work_is_never_committed() 
     };
     // Worker 0 is behind the veth link; workers 1 and 2 are on this side.
     let cluster = Cluster::start_at(dir.path(), &ns.host_ip, &[ns.place(), host, host2], 2);
-    let job = submit_q5(&cluster, 3, "150000");
+    let job = cluster.submit_q5(3, "150000");
     let mut cut_off = None;
     cluster.wait_for(Duration::from_secs(60), "a completed checkpoint", |c| {
         let s = c.status(&job);

@@ -2,41 +2,23 @@
 //! coordinator`s with `--node-id`/`--peers`, each on its own data
 //! directory, workers and the CLI given all three URLs, q5 submitted with
 //! `sluice submit` and its Parquet output read back with the parquet
-//! crate's reader. The leader is SIGKILLed while the job checkpoints, or
-//! the whole group is killed and started again; a coordinator is added
-//! to a group of two and another removed, with the CLI.
+//! crate's reader. The leader is SIGKILLed while the job checkpoints (and
+//! while a Kafka → Parquet job runs beside it, reading a tansu broker), or
+//! the whole group is killed and started again; the followers are frozen
+//! (SIGSTOP) so the leader is cut off from its majority; a coordinator is
+//! added to a group of two and another removed, with the CLI.
 
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
+use sluice_connectors::kafka::testing::Broker;
 
 mod common;
-use common::cluster::{embedded_q5, Cluster, EVENTS};
-use common::{assert_exactly_once, http, rows};
+use common::cluster::{embedded_q5, Cluster};
+use common::{assert_exactly_once, header, http, rows};
 
 const COORDINATORS: usize = 3;
-
-/// Submits q5 checkpointing every 200 ms into `ck`, writing `out`.
-fn submit_q5(cluster: &Cluster, rate: &str) -> String {
-    cluster.submit(
-        2,
-        env!("CARGO_BIN_EXE_nexmark"),
-        &[
-            "--query",
-            "q5",
-            "--events",
-            EVENTS,
-            "--rate",
-            rate,
-            "--output",
-            "out",
-            "--checkpoint-dir",
-            "ck",
-            "--checkpoint-interval",
-            "200ms",
-        ],
-    )
-}
 
 fn port(cluster: &Cluster, i: usize) -> u16 {
     cluster
@@ -56,30 +38,13 @@ fn leader(cluster: &Cluster, alive: &[usize]) -> Option<usize> {
         .find(|&i| http(port(cluster, i), "GET", "/api/v1/jobs", None).0 == 200)
 }
 
-/// Waits until `job` runs and completed a checkpoint; its status then.
-fn after_a_checkpoint(cluster: &Cluster, job: &str) -> Value {
-    let mut status = Value::Null;
-    cluster.wait_for(Duration::from_secs(60), "a completed checkpoint", |c| {
-        status = c.status(job);
-        status["latest_checkpoint"].as_u64().is_some() && status["state"] == "RUNNING"
-    });
-    status
-}
-
-/// A header's value in a lower-cased header block.
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-        .map(str::trim)
-}
-
 #[test]
 fn a_new_leader_is_elected_when_the_leader_is_killed_and_the_job_finishes_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let want = embedded_q5(dir.path());
     let mut cluster = Cluster::start_replicated(dir.path(), 2, 2, COORDINATORS);
-    let job = submit_q5(&cluster, "150000");
-    let before = after_a_checkpoint(&cluster, &job);
+    let job = cluster.submit_q5(2, "150000");
+    let before = cluster.after_a_checkpoint(&job);
     let all: Vec<usize> = (0..COORDINATORS).collect();
     let first = leader(&cluster, &all).expect("a leader answers");
     let leader_url = cluster.coordinator_url(first);
@@ -168,12 +133,86 @@ fn a_new_leader_is_elected_when_the_leader_is_killed_and_the_job_finishes_exactl
 }
 
 #[test]
+fn kafka_to_parquet_and_q5_finish_exactly_once_across_a_leader_kill() {
+    const RECORDS: usize = 150_000;
+    let broker = Broker::start().unwrap();
+    broker.create_topic("events", 4).unwrap();
+    let values = (0..RECORDS).map(|i| {
+        format!(
+            r#"{{"id": {i}, "user": "u{}", "amount": {}.5}}"#,
+            i % 97,
+            i % 1000
+        )
+    });
+    broker.produce("events", 4, values).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = [
+        "--brokers",
+        &broker.address(),
+        "--topic",
+        "events",
+        "--format",
+        "json",
+        "--until-end",
+    ];
+    let reference = dir.path().join("reference-kafka");
+    let status = Command::new(env!("CARGO_BIN_EXE_kafka_to_parquet"))
+        .args(kafka)
+        .args(["--parallelism", "2", "--output"])
+        .arg(&reference)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let want_kafka = rows(&reference);
+    assert_eq!(want_kafka.values().sum::<usize>(), RECORDS);
+    let want_q5 = embedded_q5(dir.path());
+
+    let mut cluster = Cluster::start_replicated(dir.path(), 2, 3, COORDINATORS);
+    let q5 = cluster.submit_q5(2, "150000");
+    let mut args = kafka.to_vec();
+    args.extend([
+        "--output",
+        "kafka-out",
+        "--checkpoint-dir",
+        "kafka-ck",
+        "--checkpoint-interval",
+        "200ms",
+    ]);
+    let from_kafka = cluster.submit(2, env!("CARGO_BIN_EXE_kafka_to_parquet"), &args);
+    let before: Vec<Value> = [&q5, &from_kafka]
+        .map(|job| cluster.after_a_checkpoint(job))
+        .to_vec();
+    let all: Vec<usize> = (0..COORDINATORS).collect();
+    let first = leader(&cluster, &all).expect("a leader answers");
+    cluster.kill_coordinator_at(first);
+
+    // A new leader resumes both from their latest checkpoints.
+    for (job, before) in [&q5, &from_kafka].into_iter().zip(&before) {
+        let done = cluster.wait_state(job, "FINISHED", Duration::from_secs(180));
+        assert!(
+            done["attempt"].as_u64() > before["attempt"].as_u64(),
+            "{job} resumed under a new attempt: {done}"
+        );
+    }
+    let out = dir.path().join("out");
+    assert_exactly_once(&want_q5, &rows(&out), &out, "q5 across a leader's SIGKILL");
+    let out = dir.path().join("kafka-out");
+    assert_exactly_once(
+        &want_kafka,
+        &rows(&out),
+        &out,
+        "kafka_to_parquet across a leader's SIGKILL",
+    );
+}
+
+#[test]
 fn a_group_restarted_all_at_once_resumes_its_jobs() {
     let dir = tempfile::tempdir().unwrap();
     let want = embedded_q5(dir.path());
     let mut cluster = Cluster::start_replicated(dir.path(), 2, 2, COORDINATORS);
-    let job = submit_q5(&cluster, "150000");
-    let before = after_a_checkpoint(&cluster, &job);
+    let job = cluster.submit_q5(2, "150000");
+    let before = cluster.after_a_checkpoint(&job);
     for i in 0..COORDINATORS {
         cluster.kill_coordinator_at(i);
     }
@@ -194,6 +233,93 @@ fn a_group_restarted_all_at_once_resumes_its_jobs() {
         &out,
         "q5 across a restart of every coordinator",
     );
+}
+
+/// Sends coordinator `i` SIGSTOP or SIGCONT (`signal`: STOP, CONT).
+fn signal(cluster: &Cluster, i: usize, signal: &str) {
+    let pid = cluster.coordinator_pid(i).expect("the coordinator runs");
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// Coordinator `i`'s own copy of `job`'s status, and the term it answers in.
+fn local_status(cluster: &Cluster, i: usize, job: &str) -> (Value, u64) {
+    let (code, head, body) = http(
+        port(cluster, i),
+        "GET",
+        &format!("/api/v1/jobs/{job}?consistency=local"),
+        None,
+    );
+    assert_eq!(code, 200, "{head}\n{body}");
+    let term = header(&head, "x-sluice-raft-term")
+        .and_then(|t| t.parse().ok())
+        .expect("an answer carries its term");
+    (serde_json::from_str(&body).unwrap(), term)
+}
+
+#[test]
+fn a_leader_cut_off_from_its_majority_steps_down_and_completes_no_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = embedded_q5(dir.path());
+    let cluster = Cluster::start_replicated(dir.path(), 2, 2, COORDINATORS);
+    let job = cluster.submit_q5(2, "150000");
+    let before = cluster.after_a_checkpoint(&job);
+    let all: Vec<usize> = (0..COORDINATORS).collect();
+    let first = leader(&cluster, &all).expect("a leader answers");
+    let followers: Vec<usize> = all.iter().copied().filter(|&i| i != first).collect();
+
+    // Both followers frozen: the leader still runs and reaches its workers
+    // and executors, but no majority acknowledges it any more.
+    for &f in &followers {
+        signal(&cluster, f, "STOP");
+    }
+    // A commit already acknowledged before the freeze may still apply.
+    std::thread::sleep(Duration::from_millis(500));
+    let (cut_off, term_cut_off) = local_status(&cluster, first, &job);
+    cluster.wait_for(
+        Duration::from_secs(20),
+        "the cut-off leader to stop answering as leader",
+        |c| http(port(c, first), "GET", "/api/v1/jobs", None).0 == 503,
+    );
+    // Its executors ran on meanwhile, but no checkpoint of theirs could
+    // complete: a completion is an entry of the log, which needs a
+    // majority.
+    std::thread::sleep(Duration::from_secs(2));
+    let (later, _) = local_status(&cluster, first, &job);
+    assert_eq!(
+        later["latest_checkpoint"], cut_off["latest_checkpoint"],
+        "a checkpoint completed without a majority: {later}"
+    );
+
+    // Healed: one leader, and the job resumes from a checkpoint the log
+    // accepted and finishes exactly once.
+    for &f in &followers {
+        signal(&cluster, f, "CONT");
+    }
+    cluster.wait_for(Duration::from_secs(30), "a leader after healing", |c| {
+        leader(c, &all).is_some()
+    });
+    let done = cluster.wait_state(&job, "FINISHED", Duration::from_secs(180));
+    assert!(
+        done["attempt"].as_u64() > before["attempt"].as_u64(),
+        "resumed under a new attempt: {done}"
+    );
+    let out = dir.path().join("out");
+    assert_exactly_once(&want, &rows(&out), &out, "q5 across a cut-off leader");
+    let leaders: Vec<usize> = all
+        .iter()
+        .copied()
+        .filter(|&i| http(port(&cluster, i), "GET", "/api/v1/jobs", None).0 == 200)
+        .collect();
+    assert_eq!(leaders.len(), 1, "one leader after healing: {leaders:?}");
+    cluster.wait_for(Duration::from_secs(10), "every member in one term", |c| {
+        let terms: Vec<u64> = all.iter().map(|&i| local_status(c, i, &job).1).collect();
+        terms.iter().all(|&t| t == terms[0] && t >= term_cut_off)
+    });
 }
 
 /// `sluice coordinators --json`: the group as its leader knows it.
@@ -219,8 +345,8 @@ fn a_third_coordinator_is_added_to_a_group_of_two_and_another_removed() {
     let dir = tempfile::tempdir().unwrap();
     let want = embedded_q5(dir.path());
     let mut cluster = Cluster::start_replicated(dir.path(), 2, 2, 2);
-    let job = submit_q5(&cluster, "150000");
-    after_a_checkpoint(&cluster, &job);
+    let job = cluster.submit_q5(2, "150000");
+    cluster.after_a_checkpoint(&job);
     assert_eq!(voters(&group(&cluster)), [1, 2], "{}", group(&cluster));
 
     // A coordinator started with --join holds nothing until it is added.

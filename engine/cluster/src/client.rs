@@ -147,6 +147,12 @@ impl Client {
         &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
     }
 
+    /// Makes the next coordinator URL the current one (a worker turning
+    /// away from a deposed leader).
+    pub fn rotate(&self) {
+        self.current.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// `POST /api/v1/jobs` with an already uploaded artifact.
     pub async fn submit_job(&self, job: &SubmitJob) -> Result<Submitted> {
         self.call(Method::POST, "/api/v1/jobs", Some(job)).await

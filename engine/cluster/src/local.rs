@@ -20,7 +20,7 @@ use sluice_protocol::api::WorkerInfo;
 
 use crate::certs;
 
-/// Where a worker runs: the host its exchange listens on, and a command
+/// Where a worker (or a placed coordinator) runs: the host it listens on, and a command
 /// prefix it is started under (`ip netns exec NS` to put it behind a
 /// virtual link; empty for none).
 #[derive(Debug, Clone)]
@@ -87,8 +87,9 @@ pub struct LocalTls {
 }
 
 impl LocalTls {
-    /// Makes them in `dir` (or takes those made there before).
-    pub fn make(dir: &Path, host: &str) -> Result<LocalTls> {
+    /// Makes them in `dir` (or takes those made there before), the
+    /// coordinators' certificate naming every one of `hosts`.
+    pub fn make(dir: &Path, hosts: &[&str]) -> Result<LocalTls> {
         let ca = certs::CaFiles::in_dir(dir);
         let coordinator = certs::NodeFiles {
             cert: dir.join("coordinator.pem"),
@@ -101,10 +102,12 @@ impl LocalTls {
         certs::init_ca(dir, "Sluice test cluster CA", day)?;
         let mut ips: Vec<std::net::IpAddr> = vec![[127, 0, 0, 1].into()];
         let mut dns = vec!["localhost".to_string()];
-        match host.parse() {
-            Ok(ip) if !ips.contains(&ip) => ips.push(ip),
-            Ok(_) => {}
-            Err(_) => dns.push(host.to_string()),
+        for host in hosts {
+            match host.parse() {
+                Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+                Ok(_) => {}
+                Err(_) => dns.push(host.to_string()),
+            }
         }
         let coordinator = certs::node(dir, dir, "coordinator", &dns, &ips, day)?;
         Ok(LocalTls { ca, coordinator })
@@ -118,9 +121,22 @@ pub struct LocalCluster {
     ports: Vec<u16>,
     /// Coordinators started with `--join` (added after the start).
     joining: Vec<bool>,
+    /// Where each coordinator runs, when not all on `config.host`.
+    coordinator_places: Vec<WorkerPlace>,
     coordinators: Vec<Option<Child>>,
     workers: Vec<Child>,
     tls: Option<LocalTls>,
+}
+
+/// The API port of coordinators started in places of their own.
+pub const PLACED_PORT: u16 = 7400;
+
+/// A port nothing listens on at `host` now.
+fn free_port(host: &str) -> Result<u16> {
+    std::net::TcpListener::bind((host, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| Error::io(format!("finding a free port on {host}"), e))
 }
 
 /// Lines of each log shown by [`LocalCluster::logs`].
@@ -130,27 +146,48 @@ impl LocalCluster {
     /// Starts the coordinators, waits until one leads, then starts the
     /// workers and waits until every worker is registered and alive.
     pub fn start(config: LocalClusterConfig) -> Result<LocalCluster> {
+        LocalCluster::start_placed(config, Vec::new())
+    }
+
+    /// [`start`](Self::start) with coordinator `i` listening on
+    /// `coordinator_places[i].host` and started under its prefix (one
+    /// place per coordinator; a network namespace of its own, say, so a
+    /// test can cut it off from the others). Placed coordinators listen
+    /// on port [`PLACED_PORT`], each on its own address.
+    pub fn start_placed(
+        config: LocalClusterConfig,
+        coordinator_places: Vec<WorkerPlace>,
+    ) -> Result<LocalCluster> {
         std::fs::create_dir_all(&config.dir)
             .map_err(|e| Error::io(format!("creating {}", config.dir.display()), e))?;
         if config.coordinators == 0 {
             return Err(Error::Config("a cluster needs a coordinator".into()));
         }
-        let ports = (0..config.coordinators)
-            .map(|_| {
-                std::net::TcpListener::bind((config.host.as_str(), 0))
-                    .and_then(|l| l.local_addr())
-                    .map(|a| a.port())
-                    .map_err(|e| Error::io(format!("finding a free port on {}", config.host), e))
-            })
-            .collect::<Result<Vec<u16>>>()?;
+        if !coordinator_places.is_empty() && coordinator_places.len() != config.coordinators {
+            return Err(Error::Config(format!(
+                "{} coordinator places for {} coordinators",
+                coordinator_places.len(),
+                config.coordinators
+            )));
+        }
+        let ports = if coordinator_places.is_empty() {
+            (0..config.coordinators)
+                .map(|_| free_port(&config.host))
+                .collect::<Result<Vec<u16>>>()?
+        } else {
+            vec![PLACED_PORT; config.coordinators]
+        };
         let tls = if config.plaintext {
             None
         } else {
-            Some(LocalTls::make(&config.dir.join("tls"), &config.host)?)
+            let mut hosts = vec![config.host.as_str()];
+            hosts.extend(coordinator_places.iter().map(|p| p.host.as_str()));
+            Some(LocalTls::make(&config.dir.join("tls"), &hosts)?)
         };
         let mut c = LocalCluster {
             coordinators: ports.iter().map(|_| None).collect(),
             joining: ports.iter().map(|_| false).collect(),
+            coordinator_places,
             config,
             ports,
             workers: Vec::new(),
@@ -221,9 +258,20 @@ impl LocalCluster {
     /// Starts coordinator `i`; again after it was killed: same address
     /// and data directory, log appended.
     pub fn start_coordinator_at(&mut self, i: usize) -> Result<()> {
-        let mut cmd = Command::new(&self.config.sluice);
+        let mut cmd = match self
+            .coordinator_places
+            .get(i)
+            .map(|p| p.prefix.split_first())
+        {
+            Some(Some((first, rest))) => {
+                let mut cmd = Command::new(first);
+                cmd.args(rest).arg(&self.config.sluice);
+                cmd
+            }
+            _ => Command::new(&self.config.sluice),
+        };
         cmd.args(["coordinator", "--listen"])
-            .arg(format!("{}:{}", self.config.host, self.ports[i]))
+            .arg(format!("{}:{}", self.coordinator_host(i), self.ports[i]))
             .args(["--advertise", &self.coordinator_url(i)]);
         if self.joining[i] {
             cmd.arg("--node-id")
@@ -273,10 +321,12 @@ impl LocalCluster {
     /// coordinator `I`, on its own port and data directory) and returns
     /// its index once it listens; `sluice coordinators add` then adds it.
     pub fn start_joining_coordinator(&mut self) -> Result<usize> {
-        let port = std::net::TcpListener::bind((self.config.host.as_str(), 0))
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .map_err(|e| Error::io(format!("finding a free port on {}", self.config.host), e))?;
+        if !self.coordinator_places.is_empty() {
+            return Err(Error::Config(
+                "a coordinator joins only a cluster whose coordinators are not placed".into(),
+            ));
+        }
+        let port = free_port(&self.config.host)?;
         self.ports.push(port);
         self.joining.push(true);
         self.coordinators.push(None);
@@ -312,10 +362,17 @@ impl LocalCluster {
             .join(",")
     }
 
+    /// The host coordinator `i` listens on.
+    pub fn coordinator_host(&self, i: usize) -> &str {
+        self.coordinator_places
+            .get(i)
+            .map_or(self.config.host.as_str(), |p| p.host.as_str())
+    }
+
     /// The URL of coordinator `i`.
     pub fn coordinator_url(&self, i: usize) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://{}:{}", self.config.host, self.ports[i])
+        format!("{scheme}://{}:{}", self.coordinator_host(i), self.ports[i])
     }
 
     /// The token and CA flags of a worker or CLI command.

@@ -88,6 +88,8 @@ fn hello_with(
             protocol: sluice_protocol::PROTOCOL_VERSION,
             job_id: job.into(),
             attempt,
+            // A control server outside a Raft group serves term 0.
+            term: 0,
             executor: 0,
             exchange: "127.0.0.1:1".into(),
             secret: secret.into(),

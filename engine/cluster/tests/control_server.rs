@@ -1,6 +1,7 @@
 //! The control server under strangers: silent connections, oversized and
 //! malformed hellos, hellos of another protocol version, floods of hellos
-//! for jobs that do not exist. None of them keeps a real executor out.
+//! for jobs that do not exist, hellos of another leader's term. None of
+//! them keeps a real executor out.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -36,7 +37,14 @@ fn description() -> JobDescription {
 }
 
 fn server() -> (ControlServer, sluice_cluster::attempt::AttemptHandle) {
+    // A control server outside a Raft group serves term 0.
+    server_of_term(0)
+}
+
+/// A control server of a leader in `term`, running one attempt.
+fn server_of_term(term: u64) -> (ControlServer, sluice_cluster::attempt::AttemptHandle) {
     let server = ControlServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    server.set_term(term);
     let handle = server
         .start_attempt(AttemptConfig {
             job_id: JOB.into(),
@@ -59,10 +67,15 @@ fn server() -> (ControlServer, sluice_cluster::attempt::AttemptHandle) {
 }
 
 fn hello(protocol: u32, job: &str, secret: &str) -> ToCoordinator {
+    hello_of_term(protocol, job, secret, 0)
+}
+
+fn hello_of_term(protocol: u32, job: &str, secret: &str, term: u64) -> ToCoordinator {
     ToCoordinator::Hello {
         protocol,
         job_id: job.into(),
         attempt: 1,
+        term,
         executor: 0,
         exchange: "127.0.0.1:1".into(),
         secret: secret.into(),
@@ -218,5 +231,33 @@ fn hellos_for_unknown_jobs_are_counted_not_kept() {
     let answer: Option<ToExecutor> = read_frame(&mut s).unwrap();
     assert!(matches!(answer, Some(ToExecutor::Rejected { .. })));
     assert_eq!(handle.rejected_stale(), 1);
+    handle.cancel("test over");
+}
+
+#[test]
+fn a_hello_of_another_term_is_refused_naming_both() {
+    let (server, handle) = server_of_term(7);
+    assert_eq!(server.term(), 7);
+    // An executor of the same attempt number started by the leader of
+    // term 6 (a deposed one) does not get in.
+    let mut s = connect(server.local_addr());
+    let v = sluice_protocol::PROTOCOL_VERSION;
+    write_frame(&mut s, &hello_of_term(v, JOB, SECRET, 6)).unwrap();
+    let Some(ToExecutor::Rejected { reason }) = read_frame(&mut s).unwrap() else {
+        panic!("a hello of term 6 was not refused");
+    };
+    assert!(
+        reason.contains("term 7") && reason.contains("term 6"),
+        "{reason}"
+    );
+    assert_eq!(handle.rejected_stale(), 1);
+    // The attempt's own executor gets the peers, with the server's term.
+    let mut exec = connect(server.local_addr());
+    write_frame(&mut exec, &hello_of_term(v, JOB, SECRET, 7)).unwrap();
+    let first: Option<ToExecutor> = read_frame(&mut exec).unwrap();
+    assert!(
+        matches!(first, Some(ToExecutor::Peers { term: 7, .. })),
+        "{first:?}"
+    );
     handle.cancel("test over");
 }

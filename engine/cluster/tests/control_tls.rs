@@ -76,6 +76,8 @@ fn hello(secret: &str) -> ToCoordinator {
         protocol: sluice_protocol::PROTOCOL_VERSION,
         job_id: JOB.into(),
         attempt: ATTEMPT,
+        // A control server outside a Raft group serves term 0.
+        term: 0,
         executor: 0,
         exchange: "127.0.0.1:1".into(),
         secret: secret.into(),

@@ -570,6 +570,9 @@ pub struct Registered {
     pub worker_id: String,
     /// How often to heartbeat, ms.
     pub heartbeat_interval_ms: u64,
+    /// The Raft term of the coordinator that answered (see
+    /// [`HeartbeatReply::term`]).
+    pub term: u64,
 }
 
 /// What a worker reports of one executor process.
@@ -607,6 +610,10 @@ pub struct HeartbeatReply {
     /// ahead of need, so a restart placed on it does not wait for a download.
     #[serde(default)]
     pub prefetch: Vec<String>,
+    /// The Raft term the answering coordinator leads in. A worker that has
+    /// seen a newer term refuses the answer (it is a deposed leader's) and
+    /// turns to another coordinator.
+    pub term: u64,
 }
 
 /// An executor process a worker must run.
@@ -636,6 +643,10 @@ pub struct ExecutorSpec {
     /// Attempt (fencing generation): the exchange and the coordinator refuse
     /// other attempts.
     pub attempt: u64,
+    /// The Raft term of the leader that started the attempt: workers that
+    /// have seen a newer term do not start it, and the executor refuses a
+    /// control server of another term.
+    pub term: u64,
     /// This executor's index in the attempt.
     pub executor: usize,
     /// Executors in the attempt.

@@ -58,6 +58,8 @@ pub enum ToCoordinator {
         job_id: String,
         /// Attempt of the executor.
         attempt: u64,
+        /// The term its spec names (`ExecutorSpec::term`).
+        term: u64,
         /// Executor index.
         executor: usize,
         /// Where its exchange listener accepts peers.
@@ -126,6 +128,9 @@ pub enum ToExecutor {
         exchange: Vec<String>,
         /// Which executor runs each subtask.
         placement: Vec<(TaskKey, usize)>,
+        /// The term of the coordinator serving the attempt; the executor
+        /// refuses one of another term than its spec.
+        term: u64,
     },
     /// Checkpoint `id` will be written to `dir` (before its trigger).
     Prepare {
@@ -296,6 +301,7 @@ mod tests {
             protocol,
             job_id: "job-1".into(),
             attempt: 1,
+            term: 1,
             executor: 0,
             exchange: "127.0.0.1:1".into(),
             secret: "s".into(),

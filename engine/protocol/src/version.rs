@@ -13,7 +13,9 @@ use crate::error::{Error, Result};
 /// The version of every message in this crate. Bumped whenever a message
 /// changes in a way an older or newer peer would misread. Version 2 was the
 /// exchange hello of releases that versioned only the exchange; version 4
-/// made `ClusterInfo::jobs` a map from state to count; version 6 made
+/// made `ClusterInfo::jobs` a map from state to count; version 5 added the
+/// leader's Raft term to executor specs, heartbeat and registration
+/// answers, and the control hello and peers; version 6 made
 /// `ToCoordinator::Metrics` an `ExecutorMetrics` (per-subtask time
 /// accounting, watermarks, source backlog, process CPU and memory).
 pub const PROTOCOL_VERSION: u32 = 6;

@@ -69,6 +69,7 @@ pub async fn job<V: JobsView>(
         (status = 200, description = "The job, cancelled.", body = JobStatus),
         (status = 404, description = "No such job.", body = ApiError),
         (status = 409, description = "The job has already ended.", body = ApiError),
+        (status = 500, description = "The cancellation could not be recorded (in a Raft group: not committed); it may or may not hold.", body = ApiError),
         Unauthorized,
         Forbidden,
     ),

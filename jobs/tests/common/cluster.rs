@@ -65,6 +65,25 @@ impl std::ops::DerefMut for Cluster {
     }
 }
 
+/// The arguments of a q5 run at `rate` events per second writing `out`,
+/// checkpointing every 200 ms into `ck`.
+pub fn q5_args<'a>(out: &'a str, ck: &'a str, rate: &'a str) -> Vec<&'a str> {
+    vec![
+        "--query",
+        "q5",
+        "--events",
+        EVENTS,
+        "--rate",
+        rate,
+        "--output",
+        out,
+        "--checkpoint-dir",
+        ck,
+        "--checkpoint-interval",
+        "200ms",
+    ]
+}
+
 impl Cluster {
     pub fn start(dir: &Path, workers: usize, slots: usize) -> Cluster {
         let places: Vec<WorkerPlace> = (0..workers).map(|_| WorkerPlace::loopback()).collect();
@@ -125,6 +144,52 @@ impl Cluster {
     ) -> Cluster {
         let places: Vec<WorkerPlace> = (0..workers).map(|_| WorkerPlace::loopback()).collect();
         Cluster::start_secured(dir, "127.0.0.1", &places, slots, None, coordinators, false)
+    }
+
+    /// A Raft group of one coordinator per place in `coordinators` (a
+    /// network namespace each, say), and `workers` workers on this side's
+    /// loopback (plaintext).
+    pub fn start_placed(
+        dir: &Path,
+        workers: usize,
+        slots: usize,
+        coordinators: Vec<WorkerPlace>,
+    ) -> Cluster {
+        let config = LocalClusterConfig {
+            sluice: sluice_bin(),
+            dir: dir.to_path_buf(),
+            host: "127.0.0.1".into(),
+            coordinator_args: ["--heartbeat-timeout", "1s", "--heartbeat-interval", "200ms"]
+                .map(String::from)
+                .to_vec(),
+            workers: (0..workers).map(|_| WorkerPlace::loopback()).collect(),
+            slots,
+            security: None,
+            plaintext: true,
+            coordinators: coordinators.len(),
+        };
+        Cluster(LocalCluster::start_placed(config, coordinators).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// Submits q5 checkpointing every 200 ms, with relative output and
+    /// checkpoint directories (`out`, `ck`): the executors run in the
+    /// submitter's directory.
+    pub fn submit_q5(&self, parallelism: usize, rate: &str) -> String {
+        self.submit(
+            parallelism,
+            env!("CARGO_BIN_EXE_nexmark"),
+            &q5_args("out", "ck", rate),
+        )
+    }
+
+    /// Waits until `job` runs and completed a checkpoint; its status then.
+    pub fn after_a_checkpoint(&self, job: &str) -> Value {
+        let mut status = Value::Null;
+        self.wait_for(Duration::from_secs(60), "a completed checkpoint", |c| {
+            status = c.status(job);
+            status["latest_checkpoint"].as_u64().is_some() && status["state"] == "RUNNING"
+        });
+        status
     }
 
     pub fn restart_coordinator(&mut self) {

@@ -246,13 +246,24 @@ impl Drop for S3Server {
 /// Status, lower-cased header block and body of a plain HTTP/1.1
 /// request (`token` as a bearer token; a POST sends an empty JSON object).
 pub fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String, String) {
+    http_at("127.0.0.1", port, method, path, token)
+}
+
+/// [`http`] to `host`.
+pub fn http_at(
+    host: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String, String) {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut s = std::net::TcpStream::connect((host, port)).unwrap();
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let body = if method == "POST" { "{}" } else { "" };
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{auth}\
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{auth}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
@@ -262,6 +273,13 @@ pub fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, S
     let (head, body) = answer.split_once("\r\n\r\n").expect("a header block");
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
     (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// A header's value in a lower-cased header block (as [`http`] returns).
+pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .map(str::trim)
 }
 
 /// Every row of the Parquet dataset at `location` (a directory, or an

@@ -148,6 +148,7 @@ impl ControlServer {
             stats: cfg.stats,
             on_checkpoint: self.attempts.on_checkpoint.get().cloned(),
             approve_checkpoint: self.attempts.approve_checkpoint.get().cloned(),
+            term: self.attempts.term.load(Ordering::SeqCst),
             coordinator_thread: Mutex::new(None),
             coordinator_stopped: AtomicBool::new(false),
             ended: AtomicBool::new(false),
@@ -332,6 +333,8 @@ pub(crate) struct Attempt {
     on_checkpoint: Option<CheckpointHook>,
     /// Asked before each checkpoint completes (a Raft group's log).
     approve_checkpoint: Option<ApproveHook>,
+    /// The term it was started under (its control server's).
+    pub(crate) term: u64,
     rejected: AtomicU64,
     /// A terminal event was sent or the attempt was cancelled.
     ended: AtomicBool,
@@ -456,6 +459,7 @@ impl Attempt {
         let peers = ToExecutor::Peers {
             exchange: st.exchange.iter().flatten().cloned().collect(),
             placement: self.placement.clone(),
+            term: self.term,
         };
         for l in st.links.iter().flatten() {
             if let Err(e) = l.send(&peers) {

@@ -93,6 +93,10 @@ pub(crate) struct Attempts {
     pub(crate) on_checkpoint: std::sync::OnceLock<CheckpointHook>,
     /// Asked before each checkpoint of any attempt completes.
     pub(crate) approve_checkpoint: std::sync::OnceLock<ApproveHook>,
+    /// The Raft term of the coordinator this server belongs to (0 outside
+    /// a Raft group): attempts started here carry it, and a hello naming
+    /// another term is refused.
+    pub(crate) term: AtomicU64,
 }
 
 /// Asked, with the attempt's job id and number, the checkpoint id and
@@ -193,6 +197,17 @@ impl ControlServer {
         if self.attempts.on_checkpoint.set(hook).is_err() {
             warn!("a checkpoint hook was set already; the new one is ignored");
         }
+    }
+
+    /// Sets the term this server's attempts are started under (the
+    /// leader's Raft term), before any attempt starts.
+    pub fn set_term(&self, term: u64) {
+        self.attempts.term.store(term, Ordering::SeqCst);
+    }
+
+    /// The term this server's attempts are started under.
+    pub fn term(&self) -> u64 {
+        self.attempts.term.load(Ordering::SeqCst)
     }
 
     /// Hellos refused that named no job with an attempt.
@@ -401,15 +416,16 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Send + 'static>(
             protocol: _,
             job_id,
             attempt,
+            term,
             executor,
             exchange,
             secret,
-        } => Ok((job_id, attempt, executor, exchange, secret)),
+        } => Ok((job_id, attempt, term, executor, exchange, secret)),
         _ => Err(sluice_protocol::Error::Malformed(
             "the first control frame must be a hello".into(),
         )),
     });
-    let (job_id, attempt_no, executor, exchange, secret) = match hello {
+    let (job_id, attempt_no, hello_term, executor, exchange, secret) = match hello {
         Ok(h) => h,
         Err(e) => {
             attempts.refused_unknown.fetch_add(1, Ordering::Relaxed);
@@ -432,6 +448,11 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Send + 'static>(
         Some(a) if a.attempt != attempt_no => Err(format!(
             "attempt {attempt_no} of job '{job_id}' is stale (the current attempt is {})",
             a.attempt
+        )),
+        Some(a) if a.term != hello_term => Err(format!(
+            "attempt {attempt_no} of job '{job_id}' was started under term {} of the \
+             coordinators, the hello names term {hello_term}",
+            a.term
         )),
         Some(_)
             if names

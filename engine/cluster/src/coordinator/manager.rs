@@ -106,6 +106,11 @@ impl Manager {
             None => (None, None),
         };
         let control = ControlServer::bind_with(config.control_listen, node)?;
+        // The term this manager leads in (a new leader opens its manager
+        // after it leads): its attempts, heartbeat answers and control
+        // server carry it, so workers and executors can tell a deposed
+        // leader's instructions from the current one's.
+        control.set_term(meta.replica().map_or(0, |r| r.position().term));
         let metrics = Arc::new(Metrics::new());
         control.on_checkpoint_complete({
             let metrics = metrics.clone();
@@ -145,7 +150,7 @@ impl Manager {
             }
             jobs.insert(record.id.clone(), Job::new(record));
         }
-        info!(control = %control_addr, jobs = jobs.len(), "coordinator state opened");
+        info!(control = %control_addr, jobs = jobs.len(), term = control.term(), "coordinator state opened");
         Ok(Arc::new(Manager {
             config,
             meta,
@@ -187,7 +192,18 @@ impl Manager {
     }
 
     /// Releases the lock, then writes the records changed under it.
-    fn release(&self, mut inner: std::sync::MutexGuard<'_, Inner>) {
+    fn release(&self, inner: std::sync::MutexGuard<'_, Inner>) {
+        let _ = self.release_reporting(inner, None);
+    }
+
+    /// [`release`](Self::release), returning the error of job `id`'s
+    /// write: a user's change is acknowledged only once it is durable (in
+    /// a Raft group: committed), or the request fails and says so.
+    fn release_reporting(
+        &self,
+        mut inner: std::sync::MutexGuard<'_, Inner>,
+        id: Option<&str>,
+    ) -> Result<()> {
         let changed: Vec<(u64, JobRecord)> = inner
             .jobs
             .values_mut()
@@ -198,11 +214,16 @@ impl Manager {
             })
             .collect();
         drop(inner);
+        let mut reported = Ok(());
         for (version, record) in changed {
             if let Err(e) = self.write(version, &record) {
                 warn!(job = %record.id, error = %e, "could not write job metadata");
+                if id == Some(record.id.as_str()) {
+                    reported = Err(e);
+                }
             }
         }
+        reported
     }
 
     /// Writes `record` at `version` unless a newer version was written.
@@ -247,6 +268,7 @@ impl Manager {
         Ok(Registered {
             worker_id: registration.id().to_string(),
             heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u64,
+            term: self.control.term(),
         })
     }
 
@@ -300,6 +322,7 @@ impl Manager {
         Some(HeartbeatReply {
             executors,
             prefetch,
+            term: self.control.term(),
         })
     }
 

@@ -463,6 +463,7 @@ impl Cluster {
                     protocol: sluice_protocol::PROTOCOL_VERSION,
                     job_id: JOB_ID.into(),
                     attempt: l.attempt,
+                    term: 0,
                     executor: i,
                     executors: l.executors,
                     control: server.local_addr().to_string(),

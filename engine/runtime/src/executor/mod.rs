@@ -147,6 +147,7 @@ pub(crate) fn run_until(
         protocol: sluice_protocol::PROTOCOL_VERSION,
         job_id: spec.job_id.clone(),
         attempt: spec.attempt,
+        term: spec.term,
         executor: me,
         exchange,
         secret: spec.secret.clone(),
@@ -155,7 +156,17 @@ pub(crate) fn run_until(
         Some(ToExecutor::Peers {
             exchange,
             placement,
-        }) => (exchange, placement),
+            term,
+        }) if term == spec.term => (exchange, placement),
+        // Only the leader that started the attempt may run it: a control
+        // server of another term is another leadership's.
+        Some(ToExecutor::Peers { term, .. }) => {
+            return Err(Error::Exchange(format!(
+                "the coordinator at {} serves term {term}, but attempt {} was started under \
+                 term {}; refusing its instructions",
+                spec.control, spec.attempt, spec.term
+            )))
+        }
         Some(ToExecutor::Rejected { reason }) | Some(ToExecutor::Cancel { reason }) => {
             return Err(Error::Exchange(format!(
                 "the coordinator refused executor {me} of attempt {}: {reason}",

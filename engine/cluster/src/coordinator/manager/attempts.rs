@@ -366,6 +366,7 @@ impl Manager {
                             protocol: sluice_protocol::PROTOCOL_VERSION,
                             job_id: id.to_string(),
                             attempt,
+                            term: self.control.term(),
                             executor: e,
                             executors: assignment.executors.len(),
                             control: self.control_addr.clone(),
@@ -394,7 +395,7 @@ impl Manager {
                 executor: *e,
             })
             .collect();
-        info!(job = %id, attempt, executors = ?assignment.executors, restore = ?restore, "starting attempt");
+        info!(job = %id, attempt, term = self.control.term(), executors = ?assignment.executors, restore = ?restore, "starting attempt");
         let job = inner.jobs.get_mut(id).expect("checked above");
         job.record.life = life;
         // Durable before a heartbeat can hand the attempt to a worker.

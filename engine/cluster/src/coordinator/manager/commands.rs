@@ -107,7 +107,11 @@ impl Manager {
         job.changed();
         info!(job = %id, "job cancelled");
         let status = job.status();
-        self.release(inner);
+        self.release_reporting(inner, Some(id)).map_err(|e| {
+            Error::Internal(format!(
+                "the cancellation of {id} could not be recorded, so it may not hold: {e}"
+            ))
+        })?;
         Ok(status)
     }
 

@@ -259,6 +259,13 @@ impl Drop for ReplicaInner {
     }
 }
 
+/// How many election timeouts (numerator, denominator) a leader may go
+/// without a majority's acknowledgement before it stops acting as leader.
+/// One and a half: followers stand for election after a half to one
+/// timeout without its heartbeats, and a loaded machine delays an
+/// acknowledgement now and then without anything being cut off.
+pub const QUORUM_LOSS: (u64, u64) = (3, 2);
+
 /// Where this coordinator's copy stands: the term, the index of the last
 /// entry applied, and the leader it knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -480,13 +487,24 @@ impl Replica {
     }
 
     /// Where this copy stands.
+    ///
+    /// A leader that has not heard a majority acknowledge it for
+    /// [`QUORUM_LOSS`] election timeouts does not count as leading (nor as
+    /// a known leader), though openraft keeps it leader until it hears a
+    /// newer term: cut off from the majority (a partition, or frozen and
+    /// woken), it steps down, so its manager stops and workers turn to the
+    /// other coordinators, where the majority elects a new leader.
     pub fn position(&self) -> Position {
         let m = self.inner.raft.metrics().borrow().clone();
+        let limit =
+            self.inner.settings.election_timeout.as_millis() as u64 * QUORUM_LOSS.0 / QUORUM_LOSS.1;
+        let self_elected = m.state == ServerState::Leader && m.current_leader == Some(self.id());
+        let acknowledged = m.millis_since_quorum_ack.is_some_and(|ms| ms <= limit);
         Position {
             term: m.current_term,
             applied: m.last_applied.map_or(0, |l| l.index),
-            leader: m.current_leader,
-            leading: m.state == ServerState::Leader && m.current_leader == Some(self.id()),
+            leader: m.current_leader.filter(|_| !self_elected || acknowledged),
+            leading: self_elected && acknowledged,
         }
     }
 

@@ -13,8 +13,11 @@
 //!
 //! Reads take `?consistency=linearizable|leader|local` (default
 //! `leader`): `linearizable` confirms the leadership with a majority and
-//! waits for the read index to be applied first; `leader` answers from
-//! the leader's state as it is; `local` answers from any member's copy.
+//! waits for the read index to be applied first, then answers job
+//! records from the state machine (only what is committed; live figures
+//! such as counters and placement are the leader's); `leader` answers
+//! from the leader's state as it is (a change being committed shows
+//! already); `local` answers from any member's copy.
 //! Every answer carries `x-sluice-raft-term`, `x-sluice-raft-applied`
 //! (the index of the last entry this member applied) and, when one is
 //! known, `x-sluice-leader`.
@@ -167,6 +170,13 @@ async fn dispatch(serving: Arc<Serving>, request: Request) -> Response {
         Ok(consistency) => match (serving.leading(), consistency) {
             (Some(api), Consistency::Linearizable) if read => {
                 match replica.ensure_linearizable().await {
+                    // Job records from the state machine: what the log
+                    // committed up to the read index, never a change the
+                    // manager made that is still being committed (or
+                    // never will be).
+                    Ok(()) if is_job_read(&request) => {
+                        serving.local.clone().oneshot(request).await.into_response()
+                    }
                     Ok(()) => api.oneshot(request).await.into_response(),
                     Err(e) => not_leader(replica, &e.to_string()),
                 }
@@ -189,6 +199,16 @@ async fn dispatch(serving: Arc<Serving>, request: Request) -> Response {
         headers.insert("x-sluice-leader", url);
     }
     answer
+}
+
+/// Whether `request` reads job records (`/api/v1/jobs`,
+/// `/api/v1/jobs/{id}`), which a follower's copy of the log can answer.
+fn is_job_read(request: &Request) -> bool {
+    let path = request.uri().path();
+    path == "/api/v1/jobs"
+        || path
+            .strip_prefix("/api/v1/jobs/")
+            .is_some_and(|id| !id.is_empty() && !id.contains('/'))
 }
 
 /// 503 naming the leader, if one is known.

@@ -12,12 +12,11 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TrySendError};
 use tracing::debug;
 
 use super::{
-    lock, proto, Out, Shared, CANCEL_POLL, CREDIT_POLL_MAX, CREDIT_POLL_MIN, READ_CHUNK,
-    WRITE_BUFFER,
+    lock, Out, Shared, CANCEL_POLL, CREDIT_POLL_MAX, CREDIT_POLL_MIN, READ_CHUNK, WRITE_BUFFER,
 };
 use crate::data::StreamMessage;
 use crate::error::{Error, Result};
-use crate::exchange::frame::{encode, BatchDecoder, ChannelId, Frame, FrameDecoder};
+use crate::exchange::frame::{encode, proto, BatchDecoder, ChannelId, Frame, FrameDecoder};
 use crate::tls::stream::{StreamReader, StreamWriter};
 
 pub(super) fn reader_loop(

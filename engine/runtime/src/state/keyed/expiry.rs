@@ -3,9 +3,9 @@
 //! sweep that deletes expired entries nobody reads (see
 //! [`crate::state::ttl`] for the semantics).
 
-use super::{KeyedState, MapValue, Table};
+use super::{KeyedState, MapCodec, MapValue, Table};
 use crate::error::Result;
-use crate::state::table::{split_entry_key, BytesCodec, KeyRef, StateTable};
+use crate::state::table::{BytesCodec, KeyRef, Rewrite, StateTable};
 use crate::state::ttl::{self, TtlUpdate};
 
 /// Most expired entries one sweep collects before deleting them (bounds
@@ -95,42 +95,26 @@ impl KeyedState {
 /// lifetime of unaged ones; whether it saw them all (else it stopped at
 /// [`SWEEP_CAP`]).
 fn sweep_values(table: &mut StateTable<Vec<u8>>, now: i64, expiry: i64) -> Result<bool> {
-    let mut changed: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-    table.scan(&mut BytesCodec, .., |_, e| {
-        if changed.len() >= SWEEP_CAP {
-            return Ok(());
-        }
-        let (t, payload) = ttl::unstamp(e.value)?;
-        if t == ttl::UNAGED {
-            changed.push((e.key.to_vec(), Some(ttl::stamp(expiry, payload))));
-        } else if !ttl::is_live(t, now) {
-            changed.push((e.key.to_vec(), None));
-        }
-        Ok(())
-    })?;
-    let complete = changed.len() < SWEEP_CAP;
-    for (k, v) in changed {
-        let at = split_entry_key(&k);
-        match v {
-            Some(v) => table.put(&mut BytesCodec, at, v)?,
-            None => table.delete(&mut BytesCodec, at)?,
-        }
-    }
-    Ok(complete)
+    table.rewrite(&mut BytesCodec, SWEEP_CAP, |value| {
+        let (t, payload) = ttl::unstamp(value)?;
+        Ok(if t == ttl::UNAGED {
+            Rewrite::Put(ttl::stamp(expiry, payload))
+        } else if ttl::is_live(t, now) {
+            Rewrite::Keep
+        } else {
+            Rewrite::Delete
+        })
+    })
 }
 
 /// Drops the expired entries of every map of a map table (a map left
 /// empty is deleted) and starts the lifetime of unaged ones; whether it
 /// saw them all.
 fn sweep_maps(table: &mut StateTable<MapValue>, now: i64, expiry: i64) -> Result<bool> {
-    let mut changed: Vec<(Vec<u8>, MapValue)> = Vec::new();
-    table.scan(&mut super::MapCodec, .., |_, e| {
-        if changed.len() >= SWEEP_CAP {
-            return Ok(());
-        }
+    table.rewrite(&mut MapCodec, SWEEP_CAP, |map| {
         let mut kept = MapValue::new();
         let mut dirty = false;
-        for (k, v) in e.value {
+        for (k, v) in map {
             let (t, payload) = ttl::unstamp(v)?;
             if t == ttl::UNAGED {
                 kept.insert(k.clone(), ttl::stamp(expiry, payload));
@@ -141,19 +125,12 @@ fn sweep_maps(table: &mut StateTable<MapValue>, now: i64, expiry: i64) -> Result
                 dirty = true;
             }
         }
-        if dirty {
-            changed.push((e.key.to_vec(), kept));
-        }
-        Ok(())
-    })?;
-    let complete = changed.len() < SWEEP_CAP;
-    for (k, kept) in changed {
-        let at = split_entry_key(&k);
-        if kept.is_empty() {
-            table.delete(&mut super::MapCodec, at)?;
+        Ok(if !dirty {
+            Rewrite::Keep
+        } else if kept.is_empty() {
+            Rewrite::Delete
         } else {
-            table.put(&mut super::MapCodec, at, kept)?;
-        }
-    }
-    Ok(complete)
+            Rewrite::Put(kept)
+        })
+    })
 }

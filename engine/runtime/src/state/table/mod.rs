@@ -45,7 +45,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-pub use scan::Scanned;
+pub use scan::{Rewrite, Scanned};
 
 use cache::{Cache, Entry, DIRTY, ENTRY_OVERHEAD, IN_STORE, LOADING, REFERENCED};
 

@@ -2,7 +2,7 @@
 //! with the rows only the spill store holds (read and decoded a chunk at a
 //! time, so a scan never holds more than a chunk of the store), and the
 //! operations built on them — draining, taking the first entries or a
-//! range, removing a range.
+//! range, removing a range, rewriting or deleting entries in one walk.
 
 use std::ops::{Bound, RangeBounds};
 
@@ -35,6 +35,17 @@ pub struct Scanned<'a, V> {
     /// Whether it lives in the cache (else it is a temporary loaded from
     /// the store, released when the scan ends).
     pub resident: bool,
+}
+
+/// What [`StateTable::rewrite`] does with one entry.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rewrite<V> {
+    /// Leave it as it is.
+    Keep,
+    /// Replace its value.
+    Put(V),
+    /// Delete it.
+    Delete,
 }
 
 /// Rows read from the store and decoded per chunk during a scan.
@@ -133,6 +144,41 @@ impl<V> StateTable<V> {
             })?;
         }
         chunk.hand_over(codec, &mut f)
+    }
+
+    /// Walks every entry (as [`Self::scan`] over all namespaces), asking
+    /// `f` what becomes of each value, then applies the puts and deletes in
+    /// the order they were decided. At most `cap` changes are collected:
+    /// once that many are, the rest of the walk asks nothing, so the walk's
+    /// memory stays bounded. Whether it collected fewer than `cap` (it saw
+    /// every entry; else a later call goes on where changes remain).
+    pub fn rewrite<C: ValueCodec<V>>(
+        &mut self,
+        codec: &mut C,
+        cap: usize,
+        mut f: impl FnMut(&V) -> Result<Rewrite<V>>,
+    ) -> Result<bool> {
+        let mut changed: Vec<(Vec<u8>, Option<V>)> = Vec::new();
+        self.scan(codec, .., |_, e| {
+            if changed.len() >= cap {
+                return Ok(());
+            }
+            match f(e.value)? {
+                Rewrite::Keep => {}
+                Rewrite::Put(v) => changed.push((e.key.to_vec(), Some(v))),
+                Rewrite::Delete => changed.push((e.key.to_vec(), None)),
+            }
+            Ok(())
+        })?;
+        let complete = changed.len() < cap;
+        for (k, v) in changed {
+            let at = split_entry_key(&k);
+            match v {
+                Some(v) => self.put(codec, at, v)?,
+                None => self.delete(codec, at)?,
+            }
+        }
+        Ok(complete)
     }
 
     /// Cached entries (not loading) of namespaces `[lo, hi)`.
@@ -406,5 +452,61 @@ impl<V> StateTable<V> {
         }
         self.forget_stored(lo, hi);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Entries `i → [i]` for `i` in `0..n`, in namespace 0.
+    fn table(n: u8) -> StateTable<Vec<u8>> {
+        let mut t = StateTable::new("x", 0..128, None, Budget::unbounded(), false);
+        for i in 0..n {
+            let k = [i];
+            t.put(&mut BytesCodec, KeyRef::new(0, 0, &k), vec![i])
+                .unwrap();
+        }
+        t
+    }
+
+    fn values(t: &mut StateTable<Vec<u8>>) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        t.scan(&mut BytesCodec, .., |_, e| {
+            out.push(e.value.clone());
+            Ok(())
+        })
+        .unwrap();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn rewrite_keeps_puts_and_deletes() {
+        let mut t = table(6);
+        // Even values are deleted, multiples of three doubled.
+        let complete = t
+            .rewrite(&mut BytesCodec, 100, |v| {
+                Ok(match v[0] {
+                    n if n % 2 == 0 => Rewrite::Delete,
+                    n if n % 3 == 0 => Rewrite::Put(vec![n * 2]),
+                    _ => Rewrite::Keep,
+                })
+            })
+            .unwrap();
+        assert!(complete);
+        assert_eq!(values(&mut t), [vec![1], vec![5], vec![6]]);
+    }
+
+    #[test]
+    fn rewrite_stops_at_its_cap_and_a_later_call_goes_on() {
+        let mut t = table(5);
+        let delete = |_: &Vec<u8>| Ok(Rewrite::Delete);
+        assert!(!t.rewrite(&mut BytesCodec, 3, delete).unwrap());
+        assert_eq!(values(&mut t).len(), 2);
+        // Exactly `cap` changes: not known to be complete.
+        assert!(!t.rewrite(&mut BytesCodec, 2, delete).unwrap());
+        assert!(t.rewrite(&mut BytesCodec, 2, delete).unwrap());
+        assert!(values(&mut t).is_empty());
     }
 }

@@ -41,6 +41,9 @@ use sluice_protocol::api::{
 use crate::artifact::{remove_stale_downloads, remove_unused, ArtifactCache};
 use crate::client::ClientSecurity;
 use crate::confine::{self, AttemptDir, RunAs};
+use terms::{Terms, Verdict};
+
+mod terms;
 
 /// The file in the data directory that keeps the worker's id across its
 /// restarts.
@@ -233,6 +236,10 @@ struct Worker {
     /// of one artifact, so an executor start waits for it rather than
     /// downloading twice).
     prefetched: HashSet<String>,
+    /// The newest Raft term seen in the coordinators' answers.
+    terms: Terms,
+    /// The stale term last warned of (one warning per deposed leader).
+    stale_warned: Option<u64>,
 }
 
 impl Worker {
@@ -309,6 +316,8 @@ impl Worker {
             dying: Vec::new(),
             prefetched: HashSet::new(),
             last_prune: std::time::Instant::now(),
+            terms: Terms::default(),
+            stale_warned: None,
         })
     }
 
@@ -332,7 +341,9 @@ impl Worker {
                         info!(worker = %id, "coordinator reachable again");
                         unreachable = false;
                     }
-                    self.reconcile(reply);
+                    if self.accept_term(reply.term) {
+                        self.reconcile(reply);
+                    }
                 }
                 Err(Error::Api { status: 404, .. }) => {
                     warn!(worker = %id, "the coordinator does not know this worker (restarted?); registering again");
@@ -377,6 +388,9 @@ impl Worker {
         let mut failures = 0u32;
         loop {
             match self.shared.client.register(&request).await {
+                Ok(registered) if !self.accept_term(registered.term) => {
+                    tokio::time::sleep(delay).await;
+                }
                 Ok(registered) => {
                     info!(
                         worker = %registered.worker_id,
@@ -409,6 +423,31 @@ impl Worker {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(MAX_RETRY_DELAY);
                 }
+            }
+        }
+    }
+
+    /// Whether an answer given under `term` may be acted on. A deposed
+    /// leader's (an older term than one seen) is not, and the next request
+    /// goes to another coordinator.
+    fn accept_term(&mut self, term: u64) -> bool {
+        let coordinator = self.shared.client.base_url().to_string();
+        match self.terms.observe(term) {
+            Verdict::Current => true,
+            Verdict::Newer { from } => {
+                if from > 0 {
+                    info!(from, to = term, %coordinator, "the coordinators have a new leader");
+                }
+                true
+            }
+            Verdict::Stale { newest } => {
+                if self.stale_warned != Some(term) {
+                    self.stale_warned = Some(term);
+                    warn!(term, newest, %coordinator,
+                        "refusing the instructions of a deposed coordinator (its term is older than one this worker has seen); asking another");
+                }
+                self.shared.client.rotate();
+                false
             }
         }
     }
@@ -495,6 +534,11 @@ impl Worker {
         }
         for (key, launch) in wanted {
             if self.executors.contains_key(&key) {
+                continue;
+            }
+            if !self.terms.may_start(launch.spec.term) {
+                warn!(job = %key.job_id, attempt = key.attempt, term = launch.spec.term,
+                    newest = self.terms.newest(), "not starting an attempt of an older term than one seen");
                 continue;
             }
             let status = Arc::new(Mutex::new(ExecutorStatus::default()));
