@@ -191,19 +191,35 @@ struct Times {
 /// ends and miss it once).
 #[derive(Debug, Default)]
 pub struct Sampler {
+    state: Mutex<SamplerState>,
+}
+
+#[derive(Debug, Default)]
+struct SamplerState {
+    /// The meters the history is of (held, so a new attempt's meters are
+    /// never mistaken for them).
+    meters: Vec<Arc<TaskMeter>>,
     /// Per sample: when, and the times of each meter (by position).
-    history: Mutex<VecDeque<(Instant, Vec<Times>)>>,
+    history: VecDeque<(Instant, Vec<Times>)>,
 }
 
 impl Sampler {
     /// Samples `meters` now.
     pub fn sample(&self, meters: &[Arc<TaskMeter>]) -> Vec<SubtaskMetrics> {
         let now = Instant::now();
-        let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
-        // A new set of meters (a new attempt) starts a new history.
-        if history.back().is_some_and(|(_, t)| t.len() != meters.len()) {
-            history.clear();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        // Another set of meters (a new attempt) starts a new history.
+        let same = state.meters.len() == meters.len()
+            && state
+                .meters
+                .iter()
+                .zip(meters)
+                .all(|(a, b)| Arc::ptr_eq(a, b));
+        if !same {
+            state.meters = meters.to_vec();
+            state.history.clear();
         }
+        let history = &mut state.history;
         let last = history.back().map(|(_, t)| t.clone());
         let times: Vec<Times> = meters
             .iter()
@@ -402,6 +418,21 @@ mod tests {
         assert!(s.bytes_in > 0 && s.bytes_out == 2 * s.bytes_in);
         assert_eq!(s.watermark_ms, Some(42));
         assert_eq!(s.pending[0].records, 7);
+    }
+
+    #[test]
+    fn a_new_attempts_meters_start_a_new_history() {
+        let sampler = Sampler::default();
+        let old = Arc::new(TaskMeter::new(0, 0));
+        {
+            let _w = old.wait(Wait::Idle);
+            sleep(20);
+        }
+        assert!(sampler.sample(std::slice::from_ref(&old))[0].idle_ms >= 20);
+        // The restarted task has a meter of its own, starting from zero.
+        let new = Arc::new(TaskMeter::new(0, 0));
+        let s = sampler.sample(std::slice::from_ref(&new))[0].clone();
+        assert_eq!(s.idle_ms, 0, "{s:?}");
     }
 
     #[test]
