@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use sluice_engine::checkpoint::CheckpointStats;
 use sluice_protocol::api::{ExecutorLaunch, JobStatus, NodeCounters, Placement};
-use sluice_protocol::metrics::{ExecutorProcess, JobMetrics, SubtaskMetrics};
+use sluice_protocol::metrics::JobMetrics;
 use sluice_protocol::results::LatestRows;
 
 use super::manager::now_ms;
@@ -41,10 +41,6 @@ pub(crate) struct Job {
     /// Fencing refusals of earlier attempts (the current run's are added).
     pub(crate) rejected_stale: u64,
     pub(crate) nodes: Vec<NodeCounters>,
-    /// The current attempt's figures per subtask and executor process
-    /// (their latest reports; empty once no attempt runs).
-    pub(crate) subtasks: Vec<SubtaskMetrics>,
-    pub(crate) processes: Vec<ExecutorProcess>,
     /// The newest rows its sinks received, over all attempts.
     pub(crate) results: LatestRows,
     /// Incremented by every change of `record`.
@@ -64,8 +60,6 @@ impl Job {
             stats: Arc::default(),
             rejected_stale: 0,
             nodes: Vec::new(),
-            subtasks: Vec::new(),
-            processes: Vec::new(),
             results: LatestRows::default(),
             version: 0,
             unsaved: false,
@@ -101,14 +95,21 @@ impl Job {
         self.rejected_stale + self.run.as_ref().map_or(0, |r| r.handle.rejected_stale())
     }
 
-    /// The current attempt's figures as the API shows them.
+    /// The current attempt's figures as the API shows them: its
+    /// executors' latest reports, read when asked for (nothing once no
+    /// attempt runs).
     pub(crate) fn metrics(&self) -> JobMetrics {
+        let (subtasks, processes) = self
+            .run
+            .as_ref()
+            .map(|run| run.handle.figures())
+            .unwrap_or_default();
         JobMetrics::new(
             &self.record.id,
             now_ms(),
             &self.record.description.vertices,
-            self.subtasks.clone(),
-            self.processes.clone(),
+            subtasks,
+            processes,
         )
     }
 

@@ -29,14 +29,8 @@ impl Manager {
         let ids: Vec<String> = inner.jobs.keys().cloned().collect();
         for id in &ids {
             let job = inner.jobs.get_mut(id).expect("listed");
-            let Some(run) = &job.run else {
-                // Figures are of the running attempt only.
-                job.subtasks.clear();
-                job.processes.clear();
-                continue;
-            };
+            let Some(run) = &job.run else { continue };
             job.nodes = run.handle.metrics();
-            (job.subtasks, job.processes) = run.handle.figures();
             let rows = run.handle.take_results();
             job.results.merge(rows);
             let events: Vec<AttemptEvent> = run.handle.events().try_iter().collect();
