@@ -4,7 +4,10 @@
 //! touch channels. With checkpoints on, the task also reacts to barriers
 //! (aligned over its inputs by [`Aligner`]) and to the coordinator's
 //! control messages, and after its input ends it waits for the final
-//! checkpoint before it exits.
+//! checkpoint before it exits (`checkpointer`). Its [`TaskMeter`] counts
+//! what enters the task and the time it waits for input (idle); its
+//! writers count what leaves and the time they wait for room
+//! (backpressured).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
