@@ -236,4 +236,38 @@ mod tests {
             .collect();
         assert_eq!(ids, ["3", "2"], "{text}");
     }
+
+    #[test]
+    fn load_is_the_highest_subtask_per_vertex() {
+        use sluice_protocol::metrics::{SubtaskFigures, SubtaskMetrics};
+        let sub = |vertex: usize, subtask, busy: u64, back: u64, lag| SubtaskFigures {
+            vertex_name: ["src", "sink"][vertex].into(),
+            watermark_lag_ms: lag,
+            metrics: SubtaskMetrics {
+                vertex,
+                subtask,
+                busy_ms_per_s: busy,
+                backpressured_ms_per_s: back,
+                idle_ms_per_s: 1000 - busy - back,
+                ..SubtaskMetrics::default()
+            },
+        };
+        let m = JobMetrics {
+            subtasks: vec![
+                sub(0, 0, 100, 900, Some(5)),
+                sub(0, 1, 300, 600, Some(7)),
+                sub(1, 0, 1000, 0, None),
+            ],
+            ..JobMetrics::default()
+        };
+        let text = load_text(&m);
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .skip(2)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(rows[0], ["0", "src", "2", "300", "900", "100", "7"], "{text}");
+        assert_eq!(rows[1], ["1", "sink", "1", "1000", "0", "0", "-"], "{text}");
+        assert_eq!(load_text(&JobMetrics::default()), "");
+    }
 }
