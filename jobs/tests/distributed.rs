@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -19,7 +19,7 @@ use sluice_connectors::kafka::testing::Broker;
 
 mod common;
 use common::cluster::{embedded_q5, sluice_bin, Cluster, EVENTS};
-use common::{assert_exactly_once, http, rows, Exposition};
+use common::{assert_exactly_once, http, kafka_reference, produce_events, rows, Exposition};
 
 #[test]
 fn q5_on_three_workers_equals_the_embedded_run() {
@@ -500,16 +500,7 @@ fn a_frozen_worker_is_fenced_when_it_wakes_up() {
 fn kafka_to_parquet_on_three_workers_equals_the_embedded_run() {
     const RECORDS: usize = 40_000;
     let broker = Broker::start().unwrap();
-    broker.create_topic("events", 4).unwrap();
-    let values = (0..RECORDS).map(|i| {
-        format!(
-            r#"{{"id": {i}, "user": "u{}", "amount": {}.5}}"#,
-            i % 97,
-            i % 1000
-        )
-    });
-    broker.produce("events", 4, values).unwrap();
-
+    produce_events(&broker, "events", RECORDS);
     let dir = tempfile::tempdir().unwrap();
     let common = [
         "--brokers",
@@ -520,16 +511,7 @@ fn kafka_to_parquet_on_three_workers_equals_the_embedded_run() {
         "json",
         "--until-end",
     ];
-    let reference = dir.path().join("reference");
-    let status = Command::new(env!("CARGO_BIN_EXE_kafka_to_parquet"))
-        .args(common)
-        .args(["--parallelism", "3", "--output"])
-        .arg(&reference)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let want = rows(&reference);
+    let want = kafka_reference(&common, 3, &dir.path().join("reference"));
     assert_eq!(want.values().sum::<usize>(), RECORDS);
 
     let cluster = Cluster::start(dir.path(), 3, 1);

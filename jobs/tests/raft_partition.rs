@@ -19,7 +19,7 @@ use sluice_cluster::local::{WorkerPlace, PLACED_PORT};
 
 mod common;
 use common::cluster::{embedded_q5, Cluster};
-use common::{assert_exactly_once, header, http_at, rows};
+use common::{assert_exactly_once, http_at, local_status_at, rows};
 
 const COORDINATORS: usize = 3;
 
@@ -193,12 +193,7 @@ fn leaders(of: &[usize]) -> Vec<usize> {
 
 /// Coordinator `i`'s own copy of `job`'s status, and the term it is in.
 fn local_status(i: usize, job: &str) -> (Value, u64) {
-    let (code, head, body) = ask(i, &format!("/api/v1/jobs/{job}?consistency=local"));
-    assert_eq!(code, 200, "{head}\n{body}");
-    let term = header(&head, "x-sluice-raft-term")
-        .and_then(|t| t.parse().ok())
-        .expect("an answer carries its term");
-    (serde_json::from_str(&body).unwrap(), term)
+    local_status_at(&addr(i), PLACED_PORT, job)
 }
 
 #[test]

@@ -8,7 +8,7 @@
 //! (SIGSTOP) so the leader is cut off from its majority; a coordinator is
 //! added to a group of two and another removed, with the CLI.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -16,7 +16,9 @@ use sluice_connectors::kafka::testing::Broker;
 
 mod common;
 use common::cluster::{embedded_q5, Cluster};
-use common::{assert_exactly_once, header, http, rows};
+use common::{
+    assert_exactly_once, header, http, kafka_reference, local_status_at, produce_events, rows,
+};
 
 const COORDINATORS: usize = 3;
 
@@ -136,15 +138,7 @@ fn a_new_leader_is_elected_when_the_leader_is_killed_and_the_job_finishes_exactl
 fn kafka_to_parquet_and_q5_finish_exactly_once_across_a_leader_kill() {
     const RECORDS: usize = 150_000;
     let broker = Broker::start().unwrap();
-    broker.create_topic("events", 4).unwrap();
-    let values = (0..RECORDS).map(|i| {
-        format!(
-            r#"{{"id": {i}, "user": "u{}", "amount": {}.5}}"#,
-            i % 97,
-            i % 1000
-        )
-    });
-    broker.produce("events", 4, values).unwrap();
+    produce_events(&broker, "events", RECORDS);
     let dir = tempfile::tempdir().unwrap();
     let kafka = [
         "--brokers",
@@ -155,16 +149,7 @@ fn kafka_to_parquet_and_q5_finish_exactly_once_across_a_leader_kill() {
         "json",
         "--until-end",
     ];
-    let reference = dir.path().join("reference-kafka");
-    let status = Command::new(env!("CARGO_BIN_EXE_kafka_to_parquet"))
-        .args(kafka)
-        .args(["--parallelism", "2", "--output"])
-        .arg(&reference)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let want_kafka = rows(&reference);
+    let want_kafka = kafka_reference(&kafka, 2, &dir.path().join("reference-kafka"));
     assert_eq!(want_kafka.values().sum::<usize>(), RECORDS);
     let want_q5 = embedded_q5(dir.path());
 
@@ -248,17 +233,7 @@ fn signal(cluster: &Cluster, i: usize, signal: &str) {
 
 /// Coordinator `i`'s own copy of `job`'s status, and the term it answers in.
 fn local_status(cluster: &Cluster, i: usize, job: &str) -> (Value, u64) {
-    let (code, head, body) = http(
-        port(cluster, i),
-        "GET",
-        &format!("/api/v1/jobs/{job}?consistency=local"),
-        None,
-    );
-    assert_eq!(code, 200, "{head}\n{body}");
-    let term = header(&head, "x-sluice-raft-term")
-        .and_then(|t| t.parse().ok())
-        .expect("an answer carries its term");
-    (serde_json::from_str(&body).unwrap(), term)
+    local_status_at("127.0.0.1", port(cluster, i), job)
 }
 
 #[test]

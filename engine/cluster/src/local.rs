@@ -525,16 +525,19 @@ impl Drop for LocalCluster {
     }
 }
 
-/// Starts `cmd` in its own process group with `RUST_LOG=info`, stderr
-/// appended to `log`.
+/// Starts `cmd` in its own process group with the services' default
+/// logging (`info`, openraft's own off) unless `RUST_LOG` says otherwise,
+/// stderr appended to `log`.
 fn spawn_logged(mut cmd: Command, log: &Path) -> Result<Child> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .map_err(|e| Error::io(format!("opening {}", log.display()), e))?;
-    cmd.env("RUST_LOG", "info")
-        .stdin(Stdio::null())
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "info,openraft=off");
+    }
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(file)
         .process_group(0)

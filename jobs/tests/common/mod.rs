@@ -275,6 +275,61 @@ pub fn http_at(
     (status, head.to_ascii_lowercase(), body.to_string())
 }
 
+/// `records` JSON events (`id`, `user`, `amount`) produced into a new
+/// topic `topic` of 4 partitions on `broker`.
+pub fn produce_events(
+    broker: &sluice_connectors::kafka::testing::Broker,
+    topic: &str,
+    records: usize,
+) {
+    broker.create_topic(topic, 4).unwrap();
+    let values = (0..records).map(|i| {
+        format!(
+            r#"{{"id": {i}, "user": "u{}", "amount": {}.5}}"#,
+            i % 97,
+            i % 1000
+        )
+    });
+    broker.produce(topic, 4, values).unwrap();
+}
+
+/// The rows `kafka_to_parquet JOB_ARGS --parallelism P` writes run
+/// embedded into `out`: the reference a cluster's run is held to.
+pub fn kafka_reference(
+    job_args: &[&str],
+    parallelism: usize,
+    out: &Path,
+) -> BTreeMap<String, usize> {
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_kafka_to_parquet"))
+        .args(job_args)
+        .arg("--parallelism")
+        .arg(parallelism.to_string())
+        .arg("--output")
+        .arg(out)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "the embedded kafka_to_parquet run failed");
+    rows(out)
+}
+
+/// A coordinator's own copy of `job`'s status (`?consistency=local`) at
+/// `host:port`, and the Raft term it answered in.
+pub fn local_status_at(host: &str, port: u16, job: &str) -> (serde_json::Value, u64) {
+    let (code, head, body) = http_at(
+        host,
+        port,
+        "GET",
+        &format!("/api/v1/jobs/{job}?consistency=local"),
+        None,
+    );
+    assert_eq!(code, 200, "{head}\n{body}");
+    let term = header(&head, "x-sluice-raft-term")
+        .and_then(|t| t.parse().ok())
+        .expect("an answer carries its term");
+    (serde_json::from_str(&body).unwrap(), term)
+}
+
 /// A header's value in a lower-cased header block (as [`http`] returns).
 pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     head.lines()

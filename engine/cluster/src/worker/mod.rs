@@ -346,7 +346,7 @@ impl Worker {
                     }
                 }
                 Err(Error::Api { status: 404, .. }) => {
-                    warn!(worker = %id, "the coordinator does not know this worker (restarted?); registering again");
+                    info!(worker = %id, "the coordinator does not know this worker (a new leader, or a restarted coordinator); registering again");
                     let before = self.interval;
                     self.register().await?;
                     if self.interval != before {

@@ -254,7 +254,10 @@ fn init_tracing(service: bool) {
     use tracing_subscriber::EnvFilter;
     // Client commands print results on stdout; only trouble belongs on
     // stderr unless RUST_LOG asks for more.
-    let default = if service { "info" } else { "warn" };
+    // openraft logs every failed message to an unreachable coordinator
+    // (several lines, at ERROR, twice a second); the coordinator logs a
+    // peer going away and coming back once itself.
+    let default = if service { "info,openraft=off" } else { "warn" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)

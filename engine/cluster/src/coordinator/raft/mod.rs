@@ -363,6 +363,7 @@ impl Replica {
         let network = network::Network {
             http: client()?,
             token: token.clone(),
+            health: Arc::default(),
         };
         // Raft runs on a runtime of its own: the manager holds its lock
         // while it waits for a write to commit (an attempt's number must

@@ -9,7 +9,8 @@
 //! `--peers` URL is both where clients and where the other coordinators
 //! reach it.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -45,6 +46,32 @@ const MAX_MESSAGE: usize = 256 << 20;
 pub struct Network {
     pub(super) http: reqwest::Client,
     pub(super) token: Option<Arc<Token>>,
+    pub(super) health: Arc<PeerHealth>,
+}
+
+/// Whether each peer answered its last message. openraft retries an
+/// unreachable peer every few hundred milliseconds and logs each failure
+/// (its own logs are off by default, see the `sluice` binary); this logs
+/// a peer going away once, and its return once.
+#[derive(Default)]
+pub struct PeerHealth {
+    unreachable: Mutex<HashMap<NodeId, bool>>,
+}
+
+impl PeerHealth {
+    fn answered(&self, peer: NodeId, url: &str) {
+        let mut down = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
+        if down.insert(peer, false) == Some(true) {
+            info!(peer, %url, "coordinator reachable again");
+        }
+    }
+
+    fn failed(&self, peer: NodeId, url: &str, error: &dyn std::fmt::Display) {
+        let mut down = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
+        if down.insert(peer, true) != Some(true) {
+            warn!(peer, %url, %error, "coordinator unreachable; Raft keeps trying");
+        }
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -54,6 +81,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         Peer {
             http: self.http.clone(),
             token: self.token.clone(),
+            health: self.health.clone(),
             target,
             url: node.addr.trim_end_matches('/').to_string(),
         }
@@ -64,12 +92,33 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct Peer {
     http: reqwest::Client,
     token: Option<Arc<Token>>,
+    health: Arc<PeerHealth>,
     target: NodeId,
     url: String,
 }
 
 impl Peer {
     async fn call<Req, Resp, E>(
+        &self,
+        what: &str,
+        req: &Req,
+        option: &RPCOption,
+    ) -> std::result::Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let answer = self.call_once(what, req, option).await;
+        match &answer {
+            Err(RPCError::Unreachable(e)) => self.health.failed(self.target, &self.url, e),
+            Err(RPCError::Network(e)) => self.health.failed(self.target, &self.url, e),
+            _ => self.health.answered(self.target, &self.url),
+        }
+        answer
+    }
+
+    async fn call_once<Req, Resp, E>(
         &self,
         what: &str,
         req: &Req,
