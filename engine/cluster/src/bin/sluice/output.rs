@@ -266,7 +266,11 @@ mod tests {
             .skip(2)
             .map(|l| l.split_whitespace().collect())
             .collect();
-        assert_eq!(rows[0], ["0", "src", "2", "300", "900", "100", "7"], "{text}");
+        assert_eq!(
+            rows[0],
+            ["0", "src", "2", "300", "900", "100", "7"],
+            "{text}"
+        );
         assert_eq!(rows[1], ["1", "sink", "1", "1000", "0", "0", "-"], "{text}");
         assert_eq!(load_text(&JobMetrics::default()), "");
     }
