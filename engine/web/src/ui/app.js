@@ -61,6 +61,15 @@ function ago(ms) {
   return new Date(ms).toLocaleString();
 }
 
+// A duration in ms, in the largest unit that keeps it readable.
+function span(ms) {
+  const s = ms / 1000;
+  if (Math.abs(s) < 120) return s.toFixed(1) + " s";
+  if (Math.abs(s) < 7200) return Math.round(s / 60) + " min";
+  if (Math.abs(s) < 172800) return Math.round(s / 3600) + " h";
+  return Math.round(s / 86400) + " d";
+}
+
 function bytes(n) {
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
   let i = 0;
@@ -198,7 +207,7 @@ function renderLoad(metrics) {
   }
   if (!byVertex.size) return [el("p", { class: "muted" }, "Not running.")];
   const rows = [...byVertex.entries()].map(([id, v]) => [
-    id, v.name, v.n, v.busy, v.back, v.idle, v.lag == null ? "-" : (v.lag / 1000).toFixed(1) + " s",
+    id, v.name, v.n, v.busy, v.back, v.idle, v.lag == null ? "-" : span(v.lag),
   ]);
   const procs = metrics.executors.map((e) => "executor " + e.executor + ": " + bytes(e.rss_bytes) +
     ", " + (e.cpu_ms / 1000).toFixed(1) + " s CPU");
