@@ -9,10 +9,10 @@
 //! - reads of one job per consistency level: `linearizable` and `leader`
 //!   at the leader, `local` at a follower;
 //! - a follower's staleness under write load: a writer submits jobs back
-//!   to back while a reader polls a follower's local copy for each new
-//!   job; how long after the submission was acknowledged the follower
-//!   shows it, and how many log entries the follower's applied index
-//!   trailed the leader's when sampled together.
+//!   to back while a reader polls a follower's local copy for the newest
+//!   acknowledged job each time; how long after the submission was
+//!   acknowledged the follower shows it, and how many log entries the
+//!   follower's applied index trailed the leader's when sampled together.
 //!
 //! Prints a Markdown section for `benches/RESULTS.md` (machine, command,
 //! p50 and p99 of each).
@@ -263,33 +263,37 @@ fn main() -> anyhow::Result<()> {
     };
     let mut visible_ms = Vec::new();
     let mut behind = Vec::new();
-    let mut next = 0;
-    while !(done.load(Ordering::SeqCst) && next >= acked.lock().unwrap().len()) {
-        let pending = acked.lock().unwrap().get(next).cloned();
-        let Some((id, at)) = pending else {
+    let mut measured = 0;
+    loop {
+        // The newest acknowledged submission not measured yet (older ones
+        // are skipped: the reader would otherwise measure its own backlog).
+        let newest = {
+            let acked = acked.lock().unwrap();
+            (acked.len() > measured).then(|| (acked.len(), acked[acked.len() - 1].clone()))
+        };
+        let Some((count, (id, at))) = newest else {
+            if done.load(Ordering::SeqCst) || writer.is_finished() {
+                break;
+            }
             std::thread::sleep(Duration::from_micros(200));
             continue;
         };
-        let (code, fhead, _) = request(
-            &foll,
-            "GET",
-            &format!("/api/v1/jobs/{id}?consistency=local"),
-            "",
-        )?;
-        let (_, lhead, _) = request(&lead, "GET", "/api/v1/jobs?consistency=local", "")?;
-        if let (Some(f), Some(l)) = (
-            header(&fhead, "x-sluice-raft-applied"),
-            header(&lhead, "x-sluice-raft-applied"),
-        ) {
-            behind.push(l.saturating_sub(f) as f64);
+        let path = format!("/api/v1/jobs/{id}?consistency=local");
+        loop {
+            let (code, fhead, _) = request(&foll, "GET", &path, "")?;
+            let (_, lhead, _) = request(&lead, "GET", &path, "")?;
+            if let (Some(f), Some(l)) = (
+                header(&fhead, "x-sluice-raft-applied"),
+                header(&lhead, "x-sluice-raft-applied"),
+            ) {
+                behind.push(l.saturating_sub(f) as f64);
+            }
+            if code == 200 {
+                visible_ms.push(at.elapsed().as_secs_f64() * 1e3);
+                break;
+            }
         }
-        if code == 200 {
-            visible_ms.push(at.elapsed().as_secs_f64() * 1e3);
-            next += 1;
-        }
-        if writer.is_finished() && !done.load(Ordering::SeqCst) {
-            break;
-        }
+        measured = count;
     }
     writer
         .join()
