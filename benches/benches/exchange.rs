@@ -1,7 +1,9 @@
 //! Network exchange over loopback TCP: the IPC frame codec alone, one
 //! connection's throughput with one and with four channels, in plaintext
-//! and with mutual TLS (attempt certificates of a throwaway CA), and the
-//! round trip of a small message with and without the flush interval.
+//! and with mutual TLS (attempt certificates of a throwaway CA), the
+//! round trip of a small message with and without the flush interval, and
+//! what a task's metering (output counts, backpressure waits) adds to a
+//! send into a local channel that has room.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,12 +18,16 @@ use sluice_benches::{bid_schema, ROWS};
 use sluice_engine::exchange::frame::{
     BatchDecoder, BatchEncoder, ChannelId, Frame, FrameDecoder, DEFAULT_MAX_FRAME,
 };
+use sluice_engine::exchange::local::channel;
+use sluice_engine::exchange::partition::EdgeWriter;
 use sluice_engine::exchange::tcp::{
     connect, Connection, ConnectionSpec, ExchangeConfig, NetListener,
 };
 use sluice_engine::exchange::ChannelSender;
+use sluice_engine::metrics::TaskMeter;
 use sluice_engine::tls::issue::{new_ca, Signer};
 use sluice_engine::tls::ClusterTls;
+use sluice_engine::EdgeKind;
 use sluice_engine::{StreamMessage, Watermark};
 
 /// A Nexmark-bid-like batch: 8192 rows of three 8-byte columns (192 KiB).
@@ -208,5 +214,32 @@ fn round_trip(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, codec, throughput, round_trip);
+/// A forward edge into a local channel with room, its receiver drained
+/// every 1000 sends: plain, and with the task's meter.
+fn metering(c: &mut Criterion) {
+    let b = batch();
+    let mut g = c.benchmark_group("exchange_send_metering");
+    for metered in [false, true] {
+        let name = if metered { "metered" } else { "plain" };
+        g.bench_function(name, |bench| {
+            let cancelled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let (tx, rx) = channel(1024, cancelled);
+            let mut w = EdgeWriter::new(EdgeKind::Forward, vec![Box::new(tx)], 128, 0);
+            if metered {
+                w.set_meter(Arc::new(TaskMeter::new(0, 0)));
+            }
+            let mut sent = 0u32;
+            bench.iter(|| {
+                w.send_batch(b.clone()).unwrap();
+                sent += 1;
+                if sent.is_multiple_of(1000) {
+                    rx.try_iter().for_each(drop);
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, codec, throughput, round_trip, metering);
 criterion_main!(benches);
