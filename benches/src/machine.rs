@@ -1,8 +1,16 @@
 //! What a benchmark report states about its run: the machine (cores, CPU
 //! model, load), the command as typed, and the figure arithmetic
-//! (medians, percentiles) every report uses.
+//! (medians, percentiles) every report uses; and where the binaries a
+//! benchmark runs are by default.
 
+use std::path::PathBuf;
 use std::process::Command;
+
+/// The binary `name` beside this executable (where cargo puts every binary
+/// of a build).
+pub fn sibling(name: &str) -> std::io::Result<PathBuf> {
+    Ok(std::env::current_exe()?.with_file_name(name))
+}
 
 /// The CPU model `/proc/cpuinfo` names.
 pub fn cpu_model() -> String {

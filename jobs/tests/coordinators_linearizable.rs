@@ -184,16 +184,6 @@ fn client(
     history
 }
 
-fn signal(cluster: &Cluster, i: usize, signal: &str) {
-    let pid = cluster.coordinator_pid(i).expect("the coordinator runs");
-    let status = std::process::Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{signal} {pid}");
-}
-
 /// The coordinator that answers as leader, among `of`.
 fn leader(cluster: &Cluster, of: &[usize]) -> Option<usize> {
     of.iter().copied().find(|&i| {
@@ -257,9 +247,9 @@ fn submits_cancels_and_reads_stay_linearizable_across_leader_failures() {
     std::thread::sleep(Duration::from_secs(2));
     // ...then the next one is frozen (cut off from everyone) and wakes.
     if let Some(frozen) = leader(&cluster, &rest) {
-        signal(&cluster, frozen, "STOP");
+        cluster.signal_coordinator(frozen, "STOP");
         std::thread::sleep(Duration::from_secs(3));
-        signal(&cluster, frozen, "CONT");
+        cluster.signal_coordinator(frozen, "CONT");
     }
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, Ordering::SeqCst);

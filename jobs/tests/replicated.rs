@@ -8,7 +8,6 @@
 //! (SIGSTOP) so the leader is cut off from its majority; a coordinator is
 //! added to a group of two and another removed, with the CLI.
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -232,17 +231,6 @@ fn a_group_restarted_all_at_once_resumes_its_jobs() {
     );
 }
 
-/// Sends coordinator `i` SIGSTOP or SIGCONT (`signal`: STOP, CONT).
-fn signal(cluster: &Cluster, i: usize, signal: &str) {
-    let pid = cluster.coordinator_pid(i).expect("the coordinator runs");
-    let status = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{signal} {pid}");
-}
-
 /// Coordinator `i`'s own copy of `job`'s status, and the term it answers in.
 fn local_status(cluster: &Cluster, i: usize, job: &str) -> (Value, u64) {
     local_status_at("127.0.0.1", port(cluster, i), job)
@@ -262,7 +250,7 @@ fn a_leader_cut_off_from_its_majority_steps_down_and_completes_no_checkpoint() {
     // Both followers frozen: the leader still runs and reaches its workers
     // and executors, but no majority acknowledges it any more.
     for &f in &followers {
-        signal(&cluster, f, "STOP");
+        cluster.signal_coordinator(f, "STOP");
     }
     // A commit already acknowledged before the freeze may still apply.
     std::thread::sleep(Duration::from_millis(500));
@@ -285,7 +273,7 @@ fn a_leader_cut_off_from_its_majority_steps_down_and_completes_no_checkpoint() {
     // Healed: one leader, and the job resumes from a checkpoint the log
     // accepted and finishes exactly once.
     for &f in &followers {
-        signal(&cluster, f, "CONT");
+        cluster.signal_coordinator(f, "CONT");
     }
     cluster.wait_for(Duration::from_secs(30), "a leader after healing", |c| {
         leader(c, &all).is_some()

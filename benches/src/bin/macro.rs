@@ -160,7 +160,7 @@ fn load_average() -> String {
 
 fn builds(args: &Args) -> anyhow::Result<Vec<(String, PathBuf)>> {
     if args.bins.is_empty() {
-        let bin = std::env::current_exe()?.with_file_name("nexmark");
+        let bin = sluice_benches::machine::sibling("nexmark")?;
         return Ok(vec![("this".into(), bin)]);
     }
     args.bins

@@ -108,7 +108,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let bin = match &args.nexmark {
         Some(p) => p.clone(),
-        None => std::env::current_exe()?.with_file_name("nexmark"),
+        None => sluice_benches::machine::sibling("nexmark")?,
     };
     println!("| run | events | wall (s) | CPU (s) | cores | CPU per event (µs) | vs unpaced |");
     println!("|---|---|---|---|---|---|---|");

@@ -18,14 +18,13 @@
 //! p50 and p99 of each).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use serde_json::Value;
-use sluice_benches::machine::{command_line, cpu_model, date, loadavg, nproc, percentile};
+use sluice_benches::machine::{command_line, cpu_model, date, loadavg, nproc, percentile, sibling};
 use sluice_cluster::local::{LocalCluster, LocalClusterConfig};
 
 /// Replicated-coordinator metadata benchmark (write and read latencies, follower staleness).
@@ -46,11 +45,6 @@ struct Args {
     /// Directory for the cluster (a temporary one if not given).
     #[arg(long)]
     dir: Option<PathBuf>,
-}
-
-fn beside_me(name: &str) -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe().context("locating this executable")?;
-    Ok(me.with_file_name(name))
 }
 
 /// Status, headers (lower-cased) and JSON body of one request.
@@ -93,6 +87,15 @@ fn header(head: &str, name: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// Submits the job `submission` describes at `url`; its id.
+fn submit(url: &str, submission: &str) -> anyhow::Result<String> {
+    let (code, _, body) = request(url, "POST", "/api/v1/jobs", submission)?;
+    if !(200..300).contains(&code) {
+        bail!("submit: {code} {body}");
+    }
+    Ok(body["job_id"].as_str().context("no job id")?.to_string())
+}
+
 /// Milliseconds each call of `f` took, `n` times.
 fn timed(n: usize, mut f: impl FnMut(usize) -> anyhow::Result<()>) -> anyhow::Result<Vec<f64>> {
     let mut out = Vec::with_capacity(n);
@@ -118,14 +121,11 @@ struct Row {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let sluice = args
-        .sluice
-        .clone()
-        .map_or_else(|| beside_me("sluice"), Ok)?;
+    let sluice = args.sluice.clone().map_or_else(|| sibling("sluice"), Ok)?;
     let nexmark = args
         .nexmark
         .clone()
-        .map_or_else(|| beside_me("nexmark"), Ok)?;
+        .map_or_else(|| sibling("nexmark"), Ok)?;
     for b in [&sluice, &nexmark] {
         if !b.is_file() {
             bail!(
@@ -189,18 +189,10 @@ fn main() -> anyhow::Result<()> {
         "description": description,
     })
     .to_string();
-    let submit = |url: &str| -> anyhow::Result<String> {
-        let (code, _, body) = request(url, "POST", "/api/v1/jobs", &submission)?;
-        if !(200..300).contains(&code) {
-            bail!("submit: {code} {body}");
-        }
-        Ok(body["job_id"].as_str().context("no job id")?.to_string())
-    };
-
     let mut rows = Vec::new();
     let mut ids = Vec::new();
     let ms = timed(args.calls, |_| {
-        ids.push(submit(&lead)?);
+        ids.push(submit(&lead, &submission)?);
         Ok(())
     })?;
     rows.push(Row {
@@ -241,23 +233,14 @@ fn main() -> anyhow::Result<()> {
     // after each acknowledgement the follower's copy shows the job, and
     // samples how far its applied index trails the leader's.
     let acked: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
-    let done = Arc::new(AtomicBool::new(false));
     let writer = {
-        let (acked, done, lead) = (acked.clone(), done.clone(), lead.clone());
+        let (acked, lead) = (acked.clone(), lead.clone());
         let n = args.stale_jobs;
-        let submit_one = move || -> anyhow::Result<String> {
-            let (code, _, body) = request(&lead, "POST", "/api/v1/jobs", &submission)?;
-            if !(200..300).contains(&code) {
-                bail!("submit: {code} {body}");
-            }
-            Ok(body["job_id"].as_str().context("no job id")?.to_string())
-        };
         std::thread::spawn(move || -> anyhow::Result<()> {
             for _ in 0..n {
-                let id = submit_one()?;
+                let id = submit(&lead, &submission)?;
                 acked.lock().unwrap().push((id, Instant::now()));
             }
-            done.store(true, Ordering::SeqCst);
             Ok(())
         })
     };
@@ -272,7 +255,7 @@ fn main() -> anyhow::Result<()> {
             (acked.len() > measured).then(|| (acked.len(), acked[acked.len() - 1].clone()))
         };
         let Some((count, (id, at))) = newest else {
-            if done.load(Ordering::SeqCst) || writer.is_finished() {
+            if writer.is_finished() {
                 break;
             }
             std::thread::sleep(Duration::from_micros(200));

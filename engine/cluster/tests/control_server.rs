@@ -3,66 +3,26 @@
 //! for jobs that do not exist, hellos of another leader's term. None of
 //! them keeps a real executor out.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_cluster::attempt::{AttemptConfig, AttemptEvent, ControlServer, MAX_UNPROVEN};
-use sluice_protocol::api::{JobDescription, RestartPolicy, VertexInfo};
+use sluice_cluster::attempt::{AttemptEvent, AttemptHandle, ControlServer, MAX_UNPROVEN};
 use sluice_protocol::control::{read_frame, write_frame, ToCoordinator, ToExecutor};
-use sluice_protocol::ids::TaskKey;
 
-const JOB: &str = "job-1";
-const SECRET: &str = "s3cret";
+mod control_common;
+use control_common::{closed_within, hello as hello_of_term, start_attempt, JOB, SECRET};
 
-fn description() -> JobDescription {
-    JobDescription {
-        protocol: sluice_protocol::PROTOCOL_VERSION,
-        name: "t".into(),
-        parallelism: 1,
-        max_parallelism: 128,
-        vertices: vec![VertexInfo {
-            id: 0,
-            name: "source".into(),
-            parallelism: 1,
-            source: true,
-            nodes: vec![(0, "source".into())],
-        }],
-        graph_nodes: 1,
-        uids: Vec::new(),
-        checkpoint: None,
-        restart: RestartPolicy::None,
-    }
-}
-
-fn server() -> (ControlServer, sluice_cluster::attempt::AttemptHandle) {
+fn server() -> (ControlServer, AttemptHandle) {
     // A control server outside a Raft group serves term 0.
     server_of_term(0)
 }
 
 /// A control server of a leader in `term`, running one attempt.
-fn server_of_term(term: u64) -> (ControlServer, sluice_cluster::attempt::AttemptHandle) {
+fn server_of_term(term: u64) -> (ControlServer, AttemptHandle) {
     let server = ControlServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     server.set_term(term);
-    let handle = server
-        .start_attempt(AttemptConfig {
-            job_id: JOB.into(),
-            attempt: 1,
-            description: description(),
-            placement: vec![(
-                TaskKey {
-                    vertex: 0,
-                    subtask: 0,
-                },
-                0,
-            )],
-            executors: 1,
-            checkpoint: None,
-            stats: Arc::default(),
-            secret: SECRET.into(),
-        })
-        .unwrap();
+    let handle = start_attempt(&server);
     (server, handle)
 }
 
@@ -70,41 +30,10 @@ fn hello(protocol: u32, job: &str, secret: &str) -> ToCoordinator {
     hello_of_term(protocol, job, secret, 0)
 }
 
-fn hello_of_term(protocol: u32, job: &str, secret: &str, term: u64) -> ToCoordinator {
-    ToCoordinator::Hello {
-        protocol,
-        job_id: job.into(),
-        attempt: 1,
-        term,
-        executor: 0,
-        exchange: "127.0.0.1:1".into(),
-        secret: secret.into(),
-    }
-}
-
 fn connect(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     s
-}
-
-/// Whether the server closed `s` (reads end) within `within`.
-fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
-    s.set_read_timeout(Some(within)).unwrap();
-    let mut buf = [0u8; 64];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue, // a Rejected frame before the close
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut =>
-            {
-                return false
-            }
-            Err(_) => return true, // reset
-        }
-    }
 }
 
 #[test]

@@ -6,42 +6,19 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 use openssl::x509::X509;
-use sluice_cluster::attempt::{AttemptConfig, AttemptEvent, ControlServer, MAX_UNPROVEN};
+use sluice_cluster::attempt::{AttemptEvent, ControlServer, MAX_UNPROVEN};
 use sluice_engine::testing::TestPki;
 use sluice_engine::tls::{ClusterTls, SecureStream};
-use sluice_protocol::api::{JobDescription, RestartPolicy, VertexInfo};
 use sluice_protocol::control::{read_frame, write_frame, ToCoordinator, ToExecutor};
-use sluice_protocol::ids::TaskKey;
 
-const JOB: &str = "job-1";
-const ATTEMPT: u64 = 1;
-const SECRET: &str = "s3cret";
+mod control_common;
+use control_common::{closed_within, start_attempt, ATTEMPT, JOB, SECRET};
+
 const DAY: Duration = Duration::from_secs(24 * 3600);
-
-fn description() -> JobDescription {
-    JobDescription {
-        protocol: sluice_protocol::PROTOCOL_VERSION,
-        name: "t".into(),
-        parallelism: 1,
-        max_parallelism: 128,
-        vertices: vec![VertexInfo {
-            id: 0,
-            name: "source".into(),
-            parallelism: 1,
-            source: true,
-            nodes: vec![(0, "source".into())],
-        }],
-        graph_nodes: 1,
-        uids: Vec::new(),
-        checkpoint: None,
-        restart: RestartPolicy::None,
-    }
-}
 
 fn server(p: &TestPki) -> (ControlServer, sluice_cluster::attempt::AttemptHandle) {
     let node = p
@@ -50,38 +27,13 @@ fn server(p: &TestPki) -> (ControlServer, sluice_cluster::attempt::AttemptHandle
         .unwrap();
     let server =
         ControlServer::bind_with("127.0.0.1:0".parse().unwrap(), Some(p.identity(&node))).unwrap();
-    let handle = server
-        .start_attempt(AttemptConfig {
-            job_id: JOB.into(),
-            attempt: ATTEMPT,
-            description: description(),
-            placement: vec![(
-                TaskKey {
-                    vertex: 0,
-                    subtask: 0,
-                },
-                0,
-            )],
-            executors: 1,
-            checkpoint: None,
-            stats: Arc::default(),
-            secret: SECRET.into(),
-        })
-        .unwrap();
+    let handle = start_attempt(&server);
     (server, handle)
 }
 
 fn hello(secret: &str) -> ToCoordinator {
-    ToCoordinator::Hello {
-        protocol: sluice_protocol::PROTOCOL_VERSION,
-        job_id: JOB.into(),
-        attempt: ATTEMPT,
-        // A control server outside a Raft group serves term 0.
-        term: 0,
-        executor: 0,
-        exchange: "127.0.0.1:1".into(),
-        secret: secret.into(),
-    }
+    // A control server outside a Raft group serves term 0.
+    control_common::hello(sluice_protocol::PROTOCOL_VERSION, JOB, secret, 0)
 }
 
 /// Dials as an executor would (checking the server's certificate names
@@ -301,21 +253,7 @@ fn silent_connections_cannot_keep_an_executor_out() {
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     for s in silent.iter_mut().take(8) {
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut buf = [0u8; 64];
-        let closed = loop {
-            match s.read(&mut buf) {
-                Ok(0) => break true,
-                Ok(_) => continue,
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.kind() == std::io::ErrorKind::TimedOut =>
-                {
-                    break false
-                }
-                Err(_) => break true,
-            }
-        };
+        let closed = closed_within(s, Duration::from_secs(5));
         assert!(closed, "an old silent connection stays open");
     }
     let cert = p.signer.attempt(JOB, ATTEMPT, DAY).unwrap();

@@ -84,6 +84,32 @@ pub fn q5_args<'a>(out: &'a str, ck: &'a str, rate: &'a str) -> Vec<&'a str> {
     ]
 }
 
+/// The tests' cluster settings: heartbeats every 200 ms, a worker dead
+/// after 1 s without one.
+fn config(
+    dir: &Path,
+    host: &str,
+    workers: Vec<WorkerPlace>,
+    slots: usize,
+    security: Option<LocalSecurity>,
+    coordinators: usize,
+    tls: bool,
+) -> LocalClusterConfig {
+    LocalClusterConfig {
+        sluice: sluice_bin(),
+        dir: dir.to_path_buf(),
+        host: host.to_string(),
+        coordinator_args: ["--heartbeat-timeout", "1s", "--heartbeat-interval", "200ms"]
+            .map(String::from)
+            .to_vec(),
+        workers,
+        slots,
+        security,
+        plaintext: !tls,
+        coordinators,
+    }
+}
+
 impl Cluster {
     pub fn start(dir: &Path, workers: usize, slots: usize) -> Cluster {
         let places: Vec<WorkerPlace> = (0..workers).map(|_| WorkerPlace::loopback()).collect();
@@ -118,19 +144,15 @@ impl Cluster {
         coordinators: usize,
         tls: bool,
     ) -> Cluster {
-        let config = LocalClusterConfig {
-            sluice: sluice_bin(),
-            dir: dir.to_path_buf(),
-            host: host.to_string(),
-            coordinator_args: ["--heartbeat-timeout", "1s", "--heartbeat-interval", "200ms"]
-                .map(String::from)
-                .to_vec(),
-            workers: places.to_vec(),
+        let config = config(
+            dir,
+            host,
+            places.to_vec(),
             slots,
             security,
-            plaintext: !tls,
             coordinators,
-        };
+            tls,
+        );
         Cluster(LocalCluster::start(config).unwrap_or_else(|e| panic!("{e}")))
     }
 
@@ -155,19 +177,16 @@ impl Cluster {
         slots: usize,
         coordinators: Vec<WorkerPlace>,
     ) -> Cluster {
-        let config = LocalClusterConfig {
-            sluice: sluice_bin(),
-            dir: dir.to_path_buf(),
-            host: "127.0.0.1".into(),
-            coordinator_args: ["--heartbeat-timeout", "1s", "--heartbeat-interval", "200ms"]
-                .map(String::from)
-                .to_vec(),
-            workers: (0..workers).map(|_| WorkerPlace::loopback()).collect(),
+        let places = (0..workers).map(|_| WorkerPlace::loopback()).collect();
+        let config = config(
+            dir,
+            "127.0.0.1",
+            places,
             slots,
-            security: None,
-            plaintext: true,
-            coordinators: coordinators.len(),
-        };
+            None,
+            coordinators.len(),
+            false,
+        );
         Cluster(LocalCluster::start_placed(config, coordinators).unwrap_or_else(|e| panic!("{e}")))
     }
 
@@ -194,6 +213,17 @@ impl Cluster {
 
     pub fn restart_coordinator(&mut self) {
         self.0.start_coordinator().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Sends coordinator `i` a signal (`STOP`, `CONT`, ...) with `kill`.
+    pub fn signal_coordinator(&self, i: usize, signal: &str) {
+        let pid = self.coordinator_pid(i).expect("the coordinator runs");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
     }
 
     pub fn json(&self, args: &[&str]) -> Value {

@@ -125,10 +125,6 @@ const HEARTBEAT_TIMEOUT: &str = "1s";
 const HEARTBEAT_INTERVAL: &str = "200ms";
 const CHECKPOINT_INTERVAL: &str = "500ms";
 
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
-    Ok(std::env::current_exe()?.with_file_name(name))
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.tls && args.poll == "http" {
@@ -136,11 +132,11 @@ fn main() -> anyhow::Result<()> {
     }
     let sluice = match &args.sluice {
         Some(p) => p.clone(),
-        None => sibling("sluice")?,
+        None => sluice_benches::machine::sibling("sluice")?,
     };
     let nexmark = match &args.nexmark {
         Some(p) => p.clone(),
-        None => sibling("nexmark")?,
+        None => sluice_benches::machine::sibling("nexmark")?,
     };
     for (p, how) in [
         (

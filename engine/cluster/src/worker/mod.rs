@@ -431,7 +431,7 @@ impl Worker {
     /// leader's (an older term than one seen) is not, and the next request
     /// goes to another coordinator.
     fn accept_term(&mut self, term: u64) -> bool {
-        let coordinator = self.shared.client.base_url().to_string();
+        let coordinator = self.shared.client.base_url();
         match self.terms.observe(term) {
             Verdict::Current => true,
             Verdict::Newer { from } => {

@@ -98,6 +98,8 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// Sends one message and decodes openraft's answer; whether the peer
+    /// answered goes to [`PeerHealth`].
     async fn call<Req, Resp, E>(
         &self,
         what: &str,
@@ -109,53 +111,44 @@ impl Peer {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let answer = self.call_once(what, req, option).await;
+        let answer: std::result::Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>> =
+            async {
+                let mut request = self
+                    .http
+                    .post(format!("{}/internal/raft/{what}", self.url))
+                    .timeout(option.hard_ttl())
+                    .json(req);
+                if let Some(t) = &self.token {
+                    request = request.header(header::AUTHORIZATION, t.bearer());
+                }
+                let answer = request.send().await.map_err(|e| {
+                    if e.is_connect() {
+                        RPCError::Unreachable(Unreachable::new(&e))
+                    } else {
+                        RPCError::Network(NetworkError::new(&e))
+                    }
+                })?;
+                if !answer.status().is_success() {
+                    let status = answer.status();
+                    let text = answer.text().await.unwrap_or_default();
+                    return Err(RPCError::Network(NetworkError::new(
+                        &std::io::Error::other(format!("{} answered {status}: {text}", self.url)),
+                    )));
+                }
+                let result: std::result::Result<Resp, RaftError<NodeId, E>> =
+                    answer
+                        .json()
+                        .await
+                        .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+                result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            .await;
         match &answer {
             Err(RPCError::Unreachable(e)) => self.health.failed(self.target, &self.url, e),
             Err(RPCError::Network(e)) => self.health.failed(self.target, &self.url, e),
             _ => self.health.answered(self.target, &self.url),
         }
         answer
-    }
-
-    async fn call_once<Req, Resp, E>(
-        &self,
-        what: &str,
-        req: &Req,
-        option: &RPCOption,
-    ) -> std::result::Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
-    where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
-    {
-        let mut request = self
-            .http
-            .post(format!("{}/internal/raft/{what}", self.url))
-            .timeout(option.hard_ttl())
-            .json(req);
-        if let Some(t) = &self.token {
-            request = request.header(header::AUTHORIZATION, t.bearer());
-        }
-        let answer = request.send().await.map_err(|e| {
-            if e.is_connect() {
-                RPCError::Unreachable(Unreachable::new(&e))
-            } else {
-                RPCError::Network(NetworkError::new(&e))
-            }
-        })?;
-        if !answer.status().is_success() {
-            let status = answer.status();
-            let text = answer.text().await.unwrap_or_default();
-            return Err(RPCError::Network(NetworkError::new(
-                &std::io::Error::other(format!("{} answered {status}: {text}", self.url)),
-            )));
-        }
-        let result: std::result::Result<Resp, RaftError<NodeId, E>> = answer
-            .json()
-            .await
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
 
