@@ -138,9 +138,12 @@ fn client(
             }
         };
         let returned = Instant::now();
-        // Followers (503) and unreachable members: try the next one.
+        // Followers (503) and unreachable members: try the next one, after
+        // a pause as a client would (no tight loop while a leader is being
+        // elected).
         if answer.as_ref().is_none_or(|(code, _)| *code == 503) {
             at = (at + 1) % urls.len();
+            std::thread::sleep(Duration::from_millis(20));
         }
         let out = match (op, &answer) {
             (Op::Submit, Some((200 | 201, _))) => Some(Out::Accepted),
@@ -165,8 +168,10 @@ fn client(
             }
             // A submission without an answer made no job anyone knows.
             (Op::Submit, _, _) => continue,
-            // A read without an answer changed nothing.
+            // A read without an answer changed nothing, and a member that
+            // is not the leader (503) forwards no write: neither happened.
             (Op::Read, _, _) if out.is_none() => continue,
+            (Op::Cancel, Some((503, _)), _) => continue,
             (_, _, Some(job)) => job,
             (_, _, None) => unreachable!("cancels and reads name a job"),
         };
