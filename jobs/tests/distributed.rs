@@ -19,7 +19,10 @@ use sluice_connectors::kafka::testing::Broker;
 
 mod common;
 use common::cluster::{embedded_q5, sluice_bin, Cluster, EVENTS};
-use common::{assert_exactly_once, http, kafka_reference, produce_events, rows, Exposition};
+use common::{
+    assert_exactly_once, http, kafka_reference, produce_events, rows, Exposition, OutputWithin,
+    RUN_LIMIT,
+};
 
 #[test]
 fn q5_on_three_workers_equals_the_embedded_run() {
@@ -396,8 +399,7 @@ fn a_secured_cluster_serves_https_and_answers_only_its_token() {
             .args(["jobs", "--coordinator", &cluster.url()])
             .args(args)
             .env_remove("SLUICE_TOKEN")
-            .output()
-            .unwrap();
+            .output_within(RUN_LIMIT);
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stderr).to_string(),

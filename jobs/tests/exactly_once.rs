@@ -21,7 +21,7 @@ use sluice_engine::{CheckpointConfig, Env, RestartStrategy, WatermarkStrategy};
 use sluice_operators::prelude::*;
 
 mod common;
-use common::{assert_exactly_once, hidden_files, rows, S3Server};
+use common::{assert_exactly_once, hidden_files, rows, OutputWithin, S3Server, RUN_LIMIT};
 
 const EVENTS: &str = "400000";
 
@@ -108,7 +108,7 @@ fn killed_run_at(
         let _ = child.kill();
         let _ = child.wait();
     }
-    let run = command().stdout(Stdio::piped()).output().unwrap();
+    let run = command().stdout(Stdio::piped()).output_within(RUN_LIMIT);
     assert!(run.status.success(), "seed {seed}: restarted job failed");
     let printed = String::from_utf8_lossy(&run.stdout).into_owned();
     (rows(&out), out, printed)
@@ -278,8 +278,7 @@ fn corrupted_newest_checkpoint_falls_back_without_wrong_output() {
 
     let run = nexmark("q1", &out, Some(ck.as_os_str()), Some(200_000), 2)
         .stderr(Stdio::piped())
-        .output()
-        .unwrap();
+        .output_within(RUN_LIMIT);
     assert!(run.status.success());
     let log = String::from_utf8_lossy(&run.stderr);
     assert!(

@@ -15,7 +15,7 @@ use sluice_connectors::kafka::schema_from_checkpoint;
 use sluice_connectors::kafka::testing::Broker;
 
 mod common;
-use common::{assert_exactly_once, rows};
+use common::{assert_exactly_once, rows, OutputWithin, RUN_LIMIT};
 
 const RECORDS: usize = 150_000;
 const PARTITIONS: i32 = 4;
@@ -102,8 +102,7 @@ fn killed_run(
     }
     let run = job(broker, "events", &out, Some(&ck), last_p)
         .stderr(Stdio::piped())
-        .output()
-        .unwrap();
+        .output_within(RUN_LIMIT);
     let log = String::from_utf8_lossy(&run.stderr);
     assert!(
         run.status.success(),
@@ -231,8 +230,7 @@ fn the_readme_walkthrough_runs_as_written() {
         let out = Command::new(bin)
             .args(args)
             .current_dir(dir.path())
-            .output()
-            .unwrap();
+            .output_within(RUN_LIMIT);
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "{bin}: {stderr}");
         assert!(
@@ -297,8 +295,7 @@ fn the_readme_walkthrough_runs_as_written() {
             .args(args)
             .args(bad)
             .current_dir(dir.path())
-            .output()
-            .unwrap();
+            .output_within(RUN_LIMIT);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{bin}: {err}");
         assert!(err.contains("no.such.property"), "{bin}: {err}");
@@ -306,8 +303,7 @@ fn the_readme_walkthrough_runs_as_written() {
             .args(args)
             .args(["--kafka-option", "no-equals-sign"])
             .current_dir(dir.path())
-            .output()
-            .unwrap();
+            .output_within(RUN_LIMIT);
         assert_eq!(out.status.code(), Some(2), "{bin}");
     }
     assert_eq!(

@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use sluice_connectors::kafka::testing::Broker;
 
 mod common;
-use common::{dataset_rows, S3Server};
+use common::{dataset_rows, OutputWithin, S3Server, RUN_LIMIT};
 
 /// 2026-12-06T07:00:00Z.
 const HOUR_07: i64 = 1_796_540_400_000;
@@ -96,7 +96,7 @@ fn kill(mut child: Child) {
 
 /// Runs `c` to its end; returns what it printed (stdout, then stderr).
 fn run_to_end(mut c: Command, what: &str) -> String {
-    let out = c.output().unwrap();
+    let out = c.output_within(RUN_LIMIT);
     let log =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{what} failed: {log}");
@@ -631,8 +631,7 @@ fn compaction_merges_small_files_while_readers_see_every_row_once() {
                 let r = Command::new(python)
                     .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/read_dataset.py"))
                     .arg(&out_str)
-                    .output()
-                    .unwrap();
+                    .output_within(RUN_LIMIT);
                 if r.status.success() {
                     let mut got = BTreeMap::new();
                     for line in String::from_utf8(r.stdout).unwrap().lines() {

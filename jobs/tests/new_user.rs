@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use sluice_connectors::kafka::testing::Broker;
 
 mod common;
-use common::rows;
+use common::{rows, OutputWithin, RUN_LIMIT};
 
 fn kafka_to_parquet(broker: &str, topic: &str, out: &Path, ck: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kafka_to_parquet"));
@@ -30,7 +30,7 @@ fn kafka_to_parquet(broker: &str, topic: &str, out: &Path, ck: &Path) -> Command
 }
 
 fn run(c: &mut Command) -> (bool, String) {
-    let Output { status, stderr, .. } = c.output().unwrap();
+    let Output { status, stderr, .. } = c.output_within(RUN_LIMIT);
     (
         status.success(),
         String::from_utf8_lossy(&stderr).to_string(),
@@ -335,26 +335,27 @@ fn every_job_binary_has_its_own_help_and_parses_its_arguments() {
             "Merges the small Parquet files",
         ),
     ] {
-        let out = Command::new(bin).arg("--help").output().unwrap();
+        let out = Command::new(bin).arg("--help").output_within(RUN_LIMIT);
         let help = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{bin} --help: {help}");
         assert!(help.starts_with(opening), "{bin} --help opens with: {help}");
         assert!(help.contains("Usage:"), "{help}");
         assert!(!help.contains("Sluice reference jobs"), "{bin}: {help}");
         // `-h` shows the short about, which came from the crate too.
-        let out = Command::new(bin).arg("-h").output().unwrap();
+        let out = Command::new(bin).arg("-h").output_within(RUN_LIMIT);
         let short = String::from_utf8_lossy(&out.stdout);
         assert!(short.starts_with(opening), "{bin} -h opens with: {short}");
-        let out = Command::new(bin).arg("--version").output().unwrap();
+        let out = Command::new(bin).arg("--version").output_within(RUN_LIMIT);
         assert!(out.status.success());
-        let out = Command::new(bin).arg("--no-such-flag").output().unwrap();
+        let out = Command::new(bin)
+            .arg("--no-such-flag")
+            .output_within(RUN_LIMIT);
         assert_eq!(out.status.code(), Some(2), "{bin} rejects a wrong flag");
         if !bin.ends_with("example") {
             // A parallelism of 0 ran at 1 without a word.
             let out = Command::new(bin)
                 .args(["--parallelism", "0"])
-                .output()
-                .unwrap();
+                .output_within(RUN_LIMIT);
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(2), "{bin}: {err}");
             assert!(err.contains("--parallelism"), "{err}");
@@ -362,8 +363,7 @@ fn every_job_binary_has_its_own_help_and_parses_its_arguments() {
     }
     let out = Command::new(env!("CARGO_BIN_EXE_example"))
         .arg("--help")
-        .output()
-        .unwrap();
+        .output_within(RUN_LIMIT);
     assert!(
         !String::from_utf8_lossy(&out.stderr).contains("processed"),
         "example --help must not run the job"
@@ -386,7 +386,7 @@ fn nexmark_says_when_it_resumes_and_fresh_starts_over() {
             .env_remove("RUST_LOG")
             .stderr(Stdio::piped())
             .stdout(Stdio::piped());
-        let out = c.output().unwrap();
+        let out = c.output_within(RUN_LIMIT);
         assert!(out.status.success());
         (
             String::from_utf8_lossy(&out.stdout).to_string(),
@@ -431,8 +431,7 @@ fn explain_prints_the_plan_and_runs_nothing() {
         .arg("--checkpoint-dir")
         .arg(&ck)
         .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
+        .output_within(RUN_LIMIT);
     let (plan, log) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
@@ -447,8 +446,7 @@ fn explain_prints_the_plan_and_runs_nothing() {
     // --explain and --fresh together are refused.
     let both = Command::new(env!("CARGO_BIN_EXE_nexmark"))
         .args(["--query", "q1", "--explain", "--fresh"])
-        .output()
-        .unwrap();
+        .output_within(RUN_LIMIT);
     assert!(!both.status.success());
     assert!(
         String::from_utf8_lossy(&both.stderr).contains("cannot be used with"),

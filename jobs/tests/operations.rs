@@ -10,7 +10,7 @@ use std::time::Duration;
 
 mod common;
 use common::cluster::{sluice_bin, Cluster};
-use common::{http, Exposition, Sample};
+use common::{http, Exposition, OutputWithin, Sample, RUN_LIMIT};
 
 fn text(o: &Output) -> (String, String) {
     (
@@ -94,9 +94,7 @@ fn submit_wait_and_follow_end_with_the_jobs_end() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::start(dir.path(), 2, 2);
 
-    let out = submit(&cluster, &["--wait"], &bounded_q5("out-wait"))
-        .output()
-        .unwrap();
+    let out = submit(&cluster, &["--wait"], &bounded_q5("out-wait")).output_within(RUN_LIMIT);
     let (stdout, stderr) = text(&out);
     assert!(
         out.status.success(),
@@ -109,9 +107,7 @@ fn submit_wait_and_follow_end_with_the_jobs_end() {
     assert_eq!(lines[1], format!("{} FINISHED", lines[0]), "{stdout}");
     assert!(!common::rows(&dir.path().join("out-wait")).is_empty());
 
-    let out = submit(&cluster, &["--follow"], &bounded_q5("out-follow"))
-        .output()
-        .unwrap();
+    let out = submit(&cluster, &["--follow"], &bounded_q5("out-follow")).output_within(RUN_LIMIT);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     let last = stdout.lines().last().unwrap_or_default();

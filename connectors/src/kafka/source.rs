@@ -283,8 +283,11 @@ impl KafkaSubtask {
             part.eof_at = position;
         }
         let reached = [part.next, part.eof_at].into_iter().flatten().max();
-        if let (Some(end), Some(pos)) = (part.end, reached) {
-            if pos >= end && part.pending.is_empty() {
+        if let Some(end) = part.end {
+            // An end of 0 is an empty partition: reached whatever the
+            // fetch position says (it may be unknown without records).
+            let at_end = end <= 0 || reached.is_some_and(|pos| pos >= end);
+            if at_end && part.pending.is_empty() {
                 part.finished = true;
                 part.next = Some(end);
                 let partition = part.partition;
@@ -295,6 +298,30 @@ impl KafkaSubtask {
                 // Nothing more is wanted from it.
                 let _ = self.consumer().incremental_unassign(&tpl);
                 debug!(partition, end, "kafka partition reached its end");
+            }
+        }
+    }
+
+    /// Bounded mode, nothing to emit: learns ends still pending from the
+    /// consumer's cache and finishes partitions whose end was fixed after
+    /// their last record or end-of-partition event (by a later Fetch
+    /// response, or by a checkpoint's probe). Without this a partition
+    /// read to its end before its end was known was never finished: one
+    /// run in a few checkpointed forever and never ended.
+    fn settle_ends(&mut self) {
+        for split in 0..self.parts.len() {
+            let part = &mut self.parts[split];
+            if part.finished || !part.pending.is_empty() {
+                continue;
+            }
+            if part.end.is_none() {
+                // Before the first Fetch response nothing is cached and
+                // the end stays pending.
+                let consumer = self.consumer.as_ref().expect("consumer created in open");
+                learn_end(consumer, &self.spec.topic, part);
+            }
+            if part.end.is_some() {
+                self.check_end(split, None);
             }
         }
     }
@@ -345,10 +372,11 @@ impl KafkaSubtask {
                         if self.spec.bounded && self.parts[split].end.is_none() {
                             learn_end(consumer, &self.spec.topic, &mut self.parts[split]);
                         }
-                        if self.parts[split].end.is_some() {
-                            let pos = self.position(p);
-                            self.check_end(split, pos);
-                        }
+                        // The position is kept even while the end is
+                        // unknown: librdkafka reports an end-of-partition
+                        // once, and the end may be learnt after it.
+                        let pos = self.position(p);
+                        self.check_end(split, pos);
                     }
                 }
                 Err(e) => {
@@ -663,6 +691,9 @@ impl Source for KafkaSubtask {
         self.fill()?;
         if let Some((split, batch)) = self.emit_one()? {
             return Ok(SourcePoll::Batch { split, batch });
+        }
+        if self.spec.bounded {
+            self.settle_ends();
         }
         if let Some(split) = self.ended.pop_front() {
             return Ok(SourcePoll::SplitEnd(split));

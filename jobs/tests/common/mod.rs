@@ -1,12 +1,16 @@
 //! Helpers shared by the end-to-end tests: Parquet output read back with
 //! the parquet crate's reader, as counted rows of text; plain HTTP/1.1
-//! requests to a coordinator or an embedded job's web UI.
+//! requests to a coordinator or an embedded job's web UI; commands run
+//! with a deadline.
 #![allow(dead_code)]
 
 pub mod cluster;
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -121,11 +125,11 @@ impl S3Server {
             .local_addr()
             .unwrap()
             .port();
-        let child = std::process::Command::new(&bin)
+        let child = Command::new(&bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .envs(env.iter().copied())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
         let server = S3Server {
@@ -133,7 +137,7 @@ impl S3Server {
             port,
             bucket: "sluice-test".into(),
         };
-        let start = std::time::Instant::now();
+        let start = Instant::now();
         loop {
             if let Ok(status) = server.try_request("PUT", "/sluice-test") {
                 assert!(
@@ -143,10 +147,10 @@ impl S3Server {
                 break;
             }
             assert!(
-                start.elapsed() < std::time::Duration::from_secs(30),
+                start.elapsed() < Duration::from_secs(30),
                 "the S3 test server did not start"
             );
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(100));
         }
         server
     }
@@ -212,7 +216,7 @@ impl S3Server {
     }
 
     /// Points a job process at this server.
-    pub fn configure(&self, c: &mut std::process::Command) {
+    pub fn configure(&self, c: &mut Command) {
         c.env("AWS_ENDPOINT", format!("http://127.0.0.1:{}", self.port))
             .env("AWS_ALLOW_HTTP", "true")
             .env("AWS_ACCESS_KEY_ID", "test")
@@ -300,13 +304,13 @@ pub fn kafka_reference(
     parallelism: usize,
     out: &Path,
 ) -> BTreeMap<String, usize> {
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_kafka_to_parquet"))
+    let status = Command::new(env!("CARGO_BIN_EXE_kafka_to_parquet"))
         .args(job_args)
         .arg("--parallelism")
         .arg(parallelism.to_string())
         .arg("--output")
         .arg(out)
-        .stdout(std::process::Stdio::null())
+        .stdout(Stdio::null())
         .status()
         .unwrap();
     assert!(status.success(), "the embedded kafka_to_parquet run failed");
@@ -349,7 +353,7 @@ pub fn dataset_rows(location: &str, s3: Option<&S3Server>) -> (BTreeMap<String, 
         "{} is missing: run scripts/tools.sh (scripts/test.sh does)",
         python.display()
     );
-    let mut c = std::process::Command::new(python);
+    let mut c = Command::new(python);
     c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/read_dataset.py"))
         .arg(location);
     if let Some(s3) = s3 {
@@ -497,5 +501,62 @@ impl Exposition {
         );
         assert_eq!(buckets.last(), Some(&(f64::INFINITY, count)), "{name}");
         Some((count, sum))
+    }
+}
+
+/// How long a job binary run to its end may take in a test: a healthy
+/// run takes seconds even in a debug build on a loaded 2-core machine.
+pub const RUN_LIMIT: Duration = Duration::from_secs(300);
+
+/// `Command::output` with a deadline: a run that does not end within
+/// `limit` is killed and the test fails naming the command and showing
+/// what it logged, instead of hanging the suite (a bounded Kafka run that
+/// never ended once held a CI run until its time ran out).
+pub trait OutputWithin {
+    fn output_within(&mut self, limit: Duration) -> Output;
+}
+
+impl OutputWithin for Command {
+    fn output_within(&mut self, limit: Duration) -> Output {
+        let what = format!("{self:?}");
+        let mut child = self
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+        let drain = |mut pipe: Box<dyn Read + Send>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let _ = pipe.read_to_end(&mut buf);
+                buf
+            })
+        };
+        let stdout = drain(Box::new(child.stdout.take().expect("piped")));
+        let stderr = drain(Box::new(child.stderr.take().expect("piped")));
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("waiting for a child") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                let err = stderr.join().unwrap_or_default();
+                let err = String::from_utf8_lossy(&err);
+                let tail: Vec<&str> = err.lines().rev().take(60).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "{what} did not end within {limit:?}; killed. The last lines it logged:\n{}",
+                    tail.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Output {
+            status,
+            stdout: stdout.join().unwrap_or_default(),
+            stderr: stderr.join().unwrap_or_default(),
+        }
     }
 }
