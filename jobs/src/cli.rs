@@ -120,8 +120,15 @@ pub struct CheckpointArgs {
     #[arg(long, default_value_t = 3)]
     pub checkpoints_retained: usize,
     /// Skip barrier alignment (at-least-once instead of exactly-once).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "unaligned_checkpoints")]
     pub at_least_once: bool,
+    /// Unaligned checkpoints, exactly-once: every operator snapshots as
+    /// soon as a checkpoint starts and the records still queued between
+    /// operators are stored with it, so checkpoints stay quick when the
+    /// job is backpressured. Savepoints stay aligned; a checkpoint holding
+    /// in-flight records restores only at the parallelism it was taken at.
+    #[arg(long)]
+    pub unaligned_checkpoints: bool,
     /// State backend: every stateful operator (windows, joins, top-N,
     /// keyed state) keeps its state there.
     #[arg(long, value_enum, default_value = "memory")]
@@ -253,6 +260,7 @@ impl CheckpointArgs {
                 if self.at_least_once {
                     ck.guarantee = sluice_engine::checkpoint::Guarantee::AtLeastOnce;
                 }
+                ck.unaligned = self.unaligned_checkpoints;
                 c.checkpoint = Some(ck);
             }
         });
@@ -409,13 +417,25 @@ pub fn checkpoint_summary(result: &sluice_engine::JobResult) -> String {
         );
     }
     let last = stats.recent.last();
+    // Over the recent checkpoints (up to 32): how long they took and what
+    // they held in flight (unaligned ones).
+    let median = |f: &dyn Fn(&sluice_engine::checkpoint::CheckpointRecord) -> u64| {
+        let mut v: Vec<u64> = stats.recent.iter().map(f).collect();
+        v.sort_unstable();
+        v.get(v.len() / 2).map_or("-".into(), |m| m.to_string())
+    };
+    let max_ms = stats.recent.iter().map(|r| r.figures.duration_ms).max();
     format!(
-        "checkpoints={} aborted={} restarts={} restored_from={restored} last_checkpoint_ms={} last_checkpoint_bytes={}",
+        "checkpoints={} aborted={} restarts={} restored_from={restored} last_checkpoint_ms={} last_checkpoint_bytes={} \
+         median_checkpoint_ms={} max_checkpoint_ms={} median_in_flight_bytes={}",
         stats.completed,
         stats.aborted,
         stats.restarts,
         last.map_or("-".into(), |r| r.figures.duration_ms.to_string()),
         last.map_or("-".into(), |r| r.figures.bytes.to_string()),
+        median(&|r| r.figures.duration_ms),
+        max_ms.map_or("-".into(), |m| m.to_string()),
+        median(&|r| r.figures.in_flight_bytes),
     )
 }
 

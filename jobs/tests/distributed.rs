@@ -18,7 +18,7 @@ use sluice_cluster::local::{LocalSecurity, WorkerPlace};
 use sluice_connectors::kafka::testing::Broker;
 
 mod common;
-use common::cluster::{embedded_q5, sluice_bin, Cluster, EVENTS};
+use common::cluster::{embedded_q5, q5_args, sluice_bin, Cluster, EVENTS};
 use common::{
     assert_exactly_once, http, kafka_reference, produce_events, rows, Exposition, OutputWithin,
     RUN_LIMIT,
@@ -188,12 +188,18 @@ fn assert_ui_is_served(port: u16) {
     assert!(body.contains("/api/v1"));
 }
 
+/// With unaligned checkpoints (every other cluster test runs aligned
+/// ones): executors snapshot on the coordinator's trigger, store what is
+/// in flight between them, and the job resumes from such a checkpoint on
+/// the surviving workers.
 #[test]
 fn a_killed_worker_is_replaced_and_output_stays_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let want = embedded_q5(dir.path());
     let mut cluster = Cluster::start(dir.path(), 3, 2);
-    let job = cluster.submit_q5(2, "150000");
+    let mut args = q5_args("out", "ck", "150000");
+    args.push("--unaligned-checkpoints");
+    let job = cluster.submit(2, env!("CARGO_BIN_EXE_nexmark"), &args);
     let victim = worker_after_a_checkpoint(&cluster, &job);
     let before = cluster.status(&job);
     // Every worker fetched the binary, the idle one too (prefetch), so

@@ -123,13 +123,24 @@ fn sigkilled_process_resumes_with_exactly_once_output() {
         .into_iter()
         .map(|q| (q, reference(dir.path(), q)))
         .collect();
-    // 8 processes killed at random moments (seed 7's twice); q5's windows
-    // keep their state in RocksDB for seeds 5 and 7.
-    for (seed, kills) in [(1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1), (7, 2)] {
+    // 10 processes killed at random moments (seed 7's twice); q5's windows
+    // keep their state in RocksDB for seeds 5 and 7; seeds 8 (q5) and 9
+    // (q8's join) take unaligned checkpoints.
+    for (seed, kills) in [
+        (1, 1),
+        (2, 1),
+        (3, 1),
+        (4, 1),
+        (5, 1),
+        (6, 1),
+        (7, 2),
+        (8, 1),
+        (9, 1),
+    ] {
         let query = match seed {
             4 => "q11",
-            6 => "q8",
-            s if s % 2 == 1 => "q5",
+            6 | 9 => "q8",
+            s if s % 2 == 1 || s == 8 => "q5",
             _ => "q1",
         };
         let state = if seed >= 5 && query == "q5" {
@@ -138,7 +149,16 @@ fn sigkilled_process_resumes_with_exactly_once_output() {
             "memory"
         };
         let want = &want[query];
-        let (got, out) = killed_run(dir.path(), query, seed, kills, state);
+        let (got, out) = if seed >= 8 {
+            let ck = dir.path().join(format!("ck-{seed}"));
+            let (got, out, _) =
+                killed_run_at(dir.path(), query, seed, kills, state, ck.as_os_str(), |c| {
+                    c.arg("--unaligned-checkpoints");
+                });
+            (got, out)
+        } else {
+            killed_run(dir.path(), query, seed, kills, state)
+        };
         assert_exactly_once(want, &got, &out, &format!("seed {seed}"));
     }
 }
@@ -149,6 +169,19 @@ fn q5_like(
     env: &Env,
     rate: u64,
     map: impl Fn(&arrow::array::RecordBatch) + Send + Sync + 'static,
+    sink: ParquetSink,
+) {
+    q5_like_slowed(env, rate, map, None, sink)
+}
+
+/// [`q5_like`], with `slow`: the bids rebalanced to a stage that sleeps
+/// that long per batch, so the queues into it fill (backpressure) and
+/// unaligned checkpoints store records in flight.
+fn q5_like_slowed(
+    env: &Env,
+    rate: u64,
+    map: impl Fn(&arrow::array::RecordBatch) + Send + Sync + 'static,
+    slow: Option<Duration>,
     sink: ParquetSink,
 ) {
     let cfg = NexmarkConfig {
@@ -163,14 +196,25 @@ fn q5_like(
         ),
     );
     let schema = bids.schema().clone();
-    let bids = bids.map_batches(schema, move |b| {
+    let bids = bids.map_batches(schema.clone(), move |b| {
         map(&b);
         Ok(b)
     });
-    let bids = bids.watermarks(WatermarkStrategy::bounded_out_of_orderness(
+    let mut bids = bids.watermarks(WatermarkStrategy::bounded_out_of_orderness(
         "date_time",
         Duration::from_millis(cfg.max_out_of_orderness_ms as u64),
     ));
+    if let Some(pause) = slow {
+        // After the watermarks are assigned: the slow stage's subtasks see
+        // both sources' records interleaved, and forward their watermarks.
+        bids = bids
+            .rebalance()
+            .map_batches(schema, move |b| {
+                std::thread::sleep(pause);
+                Ok(b)
+            })
+            .with_event_time(Some("date_time".into()));
+    }
     bids.key_by(["auction"])
         .window(WindowSpec::sliding(
             Duration::from_secs(10),
@@ -188,6 +232,18 @@ fn in_process_job(
     fail_after: Option<u64>,
     p: usize,
 ) -> sluice_engine::JobResult {
+    in_process_job_with(out, ck, fail_after, p, false)
+}
+
+/// [`in_process_job`]; `unaligned`: unaligned checkpoints, and a slow
+/// stage after a rebalance that backpressures the source.
+fn in_process_job_with(
+    out: &Path,
+    ck: Option<&Path>,
+    fail_after: Option<u64>,
+    p: usize,
+    unaligned: bool,
+) -> sluice_engine::JobResult {
     let env = Env::new();
     env.set_parallelism(p);
     env.configure(|c| {
@@ -195,6 +251,7 @@ fn in_process_job(
         if let Some(ck) = ck {
             let mut cfg = CheckpointConfig::new(ck);
             cfg.interval = Duration::from_millis(20);
+            cfg.unaligned = unaligned;
             c.checkpoint = Some(cfg);
             c.restart = RestartStrategy::FixedDelay {
                 attempts: 3,
@@ -212,7 +269,8 @@ fn in_process_job(
             }
         }
     };
-    q5_like(&env, 1_000_000, inject, ParquetSink::new(out));
+    let slow = unaligned.then_some(Duration::from_millis(2));
+    q5_like_slowed(&env, 1_000_000, inject, slow, ParquetSink::new(out));
     env.execute().unwrap()
 }
 
@@ -237,6 +295,88 @@ fn task_failures_restart_from_the_latest_checkpoint_exactly_once() {
         assert_eq!(rows(&out), want, "failure point {k}: output differs");
         assert!(hidden_files(&out).is_empty());
     }
+}
+
+/// Unaligned checkpoints of a backpressured job: tasks snapshot at once
+/// and store the records queued between them; a failure restarts from such
+/// a checkpoint (its in-flight records replayed before new input) and the
+/// output is exactly that of a run without checkpoints or failures.
+#[test]
+fn unaligned_checkpoints_restart_exactly_once_with_records_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path().join("reference");
+    in_process_job_with(&r, None, None, 2, true);
+    let want = rows(&r);
+    assert!(want.len() > 1000);
+    let mut rng = SmallRng::seed_from_u64(7);
+    let mut restored_in_flight = 0;
+    for i in 0..6u64 {
+        let k = rng.random_range(20_000..250_000);
+        let out = dir.path().join(format!("out-{i}"));
+        let ck = dir.path().join(format!("ck-{i}"));
+        let res = in_process_job_with(&out, Some(&ck), Some(k), 2, true);
+        assert_eq!(res.checkpoints.restarts, 1, "failure point {k}: no restart");
+        let got = rows(&out);
+        assert_exactly_once(&want, &got, &out, &format!("failure point {k}"));
+        let from = res.checkpoints.restored_from;
+        let held = res
+            .checkpoints
+            .recent
+            .iter()
+            .find(|c| Some(c.id) == from)
+            .map_or(0, |c| c.figures.in_flight_bytes);
+        if held > 0 {
+            restored_in_flight += 1;
+        }
+    }
+    // The slow stage keeps its input queues full: restarts come from
+    // checkpoints that hold records in flight, which were replayed.
+    assert!(
+        restored_in_flight > 0,
+        "no restart came from a checkpoint with records in flight"
+    );
+}
+
+/// An unaligned checkpoint restores only at the parallelism it was taken
+/// at: a restart at another parallelism is refused with the reason, before
+/// anything is written, and the same command at the old parallelism then
+/// finishes exactly once.
+#[test]
+fn an_unaligned_checkpoint_is_not_restored_at_another_parallelism() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = reference(dir.path(), "q5");
+    let out = dir.path().join("out");
+    let ck = dir.path().join("ck");
+    let command = |p: usize| {
+        let mut c = nexmark("q5", &out, Some(ck.as_os_str()), Some(200_000), p);
+        c.arg("--unaligned-checkpoints");
+        c
+    };
+    let mut child = command(2).spawn().unwrap();
+    let start = Instant::now();
+    while newest_checkpoint(&ck).is_none() {
+        assert!(start.elapsed() < Duration::from_secs(60), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let refused = command(3).stderr(Stdio::piped()).output_within(RUN_LIMIT);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(
+        err.contains("unaligned checkpoint")
+            && err.contains("parallelism 2")
+            && err.contains("savepoint"),
+        "{err}"
+    );
+    let done = command(2).output_within(RUN_LIMIT);
+    assert!(done.status.success());
+    assert_exactly_once(
+        &want,
+        &rows(&out),
+        &out,
+        "unaligned, resumed at parallelism 2",
+    );
 }
 
 /// The newest completed checkpoint of `ck`.

@@ -1,8 +1,9 @@
 //! Barriers in a running job must not change what it computes: two inputs
 //! at different speeds (so barriers arrive in every order and one input is
 //! held back while the other catches up), unioned, keyed and windowed, with
-//! a checkpoint every few milliseconds, in exactly-once and at-least-once
-//! mode, give the same windows as the same job without checkpoints; the
+//! a checkpoint every few milliseconds, in exactly-once (aligned and
+//! unaligned) and at-least-once mode, give the same windows as the same job
+//! without checkpoints; the
 //! checkpoints complete, and an input that ends mid-checkpoint does not
 //! stall the others.
 
@@ -40,15 +41,19 @@ fn batches(n: usize, seed: i64) -> Vec<RecordBatch> {
 
 type Windows = BTreeMap<(i64, i64), (i64, i64)>;
 
-fn run(checkpoint: Option<Guarantee>) -> (Windows, u64) {
+/// Checkpoint modes: the guarantee and whether barriers are unaligned.
+type Mode = (Guarantee, bool);
+
+fn run(checkpoint: Option<Mode>) -> (Windows, u64) {
     let dir = tempfile::tempdir().unwrap();
     let env = Env::new();
     env.set_parallelism(2);
     env.configure(|c| {
-        if let Some(g) = checkpoint {
+        if let Some((g, unaligned)) = checkpoint {
             let mut ck = CheckpointConfig::new(dir.path());
             ck.interval = Duration::from_millis(3);
             ck.guarantee = g;
+            ck.unaligned = unaligned;
             c.checkpoint = Some(ck);
         }
     });
@@ -91,7 +96,11 @@ fn barriers_do_not_change_results() {
     let (want, none) = run(None);
     assert_eq!(none, 0);
     assert!(want.len() > 100);
-    for g in [Guarantee::ExactlyOnce, Guarantee::AtLeastOnce] {
+    for g in [
+        (Guarantee::ExactlyOnce, false),
+        (Guarantee::ExactlyOnce, true),
+        (Guarantee::AtLeastOnce, false),
+    ] {
         let (got, completed) = run(Some(g));
         assert_eq!(got, want, "{g:?}");
         // Periodic checkpoints plus the final one.

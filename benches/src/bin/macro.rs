@@ -37,9 +37,14 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     repeat: usize,
     /// Checkpoint settings to run: `off`, or an interval such as `1s`
-    /// (into a fresh directory per run).
+    /// (into a fresh directory per run), `1s:unaligned` for unaligned
+    /// checkpoints.
     #[arg(long, value_delimiter = ',', default_value = "off")]
     checkpoints: Vec<String>,
+    /// A sink that sleeps this long per batch (the job is then
+    /// backpressured), e.g. `2ms`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    sink_delay: Option<std::time::Duration>,
     /// State backends to run: `memory`, `rocksdb` (default live-state
     /// cache) or `rocksdb:MB` (a live-state cache of MB MiB per operator
     /// subtask, e.g. small enough that the state does not fit).
@@ -65,7 +70,8 @@ struct Run {
     events_per_sec: f64,
     peak_rss_mib: f64,
     checkpoints: f64,
-    last_checkpoint_ms: f64,
+    median_checkpoint_ms: f64,
+    max_checkpoint_ms: f64,
 }
 
 fn field(line: &str, name: &str) -> anyhow::Result<f64> {
@@ -76,7 +82,12 @@ fn field(line: &str, name: &str) -> anyhow::Result<f64> {
     Ok(v.parse()?)
 }
 
-fn run(bin: &PathBuf, c: &Config, events: u64) -> anyhow::Result<Run> {
+fn run(
+    bin: &PathBuf,
+    c: &Config,
+    events: u64,
+    sink_delay: Option<std::time::Duration>,
+) -> anyhow::Result<Run> {
     let mut cmd = Command::new(bin);
     let ck = tempfile_dir()?;
     match c.state.split_once(':') {
@@ -89,9 +100,23 @@ fn run(bin: &PathBuf, c: &Config, events: u64) -> anyhow::Result<Run> {
         _ => bail!("unknown state '{}': memory, rocksdb or rocksdb:MB", c.state),
     }
     if c.checkpoints != "off" {
+        let (interval, mode) = c
+            .checkpoints
+            .split_once(':')
+            .unwrap_or((&c.checkpoints, "aligned"));
         cmd.arg("--checkpoint-dir")
             .arg(&ck)
-            .args(["--checkpoint-interval", &c.checkpoints]);
+            .args(["--checkpoint-interval", interval]);
+        match mode {
+            "aligned" => {}
+            "unaligned" => {
+                cmd.arg("--unaligned-checkpoints");
+            }
+            m => bail!("unknown checkpoint mode '{m}': aligned or unaligned"),
+        }
+    }
+    if let Some(d) = sink_delay {
+        cmd.args(["--sink-delay", &humantime::format_duration(d).to_string()]);
     }
     cmd.args([
         "--events",
@@ -119,7 +144,8 @@ fn run(bin: &PathBuf, c: &Config, events: u64) -> anyhow::Result<Run> {
         events_per_sec: field(line, "events_per_sec")?,
         peak_rss_mib: field(line, "peak_rss_mib")?,
         checkpoints: field(line, "checkpoints")?,
-        last_checkpoint_ms: field(line, "last_checkpoint_ms").unwrap_or(f64::NAN),
+        median_checkpoint_ms: field(line, "median_checkpoint_ms").unwrap_or(f64::NAN),
+        max_checkpoint_ms: field(line, "max_checkpoint_ms").unwrap_or(f64::NAN),
     })
 }
 
@@ -209,7 +235,7 @@ fn main() -> anyhow::Result<()> {
     for r in 0..args.repeat.max(1) {
         for c in &configs {
             eprintln!("run {} of {}: {c:?}", r + 1, args.repeat.max(1));
-            let result = run(bin_of[c.build.as_str()], c, args.events)?;
+            let result = run(bin_of[c.build.as_str()], c, args.events, args.sink_delay)?;
             runs.entry(c.clone()).or_default().push(result);
         }
     }
@@ -229,7 +255,7 @@ fn main() -> anyhow::Result<()> {
         args.repeat.max(1)
     );
     println!();
-    println!("| build | query | state | checkpoints | p | median events/s | vs heap | vs first build | runs | peak RSS MiB | checkpoints (median last ms) |");
+    println!("| build | query | state | checkpoints | p | median events/s | vs heap | vs first build | runs | peak RSS MiB | checkpoints | checkpoint ms, median (max) |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for c in &configs {
         let rs = &runs[c];
@@ -254,9 +280,10 @@ fn main() -> anyhow::Result<()> {
             .collect();
         let rss = rs.iter().map(|r| r.peak_rss_mib).fold(0.0, f64::max);
         let cks = median(rs.iter().map(|r| r.checkpoints).collect());
-        let ck_ms = median(rs.iter().map(|r| r.last_checkpoint_ms).collect());
+        let ck_ms = median(rs.iter().map(|r| r.median_checkpoint_ms).collect());
+        let ck_max = median(rs.iter().map(|r| r.max_checkpoint_ms).collect());
         println!(
-            "| {} | {} | {} | {} | {} | {:.2} M | {} | {} | {} | {rss:.0} | {cks:.0} ({ck_ms:.0}) |",
+            "| {} | {} | {} | {} | {} | {:.2} M | {} | {} | {} | {rss:.0} | {cks:.0} | {ck_ms:.0} ({ck_max:.0}) |",
             c.build,
             c.query,
             c.state,

@@ -179,7 +179,7 @@ fn restored(id: u64, snaps: &[&OperatorSnapshot]) -> RestoredState {
         checkpoint: CheckpointId(id),
         keyed: Vec::new(),
         entries: snaps.iter().flat_map(|s| s.entries.clone()).collect(),
-        dbs: Vec::new(),
+        ..RestoredState::default()
     }
 }
 

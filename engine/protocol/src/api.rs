@@ -121,6 +121,10 @@ pub struct CheckpointDescription {
     pub retained: usize,
     /// Aligned barriers (exactly-once) or not (at-least-once).
     pub exactly_once: bool,
+    /// Unaligned checkpoints (exactly-once, barriers overtake in-flight
+    /// records, which are stored with the checkpoint).
+    #[serde(default)]
+    pub unaligned: bool,
     /// A checkpoint or savepoint to start from when `dir` holds none.
     pub restore_from: Option<String>,
 }

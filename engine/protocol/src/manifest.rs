@@ -63,6 +63,23 @@ pub struct SubtaskState {
     /// Keyed state in RocksDB.
     #[serde(default)]
     pub db: Option<DbState>,
+    /// Unaligned checkpoints: the records that were in flight into this
+    /// subtask when it took its snapshot (after it, before each input
+    /// channel's barrier), one Arrow IPC file per logical input, replayed
+    /// before new input when the subtask restores.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_flight: Vec<InFlightFile>,
+}
+
+/// Records in flight into one logical input of a subtask at an unaligned
+/// checkpoint.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InFlightFile {
+    /// The logical input (0, or 1 for a join's second side).
+    pub input: usize,
+    /// Arrow IPC file of the records, in arrival order per channel.
+    pub file: FileRef,
 }
 
 /// The state of one node of the job graph.
@@ -98,6 +115,10 @@ pub struct CheckpointFigures {
     /// already stored by an earlier checkpoint).
     #[serde(default)]
     pub uploaded_bytes: u64,
+    /// Unaligned checkpoints: bytes of the records that were in flight
+    /// between tasks and are stored with the checkpoint.
+    #[serde(default)]
+    pub in_flight_bytes: u64,
 }
 
 /// A completed checkpoint or savepoint.
@@ -126,6 +147,11 @@ pub struct Manifest {
     pub nodes: Vec<NodeState>,
     /// Duration, alignment and size.
     pub figures: CheckpointFigures,
+    /// An unaligned checkpoint: its subtasks snapshotted at different
+    /// points of their streams, so it restores only at the parallelism it
+    /// was taken at (each subtask from its own state).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unaligned: bool,
 }
 
 impl Manifest {
@@ -137,7 +163,9 @@ impl Manifest {
             .flat_map(|s| {
                 s.keyed
                     .iter()
+                    .chain(s.keyed_more.iter())
                     .chain(s.entries.iter())
+                    .chain(s.in_flight.iter().map(|f| &f.file))
                     .chain(s.db.iter().flat_map(|d| d.files.iter().map(|f| &f.file)))
             })
     }

@@ -46,6 +46,7 @@ fn description() -> JobDescription {
             min_pause_ms: 0,
             retained: 3,
             exactly_once: true,
+            unaligned: false,
             restore_from: None,
         }),
         restart: RestartPolicy::ExponentialBackoff {

@@ -22,7 +22,7 @@ use tracing::debug;
 
 use super::rows::{append, elements, joined};
 use super::sides::Sides;
-use crate::snapshot::{encode_times, restored_times};
+use crate::snapshot::{encode_progress, restored_progress};
 
 /// A two-input interval join (input 0 left, 1 right).
 pub(crate) struct IntervalJoinOperator {
@@ -90,12 +90,13 @@ impl Operator for IntervalJoinOperator {
         self.sides.open(ctx)
     }
 
-    fn snapshot(&mut self, _id: CheckpointId, _ctx: &OperatorContext) -> Result<OperatorSnapshot> {
-        self.sides.snapshot(vec![encode_times(&[self.watermark])])
+    fn snapshot(&mut self, _id: CheckpointId, ctx: &OperatorContext) -> Result<OperatorSnapshot> {
+        self.sides
+            .snapshot(vec![encode_progress(&[self.watermark], ctx)])
     }
 
-    fn restore(&mut self, state: RestoredState, _ctx: &OperatorContext) -> Result<()> {
-        if let Some(t) = restored_times(&state.entries, 1)? {
+    fn restore(&mut self, state: RestoredState, ctx: &OperatorContext) -> Result<()> {
+        if let Some(t) = restored_progress(&state.entries, 1, ctx)? {
             self.watermark = t[0];
         }
         self.sides.restore(state);

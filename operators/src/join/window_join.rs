@@ -23,7 +23,7 @@ use tracing::debug;
 
 use super::rows::{append, elements, joined};
 use super::sides::Sides;
-use crate::snapshot::{encode_times, restored_times};
+use crate::snapshot::{encode_progress, encode_times, restored_progress};
 
 /// Keys fired together (one output batch at most per chunk).
 const KEY_CHUNK: usize = 1024;
@@ -186,9 +186,9 @@ impl Operator for WindowJoinOperator {
         self.sides.open(ctx)
     }
 
-    fn snapshot(&mut self, _id: CheckpointId, _ctx: &OperatorContext) -> Result<OperatorSnapshot> {
+    fn snapshot(&mut self, _id: CheckpointId, ctx: &OperatorContext) -> Result<OperatorSnapshot> {
         let mut progress = vec![PROGRESS];
-        progress.extend(encode_times(&[self.watermark, self.fired_upto]));
+        progress.extend(encode_progress(&[self.watermark, self.fired_upto], ctx));
         let mut panes = vec![PANE_LIST];
         panes.extend(encode_times(
             &self.panes.iter().copied().collect::<Vec<_>>(),
@@ -196,7 +196,7 @@ impl Operator for WindowJoinOperator {
         self.sides.snapshot(vec![progress, panes])
     }
 
-    fn restore(&mut self, state: RestoredState, _ctx: &OperatorContext) -> Result<()> {
+    fn restore(&mut self, state: RestoredState, ctx: &OperatorContext) -> Result<()> {
         let mut progress = Vec::new();
         for e in &state.entries {
             match e.split_first() {
@@ -214,7 +214,7 @@ impl Operator for WindowJoinOperator {
                 }
             }
         }
-        if let Some(t) = restored_times(&progress, 2)? {
+        if let Some(t) = restored_progress(&progress, 2, ctx)? {
             self.watermark = t[0];
             self.fired_upto = t[1];
         }

@@ -25,7 +25,7 @@ use sluice_engine::state::{OperatorSnapshot, RestoredState};
 use sluice_engine::{Collector, Error, Operator, OperatorContext, Result};
 
 use super::state::{output, Slots};
-use crate::snapshot::{encode_times, restored_times};
+use crate::snapshot::{encode_progress, encode_times, restored_progress};
 use crate::table_keys::TableKeys;
 
 /// Name of the pane table.
@@ -376,7 +376,7 @@ impl Operator for PaneWindowOperator {
         Ok(Some(wm))
     }
 
-    fn snapshot(&mut self, _id: CheckpointId, _ctx: &OperatorContext) -> Result<OperatorSnapshot> {
+    fn snapshot(&mut self, _id: CheckpointId, ctx: &OperatorContext) -> Result<OperatorSnapshot> {
         let (Some(store), Some(table)) = (&self.store, &mut self.table) else {
             return Err(Error::Internal("snapshot before open".into()));
         };
@@ -384,7 +384,7 @@ impl Operator for PaneWindowOperator {
         snap.add(table, &mut self.slots)?;
         let mut snap = snap.finish()?;
         let mut progress = vec![PROGRESS];
-        progress.extend(encode_times(&[self.watermark, self.fired_upto]));
+        progress.extend(encode_progress(&[self.watermark, self.fired_upto], ctx));
         let mut panes = vec![PANE_LIST];
         panes.extend(encode_times(
             &self.panes.iter().copied().collect::<Vec<_>>(),
@@ -415,7 +415,7 @@ impl Operator for PaneWindowOperator {
                 _ => return Err(Error::Checkpoint("unknown window state entry".into())),
             }
         }
-        if let Some(t) = restored_times(&progress, 2)? {
+        if let Some(t) = restored_progress(&progress, 2, ctx)? {
             self.watermark = t[0];
             self.fired_upto = t[1];
         }

@@ -27,7 +27,7 @@ use sluice_engine::state::{OperatorSnapshot, RestoredState};
 use sluice_engine::{Collector, Error, Operator, OperatorContext, Result};
 
 use super::state::{output, Slots};
-use crate::snapshot::{encode_times, restored_times};
+use crate::snapshot::{encode_progress, restored_progress};
 use crate::table_keys::TableKeys;
 
 const SESSIONS: &str = "sessions";
@@ -326,7 +326,7 @@ impl Operator for SessionWindowOperator {
         Ok(())
     }
 
-    fn snapshot(&mut self, _id: CheckpointId, _ctx: &OperatorContext) -> Result<OperatorSnapshot> {
+    fn snapshot(&mut self, _id: CheckpointId, ctx: &OperatorContext) -> Result<OperatorSnapshot> {
         let (Some(store), Some(sessions), Some(timers)) =
             (&self.store, &mut self.sessions, &mut self.timers)
         else {
@@ -337,7 +337,7 @@ impl Operator for SessionWindowOperator {
         snap.add(timers, &mut BytesCodec)?;
         let mut snap = snap.finish()?;
         let mut progress = vec![PROGRESS];
-        progress.extend(encode_times(&[self.watermark]));
+        progress.extend(encode_progress(&[self.watermark], ctx));
         let mut layout = vec![LAYOUT];
         layout.extend(self.slots.layout().into_bytes());
         snap.entries = vec![progress, layout];
@@ -355,7 +355,7 @@ impl Operator for SessionWindowOperator {
                 _ => return Err(Error::Checkpoint("unknown session state entry".into())),
             }
         }
-        if let Some(t) = restored_times(&progress, 1)? {
+        if let Some(t) = restored_progress(&progress, 1, ctx)? {
             self.watermark = t[0];
         }
         self.restored = state;

@@ -70,6 +70,16 @@ pub struct CheckpointConfig {
     pub min_pause: Duration,
     /// Aligned (exactly-once) or unaligned (at-least-once) barriers.
     pub guarantee: Guarantee,
+    /// Unaligned checkpoints (Flink's `execution.checkpointing.unaligned`),
+    /// for jobs whose barriers would wait behind backpressured queues:
+    /// every task snapshots as soon as the checkpoint is triggered, never
+    /// blocks an input, and stores the records still in flight to it
+    /// (those ahead of each input's barrier) with the checkpoint; they are
+    /// replayed when it restores. Exactly-once like aligned ones.
+    /// Savepoints and the final checkpoint stay aligned (so a savepoint
+    /// restores at any parallelism); an unaligned checkpoint that holds
+    /// in-flight records restores only at the parallelism it was taken at.
+    pub unaligned: bool,
     /// Completed checkpoints kept.
     pub retained: usize,
     /// A checkpoint or savepoint directory to start from when `dir` holds
@@ -90,6 +100,7 @@ impl CheckpointConfig {
             timeout: Duration::from_secs(60),
             min_pause: Duration::ZERO,
             guarantee: Guarantee::ExactlyOnce,
+            unaligned: false,
             retained: 3,
             restore_from: None,
             allow_non_restored_state: false,

@@ -18,6 +18,7 @@ use super::store::{load_verified, pinned_savepoint, read_db, read_entries, read_
 use crate::data::CheckpointId;
 use crate::error::{Error, Result};
 use crate::graph::{verb_of, LogicalGraph};
+use crate::plan::PhysicalPlan;
 use crate::state::key_group::range_of;
 use crate::state::snapshot::filter_key_groups;
 use crate::state::RestoredState;
@@ -49,7 +50,11 @@ impl RestorePlan {
 
 /// Whether a subtask left any state.
 fn has_state(s: &SubtaskState) -> bool {
-    s.keyed.is_some() || !s.keyed_more.is_empty() || s.entries.is_some() || s.db.is_some()
+    s.keyed.is_some()
+        || !s.keyed_more.is_empty()
+        || s.entries.is_some()
+        || s.db.is_some()
+        || !s.in_flight.is_empty()
 }
 
 /// Where a job resumes, found in its checkpoint location.
@@ -143,9 +148,43 @@ impl RestorePlan {
     /// Matches the checkpoint's state to the operators of `graph` by
     /// operator id (or, for manifests without ids, by position and kind),
     /// refusing another job's checkpoint, state of operators the job no
-    /// longer has (unless `allow_non_restored`), and an id that now names
-    /// another kind of operator.
+    /// longer has (unless `allow_non_restored`), an id that now names
+    /// another kind of operator, and an unaligned checkpoint at another
+    /// parallelism.
     pub fn bind(
+        &mut self,
+        graph: &LogicalGraph,
+        plan: &PhysicalPlan,
+        allow_non_restored: bool,
+    ) -> Result<()> {
+        self.match_operators(graph, plan.max_parallelism, allow_non_restored)?;
+        if !self.manifest.unaligned {
+            return Ok(());
+        }
+        for (node, i) in &self.matched {
+            let was = &self.manifest.nodes[*i];
+            let now = plan
+                .vertices
+                .iter()
+                .find(|v| v.chain.iter().any(|n| n.0 == *node))
+                .map_or(0, |v| v.parallelism);
+            if now != was.parallelism && was.subtasks.iter().any(has_state) {
+                return Err(Error::Checkpoint(format!(
+                    "{} is an unaligned checkpoint: operator '{}' ran at parallelism {} and \
+                     its subtasks took their state at different points of their input, so it \
+                     restores only at that parallelism (this run has {now}); run at \
+                     parallelism {}, or rescale from a savepoint, which is always aligned",
+                    self.dir.location(),
+                    was.name,
+                    was.parallelism,
+                    was.parallelism
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn match_operators(
         &mut self,
         graph: &LogicalGraph,
         max_parallelism: usize,
@@ -250,6 +289,23 @@ impl RestorePlan {
         };
         let groups = range_of(subtask, self.manifest.max_parallelism, parallelism);
         for s in &ns.subtasks {
+            if (self.manifest.unaligned || !s.in_flight.is_empty()) && ns.parallelism != parallelism
+            {
+                return Err(Error::Checkpoint(format!(
+                    "checkpoint {} is unaligned: operator '{}' ran at parallelism {} and its \
+                     subtasks took their state at different points of their input; it restores \
+                     only at that parallelism (this run has {parallelism}). Rescale from a \
+                     savepoint, which is always aligned",
+                    self.manifest.id, ns.name, ns.parallelism
+                )));
+            }
+            if s.subtask == subtask {
+                for f in &s.in_flight {
+                    for b in read_keyed(&self.dir, &f.file)? {
+                        out.in_flight.push((f.input, b));
+                    }
+                }
+            }
             for f in s.keyed.iter().chain(s.keyed_more.iter()) {
                 for b in read_keyed(&self.dir, f)? {
                     let b = filter_key_groups(&b, &groups)?;

@@ -24,7 +24,9 @@ use arrow::ipc::writer::FileWriter;
 use arrow::record_batch::RecordBatch;
 use tracing::{info, warn};
 
-use super::manifest::{DbFile, DbState, FileRef, Manifest, FORMAT_VERSION, MANIFEST_FILE};
+use super::manifest::{
+    DbFile, DbState, FileRef, InFlightFile, Manifest, FORMAT_VERSION, MANIFEST_FILE,
+};
 use super::storage::{Location, Storage};
 use crate::error::{Error, Result};
 use crate::state::rocks::{DbCheckpoint, RestoredDb};
@@ -98,29 +100,15 @@ pub fn write_snapshot(
     snap: &OperatorSnapshot,
 ) -> Result<(Vec<FileRef>, Option<FileRef>)> {
     let stem = format!("n{node:03}-s{subtask:03}");
-    let mut groups: Vec<Vec<&RecordBatch>> = Vec::new();
-    for b in snap.keyed.iter().filter(|b| b.num_rows() > 0) {
-        match groups.iter_mut().find(|g| g[0].schema() == b.schema()) {
-            Some(g) => g.push(b),
-            None => groups.push(vec![b]),
-        }
-    }
+    let groups = group_by_schema(snap.keyed.iter().filter(|b| b.num_rows() > 0));
     let mut keyed = Vec::new();
     for (i, g) in groups.iter().enumerate() {
-        let mut buf = Vec::new();
-        {
-            let mut w = FileWriter::try_new(&mut buf, &g[0].schema())?;
-            for b in g {
-                w.write(b)?;
-            }
-            w.finish()?;
-        }
         let name = if i == 0 {
             format!("{stem}.keyed.arrow")
         } else {
             format!("{stem}.keyed-{i}.arrow")
         };
-        keyed.push(store(dir, name, buf)?);
+        keyed.push(store(dir, name, ipc_file(g)?)?);
     }
     let mut entries = None;
     if !snap.entries.is_empty() {
@@ -128,6 +116,63 @@ pub fn write_snapshot(
         entries = Some(store(dir, name, encode_entries(&snap.entries))?);
     }
     Ok((keyed, entries))
+}
+
+/// Batches grouped by schema, in order of first appearance.
+fn group_by_schema<'a>(
+    batches: impl Iterator<Item = &'a RecordBatch>,
+) -> Vec<Vec<&'a RecordBatch>> {
+    let mut groups: Vec<Vec<&RecordBatch>> = Vec::new();
+    for b in batches {
+        match groups.iter_mut().find(|g| g[0].schema() == b.schema()) {
+            Some(g) => g.push(b),
+            None => groups.push(vec![b]),
+        }
+    }
+    groups
+}
+
+/// One Arrow IPC file of `batches` (all of one schema).
+fn ipc_file(batches: &[&RecordBatch]) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut w = FileWriter::try_new(&mut buf, &batches[0].schema())?;
+    for b in batches {
+        w.write(b)?;
+    }
+    w.finish()?;
+    drop(w);
+    Ok(buf)
+}
+
+/// Stores the records in flight into a subtask at an unaligned
+/// checkpoint: one file per logical input (its channels share a schema).
+pub fn write_in_flight(
+    dir: &Storage,
+    node: usize,
+    subtask: usize,
+    snap: &OperatorSnapshot,
+) -> Result<Vec<InFlightFile>> {
+    let mut inputs: Vec<usize> = snap.in_flight.iter().map(|(i, _)| *i).collect();
+    inputs.sort_unstable();
+    inputs.dedup();
+    let mut files = Vec::new();
+    for input in inputs {
+        let batches: Vec<&RecordBatch> = snap
+            .in_flight
+            .iter()
+            .filter(|(i, b)| *i == input && b.num_rows() > 0)
+            .map(|(_, b)| b)
+            .collect();
+        if batches.is_empty() {
+            continue;
+        }
+        let name = format!("n{node:03}-s{subtask:03}.in-flight-{input}.arrow");
+        files.push(InFlightFile {
+            input,
+            file: store(dir, name, ipc_file(&batches)?)?,
+        });
+    }
+    Ok(files)
 }
 
 /// SST files the writer already stored, by shared path: reused by later
@@ -498,9 +543,11 @@ mod tests {
                     keyed_more: Vec::new(),
                     entries: files.1,
                     db: None,
+                    in_flight: Vec::new(),
                 }],
             }],
             figures: CheckpointFigures::default(),
+            unaligned: false,
         }
     }
 
@@ -514,7 +561,7 @@ mod tests {
         let snap = OperatorSnapshot {
             keyed: vec![RecordBatch::try_from_iter([("v", col)]).unwrap()],
             entries: vec![b"pos".to_vec(), Vec::new()],
-            db: None,
+            ..OperatorSnapshot::default()
         };
         let files = write_snapshot(&dir, 0, 0, &snap).unwrap();
         write_manifest(&dir, &manifest(id, (files.0.first().cloned(), files.1))).unwrap();

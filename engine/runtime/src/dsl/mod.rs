@@ -333,9 +333,10 @@ impl Env {
                 "every {} into {} ({}, {} retained)",
                 humantime::format_duration(ck.interval),
                 ck.dir,
-                match ck.guarantee {
-                    crate::checkpoint::Guarantee::ExactlyOnce => "exactly once",
-                    crate::checkpoint::Guarantee::AtLeastOnce => "at least once",
+                match (ck.guarantee, ck.unaligned) {
+                    (crate::checkpoint::Guarantee::ExactlyOnce, true) => "exactly once, unaligned",
+                    (crate::checkpoint::Guarantee::ExactlyOnce, false) => "exactly once",
+                    (crate::checkpoint::Guarantee::AtLeastOnce, _) => "at least once",
                 },
                 ck.retained
             ),

@@ -92,6 +92,7 @@ pub fn checkpoint_description(c: &CheckpointConfig) -> CheckpointDescription {
         min_pause_ms: c.min_pause.as_millis() as u64,
         retained: c.retained,
         exactly_once: c.guarantee == Guarantee::ExactlyOnce,
+        unaligned: c.unaligned,
         restore_from: c.restore_from.as_ref().map(|l| l.as_str().to_string()),
     }
 }
@@ -108,6 +109,7 @@ pub fn checkpoint_config(d: &CheckpointDescription) -> CheckpointConfig {
         } else {
             Guarantee::AtLeastOnce
         },
+        unaligned: d.unaligned,
         retained: d.retained,
         restore_from: d.restore_from.as_deref().map(Location::from),
         // The coordinator only writes manifests; restores are the

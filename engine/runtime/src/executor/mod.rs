@@ -337,7 +337,7 @@ impl Run<'_> {
                         .checkpoint
                         .as_ref()
                         .is_some_and(|c| c.allow_non_restored_state);
-                    r.bind(graph, plan.max_parallelism, allow)?;
+                    r.bind(graph, plan, allow)?;
                     info!(checkpoint = r.manifest.id, location = %location, "executor restores");
                     Some(Arc::new(r))
                 }
@@ -381,15 +381,7 @@ impl Run<'_> {
         if let Some(ck) = &self.config.checkpoint {
             let (ctx, crx) = crossbeam_channel::unbounded();
             let (wtx, wrx) = crossbeam_channel::unbounded();
-            let (p, t) = checkpoint_channels(
-                graph,
-                plan,
-                &local,
-                &wtx,
-                &ctx,
-                ck.guarantee,
-                restore.clone(),
-            );
+            let (p, t) = checkpoint_channels(graph, plan, &local, &wtx, &ctx, ck, restore.clone());
             ports = p.into_iter().map(|(k, tx, _)| (k, tx)).collect();
             task_ck = t;
             drop(wtx);

@@ -81,11 +81,7 @@ impl Driver {
         let found = StartPoint::find(&root, &self.config.name, ck.restore_from.as_ref())?;
         let mut restore = found.restore;
         if let Some(r) = &mut restore {
-            r.bind(
-                &self.graph,
-                self.plan.max_parallelism,
-                ck.allow_non_restored_state,
-            )?;
+            r.bind(&self.graph, &self.plan, ck.allow_non_restored_state)?;
             let taken = std::time::UNIX_EPOCH
                 + Duration::from_millis(u64::try_from(r.manifest.timestamp_ms).unwrap_or(0));
             info!(job = %self.config.name, checkpoint = r.manifest.id, location = %r.dir.location(),
@@ -133,7 +129,7 @@ impl Driver {
                 &|_| true,
                 &wtx,
                 &ctx,
-                ck.guarantee,
+                ck,
                 start.restore.clone(),
             );
             task_ck = tcks;

@@ -40,7 +40,7 @@ use crate::checkpoint::coordinator::{
 use crate::checkpoint::restore::RestorePlan;
 use crate::checkpoint::restore::StartPoint;
 use crate::checkpoint::store::has_manifest;
-use crate::checkpoint::{CheckpointConfig, CheckpointStats, Guarantee, RestartStrategy};
+use crate::checkpoint::{CheckpointConfig, CheckpointStats, RestartStrategy};
 use crate::checkpoint::{Location, Storage};
 use crate::graph::NodeKind;
 use sluice_protocol::api::NodeCounters;
@@ -586,7 +586,7 @@ pub(crate) fn checkpoint_channels(
     local: &dyn Fn(TaskKey) -> bool,
     writer: &Sender<TaskSnapshot>,
     coordinator: &Sender<CoordinatorMsg>,
-    guarantee: Guarantee,
+    config: &CheckpointConfig,
     restore: Option<Arc<RestorePlan>>,
 ) -> (Vec<ControlPort>, HashMap<TaskKey, task::TaskCheckpointing>) {
     let mut ports = Vec::new();
@@ -603,7 +603,8 @@ pub(crate) fn checkpoint_channels(
                 control: rx,
                 writer: writer.clone(),
                 coordinator: coordinator.clone(),
-                guarantee,
+                guarantee: config.guarantee,
+                unaligned: config.unaligned,
                 restore: restore.clone(),
             },
         );

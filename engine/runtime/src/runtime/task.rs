@@ -18,8 +18,10 @@ use arrow::record_batch::RecordBatch;
 use crossbeam_channel::{Receiver, Select, Sender};
 
 mod checkpointer;
+mod unaligned;
 
 use checkpointer::Checkpointer;
+use unaligned::Unaligned;
 
 use super::align::{Aligner, Alignment, Guarantee};
 use super::watermark::{InputWatermarks, SplitWatermarks};
@@ -52,6 +54,8 @@ pub struct TaskCheckpointing {
     pub coordinator: Sender<CoordinatorMsg>,
     /// Barrier alignment mode.
     pub guarantee: Guarantee,
+    /// Unaligned checkpoints (see `CheckpointConfig::unaligned`).
+    pub unaligned: bool,
     /// The checkpoint to restore, if the job resumes.
     pub restore: Option<Arc<RestorePlan>>,
 }
@@ -373,6 +377,7 @@ pub fn run(spec: TaskSpec, control: &JobControl) -> Result<()> {
     let mut members = Vec::new();
     let mut entry_writers = Vec::new();
     let mut writers = writers.into_iter();
+    let mut replay = Vec::new();
     for (i, id) in vertex.chain.iter().enumerate() {
         let ctx = ctx_for(i);
         let node = graph.node(*id);
@@ -423,10 +428,11 @@ pub fn run(spec: TaskSpec, control: &JobControl) -> Result<()> {
             }
         };
         if let Some(r) = &restore {
-            op.restore(
-                r.state_for(id.0, subtask, vertex.parallelism, &ctx.state.local_dir)?,
-                &ctx,
-            )?;
+            let mut state = r.state_for(id.0, subtask, vertex.parallelism, &ctx.state.local_dir)?;
+            // Records in flight at an unaligned checkpoint: the head member
+            // reads them before any new input.
+            replay.append(&mut state.in_flight);
+            op.restore(state, &ctx)?;
         }
         members.push(Member {
             node: id.0,
@@ -444,6 +450,13 @@ pub fn run(spec: TaskSpec, control: &JobControl) -> Result<()> {
         entry_writers,
         meter,
     };
+    if !replay.is_empty() {
+        tracing::debug!(operator = %head.name, subtask, batches = replay.len(),
+            "replaying the records in flight at the checkpoint");
+    }
+    for (input, batch) in replay {
+        chain.push(0, input, batch)?;
+    }
     let outcome = match source.as_mut() {
         Some(head) => run_source(
             head,
@@ -583,12 +596,17 @@ fn run_inputs(
         }
     }
     let guarantee = ck.map_or(Guarantee::ExactlyOnce, |c| c.ck.guarantee);
+    let unaligned = ck.filter(|c| c.ck.unaligned);
     let mut aligner = Aligner::new(n, guarantee);
     let mut wms = InputWatermarks::new(n);
     let mut open = vec![true; n];
     let mut remaining = n;
     let mut align_start: Option<Instant> = None;
     let mut last_tick = Instant::now();
+    // Unaligned checkpoints: the checkpoint being recorded, and per channel
+    // the messages taken ahead while looking for its barrier (processed
+    // before anything more is read from that channel).
+    let mut un = Unaligned::new(inputs.iter().map(|(_, i)| *i).collect());
     // The select is rebuilt whenever the set of readable channels changes
     // (a channel blocked by alignment, released, or ended).
     'rebuild: while remaining > 0 {
@@ -601,35 +619,61 @@ fn run_inputs(
         }
         let ctl = ck.map(|c| (sel.recv(&c.ck.control), c));
         loop {
-            let selected = {
-                let _idle = chain.meter.wait(Wait::Idle);
-                sel.select_timeout(CANCEL_POLL)
-            };
-            chain.tick(&mut last_tick)?;
-            let op = match selected {
-                Ok(op) => op,
-                Err(_) => {
-                    if control.is_cancelled() {
-                        return Err(Error::Cancelled);
-                    }
-                    continue;
+            if let Some(k) = unaligned {
+                // Control first (a trigger starts the snapshot at once),
+                // then the barrier search of a recording in progress.
+                while let Ok(msg) = k.ck.control.try_recv() {
+                    un.control(msg, k, chain, &open)?;
                 }
-            };
-            if let Some((idx, c)) = ctl.filter(|(idx, _)| *idx == op.index()) {
-                let _ = idx;
-                match op.recv(&c.ck.control) {
-                    Ok(TaskControl::Complete(id)) => c.complete(id, None, chain)?,
-                    Ok(_) => {}
-                    Err(_) => return Err(Error::Cancelled),
-                }
-                continue;
+                un.search(&inputs);
+                un.finish(k)?;
             }
-            let c = readable[op.index()];
-            let (rx, input) = &inputs[c];
-            let aligned = match op.recv(rx) {
+            let (c, received, direct) = match un.next_ahead(|c| !aligner.is_blocked(c)) {
+                Some((c, msg)) => (c, Ok(msg), false),
+                None => {
+                    let selected = {
+                        let _idle = chain.meter.wait(Wait::Idle);
+                        sel.select_timeout(CANCEL_POLL)
+                    };
+                    chain.tick(&mut last_tick)?;
+                    let op = match selected {
+                        Ok(op) => op,
+                        Err(_) => {
+                            if control.is_cancelled() {
+                                return Err(Error::Cancelled);
+                            }
+                            continue;
+                        }
+                    };
+                    if let Some((_, k)) = ctl.filter(|(idx, _)| *idx == op.index()) {
+                        match op.recv(&k.ck.control) {
+                            Ok(msg) if unaligned.is_some() => {
+                                un.control(msg, k, chain, &open)?;
+                                un.finish(k)?;
+                            }
+                            Ok(TaskControl::Complete(id)) => k.complete(id, None, chain)?,
+                            Ok(_) => {}
+                            Err(_) => return Err(Error::Cancelled),
+                        }
+                        continue;
+                    }
+                    let c = readable[op.index()];
+                    (c, op.recv(&inputs[c].0).map_err(|_| ()), true)
+                }
+            };
+            let input = inputs[c].1;
+            if direct {
+                if let (Some(k), Ok(msg)) = (unaligned, received.as_ref()) {
+                    if !un.observe(c, msg) {
+                        un.finish(k)?;
+                        continue;
+                    }
+                }
+            }
+            let aligned = match received {
                 Ok(StreamMessage::Batch(b)) => {
                     chain.meter.batch_in(&b);
-                    chain.push(0, *input, b)?;
+                    chain.push(0, input, b)?;
                     continue;
                 }
                 Ok(StreamMessage::Watermark(w)) => {
@@ -638,24 +682,39 @@ fn run_inputs(
                     }
                     continue;
                 }
-                Ok(StreamMessage::Barrier(b)) => {
-                    if aligner.in_progress().is_none() {
-                        align_start = Some(Instant::now());
+                Ok(StreamMessage::Barrier(b)) => match unaligned {
+                    Some(k) if b.kind == BarrierKind::Checkpoint => {
+                        // The first barrier of a checkpoint whose trigger
+                        // has not come yet starts it; older ones are stale.
+                        if k.last.get().is_none_or(|l| l < b.id) {
+                            un.start(b, k, chain, &open)?;
+                            un.observe(c, &StreamMessage::Barrier(b));
+                            un.finish(k)?;
+                        }
+                        continue;
                     }
-                    aligner.on_barrier(c, b)
-                }
+                    _ => {
+                        if aligner.in_progress().is_none() {
+                            align_start = Some(Instant::now());
+                        }
+                        aligner.on_barrier(c, b)
+                    }
+                },
                 // A channel that disconnects without saying it ended lost its
                 // upstream to a failure, which that upstream reports itself.
-                Err(_) => return Err(Error::Cancelled),
+                Err(()) => return Err(Error::Cancelled),
                 Ok(StreamMessage::EndOfStream) => {
                     open[c] = false;
                     remaining -= 1;
                     if let Some(w) = wms.end(c) {
                         chain.input_watermark(w)?;
                     }
-                    open_per_input[*input] -= 1;
-                    if open_per_input[*input] == 0 {
-                        chain.input_end(*input)?;
+                    open_per_input[input] -= 1;
+                    if open_per_input[input] == 0 {
+                        chain.input_end(input)?;
+                    }
+                    if let Some(k) = unaligned {
+                        un.finish(k)?;
                     }
                     aligner.on_end(c)
                 }
@@ -664,6 +723,11 @@ fn run_inputs(
                 Alignment::Complete(b) => {
                     let waited = align_start.take().map_or(Duration::ZERO, |t| t.elapsed());
                     if let Some(k) = ck {
+                        // An aligned barrier (a savepoint, the final
+                        // checkpoint) hands over any unaligned recording
+                        // first: the coordinator has one in flight, so
+                        // that one was aborted.
+                        un.hand_over(k)?;
                         k.take(b, None, chain, true, waited)?;
                         if b.kind == BarrierKind::StopWithSavepoint {
                             return k.await_stop(b.id, None, chain, control);

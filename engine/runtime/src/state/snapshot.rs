@@ -31,6 +31,9 @@ pub struct OperatorSnapshot {
     pub entries: Vec<Vec<u8>>,
     /// Keyed state held in RocksDB: its native checkpoint, to upload.
     pub db: Option<DbCheckpoint>,
+    /// Unaligned checkpoints, the head of a task only: records in flight
+    /// into the task at its snapshot, with the logical input each came on.
+    pub in_flight: Vec<(usize, RecordBatch)>,
 }
 
 impl OperatorSnapshot {
@@ -52,7 +55,10 @@ impl OperatorSnapshot {
 
     /// Whether there is nothing to store.
     pub fn is_empty(&self) -> bool {
-        self.keyed.iter().all(|b| b.num_rows() == 0) && self.entries.is_empty() && self.db.is_none()
+        self.keyed.iter().all(|b| b.num_rows() == 0)
+            && self.entries.is_empty()
+            && self.db.is_none()
+            && self.in_flight.is_empty()
     }
 }
 
@@ -68,6 +74,10 @@ pub struct RestoredState {
     /// Local copies of the old RocksDB databases whose key groups overlap
     /// this subtask's (the operator opens its database from them).
     pub dbs: Vec<RestoredDb>,
+    /// Records that were in flight into this subtask at an unaligned
+    /// checkpoint, with their logical input: the task replays them before
+    /// it reads new input (operators ignore this).
+    pub in_flight: Vec<(usize, RecordBatch)>,
 }
 
 /// `batch` with a [`KEY_GROUP_COLUMN`] appended, computed from `keys` (the

@@ -143,6 +143,7 @@ fn rendered() -> String {
             alignment_ms: 1,
             bytes: 4096,
             uploaded_bytes: 4096,
+            in_flight_bytes: 0,
         },
     );
     view.metrics.render(&view)

@@ -25,6 +25,7 @@ pub(crate) fn description(checkpoint: Option<&Path>, restart: RestartPolicy) -> 
             min_pause_ms: 0,
             retained: 3,
             exactly_once: true,
+            unaligned: false,
             restore_from: None,
         }),
         restart,

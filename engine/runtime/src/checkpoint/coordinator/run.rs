@@ -206,10 +206,15 @@ impl Coordinator {
             kind,
         };
         debug!(checkpoint = id.0, ?kind, "triggering checkpoint");
+        // Unaligned: every task snapshots on the trigger (or its first
+        // barrier, whichever comes first), not only the sources. Savepoints
+        // and the final checkpoint stay aligned, so they hold no records in
+        // flight and restore at any parallelism.
+        let everyone = self.config.unaligned && kind == BarrierKind::Checkpoint;
         for (key, tx, is_source) in &self.tasks {
             if finished.contains(key) {
                 tx.send(TaskControl::SnapshotFinished(barrier));
-            } else if *is_source {
+            } else if *is_source || everyone {
                 tx.send(TaskControl::Trigger(barrier));
             }
         }
@@ -259,11 +264,18 @@ impl Coordinator {
                 per_node.entry(node).or_default().push(s);
             }
         }
+        let in_flight_bytes = per_node
+            .values()
+            .flatten()
+            .flat_map(|s| s.in_flight.iter())
+            .map(|f| f.file.bytes)
+            .sum();
         let figures = CheckpointFigures {
             duration_ms: f.started.elapsed().as_millis() as u64,
             alignment_ms: alignment.as_millis() as u64,
             bytes,
             uploaded_bytes: uploaded,
+            in_flight_bytes,
         };
         let manifest = Manifest {
             format: FORMAT_VERSION,
@@ -291,6 +303,7 @@ impl Coordinator {
                 })
                 .collect(),
             figures: figures.clone(),
+            unaligned: self.config.unaligned && f.barrier.kind == BarrierKind::Checkpoint,
         };
         if let Some(approve) = &self.approve {
             if let Err(why) = approve(id.0, f.savepoint.is_some()) {
@@ -320,6 +333,7 @@ impl Coordinator {
             ms = figures.duration_ms,
             alignment_ms = figures.alignment_ms,
             bytes = figures.bytes,
+            in_flight_bytes = figures.in_flight_bytes,
             savepoint = f.savepoint.is_some(),
             final_checkpoint = f.is_final,
             "checkpoint complete"

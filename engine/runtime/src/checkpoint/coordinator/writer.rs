@@ -9,7 +9,7 @@ use crossbeam_channel::{Receiver, Sender};
 use super::{CheckpointDirs, CoordinatorMsg, TaskSnapshot};
 use crate::checkpoint::manifest::SubtaskState;
 use crate::checkpoint::storage::Storage;
-use crate::checkpoint::store::{write_db, write_snapshot, UploadCache};
+use crate::checkpoint::store::{write_db, write_in_flight, write_snapshot, UploadCache};
 use crate::error::Result;
 
 /// Removes the native database checkpoints of a snapshot not written.
@@ -38,9 +38,11 @@ fn write_task(
             continue;
         }
         let (mut keyed, entries) = write_snapshot(dir, *node, sub, state)?;
+        let in_flight = write_in_flight(dir, *node, sub, state)?;
         let small = keyed
             .iter()
             .chain(entries.iter())
+            .chain(in_flight.iter().map(|f| &f.file))
             .map(|f| f.bytes)
             .sum::<u64>();
         bytes += small;
@@ -62,6 +64,7 @@ fn write_task(
                 keyed: keyed.pop(),
                 entries,
                 db,
+                in_flight,
             },
         ));
     }

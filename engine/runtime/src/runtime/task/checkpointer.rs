@@ -33,16 +33,39 @@ impl Checkpointer {
         forward: bool,
         alignment: Duration,
     ) -> Result<()> {
+        let states = self.snapshot(b, source, chain, forward)?;
+        self.hand_over(b.id, states, alignment)
+    }
+
+    /// Snapshots the source (if any) and the chain for `b`, forwarding the
+    /// barrier when `forward`; the copies are the caller's to hand over.
+    pub(super) fn snapshot(
+        &self,
+        b: Barrier,
+        source: Option<&mut SourceHead>,
+        chain: &mut Chain,
+        forward: bool,
+    ) -> Result<Vec<(usize, OperatorSnapshot)>> {
         self.last.set(Some(b.id));
         let mut states = Vec::new();
         if let Some(s) = source {
             states.push((s.node, OperatorSnapshot::entries(s.src.snapshot(b.id)?)));
         }
         chain.snapshot(b, forward, &mut states)?;
+        Ok(states)
+    }
+
+    /// Hands a task's state copies for checkpoint `id` to the writer.
+    pub(super) fn hand_over(
+        &self,
+        id: CheckpointId,
+        states: Vec<(usize, OperatorSnapshot)>,
+        alignment: Duration,
+    ) -> Result<()> {
         self.ck
             .writer
             .send(TaskSnapshot {
-                id: b.id,
+                id,
                 task: self.ck.key,
                 states,
                 alignment,
