@@ -273,7 +273,11 @@ fn a_rescaled_job_runs_on_at_the_new_parallelism_exactly_once() {
     let cluster = Cluster::start(dir.path(), 3, 2);
     // Slow enough (8 s of events) to be still running after the refused
     // rescales below, which describe binaries, on a loaded machine too.
-    let job = cluster.submit_q5(2, "75000");
+    // Its periodic checkpoints are unaligned: the rescale's savepoint is
+    // aligned all the same, so it restores at the new parallelism.
+    let mut args = q5_args("out", "ck", "75000");
+    args.push("--unaligned-checkpoints");
+    let job = cluster.submit(2, env!("CARGO_BIN_EXE_nexmark"), &args);
     worker_after_a_checkpoint(&cluster, &job);
     let before = cluster.status(&job);
     let widest = |s: &Value| {

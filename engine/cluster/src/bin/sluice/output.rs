@@ -160,10 +160,18 @@ pub(crate) fn checkpoints_text(cps: &Checkpoints, limit: usize) -> String {
             r.figures.duration_ms.to_string(),
             r.figures.alignment_ms.to_string(),
             r.figures.bytes.to_string(),
+            r.figures.in_flight_bytes.to_string(),
         ]
     });
     out.push_str(&table(
-        &["ID", "KIND", "DURATION_MS", "ALIGNMENT_MS", "BYTES"],
+        &[
+            "ID",
+            "KIND",
+            "DURATION_MS",
+            "ALIGNMENT_MS",
+            "BYTES",
+            "IN_FLIGHT_BYTES",
+        ],
         rows,
     ));
     out
