@@ -252,9 +252,8 @@ pub enum SourcePoll {
 /// }
 ///
 /// let env = Env::new();
-/// let s = env
-///     .source_fn("countdown", schema(), |_ctx| Ok(Box::new(Countdown { from: 3 })))
-///     .set_parallelism(1);
+/// env.set_parallelism(1); // one subtask end to end: the order is kept
+/// let s = env.source_fn("countdown", schema(), |_ctx| Ok(Box::new(Countdown { from: 3 })));
 /// assert_eq!(run_collect(&s)?, ["3", "2", "1"]);
 /// # Ok::<(), sluice_engine::Error>(())
 /// ```
