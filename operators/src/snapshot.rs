@@ -65,23 +65,28 @@ fn decode(e: &[u8]) -> Vec<i64> {
         .collect()
 }
 
+/// An operator context for unit tests: subtask `subtask` of
+/// `parallelism`, 128 key groups, heap state.
+#[cfg(test)]
+pub(crate) fn test_ctx(subtask: usize, parallelism: usize) -> OperatorContext {
+    OperatorContext {
+        operator: "w".into(),
+        subtask,
+        parallelism,
+        max_parallelism: 128,
+        input_schemas: vec![],
+        watermark: None,
+        attempt: 0,
+        checkpointing: false,
+        state: Default::default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn ctx(subtask: usize, parallelism: usize) -> OperatorContext {
-        OperatorContext {
-            operator: "w".into(),
-            subtask,
-            parallelism,
-            max_parallelism: 128,
-            input_schemas: vec![],
-            watermark: None,
-            attempt: 0,
-            checkpointing: false,
-            state: Default::default(),
-        }
-    }
+    use super::test_ctx as ctx;
 
     #[test]
     fn progress_is_the_own_one_at_the_same_parallelism_else_the_minimum() {

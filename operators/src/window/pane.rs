@@ -464,17 +464,7 @@ mod tests {
     }
 
     fn ctx() -> OperatorContext {
-        OperatorContext {
-            operator: "w".into(),
-            subtask: 0,
-            parallelism: 1,
-            max_parallelism: 128,
-            input_schemas: vec![],
-            watermark: None,
-            attempt: 0,
-            checkpointing: false,
-            state: Default::default(),
-        }
+        crate::snapshot::test_ctx(0, 1)
     }
 
     #[test]
