@@ -125,8 +125,9 @@ pub struct CheckpointArgs {
     /// Unaligned checkpoints, exactly-once: every operator snapshots as
     /// soon as a checkpoint starts and the records still queued between
     /// operators are stored with it, so checkpoints stay quick when the
-    /// job is backpressured. Savepoints stay aligned; a checkpoint holding
-    /// in-flight records restores only at the parallelism it was taken at.
+    /// job is backpressured. Savepoints stay aligned; an unaligned
+    /// checkpoint restores only at the parallelism it was taken at (to
+    /// rescale, take a savepoint).
     #[arg(long)]
     pub unaligned_checkpoints: bool,
     /// State backend: every stateful operator (windows, joins, top-N,
