@@ -113,6 +113,11 @@ struct Args {
     /// Keep the working directory (logs, checkpoints) instead of removing it.
     #[arg(long)]
     keep: bool,
+    /// The coordinators' `--election-timeout` (with `--victim
+    /// raft-leader`: a follower stands after a random half to whole of it,
+    /// once the dead leader's lease of the same length has run out).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    election_timeout: Duration,
     /// Secure the cluster with a throwaway CA: HTTPS, and mutual TLS on
     /// control connections and the exchange [default: --insecure-plaintext].
     /// `--poll http` needs plaintext.
@@ -127,6 +132,13 @@ const CHECKPOINT_INTERVAL: &str = "500ms";
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // The coordinators the harness starts read their setting from the
+    // environment (every `sluice coordinator` flag has one); set before any
+    // thread or process starts.
+    std::env::set_var(
+        "SLUICE_ELECTION_TIMEOUT",
+        humantime::format_duration(args.election_timeout).to_string(),
+    );
     if args.tls && args.poll == "http" {
         bail!("--poll http sends plain HTTP: use --poll cli with --tls");
     }

@@ -131,13 +131,14 @@ pub(crate) fn markdown(args: &Args, sluice: &Path, nexmark: &Path, measured: Mea
             let _ = writeln!(
                 md,
                 "Raft leader failover: three coordinators in a Raft group (`--peers`, each its own \
-                 data directory, `--election-timeout 1s`; `--heartbeat-timeout {HEARTBEAT_TIMEOUT} \
+                 data directory, `--election-timeout {}`; `--heartbeat-timeout {HEARTBEAT_TIMEOUT} \
                  --heartbeat-interval {HEARTBEAT_INTERVAL}`), 3 workers given every URL; q5 with \
                  `--rate {} --checkpoint-interval {CHECKPOINT_INTERVAL}` ({} events); after the \
                  first completed checkpoint, SIGKILL to the leader. Times from the signal; \
                  \"failure seen\" is the first status a newly elected leader answers; the \
                  executors of the old leader cancelled themselves when their control \
                  connections broke.\n",
+                humantime::format_duration(args.election_timeout),
                 args.failover_rate,
                 args.failover_rate * args.failover_secs,
             );
