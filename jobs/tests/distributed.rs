@@ -73,6 +73,7 @@ fn q5_on_three_workers_equals_the_embedded_run() {
         "sluice_checkpoint_duration_seconds",
         "sluice_checkpoint_size_bytes",
         "sluice_checkpoint_alignment_seconds",
+        "sluice_checkpoint_in_flight_bytes",
     ] {
         let (count, _) = m.histogram(h, &job).expect(h);
         assert_eq!(count, completed, "{h}");

@@ -188,6 +188,14 @@ fn an_embedded_job_serves_its_ui_and_can_be_cancelled_from_it() {
         .histogram("sluice_checkpoint_alignment_seconds", "embedded")
         .unwrap();
     assert_eq!(aligned, n);
+    let (held, in_flight) = m
+        .histogram("sluice_checkpoint_in_flight_bytes", "embedded")
+        .unwrap();
+    assert_eq!(
+        (held, in_flight),
+        (n, 0.0),
+        "aligned checkpoints hold nothing in flight"
+    );
 
     // Cancelling from the UI ends the process.
     let (code, _, body) = http(port, "POST", "/api/v1/jobs/embedded/cancel", Some(TOKEN));

@@ -2,7 +2,8 @@
 //! the `prometheus` crate. Two kinds:
 //!
 //! - **distributions**, observed once as things happen and kept across
-//!   scrapes: checkpoint duration, size and barrier alignment time per job
+//!   scrapes: checkpoint duration, size, barrier alignment time and (for
+//!   unaligned checkpoints) the bytes of records stored in flight per job
 //!   ([`Metrics::checkpoint_completed`], which the checkpoint coordinator's
 //!   completion hook calls);
 //! - **state**, read from a [`JobsView`] at each scrape into a registry of
@@ -49,6 +50,7 @@ pub struct Metrics {
     duration: HistogramVec,
     size: HistogramVec,
     alignment: HistogramVec,
+    in_flight: HistogramVec,
     /// Jobs with observed checkpoints, so forgotten ones can be dropped.
     observed: Mutex<BTreeSet<String>>,
 }
@@ -97,11 +99,19 @@ impl Metrics {
             "Longest barrier alignment of any task in a completed checkpoint or savepoint.",
             ALIGNMENT_BUCKETS.to_vec(),
         );
+        let in_flight = histogram(
+            &registry,
+            "sluice_checkpoint_in_flight_bytes",
+            "Bytes of records in flight between operators stored with a completed checkpoint (unaligned checkpoints; 0 for aligned ones).",
+            // 1 KiB to 64 GiB, ×4 (0 falls in the first bucket).
+            exponential_buckets(1024.0, 4.0, 14).expect("valid buckets"),
+        );
         Metrics {
             registry,
             duration,
             size,
             alignment,
+            in_flight,
             observed: Mutex::default(),
         }
     }
@@ -118,6 +128,9 @@ impl Metrics {
         self.alignment
             .with_label_values(&[job])
             .observe(seconds(figures.alignment_ms));
+        self.in_flight
+            .with_label_values(&[job])
+            .observe(figures.in_flight_bytes as f64);
         self.observed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -226,7 +239,7 @@ impl Metrics {
         observed.retain(|job| {
             let keep = shown.contains(job.as_str());
             if !keep {
-                for h in [&self.duration, &self.size, &self.alignment] {
+                for h in [&self.duration, &self.size, &self.alignment, &self.in_flight] {
                     let _ = h.remove_label_values(&[job]);
                 }
             }
