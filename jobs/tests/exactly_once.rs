@@ -52,7 +52,9 @@ fn nexmark(
 
 fn reference(dir: &Path, query: &str) -> BTreeMap<String, usize> {
     let out = dir.join(format!("reference-{query}"));
-    let status = nexmark(query, &out, None, None, 2).status().unwrap();
+    let status = nexmark(query, &out, None, None, 2)
+        .output_within(RUN_LIMIT)
+        .status;
     assert!(status.success());
     let r = rows(&out);
     assert!(r.len() >= 10, "reference output is too small to test with");

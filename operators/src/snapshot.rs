@@ -29,23 +29,24 @@ pub(crate) fn restored_progress(
     n: usize,
     ctx: &OperatorContext,
 ) -> Result<Option<Vec<i64>>> {
+    let me = (ctx.subtask as i64, ctx.parallelism as i64);
     let mut min: Option<Vec<i64>> = None;
     let mut own = None;
+    let mut same_parallelism = true;
     for e in entries {
-        let vals = decode(e);
-        let owner = match e.len() {
-            l if l == n * 8 => None,
-            l if l == n * 8 + 16 => Some((vals[n], vals[n + 1])),
-            l => {
-                return Err(Error::Checkpoint(format!(
-                    "operator progress entry has {l} bytes, expected {} or {}",
-                    n * 8,
-                    n * 8 + 16
-                )))
-            }
-        };
-        let vals = vals[..n].to_vec();
-        if owner == Some((ctx.subtask as i64, ctx.parallelism as i64)) {
+        if e.len() != n * 8 && e.len() != n * 8 + 16 {
+            return Err(Error::Checkpoint(format!(
+                "operator progress entry has {} bytes, expected {} or {}",
+                e.len(),
+                n * 8,
+                n * 8 + 16
+            )));
+        }
+        let mut vals = decode(e);
+        let owner = (vals.len() > n).then(|| (vals[n], vals[n + 1]));
+        vals.truncate(n);
+        same_parallelism &= owner.is_some_and(|(_, p)| p == me.1);
+        if owner == Some(me) {
             own = Some(vals.clone());
         }
         min = Some(match min {
@@ -53,9 +54,6 @@ pub(crate) fn restored_progress(
             Some(cur) => cur.iter().zip(&vals).map(|(a, b)| *a.min(b)).collect(),
         });
     }
-    let same_parallelism = entries
-        .iter()
-        .all(|e| e.len() == n * 8 + 16 && decode(e)[n + 1] == ctx.parallelism as i64);
     Ok(if same_parallelism { own.or(min) } else { min })
 }
 

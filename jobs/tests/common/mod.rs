@@ -310,9 +310,8 @@ pub fn kafka_reference(
         .arg(parallelism.to_string())
         .arg("--output")
         .arg(out)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
+        .output_within(RUN_LIMIT)
+        .status;
     assert!(status.success(), "the embedded kafka_to_parquet run failed");
     rows(out)
 }

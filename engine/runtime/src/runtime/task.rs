@@ -621,7 +621,9 @@ fn run_inputs(
         loop {
             if let Some(k) = unaligned {
                 // Control first (a trigger starts the snapshot at once),
-                // then the barrier search of a recording in progress.
+                // then the barrier search of a recording in progress, and
+                // the hand-over of one every barrier of which was seen
+                // (here or in what the last turn received).
                 while let Ok(msg) = k.ck.control.try_recv() {
                     un.control(msg, k, chain, &open)?;
                 }
@@ -647,10 +649,7 @@ fn run_inputs(
                     };
                     if let Some((_, k)) = ctl.filter(|(idx, _)| *idx == op.index()) {
                         match op.recv(&k.ck.control) {
-                            Ok(msg) if unaligned.is_some() => {
-                                un.control(msg, k, chain, &open)?;
-                                un.finish(k)?;
-                            }
+                            Ok(msg) if unaligned.is_some() => un.control(msg, k, chain, &open)?,
                             Ok(TaskControl::Complete(id)) => k.complete(id, None, chain)?,
                             Ok(_) => {}
                             Err(_) => return Err(Error::Cancelled),
@@ -662,13 +661,8 @@ fn run_inputs(
                 }
             };
             let input = inputs[c].1;
-            if direct {
-                if let (Some(k), Ok(msg)) = (unaligned, received.as_ref()) {
-                    if !un.observe(c, msg) {
-                        un.finish(k)?;
-                        continue;
-                    }
-                }
+            if direct && received.as_ref().is_ok_and(|msg| !un.observe(c, msg)) {
+                continue; // the recorded checkpoint's own barrier
             }
             let aligned = match received {
                 Ok(StreamMessage::Batch(b)) => {
@@ -689,7 +683,6 @@ fn run_inputs(
                         if k.last.get().is_none_or(|l| l < b.id) {
                             un.start(b, k, chain, &open)?;
                             un.observe(c, &StreamMessage::Barrier(b));
-                            un.finish(k)?;
                         }
                         continue;
                     }
@@ -712,9 +705,6 @@ fn run_inputs(
                     open_per_input[input] -= 1;
                     if open_per_input[input] == 0 {
                         chain.input_end(input)?;
-                    }
-                    if let Some(k) = unaligned {
-                        un.finish(k)?;
                     }
                     aligner.on_end(c)
                 }
@@ -739,6 +729,10 @@ fn run_inputs(
             }
             continue 'rebuild;
         }
+    }
+    // The last channel's end may have completed a recording.
+    if let Some(k) = unaligned {
+        un.finish(k)?;
     }
     Ok(Outcome::Finished)
 }
