@@ -97,7 +97,62 @@ fn the_coordinator_ui_shows_a_job_fully_and_cancels_it() {
          [...document.querySelectorAll('section')].every((s) => s.scrollWidth <= s.clientWidth)",
     );
     assert_eq!(fits, true, "something is wider than a 1400 px window");
+
+    // The job graph: a box per vertex of the plan, an arrow per edge.
+    let (_, _, status) = common::http(cluster.port(), "GET", &format!("/api/v1/jobs/{job}"), None);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let vertices = status["vertices"].as_array().unwrap();
+    let edges: usize = vertices
+        .iter()
+        .map(|v| v["inputs"].as_array().unwrap().len())
+        .sum();
+    assert!(vertices.len() >= 2 && edges >= 1, "{status}");
+    b.wait_for(
+        "the job graph",
+        &format!(
+            "document.querySelectorAll('svg.graph g.vertex').length === {} && \
+             document.querySelectorAll('svg.graph path.edge').length === {edges}",
+            vertices.len()
+        ),
+    );
+    let named = b.eval(&format!(
+        "[...document.querySelectorAll('svg.graph g.vertex title')].map((t) => t.textContent.split('\\n')[0]).join('|') === {}",
+        serde_json::Value::from(
+            vertices
+                .iter()
+                .map(|v| v["name"].as_str().unwrap())
+                .collect::<Vec<_>>()
+                .join("|")
+        )
+    ));
+    assert_eq!(named, true, "the graph's boxes are the plan's vertices");
+    // The charts fill from the coordinator's history: records flowing,
+    // checkpoints completing, the worker's CPU, the sink's newest rows.
+    b.wait_for(
+        "the charts to fill",
+        "(() => { const c = (t) => document.querySelector(`svg.chart[data-chart^=\"${t}\"]`); \
+           return c('Throughput') && Number(c('Throughput').dataset.points) >= 3 \
+             && c('Throughput').querySelector('path.line') !== null \
+             && Number(c('Checkpoint duration').dataset.points) >= 1 \
+             && Number(c('Busy').dataset.points) >= 3 \
+             && Number(c(\"Executors' CPU\").dataset.points) >= 1 \
+             && document.querySelector('.results-box svg.bars') !== null \
+             && Number(document.querySelector('.results-box svg.bars').dataset.bars) >= 1; })()",
+    );
+    // Records flow: the newest throughput point is above zero.
+    let (_, _, history) =
+        common::http(cluster.port(), "GET", &format!("/api/v1/jobs/{job}/history"), None);
+    let history: serde_json::Value = serde_json::from_str(&history).unwrap();
+    let flowing = history["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["source_records_per_s"].as_f64())
+        .any(|r| r > 0.0);
+    assert!(flowing, "no source rate in the history: {history}");
+    assert_eq!(b.eval(NO_NULL), true, "{}", b.text("#job"));
     b.screenshot(&shots().join("coordinator-job.png"));
+    b.screenshot_page(&shots().join("coordinator-job-page.png"));
 
     // The Cancel button cancels the job.
     b.click("#job .actions button:last-child", &[]);

@@ -34,10 +34,12 @@ use sluice_web::handlers as web;
         web::checkpoints,
         web::results,
         web::job_metrics,
+        web::job_history,
         coordinator::upload,
         coordinator::download,
         coordinator::exists,
         web::workers,
+        web::workers_load,
         coordinator::register,
         coordinator::heartbeat,
         coordinator::coordinators,
@@ -49,6 +51,7 @@ use sluice_web::handlers as web;
         web::root,
         web::page,
         web::script,
+        web::charts,
     ),
     modifiers(&BearerToken),
     tags(
@@ -123,7 +126,7 @@ pub fn routes() -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_web::ui::{PAGE, SCRIPT};
+    use sluice_web::ui::{CHARTS, PAGE, SCRIPT};
 
     /// The quoted strings of `text` that start with `/`.
     fn paths(text: &str) -> Vec<&str> {
@@ -142,11 +145,20 @@ mod tests {
     fn the_ui_names_only_served_routes() {
         let routes = routes();
         let script = paths(SCRIPT);
-        for want in ["/api/v1", "/jobs/", "/results", "/checkpoints", "/cluster"] {
+        for want in [
+            "/api/v1",
+            "/jobs/",
+            "/results",
+            "/checkpoints",
+            "/cluster",
+            "/history",
+            "/workers/load",
+        ] {
             assert!(script.contains(&want), "the script asks for {want}");
         }
         let page = paths(PAGE);
-        assert_eq!(page, ["/ui/app.js"]);
+        assert_eq!(page, ["/ui/charts.js", "/ui/app.js"]);
+        assert!(paths(CHARTS).is_empty(), "the drawing asks for nothing");
         for p in script.iter().chain(&page) {
             let want: Vec<&str> = p.split('/').filter(|s| !s.is_empty()).collect();
             let served = routes.iter().any(|(_, path)| {

@@ -101,6 +101,21 @@ pub struct VertexInfo {
     pub source: bool,
     /// Chained graph nodes: (graph index, name).
     pub nodes: Vec<(usize, String)>,
+    /// The vertices feeding it, and how (a plan of a binary that does not
+    /// say leaves this empty).
+    #[serde(default)]
+    pub inputs: Vec<VertexInput>,
+}
+
+/// An edge of the physical plan, as its downstream vertex sees it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VertexInput {
+    /// The upstream vertex.
+    pub vertex: usize,
+    /// How records are routed: `forward`, `hash`, `rebalance`,
+    /// `broadcast` or `load-aware`.
+    pub partitioning: String,
 }
 
 /// How a job checkpoints, as the coordinator needs it.

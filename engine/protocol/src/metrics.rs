@@ -163,6 +163,100 @@ pub struct ExecutorProcess {
     pub process: ProcessMetrics,
 }
 
+/// `GET /api/v1/jobs/{id}/history`: a job's figures over the last
+/// minutes, one point per sampling interval, oldest first. The server
+/// keeps a bounded window in memory (a new coordinator leader starts an
+/// empty one).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobHistory {
+    /// Job id.
+    pub job_id: String,
+    /// Time between points, ms.
+    pub interval_ms: u64,
+    /// Oldest first.
+    pub points: Vec<HistoryPoint>,
+}
+
+/// A job's figures at one time. Rates are per second since the previous
+/// point of the same attempt (none at an attempt's first point).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HistoryPoint {
+    /// When, ms since the epoch.
+    pub time_ms: i64,
+    /// The attempt that was running.
+    pub attempt: u64,
+    /// Records its sources read per second.
+    pub source_records_per_s: Option<f64>,
+    /// Records that reached its last vertices (those feeding no other)
+    /// per second.
+    pub sink_records_per_s: Option<f64>,
+    /// The largest watermark lag over its subtasks, ms.
+    pub watermark_lag_ms: Option<i64>,
+    /// Records its sources have not read yet (Kafka consumer lag), summed
+    /// over splits; none when no source reports a backlog.
+    pub source_pending: Option<u64>,
+    /// Checkpoints completed since the previous point: (id, duration ms).
+    pub checkpoints: Vec<(u64, u64)>,
+    /// Per vertex.
+    pub vertices: Vec<VertexLoad>,
+}
+
+/// One vertex at a point of a job's history.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VertexLoad {
+    /// Vertex index in the physical plan.
+    pub vertex: usize,
+    /// Records in per second, over its subtasks.
+    pub records_in_per_s: Option<f64>,
+    /// Records out per second, over its subtasks.
+    pub records_out_per_s: Option<f64>,
+    /// The busiest subtask's busy milliseconds per second.
+    pub busy_ms_per_s: u64,
+    /// The most backpressured subtask's backpressured milliseconds per second.
+    pub backpressured_ms_per_s: u64,
+}
+
+/// `GET /api/v1/workers/load`: each worker's load over the last minutes,
+/// oldest first.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkersLoad {
+    /// Time between points, ms.
+    pub interval_ms: u64,
+    /// Oldest first.
+    pub points: Vec<WorkersPoint>,
+}
+
+/// Every worker at one time.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkersPoint {
+    /// When, ms since the epoch.
+    pub time_ms: i64,
+    /// Per worker.
+    pub workers: Vec<WorkerLoad>,
+}
+
+/// One worker at one time.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerLoad {
+    /// Worker id.
+    pub worker: String,
+    /// Slots in use.
+    pub used_slots: usize,
+    /// Slots.
+    pub slots: usize,
+    /// CPU cores its executors used since the previous point (none at
+    /// the first point of an executor).
+    pub cpu_cores: Option<f64>,
+    /// Resident memory of its executors, bytes.
+    pub rss_bytes: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

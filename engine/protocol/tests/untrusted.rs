@@ -28,6 +28,7 @@ fn description() -> JobDescription {
                 parallelism: 2,
                 source: true,
                 nodes: vec![(0, "source".into())],
+                inputs: Vec::new(),
             },
             VertexInfo {
                 id: 1,
@@ -35,6 +36,7 @@ fn description() -> JobDescription {
                 parallelism: 2,
                 source: false,
                 nodes: vec![(1, "window".into()), (2, "sink".into())],
+                inputs: Vec::new(),
             },
         ],
         graph_nodes: 3,

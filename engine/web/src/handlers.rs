@@ -15,7 +15,7 @@ use sluice_protocol::api::ApiError;
 use sluice_protocol::api::{
     Checkpoints, ClusterInfo, JobResults, JobStatus, SavepointRequest, SavepointTaken, WorkerInfo,
 };
-use sluice_protocol::metrics::JobMetrics;
+use sluice_protocol::metrics::{JobHistory, JobMetrics, WorkersLoad};
 
 #[cfg(feature = "openapi")]
 use crate::doc::{Forbidden, Unauthorized};
@@ -170,6 +170,52 @@ pub async fn job_metrics<V: JobsView>(
     found(v.job_metrics(&id), &id)
 }
 
+/// Shows a job's figures over the last minutes (the web UI's charts).
+///
+/// One point per second, oldest first, for up to ten minutes: records
+/// read by its sources and reaching its last vertices per second, the
+/// largest watermark lag, the sources' unread records (Kafka consumer
+/// lag), the checkpoints completed since the previous point with their
+/// durations, and per vertex its rates and its busiest and most
+/// backpressured subtask. Kept in the serving process's memory only.
+#[cfg_attr(feature = "openapi", utoipa::path(
+    get, path = "/api/v1/jobs/{id}/history", tag = "jobs", operation_id = "getJobHistory",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Job id.")),
+    responses(
+        (status = 200, description = "The job's recent figures, oldest first.", body = JobHistory),
+        (status = 404, description = "No such job.", body = ApiError),
+        Unauthorized,
+    ),
+))]
+pub async fn job_history<V: JobsView>(
+    State(v): State<Arc<V>>,
+    Path(id): Path<String>,
+) -> Answer<JobHistory> {
+    found(v.job(&id), &id).map(drop)?;
+    let history = v.history();
+    Ok(Json(history.job(&id).unwrap_or_else(|| JobHistory {
+        job_id: id,
+        interval_ms: history.interval().as_millis() as u64,
+        points: Vec::new(),
+    })))
+}
+
+/// Shows each worker's load over the last minutes: slots in use, the CPU
+/// cores and resident memory of the executors it runs, one point per
+/// second, oldest first.
+#[cfg_attr(feature = "openapi", utoipa::path(
+    get, path = "/api/v1/workers/load", tag = "cluster", operation_id = "getWorkersLoad",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The workers' recent load, oldest first.", body = WorkersLoad),
+        Unauthorized,
+    ),
+))]
+pub async fn workers_load<V: JobsView>(State(v): State<Arc<V>>) -> Json<WorkersLoad> {
+    Json(v.history().workers())
+}
+
 /// Lists the workers, live and recently dead.
 #[cfg_attr(feature = "openapi", utoipa::path(
     get, path = "/api/v1/workers", tag = "cluster", operation_id = "listWorkers",
@@ -245,4 +291,13 @@ pub async fn page() -> Response {
 ))]
 pub async fn script() -> Response {
     ui::script()
+}
+
+/// The web UI's drawing (the job graph and charts, in SVG).
+#[cfg_attr(feature = "openapi", utoipa::path(
+    get, path = "/ui/charts.js", tag = "ui", operation_id = "uiCharts",
+    responses((status = 200, description = "The script.", body = String, content_type = "text/javascript")),
+))]
+pub async fn charts() -> Response {
+    ui::charts()
 }

@@ -10,6 +10,7 @@
 //! - [`routes`]: the job routes and the UI's, the token check, failures.
 //! - [`handlers`]: the handlers, each with its OpenAPI description (feature
 //!   `openapi`, from which the coordinator's document is generated).
+//! - [`history`]: the bounded history of figures behind the UI's charts.
 //! - [`metrics`]: the Prometheus metrics (histograms, and the state a view
 //!   shows).
 //! - [`server`]: listener binding and serving (HTTP or HTTPS).
@@ -24,6 +25,7 @@ pub mod audit;
 pub mod doc;
 pub mod error;
 pub mod handlers;
+pub mod history;
 pub mod metrics;
 pub mod routes;
 pub mod security;
@@ -32,6 +34,7 @@ pub mod ui;
 
 pub use audit::{AuditEntry, AuditLog};
 pub use error::{Error, Result};
+pub use history::{spawn_sampler, History};
 pub use metrics::Metrics;
 pub use routes::{blocking, routes, secure, ui_routes, Answer, Failure, JobsView, JsonBody};
 pub use security::{Access, Role, TlsFiles, Token};

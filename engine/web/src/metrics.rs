@@ -450,4 +450,4 @@ impl TaskFamilies {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -22,9 +22,10 @@ use sluice_protocol::metrics::JobMetrics;
 use crate::audit::{self, AuditEntry};
 use crate::error::{Error, Result};
 use crate::handlers::{
-    cancel, checkpoints, cluster, job, job_metrics, jobs, metrics, page, results, root, savepoint,
-    script, workers,
+    cancel, charts, checkpoints, cluster, job, job_history, job_metrics, jobs, metrics, page, results,
+    root, savepoint, script, workers, workers_load,
 };
+use crate::history::History;
 use crate::metrics::Metrics;
 use crate::security::{Access, Role};
 
@@ -49,6 +50,9 @@ pub trait JobsView: Send + Sync + 'static {
     fn cancel(&self, id: &str) -> Result<JobStatus>;
     /// Takes a savepoint (stopping the job after it if asked).
     fn savepoint(&self, id: &str, request: SavepointRequest) -> Result<SavepointTaken>;
+    /// The recent figures behind the UI's charts, sampled by
+    /// [`spawn_sampler`](crate::history::spawn_sampler).
+    fn history(&self) -> &History;
     /// The histograms observed as things happened (checkpoints); `/metrics`
     /// adds what the view shows at the time of the scrape.
     fn metrics(&self) -> &Metrics;
@@ -122,7 +126,9 @@ pub fn routes<V: JobsView>() -> Router<Arc<V>> {
         .route("/api/v1/jobs/{id}/checkpoints", get(checkpoints::<V>))
         .route("/api/v1/jobs/{id}/results", get(results::<V>))
         .route("/api/v1/jobs/{id}/metrics", get(job_metrics::<V>))
+        .route("/api/v1/jobs/{id}/history", get(job_history::<V>))
         .route("/api/v1/workers", get(workers::<V>))
+        .route("/api/v1/workers/load", get(workers_load::<V>))
         .route("/api/v1/cluster", get(cluster::<V>))
         .route("/metrics", get(metrics::<V>))
 }
@@ -145,6 +151,7 @@ pub fn ui_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/", get(root))
         .route("/ui", get(page))
         .route("/ui/app.js", get(script))
+        .route("/ui/charts.js", get(charts))
 }
 
 /// Whether a request may change something: every method but the reading

@@ -174,9 +174,28 @@ impl Browser {
         );
     }
 
-    /// Saves a PNG of the page as it is now.
+    /// Saves a PNG of the window as it is now.
     pub fn screenshot(&mut self, path: &Path) {
-        let r = self.call("Page.captureScreenshot", json!({ "format": "png" }));
+        self.capture(path, json!({ "format": "png" }));
+    }
+
+    /// Saves a PNG of the whole page, below the window's bottom too.
+    pub fn screenshot_page(&mut self, path: &Path) {
+        let layout = self.call("Page.getLayoutMetrics", json!({}));
+        let size = &layout["cssContentSize"];
+        let clip = json!({
+            "x": 0, "y": 0, "scale": 1,
+            "width": size["width"].as_f64().unwrap(),
+            "height": size["height"].as_f64().unwrap(),
+        });
+        self.capture(
+            path,
+            json!({ "format": "png", "captureBeyondViewport": true, "clip": clip }),
+        );
+    }
+
+    fn capture(&mut self, path: &Path, params: Value) {
+        let r = self.call("Page.captureScreenshot", params);
         let png = base64::engine::general_purpose::STANDARD
             .decode(r["data"].as_str().unwrap())
             .unwrap();

@@ -42,7 +42,7 @@ use sluice_protocol::api::{
 };
 use sluice_protocol::metrics::JobMetrics;
 use sluice_protocol::secret::attempt_secret;
-use sluice_web::{JobsView, Metrics};
+use sluice_web::{History, JobsView, Metrics};
 
 use super::artifacts::ArtifactError;
 use super::jobs::{is_sha256, Job, Run};
@@ -57,6 +57,9 @@ use attempts::{jobs_on, used_slots};
 
 /// An artifact no kept job uses is removed only once it is this old: a
 /// submission uploads before it submits.
+/// How often the UI's history is sampled.
+const HISTORY_INTERVAL: Duration = Duration::from_secs(1);
+
 const ARTIFACT_GRACE: Duration = Duration::from_secs(3600);
 
 pub(crate) fn now_ms() -> i64 {
@@ -84,6 +87,8 @@ pub struct Manager {
     written: Mutex<HashMap<String, u64>>,
     /// Checkpoint histograms (`/metrics`).
     metrics: Arc<Metrics>,
+    /// The recent figures behind the UI's charts.
+    history: History,
 }
 
 impl Manager {
@@ -164,6 +169,7 @@ impl Manager {
             }),
             written: Mutex::default(),
             metrics,
+            history: History::new(HISTORY_INTERVAL),
         }))
     }
 
@@ -449,6 +455,9 @@ impl JobsView for Manager {
     }
     fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+    fn history(&self) -> &History {
+        &self.history
     }
 }
 

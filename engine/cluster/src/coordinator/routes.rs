@@ -68,9 +68,12 @@ type Shared = State<Arc<Manager>>;
 /// second per worker, stay out of the audit log; a worker's registration
 /// is in it.
 pub fn router(manager: Arc<Manager>, access: Access) -> Router {
+    // The UI's charts read what this samples, for as long as this manager lives.
+    jobs_api::spawn_sampler(&manager);
     let api = jobs_api::routes::<Manager>()
         .route("/api/v1/jobs", post(submit))
         .route("/api/v1/jobs/{id}/rescale", post(rescale))
+        .route("/api/v1/jobs/{id}/logs", get(logs))
         .route(
             "/api/v1/artifacts/{sha256}",
             put(upload)

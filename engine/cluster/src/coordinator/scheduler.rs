@@ -128,6 +128,7 @@ mod tests {
                     parallelism: p,
                     source: id == 0,
                     nodes: vec![(id, format!("v{id}"))],
+                    inputs: Vec::new(),
                 })
                 .collect(),
         }

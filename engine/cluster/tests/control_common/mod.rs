@@ -29,6 +29,7 @@ fn description() -> JobDescription {
             parallelism: 1,
             source: true,
             nodes: vec![(0, "source".into())],
+            inputs: Vec::new(),
         }],
         graph_nodes: 1,
         uids: Vec::new(),

@@ -5,12 +5,14 @@
 
 use std::time::Duration;
 
-use sluice_protocol::api::{CheckpointDescription, JobDescription, RestartPolicy, VertexInfo};
+use sluice_protocol::api::{
+    CheckpointDescription, JobDescription, RestartPolicy, VertexInfo, VertexInput,
+};
 use sluice_protocol::PROTOCOL_VERSION;
 
 use crate::checkpoint::coordinator::NodeInfo;
 use crate::checkpoint::{CheckpointConfig, Guarantee, Location, RestartStrategy};
-use crate::graph::{LogicalGraph, NodeKind};
+use crate::graph::{EdgeKind, LogicalGraph, NodeKind};
 use crate::plan::PhysicalPlan;
 use crate::runtime::JobConfig;
 
@@ -34,12 +36,32 @@ pub fn describe(graph: &LogicalGraph, plan: &PhysicalPlan, config: &JobConfig) -
                     .iter()
                     .map(|n| (n.0, graph.node(*n).name.clone()))
                     .collect(),
+                inputs: plan
+                    .edges
+                    .iter()
+                    .filter(|e| e.to_vertex == v.id)
+                    .map(|e| VertexInput {
+                        vertex: e.from_vertex,
+                        partitioning: partitioning(&e.kind).into(),
+                    })
+                    .collect(),
             })
             .collect(),
         graph_nodes: graph.nodes.len(),
         uids: graph.uids(),
         checkpoint: config.checkpoint.as_ref().map(checkpoint_description),
         restart: restart_policy(&config.restart),
+    }
+}
+
+/// How an edge routes records, as the API names it.
+fn partitioning(kind: &EdgeKind) -> &'static str {
+    match kind {
+        EdgeKind::Forward => "forward",
+        EdgeKind::Hash(_) => "hash",
+        EdgeKind::Rebalance => "rebalance",
+        EdgeKind::Broadcast => "broadcast",
+        EdgeKind::LoadAware => "load-aware",
     }
 }
 

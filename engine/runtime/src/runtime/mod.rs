@@ -121,7 +121,7 @@ impl Default for JobConfig {
 
 /// How long an embedded job's web UI outlives the job.
 #[cfg(feature = "ui")]
-const UI_LINGER: Duration = Duration::from_millis(1500);
+const UI_LINGER: Duration = Duration::from_millis(2500);
 
 /// Rows a sink keeps of the latest batch it received, for the results
 /// the coordinator shows.

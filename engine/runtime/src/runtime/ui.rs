@@ -21,7 +21,7 @@ use sluice_protocol::api::{
 };
 use sluice_protocol::metrics::{ExecutorProcess, JobMetrics};
 use sluice_protocol::results::LatestRows;
-use sluice_web::{self as jobs_api, Access, JobsView, Metrics, Token};
+use sluice_web::{self as jobs_api, Access, History, JobsView, Metrics, Token};
 
 use crate::error::{Error, Result};
 use crate::executor::describe::describe;
@@ -49,6 +49,8 @@ pub(crate) struct EmbeddedView {
     metrics: Arc<Metrics>,
     /// Rates of the subtasks' meters, between requests.
     sampler: Sampler,
+    /// The recent figures behind the UI's charts.
+    history: History,
 }
 
 /// The UI's thread; dropping it stops the server.
@@ -97,6 +99,7 @@ impl EmbeddedView {
             results: Mutex::default(),
             metrics: Arc::default(),
             sampler: Sampler::default(),
+            history: History::new(std::time::Duration::from_secs(1)),
         }
     }
 
@@ -115,9 +118,10 @@ impl EmbeddedView {
         let access = Access::new(token, None).map_err(|e| Error::Config(e.to_string()))?;
         let (listener, local) =
             jobs_api::bind(addr, "the web UI").map_err(|e| Error::Config(e.to_string()))?;
+        let view = Arc::new(self);
         let app = jobs_api::secure(jobs_api::routes::<EmbeddedView>(), access)
             .merge(jobs_api::ui_routes())
-            .with_state(Arc::new(self));
+            .with_state(view.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -129,7 +133,11 @@ impl EmbeddedView {
                 let stop = async {
                     let _ = rx.await;
                 };
-                if let Err(e) = runtime.block_on(jobs_api::serve(listener, app, None, stop)) {
+                let served = runtime.block_on(async {
+                    let _sampler = jobs_api::spawn_sampler(&view);
+                    jobs_api::serve(listener, app, None, stop).await
+                });
+                if let Err(e) = served {
                     warn!(error = %e, "the web UI stopped");
                 }
             })
@@ -341,5 +349,9 @@ impl JobsView for EmbeddedView {
 
     fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    fn history(&self) -> &History {
+        &self.history
     }
 }

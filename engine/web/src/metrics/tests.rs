@@ -16,14 +16,16 @@ use sluice_protocol::metrics::{
 
 use super::Metrics;
 use crate::error::{Error, Result};
+use crate::history::History;
 use crate::routes::JobsView;
 
 /// One running job, `j1`, with a source vertex and a sink vertex.
 struct OneJob {
     metrics: Metrics,
+    history: History,
 }
 
-fn vertices() -> Vec<VertexInfo> {
+pub(crate) fn vertices() -> Vec<VertexInfo> {
     ["source", "sink"]
         .iter()
         .enumerate()
@@ -33,13 +35,14 @@ fn vertices() -> Vec<VertexInfo> {
             parallelism: 1,
             source: id == 0,
             nodes: vec![(id, name.to_string())],
+            inputs: Vec::new(),
         })
         .collect()
 }
 
-impl JobsView for OneJob {
-    fn jobs(&self) -> Vec<JobStatus> {
-        vec![JobStatus {
+/// A running job `j1` of [`vertices`], attempt 1, placed nowhere.
+pub(crate) fn running_job() -> JobStatus {
+    JobStatus {
             id: "j1".into(),
             name: "job".into(),
             state: JobState::Running,
@@ -60,7 +63,12 @@ impl JobsView for OneJob {
             rescaling_to: None,
             restart: RestartPolicy::None,
             exceptions: Vec::new(),
-        }]
+    }
+}
+
+impl JobsView for OneJob {
+    fn jobs(&self) -> Vec<JobStatus> {
+        vec![running_job()]
     }
     fn job(&self, id: &str) -> Option<JobStatus> {
         self.jobs().into_iter().find(|j| j.id == id)
@@ -129,12 +137,16 @@ impl JobsView for OneJob {
     fn metrics(&self) -> &Metrics {
         &self.metrics
     }
+    fn history(&self) -> &History {
+        &self.history
+    }
 }
 
 /// The rendered exposition of [`OneJob`] with one checkpoint observed.
 fn rendered() -> String {
     let view = OneJob {
         metrics: Metrics::new(),
+        history: History::new(std::time::Duration::from_secs(1)),
     };
     view.metrics.checkpoint_completed(
         "j1",

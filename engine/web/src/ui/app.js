@@ -1,5 +1,5 @@
 // The coordinator's web UI: polls the REST API once a second and renders
-// the cluster, its workers and the selected job. Values from the API are
+// the cluster, its workers and the selected job (drawing with charts.js). Values from the API are
 // always set as text (never as markup): job output is untrusted.
 "use strict";
 
@@ -140,15 +140,25 @@ function renderJobs(jobs) {
     : el("p", { class: "muted" }, "No jobs. Submit one with `sluice submit`."));
 }
 
-function renderWorkers(workers) {
+// Each worker's executors' CPU over the last minutes.
+function renderWorkerLoad(load) {
+  const ids = [...new Set(load.points.flatMap((p) => p.workers.map((w) => w.worker)))].sort();
+  if (!ids.length) return null;
+  return lineChart("Executors' CPU per worker (cores)", ids.map((id) => ({
+    name: id,
+    points: load.points.map((p) => [p.time_ms, (p.workers.find((w) => w.worker === id) || {}).cpu_cores ?? null]),
+  })), (v) => v.toFixed(v < 10 ? 1 : 0));
+}
+
+function renderWorkers(workers, load) {
   const rows = workers.map((w) => [
     w.id, w.host, w.used_slots + " / " + w.slots, w.capacity,
     w.alive ? "alive" : el("span", { class: "dead" }, "dead"),
     (w.since_heartbeat_ms / 1000).toFixed(1) + " s",
   ]);
-  document.getElementById("workers").replaceChildren(rows.length
+  fill(document.getElementById("workers"), rows.length
     ? table(["id", "host", "slots", "capacity", "", "heartbeat"], rows)
-    : el("p", { class: "muted" }, "No workers registered."));
+    : el("p", { class: "muted" }, "No workers registered."), renderWorkerLoad(load));
 }
 
 function rates(job) {
@@ -218,6 +228,54 @@ function renderLoad(metrics) {
   ];
 }
 
+// The job graph: each vertex shaded by its busiest subtask's busy time
+// (now), with its rates from the newest point of the history.
+function renderGraph(job, metrics, history) {
+  const load = new Map();
+  for (const s of metrics.subtasks) {
+    const l = load.get(s.vertex) || { busy: 0, back: 0, in: null, out: null };
+    l.busy = Math.max(l.busy, s.busy_ms_per_s);
+    l.back = Math.max(l.back, s.backpressured_ms_per_s);
+    load.set(s.vertex, l);
+  }
+  const newest = history.points[history.points.length - 1];
+  for (const v of (newest && newest.vertices) || []) {
+    const l = load.get(v.vertex) || { busy: null, back: null };
+    l.in = v.records_in_per_s;
+    l.out = v.records_out_per_s;
+    load.set(v.vertex, l);
+  }
+  if (!job.vertices.length) return el("p", { class: "muted" }, "No plan.");
+  return el("div", { class: "graph-box" }, jobGraph(job.vertices, load),
+    el("p", { class: "muted legend" }, "Fill: busy time of the busiest subtask, green (idle) to red (busy 1000 ms/s); " +
+      "purple bar: backpressured time; edges: how records are routed."));
+}
+
+// Time-series charts from the coordinator's history of the job.
+function renderCharts(job, history) {
+  const pts = history.points;
+  const series = (name, f) => ({ name, points: pts.map((p) => [p.time_ms, f(p)]) });
+  const checkpoints = pts.flatMap((p) => p.checkpoints.map(([, ms]) => [p.time_ms, ms]));
+  const names = new Map(job.vertices.map((v) => [v.id, v.name]));
+  const vertices = [...new Set(pts.flatMap((p) => p.vertices.map((v) => v.vertex)))].sort((a, b) => a - b);
+  const charts = [
+    lineChart("Throughput (records/s)", [
+      series("sources", (p) => p.source_records_per_s),
+      series("last vertices", (p) => p.sink_records_per_s),
+    ]),
+    lineChart("Watermark lag", [series("largest", (p) => p.watermark_lag_ms)], duration),
+    lineChart("Source backlog (records not read)", [series("all splits", (p) => p.source_pending)], compact,
+      { empty: "no source reports a backlog" }),
+    lineChart("Checkpoint duration", [{ name: "checkpoints", points: checkpoints }],
+      duration, { dots: true, empty: "no checkpoint completed recently" }),
+    lineChart("Busy (ms/s, busiest subtask)", vertices.map((id) => ({
+      name: id + " " + (names.get(id) || ""),
+      points: pts.map((p) => [p.time_ms, (p.vertices.find((v) => v.vertex === id) || {}).busy_ms_per_s ?? null]),
+    }))),
+  ];
+  return el("div", { class: "charts" }, charts);
+}
+
 function renderPlacement(job) {
   if (!job.placement.length) return el("p", { class: "muted" }, "Not running.");
   const rows = job.placement.map((p) => [p.task.vertex + "." + p.task.subtask, p.worker, p.executor]);
@@ -246,7 +304,10 @@ function renderResults(results) {
   for (const s of results.sinks) {
     parts.push(el("p", {}, el("b", {}, s.name), el("span", { class: "muted" }, " · " + ago(s.updated_ms))));
     const rows = s.rows.slice().reverse();
-    parts.push(table(s.columns, rows, { class: "results" }));
+    const chart = resultBars(s.columns, s.rows);
+    parts.push(el("div", { class: "results-box" },
+      chart ? barChart(chart.title, chart.bars) : null,
+      el("div", { class: "results-table" }, table(s.columns, rows, { class: "results" }))));
   }
   return parts;
 }
@@ -269,17 +330,27 @@ async function act(what, job) {
   refresh();
 }
 
-async function renderJob(jobs) {
+// The selected job's details, asked for beside the listings so a refresh
+// is one round of requests (an embedded job's page has little time to see
+// how it ended).
+function jobDetails(jobId) {
+  const id = encodeURIComponent(jobId);
+  return Promise.all([
+    get("/jobs/" + id + "/checkpoints"), get("/jobs/" + id + "/results"), get("/jobs/" + id + "/metrics"),
+    get("/jobs/" + id + "/history"),
+  ]);
+}
+
+async function renderJob(jobs, details) {
   const pane = document.getElementById("job");
   const job = jobs.find((j) => j.id === selected);
   if (!job) {
     pane.replaceChildren(el("p", { class: "muted" }, selected ? "No job " + selected + "." : "Select a job."));
     return;
   }
-  const id = encodeURIComponent(job.id);
-  const [cps, results, metrics] = await Promise.all([
-    get("/jobs/" + id + "/checkpoints"), get("/jobs/" + id + "/results"), get("/jobs/" + id + "/metrics"),
-  ]);
+  // Asked for before the listing said which job is selected (the first
+  // refresh), or for another job: ask now.
+  const [cps, results, metrics, history] = await (details && details.id === job.id ? details.answers : jobDetails(job.id));
   const ended = ENDED.includes(job.state);
   fill(pane,
     el("div", { class: "actions" }, ended ? null : [
@@ -293,6 +364,8 @@ async function renderJob(jobs) {
       " · stale messages refused " + job.rejected_stale),
     el("p", {}, el("code", {}, job.args.join(" "))),
     job.error ? el("div", { class: "error" }, job.error) : null,
+    el("h3", {}, "Graph"), renderGraph(job, metrics, history),
+    el("h3", {}, "Over the last minutes"), renderCharts(job, history),
     el("h3", {}, "Plan"), renderPlan(job),
     el("h3", {}, "Load"), ...renderLoad(metrics),
     el("h3", {}, "Results"), ...renderResults(results),
@@ -337,15 +410,23 @@ async function refresh() {
   busy = true;
   const status = document.getElementById("status");
   try {
-    const [cluster, jobs, workers] = await Promise.all([get("/cluster"), get("/jobs"), get("/workers")]);
+    let details = null;
+    if (selected) {
+      details = { id: selected, answers: jobDetails(selected) };
+      // A job that is gone answers 404: the listing says so instead.
+      details.answers.catch(() => {});
+    }
+    const [cluster, jobs, workers, load] = await Promise.all([
+      get("/cluster"), get("/jobs"), get("/workers"), get("/workers/load"),
+    ]);
     // An embedded job's process has no control address.
     embedded = !cluster.control;
     lastEnded = embedded && jobs.length > 0 && jobs.every((j) => ENDED.includes(j.state));
     if (embedded && !selected && jobs.length === 1) selected = jobs[0].id;
     renderSummary(cluster);
     renderJobs(jobs);
-    renderWorkers(workers);
-    await renderJob(jobs);
+    renderWorkers(workers, load);
+    await renderJob(jobs, details);
     status.className = "";
     status.textContent = "updated " + new Date().toLocaleTimeString();
   } catch (e) {

@@ -15,6 +15,7 @@ pub(crate) fn description(checkpoint: Option<&Path>, restart: RestartPolicy) -> 
             parallelism: 1,
             source: true,
             nodes: vec![(0, "source".into()), (1, "sink".into())],
+            inputs: Vec::new(),
         }],
         graph_nodes: 2,
         uids: Vec::new(),
@@ -97,6 +98,7 @@ fn a_rescale_must_keep_the_operators() {
                 .enumerate()
                 .map(|(i, n)| (i, n.to_string()))
                 .collect(),
+            inputs: Vec::new(),
         }];
         d
     };
