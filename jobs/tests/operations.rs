@@ -2,7 +2,8 @@
 //! cluster: submit and wait for the end, follow a job, watch its status,
 //! stop it with a savepoint, read its newest checkpoints, be asked
 //! before a state-changing command only when a person is at the terminal,
-//! and find a job's bottleneck in its metrics.
+//! find a job's bottleneck in its metrics, and read what its executors
+//! logged.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -299,4 +300,107 @@ fn a_slow_sink_is_busy_and_backpressures_its_upstream_in_the_metrics() {
 
     let cancel = cluster.sluice(&["cancel", &job]).unwrap();
     assert!(cancel.status.success(), "{}", text(&cancel).1);
+}
+
+/// The lines of `out` that are an executor's line `needle` of executor
+/// `executor` of attempt 1, as `sluice logs` prints them.
+fn logged(out: &str, executor: u64, needle: &str) -> usize {
+    out.lines()
+        .filter(|l| l.starts_with(&format!("a1/e{executor} ")) && l.contains(needle))
+        .count()
+}
+
+#[test]
+fn logs_show_what_executors_wrote_and_follow_ends_with_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), 2, 2);
+    // q5 paced to run a few seconds, so --follow starts while it runs.
+    let mut args = bounded_q5("out-logs");
+    args[3] = "100000".into();
+    args.extend(["--rate".into(), "20000".into()]);
+    let out = submit(&cluster, &[], &args).output_within(RUN_LIMIT);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let job = stdout.trim().to_string();
+    cluster.wait_state(&job, "RUNNING", Duration::from_secs(60));
+    let status = cluster.json(&["status", &job, "--json"]);
+    let mut executors: Vec<u64> = status["placement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["executor"].as_u64().unwrap())
+        .collect();
+    executors.sort();
+    executors.dedup();
+    assert!(!executors.is_empty(), "{status}");
+
+    // Followed from while it runs until it ended: every executor's first
+    // line (the executors log at INFO on the tests' clusters) and its
+    // last, written as it exits after the job finished.
+    let follow = Command::new(sluice_bin())
+        .args(["logs", &job, "--follow", "--interval", "200ms"])
+        .args(["--coordinator", &cluster.url()])
+        .output_within(RUN_LIMIT);
+    let (followed, stderr) = text(&follow);
+    assert!(follow.status.success(), "{stderr}\n{}", cluster.logs());
+    let state = cluster.json(&["status", &job, "--json"]);
+    assert_eq!(state["state"], "FINISHED", "--follow ended with the job");
+    for &e in &executors {
+        assert_eq!(
+            logged(&followed, e, "executor registered"),
+            1,
+            "executor {e}:\n{followed}"
+        );
+        assert_eq!(
+            logged(&followed, e, "executor finished"),
+            1,
+            "executor {e}'s last line:\n{followed}"
+        );
+    }
+
+    // Read again after the end: the same lines, as the coordinator keeps
+    // them; the last few; as JSON from a line on.
+    let all = cluster.sluice(&["logs", &job]).unwrap();
+    let (all, stderr) = text(&all);
+    assert!(!all.is_empty(), "{stderr}");
+    assert_eq!(all, followed, "nothing came after --follow ended");
+    let tail = cluster.sluice(&["logs", &job, "--tail", "2"]).unwrap();
+    let lines: Vec<&str> = all.lines().collect();
+    assert_eq!(
+        text(&tail).0.lines().collect::<Vec<_>>(),
+        lines[lines.len() - 2..]
+    );
+    let json = cluster
+        .sluice(&["logs", &job, "--json", "--since", "1"])
+        .unwrap();
+    let json: Vec<serde_json::Value> = text(&json)
+        .0
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(json.len(), lines.len() - 1);
+    assert_eq!(json[0]["seq"], 1);
+    assert_eq!(json[0]["attempt"], 1);
+    assert!(json[0]["worker"].as_str().unwrap().starts_with("worker-"));
+    assert!(json[0]["time_ms"].as_i64().unwrap() > 0);
+    assert_eq!(
+        format!(
+            "a1/e{} {}",
+            json[0]["executor"],
+            json[0]["text"].as_str().unwrap()
+        ),
+        lines[1]
+    );
+
+    // An unknown job and a bad flag are errors.
+    let unknown = cluster.sluice(&["logs", "job-404"]).unwrap();
+    assert!(!unknown.status.success());
+    assert!(
+        text(&unknown).1.contains("no job job-404"),
+        "{}",
+        text(&unknown).1
+    );
+    let bad = cluster.sluice(&["logs", &job, "--tail", "many"]).unwrap();
+    assert!(!bad.status.success());
+    assert!(text(&bad).1.contains("--tail"), "{}", text(&bad).1);
 }

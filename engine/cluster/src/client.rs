@@ -22,6 +22,7 @@ use sluice_protocol::api::{
     JobDescription, JobResults, JobStatus, RegisterWorker, Registered, RescaleRequest, Rescaled,
     SavepointRequest, SavepointTaken, SubmitJob, Submitted, WorkerInfo,
 };
+use sluice_protocol::logs::JobLogs;
 use sluice_protocol::metrics::JobMetrics;
 use sluice_web::Token;
 use std::path::{Path, PathBuf};
@@ -236,6 +237,26 @@ impl Client {
     /// `GET /api/v1/jobs/{id}/metrics`.
     pub async fn job_metrics(&self, job_id: &str) -> Result<JobMetrics> {
         let path = format!("/api/v1/jobs/{}/metrics", segment(job_id)?);
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    /// `GET /api/v1/jobs/{id}/logs`: lines of the job's executors' logs
+    /// from `since` on, the first `limit` of them, or with `tail` the last
+    /// `tail` (at most `limit`).
+    pub async fn logs(
+        &self,
+        job_id: &str,
+        since: u64,
+        limit: usize,
+        tail: Option<usize>,
+    ) -> Result<JobLogs> {
+        let mut path = format!(
+            "/api/v1/jobs/{}/logs?since={since}&limit={limit}",
+            segment(job_id)?
+        );
+        if let Some(tail) = tail {
+            path.push_str(&format!("&tail={tail}"));
+        }
         self.call(Method::GET, &path, None::<&()>).await
     }
 

@@ -31,6 +31,7 @@ use sluice_web::handlers as web;
         web::cancel,
         web::savepoint,
         coordinator::rescale,
+        coordinator::logs,
         web::checkpoints,
         web::results,
         web::job_metrics,

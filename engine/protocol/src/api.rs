@@ -616,6 +616,10 @@ pub struct ExecutorReport {
 pub struct Heartbeat {
     /// Executors started by this worker and not yet reported as ended.
     pub executors: Vec<ExecutorReport>,
+    /// New lines of its executors' logs, at most
+    /// [`HEARTBEAT_LOG_BYTES`](crate::logs::HEARTBEAT_LOG_BYTES) of text.
+    #[serde(default)]
+    pub logs: Vec<crate::logs::LogChunk>,
 }
 
 /// Answer to a heartbeat: every executor this worker must run now. The

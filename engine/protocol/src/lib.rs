@@ -20,6 +20,8 @@
 //! - [`metrics`]: per-subtask time accounting, records, bytes, watermarks
 //!   and source backlog, and per-process CPU and memory, as reported.
 //! - [`results`]: the newest rows of each sink, as reported and kept.
+//! - [`logs`]: executors' log lines, as workers send them and the
+//!   coordinator answers them.
 //! - [`secret`]: per-attempt secrets and constant-time comparison.
 //! - [`error`]: this crate's errors.
 #![warn(missing_docs)]
@@ -28,6 +30,7 @@ pub mod api;
 pub mod control;
 pub mod error;
 pub mod ids;
+pub mod logs;
 pub mod manifest;
 pub mod metrics;
 pub mod results;

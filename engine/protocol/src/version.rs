@@ -17,8 +17,9 @@ use crate::error::{Error, Result};
 /// leader's Raft term to executor specs, heartbeat and registration
 /// answers, and the control hello and peers; version 6 made
 /// `ToCoordinator::Metrics` an `ExecutorMetrics` (per-subtask time
-/// accounting, watermarks, source backlog, process CPU and memory).
-pub const PROTOCOL_VERSION: u32 = 6;
+/// accounting, watermarks, source backlog, process CPU and memory);
+/// version 7 added executors' log lines to heartbeats (`Heartbeat::logs`).
+pub const PROTOCOL_VERSION: u32 = 7;
 
 #[derive(Deserialize)]
 struct Probe {

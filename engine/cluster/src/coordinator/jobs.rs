@@ -1,16 +1,19 @@
 //! A job as the coordinator holds it: its durable record, the attempt
 //! running now, and what is shown of it (counters, the newest sink rows,
+//! its executors' newest log lines,
 //! checkpoint figures) but never written to disk.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sluice_engine::checkpoint::CheckpointStats;
 use sluice_protocol::api::{ExecutorLaunch, JobStatus, NodeCounters, Placement};
+use sluice_protocol::logs::JobLogs;
 use sluice_protocol::metrics::JobMetrics;
 use sluice_protocol::results::LatestRows;
 
+use super::logs::LogRing;
 use super::manager::now_ms;
 use super::meta::JobRecord;
 use crate::attempt::AttemptHandle;
@@ -43,6 +46,8 @@ pub(crate) struct Job {
     pub(crate) nodes: Vec<NodeCounters>,
     /// The newest rows its sinks received, over all attempts.
     pub(crate) results: LatestRows,
+    /// Its executors' newest log lines, over all attempts.
+    pub(crate) logs: LogRing,
     /// Incremented by every change of `record`.
     pub(crate) version: u64,
     /// `record` changed since it was last handed to the writer.
@@ -61,6 +66,7 @@ impl Job {
             rejected_stale: 0,
             nodes: Vec::new(),
             results: LatestRows::default(),
+            logs: LogRing::default(),
             version: 0,
             unsaved: false,
         }
@@ -113,6 +119,37 @@ impl Job {
         )
     }
 
+    /// Its executors' log lines from `since` on, as the API answers them
+    /// (see [`LogRing::read`]). Complete once the job ended and every
+    /// executor of its last attempt that logged had its log read to the
+    /// end, and two heartbeats (`heartbeat`) passed for one that logged
+    /// nothing yet; or, whatever its executors did (a worker died with
+    /// them), [`LOG_GRACE`] after the end.
+    pub(crate) fn logs(
+        &self,
+        since: u64,
+        limit: usize,
+        tail: Option<usize>,
+        heartbeat: Duration,
+    ) -> JobLogs {
+        let (lines, next) = self.logs.read(since, limit, tail);
+        let state = self.record.life.state;
+        // The record's last change of an ended job is its end.
+        let ended_for = now_ms().saturating_sub(self.record.updated_ms).max(0) as u128;
+        let complete = state.is_terminal()
+            && ((self.logs.ended(self.record.life.attempt)
+                && ended_for >= 2 * heartbeat.as_millis())
+                || ended_for >= LOG_GRACE.as_millis());
+        JobLogs {
+            job_id: self.record.id.clone(),
+            state,
+            lines,
+            next,
+            dropped: self.logs.dropped(),
+            complete,
+        }
+    }
+
     /// The job as the API shows it.
     pub(crate) fn status(&self) -> JobStatus {
         let r = &self.record;
@@ -144,6 +181,10 @@ impl Job {
         }
     }
 }
+
+/// How long after a job ended its log lines are still waited for when an
+/// executor's log was not read to its end (its worker died, say).
+const LOG_GRACE: Duration = Duration::from_secs(15);
 
 /// Whether `s` names an artifact: a lowercase hex SHA-256.
 pub(crate) fn is_sha256(s: &str) -> bool {

@@ -285,6 +285,12 @@ impl Manager {
         if !inner.workers.heartbeat(worker, Instant::now()) {
             return None;
         }
+        // Lines of a job this coordinator does not know (forgotten) go.
+        for chunk in hb.logs {
+            if let Some(job) = inner.jobs.get_mut(&chunk.job_id) {
+                job.logs.add(worker, chunk);
+            }
+        }
         let mut failures = Vec::new();
         for r in &hb.executors {
             // Only failures of the running attempt matter here; an executor
@@ -422,6 +428,20 @@ impl Manager {
     /// The current attempt's figures of job `id` per subtask and executor.
     pub fn job_metrics(&self, id: &str) -> Option<JobMetrics> {
         Some(self.lock().jobs.get(id)?.metrics())
+    }
+
+    /// Lines of job `id`'s executors' logs from `since` on: the first
+    /// `limit`, or with `tail` the last `tail` (at most `limit`).
+    pub fn logs(
+        &self,
+        id: &str,
+        since: u64,
+        limit: usize,
+        tail: Option<usize>,
+    ) -> Option<sluice_protocol::logs::JobLogs> {
+        let inner = self.lock();
+        let job = inner.jobs.get(id)?;
+        Some(job.logs(since, limit, tail, self.config.heartbeat_interval))
     }
 }
 

@@ -14,6 +14,7 @@
 pub mod artifacts;
 pub mod jobs;
 pub mod lifecycle;
+pub(crate) mod logs;
 pub mod manager;
 pub mod meta;
 pub mod raft;

@@ -1,6 +1,7 @@
 //! The coordinator's REST API: the job routes of [`jobs_api`] over the
 //! manager, plus what only a coordinator does (submissions, rescales,
-//! artifacts, worker registration and heartbeats, its OpenAPI document).
+//! executors' logs, artifacts, worker registration and heartbeats, its
+//! OpenAPI document).
 //! Each handler carries its OpenAPI description (`#[utoipa::path]`);
 //! [`crate::routes`] builds the document from them. Handlers take the
 //! manager's lock only briefly; anything that waits (savepoints, artifact
@@ -10,7 +11,8 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -21,6 +23,7 @@ use sluice_protocol::api::{
     AddCoordinator, ApiError, Coordinators, Heartbeat, HeartbeatReply, RegisterWorker, Registered,
     RescaleRequest, Rescaled, SubmitJob, Submitted,
 };
+use sluice_protocol::logs::JobLogs;
 use sluice_web::doc::{Binary, Forbidden, Unauthorized};
 use sluice_web::{self as jobs_api, Access, Answer, Failure, JsonBody};
 
@@ -271,6 +274,70 @@ async fn rescale(
     let req: RescaleRequest = versioned("rescale request", &body)?;
     // Waits for the savepoint; the switch writes the job's metadata.
     Ok(Json(blocking(move || m.rescale(&id, req)).await?))
+}
+
+/// Lines answered by one request at most (and by default).
+const MAX_LOG_LIMIT: usize = 5000;
+const DEFAULT_LOG_LIMIT: usize = 1000;
+
+/// The query of `GET /api/v1/jobs/{id}/logs`; other parameters (such as
+/// `consistency`) are not its business.
+#[derive(Debug, serde::Deserialize)]
+struct LogsQuery {
+    since: Option<u64>,
+    limit: Option<usize>,
+    tail: Option<usize>,
+}
+
+/// Lines of a job's executors' logs, oldest first.
+///
+/// What the executors of every attempt wrote to their stdout and stderr,
+/// forwarded by their workers with their heartbeats. The coordinator
+/// keeps the newest 5000 lines or 2 MiB per job, in memory only (a new
+/// leader starts with none), for as long as it keeps the job. Lines are
+/// numbered (`seq`) in the order received; ask again with `since` set to
+/// the answer's `next` for the lines that came since.
+#[utoipa::path(
+    get, path = "/api/v1/jobs/{id}/logs", tag = "jobs", operation_id = "getJobLogs",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "Job id."),
+        ("since" = Option<u64>, Query, description = "The first `seq` wanted (default 0: from the oldest line kept). One beyond every line numbered (another coordinator's numbering) reads from the oldest line kept.", minimum = 0),
+        ("limit" = Option<usize>, Query, description = "At most this many lines (default 1000).", minimum = 1, maximum = 5000),
+        ("tail" = Option<usize>, Query, description = "The last this many lines from `since` on, instead of the first (at most `limit`); 0 answers none, with `next` where the next line will be.", minimum = 0),
+    ),
+    responses(
+        (status = 200, description = "Lines, the `since` to ask with next, and how many lines were dropped before the oldest kept.", body = JobLogs),
+        (status = 400, description = "A parameter that is not a number, or a limit out of range.", body = ApiError),
+        (status = 404, description = "No such job.", body = ApiError),
+        Unauthorized,
+    ),
+)]
+async fn logs(
+    State(m): Shared,
+    Path(id): Path<String>,
+    query: std::result::Result<Query<LogsQuery>, QueryRejection>,
+) -> Answer<JobLogs> {
+    let Query(q) = query.map_err(|e| {
+        Failure(
+            StatusCode::BAD_REQUEST,
+            format!("bad query: {}", e.body_text()),
+        )
+    })?;
+    let limit = q.limit.unwrap_or(DEFAULT_LOG_LIMIT);
+    if !(1..=MAX_LOG_LIMIT).contains(&limit) {
+        return Err(Failure(
+            StatusCode::BAD_REQUEST,
+            format!("limit={limit}: ask for 1 to {MAX_LOG_LIMIT} lines"),
+        ));
+    }
+    let since = q.since.unwrap_or(0);
+    // The manager's lock can be held while a write commits: off the
+    // async workers.
+    let found = blocking(move || Ok(m.logs(&id, since, limit, q.tail).ok_or(id))).await?;
+    found
+        .map(Json)
+        .map_err(|id| failure(Error::NotFound(format!("no job {id}"))))
 }
 
 fn valid_hash(sha: &str) -> std::result::Result<(), Failure> {
@@ -595,6 +662,114 @@ mod tests {
             StatusCode::UNAUTHORIZED,
             "the API still wants the token"
         );
+    }
+
+    /// A job's log lines are answered from `since` on, within `limit`;
+    /// parameters that are not numbers, or out of range, get 400 with an
+    /// `ApiError`, an unknown job 404, and other parameters (the
+    /// consistency a client asks of a Raft group) are left alone.
+    #[tokio::test]
+    async fn logs_are_read_by_seq_and_garbage_parameters_are_refused() {
+        use sluice_protocol::api::{RegisterWorker, RestartPolicy, SubmitJob};
+        use sluice_protocol::logs::LogChunk;
+        let dir = tempfile::tempdir().unwrap();
+        let config = CoordinatorConfig::new("127.0.0.1:0".parse().unwrap(), dir.path());
+        let manager = tokio::task::spawn_blocking(move || Manager::open(config))
+            .await
+            .unwrap()
+            .unwrap();
+        let m = manager.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let sha = crate::client::sha256_hex(b"binary");
+            std::fs::write(m.meta().artifact_path(&sha), b"binary").unwrap();
+            let description =
+                crate::coordinator::manager::tests::description(None, RestartPolicy::None);
+            let submission: SubmitJob = serde_json::from_value(serde_json::json!({
+                "artifact": sha, "args": [], "description": description,
+            }))
+            .unwrap();
+            let job = m.submit(submission).unwrap();
+            let worker = m
+                .register(RegisterWorker {
+                    worker_id: None,
+                    slots: 1,
+                    capacity: 1.0,
+                    host: "127.0.0.1".into(),
+                })
+                .unwrap()
+                .worker_id;
+            let chunk = LogChunk {
+                job_id: job.clone(),
+                attempt: 1,
+                executor: 0,
+                lines: (0..5).map(|i| format!("line {i}")).collect(),
+                time_ms: 7,
+                complete: false,
+            };
+            let heartbeat = Heartbeat {
+                executors: Vec::new(),
+                logs: vec![chunk],
+            };
+            m.heartbeat(&worker, heartbeat).unwrap();
+            job
+        })
+        .await
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router(manager, Access::open())).await });
+        let http = reqwest::Client::new();
+        let get = |query: String| {
+            let http = http.clone();
+            async move {
+                let answer = http
+                    .get(format!("http://{addr}{query}"))
+                    .send()
+                    .await
+                    .unwrap();
+                (answer.status(), answer.text().await.unwrap())
+            }
+        };
+
+        let (status, body) = get(format!(
+            "/api/v1/jobs/{job}/logs?since=1&limit=2&consistency=leader"
+        ))
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let logs: JobLogs = serde_json::from_str(&body).unwrap();
+        let texts: Vec<&str> = logs.lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, ["line 1", "line 2"]);
+        assert_eq!((logs.next, logs.dropped), (3, 0));
+        assert_eq!(logs.lines[0].seq, 1);
+        assert_eq!(logs.lines[0].time_ms, Some(7));
+        let (_, body) = get(format!("/api/v1/jobs/{job}/logs?tail=1")).await;
+        let logs: JobLogs = serde_json::from_str(&body).unwrap();
+        assert_eq!(logs.lines.len(), 1);
+        assert_eq!((logs.lines[0].seq, logs.next), (4, 5));
+        let (status, _) = get(format!("/api/v1/jobs/{job}/logs")).await;
+        assert_eq!(status, StatusCode::OK);
+
+        for query in [
+            "since=abc",
+            "since=-1",
+            "since=1.5",
+            "since=99999999999999999999999",
+            "limit=0",
+            "limit=5001",
+            "limit=ten",
+            "tail=-3",
+            "tail=%ZZ",
+            "since=1&since=2",
+        ] {
+            let (status, body) = get(format!("/api/v1/jobs/{job}/logs?{query}")).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+            let error: ApiError =
+                serde_json::from_str(&body).unwrap_or_else(|e| panic!("{query}: {e}: {body}"));
+            assert!(!error.error.is_empty());
+        }
+        let (status, body) = get("/api/v1/jobs/job-404/logs?since=0".into()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("no job job-404"), "{body}");
     }
 
     /// A submission whose job description is of another protocol version

@@ -12,7 +12,9 @@
 //! - `artifacts/<sha256>`: job binaries, fetched once, verified, mode 755;
 //! - `attempts/<job>-a<attempt>-e<executor>/`: an executor's own
 //!   directory (mode 0700, its user's), removed when it ends;
-//! - `logs/<job>-a<attempt>-e<executor>.log`: its stdout and stderr.
+//! - `logs/<job>-a<attempt>-e<executor>.log`: its stdout and stderr,
+//!   whose new lines each heartbeat forwards to the coordinator
+//!   ([`logs`]).
 //!
 //! An executor starts with a cleared environment and its `ExecutorSpec`
 //! (with the attempt's secret) on its stdin, never in a file; see
@@ -41,8 +43,10 @@ use sluice_protocol::api::{
 use crate::artifact::{remove_stale_downloads, remove_unused, ArtifactCache};
 use crate::client::ClientSecurity;
 use crate::confine::{self, AttemptDir, RunAs};
+use logs::LogTails;
 use terms::{Terms, Verdict};
 
+mod logs;
 mod terms;
 
 /// The file in the data directory that keeps the worker's id across its
@@ -183,6 +187,13 @@ impl ExecutorKey {
             .collect();
         format!("{job}-a{}-e{}", self.attempt, self.executor)
     }
+
+    /// Where the executor's stdout and stderr go.
+    fn log_path(&self, data_dir: &std::path::Path) -> PathBuf {
+        data_dir
+            .join("logs")
+            .join(format!("{}.log", self.file_stem()))
+    }
 }
 
 /// What heartbeats report of an executor. `pid` is unset while the
@@ -192,6 +203,8 @@ impl ExecutorKey {
 struct ExecutorStatus {
     pid: Option<u32>,
     exit: Option<i32>,
+    /// Where its output starts in its log file (set with `pid`).
+    log_from: u64,
 }
 
 /// An executor this worker started (or is starting).
@@ -240,6 +253,8 @@ struct Worker {
     terms: Terms,
     /// The stale term last warned of (one warning per deposed leader).
     stale_warned: Option<u64>,
+    /// The executors' logs, forwarded with the heartbeats.
+    logs: LogTails,
 }
 
 impl Worker {
@@ -318,6 +333,7 @@ impl Worker {
             last_prune: std::time::Instant::now(),
             terms: Terms::default(),
             stale_warned: None,
+            logs: LogTails::default(),
         })
     }
 
@@ -327,7 +343,9 @@ impl Worker {
         let mut unreachable = false;
         loop {
             ticker.tick().await;
-            let heartbeat = self.heartbeat();
+            let mut heartbeat = self.heartbeat();
+            let (logs, pending) = self.logs.read().await;
+            heartbeat.logs = logs;
             let id = self
                 .worker_id
                 .clone()
@@ -337,6 +355,7 @@ impl Worker {
             let timeout = (self.interval * 2).max(Duration::from_secs(1));
             match self.shared.client.heartbeat(&id, &heartbeat, timeout).await {
                 Ok(reply) => {
+                    self.logs.delivered(pending);
                     if unreachable {
                         info!(worker = %id, "coordinator reachable again");
                         unreachable = false;
@@ -470,7 +489,10 @@ impl Worker {
         executors.sort_by(|a, b| {
             (&a.job_id, a.attempt, a.executor).cmp(&(&b.job_id, b.attempt, b.executor))
         });
-        Heartbeat { executors }
+        Heartbeat {
+            executors,
+            logs: Vec::new(),
+        }
     }
 
     /// Makes the running executors match the reply.
@@ -524,6 +546,10 @@ impl Worker {
             let Some(mut executor) = self.executors.remove(&key) else {
                 continue;
             };
+            if executor.status().pid.is_none() {
+                // Never started: no log to forward.
+                self.logs.forget(&key);
+            }
             if executor.status().exit.is_none() {
                 info!(job = %key.job_id, attempt = key.attempt, executor = key.executor, "killing executor the coordinator no longer lists");
                 if let Some(kill) = executor.kill.take() {
@@ -542,6 +568,11 @@ impl Worker {
                 continue;
             }
             let status = Arc::new(Mutex::new(ExecutorStatus::default()));
+            self.logs.watch(
+                key.clone(),
+                key.log_path(&self.shared.data_dir),
+                Arc::clone(&status),
+            );
             let (kill, killed) = oneshot::channel();
             let task = tokio::spawn(run_executor(
                 Arc::clone(&self.shared),
@@ -594,19 +625,24 @@ async fn run_executor(
         // Unlisted before it started: nothing to kill.
         _ = &mut kill => return,
     };
-    let (mut child, dir) = match started {
+    let (mut child, dir, log_from) = match started {
         Ok(started) => started,
         Err(e) => {
             error!(job = %key.job_id, attempt = key.attempt, executor = key.executor, error = %e, "cannot start executor");
             *lock(&status) = ExecutorStatus {
                 pid: Some(0),
                 exit: Some(-1),
+                log_from: 0,
             };
             return;
         }
     };
     let pid = child.id().unwrap_or(0);
-    lock(&status).pid = Some(pid);
+    {
+        let mut status = lock(&status);
+        status.pid = Some(pid);
+        status.log_from = log_from;
+    }
     info!(job = %key.job_id, attempt = key.attempt, executor = key.executor, pid, "executor started");
     let exited = tokio::select! {
         s = child.wait() => s,
@@ -656,14 +692,14 @@ async fn start_executor(
     shared: &Shared,
     key: &ExecutorKey,
     launch: &ExecutorLaunch,
-) -> Result<(Child, AttemptDir)> {
+) -> Result<(Child, AttemptDir, u64)> {
     let binary = fetch_artifact(shared, &launch.artifact).await?;
     let stem = key.file_stem();
     let spec = serde_json::to_vec(&launch.spec)
         .map_err(|e| Error::Internal(format!("executor spec does not serialize: {e}")))?;
     let dir = AttemptDir::create(&shared.data_dir, &stem, shared.run_as.as_ref()).await?;
-    match spawn_executor(shared, &stem, launch, &binary, &dir).await {
-        Ok(mut child) => {
+    match spawn_executor(shared, key, launch, &binary, &dir).await {
+        Ok((mut child, log_from)) => {
             // The spec, with the attempt's secret, goes through a pipe only
             // this process holds; written by a task of its own so a binary
             // that never reads it cannot hold the worker up.
@@ -675,7 +711,7 @@ async fn start_executor(
                     }
                 });
             }
-            Ok((child, dir))
+            Ok((child, dir, log_from))
         }
         Err(e) => {
             dir.remove().await;
@@ -684,23 +720,30 @@ async fn start_executor(
     }
 }
 
+/// Starts the executor's process; returns it and where its output starts
+/// in its log file (a file of the same name may hold an earlier
+/// process's).
 async fn spawn_executor(
     shared: &Shared,
-    stem: &str,
+    key: &ExecutorKey,
     launch: &ExecutorLaunch,
     binary: &std::path::Path,
     dir: &AttemptDir,
-) -> Result<Child> {
-    let log_path = shared.data_dir.join("logs").join(format!("{stem}.log"));
+) -> Result<(Child, u64)> {
+    let log_path = key.log_path(&shared.data_dir);
     let log = tokio::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
         .open(&log_path)
         .await
-        .map_err(|e| Error::io(format!("opening {}", log_path.display()), e))?
-        .into_std()
-        .await;
+        .map_err(|e| Error::io(format!("opening {}", log_path.display()), e))?;
+    let log_from = log
+        .metadata()
+        .await
+        .map_err(|e| Error::io(format!("reading {}", log_path.display()), e))?
+        .len();
+    let log = log.into_std().await;
 
     let workdir = match &launch.workdir {
         Some(dir) if tokio::fs::metadata(dir).await.is_ok_and(|m| m.is_dir()) => PathBuf::from(dir),
@@ -734,7 +777,7 @@ async fn spawn_executor(
             command.uid(user.uid).gid(user.gid);
         }
         match command.spawn() {
-            Ok(child) => return Ok(child),
+            Ok(child) => return Ok((child, log_from)),
             Err(e) if e.raw_os_error() == Some(TEXT_FILE_BUSY) => {
                 tokio::time::sleep(delay).await;
                 delay *= 2;

@@ -1,6 +1,6 @@
 //! The `sluice` command: the coordinator and worker services, and the
-//! client commands (submit, jobs, status, cancel, savepoint, checkpoints,
-//! workers) over the coordinator's REST API.
+//! client commands (submit, jobs, status, logs, cancel, savepoint,
+//! checkpoints, workers) over the coordinator's REST API.
 //!
 //! Settings come from flags, then environment variables (clap's `env`),
 //! then the TOML file named by `--config` / `SLUICE_CONFIG` (sections
@@ -24,6 +24,7 @@ use sluice_protocol::api::{JobDescription, JobStatus, RescaleRequest, Rescaled, 
 
 mod config;
 mod follow;
+mod logs;
 mod output;
 mod tls;
 
@@ -147,6 +148,33 @@ enum Command {
         /// Show at most this many.
         #[arg(long, value_name = "N", default_value_t = 10)]
         limit: usize,
+    },
+    /// Shows what a job's executors wrote to their stdout and stderr,
+    /// each line after its attempt and executor (`a2/e0 ...`).
+    ///
+    /// Workers forward their executors' new lines with every heartbeat;
+    /// the coordinator keeps a job's newest 5000 lines (2 MiB) for as long
+    /// as it keeps the job. Without --since or --tail, every line it kept.
+    Logs {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Job id.
+        job_id: String,
+        /// Keep printing new lines as they arrive until the job has ended and its last lines are in, then exit 0 (Ctrl-C stops sooner).
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Start at line SEQ (the `seq` of --json output; a later run can go on from one past the last it printed).
+        #[arg(long, value_name = "SEQ")]
+        since: Option<u64>,
+        /// Only the last N lines (then, with --follow, the new ones).
+        #[arg(long, short = 'n', value_name = "N")]
+        tail: Option<usize>,
+        /// Print each line as a JSON object (seq, time_ms, attempt, executor, worker, text), one per line.
+        #[arg(long)]
+        json: bool,
+        /// How often --follow asks.
+        #[arg(long, value_name = "DURATION", default_value = "1s")]
+        interval: HumanDuration,
     },
     /// Shows the newest rows each sink of a job received.
     Results {
@@ -405,6 +433,24 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
             } else {
                 print!("{}", checkpoints_text(&cps, limit));
             }
+        }
+        Command::Logs {
+            client: c,
+            job_id,
+            follow,
+            since,
+            tail,
+            json,
+            interval,
+        } => {
+            let request = logs::LogsRequest {
+                follow,
+                since,
+                tail,
+                json,
+                interval: interval.0,
+            };
+            logs::print(&client(&c)?, &job_id, &request).await?;
         }
         Command::Results {
             client: c,

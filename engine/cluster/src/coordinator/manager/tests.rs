@@ -250,6 +250,7 @@ fn the_jobs_restart_policy_decides_on_a_cluster() {
     m.tick();
     assert_eq!(m.job(&id).unwrap().state, JobState::Scheduling);
     let exited = |attempt| Heartbeat {
+        logs: Vec::new(),
         executors: vec![ExecutorReport {
             job_id: id.clone(),
             attempt,
@@ -272,6 +273,7 @@ fn the_jobs_restart_policy_decides_on_a_cluster() {
     let id = submit(&m, description(Some(&ck), policy)).unwrap();
     m.tick();
     let exited = |attempt| Heartbeat {
+        logs: Vec::new(),
         executors: vec![ExecutorReport {
             job_id: id.clone(),
             attempt,
@@ -397,4 +399,64 @@ fn an_older_record_never_overwrites_a_newer_one() {
     assert_eq!(on_disk[0].life.state, JobState::Canceled);
     m.write(3, &record(JobState::Restarting)).unwrap();
     assert_eq!(m.meta.load().unwrap()[0].life.state, JobState::Restarting);
+}
+
+/// Executors' log lines that heartbeats carry are kept per job, tagged
+/// with their worker; lines of a job the coordinator does not know are
+/// dropped; an ended job's lines are complete once its executor's log was
+/// read to the end and two heartbeats passed.
+#[test]
+fn heartbeats_bring_executors_log_lines() {
+    use sluice_protocol::logs::LogChunk;
+    let dir = tempfile::tempdir().unwrap();
+    let m = manager(dir.path(), 10);
+    let w = worker(&m);
+    let id = submit(&m, description(None, RestartPolicy::None)).unwrap();
+    m.tick();
+    assert_eq!(m.job(&id).unwrap().attempt, 1);
+    let chunk = |job: &str, lines: &[&str], complete| LogChunk {
+        job_id: job.to_string(),
+        attempt: 1,
+        executor: 0,
+        lines: lines.iter().map(|l| l.to_string()).collect(),
+        time_ms: 5,
+        complete,
+    };
+    let logs = vec![
+        chunk(&id, &["started", "working"], false),
+        chunk("job-404", &["lost"], false),
+    ];
+    m.heartbeat(
+        &w,
+        Heartbeat {
+            executors: Vec::new(),
+            logs,
+        },
+    )
+    .unwrap();
+    let logs = m.logs(&id, 0, 100, None).unwrap();
+    let texts: Vec<&str> = logs.lines.iter().map(|l| l.text.as_str()).collect();
+    assert_eq!(texts, ["started", "working"]);
+    assert!(logs.lines.iter().all(|l| l.worker == w && l.attempt == 1));
+    assert_eq!((logs.next, logs.dropped, logs.complete), (2, 0, false));
+    assert!(m.logs("job-404", 0, 100, None).is_none());
+
+    m.cancel(&id).unwrap();
+    let logs = m.logs(&id, 2, 100, None).unwrap();
+    assert_eq!(logs.state, JobState::Canceled);
+    assert!(!logs.complete, "its executor's last lines may still come");
+    let logs = vec![chunk(&id, &["bye"], true)];
+    m.heartbeat(
+        &w,
+        Heartbeat {
+            executors: Vec::new(),
+            logs,
+        },
+    )
+    .unwrap();
+    std::thread::sleep(m.config.heartbeat_interval * 2);
+    let logs = m.logs(&id, 2, 100, None).unwrap();
+    assert_eq!(logs.lines.len(), 1);
+    assert_eq!((logs.lines[0].text.as_str(), logs.next), ("bye", 3));
+    assert!(logs.complete);
 }
