@@ -143,6 +143,15 @@ async fn the_read_token_reads_and_only_the_operator_token_changes_things() {
             assert_eq!(s, 401, "GET {path} without a token");
         }
     }
+    // A job's executors' logs are a read like its results: the read token
+    // gets past the guard (to 404, no such job), no token does not.
+    let logs = "/api/v1/jobs/j-none/logs?since=0&limit=10";
+    for token in [READER, OPERATOR] {
+        let s = call(&http, &base, reqwest::Method::GET, logs, Some(token), "").await;
+        assert_eq!(s, 404, "GET {logs}");
+    }
+    let s = call(&http, &base, reqwest::Method::GET, logs, None, "").await;
+    assert_eq!(s, 401, "GET {logs} without a token");
     assert!(
         entries(&c).is_empty(),
         "reads are not audited: {:?}",
