@@ -35,6 +35,8 @@ python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 have ip || need_pkgs+=(iproute2)
 # The web UI tests drive a headless browser over the DevTools protocol.
 have chromium || need_pkgs+=(chromium)
+# The progress-bar test gives a job a pseudo-terminal with script(1).
+have script || need_pkgs+=(bsdutils)
 fi
 
 if [ "${#need_pkgs[@]}" -gt 0 ]; then

@@ -90,7 +90,8 @@ pub fn init_logging() {
     use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Around the progress bar, when one is drawn.
+        .with_writer(crate::progress::LogWriter)
         // Colours only for a terminal, not in files and pipes.
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();

@@ -414,6 +414,96 @@ fn nexmark_says_when_it_resumes_and_fresh_starts_over() {
     assert_eq!(records(&fresh), records(&first), "{fresh}");
 }
 
+/// A bounded job shows how far it is: a bar on a terminal (records read
+/// of the total, rate, time left), a line in the log every interval with
+/// `--progress log`, and nothing in a pipe by default (a log file stays
+/// clean).
+#[test]
+fn a_bounded_job_shows_its_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    // q5 reads bids only: 92% of the events.
+    let args = |out: &str| {
+        vec![
+            "--query".to_string(),
+            "q5".into(),
+            "--events".into(),
+            "600000".into(),
+            "--rate".into(),
+            "200000".into(),
+            "--output".into(),
+            dir.path().join(out).to_string_lossy().into_owned(),
+        ]
+    };
+    let total = "552,000";
+
+    // In the log, on request.
+    let out = Command::new(env!("CARGO_BIN_EXE_nexmark"))
+        .args(args("log"))
+        .args(["--progress", "log", "--progress-interval", "500ms"])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output_within(RUN_LIMIT);
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("progress: ")).collect();
+    assert!(lines.len() >= 2, "{log}");
+    let mut last = 0u64;
+    for l in &lines {
+        assert!(l.contains(&format!("of {total} records (")), "{l}");
+        assert!(l.contains("records/s"), "{l}");
+        let pct: u64 = l
+            .split(" records (")
+            .nth(1)
+            .and_then(|r| r.split('%').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no percentage in {l}"));
+        assert!(pct >= last && pct <= 100, "{lines:?}");
+        last = pct;
+    }
+    assert!(String::from_utf8_lossy(&out.stdout).contains("source_records=552000"));
+
+    // Nothing by default when stderr is not a terminal.
+    let out = Command::new(env!("CARGO_BIN_EXE_nexmark"))
+        .args(args("pipe"))
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output_within(RUN_LIMIT);
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!log.contains("records"), "a pipe got progress: {log}");
+
+    // A bar on a terminal: `script` gives the job a pseudo-terminal.
+    let command = std::iter::once(env!("CARGO_BIN_EXE_nexmark").to_string())
+        .chain(args("tty"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let typescript = dir.path().join("typescript");
+    let out = Command::new("script")
+        .args(["-qec", &command])
+        .arg(&typescript)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output_within(RUN_LIMIT);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = String::from_utf8_lossy(&std::fs::read(&typescript).unwrap()).into_owned();
+    assert!(
+        seen.contains(&format!("/{total} records, ")),
+        "no bar: {seen}"
+    );
+    assert!(
+        seen.contains("records/s, about "),
+        "no rate or time left: {seen}"
+    );
+    assert!(seen.contains("source_records=552000"), "{seen}");
+}
+
 #[test]
 fn explain_prints_the_plan_and_runs_nothing() {
     let dir = tempfile::tempdir().unwrap();

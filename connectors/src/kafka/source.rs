@@ -548,6 +548,30 @@ impl Source for KafkaSubtask {
             .collect()
     }
 
+    /// A bounded read's offsets left before its ends (the fixed end, or
+    /// until it is fixed the cached high watermark it will be fixed at),
+    /// once every owned partition's position and end are known; an
+    /// unbounded read has no end to count to.
+    fn remaining(&self) -> Option<u64> {
+        if !self.spec.bounded {
+            return None;
+        }
+        let consumer = self.consumer.as_ref()?;
+        let topic = &self.spec.topic;
+        self.parts
+            .iter()
+            .map(|p| {
+                if p.finished {
+                    return Some(0);
+                }
+                let cached = client::cached_watermarks(consumer, topic, p.partition);
+                let end = p.end.or(cached.map(|c| c.1))?;
+                let next = p.next.or(cached.map(|c| c.0).filter(|low| *low >= 0))?;
+                Some(u64::try_from(end - next).unwrap_or(0))
+            })
+            .sum()
+    }
+
     /// Records whose event time the runtime cannot process go to the
     /// decode policy like records that do not decode, with their original
     /// bytes (from the batch emitted last).

@@ -60,6 +60,10 @@ pub struct SubtaskMetrics {
     /// high watermark minus the source's position).
     #[serde(default)]
     pub pending: Vec<SplitPending>,
+    /// A bounded source's records not read yet, where it can tell (none
+    /// for an unbounded source): with `records_in`, how far the job is.
+    #[serde(default)]
+    pub remaining: Option<u64>,
 }
 
 impl SubtaskMetrics {

@@ -53,7 +53,15 @@ pub struct TaskMeter {
     bytes_out: AtomicU64,
     watermark: AtomicI64,
     pending: Mutex<Vec<SplitPending>>,
+    /// What the source has still to read; [`UNKNOWN`] when it cannot say.
+    remaining: AtomicU64,
+    /// `records_in` when `remaining` was set: the source says what remains
+    /// only every tick, and records read since then no longer do.
+    remaining_at: AtomicU64,
 }
+
+/// A source's remaining records it cannot tell.
+const UNKNOWN: u64 = u64::MAX;
 
 impl TaskMeter {
     /// The meter of subtask `subtask` of vertex `vertex`, its clock started.
@@ -72,6 +80,8 @@ impl TaskMeter {
             bytes_out: AtomicU64::new(0),
             watermark: AtomicI64::new(NO_WATERMARK),
             pending: Mutex::new(Vec::new()),
+            remaining: AtomicU64::new(UNKNOWN),
+            remaining_at: AtomicU64::new(0),
         }
     }
 
@@ -129,6 +139,23 @@ impl TaskMeter {
     /// The source's splits and how far behind each is.
     pub fn pending(&self, pending: Vec<SplitPending>) {
         *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = pending;
+    }
+
+    /// What the source has still to read, if it can tell.
+    pub fn remaining(&self, remaining: Option<u64>) {
+        let v = remaining.map_or(UNKNOWN, |r| r.min(UNKNOWN - 1));
+        self.remaining_at
+            .store(self.records_in.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.remaining.store(v, Ordering::Relaxed);
+    }
+
+    /// The source's input ended: nothing remains, if it ever said.
+    pub fn read_all(&self) {
+        let _ = self
+            .remaining
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                (r != UNKNOWN).then_some(0)
+            });
     }
 
     /// The task ended: its clock stops.
@@ -291,6 +318,13 @@ fn figures(m: &TaskMeter, t: &Times, base: &Times) -> SubtaskMetrics {
         bytes_out: m.bytes_out.load(Ordering::Relaxed),
         watermark_ms: (wm != NO_WATERMARK).then_some(wm),
         pending: m.pending.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        remaining: Some(m.remaining.load(Ordering::Relaxed))
+            .filter(|r| *r != UNKNOWN)
+            .map(|r| {
+                let since = (m.records_in.load(Ordering::Relaxed))
+                    .saturating_sub(m.remaining_at.load(Ordering::Relaxed));
+                r.saturating_sub(since)
+            }),
     }
 }
 
@@ -418,6 +452,26 @@ mod tests {
         assert!(s.bytes_in > 0 && s.bytes_out == 2 * s.bytes_in);
         assert_eq!(s.watermark_ms, Some(42));
         assert_eq!(s.pending[0].records, 7);
+    }
+
+    #[test]
+    fn what_remains_counts_down_with_records_read_since_the_source_said() {
+        let m = Arc::new(TaskMeter::new(0, 0));
+        let sample =
+            |m: &Arc<TaskMeter>| Sampler::default().sample(std::slice::from_ref(m))[0].remaining;
+        assert_eq!(sample(&m), None, "a source that never said");
+        let batch = crate::testing::int_batch(&[("v", &[1, 2, 3])]);
+        m.batch_in(&batch);
+        m.remaining(Some(10));
+        assert_eq!(sample(&m), Some(10));
+        // Read since: no longer remaining, before the source says again.
+        m.batch_in(&batch);
+        assert_eq!(sample(&m), Some(7));
+        m.remaining(None);
+        assert_eq!(sample(&m), None);
+        m.remaining(Some(4));
+        m.read_all();
+        assert_eq!(sample(&m), Some(0), "the input ended");
     }
 
     #[test]

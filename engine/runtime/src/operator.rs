@@ -287,6 +287,16 @@ pub trait Source: Send {
         Vec::new()
     }
 
+    /// Records this subtask has still to read before its input ends, where
+    /// it can tell (a generator's count, a bounded Kafka read once its ends
+    /// are known); `None` for an unbounded source or one that cannot say.
+    /// With the records read so far it makes the progress bar of a bounded
+    /// job. Called every [`TICK`], so it must be cheap, like
+    /// [`pending`](Self::pending).
+    fn remaining(&self) -> Option<u64> {
+        None
+    }
+
     /// Records emitted so far (for metrics and progress reports).
     fn records_emitted(&self) -> u64 {
         0

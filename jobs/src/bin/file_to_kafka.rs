@@ -5,6 +5,7 @@ use sluice_connectors::file::FileSource;
 use sluice_connectors::kafka::KafkaSink;
 use sluice_engine::Env;
 use sluice_jobs::cli::{init_logging, parse_kafka_option};
+use sluice_jobs::progress::ProgressArgs;
 
 /// Every row of a file (JSON lines, CSV or Parquet, by its extension) into
 /// a Kafka topic, one JSON object per record, at least once.
@@ -30,6 +31,8 @@ struct Args {
     /// header) or .parquet.
     #[arg(long)]
     source: std::path::PathBuf,
+    #[command(flatten)]
+    progress: ProgressArgs,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,7 +46,7 @@ fn main() -> anyhow::Result<()> {
         sink = sink.property(k, v);
     }
     env.source(FileSource::detect(&args.source)?).sink(sink);
-    let result = env.execute()?;
+    let result = args.progress.execute(&env)?;
     eprintln!(
         "file_to_kafka: {} records from {} to topic {}, {} ms",
         result.source_records(),

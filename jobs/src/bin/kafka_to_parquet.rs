@@ -14,6 +14,7 @@ use sluice_jobs::cli::{
     resume_summary, CheckpointArgs,
 };
 use sluice_jobs::kafka_to_parquet::{source, KafkaToParquetSpec, ValueFormat};
+use sluice_jobs::progress::ProgressArgs;
 use sluice_operators::prelude::*;
 
 /// Every record of a Kafka topic into Parquet files, exactly once with
@@ -138,6 +139,8 @@ struct Args {
     partition_discovery: Duration,
     #[command(flatten)]
     checkpoints: CheckpointArgs,
+    #[command(flatten)]
+    progress: ProgressArgs,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -201,7 +204,7 @@ fn main() -> anyhow::Result<()> {
     if args.checkpoints.explained(&env)? {
         return Ok(());
     }
-    let result = env.execute().map_err(|e| {
+    let result = args.progress.execute(&env).map_err(|e| {
         explain(
             e,
             "--skip-bad-records skips and counts such records, --dead-letter-topic TOPIC keeps them in a topic",

@@ -15,6 +15,7 @@ use sluice_jobs::cli::{
     CheckpointArgs,
 };
 use sluice_jobs::kafka_to_parquet::{self, KafkaToParquetSpec, ValueFormat};
+use sluice_jobs::progress::ProgressArgs;
 use sluice_jobs::window_agg::{build, window_stream, WindowAggSpec};
 use sluice_operators::prelude::WindowSpec;
 
@@ -80,6 +81,8 @@ struct Args {
     parallelism: Option<std::num::NonZeroUsize>,
     #[command(flatten)]
     checkpoints: CheckpointArgs,
+    #[command(flatten)]
+    progress: ProgressArgs,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -150,8 +153,9 @@ fn main() -> anyhow::Result<()> {
     if args.checkpoints.explained(&env)? {
         return Ok(());
     }
-    let result = env
-        .execute()
+    let result = args
+        .progress
+        .execute(&env)
         .map_err(|e| explain(e, "--skip-bad-records skips and counts such records"))?;
     eprintln!(
         "window_agg: {} input records, {} ms, skipped={}, output in {}, {}, {}",

@@ -502,6 +502,7 @@ fn run_source(
         }
         if last_tick.elapsed() >= TICK {
             chain.meter.pending(head.src.pending());
+            chain.meter.remaining(head.src.remaining());
         }
         chain.tick(&mut last_tick)?;
         if let Some(c) = ck {
@@ -573,6 +574,7 @@ fn run_source(
             SourcePoll::End => break,
         }
     }
+    chain.meter.read_all();
     chain.entry_watermark(Watermark::MAX)?;
     Ok(Outcome::Finished)
 }
