@@ -122,27 +122,18 @@ impl LogTails {
     /// [`delivered`](Self::delivered) is told the coordinator took it.
     pub(super) async fn read(&mut self) -> (Vec<LogChunk>, Pending) {
         let mut jobs = Vec::new();
-        let mut dead = Vec::new();
         for (key, tail) in &mut self.tails {
             let status = *lock(&tail.status);
-            match status.pid {
-                // Not started yet.
-                None => continue,
-                // Could not be started: no log of its own.
-                Some(0) => {
-                    dead.push(key.clone());
-                    continue;
-                }
-                Some(_) => {}
+            // Not started yet (one that could not start is pid 0, ended,
+            // its log holding the worker's note of why).
+            if status.pid.is_none() {
+                continue;
             }
             let pos = *tail.pos.get_or_insert(Position {
                 offset: status.log_from,
                 skipping: false,
             });
             jobs.push((key.clone(), tail.path.clone(), pos, status.exit.is_some()));
-        }
-        for key in dead {
-            self.tails.remove(&key);
         }
         if jobs.is_empty() {
             return (Vec::new(), Pending::default());
@@ -173,6 +164,29 @@ impl LogTails {
             self.tails.remove(&key);
         }
     }
+}
+
+/// Appends `note` (a line of the worker's own) to the log at `path`;
+/// returns where it starts, where the executor's part of the log begins
+/// (0 if it could not be written: the tail then finds nothing or gives
+/// up).
+pub(super) async fn note(path: &std::path::Path, note: String) -> u64 {
+    use tokio::io::AsyncWriteExt;
+    let write = async {
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .await?;
+        let from = file.metadata().await?.len();
+        file.write_all(note.as_bytes()).await?;
+        Ok::<u64, std::io::Error>(from)
+    };
+    write.await.unwrap_or_else(|e| {
+        warn!(log = %path.display(), error = %e, "cannot write to an executor's log");
+        0
+    })
 }
 
 /// Reads the logs of `jobs` (executor, file, position, whether it ended),
@@ -471,9 +485,25 @@ mod tests {
         tails.delivered(pending);
         assert_eq!(tails.len(), 1);
 
-        // One that could not start has no log.
-        lock(&statuses[1].1).pid = Some(0);
-        let _ = tails.read().await;
+        // One unlisted before it started is forgotten; one that could not
+        // start sends the worker's note of why.
+        tails.forget(&key(1));
+        let path = dir.path().join("e2.log");
+        std::fs::write(&path, "old\n").unwrap();
+        let status = Arc::new(Mutex::new(ExecutorStatus::default()));
+        tails.watch(key(2), path.clone(), status.clone());
+        let from = note(&path, "sluice worker: cannot start\n".into()).await;
+        assert_eq!(from, 4, "after what was there");
+        *lock(&status) = ExecutorStatus {
+            pid: Some(0),
+            exit: Some(-1),
+            log_from: from,
+        };
+        let (chunks, pending) = tails.read().await;
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(chunks[0].lines, ["sluice worker: cannot start"]);
+        assert!(chunks[0].complete);
+        tails.delivered(pending);
         assert_eq!(tails.len(), 0);
     }
 

@@ -198,7 +198,8 @@ impl ExecutorKey {
 
 /// What heartbeats report of an executor. `pid` is unset while the
 /// artifact is being fetched; an executor that could not be started is
-/// reported as pid 0 with exit -1 so the coordinator does not wait for it.
+/// reported as pid 0 with exit -1 so the coordinator does not wait for it
+/// (its log then holds the worker's note of why).
 #[derive(Debug, Clone, Copy, Default)]
 struct ExecutorStatus {
     pid: Option<u32>,
@@ -629,10 +630,14 @@ async fn run_executor(
         Ok(started) => started,
         Err(e) => {
             error!(job = %key.job_id, attempt = key.attempt, executor = key.executor, error = %e, "cannot start executor");
+            // Said in the executor's log too, so `sluice logs` tells the
+            // user why their executor never ran.
+            let note = format!("sluice worker: cannot start the executor: {e}\n");
+            let log_from = logs::note(&key.log_path(&shared.data_dir), note).await;
             *lock(&status) = ExecutorStatus {
                 pid: Some(0),
                 exit: Some(-1),
-                log_from: 0,
+                log_from,
             };
             return;
         }

@@ -34,6 +34,7 @@ pub(crate) async fn print(client: &Client, job: &str, request: &LogsRequest) -> 
     // Only the first request takes the last lines; later ones read on.
     let mut tail = request.tail;
     let mut failing_since: Option<Instant> = None;
+    let mut printed = 0;
     loop {
         let answer = match client.logs(job, since, PAGE, tail).await {
             Ok(answer) => answer,
@@ -57,6 +58,7 @@ pub(crate) async fn print(client: &Client, job: &str, request: &LogsRequest) -> 
             // Whoever read our output is gone (`| head`): done.
             return Ok(());
         }
+        printed += answer.lines.len();
         tail = None;
         since = answer.next;
         if answer.lines.len() == PAGE {
@@ -64,6 +66,14 @@ pub(crate) async fn print(client: &Client, job: &str, request: &LogsRequest) -> 
             continue;
         }
         if !request.follow || answer.complete {
+            if printed == 0 {
+                // Silence would leave a user wondering whether anything
+                // works; the usual reason is the executors' log level.
+                eprintln!(
+                    "(no lines from {job}'s executors: a job binary logs warnings and its own \
+                     notices only, unless the workers run with RUST_LOG=info)"
+                );
+            }
             return Ok(());
         }
         tokio::time::sleep(request.interval).await;
