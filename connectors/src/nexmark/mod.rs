@@ -8,6 +8,7 @@
 
 pub mod generator;
 pub mod model;
+mod pace;
 mod source;
 
 use std::sync::Arc;
@@ -38,6 +39,15 @@ pub struct NexmarkConfig {
     /// `i / rate_limit` seconds after the source opened, so the three
     /// sources of one config stay in step. `None` = as fast as possible.
     pub rate_limit: Option<u64>,
+    /// Changes of the pace, by event number: from event `n` on, `rate`
+    /// events per second (`(n, rate)`, with `rate_limit` the rate from
+    /// event 0). Keyed by event number, so a restored job keeps the
+    /// schedule; ignored without `rate_limit`.
+    pub rate_steps: Vec<(u64, u64)>,
+    /// Synthetic work per event: each source subtask spins this long per
+    /// event it emits, so the load on the job follows the event rate (to
+    /// exercise backpressure and the autoscaler). Zero by default.
+    pub work_per_event: std::time::Duration,
     /// Largest number of rows per batch.
     pub batch_size: usize,
 }
@@ -50,6 +60,8 @@ impl Default for NexmarkConfig {
             first_event_rate: 10_000,
             max_out_of_orderness_ms: 0,
             rate_limit: None,
+            rate_steps: Vec::new(),
+            work_per_event: std::time::Duration::ZERO,
             batch_size: 8192,
         }
     }

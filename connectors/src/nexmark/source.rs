@@ -1,7 +1,9 @@
 //! One subtask of a Nexmark source: walks its share of the event numbers of
 //! one type and builds Arrow columns straight from the generator's parts
 //! (strings are copied from static text into the builders, never allocated
-//! per row). Owns pacing against the wall clock when a rate limit is set.
+//! per row). Owns pacing against the wall clock when a rate limit is set
+//! (reporting how far behind its schedule it is as its backlog), and the
+//! synthetic work per event a config may ask for.
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -12,8 +14,11 @@ use arrow::record_batch::RecordBatch;
 use sluice_engine::data::CheckpointId;
 use sluice_engine::{Error, OperatorContext, Result, Source, SourcePoll};
 
+use sluice_engine::protocol::metrics::SplitPending;
+
 use super::generator::{auction, bid, card_digits, person, Channels, Clock, CARD_LEN};
 use super::model::{auction_schema, bid_schema, person_schema};
+use super::pace::Pace;
 use super::{count_of, event_of, Kind, NexmarkConfig};
 
 /// Longest a rate-limited subtask asks to sleep between polls (the
@@ -30,12 +35,18 @@ const MAX_BACKOFF: Duration = Duration::from_millis(100);
 /// event than the next ones.
 const MAX_PACE: Duration = Duration::from_millis(200);
 
+/// With synthetic work per event, a batch holds at most this long's
+/// worth of it, so barriers and metrics are not held up behind one batch.
+const MAX_WORK_PER_BATCH: Duration = Duration::from_millis(10);
+
 /// One subtask of a [`super::NexmarkSource`].
 pub(crate) struct NexmarkSubtask {
     kind: Kind,
     clock: Clock,
     batch_size: usize,
-    rate_limit: Option<u64>,
+    rate_limit: Option<Pace>,
+    /// Spun per event emitted.
+    work_per_event: Duration,
     channels: Option<Arc<Channels>>,
     /// Strided ordinal sequences this subtask generates (one at a fresh
     /// start; several, or none, after a restore at another parallelism).
@@ -67,8 +78,9 @@ impl NexmarkSubtask {
         NexmarkSubtask {
             kind,
             clock: cfg.clock(),
-            batch_size: cfg.batch_size.max(1),
-            rate_limit: cfg.rate_limit.map(|r| r.max(1)),
+            batch_size: batch_size(cfg),
+            rate_limit: cfg.rate_limit.map(|r| Pace::new(r, &cfg.rate_steps)),
+            work_per_event: cfg.work_per_event,
             channels,
             seqs: vec![Seq {
                 next: subtask as u64,
@@ -92,25 +104,26 @@ impl NexmarkSubtask {
         if self.next >= self.total {
             return Vec::new();
         }
-        let last_due = match self.rate_limit {
+        let last_due = match &self.rate_limit {
             None => u64::MAX,
-            Some(rate) => {
+            Some(pace) => {
                 let first = event_of(self.kind, self.next);
                 if first > self.burst_until {
                     // Between bursts: wait until MAX_PACE's worth of events
                     // (or the last of this sequence) is due, then emit all
                     // that are, a batch per poll, before waiting again.
+                    let rate = pace.rate_at(first);
                     let span = ((rate as f64 * MAX_PACE.as_secs_f64()) as u64).max(1);
                     let left = (self.total - 1 - self.next) / self.step;
                     let last_here = event_of(self.kind, self.next + left * self.step);
                     let wait_for = (first + span - 1).min(last_here);
-                    let due = Duration::from_secs_f64(wait_for as f64 / rate as f64);
+                    let due = pace.due(wait_for);
                     let elapsed = self.started.elapsed();
                     if due > elapsed {
                         self.backoff = (due - elapsed).min(MAX_BACKOFF);
                         return Vec::new();
                     }
-                    self.burst_until = (elapsed.as_secs_f64() * rate as f64) as u64;
+                    self.burst_until = pace.due_by(elapsed);
                 }
                 self.burst_until
             }
@@ -300,15 +313,15 @@ impl Source for NexmarkSubtask {
         // The pace counts from when the job starts, not from planning; a
         // restored source paces on from where it stopped, not from event 0.
         self.started = Instant::now();
-        if let (Some(rate), Some(first)) = (
-            self.rate_limit,
+        if let (Some(pace), Some(first)) = (
+            &self.rate_limit,
             self.seqs
                 .iter()
                 .map(|s| s.next)
                 .filter(|n| *n < self.total)
                 .min(),
         ) {
-            let ahead = Duration::from_secs_f64(event_of(self.kind, first) as f64 / rate as f64);
+            let ahead = pace.due(event_of(self.kind, first));
             self.started = self.started.checked_sub(ahead).unwrap_or(self.started);
         }
         Ok(())
@@ -389,7 +402,43 @@ impl Source for NexmarkSubtask {
             Kind::Auction => self.auctions(&ids)?,
         };
         self.emitted += batch.num_rows() as u64;
+        if !self.work_per_event.is_zero() {
+            spin(self.work_per_event * batch.num_rows() as u32);
+        }
         Ok(SourcePoll::Batch { split, batch })
+    }
+
+    /// A paced source's events that are due and not emitted yet, per
+    /// split: how far it is behind its schedule. An unpaced source has no
+    /// schedule to be behind (its whole input is there from the start),
+    /// so it reports nothing.
+    fn pending(&self) -> Vec<SplitPending> {
+        let Some(pace) = &self.rate_limit else {
+            return Vec::new();
+        };
+        let due = pace.due_by(self.started.elapsed());
+        // Ordinals of this type among events 0..=due.
+        let due_ordinals = count_of(self.kind, due.saturating_add(1)).min(self.total);
+        self.seqs
+            .iter()
+            .enumerate()
+            .map(|(i, seq)| {
+                let next = if i == self.current {
+                    self.next
+                } else {
+                    seq.next
+                };
+                let records = if seq.ended || due_ordinals <= next {
+                    0
+                } else {
+                    (due_ordinals - next).div_ceil(seq.step.max(1))
+                };
+                SplitPending {
+                    split: format!("{:?}-{i}", self.kind).to_lowercase(),
+                    records,
+                }
+            })
+            .collect()
     }
 
     fn idle_backoff(&self) -> Duration {
@@ -398,6 +447,25 @@ impl Source for NexmarkSubtask {
 
     fn records_emitted(&self) -> u64 {
         self.emitted
+    }
+}
+
+/// The batch size of a subtask of `cfg`: with synthetic work, small
+/// enough that a batch's work stays under [`MAX_WORK_PER_BATCH`].
+fn batch_size(cfg: &NexmarkConfig) -> usize {
+    let size = cfg.batch_size.max(1);
+    if cfg.work_per_event.is_zero() {
+        return size;
+    }
+    let fits = MAX_WORK_PER_BATCH.as_nanos() / cfg.work_per_event.as_nanos().max(1);
+    size.min(fits.max(1) as usize)
+}
+
+/// Keeps this thread busy for `d` (wall clock): synthetic work.
+fn spin(d: Duration) {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        std::hint::spin_loop();
     }
 }
 
@@ -490,5 +558,45 @@ mod tests {
         let last = event_of(Kind::Bid, end.total - 1);
         end.started = Instant::now() - Duration::from_secs_f64(last as f64 / 100_000.0 + 0.001);
         assert_eq!(end.take_ids().len(), 2);
+    }
+
+    #[test]
+    fn a_paced_source_reports_how_far_behind_its_schedule_it_is() {
+        let mut s = NexmarkSubtask::new(Kind::Bid, &cfg(Some(1_000)), None, 0, 1);
+        assert!(NexmarkSubtask::new(Kind::Bid, &cfg(None), None, 0, 1)
+            .pending()
+            .is_empty());
+        // One second in, nothing emitted: the bids among events 0..=1000.
+        s.started = Instant::now() - Duration::from_millis(1_000);
+        let behind = s.pending();
+        assert_eq!(behind.len(), 1);
+        assert!((915..=925).contains(&behind[0].records), "{behind:?}");
+        // Emitting what is due leaves (almost) nothing behind.
+        while !s.take_ids().is_empty() {}
+        assert!(s.pending()[0].records <= 2, "{:?}", s.pending());
+        // From event 1000 on, 4000 events/s: a second later 5000 are due.
+        let mut c = cfg(Some(1_000));
+        c.events = 100_000;
+        c.rate_steps = vec![(1_000, 4_000)];
+        let mut fast = NexmarkSubtask::new(Kind::Bid, &c, None, 0, 1);
+        fast.started = Instant::now() - Duration::from_millis(2_000);
+        assert!(
+            (4_580..=4_620).contains(&fast.pending()[0].records),
+            "{:?}",
+            fast.pending()
+        );
+    }
+
+    #[test]
+    fn synthetic_work_keeps_batches_short() {
+        let mut c = cfg(None);
+        c.work_per_event = Duration::from_micros(250);
+        assert_eq!(batch_size(&c), 40);
+        c.work_per_event = Duration::from_secs(1);
+        assert_eq!(batch_size(&c), 1);
+        assert_eq!(batch_size(&cfg(None)), 1000);
+        let started = Instant::now();
+        spin(Duration::from_millis(5));
+        assert!(started.elapsed() >= Duration::from_millis(5));
     }
 }

@@ -74,6 +74,9 @@ pub struct Submission {
     pub workdir: Option<String>,
     /// The plan the binary described.
     pub description: JobDescription,
+    /// The autoscaler's range, if the coordinator should choose the
+    /// parallelism.
+    pub autoscale: Option<sluice_protocol::api::AutoscaleRange>,
 }
 
 impl Client {
@@ -172,6 +175,7 @@ impl Client {
             parallelism: submission.parallelism,
             workdir: submission.workdir,
             description: submission.description,
+            autoscale: submission.autoscale,
         })
         .await
     }

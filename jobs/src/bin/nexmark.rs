@@ -37,6 +37,19 @@ struct Args {
     /// Wall-clock rate limit in events per second (default: as fast as possible).
     #[arg(long)]
     rate: Option<u64>,
+    /// Changes of --rate at event numbers, RATE@EVENT,... (e.g.
+    /// `80000@2000000,20000@6000000`: 80,000 events/s from event 2,000,000,
+    /// back to 20,000/s from event 6,000,000). Keyed by event number, not
+    /// time, so a job restored from a checkpoint or savepoint keeps the
+    /// schedule. Needs --rate.
+    #[arg(long, value_name = "RATE@EVENT,...", requires = "rate", value_parser = parse_rate_steps)]
+    rate_steps: Option<RateSteps>,
+    /// Synthetic CPU work per event each source spends (spinning) on top
+    /// of generating it, e.g. `300us`: the job's load then follows the
+    /// event rate, to watch backpressure or the autoscaler. The output
+    /// does not change.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    work_per_event: Option<std::time::Duration>,
     /// Run only the bid generator into a discarding sink (the baseline the
     /// queries are compared with); `--query` is then only a label.
     #[arg(long)]
@@ -48,6 +61,38 @@ struct Args {
     sink_delay: Option<std::time::Duration>,
     #[command(flatten)]
     checkpoints: CheckpointArgs,
+}
+
+/// `--rate-steps`: (first event, events per second), in event order.
+#[derive(Debug, Clone)]
+struct RateSteps(Vec<(u64, u64)>);
+
+fn parse_rate_steps(s: &str) -> Result<RateSteps, String> {
+    let mut steps = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (rate, event) = part
+            .split_once('@')
+            .ok_or_else(|| format!("{part:?}: expected RATE@EVENT (e.g. 80000@2000000)"))?;
+        let rate: u64 = rate
+            .trim()
+            .parse()
+            .map_err(|e| format!("{part:?}: rate: {e}"))?;
+        let event: u64 = event
+            .trim()
+            .parse()
+            .map_err(|e| format!("{part:?}: event: {e}"))?;
+        if rate == 0 {
+            return Err(format!(
+                "{part:?}: the rate must be at least 1 event per second"
+            ));
+        }
+        steps.push((event, rate));
+    }
+    steps.sort_unstable();
+    if steps.windows(2).any(|w| w[0].0 == w[1].0) {
+        return Err(format!("{s:?}: two rates from the same event"));
+    }
+    Ok(RateSteps(steps))
 }
 
 /// Peak resident memory of this process in MiB (Linux), for the benchmark report.
@@ -66,6 +111,8 @@ fn main() -> anyhow::Result<()> {
         events: args.events,
         seed: args.seed,
         rate_limit: args.rate,
+        rate_steps: args.rate_steps.clone().map(|r| r.0).unwrap_or_default(),
+        work_per_event: args.work_per_event.unwrap_or_default(),
         ..Default::default()
     };
     let env = Env::new();
@@ -126,4 +173,19 @@ fn main() -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_steps_are_rates_at_event_numbers() {
+        let s = parse_rate_steps("20000@6000000, 80000@2000000").unwrap();
+        assert_eq!(s.0, vec![(2_000_000, 80_000), (6_000_000, 20_000)]);
+        assert!(parse_rate_steps("80000").is_err());
+        assert!(parse_rate_steps("0@5").is_err());
+        assert!(parse_rate_steps("5@1,6@1").is_err());
+        assert!(Args::try_parse_from(["nexmark", "--query", "q5", "--rate-steps", "5@1"]).is_err());
+    }
 }

@@ -116,6 +116,16 @@ impl Cluster {
         Cluster::start_at(dir, "127.0.0.1", &places, slots)
     }
 
+    /// [`start`](Self::start) with more `sluice coordinator` arguments.
+    pub fn start_with_args(dir: &Path, workers: usize, slots: usize, args: &[&str]) -> Cluster {
+        let places: Vec<WorkerPlace> = (0..workers).map(|_| WorkerPlace::loopback()).collect();
+        let mut config = config(dir, "127.0.0.1", places, slots, None, 1, false);
+        config
+            .coordinator_args
+            .extend(args.iter().map(|a| a.to_string()));
+        Cluster(LocalCluster::start(config).unwrap_or_else(|e| panic!("{e}")))
+    }
+
     pub fn start_at(dir: &Path, host: &str, places: &[WorkerPlace], slots: usize) -> Cluster {
         Cluster::start_with(dir, host, places, slots, None, 1)
     }

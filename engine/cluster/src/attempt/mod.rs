@@ -151,6 +151,7 @@ impl ControlServer {
             term: self.attempts.term.load(Ordering::SeqCst),
             coordinator_thread: Mutex::new(None),
             coordinator_stopped: AtomicBool::new(false),
+            announced: Arc::default(),
             ended: AtomicBool::new(false),
             finished_tasks: Mutex::default(),
             state: Mutex::new(AttemptState {
@@ -298,6 +299,24 @@ impl AttemptHandle {
     pub fn attempt(&self) -> u64 {
         self.attempt.attempt
     }
+
+    /// Whether a checkpoint or savepoint was announced and has not
+    /// completed (one that was aborted counts until a newer one
+    /// completes).
+    pub fn checkpoint_in_flight(&self) -> bool {
+        let announced = self.attempt.announced.load(Ordering::SeqCst);
+        let completed = self
+            .attempt
+            .stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .recent
+            .iter()
+            .map(|r| r.id)
+            .max()
+            .unwrap_or(0);
+        announced > completed
+    }
 }
 
 /// A remote task's control messages, as frames to its executor.
@@ -344,6 +363,9 @@ pub(crate) struct Attempt {
     coordinator_thread: Mutex<Option<std::thread::ThreadId>>,
     /// Its `run` returned.
     coordinator_stopped: AtomicBool,
+    /// The newest checkpoint or savepoint announced to the executors
+    /// (`Prepare`): in flight until one as new completes.
+    announced: Arc<AtomicU64>,
     state: Mutex<AttemptState>,
 }
 
@@ -512,6 +534,7 @@ impl Attempt {
             })
             .collect();
         let announce = links.to_vec();
+        let announced = self.announced.clone();
         let (tx, rx) = crossbeam_channel::unbounded();
         let coordinator = Coordinator {
             config: setup.config,
@@ -527,6 +550,7 @@ impl Attempt {
             stats: self.stats.clone(),
             control: self.control.clone(),
             prepare: Some(Box::new(move |id, dir: &Storage, savepoint| {
+                announced.fetch_max(id, Ordering::SeqCst);
                 let msg = ToExecutor::Prepare {
                     id,
                     dir: absolute(dir.location()),

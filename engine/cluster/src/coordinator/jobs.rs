@@ -1,7 +1,8 @@
 //! A job as the coordinator holds it: its durable record, the attempt
 //! running now, and what is shown of it (counters, the newest sink rows,
 //! its executors' newest log lines,
-//! checkpoint figures) but never written to disk.
+//! checkpoint figures) or kept in memory for it (its autoscaler's
+//! samples) but never written to disk.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +14,7 @@ use sluice_protocol::logs::JobLogs;
 use sluice_protocol::metrics::JobMetrics;
 use sluice_protocol::results::LatestRows;
 
+use super::autoscaler::Autoscaler;
 use super::logs::LogRing;
 use super::manager::now_ms;
 use super::meta::JobRecord;
@@ -52,10 +54,20 @@ pub(crate) struct Job {
     pub(crate) version: u64,
     /// `record` changed since it was last handed to the writer.
     pub(crate) unsaved: bool,
+    /// Its autoscaler, if it was submitted with a range.
+    pub(crate) autoscaler: Option<Autoscaler>,
+    /// When the autoscaler last sampled it, ms since the epoch.
+    pub(crate) autoscaled_ms: i64,
 }
 
 impl Job {
     pub(crate) fn new(record: JobRecord) -> Job {
+        let autoscaler = record.autoscaler.as_ref().map(|a| {
+            Autoscaler::new(sluice_protocol::api::AutoscaleRange {
+                min: a.min,
+                max: a.max,
+            })
+        });
         Job {
             record,
             run: None,
@@ -69,6 +81,8 @@ impl Job {
             logs: LogRing::default(),
             version: 0,
             unsaved: false,
+            autoscaler,
+            autoscaled_ms: 0,
         }
     }
 
@@ -178,6 +192,7 @@ impl Job {
             rescaling_to: r.rescale.as_ref().map(|p| p.parallelism),
             restart: r.life.policy,
             exceptions: r.exceptions.clone(),
+            autoscaler: r.autoscaler.clone(),
         }
     }
 }

@@ -23,6 +23,7 @@
 //! workers.
 
 mod attempts;
+mod autoscale;
 mod commands;
 
 use std::collections::{HashMap, HashSet};

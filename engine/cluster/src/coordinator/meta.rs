@@ -53,6 +53,11 @@ pub struct JobRecord {
     /// The newest failures ([`sluice_protocol::api::MAX_EXCEPTIONS`]).
     #[serde(default)]
     pub exceptions: Vec<sluice_protocol::api::JobException>,
+    /// The autoscaler of a job submitted with a range: the range and its
+    /// newest decisions (absent in records of jobs without one, and of
+    /// releases before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler: Option<sluice_protocol::api::AutoscalerStatus>,
 }
 
 /// The next number of each kind of id. Job ids are never reused, across

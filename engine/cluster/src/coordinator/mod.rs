@@ -4,6 +4,8 @@
 //! - [`manager`]: jobs, workers and attempts, driven through the life
 //!   cycle; [`jobs`] and [`workers`] hold what it knows of each;
 //! - [`scheduler`]: placing subtasks on slots;
+//! - [`autoscaler`]: the parallelism an autoscaled job needs, from its
+//!   busy time, rates and source backlog, and when to rescale to it;
 //! - [`meta`]: durable job records and id counters in the data
 //!   directory; [`artifacts`]: the shipped binaries there;
 //! - [`routes`]: the REST API;
@@ -12,6 +14,7 @@
 //!   every change of the durable metadata goes through.
 
 pub mod artifacts;
+pub mod autoscaler;
 pub mod jobs;
 pub mod lifecycle;
 pub(crate) mod logs;
@@ -95,14 +98,17 @@ pub struct CoordinatorConfig {
     /// `--peers`); without it, or with no peers, a group of one: this
     /// coordinator alone, at its advertised URL.
     pub raft: Option<raft::RaftSettings>,
+    /// The autoscaler's target, windows and cooldown (for jobs submitted
+    /// with an autoscale range).
+    pub autoscale: autoscaler::AutoscaleSettings,
 }
 
 impl CoordinatorConfig {
     /// Defaults around `listen` and `data_dir`: 3 s heartbeat timeout,
     /// 500 ms heartbeats, spread placement, dead workers listed for 10
     /// minutes, the 100 newest ended jobs kept, no token, plain HTTP,
-    /// the default [`ArtifactLimits`]. A job restarts by its own restart
-    /// strategy.
+    /// the default [`ArtifactLimits`], the default autoscaler settings. A
+    /// job restarts by its own restart strategy.
     pub fn new(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
         CoordinatorConfig {
             listen,
@@ -121,6 +127,7 @@ impl CoordinatorConfig {
             advertise: None,
             artifact_limits: ArtifactLimits::default(),
             raft: None,
+            autoscale: autoscaler::AutoscaleSettings::default(),
         }
     }
 }

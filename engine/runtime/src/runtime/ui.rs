@@ -211,6 +211,8 @@ impl EmbeddedView {
             // An embedded run logs its failures; the history is kept by
             // a coordinator.
             exceptions: Vec::new(),
+            // Rescaling needs a coordinator.
+            autoscaler: None,
         }
     }
 

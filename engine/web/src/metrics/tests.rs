@@ -63,6 +63,7 @@ pub(crate) fn running_job() -> JobStatus {
             rescaling_to: None,
             restart: RestartPolicy::None,
             exceptions: Vec::new(),
+            autoscaler: None,
     }
 }
 

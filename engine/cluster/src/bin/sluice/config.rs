@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sluice_cluster::client::Client;
 use sluice_cluster::client::ClientSecurity;
+use sluice_cluster::coordinator::autoscaler::AutoscaleSettings;
 use sluice_cluster::coordinator::raft::RaftSettings;
 use sluice_cluster::coordinator::{ClusterCa, CoordinatorConfig, Scheduling};
 use sluice_cluster::worker::WorkerConfig;
@@ -220,6 +221,22 @@ pub(crate) struct CoordinatorArgs {
     #[arg(long, env = "SLUICE_JOIN")]
     #[serde(default)]
     pub(crate) join: bool,
+    /// The busy fraction the autoscaler sizes each vertex of a job submitted with --autoscale for (above 0, at most 1).
+    #[arg(long, env = "SLUICE_AUTOSCALE_TARGET_UTILIZATION", value_name = "FRACTION",
+          default_value_t = coordinator_defaults().autoscale.target_utilization)]
+    pub(crate) autoscale_target_utilization: f64,
+    /// The autoscaler averages busy time, rates and source backlog growth over this long.
+    #[arg(long, env = "SLUICE_AUTOSCALE_METRIC_WINDOW", value_name = "DURATION",
+          default_value_t = HumanDuration(coordinator_defaults().autoscale.metric_window))]
+    pub(crate) autoscale_metric_window: HumanDuration,
+    /// The autoscaler rescales only once its recommendation has pointed the same way this long.
+    #[arg(long, env = "SLUICE_AUTOSCALE_STABILIZATION", value_name = "DURATION",
+          default_value_t = HumanDuration(coordinator_defaults().autoscale.stabilization))]
+    pub(crate) autoscale_stabilization: HumanDuration,
+    /// The autoscaler decides nothing this long after a job's attempt started (a start, restart or rescale) or after its last decision.
+    #[arg(long, env = "SLUICE_AUTOSCALE_COOLDOWN", value_name = "DURATION",
+          default_value_t = HumanDuration(coordinator_defaults().autoscale.cooldown))]
+    pub(crate) autoscale_cooldown: HumanDuration,
 }
 
 /// `[worker]`: the `sluice worker` service.
@@ -305,6 +322,9 @@ pub(crate) struct SubmitArgs {
     /// Like --wait, printing a line at each change of state, attempt or checkpoint.
     #[arg(long, conflicts_with = "wait")]
     pub(crate) follow: bool,
+    /// Let the coordinator's autoscaler choose the job's parallelism between MIN and MAX (e.g. 1..4) from its busy time, rates and source backlog; off by default. The job must checkpoint, start within the range and have no vertex of its own parallelism.
+    #[arg(long, value_name = "MIN..MAX")]
+    pub(crate) autoscale: Option<sluice_protocol::api::AutoscaleRange>,
     /// Ship the binary as it is, debug info included [default: an ELF binary is shipped stripped with objcopy, its debug info kept beside it as BINARY.debug].
     #[arg(long)]
     pub(crate) no_strip: bool,
@@ -504,6 +524,19 @@ pub(crate) fn coordinator_config(
         bail!("--read-token-file needs --token-file (or SLUICE_TOKEN): without an operator token the API is open to everyone");
     }
     config.advertise = a.advertise;
+    let target = a.autoscale_target_utilization;
+    if !(target > 0.0 && target <= 1.0) {
+        bail!("--autoscale-target-utilization must be above 0 and at most 1, not {target}");
+    }
+    if a.autoscale_metric_window.0.is_zero() {
+        bail!("--autoscale-metric-window must be positive");
+    }
+    config.autoscale = AutoscaleSettings {
+        target_utilization: target,
+        metric_window: a.autoscale_metric_window.0,
+        stabilization: a.autoscale_stabilization.0,
+        cooldown: a.autoscale_cooldown.0,
+    };
     if a.election_timeout.0.is_zero() {
         bail!("--election-timeout must be positive");
     }

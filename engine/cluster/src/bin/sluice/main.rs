@@ -629,6 +629,9 @@ async fn submit(args: &SubmitArgs, m: &ArgMatches, file: &FileConfig) -> anyhow:
         .await
         .with_context(|| format!("resolving {}", binary.display()))?;
     let description = describe(&binary, &args.args, parallelism, None).await?;
+    if let Some(range) = args.autoscale {
+        autoscalable(&binary, &args.args, &description, range).await?;
+    }
     let shipped = ship::prepare(&binary, !args.no_strip, &std::env::temp_dir())
         .await
         .context("preparing the job binary")?;
@@ -645,10 +648,41 @@ async fn submit(args: &SubmitArgs, m: &ArgMatches, file: &FileConfig) -> anyhow:
             parallelism,
             workdir: Some(workdir),
             description,
+            autoscale: args.autoscale,
         })
         .await
         .context("submission failed")?;
     Ok(submitted.job_id)
+}
+
+/// The coordinator plans an autoscaled job at another parallelism by
+/// setting every vertex's; a vertex the job gives a parallelism of its
+/// own that happens to equal the job's would be rescaled wrongly. So the
+/// binary describes the job at another parallelism of the range too, and
+/// it must be the plan the coordinator would derive.
+async fn autoscalable(
+    binary: &Path,
+    args: &[String],
+    description: &JobDescription,
+    range: sluice_protocol::api::AutoscaleRange,
+) -> anyhow::Result<()> {
+    let Some(other) = [range.max, range.min]
+        .into_iter()
+        .find(|p| *p != description.parallelism)
+    else {
+        return Ok(());
+    };
+    let derived = coordinator::autoscaler::plan_at(description, other);
+    let described = describe(binary, args, Some(other), None).await?;
+    if derived.as_ref() != Some(&described) {
+        bail!(
+            "--autoscale {range}: the job's plan at parallelism {other} is not its plan at {} with \
+             every vertex at {other} (a vertex has a parallelism of its own); the autoscaler only \
+             rescales jobs whose vertices all follow the job's parallelism",
+            description.parallelism
+        );
+    }
+    Ok(())
 }
 
 /// Describes the job's binary (`local` if given and it is the job's,

@@ -68,6 +68,27 @@ pub(crate) fn status_text(s: &JobStatus) -> String {
             ));
         }
     }
+    if let Some(a) = &s.autoscaler {
+        out.push_str(&format!(
+            "autoscaler: {}..{}, {} decisions{}\n",
+            a.min,
+            a.max,
+            a.decisions.len(),
+            if a.decisions.is_empty() {
+                ""
+            } else {
+                " (newest first):"
+            }
+        ));
+        for d in a.decisions.iter().rev().take(5) {
+            let failed = d
+                .error
+                .as_ref()
+                .map(|e| format!(" [not done: {e}]"))
+                .unwrap_or_default();
+            out.push_str(&format!("  at {} ms: {}{failed}\n", d.time_ms, d.reason));
+        }
+    }
     if !s.vertices.is_empty() {
         out.push_str("operators (records of the current attempt):\n");
         let rows = s.vertices.iter().flat_map(|v| {

@@ -7,8 +7,9 @@ use sluice_protocol::api::{AttemptTls, JobException, MAX_EXCEPTIONS};
 use super::*;
 
 impl Manager {
-    /// One round: dead workers, attempt events, starts of waiting jobs.
-    pub fn tick(&self) {
+    /// One round: dead workers, attempt events, starts of waiting jobs,
+    /// then the autoscaler.
+    pub fn tick(self: &Arc<Self>) {
         let mut inner = self.lock();
         let dead = inner.workers.expire(
             Instant::now(),
@@ -77,6 +78,7 @@ impl Manager {
         for (id, description) in due {
             self.try_start(&id, &description);
         }
+        self.autoscale();
     }
 
     /// Applies one attempt event to job `id`; true when the attempt ended

@@ -2,6 +2,8 @@
 //! rescale it. Each checks the request against the job's state under the
 //! lock and writes the records it changed after releasing it.
 
+use sluice_protocol::api::{AutoscaleRange, AutoscalerStatus};
+
 use super::*;
 
 impl Manager {
@@ -43,6 +45,10 @@ impl Manager {
         if req.parallelism == Some(0) {
             return Err(Error::Config("the parallelism must be at least 1".into()));
         }
+        let parallelism = req.parallelism.unwrap_or(req.description.parallelism);
+        if let Some(range) = req.autoscale {
+            check_autoscale(&req.description, parallelism, range)?;
+        }
         // Relative locations mean the submitter's directory, for the
         // coordinator as for the executors.
         let mut req = req;
@@ -74,7 +80,7 @@ impl Manager {
             life,
             artifact: req.artifact,
             args: req.args,
-            parallelism: req.parallelism.unwrap_or(req.description.parallelism),
+            parallelism,
             workdir: req.workdir,
             description: req.description,
             submitted_ms: now,
@@ -82,11 +88,17 @@ impl Manager {
             latest_checkpoint: None,
             rescale: None,
             exceptions: Vec::new(),
+            autoscaler: req.autoscale.map(|r| AutoscalerStatus {
+                min: r.min,
+                max: r.max,
+                decisions: Vec::new(),
+            }),
         };
         // Written before the job is visible, and without the lock: the
         // write waits for the disk.
         self.meta.save(&record)?;
-        info!(job = %id, name = %record.description.name, slots = record.description.slots(), "job submitted");
+        info!(job = %id, name = %record.description.name, slots = record.description.slots(),
+            autoscale = ?req.autoscale.map(|r| r.to_string()), "job submitted");
         self.lock().jobs.insert(id.clone(), Job::new(record));
         Ok(id)
     }
@@ -253,6 +265,47 @@ impl Manager {
             }
         }
     }
+}
+
+/// Refuses an autoscale range the job cannot be rescaled within: one
+/// that leaves out the parallelism it starts at, exceeds its key groups,
+/// or a plan with a vertex of its own parallelism (the coordinator plans
+/// the job at another parallelism itself, which only a plan whose
+/// vertices all follow the job's parallelism allows).
+pub(super) fn check_autoscale(
+    d: &JobDescription,
+    parallelism: usize,
+    range: AutoscaleRange,
+) -> Result<()> {
+    if range.min == 0 || range.min > range.max {
+        return Err(Error::Config(format!(
+            "autoscale range {range}: expected 1 <= MIN <= MAX"
+        )));
+    }
+    if range.max > d.max_parallelism {
+        return Err(Error::Config(format!(
+            "autoscale range {range}: the job has {} key groups, so at most {} subtasks per vertex",
+            d.max_parallelism, d.max_parallelism
+        )));
+    }
+    if !(range.min..=range.max).contains(&parallelism) {
+        return Err(Error::Config(format!(
+            "the job starts at parallelism {parallelism}, outside its autoscale range {range}"
+        )));
+    }
+    if d.checkpoint.is_none() {
+        return Err(Error::Config(
+            "an autoscaled job must checkpoint: it is rescaled through a savepoint".into(),
+        ));
+    }
+    if let Some(v) = d.vertices.iter().find(|v| v.parallelism != d.parallelism) {
+        return Err(Error::Config(format!(
+            "vertex '{}' runs at parallelism {} of its own, not the job's {}: the autoscaler \
+             rescales jobs whose vertices all follow the job's parallelism",
+            v.name, v.parallelism, d.parallelism
+        )));
+    }
+    Ok(())
 }
 
 /// Refuses a plan for a rescale that is not the running one's operators.

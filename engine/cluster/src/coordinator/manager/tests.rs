@@ -50,6 +50,7 @@ pub(crate) fn record(state: JobState) -> JobRecord {
         latest_checkpoint: None,
         rescale: None,
         exceptions: Vec::new(),
+        autoscaler: None,
     }
 }
 
@@ -69,6 +70,7 @@ fn submit(m: &Manager, d: JobDescription) -> Result<String> {
         parallelism: None,
         workdir: None,
         description: d,
+        autoscale: None,
     })
 }
 
@@ -189,6 +191,7 @@ fn bad_submissions_are_refused() {
             parallelism: None,
             workdir: None,
             description: description(None, RestartPolicy::None),
+            autoscale: None,
         })
         .unwrap_err()
         .to_string();

@@ -260,6 +260,7 @@ async fn a_manager_in_a_group_of_one_writes_through_the_log_and_a_restart_reads_
             parallelism: None,
             workdir: None,
             description: description(None, RestartPolicy::None),
+            autoscale: None,
         };
         let job = tokio::task::spawn_blocking(move || {
             let manager = Manager::open_with(config, meta).unwrap();
