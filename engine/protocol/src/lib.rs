@@ -13,7 +13,8 @@
 //! - [`ids`]: checkpoint ids, barriers and task keys.
 //! - [`control`]: the control connection between executors and the
 //!   coordinator: frames, their bounds and the checked hello.
-//! - [`api`]: the REST API's bodies, job descriptions and executor specs.
+//! - [`api`]: the REST API's bodies, job descriptions and executor specs;
+//!   [`autoscale`]: an autoscaled job's range and decisions among them.
 //! - [`manifest`]: the manifest of a completed checkpoint (the on-disk
 //!   format executors write and coordinators read).
 //! - [`stats`]: checkpoint figures as reported.
@@ -27,6 +28,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod autoscale;
 pub mod control;
 pub mod error;
 pub mod ids;
