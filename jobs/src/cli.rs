@@ -91,7 +91,7 @@ pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // Around the progress bar, when one is drawn.
-        .with_writer(crate::progress::LogWriter)
+        .with_writer(|| crate::progress::LogWriter)
         // Colours only for a terminal, not in files and pipes.
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();

@@ -119,6 +119,26 @@ fn submit_wait_and_follow_end_with_the_jobs_end() {
     );
     assert!(stdout.contains("checkpoint "), "{stdout}");
 
+    // On a terminal (script(1) gives one) a waiting submit draws a bar of
+    // what the job's sources read of their total, with its rate.
+    let mut args = bounded_q5("out-bar");
+    args[3] = "600000".into();
+    args.extend(["--rate".into(), "150000".into()]);
+    let line = format!("{:?}", submit(&cluster, &["--wait"], &args)).replace('"', "");
+    let typescript = dir.path().join("typescript");
+    let out = Command::new("script")
+        .args(["-qec", &line])
+        .arg(&typescript)
+        .current_dir(cluster.dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output_within(RUN_LIMIT);
+    let seen = String::from_utf8_lossy(&std::fs::read(&typescript).unwrap()).into_owned();
+    assert!(out.status.success(), "{seen}");
+    assert!(seen.contains("/552,000 records, "), "no bar: {seen}");
+    assert!(seen.contains(" FINISHED"), "{seen}");
+
     // Watching a job that ended shows it once and says how it ended.
     let job = stdout.lines().next().unwrap().trim().to_string();
     let watched = cluster.sluice(&["status", &job, "--watch"]).unwrap();

@@ -12,6 +12,7 @@
 //! - [`dsl`]: `Env` and `Stream`, the primitives the DSL verbs in
 //!   `sluice-operators` build on; plan-time validation errors.
 //! - [`plan`]: logical → physical graph: parallelism and operator chaining.
+//! - [`progress`]: how far a job has come, as a reading and a terminal bar.
 //! - [`exchange`]: partitioners and channels between subtasks: local bounded
 //!   channels, and the TCP transport (Arrow IPC frames, one connection per
 //!   process pair, credit-based flow control per channel) between the
@@ -62,6 +63,7 @@ pub mod hash;
 pub mod metrics;
 pub mod operator;
 pub mod plan;
+pub mod progress;
 pub mod runtime;
 pub mod state;
 pub mod testing;

@@ -1,5 +1,6 @@
 //! Following a job from the command line: `status --watch`, `submit
-//! --wait` and `submit --follow` poll the coordinator until the job ends,
+//! --wait` and `submit --follow` poll the coordinator until the job ends
+//! (with a progress bar on a terminal),
 //! and a command that changes a job asks first when a person is at the
 //! terminal.
 
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use sluice_cluster::client::Client;
+use sluice_engine::progress::{Bar, Reading};
 use sluice_protocol::api::{JobState, JobStatus};
 
 /// How long polling rides out an unreachable coordinator (a failover, a
@@ -16,27 +18,45 @@ const UNREACHABLE_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Polls `job` every `every` until it ends; `on_change` sees the first
 /// status and each one that differs from the last shown in what `key`
-/// picks. Returns the final status.
+/// picks, and what it returns is printed. On a terminal a progress bar
+/// on stderr shows what the job's sources read of their total (the
+/// printed lines go above it). Returns the final status.
 pub(crate) async fn until_ended<K: PartialEq>(
     client: &Client,
     job: &str,
     every: Duration,
     key: impl Fn(&JobStatus) -> K,
-    mut on_change: impl FnMut(&JobStatus),
+    mut on_change: impl FnMut(&JobStatus) -> Option<String>,
 ) -> anyhow::Result<JobStatus> {
     let mut shown: Option<K> = None;
     let mut failing_since: Option<Instant> = None;
+    let mut bar = std::io::stderr().is_terminal().then(Bar::new);
     loop {
         match client.status(job).await {
             Ok(status) => {
                 failing_since = None;
                 let k = key(&status);
                 if shown.as_ref() != Some(&k) {
-                    on_change(&status);
+                    if let Some(line) = on_change(&status) {
+                        match &bar {
+                            Some(bar) => bar.println(&line),
+                            None => println!("{line}"),
+                        }
+                    }
                     shown = Some(k);
                 }
                 if status.state.is_terminal() {
+                    if let Some(bar) = &mut bar {
+                        bar.finish();
+                    }
                     return Ok(status);
+                }
+                if let Some(bar) = &mut bar {
+                    // A coordinator without the route shows no bar.
+                    if let Ok(m) = client.job_metrics(job).await {
+                        let subtasks: Vec<_> = m.subtasks.into_iter().map(|s| s.metrics).collect();
+                        bar.update(&Reading::of(&subtasks));
+                    }
                 }
             }
             Err(e) => {

@@ -323,12 +323,12 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
                         &job_id,
                         every,
                         |s| (s.state, s.attempt, s.latest_checkpoint),
-                        |s| println!("{}", follow::progress_line(s)),
+                        |s| Some(follow::progress_line(s)),
                     )
                     .await?
                 } else {
                     let end =
-                        follow::until_ended(&client, &job_id, every, |s| s.state, |_| {}).await?;
+                        follow::until_ended(&client, &job_id, every, |s| s.state, |_| None).await?;
                     println!("{} {}", end.id, end.state.name());
                     end
                 };
@@ -354,9 +354,9 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
             if watch {
                 let show = |s: &JobStatus| {
                     if json {
-                        let _ = print_json(s);
+                        serde_json::to_string_pretty(s).ok()
                     } else {
-                        println!("{}", status_text(s));
+                        Some(status_text(s))
                     }
                 };
                 // Everything but the clock: a change worth showing again.
