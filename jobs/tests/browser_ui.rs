@@ -140,8 +140,12 @@ fn the_coordinator_ui_shows_a_job_fully_and_cancels_it() {
              && Number(document.querySelector('.results-box svg.bars').dataset.bars) >= 1; })()",
     );
     // Records flow: the newest throughput point is above zero.
-    let (_, _, history) =
-        common::http(cluster.port(), "GET", &format!("/api/v1/jobs/{job}/history"), None);
+    let (_, _, history) = common::http(
+        cluster.port(),
+        "GET",
+        &format!("/api/v1/jobs/{job}/history"),
+        None,
+    );
     let history: serde_json::Value = serde_json::from_str(&history).unwrap();
     let flowing = history["points"]
         .as_array()
@@ -150,6 +154,12 @@ fn the_coordinator_ui_shows_a_job_fully_and_cancels_it() {
         .filter_map(|p| p["source_records_per_s"].as_f64())
         .any(|r| r > 0.0);
     assert!(flowing, "no source rate in the history: {history}");
+    // The executors' logs, forwarded by the worker: lines, or why none.
+    b.wait_for(
+        "the log view",
+        "(() => { const p = document.querySelector('pre.logs'); \
+           return p !== null && (/a1\\/e0 /.test(p.textContent) || p.textContent.startsWith('No lines yet')); })()",
+    );
     assert_eq!(b.eval(NO_NULL), true, "{}", b.text("#job"));
     b.screenshot(&shots().join("coordinator-job.png"));
     b.screenshot_page(&shots().join("coordinator-job-page.png"));

@@ -351,6 +351,7 @@ async function renderJob(jobs, details) {
   // Asked for before the listing said which job is selected (the first
   // refresh), or for another job: ask now.
   const [cps, results, metrics, history] = await (details && details.id === job.id ? details.answers : jobDetails(job.id));
+  await readLogs(job.id);
   const ended = ENDED.includes(job.state);
   fill(pane,
     el("div", { class: "actions" }, ended ? null : [
@@ -371,7 +372,61 @@ async function renderJob(jobs, details) {
     el("h3", {}, "Results"), ...renderResults(results),
     el("h3", {}, "Checkpoints"), ...renderCheckpoints(cps),
     el("h3", {}, "Placement"), renderPlacement(job),
-    ...renderExceptions(job));
+    ...renderExceptions(job),
+    ...renderAutoscaler(job),
+    ...renderLogs(job));
+}
+
+// What the autoscaler of a job submitted with --autoscale decided, newest
+// first, with why.
+function renderAutoscaler(job) {
+  const a = job.autoscaler;
+  if (!a) return [];
+  const rows = a.decisions.slice().reverse().map((d) => [
+    new Date(d.time_ms).toLocaleTimeString(), d.from + " → " + d.to, d.reason, d.error || "",
+  ]);
+  return [el("h3", {}, "Autoscaler (" + a.min + ".." + a.max + ")"),
+    rows.length
+      ? el("div", { class: "autoscaler" }, table(["time", "parallelism", "why", "failed"], rows))
+      : el("p", { class: "muted autoscaler" }, "No rescale decided yet.")];
+}
+
+// The newest lines of the job's executors' logs (a coordinator forwards
+// them from its workers; an embedded job logs to its own stderr). Read
+// incrementally: each refresh asks for the lines after the last one.
+const LOG_LINES = 300;
+let logView = { job: null, next: null, lines: [], dropped: 0, missing: false };
+
+async function readLogs(jobId) {
+  if (embedded) return;
+  if (logView.job !== jobId) logView = { job: jobId, next: null, lines: [], dropped: 0, missing: false };
+  const id = encodeURIComponent(jobId);
+  const query = logView.next === null ? "?tail=" + LOG_LINES : "?since=" + logView.next + "&limit=1000";
+  try {
+    const answer = await get("/jobs/" + id + "/logs" + query);
+    logView.lines = logView.lines.concat(answer.lines).slice(-LOG_LINES);
+    logView.next = answer.next;
+    logView.dropped = answer.dropped;
+  } catch (e) {
+    if (e instanceof NeedsToken) throw e;
+    // A coordinator of an older release has no log route.
+    logView.missing = true;
+  }
+}
+
+function renderLogs(job) {
+  if (embedded || logView.missing || logView.job !== job.id) return [];
+  const old = document.querySelector("pre.logs");
+  // Stay at the bottom if the reader was there; leave them where they
+  // scrolled otherwise.
+  const atBottom = !old || old.scrollTop + old.clientHeight >= old.scrollHeight - 4;
+  const pre = el("pre", { class: "logs" }, logView.lines.length
+    ? logView.lines.map((l) => "a" + l.attempt + "/e" + l.executor + " " + l.text + "\n")
+    : "No lines yet (executors log warnings and errors unless the workers run with RUST_LOG=info).");
+  requestAnimationFrame(() => {
+    pre.scrollTop = atBottom ? pre.scrollHeight : (old ? old.scrollTop : 0);
+  });
+  return [el("h3", {}, "Executors' logs"), pre];
 }
 
 // The job's failures, newest first: when, which attempt, the cause and
