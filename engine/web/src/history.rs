@@ -153,7 +153,8 @@ impl History {
                 let key = (job.id.clone(), job.attempt, e.executor);
                 let cores = inner.cpu.get(&key).and_then(|&(t, cpu)| {
                     let secs = (now_ms - t) as f64 / 1000.0;
-                    (secs > 0.0).then(|| e.process.cpu_ms.saturating_sub(cpu) as f64 / 1000.0 / secs)
+                    (secs > 0.0)
+                        .then(|| e.process.cpu_ms.saturating_sub(cpu) as f64 / 1000.0 / secs)
                 });
                 cpu_now.insert(key, (now_ms, e.process.cpu_ms));
                 let w = per_worker.entry(p.worker.clone()).or_default();
@@ -257,7 +258,12 @@ impl Series {
         let total = |ids: &[usize]| -> Option<f64> {
             ids.iter().map(|&v| rate(v, false)).sum::<Option<f64>>()
         };
-        let sources: Vec<usize> = job.vertices.iter().filter(|v| v.source).map(|v| v.id).collect();
+        let sources: Vec<usize> = job
+            .vertices
+            .iter()
+            .filter(|v| v.source)
+            .map(|v| v.id)
+            .collect();
         let point = HistoryPoint {
             time_ms: now_ms,
             attempt: job.attempt,
@@ -505,7 +511,10 @@ mod tests {
         let h = v.history.job("j1").unwrap();
         assert_eq!(h.points.len(), 2);
         let (first, second) = (&h.points[0], &h.points[1]);
-        assert_eq!(first.source_records_per_s, None, "no rate at the first point");
+        assert_eq!(
+            first.source_records_per_s, None,
+            "no rate at the first point"
+        );
         // Checkpoints there before the first sample are not dated then.
         assert!(first.checkpoints.is_empty());
         assert_eq!(second.source_records_per_s, Some(1_000.0));

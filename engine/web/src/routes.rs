@@ -22,8 +22,8 @@ use sluice_protocol::metrics::JobMetrics;
 use crate::audit::{self, AuditEntry};
 use crate::error::{Error, Result};
 use crate::handlers::{
-    cancel, charts, checkpoints, cluster, job, job_history, job_metrics, jobs, metrics, page, results,
-    root, savepoint, script, workers, workers_load,
+    cancel, charts, checkpoints, cluster, job, job_history, job_metrics, jobs, metrics, page,
+    results, root, savepoint, script, workers, workers_load,
 };
 use crate::history::History;
 use crate::metrics::Metrics;
