@@ -448,6 +448,28 @@ impl Source for NexmarkSubtask {
     fn records_emitted(&self) -> u64 {
         self.emitted
     }
+
+    /// This subtask's events not generated yet, over its sequences.
+    fn remaining(&self) -> Option<u64> {
+        let left = self
+            .seqs
+            .iter()
+            .enumerate()
+            .map(|(i, seq)| {
+                let next = if i == self.current {
+                    self.next
+                } else {
+                    seq.next
+                };
+                if seq.ended || next >= self.total {
+                    0
+                } else {
+                    (self.total - next).div_ceil(seq.step.max(1))
+                }
+            })
+            .sum();
+        Some(left)
+    }
 }
 
 /// The batch size of a subtask of `cfg`: with synthetic work, small

@@ -9,6 +9,7 @@ use sluice_connectors::sinks::{DiscardSink, PrintSink, SlowSink};
 use sluice_engine::Env;
 use sluice_jobs::cli::{checkpoint_summary, init_logging, resume_summary, CheckpointArgs, Output};
 use sluice_jobs::nexmark::{build, Query};
+use sluice_jobs::progress::ProgressArgs;
 use sluice_operators::partition::Repartition;
 
 /// Runs a Nexmark benchmark query on generated events.
@@ -61,6 +62,8 @@ struct Args {
     sink_delay: Option<std::time::Duration>,
     #[command(flatten)]
     checkpoints: CheckpointArgs,
+    #[command(flatten)]
+    progress: ProgressArgs,
 }
 
 /// `--rate-steps`: (first event, events per second), in event order.
@@ -143,7 +146,7 @@ fn main() -> anyhow::Result<()> {
     if args.checkpoints.explained(&env)? {
         return Ok(());
     }
-    let result = env.execute()?;
+    let result = args.progress.execute(&env)?;
     let secs = result.duration.as_secs_f64();
     let records = result.source_records();
     let query = if args.generator_only {
