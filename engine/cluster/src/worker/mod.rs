@@ -356,12 +356,14 @@ impl Worker {
             let timeout = (self.interval * 2).max(Duration::from_secs(1));
             match self.shared.client.heartbeat(&id, &heartbeat, timeout).await {
                 Ok(reply) => {
-                    self.logs.delivered(pending);
                     if unreachable {
                         info!(worker = %id, "coordinator reachable again");
                         unreachable = false;
                     }
                     if self.accept_term(reply.term) {
+                        // A deposed leader's copy of the lines serves no
+                        // one: they go again, to the next coordinator.
+                        self.logs.delivered(pending);
                         self.reconcile(reply);
                     }
                 }
