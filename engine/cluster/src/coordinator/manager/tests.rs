@@ -1,4 +1,6 @@
-use sluice_protocol::api::{CheckpointDescription, ExecutorReport, RestartPolicy, VertexInfo};
+use sluice_protocol::api::{
+    AutoscaleRange, CheckpointDescription, ExecutorReport, RestartPolicy, VertexInfo,
+};
 
 use super::commands::same_operators;
 use super::*;
@@ -462,4 +464,45 @@ fn heartbeats_bring_executors_log_lines() {
     assert_eq!(logs.lines.len(), 1);
     assert_eq!((logs.lines[0].text.as_str(), logs.next), ("bye", 3));
     assert!(logs.complete);
+}
+
+#[test]
+fn an_autoscale_range_is_checked_at_submission_and_kept_in_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manager(dir.path(), 10);
+    let sha = crate::client::sha256_hex(b"binary");
+    std::fs::write(m.meta.artifact_path(&sha), b"binary").unwrap();
+    let ck = dir.path().join("ck");
+    let with = |d: JobDescription, min: usize, max: usize| SubmitJob {
+        artifact: sha.clone(),
+        args: Vec::new(),
+        parallelism: None,
+        workdir: None,
+        description: d,
+        autoscale: Some(AutoscaleRange { min, max }),
+    };
+    let refused = |req: SubmitJob| m.submit(req).unwrap_err().to_string();
+    let plain = description(Some(&ck), RestartPolicy::None);
+    // It starts at 1: a range without 1 leaves it out.
+    assert!(refused(with(plain.clone(), 2, 4)).contains("outside its autoscale range 2..4"));
+    assert!(refused(with(plain.clone(), 1, 129)).contains("128 key groups"));
+    let unchecked = description(None, RestartPolicy::None);
+    assert!(refused(with(unchecked, 1, 2)).contains("must checkpoint"));
+    let mut pinned = plain.clone();
+    pinned.vertices[0].parallelism = 2;
+    pinned.max_parallelism = 128;
+    assert!(refused(with(pinned, 1, 2)).contains("of its own"));
+
+    let id = m.submit(with(plain, 1, 3)).unwrap();
+    let status = Manager::job(&m, &id).unwrap();
+    let a = status
+        .autoscaler
+        .expect("an autoscaled job shows its autoscaler");
+    assert_eq!((a.min, a.max, a.decisions.len()), (1, 3, 0));
+    // Records without one (of jobs without a range, and of releases
+    // before the autoscaler) are written and read without the key.
+    let old = serde_json::to_value(record(JobState::Running)).unwrap();
+    assert!(old.get("autoscaler").is_none(), "{old}");
+    let back: JobRecord = serde_json::from_value(old).unwrap();
+    assert!(back.autoscaler.is_none());
 }
