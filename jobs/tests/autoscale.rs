@@ -17,10 +17,10 @@ mod common;
 use common::cluster::{sluice_bin, Cluster};
 use common::{assert_exactly_once, rows, OutputWithin, RUN_LIMIT};
 
-/// Events: 1000/s for 8 s, 4000/s for 16 s, 1000/s for 25 s.
-const EVENTS: &str = "97000";
+/// Events: 1000/s for 8 s, 4000/s for 20 s, 1000/s for 25 s.
+const EVENTS: &str = "113000";
 const RATE: &str = "1000";
-const STEPS: &str = "4000@8000,1000@72000";
+const STEPS: &str = "4000@8000,1000@88000";
 /// The source's synthetic work: at 1000 events/s (920 bids) a third of a
 /// subtask, at 4000/s more than one (so 2 are needed at 70 %), and back
 /// at 1000/s on 2 subtasks well under half of one.
@@ -176,7 +176,7 @@ fn a_paced_job_scales_up_after_a_4x_step_and_back_down_exactly_once() {
         "{text}"
     );
 
-    // The step down comes at event 72,000, some 24 s of schedule in (plus
+    // The step down comes at event 88,000, some 28 s of schedule in (plus
     // the pause of the rescale).
     let mut down = Value::Null;
     cluster.wait_for(
