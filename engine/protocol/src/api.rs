@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 pub use crate::autoscale::{
-    AutoscaleDecision, AutoscaleRange, AutoscalerStatus, MAX_AUTOSCALE_DECISIONS,
+    AutoscaleDecision, AutoscalePending, AutoscaleRange, AutoscalerStatus, MAX_AUTOSCALE_DECISIONS,
 };
 use crate::ids::TaskKey;
 use crate::stats::CheckpointStats;

@@ -59,6 +59,20 @@ pub struct AutoscalerStatus {
     /// [`MAX_AUTOSCALE_DECISIONS`]).
     #[serde(default)]
     pub decisions: Vec<AutoscaleDecision>,
+    /// A rescale it recommends and is waiting out the stabilization
+    /// window for (shown, never stored: a new leader starts afresh).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<AutoscalePending>,
+}
+
+/// A recommendation the autoscaler has not acted on yet.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoscalePending {
+    /// The parallelism it would rescale to now.
+    pub to: usize,
+    /// Since when it has pointed that way, ms since the epoch.
+    pub since_ms: i64,
 }
 
 /// One rescale the autoscaler decided, and why.

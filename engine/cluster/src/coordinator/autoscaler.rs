@@ -613,6 +613,15 @@ mod tests {
             }
         }
         assert_eq!(decided, Some((25, 3)));
+        assert_eq!(a.pending(), None, "acted on");
+        // Held back, it showed what it waited to do.
+        let mut b = Autoscaler::new(range(1, 4));
+        let mut load = Load::new(1);
+        for i in 0..22 {
+            let sample = load.second(i * S, 4000, 500, 0);
+            assert_eq!(b.observe(&s, i * S, 1, 1, Some(sample), false), None);
+        }
+        assert_eq!(b.pending(), Some((3, 13 * S)));
     }
 
     #[test]

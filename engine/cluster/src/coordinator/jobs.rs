@@ -192,7 +192,13 @@ impl Job {
             rescaling_to: r.rescale.as_ref().map(|p| p.parallelism),
             restart: r.life.policy,
             exceptions: r.exceptions.clone(),
-            autoscaler: r.autoscaler.clone(),
+            autoscaler: r.autoscaler.clone().map(|mut a| {
+                a.pending = (r.life.state == sluice_protocol::api::JobState::Running)
+                    .then(|| self.autoscaler.as_ref().and_then(|s| s.pending()))
+                    .flatten()
+                    .map(|(to, since_ms)| sluice_protocol::api::AutoscalePending { to, since_ms });
+                a
+            }),
         }
     }
 }

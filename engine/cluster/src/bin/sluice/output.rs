@@ -80,6 +80,12 @@ pub(crate) fn status_text(s: &JobStatus) -> String {
                 " (newest first):"
             }
         ));
+        if let Some(p) = a.pending {
+            out.push_str(&format!(
+                "  recommends {} since {} ms (waiting out its stabilization window)\n",
+                p.to, p.since_ms
+            ));
+        }
         for d in a.decisions.iter().rev().take(5) {
             let failed = d
                 .error

@@ -92,6 +92,7 @@ impl Manager {
                 min: r.min,
                 max: r.max,
                 decisions: Vec::new(),
+                pending: None,
             }),
         };
         // Written before the job is visible, and without the lock: the
