@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use sluice_cluster::local::{LocalSecurity, WorkerPlace};
+use sluice_cluster::local::{LocalCluster, LocalClusterConfig, LocalSecurity, WorkerPlace};
 use sluice_connectors::kafka::testing::Broker;
 
 mod common;
@@ -436,6 +436,85 @@ fn a_secured_cluster_serves_https_and_answers_only_its_token() {
         token_file.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
+}
+
+#[test]
+fn least_loaded_places_a_new_job_beside_the_light_job_not_the_busy_one() {
+    // Two workers of two slots: a heavy job and a light one take one slot
+    // each, so slots in use tie, and the next job must go where the
+    // executors' measured CPU is lower. (Spread would take the first
+    // worker by id whichever job runs there.)
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster(
+        LocalCluster::start(LocalClusterConfig {
+            sluice: sluice_bin(),
+            dir: dir.path().to_path_buf(),
+            host: "127.0.0.1".into(),
+            coordinator_args: [
+                "--heartbeat-timeout",
+                "1s",
+                "--heartbeat-interval",
+                "200ms",
+                "--scheduling",
+                "least-loaded",
+            ]
+            .map(String::from)
+            .to_vec(),
+            workers: vec![WorkerPlace::loopback(); 2],
+            slots: 2,
+            security: None,
+            plaintext: true,
+            coordinators: 1,
+        })
+        .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let nexmark = env!("CARGO_BIN_EXE_nexmark");
+    // Far more events than the test lasts; the cluster is torn down after.
+    let q5 = |rate: &'static str| {
+        [
+            "--query",
+            "q5",
+            "--events",
+            "1000000000",
+            "--rate",
+            rate,
+            "--output",
+            "blackhole",
+        ]
+    };
+    let worker_of = |job: &str| -> String {
+        let s = cluster.wait_state(job, "RUNNING", Duration::from_secs(60));
+        s["placement"][0]["worker"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no placement: {s}"))
+            .to_string()
+    };
+    let heavy = cluster.submit(1, nexmark, &q5("500000"));
+    let busy = worker_of(&heavy);
+    let light = cluster.submit(1, nexmark, &q5("1000"));
+    let quiet = worker_of(&light);
+    assert_ne!(
+        busy, quiet,
+        "slot use alone puts the light job on the empty worker"
+    );
+    // The coordinator measures CPU over its last 5 s: let it see both.
+    std::thread::sleep(Duration::from_secs(6));
+    // The executors' reported CPU, for a failure's message.
+    let metrics = |job: &str| {
+        let path = format!("/api/v1/jobs/{job}/metrics");
+        let body = http(cluster.port(), "GET", &path, None).2;
+        serde_json::from_str::<Value>(&body).unwrap_or_default()["executors"].clone()
+    };
+    let next = cluster.submit(1, nexmark, &q5("1000"));
+    let placed = worker_of(&next);
+    assert_eq!(
+        placed,
+        quiet,
+        "placed beside the heavy job ({busy}); heavy's executors: {}; light's: {}\n{}",
+        metrics(&heavy),
+        metrics(&light),
+        cluster.logs()
+    );
 }
 
 /// Waits until `job` runs and completed a checkpoint; returns the worker

@@ -48,6 +48,7 @@ use sluice_web::{History, JobsView, Metrics};
 use super::artifacts::ArtifactError;
 use super::jobs::{is_sha256, Job, Run};
 use super::lifecycle::{AfterFailure, Lifecycle, Retry};
+use super::load::CpuMeter;
 use super::meta::{IdCounters, JobRecord, MetaStore, PendingRescale};
 use super::raft::Command;
 use super::scheduler::{place, Assignment, Offer};
@@ -73,6 +74,11 @@ struct Inner {
     workers: Workers,
     jobs: HashMap<String, Job>,
     ids: IdCounters,
+    /// The executors' measured CPU per worker (least-loaded placement).
+    cpu: CpuMeter,
+    /// The worker the last placed slot went to: where round-robin
+    /// placement continues. In memory only: a new leader starts anew.
+    rotation: Option<String>,
 }
 
 /// Shared coordinator state.
@@ -167,6 +173,8 @@ impl Manager {
                 workers: Workers::default(),
                 jobs,
                 ids,
+                cpu: CpuMeter::default(),
+                rotation: None,
             }),
             written: Mutex::default(),
             metrics,

@@ -3,7 +3,8 @@
 //!   decides what a failure, a savepoint or a rescale does to a job;
 //! - [`manager`]: jobs, workers and attempts, driven through the life
 //!   cycle; [`jobs`] and [`workers`] hold what it knows of each;
-//! - [`scheduler`]: placing subtasks on slots;
+//! - [`scheduler`]: placing subtasks on slots; [`load`]: the CPU each
+//!   worker's executors use, measured for the least-loaded placement;
 //! - [`autoscaler`]: the parallelism an autoscaled job needs, from its
 //!   busy time, rates and source backlog, and when to rescale to it;
 //! - [`meta`]: durable job records and id counters in the data
@@ -17,6 +18,7 @@ pub mod artifacts;
 pub mod autoscaler;
 pub mod jobs;
 pub mod lifecycle;
+pub mod load;
 pub(crate) mod logs;
 pub mod manager;
 pub mod meta;
@@ -39,9 +41,10 @@ use sluice_engine::error::{Error, Result};
 use sluice_web as jobs_api;
 use sluice_web::{Access, TlsFiles, Token};
 
-/// How subtasks are spread over worker slots.
+/// How subtasks are spread over worker slots (see [`scheduler`] for what
+/// each is for).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Scheduling {
     /// Over as many workers as possible (most free slots first).
     #[default]
@@ -50,6 +53,25 @@ pub enum Scheduling {
     Pack,
     /// In proportion to the workers' declared capacity.
     Weighted,
+    /// Each slot to the worker after the one the previous slot went to,
+    /// across jobs (the rotation is the coordinator's, in memory).
+    RoundRobin,
+    /// The smallest share of slots in use, then the least CPU measured
+    /// from the executors' reports over the last seconds.
+    LeastLoaded,
+}
+
+impl Scheduling {
+    /// Its name as the `--scheduling` setting spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheduling::Spread => "spread",
+            Scheduling::Pack => "pack",
+            Scheduling::Weighted => "weighted",
+            Scheduling::RoundRobin => "round-robin",
+            Scheduling::LeastLoaded => "least-loaded",
+        }
+    }
 }
 
 /// Settings of a coordinator.

@@ -153,7 +153,7 @@ pub(crate) struct CoordinatorArgs {
     #[arg(long, env = "SLUICE_HEARTBEAT_INTERVAL", value_name = "DURATION",
           default_value_t = HumanDuration(coordinator_defaults().heartbeat_interval))]
     pub(crate) heartbeat_interval: HumanDuration,
-    /// Placement of subtasks on worker slots.
+    /// Placement of subtasks on worker slots (each job needs as many slots as its widest vertex).
     #[arg(long, env = "SLUICE_SCHEDULING", value_enum,
           default_value_t = SchedulingArg::from(coordinator_defaults().scheduling))]
     pub(crate) scheduling: SchedulingArg,
@@ -336,12 +336,21 @@ pub(crate) struct SubmitArgs {
     pub(crate) args: Vec<String>,
 }
 
+/// `--scheduling`: each value's doc line is its help in `--help` and in
+/// `docs/config.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub(crate) enum SchedulingArg {
+    /// most free slots first: jobs and their executors over as many workers as possible
     Spread,
+    /// fill the first worker with room before the next: as few workers as possible
     Pack,
+    /// slots in proportion to each worker's --capacity, counting those in use
     Weighted,
+    /// each slot to the worker after the one the previous slot went to, across jobs, so successive jobs start on different workers
+    RoundRobin,
+    /// the smallest share of slots in use, then the least CPU its executors used over the last 5 s (measured from their reports)
+    LeastLoaded,
 }
 
 impl From<SchedulingArg> for Scheduling {
@@ -350,6 +359,8 @@ impl From<SchedulingArg> for Scheduling {
             SchedulingArg::Spread => Scheduling::Spread,
             SchedulingArg::Pack => Scheduling::Pack,
             SchedulingArg::Weighted => Scheduling::Weighted,
+            SchedulingArg::RoundRobin => Scheduling::RoundRobin,
+            SchedulingArg::LeastLoaded => Scheduling::LeastLoaded,
         }
     }
 }
@@ -360,6 +371,8 @@ impl From<Scheduling> for SchedulingArg {
             Scheduling::Spread => SchedulingArg::Spread,
             Scheduling::Pack => SchedulingArg::Pack,
             Scheduling::Weighted => SchedulingArg::Weighted,
+            Scheduling::RoundRobin => SchedulingArg::RoundRobin,
+            Scheduling::LeastLoaded => SchedulingArg::LeastLoaded,
         }
     }
 }
@@ -720,7 +733,17 @@ pub(crate) fn reference() -> String {
                     .iter()
                     .map(|v| format!("`{}`", v.to_string_lossy()))
                     .collect();
-                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                let mut help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                // Values that explain themselves (`--scheduling`'s) are
+                // listed with their help.
+                let values: Vec<String> = arg
+                    .get_possible_values()
+                    .iter()
+                    .filter_map(|v| Some(format!("`{}`: {}", v.get_name(), v.get_help()?)))
+                    .collect();
+                if !values.is_empty() {
+                    help.push_str(&format!(". {}", values.join("; ")));
+                }
                 out.push_str(&format!(
                     "| `{}` | `--{}` | `{}` | {} | {} |\n",
                     arg.get_id(),

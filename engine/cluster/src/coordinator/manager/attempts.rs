@@ -45,6 +45,7 @@ impl Manager {
             }
         }
 
+        self.measure_cpu(&mut inner);
         let forgotten = self.forget_old_jobs(&mut inner);
         let now = Instant::now();
         let due: Vec<(String, JobDescription)> = inner
@@ -266,10 +267,33 @@ impl Manager {
         job.changed();
     }
 
+    /// Reads every running executor's reported CPU time into the meter
+    /// (every [`SAMPLE_EVERY`](crate::coordinator::load::SAMPLE_EVERY),
+    /// not every tick: a reading copies the attempt's figures).
+    fn measure_cpu(&self, inner: &mut Inner) {
+        let now = Instant::now();
+        if !inner.cpu.due(now) {
+            return;
+        }
+        let mut readings = Vec::new();
+        for job in inner.jobs.values() {
+            let Some(run) = &job.run else { continue };
+            let attempt = job.record.life.attempt;
+            for p in run.handle.figures().1 {
+                if let Some((worker, _)) = run.launches.get(p.executor) {
+                    let key = (job.record.id.clone(), attempt, p.executor);
+                    readings.push((key, worker.clone(), p.process.cpu_ms));
+                }
+            }
+        }
+        inner.cpu.sample(now, readings);
+    }
+
     /// Where the next attempt of `id` would run, on the workers alive now
     /// (and, after a failure, heard from since).
     pub(super) fn assign(&self, inner: &Inner, id: &str) -> Result<Assignment> {
         let job = inner.jobs.get(id).ok_or_else(|| not_found(id))?;
+        let cores = inner.cpu.cores();
         let mut offers: Vec<Offer> = inner
             .workers
             .iter()
@@ -277,12 +301,20 @@ impl Manager {
             .map(|(wid, w)| Offer {
                 worker: wid.clone(),
                 free: w.slots.saturating_sub(used_slots(inner, wid)),
+                slots: w.slots,
                 capacity: w.capacity,
+                cpu_cores: cores.get(wid).copied().unwrap_or(0.0),
             })
             .filter(|o| o.free > 0)
             .collect();
         offers.sort_by(|a, b| a.worker.cmp(&b.worker));
-        place(&job.record.description, &offers, self.config.scheduling)
+        let assignment = place(
+            &job.record.description,
+            &offers,
+            self.config.scheduling,
+            inner.rotation.as_deref(),
+        )?;
+        Ok(assignment)
     }
 
     /// Places and starts the next attempt of `id` from `start` (its
@@ -391,7 +423,9 @@ impl Manager {
                 executor: *e,
             })
             .collect();
-        info!(job = %id, attempt, term = self.control.term(), executors = ?assignment.executors, restore = ?restore, "starting attempt");
+        info!(job = %id, attempt, term = self.control.term(), executors = ?assignment.executors,
+            slots = ?assignment.slots, scheduling = self.config.scheduling.name(),
+            worker_cpu = ?inner.cpu.cores(), restore = ?restore, "starting attempt");
         let job = inner.jobs.get_mut(id).expect("checked above");
         job.record.life = life;
         // Durable before a heartbeat can hand the attempt to a worker.
@@ -405,6 +439,10 @@ impl Manager {
         job.waiting = None;
         // Counters are per attempt: the new executors report from zero.
         job.nodes.clear();
+        // Round-robin continues after this attempt's last slot (only once
+        // it started: a placement that came to nothing moves nothing).
+        inner.rotation = Some(assignment.last_worker.clone());
+        let job = inner.jobs.get_mut(id).expect("checked above");
         job.run = Some(Run {
             handle,
             placement,

@@ -226,6 +226,13 @@ fn coordinator_durations_from_file_and_flags() {
     assert_eq!(c.heartbeat_interval, Duration::from_millis(250));
     assert_eq!(c.scheduling, Scheduling::Pack);
     assert_eq!(c.dead_worker_retention, Duration::from_secs(600), "default");
+    // The two-word strategies are spelled alike in the file and as a flag.
+    let least = file.replace("\"pack\"", "\"least-loaded\"");
+    let c = coordinator_from(&["coordinator"], &least).expect("least-loaded");
+    assert_eq!(c.scheduling, Scheduling::LeastLoaded);
+    let c = coordinator_from(&["coordinator", "--scheduling", "round-robin"], file)
+        .expect("round-robin");
+    assert_eq!(c.scheduling, Scheduling::RoundRobin);
     assert!(c.tls.is_none());
 
     let err = coordinator_from(
@@ -323,6 +330,7 @@ fn the_settings_reference_is_checked_in() {
     for row in [
         "| `heartbeat_timeout` | `--heartbeat-timeout` | `SLUICE_HEARTBEAT_TIMEOUT` | `3s` |",
         "| `scheduling` | `--scheduling` | `SLUICE_SCHEDULING` | `spread` |",
+        "`least-loaded`: the smallest share of slots in use",
         "| `exchange_host` | `--exchange-host` | `SLUICE_EXCHANGE_HOST` | `127.0.0.1` |",
     ] {
         assert!(text.contains(row), "{row}\n{text}");
