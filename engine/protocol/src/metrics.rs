@@ -94,6 +94,13 @@ pub struct ProcessMetrics {
     pub cpu_ms: u64,
     /// Resident memory, bytes.
     pub rss_bytes: u64,
+    /// Bytes it sent to other processes on exchange connections (frames
+    /// as encoded, before TLS).
+    #[serde(default)]
+    pub net_sent_bytes: u64,
+    /// Bytes it received from other processes on exchange connections.
+    #[serde(default)]
+    pub net_received_bytes: u64,
 }
 
 /// `GET /api/v1/jobs/{id}/metrics`: the current attempt's figures per

@@ -333,9 +333,12 @@ fn figures(m: &TaskMeter, t: &Times, base: &Times) -> SubtaskMetrics {
 pub fn process() -> Option<ProcessMetrics> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let (net_sent_bytes, net_received_bytes) = crate::exchange::tcp::traffic();
     Some(ProcessMetrics {
         cpu_ms: cpu_ms(&stat)?,
         rss_bytes: rss_bytes(&status)?,
+        net_sent_bytes,
+        net_received_bytes,
     })
 }
 

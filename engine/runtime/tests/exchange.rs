@@ -168,6 +168,35 @@ fn every_message_kind_round_trips_both_ways() {
     }
 }
 
+/// The process's exchange traffic counts what the connections wrote and
+/// read: a 100,000-row batch moves at least its values' bytes each way.
+#[test]
+fn traffic_counts_the_bytes_written_and_read() {
+    let c = ChannelId(3);
+    let before = sluice_engine::exchange::tcp::traffic();
+    let (mut a, mut b) = one_way(&[c]);
+    let big = batch(3, 0, 100_000);
+    let values = big.get_array_memory_size() as u64 / 2;
+    let tx = a.take_sender(c).unwrap();
+    let rx = b.take_receiver(c).unwrap();
+    tx.send(StreamMessage::Batch(big)).unwrap();
+    tx.send(StreamMessage::EndOfStream).unwrap();
+    assert!(matches!(recv(&rx), StreamMessage::Batch(_)));
+    assert!(matches!(recv(&rx), StreamMessage::EndOfStream));
+    drop(tx);
+    assert_closed_cleanly(&a, &b);
+    let after = sluice_engine::exchange::tcp::traffic();
+    // Other tests of this binary may add to the counters, never take.
+    assert!(
+        after.0 - before.0 >= values,
+        "{before:?} → {after:?}, {values}"
+    );
+    assert!(
+        after.1 - before.1 >= values,
+        "{before:?} → {after:?}, {values}"
+    );
+}
+
 #[test]
 fn many_channels_share_one_connection_in_order() {
     const CHANNELS: u32 = 24;

@@ -461,6 +461,7 @@ mod tests {
                 process: ProcessMetrics {
                     cpu_ms: cpu,
                     rss_bytes: 7,
+                    ..ProcessMetrics::default()
                 },
             };
             Some(JobMetrics::new(

@@ -266,6 +266,7 @@ struct TaskFamilies {
     pending: IntGaugeVec,
     cpu: CounterVec,
     rss: IntGaugeVec,
+    network: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: T) -> T {
@@ -382,6 +383,17 @@ impl TaskFamilies {
                 )
                 .expect("valid gauge"),
             ),
+            network: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "sluice_executor_network_bytes_total",
+                        "Bytes an executor process sent to and received from other processes on exchange connections (before TLS).",
+                    ),
+                    &["job", "executor", "direction"],
+                )
+                .expect("valid counter"),
+            ),
         }
     }
 
@@ -445,6 +457,14 @@ impl TaskFamilies {
             self.rss
                 .with_label_values(&labels)
                 .set(i64::try_from(e.process.rss_bytes).unwrap_or(i64::MAX));
+            for (direction, bytes) in [
+                ("sent", e.process.net_sent_bytes),
+                ("received", e.process.net_received_bytes),
+            ] {
+                self.network
+                    .with_label_values(&[labels[0], labels[1], direction])
+                    .inc_by(bytes);
+            }
         }
     }
 }

@@ -106,6 +106,8 @@ impl JobsView for OneJob {
             process: ProcessMetrics {
                 cpu_ms: 1_500,
                 rss_bytes: 1 << 20,
+                net_sent_bytes: 4_096,
+                net_received_bytes: 512,
             },
         };
         Some(JobMetrics::new(
@@ -212,6 +214,20 @@ fn subtask_and_process_figures_are_exposed_with_their_labels() {
             r#"{executor="0",job="j1"}"#
         ),
         1048576.0
+    );
+    assert_eq!(
+        at(
+            "sluice_executor_network_bytes_total",
+            r#"{direction="sent",executor="0",job="j1"}"#
+        ),
+        4096.0
+    );
+    assert_eq!(
+        at(
+            "sluice_executor_network_bytes_total",
+            r#"{direction="received",executor="0",job="j1"}"#
+        ),
+        512.0
     );
     assert!(text.contains("# TYPE sluice_task_busy_seconds_total counter"));
     assert!(text.contains("# TYPE sluice_task_busy_ms_per_second gauge"));

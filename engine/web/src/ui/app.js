@@ -220,7 +220,8 @@ function renderLoad(metrics) {
     id, v.name, v.n, v.busy, v.back, v.idle, v.lag == null ? "-" : span(v.lag),
   ]);
   const procs = metrics.executors.map((e) => "executor " + e.executor + ": " + bytes(e.rss_bytes) +
-    ", " + (e.cpu_ms / 1000).toFixed(1) + " s CPU");
+    ", " + (e.cpu_ms / 1000).toFixed(1) + " s CPU, " + bytes(e.net_sent_bytes || 0) + " sent, " +
+    bytes(e.net_received_bytes || 0) + " received");
   return [
     table(["vertex", "name", "subtasks", "busy ms/s", "backpressured ms/s", "idle ms/s", "watermark lag"],
       rows, { numeric: [0, 2, 3, 4, 5, 6] }),
@@ -421,7 +422,7 @@ function renderLogs(job) {
   // scrolled otherwise.
   const atBottom = !old || old.scrollTop + old.clientHeight >= old.scrollHeight - 4;
   const pre = el("pre", { class: "logs" }, logView.lines.length
-    ? logView.lines.map((l) => "a" + l.attempt + "/e" + l.executor + " " + l.text + "\n")
+    ? logView.lines.map((l) => `a${l.attempt}/e${l.executor} ${l.text}\n`)
     : "No lines yet (executors log warnings and errors unless the workers run with RUST_LOG=info).");
   requestAnimationFrame(() => {
     pre.scrollTop = atBottom ? pre.scrollHeight : (old ? old.scrollTop : 0);

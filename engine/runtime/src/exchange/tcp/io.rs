@@ -52,7 +52,10 @@ pub(super) fn reader_loop(
                 debug!(peer = %shared.peer, "exchange peer finished sending");
                 return Ok(());
             }
-            Ok(n) => n,
+            Ok(n) => {
+                super::RECEIVED.fetch_add(n as u64, Ordering::Relaxed);
+                n
+            }
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(_) if shared.closed.load(Ordering::Acquire) => return Ok(()),
             Err(e) => return Err(Error::io("exchange read", e)),
@@ -182,6 +185,7 @@ pub(super) fn writer_loop(
                 Out::Frames(bytes) => {
                     w.write_all(&bytes)
                         .map_err(|e| Error::io("exchange write", e))?;
+                    super::SENT.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                     unflushed_since.get_or_insert_with(Instant::now);
                 }
                 Out::Wake => woken = true,
@@ -202,6 +206,7 @@ pub(super) fn writer_loop(
         if !scratch.is_empty() {
             w.write_all(&scratch)
                 .map_err(|e| Error::io("exchange write", e))?;
+            super::SENT.fetch_add(scratch.len() as u64, Ordering::Relaxed);
             scratch.clear();
             unflushed_since.get_or_insert_with(Instant::now);
         }

@@ -42,7 +42,7 @@
 
 use std::collections::HashMap;
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -55,6 +55,19 @@ mod handshake;
 mod io;
 
 pub use config::{ConnectionSpec, ExchangeConfig};
+
+/// Bytes this process wrote to and read from exchange connections (frames
+/// as encoded, before TLS): the executor's network traffic in its metrics.
+static SENT: AtomicU64 = AtomicU64::new(0);
+static RECEIVED: AtomicU64 = AtomicU64::new(0);
+
+/// Exchange bytes this process has (sent, received) so far.
+pub fn traffic() -> (u64, u64) {
+    (
+        SENT.load(Ordering::Relaxed),
+        RECEIVED.load(Ordering::Relaxed),
+    )
+}
 pub use connection::{Connection, ConnectionHandle, NetSender};
 pub use handshake::{connect, NetListener, PeerSpecs, MAX_PENDING_HANDSHAKES};
 
