@@ -76,6 +76,11 @@ fn a_paced_job_scales_up_after_a_4x_step_and_back_down_exactly_once() {
         2,
         2,
         &[
+            // The executors spin most of a core for 20 s: on a loaded
+            // 2-core machine a worker can miss a second of heartbeats,
+            // which the other tests' 1 s would count as lost.
+            "--heartbeat-timeout",
+            "5s",
             "--autoscale-target-utilization",
             "0.7",
             "--autoscale-metric-window",

@@ -116,10 +116,19 @@ impl Cluster {
         Cluster::start_at(dir, "127.0.0.1", &places, slots)
     }
 
-    /// [`start`](Self::start) with more `sluice coordinator` arguments.
+    /// [`start`](Self::start) with more `sluice coordinator` arguments
+    /// (a `--heartbeat-timeout` among them replaces the tests' 1 s).
     pub fn start_with_args(dir: &Path, workers: usize, slots: usize, args: &[&str]) -> Cluster {
         let places: Vec<WorkerPlace> = (0..workers).map(|_| WorkerPlace::loopback()).collect();
         let mut config = config(dir, "127.0.0.1", places, slots, None, 1, false);
+        if args.contains(&"--heartbeat-timeout") {
+            let at = config
+                .coordinator_args
+                .iter()
+                .position(|a| a == "--heartbeat-timeout")
+                .expect("the tests' settings have one");
+            config.coordinator_args.drain(at..at + 2);
+        }
         config
             .coordinator_args
             .extend(args.iter().map(|a| a.to_string()));
