@@ -271,6 +271,15 @@ fn a_slow_sink_is_busy_and_backpressures_its_upstream_in_the_metrics() {
         )) && positive(largest(&m, "sluice_task_busy_seconds_total", &job, sink))
             && positive(largest(&m, "sluice_task_busy_ms_per_second", &job, sink))
             && positive(largest(&m, "sluice_task_records_total", &job, sink))
+            // The sink's inputs fill up; the upstream's outputs are full.
+            && largest(&m, "sluice_task_queue_usage", &job, |s| {
+                sink(s) && s.labels["direction"] == "in"
+            })
+            .is_some_and(|u| u >= 0.5)
+            && largest(&m, "sluice_task_queue_usage", &job, |s| {
+                upstream(s) && s.labels["direction"] == "out"
+            })
+            .is_some_and(|u| u >= 0.5)
             && largest(&m, "sluice_task_watermark_lag_seconds", &job, sink).is_some()
             && positive(largest(
                 &m,
@@ -316,6 +325,7 @@ fn a_slow_sink_is_busy_and_backpressures_its_upstream_in_the_metrics() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("BACKPRESSURED"), "{stdout}");
+    assert!(stdout.contains("IN QUEUE"), "{stdout}");
     assert!(stdout.contains("slow_discard"), "{stdout}");
 
     let cancel = cluster.sluice(&["cancel", &job]).unwrap();

@@ -64,6 +64,16 @@ pub struct SubtaskMetrics {
     /// for an unbounded source): with `records_in`, how far the job is.
     #[serde(default)]
     pub remaining: Option<u64>,
+    /// How full its input channels were at its last tick, 0 to 1 (Flink's
+    /// inPoolUsage): near 1, it cannot keep up with its inputs. None
+    /// without inputs.
+    #[serde(default)]
+    pub input_queue_usage: Option<f64>,
+    /// How full its output channels were, 0 to 1 (local queues, and the
+    /// credit of network channels in use; Flink's outPoolUsage): near 1,
+    /// downstream backpressures it. None without outputs.
+    #[serde(default)]
+    pub output_queue_usage: Option<f64>,
 }
 
 impl SubtaskMetrics {

@@ -58,6 +58,21 @@ pub struct TaskMeter {
     /// `records_in` when `remaining` was set: the source says what remains
     /// only every tick, and records read since then no longer do.
     remaining_at: AtomicU64,
+    /// Input channels' fill at the last tick: `queued << 32 | capacity`.
+    input_fill: AtomicU64,
+    /// Output channels' fill (local queues, network credit in use).
+    output_fill: AtomicU64,
+}
+
+fn pack_fill((queued, capacity): (usize, usize)) -> u64 {
+    let clamp = |n: usize| n.min(u32::MAX as usize) as u64;
+    clamp(queued) << 32 | clamp(capacity)
+}
+
+/// The share of a packed fill in use; none for no channels.
+fn usage(fill: u64) -> Option<f64> {
+    let (queued, capacity) = (fill >> 32, fill & u64::from(u32::MAX));
+    (capacity > 0).then(|| (queued as f64 / capacity as f64).min(1.0))
 }
 
 /// A source's remaining records it cannot tell.
@@ -82,6 +97,8 @@ impl TaskMeter {
             pending: Mutex::new(Vec::new()),
             remaining: AtomicU64::new(UNKNOWN),
             remaining_at: AtomicU64::new(0),
+            input_fill: AtomicU64::new(0),
+            output_fill: AtomicU64::new(0),
         }
     }
 
@@ -139,6 +156,18 @@ impl TaskMeter {
     /// The source's splits and how far behind each is.
     pub fn pending(&self, pending: Vec<SplitPending>) {
         *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = pending;
+    }
+
+    /// How full the input channels are: messages queued, and what they
+    /// hold at most.
+    pub fn input_fill(&self, fill: (usize, usize)) {
+        self.input_fill.store(pack_fill(fill), Ordering::Relaxed);
+    }
+
+    /// How full the output channels are: messages queued (on a network
+    /// channel: sent and not granted back), and what they hold at most.
+    pub fn output_fill(&self, fill: (usize, usize)) {
+        self.output_fill.store(pack_fill(fill), Ordering::Relaxed);
     }
 
     /// What the source has still to read, if it can tell.
@@ -325,6 +354,8 @@ fn figures(m: &TaskMeter, t: &Times, base: &Times) -> SubtaskMetrics {
                     .saturating_sub(m.remaining_at.load(Ordering::Relaxed));
                 r.saturating_sub(since)
             }),
+        input_queue_usage: usage(m.input_fill.load(Ordering::Relaxed)),
+        output_queue_usage: usage(m.output_fill.load(Ordering::Relaxed)),
     }
 }
 

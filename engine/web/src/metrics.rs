@@ -267,6 +267,7 @@ struct TaskFamilies {
     cpu: CounterVec,
     rss: IntGaugeVec,
     network: IntCounterVec,
+    queue: GaugeVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: T) -> T {
@@ -383,6 +384,11 @@ impl TaskFamilies {
                 )
                 .expect("valid gauge"),
             ),
+            queue: gauge(
+                "sluice_task_queue_usage",
+                "How full a subtask's input or output channels are, 0 to 1 (output: local queues and network credit in use; Flink's in/outPoolUsage).",
+                &task(&["direction"]),
+            ),
             network: register(
                 r,
                 IntCounterVec::new(
@@ -427,6 +433,12 @@ impl TaskFamilies {
             self.backpressured_total
                 .with_label_values(&labels)
                 .inc_by(seconds(f.backpressured_ms));
+            for (direction, usage) in [("in", f.input_queue_usage), ("out", f.output_queue_usage)] {
+                if let Some(u) = usage {
+                    let with = [labels[0], labels[1], labels[2], labels[3], direction];
+                    self.queue.with_label_values(&with).set(u);
+                }
+            }
             for (direction, records, bytes) in [
                 ("in", f.records_in, f.bytes_in),
                 ("out", f.records_out, f.bytes_out),

@@ -62,6 +62,11 @@ impl SendCredit {
     pub fn backlog(&self) -> usize {
         (self.window - self.available) as usize
     }
+
+    /// The most credit ever held at once: the receiver's queue capacity.
+    pub fn window(&self) -> usize {
+        self.window as usize
+    }
 }
 
 /// The receiving side of a channel: decides what to grant as its queue

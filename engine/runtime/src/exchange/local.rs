@@ -58,4 +58,8 @@ impl ChannelSender for LocalSender {
     fn backlog(&self) -> usize {
         self.tx.len()
     }
+
+    fn capacity(&self) -> usize {
+        self.tx.capacity().unwrap_or(0)
+    }
 }

@@ -30,4 +30,6 @@ pub trait ChannelSender: Send {
     }
     /// Messages queued and not yet taken by the receiver.
     fn backlog(&self) -> usize;
+    /// How many messages the channel holds at most (its backlog's bound).
+    fn capacity(&self) -> usize;
 }

@@ -70,6 +70,14 @@ impl EdgeWriter {
         }
     }
 
+    /// Messages queued on its channels and what they hold at most (local
+    /// queues, or a network channel's credit window).
+    pub fn fill(&self) -> (usize, usize) {
+        self.channels
+            .iter()
+            .fold((0, 0), |(q, c), ch| (q + ch.backlog(), c + ch.capacity()))
+    }
+
     /// Routes a batch.
     pub fn send_batch(&mut self, batch: RecordBatch) -> Result<()> {
         let n = self.channels.len();

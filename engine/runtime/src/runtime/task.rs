@@ -253,6 +253,15 @@ impl Chain {
             return Ok(());
         }
         *last = Instant::now();
+        let writers = self
+            .entry_writers
+            .iter()
+            .chain(self.members.iter().flat_map(|m| m.writers.iter()));
+        let fill = writers.fold((0, 0), |(q, c), (_, w)| {
+            let (wq, wc) = w.fill();
+            (q + wq, c + wc)
+        });
+        self.meter.output_fill(fill);
         for idx in 0..self.members.len() {
             let m = &mut self.members[idx];
             let mut out = Collector::default();
@@ -639,6 +648,12 @@ fn run_inputs(
                         let _idle = chain.meter.wait(Wait::Idle);
                         sel.select_timeout(CANCEL_POLL)
                     };
+                    if last_tick.elapsed() >= TICK {
+                        let fill = inputs.iter().fold((0, 0), |(q, c), (rx, _)| {
+                            (q + rx.len(), c + rx.capacity().unwrap_or(0))
+                        });
+                        chain.meter.input_fill(fill);
+                    }
                     chain.tick(&mut last_tick)?;
                     let op = match selected {
                         Ok(op) => op,

@@ -91,6 +91,7 @@ impl JobsView for OneJob {
                 split: "bids-0".into(),
                 records: 12,
             }],
+            output_queue_usage: Some(0.75),
             ..SubtaskMetrics::default()
         };
         let sink = SubtaskMetrics {
@@ -214,6 +215,17 @@ fn subtask_and_process_figures_are_exposed_with_their_labels() {
             r#"{executor="0",job="j1"}"#
         ),
         1048576.0
+    );
+    assert_eq!(
+        at(
+            "sluice_task_queue_usage",
+            r#"{direction="out",job="j1",subtask="0",vertex="0",vertex_name="source"}"#
+        ),
+        0.75
+    );
+    assert!(
+        !text.contains(r#"sluice_task_queue_usage{direction="in",job="j1",subtask="0""#),
+        "a source has no inputs"
     );
     assert_eq!(
         at(

@@ -197,7 +197,10 @@ function renderPlan(job) {
       ]);
     });
   }
-  return table(["vertex", "parallelism", "operator", "records in", "records out", "out / s"], rows, { numeric: [0, 1, 3, 4, 5] });
+  return el("div", {},
+    el("p", { class: "muted" }, "Records of attempt " + job.attempt +
+      (job.attempt > 1 ? " (each attempt counts from the checkpoint it started from, not from the job's start)" : "") + "."),
+    table(["vertex", "parallelism", "operator", "records in", "records out", "out / s"], rows, { numeric: [0, 1, 3, 4, 5] }));
 }
 
 // Per vertex of the running attempt: the highest subtask's busy,
@@ -207,7 +210,9 @@ function renderPlan(job) {
 function renderLoad(metrics) {
   const byVertex = new Map();
   for (const s of metrics.subtasks) {
-    const v = byVertex.get(s.vertex) || { name: s.vertex_name, n: 0, busy: 0, back: 0, idle: 0, lag: null };
+    const v = byVertex.get(s.vertex) || { name: s.vertex_name, n: 0, busy: 0, back: 0, idle: 0, lag: null, inq: null, outq: null };
+    if (s.input_queue_usage != null) v.inq = Math.max(v.inq ?? 0, s.input_queue_usage);
+    if (s.output_queue_usage != null) v.outq = Math.max(v.outq ?? 0, s.output_queue_usage);
     v.n += 1;
     v.busy = Math.max(v.busy, s.busy_ms_per_s);
     v.back = Math.max(v.back, s.backpressured_ms_per_s);
@@ -218,13 +223,14 @@ function renderLoad(metrics) {
   if (!byVertex.size) return [el("p", { class: "muted" }, "Not running.")];
   const rows = [...byVertex.entries()].map(([id, v]) => [
     id, v.name, v.n, v.busy, v.back, v.idle, v.lag == null ? "-" : span(v.lag),
+    v.inq == null ? "-" : Math.round(v.inq * 100) + "%", v.outq == null ? "-" : Math.round(v.outq * 100) + "%",
   ]);
   const procs = metrics.executors.map((e) => "executor " + e.executor + ": " + bytes(e.rss_bytes) +
     ", " + (e.cpu_ms / 1000).toFixed(1) + " s CPU, " + bytes(e.net_sent_bytes || 0) + " sent, " +
     bytes(e.net_received_bytes || 0) + " received");
   return [
-    table(["vertex", "name", "subtasks", "busy ms/s", "backpressured ms/s", "idle ms/s", "watermark lag"],
-      rows, { numeric: [0, 2, 3, 4, 5, 6] }),
+    table(["vertex", "name", "subtasks", "busy ms/s", "backpressured ms/s", "idle ms/s", "watermark lag", "in queue", "out queue"],
+      rows, { numeric: [0, 2, 3, 4, 5, 6, 7, 8] }),
     procs.length ? el("p", { class: "muted" }, procs.join(" · ")) : null,
   ];
 }

@@ -144,6 +144,8 @@ pub(crate) fn load_text(m: &JobMetrics) -> String {
             max(|s| s.backpressured_ms_per_s).to_string(),
             max(|s| s.idle_ms_per_s).to_string(),
             opt(lag),
+            usage(subtasks.iter().filter_map(|s| s.metrics.input_queue_usage)),
+            usage(subtasks.iter().filter_map(|s| s.metrics.output_queue_usage)),
         ]
     });
     let mut out = String::from("load (ms per second, highest subtask):\n");
@@ -156,10 +158,19 @@ pub(crate) fn load_text(m: &JobMetrics) -> String {
             "BACKPRESSURED",
             "IDLE",
             "WATERMARK LAG MS",
+            "IN QUEUE",
+            "OUT QUEUE",
         ],
         rows,
     ));
     out
+}
+
+/// The fullest of some channels' usages, in percent; `-` for none.
+fn usage(usages: impl Iterator<Item = f64>) -> String {
+    usages
+        .reduce(f64::max)
+        .map_or_else(|| "-".into(), |u| format!("{:.0}%", u * 100.0))
 }
 
 /// A job's checkpoints, newest first, at most `limit` of them.

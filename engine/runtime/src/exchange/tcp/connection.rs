@@ -165,6 +165,10 @@ impl ChannelSender for NetSender {
     fn backlog(&self) -> usize {
         lock(&self.ch.state).credit.backlog()
     }
+
+    fn capacity(&self) -> usize {
+        lock(&self.ch.state).credit.window()
+    }
 }
 
 /// Starts an established connection (its handshake done): builds the
