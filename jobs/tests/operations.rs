@@ -139,6 +139,17 @@ fn submit_wait_and_follow_end_with_the_jobs_end() {
     assert!(seen.contains("/552,000 records, "), "no bar: {seen}");
     assert!(seen.contains(" FINISHED"), "{seen}");
 
+    // Piped into `head`, a client command stops quietly when the pipe
+    // closes (it used to panic on its next print). The OpenAPI document
+    // is larger than a pipe's buffer, so the pipe surely closes under it.
+    let piped = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{} openapi | head -1", sluice_bin().display()))
+        .output_within(RUN_LIMIT);
+    let (first, stderr) = text(&piped);
+    assert_eq!(first, "{\n");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
     // Watching a job that ended shows it once and says how it ended.
     let job = stdout.lines().next().unwrap().trim().to_string();
     let watched = cluster.sluice(&["status", &job, "--watch"]).unwrap();

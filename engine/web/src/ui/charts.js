@@ -234,22 +234,26 @@ function resultBars(columns, rows) {
   columns.forEach((c, i) => { if (!timeLike(c) && numeric(i)) value = i; });
   if (value < 0) return null;
   const windowCol = columns.findIndex((c) => /window_end|window_start|^window$|^end$|^start$/i.test(c));
-  let picked = rows;
+  const labels = columns.map((c, i) => i).filter((i) => i !== value && !timeLike(columns[i]));
+  const label = (r) => (labels.length ? labels.map((i) => r[i]).join(" · ") : "row");
+  let picked = rows, title = columns[value] + (labels.length ? " by " + labels.map((i) => columns[i]).join(", ") : "");
   if (windowCol >= 0) {
     const vals = rows.map((r) => r[windowCol]);
     const numbers = vals.every((v) => v !== "" && !Number.isNaN(Number(v)));
-    const newest = vals.reduce((a, b) => ((numbers ? Number(b) > Number(a) : b > a) ? b : a));
-    picked = rows.filter((r) => r[windowCol] === newest);
+    const newer = (a, b) => (numbers ? Number(b) > Number(a) : b > a);
+    const newest = vals.reduce((a, b) => (newer(a, b) ? b : a));
+    const inNewest = rows.filter((r) => r[windowCol] === newest);
+    if (inNewest.length > 1) {
+      picked = inNewest;
+      title += " (" + columns[windowCol] + " " + newest + ")";
+    } else {
+      // One row per window (a top-1 query): the newest windows side by side.
+      const bars = rows.slice().sort((a, b) => (newer(a[windowCol], b[windowCol]) ? 1 : -1)).slice(0, 15)
+        .map((r) => ({ label: r[windowCol].replace(/^\d{4}-\d\d-\d\dT/, "") + " · " + label(r), value: Number(r[value]) }));
+      return { title: title + ", newest " + columns[windowCol] + " first", bars };
+    }
   }
-  const labels = columns.map((c, i) => i).filter((i) => i !== value && !timeLike(columns[i]));
-  const bars = picked.map((r) => ({
-    label: labels.length ? labels.map((i) => r[i]).join(" · ") : "row",
-    value: Number(r[value]),
-  }));
+  const bars = picked.map((r) => ({ label: label(r), value: Number(r[value]) }));
   bars.sort((a, b) => b.value - a.value);
-  return {
-    title: columns[value] + (labels.length ? " by " + labels.map((i) => columns[i]).join(", ") : "") +
-      (windowCol >= 0 ? " (" + columns[windowCol] + " " + picked[0][windowCol] + ")" : ""),
-    bars: bars.slice(0, 15),
-  };
+  return { title, bars: bars.slice(0, 15) };
 }

@@ -256,6 +256,16 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     let service = matches!(cli.command, Command::Coordinator(_) | Command::Worker(_));
+    if !service {
+        // A client command piped into `head` stops quietly when the pipe
+        // closes, as command-line tools do, instead of panicking on its
+        // next print. Services keep ignoring SIGPIPE: a peer closing a
+        // socket must be an error to handle, not the end of the process.
+        // SAFETY: before any thread starts; SIG_DFL is a valid disposition.
+        unsafe {
+            nix::libc::signal(nix::libc::SIGPIPE, nix::libc::SIG_DFL);
+        }
+    }
     init_tracing(service);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
