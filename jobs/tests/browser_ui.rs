@@ -135,6 +135,7 @@ fn the_coordinator_ui_shows_a_job_fully_and_cancels_it() {
              && c('Throughput').querySelector('path.line') !== null \
              && Number(c('Checkpoint duration').dataset.points) >= 1 \
              && Number(c('Busy').dataset.points) >= 3 \
+             && Number(c('Latency').dataset.points) >= 1 \
              && Number(c(\"Executors' CPU\").dataset.points) >= 1 \
              && document.querySelector('.results-box svg.bars') !== null \
              && Number(document.querySelector('.results-box svg.bars').dataset.bars) >= 1; })()",

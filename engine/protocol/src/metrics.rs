@@ -74,6 +74,27 @@ pub struct SubtaskMetrics {
     /// downstream backpressures it. None without outputs.
     #[serde(default)]
     pub output_queue_usage: Option<f64>,
+    /// At a sink's subtask (no output edges): how long the sources' latency
+    /// markers took to reach it over the last minute. Markers pass
+    /// operators by, so this is the time in queues and on the network
+    /// between source and sink (Flink's latency markers), not time records
+    /// wait in windows; across machines it includes their clocks' offset.
+    #[serde(default)]
+    pub latency: Option<Latency>,
+}
+
+/// Latency markers' times from source to a sink subtask, ms.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    /// Markers measured.
+    pub markers: u64,
+    /// Median.
+    pub p50_ms: i64,
+    /// 99th percentile.
+    pub p99_ms: i64,
+    /// Largest.
+    pub max_ms: i64,
 }
 
 impl SubtaskMetrics {
@@ -220,6 +241,10 @@ pub struct HistoryPoint {
     pub source_pending: Option<u64>,
     /// Checkpoints completed since the previous point: (id, duration ms).
     pub checkpoints: Vec<(u64, u64)>,
+    /// The largest 99th-percentile latency from source to sink over its
+    /// sink subtasks (latency markers of the last minute).
+    #[serde(default)]
+    pub latency_p99_ms: Option<i64>,
     /// Per vertex.
     pub vertices: Vec<VertexLoad>,
 }

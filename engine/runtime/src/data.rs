@@ -57,6 +57,12 @@ pub enum StreamMessage {
     Barrier(Barrier),
     /// The sender will send nothing more on this channel.
     EndOfStream,
+    /// A source's latency marker: the wall-clock time (ms since the epoch)
+    /// it was emitted. It overtakes operator work (forwarded on arrival, as
+    /// Flink's latency markers are), so the sinks' reading of it measures
+    /// the queues and transport between source and sink, not time records
+    /// spend in windows.
+    Latency(i64),
 }
 
 /// Reads an event-time column as milliseconds, accepting Int64 epoch

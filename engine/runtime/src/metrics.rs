@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
-use sluice_protocol::metrics::{ProcessMetrics, SplitPending, SubtaskMetrics};
+use sluice_protocol::metrics::{Latency, ProcessMetrics, SplitPending, SubtaskMetrics};
 
 /// What a task waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +62,21 @@ pub struct TaskMeter {
     input_fill: AtomicU64,
     /// Output channels' fill (local queues, network credit in use).
     output_fill: AtomicU64,
+    /// Latency markers that reached this (sink) task: when, and how long
+    /// they took, ms; the last [`LATENCY_WINDOW`].
+    latencies: Mutex<VecDeque<(Instant, i64)>>,
+}
+
+/// The span a sink's latency figures cover.
+const LATENCY_WINDOW: Duration = Duration::from_secs(60);
+/// At most this many markers are kept (a minute of 16 sources' markers).
+const LATENCY_KEPT: usize = 1024;
+
+/// Wall-clock time, ms since the epoch (latency markers carry it).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn pack_fill((queued, capacity): (usize, usize)) -> u64 {
@@ -99,6 +114,7 @@ impl TaskMeter {
             remaining_at: AtomicU64::new(0),
             input_fill: AtomicU64::new(0),
             output_fill: AtomicU64::new(0),
+            latencies: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -168,6 +184,43 @@ impl TaskMeter {
     /// channel: sent and not granted back), and what they hold at most.
     pub fn output_fill(&self, fill: (usize, usize)) {
         self.output_fill.store(pack_fill(fill), Ordering::Relaxed);
+    }
+
+    /// A latency marker reached this sink task after `ms` (a clock step
+    /// between machines can make it negative: counted as 0).
+    pub fn latency(&self, ms: i64) {
+        let mut kept = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        while kept.len() >= LATENCY_KEPT
+            || kept
+                .front()
+                .is_some_and(|(t, _)| now.duration_since(*t) > LATENCY_WINDOW)
+        {
+            kept.pop_front();
+        }
+        kept.push_back((now, ms.max(0)));
+    }
+
+    /// The latency figures of the last [`LATENCY_WINDOW`].
+    fn latency_figures(&self) -> Option<Latency> {
+        let kept = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let mut ms: Vec<i64> = kept
+            .iter()
+            .filter(|(t, _)| now.duration_since(*t) <= LATENCY_WINDOW)
+            .map(|(_, ms)| *ms)
+            .collect();
+        if ms.is_empty() {
+            return None;
+        }
+        ms.sort_unstable();
+        let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+        Some(Latency {
+            markers: ms.len() as u64,
+            p50_ms: at(0.5),
+            p99_ms: at(0.99),
+            max_ms: ms[ms.len() - 1],
+        })
     }
 
     /// What the source has still to read, if it can tell.
@@ -356,6 +409,7 @@ fn figures(m: &TaskMeter, t: &Times, base: &Times) -> SubtaskMetrics {
             }),
         input_queue_usage: usage(m.input_fill.load(Ordering::Relaxed)),
         output_queue_usage: usage(m.output_fill.load(Ordering::Relaxed)),
+        latency: m.latency_figures(),
     }
 }
 
@@ -506,6 +560,28 @@ mod tests {
         m.remaining(Some(4));
         m.read_all();
         assert_eq!(sample(&m), Some(0), "the input ended");
+    }
+
+    #[test]
+    fn latency_figures_are_the_markers_of_the_last_minute() {
+        let m = Arc::new(TaskMeter::new(1, 0));
+        let sample =
+            |m: &Arc<TaskMeter>| Sampler::default().sample(std::slice::from_ref(m))[0].latency;
+        assert_eq!(sample(&m), None, "no marker yet");
+        for ms in 1..=100 {
+            m.latency(ms);
+        }
+        // A clock step between machines: counted as no time.
+        m.latency(-5);
+        let l = sample(&m).unwrap();
+        assert_eq!(l.markers, 101);
+        assert_eq!((l.p50_ms, l.p99_ms, l.max_ms), (50, 99, 100));
+        for _ in 0..2 * LATENCY_KEPT {
+            m.latency(7);
+        }
+        let l = sample(&m).unwrap();
+        assert_eq!(l.markers, LATENCY_KEPT as u64, "bounded");
+        assert_eq!(l.max_ms, 7, "the oldest went first");
     }
 
     #[test]

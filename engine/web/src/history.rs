@@ -211,6 +211,7 @@ impl Series {
         let mut loads: HashMap<usize, VertexLoad> = HashMap::new();
         let mut lag = None::<i64>;
         let mut pending = None::<u64>;
+        let mut latency = None::<i64>;
         for s in &metrics.subtasks {
             let m = &s.metrics;
             let sum = sums.entry(m.vertex).or_default();
@@ -224,6 +225,9 @@ impl Series {
             load.backpressured_ms_per_s = load.backpressured_ms_per_s.max(m.backpressured_ms_per_s);
             if let Some(l) = s.watermark_lag_ms {
                 lag = Some(lag.map_or(l, |x| x.max(l)));
+            }
+            if let Some(l) = m.latency {
+                latency = Some(latency.map_or(l.p99_ms, |x| x.max(l.p99_ms)));
             }
             if !m.pending.is_empty() {
                 let behind: u64 = m.pending.iter().map(|p| p.records).sum();
@@ -272,6 +276,7 @@ impl Series {
             watermark_lag_ms: lag,
             source_pending: pending,
             checkpoints: self.new_checkpoints(checkpoints),
+            latency_p99_ms: latency,
             vertices,
         };
         self.last = Some(reading);

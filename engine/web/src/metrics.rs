@@ -268,6 +268,7 @@ struct TaskFamilies {
     rss: IntGaugeVec,
     network: IntCounterVec,
     queue: GaugeVec,
+    latency: GaugeVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: T) -> T {
@@ -384,6 +385,11 @@ impl TaskFamilies {
                 )
                 .expect("valid gauge"),
             ),
+            latency: gauge(
+                "sluice_task_latency_seconds",
+                "At a sink's subtask: how long the sources' latency markers took to reach it over the last minute (queues and network, not time in windows), by quantile (0.5, 0.99, 1).",
+                &task(&["quantile"]),
+            ),
             queue: gauge(
                 "sluice_task_queue_usage",
                 "How full a subtask's input or output channels are, 0 to 1 (output: local queues and network credit in use; Flink's in/outPoolUsage).",
@@ -433,6 +439,14 @@ impl TaskFamilies {
             self.backpressured_total
                 .with_label_values(&labels)
                 .inc_by(seconds(f.backpressured_ms));
+            if let Some(l) = f.latency {
+                for (quantile, ms) in [("0.5", l.p50_ms), ("0.99", l.p99_ms), ("1", l.max_ms)] {
+                    let with = [labels[0], labels[1], labels[2], labels[3], quantile];
+                    self.latency
+                        .with_label_values(&with)
+                        .set(ms as f64 / 1000.0);
+                }
+            }
             for (direction, usage) in [("in", f.input_queue_usage), ("out", f.output_queue_usage)] {
                 if let Some(u) = usage {
                     let with = [labels[0], labels[1], labels[2], labels[3], direction];

@@ -20,6 +20,7 @@
 //! | 18 watermark | channel, tag `u8` (0 event time, 1 idle), time `i64` |
 //! | 19 barrier | channel, checkpoint `u64`, timestamp `i64`, kind `u8` |
 //! | 20 end of stream | channel |
+//! | 21 latency marker | channel, emitted at `i64` (ms since the epoch) |
 //! | 32 credit | channel, credits `u32` (> 0) |
 //!
 //! Anything else — an unknown kind, non-zero reserved bytes, a body longer
@@ -63,6 +64,7 @@ mod kind {
     pub const WATERMARK: u8 = 18;
     pub const BARRIER: u8 = 19;
     pub const END: u8 = 20;
+    pub const LATENCY: u8 = 21;
     pub const CREDIT: u8 = 32;
 }
 
@@ -119,6 +121,8 @@ pub enum Payload {
     Barrier(Barrier),
     /// The channel ended.
     EndOfStream,
+    /// A latency marker: when its source emitted it, ms since the epoch.
+    Latency(i64),
 }
 
 impl Payload {
@@ -293,6 +297,7 @@ fn kind_name(kind: u8) -> Option<&'static str> {
         kind::WATERMARK => "watermark",
         kind::BARRIER => "barrier",
         kind::END => "end-of-stream",
+        kind::LATENCY => "latency",
         kind::CREDIT => "credit",
         _ => return None,
     })
@@ -434,6 +439,10 @@ fn parse_body(k: u8, body: Vec<u8>) -> Result<Frame, FrameError> {
             channel: c.channel()?,
             payload: Payload::EndOfStream,
         },
+        kind::LATENCY => Frame::Data {
+            channel: c.channel()?,
+            payload: Payload::Latency(c.u64()? as i64),
+        },
         kind::CREDIT => {
             let channel = ChannelId(c.u32()?);
             let credits = c.u32()?;
@@ -511,6 +520,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
                 Payload::Watermark(_) => kind::WATERMARK,
                 Payload::Barrier(_) => kind::BARRIER,
                 Payload::EndOfStream => kind::END,
+                Payload::Latency(_) => kind::LATENCY,
             };
             let s = begin(out, k);
             put_channel(out, *channel);
@@ -535,6 +545,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
                     });
                 }
                 Payload::EndOfStream => {}
+                Payload::Latency(t) => out.extend_from_slice(&t.to_le_bytes()),
             }
             end(out, s);
         }
@@ -595,6 +606,7 @@ impl BatchEncoder {
             StreamMessage::Watermark(w) => Payload::Watermark(*w),
             StreamMessage::Barrier(b) => Payload::Barrier(*b),
             StreamMessage::EndOfStream => Payload::EndOfStream,
+            StreamMessage::Latency(t) => Payload::Latency(*t),
         };
         encode(&Frame::Data { channel, payload }, out);
         Ok(out.len() - start - HEADER_LEN)
@@ -663,6 +675,7 @@ impl BatchDecoder {
             Payload::Watermark(w) => StreamMessage::Watermark(w),
             Payload::Barrier(b) => StreamMessage::Barrier(b),
             Payload::EndOfStream => StreamMessage::EndOfStream,
+            Payload::Latency(t) => StreamMessage::Latency(t),
         }))
     }
 }

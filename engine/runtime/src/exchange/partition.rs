@@ -153,6 +153,18 @@ impl EdgeWriter {
         }
         Ok(())
     }
+
+    /// Sends `msg` on one channel, the next in turn (a latency marker
+    /// samples one path; broadcasting it would multiply it at every edge).
+    pub fn send_one(&mut self, msg: StreamMessage) -> Result<()> {
+        let n = self.channels.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let c = self.next % n;
+        self.next = (c + 1) % n;
+        self.deliver(c, msg)
+    }
 }
 
 /// Which downstream subtasks subtask `upstream` of an edge writes to.

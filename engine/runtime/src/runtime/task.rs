@@ -37,6 +37,9 @@ use crate::operator::{
     Collector, Operator, OperatorContext, SinkOperator, Source, SourcePoll, TICK,
 };
 use crate::plan::Vertex;
+
+/// How often a source subtask sends a latency marker downstream.
+const LATENCY_MARKER_INTERVAL: Duration = Duration::from_secs(1);
 use crate::state::OperatorSnapshot;
 
 /// How often a waiting task checks whether the job was cancelled.
@@ -233,6 +236,26 @@ impl Chain {
             Some(w) => self.forward_watermark(idx, w),
             None => Ok(()),
         }
+    }
+
+    /// A latency marker passes the chain's operators by: it goes on at
+    /// once on one channel of every output edge, and a task with no output
+    /// edges (a sink's) records how long it took since its source emitted
+    /// it.
+    fn latency(&mut self, emitted_ms: i64) -> Result<()> {
+        let writers = self
+            .entry_writers
+            .iter_mut()
+            .chain(self.members.iter_mut().flat_map(|m| m.writers.iter_mut()));
+        let mut forwarded = false;
+        for (_, w) in writers {
+            w.send_one(StreamMessage::Latency(emitted_ms))?;
+            forwarded = true;
+        }
+        if !forwarded {
+            self.meter.latency(crate::metrics::now_ms() - emitted_ms);
+        }
+        Ok(())
     }
 
     /// Sends member `idx`'s output watermark onward.
@@ -505,6 +528,7 @@ fn run_source(
     ck: Option<&Checkpointer>,
 ) -> Result<Outcome> {
     let mut last_tick = Instant::now();
+    let mut last_marker = Instant::now();
     loop {
         if control.is_cancelled() {
             return Err(Error::Cancelled);
@@ -512,6 +536,10 @@ fn run_source(
         if last_tick.elapsed() >= TICK {
             chain.meter.pending(head.src.pending());
             chain.meter.remaining(head.src.remaining());
+        }
+        if last_marker.elapsed() >= LATENCY_MARKER_INTERVAL {
+            last_marker = Instant::now();
+            chain.latency(crate::metrics::now_ms())?;
         }
         chain.tick(&mut last_tick)?;
         if let Some(c) = ck {
@@ -691,6 +719,10 @@ fn run_inputs(
                     if let Some(w) = wms.update(c, w) {
                         chain.input_watermark(w)?;
                     }
+                    continue;
+                }
+                Ok(StreamMessage::Latency(t)) => {
+                    chain.latency(t)?;
                     continue;
                 }
                 Ok(StreamMessage::Barrier(b)) => match unaligned {

@@ -98,6 +98,12 @@ impl JobsView for OneJob {
             vertex: 1,
             busy_ms_per_s: 1000,
             busy_ms: 5_000,
+            latency: Some(sluice_protocol::metrics::Latency {
+                markers: 3,
+                p50_ms: 20,
+                p99_ms: 250,
+                max_ms: 300,
+            }),
             records_in: 7,
             watermark_ms: Some(i64::MAX),
             ..SubtaskMetrics::default()
@@ -215,6 +221,13 @@ fn subtask_and_process_figures_are_exposed_with_their_labels() {
             r#"{executor="0",job="j1"}"#
         ),
         1048576.0
+    );
+    assert_eq!(
+        at(
+            "sluice_task_latency_seconds",
+            r#"{job="j1",quantile="0.99",subtask="0",vertex="1",vertex_name="sink"}"#
+        ),
+        0.25
     );
     assert_eq!(
         at(

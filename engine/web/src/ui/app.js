@@ -271,6 +271,8 @@ function renderCharts(job, history) {
       series("last vertices", (p) => p.sink_records_per_s),
     ]),
     lineChart("Watermark lag", [series("largest", (p) => p.watermark_lag_ms)], duration),
+    lineChart("Latency, source to sink (p99)", [series("markers", (p) => p.latency_p99_ms ?? null)], duration,
+      { empty: "no latency marker reached a sink yet" }),
     lineChart("Source backlog (records not read)", [series("all splits", (p) => p.source_pending)], compact,
       { empty: "no source reports a backlog" }),
     lineChart("Checkpoint duration", [{ name: "checkpoints", points: checkpoints }],

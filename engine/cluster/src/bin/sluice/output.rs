@@ -146,6 +146,11 @@ pub(crate) fn load_text(m: &JobMetrics) -> String {
             opt(lag),
             usage(subtasks.iter().filter_map(|s| s.metrics.input_queue_usage)),
             usage(subtasks.iter().filter_map(|s| s.metrics.output_queue_usage)),
+            opt(subtasks
+                .iter()
+                .filter_map(|s| s.metrics.latency)
+                .map(|l| l.p99_ms)
+                .max()),
         ]
     });
     let mut out = String::from("load (ms per second, highest subtask):\n");
@@ -160,6 +165,7 @@ pub(crate) fn load_text(m: &JobMetrics) -> String {
             "WATERMARK LAG MS",
             "IN QUEUE",
             "OUT QUEUE",
+            "P99 LATENCY MS",
         ],
         rows,
     ));

@@ -45,6 +45,7 @@ fn messages() -> Vec<StreamMessage> {
             kind: BarrierKind::StopWithSavepoint,
         }),
         StreamMessage::Watermark(Watermark::Idle),
+        StreamMessage::Latency(1_796_000_000_123),
         // A schema change restarts the channel's IPC stream.
         StreamMessage::Batch(batch(300, true)),
         StreamMessage::Batch(batch(2, true)),
@@ -90,6 +91,7 @@ fn same(a: &StreamMessage, b: &StreamMessage) -> bool {
         (StreamMessage::Watermark(x), StreamMessage::Watermark(y)) => x == y,
         (StreamMessage::Barrier(x), StreamMessage::Barrier(y)) => x == y,
         (StreamMessage::EndOfStream, StreamMessage::EndOfStream) => true,
+        (StreamMessage::Latency(x), StreamMessage::Latency(y)) => x == y,
         _ => false,
     }
 }
