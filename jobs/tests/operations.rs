@@ -283,6 +283,10 @@ fn a_slow_sink_is_busy_and_backpressures_its_upstream_in_the_metrics() {
             && positive(largest(&m, "sluice_task_busy_ms_per_second", &job, sink))
             && positive(largest(&m, "sluice_task_records_total", &job, sink))
             // The sink's inputs fill up; the upstream's outputs are full.
+            // Workers report their own process with their heartbeats.
+            && m.samples
+                .iter()
+                .any(|s| s.name == "sluice_worker_resident_memory_bytes" && s.value > 0.0)
             // Latency markers cross the exchange to the sink.
             && largest(&m, "sluice_task_latency_seconds", &job, sink).is_some()
             && largest(&m, "sluice_task_queue_usage", &job, |s| {

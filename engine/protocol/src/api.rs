@@ -631,6 +631,10 @@ pub struct Heartbeat {
     /// [`HEARTBEAT_LOG_BYTES`](crate::logs::HEARTBEAT_LOG_BYTES) of text.
     #[serde(default)]
     pub logs: Vec<crate::logs::LogChunk>,
+    /// The worker service's own process: CPU time and resident memory
+    /// (its executors report theirs).
+    #[serde(default)]
+    pub process: Option<crate::metrics::ProcessMetrics>,
 }
 
 /// Answer to a heartbeat: every executor this worker must run now. The
@@ -744,6 +748,10 @@ pub struct WorkerInfo {
     pub alive: bool,
     /// Time since the last heartbeat, ms.
     pub since_heartbeat_ms: u64,
+    /// The worker service's own process (not its executors'), as its
+    /// last heartbeat said.
+    #[serde(default)]
+    pub process: Option<crate::metrics::ProcessMetrics>,
 }
 
 /// `GET /api/v1/cluster`.

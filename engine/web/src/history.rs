@@ -486,6 +486,7 @@ mod tests {
                 host: "h".into(),
                 alive: true,
                 since_heartbeat_ms: 0,
+                process: None,
             }]
         }
         fn cluster(&self) -> ClusterInfo {

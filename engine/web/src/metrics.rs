@@ -194,6 +194,38 @@ impl Metrics {
             "Records per operator, current attempt.",
             &["job", "node", "direction"],
         );
+        let worker_cpu = CounterVec::new(
+            Opts::new(
+                "sluice_worker_cpu_seconds_total",
+                "CPU time (user and system) of a worker service's own process (its executors count apart).",
+            ),
+            &["worker"],
+        )
+        .expect("valid counter");
+        let worker_rss = IntGaugeVec::new(
+            Opts::new(
+                "sluice_worker_resident_memory_bytes",
+                "Resident memory of a worker service's own process.",
+            ),
+            &["worker"],
+        )
+        .expect("valid gauge");
+        for w in view.workers() {
+            if let Some(p) = w.process {
+                worker_cpu
+                    .with_label_values(&[w.id.as_str()])
+                    .inc_by(p.cpu_ms as f64 / 1000.0);
+                worker_rss
+                    .with_label_values(&[w.id.as_str()])
+                    .set(i64::try_from(p.rss_bytes).unwrap_or(i64::MAX));
+            }
+        }
+        for c in [
+            Box::new(worker_cpu) as Box<dyn prometheus::core::Collector>,
+            Box::new(worker_rss),
+        ] {
+            state.register(c).expect("each family is registered once");
+        }
         let tasks = TaskFamilies::new(&state);
         for j in &jobs {
             let id = j.id.as_str();

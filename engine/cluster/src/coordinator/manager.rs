@@ -291,7 +291,7 @@ impl Manager {
     /// know (it registers again).
     pub fn heartbeat(&self, worker: &str, hb: Heartbeat) -> Option<HeartbeatReply> {
         let mut inner = self.lock();
-        if !inner.workers.heartbeat(worker, Instant::now()) {
+        if !inner.workers.heartbeat(worker, Instant::now(), hb.process) {
             return None;
         }
         // Lines of a job this coordinator does not know (forgotten) go.
@@ -361,6 +361,7 @@ impl Manager {
                 host: w.host.clone(),
                 alive: w.alive,
                 since_heartbeat_ms: w.last_heartbeat.elapsed().as_millis() as u64,
+                process: w.process,
             })
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));

@@ -709,6 +709,7 @@ mod tests {
             let heartbeat = Heartbeat {
                 executors: Vec::new(),
                 logs: vec![chunk],
+                process: None,
             };
             m.heartbeat(&worker, heartbeat).unwrap();
             job

@@ -25,6 +25,8 @@ pub struct Worker {
     pub last_heartbeat: Instant,
     /// Whether its heartbeats arrive in time.
     pub alive: bool,
+    /// Its own process, as its last heartbeat said.
+    pub process: Option<sluice_protocol::metrics::ProcessMetrics>,
 }
 
 /// What a registration meant.
@@ -112,6 +114,7 @@ impl Workers {
                 host: req.host,
                 last_heartbeat: Instant::now(),
                 alive: true,
+                process: None,
             },
         );
         Ok(registration)
@@ -119,11 +122,19 @@ impl Workers {
 
     /// Notes a heartbeat of `id`; false for a worker not known (it must
     /// register again).
-    pub fn heartbeat(&mut self, id: &str, now: Instant) -> bool {
+    pub fn heartbeat(
+        &mut self,
+        id: &str,
+        now: Instant,
+        process: Option<sluice_protocol::metrics::ProcessMetrics>,
+    ) -> bool {
         let Some(w) = self.by_id.get_mut(id) else {
             return false;
         };
         w.last_heartbeat = now;
+        if process.is_some() {
+            w.process = process;
+        }
         if !w.alive {
             info!(worker = id, "worker is back");
             w.alive = true;
@@ -244,8 +255,8 @@ mod tests {
         w.register(req(None), &mut next).unwrap();
         let t0 = Instant::now();
         let (timeout, forget) = (Duration::from_secs(3), Duration::from_secs(60));
-        assert!(w.heartbeat("worker-2", t0 + Duration::from_secs(5)));
-        assert!(!w.heartbeat("worker-7", t0));
+        assert!(w.heartbeat("worker-2", t0 + Duration::from_secs(5), None));
+        assert!(!w.heartbeat("worker-7", t0, None));
         assert_eq!(
             w.expire(t0 + Duration::from_secs(5), timeout, forget),
             ["worker-1"]
@@ -256,7 +267,10 @@ mod tests {
             "once"
         );
         assert!(!w.get("worker-1").unwrap().alive);
-        assert!(w.heartbeat("worker-1", t0 + Duration::from_secs(7)), "back");
+        assert!(
+            w.heartbeat("worker-1", t0 + Duration::from_secs(7), None),
+            "back"
+        );
         assert!(w.get("worker-1").unwrap().alive);
         // Silent for good: dead, then forgotten.
         let later = t0 + Duration::from_secs(30);

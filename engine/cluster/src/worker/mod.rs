@@ -495,6 +495,8 @@ impl Worker {
         Heartbeat {
             executors,
             logs: Vec::new(),
+            // Two small files of the kernel's, in memory: no real I/O.
+            process: sluice_engine::metrics::process(),
         }
     }
 

@@ -308,6 +308,8 @@ impl JobsView for EmbeddedView {
             host: "localhost".into(),
             alive: true,
             since_heartbeat_ms: 0,
+            // The job's process is the executor; its figures are the job's.
+            process: None,
         }]
     }
 

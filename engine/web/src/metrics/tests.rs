@@ -126,7 +126,20 @@ impl JobsView for OneJob {
         ))
     }
     fn workers(&self) -> Vec<WorkerInfo> {
-        Vec::new()
+        vec![WorkerInfo {
+            id: "worker-1".into(),
+            slots: 2,
+            used_slots: 2,
+            capacity: 1.0,
+            host: "h".into(),
+            alive: true,
+            since_heartbeat_ms: 0,
+            process: Some(ProcessMetrics {
+                cpu_ms: 2_500,
+                rss_bytes: 3 << 20,
+                ..ProcessMetrics::default()
+            }),
+        }]
     }
     fn cluster(&self) -> ClusterInfo {
         ClusterInfo {
@@ -221,6 +234,17 @@ fn subtask_and_process_figures_are_exposed_with_their_labels() {
             r#"{executor="0",job="j1"}"#
         ),
         1048576.0
+    );
+    assert_eq!(
+        at("sluice_worker_cpu_seconds_total", r#"{worker="worker-1"}"#),
+        2.5
+    );
+    assert_eq!(
+        at(
+            "sluice_worker_resident_memory_bytes",
+            r#"{worker="worker-1"}"#
+        ),
+        3145728.0
     );
     assert_eq!(
         at(

@@ -155,9 +155,10 @@ function renderWorkers(workers, load) {
     w.id, w.host, w.used_slots + " / " + w.slots, w.capacity,
     w.alive ? "alive" : el("span", { class: "dead" }, "dead"),
     (w.since_heartbeat_ms / 1000).toFixed(1) + " s",
+    w.process ? bytes(w.process.rss_bytes) + ", " + (w.process.cpu_ms / 1000).toFixed(1) + " s CPU" : "-",
   ]);
   fill(document.getElementById("workers"), rows.length
-    ? table(["id", "host", "slots", "capacity", "", "heartbeat"], rows)
+    ? table(["id", "host", "slots", "capacity", "", "heartbeat", "worker process"], rows)
     : el("p", { class: "muted" }, "No workers registered."), renderWorkerLoad(load));
 }
 

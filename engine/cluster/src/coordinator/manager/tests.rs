@@ -256,6 +256,7 @@ fn the_jobs_restart_policy_decides_on_a_cluster() {
     assert_eq!(m.job(&id).unwrap().state, JobState::Scheduling);
     let exited = |attempt| Heartbeat {
         logs: Vec::new(),
+        process: None,
         executors: vec![ExecutorReport {
             job_id: id.clone(),
             attempt,
@@ -279,6 +280,7 @@ fn the_jobs_restart_policy_decides_on_a_cluster() {
     m.tick();
     let exited = |attempt| Heartbeat {
         logs: Vec::new(),
+        process: None,
         executors: vec![ExecutorReport {
             job_id: id.clone(),
             attempt,
@@ -436,6 +438,7 @@ fn heartbeats_bring_executors_log_lines() {
         Heartbeat {
             executors: Vec::new(),
             logs,
+            process: None,
         },
     )
     .unwrap();
@@ -456,6 +459,7 @@ fn heartbeats_bring_executors_log_lines() {
         Heartbeat {
             executors: Vec::new(),
             logs,
+            process: None,
         },
     )
     .unwrap();
