@@ -155,6 +155,27 @@ fn the_coordinator_ui_shows_a_job_fully_and_cancels_it() {
         .filter_map(|p| p["source_records_per_s"].as_f64())
         .any(|r| r > 0.0);
     assert!(flowing, "no source rate in the history: {history}");
+    // Per subtask, to spot skew: opened, a row per subtask of the attempt,
+    // and it stays open across refreshes.
+    let (_, _, metrics) = common::http(
+        cluster.port(),
+        "GET",
+        &format!("/api/v1/jobs/{job}/metrics"),
+        None,
+    );
+    let metrics: serde_json::Value = serde_json::from_str(&metrics).unwrap();
+    let subtasks = metrics["subtasks"].as_array().unwrap().len();
+    assert!(subtasks >= vertices.len(), "{metrics}");
+    b.click("details.subtasks summary", &[]);
+    std::thread::sleep(Duration::from_millis(1500));
+    b.wait_for(
+        "the subtask rows",
+        &format!(
+            "document.querySelector('details.subtasks').open && \
+             document.querySelectorAll('details.subtasks tbody tr').length === {subtasks}"
+        ),
+    );
+
     // The executors' logs, forwarded by the worker: lines, or why none.
     b.wait_for(
         "the log view",

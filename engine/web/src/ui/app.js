@@ -233,7 +233,30 @@ function renderLoad(metrics) {
     table(["vertex", "name", "subtasks", "busy ms/s", "backpressured ms/s", "idle ms/s", "watermark lag", "in queue", "out queue"],
       rows, { numeric: [0, 2, 3, 4, 5, 6, 7, 8] }),
     procs.length ? el("p", { class: "muted" }, procs.join(" · ")) : null,
+    renderSubtasks(metrics),
   ];
+}
+
+// Every subtask on its own row, to spot skew (one subtask of a vertex far
+// busier, or further behind, than its siblings). Folded unless opened;
+// it stays open across refreshes.
+let subtasksOpen = false;
+function renderSubtasks(metrics) {
+  const pct = (u) => (u == null ? "-" : Math.round(u * 100) + "%");
+  const rows = metrics.subtasks.slice()
+    .sort((a, b) => a.vertex - b.vertex || a.subtask - b.subtask)
+    .map((s) => [
+      s.vertex + "." + s.subtask, s.vertex_name, count(s.records_in), count(s.records_out),
+      s.busy_ms_per_s, s.backpressured_ms_per_s, pct(s.input_queue_usage), pct(s.output_queue_usage),
+      s.watermark_lag_ms == null ? "-" : span(s.watermark_lag_ms),
+      s.latency ? duration(s.latency.p99_ms) : "-",
+    ]);
+  const d = el("details", { class: "subtasks", ontoggle: () => { subtasksOpen = d.open; } },
+    el("summary", {}, "Per subtask (" + rows.length + ")"),
+    table(["subtask", "vertex", "records in", "records out", "busy ms/s", "backpressured ms/s",
+      "in queue", "out queue", "watermark lag", "p99 latency"], rows, { numeric: [2, 3, 4, 5, 6, 7, 8, 9] }));
+  d.open = subtasksOpen;
+  return d;
 }
 
 // The job graph: each vertex shaded by its busiest subtask's busy time

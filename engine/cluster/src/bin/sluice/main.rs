@@ -216,6 +216,9 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Do not ask for confirmation of add or remove (asked only when stdin is a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// Prints the REST API's OpenAPI document (JSON), as the coordinator
     /// serves it at /api/v1/openapi.json.
@@ -513,12 +516,21 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
             id,
             url,
             json,
+            yes,
         } => {
             let client = client(&c)?;
             let group = match (action, id, url) {
                 (Membership::List, None, None) => client.coordinators().await?,
-                (Membership::Add, Some(id), Some(url)) => client.add_coordinator(id, &url).await?,
-                (Membership::Remove, Some(id), None) => client.remove_coordinator(id).await?,
+                (Membership::Add, Some(id), Some(url)) => {
+                    follow::confirm(format!("Add coordinator {id} at {url} to the group?"), yes)
+                        .await?;
+                    client.add_coordinator(id, &url).await?
+                }
+                (Membership::Remove, Some(id), None) => {
+                    follow::confirm(format!("Remove coordinator {id} from the group?"), yes)
+                        .await?;
+                    client.remove_coordinator(id).await?
+                }
                 (Membership::List, _, _) => bail!("coordinators list takes no ID or URL"),
                 (Membership::Add, _, _) => bail!("coordinators add needs ID and URL"),
                 (Membership::Remove, _, _) => bail!("coordinators remove needs ID (and no URL)"),
