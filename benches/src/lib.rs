@@ -1,8 +1,10 @@
 //! Shared pieces of Sluice's benchmarks: an in-memory source of prepared
 //! batches, so micro-benchmarks measure operators rather than generation,
 //! and the JSON record the Kafka benchmarks read; and what every report
-//! states of its run ([`machine`]).
+//! states of its run ([`machine`]); a plain GET for polling a
+//! coordinator ([`http`]).
 
+pub mod http;
 pub mod machine;
 
 use std::sync::Arc;

@@ -378,19 +378,6 @@ fn markdown(args: &Args, runs: &[Run], load_before: &str, load_after: &str, debu
 
 /// `GET path` from the coordinator on 127.0.0.1:`port`, as JSON.
 fn get(port: u16, path: &str) -> anyhow::Result<serde_json::Value> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n")?;
-    let mut answer = Vec::new();
-    s.read_to_end(&mut answer)?;
-    let split = answer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no end of the HTTP header")?;
-    let head = String::from_utf8_lossy(&answer[..split]);
-    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
-    }
-    serde_json::from_slice(&answer[split + 4..]).with_context(|| format!("parsing GET {path}"))
+    let body = sluice_benches::http::get(port, path)?;
+    serde_json::from_slice(&body).with_context(|| format!("parsing GET {path}"))
 }

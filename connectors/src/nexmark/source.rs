@@ -98,6 +98,16 @@ impl NexmarkSubtask {
         }
     }
 
+    /// The next ordinal of sequence `i` (the current one's lives in
+    /// `self.next` while it is being emitted).
+    fn next_of(&self, i: usize, seq: &Seq) -> u64 {
+        if i == self.current {
+            self.next
+        } else {
+            seq.next
+        }
+    }
+
     /// Event numbers of the next batch: up to `batch_size` of them, and
     /// under a rate limit only those of a burst that is due.
     fn take_ids(&mut self) -> Vec<u64> {
@@ -423,11 +433,7 @@ impl Source for NexmarkSubtask {
             .iter()
             .enumerate()
             .map(|(i, seq)| {
-                let next = if i == self.current {
-                    self.next
-                } else {
-                    seq.next
-                };
+                let next = self.next_of(i, seq);
                 let records = if seq.ended || due_ordinals <= next {
                     0
                 } else {
@@ -456,11 +462,7 @@ impl Source for NexmarkSubtask {
             .iter()
             .enumerate()
             .map(|(i, seq)| {
-                let next = if i == self.current {
-                    self.next
-                } else {
-                    seq.next
-                };
+                let next = self.next_of(i, seq);
                 if seq.ended || next >= self.total {
                     0
                 } else {

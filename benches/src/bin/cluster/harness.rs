@@ -106,24 +106,9 @@ impl Cluster {
     }
 }
 
-/// The body of `GET path` from 127.0.0.1:`port` (HTTP/1.0: the answer
-/// ends when the connection closes).
+/// The body of `GET path` from 127.0.0.1:`port`.
 fn http_get(port: u16, path: &str) -> anyhow::Result<Vec<u8>> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n")?;
-    let mut answer = Vec::new();
-    s.read_to_end(&mut answer)?;
-    let split = answer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no end of the HTTP header")?;
-    let head = String::from_utf8_lossy(&answer[..split]);
-    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
-    }
-    Ok(answer[split + 4..].to_vec())
+    Ok(sluice_benches::http::get(port, path)?)
 }
 
 /// The coordinator of a Raft group (`coordinators` members) that answers
