@@ -18,7 +18,9 @@ use crate::error::{Error, Result};
 /// answers, and the control hello and peers; version 6 made
 /// `ToCoordinator::Metrics` an `ExecutorMetrics` (per-subtask time
 /// accounting, watermarks, source backlog, process CPU and memory);
-/// version 7 added executors' log lines to heartbeats (`Heartbeat::logs`).
+/// version 7 added executors' log lines to heartbeats (`Heartbeat::logs`),
+/// the worker's own process figures (`Heartbeat::process`) and the
+/// exchange's latency-marker frame.
 pub const PROTOCOL_VERSION: u32 = 7;
 
 #[derive(Deserialize)]
