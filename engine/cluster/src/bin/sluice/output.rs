@@ -304,12 +304,23 @@ mod tests {
                 ..SubtaskMetrics::default()
             },
         };
+        let mut subtasks = vec![
+            sub(0, 0, 100, 900, Some(5)),
+            sub(0, 1, 300, 600, Some(7)),
+            sub(1, 0, 1000, 0, None),
+        ];
+        // The fullest queues and the worst latency of a vertex's subtasks.
+        subtasks[0].metrics.output_queue_usage = Some(0.25);
+        subtasks[1].metrics.output_queue_usage = Some(0.875);
+        subtasks[2].metrics.input_queue_usage = Some(1.0);
+        subtasks[2].metrics.latency = Some(sluice_protocol::metrics::Latency {
+            markers: 4,
+            p50_ms: 3,
+            p99_ms: 40,
+            max_ms: 41,
+        });
         let m = JobMetrics {
-            subtasks: vec![
-                sub(0, 0, 100, 900, Some(5)),
-                sub(0, 1, 300, 600, Some(7)),
-                sub(1, 0, 1000, 0, None),
-            ],
+            subtasks,
             ..JobMetrics::default()
         };
         let text = load_text(&m);
@@ -320,10 +331,14 @@ mod tests {
             .collect();
         assert_eq!(
             rows[0],
-            ["0", "src", "2", "300", "900", "100", "7"],
+            ["0", "src", "2", "300", "900", "100", "7", "-", "88%", "-"],
             "{text}"
         );
-        assert_eq!(rows[1], ["1", "sink", "1", "1000", "0", "0", "-"], "{text}");
+        assert_eq!(
+            rows[1],
+            ["1", "sink", "1", "1000", "0", "0", "-", "100%", "-", "40"],
+            "{text}"
+        );
         assert_eq!(load_text(&JobMetrics::default()), "");
     }
 }
