@@ -435,15 +435,21 @@ fn a_bounded_job_shows_its_progress() {
         ]
     };
     let total = "552,000";
+    let run = |out: &str, extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_nexmark"))
+            .args(args(out))
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output_within(RUN_LIMIT)
+    };
 
     // In the log, on request.
-    let out = Command::new(env!("CARGO_BIN_EXE_nexmark"))
-        .args(args("log"))
-        .args(["--progress", "log", "--progress-interval", "500ms"])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output_within(RUN_LIMIT);
+    let out = run(
+        "log",
+        &["--progress", "log", "--progress-interval", "500ms"],
+    );
     assert!(out.status.success());
     let log = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("progress: ")).collect();
@@ -464,12 +470,7 @@ fn a_bounded_job_shows_its_progress() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("source_records=552000"));
 
     // Nothing by default when stderr is not a terminal.
-    let out = Command::new(env!("CARGO_BIN_EXE_nexmark"))
-        .args(args("pipe"))
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output_within(RUN_LIMIT);
+    let out = run("pipe", &[]);
     assert!(out.status.success());
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(!log.contains("records"), "a pipe got progress: {log}");

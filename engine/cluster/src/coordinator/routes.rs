@@ -546,17 +546,22 @@ mod tests {
     use crate::coordinator::CoordinatorConfig;
     use crate::routes::routes;
 
+    /// A manager on plain files in `dir`, opened off the async workers.
+    async fn open_manager(dir: &std::path::Path) -> Arc<Manager> {
+        let config = CoordinatorConfig::new("127.0.0.1:0".parse().unwrap(), dir);
+        tokio::task::spawn_blocking(move || Manager::open(config))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
     /// Every route the OpenAPI document describes is served: none gets
     /// axum's answer for a path or method it does not route (an empty
     /// 404, or 405).
     #[tokio::test]
     async fn every_documented_route_is_served() {
         let dir = tempfile::tempdir().unwrap();
-        let config = CoordinatorConfig::new("127.0.0.1:0".parse().unwrap(), dir.path());
-        let manager = tokio::task::spawn_blocking(move || Manager::open(config))
-            .await
-            .unwrap()
-            .unwrap();
+        let manager = open_manager(dir.path()).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, router(manager, Access::open())).await });
@@ -607,11 +612,7 @@ mod tests {
     #[tokio::test]
     async fn the_document_is_served_and_bad_bodies_get_api_errors() {
         let dir = tempfile::tempdir().unwrap();
-        let config = CoordinatorConfig::new("127.0.0.1:0".parse().unwrap(), dir.path());
-        let manager = tokio::task::spawn_blocking(move || Manager::open(config))
-            .await
-            .unwrap()
-            .unwrap();
+        let manager = open_manager(dir.path()).await;
         let token = sluice_web::Token::new("t0ken").unwrap();
         let access = Access::new(Some(token), None).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -673,11 +674,7 @@ mod tests {
         use sluice_protocol::api::{RegisterWorker, RestartPolicy, SubmitJob};
         use sluice_protocol::logs::LogChunk;
         let dir = tempfile::tempdir().unwrap();
-        let config = CoordinatorConfig::new("127.0.0.1:0".parse().unwrap(), dir.path());
-        let manager = tokio::task::spawn_blocking(move || Manager::open(config))
-            .await
-            .unwrap()
-            .unwrap();
+        let manager = open_manager(dir.path()).await;
         let m = manager.clone();
         let job = tokio::task::spawn_blocking(move || {
             let sha = crate::client::sha256_hex(b"binary");
@@ -778,11 +775,7 @@ mod tests {
     #[tokio::test]
     async fn a_description_of_another_version_is_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
-        let config = CoordinatorConfig::new("127.0.0.1:0".parse().unwrap(), dir.path());
-        let manager = tokio::task::spawn_blocking(move || Manager::open(config))
-            .await
-            .unwrap()
-            .unwrap();
+        let manager = open_manager(dir.path()).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, router(manager, Access::open())).await });

@@ -270,10 +270,12 @@ impl Chain {
     }
 
     /// Calls every member's [`Operator::on_tick`] when [`TICK`] has passed
-    /// since the last call.
-    fn tick(&mut self, last: &mut Instant) -> Result<()> {
+    /// since the last call, and measures the output channels' fill; says
+    /// whether it did, so the caller's own per-tick work reads no clock of
+    /// its own.
+    fn tick(&mut self, last: &mut Instant) -> Result<bool> {
         if last.elapsed() < TICK {
-            return Ok(());
+            return Ok(false);
         }
         *last = Instant::now();
         let writers = self
@@ -291,7 +293,7 @@ impl Chain {
             m.op.on_tick(&m.ctx, &mut out)?;
             self.route(idx, out)?;
         }
-        Ok(())
+        Ok(true)
     }
 
     fn input_end(&mut self, input: usize) -> Result<()> {
@@ -533,15 +535,16 @@ fn run_source(
         if control.is_cancelled() {
             return Err(Error::Cancelled);
         }
-        if last_tick.elapsed() >= TICK {
+        if chain.tick(&mut last_tick)? {
             chain.meter.pending(head.src.pending());
             chain.meter.remaining(head.src.remaining());
+            // Markers are due far less often than ticks: checked per tick,
+            // not per batch.
+            if last_marker.elapsed() >= LATENCY_MARKER_INTERVAL {
+                last_marker = Instant::now();
+                chain.latency(crate::metrics::now_ms())?;
+            }
         }
-        if last_marker.elapsed() >= LATENCY_MARKER_INTERVAL {
-            last_marker = Instant::now();
-            chain.latency(crate::metrics::now_ms())?;
-        }
-        chain.tick(&mut last_tick)?;
         if let Some(c) = ck {
             while let Ok(msg) = c.ck.control.try_recv() {
                 match msg {
@@ -676,13 +679,12 @@ fn run_inputs(
                         let _idle = chain.meter.wait(Wait::Idle);
                         sel.select_timeout(CANCEL_POLL)
                     };
-                    if last_tick.elapsed() >= TICK {
+                    if chain.tick(&mut last_tick)? {
                         let fill = inputs.iter().fold((0, 0), |(q, c), (rx, _)| {
                             (q + rx.len(), c + rx.capacity().unwrap_or(0))
                         });
                         chain.meter.input_fill(fill);
                     }
-                    chain.tick(&mut last_tick)?;
                     let op = match selected {
                         Ok(op) => op,
                         Err(_) => {
