@@ -509,7 +509,7 @@ impl BucketDir {
     /// no longer in progress), and deletes their published files opened
     /// after `restored` (possible only when newer checkpoints were lost),
     /// which the resumed job writes again.
-    pub fn clean(&self, mine: &dyn Fn(usize) -> bool, restored: u64) -> Result<()> {
+    pub fn clean(&self, mine: &dyn Fn(usize) -> bool, restored: u64, current: u64) -> Result<()> {
         if let Some(lister) = &self.lister {
             let prefix = if self.base.is_empty() {
                 String::new()
@@ -520,10 +520,13 @@ impl BucketDir {
                 block(lister.list(&prefix)).map_err(|e| self.fail("listing uploads of", "", e))?;
             for (key, id) in uploads {
                 let name = key.rsplit('/').next().unwrap_or(&key);
-                let Name::Committed { subtask, .. } = names::classify(name) else {
+                let Name::Committed {
+                    subtask, attempt, ..
+                } = names::classify(name)
+                else {
                     continue;
                 };
-                if !mine(subtask) {
+                if !mine(subtask) || attempt == current {
                     continue;
                 }
                 debug!(%key, "aborting an upload no checkpoint knows");
@@ -537,7 +540,9 @@ impl BucketDir {
         }
         for rel in self.list(STAGING)? {
             let name = rel.rsplit('/').next().unwrap_or(&rel);
-            if names::staging_subtask(name).is_some_and(mine) {
+            if names::staging_subtask(name).is_some_and(mine)
+                && !name.contains(&format!("-a{current}-"))
+            {
                 self.delete(&rel)?;
             }
         }
@@ -549,8 +554,13 @@ impl BucketDir {
                 continue;
             }
             let name = rel.rsplit('/').next().unwrap_or(&rel);
-            if let Name::Committed { subtask, epoch } = names::classify(name) {
-                if epoch >= restored && mine(subtask) {
+            if let Name::Committed {
+                subtask,
+                epoch,
+                attempt,
+            } = names::classify(name)
+            {
+                if epoch >= restored && mine(subtask) && attempt != current {
                     debug!(object = %rel, "removing output no checkpoint committed");
                     self.delete(&rel)?;
                 }

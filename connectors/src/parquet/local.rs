@@ -137,15 +137,18 @@ impl LocalDir {
     /// of the old subtasks `mine` selects (what the checkpoint needed is
     /// published by now), and their published files opened after
     /// `restored` (possible only when newer checkpoints were lost), which
-    /// the resumed job writes again.
-    pub fn clean(&self, mine: &dyn Fn(usize) -> bool, restored: u64) -> Result<()> {
+    /// the resumed job writes again. Files of attempt `current` (the
+    /// resumed job's own) are left alone.
+    pub fn clean(&self, mine: &dyn Fn(usize) -> bool, restored: u64, current: u64) -> Result<()> {
         for rel in self.walk()? {
             let name = rel.rsplit('/').next().unwrap_or(&rel);
             let doomed = match names::classify(name) {
-                Name::InProgress { subtask } => mine(subtask),
-                Name::Committed { subtask, epoch } => {
-                    restored > 0 && epoch >= restored && mine(subtask)
-                }
+                Name::InProgress { subtask, attempt } => mine(subtask) && attempt != Some(current),
+                Name::Committed {
+                    subtask,
+                    epoch,
+                    attempt,
+                } => restored > 0 && epoch >= restored && mine(subtask) && attempt != current,
                 Name::Plain { .. } | Name::Other => false,
             };
             if doomed {

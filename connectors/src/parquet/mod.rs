@@ -40,6 +40,7 @@ mod partition;
 mod roll;
 mod sink;
 mod state;
+pub(crate) mod table;
 #[cfg(test)]
 mod tests;
 
@@ -53,8 +54,12 @@ use sluice_engine::graph::SinkFactory;
 use sluice_engine::{Result, SinkSpec};
 
 pub use compact::{compact, CompactOptions, CompactStats};
-pub use partition::{PartitionField, PartitionSpec, Transform, NULL_PARTITION};
+pub use partition::{
+    Flavor, PartitionField, PartitionSpec, PartitionValue, Transform, NULL_PARTITION,
+};
 pub use roll::RollPolicy;
+pub use state::{Durable, FileEntry, Phase};
+pub use table::TableFormat;
 
 /// Writes Parquet files into a directory or, with the `s3` feature (on by
 /// default), a bucket: files per subtask, rolled by size, rows, age,
@@ -98,6 +103,8 @@ pub struct ParquetSink {
     partitioning: PartitionSpec,
     part_size: usize,
     max_open_files: usize,
+    /// Commit to this table format instead of publishing by name.
+    table: Option<Arc<dyn TableFormat>>,
 }
 
 impl ParquetSink {
@@ -114,6 +121,7 @@ impl ParquetSink {
             partitioning: PartitionSpec::new(),
             part_size: 8 << 20,
             max_open_files: 64,
+            table: None,
         }
     }
 
@@ -208,6 +216,19 @@ impl ParquetSink {
         self.compression = c;
         self
     }
+
+    /// Commits finished files to `table` (a table format such as Iceberg)
+    /// instead of publishing them by name; files go to its data directory.
+    pub fn commit_to(mut self, table: Arc<dyn TableFormat>) -> Self {
+        self.location = table.data_location();
+        self.table = Some(table);
+        self
+    }
+
+    /// The partition layout.
+    pub fn partitioning(&self) -> &PartitionSpec {
+        &self.partitioning
+    }
 }
 
 impl SinkSpec for ParquetSink {
@@ -216,6 +237,10 @@ impl SinkSpec for ParquetSink {
     }
 
     fn validate(&self, input: &SchemaRef) -> Result<()> {
+        if let Some(t) = &self.table {
+            t.file_schema(input)?;
+            return self.partitioning.validate(input);
+        }
         if self.location.local_path().is_none()
             && !["s3://", "s3a://"]
                 .iter()

@@ -49,6 +49,8 @@ pub enum Name {
     InProgress {
         /// The subtask writing it.
         subtask: usize,
+        /// The job attempt writing it (checkpointed runs).
+        attempt: Option<u64>,
     },
     /// `part-{subtask}-{epoch}-a{attempt}-{seq}.parquet`: a published file
     /// of a checkpointed run.
@@ -57,6 +59,8 @@ pub enum Name {
         subtask: usize,
         /// The last checkpoint before its first row.
         epoch: u64,
+        /// The job attempt that wrote it.
+        attempt: u64,
     },
     /// `part-{subtask}-{seq}.parquet`: a file of a run without checkpoints.
     Plain {
@@ -75,8 +79,12 @@ pub fn classify(name: &str) -> Name {
         .strip_prefix(".part-")
         .and_then(|r| r.strip_suffix(".parquet.inprogress"))
     {
-        if let Some(Ok(subtask)) = rest.split('-').next().map(str::parse) {
-            return Name::InProgress { subtask };
+        let parts: Vec<&str> = rest.split('-').collect();
+        if let Some(Ok(subtask)) = parts.first().map(|s| s.parse()) {
+            let attempt = parts
+                .iter()
+                .find_map(|p| p.strip_prefix('a').and_then(|a| a.parse().ok()));
+            return Name::InProgress { subtask, attempt };
         }
     }
     if let Some(rest) = name
@@ -86,13 +94,17 @@ pub fn classify(name: &str) -> Name {
         let parts: Vec<&str> = rest.split('-').collect();
         match parts[..] {
             [sub, epoch, attempt, seq] => {
-                if let (Ok(subtask), Ok(epoch), true, true) = (
+                if let (Ok(subtask), Ok(epoch), Some(Ok(attempt)), true) = (
                     sub.parse(),
                     epoch.parse(),
-                    attempt.starts_with('a'),
+                    attempt.strip_prefix('a').map(str::parse),
                     seq.parse::<u64>().is_ok(),
                 ) {
-                    return Name::Committed { subtask, epoch };
+                    return Name::Committed {
+                        subtask,
+                        epoch,
+                        attempt,
+                    };
                 }
             }
             [sub, seq] => {
@@ -123,13 +135,17 @@ mod tests {
         assert_eq!(stem, "part-002-000007-a1-00003");
         assert_eq!(
             classify(&in_progress(&stem)),
-            Name::InProgress { subtask: 2 }
+            Name::InProgress {
+                subtask: 2,
+                attempt: Some(1)
+            }
         );
         assert_eq!(
             classify(&format!("{stem}.parquet")),
             Name::Committed {
                 subtask: 2,
-                epoch: 7
+                epoch: 7,
+                attempt: 1
             }
         );
         assert_eq!(

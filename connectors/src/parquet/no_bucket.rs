@@ -52,7 +52,12 @@ impl BucketDir {
         match *self {}
     }
 
-    pub fn clean(&self, _mine: &dyn Fn(usize) -> bool, _restored: u64) -> Result<()> {
+    pub fn clean(
+        &self,
+        _mine: &dyn Fn(usize) -> bool,
+        _restored: u64,
+        _current: u64,
+    ) -> Result<()> {
         match *self {}
     }
 

@@ -161,10 +161,10 @@ impl Output {
 
     /// After recovery: removes what the old subtasks `mine` selects left
     /// that checkpoint `restored` does not commit.
-    pub fn clean(&self, mine: &dyn Fn(usize) -> bool, restored: u64) -> Result<()> {
+    pub fn clean(&self, mine: &dyn Fn(usize) -> bool, restored: u64, current: u64) -> Result<()> {
         match self {
-            Output::Local(l) => l.clean(mine, restored),
-            Output::Bucket(b) => b.clean(mine, restored),
+            Output::Local(l) => l.clean(mine, restored, current),
+            Output::Bucket(b) => b.clean(mine, restored, current),
         }
     }
 

@@ -262,6 +262,31 @@ fn names(s: &Schema) -> String {
         .join(", ")
 }
 
+/// How partition values are computed and written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// Hive directories: `dt=2026-12-06/hour=07`; value-partitioned
+    /// columns are left out of the files.
+    Hive,
+    /// Apache Iceberg's transforms: time buckets counted from the epoch
+    /// (`hour` is hours since 1970, `day` a date), every column kept in
+    /// the files.
+    Iceberg,
+}
+
+/// One partition value of a file (what a table format records).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum PartitionValue {
+    /// Null.
+    Null,
+    /// A boolean column's value.
+    Bool(bool),
+    /// An integer column's value, a date's days, or a time bucket.
+    Int(i64),
+    /// A string column's value.
+    Str(String),
+}
+
 /// The rows of one batch that go to one directory.
 #[derive(Debug)]
 pub struct PartitionBatch {
@@ -272,11 +297,14 @@ pub struct PartitionBatch {
     pub closes_at: Option<i64>,
     /// The rows, in the file schema.
     pub batch: RecordBatch,
+    /// The partition's values, one per field.
+    pub values: Vec<PartitionValue>,
 }
 
 /// Splits batches of one input schema by a spec.
 pub struct Partitioner {
     spec: PartitionSpec,
+    flavor: Flavor,
     /// Input column of each field.
     sources: Vec<usize>,
     /// Input columns the files keep.
@@ -297,7 +325,7 @@ impl std::fmt::Debug for Partitioner {
 
 impl Partitioner {
     /// A partitioner for `input` (validated).
-    pub fn new(spec: &PartitionSpec, input: &Schema) -> Result<Self> {
+    pub fn new(spec: &PartitionSpec, input: &Schema, flavor: Flavor) -> Result<Self> {
         spec.validate(input)?;
         let index = |name: &str| {
             input
@@ -309,7 +337,10 @@ impl Partitioner {
             .iter()
             .map(|f| index(&f.source))
             .collect::<Result<Vec<_>>>()?;
-        let file_schema = spec.file_schema(input);
+        let file_schema = match flavor {
+            Flavor::Hive => spec.file_schema(input),
+            Flavor::Iceberg => Arc::new(input.clone()),
+        };
         let keep = file_schema
             .fields()
             .iter()
@@ -336,6 +367,7 @@ impl Partitioner {
         let converter = RowConverter::new(sort_fields).map_err(arrow_err)?;
         Ok(Partitioner {
             spec: spec.clone(),
+            flavor,
             sources,
             keep,
             file_schema,
@@ -361,7 +393,7 @@ impl Partitioner {
             .fields
             .iter()
             .zip(&self.sources)
-            .map(|(f, i)| key_array(f.transform, batch.column(*i)))
+            .map(|(f, i)| key_array(f.transform, batch.column(*i), self.flavor))
             .collect::<Result<Vec<ArrayRef>>>()?;
         let ends = match self.finest {
             Some((t, i)) => Some(bucket_ends(t, &epoch_ms(batch.column(i))?)),
@@ -377,6 +409,7 @@ impl Partitioner {
                 dir: self.render(&keys, 0)?,
                 closes_at: ends.as_ref().map(|e| max_of(e, 0..n)),
                 batch: projected,
+                values: values_at(&keys, 0),
             }]);
         }
         let mut groups: HashMap<arrow_row::Row<'_>, Vec<u32>> = HashMap::new();
@@ -407,6 +440,7 @@ impl Partitioner {
                     .as_ref()
                     .map(|e| idx.iter().map(|r| e[*r as usize]).max().unwrap_or(i64::MIN)),
                 batch: RecordBatch::try_new(projected.schema(), columns).map_err(arrow_err)?,
+                values: values_at(&keys, idx[0] as usize),
             });
         }
         Ok(out)
@@ -433,7 +467,10 @@ impl Partitioner {
                 }
                 t => {
                     let v = k.as_primitive::<arrow::datatypes::Int32Type>().value(r);
-                    render_time(t, v, &mut dir);
+                    match self.flavor {
+                        Flavor::Hive => render_time(t, v, &mut dir),
+                        Flavor::Iceberg => render_iceberg_time(t, v, &mut dir),
+                    }
                 }
             }
         }
@@ -471,13 +508,52 @@ fn epoch_ms(col: &ArrayRef) -> Result<Int64Array> {
     Ok(ms.as_primitive::<Int64Type>().clone())
 }
 
+/// The values of row `r` of the key arrays.
+fn values_at(keys: &[ArrayRef], r: usize) -> Vec<PartitionValue> {
+    keys.iter()
+        .map(|k| {
+            if k.is_null(r) {
+                return PartitionValue::Null;
+            }
+            match k.data_type() {
+                DataType::Boolean => PartitionValue::Bool(k.as_boolean().value(r)),
+                DataType::Utf8 => PartitionValue::Str(k.as_string::<i32>().value(r).to_string()),
+                DataType::LargeUtf8 => {
+                    PartitionValue::Str(k.as_string::<i64>().value(r).to_string())
+                }
+                DataType::Utf8View => PartitionValue::Str(k.as_string_view().value(r).to_string()),
+                _ => match cast(&k.slice(r, 1), &DataType::Int64) {
+                    Ok(a) => PartitionValue::Int(a.as_primitive::<Int64Type>().value(0)),
+                    Err(_) => PartitionValue::Null,
+                },
+            }
+        })
+        .collect()
+}
+
 /// The key array of one field: the column itself, or its time bucket as
-/// Int32 (days since the epoch for a date, the hour of the day, ...).
-fn key_array(t: Transform, col: &ArrayRef) -> Result<ArrayRef> {
+/// Int32 (days since the epoch for a date, the hour of the day, ...; in
+/// Iceberg's flavor every bucket counts from the epoch).
+fn key_array(t: Transform, col: &ArrayRef, flavor: Flavor) -> Result<ArrayRef> {
     if t == Transform::Identity {
         return Ok(col.clone());
     }
     let ms = epoch_ms(col)?;
+    if flavor == Flavor::Iceberg {
+        let keys: Int32Array = ms.unary(|m| {
+            let days = m.div_euclid(MS_PER_DAY);
+            match t {
+                Transform::Hour => m.div_euclid(MS_PER_HOUR) as i32,
+                Transform::Month => {
+                    let (y, mo, _) = civil(days);
+                    ((y - 1970) * 12 + i64::from(mo) - 1) as i32
+                }
+                Transform::Year => (civil(days).0 - 1970) as i32,
+                _ => days as i32,
+            }
+        });
+        return Ok(Arc::new(keys));
+    }
     let keys: Int32Array = ms.unary(|m| {
         let days = m.div_euclid(MS_PER_DAY);
         match t {
@@ -526,6 +602,27 @@ fn render_time(t: Transform, v: i32, out: &mut String) {
         Transform::Year => write!(out, "{v:04}"),
         Transform::Month | Transform::Day | Transform::Hour => write!(out, "{v:02}"),
         Transform::Identity => Ok(()),
+    };
+}
+
+/// Iceberg's human form of a time bucket (as its partition paths show).
+fn render_iceberg_time(t: Transform, v: i32, out: &mut String) {
+    let _ = match t {
+        Transform::Hour => {
+            let (y, m, d) = civil(i64::from(v).div_euclid(24));
+            write!(out, "{y:04}-{m:02}-{d:02}-{:02}", v.rem_euclid(24))
+        }
+        Transform::Month => write!(
+            out,
+            "{:04}-{:02}",
+            1970 + v.div_euclid(12),
+            v.rem_euclid(12) + 1
+        ),
+        Transform::Year => write!(out, "{:04}", 1970 + v),
+        _ => {
+            let (y, m, d) = civil(i64::from(v));
+            write!(out, "{y:04}-{m:02}-{d:02}")
+        }
     };
 }
 
@@ -656,7 +753,7 @@ mod tests {
     fn splits_rows_into_hive_directories() {
         let spec = PartitionSpec::new().column("country").hourly("_timestamp");
         let b = input();
-        let mut p = Partitioner::new(&spec, &b.schema()).unwrap();
+        let mut p = Partitioner::new(&spec, &b.schema(), Flavor::Hive).unwrap();
         let parts = p.split(&b).unwrap();
         let dirs: Vec<(&str, Vec<i64>)> = parts
             .iter()
@@ -682,13 +779,27 @@ mod tests {
         assert_eq!(parts[0].batch.schema(), *p.file_schema());
         assert_eq!(parts[0].closes_at, Some(1_796_544_000_000));
         assert_eq!(parts[2].closes_at, Some(1_796_544_000_000 + MS_PER_HOUR));
+        assert_eq!(
+            parts[0].values,
+            [
+                PartitionValue::Str("DE".into()),
+                PartitionValue::Int(20_793),
+                PartitionValue::Int(7)
+            ]
+        );
+        // Iceberg's transforms count from the epoch and keep the columns.
+        let mut p = Partitioner::new(&spec, &b.schema(), Flavor::Iceberg).unwrap();
+        let parts = p.split(&b).unwrap();
+        assert_eq!(parts[0].dir, "country=DE/dt=2026-12-06/hour=2026-12-06-07");
+        assert_eq!(parts[0].values[2], PartitionValue::Int(20_793 * 24 + 7));
+        assert_eq!(parts[0].batch.num_columns(), 3);
     }
 
     #[test]
     fn one_directory_keeps_the_batch_whole() {
         let spec = PartitionSpec::parse("y=year(_timestamp),m=month(_timestamp)").unwrap();
         let b = input();
-        let mut p = Partitioner::new(&spec, &b.schema()).unwrap();
+        let mut p = Partitioner::new(&spec, &b.schema(), Flavor::Hive).unwrap();
         let parts = p.split(&b).unwrap();
         assert_eq!(parts.len(), 1);
         assert_eq!(parts[0].dir, "y=2026/m=12");

@@ -30,7 +30,7 @@ use tracing::{debug, info};
 use super::footer::FooterTemplate;
 use super::names;
 use super::output::{FileBytes, Live, Output};
-use super::partition::Partitioner;
+use super::partition::{Flavor, PartitionValue, Partitioner};
 use super::roll::{FileFigures, RollReason};
 use super::state::{FileEntry, Phase};
 use super::ParquetSink;
@@ -40,6 +40,8 @@ struct OpenFile {
     writer: ArrowWriter<FileBytes>,
     live: Live,
     target: String,
+    /// Its partition's values.
+    partition: Vec<PartitionValue>,
     figures: FileFigures,
     /// Its entry as of the last checkpoint, while nothing was written since.
     persisted: Option<FileEntry>,
@@ -117,7 +119,7 @@ impl ParquetWriterTask {
             .ok_or_else(|| Error::Internal("parquet sink used before open".into()))
     }
 
-    fn open_file(&mut self, dir: &str) -> Result<()> {
+    fn open_file(&mut self, dir: &str, partition: &[PartitionValue]) -> Result<()> {
         if self.files.len() >= self.spec.max_open_files.max(1) {
             // Too many partitions open: the one written to longest ago goes.
             let oldest = self
@@ -146,6 +148,7 @@ impl ParquetWriterTask {
                 writer,
                 live,
                 target: names::join(dir, &format!("{stem}.parquet")),
+                partition: partition.to_vec(),
                 figures: FileFigures {
                     bytes: 0,
                     rows: 0,
@@ -159,11 +162,25 @@ impl ParquetWriterTask {
         Ok(())
     }
 
-    fn write_to(&mut self, dir: &str, closes_at: Option<i64>, batch: &RecordBatch) -> Result<()> {
+    fn write_to(
+        &mut self,
+        dir: &str,
+        closes_at: Option<i64>,
+        batch: &RecordBatch,
+        partition: &[PartitionValue],
+    ) -> Result<()> {
+        let converted;
+        let batch = match &self.spec.table {
+            Some(t) => {
+                converted = t.convert(batch, &self.file_schema)?;
+                &converted
+            }
+            None => batch,
+        };
         let mut rest = batch.clone();
         while rest.num_rows() > 0 {
             if !self.files.contains_key(dir) {
-                self.open_file(dir)?;
+                self.open_file(dir, partition)?;
             }
             // A row limit is exact: the batch is split at it.
             let room = self.spec.roll.max_rows.map_or(usize::MAX, |max| {
@@ -253,14 +270,27 @@ impl ParquetWriterTask {
             rows: f.figures.rows,
             footer: Vec::new(),
             garbage,
+            partition: f.partition,
             phase: Phase::Staged { epoch: 0 },
             location: Some(self.spec.location.as_str().to_string()),
         };
-        if self.checkpointing {
-            self.closed.push(entry);
-            Ok(())
-        } else {
-            self.output()?.publish(&entry)
+        match (&self.spec.table, self.checkpointing) {
+            (Some(t), checkpointing) => {
+                // A table's readers see only what its commits list: the
+                // file takes its final name now.
+                self.output()?.publish(&entry)?;
+                if checkpointing {
+                    self.closed.push(entry);
+                    Ok(())
+                } else {
+                    t.commit_now(&entry)
+                }
+            }
+            (None, true) => {
+                self.closed.push(entry);
+                Ok(())
+            }
+            (None, false) => self.output()?.publish(&entry),
         }
     }
 
@@ -305,6 +335,7 @@ impl ParquetWriterTask {
             rows: f.figures.rows,
             footer,
             garbage: Vec::new(),
+            partition: f.partition.clone(),
             phase: Phase::Open,
             location: Some(self.spec.location.as_str().to_string()),
         };
@@ -318,8 +349,15 @@ impl ParquetWriterTask {
     /// never race on a file.
     fn recover(&mut self) -> Result<()> {
         let (parallelism, subtask) = (self.parallelism, self.subtask);
-        let mine = move |old: usize| old % parallelism == subtask;
         let (restored, entries) = self.restored.take().unwrap_or((0, Vec::new()));
+        self.epoch = restored;
+        // With a table, subtask 0 recovers for every old subtask, so what
+        // it commits is published by then.
+        let table = self.spec.table.clone();
+        if table.is_some() && subtask != 0 {
+            return Ok(());
+        }
+        let mine = move |old: usize| table.is_some() || old % parallelism == subtask;
         let current = self.spec.location.as_str().to_string();
         // The checkpoint's files are published where they are: in the
         // current output when it holds them (the output was copied or
@@ -347,10 +385,12 @@ impl ParquetWriterTask {
                 Phase::Open => output.publish_prefix(e)?,
             }
         }
-        for output in outputs.values() {
-            output.clean(&mine, restored)?;
+        if let Some(t) = &self.spec.table {
+            t.recover(restored, self.attempt, &entries)?;
         }
-        self.epoch = restored;
+        for output in outputs.values() {
+            output.clean(&mine, restored, self.attempt)?;
+        }
         Ok(())
     }
 }
@@ -365,14 +405,23 @@ struct Layout {
 
 impl Layout {
     fn new(spec: &ParquetSink, input: &SchemaRef) -> Result<Self> {
+        let flavor = if spec.table.is_some() {
+            Flavor::Iceberg
+        } else {
+            Flavor::Hive
+        };
         let partitioner = if spec.partitioning.is_empty() {
             None
         } else {
-            Some(Partitioner::new(&spec.partitioning, input)?)
+            Some(Partitioner::new(&spec.partitioning, input, flavor)?)
         };
         let file_schema = partitioner
             .as_ref()
             .map_or_else(|| input.clone(), |p| p.file_schema().clone());
+        let file_schema = match &spec.table {
+            Some(t) => t.file_schema(&file_schema)?,
+            None => file_schema,
+        };
         let mut props = WriterProperties::builder()
             .set_max_row_group_row_count(Some(spec.row_group_size))
             .set_compression(spec.compression);
@@ -448,10 +497,10 @@ impl Sink for ParquetWriterTask {
             self.template = layout.template;
         }
         match self.partitioner.as_mut() {
-            None => self.write_to("", None, &batch),
+            None => self.write_to("", None, &batch, &[]),
             Some(p) => {
                 for part in p.split(&batch)? {
-                    self.write_to(&part.dir, part.closes_at, &part.batch)?;
+                    self.write_to(&part.dir, part.closes_at, &part.batch, &part.values)?;
                 }
                 Ok(())
             }
@@ -485,11 +534,16 @@ impl Sink for ParquetWriterTask {
         } else {
             self.roll_due()?;
         }
+        let mut now_staged = Vec::new();
         for mut e in std::mem::take(&mut self.closed) {
             e.phase = Phase::Staged {
                 epoch: checkpoint.0,
             };
+            now_staged.push(e.clone());
             self.staged.push(e);
+        }
+        if let Some(t) = &self.spec.table {
+            t.stage(checkpoint.0, self.subtask, self.attempt, &now_staged)?;
         }
         let mut entries = self
             .staged
@@ -528,6 +582,9 @@ impl Sink for ParquetWriterTask {
         for e in done {
             output.publish(&e)?;
         }
-        Ok(())
+        match &self.spec.table {
+            Some(t) if self.subtask == 0 => t.commit(checkpoint.0),
+            _ => Ok(()),
+        }
     }
 }

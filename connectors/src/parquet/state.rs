@@ -65,6 +65,9 @@ pub struct FileEntry {
     /// Staging objects to delete once the file is published.
     #[serde(default)]
     pub garbage: Vec<String>,
+    /// The file's partition values (table formats record them).
+    #[serde(default)]
+    pub partition: Vec<super::partition::PartitionValue>,
     /// Staged or open.
     pub phase: Phase,
     /// The output location it is written to (absent in checkpoints from
@@ -139,6 +142,7 @@ mod tests {
             rows: 99,
             footer: vec![0, 1, 0xab, 0xff],
             garbage: vec![],
+            partition: vec![],
             phase: Phase::Open,
             location: Some("s3://bucket/out".into()),
         };

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use sluice_connectors::iceberg::IcebergSink;
 use sluice_connectors::kafka::{DecodePolicy, StartFrom};
 use sluice_connectors::parquet::{ParquetSink, PartitionSpec};
 use sluice_engine::checkpoint::Location;
@@ -68,8 +69,30 @@ struct Args {
     /// Where the Parquet files go: a directory, or s3://bucket/prefix (S3
     /// settings from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
     /// and AWS_ENDPOINT plus AWS_ALLOW_HTTP=true for a local server).
-    #[arg(long)]
-    output: Location,
+    #[arg(
+        long,
+        required_unless_present = "iceberg_table",
+        conflicts_with = "iceberg_table"
+    )]
+    output: Option<Location>,
+    /// Write an Apache Iceberg table NAMESPACE.TABLE instead of plain files
+    /// (created on first use with the stream's columns and --partition-by as
+    /// its partition spec, an identity field per column and Iceberg's day,
+    /// hour, month and year transforms). Each checkpoint's files become one
+    /// snapshot, exactly once across crashes. Needs --iceberg-warehouse.
+    #[arg(long, requires = "iceberg_warehouse", value_name = "NAMESPACE.TABLE")]
+    iceberg_table: Option<String>,
+    /// Directory the Iceberg tables' files go to (WAREHOUSE/NAMESPACE/TABLE).
+    #[arg(long, value_name = "DIR")]
+    iceberg_warehouse: Option<PathBuf>,
+    /// The SQL catalog: an SQLite file in the JDBC catalog's layout (what
+    /// PyIceberg's SqlCatalog, Spark and Trino read) [default:
+    /// WAREHOUSE/catalog.db].
+    #[arg(long, value_name = "FILE")]
+    iceberg_catalog: Option<PathBuf>,
+    /// The catalog's name inside that file (readers open it by this name).
+    #[arg(long, default_value = "sluice", value_name = "NAME")]
+    iceberg_catalog_name: String,
     /// Hive-style partition directories, outermost first: comma-separated
     /// fields, each COLUMN (by value: country=DE/; the column then lives in
     /// the path, not in the files) or NAME=FUNC(COLUMN) with FUNC one of
@@ -152,7 +175,9 @@ fn main() -> anyhow::Result<()> {
     }
     let job = "kafka_to_parquet";
     let resume = args.checkpoints.apply(&env, job)?;
-    args.checkpoints.fresh_output_at(&args.output)?;
+    if let Some(output) = &args.output {
+        args.checkpoints.fresh_output_at(output)?;
+    }
     let policy = match (&args.dead_letter_topic, args.skip_bad_records) {
         (Some(t), _) => DecodePolicy::DeadLetter(t.clone()),
         (None, true) => DecodePolicy::Skip,
@@ -161,13 +186,13 @@ fn main() -> anyhow::Result<()> {
     let spec = KafkaToParquetSpec {
         job: job.to_string(),
         brokers: args.brokers,
-        topic: args.topic,
+        topic: args.topic.clone(),
         format: args.format,
         schema: args.schema,
         infer_sample: args.infer_sample,
         start: args.start_from,
         until_end: args.until_end,
-        group: args.group,
+        group: args.group.clone(),
         policy,
         checkpoint_dir: args.checkpoints.checkpoint_dir.clone(),
         partition_discovery: args.partition_discovery,
@@ -178,7 +203,11 @@ fn main() -> anyhow::Result<()> {
     let stats = src.decode_stats();
     let progress = src.progress();
     // Offsets and timestamps are distinct per record: no dictionary.
-    let mut sink = ParquetSink::new(args.output.clone())
+    let output = args
+        .output
+        .clone()
+        .unwrap_or_else(|| Location::from("unused"));
+    let mut sink = ParquetSink::new(output)
         .without_dictionary(["_offset", "_timestamp"])
         .max_file_size(usize::try_from(args.roll_size).unwrap_or(usize::MAX))
         .rollover_interval(args.roll_interval)
@@ -200,7 +229,33 @@ fn main() -> anyhow::Result<()> {
         ),
         None => stream,
     };
-    stream.sink(sink);
+    let output = match (&args.iceberg_table, &args.iceberg_warehouse) {
+        (Some(table), Some(warehouse)) => {
+            let catalog = args
+                .iceberg_catalog
+                .clone()
+                .unwrap_or_else(|| warehouse.join("catalog.db"));
+            // One writer id per job writing the table: its consumer group
+            // when it has one, else its topic.
+            let writer = args
+                .group
+                .clone()
+                .unwrap_or_else(|| format!("kafka_to_parquet:{}", args.topic));
+            let iceberg = IcebergSink::new(&catalog, warehouse, table)
+                .catalog_name(&args.iceberg_catalog_name)
+                .writer_id(writer)
+                .parquet(|_| sink);
+            stream.sink(iceberg);
+            format!("Iceberg table {table} (catalog {})", catalog.display())
+        }
+        _ => {
+            stream.sink(sink);
+            args.output
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        }
+    };
     if args.checkpoints.explained(&env)? {
         return Ok(());
     }
@@ -221,7 +276,7 @@ fn main() -> anyhow::Result<()> {
         result.duration.as_millis(),
         stats.skipped(),
         stats.dead_lettered(),
-        args.output,
+        output,
         resume_summary(&resume, &result.checkpoints),
         progress.describe(),
         checkpoint_summary(&result)
@@ -239,4 +294,10 @@ Examples:
   kafka_to_parquet --brokers 127.0.0.1:9092 --topic events \\
     --output s3://lake/events --checkpoint-dir s3://lake/checkpoints/events \\
     --partition-by 'country,dt=date(_timestamp),hour=hour(_timestamp)' \\
-    --watermark-delay 1m --roll-interval 5m";
+    --watermark-delay 1m --roll-interval 5m
+
+  # An Iceberg table partitioned by day (read with PyIceberg's SqlCatalog
+  # \"sluice\" at sqlite:///lake/catalog.db)
+  kafka_to_parquet --brokers 127.0.0.1:9092 --topic events \\
+    --iceberg-table lake.events --iceberg-warehouse lake/ \\
+    --partition-by 'dt=date(_timestamp)' --checkpoint-dir ck/";

@@ -1,0 +1,575 @@
+//! An opened Iceberg table as the Parquet sink's [`TableFormat`]: the
+//! commit protocol that makes each checkpoint one Iceberg snapshot,
+//! exactly once.
+//!
+//! At barrier `n` every subtask writes the list of files it finished for
+//! `n` into `{table}/_sluice/{writer}/commits/` (a new name each time,
+//! synced before the subtask acknowledges). When `n` completes, subtask 0
+//! commits every list of a checkpoint up to `n` as one snapshot whose
+//! summary names the lists (`sluice.lists`), then deletes them. A list
+//! named in a snapshot is never committed again, so a crash between the
+//! catalog's swap and the deletion, or a notification that never came
+//! (the next checkpoint's commit takes the list along), commits each file
+//! once. On resume from `n`, lists of later checkpoints are dropped (their
+//! rows are replayed) and the committed prefixes of the files open at `n`
+//! go into a list whose name derives from their paths, so resuming from
+//! `n` twice commits them once.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arrow::array::{Array, ArrayRef, ListArray, StructArray};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use sluice_engine::checkpoint::Location;
+use sluice_engine::{Error, Result};
+use tracing::{debug, info};
+
+use super::catalog::SqlCatalog;
+use super::manifest::{self, DataFile, NewManifest};
+use super::metadata::{Snapshot, TableMetadata};
+use crate::parquet::{FileEntry, Phase, TableFormat};
+
+/// The summary key naming the writer of a snapshot.
+pub const WRITER_PROPERTY: &str = "sluice.writer";
+/// The summary key with the checkpoint a snapshot commits.
+pub const CHECKPOINT_PROPERTY: &str = "sluice.checkpoint";
+/// The summary key listing the staged lists a snapshot commits.
+pub const LISTS_PROPERTY: &str = "sluice.lists";
+
+fn ice(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::connector("iceberg", format!("{what}: {e}"))
+}
+
+/// A random number: table UUIDs, snapshot ids and unique file names.
+pub fn random() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = RandomState::new().build_hasher();
+    COUNTER.fetch_add(1, Ordering::Relaxed).hash(&mut h);
+    SystemTime::now().hash(&mut h);
+    std::process::id().hash(&mut h);
+    h.finish()
+}
+
+/// A random version-4 UUID in its text form.
+pub fn uuid() -> String {
+    let (a, b) = (random(), random());
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        0x8000 | (b >> 48) & 0x3fff,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The local path of a `file://` location.
+pub fn local_path(location: &str) -> PathBuf {
+    PathBuf::from(
+        location
+            .strip_prefix("file://")
+            .or_else(|| location.strip_prefix("file:"))
+            .unwrap_or(location),
+    )
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))
+}
+
+/// Writes `bytes` to a new file at `path`, synced.
+fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    let write = || -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        std::io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()
+    };
+    write().map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+/// An opened table.
+pub struct IcebergTable {
+    catalog: Mutex<SqlCatalog>,
+    namespace: String,
+    name: String,
+    writer: String,
+    /// The table's directory.
+    dir: PathBuf,
+    /// When this handle was opened (see `recover`).
+    opened: SystemTime,
+}
+
+impl std::fmt::Debug for IcebergTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IcebergTable({}.{})", self.namespace, self.name)
+    }
+}
+
+impl IcebergTable {
+    /// Opens `namespace.name` in `catalog`, creating it (files under
+    /// `warehouse/namespace/name`) with `create`'s metadata if missing.
+    pub fn open(
+        catalog: SqlCatalog,
+        warehouse: &Path,
+        namespace: &str,
+        name: &str,
+        writer: &str,
+        create: impl FnOnce(&str) -> Result<TableMetadata>,
+    ) -> Result<Arc<Self>> {
+        catalog.ensure_namespace(namespace)?;
+        let dir = match catalog.location(namespace, name)? {
+            Some(loc) => {
+                let meta: TableMetadata = serde_json::from_slice(&read(&local_path(&loc))?)
+                    .map_err(|e| ice(&format!("{loc} is not Iceberg table metadata"), e))?;
+                local_path(&meta.location)
+            }
+            None => {
+                let dir = warehouse.join(namespace.replace('.', "/")).join(name);
+                let location = format!("file://{}", dir.display());
+                let meta = create(&location)?;
+                let path = dir
+                    .join("metadata")
+                    .join(format!("00000-{}.metadata.json", uuid()));
+                write_new(&path, &to_json(&meta)?)?;
+                let loc = format!("file://{}", path.display());
+                if catalog.create(namespace, name, &loc)? {
+                    info!(table = %format!("{namespace}.{name}"), location = %dir.display(),
+                        "created Iceberg table");
+                    dir
+                } else {
+                    // Another subtask or process created it meanwhile.
+                    let _ = std::fs::remove_file(&path);
+                    let loc = catalog.location(namespace, name)?.unwrap_or_default();
+                    let meta: TableMetadata = serde_json::from_slice(&read(&local_path(&loc))?)
+                        .map_err(|e| ice(&format!("{loc} is not Iceberg table metadata"), e))?;
+                    local_path(&meta.location)
+                }
+            }
+        };
+        Ok(Arc::new(IcebergTable {
+            catalog: Mutex::new(catalog),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            writer: writer.to_string(),
+            dir,
+            opened: SystemTime::now(),
+        }))
+    }
+
+    /// The table's current metadata and its location.
+    pub fn load(&self) -> Result<(String, TableMetadata)> {
+        let loc = self
+            .catalog
+            .lock()
+            .expect("catalog lock")
+            .location(&self.namespace, &self.name)?
+            .ok_or_else(|| {
+                ice(
+                    "loading",
+                    format!("table {}.{} was dropped", self.namespace, self.name),
+                )
+            })?;
+        let meta = serde_json::from_slice(&read(&local_path(&loc))?)
+            .map_err(|e| ice(&format!("{loc} is not Iceberg table metadata"), e))?;
+        Ok((loc, meta))
+    }
+
+    /// Applies `change` to the current metadata and commits the result,
+    /// retrying on the latest metadata when another commit came first.
+    /// `change` returns false when nothing needs committing, and the
+    /// files it wrote, removed again when its commit loses.
+    fn update(
+        &self,
+        mut change: impl FnMut(&mut TableMetadata, &mut Vec<PathBuf>) -> Result<bool>,
+    ) -> Result<TableMetadata> {
+        for attempt in 0..50 {
+            let (old, mut meta) = self.load()?;
+            let mut written = Vec::new();
+            if !change(&mut meta, &mut written)? {
+                return Ok(meta);
+            }
+            let version = meta.metadata_log.len() + 1;
+            meta.metadata_log.push(serde_json::json!({
+                "metadata-file": old, "timestamp-ms": meta.last_updated_ms}));
+            meta.last_updated_ms = now_ms();
+            let path = self
+                .dir
+                .join("metadata")
+                .join(format!("{version:05}-{}.metadata.json", uuid()));
+            write_new(&path, &to_json(&meta)?)?;
+            written.push(path.clone());
+            let new = format!("file://{}", path.display());
+            let swapped = self.catalog.lock().expect("catalog lock").swap(
+                &self.namespace,
+                &self.name,
+                &old,
+                &new,
+            )?;
+            if swapped {
+                return Ok(meta);
+            }
+            debug!(attempt, table = %self.name, "Iceberg commit conflict; retrying");
+            for p in written {
+                let _ = std::fs::remove_file(p);
+            }
+            std::thread::sleep(Duration::from_millis(5 + random() % 20));
+        }
+        Err(ice(
+            &format!("committing to {}.{}", self.namespace, self.name),
+            "50 conflicting commits in a row",
+        ))
+    }
+
+    /// Appends `files` as one snapshot with `props` in its summary.
+    fn append(&self, files: &[FileEntry], props: &BTreeMap<String, String>) -> Result<()> {
+        let data: Vec<DataFile> = files
+            .iter()
+            .map(|e| DataFile {
+                path: format!("file://{}", self.dir.join("data").join(&e.target).display()),
+                rows: e.rows,
+                bytes: e.len,
+                partition: e.partition.clone(),
+            })
+            .collect();
+        self.update(|meta, written| {
+            let id = (random() >> 1) as i64;
+            let sequence = meta.last_sequence_number + 1;
+            let spec = meta.spec()?.clone();
+            let bytes = manifest::write_manifest(meta, &spec, id, &data)?;
+            let tag = uuid();
+            let mpath = self.dir.join("metadata").join(format!("{tag}-m0.avro"));
+            write_new(&mpath, &bytes)?;
+            written.push(mpath.clone());
+            let parent = meta.current().cloned();
+            let parent_list = match &parent {
+                Some(p) => Some(read(&local_path(&p.manifest_list))?),
+                None => None,
+            };
+            let mloc = format!("file://{}", mpath.display());
+            let list = manifest::write_list(
+                id,
+                parent.as_ref().map(|p| p.snapshot_id),
+                sequence,
+                &NewManifest {
+                    path: &mloc,
+                    length: bytes.len() as u64,
+                    spec_id: spec.spec_id,
+                    files: &data,
+                },
+                parent_list.as_deref(),
+            )?;
+            let lpath = self
+                .dir
+                .join("metadata")
+                .join(format!("snap-{id}-0-{tag}.avro"));
+            write_new(&lpath, &list)?;
+            written.push(lpath.clone());
+            let mut summary = summary(parent.as_ref(), &data);
+            summary.extend(props.clone());
+            meta.snapshots.push(Snapshot {
+                snapshot_id: id,
+                parent_snapshot_id: parent.as_ref().map(|p| p.snapshot_id),
+                sequence_number: sequence,
+                timestamp_ms: now_ms(),
+                manifest_list: format!("file://{}", lpath.display()),
+                summary,
+                schema_id: Some(meta.current_schema_id),
+            });
+            meta.last_sequence_number = sequence;
+            meta.current_snapshot_id = Some(id);
+            meta.refs.insert(
+                "main".into(),
+                serde_json::json!({"snapshot-id": id, "type": "branch"}),
+            );
+            meta.snapshot_log
+                .push(serde_json::json!({"snapshot-id": id, "timestamp-ms": now_ms()}));
+            Ok(true)
+        })?;
+        Ok(())
+    }
+
+    fn commits_dir(&self) -> PathBuf {
+        self.dir
+            .join("_sluice")
+            .join(self.writer.replace(['/', '\\', '.'], "_"))
+            .join("commits")
+    }
+
+    /// Staged lists by checkpoint, by name.
+    fn staged(&self) -> BTreeMap<u64, BTreeMap<String, PathBuf>> {
+        let mut out: BTreeMap<u64, BTreeMap<String, PathBuf>> = BTreeMap::new();
+        let Ok(entries) = std::fs::read_dir(self.commits_dir()) else {
+            return out;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let epoch = name
+                .strip_suffix(".json")
+                .and_then(|s| s.split('-').next())
+                .and_then(|s| s.parse().ok());
+            if let Some(epoch) = epoch {
+                out.entry(epoch).or_default().insert(name, e.path());
+            }
+        }
+        out
+    }
+
+    /// The names of the lists this writer's snapshots committed.
+    fn committed(meta: &TableMetadata, writer: &str) -> BTreeSet<String> {
+        meta.snapshots
+            .iter()
+            .filter(|s| s.summary.get(WRITER_PROPERTY).map(String::as_str) == Some(writer))
+            .filter_map(|s| s.summary.get(LISTS_PROPERTY))
+            .flat_map(|l| l.split(',').map(str::to_string))
+            .collect()
+    }
+
+    fn write_list(&self, name: &str, files: &[FileEntry]) -> Result<()> {
+        let body = serde_json::to_vec(files).map_err(|e| ice("encoding staged files", e))?;
+        let dir = self.commits_dir();
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let _ = std::fs::remove_file(&tmp);
+        write_new(&tmp, &body)?;
+        let path = dir.join(name);
+        std::fs::rename(&tmp, &path)
+            .and_then(|()| std::fs::File::open(&dir)?.sync_all())
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+    }
+}
+
+/// FNV-1a over `parts`: a name that stays the same across builds (std's
+/// hashers promise no stable output).
+fn fnv1a<'a>(parts: impl Iterator<Item = &'a str>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain([0]) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+fn to_json(meta: &TableMetadata) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(meta).map_err(|e| ice("encoding table metadata", e))
+}
+
+/// The summary of a snapshot adding `files` on top of `parent`.
+fn summary(parent: Option<&Snapshot>, files: &[DataFile]) -> BTreeMap<String, String> {
+    let total = |key: &str| -> u64 {
+        parent
+            .and_then(|p| p.summary.get(key))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let rows: u64 = files.iter().map(|f| f.rows).sum();
+    let bytes: u64 = files.iter().map(|f| f.bytes).sum();
+    let n = files.len() as u64;
+    [
+        ("operation", "append".to_string()),
+        ("added-data-files", n.to_string()),
+        ("added-records", rows.to_string()),
+        ("added-files-size", bytes.to_string()),
+        (
+            "total-data-files",
+            (total("total-data-files") + n).to_string(),
+        ),
+        ("total-records", (total("total-records") + rows).to_string()),
+        (
+            "total-files-size",
+            (total("total-files-size") + bytes).to_string(),
+        ),
+        (
+            "total-delete-files",
+            total("total-delete-files").to_string(),
+        ),
+        (
+            "total-position-deletes",
+            total("total-position-deletes").to_string(),
+        ),
+        (
+            "total-equality-deletes",
+            total("total-equality-deletes").to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// `array` in type `to`: cast where the type differs (timestamps to
+/// microseconds, widened integers) and nested fields re-labelled with the
+/// file schema's field ids.
+fn convert(array: &ArrayRef, to: &DataType) -> Result<ArrayRef> {
+    if array.data_type() == to {
+        return Ok(array.clone());
+    }
+    match (array.data_type(), to) {
+        (DataType::Struct(_), DataType::Struct(fields)) => {
+            let s = array
+                .as_any()
+                .downcast_ref::<StructArray>()
+                .ok_or_else(|| ice("converting", "a struct column is not a StructArray"))?;
+            let columns = s
+                .columns()
+                .iter()
+                .zip(fields)
+                .map(|(c, f)| convert(c, f.data_type()))
+                .collect::<Result<Vec<_>>>()?;
+            let out = StructArray::try_new(fields.clone(), columns, s.nulls().cloned())
+                .map_err(|e| ice("converting a struct column", e))?;
+            Ok(Arc::new(out))
+        }
+        (DataType::List(_), DataType::List(item)) => {
+            let l = array
+                .as_any()
+                .downcast_ref::<ListArray>()
+                .ok_or_else(|| ice("converting", "a list column is not a ListArray"))?;
+            let values = convert(l.values(), item.data_type())?;
+            let out = ListArray::try_new(
+                item.clone(),
+                l.offsets().clone(),
+                values,
+                l.nulls().cloned(),
+            )
+            .map_err(|e| ice("converting a list column", e))?;
+            Ok(Arc::new(out))
+        }
+        _ => cast(array, to).map_err(|e| ice(&format!("converting to {to}"), e)),
+    }
+}
+
+impl TableFormat for IcebergTable {
+    fn data_location(&self) -> Location {
+        Location::from(self.dir.join("data"))
+    }
+
+    fn file_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
+        let meta = self.update(|meta, _| meta.evolve(input))?;
+        meta.file_schema(input)
+    }
+
+    fn convert(&self, batch: &RecordBatch, file_schema: &SchemaRef) -> Result<RecordBatch> {
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(file_schema.fields())
+            .map(|(c, f)| convert(c, f.data_type()))
+            .collect::<Result<Vec<ArrayRef>>>()?;
+        RecordBatch::try_new(file_schema.clone(), columns).map_err(|e| ice("converting", e))
+    }
+
+    fn stage(&self, epoch: u64, subtask: usize, attempt: u64, files: &[FileEntry]) -> Result<()> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let name = format!("{epoch:06}-{subtask:03}-a{attempt}-{:016x}.json", random());
+        self.write_list(&name, files)
+    }
+
+    fn commit(&self, epoch: u64) -> Result<()> {
+        let staged = self.staged();
+        let lists: Vec<(String, PathBuf)> = staged
+            .range(..=epoch)
+            .flat_map(|(_, l)| l.iter().map(|(n, p)| (n.clone(), p.clone())))
+            .collect();
+        if lists.is_empty() {
+            return Ok(());
+        }
+        let (_, meta) = self.load()?;
+        let done = Self::committed(&meta, &self.writer);
+        let mut names = Vec::new();
+        let mut files = Vec::new();
+        for (name, path) in &lists {
+            if done.contains(name) {
+                continue;
+            }
+            let entries: Vec<FileEntry> = serde_json::from_slice(&read(path)?)
+                .map_err(|e| Error::Checkpoint(format!("{} is malformed: {e}", path.display())))?;
+            names.push(name.clone());
+            files.extend(entries);
+        }
+        if !files.is_empty() {
+            debug!(checkpoint = epoch, files = files.len(), "Iceberg commit");
+            let props = BTreeMap::from([
+                (WRITER_PROPERTY.to_string(), self.writer.clone()),
+                (CHECKPOINT_PROPERTY.to_string(), epoch.to_string()),
+                (LISTS_PROPERTY.to_string(), names.join(",")),
+            ]);
+            self.append(&files, &props)?;
+        }
+        for (_, path) in lists {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(())
+    }
+
+    fn commit_now(&self, file: &FileEntry) -> Result<()> {
+        let props = BTreeMap::from([(WRITER_PROPERTY.to_string(), self.writer.clone())]);
+        self.append(std::slice::from_ref(file), &props)
+    }
+
+    fn recover(&self, restored: u64, attempt: u64, files: &[FileEntry]) -> Result<()> {
+        // Lists of checkpoints after the restored one never completed,
+        // unless this attempt's other subtasks staged them meanwhile.
+        // Attempt numbers rise across resumes; a fresh start (nothing
+        // restored) begins again at its storage's first attempt, so there
+        // a list of the same number is the last run's if it is older
+        // than this table handle.
+        let current = format!("-a{attempt}-");
+        for (_, lists) in self.staged().range(restored + 1..) {
+            for (name, path) in lists {
+                let stale = !name.contains(&current)
+                    || (restored == 0
+                        && std::fs::metadata(path)
+                            .and_then(|m| m.modified())
+                            .is_ok_and(|t| t < self.opened));
+                if stale {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+        // The committed prefixes of files open at the checkpoint: a name
+        // from their paths, so a second resume from it finds them committed.
+        let mut open: Vec<FileEntry> = files
+            .iter()
+            .filter(|e| e.phase == Phase::Open)
+            .cloned()
+            .collect();
+        if !open.is_empty() {
+            open.sort_by(|a, b| a.target.cmp(&b.target));
+            let name = format!(
+                "{restored:06}-recovered-{:016x}.json",
+                fnv1a(open.iter().map(|e| e.target.as_str()))
+            );
+            let (_, meta) = self.load()?;
+            if !Self::committed(&meta, &self.writer).contains(&name) {
+                info!(
+                    files = open.len(),
+                    checkpoint = restored,
+                    "committing the files open at the restored checkpoint to Iceberg"
+                );
+                self.write_list(&name, &open)?;
+            }
+        }
+        self.commit(restored)
+    }
+}

@@ -1,0 +1,32 @@
+"""Reads an Iceberg table with PyIceberg, the independent reader of the
+Iceberg tests: the SQL catalog in an SQLite file, by the catalog's name.
+Prints every row as one JSON object with sorted keys on stdout, and on
+stderr one JSON object describing the table: its schema's columns, the
+partition spec, and each snapshot's summary."""
+
+import json
+import sys
+
+from pyiceberg.catalog.sql import SqlCatalog
+
+
+def main(db, catalog, table):
+    cat = SqlCatalog(catalog, uri=f"sqlite:///{db}")
+    t = cat.load_table(table)
+    for row in t.scan().to_arrow().to_pylist():
+        print(json.dumps(row, sort_keys=True, default=str))
+    info = {
+        "columns": [[f.field_id, f.name, str(f.field_type)] for f in t.schema().fields],
+        "spec": [[f.name, str(f.transform)] for f in t.spec().fields],
+        "snapshots": [
+            {"id": s.snapshot_id, "parent": s.parent_snapshot_id,
+             "summary": s.summary.additional_properties | {"operation": str(s.summary.operation)}}
+            for s in t.snapshots()
+        ],
+        "files": len(t.inspect.files()),
+    }
+    print(json.dumps(info), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
