@@ -116,15 +116,7 @@ impl IcebergSink {
     }
 
     fn names(&self) -> Result<(&str, &str)> {
-        self.table
-            .rsplit_once('.')
-            .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
-            .ok_or_else(|| {
-                Error::Config(format!(
-                    "Iceberg table '{}' must be NAMESPACE.TABLE (e.g. lake.events)",
-                    self.table
-                ))
-            })
+        split_table_name(&self.table)
     }
 
     /// Opens the table (creating it for `input`), once per process.
@@ -160,6 +152,19 @@ impl IcebergSink {
             .clone()
             .commit_to(table as Arc<dyn TableFormat>))
     }
+}
+
+/// `NAMESPACE.TABLE` split at its last dot (a namespace may have levels:
+/// `lake.raw.events`), or why it is not such a name.
+pub fn split_table_name(table: &str) -> Result<(&str, &str)> {
+    table
+        .rsplit_once('.')
+        .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "Iceberg table '{table}' must be NAMESPACE.TABLE (e.g. lake.events)"
+            ))
+        })
 }
 
 impl SinkSpec for IcebergSink {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use sluice_connectors::iceberg::IcebergSink;
+use sluice_connectors::iceberg::{split_table_name, IcebergSink};
 use sluice_connectors::kafka::{DecodePolicy, StartFrom};
 use sluice_connectors::parquet::{ParquetSink, PartitionSpec};
 use sluice_engine::checkpoint::Location;
@@ -80,7 +80,8 @@ struct Args {
     /// its partition spec, an identity field per column and Iceberg's day,
     /// hour, month and year transforms). Each checkpoint's files become one
     /// snapshot, exactly once across crashes. Needs --iceberg-warehouse.
-    #[arg(long, requires = "iceberg_warehouse", value_name = "NAMESPACE.TABLE")]
+    #[arg(long, requires = "iceberg_warehouse", value_name = "NAMESPACE.TABLE",
+          value_parser = parse_table_name)]
     iceberg_table: Option<String>,
     /// Directory the Iceberg tables' files go to (WAREHOUSE/NAMESPACE/TABLE).
     #[arg(long, value_name = "DIR")]
@@ -282,6 +283,11 @@ fn main() -> anyhow::Result<()> {
         checkpoint_summary(&result)
     );
     Ok(())
+}
+
+fn parse_table_name(s: &str) -> Result<String, String> {
+    split_table_name(s).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
 }
 
 const EXAMPLES: &str = "\
