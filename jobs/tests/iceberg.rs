@@ -209,8 +209,32 @@ fn sigkilled_kafka_to_a_partitioned_iceberg_table_is_exactly_once() {
         "a run with nothing new",
     );
     assert!(log.contains("nothing new"), "{log}");
-    let (again, _) = read_table(dir.path(), "lake.events");
+    let (again, info) = read_table(dir.path(), "lake.events");
     assert_eq!(again, rows);
+
+    // Compaction merges the small files; readers see the same rows once.
+    let before = info["files"].as_u64().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_compact_parquet"))
+        .args(["--iceberg-table", "lake.events", "--iceberg-catalog"])
+        .arg(dir.path().join("lake/catalog.db"))
+        .args(["--min-age", "0s", "--target-size", "64MiB"])
+        .output_within(RUN_LIMIT);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "compact_parquet failed: {log}");
+    let (compacted, info) = read_table(dir.path(), "lake.events");
+    assert_eq!(compacted, rows);
+    let after = info["files"].as_u64().unwrap();
+    assert!(
+        after < before,
+        "{before} files before, {after} after: {log}"
+    );
+    let last = info["snapshots"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["summary"]["operation"], "Operation.REPLACE", "{last}");
 }
 
 #[test]

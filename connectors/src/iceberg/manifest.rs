@@ -179,12 +179,80 @@ pub fn write_manifest(
     snapshot: i64,
     files: &[DataFile],
 ) -> Result<Vec<u8>> {
-    let schema = entry_schema(meta, spec)?;
     let types = spec
         .fields
         .iter()
         .map(|f| partition_type(meta, &f.transform, f.source_id))
         .collect::<Result<Vec<_>>>()?;
+    let entries = files
+        .iter()
+        .map(|f| {
+            let partition = spec
+                .fields
+                .iter()
+                .zip(&types)
+                .enumerate()
+                .map(|(i, (field, ty))| {
+                    let v = f.partition.get(i).unwrap_or(&PartitionValue::Null);
+                    Ok((field.name.clone(), partition_value(v, ty)?))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let data_file = Value::Record(vec![
+                ("content".into(), Value::Int(0)),
+                ("file_path".into(), Value::String(f.path.clone())),
+                ("file_format".into(), Value::String("PARQUET".into())),
+                ("partition".into(), Value::Record(partition)),
+                ("record_count".into(), Value::Long(f.rows as i64)),
+                ("file_size_in_bytes".into(), Value::Long(f.bytes as i64)),
+                ("key_metadata".into(), null()),
+                ("split_offsets".into(), null()),
+                ("equality_ids".into(), null()),
+                ("sort_order_id".into(), null()),
+            ]);
+            // The sequence numbers of an added file are inherited from
+            // the manifest list's entry.
+            Ok(entry(Status::Added, snapshot, None, data_file))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    write_entries(meta, spec, entries)
+}
+
+/// A manifest entry's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Existing = 0,
+    Added = 1,
+    Deleted = 2,
+}
+
+/// A manifest entry of `data_file` (a record in the entry schema's
+/// `data_file` shape), with explicit sequence numbers unless inherited.
+pub fn entry(
+    status: Status,
+    snapshot: i64,
+    sequence: Option<(i64, i64)>,
+    data_file: Value,
+) -> Value {
+    let (seq, fseq) = match sequence {
+        Some((s, f)) => (some(Value::Long(s)), some(Value::Long(f))),
+        None => (null(), null()),
+    };
+    Value::Record(vec![
+        ("status".into(), Value::Int(status as i32)),
+        ("snapshot_id".into(), some(Value::Long(snapshot))),
+        ("sequence_number".into(), seq),
+        ("file_sequence_number".into(), fseq),
+        ("data_file".into(), data_file),
+    ])
+}
+
+/// Encodes a manifest of `entries` under `spec`.
+pub fn write_entries(
+    meta: &TableMetadata,
+    spec: &SpecJson,
+    entries: Vec<Value>,
+) -> Result<Vec<u8>> {
+    let schema = entry_schema(meta, spec)?;
     let mut w = writer(&schema, "a manifest")?;
     let table_schema = serde_json::to_string(meta.schema()?).map_err(|e| avro("schema", e))?;
     let spec_json = serde_json::to_string(&spec.fields).map_err(|e| avro("spec", e))?;
@@ -199,60 +267,144 @@ pub fn write_manifest(
         w.add_user_metadata(k.into(), v)
             .map_err(|e| avro("a manifest", e))?;
     }
-    for f in files {
-        let partition = spec
-            .fields
-            .iter()
-            .zip(&types)
-            .enumerate()
-            .map(|(i, (field, ty))| {
-                let v = f.partition.get(i).unwrap_or(&PartitionValue::Null);
-                Ok((field.name.clone(), partition_value(v, ty)?))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let data_file = Value::Record(vec![
-            ("content".into(), Value::Int(0)),
-            ("file_path".into(), Value::String(f.path.clone())),
-            ("file_format".into(), Value::String("PARQUET".into())),
-            ("partition".into(), Value::Record(partition)),
-            ("record_count".into(), Value::Long(f.rows as i64)),
-            ("file_size_in_bytes".into(), Value::Long(f.bytes as i64)),
-            ("key_metadata".into(), null()),
-            ("split_offsets".into(), null()),
-            ("equality_ids".into(), null()),
-            ("sort_order_id".into(), null()),
-        ]);
-        // Status 1 is ADDED; the sequence numbers are inherited from the
-        // manifest list's entry.
-        w.append_value(Value::Record(vec![
-            ("status".into(), Value::Int(1)),
-            ("snapshot_id".into(), some(Value::Long(snapshot))),
-            ("sequence_number".into(), null()),
-            ("file_sequence_number".into(), null()),
-            ("data_file".into(), data_file),
-        ]))
-        .map_err(|e| avro("a manifest entry", e))?;
+    for e in entries {
+        w.append_value(e).map_err(|e| avro("a manifest entry", e))?;
     }
     w.into_inner().map_err(|e| avro("a manifest", e))
 }
 
-/// What a new manifest adds, for its manifest list entry.
-pub struct NewManifest<'a> {
+/// The entries of a manifest under `spec`, in this writer's schema.
+pub fn read_entries(meta: &TableMetadata, spec: &SpecJson, bytes: &[u8]) -> Result<Vec<Value>> {
+    let schema = entry_schema(meta, spec)?;
+    let reader = Reader::builder(bytes)
+        .reader_schema(&schema)
+        .build()
+        .map_err(|e| avro("reading a manifest", e))?;
+    reader
+        .map(|v| v.map_err(|e| avro("reading a manifest", e)))
+        .collect()
+}
+
+/// Field `name` of record `v`, through a union's branch.
+pub fn get<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+    let Value::Record(fields) = v else {
+        return None;
+    };
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| match v {
+            Value::Union(_, inner) => inner.as_ref(),
+            v => v,
+        })
+}
+
+/// An integer field of a record (null or absent: `None`).
+pub fn get_i64(v: &Value, name: &str) -> Option<i64> {
+    match get(v, name)? {
+        Value::Int(i) => Some(i64::from(*i)),
+        Value::Long(l) => Some(*l),
+        _ => None,
+    }
+}
+
+/// A string field of a record.
+pub fn get_str<'a>(v: &'a Value, name: &str) -> Option<&'a str> {
+    match get(v, name)? {
+        Value::String(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// Replaces field `name` of record `v`.
+pub fn set(v: &mut Value, name: &str, to: Value) {
+    if let Value::Record(fields) = v {
+        if let Some((_, slot)) = fields.iter_mut().find(|(k, _)| k == name) {
+            *slot = to;
+        }
+    }
+}
+
+/// A manifest list's entry: one manifest and what it holds.
+pub struct ListEntry<'a> {
     pub path: &'a str,
     pub length: u64,
     pub spec_id: i32,
-    pub files: &'a [DataFile],
+    pub sequence: i64,
+    pub min_sequence: i64,
+    pub snapshot: i64,
+    /// Files and rows added, existing, deleted.
+    pub added: (usize, u64),
+    pub existing: (usize, u64),
+    pub deleted: (usize, u64),
+}
+
+impl ListEntry<'_> {
+    /// The entry of a manifest adding `files` in snapshot `snapshot`.
+    pub fn added<'a>(
+        path: &'a str,
+        length: u64,
+        spec_id: i32,
+        snapshot: i64,
+        sequence: i64,
+        files: &[DataFile],
+    ) -> ListEntry<'a> {
+        ListEntry {
+            path,
+            length,
+            spec_id,
+            sequence,
+            min_sequence: sequence,
+            snapshot,
+            added: (files.len(), files.iter().map(|f| f.rows).sum()),
+            existing: (0, 0),
+            deleted: (0, 0),
+        }
+    }
+
+    pub fn value(&self) -> Value {
+        let count = |n: usize| Value::Int(n as i32);
+        let rows = |n: u64| Value::Long(n as i64);
+        Value::Record(vec![
+            ("manifest_path".into(), Value::String(self.path.to_string())),
+            ("manifest_length".into(), Value::Long(self.length as i64)),
+            ("partition_spec_id".into(), Value::Int(self.spec_id)),
+            ("content".into(), Value::Int(0)),
+            ("sequence_number".into(), Value::Long(self.sequence)),
+            ("min_sequence_number".into(), Value::Long(self.min_sequence)),
+            ("added_snapshot_id".into(), Value::Long(self.snapshot)),
+            ("added_files_count".into(), count(self.added.0)),
+            ("existing_files_count".into(), count(self.existing.0)),
+            ("deleted_files_count".into(), count(self.deleted.0)),
+            ("added_rows_count".into(), rows(self.added.1)),
+            ("existing_rows_count".into(), rows(self.existing.1)),
+            ("deleted_rows_count".into(), rows(self.deleted.1)),
+            ("partitions".into(), null()),
+            ("key_metadata".into(), null()),
+        ])
+    }
+}
+
+/// The entries of a manifest list, in this writer's schema (Avro
+/// resolution by name, so a list another engine wrote reads the same).
+pub fn read_list_entries(bytes: &[u8]) -> Result<Vec<Value>> {
+    let schema = list_schema()?;
+    let reader = Reader::builder(bytes)
+        .reader_schema(&schema)
+        .build()
+        .map_err(|e| avro("reading a manifest list", e))?;
+    reader
+        .map(|v| v.map_err(|e| avro("reading a manifest list", e)))
+        .collect()
 }
 
 /// Encodes the manifest list of snapshot `snapshot` (sequence number
-/// `sequence`): `new` first, then every manifest of the parent's list
-/// (`parent`, the bytes of its file) as it was.
+/// `sequence`, parent `parent`) holding `entries`.
 pub fn write_list(
     snapshot: i64,
     parent: Option<i64>,
     sequence: i64,
-    new: &NewManifest<'_>,
-    parent_list: Option<&[u8]>,
+    entries: Vec<Value>,
 ) -> Result<Vec<u8>> {
     let schema = list_schema()?;
     let mut w = writer(&schema, "a manifest list")?;
@@ -268,40 +420,9 @@ pub fn write_list(
         w.add_user_metadata(k.into(), v)
             .map_err(|e| avro("a manifest list", e))?;
     }
-    let rows: i64 = new.files.iter().map(|f| f.rows as i64).sum();
-    w.append_value(Value::Record(vec![
-        ("manifest_path".into(), Value::String(new.path.to_string())),
-        ("manifest_length".into(), Value::Long(new.length as i64)),
-        ("partition_spec_id".into(), Value::Int(new.spec_id)),
-        ("content".into(), Value::Int(0)),
-        ("sequence_number".into(), Value::Long(sequence)),
-        ("min_sequence_number".into(), Value::Long(sequence)),
-        ("added_snapshot_id".into(), Value::Long(snapshot)),
-        (
-            "added_files_count".into(),
-            Value::Int(new.files.len() as i32),
-        ),
-        ("existing_files_count".into(), Value::Int(0)),
-        ("deleted_files_count".into(), Value::Int(0)),
-        ("added_rows_count".into(), Value::Long(rows)),
-        ("existing_rows_count".into(), Value::Long(0)),
-        ("deleted_rows_count".into(), Value::Long(0)),
-        ("partitions".into(), null()),
-        ("key_metadata".into(), null()),
-    ]))
-    .map_err(|e| avro("a manifest list entry", e))?;
-    if let Some(bytes) = parent_list {
-        // Read in this writer's schema (Avro resolution by name), so a
-        // list another engine wrote carries over in the same shape.
-        let reader = Reader::builder(bytes)
-            .reader_schema(&schema)
-            .build()
-            .map_err(|e| avro("reading the parent manifest list", e))?;
-        for v in reader {
-            let v = v.map_err(|e| avro("reading the parent manifest list", e))?;
-            w.append_value(v)
-                .map_err(|e| avro("a manifest list entry", e))?;
-        }
+    for e in entries {
+        w.append_value(e)
+            .map_err(|e| avro("a manifest list entry", e))?;
     }
     w.into_inner().map_err(|e| avro("a manifest list", e))
 }
@@ -323,23 +444,18 @@ pub fn read_list(bytes: &[u8]) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// The data file paths a manifest lists.
+/// The data file paths a manifest lists as live (not deleted).
 #[cfg(test)]
 pub fn read_manifest(bytes: &[u8]) -> Result<Vec<String>> {
     let reader = Reader::new(bytes).map_err(|e| avro("reading a manifest", e))?;
     let mut out = Vec::new();
     for v in reader {
-        let Value::Record(fields) = v.map_err(|e| avro("reading a manifest", e))? else {
+        let v = v.map_err(|e| avro("reading a manifest", e))?;
+        if get_i64(&v, "status") == Some(Status::Deleted as i64) {
             continue;
-        };
-        for (k, v) in fields {
-            if let (true, Value::Record(file)) = (k == "data_file", v) {
-                for (k, v) in file {
-                    if let (true, Value::String(p)) = (k == "file_path", v) {
-                        out.push(p);
-                    }
-                }
-            }
+        }
+        if let Some(p) = get(&v, "data_file").and_then(|f| get_str(f, "file_path")) {
+            out.push(p.to_string());
         }
     }
     Ok(out)
@@ -374,18 +490,21 @@ mod tests {
         let header = String::from_utf8_lossy(&m[..m.len().min(4000)]).to_string();
         assert!(header.contains("\"field-id\":1001"), "{header}");
         assert!(header.contains("deflate"), "{header}");
-        let new = NewManifest {
-            path: "file:///t/metadata/m1.avro",
-            length: m.len() as u64,
-            spec_id: 0,
-            files: &files,
-        };
-        let first = write_list(7, None, 1, &new, None).unwrap();
-        let new = NewManifest {
-            path: "file:///t/metadata/m2.avro",
-            ..new
-        };
-        let second = write_list(8, Some(7), 2, &new, Some(&first)).unwrap();
+        let len = m.len() as u64;
+        let new = ListEntry::added("file:///t/metadata/m1.avro", len, 0, 7, 1, &files);
+        let first = write_list(7, None, 1, vec![new.value()]).unwrap();
+        let mut entries =
+            vec![ListEntry::added("file:///t/metadata/m2.avro", len, 0, 8, 2, &files).value()];
+        entries.extend(read_list_entries(&first).unwrap());
+        let second = write_list(8, Some(7), 2, entries).unwrap();
+        // Entries read back keep their figures.
+        let back = read_entries(&meta, meta.spec().unwrap(), &m).unwrap();
+        assert_eq!(get_i64(&back[0], "status"), Some(1));
+        assert_eq!(get_i64(&back[0], "snapshot_id"), Some(7));
+        assert_eq!(get_i64(&back[0], "sequence_number"), None);
+        let file = get(&back[0], "data_file").unwrap();
+        assert_eq!(get_str(file, "file_path"), Some("file:///t/data/a.parquet"));
+        assert_eq!(get_i64(file, "record_count"), Some(3));
         assert_eq!(
             read_list(&second).unwrap(),
             ["file:///t/metadata/m2.avro", "file:///t/metadata/m1.avro"]

@@ -112,6 +112,16 @@ pub struct Snapshot {
     pub schema_id: Option<i32>,
 }
 
+impl Snapshot {
+    /// A running total of its summary (`total-records`, ...; 0 if absent).
+    pub fn total(&self, key: &str) -> u64 {
+        self.summary
+            .get(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
 impl TableMetadata {
     /// A new table at `location` with `input`'s columns (all optional,
     /// so files written before a column existed, or without it, read as
@@ -196,6 +206,18 @@ impl TableMetadata {
     pub fn current(&self) -> Option<&Snapshot> {
         let id = self.current_snapshot_id?;
         self.snapshots.iter().find(|s| s.snapshot_id == id)
+    }
+
+    /// Makes `snapshot` the current one (the `main` branch's head).
+    pub fn add_snapshot(&mut self, snapshot: Snapshot) {
+        let id = snapshot.snapshot_id;
+        self.last_sequence_number = snapshot.sequence_number;
+        self.current_snapshot_id = Some(id);
+        self.refs
+            .insert("main".into(), json!({"snapshot-id": id, "type": "branch"}));
+        self.snapshot_log
+            .push(json!({"snapshot-id": id, "timestamp-ms": snapshot.timestamp_ms}));
+        self.snapshots.push(snapshot);
     }
 
     /// Makes the table able to take `input`: adds the columns it lacks

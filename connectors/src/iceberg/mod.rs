@@ -19,6 +19,7 @@
 //! `ARCHITECTURE.md`).
 
 mod catalog;
+mod compact;
 mod manifest;
 mod metadata;
 mod table;
@@ -33,6 +34,7 @@ use sluice_engine::graph::SinkFactory;
 use sluice_engine::{Error, Result, SinkSpec};
 
 use crate::parquet::{ParquetSink, PartitionSpec, RollPolicy, TableFormat};
+pub use compact::compact_table;
 pub use table::{CHECKPOINT_PROPERTY, LISTS_PROPERTY, WRITER_PROPERTY};
 
 use self::catalog::SqlCatalog;

@@ -32,7 +32,7 @@ use sluice_engine::{Error, Result};
 use tracing::{debug, info};
 
 use super::catalog::SqlCatalog;
-use super::manifest::{self, DataFile, NewManifest};
+use super::manifest::{self, DataFile, ListEntry};
 use super::metadata::{Snapshot, TableMetadata};
 use crate::parquet::{FileEntry, Phase, TableFormat};
 
@@ -197,7 +197,7 @@ impl IcebergTable {
     /// retrying on the latest metadata when another commit came first.
     /// `change` returns false when nothing needs committing, and the
     /// files it wrote, removed again when its commit loses.
-    fn update(
+    pub(super) fn update(
         &self,
         mut change: impl FnMut(&mut TableMetadata, &mut Vec<PathBuf>) -> Result<bool>,
     ) -> Result<TableMetadata> {
@@ -260,22 +260,20 @@ impl IcebergTable {
             write_new(&mpath, &bytes)?;
             written.push(mpath.clone());
             let parent = meta.current().cloned();
-            let parent_list = match &parent {
-                Some(p) => Some(read(&local_path(&p.manifest_list))?),
-                None => None,
-            };
             let mloc = format!("file://{}", mpath.display());
+            let len = bytes.len() as u64;
+            let mut entries =
+                vec![ListEntry::added(&mloc, len, spec.spec_id, id, sequence, &data).value()];
+            if let Some(p) = &parent {
+                entries.extend(manifest::read_list_entries(&read(&local_path(
+                    &p.manifest_list,
+                ))?)?);
+            }
             let list = manifest::write_list(
                 id,
                 parent.as_ref().map(|p| p.snapshot_id),
                 sequence,
-                &NewManifest {
-                    path: &mloc,
-                    length: bytes.len() as u64,
-                    spec_id: spec.spec_id,
-                    files: &data,
-                },
-                parent_list.as_deref(),
+                entries,
             )?;
             let lpath = self
                 .dir
@@ -285,7 +283,7 @@ impl IcebergTable {
             written.push(lpath.clone());
             let mut summary = summary(parent.as_ref(), &data);
             summary.extend(props.clone());
-            meta.snapshots.push(Snapshot {
+            meta.add_snapshot(Snapshot {
                 snapshot_id: id,
                 parent_snapshot_id: parent.as_ref().map(|p| p.snapshot_id),
                 sequence_number: sequence,
@@ -294,14 +292,6 @@ impl IcebergTable {
                 summary,
                 schema_id: Some(meta.current_schema_id),
             });
-            meta.last_sequence_number = sequence;
-            meta.current_snapshot_id = Some(id);
-            meta.refs.insert(
-                "main".into(),
-                serde_json::json!({"snapshot-id": id, "type": "branch"}),
-            );
-            meta.snapshot_log
-                .push(serde_json::json!({"snapshot-id": id, "timestamp-ms": now_ms()}));
             Ok(true)
         })?;
         Ok(())
@@ -374,12 +364,7 @@ fn to_json(meta: &TableMetadata) -> Result<Vec<u8>> {
 
 /// The summary of a snapshot adding `files` on top of `parent`.
 fn summary(parent: Option<&Snapshot>, files: &[DataFile]) -> BTreeMap<String, String> {
-    let total = |key: &str| -> u64 {
-        parent
-            .and_then(|p| p.summary.get(key))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let total = |key: &str| parent.map_or(0, |p| p.total(key));
     let rows: u64 = files.iter().map(|f| f.rows).sum();
     let bytes: u64 = files.iter().map(|f| f.bytes).sum();
     let n = files.len() as u64;

@@ -233,3 +233,69 @@ fn without_checkpoints_each_finished_file_is_committed() {
     assert_eq!(last.summary["total-records"], "500");
     assert_eq!(meta.spec().unwrap().fields[0].transform, "identity");
 }
+
+#[test]
+fn compaction_merges_small_files_in_one_replace_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = ctx(0, 1, 0, false);
+    let mut t = task(dir.path(), &c);
+    t.open(&c).unwrap();
+    // Files of 250 rows per key: 12 files in 3 partitions.
+    for i in 0..4 {
+        t.write(rows(i * 750, (i + 1) * 750), &c).unwrap();
+    }
+    t.close(&c).unwrap();
+    let files = |dir: &Path| {
+        let meta = metadata(dir);
+        let list = std::fs::read(local_path(&meta.current().unwrap().manifest_list)).unwrap();
+        read_list(&list)
+            .unwrap()
+            .iter()
+            .map(|m| {
+                read_manifest(&std::fs::read(local_path(m)).unwrap())
+                    .unwrap()
+                    .len()
+            })
+            .sum::<usize>()
+    };
+    assert_eq!(files(dir.path()), 12);
+    let before = table_x(dir.path()).0;
+    let opts = crate::parquet::CompactOptions {
+        target_size: 1 << 20,
+        min_age: std::time::Duration::ZERO,
+        ..Default::default()
+    };
+    let db = dir.path().join("catalog.db");
+    let stats = super::compact_table(&db, "sluice", "lake.t", &opts).unwrap();
+    assert_eq!((stats.files_in, stats.files_out, stats.rows), (12, 3, 3000));
+    assert_eq!(files(dir.path()), 3);
+    assert_eq!(table_x(dir.path()).0, before, "the same rows, once");
+    let meta = metadata(dir.path());
+    let last = meta.current().unwrap();
+    assert_eq!(last.summary["operation"], "replace");
+    assert_eq!(last.summary["total-records"], "3000");
+    assert_eq!(last.summary["total-data-files"], "3");
+    // Nothing more to merge; a partition written just now is not closed.
+    let again = super::compact_table(&db, "sluice", "lake.t", &opts).unwrap();
+    assert_eq!(again.files_in, 0);
+    let c = ctx(0, 1, 1, false);
+    let mut t = task(dir.path(), &c);
+    t.open(&c).unwrap();
+    t.write(rows(3000, 3750), &c).unwrap();
+    t.close(&c).unwrap();
+    let young = crate::parquet::CompactOptions {
+        min_age: std::time::Duration::from_secs(3600),
+        ..opts
+    };
+    assert_eq!(
+        super::compact_table(&db, "sluice", "lake.t", &young)
+            .unwrap()
+            .files_in,
+        0
+    );
+    assert_eq!(table_x(dir.path()).0, (0..3750).collect::<Vec<_>>());
+    // Appends after the compaction build on it.
+    assert_eq!(files(dir.path()), 6);
+    let err = super::compact_table(&db, "sluice", "lake.nope", &opts).unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+}

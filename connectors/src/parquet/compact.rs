@@ -330,24 +330,10 @@ fn compact_dir(dir: &Path, opts: &CompactOptions) -> Result<Option<CompactStats>
     for i in small {
         groups.entry(format!("{:?}", i.schema)).or_default().push(i);
     }
-    let mut bins: Vec<Vec<Input>> = Vec::new();
-    for (_, files) in groups {
-        if files.len() < 2 {
-            continue;
-        }
-        let mut bin: Vec<Input> = Vec::new();
-        let mut bytes = 0;
-        for f in files {
-            if !bin.is_empty() && bytes + f.size > opts.target_size {
-                bins.push(std::mem::take(&mut bin));
-                bytes = 0;
-            }
-            bytes += f.size;
-            bin.push(f);
-        }
-        bins.push(bin);
-    }
-    bins.retain(|b| b.len() >= 2);
+    let bins: Vec<Vec<Input>> = groups
+        .into_values()
+        .flat_map(|files| pack(files, |f| f.size, opts.target_size))
+        .collect();
     if bins.is_empty() {
         return Ok(None);
     }
@@ -368,7 +354,8 @@ fn compact_dir(dir: &Path, opts: &CompactOptions) -> Result<Option<CompactStats>
     let mut stats = CompactStats::default();
     for (n, bin) in bins.iter().enumerate() {
         let name = format!("compacted-{stamp}-{n:03}.parquet");
-        stats.rows += merge(dir, bin, &staging.join(&name), opts)?;
+        let paths: Vec<PathBuf> = bin.iter().map(|i| dir.join(&i.name)).collect();
+        stats.rows += merge(&paths, bin[0].schema.clone(), &staging.join(&name), opts)?;
         stats.files_in += bin.len();
         stats.files_out += 1;
         journal.outputs.push(name);
@@ -409,9 +396,33 @@ fn compact_dir(dir: &Path, opts: &CompactOptions) -> Result<Option<CompactStats>
     Ok(Some(stats))
 }
 
-/// Writes the rows of `inputs` (in order) into `out`; returns the rows.
-fn merge(dir: &Path, inputs: &[Input], out: &Path, opts: &CompactOptions) -> Result<u64> {
-    let schema = inputs[0].schema.clone();
+/// Packs `files` (in order) into runs of at most `target` bytes (a
+/// larger file alone); runs of one file are dropped: nothing to merge.
+pub(crate) fn pack<T>(files: Vec<T>, size: impl Fn(&T) -> u64, target: u64) -> Vec<Vec<T>> {
+    let mut bins: Vec<Vec<T>> = Vec::new();
+    let mut bin: Vec<T> = Vec::new();
+    let mut bytes = 0;
+    for f in files {
+        if !bin.is_empty() && bytes + size(&f) > target {
+            bins.push(std::mem::take(&mut bin));
+            bytes = 0;
+        }
+        bytes += size(&f);
+        bin.push(f);
+    }
+    bins.push(bin);
+    bins.retain(|b| b.len() >= 2);
+    bins
+}
+
+/// Writes the rows of the files at `paths` (in order, all of `schema`)
+/// into `out`; returns the rows.
+pub(crate) fn merge(
+    paths: &[PathBuf],
+    schema: SchemaRef,
+    out: &Path,
+    opts: &CompactOptions,
+) -> Result<u64> {
     let props = WriterProperties::builder()
         .set_max_row_group_row_count(Some(opts.row_group_size))
         .set_compression(opts.compression)
@@ -420,9 +431,8 @@ fn merge(dir: &Path, inputs: &[Input], out: &Path, opts: &CompactOptions) -> Res
     let mut w = ArrowWriter::try_new(file, schema, Some(props))
         .map_err(|e| Error::connector("parquet", format!("writing {}: {e}", out.display())))?;
     let mut rows = 0;
-    for i in inputs {
-        let path = dir.join(&i.name);
-        let f = File::open(&path).map_err(io("opening", &path))?;
+    for path in paths {
+        let f = File::open(path).map_err(io("opening", path))?;
         let reader = ParquetRecordBatchReaderBuilder::try_new(f)
             .and_then(|b| b.build())
             .map_err(|e| Error::connector("parquet", format!("reading {}: {e}", path.display())))?;

@@ -31,7 +31,7 @@ mod bucket;
 #[cfg(not(feature = "s3"))]
 #[path = "no_bucket.rs"]
 mod bucket;
-mod compact;
+pub(crate) mod compact;
 mod footer;
 mod local;
 mod names;

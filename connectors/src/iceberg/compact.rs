@@ -1,0 +1,392 @@
+//! Compaction of an Iceberg table: the small files of closed partitions
+//! are merged into files of about a target size and swapped in by one
+//! `replace` snapshot, so a reader's scan (of one snapshot) sees the old
+//! files or the merged ones, never both and never neither. The table's
+//! writers keep appending meanwhile: a commit that loses the catalog's
+//! race is rebuilt on the newest snapshot, and a compaction whose inputs
+//! are no longer live there (another compaction took them) is given up.
+//!
+//! A partition is *closed* when its newest file was added at least
+//! `min_age` ago. Replaced files stay on disk for readers of older
+//! snapshots (expiring snapshots, which would delete them, is left to
+//! Iceberg's tools).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::PathBuf;
+
+use apache_avro::types::Value;
+use arrow::datatypes::SchemaRef;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use sluice_engine::{Error, Result};
+use tracing::info;
+
+use super::catalog::SqlCatalog;
+use super::manifest::{self, get, get_i64, get_str, set, ListEntry, Status};
+use super::metadata::{Snapshot, TableMetadata};
+use super::split_table_name;
+use super::table::{local_path, now_ms, random, uuid, IcebergTable};
+use crate::parquet::compact::{merge, pack};
+use crate::parquet::{CompactOptions, CompactStats};
+
+/// A live data file of the current snapshot.
+struct Live {
+    path: String,
+    bytes: u64,
+    /// Its partition, as text (files of one partition merge together).
+    partition: String,
+    /// Its `data_file` record.
+    record: Value,
+    /// When the snapshot that added it was committed.
+    added_ms: i64,
+}
+
+/// Compacts table `table` (`NAMESPACE.TABLE`) of the catalog `name` in
+/// the SQLite file `catalog`.
+pub fn compact_table(
+    catalog: &std::path::Path,
+    name: &str,
+    table: &str,
+    opts: &CompactOptions,
+) -> Result<CompactStats> {
+    let (ns, t) = split_table_name(table)?;
+    if !catalog.exists() {
+        return Err(Error::Config(format!(
+            "no Iceberg catalog at {}",
+            catalog.display()
+        )));
+    }
+    let cat = SqlCatalog::open(catalog, name)?;
+    let table = IcebergTable::open(cat, catalog, ns, t, "compaction", |_| {
+        Err(Error::Config(format!(
+            "Iceberg table {ns}.{t} does not exist in catalog '{name}' at {}",
+            catalog.display()
+        )))
+    })?;
+    let (_, meta) = table.load()?;
+    let spec = meta.spec()?.clone();
+    let live = live_files(&meta)?;
+    let cutoff = now_ms() - i64::try_from(opts.min_age.as_millis()).unwrap_or(i64::MAX);
+    let mut by_partition: BTreeMap<String, Vec<Live>> = BTreeMap::new();
+    for f in live {
+        by_partition.entry(f.partition.clone()).or_default().push(f);
+    }
+    // Plan: per closed partition, its small files by schema, packed.
+    let mut bins: Vec<(Vec<Live>, SchemaRef)> = Vec::new();
+    for files in by_partition.into_values() {
+        if files.iter().any(|f| f.added_ms > cutoff) {
+            continue;
+        }
+        let mut by_schema: BTreeMap<String, (SchemaRef, Vec<Live>)> = BTreeMap::new();
+        for f in files {
+            if f.bytes * 4 >= opts.target_size * 3 {
+                continue;
+            }
+            let schema = file_schema(&f.path)?;
+            by_schema
+                .entry(format!("{schema:?}"))
+                .or_insert_with(|| (schema, Vec::new()))
+                .1
+                .push(f);
+        }
+        for (schema, mut files) in by_schema.into_values() {
+            files.sort_by(|a, b| a.path.cmp(&b.path));
+            for bin in pack(files, |f| f.bytes, opts.target_size) {
+                bins.push((bin, schema.clone()));
+            }
+        }
+    }
+    let mut stats = CompactStats::default();
+    if bins.is_empty() {
+        return Ok(stats);
+    }
+    // Merge, each bin into a file beside its first input.
+    let mut added = Vec::new();
+    let mut removed = BTreeSet::new();
+    for (bin, schema) in &bins {
+        let first = local_path(&bin[0].path);
+        let out = first
+            .parent()
+            .unwrap_or(&first)
+            .join(format!("compacted-{}.parquet", uuid()));
+        let paths: Vec<PathBuf> = bin.iter().map(|f| local_path(&f.path)).collect();
+        let rows = merge(&paths, schema.clone(), &out, opts)?;
+        let bytes = std::fs::metadata(&out)
+            .map_err(|e| Error::io(format!("inspecting {}", out.display()), e))?
+            .len();
+        let mut record = bin[0].record.clone();
+        set(
+            &mut record,
+            "file_path",
+            Value::String(format!("file://{}", out.display())),
+        );
+        set(&mut record, "record_count", Value::Long(rows as i64));
+        set(&mut record, "file_size_in_bytes", Value::Long(bytes as i64));
+        set(
+            &mut record,
+            "split_offsets",
+            Value::Union(0, Box::new(Value::Null)),
+        );
+        added.push((record, rows, bytes, out));
+        removed.extend(bin.iter().map(|f| f.path.clone()));
+        stats.files_in += bin.len();
+        stats.files_out += 1;
+        stats.rows += rows;
+    }
+    stats.directories = bins.len();
+    let committed = table
+        .update(|meta, written| replace(meta, &spec, &removed, &added, written).map(|()| true));
+    if let Err(e) = committed {
+        for (_, _, _, out) in &added {
+            let _ = std::fs::remove_file(out);
+        }
+        return Err(e);
+    }
+    info!(table = %format!("{ns}.{t}"), files_in = stats.files_in, files_out = stats.files_out,
+        rows = stats.rows, "compacted Iceberg table");
+    Ok(stats)
+}
+
+/// The schema of the Parquet file at `path` (field ids included).
+fn file_schema(path: &str) -> Result<SchemaRef> {
+    let p = local_path(path);
+    let f = File::open(&p).map_err(|e| Error::io(format!("opening {}", p.display()), e))?;
+    Ok(ParquetRecordBatchReaderBuilder::try_new(f)
+        .map_err(|e| Error::connector("iceberg", format!("reading {}: {e}", p.display())))?
+        .schema()
+        .clone())
+}
+
+/// The manifests of the current snapshot, each with its list entry and
+/// entries.
+fn manifests(meta: &TableMetadata) -> Result<Vec<(Value, Vec<Value>)>> {
+    let Some(current) = meta.current() else {
+        return Ok(Vec::new());
+    };
+    let spec = meta.spec()?;
+    let list = read(&current.manifest_list)?;
+    manifest::read_list_entries(&list)?
+        .into_iter()
+        .map(|m| {
+            if get_i64(&m, "partition_spec_id") != Some(i64::from(spec.spec_id)) {
+                return Err(Error::Config(
+                    "the table has files of an older partition spec: not compacted".into(),
+                ));
+            }
+            let path = get_str(&m, "manifest_path").unwrap_or_default().to_string();
+            let entries = manifest::read_entries(meta, spec, &read(&path)?)?;
+            Ok((m, entries))
+        })
+        .collect()
+}
+
+fn read(location: &str) -> Result<Vec<u8>> {
+    let p = local_path(location);
+    std::fs::read(&p).map_err(|e| Error::io(format!("reading {}", p.display()), e))
+}
+
+fn live_files(meta: &TableMetadata) -> Result<Vec<Live>> {
+    let added_at: BTreeMap<i64, i64> = meta
+        .snapshots
+        .iter()
+        .map(|s| (s.snapshot_id, s.timestamp_ms))
+        .collect();
+    let mut out = Vec::new();
+    for (m, entries) in manifests(meta)? {
+        let manifest_snapshot = get_i64(&m, "added_snapshot_id").unwrap_or(0);
+        for e in entries {
+            if get_i64(&e, "status") == Some(Status::Deleted as i64) {
+                continue;
+            }
+            let snapshot = get_i64(&e, "snapshot_id").unwrap_or(manifest_snapshot);
+            let Some(record) = get(&e, "data_file").cloned() else {
+                continue;
+            };
+            out.push(Live {
+                path: get_str(&record, "file_path")
+                    .unwrap_or_default()
+                    .to_string(),
+                bytes: get_i64(&record, "file_size_in_bytes").unwrap_or(0) as u64,
+                partition: format!("{:?}", get(&record, "partition")),
+                added_ms: added_at.get(&snapshot).copied().unwrap_or(i64::MAX),
+                record,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Turns `meta` into its next version: a `replace` snapshot where the
+/// files `removed` are deleted and `added` (records, rows, bytes) added.
+/// Manifests holding a removed file are rewritten (its entry deleted,
+/// the others kept as existing, with their sequence numbers); the rest
+/// carry over as they are.
+fn replace(
+    meta: &mut TableMetadata,
+    spec: &super::metadata::SpecJson,
+    removed: &BTreeSet<String>,
+    added: &[(Value, u64, u64, PathBuf)],
+    written: &mut Vec<PathBuf>,
+) -> Result<()> {
+    let id = (random() >> 1) as i64;
+    let sequence = meta.last_sequence_number + 1;
+    let dir = local_path(&meta.location).join("metadata");
+    let mut write = |name: String, bytes: &[u8]| -> Result<String> {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        written.push(path.clone());
+        Ok(format!("file://{}", path.display()))
+    };
+    let mut list = Vec::new();
+    let (mut gone_rows, mut gone_bytes, mut found) = (0u64, 0u64, 0usize);
+    for (m, entries) in manifests(meta)? {
+        let touched = entries.iter().any(|e| {
+            get_i64(e, "status") != Some(Status::Deleted as i64)
+                && get(e, "data_file")
+                    .and_then(|f| get_str(f, "file_path"))
+                    .is_some_and(|p| removed.contains(p))
+        });
+        if !touched {
+            list.push(m);
+            continue;
+        }
+        let inherited = get_i64(&m, "sequence_number").unwrap_or(0);
+        let manifest_snapshot = get_i64(&m, "added_snapshot_id").unwrap_or(0);
+        let mut kept = Vec::new();
+        let (mut existing, mut deleted) = ((0, 0u64), (0, 0u64));
+        let mut min_sequence = sequence;
+        for e in entries {
+            if get_i64(&e, "status") == Some(Status::Deleted as i64) {
+                continue;
+            }
+            let seq = get_i64(&e, "sequence_number").unwrap_or(inherited);
+            let fseq = get_i64(&e, "file_sequence_number").unwrap_or(seq);
+            let snapshot = get_i64(&e, "snapshot_id").unwrap_or(manifest_snapshot);
+            let Some(record) = get(&e, "data_file").cloned() else {
+                continue;
+            };
+            let rows = get_i64(&record, "record_count").unwrap_or(0) as u64;
+            let path = get_str(&record, "file_path")
+                .unwrap_or_default()
+                .to_string();
+            min_sequence = min_sequence.min(seq);
+            if removed.contains(&path) {
+                found += 1;
+                gone_rows += rows;
+                gone_bytes += get_i64(&record, "file_size_in_bytes").unwrap_or(0) as u64;
+                deleted = (deleted.0 + 1, deleted.1 + rows);
+                kept.push(manifest::entry(
+                    Status::Deleted,
+                    id,
+                    Some((seq, fseq)),
+                    record,
+                ));
+            } else {
+                existing = (existing.0 + 1, existing.1 + rows);
+                kept.push(manifest::entry(
+                    Status::Existing,
+                    snapshot,
+                    Some((seq, fseq)),
+                    record,
+                ));
+            }
+        }
+        let bytes = manifest::write_entries(meta, spec, kept)?;
+        let path = write(format!("{}-m0.avro", uuid()), &bytes)?;
+        list.push(
+            ListEntry {
+                path: &path,
+                length: bytes.len() as u64,
+                spec_id: spec.spec_id,
+                sequence,
+                min_sequence,
+                snapshot: id,
+                added: (0, 0),
+                existing,
+                deleted,
+            }
+            .value(),
+        );
+    }
+    if found != removed.len() {
+        return Err(Error::connector(
+            "iceberg",
+            "files chosen for compaction are no longer in the table (another compaction ran?); \
+             nothing was changed",
+        ));
+    }
+    let new_entries: Vec<Value> = added
+        .iter()
+        .map(|(record, _, _, _)| manifest::entry(Status::Added, id, None, record.clone()))
+        .collect();
+    let bytes = manifest::write_entries(meta, spec, new_entries)?;
+    let mpath = write(format!("{}-m0.avro", uuid()), &bytes)?;
+    let added_rows: u64 = added.iter().map(|a| a.1).sum();
+    let added_bytes: u64 = added.iter().map(|a| a.2).sum();
+    let entry = ListEntry {
+        path: &mpath,
+        length: bytes.len() as u64,
+        spec_id: spec.spec_id,
+        sequence,
+        min_sequence: sequence,
+        snapshot: id,
+        added: (added.len(), added_rows),
+        existing: (0, 0),
+        deleted: (0, 0),
+    }
+    .value();
+    list.insert(0, entry);
+    let parent = meta.current().cloned();
+    let list_bytes =
+        manifest::write_list(id, parent.as_ref().map(|p| p.snapshot_id), sequence, list)?;
+    let list_path = write(format!("snap-{id}-0-{}.avro", uuid()), &list_bytes)?;
+    let total = |key: &str| parent.as_ref().map_or(0, |p| p.total(key));
+    let summary: BTreeMap<String, String> = [
+        ("operation", "replace".to_string()),
+        ("added-data-files", added.len().to_string()),
+        ("deleted-data-files", removed.len().to_string()),
+        ("added-records", added_rows.to_string()),
+        ("deleted-records", gone_rows.to_string()),
+        ("added-files-size", added_bytes.to_string()),
+        ("removed-files-size", gone_bytes.to_string()),
+        (
+            "total-data-files",
+            (total("total-data-files") + added.len() as u64)
+                .saturating_sub(removed.len() as u64)
+                .to_string(),
+        ),
+        ("total-records", total("total-records").to_string()),
+        (
+            "total-files-size",
+            (total("total-files-size") + added_bytes)
+                .saturating_sub(gone_bytes)
+                .to_string(),
+        ),
+        (
+            "total-delete-files",
+            total("total-delete-files").to_string(),
+        ),
+        (
+            "total-position-deletes",
+            total("total-position-deletes").to_string(),
+        ),
+        (
+            "total-equality-deletes",
+            total("total-equality-deletes").to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    meta.add_snapshot(Snapshot {
+        snapshot_id: id,
+        parent_snapshot_id: parent.as_ref().map(|p| p.snapshot_id),
+        sequence_number: sequence,
+        timestamp_ms: now_ms(),
+        manifest_list: list_path,
+        summary,
+        schema_id: Some(meta.current_schema_id),
+    });
+    Ok(())
+}
