@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use sluice_connectors::kafka::testing::Broker;
 
 mod common;
-use common::{OutputWithin, RUN_LIMIT};
+use common::{OutputWithin, S3Server, RUN_LIMIT};
 
 /// 2026-12-06T07:00:00Z.
 const HOUR_07: i64 = 1_796_540_400_000;
@@ -36,14 +36,20 @@ fn records(ids: std::ops::Range<i64>, extra: &str) -> Vec<String> {
 
 /// What PyIceberg reads: rows (as sorted-key JSON) by count, and the
 /// table's description (columns, spec, snapshots, files).
-fn read_table(dir: &Path, table: &str) -> (BTreeMap<String, usize>, serde_json::Value) {
+fn read_table(
+    dir: &Path,
+    table: &str,
+    s3: Option<&S3Server>,
+) -> (BTreeMap<String, usize>, serde_json::Value) {
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/venv/bin/python");
-    let out = Command::new(python)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/read_iceberg.py"))
-        .arg(dir.join("lake/catalog.db"))
-        .args(["sluice", table])
-        .output()
-        .unwrap();
+    let mut c = Command::new(python);
+    c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/read_iceberg.py"))
+        .arg(dir.join("catalog.db"))
+        .args(["sluice", table]);
+    if let Some(s3) = s3 {
+        s3.configure(&mut c);
+    }
+    let out = c.output().unwrap();
     assert!(
         out.status.success(),
         "reading {table} with PyIceberg: {}",
@@ -62,19 +68,47 @@ fn read_table(dir: &Path, table: &str) -> (BTreeMap<String, usize>, serde_json::
     (rows, info)
 }
 
-fn job(broker: &Broker, dir: &Path, topic: &str, extra: &[&str]) -> Command {
+/// Where the table's files go: a local warehouse, or a bucket.
+#[derive(Clone, Copy)]
+enum Warehouse<'a> {
+    Local,
+    Bucket(&'a S3Server),
+}
+
+impl Warehouse<'_> {
+    fn s3(&self) -> Option<&S3Server> {
+        match self {
+            Warehouse::Local => None,
+            Warehouse::Bucket(s3) => Some(s3),
+        }
+    }
+}
+
+/// `kafka_to_parquet` into table `lake.events`, its catalog `dir/catalog.db`.
+fn job(broker: &Broker, dir: &Path, at: Warehouse<'_>, topic: &str, extra: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kafka_to_parquet"));
     c.args(["--brokers", &broker.address(), "--topic", topic])
         .args(["--parallelism", "2", "--iceberg-table", "lake.events"])
-        .arg("--iceberg-warehouse")
-        .arg(dir.join("lake"))
+        .arg("--iceberg-catalog")
+        .arg(dir.join("catalog.db"))
         .arg("--checkpoint-dir")
         .arg(dir.join("ck"))
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    match at {
+        Warehouse::Local => c.arg("--iceberg-warehouse").arg(dir.join("lake")),
+        Warehouse::Bucket(s3) => {
+            s3.configure(&mut c);
+            c.args(["--iceberg-warehouse", &s3.url("warehouse")])
+                .args(["--upload-part-size", PART])
+        }
+    };
     c
 }
+
+/// Parts of 64 KiB (moto is told to accept them), so files span parts.
+const PART: &str = "65536";
 
 fn run_to_end(mut c: Command, what: &str) -> String {
     let out = c.output_within(RUN_LIMIT);
@@ -112,31 +146,38 @@ fn ids(rows: &BTreeMap<String, usize>) -> BTreeMap<i64, usize> {
     out
 }
 
-#[test]
-fn sigkilled_kafka_to_a_partitioned_iceberg_table_is_exactly_once() {
-    const RECORDS: i64 = 200_000;
+/// The SIGKILL runs' flags: small files, frequent checkpoints.
+const FLAGS: [&str; 7] = [
+    "--partition-by",
+    "country,dt=date(_timestamp)",
+    "--checkpoint-interval",
+    "50ms",
+    "--until-end",
+    "--roll-rows",
+    "5000",
+];
+
+/// Kills the job twice after checkpoints (the first time mid-run), runs
+/// it to the end, and checks the table as PyIceberg reads it: every
+/// record once. Returns the rows and the table's description.
+fn sigkilled_run(
+    dir: &Path,
+    at: Warehouse<'_>,
+    records_n: i64,
+) -> (BTreeMap<String, usize>, serde_json::Value, Broker) {
     let broker = Broker::start().unwrap();
     broker.create_topic("events", 4).unwrap();
     broker
-        .produce("events", 4, records(0..RECORDS, ""))
+        .produce("events", 4, records(0..records_n, ""))
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let ck = dir.path().join("ck");
-    let flags = [
-        "--partition-by",
-        "country,dt=date(_timestamp)",
-        "--checkpoint-interval",
-        "50ms",
-        "--until-end",
-        "--roll-rows",
-        "5000",
-    ];
+    let ck = dir.join("ck");
+    let flags = FLAGS;
     let mut rng = SmallRng::seed_from_u64(11);
     let kills = 2;
     for k in 0..kills {
         let before = checkpoints(&ck);
-        let mut child = job(&broker, dir.path(), "events", &flags)
-            .stderr(std::fs::File::create(dir.path().join(format!("run-{k}.log"))).unwrap())
+        let mut child = job(&broker, dir, at, "events", &flags)
+            .stderr(std::fs::File::create(dir.join(format!("run-{k}.log"))).unwrap())
             .spawn()
             .unwrap();
         let start = Instant::now();
@@ -152,28 +193,28 @@ fn sigkilled_kafka_to_a_partitioned_iceberg_table_is_exactly_once() {
         if k == 0 {
             // The first kill lands mid-run: later runs resume on a table
             // that holds part of the topic.
-            let (rows, _) = read_table(dir.path(), "lake.events");
+            let (rows, _) = read_table(dir, "lake.events", at.s3());
             assert!(
-                rows.len() < RECORDS as usize,
+                rows.len() < records_n as usize,
                 "the first run was not interrupted"
             );
         }
     }
     let log = run_to_end(
-        job(&broker, dir.path(), "events", &flags),
+        job(&broker, dir, at, "events", &flags),
         "the run after the kills",
     );
     assert!(log.contains("Iceberg table lake.events"), "{log}");
 
-    let (rows, info) = read_table(dir.path(), "lake.events");
+    let (rows, info) = read_table(dir, "lake.events", at.s3());
     let got = ids(&rows);
     let twice: Vec<_> = got.iter().filter(|(_, n)| **n != 1).collect();
     assert!(twice.is_empty(), "ids read more than once: {twice:?}");
     assert_eq!(
         got.len(),
-        RECORDS as usize,
+        records_n as usize,
         "every record once (missing: {:?})",
-        (0..RECORDS)
+        (0..records_n)
             .filter(|i| !got.contains_key(i))
             .take(10)
             .collect::<Vec<_>>()
@@ -201,27 +242,37 @@ fn sigkilled_kafka_to_a_partitioned_iceberg_table_is_exactly_once() {
         .and_then(|s| s["summary"]["total-records"].as_str())
         .and_then(|t| t.parse().ok())
         .unwrap();
-    assert_eq!(total, RECORDS as u64);
+    assert_eq!(total, records_n as u64);
 
+    (rows, info, broker)
+}
+
+#[test]
+fn sigkilled_kafka_to_a_partitioned_iceberg_table_is_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let at = Warehouse::Local;
+    let (rows, _, broker) = sigkilled_run(dir, at, 200_000);
+    let flags = FLAGS;
     // Run again: nothing new, nothing committed twice.
     let log = run_to_end(
-        job(&broker, dir.path(), "events", &flags),
+        job(&broker, dir, at, "events", &flags),
         "a run with nothing new",
     );
     assert!(log.contains("nothing new"), "{log}");
-    let (again, info) = read_table(dir.path(), "lake.events");
+    let (again, info) = read_table(dir, "lake.events", at.s3());
     assert_eq!(again, rows);
 
     // Compaction merges the small files; readers see the same rows once.
     let before = info["files"].as_u64().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_compact_parquet"))
         .args(["--iceberg-table", "lake.events", "--iceberg-catalog"])
-        .arg(dir.path().join("lake/catalog.db"))
+        .arg(dir.join("catalog.db"))
         .args(["--min-age", "0s", "--target-size", "64MiB"])
         .output_within(RUN_LIMIT);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "compact_parquet failed: {log}");
-    let (compacted, info) = read_table(dir.path(), "lake.events");
+    let (compacted, info) = read_table(dir, "lake.events", at.s3());
     assert_eq!(compacted, rows);
     let after = info["files"].as_u64().unwrap();
     assert!(
@@ -238,6 +289,24 @@ fn sigkilled_kafka_to_a_partitioned_iceberg_table_is_exactly_once() {
 }
 
 #[test]
+fn sigkilled_kafka_to_an_iceberg_table_in_s3_is_exactly_once() {
+    let s3 = S3Server::start_with(&[("S3_UPLOAD_PART_MIN_SIZE", PART)]);
+    let dir = tempfile::tempdir().unwrap();
+    let (_, info, _) = sigkilled_run(dir.path(), Warehouse::Bucket(&s3), 100_000);
+    // Metadata, manifests and data are objects; nothing is left half
+    // uploaded.
+    let objects = s3.list("warehouse/lake/events/");
+    assert!(objects
+        .iter()
+        .any(|k| k.contains("/metadata/") && k.ends_with(".metadata.json")));
+    assert!(objects
+        .iter()
+        .any(|k| k.contains("/data/") && k.ends_with(".parquet")));
+    assert_eq!(s3.uploads_in_progress(), Vec::<String>::new());
+    assert!(info["snapshots"].as_array().unwrap().len() >= 2, "{info}");
+}
+
+#[test]
 fn a_stream_that_gains_a_field_evolves_the_iceberg_table() {
     let broker = Broker::start().unwrap();
     broker.create_topic("events", 2).unwrap();
@@ -249,8 +318,12 @@ fn a_stream_that_gains_a_field_evolves_the_iceberg_table() {
         "--checkpoint-interval",
         "200ms",
     ];
-    run_to_end(job(&broker, dir.path(), "events", &flags), "the first run");
-    let (_, info) = read_table(dir.path(), "lake.events");
+    let at = Warehouse::Local;
+    run_to_end(
+        job(&broker, dir.path(), at, "events", &flags),
+        "the first run",
+    );
+    let (_, info) = read_table(dir.path(), "lake.events", None);
     let columns = |info: &serde_json::Value| -> Vec<String> {
         info["columns"]
             .as_array()
@@ -264,8 +337,11 @@ fn a_stream_that_gains_a_field_evolves_the_iceberg_table() {
     broker
         .produce("events", 2, records(600..1200, r#", "city": "Berlin""#))
         .unwrap();
-    run_to_end(job(&broker, dir.path(), "events", &flags), "the second run");
-    let (rows, info) = read_table(dir.path(), "lake.events");
+    run_to_end(
+        job(&broker, dir.path(), at, "events", &flags),
+        "the second run",
+    );
+    let (rows, info) = read_table(dir.path(), "lake.events", None);
     assert!(columns(&info).contains(&"city".to_string()), "{info}");
     let got = ids(&rows);
     assert_eq!(got.len(), 1200);

@@ -1,17 +1,27 @@
 """Reads an Iceberg table with PyIceberg, the independent reader of the
-Iceberg tests: the SQL catalog in an SQLite file, by the catalog's name.
+Iceberg tests: the SQL catalog in an SQLite file, by the catalog's name;
+a table in S3 is read with the endpoint and keys of the AWS_* variables.
 Prints every row as one JSON object with sorted keys on stdout, and on
 stderr one JSON object describing the table: its schema's columns, the
 partition spec, and each snapshot's summary."""
 
 import json
+import os
 import sys
 
 from pyiceberg.catalog.sql import SqlCatalog
 
 
 def main(db, catalog, table):
-    cat = SqlCatalog(catalog, uri=f"sqlite:///{db}")
+    props = {}
+    if "AWS_ENDPOINT" in os.environ:
+        props = {
+            "s3.endpoint": os.environ["AWS_ENDPOINT"],
+            "s3.access-key-id": os.environ["AWS_ACCESS_KEY_ID"],
+            "s3.secret-access-key": os.environ["AWS_SECRET_ACCESS_KEY"],
+            "s3.region": os.environ.get("AWS_REGION", "us-east-1"),
+        }
+    cat = SqlCatalog(catalog, uri=f"sqlite:///{db}", **props)
     t = cat.load_table(table)
     for row in t.scan().to_arrow().to_pylist():
         print(json.dumps(row, sort_keys=True, default=str))

@@ -4,7 +4,9 @@
 //! source into Parquet or a discarding sink (raw bytes, and JSON decoded
 //! into columns), bounded mode; Parquet into a local directory, or into an
 //! S3 bucket of a local S3-compatible server (moto, from `scripts/tools.sh`;
-//! variants `raw-s3`, `json-s3`). Variants run in interleaved rounds;
+//! variants `raw-s3`, `json-s3`), or as an Iceberg table in a local
+//! warehouse (`raw-iceberg`, `json-iceberg`: no checkpoints, so each
+//! finished file is one snapshot). Variants run in interleaved rounds;
 //! prints every run and one Markdown table of medians of `--repeat`.
 
 use std::time::{Duration, Instant};
@@ -13,6 +15,7 @@ use clap::Parser;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
+use sluice_connectors::iceberg::IcebergSink;
 use sluice_connectors::kafka::testing::Broker;
 use sluice_connectors::kafka::{Format, KafkaSource};
 use sluice_connectors::parquet::ParquetSink;
@@ -33,7 +36,8 @@ struct Args {
     /// Runs per variant.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
-    /// Variants to run, comma-separated: plain, raw, json, raw-s3, json-s3.
+    /// Variants to run, comma-separated: plain, raw, json, raw-s3, json-s3,
+    /// raw-iceberg, json-iceberg.
     #[arg(long, value_delimiter = ',', default_value = "plain,raw,json")]
     only: Vec<String>,
     /// The S3 server for the -s3 variants (moto_server).
@@ -124,6 +128,15 @@ fn read_partitions(
     Ok(got)
 }
 
+/// Where a Sluice variant writes.
+#[derive(Clone, Copy)]
+enum Out<'a> {
+    Local,
+    Bucket(&'a S3),
+    /// An Iceberg table in a local warehouse (catalog in SQLite).
+    Iceberg,
+}
+
 fn sluice(
     broker: &Broker,
     topic: &str,
@@ -131,7 +144,7 @@ fn sluice(
     p: usize,
     json: bool,
     discard: bool,
-    s3: Option<&S3>,
+    out: Out<'_>,
 ) -> anyhow::Result<f64> {
     let dir = tempfile_dir()?;
     let env = Env::new();
@@ -149,14 +162,19 @@ fn sluice(
         "run-{}",
         RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
-    if discard {
-        stream.sink(DiscardSink);
-    } else {
-        let sink = match s3 {
-            Some(s3) => ParquetSink::new(s3.url(&prefix)),
-            None => ParquetSink::new(&dir),
-        };
-        stream.sink(sink.without_dictionary(["_offset", "_timestamp"]));
+    let parquet = |sink: ParquetSink| sink.without_dictionary(["_offset", "_timestamp"]);
+    match out {
+        _ if discard => stream.sink(DiscardSink),
+        Out::Local => stream.sink(parquet(ParquetSink::new(&dir))),
+        Out::Bucket(s3) => stream.sink(parquet(ParquetSink::new(s3.url(&prefix)))),
+        Out::Iceberg => stream.sink(
+            IcebergSink::new(
+                dir.join("catalog.db"),
+                &dir,
+                format!("bench.{}", prefix.replace('-', "_")),
+            )
+            .parquet(|_| parquet(ParquetSink::new("unused"))),
+        ),
     }
     let start = Instant::now();
     let res = env.execute()?;
@@ -167,9 +185,9 @@ fn sluice(
         res.source_records()
     );
     if !discard {
-        let written = match s3 {
-            Some(s3) => s3.parquet_rows(&prefix)?,
-            None => parquet_rows(&dir)?,
+        let written = match out {
+            Out::Bucket(s3) => s3.parquet_rows(&prefix)?,
+            Out::Local | Out::Iceberg => parquet_rows(&dir)?,
         };
         anyhow::ensure!(written == n, "wrote {written} of {n} records");
     }
@@ -177,13 +195,16 @@ fn sluice(
     Ok(n as f64 / secs)
 }
 
-/// Rows in the Parquet files under `dir`, from their footers.
+/// Rows in the Parquet files under `dir` (at any depth: an Iceberg
+/// table's data files), from their footers.
 fn parquet_rows(dir: &std::path::Path) -> anyhow::Result<usize> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let mut rows = 0;
     for e in std::fs::read_dir(dir)? {
         let path = e?.path();
-        if path.extension().is_some_and(|x| x == "parquet") {
+        if path.is_dir() {
+            rows += parquet_rows(&path)?;
+        } else if path.extension().is_some_and(|x| x == "parquet") {
             let r = SerializedFileReader::new(std::fs::File::open(&path)?)?;
             rows += r.metadata().file_metadata().num_rows() as usize;
         }
@@ -334,10 +355,18 @@ fn main() -> anyhow::Result<()> {
         t.elapsed().as_secs_f64()
     );
     let sink = if args.discard { "discard" } else { "Parquet" };
-    let variants: Vec<&str> = ["plain", "raw", "json", "raw-s3", "json-s3"]
-        .into_iter()
-        .filter(|v| args.only.iter().any(|o| o == v))
-        .collect();
+    let variants: Vec<&str> = [
+        "plain",
+        "raw",
+        "json",
+        "raw-s3",
+        "json-s3",
+        "raw-iceberg",
+        "json-iceberg",
+    ]
+    .into_iter()
+    .filter(|v| args.only.iter().any(|o| o == v))
+    .collect();
     let s3 = if variants.iter().any(|v| v.ends_with("-s3")) {
         Some(S3::start(&args.moto)?)
     } else {
@@ -356,7 +385,13 @@ fn main() -> anyhow::Result<()> {
                     r.0
                 }
                 v => {
-                    let in_s3 = v.ends_with("-s3");
+                    let out = if v.ends_with("-s3") {
+                        Out::Bucket(s3.as_ref().expect("started for -s3 variants"))
+                    } else if v.ends_with("-iceberg") {
+                        Out::Iceberg
+                    } else {
+                        Out::Local
+                    };
                     sluice(
                         &broker,
                         "bench",
@@ -364,7 +399,7 @@ fn main() -> anyhow::Result<()> {
                         p,
                         v.starts_with("json"),
                         args.discard,
-                        if in_s3 { s3.as_ref() } else { None },
+                        out,
                     )?
                 }
             });
@@ -383,10 +418,12 @@ fn main() -> anyhow::Result<()> {
             let p = args.parallelism;
             let sink = if v.ends_with("-s3") {
                 "Parquet in S3 (moto)"
+            } else if v.ends_with("-iceberg") {
+                "Iceberg table (local warehouse)"
             } else {
                 sink
             };
-            let v = v.trim_end_matches("-s3");
+            let v = v.trim_end_matches("-s3").trim_end_matches("-iceberg");
             rows.push((format!("Sluice Kafka → {sink}, {v}, parallelism {p}"), r));
         }
     }

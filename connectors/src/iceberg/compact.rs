@@ -22,10 +22,11 @@ use sluice_engine::{Error, Result};
 use tracing::info;
 
 use super::catalog::SqlCatalog;
+use super::files::{local_path, TableFiles};
 use super::manifest::{self, get, get_i64, get_str, set, ListEntry, Status};
 use super::metadata::{Snapshot, TableMetadata};
 use super::split_table_name;
-use super::table::{local_path, now_ms, random, uuid, IcebergTable};
+use super::table::{now_ms, random, uuid, IcebergTable};
 use crate::parquet::compact::{merge, pack};
 use crate::parquet::{CompactOptions, CompactStats};
 
@@ -57,15 +58,21 @@ pub fn compact_table(
         )));
     }
     let cat = SqlCatalog::open(catalog, name)?;
-    let table = IcebergTable::open(cat, catalog, ns, t, "compaction", |_| {
+    let table = IcebergTable::open(cat, "", ns, t, "compaction", |_| {
         Err(Error::Config(format!(
             "Iceberg table {ns}.{t} does not exist in catalog '{name}' at {}",
             catalog.display()
         )))
     })?;
+    if table.files().local_dir().is_none() {
+        return Err(Error::Config(format!(
+            "{ns}.{t} is in object storage: compacting such a table is not built yet"
+        )));
+    }
+    let files = table.files();
     let (_, meta) = table.load()?;
     let spec = meta.spec()?.clone();
-    let live = live_files(&meta)?;
+    let live = live_files(files, &meta)?;
     let cutoff = now_ms() - i64::try_from(opts.min_age.as_millis()).unwrap_or(i64::MAX);
     let mut by_partition: BTreeMap<String, Vec<Live>> = BTreeMap::new();
     for f in live {
@@ -134,8 +141,9 @@ pub fn compact_table(
         stats.rows += rows;
     }
     stats.directories = bins.len();
-    let committed = table
-        .update(|meta, written| replace(meta, &spec, &removed, &added, written).map(|()| true));
+    let committed = table.update(|meta, written| {
+        replace(files, meta, &spec, &removed, &added, written).map(|()| true)
+    });
     if let Err(e) = committed {
         for (_, _, _, out) in &added {
             let _ = std::fs::remove_file(out);
@@ -159,12 +167,12 @@ fn file_schema(path: &str) -> Result<SchemaRef> {
 
 /// The manifests of the current snapshot, each with its list entry and
 /// entries.
-fn manifests(meta: &TableMetadata) -> Result<Vec<(Value, Vec<Value>)>> {
+fn manifests(files: &TableFiles, meta: &TableMetadata) -> Result<Vec<(Value, Vec<Value>)>> {
     let Some(current) = meta.current() else {
         return Ok(Vec::new());
     };
     let spec = meta.spec()?;
-    let list = read(&current.manifest_list)?;
+    let list = files.read(&current.manifest_list)?;
     manifest::read_list_entries(&list)?
         .into_iter()
         .map(|m| {
@@ -174,25 +182,20 @@ fn manifests(meta: &TableMetadata) -> Result<Vec<(Value, Vec<Value>)>> {
                 ));
             }
             let path = get_str(&m, "manifest_path").unwrap_or_default().to_string();
-            let entries = manifest::read_entries(meta, spec, &read(&path)?)?;
+            let entries = manifest::read_entries(meta, spec, &files.read(&path)?)?;
             Ok((m, entries))
         })
         .collect()
 }
 
-fn read(location: &str) -> Result<Vec<u8>> {
-    let p = local_path(location);
-    std::fs::read(&p).map_err(|e| Error::io(format!("reading {}", p.display()), e))
-}
-
-fn live_files(meta: &TableMetadata) -> Result<Vec<Live>> {
+fn live_files(files: &TableFiles, meta: &TableMetadata) -> Result<Vec<Live>> {
     let added_at: BTreeMap<i64, i64> = meta
         .snapshots
         .iter()
         .map(|s| (s.snapshot_id, s.timestamp_ms))
         .collect();
     let mut out = Vec::new();
-    for (m, entries) in manifests(meta)? {
+    for (m, entries) in manifests(files, meta)? {
         let manifest_snapshot = get_i64(&m, "added_snapshot_id").unwrap_or(0);
         for e in entries {
             if get_i64(&e, "status") == Some(Status::Deleted as i64) {
@@ -222,25 +225,24 @@ fn live_files(meta: &TableMetadata) -> Result<Vec<Live>> {
 /// the others kept as existing, with their sequence numbers); the rest
 /// carry over as they are.
 fn replace(
+    files: &TableFiles,
     meta: &mut TableMetadata,
     spec: &super::metadata::SpecJson,
     removed: &BTreeSet<String>,
     added: &[(Value, u64, u64, PathBuf)],
-    written: &mut Vec<PathBuf>,
+    written: &mut Vec<String>,
 ) -> Result<()> {
     let id = (random() >> 1) as i64;
     let sequence = meta.last_sequence_number + 1;
-    let dir = local_path(&meta.location).join("metadata");
     let mut write = |name: String, bytes: &[u8]| -> Result<String> {
-        let path = dir.join(name);
-        std::fs::write(&path, bytes)
-            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-        written.push(path.clone());
-        Ok(format!("file://{}", path.display()))
+        let rel = format!("metadata/{name}");
+        files.write(&rel, bytes)?;
+        written.push(rel.clone());
+        Ok(files.url(&rel))
     };
     let mut list = Vec::new();
     let (mut gone_rows, mut gone_bytes, mut found) = (0u64, 0u64, 0usize);
-    for (m, entries) in manifests(meta)? {
+    for (m, entries) in manifests(files, meta)? {
         let touched = entries.iter().any(|e| {
             get_i64(e, "status") != Some(Status::Deleted as i64)
                 && get(e, "data_file")

@@ -20,6 +20,7 @@
 
 mod catalog;
 mod compact;
+mod files;
 mod manifest;
 mod metadata;
 mod table;
@@ -30,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use arrow::datatypes::SchemaRef;
+use sluice_engine::checkpoint::Location;
 use sluice_engine::graph::SinkFactory;
 use sluice_engine::{Error, Result, SinkSpec};
 
@@ -54,7 +56,7 @@ use self::table::IcebergTable;
 pub struct IcebergSink {
     catalog: PathBuf,
     catalog_name: String,
-    warehouse: PathBuf,
+    warehouse: Location,
     table: String,
     writer: String,
     parquet: ParquetSink,
@@ -64,18 +66,20 @@ pub struct IcebergSink {
 
 impl IcebergSink {
     /// The table `namespace.name` of the SQL catalog in the SQLite file
-    /// `catalog` (created if missing), its files under the local
-    /// `warehouse` directory. The table is created on first use with
-    /// the stream's columns and the sink's partitioning.
+    /// `catalog` (created if missing), its files under `warehouse`: a
+    /// directory, or `s3://bucket/prefix` (S3 settings from the `AWS_*`
+    /// environment variables, as for Parquet output). The table is
+    /// created on first use with the stream's columns and the sink's
+    /// partitioning.
     pub fn new(
         catalog: impl AsRef<Path>,
-        warehouse: impl AsRef<Path>,
+        warehouse: impl Into<Location>,
         table: impl Into<String>,
     ) -> Self {
         IcebergSink {
             catalog: catalog.as_ref().to_path_buf(),
             catalog_name: "sluice".into(),
-            warehouse: warehouse.as_ref().to_path_buf(),
+            warehouse: warehouse.into(),
             table: table.into(),
             writer: "sluice".into(),
             parquet: ParquetSink::new("unused"),
@@ -128,10 +132,16 @@ impl IcebergSink {
             return Ok(t.clone());
         }
         let (ns, name) = self.names()?;
-        std::fs::create_dir_all(&self.warehouse)
-            .map_err(|e| Error::io(format!("creating {}", self.warehouse.display()), e))?;
-        let warehouse = std::fs::canonicalize(&self.warehouse)
-            .map_err(|e| Error::io(format!("resolving {}", self.warehouse.display()), e))?;
+        let warehouse = match self.warehouse.local_path() {
+            Some(dir) => {
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+                let dir = std::fs::canonicalize(&dir)
+                    .map_err(|e| Error::io(format!("resolving {}", dir.display()), e))?;
+                format!("file://{}", dir.display())
+            }
+            None => self.warehouse.as_str().to_string(),
+        };
         let catalog = SqlCatalog::open(&self.catalog, &self.catalog_name)?;
         let partitioning = self.parquet.partitioning().clone();
         let t = IcebergTable::open(catalog, &warehouse, ns, name, &self.writer, |location| {

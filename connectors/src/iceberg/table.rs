@@ -18,7 +18,6 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -32,6 +31,7 @@ use sluice_engine::{Error, Result};
 use tracing::{debug, info};
 
 use super::catalog::SqlCatalog;
+use super::files::{read_url, TableFiles};
 use super::manifest::{self, DataFile, ListEntry};
 use super::metadata::{Snapshot, TableMetadata};
 use crate::parquet::{FileEntry, Phase, TableFormat};
@@ -76,36 +76,6 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// The local path of a `file://` location.
-pub fn local_path(location: &str) -> PathBuf {
-    PathBuf::from(
-        location
-            .strip_prefix("file://")
-            .or_else(|| location.strip_prefix("file:"))
-            .unwrap_or(location),
-    )
-}
-
-fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))
-}
-
-/// Writes `bytes` to a new file at `path`, synced.
-fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
-    let write = || -> std::io::Result<()> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)?;
-        std::io::Write::write_all(&mut f, bytes)?;
-        f.sync_all()
-    };
-    write().map_err(|e| Error::io(format!("writing {}", path.display()), e))
-}
-
 /// An opened table.
 pub struct IcebergTable {
     catalog: Mutex<SqlCatalog>,
@@ -113,7 +83,7 @@ pub struct IcebergTable {
     name: String,
     writer: String,
     /// The table's directory.
-    dir: PathBuf,
+    files: TableFiles,
     /// When this handle was opened (see `recover`).
     opened: SystemTime,
 }
@@ -126,42 +96,42 @@ impl std::fmt::Debug for IcebergTable {
 
 impl IcebergTable {
     /// Opens `namespace.name` in `catalog`, creating it (files under
-    /// `warehouse/namespace/name`) with `create`'s metadata if missing.
+    /// `warehouse/namespace/name`, `warehouse` a `file://` or `s3://`
+    /// URL) with `create`'s metadata if missing.
     pub fn open(
         catalog: SqlCatalog,
-        warehouse: &Path,
+        warehouse: &str,
         namespace: &str,
         name: &str,
         writer: &str,
         create: impl FnOnce(&str) -> Result<TableMetadata>,
     ) -> Result<Arc<Self>> {
         catalog.ensure_namespace(namespace)?;
-        let dir = match catalog.location(namespace, name)? {
-            Some(loc) => {
-                let meta: TableMetadata = serde_json::from_slice(&read(&local_path(&loc))?)
-                    .map_err(|e| ice(&format!("{loc} is not Iceberg table metadata"), e))?;
-                local_path(&meta.location)
-            }
+        let location_of = |loc: &str| -> Result<String> {
+            let meta: TableMetadata = serde_json::from_slice(&read_url(loc)?)
+                .map_err(|e| ice(&format!("{loc} is not Iceberg table metadata"), e))?;
+            Ok(meta.location)
+        };
+        let location = match catalog.location(namespace, name)? {
+            Some(loc) => location_of(&loc)?,
             None => {
-                let dir = warehouse.join(namespace.replace('.', "/")).join(name);
-                let location = format!("file://{}", dir.display());
+                let location = format!(
+                    "{}/{}/{name}",
+                    warehouse.trim_end_matches('/'),
+                    namespace.replace('.', "/")
+                );
+                let files = TableFiles::at(&location)?;
                 let meta = create(&location)?;
-                let path = dir
-                    .join("metadata")
-                    .join(format!("00000-{}.metadata.json", uuid()));
-                write_new(&path, &to_json(&meta)?)?;
-                let loc = format!("file://{}", path.display());
-                if catalog.create(namespace, name, &loc)? {
-                    info!(table = %format!("{namespace}.{name}"), location = %dir.display(),
-                        "created Iceberg table");
-                    dir
+                let rel = format!("metadata/00000-{}.metadata.json", uuid());
+                files.write(&rel, &to_json(&meta)?)?;
+                if catalog.create(namespace, name, &files.url(&rel))? {
+                    info!(table = %format!("{namespace}.{name}"), %location, "created Iceberg table");
+                    location
                 } else {
                     // Another subtask or process created it meanwhile.
-                    let _ = std::fs::remove_file(&path);
+                    files.delete(&rel);
                     let loc = catalog.location(namespace, name)?.unwrap_or_default();
-                    let meta: TableMetadata = serde_json::from_slice(&read(&local_path(&loc))?)
-                        .map_err(|e| ice(&format!("{loc} is not Iceberg table metadata"), e))?;
-                    local_path(&meta.location)
+                    location_of(&loc)?
                 }
             }
         };
@@ -170,9 +140,14 @@ impl IcebergTable {
             namespace: namespace.to_string(),
             name: name.to_string(),
             writer: writer.to_string(),
-            dir,
+            files: TableFiles::at(&location)?,
             opened: SystemTime::now(),
         }))
+    }
+
+    /// The table's files.
+    pub(super) fn files(&self) -> &TableFiles {
+        &self.files
     }
 
     /// The table's current metadata and its location.
@@ -188,7 +163,7 @@ impl IcebergTable {
                     format!("table {}.{} was dropped", self.namespace, self.name),
                 )
             })?;
-        let meta = serde_json::from_slice(&read(&local_path(&loc))?)
+        let meta = serde_json::from_slice(&self.files.read(&loc)?)
             .map_err(|e| ice(&format!("{loc} is not Iceberg table metadata"), e))?;
         Ok((loc, meta))
     }
@@ -199,7 +174,7 @@ impl IcebergTable {
     /// files it wrote, removed again when its commit loses.
     pub(super) fn update(
         &self,
-        mut change: impl FnMut(&mut TableMetadata, &mut Vec<PathBuf>) -> Result<bool>,
+        mut change: impl FnMut(&mut TableMetadata, &mut Vec<String>) -> Result<bool>,
     ) -> Result<TableMetadata> {
         for attempt in 0..50 {
             let (old, mut meta) = self.load()?;
@@ -211,13 +186,10 @@ impl IcebergTable {
             meta.metadata_log.push(serde_json::json!({
                 "metadata-file": old, "timestamp-ms": meta.last_updated_ms}));
             meta.last_updated_ms = now_ms();
-            let path = self
-                .dir
-                .join("metadata")
-                .join(format!("{version:05}-{}.metadata.json", uuid()));
-            write_new(&path, &to_json(&meta)?)?;
-            written.push(path.clone());
-            let new = format!("file://{}", path.display());
+            let rel = format!("metadata/{version:05}-{}.metadata.json", uuid());
+            self.files.write(&rel, &to_json(&meta)?)?;
+            written.push(rel.clone());
+            let new = self.files.url(&rel);
             let swapped = self.catalog.lock().expect("catalog lock").swap(
                 &self.namespace,
                 &self.name,
@@ -228,8 +200,8 @@ impl IcebergTable {
                 return Ok(meta);
             }
             debug!(attempt, table = %self.name, "Iceberg commit conflict; retrying");
-            for p in written {
-                let _ = std::fs::remove_file(p);
+            for rel in written {
+                self.files.delete(&rel);
             }
             std::thread::sleep(Duration::from_millis(5 + random() % 20));
         }
@@ -244,7 +216,7 @@ impl IcebergTable {
         let data: Vec<DataFile> = files
             .iter()
             .map(|e| DataFile {
-                path: format!("file://{}", self.dir.join("data").join(&e.target).display()),
+                path: self.files.url(&format!("data/{}", e.target)),
                 rows: e.rows,
                 bytes: e.len,
                 partition: e.partition.clone(),
@@ -256,18 +228,18 @@ impl IcebergTable {
             let spec = meta.spec()?.clone();
             let bytes = manifest::write_manifest(meta, &spec, id, &data)?;
             let tag = uuid();
-            let mpath = self.dir.join("metadata").join(format!("{tag}-m0.avro"));
-            write_new(&mpath, &bytes)?;
-            written.push(mpath.clone());
+            let mrel = format!("metadata/{tag}-m0.avro");
+            self.files.write(&mrel, &bytes)?;
+            written.push(mrel.clone());
             let parent = meta.current().cloned();
-            let mloc = format!("file://{}", mpath.display());
+            let mloc = self.files.url(&mrel);
             let len = bytes.len() as u64;
             let mut entries =
                 vec![ListEntry::added(&mloc, len, spec.spec_id, id, sequence, &data).value()];
             if let Some(p) = &parent {
-                entries.extend(manifest::read_list_entries(&read(&local_path(
-                    &p.manifest_list,
-                ))?)?);
+                entries.extend(manifest::read_list_entries(
+                    &self.files.read(&p.manifest_list)?,
+                )?);
             }
             let list = manifest::write_list(
                 id,
@@ -275,12 +247,9 @@ impl IcebergTable {
                 sequence,
                 entries,
             )?;
-            let lpath = self
-                .dir
-                .join("metadata")
-                .join(format!("snap-{id}-0-{tag}.avro"));
-            write_new(&lpath, &list)?;
-            written.push(lpath.clone());
+            let lrel = format!("metadata/snap-{id}-0-{tag}.avro");
+            self.files.write(&lrel, &list)?;
+            written.push(lrel.clone());
             let mut summary = summary(parent.as_ref(), &data);
             summary.extend(props.clone());
             meta.add_snapshot(Snapshot {
@@ -288,7 +257,7 @@ impl IcebergTable {
                 parent_snapshot_id: parent.as_ref().map(|p| p.snapshot_id),
                 sequence_number: sequence,
                 timestamp_ms: now_ms(),
-                manifest_list: format!("file://{}", lpath.display()),
+                manifest_list: self.files.url(&lrel),
                 summary,
                 schema_id: Some(meta.current_schema_id),
             });
@@ -297,30 +266,30 @@ impl IcebergTable {
         Ok(())
     }
 
-    fn commits_dir(&self) -> PathBuf {
-        self.dir
-            .join("_sluice")
-            .join(self.writer.replace(['/', '\\', '.'], "_"))
-            .join("commits")
+    fn commits_dir(&self) -> String {
+        format!(
+            "_sluice/{}/commits",
+            self.writer.replace(['/', '\\', '.'], "_")
+        )
     }
 
-    /// Staged lists by checkpoint, by name.
-    fn staged(&self) -> BTreeMap<u64, BTreeMap<String, PathBuf>> {
-        let mut out: BTreeMap<u64, BTreeMap<String, PathBuf>> = BTreeMap::new();
-        let Ok(entries) = std::fs::read_dir(self.commits_dir()) else {
-            return out;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
+    /// Staged lists by checkpoint: their names and when each was written.
+    fn staged(&self) -> Result<BTreeMap<u64, BTreeMap<String, SystemTime>>> {
+        let mut out: BTreeMap<u64, BTreeMap<String, SystemTime>> = BTreeMap::new();
+        for (name, written) in self.files.list(&self.commits_dir())? {
             let epoch = name
                 .strip_suffix(".json")
                 .and_then(|s| s.split('-').next())
                 .and_then(|s| s.parse().ok());
             if let Some(epoch) = epoch {
-                out.entry(epoch).or_default().insert(name, e.path());
+                out.entry(epoch).or_default().insert(name, written);
             }
         }
-        out
+        Ok(out)
+    }
+
+    fn list_rel(&self, name: &str) -> String {
+        format!("{}/{name}", self.commits_dir())
     }
 
     /// The names of the lists this writer's snapshots committed.
@@ -335,14 +304,7 @@ impl IcebergTable {
 
     fn write_list(&self, name: &str, files: &[FileEntry]) -> Result<()> {
         let body = serde_json::to_vec(files).map_err(|e| ice("encoding staged files", e))?;
-        let dir = self.commits_dir();
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let _ = std::fs::remove_file(&tmp);
-        write_new(&tmp, &body)?;
-        let path = dir.join(name);
-        std::fs::rename(&tmp, &path)
-            .and_then(|()| std::fs::File::open(&dir)?.sync_all())
-            .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+        self.files.write(&self.list_rel(name), &body)
     }
 }
 
@@ -444,7 +406,7 @@ fn convert(array: &ArrayRef, to: &DataType) -> Result<ArrayRef> {
 
 impl TableFormat for IcebergTable {
     fn data_location(&self) -> Location {
-        Location::from(self.dir.join("data"))
+        self.files.data_location()
     }
 
     fn file_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
@@ -471,10 +433,10 @@ impl TableFormat for IcebergTable {
     }
 
     fn commit(&self, epoch: u64) -> Result<()> {
-        let staged = self.staged();
-        let lists: Vec<(String, PathBuf)> = staged
+        let staged = self.staged()?;
+        let lists: Vec<String> = staged
             .range(..=epoch)
-            .flat_map(|(_, l)| l.iter().map(|(n, p)| (n.clone(), p.clone())))
+            .flat_map(|(_, l)| l.keys().cloned())
             .collect();
         if lists.is_empty() {
             return Ok(());
@@ -483,12 +445,13 @@ impl TableFormat for IcebergTable {
         let done = Self::committed(&meta, &self.writer);
         let mut names = Vec::new();
         let mut files = Vec::new();
-        for (name, path) in &lists {
+        for name in &lists {
             if done.contains(name) {
                 continue;
             }
-            let entries: Vec<FileEntry> = serde_json::from_slice(&read(path)?)
-                .map_err(|e| Error::Checkpoint(format!("{} is malformed: {e}", path.display())))?;
+            let url = self.files.url(&self.list_rel(name));
+            let entries: Vec<FileEntry> = serde_json::from_slice(&self.files.read(&url)?)
+                .map_err(|e| Error::Checkpoint(format!("{url} is malformed: {e}")))?;
             names.push(name.clone());
             files.extend(entries);
         }
@@ -501,8 +464,8 @@ impl TableFormat for IcebergTable {
             ]);
             self.append(&files, &props)?;
         }
-        for (_, path) in lists {
-            let _ = std::fs::remove_file(path);
+        for name in lists {
+            self.files.delete(&self.list_rel(&name));
         }
         Ok(())
     }
@@ -520,15 +483,10 @@ impl TableFormat for IcebergTable {
         // a list of the same number is the last run's if it is older
         // than this table handle.
         let current = format!("-a{attempt}-");
-        for (_, lists) in self.staged().range(restored + 1..) {
-            for (name, path) in lists {
-                let stale = !name.contains(&current)
-                    || (restored == 0
-                        && std::fs::metadata(path)
-                            .and_then(|m| m.modified())
-                            .is_ok_and(|t| t < self.opened));
-                if stale {
-                    let _ = std::fs::remove_file(path);
+        for (_, lists) in self.staged()?.range(restored + 1..) {
+            for (name, written) in lists {
+                if !name.contains(&current) || (restored == 0 && *written < self.opened) {
+                    self.files.delete(&self.list_rel(name));
                 }
             }
         }

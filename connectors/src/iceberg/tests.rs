@@ -13,9 +13,9 @@ use sluice_engine::data::CheckpointId;
 use sluice_engine::state::{OperatorSnapshot, RestoredState};
 use sluice_engine::{OperatorContext, Sink, SinkSpec};
 
+use super::files::local_path;
 use super::manifest::{read_list, read_manifest};
 use super::metadata::TableMetadata;
-use super::table::local_path;
 use super::IcebergSink;
 use crate::parquet::{PartitionSpec, RollPolicy};
 

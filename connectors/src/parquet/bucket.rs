@@ -271,14 +271,17 @@ impl BucketDir {
         })
     }
 
-    fn put(&self, rel: &str, bytes: Vec<u8>) -> Result<()> {
+    /// Writes object `rel` whole (a put is atomic: readers see all of it
+    /// or nothing).
+    pub(crate) fn put(&self, rel: &str, bytes: Vec<u8>) -> Result<()> {
         let key = self.key(rel)?;
         block(self.store.put(&key, PutPayload::from(bytes)))
             .map(|_| ())
             .map_err(|e| self.fail("writing", rel, e))
     }
 
-    fn get(&self, rel: &str) -> Result<Option<Vec<u8>>> {
+    /// Object `rel`, if it exists.
+    pub(crate) fn get(&self, rel: &str) -> Result<Option<Vec<u8>>> {
         let key = self.key(rel)?;
         let got = block(async {
             match self.store.get(&key).await {
@@ -300,12 +303,32 @@ impl BucketDir {
         }
     }
 
-    fn delete(&self, rel: &str) -> Result<()> {
+    /// Deletes object `rel` (gone already is fine).
+    pub(crate) fn delete(&self, rel: &str) -> Result<()> {
         let key = self.key(rel)?;
         match block(self.store.delete(&key)) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.fail("deleting", rel, e)),
         }
+    }
+
+    /// Every object under `rel` (relative names) with when it was last
+    /// written.
+    #[cfg(feature = "iceberg")]
+    pub(crate) fn list_modified(&self, rel: &str) -> Result<Vec<(String, std::time::SystemTime)>> {
+        let prefix = self.key(rel)?;
+        let objects: Vec<object_store::ObjectMeta> =
+            block(async { self.store.list(Some(&prefix)).try_collect().await })
+                .map_err(|e| self.fail("listing", rel, e))?;
+        Ok(objects
+            .iter()
+            .map(|o| {
+                (
+                    self.rel(&o.location),
+                    std::time::SystemTime::from(o.last_modified),
+                )
+            })
+            .collect())
     }
 
     /// Every object under `rel` (relative names).

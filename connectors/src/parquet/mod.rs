@@ -26,11 +26,11 @@
 //! ```
 
 #[cfg(feature = "s3")]
-mod bucket;
+pub(crate) mod bucket;
 // Without the `s3` feature: the same names, no values, a clear error.
 #[cfg(not(feature = "s3"))]
 #[path = "no_bucket.rs"]
-mod bucket;
+pub(crate) mod bucket;
 pub(crate) mod compact;
 mod footer;
 mod local;

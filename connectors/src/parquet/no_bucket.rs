@@ -28,6 +28,26 @@ impl BucketDir {
         Err(unavailable(url))
     }
 
+    #[cfg(feature = "iceberg")]
+    pub(crate) fn put(&self, _rel: &str, _bytes: Vec<u8>) -> Result<()> {
+        match *self {}
+    }
+
+    #[cfg(feature = "iceberg")]
+    pub(crate) fn get(&self, _rel: &str) -> Result<Option<Vec<u8>>> {
+        match *self {}
+    }
+
+    #[cfg(feature = "iceberg")]
+    pub(crate) fn delete(&self, _rel: &str) -> Result<()> {
+        match *self {}
+    }
+
+    #[cfg(feature = "iceberg")]
+    pub(crate) fn list_modified(&self, _rel: &str) -> Result<Vec<(String, std::time::SystemTime)>> {
+        match *self {}
+    }
+
     pub fn create(&self, _target: &str, _stem: &str) -> Result<Upload> {
         match *self {}
     }

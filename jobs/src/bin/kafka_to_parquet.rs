@@ -83,12 +83,13 @@ struct Args {
     #[arg(long, requires = "iceberg_warehouse", value_name = "NAMESPACE.TABLE",
           value_parser = parse_table_name)]
     iceberg_table: Option<String>,
-    /// Directory the Iceberg tables' files go to (WAREHOUSE/NAMESPACE/TABLE).
-    #[arg(long, value_name = "DIR")]
-    iceberg_warehouse: Option<PathBuf>,
+    /// Where the Iceberg tables' files go (WAREHOUSE/NAMESPACE/TABLE): a
+    /// directory, or s3://bucket/prefix (S3 settings as for --output).
+    #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX")]
+    iceberg_warehouse: Option<Location>,
     /// The SQL catalog: an SQLite file in the JDBC catalog's layout (what
     /// PyIceberg's SqlCatalog, Spark and Trino read) [default:
-    /// WAREHOUSE/catalog.db].
+    /// WAREHOUSE/catalog.db for a directory; required for a bucket].
     #[arg(long, value_name = "FILE")]
     iceberg_catalog: Option<PathBuf>,
     /// The catalog's name inside that file (readers open it by this name).
@@ -200,6 +201,18 @@ fn main() -> anyhow::Result<()> {
         evolve_schema: args.evolve_schema,
         kafka_options: args.kafka_option.clone(),
     };
+    // The Iceberg catalog's file, checked before the job reads anything.
+    let catalog = match (&args.iceberg_catalog, &args.iceberg_warehouse) {
+        (Some(c), _) => Some(c.clone()),
+        (None, Some(w)) => Some(match w.local_path() {
+            Some(dir) => dir.join("catalog.db"),
+            None => anyhow::bail!(
+                "--iceberg-warehouse {w} is in object storage: name the catalog's SQLite file \
+                 with --iceberg-catalog FILE"
+            ),
+        }),
+        (None, None) => None,
+    };
     let src = source(&spec)?;
     let stats = src.decode_stats();
     let progress = src.progress();
@@ -232,17 +245,14 @@ fn main() -> anyhow::Result<()> {
     };
     let output = match (&args.iceberg_table, &args.iceberg_warehouse) {
         (Some(table), Some(warehouse)) => {
-            let catalog = args
-                .iceberg_catalog
-                .clone()
-                .unwrap_or_else(|| warehouse.join("catalog.db"));
+            let catalog = catalog.clone().unwrap_or_default();
             // One writer id per job writing the table: its consumer group
             // when it has one, else its topic.
             let writer = args
                 .group
                 .clone()
                 .unwrap_or_else(|| format!("kafka_to_parquet:{}", args.topic));
-            let iceberg = IcebergSink::new(&catalog, warehouse, table)
+            let iceberg = IcebergSink::new(&catalog, warehouse.clone(), table)
                 .catalog_name(&args.iceberg_catalog_name)
                 .writer_id(writer)
                 .parquet(|_| sink);
