@@ -208,6 +208,52 @@ impl TableMetadata {
         self.snapshots.iter().find(|s| s.snapshot_id == id)
     }
 
+    /// Refuses a job whose partitioning differs from the table's spec
+    /// (its files' partition values would not be the table's).
+    pub fn check_spec(&self, partitioning: &PartitionSpec) -> Result<()> {
+        let schema = self.schema()?;
+        let describe = |fields: Vec<(String, String, String)>| {
+            if fields.is_empty() {
+                return "unpartitioned".to_string();
+            }
+            let parts: Vec<String> = fields
+                .into_iter()
+                .map(|(name, t, col)| format!("{name}={t}({col})"))
+                .collect();
+            parts.join(",")
+        };
+        let column = |id: i32| {
+            schema
+                .fields
+                .iter()
+                .find(|c| c.id == id)
+                .map_or_else(|| format!("#{id}"), |c| c.name.clone())
+        };
+        let table: Vec<_> = self
+            .spec()?
+            .fields
+            .iter()
+            .map(|f| (f.name.clone(), f.transform.clone(), column(f.source_id)))
+            .collect();
+        let job: Vec<_> = partitioning
+            .fields()
+            .iter()
+            .map(|f| {
+                let t = transform_name(f.transform).to_string();
+                (f.name.clone(), t, f.source.clone())
+            })
+            .collect();
+        if table == job {
+            return Ok(());
+        }
+        Err(Error::Config(format!(
+            "the Iceberg table is partitioned as {}, the job as {}: write with the table's \
+             partitioning (or to a new table)",
+            describe(table),
+            describe(job)
+        )))
+    }
+
     /// Makes `snapshot` the current one (the `main` branch's head).
     pub fn add_snapshot(&mut self, snapshot: Snapshot) {
         let id = snapshot.snapshot_id;
@@ -531,6 +577,25 @@ mod tests {
         let text = serde_json::to_string(&m).unwrap();
         let back: TableMetadata = serde_json::from_str(&text).unwrap();
         assert_eq!(back.other["default-sort-order-id"], json!(0));
+    }
+
+    #[test]
+    fn a_job_partitioned_otherwise_is_refused() {
+        let spec = PartitionSpec::parse("country,dt=date(_timestamp)").unwrap();
+        let m = TableMetadata::create("file:///t", "u".into(), &input(), &spec, 1).unwrap();
+        m.check_spec(&spec).unwrap();
+        let day = PartitionSpec::parse("country,dt=day(_timestamp)").unwrap();
+        m.check_spec(&day).unwrap();
+        let err = m
+            .check_spec(&PartitionSpec::parse("h=hour(_timestamp)").unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("partitioned as country=identity(country),dt=day(_timestamp), the job as h=hour(_timestamp)"),
+            "{err}"
+        );
+        let err = m.check_spec(&PartitionSpec::new()).unwrap_err().to_string();
+        assert!(err.contains("the job as unpartitioned"), "{err}");
     }
 
     #[test]

@@ -153,6 +153,7 @@ impl IcebergSink {
                 table::now_ms(),
             )
         })?;
+        t.load()?.1.check_spec(&partitioning)?;
         *opened = Some(t.clone());
         Ok(t)
     }
