@@ -20,6 +20,7 @@ use sluice_connectors::kafka::testing::Broker;
 use sluice_connectors::kafka::{Format, KafkaSource};
 use sluice_connectors::parquet::ParquetSink;
 use sluice_connectors::sinks::DiscardSink;
+use sluice_engine::checkpoint::Location;
 use sluice_engine::Env;
 
 #[derive(Parser, Debug)]
@@ -37,7 +38,7 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     repeat: usize,
     /// Variants to run, comma-separated: plain, raw, json, raw-s3, json-s3,
-    /// raw-iceberg, json-iceberg.
+    /// raw-iceberg, json-iceberg, raw-iceberg-s3, json-iceberg-s3.
     #[arg(long, value_delimiter = ',', default_value = "plain,raw,json")]
     only: Vec<String>,
     /// The S3 server for the -s3 variants (moto_server).
@@ -133,8 +134,9 @@ fn read_partitions(
 enum Out<'a> {
     Local,
     Bucket(&'a S3),
-    /// An Iceberg table in a local warehouse (catalog in SQLite).
-    Iceberg,
+    /// An Iceberg table (catalog in SQLite) in a local warehouse or in
+    /// the bucket.
+    Iceberg(Option<&'a S3>),
 }
 
 fn sluice(
@@ -167,14 +169,17 @@ fn sluice(
         _ if discard => stream.sink(DiscardSink),
         Out::Local => stream.sink(parquet(ParquetSink::new(&dir))),
         Out::Bucket(s3) => stream.sink(parquet(ParquetSink::new(s3.url(&prefix)))),
-        Out::Iceberg => stream.sink(
-            IcebergSink::new(
-                dir.join("catalog.db"),
-                &dir,
-                format!("bench.{}", prefix.replace('-', "_")),
+        Out::Iceberg(bucket) => {
+            let warehouse = match bucket {
+                Some(s3) => Location::from(s3.url(&prefix)),
+                None => Location::from(&dir),
+            };
+            let table = format!("bench.{}", prefix.replace('-', "_"));
+            stream.sink(
+                IcebergSink::new(dir.join("catalog.db"), warehouse, table)
+                    .parquet(|_| parquet(ParquetSink::new("unused"))),
             )
-            .parquet(|_| parquet(ParquetSink::new("unused"))),
-        ),
+        }
     }
     let start = Instant::now();
     let res = env.execute()?;
@@ -186,8 +191,8 @@ fn sluice(
     );
     if !discard {
         let written = match out {
-            Out::Bucket(s3) => s3.parquet_rows(&prefix)?,
-            Out::Local | Out::Iceberg => parquet_rows(&dir)?,
+            Out::Bucket(s3) | Out::Iceberg(Some(s3)) => s3.parquet_rows(&prefix)?,
+            Out::Local | Out::Iceberg(None) => parquet_rows(&dir)?,
         };
         anyhow::ensure!(written == n, "wrote {written} of {n} records");
     }
@@ -363,6 +368,8 @@ fn main() -> anyhow::Result<()> {
         "json-s3",
         "raw-iceberg",
         "json-iceberg",
+        "raw-iceberg-s3",
+        "json-iceberg-s3",
     ]
     .into_iter()
     .filter(|v| args.only.iter().any(|o| o == v))
@@ -385,12 +392,12 @@ fn main() -> anyhow::Result<()> {
                     r.0
                 }
                 v => {
-                    let out = if v.ends_with("-s3") {
-                        Out::Bucket(s3.as_ref().expect("started for -s3 variants"))
-                    } else if v.ends_with("-iceberg") {
-                        Out::Iceberg
-                    } else {
-                        Out::Local
+                    let bucket = || s3.as_ref().expect("started for -s3 variants");
+                    let out = match (v.contains("-iceberg"), v.ends_with("-s3")) {
+                        (true, true) => Out::Iceberg(Some(bucket())),
+                        (true, false) => Out::Iceberg(None),
+                        (false, true) => Out::Bucket(bucket()),
+                        (false, false) => Out::Local,
                     };
                     sluice(
                         &broker,
@@ -416,14 +423,13 @@ fn main() -> anyhow::Result<()> {
             rows.push((format!("plain rdkafka consumers, {p} threads"), r));
         } else {
             let p = args.parallelism;
-            let sink = if v.ends_with("-s3") {
-                "Parquet in S3 (moto)"
-            } else if v.ends_with("-iceberg") {
-                "Iceberg table (local warehouse)"
-            } else {
-                sink
+            let sink = match (v.contains("-iceberg"), v.ends_with("-s3")) {
+                (true, true) => "Iceberg table in S3 (moto)",
+                (true, false) => "Iceberg table (local warehouse)",
+                (false, true) => "Parquet in S3 (moto)",
+                (false, false) => sink,
             };
-            let v = v.trim_end_matches("-s3").trim_end_matches("-iceberg");
+            let v = v.split('-').next().unwrap_or(v);
             rows.push((format!("Sluice Kafka → {sink}, {v}, parallelism {p}"), r));
         }
     }
