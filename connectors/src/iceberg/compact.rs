@@ -24,7 +24,7 @@ use tracing::info;
 use super::catalog::SqlCatalog;
 use super::files::{local_path, TableFiles};
 use super::manifest::{self, get, get_i64, get_str, set, ListEntry, Status};
-use super::metadata::{Snapshot, TableMetadata};
+use super::metadata::{summary, Change, Snapshot, TableMetadata};
 use super::split_table_name;
 use super::table::{now_ms, random, uuid, IcebergTable};
 use crate::parquet::compact::{merge, pack};
@@ -343,44 +343,20 @@ fn replace(
     let list_bytes =
         manifest::write_list(id, parent.as_ref().map(|p| p.snapshot_id), sequence, list)?;
     let list_path = write(format!("snap-{id}-0-{}.avro", uuid()), &list_bytes)?;
-    let total = |key: &str| parent.as_ref().map_or(0, |p| p.total(key));
-    let summary: BTreeMap<String, String> = [
-        ("operation", "replace".to_string()),
-        ("added-data-files", added.len().to_string()),
-        ("deleted-data-files", removed.len().to_string()),
-        ("added-records", added_rows.to_string()),
-        ("deleted-records", gone_rows.to_string()),
-        ("added-files-size", added_bytes.to_string()),
-        ("removed-files-size", gone_bytes.to_string()),
-        (
-            "total-data-files",
-            (total("total-data-files") + added.len() as u64)
-                .saturating_sub(removed.len() as u64)
-                .to_string(),
-        ),
-        ("total-records", total("total-records").to_string()),
-        (
-            "total-files-size",
-            (total("total-files-size") + added_bytes)
-                .saturating_sub(gone_bytes)
-                .to_string(),
-        ),
-        (
-            "total-delete-files",
-            total("total-delete-files").to_string(),
-        ),
-        (
-            "total-position-deletes",
-            total("total-position-deletes").to_string(),
-        ),
-        (
-            "total-equality-deletes",
-            total("total-equality-deletes").to_string(),
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let summary = summary(
+        parent.as_ref(),
+        "replace",
+        Change {
+            files: added.len() as u64,
+            rows: added_rows,
+            bytes: added_bytes,
+        },
+        Change {
+            files: removed.len() as u64,
+            rows: gone_rows,
+            bytes: gone_bytes,
+        },
+    );
     meta.add_snapshot(Snapshot {
         snapshot_id: id,
         parent_snapshot_id: parent.as_ref().map(|p| p.snapshot_id),

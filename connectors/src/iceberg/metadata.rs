@@ -112,6 +112,48 @@ pub struct Snapshot {
     pub schema_id: Option<i32>,
 }
 
+/// Files, rows and bytes a snapshot adds or removes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Change {
+    pub files: u64,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+/// The summary of a snapshot (`operation` `append` or `replace`) making
+/// `added` and `removed` on top of `parent`, with the running totals.
+pub fn summary(
+    parent: Option<&Snapshot>,
+    operation: &str,
+    added: Change,
+    removed: Change,
+) -> BTreeMap<String, String> {
+    let total = |key: &str| parent.map_or(0, |p| p.total(key));
+    let mut out = BTreeMap::from([
+        ("operation".to_string(), operation.to_string()),
+        ("added-data-files".into(), added.files.to_string()),
+        ("added-records".into(), added.rows.to_string()),
+        ("added-files-size".into(), added.bytes.to_string()),
+    ]);
+    if removed.files > 0 {
+        out.insert("deleted-data-files".into(), removed.files.to_string());
+        out.insert("deleted-records".into(), removed.rows.to_string());
+        out.insert("removed-files-size".into(), removed.bytes.to_string());
+    }
+    for (key, add, remove) in [
+        ("total-data-files", added.files, removed.files),
+        ("total-records", added.rows, removed.rows),
+        ("total-files-size", added.bytes, removed.bytes),
+        ("total-delete-files", 0, 0),
+        ("total-position-deletes", 0, 0),
+        ("total-equality-deletes", 0, 0),
+    ] {
+        let v = (total(key) + add).saturating_sub(remove);
+        out.insert(key.to_string(), v.to_string());
+    }
+    out
+}
+
 impl Snapshot {
     /// A running total of its summary (`total-records`, ...; 0 if absent).
     pub fn total(&self, key: &str) -> u64 {

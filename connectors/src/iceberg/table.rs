@@ -33,7 +33,7 @@ use tracing::{debug, info};
 use super::catalog::SqlCatalog;
 use super::files::{read_url, TableFiles};
 use super::manifest::{self, DataFile, ListEntry};
-use super::metadata::{Snapshot, TableMetadata};
+use super::metadata::{summary, Change, Snapshot, TableMetadata};
 use crate::parquet::{FileEntry, Phase, TableFormat};
 
 /// The summary key naming the writer of a snapshot.
@@ -250,7 +250,12 @@ impl IcebergTable {
             let lrel = format!("metadata/snap-{id}-0-{tag}.avro");
             self.files.write(&lrel, &list)?;
             written.push(lrel.clone());
-            let mut summary = summary(parent.as_ref(), &data);
+            let added = Change {
+                files: data.len() as u64,
+                rows: data.iter().map(|f| f.rows).sum(),
+                bytes: data.iter().map(|f| f.bytes).sum(),
+            };
+            let mut summary = summary(parent.as_ref(), "append", added, Change::default());
             summary.extend(props.clone());
             meta.add_snapshot(Snapshot {
                 snapshot_id: id,
@@ -322,44 +327,6 @@ fn fnv1a<'a>(parts: impl Iterator<Item = &'a str>) -> u64 {
 
 fn to_json(meta: &TableMetadata) -> Result<Vec<u8>> {
     serde_json::to_vec_pretty(meta).map_err(|e| ice("encoding table metadata", e))
-}
-
-/// The summary of a snapshot adding `files` on top of `parent`.
-fn summary(parent: Option<&Snapshot>, files: &[DataFile]) -> BTreeMap<String, String> {
-    let total = |key: &str| parent.map_or(0, |p| p.total(key));
-    let rows: u64 = files.iter().map(|f| f.rows).sum();
-    let bytes: u64 = files.iter().map(|f| f.bytes).sum();
-    let n = files.len() as u64;
-    [
-        ("operation", "append".to_string()),
-        ("added-data-files", n.to_string()),
-        ("added-records", rows.to_string()),
-        ("added-files-size", bytes.to_string()),
-        (
-            "total-data-files",
-            (total("total-data-files") + n).to_string(),
-        ),
-        ("total-records", (total("total-records") + rows).to_string()),
-        (
-            "total-files-size",
-            (total("total-files-size") + bytes).to_string(),
-        ),
-        (
-            "total-delete-files",
-            total("total-delete-files").to_string(),
-        ),
-        (
-            "total-position-deletes",
-            total("total-position-deletes").to_string(),
-        ),
-        (
-            "total-equality-deletes",
-            total("total-equality-deletes").to_string(),
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
 }
 
 /// `array` in type `to`: cast where the type differs (timestamps to
