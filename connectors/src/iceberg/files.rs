@@ -55,11 +55,11 @@ impl TableFiles {
         }
     }
 
-    /// Where the Parquet sink writes data files.
-    pub fn data_location(&self) -> Location {
+    /// `rel` as a location (where the Parquet sink writes data files).
+    pub fn location(&self, rel: &str) -> Location {
         match self {
-            TableFiles::Local(dir) => Location::from(dir.join("data")),
-            TableFiles::Bucket { url, .. } => Location::from(format!("{url}/data")),
+            TableFiles::Local(dir) => Location::from(dir.join(rel)),
+            TableFiles::Bucket { url, .. } => Location::from(format!("{url}/{rel}")),
         }
     }
 

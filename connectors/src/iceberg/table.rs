@@ -216,7 +216,7 @@ impl IcebergTable {
         let data: Vec<DataFile> = files
             .iter()
             .map(|e| DataFile {
-                path: self.files.url(&format!("data/{}", e.target)),
+                path: self.files.url(&format!("{}/{}", self.data_dir(), e.target)),
                 rows: e.rows,
                 bytes: e.len,
                 partition: e.partition.clone(),
@@ -271,11 +271,21 @@ impl IcebergTable {
         Ok(())
     }
 
+    /// The writer's name as one path segment.
+    fn writer_dir(&self) -> String {
+        self.writer.replace(['/', '\\', '.', ':'], "_")
+    }
+
     fn commits_dir(&self) -> String {
-        format!(
-            "_sluice/{}/commits",
-            self.writer.replace(['/', '\\', '.'], "_")
-        )
+        format!("_sluice/{}/commits", self.writer_dir())
+    }
+
+    /// Where this writer's data files go: a directory of its own under
+    /// `data/`, since the Parquet sink's names (subtask, checkpoint,
+    /// attempt) repeat across jobs and its recovery removes what its own
+    /// failed attempts left; another job's files must be neither.
+    fn data_dir(&self) -> String {
+        format!("data/{}", self.writer_dir())
     }
 
     /// Staged lists by checkpoint: their names and when each was written.
@@ -373,7 +383,7 @@ fn convert(array: &ArrayRef, to: &DataType) -> Result<ArrayRef> {
 
 impl TableFormat for IcebergTable {
     fn data_location(&self) -> Location {
-        self.files.data_location()
+        self.files.location(&self.data_dir())
     }
 
     fn file_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
@@ -449,12 +459,31 @@ impl TableFormat for IcebergTable {
         // restored) begins again at its storage's first attempt, so there
         // a list of the same number is the last run's if it is older
         // than this table handle.
+        // Their files were never committed: they go too (unless the
+        // list was committed after all, by a run that died before it
+        // deleted the list).
         let current = format!("-a{attempt}-");
+        let (_, meta) = self.load()?;
+        let done = Self::committed(&meta, &self.writer);
         for (_, lists) in self.staged()?.range(restored + 1..) {
             for (name, written) in lists {
-                if !name.contains(&current) || (restored == 0 && *written < self.opened) {
-                    self.files.delete(&self.list_rel(name));
+                if name.contains(&current) && (restored > 0 || *written >= self.opened) {
+                    continue;
                 }
+                if !done.contains(name) {
+                    let url = self.files.url(&self.list_rel(name));
+                    let entries: Vec<FileEntry> = self
+                        .files
+                        .read(&url)
+                        .ok()
+                        .and_then(|b| serde_json::from_slice(&b).ok())
+                        .unwrap_or_default();
+                    for e in entries {
+                        self.files
+                            .delete(&format!("{}/{}", self.data_dir(), e.target));
+                    }
+                }
+                self.files.delete(&self.list_rel(name));
             }
         }
         // The committed prefixes of files open at the checkpoint: a name
@@ -470,8 +499,7 @@ impl TableFormat for IcebergTable {
                 "{restored:06}-recovered-{:016x}.json",
                 fnv1a(open.iter().map(|e| e.target.as_str()))
             );
-            let (_, meta) = self.load()?;
-            if !Self::committed(&meta, &self.writer).contains(&name) {
+            if !done.contains(&name) {
                 info!(
                     files = open.len(),
                     checkpoint = restored,

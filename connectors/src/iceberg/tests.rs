@@ -3,7 +3,7 @@
 //! between steps; the table is read back through its own metadata,
 //! manifest list and manifests (PyIceberg reads it in `jobs/tests/`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{Int64Array, RecordBatch, StringArray};
@@ -196,6 +196,37 @@ fn a_crash_before_the_commit_is_recovered_once_however_often_it_resumes() {
     t.snapshot(CheckpointId(2), &c).unwrap();
     t.checkpoint_complete(CheckpointId(2), &c).unwrap();
     assert_eq!(table_x(dir.path()).0, (0..400).collect::<Vec<_>>());
+    // What the failed attempts wrote and never committed is gone: every
+    // data file left is one the table names.
+    assert_eq!(on_disk(dir.path()), in_table(dir.path()));
+}
+
+/// The data files on disk (hidden in-progress files included).
+fn on_disk(dir: &Path) -> std::collections::BTreeSet<String> {
+    fn walk(p: &Path, out: &mut std::collections::BTreeSet<String>) {
+        for e in std::fs::read_dir(p).unwrap().flatten() {
+            if e.path().is_dir() {
+                walk(&e.path(), out);
+            } else {
+                out.insert(e.path().display().to_string());
+            }
+        }
+    }
+    let mut out = Default::default();
+    walk(&dir.join("wh/lake/t/data"), &mut out);
+    out
+}
+
+/// The data files the table's current snapshot names.
+fn in_table(dir: &Path) -> std::collections::BTreeSet<String> {
+    let meta = metadata(dir);
+    let list = std::fs::read(local_path(&meta.current().unwrap().manifest_list)).unwrap();
+    read_list(&list)
+        .unwrap()
+        .iter()
+        .flat_map(|m| read_manifest(&std::fs::read(local_path(m)).unwrap()).unwrap())
+        .map(|f| local_path(&f).display().to_string())
+        .collect()
 }
 
 #[test]
@@ -298,4 +329,92 @@ fn compaction_merges_small_files_in_one_replace_snapshot() {
     assert_eq!(files(dir.path()), 6);
     let err = super::compact_table(&db, "sluice", "lake.nope", &opts).unwrap_err();
     assert!(err.to_string().contains("does not exist"), "{err}");
+}
+
+#[test]
+fn a_crash_between_the_catalog_swap_and_the_cleanup_commits_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = ctx(0, 1, 0, true);
+    let mut t = task(dir.path(), &c);
+    t.open(&c).unwrap();
+    t.write(rows(0, 900), &c).unwrap();
+    t.snapshot(CheckpointId(1), &c).unwrap();
+    // Keep the staged lists, commit, and put them back: as if the process
+    // died after the catalog took the commit, before it deleted them.
+    let commits = dir.path().join("wh/lake/t/_sluice/sluice/commits");
+    let saved: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(&commits)
+        .unwrap()
+        .flatten()
+        .map(|e| (e.path(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    assert!(!saved.is_empty());
+    t.checkpoint_complete(CheckpointId(1), &c).unwrap();
+    let (xs, snapshots) = table_x(dir.path());
+    for (path, bytes) in &saved {
+        std::fs::write(path, bytes).unwrap();
+    }
+    t.write(rows(900, 1000), &c).unwrap();
+    t.snapshot(CheckpointId(2), &c).unwrap();
+    t.checkpoint_complete(CheckpointId(2), &c).unwrap();
+    let (again, after) = table_x(dir.path());
+    assert_eq!(
+        again, xs,
+        "the lists of checkpoint 1 were not committed again"
+    );
+    assert_eq!(after, snapshots);
+    assert_eq!(
+        std::fs::read_dir(&commits).unwrap().count(),
+        0,
+        "cleaned up"
+    );
+}
+
+#[test]
+fn concurrent_writers_and_a_compaction_lose_no_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    // Created once, then four writers (own table handles, as separate
+    // processes would have) append at the same time while compaction runs.
+    task(dir.path(), &ctx(0, 1, 0, false));
+    let writers: Vec<_> = (0..4i64)
+        .map(|w| {
+            let dir = dir.path().to_path_buf();
+            std::thread::spawn(move || {
+                let c = ctx(0, 1, 0, false);
+                let spec = sink(&dir).writer_id(format!("w{w}"));
+                let mut t = (spec.factory(schema()))(&c).unwrap();
+                t.open(&c).unwrap();
+                let base = w * 10_000;
+                for i in 0..4 {
+                    t.write(rows(base + i * 750, base + (i + 1) * 750), &c)
+                        .unwrap();
+                }
+                t.close(&c).unwrap();
+            })
+        })
+        .collect();
+    let opts = crate::parquet::CompactOptions {
+        target_size: 1 << 20,
+        min_age: std::time::Duration::ZERO,
+        ..Default::default()
+    };
+    let db = dir.path().join("catalog.db");
+    let mut compactions = 0;
+    while writers.iter().any(|w| !w.is_finished()) {
+        // A compaction may lose to another commit's files: it then
+        // changes nothing.
+        if super::compact_table(&db, "sluice", "lake.t", &opts).is_ok() {
+            compactions += 1;
+        }
+    }
+    for w in writers {
+        w.join().unwrap();
+    }
+    let want: Vec<i64> = (0..4).flat_map(|w| w * 10_000..w * 10_000 + 3000).collect();
+    assert_eq!(
+        table_x(dir.path()).0,
+        want,
+        "after {compactions} compactions"
+    );
+    super::compact_table(&db, "sluice", "lake.t", &opts).unwrap();
+    assert_eq!(table_x(dir.path()).0, want);
 }

@@ -388,8 +388,17 @@ impl ParquetWriterTask {
         if let Some(t) = &self.spec.table {
             t.recover(restored, self.attempt, &entries)?;
         }
+        // A table's files carry final names before they are committed,
+        // and its snapshots may name any of them: only in-progress files,
+        // staging objects and uploads of other attempts go (the table
+        // format removes the uncommitted files it knows of).
+        let published_from = if self.spec.table.is_some() {
+            0
+        } else {
+            restored
+        };
         for output in outputs.values() {
-            output.clean(&mine, restored, self.attempt)?;
+            output.clean(&mine, published_from, self.attempt)?;
         }
         Ok(())
     }
