@@ -262,18 +262,30 @@ fn sigkilled_kafka_to_a_partitioned_iceberg_table_is_exactly_once() {
     assert!(log.contains("nothing new"), "{log}");
     let (again, info) = read_table(dir, "lake.events", at.s3());
     assert_eq!(again, rows);
+    compact_and_check(dir, at, &rows, &info);
+}
 
-    // Compaction merges the small files; readers see the same rows once.
+/// `compact_parquet --iceberg-table` merges the small files; readers see
+/// the same rows once, in fewer files, after a `replace` snapshot.
+fn compact_and_check(
+    dir: &Path,
+    at: Warehouse<'_>,
+    rows: &BTreeMap<String, usize>,
+    info: &serde_json::Value,
+) {
     let before = info["files"].as_u64().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_compact_parquet"))
-        .args(["--iceberg-table", "lake.events", "--iceberg-catalog"])
+    let mut c = Command::new(env!("CARGO_BIN_EXE_compact_parquet"));
+    c.args(["--iceberg-table", "lake.events", "--iceberg-catalog"])
         .arg(dir.join("catalog.db"))
-        .args(["--min-age", "0s", "--target-size", "64MiB"])
-        .output_within(RUN_LIMIT);
+        .args(["--min-age", "0s", "--target-size", "64MiB"]);
+    if let Some(s3) = at.s3() {
+        s3.configure(&mut c);
+    }
+    let out = c.output_within(RUN_LIMIT);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "compact_parquet failed: {log}");
     let (compacted, info) = read_table(dir, "lake.events", at.s3());
-    assert_eq!(compacted, rows);
+    assert_eq!(&compacted, rows);
     let after = info["files"].as_u64().unwrap();
     assert!(
         after < before,
@@ -292,7 +304,8 @@ fn sigkilled_kafka_to_a_partitioned_iceberg_table_is_exactly_once() {
 fn sigkilled_kafka_to_an_iceberg_table_in_s3_is_exactly_once() {
     let s3 = S3Server::start_with(&[("S3_UPLOAD_PART_MIN_SIZE", PART)]);
     let dir = tempfile::tempdir().unwrap();
-    let (_, info, _) = sigkilled_run(dir.path(), Warehouse::Bucket(&s3), 100_000);
+    let at = Warehouse::Bucket(&s3);
+    let (rows, info, _) = sigkilled_run(dir.path(), at, 100_000);
     // Metadata, manifests and data are objects; nothing is left half
     // uploaded.
     let objects = s3.list("warehouse/lake/events/");
@@ -304,6 +317,8 @@ fn sigkilled_kafka_to_an_iceberg_table_in_s3_is_exactly_once() {
         .any(|k| k.contains("/data/") && k.ends_with(".parquet")));
     assert_eq!(s3.uploads_in_progress(), Vec::<String>::new());
     assert!(info["snapshots"].as_array().unwrap().len() >= 2, "{info}");
+    // Compaction works in the bucket too: the swap is the table's commit.
+    compact_and_check(dir.path(), at, &rows, &info);
 }
 
 #[test]

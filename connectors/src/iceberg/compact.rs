@@ -12,22 +12,21 @@
 //! Iceberg's tools).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::path::PathBuf;
 
 use apache_avro::types::Value;
 use arrow::datatypes::SchemaRef;
+use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use sluice_engine::{Error, Result};
 use tracing::info;
 
 use super::catalog::SqlCatalog;
-use super::files::{local_path, TableFiles};
+use super::files::TableFiles;
 use super::manifest::{self, get, get_i64, get_str, set, ListEntry, Status};
 use super::metadata::{summary, Change, Snapshot, TableMetadata};
 use super::split_table_name;
 use super::table::{now_ms, random, uuid, IcebergTable};
-use crate::parquet::compact::{merge, pack};
+use crate::parquet::compact::{merge_into, pack};
 use crate::parquet::{CompactOptions, CompactStats};
 
 /// A live data file of the current snapshot.
@@ -64,11 +63,6 @@ pub fn compact_table(
             catalog.display()
         )))
     })?;
-    if table.files().local_dir().is_none() {
-        return Err(Error::Config(format!(
-            "{ns}.{t} is in object storage: compacting such a table is not built yet"
-        )));
-    }
     let files = table.files();
     let (_, meta) = table.load()?;
     let spec = meta.spec()?.clone();
@@ -80,25 +74,25 @@ pub fn compact_table(
     }
     // Plan: per closed partition, its small files by schema, packed.
     let mut bins: Vec<(Vec<Live>, SchemaRef)> = Vec::new();
-    for files in by_partition.into_values() {
-        if files.iter().any(|f| f.added_ms > cutoff) {
+    for partition in by_partition.into_values() {
+        if partition.iter().any(|f| f.added_ms > cutoff) {
             continue;
         }
         let mut by_schema: BTreeMap<String, (SchemaRef, Vec<Live>)> = BTreeMap::new();
-        for f in files {
+        for f in partition {
             if f.bytes * 4 >= opts.target_size * 3 {
                 continue;
             }
-            let schema = file_schema(&f.path)?;
+            let schema = file_schema(files, &f.path)?;
             by_schema
                 .entry(format!("{schema:?}"))
                 .or_insert_with(|| (schema, Vec::new()))
                 .1
                 .push(f);
         }
-        for (schema, mut files) in by_schema.into_values() {
-            files.sort_by(|a, b| a.path.cmp(&b.path));
-            for bin in pack(files, |f| f.bytes, opts.target_size) {
+        for (schema, mut small) in by_schema.into_values() {
+            small.sort_by(|a, b| a.path.cmp(&b.path));
+            for bin in pack(small, |f| f.bytes, opts.target_size) {
                 bins.push((bin, schema.clone()));
             }
         }
@@ -107,26 +101,24 @@ pub fn compact_table(
     if bins.is_empty() {
         return Ok(stats);
     }
-    // Merge, each bin into a file beside its first input.
+    // Merge, each bin into a file beside its first input, built in
+    // memory (at most about the target size) and written whole.
     let mut added = Vec::new();
     let mut removed = BTreeSet::new();
     for (bin, schema) in &bins {
-        let first = local_path(&bin[0].path);
-        let out = first
-            .parent()
-            .unwrap_or(&first)
-            .join(format!("compacted-{}.parquet", uuid()));
-        let paths: Vec<PathBuf> = bin.iter().map(|f| local_path(&f.path)).collect();
-        let rows = merge(&paths, schema.clone(), &out, opts)?;
-        let bytes = std::fs::metadata(&out)
-            .map_err(|e| Error::io(format!("inspecting {}", out.display()), e))?
-            .len();
+        let first = files.rel(&bin[0].path).ok_or_else(|| {
+            Error::Config(format!("{} is outside the table's location", bin[0].path))
+        })?;
+        let dir = first.rsplit_once('/').map_or("", |(d, _)| d);
+        let out = format!("{dir}/compacted-{}.parquet", uuid());
+        let inputs = bin
+            .iter()
+            .map(|f| Ok((f.path.clone(), Bytes::from(files.read(&f.path)?))));
+        let (rows, merged) = merge_into(inputs, schema.clone(), Vec::new(), &out, opts)?;
+        let bytes = merged.len() as u64;
+        files.write(&out, &merged)?;
         let mut record = bin[0].record.clone();
-        set(
-            &mut record,
-            "file_path",
-            Value::String(format!("file://{}", out.display())),
-        );
+        set(&mut record, "file_path", Value::String(files.url(&out)));
         set(&mut record, "record_count", Value::Long(rows as i64));
         set(&mut record, "file_size_in_bytes", Value::Long(bytes as i64));
         set(
@@ -146,7 +138,7 @@ pub fn compact_table(
     });
     if let Err(e) = committed {
         for (_, _, _, out) in &added {
-            let _ = std::fs::remove_file(out);
+            files.delete(out);
         }
         return Err(e);
     }
@@ -155,14 +147,14 @@ pub fn compact_table(
     Ok(stats)
 }
 
-/// The schema of the Parquet file at `path` (field ids included).
-fn file_schema(path: &str) -> Result<SchemaRef> {
-    let p = local_path(path);
-    let f = File::open(&p).map_err(|e| Error::io(format!("opening {}", p.display()), e))?;
-    Ok(ParquetRecordBatchReaderBuilder::try_new(f)
-        .map_err(|e| Error::connector("iceberg", format!("reading {}: {e}", p.display())))?
-        .schema()
-        .clone())
+/// The schema of the Parquet file at `url` (field ids included).
+fn file_schema(files: &TableFiles, url: &str) -> Result<SchemaRef> {
+    Ok(
+        ParquetRecordBatchReaderBuilder::try_new(Bytes::from(files.read(url)?))
+            .map_err(|e| Error::connector("iceberg", format!("reading {url}: {e}")))?
+            .schema()
+            .clone(),
+    )
 }
 
 /// The manifests of the current snapshot, each with its list entry and
@@ -229,7 +221,7 @@ fn replace(
     meta: &mut TableMetadata,
     spec: &super::metadata::SpecJson,
     removed: &BTreeSet<String>,
-    added: &[(Value, u64, u64, PathBuf)],
+    added: &[(Value, u64, u64, String)],
     written: &mut Vec<String>,
 ) -> Result<()> {
     let id = (random() >> 1) as i64;

@@ -4,7 +4,7 @@
 //! `_sluice/…`); what the metadata records are full URLs (`file:///…`,
 //! `s3://bucket/…`), as Iceberg readers expect.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 use sluice_engine::checkpoint::Location;
@@ -60,14 +60,6 @@ impl TableFiles {
         match self {
             TableFiles::Local(dir) => Location::from(dir.join(rel)),
             TableFiles::Bucket { url, .. } => Location::from(format!("{url}/{rel}")),
-        }
-    }
-
-    /// The local directory, for work that needs one (compaction).
-    pub fn local_dir(&self) -> Option<&Path> {
-        match self {
-            TableFiles::Local(dir) => Some(dir),
-            TableFiles::Bucket { .. } => None,
         }
     }
 
@@ -137,7 +129,7 @@ impl TableFiles {
     }
 
     /// The relative path of `url` if it is inside this table.
-    fn rel<'a>(&self, url: &'a str) -> Option<&'a str> {
+    pub fn rel<'a>(&self, url: &'a str) -> Option<&'a str> {
         let base = match self {
             TableFiles::Local(dir) => format!("file://{}", dir.display()),
             TableFiles::Bucket { url, .. } => url.clone(),

@@ -30,6 +30,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
+use parquet::file::reader::ChunkReader;
 use serde::{Deserialize, Serialize};
 use sluice_engine::checkpoint::Location;
 use sluice_engine::{Error, Result};
@@ -423,34 +424,51 @@ pub(crate) fn merge(
     out: &Path,
     opts: &CompactOptions,
 ) -> Result<u64> {
+    let file = File::create(out).map_err(io("creating", out))?;
+    let inputs = paths.iter().map(|path| {
+        let f = File::open(path).map_err(io("opening", path))?;
+        Ok((path.display().to_string(), f))
+    });
+    let (rows, file) = merge_into(inputs, schema, file, &out.display().to_string(), opts)?;
+    file.sync_all().map_err(io("syncing", out))?;
+    Ok(rows)
+}
+
+/// Writes the rows of `inputs` (name for errors, reader; in order, all
+/// of `schema`) into `out` as one Parquet file with full row groups;
+/// returns the rows and `out`.
+pub(crate) fn merge_into<R: ChunkReader + 'static, W: std::io::Write + Send>(
+    inputs: impl IntoIterator<Item = Result<(String, R)>>,
+    schema: SchemaRef,
+    out: W,
+    out_name: &str,
+    opts: &CompactOptions,
+) -> Result<(u64, W)> {
     let props = WriterProperties::builder()
         .set_max_row_group_row_count(Some(opts.row_group_size))
         .set_compression(opts.compression)
         .build();
-    let file = File::create(out).map_err(io("creating", out))?;
-    let mut w = ArrowWriter::try_new(file, schema, Some(props))
-        .map_err(|e| Error::connector("parquet", format!("writing {}: {e}", out.display())))?;
+    let fail = |what: &str, name: &str, e: &dyn std::fmt::Display| {
+        Error::connector("parquet", format!("{what} {name}: {e}"))
+    };
+    let mut w = ArrowWriter::try_new(out, schema, Some(props))
+        .map_err(|e| fail("writing", out_name, &e))?;
     let mut rows = 0;
-    for path in paths {
-        let f = File::open(path).map_err(io("opening", path))?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(f)
+    for input in inputs {
+        let (name, reader) = input?;
+        let batches = ParquetRecordBatchReaderBuilder::try_new(reader)
             .and_then(|b| b.build())
-            .map_err(|e| Error::connector("parquet", format!("reading {}: {e}", path.display())))?;
-        for b in reader {
-            let b = b.map_err(|e| {
-                Error::connector("parquet", format!("reading {}: {e}", path.display()))
-            })?;
+            .map_err(|e| fail("reading", &name, &e))?;
+        for b in batches {
+            let b = b.map_err(|e| fail("reading", &name, &e))?;
             rows += b.num_rows() as u64;
-            w.write(&b).map_err(|e| {
-                Error::connector("parquet", format!("writing {}: {e}", out.display()))
-            })?;
+            w.write(&b).map_err(|e| fail("writing", out_name, &e))?;
         }
     }
-    let file = w
+    let out = w
         .into_inner()
-        .map_err(|e| Error::connector("parquet", format!("finishing {}: {e}", out.display())))?;
-    file.sync_all().map_err(io("syncing", out))?;
-    Ok(rows)
+        .map_err(|e| fail("finishing", out_name, &e))?;
+    Ok((rows, out))
 }
 
 #[cfg(test)]
