@@ -2,7 +2,9 @@
 //! Kafka source (`--format json`) and the JSON-lines file source: every
 //! record is checked against the schema in one streaming pass
 //! ([`check`]: types, integer ranges, nullability, unknown and duplicate
-//! fields), so nothing is coerced (a string `"12"` never becomes an
+//! fields; for flat schemas [`scan`] accepts the records that fit
+//! first, without serde, and leaves the others to the check), so nothing
+//! is coerced (a string `"12"` never becomes an
 //! integer) or silently dropped (a duplicate key is an error, not "the
 //! last one wins"). Records that fit are built into columns: straight
 //! from the checked values for flat schemas ([`columns`]), through
@@ -12,6 +14,7 @@
 
 pub(crate) mod check;
 pub(crate) mod columns;
+pub(crate) mod scan;
 
 use std::sync::Arc;
 
@@ -22,6 +25,7 @@ use sluice_engine::{Error, Result};
 
 use check::RecordShape;
 use columns::FlatColumns;
+use scan::FlatScan;
 
 /// Decodes JSON records of one schema.
 pub(crate) struct JsonDecoder {
@@ -29,6 +33,8 @@ pub(crate) struct JsonDecoder {
     shape: RecordShape,
     /// Flat schemas: checked values go straight to columns.
     flat: Option<FlatColumns>,
+    /// Flat schemas: the fast path of the check.
+    scan: Option<FlatScan>,
     /// Nested schemas: arrow-json builds the columns of checked records.
     nested: Option<arrow::json::reader::Decoder>,
 }
@@ -46,10 +52,12 @@ impl JsonDecoder {
                     .build_decoder()?,
             ),
         };
+        let scan = flat.as_ref().and_then(|_| FlatScan::new(schema.fields()));
         Ok(JsonDecoder {
             shape: RecordShape::new(schema.fields().clone()),
             schema,
             flat,
+            scan,
             nested,
         })
     }
@@ -73,9 +81,17 @@ impl JsonDecoder {
                 bad(i, missing.to_string())?;
                 continue;
             };
-            if let Err(e) = self.shape.check(bytes, &mut slots) {
-                bad(i, e)?;
-                continue;
+            // The scanner decides only for records that fit; the check
+            // decides the rest and says why.
+            let scanned = self
+                .scan
+                .as_ref()
+                .is_some_and(|s| s.scan(bytes, &mut slots));
+            if !scanned {
+                if let Err(e) = self.shape.check(bytes, &mut slots) {
+                    bad(i, e)?;
+                    continue;
+                }
             }
             good.push(i);
             if let Some(cols) = &mut self.flat {
