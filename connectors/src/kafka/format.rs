@@ -140,6 +140,15 @@ impl RawRecords {
     pub fn is_empty(&self) -> bool {
         self.offsets.is_empty()
     }
+    /// Forgets the records, keeping the buffers' capacity (the source
+    /// reuses one set of buffers batch after batch instead of growing
+    /// fresh ones).
+    pub fn clear(&mut self) {
+        self.offsets.clear();
+        self.timestamps.clear();
+        self.values.clear();
+        self.keys.clear();
+    }
     /// Appends one record.
     pub fn push(&mut self, offset: i64, ts: Option<i64>, key: Option<&[u8]>, value: Option<&[u8]>) {
         self.offsets.push(offset);
@@ -158,6 +167,11 @@ pub struct Blobs {
 }
 
 impl Blobs {
+    fn clear(&mut self) {
+        self.data.clear();
+        self.ends.clear();
+        self.present.clear();
+    }
     fn push(&mut self, b: Option<&[u8]>) {
         if let Some(b) = b {
             self.data.extend_from_slice(b);

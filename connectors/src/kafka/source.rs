@@ -341,6 +341,9 @@ impl KafkaSubtask {
     /// is ready.
     fn fill(&mut self) -> Result<()> {
         let batch_size = self.spec.batch_size;
+        // Messages come in runs of one partition (a fetch's worth): the
+        // split of the last one is kept rather than hashed per message.
+        let mut last: Option<(i32, usize)> = None;
         while self.pending < batch_size {
             let consumer = self.consumer.as_ref().expect("consumer created in open");
             let msg = match consumer.poll(Duration::ZERO) {
@@ -349,8 +352,16 @@ impl KafkaSubtask {
             };
             match msg {
                 Ok(m) => {
-                    let Some(&split) = self.by_partition.get(&m.partition()) else {
-                        continue;
+                    let partition = m.partition();
+                    let split = match last {
+                        Some((p, split)) if p == partition => split,
+                        _ => match self.by_partition.get(&partition) {
+                            Some(&split) => {
+                                last = Some((partition, split));
+                                split
+                            }
+                            None => continue,
+                        },
                     };
                     let part = &mut self.parts[split];
                     if self.spec.bounded && part.end.is_none() {
@@ -422,7 +433,11 @@ impl KafkaSubtask {
                 continue;
             }
             self.rr = split + 1;
-            let recs = std::mem::take(&mut self.parts[split].pending);
+            // The records of the batch before are done with (rejects come
+            // right after their batch): their buffers take the next ones.
+            let mut spare = self.last.take().unwrap_or_default();
+            spare.clear();
+            let recs = std::mem::replace(&mut self.parts[split].pending, spare);
             self.pending -= recs.len();
             let partition = self.parts[split].partition;
             let bad = self.bad.as_mut().expect("bad-record policy set in open");
