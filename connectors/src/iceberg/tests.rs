@@ -72,6 +72,28 @@ fn task(dir: &Path, c: &OperatorContext) -> Box<dyn Sink> {
     (spec.factory(schema()))(c).unwrap()
 }
 
+#[test]
+fn planning_creates_nothing_and_refuses_what_iceberg_cannot_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    sink(dir.path()).validate(&schema()).unwrap();
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    let odd = Arc::new(Schema::new(vec![Field::new(
+        "d",
+        DataType::Duration(arrow::datatypes::TimeUnit::Second),
+        true,
+    )]));
+    let err = IcebergSink::new(dir.path().join("c.db"), dir.path(), "lake.t")
+        .validate(&odd)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("column 'd' is Duration(s)"), "{err}");
+    let err = IcebergSink::new(dir.path().join("c.db"), dir.path(), "nodot")
+        .validate(&schema())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("NAMESPACE.TABLE"), "{err}");
+}
+
 fn restored(id: u64, snaps: &[&OperatorSnapshot]) -> RestoredState {
     RestoredState {
         checkpoint: CheckpointId(id),
