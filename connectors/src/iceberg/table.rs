@@ -461,8 +461,11 @@ impl TableFormat for IcebergTable {
         // than this table handle.
         // Their files were never committed: they go too (unless the
         // list was committed after all, by a run that died before it
-        // deleted the list).
+        // deleted the list), except a file the restored checkpoint holds:
+        // one open at the checkpoint and finished later is in a dropped
+        // list under the name its committed prefix now has.
         let current = format!("-a{attempt}-");
+        let needed: BTreeSet<&str> = files.iter().map(|e| e.target.as_str()).collect();
         let (_, meta) = self.load()?;
         let done = Self::committed(&meta, &self.writer);
         for (_, lists) in self.staged()?.range(restored + 1..) {
@@ -478,7 +481,10 @@ impl TableFormat for IcebergTable {
                         .ok()
                         .and_then(|b| serde_json::from_slice(&b).ok())
                         .unwrap_or_default();
-                    for e in entries {
+                    for e in entries
+                        .iter()
+                        .filter(|e| !needed.contains(e.target.as_str()))
+                    {
                         self.files
                             .delete(&format!("{}/{}", self.data_dir(), e.target));
                     }

@@ -121,7 +121,9 @@ fn table_x(dir: &Path) -> (Vec<i64>, usize) {
     for m in read_list(&list).unwrap() {
         let manifest = std::fs::read(local_path(&m)).unwrap();
         for file in read_manifest(&manifest).unwrap() {
-            let bytes = bytes::Bytes::from(std::fs::read(local_path(&file)).unwrap());
+            let bytes = bytes::Bytes::from(
+                std::fs::read(local_path(&file)).unwrap_or_else(|e| panic!("{file}: {e}")),
+            );
             let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
             // Iceberg readers find columns by these ids.
             let ids: Vec<_> = builder
@@ -439,4 +441,33 @@ fn concurrent_writers_and_a_compaction_lose_no_commit() {
     );
     super::compact_table(&db, "sluice", "lake.t", &opts).unwrap();
     assert_eq!(table_x(dir.path()).0, want);
+}
+
+#[test]
+fn a_file_open_at_the_checkpoint_and_finished_after_it_keeps_its_committed_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = ctx(0, 1, 0, true);
+    let mut t = task(dir.path(), &c);
+    t.open(&c).unwrap();
+    // 200 rows per key: every file open at checkpoint 1.
+    t.write(rows(0, 600), &c).unwrap();
+    let s1 = t.snapshot(CheckpointId(1), &c).unwrap();
+    // They reach 250 rows and roll: staged for checkpoint 2, which never
+    // completes.
+    t.write(rows(600, 900), &c).unwrap();
+    t.snapshot(CheckpointId(2), &c).unwrap();
+    drop(t);
+    let c = ctx(0, 1, 1, true);
+    let mut t = task(dir.path(), &c);
+    t.restore(restored(1, &[&s1]), &c).unwrap();
+    t.open(&c).unwrap();
+    // The prefixes (the first 200 rows per key) are the files' contents
+    // now, and the table reads them.
+    assert_eq!(table_x(dir.path()).0, (0..600).collect::<Vec<_>>());
+    t.write(rows(600, 900), &c).unwrap();
+    t.close(&c).unwrap();
+    t.snapshot(CheckpointId(2), &c).unwrap();
+    t.checkpoint_complete(CheckpointId(2), &c).unwrap();
+    assert_eq!(table_x(dir.path()).0, (0..900).collect::<Vec<_>>());
+    assert_eq!(on_disk(dir.path()), in_table(dir.path()));
 }
