@@ -48,6 +48,11 @@ struct Args {
     /// source from the sink).
     #[arg(long)]
     discard: bool,
+    /// Columns written without a dictionary besides `_offset` and
+    /// `_timestamp`, as `kafka_to_parquet` writes them (comma-separated;
+    /// e.g. `id`, whose values are all distinct).
+    #[arg(long, value_delimiter = ',')]
+    no_dictionary: Vec<String>,
 }
 
 /// Plain consumers, one per thread, reading every record (payload
@@ -145,7 +150,7 @@ fn sluice(
     n: usize,
     p: usize,
     json: bool,
-    discard: bool,
+    args: &Args,
     out: Out<'_>,
 ) -> anyhow::Result<f64> {
     let dir = tempfile_dir()?;
@@ -164,9 +169,12 @@ fn sluice(
         "run-{}",
         RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
-    let parquet = |sink: ParquetSink| sink.without_dictionary(["_offset", "_timestamp"]);
+    let parquet = |sink: ParquetSink| {
+        sink.without_dictionary(["_offset", "_timestamp"])
+            .without_dictionary(args.no_dictionary.iter().cloned())
+    };
     match out {
-        _ if discard => stream.sink(DiscardSink),
+        _ if args.discard => stream.sink(DiscardSink),
         Out::Local => stream.sink(parquet(ParquetSink::new(&dir))),
         Out::Bucket(s3) => stream.sink(parquet(ParquetSink::new(s3.url(&prefix)))),
         Out::Iceberg(bucket) => {
@@ -189,7 +197,7 @@ fn sluice(
         "read {} of {n} records",
         res.source_records()
     );
-    if !discard {
+    if !args.discard {
         let written = match out {
             Out::Bucket(s3) | Out::Iceberg(Some(s3)) => s3.parquet_rows(&prefix)?,
             Out::Local | Out::Iceberg(None) => parquet_rows(&dir)?,
@@ -399,15 +407,7 @@ fn main() -> anyhow::Result<()> {
                         (false, true) => Out::Bucket(bucket()),
                         (false, false) => Out::Local,
                     };
-                    sluice(
-                        &broker,
-                        "bench",
-                        n,
-                        p,
-                        v.starts_with("json"),
-                        args.discard,
-                        out,
-                    )?
+                    sluice(&broker, "bench", n, p, v.starts_with("json"), &args, out)?
                 }
             });
         }
