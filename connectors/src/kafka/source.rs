@@ -34,9 +34,12 @@ use super::client::{self, kafka_err, WatchedConsumer};
 use super::dlq::BadRecords;
 use super::evolve::Evolution;
 use super::format::{Decoder, Format, RawRecords};
-use super::progress::{PartitionProgress, NOTICE_TARGET};
+use super::progress::PartitionProgress;
 use super::state::{Entry, StartFrom};
 use super::KafkaSource;
+
+#[path = "source_notices.rs"]
+mod notices;
 
 /// One owned partition.
 #[derive(Debug)]
@@ -469,58 +472,6 @@ impl KafkaSubtask {
             }
         }
         Ok(None)
-    }
-}
-
-impl KafkaSubtask {
-    /// The progress of this subtask's partitions, for its notices.
-    fn my_progress(&self) -> BTreeMap<i32, PartitionProgress> {
-        let all = self.spec.progress.partitions();
-        self.parts
-            .iter()
-            .filter_map(|p| all.get(&p.partition).map(|x| (p.partition, *x)))
-            .collect()
-    }
-
-    /// Says where this subtask's partitions start, and, bounded, where
-    /// they stop.
-    fn tell_start(&self) {
-        if self.parts.is_empty() {
-            return;
-        }
-        let topic = &self.spec.topic;
-        let subtask = format!("{}/{}", self.subtask, self.parallelism);
-        let parts = super::progress::describe_start(&self.my_progress());
-        let how = match (self.restored.is_some(), self.spec.bounded, self.resume_ends) {
-            (true, true, true) => {
-                "resuming from the checkpoint, to the ends the interrupted bounded run fixed"
-            }
-            (true, true, false) => "resuming from the checkpoint, to the topic's current end",
-            (true, false, _) => "resuming from the checkpoint, without end",
-            (false, true, _) => "starting, to the topic's current end",
-            (false, false, _) => "starting, without end",
-        };
-        info!(target: NOTICE_TARGET, topic = %topic, subtask, "kafka source {how}: {parts}");
-    }
-
-    /// Says where a bounded read stopped, once.
-    fn tell_end(&mut self) {
-        if std::mem::replace(&mut self.told_end, true) || self.parts.is_empty() {
-            return;
-        }
-        let progress = self.my_progress();
-        let topic = &self.spec.topic;
-        let subtask = format!("{}/{}", self.subtask, self.parallelism);
-        let parts = super::progress::describe(&progress);
-        let nothing = progress
-            .values()
-            .all(|p| p.next.is_none() || p.next == p.from);
-        if self.restored.is_some() && nothing && !progress.is_empty() {
-            info!(target: NOTICE_TARGET, topic = %topic, subtask,
-                "kafka source: nothing new after the checkpointed offsets ({parts})");
-        } else {
-            info!(target: NOTICE_TARGET, topic = %topic, subtask, "kafka source reached the end: {parts}");
-        }
     }
 }
 
