@@ -12,20 +12,22 @@
 //! Iceberg's tools).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use apache_avro::types::Value;
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::parquet_to_arrow_schema;
+use parquet::file::metadata::{FooterTail, ParquetMetaDataReader};
 use sluice_engine::{Error, Result};
 use tracing::info;
 
 use super::catalog::SqlCatalog;
 use super::files::TableFiles;
 use super::manifest::{self, get, get_i64, get_str, set, ListEntry, Status};
-use super::metadata::{summary, Change, Snapshot, TableMetadata};
+use super::metadata::{summary, Change, TableMetadata};
 use super::split_table_name;
-use super::table::{now_ms, random, uuid, IcebergTable};
+use super::table::{now_ms, uuid, IcebergTable, NewSnapshot};
 use crate::parquet::compact::{merge_into, pack};
 use crate::parquet::{CompactOptions, CompactStats};
 
@@ -73,28 +75,22 @@ pub fn compact_table(
         by_partition.entry(f.partition.clone()).or_default().push(f);
     }
     // Plan: per closed partition, its small files by schema, packed.
-    let mut bins: Vec<(Vec<Live>, SchemaRef)> = Vec::new();
+    let mut bins: Vec<Vec<Live>> = Vec::new();
     for partition in by_partition.into_values() {
         if partition.iter().any(|f| f.added_ms > cutoff) {
             continue;
         }
-        let mut by_schema: BTreeMap<String, (SchemaRef, Vec<Live>)> = BTreeMap::new();
+        let mut by_schema: BTreeMap<String, Vec<Live>> = BTreeMap::new();
         for f in partition {
             if f.bytes * 4 >= opts.target_size * 3 {
                 continue;
             }
-            let schema = file_schema(files, &f.path)?;
-            by_schema
-                .entry(format!("{schema:?}"))
-                .or_insert_with(|| (schema, Vec::new()))
-                .1
-                .push(f);
+            let schema = file_schema(files, &f.path, f.bytes)?;
+            by_schema.entry(format!("{schema:?}")).or_default().push(f);
         }
-        for (schema, mut small) in by_schema.into_values() {
+        for mut small in by_schema.into_values() {
             small.sort_by(|a, b| a.path.cmp(&b.path));
-            for bin in pack(small, |f| f.bytes, opts.target_size) {
-                bins.push((bin, schema.clone()));
-            }
+            bins.extend(pack(small, |f| f.bytes, opts.target_size));
         }
     }
     let mut stats = CompactStats::default();
@@ -105,7 +101,7 @@ pub fn compact_table(
     // memory (at most about the target size) and written whole.
     let mut added = Vec::new();
     let mut removed = BTreeSet::new();
-    for (bin, schema) in &bins {
+    for bin in &bins {
         let first = files.rel(&bin[0].path).ok_or_else(|| {
             Error::Config(format!("{} is outside the table's location", bin[0].path))
         })?;
@@ -114,7 +110,7 @@ pub fn compact_table(
         let inputs = bin
             .iter()
             .map(|f| Ok((f.path.clone(), Bytes::from(files.read(&f.path)?))));
-        let (rows, merged) = merge_into(inputs, schema.clone(), Vec::new(), &out, opts)?;
+        let (rows, merged) = merge_into(inputs, Vec::new(), &out, opts)?;
         let bytes = merged.len() as u64;
         files.write(&out, &merged)?;
         let mut record = bin[0].record.clone();
@@ -147,14 +143,29 @@ pub fn compact_table(
     Ok(stats)
 }
 
-/// The schema of the Parquet file at `url` (field ids included).
-fn file_schema(files: &TableFiles, url: &str) -> Result<SchemaRef> {
-    Ok(
-        ParquetRecordBatchReaderBuilder::try_new(Bytes::from(files.read(url)?))
-            .map_err(|e| Error::connector("iceberg", format!("reading {url}: {e}")))?
-            .schema()
-            .clone(),
-    )
+/// The schema of the Parquet file of `size` bytes at `url` (field ids
+/// included), from its footer alone.
+fn file_schema(files: &TableFiles, url: &str, size: u64) -> Result<SchemaRef> {
+    let bad =
+        |e: &dyn std::fmt::Display| Error::connector("iceberg", format!("reading {url}: {e}"));
+    if size < 8 {
+        return Err(bad(&"shorter than a Parquet footer"));
+    }
+    let tail: [u8; 8] = files
+        .read_range(url, size - 8..size)?
+        .try_into()
+        .map_err(|_| bad(&"short read"))?;
+    let footer = FooterTail::try_new(&tail).map_err(|e| bad(&e))?;
+    let len = footer.metadata_length() as u64;
+    if len + 8 > size {
+        return Err(bad(&"its footer is longer than the file"));
+    }
+    let bytes = files.read_range(url, size - 8 - len..size - 8)?;
+    let meta = ParquetMetaDataReader::decode_metadata(&bytes).map_err(|e| bad(&e))?;
+    let file = meta.file_metadata();
+    let schema = parquet_to_arrow_schema(file.schema_descr(), file.key_value_metadata())
+        .map_err(|e| bad(&e))?;
+    Ok(Arc::new(schema))
 }
 
 /// The manifests of the current snapshot, each with its list entry and
@@ -190,7 +201,7 @@ fn live_files(files: &TableFiles, meta: &TableMetadata) -> Result<Vec<Live>> {
     for (m, entries) in manifests(files, meta)? {
         let manifest_snapshot = get_i64(&m, "added_snapshot_id").unwrap_or(0);
         for e in entries {
-            if get_i64(&e, "status") == Some(Status::Deleted as i64) {
+            if manifest::is_deleted(&e) {
                 continue;
             }
             let snapshot = get_i64(&e, "snapshot_id").unwrap_or(manifest_snapshot);
@@ -224,19 +235,13 @@ fn replace(
     added: &[(Value, u64, u64, String)],
     written: &mut Vec<String>,
 ) -> Result<()> {
-    let id = (random() >> 1) as i64;
-    let sequence = meta.last_sequence_number + 1;
-    let mut write = |name: String, bytes: &[u8]| -> Result<String> {
-        let rel = format!("metadata/{name}");
-        files.write(&rel, bytes)?;
-        written.push(rel.clone());
-        Ok(files.url(&rel))
-    };
+    let mut snap = NewSnapshot::new(files, meta, written);
+    let (id, sequence) = (snap.id, snap.sequence);
     let mut list = Vec::new();
     let (mut gone_rows, mut gone_bytes, mut found) = (0u64, 0u64, 0usize);
     for (m, entries) in manifests(files, meta)? {
         let touched = entries.iter().any(|e| {
-            get_i64(e, "status") != Some(Status::Deleted as i64)
+            !manifest::is_deleted(e)
                 && get(e, "data_file")
                     .and_then(|f| get_str(f, "file_path"))
                     .is_some_and(|p| removed.contains(p))
@@ -251,7 +256,7 @@ fn replace(
         let (mut existing, mut deleted) = ((0, 0u64), (0, 0u64));
         let mut min_sequence = sequence;
         for e in entries {
-            if get_i64(&e, "status") == Some(Status::Deleted as i64) {
+            if manifest::is_deleted(&e) {
                 continue;
             }
             let seq = get_i64(&e, "sequence_number").unwrap_or(inherited);
@@ -286,12 +291,11 @@ fn replace(
                 ));
             }
         }
-        let bytes = manifest::write_entries(meta, spec, kept)?;
-        let path = write(format!("{}-m0.avro", uuid()), &bytes)?;
+        let (path, length) = snap.write_manifest(meta, spec, kept)?;
         list.push(
             ListEntry {
                 path: &path,
-                length: bytes.len() as u64,
+                length,
                 spec_id: spec.spec_id,
                 sequence,
                 min_sequence,
@@ -314,13 +318,12 @@ fn replace(
         .iter()
         .map(|(record, _, _, _)| manifest::entry(Status::Added, id, None, record.clone()))
         .collect();
-    let bytes = manifest::write_entries(meta, spec, new_entries)?;
-    let mpath = write(format!("{}-m0.avro", uuid()), &bytes)?;
+    let (mpath, length) = snap.write_manifest(meta, spec, new_entries)?;
     let added_rows: u64 = added.iter().map(|a| a.1).sum();
     let added_bytes: u64 = added.iter().map(|a| a.2).sum();
     let entry = ListEntry {
         path: &mpath,
-        length: bytes.len() as u64,
+        length,
         spec_id: spec.spec_id,
         sequence,
         min_sequence: sequence,
@@ -331,12 +334,8 @@ fn replace(
     }
     .value();
     list.insert(0, entry);
-    let parent = meta.current().cloned();
-    let list_bytes =
-        manifest::write_list(id, parent.as_ref().map(|p| p.snapshot_id), sequence, list)?;
-    let list_path = write(format!("snap-{id}-0-{}.avro", uuid()), &list_bytes)?;
     let summary = summary(
-        parent.as_ref(),
+        meta.current(),
         "replace",
         Change {
             files: added.len() as u64,
@@ -349,14 +348,5 @@ fn replace(
             bytes: gone_bytes,
         },
     );
-    meta.add_snapshot(Snapshot {
-        snapshot_id: id,
-        parent_snapshot_id: parent.as_ref().map(|p| p.snapshot_id),
-        sequence_number: sequence,
-        timestamp_ms: now_ms(),
-        manifest_list: list_path,
-        summary,
-        schema_id: Some(meta.current_schema_id),
-    });
-    Ok(())
+    snap.finish(meta, list, summary)
 }

@@ -148,6 +148,28 @@ impl TableFiles {
     }
 }
 
+impl TableFiles {
+    /// Bytes `range` of the file at `url` in the table (a Parquet
+    /// footer, without reading the rest).
+    pub fn read_range(&self, url: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+        match (self, self.rel(url)) {
+            (TableFiles::Bucket { dir, .. }, Some(rel)) => dir.get_range(rel, range),
+            _ => {
+                use std::io::{Read, Seek, SeekFrom};
+                let path = local_path(url);
+                let mut buf = vec![0; (range.end - range.start) as usize];
+                std::fs::File::open(&path)
+                    .and_then(|mut f| {
+                        f.seek(SeekFrom::Start(range.start))?;
+                        f.read_exact(&mut buf)
+                    })
+                    .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+                Ok(buf)
+            }
+        }
+    }
+}
+
 /// The bytes at `url`: a local file or an object.
 pub fn read_url(url: &str) -> Result<Vec<u8>> {
     if is_bucket(url) {

@@ -172,19 +172,19 @@ fn narrow(i: i64) -> Result<i32> {
     i32::try_from(i).map_err(|_| avro("partition value", format!("{i} is out of an int's range")))
 }
 
-/// Encodes the manifest of `files`, added by `snapshot` under `spec`.
-pub fn write_manifest(
+/// The manifest entries of `files`, added by `snapshot` under `spec`.
+pub fn added_entries(
     meta: &TableMetadata,
     spec: &SpecJson,
     snapshot: i64,
     files: &[DataFile],
-) -> Result<Vec<u8>> {
+) -> Result<Vec<Value>> {
     let types = spec
         .fields
         .iter()
         .map(|f| partition_type(meta, &f.transform, f.source_id))
         .collect::<Result<Vec<_>>>()?;
-    let entries = files
+    files
         .iter()
         .map(|f| {
             let partition = spec
@@ -213,8 +213,7 @@ pub fn write_manifest(
             // the manifest list's entry.
             Ok(entry(Status::Added, snapshot, None, data_file))
         })
-        .collect::<Result<Vec<_>>>()?;
-    write_entries(meta, spec, entries)
+        .collect()
 }
 
 /// A manifest entry's status.
@@ -244,6 +243,11 @@ pub fn entry(
         ("file_sequence_number".into(), fseq),
         ("data_file".into(), data_file),
     ])
+}
+
+/// Whether a manifest entry marks its file deleted.
+pub fn is_deleted(entry: &Value) -> bool {
+    get_i64(entry, "status") == Some(Status::Deleted as i64)
 }
 
 /// Encodes a manifest of `entries` under `spec`.
@@ -444,18 +448,21 @@ pub fn read_list(bytes: &[u8]) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// The data file paths a manifest lists as live (not deleted).
+/// The data files a manifest lists as live (not deleted): their paths and
+/// recorded sizes.
 #[cfg(test)]
-pub fn read_manifest(bytes: &[u8]) -> Result<Vec<String>> {
+pub fn read_manifest(bytes: &[u8]) -> Result<Vec<(String, i64)>> {
     let reader = Reader::new(bytes).map_err(|e| avro("reading a manifest", e))?;
     let mut out = Vec::new();
     for v in reader {
         let v = v.map_err(|e| avro("reading a manifest", e))?;
-        if get_i64(&v, "status") == Some(Status::Deleted as i64) {
+        if is_deleted(&v) {
             continue;
         }
-        if let Some(p) = get(&v, "data_file").and_then(|f| get_str(f, "file_path")) {
-            out.push(p.to_string());
+        if let Some(file) = get(&v, "data_file") {
+            let path = get_str(file, "file_path").unwrap_or_default();
+            let size = get_i64(file, "file_size_in_bytes").unwrap_or(-1);
+            out.push((path.to_string(), size));
         }
     }
     Ok(out)
@@ -485,8 +492,12 @@ mod tests {
                 PartitionValue::Int(20_000),
             ],
         }];
-        let m = write_manifest(&meta, meta.spec().unwrap(), 7, &files).unwrap();
-        assert_eq!(read_manifest(&m).unwrap(), ["file:///t/data/a.parquet"]);
+        let spec = meta.spec().unwrap();
+        let m = write_entries(&meta, spec, added_entries(&meta, spec, 7, &files).unwrap()).unwrap();
+        assert_eq!(
+            read_manifest(&m).unwrap(),
+            [("file:///t/data/a.parquet".to_string(), 100)]
+        );
         let header = String::from_utf8_lossy(&m[..m.len().min(4000)]).to_string();
         assert!(header.contains("\"field-id\":1001"), "{header}");
         assert!(header.contains("deflate"), "{header}");

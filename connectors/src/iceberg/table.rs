@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use apache_avro::types::Value;
 use arrow::array::{Array, ArrayRef, ListArray, StructArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, SchemaRef};
@@ -33,7 +34,7 @@ use tracing::{debug, info};
 use super::catalog::SqlCatalog;
 use super::files::{read_url, TableFiles};
 use super::manifest::{self, DataFile, ListEntry};
-use super::metadata::{summary, Change, Snapshot, TableMetadata};
+use super::metadata::{summary, Change, Snapshot, SpecJson, TableMetadata};
 use crate::parquet::{FileEntry, Phase, TableFormat};
 
 /// The summary key naming the writer of a snapshot.
@@ -216,56 +217,35 @@ impl IcebergTable {
         let data: Vec<DataFile> = files
             .iter()
             .map(|e| DataFile {
-                path: self.files.url(&format!("{}/{}", self.data_dir(), e.target)),
+                path: self.files.url(&self.data_rel(&e.target)),
                 rows: e.rows,
                 bytes: e.len,
                 partition: e.partition.clone(),
             })
             .collect();
         self.update(|meta, written| {
-            let id = (random() >> 1) as i64;
-            let sequence = meta.last_sequence_number + 1;
             let spec = meta.spec()?.clone();
-            let bytes = manifest::write_manifest(meta, &spec, id, &data)?;
-            let tag = uuid();
-            let mrel = format!("metadata/{tag}-m0.avro");
-            self.files.write(&mrel, &bytes)?;
-            written.push(mrel.clone());
-            let parent = meta.current().cloned();
-            let mloc = self.files.url(&mrel);
-            let len = bytes.len() as u64;
-            let mut entries =
-                vec![ListEntry::added(&mloc, len, spec.spec_id, id, sequence, &data).value()];
-            if let Some(p) = &parent {
-                entries.extend(manifest::read_list_entries(
-                    &self.files.read(&p.manifest_list)?,
+            let mut snap = NewSnapshot::new(&self.files, meta, written);
+            let entries = manifest::added_entries(meta, &spec, snap.id, &data)?;
+            let (url, len) = snap.write_manifest(meta, &spec, entries)?;
+            let mut list =
+                vec![
+                    ListEntry::added(&url, len, spec.spec_id, snap.id, snap.sequence, &data)
+                        .value(),
+                ];
+            if let Some(parent) = meta.current() {
+                list.extend(manifest::read_list_entries(
+                    &self.files.read(&parent.manifest_list)?,
                 )?);
             }
-            let list = manifest::write_list(
-                id,
-                parent.as_ref().map(|p| p.snapshot_id),
-                sequence,
-                entries,
-            )?;
-            let lrel = format!("metadata/snap-{id}-0-{tag}.avro");
-            self.files.write(&lrel, &list)?;
-            written.push(lrel.clone());
             let added = Change {
                 files: data.len() as u64,
                 rows: data.iter().map(|f| f.rows).sum(),
                 bytes: data.iter().map(|f| f.bytes).sum(),
             };
-            let mut summary = summary(parent.as_ref(), "append", added, Change::default());
+            let mut summary = summary(meta.current(), "append", added, Change::default());
             summary.extend(props.clone());
-            meta.add_snapshot(Snapshot {
-                snapshot_id: id,
-                parent_snapshot_id: parent.as_ref().map(|p| p.snapshot_id),
-                sequence_number: sequence,
-                timestamp_ms: now_ms(),
-                manifest_list: self.files.url(&lrel),
-                summary,
-                schema_id: Some(meta.current_schema_id),
-            });
+            snap.finish(meta, list, summary)?;
             Ok(true)
         })?;
         Ok(())
@@ -317,9 +297,90 @@ impl IcebergTable {
             .collect()
     }
 
+    /// The files staged list `name` holds.
+    fn read_list(&self, name: &str) -> Result<Vec<FileEntry>> {
+        let url = self.files.url(&self.list_rel(name));
+        serde_json::from_slice(&self.files.read(&url)?)
+            .map_err(|e| Error::Checkpoint(format!("{url} is malformed: {e}")))
+    }
+
+    /// A data file's path in the table, from its path in the sink's output.
+    fn data_rel(&self, target: &str) -> String {
+        format!("{}/{target}", self.data_dir())
+    }
+
     fn write_list(&self, name: &str, files: &[FileEntry]) -> Result<()> {
         let body = serde_json::to_vec(files).map_err(|e| ice("encoding staged files", e))?;
         self.files.write(&self.list_rel(name), &body)
+    }
+}
+
+/// The next snapshot being built on a table's metadata: its id and
+/// sequence number, and the metadata files written for it (which
+/// `IcebergTable::update` removes again when the commit loses).
+pub(super) struct NewSnapshot<'a> {
+    files: &'a TableFiles,
+    written: &'a mut Vec<String>,
+    pub id: i64,
+    pub sequence: i64,
+}
+
+impl<'a> NewSnapshot<'a> {
+    pub(super) fn new(
+        files: &'a TableFiles,
+        meta: &TableMetadata,
+        written: &'a mut Vec<String>,
+    ) -> Self {
+        NewSnapshot {
+            files,
+            written,
+            id: (random() >> 1) as i64,
+            sequence: meta.last_sequence_number + 1,
+        }
+    }
+
+    fn write(&mut self, name: &str, bytes: &[u8]) -> Result<String> {
+        let rel = format!("metadata/{name}");
+        self.files.write(&rel, bytes)?;
+        let url = self.files.url(&rel);
+        self.written.push(rel);
+        Ok(url)
+    }
+
+    /// Writes a manifest of `entries` under `spec`; returns its location
+    /// and length, for its manifest list entry.
+    pub(super) fn write_manifest(
+        &mut self,
+        meta: &TableMetadata,
+        spec: &SpecJson,
+        entries: Vec<Value>,
+    ) -> Result<(String, u64)> {
+        let bytes = manifest::write_entries(meta, spec, entries)?;
+        let url = self.write(&format!("{}-m0.avro", uuid()), &bytes)?;
+        Ok((url, bytes.len() as u64))
+    }
+
+    /// Writes the manifest list of `list` and makes this snapshot, with
+    /// `summary`, the table's current one.
+    pub(super) fn finish(
+        mut self,
+        meta: &mut TableMetadata,
+        list: Vec<Value>,
+        summary: BTreeMap<String, String>,
+    ) -> Result<()> {
+        let parent = meta.current_snapshot_id;
+        let bytes = manifest::write_list(self.id, parent, self.sequence, list)?;
+        let url = self.write(&format!("snap-{}-0-{}.avro", self.id, uuid()), &bytes)?;
+        meta.add_snapshot(Snapshot {
+            snapshot_id: self.id,
+            parent_snapshot_id: parent,
+            sequence_number: self.sequence,
+            timestamp_ms: now_ms(),
+            manifest_list: url,
+            summary,
+            schema_id: Some(meta.current_schema_id),
+        });
+        Ok(())
     }
 }
 
@@ -426,11 +487,8 @@ impl TableFormat for IcebergTable {
             if done.contains(name) {
                 continue;
             }
-            let url = self.files.url(&self.list_rel(name));
-            let entries: Vec<FileEntry> = serde_json::from_slice(&self.files.read(&url)?)
-                .map_err(|e| Error::Checkpoint(format!("{url} is malformed: {e}")))?;
+            files.extend(self.read_list(name)?);
             names.push(name.clone());
-            files.extend(entries);
         }
         if !files.is_empty() {
             debug!(checkpoint = epoch, files = files.len(), "Iceberg commit");
@@ -474,19 +532,14 @@ impl TableFormat for IcebergTable {
                     continue;
                 }
                 if !done.contains(name) {
-                    let url = self.files.url(&self.list_rel(name));
-                    let entries: Vec<FileEntry> = self
-                        .files
-                        .read(&url)
-                        .ok()
-                        .and_then(|b| serde_json::from_slice(&b).ok())
-                        .unwrap_or_default();
+                    // An unreadable list is dropped all the same: its
+                    // files stay behind, unnamed by any snapshot.
+                    let entries = self.read_list(name).unwrap_or_default();
                     for e in entries
                         .iter()
                         .filter(|e| !needed.contains(e.target.as_str()))
                     {
-                        self.files
-                            .delete(&format!("{}/{}", self.data_dir(), e.target));
+                        self.files.delete(&self.data_rel(&e.target));
                     }
                 }
                 self.files.delete(&self.list_rel(name));

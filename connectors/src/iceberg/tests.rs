@@ -6,50 +6,28 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::{Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use sluice_engine::data::CheckpointId;
-use sluice_engine::state::{OperatorSnapshot, RestoredState};
 use sluice_engine::{OperatorContext, Sink, SinkSpec};
 
 use super::files::local_path;
 use super::manifest::{read_list, read_manifest};
 use super::metadata::TableMetadata;
 use super::IcebergSink;
+use crate::parquet::tests::{self as parquet_tests, restored, schema};
 use crate::parquet::{PartitionSpec, RollPolicy};
 
-fn schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("x", DataType::Int64, false),
-        Field::new("k", DataType::Utf8, false),
-    ]))
-}
-
+/// Rows `from..to` over three keys (`k0`, `k1`, `k2`).
 fn rows(from: i64, to: i64) -> RecordBatch {
-    RecordBatch::try_new(
-        schema(),
-        vec![
-            Arc::new(Int64Array::from_iter_values(from..to)),
-            Arc::new(StringArray::from_iter_values(
-                (from..to).map(|i| format!("k{}", i % 3)),
-            )),
-        ],
-    )
-    .unwrap()
+    parquet_tests::rows(from, to, 3)
 }
 
 fn ctx(subtask: usize, parallelism: usize, attempt: u64, checkpointing: bool) -> OperatorContext {
     OperatorContext {
-        operator: "iceberg".into(),
-        subtask,
-        parallelism,
-        max_parallelism: 128,
-        input_schemas: vec![schema()],
-        watermark: None,
-        attempt,
         checkpointing,
-        state: Default::default(),
+        ..parquet_tests::ctx(subtask, parallelism, attempt)
     }
 }
 
@@ -94,15 +72,6 @@ fn planning_creates_nothing_and_refuses_what_iceberg_cannot_hold() {
     assert!(err.contains("NAMESPACE.TABLE"), "{err}");
 }
 
-fn restored(id: u64, snaps: &[&OperatorSnapshot]) -> RestoredState {
-    RestoredState {
-        checkpoint: CheckpointId(id),
-        keyed: Vec::new(),
-        entries: snaps.iter().flat_map(|s| s.entries.clone()).collect(),
-        ..RestoredState::default()
-    }
-}
-
 fn metadata(dir: &Path) -> TableMetadata {
     let catalog = super::catalog::SqlCatalog::open(&dir.join("catalog.db"), "sluice").unwrap();
     let loc = catalog.location("lake", "t").unwrap().unwrap();
@@ -120,10 +89,11 @@ fn table_x(dir: &Path) -> (Vec<i64>, usize) {
     let list = std::fs::read(local_path(&current.manifest_list)).unwrap();
     for m in read_list(&list).unwrap() {
         let manifest = std::fs::read(local_path(&m)).unwrap();
-        for file in read_manifest(&manifest).unwrap() {
+        for (file, size) in read_manifest(&manifest).unwrap() {
             let bytes = bytes::Bytes::from(
                 std::fs::read(local_path(&file)).unwrap_or_else(|e| panic!("{file}: {e}")),
             );
+            let _ = size;
             let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
             // Iceberg readers find columns by these ids.
             let ids: Vec<_> = builder
@@ -249,7 +219,7 @@ fn in_table(dir: &Path) -> std::collections::BTreeSet<String> {
         .unwrap()
         .iter()
         .flat_map(|m| read_manifest(&std::fs::read(local_path(m)).unwrap()).unwrap())
-        .map(|f| local_path(&f).display().to_string())
+        .map(|(f, _)| local_path(&f).display().to_string())
         .collect()
 }
 

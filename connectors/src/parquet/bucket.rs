@@ -294,6 +294,19 @@ impl BucketDir {
             .map_err(|e| self.fail("reading", rel, e))
     }
 
+    /// Bytes `range` of object `rel`.
+    #[cfg(feature = "iceberg")]
+    pub(crate) fn get_range(&self, rel: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+        let key = self.key(rel)?;
+        let got = block(self.store.get_ranges(&key, std::slice::from_ref(&range)))
+            .map_err(|e| self.fail("reading", rel, e))?;
+        Ok(got
+            .into_iter()
+            .next()
+            .map(|b| b.to_vec())
+            .unwrap_or_default())
+    }
+
     fn size(&self, rel: &str) -> Result<Option<u64>> {
         let key = self.key(rel)?;
         match block(self.store.head(&key)) {

@@ -356,7 +356,7 @@ fn compact_dir(dir: &Path, opts: &CompactOptions) -> Result<Option<CompactStats>
     for (n, bin) in bins.iter().enumerate() {
         let name = format!("compacted-{stamp}-{n:03}.parquet");
         let paths: Vec<PathBuf> = bin.iter().map(|i| dir.join(&i.name)).collect();
-        stats.rows += merge(&paths, bin[0].schema.clone(), &staging.join(&name), opts)?;
+        stats.rows += merge(&paths, &staging.join(&name), opts)?;
         stats.files_in += bin.len();
         stats.files_out += 1;
         journal.outputs.push(name);
@@ -416,55 +416,57 @@ pub(crate) fn pack<T>(files: Vec<T>, size: impl Fn(&T) -> u64, target: u64) -> V
     bins
 }
 
-/// Writes the rows of the files at `paths` (in order, all of `schema`)
-/// into `out`; returns the rows.
-pub(crate) fn merge(
-    paths: &[PathBuf],
-    schema: SchemaRef,
-    out: &Path,
-    opts: &CompactOptions,
-) -> Result<u64> {
+/// Writes the rows of the files at `paths` (in order, all of one
+/// schema) into `out`; returns the rows.
+pub(crate) fn merge(paths: &[PathBuf], out: &Path, opts: &CompactOptions) -> Result<u64> {
     let file = File::create(out).map_err(io("creating", out))?;
     let inputs = paths.iter().map(|path| {
         let f = File::open(path).map_err(io("opening", path))?;
         Ok((path.display().to_string(), f))
     });
-    let (rows, file) = merge_into(inputs, schema, file, &out.display().to_string(), opts)?;
+    let (rows, file) = merge_into(inputs, file, &out.display().to_string(), opts)?;
     file.sync_all().map_err(io("syncing", out))?;
     Ok(rows)
 }
 
 /// Writes the rows of `inputs` (name for errors, reader; in order, all
-/// of `schema`) into `out` as one Parquet file with full row groups;
-/// returns the rows and `out`.
+/// of the first one's schema) into `out` as one Parquet file with full
+/// row groups; returns the rows and `out`.
 pub(crate) fn merge_into<R: ChunkReader + 'static, W: std::io::Write + Send>(
     inputs: impl IntoIterator<Item = Result<(String, R)>>,
-    schema: SchemaRef,
     out: W,
     out_name: &str,
     opts: &CompactOptions,
 ) -> Result<(u64, W)> {
-    let props = WriterProperties::builder()
-        .set_max_row_group_row_count(Some(opts.row_group_size))
-        .set_compression(opts.compression)
-        .build();
     let fail = |what: &str, name: &str, e: &dyn std::fmt::Display| {
         Error::connector("parquet", format!("{what} {name}: {e}"))
     };
-    let mut w = ArrowWriter::try_new(out, schema, Some(props))
-        .map_err(|e| fail("writing", out_name, &e))?;
+    let mut out = Some(out);
+    let mut w: Option<ArrowWriter<W>> = None;
     let mut rows = 0;
     for input in inputs {
         let (name, reader) = input?;
-        let batches = ParquetRecordBatchReaderBuilder::try_new(reader)
-            .and_then(|b| b.build())
+        let builder = ParquetRecordBatchReaderBuilder::try_new(reader)
             .map_err(|e| fail("reading", &name, &e))?;
-        for b in batches {
+        if let Some(out) = out.take() {
+            let props = WriterProperties::builder()
+                .set_max_row_group_row_count(Some(opts.row_group_size))
+                .set_compression(opts.compression)
+                .build();
+            let writer = ArrowWriter::try_new(out, builder.schema().clone(), Some(props))
+                .map_err(|e| fail("writing", out_name, &e))?;
+            w = Some(writer);
+        }
+        let writer = w.as_mut().expect("created with the first input");
+        for b in builder.build().map_err(|e| fail("reading", &name, &e))? {
             let b = b.map_err(|e| fail("reading", &name, &e))?;
             rows += b.num_rows() as u64;
-            w.write(&b).map_err(|e| fail("writing", out_name, &e))?;
+            writer
+                .write(&b)
+                .map_err(|e| fail("writing", out_name, &e))?;
         }
     }
+    let w = w.ok_or_else(|| Error::Internal(format!("nothing to merge into {out_name}")))?;
     let out = w
         .into_inner()
         .map_err(|e| fail("finishing", out_name, &e))?;

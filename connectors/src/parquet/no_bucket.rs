@@ -39,6 +39,11 @@ impl BucketDir {
     }
 
     #[cfg(feature = "iceberg")]
+    pub(crate) fn get_range(&self, _rel: &str, _range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+        match *self {}
+    }
+
+    #[cfg(feature = "iceberg")]
     pub(crate) fn delete(&self, _rel: &str) -> Result<()> {
         match *self {}
     }

@@ -28,7 +28,7 @@ use super::output::Output;
 use super::sink::ParquetWriterTask;
 use super::{ParquetSink, PartitionSpec};
 
-fn schema() -> SchemaRef {
+pub(crate) fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("x", DataType::Int64, false),
         Field::new("k", DataType::Utf8, false),
@@ -36,7 +36,7 @@ fn schema() -> SchemaRef {
 }
 
 /// Rows `from..to`, key `k{x % keys}`.
-fn rows(from: i64, to: i64, keys: i64) -> RecordBatch {
+pub(crate) fn rows(from: i64, to: i64, keys: i64) -> RecordBatch {
     RecordBatch::try_new(
         schema(),
         vec![
@@ -49,7 +49,7 @@ fn rows(from: i64, to: i64, keys: i64) -> RecordBatch {
     .unwrap()
 }
 
-fn ctx(subtask: usize, parallelism: usize, attempt: u64) -> OperatorContext {
+pub(crate) fn ctx(subtask: usize, parallelism: usize, attempt: u64) -> OperatorContext {
     OperatorContext {
         operator: "parquet".into(),
         subtask,
@@ -174,7 +174,7 @@ fn quiet_sink() -> ParquetSink {
     })
 }
 
-fn restored(id: u64, snaps: &[&OperatorSnapshot]) -> RestoredState {
+pub(crate) fn restored(id: u64, snaps: &[&OperatorSnapshot]) -> RestoredState {
     RestoredState {
         checkpoint: CheckpointId(id),
         keyed: Vec::new(),
