@@ -219,7 +219,9 @@ impl IcebergTable {
             .map(|e| DataFile {
                 path: self.files.url(&self.data_rel(&e.target)),
                 rows: e.rows,
-                bytes: e.len,
+                // An open file's committed prefix is published with its
+                // footer appended.
+                bytes: e.len + e.footer.len() as u64,
                 partition: e.partition.clone(),
             })
             .collect();
