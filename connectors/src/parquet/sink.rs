@@ -543,16 +543,16 @@ impl Sink for ParquetWriterTask {
         } else {
             self.roll_due()?;
         }
-        let mut now_staged = Vec::new();
+        let first_new = self.staged.len();
         for mut e in std::mem::take(&mut self.closed) {
             e.phase = Phase::Staged {
                 epoch: checkpoint.0,
             };
-            now_staged.push(e.clone());
             self.staged.push(e);
         }
         if let Some(t) = &self.spec.table {
-            t.stage(checkpoint.0, self.subtask, self.attempt, &now_staged)?;
+            let now_staged = &self.staged[first_new..];
+            t.stage(checkpoint.0, self.subtask, self.attempt, now_staged)?;
         }
         let mut entries = self
             .staged
@@ -587,13 +587,18 @@ impl Sink for ParquetWriterTask {
             .into_iter()
             .partition(|e| matches!(e.phase, Phase::Staged { epoch } if epoch <= checkpoint.0));
         self.staged = later;
+        if let Some(t) = &self.spec.table {
+            // A table's files were published when they closed; the commit
+            // is what makes them visible.
+            return match self.subtask {
+                0 => t.commit(checkpoint.0),
+                _ => Ok(()),
+            };
+        }
         let output = self.output()?.clone();
         for e in done {
             output.publish(&e)?;
         }
-        match &self.spec.table {
-            Some(t) if self.subtask == 0 => t.commit(checkpoint.0),
-            _ => Ok(()),
-        }
+        Ok(())
     }
 }
