@@ -201,17 +201,21 @@ fn main() -> anyhow::Result<()> {
         evolve_schema: args.evolve_schema,
         kafka_options: args.kafka_option.clone(),
     };
-    // The Iceberg catalog's file, checked before the job reads anything.
-    let catalog = match (&args.iceberg_catalog, &args.iceberg_warehouse) {
-        (Some(c), _) => Some(c.clone()),
-        (None, Some(w)) => Some(match w.local_path() {
-            Some(dir) => dir.join("catalog.db"),
-            None => anyhow::bail!(
-                "--iceberg-warehouse {w} is in object storage: name the catalog's SQLite file \
-                 with --iceberg-catalog FILE"
-            ),
-        }),
-        (None, None) => None,
+    // The Iceberg table, warehouse and catalog file, checked before the
+    // job reads anything.
+    let iceberg = match (&args.iceberg_table, &args.iceberg_warehouse) {
+        (Some(table), Some(warehouse)) => {
+            let catalog = match (&args.iceberg_catalog, warehouse.local_path()) {
+                (Some(c), _) => c.clone(),
+                (None, Some(dir)) => dir.join("catalog.db"),
+                (None, None) => anyhow::bail!(
+                    "--iceberg-warehouse {warehouse} is in object storage: name the catalog's \
+                     SQLite file with --iceberg-catalog FILE"
+                ),
+            };
+            Some((table.clone(), warehouse.clone(), catalog))
+        }
+        _ => None,
     };
     let src = source(&spec)?;
     let stats = src.decode_stats();
@@ -243,23 +247,23 @@ fn main() -> anyhow::Result<()> {
         ),
         None => stream,
     };
-    let output = match (&args.iceberg_table, &args.iceberg_warehouse) {
-        (Some(table), Some(warehouse)) => {
-            let catalog = catalog.clone().unwrap_or_default();
+    let output = match iceberg {
+        Some((table, warehouse, catalog)) => {
             // One writer id per job writing the table: its consumer group
             // when it has one, else its topic.
             let writer = args
                 .group
                 .clone()
                 .unwrap_or_else(|| format!("kafka_to_parquet:{}", args.topic));
-            let iceberg = IcebergSink::new(&catalog, warehouse.clone(), table)
+            let described = format!("Iceberg table {table} (catalog {})", catalog.display());
+            let iceberg = IcebergSink::new(&catalog, warehouse, table)
                 .catalog_name(&args.iceberg_catalog_name)
                 .writer_id(writer)
                 .parquet(|_| sink);
             stream.sink(iceberg);
-            format!("Iceberg table {table} (catalog {})", catalog.display())
+            described
         }
-        _ => {
+        None => {
             stream.sink(sink);
             args.output
                 .as_ref()
