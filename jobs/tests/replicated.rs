@@ -109,9 +109,9 @@ fn a_new_leader_is_elected_when_the_leader_is_killed_and_the_job_finishes_exactl
         leader(c, &rest).is_some()
     });
     let done = cluster.wait_state(&job, "FINISHED", Duration::from_secs(180));
-    assert!(
-        done["attempt"].as_u64() > before["attempt"].as_u64(),
-        "resumed under a new attempt: {done}"
+    assert_eq!(
+        done["attempt"], before["attempt"],
+        "adopted by the new leader, not restarted: {done}"
     );
     let out = dir.path().join("out");
     assert_exactly_once(&want, &rows(&out), &out, "q5 across a leader's SIGKILL");
@@ -175,9 +175,9 @@ fn kafka_to_parquet_and_q5_resume_exactly_once_across_a_leader_kill() {
 
     // A new leader resumes both from their latest checkpoints.
     let done = cluster.wait_state(&q5, "FINISHED", Duration::from_secs(180));
-    assert!(
-        done["attempt"].as_u64() > q5_before["attempt"].as_u64(),
-        "q5 resumed under a new attempt: {done}"
+    assert_eq!(
+        done["attempt"], q5_before["attempt"],
+        "q5 adopted by the new leader, not restarted: {done}"
     );
     let out = dir.path().join("out");
     assert_exactly_once(&want_q5, &rows(&out), &out, "q5 across a leader's SIGKILL");
@@ -188,9 +188,9 @@ fn kafka_to_parquet_and_q5_resume_exactly_once_across_a_leader_kill() {
         |_| rows(&out).values().sum::<usize>() >= RECORDS,
     );
     let status = cluster.status(&from_kafka);
-    assert!(
-        status["attempt"].as_u64() > kafka_before["attempt"].as_u64(),
-        "kafka_to_parquet resumed under a new attempt: {status}"
+    assert_eq!(
+        status["attempt"], kafka_before["attempt"],
+        "kafka_to_parquet adopted by the new leader, not restarted: {status}"
     );
     assert_exactly_once(
         &want_kafka,
@@ -218,9 +218,9 @@ fn a_group_restarted_all_at_once_resumes_its_jobs() {
     }
     cluster.wait_for_api().unwrap_or_else(|e| panic!("{e}"));
     let done = cluster.wait_state(&job, "FINISHED", Duration::from_secs(180));
-    assert!(
-        done["attempt"].as_u64() > before["attempt"].as_u64(),
-        "resumed under a new attempt: {done}"
+    assert_eq!(
+        done["attempt"], before["attempt"],
+        "adopted by the new leader, not restarted: {done}"
     );
     let out = dir.path().join("out");
     assert_exactly_once(
@@ -279,9 +279,9 @@ fn a_leader_cut_off_from_its_majority_steps_down_and_completes_no_checkpoint() {
         leader(c, &all).is_some()
     });
     let done = cluster.wait_state(&job, "FINISHED", Duration::from_secs(180));
-    assert!(
-        done["attempt"].as_u64() > before["attempt"].as_u64(),
-        "resumed under a new attempt: {done}"
+    assert_eq!(
+        done["attempt"], before["attempt"],
+        "adopted by the new leader, not restarted: {done}"
     );
     let out = dir.path().join("out");
     assert_exactly_once(&want, &rows(&out), &out, "q5 across a cut-off leader");

@@ -93,6 +93,7 @@ fn hello_with(
             executor: 0,
             exchange: "127.0.0.1:1".into(),
             secret: secret.into(),
+            rejoin: None,
         },
     )
     .unwrap();
@@ -116,6 +117,7 @@ fn stale_hellos_are_rejected_and_counted() {
                 checkpoint: None,
                 stats: Arc::default(),
                 secret: SECRET.into(),
+                adopt: None,
             })
             .unwrap()
     };
@@ -366,6 +368,7 @@ fn a_killed_attempt_restarts_from_its_latest_checkpoint_exactly_once() {
             checkpoint: Some(start.setup),
             stats: Arc::default(),
             secret: SECRET.into(),
+            adopt: None,
         })
         .unwrap();
     let cluster = c.launch(test, 2, 2, restore, Mode::Normal);

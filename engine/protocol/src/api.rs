@@ -707,6 +707,12 @@ pub struct ExecutorSpec {
     /// `--insecure-plaintext`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<AttemptTls>,
+    /// How long, in ms, the executor waits for a new leader after its
+    /// control connection is lost (its worker relays the new leader's
+    /// control address on its stdin, a [`Relay`](crate::control::Relay)
+    /// per line) before it fences itself; 0: it fences at once.
+    #[serde(default)]
+    pub rejoin_grace_ms: u64,
 }
 
 /// An attempt's TLS identity: a certificate the cluster CA issued for this

@@ -66,6 +66,10 @@ pub enum ToCoordinator {
         exchange: String,
         /// The attempt's secret (`ExecutorSpec::secret`).
         secret: String,
+        /// Set when a running executor rejoins a new leader that adopted
+        /// its attempt (`term` is then the new leader's, from its relay).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rejoin: Option<Rejoin>,
     },
     /// A task's snapshot is stored.
     Ack {
@@ -105,6 +109,30 @@ pub enum ToCoordinator {
     },
     /// Every task of the executor ended cleanly.
     Done,
+}
+
+/// What a running executor tells a new leader that adopted its attempt:
+/// where its checkpoints got to under the previous leader, so the new one
+/// neither reuses an id whose barriers may still be in flight nor waits
+/// for tasks that already finished.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejoin {
+    /// The newest checkpoint id it was told to prepare (0: none).
+    pub checkpoint: u64,
+    /// Its tasks that consumed all their input.
+    pub finished: Vec<TaskKey>,
+}
+
+/// A new leader's control address, relayed by the worker to the executors
+/// of an attempt that leader adopted: one JSON object per line on the
+/// executor's stdin, after its spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Relay {
+    /// The new leader's control address (`host:port`).
+    pub control: String,
+    /// Its Raft term; the executor ignores a relay of an older term than
+    /// the one it serves, and of the same term at the same address.
+    pub term: u64,
 }
 
 /// Whether a failure may pass on a restart.
@@ -305,6 +333,7 @@ mod tests {
             executor: 0,
             exchange: "127.0.0.1:1".into(),
             secret: "s".into(),
+            rejoin: None,
         };
         let ok = serde_json::to_vec(&hello(crate::PROTOCOL_VERSION)).unwrap();
         assert!(matches!(
@@ -321,6 +350,24 @@ mod tests {
             .to_string();
         assert!(e.contains("version 0"), "{e}");
         assert!(decode_hello(br#""Done""#).is_err());
+        // A rejoining executor's hello keeps what it says of its checkpoints.
+        let mut rejoin = hello(crate::PROTOCOL_VERSION);
+        if let ToCoordinator::Hello { rejoin: r, .. } = &mut rejoin {
+            *r = Some(Rejoin {
+                checkpoint: 4,
+                finished: vec![TaskKey {
+                    vertex: 0,
+                    subtask: 1,
+                }],
+            });
+        }
+        let bytes = serde_json::to_vec(&rejoin).unwrap();
+        match decode_hello(&bytes).unwrap() {
+            ToCoordinator::Hello {
+                rejoin: Some(r), ..
+            } => assert_eq!((r.checkpoint, r.finished.len()), (4, 1)),
+            other => panic!("{other:?}"),
+        }
         assert!(decode_hello(b"\xff\x00").is_err());
     }
 }

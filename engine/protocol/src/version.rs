@@ -20,8 +20,10 @@ use crate::error::{Error, Result};
 /// accounting, watermarks, source backlog, process CPU and memory);
 /// version 7 added executors' log lines to heartbeats (`Heartbeat::logs`),
 /// the worker's own process figures (`Heartbeat::process`) and the
-/// exchange's latency-marker frame.
-pub const PROTOCOL_VERSION: u32 = 7;
+/// exchange's latency-marker frame; version 8 let a new leader re-adopt
+/// running attempts (`ToCoordinator::Hello::rejoin`, the executor's
+/// `rejoin_grace_ms` and the worker's relays on its stdin).
+pub const PROTOCOL_VERSION: u32 = 8;
 
 #[derive(Deserialize)]
 struct Probe {

@@ -77,6 +77,7 @@ fn spec() -> ExecutorSpec {
         restore: None,
         secret: "s".into(),
         tls: None,
+        rejoin_grace_ms: 0,
     }
 }
 
@@ -89,6 +90,7 @@ fn hello() -> Vec<u8> {
         executor: 1,
         exchange: "127.0.0.1:9".into(),
         secret: "s".into(),
+        rejoin: None,
     })
     .unwrap()
 }

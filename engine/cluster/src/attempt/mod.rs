@@ -40,7 +40,7 @@ use sluice_engine::data::CheckpointId;
 use sluice_engine::error::{Error, Result};
 use sluice_engine::runtime::JobControl;
 use sluice_protocol::api::{JobDescription, NodeCounters};
-use sluice_protocol::control::{Retry, ToCoordinator, ToExecutor};
+use sluice_protocol::control::{Rejoin, Retry, ToCoordinator, ToExecutor};
 use sluice_protocol::metrics::{ExecutorMetrics, ExecutorProcess, SubtaskMetrics};
 use sluice_protocol::results::LatestRows;
 
@@ -67,6 +67,10 @@ pub struct AttemptConfig {
     pub stats: Arc<Mutex<CheckpointStats>>,
     /// What its executors must say in their hello (`ExecutorSpec::secret`).
     pub secret: String,
+    /// Set when a new leader adopts an attempt whose executors run: only
+    /// their rejoining hellos are taken, and unless all of them rejoined
+    /// within this long the attempt fails (and the job restarts).
+    pub adopt: Option<Duration>,
 }
 
 /// What happens to an attempt.
@@ -74,6 +78,8 @@ pub struct AttemptConfig {
 pub enum AttemptEvent {
     /// Every executor said hello and got the peers.
     Running,
+    /// Every executor of an adopted attempt rejoined this leader.
+    Adopted,
     /// Every task consumed its input; the final checkpoint is under way.
     Finishing,
     /// Every executor is done and the final checkpoint (when the job
@@ -136,6 +142,7 @@ impl ControlServer {
         let (events_tx, events_rx) = crossbeam_channel::unbounded();
         let n = cfg.executors;
         let attempt = Arc::new(Attempt {
+            adopting: cfg.adopt.is_some(),
             rejected: AtomicU64::new(0),
             job_id: cfg.job_id,
             attempt: cfg.attempt,
@@ -164,6 +171,7 @@ impl ControlServer {
                 checkpoints_done: cfg.checkpoint.is_none(),
                 checkpoint: cfg.checkpoint,
                 coordinator: None,
+                rejoined: 0,
             }),
         });
         let old = self
@@ -178,7 +186,30 @@ impl ControlServer {
             // caller's async workers.
             self.handle().spawn_blocking(move || old.cancel(&reason));
         }
-        info!(job = %attempt.job_id, attempt = attempt.attempt, executors = n, "attempt started");
+        match cfg.adopt {
+            Some(grace) => {
+                info!(job = %attempt.job_id, attempt = attempt.attempt, executors = n,
+                    grace_ms = grace.as_millis() as u64, "adopting a running attempt");
+                let a = attempt.clone();
+                self.handle().spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    let running = a.state.lock().expect("attempt lock").running;
+                    if !running {
+                        tokio::task::spawn_blocking(move || {
+                            a.fail(
+                                format!(
+                                    "its executors did not all rejoin this leader within {grace:?}"
+                                ),
+                                Retry::Backoff,
+                            )
+                        });
+                    }
+                });
+            }
+            None => {
+                info!(job = %attempt.job_id, attempt = attempt.attempt, executors = n, "attempt started")
+            }
+        }
         Ok(AttemptHandle { attempt })
     }
 }
@@ -238,6 +269,13 @@ impl AttemptHandle {
     /// close. No event follows.
     pub fn cancel(&self, reason: &str) {
         self.attempt.cancel(reason);
+    }
+
+    /// Leaves the attempt to a new leader: like [`cancel`](Self::cancel),
+    /// but its executors are not told to stop. Their connections close and
+    /// they wait for the leader that adopts them.
+    pub fn abandon(&self, reason: &str) {
+        self.attempt.abandon(reason);
     }
 
     /// Hellos and frames of other attempts of this job refused while this
@@ -338,6 +376,8 @@ impl TaskPort for RemotePort {
 }
 
 pub(crate) struct Attempt {
+    /// A new leader's adoption of running executors (rejoining hellos only).
+    adopting: bool,
     job_id: String,
     attempt: u64,
     secret: String,
@@ -384,6 +424,8 @@ struct AttemptState {
     checkpoint: Option<CheckpointSetup>,
     /// The checkpoint coordinator's inbox while it runs.
     coordinator: Option<Sender<CoordinatorMsg>>,
+    /// The newest checkpoint id rejoining executors had prepared.
+    rejoined: u64,
 }
 
 impl Attempt {
@@ -392,8 +434,9 @@ impl Attempt {
         st.links.iter().flatten().cloned().collect()
     }
 
-    /// Tells every connected executor to stop and closes the connections.
-    fn stop_executors(&self, reason: &str) {
+    /// Tells every connected executor to stop (unless `abandon`) and
+    /// closes the connections.
+    fn stop_executors(&self, reason: &str, abandon: bool) {
         self.control.fail(Error::Cancelled);
         // Let a checkpoint being completed finish first: once this returns
         // (and before any event), no manifest appears any more, so a
@@ -411,9 +454,11 @@ impl Attempt {
             }
         }
         for l in self.links() {
-            let _ = l.send(&ToExecutor::Cancel {
-                reason: reason.to_string(),
-            });
+            if !abandon {
+                let _ = l.send(&ToExecutor::Cancel {
+                    reason: reason.to_string(),
+                });
+            }
             l.close();
         }
     }
@@ -423,7 +468,15 @@ impl Attempt {
             return;
         }
         info!(job = %self.job_id, attempt = self.attempt, reason, "attempt cancelled");
-        self.stop_executors(reason);
+        self.stop_executors(reason, false);
+    }
+
+    fn abandon(&self, reason: &str) {
+        if self.ended.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        info!(job = %self.job_id, attempt = self.attempt, reason, "attempt left to the next leader");
+        self.stop_executors(reason, true);
     }
 
     fn fail(&self, why: String, retry: Retry) {
@@ -431,7 +484,7 @@ impl Attempt {
             return;
         }
         warn!(job = %self.job_id, attempt = self.attempt, error = %why, ?retry, "attempt failed");
-        self.stop_executors(&format!("attempt {} failed: {why}", self.attempt));
+        self.stop_executors(&format!("attempt {} failed: {why}", self.attempt), false);
         let _ = self
             .events_tx
             .send(AttemptEvent::Failed { error: why, retry });
@@ -452,16 +505,34 @@ impl Attempt {
     }
 
     /// Registers executor `i`; once all are there, sends the peers and
-    /// starts checkpointing. Refuses a slot taken twice.
+    /// starts checkpointing. Refuses a slot taken twice, and a fresh hello
+    /// to an adopted attempt or a rejoining one to a new attempt.
     fn register(
         self: &Arc<Self>,
         i: usize,
         exchange: String,
         link: ExecLink,
+        rejoin: Option<Rejoin>,
     ) -> std::result::Result<(), String> {
         let mut st = self.state.lock().expect("attempt lock");
         if self.ended.load(Ordering::SeqCst) {
             return Err(format!("attempt {} has ended", self.attempt));
+        }
+        match (&rejoin, self.adopting) {
+            (None, true) => {
+                return Err(format!(
+                    "attempt {} is being adopted by a new leader: only its running executors \
+                     may rejoin it",
+                    self.attempt
+                ))
+            }
+            (Some(_), false) => {
+                return Err(format!(
+                    "attempt {} was started by this leader: there is nothing to rejoin",
+                    self.attempt
+                ))
+            }
+            _ => {}
         }
         if i >= st.links.len() {
             return Err(format!(
@@ -475,6 +546,17 @@ impl Attempt {
         }
         st.links[i] = Some(link);
         st.exchange[i] = Some(exchange);
+        let mut finished = Vec::new();
+        if let Some(r) = rejoin {
+            st.rejoined = st.rejoined.max(r.checkpoint);
+            finished = r.finished;
+        }
+        if !finished.is_empty() {
+            // Told to the checkpoint coordinator once it runs (below, or
+            // now when it already does not matter: it starts after all).
+            let mut f = self.finished_tasks.lock().expect("finished lock");
+            f.extend(finished.iter().copied());
+        }
         if st.links.iter().any(Option::is_none) {
             return Ok(());
         }
@@ -489,7 +571,10 @@ impl Attempt {
             }
         }
         st.running = true;
-        if let Some(setup) = st.checkpoint.take() {
+        if let Some(mut setup) = st.checkpoint.take() {
+            // Ids a deposed leader may have announced are never reused:
+            // their barriers may still be in flight.
+            setup.next_id = setup.next_id.max(st.rejoined + 1);
             let links: Vec<ExecLink> = st.links.iter().flatten().cloned().collect();
             match self.start_checkpoints(setup, &links) {
                 Ok(tx) => st.coordinator = Some(tx),
@@ -504,8 +589,26 @@ impl Attempt {
             }
         }
         drop(st);
-        info!(job = %self.job_id, attempt = self.attempt, "attempt running");
-        let _ = self.events_tx.send(AttemptEvent::Running);
+        if self.adopting {
+            info!(job = %self.job_id, attempt = self.attempt, "attempt adopted: every executor rejoined");
+            let _ = self.events_tx.send(AttemptEvent::Adopted);
+            let finished: Vec<TaskKey> = self
+                .finished_tasks
+                .lock()
+                .expect("finished lock")
+                .iter()
+                .copied()
+                .collect();
+            if !finished.is_empty() && finished.len() == self.description.tasks().len() {
+                let _ = self.events_tx.send(AttemptEvent::Finishing);
+            }
+            for t in finished {
+                self.to_coordinator(CoordinatorMsg::Finished(t));
+            }
+        } else {
+            info!(job = %self.job_id, attempt = self.attempt, "attempt running");
+            let _ = self.events_tx.send(AttemptEvent::Running);
+        }
         Ok(())
     }
 
@@ -634,14 +737,18 @@ impl Attempt {
                 error: format!("executor {i}: {error}"),
             }),
             ToCoordinator::Finished(task) => {
-                let all = {
+                let (new, all) = {
                     let mut f = self.finished_tasks.lock().expect("finished lock");
-                    f.insert(task) && f.len() == self.description.tasks().len()
+                    let new = f.insert(task);
+                    (new, new && f.len() == self.description.tasks().len())
                 };
                 if all {
                     let _ = self.events_tx.send(AttemptEvent::Finishing);
                 }
-                self.to_coordinator(CoordinatorMsg::Finished(task))
+                // A rejoining executor may tell a task twice.
+                if new {
+                    self.to_coordinator(CoordinatorMsg::Finished(task))
+                }
             }
             ToCoordinator::Metrics(m) => {
                 self.state.lock().expect("attempt lock").metrics[i] = m;

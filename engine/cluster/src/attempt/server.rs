@@ -420,12 +420,13 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Send + 'static>(
             executor,
             exchange,
             secret,
-        } => Ok((job_id, attempt, term, executor, exchange, secret)),
+            rejoin,
+        } => Ok((job_id, attempt, term, executor, exchange, secret, rejoin)),
         _ => Err(sluice_protocol::Error::Malformed(
             "the first control frame must be a hello".into(),
         )),
     });
-    let (job_id, attempt_no, hello_term, executor, exchange, secret) = match hello {
+    let (job_id, attempt_no, hello_term, executor, exchange, secret, rejoin) = match hello {
         Ok(h) => h,
         Err(e) => {
             attempts.refused_unknown.fetch_add(1, Ordering::Relaxed);
@@ -471,7 +472,10 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Send + 'static>(
         Some(a) => {
             // Registering may start the checkpoint coordinator's thread.
             let (a2, link2, exchange) = (a.clone(), link.clone(), exchange);
-            match tokio::task::spawn_blocking(move || a2.register(executor, exchange, link2)).await
+            match tokio::task::spawn_blocking(move || {
+                a2.register(executor, exchange, link2, rejoin)
+            })
+            .await
             {
                 Ok(r) => r.map(|()| a),
                 Err(e) => Err(format!("registering executor {executor}: {e}")),

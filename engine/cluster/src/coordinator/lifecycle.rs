@@ -104,6 +104,26 @@ impl Lifecycle {
         self
     }
 
+    /// Whether a new leader may adopt the job's running attempt instead of
+    /// starting another: it ran (a savepoint or the final checkpoint may
+    /// have been under way), and no rescale was asked of it.
+    pub fn may_adopt(&self) -> bool {
+        matches!(
+            self.state,
+            JobState::Running | JobState::Savepointing | JobState::Finishing
+        )
+    }
+
+    /// A job whose running attempt a new leader adopted: it runs on; a
+    /// savepoint asked of the previous leader is not answered by this one.
+    pub fn adopted(mut self) -> Self {
+        self.savepoints = 0;
+        if self.state == JobState::Savepointing {
+            self.state = JobState::Running;
+        }
+        self
+    }
+
     /// Whether the job waits for its next attempt (CREATED, RESTARTING, or
     /// RESCALING once the stopped attempt ended).
     pub fn waits_for_attempt(&self, has_run: bool) -> bool {

@@ -22,6 +22,7 @@
 //! Handlers that write run on `spawn_blocking`, never on the async
 //! workers.
 
+mod adopt;
 mod attempts;
 mod autoscale;
 mod commands;
@@ -133,6 +134,7 @@ impl Manager {
         // deposed leader, or one started before a newer leader's, never
         // completes one, so its sinks never commit.
         if let Some(replica) = meta.replica().cloned() {
+            let term = control.term();
             control.approve_checkpoints(Arc::new(move |job, attempt, id, savepoint| {
                 replica
                     .write(Command::CheckpointCompleted {
@@ -140,6 +142,7 @@ impl Manager {
                         attempt,
                         id,
                         savepoint,
+                        term,
                     })
                     .map_err(|e| e.to_string())
             }));
@@ -150,17 +153,35 @@ impl Manager {
         meta.save_ids(&ids)?;
         let mut jobs = HashMap::new();
         for mut record in records {
-            if let Some(r) = record.rescale.take() {
-                finish_rescale(&mut record, r);
-            }
-            let before = record.life.state;
-            record.life = record.life.clone().reopened();
-            if record.life.state != before {
-                info!(job = %record.id, attempt = record.life.attempt, "resuming a job after a coordinator restart");
+            let stats = Arc::default();
+            let run = adopt::adopt(
+                &control,
+                &control_addr,
+                config.rejoin_grace,
+                &mut record,
+                &stats,
+            );
+            if run.is_some() {
+                // Its term fences the previous leader's completions, and is
+                // in the log before a heartbeat answer relays it.
                 record.updated_ms = now_ms();
                 meta.save(&record)?;
+            } else {
+                if let Some(r) = record.rescale.take() {
+                    finish_rescale(&mut record, r);
+                }
+                let before = record.life.state;
+                record.life = record.life.clone().reopened();
+                if record.life.state != before {
+                    info!(job = %record.id, attempt = record.life.attempt, "resuming a job after a coordinator restart");
+                    record.updated_ms = now_ms();
+                    meta.save(&record)?;
+                }
             }
-            jobs.insert(record.id.clone(), Job::new(record));
+            let mut job = Job::new(record);
+            job.stats = stats;
+            job.run = run;
+            jobs.insert(job.record.id.clone(), job);
         }
         info!(control = %control_addr, jobs = jobs.len(), term = control.term(), "coordinator state opened");
         Ok(Arc::new(Manager {
@@ -182,21 +203,27 @@ impl Manager {
         }))
     }
 
+    /// The Raft term this manager leads in (0 outside a group).
+    pub fn term(&self) -> u64 {
+        self.control.term()
+    }
+
     /// The data directory's store.
     pub fn meta(&self) -> &MetaStore {
         &self.meta
     }
 
     /// This coordinator no longer leads its Raft group: every attempt it
-    /// runs is cancelled (its executors lose their control connections and
-    /// stop), nothing is written (it could not be), and the manager is
-    /// dropped by its owner after this.
+    /// runs is left to the next leader (its executors lose their control
+    /// connections and wait, running, for the leader that adopts them),
+    /// nothing is written (it could not be), and the manager is dropped by
+    /// its owner after this.
     pub fn step_down(&self) {
         let mut inner = self.lock();
         for job in inner.jobs.values_mut() {
             if let Some(run) = job.run.take() {
                 run.handle
-                    .cancel("this coordinator is no longer the leader of its group");
+                    .abandon("this coordinator is no longer the leader of its group");
             }
             job.unsaved = false;
         }

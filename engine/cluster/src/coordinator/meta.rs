@@ -58,6 +58,51 @@ pub struct JobRecord {
     /// releases before it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaler: Option<sluice_protocol::api::AutoscalerStatus>,
+    /// The attempt started last, as a new leader needs it to adopt the
+    /// attempt's running executors instead of restarting the job (absent
+    /// in records of releases before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunRecord>,
+}
+
+/// An attempt as the log keeps it for the next leader: where it runs and
+/// what its executors prove themselves with. The attempt's secret is in
+/// it (coordinators' disks only); its TLS key is not (executors that
+/// rejoin hold theirs).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Its number.
+    pub attempt: u64,
+    /// The term of the leader serving it: a completion asked under an
+    /// older term is refused (a deposed leader's).
+    pub term: u64,
+    /// The attempt's secret.
+    pub secret: String,
+    /// The executor of every subtask.
+    pub tasks: Vec<(sluice_protocol::ids::TaskKey, usize)>,
+    /// Per executor: its worker, the slots it takes there, its launch.
+    pub executors: Vec<RunExecutor>,
+}
+
+impl std::fmt::Debug for RunRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunRecord")
+            .field("attempt", &self.attempt)
+            .field("term", &self.term)
+            .field("executors", &self.executors.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One executor of a [`RunRecord`].
+#[derive(Clone, Serialize, Deserialize)]
+pub struct RunExecutor {
+    /// The worker running it.
+    pub worker: String,
+    /// Slots it takes there.
+    pub slots: usize,
+    /// What the worker was told to run.
+    pub launch: sluice_protocol::api::ExecutorLaunch,
 }
 
 /// The next number of each kind of id. Job ids are never reused, across

@@ -87,6 +87,10 @@ pub struct CoordinatorConfig {
     pub heartbeat_timeout: Duration,
     /// How often workers heartbeat.
     pub heartbeat_interval: Duration,
+    /// How long a running attempt's executors wait for a new leader once
+    /// their coordinator is gone, and how long a new leader waits for all
+    /// of them to rejoin before it restarts the job instead.
+    pub rejoin_grace: Duration,
     /// Placement strategy.
     pub scheduling: Scheduling,
     /// A dead worker is listed this long after its last heartbeat, then
@@ -127,7 +131,7 @@ pub struct CoordinatorConfig {
 
 impl CoordinatorConfig {
     /// Defaults around `listen` and `data_dir`: 3 s heartbeat timeout,
-    /// 500 ms heartbeats, spread placement, dead workers listed for 10
+    /// 500 ms heartbeats, 15 s for executors to rejoin a new leader, spread placement, dead workers listed for 10
     /// minutes, the 100 newest ended jobs kept, no token, plain HTTP,
     /// the default [`ArtifactLimits`], the default autoscaler settings. A
     /// job restarts by its own restart strategy.
@@ -138,6 +142,7 @@ impl CoordinatorConfig {
             data_dir: data_dir.into(),
             heartbeat_timeout: Duration::from_secs(3),
             heartbeat_interval: Duration::from_millis(500),
+            rejoin_grace: Duration::from_secs(15),
             scheduling: Scheduling::Spread,
             dead_worker_retention: Duration::from_secs(600),
             retained_jobs: 100,

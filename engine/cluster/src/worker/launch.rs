@@ -25,15 +25,20 @@ pub(super) async fn fetch_artifact(shared: &Shared, sha256: &str) -> Result<Path
     }
 }
 
+/// Starts the executor; its stdin stays open for the relays of new
+/// leaders that adopt its attempt (`relays`), a JSON line each after the
+/// spec's line.
 pub(super) async fn start_executor(
     shared: &Shared,
     key: &ExecutorKey,
     launch: &ExecutorLaunch,
+    mut relays: mpsc::UnboundedReceiver<Relay>,
 ) -> Result<(Child, AttemptDir, u64)> {
     let binary = fetch_artifact(shared, &launch.artifact).await?;
     let stem = key.file_stem();
-    let spec = serde_json::to_vec(&launch.spec)
+    let mut spec = serde_json::to_vec(&launch.spec)
         .map_err(|e| Error::Internal(format!("executor spec does not serialize: {e}")))?;
+    spec.push(b'\n');
     let dir = AttemptDir::create(&shared.data_dir, &stem, shared.run_as.as_ref()).await?;
     match spawn_executor(shared, key, launch, &binary, &dir).await {
         Ok((mut child, log_from)) => {
@@ -45,6 +50,18 @@ pub(super) async fn start_executor(
                 tokio::spawn(async move {
                     if let Err(e) = stdin.write_all(&spec).await {
                         warn!(?pid, error = %e, "cannot hand the executor its spec");
+                        return;
+                    }
+                    while let Some(relay) = relays.recv().await {
+                        let Ok(mut line) = serde_json::to_vec(&relay) else {
+                            continue;
+                        };
+                        line.push(b'\n');
+                        if let Err(e) = stdin.write_all(&line).await {
+                            // It ended (or never reads): nothing to relay to.
+                            debug!(?pid, error = %e, "cannot relay the new leader to the executor");
+                            return;
+                        }
                     }
                 });
             }

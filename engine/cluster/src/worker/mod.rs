@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, error, info, warn};
@@ -39,6 +39,7 @@ use sluice_engine::error::{Error, Result};
 use sluice_protocol::api::{
     ExecutorLaunch, ExecutorReport, Heartbeat, HeartbeatReply, RegisterWorker,
 };
+use sluice_protocol::control::Relay;
 
 use crate::artifact::{remove_stale_downloads, remove_unused, ArtifactCache};
 use crate::client::ClientSecurity;
@@ -216,6 +217,10 @@ struct Executor {
     /// Sending, or dropping, kills the process.
     kill: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    /// Where its coordinator is now (control address, term), and the
+    /// relay of a new one to its stdin.
+    leader: (String, u64),
+    relay: mpsc::UnboundedSender<Relay>,
 }
 
 impl Executor {
@@ -566,7 +571,23 @@ impl Worker {
             }
         }
         for (key, launch) in wanted {
-            if self.executors.contains_key(&key) {
+            if let Some(executor) = self.executors.get_mut(&key) {
+                // A new leader adopted the attempt: the executor learns
+                // where it is.
+                // A leader restarted may lead again in its old term (its
+                // vote survived), from a new control address.
+                let leader = (launch.spec.control.clone(), launch.spec.term);
+                let newer = leader.1 > executor.leader.1
+                    || (leader.1 == executor.leader.1 && leader.0 != executor.leader.0);
+                if newer && executor.status().exit.is_none() {
+                    info!(job = %key.job_id, attempt = key.attempt, executor = key.executor,
+                        control = %leader.0, term = leader.1, "relaying the new leader to the executor");
+                    let _ = executor.relay.send(Relay {
+                        control: leader.0.clone(),
+                        term: leader.1,
+                    });
+                    executor.leader = leader;
+                }
                 continue;
             }
             if !self.terms.may_start(launch.spec.term) {
@@ -581,12 +602,14 @@ impl Worker {
                 Arc::clone(&status),
             );
             let (kill, killed) = oneshot::channel();
+            let (relay, relays) = mpsc::unbounded_channel();
+            let leader = (launch.spec.control.clone(), launch.spec.term);
             let task = tokio::spawn(run_executor(
                 Arc::clone(&self.shared),
                 key.clone(),
                 launch,
                 Arc::clone(&status),
-                killed,
+                (killed, relays),
             ));
             self.executors.insert(
                 key,
@@ -594,6 +617,8 @@ impl Worker {
                     status,
                     kill: Some(kill),
                     task,
+                    leader,
+                    relay,
                 },
             );
         }
@@ -625,10 +650,10 @@ async fn run_executor(
     key: ExecutorKey,
     launch: ExecutorLaunch,
     status: Arc<Mutex<ExecutorStatus>>,
-    mut kill: oneshot::Receiver<()>,
+    (mut kill, relays): (oneshot::Receiver<()>, mpsc::UnboundedReceiver<Relay>),
 ) {
     let started = tokio::select! {
-        r = start_executor(&shared, &key, &launch) => r,
+        r = start_executor(&shared, &key, &launch, relays) => r,
         // Unlisted before it started: nothing to kill.
         _ = &mut kill => return,
     };

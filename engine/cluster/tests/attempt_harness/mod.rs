@@ -478,6 +478,7 @@ impl Cluster {
                     restore: l.restore.clone(),
                     secret: SECRET.into(),
                     tls: None,
+                    rejoin_grace_ms: 0,
                 };
                 let path = specs.path().join(format!("executor-{i}.json"));
                 std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
@@ -556,6 +557,7 @@ pub(crate) fn start_attempt(
             checkpoint: setup,
             stats: Arc::new(Mutex::new(Default::default())),
             secret: SECRET.into(),
+            adopt: None,
         })
         .unwrap()
 }

@@ -17,7 +17,7 @@ pub const JOB: &str = "job-1";
 pub const ATTEMPT: u64 = 1;
 pub const SECRET: &str = "s3cret";
 
-fn description() -> JobDescription {
+pub fn description() -> JobDescription {
     JobDescription {
         protocol: sluice_protocol::PROTOCOL_VERSION,
         name: "t".into(),
@@ -57,6 +57,7 @@ pub fn start_attempt(server: &ControlServer) -> AttemptHandle {
             checkpoint: None,
             stats: Arc::default(),
             secret: SECRET.into(),
+            adopt: None,
         })
         .unwrap()
 }
@@ -71,6 +72,7 @@ pub fn hello(protocol: u32, job: &str, secret: &str, term: u64) -> ToCoordinator
         executor: 0,
         exchange: "127.0.0.1:1".into(),
         secret: secret.into(),
+        rejoin: None,
     }
 }
 

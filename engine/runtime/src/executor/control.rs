@@ -5,11 +5,17 @@
 use super::*;
 
 /// The executor's end of the control connection; frames are written
-/// whole under the lock, from any thread.
+/// whole under the lock, from any thread. A new leader that adopts the
+/// attempt replaces the connection underneath ([`ControlLink::replace`]):
+/// every clone then writes to the new one.
 #[derive(Clone)]
 pub(super) struct ControlLink {
+    inner: Arc<Mutex<LinkInner>>,
+}
+
+struct LinkInner {
     stream: Arc<SecureStream>,
-    writer: Arc<Mutex<StreamWriter>>,
+    writer: StreamWriter,
 }
 
 impl ControlLink {
@@ -53,31 +59,56 @@ impl ControlLink {
             .writer()
             .map_err(|e| Error::io("control socket", e))?;
         Ok(ControlLink {
-            stream: Arc::new(stream),
-            writer: Arc::new(Mutex::new(writer)),
+            inner: Arc::new(Mutex::new(LinkInner {
+                stream: Arc::new(stream),
+                writer,
+            })),
         })
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, LinkInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bounds (or, with `None`, unbounds) how long a read of the current
+    /// connection waits.
+    pub(super) fn set_read_timeout(&self, timeout: Option<Duration>) {
+        let _ = self.lock().stream.socket().set_read_timeout(timeout);
+    }
+
+    /// Makes `new` (a connection to a new leader) the one every clone of
+    /// this link writes to, and shuts the old one down, which ends a read
+    /// of it.
+    pub(super) fn replace(&self, new: &ControlLink) -> Result<()> {
+        let stream = new.lock().stream.clone();
+        let writer = stream
+            .writer()
+            .map_err(|e| Error::io("control socket", e))?;
+        let old = std::mem::replace(&mut *self.lock(), LinkInner { stream, writer });
+        let _ = old.stream.socket().shutdown(Shutdown::Both);
+        Ok(())
+    }
+
     pub(super) fn reader(&self) -> Result<StreamReader> {
-        self.stream
+        self.lock()
+            .stream
             .reader()
             .map_err(|e| Error::io("control socket", e))
     }
 
     pub(super) fn send(&self, msg: &ToCoordinator) -> Result<()> {
-        let mut s = self.writer.lock().expect("control link lock");
-        Ok(write_frame(&mut *s, msg)?)
+        let mut s = self.lock();
+        Ok(write_frame(&mut s.writer, msg)?)
     }
 
     pub(super) fn shutdown_write(&self) {
-        let mut s = self.writer.lock().expect("control link lock");
-        let _ = s.shutdown_write();
+        let _ = self.lock().writer.shutdown_write();
     }
 
     pub(super) fn close(&self) {
-        let mut s = self.writer.lock().expect("control link lock");
-        let _ = s.flush();
-        let _ = self.stream.socket().shutdown(Shutdown::Both);
+        let mut s = self.lock();
+        let _ = s.writer.flush();
+        let _ = s.stream.socket().shutdown(Shutdown::Both);
     }
 }
 
@@ -118,6 +149,7 @@ pub(super) fn report(r: &Reported, link: &ControlLink) -> Result<()> {
 pub(super) fn spawn_forwarder(
     rx: Receiver<CoordinatorMsg>,
     link: ControlLink,
+    fence: Arc<Fence>,
 ) -> Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("control-forward".into())
@@ -142,7 +174,11 @@ pub(super) fn spawn_forwarder(
                     CoordinatorMsg::Decline { id, error } => {
                         ToCoordinator::Decline { id: id.0, error }
                     }
-                    CoordinatorMsg::Finished(task) => ToCoordinator::Finished(task),
+                    CoordinatorMsg::Finished(task) => {
+                        // Told again to a leader that adopts the attempt.
+                        fence.finished.lock().expect("fence lock").insert(task);
+                        ToCoordinator::Finished(task)
+                    }
                     CoordinatorMsg::Savepoint(req) => {
                         let _ = req.reply.send(Err(Error::Config(
                             "savepoints of a distributed job are taken through the coordinator"
@@ -160,79 +196,146 @@ pub(super) fn spawn_forwarder(
         .map_err(|e| Error::io("spawning the control forwarder", e))
 }
 
+/// How a connection's reading ended.
+enum Ended {
+    /// The coordinator cancelled or refused the executor.
+    Stopped(String),
+    /// The connection broke or closed, or a newer leader's replaced it.
+    Lost,
+}
+
+/// What the control reader needs besides the connection.
+pub(super) struct ReaderParts {
+    pub(super) ports: HashMap<TaskKey, Sender<TaskControl>>,
+    pub(super) dirs: CheckpointDirs,
+    pub(super) control: Arc<JobControl>,
+    pub(super) fence: Arc<Fence>,
+    pub(super) link: ControlLink,
+    /// Connections to new leaders, with their terms, and how long to wait
+    /// for one once the current connection is lost; `None`: a lost
+    /// connection fences at once.
+    pub(super) rejoined: Option<(Receiver<(StreamReader, u64)>, Duration)>,
+}
+
 /// Reads the coordinator's frames: task messages to the tasks, checkpoint
-/// directories to the writer; a cancel, a refusal or a lost connection
-/// cancels every local task.
+/// directories to the writer. A cancel or a refusal cancels every local
+/// task; so does a lost connection, unless a new leader adopts the attempt
+/// within the grace (its connection then takes over).
 pub(super) fn spawn_control_reader(
     mut reader: StreamReader,
-    ports: HashMap<TaskKey, Sender<TaskControl>>,
-    dirs: CheckpointDirs,
-    control: Arc<JobControl>,
-    fence: Arc<Fence>,
-    link: ControlLink,
+    term: u64,
+    parts: ReaderParts,
 ) -> Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("control-read".into())
         .spawn(move || {
+            let p = parts;
+            let mut term = term;
             let reason = loop {
-                match read_frame::<_, ToExecutor>(&mut reader) {
-                    Ok(Some(ToExecutor::Task { task, msg })) => {
-                        if let TaskControl::Complete(id) | TaskControl::Abort(id) = msg {
-                            // The writer is done with it: every snapshot was
-                            // acknowledged, or the checkpoint is abandoned.
-                            dirs.lock().expect("checkpoint dirs lock").remove(&id.0);
-                            // Ids rise: the first task told of one counts it.
-                            let (count, last) = match msg {
-                                TaskControl::Complete(_) => {
-                                    (&fence.completed, &fence.last_completed)
-                                }
-                                _ => (&fence.aborted, &fence.last_aborted),
-                            };
-                            if last.fetch_max(id.0, Ordering::SeqCst) < id.0 {
-                                count.fetch_add(1, Ordering::SeqCst);
-                            }
-                        }
-                        match ports.get(&task) {
-                            Some(tx) => {
-                                let _ = tx.send(msg);
-                            }
-                            None => warn!(?task, "control message for a task not run here"),
-                        }
+                match read_connection(&mut reader, term, &p) {
+                    Ended::Stopped(reason) => break Some(reason),
+                    Ended::Lost if p.control.is_cancelled() => break None,
+                    Ended::Lost => {}
+                }
+                p.fence.closed.store(true, Ordering::SeqCst);
+                let Some((rejoined, grace)) = &p.rejoined else {
+                    break None;
+                };
+                info!(grace_ms = grace.as_millis() as u64,
+                    "the control connection was lost; the tasks run on while a new leader may adopt the attempt");
+                match rejoined.recv_timeout(*grace) {
+                    Ok((r, t)) => {
+                        (reader, term) = (r, t);
+                        p.fence.closed.store(false, Ordering::SeqCst);
                     }
-                    Ok(Some(ToExecutor::Prepare { id, dir, savepoint })) => {
-                        match Storage::open_in_parent(&Location::from(dir.as_str())) {
-                            Ok(s) => {
-                                dirs.lock()
-                                    .expect("checkpoint dirs lock")
-                                    .insert(id, (s, savepoint));
-                            }
-                            Err(e) => {
-                                let _ = link.send(&ToCoordinator::Decline {
-                                    id,
-                                    error: format!("opening {dir}: {e}"),
-                                });
-                            }
-                        }
-                    }
-                    Ok(Some(ToExecutor::Cancel { reason })) => break Some(reason),
-                    Ok(Some(ToExecutor::Rejected { reason })) => break Some(reason),
-                    Ok(Some(ToExecutor::Peers { .. })) => {}
-                    Ok(None) => break None,
-                    Err(e) => {
-                        debug!(error = %e, "control connection failed");
-                        break None;
+                    Err(_) => {
+                        break Some(format!(
+                            "the control connection was lost and no leader adopted the attempt \
+                             within {grace:?}"
+                        ))
                     }
                 }
             };
-            fence.closed.store(true, Ordering::SeqCst);
-            if control.is_cancelled() {
+            p.fence.closed.store(true, Ordering::SeqCst);
+            if p.control.is_cancelled() {
                 return; // ending anyway
             }
             let reason = reason.unwrap_or_else(|| "the control connection was lost".into());
-            *fence.reason.lock().expect("fence lock") = Some(reason);
-            control.fail(Error::Cancelled);
+            *p.fence.reason.lock().expect("fence lock") = Some(reason);
+            p.control.fail(Error::Cancelled);
         })
         .map_err(|e| Error::io("spawning the control reader", e))
+}
+
+/// Relays one connection's frames (served under `term`) until it ends, or
+/// until the executor has turned to a newer leader.
+fn read_connection(reader: &mut StreamReader, term: u64, p: &ReaderParts) -> Ended {
+    loop {
+        let frame = match read_frame::<_, ToExecutor>(reader) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ended::Lost,
+            Err(e) => {
+                debug!(error = %e, "control connection failed");
+                return Ended::Lost;
+            }
+        };
+        // Frames are handled under the gate, so what a rejoin reports of
+        // the checkpoints is final once it holds the gate with a newer term.
+        let gate = p.fence.gate();
+        if *gate != term {
+            debug!(
+                term,
+                newest = *gate,
+                "a frame of a deposed leader's connection dropped"
+            );
+            return Ended::Lost;
+        }
+        match frame {
+            ToExecutor::Task { task, msg } => {
+                if let TaskControl::Complete(id) | TaskControl::Abort(id) = msg {
+                    // The writer is done with it: every snapshot was
+                    // acknowledged, or the checkpoint is abandoned.
+                    p.dirs.lock().expect("checkpoint dirs lock").remove(&id.0);
+                    // Ids rise: the first task told of one counts it.
+                    let fence = &p.fence;
+                    let (count, last) = match msg {
+                        TaskControl::Complete(_) => (&fence.completed, &fence.last_completed),
+                        _ => (&fence.aborted, &fence.last_aborted),
+                    };
+                    if last.fetch_max(id.0, Ordering::SeqCst) < id.0 {
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                match p.ports.get(&task) {
+                    Some(tx) => {
+                        let _ = tx.send(msg);
+                    }
+                    None => warn!(?task, "control message for a task not run here"),
+                }
+            }
+            ToExecutor::Prepare { id, dir, savepoint } => {
+                p.fence.prepared.fetch_max(id, Ordering::SeqCst);
+                match Storage::open_in_parent(&Location::from(dir.as_str())) {
+                    Ok(s) => {
+                        p.dirs
+                            .lock()
+                            .expect("checkpoint dirs lock")
+                            .insert(id, (s, savepoint));
+                    }
+                    Err(e) => {
+                        let _ = p.link.send(&ToCoordinator::Decline {
+                            id,
+                            error: format!("opening {dir}: {e}"),
+                        });
+                    }
+                }
+            }
+            ToExecutor::Cancel { reason } | ToExecutor::Rejected { reason } => {
+                return Ended::Stopped(reason)
+            }
+            ToExecutor::Peers { .. } => {}
+        }
+    }
 }
 
 /// Reports counters and sink rows every 250 ms and turns a user's cancel into the job's.

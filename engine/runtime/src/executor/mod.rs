@@ -23,6 +23,7 @@
 mod control;
 pub mod describe;
 mod peers;
+mod rejoin;
 pub mod results;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -59,7 +60,8 @@ use crate::runtime::{
 use crate::tls::stream::{StreamReader, StreamWriter};
 use crate::tls::{ClusterTls, SecureStream};
 use control::{
-    report, spawn_control_reader, spawn_forwarder, spawn_metrics, ControlLink, Reported,
+    report, spawn_control_reader, spawn_forwarder, spawn_metrics, ControlLink, ReaderParts,
+    Reported,
 };
 use peers::{host_port, peer_name, resolve, resolve_addr, Conns};
 use sluice_protocol::api::ExecutorSpec;
@@ -84,14 +86,16 @@ const FAILED_LINGER: Duration = Duration::from_secs(2);
 /// worker hands it over: the attempt's secret never touches a file).
 pub const SPEC_ON_STDIN: &str = "-";
 
-/// Reads an [`ExecutorSpec`] from a JSON file, or from stdin (to its end)
-/// when `path` is [`SPEC_ON_STDIN`].
+/// Reads an [`ExecutorSpec`] from a JSON file, or from the first line of
+/// stdin when `path` is [`SPEC_ON_STDIN`]; the lines after it are the
+/// worker's relays of new leaders ([`rejoin`]), read from then on.
 pub fn read_spec(path: &str) -> Result<ExecutorSpec> {
     let bytes = if path == SPEC_ON_STDIN {
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut bytes)
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::stdin().lock(), &mut line)
             .map_err(|e| Error::io("reading the executor spec from stdin", e))?;
-        bytes
+        rejoin::read_relays()?;
+        line.into_bytes()
     } else {
         std::fs::read(path).map_err(|e| Error::io(format!("reading {path}"), e))?
     };
@@ -149,8 +153,9 @@ pub(crate) fn run_until(
         attempt: spec.attempt,
         term: spec.term,
         executor: me,
-        exchange,
+        exchange: exchange.clone(),
         secret: spec.secret.clone(),
+        rejoin: None,
     })?;
     let (peers, placement) = match read_frame::<_, ToExecutor>(&mut reader)? {
         Some(ToExecutor::Peers {
@@ -193,7 +198,7 @@ pub(crate) fn run_until(
     }
     info!(job = %spec.job_id, attempt = spec.attempt, executor = me, tasks = spec.tasks.len(),
         "executor registered");
-    let fence = Arc::new(Fence::default());
+    let fence = Arc::new(Fence::new(spec.term));
     {
         let (link, fence) = (link.clone(), fence.clone());
         control.on_first_error(ErrorHook(Box::new(move |e: &Error| {
@@ -214,6 +219,7 @@ pub(crate) fn run_until(
         link: &link,
         fence: &fence,
         user_cancel,
+        rejoin: rejoin::Rejoiner::for_spec(spec, exchange, xcfg.tls.clone()),
     };
     match run.run(listener, xcfg, reader, &peers, &placement, started) {
         Ok(r) => Ok(r),
@@ -237,9 +243,17 @@ pub(crate) fn run_until(
     }
 }
 
-/// Why the coordinator side ended the executor, when it did.
+/// Why the coordinator side ended the executor, when it did, and what a
+/// new leader adopting the attempt is told.
 #[derive(Default)]
 struct Fence {
+    /// The term of the leader served: frames of an older one's connection
+    /// are dropped. Held while a frame is handled.
+    term: Mutex<u64>,
+    /// The newest checkpoint id prepared.
+    prepared: AtomicU64,
+    /// Local tasks that consumed all their input.
+    finished: Mutex<std::collections::BTreeSet<TaskKey>>,
     reason: Mutex<Option<String>>,
     /// The control reader runs.
     reading: AtomicBool,
@@ -258,6 +272,17 @@ struct Fence {
 }
 
 impl Fence {
+    fn new(term: u64) -> Fence {
+        Fence {
+            term: Mutex::new(term),
+            ..Fence::default()
+        }
+    }
+
+    fn gate(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.term.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Waits (bounded) for the coordinator to close the connection.
     fn wait_closed(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
@@ -282,6 +307,8 @@ struct Run<'a> {
     link: &'a ControlLink,
     fence: &'a Arc<Fence>,
     user_cancel: Arc<AtomicBool>,
+    /// Rejoins new leaders, when the worker relays them.
+    rejoin: Option<rejoin::Rejoiner>,
 }
 
 impl Run<'_> {
@@ -386,18 +413,26 @@ impl Run<'_> {
             task_ck = t;
             drop(wtx);
             side.push(spawn_writer(wrx, dirs.clone(), ctx)?);
-            side.push(spawn_forwarder(crx, self.link.clone())?);
+            side.push(spawn_forwarder(crx, self.link.clone(), fence.clone())?);
         }
+        let done = Arc::new(AtomicBool::new(false));
+        let rejoined = match &self.rejoin {
+            Some(r) => Some(r.spawn(self.link.clone(), fence.clone(), done.clone())?),
+            None => None,
+        };
         let reader_thread = spawn_control_reader(
             reader,
-            ports,
-            dirs,
-            self.control.clone(),
-            fence.clone(),
-            self.link.clone(),
+            spec.term,
+            ReaderParts {
+                ports,
+                dirs,
+                control: self.control.clone(),
+                fence: fence.clone(),
+                link: self.link.clone(),
+                rejoined,
+            },
         )?;
         fence.reading.store(true, Ordering::SeqCst);
-        let done = Arc::new(AtomicBool::new(false));
         let metrics_thread = spawn_metrics(
             reported.clone(),
             self.link.clone(),

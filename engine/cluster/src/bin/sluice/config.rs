@@ -153,6 +153,10 @@ pub(crate) struct CoordinatorArgs {
     #[arg(long, env = "SLUICE_HEARTBEAT_INTERVAL", value_name = "DURATION",
           default_value_t = HumanDuration(coordinator_defaults().heartbeat_interval))]
     pub(crate) heartbeat_interval: HumanDuration,
+    /// How long running executors wait for a new leader when theirs is gone, and how long a new leader waits for them to rejoin before it restarts their job.
+    #[arg(long, env = "SLUICE_REJOIN_GRACE", value_name = "DURATION",
+          default_value_t = HumanDuration(coordinator_defaults().rejoin_grace))]
+    pub(crate) rejoin_grace: HumanDuration,
     /// Placement of subtasks on worker slots (each job needs as many slots as its widest vertex).
     #[arg(long, env = "SLUICE_SCHEDULING", value_enum,
           default_value_t = SchedulingArg::from(coordinator_defaults().scheduling))]
@@ -518,6 +522,7 @@ pub(crate) fn coordinator_config(
         config.control_listen = c;
     }
     config.heartbeat_timeout = a.heartbeat_timeout.0;
+    config.rejoin_grace = a.rejoin_grace.0;
     config.heartbeat_interval = a.heartbeat_interval.0;
     config.scheduling = a.scheduling.into();
     config.dead_worker_retention = a.dead_worker_retention.0;

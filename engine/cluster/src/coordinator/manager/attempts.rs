@@ -99,6 +99,10 @@ impl Manager {
                 job.changed();
                 false
             }
+            AttemptEvent::Adopted => {
+                info!(job = %id, attempt = job.record.life.attempt, "job running on under this leader");
+                false
+            }
             AttemptEvent::Finishing => {
                 job.record.life.finishing();
                 job.changed();
@@ -369,6 +373,7 @@ impl Manager {
             checkpoint: start.map(|s| s.setup),
             stats: job.stats.clone(),
             secret: secret.clone(),
+            adopt: None,
         })?;
         {
             let mut stats = job.stats.lock().unwrap_or_else(|p| p.into_inner());
@@ -409,6 +414,7 @@ impl Manager {
                             restore: restore.clone(),
                             secret: secret.clone(),
                             tls: tls.clone(),
+                            rejoin_grace_ms: self.config.rejoin_grace.as_millis() as u64,
                         },
                     },
                 )
@@ -426,8 +432,17 @@ impl Manager {
         info!(job = %id, attempt, term = self.control.term(), executors = ?assignment.executors,
             slots = ?assignment.slots, scheduling = self.config.scheduling.name(),
             worker_cpu = ?inner.cpu.cores(), restore = ?restore, "starting attempt");
+        let run = adopt::run_record(
+            attempt,
+            self.control.term(),
+            &secret,
+            &assignment.tasks,
+            &launches,
+            &assignment.slots,
+        );
         let job = inner.jobs.get_mut(id).expect("checked above");
         job.record.life = life;
+        job.record.run = Some(run);
         // Durable before a heartbeat can hand the attempt to a worker.
         job.changed();
         job.unsaved = false;

@@ -94,6 +94,7 @@ impl Manager {
                 decisions: Vec::new(),
                 pending: None,
             }),
+            run: None,
         };
         // Written before the job is visible, and without the lock: the
         // write waits for the disk.

@@ -53,6 +53,7 @@ pub(crate) fn record(state: JobState) -> JobRecord {
         rescale: None,
         exceptions: Vec::new(),
         autoscaler: None,
+        run: None,
     }
 }
 

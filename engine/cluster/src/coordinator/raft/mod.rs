@@ -78,6 +78,10 @@ pub enum Command {
         id: u64,
         /// Whether it is a savepoint.
         savepoint: bool,
+        /// The term of the leader asking: refused when older than the
+        /// term serving the attempt (a new leader that adopted it).
+        #[serde(default)]
+        term: u64,
     },
 }
 
@@ -128,6 +132,7 @@ impl MetaState {
                 attempt,
                 id,
                 savepoint,
+                term,
             } => {
                 let Some(record) = self.jobs.get_mut(&job) else {
                     return Reply {
@@ -145,6 +150,16 @@ impl MetaState {
                             record.life.state.name()
                         )),
                     };
+                }
+                if let Some(run) = record.run.as_ref().filter(|r| r.attempt == attempt) {
+                    if run.term > term {
+                        return Reply {
+                            refused: Some(format!(
+                                "attempt {attempt} of {job} is served under term {}, not {term}",
+                                run.term
+                            )),
+                        };
+                    }
                 }
                 if !savepoint && record.latest_checkpoint < Some(id) {
                     record.latest_checkpoint = Some(id);

@@ -303,23 +303,26 @@ async fn lead(
                 }
             },
             (false, true) => {
-                let Leading {
-                    manager,
-                    stop,
-                    ticker,
-                } = leading.take().expect("checked");
-                serving.set_leading(None);
-                stop.store(true, Ordering::SeqCst);
                 warn!(node = replica.id(), leader = ?replica.position().leader,
-                    "no longer the leader: cancelling this coordinator's attempts");
-                // The manager thread's last tick ends before anything
-                // else happens here: a manager opened after a new
-                // election never runs beside it.
-                let _ = tokio::task::spawn_blocking(move || {
-                    let _ = ticker.join();
-                    manager.step_down()
-                })
-                .await;
+                    "no longer the leader: leaving this coordinator's attempts to the next one");
+                stop_leading(leading.take().expect("checked"), &serving).await;
+            }
+            // Elected again in a newer term without this loop seeing the
+            // leadership lapse: the manager serves the term it was opened
+            // in, which workers and executors must see rise, so it is
+            // replaced (its attempts are adopted by the next one).
+            (true, true)
+                if leading
+                    .as_ref()
+                    .is_some_and(|l| l.manager.term() != replica.position().term) =>
+            {
+                info!(
+                    node = replica.id(),
+                    term = replica.position().term,
+                    "leading again in a newer term: reopening the coordinator"
+                );
+                stop_leading(leading.take().expect("checked"), &serving).await;
+                continue;
             }
             _ => {}
         }
@@ -328,6 +331,24 @@ async fn lead(
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
+}
+
+/// Stops the manager of a leadership that ended: its thread's last tick
+/// ends before anything else happens here, so a manager opened after a
+/// new election never runs beside it.
+async fn stop_leading(leading: Leading, serving: &Serving) {
+    let Leading {
+        manager,
+        stop,
+        ticker,
+    } = leading;
+    serving.set_leading(None);
+    stop.store(true, Ordering::SeqCst);
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = ticker.join();
+        manager.step_down()
+    })
+    .await;
 }
 
 /// The manager of a new leader, from the state machine once everything

@@ -350,14 +350,16 @@ async fn job_records_of_a_data_directory_before_raft_move_into_the_log_once() {
 #[test]
 fn only_the_current_attempt_of_a_live_job_completes_checkpoints() {
     let mut state = MetaState::default();
-    let ask = |state: &mut MetaState, attempt: u64, id: u64| {
+    let ask_in = |state: &mut MetaState, attempt: u64, id: u64, term: u64| {
         state.apply(Command::CheckpointCompleted {
             job: "job-7".into(),
             attempt,
             id,
             savepoint: false,
+            term,
         })
     };
+    let ask = |state: &mut MetaState, attempt: u64, id: u64| ask_in(state, attempt, id, 1);
     assert!(ask(&mut state, 1, 1).refused.is_some(), "no such job");
     state.apply(Command::PutJob(Box::new(record(JobState::Running))));
     assert_eq!(ask(&mut state, 1, 4).refused, None);
@@ -375,6 +377,22 @@ fn only_the_current_attempt_of_a_live_job_completes_checkpoints() {
     state.apply(Command::PutJob(Box::new(reopened)));
     assert!(ask(&mut state, 2, 6).refused.is_some());
     assert_eq!(state.jobs["job-7"].latest_checkpoint, None, "untouched");
+    // A new leader of term 3 adopted attempt 2: the deposed leader's
+    // completion (term 1) is refused, the new leader's taken.
+    let mut adopted = record(JobState::Running);
+    adopted.life.attempt = 2;
+    adopted.run = Some(crate::coordinator::meta::RunRecord {
+        attempt: 2,
+        term: 3,
+        secret: "s".into(),
+        tasks: Vec::new(),
+        executors: Vec::new(),
+    });
+    state.apply(Command::PutJob(Box::new(adopted)));
+    let refused = ask(&mut state, 2, 7).refused.expect("refused");
+    assert!(refused.contains("served under term 3"), "{refused}");
+    assert_eq!(ask_in(&mut state, 2, 7, 3).refused, None);
+    assert_eq!(state.jobs["job-7"].latest_checkpoint, Some(7));
 }
 
 #[test]
