@@ -9,7 +9,6 @@
 //! adds.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -116,12 +115,15 @@ fn probe_job() {
         return;
     };
     let started = now_ms();
-    let mut spec = Vec::new();
-    if spec_at == "-" {
-        std::io::stdin().read_to_end(&mut spec).unwrap();
+    let spec = if spec_at == "-" {
+        // The spec is stdin's first line; the worker keeps the pipe open
+        // for relays of new leaders after it.
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).unwrap();
+        line.into_bytes()
     } else {
-        spec = std::fs::read(&spec_at).unwrap();
-    }
+        std::fs::read(&spec_at).unwrap()
+    };
     let spec: sluice_protocol::api::ExecutorSpec = serde_json::from_slice(&spec).unwrap();
     std::thread::sleep(HOLD);
 

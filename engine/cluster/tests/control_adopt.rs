@@ -97,7 +97,24 @@ fn only_the_running_executors_may_rejoin_an_adopted_attempt() {
     assert!(refused(&a, "wrong secret"), "{a:?}");
     let (_, a) = say(&server, &rejoining(SECRET, TERM - 1, Rejoin::default()));
     assert!(refused(&a, "term"), "{a:?}");
-    assert_eq!(handle.rejected_stale(), 3);
+    // What job code could claim in a rejoin: a task it does not run, an
+    // id that would exhaust the checkpoint ids.
+    let (_, a) = say(
+        &server,
+        &rejoining(
+            SECRET,
+            TERM,
+            Rejoin {
+                checkpoint: 0,
+                finished: vec![TaskKey {
+                    vertex: 3,
+                    subtask: 9,
+                }],
+            },
+        ),
+    );
+    assert!(refused(&a, "which it does not run"), "{a:?}");
+    assert_eq!(handle.rejected_stale(), 4);
     // The executor itself gets the peers under the new term.
     let (_s, a) = say(&server, &rejoining(SECRET, TERM, Rejoin::default()));
     assert!(
@@ -169,6 +186,25 @@ fn checkpoint_ids_continue_above_the_deposed_leaders_and_finished_tasks_carry_ov
         }
     }
     assert_eq!(prepared, Some(8), "ids continue above the announced 7");
+    handle.cancel("test over");
+}
+
+#[test]
+fn a_rejoin_claiming_a_checkpoint_id_far_past_the_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, handle) = adopting(Some(dir.path()), Duration::from_secs(30));
+    let (_, a) = say(
+        &server,
+        &rejoining(
+            SECRET,
+            TERM,
+            Rejoin {
+                checkpoint: u64::MAX,
+                finished: Vec::new(),
+            },
+        ),
+    );
+    assert!(refused(&a, "newest id is below"), "{a:?}");
     handle.cancel("test over");
 }
 

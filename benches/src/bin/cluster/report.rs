@@ -136,8 +136,11 @@ pub(crate) fn markdown(args: &Args, sluice: &Path, nexmark: &Path, measured: Mea
                  `--rate {} --checkpoint-interval {CHECKPOINT_INTERVAL}` ({} events); after the \
                  first completed checkpoint, SIGKILL to the leader. Times from the signal; \
                  \"failure seen\" is the first status a newly elected leader answers; the \
-                 executors of the old leader cancelled themselves when their control \
-                 connections broke.\n",
+                 executors run on, and the new leader adopts their attempt: \"rejoined\" is \
+                 the first status in which it reports the sources' records out (executors \
+                 report to it once they rejoined), \"checkpoint again\" the first in which a \
+                 checkpoint completed after the kill (sinks commit again). \"attempts\" \
+                 counts restarts after the kill (0: adopted).\n",
                 humantime::format_duration(args.election_timeout),
                 args.failover_rate,
                 args.failover_rate * args.failover_secs,
@@ -169,8 +172,14 @@ pub(crate) fn markdown(args: &Args, sluice: &Path, nexmark: &Path, measured: Mea
         }
         let _ = writeln!(
             md,
-            "| failure seen (RESTARTING) | new attempt | new attempt RUNNING | output again | \
-             attempts (each run) |"
+            "{}",
+            if args.victim == "raft-leader" {
+                "| failure seen (new leader answers) | executors rejoined | RUNNING | \
+                 checkpoint again | attempts (each run) |"
+            } else {
+                "| failure seen (RESTARTING) | new attempt | new attempt RUNNING | output again | \
+                 attempts (each run) |"
+            }
         );
         let _ = writeln!(md, "|---|---|---|---|---|");
         let _ = writeln!(

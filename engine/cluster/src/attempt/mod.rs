@@ -47,6 +47,11 @@ use sluice_protocol::results::LatestRows;
 use server::{Attempts, ExecLink};
 use start::absolute;
 
+/// How far past the checkpoint directory's ids a rejoining executor may
+/// say the deposed leader announced checkpoints (aborted ones leave no
+/// directory, so some lead is real): ids beyond would let job code make
+/// them run out.
+const MAX_CHECKPOINT_LEAD: u64 = 1 << 32;
 /// Bound on waiting for a cancelled checkpoint coordinator to stop.
 const COORDINATOR_STOP: Duration = Duration::from_secs(10);
 /// One attempt to run a job.
@@ -544,13 +549,14 @@ impl Attempt {
         if st.links[i].is_some() {
             return Err(format!("executor {i} already said hello"));
         }
-        st.links[i] = Some(link);
-        st.exchange[i] = Some(exchange);
         let mut finished = Vec::new();
         if let Some(r) = rejoin {
+            self.check_rejoin(i, &r, st.checkpoint.as_ref())?;
             st.rejoined = st.rejoined.max(r.checkpoint);
             finished = r.finished;
         }
+        st.links[i] = Some(link);
+        st.exchange[i] = Some(exchange);
         if !finished.is_empty() {
             // Told to the checkpoint coordinator once it runs (below, or
             // now when it already does not matter: it starts after all).
@@ -574,7 +580,7 @@ impl Attempt {
         if let Some(mut setup) = st.checkpoint.take() {
             // Ids a deposed leader may have announced are never reused:
             // their barriers may still be in flight.
-            setup.next_id = setup.next_id.max(st.rejoined + 1);
+            setup.next_id = setup.next_id.max(st.rejoined.saturating_add(1));
             let links: Vec<ExecLink> = st.links.iter().flatten().cloned().collect();
             match self.start_checkpoints(setup, &links) {
                 Ok(tx) => st.coordinator = Some(tx),
@@ -612,6 +618,37 @@ impl Attempt {
         Ok(())
     }
 
+    /// Refuses what a rejoining executor `i` says that cannot be true: a
+    /// finished task it does not run, or a checkpoint id far past every id
+    /// the checkpoint directory holds (ids that large would exhaust them).
+    fn check_rejoin(
+        &self,
+        i: usize,
+        r: &Rejoin,
+        setup: Option<&CheckpointSetup>,
+    ) -> std::result::Result<(), String> {
+        if let Some(t) = r
+            .finished
+            .iter()
+            .find(|t| !self.placement.contains(&(**t, i)))
+        {
+            return Err(format!(
+                "executor {i} says subtask {} of vertex {} finished, which it does not run",
+                t.subtask, t.vertex
+            ));
+        }
+        if let Some(setup) = setup {
+            if r.checkpoint > setup.next_id.saturating_add(MAX_CHECKPOINT_LEAD) {
+                return Err(format!(
+                    "executor {i} says checkpoint {} was announced, but the checkpoint \
+                     directory's newest id is below {}",
+                    r.checkpoint, setup.next_id
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn start_checkpoints(
         self: &Arc<Self>,
         setup: CheckpointSetup,
@@ -645,6 +682,7 @@ impl Attempt {
             job: self.description.name.clone(),
             attempt: self.attempt,
             next_id: setup.next_id,
+            trigger_at_once: self.adopting,
             max_parallelism: self.description.max_parallelism,
             nodes: sluice_engine::executor::describe::node_infos(&self.description),
             tasks,

@@ -381,6 +381,9 @@ impl Worker {
                     if self.interval != before {
                         ticker = self.ticker();
                     }
+                    // A new leader lists this worker's executors in its
+                    // first answer (adopted attempts wait for them): at once.
+                    ticker.reset_immediately();
                 }
                 Err(e) => {
                     // Logged once per outage: a dead coordinator would

@@ -427,8 +427,9 @@ pub const PARALLELISM_ENV: &str = "SLUICE_PARALLELISM";
 pub const UI_ENV: &str = "SLUICE_UI";
 /// Describe mode: write the plan to this path and exit.
 pub const DESCRIBE_ENV: &str = "SLUICE_DESCRIBE";
-/// Executor mode: the `ExecutorSpec` JSON file to run (`-`: read it from
-/// stdin, as a worker hands it over).
+/// Executor mode: the `ExecutorSpec` JSON file to run (`-`: it is the
+/// first line of stdin, as a worker hands it over; relays of new leaders
+/// follow it on later lines).
 pub const EXECUTOR_ENV: &str = "SLUICE_EXECUTOR";
 
 /// Whether this process runs jobs on the embedded cluster (neither

@@ -141,8 +141,8 @@ impl Rejoiner {
             };
             let deadline = Instant::now() + self.grace;
             loop {
-                let newer = relay.term > served.0
-                    || (relay.term == served.0 && relay.control != served.1);
+                let newer =
+                    relay.term > served.0 || (relay.term == served.0 && relay.control != served.1);
                 if !newer {
                     debug!(
                         term = relay.term,

@@ -145,6 +145,7 @@ impl Driver {
                 job: config.name.clone(),
                 attempt: start.attempt,
                 next_id: start.next_id,
+                trigger_at_once: false,
                 max_parallelism: plan.max_parallelism,
                 nodes: node_infos(graph, plan),
                 tasks,

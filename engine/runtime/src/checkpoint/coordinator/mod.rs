@@ -149,6 +149,10 @@ pub struct Coordinator {
     pub attempt: u64,
     /// First checkpoint id to use.
     pub next_id: u64,
+    /// Trigger the first checkpoint at once instead of after an interval
+    /// (a new leader that adopted a running attempt: the sinks hold
+    /// everything since the previous leader's last completed one).
+    pub trigger_at_once: bool,
     /// Key groups.
     pub max_parallelism: usize,
     /// Every node of the graph.

@@ -51,7 +51,11 @@ impl Coordinator {
         // the first taken, and none is left unanswered when the loop ends.
         let mut queued: VecDeque<SavepointRequest> = VecDeque::new();
         let mut last_done = Instant::now();
-        let mut next_trigger = Instant::now() + self.config.interval;
+        let mut next_trigger = if self.trigger_at_once {
+            Instant::now()
+        } else {
+            Instant::now() + self.config.interval
+        };
         loop {
             if self.control.is_cancelled() {
                 for r in queued

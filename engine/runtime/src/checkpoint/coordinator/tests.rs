@@ -72,6 +72,7 @@ fn start_approved(
         job: "t".into(),
         attempt: 1,
         next_id: 1,
+        trigger_at_once: false,
         max_parallelism: 128,
         nodes: vec![NodeInfo {
             node: 0,
