@@ -14,15 +14,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use sluice_cluster::local::{LocalCluster, LocalClusterConfig, LocalSecurity, WorkerPlace};
+use sluice_cluster::local::{LocalCluster, LocalClusterConfig, WorkerPlace};
 use sluice_connectors::kafka::testing::Broker;
 
 mod common;
 use common::cluster::{embedded_q5, q5_args, sluice_bin, Cluster, EVENTS};
-use common::{
-    assert_exactly_once, http, kafka_reference, produce_events, rows, Exposition, OutputWithin,
-    RUN_LIMIT,
-};
+use common::{assert_exactly_once, http, kafka_reference, produce_events, rows, Exposition};
 
 #[test]
 fn q5_on_three_workers_equals_the_embedded_run() {
