@@ -153,7 +153,7 @@ pub(crate) struct CoordinatorArgs {
     #[arg(long, env = "SLUICE_HEARTBEAT_INTERVAL", value_name = "DURATION",
           default_value_t = HumanDuration(coordinator_defaults().heartbeat_interval))]
     pub(crate) heartbeat_interval: HumanDuration,
-    /// How long running executors wait for a new leader when theirs is gone, and how long a new leader waits for them to rejoin before it restarts their job.
+    /// How long running executors wait for a new leader when theirs is gone, and how long a new leader waits for them to rejoin before it restarts their job (0s: a new leader restarts every running job).
     #[arg(long, env = "SLUICE_REJOIN_GRACE", value_name = "DURATION",
           default_value_t = HumanDuration(coordinator_defaults().rejoin_grace))]
     pub(crate) rejoin_grace: HumanDuration,
