@@ -77,6 +77,16 @@ fn say(server: &ControlServer, hello: &ToCoordinator) -> (TcpStream, ToExecutor)
     (s, answer)
 }
 
+/// The answer to a rejoin that claims checkpoint `checkpoint` was
+/// announced and `finished` finished.
+fn claim(server: &ControlServer, checkpoint: u64, finished: TaskKey) -> ToExecutor {
+    let rejoin = Rejoin {
+        checkpoint,
+        finished: vec![finished],
+    };
+    say(server, &rejoining(SECRET, TERM, rejoin)).1
+}
+
 fn refused(answer: &ToExecutor, why: &str) -> bool {
     matches!(answer, ToExecutor::Rejected { reason } if reason.contains(why))
 }
@@ -97,21 +107,14 @@ fn only_the_running_executors_may_rejoin_an_adopted_attempt() {
     assert!(refused(&a, "wrong secret"), "{a:?}");
     let (_, a) = say(&server, &rejoining(SECRET, TERM - 1, Rejoin::default()));
     assert!(refused(&a, "term"), "{a:?}");
-    // What job code could claim in a rejoin: a task it does not run, an
-    // id that would exhaust the checkpoint ids.
-    let (_, a) = say(
+    // What job code could claim in a rejoin: a task it does not run.
+    let a = claim(
         &server,
-        &rejoining(
-            SECRET,
-            TERM,
-            Rejoin {
-                checkpoint: 0,
-                finished: vec![TaskKey {
-                    vertex: 3,
-                    subtask: 9,
-                }],
-            },
-        ),
+        0,
+        TaskKey {
+            vertex: 3,
+            subtask: 9,
+        },
     );
     assert!(refused(&a, "which it does not run"), "{a:?}");
     assert_eq!(handle.rejected_stale(), 4);
@@ -193,17 +196,7 @@ fn checkpoint_ids_continue_above_the_deposed_leaders_and_finished_tasks_carry_ov
 fn a_rejoin_claiming_a_checkpoint_id_far_past_the_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (server, handle) = adopting(Some(dir.path()), Duration::from_secs(30));
-    let (_, a) = say(
-        &server,
-        &rejoining(
-            SECRET,
-            TERM,
-            Rejoin {
-                checkpoint: u64::MAX,
-                finished: Vec::new(),
-            },
-        ),
-    );
+    let a = claim(&server, u64::MAX, TASK);
     assert!(refused(&a, "newest id is below"), "{a:?}");
     handle.cancel("test over");
 }

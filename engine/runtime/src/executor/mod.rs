@@ -157,38 +157,12 @@ pub(crate) fn run_until(
         secret: spec.secret.clone(),
         rejoin: None,
     })?;
-    let (peers, placement) = match read_frame::<_, ToExecutor>(&mut reader)? {
-        Some(ToExecutor::Peers {
-            exchange,
-            placement,
-            term,
-        }) if term == spec.term => (exchange, placement),
-        // Only the leader that started the attempt may run it: a control
-        // server of another term is another leadership's.
-        Some(ToExecutor::Peers { term, .. }) => {
-            return Err(Error::Exchange(format!(
-                "the coordinator at {} serves term {term}, but attempt {} was started under \
-                 term {}; refusing its instructions",
-                spec.control, spec.attempt, spec.term
-            )))
-        }
-        Some(ToExecutor::Rejected { reason }) | Some(ToExecutor::Cancel { reason }) => {
-            return Err(Error::Exchange(format!(
-                "the coordinator refused executor {me} of attempt {}: {reason}",
-                spec.attempt
-            )))
-        }
-        Some(other) => {
-            return Err(Error::Protocol(format!(
-                "expected the peers from the coordinator, got {other:?}"
-            )))
-        }
-        None => {
-            return Err(Error::Exchange(
-                "the coordinator closed the control connection before sending the peers".into(),
-            ))
-        }
-    };
+    let (peers, placement) = peers_of(
+        read_frame::<_, ToExecutor>(&mut reader)?,
+        &spec.control,
+        spec.term,
+        &format!("executor {me} of attempt {}", spec.attempt),
+    )?;
     if peers.len() != spec.executors {
         return Err(Error::Protocol(format!(
             "the coordinator names {} executors, the spec {}",
@@ -240,6 +214,37 @@ pub(crate) fn run_until(
             link.close();
             Err(e)
         }
+    }
+}
+
+/// Every executor's exchange address, and which executor runs each subtask.
+type Peers = (Vec<String>, Vec<(TaskKey, usize)>);
+
+/// The exchange addresses and placement a coordinator answered a hello
+/// with. Only a coordinator serving `term` may run the attempt: one of
+/// another term is another leadership's.
+fn peers_of(answer: Option<ToExecutor>, control: &str, term: u64, who: &str) -> Result<Peers> {
+    match answer {
+        Some(ToExecutor::Peers {
+            exchange,
+            placement,
+            term: theirs,
+        }) if theirs == term => Ok((exchange, placement)),
+        Some(ToExecutor::Peers { term: theirs, .. }) => Err(Error::Exchange(format!(
+            "the coordinator at {control} serves term {theirs}, but {who} serves term {term}; \
+             refusing its instructions"
+        ))),
+        Some(ToExecutor::Rejected { reason }) | Some(ToExecutor::Cancel { reason }) => {
+            Err(Error::Exchange(format!(
+                "the coordinator at {control} refused {who}: {reason}"
+            )))
+        }
+        Some(other) => Err(Error::Protocol(format!(
+            "expected the peers from the coordinator at {control}, got {other:?}"
+        ))),
+        None => Err(Error::Exchange(format!(
+            "the coordinator at {control} closed the control connection before sending the peers"
+        ))),
     }
 }
 

@@ -213,25 +213,12 @@ impl Rejoiner {
         new.set_read_timeout(Some(self.grace));
         let answer = read_frame::<_, ToExecutor>(&mut reader);
         new.set_read_timeout(None);
-        match answer? {
-            Some(ToExecutor::Peers { term, .. }) if term == relay.term => {}
-            Some(ToExecutor::Rejected { reason }) | Some(ToExecutor::Cancel { reason }) => {
-                return Err(Error::Exchange(format!(
-                    "the leader at {} refused the rejoin: {reason}",
-                    relay.control
-                )))
-            }
-            Some(other) => {
-                return Err(Error::Protocol(format!(
-                    "expected the peers from the new leader, got {other:?}"
-                )))
-            }
-            None => {
-                return Err(Error::Exchange(
-                    "the new leader closed the control connection".into(),
-                ))
-            }
-        }
+        peers_of(
+            answer?,
+            &relay.control,
+            relay.term,
+            &format!("the rejoin of executor {}", self.executor),
+        )?;
         link.replace(&new)?;
         // Tasks that finished after the hello was built.
         let finished: Vec<TaskKey> = fence
