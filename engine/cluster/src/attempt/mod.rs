@@ -558,8 +558,8 @@ impl Attempt {
         st.links[i] = Some(link);
         st.exchange[i] = Some(exchange);
         if !finished.is_empty() {
-            // Told to the checkpoint coordinator once it runs (below, or
-            // now when it already does not matter: it starts after all).
+            // Told to the checkpoint coordinator when it starts, once
+            // every executor rejoined (below).
             let mut f = self.finished_tasks.lock().expect("finished lock");
             f.extend(finished.iter().copied());
         }

@@ -234,7 +234,12 @@ pub(super) fn spawn_control_reader(
             let reason = loop {
                 match read_connection(&mut reader, term, &p) {
                     Ended::Stopped(reason) => break Some(reason),
-                    Ended::Lost if p.control.is_cancelled() => break None,
+                    // Ending anyway, or done: nothing to rejoin for.
+                    Ended::Lost
+                        if p.control.is_cancelled() || p.fence.done.load(Ordering::SeqCst) =>
+                    {
+                        break None
+                    }
                     Ended::Lost => {}
                 }
                 p.fence.closed.store(true, Ordering::SeqCst);
@@ -243,12 +248,13 @@ pub(super) fn spawn_control_reader(
                 };
                 info!(grace_ms = grace.as_millis() as u64,
                     "the control connection was lost; the tasks run on while a new leader may adopt the attempt");
-                match rejoined.recv_timeout(*grace) {
-                    Ok((r, t)) => {
+                match wait_rejoined(rejoined, *grace, &p.control) {
+                    Some((r, t)) => {
                         (reader, term) = (r, t);
                         p.fence.closed.store(false, Ordering::SeqCst);
                     }
-                    Err(_) => {
+                    None if p.control.is_cancelled() => break None,
+                    None => {
                         break Some(format!(
                             "the control connection was lost and no leader adopted the attempt \
                              within {grace:?}"
@@ -265,6 +271,27 @@ pub(super) fn spawn_control_reader(
             p.control.fail(Error::Cancelled);
         })
         .map_err(|e| Error::io("spawning the control reader", e))
+}
+
+/// A new leader's connection, once the executor rejoined one within
+/// `grace`; `None` at the deadline, or at once when the executor ends
+/// anyway (it finished: the coordinator closing after `Done` is no loss).
+fn wait_rejoined(
+    rejoined: &Receiver<(StreamReader, u64)>,
+    grace: Duration,
+    control: &JobControl,
+) -> Option<(StreamReader, u64)> {
+    let deadline = Instant::now() + grace;
+    while !control.is_cancelled() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        if let Ok(r) = rejoined.recv_timeout(left.min(TICK)) {
+            return Some(r);
+        }
+    }
+    None
 }
 
 /// Relays one connection's frames (served under `term`) until it ends, or

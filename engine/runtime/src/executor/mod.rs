@@ -264,6 +264,9 @@ struct Fence {
     reading: AtomicBool,
     /// The coordinator closed the control connection (or it broke).
     closed: AtomicBool,
+    /// Every local task ended cleanly and `Done` is being sent: a lost
+    /// connection is then the coordinator closing, not a leader lost.
+    done: AtomicBool,
     /// `Failed` was sent (once: the first error as it happens, or the
     /// executor's error when it ends).
     reported: AtomicBool,
@@ -482,6 +485,7 @@ impl Run<'_> {
             return Err(e);
         }
         report(&reported, self.link)?;
+        fence.done.store(true, Ordering::SeqCst);
         self.link.send(&ToCoordinator::Done)?;
         // Every local task ended cleanly. Stay until the connections have
         // flushed their last frames (they end once every channel carried
