@@ -5,8 +5,9 @@
 //! crate's reader. The leader is SIGKILLed while the job checkpoints (and
 //! while a Kafka → Parquet job runs beside it, reading a tansu broker), or
 //! the whole group is killed and started again; the followers are frozen
-//! (SIGSTOP) so the leader is cut off from its majority; a coordinator is
-//! added to a group of two and another removed, with the CLI.
+//! (SIGSTOP) so the leader is cut off from its majority; a worker dies
+//! with the leader; a coordinator is added to a group of two and another
+//! removed, with the CLI.
 
 use std::time::Duration;
 
@@ -228,6 +229,45 @@ fn a_group_restarted_all_at_once_resumes_its_jobs() {
         &rows(&out),
         &out,
         "q5 across a restart of every coordinator",
+    );
+}
+
+#[test]
+fn a_worker_lost_with_the_leader_restarts_the_job_under_the_new_leader() {
+    // The leader and a worker running the job die together: the new
+    // leader adopts the attempt, but the lost worker's executor can never
+    // rejoin, so the attempt fails (its peer's exchange breaks and it
+    // exits, or the rejoin grace ends) and the job restarts from its
+    // latest checkpoint on the workers left: only a failure restarts it.
+    let dir = tempfile::tempdir().unwrap();
+    let want = embedded_q5(dir.path());
+    let cluster = Cluster::start_replicated(dir.path(), 3, 2, COORDINATORS);
+    let job = cluster.submit_q5(2, "150000");
+    let before = cluster.after_a_checkpoint(&job);
+    let victim = before["placement"][0]["worker"]
+        .as_str()
+        .expect("a placed worker")
+        .to_string();
+    let pos = cluster
+        .worker_position(&victim)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let all: Vec<usize> = (0..COORDINATORS).collect();
+    let first = leader(&cluster, &all).expect("a leader answers");
+    let mut cluster = cluster;
+    cluster.signal_worker(pos, "-KILL");
+    cluster.kill_coordinator_at(first);
+    let done = cluster.wait_state(&job, "FINISHED", Duration::from_secs(180));
+    assert!(
+        done["attempt"].as_u64() > before["attempt"].as_u64()
+            && done["restarts"].as_u64() > before["restarts"].as_u64(),
+        "restarted after the adopted attempt failed: {done}"
+    );
+    let out = dir.path().join("out");
+    assert_exactly_once(
+        &want,
+        &rows(&out),
+        &out,
+        "q5 across a lost leader and worker",
     );
 }
 
