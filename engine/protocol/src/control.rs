@@ -135,6 +135,15 @@ pub struct Relay {
     pub term: u64,
 }
 
+impl Relay {
+    /// Whether this relay names a newer leader than the one at `control`
+    /// serving `term`: a newer term, or the same term at another address
+    /// (a restarted leader whose vote survived leads again in its term).
+    pub fn supersedes(&self, term: u64, control: &str) -> bool {
+        self.term > term || (self.term == term && self.control != control)
+    }
+}
+
 /// Whether a failure may pass on a restart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Retry {
@@ -321,6 +330,19 @@ mod tests {
         let mut bad = 3u32.to_be_bytes().to_vec();
         bad.extend_from_slice(b"{x}");
         assert!(read_frame::<_, ToExecutor>(&mut &bad[..]).is_err());
+    }
+
+    #[test]
+    fn a_relay_supersedes_an_older_term_or_another_address_in_the_same_term() {
+        let relay = |term: u64, control: &str| Relay {
+            control: control.into(),
+            term,
+        };
+        assert!(relay(3, "a:1").supersedes(2, "a:1"));
+        // A restarted leader whose vote survived: same term, new port.
+        assert!(relay(3, "a:2").supersedes(3, "a:1"));
+        assert!(!relay(3, "a:1").supersedes(3, "a:1"));
+        assert!(!relay(2, "b:1").supersedes(3, "a:1"));
     }
 
     #[test]

@@ -217,9 +217,9 @@ struct Executor {
     /// Sending, or dropping, kills the process.
     kill: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
-    /// Where its coordinator is now (control address, term), and the
+    /// Where its coordinator is now (term, control address), and the
     /// relay of a new one to its stdin.
-    leader: (String, u64),
+    leader: (u64, String),
     relay: mpsc::UnboundedSender<Relay>,
 }
 
@@ -577,19 +577,16 @@ impl Worker {
             if let Some(executor) = self.executors.get_mut(&key) {
                 // A new leader adopted the attempt: the executor learns
                 // where it is.
-                // A leader restarted may lead again in its old term (its
-                // vote survived), from a new control address.
-                let leader = (launch.spec.control.clone(), launch.spec.term);
-                let newer = leader.1 > executor.leader.1
-                    || (leader.1 == executor.leader.1 && leader.0 != executor.leader.0);
-                if newer && executor.status().exit.is_none() {
+                let relay = Relay {
+                    control: launch.spec.control,
+                    term: launch.spec.term,
+                };
+                let (term, control) = &executor.leader;
+                if relay.supersedes(*term, control) && executor.status().exit.is_none() {
                     info!(job = %key.job_id, attempt = key.attempt, executor = key.executor,
-                        control = %leader.0, term = leader.1, "relaying the new leader to the executor");
-                    let _ = executor.relay.send(Relay {
-                        control: leader.0.clone(),
-                        term: leader.1,
-                    });
-                    executor.leader = leader;
+                        control = %relay.control, term = relay.term, "relaying the new leader to the executor");
+                    executor.leader = (relay.term, relay.control.clone());
+                    let _ = executor.relay.send(relay);
                 }
                 continue;
             }
@@ -606,7 +603,7 @@ impl Worker {
             );
             let (kill, killed) = oneshot::channel();
             let (relay, relays) = mpsc::unbounded_channel();
-            let leader = (launch.spec.control.clone(), launch.spec.term);
+            let leader = (launch.spec.term, launch.spec.control.clone());
             let task = tokio::spawn(run_executor(
                 Arc::clone(&self.shared),
                 key.clone(),

@@ -129,9 +129,7 @@ impl Rejoiner {
         done: &AtomicBool,
         rejoined: &Sender<(StreamReader, u64)>,
     ) {
-        // The leader served: a relay names a newer one by a newer term, or
-        // by another address in the same term (a leader restarted whose
-        // vote survived leads again in its old term).
+        // The leader served (term, control address).
         let mut served = (self.term, self.control.clone());
         while !done.load(Ordering::SeqCst) {
             let mut relay = match self.relays.recv_timeout(TICK) {
@@ -141,9 +139,7 @@ impl Rejoiner {
             };
             let deadline = Instant::now() + self.grace;
             loop {
-                let newer =
-                    relay.term > served.0 || (relay.term == served.0 && relay.control != served.1);
-                if !newer {
+                if !relay.supersedes(served.0, &served.1) {
                     debug!(
                         term = relay.term,
                         "relay of a leader already served ignored"
