@@ -266,30 +266,21 @@ fn replace(
                 continue;
             };
             let rows = get_i64(&record, "record_count").unwrap_or(0) as u64;
-            let path = get_str(&record, "file_path")
-                .unwrap_or_default()
-                .to_string();
             min_sequence = min_sequence.min(seq);
-            if removed.contains(&path) {
+            // A replaced file is marked deleted by this snapshot; the others
+            // stay as the snapshot that added them recorded.
+            let replaced = get_str(&record, "file_path").is_some_and(|p| removed.contains(p));
+            let (status, by) = if replaced {
                 found += 1;
                 gone_rows += rows;
                 gone_bytes += get_i64(&record, "file_size_in_bytes").unwrap_or(0) as u64;
                 deleted = (deleted.0 + 1, deleted.1 + rows);
-                kept.push(manifest::entry(
-                    Status::Deleted,
-                    id,
-                    Some((seq, fseq)),
-                    record,
-                ));
+                (Status::Deleted, id)
             } else {
                 existing = (existing.0 + 1, existing.1 + rows);
-                kept.push(manifest::entry(
-                    Status::Existing,
-                    snapshot,
-                    Some((seq, fseq)),
-                    record,
-                ));
-            }
+                (Status::Existing, snapshot)
+            };
+            kept.push(manifest::entry(status, by, Some((seq, fseq)), record));
         }
         let (path, length) = snap.write_manifest(meta, spec, kept)?;
         list.push(

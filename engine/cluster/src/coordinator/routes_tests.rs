@@ -13,6 +13,14 @@ async fn open_manager(dir: &std::path::Path) -> Arc<Manager> {
         .unwrap()
 }
 
+/// Serves `manager`'s routes on a loopback port; returns its address.
+async fn serve(manager: Arc<Manager>, access: Access) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router(manager, access)).await });
+    addr
+}
+
 /// Every route the OpenAPI document describes is served: none gets
 /// axum's answer for a path or method it does not route (an empty
 /// 404, or 405).
@@ -20,9 +28,7 @@ async fn open_manager(dir: &std::path::Path) -> Arc<Manager> {
 async fn every_documented_route_is_served() {
     let dir = tempfile::tempdir().unwrap();
     let manager = open_manager(dir.path()).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router(manager, Access::open())).await });
+    let addr = serve(manager, Access::open()).await;
     let http = reqwest::Client::new();
     let routes = routes();
     assert!(routes.len() >= 20, "{routes:?}");
@@ -72,9 +78,7 @@ async fn the_document_is_served_and_bad_bodies_get_api_errors() {
     let manager = open_manager(dir.path()).await;
     let token = sluice_web::Token::new("t0ken").unwrap();
     let access = Access::new(Some(token), None).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router(manager, access)).await });
+    let addr = serve(manager, access).await;
     let http = reqwest::Client::new();
 
     let answer = http
@@ -170,9 +174,7 @@ async fn logs_are_read_by_seq_and_garbage_parameters_are_refused() {
     })
     .await
     .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router(manager, Access::open())).await });
+    let addr = serve(manager, Access::open()).await;
     let http = reqwest::Client::new();
     let get = |query: String| {
         let http = http.clone();
@@ -233,9 +235,7 @@ async fn logs_are_read_by_seq_and_garbage_parameters_are_refused() {
 async fn a_description_of_another_version_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let manager = open_manager(dir.path()).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router(manager, Access::open())).await });
+    let addr = serve(manager, Access::open()).await;
     let http = reqwest::Client::new();
     let ours = format!("version {}", sluice_protocol::PROTOCOL_VERSION);
     for (body, want) in [
